@@ -1,0 +1,47 @@
+# trackly-exec developer commands. `make test` works on a fresh clone: it builds .venv, installs
+# everything (redis-server too, from Debian, when missing) and runs the whole default test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo run test test-slow test-all bench lint clean services
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP) services
+
+# redis-server is what the tests (and a multi-VM deployment) rate-limit through.
+services:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+
+demo: install
+	$(BIN)/trackly demo
+
+run: install
+	$(BIN)/trackly run -c trackly.toml
+
+test: install
+	$(BIN)/python -m pytest -m "not slow and not chaos" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m "slow or chaos" --timeout=900 $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest --timeout=900 $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/executor.py
+	$(BIN)/python bench/ratelimit.py
+	$(BIN)/python bench/campaign.py
+	$(BIN)/python bench/tracking.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .trackly *.egg-info

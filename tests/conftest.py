@@ -1,0 +1,105 @@
+"""Session services (a real nx-27017 store and a real redis-server) and a clean database per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from trackly_exec import registry
+from trackly_exec.app import Trackly
+from trackly_exec.config import Settings, load_config
+from trackly_exec.logs import configure_logging
+from trackly_exec.store import Store
+
+from .services import MongoServer, RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+_db_counter = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys._called_from_test = True  # type: ignore[attr-defined]
+    configure_logging("warning", "console", stream=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[MongoServer]:
+    server = MongoServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    external = os.environ.get("TRACKLY_TEST_REDIS_URL")
+    if external:
+        class _External:
+            url = external
+
+            def stop(self) -> None:
+                pytest.skip("cannot stop an external Redis")
+
+            start = stop
+
+        yield _External()
+        return
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def db_name() -> str:
+    return f"t{os.getpid()}_{next(_db_counter)}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, mongo_server: MongoServer, redis_server: Any, db_name: str) -> Settings:
+    """Settings for one test: its own database, our Redis, an HTTP server on a free port."""
+    return load_config(
+        ROOT / "tests" / "test.toml",
+        daemon={"data_dir": str(tmp_path / "data"), "instance_name": f"test-{db_name}"},
+        mongo={"uri": mongo_server.uri, "database": db_name},
+        redis={"url": redis_server.url},
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    store = await Store.connect(settings.mongo.uri.get_secret_value(), settings.mongo.database)
+    await store.ensure_indexes()
+    yield store
+    await store.client.drop_database(settings.mongo.database)
+    await store.client.close()
+
+
+@pytest.fixture
+async def redis_client(redis_server: Any) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def trackly(settings: Settings, store: Store, redis_client: aioredis.Redis) -> AsyncIterator[Trackly]:
+    app = await Trackly.open(settings, store=store)
+    yield app
+    await app.close(close_store=False)
+
+
+@pytest.fixture(autouse=True)
+def _reset_registry() -> Iterator[None]:
+    saved = dict(registry._registered)
+    yield
+    registry._registered.clear()
+    registry._registered.update(saved)

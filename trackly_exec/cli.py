@@ -1,0 +1,134 @@
+"""The ``trackly`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from . import __version__
+from .config import Settings, load_config
+from .errors import ConfigError, StoreError, TracklyError
+from .logs import configure_logging
+
+#: Modules that add sub-commands with ``register(subparsers, common)``.
+EXTRA_COMMANDS: tuple[str, ...] = ()
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_config(args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+    from .daemon import serve
+
+    return _run(serve(settings))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from .providers import DriverPool
+
+    DriverPool(settings).validate()
+    print(json.dumps(settings.redacted(), indent=2, default=str))
+    print(f"config OK: {args.config or 'trackly.toml'}", file=sys.stderr)
+    return 0
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+    from .store import INDEXES, Store
+
+    async def go() -> int:
+        store = await Store.open(settings)
+        await store.close()
+        print(f"indexes ready on {len(INDEXES)} collections in database {settings.mongo.database!r}")
+        return 0
+
+    return _run(go())
+
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    from .registry import discover
+
+    infos = discover()
+    if not infos:
+        print("no drivers found")
+        return 1
+    width = max(len(n) for n in infos)
+    for name, info in infos.items():
+        origin = f"{info.distribution} {info.version}" if info.distribution else "registered in-process"
+        status = "ok" if info.cls else f"ERROR {info.error}"
+        print(f"{name:<{width}}  {info.value:<36}  {origin:<28}  {status}")
+    return 0
+
+
+def cmd_fake_provider(args: argparse.Namespace) -> int:
+    configure_logging("info", "auto")
+    from .fakes import serve_fake
+
+    return _run(serve_fake(args.name, host=args.host, port=args.port, dlr_delay=args.dlr_delay))
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="config file (default: $TRACKLY_CONFIG or ./trackly.toml)")
+    parser = argparse.ArgumentParser(
+        prog="trackly", description="trackly-exec: self-hosted SMS campaign execution engine.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"trackly-exec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=fn)
+        return p
+
+    add("run", cmd_run, "run the daemon (scheduler, executor, HTTP server) until SIGTERM")
+    add("check-config", cmd_check_config, "validate the config and print it with secrets redacted")
+    add("init-db", cmd_init_db, "create every collection index (idempotent)")
+    add("drivers", cmd_drivers, "list every discovered provider driver")
+    fp = add("fake-provider", cmd_fake_provider, "run a local fake of a provider's API (no account needed)")
+    fp.add_argument("name", help="driver name, e.g. infobip, twilio, cm")
+    fp.add_argument("--host", default="127.0.0.1")
+    fp.add_argument("--port", type=int, default=9000)
+    fp.add_argument("--dlr-delay", type=float, default=1.0, help="seconds before posting a delivery report")
+    for module in EXTRA_COMMANDS:
+        importlib.import_module(module).register(sub, common)
+    return parser, common
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"trackly: config error: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, TracklyError) as exc:
+        print(f"trackly: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""``trackly.toml``, parsed into pydantic models.
+
+Every setting has a default and a description. Environment variables override the file:
+``TRACKLY_<SECTION>__<KEY>`` (for example ``TRACKLY_MONGO__URI=mongodb://db1:27017``).
+Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "trackly.toml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DaemonConfig(Section):
+    data_dir: Path = Field(Path(".trackly"), description="Where the embedded store keeps its data, pid and log files.")
+    instance_name: str = Field("", description="Name of this process in claims, logs and metrics (default host-pid).")
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, time to finish or release in-flight batches before exiting."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum log level.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: readable on a TTY, JSON lines otherwise (journald)."
+    )
+
+    def resolved_instance_name(self) -> str:
+        return self.instance_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class MongoConfig(Section):
+    uri: SecretStr = Field(
+        SecretStr("embedded"),
+        description='"embedded" starts nx-27017 under data_dir; any mongodb:// URI means a real MongoDB.',
+    )
+    database: str = Field("trackly", min_length=1, description="Database name.")
+    embedded_port: int = Field(0, ge=0, le=65535, description="Port of the embedded server (0: a free port).")
+    embedded_in_memory: bool = Field(False, description="Embedded server keeps data in memory only (tests, benches).")
+    connect_timeout_seconds: float = Field(15.0, gt=0, description="How long to wait for the store at start-up.")
+
+    @property
+    def embedded(self) -> bool:
+        return self.uri.get_secret_value().strip() == "embedded"
+
+
+class RedisConfig(Section):
+    url: SecretStr | None = Field(
+        None,
+        description="redis:// URL shared by every executor process; without it an in-process rate limiter is used.",
+    )
+    socket_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one Redis command.")
+
+
+class ExecutorConfig(Section):
+    enabled: bool = Field(True, description="Run the message executor in this process.")
+    poll_interval_seconds: float = Field(0.5, gt=0, description="Coordinator poll interval when the queue is idle.")
+    claim_batch_size: int = Field(1000, ge=1, le=10000, description="Messages claimed per batch.")
+    workers_per_list: int = Field(6, ge=1, description="Concurrent workers per sending list.")
+    pool_size: int = Field(30, ge=1, description="Concurrent provider requests across all lists.")
+    stale_after_minutes: float = Field(30.0, gt=0, description="A message this late past its sendtime is STALE.")
+    claim_ttl_minutes: float = Field(
+        10.0, gt=0, description="Claims older than this are recovered; must exceed the longest provider call."
+    )
+    recovery_interval_seconds: float = Field(30.0, gt=0, description="How often stale claims are swept.")
+    rate_limit_wait_seconds: float = Field(
+        60.0, gt=0, description="Longest wait for rate-limit tokens before RATE_LIMIT_TIMEOUT."
+    )
+    billing_backoff_minutes: float = Field(5.0, gt=0, description="Backoff of a billing-blocked message.")
+    billing_ttl_minutes: float = Field(60.0, gt=0, description="Billing-blocked this long after the first block: dead-letter.")
+    retry_max_attempts: int = Field(5, ge=1, description="Provider attempts for transient failures.")
+    retry_budget_seconds: float = Field(120.0, gt=0, description="Total time spent retrying one request.")
+    retry_initial_backoff_seconds: float = Field(0.5, ge=0, description="First retry delay (exponential, jittered).")
+    blocked_words: list[str] = Field(default_factory=list, description="Global blocked words (whole word, any case).")
+    error_burst_threshold: int = Field(
+        20, ge=1, description="Provider errors on one list within a minute that raise a provider-error-burst event."
+    )
+
+
+class SchedulerConfig(Section):
+    enabled: bool = Field(True, description="Run the campaign scheduler in this process.")
+    poll_interval_seconds: float = Field(5.0, gt=0, description="How often due campaigns are looked for.")
+    max_lateness_minutes: float = Field(
+        30.0, gt=0, description="An occurrence later than this (after downtime) is skipped and reported."
+    )
+    evaluation_batch_size: int = Field(2000, ge=100, description="Contacts read and queued per batch.")
+
+
+class HttpConfig(Section):
+    enabled: bool = Field(True, description="Serve the admin API, webhooks, links, dashboard and metrics.")
+    host: str = Field("127.0.0.1", description="Listen address.")
+    port: int = Field(8080, ge=0, le=65535, description="Listen port (0: a free port).")
+    public_url: str = Field(
+        "http://127.0.0.1:8080", description="URL providers and browsers reach this server at (webhook signatures)."
+    )
+    short_base: str = Field("", description="Base of tracked short links (default: public_url + '/l').")
+    api_tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens accepted by the admin API.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body.")
+
+    @field_validator("public_url", "short_base")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @property
+    def short_link_base(self) -> str:
+        return self.short_base or f"{self.public_url}/l"
+
+
+class TrackingConfig(Section):
+    outbox_poll_seconds: float = Field(1.0, gt=0, description="Customer-webhook outbox poll interval.")
+    outbox_max_age_hours: float = Field(24.0, gt=0, description="Give up delivering a customer webhook after this.")
+    outbox_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one customer-webhook POST.")
+    outbox_concurrency: int = Field(20, ge=1, description="Concurrent customer-webhook deliveries.")
+    bot_click_seconds: float = Field(
+        5.0, ge=0, description="A click this soon after delivery (or send) is flagged as a bot."
+    )
+    ip_hash_salt: SecretStr = Field(SecretStr("trackly"), description="Salt for hashing clicker IP addresses.")
+
+
+class AlertsConfig(Section):
+    discord_webhook_url: SecretStr | None = Field(None, description="Discord webhook URL for alerts (off when unset).")
+    min_interval_seconds: float = Field(60.0, ge=0, description="Same alert key at most once per interval.")
+    error_rate_threshold: float = Field(0.2, ge=0, le=1, description="Failure share over a minute that alerts.")
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRACKLY_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="Process settings.")
+    mongo: MongoConfig = Field(default_factory=MongoConfig, description="MongoDB store.")
+    redis: RedisConfig = Field(default_factory=RedisConfig, description="Redis (cross-process rate limiting).")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="The message executor.")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="The campaign scheduler.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP server.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Tracking and customer webhooks.")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting.")
+    drivers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Driver instances by name: [drivers.NAME] with `driver = ENTRY_POINT` (default NAME) and its settings.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry the TOML file's content; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def driver_instances(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """``{instance name: (entry-point name, settings)}``."""
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name, values in self.drivers.items():
+            values = dict(values)
+            out[name] = (str(values.pop("driver", name)), values)
+        return out
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with every secret masked (for printing)."""
+        data = json.loads(self.model_dump_json())
+        data["drivers"] = {name: _redact_driver(values) for name, values in self.drivers.items()}
+        return data
+
+
+_SECRETISH = ("key", "token", "secret", "password", "auth")
+
+
+def _redact_driver(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: ("**********" if any(s in k.lower() for s in _SECRETISH) and v else v) for k, v in values.items()
+    }
+
+
+def _format_validation_error(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err.get("loc", ()))
+    msg = err.get("msg", "invalid")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    if "input" in err and err.get("type") != "extra_forbidden" and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+    return key, msg
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (default ``$TRACKLY_CONFIG`` or ``./trackly.toml``; a missing default file means all
+    defaults) and validate it. Raises :class:`ConfigError` naming the file, the key and the problem."""
+    explicit = path is not None or "TRACKLY_CONFIG" in os.environ
+    file = Path(path if path is not None else os.environ.get("TRACKLY_CONFIG", DEFAULT_CONFIG_FILE))
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", file=str(file)) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc}", file=str(file)) from exc
+    elif explicit:
+        raise ConfigError("file not found", file=str(file))
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        key, msg = _format_validation_error(exc)
+        raise ConfigError(msg, file=str(file), key=key) from exc
+    if settings.executor.claim_ttl_minutes * 60 <= max(
+        (float(v.get("timeout_seconds", 30.0)) for v in settings.drivers.values()), default=30.0
+    ) * settings.executor.retry_max_attempts:
+        # The claim must outlive the longest provider call or another process could re-send it.
+        raise ConfigError(
+            "must exceed the longest provider call (driver timeout_seconds x retry_max_attempts)",
+            file=str(file),
+            key="executor.claim_ttl_minutes",
+        )
+    if not settings.mongo.embedded and not settings.mongo.uri.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
+        raise ConfigError('must be "embedded" or a mongodb:// URI', file=str(file), key="mongo.uri")
+    return settings
