@@ -1,0 +1,64 @@
+"""Phone normalisation, timezone inference and quiet-hours windows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from trackly_exec import phones, quiethours
+from trackly_exec.quiethours import Window, contact_zones, in_window, next_opening
+
+NY = ZoneInfo("America/New_York")
+LA = ZoneInfo("America/Los_Angeles")
+
+
+def test_normalize_forms() -> None:
+    """National, international and 00-prefixed forms normalise to E.164; junk is None."""
+    assert phones.normalize("(212) 555-0100".replace("555-0100", "736-1234")) == "+12127361234"
+    assert phones.normalize("+40 721 234 567") == "+40721234567"
+    assert phones.normalize("0040721234567") == "+40721234567"
+    assert phones.normalize("hello") is None
+    assert phones.normalize("+1555") is None
+    assert phones.normalize("") is None
+
+
+def test_timezones_from_number() -> None:
+    """Zones come from libphonenumber; unknown numbers give Etc/Unknown."""
+    assert phones.timezones_for("+40721234567") == ("Europe/Bucharest",)
+    assert set(phones.timezones_for("+976136234567")) == {"Asia/Choibalsan", "Asia/Ulaanbaatar"}
+
+
+def test_stored_zone_wins_and_default_fallback() -> None:
+    """A stored timezone beats the number; an unknown number uses the list default."""
+    assert contact_zones("+40721234567", "Asia/Tokyo", "UTC") == (ZoneInfo("Asia/Tokyo"),)
+    assert contact_zones("+40721234567", None, "UTC") == (ZoneInfo("Europe/Bucharest"),)
+    assert contact_zones("+99999", None, "America/Chicago") == (ZoneInfo("America/Chicago"),)
+
+
+def test_window_all_zones() -> None:
+    """With several zones, every one must be inside the window."""
+    now = dt.datetime(2026, 6, 1, 12, 30, tzinfo=dt.UTC)  # 08:30 New York, 05:30 Los Angeles
+    assert in_window(now, (NY,))
+    assert not in_window(now, (NY, LA))
+    opening = next_opening(now, (NY, LA))
+    assert opening == dt.datetime(2026, 6, 1, 15, 0, tzinfo=dt.UTC)  # 08:00 in Los Angeles
+    assert in_window(opening, (NY, LA))
+
+
+def test_next_opening_evening_and_wrap() -> None:
+    """After 21:00 the window opens at 08:00 the next local day; wrapping windows work."""
+    now = dt.datetime(2026, 1, 15, 3, 0, tzinfo=dt.UTC)  # 22:00 New York
+    assert next_opening(now, (NY,)) == dt.datetime(2026, 1, 15, 13, 0, tzinfo=dt.UTC)
+    night = Window.parse("22:00", "06:00")
+    assert in_window(now, (NY,), night)
+
+
+def test_dst_day() -> None:
+    """On the spring-forward day the opening is 08:00 local in the new offset."""
+    now = dt.datetime(2026, 3, 8, 5, 0, tzinfo=dt.UTC)  # 00:00 EST, DST starts 02:00
+    assert next_opening(now, (NY,)) == dt.datetime(2026, 3, 8, 12, 0, tzinfo=dt.UTC)  # 08:00 EDT
+
+
+def test_default_window_is_tcpa() -> None:
+    """The default window is 08:00-21:00."""
+    assert quiethours.DEFAULT_WINDOW == Window.parse("08:00", "21:00")
