@@ -18,6 +18,7 @@ log = get_logger(__name__)
 #: (is it enabled?, "module:Class"). Each class takes the Trackly object and is a :class:`Component`.
 COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
     (lambda s: s.http.enabled, "trackly_exec.web:HttpServer"),
+    (lambda s: True, "trackly_exec.alerts:Alerts"),
 ]
 
 

@@ -52,7 +52,7 @@ class EmbeddedMongo:
     """Start, wait for, and stop one nx-27017 server."""
 
     def __init__(self, data_dir: Path, *, port: int = 0, in_memory: bool = False, host: str = "127.0.0.1") -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
         self.in_memory = in_memory
@@ -67,7 +67,7 @@ class EmbeddedMongo:
 
     def start(self) -> None:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        store_dir = "memory" if self.in_memory else str((self.data_dir / "store").resolve())
+        store_dir = "memory" if self.in_memory else str(self.data_dir / "store")
         if not self.in_memory:
             Path(store_dir).mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)  # left by a killed run on this port; the port is free now

@@ -1,0 +1,122 @@
+"""Operations: Discord alerts, Prometheus metrics and the live dashboard, over real HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from trackly_exec import constants as c
+from trackly_exec.alerts import Alerts
+from trackly_exec.app import Trackly
+from trackly_exec.events import Event, EventKind
+from trackly_exec.models import utcnow
+from trackly_exec.web import HttpServer
+
+
+class DiscordStub:
+    """A local stand-in for a Discord webhook: records posts; can answer 429 first."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.rate_limited = 0
+        app = web.Application()
+        app.router.add_post("/hook", self.hook)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def hook(self, request: web.Request) -> web.Response:
+        if self.rate_limited:
+            self.rate_limited -= 1
+            return web.json_response({"message": "You are being rate limited.", "retry_after": 0.05}, status=429)
+        self.posts.append(await request.json())
+        return web.Response(status=204)
+
+
+async def _alerts(trackly: Trackly, stub: DiscordStub, interval: float = 60.0) -> Alerts:
+    await stub.server.start_server()
+    trackly.settings.alerts.discord_webhook_url = SecretStr(str(stub.server.make_url("/hook")))
+    trackly.settings.alerts.min_interval_seconds = interval
+    return Alerts(trackly)
+
+
+async def test_failed_messages_grouped_into_one_alert(trackly: Trackly) -> None:
+    """A burst of dead-lettered messages becomes one Discord message counting them by reason."""
+    stub = DiscordStub()
+    alerts = await _alerts(trackly, stub)
+    try:
+        await trackly.bus.publish(*[
+            Event(kind=EventKind.FAILED_MESSAGE, message="failed", data={"reason": r})
+            for r in ["STALE"] * 3 + ["PROVIDER_ERROR"] * 2
+        ])
+        assert await alerts.run_until_idle() == 1
+        embed = stub.posts[0]["embeds"][0]
+        assert embed["title"] == "5 messages dead-lettered"
+        assert "STALE: 3" in embed["description"] and "PROVIDER_ERROR: 2" in embed["description"]
+    finally:
+        await alerts.stop(1)
+        await stub.server.close()
+
+
+async def test_throttled_per_key_and_429_honoured(trackly: Trackly) -> None:
+    """The same alert key is sent once per interval; Discord's 429 is waited out, not lost."""
+    stub = DiscordStub()
+    stub.rate_limited = 1
+    alerts = await _alerts(trackly, stub, interval=3600)
+    try:
+        ev = Event(kind=EventKind.SPAM_COMPLAINT, message="carrier filtered", key="spam:1", severity="critical")
+        await trackly.bus.publish(ev)
+        await alerts.run_until_idle()
+        await trackly.bus.publish(ev)
+        assert await alerts.run_until_idle() == 0
+        assert len(stub.posts) == 1
+        assert stub.posts[0]["embeds"][0]["color"] == 0xC62828
+    finally:
+        await alerts.stop(1)
+        await stub.server.close()
+
+
+async def test_high_error_rate_detected(trackly: Trackly) -> None:
+    """A list whose failures pass the threshold over the last minute raises high_error_rate."""
+    now = utcnow()
+    base = {"account_id": 1, "sending_list_id": 7, "from_number": "+1", "to_number": "+2", "body": "x",
+            "length": 1, "sendtime": now}
+    await trackly.db[c.FAILED].insert_many(
+        [{**base, "_id": f"f{i}", "reason": "PROVIDER_ERROR", "failed_at": now} for i in range(12)])
+    await trackly.db[c.SENT].insert_many([{**base, "_id": f"s{i}", "timestamp": now} for i in range(8)])
+    alerts = Alerts(trackly)
+    events = await alerts.check_error_rates()
+    assert [e.data["sending_list_id"] for e in events] == [7]
+    assert await trackly.db[c.EVENTS].count_documents({"kind": "high_error_rate"}) == 1
+
+
+async def test_metrics_and_dashboard(trackly: Trackly) -> None:
+    """/metrics speaks the Prometheus text format; /dashboard serves the page and live JSON."""
+    now = utcnow()
+    base = {"account_id": 1, "sending_list_id": 7, "campaign_id": 3, "from_number": "+1", "to_number": "+2",
+            "body": "x", "length": 1, "sendtime": now}
+    await trackly.db[c.CAMPAIGNS].insert_one({"_id": 3, "status": "active"})
+    await trackly.db[c.SENT].insert_many([{**base, "_id": f"s{i}", "timestamp": now, "delivered": i < 3}
+                                          for i in range(4)])
+    await trackly.db[c.FAILED].insert_one({**base, "_id": "f1", "reason": "STALE", "failed_at": now})
+    server = HttpServer(trackly)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/metrics") as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                text = await r.text()
+            assert "trackly_messages_sent 4" in text
+            assert 'trackly_messages_failed{reason="STALE"} 1' in text
+            assert 'trackly_messages_delivered{delivered="true"} 3' in text
+            async with http.get(server.url + "/dashboard") as r:
+                assert r.status == 200 and "trackly-exec" in await r.text()
+            async with http.get(server.url + "/dashboard/summary.json") as r:
+                data = await r.json()
+            camp = data["campaigns"][0]
+            assert (camp["id"], camp["sent"], camp["delivered"], camp["failed"]) == (3, 4, 3, 1)
+            assert camp["delivery_rate"] == 75.0
+    finally:
+        await server.stop(1)
