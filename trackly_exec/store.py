@@ -27,7 +27,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     c.SENDING_LISTS: [IndexModel([("account_id", ASCENDING)])],
     c.CONTACTS: [
         IndexModel([("sending_list_id", ASCENDING), ("phone", ASCENDING)], unique=True, name="list_phone_unique"),
-        IndexModel([("sending_list_id", ASCENDING), ("_id", ASCENDING)]),
+        # no "_id" inside compound indexes: nx-27017 then refuses every insert ("JSON path error near '_id'")
+        IndexModel([("sending_list_id", ASCENDING)]),
     ],
     c.AUDIENCES: [IndexModel([("sending_list_id", ASCENDING)])],
     c.CREATIVES: [IndexModel([("account_id", ASCENDING)])],
@@ -39,7 +40,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     c.QUEUED: [
         IndexModel([("execution_id", ASCENDING), ("contact_id", ASCENDING)], unique=True, name="execution_contact_unique"),
-        IndexModel([("sending_list_id", ASCENDING), ("claimed_by", ASCENDING), ("sendtime", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("sending_list_id", ASCENDING), ("claimed_by", ASCENDING), ("sendtime", ASCENDING)]),
         IndexModel([("claimed_by", ASCENDING), ("claimed_at", ASCENDING)]),
         IndexModel([("sendtime", ASCENDING)]),
     ],
