@@ -12,12 +12,14 @@ from typing import Any
 from .app import Component, Trackly
 from .config import Settings
 from .logs import get_logger
+from .systemd import notify, watchdog_interval, watchdog_loop
 
 log = get_logger(__name__)
 
 #: (is it enabled?, "module:Class"). Each class takes the Trackly object and is a :class:`Component`.
 COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
     (lambda s: s.http.enabled, "trackly_exec.web:HttpServer"),
+    (lambda s: True, "trackly_exec.outbox:Outbox"),
     (lambda s: True, "trackly_exec.alerts:Alerts"),
 ]
 
@@ -42,6 +44,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None,
     started = time.monotonic()
     trackly = await Trackly.open(settings)
     components: list[Component] = []
+    watchdog: asyncio.Task[None] | None = None
     try:
         for comp in build_components(trackly):
             await comp.start()
@@ -53,13 +56,20 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None,
             rate_limiter="redis" if trackly.redis is not None else "in-process",
             drivers=trackly.drivers.names(), startup_seconds=round(time.monotonic() - started, 2),
         )
+        notify("READY=1", f"STATUS=ready: {', '.join(c.name for c in components)}")
+        interval = watchdog_interval()
+        if interval:
+            watchdog = asyncio.create_task(watchdog_loop(interval))
         if on_ready is not None:
             res = on_ready(trackly, components)
             if asyncio.iscoroutine(res):
                 await res
         await stop.wait()
+        notify("STOPPING=1", "STATUS=stopping")
         log.info("stopping", grace_seconds=settings.daemon.shutdown_grace_seconds)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         for comp in reversed(components):
             try:
                 await comp.stop(settings.daemon.shutdown_grace_seconds)
