@@ -128,6 +128,19 @@ class TrackingConfig(Section):
         5.0, ge=0, description="A click this soon after delivery (or send) is flagged as a bot."
     )
     ip_hash_salt: SecretStr = Field(SecretStr("trackly"), description="Salt for hashing clicker IP addresses.")
+    outbox_initial_backoff_seconds: float = Field(
+        10.0, gt=0, description="First retry delay of a failed customer webhook (doubles per attempt, jittered)."
+    )
+    outbox_max_backoff_seconds: float = Field(3600.0, gt=0, description="Longest delay between customer-webhook retries.")
+    outbox_per_account_concurrency: int = Field(
+        4, ge=1, description="Concurrent customer-webhook deliveries to one account (a dead endpoint cannot take every slot)."
+    )
+    webhook_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest provider webhook body accepted (larger: HTTP 413)."
+    )
+    trust_forwarded_for: bool = Field(
+        False, description="Take the clicker IP from X-Forwarded-For (only behind a trusted reverse proxy)."
+    )
 
 
 class AlertsConfig(Section):

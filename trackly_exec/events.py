@@ -33,6 +33,7 @@ class EventKind(enum.StrEnum):
     RATE_LIMITER_DOWN = "rate_limiter_down"        # data: sending_list_id, error
     HIGH_ERROR_RATE = "high_error_rate"            # data: sending_list_id, failed, total
     OPT_OUT = "opt_out"                            # data: phone, sending_list_id, keyword
+    WEBHOOK_DEAD = "webhook_dead"                  # data: event_id, account_id, attempts, error
 
 
 @dataclass

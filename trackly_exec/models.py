@@ -85,6 +85,7 @@ class Account(Document):
     balance: float = 0.0
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    filter_bots: bool = False                  # the account's click stats exclude bot clicks; sent as `filterBots`
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
