@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,21 +54,28 @@ def _wait_ready(proc: subprocess.Popen[str], timeout: float = 20.0) -> dict[str,
 
 
 def test_run_ready_and_sigterm(tmp_path: Path) -> None:
-    """The daemon starts the embedded store, logs ready, and on SIGTERM exits 0 within 5 s leaving no child."""
-    proc = _start(tmp_path)
+    """The daemon starts the embedded store, tells systemd READY=1, and on SIGTERM exits 0 within 5 s leaving no child."""
+    notify_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(5)
+    proc = _start(tmp_path, {"NOTIFY_SOCKET": notify_path})
     try:
         ready = _wait_ready(proc)
         assert ready["store"] == "embedded"
+        assert b"READY=1" in sock.recv(4096)
         children = _children(proc.pid)
         assert children, "the embedded store runs as a child process"
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
         assert time.monotonic() - started < 5
+        assert b"STOPPING=1" in sock.recv(4096)
         time.sleep(0.2)
         assert not any(_alive(c) for c in children)
         assert list((tmp_path / "data" / "store").glob("*.db")), "data persisted under data_dir"
     finally:
+        sock.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -59,3 +59,32 @@ def test_check_config_exit_2(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "mongo.uri" in r.stderr
+
+
+def test_every_setting_has_default_and_description() -> None:
+    """Each key of every config section has a default and a description."""
+    from pydantic import BaseModel
+
+    from trackly_exec.config import Settings
+
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            if field.is_required() or not field.description:
+                missing.append(prefix + name)
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                missing += walk(ann, f"{prefix}{name}.")
+        return missing
+
+    assert walk(Settings, "") == []
+
+
+def test_secrets_never_printed(tmp_path: Path) -> None:
+    """check-config prints secrets redacted."""
+    f = tmp_path / "c.toml"
+    f.write_text('[mongo]\nuri = "mongodb://u:hunter2@db:27017"\n[http]\napi_tokens = ["tok-secret-1"]\n')
+    r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "hunter2" not in r.stdout and "tok-secret-1" not in r.stdout and "**********" in r.stdout
