@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,7 +81,6 @@ def test_run_ready_and_sigterm(tmp_path: Path) -> None:
         proc.stdout.close()
 
 
-@pytest.mark.slow
 def test_sigkill_leaves_no_orphan_and_two_daemons_side_by_side(tmp_path: Path) -> None:
     """Two daemons run side by side; a SIGKILLed daemon's embedded store dies with it."""
     (tmp_path / "a").mkdir()

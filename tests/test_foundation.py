@@ -88,3 +88,21 @@ def test_secrets_never_printed(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "hunter2" not in r.stdout and "tok-secret-1" not in r.stdout and "**********" in r.stdout
+
+
+def test_shipped_configs_are_valid() -> None:
+    """trackly.toml and config/production.example.toml pass check-config, drivers included."""
+    for cfg in ("trackly.toml", "config/production.example.toml"):
+        r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(ROOT / cfg)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, (cfg, r.stderr)
+
+
+def test_unknown_driver_lists_available(tmp_path: Path) -> None:
+    """A config naming an unknown driver fails start-up with the available ones."""
+    f = tmp_path / "c.toml"
+    f.write_text('[drivers.sms]\ndriver = "nope"\n')
+    r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "drivers.sms.driver" in r.stderr and "infobip" in r.stderr and "twilio" in r.stderr
