@@ -1,9 +1,399 @@
-"""Placeholder: routes are added by the issue that owns this module."""
+"""The admin API: ``/api/v1/...`` (JSON, bearer tokens from ``http.api_tokens``).
+
+Every route is declared once in :data:`ROUTES` with its request and response models; the same table
+registers the aiohttp routes and generates the OpenAPI document (:mod:`trackly_exec.openapi`).
+
+Errors are JSON ``{"error", "message", "details", "request_id"}``: 401 without a valid token, 400 for
+malformed JSON, 413 for a body above ``http.max_body_bytes``, 422 for an invalid body (``details`` holds
+``{"loc": "body.field.path", "msg"}``), 404 for an unknown id (the message names which), 409 for an
+action the resource's state refuses. Anything unexpected is logged with a request id and answers 500.
+
+Campaign pause/resume: a paused campaign is neither scheduled nor triggerable; messages it already
+queued are still sent (they expire as STALE after 30 minutes like any other). Resuming a recurring
+campaign schedules its next occurrence from now, so a pause never causes a burst of missed occurrences.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import hmac
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from . import apimodels as m
+from . import constants as c
+from .app import Trackly
+from .contacts import upsert
+from .errors import TracklyError
+from .logs import get_logger
+from .models import utcnow
+
+log = get_logger(__name__)
+
+PREFIX = "/api/v1"
+TRACKLY: web.AppKey[Trackly] = web.AppKey("api_trackly", Trackly)
+INT64_MAX = 2**63 - 1
+MAX_DEPTH = 32
+
+B = TypeVar("B", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def setup(app: Any, trackly: Any) -> None:
-    """Add this module's routes to the aiohttp application."""
+class ApiError(Exception):
+    """An error answer: ``raise ApiError(404, "not_found", "account 3 not found")``."""
+
+    def __init__(self, status: int, error: str, message: str = "", details: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.details = status, error, message, details or []
+
+
+@dataclass
+class Route:
+    """One admin API route: what it takes and what it answers (for the router and the OpenAPI document)."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None
+    status: int = 200
+    auth: bool = True
+    errors: tuple[int, ...] = ()
+
+
+ROUTES: list[Route] = []
+
+
+def route(method: str, path: str, summary: str, **kw: Any) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        ROUTES.append(Route(method, path, fn, summary, **kw))
+        return fn
+    return deco
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
+
+
+def _loc(prefix: str, parts: tuple[Any, ...]) -> str:
+    return ".".join([prefix, *(str(p) for p in parts)])
+
+
+def validation_error(exc: ValidationError, prefix: str = "body") -> ApiError:
+    details = []
+    for err in exc.errors()[:50]:
+        msg = "unknown field" if err.get("type") == "extra_forbidden" else str(err.get("msg", "invalid"))
+        details.append({"loc": _loc(prefix, tuple(err.get("loc", ()))), "msg": msg, "type": str(err.get("type", ""))})
+    return ApiError(422, "validation", "request body is invalid" if prefix == "body" else "query is invalid", details)
+
+
+def field_error(loc: str, msg: str) -> ApiError:
+    return ApiError(422, "validation", msg, [{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_json(obj: Any, path: tuple[Any, ...] = (), depth: int = 0) -> None:
+    """Refuse what the store cannot keep: nesting deeper than MAX_DEPTH, integers beyond 64 bits, NUL in keys."""
+    if depth > MAX_DEPTH:
+        raise field_error(_loc("body", path), f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, int) and not -INT64_MAX - 1 <= obj <= INT64_MAX:
+        raise field_error(_loc("body", path), "integer out of the 64-bit range")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if "\x00" in k:
+                raise field_error(_loc("body", (*path, k)), "field names may not contain NUL")
+            _check_json(v, (*path, k), depth + 1)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_json(v, (*path, i), depth + 1)
+
+
+async def read_body(request: web.Request, model: type[B]) -> B:
+    """The request's JSON body validated by ``model`` (400 malformed, 413 too big, 422 invalid)."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw.decode("utf-8") if raw else "", parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {str(exc)[:200]}") from exc
+    _check_json(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+
+
+def read_query(request: web.Request, model: type[B]) -> B:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise validation_error(exc, "query") from exc
+
+
+def path_id(request: web.Request, what: str, name: str = "id") -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit() or not 0 < int(raw) <= INT64_MAX:
+        raise ApiError(404, "not_found", f"{what} {raw!r} not found")
+    return int(raw)
+
+
+def _tr(request: web.Request) -> Trackly:
+    return request.app[TRACKLY]
+
+
+async def get_or_404(trackly: Trackly, coll: str, doc_id: int, what: str) -> dict[str, Any]:
+    doc = await trackly.store[coll].find_one({"_id": doc_id})
+    if doc is None:
+        raise ApiError(404, "not_found", f"{what} {doc_id} not found")
+    return doc
+
+
+async def page(request: web.Request, coll: str, out: Any, query: m.PageQuery, match: dict[str, Any]) -> web.Response:
+    docs = [d async for d in _tr(request).store[coll].find({**match, "_id": {"$gt": query.after}})
+            .sort("_id", 1).limit(query.limit + 1)]
+    more = len(docs) > query.limit
+    docs = docs[:query.limit]
+    items = [out.from_doc(d).model_dump(mode="json") for d in docs]
+    return _json({"items": items, "next_after": docs[-1]["_id"] if more else None})
+
+
+async def _new_id(trackly: Trackly, coll: str) -> int:
+    return (await trackly.store.next_ids(coll, 1))[0]
+
+
+# --------------------------------------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error with a request id; never leak a traceback."""
+    rid = uuid.uuid4().hex[:16]
+    try:
+        resp = await handler(request)
+    except ApiError as exc:
+        resp = _json({"error": exc.error, "message": exc.message, "details": exc.details, "request_id": rid}, exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        limit = _tr(request).settings.http.max_body_bytes
+        resp = _json({"error": "too_large", "message": f"body larger than {limit} bytes", "details": [],
+                      "request_id": rid}, 413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = _json({"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason, "details": [],
+                      "request_id": rid}, exc.status)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:
+        log.exception("api_internal_error", request_id=rid, method=request.method, path=request.path, error=str(exc))
+        resp = _json({"error": "internal", "message": f"internal error; quote request id {rid}", "details": [],
+                      "request_id": rid}, 500)
+    resp.headers["X-Request-Id"] = rid
+    return resp
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``Authorization: Bearer <token>`` against ``http.api_tokens`` (constant-time, every token compared)."""
+    info = request.match_info.route.resource
+    canonical = info.canonical if info is not None else ""
+    if canonical.endswith("/openapi.json"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    supplied = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
+    ok = False
+    for token in _tr(request).settings.http.api_tokens:
+        ok |= hmac.compare_digest(supplied, token.get_secret_value().encode())
+    if not supplied or not ok:
+        raise ApiError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <http.api_tokens>)")
+    return await handler(request)
+
+
+# --------------------------------------------------------------------------------------------- accounts
+
+
+@route("POST", "/accounts", "Create an account", body=m.AccountIn, response=m.AccountOut, status=201)
+async def create_account(request: web.Request) -> web.Response:
+    body = await read_body(request, m.AccountIn)
+    trackly = _tr(request)
+    doc = {"_id": await _new_id(trackly, c.ACCOUNTS), **body.model_dump(), "created_at": utcnow()}
+    await trackly.store[c.ACCOUNTS].insert_one(doc)
+    return _json(m.AccountOut.from_doc(doc), 201)
+
+
+@route("GET", "/accounts", "List accounts", query=m.PageQuery, response=m.Page[m.AccountOut])
+async def list_accounts(request: web.Request) -> web.Response:
+    return await page(request, c.ACCOUNTS, m.AccountOut, read_query(request, m.PageQuery), {})
+
+
+@route("GET", "/accounts/{id}", "Get an account", response=m.AccountOut)
+async def get_account(request: web.Request) -> web.Response:
+    doc = await get_or_404(_tr(request), c.ACCOUNTS, path_id(request, "account"), "account")
+    return _json(m.AccountOut.from_doc(doc))
+
+
+# --------------------------------------------------------------------------------------------- sending lists
+
+
+@route("POST", "/sending-lists", "Create a sending list", body=m.SendingListIn, response=m.SendingListOut, status=201)
+async def create_sending_list(request: web.Request) -> web.Response:
+    body = await read_body(request, m.SendingListIn)
+    trackly = _tr(request)
+    await get_or_404(trackly, c.ACCOUNTS, body.account_id, "account")
+    try:
+        trackly.drivers.build(body.driver, body.driver_settings)
+    except Exception as exc:  # unknown driver or invalid settings: the message says which
+        where = "body.driver" if "unknown driver" in str(exc) or "failed to load" in str(exc) else "body.driver_settings"
+        raise field_error(where, str(exc)) from exc
+    doc = {"_id": await _new_id(trackly, c.SENDING_LISTS), **body.model_dump(), "created_at": utcnow()}
+    await trackly.store[c.SENDING_LISTS].insert_one(doc)
+    return _json(m.SendingListOut.from_doc(doc), 201)
+
+
+@route("GET", "/sending-lists", "List sending lists", query=m.PageQuery, response=m.Page[m.SendingListOut])
+async def list_sending_lists(request: web.Request) -> web.Response:
+    return await page(request, c.SENDING_LISTS, m.SendingListOut, read_query(request, m.PageQuery), {})
+
+
+@route("GET", "/sending-lists/{id}", "Get a sending list", response=m.SendingListOut)
+async def get_sending_list(request: web.Request) -> web.Response:
+    doc = await get_or_404(_tr(request), c.SENDING_LISTS, path_id(request, "sending list"), "sending list")
+    return _json(m.SendingListOut.from_doc(doc))
+
+
+@route("POST", "/sending-lists/{id}/contacts", "Bulk upsert contacts by normalised phone",
+       body=m.ContactsBulkIn, response=m.ContactsBulkOut)
+async def upsert_contacts(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    list_id = path_id(request, "sending list")
+    body = await read_body(request, m.ContactsBulkRaw)
+    await get_or_404(trackly, c.SENDING_LISTS, list_id, "sending list")
+    result = await upsert(trackly.store, list_id, body.contacts, default_region=body.default_region)
+    return _json(result.as_dict())
+
+
+@route("GET", "/sending-lists/{id}/contacts", "List a sending list's contacts", query=m.PageQuery,
+       response=m.Page[m.ContactOut])
+async def list_contacts(request: web.Request) -> web.Response:
+    list_id = path_id(request, "sending list")
+    query = read_query(request, m.PageQuery)
+    await get_or_404(_tr(request), c.SENDING_LISTS, list_id, "sending list")
+    return await page(request, c.CONTACTS, m.ContactOut, query, {"sending_list_id": list_id})
+
+
+@route("GET", "/contacts/{id}", "Get a contact", response=m.ContactOut)
+async def get_contact(request: web.Request) -> web.Response:
+    doc = await get_or_404(_tr(request), c.CONTACTS, path_id(request, "contact"), "contact")
+    return _json(m.ContactOut.from_doc(doc))
+
+
+# --------------------------------------------------------------------------------------------- audiences
+
+
+@route("POST", "/audiences", "Create an audience (a filter or explicit contact ids)", body=m.AudienceIn,
+       response=m.AudienceOut, status=201)
+async def create_audience(request: web.Request) -> web.Response:
+    body = await read_body(request, m.AudienceIn)
+    trackly = _tr(request)
+    await get_or_404(trackly, c.SENDING_LISTS, body.sending_list_id, "sending list")
+    if body.filter is not None:
+        from .audience import compile_filter
+
+        try:
+            compile_filter(body.filter)
+        except (ValueError, TypeError, TracklyError) as exc:
+            path = getattr(exc, "path", "filter")
+            raise field_error(f"body.{path}", str(exc)) from exc
+    doc = {"_id": await _new_id(trackly, c.AUDIENCES), **body.model_dump()}
+    doc["filter"] = _undollar(doc["filter"])
+    await trackly.store[c.AUDIENCES].insert_one(doc)
+    return _json(m.AudienceOut.from_doc(doc), 201)
+
+
+@route("GET", "/audiences", "List audiences", query=m.PageQuery, response=m.Page[m.AudienceOut])
+async def list_audiences(request: web.Request) -> web.Response:
+    return await page(request, c.AUDIENCES, m.AudienceOut, read_query(request, m.PageQuery), {})
+
+
+@route("GET", "/audiences/{id}", "Get an audience", response=m.AudienceOut)
+async def get_audience(request: web.Request) -> web.Response:
+    doc = await get_or_404(_tr(request), c.AUDIENCES, path_id(request, "audience"), "audience")
+    return _json(m.AudienceOut.from_doc(doc))
+
+
+def _undollar(node: Any) -> Any:
+    """The filter with ``$eq``-style operator keys stored as ``eq`` (the same meaning; MongoDB-safe keys)."""
+    if isinstance(node, dict):
+        return {(k[1:] if k.startswith("$") else k): _undollar(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_undollar(v) for v in node]
+    return node
+
+
+# --------------------------------------------------------------------------------------------- creatives
+
+
+@route("POST", "/creatives", "Create a creative (message variants)", body=m.CreativeIn, response=m.CreativeOut, status=201)
+async def create_creative(request: web.Request) -> web.Response:
+    body = await read_body(request, m.CreativeIn)
+    trackly = _tr(request)
+    await get_or_404(trackly, c.ACCOUNTS, body.account_id, "account")
+    doc = {"_id": await _new_id(trackly, c.CREATIVES), **body.model_dump()}
+    await trackly.store[c.CREATIVES].insert_one(doc)
+    return _json(m.CreativeOut.from_doc(doc), 201)
+
+
+@route("GET", "/creatives", "List creatives", query=m.PageQuery, response=m.Page[m.CreativeOut])
+async def list_creatives(request: web.Request) -> web.Response:
+    return await page(request, c.CREATIVES, m.CreativeOut, read_query(request, m.PageQuery), {})
+
+
+@route("GET", "/creatives/{id}", "Get a creative", response=m.CreativeOut)
+async def get_creative(request: web.Request) -> web.Response:
+    doc = await get_or_404(_tr(request), c.CREATIVES, path_id(request, "creative"), "creative")
+    return _json(m.CreativeOut.from_doc(doc))
+
+
+# The campaign, execution and stats routes live in api_campaigns.py (imported by setup).
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+@route("GET", "/openapi.json", "This API's OpenAPI 3.1 document (no token needed)", auth=False, response=dict[str, Any])
+async def openapi_json(request: web.Request) -> web.Response:
+    from .openapi import document
+
+    return _json(document(_tr(request).settings.http.public_url))
+
+
+def build_subapp(trackly: Trackly) -> web.Application:
+    from . import api_campaigns  # noqa: F401  (registers its routes in ROUTES)
+
+    sub = web.Application(middlewares=[error_middleware, auth_middleware],
+                          client_max_size=trackly.settings.http.max_body_bytes)
+    sub[TRACKLY] = trackly
+    for r in ROUTES:
+        sub.router.add_route(r.method, r.path, r.handler)
+    return sub
+
+
+def setup(app: web.Application, trackly: Trackly) -> None:
+    """Mount the admin API at ``/api/v1``."""
+    app.add_subapp(PREFIX, build_subapp(trackly))

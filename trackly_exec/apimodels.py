@@ -1,0 +1,444 @@
+"""Request and response bodies of the admin API (pydantic v2).
+
+Request models forbid unknown keys, so a typo answers 422 naming the field instead of being ignored.
+Response models are what GET answers contain; secrets (``webhook_secret``, secret-looking driver
+settings) are masked in them. The OpenAPI document (:mod:`trackly_exec.openapi`) is generated from these
+models, so the documentation cannot drift from what the server validates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .models import CampaignStatus, ExecutionStatus, QuietHours, Variant
+
+MASK = "**********"
+_SECRETISH = ("key", "token", "secret", "password", "auth")
+_SENDER = re.compile(r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")
+_ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+MAX_PAGE = 1000
+MAX_BULK_CONTACTS = 10_000
+
+
+def mask_secrets(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` with every secret-looking key's value masked (nested dicts too)."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out[k] = mask_secrets(v)
+        elif v not in (None, "") and any(s in str(k).lower() for s in _SECRETISH):
+            out[k] = MASK
+        else:
+            out[k] = v
+    return out
+
+
+def check_timezone(v: str | None) -> str | None:
+    """``v`` if it is a known IANA zone name (or None); ValueError otherwise."""
+    if v is None:
+        return v
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {v!r}") from exc
+    return v
+
+
+class Body(BaseModel):
+    """Base of request bodies: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    """Base of response bodies."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(Out):
+    loc: str = Field(description='Where the problem is: "body.field.path" or "query.name".')
+    msg: str
+    type: str = ""
+
+
+class ErrorOut(Out):
+    error: str = Field(description="validation | bad_json | not_found | unauthorized | conflict | too_large | internal")
+    message: str = ""
+    details: list[ErrorDetail] = Field(default_factory=list)
+    request_id: str | None = None
+
+
+# --------------------------------------------------------------------------------------------- pages
+
+T = TypeVar("T")
+
+
+class Page(Out, Generic[T]):
+    items: list[T]
+    next_after: int | None = Field(None, description="Pass as `after` to get the next page; null on the last page.")
+
+
+class PageQuery(Body):
+    limit: int = Field(100, ge=1, le=MAX_PAGE, description="Items per page.")
+    after: int = Field(0, ge=0, description="Only items with an id greater than this (the previous page's next_after).")
+
+
+# --------------------------------------------------------------------------------------------- accounts
+
+
+class AccountIn(Body):
+    name: str = Field(min_length=1, max_length=200)
+    balance: float = Field(0.0, ge=0, description="Prepaid balance debited per sent segment.")
+    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000,
+                                    description="Customer delivery-status webhook.")
+    webhook_secret: str | None = Field(None, min_length=8, max_length=200,
+                                       description="HMAC secret for the customer webhook (never returned).")
+
+
+class AccountOut(Out):
+    id: int
+    name: str
+    balance: float
+    webhook_url: str | None = None
+    webhook_secret: str | None = Field(None, description=f'"{MASK}" when set.')
+    created_at: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> AccountOut:
+        data = {**doc, "id": doc["_id"]}
+        if data.get("webhook_secret"):
+            data["webhook_secret"] = MASK
+        return cls.model_validate(data)
+
+
+# --------------------------------------------------------------------------------------------- sending lists
+
+
+class QuietHoursIn(QuietHours):
+    """Sending window in the contact's local time (TCPA: 08:00-21:00)."""
+
+
+class SendingListIn(Body):
+    account_id: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=200)
+    driver: str = Field(min_length=1, max_length=100,
+                        description="A driver instance ([drivers.NAME] in the config) or an installed driver.")
+    driver_settings: dict[str, Any] = Field(default_factory=dict,
+                                            description="Overrides laid over the instance's settings (secrets masked in answers).")
+    from_number: str = Field(description="E.164 number or alphanumeric sender id (up to 11 characters).")
+    rate_limit_per_minute: int = Field(17000, ge=1, le=10_000_000)
+    cooldown_minutes: float = Field(0, ge=0, le=525_600, description="Frequency cap: skip contacts sent to within this.")
+    quiet_hours: QuietHoursIn = Field(default_factory=lambda: QuietHoursIn())  # type: ignore[call-arg]
+    blocked_words: list[str] = Field(default_factory=list, max_length=10_000)
+    price_per_segment: float = Field(0.0, ge=0)
+    active: bool = True
+    opt_out_footer: str | None = Field(None, max_length=160)
+    help_text: str | None = Field(None, max_length=320)
+
+    @field_validator("from_number")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        if not _SENDER.match(v):
+            raise ValueError("must be an E.164 number or an alphanumeric sender id of up to 11 characters")
+        return v
+
+
+class SendingListOut(Out):
+    id: int
+    account_id: int
+    name: str
+    driver: str
+    driver_settings: dict[str, Any] = Field(default_factory=dict, description="Secret-looking values masked.")
+    from_number: str
+    rate_limit_per_minute: int
+    cooldown_minutes: float
+    quiet_hours: QuietHours
+    blocked_words: list[str]
+    price_per_segment: float
+    active: bool
+    opt_out_footer: str | None = None
+    help_text: str | None = None
+    created_at: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> SendingListOut:
+        return cls.model_validate({**doc, "id": doc["_id"], "driver_settings": mask_secrets(doc.get("driver_settings") or {})})
+
+
+# --------------------------------------------------------------------------------------------- contacts
+
+
+class ContactIn(Body):
+    """One contact row of a bulk upsert; only the fields given are changed on an existing contact."""
+
+    phone: str | int = Field(description="Any format phonenumbers parses; stored as E.164.")
+    first_name: str | None = Field(None, max_length=200)
+    last_name: str | None = Field(None, max_length=200)
+    attributes: dict[str, Any] | None = Field(None, description="Merged key by key into the stored attributes.")
+    timezone: str | None = Field(None, description="IANA zone; wins over the zone inferred from the number.")
+    subscribed: bool | None = None
+    blocked: bool | None = None
+    in_workflow: bool | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return check_timezone(v)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attrs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            bad = [k for k in v if not _ATTR_KEY.match(k)]
+            if bad:
+                raise ValueError(f"attribute names must be letters, digits, _ or - (got {bad[0]!r})")
+            if len(v) > 200:
+                raise ValueError("at most 200 attributes")
+        return v
+
+
+class ContactsBulkIn(Body):
+    """Bulk upsert by (sending list, normalised phone). Bad rows are reported, good rows are kept."""
+
+    contacts: list[ContactIn] = Field(max_length=MAX_BULK_CONTACTS)
+    default_region: str = Field("US", pattern=r"^[A-Z]{2}$", description="Region for numbers without a country code.")
+
+
+class ContactsBulkRaw(Body):
+    """What the server actually parses: rows are validated one by one so a bad row rejects only itself."""
+
+    contacts: list[Any] = Field(max_length=MAX_BULK_CONTACTS)
+    default_region: str = Field("US", pattern=r"^[A-Z]{2}$")
+
+
+class RejectedRow(Out):
+    index: int = Field(description="0-based position of the row in `contacts`.")
+    reason: str
+    phone: str | None = None
+
+
+class ContactsBulkOut(Out):
+    inserted: int
+    updated: int
+    rejected: list[RejectedRow]
+
+
+class ContactOut(Out):
+    id: int
+    sending_list_id: int
+    phone: str
+    first_name: str | None = None
+    last_name: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    timezone: str | None = None
+    subscribed: bool = True
+    blocked: bool = False
+    in_workflow: bool = False
+    last_sent_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ContactOut:
+        return cls.model_validate({**doc, "id": doc["_id"]})
+
+
+# --------------------------------------------------------------------------------------------- audiences
+
+
+class AudienceIn(Body):
+    sending_list_id: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=200)
+    filter: dict[str, Any] | None = Field(
+        None, description='Over contact fields and attributes, e.g. {"and": [{"attributes.tier": {"eq": "gold"}}, '
+        '{"subscribed": {"eq": true}}]}; operators eq, ne, in, nin, gt, gte, lt, lte, exists, and, or.')
+    contact_ids: list[int] | None = Field(None, max_length=1_000_000, description="Explicit contact ids instead of a filter.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AudienceIn:
+        if (self.filter is None) == (self.contact_ids is None):
+            raise ValueError("give exactly one of filter or contact_ids")
+        return self
+
+
+class AudienceOut(Out):
+    id: int
+    sending_list_id: int
+    name: str
+    filter: dict[str, Any] | None = None
+    contact_ids: list[int] | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> AudienceOut:
+        return cls.model_validate({**doc, "id": doc["_id"]})
+
+
+# --------------------------------------------------------------------------------------------- creatives
+
+
+class CreativeIn(Body):
+    account_id: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=200)
+    variants: list[Variant] = Field(min_length=1, max_length=26,
+                                    description="Bodies may use {first_name}, {first_name|there}, {attributes.x}.")
+    selection: Literal["split", "learned"] = Field("split", description="split: by weight; learned: Thompson sampling on clicks.")
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[Variant]) -> list[Variant]:
+        keys = [x.key for x in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError("variant keys must be unique")
+        if sum(x.weight for x in v) <= 0:
+            raise ValueError("at least one variant needs a weight above 0")
+        return v
+
+
+class CreativeOut(Out):
+    id: int
+    account_id: int
+    name: str
+    variants: list[Variant]
+    selection: str
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> CreativeOut:
+        return cls.model_validate({**doc, "id": doc["_id"]})
+
+
+# --------------------------------------------------------------------------------------------- campaigns
+
+
+class ScheduleIn(Body):
+    """Either ``{at}`` (once, now or later) or ``{cron, timezone}`` (recurring, DST-correct)."""
+
+    at: dt.datetime | None = Field(None, description="ISO 8601 with an offset; now or in the future.")
+    cron: str | None = Field(None, max_length=200, description='Five fields, e.g. "0 10 * * MON-FRI".')
+    timezone: str = Field("UTC", description="IANA zone the cron expression is read in.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return check_timezone(v) or "UTC"
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, v: dt.datetime | None) -> dt.datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("must include a timezone offset (e.g. 2026-01-15T10:30:00Z)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleIn:
+        if (self.at is None) == (self.cron is None):
+            raise ValueError("give exactly one of at or cron")
+        return self
+
+
+class CampaignIn(Body):
+    account_id: int = Field(ge=1)
+    sending_list_id: int = Field(ge=1)
+    audience_ids: list[int] = Field(min_length=1, max_length=100)
+    creative_id: int = Field(ge=1)
+    schedule: ScheduleIn | None = Field(None, description="Omit for a campaign that only runs when triggered.")
+    exclude_in_workflow: bool = False
+    quiet_hours_policy: Literal["exclude", "hold"] = Field(
+        "exclude", description="exclude: skip contacts outside their window; hold: queue them for the window's opening.")
+    track_links: bool = False
+
+
+class CampaignOut(Out):
+    id: int
+    account_id: int
+    sending_list_id: int
+    audience_ids: list[int]
+    creative_id: int
+    schedule: ScheduleIn | None = None
+    exclude_in_workflow: bool
+    quiet_hours_policy: str
+    track_links: bool
+    status: CampaignStatus
+    next_run_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> CampaignOut:
+        data = {**doc, "id": doc["_id"]}
+        sched = data.get("schedule") or {}
+        data["schedule"] = sched if (sched.get("at") or sched.get("cron")) else None
+        return cls.model_validate(data)
+
+
+class TriggerOut(Out):
+    execution_id: int
+    execution: ExecutionOut | None = None
+
+
+# --------------------------------------------------------------------------------------------- executions
+
+
+class ExecutionOut(Out):
+    id: int
+    campaign_id: int
+    account_id: int
+    sending_list_id: int
+    occurrence_key: str
+    scheduled_for: dt.datetime
+    status: ExecutionStatus
+    reason: str | None = None
+    counts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per_audience {id: n}, audience_total, overlap, unique, skipped {reason: n}, queued.")
+    triggered_at: dt.datetime | None = None
+    evaluated_at: dt.datetime | None = None
+    queued_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ExecutionOut:
+        return cls.model_validate({**doc, "id": doc["_id"]})
+
+
+class ExecutionQuery(PageQuery):
+    campaign_id: int | None = Field(None, ge=1, description="Only this campaign's executions.")
+
+
+# --------------------------------------------------------------------------------------------- stats
+
+
+class ClickStats(Out):
+    all: int = 0
+    human: int = 0
+
+
+class VariantStats(Out):
+    sent: int = 0
+    delivered: int = 0
+    undelivered: int = 0
+    failed: int = 0
+    clicks: ClickStats = Field(default_factory=ClickStats)
+
+
+class CampaignStatsOut(Out):
+    campaign_id: int
+    executions: int
+    queued: int = Field(description="Messages waiting in the queue now.")
+    sent: int = Field(description="Accepted by the provider (MessageSent).")
+    delivered: int
+    undelivered: int = Field(description="Delivery report said not delivered.")
+    delivery_pending: int
+    failed: dict[str, int] = Field(description="FailedMessage count by reason.")
+    clicks: ClickStats
+    per_variant: dict[str, VariantStats]
+
+
+TriggerOut.model_rebuild()
