@@ -1,9 +1,136 @@
-"""Placeholder: routes are added by the issue that owns this module."""
+"""Provider webhooks: ``POST /webhooks/{driver}/status[/{token}]`` and ``POST /webhooks/{driver}/inbound[/{token}]``.
+
+``{driver}`` is a driver *instance* configured under ``[drivers.NAME]`` (anything else: 404). Each request:
+
+1. body larger than ``tracking.webhook_max_body_bytes``: 413 (checked on Content-Length and while reading);
+2. a :class:`~trackly_exec.driver.WebhookRequest` with ``url = http.public_url + path + query`` (what Twilio signs)
+   and ``path_token`` = the optional last path segment;
+3. ``driver.authenticate()``: failure is 403 and nothing changes;
+4. ``driver.parse_status()`` / ``parse_inbound()``: a malformed body is 400 and nothing changes;
+5. :func:`trackly_exec.delivery.ingest` (reports for unknown ids: 200, logged, no record) or
+   :func:`trackly_exec.optout.handle_inbound` (the reply, e.g. HELP text, goes back through
+   ``driver.inbound_response()``, TwiML for Twilio).
+
+A store failure answers 500 so the provider retries later (ingestion is idempotent).
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from aiohttp import web
 
-def setup(app: Any, trackly: Any) -> None:
-    """Add this module's routes to the aiohttp application."""
+from . import delivery, optout
+from .app import Trackly
+from .driver import Driver, WebhookRequest
+from .errors import WebhookAuthError, WebhookFormatError
+from .logs import get_logger
+
+log = get_logger(__name__)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _plain(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text)
+
+
+class WebhookHandler:
+    """The two webhook endpoints of one daemon."""
+
+    def __init__(self, trackly: Trackly) -> None:
+        self.trackly = trackly
+
+    async def _prepare(self, request: web.Request) -> tuple[Driver[Any], WebhookRequest] | web.Response:
+        """Size limit, driver lookup, the WebhookRequest and authentication; a Response when refused."""
+        name = request.match_info["driver"]
+        if name not in self.trackly.drivers.names():
+            return _plain(404, "unknown driver")
+        try:
+            body = await _read_body(request, self.trackly.settings.tracking.webhook_max_body_bytes)
+        except _TooLarge:
+            log.warning("webhook_too_large", driver=name, content_length=request.content_length)
+            return _plain(413, "request body too large")
+        try:
+            driver = await self.trackly.drivers.get(name)
+        except Exception as exc:
+            log.error("webhook_driver_unavailable", driver=name, error=str(exc))
+            return _plain(404, "unknown driver")
+        try:
+            hook = WebhookRequest(
+                url=self.trackly.settings.http.public_url + request.raw_path,
+                headers={k: v for k, v in request.headers.items()},
+                body=body,
+                content_type=request.headers.get("Content-Type", ""),
+                path_token=request.match_info.get("token"),
+            )
+        except WebhookFormatError as exc:
+            log.warning("webhook_malformed", driver=name, error=str(exc))
+            return _plain(400, "malformed request")
+        try:
+            driver.authenticate(hook)
+        except WebhookAuthError as exc:
+            log.warning("webhook_forbidden", driver=name, path=request.path, error=str(exc), remote=request.remote)
+            return _plain(403, "forbidden")
+        return driver, hook
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        prepared = await self._prepare(request)
+        if isinstance(prepared, web.Response):
+            return prepared
+        driver, hook = prepared
+        try:
+            reports = driver.parse_status(hook)
+        except Exception as exc:  # WebhookFormatError, or a parser tripping over a malformed body
+            log.warning("delivery_report_malformed", driver=driver.name, error=f"{type(exc).__name__}: {exc}")
+            return _plain(400, "malformed delivery report")
+        try:
+            result = await delivery.ingest(self.trackly, driver.name, reports)
+        except Exception as exc:
+            log.error("delivery_ingest_failed", driver=driver.name, reports=len(reports), error=str(exc))
+            return _plain(500, "temporarily unavailable")
+        return web.Response(text=json.dumps(result.as_dict()), content_type="application/json")
+
+    async def inbound(self, request: web.Request) -> web.StreamResponse:
+        prepared = await self._prepare(request)
+        if isinstance(prepared, web.Response):
+            return prepared
+        driver, hook = prepared
+        try:
+            messages = driver.parse_inbound(hook)
+        except Exception as exc:
+            log.warning("inbound_malformed", driver=driver.name, error=f"{type(exc).__name__}: {exc}")
+            return _plain(400, "malformed inbound message")
+        try:
+            reply = await optout.handle_inbound(self.trackly, driver.name, messages)
+        except Exception as exc:
+            log.error("inbound_failed", driver=driver.name, messages=len(messages), error=str(exc))
+            return _plain(500, "temporarily unavailable")
+        answer = driver.inbound_response(reply)
+        return web.Response(status=answer.status, body=answer.body,
+                            headers={"Content-Type": answer.content_type or "text/plain"})
+
+
+def setup(app: web.Application, trackly: Trackly) -> None:
+    """Add the provider webhook routes."""
+    handler = WebhookHandler(trackly)
+    app.router.add_post("/webhooks/{driver}/status", handler.status)
+    app.router.add_post("/webhooks/{driver}/status/{token}", handler.status)
+    app.router.add_post("/webhooks/{driver}/inbound", handler.inbound)
+    app.router.add_post("/webhooks/{driver}/inbound/{token}", handler.inbound)
