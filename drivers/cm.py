@@ -1,0 +1,206 @@
+"""CM.com Business Messaging driver: ``POST /v1.0/message`` with up to 100 ``msg`` per request.
+
+Wire format: ``/work/shared/reference/providers.md`` §3. Our id travels as each message's ``reference``
+(1-32 alphanumerics: our 16-hex ids fit) and comes back in the status report. CM posts status reports to
+the URL configured in its portal (point it at the daemon's ``/webhooks/<instance>/status/<token>``);
+they and inbound messages are authenticated by the path token (and optional Basic auth) of the base class.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from pydantic import Field, SecretStr
+
+from trackly_exec.driver import (
+    Accepted,
+    DeliveryReport,
+    Driver,
+    DriverSettings,
+    InboundMessage,
+    OutboundMessage,
+    Rejected,
+    SendResult,
+    UnknownOutcome,
+    WebhookRequest,
+)
+from trackly_exec.errors import PermanentSendError, TransientSendError, WebhookFormatError
+
+from ._http import HttpClient, raise_for_status
+
+#: ``messageErrorCode`` values (SDK ``TextClientStatusCode``) with a meaning of their own.
+SPAM_CODES = frozenset({401})
+OPT_OUT_CODES = frozenset({402})
+#: Whole-request error codes that are worth retrying.
+TRANSIENT_CODES = frozenset({500, 999})
+#: ``status.code`` of a status report: 0 accepted by the operator, 1 rejected, 2 delivered, 3 failed.
+STATUS_NAMES = {"0": "accepted", "1": "rejected", "2": "delivered", "3": "failed", "4": "read"}
+
+
+class CMSettings(DriverSettings):
+    """``[drivers.cm]``: the product token of your CM account."""
+
+    base_url: str = Field("https://gw.messaging.cm.com", description="CM gateway base URL.")
+    product_token: SecretStr = Field(SecretStr(""), description="Product token (GUID), sent as X-CM-PRODUCTTOKEN.")
+    batch_size: int = Field(100, ge=1, le=100, description="Messages (`msg` entries) per request.")
+    max_parts: int = Field(8, ge=1, le=8, description="maximumNumberOfMessageParts of each message.")
+
+
+def cm_number(e164: str) -> str:
+    """CM wants ``00`` + country code + number."""
+    return "00" + e164.lstrip("+")
+
+
+def from_cm_number(number: Any) -> str:
+    text = str(number or "").strip()
+    if text.startswith("00") and text[2:].isdigit():
+        return "+" + text[2:]
+    if text.isdigit():
+        return "+" + text
+    return text
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """CM report times (``2024-01-15T10:30:00`` or with an offset); naive times taken as UTC."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+class CMDriver(Driver[CMSettings]):
+    """CM.com text gateway (JSON)."""
+
+    settings_model: ClassVar[type[DriverSettings]] = CMSettings
+    fake: ClassVar[str | None] = "drivers.cm_fake:CMFake"
+
+    _http: HttpClient | None = None
+
+    async def startup(self) -> None:
+        token = self.settings.product_token.get_secret_value()
+        self._http = HttpClient(self.settings, headers={"X-CM-PRODUCTTOKEN": token, "Accept": "application/json"})
+        await self._http.open()
+
+    async def shutdown(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    def request_body(self, messages: Sequence[OutboundMessage]) -> dict[str, Any]:
+        msgs = [{
+            "allowedChannels": ["SMS"],
+            "from": m.sender.lstrip("+") if m.sender.startswith("+") else m.sender,
+            "to": [{"number": cm_number(m.to)}],
+            "body": {"type": "auto", "content": m.body},
+            "reference": m.id,
+            "minimumNumberOfMessageParts": 1,
+            "maximumNumberOfMessageParts": self.settings.max_parts,
+        } for m in messages]
+        token = self.settings.product_token.get_secret_value()
+        return {"messages": {"authentication": {"producttoken": token}, "msg": msgs}}
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        assert self._http is not None, "startup() not called"
+        reply = await self._http.post("/v1.0/message", json_body=self.request_body(messages))
+        body = reply.json()
+        per_message = body.get("messages") if isinstance(body, dict) else None
+        if not 200 <= reply.status < 300 and not per_message:
+            code = _int(body.get("errorCode"), -1) if isinstance(body, dict) else -1
+            detail = str(body.get("details") or "") if isinstance(body, dict) else ""
+            if reply.status == 400 and code in TRANSIENT_CODES:
+                raise TransientSendError(detail, code=str(code), retry_after=reply.retry_after)
+            if reply.status == 400 and code > 0:  # 101 auth, 102 balance, 103 key, 202 malformed, ...
+                raise PermanentSendError(detail, code=str(code))
+            raise_for_status(reply, code=str(code) if code >= 0 else None, detail=detail)
+        if not isinstance(per_message, list):
+            return [UnknownOutcome(message_id=m.id, detail=f"CM answered HTTP {reply.status} without messages")
+                    for m in messages]
+        by_ref = {str(e.get("reference")): e for e in per_message if isinstance(e, dict)}
+        results: list[SendResult] = []
+        for m in messages:
+            entry = by_ref.get(m.id)
+            if entry is None:
+                results.append(UnknownOutcome(message_id=m.id, detail="no status for this reference"))
+                continue
+            status = str(entry.get("status") or "").lower()
+            error = _int(entry.get("messageErrorCode"))
+            if status == "accepted" and error == 0:
+                results.append(Accepted(message_id=m.id, provider_message_id=m.id,
+                                        segments=_int(entry.get("parts"), m.segments) or m.segments))
+            else:
+                results.append(Rejected(message_id=m.id, code=str(error), detail=str(entry.get("messageDetails") or ""),
+                                        spam=error in SPAM_CODES, opted_out=error in OPT_OUT_CODES))
+        return results
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def _json(self, request: WebhookRequest) -> Any:
+        try:
+            return json.loads(request.body)
+        except ValueError as exc:
+            raise WebhookFormatError("CM webhook body is not JSON") from exc
+
+    def parse_status(self, request: WebhookRequest) -> list[DeliveryReport]:
+        """``{"messages": {"msg": {...}}}`` (one object; a list is accepted too)."""
+        body = self._json(request)
+        msg = (body.get("messages") or {}).get("msg") if isinstance(body, dict) and isinstance(
+            body.get("messages"), dict) else None
+        items = msg if isinstance(msg, list) else [msg] if isinstance(msg, dict) else None
+        if not items:
+            raise WebhookFormatError("CM status report without messages.msg")
+        reports = []
+        for item in items:
+            status = item.get("status") or {}
+            code = str(status.get("code", "")).strip()
+            if code not in STATUS_NAMES:
+                raise WebhookFormatError(f"CM status report with unknown status code {code!r}")
+            error = str(status.get("errorCode") or "").strip() or None
+            description = str(status.get("errorDescription") or "") or None
+            reports.append(DeliveryReport(
+                message_id=str(item["reference"]) if item.get("reference") else None,
+                status=STATUS_NAMES[code],
+                delivered=True if code in ("2", "4") else False if code in ("1", "3") else None,
+                error_code=error if error not in (None, "0") else None,
+                error_detail=description,
+                done_at=parse_time(item.get("received")),
+                spam="spam" in (description or "").lower(),
+            ))
+        return reports
+
+    def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
+        """Inbound SMS as JSON: the Business Messaging shape (``from.number``, ``to.number``,
+        ``message.text``) or the flat gateway shape (``from``/``sender``, ``to``/``receiver``, ``message``)."""
+        if request.form:
+            body: Any = {k: v[0] for k, v in request.form.items()}
+        else:
+            body = self._json(request)
+        items = body if isinstance(body, list) else [body]
+        out = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise WebhookFormatError("CM inbound message is not an object")
+            sender, to, text = item.get("from", item.get("sender")), item.get("to", item.get("receiver")), None
+            sender = sender.get("number") if isinstance(sender, dict) else sender
+            to = to.get("number") if isinstance(to, dict) else to
+            message = item.get("message")
+            text = message.get("text") if isinstance(message, dict) else message
+            if not sender or text is None:
+                raise WebhookFormatError("CM inbound message without from/text")
+            out.append(InboundMessage(
+                from_number=from_cm_number(sender), to_number=from_cm_number(to), text=str(text),
+                provider_message_id=str(item["reference"]) if item.get("reference") else None,
+                received_at=parse_time(item.get("timeUtc") or item.get("time")),
+            ))
+        return out

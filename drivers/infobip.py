@@ -1,0 +1,219 @@
+"""Infobip SMS driver: ``POST /sms/3/messages`` with many destinations per request.
+
+Wire format: ``/work/shared/reference/providers.md`` §1. Our message id travels as the destination
+``messageId`` (echoed in the send response and in every delivery report); messages with the same sender and
+text are grouped into one ``messages[]`` entry. Delivery reports and inbound messages are JSON
+(``{"results": [...]}``), authenticated by the secret path token (and optional Basic auth) of the base class.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from pydantic import Field, SecretStr
+
+from trackly_exec.driver import (
+    Accepted,
+    DeliveryReport,
+    Driver,
+    DriverSettings,
+    InboundMessage,
+    OutboundMessage,
+    Rejected,
+    SendResult,
+    UnknownOutcome,
+    WebhookRequest,
+)
+from trackly_exec.errors import WebhookFormatError
+
+from ._http import HttpClient, HttpReply, raise_for_status
+
+#: Send-response / DLR status groups.
+ACCEPTED_GROUPS = frozenset({"PENDING", "ACCEPTED", "OK", "DELIVERED"})
+FAILED_GROUPS = frozenset({"UNDELIVERABLE", "EXPIRED", "REJECTED"})
+#: Status or error names that mean carrier/platform spam filtering, or that the recipient opted out.
+SPAM_NAMES = frozenset({"REJECTED_FLOODING_FILTER", "REJECTED_SPAM", "EC_SPAM_FILTERED", "EC_MESSAGE_FILTERED"})
+OPT_OUT_NAMES = frozenset({"REJECTED_DND", "REJECTED_DESTINATION_BLOCKLISTED", "REJECTED_DESTINATION_BLACKLISTED"})
+
+
+class InfobipSettings(DriverSettings):
+    """``[drivers.infobip]``: your account's base URL and API key."""
+
+    base_url: str = Field("https://api.infobip.com", description="Your account's Infobip base URL.")
+    api_key: SecretStr = Field(SecretStr(""), description="API key (sent as `Authorization: App <key>`).")
+    batch_size: int = Field(1000, ge=1, le=10000, description="Destinations per request.")
+    intermediate_reports: bool = Field(False, description="Ask for intermediate (PENDING) delivery reports.")
+
+
+def error_from_body(body: Any) -> tuple[str | None, str]:
+    """``(code, detail)`` from either Infobip error envelope (new ``ApiError`` or legacy ``requestError``)."""
+    if not isinstance(body, dict):
+        return None, ""
+    if "errorCode" in body:
+        detail = str(body.get("description") or "")
+        violations = body.get("violations") or []
+        if violations:
+            detail += " " + "; ".join(f"{v.get('property')}: {v.get('violation')}" for v in violations
+                                      if isinstance(v, dict))
+        return str(body["errorCode"]), detail.strip()
+    exc = (body.get("requestError") or {}).get("serviceException") if isinstance(body.get("requestError"), dict) \
+        else None
+    if isinstance(exc, dict):
+        detail = str(exc.get("text") or "")
+        if exc.get("validationErrors"):
+            detail += " " + json.dumps(exc["validationErrors"], separators=(",", ":"))
+        return (str(exc["messageId"]) if exc.get("messageId") else None), detail.strip()
+    return None, ""
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """Infobip timestamps (``2019-11-09T16:00:00.000+0100``), leniently; None when absent or odd."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def e164(number: Any) -> str:
+    """Infobip writes numbers without the '+'."""
+    text = str(number or "").strip()
+    return text if not text or text.startswith("+") or not text.isdigit() else "+" + text
+
+
+def _status_result(message_id: str, entry: dict[str, Any], segments: int) -> SendResult:
+    status = entry.get("status") or {}
+    group = str(status.get("groupName") or "").upper()
+    name = str(status.get("name") or group or "UNKNOWN")
+    if group in ACCEPTED_GROUPS:
+        count = (entry.get("details") or {}).get("messageCount") or entry.get("smsCount") or segments
+        provider_id = str(entry.get("messageId") or message_id)
+        return Accepted(message_id=message_id, provider_message_id=provider_id, segments=int(count))
+    if group in FAILED_GROUPS:
+        code = f"{name}" + (f" ({status['id']})" if status.get("id") is not None else "")
+        return Rejected(message_id=message_id, code=name, detail=f"{code}: {status.get('description', '')}".strip(),
+                        spam=name in SPAM_NAMES, opted_out=name in OPT_OUT_NAMES)
+    return UnknownOutcome(message_id=message_id, detail=f"unexpected Infobip status {name!r} in send response")
+
+
+class InfobipDriver(Driver[InfobipSettings]):
+    """Infobip SMS API v3."""
+
+    settings_model: ClassVar[type[DriverSettings]] = InfobipSettings
+    fake: ClassVar[str | None] = "drivers.infobip_fake:InfobipFake"
+
+    _http: HttpClient | None = None
+
+    async def startup(self) -> None:
+        key = self.settings.api_key.get_secret_value()
+        self._http = HttpClient(self.settings, headers={"Authorization": f"App {key}", "Accept": "application/json"})
+        await self._http.open()
+
+    async def shutdown(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    def request_body(self, messages: Sequence[OutboundMessage]) -> dict[str, Any]:
+        """The ``/sms/3/messages`` body: one entry per (sender, text), our id as each ``messageId``."""
+        groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+        for m in messages:
+            groups.setdefault((m.sender, m.body), []).append({"to": m.to.lstrip("+"), "messageId": m.id})
+        webhooks: dict[str, Any] | None = None
+        if self.context.status_url:
+            webhooks = {"delivery": {"url": self.context.status_url,
+                                     "intermediateReport": self.settings.intermediate_reports},
+                        "contentType": "application/json"}
+        out = []
+        for (sender, text), destinations in groups.items():
+            entry: dict[str, Any] = {"sender": sender, "destinations": destinations, "content": {"text": text}}
+            if webhooks:
+                entry["webhooks"] = webhooks
+            out.append(entry)
+        return {"messages": out, "options": {"includeSmsCountInResponse": True}}
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        assert self._http is not None, "startup() not called"
+        reply = await self._http.post("/sms/3/messages", json_body=self.request_body(messages))
+        return self.results(messages, reply)
+
+    def results(self, messages: Sequence[OutboundMessage], reply: HttpReply) -> list[SendResult]:
+        """Map a send reply to one result per message (raising for whole-request errors)."""
+        body = reply.json()
+        if not 200 <= reply.status < 300:
+            code, detail = error_from_body(body)
+            raise_for_status(reply, code=code, detail=detail)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            # Accepted or not, we cannot tell: never re-send blindly.
+            return _unknown(messages, f"Infobip answered HTTP {reply.status} without a messages list")
+        by_id: dict[str, dict[str, Any]] = {}
+        for entry in body["messages"]:
+            if isinstance(entry, dict) and entry.get("messageId") is not None:
+                by_id[str(entry["messageId"])] = entry
+        results: list[SendResult] = []
+        for m in messages:
+            entry = by_id.get(m.id)
+            if entry is None:
+                results.append(UnknownOutcome(message_id=m.id, detail="no status for this destination"))
+            else:
+                results.append(_status_result(m.id, entry, m.segments))
+        return results
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def _results(self, request: WebhookRequest) -> list[dict[str, Any]]:
+        try:
+            body = json.loads(request.body)
+        except ValueError as exc:
+            raise WebhookFormatError("Infobip webhook body is not JSON") from exc
+        results = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(results, list):
+            raise WebhookFormatError("Infobip webhook body has no results list")
+        return [r for r in results if isinstance(r, dict)]
+
+    def parse_status(self, request: WebhookRequest) -> list[DeliveryReport]:
+        """v3 and v2 delivery reports (``sender``/``messageCount`` or ``from``/``smsCount``)."""
+        reports = []
+        for r in self._results(request):
+            status = r.get("status") or {}
+            error = r.get("error") or {}
+            group = str(status.get("groupName") or "").upper()
+            name = str(status.get("name") or group or "UNKNOWN")
+            delivered: bool | None = True if group == "DELIVERED" else False if group in FAILED_GROUPS else None
+            error_name = str(error.get("name") or "")
+            has_error = bool(error.get("id")) or (error_name not in ("", "NO_ERROR"))
+            segments = r.get("messageCount", r.get("smsCount"))
+            reports.append(DeliveryReport(
+                message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
+                provider_message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
+                status=name,
+                delivered=delivered,
+                error_code=(error_name or str(error.get("id"))) if has_error else None,
+                error_detail=str(error.get("description")) if has_error and error.get("description") else None,
+                segments=int(segments) if isinstance(segments, (int, float, str)) and str(segments).isdigit() else None,
+                done_at=parse_time(r.get("doneAt")),
+                spam=name in SPAM_NAMES or error_name in SPAM_NAMES,
+                opted_out=name in OPT_OUT_NAMES,
+            ))
+        return reports
+
+    def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
+        """Inbound messages (``MO_JSON_2``): ``results[]`` with ``from``, ``to``, ``text``."""
+        out = []
+        for r in self._results(request):
+            if not r.get("from") or r.get("text") is None:
+                raise WebhookFormatError("Infobip inbound result without from/text")
+            out.append(InboundMessage(
+                from_number=e164(r["from"]), to_number=e164(r.get("to")), text=str(r["text"]),
+                provider_message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
+                received_at=parse_time(r.get("receivedAt")),
+            ))
+        return out
+
+
+def _unknown(messages: Sequence[OutboundMessage], detail: str) -> list[SendResult]:
+    return [UnknownOutcome(message_id=m.id, detail=detail) for m in messages]

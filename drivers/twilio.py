@@ -1,0 +1,248 @@
+"""Twilio Programmable Messaging driver: one form-encoded request per message, signed webhooks.
+
+Wire format: ``/work/shared/reference/providers.md`` §2. Our id travels in the status callback URL
+(``StatusCallback = <status_url>?mid=<id>``), and comes back as the ``mid`` query parameter of the
+callback, which Twilio signs together with the form parameters (``X-Twilio-Signature``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+from xml.sax.saxutils import escape
+
+import aiohttp
+from pydantic import Field, SecretStr
+
+from trackly_exec.driver import (
+    Accepted,
+    DeliveryReport,
+    Driver,
+    DriverSettings,
+    InboundMessage,
+    OutboundMessage,
+    Rejected,
+    SendResult,
+    TransientFailure,
+    UnknownOutcome,
+    WebhookRequest,
+    WebhookResponse,
+)
+from trackly_exec.errors import (
+    DriverError,
+    PermanentSendError,
+    TransientSendError,
+    UnknownOutcomeError,
+    WebhookAuthError,
+    WebhookFormatError,
+)
+
+from ._http import HttpClient, raise_for_status
+
+#: Permanent per-recipient error codes; 21610 means the recipient replied STOP.
+OPT_OUT_CODES = frozenset({"21610"})
+SPAM_CODES = frozenset({"30007"})
+TRANSIENT_CODES = frozenset({"20429"})
+DELIVERED = frozenset({"delivered"})
+FAILED = frozenset({"undelivered", "failed", "canceled"})
+
+SIGNATURE_HEADER = "x-twilio-signature"
+SIGNATURE_SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
+_HASHES = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
+
+
+class TwilioSettings(DriverSettings):
+    """``[drivers.twilio]``: account SID and auth token (also the webhook signing key)."""
+
+    base_url: str = Field("https://api.twilio.com", description="Twilio REST API base URL.")
+    account_sid: str = Field("", description="Account SID (AC...), used in the path and as Basic-auth user.")
+    auth_token: SecretStr = Field(SecretStr(""), description="Auth token: Basic-auth password and webhook signing key.")
+    batch_size: int = Field(1, ge=1, le=1, description="Twilio takes one message per request (fixed at 1).")
+
+
+# --------------------------------------------------------------------------------------------- signatures
+
+
+def compute_signature(token: str, url: str, params: Mapping[str, Sequence[str]] | None,
+                      algorithm: str = "HMAC_SHA1") -> str:
+    """Twilio's signature: base64 HMAC of the URL followed by every ``name + value``, names sorted, values
+    sorted and de-duplicated (as ``twilio.request_validator.RequestValidator.compute_signature``)."""
+    parts = [url]
+    for name in sorted(set(params or {})):
+        for value in sorted(set((params or {})[name])):
+            parts.append(name + value)
+    mac = hmac.new(token.encode("utf-8"), "".join(parts).encode("utf-8"), _HASHES[algorithm])
+    return base64.b64encode(mac.digest()).decode("ascii")
+
+
+def _url_variants(url: str) -> set[str]:
+    """The URL as given, and without and with its default port (Twilio signs either form)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return {url}
+    if port:
+        without, with_port = urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0])), urlunsplit(parts)
+    else:
+        default = 443 if parts.scheme == "https" else 80
+        without, with_port = urlunsplit(parts), urlunsplit(parts._replace(netloc=f"{parts.netloc}:{default}"))
+    return {url, without, with_port}
+
+
+def validate_signature(token: str, url: str, params: Mapping[str, Sequence[str]] | None, signature: str,
+                       body: bytes | None = None, algorithm: str = "HMAC_SHA1") -> bool:
+    """True when ``signature`` is Twilio's for this request (URL tried with and without its port).
+
+    JSON-body webhooks carry ``bodySHA256`` in the URL: the body hash must match and the URL alone is signed.
+    """
+    if not signature or algorithm not in _HASHES:
+        return False
+    query = parse_qs(urlsplit(url).query)
+    body_ok = True
+    if "bodySHA256" in query and body is not None and not params:
+        expected = hashlib.sha256(body).hexdigest()
+        body_ok = hmac.compare_digest(expected.encode(), query["bodySHA256"][0].encode())
+        params = {}
+    supplied = signature.strip().encode()
+    matches = [hmac.compare_digest(compute_signature(token, u, params, algorithm).encode(), supplied)
+               for u in _url_variants(url)]
+    return body_ok and any(matches)
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+
+class TwilioDriver(Driver[TwilioSettings]):
+    """Twilio Messages API (2010-04-01)."""
+
+    settings_model: ClassVar[type[DriverSettings]] = TwilioSettings
+    fake: ClassVar[str | None] = "drivers.twilio_fake:TwilioFake"
+    signed_webhooks: ClassVar[bool] = True
+
+    _http: HttpClient | None = None
+
+    async def startup(self) -> None:
+        auth = aiohttp.BasicAuth(self.settings.account_sid, self.settings.auth_token.get_secret_value())
+        self._http = HttpClient(self.settings, headers={"Accept": "application/json"}, auth=auth)
+        await self._http.open()
+
+    async def shutdown(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    @property
+    def max_batch_size(self) -> int:
+        return 1
+
+    def form(self, m: OutboundMessage) -> dict[str, str]:
+        data = {"To": m.to, "From": m.sender, "Body": m.body}
+        if self.context.status_url:
+            sep = "&" if "?" in self.context.status_url else "?"
+            data["StatusCallback"] = f"{self.context.status_url}{sep}mid={m.id}"
+        return data
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        if len(messages) == 1:
+            return [await self._send_one(messages[0])]
+        return list(await asyncio.gather(*(self._send_one(m) for m in messages)))
+
+    async def _send_one(self, m: OutboundMessage) -> SendResult:
+        assert self._http is not None, "startup() not called"
+        path = f"/2010-04-01/Accounts/{self.settings.account_sid}/Messages.json"
+        try:
+            reply = await self._http.post(path, data=self.form(m))
+            body = reply.json()
+            if reply.status in (200, 201) and isinstance(body, dict) and body.get("sid"):
+                segments = body.get("num_segments")
+                count = int(segments) if str(segments or "").isdigit() and int(segments) > 0 else m.segments
+                return Accepted(message_id=m.id, provider_message_id=str(body["sid"]), segments=count)
+            if 200 <= reply.status < 300:
+                return UnknownOutcome(message_id=m.id, detail=f"Twilio answered HTTP {reply.status} without a sid")
+            code = str(body["code"]) if isinstance(body, dict) and body.get("code") is not None else None
+            detail = str(body.get("message") or "") if isinstance(body, dict) else ""
+            if code in TRANSIENT_CODES:
+                raise TransientSendError(detail, code=code, retry_after=reply.retry_after)
+            if code in OPT_OUT_CODES:
+                return Rejected(message_id=m.id, code=code, detail=detail, opted_out=True)
+            raise_for_status(reply, code=code, detail=detail)
+            return UnknownOutcome(message_id=m.id, detail=f"unexpected HTTP {reply.status}")
+        except PermanentSendError as exc:
+            return Rejected(message_id=m.id, code=exc.code, detail=exc.detail, opted_out=exc.code in OPT_OUT_CODES,
+                            spam=exc.code in SPAM_CODES)
+        except TransientSendError as exc:
+            return TransientFailure(message_id=m.id, code=exc.code, detail=exc.detail, retry_after=exc.retry_after)
+        except (UnknownOutcomeError, DriverError) as exc:
+            return UnknownOutcome(message_id=m.id, detail=str(exc))
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def authenticate(self, request: WebhookRequest) -> None:
+        """Path token / Basic auth when configured (base class), then ``X-Twilio-Signature``."""
+        super().authenticate(request)
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        algorithm = "HMAC_SHA1"
+        for part in request.headers.get(SIGNATURE_SETTINGS_HEADER, "").split(","):
+            name, sep, value = part.partition("=")
+            if sep and name.strip() == "algorithm" and value.strip():
+                algorithm = value.strip().upper()
+        is_form = request.content_type.startswith("application/x-www-form-urlencoded")
+        ok = validate_signature(self.settings.auth_token.get_secret_value(), request.url,
+                                request.form if is_form else None, signature,
+                                body=None if is_form else request.body, algorithm=algorithm)
+        if not ok:
+            raise WebhookAuthError("X-Twilio-Signature missing or wrong")
+
+    def parse_status(self, request: WebhookRequest) -> list[DeliveryReport]:
+        """A status callback: ``MessageStatus`` (+ ``ErrorCode``); our id from the ``mid`` query parameter."""
+        status = request.form_value("MessageStatus") or request.form_value("SmsStatus")
+        if not status:
+            raise WebhookFormatError("Twilio status callback without MessageStatus")
+        status = status.lower()
+        error = request.form_value("ErrorCode") or None
+        if error in ("0", ""):
+            error = None
+        return [DeliveryReport(
+            message_id=request.query.get("mid") or None,
+            provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
+            status=status,
+            delivered=True if status in DELIVERED else False if status in FAILED else None,
+            error_code=error,
+            error_detail=request.form_value("ErrorMessage"),
+            done_at=_raw_done_date(request.form_value("RawDlrDoneDate")),
+            opted_out=error in OPT_OUT_CODES,
+            spam=error in SPAM_CODES,
+        )]
+
+    def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
+        """An inbound message: form params ``From``, ``To``, ``Body``, ``MessageSid``."""
+        sender = request.form_value("From")
+        if not sender:
+            raise WebhookFormatError("Twilio inbound message without From")
+        return [InboundMessage(
+            from_number=sender, to_number=request.form_value("To") or "", text=request.form_value("Body") or "",
+            provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
+            received_at=dt.datetime.now(dt.timezone.utc),
+        )]
+
+    def inbound_response(self, reply: str | None) -> WebhookResponse:
+        """TwiML: ``<Response><Message>reply</Message></Response>``, or an empty ``<Response/>``."""
+        xml = '<?xml version="1.0" encoding="UTF-8"?>'
+        xml += f"<Response><Message>{escape(reply)}</Message></Response>" if reply else "<Response/>"
+        return WebhookResponse(status=200, body=xml.encode("utf-8"), content_type="text/xml")
+
+
+def _raw_done_date(value: str | None) -> dt.datetime | None:
+    """``RawDlrDoneDate`` is ``YYMMDDhhmm`` (carrier time, taken as UTC)."""
+    if not value or len(value) != 10 or not value.isdigit():
+        return None
+    try:
+        return dt.datetime.strptime(value, "%y%m%d%H%M").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
