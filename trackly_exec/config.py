@@ -96,6 +96,13 @@ class SchedulerConfig(Section):
         30.0, gt=0, description="An occurrence later than this (after downtime) is skipped and reported."
     )
     evaluation_batch_size: int = Field(2000, ge=100, description="Contacts read and queued per batch.")
+    max_concurrent_evaluations: int = Field(2, ge=1, description="Executions evaluated at the same time by this process.")
+    evaluation_lease_seconds: float = Field(
+        60.0, gt=0, description="An execution whose evaluator has not reported for this long is resumed by another."
+    )
+    learned_min_sends: int = Field(
+        200, ge=1, description="Learned variants use the percentage split until every variant has this many sends."
+    )
 
 
 class HttpConfig(Section):
