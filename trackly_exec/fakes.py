@@ -1,7 +1,66 @@
-"""Placeholder: the fake-provider runner is built with the drivers."""
+"""``trackly fake-provider NAME``: run a driver's local API fake as a standalone process.
+
+The fake is the driver's own ``Driver.fake`` class (``"module:Class"``), so a third-party plugin that ships a
+fake gets this command for free. Its default credentials match the default ``trackly.toml``; delivery
+reports are posted in the background ``dlr_delay`` seconds after acceptance; remote control:
+``GET /_fake/ledger``, ``POST /_fake/script``, ``POST /_fake/reset``, ``POST /_fake/flush``,
+``POST /_fake/inbound``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import signal
+from typing import Any
 
-async def serve_fake(name: str, *, host: str, port: int, dlr_delay: float) -> int:
-    raise NotImplementedError
+from .errors import ConfigError
+from .logs import get_logger
+from .registry import get_driver_class
+
+log = get_logger(__name__)
+
+#: Where a provider that does not carry the report URL in its requests (CM) posts reports by default:
+#: the daemon's status webhook on the default ``http.public_url``.
+DEFAULT_REPORT_URL = "http://127.0.0.1:8080/webhooks/{name}/status"
+
+
+def load_fake_class(name: str) -> type[Any]:
+    """The fake class of driver ``name`` (raises ConfigError when the driver has none)."""
+    cls = get_driver_class(name)
+    target = getattr(cls, "fake", None)
+    if not target:
+        raise ConfigError(f"driver {name!r} ships no fake provider")
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+def _credentials(fake: Any) -> dict[str, Any]:
+    settings = fake.driver_settings()
+    return {k: v for k, v in settings.items() if k != "base_url"}
+
+
+async def serve_fake(name: str, *, host: str, port: int, dlr_delay: float, report_url: str | None = None) -> int:
+    """Run the fake of driver ``name`` on ``host:port`` until SIGINT/SIGTERM; returns the exit status."""
+    fake_cls = load_fake_class(name)
+    fake = fake_cls(host=host, auto_reports=True, report_delay=dlr_delay,
+                    report_url=report_url or DEFAULT_REPORT_URL.format(name=name))
+    await fake.start(port=port)
+    creds = ", ".join(f'{k} = "{v}"' for k, v in _credentials(fake).items())
+    print(f"fake {name} provider listening on {fake.url}", flush=True)
+    print(f"  driver settings: base_url = \"{fake.url}\", {creds}", flush=True)
+    print(f"  delivery reports after {dlr_delay:g}s; default report URL {fake.report_url}", flush=True)
+    print(f"  remote control: GET {fake.url}/_fake/ledger, POST /_fake/script, POST /_fake/reset", flush=True)
+    log.info("fake_provider_started", driver=name, url=fake.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await fake.stop()
+        log.info("fake_provider_stopped", driver=name, **fake.summary())
+    return 0
