@@ -1,0 +1,164 @@
+"""Provider webhooks over real HTTP against the daemon's server: authentication, size, format, unknown ids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode
+
+import pytest
+
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.store import Store
+
+from .tracking_support import (
+    CM_STATUS,
+    IB_STATUS,
+    IB_TOKEN,
+    Daemon,
+    cm_report,
+    infobip_body,
+    infobip_report,
+    seed_account,
+    seed_sent,
+    snapshot,
+    start_daemon,
+    twilio_status,
+)
+
+
+@pytest.fixture
+async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
+    async for d in start_daemon(settings, store, webhook_max_body_bytes=64 * 1024):
+        yield d
+
+
+async def test_infobip_batch_is_applied(daemon: Daemon) -> None:
+    """An Infobip `{"results": [...]}` post of 100 reports marks all 100 messages in one request."""
+    await seed_account(daemon.store)
+    sent = await seed_sent(daemon.store, 100)
+    status, body = await daemon.post(IB_STATUS, infobip_body(*(infobip_report(m.id) for m in sent)))
+    assert status == 200 and json.loads(body)["updated"] == 100
+    assert await daemon.store[c.SENT].count_documents({"delivered": True}) == 100
+
+
+async def test_wrong_or_missing_path_token_is_403_and_changes_nothing(daemon: Daemon) -> None:
+    """Infobip and CM reports without the secret path segment, or with a wrong one, answer 403; nothing changes."""
+    await seed_account(daemon.store)
+    sent = await seed_sent(daemon.store, 2)
+    await seed_sent(daemon.store, 1, provider="cm", start=50)
+    before = await snapshot(daemon.store)
+    body = infobip_body(infobip_report(sent[0].id))
+    for path in ("/webhooks/infobip/status", "/webhooks/infobip/status/wrong-token",
+                 f"/webhooks/infobip/status/{IB_TOKEN[:-1]}"):
+        assert (await daemon.post(path, body))[0] == 403
+    assert (await daemon.post("/webhooks/cm/status/nope", cm_report(f"{50:016x}")))[0] == 403
+    assert (await daemon.post("/webhooks/cm/status", cm_report(f"{50:016x}")))[0] == 403
+    assert await snapshot(daemon.store) == before
+
+
+async def test_twilio_signature_forgeries_are_403(daemon: Daemon) -> None:
+    """Twilio callbacks with no signature, a wrong auth token, tampered params or another URL are refused."""
+    await seed_account(daemon.store)
+    sent = await seed_sent(daemon.store, 1, provider="twilio")
+    path = f"/webhooks/twilio/status?mid={sent[0].id}"
+    params = twilio_status("SM1", "delivered")
+    before = await snapshot(daemon.store)
+    assert (await daemon.post(path, urlencode(params), "application/x-www-form-urlencoded"))[0] == 403
+    assert (await daemon.twilio(path, params, token="not-the-token"))[0] == 403
+    tampered = {**params, "MessageStatus": "undelivered"}
+    assert (await daemon.twilio(path, tampered, signed_params=params))[0] == 403
+    other = twilio_status("SM1", "delivered")
+    assert (await daemon.twilio(f"/webhooks/twilio/status?mid={'f' * 16}", other, signed_params=other))[0] == 200
+    # a signature computed for one message id's URL does not validate for another's
+    from twilio.request_validator import RequestValidator
+
+    from .tracking_support import PUBLIC, TW_TOKEN
+    sig = RequestValidator(TW_TOKEN).compute_signature(PUBLIC + f"/webhooks/twilio/status?mid={'f' * 16}", params)
+    status, _ = await daemon.post(path, urlencode(params), "application/x-www-form-urlencoded",
+                                  {"X-Twilio-Signature": sig})
+    assert status == 403
+    assert await snapshot(daemon.store) == before
+
+
+async def test_twilio_signed_callback_is_applied(daemon: Daemon) -> None:
+    """A correctly signed Twilio status callback (signature by the twilio package) records the final state."""
+    await seed_account(daemon.store)
+    sent = await seed_sent(daemon.store, 1, provider="twilio")
+    status, _ = await daemon.twilio(f"/webhooks/twilio/status?mid={sent[0].id}", twilio_status("P0", "undelivered", "30003"))
+    assert status == 200
+    doc = await daemon.store[c.SENT].find_one({"_id": sent[0].id})
+    assert doc["delivered"] is False and doc["delivery_status"] == "undelivered" and doc["delivery_error_code"] == "30003"
+
+
+async def test_oversized_body_is_413(daemon: Daemon) -> None:
+    """A body over tracking.webhook_max_body_bytes answers 413 and changes nothing."""
+    await seed_account(daemon.store)
+    sent = await seed_sent(daemon.store, 1)
+    before = await snapshot(daemon.store)
+    big = infobip_body(infobip_report(sent[0].id), *(infobip_report("x" * 16) for _ in range(300)))
+    assert len(big) > 64 * 1024
+    assert (await daemon.post(IB_STATUS, big))[0] == 413
+    assert await snapshot(daemon.store) == before
+
+
+async def test_oversized_chunked_body_is_413(daemon: Daemon) -> None:
+    """A chunked body (no Content-Length) over the limit is cut off with 413 too."""
+    async def gen() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b"x" * 1024
+
+    async with daemon.http.post(daemon.url + IB_STATUS, data=gen(), headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 413
+
+
+@pytest.mark.parametrize("body", ["not json", "{}", '{"results": 5}', "[1, 2]", '{"results": [{"status": 1}]'])
+async def test_malformed_infobip_body_is_400(daemon: Daemon, body: str) -> None:
+    """A malformed Infobip report body answers 400 and changes nothing."""
+    await seed_sent(daemon.store, 1)
+    before = await snapshot(daemon.store)
+    assert (await daemon.post(IB_STATUS, body))[0] == 400
+    assert await snapshot(daemon.store) == before
+
+
+async def test_malformed_cm_and_twilio_are_400(daemon: Daemon) -> None:
+    """A CM report with an unknown status code and a Twilio callback without MessageStatus answer 400."""
+    await seed_sent(daemon.store, 1, provider="cm")
+    before = await snapshot(daemon.store)
+    assert (await daemon.post(CM_STATUS, cm_report(f"{0:016x}", code="9")))[0] == 400
+    assert (await daemon.post(CM_STATUS, '{"messages": {}}'))[0] == 400
+    assert (await daemon.twilio("/webhooks/twilio/status?mid=0000000000000000", {"MessageSid": "SM1"}))[0] == 400
+    assert await snapshot(daemon.store) == before
+
+
+async def test_unknown_ids_are_200_and_create_nothing(daemon: Daemon) -> None:
+    """Reports for message ids we never sent answer 200 and create no record anywhere."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    before = await snapshot(daemon.store)
+    status, body = await daemon.post(IB_STATUS, infobip_body(infobip_report("feedfacefeedface"),
+                                                             infobip_report("deadbeefdeadbeef")))
+    assert status == 200 and json.loads(body)["unknown"] == 2
+    assert (await daemon.post(CM_STATUS, cm_report("0123456789abcdef")))[0] == 200
+    assert (await daemon.twilio("/webhooks/twilio/status?mid=abababababababab", twilio_status("SMx", "delivered")))[0] == 200
+    assert await snapshot(daemon.store) == before
+
+
+async def test_unknown_driver_instance_is_404(daemon: Daemon) -> None:
+    """A webhook for a driver instance that is not configured answers 404."""
+    assert (await daemon.post("/webhooks/nosuch/status", "{}"))[0] == 404
+    assert (await daemon.post("/webhooks/nosuch/inbound/x", "{}"))[0] == 404
+
+
+async def test_report_for_another_provider_message_is_ignored(daemon: Daemon) -> None:
+    """A CM report naming a message sent through Infobip changes nothing (cross-provider forgery)."""
+    sent = await seed_sent(daemon.store, 1, provider="infobip")
+    status, body = await daemon.post(CM_STATUS, cm_report(sent[0].id, code="3"))
+    assert status == 200 and json.loads(body)["unknown"] == 1
+    assert (await daemon.store[c.SENT].find_one({"_id": sent[0].id}))["delivered"] is None
+
+
+async def test_only_post_is_served(daemon: Daemon) -> None:
+    """GET on a webhook URL is not served (405)."""
+    async with daemon.http.get(daemon.url + IB_STATUS) as resp:
+        assert resp.status == 405
