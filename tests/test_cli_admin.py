@@ -1,0 +1,126 @@
+"""The admin CLI against a real admin API server (the blocking CLI runs in a thread beside the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from trackly_exec import api, cli, registry
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.embedded import free_port
+
+from .test_api import EchoDriver
+
+
+@pytest.fixture
+async def server(trackly: Trackly) -> AsyncIterator[str]:
+    registry.register("echo", EchoDriver)
+    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
+    api.setup(app, trackly)
+    srv = TestServer(app, host="127.0.0.1")
+    await srv.start_server()
+    yield str(srv.make_url("")).rstrip("/")
+    await srv.close()
+
+
+async def run(server: str, *argv: str) -> int:
+    return await asyncio.to_thread(cli.main, [*argv, "--api", server, "--token", "test-token"])
+
+
+async def setup_list(trackly: Trackly) -> tuple[int, int]:
+    await trackly.db[c.ACCOUNTS].insert_one({"_id": 1, "name": "A", "balance": 10.0})
+    await trackly.db[c.SENDING_LISTS].insert_one({"_id": 1, "account_id": 1, "name": "L", "driver": "echo",
+                                                 "driver_settings": {}, "from_number": "+15550001111"})
+    return 1, 1
+
+
+async def test_contacts_import_reports_rejects_by_line(server: str, trackly: Trackly, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV imports in chunks; bad rows are reported with their CSV line and the good rows are stored."""
+    await setup_list(trackly)
+    f = tmp_path / "contacts.csv"
+    with f.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["phone", "first_name", "last_name", "timezone", "subscribed", "in_workflow", "tier", "zip"])
+        for i in range(2500):
+            phone = "not-a-phone" if i % 500 == 7 else f"+1212{3000000 + i:07d}"
+            w.writerow([phone, f"F{i}", "L", "America/New_York" if i % 2 else "", "yes", "" if i % 3 else "true",
+                        "gold" if i % 4 == 0 else "silver", "01234"])
+    rejects = tmp_path / "rejects.csv"
+    assert await run(server, "contacts", "import", str(f), "--list", "1", "--rejects", str(rejects)) == 0
+    out = capsys.readouterr()
+    assert "inserted 2,495, updated 0, rejected 5" in out.out
+    assert "line 9: invalid phone number" in out.out  # row 7 is on line 9 (header is line 1)
+    assert "imported 1,000/2,500 rows" in out.err
+    lines = list(csv.reader(rejects.read_text().splitlines()))
+    assert lines[0] == ["line", "phone", "reason"] and [r[0] for r in lines[1:]] == ["9", "509", "1009", "1509", "2009"]
+    assert await trackly.db[c.CONTACTS].count_documents({"sending_list_id": 1}) == 2495
+    doc = await trackly.db[c.CONTACTS].find_one({"phone": "+12123000003"})
+    assert doc["attributes"] == {"tier": "silver", "zip": "01234"} and doc["timezone"] == "America/New_York"
+    assert await run(server, "contacts", "import", str(f), "--list", "1") == 0
+    assert "inserted 0, updated 2,495, rejected 5" in capsys.readouterr().out
+
+
+async def test_import_errors_are_clear(server: str, trackly: Trackly, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown list, a missing phone column and a wrong token exit non-zero with a clear message."""
+    f = tmp_path / "c.csv"
+    f.write_text("phone\n+12125550100\n")
+    assert await run(server, "contacts", "import", str(f), "--list", "42") == 1
+    assert "sending list 42 not found" in capsys.readouterr().err
+    await setup_list(trackly)
+    f.write_text("name\nbob\n")
+    assert await run(server, "contacts", "import", str(f), "--list", "1") == 1
+    assert "'phone' column" in capsys.readouterr().err
+    code = await asyncio.to_thread(cli.main, ["campaign", "list", "--api", server, "--token", "wrong"])
+    assert code == 1 and "refused the API token" in capsys.readouterr().err
+
+
+async def test_campaign_commands_and_stats(server: str, trackly: Trackly, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """campaign create/list/pause/resume and stats work through the API."""
+    await setup_list(trackly)
+    await trackly.db[c.AUDIENCES].insert_one({"_id": 1, "sending_list_id": 1, "name": "a", "filter": {}})
+    await trackly.db[c.CREATIVES].insert_one({"_id": 1, "account_id": 1, "name": "c", "selection": "split",
+                                             "variants": [{"key": "a", "body": "hi", "weight": 1}]})
+    spec = {"account_id": 1, "sending_list_id": 1, "audience_ids": [1], "creative_id": 1, "track_links": True}
+    f = tmp_path / "camp.json"
+    f.write_text(json.dumps(spec))
+    assert await run(server, "campaign", "create", "--file", str(f)) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["status"] == "active" and created["track_links"] is True
+    assert await run(server, "campaign", "create", "--json", json.dumps({**spec, "creative_id": 9})) == 1
+    assert "creative 9 not found" in capsys.readouterr().err
+    assert await run(server, "campaign", "pause", str(created["id"])) == 0
+    assert "is paused" in capsys.readouterr().out
+    assert await run(server, "campaign", "list") == 0
+    assert "paused" in capsys.readouterr().out
+    assert await run(server, "campaign", "resume", str(created["id"])) == 0
+    await trackly.db[c.SENT].insert_many([
+        {"_id": f"m{i}", "campaign_id": created["id"], "variant_key": "a", "delivered": i < 3} for i in range(4)])
+    await trackly.db[c.FAILED].insert_one({"_id": "f1", "campaign_id": created["id"], "variant_key": "a",
+                                          "reason": "PROVIDER_ERROR"})
+    capsys.readouterr()
+    assert await run(server, "stats", str(created["id"])) == 0
+    out = capsys.readouterr().out
+    assert "sent (accepted)           4" in out and "delivered                 3" in out and "PROVIDER_ERROR 1" in out
+
+
+def test_daemon_not_running_message(tmp_path: Path) -> None:
+    """With no daemon listening, the CLI says so and how to start it, and exits 1."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'[http]\nport = {free_port()}\napi_tokens = ["t"]\n')
+    r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "campaign", "list", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "cannot reach the trackly daemon" in r.stderr and "trackly run" in r.stderr
