@@ -101,12 +101,10 @@ async def _on_headers_sent(session: aiohttp.ClientSession, ctx: SimpleNamespace,
 class HttpClient:
     """One aiohttp session per driver, opened in ``startup()`` and closed in ``shutdown()``."""
 
-    def __init__(self, settings: DriverSettings, headers: Mapping[str, str] | None = None,
-                 auth: aiohttp.BasicAuth | None = None) -> None:
+    def __init__(self, settings: DriverSettings, headers: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
         self._headers = dict(headers or {})
-        self._auth = auth
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -120,7 +118,6 @@ class HttpClient:
                 total=self.settings.timeout_seconds, sock_connect=self.settings.connect_timeout_seconds
             ),
             headers=self._headers,
-            auth=self._auth,
             trace_configs=[trace],
         )
 

@@ -35,6 +35,7 @@ class CMFake(FakeProvider):
     """CM.com text gateway fake."""
 
     name: ClassVar[str] = "cm"
+    default_reject_code: ClassVar[str] = "303"
 
     def __init__(self, product_token: str = DEFAULT_PRODUCT_TOKEN, report_url: str | None = None,
                  **kwargs: Any) -> None:

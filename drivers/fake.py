@@ -148,6 +148,8 @@ class FakeProvider:
 
     #: Driver entry-point name this fakes (``trackly fake-provider NAME``).
     name: ClassVar[str] = "fake"
+    #: The provider's per-recipient refusal code used by ``reject``/``reject_numbers`` when none is given.
+    default_reject_code: ClassVar[str] = "rejected"
     #: Reports the provider puts in one webhook POST.
     report_batch: ClassVar[int] = 1
 

@@ -50,6 +50,7 @@ class InfobipFake(FakeProvider):
     """Infobip SMS API fake."""
 
     name: ClassVar[str] = "infobip"
+    default_reject_code: ClassVar[str] = "REJECTED_DESTINATION"
     report_batch: ClassVar[int] = 100
 
     def __init__(self, api_key: str = DEFAULT_API_KEY, **kwargs: Any) -> None:

@@ -17,7 +17,6 @@ from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
-import aiohttp
 from pydantic import Field, SecretStr
 
 from trackly_exec.driver import (
@@ -129,8 +128,9 @@ class TwilioDriver(Driver[TwilioSettings]):
     _http: HttpClient | None = None
 
     async def startup(self) -> None:
-        auth = aiohttp.BasicAuth(self.settings.account_sid, self.settings.auth_token.get_secret_value())
-        self._http = HttpClient(self.settings, headers={"Accept": "application/json"}, auth=auth)
+        pair = f"{self.settings.account_sid}:{self.settings.auth_token.get_secret_value()}"
+        basic = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        self._http = HttpClient(self.settings, headers={"Accept": "application/json", "Authorization": basic})
         await self._http.open()
 
     async def shutdown(self) -> None:

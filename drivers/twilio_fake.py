@@ -43,6 +43,7 @@ class TwilioFake(FakeProvider):
     """Twilio Messages API fake."""
 
     name: ClassVar[str] = "twilio"
+    default_reject_code: ClassVar[str] = "21211"
 
     def __init__(self, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = DEFAULT_AUTH_TOKEN,
                  **kwargs: Any) -> None:
