@@ -18,6 +18,7 @@ from . import constants as c
 from .api import ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, route
 from .app import Trackly
 from .campaign_stats import campaign_stats
+from .errors import TracklyError
 from .logs import get_logger
 from .models import CampaignStatus, utcnow
 
@@ -104,19 +105,19 @@ async def get_campaign(request: web.Request) -> web.Response:
     return _json(m.CampaignOut.from_doc(doc))
 
 
-@route("POST", "/campaigns/{id}/trigger", "Run the campaign now (one execution: evaluated and queued)",
+@route("POST", "/campaigns/{id}/trigger", "Run the campaign now (one execution, evaluated and queued before the answer)",
        response=m.TriggerOut, status=202, errors=(409,))
 async def trigger_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "campaign")
     doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
-    if doc.get("status") != CampaignStatus.ACTIVE.value:
-        raise ApiError(409, "conflict", f"campaign {cid} is {doc.get('status')}; resume it first")
+    if doc.get("status") == CampaignStatus.PAUSED.value:
+        raise ApiError(409, "conflict", f"campaign {cid} is paused; resume it first")
     from .scheduler import trigger
 
     try:
         execution_id = await trigger(trackly, cid)
-    except (ValueError, LookupError) as exc:
+    except (ValueError, LookupError, TracklyError) as exc:
         raise ApiError(409, "conflict", f"campaign {cid} cannot run: {exc}") from exc
     ex = await trackly.store[c.EXECUTIONS].find_one({"_id": execution_id})
     out = m.TriggerOut(execution_id=execution_id, execution=m.ExecutionOut.from_doc(ex) if ex else None)
@@ -128,7 +129,7 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
     cid = path_id(request, "campaign")
     doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
     if doc.get("status") == CampaignStatus.DONE.value:
-        raise ApiError(409, "conflict", f"campaign {cid} is done")
+        raise ApiError(409, "conflict", f"campaign {cid} is done (it can still be triggered)")
     update: dict[str, Any] = {"status": status.value}
     if status is CampaignStatus.ACTIVE and (doc.get("schedule") or {}).get("cron"):
         try:  # resume schedules the next occurrence from now: no burst of missed ones
