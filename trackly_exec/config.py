@@ -87,6 +87,24 @@ class ExecutorConfig(Section):
     error_burst_threshold: int = Field(
         20, ge=1, description="Provider errors on one list within a minute that raise a provider-error-burst event."
     )
+    rate_limit_chunk_seconds: float = Field(
+        0.1, gt=0, le=5, description="Rate-limited lists send in chunks of this many seconds of tokens (pacing)."
+    )
+    rate_limit_burst_seconds: float = Field(
+        0.0, ge=0, le=1, description="Tokens a list may send ahead of its pace after an idle period (burst tolerance)."
+    )
+    rate_limit_claim_seconds: float = Field(
+        2.0, gt=0, description="A rate-limited list claims at most this many seconds of tokens per batch."
+    )
+    rate_penalty_max: float = Field(
+        4.0, ge=1, description="Largest slow-down factor of a list's send interval after provider errors (429, 5xx)."
+    )
+    rate_penalty_decay_seconds: float = Field(
+        30.0, gt=0, description="A provider-error slow-down expires this long after the last error."
+    )
+    list_cache_seconds: float = Field(
+        5.0, ge=0, description="How long sending-list documents (and their driver) are cached by the executor."
+    )
 
 
 class SchedulerConfig(Section):

@@ -19,6 +19,7 @@ log = get_logger(__name__)
 #: (is it enabled?, "module:Class"). Each class takes the Trackly object and is a :class:`Component`.
 COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
     (lambda s: s.http.enabled, "trackly_exec.web:HttpServer"),
+    (lambda s: s.executor.enabled, "trackly_exec.coordinator:Coordinator"),
     (lambda s: True, "trackly_exec.outbox:Outbox"),
     (lambda s: True, "trackly_exec.alerts:Alerts"),
 ]

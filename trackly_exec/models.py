@@ -272,6 +272,8 @@ class FailedMessage(MessageFields, Document):
     provider: str | None = None
     provider_code: str | None = None
     ambiguous: bool = False                    # NO_RESPONSE: the provider may have accepted it
+    spam: bool = False                         # PROVIDER_ERROR: the provider flagged it as carrier spam
+    opted_out: bool = False                    # PROVIDER_ERROR: the recipient had opted out at the provider
     failed_at: dt.datetime = Field(default_factory=utcnow)
 
 

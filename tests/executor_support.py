@@ -1,0 +1,122 @@
+"""Helpers of the executor tests: seed a list + contacts + queue, build a Trackly with executor overrides,
+write a config file for executor subprocesses, and check the one-record-per-message invariant."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.config import Settings
+from trackly_exec.models import utcnow
+from trackly_exec.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def midday_zone(now: dt.datetime | None = None) -> str:
+    """A fixed-offset zone where it is early afternoon now (so quiet hours never interfere by accident)."""
+    now = now or utcnow()
+    for offset in range(-12, 15):
+        if 12 <= (now + dt.timedelta(hours=offset)).hour <= 14:
+            return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}" if offset else "UTC"
+    raise AssertionError("no zone found")
+
+
+def with_executor(settings: Settings, drivers: dict[str, dict[str, Any]] | None = None, **executor: Any) -> Settings:
+    """``settings`` with executor keys and driver instances replaced."""
+    update: dict[str, Any] = {"executor": settings.executor.model_copy(update=executor)}
+    if drivers is not None:
+        update["drivers"] = drivers
+    return settings.model_copy(update=update)
+
+
+async def open_trackly(settings: Settings, store: Store, *, redis: bool = True) -> Trackly:
+    if not redis:
+        settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": None})})
+    return await Trackly.open(settings, store=store)
+
+
+async def seed(store: Store, n: int, *, list_id: int = 1, account_id: int = 1, driver: str = "infobip",
+               rate: int = 0, price: float = 0.0, balance: float = 1000.0, body: str = "Hello {i}",
+               sendtime: dt.datetime | None = None, blocked_words: list[str] | None = None,
+               quiet: dict[str, str] | None = None, contact_tz: str | None = "midday", execution_id: int = 1,
+               first_contact: int = 1) -> list[str]:
+    """An account, a sending list, ``n`` contacts and ``n`` queued messages. Returns the message ids (FIFO)."""
+    now = utcnow()
+    sendtime = sendtime or now - dt.timedelta(seconds=1)
+    tz = midday_zone(now) if contact_tz == "midday" else contact_tz
+    db = store.db
+    await db[c.ACCOUNTS].update_one({"_id": account_id}, {"$setOnInsert": {"name": f"acc{account_id}", "balance": balance,
+                                                                          "created_at": now}}, upsert=True)
+    await db[c.SENDING_LISTS].update_one({"_id": list_id}, {"$set": {
+        "account_id": account_id, "name": f"list{list_id}", "driver": driver, "driver_settings": {},
+        "from_number": "+15550000000", "rate_limit_per_minute": rate, "price_per_segment": price,
+        "blocked_words": blocked_words or [], "active": True, "cooldown_minutes": 0,
+        "quiet_hours": quiet or {"start": "08:00", "end": "21:00", "default_timezone": "UTC"}, "created_at": now,
+    }}, upsert=True)
+    contacts, queued, ids = [], [], []
+    for k in range(n):
+        cid = first_contact + k
+        phone = f"+1202{list_id:03d}{cid:04d}"[:12]
+        contacts.append({"_id": cid, "sending_list_id": list_id, "phone": phone, "timezone": tz, "subscribed": True,
+                         "blocked": False, "attributes": {}, "created_at": now, "updated_at": now})
+        mid = f"{list_id:04x}{execution_id:04x}{cid:08x}"
+        ids.append(mid)
+        text = body.format(i=k)
+        queued.append({"_id": mid, "sending_list_id": list_id, "account_id": account_id, "campaign_id": 1,
+                       "execution_id": execution_id, "contact_id": cid, "creative_id": 1, "variant_key": "a",
+                       "from_number": "+15550000000", "to_number": phone, "body": text, "length": len(text),
+                       "segments": 1, "encoding": "GSM-7", "send_type": "campaign", "sendtime": sendtime,
+                       "created_at": now, "not_before": None, "claimed_by": None, "claimed_at": None,
+                       "sending_at": None, "billing_blocked_since": None, "attempts": 0})
+    if contacts:
+        await db[c.CONTACTS].insert_many(contacts)
+        await db[c.QUEUED].insert_many(queued)
+    return ids
+
+
+async def ids_in(store: Store, collection: str, flt: dict[str, Any] | None = None) -> list[str]:
+    return [d["_id"] async for d in store.db[collection].find(flt or {}, {"_id": 1})]
+
+
+async def assert_one_record_each(store: Store, ids: list[str]) -> dict[str, int]:
+    """Every message is in exactly one of queue / MessageSent / FailedMessage; returns the split."""
+    where: dict[str, list[str]] = {}
+    for name in (c.QUEUED, c.SENT, c.FAILED):
+        for mid in await ids_in(store, name):
+            where.setdefault(mid, []).append(name)
+    missing = [m for m in ids if m not in where]
+    double = {m: w for m, w in where.items() if len(w) > 1}
+    assert not missing, f"{len(missing)} messages have no record, e.g. {missing[:3]}"
+    assert not double, f"{len(double)} messages have two records, e.g. {list(double.items())[:3]}"
+    split = {name: 0 for name in (c.QUEUED, c.SENT, c.FAILED)}
+    for w in where.values():
+        split[w[0]] += 1
+    return split
+
+
+def write_config(path: Path, settings: Settings, drivers: dict[str, dict[str, Any]], **executor: Any) -> Path:
+    """A TOML config for an executor subprocess talking to the test's store, Redis and fakes."""
+    def val(v: Any) -> str:
+        return json.dumps(v)
+
+    lines = ["[daemon]", f"data_dir = {val(str(settings.daemon.data_dir))}", "",
+             "[mongo]", f"uri = {val(settings.mongo.uri.get_secret_value())}",
+             f"database = {val(settings.mongo.database)}", ""]
+    if settings.redis.url is not None:
+        lines += ["[redis]", f"url = {val(settings.redis.url.get_secret_value())}", ""]
+    lines += ["[http]", "enabled = false", "", "[scheduler]", "enabled = false", "", "[executor]"]
+    lines += [f"{k} = {val(v)}" for k, v in executor.items()]
+    for name, values in drivers.items():
+        lines += ["", f"[drivers.{name}]"] + [f"{k} = {val(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def runner_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "trackly_exec.coordinator", "-c", str(config), *extra]

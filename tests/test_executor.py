@@ -1,0 +1,124 @@
+"""The executor in one process: the happy path on each provider fake, records, events, fencing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from drivers.cm_fake import CMFake
+from drivers.fake import Behaviour
+from drivers.infobip_fake import InfobipFake
+from drivers.twilio_fake import TwilioFake
+from trackly_exec import claims
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.coordinator import Coordinator
+from trackly_exec.models import FailedMessage, MessageSent, QueuedTextMessage, utcnow
+from trackly_exec.store import Store
+
+from .executor_support import assert_one_record_each, ids_in, open_trackly, seed, with_executor
+
+FAKES = {"infobip": InfobipFake, "cm": CMFake, "twilio": TwilioFake}
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[dict[str, Any]]:
+    started = {name: await cls().start() for name, cls in FAKES.items()}
+    yield started
+    for fake in started.values():
+        await fake.stop()
+
+
+def drivers_for(fakes: dict[str, Any], **extra: Any) -> dict[str, dict[str, Any]]:
+    return {name: {**fake.driver_settings(), "timeout_seconds": 2.0, **extra} for name, fake in fakes.items()}
+
+
+async def executor(settings: Settings, store: Store, fakes: dict[str, Any], *, redis: bool = True, **cfg: Any) -> Coordinator:
+    cfg.setdefault("retry_initial_backoff_seconds", 0.01)
+    trackly = await open_trackly(with_executor(settings, drivers_for(fakes), **cfg), store, redis=redis)
+    return Coordinator(trackly)
+
+
+@pytest.mark.parametrize("provider", sorted(FAKES))
+async def test_sends_every_due_message_once(settings: Settings, store: Store, fakes: dict[str, Any], provider: str) -> None:
+    """Every due message is accepted by the provider once and recorded as one MessageSent with all its fields."""
+    ids = await seed(store, 120, driver=provider, price=0.01, balance=10.0)
+    coord = await executor(settings, store, fakes, claim_batch_size=50)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 120
+    ledger = fakes[provider].accepted_counts()
+    assert all(ledger[m] == 1 for m in ids) and len(ledger) == 120
+    split = await assert_one_record_each(store, ids)
+    assert split[c.SENT] == 120
+    doc = await store.db[c.SENT].find_one({"_id": ids[0]})
+    sent = MessageSent.from_doc(doc)
+    assert sent.submitted is True and sent.delivered is None and sent.provider == provider
+    assert sent.provider_message_id and sent.cost == pytest.approx(0.01) and sent.execution_id == 1
+    acc = await store.db[c.ACCOUNTS].find_one({"_id": 1})
+    assert acc["balance"] == pytest.approx(10.0 - 1.2)
+
+
+async def test_not_due_messages_stay_queued(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A message whose sendtime or backoff has not come is neither claimed nor sent."""
+    later = await seed(store, 3, sendtime=utcnow() + dt.timedelta(minutes=5))
+    held = await seed(store, 2, first_contact=100, execution_id=2)
+    await store.db[c.QUEUED].update_many({"_id": {"$in": held}}, {"$set": {"not_before": utcnow() + dt.timedelta(minutes=5)}})
+    coord = await executor(settings, store, fakes)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts.get("sent", 0) == 0 and fakes["infobip"].summary()["accepted"] == 0
+    assert sorted(await ids_in(store, c.QUEUED, {"claimed_by": None})) == sorted(later + held)
+
+
+async def test_fifo_within_a_list(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """Messages of a list are sent oldest sendtime first."""
+    now = utcnow()
+    first = await seed(store, 5, sendtime=now - dt.timedelta(minutes=2))
+    second = await seed(store, 5, sendtime=now - dt.timedelta(minutes=1), first_contact=50, execution_id=2)
+    coord = await executor(settings, store, fakes, claim_batch_size=5, workers_per_list=1)
+    await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    order = [e.message_id for e in fakes["infobip"].ledger]
+    assert order[:5] == first and sorted(order[5:]) == sorted(second)
+
+
+async def test_lost_claim_cannot_send_or_record(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A claim taken over by someone else fences the old holder: its intent and its delete match nothing."""
+    ids = await seed(store, 4)
+    db = store.db
+    docs = await claims.claim(db, 1, "old:1", utcnow(), 10)
+    assert len(docs) == 4
+    await db[c.QUEUED].update_many({"_id": {"$in": ids[:2]}}, {"$set": {"claimed_by": "other:2"}})
+    held = await claims.mark_intent(db, ids, "old:1", utcnow())
+    assert held == set(ids[2:])
+    assert await claims.complete(db, ids[:2], "old:1") == 0
+    assert len(await ids_in(store, c.QUEUED, {"claimed_by": "other:2", "sending_at": None})) == 2
+
+
+async def test_two_claims_never_overlap(settings: Settings, store: Store) -> None:
+    """Two claims of the same list get disjoint sets of messages."""
+    await seed(store, 30)
+    a = await claims.claim(store.db, 1, "a:1", utcnow(), 20)
+    b = await claims.claim(store.db, 1, "b:1", utcnow(), 20)
+    assert len(a) == 20 and len(b) == 10 and not {d["_id"] for d in a} & {d["_id"] for d in b}
+    QueuedTextMessage.from_doc(a[0])
+
+
+async def test_provider_rejection_is_recorded_and_refunded(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A permanent rejection becomes FailedMessage PROVIDER_ERROR with the provider code, refunded, with an event."""
+    ids = await seed(store, 3, price=0.5, balance=10.0)
+    fakes["infobip"].script(Behaviour("reject", code="REJECTED_DESTINATION"))
+    coord = await executor(settings, store, fakes)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["failed.PROVIDER_ERROR"] == 3
+    rec = FailedMessage.from_doc(await store.db[c.FAILED].find_one({"_id": ids[0]}))
+    assert rec.reason == "PROVIDER_ERROR" and rec.provider == "infobip" and rec.provider_code
+    assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == pytest.approx(10.0)
+    events = await store.db[c.EVENTS].find({"kind": "failed_message"}).to_list(None)
+    assert sorted(e["data"]["message_id"] for e in events) == sorted(ids)
+    await assert_one_record_each(store, ids)

@@ -1,0 +1,96 @@
+"""Send-time checks of a claimed batch, in the product's order: stale -> blocked content -> contact block
+list -> quiet hours. Everything is decided per message, but the store is asked once per batch.
+
+- **Stale**: more than ``stale_after_minutes`` past the time it was due. A message that was held back
+  (``not_before``: billing backoff, quiet-hours hold) is due at ``max(sendtime, not_before)``, so a hold
+  does not turn into a STALE drop when it ends.
+- **Blocked content**: the list's ``blocked_words`` plus the global ``executor.blocked_words``, whole words
+  (or phrases), any case.
+- **Contact block list**: the contact is unsubscribed or blocked *now* (one query by ``_id $in``; it returns
+  only the contacts that matter: blocked, unsubscribed, or with a stored timezone). A contact that no longer
+  exists is not blocked.
+- **Quiet hours**: the contact's local time (``quiethours.contact_zones``) must be inside the list's window;
+  outside it the message is held until ``next_opening`` and never sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import constants as c
+from . import quiethours
+from .models import FailureReason
+
+
+@dataclass
+class Verdict:
+    """What the checks decided for a batch."""
+
+    send: list[dict[str, Any]] = field(default_factory=list)
+    fail: list[tuple[dict[str, Any], FailureReason, str]] = field(default_factory=list)
+    hold: list[tuple[dict[str, Any], dt.datetime]] = field(default_factory=list)
+
+
+def blocked_words_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
+    """A case-insensitive whole-word pattern for ``words`` (None when there are none)."""
+    cleaned = sorted({w.strip() for w in words if w and w.strip()}, key=len, reverse=True)
+    if not cleaned:
+        return None
+    alternatives = "|".join(r"\s+".join(re.escape(part) for part in w.split()) for w in cleaned)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
+def is_stale(doc: dict[str, Any], now: dt.datetime, stale_after: dt.timedelta) -> bool:
+    """More than ``stale_after`` past the time the message was due."""
+    due = doc["sendtime"]
+    nb = doc.get("not_before")
+    if nb is not None and nb > due:
+        due = nb
+    return now - due > stale_after
+
+
+async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The contacts among ``contact_ids`` that are blocked, unsubscribed or have a stored timezone."""
+    if not contact_ids:
+        return {}
+    cursor = db[c.CONTACTS].find(
+        {"_id": {"$in": list(set(contact_ids))},
+         "$or": [{"subscribed": False}, {"blocked": True}, {"timezone": {"$type": "string"}}]},
+        {"subscribed": 1, "blocked": 1, "timezone": 1},
+    )
+    return {d["_id"]: d async for d in cursor}
+
+
+async def evaluate(db: Any, docs: Sequence[dict[str, Any]], now: dt.datetime, *, stale_after: dt.timedelta,
+                   blocked: re.Pattern[str] | None, window: quiethours.Window, default_tz: str) -> Verdict:
+    """Run every check over a claimed batch."""
+    out = Verdict()
+    survivors: list[dict[str, Any]] = []
+    for d in docs:
+        if is_stale(d, now, stale_after):
+            out.fail.append((d, FailureReason.STALE, f"due {d['sendtime'].isoformat()}, more than "
+                                                     f"{stale_after.total_seconds() / 60:g} min ago"))
+            continue
+        if blocked is not None:
+            m = blocked.search(d.get("body") or "")
+            if m:
+                out.fail.append((d, FailureReason.BLOCKED_CONTENT, f"blocked word {m.group(0)!r}"))
+                continue
+        survivors.append(d)
+    states = await contact_states(db, [d["contact_id"] for d in survivors if d.get("contact_id") is not None])
+    for d in survivors:
+        st = states.get(d.get("contact_id"))  # type: ignore[arg-type]
+        if st is not None and (st.get("subscribed") is False or st.get("blocked") is True):
+            why = "blocked" if st.get("blocked") is True else "unsubscribed"
+            out.fail.append((d, FailureReason.CONTACT_BLOCKED, f"contact {why}"))
+            continue
+        zones = quiethours.contact_zones(d["to_number"], st.get("timezone") if st else None, default_tz)
+        if not quiethours.in_window(now, zones, window):
+            out.hold.append((d, quiethours.next_opening(now, zones, window)))
+            continue
+        out.send.append(d)
+    return out

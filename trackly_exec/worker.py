@@ -1,0 +1,302 @@
+"""The per-batch pipeline of the executor: claim -> checks -> rate limit -> billing -> intent -> send -> record.
+
+One call of :meth:`Worker.run_batch` claims one batch of one sending list (see :mod:`claims`) and takes it
+to the end. Every store and Redis operation is per batch (or per chunk on rate-limited lists), never per
+message:
+
+1. **claim** up to ``claim_batch_size`` due messages (a rate-limited list claims at most
+   ``rate_limit_claim_seconds`` of its tokens, so one worker never sits on a long backlog);
+2. **checks** (:mod:`checks`): STALE / BLOCKED_CONTENT / CONTACT_BLOCKED are dead-lettered, quiet hours hold
+   the message (released with ``not_before`` = the window's next opening);
+3. the rest is cut into chunks of ``rate_limit_chunk_seconds`` of tokens (the whole remainder when the list
+   is unlimited). Per chunk: **rate limit** (reserve tokens, sleep the pacing wait; over
+   ``rate_limit_wait_seconds`` -> RATE_LIMIT_TIMEOUT; limiter unreachable -> release and pause the list) ->
+   **billing** (:mod:`billing`; not covered -> backoff or BILLING_BLOCKED) -> **intent** (fenced
+   ``sending_at``; only what is still held is sent) -> **send** (``driver.max_batch_size`` messages per
+   request, each request holding one slot of the process-wide pool; transient failures retried with
+   tenacity: exponential backoff with jitter, at least ``Retry-After``, within ``retry_max_attempts`` and
+   ``retry_budget_seconds``, each retry taking rate-limit tokens again) -> **record** (:mod:`outcomes`).
+
+Provider errors (transient failures: 429, 5xx) multiply the list's rate-limit interval; a clean chunk relaxes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_before_delay
+from tenacity import wait_exponential, wait_random
+
+from . import billing, checks, claims, failpoints, quiethours
+from .driver import Driver, OutboundMessage, SendResult, TransientFailure
+from .logs import get_logger
+from .models import FailureReason, SendingList, utcnow
+from .outcomes import Outcomes
+from .ratelimit import LimiterUnavailable, RateLimiter
+
+if TYPE_CHECKING:
+    from .app import Trackly
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ListInfo:
+    """A sending list as the hot path needs it (cached by the coordinator for a few seconds)."""
+
+    doc: SendingList
+    driver: Driver[Any]
+    blocked: re.Pattern[str] | None
+    window: quiethours.Window
+
+    @property
+    def id(self) -> int:
+        return self.doc.id
+
+
+class _Stop(Exception):
+    """The executor is stopping: give what was not accepted back to the queue."""
+
+
+class Worker:
+    """Runs batches for every list of one executor process (shared pool, limiter and counters)."""
+
+    def __init__(self, trackly: Trackly, limiter: RateLimiter, pool: asyncio.Semaphore, stopping: asyncio.Event,
+                 counts: collections.Counter[str], clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.trackly = trackly
+        self.db = trackly.db
+        self.cfg = trackly.settings.executor
+        self.limiter = limiter
+        self.pool = pool
+        self.stopping = stopping
+        self.counts = counts
+        self.clock = clock
+        self.outcomes = Outcomes(trackly, counts)
+        self.tokens: set[str] = set()          # claims in progress (released on shutdown)
+        self.paused: dict[int, float] = {}     # list id -> monotonic time until which it must not be claimed
+        first = self.cfg.retry_initial_backoff_seconds
+        self._backoff = wait_exponential(multiplier=first, max=30.0) + wait_random(0, first)  # exponential + jitter
+
+    # -- sizes ------------------------------------------------------------------------------------
+
+    def chunk_size(self, lst: SendingList) -> int:
+        if lst.rate_limit_per_minute <= 0:
+            return self.cfg.claim_batch_size
+        return max(1, int(lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_chunk_seconds))
+
+    def claim_limit(self, lst: SendingList) -> int:
+        if lst.rate_limit_per_minute <= 0:
+            return self.cfg.claim_batch_size
+        by_rate = math.ceil(lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_claim_seconds)
+        return max(self.chunk_size(lst), min(self.cfg.claim_batch_size, by_rate))
+
+    # -- one batch --------------------------------------------------------------------------------
+
+    async def run_batch(self, info: ListInfo) -> int:
+        """Claim and process one batch of ``info``'s list; returns how many messages were claimed."""
+        token = claims.new_token(self.trackly.instance)
+        self.tokens.add(token)
+        try:
+            n = await self._run(info, token)
+        except asyncio.CancelledError:
+            raise  # the token stays listed: the coordinator releases it after cancelling
+        except Exception:
+            log.exception("batch_failed", sending_list_id=info.id)
+            self.counts["batch_errors"] += 1
+            try:
+                await claims.release_tokens(self.db, [token])
+            except Exception as exc:  # the store is gone too: recovery will release it after the claim TTL
+                log.error("batch_release_failed", sending_list_id=info.id, error=str(exc))
+            self.tokens.discard(token)
+            self.paused[info.id] = time.monotonic() + 1.0
+            return 0
+        self.tokens.discard(token)
+        return n
+
+    async def _run(self, info: ListInfo, token: str) -> int:
+        lst = info.doc
+        now = self.clock()
+        docs = await claims.claim(self.db, lst.id, token, now, self.claim_limit(lst))
+        if not docs:
+            return 0
+        failpoints.hit("after_claim")
+        self.counts["claimed"] += len(docs)
+        verdict = await checks.evaluate(
+            self.db, docs, now, stale_after=dt.timedelta(minutes=self.cfg.stale_after_minutes),
+            blocked=info.blocked, window=info.window, default_tz=lst.quiet_hours.default_timezone,
+        )
+        if verdict.hold:
+            groups = [([d["_id"] for d, _ in grp], {"not_before": nb})
+                      for nb, grp in groupby(sorted(verdict.hold, key=lambda h: h[1]), key=lambda h: h[1])]
+            self.counts["held.quiet_hours"] += await claims.release(self.db, token, groups)
+        await self.outcomes.fail_unsent(token, verdict.fail, now)
+        send = verdict.send
+        size = self.chunk_size(lst)
+        for start in range(0, len(send), size):
+            if self.stopping.is_set() or not await self._chunk(info, token, send[start:start + size], send[start + size:]):
+                rest = [d["_id"] for d in send[start:]]
+                self.counts["released"] += await claims.release(self.db, token, [(rest, {})])
+                break
+        return len(docs)
+
+    async def _chunk(self, info: ListInfo, token: str, chunk: Sequence[dict[str, Any]],
+                     rest: Sequence[dict[str, Any]]) -> bool:
+        """Rate limit, bill, mark intent, send and record one chunk. False: stop and release the rest."""
+        lst = info.doc
+        factor = 1.0
+        if lst.rate_limit_per_minute > 0:
+            try:
+                grant = await self.limiter.acquire(lst.id, len(chunk), lst.rate_limit_per_minute,
+                                                   self.cfg.rate_limit_wait_seconds)
+            except LimiterUnavailable:
+                self.paused[lst.id] = time.monotonic() + 1.0
+                self.counts["limiter_unavailable"] += 1
+                return False
+            if not grant.granted:
+                detail = (f"no rate-limit token within {self.cfg.rate_limit_wait_seconds:g}s "
+                          f"(next in {grant.wait:.1f}s at {lst.rate_limit_per_minute}/min, slow-down x{grant.factor:g})")
+                await self.outcomes.fail_unsent(token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail)
+                                                        for d in [*chunk, *rest]], self.clock())
+                return True  # nothing left to release
+            factor = grant.factor
+            if grant.wait > 0 and await self._sleep(grant.wait):
+                return False
+        now = self.clock()
+        deb = await billing.debit(self.db, lst.account_id, chunk, lst.price_per_segment)
+        if deb.blocked:
+            await self._billing_blocked(token, deb.blocked, now)
+        if not deb.charged:
+            return True
+        held = await claims.mark_intent(self.db, [d["_id"] for d in deb.charged], token, now)
+        if len(held) < len(deb.charged):
+            lost = [d for d in deb.charged if d["_id"] not in held]
+            await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in lost))
+            self.counts["claim_lost_before_send"] += len(lost)
+            log.warning("claim_lost_before_send", sending_list_id=lst.id, lost=len(lost))
+        to_send = [d for d in deb.charged if d["_id"] in held]
+        if not to_send:
+            return True
+        failpoints.hit("after_intent")
+        results, requeue, had_errors = await self._send(info, to_send)
+        await self.outcomes.record_sends(info, token, to_send, results, deb.costs, self.clock(), requeue)
+        if not had_errors and factor > 1 and lst.rate_limit_per_minute > 0:
+            try:
+                await self.limiter.relax(lst.id)
+            except LimiterUnavailable:
+                pass
+        return True
+
+    async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
+        expired, first, again = billing.split_blocked(docs, now, dt.timedelta(minutes=self.cfg.billing_ttl_minutes))
+        retry_at = now + dt.timedelta(minutes=self.cfg.billing_backoff_minutes)
+        self.counts["held.billing"] += await claims.release(self.db, token, [
+            ([d["_id"] for d in first], {"not_before": retry_at, "billing_blocked_since": now}),
+            ([d["_id"] for d in again], {"not_before": retry_at}),
+        ])
+        await self.outcomes.fail_unsent(token, [
+            (d, FailureReason.BILLING_BLOCKED,
+             f"balance insufficient since {d['billing_blocked_since'].isoformat()} (over {self.cfg.billing_ttl_minutes:g} min)")
+            for d in expired], now)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, waking early when the executor stops. True if it is stopping."""
+        if self.stopping.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    async def _send(self, info: ListInfo, docs: Sequence[dict[str, Any]]) -> tuple[dict[str, SendResult], set[str], bool]:
+        """Submit ``docs`` in requests of ``max_batch_size``; one final result per message."""
+        size = max(1, info.driver.max_batch_size)
+        msgs = [OutboundMessage(id=d["_id"], to=d["to_number"], sender=d.get("from_number") or info.doc.from_number,
+                                body=d["body"], segments=int(d.get("segments") or 1)) for d in docs]
+        results: dict[str, SendResult] = {}
+        requeue: set[str] = set()
+        errors = [False]
+        await asyncio.gather(*(self._request(info, msgs[i:i + size], results, requeue, errors)
+                               for i in range(0, len(msgs), size)))
+        return results, requeue, errors[0]
+
+    async def _request(self, info: ListInfo, msgs: list[OutboundMessage], results: dict[str, SendResult],
+                       requeue: set[str], errors: list[bool]) -> None:
+        """One provider request, retried for the messages that failed transiently."""
+        pending = list(msgs)
+        last: list[TransientFailure] = []
+
+        async def attempt() -> list[TransientFailure]:
+            nonlocal pending, last
+            if last:  # a retry: take rate-limit tokens again so retries never exceed the list's rate
+                await self._retry_tokens(info, len(pending))
+            async with self.pool:
+                out = await info.driver.submit(pending)
+            if any(r.kind == "accepted" for r in out):
+                failpoints.hit("after_provider_accept")
+            transient = [r for r in out if isinstance(r, TransientFailure)]
+            for r in out:
+                if not isinstance(r, TransientFailure):
+                    results[r.message_id] = r
+            if transient:
+                errors[0] = True
+                await self._provider_trouble(info, len(transient))
+                ids = {r.message_id for r in transient}
+                pending = [m for m in pending if m.id in ids]
+            last = transient
+            return transient
+
+        base_wait = self._backoff
+
+        def wait(state: RetryCallState) -> float:
+            hinted = max((r.retry_after or 0.0 for r in last), default=0.0)
+            return max(hinted, base_wait(state))
+
+        async def sleep(seconds: float) -> None:
+            if await self._sleep(seconds):
+                raise _Stop()
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.cfg.retry_max_attempts) | stop_before_delay(self.cfg.retry_budget_seconds),
+            wait=wait, sleep=sleep, retry=retry_if_result(bool), retry_error_callback=lambda state: last,
+        )
+        try:
+            final = await retrying(attempt)
+        except (_Stop, LimiterUnavailable):
+            requeue.update(r.message_id for r in last)
+            final = last
+        for r in final:
+            results[r.message_id] = r
+
+    async def _retry_tokens(self, info: ListInfo, n: int) -> None:
+        lst = info.doc
+        if lst.rate_limit_per_minute <= 0:
+            return
+        grant = await self.limiter.acquire(lst.id, n, lst.rate_limit_per_minute, self.cfg.rate_limit_wait_seconds)
+        if not grant.granted:
+            raise LimiterUnavailable("no rate-limit token for a retry within the wait")
+        if grant.wait > 0 and await self._sleep(grant.wait):
+            raise _Stop()
+
+    async def _provider_trouble(self, info: ListInfo, n: int) -> None:
+        """Transient provider errors: slow the list down and count them toward a burst alert."""
+        self.counts["provider_transient"] += n
+        if info.doc.rate_limit_per_minute > 0:
+            try:
+                await self.limiter.penalize(info.id)
+            except LimiterUnavailable:
+                pass
+        event = self.outcomes.note_errors(info.id, info.driver.name, n)
+        if event is not None:
+            await self.outcomes.publish([event])
