@@ -98,6 +98,10 @@ async def test_validation_errors_have_field_paths(client: TestClient[Any, Any]) 
     r = await client.post("/api/v1/creatives", headers=H, json={"account_id": ids["account"], "name": "c",
                                                                 "variants": [{"key": "a", "body": ""}]})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.variants.0.body"
+    r = await client.post("/api/v1/creatives", headers=H, json={"account_id": ids["account"], "name": "c", "variants": [
+        {"key": "a", "body": "ok {first_name}"}, {"key": "b", "body": "50% off {oops"}]})
+    data = await r.json()
+    assert r.status == 422 and data["details"][0]["loc"] == "body.variants.1.body" and "stray" in data["message"]
 
 
 async def test_driver_and_filter_validated(client: TestClient[Any, Any]) -> None:

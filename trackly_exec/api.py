@@ -353,6 +353,12 @@ def _undollar(node: Any) -> Any:
 async def create_creative(request: web.Request) -> web.Response:
     body = await read_body(request, m.CreativeIn)
     trackly = _tr(request)
+    from .compose import check_body
+
+    problems = [{"loc": f"body.variants.{i}.body", "msg": p, "type": "value_error"}
+                for i, v in enumerate(body.variants) for p in check_body(v.body)]
+    if problems:
+        raise ApiError(422, "validation", problems[0]["msg"], problems)
     await get_or_404(trackly, c.ACCOUNTS, body.account_id, "account")
     doc = {"_id": await _new_id(trackly, c.CREATIVES), **body.model_dump()}
     await trackly.store[c.CREATIVES].insert_one(doc)
