@@ -89,7 +89,7 @@ async def test_twilio_signed_callback_is_applied(daemon: Daemon) -> None:
     status, _ = await daemon.twilio(f"/webhooks/twilio/status?mid={sent[0].id}", twilio_status("P0", "undelivered", "30003"))
     assert status == 200
     doc = await daemon.store[c.SENT].find_one({"_id": sent[0].id})
-    assert doc["delivered"] is False and doc["delivery_status"] == "undelivered" and doc["delivery_error_code"] == "30003"
+    assert doc["delivered"] == 0 and doc["delivery_status"] == "undelivered" and doc["delivery_error_code"] == "30003"
 
 
 async def test_oversized_body_is_413(daemon: Daemon) -> None:

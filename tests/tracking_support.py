@@ -116,8 +116,8 @@ def message_fields(i: int, *, account_id: int = 1, list_id: int = 1, campaign_id
 async def seed_sent(store: Store, n: int, *, provider: str = "infobip", start: int = 0,
                     timestamp: dt.datetime | None = None, **fields: Any) -> list[MessageSent]:
     """``n`` MessageSent records (``delivered`` None), ids ``"%016x" % i``, provider ids ``"P<i>"``."""
-    docs = [MessageSent(id=f"{i:016x}", provider=provider, provider_message_id=f"P{i}",
-                        timestamp=timestamp or utcnow() - dt.timedelta(minutes=5), **{**message_fields(i), **fields})
+    docs = [MessageSent(id=f"{i:016x}", provider=provider, timestamp=timestamp or utcnow() - dt.timedelta(minutes=5),
+                        **{"provider_message_id": f"P{i}", **message_fields(i), **fields})
             for i in range(start, start + n)]
     if docs:
         await store[c.SENT].insert_many([d.to_doc() for d in docs])
@@ -129,6 +129,11 @@ async def seed_no_response(store: Store, i: int, *, provider: str = "infobip") -
                       detail="read timeout", **message_fields(i))
     await store[c.FAILED].insert_one(f.to_doc())
     return f
+
+
+def tri(value: Any) -> bool | None:
+    """A stored tristate as None/True/False (nx-27017 returns booleans written by ``$set`` as 1/0)."""
+    return None if value is None else bool(value)
 
 
 async def snapshot(store: Store) -> dict[str, list[dict[str, Any]]]:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,10 +41,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def _server_command() -> list[str]:
-    exe = shutil.which("nx-27017") or str(Path(sys.executable).with_name("nx-27017"))
-    if Path(exe).exists():
-        return [exe]
-    return [sys.executable, "-m", "nx_27017"]
+    # nx-27017 through trackly_exec.nxserver: a plain `nx-27017` stores a top-level $set datetime as a string
+    # and a $set boolean as 1/0 (see that module).
+    return [sys.executable, "-m", "trackly_exec.nxserver"]
 
 
 class EmbeddedMongo:

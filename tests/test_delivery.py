@@ -1,0 +1,231 @@
+"""Delivery reports onto MessageSent over the daemon's HTTP endpoint: tristate, monotonic, NO_RESPONSE, signals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.delivery import ingest
+from trackly_exec.driver import DeliveryReport
+from trackly_exec.store import Store
+
+from .tracking_support import (
+    CM_STATUS,
+    IB_STATUS,
+    Daemon,
+    cm_report,
+    infobip_body,
+    infobip_report,
+    seed_account,
+    seed_contact,
+    seed_no_response,
+    seed_sent,
+    start_daemon,
+    tri,
+    twilio_status,
+)
+
+
+@pytest.fixture
+async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
+    async for d in start_daemon(settings, store):
+        yield d
+
+
+async def _doc(d: Daemon, mid: str) -> dict:
+    return await d.store[c.SENT].find_one({"_id": mid})
+
+
+async def test_final_report_sets_the_tristate_and_details(daemon: Daemon) -> None:
+    """DELIVERED sets delivered=True with status, no error code and the provider's doneAt as delivered_at."""
+    await seed_account(daemon.store)
+    [m] = await seed_sent(daemon.store, 1)
+    assert (await daemon.post(IB_STATUS, infobip_body(infobip_report(m.id))))[0] == 200
+    doc = await _doc(daemon, m.id)
+    assert tri(doc["delivered"]) is True and doc["delivery_status"] == "DELIVERED_TO_HANDSET"
+    assert doc["delivery_error_code"] is None
+    assert doc["delivered_at"].isoformat().startswith("2026-11-29T10:00:00")
+
+
+async def test_undeliverable_records_error_and_publishes_failure(daemon: Daemon) -> None:
+    """UNDELIVERABLE sets delivered=False, stores the error code and publishes one delivery_failure event."""
+    await seed_account(daemon.store)
+    [m] = await seed_sent(daemon.store, 1)
+    body = infobip_body(infobip_report(m.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE", error="EC_UNKNOWN_SUBSCRIBER"))
+    assert (await daemon.post(IB_STATUS, body))[0] == 200
+    doc = await _doc(daemon, m.id)
+    assert tri(doc["delivered"]) is False and doc["delivery_error_code"] == "EC_UNKNOWN_SUBSCRIBER"
+    events = await daemon.store[c.EVENTS].find({"kind": "delivery_failure"}).to_list(None)
+    assert [e["data"]["message_id"] for e in events] == [m.id]
+
+
+async def test_duplicates_and_out_of_order_never_change_a_final_state(daemon: Daemon) -> None:
+    """After a final report, duplicates, a contrary final report and a late intermediate one are all no-ops."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    [m] = await seed_sent(daemon.store, 1)
+    final = infobip_body(infobip_report(m.id))
+    assert (await daemon.post(IB_STATUS, final))[0] == 200
+    settled = await _doc(daemon, m.id)
+    for body in (final, final,
+                 infobip_body(infobip_report(m.id, "PENDING_ENROUTE", "PENDING")),
+                 infobip_body(infobip_report(m.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE", error="X")),
+                 infobip_body(infobip_report(m.id, "EXPIRED_EXPIRED", "EXPIRED", done_at="2026-12-06T10:00:00.000+0000"))):
+        status, resp = await daemon.post(IB_STATUS, body)
+        assert status == 200 and json.loads(resp)["updated"] == 0
+    assert await _doc(daemon, m.id) == settled
+    assert await daemon.store[c.OUTBOX].count_documents({}) == 1
+    assert await daemon.store[c.EVENTS].count_documents({"kind": "delivery_failure"}) == 0
+
+
+async def test_intermediate_then_final(daemon: Daemon) -> None:
+    """An intermediate report only moves delivery_status while delivered is None; the final one settles it."""
+    await seed_account(daemon.store)
+    [m] = await seed_sent(daemon.store, 1)
+    await daemon.post(IB_STATUS, infobip_body(infobip_report(m.id, "PENDING_ENROUTE", "PENDING")))
+    doc = await _doc(daemon, m.id)
+    assert tri(doc["delivered"]) is None and doc["delivery_status"] == "PENDING_ENROUTE"
+    await daemon.post(IB_STATUS, infobip_body(infobip_report(m.id, "EXPIRED_EXPIRED", "EXPIRED")))
+    doc = await _doc(daemon, m.id)
+    assert tri(doc["delivered"]) is False and doc["delivery_status"] == "EXPIRED_EXPIRED"
+
+
+async def test_final_and_intermediate_in_one_batch(daemon: Daemon) -> None:
+    """Within one request the final report wins whatever its position."""
+    await seed_account(daemon.store)
+    a, b = await seed_sent(daemon.store, 2)
+    body = infobip_body(infobip_report(a.id), infobip_report(a.id, "PENDING_ENROUTE", "PENDING"),
+                        infobip_report(b.id, "PENDING_ENROUTE", "PENDING"), infobip_report(b.id))
+    assert (await daemon.post(IB_STATUS, body))[0] == 200
+    for m in (a, b):
+        doc = await _doc(daemon, m.id)
+        assert tri(doc["delivered"]) is True and doc["delivery_status"] == "DELIVERED_TO_HANDSET"
+
+
+async def test_cm_report_matched_by_reference(daemon: Daemon) -> None:
+    """A CM status report is matched by our id in `reference`; code 2 is delivered, 3 failed."""
+    await seed_account(daemon.store)
+    a, b = await seed_sent(daemon.store, 2, provider="cm")
+    assert (await daemon.post(CM_STATUS, cm_report(a.id, "2")))[0] == 200
+    assert (await daemon.post(CM_STATUS, cm_report(b.id, "3", "12", "Not delivered")))[0] == 200
+    assert tri((await _doc(daemon, a.id))["delivered"]) is True
+    doc_b = await _doc(daemon, b.id)
+    assert tri(doc_b["delivered"]) is False and doc_b["delivery_error_code"] == "12"
+
+
+async def test_match_by_provider_message_id(daemon: Daemon) -> None:
+    """A report carrying only the provider's id is matched by (provider instance, provider_message_id)."""
+    await seed_account(daemon.store)
+    a, b = await seed_sent(daemon.store, 2, provider="twilio")
+    await seed_sent(daemon.store, 1, provider="infobip", start=5, provider_message_id="P0-other")
+    res = await ingest(daemon.trackly, "twilio", [DeliveryReport(provider_message_id="P1", status="delivered", delivered=True)])
+    assert res.updated == 1
+    assert tri((await _doc(daemon, b.id))["delivered"]) is True
+    assert tri((await _doc(daemon, a.id))["delivered"]) is None
+
+
+async def test_no_response_is_resolved_by_a_report(daemon: Daemon) -> None:
+    """A report for a NO_RESPONSE dead letter turns it into one MessageSent (submitted, delivered) and removes it."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    f = await seed_no_response(daemon.store, 42)
+    body = infobip_body(infobip_report(f.id))
+    status, resp = await daemon.post(IB_STATUS, body)
+    assert status == 200 and json.loads(resp)["resolved"] == 1
+    assert await daemon.store[c.FAILED].count_documents({}) == 0
+    doc = await _doc(daemon, f.id)
+    assert tri(doc["submitted"]) is True and tri(doc["delivered"]) is True and tri(doc["resolved_from_no_response"]) is True
+    assert doc["to_number"] == f.to_number and doc["campaign_id"] == f.campaign_id and doc["provider"] == "infobip"
+    # a duplicate of the report changes nothing and leaves exactly one record
+    assert json.loads((await daemon.post(IB_STATUS, body))[1])["updated"] == 0
+    assert await daemon.store[c.SENT].count_documents({"_id": f.id}) == 1
+    assert await daemon.store[c.FAILED].count_documents({"_id": f.id}) == 0
+    assert await daemon.store[c.OUTBOX].count_documents({}) == 1
+
+
+async def test_other_failures_are_not_resolved(daemon: Daemon) -> None:
+    """A report for a message dead-lettered for another reason (PROVIDER_ERROR) creates nothing."""
+    f = await seed_no_response(daemon.store, 43)
+    await daemon.store[c.FAILED].update_one({"_id": f.id}, {"$set": {"reason": "PROVIDER_ERROR"}})
+    assert json.loads((await daemon.post(IB_STATUS, infobip_body(infobip_report(f.id))))[1])["unknown"] == 1
+    assert await daemon.store[c.SENT].count_documents({}) == 0
+
+
+async def test_spam_code_flags_message_and_alerts(daemon: Daemon) -> None:
+    """Infobip REJECTED_FLOODING_FILTER and Twilio 30007 set spam=True and publish spam_complaint events."""
+    await seed_account(daemon.store)
+    [ib] = await seed_sent(daemon.store, 1)
+    [tw] = await seed_sent(daemon.store, 1, provider="twilio", start=1)
+    await daemon.post(IB_STATUS, infobip_body(infobip_report(ib.id, "REJECTED_FLOODING_FILTER", "REJECTED")))
+    res = await ingest(daemon.trackly, "twilio", [DeliveryReport(message_id=tw.id, status="undelivered", delivered=False,
+                                                                 error_code="30007", spam=True)])
+    assert res.final == 1
+    for m in (ib, tw):
+        doc = await _doc(daemon, m.id)
+        assert tri(doc["spam"]) is True and tri(doc["delivered"]) is False
+    kinds = sorted(e["data"]["message_id"] for e in await daemon.store[c.EVENTS].find({"kind": "spam_complaint"}).to_list(None))
+    assert kinds == sorted([ib.id, tw.id])
+
+
+async def test_opted_out_code_unsubscribes_contact(daemon: Daemon) -> None:
+    """A Twilio 21610 (recipient opted out) report unsubscribes the message's contact."""
+    await seed_account(daemon.store)
+    [m] = await seed_sent(daemon.store, 1, provider="twilio")
+    await seed_contact(daemon.store, contact_id=m.contact_id, phone=m.to_number)
+    res = await ingest(daemon.trackly, "twilio", [DeliveryReport(message_id=m.id, status="failed", delivered=False,
+                                                                 error_code="21610", opted_out=True)])
+    assert res.final == 1
+    assert tri((await daemon.store[c.CONTACTS].find_one({"_id": m.contact_id}))["subscribed"]) is False
+
+
+async def test_twilio_real_format_with_drivers_parser(daemon: Daemon) -> None:
+    """A signed form-encoded Twilio callback with ErrorCode 21610 unsubscribes through the real driver parser."""
+    await seed_account(daemon.store)
+    [m] = await seed_sent(daemon.store, 1, provider="twilio")
+    await seed_contact(daemon.store, contact_id=m.contact_id, phone=m.to_number)
+    status, _ = await daemon.twilio(f"/webhooks/twilio/status?mid={m.id}", twilio_status("P0", "failed", "21610"))
+    assert status == 200
+    assert tri((await daemon.store[c.CONTACTS].find_one({"_id": m.contact_id}))["subscribed"]) is False
+
+
+async def test_ingestion_is_batched(daemon: Daemon) -> None:
+    """100 reports in one request cost a constant handful of store commands, not one per report."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    sent = await seed_sent(daemon.store, 100)
+    from pymongo import monitoring
+
+    class Count(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.n = 0
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            self.n += 1
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    from pymongo import AsyncMongoClient
+
+    from trackly_exec.store import Store as S
+
+    listener = Count()
+    client: AsyncMongoClient = AsyncMongoClient(daemon.trackly.settings.mongo.uri.get_secret_value(), tz_aware=True,
+                                                event_listeners=[listener])
+    try:
+        counted = S(client, client[daemon.trackly.settings.mongo.database])
+        real = daemon.trackly.store
+        daemon.trackly.store = counted
+        daemon.trackly.bus.store = counted
+        reports = [DeliveryReport(message_id=m.id, status="UNDELIVERABLE", delivered=False, error_code="E") for m in sent]
+        res = await ingest(daemon.trackly, "infobip", reports)
+        daemon.trackly.store = real
+        daemon.trackly.bus.store = real
+    finally:
+        await client.close()
+    assert res.final == 100 and res.outbox == 100
+    assert listener.n <= 6, listener.n
