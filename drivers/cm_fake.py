@@ -26,6 +26,11 @@ DETAILS = {"301": "From field is invalid", "302": "To field is invalid", "303": 
            "304": "A body without content was found", "401": "Message is marked as spam",
            "402": "The number is blacklisted", "403": "Message rejected"}
 
+#: ``Behaviour("reject", code=...)`` with one of these refuses the whole request (``errorCode``, ``details``).
+WHOLE_REQUEST_ERRORS = {"101": "No account found for the given authentication", "102": "Insufficient balance.",
+                        "103": "The API key is incorrect", "202": "Request is malformed",
+                        "203": "Message array is incorrect", "500": "Internal server error"}
+
 
 def cm_error(status: int, code: int, details: str, messages: list[dict[str, Any]] | None = None) -> web.Response:
     return web.json_response({"details": details, "errorCode": code, "messages": messages or []}, status=status)
@@ -109,6 +114,8 @@ class CMFake(FakeProvider):
         return cm_error(200, 201, f"Created {len(entries)} message(s)", out)
 
     def reject_response(self, items: list[Submitted], code: str | None) -> web.Response:
+        if code in WHOLE_REQUEST_ERRORS:  # the whole request refused: HTTP 400, no per-message entries
+            return cm_error(400, int(code), WHOLE_REQUEST_ERRORS[code])
         return self.accepted_response([], [Rejection(i, code or "403") for i in items])
 
     def throttled_response(self, retry_after: float | None) -> web.Response:
