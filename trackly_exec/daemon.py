@@ -20,6 +20,7 @@ log = get_logger(__name__)
 COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
     (lambda s: s.http.enabled, "trackly_exec.web:HttpServer"),
     (lambda s: s.executor.enabled, "trackly_exec.coordinator:Coordinator"),
+    (lambda s: s.scheduler.enabled, "trackly_exec.scheduler:Scheduler"),
     (lambda s: True, "trackly_exec.outbox:Outbox"),
     (lambda s: True, "trackly_exec.alerts:Alerts"),
 ]

@@ -1,0 +1,176 @@
+"""Evaluating one execution: audiences -> compliance filters -> composition -> queue, streamed in batches.
+
+Every contact of the union is counted exactly once: either queued or skipped for the first reason that
+applies, checked in this order (:data:`SKIP_REASONS`):
+
+1. ``unsubscribed``: ``subscribed`` is false or ``blocked`` is true;
+2. ``invalid_phone``: not a valid number for phonenumbers;
+3. ``in_workflow``: the contact is in a workflow and the campaign sets ``exclude_in_workflow``;
+4. ``frequency_cap``: a MessageSent on this list within the list's ``cooldown_minutes`` (one query per
+   evaluation on the (sending_list_id, timestamp) index), or the contact's ``last_sent_at`` in that window;
+5. ``quiet_hours``: outside the list's window (08:00-21:00 by default) in the contact's timezone(s), with
+   the campaign's policy ``exclude``; with ``hold`` the message is queued for the window's opening and
+   counted in ``held_quiet_hours`` (it is also part of ``queued``);
+6. ``missing_placeholder``: a placeholder with no value and no default.
+
+So ``unique == sum(skipped.values()) + queued`` and ``overlap == audience_total - unique``.
+
+A resumed evaluation (the process died while evaluating) runs again from the start: contacts already queued
+are refused by the queue's unique (execution_id, contact_id) index, and contacts the executor has already
+sent or dead-lettered for this execution (MessageSent / FailedMessage) are not queued again; both count as
+queued, so a resumed execution ends with the same counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from . import constants as c
+from . import phones
+from .audience import UnionCounts, union
+from .compose import Composer
+from .logs import get_logger
+from .models import QuietHours, utcnow
+from .queue import insert_batch
+from .quiethours import Window, contact_zones, in_window, next_opening
+from .variants import chooser_for
+
+log = get_logger(__name__)
+
+SKIP_REASONS = ("unsubscribed", "invalid_phone", "in_workflow", "frequency_cap", "quiet_hours",
+                "missing_placeholder")
+
+
+@dataclass
+class Tally:
+    """The running counts of an evaluation, in the execution ``counts`` contract."""
+
+    union: UnionCounts = field(default_factory=UnionCounts)
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    queued: int = 0
+    held_quiet_hours: int = 0
+    inserted: int = 0
+    already_queued: int = 0
+    already_processed: int = 0
+    evaluated: int = 0
+    links: int = 0
+    variants: dict[str, int] = field(default_factory=dict)
+
+    def as_counts(self) -> dict[str, Any]:
+        u = self.union
+        return {
+            "per_audience": dict(u.per_audience), "audience_total": u.audience_total, "overlap": u.overlap,
+            "unique": u.unique, "skipped": dict(self.skipped), "queued": self.queued,
+            "held_quiet_hours": self.held_quiet_hours, "evaluated": self.evaluated, "inserted": self.inserted,
+            "already_queued": self.already_queued, "already_processed": self.already_processed,
+            "links": self.links, "variants": dict(self.variants),
+        }
+
+
+@dataclass
+class Plan:
+    """What an execution needs, loaded and validated by the scheduler."""
+
+    execution: dict[str, Any]
+    campaign: dict[str, Any]
+    sending_list: dict[str, Any]
+    audiences: list[dict[str, Any]]
+    creative: dict[str, Any]
+
+
+Progress = Callable[[Tally], Awaitable[None]]
+
+
+async def _frequency_capped(db: Any, sending_list_id: int, execution_id: int, cutoff: dt.datetime) -> set[str]:
+    """Numbers sent to on the list since ``cutoff`` (by other executions): one indexed query."""
+    q = {"sending_list_id": sending_list_id, "timestamp": {"$gte": cutoff}, "execution_id": {"$ne": execution_id}}
+    return {str(p) for p in await db[c.SENT].distinct("to_number", q)}
+
+
+async def _processed(db: Any, execution_id: int, contact_ids: list[int]) -> set[int]:
+    """Contacts of the batch already sent or dead-lettered for this execution (resume only)."""
+    q = {"execution_id": execution_id, "contact_id": {"$in": contact_ids}}
+    done = set(await db[c.SENT].distinct("contact_id", q))
+    done.update(await db[c.FAILED].distinct("contact_id", q))
+    return {int(x) for x in done}
+
+
+async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress: Progress | None = None) -> Tally:
+    """Evaluate and queue ``plan.execution``; returns the final tally (the caller records it)."""
+    db = trackly.store.db
+    cfg = trackly.settings.scheduler
+    ex, camp, slist = plan.execution, plan.campaign, plan.sending_list
+    execution_id, list_id = int(ex["_id"]), int(slist["_id"])
+    now = utcnow()
+    # Messages are due now (not at a scheduled time up to max_lateness in the past): the executor's STALE
+    # rule then measures time spent in the queue, not the scheduler's lateness.
+    sendtime = max(ex["scheduled_for"], now)
+    chooser = await chooser_for(db, plan.creative, execution_id, cfg.learned_min_sends)
+    composer = Composer(execution=ex, campaign=camp, sending_list=slist, creative=plan.creative, chooser=chooser,
+                        short_base=trackly.settings.http.short_link_base)
+    cooldown = float(slist.get("cooldown_minutes") or 0)
+    cutoff = now - dt.timedelta(minutes=cooldown) if cooldown > 0 else None
+    capped = await _frequency_capped(db, list_id, execution_id, cutoff) if cutoff else set()
+    quiet = QuietHours.model_validate(slist.get("quiet_hours") or {})
+    window, default_tz = Window.from_quiet_hours(quiet), quiet.default_timezone
+    hold = camp.get("quiet_hours_policy", "exclude") == "hold"
+    exclude_wf = bool(camp.get("exclude_in_workflow"))
+    opening: dict[tuple[ZoneInfo, ...], dt.datetime | None] = {}   # zones -> None (inside) or the opening
+    tally = Tally()
+    skipped = tally.skipped
+
+    async for batch in union(db, list_id, plan.audiences, cfg.evaluation_batch_size, tally.union):
+        done = await _processed(db, execution_id, [int(d["_id"]) for d in batch]) if resumed else set()
+        messages: list[dict[str, Any]] = []
+        links: list[dict[str, Any]] = []
+        for contact in batch:
+            if not contact.get("subscribed", True) or contact.get("blocked"):
+                skipped["unsubscribed"] += 1
+                continue
+            phone = contact.get("phone") or ""
+            to = phone if phones.is_valid(phone) else phones.normalize(phone)
+            if to is None:
+                skipped["invalid_phone"] += 1
+                continue
+            if exclude_wf and contact.get("in_workflow"):
+                skipped["in_workflow"] += 1
+                continue
+            if done and int(contact["_id"]) in done:
+                tally.already_processed += 1
+                tally.queued += 1
+                continue
+            if cutoff is not None and (to in capped or ((ls := contact.get("last_sent_at")) and ls >= cutoff)):
+                skipped["frequency_cap"] += 1
+                continue
+            zones = contact_zones(to, contact.get("timezone"), default_tz)
+            if zones not in opening:
+                opening[zones] = None if in_window(now, zones, window) else next_opening(now, zones, window)
+            held_until = opening[zones]
+            if held_until is not None and not hold:
+                skipped["quiet_hours"] += 1
+                continue
+            made = composer.compose(contact, to, held_until or sendtime, held_until)
+            if made is None:
+                skipped["missing_placeholder"] += 1
+                continue
+            if held_until is not None:
+                tally.held_quiet_hours += 1
+            messages.append(made[0])
+            links.extend(made[1])
+        res = await insert_batch(db, messages, links)
+        tally.queued += len(messages)
+        tally.inserted += res.inserted
+        tally.already_queued += res.duplicates
+        tally.links += res.links
+        tally.evaluated += len(batch)
+        tally.variants = dict(composer.variant_counts)
+        if progress is not None:
+            await progress(tally)
+    tally.variants = dict(composer.variant_counts)
+    log.info("execution_evaluated", execution_id=execution_id, unique=tally.union.unique, queued=tally.queued,
+             skipped={k: v for k, v in skipped.items() if v}, resumed=resumed)
+    return tally

@@ -1,0 +1,416 @@
+"""The campaign scheduler: due campaigns become executions, exactly once, then are evaluated and queued.
+
+* ``Campaign.next_run_at`` drives it. A due campaign (``status = active``, ``next_run_at <= now``) gets an
+  Execution whose ``occurrence_key`` is ``"<campaign id>:<scheduled_for ISO>"``, inserted under a unique
+  index: whichever daemon inserts it runs it; the others get a DuplicateKeyError and leave it. Then
+  ``next_run_at`` is advanced, conditional on its old value. Paused campaigns are never picked up.
+* One-off campaigns (``schedule.at``) become ``done`` once their execution exists. Recurring ones
+  (``schedule.cron`` in ``schedule.timezone``, see :mod:`trackly_exec.cron` for the DST rule) get the next
+  occurrence after now. A campaign created without ``next_run_at`` gets it filled in here.
+* After downtime, missed occurrences never fire in a burst: only the latest missed one is considered, and if
+  it is more than ``scheduler.max_lateness_minutes`` late it gets a ``skipped`` execution with the reason and
+  an ``OCCURRENCE_SKIPPED`` event instead of being sent late.
+* Before evaluating, the campaign is validated (list exists, is the account's and active; audiences exist
+  and belong to the list; creative is the account's with a usable variant; the list's driver can be built);
+  a failure gives a ``failed`` execution with the reason and a ``CAMPAIGN_FAILED`` event.
+* An evaluation holds a lease on its execution (``lease_owner``, and ``heartbeat_at`` renewed every batch);
+  an execution left ``pending`` or ``evaluating`` whose heartbeat is older than
+  ``scheduler.evaluation_lease_seconds`` (its process died) is resumed by any scheduler, without queuing
+  anyone twice (see :mod:`trackly_exec.evaluation`).
+
+Store notes: ``{"field": None}`` matches nothing on nx-27017 0.8.1 (``{"$eq": None}`` does). It also stores a datetime given to ``$set`` as a *string* (then no date comparison matches
+it). So dates are written only by inserts, by ``$currentDate`` (timestamps of now) and, for a campaign's
+``next_run_at``, by a ``replace_one`` conditional on the old value: these keep real dates on both stores.
+* Lifecycle: pending -> evaluating -> queued -> completed (when nothing of it is left in the queue).
+
+:func:`trigger` runs a campaign now (occurrence ``"<id>:manual:<n>"``) and returns the execution id once
+every message is queued. :meth:`Scheduler.run_until_idle` processes everything due and returns (burst mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from . import constants as c
+from .audience import FilterError, compile_filter
+from .compose import check_body
+from .cron import Cron, CronError
+from .errors import TracklyError
+from .evaluation import Plan, Tally, evaluate
+from .events import Event, EventKind
+from .logs import get_logger
+from .models import CampaignStatus, Execution, ExecutionStatus, utcnow
+from .queue import has_pending
+
+log = get_logger(__name__)
+
+_DENSE_LOOKBACK = dt.timedelta(days=2)
+_DUE_BATCH = 100
+
+
+class CampaignNotFound(TracklyError):
+    """No campaign with that id."""
+
+
+# --------------------------------------------------------------------------------------------- occurrences
+
+
+def _cron(campaign: dict[str, Any]) -> Cron | None:
+    expr = (campaign.get("schedule") or {}).get("cron")
+    return Cron.parse(expr) if expr else None
+
+
+def _tz(campaign: dict[str, Any]) -> str:
+    return (campaign.get("schedule") or {}).get("timezone") or "UTC"
+
+
+def first_run_at(campaign: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
+    """When a new campaign first runs: its ``at``, or its cron's next occurrence after ``now``; None for
+    a manual-only campaign."""
+    sched = campaign.get("schedule") or {}
+    if sched.get("at") is not None:
+        at: dt.datetime = sched["at"]
+        return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+    cron = _cron(campaign)
+    return cron.next_after(now, _tz(campaign)) if cron else None
+
+
+def latest_due(cron: Cron, tz: str, first: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """The latest occurrence in ``[first, now]`` (``first`` is a due occurrence)."""
+    latest = first
+    if now - first > _DENSE_LOOKBACK:
+        probe = cron.next_after(now - _DENSE_LOOKBACK, tz)
+        if probe <= now:
+            latest = probe
+    while True:
+        nxt = cron.next_after(latest, tz)
+        if nxt > now:
+            return latest
+        latest = nxt
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str, Any]) -> tuple[Plan | None, str]:
+    """Everything the execution needs, or None and the reason the campaign cannot run."""
+    db = trackly.db
+    account_id = campaign["account_id"]
+    slist = await db[c.SENDING_LISTS].find_one({"_id": campaign["sending_list_id"]})
+    if slist is None:
+        return None, f"sending list {campaign['sending_list_id']} does not exist"
+    if slist.get("account_id") != account_id:
+        return None, f"sending list {slist['_id']} belongs to another account"
+    if not slist.get("active", True):
+        return None, f"sending list {slist['_id']} is not active"
+    ids = list(campaign.get("audience_ids") or [])
+    if not ids:
+        return None, "the campaign has no audiences"
+    audiences = await db[c.AUDIENCES].find({"_id": {"$in": ids}}).to_list(None)
+    found = {a["_id"]: a for a in audiences}
+    for aid in ids:
+        a = found.get(aid)
+        if a is None:
+            return None, f"audience {aid} does not exist"
+        if a.get("sending_list_id") != slist["_id"]:
+            return None, f"audience {aid} belongs to another sending list"
+        if a.get("contact_ids") is None:
+            try:
+                compile_filter(a.get("filter"))
+            except FilterError as exc:
+                return None, f"audience {aid} has an invalid filter: {exc}"
+    creative = await db[c.CREATIVES].find_one({"_id": campaign["creative_id"]})
+    if creative is None:
+        return None, f"creative {campaign['creative_id']} does not exist"
+    if creative.get("account_id") != account_id:
+        return None, f"creative {creative['_id']} belongs to another account"
+    variants = creative.get("variants") or []
+    learned = creative.get("selection") == "learned"
+    if not variants or not (learned or any(float(v.get("weight", 1)) > 0 for v in variants)):
+        return None, f"creative {creative['_id']} has no variant with a weight above 0"
+    for v in variants:
+        problems = check_body(v.get("body", ""))
+        if problems:
+            return None, f"creative {creative['_id']} variant {v.get('key')!r}: {problems[0]}"
+    try:
+        trackly.drivers.build(slist["driver"], slist.get("driver_settings") or {})
+    except Exception as exc:
+        return None, f"driver {slist.get('driver')!r} of sending list {slist['_id']} is not available: {exc}"
+    return Plan(execution, campaign, slist, [found[i] for i in ids], creative), ""
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+class _Runner:
+    """Creates, leases, evaluates and finishes executions on behalf of one process."""
+
+    def __init__(self, trackly: Any) -> None:
+        self.trackly = trackly
+        self.db = trackly.db
+        self.owner = f"{trackly.instance}:{trackly.run_id}"
+        self.lease = dt.timedelta(seconds=trackly.settings.scheduler.evaluation_lease_seconds)
+
+    async def create(self, campaign: dict[str, Any], scheduled_for: dt.datetime, key: str, *,
+                     status: ExecutionStatus = ExecutionStatus.PENDING, reason: str | None = None) -> dict[str, Any] | None:
+        """Insert the execution of an occurrence; None when another process already has it."""
+        eid = await self.trackly.store.next_id(c.EXECUTIONS)
+        doc = Execution(
+            id=eid, campaign_id=campaign["_id"], account_id=campaign["account_id"],
+            sending_list_id=campaign["sending_list_id"], occurrence_key=key, scheduled_for=scheduled_for,
+            status=status, reason=reason,
+        ).to_doc()
+        doc.update(lease_owner=self.owner, heartbeat_at=utcnow(), attempts=1)
+        try:
+            await self.db[c.EXECUTIONS].insert_one(doc)
+        except DuplicateKeyError:
+            return None
+        return doc
+
+    async def _set(self, eid: int, fields: dict[str, Any], *now_fields: str, owned: bool = True) -> bool:
+        """``$set`` non-date ``fields`` and stamp ``now_fields`` (and the heartbeat) with the server's now."""
+        q: dict[str, Any] = {"_id": eid}
+        if owned:
+            q["lease_owner"] = self.owner
+        update: dict[str, Any] = {"$currentDate": dict.fromkeys(("heartbeat_at", *now_fields), True)}
+        if fields:
+            update["$set"] = fields
+        res = await self.db[c.EXECUTIONS].update_one(q, update)
+        return bool(res.matched_count)
+
+    async def fail(self, execution: dict[str, Any], reason: str) -> None:
+        await self._set(execution["_id"], {"status": ExecutionStatus.FAILED.value, "reason": reason}, "completed_at")
+        log.warning("campaign_failed", campaign_id=execution["campaign_id"], execution_id=execution["_id"], reason=reason)
+        await self.trackly.bus.publish(Event(
+            kind=EventKind.CAMPAIGN_FAILED, severity="critical",
+            message=f"campaign {execution['campaign_id']} failed: {reason}",
+            data={"campaign_id": execution["campaign_id"], "execution_id": execution["_id"], "reason": reason},
+            key=f"campaign_failed:{execution['campaign_id']}",
+        ))
+
+    async def run(self, execution: dict[str, Any], *, resumed: bool = False) -> None:
+        """Validate, evaluate and queue one (leased) execution."""
+        eid = int(execution["_id"])
+        campaign = await self.db[c.CAMPAIGNS].find_one({"_id": execution["campaign_id"]})
+        if campaign is None:
+            await self.fail(execution, f"campaign {execution['campaign_id']} does not exist")
+            return
+        plan, reason = await load_plan(self.trackly, campaign, execution)
+        if plan is None:
+            await self.fail(execution, reason)
+            return
+        if not await self._set(eid, {"status": ExecutionStatus.EVALUATING.value}):
+            log.info("execution_lease_lost", execution_id=eid)
+            return
+
+        async def progress(t: Tally) -> None:
+            await self._set(eid, {"counts": t.as_counts()})
+
+        tally = await evaluate(self.trackly, plan, resumed=resumed, progress=progress)
+        done = tally.queued == 0
+        status = ExecutionStatus.COMPLETED if done else ExecutionStatus.QUEUED
+        stamps = ("evaluated_at", "queued_at", "completed_at") if done else ("evaluated_at", "queued_at")
+        await self._set(eid, {"counts": tally.as_counts(), "status": status.value}, *stamps)
+
+    async def resume_stale(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Take over executions whose evaluator stopped reporting (lease expired)."""
+        out: list[dict[str, Any]] = []
+        expired = utcnow() - self.lease
+        for _ in range(limit):
+            doc = await self.db[c.EXECUTIONS].find_one_and_update(
+                {"status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]},
+                 "heartbeat_at": {"$lt": expired}},
+                {"$set": {"lease_owner": self.owner}, "$inc": {"attempts": 1}, "$currentDate": {"heartbeat_at": True}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            log.info("execution_resumed", execution_id=doc["_id"], campaign_id=doc["campaign_id"],
+                     attempts=doc.get("attempts"))
+            out.append(doc)
+        return out
+
+    async def complete_drained(self) -> int:
+        """Mark queued executions with nothing left in the queue as completed."""
+        n = 0
+        async for ex in self.db[c.EXECUTIONS].find({"status": ExecutionStatus.QUEUED.value}, {"_id": 1}).limit(500):
+            if not await has_pending(self.db, ex["_id"]):
+                res = await self.db[c.EXECUTIONS].update_one(
+                    {"_id": ex["_id"], "status": ExecutionStatus.QUEUED.value},
+                    {"$set": {"status": ExecutionStatus.COMPLETED.value}, "$currentDate": {"completed_at": True}})
+                n += res.modified_count
+        return n
+
+
+async def trigger(trackly: Any, campaign_id: int) -> int:
+    """Run campaign ``campaign_id`` now; returns the execution id once its messages are queued (or it failed)."""
+    campaign = await trackly.db[c.CAMPAIGNS].find_one({"_id": campaign_id})
+    if campaign is None:
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
+    runner = _Runner(trackly)
+    n = await trackly.store.next_id(f"manual:{campaign_id}")
+    execution = await runner.create(campaign, utcnow(), f"{campaign_id}:manual:{n}")
+    assert execution is not None  # the manual sequence never repeats
+    log.info("campaign_triggered", campaign_id=campaign_id, execution_id=execution["_id"])
+    await runner.run(execution)
+    return int(execution["_id"])
+
+
+class Scheduler:
+    """The scheduler component: a poll loop in the daemon, or :meth:`run_until_idle` in burst mode."""
+
+    name = "scheduler"
+
+    def __init__(self, trackly: Any) -> None:
+        self.trackly = trackly
+        self.cfg = trackly.settings.scheduler
+        self.runner = _Runner(trackly)
+        self.db = trackly.db
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sem = asyncio.Semaphore(self.cfg.max_concurrent_evaluations)
+        self._stop = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    # ---- one pass
+
+    async def _replace_campaign(self, camp: dict[str, Any], changes: dict[str, Any]) -> bool:
+        """Apply ``changes`` if the campaign still has the ``next_run_at`` and status we read (a whole-document
+        replace, so dates stay dates on nx-27017; see the module note)."""
+        new = {k: v for k, v in camp.items() if k != "_id"} | changes
+        res = await self.db[c.CAMPAIGNS].replace_one(
+            {"_id": camp["_id"], "next_run_at": {"$eq": camp.get("next_run_at")}, "status": camp.get("status")}, new)
+        return bool(res.matched_count)
+
+    async def _init_new(self, now: dt.datetime) -> None:
+        async for camp in self.db[c.CAMPAIGNS].find({"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$eq": None}}):
+            try:
+                first = first_run_at(camp, now)
+            except CronError as exc:
+                log.warning("campaign_bad_cron", campaign_id=camp["_id"], error=str(exc))
+                continue
+            if first is not None:
+                await self._replace_campaign(camp, {"next_run_at": first})
+
+    async def _occurrence(self, camp: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+        """Create the execution of a due campaign's latest occurrence and advance it. Returns an execution
+        to evaluate, or None (skipped, failed, or another process has it)."""
+        old = camp["next_run_at"]
+        try:
+            cron = _cron(camp)
+            occurrence = latest_due(cron, _tz(camp), old, now) if cron else old
+            advance: dict[str, Any] = (
+                {"next_run_at": cron.next_after(now, _tz(camp))} if cron
+                else {"status": CampaignStatus.DONE.value})
+        except CronError as exc:
+            occurrence, advance, cron = old, {"status": CampaignStatus.PAUSED.value}, None
+            ex = await self.runner.create(camp, occurrence, f"{camp['_id']}:{occurrence.isoformat()}")
+            if ex is not None:
+                await self.runner.fail(ex, f"invalid schedule: {exc}")
+            await self._replace_campaign(camp, advance)
+            return None
+        key = f"{camp['_id']}:{occurrence.isoformat()}"
+        late = now - occurrence
+        limit = dt.timedelta(minutes=self.cfg.max_lateness_minutes)
+        execution: dict[str, Any] | None
+        if late > limit:
+            reason = (f"occurrence {occurrence.isoformat()} is {late.total_seconds() / 60:.0f} minutes late "
+                      f"(more than max_lateness_minutes={self.cfg.max_lateness_minutes:g}); not sent late")
+            execution = await self.runner.create(camp, occurrence, key, status=ExecutionStatus.SKIPPED, reason=reason)
+            if execution is not None:
+                await self.runner._set(execution["_id"], {}, "completed_at")
+                log.warning("occurrence_skipped", campaign_id=camp["_id"], scheduled_for=occurrence, reason=reason)
+                await self.trackly.bus.publish(Event(
+                    kind=EventKind.OCCURRENCE_SKIPPED, severity="warning",
+                    message=f"campaign {camp['_id']}: {reason}",
+                    data={"campaign_id": camp["_id"], "scheduled_for": occurrence.isoformat(), "reason": reason,
+                          "execution_id": execution["_id"]},
+                    key=f"occurrence_skipped:{camp['_id']}",
+                ))
+            execution = None
+        else:
+            execution = await self.runner.create(camp, occurrence, key)
+        await self._replace_campaign(camp, advance)
+        return execution
+
+    async def tick(self) -> dict[str, int]:
+        """One pass: fill in new campaigns, start due occurrences, resume stale executions, complete drained
+        ones. Evaluations are started as tasks (bounded by ``max_concurrent_evaluations``)."""
+        now = utcnow()
+        stats = {"started": 0, "resumed": 0, "completed": 0}
+        await self._init_new(now)
+        due = await self.db[c.CAMPAIGNS].find(
+            {"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$lte": now}}
+        ).sort("next_run_at", 1).limit(_DUE_BATCH).to_list(None)
+        for camp in due:
+            ex = await self._occurrence(camp, now)
+            if ex is not None:
+                self._spawn(ex, resumed=False)
+                stats["started"] += 1
+        for ex in await self.runner.resume_stale():
+            self._spawn(ex, resumed=True)
+            stats["resumed"] += 1
+        stats["completed"] = await self.runner.complete_drained()
+        return stats
+
+    def _spawn(self, execution: dict[str, Any], *, resumed: bool) -> None:
+        async def go() -> None:
+            async with self._sem:
+                try:
+                    await self.runner.run(execution, resumed=resumed)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the lease expires and another pass resumes it
+                    log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
+
+        task = asyncio.create_task(go(), name=f"evaluate-{execution['_id']}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run_until_idle(self) -> dict[str, int]:
+        """Process everything due now (including evaluations) and return the totals."""
+        totals = {"started": 0, "resumed": 0, "completed": 0}
+        while True:
+            stats = await self.tick()
+            for k, v in stats.items():
+                totals[k] += v
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            totals["completed"] += await self.runner.complete_drained()
+            if not stats["started"] and not stats["resumed"]:
+                return totals
+
+    # ---- component
+
+    async def start(self) -> None:
+        self._stop.clear()
+        self._loop = asyncio.create_task(self._run(), name="scheduler")
+        log.info("scheduler_started", poll_interval_seconds=self.cfg.poll_interval_seconds)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.tick()
+            except Exception as exc:
+                log.error("scheduler_tick_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.cfg.poll_interval_seconds)
+
+    async def stop(self, grace: float) -> None:
+        self._stop.set()
+        if self._loop is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._loop, grace)
+            self._loop = None
+        if self._tasks:
+            # Unfinished evaluations are resumed from their lease by the next scheduler.
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
