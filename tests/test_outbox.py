@@ -1,0 +1,222 @@
+"""The customer's delivery-status webhook: outbox entries, signed POSTs, retries, give-up, isolation from ingestion."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.models import utcnow
+from trackly_exec.outbox import Outbox, sign, verify_signature
+from trackly_exec.store import Store
+
+from .tracking_support import IB_STATUS, Daemon, infobip_body, infobip_report, seed_account, seed_sent, start_daemon
+
+SECRET = "whsec_test_0123456789"
+FIELDS = {"id", "account", "sendingList", "messageCreative", "fromNumber", "toNumber", "delivered", "sendType",
+          "filterBots", "length", "timestamp"}
+
+
+class Receiver:
+    """A customer endpoint on loopback: answers the scripted statuses in order (then 200), or hangs."""
+
+    def __init__(self, *statuses: int, hang: bool = False) -> None:
+        self.statuses = list(statuses)
+        self.hang = hang
+        self.requests: list[tuple[dict[str, str], bytes, int]] = []
+        self.got = asyncio.Event()
+        self._release = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.hang:
+            self.requests.append((dict(request.headers), body, 0))
+            self.got.set()
+            await self._release.wait()
+        status = self.statuses.pop(0) if self.statuses else 200
+        self.requests.append((dict(request.headers), body, status))
+        self.got.set()
+        return web.Response(status=status, text="ok" if status < 300 else "nope")
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def delivered_ids(self) -> list[str]:
+        return [h["X-Trackly-Event-Id"] for h, _, s in self.requests if 200 <= s < 300]
+
+
+@pytest.fixture
+async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
+    async for d in start_daemon(settings, store, outbox_timeout_seconds=1.0, outbox_poll_seconds=0.05):
+        yield d
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[list[Receiver]]:
+    made: list[Receiver] = []
+    yield made
+    for r in made:
+        await r.stop()
+
+
+async def _receiver(receivers: list[Receiver], *statuses: int, hang: bool = False) -> Receiver:
+    r = await Receiver(*statuses, hang=hang).start()
+    receivers.append(r)
+    return r
+
+
+def _independent_check(headers: dict[str, str], body: bytes) -> bool:
+    """The README's receiver-side verification, written out without trackly_exec."""
+    ts = headers["X-Trackly-Timestamp"]
+    expected = hmac.new(SECRET.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return abs(time.time() - int(ts)) <= 300 and hmac.compare_digest(headers["X-Trackly-Signature"], "v1=" + expected)
+
+
+async def test_fails_then_recovers_delivered_once_with_valid_signature(daemon: Daemon, receivers: list[Receiver]) -> None:
+    """A 500 then 200 endpoint gets the event retried with backoff and delivered exactly once, correctly signed."""
+    rcv = await _receiver(receivers, 500)
+    await seed_account(daemon.store, webhook_url=rcv.url, secret=SECRET)
+    [m] = await seed_sent(daemon.store, 1)
+    report = infobip_body(infobip_report(m.id))
+    assert (await daemon.post(IB_STATUS, report))[0] == 200
+    assert (await daemon.post(IB_STATUS, report))[0] == 200        # duplicate report: still one event
+    outbox = Outbox(daemon.trackly)
+    try:
+        assert (await outbox.run_until_idle())["failed"] == 1
+        entry = await daemon.store[c.OUTBOX].find_one({})
+        assert entry["status"] == "pending" and entry["attempts"] == 1 and entry["next_attempt_at"] > utcnow()
+        assert (await outbox.run_until_idle())["attempts"] == 0      # not due yet: nothing is re-sent early
+        later = utcnow() + dt.timedelta(hours=1)
+        assert (await outbox.run_until_idle(now=later))["delivered"] == 1
+        assert (await outbox.run_until_idle(now=later + dt.timedelta(hours=2)))["attempts"] == 0
+    finally:
+        await outbox.stop(1)
+    assert rcv.delivered_ids() == [f"{m.id}:delivery"]
+    assert len(rcv.requests) == 2 and len({h["X-Trackly-Event-Id"] for h, _, _ in rcv.requests}) == 1
+    headers, body, _ = rcv.requests[-1]
+    assert _independent_check(headers, body)
+    assert verify_signature(SECRET, headers["X-Trackly-Timestamp"], body, headers["X-Trackly-Signature"])
+    payload = json.loads(body)
+    assert set(payload) == FIELDS
+    assert payload["id"] == m.id and payload["account"] == 1 and payload["sendingList"] == 1
+    assert payload["messageCreative"] == 789 and payload["delivered"] is True and payload["sendType"] == "campaign"
+    assert payload["fromNumber"] == m.from_number and payload["toNumber"] == m.to_number
+    assert payload["filterBots"] is False and payload["length"] == 5
+    assert payload["timestamp"] == m.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert (await daemon.store[c.OUTBOX].find_one({}))["status"] == "delivered"
+
+
+async def test_gives_up_after_max_age_with_alert(daemon: Daemon, receivers: list[Receiver]) -> None:
+    """An endpoint that keeps failing is retried until outbox_max_age_hours, then marked dead with an alert."""
+    rcv = await _receiver(receivers, *([503] * 100))
+    await seed_account(daemon.store, webhook_url=rcv.url, secret=SECRET)
+    [m] = await seed_sent(daemon.store, 1)
+    await daemon.post(IB_STATUS, infobip_body(infobip_report(m.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE")))
+    outbox = Outbox(daemon.trackly)
+    try:
+        now = utcnow()
+        totals = {"failed": 0, "dead": 0}
+        for hours in range(0, 30):
+            counts = await outbox.run_until_idle(now=now + dt.timedelta(hours=hours))
+            totals["failed"] += counts["failed"]
+            totals["dead"] += counts["dead"]
+    finally:
+        await outbox.stop(1)
+    entry = await daemon.store[c.OUTBOX].find_one({})
+    assert entry["status"] == "dead" and totals["dead"] == 1 and totals["failed"] >= 5
+    assert json.loads(rcv.requests[0][1])["delivered"] is False
+    events = await daemon.store[c.EVENTS].find({"kind": "webhook_dead"}).to_list(None)
+    assert len(events) == 1 and events[0]["data"]["event_id"] == f"{m.id}:delivery"
+
+
+async def test_no_webhook_url_no_entries(daemon: Daemon) -> None:
+    """Accounts without a webhook_url get no outbox entries; intermediate reports never create one."""
+    await seed_account(daemon.store)
+    await seed_account(daemon.store, account_id=2, webhook_url="http://127.0.0.1:9/hook")
+    [a] = await seed_sent(daemon.store, 1)
+    [b] = await seed_sent(daemon.store, 1, start=1, account_id=2)
+    await daemon.post(IB_STATUS, infobip_body(infobip_report(a.id), infobip_report(b.id, "PENDING_ENROUTE", "PENDING")))
+    assert await daemon.store[c.OUTBOX].count_documents({}) == 0
+
+
+async def test_filter_bots_comes_from_the_account(daemon: Daemon) -> None:
+    """filterBots in the payload is the account's filter_bots setting."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook", filter_bots=True)
+    [m] = await seed_sent(daemon.store, 1)
+    await daemon.post(IB_STATUS, infobip_body(infobip_report(m.id)))
+    assert (await daemon.store[c.OUTBOX].find_one({}))["payload"]["filterBots"] is True
+
+
+async def test_hanging_endpoint_delays_neither_ingestion_nor_other_accounts(daemon: Daemon,
+                                                                            receivers: list[Receiver]) -> None:
+    """While one account's endpoint hangs, reports are ingested at full speed and another account is served."""
+    hung = await _receiver(receivers, hang=True)
+    good = await _receiver(receivers)
+    await seed_account(daemon.store, webhook_url=hung.url, secret=SECRET)
+    await seed_account(daemon.store, account_id=2, webhook_url=good.url, secret=SECRET)
+    slow = await seed_sent(daemon.store, 50)
+    outbox = Outbox(daemon.trackly)
+    await outbox.start()
+    try:
+        await daemon.post(IB_STATUS, infobip_body(*(infobip_report(m.id) for m in slow)))
+        await asyncio.wait_for(hung.got.wait(), 5)
+        fast = await seed_sent(daemon.store, 100, start=100, account_id=2)
+        started = time.monotonic()
+        status, body = await daemon.post(IB_STATUS, infobip_body(*(infobip_report(m.id) for m in fast)))
+        elapsed = time.monotonic() - started
+        assert status == 200 and json.loads(body)["final"] == 100
+        assert elapsed < 0.5, elapsed
+        deadline = time.monotonic() + 10
+        while len(good.delivered_ids()) < 100 and time.monotonic() < deadline:
+            await asyncio.wait_for(good.got.wait(), 5)
+            good.got.clear()
+        assert len(set(good.delivered_ids())) == 100
+    finally:
+        await outbox.stop(0.5)
+    per_account = daemon.trackly.settings.tracking.outbox_per_account_concurrency
+    assert len(hung.requests) <= per_account * 3
+
+
+def test_verify_signature() -> None:
+    """verify_signature accepts a fresh valid signature and rejects tampering, wrong secrets and old timestamps."""
+    body = b'{"id":"a1b2"}'
+    ts = str(int(time.time()))
+    header = sign(SECRET, ts, body)
+    assert verify_signature(SECRET, ts, body, header)
+    assert verify_signature(SECRET, ts, body.decode(), "v1=deadbeef, " + header)   # rotation: any v1 matches
+    assert not verify_signature(SECRET, ts, body + b" ", header)
+    assert not verify_signature("other", ts, body, header)
+    old = str(int(time.time()) - 301)
+    assert not verify_signature(SECRET, old, body, sign(SECRET, old, body))
+    assert not verify_signature(SECRET, "", body, header)
+    assert not verify_signature(SECRET, ts, body, "")
+
+
+def test_signature_format() -> None:
+    """The signature is v1= and the hex HMAC-SHA256 of "<timestamp>.<body>"."""
+    expected = hmac.new(b"k", b"1700000000.{}", hashlib.sha256).hexdigest()
+    assert sign("k", "1700000000", b"{}") == f"v1={expected}"
