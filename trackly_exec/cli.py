@@ -16,7 +16,7 @@ from .errors import ConfigError, StoreError, TracklyError
 from .logs import configure_logging
 
 #: Modules that add sub-commands with ``register(subparsers, common)``.
-EXTRA_COMMANDS: tuple[str, ...] = ("trackly_exec.cli_admin",)
+EXTRA_COMMANDS: tuple[str, ...] = ("trackly_exec.cli_admin", "trackly_exec.demo")
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
