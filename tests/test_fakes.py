@@ -1,0 +1,271 @@
+"""The provider fakes: authentication and request shape as the real APIs, scripting, remote control,
+background reports, the standalone `trackly fake-provider` process, and accept-path throughput."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+import pytest
+from twilio.request_validator import RequestValidator
+
+from drivers.cm_fake import DEFAULT_PRODUCT_TOKEN, CMFake
+from drivers.fake import Behaviour
+from drivers.infobip import InfobipDriver
+from drivers.infobip_fake import DEFAULT_API_KEY, InfobipFake
+from drivers.twilio_fake import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioFake
+from trackly_exec.config import load_config
+from trackly_exec.driver import DriverContext, OutboundMessage
+from trackly_exec.testing import WebhookSink, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TWILIO_PATH = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}/Messages.json"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _post(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any, Any]:
+    async with http.post(url, **kwargs) as resp:
+        text = await resp.text()
+        return resp.status, json.loads(text) if text else None, resp.headers
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def _infobip_body(*numbers: str, text: str = "hi") -> dict[str, Any]:
+    return {"messages": [{"sender": "InfoSMS", "destinations": [{"to": n, "messageId": f"id{n}"} for n in numbers],
+                          "content": {"text": text}}]}
+
+
+async def test_infobip_fake_auth_and_shape(http: aiohttp.ClientSession) -> None:
+    """The Infobip fake answers 401 E401 for a wrong key and 400 E400 with violations for a malformed body."""
+    async with InfobipFake() as fake:
+        url = fake.url + "/sms/3/messages"
+        status, body, _ = await _post(http, url, json=_infobip_body("41793026727"),
+                                      headers={"Authorization": "App wrong"})
+        assert status == 401 and body["errorCode"] == "E401"
+        auth = {"Authorization": f"App {DEFAULT_API_KEY}"}
+        status, body, _ = await _post(http, url, data=b"{not json", headers=auth)
+        assert status == 400 and body["errorCode"] == "E400"
+        status, body, _ = await _post(http, url, json={"messages": [{"destinations": [], "content": {}}]},
+                                      headers=auth)
+        assert status == 400 and {v["property"] for v in body["violations"]} >= {"messages[0].destinations"}
+        status, body, _ = await _post(http, url, json=_infobip_body("+41793026727"), headers=auth)
+        assert status == 400, "numbers go without the '+'"
+        status, body, _ = await _post(http, url, json=_infobip_body("41793026727", "41793026728"), headers=auth)
+        assert status == 200 and [m["status"]["groupName"] for m in body["messages"]] == ["PENDING", "PENDING"]
+        assert body["messages"][0]["messageId"] == "id41793026727"
+        legacy = {"messages": [{"from": "InfoSMS", "destinations": [{"to": "41793026729"}], "text": "hi"}]}
+        status, body, _ = await _post(http, fake.url + "/sms/2/text/advanced", json=legacy, headers=auth)
+        assert status == 200 and fake.summary() == {"accepted": 3, "unique": 3, "duplicates": 0, "requests": 6}
+
+
+async def test_twilio_fake_auth_shape_and_signed_callback(http: aiohttp.ClientSession) -> None:
+    """The Twilio fake checks Basic auth (20003) and fields (21211/21602/21603), and signs its callbacks."""
+    sink = await WebhookSink().start()
+    try:
+        async with TwilioFake() as fake:
+            url = fake.url + TWILIO_PATH
+            form = {"To": "+14155550000", "From": "+14155550001", "Body": "hi"}
+            status, body, _ = await _post(http, url, data=form, headers=_basic(DEFAULT_ACCOUNT_SID, "no"))
+            assert status == 401 and body["code"] == 20003
+            auth = _basic(DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN)
+            for missing, code in (({"To": "12"}, 21211), ({"Body": ""}, 21602), ({"From": ""}, 21603)):
+                status, body, _ = await _post(http, url, data={**form, **missing}, headers=auth)
+                assert (status, body["code"]) == (400, code)
+            callback = f"{sink.url}/webhooks/twilio/status/tok?mid=0123456789abcdef"
+            status, body, _ = await _post(http, url, data={**form, "StatusCallback": callback}, headers=auth)
+            assert status == 201 and body["sid"].startswith("SM") and len(body["sid"]) == 34
+            fake.dlr_outcome = lambda entry: ("undelivered", "30007")
+            assert await fake.flush_reports() == 1
+            [req] = sink.status
+            params = dict(parse_qsl(req.body.decode()))
+            assert params["MessageStatus"] == "undelivered" and params["ErrorCode"] == "30007"
+            assert RequestValidator(DEFAULT_AUTH_TOKEN).validate(req.url, params, req.headers["x-twilio-signature"])
+            assert fake.ledger[0].message_id == "0123456789abcdef"
+    finally:
+        await sink.stop()
+
+
+async def test_cm_fake_auth_and_partial_rejection(http: aiohttp.ClientSession) -> None:
+    """The CM fake refuses a wrong token with errorCode 101 and rejects invalid msgs one by one (errorCode 201)."""
+    async with CMFake() as fake:
+        url = fake.url + "/v1.0/message"
+
+        def body(token: str, *msgs: dict[str, Any]) -> dict[str, Any]:
+            return {"messages": {"authentication": {"producttoken": token}, "msg": list(msgs)}}
+
+        good = {"from": "Sender", "to": [{"number": "0031612345678"}], "body": {"type": "auto", "content": "x"},
+                "reference": "r1"}
+        bad = {**good, "to": [{"number": "+31612345678"}], "reference": "r2"}
+        status, data, _ = await _post(http, url, json=body("wrong", good))
+        assert (status, data["errorCode"]) == (400, 101)
+        status, data, _ = await _post(http, url, json=body(DEFAULT_PRODUCT_TOKEN, good),
+                                      headers={"X-CM-PRODUCTTOKEN": "wrong"})
+        assert (status, data["errorCode"]) == (400, 101)
+        status, data, _ = await _post(http, url, data=b"[]")
+        assert (status, data["errorCode"]) == (400, 202)
+        status, data, _ = await _post(http, url, json=body(DEFAULT_PRODUCT_TOKEN, good, bad))
+        assert (status, data["errorCode"]) == (200, 201)
+        assert [(m["reference"], m["status"], m["messageErrorCode"]) for m in data["messages"]] == [
+            ("r1", "Accepted", 0), ("r2", "Rejected", 303)]
+        status, data, _ = await _post(http, url, json=body(DEFAULT_PRODUCT_TOKEN, bad))
+        assert (status, data["errorCode"]) == (400, 201)
+        assert fake.accepted_counts() == {"r1": 1}
+
+
+async def test_script_then_default() -> None:
+    """Scripted behaviours are consumed in order, then the default applies to every later request."""
+    async with InfobipFake() as fake:
+        driver = InfobipDriver(InfobipDriver.settings_model.model_validate(fake.driver_settings()), DriverContext())
+        await driver.startup()
+        try:
+            fake.script(Behaviour("429", retry_after=1), Behaviour("5xx_before"))
+            fake.set_default(Behaviour("reject", code="REJECTED_NETWORK"))
+            kinds = []
+            for i in range(4):
+                [r] = await driver.submit([OutboundMessage(id=f"{i:016x}", to="+41793026727", sender="S", body="b")])
+                kinds.append(r.kind)
+            assert kinds == ["transient", "transient", "rejected", "rejected"]
+            assert fake.requests == 4 and not fake.ledger
+            with pytest.raises(ValueError):
+                Behaviour("explode")
+        finally:
+            await driver.shutdown()
+
+
+async def test_remote_control(http: aiohttp.ClientSession) -> None:
+    """GET /_fake/ledger counts duplicates, POST /_fake/script queues behaviours, POST /_fake/reset clears."""
+    async with CMFake() as fake:
+        driver_settings = fake.driver_settings()
+        from drivers.cm import CMDriver
+
+        driver = CMDriver(CMDriver.settings_model.model_validate(driver_settings), DriverContext())
+        await driver.startup()
+        try:
+            status, data, _ = await _post(http, fake.url + "/_fake/script",
+                                          json={"behaviours": [{"mode": "5xx_after"}, {"mode": "429",
+                                                                                       "retry_after": 2}]})
+            assert status == 200 and data == {"queued": 2}
+            m = OutboundMessage(id="00000000000000aa", to="+31612345678", sender="S", body="b")
+            kinds = [(await driver.submit([m]))[0].kind for _ in range(3)]
+            assert kinds == ["transient", "transient", "accepted"]
+            async with http.get(fake.url + "/_fake/ledger") as resp:
+                assert await resp.json() == {"accepted": 2, "unique": 1, "duplicates": 1, "requests": 3,
+                                             "reports_posted": 0}
+            async with http.get(fake.url + "/_fake/ledger?entries=1") as resp:
+                assert [e["message_id"] for e in (await resp.json())["entries"]] == [m.id, m.id]
+            status, data, _ = await _post(http, fake.url + "/_fake/script", json={"behaviours": [{"mode": "nope"}]})
+            assert status == 400
+            status, _, _ = await _post(http, fake.url + "/_fake/reset")
+            assert status == 200 and fake.summary() == {"accepted": 0, "unique": 0, "duplicates": 0, "requests": 0}
+        finally:
+            await driver.shutdown()
+
+
+async def test_auto_reports() -> None:
+    """With auto_reports the fake posts delivery reports by itself after report_delay."""
+    sink = await WebhookSink().start()
+    try:
+        async with CMFake(report_url=f"{sink.url}/webhooks/cm/status", auto_reports=True, report_delay=0.05) as fake:
+            from drivers.cm import CMDriver
+
+            driver = CMDriver(CMDriver.settings_model.model_validate(fake.driver_settings()), DriverContext())
+            await driver.startup()
+            try:
+                msgs = [OutboundMessage(id=f"{i:016x}", to=f"+3161234567{i}", sender="S", body="b") for i in range(3)]
+                assert all(r.kind == "accepted" for r in await driver.submit(msgs))
+                deadline = time.monotonic() + 5
+                while len(sink.status) < 3 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                reports = [r for req in sink.status for r in driver.parse_status(req)]
+                assert sorted(r.message_id or "" for r in reports) == [m.id for m in msgs]
+                assert all(r.delivered for r in reports) and fake.reports_posted == 3
+            finally:
+                await driver.shutdown()
+    finally:
+        await sink.stop()
+
+
+def test_default_credentials_match_default_config() -> None:
+    """The fakes' default credentials are the ones in the shipped trackly.toml (where it configures them)."""
+    expected = {"infobip": {"api_key": "fake-infobip-key"},
+                "twilio": {"account_sid": "ACfake00000000000000000000000000", "auth_token": "fake-twilio-token"},
+                "cm": {"product_token": "00000000-0000-0000-0000-000000000000"}}
+    config = load_config(ROOT / "trackly.toml").drivers
+    for name, values in expected.items():
+        fake = {"infobip": InfobipFake, "twilio": TwilioFake, "cm": CMFake}[name]()
+        fake.port = 1
+        settings = fake.driver_settings()
+        assert {k: settings[k] for k in values} == values
+        for key, value in config.get(name, {}).items():
+            if key in values:
+                assert value == values[key], (name, key)
+
+
+def test_fake_provider_command(tmp_path: Path) -> None:
+    """`trackly fake-provider cm --port N` prints its credentials, serves the remote control and exits 0 on SIGTERM."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "trackly_exec.cli", "fake-provider", "cm", "--port", str(port),
+                             "--dlr-delay", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in first, first
+        second = proc.stdout.readline()
+        assert 'product_token = "00000000-0000-0000-0000-000000000000"' in second
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/ledger", timeout=5) as resp:
+            assert json.load(resp)["accepted"] == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+async def test_accept_path_throughput() -> None:
+    """The Infobip fake accepts well over 10,000 msg/s in batches of 1,000 (the executor bench relies on it)."""
+    async with InfobipFake() as fake:
+        driver = InfobipDriver(InfobipDriver.settings_model.model_validate(fake.driver_settings()), DriverContext())
+        await driver.startup()
+        try:
+            batches = [[OutboundMessage(id=f"{b:08x}{i:08x}", to=f"+4179{i:07d}", sender="S", body=f"Hi {i}")
+                        for i in range(1000)] for b in range(30)]
+            sem = asyncio.Semaphore(6)
+
+            async def one(batch: list[OutboundMessage]) -> int:
+                async with sem:
+                    return sum(r.kind == "accepted" for r in await driver.submit(batch))
+
+            start = time.perf_counter()
+            accepted = sum(await asyncio.gather(*(one(b) for b in batches)))
+            rate = accepted / (time.perf_counter() - start)
+            print(f"\ninfobip fake + driver: {accepted} msgs at {rate:,.0f} msg/s")
+            assert accepted == 30_000 and fake.summary()["duplicates"] == 0
+            assert rate > 10_000
+        finally:
+            await driver.shutdown()
