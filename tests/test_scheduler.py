@@ -245,3 +245,14 @@ async def test_crashed_evaluation_is_resumed_without_duplicates(trackly: Trackly
     assert ex["counts"]["already_processed"] == 2 and ex["counts"]["already_queued"] == 123
     assert await trackly.db[c.QUEUED].count_documents({"execution_id": eid}) == 248
     assert await trackly.db[c.QUEUED].count_documents({"contact_id": {"$in": [1, 2]}}) == 0
+
+
+async def test_next_run_written_as_text_is_healed(trackly: Trackly) -> None:
+    """A next_run_at that a $set stored as text (nx-27017) is turned back into a date and the campaign runs."""
+    register_echo()
+    await seed_campaign(trackly.store, contacts=[contact(1)],
+                        campaign_kw={"schedule": {"cron": "* * * * *", "timezone": "UTC"}, "next_run_at": utcnow()})
+    await trackly.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"next_run_at": utcnow() - dt.timedelta(seconds=5)}})
+    await Scheduler(trackly).run_until_idle()
+    assert await trackly.db[c.EXECUTIONS].count_documents({"status": "queued"}) == 1
+    assert isinstance((await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["next_run_at"], dt.datetime)

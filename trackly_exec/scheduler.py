@@ -288,6 +288,16 @@ class Scheduler:
         return bool(res.matched_count)
 
     async def _init_new(self, now: dt.datetime) -> None:
+        """Fill in ``next_run_at`` of new campaigns; turn one written as text (a ``$set`` on nx-27017) back
+        into a date."""
+        async for camp in self.db[c.CAMPAIGNS].find(
+                {"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$type": "string"}}):
+            try:
+                fixed = dt.datetime.fromisoformat(camp["next_run_at"])
+            except ValueError:
+                fixed = None
+            if fixed is not None:
+                await self._replace_campaign(camp, {"next_run_at": fixed if fixed.tzinfo else fixed.replace(tzinfo=dt.UTC)})
         async for camp in self.db[c.CAMPAIGNS].find({"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$eq": None}}):
             try:
                 first = first_run_at(camp, now)
