@@ -1,0 +1,172 @@
+"""Tracked short links over the daemon's HTTP server: stored-destination-only redirects, click records, bots, stats."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+from yarl import URL
+
+from trackly_exec import constants as c
+from trackly_exec.clicks import bot_user_agent, click_stats
+from trackly_exec.config import Settings
+from trackly_exec.models import MessageShortLink, utcnow
+from trackly_exec.store import Store
+
+from .tracking_support import Daemon, seed_sent, start_daemon
+
+BROWSER = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+           "Version/17.0 Mobile/15E148 Safari/604.1")
+DEST = "https://shop.example.com/sale?utm_source=sms&x=1"
+CODE = "Ab3_-xYz9QrS"
+
+
+@pytest.fixture
+async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
+    async for d in start_daemon(settings, store):
+        yield d
+
+
+async def _link(d: Daemon, code: str = CODE, message_id: str = f"{0:016x}", destination: str = DEST,
+                variant_key: str = "A") -> MessageShortLink:
+    link = MessageShortLink(id=code, message_id=message_id, destination=destination, account_id=1, campaign_id=7,
+                            execution_id=3, creative_id=789, variant_key=variant_key, contact_id=1000)
+    await d.store[c.SHORT_LINKS].insert_one(link.to_doc())
+    return link
+
+
+async def _get(d: Daemon, raw_path: str, ua: str = BROWSER, method: str = "GET") -> tuple[int, str | None]:
+    url = URL(d.url + raw_path, encoded=True)
+    async with d.http.request(method, url, allow_redirects=False, headers={"User-Agent": ua}) as resp:
+        return resp.status, resp.headers.get("Location")
+
+
+async def test_redirects_to_stored_destination_and_records_click(daemon: Daemon) -> None:
+    """A known code answers 302 to its stored destination and records one human click with a hashed IP."""
+    [m] = await seed_sent(daemon.store, 1, timestamp=utcnow() - dt.timedelta(hours=1))
+    await _link(daemon, message_id=m.id)
+    assert await _get(daemon, f"/l/{CODE}") == (302, DEST)
+    [click] = await daemon.store[c.CLICKS].find({}).to_list(None)
+    assert click["code"] == CODE and click["message_id"] == m.id and click["campaign_id"] == 7
+    assert click["variant_key"] == "A" and click["creative_id"] == 789 and click["user_agent"] == BROWSER
+    assert click["bot"] is False and click["bot_reason"] is None
+    assert click["ip_hash"] == hashlib.sha256(b"trackly127.0.0.1").hexdigest()
+    link = await daemon.store[c.SHORT_LINKS].find_one({"_id": CODE})
+    assert link["clicks"] == 1 and link["human_clicks"] == 1
+
+
+@pytest.mark.parametrize("path", [
+    f"/l/{CODE}?url=https://evil.example.com",
+    f"/l/{CODE}?next=//evil.example.com&redirect=https%3A%2F%2Fevil.example.com",
+    f"/l/{CODE}#https://evil.example.com",
+])
+async def test_query_never_changes_the_location(daemon: Daemon, path: str) -> None:
+    """Query strings such as ?url= are ignored: the Location is the stored destination."""
+    await _link(daemon)
+    assert await _get(daemon, path) == (302, DEST)
+
+
+@pytest.mark.parametrize("path", [
+    "/l//evil.example.com",
+    "/l/%2F%2Fevil.example.com",
+    "/l/https:%2F%2Fevil.example.com",
+    "/l/https://evil.example.com",
+    f"/l/{CODE}/https://evil.example.com",
+    f"/l/{CODE}//evil.example.com",
+    f"/l/{CODE}%2F%2Fevil.example.com",
+    f"/l/{CODE}@evil.example.com",
+    f"/l/{CODE}%40evil.example.com",
+    "/l/@evil.example.com",
+    "/l/user:pass@evil.example.com",
+    f"/l/{CODE}%3Furl%3Dhttps%3A%2F%2Fevil.example.com",
+    "/l/..%2F..%2Fevil",
+    "/l/%5Cevil.example.com",
+    "/l/ab",
+    "/l/" + "a" * 65,
+    "/l/NoSuchCode123",
+    "/l/",
+])
+async def test_redirect_tricks_are_404(daemon: Daemon, path: str) -> None:
+    """Path tricks (//host, encoded, @ forms, extra segments) and unknown codes answer 404, never a redirect."""
+    await _link(daemon)
+    status, location = await _get(daemon, path)
+    assert status == 404 and location is None
+
+
+async def test_unsafe_stored_destination_is_404(daemon: Daemon) -> None:
+    """A stored destination that is not an absolute http(s) URL is never redirected to."""
+    await _link(daemon, code="badDest0001", destination="javascript:alert(1)")
+    await _link(daemon, code="badDest0002", message_id="1" * 16, destination="//evil.example.com")
+    assert (await _get(daemon, "/l/badDest0001"))[0] == 404
+    assert (await _get(daemon, "/l/badDest0002"))[0] == 404
+    assert await daemon.store[c.CLICKS].count_documents({}) == 0
+
+
+@pytest.mark.parametrize("ua", [
+    "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", "facebookexternalhit/1.1", "Twitterbot/1.0",
+    "WhatsApp/2.23.20.0 A", "TelegramBot (like TwitterBot)", "Mozilla/5.0 (compatible; Discordbot/2.0)",
+    "LinkedInBot/1.0", "Mozilla/5.0 (compatible; Googlebot/2.1)", "Mozilla/5.0 (compatible; bingbot/2.0)",
+    "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 (KHTML, like Gecko) Applebot/0.1", "curl/8.4.0", "Wget/1.21",
+    "python-requests/2.31.0", "SomeCrawler/1.0", "Spider-X", "LinkPreview/2", "",
+])
+def test_bot_user_agents(ua: str) -> None:
+    """Link previews, crawlers and HTTP libraries (and an empty user agent) are bots."""
+    assert bot_user_agent(ua) is not None
+
+
+def test_browsers_are_not_bots() -> None:
+    """Ordinary mobile and desktop browsers are not bots."""
+    for ua in (BROWSER, "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+               "Chrome/120.0 Mobile Safari/537.36", "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0"):
+        assert bot_user_agent(ua) is None
+
+
+async def test_bot_clicks_are_flagged_and_counted_apart(daemon: Daemon) -> None:
+    """Preview fetchers, HEAD requests and clicks within bot_click_seconds of delivery are bot clicks."""
+    old = utcnow() - dt.timedelta(hours=1)
+    [a, b] = await seed_sent(daemon.store, 2, timestamp=old)
+    await daemon.store[c.SENT].update_one({"_id": b.id}, {"$set": {"delivered": True, "delivered_at": utcnow()}})
+    await _link(daemon, code="linkAAAA0001", message_id=a.id)
+    await _link(daemon, code="linkBBBB0001", message_id=b.id)
+    assert (await _get(daemon, "/l/linkAAAA0001", ua="Slackbot-LinkExpanding 1.0"))[0] == 302
+    assert (await _get(daemon, "/l/linkAAAA0001", method="HEAD"))[0] == 302
+    assert (await _get(daemon, "/l/linkAAAA0001"))[0] == 302
+    assert (await _get(daemon, "/l/linkBBBB0001"))[0] == 302      # a second after delivery: too fast for a human
+    reasons = sorted(x["bot_reason"] or "human" for x in await daemon.store[c.CLICKS].find({}).to_list(None))
+    assert reasons == ["head_request", "human", "too_soon_after_delivery", "user_agent:slackbot"]
+    la = await daemon.store[c.SHORT_LINKS].find_one({"_id": "linkAAAA0001"})
+    lb = await daemon.store[c.SHORT_LINKS].find_one({"_id": "linkBBBB0001"})
+    assert (la["clicks"], la["human_clicks"], lb["clicks"], lb["human_clicks"]) == (3, 1, 1, 0)
+
+
+async def test_click_too_soon_after_send_without_delivery(daemon: Daemon) -> None:
+    """Without a delivery time, a click within bot_click_seconds of the send is a bot click."""
+    [m] = await seed_sent(daemon.store, 1, timestamp=utcnow())
+    await _link(daemon, message_id=m.id)
+    assert (await _get(daemon, f"/l/{CODE}"))[0] == 302
+    assert (await daemon.store[c.CLICKS].find_one({}))["bot_reason"] == "too_soon_after_send"
+
+
+async def test_click_stats_per_campaign_and_variant(daemon: Daemon) -> None:
+    """Click rates are clicked messages / sent messages, per variant, with and without bot clicks."""
+    old = utcnow() - dt.timedelta(hours=1)
+    sent_a = await seed_sent(daemon.store, 4, timestamp=old, variant_key="A")
+    sent_b = await seed_sent(daemon.store, 2, start=10, timestamp=old, variant_key="B")
+    await seed_sent(daemon.store, 3, start=20, timestamp=old, campaign_id=8)     # another campaign
+    for i, m in enumerate(sent_a[:2] + sent_b[:1]):
+        await _link(daemon, code=f"stats{i:07d}", message_id=m.id, variant_key=m.variant_key or "")
+    await _get(daemon, "/l/stats0000000")
+    await _get(daemon, "/l/stats0000000")                     # a second click on the same message counts once
+    await _get(daemon, "/l/stats0000001", ua="facebookexternalhit/1.1")
+    await _get(daemon, "/l/stats0000002")
+    human = await click_stats(daemon.store, campaign_id=7)
+    assert (human["sent"], human["clicked"], human["rate"]) == (6, 2, round(2 / 6, 6))
+    assert human["variants"]["A"] == {"sent": 4, "clicked": 1, "rate": 0.25}
+    assert human["variants"]["B"] == {"sent": 2, "clicked": 1, "rate": 0.5}
+    everything = await click_stats(daemon.store, campaign_id=7, filter_bots=False)
+    assert everything["clicked"] == 3 and everything["variants"]["A"]["clicked"] == 2
+    by_creative = await click_stats(daemon.store, creative_id=789)
+    assert by_creative["sent"] == 9 and by_creative["clicked"] == 2
+    assert (await click_stats(daemon.store, campaign_id=99))["rate"] == 0.0
