@@ -45,7 +45,7 @@ class CMSettings(DriverSettings):
 
     base_url: str = Field("https://gw.messaging.cm.com", description="CM gateway base URL.")
     product_token: SecretStr = Field(SecretStr(""), description="Product token (GUID), sent as X-CM-PRODUCTTOKEN.")
-    batch_size: int = Field(100, ge=1, le=100, description="Messages (`msg` entries) per request.")
+    batch_size: int = Field(100, ge=1, le=1000, description="Messages (`msg` entries) per request (CM SDKs: 100).")
     max_parts: int = Field(8, ge=1, le=8, description="maximumNumberOfMessageParts of each message.")
 
 

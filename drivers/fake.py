@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -150,6 +150,8 @@ class FakeProvider:
     name: ClassVar[str] = "fake"
     #: The provider's per-recipient refusal code used by ``reject``/``reject_numbers`` when none is given.
     default_reject_code: ClassVar[str] = "rejected"
+    #: Whether ``report_url`` also serves requests that name no report URL (an account-level webhook setting).
+    report_url_fallback: ClassVar[bool] = True
     #: Reports the provider puts in one webhook POST.
     report_batch: ClassVar[int] = 1
 
@@ -302,6 +304,7 @@ class FakeProvider:
         rejections: list[Rejection] = []
         reject = self.reject_numbers
         due = time.monotonic() + self.report_delay
+        fallback = self.report_url if self.report_url_fallback else None
         for item in items:
             if item.invalid is not None:
                 rejections.append(Rejection(item, item.invalid))
@@ -310,7 +313,7 @@ class FakeProvider:
                 rejections.append(Rejection(item, reject[item.to]))
                 continue
             entry = LedgerEntry(item.message_id, item.to, item.body, item.sender, self.next_provider_id(item), now,
-                                segments(item.body), item.report_url or self.report_url)
+                                segments(item.body), item.report_url or fallback)
             entries.append(entry)
             if entry.report_url:
                 self._pending.append((due, entry))
@@ -455,7 +458,3 @@ class FakeProvider:
         status = await self.send_inbound(payload["from"], payload["to"], payload["text"], payload.get("url"))
         return web.json_response({"status": status})
 
-
-def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

@@ -44,6 +44,7 @@ class TwilioFake(FakeProvider):
 
     name: ClassVar[str] = "twilio"
     default_reject_code: ClassVar[str] = "21211"
+    report_url_fallback: ClassVar[bool] = False  # Twilio calls back only to the request's StatusCallback
 
     def __init__(self, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = DEFAULT_AUTH_TOKEN,
                  **kwargs: Any) -> None:

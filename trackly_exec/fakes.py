@@ -23,6 +23,7 @@ log = get_logger(__name__)
 #: Where a provider that does not carry the report URL in its requests (CM) posts reports by default:
 #: the daemon's status webhook on the default ``http.public_url``.
 DEFAULT_REPORT_URL = "http://127.0.0.1:8080/webhooks/{name}/status"
+DEFAULT_INBOUND_URL = "http://127.0.0.1:8080/webhooks/{name}/inbound"
 
 
 def load_fake_class(name: str) -> type[Any]:
@@ -44,7 +45,8 @@ async def serve_fake(name: str, *, host: str, port: int, dlr_delay: float, repor
     """Run the fake of driver ``name`` on ``host:port`` until SIGINT/SIGTERM; returns the exit status."""
     fake_cls = load_fake_class(name)
     fake = fake_cls(host=host, auto_reports=True, report_delay=dlr_delay,
-                    report_url=report_url or DEFAULT_REPORT_URL.format(name=name))
+                    report_url=report_url or DEFAULT_REPORT_URL.format(name=name),
+                    inbound_url=DEFAULT_INBOUND_URL.format(name=name))
     await fake.start(port=port)
     creds = ", ".join(f'{k} = "{v}"' for k, v in _credentials(fake).items())
     print(f"fake {name} provider listening on {fake.url}", flush=True)
