@@ -1,0 +1,171 @@
+"""One test per failure reason, plus the send-time holds (quiet hours), 429 storms and a Redis outage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from drivers.fake import Behaviour
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.coordinator import Coordinator
+from trackly_exec.models import FailedMessage, utcnow
+from trackly_exec.store import Store
+
+from .executor_support import assert_one_record_each, ids_in, seed
+from .test_executor import executor, fakes  # noqa: F401  (fixture)
+
+
+async def failed(store: Store, reason: str) -> list[str]:
+    return sorted(await ids_in(store, c.FAILED, {"reason": reason}))
+
+
+async def run(coord: Coordinator) -> dict[str, int]:
+    try:
+        return await coord.run_until_idle()
+    finally:
+        await coord.trackly.close(close_store=False)
+
+
+def zone_at_hour(hour: int) -> str:
+    """A fixed-offset zone where the local hour is ``hour`` now."""
+    now = utcnow()
+    for offset in range(-12, 15):
+        if (now + dt.timedelta(hours=offset)).hour == hour:
+            return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}" if offset else "UTC"
+    raise AssertionError(hour)
+
+
+async def test_stale(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A message more than 30 minutes past its sendtime is STALE and never sent; a recent backoff is not stale."""
+    old = utcnow() - dt.timedelta(minutes=31)
+    stale = await seed(store, 3, sendtime=old)
+    backoff = await seed(store, 2, sendtime=old, first_contact=10, execution_id=2)
+    await store.db[c.QUEUED].update_many({"_id": {"$in": backoff}},
+                                         {"$set": {"not_before": utcnow() - dt.timedelta(minutes=1)}})
+    counts = await run(await executor(settings, store, fakes))
+    assert await failed(store, "STALE") == sorted(stale) and counts["sent"] == 2
+    assert set(fakes["infobip"].accepted_counts()) == set(backoff)
+    events = await store.db[c.EVENTS].find({"kind": "failed_message"}).to_list(None)
+    assert sorted(e["data"]["message_id"] for e in events) == sorted(stale)
+    assert {e["data"]["reason"] for e in events} == {"STALE"}
+
+
+async def test_blocked_content(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """List and global blocked words match whole words in any case; other words go out."""
+    ids = await seed(store, 4, blocked_words=["casino"], body="x")
+    bodies = ["Win at the CASINO now", "cheap Viagra here", "casinos are not a blocked word", "hello"]
+    for mid, body in zip(ids, bodies):
+        await store.db[c.QUEUED].update_one({"_id": mid}, {"$set": {"body": body}})
+    counts = await run(await executor(settings, store, fakes, blocked_words=["viagra"]))
+    assert await failed(store, "BLOCKED_CONTENT") == sorted(ids[:2]) and counts["sent"] == 2
+    rec = FailedMessage.from_doc(await store.db[c.FAILED].find_one({"_id": ids[0]}))
+    assert "CASINO" in rec.detail
+
+
+async def test_contact_blocked(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A contact unsubscribed or blocked after queuing is CONTACT_BLOCKED at send time."""
+    ids = await seed(store, 4)
+    await store.db[c.CONTACTS].update_one({"_id": 1}, {"$set": {"subscribed": False}})
+    await store.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"blocked": True}})
+    counts = await run(await executor(settings, store, fakes))
+    assert await failed(store, "CONTACT_BLOCKED") == sorted(ids[:2]) and counts["sent"] == 2
+    assert set(fakes["infobip"].accepted_counts()) == set(ids[2:])
+
+
+async def test_quiet_hours_hold_at_send_time(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A contact whose local time is outside the window is not sent to; the message waits for the opening."""
+    ids = await seed(store, 3, contact_tz=zone_at_hour(3))
+    counts = await run(await executor(settings, store, fakes))
+    assert counts.get("sent", 0) == 0 and fakes["infobip"].summary()["accepted"] == 0
+    docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
+    assert all(d["claimed_by"] is None and d["sending_at"] is None for d in docs)
+    opens = {d["not_before"] for d in docs}
+    assert len(opens) == 1
+    wait = next(iter(opens)) - utcnow()
+    assert dt.timedelta(hours=4) < wait <= dt.timedelta(hours=5)  # 03:xx local -> 08:00 local
+
+
+async def test_rate_limit_timeout(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A message that cannot get a token within rate_limit_wait_seconds is RATE_LIMIT_TIMEOUT."""
+    ids = await seed(store, 3, rate=60)
+    coord = await executor(settings, store, fakes, rate_limit_wait_seconds=5)
+    await coord.limiter.acquire(1, 100, 60, 1e9)  # someone took the next 100 seconds of tokens
+    counts = await run(coord)
+    assert await failed(store, "RATE_LIMIT_TIMEOUT") == sorted(ids) and counts.get("sent", 0) == 0
+    assert fakes["infobip"].summary()["accepted"] == 0
+
+
+async def test_provider_error_after_transient_budget(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """Transient failures that outlast retry_max_attempts become PROVIDER_ERROR, with nothing sent."""
+    ids = await seed(store, 2)
+    fakes["infobip"].set_default(Behaviour("5xx_before"))
+    counts = await run(await executor(settings, store, fakes, retry_max_attempts=3))
+    assert await failed(store, "PROVIDER_ERROR") == sorted(ids)
+    assert fakes["infobip"].requests == 3 and counts["provider_transient"] == 6
+
+
+async def test_no_response_is_ambiguous_and_never_resent(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A provider that accepts and never answers gives NO_RESPONSE (ambiguous, charged), sent exactly once."""
+    ids = await seed(store, 2, price=1.0, balance=10.0)
+    fakes["infobip"].script(Behaviour("accept_then_hang"))
+    trackly_drivers = {"timeout_seconds": 0.5}
+    coord = await executor(settings, store, fakes, **{})
+    coord.trackly.drivers = type(coord.trackly.drivers)(coord.trackly.settings.model_copy(update={
+        "drivers": {n: {**v, **trackly_drivers} for n, v in coord.trackly.settings.drivers.items()}}))
+    counts = await run(coord)
+    assert await failed(store, "NO_RESPONSE") == sorted(ids) and counts["failed.NO_RESPONSE"] == 2
+    rec = FailedMessage.from_doc(await store.db[c.FAILED].find_one({"_id": ids[0]}))
+    assert rec.ambiguous is True
+    assert all(fakes["infobip"].accepted_counts()[m] == 1 for m in ids)
+    assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == 8.0  # charged: it may have been sent
+
+
+async def test_opt_out_and_spam_rejections(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A STOP rejection unsubscribes the contact; a spam rejection is stored and published."""
+    ids = await seed(store, 3, driver="twilio")
+    docs = {d["_id"]: d async for d in store.db[c.QUEUED].find({})}
+    fakes["twilio"].reject_numbers = {docs[ids[0]]["to_number"]: "21610", docs[ids[1]]["to_number"]: "30007"}
+    await run(await executor(settings, store, fakes))
+    stop = await store.db[c.FAILED].find_one({"_id": ids[0]})
+    spam = await store.db[c.FAILED].find_one({"_id": ids[1]})
+    assert stop["opted_out"] and stop["provider_code"] == "21610" and spam["spam"]
+    assert (await store.db[c.CONTACTS].find_one({"_id": 1}))["subscribed"] is False
+    assert await store.db[c.EVENTS].find_one({"kind": "spam_complaint"}) is not None
+    await assert_one_record_each(store, ids)
+
+
+async def test_429_storm_with_retry_after(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A run of 429s with Retry-After is retried after the hinted delay: nothing lost, nothing sent twice."""
+    ids = await seed(store, 40, rate=600_000)
+    fakes["infobip"].script(*[Behaviour("429", retry_after=0.2)] * 3)
+    coord = await executor(settings, store, fakes)
+    started = time.monotonic()
+    counts = await run(coord)
+    assert time.monotonic() - started >= 0.6, (counts, fakes['infobip'].requests)
+    assert counts["sent"] == 40 and counts["provider_transient"] == 120
+    assert all(fakes["infobip"].accepted_counts()[m] == 1 for m in ids)
+    assert fakes["infobip"].summary()["duplicates"] == 0
+
+
+async def test_redis_down_fails_closed_and_resumes(settings: Settings, store: Store, fakes: dict[str, Any],
+                                                   redis_server: Any) -> None:
+    """With Redis stopped a rate-limited list sends nothing (and says so); after a restart it sends everything."""
+    first = await seed(store, 10, rate=600_000)
+    coord = await executor(settings, store, fakes)
+    assert (await coord.run_until_idle())["sent"] == 10
+    second = await seed(store, 10, rate=600_000, first_contact=100, execution_id=2)
+    redis_server.stop()
+    try:
+        counts = await coord.run_until_idle()
+        assert counts["sent"] == 10 and counts["limiter_unavailable"] >= 1
+        assert fakes["infobip"].summary()["accepted"] == 10
+        assert sorted(await ids_in(store, c.QUEUED, {"claimed_by": {"$in": [None]}})) == sorted(second)
+        assert await store.db[c.EVENTS].find_one({"kind": "rate_limiter_down"}) is not None
+    finally:
+        redis_server.start()
+    coord.worker.paused.clear()
+    counts = await run(coord)
+    assert counts["sent"] == 20
+    assert all(fakes["infobip"].accepted_counts()[m] == 1 for m in first + second)
