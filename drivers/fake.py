@@ -38,13 +38,15 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiohttp
 from aiohttp import web
 
 from trackly_exec.logs import get_logger
+
+from .fake_control import RemoteControl
 
 log = get_logger(__name__)
 
@@ -143,7 +145,7 @@ def _default_outcome(entry: LedgerEntry) -> Outcome:
     return "delivered"
 
 
-class FakeProvider:
+class FakeProvider(RemoteControl):
     """Base class of the provider fakes; subclasses speak the provider's wire format."""
 
     #: Driver entry-point name this fakes (``trackly fake-provider NAME``).
@@ -192,11 +194,7 @@ class FakeProvider:
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         self.add_routes(app)
-        app.router.add_get("/_fake/ledger", self._rc_ledger)
-        app.router.add_post("/_fake/script", self._rc_script)
-        app.router.add_post("/_fake/reset", self._rc_reset)
-        app.router.add_post("/_fake/flush", self._rc_flush)
-        app.router.add_post("/_fake/inbound", self._rc_inbound)
+        self.add_remote_control(app)
         return app
 
     async def start(self, port: int = 0) -> FakeProvider:
@@ -424,37 +422,3 @@ class FakeProvider:
         if not target:
             raise ValueError("no inbound URL: pass url= or set inbound_url")
         return await self.post(self.inbound_request(target, from_number, to_number, text))
-
-    # -- remote control ----------------------------------------------------------------------
-
-    async def _rc_ledger(self, request: web.Request) -> web.Response:
-        data: dict[str, Any] = dict(self.summary())
-        data["reports_posted"] = self.reports_posted
-        if request.query.get("entries"):
-            data["entries"] = [{**asdict(e), "accepted_at": e.accepted_at.isoformat()} for e in self.ledger]
-        return web.json_response(data)
-
-    async def _rc_script(self, request: web.Request) -> web.Response:
-        try:
-            payload = await request.json()
-            behaviours = [Behaviour(**b) for b in payload.get("behaviours", [])]
-            default = Behaviour(**payload["default"]) if payload.get("default") else None
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        self.script(*behaviours)
-        if default is not None:
-            self.set_default(default)
-        return web.json_response({"queued": len(self._behaviours)})
-
-    async def _rc_reset(self, request: web.Request) -> web.Response:
-        self.reset()
-        return web.json_response({"reset": True})
-
-    async def _rc_flush(self, request: web.Request) -> web.Response:
-        return web.json_response({"posted": await self.flush_reports()})
-
-    async def _rc_inbound(self, request: web.Request) -> web.Response:
-        payload = await request.json()
-        status = await self.send_inbound(payload["from"], payload["to"], payload["text"], payload.get("url"))
-        return web.json_response({"status": status})
-

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import email.utils
 import json
+from typing import Any
 
+import pytest
+
+from drivers._http import HttpReply, parse_retry_after, raise_for_status
 from drivers.cm import CMDriver
 from drivers.fake import Behaviour
 from drivers.infobip import InfobipDriver, error_from_body
 from drivers.twilio import TwilioDriver
-from trackly_exec.driver import Rejected, TransientFailure, WebhookRequest
+from trackly_exec.driver import (
+    DriverContext,
+    OutboundMessage,
+    Rejected,
+    TransientFailure,
+    UnknownOutcome,
+    WebhookRequest,
+)
+from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError
 from trackly_exec.testing import DriverContractSuite, DriverHarness
 
 
@@ -97,3 +112,78 @@ async def test_cm_codes() -> None:
         assert all(isinstance(r, TransientFailure) for r in results), results
         assert h.driver.request_body(msgs)["messages"]["msg"][0]["to"] == [  # type: ignore[attr-defined]
             {"number": "00" + msgs[0].to[1:]}]
+
+
+# --------------------------------------------------------------------------------------------- HTTP outcome mapping
+
+
+@pytest.mark.parametrize(("status", "family"), [
+    (400, PermanentSendError), (401, PermanentSendError), (403, PermanentSendError), (404, PermanentSendError),
+    (408, TransientSendError), (429, TransientSendError), (500, TransientSendError), (503, TransientSendError),
+    (302, UnknownOutcomeError),
+])
+def test_status_mapping(status: int, family: type[Exception]) -> None:
+    """Non-2xx answers map to the permanent / transient / unknown families as the issue specifies."""
+    with pytest.raises(family):
+        raise_for_status(HttpReply(status, {}, b""))
+    raise_for_status(HttpReply(201, {}, b""))
+
+
+def test_retry_after_parsing() -> None:
+    """Retry-After is read as delta-seconds or as an HTTP date; garbage is ignored."""
+    assert parse_retry_after("3") == 3.0 and parse_retry_after(" 1.5 ") == 1.5
+    when = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30), usegmt=True)
+    assert 25 <= (parse_retry_after(when) or 0) <= 31
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT") == 0.0
+
+
+async def _raw_server(handler: Any) -> tuple[asyncio.AbstractServer, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_disconnect_after_write_is_unknown() -> None:
+    """A server that reads the whole request and then drops the connection gives an unknown outcome."""
+    async def read_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(
+            b"content-length")))
+        await reader.readexactly(length)
+        writer.close()
+
+    server, url = await _raw_server(read_then_close)
+    driver = InfobipDriver(InfobipDriver.settings_model(base_url=url, api_key="k"), DriverContext())
+    await driver.startup()
+    try:
+        [result] = await driver.submit([OutboundMessage(id="0123456789abcdef", to="+41793026727", sender="S",
+                                                        body="b")])
+        assert isinstance(result, UnknownOutcome), result
+    finally:
+        await driver.shutdown()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_garbage_2xx_is_unknown() -> None:
+    """A 2xx answer without per-message statuses is an unknown outcome (maybe sent), never a retry."""
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\n"
+                     b"Connection: close\r\n\r\nhello")
+        await writer.drain()
+        writer.close()
+
+    server, url = await _raw_server(garbage)
+    for cls, settings in ((InfobipDriver, {"api_key": "k"}), (CMDriver, {"product_token": "t"}),
+                          (TwilioDriver, {"account_sid": "AC1", "auth_token": "t"})):
+        driver = cls(cls.settings_model(base_url=url, **settings), DriverContext())
+        await driver.startup()
+        try:
+            [result] = await driver.submit([OutboundMessage(id="0123456789abcdef", to="+41793026727", sender="S",
+                                                            body="b")])
+            assert isinstance(result, UnknownOutcome), (cls.__name__, result)
+        finally:
+            await driver.shutdown()
+    server.close()
+    await server.wait_closed()
