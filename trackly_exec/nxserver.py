@@ -12,10 +12,8 @@ import sys
 
 
 def main() -> int:
-    from neosqlite.collection.query_helper.utils import set_force_fallback
     from nx_27017.nx_27017 import main as nx_main
 
-    set_force_fallback(True)
     sys.argv[0] = "nx-27017"
     return int(nx_main() or 0)
 
