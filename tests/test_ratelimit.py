@@ -1,0 +1,126 @@
+"""The rate limiter: GCRA pacing, shared across processes through Redis, slow-down, fail closed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.embedded import free_port
+from trackly_exec.events import EventBus
+from trackly_exec.ratelimit import LimiterUnavailable, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from trackly_exec.store import Store
+
+from .executor_support import seed
+from .test_executor import executor, fakes  # noqa: F401  (fixture)
+
+
+@pytest.fixture(params=["redis", "local"])
+async def limiter(request: pytest.FixtureRequest, redis_client: aioredis.Redis) -> AsyncIterator[RateLimiter]:
+    """Both limiters, which must behave the same."""
+    if request.param == "redis":
+        yield RedisRateLimiter(redis_client, penalty_max=4.0, penalty_decay_seconds=30.0)
+    else:
+        yield LocalRateLimiter(penalty_max=4.0, penalty_decay_seconds=30.0)
+
+
+async def test_reservations_are_paced(limiter: RateLimiter) -> None:
+    """Consecutive chunks are spaced by chunk size x interval: 10 tokens at 100/s wait 0, 0.1, 0.2 s..."""
+    waits = [(await limiter.acquire(7, 10, 6000, 60.0)).wait for _ in range(5)]
+    for k, w in enumerate(waits):
+        assert w == pytest.approx(0.1 * k, abs=0.02)
+
+
+async def test_refusal_reserves_nothing(limiter: RateLimiter) -> None:
+    """A request whose wait exceeds max_wait is refused and takes no tokens."""
+    await limiter.acquire(7, 100, 6000, 60.0)         # the next second is taken
+    refused = await limiter.acquire(7, 10, 6000, 0.5)
+    assert not refused.granted and refused.wait == pytest.approx(1.0, abs=0.02)
+    again = await limiter.acquire(7, 10, 6000, 60.0)
+    assert again.granted and again.wait == pytest.approx(1.0, abs=0.02)
+
+
+async def test_lists_are_independent(limiter: RateLimiter) -> None:
+    """Each sending list has its own pace."""
+    await limiter.acquire(1, 1000, 6000, 60.0)
+    assert (await limiter.acquire(2, 10, 6000, 60.0)).wait == 0
+
+
+async def test_slow_down_and_recovery(limiter: RateLimiter) -> None:
+    """Provider errors double the interval up to the cap; clean chunks halve it back to normal."""
+    assert await limiter.penalize(7) == 2.0
+    assert await limiter.penalize(7) == 4.0
+    assert await limiter.penalize(7) == 4.0  # capped
+    await limiter.acquire(7, 10, 6000, 60.0)
+    grant = await limiter.acquire(7, 10, 6000, 60.0)
+    assert grant.factor == 4.0 and grant.wait == pytest.approx(0.4, abs=0.02)
+    assert await limiter.relax(7) == 2.0
+    assert await limiter.relax(7) == 1.0
+    assert (await limiter.acquire(8, 1, 6000, 60.0)).factor == 1.0
+
+
+async def test_two_processes_share_one_pace(redis_server: Any, redis_client: aioredis.Redis) -> None:
+    """Two limiters on their own Redis connections (two processes) interleave on one schedule."""
+    other = aioredis.Redis.from_url(redis_server.url)
+    a, b = RedisRateLimiter(redis_client), RedisRateLimiter(other)
+    try:
+        waits = [(await (a if k % 2 else b).acquire(3, 10, 6000, 60.0)).wait for k in range(6)]
+    finally:
+        await other.aclose()
+    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], abs=0.02)
+
+
+async def test_penalty_key_expires(redis_client: aioredis.Redis) -> None:
+    """The slow-down decays on its own: the penalty key carries a TTL."""
+    lim = RedisRateLimiter(redis_client, penalty_decay_seconds=30.0)
+    await lim.penalize(9)
+    ttl = await redis_client.pttl(f"{c.PENALTY_KEY}9")
+    assert 0 < ttl <= 30_000
+
+
+async def test_noscript_reload(redis_client: aioredis.Redis) -> None:
+    """After SCRIPT FLUSH (a Redis restart) the script is loaded again transparently."""
+    lim = RedisRateLimiter(redis_client)
+    await lim.acquire(5, 1, 6000, 60.0)
+    await redis_client.script_flush()
+    assert (await lim.acquire(5, 1, 6000, 60.0)).granted
+
+
+async def test_unreachable_redis_fails_closed_once(store: Store) -> None:
+    """Without Redis the limiter raises (no unthrottled send), logs and publishes the outage once."""
+    dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5,
+                          retry=Retry(NoBackoff(), 0))
+    lim = RedisRateLimiter(dead, bus=EventBus(store))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                with pytest.raises(LimiterUnavailable):
+                    await lim.acquire(1, 1, 6000, 60.0)
+    finally:
+        await dead.aclose()
+    assert [e["event"] for e in logs].count("rate_limiter_unavailable") == 1
+    assert len(await store.db[c.EVENTS].find({"kind": "rate_limiter_down"}).to_list(None)) == 1
+
+
+@pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "in-process"])
+async def test_executor_sends_smoothly(settings: Settings, store: Store, fakes: dict[str, Any], use_redis: bool) -> None:
+    """A list limited to 3,000/min sends 60 messages over ~1.2 s in 0.1 s steps, never a burst."""
+    ids = await seed(store, 60, rate=3000)
+    coord = await executor(settings, store, fakes, redis=use_redis)
+    started = time.monotonic()
+    counts = await coord.run_until_idle()
+    elapsed = time.monotonic() - started
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 60 and set(fakes["infobip"].accepted_counts()) == set(ids)
+    assert 1.0 <= elapsed < 2.5
+    times = sorted(e.accepted_at.timestamp() for e in fakes["infobip"].ledger)
+    worst = max(sum(1 for t in times if s <= t < s + 0.5) for s in times)
+    assert worst <= 30  # at most 0.5 s of tokens (25) plus one chunk in any half second
