@@ -25,9 +25,15 @@ from drivers.fake import Behaviour
 from drivers.infobip import InfobipDriver
 from drivers.infobip_fake import DEFAULT_API_KEY, InfobipFake
 from drivers.twilio_fake import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioFake
-from trackly_exec.config import load_config
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.config import Settings, load_config
 from trackly_exec.driver import DriverContext, OutboundMessage
+from trackly_exec.store import Store
 from trackly_exec.testing import WebhookSink, free_port
+from trackly_exec.web import HttpServer
+
+from .tracking_support import seed_account, seed_sent, tri
 
 ROOT = Path(__file__).resolve().parent.parent
 TWILIO_PATH = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}/Messages.json"
@@ -269,3 +275,31 @@ async def test_accept_path_throughput() -> None:
             assert rate > 10_000
         finally:
             await driver.shutdown()
+
+
+@pytest.mark.parametrize("name", ["infobip", "twilio", "cm"])
+async def test_reports_reach_the_daemon(settings: Settings, store: Store, name: str) -> None:
+    """A fake's real delivery reports (Twilio's signed) pass the daemon's webhooks and set the tristate."""
+    fake = {"infobip": InfobipFake, "twilio": TwilioFake, "cm": CMFake}[name]()
+    await fake.start()
+    settings.drivers[name] = {**fake.driver_settings(), "webhook_token": "e2e-token-0123456789"}
+    trackly = await Trackly.open(settings, store=store)
+    server = HttpServer(trackly)
+    await server.start()
+    try:
+        settings.http.public_url = server.url  # what Twilio signs: the URL the fake really calls
+        fake.report_url = f"{server.url}/webhooks/{name}/status/e2e-token-0123456789"  # CM: its portal setting
+        await seed_account(store)
+        sent = await seed_sent(store, 2, provider=name)
+        driver = await trackly.drivers.get(name)
+        msgs = [OutboundMessage(id=m.id, to=m.to_number, sender=m.from_number, body=m.body) for m in sent]
+        results = [r for m in msgs for r in await driver.submit([m])]
+        assert [r.kind for r in results] == ["accepted", "accepted"]
+        fake.dlr_outcome = lambda e: "delivered" if e.message_id == sent[0].id else "undelivered"
+        assert await fake.flush_reports() == 2, fake.report_failures
+        docs = {d["_id"]: d for d in await store[c.SENT].find({"_id": {"$in": [m.id for m in sent]}}).to_list(None)}
+        assert tri(docs[sent[0].id]["delivered"]) is True and tri(docs[sent[1].id]["delivered"]) is False
+    finally:
+        await server.stop(1)
+        await trackly.close(close_store=False)
+        await fake.stop()
