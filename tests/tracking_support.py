@@ -63,9 +63,10 @@ class Daemon:
                                {"X-Twilio-Signature": signature})
 
 
-async def start_daemon(settings: Settings, store: Store, **tracking: Any) -> AsyncIterator[Daemon]:
-    """Configure the three driver instances, start the HTTP server component, yield, stop."""
-    settings.drivers.update({k: dict(v) for k, v in DRIVERS.items()})
+async def start_daemon(settings: Settings, store: Store, *, drivers: dict[str, dict[str, Any]] | None = None,
+                       **tracking: Any) -> AsyncIterator[Daemon]:
+    """Configure the three driver instances (plus ``drivers`` overrides), start the HTTP server, yield, stop."""
+    settings.drivers.update({k: {**v, **(drivers or {}).get(k, {})} for k, v in DRIVERS.items()})
     for key, value in tracking.items():
         setattr(settings.tracking, key, value)
     trackly = await Trackly.open(settings, store=store)
