@@ -20,7 +20,7 @@ from .fake import FakeBadRequest, FakeProvider, LedgerEntry, Rejection, ReportRe
 DEFAULT_PRODUCT_TOKEN = "00000000-0000-0000-0000-000000000000"
 
 #: Canonical fake outcome -> CM ``status.code``.
-STATUS_CODES = {"accepted": "0", "sent": "0", "pending": "0", "rejected": "1", "delivered": "2",
+STATUS_CODES = {"accepted": "0", "sent": "0", "pending": "0", "rejected": "1", "spam": "1", "delivered": "2",
                 "undelivered": "3", "failed": "3", "expired": "3"}
 DETAILS = {"301": "From field is invalid", "302": "To field is invalid", "303": "Msisdn is invalid",
            "304": "A body without content was found", "401": "Message is marked as spam",
@@ -131,6 +131,8 @@ class CMFake(FakeProvider):
         out = []
         for entry, status, error in reports:
             code = STATUS_CODES.get(status, status if status.isdigit() else "3")
+            if status == "spam":
+                error = error or "401"
             msg = {"received": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
                    "to": "00" + entry.to.lstrip("+"), "reference": entry.message_id,
                    "status": {"code": code, "errorCode": str(error or ("0" if code in "02" else "12")),

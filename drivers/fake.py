@@ -20,8 +20,8 @@ never answered); ``slow`` (``delay`` seconds, then ok). Numbers in :attr:`reject
 one by one with the provider's per-recipient error code.
 
 ``dlr_outcome(entry)`` returns a status for the entry's delivery report: one of ``delivered``,
-``undelivered``, ``failed``, ``expired``, ``rejected`` (final) or ``sent`` / ``pending`` (intermediate),
-optionally as ``(status, error_code)``; None posts no report.
+``undelivered``, ``failed``, ``expired``, ``rejected``, ``spam`` (final: carrier filtering, in each provider's
+own terms) or ``sent`` / ``pending`` (intermediate), optionally as ``(status, error_code)``; None posts no report.
 
 Run as its own process (``trackly fake-provider NAME``), it is driven by the remote-control endpoints
 ``GET /_fake/ledger``, ``POST /_fake/script``, ``POST /_fake/reset`` (plus ``POST /_fake/flush`` and
@@ -51,7 +51,7 @@ from .fake_control import RemoteControl
 log = get_logger(__name__)
 
 MODES = frozenset({"ok", "reject", "429", "5xx_before", "5xx_after", "accept_then_hang", "slow"})
-FINAL_STATUSES = frozenset({"delivered", "undelivered", "failed", "expired", "rejected"})
+FINAL_STATUSES = frozenset({"delivered", "undelivered", "failed", "expired", "rejected", "spam"})
 INTERMEDIATE_STATUSES = frozenset({"sent", "pending", "accepted"})
 
 Outcome = str | tuple[str, str | None] | None

@@ -111,6 +111,8 @@ class TwilioFake(FakeProvider):
     def report_requests(self, url: str, reports: list[tuple[LedgerEntry, str, str | None]]) -> list[ReportRequest]:
         out = []
         for entry, status, error in reports:
+            if status == "spam":  # carrier filtering: undelivered with 30007
+                status, error = "undelivered", error or "30007"
             twilio_status = {"rejected": "failed", "expired": "undelivered", "pending": "sending"}.get(status, status)
             params = {"AccountSid": self.account_sid, "ApiVersion": "2010-04-01", "From": entry.sender,
                       "MessageSid": entry.provider_message_id, "MessageStatus": twilio_status,

@@ -291,6 +291,16 @@ async def check_delivery_reports(h: DriverHarness) -> None:
     assert all(r.status for r in reports.values())
 
 
+async def check_spam_report(h: DriverHarness) -> None:
+    """A carrier spam-filtering report is a failed delivery flagged as spam."""
+    [msg] = h.messages(1)
+    await h.submit([msg])
+    h.fake.dlr_outcome = lambda entry: "spam"
+    assert await h.fake.flush_reports() == 1, h.fake.report_failures
+    [report] = await h.reports()
+    assert report.message_id == msg.id and report.delivered is False and report.spam, report
+
+
 async def check_webhook_auth_rejected(h: DriverHarness) -> None:
     """A genuine report authenticates; a wrong path token (or a tampered signed request) is refused."""
     await h.submit(h.messages(1))
@@ -339,6 +349,7 @@ CHECKS: dict[str, Check] = {
     "wrong_credentials": check_wrong_credentials,
     "slow_answer": check_slow_answer,
     "delivery_reports": check_delivery_reports,
+    "spam_report": check_spam_report,
     "webhook_auth_rejected": check_webhook_auth_rejected,
     "inbound": check_inbound,
 }
@@ -401,6 +412,10 @@ class DriverContractSuite:
     async def test_delivery_reports(self, harness: DriverHarness) -> None:
         """The fake's delivery reports parse to our ids with the right tristate."""
         await check_delivery_reports(harness)
+
+    async def test_spam_report(self, harness: DriverHarness) -> None:
+        """A spam-filtering report is a failed delivery flagged as spam."""
+        await check_spam_report(harness)
 
     async def test_webhook_auth_rejected(self, harness: DriverHarness) -> None:
         """Genuine webhooks authenticate; a wrong token or a tampered signed request is refused."""
