@@ -95,7 +95,7 @@ async def test_trigger_counts_every_filter(trackly: Trackly) -> None:
         variants=[{"key": "A", "body": "Hi {first_name}, see {city}", "weight": 1}],
         list_kw={"cooldown_minutes": 60}, campaign_kw={"exclude_in_workflow": True})
     await trackly.db[c.SENT].insert_one({"_id": "m1", "sending_list_id": 1, "account_id": 1, "to_number": people[7]["phone"],
-                                         "timestamp": utcnow(), "execution_id": 99})
+                                         "timestamp": utcnow()})   # a non-campaign send: no execution_id
     eid = await trigger(trackly, camp["_id"])
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
     assert ex["status"] == "queued" and ex["occurrence_key"] == "1:manual:1"

@@ -85,8 +85,9 @@ async def variant_stats(db: Any, creative_id: int, keys: Sequence[str]) -> dict[
     out: dict[str, tuple[int, int]] = {}
     for key in keys:
         sent = await db[c.SENT].count_documents({"creative_id": creative_id, "variant_key": key})
-        clicked = await db[c.CLICKS].distinct(
-            "message_id", {"creative_id": creative_id, "variant_key": key, "bot": False})
+        q = {"creative_id": creative_id, "variant_key": key, "bot": False}
+        clicked = {d.get("message_id") async for d in db[c.CLICKS].find(q, {"_id": 0, "message_id": 1})}
+        clicked.discard(None)
         out[key] = (sent, min(len(clicked), sent))
     return out
 

@@ -1,0 +1,303 @@
+"""Campaign-engine benchmark: audience evaluation + queuing throughput, its floor, memory, and end to end.
+
+    .venv/bin/python bench/campaign.py                 # 100k evaluation vs floor, RSS at 100k, 10k end to end
+    .venv/bin/python bench/campaign.py --n 1000000     # also RSS (and throughput) at 1M contacts (takes minutes)
+    .venv/bin/python bench/campaign.py --skip-e2e
+
+What is measured (embedded nx-27017, in memory, started by this script):
+
+1. **Evaluation and queuing** of N contacts in two audiences that overlap by 10% of N, with every filter on
+   (unsubscribed/blocked, invalid phone, in-workflow exclusion, frequency cap with recent MessageSent records,
+   quiet hours, a placeholder without default, tracked links, opt-out footer, two variants): contacts/s of
+   ``scheduler.trigger`` (unique contacts / wall time).
+2. **The floor**, in the same run and store: reading the same contacts with one plain cursor plus
+   ``insert_many`` of the same number of queue documents (batches of the same size). Ratio = floor time /
+   our time (1.0 would mean the engine costs nothing beyond the store's own work).
+3. **Peak RSS** of a fresh process that evaluates N contacts (``ru_maxrss``; the store is another process):
+   bounded if it does not grow with N.
+4. **10,000-contact campaign**: trigger -> all queued, and trigger -> all accepted by the Infobip fake (the
+   executor's ``Coordinator.run_until_idle``; the list's rate limit is raised so the provider is not paced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trackly_exec import constants as c  # noqa: E402
+from trackly_exec.config import Settings  # noqa: E402
+from trackly_exec.logs import configure_logging  # noqa: E402
+from trackly_exec.models import new_message_id, utcnow  # noqa: E402
+
+BATCH = 2000
+
+
+def settings_for(uri: str, db: str, data_dir: str, fake_url: str = "http://127.0.0.1:9", key: str = "bench") -> Settings:
+    return Settings(
+        daemon={"data_dir": data_dir, "log_level": "warning"},
+        mongo={"uri": uri, "database": db},
+        http={"port": 0, "public_url": "http://127.0.0.1:8080"},
+        scheduler={"evaluation_batch_size": BATCH},
+        executor={"poll_interval_seconds": 0.05},
+        drivers={"infobip": {"base_url": fake_url, "api_key": key}},
+    )  # type: ignore[arg-type]
+
+
+def zone(inside: bool) -> str:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    now = dt.datetime.now(dt.UTC)
+    for off in range(-12, 13):
+        name = f"Etc/GMT{'+' if off >= 0 else '-'}{abs(off)}"
+        h = now.astimezone(ZoneInfo(name)).hour
+        if (inside and 9 <= h < 19) or (not inside and (0 <= h < 6 or h >= 22)):
+            return name
+    raise RuntimeError("no zone")
+
+
+async def seed(store: Any, n: int, *, every_filter: bool = True) -> dict[str, int]:
+    """Seed one account/list/creative/campaign and n contacts, streamed in chunks (bounded memory here)."""
+    import datetime as dt
+
+    db = store.db
+    inside, outside = zone(True), zone(False)
+    await db[c.ACCOUNTS].insert_one({"_id": 1, "name": "bench", "balance": 1e9})
+    await db[c.SENDING_LISTS].insert_one({
+        "_id": 1, "account_id": 1, "name": "bench", "driver": "infobip", "driver_settings": {},
+        "from_number": "+15550001111", "rate_limit_per_minute": 10_000_000, "cooldown_minutes": 60 if every_filter else 0,
+        "quiet_hours": {"start": "08:00", "end": "21:00", "default_timezone": "America/New_York"},
+        "blocked_words": [], "price_per_segment": 0.0, "active": True,
+        "opt_out_footer": "Reply STOP to opt out" if every_filter else None, "created_at": utcnow()})
+    lo, hi = int(n * 0.45), int(n * 0.55)      # A = 1..0.55n, B = 0.45n+1..n: overlap 0.1n
+    now = utcnow()
+    recent: list[dict[str, Any]] = []
+    for start in range(1, n + 1, 10_000):
+        docs = []
+        for i in range(start, min(start + 10_000, n + 1)):
+            seg = "a" if i <= lo else ("ab" if i <= hi else "b")
+            d: dict[str, Any] = {
+                "_id": i, "sending_list_id": 1, "phone": f"+1212{2000000 + i:07d}", "first_name": f"Ann{i}",
+                "last_name": None, "attributes": {"seg": seg, "city": "Paris", "tier": "gold" if i % 3 else "silver"},
+                "timezone": inside, "subscribed": True, "blocked": False, "in_workflow": False, "last_sent_at": None,
+                "created_at": now, "updated_at": now}
+            if every_filter:
+                r = i % 100
+                if r == 1 or r == 2:
+                    d["subscribed"] = False
+                elif r == 3:
+                    d["blocked"] = True
+                elif r == 4:
+                    d["phone"] = f"+1555{i:07d}"          # not a valid number
+                elif r in (5, 6, 7):
+                    d["in_workflow"] = True
+                elif r in (8, 9):
+                    recent.append({"_id": new_message_id(), "sending_list_id": 1, "account_id": 1,
+                                   "to_number": d["phone"], "timestamp": now - dt.timedelta(minutes=5)})
+                elif r in (10, 11, 12, 13, 14):
+                    d["timezone"] = outside
+                elif r == 15:
+                    d["first_name"] = None                # {first_name} has no default
+            docs.append(d)
+        await db[c.CONTACTS].insert_many(docs, ordered=False)
+        if len(recent) >= 10_000:
+            await db[c.SENT].insert_many(recent, ordered=False)
+            recent = []
+    if recent:
+        await db[c.SENT].insert_many(recent, ordered=False)
+    await db[c.AUDIENCES].insert_many([
+        {"_id": 1, "sending_list_id": 1, "name": "A", "filter": {"attributes.seg": {"in": ["a", "ab"]}}, "contact_ids": None},
+        {"_id": 2, "sending_list_id": 1, "name": "B", "filter": {"attributes.seg": {"in": ["b", "ab"]}}, "contact_ids": None}])
+    body = "Hi {first_name}, {city|friend} deals: https://shop.example.com/sale?c=1" if every_filter else "Hi {first_name|there}!"
+    await db[c.CREATIVES].insert_one({"_id": 1, "account_id": 1, "name": "bench", "selection": "split", "variants": [
+        {"key": "A", "body": body, "weight": 50}, {"key": "B", "body": body.replace("Hi", "Hello"), "weight": 50}]})
+    await db[c.CAMPAIGNS].insert_one({
+        "_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [1, 2], "creative_id": 1,
+        "schedule": {"at": None, "cron": None, "timezone": "UTC"}, "exclude_in_workflow": every_filter,
+        "quiet_hours_policy": "exclude", "track_links": every_filter, "status": "active", "next_run_at": None,
+        "created_at": now})
+    return {"contacts": n}
+
+
+async def evaluate_phase(uri: str, db: str, data_dir: str) -> dict[str, Any]:
+    """Run one trigger (in this fresh process) and report its throughput and this process's peak RSS."""
+    from trackly_exec.app import Trackly
+    from trackly_exec.scheduler import trigger
+    from trackly_exec.store import Store
+
+    settings = settings_for(uri, db, data_dir)
+    store = await Store.connect(uri, db)
+    trackly = Trackly(settings, store)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    eid = await trigger(trackly, 1)
+    secs = time.perf_counter() - t0
+    ex = await store.db[c.EXECUTIONS].find_one({"_id": eid})
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    await trackly.close()
+    k = ex["counts"]
+    return {"seconds": secs, "unique": k["unique"], "queued": k["queued"], "counts": k,
+            "contacts_per_s": k["unique"] / secs, "rss_before_mb": rss0 / 1024, "peak_rss_mb": rss / 1024}
+
+
+async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
+    """Read the same contacts with one plain cursor and insert ``queued`` queue-shaped documents."""
+    from trackly_exec.audience import CONTACT_PROJECTION
+    from trackly_exec.store import INDEXES, Store
+
+    store = await Store.connect(uri, db)
+    coll = store.db["bench_floor_queue"]
+    await coll.create_indexes(INDEXES[c.QUEUED])
+    now = utcnow()
+    template = {"account_id": 1, "sending_list_id": 1, "campaign_id": 1, "execution_id": 999, "creative_id": 1,
+                "variant_key": "A", "from_number": "+15550001111", "to_number": "+12122000001",
+                "body": "Hi Ann, Paris deals: http://127.0.0.1:8080/l/abcdefghijkl\nReply STOP to opt out",
+                "length": 80, "segments": 1, "encoding": "GSM-7", "send_type": "campaign", "sendtime": now,
+                "created_at": now, "not_before": None, "claimed_by": None, "claimed_at": None, "sending_at": None,
+                "billing_blocked_since": None, "attempts": 0}
+    t0 = time.perf_counter()
+    cursor = store.db[c.CONTACTS].find({"sending_list_id": 1}, CONTACT_PROJECTION).batch_size(BATCH)
+    read = inserted = 0
+    while True:
+        batch = await cursor.to_list(BATCH)
+        if not batch:
+            break
+        read += len(batch)
+        take = min(len(batch), queued - inserted)
+        if take > 0:
+            await coll.insert_many([{**template, "_id": new_message_id(), "contact_id": d["_id"]} for d in batch[:take]],
+                                   ordered=False)
+            inserted += take
+    secs = time.perf_counter() - t0
+    await coll.drop()
+    await store.client.close()
+    return {"seconds": secs, "read": read, "inserted": inserted}
+
+
+def run_child(phase: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--phase", phase, *args], capture_output=True, text=True,
+                         check=False, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{phase} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+async def evaluation_bench(n: int, data_dir: str) -> dict[str, Any]:
+    from trackly_exec.store import Store
+
+    settings = Settings(daemon={"data_dir": data_dir}, mongo={"uri": "embedded", "embedded_in_memory": True,
+                                                               "database": f"bench{n}"})  # type: ignore[arg-type]
+    store = await Store.open(settings)
+    assert store.embedded is not None
+    try:
+        t0 = time.perf_counter()
+        await seed(store, n)
+        seeded = time.perf_counter() - t0
+        uri, db = store.embedded.uri, settings.mongo.database
+        ours = run_child("evaluate", uri, db, data_dir)
+        floor = run_child("floor", uri, db, str(ours["queued"]))
+        return {"n": n, "seed_seconds": seeded, "ours": ours, "floor": floor,
+                "ratio": floor["seconds"] / ours["seconds"]}
+    finally:
+        await store.client.drop_database(settings.mongo.database)
+        await store.close()
+
+
+async def e2e_bench(n: int, data_dir: str) -> dict[str, Any]:
+    """Trigger -> all queued, trigger -> all accepted by the Infobip fake, for an n-contact campaign."""
+    from drivers.infobip_fake import InfobipFake
+
+    from trackly_exec.app import Trackly
+    from trackly_exec.scheduler import trigger
+
+    try:
+        from trackly_exec.coordinator import Coordinator
+    except ImportError:
+        Coordinator = None  # type: ignore[assignment,misc]
+    fake = InfobipFake(api_key="bench-key")
+    await fake.start()
+    settings = settings_for("embedded", "e2e", data_dir, fake.url, "bench-key")
+    settings.mongo.embedded_in_memory = True
+    trackly = await Trackly.open(settings)
+    try:
+        await seed(trackly.store, n, every_filter=False)
+        t0 = time.perf_counter()
+        eid = await trigger(trackly, 1)
+        queued_s = time.perf_counter() - t0
+        ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
+        out: dict[str, Any] = {"n": n, "queued": ex["counts"]["queued"], "trigger_to_queued_s": queued_s}
+        if Coordinator is None:
+            out["trigger_to_accepted_s"] = None
+            out["note"] = "executor (trackly_exec.coordinator) not available"
+            return out
+        coord = Coordinator(trackly)
+        counts = await coord.run_until_idle()
+        out["trigger_to_accepted_s"] = time.perf_counter() - t0
+        out["accepted_by_fake"] = len(fake.ledger)
+        out["unique_accepted"] = len({e.message_id for e in fake.ledger})
+        out["coordinator_counts"] = counts
+        return out
+    finally:
+        await trackly.close()
+        await fake.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=0, help="also measure at this many contacts (e.g. 1000000)")
+    ap.add_argument("--skip-e2e", action="store_true", help="skip the 10k end-to-end run")
+    ap.add_argument("--e2e-n", type=int, default=10_000)
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    configure_logging("warning", "console", stream=sys.stderr)
+    if a.phase == "evaluate":
+        print(json.dumps(asyncio.run(evaluate_phase(*a.args)), default=str))
+        return 0
+    if a.phase == "floor":
+        print(json.dumps(asyncio.run(floor_phase(a.args[0], a.args[1], int(a.args[2])))))
+        return 0
+    tmp = tempfile.mkdtemp(prefix="trackly-bench-")
+    try:
+        for n in [100_000] + ([a.n] if a.n and a.n != 100_000 else []):
+            r = asyncio.run(evaluation_bench(n, os.path.join(tmp, f"n{n}")))
+            o, f = r["ours"], r["floor"]
+            k = o["counts"]
+            print(f"\n== evaluation + queuing, {n:,} contacts (2 audiences, 10% overlap, every filter on)")
+            print(f"   per audience {k['per_audience']}, total {k['audience_total']:,}, overlap {k['overlap']:,}, "
+                  f"unique {k['unique']:,}")
+            print(f"   skipped {k['skipped']}; queued {k['queued']:,} (links {k['links']:,}, variants {k['variants']})")
+            print(f"   ours : {o['seconds']:.2f} s  -> {o['contacts_per_s']:,.0f} contacts/s")
+            print(f"   floor: {f['seconds']:.2f} s  (plain cursor over {f['read']:,} + insert {f['inserted']:,} queue docs)")
+            print(f"   ratio floor/ours: {r['ratio']:.2f}   peak RSS of the evaluating process: {o['peak_rss_mb']:.0f} MB "
+                  f"(at start {o['rss_before_mb']:.0f} MB)   [seeding took {r['seed_seconds']:.1f} s]")
+        if not a.skip_e2e:
+            e = asyncio.run(e2e_bench(a.e2e_n, os.path.join(tmp, "e2e")))
+            print(f"\n== {e['n']:,}-contact campaign end to end (Infobip fake)")
+            print(f"   trigger -> all queued   : {e['trigger_to_queued_s']:.2f} s ({e['queued']:,} queued)")
+            if e.get("trigger_to_accepted_s") is None:
+                print(f"   trigger -> all accepted : not available ({e.get('note')})")
+            else:
+                print(f"   trigger -> all accepted : {e['trigger_to_accepted_s']:.2f} s "
+                      f"({e['accepted_by_fake']:,} accepted, {e['unique_accepted']:,} unique; "
+                      f"coordinator {e['coordinator_counts']})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
