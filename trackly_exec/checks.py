@@ -59,7 +59,7 @@ async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, dict[
         return {}
     cursor = db[c.CONTACTS].find(
         {"_id": {"$in": list(set(contact_ids))},
-         "$or": [{"subscribed": False}, {"blocked": True}, {"timezone": {"$type": "string"}}]},
+         "$or": [{"subscribed": False}, {"blocked": True}, {"timezone": {"$gt": ""}}]},
         {"subscribed": 1, "blocked": 1, "timezone": 1},
     )
     return {d["_id"]: d async for d in cursor}

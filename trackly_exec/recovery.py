@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 BATCH = 1000
+#: Any real send intent is later than this ("has a date"; ``$type`` is not supported by every store).
+EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.timedelta | None = None) -> Counter[str]:
@@ -46,13 +48,13 @@ async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.tim
     out: Counter[str] = Counter()
     q = db[c.QUEUED]
     res = await q.update_many(
-        {"claimed_by": {"$type": "string"}, "claimed_at": {"$lt": cutoff}, "sending_at": None},
+        {"claimed_at": {"$lt": cutoff}, "sending_at": None},
         {"$set": {"claimed_by": None, "claimed_at": None}},
     )
     out["released"] += res.modified_count
     while True:
         stuck = await q.find(
-            {"claimed_by": {"$type": "string"}, "claimed_at": {"$lt": cutoff}, "sending_at": {"$type": "date"}},
+            {"claimed_at": {"$lt": cutoff}, "sending_at": {"$gt": EPOCH}},
             {"_id": 1, "claimed_by": 1},
         ).limit(BATCH).to_list(None)
         if not stuck:

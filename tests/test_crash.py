@@ -1,0 +1,115 @@
+"""Crash safety: an executor process SIGKILLed at each failpoint, then recovery and a restart.
+
+Invariants after recovery (reliability matrix I1/I2/I5): every message is in exactly one of MessageSent /
+FailedMessage; the provider's ledger has a message twice only if it is recorded NO_RESPONSE; no claim is left.
+The fast variants restart in the test process with an injected clock (recovery "10 minutes later"); the
+chaos variants restart as real processes after a real (short) claim TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.infobip_fake import InfobipFake
+from trackly_exec import constants as c
+from trackly_exec import recovery
+from trackly_exec.config import Settings
+from trackly_exec.coordinator import Coordinator
+from trackly_exec.models import utcnow
+from trackly_exec.store import Store
+
+from .executor_support import assert_one_record_each, ids_in, open_trackly, runner_cmd, seed, with_executor, write_config
+
+TTL_MINUTES = 0.05  # 3 s: longer than the fake driver's timeout (1 s) x retry_max_attempts (2)
+EXECUTOR = {"claim_batch_size": 100, "workers_per_list": 1, "retry_max_attempts": 2, "claim_ttl_minutes": TTL_MINUTES,
+            "retry_initial_backoff_seconds": 0.01}
+
+
+async def run_process(config: Path, failpoint: str | None = None, timeout: float = 50.0) -> tuple[int, str]:
+    env = dict(os.environ)
+    env.pop("TRACKLY_FAILPOINT", None)
+    if failpoint:
+        env["TRACKLY_FAILPOINT"] = failpoint
+    proc = await asyncio.create_subprocess_exec(*runner_cmd(config, "--burst"), env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+async def check_invariants(store: Store, fake: InfobipFake, ids: list[str]) -> dict[str, int]:
+    """One record per message, no claim left, a duplicate send only where NO_RESPONSE was recorded."""
+    split = await assert_one_record_each(store, ids)
+    assert split[c.QUEUED] == 0, "messages left in the queue (or claims not recovered)"
+    no_response = set(await ids_in(store, c.FAILED, {"reason": "NO_RESPONSE"}))
+    counts = fake.accepted_counts()
+    dupes = {m for m in ids if counts[m] > 1}
+    assert dupes <= no_response, f"sent twice without a NO_RESPONSE record: {sorted(dupes - no_response)[:5]}"
+    sent = set(await ids_in(store, c.SENT))
+    assert all(counts[m] >= 1 for m in sent), "a MessageSent without a provider accept"
+    return {"sent": len(sent), "no_response": len(no_response), "duplicates": len(dupes)}
+
+
+EXPECT = {
+    # failpoint: (messages the crashed batch leaves NO_RESPONSE, ledger entries of the crashed batch)
+    "after_claim": 0,
+    "after_intent": 100,
+    "after_provider_accept": 100,
+    "before_record": 100,
+}
+
+
+@pytest.mark.parametrize("point", list(EXPECT))
+async def test_crash_then_recover(settings: Settings, store: Store, redis_client: Any, tmp_path: Path, point: str) -> None:
+    """SIGKILL at the failpoint in the 2nd batch; recovery and a restart leave exactly one record per message."""
+    fake = await InfobipFake().start()
+    try:
+        ids = await seed(store, 300)
+        drivers = {"infobip": {**fake.driver_settings(), "timeout_seconds": 1.0}}
+        config = write_config(tmp_path / "exec.toml", settings, drivers, **EXECUTOR)
+        code, output = await run_process(config, f"{point}:2")
+        assert code == -9, output
+        left = await store.db[c.QUEUED].find({}, {"claimed_by": 1, "sending_at": 1}).to_list(None)
+        assert any(d["claimed_by"] for d in left), "the crashed process held a claim"
+        trackly = await open_trackly(with_executor(settings, drivers, **EXECUTOR), store)
+        try:
+            later = utcnow() + dt.timedelta(minutes=TTL_MINUTES, seconds=1)
+            swept = await recovery.sweep(trackly, now=later)
+            assert swept["no_response"] == EXPECT[point]
+            await Coordinator(trackly).run_until_idle()
+        finally:
+            await trackly.close(close_store=False)
+        stats = await check_invariants(store, fake, ids)
+        assert stats["no_response"] == EXPECT[point] and stats["sent"] == 300 - EXPECT[point]
+        in_ledger = sum(1 for m in ids if fake.accepted_counts()[m])
+        sent_by_crashed = 100 if point in ("after_provider_accept", "before_record") else 0
+        assert in_ledger == 300 - EXPECT[point] + sent_by_crashed
+    finally:
+        await fake.stop()
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("point", list(EXPECT))
+async def test_crash_two_processes_real_restart(settings: Settings, store: Store, redis_client: Any, tmp_path: Path,
+                                                point: str) -> None:
+    """Two processes on 2,000 messages, one SIGKILLed mid-run; restarted processes recover after the real TTL."""
+    fake = await InfobipFake().start()
+    try:
+        ids = await seed(store, 2000)
+        drivers = {"infobip": {**fake.driver_settings(), "timeout_seconds": 1.0}}
+        config = write_config(tmp_path / "exec.toml", settings, drivers, **EXECUTOR)
+        (crash, _), (clean, out) = await asyncio.gather(run_process(config, f"{point}:3"), run_process(config))
+        assert crash == -9 and clean == 0, out
+        await asyncio.sleep(TTL_MINUTES * 60 + 0.5)
+        results = await asyncio.gather(run_process(config), run_process(config))
+        assert all(code == 0 for code, _ in results), results
+        stats = await check_invariants(store, fake, ids)
+        assert stats["no_response"] <= 100
+    finally:
+        await fake.stop()
