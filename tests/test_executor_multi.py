@@ -1,0 +1,40 @@
+"""Two executor processes (two VMs) on one queue: each message is sent and recorded exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from drivers.cm_fake import CMFake
+from drivers.infobip_fake import InfobipFake
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.store import Store
+
+from .executor_support import assert_one_record_each, seed, write_config
+from .test_crash import run_process
+
+
+async def test_two_processes_send_each_message_once(settings: Settings, store: Store, redis_client: Any,
+                                                    tmp_path: Path) -> None:
+    """Two processes drain 5,000 messages on two lists: each is accepted once by its fake and recorded once."""
+    infobip, cm = await InfobipFake().start(), await CMFake().start()
+    try:
+        ids = await seed(store, 2500, list_id=1, driver="infobip", rate=0)
+        ids += await seed(store, 2500, list_id=2, driver="cm", rate=600_000, first_contact=5000, execution_id=2)
+        drivers = {"infobip": infobip.driver_settings(), "cm": cm.driver_settings()}
+        config = write_config(tmp_path / "exec.toml", settings, drivers, claim_batch_size=100)
+        (a, out_a), (b, out_b) = await asyncio.gather(run_process(config), run_process(config))
+        assert a == 0 and b == 0, out_a + out_b
+        per_process = [json.loads(out.strip().splitlines()[0]) for out in (out_a, out_b)]
+        assert sum(p.get("sent", 0) for p in per_process) == 5000
+        assert all(p.get("sent", 0) > 0 for p in per_process), per_process  # both took part
+        counts = infobip.accepted_counts() + cm.accepted_counts()
+        assert all(counts[m] == 1 for m in ids) and sum(counts.values()) == 5000
+        split = await assert_one_record_each(store, ids)
+        assert split[c.SENT] == 5000
+    finally:
+        await infobip.stop()
+        await cm.stop()
