@@ -23,6 +23,8 @@ cannot hold one phone twice, by its unique (sending_list_id, phone) index).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -168,26 +170,35 @@ class _Source:
         ids = audience.get("contact_ids")
         self.ids: list[int] | None = sorted(set(int(i) for i in ids)) if ids is not None else None
         self.ids_pos = 0
+        self.ahead: asyncio.Task[list[dict[str, Any]]] | None = None   # the next batch, read while this one is used
 
-    async def _fill(self) -> None:
+    async def _fetch(self) -> list[dict[str, Any]]:
         coll = self.db[c.CONTACTS]
-        self.buf, self.pos = [], 0
-        while not self.buf and not self.done:
-            if self.ids is not None:
+        if self.ids is not None:
+            while True:
                 chunk = self.ids[self.ids_pos:self.ids_pos + self.batch]
                 self.ids_pos += len(chunk)
                 if not chunk:
-                    self.done = True
-                    return
+                    return []
                 q = {"sending_list_id": self.list_id, "_id": {"$in": chunk}}
-                self.buf = await coll.find(q, CONTACT_PROJECTION).sort("_id", 1).to_list(None)
-            else:
-                if self.cursor is None:
-                    q = audience_query(self.list_id, self.audience)
-                    self.cursor = coll.find(q, CONTACT_PROJECTION).sort("_id", 1).batch_size(self.batch)
-                self.buf = await self.cursor.to_list(self.batch)
-                if not self.buf:
-                    self.done = True
+                docs = await coll.find(q, CONTACT_PROJECTION).sort("_id", 1).to_list(None)
+                if docs:
+                    return docs
+        if self.cursor is None:
+            q = audience_query(self.list_id, self.audience)
+            self.cursor = coll.find(q, CONTACT_PROJECTION).sort("_id", 1).batch_size(self.batch)
+        return await self.cursor.to_list(self.batch)
+
+    async def _fill(self) -> None:
+        self.buf, self.pos = [], 0
+        if self.done:
+            return
+        task, self.ahead = self.ahead, None
+        self.buf = await task if task is not None else await self._fetch()
+        if not self.buf:
+            self.done = True
+            return
+        self.ahead = asyncio.create_task(self._fetch())
 
     async def head(self) -> dict[str, Any] | None:
         if self.pos >= len(self.buf):
@@ -199,6 +210,11 @@ class _Source:
         return self.buf[self.pos]
 
     async def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.ahead
+            self.ahead = None
         if self.cursor is not None:
             await self.cursor.close()
 

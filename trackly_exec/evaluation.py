@@ -23,6 +23,8 @@ queued, so a resumed execution ends with the same counts.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -129,54 +131,70 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
     opening: dict[tuple[ZoneInfo, ...], dt.datetime | None] = {}   # zones -> None (inside) or the opening
     tally = Tally()
     skipped = tally.skipped
+    writing: asyncio.Task[None] | None = None
 
-    async for batch in union(db, list_id, plan.audiences, cfg.evaluation_batch_size, tally.union):
-        done = await _processed(db, execution_id, [int(d["_id"]) for d in batch]) if resumed else set()
-        messages: list[dict[str, Any]] = []
-        links: list[dict[str, Any]] = []
-        for contact in batch:
-            if not contact.get("subscribed", True) or contact.get("blocked"):
-                skipped["unsubscribed"] += 1
-                continue
-            phone = contact.get("phone") or ""
-            to = phone if phones.is_valid(phone) else phones.normalize(phone)
-            if to is None:
-                skipped["invalid_phone"] += 1
-                continue
-            if exclude_wf and contact.get("in_workflow"):
-                skipped["in_workflow"] += 1
-                continue
-            if done and int(contact["_id"]) in done:
-                tally.already_processed += 1
-                tally.queued += 1
-                continue
-            if cutoff is not None and (to in capped or ((ls := contact.get("last_sent_at")) and ls >= cutoff)):
-                skipped["frequency_cap"] += 1
-                continue
-            zones = contact_zones(to, contact.get("timezone"), default_tz)
-            if zones not in opening:
-                opening[zones] = None if in_window(now, zones, window) else next_opening(now, zones, window)
-            held_until = opening[zones]
-            if held_until is not None and not hold:
-                skipped["quiet_hours"] += 1
-                continue
-            made = composer.compose(contact, to, held_until or sendtime, held_until)
-            if made is None:
-                skipped["missing_placeholder"] += 1
-                continue
-            if held_until is not None:
-                tally.held_quiet_hours += 1
-            messages.append(made[0])
-            links.extend(made[1])
+    async def _write(messages: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
         res = await insert_batch(db, messages, links)
-        tally.queued += len(messages)
         tally.inserted += res.inserted
         tally.already_queued += res.duplicates
         tally.links += res.links
-        tally.evaluated += len(batch)
-        tally.variants = dict(composer.variant_counts)
         if progress is not None:
             await progress(tally)
+
+    try:
+        async for batch in union(db, list_id, plan.audiences, cfg.evaluation_batch_size, tally.union):
+            done = await _processed(db, execution_id, [int(d["_id"]) for d in batch]) if resumed else set()
+            messages: list[dict[str, Any]] = []
+            links: list[dict[str, Any]] = []
+            for contact in batch:
+                if not contact.get("subscribed", True) or contact.get("blocked"):
+                    skipped["unsubscribed"] += 1
+                    continue
+                phone = contact.get("phone") or ""
+                to = phone if phones.is_valid(phone) else phones.normalize(phone)
+                if to is None:
+                    skipped["invalid_phone"] += 1
+                    continue
+                if exclude_wf and contact.get("in_workflow"):
+                    skipped["in_workflow"] += 1
+                    continue
+                if done and int(contact["_id"]) in done:
+                    tally.already_processed += 1
+                    tally.queued += 1
+                    continue
+                if cutoff is not None and (to in capped or (isinstance(ls := contact.get("last_sent_at"), dt.datetime) and ls >= cutoff)):
+                    skipped["frequency_cap"] += 1
+                    continue
+                zones = contact_zones(to, contact.get("timezone"), default_tz)
+                if zones not in opening:
+                    opening[zones] = None if in_window(now, zones, window) else next_opening(now, zones, window)
+                held_until = opening[zones]
+                if held_until is not None and not hold:
+                    skipped["quiet_hours"] += 1
+                    continue
+                made = composer.compose(contact, to, held_until or sendtime, held_until)
+                if made is None:
+                    skipped["missing_placeholder"] += 1
+                    continue
+                if held_until is not None:
+                    tally.held_quiet_hours += 1
+                messages.append(made[0])
+                links.extend(made[1])
+            # The batch is written while the next one is read and composed (the store is another process):
+            # at most one write in flight, awaited before the next starts, so batches land in order.
+            if writing is not None:
+                await writing
+            tally.queued += len(messages)
+            tally.evaluated += len(batch)
+            tally.variants = dict(composer.variant_counts)
+            writing = asyncio.create_task(_write(messages, links))
+        if writing is not None:
+            await writing
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writing
     tally.variants = dict(composer.variant_counts)
     log.info("execution_evaluated", execution_id=execution_id, unique=tally.union.unique, queued=tally.queued,
              skipped={k: v for k, v in skipped.items() if v}, resumed=resumed)
