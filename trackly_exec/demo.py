@@ -226,42 +226,49 @@ class Demo:
                  f"({', '.join(f'{k} {len(v):,}' for k, v in groups.items())})")
         return acc["id"], lst["id"], auds, cre["id"]
 
-    async def progress(self, trackly: Any, trigger: asyncio.Task[Any], deadline: float) -> None:
-        """Draw the bars until every queued message has a record and every report is in (or the deadline)."""
+    async def progress(self, trackly: Any, fake: Any, trigger: asyncio.Task[Any], deadline: float) -> None:
+        """Draw the bars until every queued message has a record and every report is in (or the deadline).
+
+        Evaluated and queued come from the execution document, sent from the store's message_sent and
+        failed_messages collections (their size: counting with a filter every 200 ms would slow the very run
+        it measures), delivered from the delivery reports the daemon's webhook acknowledged.
+        """
         bars, db, cid = Bars(self.out), trackly.db, self.result.campaign_id
+        base_sent = await db[c.SENT].estimated_document_count()
+        base_failed = await db[c.FAILED].estimated_document_count()
+        base_reports = fake.reports_posted
         while True:
             ex = await db[c.EXECUTIONS].find_one({"campaign_id": cid}, sort=[("_id", -1)]) or {}
             counts = ex.get("counts") or {}
-            q = {"campaign_id": cid}
-            sent = await db[c.SENT].count_documents(q)
-            failed = await db[c.FAILED].count_documents(q)
-            reported = await db[c.SENT].count_documents({**q, "delivered": {"$in": [True, False]}})
+            sent = await db[c.SENT].estimated_document_count() - base_sent
+            failed = await db[c.FAILED].estimated_document_count() - base_failed
+            reported = fake.reports_posted - base_reports
             unique, queued = counts.get("unique") or self.n, counts.get("queued", 0)
-            done_eval = trigger.done()
-            bars.draw({"evaluated": (counts.get("evaluated", 0), unique), "queued": (queued, unique),
-                       "sent": (sent + failed, queued or unique), "delivered": (reported, sent or 1)}, final=False)
-            if done_eval and sent + failed >= queued and reported >= sent:
-                break
-            if time.monotonic() > deadline:
-                self.say("  (stopped waiting: some delivery reports have not arrived)")
-                break
+            values = {"evaluated": (counts.get("evaluated", 0), unique), "queued": (queued, unique),
+                      "sent": (sent + failed, queued or unique), "delivered": (reported, max(sent, 1))}
+            finished = trigger.done() and sent + failed >= queued and reported >= sent
+            if finished or time.monotonic() > deadline:
+                bars.draw(values, final=True)
+                if not finished:
+                    self.say("  (stopped waiting: some messages or delivery reports are still outstanding)")
+                return
+            bars.draw(values)
             await asyncio.sleep(0.2)
-        bars.draw({"evaluated": (counts.get("evaluated", 0), unique), "queued": (queued, unique),
-                   "sent": (sent + failed, queued or unique), "delivered": (reported, sent or 1)}, final=True)
 
     async def click(self, trackly: Any) -> None:
         """Open some short links: previews right away (bots), then people after the bot window."""
         assert self.http is not None
+        http = self.http
         codes = [d["_id"] async for d in trackly.db[c.SHORT_LINKS].find(
-            {"campaign_id": self.result.campaign_id}, {"_id": 1}).limit(max(self.n // 50, 4))]
-        half = len(codes) // 2
+            {"campaign_id": self.result.campaign_id}, {"_id": 1}).limit(min(max(self.n // 200, 4), 50))]
+        sem = asyncio.Semaphore(5)
 
         async def hit(code: str, ua: str) -> None:
-            async with self.http.get(f"{self.public_url}/l/{code}", headers={"User-Agent": ua},  # type: ignore[union-attr]
+            async with sem, http.get(f"{self.public_url}/l/{code}", headers={"User-Agent": ua},
                                      allow_redirects=False) as r:
                 await r.read()
 
-        await asyncio.gather(*(hit(code, PREVIEW) for code in codes[:half]))
+        await asyncio.gather(*(hit(code, PREVIEW) for code in codes[: len(codes) // 2]))
         await asyncio.sleep(trackly.settings.tracking.bot_click_seconds + 0.2)
         await asyncio.gather(*(hit(code, BROWSER) for code in codes))
 
@@ -376,7 +383,7 @@ class Demo:
             self.say(f"  campaign {camp['id']}: audiences {auds}, creative {creative} (variants a/b, tracked link)\n")
             t0 = utcnow()
             trig = asyncio.create_task(self.api("POST", f"/campaigns/{camp['id']}/trigger"))
-            await self.progress(trackly, trig, time.monotonic() + 60)
+            await self.progress(trackly, fake, trig, time.monotonic() + 60)
             self.result.execution_id = (await trig)["execution_id"]
             await self.click(trackly)
             self.result.provider = fake.summary()
