@@ -22,10 +22,9 @@ EXTRA_COMMANDS: tuple[str, ...] = ("trackly_exec.cli_admin", "trackly_exec.demo"
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
-
-        return uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(coro)
+    return uvloop.run(coro)  # (an ImportError raised by the coroutine itself must not re-run it)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -32,6 +32,7 @@ import aiohttp
 
 from . import constants as c
 from .config import Settings
+from .errors import ConfigError
 from .embedded import free_port
 from .logs import configure_logging, get_logger
 from .models import utcnow
@@ -70,6 +71,7 @@ class DemoResult:
     public_url: str = ""
     token: str = ""
     seconds: float = 0.0
+    interrupted: bool = False
 
 
 # --------------------------------------------------------------------------------------------- contacts
@@ -334,6 +336,34 @@ class Demo:
         self.say(f"\nDashboard: {r.public_url}/dashboard\nAPI:       {r.public_url}/api/v1/openapi.json "
                  f"(token {r.token})\nDone in {r.seconds:.1f} s.")
 
+    async def flow(self, trackly: Any, fake: Any, started: float, keep: asyncio.Event | None) -> None:
+        """Seed, trigger, watch, click, measure and report (and wait for ``keep`` when given)."""
+        account, list_id, auds, creative = await self.seed(trackly)
+        fake.reject_numbers = {p["phone"]: "REJECTED_DESTINATION" async for p in trackly.db[c.CONTACTS].find(
+            {"sending_list_id": list_id, "attributes.tier": "C", "timezone": {"$ne": None}}, {"phone": 1})
+            .limit(max(self.n // 500, 1))}
+        camp = await self.api("POST", "/campaigns", {
+            "account_id": account, "sending_list_id": list_id, "audience_ids": auds, "creative_id": creative,
+            "exclude_in_workflow": True, "track_links": True, "quiet_hours_policy": "exclude"})
+        self.result.campaign_id = camp["id"]
+        self.say(f"  campaign {camp['id']}: audiences {auds}, creative {creative} (variants a/b, tracked link)\n")
+        t0 = utcnow()
+        trig = asyncio.create_task(self.api("POST", f"/campaigns/{camp['id']}/trigger"))
+        try:
+            await self.progress(trackly, fake, trig, time.monotonic() + 60)
+            self.result.execution_id = (await trig)["execution_id"]
+        finally:
+            if not trig.done():
+                trig.cancel()
+        await self.click(trackly)
+        self.result.provider = fake.summary()
+        self.result.seconds = time.monotonic() - started
+        await self.measure(trackly, t0)
+        self.report()
+        if keep is not None:
+            self.say("\nThe daemon keeps running (Ctrl-C to stop).")
+            await keep.wait()
+
     async def run(self, keep_running: bool = False) -> DemoResult:
         from drivers.infobip_fake import InfobipFake
 
@@ -372,27 +402,18 @@ class Demo:
                 own.append(Coordinator(trackly))
                 await own[-1].start()
             self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-            account, list_id, auds, creative = await self.seed(trackly)
-            fake.reject_numbers = {p["phone"]: "REJECTED_DESTINATION" async for p in trackly.db[c.CONTACTS].find(
-                {"sending_list_id": list_id, "attributes.tier": "C", "timezone": {"$ne": None}}, {"phone": 1})
-                .limit(max(self.n // 500, 1))}
-            camp = await self.api("POST", "/campaigns", {
-                "account_id": account, "sending_list_id": list_id, "audience_ids": auds, "creative_id": creative,
-                "exclude_in_workflow": True, "track_links": True, "quiet_hours_policy": "exclude"})
-            self.result.campaign_id = camp["id"]
-            self.say(f"  campaign {camp['id']}: audiences {auds}, creative {creative} (variants a/b, tracked link)\n")
-            t0 = utcnow()
-            trig = asyncio.create_task(self.api("POST", f"/campaigns/{camp['id']}/trigger"))
-            await self.progress(trackly, fake, trig, time.monotonic() + 60)
-            self.result.execution_id = (await trig)["execution_id"]
-            await self.click(trackly)
-            self.result.provider = fake.summary()
-            self.result.seconds = time.monotonic() - started
-            await self.measure(trackly, t0)
-            self.report()
-            if keep_running:
-                self.say("\nThe daemon keeps running (Ctrl-C to stop).")
-                await stop.wait()
+            flow = asyncio.create_task(self.flow(trackly, fake, started, stop if keep_running else None))
+            await asyncio.wait({flow, daemon}, return_when=asyncio.FIRST_COMPLETED)
+            if not flow.done():  # Ctrl-C or SIGTERM stopped the daemon mid-run
+                flow.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flow
+                if daemon.exception() is not None:
+                    raise RuntimeError(f"the daemon failed: {daemon.exception()}")
+                self.result.interrupted = True
+                self.say("\ninterrupted")
+            else:
+                flow.result()
         finally:
             for comp in own:
                 await comp.stop(2.0)
@@ -417,9 +438,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     configure_logging("debug" if args.verbose else "error", "console")  # alerts would tear the progress bars
     from .cli import _run
 
-    _run(run_demo(args.contacts, data_dir=Path(args.data_dir) if args.data_dir else None,
-                  keep_running=args.keep_running))
-    return 0
+    if args.contacts < 20:
+        raise ConfigError("--contacts must be at least 20")
+
+    async def main() -> int:
+        result = await run_demo(args.contacts, data_dir=Path(args.data_dir) if args.data_dir else None,
+                                keep_running=args.keep_running)
+        return 130 if result.interrupted else 0
+
+    return _run(main())
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
