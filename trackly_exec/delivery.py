@@ -10,7 +10,7 @@ and a handful of round trips, whatever the number of reports:
    are no-ops; an intermediate report only moves ``delivery_status`` while ``delivered`` is still None);
 4. NO_RESPONSE resolution: insert the MessageSent (``submitted=True``, ``resolved_from_no_response=True``,
    fields copied from the FailedMessage) then delete the FailedMessage, so exactly one record remains;
-5. side effects of the state changes this call made: customer-webhook outbox entries (stable ``_id``),
+5. side effects of the state changes this call made: customer-webhook events (one outbox document per account),
    opted-out contacts unsubscribed, ``spam_complaint`` and ``delivery_failure`` events, each batched.
 
 Reports for unknown ids are counted, logged and dropped: nothing is created for them.
@@ -32,7 +32,7 @@ from .driver import DeliveryReport
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import FailureReason, MessageFields, MessageSent, utcnow
-from .outbox import outbox_entry
+from .customer_webhook import event_id, outbox_documents, webhook_payload
 
 log = get_logger(__name__)
 
@@ -228,24 +228,25 @@ async def _resolve(trackly: Trackly, provider: str, items: list[tuple[DeliveryRe
 
 
 async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, dict[str, Any]]], now: dt.datetime) -> int:
-    """One outbox entry per final state, for accounts with a ``webhook_url``; duplicates are ignored."""
+    """The customer-webhook events of this batch's final states, one outbox document per account (a single
+    entry, or a batch of events): for accounts with a ``webhook_url`` only. Returns the number of events."""
     account_ids = list({doc["account_id"] for _, doc in finals})
     accounts = {a["_id"]: a for a in await trackly.store[c.ACCOUNTS].find(
         {"_id": {"$in": account_ids}, "webhook_url": {"$ne": None}}, {"filter_bots": 1, "webhook_url": 1}
     ).to_list(None) if a.get("webhook_url")}
-    entries = []
+    by_account: dict[int, list[tuple[str, dict[str, Any]]]] = {}
     for r, doc in finals:
         account = accounts.get(doc["account_id"])
-        if account is None:
-            continue
-        msg = {**doc, "delivered": r.delivered}
-        entries.append(outbox_entry(msg, account, now))
-    if not entries:
+        if account is not None:
+            payload = webhook_payload({**doc, "delivered": r.delivered}, account)
+            by_account.setdefault(doc["account_id"], []).append((event_id(doc["_id"]), payload))
+    if not by_account:
         return 0
-    written = len(entries)
+    docs = [outbox_documents(acc, events, now) for acc, events in by_account.items()]
+    written = sum(len(events) for events in by_account.values())
     try:
-        await trackly.store[c.OUTBOX].insert_many(entries, ordered=False)
-    except BulkWriteError as exc:
+        await trackly.store[c.OUTBOX].insert_many(docs, ordered=False)
+    except BulkWriteError as exc:  # a single-event entry that exists already
         dups = [e for e in exc.details.get("writeErrors", []) if e.get("code") == 11000]
         if len(dups) != len(exc.details.get("writeErrors", [])):
             raise

@@ -1,8 +1,8 @@
 """The customer's delivery-status webhook, delivered at least once from a MongoDB-backed outbox.
 
-Delivery ingestion (:mod:`trackly_exec.delivery`) writes one outbox document per *final* delivery state, in the
-same pass that records the state, with a stable ``_id`` (``"<message id>:delivery"``, the event id): a duplicate
-report can never create a second event. The :class:`Outbox` component POSTs them, separately from sending and
+Delivery ingestion (:mod:`trackly_exec.delivery`) writes the events of the *final* delivery states it recorded,
+in the same pass, each with a stable event id (``"<message id>:delivery"``): only the report that moved a message
+out of ``delivered: None`` creates its event, so duplicates of a report never create a second one. The :class:`Outbox` component POSTs them, separately from sending and
 ingestion, so a slow or dead customer endpoint only ever delays its own events:
 
 - concurrency bounded by ``tracking.outbox_concurrency`` overall and ``tracking.outbox_per_account_concurrency``
@@ -13,18 +13,10 @@ ingestion, so a slow or dead customer endpoint only ever delays its own events:
 - entries are claimed with a lease (``claimed_by`` token + ``next_attempt_at`` pushed past the timeout), so
   several daemons can share one outbox and a crashed one's entries are retried after the lease.
 
-The body is the product document's payload (camelCase, exactly these fields)::
-
-    {"id": "a1b2c3d4e5f60718", "account": 12, "sendingList": 45, "messageCreative": 789,
-     "fromNumber": "+15551234567", "toNumber": "+15559876543", "delivered": true, "sendType": "campaign",
-     "filterBots": false, "length": 142, "timestamp": "2024-01-15T10:30:00Z"}
-
-``timestamp`` is the MessageSent ``timestamp`` (when the provider accepted the message), ``filterBots`` is the
-account's ``filter_bots`` setting (whether its click statistics exclude bot clicks; False by default).
-Headers: ``X-Trackly-Event-Id`` (de-duplicate on it), ``X-Trackly-Timestamp`` (unix seconds of this attempt) and,
-when the account has a ``webhook_secret``, ``X-Trackly-Signature: v1=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>``.
-Receivers check it with :func:`verify_signature` (or the 10-line snippet in the README) and reject timestamps
-more than 5 minutes old.
+Payload, headers, signature and the two document forms (single event, batch): :mod:`trackly_exec.customer_webhook`
+(:func:`verify_signature` is re-exported here). A batch is attempted as a whole, at most
+``outbox_per_account_concurrency`` POSTs at a time and no new POST after a failure (a dead endpoint costs one
+timeout, not a hundred); its failed and unattempted events continue as single-event documents.
 """
 
 from __future__ import annotations
@@ -32,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
-import hmac
 import json
 import random
 import time
@@ -49,102 +39,43 @@ from pymongo.errors import BulkWriteError
 
 from . import constants as c
 from .app import Trackly
+from .customer_webhook import DEAD, DELIVERED, DROPPED, PENDING, sign, single_entry, verify_signature
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import utcnow
 
 log = get_logger(__name__)
 
-PENDING, DELIVERED, DEAD, DROPPED = "pending", "delivered", "dead", "dropped"
+__all__ = ["Outbox", "verify_signature"]
+
+SPLIT = "split"                     # a batch whose failed events continue as single-event entries
 LEASE_MARGIN_SECONDS = 30.0
+#: Settled entries leave the ``next_attempt_at`` index: the due-scan only ever walks pending entries.
+_OFF_SCHEDULE = {"$unset": {"next_attempt_at": ""}}
 USER_AGENT = "trackly-exec-webhooks/1"
-
-
-# --------------------------------------------------------------------------------------------- payload & signature
-
-
-def iso_z(value: dt.datetime | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z`` suffix, second precision (``2024-01-15T10:30:00Z``)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def event_id(message_id: str) -> str:
-    """The stable id of a message's final-delivery-state event."""
-    return f"{message_id}:delivery"
-
-
-def webhook_payload(message: Mapping[str, Any], account: Mapping[str, Any]) -> dict[str, Any]:
-    """The product document's payload for one MessageSent document with a final ``delivered`` state."""
-    return {
-        "id": message["_id"],
-        "account": message["account_id"],
-        "sendingList": message["sending_list_id"],
-        "messageCreative": message.get("creative_id"),
-        "fromNumber": message.get("from_number"),
-        "toNumber": message.get("to_number"),
-        "delivered": message.get("delivered"),
-        "sendType": message.get("send_type", "campaign"),
-        "filterBots": bool(account.get("filter_bots", False)),
-        "length": message.get("length"),
-        "timestamp": iso_z(message.get("timestamp")),
-    }
-
-
-def outbox_entry(message: Mapping[str, Any], account: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
-    """The outbox document for one message's final delivery state (``_id`` = the stable event id)."""
-    return {
-        "_id": event_id(message["_id"]),
-        "message_id": message["_id"],
-        "account_id": message["account_id"],
-        "payload": webhook_payload(message, account),
-        "status": PENDING,
-        "attempts": 0,
-        "created_at": now,
-        "next_attempt_at": now,
-        "claimed_by": None,
-        "last_error": None,
-        "last_status": None,
-        "delivered_at": None,
-    }
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """``v1=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>``."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"v1={mac}"
-
-
-def verify_signature(secret: str, timestamp: str, body: bytes | str, header: str, tolerance: float = 300,
-                     *, now: float | None = None) -> bool:
-    """Receiver side: True when ``header`` holds a valid ``v1=`` signature of ``timestamp.body`` and the
-    timestamp is within ``tolerance`` seconds of now (older or future timestamps are rejected: replays)."""
-    if isinstance(body, str):
-        body = body.encode()
-    ts = (timestamp or "").strip()
-    if not ts.isdigit():
-        return False
-    if abs((time.time() if now is None else now) - int(ts)) > tolerance:
-        return False
-    expected = sign(secret, ts, body)[3:]
-    candidates = [p.strip()[3:] for p in (header or "").split(",") if p.strip().startswith("v1=")]
-    return any(hmac.compare_digest(expected.encode(), cand.encode()) for cand in candidates)
 
 
 # --------------------------------------------------------------------------------------------- the component
 
 
 @dataclass
-class _Attempt:
-    """The outcome of one POST, recorded (fenced on the claim token) in the next batched write."""
+class _Result:
+    """One event's POST (or why it was not attempted)."""
 
-    doc: dict[str, Any]
+    eid: str
+    payload: dict[str, Any]
     ok: bool
     status: int | None = None
     error: str | None = None
+    attempted: bool = True
+
+
+@dataclass
+class _Attempt:
+    """The outcome of one claimed entry, recorded (fenced on the claim token) in the next batched write."""
+
+    doc: dict[str, Any]
+    results: list[_Result]
     drop: bool = False
 
 
@@ -306,26 +237,44 @@ class Outbox:
         return {r["_id"]: r for r in rows}
 
     async def _attempt(self, doc: dict[str, Any]) -> None:
-        """POST one entry (bounded by the semaphore) and queue its outcome for the batched write."""
+        """POST the entry's event(s) and queue the outcome for the batched write. Within a batch at most
+        ``outbox_per_account_concurrency`` POSTs run at once, and none starts after a failure."""
         account = doc.get("_account") or {}
         url = account.get("webhook_url")
+        events = doc["events"] if "events" in doc else [{"id": doc["_id"], "payload": doc["payload"]}]
         try:
             if not url:
-                self._results.append(_Attempt(doc, ok=False, drop=True, error="account has no webhook_url"))
+                self._results.append(_Attempt(doc, [], drop=True))
                 return
-            async with self._sem:
-                ok, status, error = await self._post(url, account.get("webhook_secret"), doc)
-            self._results.append(_Attempt(doc, ok=ok, status=status, error=error))
+            secret = account.get("webhook_secret")
+            local = asyncio.Semaphore(self.cfg.outbox_per_account_concurrency)
+            results: list[_Result] = []
+            broken = False
+
+            async def one(event: dict[str, Any]) -> None:
+                nonlocal broken
+                async with local:
+                    if broken:
+                        results.append(_Result(event["id"], event["payload"], ok=False, attempted=False))
+                        return
+                    async with self._sem:
+                        ok, status, error = await self._post(url, secret, event["id"], event["payload"])
+                    broken = broken or not ok
+                    results.append(_Result(event["id"], event["payload"], ok, status, error))
+
+            await asyncio.gather(*(one(e) for e in events))
+            self._results.append(_Attempt(doc, results))
         finally:
             self._per_account[doc["account_id"]] -= 1
             if self._per_account[doc["account_id"]] <= 0:
                 del self._per_account[doc["account_id"]]
 
-    async def _post(self, url: str, secret: str | None, doc: Mapping[str, Any]) -> tuple[bool, int | None, str | None]:
+    async def _post(self, url: str, secret: str | None, eid: str, payload: Mapping[str, Any]
+                    ) -> tuple[bool, int | None, str | None]:
         session = await self._ensure_session()
-        body = json.dumps(doc["payload"], separators=(",", ":")).encode()
+        body = json.dumps(payload, separators=(",", ":")).encode()
         ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json", "X-Trackly-Event-Id": doc["_id"], "X-Trackly-Timestamp": ts}
+        headers = {"Content-Type": "application/json", "X-Trackly-Event-Id": eid, "X-Trackly-Timestamp": ts}
         if secret:
             headers["X-Trackly-Signature"] = sign(secret, ts, body)
         try:
@@ -345,48 +294,69 @@ class Outbox:
         return min(self.cfg.outbox_max_backoff_seconds, base) * (0.5 + random.random() / 2)
 
     async def _flush(self, now: dt.datetime | None = None) -> None:
-        """Write every queued outcome in one bulk_write, fenced on each entry's claim token."""
-        results, self._results = self._results, []
-        if not results:
+        """Write every queued outcome in one bulk_write (fenced on each entry's claim token), plus the
+        single-event entries a partly failed batch continues as, and the give-up alerts."""
+        attempts, self._results = self._results, []
+        if not attempts:
             return
         now = now or utcnow()
-        max_age = dt.timedelta(hours=self.cfg.outbox_max_age_hours)
         ops: list[UpdateOne] = []
+        retries: list[dict[str, Any]] = []
         dead_events: list[Event] = []
-        for r in results:
-            doc = r.doc
+        failures: list[str] = []
+        for a in attempts:
+            doc = a.doc
             fence = {"_id": doc["_id"], "claimed_by": doc["claimed_by"]}
-            attempts = int(doc.get("attempts", 0)) + (0 if r.drop else 1)
-            base = {"claimed_by": None, "attempts": attempts, "last_status": r.status, "last_error": r.error,
-                    "last_attempt_at": now}
-            if r.ok:
-                self.counts.delivered += 1
-                ops.append(UpdateOne(fence, {"$set": {**base, "status": DELIVERED, "delivered_at": now}}))
-            elif r.drop:
-                self.counts.dropped += 1
-                ops.append(UpdateOne(fence, {"$set": {**base, "status": DROPPED}}))
+            tried = [r for r in a.results if r.attempted]
+            ok = [r for r in a.results if r.ok]
+            self.counts.attempts += len(tried)
+            self.counts.delivered += len(ok)
+            failures.extend(r.error or "" for r in tried if not r.ok)
+            last = tried[-1] if tried else None
+            base: dict[str, Any] = {"claimed_by": None, "attempts": int(doc.get("attempts", 0)) + (1 if tried else 0),
+                                    "last_status": last.status if last else None,
+                                    "last_error": last.error if last else None, "last_attempt_at": now}
+            if a.drop:
+                self.counts.dropped += max(1, len(doc.get("events", ())))
+                ops.append(UpdateOne(fence, {"$set": {**base, "status": DROPPED}, **_OFF_SCHEDULE}))
+            elif len(ok) == len(a.results):
+                ops.append(UpdateOne(fence, {"$set": {**base, "status": DELIVERED, "delivered_at": now}, **_OFF_SCHEDULE}))
+            elif "events" in doc:                                   # a batch: the rest continue one by one
+                ops.append(UpdateOne(fence, {"$set": {**base, "status": SPLIT, "delivered_at": now,
+                                                      "failed_events": len(a.results) - len(ok)}, **_OFF_SCHEDULE}))
+                for r in a.results:
+                    if not r.ok:
+                        n = 1 if r.attempted else 0
+                        self.counts.failed += n
+                        retries.append(single_entry(
+                            r.eid, doc["account_id"], r.payload, now, attempts=n, created_at=doc.get("created_at"),
+                            next_at=now + dt.timedelta(seconds=self._backoff(max(1, n)))))
             else:
-                next_at = now + dt.timedelta(seconds=self._backoff(attempts))
+                next_at = now + dt.timedelta(seconds=self._backoff(base["attempts"]))
                 created = doc.get("created_at") or now
-                if next_at - created > max_age:
+                if next_at - created > dt.timedelta(hours=self.cfg.outbox_max_age_hours):
                     self.counts.dead += 1
-                    ops.append(UpdateOne(fence, {"$set": {**base, "status": DEAD}}))
+                    ops.append(UpdateOne(fence, {"$set": {**base, "status": DEAD}, **_OFF_SCHEDULE}))
                     dead_events.append(Event(
-                        kind=EventKind.WEBHOOK_DEAD, severity="warning",
-                        message=f"customer webhook {doc['_id']} given up after {attempts} attempts: {r.error}",
-                        data={"event_id": doc["_id"], "account_id": doc["account_id"], "attempts": attempts,
-                              "error": r.error}, key=f"webhook_dead:{doc['account_id']}"))
+                        kind=EventKind.WEBHOOK_DEAD, severity="warning", key=f"webhook_dead:{doc['account_id']}",
+                        message=f"customer webhook {doc['_id']} given up after {base['attempts']} attempts: "
+                                f"{base['last_error']}",
+                        data={"event_id": doc["_id"], "account_id": doc["account_id"], "attempts": base["attempts"],
+                              "error": base["last_error"]}))
                 else:
                     self.counts.failed += 1
                     ops.append(UpdateOne(fence, {"$set": {**base, "next_attempt_at": next_at}}))
-            if not r.drop:
-                self.counts.attempts += 1
+        if retries:
+            try:
+                await self.col.insert_many(retries, ordered=False)
+            except BulkWriteError as exc:  # already split by an earlier attempt of the same batch
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
         try:
             await self.col.bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
             log.warning("outbox_record_failed", errors=len(exc.details.get("writeErrors", [])))
         if dead_events:
             await self.trackly.bus.publish(*dead_events)
-        failed = [r for r in results if not r.ok and not r.drop]
-        if failed:
-            log.info("outbox_attempts_failed", failed=len(failed), sample=failed[0].error)
+        if failures:
+            log.info("outbox_attempts_failed", failed=len(failures), sample=failures[0])

@@ -58,7 +58,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     c.SHORT_LINKS: [IndexModel([("message_id", ASCENDING)]), IndexModel([("campaign_id", ASCENDING)])],
     c.CLICKS: [IndexModel([("campaign_id", ASCENDING)]), IndexModel([("code", ASCENDING)])],
     c.DELIVERY_REPORTS: [IndexModel([("received_at", ASCENDING)])],
-    c.OUTBOX: [IndexModel([("next_attempt_at", ASCENDING)]), IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)])],
+    c.OUTBOX: [IndexModel([("next_attempt_at", ASCENDING)])],
     c.EVENTS: [IndexModel([("created_at", DESCENDING)]), IndexModel([("kind", ASCENDING)])],
     c.INBOUND: [IndexModel([("received_at", DESCENDING)])],
 }
