@@ -8,7 +8,7 @@ being ``tracking.ip_hash_salt``; the IP itself is never stored) and counted on t
 - the user agent is a link-preview fetcher, crawler or HTTP library (:data:`BOT_UA`), or is empty;
 - the request is a HEAD (previews and link checkers);
 - it arrives within ``tracking.bot_click_seconds`` of the message's delivery (of its send when no delivery
-  time is known): no human reads and taps that fast.
+  time is known), before or after: no human reads and taps that fast.
 
 :func:`click_stats` gives clicked messages / sent messages per campaign (or creative) and per variant,
 bot-filtered or not; learned variant selection and the stats API read it.
@@ -75,7 +75,9 @@ async def record_click(trackly: Trackly, link: dict[str, Any], *, user_agent: st
             ref, what = (_aware(sent.get("delivered_at")), "delivery")
             if ref is None:
                 ref, what = (_aware(sent.get("timestamp")), "send")
-            if ref is not None and (at - ref).total_seconds() < trackly.settings.tracking.bot_click_seconds:
+            # |delta|: a click a moment *before* the recorded delivery is as implausible (clock skew, minute-
+            # precision carrier times); one long before it just means the report arrived late.
+            if ref is not None and abs((at - ref).total_seconds()) < trackly.settings.tracking.bot_click_seconds:
                 reason = f"too_soon_after_{what}"
     click = {
         "_id": ObjectId(),
