@@ -273,7 +273,7 @@ async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
     ids = await seed(client)
     rnd = random.Random(4)
     values: list[Any] = [None, True, -1, 0, 2**70, -(2**70), 1.5e308, "", "x" * 300, "\x00", [], {}, [1, "a"],
-                         {"$gt": 1}, {"a\x00": 1}, {"nested": {"deep": [{"x": 1}]}}, "2026-01-01T00:00:00",
+                         {"$gt": 1}, {"a\x00": 1}, "\ud800", {"\udfff": 1}, {"nested": {"deep": [{"x": 1}]}}, "2026-01-01T00:00:00",
                          ids["account"], ids["list"], "+15550001111", "echo", [{"key": "a", "body": "b"}]]
     fields = ["name", "balance", "account_id", "sending_list_id", "driver", "driver_settings", "from_number",
               "quiet_hours", "filter", "contact_ids", "variants", "audience_ids", "creative_id", "schedule",

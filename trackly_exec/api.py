@@ -108,18 +108,31 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_json(obj: Any, path: tuple[Any, ...] = (), depth: int = 0) -> None:
-    """Refuse what the store cannot keep: nesting deeper than MAX_DEPTH, integers beyond 64 bits, NUL in keys."""
+    """Refuse what the store cannot keep: deep nesting, integers beyond 64 bits, NUL in keys, lone surrogates."""
     if depth > MAX_DEPTH:
         raise field_error(_loc("body", path), f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(obj, bool):
+        return
+    if isinstance(obj, str):
+        if not _utf8(obj):
+            raise field_error(_loc("body", path), "text is not valid Unicode (lone surrogate)")
         return
     if isinstance(obj, int) and not -INT64_MAX - 1 <= obj <= INT64_MAX:
         raise field_error(_loc("body", path), "integer out of the 64-bit range")
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if "\x00" in k:
-                raise field_error(_loc("body", (*path, k)), "field names may not contain NUL")
+            if "\x00" in k or not _utf8(k):
+                raise field_error(_loc("body", (*path, k.encode("utf-8", "replace").decode())),
+                                  "field names may not contain NUL or lone surrogates")
             _check_json(v, (*path, k), depth + 1)
     elif isinstance(obj, list):
         for i, v in enumerate(obj):

@@ -247,7 +247,7 @@ class Demo:
             reported = fake.reports_posted - base_reports
             unique, queued = counts.get("unique") or self.n, counts.get("queued", 0)
             values = {"evaluated": (counts.get("evaluated", 0), unique), "queued": (queued, unique),
-                      "sent": (sent + failed, queued or unique), "delivered": (reported, max(sent, 1))}
+                      "sent": (sent + failed, queued or unique), "delivered": (reported, sent)}
             finished = trigger.done() and sent + failed >= queued and reported >= sent
             if finished or time.monotonic() > deadline:
                 bars.draw(values, final=True)
