@@ -291,6 +291,11 @@ async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
         path = paths[i % len(paths)]
         r = await client.post(f"/api/v1{path}", headers=H, data=body)
         assert r.status < 500, (path, body[:200], await r.text())
+    for query in ("limit=abc", "after=-1", f"after={2**64}", "limit=1e3", "after=1&after=2", "x=1",
+                  f"campaign_id={2**70}", "limit=%00", "after=%F0%9F%92%A9"):
+        for path in ("/accounts", "/executions", f"/sending-lists/{ids['list']}/contacts", f"/accounts/{2**64}"):
+            r = await client.get(f"/api/v1{path}?{query}", headers=H)
+            assert r.status < 500, (path, query, await r.text())
 
 
 def test_openapi_document_is_valid() -> None:

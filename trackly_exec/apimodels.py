@@ -22,6 +22,7 @@ _SECRETISH = ("key", "token", "secret", "password", "auth")
 _SENDER = re.compile(r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")
 _ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 MAX_PAGE = 1000
+INT64_MAX = 2**63 - 1
 MAX_BULK_CONTACTS = 10_000
 
 
@@ -89,7 +90,7 @@ class Page(Out, Generic[T]):
 
 class PageQuery(Body):
     limit: int = Field(100, ge=1, le=MAX_PAGE, description="Items per page.")
-    after: int = Field(0, ge=0, description="Only items with an id greater than this (the previous page's next_after).")
+    after: int = Field(0, ge=0, le=INT64_MAX, description="Only items with an id greater than this (the previous page's next_after).")
 
 
 # --------------------------------------------------------------------------------------------- accounts
@@ -409,7 +410,7 @@ class ExecutionOut(Out):
 
 
 class ExecutionQuery(PageQuery):
-    campaign_id: int | None = Field(None, ge=1, description="Only this campaign's executions.")
+    campaign_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Only this campaign's executions.")
 
 
 # --------------------------------------------------------------------------------------------- stats
