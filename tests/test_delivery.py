@@ -55,7 +55,9 @@ async def test_undeliverable_records_error_and_publishes_failure(daemon: Daemon)
     """UNDELIVERABLE sets delivered=False, stores the error code and publishes one delivery_failure event."""
     await seed_account(daemon.store)
     [m] = await seed_sent(daemon.store, 1)
-    body = infobip_body(infobip_report(m.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE", error="EC_UNKNOWN_SUBSCRIBER"))
+    body = infobip_body(
+        infobip_report(m.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE", error="EC_UNKNOWN_SUBSCRIBER")
+    )
     assert (await daemon.post(IB_STATUS, body))[0] == 200
     doc = await _doc(daemon, m.id)
     assert tri(doc["delivered"]) is False and doc["delivery_error_code"] == "EC_UNKNOWN_SUBSCRIBER"
@@ -70,10 +72,13 @@ async def test_duplicates_and_out_of_order_never_change_a_final_state(daemon: Da
     final = infobip_body(infobip_report(m.id))
     assert (await daemon.post(IB_STATUS, final))[0] == 200
     settled = await _doc(daemon, m.id)
-    for body in (final, final,
-                 infobip_body(infobip_report(m.id, "PENDING_ENROUTE", "PENDING")),
-                 infobip_body(infobip_report(m.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE", error="X")),
-                 infobip_body(infobip_report(m.id, "EXPIRED_EXPIRED", "EXPIRED", done_at="2026-12-06T10:00:00.000+0000"))):
+    for body in (
+        final,
+        final,
+        infobip_body(infobip_report(m.id, "PENDING_ENROUTE", "PENDING")),
+        infobip_body(infobip_report(m.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE", error="X")),
+        infobip_body(infobip_report(m.id, "EXPIRED_EXPIRED", "EXPIRED", done_at="2026-12-06T10:00:00.000+0000")),
+    ):
         status, resp = await daemon.post(IB_STATUS, body)
         assert status == 200 and json.loads(resp)["updated"] == 0
     assert await _doc(daemon, m.id) == settled
@@ -97,8 +102,12 @@ async def test_final_and_intermediate_in_one_batch(daemon: Daemon) -> None:
     """Within one request the final report wins whatever its position."""
     await seed_account(daemon.store)
     a, b = await seed_sent(daemon.store, 2)
-    body = infobip_body(infobip_report(a.id), infobip_report(a.id, "PENDING_ENROUTE", "PENDING"),
-                        infobip_report(b.id, "PENDING_ENROUTE", "PENDING"), infobip_report(b.id))
+    body = infobip_body(
+        infobip_report(a.id),
+        infobip_report(a.id, "PENDING_ENROUTE", "PENDING"),
+        infobip_report(b.id, "PENDING_ENROUTE", "PENDING"),
+        infobip_report(b.id),
+    )
     assert (await daemon.post(IB_STATUS, body))[0] == 200
     for m in (a, b):
         doc = await _doc(daemon, m.id)
@@ -121,7 +130,9 @@ async def test_match_by_provider_message_id(daemon: Daemon) -> None:
     await seed_account(daemon.store)
     a, b = await seed_sent(daemon.store, 2, provider="twilio")
     await seed_sent(daemon.store, 1, provider="infobip", start=5, provider_message_id="P0-other")
-    res = await ingest(daemon.trackly, "twilio", [DeliveryReport(provider_message_id="P1", status="delivered", delivered=True)])
+    res = await ingest(
+        daemon.trackly, "twilio", [DeliveryReport(provider_message_id="P1", status="delivered", delivered=True)]
+    )
     assert res.updated == 1
     assert tri((await _doc(daemon, b.id))["delivered"]) is True
     assert tri((await _doc(daemon, a.id))["delivered"]) is None
@@ -136,7 +147,11 @@ async def test_no_response_is_resolved_by_a_report(daemon: Daemon) -> None:
     assert status == 200 and json.loads(resp)["resolved"] == 1
     assert await daemon.store[c.FAILED].count_documents({}) == 0
     doc = await _doc(daemon, f.id)
-    assert tri(doc["submitted"]) is True and tri(doc["delivered"]) is True and tri(doc["resolved_from_no_response"]) is True
+    assert (
+        tri(doc["submitted"]) is True
+        and tri(doc["delivered"]) is True
+        and tri(doc["resolved_from_no_response"]) is True
+    )
     assert doc["to_number"] == f.to_number and doc["campaign_id"] == f.campaign_id and doc["provider"] == "infobip"
     # a duplicate of the report changes nothing and leaves exactly one record
     assert json.loads((await daemon.post(IB_STATUS, body))[1])["updated"] == 0
@@ -159,13 +174,18 @@ async def test_spam_code_flags_message_and_alerts(daemon: Daemon) -> None:
     [ib] = await seed_sent(daemon.store, 1)
     [tw] = await seed_sent(daemon.store, 1, provider="twilio", start=1)
     await daemon.post(IB_STATUS, infobip_body(infobip_report(ib.id, "REJECTED_FLOODING_FILTER", "REJECTED")))
-    res = await ingest(daemon.trackly, "twilio", [DeliveryReport(message_id=tw.id, status="undelivered", delivered=False,
-                                                                 error_code="30007", spam=True)])
+    res = await ingest(
+        daemon.trackly,
+        "twilio",
+        [DeliveryReport(message_id=tw.id, status="undelivered", delivered=False, error_code="30007", spam=True)],
+    )
     assert res.final == 1
     for m in (ib, tw):
         doc = await _doc(daemon, m.id)
         assert tri(doc["spam"]) is True and tri(doc["delivered"]) is False
-    kinds = sorted(e["data"]["message_id"] for e in await daemon.store[c.EVENTS].find({"kind": "spam_complaint"}).to_list(None))
+    kinds = sorted(
+        e["data"]["message_id"] for e in await daemon.store[c.EVENTS].find({"kind": "spam_complaint"}).to_list(None)
+    )
     assert kinds == sorted([ib.id, tw.id])
 
 
@@ -174,8 +194,11 @@ async def test_opted_out_code_unsubscribes_contact(daemon: Daemon) -> None:
     await seed_account(daemon.store)
     [m] = await seed_sent(daemon.store, 1, provider="twilio")
     await seed_contact(daemon.store, contact_id=m.contact_id, phone=m.to_number)
-    res = await ingest(daemon.trackly, "twilio", [DeliveryReport(message_id=m.id, status="failed", delivered=False,
-                                                                 error_code="21610", opted_out=True)])
+    res = await ingest(
+        daemon.trackly,
+        "twilio",
+        [DeliveryReport(message_id=m.id, status="failed", delivered=False, error_code="21610", opted_out=True)],
+    )
     assert res.final == 1
     assert tri((await daemon.store[c.CONTACTS].find_one({"_id": m.contact_id}))["subscribed"]) is False
 
@@ -214,14 +237,17 @@ async def test_ingestion_is_batched(daemon: Daemon) -> None:
     from trackly_exec.store import Store as S
 
     listener = Count()
-    client: AsyncMongoClient = AsyncMongoClient(daemon.trackly.settings.mongo.uri.get_secret_value(), tz_aware=True,
-                                                event_listeners=[listener])
+    client: AsyncMongoClient = AsyncMongoClient(
+        daemon.trackly.settings.mongo.uri.get_secret_value(), tz_aware=True, event_listeners=[listener]
+    )
     try:
         counted = S(client, client[daemon.trackly.settings.mongo.database])
         real = daemon.trackly.store
         daemon.trackly.store = counted
         daemon.trackly.bus.store = counted
-        reports = [DeliveryReport(message_id=m.id, status="UNDELIVERABLE", delivered=False, error_code="E") for m in sent]
+        reports = [
+            DeliveryReport(message_id=m.id, status="UNDELIVERABLE", delivered=False, error_code="E") for m in sent
+        ]
         res = await ingest(daemon.trackly, "infobip", reports)
         daemon.trackly.store = real
         daemon.trackly.bus.store = real

@@ -17,8 +17,10 @@ from trackly_exec.store import Store
 
 from .tracking_support import Daemon, seed_sent, start_daemon
 
-BROWSER = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-           "Version/17.0 Mobile/15E148 Safari/604.1")
+BROWSER = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.0 Mobile/15E148 Safari/604.1"
+)
 DEST = "https://shop.example.com/sale?utm_source=sms&x=1"
 CODE = "Ab3_-xYz9QrS"
 
@@ -29,10 +31,20 @@ async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
         yield d
 
 
-async def _link(d: Daemon, code: str = CODE, message_id: str = f"{0:016x}", destination: str = DEST,
-                variant_key: str = "A") -> MessageShortLink:
-    link = MessageShortLink(id=code, message_id=message_id, destination=destination, account_id=1, campaign_id=7,
-                            execution_id=3, creative_id=789, variant_key=variant_key, contact_id=1000)
+async def _link(
+    d: Daemon, code: str = CODE, message_id: str = f"{0:016x}", destination: str = DEST, variant_key: str = "A"
+) -> MessageShortLink:
+    link = MessageShortLink(
+        id=code,
+        message_id=message_id,
+        destination=destination,
+        account_id=1,
+        campaign_id=7,
+        execution_id=3,
+        creative_id=789,
+        variant_key=variant_key,
+        contact_id=1000,
+    )
     await d.store[c.SHORT_LINKS].insert_one(link.to_doc())
     return link
 
@@ -57,37 +69,43 @@ async def test_redirects_to_stored_destination_and_records_click(daemon: Daemon)
     assert link["clicks"] == 1 and link["human_clicks"] == 1
 
 
-@pytest.mark.parametrize("path", [
-    f"/l/{CODE}?url=https://evil.example.com",
-    f"/l/{CODE}?next=//evil.example.com&redirect=https%3A%2F%2Fevil.example.com",
-    f"/l/{CODE}#https://evil.example.com",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/l/{CODE}?url=https://evil.example.com",
+        f"/l/{CODE}?next=//evil.example.com&redirect=https%3A%2F%2Fevil.example.com",
+        f"/l/{CODE}#https://evil.example.com",
+    ],
+)
 async def test_query_never_changes_the_location(daemon: Daemon, path: str) -> None:
     """Query strings such as ?url= are ignored: the Location is the stored destination."""
     await _link(daemon)
     assert await _get(daemon, path) == (302, DEST)
 
 
-@pytest.mark.parametrize("path", [
-    "/l//evil.example.com",
-    "/l/%2F%2Fevil.example.com",
-    "/l/https:%2F%2Fevil.example.com",
-    "/l/https://evil.example.com",
-    f"/l/{CODE}/https://evil.example.com",
-    f"/l/{CODE}//evil.example.com",
-    f"/l/{CODE}%2F%2Fevil.example.com",
-    f"/l/{CODE}@evil.example.com",
-    f"/l/{CODE}%40evil.example.com",
-    "/l/@evil.example.com",
-    "/l/user:pass@evil.example.com",
-    f"/l/{CODE}%3Furl%3Dhttps%3A%2F%2Fevil.example.com",
-    "/l/..%2F..%2Fevil",
-    "/l/%5Cevil.example.com",
-    "/l/ab",
-    "/l/" + "a" * 65,
-    "/l/NoSuchCode123",
-    "/l/",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/l//evil.example.com",
+        "/l/%2F%2Fevil.example.com",
+        "/l/https:%2F%2Fevil.example.com",
+        "/l/https://evil.example.com",
+        f"/l/{CODE}/https://evil.example.com",
+        f"/l/{CODE}//evil.example.com",
+        f"/l/{CODE}%2F%2Fevil.example.com",
+        f"/l/{CODE}@evil.example.com",
+        f"/l/{CODE}%40evil.example.com",
+        "/l/@evil.example.com",
+        "/l/user:pass@evil.example.com",
+        f"/l/{CODE}%3Furl%3Dhttps%3A%2F%2Fevil.example.com",
+        "/l/..%2F..%2Fevil",
+        "/l/%5Cevil.example.com",
+        "/l/ab",
+        "/l/" + "a" * 65,
+        "/l/NoSuchCode123",
+        "/l/",
+    ],
+)
 async def test_redirect_tricks_are_404(daemon: Daemon, path: str) -> None:
     """Path tricks (//host, encoded, @ forms, extra segments) and unknown codes answer 404, never a redirect."""
     await _link(daemon)
@@ -104,13 +122,28 @@ async def test_unsafe_stored_destination_is_404(daemon: Daemon) -> None:
     assert await daemon.store[c.CLICKS].count_documents({}) == 0
 
 
-@pytest.mark.parametrize("ua", [
-    "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", "facebookexternalhit/1.1", "Twitterbot/1.0",
-    "WhatsApp/2.23.20.0 A", "TelegramBot (like TwitterBot)", "Mozilla/5.0 (compatible; Discordbot/2.0)",
-    "LinkedInBot/1.0", "Mozilla/5.0 (compatible; Googlebot/2.1)", "Mozilla/5.0 (compatible; bingbot/2.0)",
-    "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 (KHTML, like Gecko) Applebot/0.1", "curl/8.4.0", "Wget/1.21",
-    "python-requests/2.31.0", "SomeCrawler/1.0", "Spider-X", "LinkPreview/2", "",
-])
+@pytest.mark.parametrize(
+    "ua",
+    [
+        "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+        "facebookexternalhit/1.1",
+        "Twitterbot/1.0",
+        "WhatsApp/2.23.20.0 A",
+        "TelegramBot (like TwitterBot)",
+        "Mozilla/5.0 (compatible; Discordbot/2.0)",
+        "LinkedInBot/1.0",
+        "Mozilla/5.0 (compatible; Googlebot/2.1)",
+        "Mozilla/5.0 (compatible; bingbot/2.0)",
+        "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 (KHTML, like Gecko) Applebot/0.1",
+        "curl/8.4.0",
+        "Wget/1.21",
+        "python-requests/2.31.0",
+        "SomeCrawler/1.0",
+        "Spider-X",
+        "LinkPreview/2",
+        "",
+    ],
+)
 def test_bot_user_agents(ua: str) -> None:
     """Link previews, crawlers and HTTP libraries (and an empty user agent) are bots."""
     assert bot_user_agent(ua) is not None
@@ -118,8 +151,12 @@ def test_bot_user_agents(ua: str) -> None:
 
 def test_browsers_are_not_bots() -> None:
     """Ordinary mobile and desktop browsers are not bots."""
-    for ua in (BROWSER, "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-               "Chrome/120.0 Mobile Safari/537.36", "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0"):
+    for ua in (
+        BROWSER,
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/120.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
+    ):
         assert bot_user_agent(ua) is None
 
 
@@ -133,7 +170,7 @@ async def test_bot_clicks_are_flagged_and_counted_apart(daemon: Daemon) -> None:
     assert (await _get(daemon, "/l/linkAAAA0001", ua="Slackbot-LinkExpanding 1.0"))[0] == 302
     assert (await _get(daemon, "/l/linkAAAA0001", method="HEAD"))[0] == 302
     assert (await _get(daemon, "/l/linkAAAA0001"))[0] == 302
-    assert (await _get(daemon, "/l/linkBBBB0001"))[0] == 302      # a second after delivery: too fast for a human
+    assert (await _get(daemon, "/l/linkBBBB0001"))[0] == 302  # a second after delivery: too fast for a human
     reasons = sorted(x["bot_reason"] or "human" for x in await daemon.store[c.CLICKS].find({}).to_list(None))
     assert reasons == ["head_request", "human", "too_soon_after_delivery", "user_agent:slackbot"]
     la = await daemon.store[c.SHORT_LINKS].find_one({"_id": "linkAAAA0001"})
@@ -154,11 +191,11 @@ async def test_click_stats_per_campaign_and_variant(daemon: Daemon) -> None:
     old = utcnow() - dt.timedelta(hours=1)
     sent_a = await seed_sent(daemon.store, 4, timestamp=old, variant_key="A")
     sent_b = await seed_sent(daemon.store, 2, start=10, timestamp=old, variant_key="B")
-    await seed_sent(daemon.store, 3, start=20, timestamp=old, campaign_id=8)     # another campaign
+    await seed_sent(daemon.store, 3, start=20, timestamp=old, campaign_id=8)  # another campaign
     for i, m in enumerate(sent_a[:2] + sent_b[:1]):
         await _link(daemon, code=f"stats{i:07d}", message_id=m.id, variant_key=m.variant_key or "")
     await _get(daemon, "/l/stats0000000")
-    await _get(daemon, "/l/stats0000000")                     # a second click on the same message counts once
+    await _get(daemon, "/l/stats0000000")  # a second click on the same message counts once
     await _get(daemon, "/l/stats0000001", ua="facebookexternalhit/1.1")
     await _get(daemon, "/l/stats0000002")
     human = await click_stats(daemon.store, campaign_id=7)

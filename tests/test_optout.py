@@ -40,21 +40,50 @@ async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
 
 def mo(text: str, sender: str = PHONE, to: str = LIST_NUMBER, message_id: str = "MO1") -> str:
     """An Infobip inbound (MO_JSON_2) body; numbers without '+', as Infobip sends them."""
-    return json.dumps({"results": [{"messageId": message_id, "from": sender.lstrip("+"), "to": to.lstrip("+"),
-                                    "text": text, "cleanText": "", "keyword": text.split()[0] if text.split() else "",
-                                    "receivedAt": "2026-11-29T10:00:00.000+0000", "smsCount": 1,
-                                    "price": {"pricePerMessage": 0, "currency": "EUR"}}],
-                       "messageCount": 1, "pendingMessageCount": 0})
+    return json.dumps(
+        {
+            "results": [
+                {
+                    "messageId": message_id,
+                    "from": sender.lstrip("+"),
+                    "to": to.lstrip("+"),
+                    "text": text,
+                    "cleanText": "",
+                    "keyword": text.split()[0] if text.split() else "",
+                    "receivedAt": "2026-11-29T10:00:00.000+0000",
+                    "smsCount": 1,
+                    "price": {"pricePerMessage": 0, "currency": "EUR"},
+                }
+            ],
+            "messageCount": 1,
+            "pendingMessageCount": 0,
+        }
+    )
 
 
 async def _subscribed(d: Daemon, contact_id: int) -> bool | None:
     return tri((await d.store[c.CONTACTS].find_one({"_id": contact_id}))["subscribed"])
 
 
-@pytest.mark.parametrize("text,word", [("STOP", "STOP"), ("  stop\n", "STOP"), ("Unsubscribe", "UNSUBSCRIBE"),
-                                       ("cancel", "CANCEL"), ("END", "END"), ("quit", "QUIT"), ("REVOKE", "REVOKE"),
-                                       ("optout", "OPTOUT"), ("StopAll", "STOPALL"), ("STOP PLEASE", None),
-                                       ("please stop", None), ("", None), ("start", "START"), ("help", "HELP")])
+@pytest.mark.parametrize(
+    "text,word",
+    [
+        ("STOP", "STOP"),
+        ("  stop\n", "STOP"),
+        ("Unsubscribe", "UNSUBSCRIBE"),
+        ("cancel", "CANCEL"),
+        ("END", "END"),
+        ("quit", "QUIT"),
+        ("REVOKE", "REVOKE"),
+        ("optout", "OPTOUT"),
+        ("StopAll", "STOPALL"),
+        ("STOP PLEASE", None),
+        ("please stop", None),
+        ("", None),
+        ("start", "START"),
+        ("help", "HELP"),
+    ],
+)
 def test_keywords_are_whole_messages(text: str, word: str | None) -> None:
     """Keywords match only as the whole (trimmed, case-insensitive) message."""
     assert keyword(text) == word
@@ -69,11 +98,17 @@ async def test_stop_unsubscribes_on_the_list_of_that_number(daemon: Daemon) -> N
     await seed_contact(daemon.store, contact_id=2, list_id=2, phone=PHONE)
     await seed_contact(daemon.store, contact_id=3, list_id=1, phone="+14155550124")
     assert (await daemon.post(IB_INBOUND, mo(" Stop ")))[0] == 200
-    assert (await _subscribed(daemon, 1), await _subscribed(daemon, 2), await _subscribed(daemon, 3)) == (False, True, True)
+    assert (await _subscribed(daemon, 1), await _subscribed(daemon, 2), await _subscribed(daemon, 3)) == (
+        False,
+        True,
+        True,
+    )
     [stored] = await daemon.store[c.INBOUND].find({}).to_list(None)
     assert stored["from_number"] == PHONE and stored["keyword"] == "STOP" and stored["sending_list_ids"] == [1]
     [event] = await daemon.store[c.EVENTS].find({"kind": "opt_out"}).to_list(None)
-    assert event["data"]["phone"] == PHONE and event["data"]["keyword"] == "STOP" and event["data"]["sending_list_id"] == 1
+    assert (
+        event["data"]["phone"] == PHONE and event["data"]["keyword"] == "STOP" and event["data"]["sending_list_id"] == 1
+    )
 
 
 async def test_not_a_keyword_changes_nothing_but_is_stored(daemon: Daemon) -> None:
@@ -104,8 +139,14 @@ async def test_start_resubscribes(daemon: Daemon) -> None:
     await seed_account(daemon.store)
     await seed_list(daemon.store)
     await seed_contact(daemon.store, contact_id=1, phone=PHONE)
-    for text, expected, mid in (("STOP", False, "a"), ("START", True, "b"), ("QUIT", False, "c"), ("yes", True, "d"),
-                                ("end", False, "e"), ("UNSTOP", True, "f")):
+    for text, expected, mid in (
+        ("STOP", False, "a"),
+        ("START", True, "b"),
+        ("QUIT", False, "c"),
+        ("yes", True, "d"),
+        ("end", False, "e"),
+        ("UNSTOP", True, "f"),
+    ):
         assert (await daemon.post(IB_INBOUND, mo(text, message_id=mid)))[0] == 200
         assert await _subscribed(daemon, 1) is expected, text
 
@@ -114,8 +155,15 @@ async def test_help_answers_with_twiml_on_twilio(daemon: Daemon) -> None:
     """HELP through a signed Twilio inbound webhook answers TwiML with the list's help text (XML-escaped)."""
     await seed_account(daemon.store)
     await seed_list(daemon.store, driver="twilio", help_text="Acme <alerts>: reply STOP to opt out")
-    params = {"AccountSid": "AC" + "0" * 32, "Body": "help", "From": PHONE, "To": LIST_NUMBER, "MessageSid": "SM9",
-              "NumMedia": "0", "SmsStatus": "received"}
+    params = {
+        "AccountSid": "AC" + "0" * 32,
+        "Body": "help",
+        "From": PHONE,
+        "To": LIST_NUMBER,
+        "MessageSid": "SM9",
+        "NumMedia": "0",
+        "SmsStatus": "received",
+    }
     status, body = await daemon.twilio("/webhooks/twilio/inbound", params)
     assert status == 200
     text = body.decode()
@@ -129,8 +177,15 @@ async def test_cm_inbound_stop(daemon: Daemon) -> None:
     await seed_account(daemon.store)
     await seed_list(daemon.store, driver="cm")
     await seed_contact(daemon.store, contact_id=1, phone=PHONE)
-    body = json.dumps({"reference": "r1", "from": {"number": "0014155550123"}, "to": {"number": "0014155550100"},
-                       "message": {"text": "STOP"}, "channel": "SMS"})
+    body = json.dumps(
+        {
+            "reference": "r1",
+            "from": {"number": "0014155550123"},
+            "to": {"number": "0014155550100"},
+            "message": {"text": "STOP"},
+            "channel": "SMS",
+        }
+    )
     assert (await daemon.post(f"/webhooks/cm/inbound/{CM_TOKEN}", body))[0] == 200
     assert await _subscribed(daemon, 1) is False
 
@@ -143,8 +198,13 @@ async def test_forged_inbound_is_403_and_changes_nothing(daemon: Daemon) -> None
     before = await snapshot(daemon.store)
     assert (await daemon.post("/webhooks/infobip/inbound", mo("STOP")))[0] == 403
     assert (await daemon.post("/webhooks/infobip/inbound/wrong", mo("STOP")))[0] == 403
-    assert (await daemon.post("/webhooks/twilio/inbound", "From=%2B14155550123&To=%2B14155550100&Body=STOP",
-                              "application/x-www-form-urlencoded"))[0] == 403
+    assert (
+        await daemon.post(
+            "/webhooks/twilio/inbound",
+            "From=%2B14155550123&To=%2B14155550100&Body=STOP",
+            "application/x-www-form-urlencoded",
+        )
+    )[0] == 403
     assert (await daemon.post(IB_INBOUND, '{"results": [{"to": "1"}]}'))[0] == 400
     assert await snapshot(daemon.store) == before
 
@@ -162,8 +222,14 @@ async def test_duplicate_inbound_is_stored_once(daemon: Daemon) -> None:
 
 
 def _requeue(doc: dict[str, Any], execution_id: int) -> dict[str, Any]:
-    return {**doc, "_id": f"{doc['_id'][:4]}{execution_id:04x}{doc['_id'][8:]}", "execution_id": execution_id,
-            "claimed_by": None, "claimed_at": None, "sending_at": None}
+    return {
+        **doc,
+        "_id": f"{doc['_id'][:4]}{execution_id:04x}{doc['_id'][8:]}",
+        "execution_id": execution_id,
+        "claimed_by": None,
+        "claimed_at": None,
+        "sending_at": None,
+    }
 
 
 async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, store: Store) -> None:
@@ -179,9 +245,9 @@ async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, stor
             contacts = {x["_id"]: x for x in await store[c.CONTACTS].find({}).to_list(None)}
             first_docs = await store[c.QUEUED].find({}).to_list(None)
             coordinator = Coordinator(d.trackly)
-            await coordinator.run_until_idle()                        # first half of the campaign
+            await coordinator.run_until_idle()  # first half of the campaign
             assert len(fake.ledger) == 10
-            second = [_requeue(doc, 2) for doc in first_docs]         # the rest of the campaign is queued
+            second = [_requeue(doc, 2) for doc in first_docs]  # the rest of the campaign is queued
             await store[c.QUEUED].insert_many(second)
             stopper = contacts[3]
             status, _ = await d.post(IB_INBOUND, mo("STOP", sender=stopper["phone"], to="+15550000000"))
@@ -190,10 +256,10 @@ async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, stor
             blocked = await store[c.FAILED].find({"contact_id": 3}).to_list(None)
             assert [(f["execution_id"], f["reason"]) for f in blocked] == [(2, "CONTACT_BLOCKED")]
             late = _requeue(next(doc for doc in first_docs if doc["contact_id"] == 3), 3)
-            await store[c.QUEUED].insert_one(late)                    # queued after the STOP, e.g. by a race
-            await coordinator.run_until_idle()                        # second half
+            await store[c.QUEUED].insert_one(late)  # queued after the STOP, e.g. by a race
+            await coordinator.run_until_idle()  # second half
             phone = contacts[3]["phone"]
-            assert [e.to for e in fake.ledger].count(phone) == 1      # only the first-half message
+            assert [e.to for e in fake.ledger].count(phone) == 1  # only the first-half message
             assert len(fake.ledger) == 19
             late_record = await store[c.FAILED].find_one({"_id": late["_id"]})
             assert late_record is not None and late_record["reason"] == "CONTACT_BLOCKED"

@@ -22,8 +22,19 @@ from trackly_exec.store import Store
 from .tracking_support import IB_STATUS, Daemon, infobip_body, infobip_report, seed_account, seed_sent, start_daemon
 
 SECRET = "whsec_test_0123456789"
-FIELDS = {"id", "account", "sendingList", "messageCreative", "fromNumber", "toNumber", "delivered", "sendType",
-          "filterBots", "length", "timestamp"}
+FIELDS = {
+    "id",
+    "account",
+    "sendingList",
+    "messageCreative",
+    "fromNumber",
+    "toNumber",
+    "delivered",
+    "sendType",
+    "filterBots",
+    "length",
+    "timestamp",
+}
 
 
 class Receiver:
@@ -96,20 +107,22 @@ def _independent_check(headers: dict[str, str], body: bytes) -> bool:
     return abs(time.time() - int(ts)) <= 300 and hmac.compare_digest(headers["X-Trackly-Signature"], "v1=" + expected)
 
 
-async def test_fails_then_recovers_delivered_once_with_valid_signature(daemon: Daemon, receivers: list[Receiver]) -> None:
+async def test_fails_then_recovers_delivered_once_with_valid_signature(
+    daemon: Daemon, receivers: list[Receiver]
+) -> None:
     """A 500 then 200 endpoint gets the event retried with backoff and delivered exactly once, correctly signed."""
     rcv = await _receiver(receivers, 500)
     await seed_account(daemon.store, webhook_url=rcv.url, secret=SECRET)
     [m] = await seed_sent(daemon.store, 1)
     report = infobip_body(infobip_report(m.id))
     assert (await daemon.post(IB_STATUS, report))[0] == 200
-    assert (await daemon.post(IB_STATUS, report))[0] == 200        # duplicate report: still one event
+    assert (await daemon.post(IB_STATUS, report))[0] == 200  # duplicate report: still one event
     outbox = Outbox(daemon.trackly)
     try:
         assert (await outbox.run_until_idle())["failed"] == 1
         entry = await daemon.store[c.OUTBOX].find_one({})
         assert entry["status"] == "pending" and entry["attempts"] == 1 and entry["next_attempt_at"] > utcnow()
-        assert (await outbox.run_until_idle())["attempts"] == 0      # not due yet: nothing is re-sent early
+        assert (await outbox.run_until_idle())["attempts"] == 0  # not due yet: nothing is re-sent early
         later = utcnow() + dt.timedelta(hours=1)
         assert (await outbox.run_until_idle(now=later))["delivered"] == 1
         assert (await outbox.run_until_idle(now=later + dt.timedelta(hours=2)))["attempts"] == 0
@@ -138,7 +151,9 @@ async def test_batch_with_a_failed_event_continues_it_alone(daemon: Daemon, rece
     sent = await seed_sent(daemon.store, 3)
     assert (await daemon.post(IB_STATUS, infobip_body(*(infobip_report(m.id) for m in sent))))[0] == 200
     [batch] = await daemon.store[c.OUTBOX].find({}).to_list(None)
-    assert batch["_id"].startswith("batch:") and [e["id"] for e in batch["events"]] == [f"{m.id}:delivery" for m in sent]
+    assert batch["_id"].startswith("batch:") and [e["id"] for e in batch["events"]] == [
+        f"{m.id}:delivery" for m in sent
+    ]
     outbox = Outbox(daemon.trackly)
     try:
         first = await outbox.run_until_idle()
@@ -193,8 +208,9 @@ async def test_filter_bots_comes_from_the_account(daemon: Daemon) -> None:
     assert (await daemon.store[c.OUTBOX].find_one({}))["payload"]["filterBots"] is True
 
 
-async def test_hanging_endpoint_delays_neither_ingestion_nor_other_accounts(daemon: Daemon,
-                                                                            receivers: list[Receiver]) -> None:
+async def test_hanging_endpoint_delays_neither_ingestion_nor_other_accounts(
+    daemon: Daemon, receivers: list[Receiver]
+) -> None:
     """While one account's endpoint hangs, reports are ingested at full speed and another account is served."""
     hung = await _receiver(receivers, hang=True)
     good = await _receiver(receivers)
@@ -220,7 +236,7 @@ async def test_hanging_endpoint_delays_neither_ingestion_nor_other_accounts(daem
     finally:
         await outbox.stop(0.5)
     per_account = daemon.trackly.settings.tracking.outbox_per_account_concurrency
-    assert len(hung.requests) <= per_account       # the batch stops after its first timeouts: no 50 hung POSTs
+    assert len(hung.requests) <= per_account  # the batch stops after its first timeouts: no 50 hung POSTs
 
 
 def test_verify_signature() -> None:
@@ -229,7 +245,7 @@ def test_verify_signature() -> None:
     ts = str(int(time.time()))
     header = sign(SECRET, ts, body)
     assert verify_signature(SECRET, ts, body, header)
-    assert verify_signature(SECRET, ts, body.decode(), "v1=deadbeef, " + header)   # rotation: any v1 matches
+    assert verify_signature(SECRET, ts, body.decode(), "v1=deadbeef, " + header)  # rotation: any v1 matches
     assert not verify_signature(SECRET, ts, body + b" ", header)
     assert not verify_signature("other", ts, body, header)
     old = str(int(time.time()) - 301)

@@ -50,8 +50,11 @@ async def test_wrong_or_missing_path_token_is_403_and_changes_nothing(daemon: Da
     await seed_sent(daemon.store, 1, provider="cm", start=50)
     before = await snapshot(daemon.store)
     body = infobip_body(infobip_report(sent[0].id))
-    for path in ("/webhooks/infobip/status", "/webhooks/infobip/status/wrong-token",
-                 f"/webhooks/infobip/status/{IB_TOKEN[:-1]}"):
+    for path in (
+        "/webhooks/infobip/status",
+        "/webhooks/infobip/status/wrong-token",
+        f"/webhooks/infobip/status/{IB_TOKEN[:-1]}",
+    ):
         assert (await daemon.post(path, body))[0] == 403
     assert (await daemon.post("/webhooks/cm/status/nope", cm_report(f"{50:016x}")))[0] == 403
     assert (await daemon.post("/webhooks/cm/status", cm_report(f"{50:016x}")))[0] == 403
@@ -75,9 +78,11 @@ async def test_twilio_signature_forgeries_are_403(daemon: Daemon) -> None:
     from twilio.request_validator import RequestValidator
 
     from .tracking_support import PUBLIC, TW_TOKEN
+
     sig = RequestValidator(TW_TOKEN).compute_signature(PUBLIC + f"/webhooks/twilio/status?mid={'f' * 16}", params)
-    status, _ = await daemon.post(path, urlencode(params), "application/x-www-form-urlencoded",
-                                  {"X-Twilio-Signature": sig})
+    status, _ = await daemon.post(
+        path, urlencode(params), "application/x-www-form-urlencoded", {"X-Twilio-Signature": sig}
+    )
     assert status == 403
     assert await snapshot(daemon.store) == before
 
@@ -86,7 +91,9 @@ async def test_twilio_signed_callback_is_applied(daemon: Daemon) -> None:
     """A correctly signed Twilio status callback (signature by the twilio package) records the final state."""
     await seed_account(daemon.store)
     sent = await seed_sent(daemon.store, 1, provider="twilio")
-    status, _ = await daemon.twilio(f"/webhooks/twilio/status?mid={sent[0].id}", twilio_status("P0", "undelivered", "30003"))
+    status, _ = await daemon.twilio(
+        f"/webhooks/twilio/status?mid={sent[0].id}", twilio_status("P0", "undelivered", "30003")
+    )
     assert status == 200
     doc = await daemon.store[c.SENT].find_one({"_id": sent[0].id})
     assert doc["delivered"] == 0 and doc["delivery_status"] == "undelivered" and doc["delivery_error_code"] == "30003"
@@ -105,6 +112,7 @@ async def test_oversized_body_is_413(daemon: Daemon) -> None:
 
 async def test_oversized_chunked_body_is_413(daemon: Daemon) -> None:
     """A chunked body (no Content-Length) over the limit is cut off with 413 too."""
+
     async def gen() -> AsyncIterator[bytes]:
         for _ in range(100):
             yield b"x" * 1024
@@ -136,11 +144,14 @@ async def test_unknown_ids_are_200_and_create_nothing(daemon: Daemon) -> None:
     """Reports for message ids we never sent answer 200 and create no record anywhere."""
     await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
     before = await snapshot(daemon.store)
-    status, body = await daemon.post(IB_STATUS, infobip_body(infobip_report("feedfacefeedface"),
-                                                             infobip_report("deadbeefdeadbeef")))
+    status, body = await daemon.post(
+        IB_STATUS, infobip_body(infobip_report("feedfacefeedface"), infobip_report("deadbeefdeadbeef"))
+    )
     assert status == 200 and json.loads(body)["unknown"] == 2
     assert (await daemon.post(CM_STATUS, cm_report("0123456789abcdef")))[0] == 200
-    assert (await daemon.twilio("/webhooks/twilio/status?mid=abababababababab", twilio_status("SMx", "delivered")))[0] == 200
+    assert (await daemon.twilio("/webhooks/twilio/status?mid=abababababababab", twilio_status("SMx", "delivered")))[
+        0
+    ] == 200
     assert await snapshot(daemon.store) == before
 
 

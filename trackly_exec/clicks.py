@@ -64,8 +64,15 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-async def record_click(trackly: Trackly, link: dict[str, Any], *, user_agent: str | None, ip: str | None,
-                       method: str = "GET", at: dt.datetime | None = None) -> dict[str, Any]:
+async def record_click(
+    trackly: Trackly,
+    link: dict[str, Any],
+    *,
+    user_agent: str | None,
+    ip: str | None,
+    method: str = "GET",
+    at: dt.datetime | None = None,
+) -> dict[str, Any]:
     """Store one click on ``link`` (a MessageShortLink document) and count it; returns the click document."""
     at = at or utcnow()
     reason = "head_request" if method.upper() == "HEAD" else bot_user_agent(user_agent)
@@ -97,7 +104,8 @@ async def record_click(trackly: Trackly, link: dict[str, Any], *, user_agent: st
     }
     await trackly.store[c.CLICKS].insert_one(click)
     await trackly.store[c.SHORT_LINKS].update_one(
-        {"_id": link["_id"]}, {"$inc": {"clicks": 1, "human_clicks": 0 if click["bot"] else 1}})
+        {"_id": link["_id"]}, {"$inc": {"clicks": 1, "human_clicks": 0 if click["bot"] else 1}}
+    )
     return click
 
 
@@ -105,8 +113,9 @@ def _rate(clicked: int, sent: int) -> float:
     return round(clicked / sent, 6) if sent else 0.0
 
 
-async def click_stats(store: Any, *, campaign_id: int | None = None, creative_id: int | None = None,
-                      filter_bots: bool = True) -> dict[str, Any]:
+async def click_stats(
+    store: Any, *, campaign_id: int | None = None, creative_id: int | None = None, filter_bots: bool = True
+) -> dict[str, Any]:
     """Click rate (clicked messages / sent messages) for a campaign and/or creative, overall and per variant.
 
     ``{"campaign_id", "creative_id", "filter_bots", "sent", "clicked", "rate",
@@ -118,8 +127,9 @@ async def click_stats(store: Any, *, campaign_id: int | None = None, creative_id
     if creative_id is not None:
         match["creative_id"] = creative_id
     sent_match = {**match, "submitted": {"$ne": False}}
-    rows = await (await store[c.SENT].aggregate(
-        [{"$match": sent_match}, {"$group": {"_id": "$variant_key", "n": {"$sum": 1}}}])).to_list(None)
+    rows = await (
+        await store[c.SENT].aggregate([{"$match": sent_match}, {"$group": {"_id": "$variant_key", "n": {"$sum": 1}}}])
+    ).to_list(None)
     sent_by_variant: dict[str, int] = {}
     total_sent = 0
     for row in rows:
@@ -135,6 +145,12 @@ async def click_stats(store: Any, *, campaign_id: int | None = None, creative_id
         clicked = len(await store[c.CLICKS].distinct("message_id", {**click_match, "variant_key": key}))
         sent = sent_by_variant.get(key, 0)
         variants[key] = {"sent": sent, "clicked": clicked, "rate": _rate(clicked, sent)}
-    return {"campaign_id": campaign_id, "creative_id": creative_id, "filter_bots": filter_bots,
-            "sent": total_sent, "clicked": total_clicked, "rate": _rate(total_clicked, total_sent),
-            "variants": variants}
+    return {
+        "campaign_id": campaign_id,
+        "creative_id": creative_id,
+        "filter_bots": filter_bots,
+        "sent": total_sent,
+        "clicked": total_clicked,
+        "rate": _rate(total_clicked, total_sent),
+        "variants": variants,
+    }

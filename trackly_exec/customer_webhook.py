@@ -64,14 +64,29 @@ def webhook_payload(message: Mapping[str, Any], account: Mapping[str, Any]) -> d
 
 
 def _common(account_id: int, now: dt.datetime, next_at: dt.datetime | None = None, attempts: int = 0) -> dict[str, Any]:
-    return {"account_id": account_id, "status": PENDING, "attempts": attempts, "created_at": now,
-            "next_attempt_at": next_at or now, "claimed_by": None, "last_error": None, "last_status": None,
-            "delivered_at": None}
+    return {
+        "account_id": account_id,
+        "status": PENDING,
+        "attempts": attempts,
+        "created_at": now,
+        "next_attempt_at": next_at or now,
+        "claimed_by": None,
+        "last_error": None,
+        "last_status": None,
+        "delivered_at": None,
+    }
 
 
-def single_entry(eid: str, account_id: int, payload: dict[str, Any], now: dt.datetime, *,
-                 next_at: dt.datetime | None = None, attempts: int = 0,
-                 created_at: dt.datetime | None = None) -> dict[str, Any]:
+def single_entry(
+    eid: str,
+    account_id: int,
+    payload: dict[str, Any],
+    now: dt.datetime,
+    *,
+    next_at: dt.datetime | None = None,
+    attempts: int = 0,
+    created_at: dt.datetime | None = None,
+) -> dict[str, Any]:
     """An outbox document for one event (``_id`` = the event id)."""
     doc = {"_id": eid, "message_id": payload["id"], "payload": payload, **_common(account_id, now, next_at, attempts)}
     if created_at is not None:
@@ -84,8 +99,11 @@ def outbox_documents(account_id: int, events: Sequence[tuple[str, dict[str, Any]
     if len(events) == 1:
         eid, payload = events[0]
         return single_entry(eid, account_id, payload, now)
-    return {"_id": f"batch:{uuid.uuid4().hex}", "events": [{"id": e, "payload": p} for e, p in events],
-            **_common(account_id, now)}
+    return {
+        "_id": f"batch:{uuid.uuid4().hex}",
+        "events": [{"id": e, "payload": p} for e, p in events],
+        **_common(account_id, now),
+    }
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -94,8 +112,9 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"v1={mac}"
 
 
-def verify_signature(secret: str, timestamp: str, body: bytes | str, header: str, tolerance: float = 300,
-                     *, now: float | None = None) -> bool:
+def verify_signature(
+    secret: str, timestamp: str, body: bytes | str, header: str, tolerance: float = 300, *, now: float | None = None
+) -> bool:
     """Receiver side: True when ``header`` holds a valid ``v1=`` signature of ``timestamp.body`` and the
     timestamp is within ``tolerance`` seconds of now (older or future timestamps are rejected: replays)."""
     if isinstance(body, str):

@@ -28,19 +28,30 @@ from pymongo.errors import BulkWriteError
 
 from . import constants as c
 from .app import Trackly
+from .customer_webhook import event_id, outbox_documents, webhook_payload
 from .driver import DeliveryReport
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import FailureReason, MessageFields, MessageSent, utcnow
-from .customer_webhook import event_id, outbox_documents, webhook_payload
 
 log = get_logger(__name__)
 
 #: MessageSent fields read for matching, the customer webhook and the side effects.
 _SENT_FIELDS = {
-    "delivered": 1, "provider": 1, "provider_message_id": 1, "account_id": 1, "sending_list_id": 1,
-    "campaign_id": 1, "creative_id": 1, "contact_id": 1, "from_number": 1, "to_number": 1, "send_type": 1,
-    "length": 1, "timestamp": 1, "resolved_from_no_response": 1,
+    "delivered": 1,
+    "provider": 1,
+    "provider_message_id": 1,
+    "account_id": 1,
+    "sending_list_id": 1,
+    "campaign_id": 1,
+    "creative_id": 1,
+    "contact_id": 1,
+    "from_number": 1,
+    "to_number": 1,
+    "send_type": 1,
+    "length": 1,
+    "timestamp": 1,
+    "resolved_from_no_response": 1,
 }
 
 
@@ -50,11 +61,11 @@ class IngestResult:
 
     received: int = 0
     matched: int = 0
-    updated: int = 0            # state changes: final states recorded plus intermediate statuses moved
-    final: int = 0              # final states recorded (delivered True/False), resolutions included
-    ignored: int = 0            # matched, but already final (duplicate, out of order, late)
+    updated: int = 0  # state changes: final states recorded plus intermediate statuses moved
+    final: int = 0  # final states recorded (delivered True/False), resolutions included
+    ignored: int = 0  # matched, but already final (duplicate, out of order, late)
     unknown: int = 0
-    resolved: int = 0           # NO_RESPONSE messages turned into MessageSent
+    resolved: int = 0  # NO_RESPONSE messages turned into MessageSent
     outbox: int = 0
     unknown_ids: list[str] = field(default_factory=list)
 
@@ -115,21 +126,25 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
         for doc in await db[c.SENT].find({"_id": {"$in": ids}}, _SENT_FIELDS).to_list(None):
             sent[doc["_id"]] = doc
     if pids:
-        for doc in await db[c.SENT].find(
-            {"provider": {"$in": sorted(allowed)}, "provider_message_id": {"$in": pids}}, _SENT_FIELDS
-        ).to_list(None):
+        for doc in (
+            await db[c.SENT]
+            .find({"provider": {"$in": sorted(allowed)}, "provider_message_id": {"$in": pids}}, _SENT_FIELDS)
+            .to_list(None)
+        ):
             by_pid[doc["provider_message_id"]] = doc
 
     # 2. NO_RESPONSE dead letters for the ids MessageSent lacks.
     missing = [i for i in ids if i not in sent]
     failed: dict[str, dict[str, Any]] = {}
     if missing:
-        for doc in await db[c.FAILED].find({"_id": {"$in": missing}, "reason": str(FailureReason.NO_RESPONSE)}).to_list(None):
+        for doc in (
+            await db[c.FAILED].find({"_id": {"$in": missing}, "reason": str(FailureReason.NO_RESPONSE)}).to_list(None)
+        ):
             if doc.get("provider") in (None, *allowed):
                 failed[doc["_id"]] = doc
 
     ops: list[UpdateOne] = []
-    planned: list[tuple[DeliveryReport, dict[str, Any]]] = []   # (report, message doc) of each update
+    planned: list[tuple[DeliveryReport, dict[str, Any]]] = []  # (report, message doc) of each update
     resolutions: list[tuple[DeliveryReport, dict[str, Any]]] = []
     stale_dead_letters: list[str] = []
     for r in reports:
@@ -145,8 +160,12 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
         if doc.get("provider") not in allowed:
             res.unknown += 1
             res.unknown_ids.append(doc["_id"])
-            log.warning("delivery_report_provider_mismatch", message_id=doc["_id"], provider=provider,
-                        recorded=doc.get("provider"))
+            log.warning(
+                "delivery_report_provider_mismatch",
+                message_id=doc["_id"],
+                provider=provider,
+                recorded=doc.get("provider"),
+            )
             continue
         res.matched += 1
         if doc.get("resolved_from_no_response"):
@@ -187,12 +206,17 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
     return res
 
 
-async def _still_applied(trackly: Trackly, planned: list[tuple[DeliveryReport, dict[str, Any]]]
-                         ) -> list[tuple[DeliveryReport, dict[str, Any]]]:
+async def _still_applied(
+    trackly: Trackly, planned: list[tuple[DeliveryReport, dict[str, Any]]]
+) -> list[tuple[DeliveryReport, dict[str, Any]]]:
     """After a race with a concurrent request: keep the updates whose outcome is what is stored now."""
     ids = [doc["_id"] for _, doc in planned]
-    rows = {d["_id"]: d for d in await trackly.store[c.SENT].find(
-        {"_id": {"$in": ids}}, {"delivered": 1, "delivery_status": 1}).to_list(None)}
+    rows = {
+        d["_id"]: d
+        for d in await trackly.store[c.SENT]
+        .find({"_id": {"$in": ids}}, {"delivered": 1, "delivery_status": 1})
+        .to_list(None)
+    }
     out = []
     for r, doc in planned:
         row = rows.get(doc["_id"], {})
@@ -201,16 +225,22 @@ async def _still_applied(trackly: Trackly, planned: list[tuple[DeliveryReport, d
     return out
 
 
-async def _resolve(trackly: Trackly, provider: str, items: list[tuple[DeliveryReport, dict[str, Any]]],
-                   now: dt.datetime) -> list[tuple[DeliveryReport, dict[str, Any]]]:
+async def _resolve(
+    trackly: Trackly, provider: str, items: list[tuple[DeliveryReport, dict[str, Any]]], now: dt.datetime
+) -> list[tuple[DeliveryReport, dict[str, Any]]]:
     """Turn NO_RESPONSE dead letters into MessageSent records (the report proves the provider accepted them)."""
     docs: list[dict[str, Any]] = []
     for r, f in items:
         fields = {k: f[k] for k in MessageFields.model_fields if k in f}
         sent = MessageSent(
-            id=f["_id"], **fields, submitted=True, provider=f.get("provider") or provider,
-            provider_message_id=r.provider_message_id, timestamp=f.get("failed_at") or now,
-            delivery_status=r.status, resolved_from_no_response=True,
+            id=f["_id"],
+            **fields,
+            submitted=True,
+            provider=f.get("provider") or provider,
+            provider_message_id=r.provider_message_id,
+            timestamp=f.get("failed_at") or now,
+            delivery_status=r.status,
+            resolved_from_no_response=True,
         ).to_doc()
         sent.update(_delivery_set(r, now))
         docs.append(sent)
@@ -231,9 +261,13 @@ async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, dic
     """The customer-webhook events of this batch's final states, one outbox document per account (a single
     entry, or a batch of events): for accounts with a ``webhook_url`` only. Returns the number of events."""
     account_ids = list({doc["account_id"] for _, doc in finals})
-    accounts = {a["_id"]: a for a in await trackly.store[c.ACCOUNTS].find(
-        {"_id": {"$in": account_ids}, "webhook_url": {"$ne": None}}, {"filter_bots": 1, "webhook_url": 1}
-    ).to_list(None) if a.get("webhook_url")}
+    accounts = {
+        a["_id"]: a
+        for a in await trackly.store[c.ACCOUNTS]
+        .find({"_id": {"$in": account_ids}, "webhook_url": {"$ne": None}}, {"filter_bots": 1, "webhook_url": 1})
+        .to_list(None)
+        if a.get("webhook_url")
+    }
     by_account: dict[int, list[tuple[str, dict[str, Any]]]] = {}
     for r, doc in finals:
         account = accounts.get(doc["account_id"])
@@ -260,7 +294,8 @@ async def _unsubscribe(trackly: Trackly, docs: list[dict[str, Any]]) -> None:
     if not contact_ids:
         return
     await trackly.store[c.CONTACTS].update_many(
-        {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": utcnow()}})
+        {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": utcnow()}}
+    )
     log.info("contacts_unsubscribed_by_report", count=len(contact_ids))
 
 
@@ -268,15 +303,33 @@ async def _publish(trackly: Trackly, provider: str, changed: list[tuple[Delivery
     """``spam_complaint`` and ``delivery_failure`` events for this batch's state changes, in one publish."""
     events: list[Event] = []
     for r, doc in changed:
-        data = {"message_id": doc["_id"], "provider": provider, "code": r.error_code, "status": r.status,
-                "sending_list_id": doc.get("sending_list_id"), "campaign_id": doc.get("campaign_id")}
+        data = {
+            "message_id": doc["_id"],
+            "provider": provider,
+            "code": r.error_code,
+            "status": r.status,
+            "sending_list_id": doc.get("sending_list_id"),
+            "campaign_id": doc.get("campaign_id"),
+        }
         if r.spam:
-            events.append(Event(kind=EventKind.SPAM_COMPLAINT, severity="critical", data=data,
-                                message=f"carrier spam filtering on message {doc['_id']} ({provider} {r.error_code})",
-                                key=f"spam:{doc.get('sending_list_id')}"))
+            events.append(
+                Event(
+                    kind=EventKind.SPAM_COMPLAINT,
+                    severity="critical",
+                    data=data,
+                    message=f"carrier spam filtering on message {doc['_id']} ({provider} {r.error_code})",
+                    key=f"spam:{doc.get('sending_list_id')}",
+                )
+            )
         if r.delivered is False:
-            events.append(Event(kind=EventKind.DELIVERY_FAILURE, severity="warning", data=data,
-                                message=f"delivery failed for message {doc['_id']}: {r.status} {r.error_code or ''}".strip(),
-                                key=f"delivery_failure:{doc.get('sending_list_id')}"))
+            events.append(
+                Event(
+                    kind=EventKind.DELIVERY_FAILURE,
+                    severity="warning",
+                    data=data,
+                    message=f"delivery failed for message {doc['_id']}: {r.status} {r.error_code or ''}".strip(),
+                    key=f"delivery_failure:{doc.get('sending_list_id')}",
+                )
+            )
     if events:
         await trackly.bus.publish(*events)

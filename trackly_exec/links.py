@@ -63,7 +63,10 @@ class LinkHandler:
             return web.Response(status=404, text="not found", headers=_NO_STORE)
         try:
             await record_click(
-                self.trackly, link, user_agent=request.headers.get("User-Agent"), method=request.method,
+                self.trackly,
+                link,
+                user_agent=request.headers.get("User-Agent"),
+                method=request.method,
                 ip=_client_ip(request, self.trackly.settings.tracking.trust_forwarded_for),
             )
         except Exception as exc:  # the visitor still gets where they were going

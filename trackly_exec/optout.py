@@ -83,10 +83,14 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
     db = trackly.store
     now = utcnow()
     tos = {m.to_number: phone_forms(m.to_number) for m in messages}
-    lists = await db[c.SENDING_LISTS].find(
-        {"from_number": {"$in": sorted({f for forms in tos.values() for f in forms})}},
-        {"account_id": 1, "from_number": 1, "driver": 1, "help_text": 1},
-    ).to_list(None)
+    lists = (
+        await db[c.SENDING_LISTS]
+        .find(
+            {"from_number": {"$in": sorted({f for forms in tos.values() for f in forms})}},
+            {"account_id": 1, "from_number": 1, "driver": 1, "help_text": 1},
+        )
+        .to_list(None)
+    )
 
     actions: list[_Action] = []
     reply: str | None = None
@@ -102,20 +106,30 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
         elif word:
             actions.append(action)
         record = {
-            "provider": provider, "from_number": action.froms[0] if action.froms else m.from_number,
-            "to_number": m.to_number, "text": m.text, "keyword": word, "sending_list_ids": action.list_ids,
-            "provider_message_id": m.provider_message_id, "received_at": m.received_at or now, "stored_at": now,
+            "provider": provider,
+            "from_number": action.froms[0] if action.froms else m.from_number,
+            "to_number": m.to_number,
+            "text": m.text,
+            "keyword": word,
+            "sending_list_ids": action.list_ids,
+            "provider_message_id": m.provider_message_id,
+            "received_at": m.received_at or now,
+            "stored_at": now,
         }
         if m.provider_message_id:
             record["_id"] = f"{provider}:{m.provider_message_id}"
         records.append(record)
     await _store(trackly, records)
 
-    stopall_accounts = {lst["account_id"] for a in actions if a.word == "STOPALL"
-                        for lst in lists if lst["_id"] in a.list_ids}
+    stopall_accounts = {
+        lst["account_id"] for a in actions if a.word == "STOPALL" for lst in lists if lst["_id"] in a.list_ids
+    }
     if stopall_accounts:
-        every = await db[c.SENDING_LISTS].find({"account_id": {"$in": sorted(stopall_accounts)}},
-                                               {"account_id": 1}).to_list(None)
+        every = (
+            await db[c.SENDING_LISTS]
+            .find({"account_id": {"$in": sorted(stopall_accounts)}}, {"account_id": 1})
+            .to_list(None)
+        )
         by_account: dict[int, list[int]] = {}
         for lst in every:
             by_account.setdefault(lst["account_id"], []).append(lst["_id"])
@@ -131,8 +145,9 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
     if starts:
         contacts = await _contacts(trackly, starts)
         if contacts:
-            await db[c.CONTACTS].update_many({"_id": {"$in": [x["_id"] for x in contacts]}},
-                                             {"$set": {"subscribed": True, "updated_at": now}})
+            await db[c.CONTACTS].update_many(
+                {"_id": {"$in": [x["_id"] for x in contacts]}}, {"$set": {"subscribed": True, "updated_at": now}}
+            )
         log.info("contacts_resubscribed", count=len(contacts))
     return reply
 
@@ -152,9 +167,11 @@ async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[dict[s
     phones = sorted({p for a in actions for p in a.froms})
     if not list_ids or not phones:
         return []
-    rows = await trackly.store[c.CONTACTS].find(
-        {"sending_list_id": {"$in": list_ids}, "phone": {"$in": phones}}, {"sending_list_id": 1, "phone": 1}
-    ).to_list(None)
+    rows = (
+        await trackly.store[c.CONTACTS]
+        .find({"sending_list_id": {"$in": list_ids}, "phone": {"$in": phones}}, {"sending_list_id": 1, "phone": 1})
+        .to_list(None)
+    )
     wanted = {(lid, p) for a in actions for lid in a.list_ids for p in a.froms}
     return [r for r in rows if (r["sending_list_id"], r["phone"]) in wanted]
 
@@ -165,20 +182,29 @@ async def _apply_stops(trackly: Trackly, stops: list[_Action]) -> None:
     contacts = await _contacts(trackly, stops)
     contact_ids = [x["_id"] for x in contacts]
     if contact_ids:
-        await db[c.CONTACTS].update_many({"_id": {"$in": contact_ids}},
-                                         {"$set": {"subscribed": False, "updated_at": now}})
+        await db[c.CONTACTS].update_many(
+            {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": now}}
+        )
     dead = await _dead_letter_queued(trackly, contacts, now) if contacts else 0
     events = []
     for a in stops:
         matched = [x for x in contacts if x["phone"] in a.froms and x["sending_list_id"] in a.list_ids]
-        events.append(Event(
-            kind=EventKind.OPT_OUT, severity="info", key="opt_out",
-            message=f"{a.froms[0] if a.froms else a.msg.from_number} sent {a.word}: "
-                    f"unsubscribed on {len(matched)} list(s)",
-            data={"phone": a.froms[0] if a.froms else a.msg.from_number, "keyword": a.word,
-                  "sending_list_id": a.list_ids[0] if a.list_ids else None, "sending_list_ids": a.list_ids,
-                  "contact_ids": [x["_id"] for x in matched]},
-        ))
+        events.append(
+            Event(
+                kind=EventKind.OPT_OUT,
+                severity="info",
+                key="opt_out",
+                message=f"{a.froms[0] if a.froms else a.msg.from_number} sent {a.word}: "
+                f"unsubscribed on {len(matched)} list(s)",
+                data={
+                    "phone": a.froms[0] if a.froms else a.msg.from_number,
+                    "keyword": a.word,
+                    "sending_list_id": a.list_ids[0] if a.list_ids else None,
+                    "sending_list_ids": a.list_ids,
+                    "contact_ids": [x["_id"] for x in matched],
+                },
+            )
+        )
     await trackly.bus.publish(*events)
     log.info("contacts_opted_out", contacts=len(contact_ids), dead_lettered=dead, messages=len(stops))
 
@@ -187,15 +213,27 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[dict[str, Any]], 
     """Claim the contacts' unclaimed queued messages, record them CONTACT_BLOCKED, delete them (fenced)."""
     db = trackly.store
     token = f"optout:{uuid.uuid4().hex}"
-    fence = {"sending_list_id": {"$in": sorted({x["sending_list_id"] for x in contacts})},
-             "contact_id": {"$in": [x["_id"] for x in contacts]}, "claimed_by": None}
+    fence = {
+        "sending_list_id": {"$in": sorted({x["sending_list_id"] for x in contacts})},
+        "contact_id": {"$in": [x["_id"] for x in contacts]},
+        "claimed_by": None,
+    }
     claimed = await db[c.QUEUED].update_many(fence, {"$set": {"claimed_by": token, "claimed_at": now}})
     if not claimed.modified_count:
         return 0
     docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
-    failed = [FailedMessage.model_validate({**d, "id": d["_id"], "reason": FailureReason.CONTACT_BLOCKED,
-                                            "detail": "recipient opted out (inbound keyword)", "failed_at": now}).to_doc()
-              for d in docs]
+    failed = [
+        FailedMessage.model_validate(
+            {
+                **d,
+                "id": d["_id"],
+                "reason": FailureReason.CONTACT_BLOCKED,
+                "detail": "recipient opted out (inbound keyword)",
+                "failed_at": now,
+            }
+        ).to_doc()
+        for d in docs
+    ]
     try:
         await db[c.FAILED].insert_many(failed, ordered=False)
     except BulkWriteError as exc:

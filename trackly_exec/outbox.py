@@ -2,8 +2,9 @@
 
 Delivery ingestion (:mod:`trackly_exec.delivery`) writes the events of the *final* delivery states it recorded,
 in the same pass, each with a stable event id (``"<message id>:delivery"``): only the report that moved a message
-out of ``delivered: None`` creates its event, so duplicates of a report never create a second one. The :class:`Outbox` component POSTs them, separately from sending and
-ingestion, so a slow or dead customer endpoint only ever delays its own events:
+out of ``delivered: None`` creates its event, so duplicates of a report never create a second one. The
+:class:`Outbox` component POSTs them, separately from sending and ingestion, so a slow or dead customer endpoint
+only ever delays its own events:
 
 - concurrency bounded by ``tracking.outbox_concurrency`` overall and ``tracking.outbox_per_account_concurrency``
   per account; each POST has its own timeout (``tracking.outbox_timeout_seconds``), redirects are not followed;
@@ -48,7 +49,7 @@ log = get_logger(__name__)
 
 __all__ = ["Outbox", "verify_signature"]
 
-SPLIT = "split"                     # a batch whose failed events continue as single-event entries
+SPLIT = "split"  # a batch whose failed events continue as single-event entries
 LEASE_MARGIN_SECONDS = 30.0
 #: Settled entries leave the ``next_attempt_at`` index: the due-scan only ever walks pending entries.
 _OFF_SCHEDULE = {"$unset": {"next_attempt_at": ""}}
@@ -88,8 +89,13 @@ class OutboxCounts:
     attempts: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"delivered": self.delivered, "failed": self.failed, "dead": self.dead, "dropped": self.dropped,
-                "attempts": self.attempts}
+        return {
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "dead": self.dead,
+            "dropped": self.dropped,
+            "attempts": self.attempts,
+        }
 
 
 class Outbox:
@@ -203,8 +209,12 @@ class Outbox:
         if limit <= 0:
             return []
         due = {"status": PENDING, "next_attempt_at": {"$lte": now}}
-        candidates = await self.col.find(due, {"_id": 1, "account_id": 1}).sort("next_attempt_at", 1).limit(
-            limit * 4).to_list(None)
+        candidates = (
+            await self.col.find(due, {"_id": 1, "account_id": 1})
+            .sort("next_attempt_at", 1)
+            .limit(limit * 4)
+            .to_list(None)
+        )
         cap = self.cfg.outbox_per_account_concurrency
         taken: Counter[int] = Counter()
         ids: list[str] = []
@@ -220,8 +230,9 @@ class Outbox:
             return []
         token = f"{self.trackly.instance}:{uuid.uuid4().hex}"
         lease = now + dt.timedelta(seconds=self.cfg.outbox_timeout_seconds + LEASE_MARGIN_SECONDS)
-        await self.col.update_many({"_id": {"$in": ids}, **due},
-                                   {"$set": {"claimed_by": token, "next_attempt_at": lease}})
+        await self.col.update_many(
+            {"_id": {"$in": ids}, **due}, {"$set": {"claimed_by": token, "next_attempt_at": lease}}
+        )
         docs = await self.col.find({"_id": {"$in": ids}, "claimed_by": token}).to_list(None)
         accounts = await self._accounts({d["account_id"] for d in docs})
         for doc in docs:
@@ -232,8 +243,11 @@ class Outbox:
     async def _accounts(self, ids: set[int]) -> dict[int, dict[str, Any]]:
         if not ids:
             return {}
-        rows = await self.trackly.store[c.ACCOUNTS].find(
-            {"_id": {"$in": list(ids)}}, {"webhook_url": 1, "webhook_secret": 1}).to_list(None)
+        rows = (
+            await self.trackly.store[c.ACCOUNTS]
+            .find({"_id": {"$in": list(ids)}}, {"webhook_url": 1, "webhook_secret": 1})
+            .to_list(None)
+        )
         return {r["_id"]: r for r in rows}
 
     async def _attempt(self, doc: dict[str, Any]) -> None:
@@ -269,8 +283,9 @@ class Outbox:
             if self._per_account[doc["account_id"]] <= 0:
                 del self._per_account[doc["account_id"]]
 
-    async def _post(self, url: str, secret: str | None, eid: str, payload: Mapping[str, Any]
-                    ) -> tuple[bool, int | None, str | None]:
+    async def _post(
+        self, url: str, secret: str | None, eid: str, payload: Mapping[str, Any]
+    ) -> tuple[bool, int | None, str | None]:
         session = await self._ensure_session()
         body = json.dumps(payload, separators=(",", ":")).encode()
         ts = str(int(time.time()))
@@ -313,36 +328,71 @@ class Outbox:
             self.counts.delivered += len(ok)
             failures.extend(r.error or "" for r in tried if not r.ok)
             last = tried[-1] if tried else None
-            base: dict[str, Any] = {"claimed_by": None, "attempts": int(doc.get("attempts", 0)) + (1 if tried else 0),
-                                    "last_status": last.status if last else None,
-                                    "last_error": last.error if last else None, "last_attempt_at": now}
+            base: dict[str, Any] = {
+                "claimed_by": None,
+                "attempts": int(doc.get("attempts", 0)) + (1 if tried else 0),
+                "last_status": last.status if last else None,
+                "last_error": last.error if last else None,
+                "last_attempt_at": now,
+            }
             if a.drop:
                 self.counts.dropped += max(1, len(doc.get("events", ())))
                 ops.append(UpdateOne(fence, {"$set": {**base, "status": DROPPED}, **_OFF_SCHEDULE}))
             elif len(ok) == len(a.results):
-                ops.append(UpdateOne(fence, {"$set": {**base, "status": DELIVERED, "delivered_at": now}, **_OFF_SCHEDULE}))
-            elif "events" in doc:                                   # a batch: the rest continue one by one
-                ops.append(UpdateOne(fence, {"$set": {**base, "status": SPLIT, "delivered_at": now,
-                                                      "failed_events": len(a.results) - len(ok)}, **_OFF_SCHEDULE}))
+                ops.append(
+                    UpdateOne(fence, {"$set": {**base, "status": DELIVERED, "delivered_at": now}, **_OFF_SCHEDULE})
+                )
+            elif "events" in doc:  # a batch: the rest continue one by one
+                ops.append(
+                    UpdateOne(
+                        fence,
+                        {
+                            "$set": {
+                                **base,
+                                "status": SPLIT,
+                                "delivered_at": now,
+                                "failed_events": len(a.results) - len(ok),
+                            },
+                            **_OFF_SCHEDULE,
+                        },
+                    )
+                )
                 for r in a.results:
                     if not r.ok:
                         n = 1 if r.attempted else 0
                         self.counts.failed += n
-                        retries.append(single_entry(
-                            r.eid, doc["account_id"], r.payload, now, attempts=n, created_at=doc.get("created_at"),
-                            next_at=now + dt.timedelta(seconds=self._backoff(max(1, n)))))
+                        retries.append(
+                            single_entry(
+                                r.eid,
+                                doc["account_id"],
+                                r.payload,
+                                now,
+                                attempts=n,
+                                created_at=doc.get("created_at"),
+                                next_at=now + dt.timedelta(seconds=self._backoff(max(1, n))),
+                            )
+                        )
             else:
                 next_at = now + dt.timedelta(seconds=self._backoff(base["attempts"]))
                 created = doc.get("created_at") or now
                 if next_at - created > dt.timedelta(hours=self.cfg.outbox_max_age_hours):
                     self.counts.dead += 1
                     ops.append(UpdateOne(fence, {"$set": {**base, "status": DEAD}, **_OFF_SCHEDULE}))
-                    dead_events.append(Event(
-                        kind=EventKind.WEBHOOK_DEAD, severity="warning", key=f"webhook_dead:{doc['account_id']}",
-                        message=f"customer webhook {doc['_id']} given up after {base['attempts']} attempts: "
-                                f"{base['last_error']}",
-                        data={"event_id": doc["_id"], "account_id": doc["account_id"], "attempts": base["attempts"],
-                              "error": base["last_error"]}))
+                    dead_events.append(
+                        Event(
+                            kind=EventKind.WEBHOOK_DEAD,
+                            severity="warning",
+                            key=f"webhook_dead:{doc['account_id']}",
+                            message=f"customer webhook {doc['_id']} given up after {base['attempts']} attempts: "
+                            f"{base['last_error']}",
+                            data={
+                                "event_id": doc["_id"],
+                                "account_id": doc["account_id"],
+                                "attempts": base["attempts"],
+                                "error": base["last_error"],
+                            },
+                        )
+                    )
                 else:
                     self.counts.failed += 1
                     ops.append(UpdateOne(fence, {"$set": {**base, "next_attempt_at": next_at}}))

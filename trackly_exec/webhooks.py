@@ -123,8 +123,9 @@ class WebhookHandler:
             log.error("inbound_failed", driver=driver.name, messages=len(messages), error=str(exc))
             return _plain(500, "temporarily unavailable")
         answer = driver.inbound_response(reply)
-        return web.Response(status=answer.status, body=answer.body,
-                            headers={"Content-Type": answer.content_type or "text/plain"})
+        return web.Response(
+            status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type or "text/plain"}
+        )
 
 
 def setup(app: web.Application, trackly: Trackly) -> None:
