@@ -255,3 +255,21 @@ async def test_ingestion_is_batched(daemon: Daemon) -> None:
         await client.close()
     assert res.final == 100 and res.outbox == 100
     assert listener.n <= 6, listener.n
+
+
+async def test_report_before_the_send_is_recorded_asks_for_a_retry(daemon: Daemon) -> None:
+    """A report for a message still in the queue (recorded after the report arrived) answers 503 so the provider
+    retries; the retry after the executor recorded it is applied, and the other reports of the batch at once."""
+    await seed_account(daemon.store)
+    [done] = await seed_sent(daemon.store, 1)
+    early = f"{77:016x}"
+    await daemon.store[c.QUEUED].insert_one({"_id": early, "claimed_by": "x:1", "sending_list_id": 1})
+    body = infobip_body(infobip_report(done.id), infobip_report(early))
+    status, resp = await daemon.post(IB_STATUS, body)
+    assert status == 503 and json.loads(resp)["pending"] == 1 and json.loads(resp)["updated"] == 1
+    assert tri((await _doc(daemon, done.id))["delivered"]) is True
+    await daemon.store[c.QUEUED].delete_one({"_id": early})  # the executor records the send
+    await seed_sent(daemon.store, 1, start=77)
+    status, resp = await daemon.post(IB_STATUS, body)
+    assert status == 200 and json.loads(resp)["updated"] == 1
+    assert tri((await _doc(daemon, early))["delivered"]) is True

@@ -13,7 +13,10 @@ and a handful of round trips, whatever the number of reports:
 5. side effects of the state changes this call made: customer-webhook events (one outbox document per account),
    opted-out contacts unsubscribed, ``spam_complaint`` and ``delivery_failure`` events, each batched.
 
-Reports for unknown ids are counted, logged and dropped: nothing is created for them.
+Reports for unknown ids are counted, logged and dropped: nothing is created for them. A report for a message
+still in the queue (the provider answered the send and reported before the executor recorded it) is counted as
+``pending``: the webhook answers 503 so the provider retries later (the rest of the batch is applied; applying it
+again is a no-op).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class IngestResult:
     ignored: int = 0  # matched, but already final (duplicate, out of order, late)
     unknown: int = 0
     resolved: int = 0  # NO_RESPONSE messages turned into MessageSent
+    pending: int = 0  # reports for messages still in the queue (the provider was faster than our record)
     outbox: int = 0
     unknown_ids: list[str] = field(default_factory=list)
 
@@ -142,6 +146,10 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
         ):
             if doc.get("provider") in (None, *allowed):
                 failed[doc["_id"]] = doc
+    in_queue: set[str] = set()
+    if len(failed) < len(missing):
+        rest = [i for i in missing if i not in failed]
+        in_queue = {d["_id"] for d in await db[c.QUEUED].find({"_id": {"$in": rest}}, {"_id": 1}).to_list(None)}
 
     ops: list[UpdateOne] = []
     planned: list[tuple[DeliveryReport, dict[str, Any]]] = []  # (report, message doc) of each update
@@ -153,6 +161,9 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
             if r.message_id and r.message_id in failed:
                 resolutions.append((r, failed[r.message_id]))
                 res.matched += 1
+                continue
+            if r.message_id and r.message_id in in_queue:
+                res.pending += 1
                 continue
             res.unknown += 1
             res.unknown_ids.append(r.message_id or f"provider:{r.provider_message_id}")

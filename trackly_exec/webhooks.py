@@ -11,7 +11,8 @@
    :func:`trackly_exec.optout.handle_inbound` (the reply, e.g. HELP text, goes back through
    ``driver.inbound_response()``, TwiML for Twilio).
 
-A store failure answers 500 so the provider retries later (ingestion is idempotent).
+A store failure answers 500, and a report for a message the executor has not recorded yet 503, so the provider
+retries later (ingestion is idempotent).
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ class WebhookHandler:
         except Exception as exc:
             log.error("delivery_ingest_failed", driver=driver.name, reports=len(reports), error=str(exc))
             return _plain(500, "temporarily unavailable")
+        if result.pending:  # a message not recorded yet: ask the provider to retry the request later
+            return web.Response(
+                status=503,
+                text=json.dumps(result.as_dict()),
+                content_type="application/json",
+                headers={"Retry-After": "60"},
+            )
         return web.Response(text=json.dumps(result.as_dict()), content_type="application/json")
 
     async def inbound(self, request: web.Request) -> web.StreamResponse:
