@@ -107,6 +107,9 @@ async def test_campaign_commands_and_stats(server: str, trackly: Trackly, tmp_pa
     assert await run(server, "campaign", "list") == 0
     assert "paused" in capsys.readouterr().out
     assert await run(server, "campaign", "resume", str(created["id"])) == 0
+    await trackly.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"active": False}})
+    assert await run(server, "campaign", "trigger", str(created["id"])) == 1
+    assert "failed:" in capsys.readouterr().err
     await trackly.db[c.SENT].insert_many([
         {"_id": f"m{i}", "campaign_id": created["id"], "variant_key": "a", "delivered": i < 3} for i in range(4)])
     await trackly.db[c.FAILED].insert_one({"_id": "f1", "campaign_id": created["id"], "variant_key": "a",

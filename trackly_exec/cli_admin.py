@@ -251,9 +251,11 @@ def cmd_campaign_trigger(args: argparse.Namespace) -> int:
     out = client_from(args).call("POST", f"/campaigns/{args.id}/trigger")
     ex = out.get("execution") or {}
     counts = ex.get("counts") or {}
+    if ex.get("status") == "failed":
+        raise CliError(f"campaign {args.id}: execution {out['execution_id']} failed: {ex.get('reason')}")
     print(f"campaign {args.id}: execution {out['execution_id']} {ex.get('status', '')}; "
           f"unique {counts.get('unique', '?')}, queued {counts.get('queued', '?')}, "
-          f"skipped {json.dumps(counts.get('skipped', {}))}")
+          f"skipped {json.dumps({k: v for k, v in counts.get('skipped', {}).items() if v})}")
     return 0
 
 
