@@ -26,30 +26,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from zoneinfo import ZoneInfo
 
 import aiohttp
 
 from . import constants as c
 from .config import Settings
 from .errors import ConfigError
+from .demo_contacts import make_contacts
 from .embedded import free_port
 from .logs import configure_logging, get_logger
 from .models import utcnow
 
 log = get_logger(__name__)
 
-AREAS = ("212", "312", "415", "617", "713", "305", "206", "404", "303", "602")
-NAMES = ("Ava", "Liam", "Noah", "Emma", "Mia", "Lucas", "Zoe", "Ethan", "Ivy", "Owen", "Nora", "Leo")
-ZONES = ("Pacific/Kiritimati", "Pacific/Auckland", "Asia/Tokyo", "Asia/Kolkata", "Asia/Dubai", "Europe/Berlin",
-         "Europe/London", "Atlantic/Azores", "America/Sao_Paulo", "America/New_York", "America/Chicago",
-         "America/Denver", "America/Los_Angeles", "Pacific/Honolulu", "Pacific/Pago_Pago")
 BROWSER = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1"
 PREVIEW = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"
 URL = "https://shop.example.com/spring-sale?utm_source=sms"
-#: Share of contacts in each skip group (the rest are sendable), checked in the evaluation's order.
-MIX = (("unsubscribed", 0.02), ("invalid_phone", 0.01), ("in_workflow", 0.03), ("frequency_cap", 0.02),
-       ("quiet_hours", 0.05))
 
 
 @dataclass
@@ -72,48 +64,6 @@ class DemoResult:
     token: str = ""
     seconds: float = 0.0
     interrupted: bool = False
-
-
-# --------------------------------------------------------------------------------------------- contacts
-
-
-def _zones_now(now: dt.datetime) -> tuple[list[str], list[str]]:
-    """Zones where it is comfortably day (10:00-19:59) and night (00:00-05:59) right now."""
-    day = [z for z in ZONES if 10 <= now.astimezone(ZoneInfo(z)).hour < 20]
-    night = [z for z in ZONES if now.astimezone(ZoneInfo(z)).hour < 6]
-    return day or ["UTC"], night or ["Pacific/Kiritimati"]
-
-
-def make_contacts(n: int, rng: random.Random, now: dt.datetime) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """``n`` contacts (A = first 60%, B = last 50%, 10% in both) and the phones of each skip group."""
-    day, night = _zones_now(now)
-    a_end, b_start = int(n * 0.6), int(n * 0.5)
-    groups: dict[str, list[str]] = {name: [] for name, _ in MIX}
-    rows: list[dict[str, Any]] = []
-    for i in range(n):
-        j = i // len(AREAS)
-        phone = f"+1{AREAS[i % len(AREAS)]}{200 + j // 10000:03d}{j % 10000:04d}"
-        row: dict[str, Any] = {"phone": phone, "timezone": rng.choice(day),
-                               "attributes": {"in_a": i < a_end, "in_b": i >= b_start, "tier": rng.choice("ABC")}}
-        if rng.random() < 0.9:
-            row["first_name"] = rng.choice(NAMES)
-        roll, acc = rng.random(), 0.0
-        for name, share in MIX:
-            acc += share
-            if roll < acc:
-                groups[name].append(phone)
-                if name == "unsubscribed":
-                    row["subscribed"] = False
-                elif name == "invalid_phone":
-                    row["phone"] = phone = f"+1555{i:07d}"[:12]   # 555 numbers are not valid numbers
-                    groups[name][-1] = phone
-                elif name == "in_workflow":
-                    row["in_workflow"] = True
-                elif name == "quiet_hours":
-                    row["timezone"] = rng.choice(night)
-                break
-        rows.append(row)
-    return rows, groups
 
 
 # --------------------------------------------------------------------------------------------- display

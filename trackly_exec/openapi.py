@@ -29,7 +29,7 @@ Resuming a recurring campaign counts its next occurrence from now (no burst of m
 
 
 def _routes() -> list[Any]:
-    from . import api, api_campaigns  # noqa: F401  (api_campaigns registers its routes)
+    from . import api, api_campaigns, api_resources  # noqa: F401  (they register their routes)
 
     return api.ROUTES
 
