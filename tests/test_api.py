@@ -305,3 +305,19 @@ def test_openapi_document_is_valid() -> None:
     doc = json.loads(json.dumps(document("http://127.0.0.1:8080")))
     validate(doc)
     assert doc["openapi"] == "3.1.0" and doc["paths"]["/api/v1/openapi.json"]["get"]["security"] == []
+
+
+async def test_resume_recomputes_cron_from_now(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """Resuming a recurring campaign sets next_run_at to the next occurrence after now (no burst of missed ones)."""
+    ids = await seed(client)
+    camp = await post(client, "/campaigns", {"account_id": ids["account"], "sending_list_id": ids["list"],
+                                             "audience_ids": [ids["audience"]], "creative_id": ids["creative"],
+                                             "schedule": {"cron": "*/5 * * * *", "timezone": "UTC"}})
+    await post(client, f"/campaigns/{camp['id']}/pause", None, 200)
+    long_ago = utcnow() - dt.timedelta(days=3)
+    await trackly.db["campaigns"].update_one({"_id": camp["id"]}, {"$set": {"next_run_at": long_ago}})
+    out = await post(client, f"/campaigns/{camp['id']}/resume", None, 200)
+    nxt = dt.datetime.fromisoformat(out["next_run_at"])
+    assert utcnow() < nxt <= utcnow() + dt.timedelta(minutes=5) and nxt.minute % 5 == 0
+    r = await client.get(f"/api/v1/campaigns/{camp['id']}", headers=H)
+    assert (await r.json())["schedule"] == {"at": None, "cron": "*/5 * * * *", "timezone": "UTC"}

@@ -40,12 +40,10 @@ def next_cron(expr: str, timezone: str, after: dt.datetime) -> dt.datetime:
         raise ValueError(str(exc)) from exc
 
 
-def next_run(schedule: m.ScheduleIn | dict[str, Any] | None, now: dt.datetime) -> dt.datetime | None:
-    """When a campaign with ``schedule`` runs next (None: only when triggered)."""
-    if schedule is None:
+def next_run(s: m.ScheduleIn | None, now: dt.datetime) -> dt.datetime | None:
+    """When a campaign with schedule ``s`` runs next (None: only when triggered)."""
+    if s is None:
         return None
-    s = schedule if isinstance(schedule, m.ScheduleIn) else m.ScheduleIn.model_validate(
-        {k: v for k, v in schedule.items() if v is not None})
     if s.at is not None:
         return s.at.astimezone(dt.UTC)
     assert s.cron is not None
@@ -131,9 +129,10 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
     if doc.get("status") == CampaignStatus.DONE.value:
         raise ApiError(409, "conflict", f"campaign {cid} is done (it can still be triggered)")
     update: dict[str, Any] = {"status": status.value}
-    if status is CampaignStatus.ACTIVE and (doc.get("schedule") or {}).get("cron"):
+    sched = doc.get("schedule") or {}
+    if status is CampaignStatus.ACTIVE and sched.get("cron"):
         try:  # resume schedules the next occurrence from now: no burst of missed ones
-            update["next_run_at"] = next_run(doc["schedule"], utcnow())
+            update["next_run_at"] = next_cron(sched["cron"], sched.get("timezone") or "UTC", utcnow())
         except ValueError as exc:
             log.warning("resume_bad_cron", campaign_id=cid, error=str(exc))
     await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": update})

@@ -107,8 +107,8 @@ class AccountIn(Body):
 
 class AccountOut(Out):
     id: int
-    name: str
-    balance: float
+    name: str = ""
+    balance: float = 0.0
     webhook_url: str | None = None
     webhook_secret: str | None = Field(None, description=f'"{MASK}" when set.')
     created_at: dt.datetime | None = None
@@ -156,16 +156,16 @@ class SendingListIn(Body):
 class SendingListOut(Out):
     id: int
     account_id: int
-    name: str
+    name: str = ""
     driver: str
     driver_settings: dict[str, Any] = Field(default_factory=dict, description="Secret-looking values masked.")
-    from_number: str
-    rate_limit_per_minute: int
-    cooldown_minutes: float
-    quiet_hours: QuietHours
-    blocked_words: list[str]
-    price_per_segment: float
-    active: bool
+    from_number: str = ""
+    rate_limit_per_minute: int = 17000
+    cooldown_minutes: float = 0
+    quiet_hours: QuietHours = Field(default_factory=lambda: QuietHours())  # type: ignore[call-arg]
+    blocked_words: list[str] = Field(default_factory=list)
+    price_per_segment: float = 0.0
+    active: bool = True
     opt_out_footer: str | None = None
     help_text: str | None = None
     created_at: dt.datetime | None = None
@@ -274,7 +274,7 @@ class AudienceIn(Body):
 class AudienceOut(Out):
     id: int
     sending_list_id: int
-    name: str
+    name: str = ""
     filter: dict[str, Any] | None = None
     contact_ids: list[int] | None = None
 
@@ -307,9 +307,9 @@ class CreativeIn(Body):
 class CreativeOut(Out):
     id: int
     account_id: int
-    name: str
-    variants: list[Variant]
-    selection: str
+    name: str = ""
+    variants: list[Variant] = Field(default_factory=list)
+    selection: str = "split"
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> CreativeOut:
@@ -345,6 +345,12 @@ class ScheduleIn(Body):
         return self
 
 
+class ScheduleOut(Out):
+    at: dt.datetime | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+
+
 class CampaignIn(Body):
     account_id: int = Field(ge=1)
     sending_list_id: int = Field(ge=1)
@@ -363,11 +369,11 @@ class CampaignOut(Out):
     sending_list_id: int
     audience_ids: list[int]
     creative_id: int
-    schedule: ScheduleIn | None = None
-    exclude_in_workflow: bool
-    quiet_hours_policy: str
-    track_links: bool
-    status: CampaignStatus
+    schedule: ScheduleOut | None = Field(None, description="null: runs only when triggered.")
+    exclude_in_workflow: bool = False
+    quiet_hours_policy: str = "exclude"
+    track_links: bool = False
+    status: CampaignStatus = CampaignStatus.ACTIVE
     next_run_at: dt.datetime | None = None
     created_at: dt.datetime | None = None
 
@@ -392,9 +398,9 @@ class ExecutionOut(Out):
     campaign_id: int
     account_id: int
     sending_list_id: int
-    occurrence_key: str
-    scheduled_for: dt.datetime
-    status: ExecutionStatus
+    occurrence_key: str = ""
+    scheduled_for: dt.datetime | None = None
+    status: ExecutionStatus = ExecutionStatus.PENDING
     reason: str | None = None
     counts: dict[str, Any] = Field(
         default_factory=dict,
