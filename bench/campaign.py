@@ -8,8 +8,9 @@ What is measured (embedded nx-27017, in memory, started by this script):
 
 1. **Evaluation and queuing** of N contacts in two audiences that overlap by 10% of N, with every filter on
    (unsubscribed/blocked, invalid phone, in-workflow exclusion, frequency cap with recent MessageSent records,
-   quiet hours, a placeholder without default, tracked links, opt-out footer, two variants): contacts/s of
-   ``scheduler.trigger`` (unique contacts / wall time).
+   quiet hours, a placeholder without default, opt-out footer, two variants): contacts/s of
+   ``scheduler.trigger`` (unique contacts / wall time); then again with tracked links on (one more insert,
+   a MessageShortLink, per message).
 2. **The floor**, in the same run and store: reading the same contacts with one plain cursor plus
    ``insert_many`` of the same number of queue documents (batches of the same size). Ratio = floor time /
    our time (1.0 would mean the engine costs nothing beyond the store's own work).
@@ -127,7 +128,7 @@ async def seed(store: Any, n: int, *, every_filter: bool = True) -> dict[str, in
     await db[c.CAMPAIGNS].insert_one({
         "_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [1, 2], "creative_id": 1,
         "schedule": {"at": None, "cron": None, "timezone": "UTC"}, "exclude_in_workflow": every_filter,
-        "quiet_hours_policy": "exclude", "track_links": every_filter, "status": "active", "next_run_at": None,
+        "quiet_hours_policy": "exclude", "track_links": False, "status": "active", "next_run_at": None,
         "created_at": now})
     return {"contacts": n}
 
@@ -195,7 +196,7 @@ def run_child(phase: str, *args: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-async def evaluation_bench(n: int, data_dir: str) -> dict[str, Any]:
+async def evaluation_bench(n: int, data_dir: str, *, links: bool = True) -> dict[str, Any]:
     from trackly_exec.store import Store
 
     settings = Settings(daemon={"data_dir": data_dir}, mongo={"uri": "embedded", "embedded_in_memory": True,
@@ -209,8 +210,15 @@ async def evaluation_bench(n: int, data_dir: str) -> dict[str, Any]:
         uri, db = store.embedded.uri, settings.mongo.database
         ours = run_child("evaluate", uri, db, data_dir)
         floor = run_child("floor", uri, db, str(ours["queued"]))
-        return {"n": n, "seed_seconds": seeded, "ours": ours, "floor": floor,
-                "ratio": floor["seconds"] / ours["seconds"]}
+        out = {"n": n, "seed_seconds": seeded, "ours": ours, "floor": floor, "ratio": floor["seconds"] / ours["seconds"]}
+        if links:
+            # Same campaign with tracked links: one MessageShortLink insert per message on top.
+            await store.db[c.QUEUED].delete_many({})
+            camp = await store.db[c.CAMPAIGNS].find_one({"_id": 1})
+            await store.db[c.CAMPAIGNS].replace_one({"_id": 1}, {**camp, "track_links": True})
+            linked = run_child("evaluate", uri, db, data_dir)
+            out.update(linked=linked, linked_ratio=floor["seconds"] / linked["seconds"])
+        return out
     finally:
         await store.client.drop_database(settings.mongo.database)
         await store.close()
@@ -273,17 +281,22 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="trackly-bench-")
     try:
         for n in [100_000] + ([a.n] if a.n and a.n != 100_000 else []):
-            r = asyncio.run(evaluation_bench(n, os.path.join(tmp, f"n{n}")))
+            r = asyncio.run(evaluation_bench(n, os.path.join(tmp, f"n{n}"), links=n == 100_000))
             o, f = r["ours"], r["floor"]
             k = o["counts"]
             print(f"\n== evaluation + queuing, {n:,} contacts (2 audiences, 10% overlap, every filter on)")
             print(f"   per audience {k['per_audience']}, total {k['audience_total']:,}, overlap {k['overlap']:,}, "
                   f"unique {k['unique']:,}")
             print(f"   skipped {k['skipped']}; queued {k['queued']:,} (links {k['links']:,}, variants {k['variants']})")
-            print(f"   ours : {o['seconds']:.2f} s  -> {o['contacts_per_s']:,.0f} contacts/s")
+            print(f"   ours : {o['seconds']:.2f} s  -> {o['contacts_per_s']:,.0f} contacts/s   (split {k.get('seconds')})")
             print(f"   floor: {f['seconds']:.2f} s  (plain cursor over {f['read']:,} + insert {f['inserted']:,} queue docs)")
             print(f"   ratio floor/ours: {r['ratio']:.2f}   peak RSS of the evaluating process: {o['peak_rss_mb']:.0f} MB "
                   f"(at start {o['rss_before_mb']:.0f} MB)   [seeding took {r['seed_seconds']:.1f} s]")
+            if "linked" in r:
+                lk = r["linked"]
+                print(f"   with tracked links (+{lk['counts']['links']:,} MessageShortLink inserts): {lk['seconds']:.2f} s "
+                      f"-> {lk['contacts_per_s']:,.0f} contacts/s, ratio floor/ours {r['linked_ratio']:.2f}, "
+                      f"peak RSS {lk['peak_rss_mb']:.0f} MB")
         if not a.skip_e2e:
             e = asyncio.run(e2e_bench(a.e2e_n, os.path.join(tmp, "e2e")))
             print(f"\n== {e['n']:,}-contact campaign end to end (Infobip fake)")

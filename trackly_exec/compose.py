@@ -98,15 +98,21 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def render(parts: list[str | Placeholder], contact: dict[str, Any]) -> str | None:
-    """The personalised text, or None when a placeholder has neither a value nor a default."""
+def render(parts: list[str | Placeholder], contact: dict[str, Any], phone: str | None = None) -> str | None:
+    """The personalised text, or None when a placeholder has neither a value nor a default.
+
+    ``phone`` (the normalised number being texted) overrides the contact's stored ``phone``."""
     out: list[str] = []
     attrs = contact.get("attributes") or {}
     for p in parts:
         if isinstance(p, str):
             out.append(p)
             continue
-        value = _text(contact.get(p.name) if p.is_field else attrs.get(p.name))
+        if p.is_field:
+            raw = phone if (p.name == "phone" and phone is not None) else contact.get(p.name)
+        else:
+            raw = attrs.get(p.name)
+        value = _text(raw)
         if value is None:
             if p.default is None:
                 return None
@@ -136,10 +142,11 @@ class Composer:
         self.variant_counts: dict[str, int] = {}
 
     def compose(self, contact: dict[str, Any], to_number: str, sendtime: dt.datetime,
-                not_before: dt.datetime | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+                not_before: dt.datetime | None = None, now: dt.datetime | None = None,
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The queue document and its link documents, or None when a placeholder cannot be filled."""
         key = self.chooser.choose(self.execution_id, int(contact["_id"]))
-        body = render(self.templates[key], {**contact, "phone": to_number})
+        body = render(self.templates[key], contact, to_number)
         if body is None:
             return None
         links: list[tuple[str, str]] = []
@@ -147,7 +154,7 @@ class Composer:
             body, links = shortlinks.track(body, self.short_base)
         body += self.footer
         m = measure(body)
-        now = utcnow()
+        now = now or utcnow()
         doc = {
             "_id": new_message_id(), **self.base, "contact_id": int(contact["_id"]), "variant_key": key,
             "to_number": to_number, "body": body, "length": m.length, "segments": m.segments,

@@ -1,4 +1,5 @@
-"""Evaluating one execution: audiences -> compliance filters -> composition -> queue, streamed in batches.
+"""Evaluating one execution: validation (:func:`load_plan`), then audiences -> compliance filters -> composition
+-> queue, streamed in batches.
 
 Every contact of the union is counted exactly once: either queued or skipped for the first reason that
 applies, checked in this order (:data:`SKIP_REASONS`):
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +35,8 @@ from zoneinfo import ZoneInfo
 
 from . import constants as c
 from . import phones
-from .audience import UnionCounts, union
-from .compose import Composer
+from .audience import FilterError, UnionCounts, compile_filter, union
+from .compose import Composer, check_body
 from .logs import get_logger
 from .models import QuietHours, utcnow
 from .queue import insert_batch
@@ -61,6 +63,7 @@ class Tally:
     evaluated: int = 0
     links: int = 0
     variants: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "compose": 0.0, "write_wait": 0.0})
 
     def as_counts(self) -> dict[str, Any]:
         u = self.union
@@ -70,6 +73,7 @@ class Tally:
             "held_quiet_hours": self.held_quiet_hours, "evaluated": self.evaluated, "inserted": self.inserted,
             "already_queued": self.already_queued, "already_processed": self.already_processed,
             "links": self.links, "variants": dict(self.variants),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
 
@@ -85,6 +89,56 @@ class Plan:
 
 
 Progress = Callable[[Tally], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str, Any]) -> tuple[Plan | None, str]:
+    """Everything the execution needs, or None and the reason the campaign cannot run."""
+    db = trackly.db
+    account_id = campaign["account_id"]
+    slist = await db[c.SENDING_LISTS].find_one({"_id": campaign["sending_list_id"]})
+    if slist is None:
+        return None, f"sending list {campaign['sending_list_id']} does not exist"
+    if slist.get("account_id") != account_id:
+        return None, f"sending list {slist['_id']} belongs to another account"
+    if not slist.get("active", True):
+        return None, f"sending list {slist['_id']} is not active"
+    ids = list(campaign.get("audience_ids") or [])
+    if not ids:
+        return None, "the campaign has no audiences"
+    audiences = await db[c.AUDIENCES].find({"_id": {"$in": ids}}).to_list(None)
+    found = {a["_id"]: a for a in audiences}
+    for aid in ids:
+        a = found.get(aid)
+        if a is None:
+            return None, f"audience {aid} does not exist"
+        if a.get("sending_list_id") != slist["_id"]:
+            return None, f"audience {aid} belongs to another sending list"
+        if a.get("contact_ids") is None:
+            try:
+                compile_filter(a.get("filter"))
+            except FilterError as exc:
+                return None, f"audience {aid} has an invalid filter: {exc}"
+    creative = await db[c.CREATIVES].find_one({"_id": campaign["creative_id"]})
+    if creative is None:
+        return None, f"creative {campaign['creative_id']} does not exist"
+    if creative.get("account_id") != account_id:
+        return None, f"creative {creative['_id']} belongs to another account"
+    variants = creative.get("variants") or []
+    learned = creative.get("selection") == "learned"
+    if not variants or not (learned or any(float(v.get("weight", 1)) > 0 for v in variants)):
+        return None, f"creative {creative['_id']} has no variant with a weight above 0"
+    for v in variants:
+        problems = check_body(v.get("body", ""))
+        if problems:
+            return None, f"creative {creative['_id']} variant {v.get('key')!r}: {problems[0]}"
+    try:
+        trackly.drivers.build(slist["driver"], slist.get("driver_settings") or {})
+    except Exception as exc:
+        return None, f"driver {slist.get('driver')!r} of sending list {slist['_id']} is not available: {exc}"
+    return Plan(execution, campaign, slist, [found[i] for i in ids], creative), ""
 
 
 async def _frequency_capped(db: Any, sending_list_id: int, execution_id: int, cutoff: dt.datetime) -> set[str]:
@@ -141,11 +195,16 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
         if progress is not None:
             await progress(tally)
 
+    secs = tally.seconds
+    mark = time.perf_counter()
     try:
         async for batch in union(db, list_id, plan.audiences, cfg.evaluation_batch_size, tally.union):
+            t = time.perf_counter()
+            secs["read"] += t - mark
             done = await _processed(db, execution_id, [int(d["_id"]) for d in batch]) if resumed else set()
             messages: list[dict[str, Any]] = []
             links: list[dict[str, Any]] = []
+            batch_now = utcnow()
             for contact in batch:
                 if not contact.get("subscribed", True) or contact.get("blocked"):
                     skipped["unsubscribed"] += 1
@@ -172,7 +231,7 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
                 if held_until is not None and not hold:
                     skipped["quiet_hours"] += 1
                     continue
-                made = composer.compose(contact, to, held_until or sendtime, held_until)
+                made = composer.compose(contact, to, held_until or sendtime, held_until, batch_now)
                 if made is None:
                     skipped["missing_placeholder"] += 1
                     continue
@@ -182,14 +241,20 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
                 links.extend(made[1])
             # The batch is written while the next one is read and composed (the store is another process):
             # at most one write in flight, awaited before the next starts, so batches land in order.
+            t2 = time.perf_counter()
+            secs["compose"] += t2 - t
             if writing is not None:
                 await writing
+            mark = time.perf_counter()
+            secs["write_wait"] += mark - t2
             tally.queued += len(messages)
             tally.evaluated += len(batch)
             tally.variants = dict(composer.variant_counts)
             writing = asyncio.create_task(_write(messages, links))
         if writing is not None:
+            t = time.perf_counter()
             await writing
+            secs["write_wait"] += time.perf_counter() - t
     finally:
         if writing is not None and not writing.done():
             writing.cancel()

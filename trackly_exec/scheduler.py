@@ -38,11 +38,9 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from . import constants as c
-from .audience import FilterError, compile_filter
-from .compose import check_body
 from .cron import Cron, CronError
 from .errors import TracklyError
-from .evaluation import Plan, Tally, evaluate
+from .evaluation import Tally, evaluate, load_plan
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import CampaignStatus, Execution, ExecutionStatus, utcnow
@@ -93,56 +91,6 @@ def latest_due(cron: Cron, tz: str, first: dt.datetime, now: dt.datetime) -> dt.
         if nxt > now:
             return latest
         latest = nxt
-
-
-# --------------------------------------------------------------------------------------------- validation
-
-
-async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str, Any]) -> tuple[Plan | None, str]:
-    """Everything the execution needs, or None and the reason the campaign cannot run."""
-    db = trackly.db
-    account_id = campaign["account_id"]
-    slist = await db[c.SENDING_LISTS].find_one({"_id": campaign["sending_list_id"]})
-    if slist is None:
-        return None, f"sending list {campaign['sending_list_id']} does not exist"
-    if slist.get("account_id") != account_id:
-        return None, f"sending list {slist['_id']} belongs to another account"
-    if not slist.get("active", True):
-        return None, f"sending list {slist['_id']} is not active"
-    ids = list(campaign.get("audience_ids") or [])
-    if not ids:
-        return None, "the campaign has no audiences"
-    audiences = await db[c.AUDIENCES].find({"_id": {"$in": ids}}).to_list(None)
-    found = {a["_id"]: a for a in audiences}
-    for aid in ids:
-        a = found.get(aid)
-        if a is None:
-            return None, f"audience {aid} does not exist"
-        if a.get("sending_list_id") != slist["_id"]:
-            return None, f"audience {aid} belongs to another sending list"
-        if a.get("contact_ids") is None:
-            try:
-                compile_filter(a.get("filter"))
-            except FilterError as exc:
-                return None, f"audience {aid} has an invalid filter: {exc}"
-    creative = await db[c.CREATIVES].find_one({"_id": campaign["creative_id"]})
-    if creative is None:
-        return None, f"creative {campaign['creative_id']} does not exist"
-    if creative.get("account_id") != account_id:
-        return None, f"creative {creative['_id']} belongs to another account"
-    variants = creative.get("variants") or []
-    learned = creative.get("selection") == "learned"
-    if not variants or not (learned or any(float(v.get("weight", 1)) > 0 for v in variants)):
-        return None, f"creative {creative['_id']} has no variant with a weight above 0"
-    for v in variants:
-        problems = check_body(v.get("body", ""))
-        if problems:
-            return None, f"creative {creative['_id']} variant {v.get('key')!r}: {problems[0]}"
-    try:
-        trackly.drivers.build(slist["driver"], slist.get("driver_settings") or {})
-    except Exception as exc:
-        return None, f"driver {slist.get('driver')!r} of sending list {slist['_id']} is not available: {exc}"
-    return Plan(execution, campaign, slist, [found[i] for i in ids], creative), ""
 
 
 # --------------------------------------------------------------------------------------------- running
