@@ -256,3 +256,24 @@ async def test_next_run_written_as_text_is_healed(trackly: Trackly) -> None:
     await Scheduler(trackly).run_until_idle()
     assert await trackly.db[c.EXECUTIONS].count_documents({"status": "queued"}) == 1
     assert isinstance((await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["next_run_at"], dt.datetime)
+
+
+async def test_component_runs_due_campaigns_in_the_background(trackly: Trackly) -> None:
+    """Started as a daemon component, the scheduler picks up a due campaign by itself and stops cleanly."""
+    register_echo()
+    trackly.settings.scheduler.poll_interval_seconds = 0.05
+    await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 11)],
+                        campaign_kw={"schedule": {"at": utcnow()}})
+    sched = Scheduler(trackly)
+    await sched.start()
+    try:
+        ex = None
+        for _ in range(200):                      # bounded wait for the background loop (no burst mode here)
+            ex = await trackly.db[c.EXECUTIONS].find_one({"status": "queued"})
+            if ex is not None:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sched.stop(5.0)
+    assert ex is not None and ex["counts"]["queued"] == 10
+    assert sched._loop is None and not sched._tasks
