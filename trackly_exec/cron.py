@@ -152,7 +152,10 @@ class Cron:
         local = after.astimezone(zone).replace(tzinfo=None)
         best: dt.datetime | None = None
         best_wall: dt.datetime | None = None
-        start = (local - _MAX_SHIFT).replace(second=0, microsecond=0)
+        # Near a DST transition a later instant can have an earlier wall time: look back then; else start here.
+        offsets = {after.astimezone(zone).utcoffset(), (after - _MAX_SHIFT).astimezone(zone).utcoffset(),
+                   (after + _MAX_SHIFT).astimezone(zone).utcoffset()}
+        start = (local - _MAX_SHIFT if len(offsets) > 1 else local).replace(second=0, microsecond=0)
         for wall in self._wall_times(start):
             if best_wall is not None and wall > best_wall + 2 * _MAX_SHIFT:
                 break

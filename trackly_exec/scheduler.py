@@ -48,7 +48,7 @@ from .queue import has_pending
 
 log = get_logger(__name__)
 
-_DENSE_LOOKBACK = dt.timedelta(days=2)
+_LOOKBACKS = (dt.timedelta(hours=1), dt.timedelta(days=1), dt.timedelta(days=32), dt.timedelta(days=366))
 _DUE_BATCH = 100
 
 
@@ -82,10 +82,13 @@ def first_run_at(campaign: dict[str, Any], now: dt.datetime) -> dt.datetime | No
 def latest_due(cron: Cron, tz: str, first: dt.datetime, now: dt.datetime) -> dt.datetime:
     """The latest occurrence in ``[first, now]`` (``first`` is a due occurrence)."""
     latest = first
-    if now - first > _DENSE_LOOKBACK:
-        probe = cron.next_after(now - _DENSE_LOOKBACK, tz)
+    for back in _LOOKBACKS:   # a dense cron after long downtime: start close to now, not at the first miss
+        if now - back <= first:
+            break
+        probe = cron.next_after(now - back, tz)
         if probe <= now:
             latest = probe
+            break
     while True:
         nxt = cron.next_after(latest, tz)
         if nxt > now:
