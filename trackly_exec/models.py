@@ -206,6 +206,9 @@ class Execution(Document):
     evaluated_at: dt.datetime | None = None
     queued_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
+    lease_owner: str | None = None             # the evaluating process ("<instance>:<run id>")
+    heartbeat_at: dt.datetime | None = None    # renewed every batch; stale -> another scheduler resumes it
+    attempts: int = 0                          # evaluation attempts (1 + resumes)
 
 
 # --------------------------------------------------------------------------------------------- messages
