@@ -45,7 +45,7 @@ async def test_stale(settings: Settings, store: Store, fakes: dict[str, Any]) ->
     await store.db[c.QUEUED].update_many({"_id": {"$in": backoff}},
                                          {"$set": {"not_before": utcnow() - dt.timedelta(minutes=1)}})
     counts = await run(await executor(settings, store, fakes))
-    assert await failed(store, "STALE") == sorted(stale) and counts["sent"] == 2
+    assert await failed(store, "STALE") == sorted(stale) and counts["sent"] == 2, (counts, fakes["infobip"].summary())
     assert set(fakes["infobip"].accepted_counts()) == set(backoff)
     events = await store.db[c.EVENTS].find({"kind": "failed_message"}).to_list(None)
     assert sorted(e["data"]["message_id"] for e in events) == sorted(stale)

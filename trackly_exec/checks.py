@@ -58,8 +58,8 @@ async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, dict[
     if not contact_ids:
         return {}
     cursor = db[c.CONTACTS].find(
-        {"_id": {"$in": list(set(contact_ids))},
-         "$or": [{"subscribed": False}, {"blocked": True}, {"timezone": {"$gt": ""}}]},
+        {"$and": [{"_id": {"$in": list(set(contact_ids))}},  # $and: see claims.due_filter (nx-27017 and $or)
+                  {"$or": [{"subscribed": False}, {"blocked": True}, {"timezone": {"$gt": ""}}]}]},
         {"subscribed": 1, "blocked": 1, "timezone": 1},
     )
     return {d["_id"]: d async for d in cursor}

@@ -2,7 +2,7 @@
 
 One loop asks the store which lists have due, unclaimed messages (``distinct("sending_list_id", due)``) and
 keeps, per list, up to ``workers_per_list`` worker tasks; each task claims its own batches
-(:meth:`worker.Worker.run_batch`) until a batch comes back short. Lists are visited round-robin, and every
+(:meth:`worker.Worker.run_batch`) until a claim comes back empty. Lists are visited round-robin, and every
 provider request of every list shares one ``asyncio.Semaphore(pool_size)``, so no list starves another.
 Every task is kept in a set until it is done.
 
@@ -130,15 +130,15 @@ class Coordinator:
         return done
 
     async def _list_worker(self, list_id: int) -> None:
-        """Claim and process batches of one list until a batch comes back short."""
+        """Claim and process batches of one list until a claim comes back empty."""
         while not self.stopping.is_set() and self.worker.paused.get(list_id, 0.0) <= time.monotonic():
             info = await self.list_info(list_id)
             if info is None:
                 return
             claimed = await self.worker.run_batch(info)
-            self.counts["batches"] += claimed > 0
-            if claimed < self.worker.claim_limit(info.doc):
+            if claimed == 0:
                 return
+            self.counts["batches"] += 1
 
     # -- burst mode -------------------------------------------------------------------------------
 

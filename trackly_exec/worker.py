@@ -5,7 +5,8 @@ to the end. Every store and Redis operation is per batch (or per chunk on rate-l
 message:
 
 1. **claim** up to ``claim_batch_size`` due messages (a rate-limited list claims at most
-   ``rate_limit_claim_seconds`` of its tokens, so one worker never sits on a long backlog);
+   ``rate_limit_claim_seconds`` of its tokens, so one worker never sits on a long backlog); one read of
+   the queue yields candidate ids for ``workers_per_list`` batches, each claimed conditionally;
 2. **checks** (:mod:`checks`): STALE / BLOCKED_CONTENT / CONTACT_BLOCKED are dead-lettered, quiet hours hold
    the message (released with ``not_before`` = the window's next opening);
 3. the rest is cut into chunks of ``rate_limit_chunk_seconds`` of tokens (the whole remainder when the list
@@ -83,6 +84,8 @@ class Worker:
         self.outcomes = Outcomes(trackly, counts)
         self.tokens: set[str] = set()          # claims in progress (released on shutdown)
         self.paused: dict[int, float] = {}     # list id -> monotonic time until which it must not be claimed
+        self._candidates: dict[int, collections.deque[str]] = {}  # list id -> due ids read ahead
+        self._fetching: dict[int, asyncio.Lock] = {}
         first = self.cfg.retry_initial_backoff_seconds
         self._backoff = wait_exponential(multiplier=first, max=30.0) + wait_random(0, first)  # exponential + jitter
 
@@ -125,7 +128,7 @@ class Worker:
     async def _run(self, info: ListInfo, token: str) -> int:
         lst = info.doc
         now = self.clock()
-        docs = await claims.claim(self.db, lst.id, token, now, self.claim_limit(lst))
+        docs = await self._claim(lst, token, now)
         if not docs:
             return 0
         failpoints.hit("after_claim")
@@ -147,6 +150,27 @@ class Worker:
                 self.counts["released"] += await claims.release(self.db, token, [(rest, {})])
                 break
         return len(docs)
+
+    async def _claim(self, lst: SendingList, token: str, now: dt.datetime) -> list[dict[str, Any]]:
+        """Claim one batch from this list's candidate ids (re-read from the queue when they run out)."""
+        limit = self.claim_limit(lst)
+        for _ in range(3):  # candidates may all have been taken by another process meanwhile
+            ids = await self._candidates_for(lst.id, now, limit)
+            if not ids:
+                return []
+            docs = await claims.claim_ids(self.db, ids, token, now)
+            if docs:
+                return docs
+        return []
+
+    async def _candidates_for(self, list_id: int, now: dt.datetime, limit: int) -> list[str]:
+        """Up to ``limit`` candidate ids; one queue scan serves ``workers_per_list`` batches."""
+        pending = self._candidates.setdefault(list_id, collections.deque())
+        if not pending:
+            async with self._fetching.setdefault(list_id, asyncio.Lock()):
+                if not pending:
+                    pending.extend(await claims.find_due(self.db, list_id, now, limit * self.cfg.workers_per_list))
+        return [pending.popleft() for _ in range(min(limit, len(pending)))]
 
     async def _chunk(self, info: ListInfo, token: str, chunk: Sequence[dict[str, Any]],
                      rest: Sequence[dict[str, Any]]) -> bool:

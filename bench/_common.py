@@ -1,0 +1,155 @@
+"""Shared plumbing of the executor benchmarks: services on free loopback ports, seeding, fakes as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trackly_exec import constants as c  # noqa: E402
+from trackly_exec.embedded import EmbeddedMongo, free_port  # noqa: E402
+from trackly_exec.models import utcnow  # noqa: E402
+from trackly_exec.store import Store  # noqa: E402
+
+TRACKLY = str(Path(sys.executable).with_name("trackly"))
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                r.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def ledger(url: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{url}/_fake/ledger", timeout=10) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def services(*, fakes: tuple[str, ...] = ("infobip", "cm", "twilio"), in_memory: bool = True) -> Iterator[dict[str, Any]]:
+    """An nx-27017 store, a redis-server and the provider fakes, each its own process on a free port."""
+    tmp = Path(tempfile.mkdtemp(prefix="trackly-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    mongo = EmbeddedMongo(tmp / "mongo", in_memory=in_memory)
+    try:
+        mongo.start()
+        mongo.wait_ready()
+        redis_port = free_port()
+        procs.append(subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls: dict[str, str] = {}
+        for name in fakes:
+            port = free_port()
+            # reports far in the future: nothing listens for them here and they would only burn CPU
+            procs.append(subprocess.Popen([TRACKLY, "fake-provider", name, "--port", str(port), "--dlr-delay", "1e6"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            urls[name] = f"http://127.0.0.1:{port}"
+        for url in urls.values():
+            wait_http(f"{url}/_fake/ledger")
+        yield {"mongo_uri": mongo.uri, "redis_url": f"redis://127.0.0.1:{redis_port}/0", "fakes": urls, "tmp": tmp}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+        mongo.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fake_credentials(name: str) -> dict[str, Any]:
+    """The default credentials of a fake (what ``trackly fake-provider NAME`` accepts)."""
+    from trackly_exec.fakes import load_fake_class
+
+    fake = load_fake_class(name)()
+    fake.port = 1  # driver_settings() includes the URL; only the credentials are wanted
+    return {k: v for k, v in fake.driver_settings().items() if k != "base_url"}
+
+
+async def seed_lists(store: Store, n: int, lists: dict[int, str], *, rate: int = 0, price: float = 0.0,
+                     body: str = "Your code is {i}. Reply STOP to opt out", contacts: bool = True) -> list[str]:
+    """``n`` queued messages spread over ``lists`` ({list id: driver}), with their contacts. Returns ids."""
+    db = store.db
+    now = utcnow()
+    await db[c.ACCOUNTS].update_one({"_id": 1}, {"$set": {"name": "bench", "balance": 1e12}}, upsert=True)
+    for lid, driver in lists.items():
+        await db[c.SENDING_LISTS].update_one({"_id": lid}, {"$set": {
+            "account_id": 1, "name": f"bench-{driver}", "driver": driver, "driver_settings": {},
+            "from_number": "+15550000000", "rate_limit_per_minute": rate, "price_per_segment": price,
+            "blocked_words": ["casino"], "active": True,
+            # the whole day (bar one minute): the quiet-hours check still runs per message
+            "quiet_hours": {"start": "00:00", "end": "23:59", "default_timezone": "UTC"}, "created_at": now,
+        }}, upsert=True)
+    ids: list[str] = []
+    list_ids = list(lists)
+    batch_q: list[dict[str, Any]] = []
+    batch_c: list[dict[str, Any]] = []
+    sendtime = now - dt.timedelta(seconds=5)
+    base = int(time.time() * 1000) % 10_000_000 * 1_000_000
+    for k in range(n):
+        lid = list_ids[k % len(list_ids)]
+        cid = base + k
+        phone = f"+1202{(k % 10_000_000):07d}"
+        mid = f"{cid:016x}"
+        ids.append(mid)
+        text = body.format(i=k)
+        batch_q.append({"_id": mid, "sending_list_id": lid, "account_id": 1, "campaign_id": 1, "execution_id": 1,
+                        "contact_id": cid, "creative_id": 1, "variant_key": "a", "from_number": "+15550000000",
+                        "to_number": phone, "body": text, "length": len(text), "segments": 1, "encoding": "GSM-7",
+                        "send_type": "campaign", "sendtime": sendtime, "created_at": now, "not_before": None,
+                        "claimed_by": None, "claimed_at": None, "sending_at": None, "billing_blocked_since": None,
+                        "attempts": 0})
+        if contacts:
+            batch_c.append({"_id": cid, "sending_list_id": lid, "phone": phone, "subscribed": True, "blocked": False,
+                            "timezone": None, "attributes": {}, "created_at": now, "updated_at": now})
+        if len(batch_q) >= 5000:
+            await db[c.QUEUED].insert_many(batch_q, ordered=False)
+            if batch_c:
+                await db[c.CONTACTS].insert_many(batch_c, ordered=False)
+            batch_q, batch_c = [], []
+    if batch_q:
+        await db[c.QUEUED].insert_many(batch_q, ordered=False)
+    if batch_c:
+        await db[c.CONTACTS].insert_many(batch_c, ordered=False)
+    return ids
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,129 @@
+"""Executor throughput against its storage floor.
+
+Pre-queues N messages (default 100,000) on three lists (Infobip, CM, Twilio fakes, each served by its own
+``trackly fake-provider`` process), rate limit off (``rate_limit_per_minute = 0``; ``--rate`` sets one),
+Redis limiter configured. Prints:
+
+- executor msg/s, from the first claim to the last record (one ``run_until_idle`` in this process);
+- the storage floor, measured in the same run on the same store: the same store operations per message
+  (find due ids, claim, read claimed, mark intent, insert records, delete) in the same batch sizes and
+  with the same concurrency (lists x workers_per_list), with no other logic;
+- the ratio executor / floor, and the peak RSS of this process.
+
+    .venv/bin/python bench/executor.py [--n 100000] [--file] [--rate 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from _common import fake_credentials, ledger, peak_rss_mb, run, seed_lists, services
+
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.claims import due_filter
+from trackly_exec.config import load_config
+from trackly_exec.coordinator import Coordinator
+from trackly_exec.models import utcnow
+from trackly_exec.outcomes import sent_doc
+from trackly_exec.store import Store
+
+LISTS = {1: "infobip", 2: "cm", 3: "twilio"}
+
+
+async def floor(store: Store, lists: list[int], batch: int, workers: int) -> tuple[int, float]:
+    """The bare store work of the executor on what is queued; returns (messages, seconds)."""
+    q, sent = store.db[c.QUEUED], store.db[c.SENT]
+    done = 0
+
+    async def worker(lid: int) -> None:
+        nonlocal done
+        while True:
+            now = utcnow()
+            token = f"floor:{uuid.uuid4().hex}"
+            ids = [d["_id"] async for d in q.find(due_filter(now, lid), {"_id": 1}).sort([("sendtime", 1), ("_id", 1)]).limit(batch)]
+            if not ids:
+                return
+            await q.update_many({"_id": {"$in": ids}, "claimed_by": None}, {"$set": {"claimed_by": token, "claimed_at": now}})
+            docs = await q.find({"claimed_by": token}).to_list(None)
+            if not docs:
+                continue
+            mine = [d["_id"] for d in docs]
+            await q.update_many({"_id": {"$in": mine}, "claimed_by": token}, {"$set": {"sending_at": now}})
+            await sent.insert_many([sent_doc(d, provider="floor", provider_message_id=d["_id"], segments=1, cost=0.0, now=now)
+                                    for d in docs], ordered=False)
+            await q.delete_many({"_id": {"$in": mine}, "claimed_by": token})
+            done += len(mine)
+            if len(ids) < batch:
+                return
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(lid) for lid in lists for _ in range(workers)))
+    return done, time.perf_counter() - started
+
+
+async def main(args: argparse.Namespace) -> None:
+    with services(in_memory=not args.file) as svc:
+        drivers: dict[str, Any] = {
+            name: {"base_url": svc["fakes"][name], **fake_credentials(name), "timeout_seconds": 30.0}
+            for name in LISTS.values()
+        }
+        settings = load_config(
+            "/dev/null",
+            daemon={"data_dir": str(svc["tmp"] / "data"), "instance_name": "bench"},
+            mongo={"uri": svc["mongo_uri"], "database": "bench"},
+            redis={"url": svc["redis_url"]},
+            http={"enabled": False},
+            executor={"claim_batch_size": args.batch, "workers_per_list": args.workers, "pool_size": args.pool},
+            drivers=drivers,
+        )
+        store = await Store.connect(svc["mongo_uri"], "bench")
+        await store.ensure_indexes()
+        trackly = await Trackly.open(settings, store=store)
+        print(f"seeding {args.n:,} messages on {len(LISTS)} lists ({', '.join(LISTS.values())}), "
+              f"{'file' if args.file else 'in-memory'} nx-27017 store ...", flush=True)
+        t = time.perf_counter()
+        ids = await seed_lists(store, args.n, LISTS, rate=args.rate, price=0.001)
+        print(f"  seeded in {time.perf_counter() - t:.1f}s", flush=True)
+
+        coord = Coordinator(trackly)
+        started = time.perf_counter()
+        counts = await coord.run_until_idle()
+        elapsed = time.perf_counter() - started
+        await trackly.close(close_store=False)
+        sent = counts.get("sent", 0)
+        accepted = sum(ledger(u)["accepted"] for u in svc["fakes"].values())
+        dupes = sum(ledger(u)["duplicates"] for u in svc["fakes"].values())
+        exec_rate = sent / elapsed if elapsed else 0.0
+        print(f"executor: {sent:,} sent in {elapsed:.2f}s = {exec_rate:,.0f} msg/s "
+              f"(provider ledgers: {accepted:,} accepted, {dupes} duplicates; "
+              f"other outcomes: { {k: v for k, v in counts.items() if k.startswith(('failed', 'held'))} })", flush=True)
+
+        await store.db[c.SENT].delete_many({})
+        await seed_lists(store, args.n, LISTS, contacts=False)
+        done, floor_s = await floor(store, list(LISTS), args.batch, args.workers)
+        floor_rate = done / floor_s if floor_s else 0.0
+        print(f"storage floor: {done:,} messages in {floor_s:.2f}s = {floor_rate:,.0f} msg/s "
+              f"(find due, claim, read, intent, insert, delete; batches of {args.batch}, "
+              f"{len(LISTS)} lists x {args.workers} workers)")
+        print(f"ratio executor/floor: {exec_rate / floor_rate:.2f}   target >= 0.8")
+        print(f"target 8,333 msg/s: {'met' if exec_rate >= 8333 else 'not met'} "
+              f"(floor {'allows' if floor_rate >= 8333 else 'does not allow'} it on this machine)")
+        print(f"peak RSS (this process: executor + bench): {peak_rss_mb():.0f} MB")
+        assert len(ids) == args.n
+        await store.close()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000, help="messages to queue (default 100,000)")
+    p.add_argument("--batch", type=int, default=1000, help="claim batch size (default 1000)")
+    p.add_argument("--workers", type=int, default=6, help="workers per list (default 6)")
+    p.add_argument("--pool", type=int, default=30, help="concurrent provider requests (default 30)")
+    p.add_argument("--rate", type=int, default=0, help="rate limit per list per minute (default 0: off)")
+    p.add_argument("--file", action="store_true", help="file-backed store instead of in-memory")
+    run(main(p.parse_args()))
