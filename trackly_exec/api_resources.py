@@ -16,7 +16,7 @@ from . import apimodels as m
 from . import constants as c
 from .api import ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, route
 from .contacts import upsert
-from .errors import TracklyError
+from .errors import DriverNotFound, TracklyError
 from .models import utcnow
 
 
@@ -53,9 +53,10 @@ async def create_sending_list(request: web.Request) -> web.Response:
     await get_or_404(trackly, c.ACCOUNTS, body.account_id, "account")
     try:
         trackly.drivers.build(body.driver, body.driver_settings)
-    except Exception as exc:  # unknown driver or invalid settings: the message says which
-        where = "body.driver" if "unknown driver" in str(exc) or "failed to load" in str(exc) else "body.driver_settings"
-        raise field_error(where, str(exc)) from exc
+    except DriverNotFound as exc:
+        raise field_error("body.driver", str(exc)) from exc
+    except Exception as exc:  # invalid settings (ConfigError), or a plugin that fails to build with them
+        raise field_error("body.driver_settings", str(exc)) from exc
     doc = {"_id": await _new_id(trackly, c.SENDING_LISTS), **body.model_dump(), "created_at": utcnow()}
     await trackly.store[c.SENDING_LISTS].insert_one(doc)
     return _json(m.SendingListOut.from_doc(doc), 201)
