@@ -121,9 +121,13 @@ async def test_campaign_commands_and_stats(server: str, trackly: Trackly, tmp_pa
 
 
 def test_daemon_not_running_message(tmp_path: Path) -> None:
-    """With no daemon listening, the CLI says so and how to start it, and exits 1."""
+    """With no daemon listening, the CLI says so (at the configured address) and how to start it, and exits 1."""
     cfg = tmp_path / "t.toml"
     cfg.write_text(f'[http]\nport = {free_port()}\napi_tokens = ["t"]\n')
     r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "campaign", "list", "-c", str(cfg)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "cannot reach the trackly daemon" in r.stderr and "trackly run" in r.stderr
+    port = cfg.read_text().split("port = ")[1].split()[0]
+    r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "-c", str(cfg), "stats", "1"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr  # -c before the command is honoured too

@@ -88,10 +88,13 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", help="config file (default: $TRACKLY_CONFIG or ./trackly.toml)")
+    # SUPPRESS: a sub-command's own (absent) -c must not overwrite `trackly -c FILE COMMAND`.
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                        help="config file (default: $TRACKLY_CONFIG or ./trackly.toml)")
     parser = argparse.ArgumentParser(
-        prog="trackly", description="trackly-exec: self-hosted SMS campaign execution engine.", parents=[common]
+        prog="trackly", description="trackly-exec: self-hosted SMS campaign execution engine."
     )
+    parser.add_argument("-c", "--config", help="config file (default: $TRACKLY_CONFIG or ./trackly.toml)")
     parser.add_argument("--version", action="version", version=f"trackly-exec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
