@@ -47,7 +47,7 @@ class ApiClient:
         self.token = token
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.base}/api/v1{path}", data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
@@ -55,7 +55,7 @@ class ApiClient:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise CliError(_describe(exc.code, exc.read())) from None
@@ -248,7 +248,8 @@ def cmd_campaign_show(args: argparse.Namespace) -> int:
 
 
 def cmd_campaign_trigger(args: argparse.Namespace) -> int:
-    out = client_from(args).call("POST", f"/campaigns/{args.id}/trigger")
+    # The answer comes once every message is queued: minutes for millions of contacts.
+    out = client_from(args).call("POST", f"/campaigns/{args.id}/trigger", timeout=3600)
     ex = out.get("execution") or {}
     counts = ex.get("counts") or {}
     if ex.get("status") == "failed":
