@@ -321,3 +321,18 @@ async def test_resume_recomputes_cron_from_now(client: TestClient[Any, Any], tra
     assert utcnow() < nxt <= utcnow() + dt.timedelta(minutes=5) and nxt.minute % 5 == 0
     r = await client.get(f"/api/v1/campaigns/{camp['id']}", headers=H)
     assert (await r.json())["schedule"] == {"at": None, "cron": "*/5 * * * *", "timezone": "UTC"}
+
+
+def test_documented_examples_are_valid() -> None:
+    """Every request example in the OpenAPI document validates against its own model (and filter/template rules)."""
+    from trackly_exec import apimodels as m
+    from trackly_exec.audience import compile_filter
+    from trackly_exec.compose import check_body
+
+    for model in (m.AccountIn, m.SendingListIn, m.ContactsBulkIn, m.AudienceIn, m.CreativeIn, m.CampaignIn):
+        for example in model.model_json_schema()["examples"]:
+            body = model.model_validate(example)
+            if isinstance(body, m.AudienceIn):
+                compile_filter(body.filter)
+            if isinstance(body, m.CreativeIn):
+                assert all(not check_body(v.body) for v in body.variants)

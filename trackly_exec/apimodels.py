@@ -97,6 +97,8 @@ class PageQuery(Body):
 
 
 class AccountIn(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Acme Shoes", "balance": 500.0, "webhook_url": "https://acme.example/sms-status", "webhook_secret": "change-me-please"}]})
+
     name: str = Field(min_length=1, max_length=200)
     balance: float = Field(0.0, ge=0, description="Prepaid balance debited per sent segment.")
     webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000,
@@ -129,6 +131,8 @@ class QuietHoursIn(QuietHours):
 
 
 class SendingListIn(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"account_id": 1, "name": "US promos", "driver": "infobip", "driver_settings": {}, "from_number": "+15550100999", "cooldown_minutes": 1440, "quiet_hours": {"start": "08:00", "end": "21:00", "default_timezone": "America/New_York"}, "price_per_segment": 0.0075}]})
+
     account_id: int = Field(ge=1)
     name: str = Field(min_length=1, max_length=200)
     driver: str = Field(min_length=1, max_length=100,
@@ -209,6 +213,8 @@ class ContactIn(Body):
 
 class ContactsBulkIn(Body):
     """Bulk upsert by (sending list, normalised phone). Bad rows are reported, good rows are kept."""
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"contacts": [{"phone": "(212) 555-0100", "first_name": "Ava", "timezone": "America/New_York", "attributes": {"tier": "gold"}}, {"phone": "+44 20 7946 0958", "subscribed": False}]}]})
+
 
     contacts: list[ContactIn] = Field(max_length=MAX_BULK_CONTACTS)
     default_region: str = Field("US", pattern=r"^[A-Z]{2}$", description="Region for numbers without a country code.")
@@ -257,6 +263,8 @@ class ContactOut(Out):
 
 
 class AudienceIn(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"sending_list_id": 1, "name": "Gold tier", "filter": {"and": [{"attributes.tier": {"eq": "gold"}}, {"in_workflow": {"eq": False}}]}}]})
+
     sending_list_id: int = Field(ge=1)
     name: str = Field(min_length=1, max_length=200)
     filter: dict[str, Any] | None = Field(
@@ -287,6 +295,8 @@ class AudienceOut(Out):
 
 
 class CreativeIn(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"account_id": 1, "name": "Spring sale", "selection": "split", "variants": [{"key": "a", "body": "Hi {first_name|there}! 20% off today: https://shop.example.com/spring", "weight": 50}, {"key": "b", "body": "{first_name|Hello}, your discount is waiting: https://shop.example.com/spring", "weight": 50}]}]})
+
     account_id: int = Field(ge=1)
     name: str = Field(min_length=1, max_length=200)
     variants: list[Variant] = Field(min_length=1, max_length=26,
@@ -352,6 +362,8 @@ class ScheduleOut(Out):
 
 
 class CampaignIn(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"account_id": 1, "sending_list_id": 1, "audience_ids": [1, 2], "creative_id": 1, "schedule": {"cron": "0 10 * * MON-FRI", "timezone": "America/New_York"}, "exclude_in_workflow": True, "quiet_hours_policy": "exclude", "track_links": True}]})
+
     account_id: int = Field(ge=1)
     sending_list_id: int = Field(ge=1)
     audience_ids: list[int] = Field(min_length=1, max_length=100)
