@@ -336,3 +336,23 @@ def test_documented_examples_are_valid() -> None:
                 compile_filter(body.filter)
             if isinstance(body, m.CreativeIn):
                 assert all(not check_body(v.body) for v in body.variants)
+
+
+async def test_store_down_is_503(trackly: Trackly) -> None:
+    """With the store unreachable, the API answers 503 JSON (not 500, not a hang)."""
+    from pymongo import AsyncMongoClient
+
+    from trackly_exec.embedded import free_port
+    from trackly_exec.store import Store
+
+    dead: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", serverSelectionTimeoutMS=300, tz_aware=True)
+    down = Trackly(trackly.settings, Store(dead, dead["x"]))
+    app = web.Application()
+    api.setup(app, down)
+    try:
+        async with TestClient(TestServer(app)) as cl:
+            r = await cl.get("/api/v1/accounts/1", headers=H)
+            assert r.status == 503 and (await r.json())["error"] == "unavailable"
+    finally:
+        await dead.close()

@@ -6,7 +6,8 @@ registers the aiohttp routes and generates the OpenAPI document (:mod:`trackly_e
 Errors are JSON ``{"error", "message", "details", "request_id"}``: 401 without a valid token, 400 for
 malformed JSON, 413 for a body above ``http.max_body_bytes``, 422 for an invalid body (``details`` holds
 ``{"loc": "body.field.path", "msg"}``), 404 for an unknown id (the message names which), 409 for an
-action the resource's state refuses. Anything unexpected is logged with a request id and answers 500.
+action the resource's state refuses, 503 while the store is unreachable. Anything unexpected is logged
+with a request id and answers 500.
 
 Campaign pause/resume: a paused campaign is neither scheduled nor triggerable; messages it already
 queued are still sent (they expire as STALE after 30 minutes like any other). Resuming a recurring
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure, ExecutionTimeout
 
 from . import apimodels as m
 from .app import Trackly
@@ -209,6 +211,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                       "request_id": rid}, exc.status)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except (ConnectionFailure, ExecutionTimeout) as exc:
+        log.error("api_store_unavailable", request_id=rid, path=request.path, error=str(exc))
+        resp = _json({"error": "unavailable", "message": "the store is not reachable right now; try again",
+                      "details": [], "request_id": rid}, 503)
     except Exception as exc:
         log.exception("api_internal_error", request_id=rid, method=request.method, path=request.path, error=str(exc))
         resp = _json({"error": "internal", "message": f"internal error; quote request id {rid}", "details": [],

@@ -19,6 +19,7 @@ _ERRORS = {
     400: "Malformed JSON", 401: "Missing or wrong bearer token", 404: "Unknown id (the message names which)",
     409: "The resource's state refuses the action", 413: "Body larger than http.max_body_bytes",
     422: "Invalid body or query; `details` lists each field path", 500: "Internal error (logged with the request id)",
+    503: "The store is unreachable right now",
 }
 DESCRIPTION = """Admin API of trackly-exec. Every route except this document needs `Authorization: Bearer <token>`
 (one of `http.api_tokens`). Ids are integers. Lists are paginated: `limit` (1-1000) and `after` (the previous
@@ -79,7 +80,7 @@ def _build() -> dict[str, Any]:
         else:
             schema = {"type": "object"}
         responses: dict[str, Any] = {str(r.status): {"description": "OK", "content": {"application/json": {"schema": schema}}}}
-        codes = set(r.errors) | {500}
+        codes = set(r.errors) | {500} | ({503} if r.auth else set())
         if r.body is not None:
             codes |= {400, 413, 422}
         if r.query is not None:
