@@ -27,6 +27,7 @@ import asyncio
 import collections
 import datetime as dt
 import math
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -34,8 +35,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_before_delay
-from tenacity import wait_exponential, wait_random
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, stop_before_delay
 
 from . import billing, checks, claims, failpoints, quiethours
 from .driver import Driver, OutboundMessage, SendResult, TransientFailure
@@ -86,8 +86,6 @@ class Worker:
         self.paused: dict[int, float] = {}     # list id -> monotonic time until which it must not be claimed
         self._candidates: dict[int, collections.deque[str]] = {}  # list id -> due ids read ahead
         self._fetching: dict[int, asyncio.Lock] = {}
-        first = self.cfg.retry_initial_backoff_seconds
-        self._backoff = wait_exponential(multiplier=first, max=30.0) + wait_random(0, first)  # exponential + jitter
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -281,22 +279,29 @@ class Worker:
             last = transient
             return transient
 
-        base_wait = self._backoff
+        if not await attempt():  # the common case: one attempt, no retry machinery
+            return
 
-        def wait(state: RetryCallState) -> float:
+        def wait(attempt_done: int) -> float:
+            """Exponential backoff with jitter after ``attempt_done`` attempts, at least the Retry-After hint."""
             hinted = max((r.retry_after or 0.0 for r in last), default=0.0)
-            return max(hinted, base_wait(state))
+            first = self.cfg.retry_initial_backoff_seconds
+            return max(hinted, min(30.0, first * 2 ** (attempt_done - 1)) + random.uniform(0, first))
 
         async def sleep(seconds: float) -> None:
             if await self._sleep(seconds):
                 raise _Stop()
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.cfg.retry_max_attempts) | stop_before_delay(self.cfg.retry_budget_seconds),
-            wait=wait, sleep=sleep, retry=retry_if_result(bool), retry_error_callback=lambda state: last,
-        )
+        final = last
         try:
-            final = await retrying(attempt)
+            if self.cfg.retry_max_attempts > 1:
+                await sleep(wait(1))
+                final = await AsyncRetrying(  # attempts 2..max (the one above was attempt 1)
+                    stop=stop_after_attempt(self.cfg.retry_max_attempts - 1)
+                    | stop_before_delay(self.cfg.retry_budget_seconds),
+                    wait=lambda state: wait(state.attempt_number + 1), sleep=sleep, retry=retry_if_result(bool),
+                    retry_error_callback=lambda state: last,
+                )(attempt)
         except (_Stop, LimiterUnavailable):
             requeue.update(r.message_id for r in last)
             final = last
