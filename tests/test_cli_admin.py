@@ -83,6 +83,9 @@ async def test_import_errors_are_clear(server: str, trackly: Trackly, tmp_path: 
     f.write_text("name\nbob\n")
     assert await run(server, "contacts", "import", str(f), "--list", "1") == 1
     assert "'phone' column" in capsys.readouterr().err
+    f.write_bytes("phone,first_name\n+12125550100,Jos\xe9\n".encode("latin-1"))
+    assert await run(server, "contacts", "import", str(f), "--list", "1") == 1
+    assert "not UTF-8" in capsys.readouterr().err
     code = await asyncio.to_thread(cli.main, ["campaign", "list", "--api", server, "--token", "wrong"])
     assert code == 1 and "refused the API token" in capsys.readouterr().err
 

@@ -133,6 +133,14 @@ def csv_chunks(fh: TextIO, size: int = CHUNK) -> Iterator[list[tuple[int, dict[s
         yield chunk
 
 
+def _checked(chunks: Iterator[list[tuple[int, dict[str, Any]]]], path: Path) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """``chunks``, with a malformed CSV turned into a clear error."""
+    try:
+        yield from chunks
+    except csv.Error as exc:
+        raise CliError(f"{path}: not a readable CSV: {exc}") from None
+
+
 class Progress:
     """A progress bar on a TTY, plain lines otherwise."""
 
@@ -159,13 +167,16 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"no such file: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        total = max(sum(1 for _ in fh) - 1, 0)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            total = max(sum(1 for _ in fh) - 1, 0)
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
     inserted = updated = done = 0
     rejects: list[tuple[int, str, str]] = []
     progress = Progress(total, sys.stderr)
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        for chunk in csv_chunks(fh, args.chunk):
+        for chunk in _checked(csv_chunks(fh, args.chunk), path):
             res = client.call("POST", f"/sending-lists/{args.list}/contacts",
                               {"contacts": [c for _, c in chunk], "default_region": args.region})
             inserted += res["inserted"]
