@@ -31,9 +31,9 @@ import aiohttp
 
 from . import constants as c
 from .config import Settings
-from .errors import ConfigError
 from .demo_contacts import make_contacts
 from .embedded import free_port
+from .errors import ConfigError
 from .logs import configure_logging, get_logger
 from .models import utcnow
 
@@ -103,6 +103,8 @@ def _clock(t: dt.datetime | None, t0: dt.datetime) -> str:
 
 
 class Demo:
+    """One demo run: its ports, token, fake provider, daemon and what it measured."""
+
     def __init__(self, contacts: int, out: TextIO, data_dir: Path | None, seed: int) -> None:
         self.n, self.out, self.rng = contacts, out, random.Random(seed)
         self.data_dir = data_dir
