@@ -134,3 +134,11 @@ def test_daemon_not_running_message(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "-c", str(cfg), "stats", "1"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr  # -c before the command is honoured too
+
+
+def test_campaign_example_is_a_valid_body(capsys: pytest.CaptureFixture[str]) -> None:
+    """`trackly campaign create --example` prints a campaign body the API accepts."""
+    from trackly_exec.apimodels import CampaignIn
+
+    assert cli.main(["campaign", "create", "--example"]) == 0
+    CampaignIn.model_validate(json.loads(capsys.readouterr().out))

@@ -218,6 +218,11 @@ def _all(client: ApiClient, path: str) -> list[dict[str, Any]]:
 
 
 def cmd_campaign_create(args: argparse.Namespace) -> int:
+    if args.example:
+        from .apimodels import CampaignIn
+
+        print(json.dumps(CampaignIn.model_json_schema()["examples"][0], indent=2))
+        return 0
     client = client_from(args)
     try:
         raw = Path(args.file).read_text(encoding="utf-8") if args.file else args.json
@@ -328,6 +333,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     src = create.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSON file with the campaign (see /api/v1/openapi.json: CampaignIn)")
     src.add_argument("--json", help="the campaign as a JSON string")
+    src.add_argument("--example", action="store_true", help="print an example campaign JSON and exit")
     create.set_defaults(func=cmd_campaign_create)
     psub.add_parser("list", help="list campaigns", parents=parents).set_defaults(func=cmd_campaign_list)
     for name, fn, text in (("show", cmd_campaign_show, "show one campaign"),
