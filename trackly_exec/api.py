@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -196,6 +197,7 @@ async def _new_id(trackly: Trackly, coll: str) -> int:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a JSON error with a request id; never leak a traceback."""
     rid = uuid.uuid4().hex[:16]
+    started = time.monotonic()
     try:
         resp = await handler(request)
     except ApiError as exc:
@@ -220,6 +222,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         resp = _json({"error": "internal", "message": f"internal error; quote request id {rid}", "details": [],
                       "request_id": rid}, 500)
     resp.headers["X-Request-Id"] = rid
+    log.info("api_request", method=request.method, path=request.path, status=resp.status, request_id=rid,
+             ms=round((time.monotonic() - started) * 1000, 1))
     return resp
 
 
