@@ -123,3 +123,26 @@ async def test_provider_rejection_is_recorded_and_refunded(settings: Settings, s
     events = await store.db[c.EVENTS].find({"kind": "failed_message"}).to_list(None)
     assert sorted(e["data"]["message_id"] for e in events) == sorted(ids)
     await assert_one_record_each(store, ids)
+
+
+def test_send_time_quiet_hours_match_the_exact_lookup() -> None:
+    """The hot-path quiet-hours decision equals quiethours.in_window(contact_zones(...)) at every hour."""
+    import random
+
+    from trackly_exec import phones, quiethours
+    from trackly_exec.checks import in_window_now
+
+    rng = random.Random(7)
+    numbers = ["+18005551234", "+19005551234", "+16715551234", "+18683861491", "+447802894016"]
+    for cc, digits in [("1", 10), ("44", 10), ("31", 9), ("49", 10), ("61", 9), ("55", 11), ("7", 10)]:
+        while sum(1 for x in numbers if x.startswith("+" + cc)) < 40:
+            e164 = phones.normalize("+" + cc + "".join(rng.choice("0123456789") for _ in range(digits)))
+            if e164:
+                numbers.append(e164)
+    window = quiethours.Window.parse("08:00", "21:00")
+    for hour in range(24):
+        now = dt.datetime(2026, 7, 1, hour, 30, tzinfo=dt.UTC)
+        memo: dict[Any, bool] = {}
+        for n in numbers:
+            exact = quiethours.in_window(now, quiethours.contact_zones(n, None, "America/New_York"), window)
+            assert in_window_now(n, None, "America/New_York", now, window, memo)[0] == exact, (n, hour)
