@@ -152,7 +152,7 @@ async def floor(trackly: Trackly, ids: list[str], batch: int, concurrency: int) 
 
     async def worker(mine: list[list[str]]) -> None:
         for chunk in mine:
-            await col.find({"_id": {"$in": chunk}}, {"delivered": 1, "provider": 1}).to_list(None)
+            await col.find({"_id": {"$in": chunk}}).to_list(None)  # no projection: faster on nx-27017
             await col.bulk_write(
                 [
                     UpdateOne(
@@ -209,7 +209,7 @@ async def main(args: argparse.Namespace) -> int:
         print(f"tracking bench: {n} reports, {b} per request, {k} requests in flight, embedded nx-27017 in memory")
         print(
             f"  first reports (final state + outbox entry): {first:8.0f} reports/s  "
-            f"(check: {delivered}/1000 sampled delivered, {outbox} outbox entries)"
+            f"(check: {delivered}/1000 sampled delivered, {outbox} outbox documents of <= {b} events)"
         )
         print(f"  first reports, account without webhook_url: {no_hook:8.0f} reports/s")
         print(f"  duplicate reports (no-ops):                 {dup:8.0f} reports/s")

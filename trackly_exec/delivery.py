@@ -39,23 +39,9 @@ from .models import FailureReason, MessageFields, MessageSent, utcnow
 
 log = get_logger(__name__)
 
-#: MessageSent fields read for matching, the customer webhook and the side effects.
-_SENT_FIELDS = {
-    "delivered": 1,
-    "provider": 1,
-    "provider_message_id": 1,
-    "account_id": 1,
-    "sending_list_id": 1,
-    "campaign_id": 1,
-    "creative_id": 1,
-    "contact_id": 1,
-    "from_number": 1,
-    "to_number": 1,
-    "send_type": 1,
-    "length": 1,
-    "timestamp": 1,
-    "resolved_from_no_response": 1,
-}
+#: Projection of the MessageSent read: whole documents (they are small; nx-27017 applies projections in
+#: Python, which made the read ~25% slower than fetching everything).
+_SENT_FIELDS: dict[str, int] | None = None
 
 
 @dataclass
