@@ -19,7 +19,17 @@ from trackly_exec.models import utcnow
 from trackly_exec.outbox import Outbox, sign, verify_signature
 from trackly_exec.store import Store
 
-from .tracking_support import IB_STATUS, Daemon, infobip_body, infobip_report, seed_account, seed_sent, start_daemon
+from .tracking_support import (
+    IB_STATUS,
+    TW_SID,
+    TW_TOKEN,
+    Daemon,
+    infobip_body,
+    infobip_report,
+    seed_account,
+    seed_sent,
+    start_daemon,
+)
 
 SECRET = "whsec_test_0123456789"
 FIELDS = {
@@ -258,3 +268,44 @@ def test_signature_format() -> None:
     """The signature is v1= and the hex HMAC-SHA256 of "<timestamp>.<body>"."""
     expected = hmac.new(b"k", b"1700000000.{}", hashlib.sha256).hexdigest()
     assert sign("k", "1700000000", b"{}") == f"v1={expected}"
+
+
+async def test_end_to_end_send_report_customer_webhook(
+    settings: Settings, store: Store, receivers: list[Receiver]
+) -> None:
+    """Executor sends through the Twilio fake, its signed status callbacks reach the daemon over HTTP, and the
+    customer receives one signed webhook per message with the final state (spam code flagged and alerted)."""
+    from drivers.twilio_fake import TwilioFake
+    from trackly_exec.coordinator import Coordinator
+
+    from .executor_support import seed
+
+    fake = TwilioFake(account_sid=TW_SID, auth_token=TW_TOKEN)
+    await fake.start()
+    fake.dlr_outcome = lambda e: "delivered" if int(e.to[-1]) % 2 else ("undelivered", "30007")
+    try:
+        async for d in start_daemon(settings, store, drivers={"twilio": {"base_url": fake.url}}):
+            d.trackly.settings.http.public_url = d.url  # callbacks (and what Twilio signs) go to this server
+            rcv = await _receiver(receivers)
+            ids = await seed(store, 10, driver="twilio")
+            await store[c.ACCOUNTS].update_one({"_id": 1}, {"$set": {"webhook_url": rcv.url, "webhook_secret": SECRET}})
+            coordinator = Coordinator(d.trackly)
+            await coordinator.run_until_idle()
+            await coordinator.stop(1)
+            assert len(fake.ledger) == 10
+            assert await fake.flush_reports() == 10 and not fake.report_failures
+            outbox = Outbox(d.trackly)
+            try:
+                assert (await outbox.run_until_idle())["delivered"] == 10
+            finally:
+                await outbox.stop(1)
+            sent = {x["_id"]: x for x in await store[c.SENT].find({}).to_list(None)}
+            assert sorted(sent) == sorted(ids)
+            bodies = {json.loads(b)["id"]: json.loads(b) for h, b, _ in rcv.requests if _independent_check(h, b)}
+            assert sorted(bodies) == sorted(ids) and len(rcv.requests) == 10
+            for mid, doc in sent.items():
+                assert bodies[mid]["delivered"] is bool(doc["delivered"]) and bool(doc["spam"]) is not doc["delivered"]
+            spam = await store[c.EVENTS].count_documents({"kind": "spam_complaint"})
+            assert spam == sum(1 for x in sent.values() if not x["delivered"]) > 0
+    finally:
+        await fake.stop()
