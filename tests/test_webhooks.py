@@ -173,3 +173,21 @@ async def test_only_post_is_served(daemon: Daemon) -> None:
     """GET on a webhook URL is not served (405)."""
     async with daemon.http.get(daemon.url + IB_STATUS) as resp:
         assert resp.status == 405
+
+
+async def test_unauthenticated_instances_are_warned_about(settings: Settings, store: Store) -> None:
+    """An unsigned driver instance without a webhook token or Basic auth is reported at start-up."""
+    import structlog
+
+    from trackly_exec.app import Trackly
+    from trackly_exec.web import make_app
+
+    settings.drivers.update({"infobip": {"api_key": "k"}, "twilio": {"account_sid": "AC1", "auth_token": "t"}})
+    trackly = await Trackly.open(settings, store=store)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            make_app(trackly)
+    finally:
+        await trackly.close(close_store=False)
+    warned = [e["driver"] for e in logs if e["event"] == "webhook_unauthenticated"]
+    assert warned == ["infobip"]

@@ -136,8 +136,25 @@ class WebhookHandler:
         )
 
 
+def _warn_unauthenticated(trackly: Trackly) -> None:
+    """Log each configured instance whose webhooks anyone could post to (no path token, no Basic auth, unsigned)."""
+    for name in trackly.drivers.names():
+        try:
+            driver = trackly.drivers.build(name)
+        except Exception:  # reported where the instance is used
+            continue
+        cfg = driver.settings
+        if not driver.signed_webhooks and cfg.webhook_token is None and not cfg.webhook_username:
+            log.warning(
+                "webhook_unauthenticated",
+                driver=name,
+                hint=f"set drivers.{name}.webhook_token (a long random path secret)",
+            )
+
+
 def setup(app: web.Application, trackly: Trackly) -> None:
     """Add the provider webhook routes."""
+    _warn_unauthenticated(trackly)
     handler = WebhookHandler(trackly)
     app.router.add_post("/webhooks/{driver}/status", handler.status)
     app.router.add_post("/webhooks/{driver}/status/{token}", handler.status)
