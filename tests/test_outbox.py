@@ -210,6 +210,20 @@ async def test_no_webhook_url_no_entries(daemon: Daemon) -> None:
     assert await daemon.store[c.OUTBOX].count_documents({}) == 0
 
 
+async def test_non_http_webhook_url_is_never_called(daemon: Daemon) -> None:
+    """An entry whose account's webhook_url is not http(s), or was removed since, is dropped without a request."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    [m] = await seed_sent(daemon.store, 1)
+    await daemon.post(IB_STATUS, infobip_body(infobip_report(m.id)))
+    await daemon.store[c.ACCOUNTS].update_one({"_id": 1}, {"$set": {"webhook_url": "file:///etc/passwd"}})
+    outbox = Outbox(daemon.trackly)
+    try:
+        assert (await outbox.run_until_idle())["dropped"] == 1
+    finally:
+        await outbox.stop(1)
+    assert (await daemon.store[c.OUTBOX].find_one({}))["status"] == "dropped"
+
+
 async def test_filter_bots_comes_from_the_account(daemon: Daemon) -> None:
     """filterBots in the payload is the account's filter_bots setting."""
     await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook", filter_bots=True)

@@ -257,7 +257,9 @@ class Outbox:
         url = account.get("webhook_url")
         events = doc["events"] if "events" in doc else [{"id": doc["_id"], "payload": doc["payload"]}]
         try:
-            if not url:
+            if not url or not str(url).lower().startswith(("http://", "https://")):
+                if url:
+                    log.warning("outbox_bad_webhook_url", account_id=doc["account_id"])
                 self._results.append(_Attempt(doc, [], drop=True))
                 return
             secret = account.get("webhook_secret")
