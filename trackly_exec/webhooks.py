@@ -87,7 +87,8 @@ class WebhookHandler:
         try:
             driver.authenticate(hook)
         except WebhookAuthError as exc:
-            log.warning("webhook_forbidden", driver=name, path=request.path, error=str(exc), remote=request.remote)
+            # no path in the log: it may carry the (right) path token when another check failed
+            log.warning("webhook_forbidden", driver=name, error=str(exc), remote=request.remote)
             return _plain(403, "forbidden")
         return driver, hook
 
