@@ -273,3 +273,19 @@ async def test_report_before_the_send_is_recorded_asks_for_a_retry(daemon: Daemo
     status, resp = await daemon.post(IB_STATUS, body)
     assert status == 200 and json.loads(resp)["updated"] == 1
     assert tri((await _doc(daemon, early))["delivered"]) is True
+
+
+async def test_store_keeps_types_of_set_values(store: Store) -> None:
+    """The embedded store keeps a $set datetime a date and a $set boolean a boolean (nx-27017 alone does not)."""
+    from pymongo import UpdateOne
+
+    from trackly_exec.models import utcnow
+
+    now = utcnow()
+    await store[c.SENT].insert_many([{"_id": "a", "delivered": None}, {"_id": "b", "delivered": None}])
+    await store[c.SENT].update_one({"_id": "a", "delivered": None}, {"$set": {"delivered": True, "delivered_at": now}})
+    await store[c.SENT].bulk_write([UpdateOne({"_id": "b"}, {"$set": {"delivered": False, "delivered_at": now}})])
+    docs = await store[c.SENT].find({}).sort("_id", 1).to_list(None)
+    assert [d["delivered"] for d in docs] == [True, False]
+    assert all(d["delivered_at"] == now for d in docs)
+    assert await store[c.SENT].count_documents({"delivered_at": {"$lte": now}}) == 2
