@@ -289,3 +289,52 @@ async def test_store_keeps_types_of_set_values(store: Store) -> None:
     assert [d["delivered"] for d in docs] == [True, False]
     assert all(d["delivered_at"] == now for d in docs)
     assert await store[c.SENT].count_documents({"delivered_at": {"$lte": now}}) == 2
+
+
+async def test_random_report_sequences_settle_on_the_first_final(daemon: Daemon) -> None:
+    """Across random interleavings of duplicate, intermediate and contrary final reports in random batches, each
+    message keeps the first final state it received and gets exactly one customer-webhook event."""
+    import random
+
+    rng = random.Random(5)
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    sent = await seed_sent(daemon.store, 40)
+    kinds = [
+        ("DELIVERED_TO_HANDSET", True),
+        ("UNDELIVERABLE_NOT_DELIVERED", False),
+        ("EXPIRED_EXPIRED", False),
+        ("PENDING_ENROUTE", None),
+        ("PENDING_ACCEPTED", None),
+    ]
+    stream = [(m.id, *rng.choice(kinds)) for m in sent for _ in range(rng.randint(1, 6))]
+    rng.shuffle(stream)
+    first_final: dict[str, tuple[str, bool]] = {}
+    last_status: dict[str, str] = {}
+    while stream:
+        batch = stream[: rng.randint(1, 12)]
+        stream = stream[len(batch) :]
+        reports = [DeliveryReport(message_id=mid, status=st, delivered=d) for mid, st, d in batch]
+        chosen: dict[str, tuple[str, bool | None]] = {}
+        for mid, st, d in batch:  # the rule within one request: first final, else the last intermediate
+            if mid not in chosen or chosen[mid][1] is None:
+                chosen[mid] = (st, d)
+        for mid, (st, d) in chosen.items():
+            if mid in first_final:
+                continue
+            if d is None:
+                last_status[mid] = st
+            else:
+                first_final[mid] = (st, d)
+        await ingest(daemon.trackly, "infobip", reports)
+    for m in sent:
+        doc = await _doc(daemon, m.id)
+        if m.id in first_final:
+            assert (doc["delivery_status"], tri(doc["delivered"])) == first_final[m.id]
+        else:
+            assert tri(doc["delivered"]) is None and doc["delivery_status"] == last_status[m.id]
+    events = [
+        e["id"]
+        for d in await daemon.store[c.OUTBOX].find({}).to_list(None)
+        for e in d.get("events", [{"id": d["_id"]}])
+    ]
+    assert sorted(events) == sorted(f"{mid}:delivery" for mid in first_final)
