@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from typing import Any
@@ -106,9 +107,12 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  seeded in {time.perf_counter() - t:.1f}s", flush=True)
 
         coord = Coordinator(trackly)
+        load = os.getloadavg()[0]
+        cpu0 = time.process_time()
         started = time.perf_counter()
         counts = await coord.run_until_idle()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
         await trackly.close(close_store=False)
         sent = counts.get("sent", 0)
         accepted = sum(ledger(u)["accepted"] for u in svc["fakes"].values())
@@ -118,6 +122,9 @@ async def main(args: argparse.Namespace) -> None:
               f"(provider ledgers: {accepted:,} accepted, {dupes} duplicates; "
               f"other outcomes: { {k: v for k, v in counts.items() if k.startswith(('failed', 'held'))} })", flush=True)
 
+        print(f"  executor process CPU: {cpu:.2f}s = {cpu / max(sent, 1) * 1e6:.0f} us/message "
+              f"(one core would carry ~{max(sent, 1) / cpu if cpu else 0:,.0f} msg/s of executor work); "
+              f"load average at start {load:.1f} on {os.cpu_count()} cores", flush=True)
         await store.db[c.SENT].delete_many({})
         await seed_lists(store, args.n, LISTS, contacts=False)
         done, floor_s = await floor(store, list(LISTS), args.batch, args.workers)

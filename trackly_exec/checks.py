@@ -6,7 +6,7 @@ list -> quiet hours. Everything is decided per message, but the store is asked o
   does not turn into a STALE drop when it ends.
 - **Blocked content**: the list's ``blocked_words`` plus the global ``executor.blocked_words``, whole words
   (or phrases), any case.
-- **Contact block list**: the contact is unsubscribed or blocked *now* (one query by ``_id $in``; it returns
+- **Contact block list**: the contact is unsubscribed or blocked *now* (indexed ``_id $in`` queries returning
   only the contacts that matter: blocked, unsubscribed, or with a stored timezone). A contact that no longer
   exists is not blocked.
 - **Quiet hours**: the contact's local time (``quiethours.contact_zones``) must be inside the list's window;
@@ -15,6 +15,7 @@ list -> quiet hours. Everything is decided per message, but the store is asked o
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
@@ -106,15 +107,21 @@ def in_window_now(phone: str, contact_tz: str | None, default_tz: str, now: dt.d
 
 
 async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The contacts among ``contact_ids`` that are blocked, unsubscribed or have a stored timezone."""
+    """The contacts among ``contact_ids`` that are blocked, unsubscribed or have a stored timezone.
+
+    Three small indexed queries rather than one with ``$or``: nx-27017 answers ``_id $in`` plus one equality
+    from the ``_id`` index (~5 ms per 1,000 ids) but scans the collection for ``$or`` (~500 ms).
+    """
     if not contact_ids:
         return {}
-    cursor = db[c.CONTACTS].find(
-        {"$and": [{"_id": {"$in": list(set(contact_ids))}},  # $and: see claims.due_filter (nx-27017 and $or)
-                  {"$or": [{"subscribed": False}, {"blocked": True}, {"timezone": {"$gt": ""}}]}]},
-        {"subscribed": 1, "blocked": 1, "timezone": 1},
-    )
-    return {d["_id"]: d async for d in cursor}
+    ids = list(set(contact_ids))
+    proj = {"subscribed": 1, "blocked": 1, "timezone": 1}
+    col = db[c.CONTACTS]
+    found = await asyncio.gather(*(
+        col.find({"_id": {"$in": ids}, **cond}, proj).to_list(None)
+        for cond in ({"subscribed": False}, {"blocked": True}, {"timezone": {"$gt": ""}})
+    ))
+    return {d["_id"]: d for docs in found for d in docs}
 
 
 async def evaluate(db: Any, docs: Sequence[dict[str, Any]], now: dt.datetime, *, stale_after: dt.timedelta,
