@@ -338,3 +338,24 @@ async def test_random_report_sequences_settle_on_the_first_final(daemon: Daemon)
         for e in d.get("events", [{"id": d["_id"]}])
     ]
     assert sorted(events) == sorted(f"{mid}:delivery" for mid in first_final)
+
+
+async def test_concurrent_duplicates_create_one_event_each(daemon: Daemon) -> None:
+    """The same batch of reports arriving several times at once (over HTTP, and racing inside the daemon) records
+    each state once and creates one customer-webhook event and one alert per message."""
+    import asyncio
+
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    over_http = await seed_sent(daemon.store, 30)
+    racing = await seed_sent(daemon.store, 30, start=100)
+    body = infobip_body(*(infobip_report(m.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE") for m in over_http))
+    answers = await asyncio.gather(*(daemon.post(IB_STATUS, body) for _ in range(4)))
+    assert {status for status, _ in answers} == {200}
+    assert sum(json.loads(b)["final"] for _, b in answers) == 30
+    reports = [DeliveryReport(message_id=m.id, status="UNDELIVERABLE", delivered=False) for m in racing]
+    direct = await asyncio.gather(*(ingest(daemon.trackly, "infobip", reports) for _ in range(4)))
+    assert sum(r.final for r in direct) == 30
+    outbox = await daemon.store[c.OUTBOX].find({}).to_list(None)
+    events = [e["id"] for d in outbox for e in d.get("events", [{"id": d["_id"]}])]
+    assert sorted(events) == sorted(f"{m.id}:delivery" for m in over_http + racing)
+    assert await daemon.store[c.EVENTS].count_documents({"kind": "delivery_failure"}) == 60

@@ -22,6 +22,7 @@ again is a no-op).
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,7 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
     db = trackly.store
     now = utcnow()
     allowed = {provider, trackly.drivers.entry_point(provider)}
+    batch = uuid.uuid4().hex  # marks this call's updates: after a race, the ones it won are exactly these
 
     # 1. MessageSent by our id, else by the provider's id.
     ids = [r.message_id for r in reports if r.message_id]
@@ -170,7 +172,8 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
         if doc.get("delivered") is not None:
             res.ignored += 1
             continue
-        ops.append(UpdateOne({"_id": doc["_id"], "delivered": None}, {"$set": _delivery_set(r, now)}))
+        change = {**_delivery_set(r, now), "delivery_batch": batch}
+        ops.append(UpdateOne({"_id": doc["_id"], "delivered": None}, {"$set": change}))
         planned.append((r, doc))
 
     # 3. The state changes, one round trip.
@@ -178,7 +181,7 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
     if ops:
         result = await db[c.SENT].bulk_write(ops, ordered=False)
         if result.matched_count != len(ops):
-            applied = await _still_applied(trackly, planned)
+            applied = await _still_applied(trackly, planned, batch)
             res.ignored += len(planned) - len(applied)
     res.updated += len(applied)
 
@@ -204,22 +207,19 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
 
 
 async def _still_applied(
-    trackly: Trackly, planned: list[tuple[DeliveryReport, dict[str, Any]]]
+    trackly: Trackly, planned: list[tuple[DeliveryReport, dict[str, Any]]], batch: str
 ) -> list[tuple[DeliveryReport, dict[str, Any]]]:
-    """After a race with a concurrent request: keep the updates whose outcome is what is stored now."""
+    """After a race with a concurrent request (a duplicate of the report, say): the updates this call made are
+    those whose ``delivery_batch`` is still its own (a final state is never written again), so only one of two
+    racing duplicates produces the customer-webhook event and the alerts."""
     ids = [doc["_id"] for _, doc in planned]
-    rows = {
-        d["_id"]: d
+    mine = {
+        d["_id"]
         for d in await trackly.store[c.SENT]
-        .find({"_id": {"$in": ids}}, {"delivered": 1, "delivery_status": 1})
+        .find({"_id": {"$in": ids}, "delivery_batch": batch}, {"_id": 1})
         .to_list(None)
     }
-    out = []
-    for r, doc in planned:
-        row = rows.get(doc["_id"], {})
-        if row.get("delivered") == r.delivered and row.get("delivery_status") == r.status:
-            out.append((r, doc))
-    return out
+    return [(r, doc) for r, doc in planned if doc["_id"] in mine]
 
 
 async def _resolve(
