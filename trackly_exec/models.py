@@ -265,6 +265,7 @@ class MessageSent(MessageFields, Document):
     delivered_at: dt.datetime | None = None
     spam: bool = False
     resolved_from_no_response: bool = False
+    delivery_batch: str | None = None          # the report-ingestion call that last changed the delivery fields
 
 
 class FailedMessage(MessageFields, Document):
