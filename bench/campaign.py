@@ -43,7 +43,7 @@ from trackly_exec.config import Settings  # noqa: E402
 from trackly_exec.logs import configure_logging  # noqa: E402
 from trackly_exec.models import new_message_id, utcnow  # noqa: E402
 
-BATCH = 2000
+BATCH = int(os.environ.get("BENCH_BATCH", "2000"))   # scheduler.evaluation_batch_size, and the floor's batch
 
 
 def settings_for(uri: str, db: str, data_dir: str, fake_url: str = "http://127.0.0.1:9", key: str = "bench") -> Settings:
