@@ -88,7 +88,7 @@ class ExecutorConfig(Section):
         20, ge=1, description="Provider errors on one list within a minute that raise a provider-error-burst event."
     )
     rate_limit_chunk_seconds: float = Field(
-        0.1, gt=0, le=5, description="Rate-limited lists send in chunks of this many seconds of tokens (pacing)."
+        0.05, gt=0, le=5, description="Rate-limited lists send in chunks of this many seconds of tokens (pacing)."
     )
     rate_limit_burst_seconds: float = Field(
         0.0, ge=0, le=1, description="Tokens a list may send ahead of its pace after an idle period (burst tolerance)."

@@ -204,7 +204,7 @@ class Coordinator:
         except Exception as exc:
             log.error("executor_release_failed", error=str(exc))
         self.worker.tokens.clear()
-        log.info("executor_stopped", released=released, **{k.replace(".", "_"): v for k, v in self.counts.items()})
+        log.info("executor_stopped", released_at_stop=released, counts=dict(self.counts))
 
 
 # -- runner: ``python -m trackly_exec.coordinator [--burst] -c trackly.toml`` ----------------------------
