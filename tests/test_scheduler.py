@@ -277,3 +277,51 @@ async def test_component_runs_due_campaigns_in_the_background(trackly: Trackly) 
         await sched.stop(5.0)
     assert ex is not None and ex["counts"]["queued"] == 10
     assert sched._loop is None and not sched._tasks
+
+
+_CRASHING_TRIGGER = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[3])
+from trackly_exec.app import Trackly
+from trackly_exec.config import Settings
+from trackly_exec.store import Store
+from trackly_exec.scheduler import trigger
+from tests.campaign_fixtures import register_echo
+
+async def main():
+    register_echo()
+    settings = Settings(mongo={"uri": sys.argv[1], "database": sys.argv[2]}, scheduler={"evaluation_batch_size": 100})
+    store = await Store.connect(sys.argv[1], sys.argv[2])
+    await trigger(Trackly(settings, store), 1)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.chaos
+async def test_evaluation_killed_mid_way_is_resumed_exactly(trackly: Trackly) -> None:
+    """A process SIGKILLed after its 3rd queue batch leaves a stuck execution; another scheduler resumes it to the same counts, nobody twice."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    register_echo()
+    await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 1001)])
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**__import__("os").environ, "TRACKLY_FAILPOINT": "after_queue_batch:3"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_TRIGGER, trackly.settings.mongo.uri.get_secret_value(),
+        trackly.settings.mongo.database, root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == -9, err.decode()[-2000:]
+    ex = await trackly.db[c.EXECUTIONS].find_one({})
+    assert ex["status"] == "evaluating"
+    assert 300 <= await trackly.db[c.QUEUED].count_documents({}) < 1000
+    trackly.settings.scheduler.evaluation_lease_seconds = 0.5
+    await asyncio.sleep(0.6)                      # the dead process's heartbeat goes stale
+    stats = await Scheduler(trackly).run_until_idle()
+    assert stats["resumed"] == 1
+    ex = await trackly.db[c.EXECUTIONS].find_one({})
+    assert ex["status"] == "queued" and ex["attempts"] == 2 and ex["counts"]["queued"] == 1000
+    assert ex["counts"]["already_queued"] >= 300
+    assert await trackly.db[c.QUEUED].count_documents({}) == 1000

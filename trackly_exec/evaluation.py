@@ -34,7 +34,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import constants as c
-from . import phones
+from . import failpoints, phones
 from .audience import FilterError, UnionCounts, compile_filter, union
 from .compose import Composer, check_body
 from .logs import get_logger
@@ -189,6 +189,7 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
 
     async def _write(messages: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
         res = await insert_batch(db, messages, links)
+        failpoints.hit("after_queue_batch")
         tally.inserted += res.inserted
         tally.already_queued += res.duplicates
         tally.links += res.links

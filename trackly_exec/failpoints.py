@@ -3,7 +3,8 @@
 
 Points: ``after_claim`` (a batch is claimed), ``after_intent`` (send intent recorded, provider not called),
 ``after_provider_accept`` (the provider accepted a request, nothing recorded), ``before_record`` (about to
-insert the outcome records). Unset, :func:`hit` is a no-op function (no environment lookup per call).
+insert the outcome records); campaign engine: ``after_queue_batch`` (a batch of queue documents was inserted,
+the evaluation is not finished). Unset, :func:`hit` is a no-op function (no environment lookup per call).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after_claim", "after_intent", "after_provider_accept", "before_record")
+POINTS = ("after_claim", "after_intent", "after_provider_accept", "before_record", "after_queue_batch")
 
 
 def _parse(spec: str) -> tuple[str, int]:

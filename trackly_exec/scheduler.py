@@ -17,14 +17,15 @@
   an execution left ``pending`` or ``evaluating`` whose heartbeat is older than
   ``scheduler.evaluation_lease_seconds`` (its process died) is resumed by any scheduler, without queuing
   anyone twice (see :mod:`trackly_exec.evaluation`).
-
-Store notes: ``{"field": None}`` matches nothing on nx-27017 0.8.1 (``{"$eq": None}`` does). It also stores a datetime given to ``$set`` as a *string* (then no date comparison matches
-it). So dates are written only by inserts, by ``$currentDate`` (timestamps of now) and, for a campaign's
-``next_run_at``, by a ``replace_one`` conditional on the old value: these keep real dates on both stores.
 * Lifecycle: pending -> evaluating -> queued -> completed (when nothing of it is left in the queue).
 
 :func:`trigger` runs a campaign now (occurrence ``"<id>:manual:<n>"``) and returns the execution id once
 every message is queued. :meth:`Scheduler.run_until_idle` processes everything due and returns (burst mode).
+
+Store notes (nx-27017 0.8.1): ``{"field": None}`` is unreliable there (``{"$eq": None}`` is used); a value
+written by ``$currentDate`` is not comparable in queries (dates are set from the client's clock); and a stock
+nx-27017 stores a datetime given to ``$set`` as text (the embedded store runs in a mode that does not, see
+:mod:`trackly_exec.nxserver`; a ``next_run_at`` found as text is turned back into a date here anyway).
 """
 
 from __future__ import annotations
@@ -125,14 +126,13 @@ class _Runner:
         return doc
 
     async def _set(self, eid: int, fields: dict[str, Any], *now_fields: str, owned: bool = True) -> bool:
-        """``$set`` non-date ``fields`` and stamp ``now_fields`` (and the heartbeat) with the server's now."""
+        """``$set`` ``fields``, stamp ``now_fields`` and the heartbeat with now; only while we hold the lease."""
         q: dict[str, Any] = {"_id": eid}
         if owned:
             q["lease_owner"] = self.owner
-        update: dict[str, Any] = {"$currentDate": dict.fromkeys(("heartbeat_at", *now_fields), True)}
-        if fields:
-            update["$set"] = fields
-        res = await self.db[c.EXECUTIONS].update_one(q, update)
+        now = utcnow()
+        res = await self.db[c.EXECUTIONS].update_one(
+            q, {"$set": {**fields, **dict.fromkeys(("heartbeat_at", *now_fields), now)}})
         return bool(res.matched_count)
 
     async def fail(self, execution: dict[str, Any], reason: str) -> None:
@@ -177,7 +177,7 @@ class _Runner:
             doc = await self.db[c.EXECUTIONS].find_one_and_update(
                 {"status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]},
                  "heartbeat_at": {"$lt": expired}},
-                {"$set": {"lease_owner": self.owner}, "$inc": {"attempts": 1}, "$currentDate": {"heartbeat_at": True}},
+                {"$set": {"lease_owner": self.owner, "heartbeat_at": utcnow()}, "$inc": {"attempts": 1}},
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
@@ -194,7 +194,7 @@ class _Runner:
             if not await has_pending(self.db, ex["_id"]):
                 res = await self.db[c.EXECUTIONS].update_one(
                     {"_id": ex["_id"], "status": ExecutionStatus.QUEUED.value},
-                    {"$set": {"status": ExecutionStatus.COMPLETED.value}, "$currentDate": {"completed_at": True}})
+                    {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": utcnow()}})
                 n += res.modified_count
         return n
 
@@ -231,11 +231,10 @@ class Scheduler:
     # ---- one pass
 
     async def _replace_campaign(self, camp: dict[str, Any], changes: dict[str, Any]) -> bool:
-        """Apply ``changes`` if the campaign still has the ``next_run_at`` and status we read (a whole-document
-        replace, so dates stay dates on nx-27017; see the module note)."""
-        new = {k: v for k, v in camp.items() if k != "_id"} | changes
-        res = await self.db[c.CAMPAIGNS].replace_one(
-            {"_id": camp["_id"], "next_run_at": {"$eq": camp.get("next_run_at")}, "status": camp.get("status")}, new)
+        """Apply ``changes`` if the campaign still has the ``next_run_at`` and status we read."""
+        res = await self.db[c.CAMPAIGNS].update_one(
+            {"_id": camp["_id"], "next_run_at": {"$eq": camp.get("next_run_at")}, "status": camp.get("status")},
+            {"$set": changes})
         return bool(res.matched_count)
 
     async def _init_new(self, now: dt.datetime) -> None:
