@@ -94,6 +94,7 @@ async def test_trigger_counts_every_filter(trackly: Trackly) -> None:
                    {"_id": 2, "sending_list_id": 1, "filter": {"id": {"gt": 50}}}],
         variants=[{"key": "A", "body": "Hi {first_name}, see {city}", "weight": 1}],
         list_kw={"cooldown_minutes": 60}, campaign_kw={"exclude_in_workflow": True})
+    await trackly.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"audience_ids": [1, 2, 1]}})  # listed twice: once
     await trackly.db[c.SENT].insert_one({"_id": "m1", "sending_list_id": 1, "account_id": 1, "to_number": people[7]["phone"],
                                          "timestamp": utcnow()})   # a non-campaign send: no execution_id
     eid = await trigger(trackly, camp["_id"])

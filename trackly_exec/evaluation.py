@@ -105,7 +105,7 @@ async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str,
         return None, f"sending list {slist['_id']} belongs to another account"
     if not slist.get("active", True):
         return None, f"sending list {slist['_id']} is not active"
-    ids = list(campaign.get("audience_ids") or [])
+    ids = list(dict.fromkeys(campaign.get("audience_ids") or []))   # an audience listed twice counts once
     if not ids:
         return None, "the campaign has no audiences"
     audiences = await db[c.AUDIENCES].find({"_id": {"$in": ids}}).to_list(None)
