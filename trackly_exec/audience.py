@@ -185,8 +185,8 @@ class _Source:
                 if docs:
                     return docs
         if self.cursor is None:
-            q = audience_query(self.list_id, self.audience)
-            self.cursor = coll.find(q, CONTACT_PROJECTION).sort("_id", 1).batch_size(self.batch)
+            fq = audience_query(self.list_id, self.audience)
+            self.cursor = coll.find(fq, CONTACT_PROJECTION).sort("_id", 1).batch_size(self.batch)
         return await self.cursor.to_list(self.batch)
 
     async def _fill(self) -> None:

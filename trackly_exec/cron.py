@@ -33,7 +33,7 @@ _ALIASES = {
 _MONTHS = {m: i for i, m in enumerate(
     ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
 _DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
-_FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
            ("month", 1, 12, _MONTHS), ("day of week", 0, 7, _DAYS))
 _SEARCH_YEARS = 8       # Feb 29 on a given weekday recurs within 28 years; 8 covers every sane expression
 _MAX_SHIFT = dt.timedelta(hours=3)
@@ -104,7 +104,7 @@ class Cron:
         fields = text.split()
         if len(fields) != 5:
             raise CronError(f"expected 5 fields (minute hour day month weekday), got {len(fields)} in {expr!r}")
-        parsed = [_parse_field(f, lo, hi, names, what) for f, (what, lo, hi, names) in zip(fields, _FIELDS)]
+        parsed = [_parse_field(f, lo, hi, names, what) for f, (what, lo, hi, names) in zip(fields, _FIELDS, strict=True)]
         (mins, _), (hours, hour_star), (days, dom_star), (months, _), (dows, dow_star) = parsed
         weekdays = frozenset((d - 1) % 7 for d in dows)  # cron 0/7 = Sunday -> 6; 1 = Monday -> 0
         if not dom_star and dow_star and all(min(days) > _MONTH_MAX[m] for m in months):
