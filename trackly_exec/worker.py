@@ -172,9 +172,9 @@ class Worker:
 
     async def _chunk(self, info: ListInfo, token: str, chunk: Sequence[dict[str, Any]],
                      rest: Sequence[dict[str, Any]]) -> bool:
-        """Rate limit, bill, mark intent, send and record one chunk. False: stop and release the rest."""
+        """Rate limit, bill, (pacing wait,) mark intent, send and record one chunk. False: stop, release the rest."""
         lst = info.doc
-        factor = 1.0
+        factor, wait = 1.0, 0.0
         if lst.rate_limit_per_minute > 0:
             try:
                 grant = await self.limiter.acquire(lst.id, len(chunk), lst.rate_limit_per_minute,
@@ -189,15 +189,18 @@ class Worker:
                 await self.outcomes.fail_unsent(token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail)
                                                         for d in [*chunk, *rest]], self.clock())
                 return True  # nothing left to release
-            factor = grant.factor
-            if grant.wait > 0 and await self._sleep(grant.wait):
-                return False
+            factor, wait = grant.factor, grant.wait
         now = self.clock()
         deb = await billing.debit(self.db, lst.account_id, chunk, lst.price_per_segment)
         if deb.blocked:
             await self._billing_blocked(token, deb.blocked, now)
         if not deb.charged:
             return True
+        if wait > 0:  # pacing: billed before the wait, so only the intent stands between waking and sending
+            if await self._sleep(wait):
+                await billing.adjust(self.db, lst.account_id, sum(deb.costs.values()))
+                return False
+            now = self.clock()
         held = await claims.mark_intent(self.db, [d["_id"] for d in deb.charged], token, now)
         if len(held) < len(deb.charged):
             lost = [d for d in deb.charged if d["_id"] not in held]

@@ -1,0 +1,72 @@
+"""The executor as a running component: start, stop within the grace period, SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from drivers.infobip_fake import InfobipFake
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.store import Store
+
+from .executor_support import assert_one_record_each, ids_in, runner_cmd, seed, write_config
+from .test_executor import executor, fakes  # noqa: F401  (fixture)
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_stop_releases_what_was_not_sent(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """stop(grace) ends rate-limit waits at once, releases unsent claims and leaves one record per message."""
+    ids = await seed(store, 200, rate=1200)  # 20/s: most of it is still queued when we stop
+    coord = await executor(settings, store, fakes)
+    await coord.start()
+    await wait_for(lambda: fakes["infobip"].summary()["accepted"] >= 20)
+    started = time.monotonic()
+    await coord.stop(5.0)
+    assert time.monotonic() - started < 2.0
+    await coord.trackly.close(close_store=False)
+    assert not coord.tasks
+    queued = await store.db[c.QUEUED].find({}).to_list(None)
+    assert queued and all(d["claimed_by"] is None and d.get("sending_at") is None for d in queued)
+    split = await assert_one_record_each(store, ids)
+    assert split[c.SENT] == fakes["infobip"].summary()["accepted"] and split[c.QUEUED] == len(queued)
+
+
+async def test_sigterm_exits_zero_and_releases(settings: Settings, store: Store, redis_client: Any, tmp_path: Path) -> None:
+    """An executor process stops on SIGTERM with exit status 0 and no claim left behind."""
+    fake = await InfobipFake().start()
+    try:
+        ids = await seed(store, 300, rate=1200)
+        config = write_config(tmp_path / "exec.toml", settings, {"infobip": fake.driver_settings()})
+        proc = await asyncio.create_subprocess_exec(*runner_cmd(config), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"ready"
+        await wait_for(lambda: fake.summary()["accepted"] >= 20)
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert b'"sent"' in out
+        assert not await ids_in(store, c.QUEUED, {"claimed_by": {"$gt": ""}})
+        split = await assert_one_record_each(store, ids)
+        assert split[c.SENT] == fake.summary()["accepted"]
+    finally:
+        await fake.stop()
+
+
+def test_runner_help() -> None:
+    """The executor runner documents its options."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "trackly_exec.coordinator", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--burst" in r.stdout
