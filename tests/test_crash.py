@@ -113,3 +113,47 @@ async def test_crash_two_processes_real_restart(settings: Settings, store: Store
         assert stats["no_response"] <= 100
     finally:
         await fake.stop()
+
+
+async def test_late_sent_record_wins_over_recovery(settings: Settings, store: Store, redis_client: Any) -> None:
+    """A process stalled past the claim TTL: recovery records NO_RESPONSE, the late MessageSent replaces it."""
+    from drivers.fake import Behaviour
+
+    fake = await InfobipFake().start()
+    try:
+        ids = await seed(store, 3)
+        fake.script(Behaviour("slow", delay=1.0))
+        drivers = {"infobip": {**fake.driver_settings(), "timeout_seconds": 5.0}}
+        trackly = await open_trackly(with_executor(settings, drivers, **EXECUTOR), store)
+        try:
+            run = asyncio.create_task(Coordinator(trackly).run_until_idle())
+            await asyncio.sleep(0.3)  # the batch is at the provider now (intent recorded)
+            swept = await recovery.sweep(trackly, now=utcnow() + dt.timedelta(minutes=TTL_MINUTES, seconds=1))
+            assert swept["no_response"] == 3
+            assert len(await ids_in(store, c.FAILED, {"reason": "NO_RESPONSE"})) == 3
+            counts = await run
+        finally:
+            await trackly.close(close_store=False)
+        assert counts["claim_lost_after_send"] == 3
+        split = await assert_one_record_each(store, ids)
+        assert split[c.SENT] == 3 and split[c.FAILED] == 0
+    finally:
+        await fake.stop()
+
+
+async def test_concurrent_sweeps_record_once(settings: Settings, store: Store, redis_client: Any) -> None:
+    """Several processes sweeping the same dead claims at once record each message once."""
+    ids = await seed(store, 50)
+    now = utcnow()
+    await store.db[c.QUEUED].update_many({"_id": {"$in": ids}}, {"$set": {"claimed_by": "dead:1", "claimed_at": now,
+                                                                           "sending_at": now}})
+    apps = [await open_trackly(settings, store) for _ in range(3)]
+    try:
+        later = now + dt.timedelta(minutes=11)
+        results = await asyncio.gather(*(recovery.sweep(a, now=later) for a in apps))
+    finally:
+        for a in apps:
+            await a.close(close_store=False)
+    assert sum(r["no_response"] for r in results) == 50
+    split = await assert_one_record_each(store, ids)
+    assert split[c.FAILED] == 50

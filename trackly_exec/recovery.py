@@ -77,7 +77,8 @@ async def _dead_letter(trackly: Trackly, stuck: list[dict[str, Any]], now: dt.da
     for d in stuck:
         by_token.setdefault(d["claimed_by"], []).append(d["_id"])
     await db[c.QUEUED].bulk_write([
-        UpdateMany({"_id": {"$in": ids}, "claimed_by": old}, {"$set": {"claimed_by": token}})
+        # a fresh claimed_at: other sweepers no longer see these as expired claims to take over
+        UpdateMany({"_id": {"$in": ids}, "claimed_by": old}, {"$set": {"claimed_by": token, "claimed_at": now}})
         for old, ids in by_token.items()
     ], ordered=False)
     docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
@@ -90,7 +91,7 @@ async def _dead_letter(trackly: Trackly, stuck: list[dict[str, Any]], now: dt.da
                    "stalled while sending; the provider may have accepted it", now, ambiguous=True)
         for d in docs if d["_id"] not in sent
     ]
-    await insert_records(db, c.FAILED, recs)
+    inserted = await insert_records(db, c.FAILED, recs)
     if recs:  # a MessageSent recorded meanwhile by the old process wins
         late = [d["_id"] async for d in db[c.SENT].find({"_id": {"$in": [r["_id"] for r in recs]}}, {"_id": 1})]
         if late:
@@ -99,4 +100,4 @@ async def _dead_letter(trackly: Trackly, stuck: list[dict[str, Any]], now: dt.da
     await claims.complete(db, ids, token)
     if recs:
         await trackly.bus.publish(*(failure_event(r) for r in recs))
-    return len(recs)
+    return min(inserted, len(recs))
