@@ -326,3 +326,16 @@ async def test_evaluation_killed_mid_way_is_resumed_exactly(trackly: Trackly) ->
     assert ex["status"] == "queued" and ex["attempts"] == 2 and ex["counts"]["queued"] == 1000
     assert ex["counts"]["already_queued"] >= 300
     assert await trackly.db[c.QUEUED].count_documents({}) == 1000
+
+
+async def test_invalid_stored_cron_is_reported_once_and_paused(trackly: Trackly) -> None:
+    """A campaign stored with an invalid cron gets one failed execution and event, and is paused."""
+    register_echo()
+    await seed_campaign(trackly.store, contacts=[contact(1)],
+                        campaign_kw={"schedule": {"cron": "61 * * * *", "timezone": "UTC"}})
+    await Scheduler(trackly).run_until_idle()
+    await Scheduler(trackly).run_until_idle()
+    ex = await trackly.db[c.EXECUTIONS].find({}).to_list(None)
+    assert len(ex) == 1 and ex[0]["status"] == "failed" and "invalid schedule" in ex[0]["reason"]
+    assert (await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["status"] == "paused"
+    assert await trackly.db[c.EVENTS].count_documents({"kind": "campaign_failed"}) == 1

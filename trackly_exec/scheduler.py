@@ -252,7 +252,12 @@ class Scheduler:
             try:
                 first = first_run_at(camp, now)
             except CronError as exc:
+                # Reported once (failed execution + event) and paused, rather than logged on every pass.
                 log.warning("campaign_bad_cron", campaign_id=camp["_id"], error=str(exc))
+                if await self._replace_campaign(camp, {"status": CampaignStatus.PAUSED.value}):
+                    ex = await self.runner.create(camp, now, f"{camp['_id']}:invalid-schedule:{now.isoformat()}")
+                    if ex is not None:
+                        await self.runner.fail(ex, f"invalid schedule: {exc}")
                 continue
             if first is not None:
                 await self._replace_campaign(camp, {"next_run_at": first})
