@@ -47,14 +47,14 @@ BATCH = int(os.environ.get("BENCH_BATCH", "2000"))   # scheduler.evaluation_batc
 
 
 def settings_for(uri: str, db: str, data_dir: str, fake_url: str = "http://127.0.0.1:9", key: str = "bench") -> Settings:
-    return Settings(
-        daemon={"data_dir": data_dir, "log_level": "warning"},
-        mongo={"uri": uri, "database": db},
-        http={"port": 0, "public_url": "http://127.0.0.1:8080"},
-        scheduler={"evaluation_batch_size": BATCH},
-        executor={"poll_interval_seconds": 0.05},
-        drivers={"infobip": {"base_url": fake_url, "api_key": key}},
-    )  # type: ignore[arg-type]
+    return Settings.model_validate({
+        "daemon": {"data_dir": data_dir, "log_level": "warning"},
+        "mongo": {"uri": uri, "database": db},
+        "http": {"port": 0, "public_url": "http://127.0.0.1:8080"},
+        "scheduler": {"evaluation_batch_size": BATCH},
+        "executor": {"poll_interval_seconds": 0.05},
+        "drivers": {"infobip": {"base_url": fake_url, "api_key": key}},
+    })
 
 
 def zone(inside: bool) -> str:
@@ -147,6 +147,7 @@ async def evaluate_phase(uri: str, db: str, data_dir: str) -> dict[str, Any]:
     eid = await trigger(trackly, 1)
     secs = time.perf_counter() - t0
     ex = await store.db[c.EXECUTIONS].find_one({"_id": eid})
+    assert ex is not None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     await trackly.close()
     k = ex["counts"]
@@ -199,8 +200,8 @@ def run_child(phase: str, *args: str) -> dict[str, Any]:
 async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_floor: bool = True) -> dict[str, Any]:
     from trackly_exec.store import Store
 
-    settings = Settings(daemon={"data_dir": data_dir}, mongo={"uri": "embedded", "embedded_in_memory": True,
-                                                               "database": f"bench{n}"})  # type: ignore[arg-type]
+    settings = Settings.model_validate({"daemon": {"data_dir": data_dir}, "mongo": {
+        "uri": "embedded", "embedded_in_memory": True, "database": f"bench{n}"}})
     store = await Store.open(settings)
     assert store.embedded is not None
     try:
@@ -217,6 +218,7 @@ async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_fl
             # Same campaign with tracked links: one MessageShortLink insert per message on top.
             await store.db[c.QUEUED].delete_many({})
             camp = await store.db[c.CAMPAIGNS].find_one({"_id": 1})
+            assert camp is not None
             await store.db[c.CAMPAIGNS].replace_one({"_id": 1}, {**camp, "track_links": True})
             linked = run_child("evaluate", uri, db, data_dir)
             out.update(linked=linked, linked_ratio=floor["seconds"] / linked["seconds"])
