@@ -145,6 +145,7 @@ async def test_429_storm_with_retry_after(settings: Settings, store: Store, fake
     counts = await run(coord)
     assert time.monotonic() - started >= 0.6, (counts, fakes['infobip'].requests)
     assert counts["sent"] == 40 and counts["provider_transient"] == 120
+    assert counts["slowdowns"] == 3  # each 429 multiplied the list's interval (it decays back on success)
     assert all(fakes["infobip"].accepted_counts()[m] == 1 for m in ids)
     assert fakes["infobip"].summary()["duplicates"] == 0
 
@@ -169,3 +170,30 @@ async def test_redis_down_fails_closed_and_resumes(settings: Settings, store: St
     counts = await run(coord)
     assert counts["sent"] == 20
     assert all(fakes["infobip"].accepted_counts()[m] == 1 for m in first + second)
+
+
+async def test_claim_lost_during_pacing_wait_is_not_sent(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A worker whose claim is taken over while it waits for rate-limit tokens neither sends nor records, and refunds."""
+    import asyncio
+
+    ids = await seed(store, 5, rate=600, price=1.0, balance=10.0)
+    coord = await executor(settings, store, fakes)
+    await coord.limiter.acquire(1, 6, 600, 60.0)  # the next 0.6 s of tokens are taken: the worker must wait
+    run_task = asyncio.create_task(coord.run_until_idle())
+    await asyncio.sleep(0.3)
+    await store.db[c.QUEUED].update_many({"_id": {"$in": ids}}, {"$set": {"claimed_by": "recovered:1"}})
+    counts = await run_task
+    await coord.trackly.close(close_store=False)
+    assert counts["claim_lost_before_send"] == 5 and counts.get("sent", 0) == 0
+    assert fakes["infobip"].summary()["accepted"] == 0
+    assert not await ids_in(store, c.SENT) and not await ids_in(store, c.FAILED)
+    assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == 10.0
+
+
+async def test_provider_error_burst_event(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """More provider errors on a list within a minute than the threshold publish one PROVIDER_ERROR_BURST."""
+    await seed(store, 6)
+    fakes["infobip"].set_default(Behaviour("reject"))
+    await run(await executor(settings, store, fakes, error_burst_threshold=3, claim_batch_size=2, workers_per_list=1))
+    bursts = await store.db[c.EVENTS].find({"kind": "provider_error_burst"}).to_list(None)
+    assert len(bursts) == 1 and bursts[0]["data"]["sending_list_id"] == 1 and bursts[0]["data"]["errors"] >= 4

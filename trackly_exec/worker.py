@@ -327,6 +327,7 @@ class Worker:
         if info.doc.rate_limit_per_minute > 0:
             try:
                 await self.limiter.penalize(info.id)
+                self.counts["slowdowns"] += 1
             except LimiterUnavailable:
                 pass
         event = self.outcomes.note_errors(info.id, info.driver.name, n)
