@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from _common import run, seed_lists, services
@@ -86,5 +85,4 @@ if __name__ == "__main__":
     p.add_argument("--rate", type=int, default=6000, help="the list's limit per minute (default 6,000)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to send (default 20)")
     p.add_argument("--processes", type=int, default=2, help="executor processes (default 2)")
-    started = time.monotonic()
     sys.exit(run(main(p.parse_args())))

@@ -159,6 +159,7 @@ class Worker:
             docs = await claims.claim_ids(self.db, ids, token, now)
             if docs:
                 return docs
+            self._candidates.get(lst.id, collections.deque()).clear()  # stale: read the queue again
         return []
 
     async def _candidates_for(self, list_id: int, now: dt.datetime, limit: int) -> list[str]:
