@@ -70,3 +70,33 @@ def test_runner_help() -> None:
 
     r = subprocess.run([sys.executable, "-m", "trackly_exec.coordinator", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--burst" in r.stdout
+
+
+async def test_stop_during_retry_backoff_requeues(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """Stopping while a transient failure waits for its retry gives the messages back to the queue, unsent."""
+    from drivers.fake import Behaviour
+
+    ids = await seed(store, 4, price=1.0, balance=10.0)
+    fakes["infobip"].set_default(Behaviour("5xx_before"))
+    coord = await executor(settings, store, fakes, retry_initial_backoff_seconds=5.0)
+    await coord.start()
+    await wait_for(lambda: fakes["infobip"].requests >= 1)
+    await asyncio.sleep(0.1)
+    await coord.stop(5.0)
+    await coord.trackly.close(close_store=False)
+    assert coord.counts["requeued"] == 4 and fakes["infobip"].summary()["accepted"] == 0
+    docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
+    assert len(docs) == 4 and all(d["claimed_by"] is None and d["sending_at"] is None for d in docs)
+    assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == 10.0
+
+
+async def test_lists_do_not_starve_each_other(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A small list queued behind a big one is sent alongside it, not after it."""
+    big = await seed(store, 1000, list_id=1)
+    small = await seed(store, 50, list_id=2, first_contact=5000, execution_id=2)
+    coord = await executor(settings, store, fakes, claim_batch_size=50, workers_per_list=1, pool_size=2)
+    await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    order = [e.message_id for e in fakes["infobip"].ledger]
+    assert set(order) == set(big + small)
+    assert max(order.index(m) for m in small) < len(order) // 2
