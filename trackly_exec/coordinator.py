@@ -78,7 +78,12 @@ class Coordinator:
         if doc is None:
             log.error("sending_list_missing", sending_list_id=list_id)
         else:
-            lst = SendingList.from_doc(doc)
+            try:
+                lst = SendingList.from_doc(doc)
+            except ValueError as exc:  # pydantic's ValidationError: a list the executor cannot use
+                log.error("sending_list_invalid", sending_list_id=list_id, error=str(exc))
+                self._lists[list_id] = (time.monotonic(), None)
+                return None
             if lst.active:
                 try:
                     driver = await self.trackly.drivers.get(lst.driver, lst.driver_settings)

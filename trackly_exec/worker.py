@@ -143,9 +143,12 @@ class Worker:
         send = verdict.send
         size = self.chunk_size(lst)
         for start in range(0, len(send), size):
-            if self.stopping.is_set() or not await self._chunk(info, token, send[start:start + size], send[start + size:]):
+            step = "release" if self.stopping.is_set() else await self._chunk(info, token, send[start:start + size],
+                                                                              send[start + size:])
+            if step == "release":
                 rest = [d["_id"] for d in send[start:]]
                 self.counts["released"] += await claims.release(self.db, token, [(rest, {})])
+            if step != "next":
                 break
         return len(docs)
 
@@ -172,8 +175,12 @@ class Worker:
         return [pending.popleft() for _ in range(min(limit, len(pending)))]
 
     async def _chunk(self, info: ListInfo, token: str, chunk: Sequence[dict[str, Any]],
-                     rest: Sequence[dict[str, Any]]) -> bool:
-        """Rate limit, bill, (pacing wait,) mark intent, send and record one chunk. False: stop, release the rest."""
+                     rest: Sequence[dict[str, Any]]) -> str:
+        """Rate limit, bill, (pacing wait,) mark intent, send and record one chunk.
+
+        Returns ``"next"`` (go on), ``"release"`` (stop; give this chunk and the rest back) or ``"done"`` (stop;
+        the rest is already dealt with).
+        """
         lst = info.doc
         factor, wait = 1.0, 0.0
         if lst.rate_limit_per_minute > 0:
@@ -183,24 +190,24 @@ class Worker:
             except LimiterUnavailable:
                 self.paused[lst.id] = time.monotonic() + 1.0
                 self.counts["limiter_unavailable"] += 1
-                return False
+                return "release"
             if not grant.granted:
                 detail = (f"no rate-limit token within {self.cfg.rate_limit_wait_seconds:g}s "
                           f"(next in {grant.wait:.1f}s at {lst.rate_limit_per_minute}/min, slow-down x{grant.factor:g})")
                 await self.outcomes.fail_unsent(token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail)
                                                         for d in [*chunk, *rest]], self.clock())
-                return True  # nothing left to release
+                return "done"
             factor, wait = grant.factor, grant.wait
         now = self.clock()
         deb = await billing.debit(self.db, lst.account_id, chunk, lst.price_per_segment)
         if deb.blocked:
             await self._billing_blocked(token, deb.blocked, now)
         if not deb.charged:
-            return True
+            return "next"
         if wait > 0:  # pacing: billed before the wait, so only the intent stands between waking and sending
             if await self._sleep(wait):
                 await billing.adjust(self.db, lst.account_id, sum(deb.costs.values()))
-                return False
+                return "release"
             now = self.clock()
         held = await claims.mark_intent(self.db, [d["_id"] for d in deb.charged], token, now)
         if len(held) < len(deb.charged):
@@ -210,7 +217,7 @@ class Worker:
             log.warning("claim_lost_before_send", sending_list_id=lst.id, lost=len(lost))
         to_send = [d for d in deb.charged if d["_id"] in held]
         if not to_send:
-            return True
+            return "next"
         failpoints.hit("after_intent")
         results, requeue, had_errors = await self._send(info, to_send)
         await self.outcomes.record_sends(info, token, to_send, results, deb.costs, self.clock(), requeue)
@@ -219,7 +226,7 @@ class Worker:
                 await self.limiter.relax(lst.id)
             except LimiterUnavailable:
                 pass
-        return True
+        return "next"
 
     async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
         expired, first, again = billing.split_blocked(docs, now, dt.timedelta(minutes=self.cfg.billing_ttl_minutes))
