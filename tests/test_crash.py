@@ -127,7 +127,8 @@ async def test_late_sent_record_wins_over_recovery(settings: Settings, store: St
         trackly = await open_trackly(with_executor(settings, drivers, **EXECUTOR), store)
         try:
             run = asyncio.create_task(Coordinator(trackly).run_until_idle())
-            await asyncio.sleep(0.3)  # the batch is at the provider now (intent recorded)
+            while fake.requests < 1:  # the batch is at the provider now (intent recorded)
+                await asyncio.sleep(0.01)
             swept = await recovery.sweep(trackly, now=utcnow() + dt.timedelta(minutes=TTL_MINUTES, seconds=1))
             assert swept["no_response"] == 3
             assert len(await ids_in(store, c.FAILED, {"reason": "NO_RESPONSE"})) == 3

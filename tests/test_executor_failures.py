@@ -178,9 +178,10 @@ async def test_claim_lost_during_pacing_wait_is_not_sent(settings: Settings, sto
 
     ids = await seed(store, 5, rate=600, price=1.0, balance=10.0)
     coord = await executor(settings, store, fakes)
-    await coord.limiter.acquire(1, 6, 600, 60.0)  # the next 0.6 s of tokens are taken: the worker must wait
+    await coord.limiter.acquire(1, 10, 600, 60.0)  # the next second of tokens is taken: the worker must wait
     run_task = asyncio.create_task(coord.run_until_idle())
-    await asyncio.sleep(0.3)
+    while len(await ids_in(store, c.QUEUED, {"claimed_by": {"$gt": ""}})) < 5:  # claimed, waiting for tokens
+        await asyncio.sleep(0.01)
     await store.db[c.QUEUED].update_many({"_id": {"$in": ids}}, {"$set": {"claimed_by": "recovered:1"}})
     counts = await run_task
     await coord.trackly.close(close_store=False)

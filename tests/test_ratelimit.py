@@ -120,7 +120,7 @@ async def test_executor_sends_smoothly(settings: Settings, store: Store, fakes: 
     elapsed = time.monotonic() - started
     await coord.trackly.close(close_store=False)
     assert counts["sent"] == 60 and set(fakes["infobip"].accepted_counts()) == set(ids)
-    assert 1.0 <= elapsed < 2.5
+    assert 1.0 <= elapsed < 4.0
     times = sorted(e.accepted_at.timestamp() for e in fakes["infobip"].ledger)
     worst = max(sum(1 for t in times if s <= t < s + 0.5) for s in times)
     assert worst <= 30  # at most 0.5 s of tokens (25) plus one chunk in any half second
