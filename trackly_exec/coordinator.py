@@ -148,7 +148,12 @@ class Coordinator:
     # -- burst mode -------------------------------------------------------------------------------
 
     async def run_until_idle(self) -> dict[str, int]:
-        """Process every due message (lists paused by an outage are skipped) and return the counts."""
+        """Process every due message (lists paused by an outage are skipped) and return the counts.
+
+        The counts are cumulative for this coordinator: ``claimed``, ``sent``, ``failed.<REASON>``,
+        ``held.quiet_hours``, ``held.billing``, ``released``, ``requeued``, ``provider_transient``, ``slowdowns``,
+        ``limiter_unavailable``, ``claim_lost_before_send``, ``claim_lost_after_send``, ``batches``, ``batch_errors``.
+        """
         while not self.stopping.is_set():
             started = await self.fill()
             if not self.tasks:
