@@ -101,6 +101,8 @@ async def test_metrics_and_dashboard(trackly: Trackly) -> None:
     await trackly.db[c.SENT].insert_many([{**base, "_id": f"s{i}", "timestamp": now, "delivered": i < 3}
                                           for i in range(4)])
     await trackly.db[c.FAILED].insert_one({**base, "_id": "f1", "reason": "STALE", "failed_at": now})
+    await trackly.db[c.QUEUED].insert_many([{**base, "_id": "q1", "execution_id": 1, "contact_id": 1, "claimed_by": None},
+                                            {**base, "_id": "q2", "execution_id": 1, "contact_id": 2, "claimed_by": "t:x"}])
     server = HttpServer(trackly)
     await server.start()
     try:
@@ -109,6 +111,8 @@ async def test_metrics_and_dashboard(trackly: Trackly) -> None:
                 assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
                 text = await r.text()
             assert "trackly_messages_sent 4" in text
+            assert "trackly_queue_depth 2" in text and "trackly_queue_claimed 1" in text
+            assert "trackly_send_rate_per_second 0.07" in text
             assert 'trackly_messages_failed{reason="STALE"} 1' in text
             assert 'trackly_messages_delivered{delivered="true"} 3' in text
             async with http.get(server.url + "/dashboard") as r:
@@ -116,7 +120,7 @@ async def test_metrics_and_dashboard(trackly: Trackly) -> None:
             async with http.get(server.url + "/dashboard/summary.json") as r:
                 data = await r.json()
             camp = data["campaigns"][0]
-            assert (camp["id"], camp["sent"], camp["delivered"], camp["failed"]) == (3, 4, 3, 1)
+            assert (camp["id"], camp["queued"], camp["sent"], camp["delivered"], camp["failed"]) == (3, 2, 4, 3, 1)
             assert camp["delivery_rate"] == 75.0
     finally:
         await server.stop(1)

@@ -37,6 +37,7 @@ from .errors import ConfigError
 from .logs import configure_logging, get_logger
 from .models import utcnow
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # "is set" for dates ($ne None is unreliable on nx-27017)
 log = get_logger(__name__)
 
 BROWSER = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1"
@@ -237,8 +238,8 @@ class Demo:
         q = {"execution_id": r.execution_id}
         first = await db[c.SENT].find_one(q, sort=[("timestamp", 1)])
         last = await db[c.SENT].find_one(q, sort=[("timestamp", -1)])
-        d_first = await db[c.SENT].find_one({**q, "delivered_at": {"$ne": None}}, sort=[("delivered_at", 1)])
-        d_last = await db[c.SENT].find_one({**q, "delivered_at": {"$ne": None}}, sort=[("delivered_at", -1)])
+        d_first = await db[c.SENT].find_one({**q, "delivered_at": {"$gte": EPOCH}}, sort=[("delivered_at", 1)])
+        d_last = await db[c.SENT].find_one({**q, "delivered_at": {"$gte": EPOCH}}, sort=[("delivered_at", -1)])
         r.sent_records = await db[c.SENT].count_documents(q)
         r.failed_records = await db[c.FAILED].count_documents(q)
         r.left_in_queue = await db[c.QUEUED].count_documents(q)
@@ -299,7 +300,7 @@ class Demo:
         """Seed, trigger, watch, click, measure and report (and wait for ``keep`` when given)."""
         account, list_id, auds, creative = await self.seed(trackly)
         fake.reject_numbers = {p["phone"]: "REJECTED_DESTINATION" async for p in trackly.db[c.CONTACTS].find(
-            {"sending_list_id": list_id, "attributes.tier": "C", "timezone": {"$ne": None}}, {"phone": 1})
+            {"sending_list_id": list_id, "attributes.tier": "C", "timezone": {"$gt": ""}}, {"phone": 1})
             .limit(max(self.n // 500, 1))}
         camp = await self.api("POST", "/campaigns", {
             "account_id": account, "sending_list_id": list_id, "audience_ids": auds, "creative_id": creative,

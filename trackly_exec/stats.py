@@ -34,7 +34,7 @@ async def _group(store: Store, coll: str, match: dict[str, Any], key: str, cond:
 async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
     """``{campaign_id: {queued, sent, delivered, undelivered, failed, failed_by_reason, clicks, human_clicks,
     delivery_rate, failure_rate, click_rate}}``."""
-    scope: dict[str, Any] = {"campaign_id": {"$in": campaign_ids}} if campaign_ids is not None else {"campaign_id": {"$ne": None}}
+    scope: dict[str, Any] = {"campaign_id": {"$in": campaign_ids}} if campaign_ids is not None else {"campaign_id": {"$gte": 0}}
     queued = await _group(store, c.QUEUED, scope, "campaign_id")
     sent = await _group(store, c.SENT, scope, "campaign_id")
     delivered = await _group(store, c.SENT, {**scope, "delivered": True}, "campaign_id")
@@ -76,7 +76,7 @@ async def overview(store: Store, window_seconds: int = 60) -> dict[str, Any]:
         failed_by[str(row["_id"])] = int(row["n"])
     return {
         "queued": await store[c.QUEUED].count_documents({}),
-        "claimed": await store[c.QUEUED].count_documents({"claimed_by": {"$ne": None}}),
+        "claimed": await store[c.QUEUED].count_documents({"claimed_by": {"$gt": ""}}),  # not $ne None: nx-27017 mis-evaluates it
         "sent": sent_total,
         "delivered": await store[c.SENT].count_documents({"delivered": True}),
         "undelivered": await store[c.SENT].count_documents({"delivered": False}),
