@@ -257,22 +257,42 @@ async def test_ingestion_is_batched(daemon: Daemon) -> None:
     assert listener.n <= 6, listener.n
 
 
-async def test_report_before_the_send_is_recorded_asks_for_a_retry(daemon: Daemon) -> None:
-    """A report for a message still in the queue (recorded after the report arrived) answers 503 so the provider
-    retries; the retry after the executor recorded it is applied, and the other reports of the batch at once."""
+async def test_report_before_the_send_is_recorded_is_parked_then_applied(daemon: Daemon) -> None:
+    """A report for a message still in the queue is accepted (200) and parked, the other reports of the batch
+    apply at once; once the executor records the message, the parked report is applied and leaves the park."""
+    from trackly_exec.parked import replay
+
     await seed_account(daemon.store)
     [done] = await seed_sent(daemon.store, 1)
     early = f"{77:016x}"
     await daemon.store[c.QUEUED].insert_one({"_id": early, "claimed_by": "x:1", "sending_list_id": 1})
     body = infobip_body(infobip_report(done.id), infobip_report(early))
     status, resp = await daemon.post(IB_STATUS, body)
-    assert status == 503 and json.loads(resp)["pending"] == 1 and json.loads(resp)["updated"] == 1
+    assert status == 200 and json.loads(resp)["pending"] == 1 and json.loads(resp)["updated"] == 1
     assert tri((await _doc(daemon, done.id))["delivered"]) is True
+    assert await daemon.store[c.DELIVERY_REPORTS].count_documents({}) == 1
+    assert await replay(daemon.trackly) == 0  # still queued: stays parked
+    assert await daemon.store[c.DELIVERY_REPORTS].count_documents({}) == 1
     await daemon.store[c.QUEUED].delete_one({"_id": early})  # the executor records the send
     await seed_sent(daemon.store, 1, start=77)
-    status, resp = await daemon.post(IB_STATUS, body)
-    assert status == 200 and json.loads(resp)["updated"] == 1
+    assert await replay(daemon.trackly) == 1
     assert tri((await _doc(daemon, early))["delivered"]) is True
+    assert await daemon.store[c.DELIVERY_REPORTS].count_documents({}) == 0
+
+
+async def test_parked_report_of_a_message_that_ended_otherwise_is_dropped(daemon: Daemon) -> None:
+    """A parked report whose message left the queue without a MessageSent (say STALE) is dropped, creating nothing."""
+    from trackly_exec.parked import replay
+
+    await seed_account(daemon.store)
+    early = f"{78:016x}"
+    await daemon.store[c.QUEUED].insert_one({"_id": early, "claimed_by": "x:1", "sending_list_id": 1})
+    status, _ = await daemon.post(IB_STATUS, infobip_body(infobip_report(early)))
+    assert status == 200
+    await daemon.store[c.QUEUED].delete_one({"_id": early})
+    assert await replay(daemon.trackly) == 0
+    assert await daemon.store[c.DELIVERY_REPORTS].count_documents({}) == 0
+    assert await daemon.store[c.SENT].count_documents({}) == 0
 
 
 async def test_store_keeps_types_of_set_values(store: Store) -> None:

@@ -22,6 +22,7 @@ COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
     (lambda s: s.executor.enabled, "trackly_exec.coordinator:Coordinator"),
     (lambda s: s.scheduler.enabled, "trackly_exec.scheduler:Scheduler"),
     (lambda s: True, "trackly_exec.outbox:Outbox"),
+    (lambda s: True, "trackly_exec.parked:ParkedReports"),
     (lambda s: True, "trackly_exec.alerts:Alerts"),
 ]
 

@@ -15,8 +15,8 @@ and a handful of round trips, whatever the number of reports:
 
 Reports for unknown ids are counted, logged and dropped: nothing is created for them. A report for a message
 still in the queue (the provider answered the send and reported before the executor recorded it) is counted as
-``pending``: the webhook answers 503 so the provider retries later (the rest of the batch is applied; applying it
-again is a no-op).
+``pending`` and parked in ``delivery_reports``; :mod:`trackly_exec.parked` applies it once the message is
+recorded (providers that never retry, such as Twilio, lose nothing).
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ class IngestResult:
     pending: int = 0  # reports for messages still in the queue (the provider was faster than our record)
     outbox: int = 0
     unknown_ids: list[str] = field(default_factory=list)
+    pending_ids: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "unknown_ids"}
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_ids")}
 
 
 def _collapse(reports: Iterable[DeliveryReport]) -> list[DeliveryReport]:
@@ -98,8 +99,9 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryReport]) -> IngestResult:
-    """Apply a batch of ``provider``'s (driver instance name) reports; see the module docstring."""
+async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryReport], *, park: bool = True) -> IngestResult:
+    """Apply a batch of ``provider``'s (driver instance name) reports; see the module docstring. Reports for
+    messages still in the queue are parked (``park=False``: only listed in ``pending_ids``)."""
     res = IngestResult(received=len(reports))
     reports = _collapse(reports)
     if not reports:
@@ -152,6 +154,7 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
                 continue
             if r.message_id and r.message_id in in_queue:
                 res.pending += 1
+                res.pending_ids.append(r.message_id)
                 continue
             res.unknown += 1
             res.unknown_ids.append(r.message_id or f"provider:{r.provider_message_id}")
@@ -175,6 +178,11 @@ async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryRepo
         change = {**_delivery_set(r, now), "delivery_batch": batch}
         ops.append(UpdateOne({"_id": doc["_id"], "delivered": None}, {"$set": change}))
         planned.append((r, doc))
+
+    if park and res.pending_ids:
+        from .parked import park as park_reports
+
+        await park_reports(trackly, provider, [r for r in reports if r.message_id in set(res.pending_ids)], now)
 
     # 3. The state changes, one round trip.
     applied = planned

@@ -107,13 +107,6 @@ class WebhookHandler:
         except Exception as exc:
             log.error("delivery_ingest_failed", driver=driver.name, reports=len(reports), error=str(exc))
             return _plain(500, "temporarily unavailable")
-        if result.pending:  # a message not recorded yet: ask the provider to retry the request later
-            return web.Response(
-                status=503,
-                text=json.dumps(result.as_dict()),
-                content_type="application/json",
-                headers={"Retry-After": "60"},
-            )
         return web.Response(text=json.dumps(result.as_dict()), content_type="application/json")
 
     async def inbound(self, request: web.Request) -> web.StreamResponse:
