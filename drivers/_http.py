@@ -3,7 +3,8 @@
 The mapping is the safety rule of the whole executor, so it lives in one place:
 
 * HTTP 400/401/403 (and other 4xx except 408/429)  -> :class:`PermanentSendError`
-* HTTP 429, 408 and 5xx                             -> :class:`TransientSendError` (``Retry-After`` honoured)
+* HTTP 429, 408 and 5xx                             -> :class:`TransientSendError` (``Retry-After`` honoured);
+  with the driver setting ``server_errors = "unknown"``, a 5xx other than 503 -> :class:`UnknownOutcomeError`
 * connection refused, DNS failure, connect timeout  -> :class:`TransientSendError` (the request was never written)
 * read timeout, server disconnect or reset after the request was written -> :class:`UnknownOutcomeError`
 
@@ -11,6 +12,9 @@ Whether the request was written is tracked with an aiohttp trace hook (``on_requ
 timeout is only called transient when the provider cannot have seen the request. A 5xx is transient by this
 mapping even though a provider may have accepted the message before failing (the fakes' ``5xx_after``
 behaviour shows exactly that): the executor bounds such retries, and the fakes' ledger lets tests measure it.
+Where a duplicate is worse than a dead letter, ``server_errors = "unknown"`` records such answers NO_RESPONSE
+(never re-sent; a later delivery report still resolves them); 503 (the service did not take the request) stays
+transient either way.
 Drivers never retry: the executor does.
 """
 
@@ -77,13 +81,16 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
-def raise_for_status(reply: HttpReply, *, code: str | None = None, detail: str = "") -> None:
+def raise_for_status(reply: HttpReply, *, code: str | None = None, detail: str = "",
+                     server_errors: str = "transient") -> None:
     """Raise the error family for a non-2xx reply (the common mapping); return on 2xx."""
     status = reply.status
     if 200 <= status < 300:
         return
     detail = detail or f"HTTP {status}"
     code = code or str(status)
+    if status >= 500 and status != 503 and server_errors == "unknown":
+        raise UnknownOutcomeError(f"HTTP {status} (the provider may have accepted it): {detail}", code=code)
     if status == 429 or status == 408 or status >= 500:
         raise TransientSendError(detail, code=code, retry_after=reply.retry_after)
     if 400 <= status < 500:

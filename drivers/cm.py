@@ -123,7 +123,8 @@ class CMDriver(Driver[CMSettings]):
                 raise TransientSendError(detail, code=str(code), retry_after=reply.retry_after)
             if reply.status == 400 and code > 0:  # 101 auth, 102 balance, 103 key, 202 malformed, ...
                 raise PermanentSendError(detail, code=str(code))
-            raise_for_status(reply, code=str(code) if code >= 0 else None, detail=detail)
+            raise_for_status(reply, code=str(code) if code >= 0 else None, detail=detail,
+                             server_errors=self.settings.server_errors)
         if not isinstance(per_message, list):
             return [UnknownOutcome(message_id=m.id, detail=f"CM answered HTTP {reply.status} without messages")
                     for m in messages]

@@ -146,7 +146,7 @@ class InfobipDriver(Driver[InfobipSettings]):
         body = reply.json()
         if not 200 <= reply.status < 300:
             code, detail = error_from_body(body)
-            raise_for_status(reply, code=code, detail=detail)
+            raise_for_status(reply, code=code, detail=detail, server_errors=self.settings.server_errors)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             # Accepted or not, we cannot tell: never re-send blindly.
             return _unknown(messages, f"Infobip answered HTTP {reply.status} without a messages list")

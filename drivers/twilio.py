@@ -171,7 +171,7 @@ class TwilioDriver(Driver[TwilioSettings]):
                 raise TransientSendError(detail, code=code, retry_after=reply.retry_after)
             if code in OPT_OUT_CODES:
                 return Rejected(message_id=m.id, code=code, detail=detail, opted_out=True)
-            raise_for_status(reply, code=code, detail=detail)
+            raise_for_status(reply, code=code, detail=detail, server_errors=self.settings.server_errors)
             return UnknownOutcome(message_id=m.id, detail=f"unexpected HTTP {reply.status}")
         except PermanentSendError as exc:
             return Rejected(message_id=m.id, code=exc.code, detail=exc.detail, opted_out=exc.code in OPT_OUT_CODES,

@@ -187,3 +187,28 @@ async def test_garbage_2xx_is_unknown() -> None:
             await driver.shutdown()
     server.close()
     await server.wait_closed()
+
+
+@pytest.mark.parametrize("driver_class", [InfobipDriver, TwilioDriver, CMDriver])
+async def test_server_errors_setting(driver_class: Any) -> None:
+    """A 5xx is transient by default; with server_errors = "unknown" it is an unknown outcome (never re-sent),
+    and a 503 stays transient either way."""
+    async with DriverHarness(driver_class) as h:
+        h.fake.script(Behaviour("5xx_after"))
+        [default] = await h.driver.submit(h.messages(1))
+        assert isinstance(default, TransientFailure)
+        careful = await h.new_driver(server_errors="unknown")
+        h.fake.script(Behaviour("5xx_after"))
+        [res] = await careful.submit(h.messages(1))
+        assert isinstance(res, UnknownOutcome) and "may have accepted" in res.detail
+    assert isinstance(_mapped(503, "unknown"), TransientSendError)
+    assert isinstance(_mapped(502, "unknown"), UnknownOutcomeError)
+    assert isinstance(_mapped(502, "transient"), TransientSendError)
+
+
+def _mapped(status: int, server_errors: str) -> Exception:
+    try:
+        raise_for_status(HttpReply(status, {}, b""), server_errors=server_errors)
+    except Exception as exc:
+        return exc
+    raise AssertionError("no error raised")

@@ -187,6 +187,11 @@ class DriverSettings(BaseModel):
     connect_timeout_seconds: float = Field(5.0, gt=0, description="Time to establish a connection.")
     max_connections: int = Field(100, ge=1, description="Connection pool size of the driver's HTTP session.")
     batch_size: int = Field(1, ge=1, description="Messages per provider request.")
+    server_errors: Literal["transient", "unknown"] = Field(
+        "transient",
+        description="How an HTTP 5xx answer (other than 503) counts: 'transient' retries it (a provider that "
+        "accepted the message before failing then sends it twice); 'unknown' records NO_RESPONSE and never re-sends.",
+    )
     webhook_token: SecretStr | None = Field(
         None, description="Secret path segment expected on delivery-report and inbound webhooks."
     )
