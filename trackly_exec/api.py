@@ -186,6 +186,19 @@ async def page(request: web.Request, coll: str, out: Any, query: m.PageQuery, ma
     return _json({"items": items, "next_after": docs[-1]["_id"] if more else None})
 
 
+def read_routes(path: str, coll: str, out: Any, noun: str, article: str = "a") -> None:
+    """``GET {path}`` (paginated list) and ``GET {path}/{id}`` for a resource read as stored."""
+
+    async def list_all(request: web.Request) -> web.Response:
+        return await page(request, coll, out, read_query(request, m.PageQuery), {})
+
+    async def get_one(request: web.Request) -> web.Response:
+        return _json(out.from_doc(await get_or_404(_tr(request), coll, path_id(request, noun), noun)))
+
+    route("GET", path, f"List {noun}s", query=m.PageQuery, response=m.Page[out])(list_all)
+    route("GET", f"{path}/{{id}}", f"Get {article} {noun}", response=out)(get_one)
+
+
 async def _new_id(trackly: Trackly, coll: str) -> int:
     return (await trackly.store.next_ids(coll, 1))[0]
 

@@ -15,7 +15,9 @@ from aiohttp import web
 
 from . import apimodels as m
 from . import constants as c
-from .api import ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, route
+from .api import (
+    ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, read_routes, route,
+)
 from .app import Trackly
 from .campaign_stats import campaign_stats
 from .errors import TracklyError
@@ -92,15 +94,6 @@ async def create_campaign(request: web.Request) -> web.Response:
     return _json(m.CampaignOut.from_doc(doc), 201)
 
 
-@route("GET", "/campaigns", "List campaigns", query=m.PageQuery, response=m.Page[m.CampaignOut])
-async def list_campaigns(request: web.Request) -> web.Response:
-    return await page(request, c.CAMPAIGNS, m.CampaignOut, read_query(request, m.PageQuery), {})
-
-
-@route("GET", "/campaigns/{id}", "Get a campaign", response=m.CampaignOut)
-async def get_campaign(request: web.Request) -> web.Response:
-    doc = await get_or_404(_tr(request), c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
-    return _json(m.CampaignOut.from_doc(doc))
 
 
 @route("POST", "/campaigns/{id}/trigger", "Run the campaign now (one execution, evaluated and queued before the answer)",
@@ -172,3 +165,6 @@ async def list_executions(request: web.Request) -> web.Response:
 async def get_execution(request: web.Request) -> web.Response:
     doc = await get_or_404(_tr(request), c.EXECUTIONS, path_id(request, "execution"), "execution")
     return _json(m.ExecutionOut.from_doc(doc))
+
+
+read_routes("/campaigns", c.CAMPAIGNS, m.CampaignOut, "campaign")

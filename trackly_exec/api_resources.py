@@ -14,7 +14,9 @@ from aiohttp import web
 
 from . import apimodels as m
 from . import constants as c
-from .api import ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, route
+from .api import (
+    ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, read_routes, route,
+)
 from .contacts import upsert
 from .errors import DriverNotFound, TracklyError
 from .models import utcnow
@@ -32,15 +34,6 @@ async def create_account(request: web.Request) -> web.Response:
     return _json(m.AccountOut.from_doc(doc), 201)
 
 
-@route("GET", "/accounts", "List accounts", query=m.PageQuery, response=m.Page[m.AccountOut])
-async def list_accounts(request: web.Request) -> web.Response:
-    return await page(request, c.ACCOUNTS, m.AccountOut, read_query(request, m.PageQuery), {})
-
-
-@route("GET", "/accounts/{id}", "Get an account", response=m.AccountOut)
-async def get_account(request: web.Request) -> web.Response:
-    doc = await get_or_404(_tr(request), c.ACCOUNTS, path_id(request, "account"), "account")
-    return _json(m.AccountOut.from_doc(doc))
 
 
 # --------------------------------------------------------------------------------------------- sending lists
@@ -62,15 +55,6 @@ async def create_sending_list(request: web.Request) -> web.Response:
     return _json(m.SendingListOut.from_doc(doc), 201)
 
 
-@route("GET", "/sending-lists", "List sending lists", query=m.PageQuery, response=m.Page[m.SendingListOut])
-async def list_sending_lists(request: web.Request) -> web.Response:
-    return await page(request, c.SENDING_LISTS, m.SendingListOut, read_query(request, m.PageQuery), {})
-
-
-@route("GET", "/sending-lists/{id}", "Get a sending list", response=m.SendingListOut)
-async def get_sending_list(request: web.Request) -> web.Response:
-    doc = await get_or_404(_tr(request), c.SENDING_LISTS, path_id(request, "sending list"), "sending list")
-    return _json(m.SendingListOut.from_doc(doc))
 
 
 @route("POST", "/sending-lists/{id}/contacts", "Bulk upsert contacts by normalised phone",
@@ -122,15 +106,6 @@ async def create_audience(request: web.Request) -> web.Response:
     return _json(m.AudienceOut.from_doc(doc), 201)
 
 
-@route("GET", "/audiences", "List audiences", query=m.PageQuery, response=m.Page[m.AudienceOut])
-async def list_audiences(request: web.Request) -> web.Response:
-    return await page(request, c.AUDIENCES, m.AudienceOut, read_query(request, m.PageQuery), {})
-
-
-@route("GET", "/audiences/{id}", "Get an audience", response=m.AudienceOut)
-async def get_audience(request: web.Request) -> web.Response:
-    doc = await get_or_404(_tr(request), c.AUDIENCES, path_id(request, "audience"), "audience")
-    return _json(m.AudienceOut.from_doc(doc))
 
 
 def _undollar(node: Any) -> Any:
@@ -161,12 +136,9 @@ async def create_creative(request: web.Request) -> web.Response:
     return _json(m.CreativeOut.from_doc(doc), 201)
 
 
-@route("GET", "/creatives", "List creatives", query=m.PageQuery, response=m.Page[m.CreativeOut])
-async def list_creatives(request: web.Request) -> web.Response:
-    return await page(request, c.CREATIVES, m.CreativeOut, read_query(request, m.PageQuery), {})
+# --------------------------------------------------------------------------------------------- reads
 
-
-@route("GET", "/creatives/{id}", "Get a creative", response=m.CreativeOut)
-async def get_creative(request: web.Request) -> web.Response:
-    doc = await get_or_404(_tr(request), c.CREATIVES, path_id(request, "creative"), "creative")
-    return _json(m.CreativeOut.from_doc(doc))
+read_routes("/accounts", c.ACCOUNTS, m.AccountOut, "account", "an")
+read_routes("/sending-lists", c.SENDING_LISTS, m.SendingListOut, "sending list")
+read_routes("/audiences", c.AUDIENCES, m.AudienceOut, "audience", "an")
+read_routes("/creatives", c.CREATIVES, m.CreativeOut, "creative")
