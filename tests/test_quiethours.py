@@ -62,3 +62,13 @@ def test_dst_day() -> None:
 def test_default_window_is_tcpa() -> None:
     """The default window is 08:00-21:00."""
     assert quiethours.DEFAULT_WINDOW == Window.parse("08:00", "21:00")
+
+
+def test_check_timezone() -> None:
+    """Known zones pass, unknown ones are a ValueError naming them."""
+    import pytest
+
+    assert quiethours.check_timezone("Europe/Paris") == "Europe/Paris"
+    assert quiethours.check_timezone(None) is None
+    with pytest.raises(ValueError, match="Mars/Olympus"):
+        quiethours.check_timezone("Mars/Olympus")

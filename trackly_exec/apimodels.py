@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import zoneinfo
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .models import QuietHours, Variant
+from .quiethours import check_timezone
 
 MASK = "**********"
 _SECRETISH = ("key", "token", "secret", "password", "auth")
@@ -37,17 +37,6 @@ def mask_secrets(values: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def check_timezone(v: str | None) -> str | None:
-    """``v`` if it is a known IANA zone name (or None); ValueError otherwise."""
-    if v is None:
-        return v
-    try:
-        zoneinfo.ZoneInfo(v)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown timezone {v!r}") from exc
-    return v
 
 
 class Body(BaseModel):

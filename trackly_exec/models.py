@@ -98,13 +98,9 @@ class QuietHours(BaseModel):
     @field_validator("default_timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        import zoneinfo
+        from .quiethours import check_timezone
 
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {v!r}") from exc
-        return v
+        return check_timezone(v) or v
 
 
 class SendingList(Document):

@@ -53,6 +53,13 @@ def zone(name: str) -> ZoneInfo | None:
         return None
 
 
+def check_timezone(name: str | None) -> str | None:
+    """``name`` if it is a known IANA zone (or None); ValueError otherwise (for pydantic validators)."""
+    if name is not None and zone(name) is None:
+        raise ValueError(f"unknown timezone {name!r}")
+    return name
+
+
 @lru_cache(maxsize=65536)
 def _zones(phone: str, contact_tz: str | None, default_tz: str) -> tuple[ZoneInfo, ...]:
     if contact_tz:
