@@ -356,3 +356,32 @@ async def test_store_down_is_503(trackly: Trackly) -> None:
             assert r.status == 503 and (await r.json())["error"] == "unavailable"
     finally:
         await dead.close()
+
+
+async def test_pause_holds_queued_messages_and_resume_sends_them(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """Pausing a campaign mid-send holds its queued messages (the executor sends none); resuming sends them all."""
+    from trackly_exec import constants as c
+    from trackly_exec.coordinator import Coordinator
+
+    import datetime as dt
+
+    offset = 12 - dt.datetime.now(dt.UTC).hour  # a zone where it is about noon now: inside the quiet-hours window
+    noon = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+    ids = await seed(client)
+    await post(client, f"/sending-lists/{ids['list']}/contacts",
+               {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": noon} for n in range(100, 120)]}, 200)
+    camp = await post(client, "/campaigns", {"account_id": ids["account"], "sending_list_id": ids["list"],
+                                             "audience_ids": [ids["audience"]], "creative_id": ids["creative"],
+                                             "quiet_hours_policy": "hold"})
+    await post(client, f"/campaigns/{camp['id']}/trigger", None, 202)
+    queued = await trackly.db[c.QUEUED].count_documents({})
+    assert queued > 0
+    await post(client, f"/campaigns/{camp['id']}/pause", None, 200)
+    coord = Coordinator(trackly)
+    await coord.run_until_idle()
+    assert await trackly.db[c.SENT].count_documents({}) == 0
+    assert await trackly.db[c.QUEUED].count_documents({}) == queued
+    await post(client, f"/campaigns/{camp['id']}/resume", None, 200)
+    await coord.run_until_idle()
+    assert await trackly.db[c.SENT].count_documents({}) == queued == 20
+    assert await trackly.db[c.QUEUED].count_documents({}) == 0

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from . import apimodels as m
 from . import constants as c
+from . import queue
 from .api import (
     ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, read_routes, route,
 )
@@ -129,17 +130,23 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
         except ValueError as exc:
             log.warning("resume_bad_cron", campaign_id=cid, error=str(exc))
     await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": update})
-    log.info("campaign_status", campaign_id=cid, status=status.value)
+    if status is CampaignStatus.PAUSED:
+        moved = await queue.hold_campaign(trackly.db, cid)
+    else:
+        moved = await queue.release_campaign(trackly.db, cid, utcnow())
+    log.info("campaign_status", campaign_id=cid, status=status.value, queued_messages=moved)
     return _json(m.CampaignOut.from_doc({**doc, **update}))
 
 
-@route("POST", "/campaigns/{id}/pause", "Pause: no new occurrences or triggers (queued messages still go)",
+@route("POST", "/campaigns/{id}/pause",
+       "Pause: no new occurrences or triggers, and its queued messages wait (a batch already claimed finishes)",
        response=m.CampaignOut, errors=(409,))
 async def pause_campaign(request: web.Request) -> web.Response:
     return await _set_status(request, CampaignStatus.PAUSED)
 
 
-@route("POST", "/campaigns/{id}/resume", "Resume a paused campaign (the next cron occurrence is counted from now)",
+@route("POST", "/campaigns/{id}/resume",
+       "Resume: held messages are due again now; the next cron occurrence is counted from now",
        response=m.CampaignOut, errors=(409,))
 async def resume_campaign(request: web.Request) -> web.Response:
     return await _set_status(request, CampaignStatus.ACTIVE)

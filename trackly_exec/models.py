@@ -241,6 +241,7 @@ class QueuedTextMessage(MessageFields, Document):
     claimed_at: dt.datetime | None = None
     sending_at: dt.datetime | None = None      # send intent: set (fenced) just before the provider call
     billing_blocked_since: dt.datetime | None = None
+    paused: bool = False                       # held because its campaign is paused (queue.hold_campaign)
     attempts: int = 0
 
 

@@ -7,10 +7,16 @@ are inserted after their messages, only for the messages that went in, so a retr
 
 The executor orders the queue by ``sendtime`` (FIFO): every message of one execution has the same sendtime,
 except those held for quiet hours, whose sendtime (and ``not_before``) is the opening of the contact's window.
+
+Pausing a campaign holds its unclaimed queued messages (``not_before`` far in the future, ``paused``); resuming
+makes them due again now (a held message is then checked like any other: quiet hours, block list, staleness
+counted from the resume). A batch already claimed when the pause arrives finishes. No extra condition is
+added to the executor's queue query: a pause is just a backoff.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +29,7 @@ from .logs import get_logger
 log = get_logger(__name__)
 
 DUPLICATE_KEY = 11000
+PAUSED_UNTIL = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
 
 
 @dataclass
@@ -74,3 +81,27 @@ async def pending_count(db: Any, execution_id: int) -> int:
 async def has_pending(db: Any, execution_id: int) -> bool:
     """True while anything of the execution is left in the queue (cheap: one indexed find)."""
     return await db[c.QUEUED].find_one({"execution_id": execution_id}, {"_id": 1}) is not None
+
+
+async def _execution_ids(db: Any, campaign_id: int) -> list[int]:
+    return [d["_id"] async for d in db[c.EXECUTIONS].find({"campaign_id": campaign_id}, {"_id": 1})]
+
+
+async def hold_campaign(db: Any, campaign_id: int) -> int:
+    """Pause: hold the campaign's unclaimed queued messages. Returns how many were held."""
+    ids = await _execution_ids(db, campaign_id)
+    if not ids:
+        return 0
+    res = await db[c.QUEUED].update_many({"execution_id": {"$in": ids}, "claimed_by": None},
+                                         {"$set": {"not_before": PAUSED_UNTIL, "paused": True}})
+    return int(res.modified_count)
+
+
+async def release_campaign(db: Any, campaign_id: int, now: dt.datetime) -> int:
+    """Resume: the campaign's held messages are due again from ``now``. Returns how many."""
+    ids = await _execution_ids(db, campaign_id)
+    if not ids:
+        return 0
+    res = await db[c.QUEUED].update_many({"execution_id": {"$in": ids}, "paused": True},
+                                         {"$set": {"not_before": now, "paused": False}})
+    return int(res.modified_count)
