@@ -323,6 +323,8 @@ class Demo:
         if keep is not None:
             self.say("\nThe daemon keeps running (Ctrl-C to stop).")
             await keep.wait()
+        else:
+            self.say("(The demo's daemon stops now; `trackly demo --keep-running` keeps it up for the dashboard and API.)")
 
     async def run(self, keep_running: bool = False) -> DemoResult:
         from drivers.infobip_fake import InfobipFake
