@@ -124,3 +124,22 @@ async def test_metrics_and_dashboard(trackly: Trackly) -> None:
             assert camp["delivery_rate"] == 75.0
     finally:
         await server.stop(1)
+
+
+async def test_healthz_reports_store_and_redis(trackly: Trackly, redis_server: Any) -> None:
+    """/healthz answers 200 while the store and Redis answer, and 503 naming Redis while it is down."""
+    server = HttpServer(trackly)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/healthz") as r:
+                assert r.status == 200 and (await r.json())["redis"] == "ok"
+            redis_server.stop()
+            try:
+                async with http.get(server.url + "/healthz") as r:
+                    body = await r.json()
+                    assert r.status == 503 and body["store"] == "ok" and body["redis"].startswith("unreachable")
+            finally:
+                redis_server.start()
+    finally:
+        await server.stop(1)

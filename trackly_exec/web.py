@@ -5,7 +5,9 @@ Each part adds its routes through its module's ``setup(app, trackly)``.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+from typing import Any
 
 from aiohttp import web
 
@@ -27,7 +29,23 @@ ROUTE_MODULES = (
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """200 when the store (and Redis, when configured) answer within 2 s; 503 naming what does not."""
+    trackly = request.app[TRACKLY_KEY]
+    checks: dict[str, str] = {}
+
+    async def probe(name: str, ping: Any) -> None:
+        try:
+            await asyncio.wait_for(ping, timeout=2.0)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unreachable: {type(exc).__name__}"
+
+    await probe("store", trackly.store.client.admin.command("ping"))
+    if trackly.redis is not None:
+        await probe("redis", trackly.redis.ping())
+    healthy = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ok" if healthy else "degraded", "instance": trackly.instance, **checks},
+                             status=200 if healthy else 503)
 
 
 def make_app(trackly: Trackly) -> web.Application:
