@@ -18,6 +18,7 @@ retries later (ingestion is idempotent).
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -92,42 +93,40 @@ class WebhookHandler:
             return _plain(403, "forbidden")
         return driver, hook
 
-    async def status(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, kind: str, what: str,
+                      parse: Callable[[Driver[Any], WebhookRequest], Any],
+                      apply: Callable[[Driver[Any], Any], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Authenticate, parse (400 when malformed: nothing changes), apply (500 when the store fails)."""
         prepared = await self._prepare(request)
         if isinstance(prepared, web.Response):
             return prepared
         driver, hook = prepared
         try:
-            reports = driver.parse_status(hook)
+            items = parse(driver, hook)
         except Exception as exc:  # WebhookFormatError, or a parser tripping over a malformed body
-            log.warning("delivery_report_malformed", driver=driver.name, error=f"{type(exc).__name__}: {exc}")
-            return _plain(400, "malformed delivery report")
+            log.warning(f"{kind}_malformed", driver=driver.name, error=f"{type(exc).__name__}: {exc}")
+            return _plain(400, f"malformed {what}")
         try:
-            result = await delivery.ingest(self.trackly, driver.name, reports)
+            return await apply(driver, items)
         except Exception as exc:
-            log.error("delivery_ingest_failed", driver=driver.name, reports=len(reports), error=str(exc))
+            log.error(f"{kind}_failed", driver=driver.name, items=len(items), error=str(exc))
             return _plain(500, "temporarily unavailable")
-        return web.Response(text=json.dumps(result.as_dict()), content_type="application/json")
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        async def apply(driver: Driver[Any], reports: Any) -> web.StreamResponse:
+            result = await delivery.ingest(self.trackly, driver.name, reports)
+            return web.Response(text=json.dumps(result.as_dict()), content_type="application/json")
+
+        return await self._handle(request, "delivery_report", "delivery report", lambda d, h: d.parse_status(h), apply)
 
     async def inbound(self, request: web.Request) -> web.StreamResponse:
-        prepared = await self._prepare(request)
-        if isinstance(prepared, web.Response):
-            return prepared
-        driver, hook = prepared
-        try:
-            messages = driver.parse_inbound(hook)
-        except Exception as exc:
-            log.warning("inbound_malformed", driver=driver.name, error=f"{type(exc).__name__}: {exc}")
-            return _plain(400, "malformed inbound message")
-        try:
-            reply = await optout.handle_inbound(self.trackly, driver.name, messages)
-        except Exception as exc:
-            log.error("inbound_failed", driver=driver.name, messages=len(messages), error=str(exc))
-            return _plain(500, "temporarily unavailable")
-        answer = driver.inbound_response(reply)
-        return web.Response(
-            status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type or "text/plain"}
-        )
+        async def apply(driver: Driver[Any], messages: Any) -> web.StreamResponse:
+            answer = driver.inbound_response(await optout.handle_inbound(self.trackly, driver.name, messages))
+            return web.Response(
+                status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type or "text/plain"}
+            )
+
+        return await self._handle(request, "inbound", "inbound message", lambda d, h: d.parse_inbound(h), apply)
 
 
 def _warn_unauthenticated(trackly: Trackly) -> None:
