@@ -37,11 +37,19 @@ test-slow: install
 test-all: install
 	$(BIN)/python -m pytest --timeout=900 $(PYTEST_ARGS)
 
-bench: install
+# The peer sender of bench/peer.py runs on arq, which pins redis-py < 6: it gets a virtualenv of its own.
+PEER := .venv-peer/.installed
+$(PEER):
+	test -x .venv-peer/bin/python || $(PYTHON) -m venv .venv-peer
+	.venv-peer/bin/python -m pip install -q "arq==0.28.*" "pymongo>=4.10" "aiohttp>=3.9"
+	touch $(PEER)
+
+bench: install $(PEER)
 	$(BIN)/python bench/executor.py
+	$(BIN)/python bench/peer.py
 	$(BIN)/python bench/ratelimit.py
 	$(BIN)/python bench/campaign.py
 	$(BIN)/python bench/tracking.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .trackly *.egg-info
+	rm -rf $(VENV) .venv-peer .pytest_cache .trackly *.egg-info
