@@ -48,7 +48,9 @@ def ledger(url: str) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def services(*, fakes: tuple[str, ...] = ("infobip", "cm", "twilio"), in_memory: bool = True) -> Iterator[dict[str, Any]]:
+def services(
+    *, fakes: tuple[str, ...] = ("infobip", "cm", "twilio"), in_memory: bool = True
+) -> Iterator[dict[str, Any]]:
     """An nx-27017 store, a redis-server and the provider fakes, each its own process on a free port."""
     tmp = Path(tempfile.mkdtemp(prefix="trackly-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -57,15 +59,36 @@ def services(*, fakes: tuple[str, ...] = ("infobip", "cm", "twilio"), in_memory:
         mongo.start()
         mongo.wait_ready()
         redis_port = free_port()
-        procs.append(subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    shutil.which("redis-server") or "redis-server",
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         urls: dict[str, str] = {}
         for name in fakes:
             port = free_port()
             # reports far in the future: nothing listens for them here and they would only burn CPU
-            procs.append(subprocess.Popen([TRACKLY, "fake-provider", name, "--port", str(port), "--dlr-delay", "1e6"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [TRACKLY, "fake-provider", name, "--port", str(port), "--dlr-delay", "1e6"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             urls[name] = f"http://127.0.0.1:{port}"
         for url in urls.values():
             wait_http(f"{url}/_fake/ledger")
@@ -89,20 +112,41 @@ def fake_credentials(name: str) -> dict[str, Any]:
     return {k: v for k, v in fake.driver_settings().items() if k != "base_url"}
 
 
-async def seed_lists(store: Store, n: int, lists: dict[int, str], *, rate: int = 0, price: float = 0.0,
-                     body: str = "Your code is {i}. Reply STOP to opt out", contacts: bool = True) -> list[str]:
+async def seed_lists(
+    store: Store,
+    n: int,
+    lists: dict[int, str],
+    *,
+    rate: int = 0,
+    price: float = 0.0,
+    body: str = "Your code is {i}. Reply STOP to opt out",
+    contacts: bool = True,
+) -> list[str]:
     """``n`` queued messages spread over ``lists`` ({list id: driver}), with their contacts. Returns ids."""
     db = store.db
     now = utcnow()
     await db[c.ACCOUNTS].update_one({"_id": 1}, {"$set": {"name": "bench", "balance": 1e12}}, upsert=True)
     for lid, driver in lists.items():
-        await db[c.SENDING_LISTS].update_one({"_id": lid}, {"$set": {
-            "account_id": 1, "name": f"bench-{driver}", "driver": driver, "driver_settings": {},
-            "from_number": "+15550000000", "rate_limit_per_minute": rate, "price_per_segment": price,
-            "blocked_words": ["casino"], "active": True,
-            # the whole day (bar one minute): the quiet-hours check still runs per message
-            "quiet_hours": {"start": "00:00", "end": "23:59", "default_timezone": "UTC"}, "created_at": now,
-        }}, upsert=True)
+        await db[c.SENDING_LISTS].update_one(
+            {"_id": lid},
+            {
+                "$set": {
+                    "account_id": 1,
+                    "name": f"bench-{driver}",
+                    "driver": driver,
+                    "driver_settings": {},
+                    "from_number": "+15550000000",
+                    "rate_limit_per_minute": rate,
+                    "price_per_segment": price,
+                    "blocked_words": ["casino"],
+                    "active": True,
+                    # the whole day (bar one minute): the quiet-hours check still runs per message
+                    "quiet_hours": {"start": "00:00", "end": "23:59", "default_timezone": "UTC"},
+                    "created_at": now,
+                }
+            },
+            upsert=True,
+        )
     ids: list[str] = []
     list_ids = list(lists)
     batch_q: list[dict[str, Any]] = []
@@ -116,15 +160,47 @@ async def seed_lists(store: Store, n: int, lists: dict[int, str], *, rate: int =
         mid = f"{cid:016x}"
         ids.append(mid)
         text = body.format(i=k)
-        batch_q.append({"_id": mid, "sending_list_id": lid, "account_id": 1, "campaign_id": 1, "execution_id": 1,
-                        "contact_id": cid, "creative_id": 1, "variant_key": "a", "from_number": "+15550000000",
-                        "to_number": phone, "body": text, "length": len(text), "segments": 1, "encoding": "GSM-7",
-                        "send_type": "campaign", "sendtime": sendtime, "created_at": now, "not_before": None,
-                        "claimed_by": None, "claimed_at": None, "sending_at": None, "billing_blocked_since": None,
-                        "attempts": 0})
+        batch_q.append(
+            {
+                "_id": mid,
+                "sending_list_id": lid,
+                "account_id": 1,
+                "campaign_id": 1,
+                "execution_id": 1,
+                "contact_id": cid,
+                "creative_id": 1,
+                "variant_key": "a",
+                "from_number": "+15550000000",
+                "to_number": phone,
+                "body": text,
+                "length": len(text),
+                "segments": 1,
+                "encoding": "GSM-7",
+                "send_type": "campaign",
+                "sendtime": sendtime,
+                "created_at": now,
+                "not_before": None,
+                "claimed_by": None,
+                "claimed_at": None,
+                "sending_at": None,
+                "billing_blocked_since": None,
+                "attempts": 0,
+            }
+        )
         if contacts:
-            batch_c.append({"_id": cid, "sending_list_id": lid, "phone": phone, "subscribed": True, "blocked": False,
-                            "timezone": None, "attributes": {}, "created_at": now, "updated_at": now})
+            batch_c.append(
+                {
+                    "_id": cid,
+                    "sending_list_id": lid,
+                    "phone": phone,
+                    "subscribed": True,
+                    "blocked": False,
+                    "timezone": None,
+                    "attributes": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
         if len(batch_q) >= 5000:
             await db[c.QUEUED].insert_many(batch_q, ordered=False)
             if batch_c:

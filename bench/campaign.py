@@ -43,18 +43,22 @@ from trackly_exec.config import Settings  # noqa: E402
 from trackly_exec.logs import configure_logging  # noqa: E402
 from trackly_exec.models import new_message_id, utcnow  # noqa: E402
 
-BATCH = int(os.environ.get("BENCH_BATCH", "2000"))   # scheduler.evaluation_batch_size, and the floor's batch
+BATCH = int(os.environ.get("BENCH_BATCH", "2000"))  # scheduler.evaluation_batch_size, and the floor's batch
 
 
-def settings_for(uri: str, db: str, data_dir: str, fake_url: str = "http://127.0.0.1:9", key: str = "bench") -> Settings:
-    return Settings.model_validate({
-        "daemon": {"data_dir": data_dir, "log_level": "warning"},
-        "mongo": {"uri": uri, "database": db},
-        "http": {"port": 0, "public_url": "http://127.0.0.1:8080"},
-        "scheduler": {"evaluation_batch_size": BATCH},
-        "executor": {"poll_interval_seconds": 0.05},
-        "drivers": {"infobip": {"base_url": fake_url, "api_key": key}},
-    })
+def settings_for(
+    uri: str, db: str, data_dir: str, fake_url: str = "http://127.0.0.1:9", key: str = "bench"
+) -> Settings:
+    return Settings.model_validate(
+        {
+            "daemon": {"data_dir": data_dir, "log_level": "warning"},
+            "mongo": {"uri": uri, "database": db},
+            "http": {"port": 0, "public_url": "http://127.0.0.1:8080"},
+            "scheduler": {"evaluation_batch_size": BATCH},
+            "executor": {"poll_interval_seconds": 0.05},
+            "drivers": {"infobip": {"base_url": fake_url, "api_key": key}},
+        }
+    )
 
 
 def zone(inside: bool) -> str:
@@ -77,13 +81,25 @@ async def seed(store: Any, n: int, *, every_filter: bool = True) -> dict[str, in
     db = store.db
     inside, outside = zone(True), zone(False)
     await db[c.ACCOUNTS].insert_one({"_id": 1, "name": "bench", "balance": 1e9})
-    await db[c.SENDING_LISTS].insert_one({
-        "_id": 1, "account_id": 1, "name": "bench", "driver": "infobip", "driver_settings": {},
-        "from_number": "+15550001111", "rate_limit_per_minute": 10_000_000, "cooldown_minutes": 60 if every_filter else 0,
-        "quiet_hours": {"start": "08:00", "end": "21:00", "default_timezone": "America/New_York"},
-        "blocked_words": [], "price_per_segment": 0.0, "active": True,
-        "opt_out_footer": "Reply STOP to opt out" if every_filter else None, "created_at": utcnow()})
-    lo, hi = int(n * 0.45), int(n * 0.55)      # A = 1..0.55n, B = 0.45n+1..n: overlap 0.1n
+    await db[c.SENDING_LISTS].insert_one(
+        {
+            "_id": 1,
+            "account_id": 1,
+            "name": "bench",
+            "driver": "infobip",
+            "driver_settings": {},
+            "from_number": "+15550001111",
+            "rate_limit_per_minute": 10_000_000,
+            "cooldown_minutes": 60 if every_filter else 0,
+            "quiet_hours": {"start": "08:00", "end": "21:00", "default_timezone": "America/New_York"},
+            "blocked_words": [],
+            "price_per_segment": 0.0,
+            "active": True,
+            "opt_out_footer": "Reply STOP to opt out" if every_filter else None,
+            "created_at": utcnow(),
+        }
+    )
+    lo, hi = int(n * 0.45), int(n * 0.55)  # A = 1..0.55n, B = 0.45n+1..n: overlap 0.1n
     now = utcnow()
     recent: list[dict[str, Any]] = []
     for start in range(1, n + 1, 10_000):
@@ -91,10 +107,20 @@ async def seed(store: Any, n: int, *, every_filter: bool = True) -> dict[str, in
         for i in range(start, min(start + 10_000, n + 1)):
             seg = "a" if i <= lo else ("ab" if i <= hi else "b")
             d: dict[str, Any] = {
-                "_id": i, "sending_list_id": 1, "phone": f"+1212{2000000 + i:07d}", "first_name": f"Ann{i}",
-                "last_name": None, "attributes": {"seg": seg, "city": "Paris", "tier": "gold" if i % 3 else "silver"},
-                "timezone": inside, "subscribed": True, "blocked": False, "in_workflow": False, "last_sent_at": None,
-                "created_at": now, "updated_at": now}
+                "_id": i,
+                "sending_list_id": 1,
+                "phone": f"+1212{2000000 + i:07d}",
+                "first_name": f"Ann{i}",
+                "last_name": None,
+                "attributes": {"seg": seg, "city": "Paris", "tier": "gold" if i % 3 else "silver"},
+                "timezone": inside,
+                "subscribed": True,
+                "blocked": False,
+                "in_workflow": False,
+                "last_sent_at": None,
+                "created_at": now,
+                "updated_at": now,
+            }
             if every_filter:
                 r = i % 100
                 if r == 1 or r == 2:
@@ -102,16 +128,23 @@ async def seed(store: Any, n: int, *, every_filter: bool = True) -> dict[str, in
                 elif r == 3:
                     d["blocked"] = True
                 elif r == 4:
-                    d["phone"] = f"+1555{i:07d}"          # not a valid number
+                    d["phone"] = f"+1555{i:07d}"  # not a valid number
                 elif r in (5, 6, 7):
                     d["in_workflow"] = True
                 elif r in (8, 9):
-                    recent.append({"_id": new_message_id(), "sending_list_id": 1, "account_id": 1,
-                                   "to_number": d["phone"], "timestamp": now - dt.timedelta(minutes=5)})
+                    recent.append(
+                        {
+                            "_id": new_message_id(),
+                            "sending_list_id": 1,
+                            "account_id": 1,
+                            "to_number": d["phone"],
+                            "timestamp": now - dt.timedelta(minutes=5),
+                        }
+                    )
                 elif r in (10, 11, 12, 13, 14):
                     d["timezone"] = outside
                 elif r == 15:
-                    d["first_name"] = None                # {first_name} has no default
+                    d["first_name"] = None  # {first_name} has no default
             docs.append(d)
         await db[c.CONTACTS].insert_many(docs, ordered=False)
         if len(recent) >= 10_000:
@@ -119,17 +152,57 @@ async def seed(store: Any, n: int, *, every_filter: bool = True) -> dict[str, in
             recent = []
     if recent:
         await db[c.SENT].insert_many(recent, ordered=False)
-    await db[c.AUDIENCES].insert_many([
-        {"_id": 1, "sending_list_id": 1, "name": "A", "filter": {"attributes.seg": {"in": ["a", "ab"]}}, "contact_ids": None},
-        {"_id": 2, "sending_list_id": 1, "name": "B", "filter": {"attributes.seg": {"in": ["b", "ab"]}}, "contact_ids": None}])
-    body = "Hi {first_name}, {city|friend} deals: https://shop.example.com/sale?c=1" if every_filter else "Hi {first_name|there}!"
-    await db[c.CREATIVES].insert_one({"_id": 1, "account_id": 1, "name": "bench", "selection": "split", "variants": [
-        {"key": "A", "body": body, "weight": 50}, {"key": "B", "body": body.replace("Hi", "Hello"), "weight": 50}]})
-    await db[c.CAMPAIGNS].insert_one({
-        "_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [1, 2], "creative_id": 1,
-        "schedule": {"at": None, "cron": None, "timezone": "UTC"}, "exclude_in_workflow": every_filter,
-        "quiet_hours_policy": "exclude", "track_links": False, "status": "active", "next_run_at": None,
-        "created_at": now})
+    await db[c.AUDIENCES].insert_many(
+        [
+            {
+                "_id": 1,
+                "sending_list_id": 1,
+                "name": "A",
+                "filter": {"attributes.seg": {"in": ["a", "ab"]}},
+                "contact_ids": None,
+            },
+            {
+                "_id": 2,
+                "sending_list_id": 1,
+                "name": "B",
+                "filter": {"attributes.seg": {"in": ["b", "ab"]}},
+                "contact_ids": None,
+            },
+        ]
+    )
+    body = (
+        "Hi {first_name}, {city|friend} deals: https://shop.example.com/sale?c=1"
+        if every_filter
+        else "Hi {first_name|there}!"
+    )
+    await db[c.CREATIVES].insert_one(
+        {
+            "_id": 1,
+            "account_id": 1,
+            "name": "bench",
+            "selection": "split",
+            "variants": [
+                {"key": "A", "body": body, "weight": 50},
+                {"key": "B", "body": body.replace("Hi", "Hello"), "weight": 50},
+            ],
+        }
+    )
+    await db[c.CAMPAIGNS].insert_one(
+        {
+            "_id": 1,
+            "account_id": 1,
+            "sending_list_id": 1,
+            "audience_ids": [1, 2],
+            "creative_id": 1,
+            "schedule": {"at": None, "cron": None, "timezone": "UTC"},
+            "exclude_in_workflow": every_filter,
+            "quiet_hours_policy": "exclude",
+            "track_links": False,
+            "status": "active",
+            "next_run_at": None,
+            "created_at": now,
+        }
+    )
     return {"contacts": n}
 
 
@@ -151,8 +224,15 @@ async def evaluate_phase(uri: str, db: str, data_dir: str) -> dict[str, Any]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     await trackly.close()
     k = ex["counts"]
-    return {"seconds": secs, "unique": k["unique"], "queued": k["queued"], "counts": k,
-            "contacts_per_s": k["unique"] / secs, "rss_before_mb": rss0 / 1024, "peak_rss_mb": rss / 1024}
+    return {
+        "seconds": secs,
+        "unique": k["unique"],
+        "queued": k["queued"],
+        "counts": k,
+        "contacts_per_s": k["unique"] / secs,
+        "rss_before_mb": rss0 / 1024,
+        "peak_rss_mb": rss / 1024,
+    }
 
 
 async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
@@ -164,12 +244,29 @@ async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
     coll = store.db["bench_floor_queue"]
     await coll.create_indexes(INDEXES[c.QUEUED])
     now = utcnow()
-    template = {"account_id": 1, "sending_list_id": 1, "campaign_id": 1, "execution_id": 999, "creative_id": 1,
-                "variant_key": "A", "from_number": "+15550001111", "to_number": "+12122000001",
-                "body": "Hi Ann, Paris deals: http://127.0.0.1:8080/l/abcdefghijkl\nReply STOP to opt out",
-                "length": 80, "segments": 1, "encoding": "GSM-7", "send_type": "campaign", "sendtime": now,
-                "created_at": now, "not_before": None, "claimed_by": None, "claimed_at": None, "sending_at": None,
-                "billing_blocked_since": None, "attempts": 0}
+    template = {
+        "account_id": 1,
+        "sending_list_id": 1,
+        "campaign_id": 1,
+        "execution_id": 999,
+        "creative_id": 1,
+        "variant_key": "A",
+        "from_number": "+15550001111",
+        "to_number": "+12122000001",
+        "body": "Hi Ann, Paris deals: http://127.0.0.1:8080/l/abcdefghijkl\nReply STOP to opt out",
+        "length": 80,
+        "segments": 1,
+        "encoding": "GSM-7",
+        "send_type": "campaign",
+        "sendtime": now,
+        "created_at": now,
+        "not_before": None,
+        "claimed_by": None,
+        "claimed_at": None,
+        "sending_at": None,
+        "billing_blocked_since": None,
+        "attempts": 0,
+    }
     t0 = time.perf_counter()
     cursor = store.db[c.CONTACTS].find({"sending_list_id": 1}, CONTACT_PROJECTION).batch_size(BATCH)
     read = inserted = 0
@@ -180,8 +277,9 @@ async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
         read += len(batch)
         take = min(len(batch), queued - inserted)
         if take > 0:
-            await coll.insert_many([{**template, "_id": new_message_id(), "contact_id": d["_id"]} for d in batch[:take]],
-                                   ordered=False)
+            await coll.insert_many(
+                [{**template, "_id": new_message_id(), "contact_id": d["_id"]} for d in batch[:take]], ordered=False
+            )
             inserted += take
     secs = time.perf_counter() - t0
     await coll.drop()
@@ -190,8 +288,9 @@ async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
 
 
 def run_child(phase: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--phase", phase, *args], capture_output=True, text=True,
-                         check=False, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, *args], capture_output=True, text=True, check=False, cwd=ROOT
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{phase} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -200,8 +299,12 @@ def run_child(phase: str, *args: str) -> dict[str, Any]:
 async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_floor: bool = True) -> dict[str, Any]:
     from trackly_exec.store import Store
 
-    settings = Settings.model_validate({"daemon": {"data_dir": data_dir}, "mongo": {
-        "uri": "embedded", "embedded_in_memory": True, "database": f"bench{n}"}})
+    settings = Settings.model_validate(
+        {
+            "daemon": {"data_dir": data_dir},
+            "mongo": {"uri": "embedded", "embedded_in_memory": True, "database": f"bench{n}"},
+        }
+    )
     store = await Store.open(settings)
     assert store.embedded is not None
     try:
@@ -213,7 +316,13 @@ async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_fl
         if not with_floor:
             return {"n": n, "seed_seconds": seeded, "ours": ours, "floor": None, "ratio": None}
         floor = run_child("floor", uri, db, str(ours["queued"]))
-        out = {"n": n, "seed_seconds": seeded, "ours": ours, "floor": floor, "ratio": floor["seconds"] / ours["seconds"]}
+        out = {
+            "n": n,
+            "seed_seconds": seeded,
+            "ours": ours,
+            "floor": floor,
+            "ratio": floor["seconds"] / ours["seconds"],
+        }
         if links:
             # Same campaign with tracked links: one MessageShortLink insert per message on top.
             await store.db[c.QUEUED].delete_many({})
@@ -231,7 +340,6 @@ async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_fl
 async def e2e_bench(n: int, data_dir: str) -> dict[str, Any]:
     """Trigger -> all queued, trigger -> all accepted by the Infobip fake, for an n-contact campaign."""
     from drivers.infobip_fake import InfobipFake
-
     from trackly_exec.app import Trackly
     from trackly_exec.scheduler import trigger
 
@@ -269,7 +377,9 @@ async def e2e_bench(n: int, data_dir: str) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=0, help="also measure throughput and peak RSS at this many contacts (e.g. 1000000)")
+    ap.add_argument(
+        "--n", type=int, default=0, help="also measure throughput and peak RSS at this many contacts (e.g. 1000000)"
+    )
     ap.add_argument("--only-n", action="store_true", help="with --n: skip the 100k run")
     ap.add_argument("--skip-e2e", action="store_true", help="skip the 10k end-to-end run")
     ap.add_argument("--e2e-n", type=int, default=10_000)
@@ -292,20 +402,30 @@ def main() -> int:
             o, f = r["ours"], r["floor"]
             k = o["counts"]
             print(f"\n== evaluation + queuing, {n:,} contacts (2 audiences, 10% overlap, every filter on)")
-            print(f"   per audience {k['per_audience']}, total {k['audience_total']:,}, overlap {k['overlap']:,}, "
-                  f"unique {k['unique']:,}")
+            print(
+                f"   per audience {k['per_audience']}, total {k['audience_total']:,}, overlap {k['overlap']:,}, "
+                f"unique {k['unique']:,}"
+            )
             print(f"   skipped {k['skipped']}; queued {k['queued']:,} (links {k['links']:,}, variants {k['variants']})")
-            print(f"   ours : {o['seconds']:.2f} s  -> {o['contacts_per_s']:,.0f} contacts/s   (split {k.get('seconds')})")
+            print(
+                f"   ours : {o['seconds']:.2f} s  -> {o['contacts_per_s']:,.0f} contacts/s   (split {k.get('seconds')})"
+            )
             if f is not None:
-                print(f"   floor: {f['seconds']:.2f} s  (plain cursor over {f['read']:,} + insert {f['inserted']:,} queue docs)")
+                print(
+                    f"   floor: {f['seconds']:.2f} s  (plain cursor over {f['read']:,} + insert {f['inserted']:,} queue docs)"
+                )
                 print(f"   ratio floor/ours: {r['ratio']:.2f}")
-            print(f"   peak RSS of the evaluating process: {o['peak_rss_mb']:.0f} MB (at start {o['rss_before_mb']:.0f} MB)"
-                  f"   [seeding took {r['seed_seconds']:.1f} s]")
+            print(
+                f"   peak RSS of the evaluating process: {o['peak_rss_mb']:.0f} MB (at start {o['rss_before_mb']:.0f} MB)"
+                f"   [seeding took {r['seed_seconds']:.1f} s]"
+            )
             if "linked" in r:
                 lk = r["linked"]
-                print(f"   with tracked links (+{lk['counts']['links']:,} MessageShortLink inserts): {lk['seconds']:.2f} s "
-                      f"-> {lk['contacts_per_s']:,.0f} contacts/s, ratio floor/ours {r['linked_ratio']:.2f}, "
-                      f"peak RSS {lk['peak_rss_mb']:.0f} MB")
+                print(
+                    f"   with tracked links (+{lk['counts']['links']:,} MessageShortLink inserts): {lk['seconds']:.2f} s "
+                    f"-> {lk['contacts_per_s']:,.0f} contacts/s, ratio floor/ours {r['linked_ratio']:.2f}, "
+                    f"peak RSS {lk['peak_rss_mb']:.0f} MB"
+                )
         if not a.skip_e2e:
             e = asyncio.run(e2e_bench(a.e2e_n, os.path.join(tmp, "e2e")))
             print(f"\n== {e['n']:,}-contact campaign end to end (Infobip fake)")
@@ -313,9 +433,11 @@ def main() -> int:
             if e.get("trigger_to_accepted_s") is None:
                 print(f"   trigger -> all accepted : not available ({e.get('note')})")
             else:
-                print(f"   trigger -> all accepted : {e['trigger_to_accepted_s']:.2f} s "
-                      f"({e['accepted_by_fake']:,} accepted, {e['unique_accepted']:,} unique; "
-                      f"coordinator {e['coordinator_counts']})")
+                print(
+                    f"   trigger -> all accepted : {e['trigger_to_accepted_s']:.2f} s "
+                    f"({e['accepted_by_fake']:,} accepted, {e['unique_accepted']:,} unique; "
+                    f"coordinator {e['coordinator_counts']})"
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

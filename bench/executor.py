@@ -51,8 +51,12 @@ async def floor(store: Store, lists: list[int], batch: int, workers: int) -> tup
     async def take(lid: int, now: Any) -> list[str]:
         async with locks[lid]:
             if not candidates[lid]:
-                candidates[lid] = [d["_id"] async for d in q.find(due_filter(now, lid), {"_id": 1})
-                                   .sort([("sendtime", 1)]).limit(batch * workers)]
+                candidates[lid] = [
+                    d["_id"]
+                    async for d in q.find(due_filter(now, lid), {"_id": 1})
+                    .sort([("sendtime", 1)])
+                    .limit(batch * workers)
+                ]
             ids, candidates[lid] = candidates[lid][:batch], candidates[lid][batch:]
             return ids
 
@@ -64,15 +68,21 @@ async def floor(store: Store, lists: list[int], batch: int, workers: int) -> tup
             ids = await take(lid, now)
             if not ids:
                 return
-            await q.update_many({"$and": [{"_id": {"$in": ids}}, due_filter(now)]},
-                                {"$set": {"claimed_by": token, "claimed_at": now}})
+            await q.update_many(
+                {"$and": [{"_id": {"$in": ids}}, due_filter(now)]}, {"$set": {"claimed_by": token, "claimed_at": now}}
+            )
             docs = await q.find({"claimed_by": token}).to_list(None)
             if not docs:
                 continue
             mine = [d["_id"] for d in docs]
             await q.update_many({"_id": {"$in": mine}, "claimed_by": token}, {"$set": {"sending_at": now}})
-            await sent.insert_many([sent_doc(d, provider="floor", provider_message_id=d["_id"], segments=1, cost=0.0, now=now)
-                                    for d in docs], ordered=False)
+            await sent.insert_many(
+                [
+                    sent_doc(d, provider="floor", provider_message_id=d["_id"], segments=1, cost=0.0, now=now)
+                    for d in docs
+                ],
+                ordered=False,
+            )
             await q.delete_many({"_id": {"$in": mine}, "claimed_by": token})
             done += len(mine)
 
@@ -99,8 +109,13 @@ async def bare_floor(store: Store, n: int, lists: list[int], batch: int, workers
     await q.create_index("c")
     now = utcnow()
     for start in range(0, n, 5000):
-        await q.insert_many([{"_id": f"{k:016x}", "l": lists[k % len(lists)], "t": now, "c": None, "i": None}
-                             for k in range(start, min(n, start + 5000))], ordered=False)
+        await q.insert_many(
+            [
+                {"_id": f"{k:016x}", "l": lists[k % len(lists)], "t": now, "c": None, "i": None}
+                for k in range(start, min(n, start + 5000))
+            ],
+            ordered=False,
+        )
     done = 0
 
     async def worker(lid: int) -> None:
@@ -159,8 +174,11 @@ async def main(args: argparse.Namespace) -> None:
         store = await Store.connect(svc["mongo_uri"], "bench")
         await store.ensure_indexes()
         trackly = await Trackly.open(settings, store=store)
-        print(f"seeding {args.n:,} messages on {len(LISTS)} lists ({', '.join(LISTS.values())}), "
-              f"{'file' if args.file else 'in-memory'} nx-27017 store ...", flush=True)
+        print(
+            f"seeding {args.n:,} messages on {len(LISTS)} lists ({', '.join(LISTS.values())}), "
+            f"{'file' if args.file else 'in-memory'} nx-27017 store ...",
+            flush=True,
+        )
         t = time.perf_counter()
         ids = await seed_lists(store, args.n, LISTS, rate=args.rate, price=0.001)
         print(f"  seeded in {time.perf_counter() - t:.1f}s", flush=True)
@@ -177,28 +195,40 @@ async def main(args: argparse.Namespace) -> None:
         accepted = sum(ledger(u)["accepted"] for u in svc["fakes"].values())
         dupes = sum(ledger(u)["duplicates"] for u in svc["fakes"].values())
         exec_rate = sent / elapsed if elapsed else 0.0
-        print(f"executor: {sent:,} sent in {elapsed:.2f}s = {exec_rate:,.0f} msg/s "
-              f"(provider ledgers: {accepted:,} accepted, {dupes} duplicates; "
-              f"other outcomes: { {k: v for k, v in counts.items() if k.startswith(('failed', 'held'))} })", flush=True)
+        print(
+            f"executor: {sent:,} sent in {elapsed:.2f}s = {exec_rate:,.0f} msg/s "
+            f"(provider ledgers: {accepted:,} accepted, {dupes} duplicates; "
+            f"other outcomes: { {k: v for k, v in counts.items() if k.startswith(('failed', 'held'))} })",
+            flush=True,
+        )
 
-        print(f"  executor process CPU: {cpu:.2f}s = {cpu / max(sent, 1) * 1e6:.0f} us/message "
-              f"(one core would carry ~{max(sent, 1) / cpu if cpu else 0:,.0f} msg/s of executor work); "
-              f"load average at start {load:.1f} on {os.cpu_count()} cores", flush=True)
+        print(
+            f"  executor process CPU: {cpu:.2f}s = {cpu / max(sent, 1) * 1e6:.0f} us/message "
+            f"(one core would carry ~{max(sent, 1) / cpu if cpu else 0:,.0f} msg/s of executor work); "
+            f"load average at start {load:.1f} on {os.cpu_count()} cores",
+            flush=True,
+        )
         await store.db[c.SENT].delete_many({})
         await seed_lists(store, args.n, LISTS, contacts=False)
         done, floor_s = await floor(store, list(LISTS), args.batch, args.workers)
         floor_rate = done / floor_s if floor_s else 0.0
-        print(f"storage floor: {done:,} messages in {floor_s:.2f}s = {floor_rate:,.0f} msg/s "
-              f"(find due once per {args.workers} batches; claim, read, intent, insert, delete per batch of {args.batch}; "
-              f"{len(LISTS)} lists x {args.workers} workers)")
+        print(
+            f"storage floor: {done:,} messages in {floor_s:.2f}s = {floor_rate:,.0f} msg/s "
+            f"(find due once per {args.workers} batches; claim, read, intent, insert, delete per batch of {args.batch}; "
+            f"{len(LISTS)} lists x {args.workers} workers)"
+        )
         bare_rate, bare_how = await best_bare_floor(store, args.n, list(LISTS))
-        print(f"bare floor: {bare_rate:,.0f} msg/s (minimal documents, the same six operations; best of "
-              f"batch x concurrency: {bare_how})")
+        print(
+            f"bare floor: {bare_rate:,.0f} msg/s (minimal documents, the same six operations; best of "
+            f"batch x concurrency: {bare_how})"
+        )
         print(f"ratio executor/floor (same operations as the executor): {exec_rate / floor_rate:.2f}")
         print(f"ratio executor/bare floor: {exec_rate / bare_rate:.2f}   target >= 0.8")
         print(f"executor CPU per message: {cpu / max(sent, 1) * 1e6:.0f} us   target <= 60 us (three-provider mix)")
-        print(f"target 8,333 msg/s: {'met' if exec_rate >= 8333 else 'not met'} "
-              f"(floor {'allows' if floor_rate >= 8333 else 'does not allow'} it on this machine)")
+        print(
+            f"target 8,333 msg/s: {'met' if exec_rate >= 8333 else 'not met'} "
+            f"(floor {'allows' if floor_rate >= 8333 else 'does not allow'} it on this machine)"
+        )
         print(f"peak RSS (this process: executor + bench): {peak_rss_mb():.0f} MB")
         assert len(ids) == args.n
         await store.close()

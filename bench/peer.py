@@ -51,9 +51,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         else:
             await seed_lists(store, args.n, {1: "infobip"}, contacts=False)
             before = ledger(url)["accepted"]
-            proc = subprocess.run([py, str(ROOT / "bench" / "peer_arq.py"), "--mongo", svc["mongo_uri"], "--db", "peer",
-                                   "--redis", svc["redis_url"], "--provider", url,
-                                   "--api-key", creds["api_key"]], capture_output=True, text=True, timeout=3600)
+            proc = subprocess.run(
+                [
+                    py,
+                    str(ROOT / "bench" / "peer_arq.py"),
+                    "--mongo",
+                    svc["mongo_uri"],
+                    "--db",
+                    "peer",
+                    "--redis",
+                    svc["redis_url"],
+                    "--provider",
+                    url,
+                    "--api-key",
+                    creds["api_key"],
+                ],
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 raise SystemExit("peer failed")
@@ -61,9 +77,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             peer["accepted"] = ledger(url)["accepted"] - before
             out["peer"] = peer
             rate = peer["sent"] / peer["total_seconds"]
-            print(f"peer (arq, one job per message, 30 at once): {peer['sent']:,} sent in {peer['total_seconds']:.2f}s "
-                  f"= {rate:,.0f} msg/s (enqueue {peer['enqueue_seconds']:.1f}s + process {peer['process_seconds']:.1f}s); "
-                  f"CPU {peer['cpu_seconds'] / max(peer['sent'], 1) * 1e6:.0f} us/message", flush=True)
+            print(
+                f"peer (arq, one job per message, 30 at once): {peer['sent']:,} sent in {peer['total_seconds']:.2f}s "
+                f"= {rate:,.0f} msg/s (enqueue {peer['enqueue_seconds']:.1f}s + process {peer['process_seconds']:.1f}s); "
+                f"CPU {peer['cpu_seconds'] / max(peer['sent'], 1) * 1e6:.0f} us/message",
+                flush=True,
+            )
             await store.db[c.SENT].delete_many({})
             await store.db[c.QUEUED].delete_many({})
 
@@ -84,11 +103,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         await trackly.close(close_store=False)
         sent = counts.get("sent", 0)
-        out["trackly"] = {"sent": sent, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
-                          "accepted": ledger(url)["accepted"] - before}
+        out["trackly"] = {
+            "sent": sent,
+            "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu, 3),
+            "accepted": ledger(url)["accepted"] - before,
+        }
         rate = sent / seconds
-        print(f"trackly-exec executor: {sent:,} sent in {seconds:.2f}s = {rate:,.0f} msg/s; "
-              f"CPU {cpu / max(sent, 1) * 1e6:.0f} us/message", flush=True)
+        print(
+            f"trackly-exec executor: {sent:,} sent in {seconds:.2f}s = {rate:,.0f} msg/s; "
+            f"CPU {cpu / max(sent, 1) * 1e6:.0f} us/message",
+            flush=True,
+        )
         if "peer" in out:
             peer_rate = out["peer"]["sent"] / out["peer"]["total_seconds"]
             out["ratio"] = rate / peer_rate

@@ -34,22 +34,38 @@ async def send_one(ctx: dict[str, Any], message_id: str) -> str:
     db = ctx["db"]
     token = f"peer:{uuid.uuid4().hex}"
     now = dt.datetime.now(dt.UTC)
-    doc = await db[QUEUED].find_one_and_update({"_id": message_id, "claimed_by": None},
-                                               {"$set": {"claimed_by": token, "claimed_at": now}},
-                                               return_document=ReturnDocument.AFTER)
+    doc = await db[QUEUED].find_one_and_update(
+        {"_id": message_id, "claimed_by": None},
+        {"$set": {"claimed_by": token, "claimed_at": now}},
+        return_document=ReturnDocument.AFTER,
+    )
     if doc is None:
         return "taken"
-    body = {"messages": [{"sender": doc["from_number"], "destinations": [{"to": doc["to_number"].lstrip("+"),
-                                                                          "messageId": doc["_id"]}],
-                          "content": {"text": doc["body"]}}]}
+    body = {
+        "messages": [
+            {
+                "sender": doc["from_number"],
+                "destinations": [{"to": doc["to_number"].lstrip("+"), "messageId": doc["_id"]}],
+                "content": {"text": doc["body"]},
+            }
+        ]
+    }
     async with ctx["http"].post(f"{ctx['provider']}/sms/3/messages", json=body) as resp:
         reply = await resp.json()
         if resp.status != 200:
             raise RuntimeError(f"provider answered {resp.status}")
     provider_id = reply["messages"][0].get("messageId")
-    await db[SENT].insert_one({"_id": doc["_id"], "sending_list_id": doc["sending_list_id"],
-                               "to_number": doc["to_number"], "provider_message_id": provider_id,
-                               "submitted": True, "delivered": None, "sent_at": now})
+    await db[SENT].insert_one(
+        {
+            "_id": doc["_id"],
+            "sending_list_id": doc["sending_list_id"],
+            "to_number": doc["to_number"],
+            "provider_message_id": provider_id,
+            "submitted": True,
+            "delivered": None,
+            "sent_at": now,
+        }
+    )
     await db[QUEUED].delete_one({"_id": doc["_id"], "claimed_by": token})
     return "sent"
 
@@ -64,14 +80,24 @@ async def main(args: argparse.Namespace) -> None:
     for mid in ids:
         await pool.enqueue_job("send_one", mid, _job_id=mid)
     enqueued = time.perf_counter() - t0
-    http = aiohttp.ClientSession(headers={"Authorization": f"App {args.api_key}"},
-                                 connector=aiohttp.TCPConnector(limit=args.max_jobs))
+    http = aiohttp.ClientSession(
+        headers={"Authorization": f"App {args.api_key}"}, connector=aiohttp.TCPConnector(limit=args.max_jobs)
+    )
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx.update(db=db, http=http, provider=args.provider)
 
-    worker = Worker(functions=[send_one], redis_pool=pool, burst=True, max_jobs=args.max_jobs,  # type: ignore[list-item]
-                    on_startup=startup, handle_signals=False, keep_result=0, poll_delay=0.05, max_tries=1)
+    worker = Worker(
+        functions=[send_one],
+        redis_pool=pool,
+        burst=True,
+        max_jobs=args.max_jobs,  # type: ignore[list-item]
+        on_startup=startup,
+        handle_signals=False,
+        keep_result=0,
+        poll_delay=0.05,
+        max_tries=1,
+    )
     t1 = time.perf_counter()
     await worker.main()
     processed = time.perf_counter() - t1
@@ -81,9 +107,19 @@ async def main(args: argparse.Namespace) -> None:
     await worker.close()
     await http.close()
     await client.close()
-    print(json.dumps({"messages": len(ids), "sent": sent, "enqueue_seconds": round(enqueued, 3),
-                      "process_seconds": round(processed, 3), "total_seconds": round(total, 3),
-                      "cpu_seconds": round(cpu, 3), "failed": worker.jobs_failed}))
+    print(
+        json.dumps(
+            {
+                "messages": len(ids),
+                "sent": sent,
+                "enqueue_seconds": round(enqueued, 3),
+                "process_seconds": round(processed, 3),
+                "total_seconds": round(total, 3),
+                "cpu_seconds": round(cpu, 3),
+                "failed": worker.jobs_failed,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

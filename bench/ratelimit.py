@@ -35,19 +35,46 @@ async def main(args: argparse.Namespace) -> int:
         await seed_lists(store, queued, {1: "infobip"}, rate=args.rate)
         config = Path(svc["tmp"]) / "exec.toml"
         drivers = fake.driver_settings()
-        config.write_text("\n".join([
-            "[daemon]", f'data_dir = "{svc["tmp"]}/data"', "shutdown_grace_seconds = 5", "",
-            "[mongo]", f'uri = "{svc["mongo_uri"]}"', 'database = "ratebench"', "",
-            "[redis]", f'url = "{svc["redis_url"]}"', "",
-            "[http]", "enabled = false", "",
-            "[drivers.infobip]", *[f"{k} = {json.dumps(v)}" for k, v in drivers.items()], "",
-        ]))
-        print(f"{queued:,} messages queued on one list limited to {args.rate:,}/min ({per_second:g}/s); "
-              f"{args.processes} executor processes for {args.seconds:g}s ...", flush=True)
-        procs = [await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trackly_exec.coordinator", "-c", str(config),
-            stdout=asyncio.subprocess.PIPE, env={**os.environ, "TRACKLY_DAEMON__INSTANCE_NAME": f"bench-{k}"})
-            for k in range(args.processes)]
+        config.write_text(
+            "\n".join(
+                [
+                    "[daemon]",
+                    f'data_dir = "{svc["tmp"]}/data"',
+                    "shutdown_grace_seconds = 5",
+                    "",
+                    "[mongo]",
+                    f'uri = "{svc["mongo_uri"]}"',
+                    'database = "ratebench"',
+                    "",
+                    "[redis]",
+                    f'url = "{svc["redis_url"]}"',
+                    "",
+                    "[http]",
+                    "enabled = false",
+                    "",
+                    "[drivers.infobip]",
+                    *[f"{k} = {json.dumps(v)}" for k, v in drivers.items()],
+                    "",
+                ]
+            )
+        )
+        print(
+            f"{queued:,} messages queued on one list limited to {args.rate:,}/min ({per_second:g}/s); "
+            f"{args.processes} executor processes for {args.seconds:g}s ...",
+            flush=True,
+        )
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "trackly_exec.coordinator",
+                "-c",
+                str(config),
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "TRACKLY_DAEMON__INSTANCE_NAME": f"bench-{k}"},
+            )
+            for k in range(args.processes)
+        ]
         for p in procs:
             assert p.stdout is not None
             await asyncio.wait_for(p.stdout.readline(), 30)  # "ready"
@@ -64,17 +91,27 @@ async def main(args: argparse.Namespace) -> int:
         busiest = max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
         if os.environ.get("RATE_DEBUG"):
             at = max(range(len(times)), key=lambda i: bisect.bisect_left(times, times[i] + 1.0) - i)
-            print("busiest starts", round(times[at] - first, 3), [round(t - times[at], 3) for t in times[at:at + busiest + 3]])
+            print(
+                "busiest starts",
+                round(times[at] - first, 3),
+                [round(t - times[at], 3) for t in times[at : at + busiest + 3]],
+            )
         lines = [o[0].decode().strip().splitlines() for o in outs]
         per_process = [json.loads(ln[-1]).get("sent", 0) if ln else None for ln in lines]
         expected = per_second * args.seconds
-        print(f"sent in the {args.seconds:g}s after the first send: {in_window:,} (target {expected:,.0f} +/- 2%: "
-              f"{'ok' if abs(in_window - expected) <= 0.02 * expected else 'MISSED'}; "
-              f"{in_window / expected * 100:.1f}% of the limit)")
-        print(f"busiest 1-second window: {busiest} messages (limit {per_second:g}/s, target <= {per_second * 1.1:.0f}: "
-              f"{'ok' if busiest <= per_second * 1.1 else 'MISSED'})")
-        print(f"per process: {per_process} (both took part: {all(per_process)}); exit codes {codes}; "
-              f"duplicates in the ledger: {fake.summary()['duplicates']}")
+        print(
+            f"sent in the {args.seconds:g}s after the first send: {in_window:,} (target {expected:,.0f} +/- 2%: "
+            f"{'ok' if abs(in_window - expected) <= 0.02 * expected else 'MISSED'}; "
+            f"{in_window / expected * 100:.1f}% of the limit)"
+        )
+        print(
+            f"busiest 1-second window: {busiest} messages (limit {per_second:g}/s, target <= {per_second * 1.1:.0f}: "
+            f"{'ok' if busiest <= per_second * 1.1 else 'MISSED'})"
+        )
+        print(
+            f"per process: {per_process} (both took part: {all(per_process)}); exit codes {codes}; "
+            f"duplicates in the ledger: {fake.summary()['duplicates']}"
+        )
         await fake.stop()
         await store.close()
         return 0

@@ -81,8 +81,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
-def raise_for_status(reply: HttpReply, *, code: str | None = None, detail: str = "",
-                     server_errors: str = "transient") -> None:
+def raise_for_status(
+    reply: HttpReply, *, code: str | None = None, detail: str = "", server_errors: str = "transient"
+) -> None:
     """Raise the error family for a non-2xx reply (the common mapping); return on 2xx."""
     status = reply.status
     if 200 <= status < 300:
@@ -139,8 +140,9 @@ class HttpClient:
             raise RuntimeError("driver not started: call startup() first")
         return self._session
 
-    async def post(self, path: str, *, json_body: Any = None, data: Any = None,
-                   headers: Mapping[str, str] | None = None) -> HttpReply:
+    async def post(
+        self, path: str, *, json_body: Any = None, data: Any = None, headers: Mapping[str, str] | None = None
+    ) -> HttpReply:
         """POST and read the whole answer; connection-level failures raise the mapped error family."""
         state = SimpleNamespace(written=False)
         body: bytes | None = None

@@ -99,15 +99,18 @@ class CMDriver(Driver[CMSettings]):
             await self._http.close()
 
     def request_body(self, messages: Sequence[OutboundMessage]) -> dict[str, Any]:
-        msgs = [{
-            "allowedChannels": ["SMS"],
-            "from": m.sender.lstrip("+") if m.sender.startswith("+") else m.sender,
-            "to": [{"number": cm_number(m.to)}],
-            "body": {"type": "auto", "content": m.body},
-            "reference": m.id,
-            "minimumNumberOfMessageParts": 1,
-            "maximumNumberOfMessageParts": self.settings.max_parts,
-        } for m in messages]
+        msgs = [
+            {
+                "allowedChannels": ["SMS"],
+                "from": m.sender.lstrip("+") if m.sender.startswith("+") else m.sender,
+                "to": [{"number": cm_number(m.to)}],
+                "body": {"type": "auto", "content": m.body},
+                "reference": m.id,
+                "minimumNumberOfMessageParts": 1,
+                "maximumNumberOfMessageParts": self.settings.max_parts,
+            }
+            for m in messages
+        ]
         token = self.settings.product_token.get_secret_value()
         return {"messages": {"authentication": {"producttoken": token}, "msg": msgs}}
 
@@ -123,11 +126,14 @@ class CMDriver(Driver[CMSettings]):
                 raise TransientSendError(detail, code=str(code), retry_after=reply.retry_after)
             if reply.status == 400 and code > 0:  # 101 auth, 102 balance, 103 key, 202 malformed, ...
                 raise PermanentSendError(detail, code=str(code))
-            raise_for_status(reply, code=str(code) if code >= 0 else None, detail=detail,
-                             server_errors=self.settings.server_errors)
+            raise_for_status(
+                reply, code=str(code) if code >= 0 else None, detail=detail, server_errors=self.settings.server_errors
+            )
         if not isinstance(per_message, list):
-            return [UnknownOutcome(message_id=m.id, detail=f"CM answered HTTP {reply.status} without messages")
-                    for m in messages]
+            return [
+                UnknownOutcome(message_id=m.id, detail=f"CM answered HTTP {reply.status} without messages")
+                for m in messages
+            ]
         by_ref = {str(e.get("reference")): e for e in per_message if isinstance(e, dict)}
         results: list[SendResult] = []
         for m in messages:
@@ -138,11 +144,23 @@ class CMDriver(Driver[CMSettings]):
             status = str(entry.get("status") or "").lower()
             error = _int(entry.get("messageErrorCode"))
             if status == "accepted" and error == 0:
-                results.append(Accepted(message_id=m.id, provider_message_id=m.id,
-                                        segments=_int(entry.get("parts"), m.segments) or m.segments))
+                results.append(
+                    Accepted(
+                        message_id=m.id,
+                        provider_message_id=m.id,
+                        segments=_int(entry.get("parts"), m.segments) or m.segments,
+                    )
+                )
             else:
-                results.append(Rejected(message_id=m.id, code=str(error), detail=str(entry.get("messageDetails") or ""),
-                                        spam=error in SPAM_CODES, opted_out=error in OPT_OUT_CODES))
+                results.append(
+                    Rejected(
+                        message_id=m.id,
+                        code=str(error),
+                        detail=str(entry.get("messageDetails") or ""),
+                        spam=error in SPAM_CODES,
+                        opted_out=error in OPT_OUT_CODES,
+                    )
+                )
         return results
 
     # -- webhooks ---------------------------------------------------------------------------
@@ -156,8 +174,11 @@ class CMDriver(Driver[CMSettings]):
     def parse_status(self, request: WebhookRequest) -> list[DeliveryReport]:
         """``{"messages": {"msg": {...}}}`` (one object; a list is accepted too)."""
         body = self._json(request)
-        msg = (body.get("messages") or {}).get("msg") if isinstance(body, dict) and isinstance(
-            body.get("messages"), dict) else None
+        msg = (
+            (body.get("messages") or {}).get("msg")
+            if isinstance(body, dict) and isinstance(body.get("messages"), dict)
+            else None
+        )
         items = msg if isinstance(msg, list) else [msg] if isinstance(msg, dict) else None
         if not items:
             raise WebhookFormatError("CM status report without messages.msg")
@@ -169,15 +190,17 @@ class CMDriver(Driver[CMSettings]):
                 raise WebhookFormatError(f"CM status report with unknown status code {code!r}")
             error = str(status.get("errorCode") or "").strip() or None
             description = str(status.get("errorDescription") or "") or None
-            reports.append(DeliveryReport(
-                message_id=str(item["reference"]) if item.get("reference") else None,
-                status=STATUS_NAMES[code],
-                delivered=True if code in ("2", "4") else False if code in ("1", "3") else None,
-                error_code=error if error not in (None, "0") else None,
-                error_detail=description,
-                done_at=parse_time(item.get("received")),
-                spam="spam" in (description or "").lower(),
-            ))
+            reports.append(
+                DeliveryReport(
+                    message_id=str(item["reference"]) if item.get("reference") else None,
+                    status=STATUS_NAMES[code],
+                    delivered=True if code in ("2", "4") else False if code in ("1", "3") else None,
+                    error_code=error if error not in (None, "0") else None,
+                    error_detail=description,
+                    done_at=parse_time(item.get("received")),
+                    spam="spam" in (description or "").lower(),
+                )
+            )
         return reports
 
     def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
@@ -199,9 +222,13 @@ class CMDriver(Driver[CMSettings]):
             text = message.get("text") if isinstance(message, dict) else message
             if not sender or text is None:
                 raise WebhookFormatError("CM inbound message without from/text")
-            out.append(InboundMessage(
-                from_number=from_cm_number(sender), to_number=from_cm_number(to), text=str(text),
-                provider_message_id=str(item["reference"]) if item.get("reference") else None,
-                received_at=parse_time(item.get("timeUtc") or item.get("time")),
-            ))
+            out.append(
+                InboundMessage(
+                    from_number=from_cm_number(sender),
+                    to_number=from_cm_number(to),
+                    text=str(text),
+                    provider_message_id=str(item["reference"]) if item.get("reference") else None,
+                    received_at=parse_time(item.get("timeUtc") or item.get("time")),
+                )
+            )
         return out

@@ -20,16 +20,36 @@ from .fake import FakeBadRequest, FakeProvider, LedgerEntry, Rejection, ReportRe
 DEFAULT_PRODUCT_TOKEN = "00000000-0000-0000-0000-000000000000"
 
 #: Canonical fake outcome -> CM ``status.code``.
-STATUS_CODES = {"accepted": "0", "sent": "0", "pending": "0", "rejected": "1", "spam": "1", "delivered": "2",
-                "undelivered": "3", "failed": "3", "expired": "3"}
-DETAILS = {"301": "From field is invalid", "302": "To field is invalid", "303": "Msisdn is invalid",
-           "304": "A body without content was found", "401": "Message is marked as spam",
-           "402": "The number is blacklisted", "403": "Message rejected"}
+STATUS_CODES = {
+    "accepted": "0",
+    "sent": "0",
+    "pending": "0",
+    "rejected": "1",
+    "spam": "1",
+    "delivered": "2",
+    "undelivered": "3",
+    "failed": "3",
+    "expired": "3",
+}
+DETAILS = {
+    "301": "From field is invalid",
+    "302": "To field is invalid",
+    "303": "Msisdn is invalid",
+    "304": "A body without content was found",
+    "401": "Message is marked as spam",
+    "402": "The number is blacklisted",
+    "403": "Message rejected",
+}
 
 #: ``Behaviour("reject", code=...)`` with one of these refuses the whole request (``errorCode``, ``details``).
-WHOLE_REQUEST_ERRORS = {"101": "No account found for the given authentication", "102": "Insufficient balance.",
-                        "103": "The API key is incorrect", "202": "Request is malformed",
-                        "203": "Message array is incorrect", "500": "Internal server error"}
+WHOLE_REQUEST_ERRORS = {
+    "101": "No account found for the given authentication",
+    "102": "Insufficient balance.",
+    "103": "The API key is incorrect",
+    "202": "Request is malformed",
+    "203": "Message array is incorrect",
+    "500": "Internal server error",
+}
 
 
 def cm_error(status: int, code: int, details: str, messages: list[dict[str, Any]] | None = None) -> web.Response:
@@ -42,8 +62,9 @@ class CMFake(FakeProvider):
     name: ClassVar[str] = "cm"
     default_reject_code: ClassVar[str] = "303"
 
-    def __init__(self, product_token: str = DEFAULT_PRODUCT_TOKEN, report_url: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, product_token: str = DEFAULT_PRODUCT_TOKEN, report_url: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(report_url=report_url, **kwargs)
         self.product_token = product_token
 
@@ -66,8 +87,9 @@ class CMFake(FakeProvider):
             raise FakeBadRequest(cm_error(400, 202, "Request is malformed")) from None
         if request.headers.get("X-CM-PRODUCTTOKEN") is None:
             auth = messages.get("authentication") if isinstance(messages, dict) else None
-            token = (auth or {}).get("producttoken") or (auth or {}).get("productToken") if isinstance(auth, dict) \
-                else None
+            token = (
+                (auth or {}).get("producttoken") or (auth or {}).get("productToken") if isinstance(auth, dict) else None
+            )
             if not isinstance(token, str) or token.lower() != self.product_token.lower():
                 raise FakeBadRequest(cm_error(400, 101, "No account found for the given authentication"))
         if not isinstance(msgs, list) or not msgs or len(msgs) > 1000:
@@ -83,9 +105,14 @@ class CMFake(FakeProvider):
             recipients = msg.get("to") if isinstance(msg.get("to"), list) else []
             for r in recipients or [{}]:
                 number = r.get("number") if isinstance(r, dict) else None
-                item = Submitted(str(reference) if reference is not None else None,
-                                 "+" + number[2:] if isinstance(number, str) and number.startswith("00") else
-                                 str(number), content or "", str(sender or ""), None, len(items))
+                item = Submitted(
+                    str(reference) if reference is not None else None,
+                    "+" + number[2:] if isinstance(number, str) and number.startswith("00") else str(number),
+                    content or "",
+                    str(sender or ""),
+                    None,
+                    len(items),
+                )
                 if not isinstance(sender, str) or not sender or len(sender) > 16:
                     item.invalid = "301"
                 elif not isinstance(number, str) or not number.startswith("00") or not number[2:].isdigit():
@@ -99,10 +126,14 @@ class CMFake(FakeProvider):
         return item.message_id or super().next_provider_id(item)
 
     def _entry(self, to: str, reference: str | None, accepted: bool, parts: int, code: str = "0") -> dict[str, Any]:
-        return {"to": "00" + to.lstrip("+"), "status": "Accepted" if accepted else "Rejected",
-                "reference": reference, "parts": parts if accepted else 0,
-                "messageDetails": None if accepted else DETAILS.get(code, "Message rejected"),
-                "messageErrorCode": int(code) if code.isdigit() else 403}
+        return {
+            "to": "00" + to.lstrip("+"),
+            "status": "Accepted" if accepted else "Rejected",
+            "reference": reference,
+            "parts": parts if accepted else 0,
+            "messageDetails": None if accepted else DETAILS.get(code, "Message rejected"),
+            "messageErrorCode": int(code) if code.isdigit() else 403,
+        }
 
     def accepted_response(self, entries: list[LedgerEntry], rejections: list[Rejection]) -> web.Response:
         out = [self._entry(e.to, e.message_id, True, e.segments) for e in entries]
@@ -133,20 +164,35 @@ class CMFake(FakeProvider):
             code = STATUS_CODES.get(status, status if status.isdigit() else "3")
             if status == "spam":
                 error = error or "401"
-            msg = {"received": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-                   "to": "00" + entry.to.lstrip("+"), "reference": entry.message_id,
-                   "status": {"code": code, "errorCode": str(error or ("0" if code in "02" else "12")),
-                              "errorDescription": "" if code in "02" else (DETAILS.get(str(error), "Not delivered"))},
-                   "operator": "20416"}
-            out.append(ReportRequest(url, json.dumps({"messages": {"msg": msg}}).encode(),
-                                     {"Content-Type": "application/json"}))
+            msg = {
+                "received": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+                "to": "00" + entry.to.lstrip("+"),
+                "reference": entry.message_id,
+                "status": {
+                    "code": code,
+                    "errorCode": str(error or ("0" if code in "02" else "12")),
+                    "errorDescription": "" if code in "02" else (DETAILS.get(str(error), "Not delivered")),
+                },
+                "operator": "20416",
+            }
+            out.append(
+                ReportRequest(
+                    url, json.dumps({"messages": {"msg": msg}}).encode(), {"Content-Type": "application/json"}
+                )
+            )
         return out
 
     def inbound_request(self, url: str, from_number: str, to_number: str, text: str) -> ReportRequest:
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        body = {"reference": self.next_provider_id(Submitted(None, to_number, text, from_number)),
-                "from": {"number": "00" + from_number.lstrip("+")}, "to": {"number": "00" + to_number.lstrip("+")},
-                "message": {"text": text}, "channel": "SMS", "time": now, "timeUtc": now}
+        body = {
+            "reference": self.next_provider_id(Submitted(None, to_number, text, from_number)),
+            "from": {"number": "00" + from_number.lstrip("+")},
+            "to": {"number": "00" + to_number.lstrip("+")},
+            "message": {"text": text},
+            "channel": "SMS",
+            "time": now,
+            "timeUtc": now,
+        }
         return ReportRequest(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
     def driver_settings(self) -> dict[str, Any]:

@@ -126,9 +126,11 @@ class FakeBadRequest(Exception):
         self.response = response
 
 
-_GSM7 = frozenset('\n\r !"#$%&\'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz'
-                  '\xa1\xa3\xa4\xa5\xa7\xbf\xc4\xc5\xc6\xc9\xd1\xd6\xd8\xdc\xdf\xe0\xe4\xe5\xe6\xc7\xe8\xe9\xec\xf1\xf2'
-                  '\xf6\xf8\xf9\xfc\u0393\u0394\u0398\u039b\u039e\u03a0\u03a3\u03a6\u03a8\u03a9')
+_GSM7 = frozenset(
+    "\n\r !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+    "\xa1\xa3\xa4\xa5\xa7\xbf\xc4\xc5\xc6\xc9\xd1\xd6\xd8\xdc\xdf\xe0\xe4\xe5\xe6\xc7\xe8\xe9\xec\xf1\xf2"
+    "\xf6\xf8\xf9\xfc\u0393\u0394\u0398\u039b\u039e\u03a0\u03a3\u03a6\u03a8\u03a9"
+)
 _GSM7_EXT = frozenset("\f^{}\\[~]|€")
 
 
@@ -157,8 +159,16 @@ class FakeProvider(RemoteControl):
     #: Reports the provider puts in one webhook POST.
     report_batch: ClassVar[int] = 1
 
-    def __init__(self, *, host: str = "127.0.0.1", report_url: str | None = None, inbound_url: str | None = None,
-                 auto_reports: bool = False, report_delay: float = 1.0, report_concurrency: int = 20) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        report_url: str | None = None,
+        inbound_url: str | None = None,
+        auto_reports: bool = False,
+        report_delay: float = 1.0,
+        report_concurrency: int = 20,
+    ) -> None:
         self.host = host
         self.report_url = report_url
         self.inbound_url = inbound_url
@@ -310,8 +320,16 @@ class FakeProvider(RemoteControl):
             if reject and item.to in reject:
                 rejections.append(Rejection(item, reject[item.to]))
                 continue
-            entry = LedgerEntry(item.message_id, item.to, item.body, item.sender, self.next_provider_id(item), now,
-                                segments(item.body), item.report_url or fallback)
+            entry = LedgerEntry(
+                item.message_id,
+                item.to,
+                item.body,
+                item.sender,
+                self.next_provider_id(item),
+                now,
+                segments(item.body),
+                item.report_url or fallback,
+            )
             entries.append(entry)
             if entry.report_url:
                 self._pending.append((due, entry))
@@ -378,7 +396,7 @@ class FakeProvider(RemoteControl):
         requests: list[tuple[ReportRequest, int]] = []
         for url, reports in by_url.items():
             for start in range(0, len(reports), self.report_batch):
-                chunk = reports[start:start + self.report_batch]
+                chunk = reports[start : start + self.report_batch]
                 requests.extend((r, len(chunk)) for r in self.report_requests(url, chunk))
         if not requests:
             return 0

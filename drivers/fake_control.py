@@ -56,4 +56,3 @@ class RemoteControl:
         payload = await request.json()
         status = await self.send_inbound(payload["from"], payload["to"], payload["text"], payload.get("url"))
         return web.json_response({"status": status})
-

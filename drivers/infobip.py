@@ -56,11 +56,13 @@ def error_from_body(body: Any) -> tuple[str | None, str]:
         detail = str(body.get("description") or "")
         violations = body.get("violations") or []
         if violations:
-            detail += " " + "; ".join(f"{v.get('property')}: {v.get('violation')}" for v in violations
-                                      if isinstance(v, dict))
+            detail += " " + "; ".join(
+                f"{v.get('property')}: {v.get('violation')}" for v in violations if isinstance(v, dict)
+            )
         return str(body["errorCode"]), detail.strip()
-    exc = (body.get("requestError") or {}).get("serviceException") if isinstance(body.get("requestError"), dict) \
-        else None
+    exc = (
+        (body.get("requestError") or {}).get("serviceException") if isinstance(body.get("requestError"), dict) else None
+    )
     if isinstance(exc, dict):
         detail = str(exc.get("text") or "")
         if exc.get("validationErrors"):
@@ -96,8 +98,13 @@ def _status_result(message_id: str, entry: dict[str, Any], segments: int) -> Sen
         return Accepted(message_id=message_id, provider_message_id=provider_id, segments=int(count))
     if group in FAILED_GROUPS:
         code = f"{name}" + (f" ({status['id']})" if status.get("id") is not None else "")
-        return Rejected(message_id=message_id, code=name, detail=f"{code}: {status.get('description', '')}".strip(),
-                        spam=name in SPAM_NAMES, opted_out=name in OPT_OUT_NAMES)
+        return Rejected(
+            message_id=message_id,
+            code=name,
+            detail=f"{code}: {status.get('description', '')}".strip(),
+            spam=name in SPAM_NAMES,
+            opted_out=name in OPT_OUT_NAMES,
+        )
     return UnknownOutcome(message_id=message_id, detail=f"unexpected Infobip status {name!r} in send response")
 
 
@@ -125,9 +132,10 @@ class InfobipDriver(Driver[InfobipSettings]):
             groups.setdefault((m.sender, m.body), []).append({"to": m.to.lstrip("+"), "messageId": m.id})
         webhooks: dict[str, Any] | None = None
         if self.context.status_url:
-            webhooks = {"delivery": {"url": self.context.status_url,
-                                     "intermediateReport": self.settings.intermediate_reports},
-                        "contentType": "application/json"}
+            webhooks = {
+                "delivery": {"url": self.context.status_url, "intermediateReport": self.settings.intermediate_reports},
+                "contentType": "application/json",
+            }
         out = []
         for (sender, text), destinations in groups.items():
             entry: dict[str, Any] = {"sender": sender, "destinations": destinations, "content": {"text": text}}
@@ -187,18 +195,22 @@ class InfobipDriver(Driver[InfobipSettings]):
             error_name = str(error.get("name") or "")
             has_error = bool(error.get("id")) or (error_name not in ("", "NO_ERROR"))
             segments = r.get("messageCount", r.get("smsCount"))
-            reports.append(DeliveryReport(
-                message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
-                provider_message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
-                status=name,
-                delivered=delivered,
-                error_code=(error_name or str(error.get("id"))) if has_error else None,
-                error_detail=str(error.get("description")) if has_error and error.get("description") else None,
-                segments=int(segments) if isinstance(segments, (int, float, str)) and str(segments).isdigit() else None,
-                done_at=parse_time(r.get("doneAt")),
-                spam=name in SPAM_NAMES or error_name in SPAM_NAMES,
-                opted_out=name in OPT_OUT_NAMES,
-            ))
+            reports.append(
+                DeliveryReport(
+                    message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
+                    provider_message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
+                    status=name,
+                    delivered=delivered,
+                    error_code=(error_name or str(error.get("id"))) if has_error else None,
+                    error_detail=str(error.get("description")) if has_error and error.get("description") else None,
+                    segments=int(segments)
+                    if isinstance(segments, (int, float, str)) and str(segments).isdigit()
+                    else None,
+                    done_at=parse_time(r.get("doneAt")),
+                    spam=name in SPAM_NAMES or error_name in SPAM_NAMES,
+                    opted_out=name in OPT_OUT_NAMES,
+                )
+            )
         return reports
 
     def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
@@ -207,11 +219,15 @@ class InfobipDriver(Driver[InfobipSettings]):
         for r in self._results(request):
             if not r.get("from") or r.get("text") is None:
                 raise WebhookFormatError("Infobip inbound result without from/text")
-            out.append(InboundMessage(
-                from_number=e164(r["from"]), to_number=e164(r.get("to")), text=str(r["text"]),
-                provider_message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
-                received_at=parse_time(r.get("receivedAt")),
-            ))
+            out.append(
+                InboundMessage(
+                    from_number=e164(r["from"]),
+                    to_number=e164(r.get("to")),
+                    text=str(r["text"]),
+                    provider_message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
+                    received_at=parse_time(r.get("receivedAt")),
+                )
+            )
         return out
 
 

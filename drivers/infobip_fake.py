@@ -30,16 +30,32 @@ STATUSES: dict[str, tuple[int, str, int, str, str]] = {
     "accepted": (1, "PENDING", 26, "PENDING_ACCEPTED", "Message sent to next instance"),
 }
 #: Send-time REJECTED statuses by name (``Behaviour("reject", code=...)`` / ``reject_numbers``).
-REJECTED_IDS = {"REJECTED_NETWORK": 6, "REJECTED_PREFIX_MISSING": 8, "REJECTED_DND": 10,
-                "REJECTED_NOT_ENOUGH_CREDITS": 12, "REJECTED_DESTINATION_BLOCKLISTED": 14,
-                "REJECTED_FLOODING_FILTER": 20, "REJECTED_MESSAGE_TOO_LONG": 25, "MISSING_TO": 51,
-                "REJECTED_DESTINATION": 52}
+REJECTED_IDS = {
+    "REJECTED_NETWORK": 6,
+    "REJECTED_PREFIX_MISSING": 8,
+    "REJECTED_DND": 10,
+    "REJECTED_NOT_ENOUGH_CREDITS": 12,
+    "REJECTED_DESTINATION_BLOCKLISTED": 14,
+    "REJECTED_FLOODING_FILTER": 20,
+    "REJECTED_MESSAGE_TOO_LONG": 25,
+    "MISSING_TO": 51,
+    "REJECTED_DESTINATION": 52,
+}
 
 
-def api_error(status: int, code: str, description: str, action: str = "",
-              violations: list[dict[str, str]] | None = None) -> web.Response:
-    return web.json_response({"errorCode": code, "description": description, "action": action,
-                              "violations": violations or [], "resources": []}, status=status)
+def api_error(
+    status: int, code: str, description: str, action: str = "", violations: list[dict[str, str]] | None = None
+) -> web.Response:
+    return web.json_response(
+        {
+            "errorCode": code,
+            "description": description,
+            "action": action,
+            "violations": violations or [],
+            "resources": [],
+        },
+        status=status,
+    )
 
 
 def _fmt(when: dt.datetime) -> str:
@@ -66,16 +82,27 @@ class InfobipFake(FakeProvider):
     def check_auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization", "") == self._auth:
             return None
-        return api_error(401, "E401", "The request lacks valid authentication credentials for the requested resource.",
-                         "Check the resources and adjust authentication credentials.")
+        return api_error(
+            401,
+            "E401",
+            "The request lacks valid authentication credentials for the requested resource.",
+            "Check the resources and adjust authentication credentials.",
+        )
 
     def parse_submission(self, request: web.Request, body: bytes) -> list[Submitted]:
         v3 = request.path.startswith("/sms/3/")
         try:
             data = json.loads(body)
         except ValueError:
-            raise FakeBadRequest(api_error(400, "E400", "Request cannot be processed.", "Check the syntax.",
-                                           [{"property": "body", "violation": "Invalid JSON."}])) from None
+            raise FakeBadRequest(
+                api_error(
+                    400,
+                    "E400",
+                    "Request cannot be processed.",
+                    "Check the syntax.",
+                    [{"property": "body", "violation": "Invalid JSON."}],
+                )
+            ) from None
         violations: list[dict[str, str]] = []
         messages = data.get("messages") if isinstance(data, dict) else None
         if not isinstance(messages, list) or not messages:
@@ -103,15 +130,27 @@ class InfobipFake(FakeProvider):
             for j, d in enumerate(destinations):
                 to = d.get("to") if isinstance(d, dict) else None
                 if not isinstance(to, str) or not to.isdigit() or len(to) > 64:
-                    violations.append({"property": f"messages[{i}].destinations[{j}].to",
-                                       "violation": "must be a phone number in international format"})
+                    violations.append(
+                        {
+                            "property": f"messages[{i}].destinations[{j}].to",
+                            "violation": "must be a phone number in international format",
+                        }
+                    )
                     continue
                 mid = d.get("messageId")
-                items.append(Submitted(str(mid) if mid is not None else None, "+" + to, text or "", str(sender),
-                                       url, len(items)))
+                items.append(
+                    Submitted(str(mid) if mid is not None else None, "+" + to, text or "", str(sender), url, len(items))
+                )
         if violations:
-            raise FakeBadRequest(api_error(400, "E400", "Request cannot be processed.",
-                                           "Check the syntax, violations and adjust the request.", violations))
+            raise FakeBadRequest(
+                api_error(
+                    400,
+                    "E400",
+                    "Request cannot be processed.",
+                    "Check the syntax, violations and adjust the request.",
+                    violations,
+                )
+            )
         return items
 
     def next_provider_id(self, item: Submitted) -> str:
@@ -121,25 +160,47 @@ class InfobipFake(FakeProvider):
         for gid, gname, sid, sname, desc in STATUSES.values():
             if sname == name:
                 return {"groupId": gid, "groupName": gname, "id": sid, "name": sname, "description": desc}
-        return {"groupId": 5, "groupName": "REJECTED", "id": REJECTED_IDS.get(name, 52), "name": name,
-                "description": "Message rejected"}
+        return {
+            "groupId": 5,
+            "groupName": "REJECTED",
+            "id": REJECTED_IDS.get(name, 52),
+            "name": name,
+            "description": "Message rejected",
+        }
 
     def accepted_response(self, entries: list[LedgerEntry], rejections: list[Rejection]) -> web.Response:
         self._bulk += 1
         accepted = self._status("PENDING_ACCEPTED")
-        out: list[dict[str, Any]] = [{
-            "messageId": e.provider_message_id, "status": accepted, "destination": e.to[1:],
-            "details": {"messageCount": e.segments}} for e in entries]
-        out.extend({"messageId": r.item.message_id or f"rejected-{r.item.index}", "status": self._status(r.code),
-                    "destination": r.item.to[1:], "details": {"messageCount": 0}} for r in rejections)
+        out: list[dict[str, Any]] = [
+            {
+                "messageId": e.provider_message_id,
+                "status": accepted,
+                "destination": e.to[1:],
+                "details": {"messageCount": e.segments},
+            }
+            for e in entries
+        ]
+        out.extend(
+            {
+                "messageId": r.item.message_id or f"rejected-{r.item.index}",
+                "status": self._status(r.code),
+                "destination": r.item.to[1:],
+                "details": {"messageCount": 0},
+            }
+            for r in rejections
+        )
         return web.json_response({"bulkId": f"{self._id_prefix}-{self._bulk}", "messages": out})
 
     def reject_response(self, items: list[Submitted], code: str | None) -> web.Response:
         return self.accepted_response([], [Rejection(i, code or "REJECTED_DESTINATION") for i in items])
 
     def throttled_response(self, retry_after: float | None) -> web.Response:
-        resp = api_error(429, "E429", "Too many requests sent.",
-                         "Check request rate limit specified in the API endpoint documentation resource.")
+        resp = api_error(
+            429,
+            "E429",
+            "Too many requests sent.",
+            "Check request rate limit specified in the API endpoint documentation resource.",
+        )
         if retry_after is not None:
             resp.headers["Retry-After"] = str(int(retry_after) if float(retry_after).is_integer() else retry_after)
         return resp
@@ -152,28 +213,55 @@ class InfobipFake(FakeProvider):
         results = []
         for entry, status, error in reports:
             gid, gname, sid, sname, desc = STATUSES.get(status, STATUSES["undelivered"])
-            err = ({"groupId": 1, "groupName": "HANDSET_ERRORS", "id": int(error) if str(error).isdigit() else 1,
+            err = (
+                {
+                    "groupId": 1,
+                    "groupName": "HANDSET_ERRORS",
+                    "id": int(error) if str(error).isdigit() else 1,
                     "name": str(error) if not str(error).isdigit() else "EC_UNKNOWN_SUBSCRIBER",
-                    "description": "Unknown subscriber", "permanent": True} if error else
-                   {"groupId": 0, "groupName": "OK", "id": 0, "name": "NO_ERROR", "description": "No Error",
-                    "permanent": False})
-            results.append({
-                "bulkId": f"{self._id_prefix}-bulk", "price": {"pricePerMessage": 0.01, "currency": "EUR"},
-                "status": {"groupId": gid, "groupName": gname, "id": sid, "name": sname, "description": desc},
-                "error": err, "messageId": entry.provider_message_id, "to": entry.to.lstrip("+"),
-                "sender": entry.sender, "sentAt": _fmt(entry.accepted_at), "doneAt": now,
-                "messageCount": entry.segments,
-            })
+                    "description": "Unknown subscriber",
+                    "permanent": True,
+                }
+                if error
+                else {
+                    "groupId": 0,
+                    "groupName": "OK",
+                    "id": 0,
+                    "name": "NO_ERROR",
+                    "description": "No Error",
+                    "permanent": False,
+                }
+            )
+            results.append(
+                {
+                    "bulkId": f"{self._id_prefix}-bulk",
+                    "price": {"pricePerMessage": 0.01, "currency": "EUR"},
+                    "status": {"groupId": gid, "groupName": gname, "id": sid, "name": sname, "description": desc},
+                    "error": err,
+                    "messageId": entry.provider_message_id,
+                    "to": entry.to.lstrip("+"),
+                    "sender": entry.sender,
+                    "sentAt": _fmt(entry.accepted_at),
+                    "doneAt": now,
+                    "messageCount": entry.segments,
+                }
+            )
         body = json.dumps({"results": results}).encode()
         return [ReportRequest(url, body, {"Content-Type": "application/json"})]
 
     def inbound_request(self, url: str, from_number: str, to_number: str, text: str) -> ReportRequest:
         keyword = text.split()[0].upper() if text.split() else ""
-        result = {"messageId": self.next_provider_id(Submitted(None, to_number, text, from_number)),
-                  "from": from_number.lstrip("+"), "to": to_number.lstrip("+"), "text": text,
-                  "cleanText": text[len(keyword):].strip(), "keyword": keyword,
-                  "receivedAt": _fmt(dt.datetime.now(dt.timezone.utc)), "smsCount": 1,
-                  "price": {"pricePerMessage": 0, "currency": "EUR"}}
+        result = {
+            "messageId": self.next_provider_id(Submitted(None, to_number, text, from_number)),
+            "from": from_number.lstrip("+"),
+            "to": to_number.lstrip("+"),
+            "text": text,
+            "cleanText": text[len(keyword) :].strip(),
+            "keyword": keyword,
+            "receivedAt": _fmt(dt.datetime.now(dt.timezone.utc)),
+            "smsCount": 1,
+            "price": {"pricePerMessage": 0, "currency": "EUR"},
+        }
         body = json.dumps({"results": [result], "messageCount": 1, "pendingMessageCount": 0}).encode()
         return ReportRequest(url, body, {"Content-Type": "application/json"})
 

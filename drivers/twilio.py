@@ -68,8 +68,9 @@ class TwilioSettings(DriverSettings):
 # --------------------------------------------------------------------------------------------- signatures
 
 
-def compute_signature(token: str, url: str, params: Mapping[str, Sequence[str]] | None,
-                      algorithm: str = "HMAC_SHA1") -> str:
+def compute_signature(
+    token: str, url: str, params: Mapping[str, Sequence[str]] | None, algorithm: str = "HMAC_SHA1"
+) -> str:
     """Twilio's signature: base64 HMAC of the URL followed by every ``name + value``, names sorted, values
     sorted and de-duplicated (as ``twilio.request_validator.RequestValidator.compute_signature``)."""
     parts = [url]
@@ -95,8 +96,14 @@ def _url_variants(url: str) -> set[str]:
     return {url, without, with_port}
 
 
-def validate_signature(token: str, url: str, params: Mapping[str, Sequence[str]] | None, signature: str,
-                       body: bytes | None = None, algorithm: str = "HMAC_SHA1") -> bool:
+def validate_signature(
+    token: str,
+    url: str,
+    params: Mapping[str, Sequence[str]] | None,
+    signature: str,
+    body: bytes | None = None,
+    algorithm: str = "HMAC_SHA1",
+) -> bool:
     """True when ``signature`` is Twilio's for this request (URL tried with and without its port).
 
     JSON-body webhooks carry ``bodySHA256`` in the URL: the body hash must match and the URL alone is signed.
@@ -110,8 +117,10 @@ def validate_signature(token: str, url: str, params: Mapping[str, Sequence[str]]
         body_ok = hmac.compare_digest(expected.encode(), query["bodySHA256"][0].encode())
         params = {}
     supplied = signature.strip().encode()
-    matches = [hmac.compare_digest(compute_signature(token, u, params, algorithm).encode(), supplied)
-               for u in _url_variants(url)]
+    matches = [
+        hmac.compare_digest(compute_signature(token, u, params, algorithm).encode(), supplied)
+        for u in _url_variants(url)
+    ]
     return body_ok and any(matches)
 
 
@@ -174,8 +183,13 @@ class TwilioDriver(Driver[TwilioSettings]):
             raise_for_status(reply, code=code, detail=detail, server_errors=self.settings.server_errors)
             return UnknownOutcome(message_id=m.id, detail=f"unexpected HTTP {reply.status}")
         except PermanentSendError as exc:
-            return Rejected(message_id=m.id, code=exc.code, detail=exc.detail, opted_out=exc.code in OPT_OUT_CODES,
-                            spam=exc.code in SPAM_CODES)
+            return Rejected(
+                message_id=m.id,
+                code=exc.code,
+                detail=exc.detail,
+                opted_out=exc.code in OPT_OUT_CODES,
+                spam=exc.code in SPAM_CODES,
+            )
         except TransientSendError as exc:
             return TransientFailure(message_id=m.id, code=exc.code, detail=exc.detail, retry_after=exc.retry_after)
         except (UnknownOutcomeError, DriverError) as exc:
@@ -193,9 +207,14 @@ class TwilioDriver(Driver[TwilioSettings]):
             if sep and name.strip() == "algorithm" and value.strip():
                 algorithm = value.strip().upper()
         is_form = request.content_type.startswith("application/x-www-form-urlencoded")
-        ok = validate_signature(self.settings.auth_token.get_secret_value(), request.url,
-                                request.form if is_form else None, signature,
-                                body=None if is_form else request.body, algorithm=algorithm)
+        ok = validate_signature(
+            self.settings.auth_token.get_secret_value(),
+            request.url,
+            request.form if is_form else None,
+            signature,
+            body=None if is_form else request.body,
+            algorithm=algorithm,
+        )
         if not ok:
             raise WebhookAuthError("X-Twilio-Signature missing or wrong")
 
@@ -208,28 +227,34 @@ class TwilioDriver(Driver[TwilioSettings]):
         error = request.form_value("ErrorCode") or None
         if error in ("0", ""):
             error = None
-        return [DeliveryReport(
-            message_id=request.query.get("mid") or None,
-            provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
-            status=status,
-            delivered=True if status in DELIVERED else False if status in FAILED else None,
-            error_code=error,
-            error_detail=request.form_value("ErrorMessage"),
-            done_at=_raw_done_date(request.form_value("RawDlrDoneDate")),
-            opted_out=error in OPT_OUT_CODES,
-            spam=error in SPAM_CODES,
-        )]
+        return [
+            DeliveryReport(
+                message_id=request.query.get("mid") or None,
+                provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
+                status=status,
+                delivered=True if status in DELIVERED else False if status in FAILED else None,
+                error_code=error,
+                error_detail=request.form_value("ErrorMessage"),
+                done_at=_raw_done_date(request.form_value("RawDlrDoneDate")),
+                opted_out=error in OPT_OUT_CODES,
+                spam=error in SPAM_CODES,
+            )
+        ]
 
     def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
         """An inbound message: form params ``From``, ``To``, ``Body``, ``MessageSid``."""
         sender = request.form_value("From")
         if not sender:
             raise WebhookFormatError("Twilio inbound message without From")
-        return [InboundMessage(
-            from_number=sender, to_number=request.form_value("To") or "", text=request.form_value("Body") or "",
-            provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
-            received_at=dt.datetime.now(dt.timezone.utc),
-        )]
+        return [
+            InboundMessage(
+                from_number=sender,
+                to_number=request.form_value("To") or "",
+                text=request.form_value("Body") or "",
+                provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
+                received_at=dt.datetime.now(dt.timezone.utc),
+            )
+        ]
 
     def inbound_response(self, reply: str | None) -> WebhookResponse:
         """TwiML: ``<Response><Message>reply</Message></Response>``, or an empty ``<Response/>``."""

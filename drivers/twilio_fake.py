@@ -34,9 +34,15 @@ MESSAGES = {
 
 
 def twilio_error(status: int, code: str) -> web.Response:
-    return web.json_response({"code": int(code), "message": MESSAGES.get(code, "Error"),
-                              "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status},
-                             status=status)
+    return web.json_response(
+        {
+            "code": int(code),
+            "message": MESSAGES.get(code, "Error"),
+            "more_info": f"https://www.twilio.com/docs/errors/{code}",
+            "status": status,
+        },
+        status=status,
+    )
 
 
 class TwilioFake(FakeProvider):
@@ -46,8 +52,9 @@ class TwilioFake(FakeProvider):
     default_reject_code: ClassVar[str] = "21211"
     report_url_fallback: ClassVar[bool] = False  # Twilio calls back only to the request's StatusCallback
 
-    def __init__(self, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = DEFAULT_AUTH_TOKEN,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = DEFAULT_AUTH_TOKEN, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -84,14 +91,32 @@ class TwilioFake(FakeProvider):
             return twilio_error(400, rejections[0].code)
         e = entries[0]
         now = email.utils.format_datetime(e.accepted_at.replace(microsecond=0), usegmt=False)
-        return web.json_response({
-            "account_sid": self.account_sid, "api_version": "2010-04-01", "body": e.body,
-            "date_created": now, "date_sent": None, "date_updated": now, "direction": "outbound-api",
-            "error_code": None, "error_message": None, "from": e.sender, "messaging_service_sid": None,
-            "num_media": "0", "num_segments": str(e.segments), "price": None, "price_unit": "USD",
-            "sid": e.provider_message_id, "status": "queued", "subresource_uris": {}, "tags": {}, "to": e.to,
-            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{e.provider_message_id}.json",
-        }, status=201)
+        return web.json_response(
+            {
+                "account_sid": self.account_sid,
+                "api_version": "2010-04-01",
+                "body": e.body,
+                "date_created": now,
+                "date_sent": None,
+                "date_updated": now,
+                "direction": "outbound-api",
+                "error_code": None,
+                "error_message": None,
+                "from": e.sender,
+                "messaging_service_sid": None,
+                "num_media": "0",
+                "num_segments": str(e.segments),
+                "price": None,
+                "price_unit": "USD",
+                "sid": e.provider_message_id,
+                "status": "queued",
+                "subresource_uris": {},
+                "tags": {},
+                "to": e.to,
+                "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{e.provider_message_id}.json",
+            },
+            status=201,
+        )
 
     def reject_response(self, items: list[Submitted], code: str | None) -> web.Response:
         return twilio_error(400, code or "21211")
@@ -114,25 +139,53 @@ class TwilioFake(FakeProvider):
             if status == "spam":  # carrier filtering: undelivered with 30007
                 status, error = "undelivered", error or "30007"
             twilio_status = {"rejected": "failed", "expired": "undelivered", "pending": "sending"}.get(status, status)
-            params = {"AccountSid": self.account_sid, "ApiVersion": "2010-04-01", "From": entry.sender,
-                      "MessageSid": entry.provider_message_id, "MessageStatus": twilio_status,
-                      "SmsSid": entry.provider_message_id, "SmsStatus": twilio_status, "To": entry.to}
+            params = {
+                "AccountSid": self.account_sid,
+                "ApiVersion": "2010-04-01",
+                "From": entry.sender,
+                "MessageSid": entry.provider_message_id,
+                "MessageStatus": twilio_status,
+                "SmsSid": entry.provider_message_id,
+                "SmsStatus": twilio_status,
+                "To": entry.to,
+            }
             if error:
                 params["ErrorCode"] = str(error)
             if twilio_status in ("delivered", "undelivered"):
                 params["RawDlrDoneDate"] = dt.datetime.now(dt.timezone.utc).strftime("%y%m%d%H%M")
-            out.append(ReportRequest(url, urlencode(params).encode(), {
-                "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": self.sign(url, params),
-                "User-Agent": "TwilioProxy/1.1"}))
+            out.append(
+                ReportRequest(
+                    url,
+                    urlencode(params).encode(),
+                    {
+                        "Content-Type": "application/x-www-form-urlencoded",
+                        "X-Twilio-Signature": self.sign(url, params),
+                        "User-Agent": "TwilioProxy/1.1",
+                    },
+                )
+            )
         return out
 
     def inbound_request(self, url: str, from_number: str, to_number: str, text: str) -> ReportRequest:
         sid = self.next_provider_id(Submitted(None, to_number, text, from_number))
-        params = {"AccountSid": self.account_sid, "ApiVersion": "2010-04-01", "Body": text, "From": from_number,
-                  "MessageSid": sid, "NumMedia": "0", "NumSegments": "1", "SmsMessageSid": sid, "SmsSid": sid,
-                  "SmsStatus": "received", "To": to_number}
-        return ReportRequest(url, urlencode(params).encode(), {
-            "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": self.sign(url, params)})
+        params = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "Body": text,
+            "From": from_number,
+            "MessageSid": sid,
+            "NumMedia": "0",
+            "NumSegments": "1",
+            "SmsMessageSid": sid,
+            "SmsSid": sid,
+            "SmsStatus": "received",
+            "To": to_number,
+        }
+        return ReportRequest(
+            url,
+            urlencode(params).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": self.sign(url, params)},
+        )
 
     def driver_settings(self) -> dict[str, Any]:
         return {"base_url": self.url, "account_sid": self.account_sid, "auth_token": self.auth_token}

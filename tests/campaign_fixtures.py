@@ -47,32 +47,56 @@ def phone_for(i: int) -> str:
 
 def contact(i: int, list_id: int = 1, **kw: Any) -> dict[str, Any]:
     """A valid US contact (a real-looking +1 212 number) with an id and attributes."""
-    doc = {"_id": i, "sending_list_id": list_id, "phone": phone_for(i),
-           "first_name": f"Ann{i}", "last_name": None, "attributes": {"city": "Paris", "n": i},
-           "timezone": INSIDE, "subscribed": True, "blocked": False, "in_workflow": False,
-           "last_sent_at": None}
+    doc = {
+        "_id": i,
+        "sending_list_id": list_id,
+        "phone": phone_for(i),
+        "first_name": f"Ann{i}",
+        "last_name": None,
+        "attributes": {"city": "Paris", "n": i},
+        "timezone": INSIDE,
+        "subscribed": True,
+        "blocked": False,
+        "in_workflow": False,
+        "last_sent_at": None,
+    }
     doc.update(kw)
     return doc
 
 
-async def seed_campaign(store: Store, *, contacts: Sequence[dict[str, Any]] = (), audiences: Sequence[dict[str, Any]] | None = None,
-                        variants: Sequence[dict[str, Any]] = ({"key": "A", "body": "Hi {first_name|there}!", "weight": 1},),
-                        selection: str = "split", list_kw: dict[str, Any] | None = None,
-                        campaign_kw: dict[str, Any] | None = None) -> dict[str, Any]:
+async def seed_campaign(
+    store: Store,
+    *,
+    contacts: Sequence[dict[str, Any]] = (),
+    audiences: Sequence[dict[str, Any]] | None = None,
+    variants: Sequence[dict[str, Any]] = ({"key": "A", "body": "Hi {first_name|there}!", "weight": 1},),
+    selection: str = "split",
+    list_kw: dict[str, Any] | None = None,
+    campaign_kw: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Insert a whole campaign; returns the campaign document."""
     db = store.db
     await db[c.ACCOUNTS].insert_one({"_id": 1, "name": "acme", "balance": 100.0})
-    sl = SendingList(id=1, account_id=1, name="main", driver="echo", from_number="+15550001111",
-                     **(list_kw or {})).to_doc()
+    sl = SendingList(
+        id=1, account_id=1, name="main", driver="echo", from_number="+15550001111", **(list_kw or {})
+    ).to_doc()
     await db[c.SENDING_LISTS].insert_one(sl)
     if contacts:
         await db[c.CONTACTS].insert_many(list(contacts))
     auds = list(audiences) if audiences is not None else [{"_id": 1, "sending_list_id": 1, "name": "all", "filter": {}}]
     if auds:
-        await db[c.AUDIENCES].insert_many([{"name": f"a{a['_id']}", "filter": None, "contact_ids": None, **a} for a in auds])
+        await db[c.AUDIENCES].insert_many(
+            [{"name": f"a{a['_id']}", "filter": None, "contact_ids": None, **a} for a in auds]
+        )
     cr = Creative(id=1, account_id=1, name="cr", variants=[Variant(**v) for v in variants], selection=selection)  # type: ignore[arg-type]
     await db[c.CREATIVES].insert_one(cr.to_doc())
-    camp = Campaign(id=1, account_id=1, sending_list_id=1, audience_ids=[a["_id"] for a in auds], creative_id=1,
-                    **(campaign_kw or {})).to_doc()
+    camp = Campaign(
+        id=1,
+        account_id=1,
+        sending_list_id=1,
+        audience_ids=[a["_id"] for a in auds],
+        creative_id=1,
+        **(campaign_kw or {}),
+    ).to_doc()
     await db[c.CAMPAIGNS].insert_one(camp)
     return camp

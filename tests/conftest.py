@@ -41,6 +41,7 @@ def mongo_server() -> Iterator[MongoServer]:
 def redis_server() -> Iterator[Any]:
     external = os.environ.get("TRACKLY_TEST_REDIS_URL")
     if external:
+
         class _External:
             url = external
 

@@ -41,39 +41,101 @@ async def open_trackly(settings: Settings, store: Store, *, redis: bool = True) 
     return await Trackly.open(settings, store=store)
 
 
-async def seed(store: Store, n: int, *, list_id: int = 1, account_id: int = 1, driver: str = "infobip",
-               rate: int = 0, price: float = 0.0, balance: float = 1000.0, body: str = "Hello {i}",
-               sendtime: dt.datetime | None = None, blocked_words: list[str] | None = None,
-               quiet: dict[str, str] | None = None, contact_tz: str | None = "midday", execution_id: int = 1,
-               first_contact: int = 1) -> list[str]:
+async def seed(
+    store: Store,
+    n: int,
+    *,
+    list_id: int = 1,
+    account_id: int = 1,
+    driver: str = "infobip",
+    rate: int = 0,
+    price: float = 0.0,
+    balance: float = 1000.0,
+    body: str = "Hello {i}",
+    sendtime: dt.datetime | None = None,
+    blocked_words: list[str] | None = None,
+    quiet: dict[str, str] | None = None,
+    contact_tz: str | None = "midday",
+    execution_id: int = 1,
+    first_contact: int = 1,
+) -> list[str]:
     """An account, a sending list, ``n`` contacts and ``n`` queued messages. Returns the message ids (FIFO)."""
     now = utcnow()
     sendtime = sendtime or now - dt.timedelta(seconds=1)
     tz = midday_zone(now) if contact_tz == "midday" else contact_tz
     db = store.db
-    await db[c.ACCOUNTS].update_one({"_id": account_id}, {"$setOnInsert": {"name": f"acc{account_id}", "balance": balance,
-                                                                          "created_at": now}}, upsert=True)
-    await db[c.SENDING_LISTS].update_one({"_id": list_id}, {"$set": {
-        "account_id": account_id, "name": f"list{list_id}", "driver": driver, "driver_settings": {},
-        "from_number": "+15550000000", "rate_limit_per_minute": rate, "price_per_segment": price,
-        "blocked_words": blocked_words or [], "active": True, "cooldown_minutes": 0,
-        "quiet_hours": quiet or {"start": "08:00", "end": "21:00", "default_timezone": "UTC"}, "created_at": now,
-    }}, upsert=True)
+    await db[c.ACCOUNTS].update_one(
+        {"_id": account_id},
+        {"$setOnInsert": {"name": f"acc{account_id}", "balance": balance, "created_at": now}},
+        upsert=True,
+    )
+    await db[c.SENDING_LISTS].update_one(
+        {"_id": list_id},
+        {
+            "$set": {
+                "account_id": account_id,
+                "name": f"list{list_id}",
+                "driver": driver,
+                "driver_settings": {},
+                "from_number": "+15550000000",
+                "rate_limit_per_minute": rate,
+                "price_per_segment": price,
+                "blocked_words": blocked_words or [],
+                "active": True,
+                "cooldown_minutes": 0,
+                "quiet_hours": quiet or {"start": "08:00", "end": "21:00", "default_timezone": "UTC"},
+                "created_at": now,
+            }
+        },
+        upsert=True,
+    )
     contacts, queued, ids = [], [], []
     for k in range(n):
         cid = first_contact + k
         phone = f"+1202{list_id:03d}{cid:04d}"[:12]
-        contacts.append({"_id": cid, "sending_list_id": list_id, "phone": phone, "timezone": tz, "subscribed": True,
-                         "blocked": False, "attributes": {}, "created_at": now, "updated_at": now})
+        contacts.append(
+            {
+                "_id": cid,
+                "sending_list_id": list_id,
+                "phone": phone,
+                "timezone": tz,
+                "subscribed": True,
+                "blocked": False,
+                "attributes": {},
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
         mid = f"{list_id:04x}{execution_id:04x}{cid:08x}"
         ids.append(mid)
         text = body.format(i=k)
-        queued.append({"_id": mid, "sending_list_id": list_id, "account_id": account_id, "campaign_id": 1,
-                       "execution_id": execution_id, "contact_id": cid, "creative_id": 1, "variant_key": "a",
-                       "from_number": "+15550000000", "to_number": phone, "body": text, "length": len(text),
-                       "segments": 1, "encoding": "GSM-7", "send_type": "campaign", "sendtime": sendtime,
-                       "created_at": now, "not_before": None, "claimed_by": None, "claimed_at": None,
-                       "sending_at": None, "billing_blocked_since": None, "attempts": 0})
+        queued.append(
+            {
+                "_id": mid,
+                "sending_list_id": list_id,
+                "account_id": account_id,
+                "campaign_id": 1,
+                "execution_id": execution_id,
+                "contact_id": cid,
+                "creative_id": 1,
+                "variant_key": "a",
+                "from_number": "+15550000000",
+                "to_number": phone,
+                "body": text,
+                "length": len(text),
+                "segments": 1,
+                "encoding": "GSM-7",
+                "send_type": "campaign",
+                "sendtime": sendtime,
+                "created_at": now,
+                "not_before": None,
+                "claimed_by": None,
+                "claimed_at": None,
+                "sending_at": None,
+                "billing_blocked_since": None,
+                "attempts": 0,
+            }
+        )
     if contacts:
         await db[c.CONTACTS].insert_many(contacts)
         await db[c.QUEUED].insert_many(queued)
@@ -102,12 +164,19 @@ async def assert_one_record_each(store: Store, ids: list[str]) -> dict[str, int]
 
 def write_config(path: Path, settings: Settings, drivers: dict[str, dict[str, Any]], **executor: Any) -> Path:
     """A TOML config for an executor subprocess talking to the test's store, Redis and fakes."""
+
     def val(v: Any) -> str:
         return json.dumps(v)
 
-    lines = ["[daemon]", f"data_dir = {val(str(settings.daemon.data_dir))}", "",
-             "[mongo]", f"uri = {val(settings.mongo.uri.get_secret_value())}",
-             f"database = {val(settings.mongo.database)}", ""]
+    lines = [
+        "[daemon]",
+        f"data_dir = {val(str(settings.daemon.data_dir))}",
+        "",
+        "[mongo]",
+        f"uri = {val(settings.mongo.uri.get_secret_value())}",
+        f"database = {val(settings.mongo.database)}",
+        "",
+    ]
     if settings.redis.url is not None:
         lines += ["[redis]", f"url = {val(settings.redis.url.get_secret_value())}", ""]
     lines += ["[http]", "enabled = false", "", "[scheduler]", "enabled = false", "", "[executor]"]

@@ -51,11 +51,29 @@ async def post(cl: TestClient[Any, Any], path: str, body: Any, status: int = 201
 
 async def seed(cl: TestClient[Any, Any]) -> dict[str, int]:
     acc = await post(cl, "/accounts", {"name": "Acme", "balance": 100, "webhook_secret": "s3cret-value"})
-    lst = await post(cl, "/sending-lists", {"account_id": acc["id"], "name": "L", "driver": "echo",
-                                            "driver_settings": {"api_key": "very-secret"}, "from_number": "+15550001111"})
-    aud = await post(cl, "/audiences", {"sending_list_id": lst["id"], "name": "all", "filter": {"subscribed": {"eq": True}}})
-    cre = await post(cl, "/creatives", {"account_id": acc["id"], "name": "c",
-                                        "variants": [{"key": "a", "body": "Hi {first_name|there}", "weight": 1}]})
+    lst = await post(
+        cl,
+        "/sending-lists",
+        {
+            "account_id": acc["id"],
+            "name": "L",
+            "driver": "echo",
+            "driver_settings": {"api_key": "very-secret"},
+            "from_number": "+15550001111",
+        },
+    )
+    aud = await post(
+        cl, "/audiences", {"sending_list_id": lst["id"], "name": "all", "filter": {"subscribed": {"eq": True}}}
+    )
+    cre = await post(
+        cl,
+        "/creatives",
+        {
+            "account_id": acc["id"],
+            "name": "c",
+            "variants": [{"key": "a", "body": "Hi {first_name|there}", "weight": 1}],
+        },
+    )
     return {"account": acc["id"], "list": lst["id"], "audience": aud["id"], "creative": cre["id"]}
 
 
@@ -88,18 +106,37 @@ async def test_create_and_get_masks_secrets(client: TestClient[Any, Any]) -> Non
 async def test_validation_errors_have_field_paths(client: TestClient[Any, Any]) -> None:
     """Invalid bodies answer 422 with body.field.path locations; unknown keys are refused."""
     ids = await seed(client)
-    r = await client.post("/api/v1/sending-lists", headers=H, json={
-        "account_id": ids["account"], "name": "x", "driver": "echo", "from_number": "+15550001111",
-        "quiet_hours": {"start": "25:00"}, "colour": "red"})
+    r = await client.post(
+        "/api/v1/sending-lists",
+        headers=H,
+        json={
+            "account_id": ids["account"],
+            "name": "x",
+            "driver": "echo",
+            "from_number": "+15550001111",
+            "quiet_hours": {"start": "25:00"},
+            "colour": "red",
+        },
+    )
     data = await r.json()
     assert r.status == 422 and data["error"] == "validation"
     locs = {d["loc"] for d in data["details"]}
     assert {"body.quiet_hours.start", "body.colour"} <= locs
-    r = await client.post("/api/v1/creatives", headers=H, json={"account_id": ids["account"], "name": "c",
-                                                                "variants": [{"key": "a", "body": ""}]})
+    r = await client.post(
+        "/api/v1/creatives",
+        headers=H,
+        json={"account_id": ids["account"], "name": "c", "variants": [{"key": "a", "body": ""}]},
+    )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.variants.0.body"
-    r = await client.post("/api/v1/creatives", headers=H, json={"account_id": ids["account"], "name": "c", "variants": [
-        {"key": "a", "body": "ok {first_name}"}, {"key": "b", "body": "50% off {oops"}]})
+    r = await client.post(
+        "/api/v1/creatives",
+        headers=H,
+        json={
+            "account_id": ids["account"],
+            "name": "c",
+            "variants": [{"key": "a", "body": "ok {first_name}"}, {"key": "b", "body": "50% off {oops"}],
+        },
+    )
     data = await r.json()
     assert r.status == 422 and data["details"][0]["loc"] == "body.variants.1.body" and "stray" in data["message"]
 
@@ -111,10 +148,15 @@ async def test_driver_and_filter_validated(client: TestClient[Any, Any]) -> None
     r = await client.post("/api/v1/sending-lists", headers=H, json={**base, "driver": "nosuch"})
     data = await r.json()
     assert r.status == 422 and data["details"][0]["loc"] == "body.driver" and "nosuch" in data["message"]
-    r = await client.post("/api/v1/sending-lists", headers=H, json={**base, "driver": "echo", "driver_settings": {"bogus": 1}})
+    r = await client.post(
+        "/api/v1/sending-lists", headers=H, json={**base, "driver": "echo", "driver_settings": {"bogus": 1}}
+    )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.driver_settings"
-    r = await client.post("/api/v1/audiences", headers=H, json={"sending_list_id": ids["list"], "name": "a",
-                                                                "filter": {"phone": {"regex": ".*"}}})
+    r = await client.post(
+        "/api/v1/audiences",
+        headers=H,
+        json={"sending_list_id": ids["list"], "name": "a", "filter": {"phone": {"regex": ".*"}}},
+    )
     data = await r.json()
     assert r.status == 422 and data["details"][0]["loc"].startswith("body.filter") and "regex" in data["message"]
 
@@ -122,18 +164,36 @@ async def test_driver_and_filter_validated(client: TestClient[Any, Any]) -> None
 async def test_unknown_ids_404_naming_which(client: TestClient[Any, Any]) -> None:
     """Unknown path ids and referenced ids answer 404 naming the resource."""
     ids = await seed(client)
-    for path in ("/accounts/999", "/sending-lists/999", "/audiences/999", "/creatives/999", "/campaigns/999",
-                 "/executions/999", "/contacts/999", "/accounts/abc", "/campaigns/999/stats"):
+    for path in (
+        "/accounts/999",
+        "/sending-lists/999",
+        "/audiences/999",
+        "/creatives/999",
+        "/campaigns/999",
+        "/executions/999",
+        "/contacts/999",
+        "/accounts/abc",
+        "/campaigns/999/stats",
+    ):
         r = await client.get(f"/api/v1{path}", headers=H)
         assert r.status == 404, path
-    camp = {"account_id": ids["account"], "sending_list_id": ids["list"], "audience_ids": [ids["audience"], 77],
-            "creative_id": ids["creative"]}
+    camp = {
+        "account_id": ids["account"],
+        "sending_list_id": ids["list"],
+        "audience_ids": [ids["audience"], 77],
+        "creative_id": ids["creative"],
+    }
     r = await client.post("/api/v1/campaigns", headers=H, json=camp)
     assert r.status == 404 and "audience 77" in (await r.json())["message"]
-    r = await client.post("/api/v1/campaigns", headers=H, json={**camp, "audience_ids": [ids["audience"]], "creative_id": 55})
+    r = await client.post(
+        "/api/v1/campaigns", headers=H, json={**camp, "audience_ids": [ids["audience"]], "creative_id": 55}
+    )
     assert r.status == 404 and "creative 55" in (await r.json())["message"]
-    r = await client.post("/api/v1/sending-lists", headers=H, json={"account_id": 42, "name": "x", "driver": "echo",
-                                                                    "from_number": "+15550001111"})
+    r = await client.post(
+        "/api/v1/sending-lists",
+        headers=H,
+        json={"account_id": 42, "name": "x", "driver": "echo", "from_number": "+15550001111"},
+    )
     assert r.status == 404 and "account 42" in (await r.json())["message"]
     r = await client.post("/api/v1/campaigns/999/trigger", headers=H)
     assert r.status == 404
@@ -172,18 +232,28 @@ async def test_pagination(client: TestClient[Any, Any]) -> None:
 async def test_contacts_bulk_upsert(client: TestClient[Any, Any]) -> None:
     """Bulk upsert normalises phones, reports bad rows by index and keeps the good ones."""
     ids = await seed(client)
-    rows = [{"phone": "(212) 555-0100", "first_name": "Ann", "attributes": {"tier": "gold"}},
-            {"phone": "not a phone"},
-            {"phone": "+44 20 7946 0958", "timezone": "Mars/Base"},
-            {"phone": "+44 20 7946 0958", "subscribed": "no"},
-            "junk",
-            {"phone": "212-555-0101", "extra": 1}]
+    rows = [
+        {"phone": "(212) 555-0100", "first_name": "Ann", "attributes": {"tier": "gold"}},
+        {"phone": "not a phone"},
+        {"phone": "+44 20 7946 0958", "timezone": "Mars/Base"},
+        {"phone": "+44 20 7946 0958", "subscribed": "no"},
+        "junk",
+        {"phone": "212-555-0101", "extra": 1},
+    ]
     data = await post(client, f"/sending-lists/{ids['list']}/contacts", {"contacts": rows}, 200)
     assert data["inserted"] == 2 and data["updated"] == 0
     assert [(x["index"], x["reason"][:14]) for x in data["rejected"]] == [
-        (1, "invalid phone "), (2, "timezone: Valu"), (4, "row must be an"), (5, "extra: unknown")]
-    again = await post(client, f"/sending-lists/{ids['list']}/contacts",
-                       {"contacts": [{"phone": "+12125550100", "last_name": "Lee", "attributes": {"n": 1}}]}, 200)
+        (1, "invalid phone "),
+        (2, "timezone: Valu"),
+        (4, "row must be an"),
+        (5, "extra: unknown"),
+    ]
+    again = await post(
+        client,
+        f"/sending-lists/{ids['list']}/contacts",
+        {"contacts": [{"phone": "+12125550100", "last_name": "Lee", "attributes": {"n": 1}}]},
+        200,
+    )
     assert again == {"inserted": 0, "updated": 1, "rejected": []}
     r = await client.get(f"/api/v1/sending-lists/{ids['list']}/contacts", headers=H)
     items = {c["phone"]: c for c in (await r.json())["items"]}
@@ -195,12 +265,18 @@ async def test_contacts_bulk_upsert(client: TestClient[Any, Any]) -> None:
 async def test_campaign_schedule_validation(client: TestClient[Any, Any]) -> None:
     """A campaign's schedule must be a future time or a valid cron in a valid zone; ownership is checked."""
     ids = await seed(client)
-    camp = {"account_id": ids["account"], "sending_list_id": ids["list"], "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"]}
+    camp = {
+        "account_id": ids["account"],
+        "sending_list_id": ids["list"],
+        "audience_ids": [ids["audience"]],
+        "creative_id": ids["creative"],
+    }
     past = (utcnow() - dt.timedelta(hours=1)).isoformat()
     r = await client.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"at": past}})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.schedule.at"
-    r = await client.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"cron": "0 9 * * *", "timezone": "Nowhere/X"}})
+    r = await client.post(
+        "/api/v1/campaigns", headers=H, json={**camp, "schedule": {"cron": "0 9 * * *", "timezone": "Nowhere/X"}}
+    )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.schedule.timezone"
     r = await client.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"at": past, "cron": "0 9 * * *"}})
     assert r.status == 422
@@ -216,8 +292,12 @@ async def test_campaign_cron_schedule(client: TestClient[Any, Any]) -> None:
     """A cron schedule sets next_run_at to its next occurrence; an invalid cron is a 422."""
     pytest.importorskip("trackly_exec.cron")
     ids = await seed(client)
-    camp = {"account_id": ids["account"], "sending_list_id": ids["list"], "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"]}
+    camp = {
+        "account_id": ids["account"],
+        "sending_list_id": ids["list"],
+        "audience_ids": [ids["audience"]],
+        "creative_id": ids["creative"],
+    }
     c1 = await post(client, "/campaigns", {**camp, "schedule": {"cron": "30 9 * * *", "timezone": "Europe/Amsterdam"}})
     nxt = dt.datetime.fromisoformat(c1["next_run_at"])
     local = nxt.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Amsterdam"))
@@ -230,11 +310,23 @@ async def test_pause_resume_trigger_stats(client: TestClient[Any, Any], trackly:
     """Pause blocks triggers (409), resume allows them; trigger returns an execution with counts; stats answer."""
     pytest.importorskip("trackly_exec.scheduler")
     ids = await seed(client)
-    await post(client, f"/sending-lists/{ids['list']}/contacts",
-               {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": "UTC"} for n in range(100, 110)]}, 200)
-    camp = await post(client, "/campaigns", {"account_id": ids["account"], "sending_list_id": ids["list"],
-                                             "audience_ids": [ids["audience"]], "creative_id": ids["creative"],
-                                             "quiet_hours_policy": "hold"})
+    await post(
+        client,
+        f"/sending-lists/{ids['list']}/contacts",
+        {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": "UTC"} for n in range(100, 110)]},
+        200,
+    )
+    camp = await post(
+        client,
+        "/campaigns",
+        {
+            "account_id": ids["account"],
+            "sending_list_id": ids["list"],
+            "audience_ids": [ids["audience"]],
+            "creative_id": ids["creative"],
+            "quiet_hours_policy": "hold",
+        },
+    )
     assert (await post(client, f"/campaigns/{camp['id']}/pause", None, 200))["status"] == "paused"
     r = await client.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
     assert r.status == 409
@@ -245,7 +337,10 @@ async def test_pause_resume_trigger_stats(client: TestClient[Any, Any], trackly:
     assert ex["campaign_id"] == camp["id"] and ex["counts"]["unique"] == 10
     r = await client.get(f"/api/v1/campaigns/{camp['id']}/stats", headers=H)
     stats = await r.json()
-    assert stats["executions"] == 1 and stats["queued"] + stats["sent"] + sum(stats["failed"].values()) == ex["counts"]["queued"]
+    assert (
+        stats["executions"] == 1
+        and stats["queued"] + stats["sent"] + sum(stats["failed"].values()) == ex["counts"]["queued"]
+    )
     r = await client.get(f"/api/v1/executions?campaign_id={camp['id']}", headers=H)
     assert [e["id"] for e in (await r.json())["items"]] == [out["execution_id"]]
 
@@ -272,18 +367,67 @@ async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
     """Random and hostile bodies on every POST route get 4xx answers, never a 500."""
     ids = await seed(client)
     rnd = random.Random(4)
-    values: list[Any] = [None, True, -1, 0, 2**70, -(2**70), 1.5e308, "", "x" * 300, "\x00", [], {}, [1, "a"],
-                         {"$gt": 1}, {"a\x00": 1}, "\ud800", {"\udfff": 1}, {"nested": {"deep": [{"x": 1}]}}, "2026-01-01T00:00:00",
-                         ids["account"], ids["list"], "+15550001111", "echo", [{"key": "a", "body": "b"}]]
-    fields = ["name", "balance", "account_id", "sending_list_id", "driver", "driver_settings", "from_number",
-              "quiet_hours", "filter", "contact_ids", "variants", "audience_ids", "creative_id", "schedule",
-              "contacts", "phone", "webhook_url", "selection", "rate_limit_per_minute", "default_region"]
-    paths = ["/accounts", "/sending-lists", f"/sending-lists/{ids['list']}/contacts", "/audiences", "/creatives",
-             "/campaigns", "/campaigns/1/pause"]
+    values: list[Any] = [
+        None,
+        True,
+        -1,
+        0,
+        2**70,
+        -(2**70),
+        1.5e308,
+        "",
+        "x" * 300,
+        "\x00",
+        [],
+        {},
+        [1, "a"],
+        {"$gt": 1},
+        {"a\x00": 1},
+        "\ud800",
+        {"\udfff": 1},
+        {"nested": {"deep": [{"x": 1}]}},
+        "2026-01-01T00:00:00",
+        ids["account"],
+        ids["list"],
+        "+15550001111",
+        "echo",
+        [{"key": "a", "body": "b"}],
+    ]
+    fields = [
+        "name",
+        "balance",
+        "account_id",
+        "sending_list_id",
+        "driver",
+        "driver_settings",
+        "from_number",
+        "quiet_hours",
+        "filter",
+        "contact_ids",
+        "variants",
+        "audience_ids",
+        "creative_id",
+        "schedule",
+        "contacts",
+        "phone",
+        "webhook_url",
+        "selection",
+        "rate_limit_per_minute",
+        "default_region",
+    ]
+    paths = [
+        "/accounts",
+        "/sending-lists",
+        f"/sending-lists/{ids['list']}/contacts",
+        "/audiences",
+        "/creatives",
+        "/campaigns",
+        "/campaigns/1/pause",
+    ]
     deep: Any = 1
     for _ in range(200):
         deep = [deep]
-    bodies: list[Any] = [b"", b"[]", b'"str"', b"1e999999", json.dumps(deep).encode(), b"\xff\xfe", b"{\"a\":}"]
+    bodies: list[Any] = [b"", b"[]", b'"str"', b"1e999999", json.dumps(deep).encode(), b"\xff\xfe", b'{"a":}']
     for _ in range(250):
         bodies.append(json.dumps({rnd.choice(fields): rnd.choice(values) for _ in range(rnd.randint(0, 6))}).encode())
     bodies.append(json.dumps({"contacts": [{"phone": v} for v in values if not isinstance(v, float)]}).encode())
@@ -291,8 +435,17 @@ async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
         path = paths[i % len(paths)]
         r = await client.post(f"/api/v1{path}", headers=H, data=body)
         assert r.status < 500, (path, body[:200], await r.text())
-    for query in ("limit=abc", "after=-1", f"after={2**64}", "limit=1e3", "after=1&after=2", "x=1",
-                  f"campaign_id={2**70}", "limit=%00", "after=%F0%9F%92%A9"):
+    for query in (
+        "limit=abc",
+        "after=-1",
+        f"after={2**64}",
+        "limit=1e3",
+        "after=1&after=2",
+        "x=1",
+        f"campaign_id={2**70}",
+        "limit=%00",
+        "after=%F0%9F%92%A9",
+    ):
         for path in ("/accounts", "/executions", f"/sending-lists/{ids['list']}/contacts", f"/accounts/{2**64}"):
             r = await client.get(f"/api/v1{path}?{query}", headers=H)
             assert r.status < 500, (path, query, await r.text())
@@ -310,9 +463,17 @@ def test_openapi_document_is_valid() -> None:
 async def test_resume_recomputes_cron_from_now(client: TestClient[Any, Any], trackly: Trackly) -> None:
     """Resuming a recurring campaign sets next_run_at to the next occurrence after now (no burst of missed ones)."""
     ids = await seed(client)
-    camp = await post(client, "/campaigns", {"account_id": ids["account"], "sending_list_id": ids["list"],
-                                             "audience_ids": [ids["audience"]], "creative_id": ids["creative"],
-                                             "schedule": {"cron": "*/5 * * * *", "timezone": "UTC"}})
+    camp = await post(
+        client,
+        "/campaigns",
+        {
+            "account_id": ids["account"],
+            "sending_list_id": ids["list"],
+            "audience_ids": [ids["audience"]],
+            "creative_id": ids["creative"],
+            "schedule": {"cron": "*/5 * * * *", "timezone": "UTC"},
+        },
+    )
     await post(client, f"/campaigns/{camp['id']}/pause", None, 200)
     long_ago = utcnow() - dt.timedelta(days=3)
     await trackly.db["campaigns"].update_one({"_id": camp["id"]}, {"$set": {"next_run_at": long_ago}})
@@ -346,7 +507,8 @@ async def test_store_down_is_503(trackly: Trackly) -> None:
     from trackly_exec.store import Store
 
     dead: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", serverSelectionTimeoutMS=300, tz_aware=True)
+        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", serverSelectionTimeoutMS=300, tz_aware=True
+    )
     down = Trackly(trackly.settings, Store(dead, dead["x"]))
     app = web.Application()
     api.setup(app, down)
@@ -358,21 +520,35 @@ async def test_store_down_is_503(trackly: Trackly) -> None:
         await dead.close()
 
 
-async def test_pause_holds_queued_messages_and_resume_sends_them(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_pause_holds_queued_messages_and_resume_sends_them(
+    client: TestClient[Any, Any], trackly: Trackly
+) -> None:
     """Pausing a campaign mid-send holds its queued messages (the executor sends none); resuming sends them all."""
+    import datetime as dt
+
     from trackly_exec import constants as c
     from trackly_exec.coordinator import Coordinator
-
-    import datetime as dt
 
     offset = 12 - dt.datetime.now(dt.UTC).hour  # a zone where it is about noon now: inside the quiet-hours window
     noon = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
     ids = await seed(client)
-    await post(client, f"/sending-lists/{ids['list']}/contacts",
-               {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": noon} for n in range(100, 120)]}, 200)
-    camp = await post(client, "/campaigns", {"account_id": ids["account"], "sending_list_id": ids["list"],
-                                             "audience_ids": [ids["audience"]], "creative_id": ids["creative"],
-                                             "quiet_hours_policy": "hold"})
+    await post(
+        client,
+        f"/sending-lists/{ids['list']}/contacts",
+        {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": noon} for n in range(100, 120)]},
+        200,
+    )
+    camp = await post(
+        client,
+        "/campaigns",
+        {
+            "account_id": ids["account"],
+            "sending_list_id": ids["list"],
+            "audience_ids": [ids["audience"]],
+            "creative_id": ids["creative"],
+            "quiet_hours_policy": "hold",
+        },
+    )
     await post(client, f"/campaigns/{camp['id']}/trigger", None, 202)
     queued = await trackly.db[c.QUEUED].count_documents({})
     assert queued > 0

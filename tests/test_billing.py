@@ -61,8 +61,9 @@ async def test_blocked_again_keeps_first_block_time(settings: Settings, store: S
     """A message blocked again within the TTL keeps its first-block time and gets a new backoff."""
     ids = await seed(store, 1, price=1.0, balance=0.0)
     first = utcnow() - dt.timedelta(minutes=30)
-    await store.db[c.QUEUED].update_one({"_id": ids[0]}, {"$set": {"billing_blocked_since": first,
-                                                                   "not_before": utcnow() - dt.timedelta(seconds=1)}})
+    await store.db[c.QUEUED].update_one(
+        {"_id": ids[0]}, {"$set": {"billing_blocked_since": first, "not_before": utcnow() - dt.timedelta(seconds=1)}}
+    )
     coord = await executor(settings, store, fakes)
     await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
@@ -73,8 +74,15 @@ async def test_blocked_again_keeps_first_block_time(settings: Settings, store: S
 async def test_billing_ttl_dead_letters(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
     """Still blocked 60 minutes after the first block: FailedMessage BILLING_BLOCKED, never sent."""
     ids = await seed(store, 2, price=1.0, balance=0.0)
-    await store.db[c.QUEUED].update_many({"_id": {"$in": ids}}, {"$set": {
-        "billing_blocked_since": utcnow() - dt.timedelta(minutes=61), "not_before": utcnow() - dt.timedelta(seconds=1)}})
+    await store.db[c.QUEUED].update_many(
+        {"_id": {"$in": ids}},
+        {
+            "$set": {
+                "billing_blocked_since": utcnow() - dt.timedelta(minutes=61),
+                "not_before": utcnow() - dt.timedelta(seconds=1),
+            }
+        },
+    )
     coord = await executor(settings, store, fakes)
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
@@ -89,7 +97,9 @@ async def test_topped_up_account_sends(settings: Settings, store: Store, fakes: 
     coord = await executor(settings, store, fakes)
     await coord.run_until_idle()
     await store.db[c.ACCOUNTS].update_one({"_id": 1}, {"$set": {"balance": 5.0}})
-    await store.db[c.QUEUED].update_many({"_id": {"$in": ids}}, {"$set": {"not_before": utcnow() - dt.timedelta(seconds=1)}})
+    await store.db[c.QUEUED].update_many(
+        {"_id": {"$in": ids}}, {"$set": {"not_before": utcnow() - dt.timedelta(seconds=1)}}
+    )
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
     assert counts["sent"] == 2 and await balance(store) == pytest.approx(3.0)

@@ -40,13 +40,15 @@ async def run(server: str, *argv: str) -> int:
 
 async def setup_list(trackly: Trackly) -> tuple[int, int]:
     await trackly.db[c.ACCOUNTS].insert_one({"_id": 1, "name": "A", "balance": 10.0})
-    await trackly.db[c.SENDING_LISTS].insert_one({"_id": 1, "account_id": 1, "name": "L", "driver": "echo",
-                                                 "driver_settings": {}, "from_number": "+15550001111"})
+    await trackly.db[c.SENDING_LISTS].insert_one(
+        {"_id": 1, "account_id": 1, "name": "L", "driver": "echo", "driver_settings": {}, "from_number": "+15550001111"}
+    )
     return 1, 1
 
 
-async def test_contacts_import_reports_rejects_by_line(server: str, trackly: Trackly, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+async def test_contacts_import_reports_rejects_by_line(
+    server: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A CSV imports in chunks; bad rows are reported with their CSV line and the good rows are stored."""
     await setup_list(trackly)
     f = tmp_path / "contacts.csv"
@@ -55,8 +57,18 @@ async def test_contacts_import_reports_rejects_by_line(server: str, trackly: Tra
         w.writerow(["phone", "first_name", "last_name", "timezone", "subscribed", "in_workflow", "tier", "zip"])
         for i in range(2500):
             phone = "not-a-phone" if i % 500 == 7 else f"+1212{3000000 + i:07d}"
-            w.writerow([phone, f"F{i}", "L", "America/New_York" if i % 2 else "", "yes", "" if i % 3 else "true",
-                        "gold" if i % 4 == 0 else "silver", "01234"])
+            w.writerow(
+                [
+                    phone,
+                    f"F{i}",
+                    "L",
+                    "America/New_York" if i % 2 else "",
+                    "yes",
+                    "" if i % 3 else "true",
+                    "gold" if i % 4 == 0 else "silver",
+                    "01234",
+                ]
+            )
     rejects = tmp_path / "rejects.csv"
     assert await run(server, "contacts", "import", str(f), "--list", "1", "--rejects", str(rejects)) == 0
     out = capsys.readouterr()
@@ -72,8 +84,9 @@ async def test_contacts_import_reports_rejects_by_line(server: str, trackly: Tra
     assert "inserted 0, updated 2,495, rejected 5" in capsys.readouterr().out
 
 
-async def test_import_errors_are_clear(server: str, trackly: Trackly, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+async def test_import_errors_are_clear(
+    server: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An unknown list, a missing phone column and a wrong token exit non-zero with a clear message."""
     f = tmp_path / "c.csv"
     f.write_text("phone\n+12125550100\n")
@@ -90,13 +103,21 @@ async def test_import_errors_are_clear(server: str, trackly: Trackly, tmp_path: 
     assert code == 1 and "refused the API token" in capsys.readouterr().err
 
 
-async def test_campaign_commands_and_stats(server: str, trackly: Trackly, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+async def test_campaign_commands_and_stats(
+    server: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """campaign create/list/pause/resume and stats work through the API."""
     await setup_list(trackly)
     await trackly.db[c.AUDIENCES].insert_one({"_id": 1, "sending_list_id": 1, "name": "a", "filter": {}})
-    await trackly.db[c.CREATIVES].insert_one({"_id": 1, "account_id": 1, "name": "c", "selection": "split",
-                                             "variants": [{"key": "a", "body": "hi", "weight": 1}]})
+    await trackly.db[c.CREATIVES].insert_one(
+        {
+            "_id": 1,
+            "account_id": 1,
+            "name": "c",
+            "selection": "split",
+            "variants": [{"key": "a", "body": "hi", "weight": 1}],
+        }
+    )
     spec = {"account_id": 1, "sending_list_id": 1, "audience_ids": [1], "creative_id": 1, "track_links": True}
     f = tmp_path / "camp.json"
     f.write_text(json.dumps(spec))
@@ -113,10 +134,12 @@ async def test_campaign_commands_and_stats(server: str, trackly: Trackly, tmp_pa
     await trackly.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"active": False}})
     assert await run(server, "campaign", "trigger", str(created["id"])) == 1
     assert "failed:" in capsys.readouterr().err
-    await trackly.db[c.SENT].insert_many([
-        {"_id": f"m{i}", "campaign_id": created["id"], "variant_key": "a", "delivered": i < 3} for i in range(4)])
-    await trackly.db[c.FAILED].insert_one({"_id": "f1", "campaign_id": created["id"], "variant_key": "a",
-                                          "reason": "PROVIDER_ERROR"})
+    await trackly.db[c.SENT].insert_many(
+        [{"_id": f"m{i}", "campaign_id": created["id"], "variant_key": "a", "delivered": i < 3} for i in range(4)]
+    )
+    await trackly.db[c.FAILED].insert_one(
+        {"_id": "f1", "campaign_id": created["id"], "variant_key": "a", "reason": "PROVIDER_ERROR"}
+    )
     capsys.readouterr()
     assert await run(server, "stats", str(created["id"])) == 0
     out = capsys.readouterr().out
@@ -127,12 +150,20 @@ def test_daemon_not_running_message(tmp_path: Path) -> None:
     """With no daemon listening, the CLI says so (at the configured address) and how to start it, and exits 1."""
     cfg = tmp_path / "t.toml"
     cfg.write_text(f'[http]\nport = {free_port()}\napi_tokens = ["t"]\n')
-    r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "campaign", "list", "-c", str(cfg)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "campaign", "list", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and "cannot reach the trackly daemon" in r.stderr and "trackly run" in r.stderr
     port = cfg.read_text().split("port = ")[1].split()[0]
-    r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "-c", str(cfg), "stats", "1"],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "-c", str(cfg), "stats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr  # -c before the command is honoured too
 
 

@@ -17,19 +17,27 @@ from trackly_exec.variants import chooser_for, split_chooser, thompson_shares
 
 from .campaign_fixtures import contact, register_echo, seed_campaign
 
-PERSON = {"_id": 7, "first_name": "Zoë", "last_name": "", "phone": "+12122000007",
-          "attributes": {"city": "Lyon", "n": 3.0, "vip": True, "empty": "  "}}
+PERSON = {
+    "_id": 7,
+    "first_name": "Zoë",
+    "last_name": "",
+    "phone": "+12122000007",
+    "attributes": {"city": "Lyon", "n": 3.0, "vip": True, "empty": "  "},
+}
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ("Hi {first_name}!", "Hi Zoë!"),
-    ("Hi {last_name|friend}", "Hi friend"),                     # empty value -> default
-    ("{city} / {attributes.city} / {n} / {vip}", "Lyon / Lyon / 3 / true"),
-    ("{nope|}x", "x"),                                           # empty default is a default
-    ("{{literal}} {{ and }}", "{literal} { and }"),
-    ("{ first_name | there }", "Zoë"),
-    ("call {phone}", "call +12122000007"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("Hi {first_name}!", "Hi Zoë!"),
+        ("Hi {last_name|friend}", "Hi friend"),  # empty value -> default
+        ("{city} / {attributes.city} / {n} / {vip}", "Lyon / Lyon / 3 / true"),
+        ("{nope|}x", "x"),  # empty default is a default
+        ("{{literal}} {{ and }}", "{literal} { and }"),
+        ("{ first_name | there }", "Zoë"),
+        ("call {phone}", "call +12122000007"),
+    ],
+)
 def test_placeholders(body: str, expected: str) -> None:
     """Fields, attributes, defaults and escaped braces render as documented."""
     assert render(parse_body(body), PERSON) == expected
@@ -56,18 +64,27 @@ def test_links_are_tracked_with_random_codes() -> None:
     assert [d for _, d in links] == ["https://shop.example/x?a=1&b=2", "http://e.org/p"]
     codes = [code for code, _ in links]
     assert all(len(code) == 12 for code in codes) and len(set(codes)) == 2
-    assert out == f"Sale! https://t.example/l/{codes[0]}. And https://t.example/l/{codes[1]}) and https://t.example/l/keep"
+    assert (
+        out == f"Sale! https://t.example/l/{codes[0]}. And https://t.example/l/{codes[1]}) and https://t.example/l/keep"
+    )
     assert find_urls(out)[0] == f"https://t.example/l/{codes[0]}"
     assert len({track(body, "https://t.example/l")[1][0][0] for _ in range(200)}) == 200
 
 
 def test_composer_footer_links_and_segments() -> None:
     """The footer goes on its own line after link replacement; segments are computed on the final text."""
-    creative = {"_id": 3, "variants": [{"key": "A", "body": "Hi {first_name|there}, see https://example.com/offer", "weight": 1}]}
-    comp = Composer(execution={"_id": 9}, campaign={"_id": 2, "account_id": 1, "track_links": True},
-                    sending_list={"_id": 1, "from_number": "+15550001111", "opt_out_footer": "STOP to end"},
-                    creative=creative, chooser=split_chooser([Variant(**creative["variants"][0])]),
-                    short_base="http://127.0.0.1:8080/l")
+    creative = {
+        "_id": 3,
+        "variants": [{"key": "A", "body": "Hi {first_name|there}, see https://example.com/offer", "weight": 1}],
+    }
+    comp = Composer(
+        execution={"_id": 9},
+        campaign={"_id": 2, "account_id": 1, "track_links": True},
+        sending_list={"_id": 1, "from_number": "+15550001111", "opt_out_footer": "STOP to end"},
+        creative=creative,
+        chooser=split_chooser([Variant(**creative["variants"][0])]),
+        short_base="http://127.0.0.1:8080/l",
+    )
     now = utcnow()
     made = comp.compose({"_id": 5, "first_name": None}, "+12122000005", now)
     assert made is not None
@@ -81,13 +98,19 @@ def test_composer_footer_links_and_segments() -> None:
     assert link.message_id == msg.id and link.destination == "https://example.com/offer" and link.creative_id == 3
     long = comp.compose({"_id": 6, "first_name": "ж" * 80}, "+12122000006", now)
     assert long is not None and long[0]["encoding"] == "UCS-2"
-    assert long[0]["length"] == 80 + 9 + 36 + 12 and long[0]["segments"] == 3    # 137 units / 67 per part
+    assert long[0]["length"] == 80 + 9 + 36 + 12 and long[0]["segments"] == 3  # 137 units / 67 per part
 
 
 def test_split_is_within_one_point_over_100k() -> None:
     """The deterministic split lands within 1 point of 70/20/10 over 100k contacts and is stable per contact."""
-    ch = split_chooser([Variant(key="A", body="a", weight=70), Variant(key="B", body="b", weight=20),
-                        Variant(key="C", body="c", weight=10), Variant(key="Z", body="z", weight=0)])
+    ch = split_chooser(
+        [
+            Variant(key="A", body="a", weight=70),
+            Variant(key="B", body="b", weight=20),
+            Variant(key="C", body="c", weight=10),
+            Variant(key="Z", body="z", weight=0),
+        ]
+    )
     got = Counter(ch.choose(42, cid) for cid in range(100_000))
     assert abs(got["A"] / 1000 - 70) < 1 and abs(got["B"] / 1000 - 20) < 1 and abs(got["C"] / 1000 - 10) < 1
     assert got["Z"] == 0
@@ -105,17 +128,34 @@ def test_thompson_prefers_the_better_variant() -> None:
 
 async def test_learned_uses_human_clicks_after_enough_sends(trackly: Trackly) -> None:
     """Learned selection uses the split until each variant has N sends, then favours the variant with more human clicks."""
-    creative = {"_id": 1, "selection": "learned", "variants": [
-        {"key": "A", "body": "a", "weight": 1}, {"key": "B", "body": "b", "weight": 1}]}
+    creative = {
+        "_id": 1,
+        "selection": "learned",
+        "variants": [{"key": "A", "body": "a", "weight": 1}, {"key": "B", "body": "b", "weight": 1}],
+    }
     assert (await chooser_for(trackly.db, creative, 1, min_sends=50)).mode == "split"
-    sent = [{"_id": f"{k}{i}", "creative_id": 1, "variant_key": k, "sending_list_id": 1, "timestamp": utcnow()}
-            for k in "AB" for i in range(60)]
+    sent = [
+        {"_id": f"{k}{i}", "creative_id": 1, "variant_key": k, "sending_list_id": 1, "timestamp": utcnow()}
+        for k in "AB"
+        for i in range(60)
+    ]
     await trackly.db[c.SENT].insert_many(sent)
     # A: 30 human clicks over 10 messages... counted once per message; B: 20 distinct clicked messages.
     # Bot clicks on A do not count.
-    clicks = ([{"code": f"x{i}", "message_id": f"A{i % 10}", "creative_id": 1, "variant_key": "A", "bot": False} for i in range(30)]
-              + [{"code": f"y{i}", "message_id": f"A{10 + i}", "creative_id": 1, "variant_key": "A", "bot": True} for i in range(40)]
-              + [{"code": f"z{i}", "message_id": f"B{i}", "creative_id": 1, "variant_key": "B", "bot": False} for i in range(20)])
+    clicks = (
+        [
+            {"code": f"x{i}", "message_id": f"A{i % 10}", "creative_id": 1, "variant_key": "A", "bot": False}
+            for i in range(30)
+        ]
+        + [
+            {"code": f"y{i}", "message_id": f"A{10 + i}", "creative_id": 1, "variant_key": "A", "bot": True}
+            for i in range(40)
+        ]
+        + [
+            {"code": f"z{i}", "message_id": f"B{i}", "creative_id": 1, "variant_key": "B", "bot": False}
+            for i in range(20)
+        ]
+    )
     await trackly.db[c.CLICKS].insert_many(clicks)
     ch = await chooser_for(trackly.db, creative, 1, min_sends=50)
     assert ch.mode == "learned" and ch.keys == ("A", "B") and ch.shares[1] > 0.9
@@ -124,10 +164,15 @@ async def test_learned_uses_human_clicks_after_enough_sends(trackly: Trackly) ->
 async def test_variants_and_links_end_to_end(trackly: Trackly) -> None:
     """A triggered two-variant campaign with tracked links queues both variants and one short link per message."""
     register_echo()
-    await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 401)],
-                        variants=[{"key": "A", "body": "A {first_name}: https://ex.com/a", "weight": 1},
-                                  {"key": "B", "body": "B {first_name}: https://ex.com/b", "weight": 1}],
-                        campaign_kw={"track_links": True})
+    await seed_campaign(
+        trackly.store,
+        contacts=[contact(i) for i in range(1, 401)],
+        variants=[
+            {"key": "A", "body": "A {first_name}: https://ex.com/a", "weight": 1},
+            {"key": "B", "body": "B {first_name}: https://ex.com/b", "weight": 1},
+        ],
+        campaign_kw={"track_links": True},
+    )
     eid = await trigger(trackly, 1)
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
     v = ex["counts"]["variants"]
@@ -135,5 +180,8 @@ async def test_variants_and_links_end_to_end(trackly: Trackly) -> None:
     assert ex["counts"]["links"] == 400 == await trackly.db[c.SHORT_LINKS].count_documents({"execution_id": eid})
     doc = await trackly.db[c.QUEUED].find_one({"contact_id": 5})
     link = await trackly.db[c.SHORT_LINKS].find_one({"message_id": doc["_id"]})
-    assert doc["body"].endswith(f"/l/{link['_id']}") and link["destination"] == f"https://ex.com/{doc['variant_key'].lower()}"
+    assert (
+        doc["body"].endswith(f"/l/{link['_id']}")
+        and link["destination"] == f"https://ex.com/{doc['variant_key'].lower()}"
+    )
     assert doc["sendtime"] <= utcnow() + dt.timedelta(seconds=1)

@@ -24,13 +24,24 @@ async def test_large_batch_inserts_then_updates(store: Store) -> None:
     assert (r2.inserted, r2.updated) == (0, 2500)
     doc = await store[c.CONTACTS].find_one({"phone": phone(7)})
     # nx-27017 stores a $set boolean as 1/0 (queries on true/false still match it), hence bool().
-    assert doc is not None and bool(doc["in_workflow"]) is True and doc["first_name"] == "n7" and doc["attributes"] == {"i": 7}
+    assert (
+        doc is not None
+        and bool(doc["in_workflow"]) is True
+        and doc["first_name"] == "n7"
+        and doc["attributes"] == {"i": 7}
+    )
 
 
 async def test_same_phone_twice_in_one_request_merges(store: Store) -> None:
     """Two rows with the same normalised phone make one contact; the later row's fields win."""
-    r = await upsert(store, 1, [{"phone": "(212) 200-0001", "first_name": "A", "timezone": "America/Chicago"},
-                                {"phone": "+1 212 200 0001", "first_name": "B"}])
+    r = await upsert(
+        store,
+        1,
+        [
+            {"phone": "(212) 200-0001", "first_name": "A", "timezone": "America/Chicago"},
+            {"phone": "+1 212 200 0001", "first_name": "B"},
+        ],
+    )
     assert (r.inserted, r.updated) == (1, 1)
     docs = [d async for d in store[c.CONTACTS].find({})]
     assert len(docs) == 1 and docs[0]["first_name"] == "B" and docs[0]["timezone"] == "America/Chicago"

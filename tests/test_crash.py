@@ -24,11 +24,24 @@ from trackly_exec.coordinator import Coordinator
 from trackly_exec.models import utcnow
 from trackly_exec.store import Store
 
-from .executor_support import assert_one_record_each, ids_in, open_trackly, runner_cmd, seed, with_executor, write_config
+from .executor_support import (
+    assert_one_record_each,
+    ids_in,
+    open_trackly,
+    runner_cmd,
+    seed,
+    with_executor,
+    write_config,
+)
 
 TTL_MINUTES = 0.05  # 3 s: longer than the fake driver's timeout (1 s) x retry_max_attempts (2)
-EXECUTOR = {"claim_batch_size": 100, "workers_per_list": 1, "retry_max_attempts": 2, "claim_ttl_minutes": TTL_MINUTES,
-            "retry_initial_backoff_seconds": 0.01}
+EXECUTOR = {
+    "claim_batch_size": 100,
+    "workers_per_list": 1,
+    "retry_max_attempts": 2,
+    "claim_ttl_minutes": TTL_MINUTES,
+    "retry_initial_backoff_seconds": 0.01,
+}
 
 
 async def run_process(config: Path, failpoint: str | None = None, timeout: float = 50.0) -> tuple[int, str]:
@@ -36,8 +49,9 @@ async def run_process(config: Path, failpoint: str | None = None, timeout: float
     env.pop("TRACKLY_FAILPOINT", None)
     if failpoint:
         env["TRACKLY_FAILPOINT"] = failpoint
-    proc = await asyncio.create_subprocess_exec(*runner_cmd(config, "--burst"), env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *runner_cmd(config, "--burst"), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode() + err.decode()
@@ -66,7 +80,9 @@ EXPECT = {
 
 
 @pytest.mark.parametrize("point", list(EXPECT))
-async def test_crash_then_recover(settings: Settings, store: Store, redis_client: Any, tmp_path: Path, point: str) -> None:
+async def test_crash_then_recover(
+    settings: Settings, store: Store, redis_client: Any, tmp_path: Path, point: str
+) -> None:
     """SIGKILL at the failpoint in the 2nd batch; recovery and a restart leave exactly one record per message."""
     fake = await InfobipFake().start()
     try:
@@ -96,8 +112,9 @@ async def test_crash_then_recover(settings: Settings, store: Store, redis_client
 
 @pytest.mark.chaos
 @pytest.mark.parametrize("point", list(EXPECT))
-async def test_crash_two_processes_real_restart(settings: Settings, store: Store, redis_client: Any, tmp_path: Path,
-                                                point: str) -> None:
+async def test_crash_two_processes_real_restart(
+    settings: Settings, store: Store, redis_client: Any, tmp_path: Path, point: str
+) -> None:
     """Two processes on 2,000 messages, one SIGKILLed mid-run; restarted processes recover after the real TTL."""
     fake = await InfobipFake().start()
     try:
@@ -146,8 +163,9 @@ async def test_concurrent_sweeps_record_once(settings: Settings, store: Store, r
     """Several processes sweeping the same dead claims at once record each message once."""
     ids = await seed(store, 50)
     now = utcnow()
-    await store.db[c.QUEUED].update_many({"_id": {"$in": ids}}, {"$set": {"claimed_by": "dead:1", "claimed_at": now,
-                                                                           "sending_at": now}})
+    await store.db[c.QUEUED].update_many(
+        {"_id": {"$in": ids}}, {"$set": {"claimed_by": "dead:1", "claimed_at": now, "sending_at": now}}
+    )
     apps = [await open_trackly(settings, store) for _ in range(3)]
     try:
         later = now + dt.timedelta(minutes=11)

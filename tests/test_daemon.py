@@ -29,10 +29,21 @@ def _alive(pid: int) -> bool:
 
 
 def _start(tmp_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "TRACKLY_HTTP__PORT": "0", "TRACKLY_DAEMON__DATA_DIR": str(tmp_path / "data"),
-           "TRACKLY_DAEMON__LOG_FORMAT": "json", **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "trackly_exec.cli", "run", "-c", str(ROOT / "trackly.toml")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "TRACKLY_HTTP__PORT": "0",
+        "TRACKLY_DAEMON__DATA_DIR": str(tmp_path / "data"),
+        "TRACKLY_DAEMON__LOG_FORMAT": "json",
+        **(extra_env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "trackly_exec.cli", "run", "-c", str(ROOT / "trackly.toml")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_ready(proc: subprocess.Popen[str], timeout: float = 20.0) -> dict[str, object]:

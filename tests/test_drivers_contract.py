@@ -47,6 +47,7 @@ class TestCMContract(DriverContractSuite):
 
 # --------------------------------------------------------------------------------------------- provider specifics
 
+
 async def test_infobip_request_shape_and_spam() -> None:
     """Infobip groups equal texts, carries our id and status URL, and flags a flooding-filter rejection as spam."""
     async with DriverHarness(InfobipDriver) as h:
@@ -68,21 +69,43 @@ async def test_infobip_request_shape_and_spam() -> None:
 
 def test_infobip_error_envelopes_and_v2_reports() -> None:
     """Both Infobip error envelopes parse, and a v2 delivery report (from/smsCount) maps like v3."""
-    assert error_from_body({"errorCode": "E400", "description": "Bad", "violations": [
-        {"property": "messages", "violation": "must not be empty"}]}) == ("E400", "Bad messages: must not be empty")
-    code, detail = error_from_body({"requestError": {"serviceException": {
-        "messageId": "UNAUTHORIZED", "text": "Unauthorized"}}})
+    assert error_from_body(
+        {
+            "errorCode": "E400",
+            "description": "Bad",
+            "violations": [{"property": "messages", "violation": "must not be empty"}],
+        }
+    ) == ("E400", "Bad messages: must not be empty")
+    code, detail = error_from_body(
+        {"requestError": {"serviceException": {"messageId": "UNAUTHORIZED", "text": "Unauthorized"}}}
+    )
     assert (code, detail) == ("UNAUTHORIZED", "Unauthorized")
-    v2 = {"results": [{"bulkId": "b", "messageId": "0123456789abcdef", "to": "41793026727", "from": "InfoSMS",
-                       "sentAt": "2019-11-09T16:00:00.000+0000", "doneAt": "2019-11-09T16:00:00.000+05:30",
-                       "smsCount": 2, "price": {"pricePerMessage": 0.01, "currency": "EUR"},
-                       "status": {"groupId": 2, "groupName": "UNDELIVERABLE", "id": 9,
-                                  "name": "UNDELIVERABLE_NOT_DELIVERED"},
-                       "error": {"groupId": 1, "groupName": "HANDSET_ERRORS", "id": 1,
-                                 "name": "EC_UNKNOWN_SUBSCRIBER", "permanent": True}}]}
+    v2 = {
+        "results": [
+            {
+                "bulkId": "b",
+                "messageId": "0123456789abcdef",
+                "to": "41793026727",
+                "from": "InfoSMS",
+                "sentAt": "2019-11-09T16:00:00.000+0000",
+                "doneAt": "2019-11-09T16:00:00.000+05:30",
+                "smsCount": 2,
+                "price": {"pricePerMessage": 0.01, "currency": "EUR"},
+                "status": {"groupId": 2, "groupName": "UNDELIVERABLE", "id": 9, "name": "UNDELIVERABLE_NOT_DELIVERED"},
+                "error": {
+                    "groupId": 1,
+                    "groupName": "HANDSET_ERRORS",
+                    "id": 1,
+                    "name": "EC_UNKNOWN_SUBSCRIBER",
+                    "permanent": True,
+                },
+            }
+        ]
+    }
     driver = InfobipDriver(InfobipDriver.settings_model())
-    [report] = driver.parse_status(WebhookRequest(url="http://x/s", headers={}, body=json.dumps(v2).encode(),
-                                                  content_type="application/json"))
+    [report] = driver.parse_status(
+        WebhookRequest(url="http://x/s", headers={}, body=json.dumps(v2).encode(), content_type="application/json")
+    )
     assert report.message_id == "0123456789abcdef" and report.delivered is False
     assert report.error_code == "EC_UNKNOWN_SUBSCRIBER" and report.segments == 2
     assert report.done_at is not None and report.done_at.utcoffset() is not None
@@ -110,18 +133,31 @@ async def test_cm_codes() -> None:
         assert all(isinstance(r, Rejected) and r.code == "102" for r in results), results
         results = await h.submit(h.messages(2))
         assert all(isinstance(r, TransientFailure) for r in results), results
-        assert h.driver.request_body(msgs)["messages"]["msg"][0]["to"] == [  # type: ignore[attr-defined]
-            {"number": "00" + msgs[0].to[1:]}]
+        assert (
+            h.driver.request_body(msgs)["messages"]["msg"][0]["to"]
+            == [  # type: ignore[attr-defined]
+                {"number": "00" + msgs[0].to[1:]}
+            ]
+        )
 
 
 # --------------------------------------------------------------------------------------------- HTTP outcome mapping
 
 
-@pytest.mark.parametrize(("status", "family"), [
-    (400, PermanentSendError), (401, PermanentSendError), (403, PermanentSendError), (404, PermanentSendError),
-    (408, TransientSendError), (429, TransientSendError), (500, TransientSendError), (503, TransientSendError),
-    (302, UnknownOutcomeError),
-])
+@pytest.mark.parametrize(
+    ("status", "family"),
+    [
+        (400, PermanentSendError),
+        (401, PermanentSendError),
+        (403, PermanentSendError),
+        (404, PermanentSendError),
+        (408, TransientSendError),
+        (429, TransientSendError),
+        (500, TransientSendError),
+        (503, TransientSendError),
+        (302, UnknownOutcomeError),
+    ],
+)
 def test_status_mapping(status: int, family: type[Exception]) -> None:
     """Non-2xx answers map to the permanent / transient / unknown families as the issue specifies."""
     with pytest.raises(family):
@@ -145,10 +181,12 @@ async def _raw_server(handler: Any) -> tuple[asyncio.AbstractServer, str]:
 
 async def test_disconnect_after_write_is_unknown() -> None:
     """A server that reads the whole request and then drops the connection gives an unknown outcome."""
+
     async def read_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(
-            b"content-length")))
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
         await reader.readexactly(length)
         writer.close()
 
@@ -156,8 +194,9 @@ async def test_disconnect_after_write_is_unknown() -> None:
     driver = InfobipDriver(InfobipDriver.settings_model(base_url=url, api_key="k"), DriverContext())
     await driver.startup()
     try:
-        [result] = await driver.submit([OutboundMessage(id="0123456789abcdef", to="+41793026727", sender="S",
-                                                        body="b")])
+        [result] = await driver.submit(
+            [OutboundMessage(id="0123456789abcdef", to="+41793026727", sender="S", body="b")]
+        )
         assert isinstance(result, UnknownOutcome), result
     finally:
         await driver.shutdown()
@@ -167,21 +206,27 @@ async def test_disconnect_after_write_is_unknown() -> None:
 
 async def test_garbage_2xx_is_unknown() -> None:
     """A 2xx answer without per-message statuses is an unknown outcome (maybe sent), never a retry."""
+
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\n"
-                     b"Connection: close\r\n\r\nhello")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
         await writer.drain()
         writer.close()
 
     server, url = await _raw_server(garbage)
-    for cls, settings in ((InfobipDriver, {"api_key": "k"}), (CMDriver, {"product_token": "t"}),
-                          (TwilioDriver, {"account_sid": "AC1", "auth_token": "t"})):
+    for cls, settings in (
+        (InfobipDriver, {"api_key": "k"}),
+        (CMDriver, {"product_token": "t"}),
+        (TwilioDriver, {"account_sid": "AC1", "auth_token": "t"}),
+    ):
         driver = cls(cls.settings_model(base_url=url, **settings), DriverContext())
         await driver.startup()
         try:
-            [result] = await driver.submit([OutboundMessage(id="0123456789abcdef", to="+41793026727", sender="S",
-                                                            body="b")])
+            [result] = await driver.submit(
+                [OutboundMessage(id="0123456789abcdef", to="+41793026727", sender="S", body="b")]
+            )
             assert isinstance(result, UnknownOutcome), (cls.__name__, result)
         finally:
             await driver.shutdown()

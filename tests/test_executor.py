@@ -37,14 +37,18 @@ def drivers_for(fakes: dict[str, Any], **extra: Any) -> dict[str, dict[str, Any]
     return {name: {**fake.driver_settings(), "timeout_seconds": 2.0, **extra} for name, fake in fakes.items()}
 
 
-async def executor(settings: Settings, store: Store, fakes: dict[str, Any], *, redis: bool = True, **cfg: Any) -> Coordinator:
+async def executor(
+    settings: Settings, store: Store, fakes: dict[str, Any], *, redis: bool = True, **cfg: Any
+) -> Coordinator:
     cfg.setdefault("retry_initial_backoff_seconds", 0.01)
     trackly = await open_trackly(with_executor(settings, drivers_for(fakes), **cfg), store, redis=redis)
     return Coordinator(trackly)
 
 
 @pytest.mark.parametrize("provider", sorted(FAKES))
-async def test_sends_every_due_message_once(settings: Settings, store: Store, fakes: dict[str, Any], provider: str) -> None:
+async def test_sends_every_due_message_once(
+    settings: Settings, store: Store, fakes: dict[str, Any], provider: str
+) -> None:
     """Every due message is accepted by the provider once and recorded as one MessageSent with all its fields."""
     ids = await seed(store, 120, driver=provider, price=0.01, balance=10.0)
     coord = await executor(settings, store, fakes, claim_batch_size=50)
@@ -67,7 +71,9 @@ async def test_not_due_messages_stay_queued(settings: Settings, store: Store, fa
     """A message whose sendtime or backoff has not come is neither claimed nor sent."""
     later = await seed(store, 3, sendtime=utcnow() + dt.timedelta(minutes=5))
     held = await seed(store, 2, first_contact=100, execution_id=2)
-    await store.db[c.QUEUED].update_many({"_id": {"$in": held}}, {"$set": {"not_before": utcnow() + dt.timedelta(minutes=5)}})
+    await store.db[c.QUEUED].update_many(
+        {"_id": {"$in": held}}, {"$set": {"not_before": utcnow() + dt.timedelta(minutes=5)}}
+    )
     coord = await executor(settings, store, fakes)
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
@@ -109,7 +115,9 @@ async def test_two_claims_never_overlap(settings: Settings, store: Store) -> Non
     QueuedTextMessage.from_doc(a[0])
 
 
-async def test_provider_rejection_is_recorded_and_refunded(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+async def test_provider_rejection_is_recorded_and_refunded(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
     """A permanent rejection becomes FailedMessage PROVIDER_ERROR with the provider code, refunded, with an event."""
     ids = await seed(store, 3, price=0.5, balance=10.0)
     fakes["infobip"].script(Behaviour("reject", code="REJECTED_DESTINATION"))

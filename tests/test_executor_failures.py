@@ -42,8 +42,9 @@ async def test_stale(settings: Settings, store: Store, fakes: dict[str, Any]) ->
     old = utcnow() - dt.timedelta(minutes=31)
     stale = await seed(store, 3, sendtime=old)
     backoff = await seed(store, 2, sendtime=old, first_contact=10, execution_id=2)
-    await store.db[c.QUEUED].update_many({"_id": {"$in": backoff}},
-                                         {"$set": {"not_before": utcnow() - dt.timedelta(minutes=1)}})
+    await store.db[c.QUEUED].update_many(
+        {"_id": {"$in": backoff}}, {"$set": {"not_before": utcnow() - dt.timedelta(minutes=1)}}
+    )
     counts = await run(await executor(settings, store, fakes))
     assert await failed(store, "STALE") == sorted(stale) and counts["sent"] == 2, (counts, fakes["infobip"].summary())
     assert set(fakes["infobip"].accepted_counts()) == set(backoff)
@@ -106,14 +107,19 @@ async def test_provider_error_after_transient_budget(settings: Settings, store: 
     assert fakes["infobip"].requests == 3 and counts["provider_transient"] == 6
 
 
-async def test_no_response_is_ambiguous_and_never_resent(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+async def test_no_response_is_ambiguous_and_never_resent(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
     """A provider that accepts and never answers gives NO_RESPONSE (ambiguous, charged), sent exactly once."""
     ids = await seed(store, 2, price=1.0, balance=10.0)
     fakes["infobip"].script(Behaviour("accept_then_hang"))
     trackly_drivers = {"timeout_seconds": 0.5}
     coord = await executor(settings, store, fakes, **{})
-    coord.trackly.drivers = type(coord.trackly.drivers)(coord.trackly.settings.model_copy(update={
-        "drivers": {n: {**v, **trackly_drivers} for n, v in coord.trackly.settings.drivers.items()}}))
+    coord.trackly.drivers = type(coord.trackly.drivers)(
+        coord.trackly.settings.model_copy(
+            update={"drivers": {n: {**v, **trackly_drivers} for n, v in coord.trackly.settings.drivers.items()}}
+        )
+    )
     counts = await run(coord)
     assert await failed(store, "NO_RESPONSE") == sorted(ids) and counts["failed.NO_RESPONSE"] == 2
     rec = FailedMessage.from_doc(await store.db[c.FAILED].find_one({"_id": ids[0]}))
@@ -143,15 +149,16 @@ async def test_429_storm_with_retry_after(settings: Settings, store: Store, fake
     coord = await executor(settings, store, fakes)
     started = time.monotonic()
     counts = await run(coord)
-    assert time.monotonic() - started >= 0.6, (counts, fakes['infobip'].requests)
+    assert time.monotonic() - started >= 0.6, (counts, fakes["infobip"].requests)
     assert counts["sent"] == 40 and counts["provider_transient"] == 120
     assert counts["slowdowns"] == 3  # each 429 multiplied the list's interval (it decays back on success)
     assert all(fakes["infobip"].accepted_counts()[m] == 1 for m in ids)
     assert fakes["infobip"].summary()["duplicates"] == 0
 
 
-async def test_redis_down_fails_closed_and_resumes(settings: Settings, store: Store, fakes: dict[str, Any],
-                                                   redis_server: Any) -> None:
+async def test_redis_down_fails_closed_and_resumes(
+    settings: Settings, store: Store, fakes: dict[str, Any], redis_server: Any
+) -> None:
     """With Redis stopped a rate-limited list sends nothing (and says so); after a restart it sends everything."""
     first = await seed(store, 10, rate=600_000)
     coord = await executor(settings, store, fakes)
@@ -172,7 +179,9 @@ async def test_redis_down_fails_closed_and_resumes(settings: Settings, store: St
     assert all(fakes["infobip"].accepted_counts()[m] == 1 for m in first + second)
 
 
-async def test_claim_lost_during_pacing_wait_is_not_sent(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+async def test_claim_lost_during_pacing_wait_is_not_sent(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
     """A worker whose claim is taken over while it waits for rate-limit tokens neither sends nor records, and refunds."""
     import asyncio
 

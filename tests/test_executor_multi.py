@@ -17,8 +17,9 @@ from .executor_support import assert_one_record_each, seed, write_config
 from .test_crash import run_process
 
 
-async def test_two_processes_send_each_message_once(settings: Settings, store: Store, redis_client: Any,
-                                                    tmp_path: Path) -> None:
+async def test_two_processes_send_each_message_once(
+    settings: Settings, store: Store, redis_client: Any, tmp_path: Path
+) -> None:
     """Two processes drain 5,000 messages on two lists: each is accepted once by its fake and recorded once."""
     infobip, cm = await InfobipFake().start(), await CMFake().start()
     try:

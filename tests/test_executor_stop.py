@@ -42,14 +42,17 @@ async def test_stop_releases_what_was_not_sent(settings: Settings, store: Store,
     assert split[c.SENT] == fakes["infobip"].summary()["accepted"] and split[c.QUEUED] == len(queued)
 
 
-async def test_sigterm_exits_zero_and_releases(settings: Settings, store: Store, redis_client: Any, tmp_path: Path) -> None:
+async def test_sigterm_exits_zero_and_releases(
+    settings: Settings, store: Store, redis_client: Any, tmp_path: Path
+) -> None:
     """An executor process stops on SIGTERM with exit status 0 and no claim left behind."""
     fake = await InfobipFake().start()
     try:
         ids = await seed(store, 300, rate=1200)
         config = write_config(tmp_path / "exec.toml", settings, {"infobip": fake.driver_settings()})
-        proc = await asyncio.create_subprocess_exec(*runner_cmd(config), stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            *runner_cmd(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         assert proc.stdout is not None
         assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"ready"
         await wait_for(lambda: fake.summary()["accepted"] >= 20)

@@ -56,22 +56,29 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 
 def _infobip_body(*numbers: str, text: str = "hi") -> dict[str, Any]:
-    return {"messages": [{"sender": "InfoSMS", "destinations": [{"to": n, "messageId": f"id{n}"} for n in numbers],
-                          "content": {"text": text}}]}
+    return {
+        "messages": [
+            {
+                "sender": "InfoSMS",
+                "destinations": [{"to": n, "messageId": f"id{n}"} for n in numbers],
+                "content": {"text": text},
+            }
+        ]
+    }
 
 
 async def test_infobip_fake_auth_and_shape(http: aiohttp.ClientSession) -> None:
     """The Infobip fake answers 401 E401 for a wrong key and 400 E400 with violations for a malformed body."""
     async with InfobipFake() as fake:
         url = fake.url + "/sms/3/messages"
-        status, body, _ = await _post(http, url, json=_infobip_body("41793026727"),
-                                      headers={"Authorization": "App wrong"})
+        status, body, _ = await _post(
+            http, url, json=_infobip_body("41793026727"), headers={"Authorization": "App wrong"}
+        )
         assert status == 401 and body["errorCode"] == "E401"
         auth = {"Authorization": f"App {DEFAULT_API_KEY}"}
         status, body, _ = await _post(http, url, data=b"{not json", headers=auth)
         assert status == 400 and body["errorCode"] == "E400"
-        status, body, _ = await _post(http, url, json={"messages": [{"destinations": [], "content": {}}]},
-                                      headers=auth)
+        status, body, _ = await _post(http, url, json={"messages": [{"destinations": [], "content": {}}]}, headers=auth)
         assert status == 400 and {v["property"] for v in body["violations"]} >= {"messages[0].destinations"}
         status, body, _ = await _post(http, url, json=_infobip_body("+41793026727"), headers=auth)
         assert status == 400, "numbers go without the '+'"
@@ -118,20 +125,27 @@ async def test_cm_fake_auth_and_partial_rejection(http: aiohttp.ClientSession) -
         def body(token: str, *msgs: dict[str, Any]) -> dict[str, Any]:
             return {"messages": {"authentication": {"producttoken": token}, "msg": list(msgs)}}
 
-        good = {"from": "Sender", "to": [{"number": "0031612345678"}], "body": {"type": "auto", "content": "x"},
-                "reference": "r1"}
+        good = {
+            "from": "Sender",
+            "to": [{"number": "0031612345678"}],
+            "body": {"type": "auto", "content": "x"},
+            "reference": "r1",
+        }
         bad = {**good, "to": [{"number": "+31612345678"}], "reference": "r2"}
         status, data, _ = await _post(http, url, json=body("wrong", good))
         assert (status, data["errorCode"]) == (400, 101)
-        status, data, _ = await _post(http, url, json=body(DEFAULT_PRODUCT_TOKEN, good),
-                                      headers={"X-CM-PRODUCTTOKEN": "wrong"})
+        status, data, _ = await _post(
+            http, url, json=body(DEFAULT_PRODUCT_TOKEN, good), headers={"X-CM-PRODUCTTOKEN": "wrong"}
+        )
         assert (status, data["errorCode"]) == (400, 101)
         status, data, _ = await _post(http, url, data=b"[]")
         assert (status, data["errorCode"]) == (400, 202)
         status, data, _ = await _post(http, url, json=body(DEFAULT_PRODUCT_TOKEN, good, bad))
         assert (status, data["errorCode"]) == (200, 201)
         assert [(m["reference"], m["status"], m["messageErrorCode"]) for m in data["messages"]] == [
-            ("r1", "Accepted", 0), ("r2", "Rejected", 303)]
+            ("r1", "Accepted", 0),
+            ("r2", "Rejected", 303),
+        ]
         status, data, _ = await _post(http, url, json=body(DEFAULT_PRODUCT_TOKEN, bad))
         assert (status, data["errorCode"]) == (400, 201)
         assert fake.accepted_counts() == {"r1": 1}
@@ -166,16 +180,23 @@ async def test_remote_control(http: aiohttp.ClientSession) -> None:
         driver = CMDriver(CMDriver.settings_model.model_validate(driver_settings), DriverContext())
         await driver.startup()
         try:
-            status, data, _ = await _post(http, fake.url + "/_fake/script",
-                                          json={"behaviours": [{"mode": "5xx_after"}, {"mode": "429",
-                                                                                       "retry_after": 2}]})
+            status, data, _ = await _post(
+                http,
+                fake.url + "/_fake/script",
+                json={"behaviours": [{"mode": "5xx_after"}, {"mode": "429", "retry_after": 2}]},
+            )
             assert status == 200 and data == {"queued": 2}
             m = OutboundMessage(id="00000000000000aa", to="+31612345678", sender="S", body="b")
             kinds = [(await driver.submit([m]))[0].kind for _ in range(3)]
             assert kinds == ["transient", "transient", "accepted"]
             async with http.get(fake.url + "/_fake/ledger") as resp:
-                assert await resp.json() == {"accepted": 2, "unique": 1, "duplicates": 1, "requests": 3,
-                                             "reports_posted": 0}
+                assert await resp.json() == {
+                    "accepted": 2,
+                    "unique": 1,
+                    "duplicates": 1,
+                    "requests": 3,
+                    "reports_posted": 0,
+                }
             async with http.get(fake.url + "/_fake/ledger?entries=1") as resp:
                 assert [e["message_id"] for e in (await resp.json())["entries"]] == [m.id, m.id]
             status, data, _ = await _post(http, fake.url + "/_fake/script", json={"behaviours": [{"mode": "nope"}]})
@@ -212,9 +233,11 @@ async def test_auto_reports() -> None:
 
 def test_default_credentials_match_default_config() -> None:
     """The fakes' default credentials are the ones in the shipped trackly.toml (where it configures them)."""
-    expected = {"infobip": {"api_key": "fake-infobip-key"},
-                "twilio": {"account_sid": "ACfake00000000000000000000000000", "auth_token": "fake-twilio-token"},
-                "cm": {"product_token": "00000000-0000-0000-0000-000000000000"}}
+    expected = {
+        "infobip": {"api_key": "fake-infobip-key"},
+        "twilio": {"account_sid": "ACfake00000000000000000000000000", "auth_token": "fake-twilio-token"},
+        "cm": {"product_token": "00000000-0000-0000-0000-000000000000"},
+    }
     config = load_config(ROOT / "trackly.toml").drivers
     for name, values in expected.items():
         fake = {"infobip": InfobipFake, "twilio": TwilioFake, "cm": CMFake}[name]()
@@ -229,9 +252,14 @@ def test_default_credentials_match_default_config() -> None:
 def test_fake_provider_command(tmp_path: Path) -> None:
     """`trackly fake-provider cm --port N` prints its credentials, serves the remote control and exits 0 on SIGTERM."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "trackly_exec.cli", "fake-provider", "cm", "--port", str(port),
-                             "--dlr-delay", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trackly_exec.cli", "fake-provider", "cm", "--port", str(port), "--dlr-delay", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -259,8 +287,13 @@ async def test_accept_path_throughput() -> None:
         driver = InfobipDriver(InfobipDriver.settings_model.model_validate(fake.driver_settings()), DriverContext())
         await driver.startup()
         try:
-            batches = [[OutboundMessage(id=f"{b:08x}{i:08x}", to=f"+4179{i:07d}", sender="S", body=f"Hi {i}")
-                        for i in range(1000)] for b in range(30)]
+            batches = [
+                [
+                    OutboundMessage(id=f"{b:08x}{i:08x}", to=f"+4179{i:07d}", sender="S", body=f"Hi {i}")
+                    for i in range(1000)
+                ]
+                for b in range(30)
+            ]
             sem = asyncio.Semaphore(6)
 
             async def one(batch: list[OutboundMessage]) -> int:

@@ -47,10 +47,12 @@ async def test_failed_messages_grouped_into_one_alert(trackly: Trackly) -> None:
     stub = DiscordStub()
     alerts = await _alerts(trackly, stub)
     try:
-        await trackly.bus.publish(*[
-            Event(kind=EventKind.FAILED_MESSAGE, message="failed", data={"reason": r})
-            for r in ["STALE"] * 3 + ["PROVIDER_ERROR"] * 2
-        ])
+        await trackly.bus.publish(
+            *[
+                Event(kind=EventKind.FAILED_MESSAGE, message="failed", data={"reason": r})
+                for r in ["STALE"] * 3 + ["PROVIDER_ERROR"] * 2
+            ]
+        )
         assert await alerts.run_until_idle() == 1
         embed = stub.posts[0]["embeds"][0]
         assert embed["title"] == "5 messages dead-lettered"
@@ -81,10 +83,18 @@ async def test_throttled_per_key_and_429_honoured(trackly: Trackly) -> None:
 async def test_high_error_rate_detected(trackly: Trackly) -> None:
     """A list whose failures pass the threshold over the last minute raises high_error_rate."""
     now = utcnow()
-    base = {"account_id": 1, "sending_list_id": 7, "from_number": "+1", "to_number": "+2", "body": "x",
-            "length": 1, "sendtime": now}
+    base = {
+        "account_id": 1,
+        "sending_list_id": 7,
+        "from_number": "+1",
+        "to_number": "+2",
+        "body": "x",
+        "length": 1,
+        "sendtime": now,
+    }
     await trackly.db[c.FAILED].insert_many(
-        [{**base, "_id": f"f{i}", "reason": "PROVIDER_ERROR", "failed_at": now} for i in range(12)])
+        [{**base, "_id": f"f{i}", "reason": "PROVIDER_ERROR", "failed_at": now} for i in range(12)]
+    )
     await trackly.db[c.SENT].insert_many([{**base, "_id": f"s{i}", "timestamp": now} for i in range(8)])
     alerts = Alerts(trackly)
     events = await alerts.check_error_rates()
@@ -95,14 +105,27 @@ async def test_high_error_rate_detected(trackly: Trackly) -> None:
 async def test_metrics_and_dashboard(trackly: Trackly) -> None:
     """/metrics speaks the Prometheus text format; /dashboard serves the page and live JSON."""
     now = utcnow()
-    base = {"account_id": 1, "sending_list_id": 7, "campaign_id": 3, "from_number": "+1", "to_number": "+2",
-            "body": "x", "length": 1, "sendtime": now}
+    base = {
+        "account_id": 1,
+        "sending_list_id": 7,
+        "campaign_id": 3,
+        "from_number": "+1",
+        "to_number": "+2",
+        "body": "x",
+        "length": 1,
+        "sendtime": now,
+    }
     await trackly.db[c.CAMPAIGNS].insert_one({"_id": 3, "status": "active"})
-    await trackly.db[c.SENT].insert_many([{**base, "_id": f"s{i}", "timestamp": now, "delivered": i < 3}
-                                          for i in range(4)])
+    await trackly.db[c.SENT].insert_many(
+        [{**base, "_id": f"s{i}", "timestamp": now, "delivered": i < 3} for i in range(4)]
+    )
     await trackly.db[c.FAILED].insert_one({**base, "_id": "f1", "reason": "STALE", "failed_at": now})
-    await trackly.db[c.QUEUED].insert_many([{**base, "_id": "q1", "execution_id": 1, "contact_id": 1, "claimed_by": None},
-                                            {**base, "_id": "q2", "execution_id": 1, "contact_id": 2, "claimed_by": "t:x"}])
+    await trackly.db[c.QUEUED].insert_many(
+        [
+            {**base, "_id": "q1", "execution_id": 1, "contact_id": 1, "claimed_by": None},
+            {**base, "_id": "q2", "execution_id": 1, "contact_id": 2, "claimed_by": "t:x"},
+        ]
+    )
     server = HttpServer(trackly)
     await server.start()
     try:

@@ -21,8 +21,9 @@ EXAMPLE = ROOT / "examples" / "trackly-driver-example"
 def _run(args: list[str], pythonpath: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "TRACKLY_LOAD_DRIVERS"}
     env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=pythonpath)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=pythonpath
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,22 @@ def plugin_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp_path_factory.mktemp("target")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(src)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return target
@@ -83,10 +97,17 @@ def test_example_plugin_sends(plugin_target: Path) -> None:
 
 def test_broken_plugins_listed_with_error(tmp_path: Path) -> None:
     """A plugin whose import fails, or whose entry point is not a Driver, is listed with its error."""
-    _write_dist(tmp_path, "broken-plugin", "1.2", "broken = broken_mod:Driver", "broken_mod",
-                "raise ImportError('needs the missing package frobnicate')\n")
-    _write_dist(tmp_path, "wrong-plugin", "0.3", "wrong = wrong_mod:NotADriver", "wrong_mod",
-                "class NotADriver:\n    pass\n")
+    _write_dist(
+        tmp_path,
+        "broken-plugin",
+        "1.2",
+        "broken = broken_mod:Driver",
+        "broken_mod",
+        "raise ImportError('needs the missing package frobnicate')\n",
+    )
+    _write_dist(
+        tmp_path, "wrong-plugin", "0.3", "wrong = wrong_mod:NotADriver", "wrong_mod", "class NotADriver:\n    pass\n"
+    )
     result = _run(["-m", "trackly_exec.cli", "drivers"], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}

@@ -11,9 +11,17 @@ from trackly_exec.store import Store
 
 
 def _msg(contact_id: int, execution_id: int = 1) -> dict[str, Any]:
-    return QueuedTextMessage(account_id=1, sending_list_id=1, execution_id=execution_id, contact_id=contact_id,
-                             from_number="+15550001111", to_number="+12122000001", body="hi", length=2,
-                             sendtime=utcnow()).to_doc()
+    return QueuedTextMessage(
+        account_id=1,
+        sending_list_id=1,
+        execution_id=execution_id,
+        contact_id=contact_id,
+        from_number="+15550001111",
+        to_number="+12122000001",
+        body="hi",
+        length=2,
+        sendtime=utcnow(),
+    ).to_doc()
 
 
 def _link(msg: dict[str, Any]) -> dict[str, Any]:
@@ -25,11 +33,11 @@ async def test_retried_batch_queues_nobody_twice(store: Store) -> None:
     first = [_msg(i) for i in range(1, 6)]
     res = await insert_batch(store.db, first, [_link(m) for m in first])
     assert (res.inserted, res.duplicates, res.links) == (5, 0, 5)
-    retry = [_msg(i) for i in range(1, 9)]                       # 1-5 again (new message ids), 6-8 new
+    retry = [_msg(i) for i in range(1, 9)]  # 1-5 again (new message ids), 6-8 new
     res = await insert_batch(store.db, retry, [_link(m) for m in retry])
     assert (res.inserted, res.duplicates, res.links) == (3, 5, 3)
     assert await pending_count(store.db, 1) == 8
-    assert await store[c.SHORT_LINKS].count_documents({}) == 8   # no orphan links for the refused duplicates
+    assert await store[c.SHORT_LINKS].count_documents({}) == 8  # no orphan links for the refused duplicates
     ids = {d["_id"] for d in await store[c.QUEUED].find({}, {"_id": 1}).to_list(None)}
     assert {lk["message_id"] for lk in await store[c.SHORT_LINKS].find({}).to_list(None)} == ids
     assert await has_pending(store.db, 1) and not await has_pending(store.db, 2)

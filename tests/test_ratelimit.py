@@ -41,7 +41,7 @@ async def test_reservations_are_paced(limiter: RateLimiter) -> None:
 
 async def test_refusal_reserves_nothing(limiter: RateLimiter) -> None:
     """A request whose wait exceeds max_wait is refused and takes no tokens."""
-    await limiter.acquire(7, 100, 6000, 60.0)         # the next second is taken
+    await limiter.acquire(7, 100, 6000, 60.0)  # the next second is taken
     refused = await limiter.acquire(7, 10, 6000, 0.5)
     assert not refused.granted and refused.wait == pytest.approx(1.0, abs=0.02)
     again = await limiter.acquire(7, 10, 6000, 60.0)
@@ -96,8 +96,9 @@ async def test_noscript_reload(redis_client: aioredis.Redis) -> None:
 
 async def test_unreachable_redis_fails_closed_once(store: Store) -> None:
     """Without Redis the limiter raises (no unthrottled send), logs and publishes the outage once."""
-    dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5,
-                          retry=Retry(NoBackoff(), 0))
+    dead = aioredis.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
     lim = RedisRateLimiter(dead, bus=EventBus(store))
     try:
         with structlog.testing.capture_logs() as logs:
@@ -111,7 +112,9 @@ async def test_unreachable_redis_fails_closed_once(store: Store) -> None:
 
 
 @pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "in-process"])
-async def test_executor_sends_smoothly(settings: Settings, store: Store, fakes: dict[str, Any], use_redis: bool) -> None:
+async def test_executor_sends_smoothly(
+    settings: Settings, store: Store, fakes: dict[str, Any], use_redis: bool
+) -> None:
     """A list limited to 3,000/min sends 60 messages over ~1.2 s in 0.1 s steps, never a burst."""
     ids = await seed(store, 60, rate=3000)
     coord = await executor(settings, store, fakes, redis=use_redis)

@@ -34,17 +34,17 @@ def test_cron_daily_fall_back_runs_once() -> None:
 
 def test_cron_interval_keeps_its_interval_across_dst() -> None:
     """An hour-wildcard cron keeps firing every interval through both transitions, never twice at one instant."""
-    fall = dt.datetime(2026, 11, 1, 4, 0, tzinfo=UTC)          # 00:00 EDT
+    fall = dt.datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # 00:00 EDT
     got = parse("*/30 * * * *").occurrences(fall, fall + dt.timedelta(hours=4), "America/New_York")
     assert [b - a for a, b in zip(got, got[1:])] == [dt.timedelta(minutes=30)] * (len(got) - 1) and len(got) == 8
-    spring = dt.datetime(2026, 3, 8, 5, 0, tzinfo=UTC)          # 00:00 EST
+    spring = dt.datetime(2026, 3, 8, 5, 0, tzinfo=UTC)  # 00:00 EST
     got = parse("0 * * * *").occurrences(spring, spring + dt.timedelta(hours=4), "America/New_York")
     assert _local(got) == ["03-08 01:00-0500", "03-08 03:00-0400", "03-08 04:00-0400", "03-08 05:00-0400"]
 
 
 def test_cron_fields() -> None:
     """Lists, ranges, steps, names, Sunday as 0 or 7, and day-of-month OR day-of-week."""
-    t = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC)               # a Thursday
+    t = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC)  # a Thursday
     assert parse("0 9 * * mon-fri").next_after(t, "UTC") == dt.datetime(2026, 1, 1, 9, tzinfo=UTC)
     assert parse("0 9 * * 7").next_after(t, "UTC") == dt.datetime(2026, 1, 4, 9, tzinfo=UTC)
     assert parse("0 9 * * 0").next_after(t, "UTC") == dt.datetime(2026, 1, 4, 9, tzinfo=UTC)
@@ -53,11 +53,24 @@ def test_cron_fields() -> None:
     assert parse("0 12 29 feb *").next_after(t, "UTC") == dt.datetime(2028, 2, 29, 12, tzinfo=UTC)
     assert parse("@monthly").next_after(t, "Europe/Paris") == dt.datetime(2026, 1, 31, 23, tzinfo=UTC)
     assert parse("0 0 * * *").next_after(dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC), "UTC") == dt.datetime(
-        2026, 1, 2, tzinfo=UTC)  # strictly after
+        2026, 1, 2, tzinfo=UTC
+    )  # strictly after
 
 
-@pytest.mark.parametrize("expr", ["* * * *", "60 * * * *", "* 24 * * *", "*/0 * * * *", "5-1 * * * *",
-                                  "x * * * *", "0 0 31 feb *", "0 0 * * 8", "1,,2 * * * *"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "* * * *",
+        "60 * * * *",
+        "* 24 * * *",
+        "*/0 * * * *",
+        "5-1 * * * *",
+        "x * * * *",
+        "0 0 31 feb *",
+        "0 0 * * 8",
+        "1,,2 * * * *",
+    ],
+)
 def test_cron_rejects(expr: str) -> None:
     """Malformed expressions are refused with a CronError."""
     with pytest.raises(CronError):
@@ -83,28 +96,40 @@ async def test_trigger_counts_every_filter(trackly: Trackly) -> None:
     people = [contact(i, timezone=inside) for i in range(1, 101)]
     people[0]["subscribed"] = False
     people[1]["blocked"] = True
-    people[2]["phone"] = "+1555"                       # not a valid number
+    people[2]["phone"] = "+1555"  # not a valid number
     people[3]["in_workflow"] = True
-    people[4]["timezone"] = outside                     # quiet hours
-    people[5]["first_name"] = None                      # {first_name} has no default in variant B... and A has one
-    people[6]["last_sent_at"] = utcnow()                # frequency cap via the contact
+    people[4]["timezone"] = outside  # quiet hours
+    people[5]["first_name"] = None  # {first_name} has no default in variant B... and A has one
+    people[6]["last_sent_at"] = utcnow()  # frequency cap via the contact
     camp = await seed_campaign(
-        trackly.store, contacts=people,
-        audiences=[{"_id": 1, "sending_list_id": 1, "filter": {"id": {"lte": 60}}},
-                   {"_id": 2, "sending_list_id": 1, "filter": {"id": {"gt": 50}}}],
+        trackly.store,
+        contacts=people,
+        audiences=[
+            {"_id": 1, "sending_list_id": 1, "filter": {"id": {"lte": 60}}},
+            {"_id": 2, "sending_list_id": 1, "filter": {"id": {"gt": 50}}},
+        ],
         variants=[{"key": "A", "body": "Hi {first_name}, see {city}", "weight": 1}],
-        list_kw={"cooldown_minutes": 60}, campaign_kw={"exclude_in_workflow": True})
+        list_kw={"cooldown_minutes": 60},
+        campaign_kw={"exclude_in_workflow": True},
+    )
     await trackly.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"audience_ids": [1, 2, 1]}})  # listed twice: once
-    await trackly.db[c.SENT].insert_one({"_id": "m1", "sending_list_id": 1, "account_id": 1, "to_number": people[7]["phone"],
-                                         "timestamp": utcnow()})   # a non-campaign send: no execution_id
+    await trackly.db[c.SENT].insert_one(
+        {"_id": "m1", "sending_list_id": 1, "account_id": 1, "to_number": people[7]["phone"], "timestamp": utcnow()}
+    )  # a non-campaign send: no execution_id
     eid = await trigger(trackly, camp["_id"])
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
     assert ex["status"] == "queued" and ex["occurrence_key"] == "1:manual:1"
     k = ex["counts"]
     assert k["per_audience"] == {"1": 60, "2": 50} and k["audience_total"] == 110
     assert k["unique"] == 100 and k["overlap"] == 10
-    assert k["skipped"] == {"unsubscribed": 2, "invalid_phone": 1, "in_workflow": 1, "frequency_cap": 2,
-                            "quiet_hours": 1, "missing_placeholder": 1}
+    assert k["skipped"] == {
+        "unsubscribed": 2,
+        "invalid_phone": 1,
+        "in_workflow": 1,
+        "frequency_cap": 2,
+        "quiet_hours": 1,
+        "missing_placeholder": 1,
+    }
     assert k["queued"] == 92 == k["unique"] - sum(k["skipped"].values())
     assert ex["evaluated_at"] and ex["queued_at"] and ex["queued_at"] >= ex["triggered_at"]
     docs = await trackly.db[c.QUEUED].find({"execution_id": eid}).to_list(None)
@@ -124,11 +149,18 @@ async def test_quiet_hours_hold_queues_for_the_opening(trackly: Trackly) -> None
     """With policy hold, a contact outside the window is queued with sendtime = its window's opening."""
     register_echo()
     outside = zone_where(False)
-    camp = await seed_campaign(trackly.store, contacts=[contact(1, timezone=outside), contact(2, timezone=zone_where(True))],
-                               campaign_kw={"quiet_hours_policy": "hold"})
+    camp = await seed_campaign(
+        trackly.store,
+        contacts=[contact(1, timezone=outside), contact(2, timezone=zone_where(True))],
+        campaign_kw={"quiet_hours_policy": "hold"},
+    )
     eid = await trigger(trackly, camp["_id"])
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
-    assert ex["counts"]["queued"] == 2 and ex["counts"]["held_quiet_hours"] == 1 and ex["counts"]["skipped"]["quiet_hours"] == 0
+    assert (
+        ex["counts"]["queued"] == 2
+        and ex["counts"]["held_quiet_hours"] == 1
+        and ex["counts"]["skipped"]["quiet_hours"] == 0
+    )
     held = await trackly.db[c.QUEUED].find_one({"contact_id": 1})
     assert held["sendtime"] > utcnow() and held["not_before"] == held["sendtime"]
     assert held["sendtime"].astimezone(ZoneInfo(outside)).strftime("%H:%M") == "08:00"
@@ -140,8 +172,9 @@ async def test_due_one_off_runs_exactly_once_with_two_schedulers(trackly: Trackl
     """Two schedulers racing on a due one-off campaign create one execution and queue each contact once."""
     register_echo()
     at = utcnow() - dt.timedelta(minutes=1)
-    await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 301)],
-                        campaign_kw={"schedule": {"at": at}})
+    await seed_campaign(
+        trackly.store, contacts=[contact(i) for i in range(1, 301)], campaign_kw={"schedule": {"at": at}}
+    )
     s1, s2 = Scheduler(trackly), Scheduler(trackly)
     s2.runner.owner = "other-process"
     await asyncio.gather(s1.run_until_idle(), s2.run_until_idle())
@@ -157,9 +190,14 @@ async def test_due_one_off_runs_exactly_once_with_two_schedulers(trackly: Trackl
 async def test_cron_after_downtime_runs_only_the_latest(trackly: Trackly) -> None:
     """A per-minute campaign down for 3 hours runs one execution (the latest minute), not 180, and advances."""
     register_echo()
-    await seed_campaign(trackly.store, contacts=[contact(1)],
-                        campaign_kw={"schedule": {"cron": "* * * * *", "timezone": "Europe/Paris"},
-                                     "next_run_at": (utcnow() - dt.timedelta(hours=3)).replace(second=0, microsecond=0)})
+    await seed_campaign(
+        trackly.store,
+        contacts=[contact(1)],
+        campaign_kw={
+            "schedule": {"cron": "* * * * *", "timezone": "Europe/Paris"},
+            "next_run_at": (utcnow() - dt.timedelta(hours=3)).replace(second=0, microsecond=0),
+        },
+    )
     await Scheduler(trackly).run_until_idle()
     exs = await trackly.db[c.EXECUTIONS].find({}).to_list(None)
     assert len(exs) == 1 and exs[0]["status"] == "queued"
@@ -173,9 +211,14 @@ async def test_too_late_occurrence_is_skipped_and_reported(trackly: Trackly) -> 
     register_echo()
     five_h = utcnow() - dt.timedelta(hours=5)
     cron = f"{five_h.minute} {five_h.hour} * * *"
-    await seed_campaign(trackly.store, contacts=[contact(1)],
-                        campaign_kw={"schedule": {"cron": cron, "timezone": "UTC"},
-                                     "next_run_at": five_h.replace(second=0, microsecond=0)})
+    await seed_campaign(
+        trackly.store,
+        contacts=[contact(1)],
+        campaign_kw={
+            "schedule": {"cron": cron, "timezone": "UTC"},
+            "next_run_at": five_h.replace(second=0, microsecond=0),
+        },
+    )
     await Scheduler(trackly).run_until_idle()
     ex = await trackly.db[c.EXECUTIONS].find_one({})
     assert ex["status"] == "skipped" and "late" in ex["reason"]
@@ -189,8 +232,9 @@ async def test_too_late_occurrence_is_skipped_and_reported(trackly: Trackly) -> 
 async def test_new_campaigns_get_next_run_and_paused_are_ignored(trackly: Trackly) -> None:
     """A new cron campaign gets its next occurrence filled in; a paused due campaign is not run."""
     register_echo()
-    await seed_campaign(trackly.store, contacts=[contact(1)],
-                        campaign_kw={"schedule": {"cron": "0 9 * * *", "timezone": "Asia/Tokyo"}})
+    await seed_campaign(
+        trackly.store, contacts=[contact(1)], campaign_kw={"schedule": {"cron": "0 9 * * *", "timezone": "Asia/Tokyo"}}
+    )
     await Scheduler(trackly).run_until_idle()
     camp = await trackly.db[c.CAMPAIGNS].find_one({"_id": 1})
     assert camp["next_run_at"].astimezone(ZoneInfo("Asia/Tokyo")).strftime("%H:%M") == "09:00"
@@ -200,15 +244,18 @@ async def test_new_campaigns_get_next_run_and_paused_are_ignored(trackly: Trackl
     assert await trackly.db[c.EXECUTIONS].count_documents({}) == 0
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    ({c.SENDING_LISTS: {"active": False}}, "not active"),
-    ({c.SENDING_LISTS: {"driver": "nope"}}, "not available"),
-    ({c.AUDIENCES: {"sending_list_id": 2}}, "another sending list"),
-    ({c.CREATIVES: {"variants": [{"key": "A", "body": "x", "weight": 0}]}}, "no variant"),
-    ({c.CREATIVES: {"account_id": 2}}, "another account"),
-    ({c.CREATIVES: {"variants": [{"key": "A", "body": "Hi {first name}", "weight": 1}]}}, "bad placeholder"),
-    ({c.AUDIENCES: {"filter": {"$where": "1"}}}, "invalid filter"),
-])
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({c.SENDING_LISTS: {"active": False}}, "not active"),
+        ({c.SENDING_LISTS: {"driver": "nope"}}, "not available"),
+        ({c.AUDIENCES: {"sending_list_id": 2}}, "another sending list"),
+        ({c.CREATIVES: {"variants": [{"key": "A", "body": "x", "weight": 0}]}}, "no variant"),
+        ({c.CREATIVES: {"account_id": 2}}, "another account"),
+        ({c.CREATIVES: {"variants": [{"key": "A", "body": "Hi {first name}", "weight": 1}]}}, "bad placeholder"),
+        ({c.AUDIENCES: {"filter": {"$where": "1"}}}, "invalid filter"),
+    ],
+)
 async def test_invalid_campaign_fails_with_reason(trackly: Trackly, change: dict[str, Any], words: str) -> None:
     """An invalid campaign gets a failed execution with the reason and a campaign_failed event, and queues nothing."""
     register_echo()
@@ -237,7 +284,9 @@ async def test_crashed_evaluation_is_resumed_without_duplicates(trackly: Trackly
     await trackly.db[c.FAILED].insert_one({**q2, "reason": "PROVIDER_ERROR"})
     await trackly.db[c.QUEUED].delete_many({"contact_id": {"$gt": 125}})
     stuck = {**first, "status": "evaluating", "lease_owner": "dead", "heartbeat_at": utcnow() - dt.timedelta(minutes=2)}
-    await trackly.db[c.EXECUTIONS].replace_one({"_id": eid}, stuck)   # (replace: $set would store the date as text on nx-27017)
+    await trackly.db[c.EXECUTIONS].replace_one(
+        {"_id": eid}, stuck
+    )  # (replace: $set would store the date as text on nx-27017)
     stats = await Scheduler(trackly).run_until_idle()
     assert stats["resumed"] == 1
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
@@ -251,8 +300,11 @@ async def test_crashed_evaluation_is_resumed_without_duplicates(trackly: Trackly
 async def test_next_run_written_as_text_is_healed(trackly: Trackly) -> None:
     """A next_run_at that a $set stored as text (nx-27017) is turned back into a date and the campaign runs."""
     register_echo()
-    await seed_campaign(trackly.store, contacts=[contact(1)],
-                        campaign_kw={"schedule": {"cron": "* * * * *", "timezone": "UTC"}, "next_run_at": utcnow()})
+    await seed_campaign(
+        trackly.store,
+        contacts=[contact(1)],
+        campaign_kw={"schedule": {"cron": "* * * * *", "timezone": "UTC"}, "next_run_at": utcnow()},
+    )
     await trackly.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"next_run_at": utcnow() - dt.timedelta(seconds=5)}})
     await Scheduler(trackly).run_until_idle()
     assert await trackly.db[c.EXECUTIONS].count_documents({"status": "queued"}) == 1
@@ -263,13 +315,14 @@ async def test_component_runs_due_campaigns_in_the_background(trackly: Trackly) 
     """Started as a daemon component, the scheduler picks up a due campaign by itself and stops cleanly."""
     register_echo()
     trackly.settings.scheduler.poll_interval_seconds = 0.05
-    await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 11)],
-                        campaign_kw={"schedule": {"at": utcnow()}})
+    await seed_campaign(
+        trackly.store, contacts=[contact(i) for i in range(1, 11)], campaign_kw={"schedule": {"at": utcnow()}}
+    )
     sched = Scheduler(trackly)
     await sched.start()
     try:
         ex = None
-        for _ in range(200):                      # bounded wait for the background loop (no burst mode here)
+        for _ in range(200):  # bounded wait for the background loop (no burst mode here)
             ex = await trackly.db[c.EXECUTIONS].find_one({"status": "queued"})
             if ex is not None:
                 break
@@ -311,15 +364,23 @@ async def test_evaluation_killed_mid_way_is_resumed_exactly(trackly: Trackly) ->
     root = str(Path(__file__).resolve().parent.parent)
     env = {**__import__("os").environ, "TRACKLY_FAILPOINT": "after_queue_batch:3"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CRASHING_TRIGGER, trackly.settings.mongo.uri.get_secret_value(),
-        trackly.settings.mongo.database, root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sys.executable,
+        "-c",
+        _CRASHING_TRIGGER,
+        trackly.settings.mongo.uri.get_secret_value(),
+        trackly.settings.mongo.database,
+        root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == -9, err.decode()[-2000:]
     ex = await trackly.db[c.EXECUTIONS].find_one({})
     assert ex["status"] == "evaluating"
     assert 300 <= await trackly.db[c.QUEUED].count_documents({}) < 1000
     trackly.settings.scheduler.evaluation_lease_seconds = 0.5
-    await asyncio.sleep(0.6)                      # the dead process's heartbeat goes stale
+    await asyncio.sleep(0.6)  # the dead process's heartbeat goes stale
     stats = await Scheduler(trackly).run_until_idle()
     assert stats["resumed"] == 1
     ex = await trackly.db[c.EXECUTIONS].find_one({})
@@ -331,8 +392,9 @@ async def test_evaluation_killed_mid_way_is_resumed_exactly(trackly: Trackly) ->
 async def test_invalid_stored_cron_is_reported_once_and_paused(trackly: Trackly) -> None:
     """A campaign stored with an invalid cron gets one failed execution and event, and is paused."""
     register_echo()
-    await seed_campaign(trackly.store, contacts=[contact(1)],
-                        campaign_kw={"schedule": {"cron": "61 * * * *", "timezone": "UTC"}})
+    await seed_campaign(
+        trackly.store, contacts=[contact(1)], campaign_kw={"schedule": {"cron": "61 * * * *", "timezone": "UTC"}}
+    )
     await Scheduler(trackly).run_until_idle()
     await Scheduler(trackly).run_until_idle()
     ex = await trackly.db[c.EXECUTIONS].find({}).to_list(None)

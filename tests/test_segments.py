@@ -14,24 +14,24 @@ CASES = [
     ("Hello", 5, 1, "GSM-7"),
     ("a" * 160, 160, 1, "GSM-7"),
     ("a" * 161, 161, 2, "GSM-7"),
-    ("a" * 306, 306, 2, "GSM-7"),            # 2 x 153
+    ("a" * 306, 306, 2, "GSM-7"),  # 2 x 153
     ("a" * 307, 307, 3, "GSM-7"),
-    ("€" * 80, 160, 1, "GSM-7"),             # extension chars count 2 septets
+    ("€" * 80, 160, 1, "GSM-7"),  # extension chars count 2 septets
     ("€" * 81, 162, 2, "GSM-7"),
     ("a" * 152 + "€" + "a" * 10, 164, 2, "GSM-7"),  # 152 + ESC pair would be 154 > 153: the pair moves on
     ("a" * 151 + "€" + "a" * 10, 163, 2, "GSM-7"),  # 151 + 2 = 153 fits exactly
-    ("a" * 152 + "€" * 77, 306, 3, "GSM-7"),       # total 306 = 2 x 153 but the split pushes a 3rd part
-    ("Grüße", 5, 1, "GSM-7"),                # ü and ß are in the basic table
-    ("café ç", 6, 1, "UCS-2"),               # ç is not GSM-7 (Ç is)
+    ("a" * 152 + "€" * 77, 306, 3, "GSM-7"),  # total 306 = 2 x 153 but the split pushes a 3rd part
+    ("Grüße", 5, 1, "GSM-7"),  # ü and ß are in the basic table
+    ("café ç", 6, 1, "UCS-2"),  # ç is not GSM-7 (Ç is)
     ("ж" * 70, 70, 1, "UCS-2"),
     ("ж" * 71, 71, 2, "UCS-2"),
     ("ж" * 134, 134, 2, "UCS-2"),
     ("ж" * 135, 135, 3, "UCS-2"),
-    ("😀" * 35, 70, 1, "UCS-2"),             # astral: surrogate pair, 2 units
+    ("😀" * 35, 70, 1, "UCS-2"),  # astral: surrogate pair, 2 units
     ("😀" * 36, 72, 2, "UCS-2"),
     ("ж" * 66 + "😀" + "ж" * 10, 78, 2, "UCS-2"),  # 66 + 2 > 67: the pair moves to part 2
-    ("ж" * 66 + "😀" * 34, 134, 3, "UCS-2"),        # 134 = 2 x 67 units but the pair cannot split
-    ("`", 1, 1, "UCS-2"),                    # backtick is ASCII but not GSM-7
+    ("ж" * 66 + "😀" * 34, 134, 3, "UCS-2"),  # 134 = 2 x 67 units but the pair cannot split
+    ("`", 1, 1, "UCS-2"),  # backtick is ASCII but not GSM-7
 ]
 
 
@@ -79,6 +79,8 @@ def test_property_random_texts() -> None:
         if m.segments > 1:
             limit = 153 if m.encoding == "GSM-7" else 67
             for p in parts:
-                units = sum((2 if ch in GSM7_EXTENSION else 1) if m.encoding == "GSM-7"
-                            else len(ch.encode("utf-16-le")) // 2 for ch in p)
+                units = sum(
+                    (2 if ch in GSM7_EXTENSION else 1) if m.encoding == "GSM-7" else len(ch.encode("utf-16-le")) // 2
+                    for ch in p
+                )
                 assert units <= limit

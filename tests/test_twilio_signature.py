@@ -15,8 +15,13 @@ from trackly_exec.errors import WebhookAuthError
 
 TOKEN = "12345"
 URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
-PARAMS = {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675309", "Digits": "1234", "From": "+14158675309",
-          "To": "+18005551212"}
+PARAMS = {
+    "CallSid": "CA1234567890ABCDE",
+    "Caller": "+14158675309",
+    "Digits": "1234",
+    "From": "+14158675309",
+    "To": "+18005551212",
+}
 EXPECTED = "RSOYDt4T1cUTdK1PDd93/VVr8B8="
 BODY = '{"property": "value", "boolean": true}'
 BODY_HASH = "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620"
@@ -48,8 +53,9 @@ def test_http_port_variant() -> None:
     """The http URL with :80 signs to 0ZXoZLH/DfblKGATFgpif+LLRf4= and validates without the port too."""
     with_port = "http://mycompany.com:80/myapp.php?foo=1&bar=2"
     assert compute_signature(TOKEN, with_port, _lists(PARAMS)) == "0ZXoZLH/DfblKGATFgpif+LLRf4="
-    assert validate_signature(TOKEN, "http://mycompany.com/myapp.php?foo=1&bar=2", _lists(PARAMS),
-                              "0ZXoZLH/DfblKGATFgpif+LLRf4=")
+    assert validate_signature(
+        TOKEN, "http://mycompany.com/myapp.php?foo=1&bar=2", _lists(PARAMS), "0ZXoZLH/DfblKGATFgpif+LLRf4="
+    )
 
 
 def test_multi_valued_params() -> None:
@@ -68,8 +74,9 @@ def test_json_body_variant() -> None:
     assert not validate_signature(TOKEN, url, None, "a9nBmqA0ju/hNViExpshrM61xv4=", body=BODY.encode() + b" ")
 
 
-@pytest.mark.parametrize("signature", ["", "RSOYDt4T1cUTdK1PDd93/VVr8B8", "rsoydt4t1cutdk1pdd93/vvr8b8=",
-                                       "kvajT1Ptam85bY51eRf/AJRuM3w=x"])
+@pytest.mark.parametrize(
+    "signature", ["", "RSOYDt4T1cUTdK1PDd93/VVr8B8", "rsoydt4t1cutdk1pdd93/vvr8b8=", "kvajT1Ptam85bY51eRf/AJRuM3w=x"]
+)
 def test_wrong_signatures_refused(signature: str) -> None:
     """A missing, truncated, case-changed or padded signature does not validate."""
     assert not validate_signature(TOKEN, URL, _lists(PARAMS), signature)
@@ -83,9 +90,15 @@ def test_tampered_params_or_token_refused() -> None:
     assert not validate_signature(TOKEN, URL.replace("https", "http"), _lists(PARAMS), EXPECTED)
 
 
-@pytest.mark.parametrize("url", [URL, "https://mycompany.com:443/myapp.php?foo=1&bar=2",
-                                 "http://127.0.0.1:8080/webhooks/twilio/status/tok?mid=0123456789abcdef",
-                                 "https://example.org/a%20b?x=%2B1&y="])
+@pytest.mark.parametrize(
+    "url",
+    [
+        URL,
+        "https://mycompany.com:443/myapp.php?foo=1&bar=2",
+        "http://127.0.0.1:8080/webhooks/twilio/status/tok?mid=0123456789abcdef",
+        "https://example.org/a%20b?x=%2B1&y=",
+    ],
+)
 @pytest.mark.parametrize("params", [PARAMS, {"Body": "héllo wörld ✓", "From": "+1", "ErrorCode": "30007"}, {}])
 def test_cross_check_with_twilio_library(url: str, params: dict[str, str]) -> None:
     """Our signatures agree with twilio.RequestValidator both ways, port variants included."""
@@ -101,14 +114,21 @@ def test_driver_authenticate_form_request() -> None:
     url = "https://hooks.example.com/webhooks/twilio/status?mid=0123456789abcdef"
     params = {"MessageSid": "SM1", "MessageStatus": "delivered", "To": "+14155550000"}
     signature = RequestValidator(TOKEN).compute_signature(url, params)
-    ok = WebhookRequest(url=url, headers={"X-Twilio-Signature": signature}, body=urlencode(params).encode(),
-                        content_type="application/x-www-form-urlencoded")
+    ok = WebhookRequest(
+        url=url,
+        headers={"X-Twilio-Signature": signature},
+        body=urlencode(params).encode(),
+        content_type="application/x-www-form-urlencoded",
+    )
     _driver().authenticate(ok)
     [report] = _driver().parse_status(ok)
     assert report.message_id == "0123456789abcdef" and report.delivered is True
-    bad = WebhookRequest(url=url, headers={"X-Twilio-Signature": signature},
-                         body=urlencode({**params, "MessageStatus": "undelivered"}).encode(),
-                         content_type="application/x-www-form-urlencoded")
+    bad = WebhookRequest(
+        url=url,
+        headers={"X-Twilio-Signature": signature},
+        body=urlencode({**params, "MessageStatus": "undelivered"}).encode(),
+        content_type="application/x-www-form-urlencoded",
+    )
     with pytest.raises(WebhookAuthError):
         _driver().authenticate(bad)
     with pytest.raises(WebhookAuthError):
@@ -123,8 +143,11 @@ def test_driver_authenticate_json_request() -> None:
     req = WebhookRequest(url=url, headers={"X-Twilio-Signature": signature}, body=body, content_type="application/json")
     _driver().authenticate(req)
     with pytest.raises(WebhookAuthError):
-        _driver().authenticate(WebhookRequest(url=url, headers={"X-Twilio-Signature": signature},
-                                              body=body + b" ", content_type="application/json"))
+        _driver().authenticate(
+            WebhookRequest(
+                url=url, headers={"X-Twilio-Signature": signature}, body=body + b" ", content_type="application/json"
+            )
+        )
 
 
 def test_driver_authenticate_sha256_settings_header() -> None:
@@ -132,14 +155,24 @@ def test_driver_authenticate_sha256_settings_header() -> None:
     url = "https://hooks.example.com/webhooks/twilio/inbound"
     params = {"From": "+14155550000", "Body": "STOP"}
     signature = RequestValidator(TOKEN).compute_signature(url, params, "HMAC_SHA256")
-    headers = {"X-Twilio-Signature": signature,
-               "X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"}
-    _driver().authenticate(WebhookRequest(url=url, headers=headers, body=urlencode(params).encode(),
-                                          content_type="application/x-www-form-urlencoded"))
+    headers = {
+        "X-Twilio-Signature": signature,
+        "X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256",
+    }
+    _driver().authenticate(
+        WebhookRequest(
+            url=url, headers=headers, body=urlencode(params).encode(), content_type="application/x-www-form-urlencoded"
+        )
+    )
     with pytest.raises(WebhookAuthError):
-        _driver().authenticate(WebhookRequest(url=url, headers={"X-Twilio-Signature": signature},
-                                              body=urlencode(params).encode(),
-                                              content_type="application/x-www-form-urlencoded"))
+        _driver().authenticate(
+            WebhookRequest(
+                url=url,
+                headers={"X-Twilio-Signature": signature},
+                body=urlencode(params).encode(),
+                content_type="application/x-www-form-urlencoded",
+            )
+        )
 
 
 def test_inbound_twiml() -> None:
@@ -152,9 +185,14 @@ def test_inbound_twiml() -> None:
 
 def test_status_callback_mapping() -> None:
     """Status callbacks map to the tristate; 30007 is spam, 21610 opted out, intermediate states are None."""
+
     def report(**params: str):  # type: ignore[no-untyped-def]
-        req = WebhookRequest(url="https://h/x?mid=abc", headers={}, body=urlencode(params).encode(),
-                             content_type="application/x-www-form-urlencoded")
+        req = WebhookRequest(
+            url="https://h/x?mid=abc",
+            headers={},
+            body=urlencode(params).encode(),
+            content_type="application/x-www-form-urlencoded",
+        )
         return _driver().parse_status(req)[0]
 
     assert report(MessageStatus="sent", MessageSid="SM1").delivered is None

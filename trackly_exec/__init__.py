@@ -36,10 +36,29 @@ from .errors import (
 )
 
 __all__ = [
-    "Accepted", "ConfigError", "DeliveryReport", "Driver", "DriverContext", "DriverError", "DriverSettings",
-    "InboundMessage", "OutboundMessage", "PermanentSendError", "Rejected", "SendResult", "TracklyError",
-    "TransientFailure", "TransientSendError", "UnknownOutcome", "UnknownOutcomeError", "WebhookAuthError",
-    "WebhookError", "WebhookFormatError", "WebhookRequest", "WebhookResponse", "__version__",
+    "Accepted",
+    "ConfigError",
+    "DeliveryReport",
+    "Driver",
+    "DriverContext",
+    "DriverError",
+    "DriverSettings",
+    "InboundMessage",
+    "OutboundMessage",
+    "PermanentSendError",
+    "Rejected",
+    "SendResult",
+    "TracklyError",
+    "TransientFailure",
+    "TransientSendError",
+    "UnknownOutcome",
+    "UnknownOutcomeError",
+    "WebhookAuthError",
+    "WebhookError",
+    "WebhookFormatError",
+    "WebhookRequest",
+    "WebhookResponse",
+    "__version__",
 ]
 
 

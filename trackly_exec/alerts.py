@@ -42,7 +42,7 @@ class Alerts:
         self.cfg = trackly.settings.alerts
         self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_LIMIT)
         self.dropped = 0
-        self.sent_messages: list[dict[str, Any]] = []     # what was posted (or logged), newest last, capped
+        self.sent_messages: list[dict[str, Any]] = []  # what was posted (or logged), newest last, capped
         self._last_sent: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -124,8 +124,10 @@ class Alerts:
 
     def _format(self, group: list[Event], suppressed: int) -> dict[str, Any]:
         head = group[0]
-        severity = max((e.severity for e in group), key=lambda s: ["info", "warning", "critical"].index(s)
-                       if s in ("info", "warning", "critical") else 1)
+        severity = max(
+            (e.severity for e in group),
+            key=lambda s: ["info", "warning", "critical"].index(s) if s in ("info", "warning", "critical") else 1,
+        )
         if head.kind == EventKind.FAILED_MESSAGE and len(group) > 1:
             reasons = Counter(str(e.data.get("reason")) for e in group)
             title = f"{len(group)} messages dead-lettered"
@@ -138,11 +140,16 @@ class Alerts:
         fields = [{"name": k, "value": str(v)[:1000], "inline": True} for k, v in list(head.data.items())[:8]]
         return {
             "username": "trackly-exec",
-            "embeds": [{
-                "title": title[:256], "description": description[:4000], "color": COLOURS.get(severity, 0xF9A825),
-                "fields": fields, "timestamp": head.created_at.isoformat(),
-                "footer": {"text": self.trackly.instance},
-            }],
+            "embeds": [
+                {
+                    "title": title[:256],
+                    "description": description[:4000],
+                    "color": COLOURS.get(severity, 0xF9A825),
+                    "fields": fields,
+                    "timestamp": head.created_at.isoformat(),
+                    "footer": {"text": self.trackly.instance},
+                }
+            ],
         }
 
     async def _post(self, payload: dict[str, Any]) -> None:
@@ -199,11 +206,15 @@ class Alerts:
         for list_id, f in failed.items():
             total = f + sent[list_id]
             if f >= MIN_FAILURES_FOR_RATE_ALERT and f / total >= self.cfg.error_rate_threshold:
-                events.append(Event(
-                    kind=EventKind.HIGH_ERROR_RATE, severity="critical", key=f"high_error_rate:{list_id}",
-                    message=f"sending list {list_id}: {f} of {total} messages failed in the last minute",
-                    data={"sending_list_id": list_id, "failed": f, "total": total},
-                ))
+                events.append(
+                    Event(
+                        kind=EventKind.HIGH_ERROR_RATE,
+                        severity="critical",
+                        key=f"high_error_rate:{list_id}",
+                        message=f"sending list {list_id}: {f} of {total} messages failed in the last minute",
+                        data={"sending_list_id": list_id, "failed": f, "total": total},
+                    )
+                )
         if events:
             await self.trackly.bus.publish(*events)
         return events

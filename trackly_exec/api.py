@@ -75,6 +75,7 @@ def route(method: str, path: str, summary: str, **kw: Any) -> Callable[[Handler]
     def deco(fn: Handler) -> Handler:
         ROUTES.append(Route(method, path, fn, summary, **kw))
         return fn
+
     return deco
 
 
@@ -130,8 +131,10 @@ def _check_json(obj: Any, path: tuple[Any, ...] = (), depth: int = 0) -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             if "\x00" in k or not _utf8(k):
-                raise field_error(_loc("body", (*path, k.encode("utf-8", "replace").decode())),
-                                  "field names may not contain NUL or lone surrogates")
+                raise field_error(
+                    _loc("body", (*path, k.encode("utf-8", "replace").decode())),
+                    "field names may not contain NUL or lone surrogates",
+                )
             _check_json(v, (*path, k), depth + 1)
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
@@ -178,10 +181,16 @@ async def get_or_404(trackly: Trackly, coll: str, doc_id: int, what: str) -> dic
 
 
 async def page(request: web.Request, coll: str, out: Any, query: m.PageQuery, match: dict[str, Any]) -> web.Response:
-    docs = [d async for d in _tr(request).store[coll].find({**match, "_id": {"$gt": query.after}})
-            .sort("_id", 1).limit(query.limit + 1)]
+    docs = [
+        d
+        async for d in _tr(request)
+        .store[coll]
+        .find({**match, "_id": {"$gt": query.after}})
+        .sort("_id", 1)
+        .limit(query.limit + 1)
+    ]
     more = len(docs) > query.limit
-    docs = docs[:query.limit]
+    docs = docs[: query.limit]
     items = [out.from_doc(d).model_dump(mode="json") for d in docs]
     return _json({"items": items, "next_after": docs[-1]["_id"] if more else None})
 
@@ -214,29 +223,54 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         resp = await handler(request)
     except ApiError as exc:
-        resp = _json({"error": exc.error, "message": exc.message, "details": exc.details, "request_id": rid}, exc.status)
+        resp = _json(
+            {"error": exc.error, "message": exc.message, "details": exc.details, "request_id": rid}, exc.status
+        )
     except web.HTTPRequestEntityTooLarge:
         limit = _tr(request).settings.http.max_body_bytes
-        resp = _json({"error": "too_large", "message": f"body larger than {limit} bytes", "details": [],
-                      "request_id": rid}, 413)
+        resp = _json(
+            {"error": "too_large", "message": f"body larger than {limit} bytes", "details": [], "request_id": rid}, 413
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        resp = _json({"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason, "details": [],
-                      "request_id": rid}, exc.status)
+        resp = _json(
+            {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason, "details": [], "request_id": rid},
+            exc.status,
+        )
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except (ConnectionFailure, ExecutionTimeout) as exc:
         log.error("api_store_unavailable", request_id=rid, path=request.path, error=str(exc))
-        resp = _json({"error": "unavailable", "message": "the store is not reachable right now; try again",
-                      "details": [], "request_id": rid}, 503)
+        resp = _json(
+            {
+                "error": "unavailable",
+                "message": "the store is not reachable right now; try again",
+                "details": [],
+                "request_id": rid,
+            },
+            503,
+        )
     except Exception as exc:
         log.exception("api_internal_error", request_id=rid, method=request.method, path=request.path, error=str(exc))
-        resp = _json({"error": "internal", "message": f"internal error; quote request id {rid}", "details": [],
-                      "request_id": rid}, 500)
+        resp = _json(
+            {
+                "error": "internal",
+                "message": f"internal error; quote request id {rid}",
+                "details": [],
+                "request_id": rid,
+            },
+            500,
+        )
     resp.headers["X-Request-Id"] = rid
-    log.info("api_request", method=request.method, path=request.path, status=resp.status, request_id=rid,
-             ms=round((time.monotonic() - started) * 1000, 1))
+    log.info(
+        "api_request",
+        method=request.method,
+        path=request.path,
+        status=resp.status,
+        request_id=rid,
+        ms=round((time.monotonic() - started) * 1000, 1),
+    )
     return resp
 
 
@@ -270,8 +304,9 @@ async def openapi_json(request: web.Request) -> web.Response:
 def build_subapp(trackly: Trackly) -> web.Application:
     from . import api_campaigns, api_resources  # noqa: F401  (they register their routes in ROUTES)
 
-    sub = web.Application(middlewares=[error_middleware, auth_middleware],
-                          client_max_size=trackly.settings.http.max_body_bytes)
+    sub = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=trackly.settings.http.max_body_bytes
+    )
     sub[TRACKLY] = trackly
     for r in ROUTES:
         sub.router.add_route(r.method, r.path, r.handler)

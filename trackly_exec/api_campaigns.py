@@ -17,7 +17,18 @@ from . import apimodels as m
 from . import constants as c
 from . import queue
 from .api import (
-    ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, read_routes, route,
+    ApiError,
+    _json,
+    _new_id,
+    _tr,
+    field_error,
+    get_or_404,
+    page,
+    path_id,
+    read_body,
+    read_query,
+    read_routes,
+    route,
 )
 from .app import Trackly
 from .campaign_stats import campaign_stats
@@ -27,7 +38,7 @@ from .models import CampaignStatus, utcnow
 
 log = get_logger(__name__)
 
-AT_TOLERANCE = dt.timedelta(seconds=60)   # schedule.at may be this much in the past ("now")
+AT_TOLERANCE = dt.timedelta(seconds=60)  # schedule.at may be this much in the past ("now")
 
 
 def next_cron(expr: str, timezone: str, after: dt.datetime) -> dt.datetime:
@@ -66,7 +77,9 @@ async def _check_refs(trackly: Trackly, body: m.CampaignIn) -> None:
         raise ApiError(404, "not_found", f"audience {', '.join(map(str, missing))} not found")
     foreign = [a for a in wanted if found[a]["sending_list_id"] != body.sending_list_id]
     if foreign:
-        raise field_error("body.audience_ids", f"audience {', '.join(map(str, foreign))} belongs to another sending list")
+        raise field_error(
+            "body.audience_ids", f"audience {', '.join(map(str, foreign))} belongs to another sending list"
+        )
     creative = await get_or_404(trackly, c.CREATIVES, body.creative_id, "creative")
     if creative["account_id"] != body.account_id:
         raise field_error("body.creative_id", f"creative {creative['_id']} belongs to another account")
@@ -85,20 +98,27 @@ async def create_campaign(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise field_error("body.schedule.cron", str(exc)) from exc
     doc = {
-        "_id": await _new_id(trackly, c.CAMPAIGNS), **body.model_dump(exclude={"schedule"}),
+        "_id": await _new_id(trackly, c.CAMPAIGNS),
+        **body.model_dump(exclude={"schedule"}),
         "audience_ids": list(dict.fromkeys(body.audience_ids)),
         "schedule": body.schedule.model_dump() if body.schedule else {"at": None, "cron": None, "timezone": "UTC"},
-        "status": CampaignStatus.ACTIVE.value, "next_run_at": next_run_at, "created_at": now,
+        "status": CampaignStatus.ACTIVE.value,
+        "next_run_at": next_run_at,
+        "created_at": now,
     }
     await trackly.store[c.CAMPAIGNS].insert_one(doc)
     log.info("campaign_created", campaign_id=doc["_id"], next_run_at=next_run_at)
     return _json(m.CampaignOut.from_doc(doc), 201)
 
 
-
-
-@route("POST", "/campaigns/{id}/trigger", "Run the campaign now (one execution, evaluated and queued before the answer)",
-       response=m.TriggerOut, status=202, errors=(409,))
+@route(
+    "POST",
+    "/campaigns/{id}/trigger",
+    "Run the campaign now (one execution, evaluated and queued before the answer)",
+    response=m.TriggerOut,
+    status=202,
+    errors=(409,),
+)
 async def trigger_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "campaign")
@@ -138,22 +158,34 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
     return _json(m.CampaignOut.from_doc({**doc, **update}))
 
 
-@route("POST", "/campaigns/{id}/pause",
-       "Pause: no new occurrences or triggers, and its queued messages wait (a batch already claimed finishes)",
-       response=m.CampaignOut, errors=(409,))
+@route(
+    "POST",
+    "/campaigns/{id}/pause",
+    "Pause: no new occurrences or triggers, and its queued messages wait (a batch already claimed finishes)",
+    response=m.CampaignOut,
+    errors=(409,),
+)
 async def pause_campaign(request: web.Request) -> web.Response:
     return await _set_status(request, CampaignStatus.PAUSED)
 
 
-@route("POST", "/campaigns/{id}/resume",
-       "Resume: held messages are due again now; the next cron occurrence is counted from now",
-       response=m.CampaignOut, errors=(409,))
+@route(
+    "POST",
+    "/campaigns/{id}/resume",
+    "Resume: held messages are due again now; the next cron occurrence is counted from now",
+    response=m.CampaignOut,
+    errors=(409,),
+)
 async def resume_campaign(request: web.Request) -> web.Response:
     return await _set_status(request, CampaignStatus.ACTIVE)
 
 
-@route("GET", "/campaigns/{id}/stats", "A campaign's numbers: queued, sent, delivered, failed, clicks, per variant",
-       response=m.CampaignStatsOut)
+@route(
+    "GET",
+    "/campaigns/{id}/stats",
+    "A campaign's numbers: queued, sent, delivered, failed, clicks, per variant",
+    response=m.CampaignStatsOut,
+)
 async def get_campaign_stats(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "campaign")
@@ -161,8 +193,13 @@ async def get_campaign_stats(request: web.Request) -> web.Response:
     return _json(await campaign_stats(trackly.store, cid))
 
 
-@route("GET", "/executions", "List executions (optionally of one campaign)", query=m.ExecutionQuery,
-       response=m.Page[m.ExecutionOut])
+@route(
+    "GET",
+    "/executions",
+    "List executions (optionally of one campaign)",
+    query=m.ExecutionQuery,
+    response=m.Page[m.ExecutionOut],
+)
 async def list_executions(request: web.Request) -> web.Response:
     q = read_query(request, m.ExecutionQuery)
     return await page(request, c.EXECUTIONS, m.ExecutionOut, q, {"campaign_id": q.campaign_id} if q.campaign_id else {})

@@ -15,12 +15,22 @@ from aiohttp import web
 from . import apimodels as m
 from . import constants as c
 from .api import (
-    ApiError, _json, _new_id, _tr, field_error, get_or_404, page, path_id, read_body, read_query, read_routes, route,
+    ApiError,
+    _json,
+    _new_id,
+    _tr,
+    field_error,
+    get_or_404,
+    page,
+    path_id,
+    read_body,
+    read_query,
+    read_routes,
+    route,
 )
 from .contacts import upsert
 from .errors import DriverNotFound, TracklyError
 from .models import utcnow
-
 
 # --------------------------------------------------------------------------------------------- accounts
 
@@ -32,8 +42,6 @@ async def create_account(request: web.Request) -> web.Response:
     doc = {"_id": await _new_id(trackly, c.ACCOUNTS), **body.model_dump(), "created_at": utcnow()}
     await trackly.store[c.ACCOUNTS].insert_one(doc)
     return _json(m.AccountOut.from_doc(doc), 201)
-
-
 
 
 # --------------------------------------------------------------------------------------------- sending lists
@@ -55,10 +63,13 @@ async def create_sending_list(request: web.Request) -> web.Response:
     return _json(m.SendingListOut.from_doc(doc), 201)
 
 
-
-
-@route("POST", "/sending-lists/{id}/contacts", "Bulk upsert contacts by normalised phone",
-       body=m.ContactsBulkIn, response=m.ContactsBulkOut)
+@route(
+    "POST",
+    "/sending-lists/{id}/contacts",
+    "Bulk upsert contacts by normalised phone",
+    body=m.ContactsBulkIn,
+    response=m.ContactsBulkOut,
+)
 async def upsert_contacts(request: web.Request) -> web.Response:
     trackly = _tr(request)
     list_id = path_id(request, "sending list")
@@ -68,8 +79,13 @@ async def upsert_contacts(request: web.Request) -> web.Response:
     return _json(result.as_dict())
 
 
-@route("GET", "/sending-lists/{id}/contacts", "List a sending list's contacts", query=m.PageQuery,
-       response=m.Page[m.ContactOut])
+@route(
+    "GET",
+    "/sending-lists/{id}/contacts",
+    "List a sending list's contacts",
+    query=m.PageQuery,
+    response=m.Page[m.ContactOut],
+)
 async def list_contacts(request: web.Request) -> web.Response:
     list_id = path_id(request, "sending list")
     query = read_query(request, m.PageQuery)
@@ -86,8 +102,14 @@ async def get_contact(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------- audiences
 
 
-@route("POST", "/audiences", "Create an audience (a filter or explicit contact ids)", body=m.AudienceIn,
-       response=m.AudienceOut, status=201)
+@route(
+    "POST",
+    "/audiences",
+    "Create an audience (a filter or explicit contact ids)",
+    body=m.AudienceIn,
+    response=m.AudienceOut,
+    status=201,
+)
 async def create_audience(request: web.Request) -> web.Response:
     body = await read_body(request, m.AudienceIn)
     trackly = _tr(request)
@@ -106,8 +128,6 @@ async def create_audience(request: web.Request) -> web.Response:
     return _json(m.AudienceOut.from_doc(doc), 201)
 
 
-
-
 def _undollar(node: Any) -> Any:
     """The filter with ``$eq``-style operator keys stored as ``eq`` (the same meaning; MongoDB-safe keys)."""
     if isinstance(node, dict):
@@ -120,14 +140,19 @@ def _undollar(node: Any) -> Any:
 # --------------------------------------------------------------------------------------------- creatives
 
 
-@route("POST", "/creatives", "Create a creative (message variants)", body=m.CreativeIn, response=m.CreativeOut, status=201)
+@route(
+    "POST", "/creatives", "Create a creative (message variants)", body=m.CreativeIn, response=m.CreativeOut, status=201
+)
 async def create_creative(request: web.Request) -> web.Response:
     body = await read_body(request, m.CreativeIn)
     trackly = _tr(request)
     from .compose import check_body
 
-    problems = [{"loc": f"body.variants.{i}.body", "msg": p, "type": "value_error"}
-                for i, v in enumerate(body.variants) for p in check_body(v.body)]
+    problems = [
+        {"loc": f"body.variants.{i}.body", "msg": p, "type": "value_error"}
+        for i, v in enumerate(body.variants)
+        for p in check_body(v.body)
+    ]
     if problems:
         raise ApiError(422, "validation", problems[0]["msg"], problems)
     await get_or_404(trackly, c.ACCOUNTS, body.account_id, "account")

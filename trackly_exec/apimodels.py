@@ -79,21 +79,37 @@ class Page(Out, Generic[T]):
 
 class PageQuery(Body):
     limit: int = Field(100, ge=1, le=MAX_PAGE, description="Items per page.")
-    after: int = Field(0, ge=0, le=INT64_MAX, description="Only items with an id greater than this (the previous page's next_after).")
+    after: int = Field(
+        0, ge=0, le=INT64_MAX, description="Only items with an id greater than this (the previous page's next_after)."
+    )
 
 
 # --------------------------------------------------------------------------------------------- accounts
 
 
 class AccountIn(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Acme Shoes", "balance": 500.0, "webhook_url": "https://acme.example/sms-status", "webhook_secret": "change-me-please"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Acme Shoes",
+                    "balance": 500.0,
+                    "webhook_url": "https://acme.example/sms-status",
+                    "webhook_secret": "change-me-please",
+                }
+            ]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200)
     balance: float = Field(0.0, ge=0, description="Prepaid balance debited per sent segment.")
-    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000,
-                                    description="Customer delivery-status webhook.")
-    webhook_secret: str | None = Field(None, min_length=8, max_length=200,
-                                       description="HMAC secret for the customer webhook (never returned).")
+    webhook_url: str | None = Field(
+        None, pattern=r"^https?://", max_length=2000, description="Customer delivery-status webhook."
+    )
+    webhook_secret: str | None = Field(
+        None, min_length=8, max_length=200, description="HMAC secret for the customer webhook (never returned)."
+    )
 
 
 class AccountOut(Out):
@@ -120,17 +136,39 @@ class QuietHoursIn(QuietHours):
 
 
 class SendingListIn(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"account_id": 1, "name": "US promos", "driver": "infobip", "driver_settings": {}, "from_number": "+15550100999", "cooldown_minutes": 1440, "quiet_hours": {"start": "08:00", "end": "21:00", "default_timezone": "America/New_York"}, "price_per_segment": 0.0075}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": 1,
+                    "name": "US promos",
+                    "driver": "infobip",
+                    "driver_settings": {},
+                    "from_number": "+15550100999",
+                    "cooldown_minutes": 1440,
+                    "quiet_hours": {"start": "08:00", "end": "21:00", "default_timezone": "America/New_York"},
+                    "price_per_segment": 0.0075,
+                }
+            ]
+        },
+    )
 
     account_id: int = Field(ge=1)
     name: str = Field(min_length=1, max_length=200)
-    driver: str = Field(min_length=1, max_length=100,
-                        description="A driver instance ([drivers.NAME] in the config) or an installed driver.")
-    driver_settings: dict[str, Any] = Field(default_factory=dict,
-                                            description="Overrides laid over the instance's settings (secrets masked in answers).")
+    driver: str = Field(
+        min_length=1,
+        max_length=100,
+        description="A driver instance ([drivers.NAME] in the config) or an installed driver.",
+    )
+    driver_settings: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides laid over the instance's settings (secrets masked in answers)."
+    )
     from_number: str = Field(description="E.164 number or alphanumeric sender id (up to 11 characters).")
     rate_limit_per_minute: int = Field(17000, ge=1, le=10_000_000)
-    cooldown_minutes: float = Field(0, ge=0, le=525_600, description="Frequency cap: skip contacts sent to within this.")
+    cooldown_minutes: float = Field(
+        0, ge=0, le=525_600, description="Frequency cap: skip contacts sent to within this."
+    )
     quiet_hours: QuietHoursIn = Field(default_factory=lambda: QuietHoursIn())  # type: ignore[call-arg]
     blocked_words: list[str] = Field(default_factory=list, max_length=10_000)
     price_per_segment: float = Field(0.0, ge=0)
@@ -165,7 +203,9 @@ class SendingListOut(Out):
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SendingListOut:
-        return cls.model_validate({**doc, "id": doc["_id"], "driver_settings": mask_secrets(doc.get("driver_settings") or {})})
+        return cls.model_validate(
+            {**doc, "id": doc["_id"], "driver_settings": mask_secrets(doc.get("driver_settings") or {})}
+        )
 
 
 # --------------------------------------------------------------------------------------------- contacts
@@ -202,8 +242,25 @@ class ContactIn(Body):
 
 class ContactsBulkIn(Body):
     """Bulk upsert by (sending list, normalised phone). Bad rows are reported, good rows are kept."""
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"contacts": [{"phone": "(212) 555-0100", "first_name": "Ava", "timezone": "America/New_York", "attributes": {"tier": "gold"}}, {"phone": "+44 20 7946 0958", "subscribed": False}]}]})
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "contacts": [
+                        {
+                            "phone": "(212) 555-0100",
+                            "first_name": "Ava",
+                            "timezone": "America/New_York",
+                            "attributes": {"tier": "gold"},
+                        },
+                        {"phone": "+44 20 7946 0958", "subscribed": False},
+                    ]
+                }
+            ]
+        },
+    )
 
     contacts: list[ContactIn] = Field(max_length=MAX_BULK_CONTACTS)
     default_region: str = Field("US", pattern=r"^[A-Z]{2}$", description="Region for numbers without a country code.")
@@ -252,14 +309,29 @@ class ContactOut(Out):
 
 
 class AudienceIn(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"sending_list_id": 1, "name": "Gold tier", "filter": {"and": [{"attributes.tier": {"eq": "gold"}}, {"in_workflow": {"eq": False}}]}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "sending_list_id": 1,
+                    "name": "Gold tier",
+                    "filter": {"and": [{"attributes.tier": {"eq": "gold"}}, {"in_workflow": {"eq": False}}]},
+                }
+            ]
+        },
+    )
 
     sending_list_id: int = Field(ge=1)
     name: str = Field(min_length=1, max_length=200)
     filter: dict[str, Any] | None = Field(
-        None, description='Over contact fields and attributes, e.g. {"and": [{"attributes.tier": {"eq": "gold"}}, '
-        '{"subscribed": {"eq": true}}]}; operators eq, ne, in, nin, gt, gte, lt, lte, exists, and, or.')
-    contact_ids: list[int] | None = Field(None, max_length=1_000_000, description="Explicit contact ids instead of a filter.")
+        None,
+        description='Over contact fields and attributes, e.g. {"and": [{"attributes.tier": {"eq": "gold"}}, '
+        '{"subscribed": {"eq": true}}]}; operators eq, ne, in, nin, gt, gte, lt, lte, exists, and, or.',
+    )
+    contact_ids: list[int] | None = Field(
+        None, max_length=1_000_000, description="Explicit contact ids instead of a filter."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> AudienceIn:
@@ -284,13 +356,39 @@ class AudienceOut(Out):
 
 
 class CreativeIn(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"account_id": 1, "name": "Spring sale", "selection": "split", "variants": [{"key": "a", "body": "Hi {first_name|there}! 20% off today: https://shop.example.com/spring", "weight": 50}, {"key": "b", "body": "{first_name|Hello}, your discount is waiting: https://shop.example.com/spring", "weight": 50}]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": 1,
+                    "name": "Spring sale",
+                    "selection": "split",
+                    "variants": [
+                        {
+                            "key": "a",
+                            "body": "Hi {first_name|there}! 20% off today: https://shop.example.com/spring",
+                            "weight": 50,
+                        },
+                        {
+                            "key": "b",
+                            "body": "{first_name|Hello}, your discount is waiting: https://shop.example.com/spring",
+                            "weight": 50,
+                        },
+                    ],
+                }
+            ]
+        },
+    )
 
     account_id: int = Field(ge=1)
     name: str = Field(min_length=1, max_length=200)
-    variants: list[Variant] = Field(min_length=1, max_length=26,
-                                    description="Bodies may use {first_name}, {first_name|there}, {attributes.x}.")
-    selection: Literal["split", "learned"] = Field("split", description="split: by weight; learned: Thompson sampling on clicks.")
+    variants: list[Variant] = Field(
+        min_length=1, max_length=26, description="Bodies may use {first_name}, {first_name|there}, {attributes.x}."
+    )
+    selection: Literal["split", "learned"] = Field(
+        "split", description="split: by weight; learned: Thompson sampling on clicks."
+    )
 
     @field_validator("variants")
     @classmethod
@@ -330,9 +428,38 @@ from .apimodels_campaigns import (  # noqa: E402
 )
 
 __all__ = [
-    "MASK", "AccountIn", "AccountOut", "AudienceIn", "AudienceOut", "Body", "CampaignIn", "CampaignOut",
-    "CampaignStatsOut", "ClickStats", "ContactIn", "ContactOut", "ContactsBulkIn", "ContactsBulkOut", "ContactsBulkRaw",
-    "CreativeIn", "CreativeOut", "ErrorDetail", "ErrorOut", "ExecutionOut", "ExecutionQuery", "Out", "Page",
-    "PageQuery", "QuietHoursIn", "RejectedRow", "ScheduleIn", "ScheduleOut", "SendingListIn", "SendingListOut",
-    "TriggerOut", "VariantStats", "check_timezone", "mask_secrets",
+    "MASK",
+    "AccountIn",
+    "AccountOut",
+    "AudienceIn",
+    "AudienceOut",
+    "Body",
+    "CampaignIn",
+    "CampaignOut",
+    "CampaignStatsOut",
+    "ClickStats",
+    "ContactIn",
+    "ContactOut",
+    "ContactsBulkIn",
+    "ContactsBulkOut",
+    "ContactsBulkRaw",
+    "CreativeIn",
+    "CreativeOut",
+    "ErrorDetail",
+    "ErrorOut",
+    "ExecutionOut",
+    "ExecutionQuery",
+    "Out",
+    "Page",
+    "PageQuery",
+    "QuietHoursIn",
+    "RejectedRow",
+    "ScheduleIn",
+    "ScheduleOut",
+    "SendingListIn",
+    "SendingListOut",
+    "TriggerOut",
+    "VariantStats",
+    "check_timezone",
+    "mask_secrets",
 ]

@@ -10,7 +10,6 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from .apimodels import INT64_MAX, Body, Out, PageQuery, check_timezone
 from .models import CampaignStatus, ExecutionStatus
 
-
 # --------------------------------------------------------------------------------------------- campaigns
 
 
@@ -47,7 +46,23 @@ class ScheduleOut(Out):
 
 
 class CampaignIn(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"account_id": 1, "sending_list_id": 1, "audience_ids": [1, 2], "creative_id": 1, "schedule": {"cron": "0 10 * * MON-FRI", "timezone": "America/New_York"}, "exclude_in_workflow": True, "quiet_hours_policy": "exclude", "track_links": True}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": 1,
+                    "sending_list_id": 1,
+                    "audience_ids": [1, 2],
+                    "creative_id": 1,
+                    "schedule": {"cron": "0 10 * * MON-FRI", "timezone": "America/New_York"},
+                    "exclude_in_workflow": True,
+                    "quiet_hours_policy": "exclude",
+                    "track_links": True,
+                }
+            ]
+        },
+    )
 
     account_id: int = Field(ge=1)
     sending_list_id: int = Field(ge=1)
@@ -56,7 +71,8 @@ class CampaignIn(Body):
     schedule: ScheduleIn | None = Field(None, description="Omit for a campaign that only runs when triggered.")
     exclude_in_workflow: bool = False
     quiet_hours_policy: Literal["exclude", "hold"] = Field(
-        "exclude", description="exclude: skip contacts outside their window; hold: queue them for the window's opening.")
+        "exclude", description="exclude: skip contacts outside their window; hold: queue them for the window's opening."
+    )
     track_links: bool = False
 
 
@@ -101,7 +117,8 @@ class ExecutionOut(Out):
     reason: str | None = None
     counts: dict[str, Any] = Field(
         default_factory=dict,
-        description="per_audience {id: n}, audience_total, overlap, unique, skipped {reason: n}, queued.")
+        description="per_audience {id: n}, audience_total, overlap, unique, skipped {reason: n}, queued.",
+    )
     triggered_at: dt.datetime | None = None
     evaluated_at: dt.datetime | None = None
     queued_at: dt.datetime | None = None

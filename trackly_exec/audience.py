@@ -36,10 +36,22 @@ from .errors import TracklyError
 
 FIELD_OPS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists")
 LOGIC_OPS = ("and", "or")
-CONTACT_FIELDS = frozenset({
-    "_id", "id", "phone", "first_name", "last_name", "timezone", "subscribed", "blocked", "in_workflow",
-    "last_sent_at", "created_at", "updated_at",
-})
+CONTACT_FIELDS = frozenset(
+    {
+        "_id",
+        "id",
+        "phone",
+        "first_name",
+        "last_name",
+        "timezone",
+        "subscribed",
+        "blocked",
+        "in_workflow",
+        "last_sent_at",
+        "created_at",
+        "updated_at",
+    }
+)
 DATE_FIELDS = frozenset({"last_sent_at", "created_at", "updated_at"})
 _ATTR_RE = re.compile(r"^attributes\.[A-Za-z0-9_-]{1,64}$")
 MAX_DEPTH = 8
@@ -79,7 +91,7 @@ def _field_name(name: Any, path: str) -> str:
     if name in CONTACT_FIELDS or _ATTR_RE.match(name):
         return name
     if name.lstrip("$") in FIELD_OPS:
-        raise FilterError(f"operator {name!r} needs a field: {{\"<field>\": {{\"{name.lstrip('$')}\": ...}}}}", path)
+        raise FilterError(f'operator {name!r} needs a field: {{"<field>": {{"{name.lstrip("$")}": ...}}}}', path)
     raise FilterError(
         f"unknown field {name!r}; use one of {', '.join(sorted(CONTACT_FIELDS - {'_id'}))} or attributes.<name>", path
     )
@@ -90,7 +102,7 @@ def _condition(fname: str, spec: Any, path: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         return {fname: {"$eq": _scalar(spec, path, date_field)}}
     if not spec:
-        raise FilterError("empty condition; give an operator such as {\"eq\": ...}", path)
+        raise FilterError('empty condition; give an operator such as {"eq": ...}', path)
     ops: dict[str, Any] = {}
     for raw_op, value in spec.items():
         op = raw_op[1:] if isinstance(raw_op, str) and raw_op.startswith("$") else raw_op
@@ -147,7 +159,9 @@ def audience_query(sending_list_id: int, audience: dict[str, Any]) -> dict[str, 
     if audience.get("contact_ids") is not None:
         return None
     compiled = compile_filter(audience.get("filter"))
-    return {"$and": [{"sending_list_id": sending_list_id}, compiled]} if compiled else {"sending_list_id": sending_list_id}
+    return (
+        {"$and": [{"sending_list_id": sending_list_id}, compiled]} if compiled else {"sending_list_id": sending_list_id}
+    )
 
 
 # --------------------------------------------------------------------------------------------- the union
@@ -168,13 +182,13 @@ class _Source:
         ids = audience.get("contact_ids")
         self.ids: list[int] | None = sorted(set(int(i) for i in ids)) if ids is not None else None
         self.ids_pos = 0
-        self.ahead: asyncio.Task[list[dict[str, Any]]] | None = None   # the next batch, read while this one is used
+        self.ahead: asyncio.Task[list[dict[str, Any]]] | None = None  # the next batch, read while this one is used
 
     async def _fetch(self) -> list[dict[str, Any]]:
         coll = self.db[c.CONTACTS]
         if self.ids is not None:
             while True:
-                chunk = self.ids[self.ids_pos:self.ids_pos + self.batch]
+                chunk = self.ids[self.ids_pos : self.ids_pos + self.batch]
                 self.ids_pos += len(chunk)
                 if not chunk:
                     return []
@@ -233,8 +247,9 @@ class UnionCounts:
         return self.audience_total - self.unique
 
 
-async def union(db: Any, sending_list_id: int, audiences: Sequence[dict[str, Any]], batch: int,
-                counts: UnionCounts) -> AsyncIterator[list[dict[str, Any]]]:
+async def union(
+    db: Any, sending_list_id: int, audiences: Sequence[dict[str, Any]], batch: int, counts: UnionCounts
+) -> AsyncIterator[list[dict[str, Any]]]:
     """Batches of unique contacts (``_id`` order) of the union of ``audiences``, counting into ``counts``.
 
     A k-way merge of one ``_id``-ordered cursor per audience: nothing is kept but the current batch of

@@ -40,9 +40,9 @@ def message_cost(doc: dict[str, Any], price_per_segment: float) -> float:
 class Debit:
     """The outcome of debiting a chunk."""
 
-    charged: list[dict[str, Any]] = field(default_factory=list)   # paid for, in order
-    blocked: list[dict[str, Any]] = field(default_factory=list)   # not covered by the balance
-    costs: dict[str, float] = field(default_factory=dict)         # message id -> debited amount
+    charged: list[dict[str, Any]] = field(default_factory=list)  # paid for, in order
+    blocked: list[dict[str, Any]] = field(default_factory=list)  # not covered by the balance
+    costs: dict[str, float] = field(default_factory=dict)  # message id -> debited amount
 
 
 async def debit(db: Any, account_id: int, docs: Sequence[dict[str, Any]], price_per_segment: float) -> Debit:
@@ -55,8 +55,12 @@ async def debit(db: Any, account_id: int, docs: Sequence[dict[str, Any]], price_
     costs = [message_cost(d, price_per_segment) for d in docs]
     accounts = db[c.ACCOUNTS]
     total = round(sum(costs), 6)
-    if await accounts.find_one_and_update({"_id": account_id, "balance": {"$gte": total}},
-                                          {"$inc": {"balance": -total}}, projection={"_id": 1}) is not None:
+    if (
+        await accounts.find_one_and_update(
+            {"_id": account_id, "balance": {"$gte": total}}, {"$inc": {"balance": -total}}, projection={"_id": 1}
+        )
+        is not None
+    ):
         out.charged = list(docs)
         out.costs = {d["_id"]: cost for d, cost in zip(docs, costs)}
         return out
@@ -69,8 +73,14 @@ async def debit(db: Any, account_id: int, docs: Sequence[dict[str, Any]], price_
             k += 1
         if k == 0:
             break
-        if await accounts.find_one_and_update({"_id": account_id, "balance": {"$gte": running}},
-                                              {"$inc": {"balance": -running}}, projection={"_id": 1}) is not None:
+        if (
+            await accounts.find_one_and_update(
+                {"_id": account_id, "balance": {"$gte": running}},
+                {"$inc": {"balance": -running}},
+                projection={"_id": 1},
+            )
+            is not None
+        ):
             out.charged = list(docs[:k])
             out.costs = {d["_id"]: cost for d, cost in zip(docs[:k], costs[:k])}
             out.blocked = list(docs[k:])
@@ -86,7 +96,9 @@ async def adjust(db: Any, account_id: int, amount: float) -> None:
         await db[c.ACCOUNTS].update_one({"_id": account_id}, {"$inc": {"balance": amount}})
 
 
-def split_blocked(docs: Sequence[dict[str, Any]], now: dt.datetime, ttl: dt.timedelta) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def split_blocked(
+    docs: Sequence[dict[str, Any]], now: dt.datetime, ttl: dt.timedelta
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Sort blocked messages into (expired: dead-letter now, first block, blocked again)."""
     expired: list[dict[str, Any]] = []
     first: list[dict[str, Any]] = []

@@ -35,15 +35,24 @@ async def campaign_stats(store: Store, campaign_id: int) -> CampaignStatsOut:
     human = await _by_variant(store, c.CLICKS, {**q, "bot": False})
     variants = {
         key: VariantStats(
-            sent=sent.get(key, 0), delivered=delivered.get(key, 0), undelivered=undelivered.get(key, 0),
-            failed=failed.get(key, 0), clicks=ClickStats(all=clicks.get(key, 0), human=human.get(key, 0)),
+            sent=sent.get(key, 0),
+            delivered=delivered.get(key, 0),
+            undelivered=undelivered.get(key, 0),
+            failed=failed.get(key, 0),
+            clicks=ClickStats(all=clicks.get(key, 0), human=human.get(key, 0)),
         )
         for key in sorted(set(sent) | set(failed) | set(clicks))
     }
     n_sent, n_del, n_undel = t.get("sent", 0), t.get("delivered", 0), t.get("undelivered", 0)
     return CampaignStatsOut(
-        campaign_id=campaign_id, executions=await store[c.EXECUTIONS].count_documents(q),
-        queued=t.get("queued", 0), sent=n_sent, delivered=n_del, undelivered=n_undel,
-        delivery_pending=max(0, n_sent - n_del - n_undel), failed=dict(sorted(t.get("failed_by_reason", {}).items())),
-        clicks=ClickStats(all=t.get("clicks", 0), human=t.get("human_clicks", 0)), per_variant=variants,
+        campaign_id=campaign_id,
+        executions=await store[c.EXECUTIONS].count_documents(q),
+        queued=t.get("queued", 0),
+        sent=n_sent,
+        delivered=n_del,
+        undelivered=n_undel,
+        delivery_pending=max(0, n_sent - n_del - n_undel),
+        failed=dict(sorted(t.get("failed_by_reason", {}).items())),
+        clicks=ClickStats(all=t.get("clicks", 0), human=t.get("human_clicks", 0)),
+        per_variant=variants,
     )

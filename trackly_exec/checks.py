@@ -20,9 +20,8 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import phonenumbers
@@ -79,8 +78,14 @@ def _country_code(digits: str) -> str:
     return next((digits[:n] for n in (1, 2, 3) if digits[:n] in _COUNTRY_CODES), "")
 
 
-def in_window_now(phone: str, contact_tz: str | None, default_tz: str, now: dt.datetime,
-                  window: quiethours.Window, memo: dict[Any, bool] | None = None) -> tuple[bool, tuple[ZoneInfo, ...] | None]:
+def in_window_now(
+    phone: str,
+    contact_tz: str | None,
+    default_tz: str,
+    now: dt.datetime,
+    window: quiethours.Window,
+    memo: dict[Any, bool] | None = None,
+) -> tuple[bool, tuple[ZoneInfo, ...] | None]:
     """Is the contact inside the window now? Exactly ``quiethours.in_window(contact_zones(...))``.
 
     Hot path: every zone the exact lookup could answer — the number's prefix zones (geographic number), its
@@ -117,22 +122,37 @@ async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, dict[
     ids = list(set(contact_ids))
     proj = {"subscribed": 1, "blocked": 1, "timezone": 1}
     col = db[c.CONTACTS]
-    found = await asyncio.gather(*(
-        col.find({"_id": {"$in": ids}, **cond}, proj).to_list(None)
-        for cond in ({"subscribed": False}, {"blocked": True}, {"timezone": {"$gt": ""}})
-    ))
+    found = await asyncio.gather(
+        *(
+            col.find({"_id": {"$in": ids}, **cond}, proj).to_list(None)
+            for cond in ({"subscribed": False}, {"blocked": True}, {"timezone": {"$gt": ""}})
+        )
+    )
     return {d["_id"]: d for docs in found for d in docs}
 
 
-async def evaluate(db: Any, docs: Sequence[dict[str, Any]], now: dt.datetime, *, stale_after: dt.timedelta,
-                   blocked: re.Pattern[str] | None, window: quiethours.Window, default_tz: str) -> Verdict:
+async def evaluate(
+    db: Any,
+    docs: Sequence[dict[str, Any]],
+    now: dt.datetime,
+    *,
+    stale_after: dt.timedelta,
+    blocked: re.Pattern[str] | None,
+    window: quiethours.Window,
+    default_tz: str,
+) -> Verdict:
     """Run every check over a claimed batch."""
     out = Verdict()
     survivors: list[dict[str, Any]] = []
     for d in docs:
         if is_stale(d, now, stale_after):
-            out.fail.append((d, FailureReason.STALE, f"due {d['sendtime'].isoformat()}, more than "
-                                                     f"{stale_after.total_seconds() / 60:g} min ago"))
+            out.fail.append(
+                (
+                    d,
+                    FailureReason.STALE,
+                    f"due {d['sendtime'].isoformat()}, more than {stale_after.total_seconds() / 60:g} min ago",
+                )
+            )
             continue
         if blocked is not None:
             m = blocked.search(d.get("body") or "")

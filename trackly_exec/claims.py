@@ -57,8 +57,10 @@ async def find_due(db: Any, list_id: int, now: dt.datetime, limit: int) -> list[
     (Sorted by ``sendtime`` only: a campaign's messages share one sendtime, and a secondary ``_id`` sort
     costs nx-27017 more than the rest of the claim.)
     """
-    return [d["_id"] async for d in db[c.QUEUED].find(due_filter(now, list_id), {"_id": 1})
-            .sort([("sendtime", 1)]).limit(limit)]
+    return [
+        d["_id"]
+        async for d in db[c.QUEUED].find(due_filter(now, list_id), {"_id": 1}).sort([("sendtime", 1)]).limit(limit)
+    ]
 
 
 async def claim_ids(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -> list[dict[str, Any]]:
@@ -70,8 +72,9 @@ async def claim_ids(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -
     if not ids:
         return []
     q = db[c.QUEUED]
-    res = await q.update_many({"$and": [{"_id": {"$in": list(ids)}}, due_filter(now)]},
-                              {"$set": {"claimed_by": token, "claimed_at": now}})
+    res = await q.update_many(
+        {"$and": [{"_id": {"$in": list(ids)}}, due_filter(now)]}, {"$set": {"claimed_by": token, "claimed_at": now}}
+    )
     if res.matched_count == 0:
         return []
     docs = await q.find({"claimed_by": token}).to_list(None)
@@ -110,9 +113,12 @@ async def release(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dic
     One round trip for every group. Messages with a send intent are never released by the executor.
     """
     ops = [
-        UpdateMany({"_id": {"$in": list(ids)}, "claimed_by": token, "sending_at": None},
-                   {"$set": {**extra, "claimed_by": None, "claimed_at": None}})
-        for ids, extra in groups if ids
+        UpdateMany(
+            {"_id": {"$in": list(ids)}, "claimed_by": token, "sending_at": None},
+            {"$set": {**extra, "claimed_by": None, "claimed_at": None}},
+        )
+        for ids, extra in groups
+        if ids
     ]
     if not ops:
         return 0

@@ -82,15 +82,17 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
     configure_logging("info", "auto")
     from .fakes import serve_fake
 
-    return _run(serve_fake(args.name, host=args.host, port=args.port, dlr_delay=args.dlr_delay,
-                           report_url=args.report_url))
+    return _run(
+        serve_fake(args.name, host=args.host, port=args.port, dlr_delay=args.dlr_delay, report_url=args.report_url)
+    )
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a sub-command's own (absent) -c must not overwrite `trackly -c FILE COMMAND`.
-    common.add_argument("-c", "--config", default=argparse.SUPPRESS,
-                        help="config file (default: $TRACKLY_CONFIG or ./trackly.toml)")
+    common.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, help="config file (default: $TRACKLY_CONFIG or ./trackly.toml)"
+    )
     parser = argparse.ArgumentParser(
         prog="trackly", description="trackly-exec: self-hosted SMS campaign execution engine."
     )
@@ -113,9 +115,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     fp.add_argument("--host", default="127.0.0.1")
     fp.add_argument("--port", type=int, default=9000)
     fp.add_argument("--dlr-delay", type=float, default=1.0, help="seconds before posting a delivery report")
-    fp.add_argument("--report-url", default=None,
-                    help="where to post delivery reports when a request names none (CM: its portal setting); "
-                         "default http://127.0.0.1:8080/webhooks/NAME/status")
+    fp.add_argument(
+        "--report-url",
+        default=None,
+        help="where to post delivery reports when a request names none (CM: its portal setting); "
+        "default http://127.0.0.1:8080/webhooks/NAME/status",
+    )
     for module in EXTRA_COMMANDS:
         importlib.import_module(module).register(sub, common)
     return parser, common

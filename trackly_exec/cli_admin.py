@@ -133,7 +133,9 @@ def csv_chunks(fh: TextIO, size: int = CHUNK) -> Iterator[list[tuple[int, dict[s
         yield chunk
 
 
-def _checked(chunks: Iterator[list[tuple[int, dict[str, Any]]]], path: Path) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+def _checked(
+    chunks: Iterator[list[tuple[int, dict[str, Any]]]], path: Path
+) -> Iterator[list[tuple[int, dict[str, Any]]]]:
     """``chunks``, with a malformed CSV turned into a clear error."""
     try:
         yield from chunks
@@ -177,8 +179,11 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
     progress = Progress(total, sys.stderr)
     with path.open(newline="", encoding="utf-8-sig") as fh:
         for chunk in _checked(csv_chunks(fh, args.chunk), path):
-            res = client.call("POST", f"/sending-lists/{args.list}/contacts",
-                              {"contacts": [c for _, c in chunk], "default_region": args.region})
+            res = client.call(
+                "POST",
+                f"/sending-lists/{args.list}/contacts",
+                {"contacts": [c for _, c in chunk], "default_region": args.region},
+            )
             inserted += res["inserted"]
             updated += res["updated"]
             for r in res["rejected"]:
@@ -233,9 +238,15 @@ def cmd_campaign_create(args: argparse.Namespace) -> int:
         raise CliError(f"the campaign is not valid JSON: {exc}") from None
     camp = client.call("POST", "/campaigns", body)
     print(json.dumps(camp, indent=2))
-    print(f"created campaign {camp['id']}" + (f", next run {camp['next_run_at']}" if camp.get("next_run_at")
-                                              else " (runs when triggered: trackly campaign trigger "
-                                                   f"{camp['id']})"), file=sys.stderr)
+    print(
+        f"created campaign {camp['id']}"
+        + (
+            f", next run {camp['next_run_at']}"
+            if camp.get("next_run_at")
+            else f" (runs when triggered: trackly campaign trigger {camp['id']})"
+        ),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -253,8 +264,10 @@ def cmd_campaign_list(args: argparse.Namespace) -> int:
     print(f"{'id':>5}  {'status':<7}  {'list':>5}  {'audiences':<12}  {'creative':>8}  {'next run':<25}  schedule")
     for c in rows:
         auds = ",".join(map(str, c["audience_ids"]))
-        print(f"{c['id']:>5}  {c['status']:<7}  {c['sending_list_id']:>5}  {auds:<12}  {c['creative_id']:>8}  "
-              f"{c.get('next_run_at') or '-':<25}  {_schedule(c.get('schedule'))}")
+        print(
+            f"{c['id']:>5}  {c['status']:<7}  {c['sending_list_id']:>5}  {auds:<12}  {c['creative_id']:>8}  "
+            f"{c.get('next_run_at') or '-':<25}  {_schedule(c.get('schedule'))}"
+        )
     return 0
 
 
@@ -270,9 +283,11 @@ def cmd_campaign_trigger(args: argparse.Namespace) -> int:
     counts = ex.get("counts") or {}
     if ex.get("status") == "failed":
         raise CliError(f"campaign {args.id}: execution {out['execution_id']} failed: {ex.get('reason')}")
-    print(f"campaign {args.id}: execution {out['execution_id']} {ex.get('status', '')}; "
-          f"unique {counts.get('unique', '?')}, queued {counts.get('queued', '?')}, "
-          f"skipped {json.dumps({k: v for k, v in counts.get('skipped', {}).items() if v})}")
+    print(
+        f"campaign {args.id}: execution {out['execution_id']} {ex.get('status', '')}; "
+        f"unique {counts.get('unique', '?')}, queued {counts.get('queued', '?')}, "
+        f"skipped {json.dumps({k: v for k, v in counts.get('skipped', {}).items() if v})}"
+    )
     return 0
 
 
@@ -281,6 +296,7 @@ def _status_cmd(action: str) -> Any:
         camp = client_from(args).call("POST", f"/campaigns/{args.id}/{action}")
         print(f"campaign {camp['id']} is {camp['status']}")
         return 0
+
     return run
 
 
@@ -301,8 +317,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if s["per_variant"]:
         print(f"  {'variant':<10} {'sent':>8} {'delivered':>10} {'failed':>8} {'clicks':>8} {'human':>8}")
         for key, v in s["per_variant"].items():
-            print(f"  {key:<10} {v['sent']:>8,} {v['delivered']:>10,} {v['failed']:>8,} "
-                  f"{v['clicks']['all']:>8,} {v['clicks']['human']:>8,}")
+            print(
+                f"  {key:<10} {v['sent']:>8,} {v['delivered']:>10,} {v['failed']:>8,} "
+                f"{v['clicks']['all']:>8,} {v['clicks']['human']:>8,}"
+            )
     return 0
 
 
@@ -318,8 +336,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     contacts = sub.add_parser("contacts", help="manage contacts through the daemon's admin API")
     csub = contacts.add_subparsers(dest="action", metavar="ACTION", required=True)
-    imp = csub.add_parser("import", help="import a CSV (phone,first_name,last_name,timezone,subscribed,in_workflow,...)",
-                          parents=parents)
+    imp = csub.add_parser(
+        "import", help="import a CSV (phone,first_name,last_name,timezone,subscribed,in_workflow,...)", parents=parents
+    )
     imp.add_argument("file", help="CSV file with a header row")
     imp.add_argument("--list", required=True, type=int, help="sending list id")
     imp.add_argument("--rejects", help="write every rejected row (line, phone, reason) to this CSV")
@@ -336,10 +355,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--example", action="store_true", help="print an example campaign JSON and exit")
     create.set_defaults(func=cmd_campaign_create)
     psub.add_parser("list", help="list campaigns", parents=parents).set_defaults(func=cmd_campaign_list)
-    for name, fn, text in (("show", cmd_campaign_show, "show one campaign"),
-                           ("trigger", cmd_campaign_trigger, "run a campaign now"),
-                           ("pause", _status_cmd("pause"), "pause a campaign (no new occurrences)"),
-                           ("resume", _status_cmd("resume"), "resume a paused campaign")):
+    for name, fn, text in (
+        ("show", cmd_campaign_show, "show one campaign"),
+        ("trigger", cmd_campaign_trigger, "run a campaign now"),
+        ("pause", _status_cmd("pause"), "pause a campaign (no new occurrences)"),
+        ("resume", _status_cmd("resume"), "resume a paused campaign"),
+    ):
         p = psub.add_parser(name, help=text, parents=parents)
         p.add_argument("id", type=int, help="campaign id")
         p.set_defaults(func=fn)

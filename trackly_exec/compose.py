@@ -39,8 +39,8 @@ class TemplateError(TracklyError):
 
 @dataclass(frozen=True, slots=True)
 class Placeholder:
-    name: str                   # "first_name" or an attribute name
-    is_field: bool              # a contact field, else an attribute
+    name: str  # "first_name" or an attribute name
+    is_field: bool  # a contact field, else an attribute
     default: str | None
 
 
@@ -50,7 +50,7 @@ def parse_body(body: str) -> list[str | Placeholder]:
     pos = 0
     literal: list[str] = []
     for m in _TOKEN_RE.finditer(body):
-        literal.append(body[pos:m.start()])
+        literal.append(body[pos : m.start()])
         pos = m.end()
         tok = m.group(0)
         if tok in ("{{", "}}"):
@@ -62,10 +62,12 @@ def parse_body(body: str) -> list[str | Placeholder]:
         name, bar, default = inner.partition("|")
         name = name.strip()
         if not _NAME_RE.match(name):
-            raise TemplateError(f"bad placeholder {{{inner}}} at position {m.start()}: "
-                                "use {first_name}, {last_name}, {phone}, {attribute} or {attribute|default}")
+            raise TemplateError(
+                f"bad placeholder {{{inner}}} at position {m.start()}: "
+                "use {first_name}, {last_name}, {phone}, {attribute} or {attribute|default}"
+            )
         if name.startswith("attributes."):
-            name, is_field = name[len("attributes."):], False
+            name, is_field = name[len("attributes.") :], False
         else:
             is_field = name in CONTACT_PLACEHOLDERS
         if literal:
@@ -124,8 +126,16 @@ def render(parts: list[str | Placeholder], contact: dict[str, Any], phone: str |
 class Composer:
     """Builds the queue documents (and short-link documents) of one execution."""
 
-    def __init__(self, *, execution: dict[str, Any], campaign: dict[str, Any], sending_list: dict[str, Any],
-                 creative: dict[str, Any], chooser: Chooser, short_base: str) -> None:
+    def __init__(
+        self,
+        *,
+        execution: dict[str, Any],
+        campaign: dict[str, Any],
+        sending_list: dict[str, Any],
+        creative: dict[str, Any],
+        chooser: Chooser,
+        short_base: str,
+    ) -> None:
         self.execution_id = int(execution["_id"])
         self.chooser = chooser
         self.track = bool(campaign.get("track_links"))
@@ -134,16 +144,24 @@ class Composer:
         self.footer = f"\n{footer}" if footer else ""
         self.templates = {v["key"]: parse_body(v["body"]) for v in creative["variants"]}
         self.base: dict[str, Any] = {
-            "account_id": int(campaign["account_id"]), "sending_list_id": int(sending_list["_id"]),
-            "campaign_id": int(campaign["_id"]), "execution_id": self.execution_id,
-            "creative_id": int(creative["_id"]), "from_number": sending_list["from_number"],
+            "account_id": int(campaign["account_id"]),
+            "sending_list_id": int(sending_list["_id"]),
+            "campaign_id": int(campaign["_id"]),
+            "execution_id": self.execution_id,
+            "creative_id": int(creative["_id"]),
+            "from_number": sending_list["from_number"],
             "send_type": "campaign",
         }
         self.variant_counts: dict[str, int] = {}
 
-    def compose(self, contact: dict[str, Any], to_number: str, sendtime: dt.datetime,
-                not_before: dt.datetime | None = None, now: dt.datetime | None = None,
-                ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    def compose(
+        self,
+        contact: dict[str, Any],
+        to_number: str,
+        sendtime: dt.datetime,
+        not_before: dt.datetime | None = None,
+        now: dt.datetime | None = None,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The queue document and its link documents, or None when a placeholder cannot be filled."""
         key = self.chooser.choose(self.execution_id, int(contact["_id"]))
         body = render(self.templates[key], contact, to_number)
@@ -156,10 +174,22 @@ class Composer:
         m = measure(body)
         now = now or utcnow()
         doc = {
-            "_id": new_message_id(), **self.base, "contact_id": int(contact["_id"]), "variant_key": key,
-            "to_number": to_number, "body": body, "length": m.length, "segments": m.segments,
-            "encoding": m.encoding, "sendtime": sendtime, "created_at": now, "not_before": not_before,
-            "claimed_by": None, "claimed_at": None, "sending_at": None, "billing_blocked_since": None,
+            "_id": new_message_id(),
+            **self.base,
+            "contact_id": int(contact["_id"]),
+            "variant_key": key,
+            "to_number": to_number,
+            "body": body,
+            "length": m.length,
+            "segments": m.segments,
+            "encoding": m.encoding,
+            "sendtime": sendtime,
+            "created_at": now,
+            "not_before": not_before,
+            "claimed_by": None,
+            "claimed_at": None,
+            "sending_at": None,
+            "billing_blocked_since": None,
             "attempts": 0,
         }
         self.variant_counts[key] = self.variant_counts.get(key, 0) + 1

@@ -79,7 +79,9 @@ class ExecutorConfig(Section):
         60.0, gt=0, description="Longest wait for rate-limit tokens before RATE_LIMIT_TIMEOUT."
     )
     billing_backoff_minutes: float = Field(5.0, gt=0, description="Backoff of a billing-blocked message.")
-    billing_ttl_minutes: float = Field(60.0, gt=0, description="Billing-blocked this long after the first block: dead-letter.")
+    billing_ttl_minutes: float = Field(
+        60.0, gt=0, description="Billing-blocked this long after the first block: dead-letter."
+    )
     retry_max_attempts: int = Field(5, ge=1, description="Provider attempts for transient failures.")
     retry_budget_seconds: float = Field(120.0, gt=0, description="Total time spent retrying one request.")
     retry_initial_backoff_seconds: float = Field(0.5, ge=0, description="First retry delay (exponential, jittered).")
@@ -114,7 +116,9 @@ class SchedulerConfig(Section):
         30.0, gt=0, description="An occurrence later than this (after downtime) is skipped and reported."
     )
     evaluation_batch_size: int = Field(2000, ge=100, description="Contacts read and queued per batch.")
-    max_concurrent_evaluations: int = Field(2, ge=1, description="Executions evaluated at the same time by this process.")
+    max_concurrent_evaluations: int = Field(
+        2, ge=1, description="Executions evaluated at the same time by this process."
+    )
     evaluation_lease_seconds: float = Field(
         60.0, gt=0, description="An execution whose evaluator has not reported for this long is resumed by another."
     )
@@ -156,9 +160,13 @@ class TrackingConfig(Section):
     outbox_initial_backoff_seconds: float = Field(
         10.0, gt=0, description="First retry delay of a failed customer webhook (doubles per attempt, jittered)."
     )
-    outbox_max_backoff_seconds: float = Field(3600.0, gt=0, description="Longest delay between customer-webhook retries.")
+    outbox_max_backoff_seconds: float = Field(
+        3600.0, gt=0, description="Longest delay between customer-webhook retries."
+    )
     outbox_per_account_concurrency: int = Field(
-        4, ge=1, description="Concurrent customer-webhook deliveries to one account (a dead endpoint cannot take every slot)."
+        4,
+        ge=1,
+        description="Concurrent customer-webhook deliveries to one account (a dead endpoint cannot take every slot).",
     )
     webhook_max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest provider webhook body accepted (larger: HTTP 413)."
@@ -225,9 +233,7 @@ _SECRETISH = ("key", "token", "secret", "password", "auth")
 
 
 def _redact_driver(values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: ("**********" if any(s in k.lower() for s in _SECRETISH) and v else v) for k, v in values.items()
-    }
+    return {k: ("**********" if any(s in k.lower() for s in _SECRETISH) and v else v) for k, v in values.items()}
 
 
 def _format_validation_error(exc: ValidationError) -> tuple[str, str]:
@@ -269,15 +275,19 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     except ValidationError as exc:
         key, msg = _format_validation_error(exc)
         raise ConfigError(msg, file=str(file), key=key) from exc
-    if settings.executor.claim_ttl_minutes * 60 <= max(
-        (float(v.get("timeout_seconds", 30.0)) for v in settings.drivers.values()), default=30.0
-    ) * settings.executor.retry_max_attempts:
+    if (
+        settings.executor.claim_ttl_minutes * 60
+        <= max((float(v.get("timeout_seconds", 30.0)) for v in settings.drivers.values()), default=30.0)
+        * settings.executor.retry_max_attempts
+    ):
         # The claim must outlive the longest provider call or another process could re-send it.
         raise ConfigError(
             "must exceed the longest provider call (driver timeout_seconds x retry_max_attempts)",
             file=str(file),
             key="executor.claim_ttl_minutes",
         )
-    if not settings.mongo.embedded and not settings.mongo.uri.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
+    if not settings.mongo.embedded and not settings.mongo.uri.get_secret_value().startswith(
+        ("mongodb://", "mongodb+srv://")
+    ):
         raise ConfigError('must be "embedded" or a mongodb:// URI', file=str(file), key="mongo.uri")
     return settings

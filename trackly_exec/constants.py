@@ -3,35 +3,51 @@
 from __future__ import annotations
 
 # ---- MongoDB collections ------------------------------------------------------------------
-COUNTERS = "counters"                    # integer id sequences: {_id: name, seq}
+COUNTERS = "counters"  # integer id sequences: {_id: name, seq}
 ACCOUNTS = "accounts"
 SENDING_LISTS = "sending_lists"
 CONTACTS = "contacts"
 AUDIENCES = "audiences"
 CREATIVES = "creatives"
 CAMPAIGNS = "campaigns"
-EXECUTIONS = "executions"                # one per campaign occurrence (unique occurrence_key)
-QUEUED = "queued_text_messages"          # QueuedTextMessage: the executor's queue
-SENT = "message_sent"                    # MessageSent: _id is the queued message id (at most one)
-FAILED = "failed_messages"               # FailedMessage: the dead-letter collection, _id = message id
-SHORT_LINKS = "message_short_links"      # MessageShortLink: _id is the short code
+EXECUTIONS = "executions"  # one per campaign occurrence (unique occurrence_key)
+QUEUED = "queued_text_messages"  # QueuedTextMessage: the executor's queue
+SENT = "message_sent"  # MessageSent: _id is the queued message id (at most one)
+FAILED = "failed_messages"  # FailedMessage: the dead-letter collection, _id = message id
+SHORT_LINKS = "message_short_links"  # MessageShortLink: _id is the short code
 CLICKS = "link_clicks"
-DELIVERY_REPORTS = "delivery_reports"    # raw report de-duplication (provider, id, status)
-OUTBOX = "webhook_outbox"                # customer delivery-status webhooks to deliver
-EVENTS = "events"                        # alert events (FailedMessage, provider-error bursts, ...)
+DELIVERY_REPORTS = "delivery_reports"  # raw report de-duplication (provider, id, status)
+OUTBOX = "webhook_outbox"  # customer delivery-status webhooks to deliver
+EVENTS = "events"  # alert events (FailedMessage, provider-error bursts, ...)
 INBOUND = "inbound_messages"
-LOCKS = "locks"                          # leader leases for singleton loops (recovery sweeps)
+LOCKS = "locks"  # leader leases for singleton loops (recovery sweeps)
 
 ALL_COLLECTIONS = (
-    COUNTERS, ACCOUNTS, SENDING_LISTS, CONTACTS, AUDIENCES, CREATIVES, CAMPAIGNS, EXECUTIONS, QUEUED,
-    SENT, FAILED, SHORT_LINKS, CLICKS, DELIVERY_REPORTS, OUTBOX, EVENTS, INBOUND, LOCKS,
+    COUNTERS,
+    ACCOUNTS,
+    SENDING_LISTS,
+    CONTACTS,
+    AUDIENCES,
+    CREATIVES,
+    CAMPAIGNS,
+    EXECUTIONS,
+    QUEUED,
+    SENT,
+    FAILED,
+    SHORT_LINKS,
+    CLICKS,
+    DELIVERY_REPORTS,
+    OUTBOX,
+    EVENTS,
+    INBOUND,
+    LOCKS,
 )
 
 # ---- Redis keys ----------------------------------------------------------------------------
 REDIS_PREFIX = "trackly:"
-RATE_KEY = REDIS_PREFIX + "rate:"        # + sending list id: GCRA theoretical arrival time
+RATE_KEY = REDIS_PREFIX + "rate:"  # + sending list id: GCRA theoretical arrival time
 PENALTY_KEY = REDIS_PREFIX + "penalty:"  # + sending list id: provider-error slow-down factor
-HEALTH_KEY = REDIS_PREFIX + "health:"    # + instance name, with a TTL
+HEALTH_KEY = REDIS_PREFIX + "health:"  # + instance name, with a TTL
 
 # ---- entry points --------------------------------------------------------------------------
 DRIVER_GROUP = "trackly.drivers"

@@ -30,8 +30,13 @@ log = get_logger(__name__)
 BATCH = 1000
 _FIELDS = ("first_name", "last_name", "timezone", "subscribed", "blocked", "in_workflow")
 _DEFAULTS: dict[str, Any] = {
-    "first_name": None, "last_name": None, "timezone": None, "subscribed": True, "blocked": False,
-    "in_workflow": False, "last_sent_at": None,
+    "first_name": None,
+    "last_name": None,
+    "timezone": None,
+    "subscribed": True,
+    "blocked": False,
+    "in_workflow": False,
+    "last_sent_at": None,
 }
 
 
@@ -44,8 +49,7 @@ class UpsertResult:
     rejected: list[RejectedRow] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"inserted": self.inserted, "updated": self.updated,
-                "rejected": [r.model_dump() for r in self.rejected]}
+        return {"inserted": self.inserted, "updated": self.updated, "rejected": [r.model_dump() for r in self.rejected]}
 
 
 def _reason(exc: ValidationError) -> str:
@@ -57,8 +61,10 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_rows(rows: Sequence[Any], default_region: str = "US",
-               ) -> tuple[dict[str, list[tuple[int, ContactIn]]], list[RejectedRow]]:
+def parse_rows(
+    rows: Sequence[Any],
+    default_region: str = "US",
+) -> tuple[dict[str, list[tuple[int, ContactIn]]], list[RejectedRow]]:
     """Validate and normalise ``rows``: ``({e164: [(index, row), ...]}, rejected)``."""
     good: dict[str, list[tuple[int, ContactIn]]] = {}
     rejected: list[RejectedRow] = []
@@ -93,19 +99,22 @@ def _changes(rows: list[tuple[int, ContactIn]]) -> dict[str, Any]:
     return out
 
 
-async def upsert(store: Store, sending_list_id: int, rows: Sequence[Any], *, default_region: str = "US") -> UpsertResult:
+async def upsert(
+    store: Store, sending_list_id: int, rows: Sequence[Any], *, default_region: str = "US"
+) -> UpsertResult:
     """Insert or update ``rows`` on list ``sending_list_id``; see the module docstring."""
     good, rejected = parse_rows(rows, default_region)
     result = UpsertResult(rejected=rejected)
     items = list(good.items())
     for start in range(0, len(items), BATCH):
-        await _upsert_batch(store, sending_list_id, items[start:start + BATCH], result)
+        await _upsert_batch(store, sending_list_id, items[start : start + BATCH], result)
     result.rejected.sort(key=lambda r: r.index)
     return result
 
 
-async def _upsert_batch(store: Store, list_id: int, items: list[tuple[str, list[tuple[int, ContactIn]]]],
-                        result: UpsertResult) -> None:
+async def _upsert_batch(
+    store: Store, list_id: int, items: list[tuple[str, list[tuple[int, ContactIn]]]], result: UpsertResult
+) -> None:
     """Insert every phone of the batch (unordered); the ones the unique (list, phone) index refuses exist
     already (or were inserted concurrently) and get one update each, by id.
 
@@ -117,8 +126,15 @@ async def _upsert_batch(store: Store, list_id: int, items: list[tuple[str, list[
     ids = await store.next_ids(c.CONTACTS, len(items))
     docs = []
     for cid, (phone, rows) in zip(ids, items, strict=True):
-        doc: dict[str, Any] = {"_id": cid, "sending_list_id": list_id, "phone": phone, **_DEFAULTS,
-                               "attributes": {}, "created_at": now, "updated_at": now}
+        doc: dict[str, Any] = {
+            "_id": cid,
+            "sending_list_id": list_id,
+            "phone": phone,
+            **_DEFAULTS,
+            "attributes": {},
+            "created_at": now,
+            "updated_at": now,
+        }
         for key, value in _changes(rows).items():
             if key.startswith("attributes."):
                 doc["attributes"][key.split(".", 1)[1]] = value

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import claims, checks, quiethours, recovery
+from . import checks, claims, quiethours, recovery
 from . import constants as c
 from .app import Trackly
 from .logs import get_logger
@@ -90,8 +90,12 @@ class Coordinator:
                 except Exception as exc:
                     log.error("driver_unavailable", sending_list_id=list_id, driver=lst.driver, error=str(exc))
                 else:
-                    info = ListInfo(lst, driver, checks.blocked_words_pattern([*lst.blocked_words, *self.cfg.blocked_words]),
-                                    quiethours.Window.from_quiet_hours(lst.quiet_hours))
+                    info = ListInfo(
+                        lst,
+                        driver,
+                        checks.blocked_words_pattern([*lst.blocked_words, *self.cfg.blocked_words]),
+                        quiethours.Window.from_quiet_hours(lst.quiet_hours),
+                    )
         self._lists[list_id] = (time.monotonic(), info)
         return info
 
@@ -103,7 +107,7 @@ class Coordinator:
         ready = [i for i in sorted(ids) if self.worker.paused.get(i, 0.0) <= now]
         if ready:  # round-robin: start from a different list each time
             self._rr = (self._rr + 1) % len(ready)
-            ready = ready[self._rr:] + ready[:self._rr]
+            ready = ready[self._rr :] + ready[: self._rr]
         return ready
 
     async def fill(self) -> int:
@@ -132,6 +136,7 @@ class Coordinator:
             if not task.cancelled() and task.exception() is not None:
                 log.error("list_worker_crashed", sending_list_id=list_id, error=repr(task.exception()))
             self._wake.set()
+
         return done
 
     async def _list_worker(self, list_id: int) -> None:
@@ -173,8 +178,13 @@ class Coordinator:
             task = asyncio.create_task(coro, name=name)
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        log.info("executor_started", instance=self.trackly.instance, workers_per_list=self.cfg.workers_per_list,
-                 pool_size=self.cfg.pool_size, limiter=type(self.limiter).__name__)
+        log.info(
+            "executor_started",
+            instance=self.trackly.instance,
+            workers_per_list=self.cfg.workers_per_list,
+            pool_size=self.cfg.pool_size,
+            limiter=type(self.limiter).__name__,
+        )
 
     async def _poll(self) -> None:
         while not self.stopping.is_set():

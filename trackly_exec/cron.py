@@ -27,15 +27,27 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import TracklyError
 
 _ALIASES = {
-    "@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *",
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
 }
-_MONTHS = {m: i for i, m in enumerate(
-    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)
+}
 _DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
-_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
-           ("month", 1, 12, _MONTHS), ("day of week", 0, 7, _DAYS))
-_SEARCH_YEARS = 8       # Feb 29 on a given weekday recurs within 28 years; 8 covers every sane expression
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 7, _DAYS),
+)
+_SEARCH_YEARS = 8  # Feb 29 on a given weekday recurs within 28 years; 8 covers every sane expression
 _MAX_SHIFT = dt.timedelta(hours=3)
 _MONTH_MAX = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
 
@@ -93,7 +105,7 @@ class Cron:
     hours: tuple[int, ...]
     days: frozenset[int]
     months: frozenset[int]
-    weekdays: frozenset[int]          # 0 = Monday ... 6 = Sunday (Python's weekday())
+    weekdays: frozenset[int]  # 0 = Monday ... 6 = Sunday (Python's weekday())
     dom_star: bool
     dow_star: bool
     hour_star: bool
@@ -104,12 +116,16 @@ class Cron:
         fields = text.split()
         if len(fields) != 5:
             raise CronError(f"expected 5 fields (minute hour day month weekday), got {len(fields)} in {expr!r}")
-        parsed = [_parse_field(f, lo, hi, names, what) for f, (what, lo, hi, names) in zip(fields, _FIELDS, strict=True)]
+        parsed = [
+            _parse_field(f, lo, hi, names, what) for f, (what, lo, hi, names) in zip(fields, _FIELDS, strict=True)
+        ]
         (mins, _), (hours, hour_star), (days, dom_star), (months, _), (dows, dow_star) = parsed
         weekdays = frozenset((d - 1) % 7 for d in dows)  # cron 0/7 = Sunday -> 6; 1 = Monday -> 0
         if not dom_star and dow_star and all(min(days) > _MONTH_MAX[m] for m in months):
             raise CronError(f"day {min(days)} never occurs in the selected months")
-        return cls(expr, tuple(sorted(mins)), tuple(sorted(hours)), days, months, weekdays, dom_star, dow_star, hour_star)
+        return cls(
+            expr, tuple(sorted(mins)), tuple(sorted(hours)), days, months, weekdays, dom_star, dow_star, hour_star
+        )
 
     def _day_matches(self, d: dt.date) -> bool:
         if d.month not in self.months:
@@ -153,8 +169,11 @@ class Cron:
         best: dt.datetime | None = None
         best_wall: dt.datetime | None = None
         # Near a DST transition a later instant can have an earlier wall time: look back then; else start here.
-        offsets = {after.astimezone(zone).utcoffset(), (after - _MAX_SHIFT).astimezone(zone).utcoffset(),
-                   (after + _MAX_SHIFT).astimezone(zone).utcoffset()}
+        offsets = {
+            after.astimezone(zone).utcoffset(),
+            (after - _MAX_SHIFT).astimezone(zone).utcoffset(),
+            (after + _MAX_SHIFT).astimezone(zone).utcoffset(),
+        }
         start = (local - _MAX_SHIFT if len(offsets) > 1 else local).replace(second=0, microsecond=0)
         for wall in self._wall_times(start):
             if best_wall is not None and wall > best_wall + 2 * _MAX_SHIFT:

@@ -37,8 +37,12 @@ def build_components(trackly: Trackly) -> list[Component]:
     return out
 
 
-async def serve(settings: Settings, *, stop: asyncio.Event | None = None,
-                on_ready: Callable[[Trackly, list[Component]], Any] | None = None) -> int:
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Trackly, list[Component]], Any] | None = None,
+) -> int:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives. Returns the exit status."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,11 +57,14 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None,
             await comp.start()
             components.append(comp)
         log.info(
-            "ready", instance=trackly.instance, components=[c.name for c in components],
+            "ready",
+            instance=trackly.instance,
+            components=[c.name for c in components],
             store="embedded" if settings.mongo.embedded else "mongodb",
             port=trackly.store.embedded.port if trackly.store.embedded else None,
             rate_limiter="redis" if trackly.redis is not None else "in-process",
-            drivers=trackly.drivers.names(), startup_seconds=round(time.monotonic() - started, 2),
+            drivers=trackly.drivers.names(),
+            startup_seconds=round(time.monotonic() - started, 2),
         )
         notify("READY=1", f"STATUS=ready: {', '.join(c.name for c in components)}")
         interval = watchdog_interval()

@@ -25,17 +25,24 @@ async def summary(trackly: Any, *, limit: int = 20) -> dict[str, Any]:
     for d in campaigns:
         cid = int(d["_id"])
         last = await store[c.EXECUTIONS].find_one({"campaign_id": cid}, sort=[("_id", -1)])
-        rows.append({
-            "id": cid,
-            "name": d.get("name") or f"campaign {cid}",
-            "status": d.get("status"),
-            "next_run_at": d.get("next_run_at"),
-            "last_execution": None if last is None else {
-                "id": last["_id"], "status": last.get("status"), "reason": last.get("reason"),
-                "counts": last.get("counts", {}), "triggered_at": last.get("triggered_at"),
-            },
-            **per.get(cid, {}),
-        })
+        rows.append(
+            {
+                "id": cid,
+                "name": d.get("name") or f"campaign {cid}",
+                "status": d.get("status"),
+                "next_run_at": d.get("next_run_at"),
+                "last_execution": None
+                if last is None
+                else {
+                    "id": last["_id"],
+                    "status": last.get("status"),
+                    "reason": last.get("reason"),
+                    "counts": last.get("counts", {}),
+                    "triggered_at": last.get("triggered_at"),
+                },
+                **per.get(cid, {}),
+            }
+        )
     events = [
         {"kind": e.get("kind"), "severity": e.get("severity"), "message": e.get("message"), "at": e.get("created_at")}
         async for e in store[c.EVENTS].find({}).sort("created_at", -1).limit(15)

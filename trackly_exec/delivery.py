@@ -99,7 +99,9 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-async def ingest(trackly: Trackly, provider: str, reports: Sequence[DeliveryReport], *, park: bool = True) -> IngestResult:
+async def ingest(
+    trackly: Trackly, provider: str, reports: Sequence[DeliveryReport], *, park: bool = True
+) -> IngestResult:
     """Apply a batch of ``provider``'s (driver instance name) reports; see the module docstring. Reports for
     messages still in the queue are parked (``park=False``: only listed in ``pending_ids``)."""
     res = IngestResult(received=len(reports))

@@ -52,15 +52,15 @@ class DemoResult:
     contacts: int
     campaign_id: int = 0
     execution_id: int = 0
-    audiences: dict[str, int] = field(default_factory=dict)   # name -> id
-    counts: dict[str, Any] = field(default_factory=dict)      # the execution's counts
-    stats: dict[str, Any] = field(default_factory=dict)       # GET /campaigns/{id}/stats
+    audiences: dict[str, int] = field(default_factory=dict)  # name -> id
+    counts: dict[str, Any] = field(default_factory=dict)  # the execution's counts
+    stats: dict[str, Any] = field(default_factory=dict)  # GET /campaigns/{id}/stats
     timeline: list[tuple[str, str]] = field(default_factory=list)
     sent_records: int = 0
     failed_records: int = 0
     left_in_queue: int = 0
     in_both: int = 0
-    provider: dict[str, int] = field(default_factory=dict)    # the fake's ledger summary
+    provider: dict[str, int] = field(default_factory=dict)  # the fake's ledger summary
     public_url: str = ""
     token: str = ""
     seconds: float = 0.0
@@ -133,8 +133,9 @@ class Demo:
 
     async def api(self, method: str, path: str, body: Any = None) -> Any:
         assert self.http is not None
-        async with self.http.request(method, f"{self.public_url}/api/v1{path}", json=body,
-                                     headers={"Authorization": f"Bearer {self.token}"}) as r:
+        async with self.http.request(
+            method, f"{self.public_url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {self.token}"}
+        ) as r:
             data = await r.json()
             if r.status >= 300:
                 raise RuntimeError(f"{method} {path}: HTTP {r.status} {data}")
@@ -144,9 +145,19 @@ class Demo:
         """Account, list, contacts, audiences, creative; returns (account, list, audiences, creative)."""
         now = utcnow()
         acc = await self.api("POST", "/accounts", {"name": "Demo Shop", "balance": 10_000.0})
-        lst = await self.api("POST", "/sending-lists", {
-            "account_id": acc["id"], "name": "Spring promo", "driver": "infobip", "from_number": "+15550100999",
-            "rate_limit_per_minute": 500_000, "cooldown_minutes": 60, "price_per_segment": 0.0075})
+        lst = await self.api(
+            "POST",
+            "/sending-lists",
+            {
+                "account_id": acc["id"],
+                "name": "Spring promo",
+                "driver": "infobip",
+                "from_number": "+15550100999",
+                "rate_limit_per_minute": 500_000,
+                "cooldown_minutes": 60,
+                "price_per_segment": 0.0075,
+            },
+        )
         rows, groups = make_contacts(self.n, self.rng, now)
         bad = set(groups["invalid_phone"])
         valid = [r for r in rows if r["phone"] not in bad]
@@ -156,31 +167,67 @@ class Demo:
             async with sem:
                 await self.api("POST", f"/sending-lists/{lst['id']}/contacts", {"contacts": chunk})
 
-        await asyncio.gather(*(upload(valid[i:i + 1000]) for i in range(0, len(valid), 1000)))
+        await asyncio.gather(*(upload(valid[i : i + 1000]) for i in range(0, len(valid), 1000)))
         # Rows the API refuses (invalid numbers), as an older import would have left them in the store.
         invalid = [r for r in rows if r["phone"] in bad]
         if invalid:
             ids = await trackly.store.next_ids(c.CONTACTS, len(invalid))
-            await trackly.db[c.CONTACTS].insert_many([
-                {"_id": cid, "sending_list_id": lst["id"], "subscribed": True, "blocked": False, "in_workflow": False,
-                 "first_name": r.get("first_name"), "last_name": None, "last_sent_at": None, "created_at": now,
-                 "updated_at": now, **{k: v for k, v in r.items() if k != "first_name"}}
-                for cid, r in zip(ids, invalid, strict=True)])
+            await trackly.db[c.CONTACTS].insert_many(
+                [
+                    {
+                        "_id": cid,
+                        "sending_list_id": lst["id"],
+                        "subscribed": True,
+                        "blocked": False,
+                        "in_workflow": False,
+                        "first_name": r.get("first_name"),
+                        "last_name": None,
+                        "last_sent_at": None,
+                        "created_at": now,
+                        "updated_at": now,
+                        **{k: v for k, v in r.items() if k != "first_name"},
+                    }
+                    for cid, r in zip(ids, invalid, strict=True)
+                ]
+            )
         if groups["frequency_cap"]:  # messaged 10 minutes ago, inside the list's 60-minute cooldown
             await trackly.db[c.CONTACTS].update_many(
                 {"sending_list_id": lst["id"], "phone": {"$in": groups["frequency_cap"]}},
-                {"$set": {"last_sent_at": now - dt.timedelta(minutes=10)}})
+                {"$set": {"last_sent_at": now - dt.timedelta(minutes=10)}},
+            )
         auds = []
         for key in ("a", "b"):
-            aud = await self.api("POST", "/audiences", {"sending_list_id": lst["id"], "name": f"Audience {key.upper()}",
-                                                        "filter": {f"attributes.in_{key}": {"eq": True}}})
+            aud = await self.api(
+                "POST",
+                "/audiences",
+                {
+                    "sending_list_id": lst["id"],
+                    "name": f"Audience {key.upper()}",
+                    "filter": {f"attributes.in_{key}": {"eq": True}},
+                },
+            )
             auds.append(aud["id"])
             self.result.audiences[aud["name"]] = aud["id"]
-        cre = await self.api("POST", "/creatives", {"account_id": acc["id"], "name": "Spring sale", "variants": [
-            {"key": "a", "body": f"Hi {{first_name|there}}! Spring sale: 20% off everything today. {URL}", "weight": 50},
-            {"key": "b", "body": f"{{first_name|Hello}}, your spring discount is waiting: {URL}", "weight": 50}]})
-        self.say(f"  seeded {self.n:,} contacts on sending list {lst['id']} "
-                 f"({', '.join(f'{k} {len(v):,}' for k, v in groups.items())})")
+        cre = await self.api(
+            "POST",
+            "/creatives",
+            {
+                "account_id": acc["id"],
+                "name": "Spring sale",
+                "variants": [
+                    {
+                        "key": "a",
+                        "body": f"Hi {{first_name|there}}! Spring sale: 20% off everything today. {URL}",
+                        "weight": 50,
+                    },
+                    {"key": "b", "body": f"{{first_name|Hello}}, your spring discount is waiting: {URL}", "weight": 50},
+                ],
+            },
+        )
+        self.say(
+            f"  seeded {self.n:,} contacts on sending list {lst['id']} "
+            f"({', '.join(f'{k} {len(v):,}' for k, v in groups.items())})"
+        )
         return acc["id"], lst["id"], auds, cre["id"]
 
     async def progress(self, trackly: Any, fake: Any, trigger: asyncio.Task[Any], deadline: float) -> None:
@@ -203,8 +250,12 @@ class Demo:
             unique, queued = counts.get("unique") or self.n, counts.get("queued", 0)
             if queued and self.first_queued is None:
                 self.first_queued = utcnow()  # seen by this 200 ms poll: the first batch is in the queue
-            values = {"evaluated": (counts.get("evaluated", 0), unique), "queued": (queued, unique),
-                      "sent": (sent + failed, queued or unique), "delivered": (reported, sent)}
+            values = {
+                "evaluated": (counts.get("evaluated", 0), unique),
+                "queued": (queued, unique),
+                "sent": (sent + failed, queued or unique),
+                "delivered": (reported, sent),
+            }
             finished = trigger.done() and sent + failed >= queued and reported >= sent
             if finished or time.monotonic() > deadline:
                 bars.draw(values, final=True)
@@ -218,13 +269,19 @@ class Demo:
         """Open some short links: previews right away (bots), then people after the bot window."""
         assert self.http is not None
         http = self.http
-        codes = [d["_id"] async for d in trackly.db[c.SHORT_LINKS].find(
-            {"campaign_id": self.result.campaign_id}, {"_id": 1}).limit(min(max(self.n // 200, 4), 50))]
+        codes = [
+            d["_id"]
+            async for d in trackly.db[c.SHORT_LINKS]
+            .find({"campaign_id": self.result.campaign_id}, {"_id": 1})
+            .limit(min(max(self.n // 200, 4), 50))
+        ]
         sem = asyncio.Semaphore(5)
 
         async def hit(code: str, ua: str) -> None:
-            async with sem, http.get(f"{self.public_url}/l/{code}", headers={"User-Agent": ua},
-                                     allow_redirects=False) as r:
+            async with (
+                sem,
+                http.get(f"{self.public_url}/l/{code}", headers={"User-Agent": ua}, allow_redirects=False) as r,
+            ):
                 await r.read()
 
         await asyncio.gather(*(hit(code, PREVIEW) for code in codes[: len(codes) // 2]))
@@ -250,14 +307,22 @@ class Demo:
         firstq = min((t for t in (self.first_queued, ex.get("evaluated_at")) if t is not None), default=None)
         r.timeline = [
             (_clock(t0, t0), "Campaign triggers"),
-            (f"{_clock(firstq, t0)} - {_clock(ex.get('evaluated_at'), t0)}",
-             f"Audience evaluated ({r.counts.get('unique', 0):,} contacts, streamed in batches)"),
-            (f"{_clock(firstq, t0)} - {_clock(ex.get('queued_at'), t0)}",
-             f"Messages queued ({r.counts.get('queued', 0):,}, bulk-inserted batch by batch)"),
-            (f"{_clock(first and first['timestamp'], t0)} - {_clock(last and last['timestamp'], t0)}",
-             f"Messages sent ({r.sent_records:,} accepted, {rate})"),
-            (f"{_clock(d_first and d_first['delivered_at'], t0)} - {_clock(d_last and d_last['delivered_at'], t0)}",
-             "Delivery confirmations arrive"),
+            (
+                f"{_clock(firstq, t0)} - {_clock(ex.get('evaluated_at'), t0)}",
+                f"Audience evaluated ({r.counts.get('unique', 0):,} contacts, streamed in batches)",
+            ),
+            (
+                f"{_clock(firstq, t0)} - {_clock(ex.get('queued_at'), t0)}",
+                f"Messages queued ({r.counts.get('queued', 0):,}, bulk-inserted batch by batch)",
+            ),
+            (
+                f"{_clock(first and first['timestamp'], t0)} - {_clock(last and last['timestamp'], t0)}",
+                f"Messages sent ({r.sent_records:,} accepted, {rate})",
+            ),
+            (
+                f"{_clock(d_first and d_first['delivered_at'], t0)} - {_clock(d_last and d_last['delivered_at'], t0)}",
+                "Delivery confirmations arrive",
+            ),
         ]
         r.stats = await self.api("GET", f"/campaigns/{r.campaign_id}/stats")
 
@@ -265,7 +330,9 @@ class Demo:
         r, k = self.result, self.result.counts
         per = k.get("per_audience") or {}
         self.say("\nExecution Timeline (measured)\n")
-        self.say(f"  {'Time':<21}  Event   (m:ss.sss from the trigger; the first queued batch is seen by a 200 ms poll)")
+        self.say(
+            f"  {'Time':<21}  Event   (m:ss.sss from the trigger; the first queued batch is seen by a 200 ms poll)"
+        )
         for when, what in r.timeline:
             self.say(f"  {when:<21}  {what}")
         self.say("\nAudience evaluation\n")
@@ -276,35 +343,60 @@ class Demo:
         skipped = {s: n for s, n in (k.get("skipped") or {}).items() if n}
         for s, n in skipped.items():
             self.say(f"    skipped {s:<20}{n:>7,}")
-        self.say(f"  Queued:{'':<8}{k.get('queued', 0):>7,}   (= {k.get('unique', 0):,} - {sum(skipped.values()):,} skipped)")
+        self.say(
+            f"  Queued:{'':<8}{k.get('queued', 0):>7,}   (= {k.get('unique', 0):,} - {sum(skipped.values()):,} skipped)"
+        )
         s = r.stats
         failed = s.get("failed") or {}
         self.say(f"  Sent:{'':<10}{s.get('sent', 0):>7,}   accepted by the provider")
         self.say(f"  Failed:{'':<8}{sum(failed.values()):>7,}   {', '.join(f'{a} {b:,}' for a, b in failed.items())}")
-        self.say(f"  Delivered:{'':<5}{s.get('delivered', 0):>7,}   undelivered {s.get('undelivered', 0):,}, "
-                 f"awaiting report {s.get('delivery_pending', 0):,}")
+        self.say(
+            f"  Delivered:{'':<5}{s.get('delivered', 0):>7,}   undelivered {s.get('undelivered', 0):,}, "
+            f"awaiting report {s.get('delivery_pending', 0):,}"
+        )
         clicks = s.get("clicks") or {}
-        self.say(f"  Clicks:{'':<8}{clicks.get('all', 0):>7,}   human {clicks.get('human', 0):,}, "
-                 f"bots {clicks.get('all', 0) - clicks.get('human', 0):,}")
+        self.say(
+            f"  Clicks:{'':<8}{clicks.get('all', 0):>7,}   human {clicks.get('human', 0):,}, "
+            f"bots {clicks.get('all', 0) - clicks.get('human', 0):,}"
+        )
         for key, v in (s.get("per_variant") or {}).items():
-            self.say(f"    variant {key}: sent {v['sent']:,}, delivered {v['delivered']:,}, "
-                     f"human clicks {v['clicks']['human']:,}")
+            self.say(
+                f"    variant {key}: sent {v['sent']:,}, delivered {v['delivered']:,}, "
+                f"human clicks {v['clicks']['human']:,}"
+            )
         self.say(f"\n  Provider ledger: {r.provider}")
-        self.say(f"  Every queued message has exactly one record: sent {r.sent_records:,} + failed "
-                 f"{r.failed_records:,} = {r.sent_records + r.failed_records:,} (queued {k.get('queued', 0):,}, "
-                 f"left in queue {r.left_in_queue}, in both {r.in_both})")
-        self.say(f"\nDashboard: {r.public_url}/dashboard\nAPI:       {r.public_url}/api/v1/openapi.json "
-                 f"(token {r.token})\nDone in {r.seconds:.1f} s.")
+        self.say(
+            f"  Every queued message has exactly one record: sent {r.sent_records:,} + failed "
+            f"{r.failed_records:,} = {r.sent_records + r.failed_records:,} (queued {k.get('queued', 0):,}, "
+            f"left in queue {r.left_in_queue}, in both {r.in_both})"
+        )
+        self.say(
+            f"\nDashboard: {r.public_url}/dashboard\nAPI:       {r.public_url}/api/v1/openapi.json "
+            f"(token {r.token})\nDone in {r.seconds:.1f} s."
+        )
 
     async def flow(self, trackly: Any, fake: Any, started: float, keep: asyncio.Event | None) -> None:
         """Seed, trigger, watch, click, measure and report (and wait for ``keep`` when given)."""
         account, list_id, auds, creative = await self.seed(trackly)
-        fake.reject_numbers = {p["phone"]: "REJECTED_DESTINATION" async for p in trackly.db[c.CONTACTS].find(
-            {"sending_list_id": list_id, "attributes.tier": "C", "timezone": {"$gt": ""}}, {"phone": 1})
-            .limit(max(self.n // 500, 1))}
-        camp = await self.api("POST", "/campaigns", {
-            "account_id": account, "sending_list_id": list_id, "audience_ids": auds, "creative_id": creative,
-            "exclude_in_workflow": True, "track_links": True, "quiet_hours_policy": "exclude"})
+        fake.reject_numbers = {
+            p["phone"]: "REJECTED_DESTINATION"
+            async for p in trackly.db[c.CONTACTS]
+            .find({"sending_list_id": list_id, "attributes.tier": "C", "timezone": {"$gt": ""}}, {"phone": 1})
+            .limit(max(self.n // 500, 1))
+        }
+        camp = await self.api(
+            "POST",
+            "/campaigns",
+            {
+                "account_id": account,
+                "sending_list_id": list_id,
+                "audience_ids": auds,
+                "creative_id": creative,
+                "exclude_in_workflow": True,
+                "track_links": True,
+                "quiet_hours_policy": "exclude",
+            },
+        )
         self.result.campaign_id = camp["id"]
         self.say(f"  campaign {camp['id']}: audiences {auds}, creative {creative} (variants a/b, tracked link)\n")
         t0 = utcnow()
@@ -324,7 +416,9 @@ class Demo:
             self.say("\nThe daemon keeps running (Ctrl-C to stop).")
             await keep.wait()
         else:
-            self.say("(The demo's daemon stops now; `trackly demo --keep-running` keeps it up for the dashboard and API.)")
+            self.say(
+                "(The demo's daemon stops now; `trackly demo --keep-running` keeps it up for the dashboard and API.)"
+            )
 
     async def run(self, keep_running: bool = False) -> DemoResult:
         from drivers.infobip_fake import InfobipFake
@@ -390,8 +484,14 @@ class Demo:
         return self.result
 
 
-async def run_demo(contacts: int = 10_000, *, out: TextIO | None = None, data_dir: Path | None = None,
-                   keep_running: bool = False, seed: int = 7) -> DemoResult:
+async def run_demo(
+    contacts: int = 10_000,
+    *,
+    out: TextIO | None = None,
+    data_dir: Path | None = None,
+    keep_running: bool = False,
+    seed: int = 7,
+) -> DemoResult:
     """Run the demo (see the module docstring) and return what it measured."""
     return await Demo(contacts, out or sys.stdout, data_dir, seed).run(keep_running)
 
@@ -404,8 +504,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError("--contacts must be at least 20")
 
     async def main() -> int:
-        result = await run_demo(args.contacts, data_dir=Path(args.data_dir) if args.data_dir else None,
-                                keep_running=args.keep_running)
+        result = await run_demo(
+            args.contacts, data_dir=Path(args.data_dir) if args.data_dir else None, keep_running=args.keep_running
+        )
         return 130 if result.interrupted else 0
 
     return _run(main())
@@ -413,8 +514,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``trackly demo``."""
-    p = sub.add_parser("demo", help="run a 10,000-contact campaign end to end on the embedded store and a fake "
-                                    "Infobip (no account, no network)", parents=[common])
+    p = sub.add_parser(
+        "demo",
+        help="run a 10,000-contact campaign end to end on the embedded store and a fake "
+        "Infobip (no account, no network)",
+        parents=[common],
+    )
     p.add_argument("--contacts", type=int, default=10_000, help="contacts to seed (default 10,000)")
     p.add_argument("--data-dir", help="keep the store here (default: a temporary directory, deleted at the end)")
     p.add_argument("--keep-running", action="store_true", help="keep the daemon up afterwards (dashboard, API)")

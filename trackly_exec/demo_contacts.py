@@ -15,12 +15,31 @@ from zoneinfo import ZoneInfo
 
 AREAS = ("212", "312", "415", "617", "713", "305", "206", "404", "303", "602")
 NAMES = ("Ava", "Liam", "Noah", "Emma", "Mia", "Lucas", "Zoe", "Ethan", "Ivy", "Owen", "Nora", "Leo")
-ZONES = ("Pacific/Kiritimati", "Pacific/Auckland", "Asia/Tokyo", "Asia/Kolkata", "Asia/Dubai", "Europe/Berlin",
-         "Europe/London", "Atlantic/Azores", "America/Sao_Paulo", "America/New_York", "America/Chicago",
-         "America/Denver", "America/Los_Angeles", "Pacific/Honolulu", "Pacific/Pago_Pago")
+ZONES = (
+    "Pacific/Kiritimati",
+    "Pacific/Auckland",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+    "Asia/Dubai",
+    "Europe/Berlin",
+    "Europe/London",
+    "Atlantic/Azores",
+    "America/Sao_Paulo",
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Los_Angeles",
+    "Pacific/Honolulu",
+    "Pacific/Pago_Pago",
+)
 #: Share of contacts in each skip group (the rest are sendable), checked in the evaluation's order.
-MIX = (("unsubscribed", 0.02), ("invalid_phone", 0.01), ("in_workflow", 0.03), ("frequency_cap", 0.02),
-       ("quiet_hours", 0.05))
+MIX = (
+    ("unsubscribed", 0.02),
+    ("invalid_phone", 0.01),
+    ("in_workflow", 0.03),
+    ("frequency_cap", 0.02),
+    ("quiet_hours", 0.05),
+)
 
 
 def _zones_now(now: dt.datetime) -> tuple[list[str], list[str]]:
@@ -39,8 +58,11 @@ def make_contacts(n: int, rng: random.Random, now: dt.datetime) -> tuple[list[di
     for i in range(n):
         j = i // len(AREAS)
         phone = f"+1{AREAS[i % len(AREAS)]}{200 + j // 10000:03d}{j % 10000:04d}"
-        row: dict[str, Any] = {"phone": phone, "timezone": rng.choice(day),
-                               "attributes": {"in_a": i < a_end, "in_b": i >= b_start, "tier": rng.choice("ABC")}}
+        row: dict[str, Any] = {
+            "phone": phone,
+            "timezone": rng.choice(day),
+            "attributes": {"in_a": i < a_end, "in_b": i >= b_start, "tier": rng.choice("ABC")},
+        }
         if rng.random() < 0.9:
             row["first_name"] = rng.choice(NAMES)
         roll, acc = rng.random(), 0.0
@@ -51,7 +73,7 @@ def make_contacts(n: int, rng: random.Random, now: dt.datetime) -> tuple[list[di
                 if name == "unsubscribed":
                     row["subscribed"] = False
                 elif name == "invalid_phone":
-                    row["phone"] = phone = f"+1555{i:07d}"[:12]   # 555 numbers are not valid numbers
+                    row["phone"] = phone = f"+1555{i:07d}"[:12]  # 555 numbers are not valid numbers
                     groups[name][-1] = phone
                 elif name == "in_workflow":
                     row["in_workflow"] = True

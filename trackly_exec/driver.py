@@ -268,7 +268,9 @@ class Driver(ABC, Generic[S]):
         except DriverError as exc:
             return [UnknownOutcome(message_id=m.id, detail=str(exc)) for m in messages]
         except Exception as exc:  # a bug in a plugin must not lose messages: treat as maybe-sent
-            return [UnknownOutcome(message_id=m.id, detail=f"driver raised {type(exc).__name__}: {exc}") for m in messages]
+            return [
+                UnknownOutcome(message_id=m.id, detail=f"driver raised {type(exc).__name__}: {exc}") for m in messages
+            ]
         by_id = {r.message_id: r for r in results}
         return [
             by_id.get(m.id) or UnknownOutcome(message_id=m.id, detail="driver returned no result for this message")

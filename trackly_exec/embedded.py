@@ -70,29 +70,44 @@ class EmbeddedMongo:
             Path(store_dir).mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)  # left by a killed run on this port; the port is free now
         cmd = [
-            *_server_command(), "--data-dir", store_dir, "--host", self.host, "-p", str(self.port),
-            "--pid-file", str(self.pid_file), "--log-file", str(self.log_file),
+            *_server_command(),
+            "--data-dir",
+            store_dir,
+            "--host",
+            self.host,
+            "-p",
+            str(self.port),
+            "--pid-file",
+            str(self.pid_file),
+            "--log-file",
+            str(self.log_file),
         ]
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, close_fds=True,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            close_fds=True,
         )
-        log.info("embedded_store_starting", port=self.port, data=store_dir, pid=self.proc.pid, log_file=str(self.log_file))
+        log.info(
+            "embedded_store_starting", port=self.port, data=store_dir, pid=self.proc.pid, log_file=str(self.log_file)
+        )
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise StoreError(
-                    f"embedded store exited with status {self.proc.returncode}; see {self.log_file}"
-                )
+                raise StoreError(f"embedded store exited with status {self.proc.returncode}; see {self.log_file}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise StoreError(f"embedded store did not answer on port {self.port} within {timeout:.0f}s; see {self.log_file}")
+        raise StoreError(
+            f"embedded store did not answer on port {self.port} within {timeout:.0f}s; see {self.log_file}"
+        )
 
     async def astart(self, timeout: float = 15.0) -> None:
         self.start()

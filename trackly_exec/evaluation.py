@@ -45,8 +45,7 @@ from .variants import chooser_for
 
 log = get_logger(__name__)
 
-SKIP_REASONS = ("unsubscribed", "invalid_phone", "in_workflow", "frequency_cap", "quiet_hours",
-                "missing_placeholder")
+SKIP_REASONS = ("unsubscribed", "invalid_phone", "in_workflow", "frequency_cap", "quiet_hours", "missing_placeholder")
 
 
 @dataclass
@@ -68,11 +67,19 @@ class Tally:
     def as_counts(self) -> dict[str, Any]:
         u = self.union
         return {
-            "per_audience": dict(u.per_audience), "audience_total": u.audience_total, "overlap": u.overlap,
-            "unique": u.unique, "skipped": dict(self.skipped), "queued": self.queued,
-            "held_quiet_hours": self.held_quiet_hours, "evaluated": self.evaluated, "inserted": self.inserted,
-            "already_queued": self.already_queued, "already_processed": self.already_processed,
-            "links": self.links, "variants": dict(self.variants),
+            "per_audience": dict(u.per_audience),
+            "audience_total": u.audience_total,
+            "overlap": u.overlap,
+            "unique": u.unique,
+            "skipped": dict(self.skipped),
+            "queued": self.queued,
+            "held_quiet_hours": self.held_quiet_hours,
+            "evaluated": self.evaluated,
+            "inserted": self.inserted,
+            "already_queued": self.already_queued,
+            "already_processed": self.already_processed,
+            "links": self.links,
+            "variants": dict(self.variants),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -105,7 +112,7 @@ async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str,
         return None, f"sending list {slist['_id']} belongs to another account"
     if not slist.get("active", True):
         return None, f"sending list {slist['_id']} is not active"
-    ids = list(dict.fromkeys(campaign.get("audience_ids") or []))   # an audience listed twice counts once
+    ids = list(dict.fromkeys(campaign.get("audience_ids") or []))  # an audience listed twice counts once
     if not ids:
         return None, "the campaign has no audiences"
     audiences = await db[c.AUDIENCES].find({"_id": {"$in": ids}}).to_list(None)
@@ -173,8 +180,14 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
     # rule then measures time spent in the queue, not the scheduler's lateness.
     sendtime = max(ex["scheduled_for"], now)
     chooser = await chooser_for(db, plan.creative, execution_id, cfg.learned_min_sends)
-    composer = Composer(execution=ex, campaign=camp, sending_list=slist, creative=plan.creative, chooser=chooser,
-                        short_base=trackly.settings.http.short_link_base)
+    composer = Composer(
+        execution=ex,
+        campaign=camp,
+        sending_list=slist,
+        creative=plan.creative,
+        chooser=chooser,
+        short_base=trackly.settings.http.short_link_base,
+    )
     cooldown = float(slist.get("cooldown_minutes") or 0)
     cutoff = now - dt.timedelta(minutes=cooldown) if cooldown > 0 else None
     capped = await _frequency_capped(db, list_id, execution_id, cutoff) if cutoff else set()
@@ -182,7 +195,7 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
     window, default_tz = Window.from_quiet_hours(quiet), quiet.default_timezone
     hold = camp.get("quiet_hours_policy", "exclude") == "hold"
     exclude_wf = bool(camp.get("exclude_in_workflow"))
-    opening: dict[tuple[ZoneInfo, ...], dt.datetime | None] = {}   # zones -> None (inside) or the opening
+    opening: dict[tuple[ZoneInfo, ...], dt.datetime | None] = {}  # zones -> None (inside) or the opening
     tally = Tally()
     skipped = tally.skipped
     writing: asyncio.Task[None] | None = None
@@ -222,7 +235,9 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
                     tally.already_processed += 1
                     tally.queued += 1
                     continue
-                if cutoff is not None and (to in capped or (isinstance(ls := contact.get("last_sent_at"), dt.datetime) and ls >= cutoff)):
+                if cutoff is not None and (
+                    to in capped or (isinstance(ls := contact.get("last_sent_at"), dt.datetime) and ls >= cutoff)
+                ):
                     skipped["frequency_cap"] += 1
                     continue
                 zones = contact_zones(to, contact.get("timezone"), default_tz)
@@ -262,6 +277,12 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writing
     tally.variants = dict(composer.variant_counts)
-    log.info("execution_evaluated", execution_id=execution_id, unique=tally.union.unique, queued=tally.queued,
-             skipped={k: v for k, v in skipped.items() if v}, resumed=resumed)
+    log.info(
+        "execution_evaluated",
+        execution_id=execution_id,
+        unique=tally.union.unique,
+        queued=tally.queued,
+        skipped={k: v for k, v in skipped.items() if v},
+        resumed=resumed,
+    )
     return tally

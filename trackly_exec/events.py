@@ -24,25 +24,25 @@ log = get_logger(__name__)
 
 
 class EventKind(enum.StrEnum):
-    FAILED_MESSAGE = "failed_message"              # data: message_id, reason, detail, sending_list_id, campaign_id
+    FAILED_MESSAGE = "failed_message"  # data: message_id, reason, detail, sending_list_id, campaign_id
     PROVIDER_ERROR_BURST = "provider_error_burst"  # data: sending_list_id, provider, errors, window_seconds
-    CAMPAIGN_FAILED = "campaign_failed"            # data: campaign_id, execution_id, reason
-    OCCURRENCE_SKIPPED = "occurrence_skipped"      # data: campaign_id, scheduled_for, reason
-    SPAM_COMPLAINT = "spam_complaint"              # data: message_id, provider, code
-    DELIVERY_FAILURE = "delivery_failure"          # data: message_id, provider, code
-    RATE_LIMITER_DOWN = "rate_limiter_down"        # data: sending_list_id, error
-    HIGH_ERROR_RATE = "high_error_rate"            # data: sending_list_id, failed, total
-    OPT_OUT = "opt_out"                            # data: phone, sending_list_id, keyword
-    WEBHOOK_DEAD = "webhook_dead"                  # data: event_id, account_id, attempts, error
+    CAMPAIGN_FAILED = "campaign_failed"  # data: campaign_id, execution_id, reason
+    OCCURRENCE_SKIPPED = "occurrence_skipped"  # data: campaign_id, scheduled_for, reason
+    SPAM_COMPLAINT = "spam_complaint"  # data: message_id, provider, code
+    DELIVERY_FAILURE = "delivery_failure"  # data: message_id, provider, code
+    RATE_LIMITER_DOWN = "rate_limiter_down"  # data: sending_list_id, error
+    HIGH_ERROR_RATE = "high_error_rate"  # data: sending_list_id, failed, total
+    OPT_OUT = "opt_out"  # data: phone, sending_list_id, keyword
+    WEBHOOK_DEAD = "webhook_dead"  # data: event_id, account_id, attempts, error
 
 
 @dataclass
 class Event:
     kind: EventKind | str
     message: str
-    severity: str = "warning"                      # info | warning | critical
+    severity: str = "warning"  # info | warning | critical
     data: dict[str, Any] = field(default_factory=dict)
-    key: str = ""                                  # alerts with the same key are throttled together
+    key: str = ""  # alerts with the same key are throttled together
     created_at: dt.datetime = field(default_factory=utcnow)
 
     def to_doc(self) -> dict[str, Any]:

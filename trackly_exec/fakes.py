@@ -44,13 +44,17 @@ def _credentials(fake: Any) -> dict[str, Any]:
 async def serve_fake(name: str, *, host: str, port: int, dlr_delay: float, report_url: str | None = None) -> int:
     """Run the fake of driver ``name`` on ``host:port`` until SIGINT/SIGTERM; returns the exit status."""
     fake_cls = load_fake_class(name)
-    fake = fake_cls(host=host, auto_reports=True, report_delay=dlr_delay,
-                    report_url=report_url or DEFAULT_REPORT_URL.format(name=name),
-                    inbound_url=DEFAULT_INBOUND_URL.format(name=name))
+    fake = fake_cls(
+        host=host,
+        auto_reports=True,
+        report_delay=dlr_delay,
+        report_url=report_url or DEFAULT_REPORT_URL.format(name=name),
+        inbound_url=DEFAULT_INBOUND_URL.format(name=name),
+    )
     await fake.start(port=port)
     creds = ", ".join(f'{k} = "{v}"' for k, v in _credentials(fake).items())
     print(f"fake {name} provider listening on {fake.url}", flush=True)
-    print(f"  driver settings: base_url = \"{fake.url}\", {creds}", flush=True)
+    print(f'  driver settings: base_url = "{fake.url}", {creds}', flush=True)
     print(f"  delivery reports after {dlr_delay:g}s; default report URL {fake.report_url}", flush=True)
     print(f"  remote control: GET {fake.url}/_fake/ledger, POST /_fake/script, POST /_fake/reset", flush=True)
     log.info("fake_provider_started", driver=name, url=fake.url)

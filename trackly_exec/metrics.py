@@ -41,18 +41,42 @@ def render(ov: dict[str, Any], events: Counter[str], instance: str) -> str:
     metric("trackly_queue_depth", "gauge", "QueuedTextMessage documents not yet processed.", [({}, ov["queued"])])
     metric("trackly_queue_claimed", "gauge", "Queued messages currently claimed by an executor.", [({}, ov["claimed"])])
     metric("trackly_messages_sent", "gauge", "MessageSent records (accepted by a provider).", [({}, ov["sent"])])
-    metric("trackly_messages_delivered", "gauge", "MessageSent records by delivery state.",
-           [({"delivered": "true"}, ov["delivered"]), ({"delivered": "false"}, ov["undelivered"])])
-    metric("trackly_messages_failed", "gauge", "FailedMessage records by reason.",
-           [({"reason": r}, n) for r, n in sorted(ov["failed_by_reason"].items())])
-    metric("trackly_send_rate_per_second", "gauge", "Messages accepted per second over the last minute.",
-           [({}, ov["send_rate_per_second"])])
-    metric("trackly_failure_rate_percent", "gauge", "Share of processed messages that failed over the last minute.",
-           [({}, ov["failure_rate_recent"])])
-    metric("trackly_link_clicks", "gauge", "Short-link clicks.",
-           [({"bot": "false"}, ov["human_clicks"]), ({"bot": "true"}, ov["clicks"] - ov["human_clicks"])])
-    metric("trackly_events_total", "counter", "Alert events published by this process, by kind.",
-           [({"kind": k, "instance": instance}, n) for k, n in sorted(events.items())])
+    metric(
+        "trackly_messages_delivered",
+        "gauge",
+        "MessageSent records by delivery state.",
+        [({"delivered": "true"}, ov["delivered"]), ({"delivered": "false"}, ov["undelivered"])],
+    )
+    metric(
+        "trackly_messages_failed",
+        "gauge",
+        "FailedMessage records by reason.",
+        [({"reason": r}, n) for r, n in sorted(ov["failed_by_reason"].items())],
+    )
+    metric(
+        "trackly_send_rate_per_second",
+        "gauge",
+        "Messages accepted per second over the last minute.",
+        [({}, ov["send_rate_per_second"])],
+    )
+    metric(
+        "trackly_failure_rate_percent",
+        "gauge",
+        "Share of processed messages that failed over the last minute.",
+        [({}, ov["failure_rate_recent"])],
+    )
+    metric(
+        "trackly_link_clicks",
+        "gauge",
+        "Short-link clicks.",
+        [({"bot": "false"}, ov["human_clicks"]), ({"bot": "true"}, ov["clicks"] - ov["human_clicks"])],
+    )
+    metric(
+        "trackly_events_total",
+        "counter",
+        "Alert events published by this process, by kind.",
+        [({"kind": k, "instance": instance}, n) for k, n in sorted(events.items())],
+    )
     return "\n".join(lines) + "\n"
 
 

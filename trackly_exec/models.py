@@ -51,22 +51,22 @@ class Document(BaseModel):
 
 
 class FailureReason(enum.StrEnum):
-    STALE = "STALE"                            # older than 30 minutes past its sendtime
-    BLOCKED_CONTENT = "BLOCKED_CONTENT"        # contains a blocked word
-    CONTACT_BLOCKED = "CONTACT_BLOCKED"        # unsubscribed or on the block list at send time
+    STALE = "STALE"  # older than 30 minutes past its sendtime
+    BLOCKED_CONTENT = "BLOCKED_CONTENT"  # contains a blocked word
+    CONTACT_BLOCKED = "CONTACT_BLOCKED"  # unsubscribed or on the block list at send time
     RATE_LIMIT_TIMEOUT = "RATE_LIMIT_TIMEOUT"  # no rate-limit token within the configured wait
-    PROVIDER_ERROR = "PROVIDER_ERROR"          # the provider refused, or transient errors outlasted the budget
-    NO_RESPONSE = "NO_RESPONSE"                # outcome unknown: the provider may have accepted it
-    BILLING_BLOCKED = "BILLING_BLOCKED"        # balance insufficient for 60 minutes
+    PROVIDER_ERROR = "PROVIDER_ERROR"  # the provider refused, or transient errors outlasted the budget
+    NO_RESPONSE = "NO_RESPONSE"  # outcome unknown: the provider may have accepted it
+    BILLING_BLOCKED = "BILLING_BLOCKED"  # balance insufficient for 60 minutes
 
 
 class ExecutionStatus(enum.StrEnum):
     PENDING = "pending"
     EVALUATING = "evaluating"
-    QUEUED = "queued"          # every message is queued; the executor takes it from here
-    COMPLETED = "completed"    # nothing left in the queue for it
-    FAILED = "failed"          # validation failed; see ``reason``
-    SKIPPED = "skipped"        # occurrence too late (after downtime); see ``reason``
+    QUEUED = "queued"  # every message is queued; the executor takes it from here
+    COMPLETED = "completed"  # nothing left in the queue for it
+    FAILED = "failed"  # validation failed; see ``reason``
+    SKIPPED = "skipped"  # occurrence too late (after downtime); see ``reason``
 
 
 class CampaignStatus(enum.StrEnum):
@@ -85,7 +85,7 @@ class Account(Document):
     balance: float = 0.0
     webhook_url: str | None = None
     webhook_secret: str | None = None
-    filter_bots: bool = False                  # the account's click stats exclude bot clicks; sent as `filterBots`
+    filter_bots: bool = False  # the account's click stats exclude bot clicks; sent as `filterBots`
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -126,7 +126,7 @@ class Contact(Document):
     collection: ClassVar[str] = "contacts"
     id: int
     sending_list_id: int
-    phone: str                                 # E.164, normalised
+    phone: str  # E.164, normalised
     first_name: str | None = None
     last_name: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
@@ -144,7 +144,7 @@ class Audience(Document):
     id: int
     sending_list_id: int
     name: str
-    filter: dict[str, Any] | None = None       # whitelisted operators only (see audience.py)
+    filter: dict[str, Any] | None = None  # whitelisted operators only (see audience.py)
     contact_ids: list[int] | None = None
 
 
@@ -193,7 +193,7 @@ class Execution(Document):
     campaign_id: int
     account_id: int
     sending_list_id: int
-    occurrence_key: str                        # unique: "<campaign>:<scheduled_for iso>" or "<campaign>:manual:<n>"
+    occurrence_key: str  # unique: "<campaign>:<scheduled_for iso>" or "<campaign>:manual:<n>"
     scheduled_for: dt.datetime
     status: ExecutionStatus = ExecutionStatus.PENDING
     reason: str | None = None
@@ -202,9 +202,9 @@ class Execution(Document):
     evaluated_at: dt.datetime | None = None
     queued_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
-    lease_owner: str | None = None             # the evaluating process ("<instance>:<run id>")
-    heartbeat_at: dt.datetime | None = None    # renewed every batch; stale -> another scheduler resumes it
-    attempts: int = 0                          # evaluation attempts (1 + resumes)
+    lease_owner: str | None = None  # the evaluating process ("<instance>:<run id>")
+    heartbeat_at: dt.datetime | None = None  # renewed every batch; stale -> another scheduler resumes it
+    attempts: int = 0  # evaluation attempts (1 + resumes)
 
 
 # --------------------------------------------------------------------------------------------- messages
@@ -236,12 +236,12 @@ class QueuedTextMessage(MessageFields, Document):
     collection: ClassVar[str] = "queued_text_messages"
     id: str = Field(default_factory=new_message_id)
     created_at: dt.datetime = Field(default_factory=utcnow)
-    not_before: dt.datetime | None = None      # backoff (billing, transient provider errors, quiet-hours hold)
-    claimed_by: str | None = None              # claim token: "<instance>:<uuid>"; every later write is fenced on it
+    not_before: dt.datetime | None = None  # backoff (billing, transient provider errors, quiet-hours hold)
+    claimed_by: str | None = None  # claim token: "<instance>:<uuid>"; every later write is fenced on it
     claimed_at: dt.datetime | None = None
-    sending_at: dt.datetime | None = None      # send intent: set (fenced) just before the provider call
+    sending_at: dt.datetime | None = None  # send intent: set (fenced) just before the provider call
     billing_blocked_since: dt.datetime | None = None
-    paused: bool = False                       # held because its campaign is paused (queue.hold_campaign)
+    paused: bool = False  # held because its campaign is paused (queue.hold_campaign)
     attempts: int = 0
 
 
@@ -256,13 +256,13 @@ class MessageSent(MessageFields, Document):
     provider: str
     provider_message_id: str | None = None
     cost: float = 0.0
-    timestamp: dt.datetime = Field(default_factory=utcnow)     # when the provider accepted it
+    timestamp: dt.datetime = Field(default_factory=utcnow)  # when the provider accepted it
     delivery_status: str | None = None
     delivery_error_code: str | None = None
     delivered_at: dt.datetime | None = None
     spam: bool = False
     resolved_from_no_response: bool = False
-    delivery_batch: str | None = None          # the report-ingestion call that last changed the delivery fields
+    delivery_batch: str | None = None  # the report-ingestion call that last changed the delivery fields
 
 
 class FailedMessage(MessageFields, Document):
@@ -272,15 +272,15 @@ class FailedMessage(MessageFields, Document):
     detail: str = ""
     provider: str | None = None
     provider_code: str | None = None
-    ambiguous: bool = False                    # NO_RESPONSE: the provider may have accepted it
-    spam: bool = False                         # PROVIDER_ERROR: the provider flagged it as carrier spam
-    opted_out: bool = False                    # PROVIDER_ERROR: the recipient had opted out at the provider
+    ambiguous: bool = False  # NO_RESPONSE: the provider may have accepted it
+    spam: bool = False  # PROVIDER_ERROR: the provider flagged it as carrier spam
+    opted_out: bool = False  # PROVIDER_ERROR: the recipient had opted out at the provider
     failed_at: dt.datetime = Field(default_factory=utcnow)
 
 
 class MessageShortLink(Document):
     collection: ClassVar[str] = "message_short_links"
-    id: str                                    # the short code
+    id: str  # the short code
     message_id: str
     destination: str
     account_id: int

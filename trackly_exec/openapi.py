@@ -16,9 +16,13 @@ from .apimodels import ErrorOut
 
 REF = "#/components/schemas/{model}"
 _ERRORS = {
-    400: "Malformed JSON", 401: "Missing or wrong bearer token", 404: "Unknown id (the message names which)",
-    409: "The resource's state refuses the action", 413: "Body larger than http.max_body_bytes",
-    422: "Invalid body or query; `details` lists each field path", 500: "Internal error (logged with the request id)",
+    400: "Malformed JSON",
+    401: "Missing or wrong bearer token",
+    404: "Unknown id (the message names which)",
+    409: "The resource's state refuses the action",
+    413: "Body larger than http.max_body_bytes",
+    422: "Invalid body or query; `details` lists each field path",
+    500: "Internal error (logged with the request id)",
     503: "The store is unreachable right now",
 }
 DESCRIPTION = """Admin API of trackly-exec. Every route except this document needs `Authorization: Bearer <token>`
@@ -59,27 +63,40 @@ def _build() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         full = f"/api/v1{r.path}"
-        op: dict[str, Any] = {"operationId": _op_id(r.method, r.path), "summary": r.summary,
-                              "tags": [r.path.strip("/").split("/")[0]]}
+        op: dict[str, Any] = {
+            "operationId": _op_id(r.method, r.path),
+            "summary": r.summary,
+            "tags": [r.path.strip("/").split("/")[0]],
+        }
         params: list[dict[str, Any]] = []
         for name in re.findall(r"{(\w+)}", r.path):
-            params.append({"name": name, "in": "path", "required": True,
-                           "schema": {"type": "integer", "minimum": 1}})
+            params.append({"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}})
         if r.query is not None:
             qs = r.query.model_json_schema()
             for name, prop in qs.get("properties", {}).items():
-                params.append({"name": name, "in": "query", "required": name in qs.get("required", []),
-                               "description": prop.get("description", ""),
-                               "schema": {k: v for k, v in prop.items() if k not in ("description", "title")}})
+                params.append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in qs.get("required", []),
+                        "description": prop.get("description", ""),
+                        "schema": {k: v for k, v in prop.items() if k not in ("description", "title")},
+                    }
+                )
         if params:
             op["parameters"] = params
         if r.body is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(r.body, "validation")}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(r.body, "validation")}},
+            }
         if isinstance(r.response, type) and issubclass(r.response, BaseModel):
             schema = ref(r.response, "serialization")
         else:
             schema = {"type": "object"}
-        responses: dict[str, Any] = {str(r.status): {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+        responses: dict[str, Any] = {
+            str(r.status): {"description": "OK", "content": {"application/json": {"schema": schema}}}
+        }
         codes = set(r.errors) | {500} | ({503} if r.auth else set())
         if r.body is not None:
             codes |= {400, 413, 422}
@@ -99,8 +116,7 @@ def _build() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "trackly-exec admin API", "version": str(__version__), "description": DESCRIPTION},
         "paths": paths,
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": schemas, "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearerAuth": []}],
     }
 

@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import BulkWriteError
 
-from . import billing, claims
+from . import billing, claims, failpoints
 from . import constants as c
-from . import failpoints
 from .driver import SendResult
 from .events import Event, EventKind
 from .logs import get_logger
@@ -46,24 +45,52 @@ def _fields(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: doc.get(k, default) for k, default in _FIELDS.items()}
 
 
-def sent_doc(doc: dict[str, Any], *, provider: str, provider_message_id: str, segments: int, cost: float,
-             now: dt.datetime) -> dict[str, Any]:
+def sent_doc(
+    doc: dict[str, Any], *, provider: str, provider_message_id: str, segments: int, cost: float, now: dt.datetime
+) -> dict[str, Any]:
     """A MessageSent document (every field of ``models.MessageSent``)."""
     return {
-        "_id": doc["_id"], **_fields(doc), "segments": segments, "submitted": True, "delivered": None,
-        "provider": provider, "provider_message_id": provider_message_id, "cost": cost, "timestamp": now,
-        "delivery_status": None, "delivery_error_code": None, "delivered_at": None, "spam": False,
+        "_id": doc["_id"],
+        **_fields(doc),
+        "segments": segments,
+        "submitted": True,
+        "delivered": None,
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "cost": cost,
+        "timestamp": now,
+        "delivery_status": None,
+        "delivery_error_code": None,
+        "delivered_at": None,
+        "spam": False,
         "resolved_from_no_response": False,
     }
 
 
-def failed_doc(doc: dict[str, Any], reason: FailureReason, detail: str, now: dt.datetime, *,
-               provider: str | None = None, code: str | None = None, ambiguous: bool = False,
-               spam: bool = False, opted_out: bool = False) -> dict[str, Any]:
+def failed_doc(
+    doc: dict[str, Any],
+    reason: FailureReason,
+    detail: str,
+    now: dt.datetime,
+    *,
+    provider: str | None = None,
+    code: str | None = None,
+    ambiguous: bool = False,
+    spam: bool = False,
+    opted_out: bool = False,
+) -> dict[str, Any]:
     """A FailedMessage document (every field of ``models.FailedMessage``)."""
     return {
-        "_id": doc["_id"], **_fields(doc), "reason": str(reason), "detail": detail[:500], "provider": provider,
-        "provider_code": code, "ambiguous": ambiguous, "spam": spam, "opted_out": opted_out, "failed_at": now,
+        "_id": doc["_id"],
+        **_fields(doc),
+        "reason": str(reason),
+        "detail": detail[:500],
+        "provider": provider,
+        "provider_code": code,
+        "ambiguous": ambiguous,
+        "spam": spam,
+        "opted_out": opted_out,
+        "failed_at": now,
     }
 
 
@@ -84,13 +111,26 @@ async def insert_records(db: Any, collection: str, docs: Sequence[dict[str, Any]
 def failure_event(rec: dict[str, Any]) -> Event:
     """The alert event of one FailedMessage record."""
     return Event(
-        kind=EventKind.FAILED_MESSAGE, severity="warning",
+        kind=EventKind.FAILED_MESSAGE,
+        severity="warning",
         message=f"{rec['reason']}: message {rec['_id']} to {rec['to_number']}"
-                + (f" ({rec['detail']})" if rec.get("detail") else ""),
+        + (f" ({rec['detail']})" if rec.get("detail") else ""),
         key=f"failed_message:{rec['sending_list_id']}:{rec['reason']}",
-        data={k: rec.get(k) for k in ("reason", "detail", "sending_list_id", "account_id", "campaign_id",
-                                      "execution_id", "provider", "provider_code", "ambiguous")}
-             | {"message_id": rec["_id"]},
+        data={
+            k: rec.get(k)
+            for k in (
+                "reason",
+                "detail",
+                "sending_list_id",
+                "account_id",
+                "campaign_id",
+                "execution_id",
+                "provider",
+                "provider_code",
+                "ambiguous",
+            )
+        }
+        | {"message_id": rec["_id"]},
     )
 
 
@@ -110,13 +150,21 @@ class Outcomes:
         if events:
             await self.trackly.bus.publish(*events)
 
-    async def fail_unsent(self, token: str, items: Sequence[tuple[dict[str, Any], FailureReason, str]],
-                          now: dt.datetime, *, provider: str | None = None) -> None:
+    async def fail_unsent(
+        self,
+        token: str,
+        items: Sequence[tuple[dict[str, Any], FailureReason, str]],
+        now: dt.datetime,
+        *,
+        provider: str | None = None,
+    ) -> None:
         """Dead-letter messages that were never sent (checks, rate limit, billing), fenced on the claim."""
         if not items:
             return
         held = await claims.mark(self.db, [d["_id"] for d, _, _ in items], token, {"settled_at": now})
-        recs = [failed_doc(d, reason, detail, now, provider=provider) for d, reason, detail in items if d["_id"] in held]
+        recs = [
+            failed_doc(d, reason, detail, now, provider=provider) for d, reason, detail in items if d["_id"] in held
+        ]
         if not recs:
             return
         await insert_records(self.db, c.FAILED, recs)
@@ -125,9 +173,16 @@ class Outcomes:
             self.counts[f"failed.{r['reason']}"] += 1
         await self.publish(failure_event(r) for r in recs)
 
-    async def record_sends(self, info: Any, token: str, docs: Sequence[dict[str, Any]],
-                           results: dict[str, SendResult], costs: dict[str, float], now: dt.datetime,
-                           requeue: set[str]) -> None:
+    async def record_sends(
+        self,
+        info: Any,
+        token: str,
+        docs: Sequence[dict[str, Any]],
+        results: dict[str, SendResult],
+        costs: dict[str, float],
+        now: dt.datetime,
+        requeue: set[str],
+    ) -> None:
         """Record the provider's answers for a sent chunk; refund what was not accepted."""
         lst = info.doc
         provider = info.driver.name
@@ -144,14 +199,30 @@ class Outcomes:
             paid = costs.get(mid, 0.0)
             if r is None or r.kind == "unknown":
                 detail = r.detail if r is not None else "no result"
-                failed.append(failed_doc(d, FailureReason.NO_RESPONSE, detail or "outcome unknown", now,
-                                         provider=provider, ambiguous=True))
+                failed.append(
+                    failed_doc(
+                        d,
+                        FailureReason.NO_RESPONSE,
+                        detail or "outcome unknown",
+                        now,
+                        provider=provider,
+                        ambiguous=True,
+                    )
+                )
                 provider_errors += 1
             elif r.kind == "accepted":
                 cost = billing.message_cost({"segments": r.segments}, lst.price_per_segment)
                 refund += paid - cost
-                sent.append(sent_doc(d, provider=provider, provider_message_id=r.provider_message_id,
-                                     segments=r.segments, cost=cost, now=now))
+                sent.append(
+                    sent_doc(
+                        d,
+                        provider=provider,
+                        provider_message_id=r.provider_message_id,
+                        segments=r.segments,
+                        cost=cost,
+                        now=now,
+                    )
+                )
             elif r.kind == "transient" and mid in requeue:
                 back.append(mid)
                 refund += paid
@@ -160,33 +231,51 @@ class Outcomes:
                 provider_errors += r.kind == "rejected"  # transient attempts are counted by the worker
                 spam = bool(getattr(r, "spam", False))
                 out = bool(getattr(r, "opted_out", False))
-                failed.append(failed_doc(d, FailureReason.PROVIDER_ERROR, r.detail or r.kind, now, provider=provider,
-                                         code=r.code, spam=spam, opted_out=out))
+                failed.append(
+                    failed_doc(
+                        d,
+                        FailureReason.PROVIDER_ERROR,
+                        r.detail or r.kind,
+                        now,
+                        provider=provider,
+                        code=r.code,
+                        spam=spam,
+                        opted_out=out,
+                    )
+                )
                 if out and d.get("contact_id") is not None:
                     opted_out.append(d["contact_id"])
                 if spam:
-                    events.append(Event(kind=EventKind.SPAM_COMPLAINT, severity="critical",
-                                        message=f"{provider} flagged message {mid} as spam ({r.code})",
-                                        key=f"spam:{lst.id}", data={"message_id": mid, "provider": provider,
-                                                                    "code": r.code, "sending_list_id": lst.id}))
+                    events.append(
+                        Event(
+                            kind=EventKind.SPAM_COMPLAINT,
+                            severity="critical",
+                            message=f"{provider} flagged message {mid} as spam ({r.code})",
+                            key=f"spam:{lst.id}",
+                            data={"message_id": mid, "provider": provider, "code": r.code, "sending_list_id": lst.id},
+                        )
+                    )
         failpoints.hit("before_record")
         await insert_records(self.db, c.SENT, sent)
         await insert_records(self.db, c.FAILED, failed)
         if back:  # nothing was accepted for these: give them back to the queue (shutdown during retries)
             await self.db[c.QUEUED].update_many(
                 {"_id": {"$in": back}, "claimed_by": token},
-                {"$set": {"claimed_by": None, "claimed_at": None, "sending_at": None}})
+                {"$set": {"claimed_by": None, "claimed_at": None, "sending_at": None}},
+            )
         await billing.adjust(self.db, lst.account_id, refund)
         if opted_out:
-            await self.db[c.CONTACTS].update_many({"_id": {"$in": opted_out}},
-                                                  {"$set": {"subscribed": False, "updated_at": now}})
+            await self.db[c.CONTACTS].update_many(
+                {"_id": {"$in": opted_out}}, {"$set": {"subscribed": False, "updated_at": now}}
+            )
         recorded = [r["_id"] for r in sent] + [r["_id"] for r in failed]
         removed = await claims.complete(self.db, recorded, token)
         if removed < len(recorded):
             self.counts["claim_lost_after_send"] += len(recorded) - removed
             if sent:  # recovery may have dead-lettered some as NO_RESPONSE meanwhile: the MessageSent wins
                 await self.db[c.FAILED].delete_many(
-                    {"_id": {"$in": [r["_id"] for r in sent]}, "reason": str(FailureReason.NO_RESPONSE)})
+                    {"_id": {"$in": [r["_id"] for r in sent]}, "reason": str(FailureReason.NO_RESPONSE)}
+                )
             log.warning("claim_lost_before_record", sending_list_id=lst.id, recorded=len(recorded), held=removed)
         self.counts["sent"] += len(sent)
         self.counts["requeued"] += len(back)
@@ -212,7 +301,10 @@ class Outcomes:
             return None
         self._burst_alerted[list_id] = now
         log.warning("provider_error_burst", sending_list_id=list_id, provider=provider, errors=total)
-        return Event(kind=EventKind.PROVIDER_ERROR_BURST, severity="critical", key=f"provider_error_burst:{list_id}",
-                     message=f"{total} provider errors on sending list {list_id} ({provider}) within a minute",
-                     data={"sending_list_id": list_id, "provider": provider, "errors": total,
-                           "window_seconds": BURST_WINDOW})
+        return Event(
+            kind=EventKind.PROVIDER_ERROR_BURST,
+            severity="critical",
+            key=f"provider_error_burst:{list_id}",
+            message=f"{total} provider errors on sending list {list_id} ({provider}) within a minute",
+            data={"sending_list_id": list_id, "provider": provider, "errors": total, "window_seconds": BURST_WINDOW},
+        )

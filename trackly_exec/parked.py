@@ -35,11 +35,19 @@ INTERVAL_SECONDS = 2.0
 
 async def park(trackly: Trackly, provider: str, reports: Sequence[DeliveryReport], now: dt.datetime) -> None:
     """Keep ``reports`` (of messages still in the queue) until their message is recorded."""
-    await trackly.store[c.DELIVERY_REPORTS].insert_many([
-        {"_id": uuid.uuid4().hex, "provider": provider, "message_id": r.message_id,
-         "report": r.model_dump(mode="python"), "received_at": now}
-        for r in reports
-    ], ordered=False)
+    await trackly.store[c.DELIVERY_REPORTS].insert_many(
+        [
+            {
+                "_id": uuid.uuid4().hex,
+                "provider": provider,
+                "message_id": r.message_id,
+                "report": r.model_dump(mode="python"),
+                "received_at": now,
+            }
+            for r in reports
+        ],
+        ordered=False,
+    )
 
 
 async def replay(trackly: Trackly, *, now: dt.datetime | None = None) -> int:

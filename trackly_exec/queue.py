@@ -47,8 +47,9 @@ def _duplicate_indexes(exc: BulkWriteError) -> set[int]:
     return {int(e["index"]) for e in errors}
 
 
-async def insert_batch(db: Any, messages: Sequence[dict[str, Any]],
-                       links: Sequence[dict[str, Any]] = ()) -> QueueResult:
+async def insert_batch(
+    db: Any, messages: Sequence[dict[str, Any]], links: Sequence[dict[str, Any]] = ()
+) -> QueueResult:
     """Insert one batch of queue documents (unordered), then the short links of those that went in."""
     res = QueueResult()
     if not messages:
@@ -92,8 +93,9 @@ async def hold_campaign(db: Any, campaign_id: int) -> int:
     ids = await _execution_ids(db, campaign_id)
     if not ids:
         return 0
-    res = await db[c.QUEUED].update_many({"execution_id": {"$in": ids}, "claimed_by": None},
-                                         {"$set": {"not_before": PAUSED_UNTIL, "paused": True}})
+    res = await db[c.QUEUED].update_many(
+        {"execution_id": {"$in": ids}, "claimed_by": None}, {"$set": {"not_before": PAUSED_UNTIL, "paused": True}}
+    )
     return int(res.modified_count)
 
 
@@ -102,6 +104,7 @@ async def release_campaign(db: Any, campaign_id: int, now: dt.datetime) -> int:
     ids = await _execution_ids(db, campaign_id)
     if not ids:
         return 0
-    res = await db[c.QUEUED].update_many({"execution_id": {"$in": ids}, "paused": True},
-                                         {"$set": {"not_before": now, "paused": False}})
+    res = await db[c.QUEUED].update_many(
+        {"execution_id": {"$in": ids}, "paused": True}, {"$set": {"not_before": now, "paused": False}}
+    )
     return int(res.modified_count)

@@ -83,15 +83,17 @@ class LimiterUnavailable(Exception):
 class Grant:
     """The answer to a token request."""
 
-    granted: bool   # False: the wait would exceed max_wait; nothing was reserved
-    wait: float     # seconds to wait before sending the tokens
-    factor: float   # the list's current provider-error slow-down factor (1.0 = none)
+    granted: bool  # False: the wait would exceed max_wait; nothing was reserved
+    wait: float  # seconds to wait before sending the tokens
+    factor: float  # the list's current provider-error slow-down factor (1.0 = none)
 
 
 class RateLimiter:
     """The interface both limiters implement."""
 
-    def __init__(self, *, burst_seconds: float = 0.0, penalty_max: float = 4.0, penalty_decay_seconds: float = 30.0) -> None:
+    def __init__(
+        self, *, burst_seconds: float = 0.0, penalty_max: float = 4.0, penalty_decay_seconds: float = 30.0
+    ) -> None:
         self.burst_seconds = burst_seconds
         self.penalty_max = penalty_max
         self.penalty_decay_seconds = penalty_decay_seconds
@@ -148,25 +150,33 @@ class RedisRateLimiter(RateLimiter):
         if self._down:
             return
         self._down = True
-        log.error("rate_limiter_unavailable", error=str(exc), action="lists with a rate limit do not send until Redis is back")
+        log.error(
+            "rate_limiter_unavailable", error=str(exc), action="lists with a rate limit do not send until Redis is back"
+        )
         if self.bus is not None:
-            await self.bus.publish(Event(
-                kind=EventKind.RATE_LIMITER_DOWN, severity="critical", key="rate_limiter_down",
-                message=f"Rate limiter (Redis) unreachable: rate-limited lists are paused ({exc})",
-                data={"sending_list_id": None, "error": str(exc)},
-            ))
+            await self.bus.publish(
+                Event(
+                    kind=EventKind.RATE_LIMITER_DOWN,
+                    severity="critical",
+                    key="rate_limiter_down",
+                    message=f"Rate limiter (Redis) unreachable: rate-limited lists are paused ({exc})",
+                    data={"sending_list_id": None, "error": str(exc)},
+                )
+            )
 
     async def acquire(self, list_id: int, n: int, per_minute: int, max_wait: float) -> Grant:
         interval_us = 60_000_000 / per_minute
         granted, wait_us, factor = await self._eval(
-            ACQUIRE_LUA, [f"{c.RATE_KEY}{list_id}", f"{c.PENALTY_KEY}{list_id}"],
+            ACQUIRE_LUA,
+            [f"{c.RATE_KEY}{list_id}", f"{c.PENALTY_KEY}{list_id}"],
             [n, f"{interval_us:.3f}", int(self.burst_seconds * 1e6), int(max_wait * 1e6)],
         )
         return Grant(bool(granted), int(wait_us) / 1e6, int(factor) / 1000)
 
     async def _scale(self, list_id: int, multiplier: float) -> float:
         factor = await self._eval(
-            PENALTY_LUA, [f"{c.PENALTY_KEY}{list_id}"],
+            PENALTY_LUA,
+            [f"{c.PENALTY_KEY}{list_id}"],
             [multiplier, self.penalty_max, int(self.penalty_decay_seconds * 1000)],
         )
         return int(factor) / 1000
@@ -215,7 +225,8 @@ def make_limiter(trackly: Trackly) -> RateLimiter:
     """The Redis limiter when ``redis.url`` is set, else the in-process one."""
     cfg = trackly.settings.executor
     kw: dict[str, Any] = {
-        "burst_seconds": cfg.rate_limit_burst_seconds, "penalty_max": cfg.rate_penalty_max,
+        "burst_seconds": cfg.rate_limit_burst_seconds,
+        "penalty_max": cfg.rate_penalty_max,
         "penalty_decay_seconds": cfg.rate_penalty_decay_seconds,
     }
     if trackly.redis is not None:

@@ -53,10 +53,14 @@ async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.tim
     )
     out["released"] += res.modified_count
     while True:
-        stuck = await q.find(
-            {"claimed_at": {"$lt": cutoff}, "sending_at": {"$gt": EPOCH}},
-            {"_id": 1, "claimed_by": 1},
-        ).limit(BATCH).to_list(None)
+        stuck = (
+            await q.find(
+                {"claimed_at": {"$lt": cutoff}, "sending_at": {"$gt": EPOCH}},
+                {"_id": 1, "claimed_by": 1},
+            )
+            .limit(BATCH)
+            .to_list(None)
+        )
         if not stuck:
             break
         n = await _dead_letter(trackly, stuck, now)
@@ -64,8 +68,12 @@ async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.tim
         if n == 0 and len(stuck) < BATCH:
             break
     if out["released"] or out["no_response"]:
-        log.warning("claims_recovered", released=out["released"], no_response=out["no_response"],
-                    ttl_minutes=ttl.total_seconds() / 60)
+        log.warning(
+            "claims_recovered",
+            released=out["released"],
+            no_response=out["no_response"],
+            ttl_minutes=ttl.total_seconds() / 60,
+        )
     return out
 
 
@@ -76,20 +84,30 @@ async def _dead_letter(trackly: Trackly, stuck: list[dict[str, Any]], now: dt.da
     by_token: dict[str, list[str]] = {}
     for d in stuck:
         by_token.setdefault(d["claimed_by"], []).append(d["_id"])
-    await db[c.QUEUED].bulk_write([
-        # a fresh claimed_at: other sweepers no longer see these as expired claims to take over
-        UpdateMany({"_id": {"$in": ids}, "claimed_by": old}, {"$set": {"claimed_by": token, "claimed_at": now}})
-        for old, ids in by_token.items()
-    ], ordered=False)
+    await db[c.QUEUED].bulk_write(
+        [
+            # a fresh claimed_at: other sweepers no longer see these as expired claims to take over
+            UpdateMany({"_id": {"$in": ids}, "claimed_by": old}, {"$set": {"claimed_by": token, "claimed_at": now}})
+            for old, ids in by_token.items()
+        ],
+        ordered=False,
+    )
     docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
     if not docs:
         return 0
     ids = [d["_id"] for d in docs]
     sent = {d["_id"] async for d in db[c.SENT].find({"_id": {"$in": ids}}, {"_id": 1})}
     recs = [
-        failed_doc(d, FailureReason.NO_RESPONSE, "claim expired after the send intent: the process died or "
-                   "stalled while sending; the provider may have accepted it", now, ambiguous=True)
-        for d in docs if d["_id"] not in sent
+        failed_doc(
+            d,
+            FailureReason.NO_RESPONSE,
+            "claim expired after the send intent: the process died or "
+            "stalled while sending; the provider may have accepted it",
+            now,
+            ambiguous=True,
+        )
+        for d in docs
+        if d["_id"] not in sent
     ]
     inserted = await insert_records(db, c.FAILED, recs)
     if recs:  # a MessageSent recorded meanwhile by the old process wins

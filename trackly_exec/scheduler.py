@@ -83,7 +83,7 @@ def first_run_at(campaign: dict[str, Any], now: dt.datetime) -> dt.datetime | No
 def latest_due(cron: Cron, tz: str, first: dt.datetime, now: dt.datetime) -> dt.datetime:
     """The latest occurrence in ``[first, now]`` (``first`` is a due occurrence)."""
     latest = first
-    for back in _LOOKBACKS:   # a dense cron after long downtime: start close to now, not at the first miss
+    for back in _LOOKBACKS:  # a dense cron after long downtime: start close to now, not at the first miss
         if now - back <= first:
             break
         probe = cron.next_after(now - back, tz)
@@ -109,14 +109,26 @@ class _Runner:
         self.owner = f"{trackly.instance}:{trackly.run_id}"
         self.lease = dt.timedelta(seconds=trackly.settings.scheduler.evaluation_lease_seconds)
 
-    async def create(self, campaign: dict[str, Any], scheduled_for: dt.datetime, key: str, *,
-                     status: ExecutionStatus = ExecutionStatus.PENDING, reason: str | None = None) -> dict[str, Any] | None:
+    async def create(
+        self,
+        campaign: dict[str, Any],
+        scheduled_for: dt.datetime,
+        key: str,
+        *,
+        status: ExecutionStatus = ExecutionStatus.PENDING,
+        reason: str | None = None,
+    ) -> dict[str, Any] | None:
         """Insert the execution of an occurrence; None when another process already has it."""
         eid = await self.trackly.store.next_id(c.EXECUTIONS)
         doc = Execution(
-            id=eid, campaign_id=campaign["_id"], account_id=campaign["account_id"],
-            sending_list_id=campaign["sending_list_id"], occurrence_key=key, scheduled_for=scheduled_for,
-            status=status, reason=reason,
+            id=eid,
+            campaign_id=campaign["_id"],
+            account_id=campaign["account_id"],
+            sending_list_id=campaign["sending_list_id"],
+            occurrence_key=key,
+            scheduled_for=scheduled_for,
+            status=status,
+            reason=reason,
         ).to_doc()
         doc.update(lease_owner=self.owner, heartbeat_at=utcnow(), attempts=1)
         try:
@@ -132,18 +144,24 @@ class _Runner:
             q["lease_owner"] = self.owner
         now = utcnow()
         res = await self.db[c.EXECUTIONS].update_one(
-            q, {"$set": {**fields, **dict.fromkeys(("heartbeat_at", *now_fields), now)}})
+            q, {"$set": {**fields, **dict.fromkeys(("heartbeat_at", *now_fields), now)}}
+        )
         return bool(res.matched_count)
 
     async def fail(self, execution: dict[str, Any], reason: str) -> None:
         await self._set(execution["_id"], {"status": ExecutionStatus.FAILED.value, "reason": reason}, "completed_at")
-        log.warning("campaign_failed", campaign_id=execution["campaign_id"], execution_id=execution["_id"], reason=reason)
-        await self.trackly.bus.publish(Event(
-            kind=EventKind.CAMPAIGN_FAILED, severity="critical",
-            message=f"campaign {execution['campaign_id']} failed: {reason}",
-            data={"campaign_id": execution["campaign_id"], "execution_id": execution["_id"], "reason": reason},
-            key=f"campaign_failed:{execution['campaign_id']}",
-        ))
+        log.warning(
+            "campaign_failed", campaign_id=execution["campaign_id"], execution_id=execution["_id"], reason=reason
+        )
+        await self.trackly.bus.publish(
+            Event(
+                kind=EventKind.CAMPAIGN_FAILED,
+                severity="critical",
+                message=f"campaign {execution['campaign_id']} failed: {reason}",
+                data={"campaign_id": execution["campaign_id"], "execution_id": execution["_id"], "reason": reason},
+                key=f"campaign_failed:{execution['campaign_id']}",
+            )
+        )
 
     async def run(self, execution: dict[str, Any], *, resumed: bool = False) -> None:
         """Validate, evaluate and queue one (leased) execution."""
@@ -175,15 +193,21 @@ class _Runner:
         expired = utcnow() - self.lease
         for _ in range(limit):
             doc = await self.db[c.EXECUTIONS].find_one_and_update(
-                {"status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]},
-                 "heartbeat_at": {"$lt": expired}},
+                {
+                    "status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]},
+                    "heartbeat_at": {"$lt": expired},
+                },
                 {"$set": {"lease_owner": self.owner, "heartbeat_at": utcnow()}, "$inc": {"attempts": 1}},
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
                 break
-            log.info("execution_resumed", execution_id=doc["_id"], campaign_id=doc["campaign_id"],
-                     attempts=doc.get("attempts"))
+            log.info(
+                "execution_resumed",
+                execution_id=doc["_id"],
+                campaign_id=doc["campaign_id"],
+                attempts=doc.get("attempts"),
+            )
             out.append(doc)
         return out
 
@@ -194,7 +218,8 @@ class _Runner:
             if not await has_pending(self.db, ex["_id"]):
                 res = await self.db[c.EXECUTIONS].update_one(
                     {"_id": ex["_id"], "status": ExecutionStatus.QUEUED.value},
-                    {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": utcnow()}})
+                    {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": utcnow()}},
+                )
                 n += res.modified_count
         return n
 
@@ -234,21 +259,27 @@ class Scheduler:
         """Apply ``changes`` if the campaign still has the ``next_run_at`` and status we read."""
         res = await self.db[c.CAMPAIGNS].update_one(
             {"_id": camp["_id"], "next_run_at": {"$eq": camp.get("next_run_at")}, "status": camp.get("status")},
-            {"$set": changes})
+            {"$set": changes},
+        )
         return bool(res.matched_count)
 
     async def _init_new(self, now: dt.datetime) -> None:
         """Fill in ``next_run_at`` of new campaigns; turn one written as text (a ``$set`` on nx-27017) back
         into a date."""
         async for camp in self.db[c.CAMPAIGNS].find(
-                {"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$type": "string"}}):
+            {"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$type": "string"}}
+        ):
             try:
                 fixed = dt.datetime.fromisoformat(camp["next_run_at"])
             except ValueError:
                 fixed = None
             if fixed is not None:
-                await self._replace_campaign(camp, {"next_run_at": fixed if fixed.tzinfo else fixed.replace(tzinfo=dt.UTC)})
-        async for camp in self.db[c.CAMPAIGNS].find({"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$eq": None}}):
+                await self._replace_campaign(
+                    camp, {"next_run_at": fixed if fixed.tzinfo else fixed.replace(tzinfo=dt.UTC)}
+                )
+        async for camp in self.db[c.CAMPAIGNS].find(
+            {"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$eq": None}}
+        ):
             try:
                 first = first_run_at(camp, now)
             except CronError as exc:
@@ -270,8 +301,8 @@ class Scheduler:
             cron = _cron(camp)
             occurrence = latest_due(cron, _tz(camp), old, now) if cron else old
             advance: dict[str, Any] = (
-                {"next_run_at": cron.next_after(now, _tz(camp))} if cron
-                else {"status": CampaignStatus.DONE.value})
+                {"next_run_at": cron.next_after(now, _tz(camp))} if cron else {"status": CampaignStatus.DONE.value}
+            )
         except CronError as exc:
             occurrence, advance, cron = old, {"status": CampaignStatus.PAUSED.value}, None
             ex = await self.runner.create(camp, occurrence, f"{camp['_id']}:{occurrence.isoformat()}")
@@ -284,19 +315,28 @@ class Scheduler:
         limit = dt.timedelta(minutes=self.cfg.max_lateness_minutes)
         execution: dict[str, Any] | None
         if late > limit:
-            reason = (f"occurrence {occurrence.isoformat()} is {late.total_seconds() / 60:.0f} minutes late "
-                      f"(more than max_lateness_minutes={self.cfg.max_lateness_minutes:g}); not sent late")
+            reason = (
+                f"occurrence {occurrence.isoformat()} is {late.total_seconds() / 60:.0f} minutes late "
+                f"(more than max_lateness_minutes={self.cfg.max_lateness_minutes:g}); not sent late"
+            )
             execution = await self.runner.create(camp, occurrence, key, status=ExecutionStatus.SKIPPED, reason=reason)
             if execution is not None:
                 await self.runner._set(execution["_id"], {}, "completed_at")
                 log.warning("occurrence_skipped", campaign_id=camp["_id"], scheduled_for=occurrence, reason=reason)
-                await self.trackly.bus.publish(Event(
-                    kind=EventKind.OCCURRENCE_SKIPPED, severity="warning",
-                    message=f"campaign {camp['_id']}: {reason}",
-                    data={"campaign_id": camp["_id"], "scheduled_for": occurrence.isoformat(), "reason": reason,
-                          "execution_id": execution["_id"]},
-                    key=f"occurrence_skipped:{camp['_id']}",
-                ))
+                await self.trackly.bus.publish(
+                    Event(
+                        kind=EventKind.OCCURRENCE_SKIPPED,
+                        severity="warning",
+                        message=f"campaign {camp['_id']}: {reason}",
+                        data={
+                            "campaign_id": camp["_id"],
+                            "scheduled_for": occurrence.isoformat(),
+                            "reason": reason,
+                            "execution_id": execution["_id"],
+                        },
+                        key=f"occurrence_skipped:{camp['_id']}",
+                    )
+                )
             execution = None
         else:
             execution = await self.runner.create(camp, occurrence, key)
@@ -309,9 +349,13 @@ class Scheduler:
         now = utcnow()
         stats = {"started": 0, "resumed": 0, "completed": 0}
         await self._init_new(now)
-        due = await self.db[c.CAMPAIGNS].find(
-            {"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$lte": now}}
-        ).sort("next_run_at", 1).limit(_DUE_BATCH).to_list(None)
+        due = (
+            await self.db[c.CAMPAIGNS]
+            .find({"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$lte": now}})
+            .sort("next_run_at", 1)
+            .limit(_DUE_BATCH)
+            .to_list(None)
+        )
         for camp in due:
             ex = await self._occurrence(camp, now)
             if ex is not None:

@@ -37,7 +37,7 @@ def track(body: str, base: str) -> tuple[str, list[tuple[str, str]]]:
     def repl(m: re.Match[str]) -> str:
         raw = m.group(0)
         url = raw.rstrip(_TRAILING)
-        tail = raw[len(url):]
+        tail = raw[len(url) :]
         if not url or url.startswith(base + "/"):
             return raw
         code = new_code()
@@ -52,9 +52,16 @@ def track(body: str, base: str) -> tuple[str, list[tuple[str, str]]]:
 def link_doc(code: str, destination: str, message: dict[str, Any]) -> dict[str, Any]:
     """A MessageShortLink document for a queued message document."""
     return {
-        "_id": code, "message_id": message["_id"], "destination": destination,
-        "account_id": message["account_id"], "campaign_id": message.get("campaign_id"),
-        "execution_id": message.get("execution_id"), "creative_id": message.get("creative_id"),
-        "variant_key": message.get("variant_key"), "contact_id": message.get("contact_id"),
-        "clicks": 0, "human_clicks": 0, "created_at": utcnow(),
+        "_id": code,
+        "message_id": message["_id"],
+        "destination": destination,
+        "account_id": message["account_id"],
+        "campaign_id": message.get("campaign_id"),
+        "execution_id": message.get("execution_id"),
+        "creative_id": message.get("creative_id"),
+        "variant_key": message.get("variant_key"),
+        "contact_id": message.get("contact_id"),
+        "clicks": 0,
+        "human_clicks": 0,
+        "created_at": utcnow(),
     }

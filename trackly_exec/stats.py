@@ -17,7 +17,9 @@ from .models import FailureReason, utcnow
 from .store import Store
 
 
-async def _group(store: Store, coll: str, match: dict[str, Any], key: str, cond: dict[str, Any] | None = None) -> dict[int, int]:
+async def _group(
+    store: Store, coll: str, match: dict[str, Any], key: str, cond: dict[str, Any] | None = None
+) -> dict[int, int]:
     pipeline: list[dict[str, Any]] = [{"$match": match}, {"$group": {"_id": f"${key}", "n": {"$sum": 1}}}]
     out: dict[int, int] = {}
     async for row in await store[coll].aggregate(pipeline):
@@ -34,7 +36,9 @@ async def _group(store: Store, coll: str, match: dict[str, Any], key: str, cond:
 async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
     """``{campaign_id: {queued, sent, delivered, undelivered, failed, failed_by_reason, clicks, human_clicks,
     delivery_rate, failure_rate, click_rate}}``."""
-    scope: dict[str, Any] = {"campaign_id": {"$in": campaign_ids}} if campaign_ids is not None else {"campaign_id": {"$gte": 0}}
+    scope: dict[str, Any] = (
+        {"campaign_id": {"$in": campaign_ids}} if campaign_ids is not None else {"campaign_id": {"$gte": 0}}
+    )
     queued = await _group(store, c.QUEUED, scope, "campaign_id")
     sent = await _group(store, c.SENT, scope, "campaign_id")
     delivered = await _group(store, c.SENT, {**scope, "delivered": True}, "campaign_id")
@@ -76,13 +80,17 @@ async def overview(store: Store, window_seconds: int = 60) -> dict[str, Any]:
         failed_by[str(row["_id"])] = int(row["n"])
     return {
         "queued": await store[c.QUEUED].count_documents({}),
-        "claimed": await store[c.QUEUED].count_documents({"claimed_by": {"$gt": ""}}),  # not $ne None: nx-27017 mis-evaluates it
+        "claimed": await store[c.QUEUED].count_documents(
+            {"claimed_by": {"$gt": ""}}
+        ),  # not $ne None: nx-27017 mis-evaluates it
         "sent": sent_total,
         "delivered": await store[c.SENT].count_documents({"delivered": True}),
         "undelivered": await store[c.SENT].count_documents({"delivered": False}),
         "failed_by_reason": failed_by,
         "send_rate_per_second": round(recent / window_seconds, 2),
-        "failure_rate_recent": round(100.0 * failed_recent / (recent + failed_recent), 2) if recent + failed_recent else 0.0,
+        "failure_rate_recent": round(100.0 * failed_recent / (recent + failed_recent), 2)
+        if recent + failed_recent
+        else 0.0,
         "clicks": await store[c.CLICKS].count_documents({}),
         "human_clicks": await store[c.CLICKS].count_documents({"bot": False}),
     }

@@ -39,7 +39,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING)]),
     ],
     c.QUEUED: [
-        IndexModel([("execution_id", ASCENDING), ("contact_id", ASCENDING)], unique=True, name="execution_contact_unique"),
+        IndexModel(
+            [("execution_id", ASCENDING), ("contact_id", ASCENDING)], unique=True, name="execution_contact_unique"
+        ),
         IndexModel([("sending_list_id", ASCENDING), ("claimed_by", ASCENDING), ("sendtime", ASCENDING)]),
         IndexModel([("claimed_by", ASCENDING), ("claimed_at", ASCENDING)]),
         IndexModel([("sendtime", ASCENDING)]),
@@ -67,8 +69,12 @@ INDEXES: dict[str, list[IndexModel]] = {
 class Store:
     """A connected database, plus the embedded server when ``mongo.uri = "embedded"``."""
 
-    def __init__(self, client: AsyncMongoClient[dict[str, Any]], db: AsyncDatabase[dict[str, Any]],
-                 embedded: EmbeddedMongo | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        db: AsyncDatabase[dict[str, Any]],
+        embedded: EmbeddedMongo | None = None,
+    ) -> None:
         self.client = client
         self.db = db
         self.embedded = embedded
@@ -88,14 +94,17 @@ class Store:
             uri = embedded.uri
         else:
             uri = settings.mongo.uri.get_secret_value()
-        store = await cls.connect(uri, settings.mongo.database, timeout=settings.mongo.connect_timeout_seconds, embedded=embedded)
+        store = await cls.connect(
+            uri, settings.mongo.database, timeout=settings.mongo.connect_timeout_seconds, embedded=embedded
+        )
         if create_indexes:
             await store.ensure_indexes()
         return store
 
     @classmethod
-    async def connect(cls, uri: str, database: str, *, timeout: float = 15.0,
-                      embedded: EmbeddedMongo | None = None) -> Store:
+    async def connect(
+        cls, uri: str, database: str, *, timeout: float = 15.0, embedded: EmbeddedMongo | None = None
+    ) -> Store:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             uri, tz_aware=True, serverSelectionTimeoutMS=int(timeout * 1000), appname="trackly-exec"
         )

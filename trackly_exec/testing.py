@@ -82,9 +82,13 @@ class WebhookSink:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.Response:
-        req = WebhookRequest(url=self.url + request.raw_path, headers=dict(request.headers),
-                             body=await request.read(), content_type=request.headers.get("Content-Type", ""),
-                             path_token=request.match_info.get("token"))
+        req = WebhookRequest(
+            url=self.url + request.raw_path,
+            headers=dict(request.headers),
+            body=await request.read(),
+            content_type=request.headers.get("Content-Type", ""),
+            path_token=request.match_info.get("token"),
+        )
         kind = request.match_info["kind"]
         (self.status if kind == "status" else self.inbound).append(req)
         return self._response(kind) if self._response else web.Response(status=200)
@@ -100,9 +104,15 @@ def free_port() -> int:
 class DriverHarness:
     """A driver wired to its fake and to a webhook sink; ``async with DriverHarness(MyDriver) as h``."""
 
-    def __init__(self, driver_class: type[Driver[Any]], fake_class: type[Any] | None = None, *,
-                 name: str = "contract", fake_kwargs: dict[str, Any] | None = None,
-                 settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        driver_class: type[Driver[Any]],
+        fake_class: type[Any] | None = None,
+        *,
+        name: str = "contract",
+        fake_kwargs: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.driver_class = driver_class
         if fake_class is None:
             if not driver_class.fake:
@@ -156,15 +166,21 @@ class DriverHarness:
         out = []
         for _ in range(n):
             self._counter += 1
-            out.append(OutboundMessage(id=secrets.token_hex(8), to=f"+1415555{self._counter % 10000:04d}",
-                                       sender="+14155550100", body=f"{body} #{self._counter}"))
+            out.append(
+                OutboundMessage(
+                    id=secrets.token_hex(8),
+                    to=f"+1415555{self._counter % 10000:04d}",
+                    sender="+14155550100",
+                    body=f"{body} #{self._counter}",
+                )
+            )
         return out
 
     async def submit(self, messages: Sequence[OutboundMessage], driver: Driver[Any] | None = None) -> list[SendResult]:
         """Submit in requests of the driver's batch size (concurrently), results in message order."""
         driver = driver or self.driver
         size = driver.max_batch_size
-        parts = await asyncio.gather(*(driver.submit(messages[i:i + size]) for i in range(0, len(messages), size)))
+        parts = await asyncio.gather(*(driver.submit(messages[i : i + size]) for i in range(0, len(messages), size)))
         return [r for part in parts for r in part]
 
     async def reports(self) -> list[DeliveryReport]:
@@ -317,8 +333,9 @@ async def check_webhook_auth_rejected(h: DriverHarness) -> None:
         tampered = dataclasses.replace(genuine, body=genuine.body + b"&Injected=1", form={})
         with pytest.raises(WebhookAuthError):
             h.driver.authenticate(tampered)
-        unsigned = dataclasses.replace(genuine, headers={k: v for k, v in genuine.headers.items()
-                                                         if "signature" not in k}, form={})
+        unsigned = dataclasses.replace(
+            genuine, headers={k: v for k, v in genuine.headers.items() if "signature" not in k}, form={}
+        )
         with pytest.raises(WebhookAuthError):
             h.driver.authenticate(unsigned)
 
@@ -365,8 +382,12 @@ class DriverContractSuite:
 
     @pytest_asyncio.fixture
     async def harness(self) -> AsyncIterator[DriverHarness]:
-        async with DriverHarness(self.driver_class, self.fake_class, name=self.driver_class.__name__.lower(),
-                                 fake_kwargs=dict(self.fake_kwargs)) as h:
+        async with DriverHarness(
+            self.driver_class,
+            self.fake_class,
+            name=self.driver_class.__name__.lower(),
+            fake_kwargs=dict(self.fake_kwargs),
+        ) as h:
             yield h
 
     async def test_batch_submit(self, harness: DriverHarness) -> None:

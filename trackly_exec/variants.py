@@ -39,8 +39,8 @@ class Chooser:
     """Picks a variant key per contact by cumulative shares."""
 
     keys: tuple[str, ...]
-    shares: tuple[float, ...]          # normalised, sums to 1
-    mode: str                          # "split" or "learned"
+    shares: tuple[float, ...]  # normalised, sums to 1
+    mode: str  # "split" or "learned"
 
     def __post_init__(self) -> None:
         cum, total = [], 0.0

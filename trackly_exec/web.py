@@ -20,11 +20,11 @@ TRACKLY_KEY: web.AppKey[Trackly] = web.AppKey("trackly", Trackly)
 
 #: Modules whose ``setup(app, trackly)`` adds routes, in order.
 ROUTE_MODULES = (
-    "trackly_exec.api",        # /api/v1/...            admin API (bearer tokens)
-    "trackly_exec.webhooks",   # /webhooks/{driver}/... delivery reports and inbound messages
-    "trackly_exec.links",      # /l/{code}              tracked short links
+    "trackly_exec.api",  # /api/v1/...            admin API (bearer tokens)
+    "trackly_exec.webhooks",  # /webhooks/{driver}/... delivery reports and inbound messages
+    "trackly_exec.links",  # /l/{code}              tracked short links
     "trackly_exec.dashboard",  # /, /dashboard          live dashboard
-    "trackly_exec.metrics",    # /metrics, /healthz     Prometheus and health
+    "trackly_exec.metrics",  # /metrics, /healthz     Prometheus and health
 )
 
 
@@ -44,8 +44,10 @@ async def _health(request: web.Request) -> web.Response:
     if trackly.redis is not None:
         await probe("redis", trackly.redis.ping())
     healthy = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ok" if healthy else "degraded", "instance": trackly.instance, **checks},
-                             status=200 if healthy else 503)
+    return web.json_response(
+        {"status": "ok" if healthy else "degraded", "instance": trackly.instance, **checks},
+        status=200 if healthy else 503,
+    )
 
 
 def make_app(trackly: Trackly) -> web.Application:

@@ -93,9 +93,14 @@ class WebhookHandler:
             return _plain(403, "forbidden")
         return driver, hook
 
-    async def _handle(self, request: web.Request, kind: str, what: str,
-                      parse: Callable[[Driver[Any], WebhookRequest], Any],
-                      apply: Callable[[Driver[Any], Any], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _handle(
+        self,
+        request: web.Request,
+        kind: str,
+        what: str,
+        parse: Callable[[Driver[Any], WebhookRequest], Any],
+        apply: Callable[[Driver[Any], Any], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
         """Authenticate, parse (400 when malformed: nothing changes), apply (500 when the store fails)."""
         prepared = await self._prepare(request)
         if isinstance(prepared, web.Response):

@@ -71,8 +71,15 @@ class _Stop(Exception):
 class Worker:
     """Runs batches for every list of one executor process (shared pool, limiter and counters)."""
 
-    def __init__(self, trackly: Trackly, limiter: RateLimiter, pool: asyncio.Semaphore, stopping: asyncio.Event,
-                 counts: collections.Counter[str], clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        trackly: Trackly,
+        limiter: RateLimiter,
+        pool: asyncio.Semaphore,
+        stopping: asyncio.Event,
+        counts: collections.Counter[str],
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
         self.trackly = trackly
         self.db = trackly.db
         self.cfg = trackly.settings.executor
@@ -82,8 +89,8 @@ class Worker:
         self.counts = counts
         self.clock = clock
         self.outcomes = Outcomes(trackly, counts)
-        self.tokens: set[str] = set()          # claims in progress (released on shutdown)
-        self.paused: dict[int, float] = {}     # list id -> monotonic time until which it must not be claimed
+        self.tokens: set[str] = set()  # claims in progress (released on shutdown)
+        self.paused: dict[int, float] = {}  # list id -> monotonic time until which it must not be claimed
         self._candidates: dict[int, collections.deque[str]] = {}  # list id -> due ids read ahead
         self._fetching: dict[int, asyncio.Lock] = {}
 
@@ -132,19 +139,29 @@ class Worker:
         failpoints.hit("after_claim")
         self.counts["claimed"] += len(docs)
         verdict = await checks.evaluate(
-            self.db, docs, now, stale_after=dt.timedelta(minutes=self.cfg.stale_after_minutes),
-            blocked=info.blocked, window=info.window, default_tz=lst.quiet_hours.default_timezone,
+            self.db,
+            docs,
+            now,
+            stale_after=dt.timedelta(minutes=self.cfg.stale_after_minutes),
+            blocked=info.blocked,
+            window=info.window,
+            default_tz=lst.quiet_hours.default_timezone,
         )
         if verdict.hold:
-            groups = [([d["_id"] for d, _ in grp], {"not_before": nb})
-                      for nb, grp in groupby(sorted(verdict.hold, key=lambda h: h[1]), key=lambda h: h[1])]
+            groups = [
+                ([d["_id"] for d, _ in grp], {"not_before": nb})
+                for nb, grp in groupby(sorted(verdict.hold, key=lambda h: h[1]), key=lambda h: h[1])
+            ]
             self.counts["held.quiet_hours"] += await claims.release(self.db, token, groups)
         await self.outcomes.fail_unsent(token, verdict.fail, now)
         send = verdict.send
         size = self.chunk_size(lst)
         for start in range(0, len(send), size):
-            step = "release" if self.stopping.is_set() else await self._chunk(info, token, send[start:start + size],
-                                                                              send[start + size:])
+            step = (
+                "release"
+                if self.stopping.is_set()
+                else await self._chunk(info, token, send[start : start + size], send[start + size :])
+            )
             if step == "release":
                 rest = [d["_id"] for d in send[start:]]
                 self.counts["released"] += await claims.release(self.db, token, [(rest, {})])
@@ -174,8 +191,9 @@ class Worker:
                     pending.extend(await claims.find_due(self.db, list_id, now, limit * self.cfg.workers_per_list))
         return [pending.popleft() for _ in range(min(limit, len(pending)))]
 
-    async def _chunk(self, info: ListInfo, token: str, chunk: Sequence[dict[str, Any]],
-                     rest: Sequence[dict[str, Any]]) -> str:
+    async def _chunk(
+        self, info: ListInfo, token: str, chunk: Sequence[dict[str, Any]], rest: Sequence[dict[str, Any]]
+    ) -> str:
         """Rate limit, bill, (pacing wait,) mark intent, send and record one chunk.
 
         Returns ``"next"`` (go on), ``"release"`` (stop; give this chunk and the rest back) or ``"done"`` (stop;
@@ -185,17 +203,21 @@ class Worker:
         factor, wait = 1.0, 0.0
         if lst.rate_limit_per_minute > 0:
             try:
-                grant = await self.limiter.acquire(lst.id, len(chunk), lst.rate_limit_per_minute,
-                                                   self.cfg.rate_limit_wait_seconds)
+                grant = await self.limiter.acquire(
+                    lst.id, len(chunk), lst.rate_limit_per_minute, self.cfg.rate_limit_wait_seconds
+                )
             except LimiterUnavailable:
                 self.paused[lst.id] = time.monotonic() + 1.0
                 self.counts["limiter_unavailable"] += 1
                 return "release"
             if not grant.granted:
-                detail = (f"no rate-limit token within {self.cfg.rate_limit_wait_seconds:g}s "
-                          f"(next in {grant.wait:.1f}s at {lst.rate_limit_per_minute}/min, slow-down x{grant.factor:g})")
-                await self.outcomes.fail_unsent(token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail)
-                                                        for d in [*chunk, *rest]], self.clock())
+                detail = (
+                    f"no rate-limit token within {self.cfg.rate_limit_wait_seconds:g}s "
+                    f"(next in {grant.wait:.1f}s at {lst.rate_limit_per_minute}/min, slow-down x{grant.factor:g})"
+                )
+                await self.outcomes.fail_unsent(
+                    token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail) for d in [*chunk, *rest]], self.clock()
+                )
                 return "done"
             factor, wait = grant.factor, grant.wait
         now = self.clock()
@@ -231,14 +253,26 @@ class Worker:
     async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
         expired, first, again = billing.split_blocked(docs, now, dt.timedelta(minutes=self.cfg.billing_ttl_minutes))
         retry_at = now + dt.timedelta(minutes=self.cfg.billing_backoff_minutes)
-        self.counts["held.billing"] += await claims.release(self.db, token, [
-            ([d["_id"] for d in first], {"not_before": retry_at, "billing_blocked_since": now}),
-            ([d["_id"] for d in again], {"not_before": retry_at}),
-        ])
-        await self.outcomes.fail_unsent(token, [
-            (d, FailureReason.BILLING_BLOCKED,
-             f"balance insufficient since {d['billing_blocked_since'].isoformat()} (over {self.cfg.billing_ttl_minutes:g} min)")
-            for d in expired], now)
+        self.counts["held.billing"] += await claims.release(
+            self.db,
+            token,
+            [
+                ([d["_id"] for d in first], {"not_before": retry_at, "billing_blocked_since": now}),
+                ([d["_id"] for d in again], {"not_before": retry_at}),
+            ],
+        )
+        await self.outcomes.fail_unsent(
+            token,
+            [
+                (
+                    d,
+                    FailureReason.BILLING_BLOCKED,
+                    f"balance insufficient since {d['billing_blocked_since'].isoformat()} (over {self.cfg.billing_ttl_minutes:g} min)",
+                )
+                for d in expired
+            ],
+            now,
+        )
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, waking early when the executor stops. True if it is stopping."""
@@ -252,20 +286,37 @@ class Worker:
 
     # -- sending ----------------------------------------------------------------------------------
 
-    async def _send(self, info: ListInfo, docs: Sequence[dict[str, Any]]) -> tuple[dict[str, SendResult], set[str], bool]:
+    async def _send(
+        self, info: ListInfo, docs: Sequence[dict[str, Any]]
+    ) -> tuple[dict[str, SendResult], set[str], bool]:
         """Submit ``docs`` in requests of ``max_batch_size``; one final result per message."""
         size = max(1, info.driver.max_batch_size)
-        msgs = [OutboundMessage(id=d["_id"], to=d["to_number"], sender=d.get("from_number") or info.doc.from_number,
-                                body=d["body"], segments=int(d.get("segments") or 1)) for d in docs]
+        msgs = [
+            OutboundMessage(
+                id=d["_id"],
+                to=d["to_number"],
+                sender=d.get("from_number") or info.doc.from_number,
+                body=d["body"],
+                segments=int(d.get("segments") or 1),
+            )
+            for d in docs
+        ]
         results: dict[str, SendResult] = {}
         requeue: set[str] = set()
         errors = [False]
-        await asyncio.gather(*(self._request(info, msgs[i:i + size], results, requeue, errors)
-                               for i in range(0, len(msgs), size)))
+        await asyncio.gather(
+            *(self._request(info, msgs[i : i + size], results, requeue, errors) for i in range(0, len(msgs), size))
+        )
         return results, requeue, errors[0]
 
-    async def _request(self, info: ListInfo, msgs: list[OutboundMessage], results: dict[str, SendResult],
-                       requeue: set[str], errors: list[bool]) -> None:
+    async def _request(
+        self,
+        info: ListInfo,
+        msgs: list[OutboundMessage],
+        results: dict[str, SendResult],
+        requeue: set[str],
+        errors: list[bool],
+    ) -> None:
         """One provider request, retried for the messages that failed transiently."""
         pending = list(msgs)
         last: list[TransientFailure] = []
@@ -310,7 +361,9 @@ class Worker:
                 final = await AsyncRetrying(  # attempts 2..max (the one above was attempt 1)
                     stop=stop_after_attempt(self.cfg.retry_max_attempts - 1)
                     | stop_before_delay(self.cfg.retry_budget_seconds),
-                    wait=lambda state: wait(state.attempt_number + 1), sleep=sleep, retry=retry_if_result(bool),
+                    wait=lambda state: wait(state.attempt_number + 1),
+                    sleep=sleep,
+                    retry=retry_if_result(bool),
                     retry_error_callback=lambda state: last,
                 )(attempt)
         except (_Stop, LimiterUnavailable):

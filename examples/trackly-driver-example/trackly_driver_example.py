@@ -11,5 +11,7 @@ class ExampleDriver(Driver[ExampleSettings]):
     settings_model = ExampleSettings
 
     async def send(self, messages):
-        return [Accepted(message_id=m.id, provider_message_id=f"{self.settings.prefix}-{m.id}",
-                         segments=m.segments) for m in messages]
+        return [
+            Accepted(message_id=m.id, provider_message_id=f"{self.settings.prefix}-{m.id}", segments=m.segments)
+            for m in messages
+        ]
