@@ -57,6 +57,27 @@ def test_cron_fields() -> None:
     )  # strictly after
 
 
+def test_cron_cronsim_extensions_and_aliases() -> None:
+    """cronsim's L (last day / last weekday of the month) and # (nth weekday), and the @ aliases."""
+    t = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    assert parse("0 0 L * *").next_after(t, "UTC") == dt.datetime(2026, 1, 31, tzinfo=UTC)
+    assert parse("0 0 * * 5L").next_after(t, "UTC") == dt.datetime(2026, 1, 30, tzinfo=UTC)
+    assert parse("0 9 * * 1#2").next_after(t, "UTC") == dt.datetime(2026, 1, 12, 9, tzinfo=UTC)
+    assert parse("@daily").next_after(t, "UTC") == dt.datetime(2026, 1, 2, tzinfo=UTC)
+    assert parse("@HOURLY").next_after(t, "UTC") == dt.datetime(2026, 1, 1, 1, tzinfo=UTC)
+
+
+def test_cron_dst_southern_hemisphere() -> None:
+    """Sydney: 02:30 is skipped on 2026-10-04 (runs at 03:30) and happens twice on 2026-04-05 (runs once)."""
+    syd = ZoneInfo("Australia/Sydney")
+    start = dt.datetime(2026, 10, 2, 12, tzinfo=UTC)
+    got = parse("30 2 * * *").occurrences(start, start + dt.timedelta(days=3), "Australia/Sydney")
+    assert _local(got, syd) == ["10-03 02:30+1000", "10-04 03:30+1100", "10-05 02:30+1100"]
+    start = dt.datetime(2026, 4, 3, 12, tzinfo=UTC)
+    got = parse("30 2 * * *").occurrences(start, start + dt.timedelta(days=3), "Australia/Sydney")
+    assert _local(got, syd) == ["04-04 02:30+1100", "04-05 02:30+1100", "04-06 02:30+1000"]
+
+
 @pytest.mark.parametrize(
     "expr",
     [
@@ -69,6 +90,8 @@ def test_cron_fields() -> None:
         "0 0 31 feb *",
         "0 0 * * 8",
         "1,,2 * * * *",
+        "0 0 1 * * *",  # cronsim reads six fields as seconds-first: we accept only five
+        "@often",
     ],
 )
 def test_cron_rejects(expr: str) -> None:
