@@ -18,6 +18,7 @@ from trackly_exec.config import Settings, load_config
 from trackly_exec.logs import configure_logging
 from trackly_exec.store import Store
 
+from .executor_support import FAKES
 from .services import MongoServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +97,15 @@ async def trackly(settings: Settings, store: Store, redis_client: aioredis.Redis
     app = await Trackly.open(settings, store=store)
     yield app
     await app.close(close_store=False)
+
+
+@pytest.fixture
+async def fakes(redis_client: aioredis.Redis) -> AsyncIterator[dict[str, Any]]:
+    """The three provider fakes (Infobip, CM, Twilio) on loopback, and a flushed Redis."""
+    started = {name: await cls().start() for name, cls in FAKES.items()}
+    yield started
+    for fake in started.values():
+        await fake.stop()
 
 
 @pytest.fixture(autouse=True)

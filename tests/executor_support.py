@@ -3,19 +3,27 @@ write a config file for executor subprocesses, and check the one-record-per-mess
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from drivers.cm_fake import CMFake
+from drivers.infobip_fake import InfobipFake
+from drivers.twilio_fake import TwilioFake
 from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
+from trackly_exec.coordinator import Coordinator
 from trackly_exec.models import utcnow
 from trackly_exec.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the provider fakes the ``fakes`` fixture (conftest) starts
+FAKES = {"infobip": InfobipFake, "cm": CMFake, "twilio": TwilioFake}
 
 
 def midday_zone(now: dt.datetime | None = None) -> str:
@@ -189,3 +197,31 @@ def write_config(path: Path, settings: Settings, drivers: dict[str, dict[str, An
 
 def runner_cmd(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "trackly_exec.coordinator", "-c", str(config), *extra]
+
+
+def drivers_for(fakes: dict[str, Any], **extra: Any) -> dict[str, dict[str, Any]]:
+    """``[drivers.NAME]`` settings pointing at the started fakes (the ``fakes`` fixture)."""
+    return {name: {**fake.driver_settings(), "timeout_seconds": 2.0, **extra} for name, fake in fakes.items()}
+
+
+async def executor(
+    settings: Settings, store: Store, fakes: dict[str, Any], *, redis: bool = True, **cfg: Any
+) -> Coordinator:
+    """A Coordinator on its own Trackly whose drivers talk to ``fakes``; ``cfg`` overrides executor keys."""
+    cfg.setdefault("retry_initial_backoff_seconds", 0.01)
+    trackly = await open_trackly(with_executor(settings, drivers_for(fakes), **cfg), store, redis=redis)
+    return Coordinator(trackly)
+
+
+async def run_process(config: Path, failpoint: str | None = None, timeout: float = 50.0) -> tuple[int, str]:
+    """Run ``trackly-executor --burst`` as a process (optionally with a failpoint); its exit code and output."""
+    env = dict(os.environ)
+    env.pop("TRACKLY_FAILPOINT", None)
+    if failpoint:
+        env["TRACKLY_FAILPOINT"] = failpoint
+    proc = await asyncio.create_subprocess_exec(
+        *runner_cmd(config, "--burst"), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()

@@ -6,31 +6,22 @@ import datetime as dt
 import io
 import json
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from trackly_exec import Accepted, Driver, DriverSettings, OutboundMessage, SendResult, api, registry
+from trackly_exec import api, registry
 from trackly_exec.app import Trackly
 from trackly_exec.models import utcnow
 from trackly_exec.openapi import document
 from trackly_exec.web import make_app
 
+from .api_support import EchoDriver
+
 H = {"Authorization": "Bearer test-token"}
-
-
-class EchoSettings(DriverSettings):
-    api_key: str = "k"
-
-
-class EchoDriver(Driver[EchoSettings]):
-    settings_model = EchoSettings
-
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        return [Accepted(message_id=m.id, provider_message_id=m.id) for m in messages]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -20,7 +19,7 @@ from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.embedded import free_port
 
-from .test_api import EchoDriver
+from .api_support import EchoDriver
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from .executor_support import (
     assert_one_record_each,
     ids_in,
     open_trackly,
-    runner_cmd,
+    run_process,
     seed,
     with_executor,
     write_config,
@@ -42,19 +41,6 @@ EXECUTOR = {
     "claim_ttl_minutes": TTL_MINUTES,
     "retry_initial_backoff_seconds": 0.01,
 }
-
-
-async def run_process(config: Path, failpoint: str | None = None, timeout: float = 50.0) -> tuple[int, str]:
-    env = dict(os.environ)
-    env.pop("TRACKLY_FAILPOINT", None)
-    if failpoint:
-        env["TRACKLY_FAILPOINT"] = failpoint
-    proc = await asyncio.create_subprocess_exec(
-        *runner_cmd(config, "--burst"), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode() + err.decode()
 
 
 async def check_invariants(store: Store, fake: InfobipFake, ids: list[str]) -> dict[str, int]:

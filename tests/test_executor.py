@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from drivers.cm_fake import CMFake
 from drivers.fake import Behaviour
-from drivers.infobip_fake import InfobipFake
-from drivers.twilio_fake import TwilioFake
 from trackly_exec import claims
 from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
 from trackly_exec.models import FailedMessage, MessageSent, QueuedTextMessage, utcnow
 from trackly_exec.store import Store
 
-from .executor_support import assert_one_record_each, ids_in, open_trackly, seed, with_executor
-
-FAKES = {"infobip": InfobipFake, "cm": CMFake, "twilio": TwilioFake}
-
-
-@pytest.fixture
-async def fakes(redis_client: Any) -> AsyncIterator[dict[str, Any]]:
-    """The three provider fakes on loopback (and a flushed Redis)."""
-    started = {name: await cls().start() for name, cls in FAKES.items()}
-    yield started
-    for fake in started.values():
-        await fake.stop()
-
-
-def drivers_for(fakes: dict[str, Any], **extra: Any) -> dict[str, dict[str, Any]]:
-    return {name: {**fake.driver_settings(), "timeout_seconds": 2.0, **extra} for name, fake in fakes.items()}
-
-
-async def executor(
-    settings: Settings, store: Store, fakes: dict[str, Any], *, redis: bool = True, **cfg: Any
-) -> Coordinator:
-    cfg.setdefault("retry_initial_backoff_seconds", 0.01)
-    trackly = await open_trackly(with_executor(settings, drivers_for(fakes), **cfg), store, redis=redis)
-    return Coordinator(trackly)
+from .executor_support import FAKES, assert_one_record_each, executor, ids_in, seed
 
 
 @pytest.mark.parametrize("provider", sorted(FAKES))

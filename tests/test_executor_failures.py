@@ -13,8 +13,7 @@ from trackly_exec.coordinator import Coordinator
 from trackly_exec.models import FailedMessage, utcnow
 from trackly_exec.store import Store
 
-from .executor_support import assert_one_record_each, ids_in, seed
-from .test_executor import executor, fakes  # noqa: F401  (fixture)
+from .executor_support import assert_one_record_each, executor, ids_in, seed
 
 
 async def failed(store: Store, reason: str) -> list[str]:

@@ -13,8 +13,7 @@ from trackly_exec import constants as c
 from trackly_exec.config import Settings
 from trackly_exec.store import Store
 
-from .executor_support import assert_one_record_each, seed, write_config
-from .test_crash import run_process
+from .executor_support import assert_one_record_each, run_process, seed, write_config
 
 
 async def test_two_processes_send_each_message_once(

@@ -14,8 +14,7 @@ from trackly_exec import constants as c
 from trackly_exec.config import Settings
 from trackly_exec.store import Store
 
-from .executor_support import assert_one_record_each, ids_in, runner_cmd, seed, write_config
-from .test_executor import executor, fakes  # noqa: F401  (fixture)
+from .executor_support import assert_one_record_each, executor, ids_in, runner_cmd, seed, write_config
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0) -> None:

@@ -19,8 +19,7 @@ from trackly_exec.events import EventBus
 from trackly_exec.ratelimit import LimiterUnavailable, LocalRateLimiter, RateLimiter, RedisRateLimiter
 from trackly_exec.store import Store
 
-from .executor_support import seed
-from .test_executor import executor, fakes  # noqa: F401  (fixture)
+from .executor_support import executor, seed
 
 
 @pytest.fixture(params=["redis", "local"])
