@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import uuid
 from typing import Any, Protocol
@@ -40,6 +41,8 @@ class Trackly:
         self.drivers = DriverPool(settings)
         self.instance = settings.daemon.resolved_instance_name()
         self.run_id = uuid.uuid4().hex[:8]
+        #: the ``counts`` of every executor coordinator of this process (exported by ``metrics``)
+        self.executor_counts: list[collections.Counter[str]] = []
 
     @classmethod
     async def open(cls, settings: Settings, *, store: Store | None = None) -> Trackly:

@@ -48,6 +48,7 @@ class Coordinator:
         self.trackly = trackly
         self.cfg = trackly.settings.executor
         self.counts: collections.Counter[str] = collections.Counter()
+        trackly.executor_counts.append(self.counts)  # /metrics exports them
         self.stopping = asyncio.Event()
         self.pool = asyncio.Semaphore(self.cfg.pool_size)
         self.limiter = make_limiter(trackly)

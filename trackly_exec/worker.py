@@ -227,6 +227,7 @@ class Worker:
         if not deb.charged:
             return "next"
         if wait > 0:  # pacing: billed before the wait, so only the intent stands between waking and sending
+            self.counts["limiter_waits"] += 1
             if await self._sleep(wait):
                 await billing.adjust(self.db, lst.account_id, sum(deb.costs.values()))
                 return "release"
@@ -324,6 +325,7 @@ class Worker:
         async def attempt() -> list[TransientFailure]:
             nonlocal pending, last
             if last:  # a retry: take rate-limit tokens again so retries never exceed the list's rate
+                self.counts["retries"] += len(pending)
                 await self._retry_tokens(info, len(pending))
             async with self.pool:
                 out = await info.driver.submit(pending)
@@ -379,8 +381,10 @@ class Worker:
         grant = await self.limiter.acquire(lst.id, n, lst.rate_limit_per_minute, self.cfg.rate_limit_wait_seconds)
         if not grant.granted:
             raise LimiterUnavailable("no rate-limit token for a retry within the wait")
-        if grant.wait > 0 and await self._sleep(grant.wait):
-            raise _Stop()
+        if grant.wait > 0:
+            self.counts["limiter_waits"] += 1
+            if await self._sleep(grant.wait):
+                raise _Stop()
 
     async def _provider_trouble(self, info: ListInfo, n: int) -> None:
         """Transient provider errors: slow the list down and count them toward a burst alert."""

@@ -1,0 +1,160 @@
+"""/metrics over real HTTP, read back with prometheus-client's own parser (not string matching)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from drivers.fake import Behaviour
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.config import Settings
+from trackly_exec.events import Event, EventKind
+from trackly_exec.metrics import EXECUTOR_COUNTERS
+from trackly_exec.models import utcnow
+from trackly_exec.store import Store
+from trackly_exec.web import HttpServer
+
+from .executor_support import executor, seed
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(trackly: Trackly, accept: str | None = None, publish: tuple[Event, ...] = ()) -> tuple[str, str]:
+    """Content type and body of one GET /metrics (``publish``: alert events published once the server runs)."""
+    server = HttpServer(trackly)
+    await server.start()
+    try:
+        await trackly.bus.publish(*publish)
+        async with aiohttp.ClientSession() as http:
+            headers = {"Accept": accept} if accept else {}
+            async with http.get(server.url + "/metrics", headers=headers) as r:
+                assert r.status == 200
+                return r.headers["Content-Type"], await r.text()
+    finally:
+        await server.stop(1)
+
+
+def parse(text: str) -> tuple[dict[str, str], Samples]:
+    """{family: type}, {(sample name, labels): value} via the reference parser."""
+    types: dict[str, str] = {}
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return types, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+async def seeded(trackly: Trackly) -> AsyncIterator[Trackly]:
+    now = utcnow()
+    base = {
+        "account_id": 1,
+        "sending_list_id": 7,
+        "campaign_id": 3,
+        "from_number": "+1",
+        "to_number": "+2",
+        "body": "x",
+        "length": 1,
+        "sendtime": now,
+    }
+    await trackly.db[c.SENT].insert_many(
+        [{**base, "_id": f"s{i}", "timestamp": now, "delivered": [True, True, True, False][i]} for i in range(4)]
+    )
+    await trackly.db[c.FAILED].insert_one({**base, "_id": "f1", "reason": "STALE", "failed_at": now})
+    await trackly.db[c.QUEUED].insert_many(
+        [
+            {**base, "_id": "q1", "execution_id": 1, "contact_id": 1, "claimed_by": None},
+            {**base, "_id": "q2", "execution_id": 1, "contact_id": 2, "claimed_by": "t:x"},
+        ]
+    )
+    await trackly.db[c.CLICKS].insert_many(
+        [{"_id": i, "campaign_id": 3, "bot": i == 0, "clicked_at": now} for i in range(3)]
+    )
+    yield trackly
+
+
+async def test_store_figures_parse_with_standard_names(seeded: Trackly) -> None:
+    """The store's figures under conventional names: counters end in _total, gauges carry their unit."""
+    ctype, text = await scrape(seeded)
+    assert ctype.startswith("text/plain; version=0.0.4")
+    types, samples = parse(text)
+    assert value(samples, "trackly_store_up") == 1
+    assert types["trackly_messages_sent"] == "counter" and value(samples, "trackly_messages_sent_total") == 4
+    assert value(samples, "trackly_messages_delivered_total") == 3
+    assert value(samples, "trackly_messages_undelivered_total") == 1
+    assert value(samples, "trackly_messages_failed_total", reason="STALE") == 1
+    assert types["trackly_queued_messages"] == "gauge" and value(samples, "trackly_queued_messages") == 2
+    assert value(samples, "trackly_claimed_messages") == 1
+    assert value(samples, "trackly_send_rate_messages_per_second") == pytest.approx(0.07)
+    assert value(samples, "trackly_recent_failure_ratio") == pytest.approx(0.2)
+    assert value(samples, "trackly_link_clicks_total", bot="false") == 2
+    assert value(samples, "trackly_link_clicks_total", bot="true") == 1
+    for name, kind in types.items():  # every counter sample is name_total (or _created); no bare counters
+        if kind == "counter":
+            assert all(s[0] in (f"{name}_total", f"{name}_created") for s in samples if s[0].startswith(name))
+
+
+async def test_process_metrics_and_no_instance_label(seeded: Trackly) -> None:
+    """The standard process/python collectors are there; no sample has a label named ``instance``."""
+    _, text = await scrape(seeded, publish=(Event(kind=EventKind.HIGH_ERROR_RATE, message="x"),))
+    types, samples = parse(text)
+    assert "python_info" in types and "python_gc_collections" in types
+    assert value(samples, "process_resident_memory_bytes") > 0 and "process_cpu_seconds" in types
+    assert value(samples, "trackly_events_total", kind=str(EventKind.HIGH_ERROR_RATE)) >= 1
+    assert not [key for key in samples if any(label == "instance" for label, _ in key[1])]
+
+
+async def test_openmetrics_on_request(seeded: Trackly) -> None:
+    """A scraper asking for OpenMetrics gets it (and it parses with the OpenMetrics parser)."""
+    ctype, text = await scrape(seeded, "application/openmetrics-text; version=1.0.0")
+    assert ctype.startswith("application/openmetrics-text") and text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(text)}
+    assert families["trackly_messages_sent"].samples[0].value == 4
+
+
+async def test_executor_counts_are_exported(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """The executor's counts (claimed, sent, failed by reason, retries, ...) appear as counters after a run."""
+    ids = await seed(store, 6, body="Hello {i}")
+    await seed(store, 2, body="casino {i}", blocked_words=["casino"], first_contact=100, execution_id=2)
+    fakes["infobip"].script(Behaviour("429", retry_after=0.0))  # the first request: retried once
+    coord = await executor(settings, store, fakes, claim_batch_size=50)
+    try:
+        counts = await coord.run_until_idle()
+        _, text = await scrape(coord.trackly)
+    finally:
+        await coord.trackly.close(close_store=False)
+    types, samples = parse(text)
+    assert len(ids) == 6 and counts["sent"] == 6
+    assert value(samples, "trackly_executor_messages_claimed_total") == counts["claimed"] == 8
+    assert value(samples, "trackly_executor_messages_sent_total") == 6
+    assert value(samples, "trackly_executor_messages_failed_total", reason="BLOCKED_CONTENT") == 2
+    assert value(samples, "trackly_executor_send_retries_total") == counts["retries"] > 0
+    assert value(samples, "trackly_executor_provider_transient_errors_total") == counts["provider_transient"] > 0
+    for _, (family, _) in EXECUTOR_COUNTERS.items():  # every family is there, zero or not
+        assert types[family] == "counter" and (f"{family}_total", ()) in samples
+    assert value(samples, "trackly_executor_limiter_waits_total") == 0
+
+
+async def test_store_down_still_answers(settings: Settings) -> None:
+    """A store that does not answer: 200 with trackly_store_up 0 and the process figures, never a 500."""
+    closed = await Store.connect(settings.mongo.uri.get_secret_value(), settings.mongo.database)
+    await closed.client.close()
+    app = Trackly(settings, closed)
+    try:
+        _, text = await scrape(app)
+    finally:
+        await app.close(close_store=False)
+    types, samples = parse(text)
+    assert value(samples, "trackly_store_up") == 0 and "trackly_messages_sent" not in types
+    assert "trackly_executor_messages_claimed" in types and "process_cpu_seconds" in types
