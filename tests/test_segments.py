@@ -1,12 +1,49 @@
-"""GSM-7 / UCS-2 length and segment counting (providers.md §4)."""
+"""GSM-7 / UCS-2 length and segment counting (providers.md §4), checked against an independent oracle: the
+``gsm0338`` codec (PyPI) for the GSM-7 tables and septet widths, UTF-16 for UCS-2 units."""
 
 from __future__ import annotations
 
 import random
 
+import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 import pytest
 
-from trackly_exec.segments import GSM7_BASIC, GSM7_EXTENSION, measure, split_parts
+from trackly_exec.segments import GSM7_BASIC, GSM7_EXTENSION, is_gsm7, measure, split_parts
+
+
+def _septets(ch: str) -> int | None:
+    """Septets of ``ch`` per the gsm0338 codec (1 basic, 2 ESC + extension), None when not GSM-7."""
+    try:
+        return len(ch.encode("gsm03.38"))
+    except UnicodeEncodeError:
+        return None
+
+
+def test_tables_agree_with_gsm0338_over_u0020_u20ff() -> None:
+    """For every code point U+0020-U+20FF (and LF, CR, FF): gsm0338 encodes it <=> our tables say GSM-7,
+    with the same septet count (2 for the extension table)."""
+    disagree = []
+    for cp in [0x0A, 0x0C, 0x0D, *range(0x20, 0x2100)]:
+        ch = chr(cp)
+        septets = _septets(ch)
+        ours = measure(ch)
+        if (septets is not None) != is_gsm7(ch) or (septets is not None and septets != ours.length):
+            disagree.append((f"U+{cp:04X}", ch, septets, ours))
+    assert not disagree, disagree[:20]
+
+
+def test_tables_are_the_whole_gsm0338_alphabet() -> None:
+    """Decoding every GSM-7 code (0x00-0x7F bar ESC, and ESC + code) gives exactly our basic / extension tables."""
+    basic = {bytes([b]).decode("gsm03.38") for b in range(0x80) if b != 0x1B}
+    extension = set()
+    for b in range(0x80):
+        try:
+            decoded = bytes([0x1B, b]).decode("gsm03.38")
+        except UnicodeDecodeError:
+            continue
+        if len(decoded) == 1:
+            extension.add(decoded)
+    assert basic == set(GSM7_BASIC) and extension == set(GSM7_EXTENSION)
 
 # Hand-computed cases: (text, length, segments, encoding)
 CASES = [
@@ -43,10 +80,11 @@ def test_hand_computed(text: str, length: int, segments: int, encoding: str) -> 
 
 
 def _reference(text: str) -> tuple[int, int, str]:
-    """An independent, character-by-character model of the rules."""
-    gsm = all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text)
+    """An independent, character-by-character model of the rules (widths from gsm0338 and UTF-16)."""
+    septets = [_septets(ch) for ch in text]
+    gsm = all(n is not None for n in septets)
     if gsm:
-        widths = [2 if ch in GSM7_EXTENSION else 1 for ch in text]
+        widths = [n or 0 for n in septets]
         single, part = 160, 153
     else:
         widths = [len(ch.encode("utf-16-le")) // 2 for ch in text]
