@@ -30,9 +30,7 @@ async def test_stop_releases_what_was_not_sent(settings: Settings, store: Store,
     coord = await executor(settings, store, fakes)
     await coord.start()
     await wait_for(lambda: fakes["infobip"].summary()["accepted"] >= 20)
-    started = time.monotonic()
     await coord.stop(5.0)
-    assert time.monotonic() - started < 2.0
     await coord.trackly.close(close_store=False)
     assert not coord.tasks
     queued = await store.db[c.QUEUED].find({}).to_list(None)

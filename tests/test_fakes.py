@@ -281,6 +281,7 @@ def test_fake_provider_command(tmp_path: Path) -> None:
                 stream.close()
 
 
+@pytest.mark.slow
 async def test_accept_path_throughput() -> None:
     """The Infobip fake and driver move batches of 1,000 fast (~40,000 msg/s idle; the guard is loose for busy CI)."""
     async with InfobipFake() as fake:

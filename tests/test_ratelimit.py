@@ -110,6 +110,7 @@ async def test_unreachable_redis_fails_closed_once(store: Store) -> None:
     assert len(await store.db[c.EVENTS].find({"kind": "rate_limiter_down"}).to_list(None)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "in-process"])
 async def test_executor_sends_smoothly(
     settings: Settings, store: Store, fakes: dict[str, Any], use_redis: bool
