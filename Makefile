@@ -31,6 +31,13 @@ run: install
 test: install
 	$(BIN)/python -m pytest -m "not slow and not chaos" $(PYTEST_ARGS)
 
+# ruff (rules in pyproject.toml) on the package and the tests, ruff format on every Python file, mypy --strict
+# on the package (trackly_exec, drivers; configured in pyproject.toml). .ci/run runs it after the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check trackly_exec drivers tests
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 test-slow: install
 	$(BIN)/python -m pytest -m "slow or chaos" --timeout=900 $(PYTEST_ARGS)
 
@@ -52,4 +59,4 @@ bench: install $(PEER)
 	$(BIN)/python bench/tracking.py
 
 clean:
-	rm -rf $(VENV) .venv-peer .pytest_cache .trackly *.egg-info
+	rm -rf $(VENV) .venv-peer .pytest_cache .mypy_cache .ruff_cache .trackly *.egg-info

@@ -20,7 +20,6 @@ Drivers never retry: the executor does.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email.utils
 import json
@@ -34,7 +33,7 @@ import aiohttp
 from trackly_exec.driver import DriverSettings
 from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError
 
-__all__ = ["HttpReply", "HttpClient", "parse_retry_after", "raise_for_status", "parse_json"]
+__all__ = ["HttpClient", "HttpReply", "parse_json", "parse_retry_after", "raise_for_status"]
 
 
 @dataclass(slots=True)
@@ -77,8 +76,8 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def raise_for_status(
@@ -163,7 +162,7 @@ class HttpClient:
             raise TransientSendError(f"cannot connect: {exc}", code="connect") from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise TransientSendError(f"connect timeout: {exc}", code="connect-timeout") from exc
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             what = type(exc).__name__
             if state.written:
                 raise UnknownOutcomeError(f"{what} after the request was sent: {exc}", code="no-response") from exc

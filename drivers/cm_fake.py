@@ -165,7 +165,7 @@ class CMFake(FakeProvider):
             if status == "spam":
                 error = error or "401"
             msg = {
-                "received": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+                "received": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
                 "to": "00" + entry.to.lstrip("+"),
                 "reference": entry.message_id,
                 "status": {
@@ -183,7 +183,7 @@ class CMFake(FakeProvider):
         return out
 
     def inbound_request(self, url: str, from_number: str, to_number: str, text: str) -> ReportRequest:
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         body = {
             "reference": self.next_provider_id(Submitted(None, to_number, text, from_number)),
             "from": {"number": "00" + from_number.lstrip("+")},

@@ -307,7 +307,7 @@ class FakeProvider(RemoteControl):
         return self.accepted_response(entries, rejections)
 
     def _accept(self, items: Sequence[Submitted]) -> tuple[list[LedgerEntry], list[Rejection]]:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         entries: list[LedgerEntry] = []
         rejections: list[Rejection] = []
         reject = self.reject_numbers
@@ -420,7 +420,7 @@ class FakeProvider(RemoteControl):
             async with self._client.post(req.url, data=req.body, headers=req.headers) as resp:
                 await resp.read()
                 return resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("fake_webhook_failed", fake=self.name, url=req.url, error=str(exc))
             return 0
 

@@ -209,7 +209,7 @@ class InfobipFake(FakeProvider):
         return api_error(500, "E500", "Something went wrong.", "Contact the support.")
 
     def report_requests(self, url: str, reports: list[tuple[LedgerEntry, str, str | None]]) -> list[ReportRequest]:
-        now = _fmt(dt.datetime.now(dt.timezone.utc))
+        now = _fmt(dt.datetime.now(dt.UTC))
         results = []
         for entry, status, error in reports:
             gid, gname, sid, sname, desc = STATUSES.get(status, STATUSES["undelivered"])
@@ -258,7 +258,7 @@ class InfobipFake(FakeProvider):
             "text": text,
             "cleanText": text[len(keyword) :].strip(),
             "keyword": keyword,
-            "receivedAt": _fmt(dt.datetime.now(dt.timezone.utc)),
+            "receivedAt": _fmt(dt.datetime.now(dt.UTC)),
             "smsCount": 1,
             "price": {"pricePerMessage": 0, "currency": "EUR"},
         }

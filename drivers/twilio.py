@@ -75,8 +75,7 @@ def compute_signature(
     sorted and de-duplicated (as ``twilio.request_validator.RequestValidator.compute_signature``)."""
     parts = [url]
     for name in sorted(set(params or {})):
-        for value in sorted(set((params or {})[name])):
-            parts.append(name + value)
+        parts.extend(name + value for value in sorted(set((params or {})[name])))
     mac = hmac.new(token.encode("utf-8"), "".join(parts).encode("utf-8"), _HASHES[algorithm])
     return base64.b64encode(mac.digest()).decode("ascii")
 
@@ -170,7 +169,7 @@ class TwilioDriver(Driver[TwilioSettings]):
             body = reply.json()
             if reply.status in (200, 201) and isinstance(body, dict) and body.get("sid"):
                 segments = body.get("num_segments")
-                count = int(segments) if str(segments or "").isdigit() and int(segments) > 0 else m.segments
+                count = int(str(segments)) if str(segments or "").isdigit() and int(str(segments)) > 0 else m.segments
                 return Accepted(message_id=m.id, provider_message_id=str(body["sid"]), segments=count)
             if 200 <= reply.status < 300:
                 return UnknownOutcome(message_id=m.id, detail=f"Twilio answered HTTP {reply.status} without a sid")
@@ -252,7 +251,7 @@ class TwilioDriver(Driver[TwilioSettings]):
                 to_number=request.form_value("To") or "",
                 text=request.form_value("Body") or "",
                 provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
-                received_at=dt.datetime.now(dt.timezone.utc),
+                received_at=dt.datetime.now(dt.UTC),
             )
         ]
 
@@ -268,6 +267,6 @@ def _raw_done_date(value: str | None) -> dt.datetime | None:
     if not value or len(value) != 10 or not value.isdigit():
         return None
     try:
-        return dt.datetime.strptime(value, "%y%m%d%H%M").replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(value, "%y%m%d%H%M").replace(tzinfo=dt.UTC)
     except ValueError:
         return None

@@ -152,7 +152,7 @@ class TwilioFake(FakeProvider):
             if error:
                 params["ErrorCode"] = str(error)
             if twilio_status in ("delivered", "undelivered"):
-                params["RawDlrDoneDate"] = dt.datetime.now(dt.timezone.utc).strftime("%y%m%d%H%M")
+                params["RawDlrDoneDate"] = dt.datetime.now(dt.UTC).strftime("%y%m%d%H%M")
             out.append(
                 ReportRequest(
                     url,

@@ -164,7 +164,7 @@ async def assert_one_record_each(store: Store, ids: list[str]) -> dict[str, int]
     double = {m: w for m, w in where.items() if len(w) > 1}
     assert not missing, f"{len(missing)} messages have no record, e.g. {missing[:3]}"
     assert not double, f"{len(double)} messages have two records, e.g. {list(double.items())[:3]}"
-    split = {name: 0 for name in (c.QUEUED, c.SENT, c.FAILED)}
+    split = dict.fromkeys((c.QUEUED, c.SENT, c.FAILED), 0)
     for w in where.values():
         split[w[0]] += 1
     return split

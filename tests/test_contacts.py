@@ -68,7 +68,7 @@ async def test_rejects_keep_good_rows(store: Store) -> None:
 
 async def test_concurrent_upserts_do_not_duplicate(store: Store) -> None:
     """Two simultaneous imports of overlapping phones leave one contact per phone and count each row once."""
-    a = [{"phone": phone(i)} for i in range(0, 300)]
+    a = [{"phone": phone(i)} for i in range(300)]
     b = [{"phone": phone(i)} for i in range(200, 500)]
     r1, r2 = await asyncio.gather(upsert(store, 1, a), upsert(store, 1, b))
     assert r1.inserted + r1.updated + r2.inserted + r2.updated == 600

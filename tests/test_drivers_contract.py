@@ -168,7 +168,7 @@ def test_status_mapping(status: int, family: type[Exception]) -> None:
 def test_retry_after_parsing() -> None:
     """Retry-After is read as delta-seconds or as an HTTP date; garbage is ignored."""
     assert parse_retry_after("3") == 3.0 and parse_retry_after(" 1.5 ") == 1.5
-    when = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30), usegmt=True)
+    when = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30), usegmt=True)
     assert 25 <= (parse_retry_after(when) or 0) <= 31
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     assert parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT") == 0.0

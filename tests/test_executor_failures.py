@@ -58,7 +58,7 @@ async def test_blocked_content(settings: Settings, store: Store, fakes: dict[str
     """List and global blocked words match whole words in any case; other words go out."""
     ids = await seed(store, 4, blocked_words=["casino"], body="x")
     bodies = ["Win at the CASINO now", "cheap Viagra here", "casinos are not a blocked word", "hello"]
-    for mid, body in zip(ids, bodies):
+    for mid, body in zip(ids, bodies, strict=True):
         await store.db[c.QUEUED].update_one({"_id": mid}, {"$set": {"body": body}})
     counts = await run(await executor(settings, store, fakes, blocked_words=["viagra"]))
     assert await failed(store, "BLOCKED_CONTENT") == sorted(ids[:2]) and counts["sent"] == 2
@@ -115,7 +115,7 @@ async def test_no_response_is_ambiguous_and_never_resent(
     ids = await seed(store, 2, price=1.0, balance=10.0)
     fakes["infobip"].script(Behaviour("accept_then_hang"))
     trackly_drivers = {"timeout_seconds": 0.5}
-    coord = await executor(settings, store, fakes, **{})
+    coord = await executor(settings, store, fakes)
     coord.trackly.drivers = type(coord.trackly.drivers)(
         coord.trackly.settings.model_copy(
             update={"drivers": {n: {**v, **trackly_drivers} for n, v in coord.trackly.settings.drivers.items()}}

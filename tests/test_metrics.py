@@ -141,7 +141,7 @@ async def test_executor_counts_are_exported(settings: Settings, store: Store, fa
     assert value(samples, "trackly_executor_messages_failed_total", reason="BLOCKED_CONTENT") == 2
     assert value(samples, "trackly_executor_send_retries_total") == counts["retries"] > 0
     assert value(samples, "trackly_executor_provider_transient_errors_total") == counts["provider_transient"] > 0
-    for _, (family, _) in EXECUTOR_COUNTERS.items():  # every family is there, zero or not
+    for family, _ in EXECUTOR_COUNTERS.values():  # every family is there, zero or not
         assert types[family] == "counter" and (f"{family}_total", ()) in samples
     assert value(samples, "trackly_executor_limiter_waits_total") == 0
 

@@ -187,7 +187,7 @@ async def test_gives_up_after_max_age_with_alert(daemon: Daemon, receivers: list
     try:
         now = utcnow()
         totals = {"failed": 0, "dead": 0}
-        for hours in range(0, 30):
+        for hours in range(30):
             counts = await outbox.run_until_idle(now=now + dt.timedelta(hours=hours))
             totals["failed"] += counts["failed"]
             totals["dead"] += counts["dead"]

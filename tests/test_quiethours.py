@@ -61,7 +61,7 @@ def test_dst_day() -> None:
 
 def test_default_window_is_tcpa() -> None:
     """The default window is 08:00-21:00."""
-    assert quiethours.DEFAULT_WINDOW == Window.parse("08:00", "21:00")
+    assert Window.parse("08:00", "21:00") == quiethours.DEFAULT_WINDOW
 
 
 def test_check_timezone() -> None:

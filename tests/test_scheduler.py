@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -36,7 +37,7 @@ def test_cron_interval_keeps_its_interval_across_dst() -> None:
     """An hour-wildcard cron keeps firing every interval through both transitions, never twice at one instant."""
     fall = dt.datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # 00:00 EDT
     got = parse("*/30 * * * *").occurrences(fall, fall + dt.timedelta(hours=4), "America/New_York")
-    assert [b - a for a, b in zip(got, got[1:])] == [dt.timedelta(minutes=30)] * (len(got) - 1) and len(got) == 8
+    assert [b - a for a, b in itertools.pairwise(got)] == [dt.timedelta(minutes=30)] * (len(got) - 1) and len(got) == 8
     spring = dt.datetime(2026, 3, 8, 5, 0, tzinfo=UTC)  # 00:00 EST
     got = parse("0 * * * *").occurrences(spring, spring + dt.timedelta(hours=4), "America/New_York")
     assert _local(got) == ["03-08 01:00-0500", "03-08 03:00-0400", "03-08 04:00-0400", "03-08 05:00-0400"]

@@ -45,6 +45,7 @@ def test_tables_are_the_whole_gsm0338_alphabet() -> None:
             extension.add(decoded)
     assert basic == set(GSM7_BASIC) and extension == set(GSM7_EXTENSION)
 
+
 # Hand-computed cases: (text, length, segments, encoding)
 CASES = [
     ("", 0, 1, "GSM-7"),

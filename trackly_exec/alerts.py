@@ -153,7 +153,7 @@ class Alerts:
         }
 
     async def _post(self, payload: dict[str, Any]) -> None:
-        self.sent_messages = (self.sent_messages + [payload])[-100:]
+        self.sent_messages = [*self.sent_messages, payload][-100:]
         url = self.cfg.discord_webhook_url
         embed = payload["embeds"][0]
         if url is None:

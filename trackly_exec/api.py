@@ -174,7 +174,7 @@ def _tr(request: web.Request) -> Trackly:
 
 
 async def get_or_404(trackly: Trackly, coll: str, doc_id: int, what: str) -> dict[str, Any]:
-    doc = await trackly.store[coll].find_one({"_id": doc_id})
+    doc: dict[str, Any] | None = await trackly.store[coll].find_one({"_id": doc_id})
     if doc is None:
         raise ApiError(404, "not_found", f"{what} {doc_id} not found")
     return doc

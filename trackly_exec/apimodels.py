@@ -169,7 +169,7 @@ class SendingListIn(Body):
     cooldown_minutes: float = Field(
         0, ge=0, le=525_600, description="Frequency cap: skip contacts sent to within this."
     )
-    quiet_hours: QuietHoursIn = Field(default_factory=lambda: QuietHoursIn())  # type: ignore[call-arg]
+    quiet_hours: QuietHoursIn = Field(default_factory=lambda: QuietHoursIn())
     blocked_words: list[str] = Field(default_factory=list, max_length=10_000)
     price_per_segment: float = Field(0.0, ge=0)
     active: bool = True
@@ -193,7 +193,7 @@ class SendingListOut(Out):
     from_number: str = ""
     rate_limit_per_minute: int = 17000
     cooldown_minutes: float = 0
-    quiet_hours: QuietHours = Field(default_factory=lambda: QuietHours())  # type: ignore[call-arg]
+    quiet_hours: QuietHours = Field(default_factory=lambda: QuietHours())
     blocked_words: list[str] = Field(default_factory=list)
     price_per_segment: float = 0.0
     active: bool = True

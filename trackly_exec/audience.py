@@ -180,7 +180,7 @@ class _Source:
         self.done = False
         self.cursor: Any = None
         ids = audience.get("contact_ids")
-        self.ids: list[int] | None = sorted(set(int(i) for i in ids)) if ids is not None else None
+        self.ids: list[int] | None = sorted({int(i) for i in ids}) if ids is not None else None
         self.ids_pos = 0
         self.ahead: asyncio.Task[list[dict[str, Any]]] | None = None  # the next batch, read while this one is used
 
@@ -193,13 +193,14 @@ class _Source:
                 if not chunk:
                     return []
                 q = {"sending_list_id": self.list_id, "_id": {"$in": chunk}}
-                docs = await coll.find(q, CONTACT_PROJECTION).sort("_id", 1).to_list(None)
+                docs: list[dict[str, Any]] = await coll.find(q, CONTACT_PROJECTION).sort("_id", 1).to_list(None)
                 if docs:
                     return docs
         if self.cursor is None:
             fq = audience_query(self.list_id, self.audience)
             self.cursor = coll.find(fq, CONTACT_PROJECTION).sort("_id", 1).batch_size(self.batch)
-        return await self.cursor.to_list(self.batch)
+        page: list[dict[str, Any]] = await self.cursor.to_list(self.batch)
+        return page
 
     async def _fill(self) -> None:
         self.buf, self.pos = [], 0

@@ -62,7 +62,7 @@ async def debit(db: Any, account_id: int, docs: Sequence[dict[str, Any]], price_
         is not None
     ):
         out.charged = list(docs)
-        out.costs = {d["_id"]: cost for d, cost in zip(docs, costs)}
+        out.costs = {d["_id"]: cost for d, cost in zip(docs, costs, strict=True)}
         return out
     for _ in range(_RACE_RETRIES):
         acc = await accounts.find_one({"_id": account_id}, {"balance": 1})
@@ -82,7 +82,7 @@ async def debit(db: Any, account_id: int, docs: Sequence[dict[str, Any]], price_
             is not None
         ):
             out.charged = list(docs[:k])
-            out.costs = {d["_id"]: cost for d, cost in zip(docs[:k], costs[:k])}
+            out.costs = {d["_id"]: cost for d, cost in zip(docs[:k], costs[:k], strict=True)}
             out.blocked = list(docs[k:])
             return out
     out.blocked = list(docs)

@@ -58,7 +58,7 @@ def is_stale(doc: dict[str, Any], now: dt.datetime, stale_after: dt.timedelta) -
     nb = doc.get("not_before")
     if nb is not None and nb > due:
         due = nb
-    return now - due > stale_after
+    return bool(now - due > stale_after)
 
 
 @lru_cache(maxsize=4096)

@@ -77,7 +77,7 @@ async def claim_ids(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -
     )
     if res.matched_count == 0:
         return []
-    docs = await q.find({"claimed_by": token}).to_list(None)
+    docs: list[dict[str, Any]] = await q.find({"claimed_by": token}).to_list(None)
     docs.sort(key=lambda d: (d["sendtime"], d["_id"]))
     return docs
 

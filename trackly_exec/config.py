@@ -199,7 +199,9 @@ class Settings(BaseSettings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting.")
     drivers: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Driver instances by name: [drivers.NAME] with `driver = ENTRY_POINT` (default NAME) and its settings.",
+        description=(
+            "Driver instances by name: [drivers.NAME] with `driver = ENTRY_POINT` (default NAME) and its settings."
+        ),
     )
 
     @classmethod
@@ -224,7 +226,7 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with every secret masked (for printing)."""
-        data = json.loads(self.model_dump_json())
+        data: dict[str, Any] = json.loads(self.model_dump_json())
         data["drivers"] = {name: _redact_driver(values) for name, values in self.drivers.items()}
         return data
 

@@ -129,7 +129,7 @@ class Demo:
             tracking={"bot_click_seconds": 1.0},
             drivers={"infobip": {"base_url": fake_url, "api_key": api_key}},
             _env_prefix="TRACKLY_DEMO_",  # hermetic: the user's TRACKLY_* variables are for their daemon
-        )  # type: ignore[arg-type]
+        )
 
     async def api(self, method: str, path: str, body: Any = None) -> Any:
         assert self.http is not None

@@ -33,7 +33,7 @@ import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar, Union
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -100,7 +100,7 @@ class UnknownOutcome(BaseModel):
     detail: str = ""
 
 
-SendResult = Union[Accepted, Rejected, TransientFailure, UnknownOutcome]
+SendResult = Accepted | Rejected | TransientFailure | UnknownOutcome
 
 
 class DeliveryReport(BaseModel):
@@ -283,11 +283,11 @@ class Driver(ABC, Generic[S]):
         """Raise :class:`WebhookAuthError` unless the request carries the configured path token and,
         when set, the Basic-auth credentials. Signed providers override this."""
         token = self.settings.webhook_token
-        if token is not None:
-            if not request.path_token or not hmac.compare_digest(
-                request.path_token.encode(), token.get_secret_value().encode()
-            ):
-                raise WebhookAuthError("webhook path token missing or wrong")
+        if token is not None and (
+            not request.path_token
+            or not hmac.compare_digest(request.path_token.encode(), token.get_secret_value().encode())
+        ):
+            raise WebhookAuthError("webhook path token missing or wrong")
         if self.settings.webhook_username:
             expected = f"{self.settings.webhook_username}:" + (
                 self.settings.webhook_password.get_secret_value() if self.settings.webhook_password else ""

@@ -36,7 +36,7 @@ def patch_updates() -> None:
             return False
         return bool(original(self, update_spec, *args, **kwargs))
 
-    SqlUpdatesMixin._can_use_sql_updates = _can_use_sql_updates  # type: ignore[method-assign]
+    SqlUpdatesMixin._can_use_sql_updates = _can_use_sql_updates
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from . import __version__
 from .apimodels import ErrorOut
@@ -56,7 +56,7 @@ def _build() -> dict[str, Any]:
     keys, top = models_json_schema(list(dict.fromkeys(models)), ref_template=REF)
     schemas = top.get("$defs", {})
 
-    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+    def ref(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
         return dict(keys[(model, mode)])
 
     error = {"content": {"application/json": {"schema": ref(ErrorOut, "serialization")}}}
@@ -68,9 +68,10 @@ def _build() -> dict[str, Any]:
             "summary": r.summary,
             "tags": [r.path.strip("/").split("/")[0]],
         }
-        params: list[dict[str, Any]] = []
-        for name in re.findall(r"{(\w+)}", r.path):
-            params.append({"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}})
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+            for name in re.findall(r"{(\w+)}", r.path)
+        ]
         if r.query is not None:
             qs = r.query.model_json_schema()
             for name, prop in qs.get("properties", {}).items():

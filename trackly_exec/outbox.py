@@ -233,7 +233,7 @@ class Outbox:
         await self.col.update_many(
             {"_id": {"$in": ids}, **due}, {"$set": {"claimed_by": token, "next_attempt_at": lease}}
         )
-        docs = await self.col.find({"_id": {"$in": ids}, "claimed_by": token}).to_list(None)
+        docs: list[dict[str, Any]] = await self.col.find({"_id": {"$in": ids}, "claimed_by": token}).to_list(None)
         accounts = await self._accounts({d["account_id"] for d in docs})
         for doc in docs:
             doc["_account"] = accounts.get(doc["account_id"])
@@ -308,7 +308,7 @@ class Outbox:
 
     def _backoff(self, attempts: int) -> float:
         base = self.cfg.outbox_initial_backoff_seconds * (2 ** max(0, attempts - 1))
-        return min(self.cfg.outbox_max_backoff_seconds, base) * (0.5 + random.random() / 2)
+        return float(min(self.cfg.outbox_max_backoff_seconds, base) * (0.5 + random.random() / 2))
 
     async def _flush(self, now: dt.datetime | None = None) -> None:
         """Write every queued outcome in one bulk_write (fenced on each entry's claim token), plus the

@@ -279,8 +279,8 @@ class Outcomes:
             log.warning("claim_lost_before_record", sending_list_id=lst.id, recorded=len(recorded), held=removed)
         self.counts["sent"] += len(sent)
         self.counts["requeued"] += len(back)
-        for r in failed:
-            self.counts[f"failed.{r['reason']}"] += 1
+        for rec in failed:
+            self.counts[f"failed.{rec['reason']}"] += 1
         events.extend(failure_event(r) for r in failed)
         burst = self.note_errors(lst.id, provider, provider_errors)
         if burst is not None:

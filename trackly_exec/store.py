@@ -127,6 +127,7 @@ class Store:
         doc = await self.db[c.COUNTERS].find_one_and_update(
             {"_id": name}, {"$inc": {"seq": n}}, upsert=True, return_document=ReturnDocument.AFTER
         )
+        assert doc is not None  # an upsert returning the document AFTER always has one
         end = int(doc["seq"])
         return list(range(end - n + 1, end + 1))
 

@@ -77,7 +77,7 @@ class WebhookHandler:
         try:
             hook = WebhookRequest(
                 url=self.trackly.settings.http.public_url + request.raw_path,
-                headers={k: v for k, v in request.headers.items()},
+                headers=dict(request.headers.items()),
                 body=body,
                 content_type=request.headers.get("Content-Type", ""),
                 path_token=request.match_info.get("token"),

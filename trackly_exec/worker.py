@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import math
 import random
@@ -245,10 +246,8 @@ class Worker:
         results, requeue, had_errors = await self._send(info, to_send)
         await self.outcomes.record_sends(info, token, to_send, results, deb.costs, self.clock(), requeue)
         if not had_errors and factor > 1 and lst.rate_limit_per_minute > 0:
-            try:
+            with contextlib.suppress(LimiterUnavailable):
                 await self.limiter.relax(lst.id)
-            except LimiterUnavailable:
-                pass
         return "next"
 
     async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
@@ -268,7 +267,8 @@ class Worker:
                 (
                     d,
                     FailureReason.BILLING_BLOCKED,
-                    f"balance insufficient since {d['billing_blocked_since'].isoformat()} (over {self.cfg.billing_ttl_minutes:g} min)",
+                    f"balance insufficient since {d['billing_blocked_since'].isoformat()}"
+                    f" (over {self.cfg.billing_ttl_minutes:g} min)",
                 )
                 for d in expired
             ],
@@ -350,7 +350,7 @@ class Worker:
             """Exponential backoff with jitter after ``attempt_done`` attempts, at least the Retry-After hint."""
             hinted = max((r.retry_after or 0.0 for r in last), default=0.0)
             first = self.cfg.retry_initial_backoff_seconds
-            return max(hinted, min(30.0, first * 2 ** (attempt_done - 1)) + random.uniform(0, first))
+            return float(max(hinted, min(30.0, first * 2 ** (attempt_done - 1)) + random.uniform(0, first)))
 
         async def sleep(seconds: float) -> None:
             if await self._sleep(seconds):
