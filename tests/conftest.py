@@ -20,6 +20,7 @@ from trackly_exec.store import Store
 
 from .executor_support import FAKES
 from .services import MongoServer, RedisServer
+from .tracking_support import Daemon, start_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count()
@@ -106,6 +107,14 @@ async def fakes(redis_client: aioredis.Redis) -> AsyncIterator[dict[str, Any]]:
     yield started
     for fake in started.values():
         await fake.stop()
+
+
+@pytest.fixture
+async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
+    """The daemon's HTTP server with the infobip, twilio and cm instances of tracking_support (a test module
+    may override it with other tracking settings)."""
+    async for d in start_daemon(settings, store):
+        yield d
 
 
 @pytest.fixture(autouse=True)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import pytest
 
 from trackly_exec import constants as c
-from trackly_exec.config import Settings
 from trackly_exec.delivery import ingest
 from trackly_exec.driver import DeliveryReport
 from trackly_exec.store import Store
@@ -24,16 +20,9 @@ from .tracking_support import (
     seed_contact,
     seed_no_response,
     seed_sent,
-    start_daemon,
     tri,
     twilio_status,
 )
-
-
-@pytest.fixture
-async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
-    async for d in start_daemon(settings, store):
-        yield d
 
 
 async def _doc(d: Daemon, mid: str) -> dict:

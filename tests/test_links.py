@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator
 
 import pytest
 from yarl import URL
 
 from trackly_exec import constants as c
 from trackly_exec.clicks import bot_user_agent, click_stats
-from trackly_exec.config import Settings
 from trackly_exec.models import MessageShortLink, utcnow
-from trackly_exec.store import Store
 
-from .tracking_support import Daemon, seed_sent, start_daemon
+from .tracking_support import Daemon, seed_sent
 
 BROWSER = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -23,12 +20,6 @@ BROWSER = (
 )
 DEST = "https://shop.example.com/sale?utm_source=sms&x=1"
 CODE = "Ab3_-xYz9QrS"
-
-
-@pytest.fixture
-async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
-    async for d in start_daemon(settings, store):
-        yield d
 
 
 async def _link(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,12 +29,6 @@ from .tracking_support import (
 IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
 LIST_NUMBER = "+14155550100"
 PHONE = "+14155550123"
-
-
-@pytest.fixture
-async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
-    async for d in start_daemon(settings, store):
-        yield d
 
 
 def mo(text: str, sender: str = PHONE, to: str = LIST_NUMBER, message_id: str = "MO1") -> str:
