@@ -47,9 +47,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """An error answer: ``raise ApiError(404, "not_found", "account 3 not found")``."""
 
-    def __init__(self, status: int, error: str, message: str = "", details: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str = "",
+        details: list[dict[str, str]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.error, self.message, self.details = status, error, message, details or []
+        self.extra = extra or {}  # more top-level fields of the answer (declared in ErrorOut)
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Route:
     status: int = 200
     auth: bool = True
     errors: tuple[int, ...] = ()
+    body_required: bool = True  # False: an empty body is accepted (the model's defaults)
 
 
 ROUTES: list[Route] = []
@@ -224,7 +233,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         resp = await handler(request)
     except ApiError as exc:
         resp = _json(
-            {"error": exc.error, "message": exc.message, "details": exc.details, "request_id": rid}, exc.status
+            {"error": exc.error, "message": exc.message, "details": exc.details, **exc.extra, "request_id": rid},
+            exc.status,
         )
     except web.HTTPRequestEntityTooLarge:
         limit = _tr(request).settings.http.max_body_bytes

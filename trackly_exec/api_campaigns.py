@@ -3,7 +3,9 @@
 Creating a campaign checks every referenced id (404 naming which one is unknown) and that they belong
 together (422: the list and the creative to the account, the audiences to the list). ``schedule`` is
 ``{at}`` (now or later) or ``{cron, timezone}``; it sets ``next_run_at``. Without a schedule the campaign
-only runs when triggered. Trigger runs one execution now (evaluated and queued before the answer).
+only runs when triggered. Trigger runs one execution now (evaluated and queued before the answer); it answers
+409 with ``execution_id`` while another execution of the campaign is evaluating or sending, and for a one-off
+campaign that already ran unless ``force`` is given (body ``{"force": true}`` or ``?force=true``).
 """
 
 from __future__ import annotations
@@ -114,7 +116,12 @@ async def create_campaign(request: web.Request) -> web.Response:
 @route(
     "POST",
     "/campaigns/{id}/trigger",
-    "Run the campaign now (one execution, evaluated and queued before the answer)",
+    "Run the campaign now (one execution, evaluated and queued before the answer). 409 names the execution in "
+    "the way: one still evaluating or sending, or, for a one-off campaign that already ran, its completed run "
+    "(pass force to run it again; the list's cooldown still applies)",
+    body=m.TriggerIn,
+    body_required=False,
+    query=m.TriggerQuery,
     response=m.TriggerOut,
     status=202,
     errors=(409,),
@@ -122,13 +129,17 @@ async def create_campaign(request: web.Request) -> web.Response:
 async def trigger_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "campaign")
+    query = read_query(request, m.TriggerQuery)
+    body = await read_body(request, m.TriggerIn) if await request.read() else m.TriggerIn()
     doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
     if doc.get("status") == CampaignStatus.PAUSED.value:
         raise ApiError(409, "conflict", f"campaign {cid} is paused; resume it first")
-    from .scheduler import trigger
+    from .scheduler import TriggerConflict, trigger
 
     try:
-        execution_id = await trigger(trackly, cid)
+        execution_id = await trigger(trackly, cid, force=body.force or query.force)
+    except TriggerConflict as exc:
+        raise ApiError(409, "conflict", str(exc), extra={"execution_id": exc.execution_id}) from exc
     except (ValueError, LookupError, TracklyError) as exc:
         raise ApiError(409, "conflict", f"campaign {cid} cannot run: {exc}") from exc
     ex = await trackly.store[c.EXECUTIONS].find_one({"_id": execution_id})

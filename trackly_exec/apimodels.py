@@ -65,6 +65,11 @@ class ErrorOut(Out):
     message: str = ""
     details: list[ErrorDetail] = Field(default_factory=list)
     request_id: str | None = None
+    execution_id: int | None = Field(
+        None,
+        description="A trigger's 409: the execution in the way (still evaluating or sending, or the completed "
+        "run of a one-off campaign). Absent otherwise.",
+    )
 
 
 # --------------------------------------------------------------------------------------------- pages
@@ -423,7 +428,9 @@ from .apimodels_campaigns import (  # noqa: E402
     ExecutionQuery,
     ScheduleIn,
     ScheduleOut,
+    TriggerIn,
     TriggerOut,
+    TriggerQuery,
     VariantStats,
 )
 
@@ -458,7 +465,9 @@ __all__ = [
     "ScheduleOut",
     "SendingListIn",
     "SendingListOut",
+    "TriggerIn",
     "TriggerOut",
+    "TriggerQuery",
     "VariantStats",
     "check_timezone",
     "mask_secrets",

@@ -98,6 +98,22 @@ class CampaignOut(Out):
         return cls.model_validate(data)
 
 
+class TriggerIn(Body):
+    """Optional body of a trigger (an empty body is the same as ``{}``)."""
+
+    force: bool = Field(
+        False,
+        description=(
+            "Run a one-off campaign (no cron) that has already run once more. The list's cooldown still applies. "
+            "Never overrides an execution that is still evaluating or sending (that answers 409)."
+        ),
+    )
+
+
+class TriggerQuery(Body):
+    force: bool = Field(False, description="Same as the body's `force` (either one is enough).")
+
+
 class TriggerOut(Out):
     execution_id: int
     execution: ExecutionOut | None = None

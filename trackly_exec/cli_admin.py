@@ -278,7 +278,8 @@ def cmd_campaign_show(args: argparse.Namespace) -> int:
 
 def cmd_campaign_trigger(args: argparse.Namespace) -> int:
     # The answer comes once every message is queued: minutes for millions of contacts.
-    out = client_from(args).call("POST", f"/campaigns/{args.id}/trigger", timeout=3600)
+    body = {"force": True} if getattr(args, "again", False) else None
+    out = client_from(args).call("POST", f"/campaigns/{args.id}/trigger", body, timeout=3600)
     ex = out.get("execution") or {}
     counts = ex.get("counts") or {}
     if ex.get("status") == "failed":
@@ -363,6 +364,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     ):
         p = psub.add_parser(name, help=text, parents=parents)
         p.add_argument("id", type=int, help="campaign id")
+        if name == "trigger":
+            p.add_argument(
+                "--again",
+                action="store_true",
+                help="run a one-off campaign that has already run once more (the list's cooldown still "
+                "applies; an execution still evaluating or sending is never overridden)",
+            )
         p.set_defaults(func=fn)
 
     st = sub.add_parser("stats", help="a campaign's numbers: queued, sent, delivered, failed, clicks", parents=parents)

@@ -88,7 +88,7 @@ def _build() -> dict[str, Any]:
             op["parameters"] = params
         if r.body is not None:
             op["requestBody"] = {
-                "required": True,
+                "required": r.body_required,
                 "content": {"application/json": {"schema": ref(r.body, "validation")}},
             }
         if isinstance(r.response, type) and issubclass(r.response, BaseModel):

@@ -20,7 +20,12 @@
 * Lifecycle: pending -> evaluating -> queued -> completed (when nothing of it is left in the queue).
 
 :func:`trigger` runs a campaign now (occurrence ``"<id>:manual:<n>"``) and returns the execution id once
-every message is queued. :meth:`Scheduler.run_until_idle` processes everything due and returns (burst mode).
+every message is queued. Triggers are idempotent: one campaign has at most one manual execution unfinished
+at a time (a trigger lock, atomic across processes), a trigger is refused (:class:`TriggerConflict`, the API's
+409) while any execution of the campaign is evaluating or sending, and a one-off campaign (no cron) that has
+already run needs ``force``. An execution is *finished* when it is completed, failed or skipped, or queued
+with nothing of it left in the queue (see :meth:`_Runner.unfinished`). :meth:`Scheduler.run_until_idle`
+processes everything due and returns (burst mode).
 
 Store notes (nx-27017 0.8.1): ``{"field": None}`` is unreliable there (``{"$eq": None}`` is used); a value
 written by ``$currentDate`` is not comparable in queries (dates are set from the client's clock); and a stock
@@ -55,6 +60,20 @@ _DUE_BATCH = 100
 
 class CampaignNotFound(TracklyError):
     """No campaign with that id."""
+
+
+class TriggerConflict(TracklyError):
+    """A trigger refused because of another execution: one still evaluating or sending, or (without ``force``)
+    a one-off campaign that has already run. ``execution_id`` names it (None when unknown)."""
+
+    def __init__(self, message: str, execution_id: int | None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+
+#: A trigger lock whose execution was never created (its process died in between) is taken over after this.
+TRIGGER_LOCK_STALE = dt.timedelta(seconds=60)
+UNFINISHED = (ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, ExecutionStatus.QUEUED.value)
 
 
 # --------------------------------------------------------------------------------------------- occurrences
@@ -117,9 +136,11 @@ class _Runner:
         *,
         status: ExecutionStatus = ExecutionStatus.PENDING,
         reason: str | None = None,
+        eid: int | None = None,
     ) -> dict[str, Any] | None:
         """Insert the execution of an occurrence; None when another process already has it."""
-        eid = await self.trackly.store.next_id(c.EXECUTIONS)
+        if eid is None:
+            eid = await self.trackly.store.next_id(c.EXECUTIONS)
         doc = Execution(
             id=eid,
             campaign_id=campaign["_id"],
@@ -211,6 +232,94 @@ class _Runner:
             out.append(doc)
         return out
 
+    async def unfinished(self, ex: dict[str, Any]) -> str | None:
+        """Why ``ex`` is not finished ("evaluating", "sending: N messages still queued"), or None when it is.
+
+        An execution is finished when its status is completed, failed or skipped, or when it is queued and
+        nothing of it is left in the queue (every message is MessageSent or FailedMessage, NO_RESPONSE
+        included); it is then marked completed here. Pending and evaluating executions are unfinished even
+        with an expired lease: a scheduler resumes them. Messages held for quiet hours, billing or a pause are
+        still queued, so their execution is still sending.
+        """
+        status = ex.get("status")
+        if status in (ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value):
+            return str(status)
+        if status != ExecutionStatus.QUEUED.value:
+            return None
+        left = await self.db[c.QUEUED].count_documents({"execution_id": ex["_id"]})
+        if left:
+            return f"sending ({left} message{'s' if left != 1 else ''} still queued)"
+        await self.db[c.EXECUTIONS].update_one(
+            {"_id": ex["_id"], "status": ExecutionStatus.QUEUED.value},
+            {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": utcnow()}},
+        )
+        return None
+
+    async def claim_trigger(self, campaign: dict[str, Any], *, force: bool) -> dict[str, Any]:
+        """Create the execution of a manual trigger, or raise :class:`TriggerConflict`.
+
+        Atomic across processes: the trigger first inserts the campaign's trigger lock (``locks`` document
+        ``"trigger:<campaign id>"``, unique ``_id``) naming the execution id it is about to create; of two
+        concurrent triggers exactly one inserts it. A lock whose execution is finished (or was never created,
+        after :data:`TRIGGER_LOCK_STALE`) is replaced, conditionally on the execution it names. Holding the lock,
+        the trigger refuses when another execution of the campaign (a scheduled occurrence) is unfinished, and
+        when a one-off campaign (no cron) already has a completed execution, unless ``force``.
+        """
+        cid = int(campaign["_id"])
+        locks = self.db[c.LOCKS]
+        key = f"trigger:{cid}"
+        eid = await self.trackly.store.next_id(c.EXECUTIONS)
+        for _ in range(5):
+            try:
+                await locks.insert_one({"_id": key, "execution_id": eid, "campaign_id": cid, "at": utcnow()})
+                break
+            except DuplicateKeyError:
+                lock = await locks.find_one({"_id": key})
+                if lock is None:
+                    continue
+                holder = int(lock["execution_id"])
+                ex = await self.db[c.EXECUTIONS].find_one({"_id": holder})
+                if ex is None:
+                    if utcnow() - lock["at"] < TRIGGER_LOCK_STALE:
+                        raise TriggerConflict(
+                            f"campaign {cid} is being triggered right now (execution {holder})", holder
+                        ) from None
+                elif (why := await self.unfinished(ex)) is not None:
+                    raise TriggerConflict(
+                        f"campaign {cid} already has execution {holder} {why}; "
+                        "trigger it again once that one is finished",
+                        holder,
+                    ) from None
+                await locks.delete_one({"_id": key, "execution_id": holder})
+        else:
+            raise TriggerConflict(f"campaign {cid} is being triggered right now; try again", None)
+        try:
+            async for ex in self.db[c.EXECUTIONS].find({"campaign_id": cid, "status": {"$in": list(UNFINISHED)}}):
+                if (why := await self.unfinished(ex)) is not None:
+                    raise TriggerConflict(
+                        f"campaign {cid} already has execution {ex['_id']} {why}; "
+                        "trigger it again once that one is finished",
+                        int(ex["_id"]),
+                    )
+            if not force and _cron(campaign) is None:
+                ran = await self.db[c.EXECUTIONS].find_one(
+                    {"campaign_id": cid, "status": ExecutionStatus.COMPLETED.value}, {"_id": 1}
+                )
+                if ran is not None:
+                    raise TriggerConflict(
+                        f"one-off campaign {cid} already ran (execution {ran['_id']} completed); to run it again, "
+                        'trigger it with force (API: {"force": true}; CLI: --again); the list\'s cooldown still '
+                        "applies",
+                        int(ran["_id"]),
+                    )
+            n = await self.trackly.store.next_id(f"manual:{cid}")
+            execution = await self.create(campaign, utcnow(), f"{cid}:manual:{n}", eid=eid)
+            assert execution is not None  # the manual sequence never repeats
+        except BaseException:
+            await locks.delete_one({"_id": key, "execution_id": eid})
+            raise
+        return execution
+
     async def complete_drained(self) -> int:
         """Mark queued executions with nothing left in the queue as completed."""
         n = 0
@@ -224,16 +333,17 @@ class _Runner:
         return n
 
 
-async def trigger(trackly: Any, campaign_id: int) -> int:
-    """Run campaign ``campaign_id`` now; returns the execution id once its messages are queued (or it failed)."""
+async def trigger(trackly: Any, campaign_id: int, *, force: bool = False) -> int:
+    """Run campaign ``campaign_id`` now; returns the execution id once its messages are queued (or it failed).
+
+    Raises :class:`TriggerConflict` while another execution of the campaign is unfinished, and for a one-off
+    campaign that already ran unless ``force`` (see :meth:`_Runner.claim_trigger`)."""
     campaign = await trackly.db[c.CAMPAIGNS].find_one({"_id": campaign_id})
     if campaign is None:
         raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     runner = _Runner(trackly)
-    n = await trackly.store.next_id(f"manual:{campaign_id}")
-    execution = await runner.create(campaign, utcnow(), f"{campaign_id}:manual:{n}")
-    assert execution is not None  # the manual sequence never repeats
-    log.info("campaign_triggered", campaign_id=campaign_id, execution_id=execution["_id"])
+    execution = await runner.claim_trigger(campaign, force=force)
+    log.info("campaign_triggered", campaign_id=campaign_id, execution_id=execution["_id"], force=force)
     await runner.run(execution)
     return int(execution["_id"])
 
