@@ -70,7 +70,7 @@ class Route:
     summary: str
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
-    response: Any = None
+    response: Any = None        # a model, or a media type string for a streamed file ("text/csv")
     status: int = 200
     auth: bool = True
     errors: tuple[int, ...] = ()
@@ -312,7 +312,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 def build_subapp(trackly: Trackly) -> web.Application:
-    from . import api_campaigns, api_resources  # noqa: F401  (they register their routes in ROUTES)
+    from . import api_campaigns, api_ops, api_resources  # noqa: F401  (they register their routes in ROUTES)
 
     sub = web.Application(
         middlewares=[error_middleware, auth_middleware], client_max_size=trackly.settings.http.max_body_bytes

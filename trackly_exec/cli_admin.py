@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import csvsafe
 from .config import load_config
 from .errors import TracklyError
 
@@ -200,7 +201,7 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
         print(f"  ... and {len(rejects) - SHOW_REJECTS:,} more{more}")
     if args.rejects:
         with open(args.rejects, "w", newline="", encoding="utf-8") as out:
-            w = csv.writer(out)
+            w = csvsafe.writer(out)  # the phone column is user input: no cell may start a formula
             w.writerow(["line", "phone", "reason"])
             w.writerows(rejects)
         print(f"every rejected row: {args.rejects}")

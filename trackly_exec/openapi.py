@@ -34,7 +34,7 @@ Resuming a recurring campaign counts its next occurrence from now (no burst of m
 
 
 def _routes() -> list[Any]:
-    from . import api, api_campaigns, api_resources  # noqa: F401  (they register their routes)
+    from . import api, api_campaigns, api_ops, api_resources  # noqa: F401  (they register their routes)
 
     return api.ROUTES
 
@@ -91,13 +91,14 @@ def _build() -> dict[str, Any]:
                 "required": r.body_required,
                 "content": {"application/json": {"schema": ref(r.body, "validation")}},
             }
+        media = "application/json"
         if isinstance(r.response, type) and issubclass(r.response, BaseModel):
             schema = ref(r.response, "serialization")
+        elif isinstance(r.response, str):  # a media type: a streamed file (CSV)
+            media, schema = r.response, {"type": "string"}
         else:
             schema = {"type": "object"}
-        responses: dict[str, Any] = {
-            str(r.status): {"description": "OK", "content": {"application/json": {"schema": schema}}}
-        }
+        responses: dict[str, Any] = {str(r.status): {"description": "OK", "content": {media: {"schema": schema}}}}
         codes = set(r.errors) | {500} | ({503} if r.auth else set())
         if r.body is not None:
             codes |= {400, 413, 422}

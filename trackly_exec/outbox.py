@@ -376,7 +376,7 @@ class Outbox:
                         )
             else:
                 next_at = now + dt.timedelta(seconds=self._backoff(base["attempts"]))
-                created = doc.get("created_at") or now
+                created = doc.get("redriven_at") or doc.get("created_at") or now  # a re-drive restarts the age
                 if next_at - created > dt.timedelta(hours=self.cfg.outbox_max_age_hours):
                     self.counts.dead += 1
                     ops.append(UpdateOne(fence, {"$set": {**base, "status": DEAD}, **_OFF_SCHEDULE}))

@@ -11,6 +11,8 @@ live process is never overtaken while it still waits for the provider):
   re-sent. If the old process records a MessageSent after all, that record wins (see :mod:`outcomes`), and the
   sweep itself re-checks MessageSent after inserting, so the message ends with exactly one record.
 
+The sweep also finishes dead-letter re-drives interrupted by a crash (:func:`trackly_exec.redrive.recover`).
+
 Safe to run in several processes at once. The coordinator sweeps at start-up and every
 ``recovery_interval_seconds``. Claim ages use the sweeping process's clock (keep the VMs on NTP).
 """
@@ -67,6 +69,9 @@ async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.tim
         out["no_response"] += n
         if n == 0 and len(stuck) < BATCH:
             break
+    from .redrive import recover as recover_redrives  # dead-letter re-drives interrupted by a crash
+
+    out.update({f"redrive_{k}": v for k, v in (await recover_redrives(trackly, now=now)).items()})
     if out["released"] or out["no_response"]:
         log.warning(
             "claims_recovered",

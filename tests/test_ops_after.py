@@ -1,0 +1,320 @@
+"""After the send: the message log and its CSV export, dead letters and their re-drive, the customer-webhook
+outbox backlog — over the admin API (real HTTP, real store) and the executor (provider fakes)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from drivers.infobip_fake import InfobipFake
+from trackly_exec import api, csvsafe, redrive
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.config import Settings
+from trackly_exec.coordinator import Coordinator
+from trackly_exec.models import FailureReason, utcnow
+from trackly_exec.outcomes import failed_doc, sent_doc
+from trackly_exec.store import Store
+
+from .executor_support import assert_one_record_each, open_trackly, seed, with_executor
+
+H = {"Authorization": "Bearer test-token"}
+
+
+@pytest.fixture
+async def client(trackly: Trackly) -> AsyncIterator[TestClient[Any, Any]]:
+    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
+    api.setup(app, trackly)
+    async with TestClient(TestServer(app)) as cl:
+        yield cl
+
+
+async def get(cl: TestClient[Any, Any], path: str, status: int = 200) -> Any:
+    r = await cl.get(f"/api/v1{path}", headers=H)
+    data = await r.json()
+    assert r.status == status, data
+    return data
+
+
+async def post(cl: TestClient[Any, Any], path: str, body: Any, status: int = 200) -> Any:
+    r = await cl.post(f"/api/v1{path}", json=body, headers=H)
+    data = await r.json()
+    assert r.status == status, data
+    return data
+
+
+async def fail(store: Store, ids: list[str], reason: FailureReason, **kw: Any) -> None:
+    """Move queued messages to FailedMessage (as the executor would)."""
+    docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
+    now = utcnow()
+    await store.db[c.FAILED].insert_many([failed_doc(d, reason, f"test {reason}", now, provider="infobip", **kw)
+                                          for d in docs])
+    await store.db[c.QUEUED].delete_many({"_id": {"$in": ids}})
+
+
+async def send(store: Store, ids: list[str], delivered: bool | None = None) -> None:
+    docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
+    now = utcnow()
+    recs = [sent_doc(d, provider="infobip", provider_message_id=f"p-{d['_id']}", segments=1, cost=0.01, now=now)
+            for d in docs]
+    for r in recs:
+        r["delivered"] = delivered
+    await store.db[c.SENT].insert_many(recs)
+    await store.db[c.QUEUED].delete_many({"_id": {"$in": ids}})
+
+
+# --------------------------------------------------------------------------------------------- message log
+
+
+async def test_message_log_by_phone_contact_campaign_execution(client: TestClient[Any, Any], store: Store) -> None:
+    """One number's messages in every state, found from any way of writing the number; clicks counted."""
+    ids = await seed(store, 6)
+    await send(store, ids[:2], delivered=True)
+    await fail(store, ids[2:4], FailureReason.PROVIDER_ERROR)
+    await store.db[c.SHORT_LINKS].insert_one({"_id": "abc", "message_id": ids[0], "destination": "https://x.example",
+                                              "account_id": 1, "clicks": 3, "human_clicks": 2})
+    contact = await store.db[c.CONTACTS].find_one({"_id": 1})
+    phone = contact["phone"]                      # +1202001000 1 -> format it three ways
+    national = f"({phone[2:5]}) {phone[5:8]}-{phone[8:]}"
+    for raw in (phone, national, "00" + phone[1:], phone[1:] if False else phone.replace("+1", "+1 ")):
+        out = await get(client, f"/messages?phone={raw.replace('+', '%2B').replace(' ', '%20')}")
+        assert out["phone"] == phone
+        assert [m["message_id"] for m in out["items"]] == [ids[0]]
+    item = out["items"][0]
+    assert item["state"] == "sent" and item["submitted"] is True and item["delivered"] is True
+    assert item["provider_message_id"] == f"p-{ids[0]}" and item["clicks"] == 3 and item["human_clicks"] == 2
+    out = await get(client, "/messages?contact_id=3")
+    assert out["items"][0]["state"] == "failed" and out["items"][0]["reason"] == "PROVIDER_ERROR"
+    assert out["items"][0]["detail"] == "test PROVIDER_ERROR"
+    out = await get(client, "/messages?campaign_id=1&limit=4")
+    assert [m["state"] for m in out["items"]] == ["queued", "queued", "sent", "sent"] and out["next_after"]
+    out2 = await get(client, f"/messages?campaign_id=1&limit=4&after={out['next_after']}")
+    assert [m["state"] for m in out2["items"]] == ["failed", "failed"] and out2["next_after"] is None
+    assert {m["message_id"] for m in out["items"] + out2["items"]} == set(ids)
+    out = await get(client, "/messages?execution_id=1&state=failed")
+    assert {m["message_id"] for m in out["items"]} == set(ids[2:4])
+    await get(client, "/messages?phone=12", 422)
+    await get(client, "/messages", 422)
+    await get(client, "/messages?campaign_id=1&after=bogus", 422)
+
+
+async def test_csv_export_streams_every_message_neutralised(client: TestClient[Any, Any], store: Store) -> None:
+    """The campaign CSV lists every message once, in batches; phone numbers and hostile text cannot be formulas."""
+    ids = await seed(store, 2300)
+    await send(store, ids[:1200], delivered=True)
+    await fail(store, ids[1200:1300], FailureReason.PROVIDER_ERROR)
+    await store.db[c.FAILED].update_one({"_id": ids[1200]}, {"$set": {"detail": "=HYPERLINK(\"http://evil\")"}})
+    r = await client.get("/api/v1/campaigns/1/messages.csv", headers=H)
+    assert r.status == 404  # no campaign document yet
+    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [],
+                                            "creative_id": 1, "status": "active"})
+    r = await client.get("/api/v1/campaigns/1/messages.csv", headers=H)
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(await r.text())))
+    header, body = rows[0], rows[1:]
+    assert len(body) == 2300 and len({row[0] for row in body}) == 2300
+    col = {name: i for i, name in enumerate(header)}
+    assert all(row[col["to_number"]].startswith("'+1202") for row in body)
+    assert csvsafe.uncell(body[0][col["to_number"]]).startswith("+1202")
+    evil = next(row for row in body if row[0] == ids[1200])
+    assert evil[col["detail"]].startswith("'=") and evil[col["state"]] == "failed"
+    states = {row[col["state"]] for row in body}
+    assert states == {"queued", "sent", "failed"}
+    r = await client.get("/api/v1/executions/1/messages.csv", headers=H)
+    assert r.status == 404
+    r = await client.get("/api/v1/campaigns/1/messages.csv")
+    assert r.status == 401
+
+
+def test_csvsafe_cells() -> None:
+    """Formula-looking cells get a quote; numbers, booleans, dates and plain text are kept."""
+    assert csvsafe.row(["=1+1", "+15551234567", "-2", "@SUM", "\tx", "\rx", "ok", 5, -3, 1.5, True, None]) == [
+        "'=1+1", "'+15551234567", "'-2", "'@SUM", "'\tx", "'\rx", "ok", 5, -3, 1.5, True, ""]
+    assert csvsafe.uncell("'+15551234567") == "+15551234567" and csvsafe.uncell("'quoted") == "'quoted"
+
+
+# --------------------------------------------------------------------------------------------- dead letters
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[InfobipFake]:
+    f = await InfobipFake().start()
+    yield f
+    await f.stop()
+
+
+async def executor(settings: Settings, store: Store, fake: InfobipFake) -> Coordinator:
+    drivers = {"infobip": {**fake.driver_settings(), "timeout_seconds": 2.0}}
+    trackly = await open_trackly(with_executor(settings, drivers, retry_initial_backoff_seconds=0.01), store)
+    return Coordinator(trackly)
+
+
+async def test_dead_letters_list_summary_and_redrive(client: TestClient[Any, Any], settings: Settings, store: Store,
+                                                     fake: InfobipFake) -> None:
+    """Retryable dead letters go back to the queue with their id and are sent once; the others are refused or
+    skipped with the reason; every message keeps exactly one record."""
+    ids = await seed(store, 12)
+    await fail(store, ids[0:3], FailureReason.PROVIDER_ERROR)
+    await fail(store, ids[3:5], FailureReason.RATE_LIMIT_TIMEOUT)
+    await fail(store, ids[5:6], FailureReason.NO_RESPONSE, ambiguous=True)
+    await fail(store, ids[6:7], FailureReason.BLOCKED_CONTENT)
+    await fail(store, ids[7:8], FailureReason.STALE)
+    await fail(store, ids[8:9], FailureReason.PROVIDER_ERROR, opted_out=True)
+    await fail(store, ids[9:10], FailureReason.BILLING_BLOCKED)
+    await store.db[c.CONTACTS].update_one({"_id": 10}, {"$set": {"subscribed": False}})  # ids[9]: opted out since
+    await store.db[c.EXECUTIONS].insert_one({"_id": 1, "campaign_id": 1, "status": "completed"})
+    summary = await get(client, "/dead-letters/summary?campaign_id=1")
+    assert summary["total"] == 10 and summary["by_reason"]["PROVIDER_ERROR"] == 4 and summary["retryable"] == 7
+    page = await get(client, "/dead-letters?reason=PROVIDER_ERROR&limit=3")
+    assert len(page["items"]) == 3 and page["next_after"] and all(i["retryable"] for i in page["items"])
+    page2 = await get(client, f"/dead-letters?reason=PROVIDER_ERROR&after={page['next_after']}")
+    assert len(page2["items"]) == 1 and page2["next_after"] is None
+    since = (utcnow() + dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    assert (await get(client, f"/dead-letters?since={since}"))["items"] == []
+    # refused outright: never-retryable reasons, NO_RESPONSE without the flag
+    err = await post(client, "/dead-letters/redrive", {"reasons": ["BLOCKED_CONTENT"]}, 422)
+    assert "never re-driven" in err["details"][0]["msg"]
+    err = await post(client, "/dead-letters/redrive", {"reasons": ["NO_RESPONSE"]}, 422)
+    assert "allow_duplicates" in err["details"][0]["msg"]
+    dry = await post(client, "/dead-letters/redrive", {"dry_run": True})
+    assert dry["would_requeue"] == 5 and dry["requeued"] == 0
+    assert await store.db[c.FAILED].count_documents({}) == 10
+    out = await post(client, "/dead-letters/redrive", {})
+    assert out["requeued"] == 5 and set(out["message_ids"]) == {*ids[0:3], *ids[3:5]}
+    assert out["skipped"] == {"opted_out_at_provider": 1, "opted_out": 1}
+    assert (await store.db[c.EXECUTIONS].find_one({"_id": 1}))["status"] == "queued"
+    split = await assert_one_record_each(store, ids)
+    assert split[c.QUEUED] == 2 + 5 and split[c.FAILED] == 5
+    queued = await store.db[c.QUEUED].find_one({"_id": ids[0]})
+    assert queued["redriven_from"] == "PROVIDER_ERROR" and "redrive_token" not in queued
+    # STALE on request; NO_RESPONSE with the flag, and a warning
+    out = await post(client, "/dead-letters/redrive", {"reasons": ["STALE", "NO_RESPONSE"], "allow_duplicates": True})
+    assert out["requeued"] == 2 and out["warnings"] and "twice" in out["warnings"][0]
+    coord = await executor(settings, store, fake)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 2 + 5 + 2
+    assert all(n == 1 for n in fake.accepted_counts().values())
+    split = await assert_one_record_each(store, ids)
+    assert split == {c.QUEUED: 0, c.SENT: 9, c.FAILED: 3}
+
+
+async def test_redrive_rechecks_cooldown_and_quiet_hours(client: TestClient[Any, Any], store: Store) -> None:
+    """A number texted within the list's cooldown is not re-driven; one in quiet hours is queued held until its
+    window opens."""
+    now = utcnow()
+    night = next(f"Etc/GMT{'-' if o > 0 else '+'}{abs(o)}" for o in range(-12, 15) if o
+                 and (now + dt.timedelta(hours=o)).hour in (2, 3))
+    ids = await seed(store, 3)
+    await store.db[c.CONTACTS].update_one({"_id": 3}, {"$set": {"timezone": night}})
+    await fail(store, ids, FailureReason.PROVIDER_ERROR)
+    await store.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"cooldown_minutes": 60}})
+    other = {**(await store.db[c.FAILED].find_one({"_id": ids[0]})), "_id": "other", "execution_id": 2}
+    await store.db[c.SENT].insert_one(sent_doc(other, provider="infobip", provider_message_id="x", segments=1,
+                                               cost=0, now=now))
+    out = await post(client, "/dead-letters/redrive", {"campaign_id": 1})
+    assert out["skipped"] == {"cooldown": 1} and out["requeued"] == 2 and out["held_quiet_hours"] == 1
+    held = await store.db[c.QUEUED].find_one({"_id": ids[2]})
+    assert held["not_before"].replace(tzinfo=dt.UTC) > now + dt.timedelta(hours=3)
+    await assert_one_record_each(store, ids)
+
+
+async def test_redrive_paused_campaign_stays_held(client: TestClient[Any, Any], store: Store) -> None:
+    """A re-driven message of a paused campaign waits for the resume like its other queued messages."""
+    ids = await seed(store, 2)
+    await fail(store, ids, FailureReason.RATE_LIMIT_TIMEOUT)
+    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [],
+                                            "creative_id": 1, "status": "paused"})
+    out = await post(client, "/dead-letters/redrive", {"message_ids": ids})
+    assert out["requeued"] == 2 and out["held_paused"] == 2
+    assert await store.db[c.QUEUED].count_documents({"paused": True}) == 2
+
+
+@pytest.mark.parametrize("crash_after", ["mark", "insert", "delete"])
+async def test_redrive_crash_leaves_one_record(trackly: Trackly, store: Store, crash_after: str) -> None:
+    """A re-drive interrupted after any of its steps ends, once recovered, with exactly one record per message,
+    and the held queue document is never claimable before that."""
+    ids = await seed(store, 4)
+    await fail(store, ids, FailureReason.PROVIDER_ERROR)
+    db = store.db
+    token = "crashed:redrive:1"
+    then = utcnow() - dt.timedelta(minutes=10)
+    docs = await db[c.FAILED].find({}).to_list(None)
+    await db[c.REDRIVES].insert_one({"_id": token, "ids": ids, "at": then})
+    await db[c.FAILED].update_many({}, {"$set": {"redrive_token": token, "redrive_at": then}})
+    if crash_after in ("insert", "delete"):
+        await db[c.QUEUED].insert_many([redrive._queue_doc(d, token, then) for d in docs])
+        due = await db[c.QUEUED].count_documents({"not_before": {"$lte": utcnow()}})
+        assert due == 0  # held: no executor can claim it
+    if crash_after == "delete":
+        await db[c.FAILED].delete_many({"redrive_token": token})
+    out = await redrive.recover(trackly)
+    split = await assert_one_record_each(store, ids)
+    if crash_after == "mark":
+        assert out["abandoned"] == 4 and split[c.FAILED] == 4
+        assert await db[c.FAILED].count_documents({"redrive_token": token}) == 0
+    else:
+        assert out["released"] == 4 and split[c.QUEUED] == 4
+        assert await db[c.QUEUED].count_documents({"redrive_token": {"$gt": ""}}) == 0
+    assert await db[c.REDRIVES].count_documents({}) == 0
+    # the recovered failures can be re-driven again
+    if crash_after == "mark":
+        res = await redrive.redrive(trackly, redrive.dead_letter_filter(reasons=["PROVIDER_ERROR"]))
+        assert res.requeued == 4
+        await assert_one_record_each(store, ids)
+
+
+async def test_recovery_abandoned_mark_racing_live_redrive(trackly: Trackly, store: Store) -> None:
+    """Recovery unmarking a failure while a slow re-drive inserts its queue document: the re-drive's release sees
+    the failure back and drops its queue document (one record, never two)."""
+    ids = await seed(store, 2)
+    await fail(store, ids, FailureReason.PROVIDER_ERROR)
+    db = store.db
+    token = "slow:redrive:1"
+    docs = await db[c.FAILED].find({}).to_list(None)
+    await db[c.FAILED].update_many({}, {"$set": {"redrive_token": token}})
+    await db[c.FAILED].update_many({}, {"$unset": {"redrive_token": ""}})      # recovery abandoned it
+    await db[c.QUEUED].insert_many([redrive._queue_doc(d, token, utcnow()) for d in docs])  # the slow insert
+    await db[c.FAILED].delete_many({"redrive_token": token})                  # matches nothing now
+    released = await redrive._release(db, token, {d["_id"]: (utcnow(), False) for d in docs}, utcnow())
+    assert released == 0
+    split = await assert_one_record_each(store, ids)
+    assert split[c.FAILED] == 2
+
+
+# --------------------------------------------------------------------------------------------- outbox
+
+
+async def test_outbox_backlog_and_redrive(client: TestClient[Any, Any], store: Store) -> None:
+    """The outbox backlog is visible (entries, events, oldest age) and dead entries are made pending again."""
+    now = utcnow()
+    old = now - dt.timedelta(hours=2)
+    col = store.db[c.OUTBOX]
+    await col.insert_many([
+        {"_id": "m1:delivery", "account_id": 1, "status": "pending", "attempts": 1, "created_at": old,
+         "next_attempt_at": now - dt.timedelta(seconds=5), "payload": {"id": "m1"}},
+        {"_id": "batch:x", "account_id": 1, "status": "pending", "attempts": 0, "created_at": now,
+         "next_attempt_at": now + dt.timedelta(hours=1), "events": [{"id": f"e{i}", "payload": {}} for i in range(3)]},
+        {"_id": "m2:delivery", "account_id": 1, "status": "dead", "attempts": 9, "created_at": old,
+         "last_error": "HTTP 500", "last_status": 500, "payload": {"id": "m2"}},
+        {"_id": "m3:delivery", "account_id": 2, "status": "dead", "attempts": 9, "created_at": old, "payload": {}},
+        {"_id": "m4:delivery", "account_id": 2, "status": "delivered", "attempts": 1, "created_at": old, "payload": {}},
+    ])
+    s = await get(client, "/outbox/summary")
+    assert s["by_status"] == {"dead": 2, "delivered": 1, "pending": 2}
+    assert s["pending_events"] == 4 and s["dead_events"] == 2 and s["due_now"] == 1
+    assert s["oldest_pending_age_seconds"] >= 7000
+    page = await get(client, "/outbox?status=dead")
+    assert [(e["id"], e["last_status"]) for e in page["items"]] == [("m2:delivery", 500), ("m3:delivery", None)]
+    assert (await post(client, "/outbox/redrive", {"account_id": 1}))["redriven"] == 1
+    doc = await col.find_one({"_id": "m2:delivery"})
+    assert doc["status"] == "pending" and doc["attempts"] == 0 and doc["redriven_at"] is not None
+    assert (await post(client, "/outbox/redrive", {}))["redriven"] == 1
+    assert (await post(client, "/outbox/redrive", {}))["redriven"] == 0
