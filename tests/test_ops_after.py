@@ -3,10 +3,14 @@ outbox backlog — over the admin API (real HTTP, real store) and the executor (
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from drivers.infobip_fake import InfobipFake
-from trackly_exec import api, csvsafe, redrive
+from trackly_exec import api, cli, csvsafe, redrive
 from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
@@ -318,3 +322,94 @@ async def test_outbox_backlog_and_redrive(client: TestClient[Any, Any], store: S
     assert doc["status"] == "pending" and doc["attempts"] == 0 and doc["redriven_at"] is not None
     assert (await post(client, "/outbox/redrive", {}))["redriven"] == 1
     assert (await post(client, "/outbox/redrive", {}))["redriven"] == 0
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+async def server(trackly: Trackly) -> AsyncIterator[str]:
+    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
+    api.setup(app, trackly)
+    srv = TestServer(app, host="127.0.0.1")
+    await srv.start_server()
+    yield str(srv.make_url("")).rstrip("/")
+    await srv.close()
+
+
+async def run(server: str, *argv: str) -> int:
+    return await asyncio.to_thread(cli.main, [*argv, "--api", server, "--token", "test-token"])
+
+
+async def test_cli_messages_export_dead_letters_outbox(server: str, store: Store, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """trackly messages / export / dead-letters / outbox work end to end through the API."""
+    ids = await seed(store, 5)
+    await send(store, ids[:1], delivered=False)
+    await fail(store, ids[1:3], FailureReason.PROVIDER_ERROR)
+    await fail(store, ids[3:4], FailureReason.NO_RESPONSE, ambiguous=True)
+    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [],
+                                            "creative_id": 1, "status": "active"})
+    phone = (await store.db[c.CONTACTS].find_one({"_id": 2}))["phone"]
+    assert await run(server, "messages", phone[2:]) == 0
+    out = capsys.readouterr().out
+    assert f"messages to {phone}" in out and ids[1] in out and "PROVIDER_ERROR" in out
+    assert await run(server, "messages", "--campaign", "1", "--state", "sent") == 0
+    out = capsys.readouterr().out
+    assert ids[0] in out and ids[1] not in out
+    target = tmp_path / "c1.csv"
+    assert await run(server, "export", "--campaign", "1", "-o", str(target)) == 0
+    rows = list(csv.reader(target.read_text().splitlines()))
+    assert len(rows) == 6 and all(r[6].startswith("'+") for r in rows[1:])
+    assert await run(server, "dead-letters", "summary") == 0
+    out = capsys.readouterr().out
+    assert "dead letters: 3 messages (2 retryable by default)" in out and "NO_RESPONSE" in out
+    assert await run(server, "dead-letters", "list", "--reason", "NO_RESPONSE") == 0
+    assert ids[3] in capsys.readouterr().out
+    assert await run(server, "dead-letters", "redrive", "--reason", "NO_RESPONSE") == 1
+    assert "--allow-duplicates" in capsys.readouterr().err
+    assert await run(server, "dead-letters", "redrive", "--dry-run") == 0
+    assert "2 of 2 dead letters would be queued again" in capsys.readouterr().out
+    assert await run(server, "dead-letters", "redrive", "--reason", "NO_RESPONSE", "--allow-duplicates") == 0
+    captured = capsys.readouterr()
+    assert "1 of 1 dead letters queued again" in captured.out and "twice" in captured.err
+    await store.db[c.OUTBOX].insert_one({"_id": "x:delivery", "account_id": 1, "status": "dead", "attempts": 3,
+                                         "created_at": utcnow(), "payload": {}, "last_error": "timeout"})
+    assert await run(server, "outbox", "summary") == 0
+    assert "1 events dead" in capsys.readouterr().out
+    assert await run(server, "outbox", "list", "--status", "dead") == 0
+    assert "timeout" in capsys.readouterr().out
+    assert await run(server, "outbox", "redrive") == 0
+    assert "1 customer-webhook entries pending again" in capsys.readouterr().out
+
+
+def test_closed_pipe_ends_without_traceback(tmp_path: Path) -> None:
+    """`trackly ... | head`: the reader leaving early ends the command quietly (no BrokenPipeError traceback)."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("")
+    for argv in (["check-config", "-c", str(cfg), "--describe"], ["check-config", "-c", str(cfg)], ["--help"]):
+        proc = subprocess.Popen([sys.executable, "-m", "trackly_exec.cli", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()   # the reader is gone before the first write
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        proc.wait(timeout=30)
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_pause_described_the_same_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    """Pause and resume read the same in the CLI help, the OpenAPI document and the README."""
+    from trackly_exec.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
+    from trackly_exec.openapi import document
+
+    doc = document()
+    assert doc["paths"]["/api/v1/campaigns/{id}/pause"]["post"]["summary"] == PAUSE_DESCRIPTION
+    assert doc["paths"]["/api/v1/campaigns/{id}/resume"]["post"]["summary"] == RESUME_DESCRIPTION
+    assert PAUSE_DESCRIPTION in doc["info"]["description"] and RESUME_DESCRIPTION in doc["info"]["description"]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert PAUSE_DESCRIPTION in readme and RESUME_DESCRIPTION in readme
+    with pytest.raises(SystemExit):
+        cli.main(["campaign", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert PAUSE_DESCRIPTION in helptext and RESUME_DESCRIPTION in helptext

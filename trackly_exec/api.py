@@ -9,9 +9,8 @@ malformed JSON, 413 for a body above ``http.max_body_bytes``, 422 for an invalid
 action the resource's state refuses, 503 while the store is unreachable. Anything unexpected is logged
 with a request id and answers 500.
 
-Campaign pause/resume: a paused campaign is neither scheduled nor triggerable; messages it already
-queued are still sent (they expire as STALE after 30 minutes like any other). Resuming a recurring
-campaign schedules its next occurrence from now, so a pause never causes a burst of missed occurrences.
+Campaign pause and resume: see :data:`trackly_exec.models.PAUSE_DESCRIPTION` and ``RESUME_DESCRIPTION`` (the
+same words in the CLI help, the OpenAPI document and the README); a paused campaign cannot be triggered.
 """
 
 from __future__ import annotations

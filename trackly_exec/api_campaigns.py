@@ -36,7 +36,7 @@ from .app import Trackly
 from .campaign_stats import campaign_stats
 from .errors import TracklyError
 from .logs import get_logger
-from .models import CampaignStatus, utcnow
+from .models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION, CampaignStatus, utcnow
 
 log = get_logger(__name__)
 
@@ -169,24 +169,12 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
     return _json(m.CampaignOut.from_doc({**doc, **update}))
 
 
-@route(
-    "POST",
-    "/campaigns/{id}/pause",
-    "Pause: no new occurrences or triggers, and its queued messages wait (a batch already claimed finishes)",
-    response=m.CampaignOut,
-    errors=(409,),
-)
+@route("POST", "/campaigns/{id}/pause", PAUSE_DESCRIPTION, response=m.CampaignOut, errors=(409,))
 async def pause_campaign(request: web.Request) -> web.Response:
     return await _set_status(request, CampaignStatus.PAUSED)
 
 
-@route(
-    "POST",
-    "/campaigns/{id}/resume",
-    "Resume: held messages are due again now; the next cron occurrence is counted from now",
-    response=m.CampaignOut,
-    errors=(409,),
-)
+@route("POST", "/campaigns/{id}/resume", RESUME_DESCRIPTION, response=m.CampaignOut, errors=(409,))
 async def resume_campaign(request: web.Request) -> web.Response:
     return await _set_status(request, CampaignStatus.ACTIVE)
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -16,7 +17,7 @@ from .errors import ConfigError, StoreError, TracklyError
 from .logs import configure_logging
 
 #: Modules that add sub-commands with ``register(subparsers, common)``.
-EXTRA_COMMANDS: tuple[str, ...] = ("trackly_exec.cli_admin", "trackly_exec.demo")
+EXTRA_COMMANDS: tuple[str, ...] = ("trackly_exec.cli_admin", "trackly_exec.cli_ops", "trackly_exec.demo")
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -130,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser, _ = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        return _reader_left()
     except ConfigError as exc:
         print(f"trackly: config error: {exc}", file=sys.stderr)
         return 2
@@ -139,6 +144,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_left() -> int:
+    """``trackly stats 1 | head``: the reader closed the pipe. Exit quietly with the shell's SIGPIPE status;
+    stdout now points at /dev/null so the interpreter's final flush cannot raise a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from . import csvsafe
 from .config import load_config
 from .errors import TracklyError
+from .models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 
 CONTACT_COLUMNS = ("phone", "first_name", "last_name", "timezone", "subscribed", "blocked", "in_workflow")
 CHUNK = 1000
@@ -357,12 +358,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--example", action="store_true", help="print an example campaign JSON and exit")
     create.set_defaults(func=cmd_campaign_create)
     psub.add_parser("list", help="list campaigns", parents=parents).set_defaults(func=cmd_campaign_list)
-    for name, fn, text in (
-        ("show", cmd_campaign_show, "show one campaign"),
-        ("trigger", cmd_campaign_trigger, "run a campaign now"),
-        ("pause", _status_cmd("pause"), "pause a campaign (no new occurrences)"),
-        ("resume", _status_cmd("resume"), "resume a paused campaign"),
-    ):
+    for name, fn, text in (("show", cmd_campaign_show, "show one campaign"),
+                           ("trigger", cmd_campaign_trigger, "run a campaign now"),
+                           ("pause", _status_cmd("pause"), PAUSE_DESCRIPTION),
+                           ("resume", _status_cmd("resume"), RESUME_DESCRIPTION)):
         p = psub.add_parser(name, help=text, parents=parents)
         p.add_argument("id", type=int, help="campaign id")
         if name == "trigger":

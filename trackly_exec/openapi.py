@@ -13,6 +13,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from . import __version__
 from .apimodels import ErrorOut
+from .models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 
 REF = "#/components/schemas/{model}"
 _ERRORS = {
@@ -27,10 +28,8 @@ _ERRORS = {
 }
 DESCRIPTION = """Admin API of trackly-exec. Every route except this document needs `Authorization: Bearer <token>`
 (one of `http.api_tokens`). Ids are integers. Lists are paginated: `limit` (1-1000) and `after` (the previous
-page's `next_after`). Secrets (`webhook_secret`, secret-looking `driver_settings`) are masked in answers.
-
-Pausing a campaign stops new occurrences and manual triggers; messages it already queued are still sent.
-Resuming a recurring campaign counts its next occurrence from now (no burst of missed occurrences)."""
+page's `next_after`). Secrets (`webhook_secret`, secret-looking `driver_settings`) are masked in answers."""
+DESCRIPTION += f"\n\nCampaigns. {PAUSE_DESCRIPTION}. {RESUME_DESCRIPTION}."
 
 
 def _routes() -> list[Any]:
