@@ -41,10 +41,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    from .providers import DriverPool
+    from . import configcheck
 
-    DriverPool(settings).validate()
+    if args.describe:
+        configcheck.describe(sys.stdout)
+        return 0
+    settings = _settings(args)  # every load problem at once (ConfigError: exit 2)
+    errors, warnings = configcheck.check(settings, store=args.store)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if errors:
+        raise ConfigError(errors[0][1], file=str(args.config or "trackly.toml"), key=errors[0][0], problems=errors)
     print(json.dumps(settings.redacted(), indent=2, default=str))
     print(f"config OK: {args.config or 'trackly.toml'}", file=sys.stderr)
     return 0
@@ -108,7 +115,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         return p
 
     add("run", cmd_run, "run the daemon (scheduler, executor, HTTP server) until SIGTERM")
-    add("check-config", cmd_check_config, "validate the config and print it with secrets redacted")
+    cc = add("check-config", cmd_check_config, "validate the config (every problem at once: types, URLs, example "
+             "placeholders, drivers and their credentials) and print it with secrets redacted")
+    cc.add_argument("--describe", action="store_true", help="print every key with its default and description")
+    cc.add_argument("--store", action=argparse.BooleanOptionalAction, default=None,
+                    help="read the sending lists from the store to check the drivers they use "
+                         "(default: yes for a mongodb:// URI, no for the embedded store)")
     add("init-db", cmd_init_db, "create every collection index (idempotent)")
     add("drivers", cmd_drivers, "list every discovered provider driver")
     fp = add("fake-provider", cmd_fake_provider, "run a local fake of a provider's API (no account needed)")

@@ -14,7 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -55,6 +56,14 @@ class MongoConfig(Section):
     def embedded(self) -> bool:
         return self.uri.get_secret_value().strip() == "embedded"
 
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: SecretStr) -> SecretStr:
+        text = v.get_secret_value().strip()
+        if text != "embedded" and not text.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError('must be "embedded" or a mongodb:// (mongodb+srv://) URI')
+        return v
+
 
 class RedisConfig(Section):
     url: SecretStr | None = Field(
@@ -62,6 +71,13 @@ class RedisConfig(Section):
         description="redis:// URL shared by every executor process; without it an in-process rate limiter is used.",
     )
     socket_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one Redis command.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a URL with a scheme: redis://, rediss:// or unix://")
+        return v
 
 
 class ExecutorConfig(Section):
@@ -141,6 +157,8 @@ class HttpConfig(Section):
     @field_validator("public_url", "short_base")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
+        if v and not has_scheme(v, ("http", "https")):
+            raise ValueError("must be a URL with a scheme and a host: http:// or https://")
         return v.rstrip("/")
 
     @property
@@ -181,6 +199,13 @@ class AlertsConfig(Section):
     min_interval_seconds: float = Field(60.0, ge=0, description="Same alert key at most once per interval.")
     error_rate_threshold: float = Field(0.2, ge=0, le=1, description="Failure share over a minute that alerts.")
 
+    @field_validator("discord_webhook_url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not has_scheme(v.get_secret_value(), ("https", "http")):
+            raise ValueError("must be a URL with a scheme: https://discord.com/api/webhooks/...")
+        return v
+
 
 class Settings(BaseSettings):
     """The whole configuration."""
@@ -216,6 +241,25 @@ class Settings(BaseSettings):
         # init kwargs carry the TOML file's content; the environment overrides it.
         return (env_settings, init_settings)
 
+    @field_validator("drivers")
+    @classmethod
+    def _driver_urls(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        bad = [name for name, values in v.items() if isinstance(values, dict) and "base_url" in values
+               and not has_scheme(str(values["base_url"]), ("http", "https"))]
+        if bad:
+            raise ValueError(f"base_url of {', '.join(bad)} must be a URL with a scheme: http:// or https://")
+        return v
+
+    @model_validator(mode="after")
+    def _claim_outlives_calls(self) -> Settings:
+        # The claim must outlive the longest provider call or another process could re-send it.
+        longest = max((float(v.get("timeout_seconds", 30.0)) for v in self.drivers.values()
+                       if isinstance(v, dict)), default=30.0)
+        if self.executor.claim_ttl_minutes * 60 <= longest * self.executor.retry_max_attempts:
+            raise PydanticCustomError("claim_ttl", "executor.claim_ttl_minutes must exceed the longest provider call "
+                                                   "(driver timeout_seconds x retry_max_attempts)")
+        return self
+
     def driver_instances(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """``{instance name: (entry-point name, settings)}``."""
         out: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -225,31 +269,86 @@ class Settings(BaseSettings):
         return out
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration with every secret masked (for printing)."""
+        """The effective configuration with every secret masked (for printing). ``mongo.uri = "embedded"`` is not a
+        secret and shows as is; a URI shows with its password masked (user, hosts and options stay readable)."""
         data: dict[str, Any] = json.loads(self.model_dump_json())
         data["drivers"] = {name: _redact_driver(values) for name, values in self.drivers.items()}
+        data["mongo"]["uri"] = mask_url_password(self.mongo.uri.get_secret_value())
         return data
 
 
 _SECRETISH = ("key", "token", "secret", "password", "auth")
 
 
+def has_scheme(url: str, schemes: tuple[str, ...]) -> bool:
+    """``url`` starts with one of ``schemes`` followed by ``://`` and a host."""
+    scheme, sep, rest = url.strip().partition("://")
+    return bool(sep) and scheme.lower() in schemes and bool(rest.split("/", 1)[0])
+
+
+def mask_url_password(uri: str) -> str:
+    """``mongodb://user:pw@host/...`` -> ``mongodb://user:**********@host/...``; "embedded" as is."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    creds, at, hosts = rest.rpartition("@")
+    if not at:
+        return uri
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':**********' if colon else ''}@{hosts}"
+
+
+def env_var(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """The environment variable that set the config key at ``loc`` (``TRACKLY_SECTION__KEY``), if one did."""
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    upper = {k.upper(): k for k in os.environ}
+    for n in range(len(parts), 0, -1):
+        name = "TRACKLY_" + "__".join(p.upper() for p in parts[:n])
+        if name in upper:
+            return upper[name]
+    return None
+
+
+def _secret_loc(loc: tuple[Any, ...]) -> bool:
+    """A key whose value must never be printed: a SecretStr field, or a secret-looking name on the path."""
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, str) and any(w in part.lower() for w in (*_SECRETISH, "salt", "url", "uri")):
+            return True
+        fields = getattr(model, "model_fields", None)
+        if not fields or not isinstance(part, str) or part not in fields:
+            model = None
+            continue
+        annotation = fields[part].annotation
+        if "SecretStr" in repr(annotation):
+            return True
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return False
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """Every problem of ``exc`` as ``(dotted key, message)``: the value only for non-secret keys, and the
+    environment variable when the value came from one."""
+    out: list[tuple[str, str]] = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        key = ".".join(str(p) for p in loc) or "(config)"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        elif err.get("type") == "claim_ttl":
+            key, msg = "executor.claim_ttl_minutes", msg.removeprefix("executor.claim_ttl_minutes ")
+        elif "input" in err and not isinstance(err["input"], dict) and not _secret_loc(loc):
+            msg += f" (got {err['input']!r})"
+        var = env_var(loc if key != "executor.claim_ttl_minutes" else ("executor", "claim_ttl_minutes"))
+        if var:
+            msg += f" (from environment variable {var})"
+        out.append((key, msg))
+    return out
+
+
 def _redact_driver(values: dict[str, Any]) -> dict[str, Any]:
     return {k: ("**********" if any(s in k.lower() for s in _SECRETISH) and v else v) for k, v in values.items()}
-
-
-def _format_validation_error(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err.get("loc", ()))
-    msg = err.get("msg", "invalid")
-    if err.get("type") == "extra_forbidden":
-        msg = "unknown key"
-    if "input" in err and err.get("type") != "extra_forbidden" and not isinstance(err["input"], dict):
-        msg += f" (got {err['input']!r})"
-    more = len(exc.errors()) - 1
-    if more:
-        msg += f" (and {more} more error{'s' if more > 1 else ''})"
-    return key, msg
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -275,21 +374,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        key, msg = _format_validation_error(exc)
-        raise ConfigError(msg, file=str(file), key=key) from exc
-    if (
-        settings.executor.claim_ttl_minutes * 60
-        <= max((float(v.get("timeout_seconds", 30.0)) for v in settings.drivers.values()), default=30.0)
-        * settings.executor.retry_max_attempts
-    ):
-        # The claim must outlive the longest provider call or another process could re-send it.
-        raise ConfigError(
-            "must exceed the longest provider call (driver timeout_seconds x retry_max_attempts)",
-            file=str(file),
-            key="executor.claim_ttl_minutes",
-        )
-    if not settings.mongo.embedded and not settings.mongo.uri.get_secret_value().startswith(
-        ("mongodb://", "mongodb+srv://")
-    ):
-        raise ConfigError('must be "embedded" or a mongodb:// URI', file=str(file), key="mongo.uri")
+        problems = validation_problems(exc)
+        key, msg = problems[0]
+        raise ConfigError(msg, file=str(file), key=key, problems=problems) from exc
     return settings

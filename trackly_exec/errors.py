@@ -22,9 +22,15 @@ class TracklyError(Exception):
 class ConfigError(TracklyError):
     """The configuration file or environment is invalid."""
 
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
+                 problems: list[tuple[str, str]] | None = None) -> None:
         self.file = file
         self.key = key
+        self.problems = problems or ([(key or "", message)])
+        if len(self.problems) > 1:  # every problem at once, one per line
+            lines = "".join(f"\n  {k}: {m}" if k else f"\n  {m}" for k, m in self.problems)
+            super().__init__(f"{file + ': ' if file else ''}{len(self.problems)} problems:{lines}")
+            return
         where = ": ".join(part for part in (file, key) if part)
         super().__init__(f"{where}: {message}" if where else message)
 

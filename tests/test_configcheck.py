@@ -1,0 +1,129 @@
+"""`trackly check-config`: every problem at once, URLs with a scheme, example placeholders, drivers used by a list
+without credentials, environment variables named, `--describe`, and no secret value in any message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from trackly_exec import configcheck
+from trackly_exec.config import Settings, load_config
+from trackly_exec.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_config(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "trackly_exec.cli", "check-config", *argv], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    """Several mistakes in one file are all listed, each with its key; a URL without a scheme is one of them."""
+    f = tmp_path / "bad.toml"
+    f.write_text('[executor]\npool_size = "many"\nclaim_batch_size = 0\n[http]\npublic_url = "sms.acme.io"\n'
+                 'short_base = "https://"\n[redis]\nurl = "localhost:6379"\n[alerts]\n'
+                 'discord_webhook_url = "discord.com/api/webhooks/1/abc"\n'
+                 '[drivers.infobip]\nbase_url = "api.infobip.com"\napi_key = "k"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    keys = [k for k, _ in e.value.problems]
+    assert sorted(keys) == sorted(["executor.pool_size", "executor.claim_batch_size", "redis.url", "http.public_url",
+                                   "http.short_base", "alerts.discord_webhook_url", "drivers"]), e.value.problems
+    text = str(e.value)
+    assert "7 problems" in text and "scheme" in text and "infobip" in text
+    assert "localhost:6379" not in text and "discord.com/api/webhooks/1/abc" not in text  # secrets never shown
+    r = check_config("-c", str(f))
+    assert r.returncode == 2 and all(k in r.stderr for k in keys)
+
+
+def test_error_from_environment_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value set by TRACKLY_SECTION__KEY names that variable; a secret's value is never repeated."""
+    f = tmp_path / "ok.toml"
+    f.write_text("")
+    monkeypatch.setenv("TRACKLY_EXECUTOR__POOL_SIZE", "lots")
+    monkeypatch.setenv("TRACKLY_REDIS__URL", "hunter2-not-a-url")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    text = str(e.value)
+    assert "TRACKLY_EXECUTOR__POOL_SIZE" in text and "'lots'" in text
+    assert "TRACKLY_REDIS__URL" in text and "hunter2" not in text
+
+
+def test_placeholders_of_the_example_are_refused() -> None:
+    """The production example fails check-config, naming every key still holding a placeholder (never its value);
+    the development trackly.toml passes."""
+    r = check_config("-c", str(ROOT / "config/production.example.toml"), "--no-store")
+    assert r.returncode == 2
+    for key in ("mongo.uri", "redis.url", "http.public_url", "http.api_tokens.0", "tracking.ip_hash_salt",
+                "alerts.discord_webhook_url", "drivers.infobip.api_key", "drivers.twilio.auth_token",
+                "drivers.twilio.account_sid", "drivers.cm.product_token"):
+        assert f"{key}: still the example's placeholder" in r.stderr, (key, r.stderr)
+    assert "CHANGE-ME" not in r.stderr and "CHANGE-ME" not in r.stdout
+    assert check_config("-c", str(ROOT / "trackly.toml"), "--no-store").returncode == 0
+    settings = load_config(ROOT / "trackly.toml", http={"api_tokens": ["YOUR_API_KEY"]})
+    assert [k for k, _ in configcheck.placeholders(settings)] == ["http.api_tokens.0"]
+
+
+def test_embedded_uri_shown_and_credentials_masked(tmp_path: Path) -> None:
+    """mongo.uri = "embedded" is not a secret; a URI's password is masked, its hosts stay readable."""
+    r = check_config("-c", str(ROOT / "trackly.toml"), "--no-store")
+    assert '"uri": "embedded"' in r.stdout
+    f = tmp_path / "c.toml"
+    f.write_text('[mongo]\nuri = "mongodb://trackly:s3cr3t-pw@db1:27017/?replicaSet=rs0"\n')
+    r = check_config("-c", str(f), "--no-store")
+    assert r.returncode == 0, r.stderr
+    assert "s3cr3t-pw" not in r.stdout and '"uri": "mongodb://trackly:**********@db1:27017/?replicaSet=rs0"' in r.stdout
+
+
+def test_driver_used_by_a_list_without_credentials(settings: Settings) -> None:
+    """A sending list whose driver has no credentials, or is not configured, is an error naming the list; an
+    inactive list does not count; an unused instance without credentials is only a warning."""
+    uri = settings.mongo.uri.get_secret_value()
+    with MongoClient(uri) as client:
+        db = client[settings.mongo.database]
+        db["sending_lists"].insert_many([
+            {"_id": 1, "name": "US promos", "driver": "infobip", "active": True},
+            {"_id": 2, "name": "EU", "driver": "cm"},
+            {"_id": 3, "name": "old", "driver": "nosuch", "active": False},
+        ])
+    cfg = settings.model_copy(update={"drivers": {"infobip": {"base_url": "https://api.infobip.com"},
+                                                  "twilio": {"account_sid": "AC1"}}})
+    errors, warnings = configcheck.check(cfg, store=True)
+    text = "\n".join(f"{k}: {m}" for k, m in errors)
+    assert "drivers.infobip.api_key: sending list 1 (US promos) sends through 'infobip', which has no credentials" in text
+    assert "drivers.cm: sending list 2 (EU) uses driver 'cm', which is not configured" in text
+    assert "nosuch" not in text
+    assert any("drivers.twilio: no credentials (auth_token empty)" in w for w in warnings)
+    errors, warnings = configcheck.check(cfg, store=False)
+    assert errors == [] and any("drivers.infobip: no credentials" in w for w in warnings)
+
+
+def test_describe_lists_every_key_with_default_and_description() -> None:
+    """--describe prints every key of every section (and each driver's settings) with its default and description."""
+    r = check_config("--describe")
+    assert r.returncode == 0
+    from pydantic import BaseModel
+
+    def keys(model: type[BaseModel], prefix: str) -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                out += keys(ann, f"{prefix}{name}.")
+            else:
+                out.append(prefix + name)
+        return out
+
+    lines = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("  ")}
+    for key in keys(Settings, ""):
+        assert key in lines, key
+    assert '"embedded"' in lines["mongo.uri"] and "= 30 " in lines["executor.pool_size"] + " "
+    assert "Concurrent provider requests" in lines["executor.pool_size"]
+    assert "drivers.infobip.api_key" in lines and "drivers.twilio.auth_token" in lines
