@@ -413,3 +413,42 @@ def test_pause_described_the_same_everywhere(capsys: pytest.CaptureFixture[str])
         cli.main(["campaign", "--help"])
     helptext = " ".join(capsys.readouterr().out.split())
     assert PAUSE_DESCRIPTION in helptext and RESUME_DESCRIPTION in helptext
+
+
+# --------------------------------------------------------------------------------------------- CSV import
+
+
+async def test_import_semicolon_tab_aliases_duplicates_and_ignored(server: str, store: Store, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Semicolon and tab files are detected (or --delimiter given); mobile/msisdn/phone_number name the phone;
+    duplicate numbers in the file and unusable columns are reported; rejects are formula-safe."""
+    await store.db[c.ACCOUNTS].insert_one({"_id": 1, "name": "A", "balance": 1.0})
+    await store.db[c.SENDING_LISTS].insert_one({"_id": 1, "account_id": 1, "name": "L", "driver": "infobip",
+                                                "driver_settings": {}, "from_number": "+15550001111"})
+    f = tmp_path / "semi.csv"
+    f.write_text("Mobile;First Name;Zip Code;;Surname;mobile\n"
+                 "+1 212 555 0100;Ava;01234;x;Lee;+1 212 555 0199\n"
+                 "(212) 555-0101;Bo;02000;;Ng;\n"
+                 "2125550100;Ava again;01234;;Lee;\n"
+                 "=cmd|' /C calc'!A0;Eve;;;;\n", encoding="utf-8")
+    rejects = tmp_path / "rejects.csv"
+    assert await run(server, "contacts", "import", str(f), "--list", "1", "--rejects", str(rejects)) == 0
+    out = capsys.readouterr().out
+    assert "read as semicolon-separated" in out and "'First Name' -> first_name" in out
+    assert "'Zip Code' -> attribute zip_code" in out
+    assert "ignored columns: column 4 (no name); 'mobile' (a second column for phone)" in out
+    assert "duplicate phones in the file: 1 rows skipped" in out
+    assert "inserted 2, updated 0, rejected 2" in out and "line 4: duplicate phone in the file (first on line 2)" in out
+    doc = await store.db[c.CONTACTS].find_one({"phone": "+12125550100"})
+    assert doc["first_name"] == "Ava" and doc["last_name"] == "Lee" and doc["attributes"] == {"zip_code": "01234"}
+    rows = list(csv.reader(rejects.read_text().splitlines()))
+    assert ["5", "'=cmd|' /C calc'!A0", "invalid phone number"] in rows or any(r[1].startswith("'=") for r in rows)
+    t = tmp_path / "tab.tsv"
+    t.write_text("msisdn\tfirst_name\n12125550102\tCy\n")
+    assert await run(server, "contacts", "import", str(t), "--list", "1") == 0
+    assert "read as tab-separated" in capsys.readouterr().out
+    p = tmp_path / "pn.csv"
+    p.write_text("phone_number;tier\n+12125550103;gold\n")
+    assert await run(server, "contacts", "import", str(p), "--list", "1", "--delimiter", ";") == 0
+    assert "inserted 1" in capsys.readouterr().out
+    assert await store.db[c.CONTACTS].count_documents({"sending_list_id": 1}) == 4

@@ -4,10 +4,14 @@
 ``trackly stats CAMPAIGN``. The API address defaults to the config's ``http.host``/``http.port`` (``--api``
 overrides it) and the token to ``http.api_tokens[0]`` (``--token``).
 
-A contacts CSV has a header row; ``phone, first_name, last_name, timezone, subscribed, blocked, in_workflow``
-are contact fields, every other column is an attribute (whole numbers and decimals become numbers, so filters
-like ``gte`` compare them as numbers; values with a leading zero stay text). Rows are streamed to the bulk
-endpoint in chunks; bad rows are reported with their CSV line number and never stop the good ones.
+A contacts CSV has a header row; its delimiter (comma, semicolon, tab or pipe) is detected from it, or given with
+``--delimiter``. ``phone`` (also read from ``mobile``, ``msisdn``, ``phone_number``, ``cell``, ...), ``first_name``,
+``last_name``, ``timezone``, ``subscribed``, ``blocked``, ``in_workflow`` are contact fields; every other column is
+an attribute (its name made a valid attribute name; whole numbers and decimals become numbers, so filters like
+``gte`` compare them as numbers; values with a leading zero stay text). Columns that cannot be used (no name, a
+second column for the same field) are reported as ignored; a phone number seen earlier in the file is reported as a
+duplicate and not sent again. Rows are streamed to the bulk endpoint in chunks; bad rows are reported with their
+CSV line number and never stop the good ones.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,8 +32,8 @@ from . import csvsafe
 from .config import load_config
 from .errors import TracklyError
 from .models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
+from .phones import normalize
 
-CONTACT_COLUMNS = ("phone", "first_name", "last_name", "timezone", "subscribed", "blocked", "in_workflow")
 CHUNK = 1000
 SHOW_REJECTS = 20
 _NUMBER = re.compile(r"^-?(0|[1-9]\d{0,15})(\.\d+)?$")
@@ -104,30 +109,126 @@ def _value(text: str) -> Any:
     return (float(text) if "." in text else int(text)) if _NUMBER.match(text) else text
 
 
-def csv_chunks(fh: TextIO, size: int = CHUNK) -> Iterator[list[tuple[int, dict[str, Any]]]]:
-    """Rows of a contacts CSV as ``(line number, contact dict)``, ``size`` at a time."""
-    reader = csv.DictReader(fh)
-    fields = [f.strip() for f in (reader.fieldnames or [])]
-    if "phone" not in fields:
-        raise CliError(f"the CSV needs a header row with a 'phone' column (got: {', '.join(fields) or 'nothing'})")
-    reader.fieldnames = fields
+#: Header names accepted for each contact field (compared lower-case, spaces and hyphens as underscores).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "phone": ("phone", "mobile", "msisdn", "phone_number", "phonenumber", "cell", "cellphone", "cell_phone",
+              "mobile_number", "mobile_phone", "mobilephone", "cell_number", "telephone", "tel", "number", "to",
+              "e164", "phone_e164"),
+    "first_name": ("first_name", "firstname", "first", "given_name", "givenname", "forename"),
+    "last_name": ("last_name", "lastname", "last", "surname", "family_name", "familyname"),
+    "timezone": ("timezone", "time_zone", "tz"),
+    "subscribed": ("subscribed",),
+    "blocked": ("blocked",),
+    "in_workflow": ("in_workflow",),
+}
+_FIELD_OF = {alias: field for field, names in ALIASES.items() for alias in names}
+_ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+DELIMITERS = {",": ",", ";": ";", "tab": "\t", "\\t": "\t", "\t": "\t", "|": "|"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
+def sniff_delimiter(first_line: str) -> str:
+    """The header row's delimiter: the most frequent of comma, semicolon, tab and pipe outside quotes."""
+    outside = re.sub(r'"[^"]*"', "", first_line)
+    counts = {d: outside.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+@dataclass
+class CsvLayout:
+    """How a contacts CSV's columns are read: ``columns[i]`` is ``("field", name)``, ``("attr", name)`` or None
+    (ignored, with the reason in ``ignored``)."""
+
+    delimiter: str
+    columns: list[tuple[str, str] | None]
+    ignored: list[str] = field(default_factory=list)
+    renamed: list[str] = field(default_factory=list)
+
+
+def layout(header: list[str], delimiter: str) -> CsvLayout:
+    out = CsvLayout(delimiter, [])
+    seen: set[str] = set()
+    for i, raw in enumerate(header):
+        name = raw.strip()
+        key = _norm(name)
+        target: tuple[str, str] | None
+        if not name:
+            out.ignored.append(f"column {i + 1} (no name)")
+            target = None
+        elif key in _FIELD_OF:
+            target = ("field", _FIELD_OF[key])
+            if target[1] != name:
+                out.renamed.append(f"{name!r} -> {target[1]}")
+        else:
+            attr = key if _ATTR.match(key) else re.sub(r"[^A-Za-z0-9_\-]", "_", key).strip("_")
+            if attr and not attr[0].isalpha() and attr[0] != "_":
+                attr = "_" + attr
+            target = ("attr", attr) if attr and _ATTR.match(attr) else None
+            if target is None:
+                out.ignored.append(f"{name!r} (not a usable attribute name)")
+            elif attr != name:
+                out.renamed.append(f"{name!r} -> attribute {attr}")
+        if target is not None and target in seen:
+            out.ignored.append(f"{name!r} (a second column for {target[1]})")
+            target = None
+        if target is not None:
+            seen.add(target)
+        out.columns.append(target)
+    if ("field", "phone") not in seen:
+        raise CliError("the CSV needs a 'phone' column (or mobile, msisdn, phone_number, cell, ...); got: "
+                       + (", ".join(h.strip() for h in header) or "nothing"))
+    return out
+
+
+def csv_chunks(fh: TextIO, size: int = CHUNK, *, delimiter: str | None = None, region: str = "US",
+               report: CsvLayout | None = None, duplicates: list[tuple[int, str, str]] | None = None,
+               ) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """Rows of a contacts CSV as ``(line number, contact dict)``, ``size`` at a time. The delimiter is detected
+    from the header (comma, semicolon, tab, pipe) unless given. A phone already seen earlier in the file (after
+    normalisation) is not sent again: it is appended to ``duplicates`` as ``(line, phone, reason)``."""
+    first = fh.readline()
+    delim = delimiter or sniff_delimiter(first)
+    header = next(csv.reader([first], delimiter=delim), [])
+    lay = layout(header, delim)
+    if report is not None:
+        report.delimiter, report.columns, report.ignored, report.renamed = delim, lay.columns, lay.ignored, lay.renamed
+    reader = csv.reader(fh, delimiter=delim)
+    seen: dict[int | str, int] = {}
+    extra_noted = False
     chunk: list[tuple[int, dict[str, Any]]] = []
-    for row in reader:
+    for values in reader:
+        line = reader.line_num + 1
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) > len(lay.columns) and not extra_noted and report is not None:
+            report.ignored.append(f"values beyond the {len(lay.columns)} named columns (first on line {line})")
+            extra_noted = True
         contact: dict[str, Any] = {}
         attrs: dict[str, Any] = {}
-        for key, raw in row.items():
-            if key is None or raw is None:
+        for target, raw in zip(lay.columns, values, strict=False):
+            text = raw.strip()
+            if target is None or not text:
                 continue
-            text = raw.strip() if isinstance(raw, str) else ""
-            if not text:
-                continue
-            if key in CONTACT_COLUMNS:
-                contact[key] = text
+            kind, name = target
+            if kind == "field":
+                contact[name] = text
             else:
-                attrs[key] = _value(text)
+                attrs[name] = _value(text)
         if attrs:
             contact["attributes"] = attrs
-        chunk.append((reader.line_num, contact))
+        phone = contact.get("phone")
+        if phone and duplicates is not None:
+            norm = normalize(phone, region)
+            key: int | str = int(norm[1:]) if norm else phone
+            if key in seen:
+                duplicates.append((line, phone, f"duplicate phone in the file (first on line {seen[key]})"))
+                continue
+            seen[key] = line
+        chunk.append((line, contact))
         if len(chunk) >= size:
             yield chunk
             chunk = []
@@ -178,14 +279,15 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
         raise CliError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
     inserted = updated = done = 0
     rejects: list[tuple[int, str, str]] = []
+    duplicates: list[tuple[int, str, str]] = []
+    lay = CsvLayout(",", [])
+    delimiter = DELIMITERS.get(args.delimiter, args.delimiter) if args.delimiter else None
     progress = Progress(total, sys.stderr)
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        for chunk in _checked(csv_chunks(fh, args.chunk), path):
-            res = client.call(
-                "POST",
-                f"/sending-lists/{args.list}/contacts",
-                {"contacts": [c for _, c in chunk], "default_region": args.region},
-            )
+        chunks = csv_chunks(fh, args.chunk, delimiter=delimiter, region=args.region, report=lay, duplicates=duplicates)
+        for chunk in _checked(chunks, path):
+            res = client.call("POST", f"/sending-lists/{args.list}/contacts",
+                              {"contacts": [c for _, c in chunk], "default_region": args.region})
             inserted += res["inserted"]
             updated += res["updated"]
             for r in res["rejected"]:
@@ -194,6 +296,14 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
             done += len(chunk)
             progress.update(done, f"(inserted {inserted:,}, updated {updated:,}, rejected {len(rejects):,})")
     progress.close()
+    names = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+    print(f"read as {names.get(lay.delimiter, repr(lay.delimiter))}-separated"
+          + (f"; columns read as: {', '.join(lay.renamed)}" if lay.renamed else ""))
+    if lay.ignored:
+        print(f"ignored columns: {'; '.join(lay.ignored)}")
+    if duplicates:
+        print(f"duplicate phones in the file: {len(duplicates):,} rows skipped (the first row of each number is kept)")
+        rejects = sorted(rejects + duplicates)
     print(f"sending list {args.list}: inserted {inserted:,}, updated {updated:,}, rejected {len(rejects):,}")
     for line, phone, reason in rejects[:SHOW_REJECTS]:
         print(f"  line {line}: {reason} (phone: {phone!r})")
@@ -346,6 +456,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     imp.add_argument("--list", required=True, type=int, help="sending list id")
     imp.add_argument("--rejects", help="write every rejected row (line, phone, reason) to this CSV")
     imp.add_argument("--region", default="US", help="region of numbers without a country code (default US)")
+    imp.add_argument("--delimiter", help="column separator: ',', ';', 'tab' or '|' (default: detected from the header)")
     imp.add_argument("--chunk", type=int, default=CHUNK, help=argparse.SUPPRESS)
     imp.set_defaults(func=cmd_contacts_import)
 
