@@ -15,12 +15,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) services
 
-# redis-server is what the tests (and a multi-VM deployment) rate-limit through.
+# redis-server is what the tests (and a multi-VM deployment) rate-limit through; Chromium is the browser the
+# dashboard test drives through Playwright (Debian's package: Playwright never downloads one). A failed Chromium
+# install does not stop `make test`: that one test then skips, saying why.
 services:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (Debian package)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package, for the dashboard browser test)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; } || \
+	  echo "chromium could not be installed: the dashboard browser test will be skipped"
 
 demo: install
 	$(BIN)/trackly demo

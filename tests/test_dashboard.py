@@ -1,0 +1,133 @@
+"""The live dashboard: its JSON (campaign state, ETA, grouped alerts, outbox backlog, samples over time) and the
+page itself in a real browser (Debian's Chromium driven by Playwright; no browser download)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from typing import Any
+
+import pytest
+
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.dashboard import SAMPLER, Sampler, summary
+from trackly_exec.events import Event, EventKind
+from trackly_exec.models import utcnow
+from trackly_exec.web import HttpServer
+
+
+async def seed(trackly: Trackly) -> dt.datetime:
+    """Campaign 3 sending (20 queued, 40 sent in the last minute), campaign 4 completed; 3 alerts of one key."""
+    now = utcnow()
+    db = trackly.db
+    base = {"account_id": 1, "sending_list_id": 7, "from_number": "+15550000000", "body": "x", "length": 1,
+            "sendtime": now}
+    await db[c.CAMPAIGNS].insert_many([{"_id": 3, "name": "Spring sale", "status": "active"},
+                                       {"_id": 4, "name": "Welcome", "status": "active"}])
+    await db[c.EXECUTIONS].insert_many([
+        {"_id": 1, "campaign_id": 3, "status": "queued", "triggered_at": now - dt.timedelta(minutes=5)},
+        {"_id": 2, "campaign_id": 4, "status": "completed", "triggered_at": now - dt.timedelta(minutes=30),
+         "completed_at": now - dt.timedelta(minutes=20)},
+    ])
+    await db[c.QUEUED].insert_many([{**base, "_id": f"q{i}", "campaign_id": 3, "execution_id": 1, "contact_id": i,
+                                     "to_number": "+12025550100", "claimed_by": None} for i in range(20)])
+    await db[c.SENT].insert_many([{**base, "_id": f"s{i}", "campaign_id": 3, "execution_id": 1,
+                                   "to_number": "+12025550100", "timestamp": now - dt.timedelta(seconds=10),
+                                   "delivered": i < 30} for i in range(40)])
+    await db[c.FAILED].insert_many([{**base, "_id": f"f{i}", "campaign_id": 4, "execution_id": 2, "reason": r,
+                                     "to_number": "+12025550100", "failed_at": now}
+                                    for i, r in enumerate(["PROVIDER_ERROR", "PROVIDER_ERROR", "STALE"])])
+    await trackly.bus.publish(*[Event(kind=EventKind.FAILED_MESSAGE, severity="warning", key="failed_message:7:STALE",
+                                      message=f"STALE: message m{i}", data={}) for i in range(3)])
+    await db[c.OUTBOX].insert_many([
+        {"_id": "a:delivery", "account_id": 1, "status": "pending", "created_at": now - dt.timedelta(minutes=3),
+         "next_attempt_at": now, "payload": {}},
+        {"_id": "b:delivery", "account_id": 1, "status": "dead", "created_at": now, "payload": {}},
+    ])
+    return now
+
+
+async def test_summary_state_eta_alerts_outbox_and_samples(trackly: Trackly) -> None:
+    """A sending campaign has a start, a running duration and an ETA; a completed one its end and duration; alerts
+    of one key are one row with a count; the outbox backlog and the samples are in the JSON."""
+    now = await seed(trackly)
+    sampler = Sampler()
+    sampler.add({"sent": 0, "delivered": 0, "failed_by_reason": {}}, now - dt.timedelta(seconds=30))
+    data = await summary(trackly, sampler=sampler)
+    rows = {r["id"]: r for r in data["campaigns"]}
+    sending, done = rows[3], rows[4]
+    assert sending["state"] == "sending" and sending["name"] == "Spring sale"
+    assert sending["send_rate_per_second"] == round(40 / 60, 2) and sending["eta_seconds"] == 30
+    assert 290 <= sending["duration_seconds"] <= 400 and sending["ended_at"] is None
+    assert done["state"] == "completed" and done["duration_seconds"] == 600 and done["eta_seconds"] is None
+    assert done["failed_by_reason"] == {"PROVIDER_ERROR": 2, "STALE": 1}
+    alerts = [a for a in data["alerts"] if a["key"] == "failed_message:7:STALE"]
+    assert len(alerts) == 1 and alerts[0]["count"] == 3
+    assert data["outbox"]["pending_events"] == 1 and data["outbox"]["dead_events"] == 1
+    assert [s["sent"] for s in data["series"]] == [0, 40]
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+async def test_dashboard_in_a_real_browser(trackly: Trackly) -> None:
+    """Chromium renders the dashboard: the three charts are drawn from the samples (inline SVG, no external
+    request), campaign states with duration and ETA, grouped alerts, units on the figures, the outbox backlog."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Chromium is not installed and could not be (make services runs: apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    now = await seed(trackly)
+    server = HttpServer(trackly)
+    await server.start()
+    try:
+        assert server.runner is not None
+        sampler = server.runner.app[SAMPLER]
+        sampler.samples.clear()
+        for age, sent, delivered, fails in ((30, 0, 0, {}), (20, 100, 60, {"PROVIDER_ERROR": 5}),
+                                            (1, 300, 250, {"PROVIDER_ERROR": 7, "STALE": 2})):
+            sampler.add({"sent": sent, "delivered": delivered, "failed_by_reason": fails},
+                        now - dt.timedelta(seconds=age), min_gap=0)
+        requests: list[str] = []
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = await browser.new_page()
+                page.on("request", lambda r: requests.append(r.url))
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(server.url + "/dashboard")
+                await page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+                q: Any = page
+                assert await q.locator("#chart-rate polyline.series").count() == 1
+                # (the page's own polls may add a live sample after the three made here)
+                rate_pts = await q.get_attribute("#chart-rate polyline.series", "points")
+                assert len(rate_pts.split()) >= 2
+                assert len((await q.get_attribute("#chart-delivered polyline.series", "points")).split()) >= 3
+                assert await q.locator("#chart-failures rect.bar-PROVIDER_ERROR").count() == 2
+                assert await q.locator("#chart-failures rect.bar-STALE").count() == 1
+                assert "STALE" in await q.inner_text("#legend-failures")
+                row3 = q.locator("tr[data-campaign='3']")
+                assert await row3.locator(".state").inner_text() == "sending"
+                assert await row3.locator(".eta").inner_text() == "30 s"
+                assert "min" in await row3.locator(".duration").inner_text()
+                row4 = q.locator("tr[data-campaign='4']")
+                assert await row4.locator(".state").inner_text() == "completed"
+                assert await row4.locator(".duration").inner_text() == "10 min 0 s"
+                assert "PROVIDER_ERROR 2" in await row4.locator(".fails").inner_text()
+                stale = q.locator("#alerts tr.alert", has_text="STALE: message")
+                assert await stale.count() == 1 and await stale.locator(".count").inner_text() == "3"
+                cards = await q.inner_text("#cards")
+                assert "messages/s" in cards and "Webhook backlog" in cards and "events pending" in cards
+                assert "1 dead" in cards
+                headers = await q.inner_text("table thead")
+                assert "Queued (msgs)" in headers and "Delivery (%)" in headers and "Rate (msg/s)" in headers
+                assert errors == []
+            finally:
+                await browser.close()
+        assert requests and all(u.startswith(server.url) for u in requests), requests
+    finally:
+        await server.stop(1)
