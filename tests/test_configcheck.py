@@ -20,22 +20,39 @@ ROOT = Path(__file__).resolve().parent.parent
 def check_config(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "trackly_exec.cli", "check-config", *argv], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "check-config", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
 
 
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:
     """Several mistakes in one file are all listed, each with its key; a URL without a scheme is one of them."""
     f = tmp_path / "bad.toml"
-    f.write_text('[executor]\npool_size = "many"\nclaim_batch_size = 0\n[http]\npublic_url = "sms.acme.io"\n'
-                 'short_base = "https://"\n[redis]\nurl = "localhost:6379"\n[alerts]\n'
-                 'discord_webhook_url = "discord.com/api/webhooks/1/abc"\n'
-                 '[drivers.infobip]\nbase_url = "api.infobip.com"\napi_key = "k"\n')
+    f.write_text(
+        '[executor]\npool_size = "many"\nclaim_batch_size = 0\n[http]\npublic_url = "sms.acme.io"\n'
+        'short_base = "https://"\n[redis]\nurl = "localhost:6379"\n[alerts]\n'
+        'discord_webhook_url = "discord.com/api/webhooks/1/abc"\n'
+        '[drivers.infobip]\nbase_url = "api.infobip.com"\napi_key = "k"\n'
+    )
     with pytest.raises(ConfigError) as e:
         load_config(f)
     keys = [k for k, _ in e.value.problems]
-    assert sorted(keys) == sorted(["executor.pool_size", "executor.claim_batch_size", "redis.url", "http.public_url",
-                                   "http.short_base", "alerts.discord_webhook_url", "drivers"]), e.value.problems
+    assert sorted(keys) == sorted(
+        [
+            "executor.pool_size",
+            "executor.claim_batch_size",
+            "redis.url",
+            "http.public_url",
+            "http.short_base",
+            "alerts.discord_webhook_url",
+            "drivers",
+        ]
+    ), e.value.problems
     text = str(e.value)
     assert "7 problems" in text and "scheme" in text and "infobip" in text
     assert "localhost:6379" not in text and "discord.com/api/webhooks/1/abc" not in text  # secrets never shown
@@ -61,9 +78,18 @@ def test_placeholders_of_the_example_are_refused() -> None:
     the development trackly.toml passes."""
     r = check_config("-c", str(ROOT / "config/production.example.toml"), "--no-store")
     assert r.returncode == 2
-    for key in ("mongo.uri", "redis.url", "http.public_url", "http.api_tokens.0", "tracking.ip_hash_salt",
-                "alerts.discord_webhook_url", "drivers.infobip.api_key", "drivers.twilio.auth_token",
-                "drivers.twilio.account_sid", "drivers.cm.product_token"):
+    for key in (
+        "mongo.uri",
+        "redis.url",
+        "http.public_url",
+        "http.api_tokens.0",
+        "tracking.ip_hash_salt",
+        "alerts.discord_webhook_url",
+        "drivers.infobip.api_key",
+        "drivers.twilio.auth_token",
+        "drivers.twilio.account_sid",
+        "drivers.cm.product_token",
+    ):
         assert f"{key}: still the example's placeholder" in r.stderr, (key, r.stderr)
     assert "CHANGE-ME" not in r.stderr and "CHANGE-ME" not in r.stdout
     assert check_config("-c", str(ROOT / "trackly.toml"), "--no-store").returncode == 0
@@ -88,16 +114,21 @@ def test_driver_used_by_a_list_without_credentials(settings: Settings) -> None:
     uri = settings.mongo.uri.get_secret_value()
     with MongoClient(uri) as client:
         db = client[settings.mongo.database]
-        db["sending_lists"].insert_many([
-            {"_id": 1, "name": "US promos", "driver": "infobip", "active": True},
-            {"_id": 2, "name": "EU", "driver": "cm"},
-            {"_id": 3, "name": "old", "driver": "nosuch", "active": False},
-        ])
-    cfg = settings.model_copy(update={"drivers": {"infobip": {"base_url": "https://api.infobip.com"},
-                                                  "twilio": {"account_sid": "AC1"}}})
+        db["sending_lists"].insert_many(
+            [
+                {"_id": 1, "name": "US promos", "driver": "infobip", "active": True},
+                {"_id": 2, "name": "EU", "driver": "cm"},
+                {"_id": 3, "name": "old", "driver": "nosuch", "active": False},
+            ]
+        )
+    cfg = settings.model_copy(
+        update={"drivers": {"infobip": {"base_url": "https://api.infobip.com"}, "twilio": {"account_sid": "AC1"}}}
+    )
     errors, warnings = configcheck.check(cfg, store=True)
     text = "\n".join(f"{k}: {m}" for k, m in errors)
-    assert "drivers.infobip.api_key: sending list 1 (US promos) sends through 'infobip', which has no credentials" in text
+    assert (
+        "drivers.infobip.api_key: sending list 1 (US promos) sends through 'infobip', which has no credentials" in text
+    )
     assert "drivers.cm: sending list 2 (EU) uses driver 'cm', which is not configured" in text
     assert "nosuch" not in text
     assert any("drivers.twilio: no credentials (auth_token empty)" in w for w in warnings)

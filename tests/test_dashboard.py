@@ -21,30 +21,96 @@ async def seed(trackly: Trackly) -> dt.datetime:
     """Campaign 3 sending (20 queued, 40 sent in the last minute), campaign 4 completed; 3 alerts of one key."""
     now = utcnow()
     db = trackly.db
-    base = {"account_id": 1, "sending_list_id": 7, "from_number": "+15550000000", "body": "x", "length": 1,
-            "sendtime": now}
-    await db[c.CAMPAIGNS].insert_many([{"_id": 3, "name": "Spring sale", "status": "active"},
-                                       {"_id": 4, "name": "Welcome", "status": "active"}])
-    await db[c.EXECUTIONS].insert_many([
-        {"_id": 1, "campaign_id": 3, "status": "queued", "triggered_at": now - dt.timedelta(minutes=5)},
-        {"_id": 2, "campaign_id": 4, "status": "completed", "triggered_at": now - dt.timedelta(minutes=30),
-         "completed_at": now - dt.timedelta(minutes=20)},
-    ])
-    await db[c.QUEUED].insert_many([{**base, "_id": f"q{i}", "campaign_id": 3, "execution_id": 1, "contact_id": i,
-                                     "to_number": "+12025550100", "claimed_by": None} for i in range(20)])
-    await db[c.SENT].insert_many([{**base, "_id": f"s{i}", "campaign_id": 3, "execution_id": 1,
-                                   "to_number": "+12025550100", "timestamp": now - dt.timedelta(seconds=10),
-                                   "delivered": i < 30} for i in range(40)])
-    await db[c.FAILED].insert_many([{**base, "_id": f"f{i}", "campaign_id": 4, "execution_id": 2, "reason": r,
-                                     "to_number": "+12025550100", "failed_at": now}
-                                    for i, r in enumerate(["PROVIDER_ERROR", "PROVIDER_ERROR", "STALE"])])
-    await trackly.bus.publish(*[Event(kind=EventKind.FAILED_MESSAGE, severity="warning", key="failed_message:7:STALE",
-                                      message=f"STALE: message m{i}", data={}) for i in range(3)])
-    await db[c.OUTBOX].insert_many([
-        {"_id": "a:delivery", "account_id": 1, "status": "pending", "created_at": now - dt.timedelta(minutes=3),
-         "next_attempt_at": now, "payload": {}},
-        {"_id": "b:delivery", "account_id": 1, "status": "dead", "created_at": now, "payload": {}},
-    ])
+    base = {
+        "account_id": 1,
+        "sending_list_id": 7,
+        "from_number": "+15550000000",
+        "body": "x",
+        "length": 1,
+        "sendtime": now,
+    }
+    await db[c.CAMPAIGNS].insert_many(
+        [{"_id": 3, "name": "Spring sale", "status": "active"}, {"_id": 4, "name": "Welcome", "status": "active"}]
+    )
+    await db[c.EXECUTIONS].insert_many(
+        [
+            {"_id": 1, "campaign_id": 3, "status": "queued", "triggered_at": now - dt.timedelta(minutes=5)},
+            {
+                "_id": 2,
+                "campaign_id": 4,
+                "status": "completed",
+                "triggered_at": now - dt.timedelta(minutes=30),
+                "completed_at": now - dt.timedelta(minutes=20),
+            },
+        ]
+    )
+    await db[c.QUEUED].insert_many(
+        [
+            {
+                **base,
+                "_id": f"q{i}",
+                "campaign_id": 3,
+                "execution_id": 1,
+                "contact_id": i,
+                "to_number": "+12025550100",
+                "claimed_by": None,
+            }
+            for i in range(20)
+        ]
+    )
+    await db[c.SENT].insert_many(
+        [
+            {
+                **base,
+                "_id": f"s{i}",
+                "campaign_id": 3,
+                "execution_id": 1,
+                "to_number": "+12025550100",
+                "timestamp": now - dt.timedelta(seconds=10),
+                "delivered": i < 30,
+            }
+            for i in range(40)
+        ]
+    )
+    await db[c.FAILED].insert_many(
+        [
+            {
+                **base,
+                "_id": f"f{i}",
+                "campaign_id": 4,
+                "execution_id": 2,
+                "reason": r,
+                "to_number": "+12025550100",
+                "failed_at": now,
+            }
+            for i, r in enumerate(["PROVIDER_ERROR", "PROVIDER_ERROR", "STALE"])
+        ]
+    )
+    await trackly.bus.publish(
+        *[
+            Event(
+                kind=EventKind.FAILED_MESSAGE,
+                severity="warning",
+                key="failed_message:7:STALE",
+                message=f"STALE: message m{i}",
+                data={},
+            )
+            for i in range(3)
+        ]
+    )
+    await db[c.OUTBOX].insert_many(
+        [
+            {
+                "_id": "a:delivery",
+                "account_id": 1,
+                "status": "pending",
+                "created_at": now - dt.timedelta(minutes=3),
+                "next_attempt_at": now,
+                "payload": {},
+            },
+            {"_id": "b:delivery", "account_id": 1, "status": "dead", "created_at": now, "payload": {}},
+        ]
+    )
     return now
 
 
@@ -87,10 +153,16 @@ async def test_dashboard_in_a_real_browser(trackly: Trackly) -> None:
         assert server.runner is not None
         sampler = server.runner.app[SAMPLER]
         sampler.samples.clear()
-        for age, sent, delivered, fails in ((30, 0, 0, {}), (20, 100, 60, {"PROVIDER_ERROR": 5}),
-                                            (1, 300, 250, {"PROVIDER_ERROR": 7, "STALE": 2})):
-            sampler.add({"sent": sent, "delivered": delivered, "failed_by_reason": fails},
-                        now - dt.timedelta(seconds=age), min_gap=0)
+        for age, sent, delivered, fails in (
+            (30, 0, 0, {}),
+            (20, 100, 60, {"PROVIDER_ERROR": 5}),
+            (1, 300, 250, {"PROVIDER_ERROR": 7, "STALE": 2}),
+        ):
+            sampler.add(
+                {"sent": sent, "delivered": delivered, "failed_by_reason": fails},
+                now - dt.timedelta(seconds=age),
+                min_gap=0,
+            )
         requests: list[str] = []
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])

@@ -95,8 +95,11 @@ def test_secrets_never_printed(tmp_path: Path) -> None:
 def test_shipped_configs_are_valid() -> None:
     """trackly.toml passes check-config, drivers included; config/production.example.toml loads (its only problems
     are the placeholders left to fill in, see test_configcheck)."""
-    r = subprocess.run([sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(ROOT / "trackly.toml"),
-                        "--no-store"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(ROOT / "trackly.toml"), "--no-store"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     load_config(ROOT / "config/production.example.toml")
 

@@ -58,16 +58,19 @@ async def fail(store: Store, ids: list[str], reason: FailureReason, **kw: Any) -
     """Move queued messages to FailedMessage (as the executor would)."""
     docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
     now = utcnow()
-    await store.db[c.FAILED].insert_many([failed_doc(d, reason, f"test {reason}", now, provider="infobip", **kw)
-                                          for d in docs])
+    await store.db[c.FAILED].insert_many(
+        [failed_doc(d, reason, f"test {reason}", now, provider="infobip", **kw) for d in docs]
+    )
     await store.db[c.QUEUED].delete_many({"_id": {"$in": ids}})
 
 
 async def send(store: Store, ids: list[str], delivered: bool | None = None) -> None:
     docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
     now = utcnow()
-    recs = [sent_doc(d, provider="infobip", provider_message_id=f"p-{d['_id']}", segments=1, cost=0.01, now=now)
-            for d in docs]
+    recs = [
+        sent_doc(d, provider="infobip", provider_message_id=f"p-{d['_id']}", segments=1, cost=0.01, now=now)
+        for d in docs
+    ]
     for r in recs:
         r["delivered"] = delivered
     await store.db[c.SENT].insert_many(recs)
@@ -82,10 +85,18 @@ async def test_message_log_by_phone_contact_campaign_execution(client: TestClien
     ids = await seed(store, 6)
     await send(store, ids[:2], delivered=True)
     await fail(store, ids[2:4], FailureReason.PROVIDER_ERROR)
-    await store.db[c.SHORT_LINKS].insert_one({"_id": "abc", "message_id": ids[0], "destination": "https://x.example",
-                                              "account_id": 1, "clicks": 3, "human_clicks": 2})
+    await store.db[c.SHORT_LINKS].insert_one(
+        {
+            "_id": "abc",
+            "message_id": ids[0],
+            "destination": "https://x.example",
+            "account_id": 1,
+            "clicks": 3,
+            "human_clicks": 2,
+        }
+    )
     contact = await store.db[c.CONTACTS].find_one({"_id": 1})
-    phone = contact["phone"]                      # +1202001000 1 -> format it three ways
+    phone = contact["phone"]  # +1202001000 1 -> format it three ways
     national = f"({phone[2:5]}) {phone[5:8]}-{phone[8:]}"
     for raw in (phone, national, "00" + phone[1:], phone[1:] if False else phone.replace("+1", "+1 ")):
         out = await get(client, f"/messages?phone={raw.replace('+', '%2B').replace(' ', '%20')}")
@@ -114,11 +125,12 @@ async def test_csv_export_streams_every_message_neutralised(client: TestClient[A
     ids = await seed(store, 2300)
     await send(store, ids[:1200], delivered=True)
     await fail(store, ids[1200:1300], FailureReason.PROVIDER_ERROR)
-    await store.db[c.FAILED].update_one({"_id": ids[1200]}, {"$set": {"detail": "=HYPERLINK(\"http://evil\")"}})
+    await store.db[c.FAILED].update_one({"_id": ids[1200]}, {"$set": {"detail": '=HYPERLINK("http://evil")'}})
     r = await client.get("/api/v1/campaigns/1/messages.csv", headers=H)
     assert r.status == 404  # no campaign document yet
-    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [],
-                                            "creative_id": 1, "status": "active"})
+    await store.db[c.CAMPAIGNS].insert_one(
+        {"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [], "creative_id": 1, "status": "active"}
+    )
     r = await client.get("/api/v1/campaigns/1/messages.csv", headers=H)
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(await r.text())))
@@ -140,7 +152,19 @@ async def test_csv_export_streams_every_message_neutralised(client: TestClient[A
 def test_csvsafe_cells() -> None:
     """Formula-looking cells get a quote; numbers, booleans, dates and plain text are kept."""
     assert csvsafe.row(["=1+1", "+15551234567", "-2", "@SUM", "\tx", "\rx", "ok", 5, -3, 1.5, True, None]) == [
-        "'=1+1", "'+15551234567", "'-2", "'@SUM", "'\tx", "'\rx", "ok", 5, -3, 1.5, True, ""]
+        "'=1+1",
+        "'+15551234567",
+        "'-2",
+        "'@SUM",
+        "'\tx",
+        "'\rx",
+        "ok",
+        5,
+        -3,
+        1.5,
+        True,
+        "",
+    ]
     assert csvsafe.uncell("'+15551234567") == "+15551234567" and csvsafe.uncell("'quoted") == "'quoted"
 
 
@@ -160,8 +184,9 @@ async def executor(settings: Settings, store: Store, fake: InfobipFake) -> Coord
     return Coordinator(trackly)
 
 
-async def test_dead_letters_list_summary_and_redrive(client: TestClient[Any, Any], settings: Settings, store: Store,
-                                                     fake: InfobipFake) -> None:
+async def test_dead_letters_list_summary_and_redrive(
+    client: TestClient[Any, Any], settings: Settings, store: Store, fake: InfobipFake
+) -> None:
     """Retryable dead letters go back to the queue with their id and are sent once; the others are refused or
     skipped with the reason; every message keeps exactly one record."""
     ids = await seed(store, 12)
@@ -214,15 +239,19 @@ async def test_redrive_rechecks_cooldown_and_quiet_hours(client: TestClient[Any,
     """A number texted within the list's cooldown is not re-driven; one in quiet hours is queued held until its
     window opens."""
     now = utcnow()
-    night = next(f"Etc/GMT{'-' if o > 0 else '+'}{abs(o)}" for o in range(-12, 15) if o
-                 and (now + dt.timedelta(hours=o)).hour in (2, 3))
+    night = next(
+        f"Etc/GMT{'-' if o > 0 else '+'}{abs(o)}"
+        for o in range(-12, 15)
+        if o and (now + dt.timedelta(hours=o)).hour in (2, 3)
+    )
     ids = await seed(store, 3)
     await store.db[c.CONTACTS].update_one({"_id": 3}, {"$set": {"timezone": night}})
     await fail(store, ids, FailureReason.PROVIDER_ERROR)
     await store.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"cooldown_minutes": 60}})
     other = {**(await store.db[c.FAILED].find_one({"_id": ids[0]})), "_id": "other", "execution_id": 2}
-    await store.db[c.SENT].insert_one(sent_doc(other, provider="infobip", provider_message_id="x", segments=1,
-                                               cost=0, now=now))
+    await store.db[c.SENT].insert_one(
+        sent_doc(other, provider="infobip", provider_message_id="x", segments=1, cost=0, now=now)
+    )
     out = await post(client, "/dead-letters/redrive", {"campaign_id": 1})
     assert out["skipped"] == {"cooldown": 1} and out["requeued"] == 2 and out["held_quiet_hours"] == 1
     held = await store.db[c.QUEUED].find_one({"_id": ids[2]})
@@ -234,8 +263,9 @@ async def test_redrive_paused_campaign_stays_held(client: TestClient[Any, Any], 
     """A re-driven message of a paused campaign waits for the resume like its other queued messages."""
     ids = await seed(store, 2)
     await fail(store, ids, FailureReason.RATE_LIMIT_TIMEOUT)
-    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [],
-                                            "creative_id": 1, "status": "paused"})
+    await store.db[c.CAMPAIGNS].insert_one(
+        {"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [], "creative_id": 1, "status": "paused"}
+    )
     out = await post(client, "/dead-letters/redrive", {"message_ids": ids})
     assert out["requeued"] == 2 and out["held_paused"] == 2
     assert await store.db[c.QUEUED].count_documents({"paused": True}) == 2
@@ -284,9 +314,9 @@ async def test_recovery_abandoned_mark_racing_live_redrive(trackly: Trackly, sto
     token = "slow:redrive:1"
     docs = await db[c.FAILED].find({}).to_list(None)
     await db[c.FAILED].update_many({}, {"$set": {"redrive_token": token}})
-    await db[c.FAILED].update_many({}, {"$unset": {"redrive_token": ""}})      # recovery abandoned it
+    await db[c.FAILED].update_many({}, {"$unset": {"redrive_token": ""}})  # recovery abandoned it
     await db[c.QUEUED].insert_many([redrive._queue_doc(d, token, utcnow()) for d in docs])  # the slow insert
-    await db[c.FAILED].delete_many({"redrive_token": token})                  # matches nothing now
+    await db[c.FAILED].delete_many({"redrive_token": token})  # matches nothing now
     released = await redrive._release(db, token, {d["_id"]: (utcnow(), False) for d in docs}, utcnow())
     assert released == 0
     split = await assert_one_record_each(store, ids)
@@ -301,16 +331,47 @@ async def test_outbox_backlog_and_redrive(client: TestClient[Any, Any], store: S
     now = utcnow()
     old = now - dt.timedelta(hours=2)
     col = store.db[c.OUTBOX]
-    await col.insert_many([
-        {"_id": "m1:delivery", "account_id": 1, "status": "pending", "attempts": 1, "created_at": old,
-         "next_attempt_at": now - dt.timedelta(seconds=5), "payload": {"id": "m1"}},
-        {"_id": "batch:x", "account_id": 1, "status": "pending", "attempts": 0, "created_at": now,
-         "next_attempt_at": now + dt.timedelta(hours=1), "events": [{"id": f"e{i}", "payload": {}} for i in range(3)]},
-        {"_id": "m2:delivery", "account_id": 1, "status": "dead", "attempts": 9, "created_at": old,
-         "last_error": "HTTP 500", "last_status": 500, "payload": {"id": "m2"}},
-        {"_id": "m3:delivery", "account_id": 2, "status": "dead", "attempts": 9, "created_at": old, "payload": {}},
-        {"_id": "m4:delivery", "account_id": 2, "status": "delivered", "attempts": 1, "created_at": old, "payload": {}},
-    ])
+    await col.insert_many(
+        [
+            {
+                "_id": "m1:delivery",
+                "account_id": 1,
+                "status": "pending",
+                "attempts": 1,
+                "created_at": old,
+                "next_attempt_at": now - dt.timedelta(seconds=5),
+                "payload": {"id": "m1"},
+            },
+            {
+                "_id": "batch:x",
+                "account_id": 1,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+                "next_attempt_at": now + dt.timedelta(hours=1),
+                "events": [{"id": f"e{i}", "payload": {}} for i in range(3)],
+            },
+            {
+                "_id": "m2:delivery",
+                "account_id": 1,
+                "status": "dead",
+                "attempts": 9,
+                "created_at": old,
+                "last_error": "HTTP 500",
+                "last_status": 500,
+                "payload": {"id": "m2"},
+            },
+            {"_id": "m3:delivery", "account_id": 2, "status": "dead", "attempts": 9, "created_at": old, "payload": {}},
+            {
+                "_id": "m4:delivery",
+                "account_id": 2,
+                "status": "delivered",
+                "attempts": 1,
+                "created_at": old,
+                "payload": {},
+            },
+        ]
+    )
     s = await get(client, "/outbox/summary")
     assert s["by_status"] == {"dead": 2, "delivered": 1, "pending": 2}
     assert s["pending_events"] == 4 and s["dead_events"] == 2 and s["due_now"] == 1
@@ -341,15 +402,17 @@ async def run(server: str, *argv: str) -> int:
     return await asyncio.to_thread(cli.main, [*argv, "--api", server, "--token", "test-token"])
 
 
-async def test_cli_messages_export_dead_letters_outbox(server: str, store: Store, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_messages_export_dead_letters_outbox(
+    server: str, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """trackly messages / export / dead-letters / outbox work end to end through the API."""
     ids = await seed(store, 5)
     await send(store, ids[:1], delivered=False)
     await fail(store, ids[1:3], FailureReason.PROVIDER_ERROR)
     await fail(store, ids[3:4], FailureReason.NO_RESPONSE, ambiguous=True)
-    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [],
-                                            "creative_id": 1, "status": "active"})
+    await store.db[c.CAMPAIGNS].insert_one(
+        {"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [], "creative_id": 1, "status": "active"}
+    )
     phone = (await store.db[c.CONTACTS].find_one({"_id": 2}))["phone"]
     assert await run(server, "messages", phone[2:]) == 0
     out = capsys.readouterr().out
@@ -373,8 +436,17 @@ async def test_cli_messages_export_dead_letters_outbox(server: str, store: Store
     assert await run(server, "dead-letters", "redrive", "--reason", "NO_RESPONSE", "--allow-duplicates") == 0
     captured = capsys.readouterr()
     assert "1 of 1 dead letters queued again" in captured.out and "twice" in captured.err
-    await store.db[c.OUTBOX].insert_one({"_id": "x:delivery", "account_id": 1, "status": "dead", "attempts": 3,
-                                         "created_at": utcnow(), "payload": {}, "last_error": "timeout"})
+    await store.db[c.OUTBOX].insert_one(
+        {
+            "_id": "x:delivery",
+            "account_id": 1,
+            "status": "dead",
+            "attempts": 3,
+            "created_at": utcnow(),
+            "payload": {},
+            "last_error": "timeout",
+        }
+    )
     assert await run(server, "outbox", "summary") == 0
     assert "1 events dead" in capsys.readouterr().out
     assert await run(server, "outbox", "list", "--status", "dead") == 0
@@ -388,10 +460,11 @@ def test_closed_pipe_ends_without_traceback(tmp_path: Path) -> None:
     cfg = tmp_path / "t.toml"
     cfg.write_text("")
     for argv in (["check-config", "-c", str(cfg), "--describe"], ["check-config", "-c", str(cfg)], ["--help"]):
-        proc = subprocess.Popen([sys.executable, "-m", "trackly_exec.cli", *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trackly_exec.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()   # the reader is gone before the first write
+        proc.stdout.close()  # the reader is gone before the first write
         err = proc.stderr.read().decode()
         proc.stderr.close()
         proc.wait(timeout=30)
@@ -418,19 +491,31 @@ def test_pause_described_the_same_everywhere(capsys: pytest.CaptureFixture[str])
 # --------------------------------------------------------------------------------------------- CSV import
 
 
-async def test_import_semicolon_tab_aliases_duplicates_and_ignored(server: str, store: Store, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+async def test_import_semicolon_tab_aliases_duplicates_and_ignored(
+    server: str, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Semicolon and tab files are detected (or --delimiter given); mobile/msisdn/phone_number name the phone;
     duplicate numbers in the file and unusable columns are reported; rejects are formula-safe."""
     await store.db[c.ACCOUNTS].insert_one({"_id": 1, "name": "A", "balance": 1.0})
-    await store.db[c.SENDING_LISTS].insert_one({"_id": 1, "account_id": 1, "name": "L", "driver": "infobip",
-                                                "driver_settings": {}, "from_number": "+15550001111"})
+    await store.db[c.SENDING_LISTS].insert_one(
+        {
+            "_id": 1,
+            "account_id": 1,
+            "name": "L",
+            "driver": "infobip",
+            "driver_settings": {},
+            "from_number": "+15550001111",
+        }
+    )
     f = tmp_path / "semi.csv"
-    f.write_text("Mobile;First Name;Zip Code;;Surname;mobile\n"
-                 "+1 212 555 0100;Ava;01234;x;Lee;+1 212 555 0199\n"
-                 "(212) 555-0101;Bo;02000;;Ng;\n"
-                 "2125550100;Ava again;01234;;Lee;\n"
-                 "=cmd|' /C calc'!A0;Eve;;;;\n", encoding="utf-8")
+    f.write_text(
+        "Mobile;First Name;Zip Code;;Surname;mobile\n"
+        "+1 212 555 0100;Ava;01234;x;Lee;+1 212 555 0199\n"
+        "(212) 555-0101;Bo;02000;;Ng;\n"
+        "2125550100;Ava again;01234;;Lee;\n"
+        "=cmd|' /C calc'!A0;Eve;;;;\n",
+        encoding="utf-8",
+    )
     rejects = tmp_path / "rejects.csv"
     assert await run(server, "contacts", "import", str(f), "--list", "1", "--rejects", str(rejects)) == 0
     out = capsys.readouterr().out

@@ -69,7 +69,7 @@ class Route:
     summary: str
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
-    response: Any = None        # a model, or a media type string for a streamed file ("text/csv")
+    response: Any = None  # a model, or a media type string for a streamed file ("text/csv")
     status: int = 200
     auth: bool = True
     errors: tuple[int, ...] = ()

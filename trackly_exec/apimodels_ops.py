@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from .apimodels import INT64_MAX, MAX_PAGE, Body, Out
 from .models import FailureReason
@@ -18,7 +18,9 @@ from .models import FailureReason
 
 class MessageQuery(Body):
     phone: str | None = Field(None, max_length=40, description="Phone number in any format (normalised to E.164).")
-    region: str = Field("US", min_length=2, max_length=2, description="Region of a phone number without a country code.")
+    region: str = Field(
+        "US", min_length=2, max_length=2, description="Region of a phone number without a country code."
+    )
     contact_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Only this contact's messages.")
     campaign_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Only this campaign's messages.")
     execution_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Only this execution's messages.")
@@ -74,8 +76,15 @@ class MessagePage(Out):
 # --------------------------------------------------------------------------------------------- dead letters
 
 
-ReasonName = Literal["STALE", "BLOCKED_CONTENT", "CONTACT_BLOCKED", "RATE_LIMIT_TIMEOUT", "PROVIDER_ERROR",
-                     "NO_RESPONSE", "BILLING_BLOCKED"]
+ReasonName = Literal[
+    "STALE",
+    "BLOCKED_CONTENT",
+    "CONTACT_BLOCKED",
+    "RATE_LIMIT_TIMEOUT",
+    "PROVIDER_ERROR",
+    "NO_RESPONSE",
+    "BILLING_BLOCKED",
+]
 
 
 class DeadLetterQuery(Body):
@@ -113,18 +122,24 @@ class DeadLetterPage(Out):
 class DeadLetterSummary(Out):
     total: int = Field(description="FailedMessage records matching the filter (messages).")
     by_reason: dict[str, int] = Field(description="Messages per failure reason.")
-    by_campaign: dict[str, int] = Field(description="Messages per campaign id (\"-\": no campaign).")
+    by_campaign: dict[str, int] = Field(description='Messages per campaign id ("-": no campaign).')
     retryable: int = Field(description="Messages a default re-drive would consider (messages).")
 
 
 class RedriveIn(Body):
-    model_config = {"extra": "forbid", "json_schema_extra": {"examples": [
-        {"reasons": ["PROVIDER_ERROR", "RATE_LIMIT_TIMEOUT"], "campaign_id": 3, "dry_run": True}]}}
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"reasons": ["PROVIDER_ERROR", "RATE_LIMIT_TIMEOUT"], "campaign_id": 3, "dry_run": True}]
+        },
+    )
 
     reasons: list[FailureReason] | None = Field(
-        None, max_length=10,
+        None,
+        max_length=10,
         description="Reasons to re-drive (default RATE_LIMIT_TIMEOUT, BILLING_BLOCKED, PROVIDER_ERROR). STALE only "
-                    "when named; NO_RESPONSE only with allow_duplicates; BLOCKED_CONTENT and CONTACT_BLOCKED never.")
+        "when named; NO_RESPONSE only with allow_duplicates; BLOCKED_CONTENT and CONTACT_BLOCKED never.",
+    )
     message_ids: list[str] | None = Field(None, max_length=10_000, description="Only these messages.")
     campaign_id: int | None = Field(None, ge=1, le=INT64_MAX)
     execution_id: int | None = Field(None, ge=1, le=INT64_MAX)
@@ -132,8 +147,10 @@ class RedriveIn(Body):
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     allow_duplicates: bool = Field(
-        False, description="Required to re-drive NO_RESPONSE: the provider may have sent them already; a re-drive can "
-                           "text the person twice.")
+        False,
+        description="Required to re-drive NO_RESPONSE: the provider may have sent them already; a re-drive can "
+        "text the person twice.",
+    )
     dry_run: bool = Field(False, description="Count what would be re-driven; change nothing.")
     limit: int = Field(10_000, ge=1, le=1_000_000, description="At most this many FailedMessage records are looked at.")
 
@@ -142,11 +159,14 @@ class RedriveIn(Body):
         reasons = set(self.reasons or [])
         never = reasons & {FailureReason.BLOCKED_CONTENT, FailureReason.CONTACT_BLOCKED}
         if never:
-            raise ValueError(f"{', '.join(sorted(never))} is never re-driven (the message itself or the contact "
-                             "refuses it)")
+            raise ValueError(
+                f"{', '.join(sorted(never))} is never re-driven (the message itself or the contact refuses it)"
+            )
         if FailureReason.NO_RESPONSE in reasons and not self.allow_duplicates:
-            raise ValueError("NO_RESPONSE messages may already have been sent: re-driving them can text people twice; "
-                             "set allow_duplicates to true to do it anyway")
+            raise ValueError(
+                "NO_RESPONSE messages may already have been sent: re-driving them can text people twice; "
+                "set allow_duplicates to true to do it anyway"
+            )
         return self
 
 
@@ -166,7 +186,9 @@ class RedriveOut(Out):
 
 
 class OutboxQuery(Body):
-    status: Literal["pending", "dead", "delivered", "dropped", "split"] | None = Field(None, description="Only this status.")
+    status: Literal["pending", "dead", "delivered", "dropped", "split"] | None = Field(
+        None, description="Only this status."
+    )
     account_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Only this account.")
     limit: int = Field(100, ge=1, le=MAX_PAGE, description="Items per page.")
     after: str | None = Field(None, max_length=200, description="The previous page's next_after (an entry id).")
@@ -210,7 +232,11 @@ class OutboxRedriveOut(Out):
 
 
 def entry_out(doc: dict[str, Any]) -> OutboxEntryOut:
-    return OutboxEntryOut.model_validate({
-        **doc, "id": str(doc["_id"]), "events": len(doc["events"]) if "events" in doc else 1,
-        "status": str(doc.get("status", "")),
-    })
+    return OutboxEntryOut.model_validate(
+        {
+            **doc,
+            "id": str(doc["_id"]),
+            "events": len(doc["events"]) if "events" in doc else 1,
+            "status": str(doc.get("status", "")),
+        }
+    )

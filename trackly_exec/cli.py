@@ -115,12 +115,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         return p
 
     add("run", cmd_run, "run the daemon (scheduler, executor, HTTP server) until SIGTERM")
-    cc = add("check-config", cmd_check_config, "validate the config (every problem at once: types, URLs, example "
-             "placeholders, drivers and their credentials) and print it with secrets redacted")
+    cc = add(
+        "check-config",
+        cmd_check_config,
+        "validate the config (every problem at once: types, URLs, example "
+        "placeholders, drivers and their credentials) and print it with secrets redacted",
+    )
     cc.add_argument("--describe", action="store_true", help="print every key with its default and description")
-    cc.add_argument("--store", action=argparse.BooleanOptionalAction, default=None,
-                    help="read the sending lists from the store to check the drivers they use "
-                         "(default: yes for a mongodb:// URI, no for the embedded store)")
+    cc.add_argument(
+        "--store",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read the sending lists from the store to check the drivers they use "
+        "(default: yes for a mongodb:// URI, no for the embedded store)",
+    )
     add("init-db", cmd_init_db, "create every collection index (idempotent)")
     add("drivers", cmd_drivers, "list every discovered provider driver")
     fp = add("fake-provider", cmd_fake_provider, "run a local fake of a provider's API (no account needed)")

@@ -111,9 +111,26 @@ def _value(text: str) -> Any:
 
 #: Header names accepted for each contact field (compared lower-case, spaces and hyphens as underscores).
 ALIASES: dict[str, tuple[str, ...]] = {
-    "phone": ("phone", "mobile", "msisdn", "phone_number", "phonenumber", "cell", "cellphone", "cell_phone",
-              "mobile_number", "mobile_phone", "mobilephone", "cell_number", "telephone", "tel", "number", "to",
-              "e164", "phone_e164"),
+    "phone": (
+        "phone",
+        "mobile",
+        "msisdn",
+        "phone_number",
+        "phonenumber",
+        "cell",
+        "cellphone",
+        "cell_phone",
+        "mobile_number",
+        "mobile_phone",
+        "mobilephone",
+        "cell_number",
+        "telephone",
+        "tel",
+        "number",
+        "to",
+        "e164",
+        "phone_e164",
+    ),
     "first_name": ("first_name", "firstname", "first", "given_name", "givenname", "forename"),
     "last_name": ("last_name", "lastname", "last", "surname", "family_name", "familyname"),
     "timezone": ("timezone", "time_zone", "tz"),
@@ -179,14 +196,22 @@ def layout(header: list[str], delimiter: str) -> CsvLayout:
             seen.add(target)
         out.columns.append(target)
     if ("field", "phone") not in seen:
-        raise CliError("the CSV needs a 'phone' column (or mobile, msisdn, phone_number, cell, ...); got: "
-                       + (", ".join(h.strip() for h in header) or "nothing"))
+        raise CliError(
+            "the CSV needs a 'phone' column (or mobile, msisdn, phone_number, cell, ...); got: "
+            + (", ".join(h.strip() for h in header) or "nothing")
+        )
     return out
 
 
-def csv_chunks(fh: TextIO, size: int = CHUNK, *, delimiter: str | None = None, region: str = "US",
-               report: CsvLayout | None = None, duplicates: list[tuple[int, str, str]] | None = None,
-               ) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+def csv_chunks(
+    fh: TextIO,
+    size: int = CHUNK,
+    *,
+    delimiter: str | None = None,
+    region: str = "US",
+    report: CsvLayout | None = None,
+    duplicates: list[tuple[int, str, str]] | None = None,
+) -> Iterator[list[tuple[int, dict[str, Any]]]]:
     """Rows of a contacts CSV as ``(line number, contact dict)``, ``size`` at a time. The delimiter is detected
     from the header (comma, semicolon, tab, pipe) unless given. A phone already seen earlier in the file (after
     normalisation) is not sent again: it is appended to ``duplicates`` as ``(line, phone, reason)``."""
@@ -286,8 +311,11 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
     with path.open(newline="", encoding="utf-8-sig") as fh:
         chunks = csv_chunks(fh, args.chunk, delimiter=delimiter, region=args.region, report=lay, duplicates=duplicates)
         for chunk in _checked(chunks, path):
-            res = client.call("POST", f"/sending-lists/{args.list}/contacts",
-                              {"contacts": [c for _, c in chunk], "default_region": args.region})
+            res = client.call(
+                "POST",
+                f"/sending-lists/{args.list}/contacts",
+                {"contacts": [c for _, c in chunk], "default_region": args.region},
+            )
             inserted += res["inserted"]
             updated += res["updated"]
             for r in res["rejected"]:
@@ -297,8 +325,10 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
             progress.update(done, f"(inserted {inserted:,}, updated {updated:,}, rejected {len(rejects):,})")
     progress.close()
     names = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-    print(f"read as {names.get(lay.delimiter, repr(lay.delimiter))}-separated"
-          + (f"; columns read as: {', '.join(lay.renamed)}" if lay.renamed else ""))
+    print(
+        f"read as {names.get(lay.delimiter, repr(lay.delimiter))}-separated"
+        + (f"; columns read as: {', '.join(lay.renamed)}" if lay.renamed else "")
+    )
     if lay.ignored:
         print(f"ignored columns: {'; '.join(lay.ignored)}")
     if duplicates:
@@ -469,10 +499,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--example", action="store_true", help="print an example campaign JSON and exit")
     create.set_defaults(func=cmd_campaign_create)
     psub.add_parser("list", help="list campaigns", parents=parents).set_defaults(func=cmd_campaign_list)
-    for name, fn, text in (("show", cmd_campaign_show, "show one campaign"),
-                           ("trigger", cmd_campaign_trigger, "run a campaign now"),
-                           ("pause", _status_cmd("pause"), PAUSE_DESCRIPTION),
-                           ("resume", _status_cmd("resume"), RESUME_DESCRIPTION)):
+    for name, fn, text in (
+        ("show", cmd_campaign_show, "show one campaign"),
+        ("trigger", cmd_campaign_trigger, "run a campaign now"),
+        ("pause", _status_cmd("pause"), PAUSE_DESCRIPTION),
+        ("resume", _status_cmd("resume"), RESUME_DESCRIPTION),
+    ):
         p = psub.add_parser(name, help=text, parents=parents)
         p.add_argument("id", type=int, help="campaign id")
         if name == "trigger":

@@ -38,8 +38,15 @@ def cmd_messages(args: argparse.Namespace) -> int:
     if not (args.phone or args.contact or args.campaign or args.execution):
         raise CliError("give a phone number, or --contact, --campaign or --execution")
     client = client_from(args)
-    path = "/messages" + _q(phone=args.phone, region=args.region, contact_id=args.contact, campaign_id=args.campaign,
-                            execution_id=args.execution, state=args.state, limit=args.limit)
+    path = "/messages" + _q(
+        phone=args.phone,
+        region=args.region,
+        contact_id=args.contact,
+        campaign_id=args.campaign,
+        execution_id=args.execution,
+        state=args.state,
+        limit=args.limit,
+    )
     page = client.call("GET", path)
     if args.json:
         _print_json(page)
@@ -50,20 +57,25 @@ def cmd_messages(args: argparse.Namespace) -> int:
     if not items:
         print("no messages")
         return 0
-    print(f"{'message':<17} {'state':<7} {'campaign':>8} {'exec':>5} {'to':<16} {'when (UTC)':<20} "
-          f"{'submitted':<9} {'delivered':<9} {'clicks':>6}  detail")
+    print(
+        f"{'message':<17} {'state':<7} {'campaign':>8} {'exec':>5} {'to':<16} {'when (UTC)':<20} "
+        f"{'submitted':<9} {'delivered':<9} {'clicks':>6}  detail"
+    )
     for m in items:
         when = (m.get("failed_at") or m.get("sent_at") or m.get("sendtime") or "")[:19]
         if m["state"] == "sent":
             detail = f"{m.get('provider')} {m.get('provider_message_id')}" + (
-                f" {m['delivery_status']}" if m.get("delivery_status") else "")
+                f" {m['delivery_status']}" if m.get("delivery_status") else ""
+            )
         elif m["state"] == "failed":
             detail = f"{m.get('reason')}: {m.get('detail') or ''}"
         else:
             detail = f"held until {m['not_before'][:19]}" if m.get("not_before") else "waiting"
-        print(f"{m['message_id']:<17} {m['state']:<7} {m.get('campaign_id') or '-':>8} {m.get('execution_id') or '-':>5} "
-              f"{m.get('to_number') or '':<16} {when:<20} {_tri(m.get('submitted')):<9} {_tri(m.get('delivered')):<9} "
-              f"{m.get('clicks', 0):>6}  {detail}")
+        print(
+            f"{m['message_id']:<17} {m['state']:<7} {m.get('campaign_id') or '-':>8} {m.get('execution_id') or '-':>5} "
+            f"{m.get('to_number') or '':<16} {when:<20} {_tri(m.get('submitted')):<9} {_tri(m.get('delivered')):<9} "
+            f"{m.get('clicks', 0):>6}  {detail}"
+        )
     if page.get("next_after"):
         print(f"... more: add --json or narrow with --state; next page after {page['next_after']}", file=sys.stderr)
     return 0
@@ -99,8 +111,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     with open(tmp, "wb") as fh:
         n = download(client, path, fh)
     shutil.move(tmp, args.output)
-    print(f"wrote {args.output} ({n:,} bytes); cells starting with = + - @ are prefixed with ' "
-          "(spreadsheets show the text as is)", file=sys.stderr)
+    print(
+        f"wrote {args.output} ({n:,} bytes); cells starting with = + - @ are prefixed with ' "
+        "(spreadsheets show the text as is)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -109,9 +124,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_dl_list(args: argparse.Namespace) -> int:
     client = client_from(args)
-    page = client.call("GET", "/dead-letters" + _q(reason=args.reason, campaign_id=args.campaign,
-                                                   execution_id=args.execution, since=args.since, until=args.until,
-                                                   limit=args.limit))
+    page = client.call(
+        "GET",
+        "/dead-letters"
+        + _q(
+            reason=args.reason,
+            campaign_id=args.campaign,
+            execution_id=args.execution,
+            since=args.since,
+            until=args.until,
+            limit=args.limit,
+        ),
+    )
     if args.json:
         _print_json(page)
         return 0
@@ -120,17 +144,21 @@ def cmd_dl_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'message':<17} {'reason':<18} {'campaign':>8} {'to':<16} {'failed at (UTC)':<20} {'retry':<5}  detail")
     for d in page["items"]:
-        print(f"{d['message_id']:<17} {d['reason']:<18} {d.get('campaign_id') or '-':>8} {d.get('to_number') or '':<16} "
-              f"{(d.get('failed_at') or '')[:19]:<20} {'yes' if d['retryable'] else 'no':<5}  {d.get('detail') or ''}")
+        print(
+            f"{d['message_id']:<17} {d['reason']:<18} {d.get('campaign_id') or '-':>8} {d.get('to_number') or '':<16} "
+            f"{(d.get('failed_at') or '')[:19]:<20} {'yes' if d['retryable'] else 'no':<5}  {d.get('detail') or ''}"
+        )
     if page.get("next_after"):
         print(f"... more (first {args.limit} shown)", file=sys.stderr)
     return 0
 
 
 def cmd_dl_summary(args: argparse.Namespace) -> int:
-    s = client_from(args).call("GET", "/dead-letters/summary" + _q(campaign_id=args.campaign,
-                                                                   execution_id=args.execution, since=args.since,
-                                                                   until=args.until))
+    s = client_from(args).call(
+        "GET",
+        "/dead-letters/summary"
+        + _q(campaign_id=args.campaign, execution_id=args.execution, since=args.since, until=args.until),
+    )
     if args.json:
         _print_json(s)
         return 0
@@ -145,11 +173,19 @@ def cmd_dl_summary(args: argparse.Namespace) -> int:
 def cmd_dl_redrive(args: argparse.Namespace) -> int:
     reasons = [r.strip().upper() for r in args.reason.split(",")] if args.reason else None
     if reasons and "NO_RESPONSE" in reasons and not args.allow_duplicates:
-        raise CliError("NO_RESPONSE messages may already have been delivered by the provider: re-driving them can "
-                       "text people twice. Add --allow-duplicates to do it anyway.")
-    body: dict[str, Any] = {"reasons": reasons, "campaign_id": args.campaign, "execution_id": args.execution,
-                            "since": args.since, "until": args.until, "allow_duplicates": args.allow_duplicates,
-                            "dry_run": args.dry_run}
+        raise CliError(
+            "NO_RESPONSE messages may already have been delivered by the provider: re-driving them can "
+            "text people twice. Add --allow-duplicates to do it anyway."
+        )
+    body: dict[str, Any] = {
+        "reasons": reasons,
+        "campaign_id": args.campaign,
+        "execution_id": args.execution,
+        "since": args.since,
+        "until": args.until,
+        "allow_duplicates": args.allow_duplicates,
+        "dry_run": args.dry_run,
+    }
     if args.message:
         body["message_ids"] = args.message
     out = client_from(args).call("POST", "/dead-letters/redrive", {k: v for k, v in body.items() if v is not None})
@@ -161,8 +197,10 @@ def cmd_dl_redrive(args: argparse.Namespace) -> int:
     if out["dry_run"]:
         print(f"dry run: {out['would_requeue']:,} of {out['matched']:,} dead letters would be queued again")
     else:
-        print(f"re-driven: {out['requeued']:,} of {out['matched']:,} dead letters queued again "
-              f"({out['held_quiet_hours']:,} held for quiet hours, {out['held_paused']:,} held by a pause)")
+        print(
+            f"re-driven: {out['requeued']:,} of {out['matched']:,} dead letters queued again "
+            f"({out['held_quiet_hours']:,} held for quiet hours, {out['held_paused']:,} held by a pause)"
+        )
     for why, n in sorted(out["skipped"].items()):
         print(f"  skipped {n:,}: {why}")
     return 0
@@ -177,8 +215,10 @@ def cmd_outbox_summary(args: argparse.Namespace) -> int:
         _print_json(s)
         return 0
     age = s.get("oldest_pending_age_seconds")
-    print(f"customer webhooks: {s['pending_events']:,} events pending ({s['due_now']:,} entries due now), "
-          f"{s['dead_events']:,} events dead")
+    print(
+        f"customer webhooks: {s['pending_events']:,} events pending ({s['due_now']:,} entries due now), "
+        f"{s['dead_events']:,} events dead"
+    )
     print("  entries by status: " + (", ".join(f"{k} {v:,}" for k, v in s["by_status"].items()) or "none"))
     if age is not None:
         print(f"  oldest pending: {age:,.0f} s old (since {s['oldest_pending_at']})")
@@ -195,8 +235,10 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'entry':<40} {'account':>7} {'status':<9} {'events':>6} {'attempts':>8}  last error")
     for e in page["items"]:
-        print(f"{e['id']:<40} {e.get('account_id') or '-':>7} {e['status']:<9} {e['events']:>6} {e['attempts']:>8}  "
-              f"{e.get('last_error') or ''}")
+        print(
+            f"{e['id']:<40} {e.get('account_id') or '-':>7} {e['status']:<9} {e['events']:>6} {e['attempts']:>8}  "
+            f"{e.get('last_error') or ''}"
+        )
     return 0
 
 
@@ -221,8 +263,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     api.add_argument("--json", action="store_true", help="print the raw JSON")
     parents = [common, api]
 
-    msg = sub.add_parser("messages", parents=parents,
-                         help="message log: a number's (or contact's, campaign's, execution's) messages and outcomes")
+    msg = sub.add_parser(
+        "messages",
+        parents=parents,
+        help="message log: a number's (or contact's, campaign's, execution's) messages and outcomes",
+    )
     msg.add_argument("phone", nargs="?", help="phone number in any format (normalised like imports)")
     msg.add_argument("--region", default="US", help="region of a number without country code (default US)")
     msg.add_argument("--contact", type=int, help="contact id")
@@ -250,22 +295,33 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     lst.add_argument("--reason", help="STALE, RATE_LIMIT_TIMEOUT, PROVIDER_ERROR, NO_RESPONSE, ...")
     lst.add_argument("--limit", type=int, default=100)
     lst.set_defaults(func=cmd_dl_list)
-    dsub.add_parser("summary", parents=[*parents, filters], help="dead letters by reason and campaign") \
-        .set_defaults(func=cmd_dl_summary)
-    rd = dsub.add_parser("redrive", parents=[*parents, filters],
-                         help="queue retryable dead letters again (re-checked: opt-out, cooldown, quiet hours)")
-    rd.add_argument("--reason", help="comma-separated reasons (default RATE_LIMIT_TIMEOUT,BILLING_BLOCKED,PROVIDER_ERROR;"
-                                     " STALE only when named; NO_RESPONSE needs --allow-duplicates)")
+    dsub.add_parser("summary", parents=[*parents, filters], help="dead letters by reason and campaign").set_defaults(
+        func=cmd_dl_summary
+    )
+    rd = dsub.add_parser(
+        "redrive",
+        parents=[*parents, filters],
+        help="queue retryable dead letters again (re-checked: opt-out, cooldown, quiet hours)",
+    )
+    rd.add_argument(
+        "--reason",
+        help="comma-separated reasons (default RATE_LIMIT_TIMEOUT,BILLING_BLOCKED,PROVIDER_ERROR;"
+        " STALE only when named; NO_RESPONSE needs --allow-duplicates)",
+    )
     rd.add_argument("--message", action="append", help="only this message id (repeatable)")
-    rd.add_argument("--allow-duplicates", action="store_true",
-                    help="allow NO_RESPONSE: the provider may have sent them already (possible duplicate texts)")
+    rd.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="allow NO_RESPONSE: the provider may have sent them already (possible duplicate texts)",
+    )
     rd.add_argument("--dry-run", action="store_true", help="count what would be re-driven; change nothing")
     rd.set_defaults(func=cmd_dl_redrive)
 
     ob = sub.add_parser("outbox", help="the customer-webhook outbox: backlog and dead entries")
     osub = ob.add_subparsers(dest="action", metavar="ACTION", required=True)
-    osub.add_parser("summary", parents=parents, help="backlog: pending and dead events, oldest age") \
-        .set_defaults(func=cmd_outbox_summary)
+    osub.add_parser("summary", parents=parents, help="backlog: pending and dead events, oldest age").set_defaults(
+        func=cmd_outbox_summary
+    )
     ol = osub.add_parser("list", parents=parents, help="list outbox entries")
     ol.add_argument("--status", choices=("pending", "dead", "delivered", "dropped", "split"))
     ol.add_argument("--account", type=int)

@@ -244,8 +244,13 @@ class Settings(BaseSettings):
     @field_validator("drivers")
     @classmethod
     def _driver_urls(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        bad = [name for name, values in v.items() if isinstance(values, dict) and "base_url" in values
-               and not has_scheme(str(values["base_url"]), ("http", "https"))]
+        bad = [
+            name
+            for name, values in v.items()
+            if isinstance(values, dict)
+            and "base_url" in values
+            and not has_scheme(str(values["base_url"]), ("http", "https"))
+        ]
         if bad:
             raise ValueError(f"base_url of {', '.join(bad)} must be a URL with a scheme: http:// or https://")
         return v
@@ -253,11 +258,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _claim_outlives_calls(self) -> Settings:
         # The claim must outlive the longest provider call or another process could re-send it.
-        longest = max((float(v.get("timeout_seconds", 30.0)) for v in self.drivers.values()
-                       if isinstance(v, dict)), default=30.0)
+        longest = max(
+            (float(v.get("timeout_seconds", 30.0)) for v in self.drivers.values() if isinstance(v, dict)), default=30.0
+        )
         if self.executor.claim_ttl_minutes * 60 <= longest * self.executor.retry_max_attempts:
-            raise PydanticCustomError("claim_ttl", "executor.claim_ttl_minutes must exceed the longest provider call "
-                                                   "(driver timeout_seconds x retry_max_attempts)")
+            raise PydanticCustomError(
+                "claim_ttl",
+                "executor.claim_ttl_minutes must exceed the longest provider call "
+                "(driver timeout_seconds x retry_max_attempts)",
+            )
         return self
 
     def driver_instances(self) -> dict[str, tuple[str, dict[str, Any]]]:

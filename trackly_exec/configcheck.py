@@ -61,8 +61,13 @@ def placeholders(settings: Settings) -> list[tuple[str, str]]:
     for path, text in _strings(settings, ()):
         if text and PLACEHOLDER.search(text.strip()):
             var = env_var(path)
-            out.append((".".join(path), "still the example's placeholder: set the real value"
-                         + (f" (from environment variable {var})" if var else "")))
+            out.append(
+                (
+                    ".".join(path),
+                    "still the example's placeholder: set the real value"
+                    + (f" (from environment variable {var})" if var else ""),
+                )
+            )
     return out
 
 
@@ -98,8 +103,14 @@ def driver_problems(settings: Settings) -> tuple[list[tuple[str, str]], dict[str
         except ValidationError as exc:
             for err in exc.errors():
                 key = ".".join(str(p) for p in err["loc"])
-                problems.append((f"drivers.{name}.{key}", "unknown key" if err["type"] == "extra_forbidden"
-                                 else str(err["msg"]).removeprefix("Value error, ")))
+                problems.append(
+                    (
+                        f"drivers.{name}.{key}",
+                        "unknown key"
+                        if err["type"] == "extra_forbidden"
+                        else str(err["msg"]).removeprefix("Value error, "),
+                    )
+                )
             continue
         lacking = missing_credentials(cls, values)
         if lacking:
@@ -119,8 +130,9 @@ async def _active_lists(settings: Settings) -> list[dict[str, Any]]:
         await store.close()
 
 
-def list_problems(settings: Settings, lists: list[dict[str, Any]],
-                  missing: dict[str, list[str]]) -> list[tuple[str, str]]:
+def list_problems(
+    settings: Settings, lists: list[dict[str, Any]], missing: dict[str, list[str]]
+) -> list[tuple[str, str]]:
     """Active sending lists naming a driver instance that is not configured or has no credentials."""
     from .registry import get_driver_class
 
@@ -137,11 +149,15 @@ def list_problems(settings: Settings, lists: list[dict[str, Any]],
                 continue
             lacking = missing_credentials(cls, {})
             if lacking:
-                out.append((f"drivers.{name}", f"{label} uses driver {name!r}, which is not configured: "
-                                               f"add [drivers.{name}] with {', '.join(lacking)}"))
+                msg = f"{label} uses driver {name!r}, which is not configured: add [drivers.{name}] with {', '.join(lacking)}"
+                out.append((f"drivers.{name}", msg))
         elif name in missing:
-            out.append((f"drivers.{name}.{missing[name][0]}",
-                        f"{label} sends through {name!r}, which has no credentials ({', '.join(missing[name])} empty)"))
+            out.append(
+                (
+                    f"drivers.{name}.{missing[name][0]}",
+                    f"{label} sends through {name!r}, which has no credentials ({', '.join(missing[name])} empty)",
+                )
+            )
     return out
 
 
@@ -153,10 +169,15 @@ def check(settings: Settings, *, store: bool | None = None) -> tuple[list[tuple[
     read_store = (not settings.mongo.embedded) if store is None else store
     if read_store:
         try:
-            quick = settings.model_copy(update={"mongo": settings.mongo.model_copy(
-                update={"connect_timeout_seconds": min(settings.mongo.connect_timeout_seconds, 5.0)})})
+            quick = settings.model_copy(
+                update={
+                    "mongo": settings.mongo.model_copy(
+                        update={"connect_timeout_seconds": min(settings.mongo.connect_timeout_seconds, 5.0)}
+                    )
+                }
+            )
             lists = asyncio.run(asyncio.wait_for(_active_lists(quick), 15))
-        except Exception as exc:  # the store is optional for this check: say so and go on
+        except Exception as exc:  # noqa: BLE001  (the store is optional for this check: say so and go on)
             warnings.append(f"sending lists not checked: the store is not reachable ({type(exc).__name__})")
         else:
             errors += list_problems(settings, lists, missing)
@@ -217,7 +238,9 @@ def describe(out: TextIO, *, drivers: bool = True) -> None:
     for name, info in discover().items():
         if info.cls is None:
             continue
-        print(f"\n[drivers.{name}]  settings of the {name} driver ({info.value}); "
-              "TRACKLY_DRIVERS__NAME__KEY overrides", file=out)
+        print(
+            f"\n[drivers.{name}]  settings of the {name} driver ({info.value}); TRACKLY_DRIVERS__NAME__KEY overrides",
+            file=out,
+        )
         for key, type_name, default, text in describe_rows(info.cls.settings_model, f"drivers.{name}."):
             print(f"  {key:<{width}} = {default:<24}  {text}  [{type_name}]", file=out)

@@ -20,12 +20,29 @@ DELIVERY_REPORTS = "delivery_reports"  # raw report de-duplication (provider, id
 OUTBOX = "webhook_outbox"  # customer delivery-status webhooks to deliver
 EVENTS = "events"  # alert events (FailedMessage, provider-error bursts, ...)
 INBOUND = "inbound_messages"
-LOCKS = "locks"                          # leader leases for singleton loops (recovery sweeps)
-REDRIVES = "redrives"                    # journal of dead-letter re-drives in progress (redrive.recover)
+LOCKS = "locks"  # leader leases for singleton loops (recovery sweeps)
+REDRIVES = "redrives"  # journal of dead-letter re-drives in progress (redrive.recover)
 
 ALL_COLLECTIONS = (
-    COUNTERS, ACCOUNTS, SENDING_LISTS, CONTACTS, AUDIENCES, CREATIVES, CAMPAIGNS, EXECUTIONS, QUEUED,
-    SENT, FAILED, SHORT_LINKS, CLICKS, DELIVERY_REPORTS, OUTBOX, EVENTS, INBOUND, LOCKS, REDRIVES,
+    COUNTERS,
+    ACCOUNTS,
+    SENDING_LISTS,
+    CONTACTS,
+    AUDIENCES,
+    CREATIVES,
+    CAMPAIGNS,
+    EXECUTIONS,
+    QUEUED,
+    SENT,
+    FAILED,
+    SHORT_LINKS,
+    CLICKS,
+    DELIVERY_REPORTS,
+    OUTBOX,
+    EVENTS,
+    INBOUND,
+    LOCKS,
+    REDRIVES,
 )
 
 # ---- Redis keys ----------------------------------------------------------------------------

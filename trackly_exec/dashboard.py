@@ -31,7 +31,7 @@ log = get_logger(__name__)
 
 SAMPLE_SECONDS = 10.0
 HISTORY_MINUTES = 120
-ALERT_WINDOW = 1000          # latest events grouped into alert rows
+ALERT_WINDOW = 1000  # latest events grouped into alert rows
 
 
 class Sampler:
@@ -43,9 +43,15 @@ class Sampler:
     def add(self, ov: dict[str, Any], now: dt.datetime, *, min_gap: float = SAMPLE_SECONDS / 2) -> None:
         if self.samples and (now - self.samples[-1]["at"]).total_seconds() < min_gap:
             return
-        self.samples.append({"at": now, "sent": ov.get("sent", 0), "delivered": ov.get("delivered", 0),
-                             "undelivered": ov.get("undelivered", 0),
-                             "failed_by_reason": dict(ov.get("failed_by_reason", {}))})
+        self.samples.append(
+            {
+                "at": now,
+                "sent": ov.get("sent", 0),
+                "delivered": ov.get("delivered", 0),
+                "undelivered": ov.get("undelivered", 0),
+                "failed_by_reason": dict(ov.get("failed_by_reason", {})),
+            }
+        )
 
     async def sample(self, store: Any, now: dt.datetime | None = None) -> None:
         self.add(await overview(store), now or utcnow(), min_gap=0)
@@ -87,23 +93,30 @@ async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[dict[
         rate = 0.0
         if queued:
             rate = await store[c.SENT].count_documents({"campaign_id": cid, "timestamp": {"$gte": since}}) / 60.0
-        rows.append({
-            "id": cid,
-            "name": d.get("name") or f"campaign {cid}",
-            "status": d.get("status"),
-            "state": state,
-            "next_run_at": d.get("next_run_at"),
-            "started_at": started,
-            "ended_at": ended,
-            "duration_seconds": round(((ended or now) - started).total_seconds(), 1) if started else None,
-            "send_rate_per_second": round(rate, 2),
-            "eta_seconds": round(queued / rate, 0) if queued and rate > 0 else None,
-            "last_execution": None if last is None else {
-                "id": last["_id"], "status": last.get("status"), "reason": last.get("reason"),
-                "counts": last.get("counts", {}), "triggered_at": last.get("triggered_at"),
-            },
-            **stats,
-        })
+        rows.append(
+            {
+                "id": cid,
+                "name": d.get("name") or f"campaign {cid}",
+                "status": d.get("status"),
+                "state": state,
+                "next_run_at": d.get("next_run_at"),
+                "started_at": started,
+                "ended_at": ended,
+                "duration_seconds": round(((ended or now) - started).total_seconds(), 1) if started else None,
+                "send_rate_per_second": round(rate, 2),
+                "eta_seconds": round(queued / rate, 0) if queued and rate > 0 else None,
+                "last_execution": None
+                if last is None
+                else {
+                    "id": last["_id"],
+                    "status": last.get("status"),
+                    "reason": last.get("reason"),
+                    "counts": last.get("counts", {}),
+                    "triggered_at": last.get("triggered_at"),
+                },
+                **stats,
+            }
+        )
     return rows
 
 
@@ -111,15 +124,26 @@ async def grouped_alerts(store: Any, window: int = ALERT_WINDOW) -> list[dict[st
     """The latest ``window`` events grouped by (kind, key): one row each with a count, first and last time and the
     latest message, newest group first."""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
-    async for e in store[c.EVENTS].find({}, {"kind": 1, "key": 1, "severity": 1, "message": 1, "created_at": 1}) \
-            .sort("created_at", -1).limit(window):
+    async for e in (
+        store[c.EVENTS]
+        .find({}, {"kind": 1, "key": 1, "severity": 1, "message": 1, "created_at": 1})
+        .sort("created_at", -1)
+        .limit(window)
+    ):
         kind = str(e.get("kind") or "")
         key = (kind, str(e.get("key") or kind))
         at = _aware(e.get("created_at"))
         g = groups.get(key)
         if g is None:
-            groups[key] = {"kind": kind, "key": key[1], "severity": e.get("severity"), "count": 1,
-                           "message": e.get("message"), "first_at": at, "last_at": at}
+            groups[key] = {
+                "kind": kind,
+                "key": key[1],
+                "severity": e.get("severity"),
+                "count": 1,
+                "message": e.get("message"),
+                "first_at": at,
+                "last_at": at,
+            }
         else:
             g["count"] += 1
             g["first_at"] = at

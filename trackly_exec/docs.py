@@ -56,9 +56,16 @@ def _type(schema: dict[str, Any]) -> str:
 
 def _limits(schema: dict[str, Any]) -> str:
     parts = []
-    for key, label in (("minimum", "≥"), ("maximum", "≤"), ("exclusiveMinimum", ">"), ("exclusiveMaximum", "<"),
-                       ("minLength", "min length "), ("maxLength", "max length "), ("maxItems", "max items "),
-                       ("pattern", "pattern ")):
+    for key, label in (
+        ("minimum", "≥"),
+        ("maximum", "≤"),
+        ("exclusiveMinimum", ">"),
+        ("exclusiveMaximum", "<"),
+        ("minLength", "min length "),
+        ("maxLength", "max length "),
+        ("maxItems", "max items "),
+        ("pattern", "pattern "),
+    ):
         if key in schema:
             parts.append(f"{label}{schema[key]}")
     if "default" in schema and schema["default"] is not None:
@@ -74,8 +81,10 @@ def _properties(schema: dict[str, Any]) -> str:
     rows = []
     for name, prop in props.items():
         req = ' <span class="req">required</span>' if name in required else ""
-        rows.append(f"<tr><td><code>{_e(name)}</code>{req}</td><td>{_type(prop)}</td>"
-                    f"<td>{_e(prop.get('description', ''))} <span class='muted'>{_limits(prop)}</span></td></tr>")
+        rows.append(
+            f"<tr><td><code>{_e(name)}</code>{req}</td><td>{_type(prop)}</td>"
+            f"<td>{_e(prop.get('description', ''))} <span class='muted'>{_limits(prop)}</span></td></tr>"
+        )
     return "<table><tr><th>field</th><th>type</th><th>description</th></tr>" + "".join(rows) + "</table>"
 
 
@@ -92,8 +101,11 @@ def render(doc: dict[str, Any]) -> str:
         for method, path, op in ops:
             anchor = op.get("operationId", f"{method}-{path}")
             nav.append(f'<a href="#{_e(anchor)}"><span class="m {method}">{method}</span>{_e(path[7:])}</a>')
-            parts = [f'<section class="op" id="{_e(anchor)}"><h3><span class="m {method}">{method}</span> '
-                     f"<code>{_e(path)}</code></h3><p>{_e(op.get('summary', ''))}</p>"]
+            head = (
+                f'<section class="op" id="{_e(anchor)}"><h3><span class="m {method}">{method}</span> '
+                f"<code>{_e(path)}</code></h3><p>{_e(op.get('summary', ''))}</p>"
+            )
+            parts = [head]
             if op.get("security") == []:
                 parts.append('<p class="muted">No token needed.</p>')
             params = op.get("parameters") or []
@@ -101,9 +113,13 @@ def render(doc: dict[str, Any]) -> str:
                 rows = "".join(
                     f"<tr><td><code>{_e(p['name'])}</code>{' <span class=req>required</span>' if p.get('required') else ''}"
                     f"</td><td>{_e(p['in'])}</td><td>{_type(p.get('schema', {}))}</td><td>{_e(p.get('description', ''))}"
-                    f" <span class='muted'>{_limits(p.get('schema', {}))}</span></td></tr>" for p in params)
-                parts.append("<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>type</th><th>description</th>"
-                             f"</tr>{rows}</table>")
+                    f" <span class='muted'>{_limits(p.get('schema', {}))}</span></td></tr>"
+                    for p in params
+                )
+                parts.append(
+                    "<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>type</th><th>description</th>"
+                    f"</tr>{rows}</table>"
+                )
             rb = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if rb:
                 name = _ref_name(rb.get("$ref", ""))
@@ -117,31 +133,43 @@ def render(doc: dict[str, Any]) -> str:
                 content = resp.get("content", {})
                 media, body_schema = next(iter(content.items()), ("", {}))
                 shown = _type(body_schema.get("schema", {})) if body_schema else ""
-                rows.append(f"<tr><td>{_e(code)}</td><td>{_e(resp.get('description', ''))}</td>"
-                            f"<td>{_e(media)}</td><td>{shown}</td></tr>")
-            parts.append("<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>media type</th><th>body</th>"
-                         f"</tr>{''.join(rows)}</table></section>")
+                rows.append(
+                    f"<tr><td>{_e(code)}</td><td>{_e(resp.get('description', ''))}</td>"
+                    f"<td>{_e(media)}</td><td>{shown}</td></tr>"
+                )
+            parts.append(
+                "<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>media type</th><th>body</th>"
+                f"</tr>{''.join(rows)}</table></section>"
+            )
             body.append("".join(parts))
     nav.append("<h4>schemas</h4>")
     body.append("<h2>Schemas</h2>")
     for name, schema in schemas.items():
         nav.append(f'<a href="#schema-{_e(name)}">{_e(name)}</a>')
         desc = f"<p>{_e(schema['description'])}</p>" if schema.get("description") else ""
-        body.append(f'<section class="op" id="schema-{_e(name)}"><h3>{_e(name)}</h3>{desc}{_properties(schema)}</section>')
+        body.append(
+            f'<section class="op" id="schema-{_e(name)}"><h3>{_e(name)}</h3>{desc}{_properties(schema)}</section>'
+        )
     info = doc.get("info", {})
     intro = "".join(f"<p>{_e(p)}</p>" for p in str(info.get("description", "")).split("\n\n"))
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(info.get('title', 'API'))} "
-            f"reference</title><meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<style>{CSS}</style></head><body><header><strong>{_e(info.get('title', ''))}</strong> "
-            f"{_e(info.get('version', ''))} · <a href='/api/v1/openapi.json'>openapi.json</a></header><main><nav>"
-            f"{''.join(nav)}</nav><div>{intro}{''.join(body)}</div></main></body></html>")
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(info.get('title', 'API'))} "
+        f"reference</title><meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<style>{CSS}</style></head><body><header><strong>{_e(info.get('title', ''))}</strong> "
+        f"{_e(info.get('version', ''))} · <a href='/api/v1/openapi.json'>openapi.json</a></header><main><nav>"
+        f"{''.join(nav)}</nav><div>{intro}{''.join(body)}</div></main></body></html>"
+    )
 
 
 def setup(app: web.Application, trackly: Any) -> None:
     page = render(document(trackly.settings.http.public_url)).encode("utf-8")
 
     async def docs(request: web.Request) -> web.Response:
-        return web.Response(body=page, content_type="text/html", charset="utf-8",
-                            headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
+        return web.Response(
+            body=page,
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"},
+        )
 
     app.router.add_get("/docs", docs)

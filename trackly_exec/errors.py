@@ -22,8 +22,14 @@ class TracklyError(Exception):
 class ConfigError(TracklyError):
     """The configuration file or environment is invalid."""
 
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
-                 problems: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        problems: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.file = file
         self.key = key
         self.problems = problems or ([(key or "", message)])

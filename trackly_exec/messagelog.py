@@ -27,10 +27,34 @@ EXPORT_BATCH = 1000
 
 #: Columns of the CSV export, in order.
 COLUMNS = (
-    "message_id", "state", "campaign_id", "execution_id", "sending_list_id", "contact_id", "to_number", "from_number",
-    "variant_key", "send_type", "segments", "encoding", "sendtime", "sent_at", "submitted", "delivered",
-    "delivery_status", "delivery_error_code", "delivered_at", "provider", "provider_message_id", "cost",
-    "reason", "detail", "failed_at", "not_before", "clicks", "human_clicks",
+    "message_id",
+    "state",
+    "campaign_id",
+    "execution_id",
+    "sending_list_id",
+    "contact_id",
+    "to_number",
+    "from_number",
+    "variant_key",
+    "send_type",
+    "segments",
+    "encoding",
+    "sendtime",
+    "sent_at",
+    "submitted",
+    "delivered",
+    "delivery_status",
+    "delivery_error_code",
+    "delivered_at",
+    "provider",
+    "provider_message_id",
+    "cost",
+    "reason",
+    "detail",
+    "failed_at",
+    "not_before",
+    "clicks",
+    "human_clicks",
 )
 
 
@@ -101,8 +125,9 @@ async def clicks_of(store: Store, ids: list[str]) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     if not ids:
         return out
-    async for link in store[c.SHORT_LINKS].find({"message_id": {"$in": ids}},
-                                                {"message_id": 1, "clicks": 1, "human_clicks": 1}):
+    async for link in store[c.SHORT_LINKS].find(
+        {"message_id": {"$in": ids}}, {"message_id": 1, "clicks": 1, "human_clicks": 1}
+    ):
         a, h = out.get(link["message_id"], (0, 0))
         out[link["message_id"]] = (a + int(link.get("clicks") or 0), h + int(link.get("human_clicks") or 0))
     return out
@@ -114,12 +139,13 @@ def parse_cursor(after: str | None) -> tuple[int, str]:
         return 0, ""
     state, sep, mid = after.partition(":")
     if not sep or state not in STATES:
-        raise ValueError("after must be a next_after value of a previous page (\"<state>:<message id>\")")
+        raise ValueError('after must be a next_after value of a previous page ("<state>:<message id>")')
     return STATES.index(state), mid
 
 
-async def page(store: Store, match: dict[str, Any], *, states: tuple[str, ...] = STATES, limit: int = 100,
-               after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+async def page(
+    store: Store, match: dict[str, Any], *, states: tuple[str, ...] = STATES, limit: int = 100, after: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the log: ``(entries, next_after)``."""
     start, last_id = parse_cursor(after)
     found: list[tuple[str, dict[str, Any]]] = []
@@ -143,7 +169,9 @@ async def page(store: Store, match: dict[str, Any], *, states: tuple[str, ...] =
     return items, nxt
 
 
-async def export_rows(store: Store, match: dict[str, Any], *, batch: int = EXPORT_BATCH) -> AsyncIterator[list[list[Any]]]:
+async def export_rows(
+    store: Store, match: dict[str, Any], *, batch: int = EXPORT_BATCH
+) -> AsyncIterator[list[list[Any]]]:
     """Every message matching ``match`` as CSV rows (:data:`COLUMNS`), ``batch`` messages at a time."""
     for state in STATES:
         last = ""

@@ -56,8 +56,10 @@ NEVER = (FailureReason.BLOCKED_CONTENT, FailureReason.CONTACT_BLOCKED)
 BATCH = 500
 RECOVER_AFTER = dt.timedelta(minutes=2)
 HELD = PAUSED_UNTIL
-DUPLICATE_WARNING = ("NO_RESPONSE messages may have been accepted by the provider before the failure was recorded: "
-                     "re-sending them can text these people twice")
+DUPLICATE_WARNING = (
+    "NO_RESPONSE messages may have been accepted by the provider before the failure was recorded: "
+    "re-sending them can text these people twice"
+)
 _FIELDS = tuple(MessageFields.model_fields)
 
 
@@ -74,16 +76,29 @@ class RedriveResult:
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"matched": self.matched, "requeued": self.requeued,
-                "would_requeue": self.would_requeue, "held_quiet_hours": self.held_quiet_hours,
-                "held_paused": self.held_paused, "skipped": {k: v for k, v in self.skipped.items() if v},
-                "message_ids": self.message_ids[:1000], "warnings": self.warnings, "dry_run": self.dry_run}
+        return {
+            "matched": self.matched,
+            "requeued": self.requeued,
+            "would_requeue": self.would_requeue,
+            "held_quiet_hours": self.held_quiet_hours,
+            "held_paused": self.held_paused,
+            "skipped": {k: v for k, v in self.skipped.items() if v},
+            "message_ids": self.message_ids[:1000],
+            "warnings": self.warnings,
+            "dry_run": self.dry_run,
+        }
 
 
-def dead_letter_filter(*, reasons: list[str] | None = None, campaign_id: int | None = None,
-                       execution_id: int | None = None, sending_list_id: int | None = None,
-                       since: dt.datetime | None = None, until: dt.datetime | None = None,
-                       message_ids: list[str] | None = None) -> dict[str, Any]:
+def dead_letter_filter(
+    *,
+    reasons: list[str] | None = None,
+    campaign_id: int | None = None,
+    execution_id: int | None = None,
+    sending_list_id: int | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    message_ids: list[str] | None = None,
+) -> dict[str, Any]:
     q: dict[str, Any] = {}
     if reasons:
         q["reason"] = {"$in": list(reasons)}
@@ -119,7 +134,9 @@ def _why_not(doc: dict[str, Any], reasons: set[str], allow_duplicates: bool) -> 
 async def _contacts(db: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
     if not ids:
         return {}
-    docs = await db[c.CONTACTS].find({"_id": {"$in": ids}}, {"subscribed": 1, "blocked": 1, "timezone": 1}).to_list(None)
+    docs = (
+        await db[c.CONTACTS].find({"_id": {"$in": ids}}, {"subscribed": 1, "blocked": 1, "timezone": 1}).to_list(None)
+    )
     return {int(d["_id"]): d for d in docs}
 
 
@@ -140,9 +157,13 @@ async def _cooled(db: Any, lists: dict[int, dict[str, Any]], docs: list[dict[str
             continue
         numbers = list({d["to_number"] for d in group})
         cutoff = now - dt.timedelta(minutes=minutes)
-        recent = {d["to_number"] async for d in db[c.SENT].find(
-            {"sending_list_id": list_id, "timestamp": {"$gte": cutoff}, "to_number": {"$in": numbers}},
-            {"to_number": 1})}
+        recent = {
+            d["to_number"]
+            async for d in db[c.SENT].find(
+                {"sending_list_id": list_id, "timestamp": {"$gte": cutoff}, "to_number": {"$in": numbers}},
+                {"to_number": 1},
+            )
+        }
         out.update(d["_id"] for d in group if d["to_number"] in recent)
     return out
 
@@ -150,12 +171,21 @@ async def _cooled(db: Any, lists: dict[int, dict[str, Any]], docs: list[dict[str
 async def _paused_campaigns(db: Any, ids: set[int]) -> set[int]:
     if not ids:
         return set()
-    return {int(d["_id"]) async for d in db[c.CAMPAIGNS].find({"_id": {"$in": list(ids)}, "status": "paused"}, {"_id": 1})}
+    return {
+        int(d["_id"]) async for d in db[c.CAMPAIGNS].find({"_id": {"$in": list(ids)}, "status": "paused"}, {"_id": 1})
+    }
 
 
-async def redrive(trackly: Any, match: dict[str, Any], *, reasons: list[str] | None = None,
-                  allow_duplicates: bool = False, dry_run: bool = False, limit: int = 10_000,
-                  now: dt.datetime | None = None) -> RedriveResult:
+async def redrive(
+    trackly: Any,
+    match: dict[str, Any],
+    *,
+    reasons: list[str] | None = None,
+    allow_duplicates: bool = False,
+    dry_run: bool = False,
+    limit: int = 10_000,
+    now: dt.datetime | None = None,
+) -> RedriveResult:
     """Re-drive the FailedMessage records matching ``match`` whose reason is in ``reasons`` (default
     :data:`DEFAULT_REASONS`). See the module docstring for the checks and the crash-safety argument."""
     db = trackly.db
@@ -176,13 +206,26 @@ async def redrive(trackly: Any, match: dict[str, Any], *, reasons: list[str] | N
         await _redrive_batch(trackly, docs, wanted, allow_duplicates, dry_run, now, res)
         if len(docs) < BATCH:
             break
-    log.info("dead_letters_redriven", matched=res.matched, requeued=res.requeued, skipped=dict(res.skipped),
-             dry_run=dry_run, allow_duplicates=allow_duplicates)
+    log.info(
+        "dead_letters_redriven",
+        matched=res.matched,
+        requeued=res.requeued,
+        skipped=dict(res.skipped),
+        dry_run=dry_run,
+        allow_duplicates=allow_duplicates,
+    )
     return res
 
 
-async def _redrive_batch(trackly: Any, docs: list[dict[str, Any]], wanted: set[str], allow_duplicates: bool,
-                         dry_run: bool, now: dt.datetime, res: RedriveResult) -> None:
+async def _redrive_batch(
+    trackly: Any,
+    docs: list[dict[str, Any]],
+    wanted: set[str],
+    allow_duplicates: bool,
+    dry_run: bool,
+    now: dt.datetime,
+    res: RedriveResult,
+) -> None:
     db = trackly.db
     todo: list[dict[str, Any]] = []
     for d in docs:
@@ -200,7 +243,7 @@ async def _redrive_batch(trackly: Any, docs: list[dict[str, Any]], wanted: set[s
     cooled = await _cooled(db, lists, todo, now)
     already = {d["_id"] async for d in db[c.SENT].find({"_id": {"$in": [d["_id"] for d in todo]}}, {"_id": 1})}
     paused = await _paused_campaigns(db, {int(d["campaign_id"]) for d in todo if d.get("campaign_id") is not None})
-    go: list[tuple[dict[str, Any], dt.datetime, bool]] = []   # (doc, not_before, paused)
+    go: list[tuple[dict[str, Any], dt.datetime, bool]] = []  # (doc, not_before, paused)
     memo: dict[Any, bool] = {}
     for d in todo:
         contact = contacts.get(int(d["contact_id"])) if d.get("contact_id") is not None else None
@@ -239,8 +282,9 @@ async def _redrive_batch(trackly: Any, docs: list[dict[str, Any]], wanted: set[s
     ids = [d["_id"] for d, _, _ in go]
     await db[c.REDRIVES].insert_one({"_id": token, "ids": ids, "at": now})
     # 1. mark (only unmarked records: a concurrent re-drive of the same message gets none of them)
-    await db[c.FAILED].update_many({"_id": {"$in": ids}, "redrive_token": {"$eq": None}},
-                                   {"$set": {"redrive_token": token, "redrive_at": now}})
+    await db[c.FAILED].update_many(
+        {"_id": {"$in": ids}, "redrive_token": {"$eq": None}}, {"$set": {"redrive_token": token, "redrive_at": now}}
+    )
     marked = {d["_id"] async for d in db[c.FAILED].find({"_id": {"$in": ids}, "redrive_token": token}, {"_id": 1})}
     res.skipped["redrive_in_progress"] += len(ids) - len(marked)
     go = [g for g in go if g[0]["_id"] in marked]
@@ -258,8 +302,9 @@ async def _redrive_batch(trackly: Any, docs: list[dict[str, Any]], wanted: set[s
             raise
         refused = {queued[int(e["index"])]["_id"] for e in errors}
     if refused:  # already queued (or its execution already has this contact queued): leave the failure as it is
-        await db[c.FAILED].update_many({"_id": {"$in": list(refused)}, "redrive_token": token},
-                                       {"$unset": {"redrive_token": "", "redrive_at": ""}})
+        await db[c.FAILED].update_many(
+            {"_id": {"$in": list(refused)}, "redrive_token": token}, {"$unset": {"redrive_token": "", "redrive_at": ""}}
+        )
         res.skipped["already_queued"] += len(refused)
         go = [g for g in go if g[0]["_id"] not in refused]
     # 3. delete the failures, then release what lost its failure record
@@ -273,12 +318,24 @@ async def _redrive_batch(trackly: Any, docs: list[dict[str, Any]], wanted: set[s
 
 def _queue_doc(failed: dict[str, Any], token: str, now: dt.datetime) -> dict[str, Any]:
     doc = {k: failed[k] for k in _FIELDS if k in failed}
-    doc.update({
-        "_id": failed["_id"], "sendtime": now, "created_at": now, "not_before": HELD, "claimed_by": None,
-        "claimed_at": None, "sending_at": None, "billing_blocked_since": None, "paused": False, "attempts": 0,
-        "redrive_token": token, "redriven_at": now, "redriven_from": str(failed.get("reason")),
-        "redrive_count": int(failed.get("redrive_count") or 0) + 1,
-    })
+    doc.update(
+        {
+            "_id": failed["_id"],
+            "sendtime": now,
+            "created_at": now,
+            "not_before": HELD,
+            "claimed_by": None,
+            "claimed_at": None,
+            "sending_at": None,
+            "billing_blocked_since": None,
+            "paused": False,
+            "attempts": 0,
+            "redrive_token": token,
+            "redriven_at": now,
+            "redriven_from": str(failed.get("reason")),
+            "redrive_count": int(failed.get("redrive_count") or 0) + 1,
+        }
+    )
     return doc
 
 
@@ -298,8 +355,11 @@ async def _release(db: Any, token: str, plan: dict[str, tuple[dt.datetime, bool]
             groups.setdefault((nb, paused), []).append(mid)
     for (nb, paused), group in groups.items():
         fields: dict[str, Any] = {"not_before": HELD, "paused": True} if paused else {"not_before": nb, "paused": False}
-        ops.append(UpdateMany({"_id": {"$in": group}, "redrive_token": token},
-                              {"$set": fields, "$unset": {"redrive_token": ""}}))
+        ops.append(
+            UpdateMany(
+                {"_id": {"$in": group}, "redrive_token": token}, {"$set": fields, "$unset": {"redrive_token": ""}}
+            )
+        )
     if not ops:
         return 0
     out = await db[c.QUEUED].bulk_write(ops, ordered=False)
@@ -309,11 +369,14 @@ async def _release(db: Any, token: str, plan: dict[str, tuple[dt.datetime, bool]
 async def _reopen_executions(db: Any, ids: set[int]) -> None:
     """A completed execution has messages in the queue again: it is ``queued`` until they are done."""
     if ids:
-        await db[c.EXECUTIONS].update_many({"_id": {"$in": list(ids)}, "status": "completed"},
-                                           {"$set": {"status": "queued", "completed_at": None}})
+        await db[c.EXECUTIONS].update_many(
+            {"_id": {"$in": list(ids)}, "status": "completed"}, {"$set": {"status": "queued", "completed_at": None}}
+        )
 
 
-async def recover(trackly: Any, *, now: dt.datetime | None = None, older_than: dt.timedelta = RECOVER_AFTER) -> Counter[str]:
+async def recover(
+    trackly: Any, *, now: dt.datetime | None = None, older_than: dt.timedelta = RECOVER_AFTER
+) -> Counter[str]:
     """Finish or abandon re-drives interrupted by a crash (see the module docstring). Safe to run anywhere, any time.
 
     Each re-drive batch journals its token and ids (``redrives`` collection) before step 1 and removes the journal
@@ -331,8 +394,10 @@ async def recover(trackly: Any, *, now: dt.datetime | None = None, older_than: d
             out["finished"] += r.deleted_count
         # before step 2 (marked failure, no queue document): the re-drive is abandoned, the failure stays
         if marked - held:
-            r = await db[c.FAILED].update_many({"_id": {"$in": list(marked - held)}, "redrive_token": token},
-                                               {"$unset": {"redrive_token": "", "redrive_at": ""}})
+            r = await db[c.FAILED].update_many(
+                {"_id": {"$in": list(marked - held)}, "redrive_token": token},
+                {"$unset": {"redrive_token": "", "redrive_at": ""}},
+            )
             out["abandoned"] += r.modified_count
         if held:  # released when their failure is gone, deleted when it is back unmarked
             paused = await _paused_of(db, list(held))

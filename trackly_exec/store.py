@@ -51,14 +51,14 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("execution_id", ASCENDING), ("contact_id", ASCENDING)]),
         IndexModel([("campaign_id", ASCENDING)]),
         IndexModel([("sending_list_id", ASCENDING), ("timestamp", DESCENDING)]),
-        IndexModel([("to_number", ASCENDING)]),            # message log by phone
+        IndexModel([("to_number", ASCENDING)]),  # message log by phone
     ],
     c.FAILED: [
         IndexModel([("reason", ASCENDING)]),
         IndexModel([("execution_id", ASCENDING), ("contact_id", ASCENDING)]),
         IndexModel([("campaign_id", ASCENDING)]),
-        IndexModel([("to_number", ASCENDING)]),            # message log by phone
-        IndexModel([("failed_at", DESCENDING)]),           # dead letters by time
+        IndexModel([("to_number", ASCENDING)]),  # message log by phone
+        IndexModel([("failed_at", DESCENDING)]),  # dead letters by time
     ],
     c.SHORT_LINKS: [IndexModel([("message_id", ASCENDING)]), IndexModel([("campaign_id", ASCENDING)])],
     c.CLICKS: [IndexModel([("campaign_id", ASCENDING)]), IndexModel([("code", ASCENDING)])],

@@ -24,8 +24,8 @@ ROUTE_MODULES = (
     "trackly_exec.webhooks",  # /webhooks/{driver}/... delivery reports and inbound messages
     "trackly_exec.links",  # /l/{code}              tracked short links
     "trackly_exec.dashboard",  # /, /dashboard          live dashboard
-    "trackly_exec.metrics",    # /metrics, /healthz     Prometheus and health
-    "trackly_exec.docs",       # /docs                  admin API reference (rendered from the OpenAPI document)
+    "trackly_exec.metrics",  # /metrics, /healthz     Prometheus and health
+    "trackly_exec.docs",  # /docs                  admin API reference (rendered from the OpenAPI document)
 )
 
 
