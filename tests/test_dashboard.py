@@ -167,7 +167,9 @@ async def test_dashboard_in_a_real_browser(trackly: Trackly) -> None:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
             try:
-                page = await browser.new_page()
+                # the operator surfaces may need a token: the API's, as a bearer header on every request
+                context = await browser.new_context(extra_http_headers={"Authorization": "Bearer test-token"})
+                page = await context.new_page()
                 page.on("request", lambda r: requests.append(r.url))
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))

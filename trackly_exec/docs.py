@@ -162,11 +162,13 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def setup(app: web.Application, trackly: Any) -> None:
-    page = render(document(trackly.settings.http.public_url)).encode("utf-8")
+    cache: list[bytes] = []  # rendered on first request (building the OpenAPI document costs start-up time)
 
     async def docs(request: web.Request) -> web.Response:
+        if not cache:
+            cache.append(render(document(trackly.settings.http.public_url)).encode("utf-8"))
         return web.Response(
-            body=page,
+            body=cache[0],
             content_type="text/html",
             charset="utf-8",
             headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"},
