@@ -168,7 +168,7 @@ class CsvLayout:
 
 def layout(header: list[str], delimiter: str) -> CsvLayout:
     out = CsvLayout(delimiter, [])
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for i, raw in enumerate(header):
         name = raw.strip()
         key = _norm(name)

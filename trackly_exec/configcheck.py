@@ -149,7 +149,10 @@ def list_problems(
                 continue
             lacking = missing_credentials(cls, {})
             if lacking:
-                msg = f"{label} uses driver {name!r}, which is not configured: add [drivers.{name}] with {', '.join(lacking)}"
+                msg = (
+                    f"{label} uses driver {name!r}, which is not configured: "
+                    f"add [drivers.{name}] with {', '.join(lacking)}"
+                )
                 out.append((f"drivers.{name}", msg))
         elif name in missing:
             out.append(
@@ -177,7 +180,7 @@ def check(settings: Settings, *, store: bool | None = None) -> tuple[list[tuple[
                 }
             )
             lists = asyncio.run(asyncio.wait_for(_active_lists(quick), 15))
-        except Exception as exc:  # noqa: BLE001  (the store is optional for this check: say so and go on)
+        except Exception as exc:  # the store is optional for this check: say so and go on
             warnings.append(f"sending lists not checked: the store is not reachable ({type(exc).__name__})")
         else:
             errors += list_problems(settings, lists, missing)

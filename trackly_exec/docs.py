@@ -26,6 +26,9 @@ text-align:left;vertical-align:top}th{font-weight:600;color:#6b7280}.req{color:#
 """
 
 
+REQUIRED = ' <span class="req">required</span>'
+
+
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
@@ -111,9 +114,10 @@ def render(doc: dict[str, Any]) -> str:
             params = op.get("parameters") or []
             if params:
                 rows = "".join(
-                    f"<tr><td><code>{_e(p['name'])}</code>{' <span class=req>required</span>' if p.get('required') else ''}"
-                    f"</td><td>{_e(p['in'])}</td><td>{_type(p.get('schema', {}))}</td><td>{_e(p.get('description', ''))}"
-                    f" <span class='muted'>{_limits(p.get('schema', {}))}</span></td></tr>"
+                    f"<tr><td><code>{_e(p['name'])}</code>{REQUIRED if p.get('required') else ''}</td>"
+                    f"<td>{_e(p['in'])}</td><td>{_type(p.get('schema', {}))}</td>"
+                    f"<td>{_e(p.get('description', ''))} "
+                    f"<span class='muted'>{_limits(p.get('schema', {}))}</span></td></tr>"
                     for p in params
                 )
                 parts.append(
@@ -128,18 +132,19 @@ def render(doc: dict[str, Any]) -> str:
                 examples = target.get("examples")
                 if examples:
                     parts.append(f"<pre>{_e(json.dumps(examples[0], indent=2))}</pre>")
-            rows = []
+            resp_rows: list[str] = []
             for code, resp in op.get("responses", {}).items():
                 content = resp.get("content", {})
                 media, body_schema = next(iter(content.items()), ("", {}))
+                body_schema = body_schema if isinstance(body_schema, dict) else {}
                 shown = _type(body_schema.get("schema", {})) if body_schema else ""
-                rows.append(
+                resp_rows.append(
                     f"<tr><td>{_e(code)}</td><td>{_e(resp.get('description', ''))}</td>"
                     f"<td>{_e(media)}</td><td>{shown}</td></tr>"
                 )
             parts.append(
                 "<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>media type</th><th>body</th>"
-                f"</tr>{''.join(rows)}</table></section>"
+                f"</tr>{''.join(resp_rows)}</table></section>"
             )
             body.append("".join(parts))
     nav.append("<h4>schemas</h4>")

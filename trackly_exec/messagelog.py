@@ -80,7 +80,7 @@ def _iso(value: Any) -> str | None:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return value.isoformat()
+        return str(value.isoformat())
     return None if value is None else str(value)
 
 
