@@ -1,21 +1,30 @@
 """HTTP plumbing shared by the built-in drivers: one session per driver, and the outcome mapping.
 
-The mapping is the safety rule of the whole executor, so it lives in one place:
+The mapping is the safety rule of the whole executor, so it lives in one place. A send request is not
+idempotent at any of our providers (Twilio says so of its 500: "If you get a 500 Server Error on these requests,
+and you retry the request, it is possible for a customer to receive multiple messages",
+https://www.twilio.com/docs/api/errors/20500; Infobip and CM document no idempotency key), so once the request
+may have reached the provider, only an answer that says "not processed" may be retried:
 
-* HTTP 400/401/403 (and other 4xx except 408/429)  -> :class:`PermanentSendError`
-* HTTP 429, 408 and 5xx                             -> :class:`TransientSendError` (``Retry-After`` honoured);
-  with the driver setting ``server_errors = "unknown"``, a 5xx other than 503 -> :class:`UnknownOutcomeError`
-* connection refused, DNS failure, connect timeout  -> :class:`TransientSendError` (the request was never written)
-* read timeout, server disconnect or reset after the request was written -> :class:`UnknownOutcomeError`
+* HTTP 2xx                                            -> the driver reads the per-message statuses (a 2xx whose
+  body cannot be read is an unknown outcome, decided by each driver)
+* HTTP 429                                            -> :class:`TransientSendError` (``Retry-After`` honoured):
+  throttled, the provider did not take the request (Twilio 20429: "never processed and always safe to retry")
+* HTTP 408                                            -> :class:`TransientSendError`: the server "did not receive a
+  complete request message" (RFC 9110 §15.5.9), so it cannot have acted on it
+* other HTTP 4xx                                      -> :class:`PermanentSendError`
+* HTTP 5xx (500, 502, 503, 504, ...), and 1xx/3xx     -> :class:`UnknownOutcomeError`: the provider may have
+  accepted the message before failing (recorded NO_RESPONSE, never re-sent blindly; :mod:`trackly_exec.reconcile`
+  asks the provider what happened). A driver may pass ``not_processed=True`` for an answer its provider
+  documents as "not processed"; none of the built-in providers documents one for a 5xx (see each driver)
+* failures before the request was written (connection refused, DNS, TLS handshake, connect timeout)
+                                                      -> :class:`TransientSendError`
+* failures after the request was written (read timeout, server disconnect, connection reset, truncated or
+  unparsable answer)                                  -> :class:`UnknownOutcomeError`
 
-Whether the request was written is tracked with an aiohttp trace hook (``on_request_headers_sent``), so a
-timeout is only called transient when the provider cannot have seen the request. A 5xx is transient by this
-mapping even though a provider may have accepted the message before failing (the fakes' ``5xx_after``
-behaviour shows exactly that): the executor bounds such retries, and the fakes' ledger lets tests measure it.
-Where a duplicate is worse than a dead letter, ``server_errors = "unknown"`` records such answers NO_RESPONSE
-(never re-sent; a later delivery report still resolves them); 503 (the service did not take the request) stays
-transient either way.
-Drivers never retry: the executor does.
+Whether the request was written is tracked with an aiohttp trace hook (``on_request_headers_sent``): from the
+moment the request headers are handed to the socket, the provider may have the request. Drivers never retry:
+the executor does, only transient failures.
 """
 
 from __future__ import annotations
@@ -80,23 +89,23 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-def raise_for_status(
-    reply: HttpReply, *, code: str | None = None, detail: str = "", server_errors: str = "transient"
-) -> None:
-    """Raise the error family for a non-2xx reply (the common mapping); return on 2xx."""
+def raise_for_status(reply: HttpReply, *, code: str | None = None, detail: str = "",
+                     not_processed: bool = False) -> None:
+    """Raise the error family for a non-2xx reply (the common mapping above); return on 2xx.
+
+    ``not_processed``: the provider documents this answer as "the request was not processed" (safe to retry)."""
     status = reply.status
     if 200 <= status < 300:
         return
     detail = detail or f"HTTP {status}"
     code = code or str(status)
-    if status >= 500 and status != 503 and server_errors == "unknown":
-        raise UnknownOutcomeError(f"HTTP {status} (the provider may have accepted it): {detail}", code=code)
-    if status == 429 or status == 408 or status >= 500:
+    if status == 429 or status == 408 or not_processed:
         raise TransientSendError(detail, code=code, retry_after=reply.retry_after)
     if 400 <= status < 500:
         raise PermanentSendError(detail, code=code)
-    # 1xx/3xx: we cannot tell what happened to the request.
-    raise UnknownOutcomeError(f"unexpected HTTP {status}: {detail}", code=code)
+    # 5xx: the provider may have accepted the message before failing; 1xx/3xx: we cannot tell what happened.
+    raise UnknownOutcomeError(f"HTTP {status} after the request was sent (the provider may have accepted it): "
+                              f"{detail}", code=code)
 
 
 async def _on_headers_sent(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
@@ -167,3 +176,15 @@ class HttpClient:
             if state.written:
                 raise UnknownOutcomeError(f"{what} after the request was sent: {exc}", code="no-response") from exc
             raise TransientSendError(f"{what} before the request was sent: {exc}", code="not-sent") from exc
+
+    async def get(self, path: str, *, params: Any = None, headers: Mapping[str, str] | None = None) -> HttpReply:
+        """GET and read the whole answer (look-ups: idempotent, so any failure only means "ask again later").
+
+        ``params`` may be a mapping or a list of pairs (repeated names). Raises :class:`TransientSendError` when
+        the provider could not be reached or answered nothing usable."""
+        try:
+            async with self.session.get(self.base_url + path, params=params, headers=dict(headers or {})) as resp:
+                payload = await resp.read()
+                return HttpReply(resp.status, resp.headers, payload)
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TransientSendError(f"look-up failed: {type(exc).__name__}: {exc}", code="lookup") from exc

@@ -27,15 +27,17 @@ from trackly_exec.driver import (
     UnknownOutcome,
     WebhookRequest,
 )
-from trackly_exec.errors import PermanentSendError, TransientSendError, WebhookFormatError
+from trackly_exec.errors import PermanentSendError, UnknownOutcomeError, WebhookFormatError
 
 from ._http import HttpClient, raise_for_status
 
 #: ``messageErrorCode`` values (SDK ``TextClientStatusCode``) with a meaning of their own.
 SPAM_CODES = frozenset({401})
 OPT_OUT_CODES = frozenset({402})
-#: Whole-request error codes that are worth retrying.
-TRANSIENT_CODES = frozenset({500, 999})
+#: Whole-request error codes after which CM may or may not have created the messages: 500 InternalServerError and
+#: 999 Unknown (providers.md §3.3). CM documents no error as "not processed" (nor its HTTP 429 behaviour), so
+#: these, like any HTTP 5xx, are unknown outcomes: never retried blindly. Only HTTP 429 is retried.
+UNKNOWN_CODES = frozenset({500, 999})
 #: ``status.code`` of a status report: 0 accepted by the operator, 1 rejected, 2 delivered, 3 failed.
 STATUS_NAMES = {"0": "accepted", "1": "rejected", "2": "delivered", "3": "failed", "4": "read"}
 
@@ -122,13 +124,12 @@ class CMDriver(Driver[CMSettings]):
         if not 200 <= reply.status < 300 and not per_message:
             code = _int(body.get("errorCode"), -1) if isinstance(body, dict) else -1
             detail = str(body.get("details") or "") if isinstance(body, dict) else ""
-            if reply.status == 400 and code in TRANSIENT_CODES:
-                raise TransientSendError(detail, code=str(code), retry_after=reply.retry_after)
+            if reply.status == 400 and code in UNKNOWN_CODES:
+                raise UnknownOutcomeError(f"CM errorCode {code} (the messages may have been created): {detail}",
+                                          code=str(code))
             if reply.status == 400 and code > 0:  # 101 auth, 102 balance, 103 key, 202 malformed, ...
                 raise PermanentSendError(detail, code=str(code))
-            raise_for_status(
-                reply, code=str(code) if code >= 0 else None, detail=detail, server_errors=self.settings.server_errors
-            )
+            raise_for_status(reply, code=str(code) if code >= 0 else None, detail=detail)
         if not isinstance(per_message, list):
             return [
                 UnknownOutcome(message_id=m.id, detail=f"CM answered HTTP {reply.status} without messages")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from .fake import FakeBadRequest, FakeProvider, LedgerEntry, Rejection, ReportRequest, Submitted
+from .fake import FakeBadRequest, FakeProvider, LedgerEntry, Rejection, ReportRequest, Submitted, gateway_error
 
 DEFAULT_PRODUCT_TOKEN = "00000000-0000-0000-0000-000000000000"
 
@@ -155,7 +155,9 @@ class CMFake(FakeProvider):
             resp.headers["Retry-After"] = str(int(retry_after) if float(retry_after).is_integer() else retry_after)
         return resp
 
-    def server_error_response(self) -> web.Response:
+    def server_error_response(self, status: int = 500) -> web.Response:
+        if status != 500:
+            return gateway_error(status)
         return cm_error(500, 500, "Internal server error")
 
     def report_requests(self, url: str, reports: list[tuple[LedgerEntry, str, str | None]]) -> list[ReportRequest]:

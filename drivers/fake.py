@@ -14,10 +14,19 @@ and posts delivery reports in the provider's own format to the URL each request 
     await fake.stop()
 
 Behaviours: ``ok``; ``reject`` (every message of the request refused, ``code`` optional); ``429``
-(``retry_after`` seconds in ``Retry-After``); ``5xx_before`` (500, nothing recorded); ``5xx_after``
-(recorded in the ledger, then 500: a retry of it is a duplicate send); ``accept_then_hang`` (recorded,
-never answered); ``slow`` (``delay`` seconds, then ok). Numbers in :attr:`reject_numbers` are refused
-one by one with the provider's per-recipient error code.
+(``retry_after`` seconds in ``Retry-After``); ``5xx_before`` (a 5xx, nothing recorded); ``5xx_after``
+(recorded in the ledger, then a 5xx: a retry of it is a duplicate send) -- for both, ``code`` is the HTTP
+status (``"500"`` by default; ``"502"``, ``"503"``, ``"504"`` ...), answered in the provider's own error format
+where it has one; ``accept_then_hang`` (recorded, never answered); ``accept_then_reset`` (recorded, then the
+connection is reset without an answer); ``accept_then_garbage`` (recorded, then HTTP 200 with a body that is
+not the provider's format); ``reset_before`` (the request is read, nothing is recorded, the connection is reset:
+from the client's side indistinguishable from ``accept_then_reset``); ``slow`` (``delay`` seconds, then ok).
+A refused connection (nothing written) needs no mode: point the driver at a closed port. Numbers in
+:attr:`reject_numbers` are refused one by one with the provider's per-recipient error code.
+
+Look-ups (the provider's message logs / message list, as the real APIs answer them) are served by the
+subclasses from the ledger; :attr:`lookups` counts them, and ``lookup_behaviour`` (``ok``, ``429``,
+``5xx_before``) scripts their failures.
 
 ``dlr_outcome(entry)`` returns a status for the entry's delivery report: one of ``delivered``,
 ``undelivered``, ``failed``, ``expired``, ``rejected``, ``spam`` (final: carrier filtering, in each provider's
@@ -35,6 +44,8 @@ import datetime as dt
 import itertools
 import math
 import os
+import socket
+import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -50,7 +61,8 @@ from .fake_control import RemoteControl
 
 log = get_logger(__name__)
 
-MODES = frozenset({"ok", "reject", "429", "5xx_before", "5xx_after", "accept_then_hang", "slow"})
+MODES = frozenset({"ok", "reject", "429", "5xx_before", "5xx_after", "accept_then_hang", "accept_then_reset",
+                   "accept_then_garbage", "reset_before", "slow"})
 FINAL_STATUSES = frozenset({"delivered", "undelivered", "failed", "expired", "rejected", "spam"})
 INTERMEDIATE_STATUSES = frozenset({"sent", "pending", "accepted"})
 
@@ -71,6 +83,14 @@ class Behaviour:
             raise ValueError(f"unknown fake behaviour {self.mode!r}; one of {', '.join(sorted(MODES))}")
         if self.mode == "slow" and not self.delay:
             self.delay = 2.0
+        if self.mode in ("5xx_before", "5xx_after") and self.code is not None and not (
+                self.code.isdigit() and 500 <= int(self.code) <= 599):
+            raise ValueError(f"{self.mode}: code is the HTTP status (500-599), not {self.code!r}")
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of the ``5xx_*`` modes."""
+        return int(self.code) if self.code and self.code.isdigit() else 500
 
 
 @dataclass(slots=True)
@@ -141,6 +161,24 @@ def segments(text: str) -> int:
         return 1 if n <= 160 else math.ceil(n / 153)
     n = len(text.encode("utf-16-le")) // 2
     return 1 if n <= 70 else math.ceil(n / 67)
+
+
+def reset_connection(request: web.Request) -> web.Response:
+    """Reset the client's connection (TCP RST, no answer). The returned response is never written."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return web.Response(status=500)
+
+
+def gateway_error(status: int) -> web.Response:
+    """What a load balancer in front of an API answers (HTML, not the provider's JSON): 502/503/504."""
+    text = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(status, "Server Error")
+    return web.Response(status=status, text=f"<html><body><h1>{status} {text}</h1></body></html>",
+                        content_type="text/html")
 
 
 def _default_outcome(entry: LedgerEntry) -> Outcome:
@@ -297,13 +335,19 @@ class FakeProvider(RemoteControl):
         elif mode == "429":
             return self.throttled_response(behaviour.retry_after)
         elif mode == "5xx_before":
-            return self.server_error_response()
+            return self.server_error_response(behaviour.http_status)
+        elif mode == "reset_before":
+            return reset_connection(request)
         entries, rejections = self._accept(items)
         if mode == "5xx_after":
-            return self.server_error_response()
+            return self.server_error_response(behaviour.http_status)
+        if mode == "accept_then_reset":
+            return reset_connection(request)
+        if mode == "accept_then_garbage":
+            return web.Response(status=200, body=b"<html><body>OK</body></html>", content_type="text/html")
         if mode == "accept_then_hang":
             await self._closing.wait()
-            return self.server_error_response()
+            return self.server_error_response(500)
         return self.accepted_response(entries, rejections)
 
     def _accept(self, items: Sequence[Submitted]) -> tuple[list[LedgerEntry], list[Rejection]]:
@@ -359,7 +403,9 @@ class FakeProvider(RemoteControl):
     def throttled_response(self, retry_after: float | None) -> web.Response:
         raise NotImplementedError
 
-    def server_error_response(self) -> web.Response:
+    def server_error_response(self, status: int = 500) -> web.Response:
+        """The provider's answer with HTTP ``status`` (5xx); see :func:`gateway_error` for statuses it has no
+        format for."""
         raise NotImplementedError
 
     def report_requests(self, url: str, reports: list[tuple[LedgerEntry, str, str | None]]) -> list[ReportRequest]:

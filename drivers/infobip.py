@@ -154,7 +154,10 @@ class InfobipDriver(Driver[InfobipSettings]):
         body = reply.json()
         if not 200 <= reply.status < 300:
             code, detail = error_from_body(body)
-            raise_for_status(reply, code=code, detail=detail, server_errors=self.settings.server_errors)
+            # Infobip documents no answer as "not processed" except 429 (providers.md §1.6: "429 = TOO_MANY_REQUESTS,
+            # back off and retry"); its E500 "Something went wrong" may follow an accepted send, so every 5xx is
+            # an unknown outcome (raise_for_status).
+            raise_for_status(reply, code=code, detail=detail)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             # Accepted or not, we cannot tell: never re-send blindly.
             return _unknown(messages, f"Infobip answered HTTP {reply.status} without a messages list")

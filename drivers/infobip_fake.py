@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from .fake import FakeBadRequest, FakeProvider, LedgerEntry, Rejection, ReportRequest, Submitted
+from .fake import FakeBadRequest, FakeProvider, LedgerEntry, Rejection, ReportRequest, Submitted, gateway_error
 
 DEFAULT_API_KEY = "fake-infobip-key"
 
@@ -205,7 +205,9 @@ class InfobipFake(FakeProvider):
             resp.headers["Retry-After"] = str(int(retry_after) if float(retry_after).is_integer() else retry_after)
         return resp
 
-    def server_error_response(self) -> web.Response:
+    def server_error_response(self, status: int = 500) -> web.Response:
+        if status != 500:
+            return gateway_error(status)
         return api_error(500, "E500", "Something went wrong.", "Contact the support.")
 
     def report_requests(self, url: str, reports: list[tuple[LedgerEntry, str, str | None]]) -> list[ReportRequest]:

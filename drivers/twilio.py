@@ -44,7 +44,8 @@ from trackly_exec.errors import (
 
 from ._http import HttpClient, raise_for_status
 
-#: Permanent per-recipient error codes; 21610 means the recipient replied STOP.
+#: Permanent per-recipient error codes; 21610 means the recipient replied STOP. 20429 is the only code Twilio
+#: documents as "never processed and always safe to retry".
 OPT_OUT_CODES = frozenset({"21610"})
 SPAM_CODES = frozenset({"30007"})
 TRANSIENT_CODES = frozenset({"20429"})
@@ -175,11 +176,15 @@ class TwilioDriver(Driver[TwilioSettings]):
                 return UnknownOutcome(message_id=m.id, detail=f"Twilio answered HTTP {reply.status} without a sid")
             code = str(body["code"]) if isinstance(body, dict) and body.get("code") is not None else None
             detail = str(body.get("message") or "") if isinstance(body, dict) else ""
-            if code in TRANSIENT_CODES:
+            if code in TRANSIENT_CODES:  # 20429: "never processed and always safe to retry" (providers.md §2.2)
                 raise TransientSendError(detail, code=code, retry_after=reply.retry_after)
             if code in OPT_OUT_CODES:
                 return Rejected(message_id=m.id, code=code, detail=detail, opted_out=True)
-            raise_for_status(reply, code=code, detail=detail, server_errors=self.settings.server_errors)
+            # Any other 5xx (503 included: twilio.com/docs/api/errors/20503 says "temporarily unavailable ... try
+            # again", not that the request was not processed) may follow an accepted send: "If you get a 500 ...
+            # and you retry the request, it is possible for a customer to receive multiple messages"
+            # (twilio.com/docs/api/errors/20500). Unknown outcome, never retried blindly.
+            raise_for_status(reply, code=code, detail=detail)
             return UnknownOutcome(message_id=m.id, detail=f"unexpected HTTP {reply.status}")
         except PermanentSendError as exc:
             return Rejected(

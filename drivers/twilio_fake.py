@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlencode
 
 from aiohttp import web
 
-from .fake import FakeBadRequest, FakeProvider, LedgerEntry, Rejection, ReportRequest, Submitted
+from .fake import FakeBadRequest, FakeProvider, LedgerEntry, Rejection, ReportRequest, Submitted, gateway_error
 from .twilio import compute_signature
 
 DEFAULT_ACCOUNT_SID = "ACfake00000000000000000000000000"
@@ -25,6 +25,7 @@ MESSAGES = {
     "20003": "Authenticate",
     "20429": "Too Many Requests",
     "20500": "An internal server error has occurred",
+    "20503": "Service unavailable",
     "21211": "The 'To' number is not a valid phone number.",
     "21602": "Message body is required.",
     "21603": "A 'From' phone number is required.",
@@ -127,8 +128,10 @@ class TwilioFake(FakeProvider):
             resp.headers["Retry-After"] = str(int(retry_after) if float(retry_after).is_integer() else retry_after)
         return resp
 
-    def server_error_response(self) -> web.Response:
-        return twilio_error(500, "20500")
+    def server_error_response(self, status: int = 500) -> web.Response:
+        if status in (500, 503):  # Twilio's own 20500 / 20503 bodies; other statuses come from its edge
+            return twilio_error(status, f"20{status}")
+        return gateway_error(status)
 
     def sign(self, url: str, params: dict[str, str]) -> str:
         return compute_signature(self.auth_token, url, {k: [v] for k, v in params.items()})

@@ -107,7 +107,7 @@ async def test_topped_up_account_sends(settings: Settings, store: Store, fakes: 
 async def test_not_accepted_is_refunded(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
     """Rejected and transient-exhausted sends are refunded; accepted ones are charged."""
     await seed(store, 3, price=1.0, balance=10.0)
-    fakes["infobip"].script(Behaviour("reject"), Behaviour("5xx_before"), Behaviour("5xx_before"))
+    fakes["infobip"].script(Behaviour("reject"), Behaviour("429"), Behaviour("429"))
     coord = await executor(settings, store, fakes, claim_batch_size=1, workers_per_list=1, retry_max_attempts=2)
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)

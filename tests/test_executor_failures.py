@@ -102,7 +102,7 @@ async def test_rate_limit_timeout(settings: Settings, store: Store, fakes: dict[
 async def test_provider_error_after_transient_budget(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
     """Transient failures that outlast retry_max_attempts become PROVIDER_ERROR, with nothing sent."""
     ids = await seed(store, 2)
-    fakes["infobip"].set_default(Behaviour("5xx_before"))
+    fakes["infobip"].set_default(Behaviour("429"))
     counts = await run(await executor(settings, store, fakes, retry_max_attempts=3))
     assert await failed(store, "PROVIDER_ERROR") == sorted(ids)
     assert fakes["infobip"].requests == 3 and counts["provider_transient"] == 6

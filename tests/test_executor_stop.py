@@ -77,7 +77,7 @@ async def test_stop_during_retry_backoff_requeues(settings: Settings, store: Sto
     from drivers.fake import Behaviour
 
     ids = await seed(store, 4, price=1.0, balance=10.0)
-    fakes["infobip"].set_default(Behaviour("5xx_before"))
+    fakes["infobip"].set_default(Behaviour("429"))
     coord = await executor(settings, store, fakes, retry_initial_backoff_seconds=5.0)
     await coord.start()
     await wait_for(lambda: fakes["infobip"].requests >= 1)

@@ -163,7 +163,7 @@ async def test_script_then_default() -> None:
             for i in range(4):
                 [r] = await driver.submit([OutboundMessage(id=f"{i:016x}", to="+41793026727", sender="S", body="b")])
                 kinds.append(r.kind)
-            assert kinds == ["transient", "transient", "rejected", "rejected"]
+            assert kinds == ["transient", "unknown", "rejected", "rejected"]  # a 5xx: the client cannot tell
             assert fake.requests == 4 and not fake.ledger
             with pytest.raises(ValueError):
                 Behaviour("explode")
@@ -188,7 +188,7 @@ async def test_remote_control(http: aiohttp.ClientSession) -> None:
             assert status == 200 and data == {"queued": 2}
             m = OutboundMessage(id="00000000000000aa", to="+31612345678", sender="S", body="b")
             kinds = [(await driver.submit([m]))[0].kind for _ in range(3)]
-            assert kinds == ["transient", "transient", "accepted"]
+            assert kinds == ["unknown", "transient", "accepted"]
             async with http.get(fake.url + "/_fake/ledger") as resp:
                 assert await resp.json() == {
                     "accepted": 2,

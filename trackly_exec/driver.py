@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .errors import (
     DriverError,
@@ -187,16 +187,27 @@ class DriverSettings(BaseModel):
     connect_timeout_seconds: float = Field(5.0, gt=0, description="Time to establish a connection.")
     max_connections: int = Field(100, ge=1, description="Connection pool size of the driver's HTTP session.")
     batch_size: int = Field(1, ge=1, description="Messages per provider request.")
-    server_errors: Literal["transient", "unknown"] = Field(
-        "transient",
-        description="How an HTTP 5xx answer (other than 503) counts: 'transient' retries it (a provider that "
-        "accepted the message before failing then sends it twice); 'unknown' records NO_RESPONSE and never re-sends.",
+    server_errors: Literal["unknown"] = Field(
+        "unknown",
+        description="Deprecated, kept so existing configs load: an HTTP 5xx (or no usable answer) after the request "
+        "was written is always an unknown outcome (NO_RESPONSE, never re-sent blindly; reconciliation asks the "
+        "provider). 'transient' (retrying such answers, which sends twice when the provider had accepted) is refused.",
     )
     webhook_token: SecretStr | None = Field(
         None, description="Secret path segment expected on delivery-report and inbound webhooks."
     )
     webhook_username: str | None = Field(None, description="Optional Basic-auth user for webhooks.")
     webhook_password: SecretStr | None = Field(None, description="Optional Basic-auth password for webhooks.")
+
+
+    @field_validator("server_errors", mode="before")
+    @classmethod
+    def _no_blind_retries(cls, value: Any) -> Any:
+        if value == "transient":
+            raise ValueError("'transient' is no longer supported: a 5xx after the request was written may follow an "
+                             "accepted send, so it is recorded NO_RESPONSE and reconciled with the provider; remove "
+                             "the key (or set \"unknown\")")
+        return value
 
 
 S = TypeVar("S", bound=DriverSettings)

@@ -14,11 +14,14 @@ The fake must be a :class:`drivers.fake.FakeProvider` subclass (it knows the dri
 
 What the contract asks of a driver: one result per message with our id; accepted messages are in the
 provider's ledger exactly once; a refused request is a rejection; 429 is transient with its Retry-After;
-a 5xx is transient (even though a provider may have accepted before failing: ``5xx_after`` shows the fake
-recorded such a message, so the executor bounds those retries and the ledger measures the duplicates); no
-answer after the request was written is an unknown outcome (never re-sent automatically); a refused
-connection is transient; the fake's own delivery reports and inbound messages parse, with our id; webhooks
-authenticate, and a wrong path token (or a tampered signed request) is refused.
+a 5xx (500, 502, 503, 504) is an unknown outcome, never transient: the provider may have accepted the message
+before failing (``5xx_after`` shows the fake recorded it), and the client cannot tell it from ``5xx_before``; so is
+every broken answer after the request was written (no answer, a reset connection, a 2xx that cannot be read);
+a refused connection (nothing written) is transient; the fake's own delivery reports and inbound messages parse,
+with our id; webhooks authenticate, and a wrong path token (or a tampered signed request) is refused. A driver
+that implements :meth:`~trackly_exec.driver.Driver.lookup` answers it from the fake's message log: a sent
+message is found (with its provider id), an unknown one is not found, and a look-up the provider fails to
+answer is unknown (``check_lookup``; skipped for drivers without look-ups).
 """
 
 from __future__ import annotations
@@ -242,21 +245,33 @@ async def check_transient_429(h: DriverHarness) -> None:
     assert not h.fake.ledger
 
 
-async def check_transient_5xx_before(h: DriverHarness) -> None:
-    """A 5xx before acceptance is transient and nothing is recorded."""
-    h.fake.script(Behaviour("5xx_before"))
-    [result] = await h.submit(h.messages(1))
-    assert isinstance(result, TransientFailure), result
-    assert not h.fake.ledger
+SERVER_ERRORS = ("500", "502", "503", "504")
 
 
-async def check_5xx_after_is_recorded(h: DriverHarness) -> None:
-    """A 5xx after acceptance is transient by the mapping although the provider recorded the message."""
-    msg = h.messages(1)
-    h.fake.script(Behaviour("5xx_after"))
-    [result] = await h.submit(msg)
-    assert isinstance(result, TransientFailure), result
-    assert h.fake.accepted_counts()[msg[0].id] == 1
+async def check_5xx_is_unknown(h: DriverHarness) -> None:
+    """A 5xx is an unknown outcome, never transient: after ``5xx_after`` the provider has the message (recorded
+    once), and ``5xx_before`` looks the same from the client's side."""
+    for status in SERVER_ERRORS:
+        msg = h.messages(1)
+        h.fake.script(Behaviour("5xx_after", code=status))
+        [result] = await h.submit(msg)
+        assert isinstance(result, UnknownOutcome), (status, result)
+        assert h.fake.accepted_counts()[msg[0].id] == 1
+    before = h.messages(1)
+    h.fake.script(Behaviour("5xx_before", code="503"))
+    [result] = await h.submit(before)
+    assert isinstance(result, UnknownOutcome), result
+    assert before[0].id not in h.fake.accepted_counts()
+
+
+async def check_broken_answer_is_unknown(h: DriverHarness) -> None:
+    """A reset connection or an unreadable 2xx after the request was written is an unknown outcome."""
+    for mode in ("accept_then_reset", "accept_then_garbage", "reset_before"):
+        msg = h.messages(1)
+        h.fake.script(Behaviour(mode))
+        [result] = await h.submit(msg)
+        assert isinstance(result, UnknownOutcome), (mode, result)
+        assert h.fake.accepted_counts()[msg[0].id] == (0 if mode == "reset_before" else 1), mode
 
 
 async def check_unknown_on_hang(h: DriverHarness) -> None:
@@ -359,8 +374,8 @@ CHECKS: dict[str, Check] = {
     "per_recipient_rejection": check_per_recipient_rejection,
     "rejected_request": check_rejected_request,
     "transient_429": check_transient_429,
-    "transient_5xx_before": check_transient_5xx_before,
-    "5xx_after_is_recorded": check_5xx_after_is_recorded,
+    "5xx_is_unknown": check_5xx_is_unknown,
+    "broken_answer_is_unknown": check_broken_answer_is_unknown,
     "unknown_on_hang": check_unknown_on_hang,
     "connection_refused": check_connection_refused,
     "wrong_credentials": check_wrong_credentials,
@@ -406,13 +421,13 @@ class DriverContractSuite:
         """HTTP 429 is transient with the Retry-After delay."""
         await check_transient_429(harness)
 
-    async def test_transient_5xx_before(self, harness: DriverHarness) -> None:
-        """A 5xx before acceptance is transient and records nothing."""
-        await check_transient_5xx_before(harness)
+    async def test_5xx_is_unknown(self, harness: DriverHarness) -> None:
+        """A 5xx (500, 502, 503, 504) is an unknown outcome, never transient."""
+        await check_5xx_is_unknown(harness)
 
-    async def test_5xx_after_is_recorded(self, harness: DriverHarness) -> None:
-        """A 5xx after acceptance is transient although the provider recorded the message."""
-        await check_5xx_after_is_recorded(harness)
+    async def test_broken_answer_is_unknown(self, harness: DriverHarness) -> None:
+        """A reset connection or an unreadable 2xx after the request was written is an unknown outcome."""
+        await check_broken_answer_is_unknown(harness)
 
     async def test_unknown_on_hang(self, harness: DriverHarness) -> None:
         """No answer after the request was written is an unknown outcome."""
