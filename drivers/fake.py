@@ -119,6 +119,10 @@ class LedgerEntry:
     accepted_at: dt.datetime
     segments: int = 1
     report_url: str | None = None
+    #: The message's current state at the provider (a canonical outcome, as ``dlr_outcome`` returns) and error
+    #: code: ``accepted`` until a delivery report was decided for it. Look-ups answer from these.
+    status: str = "accepted"
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -218,6 +222,8 @@ class FakeProvider(RemoteControl):
         self.dlr_outcome: Callable[[LedgerEntry], Outcome] = _default_outcome
         self.reports_posted = 0
         self.report_failures: list[tuple[str, str]] = []
+        self.lookups = 0
+        self._lookup_behaviours: deque[Behaviour] = deque()
         self._counts: Counter[str | None] = Counter()
         self._behaviours: deque[Behaviour] = deque()
         self._default = Behaviour("ok")
@@ -291,6 +297,25 @@ class FakeProvider(RemoteControl):
     def set_default(self, behaviour: Behaviour) -> None:
         self._default = behaviour
 
+    def script_lookups(self, *behaviours: Behaviour) -> None:
+        """Behaviours for the next look-up requests (``ok``, ``429``, ``5xx_before``), then ``ok``."""
+        self._lookup_behaviours.extend(behaviours)
+
+    def lookup_failure(self) -> web.Response | None:
+        """Count a look-up request; the scripted failure answer for it, or None to answer it."""
+        self.lookups += 1
+        behaviour = self._lookup_behaviours.popleft() if self._lookup_behaviours else None
+        if behaviour is None or behaviour.mode == "ok":
+            return None
+        if behaviour.mode == "429":
+            return self.throttled_response(behaviour.retry_after)
+        return self.server_error_response(behaviour.http_status)
+
+    def entries_for(self, message_ids: set[str] | None = None) -> list[LedgerEntry]:
+        """Ledger entries (of ``message_ids`` if given), newest first, as a provider's log lists them."""
+        out = [e for e in self.ledger if message_ids is None or e.message_id in message_ids]
+        return sorted(out, key=lambda e: e.accepted_at, reverse=True)
+
     def accepted_counts(self) -> Counter[str | None]:
         """How many times each of our message ids was accepted (more than 1 is a duplicate send)."""
         return Counter(self._counts)
@@ -305,6 +330,8 @@ class FakeProvider(RemoteControl):
         self._counts.clear()
         self._behaviours.clear()
         self._pending.clear()
+        self._lookup_behaviours.clear()
+        self.lookups = 0
         self.reject_numbers.clear()
         self._default = Behaviour("ok")
         self.requests = 0
@@ -435,9 +462,12 @@ class FakeProvider(RemoteControl):
         by_url: dict[str, list[tuple[LedgerEntry, str, str | None]]] = {}
         for entry in taken:
             outcome = self.dlr_outcome(entry)
-            if outcome is None or entry.report_url is None:
+            if outcome is None:
                 continue
             status, error = (outcome, None) if isinstance(outcome, str) else outcome
+            entry.status, entry.error = status, error
+            if entry.report_url is None:
+                continue
             by_url.setdefault(entry.report_url, []).append((entry, status, error))
         requests: list[tuple[ReportRequest, int]] = []
         for url, reports in by_url.items():

@@ -20,14 +20,18 @@ from trackly_exec.driver import (
     DeliveryReport,
     Driver,
     DriverSettings,
+    Found,
     InboundMessage,
+    LookupQuery,
+    LookupResult,
+    NotFound,
     OutboundMessage,
     Rejected,
     SendResult,
     UnknownOutcome,
     WebhookRequest,
 )
-from trackly_exec.errors import WebhookFormatError
+from trackly_exec.errors import TransientSendError, WebhookFormatError
 
 from ._http import HttpClient, HttpReply, raise_for_status
 
@@ -113,6 +117,10 @@ class InfobipDriver(Driver[InfobipSettings]):
 
     settings_model: ClassVar[type[DriverSettings]] = InfobipSettings
     fake: ClassVar[str | None] = "drivers.infobip_fake:InfobipFake"
+    max_lookup_batch: ClassVar[int] = 100
+    #: "Logs ... are available to query for 48hrs" (infobip.com/docs/api/channels/sms/logs-and-status-reports); an
+    #: hour of margin for clock skew.
+    lookup_horizon: ClassVar[dt.timedelta | None] = dt.timedelta(hours=47)
 
     _http: HttpClient | None = None
 
@@ -174,6 +182,38 @@ class InfobipDriver(Driver[InfobipSettings]):
                 results.append(_status_result(m.id, entry, m.segments))
         return results
 
+    # -- look-ups ---------------------------------------------------------------------------
+
+    async def lookup(self, messages: Sequence[LookupQuery]) -> list[LookupResult]:
+        """``GET /sms/3/logs?messageId=...``: our id is the ``messageId`` of every destination we send, so the log
+        entry with that id is the message (Found, with its status as a report); an id absent from ``results`` was
+        not taken by Infobip (NotFound). Logs are kept 48 hours (:attr:`lookup_horizon`); up to 100 ids (the
+        parameter takes at most 2048 characters) and ``limit=1000`` per request."""
+        assert self._http is not None, "startup() not called"
+        groups: list[list[str]] = [[]]
+        for m in messages:  # the messageId parameter takes at most 2048 characters
+            if groups[-1] and len(",".join([*groups[-1], m.id])) > 2048:
+                groups.append([])
+            groups[-1].append(m.id)
+        by_id: dict[str, dict[str, Any]] = {}
+        for ids in groups:
+            reply = await self._http.get("/sms/3/logs", params=[("messageId", ",".join(ids)), ("limit", "1000")])
+            body = reply.json()
+            if reply.status != 200 or not isinstance(body, dict) or not isinstance(body.get("results"), list):
+                code, detail = error_from_body(body)
+                raise TransientSendError(f"Infobip logs answered HTTP {reply.status}: {detail}".strip(), code=code)
+            by_id.update((str(r["messageId"]), r) for r in body["results"] if isinstance(r, dict) and r.get("messageId"))
+        out: list[LookupResult] = []
+        for m in messages:
+            entry = by_id.get(m.id)
+            if entry is None:
+                out.append(NotFound(message_id=m.id, detail="not in Infobip's message logs"))
+                continue
+            report = report_from(entry)
+            out.append(Found(message_id=m.id, provider_message_id=str(entry["messageId"]), segments=report.segments,
+                             report=report.model_copy(update={"message_id": m.id})))
+        return out
+
     # -- webhooks ---------------------------------------------------------------------------
 
     def _results(self, request: WebhookRequest) -> list[dict[str, Any]]:
@@ -188,33 +228,7 @@ class InfobipDriver(Driver[InfobipSettings]):
 
     def parse_status(self, request: WebhookRequest) -> list[DeliveryReport]:
         """v3 and v2 delivery reports (``sender``/``messageCount`` or ``from``/``smsCount``)."""
-        reports = []
-        for r in self._results(request):
-            status = r.get("status") or {}
-            error = r.get("error") or {}
-            group = str(status.get("groupName") or "").upper()
-            name = str(status.get("name") or group or "UNKNOWN")
-            delivered: bool | None = True if group == "DELIVERED" else False if group in FAILED_GROUPS else None
-            error_name = str(error.get("name") or "")
-            has_error = bool(error.get("id")) or (error_name not in ("", "NO_ERROR"))
-            segments = r.get("messageCount", r.get("smsCount"))
-            reports.append(
-                DeliveryReport(
-                    message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
-                    provider_message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
-                    status=name,
-                    delivered=delivered,
-                    error_code=(error_name or str(error.get("id"))) if has_error else None,
-                    error_detail=str(error.get("description")) if has_error and error.get("description") else None,
-                    segments=int(segments)
-                    if isinstance(segments, (int, float, str)) and str(segments).isdigit()
-                    else None,
-                    done_at=parse_time(r.get("doneAt")),
-                    spam=name in SPAM_NAMES or error_name in SPAM_NAMES,
-                    opted_out=name in OPT_OUT_NAMES,
-                )
-            )
-        return reports
+        return [report_from(r) for r in self._results(request)]
 
     def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
         """Inbound messages (``MO_JSON_2``): ``results[]`` with ``from``, ``to``, ``text``."""
@@ -232,6 +246,30 @@ class InfobipDriver(Driver[InfobipSettings]):
                 )
             )
         return out
+
+
+def report_from(r: dict[str, Any]) -> DeliveryReport:
+    """A delivery-report result (webhook, or a message log entry: same fields) as a :class:`DeliveryReport`."""
+    status = r.get("status") or {}
+    error = r.get("error") or {}
+    group = str(status.get("groupName") or "").upper()
+    name = str(status.get("name") or group or "UNKNOWN")
+    delivered: bool | None = True if group == "DELIVERED" else False if group in FAILED_GROUPS else None
+    error_name = str(error.get("name") or "")
+    has_error = bool(error.get("id")) or (error_name not in ("", "NO_ERROR"))
+    segments = r.get("messageCount", r.get("smsCount"))
+    return DeliveryReport(
+        message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
+        provider_message_id=str(r["messageId"]) if r.get("messageId") is not None else None,
+        status=name,
+        delivered=delivered,
+        error_code=(error_name or str(error.get("id"))) if has_error else None,
+        error_detail=str(error.get("description")) if has_error and error.get("description") else None,
+        segments=int(segments) if isinstance(segments, (int, float, str)) and str(segments).isdigit() else None,
+        done_at=parse_time(r.get("doneAt")),
+        spam=name in SPAM_NAMES or error_name in SPAM_NAMES,
+        opted_out=name in OPT_OUT_NAMES,
+    )
 
 
 def _unknown(messages: Sequence[OutboundMessage], detail: str) -> list[SendResult]:

@@ -3,6 +3,13 @@
 Checks ``Authorization: App <key>`` (401 ``E401`` otherwise) and the body shape (400 ``E400`` with
 violations), answers one status per destination, and posts v3 delivery reports (up to 100 per POST) to
 each message's ``webhooks.delivery.url`` (v2: ``notifyUrl``).
+
+``GET /sms/3/logs`` answers from the ledger as Infobip's "Get outbound SMS message logs" does (Infobip OpenAPI
+``get-outbound-sms-message-logs-v3``, SDK model ``SmsLogsResponse``): filters ``messageId`` (repeated or
+comma-separated), ``destination``, ``sender``, ``sentSince``/``sentUntil``, ``limit`` (default 50, at most 1000);
+only the last 48 hours; ``{"results": [...]}``, each with ``messageId``, ``sender``, ``destination``, ``bulkId``,
+``sentAt``, ``doneAt``, ``messageCount``, ``price``, ``status``, ``error``, ``content.text``. An unknown id is
+simply absent from ``results`` (HTTP 200).
 """
 
 from __future__ import annotations
@@ -58,6 +65,11 @@ def api_error(
     )
 
 
+def _parse(value: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
 def _fmt(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}+0000"
 
@@ -78,6 +90,43 @@ class InfobipFake(FakeProvider):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/sms/3/messages", self.handle_send)
         app.router.add_post("/sms/2/text/advanced", self.handle_send)
+        app.router.add_get("/sms/3/logs", self.handle_logs)
+
+    async def handle_logs(self, request: web.Request) -> web.Response:
+        denied = self.check_auth(request)
+        if denied is not None:
+            return denied
+        failure = self.lookup_failure()
+        if failure is not None:
+            return failure
+        q = request.query
+        ids = {i for v in q.getall("messageId", []) for i in v.split(",") if i} or None
+        try:
+            limit = int(q.get("limit", "50"))
+            since = _parse(q.get("sentSince")) if q.get("sentSince") else None
+            until = _parse(q.get("sentUntil")) if q.get("sentUntil") else None
+        except ValueError:
+            return api_error(400, "E400", "Request cannot be processed.", "Check the syntax.",
+                             [{"property": "query", "violation": "invalid value"}])
+        if not 1 <= limit <= 1000 or len(",".join(q.getall("messageId", []))) > 2048:
+            return api_error(400, "E400", "Request cannot be processed.", "Check the syntax.",
+                             [{"property": "limit", "violation": "must be between 1 and 1000"}])
+        horizon = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=48)
+        results = []
+        for e in self.entries_for(ids):
+            if e.accepted_at < horizon or (since and e.accepted_at < since) or (until and e.accepted_at > until):
+                continue
+            if q.get("destination") and q["destination"] != e.to.lstrip("+"):
+                continue
+            if q.get("sender") and q["sender"] != e.sender:
+                continue
+            entry = self._result(e, e.status, e.error)
+            entry.pop("to"), entry.pop("sender")
+            results.append({**entry, "sender": e.sender, "destination": e.to.lstrip("+"),
+                            "content": {"text": e.body}})
+            if len(results) >= limit:
+                break
+        return web.json_response({"results": results})
 
     def check_auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization", "") == self._auth:
@@ -210,44 +259,26 @@ class InfobipFake(FakeProvider):
             return gateway_error(status)
         return api_error(500, "E500", "Something went wrong.", "Contact the support.")
 
+    def _result(self, entry: LedgerEntry, status: str, error: str | None) -> dict[str, Any]:
+        """One v3 delivery-report result (also the body of a log entry)."""
+        gid, gname, sid, sname, desc = STATUSES.get(status, STATUSES["undelivered"])
+        err = ({"groupId": 1, "groupName": "HANDSET_ERRORS", "id": int(error) if str(error).isdigit() else 1,
+                "name": str(error) if not str(error).isdigit() else "EC_UNKNOWN_SUBSCRIBER",
+                "description": "Unknown subscriber", "permanent": True} if error else
+               {"groupId": 0, "groupName": "OK", "id": 0, "name": "NO_ERROR", "description": "No Error",
+                "permanent": False})
+        final = status not in ("accepted", "pending", "sent")
+        return {
+            "bulkId": f"{self._id_prefix}-bulk", "price": {"pricePerMessage": 0.01, "currency": "EUR"},
+            "status": {"groupId": gid, "groupName": gname, "id": sid, "name": sname, "description": desc},
+            "error": err, "messageId": entry.provider_message_id, "to": entry.to.lstrip("+"),
+            "sender": entry.sender, "sentAt": _fmt(entry.accepted_at),
+            "doneAt": _fmt(dt.datetime.now(dt.timezone.utc)) if final else None,
+            "messageCount": entry.segments,
+        }
+
     def report_requests(self, url: str, reports: list[tuple[LedgerEntry, str, str | None]]) -> list[ReportRequest]:
-        now = _fmt(dt.datetime.now(dt.UTC))
-        results = []
-        for entry, status, error in reports:
-            gid, gname, sid, sname, desc = STATUSES.get(status, STATUSES["undelivered"])
-            err = (
-                {
-                    "groupId": 1,
-                    "groupName": "HANDSET_ERRORS",
-                    "id": int(error) if str(error).isdigit() else 1,
-                    "name": str(error) if not str(error).isdigit() else "EC_UNKNOWN_SUBSCRIBER",
-                    "description": "Unknown subscriber",
-                    "permanent": True,
-                }
-                if error
-                else {
-                    "groupId": 0,
-                    "groupName": "OK",
-                    "id": 0,
-                    "name": "NO_ERROR",
-                    "description": "No Error",
-                    "permanent": False,
-                }
-            )
-            results.append(
-                {
-                    "bulkId": f"{self._id_prefix}-bulk",
-                    "price": {"pricePerMessage": 0.01, "currency": "EUR"},
-                    "status": {"groupId": gid, "groupName": gname, "id": sid, "name": sname, "description": desc},
-                    "error": err,
-                    "messageId": entry.provider_message_id,
-                    "to": entry.to.lstrip("+"),
-                    "sender": entry.sender,
-                    "sentAt": _fmt(entry.accepted_at),
-                    "doneAt": now,
-                    "messageCount": entry.segments,
-                }
-            )
+        results = [self._result(entry, status, error) for entry, status, error in reports]
         body = json.dumps({"results": results}).encode()
         return [ReportRequest(url, body, {"Content-Type": "application/json"})]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import email.utils
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
@@ -24,7 +25,11 @@ from trackly_exec.driver import (
     DeliveryReport,
     Driver,
     DriverSettings,
+    Found,
     InboundMessage,
+    LookupQuery,
+    LookupResult,
+    NotFound,
     OutboundMessage,
     Rejected,
     SendResult,
@@ -51,6 +56,11 @@ SPAM_CODES = frozenset({"30007"})
 TRANSIENT_CODES = frozenset({"20429"})
 DELIVERED = frozenset({"delivered"})
 FAILED = frozenset({"undelivered", "failed", "canceled"})
+
+#: Look-ups: a message created this long before the recorded attempt still matches (clock skew between hosts).
+LOOKUP_SKEW = dt.timedelta(minutes=5)
+LOOKUP_PAGE_SIZE = 100
+LOOKUP_MAX_PAGES = 5
 
 SIGNATURE_HEADER = "x-twilio-signature"
 SIGNATURE_SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
@@ -133,6 +143,7 @@ class TwilioDriver(Driver[TwilioSettings]):
     settings_model: ClassVar[type[DriverSettings]] = TwilioSettings
     fake: ClassVar[str | None] = "drivers.twilio_fake:TwilioFake"
     signed_webhooks: ClassVar[bool] = True
+    max_lookup_batch: ClassVar[int] = 20  # one list request per message, made concurrently
 
     _http: HttpClient | None = None
 
@@ -198,6 +209,59 @@ class TwilioDriver(Driver[TwilioSettings]):
             return TransientFailure(message_id=m.id, code=exc.code, detail=exc.detail, retry_after=exc.retry_after)
         except (UnknownOutcomeError, DriverError) as exc:
             return UnknownOutcome(message_id=m.id, detail=str(exc))
+
+    # -- look-ups ---------------------------------------------------------------------------
+
+    async def lookup(self, messages: Sequence[LookupQuery]) -> list[LookupResult]:
+        """Twilio's message list (``GET /2010-04-01/Accounts/{sid}/Messages.json?To=..&From=..``), one request (and
+        its next pages) per message, matched on recipient, sender, body and a creation time not before the attempt
+        (less :data:`LOOKUP_SKEW`). Twilio echoes none of our ids (the ``mid`` of our StatusCallback is not part of
+        the resource), so two candidates are ambiguous (unknown), and a recorded sid is never matched twice (the
+        reconciler checks). No ``DateSent`` filter: a message still queued at Twilio has no ``date_sent`` yet and
+        would be missed, which would read as "not sent"."""
+        return list(await asyncio.gather(*(self._lookup_one(m) for m in messages)))
+
+    async def _lookup_one(self, m: LookupQuery) -> LookupResult:
+        assert self._http is not None, "startup() not called"
+        path = f"/2010-04-01/Accounts/{self.settings.account_sid}/Messages.json"
+        params: dict[str, str] | None = {"To": m.to, "From": m.sender, "PageSize": str(LOOKUP_PAGE_SIZE)}
+        since = m.attempted_at - LOOKUP_SKEW
+        matches: list[dict[str, Any]] = []
+        for _ in range(LOOKUP_MAX_PAGES):
+            reply = await self._http.get(path, params=params)
+            body = reply.json()
+            if reply.status != 200 or not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                raise TransientSendError(f"Twilio message list answered HTTP {reply.status}", code=str(reply.status))
+            for item in body["messages"]:
+                if not isinstance(item, dict) or not item.get("sid"):
+                    continue
+                created = _rfc2822(item.get("date_created"))
+                if (created is None or created >= since) and item.get("body") == m.body and item.get("to") == m.to \
+                        and str(item.get("direction") or "").startswith("outbound"):
+                    matches.append(item)
+            next_page = body.get("next_page_uri")
+            if not next_page:
+                break
+            path, params = str(next_page), None
+        else:
+            return UnknownOutcome(message_id=m.id, detail=f"more than {LOOKUP_MAX_PAGES} pages of messages to {m.to}")
+        if not matches:
+            return NotFound(message_id=m.id, detail="not in Twilio's message list")
+        if len(matches) > 1:
+            return UnknownOutcome(message_id=m.id, detail=f"{len(matches)} Twilio messages match")
+        item = matches[0]
+        status = str(item.get("status") or "").lower()
+        error = str(item["error_code"]) if item.get("error_code") not in (None, "", 0, "0") else None
+        segments = str(item.get("num_segments") or "")
+        report = DeliveryReport(
+            message_id=m.id, provider_message_id=str(item["sid"]), status=status,
+            delivered=True if status in DELIVERED else False if status in FAILED else None,
+            error_code=error, error_detail=item.get("error_message"), opted_out=error in OPT_OUT_CODES,
+            spam=error in SPAM_CODES,
+            done_at=_rfc2822(item.get("date_updated")) if status in DELIVERED | FAILED else None,
+        )
+        return Found(message_id=m.id, provider_message_id=str(item["sid"]),
+                     segments=int(segments) if segments.isdigit() and int(segments) > 0 else None, report=report)
 
     # -- webhooks ---------------------------------------------------------------------------
 
@@ -265,6 +329,17 @@ class TwilioDriver(Driver[TwilioSettings]):
         xml = '<?xml version="1.0" encoding="UTF-8"?>'
         xml += f"<Response><Message>{escape(reply)}</Message></Response>" if reply else "<Response/>"
         return WebhookResponse(status=200, body=xml.encode("utf-8"), content_type="text/xml")
+
+
+def _rfc2822(value: Any) -> dt.datetime | None:
+    """Twilio's resource dates (``Thu, 30 Jul 2015 20:12:31 +0000``); None when absent or odd."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _raw_done_date(value: str | None) -> dt.datetime | None:

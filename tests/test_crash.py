@@ -162,3 +162,35 @@ async def test_concurrent_sweeps_record_once(settings: Settings, store: Store, r
     assert sum(r["no_response"] for r in results) == 50
     split = await assert_one_record_each(store, ids)
     assert split[c.FAILED] == 50
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_provider_accept", "before_record"])
+async def test_crash_then_reconcile(settings: Settings, store: Store, redis_client: Any, tmp_path: Path,
+                                   point: str) -> None:
+    """SIGKILL with 100 messages between send intent and record; recovery makes them NO_RESPONSE, and reconciliation
+    asks the provider: the ones it took become MessageSent, the ones it never saw are sent again, exactly once.
+    At the end every message is sent exactly once and nothing is left ambiguous."""
+    from trackly_exec.reconcile import Reconciler
+
+    fake = await InfobipFake().start()
+    try:
+        ids = await seed(store, 300)
+        drivers = {"infobip": {**fake.driver_settings(), "timeout_seconds": 1.0, "lookup_settle_seconds": 0}}
+        config = write_config(tmp_path / "exec.toml", settings, drivers, **EXECUTOR)
+        code, output = await run_process(config, f"{point}:2")
+        assert code == -9, output
+        trackly = await open_trackly(with_executor(settings, drivers, **EXECUTOR), store)
+        try:
+            later = utcnow() + dt.timedelta(minutes=TTL_MINUTES, seconds=1)
+            assert (await recovery.sweep(trackly, now=later))["no_response"] == 100
+            reconciled = await Reconciler(trackly).run_until_idle(now=later)
+            await Coordinator(trackly).run_until_idle()
+        finally:
+            await trackly.close(close_store=False)
+        taken = 0 if point == "after_intent" else 100
+        assert reconciled["found"] == taken and reconciled["released"] == 100 - taken, reconciled
+        stats = await check_invariants(store, fake, ids)
+        assert stats == {"sent": 300, "no_response": 0, "duplicates": 0}, stats
+        assert all(fake.accepted_counts()[m] == 1 for m in ids)
+    finally:
+        await fake.stop()

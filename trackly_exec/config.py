@@ -194,6 +194,22 @@ class TrackingConfig(Section):
     )
 
 
+class ReconcileConfig(Section):
+    enabled: bool = Field(True, description="Ask providers what became of NO_RESPONSE (ambiguous) messages.")
+    interval_seconds: float = Field(10.0, gt=0, description="How often due ambiguous messages are looked for.")
+    batch_size: int = Field(500, ge=1, le=10000, description="Ambiguous messages taken per pass.")
+    concurrency: int = Field(4, ge=1, description="Look-up requests in flight per driver.")
+    backoff_initial_seconds: float = Field(
+        60.0, gt=0, description="First delay before asking again about a message the provider could not settle "
+        "(doubles per look-up, jittered).")
+    backoff_max_seconds: float = Field(1800.0, gt=0, description="Longest delay between look-ups of one message.")
+    max_age_hours: float = Field(
+        48.0, gt=0, description="Stop asking this long after the send attempt: the message stays NO_RESPONSE "
+        "(a delivery report still resolves it).")
+    lease_seconds: float = Field(
+        120.0, gt=0, description="A pass holds the messages it looks up this long (several daemons never ask twice).")
+
+
 class AlertsConfig(Section):
     discord_webhook_url: SecretStr | None = Field(None, description="Discord webhook URL for alerts (off when unset).")
     min_interval_seconds: float = Field(60.0, ge=0, description="Same alert key at most once per interval.")
@@ -222,6 +238,8 @@ class Settings(BaseSettings):
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP server.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Tracking and customer webhooks.")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting.")
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig,
+                                       description="Reconciliation of ambiguous (NO_RESPONSE) messages.")
     drivers: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description=(

@@ -23,6 +23,7 @@ COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
     (lambda s: s.scheduler.enabled, "trackly_exec.scheduler:Scheduler"),
     (lambda s: True, "trackly_exec.outbox:Outbox"),
     (lambda s: True, "trackly_exec.parked:ParkedReports"),
+    (lambda s: s.reconcile.enabled, "trackly_exec.reconcile:Reconciler"),
     (lambda s: True, "trackly_exec.alerts:Alerts"),
 ]
 

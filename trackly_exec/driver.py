@@ -20,6 +20,8 @@ and is registered in its distribution's ``pyproject.toml``::
     echo = "trackly_echo:EchoDriver"
 
 Everything else (``startup``, ``shutdown``, webhook parsing and authentication) has a working default.
+A driver whose provider can say what became of a message may implement :meth:`Driver.lookup` (optional):
+the daemon's reconciliation asks it about messages whose send answer was lost (``NO_RESPONSE``).
 A driver may also raise from ``send``: :class:`~trackly_exec.errors.PermanentSendError`,
 :class:`~trackly_exec.errors.TransientSendError` and :class:`~trackly_exec.errors.UnknownOutcomeError` apply
 to every message of the call (see :meth:`Driver.submit`).
@@ -118,6 +120,42 @@ class DeliveryReport(BaseModel):
     spam: bool = False
 
 
+class LookupQuery(BaseModel):
+    """A message whose send answer was lost (``NO_RESPONSE``), to look up at the provider."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="Our message id (sent as the provider-side reference where the provider has one).")
+    to: str = Field(description="Recipient in E.164, with the leading '+'.")
+    sender: str
+    body: str
+    attempted_at: dt.datetime = Field(description="When the send was attempted (the send intent, UTC); the "
+                                      "provider's record of it, if any, is not older (give or take clock skew).")
+
+
+class Found(BaseModel):
+    """The provider has the message: it was accepted (a send). ``report`` is its delivery state, when known."""
+
+    kind: Literal["found"] = "found"
+    message_id: str
+    provider_message_id: str
+    segments: int | None = None
+    report: DeliveryReport | None = None
+
+
+class NotFound(BaseModel):
+    """The provider has no record of the message: it was not sent (it may be sent again)."""
+
+    kind: Literal["not_found"] = "not_found"
+    message_id: str
+    detail: str = ""
+
+
+#: What :meth:`Driver.lookup` says of one message: found (sent), rejected by the provider (not sent, do not send
+#: again), not found (not sent), or unknown (ask again later).
+LookupResult = Union[Found, Rejected, NotFound, UnknownOutcome]
+
+
 class InboundMessage(BaseModel):
     """A message a contact sent to one of our numbers."""
 
@@ -193,6 +231,9 @@ class DriverSettings(BaseModel):
         "was written is always an unknown outcome (NO_RESPONSE, never re-sent blindly; reconciliation asks the "
         "provider). 'transient' (retrying such answers, which sends twice when the provider had accepted) is refused.",
     )
+    lookup_settle_seconds: float = Field(
+        120.0, ge=0, description="A provider's 'no such message' answer to a look-up is trusted only this long after "
+        "the send attempt (its records may lag behind its answers); earlier, the message stays ambiguous.")
     webhook_token: SecretStr | None = Field(
         None, description="Secret path segment expected on delivery-report and inbound webhooks."
     )
@@ -232,6 +273,11 @@ class Driver(ABC, Generic[S]):
     fake: ClassVar[str | None] = None
     #: The provider delivers webhooks signed (Twilio) rather than via a path token.
     signed_webhooks: ClassVar[bool] = False
+    #: Most messages one :meth:`lookup` call is given.
+    max_lookup_batch: ClassVar[int] = 100
+    #: How long the provider keeps what :meth:`lookup` reads (None: no known limit). Older messages are not looked
+    #: up (a "not found" would mean nothing).
+    lookup_horizon: ClassVar[dt.timedelta | None] = None
 
     def __init__(self, settings: S, context: DriverContext | None = None, *, name: str = "") -> None:
         self.settings: S = settings
@@ -287,6 +333,47 @@ class Driver(ABC, Generic[S]):
             by_id.get(m.id) or UnknownOutcome(message_id=m.id, detail="driver returned no result for this message")
             for m in messages
         ]
+
+    # -- look-ups (optional) -------------------------------------------------------------------
+
+    @property
+    def supports_lookup(self) -> bool:
+        """Whether this driver implements :meth:`lookup`."""
+        return type(self).lookup is not Driver.lookup
+
+    async def lookup(self, messages: Sequence[LookupQuery]) -> list[LookupResult]:
+        """Ask the provider what became of messages whose send answer was lost (optional; default: unsupported).
+
+        At most :attr:`max_lookup_batch` messages. Return one result per message (any order): :class:`Found` when
+        the provider has it (with its provider id, and its delivery state as a :class:`DeliveryReport` when the
+        provider says), :class:`Rejected` when the provider has it but refused it, :class:`NotFound` only when the
+        provider positively answers that it has no such message, :class:`UnknownOutcome` otherwise. Raise (any
+        exception) when the provider could not be asked: every message stays ambiguous and is asked again later.
+        """
+        raise NotImplementedError(f"driver {self.name} cannot look messages up")
+
+    async def resolve(self, messages: Sequence[LookupQuery], *, now: dt.datetime | None = None) -> list[LookupResult]:
+        """Call :meth:`lookup` and make its answer total and safe: one result per message, in order; an error or a
+        missing answer is :class:`UnknownOutcome`; a :class:`NotFound` earlier than ``lookup_settle_seconds`` after
+        the attempt, or beyond :attr:`lookup_horizon`, is :class:`UnknownOutcome` (it proves nothing yet)."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        try:
+            results = await self.lookup(messages)
+        except Exception as exc:  # the provider could not be asked: ask again later
+            return [UnknownOutcome(message_id=m.id, detail=f"look-up failed: {type(exc).__name__}: {exc}")
+                    for m in messages]
+        by_id: dict[str, LookupResult] = {r.message_id: r for r in results}
+        settle = dt.timedelta(seconds=self.settings.lookup_settle_seconds)
+        out: list[LookupResult] = []
+        for m in messages:
+            r = by_id.get(m.id) or UnknownOutcome(message_id=m.id, detail="look-up gave no answer for this message")
+            if isinstance(r, NotFound):
+                if now - m.attempted_at < settle:
+                    r = UnknownOutcome(message_id=m.id, detail="not found yet (too soon after the attempt to tell)")
+                elif self.lookup_horizon is not None and now - m.attempted_at > self.lookup_horizon:
+                    r = UnknownOutcome(message_id=m.id, detail="older than the provider keeps its records")
+            out.append(r)
+        return out
 
     # -- webhooks ----------------------------------------------------------------------------
 

@@ -140,6 +140,17 @@ class TracklyCollector(Collector):
         for kind, n in sorted(_events_by_kind.items()):
             events.add_metric([kind], n)
         yield events
+        from .reconcile import COUNTS
+
+        reconciled = CounterMetricFamily(
+            "trackly_reconcile",
+            "Reconciliation of NO_RESPONSE messages by this process: look-ups asked, and messages found (sent), "
+            "rejected, released (sent again), still unknown, unsupported, expired; look-up errors.",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(COUNTS.items()):
+            reconciled.add_metric([outcome], n)
+        yield reconciled
 
 
 def make_registry(trackly: Any) -> tuple[CollectorRegistry, TracklyCollector]:

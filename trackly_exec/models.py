@@ -287,6 +287,14 @@ class FailedMessage(MessageFields, Document):
     spam: bool = False  # PROVIDER_ERROR: the provider flagged it as carrier spam
     opted_out: bool = False  # PROVIDER_ERROR: the recipient had opted out at the provider
     failed_at: dt.datetime = Field(default_factory=utcnow)
+    # NO_RESPONSE reconciliation (reconcile.py): when the send was attempted, when to ask the provider next
+    # (None: not planned), the pass holding it, look-ups so far, and "pending" / "unsupported" / "expired" /
+    # "releasing" (being handed back to the queue).
+    attempted_at: dt.datetime | None = None
+    reconcile_at: dt.datetime | None = None
+    reconcile_by: str | None = None
+    lookups: int = 0
+    reconcile_state: str | None = None
 
 
 class MessageShortLink(Document):

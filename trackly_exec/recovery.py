@@ -8,8 +8,9 @@ live process is never overtaken while it still waits for the provider):
 - **send intent, no outcome**: the provider may have accepted it. The sweep takes the claim over (fenced on the
   old token, so of several sweepers only one wins each message), records FailedMessage ``NO_RESPONSE`` with
   ``ambiguous=True`` for every message that has no MessageSent, and removes them from the queue. It is never
-  re-sent. If the old process records a MessageSent after all, that record wins (see :mod:`outcomes`), and the
-  sweep itself re-checks MessageSent after inserting, so the message ends with exactly one record.
+  re-sent blindly: :mod:`reconcile` asks the provider about it (its ``attempted_at`` is the send intent). If the
+  old process records a MessageSent after all, that record wins (see :mod:`outcomes`), and the sweep itself
+  re-checks MessageSent after inserting, so the message ends with exactly one record.
 
 The sweep also finishes dead-letter re-drives interrupted by a crash (:func:`trackly_exec.redrive.recover`).
 

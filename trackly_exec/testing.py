@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import importlib
 import secrets
 import socket
@@ -45,6 +46,8 @@ from .driver import (
     DeliveryReport,
     Driver,
     DriverContext,
+    Found,
+    LookupQuery,
     OutboundMessage,
     Rejected,
     SendResult,
@@ -366,6 +369,35 @@ async def check_inbound(h: DriverHarness) -> None:
     h.driver.inbound_response(None)
 
 
+async def check_lookup(h: DriverHarness) -> None:
+    """Look-ups (when the driver has them) answer from the provider's records: a message the provider took is
+    found with its provider id (and delivery state), even when its send answer was lost; one it never took is not
+    found, but only once ``lookup_settle_seconds`` have passed; a provider that fails the look-up leaves it unknown."""
+    if not h.driver.supports_lookup:
+        return
+    driver = await h.new_driver(lookup_settle_seconds=0)
+    taken, lost, never = h.messages(3)
+    await h.submit([taken])
+    h.fake.script(Behaviour("accept_then_reset"))
+    await h.submit([lost])
+    attempted = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    queries = [LookupQuery(id=m.id, to=m.to, sender=m.sender, body=m.body, attempted_at=attempted)
+               for m in (taken, lost, never)]
+    results = await driver.resolve(queries)
+    assert [r.kind for r in results] == ["found", "found", "not_found"], results
+    pids = {e.message_id: e.provider_message_id for e in h.fake.ledger}
+    assert [r.provider_message_id for r in results[:2] if isinstance(r, Found)] == [pids[taken.id], pids[lost.id]]
+    h.fake.dlr_outcome = lambda entry: "delivered"
+    await h.fake.flush_reports()
+    [again] = await driver.resolve(queries[:1])
+    assert isinstance(again, Found) and again.report is not None and again.report.delivered is True, again
+    [early] = await h.driver.resolve(queries[2:])  # default settle time: too soon to call it not sent
+    assert isinstance(early, UnknownOutcome), early
+    h.fake.script_lookups(Behaviour("5xx_before"))
+    [failed] = await driver.resolve(queries[:1])
+    assert isinstance(failed, UnknownOutcome), failed
+
+
 Check = Callable[[DriverHarness], Awaitable[None]]
 
 #: Every check of the contract, by name.
@@ -384,6 +416,7 @@ CHECKS: dict[str, Check] = {
     "spam_report": check_spam_report,
     "webhook_auth_rejected": check_webhook_auth_rejected,
     "inbound": check_inbound,
+    "lookup": check_lookup,
 }
 
 
@@ -460,3 +493,7 @@ class DriverContractSuite:
     async def test_inbound(self, harness: DriverHarness) -> None:
         """The fake's inbound messages authenticate and parse."""
         await check_inbound(harness)
+
+    async def test_lookup(self, harness: DriverHarness) -> None:
+        """Look-ups (if the driver has them) find sent messages and not unsent ones, safely."""
+        await check_lookup(harness)
