@@ -194,3 +194,46 @@ async def test_crash_then_reconcile(settings: Settings, store: Store, redis_clie
         assert all(fake.accepted_counts()[m] == 1 for m in ids)
     finally:
         await fake.stop()
+
+
+@pytest.mark.chaos
+async def test_kill_at_high_rate_then_reconcile(settings: Settings, store: Store, redis_client: Any,
+                                               tmp_path: Path) -> None:
+    """The issue's measurement: a daemon SIGKILLed at a high send rate leaves thousands NO_RESPONSE although the
+    provider took most of them (their reports reach a dead daemon). Reconciliation settles every one of them:
+    found -> MessageSent, not found -> sent once; no duplicate, nothing left ambiguous."""
+    from trackly_exec.reconcile import Reconciler
+
+    fake = await InfobipFake().start()
+    try:
+        n = 20_000
+        ids = await seed(store, n)
+        drivers = {"infobip": {**fake.driver_settings(), "timeout_seconds": 5.0, "lookup_settle_seconds": 0}}
+        cfg = {"claim_ttl_minutes": TTL_MINUTES, "retry_initial_backoff_seconds": 0.01}
+        config = write_config(tmp_path / "exec.toml", settings, drivers, **cfg)
+        env = {k: v for k, v in os.environ.items() if k != "TRACKLY_FAILPOINT"}
+        proc = await asyncio.create_subprocess_exec(*runner_cmd(config, "--burst"), env=env,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        while len(fake.ledger) < n // 3 and proc.returncode is None:
+            await asyncio.sleep(0.01)
+        proc.kill()
+        await proc.wait()
+        accepted_at_kill = len(fake.ledger)
+        trackly = await open_trackly(with_executor(settings, drivers, **cfg), store)
+        try:
+            later = utcnow() + dt.timedelta(minutes=TTL_MINUTES, seconds=1)
+            swept = await recovery.sweep(trackly, now=later)
+            ambiguous = set(await ids_in(store, c.FAILED, {"reason": "NO_RESPONSE"}))
+            taken = sum(1 for m in ambiguous if fake.accepted_counts()[m])
+            reconciled = await Reconciler(trackly).run_until_idle(now=later)
+            await Coordinator(trackly).run_until_idle()
+        finally:
+            await trackly.close(close_store=False)
+        print(f"\nkilled with {accepted_at_kill} accepted; NO_RESPONSE after recovery {swept['no_response']} "
+              f"(provider had taken {taken}); reconciled {dict(reconciled)}")
+        assert reconciled["found"] == taken and reconciled["released"] == len(ambiguous) - taken
+        stats = await check_invariants(store, fake, ids)
+        assert stats == {"sent": n, "no_response": 0, "duplicates": 0}, stats
+    finally:
+        await fake.stop()

@@ -183,3 +183,25 @@ async def test_half_done_release_is_finished(settings: Settings, store: Store, f
     assert counts["released"] == 2
     split = await assert_one_record_each(store, ids)
     assert split[c.QUEUED] == 2
+
+
+async def test_a_provider_id_already_recorded_is_not_trusted(settings: Settings, store: Store,
+                                                              fakes: dict[str, Any]) -> None:
+    """Twilio echoes none of our ids: a look-up matches by recipient, sender and body. When the one match is a
+    message already recorded for another of ours (same text to the same number), it proves nothing: the ambiguous
+    message stays NO_RESPONSE instead of being marked sent (it never was) or resent blindly."""
+    [first] = await seed(store, 1, driver="twilio")
+    trackly = await daemon(settings, store, fakes)
+    try:
+        await Coordinator(trackly).run_until_idle()
+        [second] = await seed(store, 1, driver="twilio", execution_id=2, first_contact=50)
+        doc = await store.db[c.SENT].find_one({"_id": first})
+        await store.db[c.QUEUED].update_one({"_id": second}, {"$set": {"to_number": doc["to_number"],
+                                                                       "body": doc["body"]}})
+        fakes["twilio"].script(Behaviour("reset_before"))
+        await Coordinator(trackly).run_until_idle()
+        counts = await Reconciler(trackly).run_until_idle()
+    finally:
+        await trackly.close(close_store=False)
+    assert counts["unknown"] == 1 and not counts["found"] and not counts["released"]
+    assert await no_response(store) == [second] and len(fakes["twilio"].ledger) == 1

@@ -148,9 +148,9 @@ async def _apply(trackly: Trackly, token: str, answers: list[tuple[dict[str, Any
     found = [(d, i, r) for d, i, r in answers if isinstance(r, Found)]
     # A provider id that two messages claim, or that another message already has, proves nothing.
     pids = Counter(r.provider_message_id for _, _, r in found)
+    ours = {d["_id"] for d, _, _ in found}
     taken = {x["provider_message_id"] async for x in trackly.store[c.SENT].find(
-        {"provider_message_id": {"$in": sorted(pids)}, "_id": {"$nin": [d["_id"] for d, _, _ in found]}},
-        {"provider_message_id": 1})} if pids else set()
+        {"provider_message_id": {"$in": sorted(pids)}}, {"provider_message_id": 1}) if x["_id"] not in ours}
     doubtful = {p for p, n in pids.items() if n > 1} | taken
     unknown = [d for d, _, r in answers if r.kind == "unknown"]
     unknown += [d for d, _, r in found if r.provider_message_id in doubtful]
