@@ -89,8 +89,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-def raise_for_status(reply: HttpReply, *, code: str | None = None, detail: str = "",
-                     not_processed: bool = False) -> None:
+def raise_for_status(
+    reply: HttpReply, *, code: str | None = None, detail: str = "", not_processed: bool = False
+) -> None:
     """Raise the error family for a non-2xx reply (the common mapping above); return on 2xx.
 
     ``not_processed``: the provider documents this answer as "the request was not processed" (safe to retry)."""
@@ -104,8 +105,9 @@ def raise_for_status(reply: HttpReply, *, code: str | None = None, detail: str =
     if 400 <= status < 500:
         raise PermanentSendError(detail, code=code)
     # 5xx: the provider may have accepted the message before failing; 1xx/3xx: we cannot tell what happened.
-    raise UnknownOutcomeError(f"HTTP {status} after the request was sent (the provider may have accepted it): "
-                              f"{detail}", code=code)
+    raise UnknownOutcomeError(
+        f"HTTP {status} after the request was sent (the provider may have accepted it): {detail}", code=code
+    )
 
 
 async def _on_headers_sent(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
@@ -186,5 +188,5 @@ class HttpClient:
             async with self.session.get(self.base_url + path, params=params, headers=dict(headers or {})) as resp:
                 payload = await resp.read()
                 return HttpReply(resp.status, resp.headers, payload)
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransientSendError(f"look-up failed: {type(exc).__name__}: {exc}", code="lookup") from exc

@@ -125,8 +125,9 @@ class CMDriver(Driver[CMSettings]):
             code = _int(body.get("errorCode"), -1) if isinstance(body, dict) else -1
             detail = str(body.get("details") or "") if isinstance(body, dict) else ""
             if reply.status == 400 and code in UNKNOWN_CODES:
-                raise UnknownOutcomeError(f"CM errorCode {code} (the messages may have been created): {detail}",
-                                          code=str(code))
+                raise UnknownOutcomeError(
+                    f"CM errorCode {code} (the messages may have been created): {detail}", code=str(code)
+                )
             if reply.status == 400 and code > 0:  # 101 auth, 102 balance, 103 key, 202 malformed, ...
                 raise PermanentSendError(detail, code=str(code))
             raise_for_status(reply, code=str(code) if code >= 0 else None, detail=detail)

@@ -61,8 +61,20 @@ from .fake_control import RemoteControl
 
 log = get_logger(__name__)
 
-MODES = frozenset({"ok", "reject", "429", "5xx_before", "5xx_after", "accept_then_hang", "accept_then_reset",
-                   "accept_then_garbage", "reset_before", "slow"})
+MODES = frozenset(
+    {
+        "ok",
+        "reject",
+        "429",
+        "5xx_before",
+        "5xx_after",
+        "accept_then_hang",
+        "accept_then_reset",
+        "accept_then_garbage",
+        "reset_before",
+        "slow",
+    }
+)
 FINAL_STATUSES = frozenset({"delivered", "undelivered", "failed", "expired", "rejected", "spam"})
 INTERMEDIATE_STATUSES = frozenset({"sent", "pending", "accepted"})
 
@@ -83,8 +95,11 @@ class Behaviour:
             raise ValueError(f"unknown fake behaviour {self.mode!r}; one of {', '.join(sorted(MODES))}")
         if self.mode == "slow" and not self.delay:
             self.delay = 2.0
-        if self.mode in ("5xx_before", "5xx_after") and self.code is not None and not (
-                self.code.isdigit() and 500 <= int(self.code) <= 599):
+        if (
+            self.mode in ("5xx_before", "5xx_after")
+            and self.code is not None
+            and not (self.code.isdigit() and 500 <= int(self.code) <= 599)
+        ):
             raise ValueError(f"{self.mode}: code is the HTTP status (500-599), not {self.code!r}")
 
     @property
@@ -181,8 +196,9 @@ def reset_connection(request: web.Request) -> web.Response:
 def gateway_error(status: int) -> web.Response:
     """What a load balancer in front of an API answers (HTML, not the provider's JSON): 502/503/504."""
     text = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(status, "Server Error")
-    return web.Response(status=status, text=f"<html><body><h1>{status} {text}</h1></body></html>",
-                        content_type="text/html")
+    return web.Response(
+        status=status, text=f"<html><body><h1>{status} {text}</h1></body></html>", content_type="text/html"
+    )
 
 
 def _default_outcome(entry: LedgerEntry) -> Outcome:

@@ -202,7 +202,9 @@ class InfobipDriver(Driver[InfobipSettings]):
             if reply.status != 200 or not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 code, detail = error_from_body(body)
                 raise TransientSendError(f"Infobip logs answered HTTP {reply.status}: {detail}".strip(), code=code)
-            by_id.update((str(r["messageId"]), r) for r in body["results"] if isinstance(r, dict) and r.get("messageId"))
+            by_id.update(
+                (str(r["messageId"]), r) for r in body["results"] if isinstance(r, dict) and r.get("messageId")
+            )
         out: list[LookupResult] = []
         for m in messages:
             entry = by_id.get(m.id)
@@ -210,8 +212,14 @@ class InfobipDriver(Driver[InfobipSettings]):
                 out.append(NotFound(message_id=m.id, detail="not in Infobip's message logs"))
                 continue
             report = report_from(entry)
-            out.append(Found(message_id=m.id, provider_message_id=str(entry["messageId"]), segments=report.segments,
-                             report=report.model_copy(update={"message_id": m.id})))
+            out.append(
+                Found(
+                    message_id=m.id,
+                    provider_message_id=str(entry["messageId"]),
+                    segments=report.segments,
+                    report=report.model_copy(update={"message_id": m.id}),
+                )
+            )
         return out
 
     # -- webhooks ---------------------------------------------------------------------------

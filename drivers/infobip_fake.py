@@ -67,7 +67,7 @@ def api_error(
 
 def _parse(value: str) -> dt.datetime:
     when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _fmt(when: dt.datetime) -> str:
@@ -103,15 +103,25 @@ class InfobipFake(FakeProvider):
         ids = {i for v in q.getall("messageId", []) for i in v.split(",") if i} or None
         try:
             limit = int(q.get("limit", "50"))
-            since = _parse(q.get("sentSince")) if q.get("sentSince") else None
-            until = _parse(q.get("sentUntil")) if q.get("sentUntil") else None
+            since = _parse(q["sentSince"]) if q.get("sentSince") else None
+            until = _parse(q["sentUntil"]) if q.get("sentUntil") else None
         except ValueError:
-            return api_error(400, "E400", "Request cannot be processed.", "Check the syntax.",
-                             [{"property": "query", "violation": "invalid value"}])
+            return api_error(
+                400,
+                "E400",
+                "Request cannot be processed.",
+                "Check the syntax.",
+                [{"property": "query", "violation": "invalid value"}],
+            )
         if not 1 <= limit <= 1000 or len(",".join(q.getall("messageId", []))) > 2048:
-            return api_error(400, "E400", "Request cannot be processed.", "Check the syntax.",
-                             [{"property": "limit", "violation": "must be between 1 and 1000"}])
-        horizon = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=48)
+            return api_error(
+                400,
+                "E400",
+                "Request cannot be processed.",
+                "Check the syntax.",
+                [{"property": "limit", "violation": "must be between 1 and 1000"}],
+            )
+        horizon = dt.datetime.now(dt.UTC) - dt.timedelta(hours=48)
         results = []
         for e in self.entries_for(ids):
             if e.accepted_at < horizon or (since and e.accepted_at < since) or (until and e.accepted_at > until):
@@ -122,8 +132,7 @@ class InfobipFake(FakeProvider):
                 continue
             entry = self._result(e, e.status, e.error)
             entry.pop("to"), entry.pop("sender")
-            results.append({**entry, "sender": e.sender, "destination": e.to.lstrip("+"),
-                            "content": {"text": e.body}})
+            results.append({**entry, "sender": e.sender, "destination": e.to.lstrip("+"), "content": {"text": e.body}})
             if len(results) >= limit:
                 break
         return web.json_response({"results": results})
@@ -262,18 +271,36 @@ class InfobipFake(FakeProvider):
     def _result(self, entry: LedgerEntry, status: str, error: str | None) -> dict[str, Any]:
         """One v3 delivery-report result (also the body of a log entry)."""
         gid, gname, sid, sname, desc = STATUSES.get(status, STATUSES["undelivered"])
-        err = ({"groupId": 1, "groupName": "HANDSET_ERRORS", "id": int(error) if str(error).isdigit() else 1,
+        err = (
+            {
+                "groupId": 1,
+                "groupName": "HANDSET_ERRORS",
+                "id": int(error) if str(error).isdigit() else 1,
                 "name": str(error) if not str(error).isdigit() else "EC_UNKNOWN_SUBSCRIBER",
-                "description": "Unknown subscriber", "permanent": True} if error else
-               {"groupId": 0, "groupName": "OK", "id": 0, "name": "NO_ERROR", "description": "No Error",
-                "permanent": False})
+                "description": "Unknown subscriber",
+                "permanent": True,
+            }
+            if error
+            else {
+                "groupId": 0,
+                "groupName": "OK",
+                "id": 0,
+                "name": "NO_ERROR",
+                "description": "No Error",
+                "permanent": False,
+            }
+        )
         final = status not in ("accepted", "pending", "sent")
         return {
-            "bulkId": f"{self._id_prefix}-bulk", "price": {"pricePerMessage": 0.01, "currency": "EUR"},
+            "bulkId": f"{self._id_prefix}-bulk",
+            "price": {"pricePerMessage": 0.01, "currency": "EUR"},
             "status": {"groupId": gid, "groupName": gname, "id": sid, "name": sname, "description": desc},
-            "error": err, "messageId": entry.provider_message_id, "to": entry.to.lstrip("+"),
-            "sender": entry.sender, "sentAt": _fmt(entry.accepted_at),
-            "doneAt": _fmt(dt.datetime.now(dt.timezone.utc)) if final else None,
+            "error": err,
+            "messageId": entry.provider_message_id,
+            "to": entry.to.lstrip("+"),
+            "sender": entry.sender,
+            "sentAt": _fmt(entry.accepted_at),
+            "doneAt": _fmt(dt.datetime.now(dt.UTC)) if final else None,
             "messageCount": entry.segments,
         }
 

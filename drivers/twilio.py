@@ -236,8 +236,12 @@ class TwilioDriver(Driver[TwilioSettings]):
                 if not isinstance(item, dict) or not item.get("sid"):
                     continue
                 created = _rfc2822(item.get("date_created"))
-                if (created is None or created >= since) and item.get("body") == m.body and item.get("to") == m.to \
-                        and str(item.get("direction") or "").startswith("outbound"):
+                if (
+                    (created is None or created >= since)
+                    and item.get("body") == m.body
+                    and item.get("to") == m.to
+                    and str(item.get("direction") or "").startswith("outbound")
+                ):
                     matches.append(item)
             next_page = body.get("next_page_uri")
             if not next_page:
@@ -254,14 +258,22 @@ class TwilioDriver(Driver[TwilioSettings]):
         error = str(item["error_code"]) if item.get("error_code") not in (None, "", 0, "0") else None
         segments = str(item.get("num_segments") or "")
         report = DeliveryReport(
-            message_id=m.id, provider_message_id=str(item["sid"]), status=status,
+            message_id=m.id,
+            provider_message_id=str(item["sid"]),
+            status=status,
             delivered=True if status in DELIVERED else False if status in FAILED else None,
-            error_code=error, error_detail=item.get("error_message"), opted_out=error in OPT_OUT_CODES,
+            error_code=error,
+            error_detail=item.get("error_message"),
+            opted_out=error in OPT_OUT_CODES,
             spam=error in SPAM_CODES,
             done_at=_rfc2822(item.get("date_updated")) if status in DELIVERED | FAILED else None,
         )
-        return Found(message_id=m.id, provider_message_id=str(item["sid"]),
-                     segments=int(segments) if segments.isdigit() and int(segments) > 0 else None, report=report)
+        return Found(
+            message_id=m.id,
+            provider_message_id=str(item["sid"]),
+            segments=int(segments) if segments.isdigit() and int(segments) > 0 else None,
+            report=report,
+        )
 
     # -- webhooks ---------------------------------------------------------------------------
 
@@ -339,7 +351,7 @@ def _rfc2822(value: Any) -> dt.datetime | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _raw_done_date(value: str | None) -> dt.datetime | None:

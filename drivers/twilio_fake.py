@@ -74,17 +74,36 @@ class TwilioFake(FakeProvider):
 
     def resource(self, e: LedgerEntry) -> dict[str, Any]:
         """The Message resource of a ledger entry, in its current state."""
-        status = {"accepted": "queued", "pending": "sending", "spam": "undelivered", "rejected": "failed",
-                  "expired": "undelivered"}.get(e.status, e.status)
+        status = {
+            "accepted": "queued",
+            "pending": "sending",
+            "spam": "undelivered",
+            "rejected": "failed",
+            "expired": "undelivered",
+        }.get(e.status, e.status)
         error = e.error or ("30007" if e.status == "spam" else None)
         created = email.utils.format_datetime(e.accepted_at.replace(microsecond=0))
         return {
-            "account_sid": self.account_sid, "api_version": "2010-04-01", "body": e.body,
-            "date_created": created, "date_sent": None if status == "queued" else created, "date_updated": created,
-            "direction": "outbound-api", "error_code": int(error) if error and error.isdigit() else None,
-            "error_message": None, "from": e.sender, "messaging_service_sid": None, "num_media": "0",
-            "num_segments": str(e.segments), "price": None, "price_unit": "USD", "sid": e.provider_message_id,
-            "status": status, "subresource_uris": {}, "tags": {}, "to": e.to,
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": e.body,
+            "date_created": created,
+            "date_sent": None if status == "queued" else created,
+            "date_updated": created,
+            "direction": "outbound-api",
+            "error_code": int(error) if error and error.isdigit() else None,
+            "error_message": None,
+            "from": e.sender,
+            "messaging_service_sid": None,
+            "num_media": "0",
+            "num_segments": str(e.segments),
+            "price": None,
+            "price_unit": "USD",
+            "sid": e.provider_message_id,
+            "status": status,
+            "subresource_uris": {},
+            "tags": {},
+            "to": e.to,
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{e.provider_message_id}.json",
         }
 
@@ -103,19 +122,22 @@ class TwilioFake(FakeProvider):
             return twilio_error(400, "20001")
         if not 1 <= size <= 1000 or page < 0:
             return twilio_error(400, "20001")
-        dates = [(op, q[name]) for name, op in (("DateSent", "="), ("DateSent<", "<"), ("DateSent>", ">"))
-                 if q.get(name)]
+        dates = [
+            (op, q[name]) for name, op in (("DateSent", "="), ("DateSent<", "<"), ("DateSent>", ">")) if q.get(name)
+        ]
         items = []
         for e in self.entries_for():
             r = self.resource(e)
             if (q.get("To") and q["To"] != e.to) or (q.get("From") and q["From"] != e.sender):
                 continue
             sent = e.accepted_at.date().isoformat() if r["date_sent"] else None
-            if dates and (sent is None or not all(sent == d if op == "=" else sent <= d if op == "<" else sent >= d
-                                                  for op, d in dates)):
+            if dates and (
+                sent is None
+                or not all(sent == d if op == "=" else sent <= d if op == "<" else sent >= d for op, d in dates)
+            ):
                 continue
             items.append(r)
-        chunk = items[page * size:(page + 1) * size]
+        chunk = items[page * size : (page + 1) * size]
         base = request.path
         query = {k: v for k, v in q.items() if k not in ("Page", "PageSize", "PageToken")}
 
@@ -123,11 +145,19 @@ class TwilioFake(FakeProvider):
             return f"{base}?{urlencode({**query, 'PageSize': size, 'Page': n, 'PageToken': f'PA{n}'})}"
 
         more = (page + 1) * size < len(items)
-        return web.json_response({
-            "messages": chunk, "page": page, "page_size": size, "start": page * size,
-            "end": page * size + max(0, len(chunk) - 1), "uri": uri(page), "first_page_uri": uri(0),
-            "next_page_uri": uri(page + 1) if more else None, "previous_page_uri": uri(page - 1) if page else None,
-        })
+        return web.json_response(
+            {
+                "messages": chunk,
+                "page": page,
+                "page_size": size,
+                "start": page * size,
+                "end": page * size + max(0, len(chunk) - 1),
+                "uri": uri(page),
+                "first_page_uri": uri(0),
+                "next_page_uri": uri(page + 1) if more else None,
+                "previous_page_uri": uri(page - 1) if page else None,
+            }
+        )
 
     def check_auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization", "") == self._basic and request.match_info["sid"] == self.account_sid:

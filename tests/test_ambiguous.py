@@ -27,8 +27,15 @@ from .test_executor import FAKES
 
 PROVIDERS = sorted(FAKES)
 #: Every answer after the request was written that is not a documented "not processed".
-AMBIGUOUS = [("5xx_after", "500"), ("5xx_after", "502"), ("5xx_after", "503"), ("5xx_after", "504"),
-             ("accept_then_reset", None), ("accept_then_garbage", None), ("accept_then_hang", None)]
+AMBIGUOUS = [
+    ("5xx_after", "500"),
+    ("5xx_after", "502"),
+    ("5xx_after", "503"),
+    ("5xx_after", "504"),
+    ("accept_then_reset", None),
+    ("accept_then_garbage", None),
+    ("accept_then_hang", None),
+]
 
 
 @pytest.fixture
@@ -54,9 +61,9 @@ async def run(coord: Coordinator) -> dict[str, int]:
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize(("mode", "code"), AMBIGUOUS, ids=[f"{m}-{c}" if c else m for m, c in AMBIGUOUS])
-async def test_answer_after_accept_is_no_response_and_sent_once(settings: Settings, store: Store,
-                                                                fakes: dict[str, Any], provider: str, mode: str,
-                                                                code: str | None) -> None:
+async def test_answer_after_accept_is_no_response_and_sent_once(
+    settings: Settings, store: Store, fakes: dict[str, Any], provider: str, mode: str, code: str | None
+) -> None:
     """The provider accepts and then fails (5xx, reset, unreadable 2xx, no answer): exactly one send at the
     provider's ledger, and one NO_RESPONSE (ambiguous) record; never retried."""
     [mid] = await seed(store, 1, driver=provider, price=1.0, balance=10.0)
@@ -71,8 +78,9 @@ async def test_answer_after_accept_is_no_response_and_sent_once(settings: Settin
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_429_is_retried_and_sent_once(settings: Settings, store: Store, fakes: dict[str, Any],
-                                            provider: str) -> None:
+async def test_429_is_retried_and_sent_once(
+    settings: Settings, store: Store, fakes: dict[str, Any], provider: str
+) -> None:
     """A 429 (throttled: not processed) is retried; the message is sent once and recorded MessageSent."""
     [mid] = await seed(store, 1, driver=provider)
     fakes[provider].script(Behaviour("429"), Behaviour("429"))
@@ -83,8 +91,9 @@ async def test_429_is_retried_and_sent_once(settings: Settings, store: Store, fa
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_refused_connection_is_retried_and_sent_once(settings: Settings, store: Store, redis_client: Any,
-                                                           provider: str) -> None:
+async def test_refused_connection_is_retried_and_sent_once(
+    settings: Settings, store: Store, redis_client: Any, provider: str
+) -> None:
     """Connection refused (the request was never written) is retried; once the provider listens, it is sent once."""
     [mid] = await seed(store, 1, driver=provider)
     port = free_port()

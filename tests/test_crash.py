@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .executor_support import (
     ids_in,
     open_trackly,
     run_process,
+    runner_cmd,
     seed,
     with_executor,
     write_config,
@@ -165,8 +167,9 @@ async def test_concurrent_sweeps_record_once(settings: Settings, store: Store, r
 
 
 @pytest.mark.parametrize("point", ["after_intent", "after_provider_accept", "before_record"])
-async def test_crash_then_reconcile(settings: Settings, store: Store, redis_client: Any, tmp_path: Path,
-                                   point: str) -> None:
+async def test_crash_then_reconcile(
+    settings: Settings, store: Store, redis_client: Any, tmp_path: Path, point: str
+) -> None:
     """SIGKILL with 100 messages between send intent and record; recovery makes them NO_RESPONSE, and reconciliation
     asks the provider: the ones it took become MessageSent, the ones it never saw are sent again, exactly once.
     At the end every message is sent exactly once and nothing is left ambiguous."""
@@ -197,8 +200,9 @@ async def test_crash_then_reconcile(settings: Settings, store: Store, redis_clie
 
 
 @pytest.mark.chaos
-async def test_kill_at_high_rate_then_reconcile(settings: Settings, store: Store, redis_client: Any,
-                                               tmp_path: Path) -> None:
+async def test_kill_at_high_rate_then_reconcile(
+    settings: Settings, store: Store, redis_client: Any, tmp_path: Path
+) -> None:
     """The issue's measurement: a daemon SIGKILLed at a high send rate leaves thousands NO_RESPONSE although the
     provider took most of them (their reports reach a dead daemon). Reconciliation settles every one of them:
     found -> MessageSent, not found -> sent once; no duplicate, nothing left ambiguous."""
@@ -213,8 +217,7 @@ async def test_kill_at_high_rate_then_reconcile(settings: Settings, store: Store
         config = write_config(tmp_path / "exec.toml", settings, drivers, **cfg)
         env = {k: v for k, v in os.environ.items() if k != "TRACKLY_FAILPOINT"}
         with open(tmp_path / "executor.log", "wb") as out:
-            proc = await asyncio.create_subprocess_exec(*runner_cmd(config, "--burst"), env=env, stdout=out,
-                                                        stderr=out)
+            proc = await asyncio.create_subprocess_exec(*runner_cmd(config, "--burst"), env=env, stdout=out, stderr=out)
         while len(fake.ledger) < n // 3 and proc.returncode is None:
             await asyncio.sleep(0.01)
         assert proc.returncode is None, (tmp_path / "executor.log").read_text()[-3000:]
@@ -239,8 +242,10 @@ async def test_kill_at_high_rate_then_reconcile(settings: Settings, store: Store
                 await coord.run_until_idle()
         finally:
             await trackly.close(close_store=False)
-        print(f"\nkilled with {accepted_at_kill} accepted; NO_RESPONSE after recovery {swept['no_response']} "
-              f"(provider had taken {taken}); reconciled {dict(reconciled)}; later rounds {rounds}")
+        print(
+            f"\nkilled with {accepted_at_kill} accepted; NO_RESPONSE after recovery {swept['no_response']} "
+            f"(provider had taken {taken}); reconciled {dict(reconciled)}; later rounds {rounds}"
+        )
         assert reconciled["found"] == taken and reconciled["released"] == len(ambiguous) - taken
         stats = await check_invariants(store, fake, ids)
         assert stats == {"sent": n, "no_response": 0, "duplicates": 0}, stats

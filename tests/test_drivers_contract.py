@@ -19,7 +19,6 @@ from trackly_exec.driver import (
     DriverContext,
     OutboundMessage,
     Rejected,
-    TransientFailure,
     UnknownOutcome,
     WebhookRequest,
 )
@@ -134,18 +133,33 @@ async def test_cm_codes() -> None:
         assert all(isinstance(r, Rejected) and r.code == "102" for r in results), results
         results = await h.submit(h.messages(2))
         assert all(isinstance(r, UnknownOutcome) for r in results), results
-        assert h.driver.request_body(msgs)["messages"]["msg"][0]["to"] == [  # type: ignore[attr-defined]
-            {"number": "00" + msgs[0].to[1:]}]
+        assert (
+            h.driver.request_body(msgs)["messages"]["msg"][0]["to"]
+            == [  # type: ignore[attr-defined]
+                {"number": "00" + msgs[0].to[1:]}
+            ]
+        )
 
 
 # --------------------------------------------------------------------------------------------- HTTP outcome mapping
 
 
-@pytest.mark.parametrize(("status", "family"), [
-    (400, PermanentSendError), (401, PermanentSendError), (403, PermanentSendError), (404, PermanentSendError),
-    (408, TransientSendError), (429, TransientSendError), (500, UnknownOutcomeError), (502, UnknownOutcomeError),
-    (503, UnknownOutcomeError), (504, UnknownOutcomeError), (302, UnknownOutcomeError),
-])
+@pytest.mark.parametrize(
+    ("status", "family"),
+    [
+        (400, PermanentSendError),
+        (401, PermanentSendError),
+        (403, PermanentSendError),
+        (404, PermanentSendError),
+        (408, TransientSendError),
+        (429, TransientSendError),
+        (500, UnknownOutcomeError),
+        (502, UnknownOutcomeError),
+        (503, UnknownOutcomeError),
+        (504, UnknownOutcomeError),
+        (302, UnknownOutcomeError),
+    ],
+)
 def test_status_mapping(status: int, family: type[Exception]) -> None:
     """Non-2xx answers map to the permanent / transient / unknown families as the issue specifies."""
     with pytest.raises(family):

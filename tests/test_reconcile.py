@@ -36,8 +36,10 @@ async def fakes(redis_client: Any) -> AsyncIterator[dict[str, Any]]:
 
 
 async def daemon(settings: Settings, store: Store, fakes: dict[str, Any], **driver: Any) -> Trackly:
-    drivers = {name: {**fake.driver_settings(), "timeout_seconds": 1.0, "lookup_settle_seconds": 0, **driver}
-               for name, fake in fakes.items()}
+    drivers = {
+        name: {**fake.driver_settings(), "timeout_seconds": 1.0, "lookup_settle_seconds": 0, **driver}
+        for name, fake in fakes.items()
+    }
     return await open_trackly(with_executor(settings, drivers, retry_initial_backoff_seconds=0.01), store)
 
 
@@ -50,8 +52,9 @@ async def balance(store: Store) -> float:
 
 
 @pytest.mark.parametrize("provider", LOOKUP_PROVIDERS)
-async def test_confirmed_send_becomes_message_sent(settings: Settings, store: Store, fakes: dict[str, Any],
-                                                   provider: str) -> None:
+async def test_confirmed_send_becomes_message_sent(
+    settings: Settings, store: Store, fakes: dict[str, Any], provider: str
+) -> None:
     """Accepted then 500: NO_RESPONSE; the provider's records show it sent -> MessageSent (its provider id,
     submitted), the FailedMessage removed, still charged, sent once; its delivery state applied."""
     ids = await seed(store, 3, driver=provider, price=1.0, balance=10.0)
@@ -80,8 +83,9 @@ async def test_confirmed_send_becomes_message_sent(settings: Settings, store: St
 
 
 @pytest.mark.parametrize("provider", LOOKUP_PROVIDERS)
-async def test_confirmed_non_send_is_resent_exactly_once(settings: Settings, store: Store, fakes: dict[str, Any],
-                                                         provider: str) -> None:
+async def test_confirmed_non_send_is_resent_exactly_once(
+    settings: Settings, store: Store, fakes: dict[str, Any], provider: str
+) -> None:
     """The connection was reset before the provider took the request (from our side: ambiguous): NO_RESPONSE;
     the provider has no such message -> released under the same id, refunded, sent exactly once, one record."""
     ids = await seed(store, 2, driver=provider, price=1.0, balance=10.0)
@@ -108,8 +112,7 @@ async def test_confirmed_non_send_is_resent_exactly_once(settings: Settings, sto
 
 
 @pytest.mark.parametrize("provider", LOOKUP_PROVIDERS)
-async def test_unknown_stays_ambiguous(settings: Settings, store: Store, fakes: dict[str, Any],
-                                       provider: str) -> None:
+async def test_unknown_stays_ambiguous(settings: Settings, store: Store, fakes: dict[str, Any], provider: str) -> None:
     """A look-up the provider fails, or a "not found" too soon after the attempt, proves nothing: the message stays
     NO_RESPONSE (not re-sent), asked again after a backoff."""
     ids = await seed(store, 1, driver=provider)
@@ -174,8 +177,19 @@ async def test_half_done_release_is_finished(settings: Settings, store: Store, f
         past = utcnow() - dt.timedelta(seconds=1)
         await store.db[c.FAILED].update_many({}, {"$set": {"reconcile_state": "releasing", "reconcile_at": past}})
         doc = await store.db[c.FAILED].find_one({"_id": ids[0]})
-        queued = {k: doc[k] for k in ("account_id", "sending_list_id", "from_number", "to_number", "body", "length",
-                                      "segments", "sendtime")}
+        queued = {
+            k: doc[k]
+            for k in (
+                "account_id",
+                "sending_list_id",
+                "from_number",
+                "to_number",
+                "body",
+                "length",
+                "segments",
+                "sendtime",
+            )
+        }
         await store.db[c.QUEUED].insert_one({"_id": ids[0], **queued, "claimed_by": None, "sending_at": None})
         counts = await Reconciler(trackly).run_until_idle()
     finally:
@@ -185,8 +199,9 @@ async def test_half_done_release_is_finished(settings: Settings, store: Store, f
     assert split[c.QUEUED] == 2
 
 
-async def test_a_provider_id_already_recorded_is_not_trusted(settings: Settings, store: Store,
-                                                              fakes: dict[str, Any]) -> None:
+async def test_a_provider_id_already_recorded_is_not_trusted(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
     """Twilio echoes none of our ids: a look-up matches by recipient, sender and body. When the one match is a
     message already recorded for another of ours (same text to the same number), it proves nothing: the ambiguous
     message stays NO_RESPONSE instead of being marked sent (it never was) or resent blindly."""
@@ -196,8 +211,9 @@ async def test_a_provider_id_already_recorded_is_not_trusted(settings: Settings,
         await Coordinator(trackly).run_until_idle()
         [second] = await seed(store, 1, driver="twilio", execution_id=2, first_contact=50)
         doc = await store.db[c.SENT].find_one({"_id": first})
-        await store.db[c.QUEUED].update_one({"_id": second}, {"$set": {"to_number": doc["to_number"],
-                                                                       "body": doc["body"]}})
+        await store.db[c.QUEUED].update_one(
+            {"_id": second}, {"$set": {"to_number": doc["to_number"], "body": doc["body"]}}
+        )
         fakes["twilio"].script(Behaviour("reset_before"))
         await Coordinator(trackly).run_until_idle()
         counts = await Reconciler(trackly).run_until_idle()

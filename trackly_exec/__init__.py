@@ -40,11 +40,33 @@ from .errors import (
 )
 
 __all__ = [
-    "Accepted", "ConfigError", "DeliveryReport", "Driver", "DriverContext", "DriverError", "DriverSettings", "Found",
-    "InboundMessage", "LookupQuery", "LookupResult", "NotFound", "OutboundMessage", "PermanentSendError", "Rejected",
-    "SendResult", "TracklyError",
-    "TransientFailure", "TransientSendError", "UnknownOutcome", "UnknownOutcomeError", "WebhookAuthError",
-    "WebhookError", "WebhookFormatError", "WebhookRequest", "WebhookResponse", "__version__",
+    "Accepted",
+    "ConfigError",
+    "DeliveryReport",
+    "Driver",
+    "DriverContext",
+    "DriverError",
+    "DriverSettings",
+    "Found",
+    "InboundMessage",
+    "LookupQuery",
+    "LookupResult",
+    "NotFound",
+    "OutboundMessage",
+    "PermanentSendError",
+    "Rejected",
+    "SendResult",
+    "TracklyError",
+    "TransientFailure",
+    "TransientSendError",
+    "UnknownOutcome",
+    "UnknownOutcomeError",
+    "WebhookAuthError",
+    "WebhookError",
+    "WebhookFormatError",
+    "WebhookRequest",
+    "WebhookResponse",
+    "__version__",
 ]
 
 

@@ -200,14 +200,21 @@ class ReconcileConfig(Section):
     batch_size: int = Field(500, ge=1, le=10000, description="Ambiguous messages taken per pass.")
     concurrency: int = Field(4, ge=1, description="Look-up requests in flight per driver.")
     backoff_initial_seconds: float = Field(
-        60.0, gt=0, description="First delay before asking again about a message the provider could not settle "
-        "(doubles per look-up, jittered).")
+        60.0,
+        gt=0,
+        description="First delay before asking again about a message the provider could not settle "
+        "(doubles per look-up, jittered).",
+    )
     backoff_max_seconds: float = Field(1800.0, gt=0, description="Longest delay between look-ups of one message.")
     max_age_hours: float = Field(
-        48.0, gt=0, description="Stop asking this long after the send attempt: the message stays NO_RESPONSE "
-        "(a delivery report still resolves it).")
+        48.0,
+        gt=0,
+        description="Stop asking this long after the send attempt: the message stays NO_RESPONSE "
+        "(a delivery report still resolves it).",
+    )
     lease_seconds: float = Field(
-        120.0, gt=0, description="A pass holds the messages it looks up this long (several daemons never ask twice).")
+        120.0, gt=0, description="A pass holds the messages it looks up this long (several daemons never ask twice)."
+    )
 
 
 class AlertsConfig(Section):
@@ -238,8 +245,9 @@ class Settings(BaseSettings):
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP server.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Tracking and customer webhooks.")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting.")
-    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig,
-                                       description="Reconciliation of ambiguous (NO_RESPONSE) messages.")
+    reconcile: ReconcileConfig = Field(
+        default_factory=ReconcileConfig, description="Reconciliation of ambiguous (NO_RESPONSE) messages."
+    )
     drivers: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description=(

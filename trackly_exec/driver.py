@@ -129,8 +129,10 @@ class LookupQuery(BaseModel):
     to: str = Field(description="Recipient in E.164, with the leading '+'.")
     sender: str
     body: str
-    attempted_at: dt.datetime = Field(description="When the send was attempted (the send intent, UTC); the "
-                                      "provider's record of it, if any, is not older (give or take clock skew).")
+    attempted_at: dt.datetime = Field(
+        description="When the send was attempted (the send intent, UTC); the "
+        "provider's record of it, if any, is not older (give or take clock skew)."
+    )
 
 
 class Found(BaseModel):
@@ -153,7 +155,7 @@ class NotFound(BaseModel):
 
 #: What :meth:`Driver.lookup` says of one message: found (sent), rejected by the provider (not sent, do not send
 #: again), not found (not sent), or unknown (ask again later).
-LookupResult = Union[Found, Rejected, NotFound, UnknownOutcome]
+LookupResult = Found | Rejected | NotFound | UnknownOutcome
 
 
 class InboundMessage(BaseModel):
@@ -232,22 +234,26 @@ class DriverSettings(BaseModel):
         "provider). 'transient' (retrying such answers, which sends twice when the provider had accepted) is refused.",
     )
     lookup_settle_seconds: float = Field(
-        120.0, ge=0, description="A provider's 'no such message' answer to a look-up is trusted only this long after "
-        "the send attempt (its records may lag behind its answers); earlier, the message stays ambiguous.")
+        120.0,
+        ge=0,
+        description="A provider's 'no such message' answer to a look-up is trusted only this long after "
+        "the send attempt (its records may lag behind its answers); earlier, the message stays ambiguous.",
+    )
     webhook_token: SecretStr | None = Field(
         None, description="Secret path segment expected on delivery-report and inbound webhooks."
     )
     webhook_username: str | None = Field(None, description="Optional Basic-auth user for webhooks.")
     webhook_password: SecretStr | None = Field(None, description="Optional Basic-auth password for webhooks.")
 
-
     @field_validator("server_errors", mode="before")
     @classmethod
     def _no_blind_retries(cls, value: Any) -> Any:
         if value == "transient":
-            raise ValueError("'transient' is no longer supported: a 5xx after the request was written may follow an "
-                             "accepted send, so it is recorded NO_RESPONSE and reconciled with the provider; remove "
-                             "the key (or set \"unknown\")")
+            raise ValueError(
+                "'transient' is no longer supported: a 5xx after the request was written may follow an "
+                "accepted send, so it is recorded NO_RESPONSE and reconciled with the provider; remove "
+                'the key (or set "unknown")'
+            )
         return value
 
 
@@ -356,12 +362,13 @@ class Driver(ABC, Generic[S]):
         """Call :meth:`lookup` and make its answer total and safe: one result per message, in order; an error or a
         missing answer is :class:`UnknownOutcome`; a :class:`NotFound` earlier than ``lookup_settle_seconds`` after
         the attempt, or beyond :attr:`lookup_horizon`, is :class:`UnknownOutcome` (it proves nothing yet)."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         try:
             results = await self.lookup(messages)
         except Exception as exc:  # the provider could not be asked: ask again later
-            return [UnknownOutcome(message_id=m.id, detail=f"look-up failed: {type(exc).__name__}: {exc}")
-                    for m in messages]
+            return [
+                UnknownOutcome(message_id=m.id, detail=f"look-up failed: {type(exc).__name__}: {exc}") for m in messages
+            ]
         by_id: dict[str, LookupResult] = {r.message_id: r for r in results}
         settle = dt.timedelta(seconds=self.settings.lookup_settle_seconds)
         out: list[LookupResult] = []

@@ -67,16 +67,35 @@ def sent_doc(
     }
 
 
-def failed_doc(doc: dict[str, Any], reason: FailureReason, detail: str, now: dt.datetime, *,
-               provider: str | None = None, code: str | None = None, ambiguous: bool = False,
-               spam: bool = False, opted_out: bool = False) -> dict[str, Any]:
+def failed_doc(
+    doc: dict[str, Any],
+    reason: FailureReason,
+    detail: str,
+    now: dt.datetime,
+    *,
+    provider: str | None = None,
+    code: str | None = None,
+    ambiguous: bool = False,
+    spam: bool = False,
+    opted_out: bool = False,
+) -> dict[str, Any]:
     """A FailedMessage document (every field of ``models.FailedMessage``). An ambiguous one (NO_RESPONSE) is due
     for reconciliation at once (:mod:`reconcile`), with the time of its send intent as the attempt."""
     return {
-        "_id": doc["_id"], **_fields(doc), "reason": str(reason), "detail": detail[:500], "provider": provider,
-        "provider_code": code, "ambiguous": ambiguous, "spam": spam, "opted_out": opted_out, "failed_at": now,
+        "_id": doc["_id"],
+        **_fields(doc),
+        "reason": str(reason),
+        "detail": detail[:500],
+        "provider": provider,
+        "provider_code": code,
+        "ambiguous": ambiguous,
+        "spam": spam,
+        "opted_out": opted_out,
+        "failed_at": now,
         "attempted_at": (doc.get("sending_at") or now) if ambiguous else None,
-        "reconcile_at": now if ambiguous else None, "reconcile_by": None, "lookups": 0,
+        "reconcile_at": now if ambiguous else None,
+        "reconcile_by": None,
+        "lookups": 0,
         "reconcile_state": "pending" if ambiguous else None,
     }
 

@@ -61,13 +61,25 @@ NO_RESPONSE = str(FailureReason.NO_RESPONSE)
 #: Process-wide counters: look-ups asked, and messages found / rejected / released / still unknown /
 #: unsupported / expired, look-up errors.
 COUNTS: Counter[str] = Counter()
-_QUEUE_DEFAULTS = {"not_before": None, "claimed_by": None, "claimed_at": None, "sending_at": None,
-                   "billing_blocked_since": None, "paused": False, "attempts": 0}
+_QUEUE_DEFAULTS = {
+    "not_before": None,
+    "claimed_by": None,
+    "claimed_at": None,
+    "sending_at": None,
+    "billing_blocked_since": None,
+    "paused": False,
+    "attempts": 0,
+}
 
 
 def _query(d: dict[str, Any]) -> LookupQuery:
-    return LookupQuery(id=d["_id"], to=d["to_number"], sender=d["from_number"], body=d["body"],
-                       attempted_at=d.get("attempted_at") or d["failed_at"])
+    return LookupQuery(
+        id=d["_id"],
+        to=d["to_number"],
+        sender=d["from_number"],
+        body=d["body"],
+        attempted_at=d.get("attempted_at") or d["failed_at"],
+    )
 
 
 async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) -> Counter[str]:
@@ -77,14 +89,20 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     out: Counter[str] = Counter()
     col = trackly.store[c.FAILED]
     await _finish_releases(trackly, now, out)
-    due = await col.find({"reason": NO_RESPONSE, "reconcile_state": "pending", "reconcile_at": {"$lte": now}},
-                         {"_id": 1}).sort("reconcile_at", 1).limit(cfg.batch_size).to_list(None)
+    due = (
+        await col.find({"reason": NO_RESPONSE, "reconcile_state": "pending", "reconcile_at": {"$lte": now}}, {"_id": 1})
+        .sort("reconcile_at", 1)
+        .limit(cfg.batch_size)
+        .to_list(None)
+    )
     if not due:
         return out
     token = f"{trackly.instance}-reconcile:{uuid.uuid4().hex}"
     lease = now + dt.timedelta(seconds=cfg.lease_seconds)
-    await col.update_many({"_id": {"$in": [d["_id"] for d in due]}, "reconcile_state": "pending",
-                           "reconcile_at": {"$lte": now}}, {"$set": {"reconcile_at": lease, "reconcile_by": token}})
+    await col.update_many(
+        {"_id": {"$in": [d["_id"] for d in due]}, "reconcile_state": "pending", "reconcile_at": {"$lte": now}},
+        {"$set": {"reconcile_at": lease, "reconcile_by": token}},
+    )
     docs = await col.find({"reconcile_by": token, "reason": NO_RESPONSE, "reconcile_state": "pending"}).to_list(None)
     if not docs:
         return out
@@ -93,8 +111,12 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     await _park(trackly, token, expired, "expired", out)
     docs = [d for d in docs if (d.get("attempted_at") or d["failed_at"]) >= oldest]
 
-    lists = {x["_id"]: x async for x in trackly.store[c.SENDING_LISTS].find(
-        {"_id": {"$in": sorted({d["sending_list_id"] for d in docs})}})}
+    lists = {
+        x["_id"]: x
+        async for x in trackly.store[c.SENDING_LISTS].find(
+            {"_id": {"$in": sorted({d["sending_list_id"] for d in docs})}}
+        )
+    }
     groups: dict[int, tuple[Driver[Any], str, list[dict[str, Any]]]] = {}
     unsupported: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -119,8 +141,12 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     await _backoff(trackly, token, failed, now, out, "errors")
 
     answers: list[tuple[dict[str, Any], str, LookupResult]] = []
-    await asyncio.gather(*(_ask(driver, instance, items, cfg.concurrency, now, answers, out)
-                           for driver, instance, items in groups.values()))
+    await asyncio.gather(
+        *(
+            _ask(driver, instance, items, cfg.concurrency, now, answers, out)
+            for driver, instance, items in groups.values()
+        )
+    )
     await _apply(trackly, token, answers, lists, now, out)
     COUNTS.update(out)
     if out:
@@ -128,8 +154,15 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     return out
 
 
-async def _ask(driver: Driver[Any], instance: str, docs: list[dict[str, Any]], concurrency: int, now: dt.datetime,
-               answers: list[tuple[dict[str, Any], str, LookupResult]], out: Counter[str]) -> None:
+async def _ask(
+    driver: Driver[Any],
+    instance: str,
+    docs: list[dict[str, Any]],
+    concurrency: int,
+    now: dt.datetime,
+    answers: list[tuple[dict[str, Any], str, LookupResult]],
+    out: Counter[str],
+) -> None:
     """Look ``docs`` up with one driver, in batches, ``concurrency`` requests at a time."""
     sem = asyncio.Semaphore(concurrency)
     size = max(1, driver.max_lookup_batch)
@@ -140,17 +173,28 @@ async def _ask(driver: Driver[Any], instance: str, docs: list[dict[str, Any]], c
         out["lookups"] += len(batch)
         answers.extend((d, instance, r) for d, r in zip(batch, results, strict=True))
 
-    await asyncio.gather(*(one(docs[i:i + size]) for i in range(0, len(docs), size)))
+    await asyncio.gather(*(one(docs[i : i + size]) for i in range(0, len(docs), size)))
 
 
-async def _apply(trackly: Trackly, token: str, answers: list[tuple[dict[str, Any], str, LookupResult]],
-                 lists: dict[int, dict[str, Any]], now: dt.datetime, out: Counter[str]) -> None:
+async def _apply(
+    trackly: Trackly,
+    token: str,
+    answers: list[tuple[dict[str, Any], str, LookupResult]],
+    lists: dict[int, dict[str, Any]],
+    now: dt.datetime,
+    out: Counter[str],
+) -> None:
     found = [(d, i, r) for d, i, r in answers if isinstance(r, Found)]
     # A provider id that two messages claim, or that another message already has, proves nothing.
     pids = Counter(r.provider_message_id for _, _, r in found)
     ours = {d["_id"] for d, _, _ in found}
-    taken = {x["provider_message_id"] async for x in trackly.store[c.SENT].find(
-        {"provider_message_id": {"$in": sorted(pids)}}, {"provider_message_id": 1}) if x["_id"] not in ours}
+    taken = {
+        x["provider_message_id"]
+        async for x in trackly.store[c.SENT].find(
+            {"provider_message_id": {"$in": sorted(pids)}}, {"provider_message_id": 1}
+        )
+        if x["_id"] not in ours
+    }
     doubtful = {p for p, n in pids.items() if n > 1} | taken
     unknown = [d for d, _, r in answers if r.kind == "unknown"]
     unknown += [d for d, _, r in found if r.provider_message_id in doubtful]
@@ -161,8 +205,14 @@ async def _apply(trackly: Trackly, token: str, answers: list[tuple[dict[str, Any
     await _backoff(trackly, token, unknown, now, out, "unknown")
 
 
-async def _resolve_found(trackly: Trackly, token: str, found: list[tuple[dict[str, Any], str, Found]],
-                         lists: dict[int, dict[str, Any]], now: dt.datetime, out: Counter[str]) -> None:
+async def _resolve_found(
+    trackly: Trackly,
+    token: str,
+    found: list[tuple[dict[str, Any], str, Found]],
+    lists: dict[int, dict[str, Any]],
+    now: dt.datetime,
+    out: Counter[str],
+) -> None:
     """MessageSent for each, then the FailedMessage removed (the MessageSent wins if both ever exist)."""
     if not found:
         return
@@ -171,9 +221,14 @@ async def _resolve_found(trackly: Trackly, token: str, found: list[tuple[dict[st
     docs = []
     for d, instance, r in found:
         price = float((lists.get(d["sending_list_id"]) or {}).get("price_per_segment") or 0.0)
-        sent = sent_doc(d, provider=instance, provider_message_id=r.provider_message_id,
-                        segments=r.segments or int(d.get("segments") or 1),
-                        cost=billing.message_cost(d, price), now=d.get("attempted_at") or d["failed_at"])
+        sent = sent_doc(
+            d,
+            provider=instance,
+            provider_message_id=r.provider_message_id,
+            segments=r.segments or int(d.get("segments") or 1),
+            cost=billing.message_cost(d, price),
+            now=d.get("attempted_at") or d["failed_at"],
+        )
         sent["resolved_from_no_response"] = True
         docs.append(sent)
     await insert_records(trackly.db, c.SENT, docs)
@@ -188,31 +243,59 @@ async def _resolve_found(trackly: Trackly, token: str, found: list[tuple[dict[st
         await ingest(trackly, instance, batch, park=False)
 
 
-async def _reject(trackly: Trackly, token: str, items: list[tuple[dict[str, Any], Rejected]],
-                  lists: dict[int, dict[str, Any]], out: Counter[str]) -> None:
+async def _reject(
+    trackly: Trackly,
+    token: str,
+    items: list[tuple[dict[str, Any], Rejected]],
+    lists: dict[int, dict[str, Any]],
+    out: Counter[str],
+) -> None:
     """The provider has it and refused it: PROVIDER_ERROR, refunded, not ambiguous any more."""
     if not items:
         return
-    await trackly.store[c.FAILED].bulk_write([UpdateOne(
-        {"_id": d["_id"], "reconcile_by": token, "reason": NO_RESPONSE},
-        {"$set": {"reason": str(FailureReason.PROVIDER_ERROR), "ambiguous": False, "provider_code": r.code,
-                  "detail": (r.detail or "rejected by the provider (found by reconciliation)")[:500],
-                  "spam": r.spam, "opted_out": r.opted_out, "reconcile_state": "rejected", "reconcile_at": None}},
-    ) for d, r in items], ordered=False)
+    await trackly.store[c.FAILED].bulk_write(
+        [
+            UpdateOne(
+                {"_id": d["_id"], "reconcile_by": token, "reason": NO_RESPONSE},
+                {
+                    "$set": {
+                        "reason": str(FailureReason.PROVIDER_ERROR),
+                        "ambiguous": False,
+                        "provider_code": r.code,
+                        "detail": (r.detail or "rejected by the provider (found by reconciliation)")[:500],
+                        "spam": r.spam,
+                        "opted_out": r.opted_out,
+                        "reconcile_state": "rejected",
+                        "reconcile_at": None,
+                    }
+                },
+            )
+            for d, r in items
+        ],
+        ordered=False,
+    )
     await _refund(trackly, [d for d, _ in items], lists)
     out["rejected"] += len(items)
 
 
-async def _release(trackly: Trackly, token: str, docs: list[dict[str, Any]], lists: dict[int, dict[str, Any]],
-                   now: dt.datetime, out: Counter[str]) -> None:
+async def _release(
+    trackly: Trackly,
+    token: str,
+    docs: list[dict[str, Any]],
+    lists: dict[int, dict[str, Any]],
+    now: dt.datetime,
+    out: Counter[str],
+) -> None:
     """Not at the provider: back into the queue under the same id (see the module docstring for the order)."""
     if not docs:
         return
     col = trackly.store[c.FAILED]
     lease = now + dt.timedelta(seconds=trackly.settings.reconcile.lease_seconds)
     ids = [d["_id"] for d in docs]
-    await col.update_many({"_id": {"$in": ids}, "reconcile_by": token, "reason": NO_RESPONSE},
-                          {"$set": {"reconcile_state": "releasing", "reconcile_at": lease}})
+    await col.update_many(
+        {"_id": {"$in": ids}, "reconcile_by": token, "reason": NO_RESPONSE},
+        {"$set": {"reconcile_state": "releasing", "reconcile_at": lease}},
+    )
     held = [d async for d in col.find({"_id": {"$in": ids}, "reconcile_by": token, "reconcile_state": "releasing"})]
     n = await _requeue(trackly, held, now)
     await _refund(trackly, held, lists)
@@ -225,14 +308,24 @@ async def _requeue(trackly: Trackly, docs: list[dict[str, Any]], now: dt.datetim
         return 0
     claim = f"{trackly.instance}-reconcile:{uuid.uuid4().hex}"
     fields = MessageFields.model_fields
-    queued = [{"_id": d["_id"], **{k: d[k] for k in fields if k in d}, **_QUEUE_DEFAULTS, "created_at": now,
-               "not_before": d.get("attempted_at") or d["failed_at"], "claimed_by": claim, "claimed_at": now}
-              for d in docs]
+    queued = [
+        {
+            "_id": d["_id"],
+            **{k: d[k] for k in fields if k in d},
+            **_QUEUE_DEFAULTS,
+            "created_at": now,
+            "not_before": d.get("attempted_at") or d["failed_at"],
+            "claimed_by": claim,
+            "claimed_at": now,
+        }
+        for d in docs
+    ]
     await insert_records(trackly.db, c.QUEUED, queued)
     ids = [d["_id"] for d in docs]
     res = await trackly.store[c.FAILED].delete_many({"_id": {"$in": ids}, "reconcile_state": "releasing"})
-    await trackly.store[c.QUEUED].update_many({"_id": {"$in": ids}, "claimed_by": claim},
-                                              {"$set": {"claimed_by": None, "claimed_at": None}})
+    await trackly.store[c.QUEUED].update_many(
+        {"_id": {"$in": ids}, "claimed_by": claim}, {"$set": {"claimed_by": None, "claimed_at": None}}
+    )
     log.info("released_for_resend", count=res.deleted_count)
     return int(res.deleted_count)
 
@@ -240,8 +333,11 @@ async def _requeue(trackly: Trackly, docs: list[dict[str, Any]], now: dt.datetim
 async def _finish_releases(trackly: Trackly, now: dt.datetime, out: Counter[str]) -> None:
     """Releases whose pass died half-way (their lease expired): finish them."""
     col = trackly.store[c.FAILED]
-    stuck = await col.find({"reason": NO_RESPONSE, "reconcile_state": "releasing", "reconcile_at": {"$lte": now}}
-                           ).limit(trackly.settings.reconcile.batch_size).to_list(None)
+    stuck = (
+        await col.find({"reason": NO_RESPONSE, "reconcile_state": "releasing", "reconcile_at": {"$lte": now}})
+        .limit(trackly.settings.reconcile.batch_size)
+        .to_list(None)
+    )
     if not stuck:
         return
     ids = [d["_id"] for d in stuck]
@@ -267,12 +363,14 @@ async def _park(trackly: Trackly, token: str, docs: list[dict[str, Any]], state:
     if docs:
         await trackly.store[c.FAILED].update_many(
             {"_id": {"$in": [d["_id"] for d in docs]}, "reconcile_by": token},
-            {"$set": {"reconcile_state": state, "reconcile_at": None}})
+            {"$set": {"reconcile_state": state, "reconcile_at": None}},
+        )
         out[state] += len(docs)
 
 
-async def _backoff(trackly: Trackly, token: str, docs: list[dict[str, Any]], now: dt.datetime, out: Counter[str],
-                   what: str) -> None:
+async def _backoff(
+    trackly: Trackly, token: str, docs: list[dict[str, Any]], now: dt.datetime, out: Counter[str], what: str
+) -> None:
     """Ask again later: exponential backoff per look-up, jittered."""
     if not docs:
         return
@@ -282,8 +380,12 @@ async def _backoff(trackly: Trackly, token: str, docs: list[dict[str, Any]], now
         n = int(d.get("lookups") or 0)
         delay = min(cfg.backoff_max_seconds, cfg.backoff_initial_seconds * 2 ** min(n, 20))
         when = now + dt.timedelta(seconds=delay * random.uniform(0.75, 1.0))
-        ops.append(UpdateOne({"_id": d["_id"], "reconcile_by": token, "reconcile_state": "pending"},
-                             {"$set": {"reconcile_at": when, "reconcile_by": None}, "$inc": {"lookups": 1}}))
+        ops.append(
+            UpdateOne(
+                {"_id": d["_id"], "reconcile_by": token, "reconcile_state": "pending"},
+                {"$set": {"reconcile_at": when, "reconcile_by": None}, "$inc": {"lookups": 1}},
+            )
+        )
     await trackly.store[c.FAILED].bulk_write(ops, ordered=False)
     out[what] += len(docs)
 
@@ -323,7 +425,8 @@ class Reconciler:
             if not any(done[k] for k in ("lookups", "expired", "unsupported", "released", "errors")):
                 break
             if not await self.trackly.store[c.FAILED].find_one(
-                    {"reason": NO_RESPONSE, "reconcile_state": "pending", "reconcile_at": {"$lte": now or utcnow()}}):
+                {"reason": NO_RESPONSE, "reconcile_state": "pending", "reconcile_at": {"$lte": now or utcnow()}}
+            ):
                 break
         self.counts.update(total)
         return total

@@ -380,9 +380,11 @@ async def check_lookup(h: DriverHarness) -> None:
     await h.submit([taken])
     h.fake.script(Behaviour("accept_then_reset"))
     await h.submit([lost])
-    attempted = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
-    queries = [LookupQuery(id=m.id, to=m.to, sender=m.sender, body=m.body, attempted_at=attempted)
-               for m in (taken, lost, never)]
+    attempted = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    queries = [
+        LookupQuery(id=m.id, to=m.to, sender=m.sender, body=m.body, attempted_at=attempted)
+        for m in (taken, lost, never)
+    ]
     results = await driver.resolve(queries)
     assert [r.kind for r in results] == ["found", "found", "not_found"], results
     pids = {e.message_id: e.provider_message_id for e in h.fake.ledger}
