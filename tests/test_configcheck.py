@@ -158,3 +158,18 @@ def test_describe_lists_every_key_with_default_and_description() -> None:
     assert '"embedded"' in lines["mongo.uri"] and "= 30 " in lines["executor.pool_size"] + " "
     assert "Concurrent provider requests" in lines["executor.pool_size"]
     assert "drivers.infobip.api_key" in lines and "drivers.twilio.auth_token" in lines
+
+
+def test_placeholders_reported_with_load_errors(tmp_path: Path) -> None:
+    """A config that does not load still gets its placeholders reported in the same run."""
+    f = tmp_path / "c.toml"
+    f.write_text('[executor]\npool_size = "x"\n[http]\napi_tokens = ["CHANGE-ME"]\n')
+    r = check_config("-c", str(f), "--no-store", env={"TRACKLY_TRACKING__IP_HASH_SALT": "changeme"})
+    assert r.returncode == 2
+    assert "3 problems" in r.stderr and "executor.pool_size" in r.stderr
+    assert "http.api_tokens.0: still the example's placeholder" in r.stderr
+    assert (
+        "tracking.ip_hash_salt: still the example's placeholder: set the real value (from environment variable "
+        "TRACKLY_TRACKING__IP_HASH_SALT)" in r.stderr
+    )
+    assert "CHANGE-ME" not in r.stderr and "changeme" not in r.stderr

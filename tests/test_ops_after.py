@@ -107,6 +107,8 @@ async def test_message_log_by_phone_contact_campaign_execution(client: TestClien
     assert item["provider_message_id"] == f"p-{ids[0]}" and item["clicks"] == 3 and item["human_clicks"] == 2
     out = await get(client, "/messages?contact_id=3")
     assert out["items"][0]["state"] == "failed" and out["items"][0]["reason"] == "PROVIDER_ERROR"
+    await store.db[c.CONTACTS].update_one({"_id": 3}, {"$set": {"phone": "+12025550199"}})  # number changed since
+    assert [m["message_id"] for m in (await get(client, "/messages?contact_id=3"))["items"]] == [ids[2]]
     assert out["items"][0]["detail"] == "test PROVIDER_ERROR"
     out = await get(client, "/messages?campaign_id=1&limit=4")
     assert [m["state"] for m in out["items"]] == ["queued", "queued", "sent", "sent"] and out["next_after"]

@@ -46,7 +46,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if args.describe:
         configcheck.describe(sys.stdout)
         return 0
-    settings = _settings(args)  # every load problem at once (ConfigError: exit 2)
+    try:
+        settings = _settings(args)  # every load problem at once (ConfigError: exit 2)
+    except ConfigError as exc:  # add the placeholders of the raw file and environment to the same report
+        extra = [p for p in configcheck.raw_placeholders(exc.file) if p[0] not in {k for k, _ in exc.problems}]
+        if not extra:
+            raise
+        problems = [*exc.problems, *extra]
+        raise ConfigError(problems[0][1], file=exc.file, key=problems[0][0], problems=problems) from exc
     errors, warnings = configcheck.check(settings, store=args.store)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -46,6 +46,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
         execution_id=args.execution,
         state=args.state,
         limit=args.limit,
+        after=args.after,
     )
     page = client.call("GET", path)
     if args.json:
@@ -77,7 +78,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
             f"{m.get('clicks', 0):>6}  {detail}"
         )
     if page.get("next_after"):
-        print(f"... more: add --json or narrow with --state; next page after {page['next_after']}", file=sys.stderr)
+        print(f"... more: next page with --after {page['next_after']}", file=sys.stderr)
     return 0
 
 
@@ -275,6 +276,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     msg.add_argument("--execution", type=int, help="execution id")
     msg.add_argument("--state", choices=("queued", "sent", "failed"))
     msg.add_argument("--limit", type=int, default=100)
+    msg.add_argument("--after", help="the next page: the value printed after the previous one")
     msg.set_defaults(func=cmd_messages)
 
     exp = sub.add_parser("export", parents=parents, help="CSV of every message of a campaign or an execution")

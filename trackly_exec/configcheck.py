@@ -71,6 +71,30 @@ def placeholders(settings: Settings) -> list[tuple[str, str]]:
     return out
 
 
+def raw_placeholders(file: str | None) -> list[tuple[str, str]]:
+    """Placeholders in the TOML file and the ``TRACKLY_*`` environment, read without validating (for a config that
+    does not load, so one run still reports every problem)."""
+    import os
+    import tomllib
+    from pathlib import Path
+
+    out: list[tuple[str, str]] = []
+    data: dict[str, Any] = {}
+    if file:
+        try:
+            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+    for path, text in _strings(data, ()):
+        if text and PLACEHOLDER.search(text.strip()):
+            out.append((".".join(path), "still the example's placeholder: set the real value"))
+    for name, value in os.environ.items():
+        if name.upper().startswith("TRACKLY_") and "__" in name and PLACEHOLDER.search(value.strip()):
+            key = ".".join(part.lower() for part in name[len("TRACKLY_") :].split("__"))
+            out.append((key, f"still the example's placeholder: set the real value (from environment variable {name})"))
+    return out
+
+
 def credential_fields(cls: Any) -> list[str]:
     """Names of a driver's credential settings: secret or id-like fields, webhook authentication aside."""
     out = []
