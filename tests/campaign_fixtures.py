@@ -78,7 +78,7 @@ async def seed_campaign(
     db = store.db
     await db[c.ACCOUNTS].insert_one({"_id": 1, "name": "acme", "balance": 100.0})
     sl = SendingList(
-        id=1, account_id=1, name="main", driver="echo", from_number="+15550001111", **(list_kw or {})
+        **{"id": 1, "account_id": 1, "name": "main", "driver": "echo", "from_number": "+15550001111", **(list_kw or {})}
     ).to_doc()
     await db[c.SENDING_LISTS].insert_one(sl)
     if contacts:

@@ -18,6 +18,8 @@ list's ``opt_out_footer`` on a new line; length, segments and encoding are compu
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +139,8 @@ class Composer:
         short_base: str,
     ) -> None:
         self.execution_id = int(execution["_id"])
+        key = execution.get("message_key")
+        self.key: bytes | None = str(key).encode() if key else None
         self.chooser = chooser
         self.track = bool(campaign.get("track_links"))
         self.short_base = short_base
@@ -153,6 +157,13 @@ class Composer:
             "send_type": "campaign",
         }
         self.variant_counts: dict[str, int] = {}
+
+    def message_id(self, contact_id: int) -> str:
+        """The id of the execution's message to ``contact_id``: the same in every run of the evaluation
+        (an HMAC under the execution's ``message_key``), random for an execution without a key."""
+        if self.key is None:
+            return new_message_id()
+        return hmac.new(self.key, str(contact_id).encode(), hashlib.sha256).hexdigest()[:16]
 
     def compose(
         self,
@@ -174,7 +185,7 @@ class Composer:
         m = measure(body)
         now = now or utcnow()
         doc = {
-            "_id": new_message_id(),
+            "_id": self.message_id(int(contact["_id"])),
             **self.base,
             "contact_id": int(contact["_id"]),
             "variant_key": key,

@@ -20,8 +20,9 @@ DELIVERY_REPORTS = "delivery_reports"  # raw report de-duplication (provider, id
 OUTBOX = "webhook_outbox"  # customer delivery-status webhooks to deliver
 EVENTS = "events"  # alert events (FailedMessage, provider-error bursts, ...)
 INBOUND = "inbound_messages"
-LOCKS = "locks"  # leader leases for singleton loops (recovery sweeps)
+LOCKS = "locks"  # leader leases for singleton loops (recovery sweeps); campaign trigger locks
 REDRIVES = "redrives"  # journal of dead-letter re-drives in progress (redrive.recover)
+RESERVATIONS = "send_reservations"  # cooldown reservations: one per (sending list, phone), see reservations.py
 
 ALL_COLLECTIONS = (
     COUNTERS,
@@ -43,6 +44,7 @@ ALL_COLLECTIONS = (
     INBOUND,
     LOCKS,
     REDRIVES,
+    RESERVATIONS,
 )
 
 # ---- Redis keys ----------------------------------------------------------------------------

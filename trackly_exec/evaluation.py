@@ -8,7 +8,11 @@ applies, checked in this order (:data:`SKIP_REASONS`):
 2. ``invalid_phone``: not a valid number for phonenumbers;
 3. ``in_workflow``: the contact is in a workflow and the campaign sets ``exclude_in_workflow``;
 4. ``frequency_cap``: a MessageSent on this list within the list's ``cooldown_minutes`` (one query per
-   evaluation on the (sending_list_id, timestamp) index), or the contact's ``last_sent_at`` in that window;
+   evaluation on the (sending_list_id, timestamp) index), the contact's ``last_sent_at`` in that window, or
+   the number's cooldown reservation held by another message (queued by another execution, campaign or
+   daemon, or sent within the cooldown; see :mod:`trackly_exec.reservations`). On a list with a cooldown, every
+   queued message holds its number's reservation, taken atomically per batch just before the queue insert;
+   a reservation lost to a concurrent evaluation at that moment also counts as ``frequency_cap``;
 5. ``quiet_hours``: outside the list's window (08:00-21:00 by default) in the contact's timezone(s), with
    the campaign's policy ``exclude``; with ``hold`` the message is queued for the window's opening and
    counted in ``held_quiet_hours`` (it is also part of ``queued``);
@@ -16,10 +20,20 @@ applies, checked in this order (:data:`SKIP_REASONS`):
 
 So ``unique == sum(skipped.values()) + queued`` and ``overlap == audience_total - unique``.
 
-A resumed evaluation (the process died while evaluating) runs again from the start: contacts already queued
-are refused by the queue's unique (execution_id, contact_id) index, and contacts the executor has already
-sent or dead-lettered for this execution (MessageSent / FailedMessage) are not queued again; both count as
-queued, so a resumed execution ends with the same counts.
+A resumed evaluation (the process died while evaluating) runs again from the start and queues nobody twice,
+whatever has happened to a contact's first message since (still queued, sent, dead-lettered):
+
+* message ids are derived from (execution, contact): an HMAC of the contact id under the execution's random
+  ``message_key`` (unguessable, 16 hex characters), so a contact's message has the same id in every run, and
+  MessageSent / FailedMessage keep it as ``_id``;
+* before composing a batch, a resumed run looks for the batch's contacts in the queue *first*, then in
+  MessageSent / FailedMessage. A message leaves the queue only after its record is written, so a message that
+  is sent and removed between the two reads is found by the second one: a contact is queued again only if it
+  was in neither place, i.e. never queued (the queue's unique indexes refuse anything else);
+* both count as queued (``already_queued`` / ``already_processed``), so a resumed execution ends with the same
+  counts;
+* an evaluation stops (:class:`LeaseLost`) as soon as a progress report finds that another process has taken
+  its execution over, so at most one batch is written by a process that lost its lease.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,9 +49,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import constants as c
-from . import failpoints, phones
+from . import failpoints, phones, reservations
 from .audience import FilterError, UnionCounts, compile_filter, union
 from .compose import Composer, check_body
+from .errors import TracklyError
 from .logs import get_logger
 from .models import QuietHours, utcnow
 from .queue import insert_batch
@@ -95,7 +111,12 @@ class Plan:
     creative: dict[str, Any]
 
 
-Progress = Callable[[Tally], Awaitable[None]]
+#: Called after every written batch; returning False means the lease is lost: the evaluation stops.
+Progress = Callable[[Tally], Awaitable[bool | None]]
+
+
+class LeaseLost(TracklyError):
+    """Another process has taken the execution over (this one stalled past its lease): stop writing."""
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -160,13 +181,44 @@ async def _frequency_capped(db: Any, sending_list_id: int, execution_id: int, cu
     return out
 
 
-async def _processed(db: Any, execution_id: int, contact_ids: list[int]) -> set[int]:
-    """Contacts of the batch already sent or dead-lettered for this execution (resume only)."""
+async def _already_ours(db: Any, execution_id: int, contact_ids: list[int]) -> dict[int, str]:
+    """Contacts of the batch this execution already has a message for: ``"queued"`` or ``"processed"`` (sent or
+    dead-lettered). The queue is read first, the records second (see the module docstring)."""
+    if not contact_ids:
+        return {}
     q = {"execution_id": execution_id, "contact_id": {"$in": contact_ids}}
-    done: set[int] = set()
-    for coll in (c.SENT, c.FAILED):
-        done.update(int(d["contact_id"]) for d in await db[coll].find(q, {"_id": 0, "contact_id": 1}).to_list(None))
-    return done
+    out = {
+        int(d["contact_id"]): "queued" for d in await db[c.QUEUED].find(q, {"_id": 0, "contact_id": 1}).to_list(None)
+    }
+    rest = [i for i in contact_ids if i not in out]
+    if rest:
+        q = {"execution_id": execution_id, "contact_id": {"$in": rest}}
+        for coll in (c.SENT, c.FAILED):
+            for d in await db[coll].find(q, {"_id": 0, "contact_id": 1}).to_list(None):
+                out.setdefault(int(d["contact_id"]), "processed")
+    return out
+
+
+def _number(contact: dict[str, Any]) -> str | None:
+    """The contact's number in E.164, or None when it is not a valid number."""
+    phone = contact.get("phone") or ""
+    return phone if phones.is_valid(phone) else phones.normalize(phone)
+
+
+async def message_key(db: Any, execution: dict[str, Any]) -> str:
+    """The execution's ``message_key`` (set here, once, for an execution created without one)."""
+    key = execution.get("message_key")
+    if not key:
+        await db[c.EXECUTIONS].update_one(
+            {"_id": execution["_id"], "message_key": {"$exists": False}},
+            {"$set": {"message_key": secrets.token_hex(16)}},
+        )
+        doc = await db[c.EXECUTIONS].find_one({"_id": execution["_id"]}, {"message_key": 1})
+        key = (doc or {}).get("message_key")
+        if not key:
+            raise TracklyError(f"execution {execution['_id']} has no message key")
+        execution["message_key"] = key
+    return str(key)
 
 
 async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress: Progress | None = None) -> Tally:
@@ -179,6 +231,7 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
     # Messages are due now (not at a scheduled time up to max_lateness in the past): the executor's STALE
     # rule then measures time spent in the queue, not the scheduler's lateness.
     sendtime = max(ex["scheduled_for"], now)
+    await message_key(db, ex)
     chooser = await chooser_for(db, plan.creative, execution_id, cfg.learned_min_sends)
     composer = Composer(
         execution=ex,
@@ -200,14 +253,33 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
     skipped = tally.skipped
     writing: asyncio.Task[None] | None = None
 
-    async def _write(messages: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
+    async def _reserve(messages: list[dict[str, Any]], view: reservations.View) -> set[str]:
+        """Take the batch's cooldown reservations; a message whose phone another evaluation reserved
+        meanwhile (a race lost since the lookup) is dropped and counted as ``frequency_cap``."""
+        won = await reservations.take(db, messages, view, utcnow())
+        for m in messages:
+            if m["_id"] not in won:
+                tally.queued -= 1
+                skipped["frequency_cap"] += 1
+                tally.held_quiet_hours -= m.get("not_before") is not None
+                composer.variant_counts[m["variant_key"]] -= 1
+        return won
+
+    async def _write(
+        messages: list[dict[str, Any]], links: list[dict[str, Any]], view: reservations.View | None
+    ) -> None:
+        if view is not None and messages:
+            won = await _reserve(messages, view)
+            if len(won) < len(messages):
+                messages = [m for m in messages if m["_id"] in won]
+                links = [link for link in links if link["message_id"] in won]
         res = await insert_batch(db, messages, links)
         failpoints.hit("after_queue_batch")
         tally.inserted += res.inserted
         tally.already_queued += res.duplicates
         tally.links += res.links
-        if progress is not None:
-            await progress(tally)
+        if progress is not None and await progress(tally) is False:
+            raise LeaseLost(f"execution {execution_id} was taken over by another process")
 
     secs = tally.seconds
     mark = time.perf_counter()
@@ -215,29 +287,46 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
         async for batch in union(db, list_id, plan.audiences, cfg.evaluation_batch_size, tally.union):
             t = time.perf_counter()
             secs["read"] += t - mark
-            done = await _processed(db, execution_id, [int(d["_id"]) for d in batch]) if resumed else set()
+            ours = await _already_ours(db, execution_id, [int(d["_id"]) for d in batch]) if resumed else {}
             messages: list[dict[str, Any]] = []
             links: list[dict[str, Any]] = []
             batch_now = utcnow()
+            numbers: dict[int, str | None] = {}
+            view: reservations.View | None = None
+            if cutoff is not None:  # the cooldown reservations in the way of this batch (read only)
+                for contact in batch:
+                    cid = int(contact["_id"])
+                    if cid not in ours:
+                        numbers[cid] = _number(contact)
+                mine = [composer.message_id(cid) for cid, to in numbers.items() if to]
+                view = await reservations.lookup(
+                    db, list_id, [to for to in numbers.values() if to], mine, cutoff, batch_now
+                )
             for contact in batch:
+                if ours and (state := ours.get(int(contact["_id"]))) is not None:
+                    if state == "queued":
+                        tally.already_queued += 1
+                    else:
+                        tally.already_processed += 1
+                    tally.queued += 1
+                    continue
                 if not contact.get("subscribed", True) or contact.get("blocked"):
                     skipped["unsubscribed"] += 1
                     continue
-                phone = contact.get("phone") or ""
-                to = phone if phones.is_valid(phone) else phones.normalize(phone)
+                cid = int(contact["_id"])
+                to = numbers[cid] if cid in numbers else _number(contact)
                 if to is None:
                     skipped["invalid_phone"] += 1
                     continue
                 if exclude_wf and contact.get("in_workflow"):
                     skipped["in_workflow"] += 1
                     continue
-                if done and int(contact["_id"]) in done:
-                    tally.already_processed += 1
-                    tally.queued += 1
-                    continue
                 if cutoff is not None and (
                     to in capped or (isinstance(ls := contact.get("last_sent_at"), dt.datetime) and ls >= cutoff)
                 ):
+                    skipped["frequency_cap"] += 1
+                    continue
+                if view is not None and to in view.blocked:  # reserved by another message within the cooldown
                     skipped["frequency_cap"] += 1
                     continue
                 zones = contact_zones(to, contact.get("timezone"), default_tz)
@@ -266,7 +355,7 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
             tally.queued += len(messages)
             tally.evaluated += len(batch)
             tally.variants = dict(composer.variant_counts)
-            writing = asyncio.create_task(_write(messages, links))
+            writing = asyncio.create_task(_write(messages, links, view))
         if writing is not None:
             t = time.perf_counter()
             await writing

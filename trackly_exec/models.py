@@ -216,6 +216,7 @@ class Execution(Document):
     lease_owner: str | None = None  # the evaluating process ("<instance>:<run id>")
     heartbeat_at: dt.datetime | None = None  # renewed every batch; stale -> another scheduler resumes it
     attempts: int = 0  # evaluation attempts (1 + resumes)
+    message_key: str = Field(default_factory=lambda: secrets.token_hex(16))  # message ids = HMAC(key, contact id)
 
 
 # --------------------------------------------------------------------------------------------- messages

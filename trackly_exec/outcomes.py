@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, PyMongoError
 
-from . import billing, claims, failpoints
+from . import billing, claims, failpoints, reservations
 from . import constants as c
 from .driver import SendResult
 from .events import Event, EventKind
@@ -101,17 +101,26 @@ def failed_doc(
 
 
 async def insert_records(db: Any, collection: str, docs: Sequence[dict[str, Any]]) -> int:
-    """Unordered insert; already-recorded ids (duplicate key) are fine. Returns how many were new."""
+    """Unordered insert; already-recorded ids (duplicate key) are fine. Returns how many were new.
+
+    Then the messages' cooldown reservations are settled (:func:`reservations.settle`: sent and NO_RESPONSE
+    ones count from now, the ones never sent are released); a failure there is only logged, since a reservation
+    left ``held`` is checked against these records whenever it is in the way."""
     if not docs:
         return 0
     try:
         res = await db[collection].insert_many(list(docs), ordered=False)
-        return len(res.inserted_ids)
+        inserted = len(res.inserted_ids)
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         if any(e.get("code") != 11000 for e in errors):
             raise
-        return int(exc.details.get("nInserted", len(docs) - len(errors)))
+        inserted = int(exc.details.get("nInserted", len(docs) - len(errors)))
+    try:
+        await reservations.settle(db, collection, docs)
+    except PyMongoError as exc:
+        log.warning("reservations_settle_failed", collection=collection, messages=len(docs), error=str(exc))
+    return inserted
 
 
 def failure_event(rec: dict[str, Any]) -> Event:

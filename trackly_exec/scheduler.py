@@ -46,7 +46,7 @@ from pymongo.errors import DuplicateKeyError
 from . import constants as c
 from .cron import Cron, CronError
 from .errors import TracklyError
-from .evaluation import Tally, evaluate, load_plan
+from .evaluation import LeaseLost, Tally, evaluate, load_plan
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import CampaignStatus, Execution, ExecutionStatus, utcnow
@@ -199,10 +199,14 @@ class _Runner:
             log.info("execution_lease_lost", execution_id=eid)
             return
 
-        async def progress(t: Tally) -> None:
-            await self._set(eid, {"counts": t.as_counts()})
+        async def progress(t: Tally) -> bool:
+            return await self._set(eid, {"counts": t.as_counts()})
 
-        tally = await evaluate(self.trackly, plan, resumed=resumed, progress=progress)
+        try:
+            tally = await evaluate(self.trackly, plan, resumed=resumed, progress=progress)
+        except LeaseLost:
+            log.warning("execution_lease_lost", execution_id=eid)
+            return
         done = tally.queued == 0
         status = ExecutionStatus.COMPLETED if done else ExecutionStatus.QUEUED
         stamps = ("evaluated_at", "queued_at", "completed_at") if done else ("evaluated_at", "queued_at")

@@ -66,6 +66,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     c.OUTBOX: [IndexModel([("next_attempt_at", ASCENDING)]), IndexModel([("status", ASCENDING)])],
     c.EVENTS: [IndexModel([("created_at", DESCENDING)]), IndexModel([("kind", ASCENDING)])],
     c.INBOUND: [IndexModel([("received_at", DESCENDING)])],
+    c.RESERVATIONS: [IndexModel([("message_id", ASCENDING)])],
 }
 
 
