@@ -413,6 +413,56 @@ async def test_evaluation_killed_mid_way_is_resumed_exactly(trackly: Trackly) ->
     assert await trackly.db[c.QUEUED].count_documents({}) == 1000
 
 
+@pytest.mark.chaos
+async def test_evaluation_killed_then_resumed_while_the_executor_sends(trackly: Trackly) -> None:
+    """SIGKILL after the 3rd queue batch; a running executor sends (and removes) the queued messages while
+    another scheduler resumes the evaluation: every phone is texted exactly once (counted at the driver)."""
+    import collections
+    import subprocess
+    import sys
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from trackly_exec import registry
+    from trackly_exec.coordinator import Coordinator
+    from trackly_exec.driver import OutboundMessage, SendResult
+
+    from .campaign_fixtures import EchoDriver
+
+    sends: collections.Counter[str] = collections.Counter()
+
+    class Recording(EchoDriver):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+            sends.update(m.to for m in messages)
+            return await super().send(messages)
+
+    registry.register("echo", Recording)
+    await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 5001)])
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**__import__("os").environ, "TRACKLY_FAILPOINT": "after_queue_batch:10"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_TRIGGER, trackly.settings.mongo.uri.get_secret_value(),
+        trackly.settings.mongo.database, root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == -9, err.decode()[-2000:]
+    trackly.settings.scheduler.evaluation_lease_seconds = 0.5
+    trackly.settings.scheduler.evaluation_batch_size = 100
+    executor = Coordinator(trackly)
+    await executor.start()
+    try:
+        await asyncio.sleep(0.6)  # the dead process's heartbeat goes stale; the executor sends meanwhile
+        assert (await Scheduler(trackly).run_until_idle())["resumed"] == 1
+    finally:
+        await executor.stop(5.0)
+    await Coordinator(trackly).run_until_idle()
+    twice = [p for p, n in sends.items() if n > 1]
+    assert not twice, f"{len(twice)} phones texted twice"
+    assert len(sends) == 5000
+    ex = await trackly.db[c.EXECUTIONS].find_one({})
+    assert ex["counts"]["queued"] == 5000 and ex["attempts"] == 2
+
+
 async def test_invalid_stored_cron_is_reported_once_and_paused(trackly: Trackly) -> None:
     """A campaign stored with an invalid cron gets one failed execution and event, and is paused."""
     register_echo()
