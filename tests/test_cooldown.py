@@ -208,3 +208,51 @@ async def test_reservation_rules(trackly: Trackly) -> None:
     assert doc["state"] == "sent" and doc["sent_at"] == sent_at
     await reservations.settle(db, c.FAILED, [{"_id": "new+11", "reason": "STALE", "failed_at": now}])
     assert await db[c.RESERVATIONS].find_one({"_id": "1:+11"}) is None
+
+
+async def test_redrive_respects_reservations(settings: Settings, store: Store, redis_client: Any) -> None:
+    """A dead letter (its reservation released) whose number another campaign has queued since is not re-driven
+    (skipped as cooldown, dry run too); the others are, and take their reservation again."""
+    from trackly_exec import redrive
+
+    fake = await InfobipFake().start()
+    (trackly,) = await _daemons(settings, store, fake, 1)
+    try:
+        await _seed(store, 2)
+        await store.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"blocked_words": ["Ann1"]}})
+        await trigger(trackly, 1)
+        await Coordinator(trackly).run_until_idle()
+        dead = await store.db[c.FAILED].find({}).to_list(None)
+        assert (
+            dead
+            and await store.db[c.RESERVATIONS].count_documents({"message_id": {"$in": [d["_id"] for d in dead]}}) == 0
+        )
+        # Turn them into re-drivable failures; campaign 2 then reserves (queues) half of those numbers.
+        await store.db[c.FAILED].update_many({}, {"$set": {"reason": "PROVIDER_ERROR"}})
+        await store.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"blocked_words": []}})
+        half = dead[: len(dead) // 2]
+        await store.db[c.AUDIENCES].insert_one(
+            {
+                "_id": 2,
+                "sending_list_id": 1,
+                "name": "half",
+                "filter": None,
+                "contact_ids": [d["contact_id"] for d in half],
+            }
+        )
+        await store.db[c.CAMPAIGNS].update_one({"_id": 2}, {"$set": {"audience_ids": [2]}})
+        second = await trigger(trackly, 2)
+        assert (await store.db[c.EXECUTIONS].find_one({"_id": second}))["counts"]["queued"] == len(half)
+        match = redrive.dead_letter_filter(reasons=["PROVIDER_ERROR"])
+        dry = await redrive.redrive(trackly, match, dry_run=True)
+        assert dry.skipped["cooldown"] == len(half) and dry.would_requeue == len(dead) - len(half)
+        res = await redrive.redrive(trackly, match)
+        assert res.skipped["cooldown"] == len(half) and res.requeued == len(dead) - len(half)
+        requeued = set(res.message_ids)
+        held = await store.db[c.RESERVATIONS].find({"message_id": {"$in": list(requeued)}}).to_list(None)
+        assert len(held) == len(requeued)
+        await Coordinator(trackly).run_until_idle()
+        assert max(collections.Counter(e.to for e in fake.ledger).values()) == 1
+    finally:
+        await trackly.close(close_store=False)
+        await fake.stop()

@@ -6,7 +6,8 @@ person twice). ``BLOCKED_CONTENT`` and ``CONTACT_BLOCKED`` never. A PROVIDER_ERR
 as an opt-out at the provider is not re-driven either.
 
 Before anything is queued, every message is checked again: the contact must still be subscribed and not blocked,
-outside the list's cooldown (no MessageSent to the number on the list within ``cooldown_minutes``), and a message
+outside the list's cooldown (no MessageSent to the number on the list within ``cooldown_minutes``, and its cooldown
+reservation free or its own: :mod:`trackly_exec.reservations`, taken before the queue insert), and a message
 whose recipient is in quiet hours now is queued held until their window opens (the executor checks quiet hours
 and the block list again at send time, as for any message). A re-driven message keeps its id; it is due now
 (``sendtime`` = the re-drive time, so STALE counts from then), its campaign's pause holds it like any other.
@@ -42,7 +43,7 @@ from pymongo import DeleteMany, UpdateMany
 from pymongo.errors import BulkWriteError
 
 from . import constants as c
-from . import quiethours
+from . import quiethours, reservations
 from .checks import in_window_now
 from .logs import get_logger
 from .models import FailureReason, MessageFields, QuietHours, utcnow
@@ -145,9 +146,13 @@ async def _lists(db: Any, ids: set[int]) -> dict[int, dict[str, Any]]:
     return {int(d["_id"]): d for d in docs}
 
 
-async def _cooled(db: Any, lists: dict[int, dict[str, Any]], docs: list[dict[str, Any]], now: dt.datetime) -> set[str]:
-    """Ids of messages whose number got a MessageSent on the same list within the list's cooldown."""
+async def _cooled(
+    db: Any, lists: dict[int, dict[str, Any]], docs: list[dict[str, Any]], now: dt.datetime
+) -> tuple[set[str], dict[int, reservations.View]]:
+    """Ids of messages whose number got a MessageSent on the same list within the list's cooldown, or whose
+    number's cooldown reservation is held by another message; and the reservations read, per list."""
     out: set[str] = set()
+    views: dict[int, reservations.View] = {}
     by_list: dict[int, list[dict[str, Any]]] = {}
     for d in docs:
         by_list.setdefault(int(d["sending_list_id"]), []).append(d)
@@ -165,7 +170,25 @@ async def _cooled(db: Any, lists: dict[int, dict[str, Any]], docs: list[dict[str
             )
         }
         out.update(d["_id"] for d in group if d["to_number"] in recent)
-    return out
+        views[list_id] = view = await reservations.lookup(db, list_id, numbers, [d["_id"] for d in group], cutoff, now)
+        out.update(d["_id"] for d in group if d["to_number"] in view.blocked)
+    return out, views
+
+
+async def _reserve(
+    db: Any, views: dict[int, reservations.View], docs: list[dict[str, Any]], now: dt.datetime
+) -> set[str]:
+    """Take the cooldown reservations of the messages on lists with a cooldown; returns the ids that lost theirs
+    (the number was reserved by another message since it was looked up)."""
+    lost: set[str] = set()
+    by_list: dict[int, list[dict[str, Any]]] = {}
+    for d in docs:
+        if int(d["sending_list_id"]) in views:
+            by_list.setdefault(int(d["sending_list_id"]), []).append(d)
+    for list_id, group in by_list.items():
+        won = await reservations.take(db, group, views[list_id], now)
+        lost.update(d["_id"] for d in group if d["_id"] not in won)
+    return lost
 
 
 async def _paused_campaigns(db: Any, ids: set[int]) -> set[int]:
@@ -240,7 +263,7 @@ async def _redrive_batch(
         return
     contacts = await _contacts(db, [int(d["contact_id"]) for d in todo if d.get("contact_id") is not None])
     lists = await _lists(db, {int(d["sending_list_id"]) for d in todo})
-    cooled = await _cooled(db, lists, todo, now)
+    cooled, views = await _cooled(db, lists, todo, now)
     already = {d["_id"] async for d in db[c.SENT].find({"_id": {"$in": [d["_id"] for d in todo]}}, {"_id": 1})}
     paused = await _paused_campaigns(db, {int(d["campaign_id"]) for d in todo if d.get("campaign_id") is not None})
     go: list[tuple[dict[str, Any], dt.datetime, bool]] = []  # (doc, not_before, paused)
@@ -291,6 +314,17 @@ async def _redrive_batch(
     if not go:
         await db[c.REDRIVES].delete_one({"_id": token})
         return
+    # 1b. cooldown reservations (a reservation left by an abandoned re-drive is free: its message is a failure)
+    lost = await _reserve(db, views, [d for d, _, _ in go], now)
+    if lost:
+        await db[c.FAILED].update_many(
+            {"_id": {"$in": list(lost)}, "redrive_token": token}, {"$unset": {"redrive_token": "", "redrive_at": ""}}
+        )
+        res.skipped["cooldown"] += len(lost)
+        go = [g for g in go if g[0]["_id"] not in lost]
+        if not go:
+            await db[c.REDRIVES].delete_one({"_id": token})
+            return
     # 2. insert, held
     queued = [_queue_doc(d, token, now) for d, _, _ in go]
     refused: set[str] = set()
