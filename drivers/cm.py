@@ -50,6 +50,8 @@ class CMSettings(DriverSettings):
     batch_size: int = Field(100, ge=1, le=1000, description="Messages (`msg` entries) per request (CM SDKs: 100).")
     max_parts: int = Field(8, ge=1, le=8, description="maximumNumberOfMessageParts of each message.")
 
+    list_overridable: ClassVar[frozenset[str]] = DriverSettings.list_overridable | {"max_parts"}
+
 
 def cm_number(e164: str) -> str:
     """CM wants ``00`` + country code + number."""
@@ -206,23 +208,38 @@ class CMDriver(Driver[CMSettings]):
         return reports
 
     def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
-        """Inbound SMS as JSON: the Business Messaging shape (``from.number``, ``to.number``,
-        ``message.text``) or the flat gateway shape (``from``/``sender``, ``to``/``receiver``, ``message``)."""
+        """Inbound SMS as JSON or a form, in either shape CM posts:
+
+        - Business Messaging: ``from.number``, ``to.number``, ``message.text`` (``reference``, ``timeUtc``);
+        - the SMS gateway's flat shape: ``reference``, ``from``, ``to``, ``body`` (numbers as ``00...``; also
+          ``sender``/``receiver``/``message``, any key case), bare or in a ``{"messages": {"msg": ...}}`` envelope.
+        """
         if request.form:
             body: Any = {k: v[0] for k, v in request.form.items()}
         else:
             body = self._json(request)
+        if isinstance(body, dict) and isinstance(body.get("messages"), (dict, list)):
+            body = body["messages"]
+            if isinstance(body, dict) and "msg" in body:
+                body = body["msg"]
         items = body if isinstance(body, list) else [body]
         out = []
-        for item in items:
-            if not isinstance(item, dict):
+        for raw in items:
+            if not isinstance(raw, dict):
                 raise WebhookFormatError("CM inbound message is not an object")
-            sender, to, text = item.get("from", item.get("sender")), item.get("to", item.get("receiver")), None
+            item = {str(k).lower(): v for k, v in raw.items()}
+            sender, to = item.get("from", item.get("sender")), item.get("to", item.get("receiver"))
             sender = sender.get("number") if isinstance(sender, dict) else sender
             to = to.get("number") if isinstance(to, dict) else to
-            message = item.get("message")
-            text = message.get("text") if isinstance(message, dict) else message
-            if not sender or text is None:
+            text: Any = None
+            for key in ("message", "body", "text", "content"):
+                value = item.get(key)
+                if isinstance(value, dict):
+                    value = value.get("text", value.get("content"))
+                if value is not None:
+                    text = value
+                    break
+            if not sender or text is None or isinstance(text, (dict, list)):
                 raise WebhookFormatError("CM inbound message without from/text")
             out.append(
                 InboundMessage(
@@ -230,7 +247,7 @@ class CMDriver(Driver[CMSettings]):
                     to_number=from_cm_number(to),
                     text=str(text),
                     provider_message_id=str(item["reference"]) if item.get("reference") else None,
-                    received_at=parse_time(item.get("timeUtc") or item.get("time")),
+                    received_at=parse_time(item.get("timeutc") or item.get("time") or item.get("received")),
                 )
             )
         return out

@@ -51,6 +51,8 @@ class InfobipSettings(DriverSettings):
     batch_size: int = Field(1000, ge=1, le=10000, description="Destinations per request.")
     intermediate_reports: bool = Field(False, description="Ask for intermediate (PENDING) delivery reports.")
 
+    list_overridable: ClassVar[frozenset[str]] = DriverSettings.list_overridable | {"intermediate_reports"}
+
 
 def error_from_body(body: Any) -> tuple[str | None, str]:
     """``(code, detail)`` from either Infobip error envelope (new ``ApiError`` or legacy ``requestError``)."""

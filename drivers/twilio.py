@@ -280,6 +280,8 @@ class TwilioDriver(Driver[TwilioSettings]):
     def authenticate(self, request: WebhookRequest) -> None:
         """Path token / Basic auth when configured (base class), then ``X-Twilio-Signature``."""
         super().authenticate(request)
+        if not self.settings.auth_token.get_secret_value():
+            raise WebhookAuthError("auth_token is not set: X-Twilio-Signature cannot be checked")
         signature = request.headers.get(SIGNATURE_HEADER, "")
         algorithm = "HMAC_SHA1"
         for part in request.headers.get(SIGNATURE_SETTINGS_HEADER, "").split(","):

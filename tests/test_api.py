@@ -49,7 +49,7 @@ async def seed(cl: TestClient[Any, Any]) -> dict[str, int]:
             "account_id": acc["id"],
             "name": "L",
             "driver": "echo",
-            "driver_settings": {"api_key": "very-secret"},
+            "driver_settings": {"batch_size": 5},
             "from_number": "+15550001111",
         },
     )
@@ -88,8 +88,7 @@ async def test_create_and_get_masks_secrets(client: TestClient[Any, Any]) -> Non
     assert acc["name"] == "Acme" and acc["webhook_secret"] == "**********"
     r = await client.get(f"/api/v1/sending-lists/{ids['list']}", headers=H)
     lst = await r.json()
-    assert lst["driver_settings"] == {"api_key": "**********"} and lst["quiet_hours"]["start"] == "08:00"
-    assert "very-secret" not in await r.text()
+    assert lst["driver_settings"] == {"batch_size": 5} and lst["quiet_hours"]["start"] == "08:00"
     r = await client.get(f"/api/v1/audiences/{ids['audience']}", headers=H)
     assert (await r.json())["filter"] == {"subscribed": {"eq": True}}
 
@@ -142,7 +141,7 @@ async def test_driver_and_filter_validated(client: TestClient[Any, Any]) -> None
     r = await client.post(
         "/api/v1/sending-lists", headers=H, json={**base, "driver": "echo", "driver_settings": {"bogus": 1}}
     )
-    assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.driver_settings"
+    assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.driver_settings.bogus"
     r = await client.post(
         "/api/v1/audiences",
         headers=H,

@@ -32,7 +32,7 @@ async def scrape(trackly: Trackly, accept: str | None = None, publish: tuple[Eve
     try:
         await trackly.bus.publish(*publish)
         async with aiohttp.ClientSession() as http:
-            headers = {"Accept": accept} if accept else {}
+            headers = {"Authorization": "Bearer test-token", **({"Accept": accept} if accept else {})}
             async with http.get(server.url + "/metrics", headers=headers) as r:
                 assert r.status == 200
                 return r.headers["Content-Type"], await r.text()

@@ -102,6 +102,9 @@ async def test_high_error_rate_detected(trackly: Trackly) -> None:
     assert await trackly.db[c.EVENTS].count_documents({"kind": "high_error_rate"}) == 1
 
 
+OP = {"Authorization": "Bearer test-token"}
+
+
 async def test_dashboard(trackly: Trackly) -> None:
     """/dashboard serves the page and live JSON (/metrics: test_metrics.py)."""
     now = utcnow()
@@ -130,9 +133,9 @@ async def test_dashboard(trackly: Trackly) -> None:
     await server.start()
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.get(server.url + "/dashboard") as r:
+            async with http.get(server.url + "/dashboard", headers=OP) as r:
                 assert r.status == 200 and "trackly-exec" in await r.text()
-            async with http.get(server.url + "/dashboard/summary.json") as r:
+            async with http.get(server.url + "/dashboard/summary.json", headers=OP) as r:
                 data = await r.json()
             camp = data["campaigns"][0]
             assert (camp["id"], camp["queued"], camp["sent"], camp["delivered"], camp["failed"]) == (3, 2, 4, 3, 1)

@@ -176,18 +176,33 @@ async def test_only_post_is_served(daemon: Daemon) -> None:
 
 
 async def test_unauthenticated_instances_are_warned_about(settings: Settings, store: Store) -> None:
-    """An unsigned driver instance without a webhook token or Basic auth is reported at start-up."""
+    """An instance whose webhooks are refused for want of a credential is reported at start-up: an unsigned one
+    without a token when none could be generated (Trackly.open generates one), a signed one without its key."""
     import structlog
 
     from trackly_exec.app import Trackly
     from trackly_exec.web import make_app
 
-    settings.drivers.update({"infobip": {"api_key": "k"}, "twilio": {"account_sid": "AC1", "auth_token": "t"}})
-    trackly = await Trackly.open(settings, store=store)
+    settings.drivers.update(
+        {
+            "infobip": {"api_key": "k"},
+            "twilio": {"account_sid": "AC1", "auth_token": "t"},
+            "cm": {"product_token": "p", "webhook_token": None},
+        }
+    )
+    trackly = Trackly(settings, store)  # no generated token
     try:
         with structlog.testing.capture_logs() as logs:
             make_app(trackly)
     finally:
         await trackly.close(close_store=False)
     warned = [e["driver"] for e in logs if e["event"] == "webhook_unauthenticated"]
-    assert warned == ["infobip"]
+    assert warned == ["infobip", "cm"]
+    settings.drivers["twilio"]["auth_token"] = ""
+    trackly = await Trackly.open(settings, store=store)  # generates tokens for infobip and cm
+    try:
+        with structlog.testing.capture_logs() as logs:
+            make_app(trackly)
+    finally:
+        await trackly.close(close_store=False)
+    assert [e["driver"] for e in logs if e["event"] == "webhook_unauthenticated"] == ["twilio"]

@@ -24,6 +24,7 @@ from . import constants as c
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import utcnow
+from .phones import mask_text
 
 log = get_logger(__name__)
 
@@ -137,7 +138,10 @@ class Alerts:
             description = head.message + (f"\n(+{len(group) - 1} more like this)" if len(group) > 1 else "")
         if suppressed:
             description += f"\n(+{suppressed} more since the last alert of this kind)"
-        fields = [{"name": k, "value": str(v)[:1000], "inline": True} for k, v in list(head.data.items())[:8]]
+        fields = [
+            {"name": k, "value": mask_text(str(v))[:1000], "inline": True} for k, v in list(head.data.items())[:8]
+        ]
+        description = mask_text(description)
         return {
             "username": "trackly-exec",
             "embeds": [

@@ -4,7 +4,8 @@ Every route is declared once in :data:`ROUTES` with its request and response mod
 registers the aiohttp routes and generates the OpenAPI document (:mod:`trackly_exec.openapi`).
 
 Errors are JSON ``{"error", "message", "details", "request_id"}``: 401 without a valid token, 400 for
-malformed JSON, 413 for a body above ``http.max_body_bytes``, 422 for an invalid body (``details`` holds
+malformed JSON, 413 for a body above ``http.max_body_bytes`` (the bulk contacts route: 10,000 rows x 1 KiB, see
+:func:`import_body_limit`; the message names the limit), 422 for an invalid body (``details`` holds
 ``{"loc": "body.field.path", "msg"}``), 404 for an unknown id (the message names which), 409 for an
 action the resource's state refuses, 503 while the store is unreachable. Anything unexpected is logged
 with a request id and answers 500.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -125,7 +127,8 @@ def _utf8(text: str) -> bool:
 
 
 def _check_json(obj: Any, path: tuple[Any, ...] = (), depth: int = 0) -> None:
-    """Refuse what the store cannot keep: deep nesting, integers beyond 64 bits, NUL in keys, lone surrogates."""
+    """Refuse what the store cannot keep: deep nesting, integers beyond 64 bits, non-finite numbers, NUL in keys,
+    lone surrogates."""
     if depth > MAX_DEPTH:
         raise field_error(_loc("body", path), f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(obj, bool):
@@ -136,6 +139,8 @@ def _check_json(obj: Any, path: tuple[Any, ...] = (), depth: int = 0) -> None:
         return
     if isinstance(obj, int) and not -INT64_MAX - 1 <= obj <= INT64_MAX:
         raise field_error(_loc("body", path), "integer out of the 64-bit range")
+    if isinstance(obj, float) and not math.isfinite(obj):  # 1e999999 parses to inf: refuse it like NaN/Infinity
+        raise field_error(_loc("body", path), "number is not finite (out of range, infinity or NaN)")
     if isinstance(obj, dict):
         for k, v in obj.items():
             if "\x00" in k or not _utf8(k):
@@ -149,9 +154,40 @@ def _check_json(obj: Any, path: tuple[Any, ...] = (), depth: int = 0) -> None:
             _check_json(v, (*path, i), depth + 1)
 
 
-async def read_body(request: web.Request, model: type[B]) -> B:
-    """The request's JSON body validated by ``model`` (400 malformed, 413 too big, 422 invalid)."""
+#: The bulk contacts route takes up to MAX_BULK_CONTACTS rows of up to this many bytes each, whatever
+#: ``http.max_body_bytes`` says (10,000 ordinary rows are ~1.3 MB: the two limits must agree).
+IMPORT_ROW_BYTES = 1024
+
+
+def import_body_limit(settings: Any) -> int:
+    """The body limit of the bulk contacts route (``POST /sending-lists/{id}/contacts``)."""
+    return max(int(settings.http.max_body_bytes), m.MAX_BULK_CONTACTS * IMPORT_ROW_BYTES)
+
+
+def app_body_limit(settings: Any) -> int:
+    """What the aiohttp application must let through (the largest route limit); each route checks its own."""
+    return import_body_limit(settings)
+
+
+def too_large(limit: int, what: str) -> ApiError:
+    return ApiError(
+        413,
+        "too_large",
+        f"body larger than {limit} bytes ({what})",
+        [{"loc": "body", "msg": f"at most {limit} bytes", "type": "too_large"}],
+    )
+
+
+async def read_body(
+    request: web.Request, model: type[B], *, limit: int | None = None, limit_name: str = "http.max_body_bytes"
+) -> B:
+    """The request's JSON body validated by ``model`` (400 malformed, 413 above ``limit``, 422 invalid)."""
+    limit = limit or _tr(request).settings.http.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit, limit_name)
     raw = await request.read()
+    if len(raw) > limit:
+        raise too_large(limit, limit_name)
     try:
         data = json.loads(raw.decode("utf-8") if raw else "", parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -236,9 +272,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             exc.status,
         )
     except web.HTTPRequestEntityTooLarge:
-        limit = _tr(request).settings.http.max_body_bytes
+        limit = request.client_max_size
         resp = _json(
-            {"error": "too_large", "message": f"body larger than {limit} bytes", "details": [], "request_id": rid}, 413
+            {
+                "error": "too_large",
+                "message": f"body larger than {limit} bytes (the server's largest accepted body)",
+                "details": [],
+                "request_id": rid,
+            },
+            413,
         )
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -247,6 +289,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason, "details": [], "request_id": rid},
             exc.status,
         )
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110: a 405 names the methods the resource allows
+            resp.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except (ConnectionFailure, ExecutionTimeout) as exc:
@@ -314,7 +358,7 @@ def build_subapp(trackly: Trackly) -> web.Application:
     from . import api_campaigns, api_ops, api_resources  # noqa: F401  (they register their routes in ROUTES)
 
     sub = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=trackly.settings.http.max_body_bytes
+        middlewares=[error_middleware, auth_middleware], client_max_size=app_body_limit(trackly.settings)
     )
     sub[TRACKLY] = trackly
     for r in ROUTES:

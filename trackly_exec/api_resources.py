@@ -15,12 +15,14 @@ from aiohttp import web
 from . import apimodels as m
 from . import constants as c
 from .api import (
+    IMPORT_ROW_BYTES,
     ApiError,
     _json,
     _new_id,
     _tr,
     field_error,
     get_or_404,
+    import_body_limit,
     page,
     path_id,
     read_body,
@@ -28,17 +30,29 @@ from .api import (
     read_routes,
     route,
 )
+from .app import Trackly
 from .contacts import upsert
 from .errors import DriverNotFound, TracklyError
 from .models import utcnow
+from .netguard import Allowlist, check_url
+from .providers import ListOverrideError
 
 # --------------------------------------------------------------------------------------------- accounts
+
+
+async def check_webhook_url(trackly: Trackly, url: str, loc: str) -> None:
+    """422 unless ``url`` may receive customer webhooks (no internal address: :mod:`trackly_exec.netguard`)."""
+    problem = await check_url(url, Allowlist.parse(trackly.settings.tracking.webhook_url_allowlist))
+    if problem:
+        raise field_error(loc, f"webhook_url {problem}")
 
 
 @route("POST", "/accounts", "Create an account", body=m.AccountIn, response=m.AccountOut, status=201)
 async def create_account(request: web.Request) -> web.Response:
     body = await read_body(request, m.AccountIn)
     trackly = _tr(request)
+    if body.webhook_url is not None:
+        await check_webhook_url(trackly, body.webhook_url, "body.webhook_url")
     doc = {"_id": await _new_id(trackly, c.ACCOUNTS), **body.model_dump(), "created_at": utcnow()}
     await trackly.store[c.ACCOUNTS].insert_one(doc)
     return _json(m.AccountOut.from_doc(doc), 201)
@@ -56,6 +70,8 @@ async def create_sending_list(request: web.Request) -> web.Response:
         trackly.drivers.build(body.driver, body.driver_settings)
     except DriverNotFound as exc:
         raise field_error("body.driver", str(exc)) from exc
+    except ListOverrideError as exc:
+        raise field_error(f"body.driver_settings.{exc.key}", str(exc)) from exc
     except Exception as exc:  # invalid settings (ConfigError), or a plugin that fails to build with them
         raise field_error("body.driver_settings", str(exc)) from exc
     doc = {"_id": await _new_id(trackly, c.SENDING_LISTS), **body.model_dump(), "created_at": utcnow()}
@@ -73,7 +89,12 @@ async def create_sending_list(request: web.Request) -> web.Response:
 async def upsert_contacts(request: web.Request) -> web.Response:
     trackly = _tr(request)
     list_id = path_id(request, "sending list")
-    body = await read_body(request, m.ContactsBulkRaw)
+    body = await read_body(
+        request,
+        m.ContactsBulkRaw,
+        limit=import_body_limit(trackly.settings),
+        limit_name=f"at most {m.MAX_BULK_CONTACTS} contacts of {IMPORT_ROW_BYTES} bytes",
+    )
     await get_or_404(trackly, c.SENDING_LISTS, list_id, "sending list")
     result = await upsert(trackly.store, list_id, body.contacts, default_region=body.default_region)
     return _json(result.as_dict())

@@ -18,7 +18,7 @@ from .models import QuietHours, Variant
 from .quiethours import check_timezone
 
 MASK = "**********"
-_SECRETISH = ("key", "token", "secret", "password", "auth")
+_SECRETISH = ("key", "token", "secret", "password", "auth", "sid", "url", "uri", "user")
 _SENDER = re.compile(r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")
 _ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 MAX_PAGE = 1000
@@ -40,9 +40,9 @@ def mask_secrets(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class Body(BaseModel):
-    """Base of request bodies: unknown keys are errors."""
+    """Base of request bodies: unknown keys are errors, and so are non-finite numbers (inf, -inf, nan)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Out(BaseModel):
@@ -167,7 +167,11 @@ class SendingListIn(Body):
         description="A driver instance ([drivers.NAME] in the config) or an installed driver.",
     )
     driver_settings: dict[str, Any] = Field(
-        default_factory=dict, description="Overrides laid over the instance's settings (secrets masked in answers)."
+        default_factory=dict,
+        max_length=20,
+        description="Tuning overrides laid over the instance's settings: only the keys the driver allows "
+        "(batch_size; Infobip intermediate_reports; CM max_parts). Endpoints and credentials come from the "
+        "config file; any other key is a 422 naming it.",
     )
     from_number: str = Field(description="E.164 number or alphanumeric sender id (up to 11 characters).")
     rate_limit_per_minute: int = Field(17000, ge=1, le=10_000_000)

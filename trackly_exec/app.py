@@ -46,7 +46,7 @@ class Trackly:
 
     @classmethod
     async def open(cls, settings: Settings, *, store: Store | None = None) -> Trackly:
-        drivers = DriverPool(settings)
+        drivers = DriverPool(settings, generate_tokens=True)
         drivers.validate()
         store = store or await Store.open(settings)
         client: aioredis.Redis | None = None

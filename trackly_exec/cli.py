@@ -55,12 +55,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         problems = [*exc.problems, *extra]
         raise ConfigError(problems[0][1], file=exc.file, key=problems[0][0], problems=problems) from exc
     errors, warnings = configcheck.check(settings, store=args.store)
+    from .providers import DriverPool
+
+    warnings = [*warnings, *DriverPool(settings).auth_problems()]  # webhooks refused for want of a credential
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if errors:
         raise ConfigError(errors[0][1], file=str(args.config or "trackly.toml"), key=errors[0][0], problems=errors)
     print(json.dumps(settings.redacted(), indent=2, default=str))
     print(f"config OK: {args.config or 'trackly.toml'}", file=sys.stderr)
+    return 0
+
+
+def cmd_webhook_urls(args: argparse.Namespace) -> int:
+    """Print each driver instance's webhook URLs (secret path token included) to configure at the provider."""
+    settings = _settings(args)
+    from .providers import DriverPool
+
+    pool = DriverPool(settings, generate_tokens=True)
+    pool.validate()
+    for name, ctx in pool.webhook_urls().items():
+        print(f"{name}  status   {ctx.status_url}")
+        print(f"{name}  inbound  {ctx.inbound_url}")
+    for problem in pool.auth_problems():
+        print(f"warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -98,7 +116,15 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
     from .fakes import serve_fake
 
     return _run(
-        serve_fake(args.name, host=args.host, port=args.port, dlr_delay=args.dlr_delay, report_url=args.report_url)
+        serve_fake(
+            args.name,
+            host=args.host,
+            port=args.port,
+            dlr_delay=args.dlr_delay,
+            report_url=args.report_url,
+            inbound_url=args.inbound_url,
+            config=getattr(args, "config", None),
+        )
     )
 
 
@@ -136,6 +162,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="read the sending lists from the store to check the drivers they use "
         "(default: yes for a mongodb:// URI, no for the embedded store)",
     )
+    add(
+        "webhook-urls",
+        cmd_webhook_urls,
+        "print the provider webhook URLs (with their secret token; generated "
+        "into data_dir on first use when the config sets none)",
+    )
     add("init-db", cmd_init_db, "create every collection index (idempotent)")
     add("drivers", cmd_drivers, "list every discovered provider driver")
     fp = add("fake-provider", cmd_fake_provider, "run a local fake of a provider's API (no account needed)")
@@ -147,8 +179,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "--report-url",
         default=None,
         help="where to post delivery reports when a request names none (CM: its portal setting); "
-        "default http://127.0.0.1:8080/webhooks/NAME/status",
+        "default: the config's webhook URL of the first instance of that driver (with its token)",
     )
+    fp.add_argument("--inbound-url", default=None, help="where POST /_fake/inbound delivers; default as --report-url")
     for module in EXTRA_COMMANDS:
         importlib.import_module(module).register(sub, common)
     return parser, common

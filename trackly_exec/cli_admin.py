@@ -35,6 +35,8 @@ from .models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 from .phones import normalize
 
 CHUNK = 1000
+#: Key of a contact dict that stands for a CSV line that could not be read (never sent to the API).
+CSV_ERROR = "_csv_error"
 SHOW_REJECTS = 20
 _NUMBER = re.compile(r"^-?(0|[1-9]\d{0,15})(\.\d+)?$")
 
@@ -203,6 +205,23 @@ def layout(header: list[str], delimiter: str) -> CsvLayout:
     return out
 
 
+def _csv_lines(fh: TextIO, delimiter: str, first_line: int = 1) -> Iterator[tuple[int, list[str] | None, str]]:
+    """``(line number, fields, "")`` per line, or ``(line number, None, why)`` for a malformed one.
+
+    Each line is one record: a quote left open does not swallow the rows after it (as a plain csv reader would,
+    silently, up to the next quote); that line is rejected and the next one read as usual."""
+    for number, text in enumerate(fh, first_line):
+        text = text.rstrip("\r\n")
+        if not text.strip():
+            continue
+        try:
+            rows = list(csv.reader([text], delimiter=delimiter, strict=True))
+        except csv.Error as exc:
+            yield number, None, f"malformed CSV line: {exc} (an unterminated quote?)"
+            continue
+        yield number, (rows[0] if rows else []), ""
+
+
 def csv_chunks(
     fh: TextIO,
     size: int = CHUNK,
@@ -214,19 +233,21 @@ def csv_chunks(
 ) -> Iterator[list[tuple[int, dict[str, Any]]]]:
     """Rows of a contacts CSV as ``(line number, contact dict)``, ``size`` at a time. The delimiter is detected
     from the header (comma, semicolon, tab, pipe) unless given. A phone already seen earlier in the file (after
-    normalisation) is not sent again: it is appended to ``duplicates`` as ``(line, phone, reason)``."""
+    normalisation) is not sent again: it is appended to ``duplicates`` as ``(line, phone, reason)``. A malformed line
+    comes as ``(line number, {CSV_ERROR: why})``: rejected by number, the rows after it still read."""
     first = fh.readline()
     delim = delimiter or sniff_delimiter(first)
     header = next(csv.reader([first], delimiter=delim), [])
     lay = layout(header, delim)
     if report is not None:
         report.delimiter, report.columns, report.ignored, report.renamed = delim, lay.columns, lay.ignored, lay.renamed
-    reader = csv.reader(fh, delimiter=delim)
     seen: dict[int | str, int] = {}
     extra_noted = False
     chunk: list[tuple[int, dict[str, Any]]] = []
-    for values in reader:
-        line = reader.line_num + 1
+    for line, values, error in _csv_lines(fh, delim, first_line=2):
+        if values is None:  # a malformed line (an unterminated quote): rejected by its number, the next rows read
+            chunk.append((line, {CSV_ERROR: error}))
+            continue
         if not any(v.strip() for v in values):
             continue
         if len(values) > len(lay.columns) and not extra_noted and report is not None:
@@ -310,18 +331,21 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
     progress = Progress(total, sys.stderr)
     with path.open(newline="", encoding="utf-8-sig") as fh:
         chunks = csv_chunks(fh, args.chunk, delimiter=delimiter, region=args.region, report=lay, duplicates=duplicates)
-        for chunk in _checked(chunks, path):
-            res = client.call(
-                "POST",
-                f"/sending-lists/{args.list}/contacts",
-                {"contacts": [c for _, c in chunk], "default_region": args.region},
-            )
-            inserted += res["inserted"]
-            updated += res["updated"]
-            for r in res["rejected"]:
-                line, row = chunk[r["index"]]
-                rejects.append((line, str(row.get("phone", "")), r["reason"]))
-            done += len(chunk)
+        for rows in _checked(chunks, path):
+            rejects.extend((line, "", row[CSV_ERROR]) for line, row in rows if CSV_ERROR in row)
+            chunk = [(line, row) for line, row in rows if CSV_ERROR not in row]
+            if chunk:
+                res = client.call(
+                    "POST",
+                    f"/sending-lists/{args.list}/contacts",
+                    {"contacts": [c for _, c in chunk], "default_region": args.region},
+                )
+                inserted += res["inserted"]
+                updated += res["updated"]
+                for r in res["rejected"]:
+                    line, row = chunk[r["index"]]
+                    rejects.append((line, str(row.get("phone", "")), r["reason"]))
+            done += len(rows)
             progress.update(done, f"(inserted {inserted:,}, updated {updated:,}, rejected {len(rejects):,})")
     progress.close()
     names = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}

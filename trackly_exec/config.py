@@ -153,6 +153,22 @@ class HttpConfig(Section):
     short_base: str = Field("", description="Base of tracked short links (default: public_url + '/l').")
     api_tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens accepted by the admin API.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body.")
+    operator_auth: bool = Field(
+        True,
+        description="The dashboard, its JSON and /metrics need a token (api_tokens or dashboard_tokens: Bearer "
+        "header, or the dashboard's login cookie); false serves them openly (only on a private operator listener).",
+    )
+    dashboard_tokens: list[SecretStr] = Field(
+        default_factory=list, description="Read-only tokens: open the dashboard and /metrics, not the admin API."
+    )
+    operator_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A separate listener for the admin API, dashboard and metrics; the main "
+        "one (host:port) then serves only the public parts: provider webhooks, /l/ links and /healthz.",
+    )
+    operator_host: str = Field("127.0.0.1", description="Listen address of the operator listener (operator_port).")
 
     @field_validator("public_url", "short_base")
     @classmethod
@@ -191,6 +207,11 @@ class TrackingConfig(Section):
     )
     trust_forwarded_for: bool = Field(
         False, description="Take the clicker IP from X-Forwarded-For (only behind a trusted reverse proxy)."
+    )
+    webhook_url_allowlist: list[str] = Field(
+        default_factory=list,
+        description='Internal receivers a customer webhook URL may point at (CIDRs like "10.1.2.0/24" or exact host '
+        "names); every other loopback, private, link-local, multicast or reserved address is refused.",
     )
 
 

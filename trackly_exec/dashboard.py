@@ -25,6 +25,7 @@ from aiohttp import web
 from . import constants as c
 from .logs import get_logger
 from .models import utcnow
+from .phones import mask_text
 from .stats import campaign_stats, overview
 
 log = get_logger(__name__)
@@ -140,7 +141,7 @@ async def grouped_alerts(store: Any, window: int = ALERT_WINDOW) -> list[dict[st
                 "key": key[1],
                 "severity": e.get("severity"),
                 "count": 1,
-                "message": e.get("message"),
+                "message": mask_text(e.get("message")),
                 "first_at": at,
                 "last_at": at,
             }

@@ -371,7 +371,7 @@ class Demo:
             f"left in queue {r.left_in_queue}, in both {r.in_both})"
         )
         self.say(
-            f"\nDashboard: {r.public_url}/dashboard\nAPI:       {r.public_url}/api/v1/openapi.json "
+            f"\nDashboard: {r.public_url}/dashboard?token={r.token}\nAPI:       {r.public_url}/api/v1/openapi.json "
             f"(token {r.token})\nDone in {r.seconds:.1f} s."
         )
 

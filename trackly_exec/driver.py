@@ -222,6 +222,11 @@ class DriverSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: The settings a sending list may override in its ``driver_settings`` (tuning only). Endpoints,
+    #: credentials, webhook secrets, timeouts and the 5xx policy come from the operator's config file alone.
+    #: A driver adds its own harmless keys: ``list_overridable = DriverSettings.list_overridable | {"x"}``.
+    list_overridable: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+
     base_url: str = Field("http://127.0.0.1:9000", description="Provider API base URL.")
     timeout_seconds: float = Field(30.0, gt=0, description="Total time for one provider request.")
     connect_timeout_seconds: float = Field(5.0, gt=0, description="Time to establish a connection.")
@@ -244,6 +249,11 @@ class DriverSettings(BaseModel):
     )
     webhook_username: str | None = Field(None, description="Optional Basic-auth user for webhooks.")
     webhook_password: SecretStr | None = Field(None, description="Optional Basic-auth password for webhooks.")
+    allow_unauthenticated_webhooks: bool = Field(
+        False,
+        description="Accept delivery reports and inbound messages that carry no credential at all (no path "
+        "token, Basic auth or signature configured). Off by default: anyone could forge a STOP or a failed report.",
+    )
 
     @field_validator("server_errors", mode="before")
     @classmethod
@@ -386,8 +396,18 @@ class Driver(ABC, Generic[S]):
 
     def authenticate(self, request: WebhookRequest) -> None:
         """Raise :class:`WebhookAuthError` unless the request carries the configured path token and,
-        when set, the Basic-auth credentials. Signed providers override this."""
+        when set, the Basic-auth credentials. Signed providers override this.
+
+        Fails closed: a driver with no path token, no Basic auth and no signature refuses every webhook unless
+        its settings say ``allow_unauthenticated_webhooks = true``."""
         token = self.settings.webhook_token
+        if (
+            token is None
+            and not self.settings.webhook_username
+            and not self.signed_webhooks
+            and not self.settings.allow_unauthenticated_webhooks
+        ):
+            raise WebhookAuthError("no webhook authentication configured (webhook_token, Basic auth or signature)")
         if token is not None and (
             not request.path_token
             or not hmac.compare_digest(request.path_token.encode(), token.get_secret_value().encode())

@@ -2,7 +2,8 @@
 
 Producers (executor, scheduler, tracking) call :meth:`EventBus.publish`; every event is stored in the
 ``events`` collection (the dashboard reads it) and handed to each subscriber (Discord alerts, metrics).
-A subscriber that fails is logged and never disturbs the producer.
+A subscriber that fails is logged and never disturbs the producer. Phone numbers in an event's ``message`` are
+masked on publishing (``+1212•••4567``); ``data`` keeps them for the code, and is masked where it is shown.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import constants as c
 from .logs import get_logger
 from .models import utcnow
+from .phones import mask_text
 
 if TYPE_CHECKING:
     from .store import Store
@@ -66,6 +68,8 @@ class EventBus:
     async def publish(self, *events: Event) -> None:
         if not events:
             return
+        for e in events:  # what is shown (dashboard, alerts) never carries a whole phone number
+            e.message = mask_text(e.message)
         if self.store is not None:
             try:
                 await self.store[c.EVENTS].insert_many([e.to_doc() for e in events], ordered=False)

@@ -41,21 +41,49 @@ def _credentials(fake: Any) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k != "base_url"}
 
 
-async def serve_fake(name: str, *, host: str, port: int, dlr_delay: float, report_url: str | None = None) -> int:
+def configured_webhook_urls(name: str, config: str | None) -> tuple[str, str]:
+    """The daemon's webhook URLs (secret path token included) for the first instance of driver ``name`` in
+    ``config`` (default ./trackly.toml), or the defaults without a token when there is none."""
+    from .config import load_config
+    from .providers import DriverPool
+
+    try:
+        pool = DriverPool(load_config(config), generate_tokens=True)
+        for instance, ctx in pool.webhook_urls().items():
+            if pool.entry_point(instance) == name:
+                return ctx.status_url, ctx.inbound_url
+    except ConfigError as exc:
+        log.warning("fake_provider_no_config", error=str(exc))
+    return DEFAULT_REPORT_URL.format(name=name), DEFAULT_INBOUND_URL.format(name=name)
+
+
+async def serve_fake(
+    name: str,
+    *,
+    host: str,
+    port: int,
+    dlr_delay: float,
+    report_url: str | None = None,
+    inbound_url: str | None = None,
+    config: str | None = None,
+) -> int:
     """Run the fake of driver ``name`` on ``host:port`` until SIGINT/SIGTERM; returns the exit status."""
     fake_cls = load_fake_class(name)
+    if report_url is None or inbound_url is None:
+        default_report, default_inbound = configured_webhook_urls(name, config)
+        report_url, inbound_url = report_url or default_report, inbound_url or default_inbound
     fake = fake_cls(
-        host=host,
-        auto_reports=True,
-        report_delay=dlr_delay,
-        report_url=report_url or DEFAULT_REPORT_URL.format(name=name),
-        inbound_url=DEFAULT_INBOUND_URL.format(name=name),
+        host=host, auto_reports=True, report_delay=dlr_delay, report_url=report_url, inbound_url=inbound_url
     )
     await fake.start(port=port)
     creds = ", ".join(f'{k} = "{v}"' for k, v in _credentials(fake).items())
     print(f"fake {name} provider listening on {fake.url}", flush=True)
     print(f'  driver settings: base_url = "{fake.url}", {creds}', flush=True)
-    print(f"  delivery reports after {dlr_delay:g}s; default report URL {fake.report_url}", flush=True)
+    print(
+        f"  delivery reports after {dlr_delay:g}s; default report URL "
+        f"{fake.report_url.rsplit('/', 1)[0] + '/<token>' if '/status/' in fake.report_url else fake.report_url}",
+        flush=True,
+    )
     print(f"  remote control: GET {fake.url}/_fake/ledger, POST /_fake/script, POST /_fake/reset", flush=True)
     log.info("fake_provider_started", driver=name, url=fake.url)
     stop = asyncio.Event()

@@ -21,7 +21,7 @@ _ERRORS = {
     401: "Missing or wrong bearer token",
     404: "Unknown id (the message names which)",
     409: "The resource's state refuses the action",
-    413: "Body larger than http.max_body_bytes",
+    413: "Body larger than http.max_body_bytes (bulk contacts: 10,000 rows x 1 KiB); the message names the limit",
     422: "Invalid body or query; `details` lists each field path",
     500: "Internal error (logged with the request id)",
     503: "The store is unreachable right now",

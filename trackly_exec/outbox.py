@@ -6,6 +6,9 @@ out of ``delivered: None`` creates its event, so duplicates of a report never cr
 :class:`Outbox` component POSTs them, separately from sending and ingestion, so a slow or dead customer endpoint
 only ever delays its own events:
 
+- the URL never reaches an internal address (:mod:`trackly_exec.netguard`): an IP literal is checked before the
+  POST and a name's addresses when it is resolved for the connection (a DNS name can change after the URL was
+  accepted); a refused URL counts as a failed attempt; ``tracking.webhook_url_allowlist`` admits internal receivers;
 - concurrency bounded by ``tracking.outbox_concurrency`` overall and ``tracking.outbox_per_account_concurrency``
   per account; each POST has its own timeout (``tracking.outbox_timeout_seconds``), redirects are not followed;
 - 2xx is success; anything else is retried with exponential backoff and jitter
@@ -44,6 +47,7 @@ from .customer_webhook import DEAD, DELIVERED, DROPPED, PENDING, sign, single_en
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import utcnow
+from .netguard import Allowlist, guarded_connector, refusal
 
 log = get_logger(__name__)
 
@@ -111,6 +115,7 @@ class Outbox:
         self._results: list[_Attempt] = []
         self._per_account: Counter[int] = Counter()
         self._session: aiohttp.ClientSession | None = None
+        self.allow = Allowlist.parse(self.cfg.webhook_url_allowlist)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -126,7 +131,7 @@ class Outbox:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.cfg.outbox_timeout_seconds),
-                connector=aiohttp.TCPConnector(limit=self.cfg.outbox_concurrency, limit_per_host=0),
+                connector=guarded_connector(self.allow, limit=self.cfg.outbox_concurrency, limit_per_host=0),
                 headers={"User-Agent": USER_AGENT},
             )
         return self._session
@@ -289,6 +294,10 @@ class Outbox:
         self, url: str, secret: str | None, eid: str, payload: Mapping[str, Any]
     ) -> tuple[bool, int | None, str | None]:
         session = await self._ensure_session()
+        refused = refusal(url, self.allow)
+        if refused:  # an IP literal is connected to without the resolver: check it here
+            log.warning("outbox_url_refused", url_problem=refused)
+            return False, None, f"refused: webhook URL {refused}"
         body = json.dumps(payload, separators=(",", ":")).encode()
         ts = str(int(time.time()))
         headers = {"Content-Type": "application/json", "X-Trackly-Event-Id": eid, "X-Trackly-Timestamp": ts}

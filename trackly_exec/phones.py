@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import phonenumbers
@@ -52,3 +53,25 @@ def timezones_for(e164: str) -> tuple[str, ...]:
         return (UNKNOWN_ZONE,)
     zones = tuple(pn_timezone.time_zones_for_number(num))
     return zones or (UNKNOWN_ZONE,)
+
+
+_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z+])(\+[0-9]{7,15}|[0-9]{10,15})(?![0-9A-Za-z])")
+
+
+def mask(number: str | None) -> str:
+    """A phone number for display: the country/area prefix and the last 4 digits (``+1212•••4567``)."""
+    if not number:
+        return ""
+    text = str(number)
+    plus = "+" if text.startswith("+") else ""
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if len(digits) <= 6:
+        return plus + "•" * len(digits)
+    return f"{plus}{digits[:4]}•••{digits[-4:]}" if len(digits) >= 10 else f"{plus}{digits[:2]}•••{digits[-2:]}"
+
+
+def mask_text(text: str | None) -> str:
+    """``text`` with every phone-number-looking run (``+`` and 7-15 digits, or 10-15 bare digits) masked."""
+    if not text:
+        return text or ""
+    return _NUMBER_IN_TEXT.sub(lambda m: mask(m.group(0)), text)

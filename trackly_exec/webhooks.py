@@ -5,7 +5,10 @@
 1. body larger than ``tracking.webhook_max_body_bytes``: 413 (checked on Content-Length and while reading);
 2. a :class:`~trackly_exec.driver.WebhookRequest` with ``url = http.public_url + path + query`` (what Twilio signs)
    and ``path_token`` = the optional last path segment;
-3. ``driver.authenticate()``: failure is 403 and nothing changes;
+3. ``driver.authenticate()``: failure is 403 and nothing changes. It fails closed: an instance with no path
+   token, Basic auth or signature refuses everything unless ``allow_unauthenticated_webhooks = true``; the
+   daemon generates a token for such an instance on its first run (``data_dir/webhook_tokens.json``,
+   ``trackly webhook-urls`` prints the URLs);
 4. ``driver.parse_status()`` / ``parse_inbound()``: a malformed body is 400 and nothing changes;
 5. :func:`trackly_exec.delivery.ingest` (reports for unknown ids: 200, logged, no record) or
    :func:`trackly_exec.optout.handle_inbound` (the reply, e.g. HELP text, goes back through
@@ -135,19 +138,9 @@ class WebhookHandler:
 
 
 def _warn_unauthenticated(trackly: Trackly) -> None:
-    """Log each configured instance whose webhooks anyone could post to (no path token, no Basic auth, unsigned)."""
-    for name in trackly.drivers.names():
-        try:
-            driver = trackly.drivers.build(name)
-        except Exception:  # reported where the instance is used
-            continue
-        cfg = driver.settings
-        if not driver.signed_webhooks and cfg.webhook_token is None and not cfg.webhook_username:
-            log.warning(
-                "webhook_unauthenticated",
-                driver=name,
-                hint=f"set drivers.{name}.webhook_token (a long random path secret)",
-            )
+    """Log each configured instance whose webhooks are refused for want of a credential."""
+    for problem in trackly.drivers.auth_problems():
+        log.warning("webhook_unauthenticated", driver=problem.split(".")[1], problem=problem)
 
 
 def setup(app: web.Application, trackly: Trackly) -> None:

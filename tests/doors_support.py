@@ -1,0 +1,102 @@
+"""Helpers of the fail-closed tests (test_doors_*): an Infobip inbound body, a loopback webhook receiver, API
+seeding and the contacts-import CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from trackly_exec import cli
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+
+from .tracking_support import IB_TOKEN
+
+H = {"Authorization": "Bearer test-token"}
+IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
+
+
+def mo(text: str, sender: str = "+14155550123", to: str = "+14155550100", message_id: str = "MO1") -> str:
+    """An Infobip inbound (MO_JSON_2) body; numbers without '+', as Infobip sends them."""
+    return json.dumps(
+        {
+            "results": [
+                {
+                    "messageId": message_id,
+                    "from": sender.lstrip("+"),
+                    "to": to.lstrip("+"),
+                    "text": text,
+                    "cleanText": "",
+                    "keyword": text.split()[0] if text.split() else "",
+                    "receivedAt": "2026-11-29T10:00:00.000+0000",
+                    "smsCount": 1,
+                    "price": {"pricePerMessage": 0, "currency": "EUR"},
+                }
+            ],
+            "messageCount": 1,
+            "pendingMessageCount": 0,
+        }
+    )
+
+
+class Receiver:
+    """A customer webhook endpoint on loopback that records what reaches it."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        return web.Response(text="ok")
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def api_post(cl: TestClient[Any, Any], path: str, body: Any) -> Any:
+    r = await cl.post(f"/api/v1{path}", json=body, headers=H)
+    data = await r.json()
+    assert r.status == 201, data
+    return data
+
+
+async def seed_api(cl: TestClient[Any, Any]) -> dict[str, int]:
+    """An account, an echo-driver sending list and a creative through the API."""
+    acc = await api_post(cl, "/accounts", {"name": "Acme", "balance": 100})
+    lst = await api_post(
+        cl, "/sending-lists", {"account_id": acc["id"], "name": "L", "driver": "echo", "from_number": "+15550001111"}
+    )
+    cre = await api_post(
+        cl, "/creatives", {"account_id": acc["id"], "name": "c", "variants": [{"key": "a", "body": "Hi", "weight": 1}]}
+    )
+    return {"account": acc["id"], "list": lst["id"], "creative": cre["id"]}
+
+
+async def run_cli(server: str, *argv: str) -> int:
+    return await asyncio.to_thread(cli.main, [*argv, "--api", server, "--token", "test-token"])
+
+
+async def setup_echo_list(trackly: Trackly) -> None:
+    await trackly.db[c.ACCOUNTS].insert_one({"_id": 1, "name": "A", "balance": 10.0})
+    await trackly.db[c.SENDING_LISTS].insert_one(
+        {"_id": 1, "account_id": 1, "name": "L", "driver": "echo", "driver_settings": {}, "from_number": "+15550001111"}
+    )

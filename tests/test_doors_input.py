@@ -1,0 +1,225 @@
+"""Bad input gets a 4xx, never a 500: non-finite numbers, malformed CSV lines, 405 with Allow, a little fuzzing."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from trackly_exec import api, registry
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+
+from .api_support import EchoDriver
+from .doors_support import run_cli as run
+from .doors_support import seed_api as seed
+from .doors_support import setup_echo_list as setup_list
+
+H = {"Authorization": "Bearer test-token", "Content-Type": "application/json"}
+HUGE = ["1e999999", "-1e999999", "1E400"]
+
+
+@pytest.fixture
+async def server(trackly: Trackly) -> AsyncIterator[str]:
+    registry.register("echo", EchoDriver)
+    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
+    api.setup(app, trackly)
+    srv = TestServer(app, host="127.0.0.1")
+    await srv.start_server()
+    yield str(srv.make_url("")).rstrip("/")
+    await srv.close()
+
+
+@pytest.fixture
+async def client(trackly: Trackly) -> AsyncIterator[TestClient[Any, Any]]:
+    registry.register("echo", EchoDriver)
+    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
+    api.setup(app, trackly)
+    async with TestClient(TestServer(app)) as cl:
+        yield cl
+
+
+async def _post_raw(cl: TestClient[Any, Any], path: str, raw: str) -> tuple[int, Any]:
+    r = await cl.post(f"/api/v1{path}", data=raw.encode(), headers=H)
+    return r.status, await r.json()
+
+
+@pytest.mark.parametrize("huge", HUGE)
+async def test_infinite_numbers_are_422(client: TestClient[Any, Any], trackly: Trackly, huge: str) -> None:
+    ids = await seed(client)
+    cases = [
+        ("/accounts", '{"name": "a", "balance": %s}', "body.balance"),
+        (
+            "/sending-lists",
+            f'{{"account_id": {ids["account"]}, "name": "l", "driver": "echo", "from_number": "+15550001111", '
+            '"price_per_segment": %s}',
+            "body.price_per_segment",
+        ),
+        (
+            "/sending-lists",
+            f'{{"account_id": {ids["account"]}, "name": "l", "driver": "echo", "from_number": "+15550001111", '
+            '"cooldown_minutes": %s}',
+            "body.cooldown_minutes",
+        ),
+        (
+            "/creatives",
+            f'{{"account_id": {ids["account"]}, "name": "c", "variants": [{{"key": "a", "body": "hi", "weight": '
+            "%s}]}",
+            "body.variants.0.weight",
+        ),
+        (
+            f"/sending-lists/{ids['list']}/contacts",
+            '{"contacts": [{"phone": "+12125550100", "attributes": {"score": %s}}]}',
+            "body.contacts.0.attributes.score",
+        ),
+        (
+            f"/sending-lists/{ids['list']}/contacts",
+            '{"contacts": [{"phone": "+12125550100", "attributes": {"nested": {"x": [1, %s]}}}]}',
+            None,
+        ),
+    ]
+    before = {name: await trackly.db[name].count_documents({}) for name in (c.ACCOUNTS, c.SENDING_LISTS, c.CONTACTS)}
+    for path, template, loc in cases:
+        status, data = await _post_raw(client, path, template.replace("%s", huge))
+        assert status == 422, (path, data)
+        if loc:
+            assert data["details"][0]["loc"] == loc
+    after = {name: await trackly.db[name].count_documents({}) for name in (c.ACCOUNTS, c.SENDING_LISTS, c.CONTACTS)}
+    assert after == before
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+async def test_nan_literals_are_refused(client: TestClient[Any, Any], literal: str) -> None:
+    status, _ = await _post_raw(client, "/accounts", f'{{"name": "a", "balance": {literal}}}')
+    assert status in (400, 422)
+
+
+async def test_405_carries_allow(client: TestClient[Any, Any]) -> None:
+    r = await client.delete("/api/v1/accounts", headers=H)
+    assert r.status == 405 and set(r.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    r = await client.put("/api/v1/accounts/1", headers=H)
+    assert r.status == 405 and "GET" in r.headers["Allow"]
+
+
+async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
+    """Random JSON shapes and values on every POST route: 4xx or 2xx, never 5xx."""
+    ids = await seed(client)
+    rng = random.Random(20261130)
+    atoms: list[Any] = [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        2**63,
+        -(2**63) - 1,
+        1.5,
+        "1e999999",
+        "",
+        "x" * 5000,
+        "\u0000",
+        "+12125550100",
+        [],
+        {},
+        ids["account"],
+        ids["list"],
+        "é",
+        1e308,
+        -0.0,
+    ]
+
+    def value(depth: int = 0) -> Any:
+        roll = rng.random()
+        if depth > 3 or roll < 0.6:
+            return rng.choice(atoms)
+        if roll < 0.8:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {
+            rng.choice(
+                [
+                    "name",
+                    "phone",
+                    "attributes",
+                    "weight",
+                    "balance",
+                    "x",
+                    "variants",
+                    "contacts",
+                    "key",
+                    "body",
+                    "filter",
+                    "schedule",
+                ]
+            ): value(depth + 1)
+            for _ in range(rng.randint(0, 4))
+        }
+
+    paths = [
+        "/accounts",
+        "/sending-lists",
+        "/audiences",
+        "/creatives",
+        "/campaigns",
+        f"/sending-lists/{ids['list']}/contacts",
+    ]
+    for _ in range(150):
+        path = rng.choice(paths)
+        body = (
+            value()
+            if rng.random() < 0.3
+            else {
+                k: value()
+                for k in rng.sample(
+                    [
+                        "name",
+                        "account_id",
+                        "sending_list_id",
+                        "driver",
+                        "from_number",
+                        "balance",
+                        "webhook_url",
+                        "contacts",
+                        "variants",
+                        "audience_ids",
+                        "creative_id",
+                        "filter",
+                        "price_per_segment",
+                        "schedule",
+                    ],
+                    rng.randint(1, 6),
+                )
+            }
+        )
+        raw = json.dumps(body)
+        if rng.random() < 0.2:  # a number beyond float range somewhere
+            raw = raw.replace("1.5", "1e999999")
+        r = await client.post(f"/api/v1{path}", data=raw.encode(), headers=H)
+        assert r.status < 500, (path, raw[:300], await r.text())
+
+
+async def test_unterminated_quote_rejects_only_its_line(
+    server: str,
+    trackly: Trackly,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A quote left open is a rejected row (by line number); the rows after it are still imported."""
+    await setup_list(trackly)
+    f = tmp_path / "c.csv"
+    f.write_text(
+        'phone,first_name,tier\n+12125550100,Ann,gold\n+12125550101,"Bob,silver\n'
+        '+12125550102,Cy,bronze\n+12125550103,"Di"x,gold\n+12125550104,"Ed, Jr.",gold\n'
+    )
+    assert await run(server, "contacts", "import", str(f), "--list", "1") == 0
+    out = capsys.readouterr().out
+    assert "inserted 3, updated 0, rejected 2" in out, out
+    assert "line 3: malformed CSV line" in out and "line 5: malformed CSV line" in out
+    phones = sorted([d["phone"] async for d in trackly.db[c.CONTACTS].find({})])
+    assert phones == ["+12125550100", "+12125550102", "+12125550104"]
+    assert (await trackly.db[c.CONTACTS].find_one({"phone": "+12125550104"}))["first_name"] == "Ed, Jr."
