@@ -221,3 +221,18 @@ async def test_a_provider_id_already_recorded_is_not_trusted(
         await trackly.close(close_store=False)
     assert counts["unknown"] == 1 and not counts["found"] and not counts["released"]
     assert await no_response(store) == [second] and len(fakes["twilio"].ledger) == 1
+
+
+async def test_a_message_being_redriven_is_left_alone(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """An operator's dead-letter re-drive (redrive.py) owns the messages it marked: no look-up, no release."""
+    ids = await seed(store, 2)
+    fakes["infobip"].script(Behaviour("reset_before"))
+    trackly = await daemon(settings, store, fakes)
+    try:
+        await Coordinator(trackly).run_until_idle()
+        await store.db[c.FAILED].update_one({"_id": ids[0]}, {"$set": {"redrive_token": "operator:1"}})
+        counts = await Reconciler(trackly).run_until_idle()
+    finally:
+        await trackly.close(close_store=False)
+    assert counts["released"] == 1 and counts["lookups"] == 1
+    assert await no_response(store) == [ids[0]] and await ids_in(store, c.QUEUED) == [ids[1]]

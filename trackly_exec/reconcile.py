@@ -90,7 +90,16 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     col = trackly.store[c.FAILED]
     await _finish_releases(trackly, now, out)
     due = (
-        await col.find({"reason": NO_RESPONSE, "reconcile_state": "pending", "reconcile_at": {"$lte": now}}, {"_id": 1})
+        await col.find(
+            # a message an operator is re-driving (redrive.py) is theirs
+            {
+                "reason": NO_RESPONSE,
+                "reconcile_state": "pending",
+                "reconcile_at": {"$lte": now},
+                "redrive_token": {"$eq": None},
+            },
+            {"_id": 1},
+        )
         .sort("reconcile_at", 1)
         .limit(cfg.batch_size)
         .to_list(None)
@@ -100,7 +109,12 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     token = f"{trackly.instance}-reconcile:{uuid.uuid4().hex}"
     lease = now + dt.timedelta(seconds=cfg.lease_seconds)
     await col.update_many(
-        {"_id": {"$in": [d["_id"] for d in due]}, "reconcile_state": "pending", "reconcile_at": {"$lte": now}},
+        {
+            "_id": {"$in": [d["_id"] for d in due]},
+            "reconcile_state": "pending",
+            "reconcile_at": {"$lte": now},
+            "redrive_token": {"$eq": None},
+        },
         {"$set": {"reconcile_at": lease, "reconcile_by": token}},
     )
     docs = await col.find({"reconcile_by": token, "reason": NO_RESPONSE, "reconcile_state": "pending"}).to_list(None)
