@@ -1,116 +1,20 @@
-"""The scheduler: cron in the campaign's timezone (DST-correct), occurrences, validation, lateness, resume."""
+"""The scheduler: due campaigns to executions exactly once, validation, lateness, resume (cron itself: test_cron.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from trackly_exec.cron import CronError, parse
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.models import QueuedTextMessage, utcnow
+from trackly_exec.scheduler import CampaignNotFound, Scheduler, trigger
 
-NY = ZoneInfo("America/New_York")
-UTC = dt.UTC
-
-
-def _local(xs: list[dt.datetime], tz: ZoneInfo = NY) -> list[str]:
-    return [x.astimezone(tz).strftime("%m-%d %H:%M%z") for x in xs]
-
-
-def test_cron_daily_spring_forward_runs_once() -> None:
-    """A 02:30 daily cron runs once on the spring-forward day (at 03:30 local) and at 02:30 on the days around it."""
-    start = dt.datetime(2026, 3, 7, 0, tzinfo=UTC)
-    got = parse("30 2 * * *").occurrences(start, start + dt.timedelta(days=3), "America/New_York")
-    assert _local(got) == ["03-07 02:30-0500", "03-08 03:30-0400", "03-09 02:30-0400"]
-
-
-def test_cron_daily_fall_back_runs_once() -> None:
-    """A 01:30 daily cron runs once on the fall-back day, at the first 01:30."""
-    start = dt.datetime(2026, 10, 31, 12, tzinfo=UTC)
-    got = parse("30 1 * * *").occurrences(start, start + dt.timedelta(days=2), "America/New_York")
-    assert _local(got) == ["11-01 01:30-0400", "11-02 01:30-0500"]
-
-
-def test_cron_interval_keeps_its_interval_across_dst() -> None:
-    """An hour-wildcard cron keeps firing every interval through both transitions, never twice at one instant."""
-    fall = dt.datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # 00:00 EDT
-    got = parse("*/30 * * * *").occurrences(fall, fall + dt.timedelta(hours=4), "America/New_York")
-    assert [b - a for a, b in itertools.pairwise(got)] == [dt.timedelta(minutes=30)] * (len(got) - 1) and len(got) == 8
-    spring = dt.datetime(2026, 3, 8, 5, 0, tzinfo=UTC)  # 00:00 EST
-    got = parse("0 * * * *").occurrences(spring, spring + dt.timedelta(hours=4), "America/New_York")
-    assert _local(got) == ["03-08 01:00-0500", "03-08 03:00-0400", "03-08 04:00-0400", "03-08 05:00-0400"]
-
-
-def test_cron_fields() -> None:
-    """Lists, ranges, steps, names, Sunday as 0 or 7, and day-of-month OR day-of-week."""
-    t = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC)  # a Thursday
-    assert parse("0 9 * * mon-fri").next_after(t, "UTC") == dt.datetime(2026, 1, 1, 9, tzinfo=UTC)
-    assert parse("0 9 * * 7").next_after(t, "UTC") == dt.datetime(2026, 1, 4, 9, tzinfo=UTC)
-    assert parse("0 9 * * 0").next_after(t, "UTC") == dt.datetime(2026, 1, 4, 9, tzinfo=UTC)
-    assert parse("15,45 8-18/5 * * *").next_after(t, "UTC") == dt.datetime(2026, 1, 1, 8, 15, tzinfo=UTC)
-    assert parse("0 0 13 * fri").next_after(t, "UTC") == dt.datetime(2026, 1, 2, tzinfo=UTC)  # Friday 2nd
-    assert parse("0 12 29 feb *").next_after(t, "UTC") == dt.datetime(2028, 2, 29, 12, tzinfo=UTC)
-    assert parse("@monthly").next_after(t, "Europe/Paris") == dt.datetime(2026, 1, 31, 23, tzinfo=UTC)
-    assert parse("0 0 * * *").next_after(dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC), "UTC") == dt.datetime(
-        2026, 1, 2, tzinfo=UTC
-    )  # strictly after
-
-
-def test_cron_cronsim_extensions_and_aliases() -> None:
-    """cronsim's L (last day / last weekday of the month) and # (nth weekday), and the @ aliases."""
-    t = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
-    assert parse("0 0 L * *").next_after(t, "UTC") == dt.datetime(2026, 1, 31, tzinfo=UTC)
-    assert parse("0 0 * * 5L").next_after(t, "UTC") == dt.datetime(2026, 1, 30, tzinfo=UTC)
-    assert parse("0 9 * * 1#2").next_after(t, "UTC") == dt.datetime(2026, 1, 12, 9, tzinfo=UTC)
-    assert parse("@daily").next_after(t, "UTC") == dt.datetime(2026, 1, 2, tzinfo=UTC)
-    assert parse("@HOURLY").next_after(t, "UTC") == dt.datetime(2026, 1, 1, 1, tzinfo=UTC)
-
-
-def test_cron_dst_southern_hemisphere() -> None:
-    """Sydney: 02:30 is skipped on 2026-10-04 (runs at 03:30) and happens twice on 2026-04-05 (runs once)."""
-    syd = ZoneInfo("Australia/Sydney")
-    start = dt.datetime(2026, 10, 2, 12, tzinfo=UTC)
-    got = parse("30 2 * * *").occurrences(start, start + dt.timedelta(days=3), "Australia/Sydney")
-    assert _local(got, syd) == ["10-03 02:30+1000", "10-04 03:30+1100", "10-05 02:30+1100"]
-    start = dt.datetime(2026, 4, 3, 12, tzinfo=UTC)
-    got = parse("30 2 * * *").occurrences(start, start + dt.timedelta(days=3), "Australia/Sydney")
-    assert _local(got, syd) == ["04-04 02:30+1100", "04-05 02:30+1100", "04-06 02:30+1000"]
-
-
-@pytest.mark.parametrize(
-    "expr",
-    [
-        "* * * *",
-        "60 * * * *",
-        "* 24 * * *",
-        "*/0 * * * *",
-        "5-1 * * * *",
-        "x * * * *",
-        "0 0 31 feb *",
-        "0 0 * * 8",
-        "1,,2 * * * *",
-        "0 0 1 * * *",  # cronsim reads six fields as seconds-first: we accept only five
-        "@often",
-    ],
-)
-def test_cron_rejects(expr: str) -> None:
-    """Malformed expressions are refused with a CronError."""
-    with pytest.raises(CronError):
-        parse(expr)
-
-
-# --------------------------------------------------------------------------------------------- the scheduler
-
-from typing import Any  # noqa: E402
-
-from trackly_exec import constants as c  # noqa: E402
-from trackly_exec.app import Trackly  # noqa: E402
-from trackly_exec.models import QueuedTextMessage, utcnow  # noqa: E402
-from trackly_exec.scheduler import CampaignNotFound, Scheduler, trigger  # noqa: E402
-
-from .campaign_fixtures import contact, register_echo, seed_campaign, zone_where  # noqa: E402
+from .campaign_fixtures import contact, register_echo, seed_campaign, zone_where
 
 
 async def test_trigger_counts_every_filter(trackly: Trackly) -> None:
