@@ -203,3 +203,26 @@ async def _client(app: Trackly) -> TestClient[Any, Any]:
     web_app = web.Application(client_max_size=app.settings.http.max_body_bytes)
     api.setup(web_app, app)
     return TestClient(TestServer(web_app))
+
+
+async def test_invalid_stored_list_is_logged_without_its_values(settings: Settings, store: Store) -> None:
+    """A stored list the executor cannot read is logged by field and problem, never with its values."""
+    import structlog
+
+    from trackly_exec.coordinator import Coordinator
+
+    from .executor_support import seed
+
+    await seed(store, 1)
+    await store.db[c.SENDING_LISTS].update_one(
+        {"_id": 1}, {"$set": {"rate_limit_per_minute": "s3cr3t-rate", "driver_settings": {"api_key": "s3cr3t-key"}}}
+    )
+    app = await Trackly.open(_with_infobip(settings), store=store)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await Coordinator(app).list_info(1)
+    finally:
+        await app.close(close_store=False)
+    invalid = [e for e in logs if e["event"] == "sending_list_invalid"]
+    assert invalid and "rate_limit_per_minute" in invalid[0]["error"]
+    assert "s3cr3t" not in str(logs)

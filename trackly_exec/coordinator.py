@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from . import checks, claims, quiethours, recovery
 from . import constants as c
 from .app import Trackly
@@ -82,7 +84,10 @@ class Coordinator:
             try:
                 lst = SendingList.from_doc(doc)
             except ValueError as exc:  # pydantic's ValidationError: a list the executor cannot use
-                log.error("sending_list_invalid", sending_list_id=list_id, error=str(exc))
+                # the fields and problems only: str(ValidationError) carries the input (driver_settings...)
+                errors = exc.errors(include_input=False) if isinstance(exc, ValidationError) else []
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+                log.error("sending_list_invalid", sending_list_id=list_id, error=problems or type(exc).__name__)
                 self._lists[list_id] = (time.monotonic(), None)
                 return None
             if lst.active:
