@@ -176,9 +176,10 @@ async def test_reservation_rules(trackly: Trackly) -> None:
             res("+8", "x8"),  # held, nowhere, just reserved (being queued) -> blocked
             res("+9", "x9", reserved_at=old),  # held, nowhere for 2 h (evaluator died) -> free
             res("+10", "mine"),  # ours (a resumed evaluation) -> kept
+            res("+12", "rq", "sent", old),  # sent 2 h ago but queued again (released for a resend) -> blocked
         ]
     )
-    await db[c.QUEUED].insert_one({"_id": "q1", "execution_id": 1})
+    await db[c.QUEUED].insert_many([{"_id": "q1", "execution_id": 1}, {"_id": "rq", "execution_id": 1}])
     await db[c.SENT].insert_many([{"_id": "r4", "timestamp": now}, {"_id": "r5", "timestamp": old}])
     await db[c.FAILED].insert_many(
         [
@@ -186,9 +187,9 @@ async def test_reservation_rules(trackly: Trackly) -> None:
             {"_id": "n7", "reason": "NO_RESPONSE", "ambiguous": True, "failed_at": now},
         ]
     )
-    phones = [f"+{i}" for i in range(1, 12)]
+    phones = [f"+{i}" for i in range(1, 13)]
     view = await reservations.lookup(db, 1, phones, ["mine"], cutoff, now)
-    assert view.blocked == {"+1", "+2", "+4", "+7", "+8"}
+    assert view.blocked == {"+1", "+2", "+4", "+7", "+8", "+12"}
     assert set(view.takeover) == {"1:+3", "1:+5", "1:+6", "1:+9"}
     assert view.ours == {"1:+10"}
     msgs = [{"_id": f"new{p}", "sending_list_id": 1, "to_number": p} for p in ["+3", "+6", "+9", "+10", "+11"]]

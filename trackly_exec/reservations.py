@@ -11,9 +11,9 @@ One document per (list, phone) in ``send_reservations`` (only for lists with a c
   taken over by a conditional update on the message that held it. The batch's reservations are then read back:
   a message is queued only if its reservation names it. A few round trips per batch, never one per contact.
 * **blocking**: another message's reservation blocks the phone (the contact is skipped as ``frequency_cap``)
-  while it is ``held`` by a message that is still queued (whatever its sendtime: quiet-hours holds, billing
-  backoffs and pauses included), or ``sent`` less than the list's current cooldown ago. ``sent_at`` counts from
-  the send, not from the queuing.
+  while its message is queued (whatever its sendtime: quiet-hours holds, billing backoffs and pauses included;
+  also a message queued again after a send attempt: a NO_RESPONSE released for a resend by reconciliation), or
+  ``sent`` less than the list's current cooldown ago. ``sent_at`` counts from the send, not from the queuing.
 * **settling** (the executor, :func:`settle`, called wherever MessageSent / FailedMessage records are
   written): a MessageSent or an ambiguous FailedMessage (NO_RESPONSE: the provider may have accepted it) turns
   the reservation to ``sent`` with ``sent_at``; a FailedMessage of a message that was never sent deletes it.
@@ -105,6 +105,7 @@ async def lookup(
     mine = set(ours)
     docs = await db[c.RESERVATIONS].find({"_id": {"$in": keys}}).to_list(None)
     held: list[dict[str, Any]] = []
+    expired: list[dict[str, Any]] = []
     for d in docs:
         if d.get("message_id") in mine:
             view.ours.add(d["_id"])
@@ -113,9 +114,18 @@ async def lookup(
             if isinstance(sent_at, dt.datetime) and sent_at >= cutoff:
                 view.blocked.add(d["to_number"])
             else:
-                view.takeover[d["_id"]] = d
+                expired.append(d)
         else:
             held.append(d)
+    if expired:  # sent long ago, unless queued again since (a NO_RESPONSE released for a resend, a re-drive)
+        again = {
+            q["_id"] async for q in db[c.QUEUED].find({"_id": {"$in": [d["message_id"] for d in expired]}}, {"_id": 1})
+        }
+        for d in expired:
+            if d["message_id"] in again:
+                view.blocked.add(d["to_number"])
+            else:
+                view.takeover[d["_id"]] = d
     if held:
         where = await _locate(db, [d["message_id"] for d in held])
         for d in held:
