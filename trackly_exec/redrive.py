@@ -218,17 +218,13 @@ async def redrive(
     if FailureReason.NO_RESPONSE in wanted:
         res.warnings.append(DUPLICATE_WARNING)
     await recover(trackly, now=now)
-    last = ""
-    while res.matched < limit:
-        cond = {**match, "_id": {**match.get("_id", {}), "$gt": last}} if last else dict(match)
-        docs = await db[c.FAILED].find(cond).sort("_id", 1).limit(min(BATCH, limit - res.matched)).to_list(None)
-        if not docs:
-            break
-        last = docs[-1]["_id"]
+    # the ids first (one cursor, ids only), then the records batch by batch by _id: no re-scan per batch, and the
+    # cursor is not read while the batches delete what it walks
+    ids = [d["_id"] async for d in db[c.FAILED].find(dict(match), {"_id": 1}).limit(limit).batch_size(10_000)]
+    for k in range(0, len(ids), BATCH):
+        docs = await db[c.FAILED].find({"_id": {"$in": ids[k : k + BATCH]}}).to_list(None)
         res.matched += len(docs)
         await _redrive_batch(trackly, docs, wanted, allow_duplicates, dry_run, now, res)
-        if len(docs) < BATCH:
-            break
     log.info(
         "dead_letters_redriven",
         matched=res.matched,
@@ -305,10 +301,13 @@ async def _redrive_batch(
     ids = [d["_id"] for d, _, _ in go]
     await db[c.REDRIVES].insert_one({"_id": token, "ids": ids, "at": now})
     # 1. mark (only unmarked records: a concurrent re-drive of the same message gets none of them)
-    await db[c.FAILED].update_many(
+    marking = await db[c.FAILED].update_many(
         {"_id": {"$in": ids}, "redrive_token": {"$eq": None}}, {"$set": {"redrive_token": token, "redrive_at": now}}
     )
-    marked = {d["_id"] async for d in db[c.FAILED].find({"_id": {"$in": ids}, "redrive_token": token}, {"_id": 1})}
+    if marking.modified_count == len(ids):  # all of them (the usual case): no read-back
+        marked = set(ids)
+    else:
+        marked = {d["_id"] async for d in db[c.FAILED].find({"_id": {"$in": ids}, "redrive_token": token}, {"_id": 1})}
     res.skipped["redrive_in_progress"] += len(ids) - len(marked)
     go = [g for g in go if g[0]["_id"] in marked]
     if not go:
