@@ -152,7 +152,7 @@ async def test_driver_and_filter_validated(client: TestClient[Any, Any]) -> None
 
 
 async def test_unknown_ids_404_naming_which(client: TestClient[Any, Any]) -> None:
-    """Unknown path ids and referenced ids answer 404 naming the resource."""
+    """Unknown path ids answer 404 naming the resource; unknown ids in a body 422 naming them."""
     ids = await seed(client)
     for path in (
         "/accounts/999",
@@ -173,18 +173,19 @@ async def test_unknown_ids_404_naming_which(client: TestClient[Any, Any]) -> Non
         "audience_ids": [ids["audience"], 77],
         "creative_id": ids["creative"],
     }
+    # an unknown id inside a body is a 422 naming it (every one of them: see test_api_names)
     r = await client.post("/api/v1/campaigns", headers=H, json=camp)
-    assert r.status == 404 and "audience 77" in (await r.json())["message"]
+    assert r.status == 422 and "audience 77" in (await r.json())["message"]
     r = await client.post(
         "/api/v1/campaigns", headers=H, json={**camp, "audience_ids": [ids["audience"]], "creative_id": 55}
     )
-    assert r.status == 404 and "creative 55" in (await r.json())["message"]
+    assert r.status == 422 and "creative 55" in (await r.json())["message"]
     r = await client.post(
         "/api/v1/sending-lists",
         headers=H,
         json={"account_id": 42, "name": "x", "driver": "echo", "from_number": "+15550001111"},
     )
-    assert r.status == 404 and "account 42" in (await r.json())["message"]
+    assert r.status == 422 and "account 42" in (await r.json())["message"]
     r = await client.post("/api/v1/campaigns/999/trigger", headers=H)
     assert r.status == 404
 
@@ -321,7 +322,7 @@ async def test_pause_resume_trigger_stats(client: TestClient[Any, Any], trackly:
     r = await client.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
     assert r.status == 409
     assert (await post(client, f"/campaigns/{camp['id']}/resume", None, 200))["status"] == "active"
-    out = await post(client, f"/campaigns/{camp['id']}/trigger", None, 202)
+    out = await post(client, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
     r = await client.get(f"/api/v1/executions/{out['execution_id']}", headers=H)
     ex = await r.json()
     assert ex["campaign_id"] == camp["id"] and ex["counts"]["unique"] == 10
@@ -541,7 +542,7 @@ async def test_pause_holds_queued_messages_and_resume_sends_them(
             "quiet_hours_policy": "hold",
         },
     )
-    await post(client, f"/campaigns/{camp['id']}/trigger", None, 202)
+    await post(client, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
     queued = await trackly.db[c.QUEUED].count_documents({})
     assert queued > 0
     await post(client, f"/campaigns/{camp['id']}/pause", None, 200)

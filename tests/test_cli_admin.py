@@ -124,7 +124,7 @@ async def test_campaign_commands_and_stats(
     created = json.loads(capsys.readouterr().out)
     assert created["status"] == "active" and created["track_links"] is True
     assert await run(server, "campaign", "create", "--json", json.dumps({**spec, "creative_id": 9})) == 1
-    assert "creative 9 not found" in capsys.readouterr().err
+    assert "HTTP 422: creative 9 does not exist" in capsys.readouterr().err
     assert await run(server, "campaign", "pause", str(created["id"])) == 0
     assert "is paused" in capsys.readouterr().out
     assert await run(server, "campaign", "list") == 0

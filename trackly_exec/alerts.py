@@ -119,9 +119,27 @@ class Alerts:
                 continue
             extra = self._suppressed.pop(key, 0)
             self._last_sent[key] = now
+            await self._name(group[0])
             await self._post(self._format(group, extra))
             sent += 1
         return sent
+
+    async def _name(self, event: Event) -> None:
+        """Put the campaign's and the sending list's names first in the event's fields (not just their ids)."""
+        from .names import names
+
+        named: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            for field, coll, title in (
+                ("campaign_id", c.CAMPAIGNS, "campaign"),
+                ("sending_list_id", c.SENDING_LISTS, "sending list"),
+            ):
+                value = event.data.get(field)
+                if isinstance(value, int) and value > 0 and title not in event.data:
+                    name = (await names(self.trackly.db, coll, [value]))[value]
+                    named[title] = name if name == f"{title} {value}" else f"{name} ({value})"
+        if named:
+            event.data = {**named, **event.data}
 
     def _format(self, group: list[Event], suppressed: int) -> dict[str, Any]:
         head = group[0]

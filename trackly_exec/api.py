@@ -6,7 +6,8 @@ registers the aiohttp routes and generates the OpenAPI document (:mod:`trackly_e
 Errors are JSON ``{"error", "message", "details", "request_id"}``: 401 without a valid token, 400 for
 malformed JSON, 413 for a body above ``http.max_body_bytes`` (the bulk contacts route: 10,000 rows x 1 KiB, see
 :func:`import_body_limit`; the message names the limit), 422 for an invalid body (``details`` holds
-``{"loc": "body.field.path", "msg"}``), 404 for an unknown id (the message names which), 409 for an
+``{"loc": "body.field.path", "msg"}``, every problem at once, unknown ids named in the body included), 404 for
+an unknown id in the path (the message names which), 409 for an
 action the resource's state refuses, 503 while the store is unreachable. Anything unexpected is logged
 with a request id and answers 500.
 
@@ -20,6 +21,7 @@ import asyncio
 import hmac
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -112,6 +114,29 @@ def validation_error(exc: ValidationError, prefix: str = "body") -> ApiError:
 
 def field_error(loc: str, msg: str) -> ApiError:
     return ApiError(422, "validation", msg, [{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+class Problems:
+    """Collects every problem of a request body, then answers one 422 listing them all."""
+
+    def __init__(self) -> None:
+        self.details: list[dict[str, str]] = []
+
+    def add(self, loc: str, msg: str) -> None:
+        self.details.append({"loc": loc, "msg": msg, "type": "value_error"})
+
+    def __bool__(self) -> bool:
+        return bool(self.details)
+
+    def raise_if_any(self) -> None:
+        if self.details:
+            raise ApiError(422, "validation", "; ".join(d["msg"] for d in self.details[:10]), self.details[:50])
+
+
+def ids_text(noun: str, ids: list[int], limit: int = 20) -> str:
+    """``audience 3`` / ``audiences 3, 4`` / ``contacts 1, 2, ... (and 480 more)``."""
+    shown = ", ".join(map(str, ids[:limit])) + (f" (and {len(ids) - limit} more)" if len(ids) > limit else "")
+    return f"{noun}{'s' if len(ids) > 1 else ''} {shown}"
 
 
 def _reject_constant(name: str) -> Any:
@@ -239,16 +264,39 @@ async def page(request: web.Request, coll: str, out: Any, query: m.PageQuery, ma
     return _json({"items": items, "next_after": docs[-1]["_id"] if more else None})
 
 
-def read_routes(path: str, coll: str, out: Any, noun: str, article: str = "a") -> None:
-    """``GET {path}`` (paginated list) and ``GET {path}/{id}`` for a resource read as stored."""
+def name_match(query: m.PageQuery) -> dict[str, Any]:
+    """The store filter of a :class:`NamedQuery`: archived or not, and a name containing the text (any case).
+
+    ``archived`` is matched as ``$eq: True`` or ``$in: [False, None]`` (records made before archiving existed
+    have no such field)."""
+    match: dict[str, Any] = {}
+    if isinstance(query, m.NamedQuery):
+        match["archived"] = True if query.archived else {"$in": [False, None]}
+        if query.name:
+            match["name"] = {"$regex": re.escape(query.name), "$options": "i"}
+    return match
+
+
+def read_routes(
+    path: str,
+    coll: str,
+    out: Any,
+    noun: str,
+    article: str = "a",
+    *,
+    query: type[m.PageQuery] = m.PageQuery,
+    match: Callable[[Any], dict[str, Any]] = name_match,
+) -> None:
+    """``GET {path}`` (paginated list, filtered by ``query``) and ``GET {path}/{id}`` for a resource read as stored."""
 
     async def list_all(request: web.Request) -> web.Response:
-        return await page(request, coll, out, read_query(request, m.PageQuery), {})
+        q = read_query(request, query)
+        return await page(request, coll, out, q, match(q))
 
     async def get_one(request: web.Request) -> web.Response:
         return _json(out.from_doc(await get_or_404(_tr(request), coll, path_id(request, noun), noun)))
 
-    route("GET", path, f"List {noun}s", query=m.PageQuery, response=m.Page[out])(list_all)
+    route("GET", path, f"List {noun}s", query=query, response=m.Page[out])(list_all)
     route("GET", f"{path}/{{id}}", f"Get {article} {noun}", response=out)(get_one)
 
 
@@ -355,7 +403,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 def build_subapp(trackly: Trackly) -> web.Application:
-    from . import api_campaigns, api_ops, api_resources  # noqa: F401  (they register their routes in ROUTES)
+    from . import api_campaigns, api_edit, api_ops, api_resources  # noqa: F401  (they register their routes)
 
     sub = web.Application(
         middlewares=[error_middleware, auth_middleware], client_max_size=app_body_limit(trackly.settings)

@@ -1,9 +1,12 @@
 """Admin API routes for accounts, sending lists, contacts, audiences and creatives (registered into
 :data:`trackly_exec.api.ROUTES`).
 
-Every referenced id is checked (404 naming which); a sending list's driver must build with its settings
-(``trackly.drivers.build``), an audience filter must compile (:func:`trackly_exec.audience.compile_filter`)
-and every creative variant body must be a valid template (:func:`trackly_exec.compose.check_body`), else 422.
+Every problem of a body is reported in one 422 (``details`` lists each): a referenced id that does not exist
+or is archived (an account, a sending list, an audience's contact ids, naming which), a sending list's driver
+that is not configured or does not build with its settings (``trackly.drivers.build``), a ``from_number``
+that is not a valid sender, an audience filter that does not compile
+(:func:`trackly_exec.audience.compile_filter`), a creative variant body that is not a valid template
+(:func:`trackly_exec.compose.check_body`). Unknown ids in the path are 404s.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from . import constants as c
 from .api import (
     IMPORT_ROW_BYTES,
     ApiError,
+    Problems,
     _json,
     _new_id,
     _tr,
     field_error,
     get_or_404,
+    ids_text,
     import_body_limit,
     page,
     path_id,
@@ -61,19 +66,37 @@ async def create_account(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------- sending lists
 
 
+def check_driver(trackly: Trackly, driver: str, driver_settings: dict[str, Any], problems: Problems) -> None:
+    """The list's driver must be configured (or installed) and build with the list's settings."""
+    try:
+        trackly.drivers.build(driver, driver_settings)
+    except DriverNotFound as exc:
+        configured = ", ".join(trackly.drivers.names()) or "none"
+        problems.add(
+            "body.driver",
+            f"driver {driver!r} is not configured (no [drivers.{driver}] in the config and no "
+            f"installed driver of that name; configured: {configured}): {exc}",
+        )
+    except ListOverrideError as exc:  # a driver setting a list may not override (the allow-list)
+        problems.add(f"body.driver_settings.{exc.key}", str(exc))
+    except Exception as exc:  # invalid settings (ConfigError), or a plugin that fails to build with them
+        where = "" if driver in trackly.drivers.names() else f" (no [drivers.{driver}] in the config)"
+        problems.add("body.driver_settings", f"driver {driver!r} cannot be built with these settings{where}: {exc}")
+
+
+async def check_account(trackly: Trackly, account_id: int, problems: Problems) -> None:
+    if await trackly.store[c.ACCOUNTS].find_one({"_id": account_id}, {"_id": 1}) is None:
+        problems.add("body.account_id", f"account {account_id} does not exist")
+
+
 @route("POST", "/sending-lists", "Create a sending list", body=m.SendingListIn, response=m.SendingListOut, status=201)
 async def create_sending_list(request: web.Request) -> web.Response:
     body = await read_body(request, m.SendingListIn)
     trackly = _tr(request)
-    await get_or_404(trackly, c.ACCOUNTS, body.account_id, "account")
-    try:
-        trackly.drivers.build(body.driver, body.driver_settings)
-    except DriverNotFound as exc:
-        raise field_error("body.driver", str(exc)) from exc
-    except ListOverrideError as exc:
-        raise field_error(f"body.driver_settings.{exc.key}", str(exc)) from exc
-    except Exception as exc:  # invalid settings (ConfigError), or a plugin that fails to build with them
-        raise field_error("body.driver_settings", str(exc)) from exc
+    problems = Problems()
+    await check_account(trackly, body.account_id, problems)
+    check_driver(trackly, body.driver, body.driver_settings, problems)
+    problems.raise_if_any()
     doc = {"_id": await _new_id(trackly, c.SENDING_LISTS), **body.model_dump(), "created_at": utcnow()}
     await trackly.store[c.SENDING_LISTS].insert_one(doc)
     return _json(m.SendingListOut.from_doc(doc), 201)
@@ -134,19 +157,53 @@ async def get_contact(request: web.Request) -> web.Response:
 async def create_audience(request: web.Request) -> web.Response:
     body = await read_body(request, m.AudienceIn)
     trackly = _tr(request)
-    await get_or_404(trackly, c.SENDING_LISTS, body.sending_list_id, "sending list")
-    if body.filter is not None:
-        from .audience import compile_filter
-
-        try:
-            compile_filter(body.filter)
-        except (ValueError, TypeError, TracklyError) as exc:
-            path = getattr(exc, "path", "filter")
-            raise field_error(f"body.{path}", str(exc)) from exc
+    problems = Problems()
+    await check_audience(trackly, body.sending_list_id, body.filter, body.contact_ids, problems)
+    problems.raise_if_any()
     doc = {"_id": await _new_id(trackly, c.AUDIENCES), **body.model_dump()}
     doc["filter"] = _undollar(doc["filter"])
     await trackly.store[c.AUDIENCES].insert_one(doc)
     return _json(m.AudienceOut.from_doc(doc), 201)
+
+
+CONTACT_CHECK_CHUNK = 10_000
+
+
+async def check_audience(
+    trackly: Trackly, list_id: int, flt: dict[str, Any] | None, contact_ids: list[int] | None, problems: Problems
+) -> None:
+    """The list exists (and is not archived), the filter compiles, every contact id is a contact of the list."""
+    lst = await trackly.store[c.SENDING_LISTS].find_one({"_id": list_id}, {"archived": 1})
+    if lst is None:
+        problems.add("body.sending_list_id", f"sending list {list_id} does not exist")
+    elif lst.get("archived"):
+        problems.add("body.sending_list_id", f"sending list {list_id} is archived")
+    if flt is not None:
+        from .audience import compile_filter
+
+        try:
+            compile_filter(flt)
+        except (ValueError, TypeError, TracklyError) as exc:
+            path = getattr(exc, "path", "filter")
+            problems.add(f"body.{path}", str(exc))
+    if contact_ids:
+        wanted = list(dict.fromkeys(contact_ids))
+        where: dict[int, int] = {}
+        for i in range(0, len(wanted), CONTACT_CHECK_CHUNK):
+            chunk = wanted[i : i + CONTACT_CHECK_CHUNK]
+            async for d in trackly.store[c.CONTACTS].find({"_id": {"$in": chunk}}, {"sending_list_id": 1}):
+                where[int(d["_id"])] = int(d["sending_list_id"])
+        missing = [x for x in wanted if x not in where]
+        if missing:
+            problems.add(
+                "body.contact_ids", f"{ids_text('contact', missing)} {'do' if len(missing) > 1 else 'does'} not exist"
+            )
+        foreign = [x for x in wanted if x in where and where[x] != list_id]
+        if foreign and lst is not None:
+            problems.add(
+                "body.contact_ids",
+                f"{ids_text('contact', foreign)} {'are' if len(foreign) > 1 else 'is'} not on sending list {list_id}",
+            )
 
 
 def _undollar(node: Any) -> Any:
@@ -167,24 +224,26 @@ def _undollar(node: Any) -> Any:
 async def create_creative(request: web.Request) -> web.Response:
     body = await read_body(request, m.CreativeIn)
     trackly = _tr(request)
-    from .compose import check_body
-
-    problems = [
-        {"loc": f"body.variants.{i}.body", "msg": p, "type": "value_error"}
-        for i, v in enumerate(body.variants)
-        for p in check_body(v.body)
-    ]
-    if problems:
-        raise ApiError(422, "validation", problems[0]["msg"], problems)
-    await get_or_404(trackly, c.ACCOUNTS, body.account_id, "account")
+    problems = Problems()
+    check_variants(body.variants, problems)
+    await check_account(trackly, body.account_id, problems)
+    problems.raise_if_any()
     doc = {"_id": await _new_id(trackly, c.CREATIVES), **body.model_dump()}
     await trackly.store[c.CREATIVES].insert_one(doc)
     return _json(m.CreativeOut.from_doc(doc), 201)
 
 
+def check_variants(variants: list[Any], problems: Problems) -> None:
+    from .compose import check_body
+
+    for i, v in enumerate(variants):
+        for p in check_body(v.body):
+            problems.add(f"body.variants.{i}.body", p)
+
+
 # --------------------------------------------------------------------------------------------- reads
 
 read_routes("/accounts", c.ACCOUNTS, m.AccountOut, "account", "an")
-read_routes("/sending-lists", c.SENDING_LISTS, m.SendingListOut, "sending list")
-read_routes("/audiences", c.AUDIENCES, m.AudienceOut, "audience", "an")
-read_routes("/creatives", c.CREATIVES, m.CreativeOut, "creative")
+read_routes("/sending-lists", c.SENDING_LISTS, m.SendingListOut, "sending list", query=m.NamedQuery)
+read_routes("/audiences", c.AUDIENCES, m.AudienceOut, "audience", "an", query=m.NamedQuery)
+read_routes("/creatives", c.CREATIVES, m.CreativeOut, "creative", query=m.NamedQuery)

@@ -19,7 +19,12 @@ from .quiethours import check_timezone
 
 MASK = "**********"
 _SECRETISH = ("key", "token", "secret", "password", "auth", "sid", "url", "uri", "user")
-_SENDER = re.compile(r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")
+_SHORT_CODE = re.compile(r"^[0-9]{3,8}$")
+_ALPHA_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ._&-]{1,11}$")
+SENDER_RULE = (
+    "must be an E.164 number (+ and 8 to 15 digits), a short code (3 to 8 digits) or an alphanumeric "
+    "sender id of at most 11 characters with at least one letter"
+)
 _ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 MAX_PAGE = 1000
 INT64_MAX = 2**63 - 1
@@ -87,6 +92,47 @@ class PageQuery(Body):
     after: int = Field(
         0, ge=0, le=INT64_MAX, description="Only items with an id greater than this (the previous page's next_after)."
     )
+
+
+class NamedQuery(PageQuery):
+    """List filters of named resources (sending lists, audiences, creatives, campaigns)."""
+
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="Only items whose name contains this text (any case)."
+    )
+    archived: bool = Field(False, description="false: only active items (the default); true: only archived ones.")
+
+
+def check_sender(v: str) -> str:
+    """A valid sender: an E.164 number, a short code or an alphanumeric sender id (ValueError otherwise)."""
+    import phonenumbers
+
+    v = v.strip()
+    if v.startswith("+"):
+        digits = v[1:]
+        ok = digits.isdigit() and 8 <= len(digits) <= 15
+        if ok:
+            try:
+                ok = phonenumbers.is_possible_number(phonenumbers.parse(v, None))
+            except phonenumbers.NumberParseException:
+                ok = False
+        if not ok:
+            raise ValueError(f"{v!r} is not a possible E.164 number; {SENDER_RULE}")
+        return v
+    if v.isdigit():
+        if not _SHORT_CODE.match(v):
+            raise ValueError(f"{v!r}: a long number needs its + and country code; {SENDER_RULE}")
+        return v
+    if not _ALPHA_SENDER.match(v):
+        raise ValueError(SENDER_RULE)
+    return v
+
+
+def named(doc: dict[str, Any], noun: str) -> dict[str, Any]:
+    """``doc`` as an Out model's input: ``id`` from ``_id``, the default name for a record without one."""
+    from .names import name_of
+
+    return {**doc, "id": doc["_id"], "name": name_of(doc, noun)}
 
 
 # --------------------------------------------------------------------------------------------- accounts
@@ -184,13 +230,12 @@ class SendingListIn(Body):
     active: bool = True
     opt_out_footer: str | None = Field(None, max_length=160)
     help_text: str | None = Field(None, max_length=320)
+    description: str | None = Field(None, max_length=2000)
 
     @field_validator("from_number")
     @classmethod
     def _sender(cls, v: str) -> str:
-        if not _SENDER.match(v):
-            raise ValueError("must be an E.164 number or an alphanumeric sender id of up to 11 characters")
-        return v
+        return check_sender(v)
 
 
 class SendingListOut(Out):
@@ -208,12 +253,14 @@ class SendingListOut(Out):
     active: bool = True
     opt_out_footer: str | None = None
     help_text: str | None = None
+    description: str | None = None
+    archived: bool = False
     created_at: dt.datetime | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SendingListOut:
         return cls.model_validate(
-            {**doc, "id": doc["_id"], "driver_settings": mask_secrets(doc.get("driver_settings") or {})}
+            {**named(doc, "sending list"), "driver_settings": mask_secrets(doc.get("driver_settings") or {})}
         )
 
 
@@ -341,6 +388,7 @@ class AudienceIn(Body):
     contact_ids: list[int] | None = Field(
         None, max_length=1_000_000, description="Explicit contact ids instead of a filter."
     )
+    description: str | None = Field(None, max_length=2000)
 
     @model_validator(mode="after")
     def _one_of(self) -> AudienceIn:
@@ -355,10 +403,12 @@ class AudienceOut(Out):
     name: str = ""
     filter: dict[str, Any] | None = None
     contact_ids: list[int] | None = None
+    description: str | None = None
+    archived: bool = False
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> AudienceOut:
-        return cls.model_validate({**doc, "id": doc["_id"]})
+        return cls.model_validate(named(doc, "audience"))
 
 
 # --------------------------------------------------------------------------------------------- creatives
@@ -398,6 +448,7 @@ class CreativeIn(Body):
     selection: Literal["split", "learned"] = Field(
         "split", description="split: by weight; learned: Thompson sampling on clicks."
     )
+    description: str | None = Field(None, max_length=2000)
 
     @field_validator("variants")
     @classmethod
@@ -416,22 +467,116 @@ class CreativeOut(Out):
     name: str = ""
     variants: list[Variant] = Field(default_factory=list)
     selection: str = "split"
+    description: str | None = None
+    archived: bool = False
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> CreativeOut:
-        return cls.model_validate({**doc, "id": doc["_id"]})
+        return cls.model_validate(named(doc, "creative"))
+
+
+class SendingListPatch(Body):
+    """What may change on a sending list (any time: queued messages keep what they were composed with). The
+    driver and its settings are not changed here: create a new list."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "US promos (new number)", "from_number": "+15550100998", "blocked_words": ["casino"]}]
+        },
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    from_number: str | None = None
+    rate_limit_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    cooldown_minutes: float | None = Field(None, ge=0, le=525_600)
+    quiet_hours: QuietHoursIn | None = None
+    blocked_words: list[str] | None = Field(None, max_length=10_000)
+    price_per_segment: float | None = Field(None, ge=0)
+    active: bool | None = None
+    opt_out_footer: str | None = Field(None, max_length=160)
+    help_text: str | None = Field(None, max_length=320)
+
+    @field_validator("from_number")
+    @classmethod
+    def _sender(cls, v: str | None) -> str | None:
+        return None if v is None else check_sender(v)
+
+
+class AudiencePatch(Body):
+    """What may change on an audience: name and description always; its contacts only while no execution that
+    uses it is running."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "Gold tier (NY)", "filter": {"attributes.tier": {"eq": "gold"}}}]},
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    filter: dict[str, Any] | None = None
+    contact_ids: list[int] | None = Field(None, max_length=1_000_000)
+
+    @model_validator(mode="after")
+    def _not_both(self) -> AudiencePatch:
+        if self.filter is not None and self.contact_ids is not None:
+            raise ValueError("give at most one of filter or contact_ids")
+        return self
+
+
+class CreativePatch(Body):
+    """What may change on a creative: name and description always; variants and selection only while no
+    running execution uses it (409 naming the execution otherwise)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "variants": [
+                        {
+                            "key": "a",
+                            "body": "Hi {first_name|there}! 25% off today: https://shop.example.com/spring",
+                            "weight": 1,
+                        }
+                    ]
+                }
+            ]
+        },
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    variants: list[Variant] | None = Field(None, min_length=1, max_length=26)
+    selection: Literal["split", "learned"] | None = None
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[Variant] | None) -> list[Variant] | None:
+        return None if v is None else CreativeIn._variants(v)
 
 
 # Campaigns, executions and stats live in apimodels_campaigns.py; re-exported here so callers use one name.
 from .apimodels_campaigns import (  # noqa: E402
     CampaignIn,
     CampaignOut,
+    CampaignPatch,
+    CampaignPreviewIn,
+    CampaignQuery,
     CampaignStatsOut,
+    CampaignTestSendIn,
     ClickStats,
+    ContactEraseOut,
+    EstimateOut,
     ExecutionOut,
     ExecutionQuery,
+    PreviewIn,
+    PreviewOut,
     ScheduleIn,
     ScheduleOut,
+    TestSendIn,
+    TestSendOut,
     TriggerIn,
     TriggerOut,
     TriggerQuery,
@@ -447,6 +592,7 @@ __all__ = [
     "Body",
     "CampaignIn",
     "CampaignOut",
+    "CampaignQuery",
     "CampaignStatsOut",
     "ClickStats",
     "ContactIn",
@@ -457,12 +603,25 @@ __all__ = [
     "CreativeIn",
     "CreativeOut",
     "ErrorDetail",
+    "EstimateOut",
     "ErrorOut",
     "ExecutionOut",
     "ExecutionQuery",
+    "NamedQuery",
     "Out",
     "Page",
     "PageQuery",
+    "SendingListPatch",
+    "AudiencePatch",
+    "CreativePatch",
+    "CampaignPatch",
+    "ContactEraseOut",
+    "CampaignTestSendIn",
+    "TestSendIn",
+    "TestSendOut",
+    "PreviewIn",
+    "PreviewOut",
+    "CampaignPreviewIn",
     "QuietHoursIn",
     "RejectedRow",
     "ScheduleIn",
@@ -473,6 +632,8 @@ __all__ = [
     "TriggerOut",
     "TriggerQuery",
     "VariantStats",
+    "check_sender",
     "check_timezone",
     "mask_secrets",
+    "named",
 ]

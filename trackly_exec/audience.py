@@ -195,6 +195,8 @@ class _Source:
                 q = {"sending_list_id": self.list_id, "_id": {"$in": chunk}}
                 docs: list[dict[str, Any]] = await coll.find(q, CONTACT_PROJECTION).sort("_id", 1).to_list(None)
                 if docs:
+                    # The merge needs _id order; nx-27017 does not always sort an `_id $in` answer.
+                    docs.sort(key=lambda d: d["_id"])
                     return docs
         if self.cursor is None:
             fq = audience_query(self.list_id, self.audience)

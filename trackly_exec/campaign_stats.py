@@ -8,6 +8,7 @@ from typing import Any
 
 from . import constants as c
 from .apimodels import CampaignStatsOut, ClickStats, VariantStats
+from .names import name_of
 from .stats import campaign_stats as totals
 from .store import Store
 
@@ -44,8 +45,10 @@ async def campaign_stats(store: Store, campaign_id: int) -> CampaignStatsOut:
         for key in sorted(set(sent) | set(failed) | set(clicks))
     }
     n_sent, n_del, n_undel = t.get("sent", 0), t.get("delivered", 0), t.get("undelivered", 0)
+    camp = await store[c.CAMPAIGNS].find_one({"_id": campaign_id}, {"name": 1})
     return CampaignStatsOut(
         campaign_id=campaign_id,
+        name=name_of(camp, "campaign", campaign_id),
         executions=await store[c.EXECUTIONS].count_documents(q),
         queued=t.get("queued", 0),
         sent=n_sent,

@@ -84,8 +84,14 @@ def _describe(status: int, raw: bytes) -> str:
         return f"HTTP {status}: {raw[:200].decode(errors='replace')}"
     if status == 401:
         return "the daemon refused the API token (HTTP 401); pass --token or set http.api_tokens in the config"
-    msg = f"HTTP {status}: {err.get('message') or err.get('error')}"
-    for d in err.get("details", [])[:10]:
+    details = err.get("details", [])
+    message = err.get("message") or err.get("error")
+    if details and message == "; ".join(d.get("msg") for d in details[:10]):
+        message = "the request was refused" if len(details) > 1 else details[0].get("msg")
+        if len(details) == 1:
+            details = []
+    msg = f"HTTP {status}: {message}"
+    for d in details[:10]:
         msg += f"\n  {d.get('loc')}: {d.get('msg')}"
     return msg
 
@@ -416,23 +422,47 @@ def cmd_campaign_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(name: str | None, cid: int, noun: str = "campaign") -> str:
+    plain = f"{noun} {cid}"
+    return plain if not name or name == plain else f"{noun} {cid} {name!r}"
+
+
 def _schedule(s: dict[str, Any] | None) -> str:
     if not s:
         return "manual"
     return f"at {s['at']}" if s.get("at") else f"cron '{s.get('cron')}' {s.get('timezone', 'UTC')}"
 
 
+def _filters(args: argparse.Namespace) -> str:
+    """The list filters given on the command line as a query string."""
+    from urllib.parse import urlencode
+
+    q: dict[str, str] = {}
+    if getattr(args, "name", None):
+        q["name"] = args.name
+    if getattr(args, "status", None):
+        q["status"] = args.status
+    if getattr(args, "archived", False):
+        q["archived"] = "true"
+    return f"?{urlencode(q)}" if q else ""
+
+
 def cmd_campaign_list(args: argparse.Namespace) -> int:
-    rows = _all(client_from(args), "/campaigns")
+    rows = _all(client_from(args), f"/campaigns{_filters(args)}")
     if not rows:
         print("no campaigns")
         return 0
-    print(f"{'id':>5}  {'status':<7}  {'list':>5}  {'audiences':<12}  {'creative':>8}  {'next run':<25}  schedule")
+    width = min(max(len("name"), *(len(c["name"]) for c in rows)), 40)
+    print(
+        f"{'id':>5}  {'name':<{width}}  {'status':<7}  {'list':>5}  {'audiences':<12}  {'creative':>8}  "
+        f"{'next run':<25}  schedule"
+    )
     for c in rows:
         auds = ",".join(map(str, c["audience_ids"]))
         print(
-            f"{c['id']:>5}  {c['status']:<7}  {c['sending_list_id']:>5}  {auds:<12}  {c['creative_id']:>8}  "
-            f"{c.get('next_run_at') or '-':<25}  {_schedule(c.get('schedule'))}"
+            f"{c['id']:>5}  {c['name'][:width]:<{width}}  {c['status']:<7}  {c['sending_list_id']:>5}  {auds:<12}  "
+            f"{c['creative_id']:>8}  {c.get('next_run_at') or '-':<25}  {_schedule(c.get('schedule'))}"
+            + (f" until {c['end_at']}" if c.get("end_at") else "")
         )
     return 0
 
@@ -442,20 +472,302 @@ def cmd_campaign_show(args: argparse.Namespace) -> int:
     return 0
 
 
+class Follow:
+    """An execution's evaluation as a progress bar on a TTY, or a plain line per change (at most one per
+    ``every`` seconds) otherwise."""
+
+    def __init__(self, out: TextIO, every: float = 2.0) -> None:
+        self.out, self.tty, self.every = out, out.isatty(), every
+        self.last_line = ""
+        self.last_at = 0.0
+
+    def update(self, ex: dict[str, Any]) -> None:
+        import time
+
+        k = ex.get("counts") or {}
+        done, total = int(k.get("evaluated") or 0), int(k.get("expected") or 0)
+        queued = int(k.get("queued") or 0)
+        status = ex.get("status", "pending")
+        if self.tty:
+            frac = min(done / total, 1.0) if total else 0.0
+            bar = "#" * int(frac * 30)
+            self.out.write(f"\r{status:<10} [{bar:<30}] {frac:4.0%} {done:,}/{total:,} contacts, queued {queued:,} ")
+            self.out.flush()
+            return
+        line = f"{status}: {done:,}/{total:,} contacts evaluated, {queued:,} queued"
+        now = time.monotonic()
+        if line != self.last_line and now - self.last_at >= self.every:
+            print(line, file=self.out, flush=True)
+            self.last_line, self.last_at = line, now
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+RUNNING = ("pending", "evaluating")
+
+
+def follow_execution(
+    client: ApiClient, execution_id: int, out: TextIO, poll: float = 0.5, every: float = 2.0
+) -> dict[str, Any]:
+    """Poll the execution until it is evaluated (queued, completed, failed or skipped), drawing its progress."""
+    import time
+
+    follow = Follow(out, every)
+    try:
+        while True:
+            ex = client.call("GET", f"/executions/{execution_id}")
+            follow.update(ex)
+            if ex.get("status") not in RUNNING:
+                return dict(ex)
+            time.sleep(poll)
+    finally:
+        follow.close()
+
+
 def cmd_campaign_trigger(args: argparse.Namespace) -> int:
-    # The answer comes once every message is queued: minutes for millions of contacts.
+    client = client_from(args)
     body = {"force": True} if getattr(args, "again", False) else None
-    out = client_from(args).call("POST", f"/campaigns/{args.id}/trigger", body, timeout=3600)
-    ex = out.get("execution") or {}
+    out = client.call("POST", f"/campaigns/{args.id}/trigger", body)
+    eid = out["execution_id"]
+    if args.detach:
+        print(
+            f"campaign {args.id}: execution {eid} started; follow it with "
+            f"`trackly campaign follow {eid}` (or GET /api/v1/executions/{eid})"
+        )
+        return 0
+    return _report(args.id, follow_execution(client, eid, sys.stderr, poll=args.poll, every=args.every))
+
+
+def cmd_campaign_follow(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    ex = follow_execution(client, args.execution, sys.stderr, poll=args.poll, every=args.every)
+    return _report(ex.get("campaign_id"), ex)
+
+
+def _report(campaign_id: Any, ex: dict[str, Any]) -> int:
     counts = ex.get("counts") or {}
-    if ex.get("status") == "failed":
-        raise CliError(f"campaign {args.id}: execution {out['execution_id']} failed: {ex.get('reason')}")
+    if ex.get("status") in ("failed", "skipped"):
+        raise CliError(f"campaign {campaign_id}: execution {ex['id']} {ex['status']}: {ex.get('reason')}")
     print(
-        f"campaign {args.id}: execution {out['execution_id']} {ex.get('status', '')}; "
+        f"campaign {campaign_id}: execution {ex['id']} {ex.get('status', '')}; "
         f"unique {counts.get('unique', '?')}, queued {counts.get('queued', '?')}, "
         f"skipped {json.dumps({k: v for k, v in counts.get('skipped', {}).items() if v})}"
     )
     return 0
+
+
+def _skips(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in skipped.items() if v) or "none"
+
+
+def cmd_campaign_estimate(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    e = client.call("POST", f"/campaigns/{args.id}/estimate", timeout=3600)
+    if args.json:
+        print(json.dumps(e, indent=2))
+        return 0
+    k = e["counts"]
+    print(f"{_label(e.get('name'), e['campaign_id'])}: estimate (dry run, nothing queued)")
+    for aid, n in k.get("per_audience", {}).items():
+        aud = client.call("GET", f"/audiences/{aid}")
+        print(f"  {_label(aud.get('name'), int(aid), 'audience'):<32} {n:>10,}")
+    print(f"  {'overlap (in several audiences)':<32} {k.get('overlap', 0):>10,}")
+    print(f"  {'unique contacts':<32} {k.get('unique', 0):>10,}")
+    print(f"  {'skipped':<32} {sum(k.get('skipped', {}).values()):>10,}  {_skips(k.get('skipped', {}))}")
+    print(f"  {'queued':<32} {e['queued']:>10,}  (held for quiet hours {k.get('held_quiet_hours', 0):,})")
+    enc = ", ".join(f"{n:,} {name}" for name, n in k.get("encodings", {}).items())
+    print(f"  {'segments':<32} {e['segments']:>10,}  {enc}")
+    print(
+        f"  {'cost':<32} {e['cost']:>10,.2f}  at {e['price_per_segment']:g} per segment "
+        f"(account balance {e['balance']:,.2f})"
+    )
+    if e["cost"] > e["balance"]:
+        print("  WARNING: the cost is above the account's balance; sending stops when the balance runs out")
+    return 0
+
+
+def _ids(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise CliError(f"--contacts takes contact ids separated by commas (got {text!r})") from None
+
+
+def print_preview(p: dict[str, Any]) -> None:
+    print(
+        f"{_label(p.get('name'), p['creative_id'], 'creative')} on sending list {p['sending_list_id']} "
+        f"(price {p['price_per_segment']:g} per segment); {p['scanned']:,} contacts scanned"
+        + ("" if p["scan_complete"] else " (not all: raise --scan-limit)")
+    )
+    for v in p["variants"]:
+        print(f"\nvariant {v['key']} (weight {v['weight']:g}): {v['template']!r}")
+        for x in v["samples"]:
+            if x.get("skipped"):
+                print(
+                    f"  contact {x['contact_id']} {x['phone']}: SKIPPED, no value for "
+                    + ", ".join(f"{{{n}}}" for n in x.get("missing", []))
+                )
+                continue
+            print(
+                f"  contact {x['contact_id']} {x['phone']}: {x['encoding']}, {x['length']} chars, "
+                f"{x['segments']} segment{'s' if x['segments'] != 1 else ''}, cost {x['cost']:g}"
+            )
+            for line in (x["body"] or "").split("\n"):
+                print(f"    | {line}")
+            for link in x.get("links", []):
+                print(f"    link {link['short_url']} -> {link['destination']}")
+        for ph in v["placeholders"]:
+            notes = []
+            if not ph["known"]:
+                notes.append(
+                    "NOT a field of the list's contacts"
+                    + (f" (did you mean {{{ph['suggestion']}}}?)" if ph.get("suggestion") else "")
+                )
+            if ph["would_skip"]:
+                notes.append(f"no default: {ph['would_skip']:,} contacts would be skipped")
+            elif ph["missing"]:
+                notes.append(f"{ph['missing']:,} contacts get the default {ph['default']!r}")
+            print(f"  {{{ph['name']}}}: " + ("; ".join(notes) if notes else "ok"))
+    if p["warnings"]:
+        print("\nwarnings:")
+        for w in p["warnings"]:
+            print(f"  ! {w}")
+    else:
+        print("\nno warnings")
+
+
+def cmd_creative_preview(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"sample": args.sample, "track_links": args.links, "scan_limit": args.scan_limit}
+    if args.list:
+        body["sending_list_id"] = args.list
+    if args.audience:
+        body["audience_id"] = args.audience
+    if (ids := _ids(args.contacts)) is not None:
+        body["contact_ids"] = ids
+    p = client_from(args).call("POST", f"/creatives/{args.id}/preview", body, timeout=600)
+    if args.json:
+        print(json.dumps(p, indent=2, ensure_ascii=False))
+    else:
+        print_preview(p)
+    return 0
+
+
+def cmd_campaign_preview(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"sample": args.sample, "scan_limit": args.scan_limit}
+    if args.audience:
+        body["audience_id"] = args.audience
+    if (ids := _ids(args.contacts)) is not None:
+        body["contact_ids"] = ids
+    p = client_from(args).call("POST", f"/campaigns/{args.id}/preview", body, timeout=600)
+    if args.json:
+        print(json.dumps(p, indent=2, ensure_ascii=False))
+    else:
+        print_preview(p)
+    return 0
+
+
+RESOURCES = {"campaign": "/campaigns", "creative": "/creatives", "audience": "/audiences", "list": "/sending-lists"}
+
+
+def _edit_cmd(noun: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        body: dict[str, Any] = {}
+        if args.json:
+            try:
+                body = json.loads(args.json)
+            except ValueError as exc:
+                raise CliError(f"--json is not valid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise CliError("--json must be a JSON object of the fields to change")
+        for key in ("name", "description"):
+            if getattr(args, key, None) is not None:
+                body[key] = getattr(args, key)
+        if getattr(args, "end_at", None) is not None:
+            body["end_at"] = None if args.end_at in ("", "none") else args.end_at
+        if not body:
+            raise CliError(
+                "nothing to change: give --name, --description"
+                + (", --end-at" if noun == "campaign" else "")
+                + " or --json '{...}'"
+            )
+        out = client_from(args).call("PATCH", f"{RESOURCES[noun]}/{args.id}", body)
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        print(
+            f"{_label(out.get('name'), out['id'], noun if noun != 'list' else 'sending list')} updated", file=sys.stderr
+        )
+        return 0
+
+    return run
+
+
+def _archive_cmd(noun: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        out = client_from(args).call("DELETE", f"{RESOURCES[noun]}/{args.id}")
+        print(
+            f"{_label(out.get('name'), out['id'], noun if noun != 'list' else 'sending list')} archived "
+            "(hidden from lists; see them with --archived / ?archived=true)"
+        )
+        return 0
+
+    return run
+
+
+def cmd_contacts_erase(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise CliError(
+            f"erasing contact {args.id} cannot be undone: its number and personal data are redacted "
+            "everywhere. Add --yes to do it."
+        )
+    out = client_from(args).call("POST", f"/contacts/{args.id}/erase")
+    print(
+        f"contact {args.id} erased: {out['queued_dead_lettered']} queued message(s) dead-lettered, "
+        f"{out['sent_redacted']} sent and {out['failed_redacted']} failed record(s) redacted, "
+        f"{out['inbound_redacted']} inbound, {out['outbox_redacted']} webhook and {out['events_redacted']} alert "
+        "record(s) redacted"
+    )
+    if out["in_flight"]:
+        print(f"  {out['in_flight']} message(s) were being sent: run this again in a minute to redact them too")
+    return 0
+
+
+def _test_send_cmd(noun: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        numbers = [x.strip() for x in args.to.split(",") if x.strip()]
+        body: dict[str, Any] = {
+            "numbers": numbers,
+            "default_region": args.region,
+            "override_opt_out": args.override_opt_out,
+            "override_quiet_hours": args.override_quiet_hours,
+        }
+        for key in ("variant", "contact_id"):
+            if getattr(args, key, None) is not None:
+                body[key] = getattr(args, key)
+        if noun == "creative":
+            body.update(creative_id=args.id, track_links=args.links)
+            path = f"/sending-lists/{args.list}/test-send"
+        else:
+            path = f"/campaigns/{args.id}/test-send"
+        out = client_from(args).call("POST", path, body)
+        lifted = f" (overriding {', '.join(out['overrides'])}: recorded)" if out["overrides"] else ""
+        print(f"test send: execution {out['execution_id']}, variant {out['variant']}{lifted}")
+        for m in out["messages"]:
+            if m.get("skipped"):
+                print(f"  {m['to_number']}: NOT sent ({m['skipped']}; --override-opt-out to send anyway)")
+            elif m.get("held_until"):
+                print(
+                    f"  {m['to_number']}: queued, held until {m['held_until']} (quiet hours; "
+                    "--override-quiet-hours to send now)"
+                )
+            else:
+                print(f"  {m['to_number']}: queued ({m['segments']} segment(s), {m['encoding']}): {m['body']!r}")
+        return 0
+
+    return run
 
 
 def _status_cmd(action: str) -> Any:
@@ -473,7 +785,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(s, indent=2))
         return 0
     failed = sum(s["failed"].values())
-    print(f"campaign {s['campaign_id']}: {s['executions']} execution(s)")
+    print(f"{_label(s.get('name'), s['campaign_id'])}: {s['executions']} execution(s)")
     print(f"  queued now        {s['queued']:>9,}")
     print(f"  sent (accepted)   {s['sent']:>9,}")
     print(f"  delivered         {s['delivered']:>9,}")
@@ -522,23 +834,127 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--json", help="the campaign as a JSON string")
     src.add_argument("--example", action="store_true", help="print an example campaign JSON and exit")
     create.set_defaults(func=cmd_campaign_create)
-    psub.add_parser("list", help="list campaigns", parents=parents).set_defaults(func=cmd_campaign_list)
+    lst = psub.add_parser("list", help="list campaigns (active ones; --archived for retired ones)", parents=parents)
+    lst.add_argument("--name", help="only campaigns whose name contains this text (any case)")
+    lst.add_argument("--status", choices=("active", "paused", "done"), help="only campaigns in this state")
+    lst.add_argument("--archived", action="store_true", help="list archived campaigns instead")
+    lst.set_defaults(func=cmd_campaign_list)
+    est = psub.add_parser(
+        "estimate", help="dry run: who a run now would text, skipped by reason, segments, cost", parents=parents
+    )
+    est.add_argument("id", type=int, help="campaign id")
+    est.add_argument("--json", action="store_true", help="print the raw JSON")
+    est.set_defaults(func=cmd_campaign_estimate)
+    trig = psub.add_parser(
+        "trigger", help="run a campaign now and follow its evaluation with a progress bar", parents=parents
+    )
+    trig.add_argument("id", type=int, help="campaign id")
+    trig.add_argument("--detach", action="store_true", help="print the execution id and return at once")
+    trig.add_argument(
+        "--again",
+        action="store_true",
+        help="run a one-off campaign that has already run once more (the list's cooldown still "
+        "applies; an execution still evaluating or sending is never overridden)",
+    )
+    trig.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    trig.add_argument("--every", type=float, default=2.0, help=argparse.SUPPRESS)
+    trig.set_defaults(func=cmd_campaign_trigger)
+    fol = psub.add_parser("follow", help="follow an execution's evaluation until it is queued", parents=parents)
+    fol.add_argument("execution", type=int, help="execution id")
+    fol.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    fol.add_argument("--every", type=float, default=2.0, help=argparse.SUPPRESS)
+    fol.set_defaults(func=cmd_campaign_follow)
     for name, fn, text in (
         ("show", cmd_campaign_show, "show one campaign"),
-        ("trigger", cmd_campaign_trigger, "run a campaign now"),
         ("pause", _status_cmd("pause"), PAUSE_DESCRIPTION),
         ("resume", _status_cmd("resume"), RESUME_DESCRIPTION),
     ):
         p = psub.add_parser(name, help=text, parents=parents)
         p.add_argument("id", type=int, help="campaign id")
-        if name == "trigger":
-            p.add_argument(
-                "--again",
-                action="store_true",
-                help="run a one-off campaign that has already run once more (the list's cooldown still "
-                "applies; an execution still evaluating or sending is never overridden)",
-            )
         p.set_defaults(func=fn)
+
+    pv = psub.add_parser(
+        "preview", help="render the campaign's message for sample contacts, with warnings", parents=parents
+    )
+    pv.add_argument("id", type=int, help="campaign id")
+    pv.add_argument("--audience", type=int, help="one of the campaign's audiences (default: its first)")
+    pv.add_argument("--contacts", help="contact ids, comma-separated, instead of a sample")
+    pv.add_argument("--sample", type=int, default=3, help="how many contacts (default 3)")
+    pv.add_argument("--scan-limit", type=int, default=100_000, help="contacts scanned for missing values")
+    pv.add_argument("--json", action="store_true", help="print the raw JSON")
+    pv.set_defaults(func=cmd_campaign_preview)
+
+    cre = sub.add_parser("creative", help="preview, edit and archive creatives")
+    rsub = cre.add_subparsers(dest="action", metavar="ACTION", required=True)
+    cp = rsub.add_parser(
+        "preview",
+        help="render a creative for sample contacts: body, encoding, segments, cost, "
+        "links, typos, skips, blocked words",
+        parents=parents,
+    )
+    cp.add_argument("id", type=int, help="creative id")
+    cp.add_argument("--audience", type=int, help="sample contacts of this audience")
+    cp.add_argument("--list", type=int, help="sending list (default: the audience's or the contacts')")
+    cp.add_argument("--contacts", help="contact ids, comma-separated, instead of a sample")
+    cp.add_argument("--sample", type=int, default=3, help="how many contacts (default 3)")
+    cp.add_argument("--links", action="store_true", help="show URLs as tracked short links")
+    cp.add_argument("--scan-limit", type=int, default=100_000, help="contacts scanned for missing values")
+    cp.add_argument("--json", action="store_true", help="print the raw JSON")
+    cp.set_defaults(func=cmd_creative_preview)
+
+    subs = {"campaign": psub, "creative": rsub}
+    for noun in ("audience", "list"):
+        grp = sub.add_parser(noun, help=f"edit and archive {'sending lists' if noun == 'list' else 'audiences'}")
+        subs[noun] = grp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for noun, group in subs.items():
+        what = "sending list" if noun == "list" else noun
+        ed = group.add_parser("edit", help=f"change a {what} (PATCH: only the fields given)", parents=parents)
+        ed.add_argument("id", type=int, help=f"{what} id")
+        ed.add_argument("--name")
+        ed.add_argument("--description")
+        if noun == "campaign":
+            ed.add_argument("--end-at", help="ISO 8601 end date of a recurring campaign ('none' removes it)")
+        ed.add_argument("--json", help="the fields to change as a JSON object (see the PATCH route in the OpenAPI)")
+        ed.set_defaults(func=_edit_cmd(noun))
+        ar = group.add_parser(
+            "archive", help=f"archive a {what} (its history stays; it cannot be used any more)", parents=parents
+        )
+        ar.add_argument("id", type=int, help=f"{what} id")
+        ar.set_defaults(func=_archive_cmd(noun))
+    for noun, group in (("campaign", psub), ("creative", rsub)):
+        ts = group.add_parser(
+            "test-send", help=f"text the {noun}'s message to a few numbers now (sendType test)", parents=parents
+        )
+        ts.add_argument("id", type=int, help=f"{noun} id")
+        if noun == "creative":
+            ts.add_argument("--list", type=int, required=True, help="sending list to send through")
+            ts.add_argument("--links", action="store_true", help="track links")
+        ts.add_argument("--to", required=True, help="phone numbers, comma-separated (at most 10)")
+        ts.add_argument("--variant", help="variant key (default: the first)")
+        ts.add_argument(
+            "--contact",
+            dest="contact_id",
+            type=int,
+            help="fill placeholders from this contact for numbers that are not contacts of the list",
+        )
+        ts.add_argument("--region", default="US", help="region of numbers without a country code (default US)")
+        ts.add_argument(
+            "--override-opt-out",
+            action="store_true",
+            help="send even to a number that unsubscribed (recorded on the message)",
+        )
+        ts.add_argument(
+            "--override-quiet-hours",
+            action="store_true",
+            help="send now even outside the quiet-hours window (recorded on the message)",
+        )
+        ts.set_defaults(func=_test_send_cmd(noun))
+    er = csub.add_parser(
+        "erase", help="erase a contact (privacy request): redact its number everywhere", parents=parents
+    )
+    er.add_argument("id", type=int, help="contact id")
+    er.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    er.set_defaults(func=cmd_contacts_erase)
 
     st = sub.add_parser("stats", help="a campaign's numbers: queued, sent, delivered, failed, clicks", parents=parents)
     st.add_argument("campaign", type=int, help="campaign id")

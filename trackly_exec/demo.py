@@ -400,7 +400,7 @@ class Demo:
         self.result.campaign_id = camp["id"]
         self.say(f"  campaign {camp['id']}: audiences {auds}, creative {creative} (variants a/b, tracked link)\n")
         t0 = utcnow()
-        trig = asyncio.create_task(self.api("POST", f"/campaigns/{camp['id']}/trigger"))
+        trig = asyncio.create_task(self.api("POST", f"/campaigns/{camp['id']}/trigger?wait=true"))
         try:
             await self.progress(trackly, fake, trig, time.monotonic() + 60)
             self.result.execution_id = (await trig)["execution_id"]

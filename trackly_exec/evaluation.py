@@ -55,7 +55,7 @@ from .compose import Composer, check_body
 from .errors import TracklyError
 from .logs import get_logger
 from .models import QuietHours, utcnow
-from .queue import insert_batch
+from .queue import QueueResult, insert_batch
 from .quiethours import Window, contact_zones, in_window, next_opening
 from .variants import chooser_for
 
@@ -77,6 +77,8 @@ class Tally:
     already_processed: int = 0
     evaluated: int = 0
     links: int = 0
+    segments: int = 0  # of the messages counted in ``queued`` (composed by this run)
+    encodings: dict[str, int] = field(default_factory=dict)
     variants: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "compose": 0.0, "write_wait": 0.0})
 
@@ -96,6 +98,8 @@ class Tally:
             "already_processed": self.already_processed,
             "links": self.links,
             "variants": dict(self.variants),
+            "segments": self.segments,
+            "encodings": dict(self.encodings),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -119,6 +123,16 @@ class LeaseLost(TracklyError):
     """Another process has taken the execution over (this one stalled past its lease): stop writing."""
 
 
+#: Where an evaluation's composed messages go, one batch at a time: the queue (:func:`queue.insert_batch`) in a
+#: real run, :func:`dry_run_sink` in an estimate. Everything before it is the same code for both.
+Sink = Callable[[Any, list[dict[str, Any]], list[dict[str, Any]]], Awaitable[QueueResult]]
+
+
+async def dry_run_sink(db: Any, messages: list[dict[str, Any]], links: list[dict[str, Any]]) -> QueueResult:
+    """The sink of an estimate: nothing is written; every message counts as inserted."""
+    return QueueResult(inserted=len(messages), links=len(links))
+
+
 # --------------------------------------------------------------------------------------------- validation
 
 
@@ -126,6 +140,8 @@ async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str,
     """Everything the execution needs, or None and the reason the campaign cannot run."""
     db = trackly.db
     account_id = campaign["account_id"]
+    if campaign.get("archived"):
+        return None, f"campaign {campaign['_id']} is archived"
     slist = await db[c.SENDING_LISTS].find_one({"_id": campaign["sending_list_id"]})
     if slist is None:
         return None, f"sending list {campaign['sending_list_id']} does not exist"
@@ -133,6 +149,8 @@ async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str,
         return None, f"sending list {slist['_id']} belongs to another account"
     if not slist.get("active", True):
         return None, f"sending list {slist['_id']} is not active"
+    if slist.get("archived"):
+        return None, f"sending list {slist['_id']} is archived"
     ids = list(dict.fromkeys(campaign.get("audience_ids") or []))  # an audience listed twice counts once
     if not ids:
         return None, "the campaign has no audiences"
@@ -144,6 +162,8 @@ async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str,
             return None, f"audience {aid} does not exist"
         if a.get("sending_list_id") != slist["_id"]:
             return None, f"audience {aid} belongs to another sending list"
+        if a.get("archived"):
+            return None, f"audience {aid} is archived"
         if a.get("contact_ids") is None:
             try:
                 compile_filter(a.get("filter"))
@@ -154,6 +174,8 @@ async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str,
         return None, f"creative {campaign['creative_id']} does not exist"
     if creative.get("account_id") != account_id:
         return None, f"creative {creative['_id']} belongs to another account"
+    if creative.get("archived"):
+        return None, f"creative {creative['_id']} is archived"
     variants = creative.get("variants") or []
     learned = creative.get("selection") == "learned"
     if not variants or not (learned or any(float(v.get("weight", 1)) > 0 for v in variants)):
@@ -221,8 +243,11 @@ async def message_key(db: Any, execution: dict[str, Any]) -> str:
     return str(key)
 
 
-async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress: Progress | None = None) -> Tally:
-    """Evaluate and queue ``plan.execution``; returns the final tally (the caller records it)."""
+async def evaluate(
+    trackly: Any, plan: Plan, *, resumed: bool = False, progress: Progress | None = None, sink: Sink = insert_batch
+) -> Tally:
+    """Evaluate ``plan.execution`` and hand its messages to ``sink`` (the queue); returns the final tally (the
+    caller records it). With :func:`dry_run_sink` nothing is written: an estimate."""
     db = trackly.store.db
     cfg = trackly.settings.scheduler
     ex, camp, slist = plan.execution, plan.campaign, plan.sending_list
@@ -263,18 +288,22 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
                 skipped["frequency_cap"] += 1
                 tally.held_quiet_hours -= m.get("not_before") is not None
                 composer.variant_counts[m["variant_key"]] -= 1
+                tally.segments -= m["segments"]
+                tally.encodings[m["encoding"]] -= 1
         return won
 
     async def _write(
         messages: list[dict[str, Any]], links: list[dict[str, Any]], view: reservations.View | None
     ) -> None:
-        if view is not None and messages:
+        real = sink is insert_batch  # a dry run (estimate) takes no reservation and writes nothing
+        if real and view is not None and messages:
             won = await _reserve(messages, view)
             if len(won) < len(messages):
                 messages = [m for m in messages if m["_id"] in won]
                 links = [link for link in links if link["message_id"] in won]
-        res = await insert_batch(db, messages, links)
-        failpoints.hit("after_queue_batch")
+        res = await sink(db, messages, links)
+        if real:
+            failpoints.hit("after_queue_batch")
         tally.inserted += res.inserted
         tally.already_queued += res.duplicates
         tally.links += res.links
@@ -342,6 +371,8 @@ async def evaluate(trackly: Any, plan: Plan, *, resumed: bool = False, progress:
                     continue
                 if held_until is not None:
                     tally.held_quiet_hours += 1
+                tally.segments += made[0]["segments"]
+                tally.encodings[made[0]["encoding"]] = tally.encodings.get(made[0]["encoding"], 0) + 1
                 messages.append(made[0])
                 links.extend(made[1])
             # The batch is written while the next one is read and composed (the store is another process):

@@ -130,6 +130,8 @@ class SendingList(Document):
     active: bool = True
     opt_out_footer: str | None = None
     help_text: str | None = None
+    description: str | None = None
+    archived: bool = False  # retired: hidden from lists, cannot be used by a campaign
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -157,6 +159,8 @@ class Audience(Document):
     name: str
     filter: dict[str, Any] | None = None  # whitelisted operators only (see audience.py)
     contact_ids: list[int] | None = None
+    description: str | None = None
+    archived: bool = False
 
 
 class Variant(BaseModel):
@@ -173,6 +177,8 @@ class Creative(Document):
     name: str
     variants: list[Variant]
     selection: Literal["split", "learned"] = "split"
+    description: str | None = None
+    archived: bool = False
 
 
 class Schedule(BaseModel):
@@ -185,6 +191,8 @@ class Schedule(BaseModel):
 class Campaign(Document):
     collection: ClassVar[str] = "campaigns"
     id: int
+    name: str = ""  # "" on records made before names: shown as "campaign <id>"
+    description: str | None = None
     account_id: int
     sending_list_id: int
     audience_ids: list[int]
@@ -195,6 +203,8 @@ class Campaign(Document):
     track_links: bool = False
     status: CampaignStatus = CampaignStatus.ACTIVE
     next_run_at: dt.datetime | None = None
+    end_at: dt.datetime | None = None  # a recurring campaign has no occurrence after this
+    archived: bool = False  # retired: hidden from lists, cannot be triggered
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -240,7 +250,8 @@ class MessageFields(BaseModel):
     length: int
     segments: int = 1
     encoding: Literal["GSM-7", "UCS-2"] = "GSM-7"
-    send_type: str = "campaign"
+    send_type: str = "campaign"  # "campaign", or "test" (trackly_exec.testsend)
+    overrides: list[str] | None = None  # test sends only: checks lifted on request ("opt_out", "quiet_hours")
     sendtime: dt.datetime
 
 

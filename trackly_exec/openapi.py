@@ -28,12 +28,15 @@ _ERRORS = {
 }
 DESCRIPTION = """Admin API of trackly-exec. Every route except this document needs `Authorization: Bearer <token>`
 (one of `http.api_tokens`). Ids are integers. Lists are paginated: `limit` (1-1000) and `after` (the previous
-page's `next_after`). Secrets (`webhook_secret`, secret-looking `driver_settings`) are masked in answers."""
+page's `next_after`). Lists of sending lists, audiences, creatives and campaigns filter by `name` (contains, any
+case) and `archived` (archived items are hidden unless `archived=true`); campaigns also by `status`.
+Secrets (`webhook_secret`, secret-looking `driver_settings`) are masked in answers. An unknown id in the path is a
+404; every problem of a body (unknown or archived ids it names included) is reported in one 422."""
 DESCRIPTION += f"\n\nCampaigns. {PAUSE_DESCRIPTION}. {RESUME_DESCRIPTION}."
 
 
 def _routes() -> list[Any]:
-    from . import api, api_campaigns, api_ops, api_resources  # noqa: F401  (they register their routes)
+    from . import api, api_campaigns, api_edit, api_ops, api_resources  # noqa: F401  (they register their routes)
 
     return api.ROUTES
 

@@ -6,7 +6,9 @@
   ``next_run_at`` is advanced, conditional on its old value. Paused campaigns are never picked up.
 * One-off campaigns (``schedule.at``) become ``done`` once their execution exists. Recurring ones
   (``schedule.cron`` in ``schedule.timezone``, see :mod:`trackly_exec.cron` for the DST rule) get the next
-  occurrence after now. A campaign created without ``next_run_at`` gets it filled in here.
+  occurrence after now. A campaign created without ``next_run_at`` gets it filled in here. A recurring campaign
+  with an ``end_at`` becomes ``done`` with its last occurrence at or before it (an occurrence after it never runs).
+  An archived campaign never runs (:func:`trackly_exec.evaluation.load_plan` fails it).
 * After downtime, missed occurrences never fire in a burst: only the latest missed one is considered, and if
   it is more than ``scheduler.max_lateness_minutes`` late it gets a ``skipped`` execution with the reason and
   an ``OCCURRENCE_SKIPPED`` event instead of being sent late.
@@ -24,7 +26,9 @@ every message is queued. Triggers are idempotent: one campaign has at most one m
 at a time (a trigger lock, atomic across processes), a trigger is refused (:class:`TriggerConflict`, the API's
 409) while any execution of the campaign is evaluating or sending, and a one-off campaign (no cron) that has
 already run needs ``force``. An execution is *finished* when it is completed, failed or skipped, or queued
-with nothing of it left in the queue (see :meth:`_Runner.unfinished`). :meth:`Scheduler.run_until_idle`
+with nothing of it left in the queue (see :meth:`_Runner.unfinished`). :func:`start_trigger` (the API's trigger)
+claims the same way but returns the execution id at once and evaluates in the background, under the
+execution's lease, so a daemon that dies meanwhile leaves it to be resumed. :meth:`Scheduler.run_until_idle`
 processes everything due and returns (burst mode).
 
 Store notes (nx-27017 0.8.1): ``{"field": None}`` is unreliable there (``{"$eq": None}`` is used); a value
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import weakref
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -50,6 +55,7 @@ from .evaluation import LeaseLost, Tally, evaluate, load_plan
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import CampaignStatus, Execution, ExecutionStatus, utcnow
+from .names import label, name_of
 from .queue import has_pending
 
 log = get_logger(__name__)
@@ -174,12 +180,18 @@ class _Runner:
         log.warning(
             "campaign_failed", campaign_id=execution["campaign_id"], execution_id=execution["_id"], reason=reason
         )
+        camp = await self.db[c.CAMPAIGNS].find_one({"_id": execution["campaign_id"]}, {"name": 1})
         await self.trackly.bus.publish(
             Event(
                 kind=EventKind.CAMPAIGN_FAILED,
                 severity="critical",
-                message=f"campaign {execution['campaign_id']} failed: {reason}",
-                data={"campaign_id": execution["campaign_id"], "execution_id": execution["_id"], "reason": reason},
+                message=f"{label(camp, 'campaign', execution['campaign_id'])} failed: {reason}",
+                data={
+                    "campaign_id": execution["campaign_id"],
+                    "campaign": name_of(camp, "campaign", execution["campaign_id"]),
+                    "execution_id": execution["_id"],
+                    "reason": reason,
+                },
                 key=f"campaign_failed:{execution['campaign_id']}",
             )
         )
@@ -199,8 +211,12 @@ class _Runner:
             log.info("execution_lease_lost", execution_id=eid)
             return
 
+        # How many contacts the audiences hold (an upper bound of the union): what a progress bar counts to.
+        expected = await audience_size(self.db, plan)
+        await self._set(eid, {"counts": {**(execution.get("counts") or {}), "expected": expected}})
+
         async def progress(t: Tally) -> bool:
-            return await self._set(eid, {"counts": t.as_counts()})
+            return await self._set(eid, {"counts": {**t.as_counts(), "expected": expected}})
 
         try:
             tally = await evaluate(self.trackly, plan, resumed=resumed, progress=progress)
@@ -210,7 +226,7 @@ class _Runner:
         done = tally.queued == 0
         status = ExecutionStatus.COMPLETED if done else ExecutionStatus.QUEUED
         stamps = ("evaluated_at", "queued_at", "completed_at") if done else ("evaluated_at", "queued_at")
-        await self._set(eid, {"counts": tally.as_counts(), "status": status.value}, *stamps)
+        await self._set(eid, {"counts": {**tally.as_counts(), "expected": expected}, "status": status.value}, *stamps)
 
     async def resume_stale(self, limit: int = 20) -> list[dict[str, Any]]:
         """Take over executions whose evaluator stopped reporting (lease expired)."""
@@ -337,19 +353,76 @@ class _Runner:
         return n
 
 
-async def trigger(trackly: Any, campaign_id: int, *, force: bool = False) -> int:
-    """Run campaign ``campaign_id`` now; returns the execution id once its messages are queued (or it failed).
+async def audience_size(db: Any, plan: Any) -> int:
+    """The contacts of the plan's audiences, counted per audience (an upper bound of their union)."""
+    from .audience import audience_query
 
-    Raises :class:`TriggerConflict` while another execution of the campaign is unfinished, and for a one-off
-    campaign that already ran unless ``force`` (see :meth:`_Runner.claim_trigger`)."""
+    total = 0
+    for a in plan.audiences:
+        q = audience_query(int(plan.sending_list["_id"]), a)
+        total += len(set(a.get("contact_ids") or [])) if q is None else int(await db[c.CONTACTS].count_documents(q))
+    return total
+
+
+async def _claim_manual(trackly: Any, campaign_id: int, force: bool) -> tuple[_Runner, dict[str, Any]]:
     campaign = await trackly.db[c.CAMPAIGNS].find_one({"_id": campaign_id})
     if campaign is None:
         raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     runner = _Runner(trackly)
     execution = await runner.claim_trigger(campaign, force=force)
     log.info("campaign_triggered", campaign_id=campaign_id, execution_id=execution["_id"], force=force)
+    return runner, execution
+
+
+async def trigger(trackly: Any, campaign_id: int, *, force: bool = False) -> int:
+    """Run campaign ``campaign_id`` now; returns the execution id once its messages are queued (or it failed).
+
+    Raises :class:`TriggerConflict` while another execution of the campaign is unfinished, and for a one-off
+    campaign that already ran unless ``force`` (see :meth:`_Runner.claim_trigger`)."""
+    runner, execution = await _claim_manual(trackly, campaign_id, force)
     await runner.run(execution)
     return int(execution["_id"])
+
+
+#: Evaluations started by :func:`start_trigger`, per Trackly (awaited or cancelled by :func:`stop_background`).
+_BACKGROUND: weakref.WeakKeyDictionary[Any, set[asyncio.Task[None]]] = weakref.WeakKeyDictionary()
+
+
+async def start_trigger(trackly: Any, campaign_id: int, *, force: bool = False) -> tuple[int, asyncio.Task[None]]:
+    """Claim a manual run like :func:`trigger` (same :class:`TriggerConflict` rules) and evaluate it in the
+    background; returns at once.
+
+    The execution is leased to this process from its creation (``heartbeat_at`` renewed every batch): if the
+    process dies before it is queued, any scheduler resumes it once the lease expires, without queuing anyone
+    twice.
+    """
+    runner, execution = await _claim_manual(trackly, campaign_id, force)
+
+    async def go() -> None:
+        try:
+            await runner.run(execution)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the lease expires and a scheduler resumes it
+            log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
+
+    task = asyncio.create_task(go(), name=f"evaluate-{execution['_id']}")
+    tasks = _BACKGROUND.setdefault(trackly, set())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return int(execution["_id"]), task
+
+
+async def stop_background(trackly: Any, grace: float) -> None:
+    """Wait up to ``grace`` for background evaluations, then cancel them (they resume from their lease)."""
+    tasks = list(_BACKGROUND.get(trackly, ()))
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Scheduler:
@@ -424,6 +497,14 @@ class Scheduler:
                 await self.runner.fail(ex, f"invalid schedule: {exc}")
             await self._replace_campaign(camp, advance)
             return None
+        end = camp.get("end_at")
+        if isinstance(end, dt.datetime):
+            if occurrence > end:  # past its end date: done, no execution
+                await self._replace_campaign(camp, {"status": CampaignStatus.DONE.value})
+                log.info("campaign_ended", campaign_id=camp["_id"], end_at=end)
+                return None
+            if cron and advance.get("next_run_at") is not None and advance["next_run_at"] > end:
+                advance = {"status": CampaignStatus.DONE.value}  # this is its last occurrence
         key = f"{camp['_id']}:{occurrence.isoformat()}"
         late = now - occurrence
         limit = dt.timedelta(minutes=self.cfg.max_lateness_minutes)
@@ -441,9 +522,10 @@ class Scheduler:
                     Event(
                         kind=EventKind.OCCURRENCE_SKIPPED,
                         severity="warning",
-                        message=f"campaign {camp['_id']}: {reason}",
+                        message=f"{label(camp, 'campaign')}: {reason}",
                         data={
                             "campaign_id": camp["_id"],
+                            "campaign": name_of(camp, "campaign"),
                             "scheduled_for": occurrence.isoformat(),
                             "reason": reason,
                             "execution_id": execution["_id"],
@@ -530,6 +612,7 @@ class Scheduler:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._loop, grace)
             self._loop = None
+        await stop_background(self.trackly, grace)
         if self._tasks:
             # Unfinished evaluations are resumed from their lease by the next scheduler.
             _, pending = await asyncio.wait(list(self._tasks), timeout=grace)

@@ -1,0 +1,408 @@
+"""Edit and retire: PATCH what is safe, DELETE archives, end dates, erasing a contact."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+from trackly_exec.models import utcnow
+
+from .test_api import H, client, post, seed  # noqa: F401  (fixture)
+
+
+async def call(cl: TestClient[Any, Any], method: str, path: str, body: Any = None, status: int = 200) -> Any:
+    r = await cl.request(method, f"/api/v1{path}", json=body, headers=H)
+    data = await r.json()
+    assert r.status == status, data
+    return data
+
+
+async def _campaign(cl: TestClient[Any, Any], ids: dict[str, int], **kw: Any) -> dict[str, Any]:
+    return await post(
+        cl,
+        "/campaigns",
+        {
+            "account_id": ids["account"],
+            "sending_list_id": ids["list"],
+            "audience_ids": [ids["audience"]],
+            "creative_id": ids["creative"],
+            **kw,
+        },
+    )
+
+
+async def test_patch_campaign_refused_while_running(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """A campaign's name changes any time; its creative, audiences and schedule only while no execution of it is
+    running (409 naming the execution); references are validated like at creation."""
+    ids = await seed(client)
+    camp = await _campaign(client, ids, name="Spring")
+    cre2 = await post(
+        client,
+        "/creatives",
+        {"account_id": ids["account"], "name": "v2", "variants": [{"key": "a", "body": "New text"}]},
+    )
+    out = await call(
+        client,
+        "PATCH",
+        f"/campaigns/{camp['id']}",
+        {"creative_id": cre2["id"], "track_links": True, "description": "second try"},
+    )
+    assert out["creative_id"] == cre2["id"] and out["track_links"] is True and out["description"] == "second try"
+    await trackly.db[c.EXECUTIONS].insert_one({"_id": 77, "campaign_id": camp["id"], "status": "queued"})
+    r = await client.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"creative_id": ids["creative"]})
+    data = await r.json()
+    assert r.status == 409 and "execution 77" in data["message"] and "queued" in data["message"]
+    assert (await call(client, "PATCH", f"/campaigns/{camp['id']}", {"name": "Spring!"}))["name"] == "Spring!"
+    await trackly.db[c.EXECUTIONS].update_one({"_id": 77}, {"$set": {"status": "completed"}})
+    r = await client.patch(
+        f"/api/v1/campaigns/{camp['id']}", headers=H, json={"audience_ids": [404], "creative_id": 405}
+    )
+    data = await r.json()
+    assert r.status == 422 and {d["loc"] for d in data["details"]} == {"body.audience_ids", "body.creative_id"}
+    cron = await call(client, "PATCH", f"/campaigns/{camp['id']}", {"schedule": {"cron": "0 9 * * *"}})
+    assert cron["next_run_at"] is not None and cron["schedule"]["cron"] == "0 9 * * *"
+    r = await client.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"name": None})
+    assert r.status == 422
+    r = await client.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"status": "active"})
+    assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.status"
+
+
+async def test_patch_creative_in_use_by_running_execution(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """A creative's variants change only while no running execution uses it; bad templates are 422s."""
+    ids = await seed(client)
+    camp = await _campaign(client, ids)
+    out = await call(
+        client,
+        "PATCH",
+        f"/creatives/{ids['creative']}",
+        {"variants": [{"key": "a", "body": "Hello {first_name|you}"}], "name": "c2"},
+    )
+    assert out["variants"][0]["body"] == "Hello {first_name|you}" and out["name"] == "c2"
+    r = await client.patch(
+        f"/api/v1/creatives/{ids['creative']}", headers=H, json={"variants": [{"key": "a", "body": "{oops"}]}
+    )
+    assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.variants.0.body"
+    await trackly.db[c.EXECUTIONS].insert_one({"_id": 5, "campaign_id": camp["id"], "status": "evaluating"})
+    r = await client.patch(
+        f"/api/v1/creatives/{ids['creative']}", headers=H, json={"variants": [{"key": "a", "body": "x"}]}
+    )
+    data = await r.json()
+    assert r.status == 409 and "execution 5 of campaign" in data["message"]
+    r = await client.patch(f"/api/v1/audiences/{ids['audience']}", headers=H, json={"filter": {}})
+    assert r.status == 409 and "execution 5" in (await r.json())["message"]
+    assert (await call(client, "PATCH", f"/audiences/{ids['audience']}", {"name": "everyone"}))["name"] == "everyone"
+    lst = await call(
+        client,
+        "PATCH",
+        f"/sending-lists/{ids['list']}",
+        {"from_number": "ACME", "blocked_words": ["x"], "price_per_segment": 0.02},
+    )
+    assert lst["from_number"] == "ACME" and lst["price_per_segment"] == 0.02
+    r = await client.patch(f"/api/v1/sending-lists/{ids['list']}", headers=H, json={"from_number": "+1"})
+    assert r.status == 422
+    r = await client.patch(f"/api/v1/sending-lists/{ids['list']}", headers=H, json={"driver": "other"})
+    assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.driver"
+
+
+async def test_delete_archives(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """DELETE archives: hidden from lists unless ?archived=true, not usable by a campaign, an archived campaign
+    cannot be triggered or edited; something still used by a live campaign is not archived (409 naming it)."""
+    ids = await seed(client)
+    camp = await _campaign(client, ids, name="Spring")
+    r = await client.delete(f"/api/v1/creatives/{ids['creative']}", headers=H)
+    data = await r.json()
+    assert r.status == 409 and f"'Spring' (campaign {camp['id']})" in data["message"]
+    out = await call(client, "DELETE", f"/campaigns/{camp['id']}")
+    assert out["archived"] is True and out["status"] == "done"
+    assert (await call(client, "GET", "/campaigns"))["items"] == []
+    assert [x["id"] for x in (await call(client, "GET", "/campaigns?archived=true"))["items"]] == [camp["id"]]
+    r = await client.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
+    assert r.status == 409 and "archived" in (await r.json())["message"]
+    r = await client.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"name": "x"})
+    assert r.status == 409
+    for path in (f"/creatives/{ids['creative']}", f"/audiences/{ids['audience']}", f"/sending-lists/{ids['list']}"):
+        assert (await call(client, "DELETE", path))["archived"] is True
+        assert (await call(client, "GET", path))["archived"] is True
+    assert (await call(client, "GET", "/creatives"))["items"] == []
+    r = await client.post(
+        "/api/v1/campaigns",
+        headers=H,
+        json={
+            "account_id": ids["account"],
+            "sending_list_id": ids["list"],
+            "audience_ids": [ids["audience"]],
+            "creative_id": ids["creative"],
+        },
+    )
+    data = await r.json()
+    assert r.status == 422 and len(data["details"]) == 3 and all("archived" in d["msg"] for d in data["details"])
+    assert await trackly.db[c.CAMPAIGNS].count_documents({}) == 1  # still there, with its history
+
+
+async def test_end_date_stops_a_recurring_campaign(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """A recurring campaign runs its occurrences up to end_at and is then done; one past it never runs."""
+    from trackly_exec.scheduler import Scheduler
+
+    from .campaign_fixtures import INSIDE
+
+    ids = await seed(client)
+    await post(
+        client,
+        f"/sending-lists/{ids['list']}/contacts",
+        {"contacts": [{"phone": "+12125550100", "timezone": INSIDE}]},
+        200,
+    )
+    r = await client.post(
+        "/api/v1/campaigns",
+        headers=H,
+        json={
+            "account_id": ids["account"],
+            "sending_list_id": ids["list"],
+            "audience_ids": [ids["audience"]],
+            "creative_id": ids["creative"],
+            "schedule": {"cron": "0 9 * * *"},
+            "end_at": (utcnow() - dt.timedelta(days=1)).isoformat(),
+        },
+    )
+    assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.end_at"
+    end = utcnow() + dt.timedelta(days=30)
+    camp = await _campaign(client, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
+    assert dt.datetime.fromisoformat(camp["end_at"]) == end.replace(microsecond=end.microsecond // 1000 * 1000)
+    now = utcnow()
+    # Due now, and the next occurrence would be after the end: this is its last run.
+    await trackly.db[c.CAMPAIGNS].update_one(
+        {"_id": camp["id"]},
+        {"$set": {"next_run_at": now - dt.timedelta(seconds=5), "end_at": now + dt.timedelta(seconds=1)}},
+    )
+    sched = Scheduler(trackly)
+    assert (await sched.run_until_idle())["started"] == 1
+    doc = await trackly.db[c.CAMPAIGNS].find_one({"_id": camp["id"]})
+    assert doc["status"] == "done"
+    # An occurrence already past the end never runs.
+    c2 = await _campaign(client, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
+    await trackly.db[c.CAMPAIGNS].update_one(
+        {"_id": c2["id"]},
+        {"$set": {"next_run_at": now - dt.timedelta(minutes=1), "end_at": now - dt.timedelta(minutes=2)}},
+    )
+    assert (await sched.run_until_idle())["started"] == 0
+    assert (await trackly.db[c.CAMPAIGNS].find_one({"_id": c2["id"]}))["status"] == "done"
+    assert await trackly.db[c.EXECUTIONS].count_documents({"campaign_id": c2["id"]}) == 0
+
+
+async def test_erase_contact_redacts_every_record(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """Erasing a contact anonymises it, dead-letters its queued messages (redacted), and redacts its number from
+    sent and failed records, inbound messages, webhook outbox payloads and alert events."""
+    ids = await seed(client)
+    await post(
+        client,
+        f"/sending-lists/{ids['list']}/contacts",
+        {
+            "contacts": [
+                {"phone": "+12125550100", "first_name": "Ann", "attributes": {"tier": "gold"}},
+                {"phone": "+12125550101", "first_name": "Bob"},
+            ]
+        },
+        200,
+    )
+    ann = await trackly.db[c.CONTACTS].find_one({"phone": "+12125550100"})
+    bob = await trackly.db[c.CONTACTS].find_one({"phone": "+12125550101"})
+    base = {
+        "account_id": ids["account"],
+        "sending_list_id": ids["list"],
+        "from_number": "+15550001111",
+        "length": 6,
+        "sendtime": utcnow(),
+    }
+    await trackly.db[c.QUEUED].insert_many(
+        [
+            {
+                "_id": "q1",
+                **base,
+                "contact_id": ann["_id"],
+                "to_number": ann["phone"],
+                "body": "Hi Ann",
+                "claimed_by": None,
+            },
+            {
+                "_id": "q2",
+                **base,
+                "contact_id": ann["_id"],
+                "to_number": ann["phone"],
+                "body": "Hi Ann",
+                "claimed_by": "x:1",
+            },
+            {
+                "_id": "q3",
+                **base,
+                "contact_id": bob["_id"],
+                "to_number": bob["phone"],
+                "body": "Hi Bob",
+                "claimed_by": None,
+            },
+        ]
+    )
+    await trackly.db[c.SENT].insert_many(
+        [
+            {"_id": "s1", **base, "contact_id": ann["_id"], "to_number": ann["phone"], "body": "Hi Ann"},
+            {"_id": "s2", **base, "contact_id": None, "to_number": ann["phone"], "body": "test", "send_type": "test"},
+            {"_id": "s3", **base, "contact_id": bob["_id"], "to_number": bob["phone"], "body": "Hi Bob"},
+        ]
+    )
+    await trackly.db[c.FAILED].insert_one(
+        {
+            "_id": "f1",
+            **base,
+            "contact_id": ann["_id"],
+            "to_number": ann["phone"],
+            "body": "Hi Ann",
+            "reason": "PROVIDER_ERROR",
+        }
+    )
+    await trackly.db[c.INBOUND].insert_one({"_id": "i1", "from_number": ann["phone"], "text": "STOP, Ann here"})
+    await trackly.db[c.CLICKS].insert_one(
+        {"_id": "k1", "contact_id": ann["_id"], "user_agent": "Ann's phone", "ip_hash": "abc"}
+    )
+    await trackly.db[c.OUTBOX].insert_one({"_id": "o1", "payload": {"toNumber": ann["phone"], "id": "s1"}})
+    await trackly.db[c.EVENTS].insert_one(
+        {
+            "_id": "e1",
+            "message": f"PROVIDER_ERROR: message f1 to {ann['phone']}",
+            "data": {"phone": ann["phone"], "reason": "PROVIDER_ERROR"},
+        }
+    )
+    out = await call(client, "POST", f"/contacts/{ann['_id']}/erase")
+    assert out == {
+        "contact_id": ann["_id"],
+        "queued_dead_lettered": 1,
+        "in_flight": 1,
+        "sent_redacted": 2,
+        "failed_redacted": 1,
+        "inbound_redacted": 1,
+        "outbox_redacted": 1,
+        "events_redacted": 1,
+    }
+    doc = await trackly.db[c.CONTACTS].find_one({"_id": ann["_id"]})
+    assert doc["phone"] == f"erased:{ann['_id']}" and doc["first_name"] is None and doc["attributes"] == {}
+    assert doc["blocked"] is True and doc["subscribed"] is False
+    assert await trackly.db[c.QUEUED].find_one({"_id": "q1"}) is None
+    f = await trackly.db[c.FAILED].find_one({"_id": "q1"})
+    assert f["reason"] == "CONTACT_BLOCKED" and f["to_number"] == "[erased]" and f["body"] == "[erased]"
+    everything = []
+    for coll in (c.SENT, c.FAILED, c.INBOUND, c.OUTBOX, c.EVENTS, c.CONTACTS, c.CLICKS):
+        everything += [str(d) async for d in trackly.db[coll].find({})]
+    text = "\n".join(everything)
+    assert "+12125550100" not in text and "Ann" not in text
+    assert "+12125550101" in text and "Hi Bob" in text  # Bob is untouched
+    assert await trackly.db[c.QUEUED].find_one({"_id": "q3"}) is not None
+    r = await client.post("/api/v1/contacts/999/erase", headers=H)
+    assert r.status == 404
+
+
+async def test_new_routes_never_500(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """Random and hostile bodies and queries on the edit, archive, preview, estimate, test-send and erase routes
+    get 4xx answers (or success), never a 500; every documented example of the new bodies is valid."""
+    import json
+    import random
+
+    from trackly_exec import apimodels as m
+
+    for model in (
+        m.SendingListPatch,
+        m.AudiencePatch,
+        m.CreativePatch,
+        m.CampaignPatch,
+        m.PreviewIn,
+        m.CampaignPreviewIn,
+        m.TestSendIn,
+        m.CampaignTestSendIn,
+    ):
+        for example in model.model_json_schema()["examples"]:
+            model.model_validate(example)
+    ids = await seed(client)
+    await post(client, f"/sending-lists/{ids['list']}/contacts", {"contacts": [{"phone": "+12125550100"}]}, 200)
+    camp = await _campaign(client, ids)
+    rnd = random.Random(11)
+    values: list[Any] = [
+        None,
+        True,
+        -1,
+        0,
+        2**70,
+        1.5e308,
+        "",
+        "x" * 300,
+        "\x00",
+        [],
+        {},
+        [1, "a"],
+        {"$gt": 1},
+        "\ud800",
+        ids["creative"],
+        ids["audience"],
+        [ids["audience"]],
+        "+12125550100",
+        ["+1"],
+        ["+12125550100"],
+        {"cron": "* * * * *"},
+        "2026-01-01T00:00:00",
+        [{"key": "a", "body": "{x"}],
+    ]
+    fields = [
+        "name",
+        "description",
+        "audience_ids",
+        "creative_id",
+        "schedule",
+        "end_at",
+        "filter",
+        "contact_ids",
+        "variants",
+        "selection",
+        "from_number",
+        "numbers",
+        "variant",
+        "contact_id",
+        "sample",
+        "audience_id",
+        "sending_list_id",
+        "override_opt_out",
+        "track_links",
+        "quiet_hours",
+        "blocked_words",
+        "scan_limit",
+    ]
+    routes = [
+        ("PATCH", f"/campaigns/{camp['id']}"),
+        ("PATCH", f"/creatives/{ids['creative']}"),
+        ("PATCH", f"/audiences/{ids['audience']}"),
+        ("PATCH", f"/sending-lists/{ids['list']}"),
+        ("POST", f"/creatives/{ids['creative']}/preview"),
+        ("POST", f"/campaigns/{camp['id']}/preview"),
+        ("POST", f"/sending-lists/{ids['list']}/test-send"),
+        ("POST", f"/campaigns/{camp['id']}/test-send"),
+    ]
+    bodies: list[bytes] = [b"", b"[]", b'"s"', b"{", b"\xff"]
+    for _ in range(200):
+        bodies.append(json.dumps({rnd.choice(fields): rnd.choice(values) for _ in range(rnd.randint(0, 5))}).encode())
+    for i, body in enumerate(bodies):
+        method, path = routes[i % len(routes)]
+        r = await client.request(method, f"/api/v1{path}", headers=H, data=body)
+        assert r.status < 500, (method, path, body[:200], await r.text())
+    for method, path in (
+        ("POST", f"/campaigns/{camp['id']}/estimate"),
+        ("POST", "/campaigns/99/estimate"),
+        ("POST", "/contacts/99/erase"),
+        ("DELETE", "/campaigns/99"),
+        ("DELETE", f"/audiences/{2**64}"),
+        ("POST", f"/campaigns/{camp['id']}/trigger?wait=maybe"),
+    ):
+        r = await client.request(method, f"/api/v1{path}", headers=H)
+        assert r.status < 500, (method, path, await r.text())
+    for query in ("name=%00", "archived=maybe", "status=", "name=" + "x" * 300, "name=.*", "archived=1"):
+        for path in ("/campaigns", "/creatives", "/audiences", "/sending-lists"):
+            r = await client.get(f"/api/v1{path}?{query}", headers=H)
+            assert r.status < 500, (path, query, await r.text())

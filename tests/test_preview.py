@@ -1,0 +1,144 @@
+"""Preview: a creative rendered for sample contacts, with what would skip or dead-letter messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+
+from .test_api import H, client, post  # noqa: F401  (fixture)
+
+
+async def _seed(cl: TestClient[Any, Any], trackly: Trackly) -> dict[str, Any]:
+    acc = await post(cl, "/accounts", {"name": "Acme", "balance": 100})
+    lst = await post(
+        cl,
+        "/sending-lists",
+        {
+            "account_id": acc["id"],
+            "name": "L",
+            "driver": "echo",
+            "from_number": "+15550001111",
+            "blocked_words": ["casino"],
+            "price_per_segment": 0.01,
+            "opt_out_footer": "STOP to end",
+        },
+    )
+    rows: list[dict[str, Any]] = [
+        {"phone": f"+1212555{n:04d}", "first_name": f"Ann{n}", "attributes": {"city": "Oslo"}} for n in range(100, 110)
+    ]
+    rows += [{"phone": f"+1212555{n:04d}", "first_name": f"Bo{n}"} for n in range(110, 113)]  # no city
+    rows += [
+        {"phone": "+12125550200", "first_name": "Zoë", "attributes": {"city": "Köln"}},
+        {"phone": "+12125550201", "first_name": "Casino Joe", "attributes": {"city": "Reno"}},
+    ]
+    await post(cl, f"/sending-lists/{lst['id']}/contacts", {"contacts": rows}, 200)
+    aud = await post(cl, "/audiences", {"sending_list_id": lst["id"], "name": "all", "filter": {}})
+    cre = await post(
+        cl,
+        "/creatives",
+        {
+            "account_id": acc["id"],
+            "name": "promo",
+            "variants": [
+                {"key": "A", "body": "Hi {first_name|there}, deals in {city}: https://shop.example.com/a"},
+                {"key": "B", "body": "Hey {frist_name}, win at the CASINO {citty|near you}"},
+            ],
+        },
+    )
+    ids = {d["phone"]: d["_id"] async for d in trackly.db[c.CONTACTS].find({})}
+    return {"list": lst["id"], "audience": aud["id"], "creative": cre["id"], "account": acc["id"], "ids": ids}
+
+
+async def test_preview_flags_typos_skips_and_blocked_words(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """Every variant is rendered exactly (links, footer, encoding, segments, cost); a placeholder that is no
+    field of the list's contacts is flagged with the closest name; placeholders without a default say how many
+    contacts they would skip; blocked words in a variant or in a personalised body are flagged."""
+    s = await _seed(client, trackly)
+    trackly.settings.executor.blocked_words = ["lottery"]
+    zoe, joe = s["ids"]["+12125550200"], s["ids"]["+12125550201"]
+    out = await post(
+        client,
+        f"/creatives/{s['creative']}/preview",
+        {"audience_id": s["audience"], "contact_ids": [zoe, joe], "track_links": True},
+        200,
+    )
+    assert out["sending_list_id"] == s["list"] and out["scanned"] == 15 and out["scan_complete"] is True
+    a, b = out["variants"]
+    pa = {p["name"]: p for p in a["placeholders"]}
+    assert pa["first_name"]["known"] and pa["first_name"]["would_skip"] == 0
+    assert pa["city"] == {
+        "name": "city",
+        "default": None,
+        "known": True,
+        "suggestion": None,
+        "missing": 3,
+        "would_skip": 3,
+    }
+    assert a["would_skip"] == 3 and a["blocked_words"] == []
+    z = a["samples"][0]
+    assert z["contact_id"] == zoe and z["encoding"] == "UCS-2" and z["body"].startswith("Hi Zoë, deals in Köln: ")
+    assert z["body"].endswith("\nSTOP to end") and z["links"][0]["destination"] == "https://shop.example.com/a"
+    assert z["links"][0]["short_url"] in z["body"] and z["cost"] == round(z["segments"] * 0.01, 6)
+    j = a["samples"][1]
+    assert j["encoding"] == "GSM-7" and j["blocked_words"] == [{"word": "Casino", "source": "list"}]
+    pb = {p["name"]: p for p in b["placeholders"]}
+    assert pb["frist_name"]["known"] is False and pb["frist_name"]["suggestion"] == "first_name"
+    assert pb["frist_name"]["would_skip"] == 15 and b["would_skip"] == 15
+    assert pb["citty"]["known"] is False and pb["citty"]["suggestion"] == "city" and pb["citty"]["would_skip"] == 0
+    assert b["blocked_words"] == [{"word": "CASINO", "source": "list"}]
+    assert all(x["skipped"] == "missing_placeholder" and x["missing"] == ["frist_name"] for x in b["samples"])
+    text = "\n".join(out["warnings"])
+    assert "did you mean {first_name}" in text and "did you mean {city}" in text and "'CASINO'" in text
+    assert f"contact {joe}" in text and "3 of 15 contacts" in text
+
+    # A global blocked word, the list's default sample, and the campaign form (its list, its link tracking).
+    cre = await post(
+        client,
+        "/creatives",
+        {
+            "account_id": s["account"],
+            "name": "lotto",
+            "variants": [{"key": "A", "body": "Lottery night, {first_name|friend}!"}],
+        },
+    )
+    out = await post(client, f"/creatives/{cre['id']}/preview", {"sending_list_id": s["list"], "sample": 2}, 200)
+    v = out["variants"][0]
+    assert v["blocked_words"] == [{"word": "Lottery", "source": "global"}] and len(v["samples"]) == 2
+    camp = await post(
+        client,
+        "/campaigns",
+        {
+            "account_id": s["account"],
+            "sending_list_id": s["list"],
+            "audience_ids": [s["audience"]],
+            "creative_id": s["creative"],
+        },
+    )
+    out = await post(client, f"/campaigns/{camp['id']}/preview", {}, 200)
+    assert out["track_links"] is False and len(out["variants"][0]["samples"]) == 3
+    assert "https://shop.example.com/a" in out["variants"][0]["samples"][0]["body"]
+    assert (
+        await trackly.db[c.QUEUED].count_documents({}) == 0 and await trackly.db[c.SHORT_LINKS].count_documents({}) == 0
+    )
+
+
+async def test_preview_bad_references_are_422(client: TestClient[Any, Any], trackly: Trackly) -> None:
+    """Unknown contacts or contacts of another list, an unknown audience, or nothing to render for: 422s."""
+    s = await _seed(client, trackly)
+    path = f"/api/v1/creatives/{s['creative']}/preview"
+    for body, loc in (
+        ({"contact_ids": [999]}, "body.contact_ids"),
+        ({"audience_id": 999}, "body.audience_id"),
+        ({}, "body"),
+        ({"sending_list_id": s["list"], "contact_ids": [1, 998]}, "body.contact_ids"),
+        ({"sending_list_id": 999}, "body.sending_list_id"),
+    ):
+        r = await client.post(path, headers=H, json=body)
+        data = await r.json()
+        assert r.status == 422 and data["details"][0]["loc"] == loc, (body, data)
+    r = await client.post("/api/v1/creatives/999/preview", headers=H, json={})
+    assert r.status == 404
