@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from trackly_exec import Accepted, Driver, DriverSettings, OutboundMessage, SendResult
+from trackly_exec import constants as c
+from trackly_exec.app import Trackly
+
+from .campaign_fixtures import INSIDE, phone_for
 
 
 class EchoSettings(DriverSettings):
@@ -18,3 +23,93 @@ class EchoDriver(Driver[EchoSettings]):
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         return [Accepted(message_id=m.id, provider_message_id=m.id) for m in messages]
+
+
+# ---- shared by the admin API and CLI tests of issue 11 ("before sending") -------------------------------------
+
+H = {"Authorization": "Bearer test-token"}
+
+
+async def post(cl: Any, path: str, body: Any, status: int = 201) -> Any:
+    """POST ``body`` to ``/api/v1{path}`` and check the status."""
+    r = await cl.post(f"/api/v1{path}", json=body, headers=H)
+    data = await r.json()
+    assert r.status == status, data
+    return data
+
+
+async def seed(cl: Any) -> dict[str, int]:
+    """An account, a sending list (echo driver), an all-contacts audience and a one-variant creative."""
+    acc = await post(cl, "/accounts", {"name": "Acme", "balance": 100, "webhook_secret": "s3cret-value"})
+    lst = await post(
+        cl,
+        "/sending-lists",
+        {
+            "account_id": acc["id"],
+            "name": "L",
+            "driver": "echo",
+            "driver_settings": {"api_key": "very-secret"},
+            "from_number": "+15550001111",
+        },
+    )
+    aud = await post(
+        cl, "/audiences", {"sending_list_id": lst["id"], "name": "all", "filter": {"subscribed": {"eq": True}}}
+    )
+    cre = await post(
+        cl,
+        "/creatives",
+        {
+            "account_id": acc["id"],
+            "name": "c",
+            "variants": [{"key": "a", "body": "Hi {first_name|there}", "weight": 1}],
+        },
+    )
+    return {"account": acc["id"], "list": lst["id"], "audience": aud["id"], "creative": cre["id"]}
+
+
+async def run_cli(url: str, *argv: str) -> int:
+    """``trackly ARGV`` against the admin API at ``url`` (the blocking CLI in a thread beside the server)."""
+    import asyncio
+
+    from trackly_exec import cli
+
+    return await asyncio.to_thread(cli.main, [*argv, "--api", url, "--token", "test-token"])
+
+
+async def setup_list(trackly: Trackly) -> None:
+    await trackly.db[c.ACCOUNTS].insert_one({"_id": 1, "name": "A", "balance": 10.0})
+    await trackly.db[c.SENDING_LISTS].insert_one(
+        {"_id": 1, "account_id": 1, "name": "L", "driver": "echo", "driver_settings": {}, "from_number": "+15550001111"}
+    )
+
+
+async def seed_direct(trackly: Trackly, n: int = 20, body: str = "Hi {first_name|there}!") -> dict[str, Any]:
+    """Written straight to the store: an account, list 1 (price 0.01), ``n`` contacts (contact 1 unsubscribed),
+    audience 1 (everyone) and creative 1 with one variant; returns a campaign body."""
+    await setup_list(trackly)
+    await trackly.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"price_per_segment": 0.01}})
+    await trackly.db[c.CONTACTS].insert_many(
+        [
+            {
+                "_id": i,
+                "sending_list_id": 1,
+                "phone": phone_for(i),
+                "first_name": f"Ann{i}",
+                "attributes": {"city": "Oslo"},
+                "timezone": INSIDE,
+                "subscribed": i != 1,
+            }
+            for i in range(1, n + 1)
+        ]
+    )
+    await trackly.db[c.AUDIENCES].insert_one({"_id": 1, "sending_list_id": 1, "name": "everyone", "filter": {}})
+    await trackly.db[c.CREATIVES].insert_one(
+        {
+            "_id": 1,
+            "account_id": 1,
+            "name": "hello",
+            "selection": "split",
+            "variants": [{"key": "a", "body": body, "weight": 1}],
+        }
+    )
+    return {"account_id": 1, "sending_list_id": 1, "audience_ids": [1], "creative_id": 1}

@@ -117,6 +117,42 @@ async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
         yield d
 
 
+@pytest.fixture
+async def admin(trackly: Trackly) -> AsyncIterator[Any]:
+    """An aiohttp TestClient of the admin API (the ``echo`` driver registered)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from trackly_exec import api
+
+    from .api_support import EchoDriver
+
+    registry.register("echo", EchoDriver)
+    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
+    api.setup(app, trackly)
+    async with TestClient(TestServer(app)) as cl:
+        yield cl
+
+
+@pytest.fixture
+async def admin_url(trackly: Trackly) -> AsyncIterator[str]:
+    """The base URL of an admin API server on loopback (for the blocking CLI; the ``echo`` driver registered)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from trackly_exec import api
+
+    from .api_support import EchoDriver
+
+    registry.register("echo", EchoDriver)
+    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
+    api.setup(app, trackly)
+    srv = TestServer(app, host="127.0.0.1")
+    await srv.start_server()
+    yield str(srv.make_url("")).rstrip("/")
+    await srv.close()
+
+
 @pytest.fixture(autouse=True)
 def _reset_registry() -> Iterator[None]:
     saved = dict(registry._registered)

@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
 from trackly_exec import constants as c
+from trackly_exec.alerts import Alerts
 from trackly_exec.app import Trackly
 from trackly_exec.events import Event, EventKind
 from trackly_exec.scheduler import trigger
 
 from .campaign_fixtures import register_echo, seed_campaign
-from .test_operations import DiscordStub, _alerts
+
+
+class DiscordStub:
+    """A local stand-in for a Discord webhook: records what is posted."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        app = web.Application()
+        app.router.add_post("/hook", self.hook)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def hook(self, request: web.Request) -> web.Response:
+        self.posts.append(await request.json())
+        return web.Response(status=204)
+
+
+async def _alerts(trackly: Trackly, stub: DiscordStub, interval: float) -> Alerts:
+    await stub.server.start_server()
+    trackly.settings.alerts.discord_webhook_url = SecretStr(str(stub.server.make_url("/hook")))
+    trackly.settings.alerts.min_interval_seconds = interval
+    return Alerts(trackly)
 
 
 async def test_alerts_carry_names(trackly: Trackly) -> None:

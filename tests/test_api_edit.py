@@ -11,7 +11,7 @@ from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.models import utcnow
 
-from .test_api import H, client, post, seed  # noqa: F401  (fixture)
+from .api_support import H, post, seed
 
 
 async def call(cl: TestClient[Any, Any], method: str, path: str, body: Any = None, status: int = 200) -> Any:
@@ -35,100 +35,100 @@ async def _campaign(cl: TestClient[Any, Any], ids: dict[str, int], **kw: Any) ->
     )
 
 
-async def test_patch_campaign_refused_while_running(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_patch_campaign_refused_while_running(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """A campaign's name changes any time; its creative, audiences and schedule only while no execution of it is
     running (409 naming the execution); references are validated like at creation."""
-    ids = await seed(client)
-    camp = await _campaign(client, ids, name="Spring")
+    ids = await seed(admin)
+    camp = await _campaign(admin, ids, name="Spring")
     cre2 = await post(
-        client,
+        admin,
         "/creatives",
         {"account_id": ids["account"], "name": "v2", "variants": [{"key": "a", "body": "New text"}]},
     )
     out = await call(
-        client,
+        admin,
         "PATCH",
         f"/campaigns/{camp['id']}",
         {"creative_id": cre2["id"], "track_links": True, "description": "second try"},
     )
     assert out["creative_id"] == cre2["id"] and out["track_links"] is True and out["description"] == "second try"
     await trackly.db[c.EXECUTIONS].insert_one({"_id": 77, "campaign_id": camp["id"], "status": "queued"})
-    r = await client.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"creative_id": ids["creative"]})
+    r = await admin.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"creative_id": ids["creative"]})
     data = await r.json()
     assert r.status == 409 and "execution 77" in data["message"] and "queued" in data["message"]
-    assert (await call(client, "PATCH", f"/campaigns/{camp['id']}", {"name": "Spring!"}))["name"] == "Spring!"
+    assert (await call(admin, "PATCH", f"/campaigns/{camp['id']}", {"name": "Spring!"}))["name"] == "Spring!"
     await trackly.db[c.EXECUTIONS].update_one({"_id": 77}, {"$set": {"status": "completed"}})
-    r = await client.patch(
+    r = await admin.patch(
         f"/api/v1/campaigns/{camp['id']}", headers=H, json={"audience_ids": [404], "creative_id": 405}
     )
     data = await r.json()
     assert r.status == 422 and {d["loc"] for d in data["details"]} == {"body.audience_ids", "body.creative_id"}
-    cron = await call(client, "PATCH", f"/campaigns/{camp['id']}", {"schedule": {"cron": "0 9 * * *"}})
+    cron = await call(admin, "PATCH", f"/campaigns/{camp['id']}", {"schedule": {"cron": "0 9 * * *"}})
     assert cron["next_run_at"] is not None and cron["schedule"]["cron"] == "0 9 * * *"
-    r = await client.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"name": None})
+    r = await admin.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"name": None})
     assert r.status == 422
-    r = await client.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"status": "active"})
+    r = await admin.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"status": "active"})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.status"
 
 
-async def test_patch_creative_in_use_by_running_execution(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_patch_creative_in_use_by_running_execution(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """A creative's variants change only while no running execution uses it; bad templates are 422s."""
-    ids = await seed(client)
-    camp = await _campaign(client, ids)
+    ids = await seed(admin)
+    camp = await _campaign(admin, ids)
     out = await call(
-        client,
+        admin,
         "PATCH",
         f"/creatives/{ids['creative']}",
         {"variants": [{"key": "a", "body": "Hello {first_name|you}"}], "name": "c2"},
     )
     assert out["variants"][0]["body"] == "Hello {first_name|you}" and out["name"] == "c2"
-    r = await client.patch(
+    r = await admin.patch(
         f"/api/v1/creatives/{ids['creative']}", headers=H, json={"variants": [{"key": "a", "body": "{oops"}]}
     )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.variants.0.body"
     await trackly.db[c.EXECUTIONS].insert_one({"_id": 5, "campaign_id": camp["id"], "status": "evaluating"})
-    r = await client.patch(
+    r = await admin.patch(
         f"/api/v1/creatives/{ids['creative']}", headers=H, json={"variants": [{"key": "a", "body": "x"}]}
     )
     data = await r.json()
     assert r.status == 409 and "execution 5 of campaign" in data["message"]
-    r = await client.patch(f"/api/v1/audiences/{ids['audience']}", headers=H, json={"filter": {}})
+    r = await admin.patch(f"/api/v1/audiences/{ids['audience']}", headers=H, json={"filter": {}})
     assert r.status == 409 and "execution 5" in (await r.json())["message"]
-    assert (await call(client, "PATCH", f"/audiences/{ids['audience']}", {"name": "everyone"}))["name"] == "everyone"
+    assert (await call(admin, "PATCH", f"/audiences/{ids['audience']}", {"name": "everyone"}))["name"] == "everyone"
     lst = await call(
-        client,
+        admin,
         "PATCH",
         f"/sending-lists/{ids['list']}",
         {"from_number": "ACME", "blocked_words": ["x"], "price_per_segment": 0.02},
     )
     assert lst["from_number"] == "ACME" and lst["price_per_segment"] == 0.02
-    r = await client.patch(f"/api/v1/sending-lists/{ids['list']}", headers=H, json={"from_number": "+1"})
+    r = await admin.patch(f"/api/v1/sending-lists/{ids['list']}", headers=H, json={"from_number": "+1"})
     assert r.status == 422
-    r = await client.patch(f"/api/v1/sending-lists/{ids['list']}", headers=H, json={"driver": "other"})
+    r = await admin.patch(f"/api/v1/sending-lists/{ids['list']}", headers=H, json={"driver": "other"})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.driver"
 
 
-async def test_delete_archives(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_delete_archives(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """DELETE archives: hidden from lists unless ?archived=true, not usable by a campaign, an archived campaign
     cannot be triggered or edited; something still used by a live campaign is not archived (409 naming it)."""
-    ids = await seed(client)
-    camp = await _campaign(client, ids, name="Spring")
-    r = await client.delete(f"/api/v1/creatives/{ids['creative']}", headers=H)
+    ids = await seed(admin)
+    camp = await _campaign(admin, ids, name="Spring")
+    r = await admin.delete(f"/api/v1/creatives/{ids['creative']}", headers=H)
     data = await r.json()
     assert r.status == 409 and f"'Spring' (campaign {camp['id']})" in data["message"]
-    out = await call(client, "DELETE", f"/campaigns/{camp['id']}")
+    out = await call(admin, "DELETE", f"/campaigns/{camp['id']}")
     assert out["archived"] is True and out["status"] == "done"
-    assert (await call(client, "GET", "/campaigns"))["items"] == []
-    assert [x["id"] for x in (await call(client, "GET", "/campaigns?archived=true"))["items"]] == [camp["id"]]
-    r = await client.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
+    assert (await call(admin, "GET", "/campaigns"))["items"] == []
+    assert [x["id"] for x in (await call(admin, "GET", "/campaigns?archived=true"))["items"]] == [camp["id"]]
+    r = await admin.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
     assert r.status == 409 and "archived" in (await r.json())["message"]
-    r = await client.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"name": "x"})
+    r = await admin.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"name": "x"})
     assert r.status == 409
     for path in (f"/creatives/{ids['creative']}", f"/audiences/{ids['audience']}", f"/sending-lists/{ids['list']}"):
-        assert (await call(client, "DELETE", path))["archived"] is True
-        assert (await call(client, "GET", path))["archived"] is True
-    assert (await call(client, "GET", "/creatives"))["items"] == []
-    r = await client.post(
+        assert (await call(admin, "DELETE", path))["archived"] is True
+        assert (await call(admin, "GET", path))["archived"] is True
+    assert (await call(admin, "GET", "/creatives"))["items"] == []
+    r = await admin.post(
         "/api/v1/campaigns",
         headers=H,
         json={
@@ -143,20 +143,20 @@ async def test_delete_archives(client: TestClient[Any, Any], trackly: Trackly) -
     assert await trackly.db[c.CAMPAIGNS].count_documents({}) == 1  # still there, with its history
 
 
-async def test_end_date_stops_a_recurring_campaign(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_end_date_stops_a_recurring_campaign(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """A recurring campaign runs its occurrences up to end_at and is then done; one past it never runs."""
     from trackly_exec.scheduler import Scheduler
 
     from .campaign_fixtures import INSIDE
 
-    ids = await seed(client)
+    ids = await seed(admin)
     await post(
-        client,
+        admin,
         f"/sending-lists/{ids['list']}/contacts",
         {"contacts": [{"phone": "+12125550100", "timezone": INSIDE}]},
         200,
     )
-    r = await client.post(
+    r = await admin.post(
         "/api/v1/campaigns",
         headers=H,
         json={
@@ -170,7 +170,7 @@ async def test_end_date_stops_a_recurring_campaign(client: TestClient[Any, Any],
     )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.end_at"
     end = utcnow() + dt.timedelta(days=30)
-    camp = await _campaign(client, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
+    camp = await _campaign(admin, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
     assert dt.datetime.fromisoformat(camp["end_at"]) == end.replace(microsecond=end.microsecond // 1000 * 1000)
     now = utcnow()
     # Due now, and the next occurrence would be after the end: this is its last run.
@@ -183,7 +183,7 @@ async def test_end_date_stops_a_recurring_campaign(client: TestClient[Any, Any],
     doc = await trackly.db[c.CAMPAIGNS].find_one({"_id": camp["id"]})
     assert doc["status"] == "done"
     # An occurrence already past the end never runs.
-    c2 = await _campaign(client, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
+    c2 = await _campaign(admin, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
     await trackly.db[c.CAMPAIGNS].update_one(
         {"_id": c2["id"]},
         {"$set": {"next_run_at": now - dt.timedelta(minutes=1), "end_at": now - dt.timedelta(minutes=2)}},
@@ -193,12 +193,12 @@ async def test_end_date_stops_a_recurring_campaign(client: TestClient[Any, Any],
     assert await trackly.db[c.EXECUTIONS].count_documents({"campaign_id": c2["id"]}) == 0
 
 
-async def test_erase_contact_redacts_every_record(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Erasing a contact anonymises it, dead-letters its queued messages (redacted), and redacts its number from
     sent and failed records, inbound messages, webhook outbox payloads and alert events."""
-    ids = await seed(client)
+    ids = await seed(admin)
     await post(
-        client,
+        admin,
         f"/sending-lists/{ids['list']}/contacts",
         {
             "contacts": [
@@ -274,7 +274,7 @@ async def test_erase_contact_redacts_every_record(client: TestClient[Any, Any], 
             "data": {"phone": ann["phone"], "reason": "PROVIDER_ERROR"},
         }
     )
-    out = await call(client, "POST", f"/contacts/{ann['_id']}/erase")
+    out = await call(admin, "POST", f"/contacts/{ann['_id']}/erase")
     assert out == {
         "contact_id": ann["_id"],
         "queued_dead_lettered": 1,
@@ -298,11 +298,11 @@ async def test_erase_contact_redacts_every_record(client: TestClient[Any, Any], 
     assert "+12125550100" not in text and "Ann" not in text
     assert "+12125550101" in text and "Hi Bob" in text  # Bob is untouched
     assert await trackly.db[c.QUEUED].find_one({"_id": "q3"}) is not None
-    r = await client.post("/api/v1/contacts/999/erase", headers=H)
+    r = await admin.post("/api/v1/contacts/999/erase", headers=H)
     assert r.status == 404
 
 
-async def test_new_routes_never_500(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_new_routes_never_500(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Random and hostile bodies and queries on the edit, archive, preview, estimate, test-send and erase routes
     get 4xx answers (or success), never a 500; every documented example of the new bodies is valid."""
     import json
@@ -322,9 +322,9 @@ async def test_new_routes_never_500(client: TestClient[Any, Any], trackly: Track
     ):
         for example in model.model_json_schema()["examples"]:
             model.model_validate(example)
-    ids = await seed(client)
-    await post(client, f"/sending-lists/{ids['list']}/contacts", {"contacts": [{"phone": "+12125550100"}]}, 200)
-    camp = await _campaign(client, ids)
+    ids = await seed(admin)
+    await post(admin, f"/sending-lists/{ids['list']}/contacts", {"contacts": [{"phone": "+12125550100"}]}, 200)
+    camp = await _campaign(admin, ids)
     rnd = random.Random(11)
     values: list[Any] = [
         None,
@@ -390,7 +390,7 @@ async def test_new_routes_never_500(client: TestClient[Any, Any], trackly: Track
         bodies.append(json.dumps({rnd.choice(fields): rnd.choice(values) for _ in range(rnd.randint(0, 5))}).encode())
     for i, body in enumerate(bodies):
         method, path = routes[i % len(routes)]
-        r = await client.request(method, f"/api/v1{path}", headers=H, data=body)
+        r = await admin.request(method, f"/api/v1{path}", headers=H, data=body)
         assert r.status < 500, (method, path, body[:200], await r.text())
     for method, path in (
         ("POST", f"/campaigns/{camp['id']}/estimate"),
@@ -400,9 +400,9 @@ async def test_new_routes_never_500(client: TestClient[Any, Any], trackly: Track
         ("DELETE", f"/audiences/{2**64}"),
         ("POST", f"/campaigns/{camp['id']}/trigger?wait=maybe"),
     ):
-        r = await client.request(method, f"/api/v1{path}", headers=H)
+        r = await admin.request(method, f"/api/v1{path}", headers=H)
         assert r.status < 500, (method, path, await r.text())
     for query in ("name=%00", "archived=maybe", "status=", "name=" + "x" * 300, "name=.*", "archived=1"):
         for path in ("/campaigns", "/creatives", "/audiences", "/sending-lists"):
-            r = await client.get(f"/api/v1{path}?{query}", headers=H)
+            r = await admin.get(f"/api/v1{path}?{query}", headers=H)
             assert r.status < 500, (path, query, await r.text())

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 
-from .test_api import H, client, post  # noqa: F401  (fixture)
+from .api_support import H, post
 
 
 async def _seed(cl: TestClient[Any, Any], trackly: Trackly) -> dict[str, Any]:
@@ -53,15 +53,15 @@ async def _seed(cl: TestClient[Any, Any], trackly: Trackly) -> dict[str, Any]:
     return {"list": lst["id"], "audience": aud["id"], "creative": cre["id"], "account": acc["id"], "ids": ids}
 
 
-async def test_preview_flags_typos_skips_and_blocked_words(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_preview_flags_typos_skips_and_blocked_words(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Every variant is rendered exactly (links, footer, encoding, segments, cost); a placeholder that is no
     field of the list's contacts is flagged with the closest name; placeholders without a default say how many
     contacts they would skip; blocked words in a variant or in a personalised body are flagged."""
-    s = await _seed(client, trackly)
+    s = await _seed(admin, trackly)
     trackly.settings.executor.blocked_words = ["lottery"]
     zoe, joe = s["ids"]["+12125550200"], s["ids"]["+12125550201"]
     out = await post(
-        client,
+        admin,
         f"/creatives/{s['creative']}/preview",
         {"audience_id": s["audience"], "contact_ids": [zoe, joe], "track_links": True},
         200,
@@ -97,7 +97,7 @@ async def test_preview_flags_typos_skips_and_blocked_words(client: TestClient[An
 
     # A global blocked word, the list's default sample, and the campaign form (its list, its link tracking).
     cre = await post(
-        client,
+        admin,
         "/creatives",
         {
             "account_id": s["account"],
@@ -105,11 +105,11 @@ async def test_preview_flags_typos_skips_and_blocked_words(client: TestClient[An
             "variants": [{"key": "A", "body": "Lottery night, {first_name|friend}!"}],
         },
     )
-    out = await post(client, f"/creatives/{cre['id']}/preview", {"sending_list_id": s["list"], "sample": 2}, 200)
+    out = await post(admin, f"/creatives/{cre['id']}/preview", {"sending_list_id": s["list"], "sample": 2}, 200)
     v = out["variants"][0]
     assert v["blocked_words"] == [{"word": "Lottery", "source": "global"}] and len(v["samples"]) == 2
     camp = await post(
-        client,
+        admin,
         "/campaigns",
         {
             "account_id": s["account"],
@@ -118,7 +118,7 @@ async def test_preview_flags_typos_skips_and_blocked_words(client: TestClient[An
             "creative_id": s["creative"],
         },
     )
-    out = await post(client, f"/campaigns/{camp['id']}/preview", {}, 200)
+    out = await post(admin, f"/campaigns/{camp['id']}/preview", {}, 200)
     assert out["track_links"] is False and len(out["variants"][0]["samples"]) == 3
     assert "https://shop.example.com/a" in out["variants"][0]["samples"][0]["body"]
     assert (
@@ -126,9 +126,9 @@ async def test_preview_flags_typos_skips_and_blocked_words(client: TestClient[An
     )
 
 
-async def test_preview_bad_references_are_422(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_preview_bad_references_are_422(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Unknown contacts or contacts of another list, an unknown audience, or nothing to render for: 422s."""
-    s = await _seed(client, trackly)
+    s = await _seed(admin, trackly)
     path = f"/api/v1/creatives/{s['creative']}/preview"
     for body, loc in (
         ({"contact_ids": [999]}, "body.contact_ids"),
@@ -137,8 +137,8 @@ async def test_preview_bad_references_are_422(client: TestClient[Any, Any], trac
         ({"sending_list_id": s["list"], "contact_ids": [1, 998]}, "body.contact_ids"),
         ({"sending_list_id": 999}, "body.sending_list_id"),
     ):
-        r = await client.post(path, headers=H, json=body)
+        r = await admin.post(path, headers=H, json=body)
         data = await r.json()
         assert r.status == 422 and data["details"][0]["loc"] == loc, (body, data)
-    r = await client.post("/api/v1/creatives/999/preview", headers=H, json={})
+    r = await admin.post("/api/v1/creatives/999/preview", headers=H, json={})
     assert r.status == 404

@@ -10,18 +10,18 @@ from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.coordinator import Coordinator
 
+from .api_support import H, post, seed
 from .campaign_fixtures import INSIDE, zone_where
-from .test_api import H, client, post, seed  # noqa: F401  (fixture)
 
 OUTSIDE = zone_where(False)
 
 
-async def test_test_send_goes_through_the_executor(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_test_send_goes_through_the_executor(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """A test send queues under a test execution, the executor sends it (MessageSent with send_type "test"), and
     the execution completes; an opted-out contact's number is skipped, one outside quiet hours is held."""
-    ids = await seed(client)
+    ids = await seed(admin)
     await post(
-        client,
+        admin,
         f"/sending-lists/{ids['list']}/contacts",
         {
             "contacts": [
@@ -33,7 +33,7 @@ async def test_test_send_goes_through_the_executor(client: TestClient[Any, Any],
         200,
     )
     out = await post(
-        client,
+        admin,
         f"/sending-lists/{ids['list']}/test-send",
         {"creative_id": ids["creative"], "numbers": ["(212) 555-0100", "+12125550101", "+12125550102", "+12125550199"]},
         202,
@@ -52,17 +52,17 @@ async def test_test_send_goes_through_the_executor(client: TestClient[Any, Any],
     assert all(d["send_type"] == "test" and d["overrides"] is None and d["campaign_id"] is None for d in sent.values())
     held = await trackly.db[c.QUEUED].find_one({"to_number": "+12125550102"})
     assert held is not None and held["not_before"] is not None
-    r = await client.get(f"/api/v1/executions/{out['execution_id']}", headers=H)
+    r = await admin.get(f"/api/v1/executions/{out['execution_id']}", headers=H)
     assert (await r.json())["kind"] == "test"
 
 
-async def test_test_send_overrides_are_explicit_and_recorded(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_test_send_overrides_are_explicit_and_recorded(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """With override_opt_out and override_quiet_hours the executor sends to an opted-out number outside its
     window now, and every record says which checks were lifted; without them the executor still refuses a
     contact who opted out after queuing."""
-    ids = await seed(client)
+    ids = await seed(admin)
     await post(
-        client,
+        admin,
         f"/sending-lists/{ids['list']}/contacts",
         {
             "contacts": [
@@ -73,7 +73,7 @@ async def test_test_send_overrides_are_explicit_and_recorded(client: TestClient[
         200,
     )
     camp = await post(
-        client,
+        admin,
         "/campaigns",
         {
             "account_id": ids["account"],
@@ -83,13 +83,13 @@ async def test_test_send_overrides_are_explicit_and_recorded(client: TestClient[
         },
     )
     out = await post(
-        client,
+        admin,
         f"/campaigns/{camp['id']}/test-send",
         {"numbers": ["+12125550101"], "override_opt_out": True, "override_quiet_hours": True},
         202,
     )
     assert out["overrides"] == ["opt_out", "quiet_hours"] and out["messages"][0]["held_until"] is None
-    late = await post(client, f"/campaigns/{camp['id']}/test-send", {"numbers": ["+12125550103"]}, 202)
+    late = await post(admin, f"/campaigns/{camp['id']}/test-send", {"numbers": ["+12125550103"]}, 202)
     await trackly.db[c.CONTACTS].update_one(
         {"phone": "+12125550103"}, {"$set": {"subscribed": False}}
     )  # STOP meanwhile
@@ -102,17 +102,17 @@ async def test_test_send_overrides_are_explicit_and_recorded(client: TestClient[
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": out["execution_id"]})
     assert ex["test_of_campaign"] == camp["id"] and ex["overrides"] == ["opt_out", "quiet_hours"]
     # campaign stats do not count test sends
-    r = await client.get(f"/api/v1/campaigns/{camp['id']}/stats", headers=H)
+    r = await admin.get(f"/api/v1/campaigns/{camp['id']}/stats", headers=H)
     stats = await r.json()
     assert stats["sent"] == 0 and stats["executions"] == 0
 
 
-async def test_test_send_errors(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_test_send_errors(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Bad numbers, an unknown variant or creative, a placeholder with no value and no default: 422s."""
-    ids = await seed(client)
+    ids = await seed(admin)
     path = f"/api/v1/sending-lists/{ids['list']}/test-send"
     cre = await post(
-        client,
+        admin,
         "/creatives",
         {"account_id": ids["account"], "name": "x", "variants": [{"key": "a", "body": "Code {code}"}]},
     )
@@ -124,7 +124,7 @@ async def test_test_send_errors(client: TestClient[Any, Any], trackly: Trackly) 
         ({"creative_id": ids["creative"], "numbers": [f"+1212555{i:04d}" for i in range(11)]}, "body.numbers"),
         ({"creative_id": ids["creative"], "numbers": []}, "body.numbers"),
     ):
-        r = await client.post(path, headers=H, json=body)
+        r = await admin.post(path, headers=H, json=body)
         data = await r.json()
         assert r.status == 422 and data["details"][0]["loc"] == loc, (body, data)
     assert await trackly.db[c.QUEUED].count_documents({}) == 0

@@ -16,9 +16,9 @@ from trackly_exec import scheduler
 from trackly_exec.app import Trackly
 from trackly_exec.models import utcnow
 
+from .api_support import post, seed, seed_direct
+from .api_support import run_cli as run
 from .campaign_fixtures import INSIDE, phone_for
-from .test_api import H, client, post, seed  # noqa: F401  (fixture)
-from .test_cli_admin import run, server  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -59,12 +59,12 @@ async def _campaign(cl: TestClient[Any, Any], n: int = 30) -> dict[str, Any]:
 
 
 async def test_trigger_answers_before_the_evaluation(
-    client: TestClient[Any, Any], trackly: Trackly, gate: asyncio.Event
+    admin: TestClient[Any, Any], trackly: Trackly, gate: asyncio.Event
 ) -> None:
     """The trigger answers 202 with a pending execution while its evaluation has not run; the evaluation then
     queues everyone in the background; ?wait=true answers once it is queued."""
-    camp = await _campaign(client)
-    out = await post(client, f"/campaigns/{camp['id']}/trigger", None, 202)
+    camp = await _campaign(admin)
+    out = await post(admin, f"/campaigns/{camp['id']}/trigger", None, 202)
     eid = out["execution_id"]
     assert out["execution"]["status"] == "pending"
     assert await trackly.db[c.QUEUED].count_documents({}) == 0
@@ -73,17 +73,17 @@ async def test_trigger_answers_before_the_evaluation(
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
     assert ex["status"] == "queued" and ex["counts"]["queued"] == 30 and ex["counts"]["expected"] == 30
     assert await trackly.db[c.QUEUED].count_documents({"execution_id": eid}) == 30
-    waited = await post(client, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
+    waited = await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
     assert waited["execution"]["status"] == "queued"
 
 
 async def test_background_evaluation_resumes_after_the_daemon_died(
-    client: TestClient[Any, Any], trackly: Trackly, gate: asyncio.Event
+    admin: TestClient[Any, Any], trackly: Trackly, gate: asyncio.Event
 ) -> None:
     """An evaluation that dies with its process (cancelled while held) is resumed from its lease by a scheduler,
     and queues everyone exactly once."""
-    camp = await _campaign(client)
-    out = await post(client, f"/campaigns/{camp['id']}/trigger", None, 202)
+    camp = await _campaign(admin)
+    out = await post(admin, f"/campaigns/{camp['id']}/trigger", None, 202)
     await scheduler.stop_background(trackly, 0)  # the process dies: nothing queued, the lease stays
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": out["execution_id"]})
     assert ex["status"] == "pending" and ex["lease_owner"]
@@ -97,26 +97,24 @@ async def test_background_evaluation_resumes_after_the_daemon_died(
 
 
 async def test_cli_trigger_follows_the_execution(
-    server: str,
-    trackly: Trackly,  # noqa: F811
+    admin_url: str,
+    trackly: Trackly,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`campaign trigger` returns the execution at once and follows it (plain lines when not a TTY) until it is
     queued; --detach only prints the execution id; a failed execution exits 1 with its reason."""
-    from .test_cli_before import seed as seed_cli
-
-    spec = await seed_cli(trackly, n=50)
-    assert await run(server, "campaign", "create", "--json", json.dumps(spec)) == 0
+    spec = await seed_direct(trackly, n=50)
+    assert await run(admin_url, "campaign", "create", "--json", json.dumps(spec)) == 0
     capsys.readouterr()
-    assert await run(server, "campaign", "trigger", "1", "--poll", "0.05", "--every", "0") == 0
+    assert await run(admin_url, "campaign", "trigger", "1", "--poll", "0.05", "--every", "0") == 0
     out = capsys.readouterr()
     assert "campaign 1: execution 1 queued; unique 50, queued 49" in out.out
     lines = out.err.strip().splitlines()
     assert lines and lines[-1] == "queued: 50/50 contacts evaluated, 49 queued" and "\r" not in out.err
-    assert await run(server, "campaign", "trigger", "1", "--detach") == 0
+    assert await run(admin_url, "campaign", "trigger", "1", "--detach") == 0
     assert "execution 2 started" in capsys.readouterr().out
-    assert await run(server, "campaign", "follow", "2", "--poll", "0.05") == 0
+    assert await run(admin_url, "campaign", "follow", "2", "--poll", "0.05") == 0
     assert "execution 2 queued" in capsys.readouterr().out
     await trackly.db[c.CREATIVES].update_one({"_id": 1}, {"$set": {"archived": True}})
-    assert await run(server, "campaign", "trigger", "1", "--poll", "0.05") == 1
+    assert await run(admin_url, "campaign", "trigger", "1", "--poll", "0.05") == 1
     assert "failed: creative 1 is archived" in capsys.readouterr().err
