@@ -97,6 +97,33 @@ async def test_sending_list_sender_and_driver_validated(admin: TestClient[Any, A
     assert "not configured" in locs["body.driver"] and "account 999" in locs["body.account_id"]
 
 
+async def test_installed_but_unconfigured_driver(admin: TestClient[Any, Any]) -> None:
+    """An installed driver (twilio) without a [drivers.twilio] section and without credentials of the list's own is
+    "not configured" (the credential is named, never shown); with its credentials in driver_settings it is fine."""
+    ids = await seed(admin)
+    r = await admin.post(
+        "/api/v1/sending-lists",
+        headers=H,
+        json={"account_id": ids["account"], "name": "x", "driver": "twilio", "from_number": "+15550001111"},
+    )
+    data = await r.json()
+    assert r.status == 422 and data["details"][0]["loc"] == "body.driver", data
+    assert "not configured: its credential auth_token is empty" in data["message"]
+    assert "[drivers.twilio] (not in the config)" in data["message"]
+    r = await admin.post(
+        "/api/v1/sending-lists",
+        headers=H,
+        json={
+            "account_id": ids["account"],
+            "name": "x",
+            "driver": "twilio",
+            "from_number": "+15550001111",
+            "driver_settings": {"account_sid": "AC1", "auth_token": "tok-very-secret"},
+        },
+    )
+    assert r.status == 201 and "tok-very-secret" not in await r.text()
+
+
 async def test_every_reference_error_reported(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """A campaign naming a missing list, audience and creative gets one 422 listing all three; an audience
     naming missing contacts or contacts of another list says which."""

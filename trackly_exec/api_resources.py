@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from . import apimodels as m
 from . import constants as c
@@ -69,7 +70,17 @@ async def create_account(request: web.Request) -> web.Response:
 def check_driver(trackly: Trackly, driver: str, driver_settings: dict[str, Any], problems: Problems) -> None:
     """The list's driver must be configured (or installed) and build with the list's settings."""
     try:
-        trackly.drivers.build(driver, driver_settings)
+        built = trackly.drivers.build(driver, driver_settings)
+        empty = [
+            name for name, value in built.settings if isinstance(value, SecretStr) and not value.get_secret_value()
+        ]
+        if empty:
+            where = f"[drivers.{driver}]" + (" (not in the config)" if driver not in trackly.drivers.names() else "")
+            problems.add(
+                "body.driver",
+                f"driver {driver!r} is not configured: its credential "
+                f"{', '.join(empty)} is empty; set it under {where} or in driver_settings",
+            )
     except DriverNotFound as exc:
         configured = ", ".join(trackly.drivers.names()) or "none"
         problems.add(
@@ -80,8 +91,7 @@ def check_driver(trackly: Trackly, driver: str, driver_settings: dict[str, Any],
     except ListOverrideError as exc:  # a driver setting a list may not override (the allow-list)
         problems.add(f"body.driver_settings.{exc.key}", str(exc))
     except Exception as exc:  # invalid settings (ConfigError), or a plugin that fails to build with them
-        where = "" if driver in trackly.drivers.names() else f" (no [drivers.{driver}] in the config)"
-        problems.add("body.driver_settings", f"driver {driver!r} cannot be built with these settings{where}: {exc}")
+        problems.add("body.driver_settings", f"driver {driver!r} cannot be built with these settings: {exc}")
 
 
 async def check_account(trackly: Trackly, account_id: int, problems: Problems) -> None:
