@@ -124,6 +124,7 @@ async def admin(trackly: Trackly) -> AsyncIterator[Any]:
     from aiohttp.test_utils import TestClient, TestServer
 
     from trackly_exec import api
+    from trackly_exec.scheduler import stop_background
 
     from .api_support import EchoDriver
 
@@ -132,6 +133,7 @@ async def admin(trackly: Trackly) -> AsyncIterator[Any]:
     api.setup(app, trackly)
     async with TestClient(TestServer(app)) as cl:
         yield cl
+    await stop_background(trackly, 30)  # evaluations its triggers started
 
 
 @pytest.fixture
@@ -141,6 +143,7 @@ async def admin_url(trackly: Trackly) -> AsyncIterator[str]:
     from aiohttp.test_utils import TestServer
 
     from trackly_exec import api
+    from trackly_exec.scheduler import stop_background
 
     from .api_support import EchoDriver
 
@@ -151,6 +154,7 @@ async def admin_url(trackly: Trackly) -> AsyncIterator[str]:
     await srv.start_server()
     yield str(srv.make_url("")).rstrip("/")
     await srv.close()
+    await stop_background(trackly, 30)
 
 
 @pytest.fixture(autouse=True)

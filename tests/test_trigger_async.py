@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from trackly_exec import constants as c
 from trackly_exec import scheduler
 from trackly_exec.app import Trackly
+from trackly_exec.coordinator import Coordinator
 from trackly_exec.models import utcnow
 
 from .api_support import post, seed, seed_direct
@@ -73,7 +74,8 @@ async def test_trigger_answers_before_the_evaluation(
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
     assert ex["status"] == "queued" and ex["counts"]["queued"] == 30 and ex["counts"]["expected"] == 30
     assert await trackly.db[c.QUEUED].count_documents({"execution_id": eid}) == 30
-    waited = await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
+    await Coordinator(trackly).run_until_idle()  # sent: the one-off campaign has run (force runs it again)
+    waited = await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true&force=true", None, 202)
     assert waited["execution"]["status"] == "queued"
 
 
@@ -111,10 +113,12 @@ async def test_cli_trigger_follows_the_execution(
     assert "campaign 1: execution 1 queued; unique 50, queued 49" in out.out
     lines = out.err.strip().splitlines()
     assert lines and lines[-1] == "queued: 50/50 contacts evaluated, 49 queued" and "\r" not in out.err
-    assert await run(admin_url, "campaign", "trigger", "1", "--detach") == 0
+    await Coordinator(trackly).run_until_idle()
+    assert await run(admin_url, "campaign", "trigger", "1", "--detach", "--again") == 0
     assert "execution 2 started" in capsys.readouterr().out
     assert await run(admin_url, "campaign", "follow", "2", "--poll", "0.05") == 0
     assert "execution 2 queued" in capsys.readouterr().out
+    await Coordinator(trackly).run_until_idle()
     await trackly.db[c.CREATIVES].update_one({"_id": 1}, {"$set": {"archived": True}})
-    assert await run(admin_url, "campaign", "trigger", "1", "--poll", "0.05") == 1
+    assert await run(admin_url, "campaign", "trigger", "1", "--poll", "0.05", "--again") == 1
     assert "failed: creative 1 is archived" in capsys.readouterr().err

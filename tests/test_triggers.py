@@ -18,7 +18,7 @@ from trackly_exec.app import Trackly
 from trackly_exec.coordinator import Coordinator
 from trackly_exec.models import utcnow
 from trackly_exec.openapi import document
-from trackly_exec.scheduler import Scheduler, TriggerConflict, trigger
+from trackly_exec.scheduler import Scheduler, TriggerConflict, stop_background, trigger
 
 from .campaign_fixtures import EchoDriver, contact, register_echo, seed_campaign
 
@@ -68,6 +68,7 @@ async def test_concurrent_api_triggers_answer_one_202_and_409s(client: TestClien
     for b in refused:
         assert b["error"] == "conflict" and b["execution_id"] == eid and f"execution {eid}" in b["message"]
     assert await trackly.db[c.EXECUTIONS].count_documents({}) == 1
+    await stop_background(trackly, 60)  # the trigger answers at once; its evaluation runs in the background
     assert await trackly.db[c.QUEUED].count_documents({}) == 300
 
 
@@ -77,7 +78,7 @@ async def test_finished_one_off_needs_force_and_keeps_the_cooldown(
     """A one-off campaign that ran: a plain trigger is 409 naming its run; force runs it, within the cooldown
     everyone is skipped as frequency_cap; body and query both carry force; a bad body is 422."""
     await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 51)], list_kw={"cooldown_minutes": 60})
-    first = await client.post("/api/v1/campaigns/1/trigger", headers=H)
+    first = await client.post("/api/v1/campaigns/1/trigger?wait=true", headers=H)
     assert first.status == 202
     eid = (await first.json())["execution_id"]
     await _send_all(trackly)
@@ -88,12 +89,12 @@ async def test_finished_one_off_needs_force_and_keeps_the_cooldown(
     assert (await trackly.db[c.EXECUTIONS].find_one({"_id": eid}))["status"] == "completed"  # finished on the way
     r = await client.post("/api/v1/campaigns/1/trigger", headers=H, json={"force": "maybe"})
     assert r.status == 422
-    r = await client.post("/api/v1/campaigns/1/trigger", headers=H, json={"force": True})
+    r = await client.post("/api/v1/campaigns/1/trigger?wait=true", headers=H, json={"force": True})
     assert r.status == 202, await r.json()
     again = (await r.json())["execution"]
     assert again["counts"]["skipped"]["frequency_cap"] == 50 and again["counts"]["queued"] == 0
     assert again["status"] == "completed"
-    r = await client.post("/api/v1/campaigns/1/trigger?force=true", headers=H)
+    r = await client.post("/api/v1/campaigns/1/trigger?force=true&wait=true", headers=H)
     assert r.status == 202
     assert await trackly.db[c.EXECUTIONS].count_documents({}) == 3
 

@@ -173,11 +173,11 @@ async def preview(
             )
         template_text = "".join(x if isinstance(x, str) else (x.default or "") for x in parts)
         blocked = _blocked(pattern, list_words, template_text)
-        for b in blocked:
-            warnings.append(
-                f"variant {key!r} contains the blocked word {b['word']!r} ({b['source']} list): every "
-                "message of it would be dead-lettered BLOCKED_CONTENT"
-            )
+        warnings.extend(
+            f"variant {key!r} contains the blocked word {b['word']!r} ({b['source']} list): every "
+            "message of it would be dead-lettered BLOCKED_CONTENT"
+            for b in blocked
+        )
         if skips[key]:
             warnings.append(
                 f"variant {key!r}: {skips[key]:,} of {scanned:,} contacts have no value for a placeholder "
@@ -229,14 +229,14 @@ async def preview(
                 "samples": rendered,
             }
         )
-    for v in variants_out:
-        for row in v["samples"]:
-            for b in row.get("blocked_words") or []:
-                if not any(x["word"].lower() == b["word"].lower() for x in v["blocked_words"]):
-                    warnings.append(
-                        f"variant {v['key']!r} for contact {row['contact_id']}: the personalised body "
-                        f"contains the blocked word {b['word']!r}; that message would be dead-lettered"
-                    )
+    warnings.extend(
+        f"variant {v['key']!r} for contact {row['contact_id']}: the personalised body "
+        f"contains the blocked word {b['word']!r}; that message would be dead-lettered"
+        for v in variants_out
+        for row in v["samples"]
+        for b in row.get("blocked_words") or []
+        if not any(x["word"].lower() == b["word"].lower() for x in v["blocked_words"])
+    )
     return {
         "creative_id": int(creative["_id"]),
         "name": name_of(creative, "creative"),
