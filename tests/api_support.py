@@ -48,7 +48,7 @@ async def seed(cl: Any) -> dict[str, int]:
             "account_id": acc["id"],
             "name": "L",
             "driver": "echo",
-            "driver_settings": {"api_key": "very-secret"},
+            "driver_settings": {"batch_size": 5},
             "from_number": "+15550001111",
         },
     )

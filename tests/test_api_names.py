@@ -97,30 +97,23 @@ async def test_sending_list_sender_and_driver_validated(admin: TestClient[Any, A
     assert "not configured" in locs["body.driver"] and "account 999" in locs["body.account_id"]
 
 
-async def test_installed_but_unconfigured_driver(admin: TestClient[Any, Any]) -> None:
-    """An installed driver (twilio) without a [drivers.twilio] section and without credentials of the list's own is
-    "not configured" (the credential is named, never shown); with its credentials in driver_settings it is fine."""
+async def test_installed_but_unconfigured_driver(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """An installed driver (twilio) without credentials in a [drivers.twilio] section is "not configured" (the
+    credential is named, never shown); once the config has them, a list may use it."""
+    from trackly_exec.providers import DriverPool
+
     ids = await seed(admin)
-    r = await admin.post(
-        "/api/v1/sending-lists",
-        headers=H,
-        json={"account_id": ids["account"], "name": "x", "driver": "twilio", "from_number": "+15550001111"},
-    )
+    body = {"account_id": ids["account"], "name": "x", "driver": "twilio", "from_number": "+15550001111"}
+    r = await admin.post("/api/v1/sending-lists", headers=H, json=body)
     data = await r.json()
     assert r.status == 422 and data["details"][0]["loc"] == "body.driver", data
     assert "not configured: its credential auth_token is empty" in data["message"]
     assert "[drivers.twilio] (not in the config)" in data["message"]
-    r = await admin.post(
-        "/api/v1/sending-lists",
-        headers=H,
-        json={
-            "account_id": ids["account"],
-            "name": "x",
-            "driver": "twilio",
-            "from_number": "+15550001111",
-            "driver_settings": {"account_sid": "AC1", "auth_token": "tok-very-secret"},
-        },
+    configured = trackly.settings.model_copy(
+        update={"drivers": {"twilio": {"account_sid": "AC1", "auth_token": "tok-very-secret"}}}
     )
+    trackly.drivers = DriverPool(configured)
+    r = await admin.post("/api/v1/sending-lists", headers=H, json=body)
     assert r.status == 201 and "tok-very-secret" not in await r.text()
 
 

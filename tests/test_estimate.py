@@ -73,6 +73,7 @@ async def test_dry_run_and_real_run_agree(trackly: Trackly, policy: str) -> None
     assert await trackly.db[c.QUEUED].count_documents({}) == 0
     assert await trackly.db[c.SHORT_LINKS].count_documents({}) == 0
     assert await trackly.db[c.EXECUTIONS].count_documents({}) == 0
+    assert await trackly.db[c.RESERVATIONS].count_documents({}) == 0  # no cooldown reservation taken either
     k = est["counts"]
     assert k["per_audience"] == {"1": 120, "2": 100, "3": 5} and k["overlap"] == 25 and k["unique"] == 200
     assert k["skipped"]["quiet_hours"] == (2 if policy == "exclude" else 0)

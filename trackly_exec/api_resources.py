@@ -20,7 +20,6 @@ from . import apimodels as m
 from . import constants as c
 from .api import (
     IMPORT_ROW_BYTES,
-    ApiError,
     Problems,
     _json,
     _new_id,
@@ -79,7 +78,7 @@ def check_driver(trackly: Trackly, driver: str, driver_settings: dict[str, Any],
             problems.add(
                 "body.driver",
                 f"driver {driver!r} is not configured: its credential "
-                f"{', '.join(empty)} is empty; set it under {where} or in driver_settings",
+                f"{', '.join(empty)} is empty; set it under {where} in the config file",
             )
     except DriverNotFound as exc:
         configured = ", ".join(trackly.drivers.names()) or "none"
