@@ -274,6 +274,16 @@ async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], t
             "data": {"phone": ann["phone"], "reason": "PROVIDER_ERROR"},
         }
     )
+    await trackly.db[c.RESERVATIONS].insert_one(
+        {
+            "_id": f"{ids['list']}:{ann['phone']}",
+            "sending_list_id": ids["list"],
+            "to_number": ann["phone"],
+            "contact_id": ann["_id"],
+            "message_id": "s1",
+            "state": "sent",
+        }
+    )
     out = await call(admin, "POST", f"/contacts/{ann['_id']}/erase")
     assert out == {
         "contact_id": ann["_id"],
@@ -292,7 +302,7 @@ async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], t
     f = await trackly.db[c.FAILED].find_one({"_id": "q1"})
     assert f["reason"] == "CONTACT_BLOCKED" and f["to_number"] == "[erased]" and f["body"] == "[erased]"
     everything = []
-    for coll in (c.SENT, c.FAILED, c.INBOUND, c.OUTBOX, c.EVENTS, c.CONTACTS, c.CLICKS):
+    for coll in (c.SENT, c.FAILED, c.INBOUND, c.OUTBOX, c.EVENTS, c.CONTACTS, c.CLICKS, c.RESERVATIONS):
         everything += [str(d) async for d in trackly.db[coll].find({})]
     text = "\n".join(everything)
     assert "+12125550100" not in text and "Ann" not in text

@@ -9,6 +9,7 @@
 * ``to_number`` and ``body`` of its MessageSent and FailedMessage records (by contact id, and by number on the
   contact's list for records without one) are redacted, as are inbound messages from the number, customer
   webhook outbox payloads and alert events naming it.
+* Its cooldown reservations (keyed by the number) are deleted: the contact is blocked from now on anyway.
 * Messages in flight (claimed by the executor when the erasure ran) are counted in ``in_flight``: erase again
   once they are done to redact their records too.
 
@@ -120,8 +121,10 @@ async def erase_contact(trackly: Any, contact: dict[str, Any]) -> dict[str, int]
             res = await db[coll].update_many({"sending_list_id": list_id, "to_number": phone}, redact)
             n += int(res.modified_count)
         out[key] = n
+    await db[c.RESERVATIONS].delete_many({"contact_id": cid})
     if not phone:
         return out
+    await db[c.RESERVATIONS].delete_many({"sending_list_id": list_id, "to_number": phone})
     res = await db[c.INBOUND].update_many(
         {"from_number": phone}, {"$set": {"from_number": REDACTED, "text": REDACTED, "erased": True}}
     )
