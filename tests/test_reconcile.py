@@ -236,3 +236,28 @@ async def test_a_message_being_redriven_is_left_alone(settings: Settings, store:
         await trackly.close(close_store=False)
     assert counts["released"] == 1 and counts["lookups"] == 1
     assert await no_response(store) == [ids[0]] and await ids_in(store, c.QUEUED) == [ids[1]]
+
+
+async def test_redrive_leaves_a_message_the_reconciler_holds(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """While a pass holds a NO_RESPONSE message (asking the provider), an operator's re-drive skips it (else both
+    could act on it: a look-up that finds it sent plus a re-drive would text the person twice); after the lease it
+    may."""
+    from trackly_exec import redrive
+
+    ids = await seed(store, 2)
+    fakes["infobip"].script(Behaviour("reset_before"))
+    trackly = await daemon(settings, store, fakes)
+    try:
+        await Coordinator(trackly).run_until_idle()
+        lease = utcnow() + dt.timedelta(minutes=2)
+        await store.db[c.FAILED].update_one(
+            {"_id": ids[0]}, {"$set": {"reconcile_by": "x-reconcile:1", "reconcile_at": lease}}
+        )
+        match = redrive.dead_letter_filter(reasons=["NO_RESPONSE"])
+        res = await redrive.redrive(trackly, match, reasons=["NO_RESPONSE"], allow_duplicates=True)
+    finally:
+        await trackly.close(close_store=False)
+    assert res.requeued == 1 and res.skipped["redrive_in_progress"] == 1, res.as_dict()
+    assert await no_response(store) == [ids[0]] and await ids_in(store, c.QUEUED) == [ids[1]]

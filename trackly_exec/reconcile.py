@@ -281,6 +281,7 @@ async def _reject(
                         "opted_out": r.opted_out,
                         "reconcile_state": "rejected",
                         "reconcile_at": None,
+                        "reconcile_by": None,
                     }
                 },
             )
@@ -377,7 +378,7 @@ async def _park(trackly: Trackly, token: str, docs: list[dict[str, Any]], state:
     if docs:
         await trackly.store[c.FAILED].update_many(
             {"_id": {"$in": [d["_id"] for d in docs]}, "reconcile_by": token},
-            {"$set": {"reconcile_state": state, "reconcile_at": None}},
+            {"$set": {"reconcile_state": state, "reconcile_at": None, "reconcile_by": None}},
         )
         out[state] += len(docs)
 

@@ -300,9 +300,12 @@ async def _redrive_batch(
     token = f"{trackly.instance}:redrive:{uuid.uuid4().hex}"
     ids = [d["_id"] for d, _, _ in go]
     await db[c.REDRIVES].insert_one({"_id": token, "ids": ids, "at": now})
-    # 1. mark (only unmarked records: a concurrent re-drive of the same message gets none of them)
+    # 1. mark (only unmarked records: a concurrent re-drive of the same message gets none of them; nor one the
+    # reconciler holds right now: it is asking the provider about it, see reconcile.py)
+    not_reconciling = {"$or": [{"reconcile_by": {"$eq": None}}, {"reconcile_at": {"$lte": now}}]}
     marking = await db[c.FAILED].update_many(
-        {"_id": {"$in": ids}, "redrive_token": {"$eq": None}}, {"$set": {"redrive_token": token, "redrive_at": now}}
+        {"_id": {"$in": ids}, "redrive_token": {"$eq": None}, "$and": [not_reconciling]},
+        {"$set": {"redrive_token": token, "redrive_at": now}},
     )
     if marking.modified_count == len(ids):  # all of them (the usual case): no read-back
         marked = set(ids)
