@@ -6,8 +6,11 @@ A message that is exactly (trimmed, case-insensitive) one of :data:`STOP_WORDS` 
 
 - ``contacts.subscribed = False`` (the executor checks the contact at send time: CONTACT_BLOCKED, never sent);
 - their queued, *unclaimed* messages on those lists are dead-lettered right away as CONTACT_BLOCKED: they are
-  first claimed with an ``optout:`` token (fenced on ``claimed_by: None``, so a message the executor already
-  holds is left to the executor's own send-time check), recorded in FailedMessage, then deleted by that token;
+  first claimed with an ``optout:`` token (fenced on ``claimed_by: None``), recorded in FailedMessage, then
+  deleted by that token;
+- their *claimed* messages are left to the claim owner (never a second claimer racing it): the executor re-reads
+  the chunk's contacts right before each send intent (``checks.recheck``) and ends them CONTACT_BLOCKED, fenced
+  and refunded. Only a message whose send request is already on the wire can still go out;
 - an ``opt_out`` event is published.
 
 ``START``, ``YES``, ``UNSTOP`` resubscribe; ``HELP``, ``INFO`` answer with the list's ``help_text`` where the

@@ -12,7 +12,9 @@ message:
 3. the rest is cut into chunks of ``rate_limit_chunk_seconds`` of tokens (the whole remainder when the list
    is unlimited). Per chunk: **rate limit** (reserve tokens, sleep the pacing wait; over
    ``rate_limit_wait_seconds`` -> RATE_LIMIT_TIMEOUT; limiter unreachable -> release and pause the list) ->
-   **billing** (:mod:`billing`; not covered -> backoff or BILLING_BLOCKED) -> **intent** (fenced
+   **billing** (:mod:`billing`; not covered -> backoff or BILLING_BLOCKED) -> (pacing wait) -> **re-check**
+   (:func:`checks.recheck`, one store round trip per chunk: contact blocked or unsubscribed since the claim ->
+   CONTACT_BLOCKED, campaign paused -> held by the pause, quiet hours begun -> held; all refunded) -> **intent** (fenced
    ``sending_at``; only what is still held is sent) -> **send** (``driver.max_batch_size`` messages per
    request, each request holding one slot of the process-wide pool; transient failures retried with
    tenacity: exponential backoff with jitter, at least ``Retry-After``, within ``retry_max_attempts`` and
@@ -38,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, stop_before_delay
 
-from . import billing, checks, claims, failpoints, quiethours
+from . import billing, checks, claims, failpoints, queue, quiethours
+from . import constants as c
 from .driver import Driver, OutboundMessage, SendResult, TransientFailure
 from .logs import get_logger
 from .models import FailureReason, SendingList, utcnow
@@ -161,7 +164,7 @@ class Worker:
             step = (
                 "release"
                 if self.stopping.is_set()
-                else await self._chunk(info, token, send[start : start + size], send[start + size :])
+                else await self._chunk(info, token, send[start : start + size], send[start + size :], verdict.timezones)
             )
             if step == "release":
                 rest = [d["_id"] for d in send[start:]]
@@ -193,7 +196,12 @@ class Worker:
         return [pending.popleft() for _ in range(min(limit, len(pending)))]
 
     async def _chunk(
-        self, info: ListInfo, token: str, chunk: Sequence[dict[str, Any]], rest: Sequence[dict[str, Any]]
+        self,
+        info: ListInfo,
+        token: str,
+        chunk: Sequence[dict[str, Any]],
+        rest: Sequence[dict[str, Any]],
+        timezones: dict[int, str] | None = None,
     ) -> str:
         """Rate limit, bill, (pacing wait,) mark intent, send and record one chunk.
 
@@ -233,13 +241,16 @@ class Worker:
                 await billing.adjust(self.db, lst.account_id, sum(deb.costs.values()))
                 return "release"
             now = self.clock()
-        held = await claims.mark_intent(self.db, [d["_id"] for d in deb.charged], token, now)
-        if len(held) < len(deb.charged):
-            lost = [d for d in deb.charged if d["_id"] not in held]
+        charged = await self._recheck(info, token, deb.charged, deb.costs, now, timezones)
+        if not charged:
+            return "next"
+        held = await claims.mark_intent(self.db, [d["_id"] for d in charged], token, now)
+        if len(held) < len(charged):
+            lost = [d for d in charged if d["_id"] not in held]
             await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in lost))
             self.counts["claim_lost_before_send"] += len(lost)
             log.warning("claim_lost_before_send", sending_list_id=lst.id, lost=len(lost))
-        to_send = [d for d in deb.charged if d["_id"] in held]
+        to_send = [d for d in charged if d["_id"] in held]
         if not to_send:
             return "next"
         failpoints.hit("after_intent")
@@ -249,6 +260,68 @@ class Worker:
             with contextlib.suppress(LimiterUnavailable):
                 await self.limiter.relax(lst.id)
         return "next"
+
+    async def _recheck(
+        self,
+        info: ListInfo,
+        token: str,
+        docs: list[dict[str, Any]],
+        costs: dict[str, float],
+        now: dt.datetime,
+        timezones: dict[int, str] | None,
+    ) -> list[dict[str, Any]]:
+        """The send-time re-check (:func:`checks.recheck`) of a billed chunk, just before its send intent.
+
+        What changed since the claim takes effect here, fenced on this claim and refunded: a contact blocked or
+        unsubscribed (a STOP) ends CONTACT_BLOCKED; a campaign paused meanwhile is held like the pause holds it
+        (``queue.PAUSED_UNTIL``, ``paused``: resume makes it due again); outside quiet hours now, held until the
+        window opens. Returns what may be sent.
+        """
+        lst = info.doc
+        rc = await checks.recheck(
+            self.db, docs, now, window=info.window, default_tz=lst.quiet_hours.default_timezone, timezones=timezones
+        )
+        if len(rc.send) == len(docs):
+            return rc.send
+        dropped = [d for d, _ in rc.blocked] + [d for d, _ in rc.hold] + rc.paused
+        await billing.adjust(self.db, lst.account_id, sum(costs.get(d["_id"], 0.0) for d in dropped))
+        if rc.hold:
+            self.counts["held.quiet_hours"] += await claims.release(
+                self.db,
+                token,
+                [
+                    ([d["_id"] for d, _ in grp], {"not_before": nb})
+                    for nb, grp in groupby(sorted(rc.hold, key=lambda h: h[1]), key=lambda h: h[1])
+                ],
+            )
+        if rc.paused:
+            await self._hold_paused(token, rc.paused, now)
+        if rc.blocked:
+            log.info("blocked_after_claim", sending_list_id=lst.id, messages=len(rc.blocked))
+            await self.outcomes.fail_unsent(
+                token,
+                [(d, FailureReason.CONTACT_BLOCKED, f"{why} (checked before sending)") for d, why in rc.blocked],
+                now,
+            )
+        return rc.send
+
+    async def _hold_paused(self, token: str, docs: list[dict[str, Any]], now: dt.datetime) -> None:
+        """Release messages of a campaign paused since the claim with the pause's own hold.
+
+        A resume between the re-check and this release would miss them (it makes due what is held when it runs),
+        so the campaigns are read again afterwards and what has been resumed meanwhile is made due at once.
+        """
+        ids = [d["_id"] for d in docs]
+        self.counts["held.paused"] += await claims.release(
+            self.db, token, [(ids, {"not_before": queue.PAUSED_UNTIL, "paused": True})]
+        )
+        still = await checks.paused_campaigns(self.db, sorted({d["campaign_id"] for d in docs}))
+        resumed = [d["_id"] for d in docs if d["campaign_id"] not in still]
+        if resumed:
+            await self.db[c.QUEUED].update_many(
+                {"_id": {"$in": resumed}, "claimed_by": None, "paused": True},
+                {"$set": {"not_before": now, "paused": False}},
+            )
 
     async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
         expired, first, again = billing.split_blocked(docs, now, dt.timedelta(minutes=self.cfg.billing_ttl_minutes))

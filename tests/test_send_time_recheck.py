@@ -1,0 +1,270 @@
+"""Eligibility re-checked at send time (issue 8, part 1): what changes after a message was claimed — STOP, block,
+unsubscribe, campaign pause, quiet hours beginning — takes effect before its send intent, fenced on the claim."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from drivers.infobip_fake import InfobipFake
+from trackly_exec import checks, queue, quiethours
+from trackly_exec import constants as c
+from trackly_exec.config import Settings
+from trackly_exec.coordinator import Coordinator
+from trackly_exec.models import SendingList, utcnow
+from trackly_exec.ratelimit import Grant, LocalRateLimiter, RateLimiter
+from trackly_exec.store import Store
+
+from .executor_support import assert_one_record_each, midday_zone, open_trackly, seed, with_executor
+from .tracking_support import IB_TOKEN, start_daemon
+
+IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
+LIST_NUMBER = "+15550000000"  # executor_support.seed's from_number
+
+
+class GatedLimiter(RateLimiter):
+    """A real (in-process) limiter whose token requests wait for the test to open a gate.
+
+    The batch is claimed and checked before its first token request, so everything done while the gate is closed
+    happens *after the claim* and before the send intent: exactly the window the re-check must cover.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = LocalRateLimiter()
+        self.reached = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def acquire(self, list_id: int, n: int, per_minute: int, max_wait: float) -> Grant:
+        self.reached.set()
+        await self.gate.wait()
+        return await self.inner.acquire(list_id, n, per_minute, max_wait)
+
+    async def _scale(self, list_id: int, multiplier: float) -> float:
+        return await self.inner._scale(list_id, multiplier)
+
+    async def reset(self, list_id: int) -> None:
+        await self.inner.reset(list_id)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[InfobipFake]:
+    f = InfobipFake(api_key="k")
+    await f.start()
+    yield f
+    await f.stop()
+
+
+async def gated_executor(settings: Settings, store: Store, fake: InfobipFake) -> tuple[Coordinator, GatedLimiter]:
+    trackly = await open_trackly(
+        with_executor(settings, {"infobip": {**fake.driver_settings(), "timeout_seconds": 2.0}}), store
+    )
+    coord = Coordinator(trackly)
+    gated = GatedLimiter()
+    coord.limiter = coord.worker.limiter = gated
+    return coord, gated
+
+
+async def claimed_then(
+    coord: Coordinator, gated: GatedLimiter, store: Store, ids: list[str], change: Any
+) -> dict[str, int]:
+    """Run the executor until every message is claimed and waits for tokens, apply ``change``, let it finish."""
+    task = asyncio.create_task(coord.run_until_idle())
+    await asyncio.wait_for(gated.reached.wait(), 30)
+    docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
+    assert len(docs) == len(ids) and all(d["claimed_by"] and d["sending_at"] is None for d in docs)
+    await change()
+    gated.gate.set()
+    counts = await asyncio.wait_for(task, 30)
+    await coord.trackly.close(close_store=False)
+    return counts
+
+
+async def _reason(store: Store, mid: str) -> str | None:
+    doc = await store.db[c.FAILED].find_one({"_id": mid})
+    return doc["reason"] if doc else None
+
+
+@pytest.mark.parametrize(
+    "field,value,why", [("blocked", True, "contact blocked"), ("subscribed", False, "contact unsubscribed")]
+)
+async def test_block_or_unsubscribe_after_claim_is_never_sent(
+    settings: Settings, store: Store, fake: InfobipFake, field: str, value: bool, why: str
+) -> None:
+    """A contact blocked / unsubscribed after its message was claimed: CONTACT_BLOCKED, not sent, refunded."""
+    ids = await seed(store, 4, rate=600, price=0.01, balance=10.0)
+    coord, gated = await gated_executor(settings, store, fake)
+
+    async def change() -> None:
+        await store.db[c.CONTACTS].update_many({"_id": {"$in": [1, 3]}}, {"$set": {field: value}})
+
+    counts = await claimed_then(coord, gated, store, ids, change)
+    assert set(fake.accepted_counts()) == {ids[1], ids[3]} and counts["sent"] == 2
+    assert [await _reason(store, m) for m in (ids[0], ids[2])] == ["CONTACT_BLOCKED"] * 2
+    detail = (await store.db[c.FAILED].find_one({"_id": ids[0]}))["detail"]
+    assert why in detail
+    split = await assert_one_record_each(store, ids)
+    assert split == {c.QUEUED: 0, c.SENT: 2, c.FAILED: 2}
+    acc = await store.db[c.ACCOUNTS].find_one({"_id": 1})
+    assert acc["balance"] == pytest.approx(10.0 - 0.02)  # only the two sends are paid for
+
+
+async def test_campaign_paused_after_claim_is_held_and_resume_sends_it(
+    settings: Settings, store: Store, fake: InfobipFake
+) -> None:
+    """A pause after the claim holds the claimed messages exactly as the pause holds queued ones (refunded);
+    resume makes them due again and they are sent once."""
+    ids = await seed(store, 3, rate=600, price=0.01, balance=10.0)
+    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "status": "active"})
+    await store.db[c.EXECUTIONS].insert_one({"_id": 1, "campaign_id": 1})
+    coord, gated = await gated_executor(settings, store, fake)
+
+    async def pause() -> None:  # what POST /campaigns/1/pause does
+        await store.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"status": "paused"}})
+        assert await queue.hold_campaign(store.db, 1) == 0  # everything is claimed: the pause itself misses it
+
+    counts = await claimed_then(coord, gated, store, ids, pause)
+    assert fake.accepted_counts() == {} and counts.get("sent", 0) == 0 and counts["held.paused"] == 3
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    assert len(docs) == 3
+    assert all(d["claimed_by"] is None and d["paused"] is True and d["not_before"] == queue.PAUSED_UNTIL for d in docs)
+    assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == pytest.approx(10.0)
+
+    await store.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"status": "active"}})  # POST /campaigns/1/resume
+    assert await queue.release_campaign(store.db, 1, utcnow()) == 3
+    coord2, gated2 = await gated_executor(settings, store, fake)
+    gated2.gate.set()
+    assert (await coord2.run_until_idle())["sent"] == 3
+    await coord2.trackly.close(close_store=False)
+    assert fake.accepted_counts() == dict.fromkeys(ids, 1)
+    await assert_one_record_each(store, ids)
+
+
+async def test_paused_hold_undone_when_resumed_meanwhile(settings: Settings, store: Store, fake: InfobipFake) -> None:
+    """A resume that ran between the re-check and the pause hold would miss the held messages: the worker reads
+    the campaign again after holding and makes them due at once."""
+    ids = await seed(store, 2)
+    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "status": "active"})  # resumed already
+    coord, _ = await gated_executor(settings, store, fake)
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    await store.db[c.QUEUED].update_many({}, {"$set": {"claimed_by": "t1"}})
+    now = utcnow()
+    await coord.worker._hold_paused("t1", docs, now)
+    await coord.trackly.close(close_store=False)
+    after = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
+    assert all(d["claimed_by"] is None and d["paused"] is False and d["not_before"] == now for d in after)
+
+
+async def test_quiet_hours_beginning_after_claim_hold_the_message(
+    settings: Settings, store: Store, fake: InfobipFake
+) -> None:
+    """Claimed inside the window, the clock crosses the window's end while the batch waits: held until the next
+    opening (refunded), not sent."""
+    day = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    clock = [day.replace(hour=20, minute=59, second=50)]
+    ids = await seed(
+        store, 3, rate=600, price=0.01, balance=10.0, contact_tz="UTC", sendtime=clock[0] - dt.timedelta(seconds=5)
+    )
+    coord, gated = await gated_executor(settings, store, fake)
+    coord.clock = lambda: clock[0]
+
+    async def evening() -> None:
+        clock[0] = day.replace(hour=21, minute=0, second=10)
+
+    counts = await claimed_then(coord, gated, store, ids, evening)
+    assert fake.accepted_counts() == {} and counts.get("sent", 0) == 0 and counts["held.quiet_hours"] == 3
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    assert len(docs) == 3
+    assert all(d["claimed_by"] is None and d["not_before"] == day + dt.timedelta(days=1, hours=8) for d in docs)
+    assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == pytest.approx(10.0)
+
+
+async def test_recheck_decides_per_message(store: Store) -> None:
+    """Unsubscribed -> blocked; a contact that no longer exists is not blocked (as at claim time)."""
+    ids = await seed(store, 50)
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    await store.db[c.CONTACTS].update_one({"_id": 7}, {"$set": {"subscribed": False}})
+    await store.db[c.CONTACTS].update_one({"_id": 9}, {"$set": {"blocked": True, "subscribed": False}})
+    await store.db[c.CONTACTS].delete_one({"_id": 8})
+    lst = SendingList.from_doc(await store.db[c.SENDING_LISTS].find_one({"_id": 1}))
+    window = quiethours.Window.from_quiet_hours(lst.quiet_hours)
+    tz = midday_zone()
+    rc = await checks.recheck(
+        store.db, docs, utcnow(), window=window, default_tz=tz, timezones={d["contact_id"]: tz for d in docs}
+    )
+    assert [(d["contact_id"], why) for d, why in rc.blocked] == [(7, "contact unsubscribed"), (9, "contact blocked")]
+    assert len(rc.send) == 48 and not rc.hold and not rc.paused
+    assert len(ids) == 50
+
+
+# ------------------------------------------------------------------------------------------------ STOP mid-campaign
+
+
+def _mo(sender: str, message_id: str) -> str:
+    return json.dumps(
+        {
+            "results": [
+                {
+                    "messageId": message_id,
+                    "from": sender.lstrip("+"),
+                    "to": LIST_NUMBER.lstrip("+"),
+                    "text": "STOP",
+                    "receivedAt": "2026-11-29T10:00:00.000+0000",
+                    "smsCount": 1,
+                }
+            ],
+            "messageCount": 1,
+            "pendingMessageCount": 0,
+        }
+    )
+
+
+async def test_stop_through_the_webhook_reaches_claimed_messages(
+    settings: Settings, store: Store, fake: InfobipFake
+) -> None:
+    """The issue's bar: a real executor at 17,000/min with default claim sizes; STOPs posted to the real inbound
+    webhook mid-campaign, when every remaining message is already claimed. No provider-accepted send to a stopped
+    contact later than 0.5 s after its STOP was answered; their claimed messages end CONTACT_BLOCKED."""
+    n = 1917
+    async for d in start_daemon(settings, store, drivers={"infobip": {"base_url": fake.url}}):
+        ids = await seed(store, n, rate=17000)
+        coord = Coordinator(d.trackly)
+        task = asyncio.create_task(coord.run_until_idle())
+        try:
+            while len(fake.ledger) < 150:
+                await asyncio.sleep(0.01)
+            waiting = (
+                await store.db[c.QUEUED]
+                .find({"claimed_by": {"$gt": ""}, "sending_at": {"$eq": None}}, {"contact_id": 1, "to_number": 1})
+                .to_list(None)
+            )
+            waiting.sort(key=lambda x: x["_id"])
+            assert len(waiting) > 1000  # the rest of the campaign is claimed (6 workers x 2 s of tokens)
+            picks = [waiting[k] for k in (0, 3, 10, 40, 150, 400, 700, len(waiting) - 1)]
+            answered: dict[str, dt.datetime] = {}
+            for k, doc in enumerate(picks):
+                status, _ = await d.post(IB_INBOUND, _mo(doc["to_number"], f"MO-{k}"))
+                answered[doc["to_number"]] = dt.datetime.now(dt.UTC)
+                assert status == 200
+            await asyncio.wait_for(task, 50)
+        finally:
+            if not task.done():
+                task.cancel()
+            await coord.stop(1)
+        late = [
+            (e.to, (e.accepted_at - answered[e.to]).total_seconds())
+            for e in fake.ledger
+            if e.to in answered and e.accepted_at > answered[e.to] + dt.timedelta(seconds=0.5)
+        ]
+        assert late == []
+        blocked = [await _reason(store, x["_id"]) for x in picks]
+        sent_before = {e.to for e in fake.ledger if e.to in answered}
+        assert all(r == "CONTACT_BLOCKED" or x["to_number"] in sent_before for x, r in zip(picks, blocked, strict=True))
+        assert blocked.count("CONTACT_BLOCKED") >= 4  # at least the ones far back in the batch
+        split = await assert_one_record_each(store, ids)
+        assert split[c.QUEUED] == 0 and split[c.SENT] == n - blocked.count("CONTACT_BLOCKED")
