@@ -6,16 +6,20 @@ Time is driven through the documents (``billing_blocked_since`` / ``not_before``
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from drivers.fake import Behaviour
-from trackly_exec import billing
+from trackly_exec import billing, quiethours
 from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.models import utcnow
+from trackly_exec.driver import Accepted, Driver, DriverSettings, OutboundMessage, SendResult
+from trackly_exec.models import SendingList, utcnow
 from trackly_exec.store import Store
+from trackly_exec.worker import ListInfo
 
 from .executor_support import assert_one_record_each, executor, ids_in, seed
 
@@ -113,3 +117,45 @@ async def test_not_accepted_is_refunded(settings: Settings, store: Store, fakes:
     await coord.trackly.close(close_store=False)
     assert counts["sent"] == 1 and counts["failed.PROVIDER_ERROR"] == 2
     assert await balance(store) == pytest.approx(9.0)
+
+
+class _EchoDriver(Driver[DriverSettings]):
+    """The README's plugin example: accepts everything and reports no segment count."""
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        return [Accepted(message_id=m.id, provider_message_id=f"echo-{m.id}") for m in messages]
+
+
+class _CountingDriver(Driver[DriverSettings]):
+    """A driver that reports the provider's own segment count (2 here, whatever we counted)."""
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        return [Accepted(message_id=m.id, provider_message_id=f"n-{m.id}", segments=2) for m in messages]
+
+
+@pytest.mark.parametrize("driver,billed", [(_EchoDriver, 3), (_CountingDriver, 2)])
+async def test_segments_billed_from_the_message_unless_the_driver_reports_them(
+    settings: Settings,
+    store: Store,
+    fakes: dict[str, Any],
+    driver: type[Driver[DriverSettings]],
+    billed: int,
+) -> None:
+    """A 3-part message sent through a driver that does not report segments is billed 3 parts (not 1); a driver's
+    own count, when it reports one, is what is billed (the difference settled in the refund)."""
+    ids = await seed(store, 2, price=0.5, balance=10.0)
+    await store.db[c.QUEUED].update_many({}, {"$set": {"segments": 3}})
+    coord = await executor(settings, store, fakes)
+    lst = SendingList.from_doc(await store.db[c.SENDING_LISTS].find_one({"_id": 1}))
+    coord._lists[1] = (
+        time.monotonic(),
+        ListInfo(
+            lst, driver(DriverSettings(), name="plugin"), None, quiethours.Window.from_quiet_hours(lst.quiet_hours)
+        ),
+    )
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 2
+    sent = await store.db[c.SENT].find({"_id": {"$in": ids}}).to_list(None)
+    assert [(s["segments"], s["cost"]) for s in sent] == [(billed, billed * 0.5)] * 2
+    assert await balance(store) == pytest.approx(10.0 - 2 * billed * 0.5)

@@ -1,5 +1,8 @@
 """Recording outcomes: MessageSent / FailedMessage documents, queue removal, refunds and alert events.
 
+A send is billed for the provider's segment count when the driver reports one, else for the queued message's
+own count (:func:`billed_segments`); the difference to what was debited is settled in the refund.
+
 Records are inserted with unordered ``insert_many``; a duplicate ``_id`` means the message is already
 recorded (fine). The queue entries are then deleted fenced on the claim token. When that delete finds fewer
 entries than it recorded, the claim was lost (recovery may have dead-lettered some of them as NO_RESPONSE
@@ -27,7 +30,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from . import billing, claims, failpoints, reservations
 from . import constants as c
-from .driver import SendResult
+from .driver import Accepted, SendResult
 from .events import Event, EventKind
 from .logs import get_logger
 from .models import FailureReason, MessageFields
@@ -121,6 +124,16 @@ async def insert_records(db: Any, collection: str, docs: Sequence[dict[str, Any]
     except PyMongoError as exc:
         log.warning("reservations_settle_failed", collection=collection, messages=len(docs), error=str(exc))
     return inserted
+
+
+def billed_segments(doc: dict[str, Any], result: Accepted) -> int:
+    """The segments a send is billed for: the provider's count when the driver reports one, else the queued
+    message's own (a driver that leaves ``Accepted.segments`` unset, like the README's plugin example, does not
+    make a 3-part message cost 1 part)."""
+    own = int(doc.get("segments") or 1)
+    if "segments" in result.model_fields_set and result.segments >= 1:
+        return int(result.segments)
+    return own
 
 
 def failure_event(rec: dict[str, Any]) -> Event:
@@ -226,14 +239,15 @@ class Outcomes:
                 )
                 provider_errors += 1
             elif r.kind == "accepted":
-                cost = billing.message_cost({"segments": r.segments}, lst.price_per_segment)
+                parts = billed_segments(d, r)
+                cost = billing.message_cost({"segments": parts}, lst.price_per_segment)
                 refund += paid - cost
                 sent.append(
                     sent_doc(
                         d,
                         provider=provider,
                         provider_message_id=r.provider_message_id,
-                        segments=r.segments,
+                        segments=parts,
                         cost=cost,
                         now=now,
                     )
