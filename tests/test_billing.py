@@ -109,14 +109,21 @@ async def test_topped_up_account_sends(settings: Settings, store: Store, fakes: 
 
 
 async def test_not_accepted_is_refunded(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
-    """Rejected and transient-exhausted sends are refunded; accepted ones are charged."""
-    await seed(store, 3, price=1.0, balance=10.0)
+    """Rejected sends and sends held after a provider storm (transient failures outlasting the retries) are
+    refunded; accepted ones are charged (the held one when it is sent later)."""
+    ids = await seed(store, 3, price=1.0, balance=10.0)
     fakes["infobip"].script(Behaviour("reject"), Behaviour("429"), Behaviour("429"))
     coord = await executor(settings, store, fakes, claim_batch_size=1, workers_per_list=1, retry_max_attempts=2)
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
-    assert counts["sent"] == 1 and counts["failed.PROVIDER_ERROR"] == 2
-    assert await balance(store) == pytest.approx(9.0)
+    assert counts.get("sent", 0) == 0 and counts["failed.PROVIDER_ERROR"] == 1 and counts["held.provider"] == 1
+    assert await balance(store) == pytest.approx(10.0)
+    coord = await executor(settings, store, fakes)
+    coord.clock = lambda: utcnow() + dt.timedelta(minutes=1)
+    assert (await coord.run_until_idle())["sent"] == 2
+    await coord.trackly.close(close_store=False)
+    assert await balance(store) == pytest.approx(8.0)
+    await assert_one_record_each(store, ids)
 
 
 class _EchoDriver(Driver[DriverSettings]):

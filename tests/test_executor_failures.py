@@ -99,13 +99,77 @@ async def test_rate_limit_timeout(settings: Settings, store: Store, fakes: dict[
     assert fakes["infobip"].summary()["accepted"] == 0
 
 
-async def test_provider_error_after_transient_budget(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
-    """Transient failures that outlast retry_max_attempts become PROVIDER_ERROR, with nothing sent."""
-    ids = await seed(store, 2)
+async def test_transient_errors_outlasting_the_retries_hold_the_messages(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """Transient failures that outlast retry_max_attempts are not dead-lettered: the messages are held (unclaimed,
+    no intent, ``not_before`` = now + provider_hold_seconds), keep the time they were due, and are sent once the
+    provider recovers; held past the stale cutoff they end STALE, never PROVIDER_ERROR."""
+    ids = await seed(store, 4)
+    sendtime = (await store.db[c.QUEUED].find_one({"_id": ids[0]}))["sendtime"]
     fakes["infobip"].set_default(Behaviour("429"))
-    counts = await run(await executor(settings, store, fakes, retry_max_attempts=3))
-    assert await failed(store, "PROVIDER_ERROR") == sorted(ids)
-    assert fakes["infobip"].requests == 3 and counts["provider_transient"] == 6
+    before = utcnow()
+    counts = await run(await executor(settings, store, fakes, retry_max_attempts=3, provider_hold_seconds=7))
+    assert await ids_in(store, c.FAILED) == [] and counts["held.provider"] == 4 and counts.get("sent", 0) == 0
+    assert fakes["infobip"].requests == 3 and counts["provider_transient"] == 12
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    assert len(docs) == 4 and all(d["claimed_by"] is None and d["sending_at"] is None for d in docs)
+    assert all(d["throttled_due"] == sendtime and d["throttled_until"] == d["not_before"] for d in docs)
+    assert all(dt.timedelta(seconds=7) <= d["not_before"] - before <= dt.timedelta(seconds=30) for d in docs)
+
+    coord = await executor(settings, store, fakes)  # still down; a hold is not a new due time for staleness
+    coord.clock = lambda: utcnow() + dt.timedelta(minutes=31)
+    await store.db[c.QUEUED].update_many(
+        {"_id": ids[3]},  # one that was due only 1 min before the shifted clock
+        {"$set": {"throttled_due": utcnow() + dt.timedelta(minutes=30)}},
+    )
+    fakes["infobip"].set_default(Behaviour("ok"))
+    counts = await run(coord)
+    assert await failed(store, "STALE") == sorted(ids[:3]) and counts["sent"] == 1
+    assert fakes["infobip"].accepted_counts() == {ids[3]: 1}
+    await assert_one_record_each(store, ids)
+
+
+async def test_429_storm_longer_than_the_retries_delays_and_slows_down(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A 429 storm longer than the retry budget (with or without Retry-After) holds the list's messages, the rest
+    of the batch included, for at least Retry-After and slows the list down; when the provider recovers every
+    message is sent once and none is dead-lettered."""
+    ids = await seed(store, 30, rate=6000)  # chunks of 5, batches of 10
+    fake = fakes["infobip"]
+    fake.set_default(Behaviour("429", retry_after=12))
+    before = utcnow()
+    coord = await executor(
+        settings,
+        store,
+        fakes,
+        retry_max_attempts=2,
+        claim_batch_size=10,
+        workers_per_list=1,
+        retry_initial_backoff_seconds=0.0,
+    )
+    coord.worker._sleep = _no_sleep  # type: ignore[method-assign]  # burst mode: the Retry-After wait is not the point
+    counts = await run(coord)
+    assert await ids_in(store, c.FAILED) == [] and counts.get("sent", 0) == 0
+    assert fake.requests == 2  # one batch tried; the list then rests: the other batches are not even claimed
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    assert len(docs) == 30 and counts["slowdowns"] >= 1
+    held = [d for d in docs if d.get("throttled_until") is not None]
+    assert len(held) == 10 and counts["held.provider"] == 10
+    assert all(d["not_before"] - before >= dt.timedelta(seconds=12) and d["claimed_by"] is None for d in held)
+
+    fake.set_default(Behaviour("ok"))  # recovered (and without Retry-After from now on)
+    coord = await executor(settings, store, fakes)
+    coord.clock = lambda: utcnow() + dt.timedelta(seconds=20)
+    counts = await run(coord)
+    assert counts["sent"] == 30 and fake.summary()["duplicates"] == 0
+    assert all(fake.accepted_counts()[m] == 1 for m in ids)
+    await assert_one_record_each(store, ids)
+
+
+async def _no_sleep(seconds: float) -> bool:
+    return False
 
 
 async def test_no_response_is_ambiguous_and_never_resent(

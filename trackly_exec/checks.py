@@ -2,8 +2,9 @@
 list -> quiet hours. Everything is decided per message, but the store is asked once per batch.
 
 - **Stale**: more than ``stale_after_minutes`` past the time it was due. A message that was held back
-  (``not_before``: billing backoff, quiet-hours hold) is due at ``max(sendtime, not_before)``, so a hold
-  does not turn into a STALE drop when it ends.
+  (``not_before``: billing backoff, quiet-hours hold, pause) is due at ``max(sendtime, not_before)``, so a hold
+  does not turn into a STALE drop when it ends; a provider-storm hold keeps the earlier due time (:func:`due_at`),
+  so a provider that stays throttled for ``stale_after_minutes`` ends the message STALE.
 - **Blocked content**: the list's ``blocked_words`` plus the global ``executor.blocked_words``, whole words
   (or phrases), any case.
 - **Contact block list**: the contact is unsubscribed or blocked *now* (indexed ``_id $in`` queries returning
@@ -62,13 +63,23 @@ def blocked_words_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
-def is_stale(doc: dict[str, Any], now: dt.datetime, stale_after: dt.timedelta) -> bool:
-    """More than ``stale_after`` past the time the message was due."""
-    due = doc["sendtime"]
+def due_at(doc: dict[str, Any]) -> dt.datetime:
+    """When the message was due: ``max(sendtime, not_before)``, except while a provider-storm hold is in force
+    (``not_before == throttled_until``): a throttled provider delays a message, it does not make it due later, so
+    the time it was due before the storm (``throttled_due``) still counts."""
+    due: dt.datetime = doc["sendtime"]
     nb = doc.get("not_before")
+    if nb is not None and nb == doc.get("throttled_until") and doc.get("throttled_due") is not None:
+        throttled: dt.datetime = doc["throttled_due"]
+        return throttled
     if nb is not None and nb > due:
         due = nb
-    return bool(now - due > stale_after)
+    return due
+
+
+def is_stale(doc: dict[str, Any], now: dt.datetime, stale_after: dt.timedelta) -> bool:
+    """More than ``stale_after`` past the time the message was due (:func:`due_at`)."""
+    return bool(now - due_at(doc) > stale_after)
 
 
 @lru_cache(maxsize=4096)

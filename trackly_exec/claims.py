@@ -126,6 +126,24 @@ async def release(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dic
     return int(res.modified_count)
 
 
+async def hold_unsent(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dict[str, Any]]]) -> int:
+    """Give messages that carry a send intent but that the provider certainly did not accept (a transient answer:
+    429, or a failure before the request was written) back to the queue, fenced, each group with extra ``$set``
+    fields (the backoff). Returns how many this claim still held."""
+    ops = [
+        UpdateMany(
+            {"_id": {"$in": list(ids)}, "claimed_by": token},
+            {"$set": {**extra, "claimed_by": None, "claimed_at": None, "sending_at": None}},
+        )
+        for ids, extra in groups
+        if ids
+    ]
+    if not ops:
+        return 0
+    res = await db[c.QUEUED].bulk_write(ops, ordered=False)
+    return int(res.modified_count)
+
+
 async def release_tokens(db: Any, tokens: Iterable[str]) -> int:
     """Release everything still held under ``tokens`` that has no send intent (shutdown)."""
     tokens = list(tokens)

@@ -114,6 +114,16 @@ class ExecutorConfig(Section):
     rate_limit_claim_seconds: float = Field(
         2.0, gt=0, description="A rate-limited list claims at most this many seconds of tokens per batch."
     )
+    provider_hold_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Transient provider errors (429, 5xx before acceptance) that outlast the retries hold "
+        "the list's messages this long at first (at least Retry-After), then as long as they are already late, up to "
+        "provider_hold_max_seconds; they are dead-lettered STALE only stale_after_minutes after they were due.",
+    )
+    provider_hold_max_seconds: float = Field(
+        60.0, gt=0, description="Longest single provider-storm hold of a list's messages (see provider_hold_seconds)."
+    )
     rate_penalty_max: float = Field(
         4.0, ge=1, description="Largest slow-down factor of a list's send interval after provider errors (429, 5xx)."
     )

@@ -265,6 +265,8 @@ class QueuedTextMessage(MessageFields, Document):
     sending_at: dt.datetime | None = None  # send intent: set (fenced) just before the provider call
     billing_blocked_since: dt.datetime | None = None
     paused: bool = False  # held because its campaign is paused (queue.hold_campaign)
+    throttled_until: dt.datetime | None = None  # the not_before of a provider-storm hold (429 / transient errors)
+    throttled_due: dt.datetime | None = None  # ... and the due time it kept: staleness is counted from it
     attempts: int = 0
 
 

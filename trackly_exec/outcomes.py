@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from . import billing, claims, failpoints, reservations
+from . import billing, checks, claims, failpoints, reservations
 from . import constants as c
 from .driver import Accepted, SendResult
 from .events import Event, EventKind
@@ -136,6 +136,15 @@ def billed_segments(doc: dict[str, Any], result: Accepted) -> int:
     return own
 
 
+def throttle_groups(docs: Sequence[dict[str, Any]], until: dt.datetime) -> list[tuple[list[str], dict[str, Any]]]:
+    """``claims.release`` / ``hold_unsent`` groups for a provider-storm hold until ``until``: each message keeps
+    the time it was due (``throttled_due``), so the hold never postpones its staleness."""
+    by_due: dict[dt.datetime, list[str]] = {}
+    for d in docs:
+        by_due.setdefault(checks.due_at(d), []).append(d["_id"])
+    return [(ids, {"not_before": until, "throttled_until": until, "throttled_due": due}) for due, ids in by_due.items()]
+
+
 def failure_event(rec: dict[str, Any]) -> Event:
     """The alert event of one FailedMessage record."""
     return Event(
@@ -169,7 +178,8 @@ class Outcomes:
         self.trackly = trackly
         self.db = trackly.db
         self.counts = counts
-        self.threshold = trackly.settings.executor.error_burst_threshold
+        self.cfg = trackly.settings.executor
+        self.threshold = self.cfg.error_burst_threshold
         self._errors: dict[int, collections.deque[tuple[float, int]]] = {}
         self._burst_alerted: dict[int, float] = {}
 
@@ -210,8 +220,13 @@ class Outcomes:
         costs: dict[str, float],
         now: dt.datetime,
         requeue: set[str],
-    ) -> None:
-        """Record the provider's answers for a sent chunk; refund what was not accepted."""
+    ) -> dt.datetime | None:
+        """Record the provider's answers for a sent chunk; refund what was not accepted.
+
+        Transient failures that outlasted the retries (429 storms, 5xx before acceptance) are not dead-lettered:
+        they are held (released fenced with ``not_before``, see :meth:`throttle_until`) and the hold's end is
+        returned, so the worker holds the rest of its batch too; staleness (``checks.due_at``) ends them.
+        """
         lst = info.doc
         provider = info.driver.name
         sent: list[dict[str, Any]] = []
@@ -219,6 +234,8 @@ class Outcomes:
         back: list[str] = []
         refund = 0.0
         opted_out: list[int] = []
+        throttled: list[dict[str, Any]] = []
+        retry_after = 0.0
         events: list[Event] = []
         provider_errors = 0
         for d in docs:
@@ -255,9 +272,13 @@ class Outcomes:
             elif r.kind == "transient" and mid in requeue:
                 back.append(mid)
                 refund += paid
-            else:  # rejected, or transient failures that outlasted the retry budget
+            elif r.kind == "transient":  # outlasted the retries: the provider is throttled or down, hold it
+                throttled.append(d)
                 refund += paid
-                provider_errors += r.kind == "rejected"  # transient attempts are counted by the worker
+                retry_after = max(retry_after, float(getattr(r, "retry_after", None) or 0.0))
+            else:  # rejected
+                refund += paid
+                provider_errors += 1
                 spam = bool(getattr(r, "spam", False))
                 out = bool(getattr(r, "opted_out", False))
                 failed.append(
@@ -292,6 +313,19 @@ class Outcomes:
                 {"_id": {"$in": back}, "claimed_by": token},
                 {"$set": {"claimed_by": None, "claimed_at": None, "sending_at": None}},
             )
+        held_until = None
+        if throttled:  # nothing was accepted for these either: held until the provider has had time to recover
+            held_until = self.throttle_until(throttled, now, retry_after)
+            self.counts["held.provider"] += await claims.hold_unsent(
+                self.db, token, throttle_groups(throttled, held_until)
+            )
+            log.warning(
+                "provider_storm_hold",
+                sending_list_id=lst.id,
+                provider=provider,
+                held=len(throttled),
+                until=held_until.isoformat(),
+            )
         await billing.adjust(self.db, lst.account_id, refund)
         if opted_out:
             await self.db[c.CONTACTS].update_many(
@@ -315,6 +349,16 @@ class Outcomes:
         if burst is not None:
             events.append(burst)
         await self.publish(events)
+        return held_until
+
+    def throttle_until(self, docs: Sequence[dict[str, Any]], now: dt.datetime, retry_after: float) -> dt.datetime:
+        """The end of a provider-storm hold: ``provider_hold_seconds`` at first, then as long as the oldest message
+        is already late (a doubling backoff without a counter), at most ``provider_hold_max_seconds``, and never
+        shorter than the provider's Retry-After."""
+        late = max((now - checks.due_at(d)).total_seconds() for d in docs)
+        hold = max(retry_after, min(self.cfg.provider_hold_max_seconds, max(self.cfg.provider_hold_seconds, late)))
+        until = now + dt.timedelta(seconds=hold)
+        return until.replace(microsecond=until.microsecond // 1000 * 1000)
 
     def note_errors(self, list_id: int, provider: str, n: int) -> Event | None:
         """Count provider errors; an Event when a list crosses the burst threshold (once a minute)."""

@@ -21,6 +21,9 @@ message:
    ``retry_budget_seconds``, each retry taking rate-limit tokens again) -> **record** (:mod:`outcomes`).
 
 Provider errors (transient failures: 429, 5xx) multiply the list's rate-limit interval; a clean chunk relaxes it.
+Transient failures that outlast the retries are a provider storm, not a verdict: those messages and the rest of
+the batch are held (``not_before``, at least Retry-After; see :meth:`outcomes.Outcomes.throttle_until`), the list
+rests in this process until then, and only staleness (30 min after they were due) or a permanent answer ends them.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from . import constants as c
 from .driver import Driver, OutboundMessage, SendResult, TransientFailure
 from .logs import get_logger
 from .models import FailureReason, SendingList, utcnow
-from .outcomes import Outcomes
+from .outcomes import Outcomes, throttle_groups
 from .ratelimit import LimiterUnavailable, RateLimiter
 
 if TYPE_CHECKING:
@@ -255,7 +258,13 @@ class Worker:
             return "next"
         failpoints.hit("after_intent")
         results, requeue, had_errors = await self._send(info, to_send)
-        await self.outcomes.record_sends(info, token, to_send, results, deb.costs, self.clock(), requeue)
+        now = self.clock()
+        held_until = await self.outcomes.record_sends(info, token, to_send, results, deb.costs, now, requeue)
+        if held_until is not None:  # a provider storm: hold the rest of the batch too and let the list rest
+            if rest:
+                self.counts["held.provider"] += await claims.release(self.db, token, throttle_groups(rest, held_until))
+            self.paused[lst.id] = time.monotonic() + max(0.0, (held_until - now).total_seconds())
+            return "done"
         if not had_errors and factor > 1 and lst.rate_limit_per_minute > 0:
             with contextlib.suppress(LimiterUnavailable):
                 await self.limiter.relax(lst.id)
