@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +20,7 @@ from trackly_exec import constants as c
 from trackly_exec.config import Settings
 from trackly_exec.embedded import free_port
 from trackly_exec.events import EventBus
-from trackly_exec.ratelimit import LimiterUnavailable, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from trackly_exec.ratelimit import Grant, LimiterUnavailable, LocalRateLimiter, RateLimiter, RedisRateLimiter
 from trackly_exec.store import Store
 
 from .executor_support import executor, seed
@@ -127,3 +131,73 @@ async def test_executor_sends_smoothly(
     times = sorted(e.accepted_at.timestamp() for e in fakes["infobip"].ledger)
     worst = max(sum(1 for t in times if s <= t < s + 0.5) for s in times)
     assert worst <= 30  # at most 0.5 s of tokens (25) plus one chunk in any half second
+
+
+# ------------------------------------------------------------------------------------------------ late wakes
+
+
+async def test_grant_is_a_slot_in_absolute_time(limiter: RateLimiter) -> None:
+    """Every grant carries its slot on the local clock (``at``): now + wait, then one chunk later each time."""
+    grants = [await limiter.acquire(7, 10, 6000, 60.0) for _ in range(3)]
+    now = time.time()
+    for k, g in enumerate(grants):
+        assert g.at is not None and g.at == pytest.approx(now + 0.1 * k, abs=0.05)
+
+
+class _LateLimiter(RateLimiter):
+    """The executor's limiter, except that every other grant's slot is already one second past, as when the event
+    loop wakes a worker late (a burst of webhooks)."""
+
+    def __init__(self, inner: RateLimiter) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    async def acquire(self, list_id: int, n: int, per_minute: int, max_wait: float) -> Grant:
+        grant = await self.inner.acquire(list_id, n, per_minute, max_wait)
+        self.calls += 1
+        if self.calls % 2 == 1:
+            return dataclasses.replace(grant, at=time.time() - 1.0)
+        return grant
+
+    async def _scale(self, list_id: int, multiplier: float) -> float:
+        return await self.inner._scale(list_id, multiplier)
+
+    async def reset(self, list_id: int) -> None:
+        await self.inner.reset(list_id)
+
+
+async def test_late_wake_takes_a_new_slot(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A chunk whose slot has passed by more than rate_limit_late_seconds when it is about to send does not send
+    on it (those tokens belong to a second that is gone): it takes a new slot, then sends."""
+    ids = await seed(store, 40, rate=12000)  # chunks of 10
+    coord = await executor(settings, store, fakes, workers_per_list=1, rate_limit_late_seconds=0.9)  # only 1 s counts
+    coord.limiter = coord.worker.limiter = late = _LateLimiter(coord.limiter)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 40 and fakes["infobip"].accepted_counts() == dict.fromkeys(ids, 1)
+    assert counts["rate_late_regrants"] == 4 and late.calls == 8
+
+
+@pytest.mark.slow
+async def test_stalled_event_loop_never_bursts_over_the_rate(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """Issue 8: after the daemon's event loop was stalled (20,000 webhook requests), 7 of 78 one-second windows
+    sent 240 against 200/s. Stall the loop for 0.6 s ending exactly on a second boundary, three times, during a
+    20/s run (chunks of one message): every one-second window of the provider's ledger stays within 10 % of the
+    rate (rate_limit_late_seconds plus one chunk), where the backlog of the six workers' reserved chunks used to go
+    out on top of the next second's (130 %)."""
+    n = 240
+    ids = await seed(store, n, rate=1200)  # 20/s, one message per chunk: a rate any machine keeps up with
+    coord = await executor(settings, store, fakes)
+    loop = asyncio.get_running_loop()
+    first = math.floor(time.time()) + 2
+    for boundary in (first, first + 3, first + 6):
+        loop.call_at(loop.time() + (boundary - 0.6 - time.time()), time.sleep, 0.6)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == n and fakes["infobip"].summary()["duplicates"] == 0
+    per_second = collections.Counter(math.floor(e.accepted_at.timestamp()) for e in fakes["infobip"].ledger)
+    print("PER-SECOND", sorted(per_second.items()), counts.get("rate_late_regrants"))
+    assert len(ids) == n and max(per_second.values()) <= 22, sorted(per_second.items())

@@ -111,6 +111,13 @@ class ExecutorConfig(Section):
     rate_limit_burst_seconds: float = Field(
         0.0, ge=0, le=1, description="Tokens a list may send ahead of its pace after an idle period (burst tolerance)."
     )
+    rate_limit_late_seconds: float = Field(
+        0.05,
+        gt=0,
+        description="A chunk about to send more than this beyond the list's usual delay after its rate-limit slot "
+        "(a stalled event loop) takes a new slot instead of sending on top of the next chunks (every 1-s window "
+        "holds the rate).",
+    )
     rate_limit_claim_seconds: float = Field(
         2.0, gt=0, description="A rate-limited list claims at most this many seconds of tokens per batch."
     )

@@ -45,6 +45,10 @@ EXECUTOR_COUNTERS: dict[str, tuple[str, str]] = {
     "requeued": ("trackly_executor_messages_requeued", "Messages put back after retries ran out (transient)."),
     "retries": ("trackly_executor_send_retries", "Messages submitted to a provider again after a transient error."),
     "limiter_waits": ("trackly_executor_limiter_waits", "Chunks that waited for rate-limit tokens before sending."),
+    "rate_late_regrants": (
+        "trackly_executor_rate_late_regrants",
+        "Chunks that woke past their rate-limit slot and took a new one instead of sending late.",
+    ),
     "limiter_unavailable": ("trackly_executor_limiter_unavailable", "Batches released because Redis did not answer."),
     "provider_transient": ("trackly_executor_provider_transient_errors", "Transient provider errors, per message."),
     "slowdowns": ("trackly_executor_slowdowns", "Times a list's rate was lowered after provider errors."),

@@ -7,6 +7,12 @@ sending them (``max(TAT, now) - now - burst``). Workers ask for small chunks (``
 tokens) and sleep the returned wait, so a list sends smoothly rather than in a burst at the top of the minute,
 and several processes interleave their reservations on the one Redis clock (``redis.call('TIME')``).
 
+A grant is a slot in absolute time (:attr:`Grant.at`, on the caller's clock), not just a wait: a worker whose
+event loop wakes it late (a burst of webhooks, a slow store round trip) finds its slot already past and must not
+send the tokens of a moment that is gone on top of the present's (that bunching sent 240 in one second against
+200/s); it asks for a new slot instead (``executor.rate_limit_late_seconds``, see ``worker._chunk``). The
+tokens of the missed slot are simply not used.
+
 A request whose wait would exceed ``max_wait`` reserves nothing and is refused (the caller fails the
 messages ``RATE_LIMIT_TIMEOUT``).
 
@@ -25,6 +31,7 @@ in memory. A list with ``rate_limit_per_minute = 0`` is unlimited and never asks
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,7 +49,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 # KEYS[1] rate key, KEYS[2] penalty key; ARGV: n, interval_us, burst_us, max_wait_us.
-# Returns {granted (1/0), wait_us, penalty factor * 1000}.
+# Returns {granted (1/0), wait_us, penalty factor * 1000, now_us (Redis clock)}: the slot is now_us + wait_us.
 ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -55,11 +62,11 @@ if tat < now then tat = now end
 local wait = tat - now - tonumber(ARGV[3])
 if wait < 0 then wait = 0 end
 if wait > tonumber(ARGV[4]) then
-  return {0, math.floor(wait), math.floor(factor * 1000)}
+  return {0, math.floor(wait), math.floor(factor * 1000), now}
 end
 local new_tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 60000)
-return {1, math.floor(wait), math.floor(factor * 1000)}
+return {1, math.floor(wait), math.floor(factor * 1000), now}
 """
 
 # KEYS[1] penalty key; ARGV: multiplier, cap, ttl_ms. Returns the new factor * 1000.
@@ -86,6 +93,7 @@ class Grant:
     granted: bool  # False: the wait would exceed max_wait; nothing was reserved
     wait: float  # seconds to wait before sending the tokens
     factor: float  # the list's current provider-error slow-down factor (1.0 = none)
+    at: float | None = None  # the slot: when the tokens may be sent, as a local ``time.time()`` (absolute)
 
 
 class RateLimiter:
@@ -127,6 +135,17 @@ class RedisRateLimiter(RateLimiter):
         self.bus = bus
         self._sha: dict[str, str] = {}
         self._down = False
+        self._offsets: collections.deque[float] = collections.deque(maxlen=64)
+
+    def _local_slot(self, redis_now_us: int, wait_us: int, received: float) -> float:
+        """The slot ``redis_now + wait`` on this host's clock.
+
+        ``received - redis_now`` is the clock offset plus however long the answer took to be read (a late event
+        loop included); the smallest of the recent samples is the offset with the least delay, so a stalled loop
+        does not move the slot later (it is found late instead, see ``worker._chunk``).
+        """
+        self._offsets.append(received - redis_now_us / 1e6)
+        return (redis_now_us + wait_us) / 1e6 + min(self._offsets)
 
     async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -166,12 +185,13 @@ class RedisRateLimiter(RateLimiter):
 
     async def acquire(self, list_id: int, n: int, per_minute: int, max_wait: float) -> Grant:
         interval_us = 60_000_000 / per_minute
-        granted, wait_us, factor = await self._eval(
+        granted, wait_us, factor, now_us = await self._eval(
             ACQUIRE_LUA,
             [f"{c.RATE_KEY}{list_id}", f"{c.PENALTY_KEY}{list_id}"],
             [n, f"{interval_us:.3f}", int(self.burst_seconds * 1e6), int(max_wait * 1e6)],
         )
-        return Grant(bool(granted), int(wait_us) / 1e6, int(factor) / 1000)
+        at = self._local_slot(int(now_us), int(wait_us), time.time())
+        return Grant(bool(granted), int(wait_us) / 1e6, int(factor) / 1000, at)
 
     async def _scale(self, list_id: int, multiplier: float) -> float:
         factor = await self._eval(
@@ -203,9 +223,9 @@ class LocalRateLimiter(RateLimiter):
         tat = max(self._tat.get(list_id, 0.0), now)
         wait = max(0.0, tat - now - self.burst_seconds)
         if wait > max_wait:
-            return Grant(False, wait, factor)
+            return Grant(False, wait, factor, now + wait)
         self._tat[list_id] = tat + n * 60.0 / per_minute * factor
-        return Grant(True, wait, factor)
+        return Grant(True, wait, factor, now + wait)
 
     async def _scale(self, list_id: int, multiplier: float) -> float:
         now = time.time()

@@ -49,7 +49,7 @@ from .driver import Driver, OutboundMessage, SendResult, TransientFailure
 from .logs import get_logger
 from .models import FailureReason, SendingList, utcnow
 from .outcomes import Outcomes, throttle_groups
-from .ratelimit import LimiterUnavailable, RateLimiter
+from .ratelimit import Grant, LimiterUnavailable, RateLimiter
 
 if TYPE_CHECKING:
     from .app import Trackly
@@ -69,6 +69,15 @@ class ListInfo:
     @property
     def id(self) -> int:
         return self.doc.id
+
+
+_LATE_REGRANTS = 1  # a chunk woken late takes one new slot, then goes (under a load that makes every chunk late, the
+# list slows down by half at most: the missed slot paid for the late send)
+
+
+def _slot(grant: Grant) -> float:
+    """When a grant's tokens may be sent (local ``time.time()``)."""
+    return grant.at if grant.at is not None else time.time() + grant.wait
 
 
 class _Stop(Exception):
@@ -100,6 +109,7 @@ class Worker:
         self.paused: dict[int, float] = {}  # list id -> monotonic time until which it must not be claimed
         self._candidates: dict[int, collections.deque[str]] = {}  # list id -> due ids read ahead
         self._fetching: dict[int, asyncio.Lock] = {}
+        self._lateness: dict[int, collections.deque[float]] = {}  # list id -> recent slot-to-send delays
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -212,15 +222,10 @@ class Worker:
         the rest is already dealt with).
         """
         lst = info.doc
-        factor, wait = 1.0, 0.0
+        factor, at = 1.0, None
         if lst.rate_limit_per_minute > 0:
-            try:
-                grant = await self.limiter.acquire(
-                    lst.id, len(chunk), lst.rate_limit_per_minute, self.cfg.rate_limit_wait_seconds
-                )
-            except LimiterUnavailable:
-                self.paused[lst.id] = time.monotonic() + 1.0
-                self.counts["limiter_unavailable"] += 1
+            grant = await self._tokens(lst, len(chunk))
+            if grant is None:
                 return "release"
             if not grant.granted:
                 detail = (
@@ -231,22 +236,35 @@ class Worker:
                     token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail) for d in [*chunk, *rest]], self.clock()
                 )
                 return "done"
-            factor, wait = grant.factor, grant.wait
+            factor, at = grant.factor, _slot(grant)
         now = self.clock()
         deb = await billing.debit(self.db, lst.account_id, chunk, lst.price_per_segment)
         if deb.blocked:
             await self._billing_blocked(token, deb.blocked, now)
         if not deb.charged:
             return "next"
-        if wait > 0:  # pacing: billed before the wait, so only the intent stands between waking and sending
-            self.counts["limiter_waits"] += 1
-            if await self._sleep(wait):
-                await billing.adjust(self.db, lst.account_id, sum(deb.costs.values()))
+        charged = deb.charged
+        for late in range(_LATE_REGRANTS + 1):
+            if at is not None and at > time.time():  # pacing: billed before the wait, so only the re-check and
+                self.counts["limiter_waits"] += 1  # the intent stand between waking and sending
+                if await self._sleep(at - time.time()):
+                    await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in charged))
+                    return "release"
+                now = self.clock()
+            charged = await self._recheck(info, token, charged, deb.costs, now, timezones)
+            if not charged:
+                return "next"
+            if at is None or not self._late(lst.id, time.time() - at) or late == _LATE_REGRANTS:
+                break
+            # Woken late (a stalled event loop): that slot is gone, and sending its tokens now on top of the
+            # present's would exceed the rate in this second. Take a new slot for what is left.
+            self.counts["rate_late_regrants"] += 1
+            grant = await self._tokens(lst, len(charged))
+            if grant is None or not grant.granted:
+                await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in charged))
                 return "release"
+            factor, at = grant.factor, _slot(grant)
             now = self.clock()
-        charged = await self._recheck(info, token, deb.charged, deb.costs, now, timezones)
-        if not charged:
-            return "next"
         held = await claims.mark_intent(self.db, [d["_id"] for d in charged], token, now)
         if len(held) < len(charged):
             lost = [d for d in charged if d["_id"] not in held]
@@ -331,6 +349,27 @@ class Worker:
                 {"_id": {"$in": resumed}, "claimed_by": None, "paused": True},
                 {"$set": {"not_before": now, "paused": False}},
             )
+
+    def _late(self, list_id: int, lateness: float) -> bool:
+        """Is a chunk about to send ``lateness`` seconds after its slot too late to use it?
+
+        Too late is more than ``rate_limit_late_seconds`` beyond the list's usual delay between slot and send (the
+        least of its recent chunks': a slow store shifts every chunk alike, which is no burst; a stalled event loop
+        delays some chunks more than others, which is).
+        """
+        recent = self._lateness.setdefault(list_id, collections.deque(maxlen=32))
+        usual = min(min(recent, default=0.0), 2.0)
+        recent.append(max(0.0, lateness))
+        return lateness > usual + self.cfg.rate_limit_late_seconds
+
+    async def _tokens(self, lst: SendingList, n: int) -> Grant | None:
+        """Reserve ``n`` tokens of a rate-limited list; None when the limiter is unreachable (the list pauses)."""
+        try:
+            return await self.limiter.acquire(lst.id, n, lst.rate_limit_per_minute, self.cfg.rate_limit_wait_seconds)
+        except LimiterUnavailable:
+            self.paused[lst.id] = time.monotonic() + 1.0
+            self.counts["limiter_unavailable"] += 1
+            return None
 
     async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
         expired, first, again = billing.split_blocked(docs, now, dt.timedelta(minutes=self.cfg.billing_ttl_minutes))
