@@ -77,8 +77,8 @@ class CampaignStatus(enum.StrEnum):
 
 #: What pause and resume do, word for word the same in the CLI help, the OpenAPI document and the README.
 PAUSE_DESCRIPTION = (
-    "Pause: no new occurrences or triggers, and its queued messages wait (a batch already claimed "
-    "finishes); nothing is re-sent or skipped"
+    "Pause: no new occurrences or triggers, and its queued messages wait (claimed ones too, held right before "
+    "their send); nothing is re-sent or skipped"
 )
 RESUME_DESCRIPTION = (
     "Resume: the held messages are due again now, and the next cron occurrence is counted from now "

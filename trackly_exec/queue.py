@@ -10,8 +10,8 @@ except those held for quiet hours, whose sendtime (and ``not_before``) is the op
 
 Pausing a campaign holds its unclaimed queued messages (``not_before`` far in the future, ``paused``); resuming
 makes them due again now (a held message is then checked like any other: quiet hours, block list, staleness
-counted from the resume). A batch already claimed when the pause arrives finishes. No extra condition is
-added to the executor's queue query: a pause is just a backoff.
+counted from the resume). Messages already claimed when the pause arrives are held the same way by the executor's
+send-time re-check. No extra condition is added to the executor's queue query: a pause is just a backoff.
 """
 
 from __future__ import annotations
