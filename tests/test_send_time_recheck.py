@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from drivers.fake import Behaviour
 from drivers.infobip_fake import InfobipFake
 from trackly_exec import checks, queue, quiethours
 from trackly_exec import constants as c
@@ -20,7 +21,7 @@ from trackly_exec.models import SendingList, utcnow
 from trackly_exec.ratelimit import Grant, LocalRateLimiter, RateLimiter
 from trackly_exec.store import Store
 
-from .executor_support import assert_one_record_each, midday_zone, open_trackly, seed, with_executor
+from .executor_support import assert_one_record_each, executor, midday_zone, open_trackly, seed, with_executor
 from .tracking_support import IB_TOKEN, start_daemon
 
 IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
@@ -268,3 +269,23 @@ async def test_stop_through_the_webhook_reaches_claimed_messages(
         assert blocked.count("CONTACT_BLOCKED") >= 4  # at least the ones far back in the batch
         split = await assert_one_record_each(store, ids)
         assert split[c.QUEUED] == 0 and split[c.SENT] == n - blocked.count("CONTACT_BLOCKED")
+
+
+async def test_stop_during_a_retry_backoff_is_not_sent(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A retry is a new send: a contact that sent STOP (or a campaign paused) while its message waited out a 429
+    backoff is not retried; the message goes back to the queue, refunded, and ends CONTACT_BLOCKED."""
+    ids = await seed(store, 3, price=0.5, balance=10.0)
+    fakes["infobip"].script(Behaviour("429", retry_after=0.01))
+    coord = await executor(settings, store, fakes)
+
+    async def backoff_then_stop(seconds: float) -> bool:
+        await store.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"subscribed": False}})
+        return False
+
+    coord.worker._sleep = backoff_then_stop  # type: ignore[method-assign]
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert fakes["infobip"].accepted_counts() == {ids[0]: 1, ids[2]: 1}
+    assert counts["retry_rechecked_out"] == 1 and await _reason(store, ids[1]) == "CONTACT_BLOCKED"
+    assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == pytest.approx(9.0)
+    await assert_one_record_each(store, ids)

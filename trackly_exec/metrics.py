@@ -49,6 +49,10 @@ EXECUTOR_COUNTERS: dict[str, tuple[str, str]] = {
         "trackly_executor_rate_late_regrants",
         "Chunks that woke past their rate-limit slot and took a new one instead of sending late.",
     ),
+    "retry_rechecked_out": (
+        "trackly_executor_retry_rechecked_out",
+        "Messages not retried after a transient error because the contact opted out or the campaign was paused.",
+    ),
     "limiter_unavailable": ("trackly_executor_limiter_unavailable", "Batches released because Redis did not answer."),
     "provider_transient": ("trackly_executor_provider_transient_errors", "Transient provider errors, per message."),
     "slowdowns": ("trackly_executor_slowdowns", "Times a list's rate was lowered after provider errors."),

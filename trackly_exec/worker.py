@@ -426,8 +426,12 @@ class Worker:
         results: dict[str, SendResult] = {}
         requeue: set[str] = set()
         errors = [False]
+        by_id = {d["_id"]: d for d in docs}
         await asyncio.gather(
-            *(self._request(info, msgs[i : i + size], results, requeue, errors) for i in range(0, len(msgs), size))
+            *(
+                self._request(info, msgs[i : i + size], results, requeue, errors, by_id)
+                for i in range(0, len(msgs), size)
+            )
         )
         return results, requeue, errors[0]
 
@@ -438,8 +442,10 @@ class Worker:
         results: dict[str, SendResult],
         requeue: set[str],
         errors: list[bool],
+        docs: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """One provider request, retried for the messages that failed transiently."""
+        """One provider request, retried for the messages that failed transiently (a retry is a new send: what
+        became ineligible meanwhile, a STOP or a pause, goes back to the queue instead, see :meth:`_retry_recheck`)."""
         pending = list(msgs)
         last: list[TransientFailure] = []
 
@@ -448,6 +454,16 @@ class Worker:
             if last:  # a retry: take rate-limit tokens again so retries never exceed the list's rate
                 self.counts["retries"] += len(pending)
                 await self._retry_tokens(info, len(pending))
+                dropped = await self._retry_recheck(pending, docs or {})
+                if dropped:
+                    for t in last:
+                        if t.message_id in dropped:
+                            results[t.message_id] = t
+                            requeue.add(t.message_id)
+                    pending = [m for m in pending if m.id not in dropped]
+                    last = [t for t in last if t.message_id not in dropped]
+                    if not pending:
+                        return []
             async with self.pool:
                 out = await info.driver.submit(pending)
             if any(r.kind == "accepted" for r in out):
@@ -494,6 +510,23 @@ class Worker:
             final = last
         for r in final:
             results[r.message_id] = r
+
+    async def _retry_recheck(self, pending: Sequence[OutboundMessage], docs: dict[str, dict[str, Any]]) -> set[str]:
+        """Before a retry: the ids whose contact was blocked or unsubscribed, or whose campaign was paused, since the
+        chunk's re-check. Nothing was accepted for them: they are given back to the queue (refunded) rather than
+        sent, and the claim-time checks / the next re-check end them CONTACT_BLOCKED or hold them."""
+        mine = [docs[m.id] for m in pending if m.id in docs]
+        if not mine:
+            return set()
+        contact_ids = sorted({d["contact_id"] for d in mine if d.get("contact_id") is not None})
+        campaign_ids = sorted({d["campaign_id"] for d in mine if d.get("campaign_id") is not None})
+        stopped, paused = await asyncio.gather(
+            checks.blocked_contacts(self.db, contact_ids), checks.paused_campaigns(self.db, campaign_ids)
+        )
+        out = {d["_id"] for d in mine if d.get("contact_id") in stopped or d.get("campaign_id") in paused}
+        if out:
+            self.counts["retry_rechecked_out"] += len(out)
+        return out
 
     async def _retry_tokens(self, info: ListInfo, n: int) -> None:
         lst = info.doc
