@@ -115,6 +115,20 @@ async def test_block_or_unsubscribe_after_claim_is_never_sent(
     assert acc["balance"] == pytest.approx(10.0 - 0.02)  # only the two sends are paid for
 
 
+async def test_test_send_overrides_hold_at_the_recheck(settings: Settings, store: Store, fake: InfobipFake) -> None:
+    """A test send's explicit ``opt_out`` override (testsend.py) lifts the re-check's block as it lifts the claim's."""
+    ids = await seed(store, 2, rate=600)
+    await store.db[c.QUEUED].update_one({"_id": ids[0]}, {"$set": {"overrides": ["opt_out"]}})
+    coord, gated = await gated_executor(settings, store, fake)
+
+    async def change() -> None:
+        await store.db[c.CONTACTS].update_many({}, {"$set": {"subscribed": False}})
+
+    counts = await claimed_then(coord, gated, store, ids, change)
+    assert fake.accepted_counts() == {ids[0]: 1} and counts["sent"] == 1
+    assert await _reason(store, ids[1]) == "CONTACT_BLOCKED"
+
+
 async def test_campaign_paused_after_claim_is_held_and_resume_sends_it(
     settings: Settings, store: Store, fake: InfobipFake
 ) -> None:

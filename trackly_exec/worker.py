@@ -523,7 +523,12 @@ class Worker:
         stopped, paused = await asyncio.gather(
             checks.blocked_contacts(self.db, contact_ids), checks.paused_campaigns(self.db, campaign_ids)
         )
-        out = {d["_id"] for d in mine if d.get("contact_id") in stopped or d.get("campaign_id") in paused}
+        out = {
+            d["_id"]
+            for d in mine
+            if (d.get("contact_id") in stopped and "opt_out" not in (d.get("overrides") or ()))
+            or d.get("campaign_id") in paused
+        }
         if out:
             self.counts["retry_rechecked_out"] += len(out)
         return out
