@@ -21,10 +21,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trackly_exec import constants as c  # noqa: E402
-from trackly_exec.embedded import EmbeddedMongo, free_port  # noqa: E402
-from trackly_exec.models import utcnow  # noqa: E402
-from trackly_exec.store import Store  # noqa: E402
+from trackly_exec.store import constants as c  # noqa: E402
+from trackly_exec.store.embedded import EmbeddedMongo, free_port  # noqa: E402
+from trackly_exec.store.models import utcnow  # noqa: E402
+from trackly_exec.store.client import Store  # noqa: E402
 
 TRACKLY = str(Path(sys.executable).with_name("trackly"))
 
@@ -105,7 +105,7 @@ def services(
 
 def fake_credentials(name: str) -> dict[str, Any]:
     """The default credentials of a fake (what ``trackly fake-provider NAME`` accepts)."""
-    from trackly_exec.fakes import load_fake_class
+    from trackly_exec.cli.fake_provider import load_fake_class
 
     fake = load_fake_class(name)()
     fake.port = 1  # driver_settings() includes the URL; only the credentials are wanted

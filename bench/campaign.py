@@ -38,10 +38,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trackly_exec import constants as c  # noqa: E402
+from trackly_exec.store import constants as c  # noqa: E402
 from trackly_exec.config import Settings  # noqa: E402
 from trackly_exec.logs import configure_logging  # noqa: E402
-from trackly_exec.models import new_message_id, utcnow  # noqa: E402
+from trackly_exec.store.models import new_message_id, utcnow  # noqa: E402
 
 BATCH = int(os.environ.get("BENCH_BATCH", "2000"))  # scheduler.evaluation_batch_size, and the floor's batch
 
@@ -209,8 +209,8 @@ async def seed(store: Any, n: int, *, every_filter: bool = True) -> dict[str, in
 async def evaluate_phase(uri: str, db: str, data_dir: str) -> dict[str, Any]:
     """Run one trigger (in this fresh process) and report its throughput and this process's peak RSS."""
     from trackly_exec.app import Trackly
-    from trackly_exec.scheduler import trigger
-    from trackly_exec.store import Store
+    from trackly_exec.campaigns.scheduler import trigger
+    from trackly_exec.store.client import Store
 
     settings = settings_for(uri, db, data_dir)
     store = await Store.connect(uri, db)
@@ -237,8 +237,8 @@ async def evaluate_phase(uri: str, db: str, data_dir: str) -> dict[str, Any]:
 
 async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
     """Read the same contacts with one plain cursor and insert ``queued`` queue-shaped documents."""
-    from trackly_exec.audience import CONTACT_PROJECTION
-    from trackly_exec.store import INDEXES, Store
+    from trackly_exec.campaigns.audience import CONTACT_PROJECTION
+    from trackly_exec.store.client import INDEXES, Store
 
     store = await Store.connect(uri, db)
     coll = store.db["bench_floor_queue"]
@@ -297,7 +297,7 @@ def run_child(phase: str, *args: str) -> dict[str, Any]:
 
 
 async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_floor: bool = True) -> dict[str, Any]:
-    from trackly_exec.store import Store
+    from trackly_exec.store.client import Store
 
     settings = Settings.model_validate(
         {
@@ -339,12 +339,12 @@ async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_fl
 
 async def e2e_bench(n: int, data_dir: str) -> dict[str, Any]:
     """Trigger -> all queued, trigger -> all accepted by the Infobip fake, for an n-contact campaign."""
-    from drivers.infobip_fake import InfobipFake
+    from trackly_exec.testing.fakes.infobip import InfobipFake
     from trackly_exec.app import Trackly
-    from trackly_exec.scheduler import trigger
+    from trackly_exec.campaigns.scheduler import trigger
 
     try:
-        from trackly_exec.coordinator import Coordinator
+        from trackly_exec.executor.coordinator import Coordinator
     except ImportError:
         Coordinator = None  # type: ignore[assignment,misc]
     fake = InfobipFake(api_key="bench-key")
@@ -361,7 +361,7 @@ async def e2e_bench(n: int, data_dir: str) -> dict[str, Any]:
         out: dict[str, Any] = {"n": n, "queued": ex["counts"]["queued"], "trigger_to_queued_s": queued_s}
         if Coordinator is None:
             out["trigger_to_accepted_s"] = None
-            out["note"] = "executor (trackly_exec.coordinator) not available"
+            out["note"] = "executor (trackly_exec.executor.coordinator) not available"
             return out
         coord = Coordinator(trackly)
         counts = await coord.run_until_idle()

@@ -24,14 +24,14 @@ from typing import Any
 
 from _common import fake_credentials, ledger, peak_rss_mb, run, seed_lists, services
 
-from trackly_exec import constants as c
+from trackly_exec.store import constants as c
 from trackly_exec.app import Trackly
-from trackly_exec.claims import due_filter
+from trackly_exec.executor.claims import due_filter
 from trackly_exec.config import load_config
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import utcnow
-from trackly_exec.outcomes import sent_doc
-from trackly_exec.store import Store
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store.models import utcnow
+from trackly_exec.executor.outcomes import sent_doc
+from trackly_exec.store.client import Store
 
 PROVIDERS = ("infobip", "cm", "twilio")
 

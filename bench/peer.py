@@ -24,11 +24,11 @@ from typing import Any
 
 from _common import ROOT, fake_credentials, ledger, peak_rss_mb, run, seed_lists, services
 
-from trackly_exec import constants as c
+from trackly_exec.store import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import load_config
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.store import Store
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store.client import Store
 
 
 def peer_python(given: str | None) -> str | None:

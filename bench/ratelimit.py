@@ -2,7 +2,7 @@
 
 Starts an nx-27017 store and a redis-server, serves an Infobip fake in this process (its ledger timestamps
 every accepted message), queues more messages than 20 s allow, runs two executor processes
-(``python -m trackly_exec.coordinator``) and stops them with SIGTERM. Prints the messages accepted in the
+(``python -m trackly_exec.executor.coordinator``) and stops them with SIGTERM. Prints the messages accepted in the
 20 s after the first one (target 2,000 +/- 2%) and the busiest 1-second window (target <= 110% of 100/s).
 
     .venv/bin/python bench/ratelimit.py [--rate 6000] [--seconds 20] [--processes 2]
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from _common import run, seed_lists, services
 
-from drivers.infobip_fake import InfobipFake
-from trackly_exec.store import Store
+from trackly_exec.testing.fakes.infobip import InfobipFake
+from trackly_exec.store.client import Store
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -67,7 +67,7 @@ async def main(args: argparse.Namespace) -> int:
             await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "trackly_exec.coordinator",
+                "trackly_exec.executor.coordinator",
                 "-c",
                 str(config),
                 stdout=asyncio.subprocess.PIPE,

@@ -27,12 +27,12 @@ from pymongo import UpdateOne
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trackly_exec import constants as c  # noqa: E402
+from trackly_exec.store import constants as c  # noqa: E402
 from trackly_exec.app import Trackly  # noqa: E402
 from trackly_exec.config import Settings  # noqa: E402
 from trackly_exec.logs import configure_logging  # noqa: E402
-from trackly_exec.models import Account, MessageSent, utcnow  # noqa: E402
-from trackly_exec.web import HttpServer  # noqa: E402
+from trackly_exec.store.models import Account, MessageSent, utcnow  # noqa: E402
+from trackly_exec.operations.web import HttpServer  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 

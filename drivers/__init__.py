@@ -6,8 +6,8 @@ plugin would be (see ``pyproject.toml``); nothing in ``trackly_exec`` imports th
 =========  ===========================  ===============================
 name       driver                       fake (``trackly fake-provider``)
 =========  ===========================  ===============================
-infobip    ``drivers.infobip``           ``drivers.infobip_fake``
-twilio     ``drivers.twilio``            ``drivers.twilio_fake``
-cm         ``drivers.cm``                ``drivers.cm_fake``
+infobip    ``trackly_drivers.infobip``           ``trackly_exec.testing.fakes.infobip``
+twilio     ``trackly_drivers.twilio``            ``trackly_exec.testing.fakes.twilio``
+cm         ``trackly_drivers.cm``                ``trackly_exec.testing.fakes.cm``
 =========  ===========================  ===============================
 """

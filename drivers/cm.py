@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr
 
-from trackly_exec.driver import (
+from trackly_exec.drivers.contract import (
     Accepted,
     DeliveryReport,
     Driver,
@@ -27,9 +27,8 @@ from trackly_exec.driver import (
     UnknownOutcome,
     WebhookRequest,
 )
+from trackly_exec.drivers.http import HttpClient, raise_for_status
 from trackly_exec.errors import PermanentSendError, UnknownOutcomeError, WebhookFormatError
-
-from ._http import HttpClient, raise_for_status
 
 #: ``messageErrorCode`` values (SDK ``TextClientStatusCode``) with a meaning of their own.
 SPAM_CODES = frozenset({401})
@@ -89,7 +88,7 @@ class CMDriver(Driver[CMSettings]):
     """CM.com text gateway (JSON)."""
 
     settings_model: ClassVar[type[DriverSettings]] = CMSettings
-    fake: ClassVar[str | None] = "drivers.cm_fake:CMFake"
+    fake: ClassVar[str | None] = "trackly_exec.testing.fakes.cm:CMFake"
 
     _http: HttpClient | None = None
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr
 
-from trackly_exec.driver import (
+from trackly_exec.drivers.contract import (
     Accepted,
     DeliveryReport,
     Driver,
@@ -31,9 +31,8 @@ from trackly_exec.driver import (
     UnknownOutcome,
     WebhookRequest,
 )
+from trackly_exec.drivers.http import HttpClient, HttpReply, raise_for_status
 from trackly_exec.errors import TransientSendError, WebhookFormatError
-
-from ._http import HttpClient, HttpReply, raise_for_status
 
 #: Send-response / DLR status groups.
 ACCEPTED_GROUPS = frozenset({"PENDING", "ACCEPTED", "OK", "DELIVERED"})
@@ -118,7 +117,7 @@ class InfobipDriver(Driver[InfobipSettings]):
     """Infobip SMS API v3."""
 
     settings_model: ClassVar[type[DriverSettings]] = InfobipSettings
-    fake: ClassVar[str | None] = "drivers.infobip_fake:InfobipFake"
+    fake: ClassVar[str | None] = "trackly_exec.testing.fakes.infobip:InfobipFake"
     max_lookup_batch: ClassVar[int] = 100
     #: "Logs ... are available to query for 48hrs" (infobip.com/docs/api/channels/sms/logs-and-status-reports); an
     #: hour of margin for clock skew.

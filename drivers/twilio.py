@@ -20,7 +20,7 @@ from xml.sax.saxutils import escape
 
 from pydantic import Field, SecretStr
 
-from trackly_exec.driver import (
+from trackly_exec.drivers.contract import (
     Accepted,
     DeliveryReport,
     Driver,
@@ -38,6 +38,7 @@ from trackly_exec.driver import (
     WebhookRequest,
     WebhookResponse,
 )
+from trackly_exec.drivers.http import HttpClient, raise_for_status
 from trackly_exec.errors import (
     DriverError,
     PermanentSendError,
@@ -46,8 +47,6 @@ from trackly_exec.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-
-from ._http import HttpClient, raise_for_status
 
 #: Permanent per-recipient error codes; 21610 means the recipient replied STOP. 20429 is the only code Twilio
 #: documents as "never processed and always safe to retry".
@@ -141,7 +140,7 @@ class TwilioDriver(Driver[TwilioSettings]):
     """Twilio Messages API (2010-04-01)."""
 
     settings_model: ClassVar[type[DriverSettings]] = TwilioSettings
-    fake: ClassVar[str | None] = "drivers.twilio_fake:TwilioFake"
+    fake: ClassVar[str | None] = "trackly_exec.testing.fakes.twilio:TwilioFake"
     signed_webhooks: ClassVar[bool] = True
     max_lookup_batch: ClassVar[int] = 20  # one list request per message, made concurrently
 

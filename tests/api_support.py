@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from trackly_exec import Accepted, Driver, DriverSettings, OutboundMessage, SendResult
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
+from trackly_exec.store import constants as c
 
 from .campaign_fixtures import INSIDE, phone_for
 
@@ -71,7 +71,7 @@ async def run_cli(url: str, *argv: str) -> int:
     """``trackly ARGV`` against the admin API at ``url`` (the blocking CLI in a thread beside the server)."""
     import asyncio
 
-    from trackly_exec import cli
+    from trackly_exec.cli import main as cli
 
     return await asyncio.to_thread(cli.main, [*argv, "--api", url, "--token", "test-token"])
 

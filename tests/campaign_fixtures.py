@@ -6,11 +6,11 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from trackly_exec import constants as c
-from trackly_exec import registry
-from trackly_exec.driver import Accepted, Driver, OutboundMessage, SendResult
-from trackly_exec.models import Campaign, Creative, SendingList, Variant
-from trackly_exec.store import Store
+from trackly_exec.drivers import registry
+from trackly_exec.drivers.contract import Accepted, Driver, OutboundMessage, SendResult
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import Campaign, Creative, SendingList, Variant
 
 
 class EchoDriver(Driver):  # type: ignore[type-arg]

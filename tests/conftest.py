@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from trackly_exec import registry
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings, load_config
+from trackly_exec.drivers import registry
 from trackly_exec.logs import configure_logging
-from trackly_exec.store import Store
+from trackly_exec.store.client import Store
 
 from .executor_support import FAKES
 from .services import MongoServer, RedisServer
@@ -124,7 +124,7 @@ async def admin(trackly: Trackly) -> AsyncIterator[Any]:
     from aiohttp.test_utils import TestClient, TestServer
 
     from trackly_exec import api
-    from trackly_exec.scheduler import stop_background
+    from trackly_exec.campaigns.scheduler import stop_background
 
     from .api_support import EchoDriver
 
@@ -143,7 +143,7 @@ async def admin_url(trackly: Trackly) -> AsyncIterator[str]:
     from aiohttp.test_utils import TestServer
 
     from trackly_exec import api
-    from trackly_exec.scheduler import stop_background
+    from trackly_exec.campaigns.scheduler import stop_background
 
     from .api_support import EchoDriver
 

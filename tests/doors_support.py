@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from trackly_exec import cli
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
+from trackly_exec.cli import main as cli
+from trackly_exec.store import constants as c
 
 from .tracking_support import IB_TOKEN
 

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from drivers.cm_fake import CMFake
-from drivers.infobip_fake import InfobipFake
-from drivers.twilio_fake import TwilioFake
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import utcnow
-from trackly_exec.store import Store
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import utcnow
+from trackly_exec.testing.fakes.cm import CMFake
+from trackly_exec.testing.fakes.infobip import InfobipFake
+from trackly_exec.testing.fakes.twilio import TwilioFake
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the provider fakes the ``fakes`` fixture (conftest) starts
@@ -196,7 +196,7 @@ def write_config(path: Path, settings: Settings, drivers: dict[str, dict[str, An
 
 
 def runner_cmd(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "trackly_exec.coordinator", "-c", str(config), *extra]
+    return [sys.executable, "-m", "trackly_exec.executor.coordinator", "-c", str(config), *extra]
 
 
 def drivers_for(fakes: dict[str, Any], **extra: Any) -> dict[str, dict[str, Any]]:

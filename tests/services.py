@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trackly_exec.embedded import EmbeddedMongo, free_port
+from trackly_exec.store.embedded import EmbeddedMongo, free_port
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -8,11 +8,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from trackly_exec import constants as c
-from trackly_exec.alerts import Alerts
 from trackly_exec.app import Trackly
-from trackly_exec.events import Event, EventKind
-from trackly_exec.scheduler import trigger
+from trackly_exec.campaigns.scheduler import trigger
+from trackly_exec.operations.alerts import Alerts
+from trackly_exec.store import constants as c
+from trackly_exec.store.events import Event, EventKind
 
 from .campaign_fixtures import register_echo, seed_campaign
 

@@ -13,11 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from trackly_exec import api, registry
+from trackly_exec import api
+from trackly_exec.api.openapi import document
 from trackly_exec.app import Trackly
-from trackly_exec.models import utcnow
-from trackly_exec.openapi import document
-from trackly_exec.web import make_app
+from trackly_exec.drivers import registry
+from trackly_exec.operations.web import make_app
+from trackly_exec.store.models import utcnow
 
 from .api_support import EchoDriver
 
@@ -281,7 +282,7 @@ async def test_campaign_schedule_validation(client: TestClient[Any, Any]) -> Non
 
 async def test_campaign_cron_schedule(client: TestClient[Any, Any]) -> None:
     """A cron schedule sets next_run_at to its next occurrence; an invalid cron is a 422."""
-    pytest.importorskip("trackly_exec.cron")
+    pytest.importorskip("trackly_exec.campaigns.cron")
     ids = await seed(client)
     camp = {
         "account_id": ids["account"],
@@ -299,7 +300,7 @@ async def test_campaign_cron_schedule(client: TestClient[Any, Any]) -> None:
 
 async def test_pause_resume_trigger_stats(client: TestClient[Any, Any], trackly: Trackly) -> None:
     """Pause blocks triggers (409), resume allows them; trigger returns an execution with counts; stats answer."""
-    pytest.importorskip("trackly_exec.scheduler")
+    pytest.importorskip("trackly_exec.campaigns.scheduler")
     ids = await seed(client)
     await post(
         client,
@@ -479,11 +480,12 @@ async def test_resume_recomputes_cron_from_now(client: TestClient[Any, Any], tra
 
 def test_documented_examples_are_valid() -> None:
     """Every request example in the OpenAPI document validates against its own model (and filter/template rules)."""
-    from trackly_exec import apimodels as m
-    from trackly_exec.audience import compile_filter
-    from trackly_exec.compose import check_body
+    from trackly_exec.api import models as m
+    from trackly_exec.api import models_campaigns as mc
+    from trackly_exec.campaigns.audience import compile_filter
+    from trackly_exec.campaigns.compose import check_body
 
-    for model in (m.AccountIn, m.SendingListIn, m.ContactsBulkIn, m.AudienceIn, m.CreativeIn, m.CampaignIn):
+    for model in (m.AccountIn, m.SendingListIn, m.ContactsBulkIn, m.AudienceIn, m.CreativeIn, mc.CampaignIn):
         for example in model.model_json_schema()["examples"]:
             body = model.model_validate(example)
             if isinstance(body, m.AudienceIn):
@@ -496,8 +498,8 @@ async def test_store_down_is_503(trackly: Trackly) -> None:
     """With the store unreachable, the API answers 503 JSON (not 500, not a hang)."""
     from pymongo import AsyncMongoClient
 
-    from trackly_exec.embedded import free_port
-    from trackly_exec.store import Store
+    from trackly_exec.store.client import Store
+    from trackly_exec.store.embedded import free_port
 
     dead: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", serverSelectionTimeoutMS=300, tz_aware=True
@@ -519,8 +521,8 @@ async def test_pause_holds_queued_messages_and_resume_sends_them(
     """Pausing a campaign mid-send holds its queued messages (the executor sends none); resuming sends them all."""
     import datetime as dt
 
-    from trackly_exec import constants as c
-    from trackly_exec.coordinator import Coordinator
+    from trackly_exec.executor.coordinator import Coordinator
+    from trackly_exec.store import constants as c
 
     offset = 12 - dt.datetime.now(dt.UTC).hour  # a zone where it is about noon now: inside the quiet-hours window
     noon = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
-from trackly_exec.models import utcnow
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import utcnow
 
 from .api_support import H, post, seed
 
@@ -145,7 +145,7 @@ async def test_delete_archives(admin: TestClient[Any, Any], trackly: Trackly) ->
 
 async def test_end_date_stops_a_recurring_campaign(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """A recurring campaign runs its occurrences up to end_at and is then done; one past it never runs."""
-    from trackly_exec.scheduler import Scheduler
+    from trackly_exec.campaigns.scheduler import Scheduler
 
     from .campaign_fixtures import INSIDE
 
@@ -318,17 +318,18 @@ async def test_new_routes_never_500(admin: TestClient[Any, Any], trackly: Trackl
     import json
     import random
 
-    from trackly_exec import apimodels as m
+    from trackly_exec.api import models as m
+    from trackly_exec.api import models_campaigns as mc
 
     for model in (
         m.SendingListPatch,
         m.AudiencePatch,
         m.CreativePatch,
-        m.CampaignPatch,
-        m.PreviewIn,
-        m.CampaignPreviewIn,
-        m.TestSendIn,
-        m.CampaignTestSendIn,
+        mc.CampaignPatch,
+        mc.PreviewIn,
+        mc.CampaignPreviewIn,
+        mc.TestSendIn,
+        mc.CampaignTestSendIn,
     ):
         for example in model.model_json_schema()["examples"]:
             model.model_validate(example)

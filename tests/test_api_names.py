@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
+from trackly_exec.store import constants as c
 
 from .api_support import H, post, seed
 
@@ -100,7 +100,7 @@ async def test_sending_list_sender_and_driver_validated(admin: TestClient[Any, A
 async def test_installed_but_unconfigured_driver(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """An installed driver (twilio) without credentials in a [drivers.twilio] section is "not configured" (the
     credential is named, never shown); once the config has them, a list may use it."""
-    from trackly_exec.providers import DriverPool
+    from trackly_exec.drivers.pool import DriverPool
 
     ids = await seed(admin)
     body = {"account_id": ids["account"], "name": "x", "driver": "twilio", "from_number": "+15550001111"}

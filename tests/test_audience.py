@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from trackly_exec import constants as c
-from trackly_exec.audience import FilterError, UnionCounts, compile_filter, union
-from trackly_exec.store import Store
+from trackly_exec.campaigns.audience import FilterError, UnionCounts, compile_filter, union
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
 
 
 def test_compile_operators() -> None:

@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
-from drivers.fake import Behaviour
-from trackly_exec import billing, quiethours
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.driver import Accepted, Driver, DriverSettings, OutboundMessage, SendResult
-from trackly_exec.models import SendingList, utcnow
-from trackly_exec.store import Store
-from trackly_exec.worker import ListInfo
+from trackly_exec.drivers.contract import Accepted, Driver, DriverSettings, OutboundMessage, SendResult
+from trackly_exec.executor import billing
+from trackly_exec.executor.worker import ListInfo
+from trackly_exec.store import constants as c
+from trackly_exec.store import quiethours
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import SendingList, utcnow
+from trackly_exec.testing.fakes.control import Behaviour
 
 from .executor_support import assert_one_record_each, executor, ids_in, seed
 

@@ -14,10 +14,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from trackly_exec import api, cli, registry
-from trackly_exec import constants as c
+from trackly_exec import api
 from trackly_exec.app import Trackly
-from trackly_exec.embedded import free_port
+from trackly_exec.cli import main as cli
+from trackly_exec.drivers import registry
+from trackly_exec.store import constants as c
+from trackly_exec.store.embedded import free_port
 
 from .api_support import EchoDriver
 
@@ -168,7 +170,7 @@ def test_daemon_not_running_message(tmp_path: Path) -> None:
 
 def test_campaign_example_is_a_valid_body(capsys: pytest.CaptureFixture[str]) -> None:
     """`trackly campaign create --example` prints a campaign body the API accepts."""
-    from trackly_exec.apimodels import CampaignIn
+    from trackly_exec.api.models_campaigns import CampaignIn
 
     assert cli.main(["campaign", "create", "--example"]) == 0
     CampaignIn.model_validate(json.loads(capsys.readouterr().out))

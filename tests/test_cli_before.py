@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
+from trackly_exec.store import constants as c
 
 from .api_support import run_cli as run
 from .api_support import seed_direct as seed

@@ -7,13 +7,13 @@ from collections import Counter
 
 import pytest
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
-from trackly_exec.compose import Composer, TemplateError, check_body, parse_body, render
-from trackly_exec.models import MessageShortLink, QueuedTextMessage, Variant, utcnow
-from trackly_exec.scheduler import trigger
-from trackly_exec.shortlinks import find_urls, track
-from trackly_exec.variants import chooser_for, split_chooser, thompson_shares
+from trackly_exec.campaigns.compose import Composer, TemplateError, check_body, parse_body, render
+from trackly_exec.campaigns.scheduler import trigger
+from trackly_exec.campaigns.shortlinks import find_urls, track
+from trackly_exec.campaigns.variants import chooser_for, split_chooser, thompson_shares
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import MessageShortLink, QueuedTextMessage, Variant, utcnow
 
 from .campaign_fixtures import contact, register_echo, seed_campaign
 

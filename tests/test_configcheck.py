@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from trackly_exec import configcheck
+from trackly_exec.cli import configcheck
 from trackly_exec.config import Settings, load_config
 from trackly_exec.errors import ConfigError
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from trackly_exec import constants as c
-from trackly_exec.contacts import upsert
-from trackly_exec.store import Store
+from trackly_exec.api.contacts import upsert
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
 
 
 def phone(n: int) -> str:

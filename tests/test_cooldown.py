@@ -1,5 +1,5 @@
 """The cooldown holds across overlapping executions, campaigns and daemons: at most one message per
-(sending list, phone) within ``cooldown_minutes`` (cooldown reservations, see ``trackly_exec.reservations``)."""
+(sending list, phone) within ``cooldown_minutes`` (cooldown reservations, see ``trackly_exec.campaigns.reservations``)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from drivers.infobip_fake import InfobipFake
-from trackly_exec import constants as c
-from trackly_exec import reservations
 from trackly_exec.app import Trackly
+from trackly_exec.campaigns import reservations
+from trackly_exec.campaigns.scheduler import Scheduler, trigger
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import Campaign, FailureReason, utcnow
-from trackly_exec.outcomes import failed_doc, insert_records
-from trackly_exec.scheduler import Scheduler, trigger
-from trackly_exec.store import Store
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.executor.outcomes import failed_doc, insert_records
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import Campaign, FailureReason, utcnow
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .campaign_fixtures import contact, seed_campaign
 from .executor_support import open_trackly, with_executor
@@ -214,7 +214,7 @@ async def test_reservation_rules(trackly: Trackly) -> None:
 async def test_redrive_respects_reservations(settings: Settings, store: Store, redis_client: Any) -> None:
     """A dead letter (its reservation released) whose number another campaign has queued since is not re-driven
     (skipped as cooldown, dry run too); the others are, and take their reservation again."""
-    from trackly_exec import redrive
+    from trackly_exec.executor import redrive
 
     fake = await InfobipFake().start()
     (trackly,) = await _daemons(settings, store, fake, 1)

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from drivers.infobip_fake import InfobipFake
-from trackly_exec import constants as c
-from trackly_exec import recovery
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import utcnow
-from trackly_exec.store import Store
+from trackly_exec.executor import recovery
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import utcnow
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .executor_support import (
     assert_one_record_each,
@@ -122,7 +122,7 @@ async def test_crash_two_processes_real_restart(
 
 async def test_late_sent_record_wins_over_recovery(settings: Settings, store: Store, redis_client: Any) -> None:
     """A process stalled past the claim TTL: recovery records NO_RESPONSE, the late MessageSent replaces it."""
-    from drivers.fake import Behaviour
+    from trackly_exec.testing.fakes.control import Behaviour
 
     fake = await InfobipFake().start()
     try:
@@ -173,7 +173,7 @@ async def test_crash_then_reconcile(
     """SIGKILL with 100 messages between send intent and record; recovery makes them NO_RESPONSE, and reconciliation
     asks the provider: the ones it took become MessageSent, the ones it never saw are sent again, exactly once.
     At the end every message is sent exactly once and nothing is left ambiguous."""
-    from trackly_exec.reconcile import Reconciler
+    from trackly_exec.tracking.reconcile import Reconciler
 
     fake = await InfobipFake().start()
     try:
@@ -206,7 +206,7 @@ async def test_kill_at_high_rate_then_reconcile(
     """The issue's measurement: a daemon SIGKILLed at a high send rate leaves thousands NO_RESPONSE although the
     provider took most of them (their reports reach a dead daemon). Reconciliation settles every one of them:
     found -> MessageSent, not found -> sent once; no duplicate, nothing left ambiguous."""
-    from trackly_exec.reconcile import Reconciler
+    from trackly_exec.tracking.reconcile import Reconciler
 
     fake = await InfobipFake().start()
     try:

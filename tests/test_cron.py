@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from trackly_exec.cron import CronError, parse
+from trackly_exec.campaigns.cron import CronError, parse
 
 NY = ZoneInfo("America/New_York")
 UTC = dt.UTC

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
-from trackly_exec.dashboard import SAMPLER, Sampler, summary
-from trackly_exec.events import Event, EventKind
-from trackly_exec.models import utcnow
-from trackly_exec.web import HttpServer
+from trackly_exec.operations.dashboard import SAMPLER, Sampler, summary
+from trackly_exec.operations.web import HttpServer
+from trackly_exec.store import constants as c
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import utcnow
 
 
 async def seed(trackly: Trackly) -> dt.datetime:

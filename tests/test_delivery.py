@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from trackly_exec import constants as c
-from trackly_exec.delivery import ingest
-from trackly_exec.driver import DeliveryReport
-from trackly_exec.store import Store
+from trackly_exec.drivers.contract import DeliveryReport
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.tracking.delivery import ingest
 
 from .tracking_support import (
     CM_STATUS,
@@ -223,7 +223,7 @@ async def test_ingestion_is_batched(daemon: Daemon) -> None:
 
     from pymongo import AsyncMongoClient
 
-    from trackly_exec.store import Store as S
+    from trackly_exec.store.client import Store as S
 
     listener = Count()
     client: AsyncMongoClient = AsyncMongoClient(
@@ -249,7 +249,7 @@ async def test_ingestion_is_batched(daemon: Daemon) -> None:
 async def test_report_before_the_send_is_recorded_is_parked_then_applied(daemon: Daemon) -> None:
     """A report for a message still in the queue is accepted (200) and parked, the other reports of the batch
     apply at once; once the executor records the message, the parked report is applied and leaves the park."""
-    from trackly_exec.parked import replay
+    from trackly_exec.tracking.parked import replay
 
     await seed_account(daemon.store)
     [done] = await seed_sent(daemon.store, 1)
@@ -271,7 +271,7 @@ async def test_report_before_the_send_is_recorded_is_parked_then_applied(daemon:
 
 async def test_parked_report_of_a_message_that_ended_otherwise_is_dropped(daemon: Daemon) -> None:
     """A parked report whose message left the queue without a MessageSent (say STALE) is dropped, creating nothing."""
-    from trackly_exec.parked import replay
+    from trackly_exec.tracking.parked import replay
 
     await seed_account(daemon.store)
     early = f"{78:016x}"
@@ -288,7 +288,7 @@ async def test_store_keeps_types_of_set_values(store: Store) -> None:
     """The embedded store keeps a $set datetime a date and a $set boolean a boolean (nx-27017 alone does not)."""
     from pymongo import UpdateOne
 
-    from trackly_exec.models import utcnow
+    from trackly_exec.store.models import utcnow
 
     now = utcnow()
     await store[c.SENT].insert_many([{"_id": "a", "delivered": None}, {"_id": "b", "delivered": None}])

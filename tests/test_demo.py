@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from trackly_exec.demo import run_demo
-from trackly_exec.demo_contacts import MIX
+from trackly_exec.cli.demo import run_demo
+from trackly_exec.cli.demo_contacts import MIX
 
 
 async def test_demo_arithmetic_adds_up() -> None:

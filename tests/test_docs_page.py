@@ -6,9 +6,9 @@ import re
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from trackly_exec.api.openapi import document
 from trackly_exec.app import Trackly
-from trackly_exec.openapi import document
-from trackly_exec.web import make_app
+from trackly_exec.operations.web import make_app
 
 
 async def test_docs_page_lists_every_route_and_loads_nothing_external(trackly: Trackly) -> None:

@@ -9,11 +9,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from trackly_exec import api
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings, load_config
 from trackly_exec.errors import ConfigError
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
 
 H = {"Authorization": "Bearer test-token"}
 
@@ -41,7 +41,7 @@ def test_config_error_never_prints_a_secret(tmp_path: Path, toml: str) -> None:
 
 
 def test_driver_config_error_never_prints_a_secret(tmp_path: Path) -> None:
-    from trackly_exec.providers import DriverPool
+    from trackly_exec.drivers.pool import DriverPool
 
     f = tmp_path / "bad.toml"
     f.write_text('[drivers.infobip]\napi_key = ["s3cr3t"]\n')
@@ -166,7 +166,7 @@ async def test_list_allowed_overrides_are_validated(settings: Settings, store: S
 async def test_stored_list_with_base_url_never_reaches_it(settings: Settings, store: Store) -> None:
     """A list stored (by an older version) with a base_url override sends nothing anywhere: the API key and the
     webhook token never reach the list's URL, and the list's GET does not echo the URL."""
-    from trackly_exec.coordinator import Coordinator
+    from trackly_exec.executor.coordinator import Coordinator
 
     from .executor_support import seed, with_executor
 
@@ -209,7 +209,7 @@ async def test_invalid_stored_list_is_logged_without_its_values(settings: Settin
     """A stored list the executor cannot read is logged by field and problem, never with its values."""
     import structlog
 
-    from trackly_exec.coordinator import Coordinator
+    from trackly_exec.executor.coordinator import Coordinator
 
     from .executor_support import seed
 

@@ -11,10 +11,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-from trackly_exec import constants as c
-from trackly_exec.apimodels import MAX_BULK_CONTACTS
+from trackly_exec.api.models import MAX_BULK_CONTACTS
 from trackly_exec.config import Settings
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
 
 from .tracking_support import CM_TOKEN, Daemon, seed_account, seed_contact, seed_list, start_daemon, tri
 

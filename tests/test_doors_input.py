@@ -12,9 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from trackly_exec import api, registry
-from trackly_exec import constants as c
+from trackly_exec import api
 from trackly_exec.app import Trackly
+from trackly_exec.drivers import registry
+from trackly_exec.store import constants as c
 
 from .api_support import EchoDriver
 from .doors_support import run_cli as run

@@ -10,14 +10,14 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from trackly_exec.alerts import Alerts
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
-from trackly_exec.events import Event, EventKind
-from trackly_exec.models import utcnow
-from trackly_exec.phones import mask, mask_text
-from trackly_exec.store import Store
-from trackly_exec.web import HttpServer
+from trackly_exec.operations.alerts import Alerts
+from trackly_exec.operations.web import HttpServer
+from trackly_exec.store.client import Store
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import utcnow
+from trackly_exec.store.phones import mask, mask_text
 
 from .doors_support import IB_INBOUND, mo
 from .tracking_support import seed_account, seed_contact, seed_list, start_daemon

@@ -11,11 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from trackly_exec import api
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
-from trackly_exec.outbox import Outbox
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.tracking.outbox import Outbox
 
 from .doors_support import Receiver
 from .tracking_support import IB_STATUS, infobip_body, infobip_report, seed_account, seed_sent, start_daemon
@@ -150,7 +150,7 @@ class _Rebinding(aiohttp.abc.AbstractResolver):
 
 @pytest.mark.parametrize("allow,reached", [([], False), (["127.0.0.0/8"], True), (["hooks.example.com"], True)])
 async def test_name_resolving_to_internal_address_is_refused_at_connect(allow: list[str], reached: bool) -> None:
-    from trackly_exec.netguard import Allowlist, GuardedResolver
+    from trackly_exec.tracking.netguard import Allowlist, GuardedResolver
 
     rcv = await Receiver().start()
     port = rcv.port

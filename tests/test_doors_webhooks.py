@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from trackly_drivers.infobip import InfobipDriver
+from trackly_drivers.twilio import TwilioDriver
 
-from drivers.infobip import InfobipDriver
-from drivers.twilio import TwilioDriver
-from trackly_exec import cli
-from trackly_exec import constants as c
+from trackly_exec.cli import main as cli
 from trackly_exec.config import Settings
-from trackly_exec.driver import WebhookRequest
+from trackly_exec.drivers.contract import WebhookRequest
+from trackly_exec.drivers.pool import DriverPool
 from trackly_exec.errors import WebhookAuthError
-from trackly_exec.providers import DriverPool
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
 
 from .doors_support import mo
 from .tracking_support import (
@@ -107,7 +107,7 @@ def test_driver_without_credential_refuses_every_webhook() -> None:
     with pytest.raises(WebhookAuthError):
         ib.authenticate(_hook(token="anything"))
     tw = TwilioDriver(TwilioDriver.settings_model.model_validate({"account_sid": "AC" + "0" * 32}))
-    from drivers.twilio import compute_signature
+    from trackly_drivers.twilio import compute_signature
 
     url = "http://127.0.0.1:8080/webhooks/twilio/inbound"
     forged = WebhookRequest(

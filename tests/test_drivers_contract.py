@@ -1,4 +1,4 @@
-"""The driver contract suite (trackly_exec.testing) run against each built-in driver and its fake."""
+"""The driver contract suite (trackly_exec.testing.contract) run against each built-in driver and its fake."""
 
 from __future__ import annotations
 
@@ -9,21 +9,15 @@ import json
 from typing import Any
 
 import pytest
+from trackly_drivers.cm import CMDriver
+from trackly_drivers.infobip import InfobipDriver, error_from_body
+from trackly_drivers.twilio import TwilioDriver
 
-from drivers._http import HttpReply, parse_retry_after, raise_for_status
-from drivers.cm import CMDriver
-from drivers.fake import Behaviour
-from drivers.infobip import InfobipDriver, error_from_body
-from drivers.twilio import TwilioDriver
-from trackly_exec.driver import (
-    DriverContext,
-    OutboundMessage,
-    Rejected,
-    UnknownOutcome,
-    WebhookRequest,
-)
+from trackly_exec.drivers.contract import DriverContext, OutboundMessage, Rejected, UnknownOutcome, WebhookRequest
+from trackly_exec.drivers.http import HttpReply, parse_retry_after, raise_for_status
 from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError
-from trackly_exec.testing import DriverContractSuite, DriverHarness
+from trackly_exec.testing.contract import DriverContractSuite, DriverHarness
+from trackly_exec.testing.fakes.control import Behaviour
 
 
 class TestInfobipContract(DriverContractSuite):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
-from trackly_exec.estimate import CannotRun, estimate
-from trackly_exec.models import utcnow
-from trackly_exec.scheduler import trigger
+from trackly_exec.campaigns.estimate import CannotRun, estimate
+from trackly_exec.campaigns.scheduler import trigger
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import utcnow
 
 from .campaign_fixtures import contact, register_echo, seed_campaign, zone_where
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from drivers.fake import Behaviour
-from trackly_exec import claims
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.models import FailedMessage, MessageSent, QueuedTextMessage, utcnow
-from trackly_exec.store import Store
+from trackly_exec.executor import claims
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import FailedMessage, MessageSent, QueuedTextMessage, utcnow
+from trackly_exec.testing.fakes.control import Behaviour
 
 from .executor_support import FAKES, assert_one_record_each, executor, ids_in, seed
 
@@ -109,8 +109,8 @@ def test_send_time_quiet_hours_match_the_exact_lookup() -> None:
     """The hot-path quiet-hours decision equals quiethours.in_window(contact_zones(...)) at every hour."""
     import random
 
-    from trackly_exec import phones, quiethours
-    from trackly_exec.checks import in_window_now
+    from trackly_exec.executor.checks import in_window_now
+    from trackly_exec.store import phones, quiethours
 
     rng = random.Random(7)
     numbers = ["+18005551234", "+19005551234", "+16715551234", "+18683861491", "+447802894016"]

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from drivers.fake import Behaviour
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import FailedMessage, utcnow
-from trackly_exec.store import Store
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import FailedMessage, utcnow
+from trackly_exec.testing.fakes.control import Behaviour
 
 from .executor_support import assert_one_record_each, executor, ids_in, seed
 

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from drivers.cm_fake import CMFake
-from drivers.infobip_fake import InfobipFake
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.testing.fakes.cm import CMFake
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .executor_support import assert_one_record_each, run_process, seed, write_config
 

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers.infobip_fake import InfobipFake
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .executor_support import assert_one_record_each, executor, ids_in, runner_cmd, seed, write_config
 
@@ -68,13 +68,15 @@ def test_runner_help() -> None:
     """The executor runner documents its options."""
     import subprocess
 
-    r = subprocess.run([sys.executable, "-m", "trackly_exec.coordinator", "--help"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.executor.coordinator", "--help"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "--burst" in r.stdout
 
 
 async def test_stop_during_retry_backoff_requeues(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
     """Stopping while a transient failure waits for its retry gives the messages back to the queue, unsent."""
-    from drivers.fake import Behaviour
+    from trackly_exec.testing.fakes.control import Behaviour
 
     ids = await seed(store, 4, price=1.0, balance=10.0)
     fakes["infobip"].set_default(Behaviour("429"))

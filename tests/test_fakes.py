@@ -18,20 +18,20 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
+from trackly_drivers.infobip import InfobipDriver
 from twilio.request_validator import RequestValidator
 
-from drivers.cm_fake import DEFAULT_PRODUCT_TOKEN, CMFake
-from drivers.fake import Behaviour
-from drivers.infobip import InfobipDriver
-from drivers.infobip_fake import DEFAULT_API_KEY, InfobipFake
-from drivers.twilio_fake import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioFake
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings, load_config
-from trackly_exec.driver import DriverContext, OutboundMessage
-from trackly_exec.store import Store
-from trackly_exec.testing import WebhookSink, free_port
-from trackly_exec.web import HttpServer
+from trackly_exec.drivers.contract import DriverContext, OutboundMessage
+from trackly_exec.operations.web import HttpServer
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.testing.contract import WebhookSink, free_port
+from trackly_exec.testing.fakes.cm import DEFAULT_PRODUCT_TOKEN, CMFake
+from trackly_exec.testing.fakes.control import Behaviour
+from trackly_exec.testing.fakes.infobip import DEFAULT_API_KEY, InfobipFake
+from trackly_exec.testing.fakes.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioFake
 
 from .tracking_support import seed_account, seed_sent, tri
 
@@ -175,7 +175,7 @@ async def test_remote_control(http: aiohttp.ClientSession) -> None:
     """GET /_fake/ledger counts duplicates, POST /_fake/script queues behaviours, POST /_fake/reset clears."""
     async with CMFake() as fake:
         driver_settings = fake.driver_settings()
-        from drivers.cm import CMDriver
+        from trackly_drivers.cm import CMDriver
 
         driver = CMDriver(CMDriver.settings_model.model_validate(driver_settings), DriverContext())
         await driver.startup()
@@ -212,7 +212,7 @@ async def test_auto_reports() -> None:
     sink = await WebhookSink().start()
     try:
         async with CMFake(report_url=f"{sink.url}/webhooks/cm/status", auto_reports=True, report_delay=0.05) as fake:
-            from drivers.cm import CMDriver
+            from trackly_drivers.cm import CMDriver
 
             driver = CMDriver(CMDriver.settings_model.model_validate(fake.driver_settings()), DriverContext())
             await driver.startup()

@@ -10,7 +10,7 @@ import pytest
 
 from trackly_exec.config import load_config
 from trackly_exec.errors import ConfigError
-from trackly_exec.store import Store
+from trackly_exec.store.client import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 

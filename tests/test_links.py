@@ -8,9 +8,9 @@ import hashlib
 import pytest
 from yarl import URL
 
-from trackly_exec import constants as c
-from trackly_exec.clicks import bot_user_agent, click_stats
-from trackly_exec.models import MessageShortLink, utcnow
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import MessageShortLink, utcnow
+from trackly_exec.tracking.clicks import bot_user_agent, click_stats
 
 from .tracking_support import Daemon, seed_sent
 

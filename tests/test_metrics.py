@@ -10,15 +10,15 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from drivers.fake import Behaviour
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
-from trackly_exec.events import Event, EventKind
-from trackly_exec.metrics import EXECUTOR_COUNTERS
-from trackly_exec.models import utcnow
-from trackly_exec.store import Store
-from trackly_exec.web import HttpServer
+from trackly_exec.operations.metrics import EXECUTOR_COUNTERS
+from trackly_exec.operations.web import HttpServer
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import utcnow
+from trackly_exec.testing.fakes.control import Behaviour
 
 from .executor_support import executor, seed
 

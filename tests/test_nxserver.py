@@ -11,7 +11,7 @@ from importlib.metadata import requires, version
 import pytest
 from packaging.requirements import Requirement
 
-from trackly_exec import nxserver
+from trackly_exec.store import nxserver
 
 
 @pytest.fixture

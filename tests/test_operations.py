@@ -9,12 +9,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from trackly_exec import constants as c
-from trackly_exec.alerts import Alerts
 from trackly_exec.app import Trackly
-from trackly_exec.events import Event, EventKind
-from trackly_exec.models import utcnow
-from trackly_exec.web import HttpServer
+from trackly_exec.operations.alerts import Alerts
+from trackly_exec.operations.web import HttpServer
+from trackly_exec.store import constants as c
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import utcnow
 
 
 class DiscordStub:

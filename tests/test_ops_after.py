@@ -17,15 +17,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from drivers.infobip_fake import InfobipFake
-from trackly_exec import api, cli, csvsafe, redrive
-from trackly_exec import constants as c
+from trackly_exec import api
+from trackly_exec.api import csvsafe
 from trackly_exec.app import Trackly
+from trackly_exec.cli import main as cli
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import FailureReason, utcnow
-from trackly_exec.outcomes import failed_doc, sent_doc
-from trackly_exec.store import Store
+from trackly_exec.executor import redrive
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.executor.outcomes import failed_doc, sent_doc
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import FailureReason, utcnow
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .executor_support import assert_one_record_each, open_trackly, seed, with_executor
 
@@ -475,8 +478,8 @@ def test_closed_pipe_ends_without_traceback(tmp_path: Path) -> None:
 
 def test_pause_described_the_same_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
     """Pause and resume read the same in the CLI help, the OpenAPI document and the README."""
-    from trackly_exec.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
-    from trackly_exec.openapi import document
+    from trackly_exec.api.openapi import document
+    from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 
     doc = document()
     assert doc["paths"]["/api/v1/campaigns/{id}/pause"]["post"]["summary"] == PAUSE_DESCRIPTION

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from drivers.infobip_fake import InfobipFake
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.optout import keyword
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.testing.fakes.infobip import InfobipFake
+from trackly_exec.tracking.optout import keyword
 
 from .executor_support import assert_one_record_each, seed
 from .tracking_support import (
@@ -228,7 +228,7 @@ def _requeue(doc: dict[str, Any], execution_id: int) -> dict[str, Any]:
 async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, store: Store) -> None:
     """After STOP arrives mid-campaign, nothing more is sent to that contact: its queued message is dead-lettered
     CONTACT_BLOCKED at once, and a message queued later ends CONTACT_BLOCKED at send time."""
-    from trackly_exec.coordinator import Coordinator
+    from trackly_exec.executor.coordinator import Coordinator
 
     fake = InfobipFake(api_key="k")
     await fake.start()

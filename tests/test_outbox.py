@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.models import utcnow
-from trackly_exec.outbox import Outbox, sign, verify_signature
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import utcnow
+from trackly_exec.tracking.outbox import Outbox, sign, verify_signature
 
 from .tracking_support import (
     IB_STATUS,
@@ -286,8 +286,8 @@ async def test_end_to_end_send_report_customer_webhook(
 ) -> None:
     """Executor sends through the Twilio fake, its signed status callbacks reach the daemon over HTTP, and the
     customer receives one signed webhook per message with the final state (spam code flagged and alerted)."""
-    from drivers.twilio_fake import TwilioFake
-    from trackly_exec.coordinator import Coordinator
+    from trackly_exec.executor.coordinator import Coordinator
+    from trackly_exec.testing.fakes.twilio import TwilioFake
 
     from .executor_support import seed
 

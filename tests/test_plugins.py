@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from trackly_exec.drivers.registry import discover, get_driver_class
 from trackly_exec.errors import DriverNotFound
-from trackly_exec.registry import discover, get_driver_class
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "trackly-driver-example"
@@ -79,7 +79,7 @@ def test_example_plugin_sends(plugin_target: Path) -> None:
     code = (
         "import asyncio\n"
         "from trackly_exec.config import Settings\n"
-        "from trackly_exec.providers import DriverPool\n"
+        "from trackly_exec.drivers.pool import DriverPool\n"
         "from trackly_exec import OutboundMessage\n"
         "async def main():\n"
         "    pool = DriverPool(Settings(drivers={'demo': {'driver': 'example', 'prefix': 'p'}}))\n"
@@ -133,4 +133,4 @@ def test_builtins_discovered_in_process() -> None:
     for name in ("infobip", "twilio", "cm"):
         info = infos[name]
         assert info.cls is not None and info.distribution == "trackly-exec", info
-        assert info.cls.fake and info.cls.fake.startswith(f"drivers.{name}_fake:")
+        assert info.cls.fake and info.cls.fake.startswith(f"trackly_exec.testing.fakes.{name}:")

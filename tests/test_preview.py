@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
+from trackly_exec.store import constants as c
 
 from .api_support import H, post
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from trackly_exec import constants as c
-from trackly_exec.models import QueuedTextMessage, new_message_id, utcnow
-from trackly_exec.queue import has_pending, insert_batch, pending_count
-from trackly_exec.store import Store
+from trackly_exec.campaigns.queue import has_pending, insert_batch, pending_count
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import QueuedTextMessage, new_message_id, utcnow
 
 
 def _msg(contact_id: int, execution_id: int = 1) -> dict[str, Any]:

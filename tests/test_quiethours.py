@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from trackly_exec import phones, quiethours
-from trackly_exec.quiethours import Window, contact_zones, in_window, next_opening
+from trackly_exec.store import phones, quiethours
+from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 
 NY = ZoneInfo("America/New_York")
 LA = ZoneInfo("America/Los_Angeles")

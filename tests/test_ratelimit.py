@@ -16,12 +16,12 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.embedded import free_port
-from trackly_exec.events import EventBus
-from trackly_exec.ratelimit import Grant, LimiterUnavailable, LocalRateLimiter, RateLimiter, RedisRateLimiter
-from trackly_exec.store import Store
+from trackly_exec.executor.ratelimit import Grant, LimiterUnavailable, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.embedded import free_port
+from trackly_exec.store.events import EventBus
 
 from .executor_support import executor, seed
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from drivers.fake import Behaviour
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import FailedMessage, MessageSent, utcnow
-from trackly_exec.reconcile import Reconciler
-from trackly_exec.store import Store
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import FailedMessage, MessageSent, utcnow
+from trackly_exec.testing.fakes.control import Behaviour
+from trackly_exec.tracking.reconcile import Reconciler
 
 from .executor_support import assert_one_record_each, ids_in, open_trackly, seed, with_executor
 from .test_executor import FAKES
@@ -244,7 +244,7 @@ async def test_redrive_leaves_a_message_the_reconciler_holds(
     """While a pass holds a NO_RESPONSE message (asking the provider), an operator's re-drive skips it (else both
     could act on it: a look-up that finds it sent plus a re-drive would text the person twice); after the lease it
     may."""
-    from trackly_exec import redrive
+    from trackly_exec.executor import redrive
 
     ids = await seed(store, 2)
     fakes["infobip"].script(Behaviour("reset_before"))

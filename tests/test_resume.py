@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 
-from drivers.infobip_fake import InfobipFake
-from trackly_exec import constants as c
-from trackly_exec import evaluation, failpoints
+from trackly_exec import failpoints
 from trackly_exec.app import Trackly
+from trackly_exec.campaigns import evaluation
+from trackly_exec.campaigns.queue import QueueResult
+from trackly_exec.campaigns.scheduler import Scheduler, trigger
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import utcnow
-from trackly_exec.queue import QueueResult
-from trackly_exec.scheduler import Scheduler, trigger
-from trackly_exec.store import Store
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import utcnow
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .campaign_fixtures import contact, seed_campaign
 from .executor_support import open_trackly, with_executor
@@ -103,7 +104,7 @@ async def test_resume_racing_the_executor_texts_each_phone_once(
 async def test_message_ids_are_stable_per_execution_and_contact(trackly: Trackly) -> None:
     """A contact's message id is the same in every run of one execution, differs across executions, and is
     16 hex characters; an execution created without a message key gets one."""
-    from trackly_exec.compose import Composer
+    from trackly_exec.campaigns.compose import Composer
 
     ex1 = {"_id": 1, "message_key": "a" * 32}
     ex2 = {"_id": 2, "message_key": "b" * 32}

@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
-from trackly_exec.models import QueuedTextMessage, utcnow
-from trackly_exec.scheduler import CampaignNotFound, Scheduler, trigger
+from trackly_exec.campaigns.scheduler import CampaignNotFound, Scheduler, trigger
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import QueuedTextMessage, utcnow
 
 from .campaign_fixtures import contact, register_echo, seed_campaign, zone_where
 
@@ -327,9 +327,9 @@ async def test_evaluation_killed_then_resumed_while_the_executor_sends(trackly: 
     from collections.abc import Sequence
     from pathlib import Path
 
-    from trackly_exec import registry
-    from trackly_exec.coordinator import Coordinator
-    from trackly_exec.driver import OutboundMessage, SendResult
+    from trackly_exec.drivers import registry
+    from trackly_exec.drivers.contract import OutboundMessage, SendResult
+    from trackly_exec.executor.coordinator import Coordinator
 
     from .campaign_fixtures import EchoDriver
 

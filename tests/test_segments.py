@@ -8,7 +8,7 @@ import random
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 import pytest
 
-from trackly_exec.segments import GSM7_BASIC, GSM7_EXTENSION, is_gsm7, measure, split_parts
+from trackly_exec.store.segments import GSM7_BASIC, GSM7_EXTENSION, is_gsm7, measure, split_parts
 
 
 def _septets(ch: str) -> int | None:

@@ -11,15 +11,17 @@ from typing import Any
 
 import pytest
 
-from drivers.fake import Behaviour
-from drivers.infobip_fake import InfobipFake
-from trackly_exec import checks, queue, quiethours
-from trackly_exec import constants as c
+from trackly_exec.campaigns import queue
 from trackly_exec.config import Settings
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import SendingList, utcnow
-from trackly_exec.ratelimit import Grant, LocalRateLimiter, RateLimiter
-from trackly_exec.store import Store
+from trackly_exec.executor import checks
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.executor.ratelimit import Grant, LocalRateLimiter, RateLimiter
+from trackly_exec.store import constants as c
+from trackly_exec.store import quiethours
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import SendingList, utcnow
+from trackly_exec.testing.fakes.control import Behaviour
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .executor_support import assert_one_record_each, executor, midday_zone, open_trackly, seed, with_executor
 from .tracking_support import IB_TOKEN, start_daemon

@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
-from trackly_exec.coordinator import Coordinator
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store import constants as c
 
 from .api_support import H, post, seed
 from .campaign_fixtures import INSIDE, zone_where

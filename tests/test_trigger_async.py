@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from trackly_exec import constants as c
-from trackly_exec import scheduler
 from trackly_exec.app import Trackly
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import utcnow
+from trackly_exec.campaigns import scheduler
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import utcnow
 
 from .api_support import post, seed, seed_direct
 from .api_support import run_cli as run

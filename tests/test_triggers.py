@@ -12,13 +12,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from trackly_exec import api, registry
-from trackly_exec import constants as c
+from trackly_exec import api
+from trackly_exec.api.openapi import document
 from trackly_exec.app import Trackly
-from trackly_exec.coordinator import Coordinator
-from trackly_exec.models import utcnow
-from trackly_exec.openapi import document
-from trackly_exec.scheduler import Scheduler, TriggerConflict, stop_background, trigger
+from trackly_exec.campaigns.scheduler import Scheduler, TriggerConflict, stop_background, trigger
+from trackly_exec.drivers import registry
+from trackly_exec.executor.coordinator import Coordinator
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import utcnow
 
 from .campaign_fixtures import EchoDriver, contact, register_echo, seed_campaign
 
@@ -168,7 +169,7 @@ def test_openapi_documents_force_and_409() -> None:
 async def test_cli_trigger_again(trackly: Trackly, capsys: pytest.CaptureFixture[str]) -> None:
     """`trackly campaign trigger ID` is refused for a one-off that ran (exit 1, naming the execution and --again);
     `--again` runs it."""
-    from trackly_exec import cli
+    from trackly_exec.cli import main as cli
 
     registry.register("echo", EchoDriver)
     app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)

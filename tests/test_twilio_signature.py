@@ -7,10 +7,10 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+from trackly_drivers.twilio import TwilioDriver, TwilioSettings, compute_signature, validate_signature
 from twilio.request_validator import RequestValidator
 
-from drivers.twilio import TwilioDriver, TwilioSettings, compute_signature, validate_signature
-from trackly_exec.driver import DriverContext, WebhookRequest
+from trackly_exec.drivers.contract import DriverContext, WebhookRequest
 from trackly_exec.errors import WebhookAuthError
 
 TOKEN = "12345"

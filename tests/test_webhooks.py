@@ -8,9 +8,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from trackly_exec import constants as c
 from trackly_exec.config import Settings
-from trackly_exec.store import Store
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
 
 from .tracking_support import (
     CM_STATUS,
@@ -181,7 +181,7 @@ async def test_unauthenticated_instances_are_warned_about(settings: Settings, st
     import structlog
 
     from trackly_exec.app import Trackly
-    from trackly_exec.web import make_app
+    from trackly_exec.operations.web import make_app
 
     settings.drivers.update(
         {

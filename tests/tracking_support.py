@@ -12,12 +12,12 @@ from urllib.parse import urlencode
 import aiohttp
 from twilio.request_validator import RequestValidator
 
-from trackly_exec import constants as c
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
-from trackly_exec.models import Account, Contact, FailedMessage, FailureReason, MessageSent, SendingList, utcnow
-from trackly_exec.store import Store
-from trackly_exec.web import HttpServer
+from trackly_exec.operations.web import HttpServer
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import Store
+from trackly_exec.store.models import Account, Contact, FailedMessage, FailureReason, MessageSent, SendingList, utcnow
 
 IB_TOKEN = "ib-path-token-0123456789abcdef"
 CM_TOKEN = "cm-path-token-0123456789abcdef"

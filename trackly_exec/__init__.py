@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .driver import (
+from trackly_exec.drivers.contract import (
     Accepted,
     DeliveryReport,
     Driver,
@@ -27,7 +27,7 @@ from .driver import (
     WebhookRequest,
     WebhookResponse,
 )
-from .errors import (
+from trackly_exec.errors import (
     ConfigError,
     DriverError,
     PermanentSendError,

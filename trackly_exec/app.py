@@ -9,11 +9,11 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from .config import Settings
-from .events import EventBus
-from .logs import get_logger
-from .providers import DriverPool
-from .store import Store
+from trackly_exec.config import Settings
+from trackly_exec.drivers.pool import DriverPool
+from trackly_exec.logs import get_logger
+from trackly_exec.store.client import Store
+from trackly_exec.store.events import EventBus
 
 log = get_logger(__name__)
 

@@ -9,22 +9,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .app import Component, Trackly
-from .config import Settings
-from .logs import get_logger
-from .systemd import notify, watchdog_interval, watchdog_loop
+from trackly_exec.app import Component, Trackly
+from trackly_exec.config import Settings
+from trackly_exec.logs import get_logger
+from trackly_exec.operations.systemd import notify, watchdog_interval, watchdog_loop
 
 log = get_logger(__name__)
 
 #: (is it enabled?, "module:Class"). Each class takes the Trackly object and is a :class:`Component`.
 COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
-    (lambda s: s.http.enabled, "trackly_exec.web:HttpServer"),
-    (lambda s: s.executor.enabled, "trackly_exec.coordinator:Coordinator"),
-    (lambda s: s.scheduler.enabled, "trackly_exec.scheduler:Scheduler"),
-    (lambda s: True, "trackly_exec.outbox:Outbox"),
-    (lambda s: True, "trackly_exec.parked:ParkedReports"),
-    (lambda s: s.reconcile.enabled, "trackly_exec.reconcile:Reconciler"),
-    (lambda s: True, "trackly_exec.alerts:Alerts"),
+    (lambda s: s.http.enabled, "trackly_exec.operations.web:HttpServer"),
+    (lambda s: s.executor.enabled, "trackly_exec.executor.coordinator:Coordinator"),
+    (lambda s: s.scheduler.enabled, "trackly_exec.campaigns.scheduler:Scheduler"),
+    (lambda s: True, "trackly_exec.tracking.outbox:Outbox"),
+    (lambda s: True, "trackly_exec.tracking.parked:ParkedReports"),
+    (lambda s: s.reconcile.enabled, "trackly_exec.tracking.reconcile:Reconciler"),
+    (lambda s: True, "trackly_exec.operations.alerts:Alerts"),
 ]
 
 

@@ -1,0 +1,353 @@
+"""Admin API routes to edit and retire: ``PATCH`` and ``DELETE`` (archive) of sending lists, audiences, creatives
+and campaigns, and erasing a contact (registered into :data:`trackly_exec.api.ROUTES`).
+
+* ``PATCH`` changes what is safe to change. Names and descriptions always. A campaign's other fields, an
+  audience's contacts and a creative's variants only while no execution that uses them is running (pending,
+  evaluating or queued): 409 naming the execution otherwise. A sending list's settings any time (queued
+  messages keep what they were composed with); its driver is not changed here.
+* ``DELETE`` archives: the record stays (its history refers to it), is hidden from lists unless
+  ``?archived=true``, cannot be used by a new or edited campaign, and an archived campaign is never scheduled
+  or triggered again. A list, audience or creative still used by an active or paused campaign is not
+  archived (409 naming the campaigns); nor is a campaign with a running execution.
+* ``POST /contacts/{id}/erase``: a privacy request (:mod:`trackly_exec.api.erasure`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from trackly_exec.api import models as m
+from trackly_exec.api import models_campaigns as mc
+from trackly_exec.api.campaigns import check_refs, check_schedule
+from trackly_exec.api.resources import _undollar, check_audience, check_variants
+from trackly_exec.api.routes import ApiError, Problems, _json, _tr, get_or_404, path_id, read_body, route
+from trackly_exec.app import Trackly
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import CampaignStatus, ExecutionStatus, utcnow
+from trackly_exec.store.names import label
+
+RUNNING = [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, ExecutionStatus.QUEUED.value]
+ALWAYS = {"name", "description"}
+
+
+async def running_execution(trackly: Trackly, campaign_ids: list[int]) -> dict[str, Any] | None:
+    """An execution of one of the campaigns that is pending, evaluating or queued (None if there is none)."""
+    if not campaign_ids:
+        return None
+    found: dict[str, Any] | None = await trackly.store[c.EXECUTIONS].find_one(
+        {"campaign_id": {"$in": campaign_ids}, "status": {"$in": RUNNING}}, {"status": 1, "campaign_id": 1}
+    )
+    return found
+
+
+def _busy(what: str, ex: dict[str, Any]) -> ApiError:
+    return ApiError(
+        409,
+        "conflict",
+        f"{what} is in use by execution {ex['_id']} of campaign {ex['campaign_id']} "
+        f"({ex['status']}); change it once that execution has completed",
+    )
+
+
+async def _users(trackly: Trackly, field: str, doc_id: int) -> list[dict[str, Any]]:
+    """The campaigns that refer to ``doc_id`` in ``field`` (not archived)."""
+    docs = await trackly.store[c.CAMPAIGNS].find({field: doc_id}, {"name": 1, "status": 1, "archived": 1}).to_list(None)
+    return [d for d in docs if not d.get("archived")]
+
+
+async def _archive(trackly: Trackly, coll: str, doc: dict[str, Any]) -> dict[str, Any]:
+    changes = {"archived": True, "archived_at": utcnow()}
+    await trackly.store[coll].update_one({"_id": doc["_id"]}, {"$set": changes})
+    return {**doc, **changes}
+
+
+async def _refuse_if_used(trackly: Trackly, field: str, doc_id: int, what: str) -> None:
+    live = [
+        d
+        for d in await _users(trackly, field, doc_id)
+        if d.get("status") in (CampaignStatus.ACTIVE.value, CampaignStatus.PAUSED.value)
+    ]
+    if live:
+        names = ", ".join(label(d, "campaign") for d in live[:10])
+        raise ApiError(
+            409, "conflict", f"{what} is used by {names}; archive those campaigns (or point them elsewhere) first"
+        )
+
+
+def _not_archived(doc: dict[str, Any], what: str) -> None:
+    if doc.get("archived"):
+        raise ApiError(409, "conflict", f"{what} is archived")
+
+
+# --------------------------------------------------------------------------------------------- sending lists
+
+
+@route(
+    "PATCH",
+    "/sending-lists/{id}",
+    "Edit a sending list (names, sender, limits, quiet hours, blocked words, price)",
+    body=m.SendingListPatch,
+    response=m.SendingListOut,
+    errors=(409,),
+)
+async def patch_sending_list(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    lid = path_id(request, "sending list")
+    doc = await get_or_404(trackly, c.SENDING_LISTS, lid, "sending list")
+    body = await read_body(request, m.SendingListPatch)
+    _not_archived(doc, f"sending list {lid}")
+    changes = {k: v for k, v in body.model_dump().items() if k in body.model_fields_set}
+    for k in (
+        "from_number",
+        "rate_limit_per_minute",
+        "cooldown_minutes",
+        "quiet_hours",
+        "blocked_words",
+        "price_per_segment",
+        "active",
+        "name",
+    ):
+        if k in changes and changes[k] is None:
+            raise ApiError(
+                422,
+                "validation",
+                f"{k} cannot be null",
+                [{"loc": f"body.{k}", "msg": "cannot be null", "type": "value_error"}],
+            )
+    if changes:
+        await trackly.store[c.SENDING_LISTS].update_one({"_id": lid}, {"$set": changes})
+    return _json(m.SendingListOut.from_doc({**doc, **changes}))
+
+
+@route(
+    "DELETE",
+    "/sending-lists/{id}",
+    "Archive a sending list (hidden from lists, no new campaign can use it)",
+    response=m.SendingListOut,
+    errors=(409,),
+)
+async def archive_sending_list(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    lid = path_id(request, "sending list")
+    doc = await get_or_404(trackly, c.SENDING_LISTS, lid, "sending list")
+    await _refuse_if_used(trackly, "sending_list_id", lid, f"sending list {lid}")
+    return _json(m.SendingListOut.from_doc(await _archive(trackly, c.SENDING_LISTS, doc)))
+
+
+# --------------------------------------------------------------------------------------------- audiences
+
+
+@route(
+    "PATCH",
+    "/audiences/{id}",
+    "Edit an audience (its contacts only while no running execution uses it)",
+    body=m.AudiencePatch,
+    response=m.AudienceOut,
+    errors=(409,),
+)
+async def patch_audience(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    aid = path_id(request, "audience")
+    doc = await get_or_404(trackly, c.AUDIENCES, aid, "audience")
+    body = await read_body(request, m.AudiencePatch)
+    _not_archived(doc, f"audience {aid}")
+    fields = body.model_fields_set
+    if "name" in fields and body.name is None:
+        raise ApiError(422, "validation", "name cannot be null", [{"loc": "body.name", "msg": "cannot be null"}])
+    changes: dict[str, Any] = {k: getattr(body, k) for k in fields & ALWAYS}
+    if fields & {"filter", "contact_ids"}:
+        if body.filter is None and body.contact_ids is None:
+            raise ApiError(
+                422,
+                "validation",
+                "give a filter or contact_ids",
+                [{"loc": "body.filter", "msg": "give a filter or contact_ids", "type": "value_error"}],
+            )
+        ex = await running_execution(trackly, [d["_id"] for d in await _users(trackly, "audience_ids", aid)])
+        if ex is not None:
+            raise _busy(f"audience {aid}", ex)
+        problems = Problems()
+        await check_audience(trackly, int(doc["sending_list_id"]), body.filter, body.contact_ids, problems)
+        problems.raise_if_any()
+        changes.update(filter=_undollar(body.filter), contact_ids=body.contact_ids)
+    if changes:
+        await trackly.store[c.AUDIENCES].update_one({"_id": aid}, {"$set": changes})
+    return _json(m.AudienceOut.from_doc({**doc, **changes}))
+
+
+@route(
+    "DELETE",
+    "/audiences/{id}",
+    "Archive an audience (hidden from lists, no new campaign can use it)",
+    response=m.AudienceOut,
+    errors=(409,),
+)
+async def archive_audience(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    aid = path_id(request, "audience")
+    doc = await get_or_404(trackly, c.AUDIENCES, aid, "audience")
+    await _refuse_if_used(trackly, "audience_ids", aid, f"audience {aid}")
+    return _json(m.AudienceOut.from_doc(await _archive(trackly, c.AUDIENCES, doc)))
+
+
+# --------------------------------------------------------------------------------------------- creatives
+
+
+@route(
+    "PATCH",
+    "/creatives/{id}",
+    "Edit a creative (its variants only while no running execution uses it)",
+    body=m.CreativePatch,
+    response=m.CreativeOut,
+    errors=(409,),
+)
+async def patch_creative(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    cid = path_id(request, "creative")
+    doc = await get_or_404(trackly, c.CREATIVES, cid, "creative")
+    body = await read_body(request, m.CreativePatch)
+    _not_archived(doc, f"creative {cid}")
+    fields = body.model_fields_set
+    for k in fields - {"description"}:
+        if getattr(body, k) is None:
+            raise ApiError(422, "validation", f"{k} cannot be null", [{"loc": f"body.{k}", "msg": "cannot be null"}])
+    changes: dict[str, Any] = {k: getattr(body, k) for k in fields & ALWAYS}
+    if fields - ALWAYS:
+        ex = await running_execution(trackly, [d["_id"] for d in await _users(trackly, "creative_id", cid)])
+        if ex is not None:
+            raise _busy(f"creative {cid}", ex)
+        problems = Problems()
+        if body.variants is not None:
+            check_variants(body.variants, problems)
+        problems.raise_if_any()
+        if body.variants is not None:
+            changes["variants"] = [v.model_dump() for v in body.variants]
+        if body.selection is not None:
+            changes["selection"] = body.selection
+    if changes:
+        await trackly.store[c.CREATIVES].update_one({"_id": cid}, {"$set": changes})
+    return _json(m.CreativeOut.from_doc({**doc, **changes}))
+
+
+@route(
+    "DELETE",
+    "/creatives/{id}",
+    "Archive a creative (hidden from lists, no new campaign can use it)",
+    response=m.CreativeOut,
+    errors=(409,),
+)
+async def archive_creative(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    cid = path_id(request, "creative")
+    doc = await get_or_404(trackly, c.CREATIVES, cid, "creative")
+    await _refuse_if_used(trackly, "creative_id", cid, f"creative {cid}")
+    return _json(m.CreativeOut.from_doc(await _archive(trackly, c.CREATIVES, doc)))
+
+
+# --------------------------------------------------------------------------------------------- campaigns
+
+
+@route(
+    "PATCH",
+    "/campaigns/{id}",
+    "Edit a campaign: name and description any time; audiences, creative, schedule, end date and options only "
+    "while none of its executions is running",
+    body=mc.CampaignPatch,
+    response=mc.CampaignOut,
+    errors=(409,),
+)
+async def patch_campaign(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    cid = path_id(request, "campaign")
+    doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    body = await read_body(request, mc.CampaignPatch)
+    _not_archived(doc, f"campaign {cid}")
+    fields = body.model_fields_set
+    for k in fields - {"description", "schedule", "end_at"}:
+        if getattr(body, k) is None:
+            raise ApiError(422, "validation", f"{k} cannot be null", [{"loc": f"body.{k}", "msg": "cannot be null"}])
+    changes: dict[str, Any] = {k: getattr(body, k) for k in fields & ALWAYS}
+    if fields - ALWAYS:
+        ex = await running_execution(trackly, [cid])
+        if ex is not None:
+            raise ApiError(
+                409,
+                "conflict",
+                f"campaign {cid} has a running execution {ex['_id']} ({ex['status']}); "
+                "change it once that execution has completed",
+            )
+        problems = Problems()
+        if fields & {"audience_ids", "creative_id"}:
+            audience_ids = list(dict.fromkeys(body.audience_ids or doc["audience_ids"]))
+            creative_id = body.creative_id or doc["creative_id"]
+            await check_refs(trackly, doc["account_id"], doc["sending_list_id"], audience_ids, creative_id, problems)
+            changes.update(audience_ids=audience_ids, creative_id=creative_id)
+        now = utcnow()
+        end_at = body.end_at if "end_at" in fields else doc.get("end_at")
+        if "schedule" in fields:
+            nxt = check_schedule(body.schedule, end_at, now, problems)
+            changes["schedule"] = (
+                body.schedule.model_dump() if body.schedule else {"at": None, "cron": None, "timezone": "UTC"}
+            )
+            changes["next_run_at"] = nxt
+            if doc.get("status") == CampaignStatus.DONE.value and nxt is not None:
+                changes["status"] = CampaignStatus.ACTIVE.value  # a finished one-off given a new time
+        elif "end_at" in fields and end_at is not None and end_at <= now:
+            problems.add("body.end_at", "must be in the future")
+        if "end_at" in fields:
+            changes["end_at"] = end_at
+        for k in ("exclude_in_workflow", "quiet_hours_policy", "track_links"):
+            if k in fields:
+                changes[k] = getattr(body, k)
+        problems.raise_if_any()
+    if changes:
+        await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": changes})
+    return _json(mc.CampaignOut.from_doc({**doc, **changes}))
+
+
+@route(
+    "DELETE",
+    "/campaigns/{id}",
+    "Archive a campaign: never scheduled or triggered again, hidden from lists; its history stays",
+    response=mc.CampaignOut,
+    errors=(409,),
+)
+async def archive_campaign(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    cid = path_id(request, "campaign")
+    doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    if doc.get("archived"):
+        return _json(mc.CampaignOut.from_doc(doc))
+    ex = await running_execution(trackly, [cid])
+    if ex is not None:
+        raise ApiError(
+            409,
+            "conflict",
+            f"campaign {cid} has a running execution {ex['_id']} ({ex['status']}); "
+            "pause it and archive it once that execution has completed",
+        )
+    changes = {"archived": True, "archived_at": utcnow(), "status": CampaignStatus.DONE.value}
+    await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": changes})
+    return _json(mc.CampaignOut.from_doc({**doc, **changes}))
+
+
+# --------------------------------------------------------------------------------------------- contacts
+
+
+@route(
+    "POST",
+    "/contacts/{id}/erase",
+    "Erase a contact (privacy request): its number and personal data redacted from queued, sent and failed "
+    "records, inbound messages, webhooks and alerts; the contact is anonymised and blocked",
+    response=mc.ContactEraseOut,
+)
+async def erase_contact(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    contact_id = path_id(request, "contact")
+    doc = await get_or_404(trackly, c.CONTACTS, contact_id, "contact")
+    from trackly_exec.api.erasure import erase_contact as erase
+
+    out = await erase(trackly, doc)
+    return _json(mc.ContactEraseOut(contact_id=contact_id, **out))

@@ -1,0 +1,593 @@
+"""Request and response bodies of the admin API (pydantic v2).
+
+Request models forbid unknown keys, so a typo answers 422 naming the field instead of being ignored.
+Response models are what GET answers contain; secrets (``webhook_secret``, secret-looking driver
+settings) are masked in them. The OpenAPI document (:mod:`trackly_exec.api.openapi`) is generated from these
+models, so the documentation cannot drift from what the server validates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trackly_exec.store.models import QuietHours, Variant
+from trackly_exec.store.quiethours import check_timezone
+
+MASK = "**********"
+_SECRETISH = ("key", "token", "secret", "password", "auth", "sid", "url", "uri", "user")
+_SHORT_CODE = re.compile(r"^[0-9]{3,8}$")
+_ALPHA_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ._&-]{1,11}$")
+SENDER_RULE = (
+    "must be an E.164 number (+ and 8 to 15 digits), a short code (3 to 8 digits) or an alphanumeric "
+    "sender id of at most 11 characters with at least one letter"
+)
+_ATTR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+MAX_PAGE = 1000
+INT64_MAX = 2**63 - 1
+MAX_BULK_CONTACTS = 10_000
+
+
+def mask_secrets(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` with every secret-looking key's value masked (nested dicts too)."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out[k] = mask_secrets(v)
+        elif v not in (None, "") and any(s in str(k).lower() for s in _SECRETISH):
+            out[k] = MASK
+        else:
+            out[k] = v
+    return out
+
+
+class Body(BaseModel):
+    """Base of request bodies: unknown keys are errors, and so are non-finite numbers (inf, -inf, nan)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Out(BaseModel):
+    """Base of response bodies."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(Out):
+    loc: str = Field(description='Where the problem is: "body.field.path" or "query.name".')
+    msg: str
+    type: str = ""
+
+
+class ErrorOut(Out):
+    error: str = Field(description="validation | bad_json | not_found | unauthorized | conflict | too_large | internal")
+    message: str = ""
+    details: list[ErrorDetail] = Field(default_factory=list)
+    request_id: str | None = None
+    execution_id: int | None = Field(
+        None,
+        description="A trigger's 409: the execution in the way (still evaluating or sending, or the completed "
+        "run of a one-off campaign). Absent otherwise.",
+    )
+
+
+# --------------------------------------------------------------------------------------------- pages
+
+T = TypeVar("T")
+
+
+class Page(Out, Generic[T]):
+    items: list[T]
+    next_after: int | None = Field(None, description="Pass as `after` to get the next page; null on the last page.")
+
+
+class PageQuery(Body):
+    limit: int = Field(100, ge=1, le=MAX_PAGE, description="Items per page.")
+    after: int = Field(
+        0, ge=0, le=INT64_MAX, description="Only items with an id greater than this (the previous page's next_after)."
+    )
+
+
+class NamedQuery(PageQuery):
+    """List filters of named resources (sending lists, audiences, creatives, campaigns)."""
+
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="Only items whose name contains this text (any case)."
+    )
+    archived: bool = Field(False, description="false: only active items (the default); true: only archived ones.")
+
+
+def check_sender(v: str) -> str:
+    """A valid sender: an E.164 number, a short code or an alphanumeric sender id (ValueError otherwise)."""
+    import phonenumbers
+
+    v = v.strip()
+    if v.startswith("+"):
+        digits = v[1:]
+        ok = digits.isdigit() and 8 <= len(digits) <= 15
+        if ok:
+            try:
+                ok = phonenumbers.is_possible_number(phonenumbers.parse(v, None))
+            except phonenumbers.NumberParseException:
+                ok = False
+        if not ok:
+            raise ValueError(f"{v!r} is not a possible E.164 number; {SENDER_RULE}")
+        return v
+    if v.isdigit():
+        if not _SHORT_CODE.match(v):
+            raise ValueError(f"{v!r}: a long number needs its + and country code; {SENDER_RULE}")
+        return v
+    if not _ALPHA_SENDER.match(v):
+        raise ValueError(SENDER_RULE)
+    return v
+
+
+def named(doc: dict[str, Any], noun: str) -> dict[str, Any]:
+    """``doc`` as an Out model's input: ``id`` from ``_id``, the default name for a record without one."""
+    from trackly_exec.store.names import name_of
+
+    return {**doc, "id": doc["_id"], "name": name_of(doc, noun)}
+
+
+# --------------------------------------------------------------------------------------------- accounts
+
+
+class AccountIn(Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Acme Shoes",
+                    "balance": 500.0,
+                    "webhook_url": "https://acme.example/sms-status",
+                    "webhook_secret": "change-me-please",
+                }
+            ]
+        },
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    balance: float = Field(0.0, ge=0, description="Prepaid balance debited per sent segment.")
+    webhook_url: str | None = Field(
+        None, pattern=r"^https?://", max_length=2000, description="Customer delivery-status webhook."
+    )
+    webhook_secret: str | None = Field(
+        None, min_length=8, max_length=200, description="HMAC secret for the customer webhook (never returned)."
+    )
+
+
+class AccountOut(Out):
+    id: int
+    name: str = ""
+    balance: float = 0.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = Field(None, description=f'"{MASK}" when set.')
+    created_at: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> AccountOut:
+        data = {**doc, "id": doc["_id"]}
+        if data.get("webhook_secret"):
+            data["webhook_secret"] = MASK
+        return cls.model_validate(data)
+
+
+# --------------------------------------------------------------------------------------------- sending lists
+
+
+class QuietHoursIn(QuietHours):
+    """Sending window in the contact's local time (TCPA: 08:00-21:00)."""
+
+
+class SendingListIn(Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": 1,
+                    "name": "US promos",
+                    "driver": "infobip",
+                    "driver_settings": {},
+                    "from_number": "+15550100999",
+                    "cooldown_minutes": 1440,
+                    "quiet_hours": {"start": "08:00", "end": "21:00", "default_timezone": "America/New_York"},
+                    "price_per_segment": 0.0075,
+                }
+            ]
+        },
+    )
+
+    account_id: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=200)
+    driver: str = Field(
+        min_length=1,
+        max_length=100,
+        description="A driver instance ([drivers.NAME] in the config) or an installed driver.",
+    )
+    driver_settings: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="Tuning overrides laid over the instance's settings: only the keys the driver allows "
+        "(batch_size; Infobip intermediate_reports; CM max_parts). Endpoints and credentials come from the "
+        "config file; any other key is a 422 naming it.",
+    )
+    from_number: str = Field(description="E.164 number or alphanumeric sender id (up to 11 characters).")
+    rate_limit_per_minute: int = Field(17000, ge=1, le=10_000_000)
+    cooldown_minutes: float = Field(
+        0, ge=0, le=525_600, description="Frequency cap: skip contacts sent to within this."
+    )
+    quiet_hours: QuietHoursIn = Field(default_factory=lambda: QuietHoursIn())
+    blocked_words: list[str] = Field(default_factory=list, max_length=10_000)
+    price_per_segment: float = Field(0.0, ge=0)
+    active: bool = True
+    opt_out_footer: str | None = Field(None, max_length=160)
+    help_text: str | None = Field(None, max_length=320)
+    description: str | None = Field(None, max_length=2000)
+
+    @field_validator("from_number")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        return check_sender(v)
+
+
+class SendingListOut(Out):
+    id: int
+    account_id: int
+    name: str = ""
+    driver: str
+    driver_settings: dict[str, Any] = Field(default_factory=dict, description="Secret-looking values masked.")
+    from_number: str = ""
+    rate_limit_per_minute: int = 17000
+    cooldown_minutes: float = 0
+    quiet_hours: QuietHours = Field(default_factory=lambda: QuietHours())
+    blocked_words: list[str] = Field(default_factory=list)
+    price_per_segment: float = 0.0
+    active: bool = True
+    opt_out_footer: str | None = None
+    help_text: str | None = None
+    description: str | None = None
+    archived: bool = False
+    created_at: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> SendingListOut:
+        return cls.model_validate(
+            {**named(doc, "sending list"), "driver_settings": mask_secrets(doc.get("driver_settings") or {})}
+        )
+
+
+# --------------------------------------------------------------------------------------------- contacts
+
+
+class ContactIn(Body):
+    """One contact row of a bulk upsert; only the fields given are changed on an existing contact."""
+
+    phone: str | int = Field(description="Any format phonenumbers parses; stored as E.164.")
+    first_name: str | None = Field(None, max_length=200)
+    last_name: str | None = Field(None, max_length=200)
+    attributes: dict[str, Any] | None = Field(None, description="Merged key by key into the stored attributes.")
+    timezone: str | None = Field(None, description="IANA zone; wins over the zone inferred from the number.")
+    subscribed: bool | None = None
+    blocked: bool | None = None
+    in_workflow: bool | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return check_timezone(v)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attrs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            bad = [k for k in v if not _ATTR_KEY.match(k)]
+            if bad:
+                raise ValueError(f"attribute names must be letters, digits, _ or - (got {bad[0]!r})")
+            if len(v) > 200:
+                raise ValueError("at most 200 attributes")
+        return v
+
+
+class ContactsBulkIn(Body):
+    """Bulk upsert by (sending list, normalised phone). Bad rows are reported, good rows are kept."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "contacts": [
+                        {
+                            "phone": "(212) 555-0100",
+                            "first_name": "Ava",
+                            "timezone": "America/New_York",
+                            "attributes": {"tier": "gold"},
+                        },
+                        {"phone": "+44 20 7946 0958", "subscribed": False},
+                    ]
+                }
+            ]
+        },
+    )
+
+    contacts: list[ContactIn] = Field(max_length=MAX_BULK_CONTACTS)
+    default_region: str = Field("US", pattern=r"^[A-Z]{2}$", description="Region for numbers without a country code.")
+
+
+class ContactsBulkRaw(Body):
+    """What the server actually parses: rows are validated one by one so a bad row rejects only itself."""
+
+    contacts: list[Any] = Field(max_length=MAX_BULK_CONTACTS)
+    default_region: str = Field("US", pattern=r"^[A-Z]{2}$")
+
+
+class RejectedRow(Out):
+    index: int = Field(description="0-based position of the row in `contacts`.")
+    reason: str
+    phone: str | None = None
+
+
+class ContactsBulkOut(Out):
+    inserted: int
+    updated: int
+    rejected: list[RejectedRow]
+
+
+class ContactOut(Out):
+    id: int
+    sending_list_id: int
+    phone: str
+    first_name: str | None = None
+    last_name: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    timezone: str | None = None
+    subscribed: bool = True
+    blocked: bool = False
+    in_workflow: bool = False
+    last_sent_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ContactOut:
+        return cls.model_validate({**doc, "id": doc["_id"]})
+
+
+# --------------------------------------------------------------------------------------------- audiences
+
+
+class AudienceIn(Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "sending_list_id": 1,
+                    "name": "Gold tier",
+                    "filter": {"and": [{"attributes.tier": {"eq": "gold"}}, {"in_workflow": {"eq": False}}]},
+                }
+            ]
+        },
+    )
+
+    sending_list_id: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=200)
+    filter: dict[str, Any] | None = Field(
+        None,
+        description='Over contact fields and attributes, e.g. {"and": [{"attributes.tier": {"eq": "gold"}}, '
+        '{"subscribed": {"eq": true}}]}; operators eq, ne, in, nin, gt, gte, lt, lte, exists, and, or.',
+    )
+    contact_ids: list[int] | None = Field(
+        None, max_length=1_000_000, description="Explicit contact ids instead of a filter."
+    )
+    description: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AudienceIn:
+        if (self.filter is None) == (self.contact_ids is None):
+            raise ValueError("give exactly one of filter or contact_ids")
+        return self
+
+
+class AudienceOut(Out):
+    id: int
+    sending_list_id: int
+    name: str = ""
+    filter: dict[str, Any] | None = None
+    contact_ids: list[int] | None = None
+    description: str | None = None
+    archived: bool = False
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> AudienceOut:
+        return cls.model_validate(named(doc, "audience"))
+
+
+# --------------------------------------------------------------------------------------------- creatives
+
+
+class CreativeIn(Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": 1,
+                    "name": "Spring sale",
+                    "selection": "split",
+                    "variants": [
+                        {
+                            "key": "a",
+                            "body": "Hi {first_name|there}! 20% off today: https://shop.example.com/spring",
+                            "weight": 50,
+                        },
+                        {
+                            "key": "b",
+                            "body": "{first_name|Hello}, your discount is waiting: https://shop.example.com/spring",
+                            "weight": 50,
+                        },
+                    ],
+                }
+            ]
+        },
+    )
+
+    account_id: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=200)
+    variants: list[Variant] = Field(
+        min_length=1, max_length=26, description="Bodies may use {first_name}, {first_name|there}, {attributes.x}."
+    )
+    selection: Literal["split", "learned"] = Field(
+        "split", description="split: by weight; learned: Thompson sampling on clicks."
+    )
+    description: str | None = Field(None, max_length=2000)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[Variant]) -> list[Variant]:
+        keys = [x.key for x in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError("variant keys must be unique")
+        if sum(x.weight for x in v) <= 0:
+            raise ValueError("at least one variant needs a weight above 0")
+        return v
+
+
+class CreativeOut(Out):
+    id: int
+    account_id: int
+    name: str = ""
+    variants: list[Variant] = Field(default_factory=list)
+    selection: str = "split"
+    description: str | None = None
+    archived: bool = False
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> CreativeOut:
+        return cls.model_validate(named(doc, "creative"))
+
+
+class SendingListPatch(Body):
+    """What may change on a sending list (any time: queued messages keep what they were composed with). The
+    driver and its settings are not changed here: create a new list."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "US promos (new number)", "from_number": "+15550100998", "blocked_words": ["casino"]}]
+        },
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    from_number: str | None = None
+    rate_limit_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    cooldown_minutes: float | None = Field(None, ge=0, le=525_600)
+    quiet_hours: QuietHoursIn | None = None
+    blocked_words: list[str] | None = Field(None, max_length=10_000)
+    price_per_segment: float | None = Field(None, ge=0)
+    active: bool | None = None
+    opt_out_footer: str | None = Field(None, max_length=160)
+    help_text: str | None = Field(None, max_length=320)
+
+    @field_validator("from_number")
+    @classmethod
+    def _sender(cls, v: str | None) -> str | None:
+        return None if v is None else check_sender(v)
+
+
+class AudiencePatch(Body):
+    """What may change on an audience: name and description always; its contacts only while no execution that
+    uses it is running."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "Gold tier (NY)", "filter": {"attributes.tier": {"eq": "gold"}}}]},
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    filter: dict[str, Any] | None = None
+    contact_ids: list[int] | None = Field(None, max_length=1_000_000)
+
+    @model_validator(mode="after")
+    def _not_both(self) -> AudiencePatch:
+        if self.filter is not None and self.contact_ids is not None:
+            raise ValueError("give at most one of filter or contact_ids")
+        return self
+
+
+class CreativePatch(Body):
+    """What may change on a creative: name and description always; variants and selection only while no
+    running execution uses it (409 naming the execution otherwise)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "variants": [
+                        {
+                            "key": "a",
+                            "body": "Hi {first_name|there}! 25% off today: https://shop.example.com/spring",
+                            "weight": 1,
+                        }
+                    ]
+                }
+            ]
+        },
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    variants: list[Variant] | None = Field(None, min_length=1, max_length=26)
+    selection: Literal["split", "learned"] | None = None
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[Variant] | None) -> list[Variant] | None:
+        return None if v is None else CreativeIn._variants(v)
+
+
+# Campaigns, executions and stats live in apimodels_campaigns.py; re-exported here so callers use one name.
+
+__all__ = [
+    "MASK",
+    "AccountIn",
+    "AccountOut",
+    "AudienceIn",
+    "AudienceOut",
+    "AudiencePatch",
+    "Body",
+    "ContactIn",
+    "ContactOut",
+    "ContactsBulkIn",
+    "ContactsBulkOut",
+    "ContactsBulkRaw",
+    "CreativeIn",
+    "CreativeOut",
+    "CreativePatch",
+    "ErrorDetail",
+    "ErrorOut",
+    "NamedQuery",
+    "Out",
+    "Page",
+    "PageQuery",
+    "QuietHoursIn",
+    "RejectedRow",
+    "SendingListIn",
+    "SendingListOut",
+    "SendingListPatch",
+    "check_sender",
+    "check_timezone",
+    "mask_secrets",
+    "named",
+]

@@ -1,0 +1,207 @@
+"""Message composition: variant, placeholders, tracked links, opt-out footer, length and segments.
+
+Placeholders in a variant body:
+
+* ``{first_name}``, ``{last_name}``, ``{phone}``: the contact's fields;
+* ``{city}`` or ``{attributes.city}``: the contact's ``attributes["city"]``;
+* ``{first_name|there}``: with a default used when the value is missing or empty;
+* ``{{`` and ``}}``: literal braces.
+
+A placeholder with no value and no default skips the contact (reason ``missing_placeholder``): a message
+never goes out with a brace left from a placeholder. Any other brace in a body is an error, reported when the
+creative is created (:func:`check_body`). Values are inserted as they are and never re-read as placeholders.
+
+Order of work on one message: placeholders, then tracked links (URLs become ``{short_base}/{code}``), then the
+list's ``opt_out_footer`` on a new line; length, segments and encoding are computed on that final text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trackly_exec.campaigns import shortlinks
+from trackly_exec.campaigns.variants import Chooser
+from trackly_exec.errors import TracklyError
+from trackly_exec.store.models import new_message_id, utcnow
+from trackly_exec.store.segments import measure
+
+_TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_NAME_RE = re.compile(r"^(?:attributes\.)?[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+CONTACT_PLACEHOLDERS = ("first_name", "last_name", "phone")
+
+
+class TemplateError(TracklyError):
+    """A variant body that is not a valid template."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placeholder:
+    name: str  # "first_name" or an attribute name
+    is_field: bool  # a contact field, else an attribute
+    default: str | None
+
+
+def parse_body(body: str) -> list[str | Placeholder]:
+    """The body as literal strings and placeholders; :class:`TemplateError` for a stray brace."""
+    parts: list[str | Placeholder] = []
+    pos = 0
+    literal: list[str] = []
+    for m in _TOKEN_RE.finditer(body):
+        literal.append(body[pos : m.start()])
+        pos = m.end()
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            literal.append(tok[0])
+            continue
+        inner = m.group(1)
+        if inner is None:
+            raise TemplateError(f"stray {tok!r} at position {m.start()}; write {tok * 2!r} for a literal brace")
+        name, bar, default = inner.partition("|")
+        name = name.strip()
+        if not _NAME_RE.match(name):
+            raise TemplateError(
+                f"bad placeholder {{{inner}}} at position {m.start()}: "
+                "use {first_name}, {last_name}, {phone}, {attribute} or {attribute|default}"
+            )
+        if name.startswith("attributes."):
+            name, is_field = name[len("attributes.") :], False
+        else:
+            is_field = name in CONTACT_PLACEHOLDERS
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        parts.append(Placeholder(name, is_field, default if bar else None))
+    literal.append(body[pos:])
+    if any(literal):
+        parts.append("".join(literal))
+    return parts
+
+
+def check_body(body: str) -> list[str]:
+    """Problems with a variant body (empty when it is a valid template); for creative validation."""
+    try:
+        parse_body(body)
+    except TemplateError as exc:
+        return [str(exc)]
+    return []
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def render(parts: list[str | Placeholder], contact: dict[str, Any], phone: str | None = None) -> str | None:
+    """The personalised text, or None when a placeholder has neither a value nor a default.
+
+    ``phone`` (the normalised number being texted) overrides the contact's stored ``phone``."""
+    out: list[str] = []
+    attrs = contact.get("attributes") or {}
+    for p in parts:
+        if isinstance(p, str):
+            out.append(p)
+            continue
+        if p.is_field:
+            raw = phone if (p.name == "phone" and phone is not None) else contact.get(p.name)
+        else:
+            raw = attrs.get(p.name)
+        value = _text(raw)
+        if value is None:
+            if p.default is None:
+                return None
+            value = p.default
+        out.append(value)
+    return "".join(out)
+
+
+class Composer:
+    """Builds the queue documents (and short-link documents) of one execution."""
+
+    def __init__(
+        self,
+        *,
+        execution: dict[str, Any],
+        campaign: dict[str, Any],
+        sending_list: dict[str, Any],
+        creative: dict[str, Any],
+        chooser: Chooser,
+        short_base: str,
+    ) -> None:
+        self.execution_id = int(execution["_id"])
+        key = execution.get("message_key")
+        self.key: bytes | None = str(key).encode() if key else None
+        self.chooser = chooser
+        self.track = bool(campaign.get("track_links"))
+        self.short_base = short_base
+        footer = (sending_list.get("opt_out_footer") or "").strip()
+        self.footer = f"\n{footer}" if footer else ""
+        self.templates = {v["key"]: parse_body(v["body"]) for v in creative["variants"]}
+        self.base: dict[str, Any] = {
+            "account_id": int(campaign["account_id"]),
+            "sending_list_id": int(sending_list["_id"]),
+            "campaign_id": int(campaign["_id"]),
+            "execution_id": self.execution_id,
+            "creative_id": int(creative["_id"]),
+            "from_number": sending_list["from_number"],
+            "send_type": "campaign",
+        }
+        self.variant_counts: dict[str, int] = {}
+
+    def message_id(self, contact_id: int) -> str:
+        """The id of the execution's message to ``contact_id``: the same in every run of the evaluation
+        (an HMAC under the execution's ``message_key``), random for an execution without a key."""
+        if self.key is None:
+            return new_message_id()
+        return hmac.new(self.key, str(contact_id).encode(), hashlib.sha256).hexdigest()[:16]
+
+    def compose(
+        self,
+        contact: dict[str, Any],
+        to_number: str,
+        sendtime: dt.datetime,
+        not_before: dt.datetime | None = None,
+        now: dt.datetime | None = None,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The queue document and its link documents, or None when a placeholder cannot be filled."""
+        key = self.chooser.choose(self.execution_id, int(contact["_id"]))
+        body = render(self.templates[key], contact, to_number)
+        if body is None:
+            return None
+        links: list[tuple[str, str]] = []
+        if self.track:
+            body, links = shortlinks.track(body, self.short_base)
+        body += self.footer
+        m = measure(body)
+        now = now or utcnow()
+        doc = {
+            "_id": self.message_id(int(contact["_id"])),
+            **self.base,
+            "contact_id": int(contact["_id"]),
+            "variant_key": key,
+            "to_number": to_number,
+            "body": body,
+            "length": m.length,
+            "segments": m.segments,
+            "encoding": m.encoding,
+            "sendtime": sendtime,
+            "created_at": now,
+            "not_before": not_before,
+            "claimed_by": None,
+            "claimed_at": None,
+            "sending_at": None,
+            "billing_blocked_since": None,
+            "attempts": 0,
+        }
+        self.variant_counts[key] = self.variant_counts.get(key, 0) + 1
+        return doc, [shortlinks.link_doc(code, dest, doc) for code, dest in links]

@@ -1,0 +1,622 @@
+"""The campaign scheduler: due campaigns become executions, exactly once, then are evaluated and queued.
+
+* ``Campaign.next_run_at`` drives it. A due campaign (``status = active``, ``next_run_at <= now``) gets an
+  Execution whose ``occurrence_key`` is ``"<campaign id>:<scheduled_for ISO>"``, inserted under a unique
+  index: whichever daemon inserts it runs it; the others get a DuplicateKeyError and leave it. Then
+  ``next_run_at`` is advanced, conditional on its old value. Paused campaigns are never picked up.
+* One-off campaigns (``schedule.at``) become ``done`` once their execution exists. Recurring ones
+  (``schedule.cron`` in ``schedule.timezone``, see :mod:`trackly_exec.campaigns.cron` for the DST rule) get the next
+  occurrence after now. A campaign created without ``next_run_at`` gets it filled in here. A recurring campaign
+  with an ``end_at`` becomes ``done`` with its last occurrence at or before it (an occurrence after it never runs).
+  An archived campaign never runs (:func:`trackly_exec.campaigns.evaluation.load_plan` fails it).
+* After downtime, missed occurrences never fire in a burst: only the latest missed one is considered, and if
+  it is more than ``scheduler.max_lateness_minutes`` late it gets a ``skipped`` execution with the reason and
+  an ``OCCURRENCE_SKIPPED`` event instead of being sent late.
+* Before evaluating, the campaign is validated (list exists, is the account's and active; audiences exist
+  and belong to the list; creative is the account's with a usable variant; the list's driver can be built);
+  a failure gives a ``failed`` execution with the reason and a ``CAMPAIGN_FAILED`` event.
+* An evaluation holds a lease on its execution (``lease_owner``, and ``heartbeat_at`` renewed every batch);
+  an execution left ``pending`` or ``evaluating`` whose heartbeat is older than
+  ``scheduler.evaluation_lease_seconds`` (its process died) is resumed by any scheduler, without queuing
+  anyone twice (see :mod:`trackly_exec.campaigns.evaluation`).
+* Lifecycle: pending -> evaluating -> queued -> completed (when nothing of it is left in the queue).
+
+:func:`trigger` runs a campaign now (occurrence ``"<id>:manual:<n>"``) and returns the execution id once
+every message is queued. Triggers are idempotent: one campaign has at most one manual execution unfinished
+at a time (a trigger lock, atomic across processes), a trigger is refused (:class:`TriggerConflict`, the API's
+409) while any execution of the campaign is evaluating or sending, and a one-off campaign (no cron) that has
+already run needs ``force``. An execution is *finished* when it is completed, failed or skipped, or queued
+with nothing of it left in the queue (see :meth:`_Runner.unfinished`). :func:`start_trigger` (the API's trigger)
+claims the same way but returns the execution id at once and evaluates in the background, under the
+execution's lease, so a daemon that dies meanwhile leaves it to be resumed. :meth:`Scheduler.run_until_idle`
+processes everything due and returns (burst mode).
+
+Store notes (nx-27017 0.8.1): ``{"field": None}`` is unreliable there (``{"$eq": None}`` is used); a value
+written by ``$currentDate`` is not comparable in queries (dates are set from the client's clock); and a stock
+nx-27017 stores a datetime given to ``$set`` as text (the embedded store runs in a mode that does not, see
+:mod:`trackly_exec.store.nxserver`; a ``next_run_at`` found as text is turned back into a date here anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import weakref
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from trackly_exec.campaigns.cron import Cron, CronError
+from trackly_exec.campaigns.evaluation import LeaseLost, Tally, evaluate, load_plan
+from trackly_exec.campaigns.queue import has_pending
+from trackly_exec.errors import TracklyError
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import CampaignStatus, Execution, ExecutionStatus, utcnow
+from trackly_exec.store.names import label, name_of
+
+log = get_logger(__name__)
+
+_LOOKBACKS = (dt.timedelta(hours=1), dt.timedelta(days=1), dt.timedelta(days=32), dt.timedelta(days=366))
+_DUE_BATCH = 100
+
+
+class CampaignNotFound(TracklyError):
+    """No campaign with that id."""
+
+
+class TriggerConflict(TracklyError):
+    """A trigger refused because of another execution: one still evaluating or sending, or (without ``force``)
+    a one-off campaign that has already run. ``execution_id`` names it (None when unknown)."""
+
+    def __init__(self, message: str, execution_id: int | None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+
+#: A trigger lock whose execution was never created (its process died in between) is taken over after this.
+TRIGGER_LOCK_STALE = dt.timedelta(seconds=60)
+UNFINISHED = (ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, ExecutionStatus.QUEUED.value)
+
+
+# --------------------------------------------------------------------------------------------- occurrences
+
+
+def _cron(campaign: dict[str, Any]) -> Cron | None:
+    expr = (campaign.get("schedule") or {}).get("cron")
+    return Cron.parse(expr) if expr else None
+
+
+def _tz(campaign: dict[str, Any]) -> str:
+    return (campaign.get("schedule") or {}).get("timezone") or "UTC"
+
+
+def first_run_at(campaign: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
+    """When a new campaign first runs: its ``at``, or its cron's next occurrence after ``now``; None for
+    a manual-only campaign."""
+    sched = campaign.get("schedule") or {}
+    if sched.get("at") is not None:
+        at: dt.datetime = sched["at"]
+        return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+    cron = _cron(campaign)
+    return cron.next_after(now, _tz(campaign)) if cron else None
+
+
+def latest_due(cron: Cron, tz: str, first: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """The latest occurrence in ``[first, now]`` (``first`` is a due occurrence)."""
+    latest = first
+    for back in _LOOKBACKS:  # a dense cron after long downtime: start close to now, not at the first miss
+        if now - back <= first:
+            break
+        probe = cron.next_after(now - back, tz)
+        if probe <= now:
+            latest = probe
+            break
+    while True:
+        nxt = cron.next_after(latest, tz)
+        if nxt > now:
+            return latest
+        latest = nxt
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+class _Runner:
+    """Creates, leases, evaluates and finishes executions on behalf of one process."""
+
+    def __init__(self, trackly: Any) -> None:
+        self.trackly = trackly
+        self.db = trackly.db
+        self.owner = f"{trackly.instance}:{trackly.run_id}"
+        self.lease = dt.timedelta(seconds=trackly.settings.scheduler.evaluation_lease_seconds)
+
+    async def create(
+        self,
+        campaign: dict[str, Any],
+        scheduled_for: dt.datetime,
+        key: str,
+        *,
+        status: ExecutionStatus = ExecutionStatus.PENDING,
+        reason: str | None = None,
+        eid: int | None = None,
+    ) -> dict[str, Any] | None:
+        """Insert the execution of an occurrence; None when another process already has it."""
+        if eid is None:
+            eid = await self.trackly.store.next_id(c.EXECUTIONS)
+        doc = Execution(
+            id=eid,
+            campaign_id=campaign["_id"],
+            account_id=campaign["account_id"],
+            sending_list_id=campaign["sending_list_id"],
+            occurrence_key=key,
+            scheduled_for=scheduled_for,
+            status=status,
+            reason=reason,
+        ).to_doc()
+        doc.update(lease_owner=self.owner, heartbeat_at=utcnow(), attempts=1)
+        try:
+            await self.db[c.EXECUTIONS].insert_one(doc)
+        except DuplicateKeyError:
+            return None
+        return doc
+
+    async def _set(self, eid: int, fields: dict[str, Any], *now_fields: str, owned: bool = True) -> bool:
+        """``$set`` ``fields``, stamp ``now_fields`` and the heartbeat with now; only while we hold the lease."""
+        q: dict[str, Any] = {"_id": eid}
+        if owned:
+            q["lease_owner"] = self.owner
+        now = utcnow()
+        res = await self.db[c.EXECUTIONS].update_one(
+            q, {"$set": {**fields, **dict.fromkeys(("heartbeat_at", *now_fields), now)}}
+        )
+        return bool(res.matched_count)
+
+    async def fail(self, execution: dict[str, Any], reason: str) -> None:
+        await self._set(execution["_id"], {"status": ExecutionStatus.FAILED.value, "reason": reason}, "completed_at")
+        log.warning(
+            "campaign_failed", campaign_id=execution["campaign_id"], execution_id=execution["_id"], reason=reason
+        )
+        camp = await self.db[c.CAMPAIGNS].find_one({"_id": execution["campaign_id"]}, {"name": 1})
+        await self.trackly.bus.publish(
+            Event(
+                kind=EventKind.CAMPAIGN_FAILED,
+                severity="critical",
+                message=f"{label(camp, 'campaign', execution['campaign_id'])} failed: {reason}",
+                data={
+                    "campaign_id": execution["campaign_id"],
+                    "campaign": name_of(camp, "campaign", execution["campaign_id"]),
+                    "execution_id": execution["_id"],
+                    "reason": reason,
+                },
+                key=f"campaign_failed:{execution['campaign_id']}",
+            )
+        )
+
+    async def run(self, execution: dict[str, Any], *, resumed: bool = False) -> None:
+        """Validate, evaluate and queue one (leased) execution."""
+        eid = int(execution["_id"])
+        campaign = await self.db[c.CAMPAIGNS].find_one({"_id": execution["campaign_id"]})
+        if campaign is None:
+            await self.fail(execution, f"campaign {execution['campaign_id']} does not exist")
+            return
+        plan, reason = await load_plan(self.trackly, campaign, execution)
+        if plan is None:
+            await self.fail(execution, reason)
+            return
+        if not await self._set(eid, {"status": ExecutionStatus.EVALUATING.value}):
+            log.info("execution_lease_lost", execution_id=eid)
+            return
+
+        # How many contacts the audiences hold (an upper bound of the union): what a progress bar counts to.
+        expected = await audience_size(self.db, plan)
+        await self._set(eid, {"counts": {**(execution.get("counts") or {}), "expected": expected}})
+
+        async def progress(t: Tally) -> bool:
+            return await self._set(eid, {"counts": {**t.as_counts(), "expected": expected}})
+
+        try:
+            tally = await evaluate(self.trackly, plan, resumed=resumed, progress=progress)
+        except LeaseLost:
+            log.warning("execution_lease_lost", execution_id=eid)
+            return
+        done = tally.queued == 0
+        status = ExecutionStatus.COMPLETED if done else ExecutionStatus.QUEUED
+        stamps = ("evaluated_at", "queued_at", "completed_at") if done else ("evaluated_at", "queued_at")
+        await self._set(eid, {"counts": {**tally.as_counts(), "expected": expected}, "status": status.value}, *stamps)
+
+    async def resume_stale(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Take over executions whose evaluator stopped reporting (lease expired)."""
+        out: list[dict[str, Any]] = []
+        expired = utcnow() - self.lease
+        for _ in range(limit):
+            doc = await self.db[c.EXECUTIONS].find_one_and_update(
+                {
+                    "status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]},
+                    "heartbeat_at": {"$lt": expired},
+                },
+                {"$set": {"lease_owner": self.owner, "heartbeat_at": utcnow()}, "$inc": {"attempts": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            log.info(
+                "execution_resumed",
+                execution_id=doc["_id"],
+                campaign_id=doc["campaign_id"],
+                attempts=doc.get("attempts"),
+            )
+            out.append(doc)
+        return out
+
+    async def unfinished(self, ex: dict[str, Any]) -> str | None:
+        """Why ``ex`` is not finished ("evaluating", "sending: N messages still queued"), or None when it is.
+
+        An execution is finished when its status is completed, failed or skipped, or when it is queued and
+        nothing of it is left in the queue (every message is MessageSent or FailedMessage, NO_RESPONSE
+        included); it is then marked completed here. Pending and evaluating executions are unfinished even
+        with an expired lease: a scheduler resumes them. Messages held for quiet hours, billing or a pause are
+        still queued, so their execution is still sending.
+        """
+        status = ex.get("status")
+        if status in (ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value):
+            return str(status)
+        if status != ExecutionStatus.QUEUED.value:
+            return None
+        left = await self.db[c.QUEUED].count_documents({"execution_id": ex["_id"]})
+        if left:
+            return f"sending ({left} message{'s' if left != 1 else ''} still queued)"
+        await self.db[c.EXECUTIONS].update_one(
+            {"_id": ex["_id"], "status": ExecutionStatus.QUEUED.value},
+            {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": utcnow()}},
+        )
+        return None
+
+    async def claim_trigger(self, campaign: dict[str, Any], *, force: bool) -> dict[str, Any]:
+        """Create the execution of a manual trigger, or raise :class:`TriggerConflict`.
+
+        Atomic across processes: the trigger first inserts the campaign's trigger lock (``locks`` document
+        ``"trigger:<campaign id>"``, unique ``_id``) naming the execution id it is about to create; of two
+        concurrent triggers exactly one inserts it. A lock whose execution is finished (or was never created,
+        after :data:`TRIGGER_LOCK_STALE`) is replaced, conditionally on the execution it names. Holding the lock,
+        the trigger refuses when another execution of the campaign (a scheduled occurrence) is unfinished, and
+        when a one-off campaign (no cron) already has a completed execution, unless ``force``.
+        """
+        cid = int(campaign["_id"])
+        locks = self.db[c.LOCKS]
+        key = f"trigger:{cid}"
+        eid = await self.trackly.store.next_id(c.EXECUTIONS)
+        for _ in range(5):
+            try:
+                await locks.insert_one({"_id": key, "execution_id": eid, "campaign_id": cid, "at": utcnow()})
+                break
+            except DuplicateKeyError:
+                lock = await locks.find_one({"_id": key})
+                if lock is None:
+                    continue
+                holder = int(lock["execution_id"])
+                ex = await self.db[c.EXECUTIONS].find_one({"_id": holder})
+                if ex is None:
+                    if utcnow() - lock["at"] < TRIGGER_LOCK_STALE:
+                        raise TriggerConflict(
+                            f"campaign {cid} is being triggered right now (execution {holder})", holder
+                        ) from None
+                elif (why := await self.unfinished(ex)) is not None:
+                    raise TriggerConflict(
+                        f"campaign {cid} already has execution {holder} {why}; "
+                        "trigger it again once that one is finished",
+                        holder,
+                    ) from None
+                await locks.delete_one({"_id": key, "execution_id": holder})
+        else:
+            raise TriggerConflict(f"campaign {cid} is being triggered right now; try again", None)
+        try:
+            async for ex in self.db[c.EXECUTIONS].find({"campaign_id": cid, "status": {"$in": list(UNFINISHED)}}):
+                if (why := await self.unfinished(ex)) is not None:
+                    raise TriggerConflict(
+                        f"campaign {cid} already has execution {ex['_id']} {why}; "
+                        "trigger it again once that one is finished",
+                        int(ex["_id"]),
+                    )
+            if not force and _cron(campaign) is None:
+                ran = await self.db[c.EXECUTIONS].find_one(
+                    {"campaign_id": cid, "status": ExecutionStatus.COMPLETED.value}, {"_id": 1}
+                )
+                if ran is not None:
+                    raise TriggerConflict(
+                        f"one-off campaign {cid} already ran (execution {ran['_id']} completed); to run it again, "
+                        'trigger it with force (API: {"force": true}; CLI: --again); the list\'s cooldown still '
+                        "applies",
+                        int(ran["_id"]),
+                    )
+            n = await self.trackly.store.next_id(f"manual:{cid}")
+            execution = await self.create(campaign, utcnow(), f"{cid}:manual:{n}", eid=eid)
+            assert execution is not None  # the manual sequence never repeats
+        except BaseException:
+            await locks.delete_one({"_id": key, "execution_id": eid})
+            raise
+        return execution
+
+    async def complete_drained(self) -> int:
+        """Mark queued executions with nothing left in the queue as completed."""
+        n = 0
+        async for ex in self.db[c.EXECUTIONS].find({"status": ExecutionStatus.QUEUED.value}, {"_id": 1}).limit(500):
+            if not await has_pending(self.db, ex["_id"]):
+                res = await self.db[c.EXECUTIONS].update_one(
+                    {"_id": ex["_id"], "status": ExecutionStatus.QUEUED.value},
+                    {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": utcnow()}},
+                )
+                n += res.modified_count
+        return n
+
+
+async def audience_size(db: Any, plan: Any) -> int:
+    """The contacts of the plan's audiences, counted per audience (an upper bound of their union)."""
+    from trackly_exec.campaigns.audience import audience_query
+
+    total = 0
+    for a in plan.audiences:
+        q = audience_query(int(plan.sending_list["_id"]), a)
+        total += len(set(a.get("contact_ids") or [])) if q is None else int(await db[c.CONTACTS].count_documents(q))
+    return total
+
+
+async def _claim_manual(trackly: Any, campaign_id: int, force: bool) -> tuple[_Runner, dict[str, Any]]:
+    campaign = await trackly.db[c.CAMPAIGNS].find_one({"_id": campaign_id})
+    if campaign is None:
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
+    runner = _Runner(trackly)
+    execution = await runner.claim_trigger(campaign, force=force)
+    log.info("campaign_triggered", campaign_id=campaign_id, execution_id=execution["_id"], force=force)
+    return runner, execution
+
+
+async def trigger(trackly: Any, campaign_id: int, *, force: bool = False) -> int:
+    """Run campaign ``campaign_id`` now; returns the execution id once its messages are queued (or it failed).
+
+    Raises :class:`TriggerConflict` while another execution of the campaign is unfinished, and for a one-off
+    campaign that already ran unless ``force`` (see :meth:`_Runner.claim_trigger`)."""
+    runner, execution = await _claim_manual(trackly, campaign_id, force)
+    await runner.run(execution)
+    return int(execution["_id"])
+
+
+#: Evaluations started by :func:`start_trigger`, per Trackly (awaited or cancelled by :func:`stop_background`).
+_BACKGROUND: weakref.WeakKeyDictionary[Any, set[asyncio.Task[None]]] = weakref.WeakKeyDictionary()
+
+
+async def start_trigger(trackly: Any, campaign_id: int, *, force: bool = False) -> tuple[int, asyncio.Task[None]]:
+    """Claim a manual run like :func:`trigger` (same :class:`TriggerConflict` rules) and evaluate it in the
+    background; returns at once.
+
+    The execution is leased to this process from its creation (``heartbeat_at`` renewed every batch): if the
+    process dies before it is queued, any scheduler resumes it once the lease expires, without queuing anyone
+    twice.
+    """
+    runner, execution = await _claim_manual(trackly, campaign_id, force)
+
+    async def go() -> None:
+        try:
+            await runner.run(execution)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the lease expires and a scheduler resumes it
+            log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
+
+    task = asyncio.create_task(go(), name=f"evaluate-{execution['_id']}")
+    tasks = _BACKGROUND.setdefault(trackly, set())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return int(execution["_id"]), task
+
+
+async def stop_background(trackly: Any, grace: float) -> None:
+    """Wait up to ``grace`` for background evaluations, then cancel them (they resume from their lease)."""
+    tasks = list(_BACKGROUND.get(trackly, ()))
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+class Scheduler:
+    """The scheduler component: a poll loop in the daemon, or :meth:`run_until_idle` in burst mode."""
+
+    name = "scheduler"
+
+    def __init__(self, trackly: Any) -> None:
+        self.trackly = trackly
+        self.cfg = trackly.settings.scheduler
+        self.runner = _Runner(trackly)
+        self.db = trackly.db
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sem = asyncio.Semaphore(self.cfg.max_concurrent_evaluations)
+        self._stop = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    # ---- one pass
+
+    async def _replace_campaign(self, camp: dict[str, Any], changes: dict[str, Any]) -> bool:
+        """Apply ``changes`` if the campaign still has the ``next_run_at`` and status we read."""
+        res = await self.db[c.CAMPAIGNS].update_one(
+            {"_id": camp["_id"], "next_run_at": {"$eq": camp.get("next_run_at")}, "status": camp.get("status")},
+            {"$set": changes},
+        )
+        return bool(res.matched_count)
+
+    async def _init_new(self, now: dt.datetime) -> None:
+        """Fill in ``next_run_at`` of new campaigns; turn one written as text (a ``$set`` on nx-27017) back
+        into a date."""
+        async for camp in self.db[c.CAMPAIGNS].find(
+            {"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$type": "string"}}
+        ):
+            try:
+                fixed = dt.datetime.fromisoformat(camp["next_run_at"])
+            except ValueError:
+                fixed = None
+            if fixed is not None:
+                await self._replace_campaign(
+                    camp, {"next_run_at": fixed if fixed.tzinfo else fixed.replace(tzinfo=dt.UTC)}
+                )
+        async for camp in self.db[c.CAMPAIGNS].find(
+            {"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$eq": None}}
+        ):
+            try:
+                first = first_run_at(camp, now)
+            except CronError as exc:
+                # Reported once (failed execution + event) and paused, rather than logged on every pass.
+                log.warning("campaign_bad_cron", campaign_id=camp["_id"], error=str(exc))
+                if await self._replace_campaign(camp, {"status": CampaignStatus.PAUSED.value}):
+                    ex = await self.runner.create(camp, now, f"{camp['_id']}:invalid-schedule:{now.isoformat()}")
+                    if ex is not None:
+                        await self.runner.fail(ex, f"invalid schedule: {exc}")
+                continue
+            if first is not None:
+                await self._replace_campaign(camp, {"next_run_at": first})
+
+    async def _occurrence(self, camp: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+        """Create the execution of a due campaign's latest occurrence and advance it. Returns an execution
+        to evaluate, or None (skipped, failed, or another process has it)."""
+        old = camp["next_run_at"]
+        try:
+            cron = _cron(camp)
+            occurrence = latest_due(cron, _tz(camp), old, now) if cron else old
+            advance: dict[str, Any] = (
+                {"next_run_at": cron.next_after(now, _tz(camp))} if cron else {"status": CampaignStatus.DONE.value}
+            )
+        except CronError as exc:
+            occurrence, advance, cron = old, {"status": CampaignStatus.PAUSED.value}, None
+            ex = await self.runner.create(camp, occurrence, f"{camp['_id']}:{occurrence.isoformat()}")
+            if ex is not None:
+                await self.runner.fail(ex, f"invalid schedule: {exc}")
+            await self._replace_campaign(camp, advance)
+            return None
+        end = camp.get("end_at")
+        if isinstance(end, dt.datetime):
+            if occurrence > end:  # past its end date: done, no execution
+                await self._replace_campaign(camp, {"status": CampaignStatus.DONE.value})
+                log.info("campaign_ended", campaign_id=camp["_id"], end_at=end)
+                return None
+            if cron and advance.get("next_run_at") is not None and advance["next_run_at"] > end:
+                advance = {"status": CampaignStatus.DONE.value}  # this is its last occurrence
+        key = f"{camp['_id']}:{occurrence.isoformat()}"
+        late = now - occurrence
+        limit = dt.timedelta(minutes=self.cfg.max_lateness_minutes)
+        execution: dict[str, Any] | None
+        if late > limit:
+            reason = (
+                f"occurrence {occurrence.isoformat()} is {late.total_seconds() / 60:.0f} minutes late "
+                f"(more than max_lateness_minutes={self.cfg.max_lateness_minutes:g}); not sent late"
+            )
+            execution = await self.runner.create(camp, occurrence, key, status=ExecutionStatus.SKIPPED, reason=reason)
+            if execution is not None:
+                await self.runner._set(execution["_id"], {}, "completed_at")
+                log.warning("occurrence_skipped", campaign_id=camp["_id"], scheduled_for=occurrence, reason=reason)
+                await self.trackly.bus.publish(
+                    Event(
+                        kind=EventKind.OCCURRENCE_SKIPPED,
+                        severity="warning",
+                        message=f"{label(camp, 'campaign')}: {reason}",
+                        data={
+                            "campaign_id": camp["_id"],
+                            "campaign": name_of(camp, "campaign"),
+                            "scheduled_for": occurrence.isoformat(),
+                            "reason": reason,
+                            "execution_id": execution["_id"],
+                        },
+                        key=f"occurrence_skipped:{camp['_id']}",
+                    )
+                )
+            execution = None
+        else:
+            execution = await self.runner.create(camp, occurrence, key)
+        await self._replace_campaign(camp, advance)
+        return execution
+
+    async def tick(self) -> dict[str, int]:
+        """One pass: fill in new campaigns, start due occurrences, resume stale executions, complete drained
+        ones. Evaluations are started as tasks (bounded by ``max_concurrent_evaluations``)."""
+        now = utcnow()
+        stats = {"started": 0, "resumed": 0, "completed": 0}
+        await self._init_new(now)
+        due = (
+            await self.db[c.CAMPAIGNS]
+            .find({"status": CampaignStatus.ACTIVE.value, "next_run_at": {"$lte": now}})
+            .sort("next_run_at", 1)
+            .limit(_DUE_BATCH)
+            .to_list(None)
+        )
+        for camp in due:
+            ex = await self._occurrence(camp, now)
+            if ex is not None:
+                self._spawn(ex, resumed=False)
+                stats["started"] += 1
+        for ex in await self.runner.resume_stale():
+            self._spawn(ex, resumed=True)
+            stats["resumed"] += 1
+        stats["completed"] = await self.runner.complete_drained()
+        return stats
+
+    def _spawn(self, execution: dict[str, Any], *, resumed: bool) -> None:
+        async def go() -> None:
+            async with self._sem:
+                try:
+                    await self.runner.run(execution, resumed=resumed)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the lease expires and another pass resumes it
+                    log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
+
+        task = asyncio.create_task(go(), name=f"evaluate-{execution['_id']}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run_until_idle(self) -> dict[str, int]:
+        """Process everything due now (including evaluations) and return the totals."""
+        totals = {"started": 0, "resumed": 0, "completed": 0}
+        while True:
+            stats = await self.tick()
+            for k, v in stats.items():
+                totals[k] += v
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            totals["completed"] += await self.runner.complete_drained()
+            if not stats["started"] and not stats["resumed"]:
+                return totals
+
+    # ---- component
+
+    async def start(self) -> None:
+        self._stop.clear()
+        self._loop = asyncio.create_task(self._run(), name="scheduler")
+        log.info("scheduler_started", poll_interval_seconds=self.cfg.poll_interval_seconds)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.tick()
+            except Exception as exc:
+                log.error("scheduler_tick_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.cfg.poll_interval_seconds)
+
+    async def stop(self, grace: float) -> None:
+        self._stop.set()
+        if self._loop is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._loop, grace)
+            self._loop = None
+        await stop_background(self.trackly, grace)
+        if self._tasks:
+            # Unfinished evaluations are resumed from their lease by the next scheduler.
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)

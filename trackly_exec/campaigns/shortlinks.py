@@ -1,0 +1,67 @@
+"""Tracked links: every http(s) URL of a message body becomes ``{short_base}/{code}``.
+
+The code is random per message and link (``secrets.token_urlsafe(9)``: 12 characters, 72 bits), so codes are
+unguessable and a click names exactly one message. The MessageShortLink documents are built here and
+bulk-inserted by :mod:`trackly_exec.campaigns.queue` in the same batch as the queue documents.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from trackly_exec.store.models import utcnow
+
+URL_RE = re.compile(r"https?://[^\s<>\"'{}|\\^`]+", re.IGNORECASE)
+_TRAILING = ".,;:!?)]'\""
+
+
+def new_code() -> str:
+    """A random, URL-safe, 12-character short code."""
+    return secrets.token_urlsafe(9)
+
+
+def find_urls(body: str) -> list[str]:
+    """The http(s) URLs of ``body``, without trailing punctuation."""
+    return [m.group(0).rstrip(_TRAILING) for m in URL_RE.finditer(body)]
+
+
+def track(body: str, base: str) -> tuple[str, list[tuple[str, str]]]:
+    """``body`` with each URL replaced by ``{base}/{code}``, and the ``(code, destination)`` pairs.
+
+    URLs already under ``base`` are left alone.
+    """
+    links: list[tuple[str, str]] = []
+
+    def repl(m: re.Match[str]) -> str:
+        raw = m.group(0)
+        url = raw.rstrip(_TRAILING)
+        tail = raw[len(url) :]
+        if not url or url.startswith(base + "/"):
+            return raw
+        code = new_code()
+        links.append((code, url))
+        return f"{base}/{code}{tail}"
+
+    if "http" not in body and "HTTP" not in body:
+        return body, links
+    return URL_RE.sub(repl, body), links
+
+
+def link_doc(code: str, destination: str, message: dict[str, Any]) -> dict[str, Any]:
+    """A MessageShortLink document for a queued message document."""
+    return {
+        "_id": code,
+        "message_id": message["_id"],
+        "destination": destination,
+        "account_id": message["account_id"],
+        "campaign_id": message.get("campaign_id"),
+        "execution_id": message.get("execution_id"),
+        "creative_id": message.get("creative_id"),
+        "variant_key": message.get("variant_key"),
+        "contact_id": message.get("contact_id"),
+        "clicks": 0,
+        "human_clicks": 0,
+        "created_at": utcnow(),
+    }

@@ -1,0 +1,100 @@
+"""``trackly fake-provider NAME``: run a driver's local API fake as a standalone process.
+
+The fake is the driver's own ``Driver.fake`` class (``"module:Class"``), so a third-party plugin that ships a
+fake gets this command for free. Its default credentials match the default ``trackly.toml``; delivery
+reports are posted in the background ``dlr_delay`` seconds after acceptance; remote control:
+``GET /_fake/ledger``, ``POST /_fake/script``, ``POST /_fake/reset``, ``POST /_fake/flush``,
+``POST /_fake/inbound``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from typing import Any
+
+from trackly_exec.drivers.registry import get_driver_class
+from trackly_exec.errors import ConfigError
+from trackly_exec.logs import get_logger
+
+log = get_logger(__name__)
+
+#: Where a provider that does not carry the report URL in its requests (CM) posts reports by default:
+#: the daemon's status webhook on the default ``http.public_url``.
+DEFAULT_REPORT_URL = "http://127.0.0.1:8080/webhooks/{name}/status"
+DEFAULT_INBOUND_URL = "http://127.0.0.1:8080/webhooks/{name}/inbound"
+
+
+def load_fake_class(name: str) -> type[Any]:
+    """The fake class of driver ``name`` (raises ConfigError when the driver has none)."""
+    cls = get_driver_class(name)
+    target = getattr(cls, "fake", None)
+    if not target:
+        raise ConfigError(f"driver {name!r} ships no fake provider")
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+def _credentials(fake: Any) -> dict[str, Any]:
+    settings = fake.driver_settings()
+    return {k: v for k, v in settings.items() if k != "base_url"}
+
+
+def configured_webhook_urls(name: str, config: str | None) -> tuple[str, str]:
+    """The daemon's webhook URLs (secret path token included) for the first instance of driver ``name`` in
+    ``config`` (default ./trackly.toml), or the defaults without a token when there is none."""
+    from trackly_exec.config import load_config
+    from trackly_exec.drivers.pool import DriverPool
+
+    try:
+        pool = DriverPool(load_config(config), generate_tokens=True)
+        for instance, ctx in pool.webhook_urls().items():
+            if pool.entry_point(instance) == name:
+                return ctx.status_url, ctx.inbound_url
+    except ConfigError as exc:
+        log.warning("fake_provider_no_config", error=str(exc))
+    return DEFAULT_REPORT_URL.format(name=name), DEFAULT_INBOUND_URL.format(name=name)
+
+
+async def serve_fake(
+    name: str,
+    *,
+    host: str,
+    port: int,
+    dlr_delay: float,
+    report_url: str | None = None,
+    inbound_url: str | None = None,
+    config: str | None = None,
+) -> int:
+    """Run the fake of driver ``name`` on ``host:port`` until SIGINT/SIGTERM; returns the exit status."""
+    fake_cls = load_fake_class(name)
+    if report_url is None or inbound_url is None:
+        default_report, default_inbound = configured_webhook_urls(name, config)
+        report_url, inbound_url = report_url or default_report, inbound_url or default_inbound
+    fake = fake_cls(
+        host=host, auto_reports=True, report_delay=dlr_delay, report_url=report_url, inbound_url=inbound_url
+    )
+    await fake.start(port=port)
+    creds = ", ".join(f'{k} = "{v}"' for k, v in _credentials(fake).items())
+    print(f"fake {name} provider listening on {fake.url}", flush=True)
+    print(f'  driver settings: base_url = "{fake.url}", {creds}', flush=True)
+    print(
+        f"  delivery reports after {dlr_delay:g}s; default report URL "
+        f"{fake.report_url.rsplit('/', 1)[0] + '/<token>' if '/status/' in fake.report_url else fake.report_url}",
+        flush=True,
+    )
+    print(f"  remote control: GET {fake.url}/_fake/ledger, POST /_fake/script, POST /_fake/reset", flush=True)
+    log.info("fake_provider_started", driver=name, url=fake.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await fake.stop()
+        log.info("fake_provider_stopped", driver=name, **fake.summary())
+    return 0

@@ -1,0 +1,163 @@
+"""Claims on queued messages: claim, fence, release, complete.
+
+A batch is claimed with a token unique to this process *and* this claim (``"<instance>:<uuid hex>"``):
+
+1. read the ids of due messages of one list (FIFO by ``sendtime``); the worker reads several batches' worth
+   at once and hands them out to its batches (one scan of the queue per several claims);
+2. ``update_many({_id in ids, claimed_by: None, <still due>}, {$set: {claimed_by: token, claimed_at: now}})``
+   — per document atomic, so two processes racing for the same ids each get a disjoint part;
+3. read back ``find({claimed_by: token})``: exactly what this claim got.
+
+Every later write about a claimed message is conditional on ``claimed_by == token`` (fencing): a process
+that lost its claim (paused past the claim TTL while recovery released or dead-lettered it) matches
+nothing, so it can neither mark intent (and so never sends) nor delete the queue entry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pymongo import UpdateMany
+
+from trackly_exec.store import constants as c
+
+
+def new_token(instance: str) -> str:
+    """A claim token: the instance name plus a random part, so every claim batch is distinct."""
+    return f"{instance}:{uuid.uuid4().hex}"
+
+
+def due_filter(now: dt.datetime, list_id: int | None = None) -> dict[str, Any]:
+    """Unclaimed messages whose sendtime (and backoff, if any) has come.
+
+    Written as one ``$and``: nx-27017 mis-parenthesises a top-level ``$or`` next to other conditions
+    (``A and B or C``), which would match messages claimed by someone else.
+    """
+    conds: list[dict[str, Any]] = [
+        {"claimed_by": None},
+        {"sendtime": {"$lte": now}},
+        {"$or": [{"not_before": None}, {"not_before": {"$lte": now}}]},
+    ]
+    if list_id is not None:
+        conds.insert(0, {"sending_list_id": list_id})
+    return {"$and": conds}
+
+
+async def due_lists(db: Any, now: dt.datetime) -> list[int]:
+    """Ids of the sending lists that have due, unclaimed messages."""
+    return [int(v) for v in await db[c.QUEUED].distinct("sending_list_id", due_filter(now)) if v is not None]
+
+
+async def find_due(db: Any, list_id: int, now: dt.datetime, limit: int) -> list[str]:
+    """Ids of up to ``limit`` due, unclaimed messages of one list, oldest ``sendtime`` first.
+
+    (Sorted by ``sendtime`` only: a campaign's messages share one sendtime, and a secondary ``_id`` sort
+    costs nx-27017 more than the rest of the claim.)
+    """
+    return [
+        d["_id"]
+        async for d in db[c.QUEUED].find(due_filter(now, list_id), {"_id": 1}).sort([("sendtime", 1)]).limit(limit)
+    ]
+
+
+async def claim_ids(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -> list[dict[str, Any]]:
+    """Claim whichever of ``ids`` are still due and unclaimed; returns the claimed documents, FIFO.
+
+    The update repeats the due conditions, so candidate ids read a moment ago (possibly by another
+    process, possibly released since with a backoff) are only claimed if they are claimable now.
+    """
+    if not ids:
+        return []
+    q = db[c.QUEUED]
+    res = await q.update_many(
+        {"$and": [{"_id": {"$in": list(ids)}}, due_filter(now)]}, {"$set": {"claimed_by": token, "claimed_at": now}}
+    )
+    if res.matched_count == 0:
+        return []
+    docs: list[dict[str, Any]] = await q.find({"claimed_by": token}).to_list(None)
+    docs.sort(key=lambda d: (d["sendtime"], d["_id"]))
+    return docs
+
+
+async def claim(db: Any, list_id: int, token: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
+    """Claim up to ``limit`` due messages of one list; returns the claimed documents (oldest first)."""
+    return await claim_ids(db, await find_due(db, list_id, now, limit), token, now)
+
+
+async def held(db: Any, ids: Sequence[str], token: str) -> set[str]:
+    """Which of ``ids`` this claim still holds."""
+    return {d["_id"] async for d in db[c.QUEUED].find({"_id": {"$in": list(ids)}, "claimed_by": token}, {"_id": 1})}
+
+
+async def mark(db: Any, ids: Sequence[str], token: str, fields: dict[str, Any]) -> set[str]:
+    """Fenced ``$set`` of ``fields`` on ``ids``; returns the ids still held (re-read only when some were lost)."""
+    if not ids:
+        return set()
+    res = await db[c.QUEUED].update_many({"_id": {"$in": list(ids)}, "claimed_by": token}, {"$set": fields})
+    if res.matched_count == len(ids):
+        return set(ids)
+    return await held(db, ids, token)
+
+
+async def mark_intent(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -> set[str]:
+    """Send intent (``sending_at``), fenced: only the returned ids may be sent."""
+    return await mark(db, ids, token, {"sending_at": now})
+
+
+async def release(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dict[str, Any]]]) -> int:
+    """Give messages back to the queue (fenced), each group with extra ``$set`` fields (e.g. ``not_before``).
+
+    One round trip for every group. Messages with a send intent are never released by the executor.
+    """
+    ops = [
+        UpdateMany(
+            {"_id": {"$in": list(ids)}, "claimed_by": token, "sending_at": None},
+            {"$set": {**extra, "claimed_by": None, "claimed_at": None}},
+        )
+        for ids, extra in groups
+        if ids
+    ]
+    if not ops:
+        return 0
+    res = await db[c.QUEUED].bulk_write(ops, ordered=False)
+    return int(res.modified_count)
+
+
+async def hold_unsent(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dict[str, Any]]]) -> int:
+    """Give messages that carry a send intent but that the provider certainly did not accept (a transient answer:
+    429, or a failure before the request was written) back to the queue, fenced, each group with extra ``$set``
+    fields (the backoff). Returns how many this claim still held."""
+    ops = [
+        UpdateMany(
+            {"_id": {"$in": list(ids)}, "claimed_by": token},
+            {"$set": {**extra, "claimed_by": None, "claimed_at": None, "sending_at": None}},
+        )
+        for ids, extra in groups
+        if ids
+    ]
+    if not ops:
+        return 0
+    res = await db[c.QUEUED].bulk_write(ops, ordered=False)
+    return int(res.modified_count)
+
+
+async def release_tokens(db: Any, tokens: Iterable[str]) -> int:
+    """Release everything still held under ``tokens`` that has no send intent (shutdown)."""
+    tokens = list(tokens)
+    if not tokens:
+        return 0
+    res = await db[c.QUEUED].update_many(
+        {"claimed_by": {"$in": tokens}, "sending_at": None}, {"$set": {"claimed_by": None, "claimed_at": None}}
+    )
+    return int(res.modified_count)
+
+
+async def complete(db: Any, ids: Sequence[str], token: str) -> int:
+    """Remove recorded messages from the queue (fenced). Returns how many this claim still held."""
+    if not ids:
+        return 0
+    res = await db[c.QUEUED].delete_many({"_id": {"$in": list(ids)}, "claimed_by": token})
+    return int(res.deleted_count)

@@ -1,0 +1,287 @@
+"""The executor component: polls the queue, groups due messages by sending list, runs per-list workers.
+
+One loop asks the store which lists have due, unclaimed messages (``distinct("sending_list_id", due)``) and
+keeps, per list, up to ``workers_per_list`` worker tasks; each task claims its own batches
+(:meth:`worker.Worker.run_batch`) until a claim comes back empty. Lists are visited round-robin, and every
+provider request of every list shares one ``asyncio.Semaphore(pool_size)``, so no list starves another.
+Every task is kept in a set until it is done.
+
+``stop(grace)``: stop claiming, let in-flight batches finish for up to ``grace`` seconds (rate-limit waits
+and retry back-offs end at once and give their messages back), cancel what is left, then release every
+claim of this process that has no send intent (fenced). Messages with an intent stay claimed: recovery
+records them NO_RESPONSE, since the provider may have them.
+
+Burst mode (tests, benches, ``python -m trackly_exec.executor.coordinator --burst``): :meth:`run_until_idle` processes
+every due message and returns the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from trackly_exec.app import Trackly
+from trackly_exec.executor import checks, claims, recovery
+from trackly_exec.executor.ratelimit import make_limiter
+from trackly_exec.executor.worker import ListInfo, Worker
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store import quiethours
+from trackly_exec.store.models import SendingList, utcnow
+
+log = get_logger(__name__)
+
+
+class Coordinator:
+    """The message executor (daemon component ``executor``)."""
+
+    name = "executor"
+
+    def __init__(self, trackly: Trackly, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.trackly = trackly
+        self.cfg = trackly.settings.executor
+        self.counts: collections.Counter[str] = collections.Counter()
+        trackly.executor_counts.append(self.counts)  # /metrics exports them
+        self.stopping = asyncio.Event()
+        self.pool = asyncio.Semaphore(self.cfg.pool_size)
+        self.limiter = make_limiter(trackly)
+        self.worker = Worker(trackly, self.limiter, self.pool, self.stopping, self.counts, clock)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.per_list: dict[int, set[asyncio.Task[Any]]] = {}
+        self._lists: dict[int, tuple[float, ListInfo | None]] = {}
+        self._rr = 0
+        self._wake = asyncio.Event()
+
+    @property
+    def clock(self) -> Callable[[], dt.datetime]:
+        return self.worker.clock
+
+    @clock.setter
+    def clock(self, fn: Callable[[], dt.datetime]) -> None:
+        self.worker.clock = fn
+
+    # -- sending lists ----------------------------------------------------------------------------
+
+    async def list_info(self, list_id: int) -> ListInfo | None:
+        """The list and its started driver, cached for ``list_cache_seconds``; None when it must not send."""
+        hit = self._lists.get(list_id)
+        if hit is not None and time.monotonic() - hit[0] < self.cfg.list_cache_seconds:
+            return hit[1]
+        info: ListInfo | None = None
+        doc = await self.trackly.db[c.SENDING_LISTS].find_one({"_id": list_id})
+        if doc is None:
+            log.error("sending_list_missing", sending_list_id=list_id)
+        else:
+            try:
+                lst = SendingList.from_doc(doc)
+            except ValueError as exc:  # pydantic's ValidationError: a list the executor cannot use
+                # the fields and problems only: str(ValidationError) carries the input (driver_settings...)
+                errors = exc.errors(include_input=False) if isinstance(exc, ValidationError) else []
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+                log.error("sending_list_invalid", sending_list_id=list_id, error=problems or type(exc).__name__)
+                self._lists[list_id] = (time.monotonic(), None)
+                return None
+            if lst.active:
+                try:
+                    driver = await self.trackly.drivers.get(lst.driver, lst.driver_settings)
+                except Exception as exc:
+                    log.error("driver_unavailable", sending_list_id=list_id, driver=lst.driver, error=str(exc))
+                else:
+                    info = ListInfo(
+                        lst,
+                        driver,
+                        checks.blocked_words_pattern([*lst.blocked_words, *self.cfg.blocked_words]),
+                        quiethours.Window.from_quiet_hours(lst.quiet_hours),
+                    )
+        self._lists[list_id] = (time.monotonic(), info)
+        return info
+
+    # -- scheduling -------------------------------------------------------------------------------
+
+    async def _ready_lists(self) -> list[int]:
+        now = time.monotonic()
+        ids = await claims.due_lists(self.trackly.db, self.worker.clock())
+        ready = [i for i in sorted(ids) if self.worker.paused.get(i, 0.0) <= now]
+        if ready:  # round-robin: start from a different list each time
+            self._rr = (self._rr + 1) % len(ready)
+            ready = ready[self._rr :] + ready[: self._rr]
+        return ready
+
+    async def fill(self) -> int:
+        """Start workers for lists with due work, up to ``workers_per_list`` each. Returns how many started."""
+        started = 0
+        for list_id in await self._ready_lists():
+            if self.stopping.is_set():
+                break
+            info = await self.list_info(list_id)
+            if info is None:
+                self.worker.paused[list_id] = time.monotonic() + self.cfg.list_cache_seconds
+                continue
+            running = self.per_list.setdefault(list_id, set())
+            for _ in range(self.cfg.workers_per_list - len(running)):
+                task = asyncio.create_task(self._list_worker(list_id), name=f"executor-list-{list_id}")
+                self.tasks.add(task)
+                running.add(task)
+                task.add_done_callback(self._task_done(list_id))
+                started += 1
+        return started
+
+    def _task_done(self, list_id: int) -> Callable[[asyncio.Task[Any]], None]:
+        def done(task: asyncio.Task[Any]) -> None:
+            self.tasks.discard(task)
+            self.per_list.get(list_id, set()).discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("list_worker_crashed", sending_list_id=list_id, error=repr(task.exception()))
+            self._wake.set()
+
+        return done
+
+    async def _list_worker(self, list_id: int) -> None:
+        """Claim and process batches of one list until a claim comes back empty."""
+        while not self.stopping.is_set() and self.worker.paused.get(list_id, 0.0) <= time.monotonic():
+            info = await self.list_info(list_id)
+            if info is None:
+                return
+            claimed = await self.worker.run_batch(info)
+            if claimed == 0:
+                return
+            self.counts["batches"] += 1
+
+    # -- burst mode -------------------------------------------------------------------------------
+
+    async def run_until_idle(self) -> dict[str, int]:
+        """Process every due message (lists paused by an outage are skipped) and return the counts.
+
+        The counts are cumulative for this coordinator: ``claimed``, ``sent``, ``failed.<REASON>``,
+        ``held.quiet_hours``, ``held.billing``, ``released``, ``requeued``, ``provider_transient``, ``slowdowns``,
+        ``limiter_unavailable``, ``claim_lost_before_send``, ``claim_lost_after_send``, ``batches``, ``batch_errors``.
+        """
+        while not self.stopping.is_set():
+            started = await self.fill()
+            if not self.tasks:
+                break
+            before = self.counts["claimed"]
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            if started == 0 and self.counts["claimed"] == before:
+                break
+        return dict(self.counts)
+
+    # -- component --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover stale claims, then poll and recover in the background."""
+        await recovery.sweep(self.trackly)
+        for coro, name in ((self._poll(), "executor-poll"), (self._recover(), "executor-recovery")):
+            task = asyncio.create_task(coro, name=name)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        log.info(
+            "executor_started",
+            instance=self.trackly.instance,
+            workers_per_list=self.cfg.workers_per_list,
+            pool_size=self.cfg.pool_size,
+            limiter=type(self.limiter).__name__,
+        )
+
+    async def _poll(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.fill()
+            except Exception as exc:
+                log.error("executor_poll_failed", error=str(exc))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.poll_interval_seconds)
+
+    async def _recover(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=self.cfg.recovery_interval_seconds)
+            if self.stopping.is_set():
+                return
+            try:
+                await recovery.sweep(self.trackly)
+            except Exception as exc:
+                log.error("recovery_failed", error=str(exc))
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, finish or release in-flight batches within ``grace`` seconds, release the rest."""
+        self.stopping.set()
+        self._wake.set()
+        pending = list(self.tasks)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+        released = 0
+        try:
+            released = await claims.release_tokens(self.trackly.db, list(self.worker.tokens))
+        except Exception as exc:
+            log.error("executor_release_failed", error=str(exc))
+        self.worker.tokens.clear()
+        log.info("executor_stopped", released_at_stop=released, counts=dict(self.counts))
+
+
+# -- runner: ``python -m trackly_exec.executor.coordinator [--burst] -c trackly.toml`` ----------------------------
+
+
+async def _main(args: argparse.Namespace) -> int:
+    import signal
+
+    from trackly_exec.config import load_config
+
+    settings = load_config(args.config)
+    trackly = await Trackly.open(settings)
+    coord = Coordinator(trackly)
+    try:
+        if args.burst:
+            await recovery.sweep(trackly)
+            counts = await coord.run_until_idle()
+            print(json.dumps(counts, sort_keys=True), flush=True)
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await coord.start()
+        print("ready", flush=True)
+        await stop.wait()
+        await coord.stop(settings.daemon.shutdown_grace_seconds)
+        print(json.dumps(dict(coord.counts), sort_keys=True), flush=True)
+        return 0
+    finally:
+        await trackly.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one executor process: until SIGTERM, or (``--burst``) until nothing is due."""
+    from trackly_exec.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m trackly_exec.executor.coordinator", description=main.__doc__)
+    parser.add_argument("-c", "--config", help="config file (default: $TRACKLY_CONFIG or ./trackly.toml)")
+    parser.add_argument("--burst", action="store_true", help="process everything due, print the counts, exit")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, "auto")
+    try:
+        import uvloop
+
+        return uvloop.run(_main(args))
+    except ImportError:  # pragma: no cover
+        return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""Recording outcomes: MessageSent / FailedMessage documents, queue removal, refunds and alert events.
+
+A send is billed for the provider's segment count when the driver reports one, else for the queued message's
+own count (:func:`billed_segments`); the difference to what was debited is settled in the refund.
+
+Records are inserted with unordered ``insert_many``; a duplicate ``_id`` means the message is already
+recorded (fine). The queue entries are then deleted fenced on the claim token. When that delete finds fewer
+entries than it recorded, the claim was lost (recovery may have dead-lettered some of them as NO_RESPONSE
+meanwhile): the MessageSent wins and any NO_RESPONSE FailedMessage of those ids is deleted, so a message
+keeps exactly one record.
+
+Events (the interface alerting consumes): every FailedMessage is published as one
+``EventKind.FAILED_MESSAGE`` event per message, all the events of a batch in one ``publish`` call, with
+``data = {message_id, reason, detail, sending_list_id, account_id, campaign_id, execution_id, provider,
+provider_code, ambiguous}`` and ``key = "failed_message:<list>:<reason>"`` (alerts throttle per key). More than
+``executor.error_burst_threshold`` provider errors on one list within 60 s publish one
+``PROVIDER_ERROR_BURST`` (``data = {sending_list_id, provider, errors, window_seconds}``) per list per minute.
+A rejection flagged ``spam`` publishes ``SPAM_COMPLAINT``.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from trackly_exec import failpoints
+from trackly_exec.campaigns import reservations
+from trackly_exec.drivers.contract import Accepted, SendResult
+from trackly_exec.executor import billing, checks, claims
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import FailureReason, MessageFields
+
+if TYPE_CHECKING:
+    from trackly_exec.app import Trackly
+
+log = get_logger(__name__)
+
+_FIELDS = {name: f.get_default(call_default_factory=True) for name, f in MessageFields.model_fields.items()}
+BURST_WINDOW = 60.0
+
+
+def _fields(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: doc.get(k, default) for k, default in _FIELDS.items()}
+
+
+def sent_doc(
+    doc: dict[str, Any], *, provider: str, provider_message_id: str, segments: int, cost: float, now: dt.datetime
+) -> dict[str, Any]:
+    """A MessageSent document (every field of ``models.MessageSent``)."""
+    return {
+        "_id": doc["_id"],
+        **_fields(doc),
+        "segments": segments,
+        "submitted": True,
+        "delivered": None,
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "cost": cost,
+        "timestamp": now,
+        "delivery_status": None,
+        "delivery_error_code": None,
+        "delivered_at": None,
+        "spam": False,
+        "resolved_from_no_response": False,
+    }
+
+
+def failed_doc(
+    doc: dict[str, Any],
+    reason: FailureReason,
+    detail: str,
+    now: dt.datetime,
+    *,
+    provider: str | None = None,
+    code: str | None = None,
+    ambiguous: bool = False,
+    spam: bool = False,
+    opted_out: bool = False,
+) -> dict[str, Any]:
+    """A FailedMessage document (every field of ``models.FailedMessage``). An ambiguous one (NO_RESPONSE) is due
+    for reconciliation at once (:mod:`reconcile`), with the time of its send intent as the attempt."""
+    return {
+        "_id": doc["_id"],
+        **_fields(doc),
+        "reason": str(reason),
+        "detail": detail[:500],
+        "provider": provider,
+        "provider_code": code,
+        "ambiguous": ambiguous,
+        "spam": spam,
+        "opted_out": opted_out,
+        "failed_at": now,
+        "attempted_at": (doc.get("sending_at") or now) if ambiguous else None,
+        "reconcile_at": now if ambiguous else None,
+        "reconcile_by": None,
+        "lookups": 0,
+        "reconcile_state": "pending" if ambiguous else None,
+    }
+
+
+async def insert_records(db: Any, collection: str, docs: Sequence[dict[str, Any]]) -> int:
+    """Unordered insert; already-recorded ids (duplicate key) are fine. Returns how many were new.
+
+    Then the messages' cooldown reservations are settled (:func:`reservations.settle`: sent and NO_RESPONSE
+    ones count from now, the ones never sent are released); a failure there is only logged, since a reservation
+    left ``held`` is checked against these records whenever it is in the way."""
+    if not docs:
+        return 0
+    try:
+        res = await db[collection].insert_many(list(docs), ordered=False)
+        inserted = len(res.inserted_ids)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != 11000 for e in errors):
+            raise
+        inserted = int(exc.details.get("nInserted", len(docs) - len(errors)))
+    try:
+        await reservations.settle(db, collection, docs)
+    except PyMongoError as exc:
+        log.warning("reservations_settle_failed", collection=collection, messages=len(docs), error=str(exc))
+    return inserted
+
+
+def billed_segments(doc: dict[str, Any], result: Accepted) -> int:
+    """The segments a send is billed for: the provider's count when the driver reports one, else the queued
+    message's own (a driver that leaves ``Accepted.segments`` unset, like the README's plugin example, does not
+    make a 3-part message cost 1 part)."""
+    own = int(doc.get("segments") or 1)
+    if "segments" in result.model_fields_set and result.segments >= 1:
+        return int(result.segments)
+    return own
+
+
+def throttle_groups(docs: Sequence[dict[str, Any]], until: dt.datetime) -> list[tuple[list[str], dict[str, Any]]]:
+    """``claims.release`` / ``hold_unsent`` groups for a provider-storm hold until ``until``: each message keeps
+    the time it was due (``throttled_due``), so the hold never postpones its staleness."""
+    by_due: dict[dt.datetime, list[str]] = {}
+    for d in docs:
+        by_due.setdefault(checks.due_at(d), []).append(d["_id"])
+    return [(ids, {"not_before": until, "throttled_until": until, "throttled_due": due}) for due, ids in by_due.items()]
+
+
+def failure_event(rec: dict[str, Any]) -> Event:
+    """The alert event of one FailedMessage record."""
+    return Event(
+        kind=EventKind.FAILED_MESSAGE,
+        severity="warning",
+        message=f"{rec['reason']}: message {rec['_id']} to {rec['to_number']}"
+        + (f" ({rec['detail']})" if rec.get("detail") else ""),
+        key=f"failed_message:{rec['sending_list_id']}:{rec['reason']}",
+        data={
+            k: rec.get(k)
+            for k in (
+                "reason",
+                "detail",
+                "sending_list_id",
+                "account_id",
+                "campaign_id",
+                "execution_id",
+                "provider",
+                "provider_code",
+                "ambiguous",
+            )
+        }
+        | {"message_id": rec["_id"]},
+    )
+
+
+class Outcomes:
+    """Writes the outcome of claimed messages for one executor process."""
+
+    def __init__(self, trackly: Trackly, counts: collections.Counter[str]) -> None:
+        self.trackly = trackly
+        self.db = trackly.db
+        self.counts = counts
+        self.cfg = trackly.settings.executor
+        self.threshold = self.cfg.error_burst_threshold
+        self._errors: dict[int, collections.deque[tuple[float, int]]] = {}
+        self._burst_alerted: dict[int, float] = {}
+
+    async def publish(self, events: Iterable[Event]) -> None:
+        events = list(events)
+        if events:
+            await self.trackly.bus.publish(*events)
+
+    async def fail_unsent(
+        self,
+        token: str,
+        items: Sequence[tuple[dict[str, Any], FailureReason, str]],
+        now: dt.datetime,
+        *,
+        provider: str | None = None,
+    ) -> None:
+        """Dead-letter messages that were never sent (checks, rate limit, billing), fenced on the claim."""
+        if not items:
+            return
+        held = await claims.mark(self.db, [d["_id"] for d, _, _ in items], token, {"settled_at": now})
+        recs = [
+            failed_doc(d, reason, detail, now, provider=provider) for d, reason, detail in items if d["_id"] in held
+        ]
+        if not recs:
+            return
+        await insert_records(self.db, c.FAILED, recs)
+        await claims.complete(self.db, [r["_id"] for r in recs], token)
+        for r in recs:
+            self.counts[f"failed.{r['reason']}"] += 1
+        await self.publish(failure_event(r) for r in recs)
+
+    async def record_sends(
+        self,
+        info: Any,
+        token: str,
+        docs: Sequence[dict[str, Any]],
+        results: dict[str, SendResult],
+        costs: dict[str, float],
+        now: dt.datetime,
+        requeue: set[str],
+    ) -> dt.datetime | None:
+        """Record the provider's answers for a sent chunk; refund what was not accepted.
+
+        Transient failures that outlasted the retries (429 storms, 5xx before acceptance) are not dead-lettered:
+        they are held (released fenced with ``not_before``, see :meth:`throttle_until`) and the hold's end is
+        returned, so the worker holds the rest of its batch too; staleness (``checks.due_at``) ends them.
+        """
+        lst = info.doc
+        provider = info.driver.name
+        sent: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        back: list[str] = []
+        refund = 0.0
+        opted_out: list[int] = []
+        throttled: list[dict[str, Any]] = []
+        retry_after = 0.0
+        events: list[Event] = []
+        provider_errors = 0
+        for d in docs:
+            mid = d["_id"]
+            r = results.get(mid)
+            paid = costs.get(mid, 0.0)
+            if r is None or r.kind == "unknown":
+                detail = r.detail if r is not None else "no result"
+                failed.append(
+                    failed_doc(
+                        d,
+                        FailureReason.NO_RESPONSE,
+                        detail or "outcome unknown",
+                        now,
+                        provider=provider,
+                        ambiguous=True,
+                    )
+                )
+                provider_errors += 1
+            elif r.kind == "accepted":
+                parts = billed_segments(d, r)
+                cost = billing.message_cost({"segments": parts}, lst.price_per_segment)
+                refund += paid - cost
+                sent.append(
+                    sent_doc(
+                        d,
+                        provider=provider,
+                        provider_message_id=r.provider_message_id,
+                        segments=parts,
+                        cost=cost,
+                        now=now,
+                    )
+                )
+            elif r.kind == "transient" and mid in requeue:
+                back.append(mid)
+                refund += paid
+            elif r.kind == "transient":  # outlasted the retries: the provider is throttled or down, hold it
+                throttled.append(d)
+                refund += paid
+                retry_after = max(retry_after, float(getattr(r, "retry_after", None) or 0.0))
+            else:  # rejected
+                refund += paid
+                provider_errors += 1
+                spam = bool(getattr(r, "spam", False))
+                out = bool(getattr(r, "opted_out", False))
+                failed.append(
+                    failed_doc(
+                        d,
+                        FailureReason.PROVIDER_ERROR,
+                        r.detail or r.kind,
+                        now,
+                        provider=provider,
+                        code=r.code,
+                        spam=spam,
+                        opted_out=out,
+                    )
+                )
+                if out and d.get("contact_id") is not None:
+                    opted_out.append(d["contact_id"])
+                if spam:
+                    events.append(
+                        Event(
+                            kind=EventKind.SPAM_COMPLAINT,
+                            severity="critical",
+                            message=f"{provider} flagged message {mid} as spam ({r.code})",
+                            key=f"spam:{lst.id}",
+                            data={"message_id": mid, "provider": provider, "code": r.code, "sending_list_id": lst.id},
+                        )
+                    )
+        failpoints.hit("before_record")
+        await insert_records(self.db, c.SENT, sent)
+        await insert_records(self.db, c.FAILED, failed)
+        if back:  # nothing was accepted for these: give them back to the queue (shutdown during retries)
+            await self.db[c.QUEUED].update_many(
+                {"_id": {"$in": back}, "claimed_by": token},
+                {"$set": {"claimed_by": None, "claimed_at": None, "sending_at": None}},
+            )
+        held_until = None
+        if throttled:  # nothing was accepted for these either: held until the provider has had time to recover
+            held_until = self.throttle_until(throttled, now, retry_after)
+            self.counts["held.provider"] += await claims.hold_unsent(
+                self.db, token, throttle_groups(throttled, held_until)
+            )
+            log.warning(
+                "provider_storm_hold",
+                sending_list_id=lst.id,
+                provider=provider,
+                held=len(throttled),
+                until=held_until.isoformat(),
+            )
+        await billing.adjust(self.db, lst.account_id, refund)
+        if opted_out:
+            await self.db[c.CONTACTS].update_many(
+                {"_id": {"$in": opted_out}}, {"$set": {"subscribed": False, "updated_at": now}}
+            )
+        recorded = [r["_id"] for r in sent] + [r["_id"] for r in failed]
+        removed = await claims.complete(self.db, recorded, token)
+        if removed < len(recorded):
+            self.counts["claim_lost_after_send"] += len(recorded) - removed
+            if sent:  # recovery may have dead-lettered some as NO_RESPONSE meanwhile: the MessageSent wins
+                await self.db[c.FAILED].delete_many(
+                    {"_id": {"$in": [r["_id"] for r in sent]}, "reason": str(FailureReason.NO_RESPONSE)}
+                )
+            log.warning("claim_lost_before_record", sending_list_id=lst.id, recorded=len(recorded), held=removed)
+        self.counts["sent"] += len(sent)
+        self.counts["requeued"] += len(back)
+        for rec in failed:
+            self.counts[f"failed.{rec['reason']}"] += 1
+        events.extend(failure_event(r) for r in failed)
+        burst = self.note_errors(lst.id, provider, provider_errors)
+        if burst is not None:
+            events.append(burst)
+        await self.publish(events)
+        return held_until
+
+    def throttle_until(self, docs: Sequence[dict[str, Any]], now: dt.datetime, retry_after: float) -> dt.datetime:
+        """The end of a provider-storm hold: ``provider_hold_seconds`` at first, then as long as the oldest message
+        is already late (a doubling backoff without a counter), at most ``provider_hold_max_seconds``, and never
+        shorter than the provider's Retry-After."""
+        late = max((now - checks.due_at(d)).total_seconds() for d in docs)
+        hold = max(retry_after, min(self.cfg.provider_hold_max_seconds, max(self.cfg.provider_hold_seconds, late)))
+        until = now + dt.timedelta(seconds=hold)
+        return until.replace(microsecond=until.microsecond // 1000 * 1000)
+
+    def note_errors(self, list_id: int, provider: str, n: int) -> Event | None:
+        """Count provider errors; an Event when a list crosses the burst threshold (once a minute)."""
+        if n <= 0:
+            return None
+        now = time.monotonic()
+        window = self._errors.setdefault(list_id, collections.deque())
+        window.append((now, n))
+        while window and now - window[0][0] > BURST_WINDOW:
+            window.popleft()
+        total = sum(k for _, k in window)
+        if total <= self.threshold or now - self._burst_alerted.get(list_id, -1e9) < BURST_WINDOW:
+            return None
+        self._burst_alerted[list_id] = now
+        log.warning("provider_error_burst", sending_list_id=list_id, provider=provider, errors=total)
+        return Event(
+            kind=EventKind.PROVIDER_ERROR_BURST,
+            severity="critical",
+            key=f"provider_error_burst:{list_id}",
+            message=f"{total} provider errors on sending list {list_id} ({provider}) within a minute",
+            data={"sending_list_id": list_id, "provider": provider, "errors": total, "window_seconds": BURST_WINDOW},
+        )

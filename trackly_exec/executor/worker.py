@@ -1,0 +1,562 @@
+"""The per-batch pipeline of the executor: claim -> checks -> rate limit -> billing -> intent -> send -> record.
+
+One call of :meth:`Worker.run_batch` claims one batch of one sending list (see :mod:`claims`) and takes it
+to the end. Every store and Redis operation is per batch (or per chunk on rate-limited lists), never per
+message:
+
+1. **claim** up to ``claim_batch_size`` due messages (a rate-limited list claims at most
+   ``rate_limit_claim_seconds`` of its tokens, so one worker never sits on a long backlog); one read of
+   the queue yields candidate ids for ``workers_per_list`` batches, each claimed conditionally;
+2. **checks** (:mod:`checks`): STALE / BLOCKED_CONTENT / CONTACT_BLOCKED are dead-lettered, quiet hours hold
+   the message (released with ``not_before`` = the window's next opening);
+3. the rest is cut into chunks of ``rate_limit_chunk_seconds`` of tokens (the whole remainder when the list
+   is unlimited). Per chunk: **rate limit** (reserve tokens, sleep the pacing wait; over
+   ``rate_limit_wait_seconds`` -> RATE_LIMIT_TIMEOUT; limiter unreachable -> release and pause the list) ->
+   **billing** (:mod:`billing`; not covered -> backoff or BILLING_BLOCKED) -> (pacing wait) -> **re-check**
+   (:func:`checks.recheck`, one store round trip per chunk: contact blocked or unsubscribed since the claim ->
+   CONTACT_BLOCKED, campaign paused -> held by the pause, quiet hours begun -> held; all refunded) -> **intent** (fenced
+   ``sending_at``; only what is still held is sent) -> **send** (``driver.max_batch_size`` messages per
+   request, each request holding one slot of the process-wide pool; transient failures retried with
+   tenacity: exponential backoff with jitter, at least ``Retry-After``, within ``retry_max_attempts`` and
+   ``retry_budget_seconds``, each retry taking rate-limit tokens again) -> **record** (:mod:`outcomes`).
+
+Provider errors (transient failures: 429, 5xx) multiply the list's rate-limit interval; a clean chunk relaxes it.
+Transient failures that outlast the retries are a provider storm, not a verdict: those messages and the rest of
+the batch are held (``not_before``, at least Retry-After; see :meth:`outcomes.Outcomes.throttle_until`), the list
+rests in this process until then, and only staleness (30 min after they were due) or a permanent answer ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, stop_before_delay
+
+from trackly_exec import failpoints
+from trackly_exec.campaigns import queue
+from trackly_exec.drivers.contract import Driver, OutboundMessage, SendResult, TransientFailure
+from trackly_exec.executor import billing, checks, claims
+from trackly_exec.executor.outcomes import Outcomes, throttle_groups
+from trackly_exec.executor.ratelimit import Grant, LimiterUnavailable, RateLimiter
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store import quiethours
+from trackly_exec.store.models import FailureReason, SendingList, utcnow
+
+if TYPE_CHECKING:
+    from trackly_exec.app import Trackly
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ListInfo:
+    """A sending list as the hot path needs it (cached by the coordinator for a few seconds)."""
+
+    doc: SendingList
+    driver: Driver[Any]
+    blocked: re.Pattern[str] | None
+    window: quiethours.Window
+
+    @property
+    def id(self) -> int:
+        return self.doc.id
+
+
+_LATE_REGRANTS = 1  # a chunk woken late takes one new slot, then goes (under a load that makes every chunk late, the
+# list slows down by half at most: the missed slot paid for the late send)
+
+
+def _slot(grant: Grant) -> float:
+    """When a grant's tokens may be sent (local ``time.time()``)."""
+    return grant.at if grant.at is not None else time.time() + grant.wait
+
+
+class _Stop(Exception):
+    """The executor is stopping: give what was not accepted back to the queue."""
+
+
+class Worker:
+    """Runs batches for every list of one executor process (shared pool, limiter and counters)."""
+
+    def __init__(
+        self,
+        trackly: Trackly,
+        limiter: RateLimiter,
+        pool: asyncio.Semaphore,
+        stopping: asyncio.Event,
+        counts: collections.Counter[str],
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.trackly = trackly
+        self.db = trackly.db
+        self.cfg = trackly.settings.executor
+        self.limiter = limiter
+        self.pool = pool
+        self.stopping = stopping
+        self.counts = counts
+        self.clock = clock
+        self.outcomes = Outcomes(trackly, counts)
+        self.tokens: set[str] = set()  # claims in progress (released on shutdown)
+        self.paused: dict[int, float] = {}  # list id -> monotonic time until which it must not be claimed
+        self._candidates: dict[int, collections.deque[str]] = {}  # list id -> due ids read ahead
+        self._fetching: dict[int, asyncio.Lock] = {}
+        self._lateness: dict[int, collections.deque[float]] = {}  # list id -> recent slot-to-send delays
+
+    # -- sizes ------------------------------------------------------------------------------------
+
+    def chunk_size(self, lst: SendingList) -> int:
+        if lst.rate_limit_per_minute <= 0:
+            return self.cfg.claim_batch_size
+        return max(1, int(lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_chunk_seconds))
+
+    def claim_limit(self, lst: SendingList) -> int:
+        if lst.rate_limit_per_minute <= 0:
+            return self.cfg.claim_batch_size
+        by_rate = math.ceil(lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_claim_seconds)
+        return max(self.chunk_size(lst), min(self.cfg.claim_batch_size, by_rate))
+
+    # -- one batch --------------------------------------------------------------------------------
+
+    async def run_batch(self, info: ListInfo) -> int:
+        """Claim and process one batch of ``info``'s list; returns how many messages were claimed."""
+        token = claims.new_token(self.trackly.instance)
+        self.tokens.add(token)
+        try:
+            n = await self._run(info, token)
+        except asyncio.CancelledError:
+            raise  # the token stays listed: the coordinator releases it after cancelling
+        except Exception:
+            log.exception("batch_failed", sending_list_id=info.id)
+            self.counts["batch_errors"] += 1
+            try:
+                await claims.release_tokens(self.db, [token])
+            except Exception as exc:  # the store is gone too: recovery will release it after the claim TTL
+                log.error("batch_release_failed", sending_list_id=info.id, error=str(exc))
+            self.tokens.discard(token)
+            self.paused[info.id] = time.monotonic() + 1.0
+            return 0
+        self.tokens.discard(token)
+        return n
+
+    async def _run(self, info: ListInfo, token: str) -> int:
+        lst = info.doc
+        now = self.clock()
+        docs = await self._claim(lst, token, now)
+        if not docs:
+            return 0
+        failpoints.hit("after_claim")
+        self.counts["claimed"] += len(docs)
+        verdict = await checks.evaluate(
+            self.db,
+            docs,
+            now,
+            stale_after=dt.timedelta(minutes=self.cfg.stale_after_minutes),
+            blocked=info.blocked,
+            window=info.window,
+            default_tz=lst.quiet_hours.default_timezone,
+        )
+        if verdict.hold:
+            groups = [
+                ([d["_id"] for d, _ in grp], {"not_before": nb})
+                for nb, grp in groupby(sorted(verdict.hold, key=lambda h: h[1]), key=lambda h: h[1])
+            ]
+            self.counts["held.quiet_hours"] += await claims.release(self.db, token, groups)
+        await self.outcomes.fail_unsent(token, verdict.fail, now)
+        send = verdict.send
+        size = self.chunk_size(lst)
+        for start in range(0, len(send), size):
+            step = (
+                "release"
+                if self.stopping.is_set()
+                else await self._chunk(info, token, send[start : start + size], send[start + size :], verdict.timezones)
+            )
+            if step == "release":
+                rest = [d["_id"] for d in send[start:]]
+                self.counts["released"] += await claims.release(self.db, token, [(rest, {})])
+            if step != "next":
+                break
+        return len(docs)
+
+    async def _claim(self, lst: SendingList, token: str, now: dt.datetime) -> list[dict[str, Any]]:
+        """Claim one batch from this list's candidate ids (re-read from the queue when they run out)."""
+        limit = self.claim_limit(lst)
+        for _ in range(3):  # candidates may all have been taken by another process meanwhile
+            ids = await self._candidates_for(lst.id, now, limit)
+            if not ids:
+                return []
+            docs = await claims.claim_ids(self.db, ids, token, now)
+            if docs:
+                return docs
+            self._candidates.get(lst.id, collections.deque()).clear()  # stale: read the queue again
+        return []
+
+    async def _candidates_for(self, list_id: int, now: dt.datetime, limit: int) -> list[str]:
+        """Up to ``limit`` candidate ids; one queue scan serves ``workers_per_list`` batches."""
+        pending = self._candidates.setdefault(list_id, collections.deque())
+        if not pending:
+            async with self._fetching.setdefault(list_id, asyncio.Lock()):
+                if not pending:
+                    pending.extend(await claims.find_due(self.db, list_id, now, limit * self.cfg.workers_per_list))
+        return [pending.popleft() for _ in range(min(limit, len(pending)))]
+
+    async def _chunk(
+        self,
+        info: ListInfo,
+        token: str,
+        chunk: Sequence[dict[str, Any]],
+        rest: Sequence[dict[str, Any]],
+        timezones: dict[int, str] | None = None,
+    ) -> str:
+        """Rate limit, bill, (pacing wait,) mark intent, send and record one chunk.
+
+        Returns ``"next"`` (go on), ``"release"`` (stop; give this chunk and the rest back) or ``"done"`` (stop;
+        the rest is already dealt with).
+        """
+        lst = info.doc
+        factor, at = 1.0, None
+        if lst.rate_limit_per_minute > 0:
+            grant = await self._tokens(lst, len(chunk))
+            if grant is None:
+                return "release"
+            if not grant.granted:
+                detail = (
+                    f"no rate-limit token within {self.cfg.rate_limit_wait_seconds:g}s "
+                    f"(next in {grant.wait:.1f}s at {lst.rate_limit_per_minute}/min, slow-down x{grant.factor:g})"
+                )
+                await self.outcomes.fail_unsent(
+                    token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail) for d in [*chunk, *rest]], self.clock()
+                )
+                return "done"
+            factor, at = grant.factor, _slot(grant)
+        now = self.clock()
+        deb = await billing.debit(self.db, lst.account_id, chunk, lst.price_per_segment)
+        if deb.blocked:
+            await self._billing_blocked(token, deb.blocked, now)
+        if not deb.charged:
+            return "next"
+        charged = deb.charged
+        for late in range(_LATE_REGRANTS + 1):
+            if at is not None and at > time.time():  # pacing: billed before the wait, so only the re-check and
+                self.counts["limiter_waits"] += 1  # the intent stand between waking and sending
+                if await self._sleep(at - time.time()):
+                    await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in charged))
+                    return "release"
+                now = self.clock()
+            charged = await self._recheck(info, token, charged, deb.costs, now, timezones)
+            if not charged:
+                return "next"
+            if at is None or not self._late(lst.id, time.time() - at) or late == _LATE_REGRANTS:
+                break
+            # Woken late (a stalled event loop): that slot is gone, and sending its tokens now on top of the
+            # present's would exceed the rate in this second. Take a new slot for what is left.
+            self.counts["rate_late_regrants"] += 1
+            grant = await self._tokens(lst, len(charged))
+            if grant is None or not grant.granted:
+                await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in charged))
+                return "release"
+            factor, at = grant.factor, _slot(grant)
+            now = self.clock()
+        held = await claims.mark_intent(self.db, [d["_id"] for d in charged], token, now)
+        if len(held) < len(charged):
+            lost = [d for d in charged if d["_id"] not in held]
+            await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in lost))
+            self.counts["claim_lost_before_send"] += len(lost)
+            log.warning("claim_lost_before_send", sending_list_id=lst.id, lost=len(lost))
+        to_send = [d for d in charged if d["_id"] in held]
+        if not to_send:
+            return "next"
+        failpoints.hit("after_intent")
+        results, requeue, had_errors = await self._send(info, to_send)
+        now = self.clock()
+        held_until = await self.outcomes.record_sends(info, token, to_send, results, deb.costs, now, requeue)
+        if held_until is not None:  # a provider storm: hold the rest of the batch too and let the list rest
+            if rest:
+                self.counts["held.provider"] += await claims.release(self.db, token, throttle_groups(rest, held_until))
+            self.paused[lst.id] = time.monotonic() + max(0.0, (held_until - now).total_seconds())
+            return "done"
+        if not had_errors and factor > 1 and lst.rate_limit_per_minute > 0:
+            with contextlib.suppress(LimiterUnavailable):
+                await self.limiter.relax(lst.id)
+        return "next"
+
+    async def _recheck(
+        self,
+        info: ListInfo,
+        token: str,
+        docs: list[dict[str, Any]],
+        costs: dict[str, float],
+        now: dt.datetime,
+        timezones: dict[int, str] | None,
+    ) -> list[dict[str, Any]]:
+        """The send-time re-check (:func:`checks.recheck`) of a billed chunk, just before its send intent.
+
+        What changed since the claim takes effect here, fenced on this claim and refunded: a contact blocked or
+        unsubscribed (a STOP) ends CONTACT_BLOCKED; a campaign paused meanwhile is held like the pause holds it
+        (``queue.PAUSED_UNTIL``, ``paused``: resume makes it due again); outside quiet hours now, held until the
+        window opens. Returns what may be sent.
+        """
+        lst = info.doc
+        rc = await checks.recheck(
+            self.db, docs, now, window=info.window, default_tz=lst.quiet_hours.default_timezone, timezones=timezones
+        )
+        if len(rc.send) == len(docs):
+            return rc.send
+        dropped = [d for d, _ in rc.blocked] + [d for d, _ in rc.hold] + rc.paused
+        await billing.adjust(self.db, lst.account_id, sum(costs.get(d["_id"], 0.0) for d in dropped))
+        if rc.hold:
+            self.counts["held.quiet_hours"] += await claims.release(
+                self.db,
+                token,
+                [
+                    ([d["_id"] for d, _ in grp], {"not_before": nb})
+                    for nb, grp in groupby(sorted(rc.hold, key=lambda h: h[1]), key=lambda h: h[1])
+                ],
+            )
+        if rc.paused:
+            await self._hold_paused(token, rc.paused, now)
+        if rc.blocked:
+            log.info("blocked_after_claim", sending_list_id=lst.id, messages=len(rc.blocked))
+            await self.outcomes.fail_unsent(
+                token,
+                [(d, FailureReason.CONTACT_BLOCKED, f"{why} (checked before sending)") for d, why in rc.blocked],
+                now,
+            )
+        return rc.send
+
+    async def _hold_paused(self, token: str, docs: list[dict[str, Any]], now: dt.datetime) -> None:
+        """Release messages of a campaign paused since the claim with the pause's own hold.
+
+        A resume between the re-check and this release would miss them (it makes due what is held when it runs),
+        so the campaigns are read again afterwards and what has been resumed meanwhile is made due at once.
+        """
+        ids = [d["_id"] for d in docs]
+        self.counts["held.paused"] += await claims.release(
+            self.db, token, [(ids, {"not_before": queue.PAUSED_UNTIL, "paused": True})]
+        )
+        still = await checks.paused_campaigns(self.db, sorted({d["campaign_id"] for d in docs}))
+        resumed = [d["_id"] for d in docs if d["campaign_id"] not in still]
+        if resumed:
+            await self.db[c.QUEUED].update_many(
+                {"_id": {"$in": resumed}, "claimed_by": None, "paused": True},
+                {"$set": {"not_before": now, "paused": False}},
+            )
+
+    def _late(self, list_id: int, lateness: float) -> bool:
+        """Is a chunk about to send ``lateness`` seconds after its slot too late to use it?
+
+        Too late is more than ``rate_limit_late_seconds`` beyond the list's usual delay between slot and send (the
+        least of its recent chunks': a slow store shifts every chunk alike, which is no burst; a stalled event loop
+        delays some chunks more than others, which is).
+        """
+        recent = self._lateness.setdefault(list_id, collections.deque(maxlen=32))
+        usual = min(min(recent, default=0.0), 2.0)
+        recent.append(max(0.0, lateness))
+        return lateness > usual + self.cfg.rate_limit_late_seconds
+
+    async def _tokens(self, lst: SendingList, n: int) -> Grant | None:
+        """Reserve ``n`` tokens of a rate-limited list; None when the limiter is unreachable (the list pauses)."""
+        try:
+            return await self.limiter.acquire(lst.id, n, lst.rate_limit_per_minute, self.cfg.rate_limit_wait_seconds)
+        except LimiterUnavailable:
+            self.paused[lst.id] = time.monotonic() + 1.0
+            self.counts["limiter_unavailable"] += 1
+            return None
+
+    async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
+        expired, first, again = billing.split_blocked(docs, now, dt.timedelta(minutes=self.cfg.billing_ttl_minutes))
+        retry_at = now + dt.timedelta(minutes=self.cfg.billing_backoff_minutes)
+        self.counts["held.billing"] += await claims.release(
+            self.db,
+            token,
+            [
+                ([d["_id"] for d in first], {"not_before": retry_at, "billing_blocked_since": now}),
+                ([d["_id"] for d in again], {"not_before": retry_at}),
+            ],
+        )
+        await self.outcomes.fail_unsent(
+            token,
+            [
+                (
+                    d,
+                    FailureReason.BILLING_BLOCKED,
+                    f"balance insufficient since {d['billing_blocked_since'].isoformat()}"
+                    f" (over {self.cfg.billing_ttl_minutes:g} min)",
+                )
+                for d in expired
+            ],
+            now,
+        )
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, waking early when the executor stops. True if it is stopping."""
+        if self.stopping.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    async def _send(
+        self, info: ListInfo, docs: Sequence[dict[str, Any]]
+    ) -> tuple[dict[str, SendResult], set[str], bool]:
+        """Submit ``docs`` in requests of ``max_batch_size``; one final result per message."""
+        size = max(1, info.driver.max_batch_size)
+        msgs = [
+            OutboundMessage(
+                id=d["_id"],
+                to=d["to_number"],
+                sender=d.get("from_number") or info.doc.from_number,
+                body=d["body"],
+                segments=int(d.get("segments") or 1),
+            )
+            for d in docs
+        ]
+        results: dict[str, SendResult] = {}
+        requeue: set[str] = set()
+        errors = [False]
+        by_id = {d["_id"]: d for d in docs}
+        await asyncio.gather(
+            *(
+                self._request(info, msgs[i : i + size], results, requeue, errors, by_id)
+                for i in range(0, len(msgs), size)
+            )
+        )
+        return results, requeue, errors[0]
+
+    async def _request(
+        self,
+        info: ListInfo,
+        msgs: list[OutboundMessage],
+        results: dict[str, SendResult],
+        requeue: set[str],
+        errors: list[bool],
+        docs: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """One provider request, retried for the messages that failed transiently (a retry is a new send: what
+        became ineligible meanwhile, a STOP or a pause, goes back to the queue instead, see :meth:`_retry_recheck`)."""
+        pending = list(msgs)
+        last: list[TransientFailure] = []
+
+        async def attempt() -> list[TransientFailure]:
+            nonlocal pending, last
+            if last:  # a retry: take rate-limit tokens again so retries never exceed the list's rate
+                self.counts["retries"] += len(pending)
+                await self._retry_tokens(info, len(pending))
+                dropped = await self._retry_recheck(pending, docs or {})
+                if dropped:
+                    for t in last:
+                        if t.message_id in dropped:
+                            results[t.message_id] = t
+                            requeue.add(t.message_id)
+                    pending = [m for m in pending if m.id not in dropped]
+                    last = [t for t in last if t.message_id not in dropped]
+                    if not pending:
+                        return []
+            async with self.pool:
+                out = await info.driver.submit(pending)
+            if any(r.kind == "accepted" for r in out):
+                failpoints.hit("after_provider_accept")
+            transient = [r for r in out if isinstance(r, TransientFailure)]
+            for r in out:
+                if not isinstance(r, TransientFailure):
+                    results[r.message_id] = r
+            if transient:
+                errors[0] = True
+                await self._provider_trouble(info, len(transient))
+                ids = {r.message_id for r in transient}
+                pending = [m for m in pending if m.id in ids]
+            last = transient
+            return transient
+
+        if not await attempt():  # the common case: one attempt, no retry machinery
+            return
+
+        def wait(attempt_done: int) -> float:
+            """Exponential backoff with jitter after ``attempt_done`` attempts, at least the Retry-After hint."""
+            hinted = max((r.retry_after or 0.0 for r in last), default=0.0)
+            first = self.cfg.retry_initial_backoff_seconds
+            return float(max(hinted, min(30.0, first * 2 ** (attempt_done - 1)) + random.uniform(0, first)))
+
+        async def sleep(seconds: float) -> None:
+            if await self._sleep(seconds):
+                raise _Stop()
+
+        final = last
+        try:
+            if self.cfg.retry_max_attempts > 1:
+                await sleep(wait(1))
+                final = await AsyncRetrying(  # attempts 2..max (the one above was attempt 1)
+                    stop=stop_after_attempt(self.cfg.retry_max_attempts - 1)
+                    | stop_before_delay(self.cfg.retry_budget_seconds),
+                    wait=lambda state: wait(state.attempt_number + 1),
+                    sleep=sleep,
+                    retry=retry_if_result(bool),
+                    retry_error_callback=lambda state: last,
+                )(attempt)
+        except (_Stop, LimiterUnavailable):
+            requeue.update(r.message_id for r in last)
+            final = last
+        for r in final:
+            results[r.message_id] = r
+
+    async def _retry_recheck(self, pending: Sequence[OutboundMessage], docs: dict[str, dict[str, Any]]) -> set[str]:
+        """Before a retry: the ids whose contact was blocked or unsubscribed, or whose campaign was paused, since the
+        chunk's re-check. Nothing was accepted for them: they are given back to the queue (refunded) rather than
+        sent, and the claim-time checks / the next re-check end them CONTACT_BLOCKED or hold them."""
+        mine = [docs[m.id] for m in pending if m.id in docs]
+        if not mine:
+            return set()
+        contact_ids = sorted({d["contact_id"] for d in mine if d.get("contact_id") is not None})
+        campaign_ids = sorted({d["campaign_id"] for d in mine if d.get("campaign_id") is not None})
+        stopped, paused = await asyncio.gather(
+            checks.blocked_contacts(self.db, contact_ids), checks.paused_campaigns(self.db, campaign_ids)
+        )
+        out = {
+            d["_id"]
+            for d in mine
+            if (d.get("contact_id") in stopped and "opt_out" not in (d.get("overrides") or ()))
+            or d.get("campaign_id") in paused
+        }
+        if out:
+            self.counts["retry_rechecked_out"] += len(out)
+        return out
+
+    async def _retry_tokens(self, info: ListInfo, n: int) -> None:
+        lst = info.doc
+        if lst.rate_limit_per_minute <= 0:
+            return
+        grant = await self.limiter.acquire(lst.id, n, lst.rate_limit_per_minute, self.cfg.rate_limit_wait_seconds)
+        if not grant.granted:
+            raise LimiterUnavailable("no rate-limit token for a retry within the wait")
+        if grant.wait > 0:
+            self.counts["limiter_waits"] += 1
+            if await self._sleep(grant.wait):
+                raise _Stop()
+
+    async def _provider_trouble(self, info: ListInfo, n: int) -> None:
+        """Transient provider errors: slow the list down and count them toward a burst alert."""
+        self.counts["provider_transient"] += n
+        if info.doc.rate_limit_per_minute > 0:
+            try:
+                await self.limiter.penalize(info.id)
+                self.counts["slowdowns"] += 1
+            except LimiterUnavailable:
+                pass
+        event = self.outcomes.note_errors(info.id, info.driver.name, n)
+        if event is not None:
+            await self.outcomes.publish([event])

@@ -1,0 +1,242 @@
+"""Discord alerts: delivery failures, spam complaints, high error rates, campaign and limiter trouble.
+
+The component subscribes to the :class:`~trackly_exec.store.events.EventBus`; the subscriber only puts events on a
+bounded in-memory queue, so alerting never slows a sender. A background task groups what arrived by alert key,
+sends at most one message per key per ``alerts.min_interval_seconds`` (the rest is summarised as "+N more"),
+and honours Discord's 429 ``retry_after``. Every minute it also checks each sending list's failure share and
+raises ``high_error_rate`` above ``alerts.error_rate_threshold``. Without ``alerts.discord_webhook_url`` the
+alerts are only logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import utcnow
+from trackly_exec.store.phones import mask_text
+
+log = get_logger(__name__)
+
+COLOURS = {"info": 0x1E88E5, "warning": 0xF9A825, "critical": 0xC62828}
+QUEUE_LIMIT = 10_000
+MIN_FAILURES_FOR_RATE_ALERT = 10
+
+
+class Alerts:
+    """Discord alerting as a daemon component."""
+
+    name = "alerts"
+
+    def __init__(self, trackly: Any) -> None:
+        self.trackly = trackly
+        self.cfg = trackly.settings.alerts
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_LIMIT)
+        self.dropped = 0
+        self.sent_messages: list[dict[str, Any]] = []  # what was posted (or logged), newest last, capped
+        self._last_sent: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._blocked_until = 0.0
+        trackly.bus.subscribe(self.on_events)
+
+    # -- producer side ----------------------------------------------------------------------
+
+    async def on_events(self, events: Sequence[Event]) -> None:
+        for event in events:
+            try:
+                self.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self.dropped += 1
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for coro in (self._loop(), self._rate_loop()):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, grace: float) -> None:
+        self._stopping.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.run_until_idle(), timeout=min(grace, 5.0))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def run_until_idle(self) -> int:
+        """Send everything queued now (burst mode for tests); returns the number of alert messages sent."""
+        batch: list[Event] = []
+        while not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return await self._dispatch(batch)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            first = await self.queue.get()
+            await asyncio.sleep(1.0)  # gather a burst into one message
+            batch = [first]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._dispatch(batch)
+            except Exception as exc:
+                log.warning("alert_dispatch_failed", error=str(exc))
+
+    async def _rate_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(60)
+            with contextlib.suppress(Exception):
+                await self.check_error_rates()
+
+    # -- grouping and throttling --------------------------------------------------------------
+
+    async def _dispatch(self, events: list[Event]) -> int:
+        groups: dict[str, list[Event]] = defaultdict(list)
+        for e in events:
+            groups[e.key or str(e.kind)].append(e)
+        sent = 0
+        now = time.monotonic()
+        for key, group in groups.items():
+            last = self._last_sent.get(key)
+            if last is not None and now - last < self.cfg.min_interval_seconds:
+                self._suppressed[key] += len(group)
+                continue
+            extra = self._suppressed.pop(key, 0)
+            self._last_sent[key] = now
+            await self._name(group[0])
+            await self._post(self._format(group, extra))
+            sent += 1
+        return sent
+
+    async def _name(self, event: Event) -> None:
+        """Put the campaign's and the sending list's names first in the event's fields (not just their ids)."""
+        from trackly_exec.store.names import names
+
+        named: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            for field, coll, title in (
+                ("campaign_id", c.CAMPAIGNS, "campaign"),
+                ("sending_list_id", c.SENDING_LISTS, "sending list"),
+            ):
+                value = event.data.get(field)
+                if isinstance(value, int) and value > 0 and title not in event.data:
+                    name = (await names(self.trackly.db, coll, [value]))[value]
+                    named[title] = name if name == f"{title} {value}" else f"{name} ({value})"
+        if named:
+            event.data = {**named, **event.data}
+
+    def _format(self, group: list[Event], suppressed: int) -> dict[str, Any]:
+        head = group[0]
+        severity = max(
+            (e.severity for e in group),
+            key=lambda s: ["info", "warning", "critical"].index(s) if s in ("info", "warning", "critical") else 1,
+        )
+        if head.kind == EventKind.FAILED_MESSAGE and len(group) > 1:
+            reasons = Counter(str(e.data.get("reason")) for e in group)
+            title = f"{len(group)} messages dead-lettered"
+            description = ", ".join(f"{r}: {n}" for r, n in reasons.most_common())
+        else:
+            title = str(head.kind).replace("_", " ")
+            description = head.message + (f"\n(+{len(group) - 1} more like this)" if len(group) > 1 else "")
+        if suppressed:
+            description += f"\n(+{suppressed} more since the last alert of this kind)"
+        fields = [
+            {"name": k, "value": mask_text(str(v))[:1000], "inline": True} for k, v in list(head.data.items())[:8]
+        ]
+        description = mask_text(description)
+        return {
+            "username": "trackly-exec",
+            "embeds": [
+                {
+                    "title": title[:256],
+                    "description": description[:4000],
+                    "color": COLOURS.get(severity, 0xF9A825),
+                    "fields": fields,
+                    "timestamp": head.created_at.isoformat(),
+                    "footer": {"text": self.trackly.instance},
+                }
+            ],
+        }
+
+    async def _post(self, payload: dict[str, Any]) -> None:
+        self.sent_messages = [*self.sent_messages, payload][-100:]
+        url = self.cfg.discord_webhook_url
+        embed = payload["embeds"][0]
+        if url is None:
+            log.warning("alert", title=embed["title"], description=embed["description"])
+            return
+        wait = self._blocked_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(min(wait, 30))
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        for _attempt in range(3):
+            try:
+                async with self._session.post(url.get_secret_value(), json=payload) as resp:
+                    if resp.status == 429:
+                        body = await resp.json(content_type=None)
+                        retry = float(body.get("retry_after", 1.0)) if isinstance(body, dict) else 1.0
+                        self._blocked_until = time.monotonic() + retry
+                        await asyncio.sleep(min(retry, 30))
+                        continue
+                    if resp.status >= 500:
+                        await asyncio.sleep(1)
+                        continue
+                    if resp.status >= 400:
+                        log.warning("discord_rejected_alert", status=resp.status)
+                    return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("discord_unreachable", error=str(exc))
+                await asyncio.sleep(1)
+        log.warning("alert_not_delivered", title=embed["title"])
+
+    # -- error-rate watch ---------------------------------------------------------------------
+
+    async def check_error_rates(self, window_seconds: int = 60) -> list[Event]:
+        """Publish ``high_error_rate`` for lists whose failure share over the window passes the threshold."""
+        store = self.trackly.store
+        since = utcnow() - dt.timedelta(seconds=window_seconds)
+        failed: Counter[int] = Counter()
+        sent: Counter[int] = Counter()
+        async for row in await store[c.FAILED].aggregate(
+            [{"$match": {"failed_at": {"$gte": since}}}, {"$group": {"_id": "$sending_list_id", "n": {"$sum": 1}}}]
+        ):
+            with contextlib.suppress(TypeError, ValueError):
+                failed[int(row["_id"])] += int(row["n"])
+        async for row in await store[c.SENT].aggregate(
+            [{"$match": {"timestamp": {"$gte": since}}}, {"$group": {"_id": "$sending_list_id", "n": {"$sum": 1}}}]
+        ):
+            with contextlib.suppress(TypeError, ValueError):
+                sent[int(row["_id"])] += int(row["n"])
+        events = []
+        for list_id, f in failed.items():
+            total = f + sent[list_id]
+            if f >= MIN_FAILURES_FOR_RATE_ALERT and f / total >= self.cfg.error_rate_threshold:
+                events.append(
+                    Event(
+                        kind=EventKind.HIGH_ERROR_RATE,
+                        severity="critical",
+                        key=f"high_error_rate:{list_id}",
+                        message=f"sending list {list_id}: {f} of {total} messages failed in the last minute",
+                        data={"sending_list_id": list_id, "failed": f, "total": total},
+                    )
+                )
+        if events:
+            await self.trackly.bus.publish(*events)
+        return events

@@ -1,0 +1,148 @@
+"""The MongoDB store: connection (embedded or real), indexes, integer id sequences.
+
+Only what both nx-27017 and MongoDB support is used: plain CRUD, ``find_one_and_update`` with ``$inc``,
+``update_many`` with ``$in``, unordered ``insert_many``, unique indexes, simple ``aggregate``. Not used:
+pipeline updates, ``$addToSet``, TTL expiry, multi-document transactions (a standalone mongod lacks them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from trackly_exec.config import Settings
+from trackly_exec.errors import StoreError
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store.embedded import EmbeddedMongo
+
+log = get_logger(__name__)
+
+#: Every index, per collection. Created idempotently at start-up and by ``trackly init-db``.
+INDEXES: dict[str, list[IndexModel]] = {
+    c.SENDING_LISTS: [IndexModel([("account_id", ASCENDING)])],
+    c.CONTACTS: [
+        IndexModel([("sending_list_id", ASCENDING), ("phone", ASCENDING)], unique=True, name="list_phone_unique"),
+        # no "_id" inside compound indexes: nx-27017 then refuses every insert ("JSON path error near '_id'")
+        IndexModel([("sending_list_id", ASCENDING)]),
+    ],
+    c.AUDIENCES: [IndexModel([("sending_list_id", ASCENDING)])],
+    c.CREATIVES: [IndexModel([("account_id", ASCENDING)])],
+    c.CAMPAIGNS: [IndexModel([("status", ASCENDING), ("next_run_at", ASCENDING)])],
+    c.EXECUTIONS: [
+        IndexModel([("occurrence_key", ASCENDING)], unique=True, name="occurrence_unique"),
+        IndexModel([("campaign_id", ASCENDING), ("scheduled_for", DESCENDING)]),
+        IndexModel([("status", ASCENDING)]),
+    ],
+    c.QUEUED: [
+        IndexModel(
+            [("execution_id", ASCENDING), ("contact_id", ASCENDING)], unique=True, name="execution_contact_unique"
+        ),
+        IndexModel([("sending_list_id", ASCENDING), ("claimed_by", ASCENDING), ("sendtime", ASCENDING)]),
+        IndexModel([("claimed_by", ASCENDING), ("claimed_at", ASCENDING)]),
+        IndexModel([("sendtime", ASCENDING)]),
+    ],
+    c.SENT: [
+        IndexModel([("provider", ASCENDING), ("provider_message_id", ASCENDING)]),
+        IndexModel([("execution_id", ASCENDING), ("contact_id", ASCENDING)]),
+        IndexModel([("campaign_id", ASCENDING)]),
+        IndexModel([("sending_list_id", ASCENDING), ("timestamp", DESCENDING)]),
+        IndexModel([("to_number", ASCENDING)]),  # message log by phone
+    ],
+    c.FAILED: [
+        IndexModel([("reason", ASCENDING)]),
+        IndexModel([("execution_id", ASCENDING), ("contact_id", ASCENDING)]),
+        IndexModel([("campaign_id", ASCENDING)]),
+        IndexModel([("to_number", ASCENDING)]),  # message log by phone
+        IndexModel([("failed_at", DESCENDING)]),  # dead letters by time
+    ],
+    c.SHORT_LINKS: [IndexModel([("message_id", ASCENDING)]), IndexModel([("campaign_id", ASCENDING)])],
+    c.CLICKS: [IndexModel([("campaign_id", ASCENDING)]), IndexModel([("code", ASCENDING)])],
+    c.DELIVERY_REPORTS: [IndexModel([("received_at", ASCENDING)])],
+    c.OUTBOX: [IndexModel([("next_attempt_at", ASCENDING)]), IndexModel([("status", ASCENDING)])],
+    c.EVENTS: [IndexModel([("created_at", DESCENDING)]), IndexModel([("kind", ASCENDING)])],
+    c.INBOUND: [IndexModel([("received_at", DESCENDING)])],
+    c.RESERVATIONS: [IndexModel([("message_id", ASCENDING)])],
+}
+
+
+class Store:
+    """A connected database, plus the embedded server when ``mongo.uri = "embedded"``."""
+
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        db: AsyncDatabase[dict[str, Any]],
+        embedded: EmbeddedMongo | None = None,
+    ) -> None:
+        self.client = client
+        self.db = db
+        self.embedded = embedded
+
+    def __getitem__(self, name: str) -> Any:
+        return self.db[name]
+
+    @classmethod
+    async def open(cls, settings: Settings, *, create_indexes: bool = True) -> Store:
+        """Start the embedded server if configured, connect, wait until it answers, create indexes."""
+        embedded: EmbeddedMongo | None = None
+        if settings.mongo.embedded:
+            embedded = EmbeddedMongo(
+                settings.daemon.data_dir, port=settings.mongo.embedded_port, in_memory=settings.mongo.embedded_in_memory
+            )
+            await embedded.astart(settings.mongo.connect_timeout_seconds)
+            uri = embedded.uri
+        else:
+            uri = settings.mongo.uri.get_secret_value()
+        store = await cls.connect(
+            uri, settings.mongo.database, timeout=settings.mongo.connect_timeout_seconds, embedded=embedded
+        )
+        if create_indexes:
+            await store.ensure_indexes()
+        return store
+
+    @classmethod
+    async def connect(
+        cls, uri: str, database: str, *, timeout: float = 15.0, embedded: EmbeddedMongo | None = None
+    ) -> Store:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=int(timeout * 1000), appname="trackly-exec"
+        )
+        try:
+            await client.admin.command("ping")
+        except PyMongoError as exc:
+            await client.close()
+            if embedded:
+                embedded.stop()
+            raise StoreError(f"cannot reach MongoDB: {exc}") from exc
+        return cls(client, client[database], embedded)
+
+    async def ensure_indexes(self) -> None:
+        for name, models in INDEXES.items():
+            await self.db[name].create_indexes(models)
+        log.debug("indexes_ready", collections=len(INDEXES))
+
+    async def next_ids(self, name: str, n: int = 1) -> list[int]:
+        """Reserve ``n`` consecutive integer ids of sequence ``name``."""
+        doc = await self.db[c.COUNTERS].find_one_and_update(
+            {"_id": name}, {"$inc": {"seq": n}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        assert doc is not None  # an upsert returning the document AFTER always has one
+        end = int(doc["seq"])
+        return list(range(end - n + 1, end + 1))
+
+    async def next_id(self, name: str) -> int:
+        return (await self.next_ids(name, 1))[0]
+
+    async def drop_all(self, names: Sequence[str] = c.ALL_COLLECTIONS) -> None:
+        for name in names:
+            await self.db[name].delete_many({})
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.embedded:
+            self.embedded.stop()

@@ -1,0 +1,327 @@
+"""The stored documents, modelled with pydantic.
+
+Entity ids (accounts, lists, contacts, audiences, creatives, campaigns, executions) are integers from the
+``counters`` collection, as in the product document's webhook payload (``"account": 12``). Message ids are
+strings; a message keeps its id from QueuedTextMessage to MessageSent or FailedMessage, where it is ``_id``,
+so one message can never have two MessageSent records.
+
+Field names are snake_case in MongoDB; the customer webhook uses the product document's camelCase.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import secrets
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def utcnow() -> dt.datetime:
+    """Now, in UTC, at millisecond precision (what BSON dates keep)."""
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def new_message_id() -> str:
+    """A 16-hex-character random message id (unguessable, fits every provider's reference field)."""
+    return secrets.token_hex(8)
+
+
+class Document(BaseModel):
+    """Base of stored documents: ``id`` is stored as ``_id``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    collection: ClassVar[str] = ""
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = self.model_dump(mode="python", by_alias=False)
+        doc["_id"] = doc.pop("id")
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Self:
+        data = dict(doc)
+        data["id"] = data.pop("_id")
+        return cls.model_validate(data)
+
+
+# --------------------------------------------------------------------------------------------- enums
+
+
+class FailureReason(enum.StrEnum):
+    STALE = "STALE"  # older than 30 minutes past its sendtime
+    BLOCKED_CONTENT = "BLOCKED_CONTENT"  # contains a blocked word
+    CONTACT_BLOCKED = "CONTACT_BLOCKED"  # unsubscribed or on the block list at send time
+    RATE_LIMIT_TIMEOUT = "RATE_LIMIT_TIMEOUT"  # no rate-limit token within the configured wait
+    PROVIDER_ERROR = "PROVIDER_ERROR"  # the provider refused, or transient errors outlasted the budget
+    NO_RESPONSE = "NO_RESPONSE"  # outcome unknown: the provider may have accepted it
+    BILLING_BLOCKED = "BILLING_BLOCKED"  # balance insufficient for 60 minutes
+
+
+class ExecutionStatus(enum.StrEnum):
+    PENDING = "pending"
+    EVALUATING = "evaluating"
+    QUEUED = "queued"  # every message is queued; the executor takes it from here
+    COMPLETED = "completed"  # nothing left in the queue for it
+    FAILED = "failed"  # validation failed; see ``reason``
+    SKIPPED = "skipped"  # occurrence too late (after downtime); see ``reason``
+
+
+class CampaignStatus(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DONE = "done"
+
+
+#: What pause and resume do, word for word the same in the CLI help, the OpenAPI document and the README.
+PAUSE_DESCRIPTION = (
+    "Pause: no new occurrences or triggers, and its queued messages wait (claimed ones too, held right before "
+    "their send); nothing is re-sent or skipped"
+)
+RESUME_DESCRIPTION = (
+    "Resume: the held messages are due again now, and the next cron occurrence is counted from now "
+    "(no burst of missed ones)"
+)
+
+
+# --------------------------------------------------------------------------------------------- entities
+
+
+class Account(Document):
+    collection: ClassVar[str] = "accounts"
+    id: int
+    name: str
+    balance: float = 0.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    filter_bots: bool = False  # the account's click stats exclude bot clicks; sent as `filterBots`
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class QuietHours(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: str = Field("08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field("21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    default_timezone: str = "America/New_York"
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from trackly_exec.store.quiethours import check_timezone
+
+        return check_timezone(v) or v
+
+
+class SendingList(Document):
+    collection: ClassVar[str] = "sending_lists"
+    id: int
+    account_id: int
+    name: str
+    driver: str
+    driver_settings: dict[str, Any] = Field(default_factory=dict)
+    from_number: str
+    rate_limit_per_minute: int = 17000
+    cooldown_minutes: float = 0
+    quiet_hours: QuietHours = Field(default_factory=QuietHours)
+    blocked_words: list[str] = Field(default_factory=list)
+    price_per_segment: float = 0.0
+    active: bool = True
+    opt_out_footer: str | None = None
+    help_text: str | None = None
+    description: str | None = None
+    archived: bool = False  # retired: hidden from lists, cannot be used by a campaign
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Contact(Document):
+    collection: ClassVar[str] = "contacts"
+    id: int
+    sending_list_id: int
+    phone: str  # E.164, normalised
+    first_name: str | None = None
+    last_name: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    timezone: str | None = None
+    subscribed: bool = True
+    blocked: bool = False
+    in_workflow: bool = False
+    last_sent_at: dt.datetime | None = None
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Audience(Document):
+    collection: ClassVar[str] = "audiences"
+    id: int
+    sending_list_id: int
+    name: str
+    filter: dict[str, Any] | None = None  # whitelisted operators only (see audience.py)
+    contact_ids: list[int] | None = None
+    description: str | None = None
+    archived: bool = False
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1, max_length=64)
+    body: str = Field(min_length=1)
+    weight: float = Field(1.0, ge=0)
+
+
+class Creative(Document):
+    collection: ClassVar[str] = "creatives"
+    id: int
+    account_id: int
+    name: str
+    variants: list[Variant]
+    selection: Literal["split", "learned"] = "split"
+    description: str | None = None
+    archived: bool = False
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: dt.datetime | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+
+
+class Campaign(Document):
+    collection: ClassVar[str] = "campaigns"
+    id: int
+    name: str = ""  # "" on records made before names: shown as "campaign <id>"
+    description: str | None = None
+    account_id: int
+    sending_list_id: int
+    audience_ids: list[int]
+    creative_id: int
+    schedule: Schedule = Field(default_factory=Schedule)
+    exclude_in_workflow: bool = False
+    quiet_hours_policy: Literal["exclude", "hold"] = "exclude"
+    track_links: bool = False
+    status: CampaignStatus = CampaignStatus.ACTIVE
+    next_run_at: dt.datetime | None = None
+    end_at: dt.datetime | None = None  # a recurring campaign has no occurrence after this
+    archived: bool = False  # retired: hidden from lists, cannot be triggered
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Execution(Document):
+    collection: ClassVar[str] = "executions"
+    id: int
+    campaign_id: int
+    account_id: int
+    sending_list_id: int
+    occurrence_key: str  # unique: "<campaign>:<scheduled_for iso>" or "<campaign>:manual:<n>"
+    scheduled_for: dt.datetime
+    status: ExecutionStatus = ExecutionStatus.PENDING
+    reason: str | None = None
+    counts: dict[str, Any] = Field(default_factory=dict)  # per_audience, overlap, unique, skipped{reason: n}, queued
+    triggered_at: dt.datetime = Field(default_factory=utcnow)
+    evaluated_at: dt.datetime | None = None
+    queued_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    lease_owner: str | None = None  # the evaluating process ("<instance>:<run id>")
+    heartbeat_at: dt.datetime | None = None  # renewed every batch; stale -> another scheduler resumes it
+    attempts: int = 0  # evaluation attempts (1 + resumes)
+    message_key: str = Field(default_factory=lambda: secrets.token_hex(16))  # message ids = HMAC(key, contact id)
+
+
+# --------------------------------------------------------------------------------------------- messages
+
+
+class MessageFields(BaseModel):
+    """What every message record carries, from queue to MessageSent / FailedMessage."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    account_id: int
+    sending_list_id: int
+    campaign_id: int | None = None
+    execution_id: int | None = None
+    contact_id: int | None = None
+    creative_id: int | None = None
+    variant_key: str | None = None
+    from_number: str
+    to_number: str
+    body: str
+    length: int
+    segments: int = 1
+    encoding: Literal["GSM-7", "UCS-2"] = "GSM-7"
+    send_type: str = "campaign"  # "campaign", or "test" (trackly_exec.campaigns.testsend)
+    overrides: list[str] | None = None  # test sends only: checks lifted on request ("opt_out", "quiet_hours")
+    sendtime: dt.datetime
+
+
+class QueuedTextMessage(MessageFields, Document):
+    collection: ClassVar[str] = "queued_text_messages"
+    id: str = Field(default_factory=new_message_id)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    not_before: dt.datetime | None = None  # backoff (billing, transient provider errors, quiet-hours hold)
+    claimed_by: str | None = None  # claim token: "<instance>:<uuid>"; every later write is fenced on it
+    claimed_at: dt.datetime | None = None
+    sending_at: dt.datetime | None = None  # send intent: set (fenced) just before the provider call
+    billing_blocked_since: dt.datetime | None = None
+    paused: bool = False  # held because its campaign is paused (queue.hold_campaign)
+    throttled_until: dt.datetime | None = None  # the not_before of a provider-storm hold (429 / transient errors)
+    throttled_due: dt.datetime | None = None  # ... and the due time it kept: staleness is counted from it
+    attempts: int = 0
+
+
+class MessageSent(MessageFields, Document):
+    """Tristates: ``submitted`` None (not yet processed) / True (accepted) / False (rejected);
+    ``delivered`` None (unknown) / True (delivered to handset) / False (delivery failed)."""
+
+    collection: ClassVar[str] = "message_sent"
+    id: str
+    submitted: bool | None = True
+    delivered: bool | None = None
+    provider: str
+    provider_message_id: str | None = None
+    cost: float = 0.0
+    timestamp: dt.datetime = Field(default_factory=utcnow)  # when the provider accepted it
+    delivery_status: str | None = None
+    delivery_error_code: str | None = None
+    delivered_at: dt.datetime | None = None
+    spam: bool = False
+    resolved_from_no_response: bool = False
+    delivery_batch: str | None = None  # the report-ingestion call that last changed the delivery fields
+
+
+class FailedMessage(MessageFields, Document):
+    collection: ClassVar[str] = "failed_messages"
+    id: str
+    reason: FailureReason
+    detail: str = ""
+    provider: str | None = None
+    provider_code: str | None = None
+    ambiguous: bool = False  # NO_RESPONSE: the provider may have accepted it
+    spam: bool = False  # PROVIDER_ERROR: the provider flagged it as carrier spam
+    opted_out: bool = False  # PROVIDER_ERROR: the recipient had opted out at the provider
+    failed_at: dt.datetime = Field(default_factory=utcnow)
+    # NO_RESPONSE reconciliation (reconcile.py): when the send was attempted, when to ask the provider next
+    # (None: not planned), the pass holding it, look-ups so far, and "pending" / "unsupported" / "expired" /
+    # "releasing" (being handed back to the queue).
+    attempted_at: dt.datetime | None = None
+    reconcile_at: dt.datetime | None = None
+    reconcile_by: str | None = None
+    lookups: int = 0
+    reconcile_state: str | None = None
+
+
+class MessageShortLink(Document):
+    collection: ClassVar[str] = "message_short_links"
+    id: str  # the short code
+    message_id: str
+    destination: str
+    account_id: int
+    campaign_id: int | None = None
+    execution_id: int | None = None
+    creative_id: int | None = None
+    variant_key: str | None = None
+    contact_id: int | None = None
+    clicks: int = 0
+    human_clicks: int = 0
+    created_at: dt.datetime = Field(default_factory=utcnow)

@@ -1,0 +1,156 @@
+"""Clicks on tracked short links: recording, bot detection, click rates per campaign and per variant.
+
+A click is stored in ``link_clicks`` as ``{_id, code, message_id, account_id, campaign_id, execution_id,
+creative_id, variant_key, at, user_agent, ip_hash, bot, bot_reason}`` (``ip_hash`` = sha256(salt + IP), the salt
+being ``tracking.ip_hash_salt``; the IP itself is never stored) and counted on the MessageShortLink (``clicks``,
+``human_clicks``). It is flagged ``bot`` when:
+
+- the user agent is a link-preview fetcher, crawler or HTTP library (:data:`BOT_UA`), or is empty;
+- the request is a HEAD (previews and link checkers);
+- it arrives within ``tracking.bot_click_seconds`` of the message's delivery (of its send when no delivery
+  time is known), before or after: no human reads and taps that fast.
+
+:func:`click_stats` gives clicked messages / sent messages per campaign (or creative) and per variant,
+bot-filtered or not; learned variant selection and the stats API read it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from typing import Any
+
+from bson import ObjectId
+
+from trackly_exec.app import Trackly
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store.models import utcnow
+
+log = get_logger(__name__)
+
+#: User-agent fragments of link previews, crawlers, scanners and HTTP libraries (case-insensitive).
+BOT_UA = re.compile(
+    r"bot\b|bot/|crawl|spider|slurp|preview|facebookexternalhit|facebookcatalog|whatsapp|telegrambot|discordbot|"
+    r"linkedinbot|slackbot|twitterbot|googlebot|bingbot|applebot|skypeuripreview|embedly|pinterest|vkshare|"
+    r"redditbot|yandex|baiduspider|duckduckbot|ahrefs|semrush|headlesschrome|phantomjs|lighthouse|"
+    r"curl/|wget/|python-requests|python-urllib|python-httpx|aiohttp|go-http-client|java/|okhttp|libwww-perl|"
+    r"httpclient|axios/|node-fetch|postman|scrapy|monitor|uptime|validator|scanner|proofpoint|mimecast|barracuda|"
+    r"safelinks|urldefense|google-inspectiontool|googleother",
+    re.IGNORECASE,
+)
+
+
+def bot_user_agent(user_agent: str | None) -> str | None:
+    """Why ``user_agent`` is a bot (``"user_agent:slackbot"``), or None for a browser."""
+    ua = (user_agent or "").strip()
+    if not ua:
+        return "empty_user_agent"
+    m = BOT_UA.search(ua)
+    return f"user_agent:{m.group(0).lower().rstrip('/')}" if m else None
+
+
+def ip_hash(salt: str, ip: str | None) -> str | None:
+    """sha256(salt + IP), hex; None without an IP."""
+    if not ip:
+        return None
+    return hashlib.sha256((salt + ip).encode()).hexdigest()
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+async def record_click(
+    trackly: Trackly,
+    link: dict[str, Any],
+    *,
+    user_agent: str | None,
+    ip: str | None,
+    method: str = "GET",
+    at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Store one click on ``link`` (a MessageShortLink document) and count it; returns the click document."""
+    at = at or utcnow()
+    reason = "head_request" if method.upper() == "HEAD" else bot_user_agent(user_agent)
+    if reason is None and trackly.settings.tracking.bot_click_seconds > 0:
+        sent = await trackly.store[c.SENT].find_one({"_id": link["message_id"]}, {"delivered_at": 1, "timestamp": 1})
+        if sent is not None:
+            ref, what = (_aware(sent.get("delivered_at")), "delivery")
+            if ref is None:
+                ref, what = (_aware(sent.get("timestamp")), "send")
+            # |delta|: a click a moment *before* the recorded delivery is as implausible (clock skew, minute-
+            # precision carrier times); one long before it just means the report arrived late.
+            if ref is not None and abs((at - ref).total_seconds()) < trackly.settings.tracking.bot_click_seconds:
+                reason = f"too_soon_after_{what}"
+    click = {
+        "_id": ObjectId(),
+        "code": link["_id"],
+        "message_id": link["message_id"],
+        "account_id": link.get("account_id"),
+        "campaign_id": link.get("campaign_id"),
+        "execution_id": link.get("execution_id"),
+        "creative_id": link.get("creative_id"),
+        "variant_key": link.get("variant_key"),
+        "contact_id": link.get("contact_id"),
+        "at": at,
+        "user_agent": (user_agent or "")[:512],
+        "ip_hash": ip_hash(trackly.settings.tracking.ip_hash_salt.get_secret_value(), ip),
+        "bot": reason is not None,
+        "bot_reason": reason,
+    }
+    await trackly.store[c.CLICKS].insert_one(click)
+    await trackly.store[c.SHORT_LINKS].update_one(
+        {"_id": link["_id"]}, {"$inc": {"clicks": 1, "human_clicks": 0 if click["bot"] else 1}}
+    )
+    return click
+
+
+def _rate(clicked: int, sent: int) -> float:
+    return round(clicked / sent, 6) if sent else 0.0
+
+
+async def click_stats(
+    store: Any, *, campaign_id: int | None = None, creative_id: int | None = None, filter_bots: bool = True
+) -> dict[str, Any]:
+    """Click rate (clicked messages / sent messages) for a campaign and/or creative, overall and per variant.
+
+    ``{"campaign_id", "creative_id", "filter_bots", "sent", "clicked", "rate",
+    "variants": {"<variant key>": {"sent", "clicked", "rate"}}}``; with ``filter_bots`` only human clicks count.
+    """
+    match: dict[str, Any] = {}
+    if campaign_id is not None:
+        match["campaign_id"] = campaign_id
+    if creative_id is not None:
+        match["creative_id"] = creative_id
+    sent_match = {**match, "submitted": {"$ne": False}}
+    rows = await (
+        await store[c.SENT].aggregate([{"$match": sent_match}, {"$group": {"_id": "$variant_key", "n": {"$sum": 1}}}])
+    ).to_list(None)
+    sent_by_variant: dict[str, int] = {}
+    total_sent = 0
+    for row in rows:
+        total_sent += int(row["n"])
+        if row["_id"] is not None:
+            key = str(row["_id"])
+            sent_by_variant[key] = sent_by_variant.get(key, 0) + int(row["n"])
+    click_match = {**match, **({"bot": False} if filter_bots else {})}
+    total_clicked = len(await store[c.CLICKS].distinct("message_id", click_match))
+    variants: dict[str, dict[str, Any]] = {}
+    click_keys = {str(k) for k in await store[c.CLICKS].distinct("variant_key", click_match) if k is not None}
+    for key in sorted(set(sent_by_variant) | click_keys):
+        clicked = len(await store[c.CLICKS].distinct("message_id", {**click_match, "variant_key": key}))
+        sent = sent_by_variant.get(key, 0)
+        variants[key] = {"sent": sent, "clicked": clicked, "rate": _rate(clicked, sent)}
+    return {
+        "campaign_id": campaign_id,
+        "creative_id": creative_id,
+        "filter_bots": filter_bots,
+        "sent": total_sent,
+        "clicked": total_clicked,
+        "rate": _rate(total_clicked, total_sent),
+        "variants": variants,
+    }

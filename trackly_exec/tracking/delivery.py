@@ -1,0 +1,357 @@
+"""Delivery reports onto MessageSent: matching, the ``delivered`` tristate, NO_RESPONSE resolution, side effects.
+
+One webhook request (up to 100 Infobip reports, one Twilio callback, one CM report) is one :func:`ingest` call
+and a handful of round trips, whatever the number of reports:
+
+1. read the matching MessageSent documents (by our message id, else by (provider instance, provider message id));
+2. read NO_RESPONSE FailedMessage documents for the ids MessageSent lacks;
+3. one ``bulk_write`` of ``UpdateOne({"_id": id, "delivered": None}, {"$set": ...})``: the filter makes every
+   update monotonic and idempotent (a final state never changes; duplicates, out-of-order and days-late reports
+   are no-ops; an intermediate report only moves ``delivery_status`` while ``delivered`` is still None);
+4. NO_RESPONSE resolution: insert the MessageSent (``submitted=True``, ``resolved_from_no_response=True``,
+   fields copied from the FailedMessage) then delete the FailedMessage, so exactly one record remains;
+5. side effects of the state changes this call made: customer-webhook events (one outbox document per account),
+   opted-out contacts unsubscribed, ``spam_complaint`` and ``delivery_failure`` events, each batched.
+
+Reports for unknown ids are counted, logged and dropped: nothing is created for them. A report for a message
+still in the queue (the provider answered the send and reported before the executor recorded it) is counted as
+``pending`` and parked in ``delivery_reports``; :mod:`trackly_exec.tracking.parked` applies it once the message is
+recorded (providers that never retry, such as Twilio, lose nothing).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
+
+from trackly_exec.app import Trackly
+from trackly_exec.drivers.contract import DeliveryReport
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import FailureReason, MessageFields, MessageSent, utcnow
+from trackly_exec.tracking.customer_webhook import event_id, outbox_documents, webhook_payload
+
+log = get_logger(__name__)
+
+#: Projection of the MessageSent read: whole documents (they are small; nx-27017 applies projections in
+#: Python, which made the read ~25% slower than fetching everything).
+_SENT_FIELDS: dict[str, int] | None = None
+
+
+@dataclass
+class IngestResult:
+    """What one :func:`ingest` call did."""
+
+    received: int = 0
+    matched: int = 0
+    updated: int = 0  # state changes: final states recorded plus intermediate statuses moved
+    final: int = 0  # final states recorded (delivered True/False), resolutions included
+    ignored: int = 0  # matched, but already final (duplicate, out of order, late)
+    unknown: int = 0
+    resolved: int = 0  # NO_RESPONSE messages turned into MessageSent
+    pending: int = 0  # reports for messages still in the queue (the provider was faster than our record)
+    outbox: int = 0
+    unknown_ids: list[str] = field(default_factory=list)
+    pending_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_ids")}
+
+
+def _collapse(reports: Iterable[DeliveryReport]) -> list[DeliveryReport]:
+    """One report per message: the first final one in the request, else the last intermediate one."""
+    chosen: dict[tuple[str, str], DeliveryReport] = {}
+    for r in reports:
+        if r.message_id:
+            key = ("id", r.message_id)
+        elif r.provider_message_id:
+            key = ("pid", r.provider_message_id)
+        else:
+            continue
+        prev = chosen.get(key)
+        if prev is None or (prev.delivered is None):
+            chosen[key] = r
+    return list(chosen.values())
+
+
+def _delivery_set(r: DeliveryReport, now: dt.datetime) -> dict[str, Any]:
+    """The ``$set`` a report makes on a message whose ``delivered`` is still None."""
+    out: dict[str, Any] = {"delivery_status": r.status}
+    if r.delivered is not None:
+        out.update(delivered=r.delivered, delivery_error_code=r.error_code, delivered_at=_aware(r.done_at) or now)
+    if r.spam:
+        out["spam"] = True
+    return out
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    value = value.astimezone(dt.UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+async def ingest(
+    trackly: Trackly, provider: str, reports: Sequence[DeliveryReport], *, park: bool = True
+) -> IngestResult:
+    """Apply a batch of ``provider``'s (driver instance name) reports; see the module docstring. Reports for
+    messages still in the queue are parked (``park=False``: only listed in ``pending_ids``)."""
+    res = IngestResult(received=len(reports))
+    reports = _collapse(reports)
+    if not reports:
+        return res
+    db = trackly.store
+    now = utcnow()
+    allowed = {provider, trackly.drivers.entry_point(provider)}
+    batch = uuid.uuid4().hex  # marks this call's updates: after a race, the ones it won are exactly these
+
+    # 1. MessageSent by our id, else by the provider's id.
+    ids = [r.message_id for r in reports if r.message_id]
+    pids = [r.provider_message_id for r in reports if not r.message_id and r.provider_message_id]
+    sent: dict[str, dict[str, Any]] = {}
+    by_pid: dict[str, dict[str, Any]] = {}
+    if ids:
+        for doc in await db[c.SENT].find({"_id": {"$in": ids}}, _SENT_FIELDS).to_list(None):
+            sent[doc["_id"]] = doc
+    if pids:
+        for doc in (
+            await db[c.SENT]
+            .find({"provider": {"$in": sorted(allowed)}, "provider_message_id": {"$in": pids}}, _SENT_FIELDS)
+            .to_list(None)
+        ):
+            by_pid[doc["provider_message_id"]] = doc
+
+    # 2. NO_RESPONSE dead letters for the ids MessageSent lacks.
+    missing = [i for i in ids if i not in sent]
+    failed: dict[str, dict[str, Any]] = {}
+    if missing:
+        for doc in (
+            await db[c.FAILED].find({"_id": {"$in": missing}, "reason": str(FailureReason.NO_RESPONSE)}).to_list(None)
+        ):
+            if doc.get("provider") in (None, *allowed):
+                failed[doc["_id"]] = doc
+    in_queue: set[str] = set()
+    if len(failed) < len(missing):
+        rest = [i for i in missing if i not in failed]
+        in_queue = {d["_id"] for d in await db[c.QUEUED].find({"_id": {"$in": rest}}, {"_id": 1}).to_list(None)}
+
+    ops: list[UpdateOne] = []
+    planned: list[tuple[DeliveryReport, dict[str, Any]]] = []  # (report, message doc) of each update
+    resolutions: list[tuple[DeliveryReport, dict[str, Any]]] = []
+    stale_dead_letters: list[str] = []
+    for r in reports:
+        doc = sent.get(r.message_id) if r.message_id else by_pid.get(r.provider_message_id or "")
+        if doc is None:
+            if r.message_id and r.message_id in failed:
+                resolutions.append((r, failed[r.message_id]))
+                res.matched += 1
+                continue
+            if r.message_id and r.message_id in in_queue:
+                res.pending += 1
+                res.pending_ids.append(r.message_id)
+                continue
+            res.unknown += 1
+            res.unknown_ids.append(r.message_id or f"provider:{r.provider_message_id}")
+            continue
+        if doc.get("provider") not in allowed:
+            res.unknown += 1
+            res.unknown_ids.append(doc["_id"])
+            log.warning(
+                "delivery_report_provider_mismatch",
+                message_id=doc["_id"],
+                provider=provider,
+                recorded=doc.get("provider"),
+            )
+            continue
+        res.matched += 1
+        if doc.get("resolved_from_no_response"):
+            stale_dead_letters.append(doc["_id"])
+        if doc.get("delivered") is not None:
+            res.ignored += 1
+            continue
+        change = {**_delivery_set(r, now), "delivery_batch": batch}
+        ops.append(UpdateOne({"_id": doc["_id"], "delivered": None}, {"$set": change}))
+        planned.append((r, doc))
+
+    if park and res.pending_ids:
+        await park_reports(trackly, provider, [r for r in reports if r.message_id in set(res.pending_ids)], now)
+
+    # 3. The state changes, one round trip.
+    applied = planned
+    if ops:
+        result = await db[c.SENT].bulk_write(ops, ordered=False)
+        if result.matched_count != len(ops):
+            applied = await _still_applied(trackly, planned, batch)
+            res.ignored += len(planned) - len(applied)
+    res.updated += len(applied)
+
+    # 4. NO_RESPONSE resolutions.
+    resolved = await _resolve(trackly, provider, resolutions, now) if resolutions else []
+    res.resolved = len(resolved)
+    res.updated += len(resolved)
+    cleanup = stale_dead_letters + [doc["_id"] for _, doc in resolved]
+    if cleanup:
+        await db[c.FAILED].delete_many({"_id": {"$in": cleanup}, "reason": str(FailureReason.NO_RESPONSE)})
+
+    # 5. Side effects of what changed.
+    changed = applied + resolved
+    finals = [(r, doc) for r, doc in changed if r.delivered is not None]
+    res.final = len(finals)
+    if finals:
+        res.outbox = await _write_outbox(trackly, finals, now)
+    await _unsubscribe(trackly, [doc for r, doc in changed if r.opted_out])
+    await _publish(trackly, provider, changed)
+    if res.unknown:
+        log.info("delivery_reports_unknown", provider=provider, count=res.unknown, sample=res.unknown_ids[:5])
+    return res
+
+
+async def _still_applied(
+    trackly: Trackly, planned: list[tuple[DeliveryReport, dict[str, Any]]], batch: str
+) -> list[tuple[DeliveryReport, dict[str, Any]]]:
+    """After a race with a concurrent request (a duplicate of the report, say): the updates this call made are
+    those whose ``delivery_batch`` is still its own (a final state is never written again), so only one of two
+    racing duplicates produces the customer-webhook event and the alerts."""
+    ids = [doc["_id"] for _, doc in planned]
+    mine = {
+        d["_id"]
+        for d in await trackly.store[c.SENT]
+        .find({"_id": {"$in": ids}, "delivery_batch": batch}, {"_id": 1})
+        .to_list(None)
+    }
+    return [(r, doc) for r, doc in planned if doc["_id"] in mine]
+
+
+async def _resolve(
+    trackly: Trackly, provider: str, items: list[tuple[DeliveryReport, dict[str, Any]]], now: dt.datetime
+) -> list[tuple[DeliveryReport, dict[str, Any]]]:
+    """Turn NO_RESPONSE dead letters into MessageSent records (the report proves the provider accepted them)."""
+    docs: list[dict[str, Any]] = []
+    for r, f in items:
+        fields = {k: f[k] for k in MessageFields.model_fields if k in f}
+        sent = MessageSent(
+            id=f["_id"],
+            **fields,
+            submitted=True,
+            provider=f.get("provider") or provider,
+            provider_message_id=r.provider_message_id,
+            timestamp=f.get("failed_at") or now,
+            delivery_status=r.status,
+            resolved_from_no_response=True,
+        ).to_doc()
+        sent.update(_delivery_set(r, now))
+        docs.append(sent)
+    inserted = {d["_id"] for d in docs}
+    try:
+        await trackly.store[c.SENT].insert_many(docs, ordered=False)
+    except BulkWriteError as exc:  # resolved concurrently by a duplicate of the report
+        for err in exc.details.get("writeErrors", []):
+            if err.get("code") == 11000:
+                inserted.discard(docs[err["index"]]["_id"])
+            else:
+                raise
+    log.info("no_response_resolved", provider=provider, count=len(inserted))
+    return [(r, d) for (r, _), d in zip(items, docs, strict=True) if d["_id"] in inserted]
+
+
+async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, dict[str, Any]]], now: dt.datetime) -> int:
+    """The customer-webhook events of this batch's final states, one outbox document per account (a single
+    entry, or a batch of events): for accounts with a ``webhook_url`` only. Returns the number of events."""
+    account_ids = list({doc["account_id"] for _, doc in finals})
+    accounts = {
+        a["_id"]: a
+        for a in await trackly.store[c.ACCOUNTS]
+        .find({"_id": {"$in": account_ids}, "webhook_url": {"$ne": None}}, {"filter_bots": 1, "webhook_url": 1})
+        .to_list(None)
+        if a.get("webhook_url")
+    }
+    by_account: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    for r, doc in finals:
+        account = accounts.get(doc["account_id"])
+        if account is not None:
+            payload = webhook_payload({**doc, "delivered": r.delivered}, account)
+            by_account.setdefault(doc["account_id"], []).append((event_id(doc["_id"]), payload))
+    if not by_account:
+        return 0
+    docs = [outbox_documents(acc, events, now) for acc, events in by_account.items()]
+    written = sum(len(events) for events in by_account.values())
+    try:
+        await trackly.store[c.OUTBOX].insert_many(docs, ordered=False)
+    except BulkWriteError as exc:  # a single-event entry that exists already
+        dups = [e for e in exc.details.get("writeErrors", []) if e.get("code") == 11000]
+        if len(dups) != len(exc.details.get("writeErrors", [])):
+            raise
+        written -= len(dups)
+    return written
+
+
+async def _unsubscribe(trackly: Trackly, docs: list[dict[str, Any]]) -> None:
+    """Provider codes meaning "recipient opted out" (Twilio 21610) unsubscribe the contact."""
+    contact_ids = list({d["contact_id"] for d in docs if d.get("contact_id") is not None})
+    if not contact_ids:
+        return
+    await trackly.store[c.CONTACTS].update_many(
+        {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": utcnow()}}
+    )
+    log.info("contacts_unsubscribed_by_report", count=len(contact_ids))
+
+
+async def _publish(trackly: Trackly, provider: str, changed: list[tuple[DeliveryReport, dict[str, Any]]]) -> None:
+    """``spam_complaint`` and ``delivery_failure`` events for this batch's state changes, in one publish."""
+    events: list[Event] = []
+    for r, doc in changed:
+        data = {
+            "message_id": doc["_id"],
+            "provider": provider,
+            "code": r.error_code,
+            "status": r.status,
+            "sending_list_id": doc.get("sending_list_id"),
+            "campaign_id": doc.get("campaign_id"),
+        }
+        if r.spam:
+            events.append(
+                Event(
+                    kind=EventKind.SPAM_COMPLAINT,
+                    severity="critical",
+                    data=data,
+                    message=f"carrier spam filtering on message {doc['_id']} ({provider} {r.error_code})",
+                    key=f"spam:{doc.get('sending_list_id')}",
+                )
+            )
+        if r.delivered is False:
+            events.append(
+                Event(
+                    kind=EventKind.DELIVERY_FAILURE,
+                    severity="warning",
+                    data=data,
+                    message=f"delivery failed for message {doc['_id']}: {r.status} {r.error_code or ''}".strip(),
+                    key=f"delivery_failure:{doc.get('sending_list_id')}",
+                )
+            )
+    if events:
+        await trackly.bus.publish(*events)
+
+
+async def park_reports(trackly: Trackly, provider: str, reports: Sequence[DeliveryReport], now: dt.datetime) -> None:
+    """Keep ``reports`` (of messages still in the queue) until their message is recorded."""
+    await trackly.store[c.DELIVERY_REPORTS].insert_many(
+        [
+            {
+                "_id": uuid.uuid4().hex,
+                "provider": provider,
+                "message_id": r.message_id,
+                "report": r.model_dump(mode="python"),
+                "received_at": now,
+            }
+            for r in reports
+        ],
+        ordered=False,
+    )

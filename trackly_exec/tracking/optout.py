@@ -1,0 +1,246 @@
+"""Inbound messages and the STOP / START / HELP keywords.
+
+A message that is exactly (trimmed, case-insensitive) one of :data:`STOP_WORDS` unsubscribes the sender
+(matched by normalised ``From``) on every sending list whose ``from_number`` is the inbound ``To``;
+``STOPALL`` on every list of those lists' accounts. It takes effect at once:
+
+- ``contacts.subscribed = False`` (the executor checks the contact at send time: CONTACT_BLOCKED, never sent);
+- their queued, *unclaimed* messages on those lists are dead-lettered right away as CONTACT_BLOCKED: they are
+  first claimed with an ``optout:`` token (fenced on ``claimed_by: None``), recorded in FailedMessage, then
+  deleted by that token;
+- their *claimed* messages are left to the claim owner (never a second claimer racing it): the executor re-reads
+  the chunk's contacts right before each send intent (``checks.recheck``) and ends them CONTACT_BLOCKED, fenced
+  and refunded. Only a message whose send request is already on the wire can still go out;
+- an ``opt_out`` event is published.
+
+``START``, ``YES``, ``UNSTOP`` resubscribe; ``HELP``, ``INFO`` answer with the list's ``help_text`` where the
+provider supports a reply (Twilio TwiML). Every inbound message is stored in ``inbound_messages`` (a provider's
+retry of the same message id is stored once).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.errors import BulkWriteError
+
+from trackly_exec.app import Trackly
+from trackly_exec.drivers.contract import InboundMessage
+from trackly_exec.logs import get_logger
+from trackly_exec.store import constants as c
+from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import FailedMessage, FailureReason, utcnow
+from trackly_exec.store.phones import normalize
+
+log = get_logger(__name__)
+
+STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
+START_WORDS = frozenset({"START", "YES", "UNSTOP"})
+HELP_WORDS = frozenset({"HELP", "INFO"})
+
+
+def keyword(text: str | None) -> str | None:
+    """The opt keyword the whole message is (``"STOP"``, ...), or None ("STOP PLEASE" is not one)."""
+    word = (text or "").strip().upper()
+    return word if word in STOP_WORDS | START_WORDS | HELP_WORDS else None
+
+
+def phone_forms(raw: str | None) -> list[str]:
+    """The forms a number may be stored in: E.164 first (``0044...`` and bare international digits, as
+    Infobip and CM send them, included), then the raw text."""
+    text = (raw or "").strip()
+    if not text:
+        return []
+    out: list[str] = []
+    candidates = [text]
+    digits = text.lstrip("+")
+    if digits.isdigit():
+        candidates = (["+" + digits[2:]] if digits.startswith("00") else []) + ["+" + digits, text]
+    for cand in candidates:
+        e164 = normalize(cand)
+        if e164 and e164 not in out:
+            out.append(e164)
+    for cand in candidates:
+        if cand.startswith("+") and cand not in out:
+            out.append(cand)
+    if text not in out:
+        out.append(text)
+    return out
+
+
+@dataclass
+class _Action:
+    msg: InboundMessage
+    word: str
+    froms: list[str]
+    list_ids: list[int] = field(default_factory=list)
+
+
+async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[InboundMessage]) -> str | None:
+    """Store ``messages``, apply their keywords; return the reply text (HELP), if any."""
+    if not messages:
+        return None
+    db = trackly.store
+    now = utcnow()
+    tos = {m.to_number: phone_forms(m.to_number) for m in messages}
+    lists = (
+        await db[c.SENDING_LISTS]
+        .find(
+            {"from_number": {"$in": sorted({f for forms in tos.values() for f in forms})}},
+            {"account_id": 1, "from_number": 1, "driver": 1, "help_text": 1},
+        )
+        .to_list(None)
+    )
+
+    actions: list[_Action] = []
+    reply: str | None = None
+    records = []
+    for m in messages:
+        word = keyword(m.text)
+        mine = [lst for lst in lists if lst["from_number"] in tos[m.to_number]]
+        if any(lst.get("driver") == provider for lst in mine):
+            mine = [lst for lst in mine if lst.get("driver") == provider]
+        action = _Action(m, word or "", phone_forms(m.from_number), [lst["_id"] for lst in mine])
+        if word in HELP_WORDS:
+            reply = next((lst["help_text"] for lst in mine if lst.get("help_text")), reply)
+        elif word:
+            actions.append(action)
+        record = {
+            "provider": provider,
+            "from_number": action.froms[0] if action.froms else m.from_number,
+            "to_number": m.to_number,
+            "text": m.text,
+            "keyword": word,
+            "sending_list_ids": action.list_ids,
+            "provider_message_id": m.provider_message_id,
+            "received_at": m.received_at or now,
+            "stored_at": now,
+        }
+        if m.provider_message_id:
+            record["_id"] = f"{provider}:{m.provider_message_id}"
+        records.append(record)
+    await _store(trackly, records)
+
+    stopall_accounts = {
+        lst["account_id"] for a in actions if a.word == "STOPALL" for lst in lists if lst["_id"] in a.list_ids
+    }
+    if stopall_accounts:
+        every = (
+            await db[c.SENDING_LISTS]
+            .find({"account_id": {"$in": sorted(stopall_accounts)}}, {"account_id": 1})
+            .to_list(None)
+        )
+        by_account: dict[int, list[int]] = {}
+        for lst in every:
+            by_account.setdefault(lst["account_id"], []).append(lst["_id"])
+        account_of = {lst["_id"]: lst["account_id"] for lst in lists}
+        for a in actions:
+            if a.word == "STOPALL":
+                a.list_ids = sorted({lid for l0 in a.list_ids for lid in by_account.get(account_of[l0], [])})
+
+    stops = [a for a in actions if a.word in STOP_WORDS]
+    starts = [a for a in actions if a.word in START_WORDS]
+    if stops:
+        await _apply_stops(trackly, stops)
+    if starts:
+        contacts = await _contacts(trackly, starts)
+        if contacts:
+            await db[c.CONTACTS].update_many(
+                {"_id": {"$in": [x["_id"] for x in contacts]}}, {"$set": {"subscribed": True, "updated_at": now}}
+            )
+        log.info("contacts_resubscribed", count=len(contacts))
+    return reply
+
+
+async def _store(trackly: Trackly, records: list[dict[str, Any]]) -> None:
+    try:
+        await trackly.store[c.INBOUND].insert_many(records, ordered=False)
+    except BulkWriteError as exc:  # a provider retry of a message already stored
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            raise
+
+
+async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[dict[str, Any]]:
+    """The contacts the actions address: one query for all of them, then matched pairwise."""
+    actions = list(actions)
+    list_ids = sorted({lid for a in actions for lid in a.list_ids})
+    phones = sorted({p for a in actions for p in a.froms})
+    if not list_ids or not phones:
+        return []
+    rows = (
+        await trackly.store[c.CONTACTS]
+        .find({"sending_list_id": {"$in": list_ids}, "phone": {"$in": phones}}, {"sending_list_id": 1, "phone": 1})
+        .to_list(None)
+    )
+    wanted = {(lid, p) for a in actions for lid in a.list_ids for p in a.froms}
+    return [r for r in rows if (r["sending_list_id"], r["phone"]) in wanted]
+
+
+async def _apply_stops(trackly: Trackly, stops: list[_Action]) -> None:
+    db = trackly.store
+    now = utcnow()
+    contacts = await _contacts(trackly, stops)
+    contact_ids = [x["_id"] for x in contacts]
+    if contact_ids:
+        await db[c.CONTACTS].update_many(
+            {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": now}}
+        )
+    dead = await _dead_letter_queued(trackly, contacts, now) if contacts else 0
+    events = []
+    for a in stops:
+        matched = [x for x in contacts if x["phone"] in a.froms and x["sending_list_id"] in a.list_ids]
+        events.append(
+            Event(
+                kind=EventKind.OPT_OUT,
+                severity="info",
+                key="opt_out",
+                message=f"{a.froms[0] if a.froms else a.msg.from_number} sent {a.word}: "
+                f"unsubscribed on {len(matched)} list(s)",
+                data={
+                    "phone": a.froms[0] if a.froms else a.msg.from_number,
+                    "keyword": a.word,
+                    "sending_list_id": a.list_ids[0] if a.list_ids else None,
+                    "sending_list_ids": a.list_ids,
+                    "contact_ids": [x["_id"] for x in matched],
+                },
+            )
+        )
+    await trackly.bus.publish(*events)
+    log.info("contacts_opted_out", contacts=len(contact_ids), dead_lettered=dead, messages=len(stops))
+
+
+async def _dead_letter_queued(trackly: Trackly, contacts: list[dict[str, Any]], now: Any) -> int:
+    """Claim the contacts' unclaimed queued messages, record them CONTACT_BLOCKED, delete them (fenced)."""
+    db = trackly.store
+    token = f"optout:{uuid.uuid4().hex}"
+    fence = {
+        "sending_list_id": {"$in": sorted({x["sending_list_id"] for x in contacts})},
+        "contact_id": {"$in": [x["_id"] for x in contacts]},
+        "claimed_by": None,
+    }
+    claimed = await db[c.QUEUED].update_many(fence, {"$set": {"claimed_by": token, "claimed_at": now}})
+    if not claimed.modified_count:
+        return 0
+    docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
+    failed = [
+        FailedMessage.model_validate(
+            {
+                **d,
+                "id": d["_id"],
+                "reason": FailureReason.CONTACT_BLOCKED,
+                "detail": "recipient opted out (inbound keyword)",
+                "failed_at": now,
+            }
+        ).to_doc()
+        for d in docs
+    ]
+    try:
+        await db[c.FAILED].insert_many(failed, ordered=False)
+    except BulkWriteError as exc:
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            raise
+    await db[c.QUEUED].delete_many({"claimed_by": token})
+    return len(docs)
