@@ -22,8 +22,7 @@ from trackly_exec.store.models import FailedMessage
 from trackly_exec.testing.contract import free_port
 from trackly_exec.testing.fakes.control import Behaviour
 
-from .executor_support import assert_one_record_each, ids_in, open_trackly, seed, with_executor
-from .test_executor import FAKES
+from .executor_support import FAKES, assert_one_record_each, ids_in, open_trackly, seed, with_executor
 
 PROVIDERS = sorted(FAKES)
 #: Every answer after the request was written that is not a documented "not processed".

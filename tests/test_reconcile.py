@@ -21,8 +21,7 @@ from trackly_exec.store.models import FailedMessage, MessageSent, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 from trackly_exec.tracking.reconcile import Reconciler
 
-from .executor_support import assert_one_record_each, ids_in, open_trackly, seed, with_executor
-from .test_executor import FAKES
+from .executor_support import FAKES, assert_one_record_each, ids_in, open_trackly, seed, with_executor
 
 LOOKUP_PROVIDERS = ["infobip", "twilio"]
 
