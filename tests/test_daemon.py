@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +48,7 @@ def _start(tmp_path: Path, extra_env: dict[str, str] | None = None) -> subproces
     )
 
 
-def _wait_ready(proc: subprocess.Popen[str], timeout: float = 20.0) -> dict[str, object]:
+def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, object]:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,3 +117,180 @@ def test_sigkill_leaves_no_orphan_and_two_daemons_side_by_side(tmp_path: Path) -
                 p.wait()
             assert p.stdout is not None
             p.stdout.close()
+
+
+# -- the embedded store dying under a running daemon ---------------------------------------------------------------
+
+def _config(tmp_path: Path, fake_url: str = "http://127.0.0.1:9", **sections: dict[str, object]) -> Path:
+    """A daemon config on a file-backed embedded store with the Infobip driver pointed at ``fake_url``."""
+    body = {"daemon": {"data_dir": str(tmp_path / "data"), "log_format": "json", "shutdown_grace_seconds": 1.0},
+            "mongo": {"uri": "embedded"}, "http": {"port": 0},
+            "executor": {"poll_interval_seconds": 0.05, "claim_ttl_minutes": 0.2, "recovery_interval_seconds": 1.0},
+            "drivers.infobip": {"base_url": fake_url, "api_key": "k", "timeout_seconds": 2.0}}
+    for name, values in sections.items():
+        body[name] = {**body.get(name, {}), **values}
+    lines = []
+    for name, values in body.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "daemon.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run_daemon(tmp_path: Path, config: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")}
+    return subprocess.Popen([sys.executable, "-m", "trackly_exec.cli", "run", "-c", str(config)], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_event(proc: subprocess.Popen[str], name: str, timeout: float = 60.0) -> dict[str, object]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"daemon exited with {proc.wait()} before logging {name}")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == name:
+            return event  # type: ignore[no-any-return]
+    raise AssertionError(f"daemon never logged {name}")
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+def _store_child(daemon: subprocess.Popen[str]) -> int:
+    (child,) = _children(daemon.pid)
+    return child
+
+
+async def test_killed_embedded_store_is_restarted_and_the_daemon_sends_again(tmp_path: Path) -> None:
+    """SIGKILL of the embedded store of a running daemon: the daemon restarts it (same port, same data) and sends."""
+    from drivers.infobip_fake import InfobipFake
+    from tests.executor_support import seed
+    from trackly_exec import constants as c
+    from trackly_exec.store import Store
+
+    fake = await InfobipFake(api_key="k").start()
+    proc = _run_daemon(tmp_path, _config(tmp_path, fake.url))
+    try:
+        ready = _wait_event(proc, "ready")
+        port = int(ready["port"])  # type: ignore[call-overload]
+        store = await Store.connect(f"mongodb://127.0.0.1:{port}/?directConnection=true", "trackly", timeout=20)
+        try:
+            first = await seed(store, 20)
+            await _wait_for(lambda: store.db[c.SENT].count_documents({}), 20)
+            child = _store_child(proc)
+            os.kill(child, signal.SIGKILL)
+            restarted = _wait_event(proc, "embedded_store_restarted")
+            assert restarted["port"] == port and _store_child(proc) != child
+            await _wait_for(lambda: store.db[c.SENT].count_documents({}), 20)  # our client reconnects too
+            second = await seed(store, 30, first_contact=100, execution_id=2)
+            await _wait_for(lambda: store.db[c.SENT].count_documents({}), 50)
+            assert await store.db[c.QUEUED].count_documents({}) == 0
+            assert {e.message_id for e in fake.ledger} == set(first) | set(second)
+        finally:
+            await store.client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        _drain(proc)
+        await fake.stop()
+
+
+def test_embedded_store_dying_for_good_exits_non_zero(tmp_path: Path) -> None:
+    """With no restart left the daemon exits 1 (systemd's Restart=on-failure restarts the whole unit), promptly."""
+    proc = _run_daemon(tmp_path, _config(tmp_path, mongo={"embedded_restart_attempts": 0}))
+    try:
+        _wait_event(proc, "ready")
+        child = _store_child(proc)
+        os.kill(child, signal.SIGKILL)
+        assert proc.wait(timeout=15) == 1
+        assert not _alive(child)
+    finally:
+        _drain(proc)
+
+
+def test_sigterm_with_the_store_and_redis_hung_stops_within_grace(tmp_path: Path) -> None:
+    """SIGTERM while the embedded store and Redis are SIGSTOPped (connections open, no answer): out within the grace
+    plus the stop margin, not after the store's server-selection timeouts (it took 44.8 s with a 5 s grace)."""
+    from tests.services import RedisServer
+    from trackly_exec.daemon import STOP_MARGIN_SECONDS
+
+    redis = RedisServer()
+    redis.start()
+    proc = _run_daemon(tmp_path, _config(tmp_path, redis={"url": redis.url}))
+    child = None
+    try:
+        _wait_event(proc, "ready")
+        child = _store_child(proc)
+        time.sleep(0.5)  # let the components reach their steady loops
+        assert redis.proc is not None
+        os.kill(child, signal.SIGSTOP)
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        took = _stop_seconds(proc)
+        assert proc.wait(timeout=30) == 0
+        assert took <= 1.0 + STOP_MARGIN_SECONDS + 0.5, f"stop took {took:.1f}s"
+    finally:
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)
+        if redis.proc is not None:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        redis.close()
+        _drain(proc)
+
+
+def test_sigterm_with_the_store_killed_stops_within_grace(tmp_path: Path) -> None:
+    """SIGTERM right after the embedded store was killed (during the restart backoff): a prompt, clean exit."""
+    from trackly_exec.daemon import STOP_MARGIN_SECONDS
+
+    proc = _run_daemon(tmp_path, _config(tmp_path))
+    try:
+        _wait_event(proc, "ready")
+        child = _store_child(proc)
+        os.kill(child, signal.SIGKILL)
+        _wait_event(proc, "embedded_store_died")
+        proc.send_signal(signal.SIGTERM)
+        took = _stop_seconds(proc)
+        assert proc.wait(timeout=30) == 0
+        assert took <= 1.0 + STOP_MARGIN_SECONDS + 0.5, f"stop took {took:.1f}s"
+        assert not _alive(child)
+    finally:
+        _drain(proc)
+
+
+def _stop_seconds(proc: subprocess.Popen[str]) -> float:
+    """Seconds from the daemon's "stopping" log line to its "stopped" line (its own clock: the interpreter's start-up
+    and teardown on a loaded machine are not what is measured)."""
+    import datetime as dt
+
+    stamps = {}
+    for name in ("stopping", "stopped"):
+        stamps[name] = dt.datetime.fromisoformat(str(_wait_event(proc, name)["timestamp"]))
+    return (stamps["stopped"] - stamps["stopping"]).total_seconds()
+
+
+async def _wait_for(count: Any, expected: int, timeout: float = 40.0) -> None:
+    """Poll the awaitable-returning ``count()`` until it reaches ``expected`` (observable state, no fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        try:
+            last = await count()
+        except Exception:  # the store is restarting
+            last = -1
+        if last >= expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"count stayed at {last}, expected {expected}")

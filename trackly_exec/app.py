@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import uuid
@@ -43,6 +44,17 @@ class Trackly:
         self.run_id = uuid.uuid4().hex[:8]
         #: the ``counts`` of every executor coordinator of this process (exported by ``metrics``)
         self.executor_counts: list[collections.Counter[str]] = []
+        #: Set by a component that cannot go on (``request_exit``): ``serve()`` stops and exits with ``exit_code``.
+        self.exit_requested = asyncio.Event()
+        self.exit_code = 0
+        self.exit_reason = ""
+
+    def request_exit(self, code: int, reason: str) -> None:
+        """Ask the daemon to stop and exit with ``code`` (non-zero: systemd restarts the unit)."""
+        if not self.exit_requested.is_set():
+            self.exit_code, self.exit_reason = code, reason
+            log.critical("exit_requested", code=code, reason=reason)
+            self.exit_requested.set()
 
     @classmethod
     async def open(cls, settings: Settings, *, store: Store | None = None) -> Trackly:

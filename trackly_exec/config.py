@@ -51,6 +51,23 @@ class MongoConfig(Section):
     embedded_port: int = Field(0, ge=0, le=65535, description="Port of the embedded server (0: a free port).")
     embedded_in_memory: bool = Field(False, description="Embedded server keeps data in memory only (tests, benches).")
     connect_timeout_seconds: float = Field(15.0, gt=0, description="How long to wait for the store at start-up.")
+    write_concern: str = Field(
+        "majority", min_length=1,
+        description='Write concern "w" of every write: "majority" (survives a replica-set failover), or a number.',
+    )
+    retry_writes: bool = Field(
+        True, description="Retry a write once after a network error or a primary step-down (MongoDB retryable writes)."
+    )
+    embedded_restart_attempts: int = Field(
+        5, ge=0,
+        description="Restarts of a dead embedded store in a row before the daemon exits non-zero (for systemd to "
+                    "restart the whole unit).",
+    )
+
+    @property
+    def write_concern_w(self) -> int | str:
+        w = self.write_concern.strip()
+        return int(w) if w.isdigit() else w
 
     @property
     def embedded(self) -> bool:

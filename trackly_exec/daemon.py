@@ -16,8 +16,13 @@ from trackly_exec.operations.systemd import notify, watchdog_interval, watchdog_
 
 log = get_logger(__name__)
 
+#: What shutdown may take beyond ``daemon.shutdown_grace_seconds`` (cancelling, closing connections). Every
+#: component stop and the final close are bounded by grace + this, whatever is down (store, Redis, provider).
+STOP_MARGIN_SECONDS = 2.0
+
 #: (is it enabled?, "module:Class"). Each class takes the Trackly object and is a :class:`Component`.
 COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
+    (lambda s: s.mongo.embedded, "trackly_exec.store.embedded:StoreSupervisor"),  # first started, last stopped
     (lambda s: s.http.enabled, "trackly_exec.operations.web:HttpServer"),
     (lambda s: s.executor.enabled, "trackly_exec.executor.coordinator:Coordinator"),
     (lambda s: s.scheduler.enabled, "trackly_exec.campaigns.scheduler:Scheduler"),
@@ -75,19 +80,56 @@ async def serve(
             res = on_ready(trackly, components)
             if asyncio.iscoroutine(res):
                 await res
-        await stop.wait()
+        await _first(stop, trackly.exit_requested)
         notify("STOPPING=1", "STATUS=stopping")
-        log.info("stopping", grace_seconds=settings.daemon.shutdown_grace_seconds)
+        log.info("stopping", grace_seconds=settings.daemon.shutdown_grace_seconds, exit_code=trackly.exit_code,
+                 reason=trackly.exit_reason or "signal")
     finally:
         if watchdog is not None:
             watchdog.cancel()
-        for comp in reversed(components):
-            try:
-                await comp.stop(settings.daemon.shutdown_grace_seconds)
-            except Exception as exc:
-                log.error("component_stop_failed", component=comp.name, error=str(exc))
-        await trackly.close()
+        await shutdown(trackly, components, settings.daemon.shutdown_grace_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    log.info("stopped", uptime_seconds=round(time.monotonic() - started, 1))
-    return 0
+    log.info("stopped", uptime_seconds=round(time.monotonic() - started, 1), exit_code=trackly.exit_code)
+    return trackly.exit_code
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def _bounded(what: str, coro: Any, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(coro, timeout=max(0.05, timeout))
+    except TimeoutError:
+        log.error("stop_timed_out", what=what, seconds=round(timeout, 2))
+    except Exception as exc:
+        log.error("component_stop_failed", component=what, error=str(exc))
+
+
+async def shutdown(trackly: Trackly, components: list[Component], grace: float) -> None:
+    """Stop ``components`` and close ``trackly`` within ``grace`` + :data:`STOP_MARGIN_SECONDS`.
+
+    The working components stop together (each gets the whole grace to finish or release its in-flight work), then
+    the HTTP server (it answers webhooks until then), then the store supervisor, then the connections. A store or
+    Redis that does not answer cannot hold the process: every stop is cut at the deadline (what it could not
+    release, recovery releases after the claim TTL).
+    """
+    loop = asyncio.get_running_loop()
+    hard = loop.time() + grace + STOP_MARGIN_SECONDS
+    last = {"http", "store-supervisor"}
+    working = [c for c in components if c.name not in last]
+    await asyncio.gather(*(_bounded(c.name, c.stop(grace), hard - loop.time() - 1.0) for c in working))
+    for comp in reversed([c for c in components if c.name in last]):
+        await _bounded(comp.name, comp.stop(max(0.0, min(1.0, hard - loop.time() - 1.0))), hard - loop.time() - 0.5)
+    await _bounded("close", trackly.close(close_store=False), hard - loop.time() - 1.0)
+    await _bounded("store_close", trackly.store.client.close(), hard - loop.time() - 1.0)
+    if trackly.store.embedded is not None:  # SIGTERM, then SIGKILL (a hung store ignores SIGTERM)
+        await asyncio.to_thread(trackly.store.embedded.stop, max(0.2, hard - loop.time() - 0.3))

@@ -41,6 +41,9 @@ from trackly_exec.store.models import SendingList, utcnow
 
 log = get_logger(__name__)
 
+#: Longest wait for the store when releasing claims at stop.
+RELEASE_TIMEOUT_SECONDS = 2.0
+
 
 class Coordinator:
     """The message executor (daemon component ``executor``)."""
@@ -226,10 +229,11 @@ class Coordinator:
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
         released = 0
-        try:
-            released = await claims.release_tokens(self.trackly.db, list(self.worker.tokens))
+        try:  # bounded: with the store down, recovery releases these after the claim TTL instead
+            released = await asyncio.wait_for(claims.release_tokens(self.trackly.db, list(self.worker.tokens)),
+                                              timeout=RELEASE_TIMEOUT_SECONDS)
         except Exception as exc:
-            log.error("executor_release_failed", error=str(exc))
+            log.error("executor_release_failed", error=str(exc) or type(exc).__name__)
         self.worker.tokens.clear()
         log.info("executor_stopped", released_at_stop=released, counts=dict(self.counts))
 

@@ -7,6 +7,8 @@ pipeline updates, ``$addToSet``, TTL expiry, multi-document transactions (a stan
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +58,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     c.FAILED: [
         IndexModel([("reason", ASCENDING)]),
         IndexModel([("execution_id", ASCENDING), ("contact_id", ASCENDING)]),
+        IndexModel([("sending_list_id", ASCENDING), ("failed_at", ASCENDING)]),  # error-rate watch
         IndexModel([("campaign_id", ASCENDING)]),
         IndexModel([("to_number", ASCENDING)]),  # message log by phone
         IndexModel([("failed_at", DESCENDING)]),  # dead letters by time
@@ -98,19 +101,22 @@ class Store:
             uri = embedded.uri
         else:
             uri = settings.mongo.uri.get_secret_value()
-        store = await cls.connect(
-            uri, settings.mongo.database, timeout=settings.mongo.connect_timeout_seconds, embedded=embedded
-        )
+        store = await cls.connect(uri, settings.mongo.database, timeout=settings.mongo.connect_timeout_seconds,
+                                  embedded=embedded, w=settings.mongo.write_concern_w,
+                                  retry_writes=settings.mongo.retry_writes)
         if create_indexes:
             await store.ensure_indexes()
         return store
 
     @classmethod
-    async def connect(
-        cls, uri: str, database: str, *, timeout: float = 15.0, embedded: EmbeddedMongo | None = None
-    ) -> Store:
+    async def connect(cls, uri: str, database: str, *, timeout: float = 15.0,
+                      embedded: EmbeddedMongo | None = None, w: int | str = "majority",
+                      retry_writes: bool = True) -> Store:
+        """Connect and ping. Writes use write concern ``w`` (default majority) and are retried once after a
+        network error or a primary step-down (see CONTRIBUTING, "Failover")."""
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            uri, tz_aware=True, serverSelectionTimeoutMS=int(timeout * 1000), appname="trackly-exec"
+            uri, tz_aware=True, serverSelectionTimeoutMS=int(timeout * 1000), appname="trackly-exec",
+            w=w, retryWrites=retry_writes, retryReads=True,
         )
         try:
             await client.admin.command("ping")
@@ -143,6 +149,9 @@ class Store:
             await self.db[name].delete_many({})
 
     async def close(self) -> None:
-        await self.client.close()
-        if self.embedded:
-            self.embedded.stop()
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.client.close(), timeout=2.0)
+        finally:
+            if self.embedded:
+                self.embedded.stop()

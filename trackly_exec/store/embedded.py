@@ -3,6 +3,11 @@
 Each instance gets its own port, pid file and log file, so a daemon, a test run and a second daemon can
 run side by side. The child is told to die with its parent (``PR_SET_PDEATHSIG``), so even a SIGKILLed
 daemon leaves no orphan server behind.
+
+The daemon component :class:`StoreSupervisor` watches the child: when it dies (crash, OOM kill, SIGKILL) it is
+restarted on the same port and data directory with a growing backoff (0.5 s, 1 s, 2 s ... 8 s); the client
+reconnects by itself. After ``mongo.embedded_restart_attempts`` failed or short-lived (< 60 s) runs in a row the
+daemon exits with status 1 instead, and systemd (``Restart=on-failure``) restarts the whole unit.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from trackly_exec.errors import StoreError
 from trackly_exec.logs import get_logger
@@ -132,3 +138,82 @@ class EmbeddedMongo:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server process is running (False once it died, was killed or stopped)."""
+        return self.proc is not None and self.proc.poll() is None
+
+
+class StoreSupervisor:
+    """Daemon component (embedded store only): restart the nx-27017 child when it dies, or exit non-zero.
+
+    A run that lasted :attr:`STABLE_SECONDS` resets the count of restarts in a row.
+    """
+
+    name = "store-supervisor"
+    CHECK_SECONDS = 0.25
+    STABLE_SECONDS = 60.0
+    MAX_BACKOFF = 8.0
+
+    def __init__(self, trackly: Any) -> None:
+        self.trackly = trackly
+        self.attempts = trackly.settings.mongo.embedded_restart_attempts
+        self.timeout = trackly.settings.mongo.connect_timeout_seconds
+        self.restarts = 0
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def server(self) -> EmbeddedMongo | None:
+        return self.trackly.store.embedded  # type: ignore[no-any-return]
+
+    async def start(self) -> None:
+        if self.server is not None:
+            self._task = asyncio.create_task(self._watch(), name="store-supervisor")
+
+    async def stop(self, grace: float) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless the daemon stops first; True when it is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _watch(self) -> None:
+        server = self.server
+        assert server is not None
+        in_a_row = 0
+        started = time.monotonic()
+        while not await self._pause(self.CHECK_SECONDS):
+            if server.alive:
+                if in_a_row and time.monotonic() - started > self.STABLE_SECONDS:
+                    in_a_row = 0
+                continue
+            status = server.proc.returncode if server.proc is not None else None
+            in_a_row += 1
+            if in_a_row > self.attempts:
+                log.critical("embedded_store_gave_up", status=status, restarts_in_a_row=in_a_row - 1,
+                             log_file=str(server.log_file))
+                self.trackly.request_exit(1, f"the embedded store died {in_a_row} times in a row")
+                return
+            backoff = min(self.MAX_BACKOFF, 0.5 * 2 ** (in_a_row - 1))
+            log.error("embedded_store_died", status=status, restart_in_seconds=backoff, attempt=in_a_row,
+                      log_file=str(server.log_file))
+            if await self._pause(backoff):
+                return
+            try:
+                await server.astart(self.timeout)
+            except StoreError as exc:
+                log.error("embedded_store_restart_failed", error=str(exc), attempt=in_a_row)
+                continue
+            started = time.monotonic()
+            self.restarts += 1
+            log.warning("embedded_store_restarted", port=server.port, pid=server.proc.pid if server.proc else None,
+                        attempt=in_a_row)
