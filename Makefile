@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test test-slow test-all bench lint clean services
+.PHONY: install demo run test test-slow test-all test-chaos test-chaos-short bench lint clean services
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ lint: $(STAMP)
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow or chaos" --timeout=900 $(PYTEST_ARGS)
+
+# The chaos campaign (tests/chaos): 20,000 messages, daemons/store/Redis killed, provider faults; prints the table.
+# SEED=N reruns a campaign (default: random, printed). test-chaos-short is the CI version (fewer kills).
+test-chaos: install
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+test-chaos-short: install
+	$(BIN)/python -m tests.chaos --short $(CHAOS_ARGS)
 
 test-all: install
 	$(BIN)/python -m pytest --timeout=900 $(PYTEST_ARGS)

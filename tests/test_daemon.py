@@ -209,6 +209,60 @@ async def test_killed_embedded_store_is_restarted_and_the_daemon_sends_again(tmp
         await fake.stop()
 
 
+@pytest.mark.slow  # ~1 min (claim TTL recovery); the CI's chaos campaign kills the store mid-run too
+async def test_store_killed_mid_send_neither_loses_nor_doubles(tmp_path: Path) -> None:
+    """The file-backed embedded store SIGKILLed while batches are claimed, marked and at the provider: after its
+    restart every message has exactly one record, none was accepted twice, and each accepted one is a MessageSent
+    or an (ambiguous) NO_RESPONSE (see CONTRIBUTING, "Failover")."""
+    from drivers.fake import Behaviour
+    from drivers.infobip_fake import InfobipFake
+    from tests.executor_support import assert_one_record_each, seed
+    from trackly_exec import constants as c
+    from trackly_exec.store import Store
+
+    fake = await InfobipFake(api_key="k").start()
+    fake.set_default(Behaviour("slow", delay=0.3))
+    config = _config(tmp_path, fake.url, executor={"claim_batch_size": 20, "workers_per_list": 2},
+                     **{"drivers.infobip": {"batch_size": 10}})
+    proc = _run_daemon(tmp_path, config)
+    try:
+        port = int(_wait_event(proc, "ready")["port"])  # type: ignore[call-overload]
+        store = await Store.connect(f"mongodb://127.0.0.1:{port}/?directConnection=true", "trackly", timeout=20)
+        try:
+            ids = await seed(store, 300)
+            await _wait_for(lambda: store.db[c.SENT].count_documents({}), 40)
+            os.kill(_store_child(proc), signal.SIGKILL)
+            _wait_event(proc, "embedded_store_restarted")
+            await _wait_for(lambda: _recorded(store), 300, timeout=120)
+            await _wait_for(lambda: _zero(store.db[c.QUEUED]), 1, timeout=60)
+            split = await assert_one_record_each(store, ids)
+            counts = fake.accepted_counts()
+            assert all(counts[m] <= 1 for m in ids), "a message was accepted twice"
+            sent = {d["_id"] async for d in store.db[c.SENT].find({}, {"_id": 1})}
+            no_response = {d["_id"] async for d in store.db[c.FAILED].find({"reason": "NO_RESPONSE"}, {"_id": 1})}
+            assert all(counts[m] == 1 for m in sent), "a MessageSent the provider never accepted"
+            assert {m for m in ids if counts[m]} <= sent | no_response, "accepted but recorded as a plain failure"
+            assert split[c.SENT] + len(no_response) == 300
+        finally:
+            await store.client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        _drain(proc)
+        await fake.stop()
+
+
+async def _recorded(store: Any) -> int:
+    from trackly_exec import constants as c
+
+    return int(await store.db[c.SENT].count_documents({}) + await store.db[c.FAILED].count_documents({}))
+
+
+async def _zero(collection: Any) -> int:
+    """1 when ``collection`` is empty (for :func:`_wait_for`)."""
+    return int(await collection.count_documents({}) == 0)
+
+
 def test_embedded_store_dying_for_good_exits_non_zero(tmp_path: Path) -> None:
     """With no restart left the daemon exits 1 (systemd's Restart=on-failure restarts the whole unit), promptly."""
     proc = _run_daemon(tmp_path, _config(tmp_path, mongo={"embedded_restart_attempts": 0}))
