@@ -239,9 +239,10 @@ class Campaign_:
             "redis": {"url": self.redis.url, "socket_timeout_seconds": 1.0},
             "http": {"port": self.http[name], "public_url": f"http://127.0.0.1:{self.http['a']}",
                      "api_tokens": ["chaos-admin-token"]},
-            "scheduler": {"poll_interval_seconds": 1.0, "evaluation_lease_seconds": 10.0},
+            "scheduler": {"poll_interval_seconds": 1.0, "evaluation_lease_seconds": 30.0},
             # short claims (half a second of tokens) and a short claim TTL: a killed daemon's claims come back quickly
-            "executor": {"poll_interval_seconds": 0.2, "claim_batch_size": 500, "claim_ttl_minutes": 0.4,
+            "executor": {"poll_interval_seconds": 0.2, "claim_batch_size": 500, "claim_ttl_minutes": 0.5,
+                         "workers_per_list": 3,
                          "rate_limit_claim_seconds": 0.5,
                          "recovery_interval_seconds": 2.0, "retry_max_attempts": 3, "retry_budget_seconds": 8.0,
                          "retry_initial_backoff_seconds": 0.2, "rate_limit_wait_seconds": 20.0},
