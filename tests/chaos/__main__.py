@@ -7,13 +7,23 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from trackly_exec.logs import configure_logging
 
-from .run import FAULTS, Plan, run_campaign
+from .run import FAULTS, Plan, Result, run_campaign
+
+
+async def _run(plan: Plan, keep: Path | None) -> Result:
+    """The campaign; SIGTERM/SIGINT cancel it (its clean-up still kills every process it started)."""
+    task = asyncio.ensure_future(run_campaign(plan, keep, keep=keep is not None))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, faults=tuple(f for f in args.faults.split(",") if f))
     print(f"chaos: seed {seed} ({'short' if args.short else 'full'}); rerun with SEED={seed}", flush=True)
     configure_logging("warning", "console", stream=sys.stderr)
-    result = asyncio.run(run_campaign(plan, args.keep, keep=args.keep is not None))
+    result = asyncio.run(_run(plan, args.keep))
     print(result.table(), flush=True)
     checked = sum(1 for _, _, expect in result.rows if expect)
     print(f"chaos: {checked - len(result.violations)} passed, {len(result.violations)} failed", flush=True)
