@@ -38,8 +38,10 @@ async def test_fault_proxy_modes(mode: str) -> None:
     await driver.startup()
     try:
         proxy.set(mode)
-        msgs = [OutboundMessage(id=f"m-{mode}-{i}", to=f"+1212200000{i}", sender="+15550001111", body="hi")
-                for i in range(3)]
+        msgs = [
+            OutboundMessage(id=f"m-{mode}-{i}", to=f"+1212200000{i}", sender="+15550001111", body="hi")
+            for i in range(3)
+        ]
         results = await driver.submit(msgs)
         accepted, kinds = PROMISES[mode]
         assert {r.kind for r in results} <= kinds, results
@@ -58,8 +60,9 @@ async def test_fault_proxy_draws_per_request() -> None:
     fake = await InfobipFake().start()
     assert fake.port is not None
     proxy = await FaultProxy(fake.port, seed=3).start()
-    driver = InfobipDriver(InfobipDriver.settings_model.model_validate({**fake.driver_settings(), "base_url": proxy.url}),
-                           DriverContext())
+    driver = InfobipDriver(
+        InfobipDriver.settings_model.model_validate({**fake.driver_settings(), "base_url": proxy.url}), DriverContext()
+    )
     await driver.startup()
     try:
         proxy.set({"5xx_before": 0.5})

@@ -123,12 +123,16 @@ def test_sigkill_leaves_no_orphan_and_two_daemons_side_by_side(tmp_path: Path) -
 
 # -- the embedded store dying under a running daemon ---------------------------------------------------------------
 
+
 def _config(tmp_path: Path, fake_url: str = "http://127.0.0.1:9", **sections: dict[str, object]) -> Path:
     """A daemon config on a file-backed embedded store with the Infobip driver pointed at ``fake_url``."""
-    body = {"daemon": {"data_dir": str(tmp_path / "data"), "log_format": "json", "shutdown_grace_seconds": 1.0},
-            "mongo": {"uri": "embedded"}, "http": {"port": 0},
-            "executor": {"poll_interval_seconds": 0.05, "claim_ttl_minutes": 0.2, "recovery_interval_seconds": 1.0},
-            "drivers.infobip": {"base_url": fake_url, "api_key": "k", "timeout_seconds": 2.0}}
+    body = {
+        "daemon": {"data_dir": str(tmp_path / "data"), "log_format": "json", "shutdown_grace_seconds": 1.0},
+        "mongo": {"uri": "embedded"},
+        "http": {"port": 0},
+        "executor": {"poll_interval_seconds": 0.05, "claim_ttl_minutes": 0.2, "recovery_interval_seconds": 1.0},
+        "drivers.infobip": {"base_url": fake_url, "api_key": "k", "timeout_seconds": 2.0},
+    }
     for name, values in sections.items():
         body[name] = {**body.get(name, {}), **values}
     lines = []
@@ -142,8 +146,14 @@ def _config(tmp_path: Path, fake_url: str = "http://127.0.0.1:9", **sections: di
 
 def _run_daemon(tmp_path: Path, config: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")}
-    return subprocess.Popen([sys.executable, "-m", "trackly_exec.cli", "run", "-c", str(config)], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "trackly_exec.cli", "run", "-c", str(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_event(proc: subprocess.Popen[str], name: str, timeout: float = 60.0) -> dict[str, object]:
@@ -222,8 +232,12 @@ async def test_store_killed_mid_send_neither_loses_nor_doubles(tmp_path: Path) -
 
     fake = await InfobipFake(api_key="k").start()
     fake.set_default(Behaviour("slow", delay=0.3))
-    config = _config(tmp_path, fake.url, executor={"claim_batch_size": 20, "workers_per_list": 2},
-                     **{"drivers.infobip": {"batch_size": 10}})
+    config = _config(
+        tmp_path,
+        fake.url,
+        executor={"claim_batch_size": 20, "workers_per_list": 2},
+        **{"drivers.infobip": {"batch_size": 10}},
+    )
     proc = _run_daemon(tmp_path, config)
     try:
         port = int(_wait_event(proc, "ready")["port"])  # type: ignore[call-overload]

@@ -111,12 +111,23 @@ async def test_high_error_rate_ignores_old_failures(trackly: Trackly) -> None:
     old = now - dt.timedelta(days=3)
     base = {"account_id": 1, "from_number": "+1", "to_number": "+2", "body": "x", "length": 1, "sendtime": old}
     await trackly.db[c.FAILED].insert_many(
-        [{**base, "_id": f"old{i}", "sending_list_id": 8, "reason": "PROVIDER_ERROR", "failed_at": old} for i in range(50)]
-        + [{**base, "_id": f"o9{i}", "sending_list_id": 9, "reason": "PROVIDER_ERROR", "failed_at": old} for i in range(50)]
-        + [{**base, "_id": f"n9{i}", "sending_list_id": 9, "reason": "PROVIDER_ERROR", "failed_at": now} for i in range(12)])
+        [
+            {**base, "_id": f"old{i}", "sending_list_id": 8, "reason": "PROVIDER_ERROR", "failed_at": old}
+            for i in range(50)
+        ]
+        + [
+            {**base, "_id": f"o9{i}", "sending_list_id": 9, "reason": "PROVIDER_ERROR", "failed_at": old}
+            for i in range(50)
+        ]
+        + [
+            {**base, "_id": f"n9{i}", "sending_list_id": 9, "reason": "PROVIDER_ERROR", "failed_at": now}
+            for i in range(12)
+        ]
+    )
     await trackly.db[c.SENT].insert_many(
         [{**base, "_id": f"s9{i}", "sending_list_id": 9, "timestamp": now} for i in range(28)]
-        + [{**base, "_id": f"os9{i}", "sending_list_id": 9, "timestamp": old} for i in range(100)])
+        + [{**base, "_id": f"os9{i}", "sending_list_id": 9, "timestamp": old} for i in range(100)]
+    )
     alerts = Alerts(trackly)
     events = await alerts.check_error_rates()
     assert [(e.data["sending_list_id"], e.data["failed"], e.data["total"]) for e in events] == [(9, 12, 40)]

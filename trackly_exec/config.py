@@ -52,16 +52,18 @@ class MongoConfig(Section):
     embedded_in_memory: bool = Field(False, description="Embedded server keeps data in memory only (tests, benches).")
     connect_timeout_seconds: float = Field(15.0, gt=0, description="How long to wait for the store at start-up.")
     write_concern: str = Field(
-        "majority", min_length=1,
+        "majority",
+        min_length=1,
         description='Write concern "w" of every write: "majority" (survives a replica-set failover), or a number.',
     )
     retry_writes: bool = Field(
         True, description="Retry a write once after a network error or a primary step-down (MongoDB retryable writes)."
     )
     embedded_restart_attempts: int = Field(
-        5, ge=0,
+        5,
+        ge=0,
         description="Restarts of a dead embedded store in a row before the daemon exits non-zero (for systemd to "
-                    "restart the whole unit).",
+        "restart the whole unit).",
     )
 
     @property

@@ -82,8 +82,12 @@ async def serve(
                 await res
         await _first(stop, trackly.exit_requested)
         notify("STOPPING=1", "STATUS=stopping")
-        log.info("stopping", grace_seconds=settings.daemon.shutdown_grace_seconds, exit_code=trackly.exit_code,
-                 reason=trackly.exit_reason or "signal")
+        log.info(
+            "stopping",
+            grace_seconds=settings.daemon.shutdown_grace_seconds,
+            exit_code=trackly.exit_code,
+            reason=trackly.exit_reason or "signal",
+        )
     finally:
         if watchdog is not None:
             watchdog.cancel()

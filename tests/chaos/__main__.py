@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the CI version (fewer kills, landed faults only)")
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--faults", default=None, help=f"comma-separated subset of {','.join(FAULTS)} ('' for none)")
-    parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (logs, store) for a post-mortem")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work directory to keep (logs, store) for a post-mortem"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(os.environ.get("SEED") or random.randrange(1, 1_000_000))
     plan = Plan.short(seed) if args.short else Plan(seed=seed)

@@ -33,8 +33,10 @@ HANG_LIMIT = 120.0
 
 
 def _answer(status: int, reason: str, body: bytes, extra: str = "") -> bytes:
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"{extra}Connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"{extra}Connection: close\r\n\r\n"
+    ).encode() + body
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -49,8 +51,9 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 class FaultProxy:
     """``await FaultProxy(upstream_port, seed=1).start()``; ``proxy.url``; ``proxy.set(...)``; ``await proxy.stop()``."""
 
-    def __init__(self, upstream_port: int, *, upstream_host: str = "127.0.0.1", seed: int = 0,
-                 retry_after: float = 1.0) -> None:
+    def __init__(
+        self, upstream_port: int, *, upstream_host: str = "127.0.0.1", seed: int = 0, retry_after: float = 1.0
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.rng = random.Random(seed)
         self.retry_after = retry_after
@@ -103,9 +106,15 @@ class FaultProxy:
                 mode = self._draw()
                 self.stats[mode] += 1
                 if mode == "429":
-                    writer.write(_answer(429, "Too Many Requests", b'{"requestError":{"serviceException":'
-                                         b'{"messageId":"TOO_MANY_REQUESTS","text":"Too many requests"}}}',
-                                         f"Retry-After: {self.retry_after:g}\r\n"))
+                    writer.write(
+                        _answer(
+                            429,
+                            "Too Many Requests",
+                            b'{"requestError":{"serviceException":'
+                            b'{"messageId":"TOO_MANY_REQUESTS","text":"Too many requests"}}}',
+                            f"Retry-After: {self.retry_after:g}\r\n",
+                        )
+                    )
                 elif mode == "5xx_before":
                     writer.write(_answer(500, "Internal Server Error", b"{}"))
                 elif mode == "reset_before":

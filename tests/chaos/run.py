@@ -86,14 +86,22 @@ class Plan:
 
     @classmethod
     def short(cls, seed: int) -> Plan:
-        return cls(seed=seed, daemon_kills=2, store_kills=1, redis_kills=1, redis_stops=1,
-                   faults=tuple(f for f in FAULTS if f not in PENDING_FAULTS), reports=False, timeout=600.0)
+        return cls(
+            seed=seed,
+            daemon_kills=2,
+            store_kills=1,
+            redis_kills=1,
+            redis_stops=1,
+            faults=tuple(f for f in FAULTS if f not in PENDING_FAULTS),
+            reports=False,
+            timeout=600.0,
+        )
 
 
 @dataclass
 class Result:
     plan: Plan
-    rows: list[tuple[str, int, str]] = field(default_factory=list)   # (name, value, expectation: "= 0" or "")
+    rows: list[tuple[str, int, str]] = field(default_factory=list)  # (name, value, expectation: "= 0" or "")
     events: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -103,9 +111,13 @@ class Result:
 
     def table(self) -> str:
         width = max(len(r[0]) for r in self.rows)
-        lines = [f"chaos campaign: seed {self.plan.seed}, {self.plan.messages} messages, {self.seconds:.0f} s",
-                 f"events: {', '.join(self.events)}", "",
-                 f"{'invariant / count':<{width}}  {'value':>8}  expected", f"{'-' * width}  {'-' * 8}  --------"]
+        lines = [
+            f"chaos campaign: seed {self.plan.seed}, {self.plan.messages} messages, {self.seconds:.0f} s",
+            f"events: {', '.join(self.events)}",
+            "",
+            f"{'invariant / count':<{width}}  {'value':>8}  expected",
+            f"{'-' * width}  {'-' * 8}  --------",
+        ]
         lines += [f"{name:<{width}}  {value:>8}  {expect or ''}" for name, value, expect in self.rows]
         lines.append("")
         lines.append("VIOLATIONS: " + "; ".join(self.violations) if self.violations else "all invariants hold")
@@ -126,9 +138,14 @@ class Daemon:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")}
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "trackly_exec.cli", "run", "-c", str(self.config)],
-                                         cwd=self.work, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "trackly_exec.cli", "run", "-c", str(self.config)],
+                cwd=self.work,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
         self.starts += 1
 
     @property
@@ -220,7 +237,7 @@ class Campaign_:
         self.result = Result(plan)
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         self.unexpected_exits: Counter[str] = Counter()
-        self.down: set[str] = set()   # daemons the harness keeps down on purpose right now
+        self.down: set[str] = set()  # daemons the harness keeps down on purpose right now
 
     @property
     def db(self) -> Any:
@@ -232,22 +249,45 @@ class Campaign_:
     def _config(self, name: str) -> Path:
         store_uri = "embedded" if name == "a" else f"mongodb://127.0.0.1:{self.store_port}/?directConnection=true"
         sections: dict[str, dict[str, Any]] = {
-            "daemon": {"data_dir": str(self.work / ("store" if name == "a" else "b")), "log_format": "json",
-                       "shutdown_grace_seconds": GRACE, "instance_name": f"chaos-{name}"},
-            "mongo": {"uri": store_uri, "database": "trackly", "embedded_port": self.store_port,
-                      "connect_timeout_seconds": 30.0},
+            "daemon": {
+                "data_dir": str(self.work / ("store" if name == "a" else "b")),
+                "log_format": "json",
+                "shutdown_grace_seconds": GRACE,
+                "instance_name": f"chaos-{name}",
+            },
+            "mongo": {
+                "uri": store_uri,
+                "database": "trackly",
+                "embedded_port": self.store_port,
+                "connect_timeout_seconds": 30.0,
+            },
             "redis": {"url": self.redis.url, "socket_timeout_seconds": 1.0},
-            "http": {"port": self.http[name], "public_url": f"http://127.0.0.1:{self.http['a']}",
-                     "api_tokens": ["chaos-admin-token"]},
+            "http": {
+                "port": self.http[name],
+                "public_url": f"http://127.0.0.1:{self.http['a']}",
+                "api_tokens": ["chaos-admin-token"],
+            },
             "scheduler": {"poll_interval_seconds": 1.0, "evaluation_lease_seconds": 30.0},
             # short claims (half a second of tokens) and a short claim TTL: a killed daemon's claims come back quickly
-            "executor": {"poll_interval_seconds": 0.2, "claim_batch_size": 500, "claim_ttl_minutes": 0.5,
-                         "workers_per_list": 3,
-                         "rate_limit_claim_seconds": 0.5,
-                         "recovery_interval_seconds": 2.0, "retry_max_attempts": 3, "retry_budget_seconds": 8.0,
-                         "retry_initial_backoff_seconds": 0.2, "rate_limit_wait_seconds": 20.0},
-            "drivers.infobip": {"base_url": self.proxy.url, "api_key": FAKE_KEY, "timeout_seconds": 2.0,
-                                "batch_size": 50, "webhook_token": "chaos-webhook-token"},
+            "executor": {
+                "poll_interval_seconds": 0.2,
+                "claim_batch_size": 500,
+                "claim_ttl_minutes": 0.5,
+                "workers_per_list": 3,
+                "rate_limit_claim_seconds": 0.5,
+                "recovery_interval_seconds": 2.0,
+                "retry_max_attempts": 3,
+                "retry_budget_seconds": 8.0,
+                "retry_initial_backoff_seconds": 0.2,
+                "rate_limit_wait_seconds": 20.0,
+            },
+            "drivers.infobip": {
+                "base_url": self.proxy.url,
+                "api_key": FAKE_KEY,
+                "timeout_seconds": 2.0,
+                "batch_size": 50,
+                "webhook_token": "chaos-webhook-token",
+            },
         }
         path = self.work / f"{name}.toml"
         path.write_text(_toml(sections))
@@ -258,17 +298,34 @@ class Campaign_:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")}
         with (self.work / "fake.log").open("ab") as out:
             self.fake = subprocess.Popen(
-                [sys.executable, "-m", "trackly_exec.cli", "fake-provider", "infobip", "--port", str(self.fake_port),
-                 "--dlr-delay", "2" if self.plan.reports else "100000"],
-                cwd=self.work, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                [
+                    sys.executable,
+                    "-m",
+                    "trackly_exec.cli",
+                    "fake-provider",
+                    "infobip",
+                    "--port",
+                    str(self.fake_port),
+                    "--dlr-delay",
+                    "2" if self.plan.reports else "100000",
+                ],
+                cwd=self.work,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
         await self.proxy.start()
         for name in ("a", "b"):
             self.daemons[name] = Daemon(name, self.work, self._config(name))
         self.daemons["a"].start()
         await asyncio.to_thread(wait_port, "127.0.0.1", self.fake_port, 60)
         await asyncio.to_thread(wait_port, "127.0.0.1", self.store_port, 120)
-        self.client = AsyncMongoClient(f"mongodb://127.0.0.1:{self.store_port}/?directConnection=true",
-                                       tz_aware=True, serverSelectionTimeoutMS=3000)
+        self.client = AsyncMongoClient(
+            f"mongodb://127.0.0.1:{self.store_port}/?directConnection=true",
+            tz_aware=True,
+            serverSelectionTimeoutMS=3000,
+        )
         await self._retry(self.db.command, "ping")
         await self.seed()
         self.daemons["b"].start()
@@ -288,30 +345,70 @@ class Campaign_:
         db = self.db
         n, zone, now = self.plan.messages, _inside_zone(), dt.datetime.now(dt.UTC)
         await db[c.ACCOUNTS].insert_one({"_id": 1, "name": "chaos", "balance": 1_000_000.0, "created_at": now})
-        await db[c.SENDING_LISTS].insert_one(SendingList(
-            id=1, account_id=1, name="chaos", driver="infobip", from_number="+15550001111",
-            rate_limit_per_minute=self.plan.rate_per_minute, price_per_segment=0.001).to_doc())
+        await db[c.SENDING_LISTS].insert_one(
+            SendingList(
+                id=1,
+                account_id=1,
+                name="chaos",
+                driver="infobip",
+                from_number="+15550001111",
+                rate_limit_per_minute=self.plan.rate_per_minute,
+                price_per_segment=0.001,
+            ).to_doc()
+        )
         for start in range(0, n, 5000):
-            await db[c.CONTACTS].insert_many([
-                {"_id": i, "sending_list_id": 1, "phone": f"+1212{2000000 + i:07d}", "first_name": f"C{i}",
-                 "last_name": None, "attributes": {"n": i}, "timezone": zone, "subscribed": True, "blocked": False,
-                 "in_workflow": False, "last_sent_at": None, "created_at": now, "updated_at": now}
-                for i in range(start + 1, min(n, start + 5000) + 1)])
-        await db[c.AUDIENCES].insert_many([
-            {"_id": k, "sending_list_id": 1, "name": f"all-{k}", "filter": {}, "contact_ids": None} for k in (1, 2)])
-        await db[c.CREATIVES].insert_one(Creative(id=1, account_id=1, name="chaos", variants=[
-            Variant(key="A", body="Hi {first_name|there}, chaos A", weight=1),
-            Variant(key="B", body="Hello {first_name|there}, chaos B", weight=1)]).to_doc())
-        await db[c.CAMPAIGNS].insert_one(Campaign(id=1, account_id=1, sending_list_id=1, audience_ids=[1, 2],
-                                                  creative_id=1, schedule=Schedule(at=now)).to_doc())
+            await db[c.CONTACTS].insert_many(
+                [
+                    {
+                        "_id": i,
+                        "sending_list_id": 1,
+                        "phone": f"+1212{2000000 + i:07d}",
+                        "first_name": f"C{i}",
+                        "last_name": None,
+                        "attributes": {"n": i},
+                        "timezone": zone,
+                        "subscribed": True,
+                        "blocked": False,
+                        "in_workflow": False,
+                        "last_sent_at": None,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in range(start + 1, min(n, start + 5000) + 1)
+                ]
+            )
+        await db[c.AUDIENCES].insert_many(
+            [{"_id": k, "sending_list_id": 1, "name": f"all-{k}", "filter": {}, "contact_ids": None} for k in (1, 2)]
+        )
+        await db[c.CREATIVES].insert_one(
+            Creative(
+                id=1,
+                account_id=1,
+                name="chaos",
+                variants=[
+                    Variant(key="A", body="Hi {first_name|there}, chaos A", weight=1),
+                    Variant(key="B", body="Hello {first_name|there}, chaos B", weight=1),
+                ],
+            ).to_doc()
+        )
+        await db[c.CAMPAIGNS].insert_one(
+            Campaign(
+                id=1, account_id=1, sending_list_id=1, audience_ids=[1, 2], creative_id=1, schedule=Schedule(at=now)
+            ).to_doc()
+        )
 
     # -- events -----------------------------------------------------------------------------------
 
     def schedule(self) -> list[tuple[float, str]]:
         """(progress fraction, event) pairs, sorted; drawn from the seed."""
         p, rng = self.plan, self.rng
-        kinds = (["kill_daemon"] * p.daemon_kills + ["kill_store"] * p.store_kills + ["kill_redis"] * p.redis_kills
-                 + ["stop_redis"] * p.redis_stops + [f"fault:{f}" for f in p.faults])
+        kinds = (
+            ["kill_daemon"] * p.daemon_kills
+            + ["kill_store"] * p.store_kills
+            + ["kill_redis"] * p.redis_kills
+            + ["stop_redis"] * p.redis_stops
+            + [f"fault:{f}" for f in p.faults]
+        )
         # one daemon kill before any message is recorded (during evaluation) when there are several
         out = [(0.0, "kill_daemon")] if p.daemon_kills > 1 else []
         if out:
@@ -401,8 +498,11 @@ class Campaign_:
             sent, failed = await self._count(c.SENT), await self._count(c.FAILED)
             if sent is not None and failed is not None:
                 recorded = sent + failed
-            while pending and pending[0][0] * self.plan.messages <= recorded and (
-                    pending[0][0] > 0 or time.monotonic() - started >= early):
+            while (
+                pending
+                and pending[0][0] * self.plan.messages <= recorded
+                and (pending[0][0] > 0 or time.monotonic() - started >= early)
+            ):
                 await self.fire(pending.pop(0)[1])
             self._revive()
             await asyncio.sleep(1.0)
@@ -424,9 +524,9 @@ class Campaign_:
     # -- the verdict ------------------------------------------------------------------------------
 
     async def ledger(self) -> list[dict[str, Any]]:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{self.fake_port}/_fake/ledger", params={"entries": "1"}) as r:
-                return list((await r.json())["entries"])
+        url = f"http://127.0.0.1:{self.fake_port}/_fake/ledger"
+        async with aiohttp.ClientSession() as http, http.get(url, params={"entries": "1"}) as r:
+            return list((await r.json())["entries"])
 
     async def verdict(self, stops: dict[str, tuple[int | None, float | None]]) -> None:
         db = self.db
@@ -469,8 +569,11 @@ class Campaign_:
             ("same contact twice in one execution", sum(1 for n in per_contact.values() if n > 1), "= 0"),
             ("same message accepted twice", sum(1 for n in accepted.values() if n > 1), "= 0"),
             ("same phone accepted twice in one execution", sum(1 for n in phones.values() if n > 1), "= 0"),
-            ("records in two states", len(set(sent) & set(failed)) + len(set(queued) & (set(sent) | set(failed))),
-             "= 0"),
+            (
+                "records in two states",
+                len(set(sent) & set(failed)) + len(set(queued) & (set(sent) | set(failed))),
+                "= 0",
+            ),
             ("accepted without any record", ghosts, "= 0"),
             ("MessageSent not accepted by the provider", sum(1 for m in sent if m not in accepted), "= 0"),
             ("accepted but recorded failed (not NO_RESPONSE)", plain_failed_accepted, "= 0"),

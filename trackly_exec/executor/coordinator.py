@@ -230,8 +230,9 @@ class Coordinator:
                 await asyncio.gather(*late, return_exceptions=True)
         released = 0
         try:  # bounded: with the store down, recovery releases these after the claim TTL instead
-            released = await asyncio.wait_for(claims.release_tokens(self.trackly.db, list(self.worker.tokens)),
-                                              timeout=RELEASE_TIMEOUT_SECONDS)
+            released = await asyncio.wait_for(
+                claims.release_tokens(self.trackly.db, list(self.worker.tokens)), timeout=RELEASE_TIMEOUT_SECONDS
+            )
         except Exception as exc:
             log.error("executor_release_failed", error=str(exc) or type(exc).__name__)
         self.worker.tokens.clear()

@@ -220,9 +220,11 @@ class Alerts:
             with contextlib.suppress(TypeError, ValueError):
                 list_id = int(value)
                 failed[list_id] = await store[c.FAILED].count_documents(
-                    {"sending_list_id": list_id, "failed_at": {"$gte": since}})
+                    {"sending_list_id": list_id, "failed_at": {"$gte": since}}
+                )
                 sent[list_id] = await store[c.SENT].count_documents(
-                    {"sending_list_id": list_id, "timestamp": {"$gte": since}})
+                    {"sending_list_id": list_id, "timestamp": {"$gte": since}}
+                )
         events = []
         for list_id, f in failed.items():
             total = f + sent[list_id]

@@ -101,22 +101,39 @@ class Store:
             uri = embedded.uri
         else:
             uri = settings.mongo.uri.get_secret_value()
-        store = await cls.connect(uri, settings.mongo.database, timeout=settings.mongo.connect_timeout_seconds,
-                                  embedded=embedded, w=settings.mongo.write_concern_w,
-                                  retry_writes=settings.mongo.retry_writes)
+        store = await cls.connect(
+            uri,
+            settings.mongo.database,
+            timeout=settings.mongo.connect_timeout_seconds,
+            embedded=embedded,
+            w=settings.mongo.write_concern_w,
+            retry_writes=settings.mongo.retry_writes,
+        )
         if create_indexes:
             await store.ensure_indexes()
         return store
 
     @classmethod
-    async def connect(cls, uri: str, database: str, *, timeout: float = 15.0,
-                      embedded: EmbeddedMongo | None = None, w: int | str = "majority",
-                      retry_writes: bool = True) -> Store:
+    async def connect(
+        cls,
+        uri: str,
+        database: str,
+        *,
+        timeout: float = 15.0,
+        embedded: EmbeddedMongo | None = None,
+        w: int | str = "majority",
+        retry_writes: bool = True,
+    ) -> Store:
         """Connect and ping. Writes use write concern ``w`` (default majority) and are retried once after a
         network error or a primary step-down (see CONTRIBUTING, "Failover")."""
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            uri, tz_aware=True, serverSelectionTimeoutMS=int(timeout * 1000), appname="trackly-exec",
-            w=w, retryWrites=retry_writes, retryReads=True,
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=int(timeout * 1000),
+            appname="trackly-exec",
+            w=w,
+            retryWrites=retry_writes,
+            retryReads=True,
         )
         try:
             await client.admin.command("ping")

@@ -199,13 +199,22 @@ class StoreSupervisor:
             status = server.proc.returncode if server.proc is not None else None
             in_a_row += 1
             if in_a_row > self.attempts:
-                log.critical("embedded_store_gave_up", status=status, restarts_in_a_row=in_a_row - 1,
-                             log_file=str(server.log_file))
+                log.critical(
+                    "embedded_store_gave_up",
+                    status=status,
+                    restarts_in_a_row=in_a_row - 1,
+                    log_file=str(server.log_file),
+                )
                 self.trackly.request_exit(1, f"the embedded store died {in_a_row} times in a row")
                 return
             backoff = min(self.MAX_BACKOFF, 0.5 * 2 ** (in_a_row - 1))
-            log.error("embedded_store_died", status=status, restart_in_seconds=backoff, attempt=in_a_row,
-                      log_file=str(server.log_file))
+            log.error(
+                "embedded_store_died",
+                status=status,
+                restart_in_seconds=backoff,
+                attempt=in_a_row,
+                log_file=str(server.log_file),
+            )
             if await self._pause(backoff):
                 return
             try:
@@ -215,5 +224,9 @@ class StoreSupervisor:
                 continue
             started = time.monotonic()
             self.restarts += 1
-            log.warning("embedded_store_restarted", port=server.port, pid=server.proc.pid if server.proc else None,
-                        attempt=in_a_row)
+            log.warning(
+                "embedded_store_restarted",
+                port=server.port,
+                pid=server.proc.pid if server.proc else None,
+                attempt=in_a_row,
+            )
