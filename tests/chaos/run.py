@@ -65,8 +65,9 @@ FAULTS: dict[str, tuple[dict[str, float], float]] = {
     "reset_after": ({"reset_after": 0.2}, 3.0),
     "reset_before": ({"reset_before": 0.2}, 3.0),
 }
-#: Faults whose invariant needs work not yet on main (run by ``make test-chaos`` only; see the README of the suite).
-PENDING_FAULTS = ("5xx_after",)
+#: Faults whose invariant needs work not yet on main (run by ``make test-chaos`` only). Empty since drivers record a
+#: 5xx after the request was written as NO_RESPONSE instead of retrying it (a duplicate send before).
+PENDING_FAULTS: tuple[str, ...] = ()
 
 
 @dataclass
@@ -86,8 +87,10 @@ class Plan:
 
     @classmethod
     def short(cls, seed: int) -> Plan:
+        """The CI version: 5,000 messages (nx-27017 file-backed scans a 20,000-message queue slowly on 2 shared cores)."""
         return cls(
             seed=seed,
+            messages=5_000,
             daemon_kills=2,
             store_kills=1,
             redis_kills=1,
