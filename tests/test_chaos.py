@@ -7,10 +7,10 @@ import os
 from typing import Any
 
 import pytest
+from trackly_drivers.infobip import InfobipDriver
 
-from drivers.infobip import InfobipDriver
-from drivers.infobip_fake import InfobipFake
-from trackly_exec.driver import DriverContext, OutboundMessage
+from trackly_exec.drivers.contract import DriverContext, OutboundMessage
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .chaos.faultproxy import FaultProxy
 from .chaos.run import Plan, run_campaign

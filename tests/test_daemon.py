@@ -187,10 +187,10 @@ def _store_child(daemon: subprocess.Popen[str]) -> int:
 
 async def test_killed_embedded_store_is_restarted_and_the_daemon_sends_again(tmp_path: Path) -> None:
     """SIGKILL of the embedded store of a running daemon: the daemon restarts it (same port, same data) and sends."""
-    from drivers.infobip_fake import InfobipFake
     from tests.executor_support import seed
-    from trackly_exec import constants as c
-    from trackly_exec.store import Store
+    from trackly_exec.store import constants as c
+    from trackly_exec.store.client import Store
+    from trackly_exec.testing.fakes.infobip import InfobipFake
 
     fake = await InfobipFake(api_key="k").start()
     proc = _run_daemon(tmp_path, _config(tmp_path, fake.url))
@@ -224,11 +224,11 @@ async def test_store_killed_mid_send_neither_loses_nor_doubles(tmp_path: Path) -
     """The file-backed embedded store SIGKILLed while batches are claimed, marked and at the provider: after its
     restart every message has exactly one record, none was accepted twice, and each accepted one is a MessageSent
     or an (ambiguous) NO_RESPONSE (see CONTRIBUTING, "Failover")."""
-    from drivers.fake import Behaviour
-    from drivers.infobip_fake import InfobipFake
     from tests.executor_support import assert_one_record_each, seed
-    from trackly_exec import constants as c
-    from trackly_exec.store import Store
+    from trackly_exec.store import constants as c
+    from trackly_exec.store.client import Store
+    from trackly_exec.testing.fakes.control import Behaviour
+    from trackly_exec.testing.fakes.infobip import InfobipFake
 
     fake = await InfobipFake(api_key="k").start()
     fake.set_default(Behaviour("slow", delay=0.3))
@@ -267,7 +267,7 @@ async def test_store_killed_mid_send_neither_loses_nor_doubles(tmp_path: Path) -
 
 
 async def _recorded(store: Any) -> int:
-    from trackly_exec import constants as c
+    from trackly_exec.store import constants as c
 
     return int(await store.db[c.SENT].count_documents({}) + await store.db[c.FAILED].count_documents({}))
 

@@ -44,10 +44,10 @@ from typing import Any
 import aiohttp
 from pymongo import AsyncMongoClient
 
-from trackly_exec import constants as c
 from trackly_exec.daemon import STOP_MARGIN_SECONDS
-from trackly_exec.embedded import _die_with_parent, free_port
-from trackly_exec.models import Campaign, Creative, Schedule, SendingList, Variant
+from trackly_exec.store import constants as c
+from trackly_exec.store.embedded import _die_with_parent, free_port
+from trackly_exec.store.models import Campaign, Creative, Schedule, SendingList, Variant
 
 from ..services import RedisServer, wait_port
 from .faultproxy import FaultProxy
@@ -651,7 +651,7 @@ class Campaign_:
         return self.result
 
     async def _own_store(self) -> None:
-        from trackly_exec.embedded import EmbeddedMongo
+        from trackly_exec.store.embedded import EmbeddedMongo
 
         if self.client is not None:
             await self.client.close()
