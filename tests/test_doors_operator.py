@@ -115,6 +115,31 @@ async def test_dashboard_login_sets_a_cookie(server: HttpServer) -> None:
             assert r.status == 200
 
 
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (b"\xff" * 100, "multipart/form-data"),  # no boundary
+        (b"--x\r\ngarbage", "multipart/form-data; boundary=x"),
+        (b"token=%FF%FE", "application/x-www-form-urlencoded"),
+        (b"token=test-token", "application/x-www-form-urlencoded; charset=no-such-charset"),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="token"; filename="t.txt"\r\n\r\ntest-token\r\n--x--\r\n',
+            "multipart/form-data; boundary=x",
+        ),
+        (b"", "text/plain"),
+    ],
+    ids=["no-boundary", "bad-part-header", "bad-percent", "bad-charset", "file-field", "empty"],
+)
+async def test_broken_login_forms_are_4xx(server: HttpServer, body: bytes, ctype: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.url + "/dashboard/login", data=body, headers={"Content-Type": ctype}, allow_redirects=False
+        ) as r,
+    ):
+        assert 400 <= r.status < 500 and "Set-Cookie" not in r.headers
+
+
 async def test_healthz_is_open_and_tells_nothing_sensitive(server: HttpServer) -> None:
     async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as r:
         body = await r.json()

@@ -422,6 +422,10 @@ async def test_cli_messages_export_dead_letters_outbox(
     assert await run(server, "messages", phone[2:]) == 0
     out = capsys.readouterr().out
     assert f"messages to {phone}" in out and ids[1] in out and "PROVIDER_ERROR" in out
+    # as the README writes it, unquoted: `trackly messages +1 555 123 4567`
+    assert await run(server, "messages", phone[:2], phone[2:5], phone[5:8], phone[8:]) == 0
+    out = capsys.readouterr().out
+    assert f"messages to {phone}" in out and ids[1] in out
     assert await run(server, "messages", "--campaign", "1", "--state", "sent") == 0
     out = capsys.readouterr().out
     assert ids[0] in out and ids[1] not in out

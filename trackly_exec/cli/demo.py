@@ -43,6 +43,9 @@ log = get_logger(__name__)
 BROWSER = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1"
 PREVIEW = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"
 URL = "https://shop.example.com/spring-sale?utm_source=sms"
+#: How long the progress bars wait for every send and delivery report once triggered (a few seconds normally;
+#: a loaded 2-core machine can need minutes): past it the demo reports what is still outstanding.
+WAIT_SECONDS = 600.0
 
 
 @dataclass
@@ -131,10 +134,14 @@ class Demo:
             _env_prefix="TRACKLY_DEMO_",  # hermetic: the user's TRACKLY_* variables are for their daemon
         )
 
-    async def api(self, method: str, path: str, body: Any = None) -> Any:
+    async def api(self, method: str, path: str, body: Any = None, *, timeout: float | None = 120.0) -> Any:
         assert self.http is not None
         async with self.http.request(
-            method, f"{self.public_url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {self.token}"}
+            method,
+            f"{self.public_url}/api/v1{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=aiohttp.ClientTimeout(total=timeout),
         ) as r:
             data = await r.json()
             if r.status >= 300:
@@ -400,9 +407,11 @@ class Demo:
         self.result.campaign_id = camp["id"]
         self.say(f"  campaign {camp['id']}: audiences {auds}, creative {creative} (variants a/b, tracked link)\n")
         t0 = utcnow()
-        trig = asyncio.create_task(self.api("POST", f"/campaigns/{camp['id']}/trigger?wait=true"))
+        # ?wait=true: the trigger answers once the audience is queued: seconds here, minutes on a loaded machine (no timeout,
+        # like `trackly campaign trigger`); the bars then wait for the sends and reports up to WAIT_SECONDS.
+        trig = asyncio.create_task(self.api("POST", f"/campaigns/{camp['id']}/trigger?wait=true", timeout=None))
         try:
-            await self.progress(trackly, fake, trig, time.monotonic() + 60)
+            await self.progress(trackly, fake, trig, time.monotonic() + WAIT_SECONDS)
             self.result.execution_id = (await trig)["execution_id"]
         finally:
             if not trig.done():

@@ -35,6 +35,7 @@ def _tri(v: Any) -> str:
 
 
 def cmd_messages(args: argparse.Namespace) -> int:
+    args.phone = " ".join(args.phone) if args.phone else None  # `trackly messages +1 555 123 4567` unquoted
     if not (args.phone or args.contact or args.campaign or args.execution):
         raise CliError("give a phone number, or --contact, --campaign or --execution")
     client = client_from(args)
@@ -269,7 +270,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=parents,
         help="message log: a number's (or contact's, campaign's, execution's) messages and outcomes",
     )
-    msg.add_argument("phone", nargs="?", help="phone number in any format (normalised like imports)")
+    msg.add_argument(
+        "phone", nargs="*", help="phone number in any format, spaces allowed: +1 555 123 4567 (normalised like imports)"
+    )
     msg.add_argument("--region", default="US", help="region of a number without country code (default US)")
     msg.add_argument("--contact", type=int, help="contact id")
     msg.add_argument("--campaign", type=int, help="campaign id")

@@ -20,6 +20,7 @@ import html
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from trackly_exec.config import Settings
@@ -132,8 +133,13 @@ def setup(app: web.Application, settings: Settings) -> None:
     """``POST /dashboard/login`` (form field ``token``): sets the cookie and redirects to the dashboard."""
 
     async def login(request: web.Request) -> web.StreamResponse:
-        form = await request.post()
-        token = str(form.get("token", ""))
+        try:
+            form = await request.post()
+        except (ValueError, LookupError, AssertionError, HttpProcessingError):  # broken form: boundary, charset
+            return _login_page(400, "Send the token as a form field named token.")
+        token = form.get("token", "")
+        if not isinstance(token, str):  # a file upload named token
+            token = ""
         if not valid_token(settings, token):
             return _login_page(401, "That token is not valid.")
         return _with_cookie(settings, _see_dashboard(), token)
