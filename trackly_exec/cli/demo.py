@@ -407,8 +407,8 @@ class Demo:
         self.result.campaign_id = camp["id"]
         self.say(f"  campaign {camp['id']}: audiences {auds}, creative {creative} (variants a/b, tracked link)\n")
         t0 = utcnow()
-        # ?wait=true: the trigger answers once the audience is queued: seconds here, minutes on a loaded machine (no timeout,
-        # like `trackly campaign trigger`); the bars then wait for the sends and reports up to WAIT_SECONDS.
+        # ?wait=true: the trigger answers once the audience is queued: seconds here, minutes on a loaded machine
+        # (no client timeout for it); the bars then wait for the sends and reports up to WAIT_SECONDS.
         trig = asyncio.create_task(self.api("POST", f"/campaigns/{camp['id']}/trigger?wait=true", timeout=None))
         try:
             await self.progress(trackly, fake, trig, time.monotonic() + WAIT_SECONDS)
