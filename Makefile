@@ -66,12 +66,16 @@ $(PEER):
 	.venv-peer/bin/python -m pip install -q "arq==0.28.*" "pymongo>=4.10" "aiohttp>=3.9"
 	touch $(PEER)
 
+# Each bench appends its figures to $(BENCH_JSON); bench/report.py prints them as one table at the end.
+BENCH_JSON := $(CURDIR)/.trackly/bench.jsonl
 bench: install $(PEER)
-	$(BIN)/python bench/executor.py
-	$(BIN)/python bench/peer.py
-	$(BIN)/python bench/ratelimit.py
-	$(BIN)/python bench/campaign.py
-	$(BIN)/python bench/tracking.py
+	mkdir -p .trackly && rm -f $(BENCH_JSON)
+	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/executor.py --breakdown
+	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/peer.py
+	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/ratelimit.py
+	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/campaign.py
+	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/tracking.py
+	$(BIN)/python bench/report.py $(BENCH_JSON)
 
 clean:
 	rm -rf $(VENV) .venv-peer .pytest_cache .mypy_cache .ruff_cache .trackly *.egg-info

@@ -229,3 +229,35 @@ def run(coro: Any) -> Any:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def record(
+    figure: str,
+    value: float,
+    unit: str,
+    *,
+    floor: float | None = None,
+    ratio: float | None = None,
+    us_per_message: float | None = None,
+    rss_mb: float | bool | None = True,
+    note: str = "",
+) -> None:
+    """Append one figure to the JSON-lines file named by ``TRACKLY_BENCH_JSON`` (``make bench`` sets it;
+    ``bench/report.py`` prints the table). ``rss_mb``: True (default) records this process's peak RSS, None none.
+    Without the variable nothing is written."""
+    path = os.environ.get("TRACKLY_BENCH_JSON")
+    if not path:
+        return
+    row = {
+        "bench": Path(sys.argv[0]).stem,
+        "figure": figure,
+        "value": value,
+        "unit": unit,
+        "floor": floor,
+        "ratio": ratio,
+        "us_per_message": us_per_message,
+        "rss_mb": peak_rss_mb() if rss_mb is True else rss_mb,
+        "note": note,
+    }
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")

@@ -43,6 +43,8 @@ from trackly_exec.config import Settings  # noqa: E402
 from trackly_exec.logs import configure_logging  # noqa: E402
 from trackly_exec.store.models import new_message_id, utcnow  # noqa: E402
 
+from _common import record  # noqa: E402
+
 BATCH = int(os.environ.get("BENCH_BATCH", "2000"))  # scheduler.evaluation_batch_size, and the floor's batch
 
 
@@ -419,12 +421,26 @@ def main() -> int:
                 f"   peak RSS of the evaluating process: {o['peak_rss_mb']:.0f} MB (at start {o['rss_before_mb']:.0f} MB)"
                 f"   [seeding took {r['seed_seconds']:.1f} s]"
             )
+            record(
+                f"evaluation + queuing, {n:,} contacts",
+                o["contacts_per_s"],
+                "contacts/s",
+                ratio=r["ratio"] if f is not None else None,
+                rss_mb=o["peak_rss_mb"],
+            )
             if "linked" in r:
                 lk = r["linked"]
                 print(
                     f"   with tracked links (+{lk['counts']['links']:,} MessageShortLink inserts): {lk['seconds']:.2f} s "
                     f"-> {lk['contacts_per_s']:,.0f} contacts/s, ratio floor/ours {r['linked_ratio']:.2f}, "
                     f"peak RSS {lk['peak_rss_mb']:.0f} MB"
+                )
+                record(
+                    f"evaluation + queuing with links, {n:,} contacts",
+                    lk["contacts_per_s"],
+                    "contacts/s",
+                    ratio=r["linked_ratio"],
+                    rss_mb=lk["peak_rss_mb"],
                 )
         if not a.skip_e2e:
             e = asyncio.run(e2e_bench(a.e2e_n, os.path.join(tmp, "e2e")))

@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from _common import fake_credentials, ledger, peak_rss_mb, run, seed_lists, services
+from _common import fake_credentials, ledger, peak_rss_mb, record, run, seed_lists, services
 
 from trackly_exec.store import constants as c
 from trackly_exec.app import Trackly
@@ -190,7 +190,6 @@ async def main(args: argparse.Namespace) -> None:
         counts = await coord.run_until_idle()
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu0
-        await trackly.close(close_store=False)
         sent = counts.get("sent", 0)
         accepted = sum(ledger(u)["accepted"] for u in svc["fakes"].values())
         dupes = sum(ledger(u)["duplicates"] for u in svc["fakes"].values())
@@ -208,6 +207,31 @@ async def main(args: argparse.Namespace) -> None:
             f"load average at start {load:.1f} on {os.cpu_count()} cores",
             flush=True,
         )
+        us = cpu / max(sent, 1) * 1e6
+        mix = "+".join(LISTS.values())
+        per_provider: dict[str, float] = {}
+        if args.breakdown:
+            # each provider alone, on the same store and coordinator: process CPU per message of that provider
+            each = max(1000, args.n // len(LISTS))
+            for lid, name in LISTS.items():
+                await seed_lists(store, each, {lid: name}, rate=args.rate, price=0.001, contacts=False)
+                before = coord.counts["sent"]
+                c0 = time.process_time()
+                await coord.run_until_idle()
+                per_provider[name] = (time.process_time() - c0) / max(coord.counts["sent"] - before, 1) * 1e6
+            print(
+                "  executor CPU per message by provider (each alone, "
+                f"{each:,} messages): " + ", ".join(f"{k} {v:.0f} us" for k, v in per_provider.items()),
+                flush=True,
+            )
+        for name, v in per_provider.items():
+            record(f"executor CPU, {name} alone", v, "us/msg", us_per_message=v)
+        await trackly.close(close_store=False)
+        if args.no_floor:
+            record(f"executor ({mix})", exec_rate, "msg/s", us_per_message=us)
+            print(f"executor CPU per message: {us:.0f} us   target <= 60 us")
+            await store.close()
+            return
         await store.db[c.SENT].delete_many({})
         await seed_lists(store, args.n, LISTS, contacts=False)
         done, floor_s = await floor(store, list(LISTS), args.batch, args.workers)
@@ -230,6 +254,16 @@ async def main(args: argparse.Namespace) -> None:
             f"(floor {'allows' if floor_rate >= 8333 else 'does not allow'} it on this machine)"
         )
         print(f"peak RSS (this process: executor + bench): {peak_rss_mb():.0f} MB")
+        record(
+            f"executor ({mix})",
+            exec_rate,
+            "msg/s",
+            floor=bare_rate,
+            ratio=exec_rate / bare_rate if bare_rate else None,
+            us_per_message=us,
+            note="floor: bare floor",
+        )
+        record("storage floor (executor's queries)", floor_rate, "msg/s", ratio=exec_rate / floor_rate)
         assert len(ids) == args.n
         await store.close()
 
@@ -242,5 +276,7 @@ if __name__ == "__main__":
     p.add_argument("--pool", type=int, default=30, help="concurrent provider requests (default 30)")
     p.add_argument("--rate", type=int, default=0, help="rate limit per list per minute (default 0: off)")
     p.add_argument("--file", action="store_true", help="file-backed store instead of in-memory")
+    p.add_argument("--no-floor", action="store_true", help="skip the floors (executor figures only)")
+    p.add_argument("--breakdown", action="store_true", help="then run each provider alone and print its CPU us/message")
     p.add_argument("--lists", default=",".join(PROVIDERS), help="providers, one list each (default infobip,cm,twilio)")
     run(main(p.parse_args()))

@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from _common import run, seed_lists, services
+from _common import record, run, seed_lists, services
 
 from trackly_exec.testing.fakes.infobip import InfobipFake
 from trackly_exec.store.client import Store
@@ -111,6 +111,15 @@ async def main(args: argparse.Namespace) -> int:
         print(
             f"per process: {per_process} (both took part: {all(per_process)}); exit codes {codes}; "
             f"duplicates in the ledger: {fake.summary()['duplicates']}"
+        )
+        record(
+            "rate limit, 2 processes: busiest 1 s",
+            busiest,
+            "msgs",
+            floor=per_second,
+            ratio=busiest / per_second,
+            rss_mb=None,
+            note="limit in the floor column, target ratio <= 1.1",
         )
         await fake.stop()
         await store.close()

@@ -34,6 +34,8 @@ from trackly_exec.logs import configure_logging  # noqa: E402
 from trackly_exec.store.models import Account, MessageSent, utcnow  # noqa: E402
 from trackly_exec.operations.web import HttpServer  # noqa: E402
 
+from _common import record  # noqa: E402
+
 TOKEN = "bench-token-0123456789"
 
 
@@ -214,6 +216,8 @@ async def main(args: argparse.Namespace) -> int:
         print(f"  first reports, account without webhook_url: {no_hook:8.0f} reports/s")
         print(f"  duplicate reports (no-ops):                 {dup:8.0f} reports/s")
         print(f"  plain store floor (find + bulk_write):      {plain:8.0f} reports/s")
+        record("delivery reports (first)", first, "reports/s", floor=plain, ratio=first / plain)
+        record("delivery reports, no webhook URL", no_hook, "reports/s", floor=plain, ratio=no_hook / plain)
         print(
             f"  ratio first / floor: {first / plain:.2f}   target >= 5,000 reports/s: "
             f"{'met' if first >= 5000 else 'NOT met'}"

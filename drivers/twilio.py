@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote_plus, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from pydantic import Field, SecretStr
@@ -62,6 +62,7 @@ LOOKUP_PAGE_SIZE = 100
 LOOKUP_MAX_PAGES = 5
 
 SIGNATURE_HEADER = "x-twilio-signature"
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 SIGNATURE_SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
 _HASHES = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
 
@@ -145,6 +146,8 @@ class TwilioDriver(Driver[TwilioSettings]):
     max_lookup_batch: ClassVar[int] = 20  # one list request per message, made concurrently
 
     _http: HttpClient | None = None
+    _callback_prefix: str | None = None  # the quoted "<status_url>?mid=" of every request
+    _quoted: dict[str, str] | None = None  # sender -> quoted sender
 
     async def startup(self) -> None:
         pair = f"{self.settings.account_sid}:{self.settings.auth_token.get_secret_value()}"
@@ -167,6 +170,26 @@ class TwilioDriver(Driver[TwilioSettings]):
             data["StatusCallback"] = f"{self.context.status_url}{sep}mid={m.id}"
         return data
 
+    def form_body(self, m: OutboundMessage) -> bytes:
+        """:meth:`form`, URL-encoded: byte for byte ``urlencode(self.form(m))``, with the parts that are the same for
+        every request (sender, callback URL) quoted once (aiohttp's FormData costs several times more per request)."""
+        prefix = self._callback_prefix
+        if prefix is None:
+            url = self.context.status_url
+            prefix = quote_plus(f"{url}{'&' if '?' in url else '?'}mid=") if url else ""
+            self._callback_prefix = prefix
+        if self._quoted is None:
+            self._quoted = {}
+        sender = self._quoted.get(m.sender)
+        if sender is None:
+            sender = quote_plus(m.sender)
+            if len(self._quoted) < 256:
+                self._quoted[m.sender] = sender
+        body = f"To={quote_plus(m.to)}&From={sender}&Body={quote_plus(m.body)}"
+        if prefix:
+            body += f"&StatusCallback={prefix}{quote_plus(m.id)}"
+        return body.encode("ascii")
+
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         if len(messages) == 1:
             return [await self._send_one(messages[0])]
@@ -176,7 +199,7 @@ class TwilioDriver(Driver[TwilioSettings]):
         assert self._http is not None, "startup() not called"
         path = f"/2010-04-01/Accounts/{self.settings.account_sid}/Messages.json"
         try:
-            reply = await self._http.post(path, data=self.form(m))
+            reply = await self._http.post(path, data=self.form_body(m), headers=_FORM)
             body = reply.json()
             if reply.status in (200, 201) and isinstance(body, dict) and body.get("sid"):
                 segments = body.get("num_segments")

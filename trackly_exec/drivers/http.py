@@ -38,6 +38,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from trackly_exec.drivers.contract import DriverSettings
 from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError
@@ -124,6 +125,16 @@ class HttpClient:
         self.base_url = settings.base_url.rstrip("/")
         self._headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}  # parsed once per path: aiohttp would parse the string on every request
+
+    def url(self, path: str) -> URL:
+        """The parsed URL of ``path`` (cached: a driver's send paths are fixed)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = URL(self.base_url + path)
+            if len(self._urls) < 64:
+                self._urls[path] = url
+        return url
 
     async def open(self) -> None:
         if self._session is not None:
@@ -162,7 +173,7 @@ class HttpClient:
             content_type = {"Content-Type": "application/json"}
         try:
             async with self.session.post(
-                self.base_url + path,
+                self.url(path),
                 data=body if body is not None else data,
                 headers={**content_type, **(headers or {})},
                 trace_request_ctx=state,

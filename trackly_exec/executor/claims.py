@@ -59,7 +59,11 @@ async def find_due(db: Any, list_id: int, now: dt.datetime, limit: int) -> list[
     """
     return [
         d["_id"]
-        async for d in db[c.QUEUED].find(due_filter(now, list_id), {"_id": 1}).sort([("sendtime", 1)]).limit(limit)
+        async for d in db[c.QUEUED]
+        .find(due_filter(now, list_id), {"_id": 1})
+        .sort([("sendtime", 1)])
+        .limit(limit)
+        .batch_size(limit)  # one reply (the server's default first batch is ~100-200 documents)
     ]
 
 
@@ -77,7 +81,8 @@ async def claim_ids(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -
     )
     if res.matched_count == 0:
         return []
-    docs: list[dict[str, Any]] = await q.find({"claimed_by": token}).to_list(None)
+    # one reply for the whole claim (the server's default first batch is ~100-200 documents)
+    docs: list[dict[str, Any]] = await q.find({"claimed_by": token}).batch_size(max(1, res.matched_count)).to_list(None)
     docs.sort(key=lambda d: (d["sendtime"], d["_id"]))
     return docs
 

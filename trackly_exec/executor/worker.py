@@ -416,11 +416,13 @@ class Worker:
     ) -> tuple[dict[str, SendResult], set[str], bool]:
         """Submit ``docs`` in requests of ``max_batch_size``; one final result per message."""
         size = max(1, info.driver.max_batch_size)
+        default_sender = info.doc.from_number
+        build = OutboundMessage.model_construct  # fields from our own queue documents: no validation per message
         msgs = [
-            OutboundMessage(
+            build(
                 id=d["_id"],
                 to=d["to_number"],
-                sender=d.get("from_number") or info.doc.from_number,
+                sender=d.get("from_number") or default_sender,
                 body=d["body"],
                 segments=int(d.get("segments") or 1),
             )
@@ -430,12 +432,19 @@ class Worker:
         requeue: set[str] = set()
         errors = [False]
         by_id = {d["_id"]: d for d in docs}
-        await asyncio.gather(
-            *(
-                self._request(info, msgs[i : i + size], results, requeue, errors, by_id)
-                for i in range(0, len(msgs), size)
-            )
-        )
+        requests = [msgs[i : i + size] for i in range(0, len(msgs), size)]
+        if len(requests) == 1:
+            await self._request(info, requests[0], results, requeue, errors, by_id)
+            return results, requeue, errors[0]
+        # bounded concurrency: as many consumers as the pool has slots, not one task per request (a chunk of
+        # one-message requests, Twilio's, would otherwise create a task per message)
+        pending = iter(requests)
+
+        async def consume() -> None:
+            for batch in pending:
+                await self._request(info, batch, results, requeue, errors, by_id)
+
+        await asyncio.gather(*(consume() for _ in range(min(len(requests), self.cfg.pool_size))))
         return results, requeue, errors[0]
 
     async def _request(

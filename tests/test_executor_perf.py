@@ -1,0 +1,53 @@
+"""Executor hot-path costs (issue 12): bounded request concurrency, pre-encoded Twilio form bodies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from trackly_drivers.twilio import TwilioDriver
+
+from trackly_exec.config import Settings
+from trackly_exec.drivers.contract import Accepted, OutboundMessage, SendResult
+from trackly_exec.store.client import Store
+from trackly_exec.testing.contract import DriverHarness
+
+from .executor_support import executor, seed
+
+
+async def test_twilio_form_body_is_the_urlencoded_form() -> None:
+    """The pre-encoded body is byte for byte ``urlencode(form(m))`` (quoting cached per sender and callback URL),
+    and the provider takes it."""
+    async with DriverHarness(TwilioDriver) as h:
+        odd = OutboundMessage(id="a/b?c=d", to="+12025550100", sender="Shop & Co", body="Héllo 100% & = + / ? 😀")
+        msgs = [*h.messages(2), odd]
+        driver: Any = h.driver
+        for m in msgs:
+            assert driver.form_body(m) == urlencode(driver.form(m)).encode()
+        results = await h.submit(msgs)
+        assert all(isinstance(r, Accepted) for r in results)
+
+
+async def test_requests_run_on_pool_size_consumers_not_a_task_each(
+    settings: Settings, store: Store, fakes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk of 24 one-message (Twilio) requests runs on at most ``pool_size`` tasks, not one task per request;
+    every message is still sent once and recorded once."""
+    ids = await seed(store, 24, driver="twilio")
+    seen: list[int] = []
+    original = TwilioDriver.send
+
+    async def send(self: TwilioDriver, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        seen.append(sum(1 for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("Worker.")))  # type: ignore[union-attr]
+        return await original(self, messages)
+
+    monkeypatch.setattr(TwilioDriver, "send", send)
+    coord = await executor(settings, store, fakes, claim_batch_size=24, workers_per_list=1, pool_size=3)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 24 and len(seen) == 24
+    assert max(seen) <= 3
+    assert sorted(e.message_id for e in fakes["twilio"].ledger) == sorted(ids)
