@@ -29,7 +29,7 @@ from trackly_exec.store.client import Store  # noqa: E402
 TRACKLY = str(Path(sys.executable).with_name("trackly"))
 
 
-def wait_http(url: str, timeout: float = 15.0) -> None:
+def wait_http(url: str, timeout: float = 60.0) -> None:  # a loaded machine starts a fake slowly
     deadline = time.monotonic() + timeout
     while True:
         try:
