@@ -258,7 +258,7 @@ async def test_component_runs_due_campaigns_in_the_background(trackly: Trackly) 
     finally:
         await sched.stop(5.0)
     assert ex is not None and ex["counts"]["queued"] == 10
-    assert sched._loop is None and not sched._tasks
+    assert not sched._loop.running and not sched._tasks
 
 
 _CRASHING_TRIGGER = """

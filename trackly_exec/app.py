@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import random
 import uuid
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -17,6 +19,8 @@ from trackly_exec.store.client import Store
 from trackly_exec.store.events import EventBus
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class Component(Protocol):
@@ -83,3 +87,154 @@ class Trackly:
                 await self.redis.aclose()
         if close_store:
             await self.store.close()
+
+
+# -- background work: one way to run a loop, keep tasks, stop with grace, and back off -----------------------
+
+
+def backoff(
+    attempt: int,
+    *,
+    initial: float,
+    cap: float,
+    jitter: tuple[float, float] = (0.5, 1.0),
+    retry_after: float | None = None,
+    rand: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 = the first retry).
+
+    Exponential (``initial`` doubling per attempt, at most ``cap``), multiplied by a random factor drawn from
+    ``jitter`` (``(0.5, 1.0)``: up to half less, so the retries of many clients spread out), at most ``cap``, and
+    never less than a ``retry_after`` hint from the other side (a hint is honoured even above ``cap``; the caller
+    decides whether to wait that long). The one backoff rule of provider retries, the outbox, Discord alerts and
+    reconciliation look-ups.
+    """
+    exponent = min(max(attempt - 1, 0), 60)
+    delay = min(cap, min(cap, initial * 2.0**exponent) * rand(*jitter))
+    return float(max(delay, retry_after or 0.0))
+
+
+class TaskSet:
+    """The background tasks of a component: every task is kept until it ends (no fire-and-forget), and
+    :meth:`stop` waits for them with grace, then cancels the rest."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        name: str | None = None,
+        on_done: Callable[[asyncio.Task[T]], None] | None = None,
+    ) -> asyncio.Task[T]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if on_done is not None:
+            task.add_done_callback(on_done)
+        return task
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __bool__(self) -> bool:
+        return bool(self._tasks)
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(list(self._tasks))
+
+    async def wait(self) -> None:
+        """Until every task has ended (burst mode); their errors are theirs to log."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def stop(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for the tasks, then cancel the rest; returns how many were cancelled."""
+        pending = list(self._tasks)
+        if not pending:
+            return 0
+        _, late = await asyncio.wait(pending, timeout=max(grace, 0.0))
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+        return len(late)
+
+
+class Loop:
+    """One background loop of a component: ``tick()`` every ``interval`` seconds until :meth:`stop`.
+
+    - :meth:`wake` ends the current wait early; a ``tick`` returning ``True`` (more work is waiting) runs again
+      at once; ``first_wait`` waits one interval before the first tick.
+    - An exception of ``tick`` goes to ``on_error`` (default: a warning) and the loop goes on: the store or a
+      provider may be briefly unreachable.
+    - :meth:`stop` ends the wait at once, lets a running tick finish within ``grace`` seconds, then cancels it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tick: Callable[[], Awaitable[object]],
+        interval: float,
+        *,
+        first_wait: bool = False,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.interval = interval
+        self.first_wait = first_wait
+        self.stopping = asyncio.Event()
+        self._tick = tick
+        self._on_error = on_error or self._log_error
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _log_error(self, exc: Exception) -> None:
+        log.warning("loop_tick_failed", loop=self.name, error=str(exc))
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.stopping.clear()
+        self._wake.clear()
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _wait(self) -> None:
+        if self.stopping.is_set():
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+
+    async def _run(self) -> None:
+        if self.first_wait:
+            await self._wait()
+        while not self.stopping.is_set():
+            more = False
+            try:
+                more = (await self._tick()) is True
+            except Exception as exc:
+                self._on_error(exc)
+            if more:
+                await asyncio.sleep(0)  # let the rest of the process run between busy ticks
+                continue
+            await self._wait()
+
+    async def stop(self, grace: float) -> None:
+        self.stopping.set()
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=max(grace, 0.0))
+        if not done:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -34,6 +34,7 @@ from pymongo.errors import ConnectionFailure, ExecutionTimeout
 
 from trackly_exec.api import models as m
 from trackly_exec.app import Trackly
+from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 
 log = get_logger(__name__)
@@ -47,7 +48,7 @@ B = TypeVar("B", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(TracklyError):
     """An error answer: ``raise ApiError(404, "not_found", "account 3 not found")``."""
 
     def __init__(

@@ -40,7 +40,6 @@ nx-27017 stores a datetime given to ``$set`` as text (the embedded store runs in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import weakref
 from typing import Any
@@ -48,6 +47,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from trackly_exec.app import Loop, TaskSet
 from trackly_exec.campaigns.cron import Cron, CronError
 from trackly_exec.campaigns.evaluation import LeaseLost, Tally, evaluate, load_plan
 from trackly_exec.campaigns.queue import has_pending
@@ -385,7 +385,7 @@ async def trigger(trackly: Any, campaign_id: int, *, force: bool = False) -> int
 
 
 #: Evaluations started by :func:`start_trigger`, per Trackly (awaited or cancelled by :func:`stop_background`).
-_BACKGROUND: weakref.WeakKeyDictionary[Any, set[asyncio.Task[None]]] = weakref.WeakKeyDictionary()
+_BACKGROUND: weakref.WeakKeyDictionary[Any, TaskSet] = weakref.WeakKeyDictionary()
 
 
 async def start_trigger(trackly: Any, campaign_id: int, *, force: bool = False) -> tuple[int, asyncio.Task[None]]:
@@ -406,23 +406,15 @@ async def start_trigger(trackly: Any, campaign_id: int, *, force: bool = False) 
         except Exception as exc:  # the lease expires and a scheduler resumes it
             log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
 
-    task = asyncio.create_task(go(), name=f"evaluate-{execution['_id']}")
-    tasks = _BACKGROUND.setdefault(trackly, set())
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
+    task = _BACKGROUND.setdefault(trackly, TaskSet()).spawn(go(), name=f"evaluate-{execution['_id']}")
     return int(execution["_id"]), task
 
 
 async def stop_background(trackly: Any, grace: float) -> None:
     """Wait up to ``grace`` for background evaluations, then cancel them (they resume from their lease)."""
-    tasks = list(_BACKGROUND.get(trackly, ()))
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
+    tasks = _BACKGROUND.get(trackly)
+    if tasks is not None:
+        await tasks.stop(grace)
 
 
 class Scheduler:
@@ -435,10 +427,9 @@ class Scheduler:
         self.cfg = trackly.settings.scheduler
         self.runner = _Runner(trackly)
         self.db = trackly.db
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()  # evaluations
         self._sem = asyncio.Semaphore(self.cfg.max_concurrent_evaluations)
-        self._stop = asyncio.Event()
-        self._loop: asyncio.Task[None] | None = None
+        self._loop = Loop("scheduler", self.tick, self.cfg.poll_interval_seconds, on_error=self._tick_failed)
 
     # ---- one pass
 
@@ -573,9 +564,7 @@ class Scheduler:
                 except Exception as exc:  # the lease expires and another pass resumes it
                     log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
 
-        task = asyncio.create_task(go(), name=f"evaluate-{execution['_id']}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(go(), name=f"evaluate-{execution['_id']}")
 
     async def run_until_idle(self) -> dict[str, int]:
         """Process everything due now (including evaluations) and return the totals."""
@@ -584,8 +573,7 @@ class Scheduler:
             stats = await self.tick()
             for k, v in stats.items():
                 totals[k] += v
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self._tasks.wait()
             totals["completed"] += await self.runner.complete_drained()
             if not stats["started"] and not stats["resumed"]:
                 return totals
@@ -593,30 +581,14 @@ class Scheduler:
     # ---- component
 
     async def start(self) -> None:
-        self._stop.clear()
-        self._loop = asyncio.create_task(self._run(), name="scheduler")
+        self._loop.start()
         log.info("scheduler_started", poll_interval_seconds=self.cfg.poll_interval_seconds)
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.tick()
-            except Exception as exc:
-                log.error("scheduler_tick_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.cfg.poll_interval_seconds)
+    @staticmethod
+    def _tick_failed(exc: Exception) -> None:
+        log.error("scheduler_tick_failed", error=repr(exc))
 
     async def stop(self, grace: float) -> None:
-        self._stop.set()
-        if self._loop is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._loop, grace)
-            self._loop = None
+        await self._loop.stop(grace)
         await stop_background(self.trackly, grace)
-        if self._tasks:
-            # Unfinished evaluations are resumed from their lease by the next scheduler.
-            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        await self._tasks.stop(grace)  # unfinished evaluations are resumed from their lease by the next scheduler

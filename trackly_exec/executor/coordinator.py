@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import datetime as dt
 import json
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trackly_exec.app import Trackly
+from trackly_exec.app import Loop, TaskSet, Trackly
 from trackly_exec.executor import checks, claims, recovery
 from trackly_exec.executor.ratelimit import make_limiter
 from trackly_exec.executor.worker import ListInfo, Worker
@@ -59,11 +58,18 @@ class Coordinator:
         self.pool = asyncio.Semaphore(self.cfg.pool_size)
         self.limiter = make_limiter(trackly)
         self.worker = Worker(trackly, self.limiter, self.pool, self.stopping, self.counts, clock)
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskSet()  # list workers
         self.per_list: dict[int, set[asyncio.Task[Any]]] = {}
         self._lists: dict[int, tuple[float, ListInfo | None]] = {}
         self._rr = 0
-        self._wake = asyncio.Event()
+        self._poller = Loop("executor-poll", self.fill, self.cfg.poll_interval_seconds, on_error=self._poll_failed)
+        self._recoverer = Loop(
+            "executor-recovery",
+            self._recover,
+            self.cfg.recovery_interval_seconds,
+            first_wait=True,
+            on_error=self._recovery_failed,
+        )
 
     @property
     def clock(self) -> Callable[[], dt.datetime]:
@@ -132,20 +138,19 @@ class Coordinator:
                 continue
             running = self.per_list.setdefault(list_id, set())
             for _ in range(self.cfg.workers_per_list - len(running)):
-                task = asyncio.create_task(self._list_worker(list_id), name=f"executor-list-{list_id}")
-                self.tasks.add(task)
+                task = self.tasks.spawn(
+                    self._list_worker(list_id), name=f"executor-list-{list_id}", on_done=self._task_done(list_id)
+                )
                 running.add(task)
-                task.add_done_callback(self._task_done(list_id))
                 started += 1
         return started
 
     def _task_done(self, list_id: int) -> Callable[[asyncio.Task[Any]], None]:
         def done(task: asyncio.Task[Any]) -> None:
-            self.tasks.discard(task)
             self.per_list.get(list_id, set()).discard(task)
             if not task.cancelled() and task.exception() is not None:
                 log.error("list_worker_crashed", sending_list_id=list_id, error=repr(task.exception()))
-            self._wake.set()
+            self._poller.wake()
 
         return done
 
@@ -184,10 +189,8 @@ class Coordinator:
     async def start(self) -> None:
         """Recover stale claims, then poll and recover in the background."""
         await recovery.sweep(self.trackly)
-        for coro, name in ((self._poll(), "executor-poll"), (self._recover(), "executor-recovery")):
-            task = asyncio.create_task(coro, name=name)
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        self._poller.start()
+        self._recoverer.start()
         log.info(
             "executor_started",
             instance=self.trackly.instance,
@@ -196,38 +199,23 @@ class Coordinator:
             limiter=type(self.limiter).__name__,
         )
 
-    async def _poll(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                await self.fill()
-            except Exception as exc:
-                log.error("executor_poll_failed", error=str(exc))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.poll_interval_seconds)
+    @staticmethod
+    def _poll_failed(exc: Exception) -> None:
+        log.error("executor_poll_failed", error=str(exc))
 
     async def _recover(self) -> None:
-        while not self.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=self.cfg.recovery_interval_seconds)
-            if self.stopping.is_set():
-                return
-            try:
-                await recovery.sweep(self.trackly)
-            except Exception as exc:
-                log.error("recovery_failed", error=str(exc))
+        await recovery.sweep(self.trackly)
+
+    @staticmethod
+    def _recovery_failed(exc: Exception) -> None:
+        log.error("recovery_failed", error=str(exc))
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, finish or release in-flight batches within ``grace`` seconds, release the rest."""
         self.stopping.set()
-        self._wake.set()
-        pending = list(self.tasks)
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=grace)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.gather(*late, return_exceptions=True)
+        started = time.monotonic()
+        await asyncio.gather(self._poller.stop(grace), self._recoverer.stop(grace))
+        await self.tasks.stop(grace - (time.monotonic() - started))
         released = 0
         try:  # bounded: with the store down, recovery releases these after the claim TTL instead
             released = await asyncio.wait_for(

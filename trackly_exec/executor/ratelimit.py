@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
+from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.events import Event, EventKind
@@ -82,7 +83,7 @@ return math.floor(f * 1000)
 """
 
 
-class LimiterUnavailable(Exception):
+class LimiterUnavailable(TracklyError):
     """The shared limiter cannot be reached: do not send (fail closed)."""
 
 

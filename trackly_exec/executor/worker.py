@@ -33,7 +33,6 @@ import collections
 import contextlib
 import datetime as dt
 import math
-import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -44,8 +43,10 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, stop_before_delay
 
 from trackly_exec import failpoints
+from trackly_exec.app import backoff
 from trackly_exec.campaigns import queue
 from trackly_exec.drivers.contract import Driver, OutboundMessage, SendResult, TransientFailure
+from trackly_exec.errors import TracklyError
 from trackly_exec.executor import billing, checks, claims
 from trackly_exec.executor.outcomes import Outcomes, throttle_groups
 from trackly_exec.executor.ratelimit import Grant, LimiterUnavailable, RateLimiter
@@ -83,7 +84,7 @@ def _slot(grant: Grant) -> float:
     return grant.at if grant.at is not None else time.time() + grant.wait
 
 
-class _Stop(Exception):
+class _Stop(TracklyError):
     """The executor is stopping: give what was not accepted back to the queue."""
 
 
@@ -499,7 +500,7 @@ class Worker:
             """Exponential backoff with jitter after ``attempt_done`` attempts, at least the Retry-After hint."""
             hinted = max((r.retry_after or 0.0 for r in last), default=0.0)
             first = self.cfg.retry_initial_backoff_seconds
-            return float(max(hinted, min(30.0, first * 2 ** (attempt_done - 1)) + random.uniform(0, first)))
+            return backoff(attempt_done, initial=first, cap=30.0, jitter=(1.0, 2.0), retry_after=hinted)
 
         async def sleep(seconds: float) -> None:
             if await self._sleep(seconds):

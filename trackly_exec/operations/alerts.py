@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from trackly_exec.app import Loop, backoff
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.events import Event, EventKind
@@ -46,8 +47,10 @@ class Alerts:
         self.sent_messages: list[dict[str, Any]] = []  # what was posted (or logged), newest last, capped
         self._last_sent: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = asyncio.Event()
+        self._loops = (
+            Loop("alerts", self._dispatch_next, 0.0, on_error=self._dispatch_failed),
+            Loop("alerts-error-rates", self.check_error_rates, 60.0, first_wait=True, on_error=lambda exc: None),
+        )
         self._session: aiohttp.ClientSession | None = None
         self._blocked_until = 0.0
         trackly.bus.subscribe(self.on_events)
@@ -64,18 +67,16 @@ class Alerts:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for coro in (self._loop(), self._rate_loop()):
-            task = asyncio.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for loop in self._loops:
+            loop.start()
 
     async def stop(self, grace: float) -> None:
-        self._stopping.set()
+        for loop in self._loops:
+            loop.stopping.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.run_until_idle(), timeout=min(grace, 5.0))
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for loop in self._loops:
+            await loop.stop(0.0)
         if self._session is not None:
             await self._session.close()
 
@@ -86,23 +87,17 @@ class Alerts:
             batch.append(self.queue.get_nowait())
         return await self._dispatch(batch)
 
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            first = await self.queue.get()
-            await asyncio.sleep(1.0)  # gather a burst into one message
-            batch = [first]
-            while not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            try:
-                await self._dispatch(batch)
-            except Exception as exc:
-                log.warning("alert_dispatch_failed", error=str(exc))
+    async def _dispatch_next(self) -> None:
+        first = await self.queue.get()
+        await asyncio.sleep(1.0)  # gather a burst into one message
+        batch = [first]
+        while not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        await self._dispatch(batch)
 
-    async def _rate_loop(self) -> None:
-        while not self._stopping.is_set():
-            await asyncio.sleep(60)
-            with contextlib.suppress(Exception):
-                await self.check_error_rates()
+    @staticmethod
+    def _dispatch_failed(exc: Exception) -> None:
+        log.warning("alert_dispatch_failed", error=str(exc))
 
     # -- grouping and throttling --------------------------------------------------------------
 
@@ -186,24 +181,25 @@ class Alerts:
             await asyncio.sleep(min(wait, 30))
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        for _attempt in range(3):
+        for attempt in range(1, 4):
             try:
                 async with self._session.post(url.get_secret_value(), json=payload) as resp:
                     if resp.status == 429:
                         body = await resp.json(content_type=None)
-                        retry = float(body.get("retry_after", 1.0)) if isinstance(body, dict) else 1.0
+                        hint = float(body.get("retry_after", 1.0)) if isinstance(body, dict) else 1.0
+                        retry = backoff(attempt, initial=1.0, cap=30.0, retry_after=hint)
                         self._blocked_until = time.monotonic() + retry
                         await asyncio.sleep(min(retry, 30))
                         continue
                     if resp.status >= 500:
-                        await asyncio.sleep(1)
+                        await asyncio.sleep(backoff(attempt, initial=1.0, cap=30.0))
                         continue
                     if resp.status >= 400:
                         log.warning("discord_rejected_alert", status=resp.status)
                     return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("discord_unreachable", error=str(exc))
-                await asyncio.sleep(1)
+                await asyncio.sleep(backoff(attempt, initial=1.0, cap=30.0))
         log.warning("alert_not_delivered", title=embed["title"])
 
     # -- error-rate watch ---------------------------------------------------------------------

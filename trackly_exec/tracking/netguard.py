@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from trackly_exec.errors import TracklyError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -37,7 +39,7 @@ _LOCAL_NAMES = re.compile(r"(^|\.)(localhost|localhost\.localdomain|ip6-localhos
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]*))*\.?$", re.IGNORECASE)
 
 
-class RefusedAddress(OSError):
+class RefusedAddress(TracklyError, OSError):
     """The request would connect to an internal address."""
 
 

@@ -26,10 +26,8 @@ timeout, not a hundred); its failed and unattempted events continue as single-ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
-import random
 import time
 import uuid
 from collections import Counter
@@ -41,7 +39,7 @@ import aiohttp
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
-from trackly_exec.app import Trackly
+from trackly_exec.app import Loop, TaskSet, Trackly, backoff
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.events import Event, EventKind
@@ -119,14 +117,12 @@ class Outbox:
         self.trackly = trackly
         self.cfg = trackly.settings.tracking
         self._sem = asyncio.Semaphore(self.cfg.outbox_concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()  # deliveries in flight
         self._results: list[_Attempt] = []
         self._per_account: Counter[int] = Counter()
         self._session: aiohttp.ClientSession | None = None
         self.allow = Allowlist.parse(self.cfg.webhook_url_allowlist)
-        self._loop_task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._loop = Loop("outbox", self._tick, self.cfg.outbox_poll_seconds)
         self.counts = OutboxCounts()
 
     @property
@@ -146,23 +142,12 @@ class Outbox:
 
     async def start(self) -> None:
         await self._ensure_session()
-        self._stopping.clear()
-        self._loop_task = asyncio.create_task(self._run(), name="outbox")
+        self._loop.start()
         log.info("outbox_started", concurrency=self.cfg.outbox_concurrency)
 
     async def stop(self, grace: float) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._loop_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loop_task
-            self._loop_task = None
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        await self._loop.stop(grace)
+        await self._tasks.stop(grace)
         await self._flush()
         if self._session is not None:
             await self._session.close()
@@ -187,33 +172,25 @@ class Outbox:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            claimed = 0
-            try:
-                free = self.cfg.outbox_concurrency - len(self._tasks)
-                if free > 0:
-                    docs = await self._claim(free, utcnow())
-                    claimed = len(docs)
-                    for doc in docs:
-                        task = asyncio.create_task(self._attempt(doc))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._task_done)
-                await self._flush()
-            except Exception as exc:  # the store may be briefly unreachable: keep polling
-                log.warning("outbox_poll_failed", error=str(exc))
-            if claimed and claimed >= self.cfg.outbox_concurrency - len(self._tasks):
-                await asyncio.sleep(0)
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.outbox_poll_seconds)
+    async def _tick(self) -> bool:
+        """Start deliveries for due entries; True when the claim filled every free slot (more may be due)."""
+        claimed = 0
+        try:
+            free = self.cfg.outbox_concurrency - len(self._tasks)
+            if free > 0:
+                docs = await self._claim(free, utcnow())
+                claimed = len(docs)
+                for doc in docs:
+                    self._tasks.spawn(self._attempt(doc), on_done=self._task_done)
+            await self._flush()
+        except Exception as exc:  # the store may be briefly unreachable: keep polling
+            log.warning("outbox_poll_failed", error=str(exc))
+        return bool(claimed) and claimed >= self.cfg.outbox_concurrency - len(self._tasks)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("outbox_task_failed", error=str(task.exception()))
-        self._wake.set()
+        self._loop.wake()
 
     # -- claim, attempt, record ---------------------------------------------------------------
 
@@ -324,8 +301,9 @@ class Outbox:
             return False, None, f"{type(exc).__name__}: {exc}"[:300]
 
     def _backoff(self, attempts: int) -> float:
-        base = self.cfg.outbox_initial_backoff_seconds * (2 ** max(0, attempts - 1))
-        return float(min(self.cfg.outbox_max_backoff_seconds, base) * (0.5 + random.random() / 2))
+        return backoff(
+            attempts, initial=self.cfg.outbox_initial_backoff_seconds, cap=self.cfg.outbox_max_backoff_seconds
+        )
 
     async def _flush(self, now: dt.datetime | None = None) -> None:
         """Write every queued outcome in one bulk_write (fenced on each entry's claim token), plus the

@@ -10,12 +10,11 @@ report then resolves. A parked report whose message ended any other way, or that
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from trackly_exec.app import Loop
 from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
@@ -62,25 +61,20 @@ class ParkedReports:
 
     def __init__(self, trackly: Trackly) -> None:
         self.trackly = trackly
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("parked-reports", self._tick, INTERVAL_SECONDS, on_error=self._tick_failed)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="parked-reports")
+        self._loop.start()
 
     async def stop(self, grace: float) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop(grace)
 
     async def run_until_idle(self) -> int:
         return await replay(self.trackly)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await replay(self.trackly)
-            except Exception as exc:  # the store may be briefly unreachable: try again next round
-                log.warning("parked_reports_replay_failed", error=str(exc))
-            await asyncio.sleep(INTERVAL_SECONDS)
+    async def _tick(self) -> None:
+        await replay(self.trackly)
+
+    @staticmethod
+    def _tick_failed(exc: Exception) -> None:  # the store may be briefly unreachable: try again next round
+        log.warning("parked_reports_replay_failed", error=str(exc))

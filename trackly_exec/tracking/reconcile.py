@@ -35,9 +35,7 @@ The component (:class:`Reconciler`, in ``daemon.COMPONENTS``) runs a pass every 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import random
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -45,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo import UpdateOne
 
+from trackly_exec.app import Loop, backoff
 from trackly_exec.drivers.contract import DeliveryReport, Driver, Found, LookupQuery, LookupResult, NotFound, Rejected
 from trackly_exec.executor import billing
 from trackly_exec.executor.outcomes import insert_records, sent_doc
@@ -393,8 +392,8 @@ async def _backoff(
     ops = []
     for d in docs:
         n = int(d.get("lookups") or 0)
-        delay = min(cfg.backoff_max_seconds, cfg.backoff_initial_seconds * 2 ** min(n, 20))
-        when = now + dt.timedelta(seconds=delay * random.uniform(0.75, 1.0))
+        delay = backoff(n + 1, initial=cfg.backoff_initial_seconds, cap=cfg.backoff_max_seconds, jitter=(0.75, 1.0))
+        when = now + dt.timedelta(seconds=delay)
         ops.append(
             UpdateOne(
                 {"_id": d["_id"], "reconcile_by": token, "reconcile_state": "pending"},
@@ -413,23 +412,15 @@ class Reconciler:
     def __init__(self, trackly: Trackly) -> None:
         self.trackly = trackly
         self.counts: Counter[str] = Counter()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = Loop(
+            "reconciler", self._tick, trackly.settings.reconcile.interval_seconds, on_error=self._tick_failed
+        )
 
     async def start(self) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._loop(), name="reconciler")
+        self._loop.start()
 
     async def stop(self, grace: float) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
+        await self._loop.stop(grace)
 
     async def run_until_idle(self, *, now: dt.datetime | None = None) -> Counter[str]:
         """Passes until nothing more is due now (burst mode: tests, ``--burst``)."""
@@ -446,13 +437,9 @@ class Reconciler:
         self.counts.update(total)
         return total
 
-    async def _loop(self) -> None:
-        interval = self.trackly.settings.reconcile.interval_seconds
-        while not self._stopping.is_set():
-            try:
-                self.counts.update(await reconcile_once(self.trackly))
-            except Exception as exc:  # the store or a provider may be briefly unreachable: next round
-                log.warning("reconcile_pass_failed", error=str(exc))
-                COUNTS["errors"] += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+    async def _tick(self) -> None:
+        self.counts.update(await reconcile_once(self.trackly))
+
+    def _tick_failed(self, exc: Exception) -> None:  # the store or a provider may be briefly unreachable
+        log.warning("reconcile_pass_failed", error=str(exc))
+        COUNTS["errors"] += 1

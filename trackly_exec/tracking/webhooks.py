@@ -28,14 +28,14 @@ from aiohttp import web
 
 from trackly_exec.app import Trackly
 from trackly_exec.drivers.contract import Driver, WebhookRequest
-from trackly_exec.errors import WebhookAuthError, WebhookFormatError
+from trackly_exec.errors import WebhookAuthError, WebhookError, WebhookFormatError
 from trackly_exec.logs import get_logger
 from trackly_exec.tracking import delivery, optout
 
 log = get_logger(__name__)
 
 
-class _TooLarge(Exception):
+class _TooLarge(WebhookError):
     pass
 
 

@@ -55,6 +55,7 @@ from typing import Any, ClassVar
 import aiohttp
 from aiohttp import web
 
+from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.testing.fakes.control import Behaviour, RemoteControl
 
@@ -115,7 +116,7 @@ class ReportRequest:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class FakeBadRequest(Exception):
+class FakeBadRequest(TracklyError):
     """Raised by a subclass's parser: answer with this response (the provider's own error envelope)."""
 
     def __init__(self, response: web.Response) -> None:
