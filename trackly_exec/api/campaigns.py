@@ -38,8 +38,8 @@ from trackly_exec.api.routes import (
     route,
 )
 from trackly_exec.app import Trackly
-from trackly_exec.campaigns import queue
 from trackly_exec.errors import TracklyError
+from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION, CampaignStatus, utcnow
@@ -423,9 +423,9 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
             log.warning("resume_bad_cron", campaign_id=cid, error=str(exc))
     await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": update})
     if status is CampaignStatus.PAUSED:
-        moved = await queue.hold_campaign(trackly.db, cid)
+        moved = await claims.pause_campaign(trackly.db, cid)
     else:
-        moved = await queue.release_campaign(trackly.db, cid, utcnow())
+        moved = await claims.resume_campaign(trackly.db, cid, utcnow())
     log.info("campaign_status", campaign_id=cid, status=status.value, queued_messages=moved)
     return _json(mc.CampaignOut.from_doc({**doc, **update}))
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from pymongo.errors import BulkWriteError
 
+from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import FailureReason, utcnow
@@ -67,11 +68,8 @@ async def erase_contact(trackly: Any, contact: dict[str, Any]) -> dict[str, int]
 
     # Unclaimed queued messages: claim (fenced), dead-letter redacted, delete.
     token = f"erase:{uuid.uuid4().hex}"
-    claimed = await db[c.QUEUED].update_many(
-        {"contact_id": cid, "claimed_by": None}, {"$set": {"claimed_by": token, "claimed_at": now}}
-    )
-    if claimed.modified_count:
-        docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
+    docs = await claims.claim_matching(db, {"contact_id": cid}, token, now)
+    if docs:
         failed = []
         for d in docs:
             rec = {
@@ -108,7 +106,7 @@ async def erase_contact(trackly: Any, contact: dict[str, Any]) -> dict[str, int]
         except BulkWriteError as exc:
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise
-        await db[c.QUEUED].delete_many({"claimed_by": token})
+        await claims.drop(db, token)
         out["queued_dead_lettered"] = len(docs)
     out["in_flight"] = int(await db[c.QUEUED].count_documents({"contact_id": cid}))
 

@@ -27,7 +27,7 @@ from typing import Any
 from trackly_exec.campaigns import shortlinks
 from trackly_exec.campaigns.variants import Chooser
 from trackly_exec.errors import TracklyError
-from trackly_exec.store.models import new_message_id, utcnow
+from trackly_exec.store.models import entering_queue, new_message_id, utcnow
 from trackly_exec.store.segments import measure
 
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -196,10 +196,7 @@ class Composer:
             "encoding": m.encoding,
             "sendtime": sendtime,
             "created_at": now,
-            "not_before": not_before,
-            "claimed_by": None,
-            "claimed_at": None,
-            "sending_at": None,
+            **entering_queue(not_before=not_before),
             "billing_blocked_since": None,
             "attempts": 0,
         }

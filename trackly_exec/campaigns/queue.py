@@ -86,25 +86,3 @@ async def has_pending(db: Any, execution_id: int) -> bool:
 
 async def _execution_ids(db: Any, campaign_id: int) -> list[int]:
     return [d["_id"] async for d in db[c.EXECUTIONS].find({"campaign_id": campaign_id}, {"_id": 1})]
-
-
-async def hold_campaign(db: Any, campaign_id: int) -> int:
-    """Pause: hold the campaign's unclaimed queued messages. Returns how many were held."""
-    ids = await _execution_ids(db, campaign_id)
-    if not ids:
-        return 0
-    res = await db[c.QUEUED].update_many(
-        {"execution_id": {"$in": ids}, "claimed_by": None}, {"$set": {"not_before": PAUSED_UNTIL, "paused": True}}
-    )
-    return int(res.modified_count)
-
-
-async def release_campaign(db: Any, campaign_id: int, now: dt.datetime) -> int:
-    """Resume: the campaign's held messages are due again from ``now``. Returns how many."""
-    ids = await _execution_ids(db, campaign_id)
-    if not ids:
-        return 0
-    res = await db[c.QUEUED].update_many(
-        {"execution_id": {"$in": ids}, "paused": True}, {"$set": {"not_before": now, "paused": False}}
-    )
-    return int(res.modified_count)

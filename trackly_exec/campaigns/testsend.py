@@ -28,7 +28,7 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
-from trackly_exec.store.models import Execution, ExecutionStatus, QuietHours, new_message_id, utcnow
+from trackly_exec.store.models import Execution, ExecutionStatus, QuietHours, entering_queue, new_message_id, utcnow
 from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 from trackly_exec.store.segments import measure
 
@@ -148,10 +148,7 @@ async def send_test(
             "overrides": overrides or None,
             "sendtime": held or now,
             "created_at": now,
-            "not_before": held,
-            "claimed_by": None,
-            "claimed_at": None,
-            "sending_at": None,
+            **entering_queue(not_before=held),
             "billing_blocked_since": None,
             "attempts": 0,
         }

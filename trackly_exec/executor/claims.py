@@ -1,4 +1,6 @@
-"""Claims on queued messages: claim, fence, release, complete.
+"""Claims on queued messages: claim, fence, hold, release, intent, complete. The only writer of a queued
+message's ``claimed_by``, ``claimed_at``, ``sending_at`` and ``not_before`` after it entered the queue
+(:func:`trackly_exec.store.models.entering_queue`); tests/test_claims_owner.py keeps it so.
 
 A batch is claimed with a token unique to this process *and* this claim (``"<instance>:<uuid hex>"``):
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from pymongo import UpdateMany
 
+from trackly_exec.campaigns.queue import PAUSED_UNTIL
 from trackly_exec.store import constants as c
 
 
@@ -166,3 +169,96 @@ async def complete(db: Any, ids: Sequence[str], token: str) -> int:
         return 0
     res = await db[c.QUEUED].delete_many({"_id": {"$in": list(ids)}, "claimed_by": token})
     return int(res.deleted_count)
+
+
+async def hold(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dt.datetime, dict[str, Any]]]) -> int:
+    """Release claimed messages held until a time (quiet hours, billing backoff): ``(ids, until, extra fields)``."""
+    return await release(db, token, [(ids, {**extra, "not_before": until}) for ids, until, extra in groups])
+
+
+async def give_back(db: Any, ids: Sequence[str], token: str) -> int:
+    """Release ``ids`` including their send intent: nothing was accepted for them (a stop during retries, a
+    reconciliation's re-queue). Fenced on ``token``."""
+    if not ids:
+        return 0
+    res = await db[c.QUEUED].update_many(
+        {"_id": {"$in": list(ids)}, "claimed_by": token},
+        {"$set": {"claimed_by": None, "claimed_at": None, "sending_at": None}},
+    )
+    return int(res.modified_count)
+
+
+async def claim_matching(db: Any, query: dict[str, Any], token: str, now: dt.datetime) -> list[dict[str, Any]]:
+    """Claim every unclaimed message matching ``query`` whatever its sendtime (opt-out, erasure: they are
+    recorded elsewhere, then :func:`drop`-ped); returns the documents this claim holds."""
+    res = await db[c.QUEUED].update_many(
+        {**query, "claimed_by": None}, {"$set": {"claimed_by": token, "claimed_at": now}}
+    )
+    if not res.modified_count:
+        return []
+    docs: list[dict[str, Any]] = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
+    return docs
+
+
+async def drop(db: Any, token: str) -> int:
+    """Delete every message this claim holds (recorded elsewhere first)."""
+    res = await db[c.QUEUED].delete_many({"claimed_by": token})
+    return int(res.deleted_count)
+
+
+async def release_expired(db: Any, cutoff: dt.datetime) -> int:
+    """Recovery: release claims older than ``cutoff`` that have no send intent (their process died)."""
+    res = await db[c.QUEUED].update_many(
+        {"claimed_at": {"$lt": cutoff}, "sending_at": None}, {"$set": {"claimed_by": None, "claimed_at": None}}
+    )
+    return int(res.modified_count)
+
+
+async def take_over(db: Any, by_token: dict[str, list[str]], token: str, now: dt.datetime) -> None:
+    """Recovery: move expired claims (fenced on each old token) to ``token``, with a fresh ``claimed_at`` so
+    other sweepers no longer see them as expired."""
+    if not by_token:
+        return
+    await db[c.QUEUED].bulk_write(
+        [
+            UpdateMany({"_id": {"$in": ids}, "claimed_by": old}, {"$set": {"claimed_by": token, "claimed_at": now}})
+            for old, ids in by_token.items()
+        ],
+        ordered=False,
+    )
+
+
+async def _execution_ids(db: Any, campaign_id: int) -> list[int]:
+    return [d["_id"] async for d in db[c.EXECUTIONS].find({"campaign_id": campaign_id}, {"_id": 1})]
+
+
+async def pause_campaign(db: Any, campaign_id: int) -> int:
+    """Pause: hold the campaign's unclaimed queued messages (``paused``). Returns how many were held."""
+    ids = await _execution_ids(db, campaign_id)
+    if not ids:
+        return 0
+    res = await db[c.QUEUED].update_many(
+        {"execution_id": {"$in": ids}, "claimed_by": None}, {"$set": {"not_before": PAUSED_UNTIL, "paused": True}}
+    )
+    return int(res.modified_count)
+
+
+async def resume_campaign(db: Any, campaign_id: int, now: dt.datetime) -> int:
+    """Resume: the campaign's paused messages are due again from ``now``. Returns how many."""
+    ids = await _execution_ids(db, campaign_id)
+    if not ids:
+        return 0
+    res = await db[c.QUEUED].update_many(
+        {"execution_id": {"$in": ids}, "paused": True}, {"$set": {"not_before": now, "paused": False}}
+    )
+    return int(res.modified_count)
+
+
+def hold_op(
+    query: dict[str, Any], until: dt.datetime, *, paused: bool, unset: dict[str, Any] | None = None
+) -> UpdateMany:
+    """The bulk-write operation holding the messages matching ``query`` until ``until`` (a re-drive's release)."""
+    update: dict[str, Any] = {"$set": {"not_before": until, "paused": paused}}
+    if unset:
+        update["$unset"] = unset
+    return UpdateMany(query, update)

@@ -311,10 +311,7 @@ class Outcomes:
         await insert_records(self.db, c.SENT, sent)
         await insert_records(self.db, c.FAILED, failed)
         if back:  # nothing was accepted for these: give them back to the queue (shutdown during retries)
-            await self.db[c.QUEUED].update_many(
-                {"_id": {"$in": back}, "claimed_by": token},
-                {"$set": {"claimed_by": None, "claimed_at": None, "sending_at": None}},
-            )
+            await claims.give_back(self.db, back, token)
         held_until = None
         if throttled:  # nothing was accepted for these either: held until the provider has had time to recover
             held_until = self.throttle_until(throttled, now, retry_after)

@@ -24,8 +24,6 @@ import datetime as dt
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from pymongo import UpdateMany
-
 from trackly_exec.executor import claims
 from trackly_exec.executor.outcomes import failed_doc, failure_event, insert_records
 from trackly_exec.logs import get_logger
@@ -50,11 +48,7 @@ async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.tim
     cutoff = now - ttl
     out: Counter[str] = Counter()
     q = db[c.QUEUED]
-    res = await q.update_many(
-        {"claimed_at": {"$lt": cutoff}, "sending_at": None},
-        {"$set": {"claimed_by": None, "claimed_at": None}},
-    )
-    out["released"] += res.modified_count
+    out["released"] += await claims.release_expired(db, cutoff)
     while True:
         stuck = (
             await q.find(
@@ -92,14 +86,7 @@ async def _dead_letter(trackly: Trackly, stuck: list[dict[str, Any]], now: dt.da
     by_token: dict[str, list[str]] = {}
     for d in stuck:
         by_token.setdefault(d["claimed_by"], []).append(d["_id"])
-    await db[c.QUEUED].bulk_write(
-        [
-            # a fresh claimed_at: other sweepers no longer see these as expired claims to take over
-            UpdateMany({"_id": {"$in": ids}, "claimed_by": old}, {"$set": {"claimed_by": token, "claimed_at": now}})
-            for old, ids in by_token.items()
-        ],
-        ordered=False,
-    )
+    await claims.take_over(db, by_token, token, now)
     docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
     if not docs:
         return 0

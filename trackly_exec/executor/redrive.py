@@ -39,16 +39,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import DeleteMany, UpdateMany
+from pymongo import DeleteMany
 from pymongo.errors import BulkWriteError
 
 from trackly_exec.campaigns import reservations
 from trackly_exec.campaigns.queue import PAUSED_UNTIL
+from trackly_exec.executor import claims
 from trackly_exec.executor.checks import in_window_now
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
-from trackly_exec.store.models import FailureReason, MessageFields, QuietHours, utcnow
+from trackly_exec.store.models import FailureReason, MessageFields, QuietHours, entering_queue, utcnow
 
 log = get_logger(__name__)
 
@@ -360,10 +361,7 @@ def _queue_doc(failed: dict[str, Any], token: str, now: dt.datetime) -> dict[str
             "_id": failed["_id"],
             "sendtime": now,
             "created_at": now,
-            "not_before": HELD,
-            "claimed_by": None,
-            "claimed_at": None,
-            "sending_at": None,
+            **entering_queue(not_before=HELD),
             "billing_blocked_since": None,
             "paused": False,
             "attempts": 0,
@@ -391,12 +389,8 @@ async def _release(db: Any, token: str, plan: dict[str, tuple[dt.datetime, bool]
         if mid not in still:
             groups.setdefault((nb, paused), []).append(mid)
     for (nb, paused), group in groups.items():
-        fields: dict[str, Any] = {"not_before": HELD, "paused": True} if paused else {"not_before": nb, "paused": False}
-        ops.append(
-            UpdateMany(
-                {"_id": {"$in": group}, "redrive_token": token}, {"$set": fields, "$unset": {"redrive_token": ""}}
-            )
-        )
+        query = {"_id": {"$in": group}, "redrive_token": token}
+        ops.append(claims.hold_op(query, HELD if paused else nb, paused=paused, unset={"redrive_token": ""}))
     if not ops:
         return 0
     out = await db[c.QUEUED].bulk_write(ops, ordered=False)

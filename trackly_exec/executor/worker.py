@@ -169,11 +169,11 @@ class Worker:
             default_tz=lst.quiet_hours.default_timezone,
         )
         if verdict.hold:
-            groups = [
-                ([d["_id"] for d, _ in grp], {"not_before": nb})
+            groups: list[tuple[list[str], dt.datetime, dict[str, Any]]] = [
+                ([d["_id"] for d, _ in grp], nb, {})
                 for nb, grp in groupby(sorted(verdict.hold, key=lambda h: h[1]), key=lambda h: h[1])
             ]
-            self.counts["held.quiet_hours"] += await claims.release(self.db, token, groups)
+            self.counts["held.quiet_hours"] += await claims.hold(self.db, token, groups)
         await self.outcomes.fail_unsent(token, verdict.fail, now)
         send = verdict.send
         size = self.chunk_size(lst)
@@ -378,12 +378,12 @@ class Worker:
     async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
         expired, first, again = billing.split_blocked(docs, now, dt.timedelta(minutes=self.cfg.billing_ttl_minutes))
         retry_at = now + dt.timedelta(minutes=self.cfg.billing_backoff_minutes)
-        self.counts["held.billing"] += await claims.release(
+        self.counts["held.billing"] += await claims.hold(
             self.db,
             token,
             [
-                ([d["_id"] for d in first], {"not_before": retry_at, "billing_blocked_since": now}),
-                ([d["_id"] for d in again], {"not_before": retry_at}),
+                ([d["_id"] for d in first], retry_at, {"billing_blocked_since": now}),
+                ([d["_id"] for d in again], retry_at, {}),
             ],
         )
         await self.outcomes.fail_unsent(

@@ -255,6 +255,18 @@ class MessageFields(BaseModel):
     sendtime: dt.datetime
 
 
+def entering_queue(
+    *, not_before: dt.datetime | None = None, claimed_by: str | None = None, claimed_at: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The claim fields of a message entering the queue: no send intent, held until ``not_before``, unclaimed
+    (or already claimed by its writer until it is safe to send, e.g. a reconciliation's re-queue).
+
+    Every later change of ``claimed_by``, ``claimed_at``, ``sending_at`` and ``not_before`` is a transition
+    written by ``trackly_exec.executor.claims`` only (fenced on the claim token; tests/test_claims_owner.py).
+    """
+    return {"not_before": not_before, "claimed_by": claimed_by, "claimed_at": claimed_at, "sending_at": None}
+
+
 class QueuedTextMessage(MessageFields, Document):
     collection: ClassVar[str] = "queued_text_messages"
     id: str = Field(default_factory=new_message_id)
@@ -264,7 +276,7 @@ class QueuedTextMessage(MessageFields, Document):
     claimed_at: dt.datetime | None = None
     sending_at: dt.datetime | None = None  # send intent: set (fenced) just before the provider call
     billing_blocked_since: dt.datetime | None = None
-    paused: bool = False  # held because its campaign is paused (queue.hold_campaign)
+    paused: bool = False  # held because its campaign is paused (claims.pause_campaign)
     throttled_until: dt.datetime | None = None  # the not_before of a provider-storm hold (429 / transient errors)
     throttled_due: dt.datetime | None = None  # ... and the due time it kept: staleness is counted from it
     attempts: int = 0

@@ -29,6 +29,7 @@ from pymongo.errors import BulkWriteError
 
 from trackly_exec.app import Trackly
 from trackly_exec.drivers.contract import InboundMessage
+from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.events import Event, EventKind
@@ -216,15 +217,13 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[dict[str, Any]], 
     """Claim the contacts' unclaimed queued messages, record them CONTACT_BLOCKED, delete them (fenced)."""
     db = trackly.store
     token = f"optout:{uuid.uuid4().hex}"
-    fence = {
+    query = {
         "sending_list_id": {"$in": sorted({x["sending_list_id"] for x in contacts})},
         "contact_id": {"$in": [x["_id"] for x in contacts]},
-        "claimed_by": None,
     }
-    claimed = await db[c.QUEUED].update_many(fence, {"$set": {"claimed_by": token, "claimed_at": now}})
-    if not claimed.modified_count:
+    docs = await claims.claim_matching(db, query, token, now)
+    if not docs:
         return 0
-    docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
     failed = [
         FailedMessage.model_validate(
             {
@@ -242,5 +241,5 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[dict[str, Any]], 
     except BulkWriteError as exc:
         if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
             raise
-    await db[c.QUEUED].delete_many({"claimed_by": token})
+    await claims.drop(db, token)
     return len(docs)

@@ -45,11 +45,11 @@ from pymongo import UpdateOne
 
 from trackly_exec.app import Loop, backoff
 from trackly_exec.drivers.contract import DeliveryReport, Driver, Found, LookupQuery, LookupResult, NotFound, Rejected
-from trackly_exec.executor import billing
+from trackly_exec.executor import billing, claims
 from trackly_exec.executor.outcomes import insert_records, sent_doc
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.models import FailureReason, MessageFields, utcnow
+from trackly_exec.store.models import FailureReason, MessageFields, entering_queue, utcnow
 
 if TYPE_CHECKING:
     from trackly_exec.app import Trackly
@@ -61,10 +61,6 @@ NO_RESPONSE = str(FailureReason.NO_RESPONSE)
 #: unsupported / expired, look-up errors.
 COUNTS: Counter[str] = Counter()
 _QUEUE_DEFAULTS = {
-    "not_before": None,
-    "claimed_by": None,
-    "claimed_at": None,
-    "sending_at": None,
     "billing_blocked_since": None,
     "paused": False,
     "attempts": 0,
@@ -328,18 +324,15 @@ async def _requeue(trackly: Trackly, docs: list[dict[str, Any]], now: dt.datetim
             **{k: d[k] for k in fields if k in d},
             **_QUEUE_DEFAULTS,
             "created_at": now,
-            "not_before": d.get("attempted_at") or d["failed_at"],
-            "claimed_by": claim,
-            "claimed_at": now,
+            # claimed by this pass until the FailedMessage is gone: no executor sends it before
+            **entering_queue(not_before=d.get("attempted_at") or d["failed_at"], claimed_by=claim, claimed_at=now),
         }
         for d in docs
     ]
     await insert_records(trackly.db, c.QUEUED, queued)
     ids = [d["_id"] for d in docs]
     res = await trackly.store[c.FAILED].delete_many({"_id": {"$in": ids}, "reconcile_state": "releasing"})
-    await trackly.store[c.QUEUED].update_many(
-        {"_id": {"$in": ids}, "claimed_by": claim}, {"$set": {"claimed_by": None, "claimed_at": None}}
-    )
+    await claims.give_back(trackly.db, ids, claim)
     log.info("released_for_resend", count=res.deleted_count)
     return int(res.deleted_count)
 
