@@ -82,7 +82,3 @@ async def pending_count(db: Any, execution_id: int) -> int:
 async def has_pending(db: Any, execution_id: int) -> bool:
     """True while anything of the execution is left in the queue (cheap: one indexed find)."""
     return await db[c.QUEUED].find_one({"execution_id": execution_id}, {"_id": 1}) is not None
-
-
-async def _execution_ids(db: Any, campaign_id: int) -> list[int]:
-    return [d["_id"] async for d in db[c.EXECUTIONS].find({"campaign_id": campaign_id}, {"_id": 1})]

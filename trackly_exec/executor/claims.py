@@ -243,6 +243,16 @@ async def pause_campaign(db: Any, campaign_id: int) -> int:
     return int(res.modified_count)
 
 
+async def resume(db: Any, ids: Sequence[str], now: dt.datetime) -> int:
+    """The paused (unclaimed) messages among ``ids`` are due again from ``now``."""
+    if not ids:
+        return 0
+    res = await db[c.QUEUED].update_many(
+        {"_id": {"$in": list(ids)}, "claimed_by": None, "paused": True}, {"$set": {"not_before": now, "paused": False}}
+    )
+    return int(res.modified_count)
+
+
 async def resume_campaign(db: Any, campaign_id: int, now: dt.datetime) -> int:
     """Resume: the campaign's paused messages are due again from ``now``. Returns how many."""
     ids = await _execution_ids(db, campaign_id)

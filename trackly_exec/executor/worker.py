@@ -51,7 +51,6 @@ from trackly_exec.executor import billing, checks, claims
 from trackly_exec.executor.outcomes import Outcomes, throttle_groups
 from trackly_exec.executor.ratelimit import Grant, LimiterUnavailable, RateLimiter
 from trackly_exec.logs import get_logger
-from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
 from trackly_exec.store.models import FailureReason, SendingList, utcnow
 
@@ -343,16 +342,11 @@ class Worker:
         so the campaigns are read again afterwards and what has been resumed meanwhile is made due at once.
         """
         ids = [d["_id"] for d in docs]
-        self.counts["held.paused"] += await claims.release(
-            self.db, token, [(ids, {"not_before": queue.PAUSED_UNTIL, "paused": True})]
-        )
+        self.counts["held.paused"] += await claims.hold(self.db, token, [(ids, queue.PAUSED_UNTIL, {"paused": True})])
         still = await checks.paused_campaigns(self.db, sorted({d["campaign_id"] for d in docs}))
         resumed = [d["_id"] for d in docs if d["campaign_id"] not in still]
         if resumed:
-            await self.db[c.QUEUED].update_many(
-                {"_id": {"$in": resumed}, "claimed_by": None, "paused": True},
-                {"$set": {"not_before": now, "paused": False}},
-            )
+            await claims.resume(self.db, resumed, now)
 
     def _late(self, list_id: int, lateness: float) -> bool:
         """Is a chunk about to send ``lateness`` seconds after its slot too late to use it?
