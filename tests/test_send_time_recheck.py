@@ -13,7 +13,7 @@ import pytest
 
 from trackly_exec.campaigns import queue
 from trackly_exec.config import Settings
-from trackly_exec.executor import checks
+from trackly_exec.executor import checks, claims
 from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.executor.ratelimit import Grant, LocalRateLimiter, RateLimiter
 from trackly_exec.store import constants as c
@@ -143,7 +143,7 @@ async def test_campaign_paused_after_claim_is_held_and_resume_sends_it(
 
     async def pause() -> None:  # what POST /campaigns/1/pause does
         await store.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"status": "paused"}})
-        assert await queue.hold_campaign(store.db, 1) == 0  # everything is claimed: the pause itself misses it
+        assert await claims.pause_campaign(store.db, 1) == 0  # everything is claimed: the pause itself misses it
 
     counts = await claimed_then(coord, gated, store, ids, pause)
     assert fake.accepted_counts() == {} and counts.get("sent", 0) == 0 and counts["held.paused"] == 3
@@ -153,7 +153,7 @@ async def test_campaign_paused_after_claim_is_held_and_resume_sends_it(
     assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == pytest.approx(10.0)
 
     await store.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"status": "active"}})  # POST /campaigns/1/resume
-    assert await queue.release_campaign(store.db, 1, utcnow()) == 3
+    assert await claims.resume_campaign(store.db, 1, utcnow()) == 3
     coord2, gated2 = await gated_executor(settings, store, fake)
     gated2.gate.set()
     assert (await coord2.run_until_idle())["sent"] == 3
