@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 
-from trackly_exec.cli.demo import run_demo
+from trackly_exec.cli.demo import progress_values, run_demo
 from trackly_exec.cli.demo_contacts import MIX
 
 
@@ -33,3 +34,25 @@ async def test_demo_arithmetic_adds_up() -> None:
     assert "Execution Timeline" in text and "Delivery confirmations arrive" in text
     assert f"{r.public_url}/dashboard" in text and "/api/v1/openapi.json" in text
     assert len(r.timeline) == 5
+    # the progress lines (one a second off a TTY, and the last): evaluated and queued out of the audience size
+    frames = [_frame(line) for line in text.splitlines() if line.startswith("  evaluated ")]
+    assert frames and all(f["evaluated"][1] == f["queued"][1] == 1000 for f in frames), frames
+    assert frames[-1]["evaluated"] == (1000, 1000) and frames[-1]["sent"] == (k["queued"], k["queued"])
+
+
+def _frame(line: str) -> dict[str, tuple[int, int]]:
+    return {
+        name: (int(done.replace(",", "")), int(total.replace(",", "")))
+        for name, done, total in re.findall(r"(\w+) ([\d,]+)/([\d,]+)", line)
+    }
+
+
+def test_progress_total_is_the_audience_size() -> None:
+    """Mid-evaluation the totals are the audience size, not the unique contacts streamed so far; once the
+    evaluation ends, "sent" counts against the messages queued."""
+    mid = {"unique": 300, "evaluated": 300, "queued": 250}
+    v = progress_values(mid, audience=10_000, evaluated=False, processed=100, reported=40, sent=90)
+    assert v == {"evaluated": (300, 10_000), "queued": (250, 10_000), "sent": (100, 10_000), "delivered": (40, 90)}
+    done = {"unique": 10_000, "evaluated": 10_000, "queued": 9_400}
+    v = progress_values(done, audience=10_000, evaluated=True, processed=9_000, reported=8_000, sent=8_900)
+    assert v["evaluated"] == (10_000, 10_000) and v["queued"] == (9_400, 10_000) and v["sent"] == (9_000, 9_400)

@@ -96,6 +96,27 @@ class Bars:
             print("  " + "  ".join(f"{k} {v[0]:,}/{v[1]:,}" for k, v in values.items()), file=self.out, flush=True)
 
 
+def progress_values(
+    counts: dict[str, Any], *, audience: int, evaluated: bool, processed: int, reported: int, sent: int
+) -> dict[str, tuple[int, int]]:
+    """The bars' ``(done, total)`` from an execution's ``counts`` and the records so far.
+
+    The total of "evaluated" and "queued" is the audience size (the contacts the demo put in its two audiences,
+    which the evaluation reads in full), fixed from the first frame, not the unique contacts streamed so far,
+    which grows with the evaluation. "sent" counts its records against the audience until the evaluation ends,
+    then against the messages it queued (the skipped contacts are never sent); "delivered" counts the reports
+    of the messages a provider accepted.
+    """
+    total = max(audience, int(counts.get("unique", 0)))
+    queued = int(counts.get("queued", 0))
+    return {
+        "evaluated": (int(counts.get("evaluated", 0)), total),
+        "queued": (queued, total),
+        "sent": (processed, queued if evaluated else total),
+        "delivered": (reported, sent),
+    }
+
+
 def _clock(t: dt.datetime | None, t0: dt.datetime) -> str:
     if t is None:
         return "   -   "
@@ -254,15 +275,17 @@ class Demo:
             sent = await db[c.SENT].estimated_document_count() - base_sent
             failed = await db[c.FAILED].estimated_document_count() - base_failed
             reported = fake.reports_posted - base_reports
-            unique, queued = counts.get("unique") or self.n, counts.get("queued", 0)
+            queued = counts.get("queued", 0)
             if queued and self.first_queued is None:
                 self.first_queued = utcnow()  # seen by this 200 ms poll: the first batch is in the queue
-            values = {
-                "evaluated": (counts.get("evaluated", 0), unique),
-                "queued": (queued, unique),
-                "sent": (sent + failed, queued or unique),
-                "delivered": (reported, sent),
-            }
+            values = progress_values(
+                counts,
+                audience=self.n,
+                evaluated=ex.get("evaluated_at") is not None,
+                processed=sent + failed,
+                reported=reported,
+                sent=sent,
+            )
             finished = trigger.done() and sent + failed >= queued and reported >= sent
             if finished or time.monotonic() > deadline:
                 bars.draw(values, final=True)
