@@ -18,7 +18,8 @@ from trackly_exec.store.models import utcnow
 
 
 async def seed(trackly: Trackly) -> dt.datetime:
-    """Campaign 3 sending (20 queued, 40 sent in the last minute), campaign 4 completed; 3 alerts of one key."""
+    """Campaign 3 sending (20 queued, 40 sent in the last minute), campaign 4 completed, campaign 5 archived; 3 alerts
+    of one key."""
     now = utcnow()
     db = trackly.db
     base = {
@@ -30,7 +31,11 @@ async def seed(trackly: Trackly) -> dt.datetime:
         "sendtime": now,
     }
     await db[c.CAMPAIGNS].insert_many(
-        [{"_id": 3, "name": "Spring sale", "status": "active"}, {"_id": 4, "name": "Welcome", "status": "active"}]
+        [
+            {"_id": 3, "name": "Spring sale", "status": "active"},
+            {"_id": 4, "name": "Welcome", "status": "active", "archived": False},
+            {"_id": 5, "name": "Old promo", "status": "active", "archived": True},
+        ]
     )
     await db[c.EXECUTIONS].insert_many(
         [
@@ -115,13 +120,15 @@ async def seed(trackly: Trackly) -> dt.datetime:
 
 
 async def test_summary_state_eta_alerts_outbox_and_samples(trackly: Trackly) -> None:
-    """A sending campaign has a start, a running duration and an ETA; a completed one its end and duration; alerts
-    of one key are one row with a count; the outbox backlog and the samples are in the JSON."""
+    """A sending campaign has a start, a running duration and an ETA; a completed one its end and duration; an
+    archived one is not listed, only counted; alerts of one key are one row with a count; the outbox backlog and the
+    samples are in the JSON."""
     now = await seed(trackly)
     sampler = Sampler()
     sampler.add({"sent": 0, "delivered": 0, "failed_by_reason": {}}, now - dt.timedelta(seconds=30))
     data = await summary(trackly, sampler=sampler)
     rows = {r["id"]: r for r in data["campaigns"]}
+    assert set(rows) == {3, 4} and data["archived_campaigns"] == 1  # the archived campaign 5: counted, not listed
     sending, done = rows[3], rows[4]
     assert sending["state"] == "sending" and sending["name"] == "Spring sale"
     assert sending["send_rate_per_second"] == round(40 / 60, 2) and sending["eta_seconds"] == 30
@@ -192,6 +199,8 @@ async def test_dashboard_in_a_real_browser(trackly: Trackly) -> None:
                 assert await row4.locator(".state").inner_text() == "completed"
                 assert await row4.locator(".duration").inner_text() == "10 min 0 s"
                 assert "PROVIDER_ERROR 2" in await row4.locator(".fails").inner_text()
+                assert await q.locator("tr[data-campaign='5']").count() == 0
+                assert await q.inner_text("#archived") == "(1 archived, not shown)"
                 stale = q.locator("#alerts tr.alert", has_text="STALE: message")
                 assert await stale.count() == 1 and await stale.locator(".count").inner_text() == "3"
                 cards = await q.inner_text("#cards")

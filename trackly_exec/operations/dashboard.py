@@ -3,8 +3,9 @@
 Shows what an operator watching a send needs, every figure with its unit: the queue, the send rate (messages per
 second), delivered and failed counts and rates (%), charts over time (send rate, delivered %, failures by reason
 per interval) drawn as inline SVG by the page's own small script (no external library or CDN), each campaign's
-state (sending -> completed) with its start, end, duration, failures by reason and an ETA while it sends, alerts
-grouped by kind and key (one row with a count, not one row per message), and the customer-webhook outbox backlog.
+state (sending -> completed) with its start, end, duration, failures by reason and an ETA while it sends (archived
+campaigns are not listed, only counted), alerts grouped by kind and key (one row with a count, not one row per
+message), and the customer-webhook outbox backlog.
 
 The charts come from :class:`Sampler`: a snapshot of the totals every ``SAMPLE_SECONDS`` (taken by a background
 task while the server runs, and by each summary request), kept in memory for ``HISTORY_MINUTES``; the page derives
@@ -78,8 +79,14 @@ def _state(campaign: dict[str, Any], last: dict[str, Any] | None, queued: int) -
     return status
 
 
+#: Campaigns the dashboard lists: not archived (``$in: [False, None]``: records made before archiving existed have
+#: no field). An archived campaign is retired (it had no running execution and is never scheduled again): its
+#: figures stay in the totals, and the page says how many are hidden.
+NOT_ARCHIVED: dict[str, Any] = {"archived": {"$in": [False, None]}}
+
+
 async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[dict[str, Any]]:
-    campaigns = [d async for d in store[c.CAMPAIGNS].find({}).sort("_id", -1).limit(limit)]
+    campaigns = [d async for d in store[c.CAMPAIGNS].find(NOT_ARCHIVED).sort("_id", -1).limit(limit)]
     per = await campaign_stats(store, [int(d["_id"]) for d in campaigns])
     since = now - dt.timedelta(seconds=60)
     rows = []
@@ -165,6 +172,7 @@ async def summary(trackly: Any, *, limit: int = 20, sampler: Sampler | None = No
         "overview": ov,
         "outbox": (await outbox_summary(store, now)).model_dump(mode="json"),
         "campaigns": await _campaign_rows(store, limit, now),
+        "archived_campaigns": await store[c.CAMPAIGNS].count_documents({"archived": True}),
         "alerts": await grouped_alerts(store),
         "series": list(sampler.samples) if sampler is not None else [],
         "sample_seconds": SAMPLE_SECONDS,
