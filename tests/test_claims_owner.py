@@ -15,7 +15,7 @@ NEW_DOCUMENT_KEYS = {"sendtime", "created_at"}
 #: the owners: the claims module, and the initial state of a message entering the queue
 OWNERS = {"claims.py", "models.py"}
 #: the outbox has a lease of its own on another collection, under the same field name
-OUTBOX = {"outbox.py", "customer_webhook.py", "ops.py", "api_ops.py"}
+OUTBOX = {"customer_webhook.py", "ops.py"}
 #: answers that show a message (never written to the store)
 VIEWS = {"messagelog.py"}
 

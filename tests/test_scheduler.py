@@ -266,8 +266,8 @@ import asyncio, sys
 sys.path.insert(0, sys.argv[3])
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
-from trackly_exec.store import Store
-from trackly_exec.scheduler import trigger
+from trackly_exec.store.client import Store
+from trackly_exec.campaigns.scheduler import trigger
 from tests.campaign_fixtures import register_echo
 
 async def main():

@@ -44,7 +44,6 @@ import datetime as dt
 import weakref
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from trackly_exec.app import Loop, TaskSet
@@ -55,6 +54,7 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.lease import Lease
 from trackly_exec.store.models import CampaignStatus, Execution, ExecutionStatus, utcnow
 from trackly_exec.store.names import label, name_of
 
@@ -132,7 +132,12 @@ class _Runner:
         self.trackly = trackly
         self.db = trackly.db
         self.owner = f"{trackly.instance}:{trackly.run_id}"
-        self.lease = dt.timedelta(seconds=trackly.settings.scheduler.evaluation_lease_seconds)
+        #: an evaluation's lease on its execution: the process's owner name, renewed every batch (``heartbeat_at``)
+        self.lease = Lease(
+            "lease_owner",
+            stamp="heartbeat_at",
+            ttl=dt.timedelta(seconds=trackly.settings.scheduler.evaluation_lease_seconds),
+        )
 
     async def create(
         self,
@@ -157,23 +162,20 @@ class _Runner:
             status=status,
             reason=reason,
         ).to_doc()
-        doc.update(lease_owner=self.owner, heartbeat_at=utcnow(), attempts=1)
+        doc.update(self.lease.taken(self.owner, utcnow()), attempts=1)
         try:
             await self.db[c.EXECUTIONS].insert_one(doc)
         except DuplicateKeyError:
             return None
         return doc
 
-    async def _set(self, eid: int, fields: dict[str, Any], *now_fields: str, owned: bool = True) -> bool:
-        """``$set`` ``fields``, stamp ``now_fields`` and the heartbeat with now; only while we hold the lease."""
-        q: dict[str, Any] = {"_id": eid}
-        if owned:
-            q["lease_owner"] = self.owner
+    async def _set(self, eid: int, fields: dict[str, Any], *now_fields: str) -> bool:
+        """``$set`` ``fields``, stamp ``now_fields`` and renew the lease with now; only while we hold the lease."""
         now = utcnow()
-        res = await self.db[c.EXECUTIONS].update_one(
-            q, {"$set": {**fields, **dict.fromkeys(("heartbeat_at", *now_fields), now)}}
+        update = {"$set": {**fields, **dict.fromkeys(now_fields, now)}}
+        return bool(
+            await self.lease.update(self.db[c.EXECUTIONS], self.owner, {"_id": eid}, update, renew_at=now, one=True)
         )
-        return bool(res.matched_count)
 
     async def fail(self, execution: dict[str, Any], reason: str) -> None:
         await self._set(execution["_id"], {"status": ExecutionStatus.FAILED.value, "reason": reason}, "completed_at")
@@ -231,15 +233,10 @@ class _Runner:
     async def resume_stale(self, limit: int = 20) -> list[dict[str, Any]]:
         """Take over executions whose evaluator stopped reporting (lease expired)."""
         out: list[dict[str, Any]] = []
-        expired = utcnow() - self.lease
+        unfinished = {"status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]}}
         for _ in range(limit):
-            doc = await self.db[c.EXECUTIONS].find_one_and_update(
-                {
-                    "status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]},
-                    "heartbeat_at": {"$lt": expired},
-                },
-                {"$set": {"lease_owner": self.owner, "heartbeat_at": utcnow()}, "$inc": {"attempts": 1}},
-                return_document=ReturnDocument.AFTER,
+            doc = await self.lease.claim_one(
+                self.db[c.EXECUTIONS], unfinished, self.owner, utcnow(), expired_only=True, inc={"attempts": 1}
             )
             if doc is None:
                 break

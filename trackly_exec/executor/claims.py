@@ -13,12 +13,14 @@ A batch is claimed with a token unique to this process *and* this claim (``"<ins
 Every later write about a claimed message is conditional on ``claimed_by == token`` (fencing): a process
 that lost its claim (paused past the claim TTL while recovery released or dead-lettered it) matches
 nothing, so it can neither mark intent (and so never sends) nor delete the queue entry.
+
+The lease itself (token, fields, fence, release) is :data:`LEASE`, a :class:`trackly_exec.store.lease.Lease`
+like the outbox's and the executions'; the queue-specific conditions (due, no send intent) stay here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,11 +28,11 @@ from pymongo import UpdateMany
 
 from trackly_exec.campaigns.queue import PAUSED_UNTIL
 from trackly_exec.store import constants as c
+from trackly_exec.store.lease import Lease
+from trackly_exec.store.lease import new_token as new_token  # a claim's token (re-exported)
 
-
-def new_token(instance: str) -> str:
-    """A claim token: the instance name plus a random part, so every claim batch is distinct."""
-    return f"{instance}:{uuid.uuid4().hex}"
+#: A queued message's claim: ``claimed_by`` (the token) and ``claimed_at`` (its age, for recovery's claim TTL).
+LEASE = Lease("claimed_by", stamp="claimed_at")
 
 
 def due_filter(now: dt.datetime, list_id: int | None = None) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def due_filter(now: dt.datetime, list_id: int | None = None) -> dict[str, Any]:
     (``A and B or C``), which would match messages claimed by someone else.
     """
     conds: list[dict[str, Any]] = [
-        {"claimed_by": None},
+        {"claimed_by": None},  # the executor's hot scan: kept exactly as indexed and measured
         {"sendtime": {"$lte": now}},
         {"$or": [{"not_before": None}, {"not_before": {"$lte": now}}]},
     ]
@@ -80,7 +82,7 @@ async def claim_ids(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -
         return []
     q = db[c.QUEUED]
     res = await q.update_many(
-        {"$and": [{"_id": {"$in": list(ids)}}, due_filter(now)]}, {"$set": {"claimed_by": token, "claimed_at": now}}
+        {"$and": [{"_id": {"$in": list(ids)}}, due_filter(now)]}, {"$set": LEASE.taken(token, now)}
     )
     if res.matched_count == 0:
         return []
@@ -97,15 +99,15 @@ async def claim(db: Any, list_id: int, token: str, now: dt.datetime, limit: int)
 
 async def held(db: Any, ids: Sequence[str], token: str) -> set[str]:
     """Which of ``ids`` this claim still holds."""
-    return {d["_id"] async for d in db[c.QUEUED].find({"_id": {"$in": list(ids)}, "claimed_by": token}, {"_id": 1})}
+    return {d["_id"] async for d in db[c.QUEUED].find(LEASE.fence(token, {"_id": {"$in": list(ids)}}), {"_id": 1})}
 
 
 async def mark(db: Any, ids: Sequence[str], token: str, fields: dict[str, Any]) -> set[str]:
     """Fenced ``$set`` of ``fields`` on ``ids``; returns the ids still held (re-read only when some were lost)."""
     if not ids:
         return set()
-    res = await db[c.QUEUED].update_many({"_id": {"$in": list(ids)}, "claimed_by": token}, {"$set": fields})
-    if res.matched_count == len(ids):
+    matched = await LEASE.update(db[c.QUEUED], token, {"_id": {"$in": list(ids)}}, {"$set": fields})
+    if matched == len(ids):
         return set(ids)
     return await held(db, ids, token)
 
@@ -122,8 +124,7 @@ async def release(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dic
     """
     ops = [
         UpdateMany(
-            {"_id": {"$in": list(ids)}, "claimed_by": token, "sending_at": None},
-            {"$set": {**extra, "claimed_by": None, "claimed_at": None}},
+            LEASE.fence(token, {"_id": {"$in": list(ids)}, "sending_at": None}), {"$set": {**extra, **LEASE.released()}}
         )
         for ids, extra in groups
         if ids
@@ -140,8 +141,7 @@ async def hold_unsent(db: Any, token: str, groups: Iterable[tuple[Sequence[str],
     fields (the backoff). Returns how many this claim still held."""
     ops = [
         UpdateMany(
-            {"_id": {"$in": list(ids)}, "claimed_by": token},
-            {"$set": {**extra, "claimed_by": None, "claimed_at": None, "sending_at": None}},
+            LEASE.fence(token, {"_id": {"$in": list(ids)}}), {"$set": {**extra, **LEASE.released(), "sending_at": None}}
         )
         for ids, extra in groups
         if ids
@@ -157,18 +157,14 @@ async def release_tokens(db: Any, tokens: Iterable[str]) -> int:
     tokens = list(tokens)
     if not tokens:
         return 0
-    res = await db[c.QUEUED].update_many(
-        {"claimed_by": {"$in": tokens}, "sending_at": None}, {"$set": {"claimed_by": None, "claimed_at": None}}
-    )
-    return int(res.modified_count)
+    return await LEASE.release(db[c.QUEUED], tokens, {"sending_at": None})
 
 
 async def complete(db: Any, ids: Sequence[str], token: str) -> int:
     """Remove recorded messages from the queue (fenced). Returns how many this claim still held."""
     if not ids:
         return 0
-    res = await db[c.QUEUED].delete_many({"_id": {"$in": list(ids)}, "claimed_by": token})
-    return int(res.deleted_count)
+    return await LEASE.delete(db[c.QUEUED], token, {"_id": {"$in": list(ids)}})
 
 
 async def hold(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dt.datetime, dict[str, Any]]]) -> int:
@@ -181,37 +177,23 @@ async def give_back(db: Any, ids: Sequence[str], token: str) -> int:
     reconciliation's re-queue). Fenced on ``token``."""
     if not ids:
         return 0
-    res = await db[c.QUEUED].update_many(
-        {"_id": {"$in": list(ids)}, "claimed_by": token},
-        {"$set": {"claimed_by": None, "claimed_at": None, "sending_at": None}},
-    )
-    return int(res.modified_count)
+    return await LEASE.release(db[c.QUEUED], token, {"_id": {"$in": list(ids)}}, sending_at=None)
 
 
 async def claim_matching(db: Any, query: dict[str, Any], token: str, now: dt.datetime) -> list[dict[str, Any]]:
     """Claim every unclaimed message matching ``query`` whatever its sendtime (opt-out, erasure: they are
     recorded elsewhere, then :func:`drop`-ped); returns the documents this claim holds."""
-    res = await db[c.QUEUED].update_many(
-        {**query, "claimed_by": None}, {"$set": {"claimed_by": token, "claimed_at": now}}
-    )
-    if not res.modified_count:
-        return []
-    docs: list[dict[str, Any]] = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
-    return docs
+    return await LEASE.claim(db[c.QUEUED], query, token, now)
 
 
 async def drop(db: Any, token: str) -> int:
     """Delete every message this claim holds (recorded elsewhere first)."""
-    res = await db[c.QUEUED].delete_many({"claimed_by": token})
-    return int(res.deleted_count)
+    return await LEASE.delete(db[c.QUEUED], token)
 
 
 async def release_expired(db: Any, cutoff: dt.datetime) -> int:
     """Recovery: release claims older than ``cutoff`` that have no send intent (their process died)."""
-    res = await db[c.QUEUED].update_many(
-        {"claimed_at": {"$lt": cutoff}, "sending_at": None}, {"$set": {"claimed_by": None, "claimed_at": None}}
-    )
-    return int(res.modified_count)
+    return await LEASE.release_expired(db[c.QUEUED], cutoff, {"sending_at": None}, ttl=dt.timedelta(0))
 
 
 async def take_over(db: Any, by_token: dict[str, list[str]], token: str, now: dt.datetime) -> None:
@@ -221,7 +203,7 @@ async def take_over(db: Any, by_token: dict[str, list[str]], token: str, now: dt
         return
     await db[c.QUEUED].bulk_write(
         [
-            UpdateMany({"_id": {"$in": ids}, "claimed_by": old}, {"$set": {"claimed_by": token, "claimed_at": now}})
+            UpdateMany(LEASE.fence(old, {"_id": {"$in": ids}}), {"$set": LEASE.taken(token, now)})
             for old, ids in by_token.items()
         ],
         ordered=False,
@@ -238,7 +220,7 @@ async def pause_campaign(db: Any, campaign_id: int) -> int:
     if not ids:
         return 0
     res = await db[c.QUEUED].update_many(
-        {"execution_id": {"$in": ids}, "claimed_by": None}, {"$set": {"not_before": PAUSED_UNTIL, "paused": True}}
+        {"execution_id": {"$in": ids}, **LEASE.free()}, {"$set": {"not_before": PAUSED_UNTIL, "paused": True}}
     )
     return int(res.modified_count)
 
@@ -248,7 +230,7 @@ async def resume(db: Any, ids: Sequence[str], now: dt.datetime) -> int:
     if not ids:
         return 0
     res = await db[c.QUEUED].update_many(
-        {"_id": {"$in": list(ids)}, "claimed_by": None, "paused": True}, {"$set": {"not_before": now, "paused": False}}
+        {"_id": {"$in": list(ids)}, **LEASE.free(), "paused": True}, {"$set": {"not_before": now, "paused": False}}
     )
     return int(res.modified_count)
 

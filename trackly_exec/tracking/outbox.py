@@ -14,8 +14,9 @@ only ever delays its own events:
 - 2xx is success; anything else is retried with exponential backoff and jitter
   (``outbox_initial_backoff_seconds`` doubling up to ``outbox_max_backoff_seconds``) until the event is
   ``outbox_max_age_hours`` old; then it is marked ``dead`` and a ``webhook_dead`` alert event is published;
-- entries are claimed with a lease (``claimed_by`` token + ``next_attempt_at`` pushed past the timeout), so
-  several daemons can share one outbox and a crashed one's entries are retried after the lease.
+- entries are claimed with a lease (:mod:`trackly_exec.store.lease`: ``claimed_by`` token + ``next_attempt_at``
+  pushed past the timeout), so several daemons can share one outbox and a crashed one's entries are retried after
+  the lease.
 
 Payload, headers, signature and the two document forms (single event, batch): :mod:`tracking.customer_webhook`
 (:func:`verify_signature` is re-exported here). A batch is attempted as a whole, at most
@@ -29,7 +30,6 @@ import asyncio
 import datetime as dt
 import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +43,7 @@ from trackly_exec.app import Loop, TaskSet, Trackly, backoff
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.lease import Lease, new_token
 from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.customer_webhook import (
     DEAD,
@@ -124,6 +125,13 @@ class Outbox:
         self.allow = Allowlist.parse(self.cfg.webhook_url_allowlist)
         self._loop = Loop("outbox", self._tick, self.cfg.outbox_poll_seconds)
         self.counts = OutboxCounts()
+        #: an entry is leased by pushing its ``next_attempt_at`` past the POST timeout: a crashed daemon's entries
+        #: are simply due again after it
+        self.lease = Lease(
+            "claimed_by",
+            until="next_attempt_at",
+            ttl=dt.timedelta(seconds=self.cfg.outbox_timeout_seconds + LEASE_MARGIN_SECONDS),
+        )
 
     @property
     def col(self) -> Any:
@@ -218,12 +226,9 @@ class Outbox:
                 break
         if not ids:
             return []
-        token = f"{self.trackly.instance}:{uuid.uuid4().hex}"
-        lease = now + dt.timedelta(seconds=self.cfg.outbox_timeout_seconds + LEASE_MARGIN_SECONDS)
-        await self.col.update_many(
-            {"_id": {"$in": ids}, **due}, {"$set": {"claimed_by": token, "next_attempt_at": lease}}
+        docs = await self.lease.claim(
+            self.col, {"_id": {"$in": ids}, "status": PENDING}, new_token(self.trackly.instance), now
         )
-        docs: list[dict[str, Any]] = await self.col.find({"_id": {"$in": ids}, "claimed_by": token}).to_list(None)
         accounts = await self._accounts({d["account_id"] for d in docs})
         for doc in docs:
             doc["_account"] = accounts.get(doc["account_id"])
@@ -318,7 +323,7 @@ class Outbox:
         failures: list[str] = []
         for a in attempts:
             doc = a.doc
-            fence = {"_id": doc["_id"], "claimed_by": doc["claimed_by"]}
+            fence = self.lease.fence(doc["claimed_by"], {"_id": doc["_id"]})
             tried = [r for r in a.results if r.attempted]
             ok = [r for r in a.results if r.ok]
             self.counts.attempts += len(tried)
@@ -326,7 +331,7 @@ class Outbox:
             failures.extend(r.error or "" for r in tried if not r.ok)
             last = tried[-1] if tried else None
             base: dict[str, Any] = {
-                "claimed_by": None,
+                **self.lease.released(),
                 "attempts": int(doc.get("attempts", 0)) + (1 if tried else 0),
                 "last_status": last.status if last else None,
                 "last_error": last.error if last else None,
