@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from aiohttp.test_utils import TestClient
 
+from trackly_exec import Accepted, OutboundMessage, SendResult
 from trackly_exec.app import Trackly
+from trackly_exec.drivers import registry
+from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import utcnow
 
-from .api_support import H, post, seed
+from .api_support import EchoDriver, H, post, seed
+from .campaign_fixtures import INSIDE
 
 
 async def call(cl: TestClient[Any, Any], method: str, path: str, body: Any = None, status: int = 200) -> Any:
@@ -69,6 +74,56 @@ async def test_patch_campaign_refused_while_running(admin: TestClient[Any, Any],
     assert r.status == 422
     r = await admin.patch(f"/api/v1/campaigns/{camp['id']}", headers=H, json={"status": "active"})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.status"
+
+
+class OtherEchoDriver(EchoDriver):
+    """A second provider: what it was asked to send."""
+
+    sent: ClassVar[list[str]] = []
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        OtherEchoDriver.sent.extend(m.to for m in messages)
+        return [Accepted(message_id=m.id, provider_message_id=f"other-{m.id}") for m in messages]
+
+
+async def test_patch_sending_list_driver(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """A sending list's driver changes through PATCH, checked like at creation (a known driver, settings it lets a
+    list override, re-checked against the new driver); the executor sends through it from its next read of the
+    list, and what was sent before stays with the old provider."""
+    registry.register("echo2", OtherEchoDriver)
+    OtherEchoDriver.sent = []
+    ids = await seed(admin)  # the list: driver echo, driver_settings {"batch_size": 5}
+    path = f"/sending-lists/{ids['list']}"
+    await post(admin, f"{path}/contacts", {"contacts": [{"phone": "+12125550100", "timezone": INSIDE}]}, 200)
+    coord = Coordinator(trackly)
+    coord.cfg = coord.cfg.model_copy(update={"list_cache_seconds": 0})  # read the list on every poll
+
+    async def test_send() -> dict[str, Any]:
+        out = await post(admin, f"{path}/test-send", {"creative_id": ids["creative"], "numbers": ["+12125550100"]}, 202)
+        await coord.run_until_idle()
+        sent = await trackly.db[c.SENT].find_one({"execution_id": out["execution_id"]})
+        assert sent is not None
+        return dict(sent)
+
+    assert (await test_send())["provider"] == "echo"
+    for body, loc in (
+        ({"driver": "nope"}, "body.driver"),
+        ({"driver": None}, "body.driver"),
+        ({"driver": "echo2", "driver_settings": {"base_url": "http://elsewhere"}}, "body.driver_settings.base_url"),
+        ({"driver_settings": {"batch_size": 0}}, "body.driver_settings.batch_size"),
+    ):
+        r = await admin.patch(f"/api/v1{path}", headers=H, json=body)
+        data = await r.json()
+        assert r.status == 422 and data["details"][0]["loc"] == loc, (body, data)
+    assert (await trackly.db[c.SENDING_LISTS].find_one({"_id": ids["list"]}))["driver"] == "echo"  # unchanged
+    out = await call(admin, "PATCH", path, {"driver": "echo2"})
+    assert out["driver"] == "echo2" and out["driver_settings"] == {"batch_size": 5}
+    moved = await test_send()
+    assert moved["provider"] == "echo2" and moved["provider_message_id"].startswith("other-")
+    assert OtherEchoDriver.sent == ["+12125550100"]
+    assert await trackly.db[c.SENT].count_documents({"provider": "echo"}) == 1  # the first send keeps its provider
+    out = await call(admin, "PATCH", path, {"driver": "echo", "driver_settings": {}})
+    assert out["driver"] == "echo" and out["driver_settings"] == {}
 
 
 async def test_patch_creative_in_use_by_running_execution(admin: TestClient[Any, Any], trackly: Trackly) -> None:

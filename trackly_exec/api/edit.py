@@ -4,7 +4,7 @@ and campaigns, and erasing a contact (registered into :data:`trackly_exec.api.RO
 * ``PATCH`` changes what is safe to change. Names and descriptions always. A campaign's other fields, an
   audience's contacts and a creative's variants only while no execution that uses them is running (pending,
   evaluating or queued): 409 naming the execution otherwise. A sending list's settings any time (queued
-  messages keep what they were composed with); its driver is not changed here.
+  messages keep what they were composed with), its driver and driver settings too, checked like at creation.
 * ``DELETE`` archives: the record stays (its history refers to it), is hidden from lists unless
   ``?archived=true``, cannot be used by a new or edited campaign, and an archived campaign is never scheduled
   or triggered again. A list, audience or creative still used by an active or paused campaign is not
@@ -21,7 +21,7 @@ from aiohttp import web
 from trackly_exec.api import models as m
 from trackly_exec.api import models_campaigns as mc
 from trackly_exec.api.campaigns import check_refs, check_schedule
-from trackly_exec.api.resources import _undollar, check_audience, check_variants
+from trackly_exec.api.resources import _undollar, check_audience, check_driver, check_variants
 from trackly_exec.api.routes import ApiError, Problems, _json, _tr, get_or_404, path_id, read_body, route
 from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
@@ -87,7 +87,7 @@ def _not_archived(doc: dict[str, Any], what: str) -> None:
 @route(
     "PATCH",
     "/sending-lists/{id}",
-    "Edit a sending list (names, sender, limits, quiet hours, blocked words, price)",
+    "Edit a sending list (names, driver, sender, limits, quiet hours, blocked words, price)",
     body=m.SendingListPatch,
     response=m.SendingListOut,
     errors=(409,),
@@ -100,6 +100,8 @@ async def patch_sending_list(request: web.Request) -> web.Response:
     _not_archived(doc, f"sending list {lid}")
     changes = {k: v for k, v in body.model_dump().items() if k in body.model_fields_set}
     for k in (
+        "driver",
+        "driver_settings",
         "from_number",
         "rate_limit_per_minute",
         "cooldown_minutes",
@@ -116,6 +118,15 @@ async def patch_sending_list(request: web.Request) -> web.Response:
                 f"{k} cannot be null",
                 [{"loc": f"body.{k}", "msg": "cannot be null", "type": "value_error"}],
             )
+    if changes.keys() & {"driver", "driver_settings"}:  # the pair is checked together, as at creation
+        problems = Problems()
+        check_driver(
+            trackly,
+            changes.get("driver", doc["driver"]),
+            changes.get("driver_settings", doc.get("driver_settings") or {}),
+            problems,
+        )
+        problems.raise_if_any()
     if changes:
         await trackly.store[c.SENDING_LISTS].update_one({"_id": lid}, {"$set": changes})
     return _json(m.SendingListOut.from_doc({**doc, **changes}))

@@ -476,8 +476,10 @@ class CreativeOut(Out):
 
 
 class SendingListPatch(Body):
-    """What may change on a sending list (any time: queued messages keep what they were composed with). The
-    driver and its settings are not changed here: create a new list."""
+    """What may change on a sending list (any time: queued messages keep what they were composed with). A new
+    ``driver`` or ``driver_settings`` is checked like at creation (the driver configured or installed, the settings
+    only the keys it lets a list override, built together); the executor sends through it from its next read of
+    the list (within ``executor.list_cache_seconds``), messages already sent stay with their provider."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -488,6 +490,16 @@ class SendingListPatch(Body):
 
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=2000)
+    driver: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="Another driver instance ([drivers.NAME] in the config) or installed driver; the list's "
+        "driver_settings (or the ones given with it) are checked against it.",
+    )
+    driver_settings: dict[str, Any] | None = Field(
+        None, max_length=20, description="New tuning overrides (replacing the old ones), checked like at creation."
+    )
     from_number: str | None = None
     rate_limit_per_minute: int | None = Field(None, ge=1, le=10_000_000)
     cooldown_minutes: float | None = Field(None, ge=0, le=525_600)
