@@ -1,20 +1,21 @@
-"""Operations: Discord alerts and the live dashboard, over real HTTP (Prometheus metrics: test_metrics.py)."""
+"""Discord alerts (operations/alerts.py): grouping, throttling, 429, error rates, and the names they carry."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from trackly_exec.app import Trackly
+from trackly_exec.campaigns.scheduler import trigger
 from trackly_exec.operations.alerts import Alerts
-from trackly_exec.operations.web import HttpServer
 from trackly_exec.store import constants as c
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import utcnow
+
+from .campaign_fixtures import register_echo, seed_campaign
 
 
 class DiscordStub:
@@ -134,62 +135,39 @@ async def test_high_error_rate_ignores_old_failures(trackly: Trackly) -> None:
     assert "12 of 40" in events[0].message
 
 
-OP = {"Authorization": "Bearer test-token"}
-
-
-async def test_dashboard(trackly: Trackly) -> None:
-    """/dashboard serves the page and live JSON (/metrics: test_metrics.py)."""
-    now = utcnow()
-    base = {
-        "account_id": 1,
-        "sending_list_id": 7,
-        "campaign_id": 3,
-        "from_number": "+1",
-        "to_number": "+2",
-        "body": "x",
-        "length": 1,
-        "sendtime": now,
-    }
-    await trackly.db[c.CAMPAIGNS].insert_one({"_id": 3, "status": "active"})
-    await trackly.db[c.SENT].insert_many(
-        [{**base, "_id": f"s{i}", "timestamp": now, "delivered": i < 3} for i in range(4)]
-    )
-    await trackly.db[c.FAILED].insert_one({**base, "_id": "f1", "reason": "STALE", "failed_at": now})
-    await trackly.db[c.QUEUED].insert_many(
-        [
-            {**base, "_id": "q1", "execution_id": 1, "contact_id": 1, "claimed_by": None},
-            {**base, "_id": "q2", "execution_id": 1, "contact_id": 2, "claimed_by": "t:x"},
-        ]
-    )
-    server = HttpServer(trackly)
-    await server.start()
+async def test_alerts_carry_names(trackly: Trackly) -> None:
+    """A failed campaign's alert says "'Spring sale' (campaign 1) failed: ..."; a dead-letter alert's fields name
+    the campaign and the list first; a record without a name shows "campaign <id>"."""
+    register_echo()
+    await seed_campaign(trackly.store, campaign_kw={"name": "Spring sale"})
+    await trackly.db[c.CREATIVES].update_one({"_id": 1}, {"$set": {"archived": True}})
+    stub = DiscordStub()
+    alerts = await _alerts(trackly, stub, interval=0)
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(server.url + "/dashboard", headers=OP) as r:
-                assert r.status == 200 and "trackly-exec" in await r.text()
-            async with http.get(server.url + "/dashboard/summary.json", headers=OP) as r:
-                data = await r.json()
-            camp = data["campaigns"][0]
-            assert (camp["id"], camp["queued"], camp["sent"], camp["delivered"], camp["failed"]) == (3, 2, 4, 3, 1)
-            assert camp["delivery_rate"] == 75.0
+        await trigger(trackly, 1)
+        await trackly.bus.publish(
+            Event(
+                kind=EventKind.FAILED_MESSAGE,
+                message="STALE: message m1",
+                key="f",
+                data={"reason": "STALE", "campaign_id": 1, "sending_list_id": 1},
+            )
+        )
+        await trackly.db[c.CAMPAIGNS].insert_one({"_id": 2, "account_id": 1})
+        await trackly.bus.publish(
+            Event(
+                kind=EventKind.FAILED_MESSAGE,
+                message="STALE: message m2",
+                key="g",
+                data={"reason": "STALE", "campaign_id": 2},
+            )
+        )
+        assert await alerts.run_until_idle() == 3
+        failed, dead, unnamed = (p["embeds"][0] for p in stub.posts)
+        assert failed["description"] == "'Spring sale' (campaign 1) failed: creative 1 is archived"
+        assert [f["name"] for f in dead["fields"][:2]] == ["campaign", "sending list"]
+        assert dead["fields"][0]["value"] == "Spring sale (1)" and dead["fields"][1]["value"] == "main (1)"
+        assert unnamed["fields"][0]["value"] == "campaign 2"
     finally:
-        await server.stop(1)
-
-
-async def test_healthz_reports_store_and_redis(trackly: Trackly, redis_server: Any) -> None:
-    """/healthz answers 200 while the store and Redis answer, and 503 naming Redis while it is down."""
-    server = HttpServer(trackly)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(server.url + "/healthz") as r:
-                assert r.status == 200 and (await r.json())["redis"] == "ok"
-            redis_server.stop()
-            try:
-                async with http.get(server.url + "/healthz") as r:
-                    body = await r.json()
-                    assert r.status == 503 and body["store"] == "ok" and body["redis"].startswith("unreachable")
-            finally:
-                redis_server.start()
-    finally:
-        await server.stop(1)
+        await alerts.stop(1)
+        await stub.server.close()

@@ -1,17 +1,16 @@
-"""Composition: placeholders, footer, tracked links, segments on the final text, variant split and learned choice."""
+"""Composition (campaigns/compose.py): placeholders, footer, tracked links and segments on the final text, both variants
+end to end (the variant choice itself: test_variants.py; link tracking: test_shortlinks.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 
 import pytest
 
 from trackly_exec.app import Trackly
 from trackly_exec.campaigns.compose import Composer, TemplateError, check_body, parse_body, render
 from trackly_exec.campaigns.scheduler import trigger
-from trackly_exec.campaigns.shortlinks import find_urls, track
-from trackly_exec.campaigns.variants import chooser_for, split_chooser, thompson_shares
+from trackly_exec.campaigns.variants import split_chooser
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import MessageShortLink, QueuedTextMessage, Variant, utcnow
 
@@ -57,20 +56,6 @@ def test_bad_templates(body: str) -> None:
     assert check_body(body)
 
 
-def test_links_are_tracked_with_random_codes() -> None:
-    """Each URL becomes short_base/code with a fresh 12-char code; trailing punctuation stays outside."""
-    body = "Sale! https://shop.example/x?a=1&b=2. And http://e.org/p) and https://t.example/l/keep"
-    out, links = track(body, "https://t.example/l")
-    assert [d for _, d in links] == ["https://shop.example/x?a=1&b=2", "http://e.org/p"]
-    codes = [code for code, _ in links]
-    assert all(len(code) == 12 for code in codes) and len(set(codes)) == 2
-    assert (
-        out == f"Sale! https://t.example/l/{codes[0]}. And https://t.example/l/{codes[1]}) and https://t.example/l/keep"
-    )
-    assert find_urls(out)[0] == f"https://t.example/l/{codes[0]}"
-    assert len({track(body, "https://t.example/l")[1][0][0] for _ in range(200)}) == 200
-
-
 def test_composer_footer_links_and_segments() -> None:
     """The footer goes on its own line after link replacement; segments are computed on the final text."""
     creative = {
@@ -99,66 +84,6 @@ def test_composer_footer_links_and_segments() -> None:
     long = comp.compose({"_id": 6, "first_name": "ж" * 80}, "+12122000006", now)
     assert long is not None and long[0]["encoding"] == "UCS-2"
     assert long[0]["length"] == 80 + 9 + 36 + 12 and long[0]["segments"] == 3  # 137 units / 67 per part
-
-
-def test_split_is_within_one_point_over_100k() -> None:
-    """The deterministic split lands within 1 point of 70/20/10 over 100k contacts and is stable per contact."""
-    ch = split_chooser(
-        [
-            Variant(key="A", body="a", weight=70),
-            Variant(key="B", body="b", weight=20),
-            Variant(key="C", body="c", weight=10),
-            Variant(key="Z", body="z", weight=0),
-        ]
-    )
-    got = Counter(ch.choose(42, cid) for cid in range(100_000))
-    assert abs(got["A"] / 1000 - 70) < 1 and abs(got["B"] / 1000 - 20) < 1 and abs(got["C"] / 1000 - 10) < 1
-    assert got["Z"] == 0
-    assert all(ch.choose(42, cid) == ch.choose(42, cid) for cid in range(100))
-    assert Counter(ch.choose(43, cid) for cid in range(1000)) != Counter(ch.choose(42, cid) for cid in range(1000))
-
-
-def test_thompson_prefers_the_better_variant() -> None:
-    """With clear evidence the better click rate gets nearly all traffic; with equal evidence it is shared."""
-    shares = thompson_shares([(1000, 100), (1000, 20)], seed=1)
-    assert shares[0] > 0.99
-    even = thompson_shares([(1000, 50), (1000, 50)], seed=1)
-    assert 0.4 < even[0] < 0.6
-
-
-async def test_learned_uses_human_clicks_after_enough_sends(trackly: Trackly) -> None:
-    """Learned selection uses the split until each variant has N sends, then favours the variant with more human clicks."""
-    creative = {
-        "_id": 1,
-        "selection": "learned",
-        "variants": [{"key": "A", "body": "a", "weight": 1}, {"key": "B", "body": "b", "weight": 1}],
-    }
-    assert (await chooser_for(trackly.db, creative, 1, min_sends=50)).mode == "split"
-    sent = [
-        {"_id": f"{k}{i}", "creative_id": 1, "variant_key": k, "sending_list_id": 1, "timestamp": utcnow()}
-        for k in "AB"
-        for i in range(60)
-    ]
-    await trackly.db[c.SENT].insert_many(sent)
-    # A: 30 human clicks over 10 messages... counted once per message; B: 20 distinct clicked messages.
-    # Bot clicks on A do not count.
-    clicks = (
-        [
-            {"code": f"x{i}", "message_id": f"A{i % 10}", "creative_id": 1, "variant_key": "A", "bot": False}
-            for i in range(30)
-        ]
-        + [
-            {"code": f"y{i}", "message_id": f"A{10 + i}", "creative_id": 1, "variant_key": "A", "bot": True}
-            for i in range(40)
-        ]
-        + [
-            {"code": f"z{i}", "message_id": f"B{i}", "creative_id": 1, "variant_key": "B", "bot": False}
-            for i in range(20)
-        ]
-    )
-    await trackly.db[c.CLICKS].insert_many(clicks)
-    ch = await chooser_for(trackly.db, creative, 1, min_sends=50)
-    assert ch.mode == "learned" and ch.keys == ("A", "B") and ch.shares[1] > 0.9
 
 
 async def test_variants_and_links_end_to_end(trackly: Trackly) -> None:

@@ -1,16 +1,14 @@
-"""The foundation: config, store, registry, CLI."""
+"""The configuration (config.py): trackly.toml into pydantic models, errors naming the file and key, environment
+overrides, a default and a description for every key (check-config itself: test_configcheck.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from trackly_exec.config import load_config
 from trackly_exec.errors import ConfigError
-from trackly_exec.store.client import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,22 +44,6 @@ def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_config(ROOT / "trackly.toml").executor.pool_size == 7
 
 
-async def test_next_ids(store: Store) -> None:
-    """Id sequences hand out consecutive, never-repeated ranges."""
-    assert await store.next_ids("x", 3) == [1, 2, 3]
-    assert await store.next_id("x") == 4
-
-
-def test_check_config_exit_2(tmp_path: Path) -> None:
-    """`trackly check-config` exits 2 naming the key on a bad config."""
-    f = tmp_path / "bad.toml"
-    f.write_text("[mongo]\nuri = 5\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)], capture_output=True, text=True
-    )
-    assert r.returncode == 2 and "mongo.uri" in r.stderr
-
-
 def test_every_setting_has_default_and_description() -> None:
     """Each key of every config section has a default and a description."""
     from pydantic import BaseModel
@@ -79,37 +61,3 @@ def test_every_setting_has_default_and_description() -> None:
         return missing
 
     assert walk(Settings, "") == []
-
-
-def test_secrets_never_printed(tmp_path: Path) -> None:
-    """check-config prints secrets redacted."""
-    f = tmp_path / "c.toml"
-    f.write_text('[mongo]\nuri = "mongodb://u:hunter2@db:27017"\n[http]\napi_tokens = ["tok-secret-1"]\n')
-    r = subprocess.run(
-        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)], capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
-    assert "hunter2" not in r.stdout and "tok-secret-1" not in r.stdout and "**********" in r.stdout
-
-
-def test_shipped_configs_are_valid() -> None:
-    """trackly.toml passes check-config, drivers included; config/production.example.toml loads (its only problems
-    are the placeholders left to fill in, see test_configcheck)."""
-    r = subprocess.run(
-        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(ROOT / "trackly.toml"), "--no-store"],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    load_config(ROOT / "config/production.example.toml")
-
-
-def test_unknown_driver_lists_available(tmp_path: Path) -> None:
-    """A config naming an unknown driver fails start-up with the available ones."""
-    f = tmp_path / "c.toml"
-    f.write_text('[drivers.sms]\ndriver = "nope"\n')
-    r = subprocess.run(
-        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)], capture_output=True, text=True
-    )
-    assert r.returncode == 2
-    assert "drivers.sms.driver" in r.stderr and "infobip" in r.stderr and "twilio" in r.stderr

@@ -173,3 +173,47 @@ def test_placeholders_reported_with_load_errors(tmp_path: Path) -> None:
         "TRACKLY_TRACKING__IP_HASH_SALT)" in r.stderr
     )
     assert "CHANGE-ME" not in r.stderr and "changeme" not in r.stderr
+
+
+def test_check_config_exit_2(tmp_path: Path) -> None:
+    """`trackly check-config` exits 2 naming the key on a bad config."""
+    f = tmp_path / "bad.toml"
+    f.write_text("[mongo]\nuri = 5\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "mongo.uri" in r.stderr
+
+
+def test_secrets_never_printed(tmp_path: Path) -> None:
+    """check-config prints secrets redacted."""
+    f = tmp_path / "c.toml"
+    f.write_text('[mongo]\nuri = "mongodb://u:hunter2@db:27017"\n[http]\napi_tokens = ["tok-secret-1"]\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "hunter2" not in r.stdout and "tok-secret-1" not in r.stdout and "**********" in r.stdout
+
+
+def test_shipped_configs_are_valid() -> None:
+    """trackly.toml passes check-config, drivers included; config/production.example.toml loads (its only problems
+    are the placeholders left to fill in, see test_configcheck)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(ROOT / "trackly.toml"), "--no-store"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    load_config(ROOT / "config/production.example.toml")
+
+
+def test_unknown_driver_lists_available(tmp_path: Path) -> None:
+    """A config naming an unknown driver fails start-up with the available ones."""
+    f = tmp_path / "c.toml"
+    f.write_text('[drivers.sms]\ndriver = "nope"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "check-config", "-c", str(f)], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert "drivers.sms.driver" in r.stderr and "infobip" in r.stderr and "twilio" in r.stderr

@@ -7,6 +7,7 @@ import datetime as dt
 import shutil
 from typing import Any
 
+import aiohttp
 import pytest
 
 from trackly_exec.app import Trackly
@@ -212,5 +213,47 @@ async def test_dashboard_in_a_real_browser(trackly: Trackly) -> None:
             finally:
                 await browser.close()
         assert requests and all(u.startswith(server.url) for u in requests), requests
+    finally:
+        await server.stop(1)
+
+
+OP = {"Authorization": "Bearer test-token"}
+
+
+async def test_dashboard_page_and_summary_over_http(trackly: Trackly) -> None:
+    """/dashboard serves the page and live JSON (/metrics: test_metrics.py)."""
+    now = utcnow()
+    base = {
+        "account_id": 1,
+        "sending_list_id": 7,
+        "campaign_id": 3,
+        "from_number": "+1",
+        "to_number": "+2",
+        "body": "x",
+        "length": 1,
+        "sendtime": now,
+    }
+    await trackly.db[c.CAMPAIGNS].insert_one({"_id": 3, "status": "active"})
+    await trackly.db[c.SENT].insert_many(
+        [{**base, "_id": f"s{i}", "timestamp": now, "delivered": i < 3} for i in range(4)]
+    )
+    await trackly.db[c.FAILED].insert_one({**base, "_id": "f1", "reason": "STALE", "failed_at": now})
+    await trackly.db[c.QUEUED].insert_many(
+        [
+            {**base, "_id": "q1", "execution_id": 1, "contact_id": 1, "claimed_by": None},
+            {**base, "_id": "q2", "execution_id": 1, "contact_id": 2, "claimed_by": "t:x"},
+        ]
+    )
+    server = HttpServer(trackly)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/dashboard", headers=OP) as r:
+                assert r.status == 200 and "trackly-exec" in await r.text()
+            async with http.get(server.url + "/dashboard/summary.json", headers=OP) as r:
+                data = await r.json()
+            camp = data["campaigns"][0]
+            assert (camp["id"], camp["queued"], camp["sent"], camp["delivered"], camp["failed"]) == (3, 2, 4, 3, 1)
+            assert camp["delivery_rate"] == 75.0
     finally:
         await server.stop(1)

@@ -1,9 +1,12 @@
 """The test suite's own rules: no test module imports another (shared fixtures live in conftest, plain helpers
-in tests/*_support.py or campaign_fixtures.py), and no helper module defines a fixture."""
+in tests/*_support.py or campaign_fixtures.py), no helper module defines a fixture, and tests/README.md maps every
+package module to its tests."""
 
 from __future__ import annotations
 
 import ast
+import fnmatch
+import re
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -40,3 +43,31 @@ def test_helper_modules_define_no_fixtures() -> None:
     helpers = [p for p in sorted(TESTS.glob("*.py")) if not p.name.startswith(("test_", "conftest"))]
     offenders = [p.name for p in helpers if "@pytest.fixture" in p.read_text(encoding="utf-8")]
     assert not offenders, offenders
+
+
+def _map_names() -> set[str]:
+    """What tests/README.md names in backticks (a cell's ``a.py``, ``b.py`` are two names)."""
+    text = (TESTS / "README.md").read_text(encoding="utf-8")
+    return {name.strip() for quoted in re.findall(r"`([^`]+)`", text) for name in quoted.split(",")}
+
+
+def test_the_map_names_every_module_and_test_file() -> None:
+    """tests/README.md maps every package module to its tests and names every test file: a new module or test file
+    gets a line there (a module by its path under trackly_exec/, its file name, or a pattern such as ``models*.py``)."""
+    names = _map_names()
+    patterns = [n for n in names if "*" in n]
+    root = TESTS.parent
+    modules = [p.relative_to(root / "trackly_exec").as_posix() for p in (root / "trackly_exec").rglob("*.py")]
+    modules += [p.relative_to(root).as_posix() for p in (root / "drivers").glob("*.py")]
+    unmapped = [
+        m
+        for m in sorted(modules)
+        if not m.endswith("__init__.py")
+        and not {m, m.rsplit("/", 1)[-1]} & names
+        and not any(fnmatch.fnmatch(m, p) or fnmatch.fnmatch(m.rsplit("/", 1)[-1], p) for p in patterns)
+    ]
+    assert not unmapped, f"add these modules to tests/README.md: {unmapped}"
+    files = {p.name for p in TESTS.glob("test_*.py")}
+    assert not files - names, f"add these test files to tests/README.md: {sorted(files - names)}"
+    named = {n for n in names if n.startswith("test_") and n.endswith(".py") and "*" not in n and "<" not in n}
+    assert not named - files, f"tests/README.md names test files that do not exist: {sorted(named - files)}"

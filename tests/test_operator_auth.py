@@ -17,7 +17,6 @@ from trackly_exec.operations.web import HttpServer
 from trackly_exec.store.client import Store
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import utcnow
-from trackly_exec.store.phones import mask, mask_text
 
 from .doors_support import IB_INBOUND, mo
 from .tracking_support import seed_account, seed_contact, seed_list, start_daemon
@@ -25,15 +24,6 @@ from .tracking_support import seed_account, seed_contact, seed_list, start_daemo
 OP = {"Authorization": "Bearer test-token"}
 PHONE = "+14155550123"
 FULL = re.compile(r"\+?1?4155550123")
-
-
-def test_mask() -> None:
-    assert mask("+12125554567") == "+1212•••4567"
-    assert mask_text("+12125554567 sent STOP") == "+1212•••4567 sent STOP"
-    assert (
-        mask_text("message 0000000000000001 to 14155550123, 50 of 50")
-        == "message 0000000000000001 to 1415•••0123, 50 of 50"
-    )
 
 
 async def test_dashboard_events_and_alerts_mask_numbers(settings: Settings, store: Store) -> None:

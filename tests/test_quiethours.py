@@ -1,31 +1,16 @@
-"""Phone normalisation, timezone inference and quiet-hours windows."""
+"""Quiet hours (store/quiethours.py): the zones a contact may be in, windows, the next opening, DST (phone numbers
+themselves: test_phones.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from trackly_exec.store import phones, quiethours
+from trackly_exec.store import quiethours
 from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 
 NY = ZoneInfo("America/New_York")
 LA = ZoneInfo("America/Los_Angeles")
-
-
-def test_normalize_forms() -> None:
-    """National, international and 00-prefixed forms normalise to E.164; junk is None."""
-    assert phones.normalize("(212) 555-0100".replace("555-0100", "736-1234")) == "+12127361234"
-    assert phones.normalize("+40 721 234 567") == "+40721234567"
-    assert phones.normalize("0040721234567") == "+40721234567"
-    assert phones.normalize("hello") is None
-    assert phones.normalize("+1555") is None
-    assert phones.normalize("") is None
-
-
-def test_timezones_from_number() -> None:
-    """Zones come from libphonenumber; unknown numbers give Etc/Unknown."""
-    assert phones.timezones_for("+40721234567") == ("Europe/Bucharest",)
-    assert set(phones.timezones_for("+976136234567")) == {"Asia/Choibalsan", "Asia/Ulaanbaatar"}
 
 
 def test_stored_zone_wins_and_default_fallback() -> None:

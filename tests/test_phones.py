@@ -1,0 +1,31 @@
+"""Phone numbers (store/phones.py): normalisation to E.164, the timezones a number may be in, masking."""
+
+from __future__ import annotations
+
+from trackly_exec.store import phones
+from trackly_exec.store.phones import mask, mask_text
+
+
+def test_normalize_forms() -> None:
+    """National, international and 00-prefixed forms normalise to E.164; junk is None."""
+    assert phones.normalize("(212) 555-0100".replace("555-0100", "736-1234")) == "+12127361234"
+    assert phones.normalize("+40 721 234 567") == "+40721234567"
+    assert phones.normalize("0040721234567") == "+40721234567"
+    assert phones.normalize("hello") is None
+    assert phones.normalize("+1555") is None
+    assert phones.normalize("") is None
+
+
+def test_timezones_from_number() -> None:
+    """Zones come from libphonenumber; unknown numbers give Etc/Unknown."""
+    assert phones.timezones_for("+40721234567") == ("Europe/Bucharest",)
+    assert set(phones.timezones_for("+976136234567")) == {"Asia/Choibalsan", "Asia/Ulaanbaatar"}
+
+
+def test_mask() -> None:
+    assert mask("+12125554567") == "+1212•••4567"
+    assert mask_text("+12125554567 sent STOP") == "+1212•••4567 sent STOP"
+    assert (
+        mask_text("message 0000000000000001 to 14155550123, 50 of 50")
+        == "message 0000000000000001 to 1415•••0123, 50 of 50"
+    )
