@@ -1,22 +1,17 @@
-"""Helpers of the fail-closed tests (test_doors_*): an Infobip inbound body, a loopback webhook receiver, API
-seeding and the contacts-import CLI."""
+"""Helpers of the fail-closed tests (test_doors_*, test_netguard, test_operator_auth): an Infobip inbound body, a
+loopback webhook receiver, API seeding."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from trackly_exec.app import Trackly
-from trackly_exec.cli import main as cli
-from trackly_exec.store import constants as c
-
+from .api_support import post
 from .tracking_support import IB_TOKEN
 
-H = {"Authorization": "Bearer test-token"}
 IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
 
 
@@ -72,31 +67,13 @@ class Receiver:
             await self.runner.cleanup()
 
 
-async def api_post(cl: TestClient[Any, Any], path: str, body: Any) -> Any:
-    r = await cl.post(f"/api/v1{path}", json=body, headers=H)
-    data = await r.json()
-    assert r.status == 201, data
-    return data
-
-
 async def seed_api(cl: TestClient[Any, Any]) -> dict[str, int]:
     """An account, an echo-driver sending list and a creative through the API."""
-    acc = await api_post(cl, "/accounts", {"name": "Acme", "balance": 100})
-    lst = await api_post(
+    acc = await post(cl, "/accounts", {"name": "Acme", "balance": 100})
+    lst = await post(
         cl, "/sending-lists", {"account_id": acc["id"], "name": "L", "driver": "echo", "from_number": "+15550001111"}
     )
-    cre = await api_post(
+    cre = await post(
         cl, "/creatives", {"account_id": acc["id"], "name": "c", "variants": [{"key": "a", "body": "Hi", "weight": 1}]}
     )
     return {"account": acc["id"], "list": lst["id"], "creative": cre["id"]}
-
-
-async def run_cli(server: str, *argv: str) -> int:
-    return await asyncio.to_thread(cli.main, [*argv, "--api", server, "--token", "test-token"])
-
-
-async def setup_echo_list(trackly: Trackly) -> None:
-    await trackly.db[c.ACCOUNTS].insert_one({"_id": 1, "name": "A", "balance": 10.0})
-    await trackly.db[c.SENDING_LISTS].insert_one(
-        {"_id": 1, "account_id": 1, "name": "L", "driver": "echo", "driver_settings": {}, "from_number": "+15550001111"}
-    )

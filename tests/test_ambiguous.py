@@ -9,7 +9,6 @@ connection (nothing written) are retried and sent once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -35,14 +34,6 @@ AMBIGUOUS = [
     ("accept_then_garbage", None),
     ("accept_then_hang", None),
 ]
-
-
-@pytest.fixture
-async def fakes(redis_client: Any) -> AsyncIterator[dict[str, Any]]:
-    started = {name: await cls().start() for name, cls in FAKES.items()}
-    yield started
-    for fake in started.values():
-        await fake.stop()
 
 
 async def executor(settings: Settings, store: Store, fakes: dict[str, Any], **driver: Any) -> Coordinator:

@@ -6,7 +6,6 @@ import datetime as dt
 import io
 import json
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,15 +22,6 @@ from trackly_exec.store.models import utcnow
 from .api_support import EchoDriver
 
 H = {"Authorization": "Bearer test-token"}
-
-
-@pytest.fixture
-async def client(trackly: Trackly) -> AsyncIterator[TestClient[Any, Any]]:
-    registry.register("echo", EchoDriver)
-    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
-    api.setup(app, trackly)
-    async with TestClient(TestServer(app)) as cl:
-        yield cl
 
 
 async def post(cl: TestClient[Any, Any], path: str, body: Any, status: int = 201) -> Any:
@@ -69,35 +59,35 @@ async def seed(cl: TestClient[Any, Any]) -> dict[str, int]:
     return {"account": acc["id"], "list": lst["id"], "audience": aud["id"], "creative": cre["id"]}
 
 
-async def test_auth_required(client: TestClient[Any, Any]) -> None:
+async def test_auth_required(admin: TestClient[Any, Any]) -> None:
     """Missing or wrong bearer tokens get a 401 JSON error; the OpenAPI document needs none."""
-    r = await client.get("/api/v1/accounts")
+    r = await admin.get("/api/v1/accounts")
     assert r.status == 401 and (await r.json())["error"] == "unauthorized"
-    r = await client.get("/api/v1/accounts", headers={"Authorization": "Bearer nope"})
+    r = await admin.get("/api/v1/accounts", headers={"Authorization": "Bearer nope"})
     assert r.status == 401
-    r = await client.get("/api/v1/accounts", headers={"Authorization": "Basic dGVzdC10b2tlbg=="})
+    r = await admin.get("/api/v1/accounts", headers={"Authorization": "Basic dGVzdC10b2tlbg=="})
     assert r.status == 401
-    r = await client.get("/api/v1/openapi.json")
+    r = await admin.get("/api/v1/openapi.json")
     assert r.status == 200 and (await r.json())["openapi"].startswith("3.")
 
 
-async def test_create_and_get_masks_secrets(client: TestClient[Any, Any]) -> None:
+async def test_create_and_get_masks_secrets(admin: TestClient[Any, Any]) -> None:
     """Resources round-trip through POST and GET, and secrets never come back."""
-    ids = await seed(client)
-    r = await client.get(f"/api/v1/accounts/{ids['account']}", headers=H)
+    ids = await seed(admin)
+    r = await admin.get(f"/api/v1/accounts/{ids['account']}", headers=H)
     acc = await r.json()
     assert acc["name"] == "Acme" and acc["webhook_secret"] == "**********"
-    r = await client.get(f"/api/v1/sending-lists/{ids['list']}", headers=H)
+    r = await admin.get(f"/api/v1/sending-lists/{ids['list']}", headers=H)
     lst = await r.json()
     assert lst["driver_settings"] == {"batch_size": 5} and lst["quiet_hours"]["start"] == "08:00"
-    r = await client.get(f"/api/v1/audiences/{ids['audience']}", headers=H)
+    r = await admin.get(f"/api/v1/audiences/{ids['audience']}", headers=H)
     assert (await r.json())["filter"] == {"subscribed": {"eq": True}}
 
 
-async def test_validation_errors_have_field_paths(client: TestClient[Any, Any]) -> None:
+async def test_validation_errors_have_field_paths(admin: TestClient[Any, Any]) -> None:
     """Invalid bodies answer 422 with body.field.path locations; unknown keys are refused."""
-    ids = await seed(client)
-    r = await client.post(
+    ids = await seed(admin)
+    r = await admin.post(
         "/api/v1/sending-lists",
         headers=H,
         json={
@@ -113,13 +103,13 @@ async def test_validation_errors_have_field_paths(client: TestClient[Any, Any]) 
     assert r.status == 422 and data["error"] == "validation"
     locs = {d["loc"] for d in data["details"]}
     assert {"body.quiet_hours.start", "body.colour"} <= locs
-    r = await client.post(
+    r = await admin.post(
         "/api/v1/creatives",
         headers=H,
         json={"account_id": ids["account"], "name": "c", "variants": [{"key": "a", "body": ""}]},
     )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.variants.0.body"
-    r = await client.post(
+    r = await admin.post(
         "/api/v1/creatives",
         headers=H,
         json={
@@ -132,18 +122,18 @@ async def test_validation_errors_have_field_paths(client: TestClient[Any, Any]) 
     assert r.status == 422 and data["details"][0]["loc"] == "body.variants.1.body" and "stray" in data["message"]
 
 
-async def test_driver_and_filter_validated(client: TestClient[Any, Any]) -> None:
+async def test_driver_and_filter_validated(admin: TestClient[Any, Any]) -> None:
     """An unknown driver, bad driver settings and a bad audience filter are 422s naming the field."""
-    ids = await seed(client)
+    ids = await seed(admin)
     base = {"account_id": ids["account"], "name": "x", "from_number": "+15550001111"}
-    r = await client.post("/api/v1/sending-lists", headers=H, json={**base, "driver": "nosuch"})
+    r = await admin.post("/api/v1/sending-lists", headers=H, json={**base, "driver": "nosuch"})
     data = await r.json()
     assert r.status == 422 and data["details"][0]["loc"] == "body.driver" and "nosuch" in data["message"]
-    r = await client.post(
+    r = await admin.post(
         "/api/v1/sending-lists", headers=H, json={**base, "driver": "echo", "driver_settings": {"bogus": 1}}
     )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.driver_settings.bogus"
-    r = await client.post(
+    r = await admin.post(
         "/api/v1/audiences",
         headers=H,
         json={"sending_list_id": ids["list"], "name": "a", "filter": {"phone": {"regex": ".*"}}},
@@ -152,9 +142,9 @@ async def test_driver_and_filter_validated(client: TestClient[Any, Any]) -> None
     assert r.status == 422 and data["details"][0]["loc"].startswith("body.filter") and "regex" in data["message"]
 
 
-async def test_unknown_ids_404_naming_which(client: TestClient[Any, Any]) -> None:
+async def test_unknown_ids_404_naming_which(admin: TestClient[Any, Any]) -> None:
     """Unknown path ids answer 404 naming the resource; unknown ids in a body 422 naming them."""
-    ids = await seed(client)
+    ids = await seed(admin)
     for path in (
         "/accounts/999",
         "/sending-lists/999",
@@ -166,7 +156,7 @@ async def test_unknown_ids_404_naming_which(client: TestClient[Any, Any]) -> Non
         "/accounts/abc",
         "/campaigns/999/stats",
     ):
-        r = await client.get(f"/api/v1{path}", headers=H)
+        r = await admin.get(f"/api/v1{path}", headers=H)
         assert r.status == 404, path
     camp = {
         "account_id": ids["account"],
@@ -175,55 +165,55 @@ async def test_unknown_ids_404_naming_which(client: TestClient[Any, Any]) -> Non
         "creative_id": ids["creative"],
     }
     # an unknown id inside a body is a 422 naming it (every one of them: see test_api_names)
-    r = await client.post("/api/v1/campaigns", headers=H, json=camp)
+    r = await admin.post("/api/v1/campaigns", headers=H, json=camp)
     assert r.status == 422 and "audience 77" in (await r.json())["message"]
-    r = await client.post(
+    r = await admin.post(
         "/api/v1/campaigns", headers=H, json={**camp, "audience_ids": [ids["audience"]], "creative_id": 55}
     )
     assert r.status == 422 and "creative 55" in (await r.json())["message"]
-    r = await client.post(
+    r = await admin.post(
         "/api/v1/sending-lists",
         headers=H,
         json={"account_id": 42, "name": "x", "driver": "echo", "from_number": "+15550001111"},
     )
     assert r.status == 422 and "account 42" in (await r.json())["message"]
-    r = await client.post("/api/v1/campaigns/999/trigger", headers=H)
+    r = await admin.post("/api/v1/campaigns/999/trigger", headers=H)
     assert r.status == 404
 
 
-async def test_malformed_and_too_big(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_malformed_and_too_big(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Malformed JSON is a 400, a body over http.max_body_bytes a 413, both JSON with a request id."""
-    r = await client.post("/api/v1/accounts", headers=H, data=b"{nope")
+    r = await admin.post("/api/v1/accounts", headers=H, data=b"{nope")
     data = await r.json()
     assert r.status == 400 and data["error"] == "bad_json" and data["request_id"] == r.headers["X-Request-Id"]
-    r = await client.post("/api/v1/accounts", headers=H, data=b"NaN")
+    r = await admin.post("/api/v1/accounts", headers=H, data=b"NaN")
     assert r.status == 400
     big = b'{"name": "' + b"x" * (trackly.settings.http.max_body_bytes + 10) + b'"}'
-    r = await client.post("/api/v1/accounts", headers=H, data=io.BytesIO(big))
+    r = await admin.post("/api/v1/accounts", headers=H, data=io.BytesIO(big))
     assert r.status == 413 and (await r.json())["error"] == "too_large"
 
 
-async def test_pagination(client: TestClient[Any, Any]) -> None:
+async def test_pagination(admin: TestClient[Any, Any]) -> None:
     """Lists page with limit/after and next_after; a bad limit is a 422 on the query."""
     for i in range(5):
-        await post(client, "/accounts", {"name": f"a{i}"})
+        await post(admin, "/accounts", {"name": f"a{i}"})
     seen: list[int] = []
     after = 0
     while True:
-        r = await client.get(f"/api/v1/accounts?limit=2&after={after}", headers=H)
+        r = await admin.get(f"/api/v1/accounts?limit=2&after={after}", headers=H)
         data = await r.json()
         seen += [a["id"] for a in data["items"]]
         if data["next_after"] is None:
             break
         after = data["next_after"]
     assert seen == sorted(seen) and len(seen) == 5
-    r = await client.get("/api/v1/accounts?limit=0", headers=H)
+    r = await admin.get("/api/v1/accounts?limit=0", headers=H)
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "query.limit"
 
 
-async def test_contacts_bulk_upsert(client: TestClient[Any, Any]) -> None:
+async def test_contacts_bulk_upsert(admin: TestClient[Any, Any]) -> None:
     """Bulk upsert normalises phones, reports bad rows by index and keeps the good ones."""
-    ids = await seed(client)
+    ids = await seed(admin)
     rows = [
         {"phone": "(212) 555-0100", "first_name": "Ann", "attributes": {"tier": "gold"}},
         {"phone": "not a phone"},
@@ -232,7 +222,7 @@ async def test_contacts_bulk_upsert(client: TestClient[Any, Any]) -> None:
         "junk",
         {"phone": "212-555-0101", "extra": 1},
     ]
-    data = await post(client, f"/sending-lists/{ids['list']}/contacts", {"contacts": rows}, 200)
+    data = await post(admin, f"/sending-lists/{ids['list']}/contacts", {"contacts": rows}, 200)
     assert data["inserted"] == 2 and data["updated"] == 0
     assert [(x["index"], x["reason"][:14]) for x in data["rejected"]] == [
         (1, "invalid phone "),
@@ -241,22 +231,22 @@ async def test_contacts_bulk_upsert(client: TestClient[Any, Any]) -> None:
         (5, "extra: unknown"),
     ]
     again = await post(
-        client,
+        admin,
         f"/sending-lists/{ids['list']}/contacts",
         {"contacts": [{"phone": "+12125550100", "last_name": "Lee", "attributes": {"n": 1}}]},
         200,
     )
     assert again == {"inserted": 0, "updated": 1, "rejected": []}
-    r = await client.get(f"/api/v1/sending-lists/{ids['list']}/contacts", headers=H)
+    r = await admin.get(f"/api/v1/sending-lists/{ids['list']}/contacts", headers=H)
     items = {c["phone"]: c for c in (await r.json())["items"]}
     ann = items["+12125550100"]
     assert ann["first_name"] == "Ann" and ann["last_name"] == "Lee" and ann["attributes"] == {"tier": "gold", "n": 1}
     assert items["+442079460958"]["subscribed"] is False
 
 
-async def test_campaign_schedule_validation(client: TestClient[Any, Any]) -> None:
+async def test_campaign_schedule_validation(admin: TestClient[Any, Any]) -> None:
     """A campaign's schedule must be a future time or a valid cron in a valid zone; ownership is checked."""
-    ids = await seed(client)
+    ids = await seed(admin)
     camp = {
         "account_id": ids["account"],
         "sending_list_id": ids["list"],
@@ -264,52 +254,52 @@ async def test_campaign_schedule_validation(client: TestClient[Any, Any]) -> Non
         "creative_id": ids["creative"],
     }
     past = (utcnow() - dt.timedelta(hours=1)).isoformat()
-    r = await client.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"at": past}})
+    r = await admin.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"at": past}})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.schedule.at"
-    r = await client.post(
+    r = await admin.post(
         "/api/v1/campaigns", headers=H, json={**camp, "schedule": {"cron": "0 9 * * *", "timezone": "Nowhere/X"}}
     )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.schedule.timezone"
-    r = await client.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"at": past, "cron": "0 9 * * *"}})
+    r = await admin.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"at": past, "cron": "0 9 * * *"}})
     assert r.status == 422
     future = (utcnow() + dt.timedelta(days=1)).replace(microsecond=0)
-    c1 = await post(client, "/campaigns", {**camp, "schedule": {"at": future.isoformat()}, "track_links": True})
+    c1 = await post(admin, "/campaigns", {**camp, "schedule": {"at": future.isoformat()}, "track_links": True})
     assert dt.datetime.fromisoformat(c1["next_run_at"]) == future and c1["status"] == "active"
-    other = await post(client, "/accounts", {"name": "Other"})
-    r = await client.post("/api/v1/campaigns", headers=H, json={**camp, "account_id": other["id"]})
+    other = await post(admin, "/accounts", {"name": "Other"})
+    r = await admin.post("/api/v1/campaigns", headers=H, json={**camp, "account_id": other["id"]})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.sending_list_id"
 
 
-async def test_campaign_cron_schedule(client: TestClient[Any, Any]) -> None:
+async def test_campaign_cron_schedule(admin: TestClient[Any, Any]) -> None:
     """A cron schedule sets next_run_at to its next occurrence; an invalid cron is a 422."""
     pytest.importorskip("trackly_exec.campaigns.cron")
-    ids = await seed(client)
+    ids = await seed(admin)
     camp = {
         "account_id": ids["account"],
         "sending_list_id": ids["list"],
         "audience_ids": [ids["audience"]],
         "creative_id": ids["creative"],
     }
-    c1 = await post(client, "/campaigns", {**camp, "schedule": {"cron": "30 9 * * *", "timezone": "Europe/Amsterdam"}})
+    c1 = await post(admin, "/campaigns", {**camp, "schedule": {"cron": "30 9 * * *", "timezone": "Europe/Amsterdam"}})
     nxt = dt.datetime.fromisoformat(c1["next_run_at"])
     local = nxt.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Amsterdam"))
     assert (local.hour, local.minute) == (9, 30) and nxt > utcnow()
-    r = await client.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"cron": "61 * * *"}})
+    r = await admin.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"cron": "61 * * *"}})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.schedule.cron"
 
 
-async def test_pause_resume_trigger_stats(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_pause_resume_trigger_stats(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Pause blocks triggers (409), resume allows them; trigger returns an execution with counts; stats answer."""
     pytest.importorskip("trackly_exec.campaigns.scheduler")
-    ids = await seed(client)
+    ids = await seed(admin)
     await post(
-        client,
+        admin,
         f"/sending-lists/{ids['list']}/contacts",
         {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": "UTC"} for n in range(100, 110)]},
         200,
     )
     camp = await post(
-        client,
+        admin,
         "/campaigns",
         {
             "account_id": ids["account"],
@@ -319,21 +309,21 @@ async def test_pause_resume_trigger_stats(client: TestClient[Any, Any], trackly:
             "quiet_hours_policy": "hold",
         },
     )
-    assert (await post(client, f"/campaigns/{camp['id']}/pause", None, 200))["status"] == "paused"
-    r = await client.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
+    assert (await post(admin, f"/campaigns/{camp['id']}/pause", None, 200))["status"] == "paused"
+    r = await admin.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
     assert r.status == 409
-    assert (await post(client, f"/campaigns/{camp['id']}/resume", None, 200))["status"] == "active"
-    out = await post(client, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
-    r = await client.get(f"/api/v1/executions/{out['execution_id']}", headers=H)
+    assert (await post(admin, f"/campaigns/{camp['id']}/resume", None, 200))["status"] == "active"
+    out = await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
+    r = await admin.get(f"/api/v1/executions/{out['execution_id']}", headers=H)
     ex = await r.json()
     assert ex["campaign_id"] == camp["id"] and ex["counts"]["unique"] == 10
-    r = await client.get(f"/api/v1/campaigns/{camp['id']}/stats", headers=H)
+    r = await admin.get(f"/api/v1/campaigns/{camp['id']}/stats", headers=H)
     stats = await r.json()
     assert (
         stats["executions"] == 1
         and stats["queued"] + stats["sent"] + sum(stats["failed"].values()) == ex["counts"]["queued"]
     )
-    r = await client.get(f"/api/v1/executions?campaign_id={camp['id']}", headers=H)
+    r = await admin.get(f"/api/v1/executions?campaign_id={camp['id']}", headers=H)
     assert [e["id"] for e in (await r.json())["items"]] == [out["execution_id"]]
 
 
@@ -355,9 +345,9 @@ async def test_openapi_covers_every_route(trackly: Trackly) -> None:
     json.dumps(doc)
 
 
-async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
+async def test_fuzzed_bodies_never_500(admin: TestClient[Any, Any]) -> None:
     """Random and hostile bodies on every POST route get 4xx answers, never a 500."""
-    ids = await seed(client)
+    ids = await seed(admin)
     rnd = random.Random(4)
     values: list[Any] = [
         None,
@@ -427,7 +417,7 @@ async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
     bodies.append(json.dumps({"contacts": [{"phone": v} for v in values if not isinstance(v, float)]}).encode())
     for i, body in enumerate(bodies):
         path = paths[i % len(paths)]
-        r = await client.post(f"/api/v1{path}", headers=H, data=body)
+        r = await admin.post(f"/api/v1{path}", headers=H, data=body)
         assert r.status < 500, (path, body[:200], await r.text())
     for query in (
         "limit=abc",
@@ -441,7 +431,7 @@ async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
         "after=%F0%9F%92%A9",
     ):
         for path in ("/accounts", "/executions", f"/sending-lists/{ids['list']}/contacts", f"/accounts/{2**64}"):
-            r = await client.get(f"/api/v1{path}?{query}", headers=H)
+            r = await admin.get(f"/api/v1{path}?{query}", headers=H)
             assert r.status < 500, (path, query, await r.text())
 
 
@@ -454,11 +444,11 @@ def test_openapi_document_is_valid() -> None:
     assert doc["openapi"] == "3.1.0" and doc["paths"]["/api/v1/openapi.json"]["get"]["security"] == []
 
 
-async def test_resume_recomputes_cron_from_now(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_resume_recomputes_cron_from_now(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Resuming a recurring campaign sets next_run_at to the next occurrence after now (no burst of missed ones)."""
-    ids = await seed(client)
+    ids = await seed(admin)
     camp = await post(
-        client,
+        admin,
         "/campaigns",
         {
             "account_id": ids["account"],
@@ -468,13 +458,13 @@ async def test_resume_recomputes_cron_from_now(client: TestClient[Any, Any], tra
             "schedule": {"cron": "*/5 * * * *", "timezone": "UTC"},
         },
     )
-    await post(client, f"/campaigns/{camp['id']}/pause", None, 200)
+    await post(admin, f"/campaigns/{camp['id']}/pause", None, 200)
     long_ago = utcnow() - dt.timedelta(days=3)
     await trackly.db["campaigns"].update_one({"_id": camp["id"]}, {"$set": {"next_run_at": long_ago}})
-    out = await post(client, f"/campaigns/{camp['id']}/resume", None, 200)
+    out = await post(admin, f"/campaigns/{camp['id']}/resume", None, 200)
     nxt = dt.datetime.fromisoformat(out["next_run_at"])
     assert utcnow() < nxt <= utcnow() + dt.timedelta(minutes=5) and nxt.minute % 5 == 0
-    r = await client.get(f"/api/v1/campaigns/{camp['id']}", headers=H)
+    r = await admin.get(f"/api/v1/campaigns/{camp['id']}", headers=H)
     assert (await r.json())["schedule"] == {"at": None, "cron": "*/5 * * * *", "timezone": "UTC"}
 
 
@@ -515,9 +505,7 @@ async def test_store_down_is_503(trackly: Trackly) -> None:
         await dead.close()
 
 
-async def test_pause_holds_queued_messages_and_resume_sends_them(
-    client: TestClient[Any, Any], trackly: Trackly
-) -> None:
+async def test_pause_holds_queued_messages_and_resume_sends_them(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Pausing a campaign mid-send holds its queued messages (the executor sends none); resuming sends them all."""
     import datetime as dt
 
@@ -526,15 +514,15 @@ async def test_pause_holds_queued_messages_and_resume_sends_them(
 
     offset = 12 - dt.datetime.now(dt.UTC).hour  # a zone where it is about noon now: inside the quiet-hours window
     noon = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
-    ids = await seed(client)
+    ids = await seed(admin)
     await post(
-        client,
+        admin,
         f"/sending-lists/{ids['list']}/contacts",
         {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": noon} for n in range(100, 120)]},
         200,
     )
     camp = await post(
-        client,
+        admin,
         "/campaigns",
         {
             "account_id": ids["account"],
@@ -544,15 +532,15 @@ async def test_pause_holds_queued_messages_and_resume_sends_them(
             "quiet_hours_policy": "hold",
         },
     )
-    await post(client, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
+    await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
     queued = await trackly.db[c.QUEUED].count_documents({})
     assert queued > 0
-    await post(client, f"/campaigns/{camp['id']}/pause", None, 200)
+    await post(admin, f"/campaigns/{camp['id']}/pause", None, 200)
     coord = Coordinator(trackly)
     await coord.run_until_idle()
     assert await trackly.db[c.SENT].count_documents({}) == 0
     assert await trackly.db[c.QUEUED].count_documents({}) == queued
-    await post(client, f"/campaigns/{camp['id']}/resume", None, 200)
+    await post(admin, f"/campaigns/{camp['id']}/resume", None, 200)
     await coord.run_until_idle()
     assert await trackly.db[c.SENT].count_documents({}) == queued == 20
     assert await trackly.db[c.QUEUED].count_documents({}) == 0

@@ -7,36 +7,16 @@ import csv
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from trackly_exec import api
 from trackly_exec.app import Trackly
 from trackly_exec.cli import main as cli
-from trackly_exec.drivers import registry
 from trackly_exec.store import constants as c
 from trackly_exec.store.embedded import free_port
 
-from .api_support import EchoDriver
-
-
-@pytest.fixture
-async def server(trackly: Trackly) -> AsyncIterator[str]:
-    registry.register("echo", EchoDriver)
-    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
-    api.setup(app, trackly)
-    srv = TestServer(app, host="127.0.0.1")
-    await srv.start_server()
-    yield str(srv.make_url("")).rstrip("/")
-    await srv.close()
-
-
-async def run(server: str, *argv: str) -> int:
-    return await asyncio.to_thread(cli.main, [*argv, "--api", server, "--token", "test-token"])
+from .api_support import run_cli as run
 
 
 async def setup_list(trackly: Trackly) -> tuple[int, int]:
@@ -48,7 +28,7 @@ async def setup_list(trackly: Trackly) -> tuple[int, int]:
 
 
 async def test_contacts_import_reports_rejects_by_line(
-    server: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A CSV imports in chunks; bad rows are reported with their CSV line and the good rows are stored."""
     await setup_list(trackly)
@@ -71,7 +51,7 @@ async def test_contacts_import_reports_rejects_by_line(
                 ]
             )
     rejects = tmp_path / "rejects.csv"
-    assert await run(server, "contacts", "import", str(f), "--list", "1", "--rejects", str(rejects)) == 0
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1", "--rejects", str(rejects)) == 0
     out = capsys.readouterr()
     assert "inserted 2,495, updated 0, rejected 5" in out.out
     assert "line 9: invalid phone number" in out.out  # row 7 is on line 9 (header is line 1)
@@ -81,31 +61,31 @@ async def test_contacts_import_reports_rejects_by_line(
     assert await trackly.db[c.CONTACTS].count_documents({"sending_list_id": 1}) == 2495
     doc = await trackly.db[c.CONTACTS].find_one({"phone": "+12123000003"})
     assert doc["attributes"] == {"tier": "silver", "zip": "01234"} and doc["timezone"] == "America/New_York"
-    assert await run(server, "contacts", "import", str(f), "--list", "1") == 0
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 0
     assert "inserted 0, updated 2,495, rejected 5" in capsys.readouterr().out
 
 
 async def test_import_errors_are_clear(
-    server: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An unknown list, a missing phone column and a wrong token exit non-zero with a clear message."""
     f = tmp_path / "c.csv"
     f.write_text("phone\n+12125550100\n")
-    assert await run(server, "contacts", "import", str(f), "--list", "42") == 1
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "42") == 1
     assert "sending list 42 not found" in capsys.readouterr().err
     await setup_list(trackly)
     f.write_text("name\nbob\n")
-    assert await run(server, "contacts", "import", str(f), "--list", "1") == 1
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 1
     assert "'phone' column" in capsys.readouterr().err
     f.write_bytes("phone,first_name\n+12125550100,Jos\xe9\n".encode("latin-1"))
-    assert await run(server, "contacts", "import", str(f), "--list", "1") == 1
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 1
     assert "not UTF-8" in capsys.readouterr().err
-    code = await asyncio.to_thread(cli.main, ["campaign", "list", "--api", server, "--token", "wrong"])
+    code = await asyncio.to_thread(cli.main, ["campaign", "list", "--api", admin_url, "--token", "wrong"])
     assert code == 1 and "refused the API token" in capsys.readouterr().err
 
 
 async def test_campaign_commands_and_stats(
-    server: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """campaign create/list/pause/resume and stats work through the API."""
     await setup_list(trackly)
@@ -122,18 +102,18 @@ async def test_campaign_commands_and_stats(
     spec = {"account_id": 1, "sending_list_id": 1, "audience_ids": [1], "creative_id": 1, "track_links": True}
     f = tmp_path / "camp.json"
     f.write_text(json.dumps(spec))
-    assert await run(server, "campaign", "create", "--file", str(f)) == 0
+    assert await run(admin_url, "campaign", "create", "--file", str(f)) == 0
     created = json.loads(capsys.readouterr().out)
     assert created["status"] == "active" and created["track_links"] is True
-    assert await run(server, "campaign", "create", "--json", json.dumps({**spec, "creative_id": 9})) == 1
+    assert await run(admin_url, "campaign", "create", "--json", json.dumps({**spec, "creative_id": 9})) == 1
     assert "HTTP 422: creative 9 does not exist" in capsys.readouterr().err
-    assert await run(server, "campaign", "pause", str(created["id"])) == 0
+    assert await run(admin_url, "campaign", "pause", str(created["id"])) == 0
     assert "is paused" in capsys.readouterr().out
-    assert await run(server, "campaign", "list") == 0
+    assert await run(admin_url, "campaign", "list") == 0
     assert "paused" in capsys.readouterr().out
-    assert await run(server, "campaign", "resume", str(created["id"])) == 0
+    assert await run(admin_url, "campaign", "resume", str(created["id"])) == 0
     await trackly.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"active": False}})
-    assert await run(server, "campaign", "trigger", str(created["id"])) == 1
+    assert await run(admin_url, "campaign", "trigger", str(created["id"])) == 1
     assert "failed:" in capsys.readouterr().err
     await trackly.db[c.SENT].insert_many(
         [{"_id": f"m{i}", "campaign_id": created["id"], "variant_key": "a", "delivered": i < 3} for i in range(4)]
@@ -142,7 +122,7 @@ async def test_campaign_commands_and_stats(
         {"_id": "f1", "campaign_id": created["id"], "variant_key": "a", "reason": "PROVIDER_ERROR"}
     )
     capsys.readouterr()
-    assert await run(server, "stats", str(created["id"])) == 0
+    assert await run(admin_url, "stats", str(created["id"])) == 0
     out = capsys.readouterr().out
     assert "sent (accepted)           4" in out and "delivered                 3" in out and "PROVIDER_ERROR 1" in out
 

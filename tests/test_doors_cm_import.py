@@ -12,21 +12,13 @@ from urllib.parse import urlencode
 import pytest
 
 from trackly_exec.api.models import MAX_BULK_CONTACTS
-from trackly_exec.config import Settings
 from trackly_exec.store import constants as c
-from trackly_exec.store.client import Store
 
-from .tracking_support import CM_TOKEN, Daemon, seed_account, seed_contact, seed_list, start_daemon, tri
+from .tracking_support import CM_TOKEN, Daemon, seed_account, seed_contact, seed_list, tri
 
 H = {"Authorization": "Bearer test-token"}
 PHONE = "+14155550123"
 CM_INBOUND = f"/webhooks/cm/inbound/{CM_TOKEN}"
-
-
-@pytest.fixture
-async def daemon(settings: Settings, store: Store) -> AsyncIterator[Daemon]:
-    async for d in start_daemon(settings, store):
-        yield d
 
 
 async def _subscribed(d: Daemon) -> bool | None:

@@ -4,46 +4,21 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from trackly_exec import api
 from trackly_exec.app import Trackly
-from trackly_exec.drivers import registry
 from trackly_exec.store import constants as c
 
-from .api_support import EchoDriver
-from .doors_support import run_cli as run
+from .api_support import run_cli as run
+from .api_support import setup_list
 from .doors_support import seed_api as seed
-from .doors_support import setup_echo_list as setup_list
 
 H = {"Authorization": "Bearer test-token", "Content-Type": "application/json"}
 HUGE = ["1e999999", "-1e999999", "1E400"]
-
-
-@pytest.fixture
-async def server(trackly: Trackly) -> AsyncIterator[str]:
-    registry.register("echo", EchoDriver)
-    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
-    api.setup(app, trackly)
-    srv = TestServer(app, host="127.0.0.1")
-    await srv.start_server()
-    yield str(srv.make_url("")).rstrip("/")
-    await srv.close()
-
-
-@pytest.fixture
-async def client(trackly: Trackly) -> AsyncIterator[TestClient[Any, Any]]:
-    registry.register("echo", EchoDriver)
-    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
-    api.setup(app, trackly)
-    async with TestClient(TestServer(app)) as cl:
-        yield cl
 
 
 async def _post_raw(cl: TestClient[Any, Any], path: str, raw: str) -> tuple[int, Any]:
@@ -52,8 +27,8 @@ async def _post_raw(cl: TestClient[Any, Any], path: str, raw: str) -> tuple[int,
 
 
 @pytest.mark.parametrize("huge", HUGE)
-async def test_infinite_numbers_are_422(client: TestClient[Any, Any], trackly: Trackly, huge: str) -> None:
-    ids = await seed(client)
+async def test_infinite_numbers_are_422(admin: TestClient[Any, Any], trackly: Trackly, huge: str) -> None:
+    ids = await seed(admin)
     cases = [
         ("/accounts", '{"name": "a", "balance": %s}', "body.balance"),
         (
@@ -87,7 +62,7 @@ async def test_infinite_numbers_are_422(client: TestClient[Any, Any], trackly: T
     ]
     before = {name: await trackly.db[name].count_documents({}) for name in (c.ACCOUNTS, c.SENDING_LISTS, c.CONTACTS)}
     for path, template, loc in cases:
-        status, data = await _post_raw(client, path, template.replace("%s", huge))
+        status, data = await _post_raw(admin, path, template.replace("%s", huge))
         assert status == 422, (path, data)
         if loc:
             assert data["details"][0]["loc"] == loc
@@ -96,21 +71,21 @@ async def test_infinite_numbers_are_422(client: TestClient[Any, Any], trackly: T
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
-async def test_nan_literals_are_refused(client: TestClient[Any, Any], literal: str) -> None:
-    status, _ = await _post_raw(client, "/accounts", f'{{"name": "a", "balance": {literal}}}')
+async def test_nan_literals_are_refused(admin: TestClient[Any, Any], literal: str) -> None:
+    status, _ = await _post_raw(admin, "/accounts", f'{{"name": "a", "balance": {literal}}}')
     assert status in (400, 422)
 
 
-async def test_405_carries_allow(client: TestClient[Any, Any]) -> None:
-    r = await client.delete("/api/v1/accounts", headers=H)
+async def test_405_carries_allow(admin: TestClient[Any, Any]) -> None:
+    r = await admin.delete("/api/v1/accounts", headers=H)
     assert r.status == 405 and set(r.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
-    r = await client.put("/api/v1/accounts/1", headers=H)
+    r = await admin.put("/api/v1/accounts/1", headers=H)
     assert r.status == 405 and "GET" in r.headers["Allow"]
 
 
-async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
+async def test_fuzzed_bodies_never_500(admin: TestClient[Any, Any]) -> None:
     """Random JSON shapes and values on every POST route: 4xx or 2xx, never 5xx."""
-    ids = await seed(client)
+    ids = await seed(admin)
     rng = random.Random(20261130)
     atoms: list[Any] = [
         None,
@@ -200,12 +175,12 @@ async def test_fuzzed_bodies_never_500(client: TestClient[Any, Any]) -> None:
         raw = json.dumps(body)
         if rng.random() < 0.2:  # a number beyond float range somewhere
             raw = raw.replace("1.5", "1e999999")
-        r = await client.post(f"/api/v1{path}", data=raw.encode(), headers=H)
+        r = await admin.post(f"/api/v1{path}", data=raw.encode(), headers=H)
         assert r.status < 500, (path, raw[:300], await r.text())
 
 
 async def test_unterminated_quote_rejects_only_its_line(
-    server: str,
+    admin_url: str,
     trackly: Trackly,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -217,7 +192,7 @@ async def test_unterminated_quote_rejects_only_its_line(
         'phone,first_name,tier\n+12125550100,Ann,gold\n+12125550101,"Bob,silver\n'
         '+12125550102,Cy,bronze\n+12125550103,"Di"x,gold\n+12125550104,"Ed, Jr.",gold\n'
     )
-    assert await run(server, "contacts", "import", str(f), "--list", "1") == 0
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 0
     out = capsys.readouterr().out
     assert "inserted 3, updated 0, rejected 2" in out, out
     assert "line 3: malformed CSV line" in out and "line 5: malformed CSV line" in out

@@ -30,8 +30,8 @@ def _local_imports(path: Path) -> list[str]:
 def test_no_test_module_imports_another() -> None:
     """``from .test_x import ...`` couples test files (and imports their fixtures): use conftest or a helper."""
     offenders = [
-        f"{path.name}: {mod}"
-        for path in sorted(TESTS.glob("*.py"))
+        f"{path.relative_to(TESTS)}: {mod}"
+        for path in sorted(TESTS.rglob("*.py"))
         for mod in _local_imports(path)
         if mod.split(".")[0].startswith("test_")
     ]
@@ -71,3 +71,30 @@ def test_the_map_names_every_module_and_test_file() -> None:
     assert not files - names, f"add these test files to tests/README.md: {sorted(files - names)}"
     named = {n for n in names if n.startswith("test_") and n.endswith(".py") and "*" not in n and "<" not in n}
     assert not named - files, f"tests/README.md names test files that do not exist: {sorted(named - files)}"
+
+
+def _fixture_bodies(path: Path) -> dict[str, str]:
+    """The fixtures defined at the top of ``path``: name -> their parameter names and body (docstring and annotations
+    left out)."""
+    out: dict[str, str] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        decorators = [d.func if isinstance(d, ast.Call) else d for d in node.decorator_list]
+        if not any(isinstance(d, ast.Attribute) and d.attr == "fixture" for d in decorators):
+            continue
+        body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+        params = ",".join(a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs])
+        out[node.name] = params + "".join(ast.dump(stmt) for stmt in body)
+    return out
+
+
+def test_no_fixture_is_copied_between_modules() -> None:
+    """A fixture whose body appears in two test modules, or in a test module and conftest.py, is shared: it lives
+    once in conftest.py (a module may still override a conftest fixture with a different body)."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted([TESTS / "conftest.py", *TESTS.glob("test_*.py")]):
+        for name, body in _fixture_bodies(path).items():
+            seen.setdefault(body, []).append(f"{path.name}::{name}")
+    copies = [where for where in seen.values() if len(where) > 1]
+    assert not copies, copies

@@ -3,7 +3,6 @@ outbox backlog — over the admin API (real HTTP, real store) and the executor (
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import io
@@ -14,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from trackly_exec import api
 from trackly_exec.api import csvsafe
 from trackly_exec.app import Trackly
 from trackly_exec.cli import main as cli
@@ -30,17 +27,10 @@ from trackly_exec.store.client import Store
 from trackly_exec.store.models import FailureReason, utcnow
 from trackly_exec.testing.fakes.infobip import InfobipFake
 
+from .api_support import run_cli as run
 from .executor_support import assert_one_record_each, open_trackly, seed, with_executor
 
 H = {"Authorization": "Bearer test-token"}
-
-
-@pytest.fixture
-async def client(trackly: Trackly) -> AsyncIterator[TestClient[Any, Any]]:
-    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
-    api.setup(app, trackly)
-    async with TestClient(TestServer(app)) as cl:
-        yield cl
 
 
 async def get(cl: TestClient[Any, Any], path: str, status: int = 200) -> Any:
@@ -83,7 +73,7 @@ async def send(store: Store, ids: list[str], delivered: bool | None = None) -> N
 # --------------------------------------------------------------------------------------------- message log
 
 
-async def test_message_log_by_phone_contact_campaign_execution(client: TestClient[Any, Any], store: Store) -> None:
+async def test_message_log_by_phone_contact_campaign_execution(admin: TestClient[Any, Any], store: Store) -> None:
     """One number's messages in every state, found from any way of writing the number; clicks counted."""
     ids = await seed(store, 6)
     await send(store, ids[:2], delivered=True)
@@ -102,41 +92,41 @@ async def test_message_log_by_phone_contact_campaign_execution(client: TestClien
     phone = contact["phone"]  # +1202001000 1 -> format it three ways
     national = f"({phone[2:5]}) {phone[5:8]}-{phone[8:]}"
     for raw in (phone, national, "00" + phone[1:], phone[1:] if False else phone.replace("+1", "+1 ")):
-        out = await get(client, f"/messages?phone={raw.replace('+', '%2B').replace(' ', '%20')}")
+        out = await get(admin, f"/messages?phone={raw.replace('+', '%2B').replace(' ', '%20')}")
         assert out["phone"] == phone
         assert [m["message_id"] for m in out["items"]] == [ids[0]]
     item = out["items"][0]
     assert item["state"] == "sent" and item["submitted"] is True and item["delivered"] is True
     assert item["provider_message_id"] == f"p-{ids[0]}" and item["clicks"] == 3 and item["human_clicks"] == 2
-    out = await get(client, "/messages?contact_id=3")
+    out = await get(admin, "/messages?contact_id=3")
     assert out["items"][0]["state"] == "failed" and out["items"][0]["reason"] == "PROVIDER_ERROR"
     await store.db[c.CONTACTS].update_one({"_id": 3}, {"$set": {"phone": "+12025550199"}})  # number changed since
-    assert [m["message_id"] for m in (await get(client, "/messages?contact_id=3"))["items"]] == [ids[2]]
+    assert [m["message_id"] for m in (await get(admin, "/messages?contact_id=3"))["items"]] == [ids[2]]
     assert out["items"][0]["detail"] == "test PROVIDER_ERROR"
-    out = await get(client, "/messages?campaign_id=1&limit=4")
+    out = await get(admin, "/messages?campaign_id=1&limit=4")
     assert [m["state"] for m in out["items"]] == ["queued", "queued", "sent", "sent"] and out["next_after"]
-    out2 = await get(client, f"/messages?campaign_id=1&limit=4&after={out['next_after']}")
+    out2 = await get(admin, f"/messages?campaign_id=1&limit=4&after={out['next_after']}")
     assert [m["state"] for m in out2["items"]] == ["failed", "failed"] and out2["next_after"] is None
     assert {m["message_id"] for m in out["items"] + out2["items"]} == set(ids)
-    out = await get(client, "/messages?execution_id=1&state=failed")
+    out = await get(admin, "/messages?execution_id=1&state=failed")
     assert {m["message_id"] for m in out["items"]} == set(ids[2:4])
-    await get(client, "/messages?phone=12", 422)
-    await get(client, "/messages", 422)
-    await get(client, "/messages?campaign_id=1&after=bogus", 422)
+    await get(admin, "/messages?phone=12", 422)
+    await get(admin, "/messages", 422)
+    await get(admin, "/messages?campaign_id=1&after=bogus", 422)
 
 
-async def test_csv_export_streams_every_message_neutralised(client: TestClient[Any, Any], store: Store) -> None:
+async def test_csv_export_streams_every_message_neutralised(admin: TestClient[Any, Any], store: Store) -> None:
     """The campaign CSV lists every message once, in batches; phone numbers and hostile text cannot be formulas."""
     ids = await seed(store, 2300)
     await send(store, ids[:1200], delivered=True)
     await fail(store, ids[1200:1300], FailureReason.PROVIDER_ERROR)
     await store.db[c.FAILED].update_one({"_id": ids[1200]}, {"$set": {"detail": '=HYPERLINK("http://evil")'}})
-    r = await client.get("/api/v1/campaigns/1/messages.csv", headers=H)
+    r = await admin.get("/api/v1/campaigns/1/messages.csv", headers=H)
     assert r.status == 404  # no campaign document yet
     await store.db[c.CAMPAIGNS].insert_one(
         {"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [], "creative_id": 1, "status": "active"}
     )
-    r = await client.get("/api/v1/campaigns/1/messages.csv", headers=H)
+    r = await admin.get("/api/v1/campaigns/1/messages.csv", headers=H)
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(await r.text())))
     header, body = rows[0], rows[1:]
@@ -148,9 +138,9 @@ async def test_csv_export_streams_every_message_neutralised(client: TestClient[A
     assert evil[col["detail"]].startswith("'=") and evil[col["state"]] == "failed"
     states = {row[col["state"]] for row in body}
     assert states == {"queued", "sent", "failed"}
-    r = await client.get("/api/v1/executions/1/messages.csv", headers=H)
+    r = await admin.get("/api/v1/executions/1/messages.csv", headers=H)
     assert r.status == 404
-    r = await client.get("/api/v1/campaigns/1/messages.csv")
+    r = await admin.get("/api/v1/campaigns/1/messages.csv")
     assert r.status == 401
 
 
@@ -190,7 +180,7 @@ async def executor(settings: Settings, store: Store, fake: InfobipFake) -> Coord
 
 
 async def test_dead_letters_list_summary_and_redrive(
-    client: TestClient[Any, Any], settings: Settings, store: Store, fake: InfobipFake
+    admin: TestClient[Any, Any], settings: Settings, store: Store, fake: InfobipFake
 ) -> None:
     """Retryable dead letters go back to the queue with their id and are sent once; the others are refused or
     skipped with the reason; every message keeps exactly one record."""
@@ -204,23 +194,23 @@ async def test_dead_letters_list_summary_and_redrive(
     await fail(store, ids[9:10], FailureReason.BILLING_BLOCKED)
     await store.db[c.CONTACTS].update_one({"_id": 10}, {"$set": {"subscribed": False}})  # ids[9]: opted out since
     await store.db[c.EXECUTIONS].insert_one({"_id": 1, "campaign_id": 1, "status": "completed"})
-    summary = await get(client, "/dead-letters/summary?campaign_id=1")
+    summary = await get(admin, "/dead-letters/summary?campaign_id=1")
     assert summary["total"] == 10 and summary["by_reason"]["PROVIDER_ERROR"] == 4 and summary["retryable"] == 7
-    page = await get(client, "/dead-letters?reason=PROVIDER_ERROR&limit=3")
+    page = await get(admin, "/dead-letters?reason=PROVIDER_ERROR&limit=3")
     assert len(page["items"]) == 3 and page["next_after"] and all(i["retryable"] for i in page["items"])
-    page2 = await get(client, f"/dead-letters?reason=PROVIDER_ERROR&after={page['next_after']}")
+    page2 = await get(admin, f"/dead-letters?reason=PROVIDER_ERROR&after={page['next_after']}")
     assert len(page2["items"]) == 1 and page2["next_after"] is None
     since = (utcnow() + dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
-    assert (await get(client, f"/dead-letters?since={since}"))["items"] == []
+    assert (await get(admin, f"/dead-letters?since={since}"))["items"] == []
     # refused outright: never-retryable reasons, NO_RESPONSE without the flag
-    err = await post(client, "/dead-letters/redrive", {"reasons": ["BLOCKED_CONTENT"]}, 422)
+    err = await post(admin, "/dead-letters/redrive", {"reasons": ["BLOCKED_CONTENT"]}, 422)
     assert "never re-driven" in err["details"][0]["msg"]
-    err = await post(client, "/dead-letters/redrive", {"reasons": ["NO_RESPONSE"]}, 422)
+    err = await post(admin, "/dead-letters/redrive", {"reasons": ["NO_RESPONSE"]}, 422)
     assert "allow_duplicates" in err["details"][0]["msg"]
-    dry = await post(client, "/dead-letters/redrive", {"dry_run": True})
+    dry = await post(admin, "/dead-letters/redrive", {"dry_run": True})
     assert dry["would_requeue"] == 5 and dry["requeued"] == 0
     assert await store.db[c.FAILED].count_documents({}) == 10
-    out = await post(client, "/dead-letters/redrive", {})
+    out = await post(admin, "/dead-letters/redrive", {})
     assert out["requeued"] == 5 and set(out["message_ids"]) == {*ids[0:3], *ids[3:5]}
     assert out["skipped"] == {"opted_out_at_provider": 1, "opted_out": 1}
     assert (await store.db[c.EXECUTIONS].find_one({"_id": 1}))["status"] == "queued"
@@ -229,7 +219,7 @@ async def test_dead_letters_list_summary_and_redrive(
     queued = await store.db[c.QUEUED].find_one({"_id": ids[0]})
     assert queued["redriven_from"] == "PROVIDER_ERROR" and "redrive_token" not in queued
     # STALE on request; NO_RESPONSE with the flag, and a warning
-    out = await post(client, "/dead-letters/redrive", {"reasons": ["STALE", "NO_RESPONSE"], "allow_duplicates": True})
+    out = await post(admin, "/dead-letters/redrive", {"reasons": ["STALE", "NO_RESPONSE"], "allow_duplicates": True})
     assert out["requeued"] == 2 and out["warnings"] and "twice" in out["warnings"][0]
     coord = await executor(settings, store, fake)
     counts = await coord.run_until_idle()
@@ -240,7 +230,7 @@ async def test_dead_letters_list_summary_and_redrive(
     assert split == {c.QUEUED: 0, c.SENT: 9, c.FAILED: 3}
 
 
-async def test_redrive_rechecks_cooldown_and_quiet_hours(client: TestClient[Any, Any], store: Store) -> None:
+async def test_redrive_rechecks_cooldown_and_quiet_hours(admin: TestClient[Any, Any], store: Store) -> None:
     """A number texted within the list's cooldown is not re-driven; one in quiet hours is queued held until its
     window opens."""
     now = utcnow()
@@ -257,21 +247,21 @@ async def test_redrive_rechecks_cooldown_and_quiet_hours(client: TestClient[Any,
     await store.db[c.SENT].insert_one(
         sent_doc(other, provider="infobip", provider_message_id="x", segments=1, cost=0, now=now)
     )
-    out = await post(client, "/dead-letters/redrive", {"campaign_id": 1})
+    out = await post(admin, "/dead-letters/redrive", {"campaign_id": 1})
     assert out["skipped"] == {"cooldown": 1} and out["requeued"] == 2 and out["held_quiet_hours"] == 1
     held = await store.db[c.QUEUED].find_one({"_id": ids[2]})
     assert held["not_before"].replace(tzinfo=dt.UTC) > now + dt.timedelta(hours=3)
     await assert_one_record_each(store, ids)
 
 
-async def test_redrive_paused_campaign_stays_held(client: TestClient[Any, Any], store: Store) -> None:
+async def test_redrive_paused_campaign_stays_held(admin: TestClient[Any, Any], store: Store) -> None:
     """A re-driven message of a paused campaign waits for the resume like its other queued messages."""
     ids = await seed(store, 2)
     await fail(store, ids, FailureReason.RATE_LIMIT_TIMEOUT)
     await store.db[c.CAMPAIGNS].insert_one(
         {"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [], "creative_id": 1, "status": "paused"}
     )
-    out = await post(client, "/dead-letters/redrive", {"message_ids": ids})
+    out = await post(admin, "/dead-letters/redrive", {"message_ids": ids})
     assert out["requeued"] == 2 and out["held_paused"] == 2
     assert await store.db[c.QUEUED].count_documents({"paused": True}) == 2
 
@@ -331,7 +321,7 @@ async def test_recovery_abandoned_mark_racing_live_redrive(trackly: Trackly, sto
 # --------------------------------------------------------------------------------------------- outbox
 
 
-async def test_outbox_backlog_and_redrive(client: TestClient[Any, Any], store: Store) -> None:
+async def test_outbox_backlog_and_redrive(admin: TestClient[Any, Any], store: Store) -> None:
     """The outbox backlog is visible (entries, events, oldest age) and dead entries are made pending again."""
     now = utcnow()
     old = now - dt.timedelta(hours=2)
@@ -377,38 +367,24 @@ async def test_outbox_backlog_and_redrive(client: TestClient[Any, Any], store: S
             },
         ]
     )
-    s = await get(client, "/outbox/summary")
+    s = await get(admin, "/outbox/summary")
     assert s["by_status"] == {"dead": 2, "delivered": 1, "pending": 2}
     assert s["pending_events"] == 4 and s["dead_events"] == 2 and s["due_now"] == 1
     assert s["oldest_pending_age_seconds"] >= 7000
-    page = await get(client, "/outbox?status=dead")
+    page = await get(admin, "/outbox?status=dead")
     assert [(e["id"], e["last_status"]) for e in page["items"]] == [("m2:delivery", 500), ("m3:delivery", None)]
-    assert (await post(client, "/outbox/redrive", {"account_id": 1}))["redriven"] == 1
+    assert (await post(admin, "/outbox/redrive", {"account_id": 1}))["redriven"] == 1
     doc = await col.find_one({"_id": "m2:delivery"})
     assert doc["status"] == "pending" and doc["attempts"] == 0 and doc["redriven_at"] is not None
-    assert (await post(client, "/outbox/redrive", {}))["redriven"] == 1
-    assert (await post(client, "/outbox/redrive", {}))["redriven"] == 0
+    assert (await post(admin, "/outbox/redrive", {}))["redriven"] == 1
+    assert (await post(admin, "/outbox/redrive", {}))["redriven"] == 0
 
 
 # --------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture
-async def server(trackly: Trackly) -> AsyncIterator[str]:
-    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
-    api.setup(app, trackly)
-    srv = TestServer(app, host="127.0.0.1")
-    await srv.start_server()
-    yield str(srv.make_url("")).rstrip("/")
-    await srv.close()
-
-
-async def run(server: str, *argv: str) -> int:
-    return await asyncio.to_thread(cli.main, [*argv, "--api", server, "--token", "test-token"])
-
-
 async def test_cli_messages_export_dead_letters_outbox(
-    server: str, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    admin_url: str, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """trackly messages / export / dead-letters / outbox work end to end through the API."""
     ids = await seed(store, 5)
@@ -419,30 +395,30 @@ async def test_cli_messages_export_dead_letters_outbox(
         {"_id": 1, "account_id": 1, "sending_list_id": 1, "audience_ids": [], "creative_id": 1, "status": "active"}
     )
     phone = (await store.db[c.CONTACTS].find_one({"_id": 2}))["phone"]
-    assert await run(server, "messages", phone[2:]) == 0
+    assert await run(admin_url, "messages", phone[2:]) == 0
     out = capsys.readouterr().out
     assert f"messages to {phone}" in out and ids[1] in out and "PROVIDER_ERROR" in out
     # as the README writes it, unquoted: `trackly messages +1 555 123 4567`
-    assert await run(server, "messages", phone[:2], phone[2:5], phone[5:8], phone[8:]) == 0
+    assert await run(admin_url, "messages", phone[:2], phone[2:5], phone[5:8], phone[8:]) == 0
     out = capsys.readouterr().out
     assert f"messages to {phone}" in out and ids[1] in out
-    assert await run(server, "messages", "--campaign", "1", "--state", "sent") == 0
+    assert await run(admin_url, "messages", "--campaign", "1", "--state", "sent") == 0
     out = capsys.readouterr().out
     assert ids[0] in out and ids[1] not in out
     target = tmp_path / "c1.csv"
-    assert await run(server, "export", "--campaign", "1", "-o", str(target)) == 0
+    assert await run(admin_url, "export", "--campaign", "1", "-o", str(target)) == 0
     rows = list(csv.reader(target.read_text().splitlines()))
     assert len(rows) == 6 and all(r[6].startswith("'+") for r in rows[1:])
-    assert await run(server, "dead-letters", "summary") == 0
+    assert await run(admin_url, "dead-letters", "summary") == 0
     out = capsys.readouterr().out
     assert "dead letters: 3 messages (2 retryable by default)" in out and "NO_RESPONSE" in out
-    assert await run(server, "dead-letters", "list", "--reason", "NO_RESPONSE") == 0
+    assert await run(admin_url, "dead-letters", "list", "--reason", "NO_RESPONSE") == 0
     assert ids[3] in capsys.readouterr().out
-    assert await run(server, "dead-letters", "redrive", "--reason", "NO_RESPONSE") == 1
+    assert await run(admin_url, "dead-letters", "redrive", "--reason", "NO_RESPONSE") == 1
     assert "--allow-duplicates" in capsys.readouterr().err
-    assert await run(server, "dead-letters", "redrive", "--dry-run") == 0
+    assert await run(admin_url, "dead-letters", "redrive", "--dry-run") == 0
     assert "2 of 2 dead letters would be queued again" in capsys.readouterr().out
-    assert await run(server, "dead-letters", "redrive", "--reason", "NO_RESPONSE", "--allow-duplicates") == 0
+    assert await run(admin_url, "dead-letters", "redrive", "--reason", "NO_RESPONSE", "--allow-duplicates") == 0
     captured = capsys.readouterr()
     assert "1 of 1 dead letters queued again" in captured.out and "twice" in captured.err
     await store.db[c.OUTBOX].insert_one(
@@ -456,11 +432,11 @@ async def test_cli_messages_export_dead_letters_outbox(
             "last_error": "timeout",
         }
     )
-    assert await run(server, "outbox", "summary") == 0
+    assert await run(admin_url, "outbox", "summary") == 0
     assert "1 events dead" in capsys.readouterr().out
-    assert await run(server, "outbox", "list", "--status", "dead") == 0
+    assert await run(admin_url, "outbox", "list", "--status", "dead") == 0
     assert "timeout" in capsys.readouterr().out
-    assert await run(server, "outbox", "redrive") == 0
+    assert await run(admin_url, "outbox", "redrive") == 0
     assert "1 customer-webhook entries pending again" in capsys.readouterr().out
 
 
@@ -501,7 +477,7 @@ def test_pause_described_the_same_everywhere(capsys: pytest.CaptureFixture[str])
 
 
 async def test_import_semicolon_tab_aliases_duplicates_and_ignored(
-    server: str, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    admin_url: str, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Semicolon and tab files are detected (or --delimiter given); mobile/msisdn/phone_number name the phone;
     duplicate numbers in the file and unusable columns are reported; rejects are formula-safe."""
@@ -526,7 +502,7 @@ async def test_import_semicolon_tab_aliases_duplicates_and_ignored(
         encoding="utf-8",
     )
     rejects = tmp_path / "rejects.csv"
-    assert await run(server, "contacts", "import", str(f), "--list", "1", "--rejects", str(rejects)) == 0
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1", "--rejects", str(rejects)) == 0
     out = capsys.readouterr().out
     assert "read as semicolon-separated" in out and "'First Name' -> first_name" in out
     assert "'Zip Code' -> attribute zip_code" in out
@@ -539,10 +515,10 @@ async def test_import_semicolon_tab_aliases_duplicates_and_ignored(
     assert ["5", "'=cmd|' /C calc'!A0", "invalid phone number"] in rows or any(r[1].startswith("'=") for r in rows)
     t = tmp_path / "tab.tsv"
     t.write_text("msisdn\tfirst_name\n12125550102\tCy\n")
-    assert await run(server, "contacts", "import", str(t), "--list", "1") == 0
+    assert await run(admin_url, "contacts", "import", str(t), "--list", "1") == 0
     assert "read as tab-separated" in capsys.readouterr().out
     p = tmp_path / "pn.csv"
     p.write_text("phone_number;tier\n+12125550103;gold\n")
-    assert await run(server, "contacts", "import", str(p), "--list", "1", "--delimiter", ";") == 0
+    assert await run(admin_url, "contacts", "import", str(p), "--list", "1", "--delimiter", ";") == 0
     assert "inserted 1" in capsys.readouterr().out
     assert await store.db[c.CONTACTS].count_documents({"sending_list_id": 1}) == 4

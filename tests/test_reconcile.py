@@ -7,7 +7,6 @@ cannot tell -> stays ambiguous (and is asked again later); a driver without look
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,17 +20,9 @@ from trackly_exec.store.models import FailedMessage, MessageSent, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 from trackly_exec.tracking.reconcile import Reconciler
 
-from .executor_support import FAKES, assert_one_record_each, ids_in, open_trackly, seed, with_executor
+from .executor_support import assert_one_record_each, ids_in, open_trackly, seed, with_executor
 
 LOOKUP_PROVIDERS = ["infobip", "twilio"]
-
-
-@pytest.fixture
-async def fakes(redis_client: Any) -> AsyncIterator[dict[str, Any]]:
-    started = {name: await cls().start() for name, cls in FAKES.items()}
-    yield started
-    for fake in started.values():
-        await fake.stop()
 
 
 async def daemon(settings: Settings, store: Store, fakes: dict[str, Any], **driver: Any) -> Trackly:

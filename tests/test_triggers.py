@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,15 +23,6 @@ from trackly_exec.store.models import utcnow
 from .campaign_fixtures import EchoDriver, contact, register_echo, seed_campaign
 
 H = {"Authorization": "Bearer test-token"}
-
-
-@pytest.fixture
-async def client(trackly: Trackly) -> AsyncIterator[TestClient[Any, Any]]:
-    registry.register("echo", EchoDriver)
-    app = web.Application(client_max_size=trackly.settings.http.max_body_bytes)
-    api.setup(app, trackly)
-    async with TestClient(TestServer(app)) as cl:
-        yield cl
 
 
 async def _send_all(trackly: Trackly) -> None:
@@ -57,10 +47,10 @@ async def test_concurrent_triggers_make_one_execution(trackly: Trackly) -> None:
         await trigger(trackly, 1)
 
 
-async def test_concurrent_api_triggers_answer_one_202_and_409s(client: TestClient[Any, Any], trackly: Trackly) -> None:
+async def test_concurrent_api_triggers_answer_one_202_and_409s(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Concurrent POST /trigger: one 202; the others 409 with the execution id in the body and the message."""
     await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 301)])
-    answers = await asyncio.gather(*(client.post("/api/v1/campaigns/1/trigger", headers=H) for _ in range(8)))
+    answers = await asyncio.gather(*(admin.post("/api/v1/campaigns/1/trigger", headers=H) for _ in range(8)))
     bodies = [(r.status, await r.json()) for r in answers]
     ok = [b for s, b in bodies if s == 202]
     refused = [b for s, b in bodies if s == 409]
@@ -74,28 +64,28 @@ async def test_concurrent_api_triggers_answer_one_202_and_409s(client: TestClien
 
 
 async def test_finished_one_off_needs_force_and_keeps_the_cooldown(
-    client: TestClient[Any, Any], trackly: Trackly
+    admin: TestClient[Any, Any], trackly: Trackly
 ) -> None:
     """A one-off campaign that ran: a plain trigger is 409 naming its run; force runs it, within the cooldown
     everyone is skipped as frequency_cap; body and query both carry force; a bad body is 422."""
     await seed_campaign(trackly.store, contacts=[contact(i) for i in range(1, 51)], list_kw={"cooldown_minutes": 60})
-    first = await client.post("/api/v1/campaigns/1/trigger?wait=true", headers=H)
+    first = await admin.post("/api/v1/campaigns/1/trigger?wait=true", headers=H)
     assert first.status == 202
     eid = (await first.json())["execution_id"]
     await _send_all(trackly)
-    r = await client.post("/api/v1/campaigns/1/trigger", headers=H)
+    r = await admin.post("/api/v1/campaigns/1/trigger", headers=H)
     body = await r.json()
     assert r.status == 409 and body["execution_id"] == eid and "already ran" in body["message"]
     assert "force" in body["message"] and "--again" in body["message"]
     assert (await trackly.db[c.EXECUTIONS].find_one({"_id": eid}))["status"] == "completed"  # finished on the way
-    r = await client.post("/api/v1/campaigns/1/trigger", headers=H, json={"force": "maybe"})
+    r = await admin.post("/api/v1/campaigns/1/trigger", headers=H, json={"force": "maybe"})
     assert r.status == 422
-    r = await client.post("/api/v1/campaigns/1/trigger?wait=true", headers=H, json={"force": True})
+    r = await admin.post("/api/v1/campaigns/1/trigger?wait=true", headers=H, json={"force": True})
     assert r.status == 202, await r.json()
     again = (await r.json())["execution"]
     assert again["counts"]["skipped"]["frequency_cap"] == 50 and again["counts"]["queued"] == 0
     assert again["status"] == "completed"
-    r = await client.post("/api/v1/campaigns/1/trigger?force=true&wait=true", headers=H)
+    r = await admin.post("/api/v1/campaigns/1/trigger?force=true&wait=true", headers=H)
     assert r.status == 202
     assert await trackly.db[c.EXECUTIONS].count_documents({}) == 3
 
