@@ -98,3 +98,82 @@ def test_no_fixture_is_copied_between_modules() -> None:
             seen.setdefault(body, []).append(f"{path.name}::{name}")
     copies = [where for where in seen.values() if len(where) > 1]
     assert not copies, copies
+
+
+# --------------------------------------------------------------------------------------------- the package's rules
+
+PKG = TESTS.parent / "trackly_exec"
+CONSTANTS = PKG / "store" / "constants.py"
+DOCUMENTS = PKG / "store" / "documents.py"
+#: What a collection is reached through: ``trackly.db[c.NAME]``, ``self.db[...]``, ``store[...]``.
+_STORE_NAMES = {"db", "store", "database"}
+#: String literals that equal a collection name but are not one (a contract-suite check's name).
+_NOT_COLLECTIONS = {("trackly_exec/testing/contract.py", "delivery_reports")}
+
+
+def _package_files() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py") if "static" not in p.parts)
+
+
+def _collection_names() -> set[str]:
+    from trackly_exec.store import constants as c
+
+    return set(c.ALL_COLLECTIONS)
+
+
+def _store_like(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Name) and node.id in _STORE_NAMES) or (
+        isinstance(node, ast.Attribute) and node.attr in _STORE_NAMES
+    )
+
+
+def _collection_literals(path: Path, names: set[str]) -> list[str]:
+    rel = path.relative_to(TESTS.parent).as_posix()
+    out: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        where = f"{rel}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Subscript) and _store_like(node.value):
+            if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+                out.append(f"{where}: collection by literal {node.slice.value!r}")
+        elif isinstance(node, ast.Attribute) and node.attr in names and _store_like(node.value):
+            out.append(f"{where}: collection by attribute .{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_collection":
+            out.append(f"{where}: get_collection()")
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value in names
+            and "_" in node.value  # the distinctive ones ("events", "contacts"... are also field names)
+            and (rel, node.value) not in _NOT_COLLECTIONS
+        ):
+            out.append(f"{where}: collection name literal {node.value!r}")
+    return out
+
+
+def test_collections_are_reached_one_way() -> None:
+    """Every collection is ``trackly.db[c.NAME]`` with its name from ``store/constants.py``: no name literal
+    (``db["queued_text_messages"]``), no attribute access (``db.queued_text_messages``), no ``get_collection``."""
+    names = _collection_names()
+    offenders = [hit for path in _package_files() if path != CONSTANTS for hit in _collection_literals(path, names)]
+    assert not offenders, "\n".join(offenders)
+
+
+#: The ratchet: bare ``dict[str, Any]`` left in the package (store/documents.py, which names the shapes, aside).
+#: A stored document has its TypedDict in store/documents.py (QueuedDoc, SentDoc, CampaignDoc...); a query is a
+#: ``Filter``, an update an ``Update``, a body a ``JsonObject``, a config table a ``ConfigTable``. Lower this
+#: figure when you remove some; never raise it.
+MAX_BARE_DICTS = 139
+
+
+def test_bare_dict_annotations_do_not_grow() -> None:
+    hits = [
+        f"{path.relative_to(TESTS.parent).as_posix()}:{n}: {line.strip()}"
+        for path in _package_files()
+        if path != DOCUMENTS
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for _ in range(line.count("dict[str, Any]"))
+    ]
+    assert len(hits) <= MAX_BARE_DICTS, (
+        f"{len(hits)} bare dict[str, Any] (at most {MAX_BARE_DICTS}): use the types of trackly_exec.store.documents\n"
+        + "\n".join(hits)
+    )

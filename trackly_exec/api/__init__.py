@@ -6,8 +6,6 @@ Imports tracking and below.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from trackly_exec.api import (
@@ -29,9 +27,10 @@ from trackly_exec.api.routes import (
     route,
 )
 from trackly_exec.app import Trackly
+from trackly_exec.store.documents import JsonObject
 
 
-@route("GET", "/openapi.json", "This API's OpenAPI 3.1 document (no token needed)", auth=False, response=dict[str, Any])
+@route("GET", "/openapi.json", "This API's OpenAPI 3.1 document (no token needed)", auth=False, response=JsonObject)
 async def openapi_json(request: web.Request) -> web.Response:
     return _json(document(_tr(request).settings.http.public_url))
 

@@ -12,18 +12,18 @@ and its ``delivered`` tristate only ever set, so a row never shows more delivere
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 from trackly_exec.api.models_campaigns import CampaignStatsOut, ClickStats, VariantStats
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
+from trackly_exec.store.documents import Filter
 from trackly_exec.store.models import FailureReason
 from trackly_exec.store.names import name_of
 
 NO_VARIANT = "-"
 
 
-async def _by_variant(store: Store, coll: str, match: dict[str, Any]) -> dict[str, int]:
+async def _by_variant(store: Store, coll: str, match: Filter) -> dict[str, int]:
     out: dict[str, int] = {}
     cursor = await store[coll].aggregate([{"$match": match}, {"$group": {"_id": "$variant_key", "n": {"$sum": 1}}}])
     async for doc in cursor:

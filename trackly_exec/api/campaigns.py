@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
 
 from aiohttp import web
 
@@ -42,6 +41,7 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import CampaignDoc, CreativeDoc, ExecutionDoc, Filter, SendingListDoc, Update
 from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION, CampaignStatus, utcnow
 
 log = get_logger(__name__)
@@ -184,7 +184,7 @@ async def trigger_campaign(request: web.Request) -> web.Response:
     cid = path_id(request, "campaign")
     q = read_query(request, mc.TriggerQuery)
     body = await read_body(request, mc.TriggerIn) if await request.read() else mc.TriggerIn()
-    doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
     if doc.get("archived"):
         raise ApiError(409, "conflict", f"campaign {cid} is archived")
     if doc.get("status") == CampaignStatus.PAUSED.value:
@@ -215,7 +215,7 @@ async def trigger_campaign(request: web.Request) -> web.Response:
 async def estimate_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "campaign")
-    doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
     from trackly_exec.campaigns.estimate import CannotRun, estimate
 
     try:
@@ -227,7 +227,7 @@ async def estimate_campaign(request: web.Request) -> web.Response:
 
 async def run_preview(
     trackly: Trackly,
-    creative: dict[str, Any],
+    creative: CreativeDoc,
     list_id: int,
     audience_id: int | None,
     contact_ids: list[int] | None,
@@ -278,7 +278,7 @@ async def run_preview(
 )
 async def preview_creative(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    creative = await get_or_404(trackly, c.CREATIVES, path_id(request, "creative"), "creative")
+    creative: CreativeDoc = await get_or_404(trackly, c.CREATIVES, path_id(request, "creative"), "creative")
     body = await read_body(request, mc.PreviewIn)
     list_id = body.sending_list_id
     if list_id is None and body.audience_id is not None:
@@ -308,7 +308,7 @@ async def preview_creative(request: web.Request) -> web.Response:
 )
 async def preview_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    camp = await get_or_404(trackly, c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
+    camp: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
     body = await read_body(request, mc.CampaignPreviewIn)
     creative = await trackly.store[c.CREATIVES].find_one({"_id": camp["creative_id"]})
     if creative is None:
@@ -317,7 +317,7 @@ async def preview_campaign(request: web.Request) -> web.Response:
     if audience_id is not None and audience_id not in (camp.get("audience_ids") or []):
         raise field_error("body.audience_id", f"audience {audience_id} is not one of the campaign's audiences")
     if audience_id is None and not body.contact_ids:
-        audience_id = (camp.get("audience_ids") or [None])[0]
+        audience_id = next(iter(camp.get("audience_ids") or []), None)
     return await run_preview(
         trackly,
         creative,
@@ -332,8 +332,8 @@ async def preview_campaign(request: web.Request) -> web.Response:
 
 async def _test_send(
     trackly: Trackly,
-    lst: dict[str, Any],
-    creative: dict[str, Any],
+    lst: SendingListDoc,
+    creative: CreativeDoc,
     body: mc.CampaignTestSendIn,
     track_links: bool,
     campaign_id: int | None,
@@ -376,7 +376,7 @@ async def _test_send(
 )
 async def test_send_list(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    lst = await get_or_404(trackly, c.SENDING_LISTS, path_id(request, "sending list"), "sending list")
+    lst: SendingListDoc = await get_or_404(trackly, c.SENDING_LISTS, path_id(request, "sending list"), "sending list")
     body = await read_body(request, mc.TestSendIn)
     creative = await trackly.store[c.CREATIVES].find_one({"_id": body.creative_id})
     if creative is None:
@@ -395,7 +395,7 @@ async def test_send_list(request: web.Request) -> web.Response:
 )
 async def test_send_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    camp = await get_or_404(trackly, c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
+    camp: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
     body = await read_body(request, mc.CampaignTestSendIn)
     lst = await trackly.store[c.SENDING_LISTS].find_one({"_id": camp["sending_list_id"]})
     creative = await trackly.store[c.CREATIVES].find_one({"_id": camp["creative_id"]})
@@ -409,16 +409,17 @@ async def test_send_campaign(request: web.Request) -> web.Response:
 async def _set_status(request: web.Request, status: CampaignStatus) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "campaign")
-    doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
     if doc.get("archived"):
         raise ApiError(409, "conflict", f"campaign {cid} is archived")
     if doc.get("status") == CampaignStatus.DONE.value:
         raise ApiError(409, "conflict", f"campaign {cid} is done (it can still be triggered)")
-    update: dict[str, Any] = {"status": status.value}
+    update: Update = {"status": status.value}
     sched = doc.get("schedule") or {}
-    if status is CampaignStatus.ACTIVE and sched.get("cron"):
+    cron = sched.get("cron")
+    if status is CampaignStatus.ACTIVE and cron:
         try:  # resume schedules the next occurrence from now: no burst of missed ones
-            update["next_run_at"] = next_cron(sched["cron"], sched.get("timezone") or "UTC", utcnow())
+            update["next_run_at"] = next_cron(cron, sched.get("timezone") or "UTC", utcnow())
         except ValueError as exc:
             log.warning("resume_bad_cron", campaign_id=cid, error=str(exc))
     await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": update})
@@ -469,11 +470,11 @@ async def list_executions(request: web.Request) -> web.Response:
 
 @route("GET", "/executions/{id}", "Get an execution with its counts", response=mc.ExecutionOut)
 async def get_execution(request: web.Request) -> web.Response:
-    doc = await get_or_404(_tr(request), c.EXECUTIONS, path_id(request, "execution"), "execution")
+    doc: ExecutionDoc = await get_or_404(_tr(request), c.EXECUTIONS, path_id(request, "execution"), "execution")
     return _json(mc.ExecutionOut.from_doc(doc))
 
 
-def _campaign_match(q: mc.CampaignQuery) -> dict[str, Any]:
+def _campaign_match(q: mc.CampaignQuery) -> Filter:
     match = name_match(q)
     if q.status is not None:
         match["status"] = q.status

@@ -23,13 +23,14 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
 from trackly_exec.store.client import Store
+from trackly_exec.store.documents import ContactDoc, JsonObject, Update
 from trackly_exec.store.models import utcnow
 
 log = get_logger(__name__)
 
 BATCH = 1000
 _FIELDS = ("first_name", "last_name", "timezone", "subscribed", "blocked", "in_workflow")
-_DEFAULTS: dict[str, Any] = {
+_DEFAULTS: ContactDoc = {
     "first_name": None,
     "last_name": None,
     "timezone": None,
@@ -48,7 +49,7 @@ class UpsertResult:
     updated: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"inserted": self.inserted, "updated": self.updated, "rejected": [r.model_dump() for r in self.rejected]}
 
 
@@ -86,9 +87,9 @@ def parse_rows(
     return good, rejected
 
 
-def _changes(rows: list[tuple[int, ContactIn]]) -> dict[str, Any]:
+def _changes(rows: list[tuple[int, ContactIn]]) -> Update:
     """The ``$set`` of the rows for one phone, merged in order."""
-    out: dict[str, Any] = {}
+    out: Update = {}
     for _, row in rows:
         given = row.model_fields_set
         for name in _FIELDS:
@@ -126,7 +127,7 @@ async def _upsert_batch(
     ids = await store.next_ids(c.CONTACTS, len(items))
     docs = []
     for cid, (phone, rows) in zip(ids, items, strict=True):
-        doc: dict[str, Any] = {
+        doc: ContactDoc = {
             "_id": cid,
             "sending_list_id": list_id,
             "phone": phone,
@@ -139,7 +140,7 @@ async def _upsert_batch(
             if key.startswith("attributes."):
                 doc["attributes"][key.split(".", 1)[1]] = value
             else:
-                doc[key] = value
+                doc[key] = value  # type: ignore[literal-required]  # key: one of _FIELDS
         docs.append(doc)
     existing: set[int] = set()
     try:

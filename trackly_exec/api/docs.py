@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from trackly_exec.api.openapi import document
+from trackly_exec.store.documents import JsonObject
 
 CSS = """
 body{font:14px/1.5 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -37,7 +38,7 @@ def _ref_name(ref: str) -> str:
     return ref.rsplit("/", 1)[-1]
 
 
-def _type(schema: dict[str, Any]) -> str:
+def _type(schema: JsonObject) -> str:
     """A short readable type of a JSON schema."""
     if "$ref" in schema:
         name = _ref_name(schema["$ref"])
@@ -57,7 +58,7 @@ def _type(schema: dict[str, Any]) -> str:
     return _e(f"{t}{fmt}")
 
 
-def _limits(schema: dict[str, Any]) -> str:
+def _limits(schema: JsonObject) -> str:
     parts = []
     for key, label in (
         ("minimum", "≥"),
@@ -76,7 +77,7 @@ def _limits(schema: dict[str, Any]) -> str:
     return _e(", ".join(parts))
 
 
-def _properties(schema: dict[str, Any]) -> str:
+def _properties(schema: JsonObject) -> str:
     props = schema.get("properties") or {}
     if not props:
         return f"<p>{_type(schema)}</p>"
@@ -91,10 +92,10 @@ def _properties(schema: dict[str, Any]) -> str:
     return "<table><tr><th>field</th><th>type</th><th>description</th></tr>" + "".join(rows) + "</table>"
 
 
-def render(doc: dict[str, Any]) -> str:
+def render(doc: JsonObject) -> str:
     """The reference page of an OpenAPI document."""
-    schemas: dict[str, Any] = doc.get("components", {}).get("schemas", {})
-    by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    schemas: JsonObject = doc.get("components", {}).get("schemas", {})
+    by_tag: dict[str, list[tuple[str, str, JsonObject]]] = {}
     for path, ops in doc.get("paths", {}).items():
         for method, op in ops.items():
             by_tag.setdefault((op.get("tags") or ["other"])[0], []).append((method.upper(), path, op))

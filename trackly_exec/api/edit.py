@@ -14,6 +14,7 @@ and campaigns, and erasing a contact (registered into :data:`trackly_exec.api.RO
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,16 @@ from trackly_exec.api.resources import _undollar, check_audience, check_driver, 
 from trackly_exec.api.routes import ApiError, Problems, _json, _tr, get_or_404, path_id, read_body, route
 from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import (
+    AnyDocument,
+    AudienceDoc,
+    CampaignDoc,
+    ContactDoc,
+    CreativeDoc,
+    ExecutionDoc,
+    SendingListDoc,
+    Update,
+)
 from trackly_exec.store.models import CampaignStatus, ExecutionStatus, utcnow
 from trackly_exec.store.names import label
 
@@ -32,17 +43,17 @@ RUNNING = [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, Exec
 ALWAYS = {"name", "description"}
 
 
-async def running_execution(trackly: Trackly, campaign_ids: list[int]) -> dict[str, Any] | None:
+async def running_execution(trackly: Trackly, campaign_ids: list[int]) -> ExecutionDoc | None:
     """An execution of one of the campaigns that is pending, evaluating or queued (None if there is none)."""
     if not campaign_ids:
         return None
-    found: dict[str, Any] | None = await trackly.store[c.EXECUTIONS].find_one(
+    found: ExecutionDoc | None = await trackly.store[c.EXECUTIONS].find_one(
         {"campaign_id": {"$in": campaign_ids}, "status": {"$in": RUNNING}}, {"status": 1, "campaign_id": 1}
     )
     return found
 
 
-def _busy(what: str, ex: dict[str, Any]) -> ApiError:
+def _busy(what: str, ex: ExecutionDoc) -> ApiError:
     return ApiError(
         409,
         "conflict",
@@ -51,13 +62,13 @@ def _busy(what: str, ex: dict[str, Any]) -> ApiError:
     )
 
 
-async def _users(trackly: Trackly, field: str, doc_id: int) -> list[dict[str, Any]]:
+async def _users(trackly: Trackly, field: str, doc_id: int) -> list[CampaignDoc]:
     """The campaigns that refer to ``doc_id`` in ``field`` (not archived)."""
     docs = await trackly.store[c.CAMPAIGNS].find({field: doc_id}, {"name": 1, "status": 1, "archived": 1}).to_list(None)
     return [d for d in docs if not d.get("archived")]
 
 
-async def _archive(trackly: Trackly, coll: str, doc: dict[str, Any]) -> dict[str, Any]:
+async def _archive(trackly: Trackly, coll: str, doc: Mapping[str, Any]) -> AnyDocument:
     changes = {"archived": True, "archived_at": utcnow()}
     await trackly.store[coll].update_one({"_id": doc["_id"]}, {"$set": changes})
     return {**doc, **changes}
@@ -76,7 +87,7 @@ async def _refuse_if_used(trackly: Trackly, field: str, doc_id: int, what: str) 
         )
 
 
-def _not_archived(doc: dict[str, Any], what: str) -> None:
+def _not_archived(doc: Mapping[str, Any], what: str) -> None:
     if doc.get("archived"):
         raise ApiError(409, "conflict", f"{what} is archived")
 
@@ -95,7 +106,7 @@ def _not_archived(doc: dict[str, Any], what: str) -> None:
 async def patch_sending_list(request: web.Request) -> web.Response:
     trackly = _tr(request)
     lid = path_id(request, "sending list")
-    doc = await get_or_404(trackly, c.SENDING_LISTS, lid, "sending list")
+    doc: SendingListDoc = await get_or_404(trackly, c.SENDING_LISTS, lid, "sending list")
     body = await read_body(request, m.SendingListPatch)
     _not_archived(doc, f"sending list {lid}")
     changes = {k: v for k, v in body.model_dump().items() if k in body.model_fields_set}
@@ -142,7 +153,7 @@ async def patch_sending_list(request: web.Request) -> web.Response:
 async def archive_sending_list(request: web.Request) -> web.Response:
     trackly = _tr(request)
     lid = path_id(request, "sending list")
-    doc = await get_or_404(trackly, c.SENDING_LISTS, lid, "sending list")
+    doc: SendingListDoc = await get_or_404(trackly, c.SENDING_LISTS, lid, "sending list")
     await _refuse_if_used(trackly, "sending_list_id", lid, f"sending list {lid}")
     return _json(m.SendingListOut.from_doc(await _archive(trackly, c.SENDING_LISTS, doc)))
 
@@ -161,13 +172,13 @@ async def archive_sending_list(request: web.Request) -> web.Response:
 async def patch_audience(request: web.Request) -> web.Response:
     trackly = _tr(request)
     aid = path_id(request, "audience")
-    doc = await get_or_404(trackly, c.AUDIENCES, aid, "audience")
+    doc: AudienceDoc = await get_or_404(trackly, c.AUDIENCES, aid, "audience")
     body = await read_body(request, m.AudiencePatch)
     _not_archived(doc, f"audience {aid}")
     fields = body.model_fields_set
     if "name" in fields and body.name is None:
         raise ApiError(422, "validation", "name cannot be null", [{"loc": "body.name", "msg": "cannot be null"}])
-    changes: dict[str, Any] = {k: getattr(body, k) for k in fields & ALWAYS}
+    changes: Update = {k: getattr(body, k) for k in fields & ALWAYS}
     if fields & {"filter", "contact_ids"}:
         if body.filter is None and body.contact_ids is None:
             raise ApiError(
@@ -198,7 +209,7 @@ async def patch_audience(request: web.Request) -> web.Response:
 async def archive_audience(request: web.Request) -> web.Response:
     trackly = _tr(request)
     aid = path_id(request, "audience")
-    doc = await get_or_404(trackly, c.AUDIENCES, aid, "audience")
+    doc: AudienceDoc = await get_or_404(trackly, c.AUDIENCES, aid, "audience")
     await _refuse_if_used(trackly, "audience_ids", aid, f"audience {aid}")
     return _json(m.AudienceOut.from_doc(await _archive(trackly, c.AUDIENCES, doc)))
 
@@ -217,14 +228,14 @@ async def archive_audience(request: web.Request) -> web.Response:
 async def patch_creative(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "creative")
-    doc = await get_or_404(trackly, c.CREATIVES, cid, "creative")
+    doc: CreativeDoc = await get_or_404(trackly, c.CREATIVES, cid, "creative")
     body = await read_body(request, m.CreativePatch)
     _not_archived(doc, f"creative {cid}")
     fields = body.model_fields_set
     for k in fields - {"description"}:
         if getattr(body, k) is None:
             raise ApiError(422, "validation", f"{k} cannot be null", [{"loc": f"body.{k}", "msg": "cannot be null"}])
-    changes: dict[str, Any] = {k: getattr(body, k) for k in fields & ALWAYS}
+    changes: Update = {k: getattr(body, k) for k in fields & ALWAYS}
     if fields - ALWAYS:
         ex = await running_execution(trackly, [d["_id"] for d in await _users(trackly, "creative_id", cid)])
         if ex is not None:
@@ -252,7 +263,7 @@ async def patch_creative(request: web.Request) -> web.Response:
 async def archive_creative(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "creative")
-    doc = await get_or_404(trackly, c.CREATIVES, cid, "creative")
+    doc: CreativeDoc = await get_or_404(trackly, c.CREATIVES, cid, "creative")
     await _refuse_if_used(trackly, "creative_id", cid, f"creative {cid}")
     return _json(m.CreativeOut.from_doc(await _archive(trackly, c.CREATIVES, doc)))
 
@@ -272,14 +283,14 @@ async def archive_creative(request: web.Request) -> web.Response:
 async def patch_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "campaign")
-    doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
     body = await read_body(request, mc.CampaignPatch)
     _not_archived(doc, f"campaign {cid}")
     fields = body.model_fields_set
     for k in fields - {"description", "schedule", "end_at"}:
         if getattr(body, k) is None:
             raise ApiError(422, "validation", f"{k} cannot be null", [{"loc": f"body.{k}", "msg": "cannot be null"}])
-    changes: dict[str, Any] = {k: getattr(body, k) for k in fields & ALWAYS}
+    changes: Update = {k: getattr(body, k) for k in fields & ALWAYS}
     if fields - ALWAYS:
         ex = await running_execution(trackly, [cid])
         if ex is not None:
@@ -328,7 +339,7 @@ async def patch_campaign(request: web.Request) -> web.Response:
 async def archive_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     cid = path_id(request, "campaign")
-    doc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
     if doc.get("archived"):
         return _json(mc.CampaignOut.from_doc(doc))
     ex = await running_execution(trackly, [cid])
@@ -357,7 +368,7 @@ async def archive_campaign(request: web.Request) -> web.Response:
 async def erase_contact(request: web.Request) -> web.Response:
     trackly = _tr(request)
     contact_id = path_id(request, "contact")
-    doc = await get_or_404(trackly, c.CONTACTS, contact_id, "contact")
+    doc: ContactDoc = await get_or_404(trackly, c.CONTACTS, contact_id, "contact")
     from trackly_exec.api.erasure import erase_contact as erase
 
     out = await erase(trackly, doc)

@@ -27,6 +27,7 @@ from pymongo.errors import BulkWriteError
 from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import ContactDoc
 from trackly_exec.store.models import FailureReason, utcnow
 
 log = get_logger(__name__)
@@ -34,7 +35,7 @@ log = get_logger(__name__)
 REDACTED = "[erased]"
 
 
-async def erase_contact(trackly: Any, contact: dict[str, Any]) -> dict[str, int]:
+async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
     db = trackly.db
     cid = int(contact["_id"])
     list_id = int(contact["sending_list_id"])

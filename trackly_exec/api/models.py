@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trackly_exec.store.documents import (
+    ConfigTable,
+    Filter,
+    JsonObject,
+)
 from trackly_exec.store.models import QuietHours, Variant
 from trackly_exec.store.quiethours import check_timezone
 
@@ -31,9 +37,9 @@ INT64_MAX = 2**63 - 1
 MAX_BULK_CONTACTS = 10_000
 
 
-def mask_secrets(values: dict[str, Any]) -> dict[str, Any]:
+def mask_secrets(values: ConfigTable) -> ConfigTable:
     """A copy of ``values`` with every secret-looking key's value masked (nested dicts too)."""
-    out: dict[str, Any] = {}
+    out: ConfigTable = {}
     for k, v in values.items():
         if isinstance(v, dict):
             out[k] = mask_secrets(v)
@@ -128,7 +134,7 @@ def check_sender(v: str) -> str:
     return v
 
 
-def named(doc: dict[str, Any], noun: str) -> dict[str, Any]:
+def named(doc: Mapping[str, Any], noun: str) -> JsonObject:
     """``doc`` as an Out model's input: ``id`` from ``_id``, the default name for a record without one."""
     from trackly_exec.store.names import name_of
 
@@ -172,7 +178,7 @@ class AccountOut(Out):
     created_at: dt.datetime | None = None
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> AccountOut:
+    def from_doc(cls, doc: Mapping[str, Any]) -> AccountOut:  # a stored AccountDoc, validated here
         data = {**doc, "id": doc["_id"]}
         if data.get("webhook_secret"):
             data["webhook_secret"] = MASK
@@ -212,7 +218,7 @@ class SendingListIn(Body):
         max_length=100,
         description="A driver instance ([drivers.NAME] in the config) or an installed driver.",
     )
-    driver_settings: dict[str, Any] = Field(
+    driver_settings: ConfigTable = Field(
         default_factory=dict,
         max_length=20,
         description="Tuning overrides laid over the instance's settings: only the keys the driver allows "
@@ -243,7 +249,7 @@ class SendingListOut(Out):
     account_id: int
     name: str = ""
     driver: str
-    driver_settings: dict[str, Any] = Field(default_factory=dict, description="Secret-looking values masked.")
+    driver_settings: ConfigTable = Field(default_factory=dict, description="Secret-looking values masked.")
     from_number: str = ""
     rate_limit_per_minute: int = 17000
     cooldown_minutes: float = 0
@@ -258,7 +264,7 @@ class SendingListOut(Out):
     created_at: dt.datetime | None = None
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> SendingListOut:
+    def from_doc(cls, doc: Mapping[str, Any]) -> SendingListOut:  # a stored SendingListDoc, validated here
         return cls.model_validate(
             {**named(doc, "sending list"), "driver_settings": mask_secrets(doc.get("driver_settings") or {})}
         )
@@ -273,7 +279,7 @@ class ContactIn(Body):
     phone: str | int = Field(description="Any format phonenumbers parses; stored as E.164.")
     first_name: str | None = Field(None, max_length=200)
     last_name: str | None = Field(None, max_length=200)
-    attributes: dict[str, Any] | None = Field(None, description="Merged key by key into the stored attributes.")
+    attributes: JsonObject | None = Field(None, description="Merged key by key into the stored attributes.")
     timezone: str | None = Field(None, description="IANA zone; wins over the zone inferred from the number.")
     subscribed: bool | None = None
     blocked: bool | None = None
@@ -286,7 +292,7 @@ class ContactIn(Body):
 
     @field_validator("attributes")
     @classmethod
-    def _attrs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _attrs(cls, v: JsonObject | None) -> JsonObject | None:
         if v is not None:
             bad = [k for k in v if not _ATTR_KEY.match(k)]
             if bad:
@@ -347,7 +353,7 @@ class ContactOut(Out):
     phone: str
     first_name: str | None = None
     last_name: str | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: JsonObject = Field(default_factory=dict)
     timezone: str | None = None
     subscribed: bool = True
     blocked: bool = False
@@ -357,7 +363,7 @@ class ContactOut(Out):
     updated_at: dt.datetime | None = None
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> ContactOut:
+    def from_doc(cls, doc: Mapping[str, Any]) -> ContactOut:  # a stored ContactDoc, validated here
         return cls.model_validate({**doc, "id": doc["_id"]})
 
 
@@ -380,7 +386,7 @@ class AudienceIn(Body):
 
     sending_list_id: int = Field(ge=1)
     name: str = Field(min_length=1, max_length=200)
-    filter: dict[str, Any] | None = Field(
+    filter: Filter | None = Field(
         None,
         description='Over contact fields and attributes, e.g. {"and": [{"attributes.tier": {"eq": "gold"}}, '
         '{"subscribed": {"eq": true}}]}; operators eq, ne, in, nin, gt, gte, lt, lte, exists, and, or.',
@@ -401,13 +407,13 @@ class AudienceOut(Out):
     id: int
     sending_list_id: int
     name: str = ""
-    filter: dict[str, Any] | None = None
+    filter: Filter | None = None
     contact_ids: list[int] | None = None
     description: str | None = None
     archived: bool = False
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> AudienceOut:
+    def from_doc(cls, doc: Mapping[str, Any]) -> AudienceOut:  # a stored AudienceDoc, validated here
         return cls.model_validate(named(doc, "audience"))
 
 
@@ -471,7 +477,7 @@ class CreativeOut(Out):
     archived: bool = False
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> CreativeOut:
+    def from_doc(cls, doc: Mapping[str, Any]) -> CreativeOut:  # a stored CreativeDoc, validated here
         return cls.model_validate(named(doc, "creative"))
 
 
@@ -497,7 +503,7 @@ class SendingListPatch(Body):
         description="Another driver instance ([drivers.NAME] in the config) or installed driver; the list's "
         "driver_settings (or the ones given with it) are checked against it.",
     )
-    driver_settings: dict[str, Any] | None = Field(
+    driver_settings: ConfigTable | None = Field(
         None, max_length=20, description="New tuning overrides (replacing the old ones), checked like at creation."
     )
     from_number: str | None = None
@@ -527,7 +533,7 @@ class AudiencePatch(Body):
 
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=2000)
-    filter: dict[str, Any] | None = None
+    filter: Filter | None = None
     contact_ids: list[int] | None = Field(None, max_length=1_000_000)
 
     @model_validator(mode="after")

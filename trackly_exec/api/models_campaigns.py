@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from trackly_exec.api.models import INT64_MAX, Body, NamedQuery, Out, PageQuery, check_timezone, named
+from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.models import CampaignStatus, ExecutionStatus
 
 # --------------------------------------------------------------------------------------------- campaigns
@@ -113,7 +115,7 @@ class CampaignOut(Out):
     created_at: dt.datetime | None = None
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> CampaignOut:
+    def from_doc(cls, doc: Mapping[str, Any]) -> CampaignOut:  # a stored CampaignDoc, validated here
         data = named(doc, "campaign")
         sched = data.get("schedule") or {}
         data["schedule"] = sched if (sched.get("at") or sched.get("cron")) else None
@@ -152,7 +154,7 @@ class EstimateOut(Out):
     campaign_id: int
     name: str = ""
     sending_list_id: int
-    counts: dict[str, Any] = Field(
+    counts: JsonObject = Field(
         description="As an execution's counts: per_audience {id: n}, audience_total, "
         "overlap, unique, skipped {reason: n}, queued, held_quiet_hours, "
         "segments, encodings {GSM-7|UCS-2: n}, variants {key: n}, links."
@@ -369,7 +371,7 @@ class ExecutionOut(Out):
     scheduled_for: dt.datetime | None = None
     status: ExecutionStatus = ExecutionStatus.PENDING
     reason: str | None = None
-    counts: dict[str, Any] = Field(
+    counts: JsonObject = Field(
         default_factory=dict,
         description="per_audience {id: n}, audience_total, overlap, unique, skipped {reason: n}, queued, "
         "held_quiet_hours, segments, encodings {GSM-7|UCS-2: n}, variants {key: n}; while evaluating: "
@@ -381,7 +383,7 @@ class ExecutionOut(Out):
     completed_at: dt.datetime | None = None
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> ExecutionOut:
+    def from_doc(cls, doc: Mapping[str, Any]) -> ExecutionOut:  # a stored ExecutionDoc, validated here
         return cls.model_validate({**doc, "id": doc["_id"]})
 
 

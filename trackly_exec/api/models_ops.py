@@ -6,11 +6,12 @@ Nothing is masked here: the admin API is authenticated and an operator looking a
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from trackly_exec.api.models import INT64_MAX, MAX_PAGE, Body, Out
+from trackly_exec.store.documents import OutboxDoc
 from trackly_exec.store.models import FailureReason
 
 # --------------------------------------------------------------------------------------------- message log
@@ -231,7 +232,7 @@ class OutboxRedriveOut(Out):
     redriven: int = Field(description="Dead entries made pending again, due now (entries).")
 
 
-def entry_out(doc: dict[str, Any]) -> OutboxEntryOut:
+def entry_out(doc: OutboxDoc) -> OutboxEntryOut:
     return OutboxEntryOut.model_validate(
         {
             **doc,

@@ -13,6 +13,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from trackly_exec import __version__
 from trackly_exec.api.models import ErrorOut
+from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 
 REF = "#/components/schemas/{model}"
@@ -47,7 +48,7 @@ def _op_id(method: str, path: str) -> str:
 
 
 @functools.cache
-def _build() -> dict[str, Any]:
+def _build() -> JsonObject:
     routes = _routes()
     models: list[tuple[type[BaseModel], Any]] = [(ErrorOut, "serialization")]
     for r in routes:
@@ -58,19 +59,19 @@ def _build() -> dict[str, Any]:
     keys, top = models_json_schema(list(dict.fromkeys(models)), ref_template=REF)
     schemas = top.get("$defs", {})
 
-    def ref(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+    def ref(model: type[BaseModel], mode: JsonSchemaMode) -> JsonObject:
         return dict(keys[(model, mode)])
 
     error = {"content": {"application/json": {"schema": ref(ErrorOut, "serialization")}}}
-    paths: dict[str, dict[str, Any]] = {}
+    paths: dict[str, JsonObject] = {}
     for r in routes:
         full = f"/api/v1{r.path}"
-        op: dict[str, Any] = {
+        op: JsonObject = {
             "operationId": _op_id(r.method, r.path),
             "summary": r.summary,
             "tags": [r.path.strip("/").split("/")[0]],
         }
-        params: list[dict[str, Any]] = [
+        params: list[JsonObject] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
             for name in re.findall(r"{(\w+)}", r.path)
         ]
@@ -100,7 +101,7 @@ def _build() -> dict[str, Any]:
             media, schema = r.response, {"type": "string"}
         else:
             schema = {"type": "object"}
-        responses: dict[str, Any] = {str(r.status): {"description": "OK", "content": {media: {"schema": schema}}}}
+        responses: JsonObject = {str(r.status): {"description": "OK", "content": {media: {"schema": schema}}}}
         codes = set(r.errors) | {500} | ({503} if r.auth else set())
         if r.body is not None:
             codes |= {400, 413, 422}
@@ -125,7 +126,7 @@ def _build() -> dict[str, Any]:
     }
 
 
-def document(public_url: str = "") -> dict[str, Any]:
+def document(public_url: str = "") -> JsonObject:
     """The OpenAPI document (``servers`` set to ``public_url`` when given)."""
     doc = dict(_build())
     if public_url:

@@ -19,6 +19,7 @@ from trackly_exec.api.routes import _json, _tr, field_error, get_or_404, path_id
 from trackly_exec.executor import redrive
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import FailedDoc, Filter
 from trackly_exec.store.models import utcnow
 from trackly_exec.tracking import messagelog
 from trackly_exec.tracking.customer_webhook import DEAD, DROPPED, PENDING
@@ -41,7 +42,7 @@ _RETRYABLE = {str(r) for r in redrive.RETRYABLE}
 )
 async def list_messages(request: web.Request) -> web.Response:
     q = read_query(request, o.MessageQuery)
-    match: dict[str, Any] = {}
+    match: Filter = {}
     phone = None
     if q.phone:
         phone = messagelog.lookup_phone(q.phone, q.region.upper())
@@ -69,7 +70,7 @@ async def list_messages(request: web.Request) -> web.Response:
     return _json(o.MessagePage(phone=phone, items=[o.MessageOut.model_validate(i) for i in items], next_after=nxt))
 
 
-async def _export(request: web.Request, match: dict[str, Any], filename: str) -> web.StreamResponse:
+async def _export(request: web.Request, match: Filter, filename: str) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers={"Content-Type": "text/csv; charset=utf-8", "Content-Disposition": f'attachment; filename="{filename}"'}
     )
@@ -119,7 +120,7 @@ async def export_execution(request: web.Request) -> web.StreamResponse:
 # --------------------------------------------------------------------------------------------- dead letters
 
 
-def _dl_match(q: o.DeadLetterQuery) -> dict[str, Any]:
+def _dl_match(q: o.DeadLetterQuery) -> Filter:
     if q.since and q.until and q.since >= q.until:
         raise field_error("query.until", "until must be after since")
     return redrive.dead_letter_filter(
@@ -132,7 +133,7 @@ def _dl_match(q: o.DeadLetterQuery) -> dict[str, Any]:
     )
 
 
-def _dead_letter(doc: dict[str, Any]) -> o.DeadLetterOut:
+def _dead_letter(doc: FailedDoc) -> o.DeadLetterOut:
     return o.DeadLetterOut.model_validate(
         {**doc, "message_id": doc["_id"], "retryable": str(doc.get("reason")) in _RETRYABLE}
     )
@@ -236,7 +237,7 @@ async def redrive_dead_letters(request: web.Request) -> web.Response:
 )
 async def list_outbox(request: web.Request) -> web.Response:
     q = read_query(request, o.OutboxQuery)
-    match: dict[str, Any] = {}
+    match: Filter = {}
     if q.status:
         match["status"] = q.status
     if q.account_id:
@@ -302,7 +303,7 @@ async def get_outbox_summary(request: web.Request) -> web.Response:
 async def redrive_outbox(request: web.Request) -> web.Response:
     body = await read_body(request, o.OutboxRedriveIn)
     now = utcnow()
-    match: dict[str, Any] = {"status": DEAD}
+    match: Filter = {"status": DEAD}
     if body.ids is not None:
         match = {"_id": {"$in": body.ids}, "status": {"$in": [DEAD, DROPPED]}}
     if body.account_id:

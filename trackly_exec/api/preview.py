@@ -30,6 +30,7 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.executor.checks import blocked_words_pattern
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
+from trackly_exec.store.documents import AudienceDoc, ContactDoc, CreativeDoc, JsonObject, SendingListDoc
 from trackly_exec.store.names import name_of
 from trackly_exec.store.segments import measure
 
@@ -42,12 +43,12 @@ class PreviewError(TracklyError):
     """Contacts that cannot be previewed (unknown, or on another list)."""
 
 
-def _gen(it: AsyncIterator[list[dict[str, Any]]]) -> AsyncGenerator[list[dict[str, Any]], None]:
+def _gen(it: AsyncIterator[list[ContactDoc]]) -> AsyncGenerator[list[ContactDoc], None]:
     """``audience.union`` is an async generator (closed early here so its cursors close)."""
-    return cast("AsyncGenerator[list[dict[str, Any]], None]", it)
+    return cast("AsyncGenerator[list[ContactDoc], None]", it)
 
 
-def _value(contact: dict[str, Any], p: Placeholder) -> str | None:
+def _value(contact: ContactDoc, p: Placeholder) -> str | None:
     raw = contact.get(p.name) if p.is_field else (contact.get("attributes") or {}).get(p.name)
     return _text(raw)
 
@@ -73,15 +74,15 @@ async def _sample_keys(db: Any, list_id: int) -> set[str]:
 
 async def preview(
     trackly: Any,
-    creative: dict[str, Any],
-    sending_list: dict[str, Any],
+    creative: CreativeDoc,
+    sending_list: SendingListDoc,
     *,
-    audience: dict[str, Any] | None = None,
+    audience: AudienceDoc | None = None,
     contact_ids: list[int] | None = None,
     sample: int = 3,
     track_links: bool = False,
     scan_limit: int = DEFAULT_SCAN_LIMIT,
-) -> dict[str, Any]:
+) -> JsonObject:
     db = trackly.db
     list_id = int(sending_list["_id"])
     price = float(sending_list.get("price_per_segment") or 0.0)
@@ -143,7 +144,7 @@ async def preview(
                 break
 
     warnings: list[str] = []
-    variants_out: list[dict[str, Any]] = []
+    variants_out: list[JsonObject] = []
     for v in creative.get("variants") or []:
         key, parts = v["key"], templates[v["key"]]
         placeholders = []
@@ -189,7 +190,7 @@ async def preview(
             phone = str(contact.get("phone") or "")
             to = phone if phones.is_valid(phone) else (phones.normalize(phone) or phone)
             body = render(parts, contact, to)
-            row: dict[str, Any] = {"contact_id": int(contact["_id"]), "phone": to}
+            row: JsonObject = {"contact_id": int(contact["_id"]), "phone": to}
             if body is None:
                 row.update(
                     skipped="missing_placeholder",

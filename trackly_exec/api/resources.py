@@ -39,6 +39,7 @@ from trackly_exec.app import Trackly
 from trackly_exec.drivers.pool import ListOverrideError
 from trackly_exec.errors import DriverNotFound, TracklyError
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import ConfigTable, ContactDoc, Filter
 from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.netguard import Allowlist, check_url
 
@@ -66,7 +67,7 @@ async def create_account(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------- sending lists
 
 
-def check_driver(trackly: Trackly, driver: str, driver_settings: dict[str, Any], problems: Problems) -> None:
+def check_driver(trackly: Trackly, driver: str, driver_settings: ConfigTable, problems: Problems) -> None:
     """The list's driver must be configured (or installed) and build with the list's settings."""
     try:
         built = trackly.drivers.build(driver, driver_settings)
@@ -148,7 +149,7 @@ async def list_contacts(request: web.Request) -> web.Response:
 
 @route("GET", "/contacts/{id}", "Get a contact", response=m.ContactOut)
 async def get_contact(request: web.Request) -> web.Response:
-    doc = await get_or_404(_tr(request), c.CONTACTS, path_id(request, "contact"), "contact")
+    doc: ContactDoc = await get_or_404(_tr(request), c.CONTACTS, path_id(request, "contact"), "contact")
     return _json(m.ContactOut.from_doc(doc))
 
 
@@ -179,7 +180,7 @@ CONTACT_CHECK_CHUNK = 10_000
 
 
 async def check_audience(
-    trackly: Trackly, list_id: int, flt: dict[str, Any] | None, contact_ids: list[int] | None, problems: Problems
+    trackly: Trackly, list_id: int, flt: Filter | None, contact_ids: list[int] | None, problems: Problems
 ) -> None:
     """The list exists (and is not archived), the filter compiles, every contact id is a contact of the list."""
     lst = await trackly.store[c.SENDING_LISTS].find_one({"_id": list_id}, {"archived": 1})

@@ -36,6 +36,7 @@ from trackly_exec.api import models as m
 from trackly_exec.app import Trackly
 from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
+from trackly_exec.store.documents import AnyDocument, Filter, JsonObject
 
 log = get_logger(__name__)
 
@@ -57,7 +58,7 @@ class ApiError(TracklyError):
         error: str,
         message: str = "",
         details: list[dict[str, str]] | None = None,
-        extra: dict[str, Any] | None = None,
+        extra: JsonObject | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.error, self.message, self.details = status, error, message, details or []
@@ -243,14 +244,14 @@ def _tr(request: web.Request) -> Trackly:
     return request.app[TRACKLY]
 
 
-async def get_or_404(trackly: Trackly, coll: str, doc_id: int, what: str) -> dict[str, Any]:
-    doc: dict[str, Any] | None = await trackly.store[coll].find_one({"_id": doc_id})
+async def get_or_404(trackly: Trackly, coll: str, doc_id: int, what: str) -> Any:
+    doc: AnyDocument | None = await trackly.store[coll].find_one({"_id": doc_id})
     if doc is None:
         raise ApiError(404, "not_found", f"{what} {doc_id} not found")
     return doc
 
 
-async def page(request: web.Request, coll: str, out: Any, query: m.PageQuery, match: dict[str, Any]) -> web.Response:
+async def page(request: web.Request, coll: str, out: Any, query: m.PageQuery, match: Filter) -> web.Response:
     docs = [
         d
         async for d in _tr(request)
@@ -265,12 +266,12 @@ async def page(request: web.Request, coll: str, out: Any, query: m.PageQuery, ma
     return _json({"items": items, "next_after": docs[-1]["_id"] if more else None})
 
 
-def name_match(query: m.PageQuery) -> dict[str, Any]:
+def name_match(query: m.PageQuery) -> Filter:
     """The store filter of a :class:`NamedQuery`: archived or not, and a name containing the text (any case).
 
     ``archived`` is matched as ``$eq: True`` or ``$in: [False, None]`` (records made before archiving existed
     have no such field)."""
-    match: dict[str, Any] = {}
+    match: Filter = {}
     if isinstance(query, m.NamedQuery):
         match["archived"] = True if query.archived else {"$in": [False, None]}
         if query.name:
@@ -286,7 +287,7 @@ def read_routes(
     article: str = "a",
     *,
     query: type[m.PageQuery] = m.PageQuery,
-    match: Callable[[Any], dict[str, Any]] = name_match,
+    match: Callable[[Any], Filter] = name_match,
 ) -> None:
     """``GET {path}`` (paginated list, filtered by ``query``) and ``GET {path}/{id}`` for a resource read as stored."""
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from trackly_exec.errors import TracklyError
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import AudienceDoc, ContactDoc, Filter
 
 FIELD_OPS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists")
 LOGIC_OPS = ("and", "or")
@@ -97,13 +98,13 @@ def _field_name(name: Any, path: str) -> str:
     )
 
 
-def _condition(fname: str, spec: Any, path: str) -> dict[str, Any]:
+def _condition(fname: str, spec: Any, path: str) -> Filter:
     date_field = fname in DATE_FIELDS
     if not isinstance(spec, dict):
         return {fname: {"$eq": _scalar(spec, path, date_field)}}
     if not spec:
         raise FilterError('empty condition; give an operator such as {"eq": ...}', path)
-    ops: dict[str, Any] = {}
+    ops: Filter = {}
     for raw_op, value in spec.items():
         op = raw_op[1:] if isinstance(raw_op, str) and raw_op.startswith("$") else raw_op
         p = f"{path}.{raw_op}"
@@ -124,12 +125,12 @@ def _condition(fname: str, spec: Any, path: str) -> dict[str, Any]:
     return {fname: ops}
 
 
-def _compile(node: Any, path: str, depth: int) -> dict[str, Any]:
+def _compile(node: Any, path: str, depth: int) -> Filter:
     if depth > MAX_DEPTH:
         raise FilterError(f"nested deeper than {MAX_DEPTH} levels", path)
     if not isinstance(node, dict):
         raise FilterError(f"expected an object, got {type(node).__name__}", path)
-    parts: list[dict[str, Any]] = []
+    parts: list[Filter] = []
     for key, value in node.items():
         op = key[1:] if isinstance(key, str) and key.startswith("$") else key
         p = f"{path}.{key}"
@@ -144,7 +145,7 @@ def _compile(node: Any, path: str, depth: int) -> dict[str, Any]:
     return parts[0] if len(parts) == 1 else {"$and": parts}
 
 
-def compile_filter(flt: dict[str, Any] | None) -> dict[str, Any]:
+def compile_filter(flt: Filter | None) -> Filter:
     """The MongoDB query for an audience filter (``{}`` or None matches the whole list).
 
     Raises :class:`FilterError` (with ``path``) for anything outside the whitelisted language.
@@ -154,7 +155,7 @@ def compile_filter(flt: dict[str, Any] | None) -> dict[str, Any]:
     return _compile(flt, "filter", 0)
 
 
-def audience_query(sending_list_id: int, audience: dict[str, Any]) -> dict[str, Any] | None:
+def audience_query(sending_list_id: int, audience: AudienceDoc) -> Filter | None:
     """The query of a filter audience, scoped to the list (None for an explicit-ids audience)."""
     if audience.get("contact_ids") is not None:
         return None
@@ -170,21 +171,21 @@ def audience_query(sending_list_id: int, audience: dict[str, Any]) -> dict[str, 
 class _Source:
     """One audience's contacts, in ``_id`` order, fetched a batch at a time."""
 
-    def __init__(self, db: Any, sending_list_id: int, audience: dict[str, Any], batch: int) -> None:
+    def __init__(self, db: Any, sending_list_id: int, audience: AudienceDoc, batch: int) -> None:
         self.db = db
         self.list_id = sending_list_id
         self.audience = audience
         self.batch = batch
-        self.buf: list[dict[str, Any]] = []
+        self.buf: list[ContactDoc] = []
         self.pos = 0
         self.done = False
         self.cursor: Any = None
         ids = audience.get("contact_ids")
         self.ids: list[int] | None = sorted({int(i) for i in ids}) if ids is not None else None
         self.ids_pos = 0
-        self.ahead: asyncio.Task[list[dict[str, Any]]] | None = None  # the next batch, read while this one is used
+        self.ahead: asyncio.Task[list[ContactDoc]] | None = None  # the next batch, read while this one is used
 
-    async def _fetch(self) -> list[dict[str, Any]]:
+    async def _fetch(self) -> list[ContactDoc]:
         coll = self.db[c.CONTACTS]
         if self.ids is not None:
             while True:
@@ -193,7 +194,7 @@ class _Source:
                 if not chunk:
                     return []
                 q = {"sending_list_id": self.list_id, "_id": {"$in": chunk}}
-                docs: list[dict[str, Any]] = await coll.find(q, CONTACT_PROJECTION).sort("_id", 1).to_list(None)
+                docs: list[ContactDoc] = await coll.find(q, CONTACT_PROJECTION).sort("_id", 1).to_list(None)
                 if docs:
                     # The merge needs _id order; nx-27017 does not always sort an `_id $in` answer.
                     docs.sort(key=lambda d: d["_id"])
@@ -201,7 +202,7 @@ class _Source:
         if self.cursor is None:
             fq = audience_query(self.list_id, self.audience)
             self.cursor = coll.find(fq, CONTACT_PROJECTION).sort("_id", 1).batch_size(self.batch)
-        page: list[dict[str, Any]] = await self.cursor.to_list(self.batch)
+        page: list[ContactDoc] = await self.cursor.to_list(self.batch)
         return page
 
     async def _fill(self) -> None:
@@ -215,7 +216,7 @@ class _Source:
             return
         self.ahead = asyncio.create_task(self._fetch())
 
-    async def head(self) -> dict[str, Any] | None:
+    async def head(self) -> ContactDoc | None:
         if self.pos >= len(self.buf):
             if self.done:
                 return None
@@ -251,8 +252,8 @@ class UnionCounts:
 
 
 async def union(
-    db: Any, sending_list_id: int, audiences: Sequence[dict[str, Any]], batch: int, counts: UnionCounts
-) -> AsyncIterator[list[dict[str, Any]]]:
+    db: Any, sending_list_id: int, audiences: Sequence[AudienceDoc], batch: int, counts: UnionCounts
+) -> AsyncIterator[list[ContactDoc]]:
     """Batches of unique contacts (``_id`` order) of the union of ``audiences``, counting into ``counts``.
 
     A k-way merge of one ``_id``-ordered cursor per audience: nothing is kept but the current batch of
@@ -261,7 +262,7 @@ async def union(
     sources = [_Source(db, sending_list_id, a, batch) for a in audiences]
     for a in audiences:
         counts.per_audience.setdefault(str(a["_id"]), 0)
-    out: list[dict[str, Any]] = []
+    out: list[ContactDoc] = []
     try:
         heads = [await s.head() for s in sources]
         while True:
@@ -269,7 +270,7 @@ async def union(
             if not live:
                 break
             low = min(live)
-            doc: dict[str, Any] | None = None
+            doc: ContactDoc | None = None
             for i, s in enumerate(sources):
                 h = heads[i]
                 if h is not None and h["_id"] == low:

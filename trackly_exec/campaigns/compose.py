@@ -27,6 +27,16 @@ from typing import Any
 from trackly_exec.campaigns import shortlinks
 from trackly_exec.campaigns.variants import Chooser
 from trackly_exec.errors import TracklyError
+from trackly_exec.store.documents import (
+    CampaignDoc,
+    ContactDoc,
+    CreativeDoc,
+    ExecutionDoc,
+    MessageBase,
+    QueuedDoc,
+    SendingListDoc,
+    ShortLinkDoc,
+)
 from trackly_exec.store.models import entering_queue, new_message_id, utcnow
 from trackly_exec.store.segments import measure
 
@@ -102,7 +112,7 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def render(parts: list[str | Placeholder], contact: dict[str, Any], phone: str | None = None) -> str | None:
+def render(parts: list[str | Placeholder], contact: ContactDoc, phone: str | None = None) -> str | None:
     """The personalised text, or None when a placeholder has neither a value nor a default.
 
     ``phone`` (the normalised number being texted) overrides the contact's stored ``phone``."""
@@ -131,10 +141,10 @@ class Composer:
     def __init__(
         self,
         *,
-        execution: dict[str, Any],
-        campaign: dict[str, Any],
-        sending_list: dict[str, Any],
-        creative: dict[str, Any],
+        execution: ExecutionDoc,
+        campaign: CampaignDoc,
+        sending_list: SendingListDoc,
+        creative: CreativeDoc,
         chooser: Chooser,
         short_base: str,
     ) -> None:
@@ -147,7 +157,7 @@ class Composer:
         footer = (sending_list.get("opt_out_footer") or "").strip()
         self.footer = f"\n{footer}" if footer else ""
         self.templates = {v["key"]: parse_body(v["body"]) for v in creative["variants"]}
-        self.base: dict[str, Any] = {
+        self.base: MessageBase = {
             "account_id": int(campaign["account_id"]),
             "sending_list_id": int(sending_list["_id"]),
             "campaign_id": int(campaign["_id"]),
@@ -167,12 +177,12 @@ class Composer:
 
     def compose(
         self,
-        contact: dict[str, Any],
+        contact: ContactDoc,
         to_number: str,
         sendtime: dt.datetime,
         not_before: dt.datetime | None = None,
         now: dt.datetime | None = None,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    ) -> tuple[QueuedDoc, list[ShortLinkDoc]] | None:
         """The queue document and its link documents, or None when a placeholder cannot be filled."""
         key = self.chooser.choose(self.execution_id, int(contact["_id"]))
         body = render(self.templates[key], contact, to_number)
@@ -184,7 +194,7 @@ class Composer:
         body += self.footer
         m = measure(body)
         now = now or utcnow()
-        doc = {
+        doc: QueuedDoc = {
             "_id": self.message_id(int(contact["_id"])),
             **self.base,
             "contact_id": int(contact["_id"]),
@@ -196,7 +206,7 @@ class Composer:
             "encoding": m.encoding,
             "sendtime": sendtime,
             "created_at": now,
-            **entering_queue(not_before=not_before),
+            **entering_queue(not_before=not_before),  # type: ignore[typeddict-item]  # see ClaimFields
             "billing_blocked_since": None,
             "attempts": 0,
         }

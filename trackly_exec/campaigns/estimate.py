@@ -18,6 +18,7 @@ from typing import Any
 from trackly_exec.campaigns.evaluation import dry_run_sink, evaluate, load_plan
 from trackly_exec.errors import TracklyError
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, JsonObject
 from trackly_exec.store.models import utcnow
 from trackly_exec.store.names import name_of
 
@@ -28,11 +29,11 @@ class CannotRun(TracklyError):
     """The campaign would fail validation; the message says why (what the execution's reason would be)."""
 
 
-async def estimate(trackly: Any, campaign: dict[str, Any]) -> dict[str, Any]:
+async def estimate(trackly: Any, campaign: CampaignDoc) -> JsonObject:
     """The counts a run of ``campaign`` now would record, plus segments and cost; :class:`CannotRun` if it
     would fail validation."""
     now = utcnow()
-    execution = {
+    execution: ExecutionDoc = {
         "_id": DRY_RUN_EXECUTION_ID,
         "campaign_id": campaign["_id"],
         "account_id": campaign["account_id"],

@@ -58,6 +58,17 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
+from trackly_exec.store.documents import (
+    AudienceDoc,
+    CampaignDoc,
+    ContactDoc,
+    CreativeDoc,
+    ExecutionDoc,
+    JsonObject,
+    QueuedDoc,
+    SendingListDoc,
+    ShortLinkDoc,
+)
 from trackly_exec.store.models import QuietHours, utcnow
 from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 
@@ -84,7 +95,7 @@ class Tally:
     variants: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "compose": 0.0, "write_wait": 0.0})
 
-    def as_counts(self) -> dict[str, Any]:
+    def as_counts(self) -> JsonObject:
         u = self.union
         return {
             "per_audience": dict(u.per_audience),
@@ -110,11 +121,11 @@ class Tally:
 class Plan:
     """What an execution needs, loaded and validated by the scheduler."""
 
-    execution: dict[str, Any]
-    campaign: dict[str, Any]
-    sending_list: dict[str, Any]
-    audiences: list[dict[str, Any]]
-    creative: dict[str, Any]
+    execution: ExecutionDoc
+    campaign: CampaignDoc
+    sending_list: SendingListDoc
+    audiences: list[AudienceDoc]
+    creative: CreativeDoc
 
 
 #: Called after every written batch; returning False means the lease is lost: the evaluation stops.
@@ -127,10 +138,10 @@ class LeaseLost(TracklyError):
 
 #: Where an evaluation's composed messages go, one batch at a time: the queue (:func:`queue.insert_batch`) in a
 #: real run, :func:`dry_run_sink` in an estimate. Everything before it is the same code for both.
-Sink = Callable[[Any, list[dict[str, Any]], list[dict[str, Any]]], Awaitable[QueueResult]]
+Sink = Callable[[Any, list[QueuedDoc], list[ShortLinkDoc]], Awaitable[QueueResult]]
 
 
-async def dry_run_sink(db: Any, messages: list[dict[str, Any]], links: list[dict[str, Any]]) -> QueueResult:
+async def dry_run_sink(db: Any, messages: list[QueuedDoc], links: list[ShortLinkDoc]) -> QueueResult:
     """The sink of an estimate: nothing is written; every message counts as inserted."""
     return QueueResult(inserted=len(messages), links=len(links))
 
@@ -138,7 +149,7 @@ async def dry_run_sink(db: Any, messages: list[dict[str, Any]], links: list[dict
 # --------------------------------------------------------------------------------------------- validation
 
 
-async def load_plan(trackly: Any, campaign: dict[str, Any], execution: dict[str, Any]) -> tuple[Plan | None, str]:
+async def load_plan(trackly: Any, campaign: CampaignDoc, execution: ExecutionDoc) -> tuple[Plan | None, str]:
     """Everything the execution needs, or None and the reason the campaign cannot run."""
     db = trackly.db
     account_id = campaign["account_id"]
@@ -223,13 +234,13 @@ async def _already_ours(db: Any, execution_id: int, contact_ids: list[int]) -> d
     return out
 
 
-def _number(contact: dict[str, Any]) -> str | None:
+def _number(contact: ContactDoc) -> str | None:
     """The contact's number in E.164, or None when it is not a valid number."""
     phone = contact.get("phone") or ""
     return phone if phones.is_valid(phone) else phones.normalize(phone)
 
 
-async def message_key(db: Any, execution: dict[str, Any]) -> str:
+async def message_key(db: Any, execution: ExecutionDoc) -> str:
     """The execution's ``message_key`` (set here, once, for an execution created without one)."""
     key = execution.get("message_key")
     if not key:
@@ -280,7 +291,7 @@ async def evaluate(
     skipped = tally.skipped
     writing: asyncio.Task[None] | None = None
 
-    async def _reserve(messages: list[dict[str, Any]], view: reservations.View) -> set[str]:
+    async def _reserve(messages: list[QueuedDoc], view: reservations.View) -> set[str]:
         """Take the batch's cooldown reservations; a message whose phone another evaluation reserved
         meanwhile (a race lost since the lookup) is dropped and counted as ``frequency_cap``."""
         won = await reservations.take(db, messages, view, utcnow())
@@ -289,14 +300,14 @@ async def evaluate(
                 tally.queued -= 1
                 skipped["frequency_cap"] += 1
                 tally.held_quiet_hours -= m.get("not_before") is not None
-                composer.variant_counts[m["variant_key"]] -= 1
+                key = m["variant_key"]
+                assert key is not None  # every composed message has its variant
+                composer.variant_counts[key] -= 1
                 tally.segments -= m["segments"]
                 tally.encodings[m["encoding"]] -= 1
         return won
 
-    async def _write(
-        messages: list[dict[str, Any]], links: list[dict[str, Any]], view: reservations.View | None
-    ) -> None:
+    async def _write(messages: list[QueuedDoc], links: list[ShortLinkDoc], view: reservations.View | None) -> None:
         real = sink is insert_batch  # a dry run (estimate) takes no reservation and writes nothing
         if real and view is not None and messages:
             won = await _reserve(messages, view)
@@ -319,8 +330,8 @@ async def evaluate(
             t = time.perf_counter()
             secs["read"] += t - mark
             ours = await _already_ours(db, execution_id, [int(d["_id"]) for d in batch]) if resumed else {}
-            messages: list[dict[str, Any]] = []
-            links: list[dict[str, Any]] = []
+            messages: list[QueuedDoc] = []
+            links: list[ShortLinkDoc] = []
             batch_now = utcnow()
             numbers: dict[int, str | None] = {}
             view: reservations.View | None = None

@@ -25,6 +25,7 @@ from pymongo.errors import BulkWriteError
 
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import QueuedDoc, ShortLinkDoc
 
 log = get_logger(__name__)
 
@@ -47,9 +48,7 @@ def _duplicate_indexes(exc: BulkWriteError) -> set[int]:
     return {int(e["index"]) for e in errors}
 
 
-async def insert_batch(
-    db: Any, messages: Sequence[dict[str, Any]], links: Sequence[dict[str, Any]] = ()
-) -> QueueResult:
+async def insert_batch(db: Any, messages: Sequence[QueuedDoc], links: Sequence[ShortLinkDoc] = ()) -> QueueResult:
     """Insert one batch of queue documents (unordered), then the short links of those that went in."""
     res = QueueResult()
     if not messages:

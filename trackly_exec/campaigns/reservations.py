@@ -33,7 +33,7 @@ collection holds at most one document per phone of each list with a cooldown.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from pymongo.errors import BulkWriteError
 
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import MessageDoc, ReservationDoc
 from trackly_exec.store.models import FailureReason
 
 log = get_logger(__name__)
@@ -63,14 +64,14 @@ class View:
     """The reservations in the way of one batch: which phones are blocked, which documents may be taken over."""
 
     blocked: set[str] = field(default_factory=set)  # phones held by another message within the cooldown
-    takeover: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> the free document, as read
+    takeover: dict[str, ReservationDoc] = field(default_factory=dict)  # key -> the free document, as read
     ours: set[str] = field(default_factory=set)  # keys already held by one of our message ids
 
 
-async def _locate(db: Any, message_ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+async def _locate(db: Any, message_ids: list[str]) -> dict[str, tuple[str, Mapping[str, Any]]]:
     """Where each message is: ``queued``, ``sent`` or ``failed`` (with its record); absent = nowhere.
     The queue is read first (see the module docstring)."""
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    out: dict[str, tuple[str, Mapping[str, Any]]] = {}
     if not message_ids:
         return out
     async for d in db[c.QUEUED].find({"_id": {"$in": message_ids}}, {"_id": 1}):
@@ -88,7 +89,8 @@ async def _locate(db: Any, message_ids: list[str]) -> dict[str, tuple[str, dict[
     return out
 
 
-def _ambiguous(rec: dict[str, Any]) -> bool:
+def _ambiguous(rec: Mapping[str, Any]) -> bool:
+    """Whether a message record (MessageSent or FailedMessage) is an ambiguous failure (NO_RESPONSE)."""
     return bool(rec.get("ambiguous")) or rec.get("reason") == str(FailureReason.NO_RESPONSE)
 
 
@@ -104,8 +106,8 @@ async def lookup(
         return view
     mine = set(ours)
     docs = await db[c.RESERVATIONS].find({"_id": {"$in": keys}}).to_list(None)
-    held: list[dict[str, Any]] = []
-    expired: list[dict[str, Any]] = []
+    held: list[ReservationDoc] = []
+    expired: list[ReservationDoc] = []
     for d in docs:
         if d.get("message_id") in mine:
             view.ours.add(d["_id"])
@@ -155,7 +157,7 @@ async def lookup(
     return view
 
 
-def _doc(msg: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+def _doc(msg: MessageDoc, now: dt.datetime) -> ReservationDoc:
     return {
         "sending_list_id": msg["sending_list_id"],
         "to_number": msg["to_number"],
@@ -169,7 +171,7 @@ def _doc(msg: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     }
 
 
-async def take(db: Any, messages: Sequence[dict[str, Any]], view: View, now: dt.datetime) -> set[str]:
+async def take(db: Any, messages: Sequence[MessageDoc], view: View, now: dt.datetime) -> set[str]:
     """Reserve (list, phone) for each of ``messages`` (queue documents); returns the ids that hold theirs.
 
     One ``bulk_write`` (inserts for new keys, conditional take-overs of free documents) and one read back."""
@@ -211,7 +213,7 @@ async def release(db: Any, message_ids: Sequence[str]) -> int:
     return int(res.deleted_count)
 
 
-async def settle(db: Any, collection: str, records: Sequence[dict[str, Any]]) -> None:
+async def settle(db: Any, collection: str, records: Sequence[Mapping[str, Any]]) -> None:
     """After MessageSent / FailedMessage records were written: sent and ambiguous ones turn their reservation
     to ``sent`` (from the record's time), the others (never sent) release it. One round trip."""
     if not records:

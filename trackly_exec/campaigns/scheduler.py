@@ -53,6 +53,7 @@ from trackly_exec.campaigns.queue import has_pending
 from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Update
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.lease import Lease
 from trackly_exec.store.models import CampaignStatus, Execution, ExecutionStatus, utcnow
@@ -85,21 +86,21 @@ UNFINISHED = (ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, E
 # --------------------------------------------------------------------------------------------- occurrences
 
 
-def _cron(campaign: dict[str, Any]) -> Cron | None:
+def _cron(campaign: CampaignDoc) -> Cron | None:
     expr = (campaign.get("schedule") or {}).get("cron")
     return Cron.parse(expr) if expr else None
 
 
-def _tz(campaign: dict[str, Any]) -> str:
+def _tz(campaign: CampaignDoc) -> str:
     return (campaign.get("schedule") or {}).get("timezone") or "UTC"
 
 
-def first_run_at(campaign: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
+def first_run_at(campaign: CampaignDoc, now: dt.datetime) -> dt.datetime | None:
     """When a new campaign first runs: its ``at``, or its cron's next occurrence after ``now``; None for
     a manual-only campaign."""
     sched = campaign.get("schedule") or {}
-    if sched.get("at") is not None:
-        at: dt.datetime = sched["at"]
+    at = sched.get("at")
+    if at is not None:
         return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
     cron = _cron(campaign)
     return cron.next_after(now, _tz(campaign)) if cron else None
@@ -141,14 +142,14 @@ class _Runner:
 
     async def create(
         self,
-        campaign: dict[str, Any],
+        campaign: CampaignDoc,
         scheduled_for: dt.datetime,
         key: str,
         *,
         status: ExecutionStatus = ExecutionStatus.PENDING,
         reason: str | None = None,
         eid: int | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> ExecutionDoc | None:
         """Insert the execution of an occurrence; None when another process already has it."""
         if eid is None:
             eid = await self.trackly.store.next_id(c.EXECUTIONS)
@@ -161,15 +162,16 @@ class _Runner:
             scheduled_for=scheduled_for,
             status=status,
             reason=reason,
+            attempts=1,
+            **self.lease.taken(self.owner, utcnow()),
         ).to_doc()
-        doc.update(self.lease.taken(self.owner, utcnow()), attempts=1)
         try:
             await self.db[c.EXECUTIONS].insert_one(doc)
         except DuplicateKeyError:
             return None
         return doc
 
-    async def _set(self, eid: int, fields: dict[str, Any], *now_fields: str) -> bool:
+    async def _set(self, eid: int, fields: Update, *now_fields: str) -> bool:
         """``$set`` ``fields``, stamp ``now_fields`` and renew the lease with now; only while we hold the lease."""
         now = utcnow()
         update = {"$set": {**fields, **dict.fromkeys(now_fields, now)}}
@@ -177,7 +179,7 @@ class _Runner:
             await self.lease.update(self.db[c.EXECUTIONS], self.owner, {"_id": eid}, update, renew_at=now, one=True)
         )
 
-    async def fail(self, execution: dict[str, Any], reason: str) -> None:
+    async def fail(self, execution: ExecutionDoc, reason: str) -> None:
         await self._set(execution["_id"], {"status": ExecutionStatus.FAILED.value, "reason": reason}, "completed_at")
         log.warning(
             "campaign_failed", campaign_id=execution["campaign_id"], execution_id=execution["_id"], reason=reason
@@ -198,7 +200,7 @@ class _Runner:
             )
         )
 
-    async def run(self, execution: dict[str, Any], *, resumed: bool = False) -> None:
+    async def run(self, execution: ExecutionDoc, *, resumed: bool = False) -> None:
         """Validate, evaluate and queue one (leased) execution."""
         eid = int(execution["_id"])
         campaign = await self.db[c.CAMPAIGNS].find_one({"_id": execution["campaign_id"]})
@@ -230,9 +232,9 @@ class _Runner:
         stamps = ("evaluated_at", "queued_at", "completed_at") if done else ("evaluated_at", "queued_at")
         await self._set(eid, {"counts": {**tally.as_counts(), "expected": expected}, "status": status.value}, *stamps)
 
-    async def resume_stale(self, limit: int = 20) -> list[dict[str, Any]]:
+    async def resume_stale(self, limit: int = 20) -> list[ExecutionDoc]:
         """Take over executions whose evaluator stopped reporting (lease expired)."""
-        out: list[dict[str, Any]] = []
+        out: list[ExecutionDoc] = []
         unfinished = {"status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]}}
         for _ in range(limit):
             doc = await self.lease.claim_one(
@@ -249,7 +251,7 @@ class _Runner:
             out.append(doc)
         return out
 
-    async def unfinished(self, ex: dict[str, Any]) -> str | None:
+    async def unfinished(self, ex: ExecutionDoc) -> str | None:
         """Why ``ex`` is not finished ("evaluating", "sending: N messages still queued"), or None when it is.
 
         An execution is finished when its status is completed, failed or skipped, or when it is queued and
@@ -272,7 +274,7 @@ class _Runner:
         )
         return None
 
-    async def claim_trigger(self, campaign: dict[str, Any], *, force: bool) -> dict[str, Any]:
+    async def claim_trigger(self, campaign: CampaignDoc, *, force: bool) -> ExecutionDoc:
         """Create the execution of a manual trigger, or raise :class:`TriggerConflict`.
 
         Atomic across processes: the trigger first inserts the campaign's trigger lock (``locks`` document
@@ -361,7 +363,7 @@ async def audience_size(db: Any, plan: Any) -> int:
     return total
 
 
-async def _claim_manual(trackly: Any, campaign_id: int, force: bool) -> tuple[_Runner, dict[str, Any]]:
+async def _claim_manual(trackly: Any, campaign_id: int, force: bool) -> tuple[_Runner, ExecutionDoc]:
     campaign = await trackly.db[c.CAMPAIGNS].find_one({"_id": campaign_id})
     if campaign is None:
         raise CampaignNotFound(f"campaign {campaign_id} does not exist")
@@ -430,7 +432,7 @@ class Scheduler:
 
     # ---- one pass
 
-    async def _replace_campaign(self, camp: dict[str, Any], changes: dict[str, Any]) -> bool:
+    async def _replace_campaign(self, camp: CampaignDoc, changes: Update) -> bool:
         """Apply ``changes`` if the campaign still has the ``next_run_at`` and status we read."""
         res = await self.db[c.CAMPAIGNS].update_one(
             {"_id": camp["_id"], "next_run_at": {"$eq": camp.get("next_run_at")}, "status": camp.get("status")},
@@ -468,14 +470,15 @@ class Scheduler:
             if first is not None:
                 await self._replace_campaign(camp, {"next_run_at": first})
 
-    async def _occurrence(self, camp: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+    async def _occurrence(self, camp: CampaignDoc, now: dt.datetime) -> ExecutionDoc | None:
         """Create the execution of a due campaign's latest occurrence and advance it. Returns an execution
         to evaluate, or None (skipped, failed, or another process has it)."""
         old = camp["next_run_at"]
+        assert old is not None  # due: next_run_at <= now
         try:
             cron = _cron(camp)
             occurrence = latest_due(cron, _tz(camp), old, now) if cron else old
-            advance: dict[str, Any] = (
+            advance: Update = (
                 {"next_run_at": cron.next_after(now, _tz(camp))} if cron else {"status": CampaignStatus.DONE.value}
             )
         except CronError as exc:
@@ -496,7 +499,7 @@ class Scheduler:
         key = f"{camp['_id']}:{occurrence.isoformat()}"
         late = now - occurrence
         limit = dt.timedelta(minutes=self.cfg.max_lateness_minutes)
-        execution: dict[str, Any] | None
+        execution: ExecutionDoc | None
         if late > limit:
             reason = (
                 f"occurrence {occurrence.isoformat()} is {late.total_seconds() / 60:.0f} minutes late "
@@ -551,7 +554,7 @@ class Scheduler:
         stats["completed"] = await self.runner.complete_drained()
         return stats
 
-    def _spawn(self, execution: dict[str, Any], *, resumed: bool) -> None:
+    def _spawn(self, execution: ExecutionDoc, *, resumed: bool) -> None:
         async def go() -> None:
             async with self._sem:
                 try:

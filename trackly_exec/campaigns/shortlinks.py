@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
 
+from trackly_exec.store.documents import QueuedDoc, ShortLinkDoc
 from trackly_exec.store.models import utcnow
 
 URL_RE = re.compile(r"https?://[^\s<>\"'{}|\\^`]+", re.IGNORECASE)
@@ -49,7 +49,7 @@ def track(body: str, base: str) -> tuple[str, list[tuple[str, str]]]:
     return URL_RE.sub(repl, body), links
 
 
-def link_doc(code: str, destination: str, message: dict[str, Any]) -> dict[str, Any]:
+def link_doc(code: str, destination: str, message: QueuedDoc) -> ShortLinkDoc:
     """A MessageShortLink document for a queued message document."""
     return {
         "_id": code,

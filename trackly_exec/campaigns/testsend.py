@@ -28,6 +28,7 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
+from trackly_exec.store.documents import ContactDoc, CreativeDoc, JsonObject, QueuedDoc, SendingListDoc, ShortLinkDoc
 from trackly_exec.store.models import Execution, ExecutionStatus, QuietHours, entering_queue, new_message_id, utcnow
 from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 from trackly_exec.store.segments import measure
@@ -48,8 +49,8 @@ class SendTestError(TracklyError):
 async def send_test(
     trackly: Any,
     *,
-    sending_list: dict[str, Any],
-    creative: dict[str, Any],
+    sending_list: SendingListDoc,
+    creative: CreativeDoc,
     numbers: list[str],
     variant: str | None = None,
     contact_id: int | None = None,
@@ -58,7 +59,7 @@ async def send_test(
     override_quiet_hours: bool = False,
     default_region: str = "US",
     campaign_id: int | None = None,
-) -> dict[str, Any]:
+) -> JsonObject:
     db = trackly.db
     list_id = int(sending_list["_id"])
     now = utcnow()
@@ -78,7 +79,7 @@ async def send_test(
             raise SendTestError(f"body.numbers.{i}", f"{raw!r} is not a valid phone number")
         if to not in tos:
             tos.append(to)
-    sample: dict[str, Any] = {}
+    sample: ContactDoc = {}
     if contact_id is not None:
         found = await db[c.CONTACTS].find_one({"_id": contact_id})
         if found is None or found.get("sending_list_id") != list_id:
@@ -94,12 +95,12 @@ async def send_test(
     footer = (sending_list.get("opt_out_footer") or "").strip()
     eid = await trackly.store.next_id(c.EXECUTIONS)
     n = await trackly.store.next_id(f"test:{list_id}")
-    messages: list[dict[str, Any]] = []
-    links: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
+    messages: list[QueuedDoc] = []
+    links: list[ShortLinkDoc] = []
+    results: list[JsonObject] = []
     for to in tos:
         contact = own.get(to)
-        row: dict[str, Any] = {
+        row: JsonObject = {
             "to_number": to,
             "contact_id": int(contact["_id"]) if contact else None,
             "message_id": None,
@@ -129,7 +130,7 @@ async def send_test(
         if footer:
             body += f"\n{footer}"
         m = measure(body)
-        doc = {
+        doc: QueuedDoc = {
             "_id": new_message_id(),
             "account_id": int(sending_list["account_id"]),
             "sending_list_id": list_id,
@@ -148,7 +149,7 @@ async def send_test(
             "overrides": overrides or None,
             "sendtime": held or now,
             "created_at": now,
-            **entering_queue(not_before=held),
+            **entering_queue(not_before=held),  # type: ignore[typeddict-item]  # see ClaimFields
             "billing_blocked_since": None,
             "attempts": 0,
         }
@@ -171,11 +172,13 @@ async def send_test(
         completed_at=None if messages else now,
     ).to_doc()
     execution.update(
-        kind="test",
-        test_of_campaign=campaign_id,
-        creative_id=int(creative["_id"]),
-        variant_key=variant,
-        overrides=overrides,
+        {
+            "kind": "test",
+            "test_of_campaign": campaign_id,
+            "creative_id": int(creative["_id"]),
+            "variant_key": variant,
+            "overrides": overrides,
+        }
     )
     await db[c.EXECUTIONS].insert_one(execution)
     await insert_batch(db, messages, links)

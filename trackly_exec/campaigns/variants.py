@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import CreativeDoc
 from trackly_exec.store.models import Variant
 
 POSTERIOR_DRAWS = 20_000
@@ -92,7 +93,7 @@ async def variant_stats(db: Any, creative_id: int, keys: Sequence[str]) -> dict[
     return out
 
 
-async def chooser_for(db: Any, creative: dict[str, Any], execution_id: int, min_sends: int) -> Chooser:
+async def chooser_for(db: Any, creative: CreativeDoc, execution_id: int, min_sends: int) -> Chooser:
     """The chooser for one execution of ``creative`` (a stored Creative document)."""
     variants = [Variant.model_validate(v) for v in creative["variants"]]
     if creative.get("selection", "split") != "learned" or len(variants) < 2:

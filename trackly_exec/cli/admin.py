@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from trackly_exec.api import csvsafe
 from trackly_exec.config import load_config
 from trackly_exec.errors import TracklyError
+from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 from trackly_exec.store.phones import normalize
 
@@ -236,7 +237,7 @@ def csv_chunks(
     region: str = "US",
     report: CsvLayout | None = None,
     duplicates: list[tuple[int, str, str]] | None = None,
-) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+) -> Iterator[list[tuple[int, JsonObject]]]:
     """Rows of a contacts CSV as ``(line number, contact dict)``, ``size`` at a time. The delimiter is detected
     from the header (comma, semicolon, tab, pipe) unless given. A phone already seen earlier in the file (after
     normalisation) is not sent again: it is appended to ``duplicates`` as ``(line, phone, reason)``. A malformed line
@@ -249,7 +250,7 @@ def csv_chunks(
         report.delimiter, report.columns, report.ignored, report.renamed = delim, lay.columns, lay.ignored, lay.renamed
     seen: dict[int | str, int] = {}
     extra_noted = False
-    chunk: list[tuple[int, dict[str, Any]]] = []
+    chunk: list[tuple[int, JsonObject]] = []
     for line, values, error in _csv_lines(fh, delim, first_line=2):
         if values is None:  # a malformed line (an unterminated quote): rejected by its number, the next rows read
             chunk.append((line, {CSV_ERROR: error}))
@@ -259,8 +260,8 @@ def csv_chunks(
         if len(values) > len(lay.columns) and not extra_noted and report is not None:
             report.ignored.append(f"values beyond the {len(lay.columns)} named columns (first on line {line})")
             extra_noted = True
-        contact: dict[str, Any] = {}
-        attrs: dict[str, Any] = {}
+        contact: JsonObject = {}
+        attrs: JsonObject = {}
         for target, raw in zip(lay.columns, values, strict=False):
             text = raw.strip()
             if target is None or not text:
@@ -288,9 +289,7 @@ def csv_chunks(
         yield chunk
 
 
-def _checked(
-    chunks: Iterator[list[tuple[int, dict[str, Any]]]], path: Path
-) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+def _checked(chunks: Iterator[list[tuple[int, JsonObject]]], path: Path) -> Iterator[list[tuple[int, JsonObject]]]:
     """``chunks``, with a malformed CSV turned into a clear error."""
     try:
         yield from chunks
@@ -382,8 +381,8 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- campaigns
 
 
-def _all(client: ApiClient, path: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
+def _all(client: ApiClient, path: str) -> list[JsonObject]:
+    items: list[JsonObject] = []
     after = 0
     while True:
         sep = "&" if "?" in path else "?"
@@ -427,7 +426,7 @@ def _label(name: str | None, cid: int, noun: str = "campaign") -> str:
     return plain if not name or name == plain else f"{noun} {cid} {name!r}"
 
 
-def _schedule(s: dict[str, Any] | None) -> str:
+def _schedule(s: JsonObject | None) -> str:
     if not s:
         return "manual"
     return f"at {s['at']}" if s.get("at") else f"cron '{s.get('cron')}' {s.get('timezone', 'UTC')}"
@@ -481,7 +480,7 @@ class Follow:
         self.last_line = ""
         self.last_at = 0.0
 
-    def update(self, ex: dict[str, Any]) -> None:
+    def update(self, ex: JsonObject) -> None:
         import time
 
         k = ex.get("counts") or {}
@@ -511,7 +510,7 @@ RUNNING = ("pending", "evaluating")
 
 def follow_execution(
     client: ApiClient, execution_id: int, out: TextIO, poll: float = 0.5, every: float = 2.0
-) -> dict[str, Any]:
+) -> JsonObject:
     """Poll the execution until it is evaluated (queued, completed, failed or skipped), drawing its progress."""
     import time
 
@@ -547,7 +546,7 @@ def cmd_campaign_follow(args: argparse.Namespace) -> int:
     return _report(ex.get("campaign_id"), ex)
 
 
-def _report(campaign_id: Any, ex: dict[str, Any]) -> int:
+def _report(campaign_id: Any, ex: JsonObject) -> int:
     counts = ex.get("counts") or {}
     if ex.get("status") in ("failed", "skipped"):
         raise CliError(f"campaign {campaign_id}: execution {ex['id']} {ex['status']}: {ex.get('reason')}")
@@ -598,7 +597,7 @@ def _ids(text: str | None) -> list[int] | None:
         raise CliError(f"--contacts takes contact ids separated by commas (got {text!r})") from None
 
 
-def print_preview(p: dict[str, Any]) -> None:
+def print_preview(p: JsonObject) -> None:
     print(
         f"{_label(p.get('name'), p['creative_id'], 'creative')} on sending list {p['sending_list_id']} "
         f"(price {p['price_per_segment']:g} per segment); {p['scanned']:,} contacts scanned"
@@ -642,7 +641,7 @@ def print_preview(p: dict[str, Any]) -> None:
 
 
 def cmd_creative_preview(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"sample": args.sample, "track_links": args.links, "scan_limit": args.scan_limit}
+    body: JsonObject = {"sample": args.sample, "track_links": args.links, "scan_limit": args.scan_limit}
     if args.list:
         body["sending_list_id"] = args.list
     if args.audience:
@@ -658,7 +657,7 @@ def cmd_creative_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_campaign_preview(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"sample": args.sample, "scan_limit": args.scan_limit}
+    body: JsonObject = {"sample": args.sample, "scan_limit": args.scan_limit}
     if args.audience:
         body["audience_id"] = args.audience
     if (ids := _ids(args.contacts)) is not None:
@@ -676,7 +675,7 @@ RESOURCES = {"campaign": "/campaigns", "creative": "/creatives", "audience": "/a
 
 def _edit_cmd(noun: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        body: dict[str, Any] = {}
+        body: JsonObject = {}
         if args.json:
             try:
                 body = json.loads(args.json)
@@ -738,7 +737,7 @@ def cmd_contacts_erase(args: argparse.Namespace) -> int:
 def _test_send_cmd(noun: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         numbers = [x.strip() for x in args.to.split(",") if x.strip()]
-        body: dict[str, Any] = {
+        body: JsonObject = {
             "numbers": numbers,
             "default_region": args.region,
             "override_opt_out": args.override_opt_out,

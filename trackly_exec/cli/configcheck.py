@@ -27,6 +27,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from trackly_exec.config import Settings, env_var
 from trackly_exec.errors import DriverNotFound
+from trackly_exec.store.documents import ConfigTable, SendingListDoc
 
 PLACEHOLDER = re.compile(
     r"change[-_/ ]?me|your[-_ ]?(api[-_ ]?)?(key|token|secret|password|sid)|xxxxx|replace[-_ ]?me|"
@@ -79,7 +80,7 @@ def raw_placeholders(file: str | None) -> list[tuple[str, str]]:
     from pathlib import Path
 
     out: list[tuple[str, str]] = []
-    data: dict[str, Any] = {}
+    data: ConfigTable = {}
     if file:
         try:
             data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
@@ -106,7 +107,7 @@ def credential_fields(cls: Any) -> list[str]:
     return out
 
 
-def missing_credentials(cls: Any, values: dict[str, Any]) -> list[str]:
+def missing_credentials(cls: Any, values: ConfigTable) -> list[str]:
     return [name for name in credential_fields(cls) if not str(_reveal(values.get(name)) or "").strip()]
 
 
@@ -142,7 +143,7 @@ def driver_problems(settings: Settings) -> tuple[list[tuple[str, str]], dict[str
     return problems, missing
 
 
-async def _active_lists(settings: Settings) -> list[dict[str, Any]]:
+async def _active_lists(settings: Settings) -> list[SendingListDoc]:
     from trackly_exec.store import constants as c
     from trackly_exec.store.client import Store
 
@@ -155,7 +156,7 @@ async def _active_lists(settings: Settings) -> list[dict[str, Any]]:
 
 
 def list_problems(
-    settings: Settings, lists: list[dict[str, Any]], missing: dict[str, list[str]]
+    settings: Settings, lists: list[SendingListDoc], missing: dict[str, list[str]]
 ) -> list[tuple[str, str]]:
     """Active sending lists naming a driver instance that is not configured or has no credentials."""
     from trackly_exec.drivers.registry import get_driver_class

@@ -34,6 +34,7 @@ from trackly_exec.config import Settings
 from trackly_exec.errors import ConfigError
 from trackly_exec.logs import configure_logging, get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.embedded import free_port
 from trackly_exec.store.models import utcnow
 
@@ -56,8 +57,8 @@ class DemoResult:
     campaign_id: int = 0
     execution_id: int = 0
     audiences: dict[str, int] = field(default_factory=dict)  # name -> id
-    counts: dict[str, Any] = field(default_factory=dict)  # the execution's counts
-    stats: dict[str, Any] = field(default_factory=dict)  # GET /campaigns/{id}/stats
+    counts: JsonObject = field(default_factory=dict)  # the execution's counts
+    stats: JsonObject = field(default_factory=dict)  # GET /campaigns/{id}/stats
     timeline: list[tuple[str, str]] = field(default_factory=list)
     sent_records: int = 0
     failed_records: int = 0
@@ -191,7 +192,7 @@ class Demo:
         valid = [r for r in rows if r["phone"] not in bad]
         sem = asyncio.Semaphore(4)
 
-        async def upload(chunk: list[dict[str, Any]]) -> None:
+        async def upload(chunk: list[JsonObject]) -> None:
             async with sem:
                 await self.api("POST", f"/sending-lists/{lst['id']}/contacts", {"contacts": chunk})
 
@@ -465,7 +466,7 @@ class Demo:
         fake.dlr_outcome = lambda e: "undelivered" if int((e.message_id or "0")[:4], 16) % 100 < 3 else "delivered"
         await fake.start()
         stop, ready = asyncio.Event(), asyncio.Event()
-        box: dict[str, Any] = {}
+        box: JsonObject = {}
 
         async def on_ready(trackly: Any, components: list[Any]) -> None:
             box["trackly"], box["components"] = trackly, components

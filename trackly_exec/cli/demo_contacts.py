@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from typing import Any
 from zoneinfo import ZoneInfo
+
+from trackly_exec.store.documents import JsonObject
 
 AREAS = ("212", "312", "415", "617", "713", "305", "206", "404", "303", "602")
 NAMES = ("Ava", "Liam", "Noah", "Emma", "Mia", "Lucas", "Zoe", "Ethan", "Ivy", "Owen", "Nora", "Leo")
@@ -49,16 +50,16 @@ def _zones_now(now: dt.datetime) -> tuple[list[str], list[str]]:
     return day or ["UTC"], night or ["Pacific/Kiritimati"]
 
 
-def make_contacts(n: int, rng: random.Random, now: dt.datetime) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+def make_contacts(n: int, rng: random.Random, now: dt.datetime) -> tuple[list[JsonObject], dict[str, list[str]]]:
     """``n`` contacts (A = first 60%, B = last 50%, 10% in both) and the phones of each skip group."""
     day, night = _zones_now(now)
     a_end, b_start = int(n * 0.6), int(n * 0.5)
     groups: dict[str, list[str]] = {name: [] for name, _ in MIX}
-    rows: list[dict[str, Any]] = []
+    rows: list[JsonObject] = []
     for i in range(n):
         j = i // len(AREAS)
         phone = f"+1{AREAS[i % len(AREAS)]}{200 + j // 10000:03d}{j % 10000:04d}"
-        row: dict[str, Any] = {
+        row: JsonObject = {
             "phone": phone,
             "timezone": rng.choice(day),
             "attributes": {"in_a": i < a_end, "in_b": i >= b_start, "tier": rng.choice("ABC")},

@@ -17,6 +17,7 @@ from typing import Any
 from trackly_exec.drivers.registry import get_driver_class
 from trackly_exec.errors import ConfigError
 from trackly_exec.logs import get_logger
+from trackly_exec.store.documents import ConfigTable
 
 log = get_logger(__name__)
 
@@ -36,7 +37,7 @@ def load_fake_class(name: str) -> type[Any]:
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
-def _credentials(fake: Any) -> dict[str, Any]:
+def _credentials(fake: Any) -> ConfigTable:
     settings = fake.driver_settings()
     return {k: v for k, v in settings.items() if k != "base_url"}
 

@@ -16,6 +16,7 @@ import urllib.request
 from typing import Any
 
 from trackly_exec.cli.admin import ApiClient, CliError, _describe, client_from
+from trackly_exec.store.documents import JsonObject
 
 
 def _q(**params: Any) -> str:
@@ -179,7 +180,7 @@ def cmd_dl_redrive(args: argparse.Namespace) -> int:
             "NO_RESPONSE messages may already have been delivered by the provider: re-driving them can "
             "text people twice. Add --allow-duplicates to do it anyway."
         )
-    body: dict[str, Any] = {
+    body: JsonObject = {
         "reasons": reasons,
         "campaign_id": args.campaign,
         "execution_id": args.execution,
@@ -245,7 +246,7 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_redrive(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {}
+    body: JsonObject = {}
     if args.id:
         body["ids"] = args.id
     if args.account:

@@ -24,6 +24,7 @@ from trackly_exec.drivers.contract import Driver, DriverContext
 from trackly_exec.drivers.registry import get_driver_class
 from trackly_exec.errors import ConfigError, DriverNotFound
 from trackly_exec.logs import get_logger
+from trackly_exec.store.documents import ConfigTable
 
 log = get_logger(__name__)
 
@@ -54,7 +55,7 @@ def _write_tokens(path: Path, tokens: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def webhook_auth_missing(cls: type[Driver[Any]], values: dict[str, Any]) -> str | None:
+def webhook_auth_missing(cls: type[Driver[Any]], values: ConfigTable) -> str | None:
     """What an instance lacks to authenticate its webhooks (None when it has a credential or allows none)."""
     if cls.signed_webhooks:
         secret_keys = [
@@ -73,7 +74,7 @@ class ListOverrideError(ConfigError):
     """A sending list's ``driver_settings`` holds a key it may not set, or a bad value (``key`` names it)."""
 
 
-def check_overrides(cls: type[Driver[Any]], overrides: dict[str, Any] | None) -> None:
+def check_overrides(cls: type[Driver[Any]], overrides: ConfigTable | None) -> None:
     """Raise :class:`ListOverrideError` for the first key a sending list may not override."""
     allowed = cls.settings_model.list_overridable
     for key in overrides or {}:
@@ -181,7 +182,7 @@ class DriverPool:
                 msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
                 raise ConfigError(msg, key=f"drivers.{name}.{key}") from exc
 
-    def build(self, name: str, overrides: dict[str, Any] | None = None) -> Driver[Any]:
+    def build(self, name: str, overrides: ConfigTable | None = None) -> Driver[Any]:
         """A new (not started) driver for instance ``name`` with ``overrides`` applied."""
         entry, values = self._instances.get(name, (name, {}))
         cls = get_driver_class(entry)
@@ -197,7 +198,7 @@ class DriverPool:
             raise ConfigError(f"{where}: {err['msg']}", key=f"drivers.{name}") from exc
         return cls(settings, self.context(name, settings), name=name)
 
-    async def get(self, name: str, overrides: dict[str, Any] | None = None) -> Driver[Any]:
+    async def get(self, name: str, overrides: ConfigTable | None = None) -> Driver[Any]:
         """The started driver for instance ``name`` with a list's ``overrides``."""
         key = (name, json.dumps(overrides or {}, sort_keys=True, default=str))
         driver = self._drivers.get(key)

@@ -37,7 +37,7 @@ import datetime as dt
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pymongo import DeleteMany
 from pymongo.errors import BulkWriteError
@@ -49,6 +49,7 @@ from trackly_exec.executor.checks import in_window_now
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
+from trackly_exec.store.documents import ContactDoc, FailedDoc, Filter, JsonObject, QueuedDoc, SendingListDoc
 from trackly_exec.store.models import FailureReason, MessageFields, QuietHours, entering_queue, utcnow
 
 log = get_logger(__name__)
@@ -78,7 +79,7 @@ class RedriveResult:
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {
             "matched": self.matched,
             "requeued": self.requeued,
@@ -101,8 +102,8 @@ def dead_letter_filter(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     message_ids: list[str] | None = None,
-) -> dict[str, Any]:
-    q: dict[str, Any] = {}
+) -> Filter:
+    q: Filter = {}
     if reasons:
         q["reason"] = {"$in": list(reasons)}
     if campaign_id is not None:
@@ -118,7 +119,7 @@ def dead_letter_filter(
     return q
 
 
-def _why_not(doc: dict[str, Any], reasons: set[str], allow_duplicates: bool) -> str | None:
+def _why_not(doc: FailedDoc, reasons: set[str], allow_duplicates: bool) -> str | None:
     """Why this FailedMessage is not re-driven (None: it may be)."""
     reason = str(doc.get("reason"))
     if reason in {str(r) for r in NEVER}:
@@ -134,7 +135,7 @@ def _why_not(doc: dict[str, Any], reasons: set[str], allow_duplicates: bool) -> 
     return None
 
 
-async def _contacts(db: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
+async def _contacts(db: Any, ids: list[int]) -> dict[int, ContactDoc]:
     if not ids:
         return {}
     docs = (
@@ -143,19 +144,19 @@ async def _contacts(db: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
     return {int(d["_id"]): d for d in docs}
 
 
-async def _lists(db: Any, ids: set[int]) -> dict[int, dict[str, Any]]:
+async def _lists(db: Any, ids: set[int]) -> dict[int, SendingListDoc]:
     docs = await db[c.SENDING_LISTS].find({"_id": {"$in": list(ids)}}).to_list(None)
     return {int(d["_id"]): d for d in docs}
 
 
 async def _cooled(
-    db: Any, lists: dict[int, dict[str, Any]], docs: list[dict[str, Any]], now: dt.datetime
+    db: Any, lists: dict[int, SendingListDoc], docs: list[FailedDoc], now: dt.datetime
 ) -> tuple[set[str], dict[int, reservations.View]]:
     """Ids of messages whose number got a MessageSent on the same list within the list's cooldown, or whose
     number's cooldown reservation is held by another message; and the reservations read, per list."""
     out: set[str] = set()
     views: dict[int, reservations.View] = {}
-    by_list: dict[int, list[dict[str, Any]]] = {}
+    by_list: dict[int, list[FailedDoc]] = {}
     for d in docs:
         by_list.setdefault(int(d["sending_list_id"]), []).append(d)
     for list_id, group in by_list.items():
@@ -177,13 +178,11 @@ async def _cooled(
     return out, views
 
 
-async def _reserve(
-    db: Any, views: dict[int, reservations.View], docs: list[dict[str, Any]], now: dt.datetime
-) -> set[str]:
+async def _reserve(db: Any, views: dict[int, reservations.View], docs: list[FailedDoc], now: dt.datetime) -> set[str]:
     """Take the cooldown reservations of the messages on lists with a cooldown; returns the ids that lost theirs
     (the number was reserved by another message since it was looked up)."""
     lost: set[str] = set()
-    by_list: dict[int, list[dict[str, Any]]] = {}
+    by_list: dict[int, list[FailedDoc]] = {}
     for d in docs:
         if int(d["sending_list_id"]) in views:
             by_list.setdefault(int(d["sending_list_id"]), []).append(d)
@@ -203,7 +202,7 @@ async def _paused_campaigns(db: Any, ids: set[int]) -> set[int]:
 
 async def redrive(
     trackly: Any,
-    match: dict[str, Any],
+    match: Filter,
     *,
     reasons: list[str] | None = None,
     allow_duplicates: bool = False,
@@ -240,7 +239,7 @@ async def redrive(
 
 async def _redrive_batch(
     trackly: Any,
-    docs: list[dict[str, Any]],
+    docs: list[FailedDoc],
     wanted: set[str],
     allow_duplicates: bool,
     dry_run: bool,
@@ -248,7 +247,7 @@ async def _redrive_batch(
     res: RedriveResult,
 ) -> None:
     db = trackly.db
-    todo: list[dict[str, Any]] = []
+    todo: list[FailedDoc] = []
     for d in docs:
         why = _why_not(d, wanted, allow_duplicates)
         if why is None and d.get("redrive_token"):
@@ -259,15 +258,15 @@ async def _redrive_batch(
             todo.append(d)
     if not todo:
         return
-    contacts = await _contacts(db, [int(d["contact_id"]) for d in todo if d.get("contact_id") is not None])
+    contacts = await _contacts(db, [int(cid) for d in todo if (cid := d.get("contact_id")) is not None])
     lists = await _lists(db, {int(d["sending_list_id"]) for d in todo})
     cooled, views = await _cooled(db, lists, todo, now)
     already = {d["_id"] async for d in db[c.SENT].find({"_id": {"$in": [d["_id"] for d in todo]}}, {"_id": 1})}
-    paused = await _paused_campaigns(db, {int(d["campaign_id"]) for d in todo if d.get("campaign_id") is not None})
-    go: list[tuple[dict[str, Any], dt.datetime, bool]] = []  # (doc, not_before, paused)
+    paused = await _paused_campaigns(db, {int(cid) for d in todo if (cid := d.get("campaign_id")) is not None})
+    go: list[tuple[FailedDoc, dt.datetime, bool]] = []  # (doc, not_before, paused)
     memo: dict[Any, bool] = {}
     for d in todo:
-        contact = contacts.get(int(d["contact_id"])) if d.get("contact_id") is not None else None
+        contact = contacts.get(int(cid)) if (cid := d.get("contact_id")) is not None else None
         lst = lists.get(int(d["sending_list_id"]))
         if d["_id"] in already:
             res.skipped["already_sent"] += 1
@@ -290,7 +289,7 @@ async def _redrive_batch(
             zones = zones or quiethours.contact_zones(d["to_number"], tz, quiet.default_timezone)
             not_before = quiethours.next_opening(now, zones, window)
             res.held_quiet_hours += 1
-        is_paused = d.get("campaign_id") is not None and int(d["campaign_id"]) in paused
+        is_paused = (cid := d.get("campaign_id")) is not None and int(cid) in paused
         res.held_paused += is_paused
         go.append((d, not_before, is_paused))
     if dry_run:
@@ -351,11 +350,11 @@ async def _redrive_batch(
     res.requeued += n
     res.message_ids += [d["_id"] for d, _, _ in go][:n]
     await db[c.REDRIVES].delete_one({"_id": token})
-    await _reopen_executions(db, {int(d["execution_id"]) for d, _, _ in go if d.get("execution_id") is not None})
+    await _reopen_executions(db, {int(eid) for d, _, _ in go if (eid := d.get("execution_id")) is not None})
 
 
-def _queue_doc(failed: dict[str, Any], token: str, now: dt.datetime) -> dict[str, Any]:
-    doc = {k: failed[k] for k in _FIELDS if k in failed}
+def _queue_doc(failed: FailedDoc, token: str, now: dt.datetime) -> QueuedDoc:
+    doc: dict[str, object] = {k: failed.get(k) for k in _FIELDS if k in failed}
     doc.update(
         {
             "_id": failed["_id"],
@@ -371,7 +370,7 @@ def _queue_doc(failed: dict[str, Any], token: str, now: dt.datetime) -> dict[str
             "redrive_count": int(failed.get("redrive_count") or 0) + 1,
         }
     )
-    return doc
+    return cast("QueuedDoc", doc)  # the record's MessageFields, and a queued message's own fields
 
 
 async def _release(db: Any, token: str, plan: dict[str, tuple[dt.datetime, bool]], now: dt.datetime) -> int:

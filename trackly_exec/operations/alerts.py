@@ -23,6 +23,7 @@ import aiohttp
 from trackly_exec.app import Loop, backoff
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import utcnow
 from trackly_exec.store.phones import mask_text
@@ -44,7 +45,7 @@ class Alerts:
         self.cfg = trackly.settings.alerts
         self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_LIMIT)
         self.dropped = 0
-        self.sent_messages: list[dict[str, Any]] = []  # what was posted (or logged), newest last, capped
+        self.sent_messages: list[JsonObject] = []  # what was posted (or logged), newest last, capped
         self._last_sent: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
         self._loops = (
@@ -123,7 +124,7 @@ class Alerts:
         """Put the campaign's and the sending list's names first in the event's fields (not just their ids)."""
         from trackly_exec.store.names import names
 
-        named: dict[str, Any] = {}
+        named: JsonObject = {}
         with contextlib.suppress(Exception):
             for field, coll, title in (
                 ("campaign_id", c.CAMPAIGNS, "campaign"),
@@ -136,7 +137,7 @@ class Alerts:
         if named:
             event.data = {**named, **event.data}
 
-    def _format(self, group: list[Event], suppressed: int) -> dict[str, Any]:
+    def _format(self, group: list[Event], suppressed: int) -> JsonObject:
         head = group[0]
         severity = max(
             (e.severity for e in group),
@@ -169,7 +170,7 @@ class Alerts:
             ],
         }
 
-    async def _post(self, payload: dict[str, Any]) -> None:
+    async def _post(self, payload: JsonObject) -> None:
         self.sent_messages = [*self.sent_messages, payload][-100:]
         url = self.cfg.discord_webhook_url
         embed = payload["embeds"][0]

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Filter, JsonObject
 from trackly_exec.store.models import utcnow
 from trackly_exec.store.phones import mask_text
 from trackly_exec.tracking.stats import campaign_stats, overview
@@ -40,9 +41,9 @@ class Sampler:
     """Snapshots of the totals over time (in memory, per process)."""
 
     def __init__(self, maxlen: int = int(HISTORY_MINUTES * 60 / SAMPLE_SECONDS)) -> None:
-        self.samples: deque[dict[str, Any]] = deque(maxlen=maxlen)
+        self.samples: deque[JsonObject] = deque(maxlen=maxlen)
 
-    def add(self, ov: dict[str, Any], now: dt.datetime, *, min_gap: float = SAMPLE_SECONDS / 2) -> None:
+    def add(self, ov: JsonObject, now: dt.datetime, *, min_gap: float = SAMPLE_SECONDS / 2) -> None:
         if self.samples and (now - self.samples[-1]["at"]).total_seconds() < min_gap:
             return
         self.samples.append(
@@ -68,7 +69,7 @@ def _aware(value: Any) -> dt.datetime | None:
     return None
 
 
-def _state(campaign: dict[str, Any], last: dict[str, Any] | None, queued: int) -> str:
+def _state(campaign: CampaignDoc, last: ExecutionDoc | None, queued: int) -> str:
     if campaign.get("status") == "paused":
         return "paused"
     if last is None:
@@ -82,10 +83,10 @@ def _state(campaign: dict[str, Any], last: dict[str, Any] | None, queued: int) -
 #: Campaigns the dashboard lists: not archived (``$in: [False, None]``: records made before archiving existed have
 #: no field). An archived campaign is retired (it had no running execution and is never scheduled again): its
 #: figures stay in the totals, and the page says how many are hidden.
-NOT_ARCHIVED: dict[str, Any] = {"archived": {"$in": [False, None]}}
+NOT_ARCHIVED: Filter = {"archived": {"$in": [False, None]}}
 
 
-async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[dict[str, Any]]:
+async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonObject]:
     campaigns = [d async for d in store[c.CAMPAIGNS].find(NOT_ARCHIVED).sort("_id", -1).limit(limit)]
     per = await campaign_stats(store, [int(d["_id"]) for d in campaigns])
     since = now - dt.timedelta(seconds=60)
@@ -128,10 +129,10 @@ async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[dict[
     return rows
 
 
-async def grouped_alerts(store: Any, window: int = ALERT_WINDOW) -> list[dict[str, Any]]:
+async def grouped_alerts(store: Any, window: int = ALERT_WINDOW) -> list[JsonObject]:
     """The latest ``window`` events grouped by (kind, key): one row each with a count, first and last time and the
     latest message, newest group first."""
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    groups: dict[tuple[str, str], JsonObject] = {}
     async for e in (
         store[c.EVENTS]
         .find({}, {"kind": 1, "key": 1, "severity": 1, "message": 1, "created_at": 1})
@@ -158,7 +159,7 @@ async def grouped_alerts(store: Any, window: int = ALERT_WINDOW) -> list[dict[st
     return list(groups.values())
 
 
-async def summary(trackly: Any, *, limit: int = 20, sampler: Sampler | None = None) -> dict[str, Any]:
+async def summary(trackly: Any, *, limit: int = 20, sampler: Sampler | None = None) -> JsonObject:
     from trackly_exec.api.ops import outbox_summary
 
     store = trackly.store

@@ -29,6 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from trackly_exec.logs import get_logger
+from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.events import Event
 from trackly_exec.tracking.stats import overview
 
@@ -71,7 +72,7 @@ async def count_events(events: Sequence[Event]) -> None:
     _events_by_kind.update(str(e.kind) for e in events)
 
 
-def _store_metrics(ov: dict[str, Any]) -> Iterator[Metric]:
+def _store_metrics(ov: JsonObject) -> Iterator[Metric]:
     yield GaugeMetricFamily("trackly_queued_messages", "QueuedTextMessage documents not yet processed.", ov["queued"])
     yield GaugeMetricFamily(
         "trackly_claimed_messages", "Queued messages currently claimed by an executor.", ov["claimed"]
@@ -130,7 +131,7 @@ class TracklyCollector(Collector):
 
     def __init__(self, trackly: Any) -> None:
         self.trackly = trackly
-        self.overview: dict[str, Any] | None = None
+        self.overview: JsonObject | None = None
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
@@ -178,7 +179,7 @@ def setup(app: web.Application, trackly: Any) -> None:
 
     async def metrics(request: web.Request) -> web.Response:
         try:
-            ov: dict[str, Any] | None = await asyncio.wait_for(overview(trackly.store), _STORE_TIMEOUT)
+            ov: JsonObject | None = await asyncio.wait_for(overview(trackly.store), _STORE_TIMEOUT)
         except Exception as exc:  # the process and executor figures still answer
             log.warning("metrics_store_unavailable", error=type(exc).__name__)
             ov = None

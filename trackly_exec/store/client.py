@@ -20,6 +20,7 @@ from trackly_exec.config import Settings
 from trackly_exec.errors import StoreError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import AnyDocument
 from trackly_exec.store.embedded import EmbeddedMongo
 
 log = get_logger(__name__)
@@ -78,8 +79,8 @@ class Store:
 
     def __init__(
         self,
-        client: AsyncMongoClient[dict[str, Any]],
-        db: AsyncDatabase[dict[str, Any]],
+        client: AsyncMongoClient[AnyDocument],
+        db: AsyncDatabase[AnyDocument],
         embedded: EmbeddedMongo | None = None,
     ) -> None:
         self.client = client
@@ -126,7 +127,7 @@ class Store:
     ) -> Store:
         """Connect and ping. Writes use write concern ``w`` (default majority) and are retried once after a
         network error or a primary step-down (see CONTRIBUTING, "Failover")."""
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        client: AsyncMongoClient[AnyDocument] = AsyncMongoClient(
             uri,
             tz_aware=True,
             serverSelectionTimeoutMS=int(timeout * 1000),

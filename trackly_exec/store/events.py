@@ -12,10 +12,11 @@ import datetime as dt
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import EventDoc, JsonObject
 from trackly_exec.store.models import utcnow
 from trackly_exec.store.phones import mask_text
 
@@ -43,12 +44,12 @@ class Event:
     kind: EventKind | str
     message: str
     severity: str = "warning"  # info | warning | critical
-    data: dict[str, Any] = field(default_factory=dict)
+    data: JsonObject = field(default_factory=dict)
     key: str = ""  # alerts with the same key are throttled together
     created_at: dt.datetime = field(default_factory=utcnow)
 
-    def to_doc(self) -> dict[str, Any]:
-        doc = asdict(self)
+    def to_doc(self) -> EventDoc:
+        doc = cast("EventDoc", asdict(self))
         doc["kind"] = str(self.kind)
         doc["key"] = self.key or str(self.kind)
         return doc

@@ -27,6 +27,8 @@ from typing import Any
 
 from pymongo import ReturnDocument
 
+from trackly_exec.store.documents import Filter, Update
+
 
 def new_token(instance: str) -> str:
     """A claim token: the instance name plus a random part, so every claim is distinct."""
@@ -50,16 +52,16 @@ class Lease:
 
     # -- query and update pieces (no I/O) ----------------------------------------------------------------
 
-    def fence(self, token: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
+    def fence(self, token: str, query: Filter | None = None) -> Filter:
         """``query`` restricted to documents ``token`` holds."""
         return {**(query or {}), self.owner: token}
 
-    def free(self) -> dict[str, Any]:
+    def free(self) -> Filter:
         """Documents nobody holds. (``$eq``: nx-27017 matches nothing with a bare ``None`` inside an ``$and``
         beside ``$in`` conditions, nor in ``count_documents``.)"""
         return {self.owner: {"$eq": None}}
 
-    def expired(self, now: dt.datetime, ttl: dt.timedelta | None = None) -> dict[str, Any]:
+    def expired(self, now: dt.datetime, ttl: dt.timedelta | None = None) -> Filter:
         """Documents whose lease has expired at ``now`` (``ttl`` overrides the lease's own, for a stamp)."""
         if self.until is not None:
             return {self.until: {"$lte": now}}
@@ -69,7 +71,7 @@ class Lease:
         assert self.stamp is not None
         return {self.stamp: {"$lt": now - ttl}}
 
-    def claimable(self, now: dt.datetime) -> dict[str, Any]:
+    def claimable(self, now: dt.datetime) -> Filter:
         """Documents a new claim may take at ``now``: free (or, for a deadline lease, past it); expired too
         when the lease has a ttl. One ``$and`` around an ``$or`` (nx-27017 mis-parenthesises a bare one)."""
         if self.until is not None:
@@ -78,11 +80,11 @@ class Lease:
             return self.free()
         return {"$and": [{"$or": [self.free(), self.expired(now)]}]}
 
-    def taken(self, token: str, now: dt.datetime) -> dict[str, Any]:
+    def taken(self, token: str, now: dt.datetime) -> Update:
         """The ``$set`` fields of a claim by ``token`` at ``now``."""
         return {self.owner: token, **self.renewed(now)}
 
-    def renewed(self, now: dt.datetime) -> dict[str, Any]:
+    def renewed(self, now: dt.datetime) -> Update:
         """The ``$set`` fields of a renewal at ``now``."""
         if self.until is not None:
             assert self.ttl is not None
@@ -90,7 +92,7 @@ class Lease:
         assert self.stamp is not None
         return {self.stamp: now}
 
-    def released(self) -> dict[str, Any]:
+    def released(self) -> Update:
         """The ``$set`` fields of a release (a deadline lease's ``until`` is the caller's: e.g. the next attempt)."""
         if self.stamp is not None:
             return {self.owner: None, self.stamp: None}
@@ -101,49 +103,49 @@ class Lease:
     async def claim(
         self,
         col: Any,
-        query: dict[str, Any],
+        query: Filter,
         token: str,
         now: dt.datetime,
         *,
         expired_only: bool = False,
         read: bool = True,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Any]:
         """Claim every claimable document matching ``query`` for ``token``; returns what this claim holds
         (every document ``token`` holds, so use a fresh token per claim), or ``[]`` without reading back when
-        ``read`` is False. ``expired_only``: take over expired leases only (never a free document)."""
+        ``read`` is False. ``expired_only``: take over expired leases only (never a free document). The documents
+        are ``col``'s (a QueuedDoc, OutboxDoc...): the caller names their type."""
         cond = self.expired(now) if expired_only else self.claimable(now)
         res = await col.update_many({"$and": [query, cond]}, {"$set": self.taken(token, now)})
         if not read or res.matched_count == 0:
             return []
-        docs: list[dict[str, Any]] = await col.find(self.fence(token)).to_list(None)
+        docs: list[Any] = await col.find(self.fence(token)).to_list(None)
         return docs
 
     async def claim_one(
         self,
         col: Any,
-        query: dict[str, Any],
+        query: Filter,
         token: str,
         now: dt.datetime,
         *,
         expired_only: bool = False,
         inc: dict[str, int] | None = None,
-    ) -> dict[str, Any] | None:
-        """Claim one claimable document matching ``query`` (atomically); returns it as claimed, or None."""
+    ) -> Any:
+        """Claim one claimable document matching ``query`` (atomically); returns it as claimed (a document of
+        ``col``: the caller names its type), or None."""
         cond = self.expired(now) if expired_only else self.claimable(now)
-        update: dict[str, Any] = {"$set": self.taken(token, now)}
+        update: Update = {"$set": self.taken(token, now)}
         if inc:
             update["$inc"] = inc
-        doc: dict[str, Any] | None = await col.find_one_and_update(
-            {"$and": [query, cond]}, update, return_document=ReturnDocument.AFTER
-        )
+        doc: Any = await col.find_one_and_update({"$and": [query, cond]}, update, return_document=ReturnDocument.AFTER)
         return doc
 
     async def update(
         self,
         col: Any,
         token: str,
-        query: dict[str, Any],
-        update: dict[str, Any],
+        query: Filter,
+        update: Update,
         *,
         renew_at: dt.datetime | None = None,
         one: bool = False,
@@ -156,11 +158,11 @@ class Lease:
         res = await (col.update_one(fenced, update) if one else col.update_many(fenced, update))
         return int(res.matched_count)
 
-    async def renew(self, col: Any, token: str, query: dict[str, Any], now: dt.datetime) -> int:
+    async def renew(self, col: Any, token: str, query: Filter, now: dt.datetime) -> int:
         """Renew the lease of the documents of ``query`` that ``token`` holds; returns how many it still holds."""
         return await self.update(col, token, query, {"$set": self.renewed(now)})
 
-    async def release(self, col: Any, token: str | list[str], query: dict[str, Any] | None = None, **extra: Any) -> int:
+    async def release(self, col: Any, token: str | list[str], query: Filter | None = None, **extra: Any) -> int:
         """Give back the documents of ``query`` that ``token`` (or any of a list of tokens) holds, with ``extra``
         ``$set`` fields; returns how many were released."""
         owner: Any = {"$in": token} if isinstance(token, list) else token
@@ -168,13 +170,13 @@ class Lease:
         return int(res.modified_count)
 
     async def release_expired(
-        self, col: Any, now: dt.datetime, query: dict[str, Any] | None = None, *, ttl: dt.timedelta | None = None
+        self, col: Any, now: dt.datetime, query: Filter | None = None, *, ttl: dt.timedelta | None = None
     ) -> int:
         """Give back every document of ``query`` whose lease expired (its holder died or stalled)."""
         res = await col.update_many({**(query or {}), **self.expired(now, ttl)}, {"$set": self.released()})
         return int(res.modified_count)
 
-    async def delete(self, col: Any, token: str, query: dict[str, Any] | None = None) -> int:
+    async def delete(self, col: Any, token: str, query: Filter | None = None) -> int:
         """Delete the documents of ``query`` that ``token`` holds; returns how many."""
         res = await col.delete_many(self.fence(token, query))
         return int(res.deleted_count)

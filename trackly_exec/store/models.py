@@ -13,9 +13,21 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import secrets
-from typing import Any, ClassVar, Literal, Self
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trackly_exec.store import constants as c
+from trackly_exec.store.documents import (
+    ClaimFields,
+    ConfigTable,
+    ExecutionDoc,
+    FailedDoc,
+    Filter,
+    JsonObject,
+    SentDoc,
+)
 
 
 def utcnow() -> dt.datetime:
@@ -35,13 +47,17 @@ class Document(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     collection: ClassVar[str] = ""
 
-    def to_doc(self) -> dict[str, Any]:
+    def to_doc(self) -> Mapping[str, Any]:
+        """The document to store (typed per collection by the subclasses that are written from a model)."""
+        return self._doc()
+
+    def _doc(self) -> JsonObject:
         doc = self.model_dump(mode="python", by_alias=False)
         doc["_id"] = doc.pop("id")
         return doc
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> Self:
+    def from_doc(cls, doc: Mapping[str, Any]) -> Self:
         data = dict(doc)
         data["id"] = data.pop("_id")
         return cls.model_validate(data)
@@ -90,7 +106,7 @@ RESUME_DESCRIPTION = (
 
 
 class Account(Document):
-    collection: ClassVar[str] = "accounts"
+    collection: ClassVar[str] = c.ACCOUNTS
     id: int
     name: str
     balance: float = 0.0
@@ -115,12 +131,12 @@ class QuietHours(BaseModel):
 
 
 class SendingList(Document):
-    collection: ClassVar[str] = "sending_lists"
+    collection: ClassVar[str] = c.SENDING_LISTS
     id: int
     account_id: int
     name: str
     driver: str
-    driver_settings: dict[str, Any] = Field(default_factory=dict)
+    driver_settings: ConfigTable = Field(default_factory=dict)
     from_number: str
     rate_limit_per_minute: int = 17000
     cooldown_minutes: float = 0
@@ -136,13 +152,13 @@ class SendingList(Document):
 
 
 class Contact(Document):
-    collection: ClassVar[str] = "contacts"
+    collection: ClassVar[str] = c.CONTACTS
     id: int
     sending_list_id: int
     phone: str  # E.164, normalised
     first_name: str | None = None
     last_name: str | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: JsonObject = Field(default_factory=dict)
     timezone: str | None = None
     subscribed: bool = True
     blocked: bool = False
@@ -153,11 +169,11 @@ class Contact(Document):
 
 
 class Audience(Document):
-    collection: ClassVar[str] = "audiences"
+    collection: ClassVar[str] = c.AUDIENCES
     id: int
     sending_list_id: int
     name: str
-    filter: dict[str, Any] | None = None  # whitelisted operators only (see audience.py)
+    filter: Filter | None = None  # whitelisted operators only (see audience.py)
     contact_ids: list[int] | None = None
     description: str | None = None
     archived: bool = False
@@ -171,7 +187,7 @@ class Variant(BaseModel):
 
 
 class Creative(Document):
-    collection: ClassVar[str] = "creatives"
+    collection: ClassVar[str] = c.CREATIVES
     id: int
     account_id: int
     name: str
@@ -189,7 +205,7 @@ class Schedule(BaseModel):
 
 
 class Campaign(Document):
-    collection: ClassVar[str] = "campaigns"
+    collection: ClassVar[str] = c.CAMPAIGNS
     id: int
     name: str = ""  # "" on records made before names: shown as "campaign <id>"
     description: str | None = None
@@ -209,7 +225,7 @@ class Campaign(Document):
 
 
 class Execution(Document):
-    collection: ClassVar[str] = "executions"
+    collection: ClassVar[str] = c.EXECUTIONS
     id: int
     campaign_id: int
     account_id: int
@@ -218,7 +234,7 @@ class Execution(Document):
     scheduled_for: dt.datetime
     status: ExecutionStatus = ExecutionStatus.PENDING
     reason: str | None = None
-    counts: dict[str, Any] = Field(default_factory=dict)  # per_audience, overlap, unique, skipped{reason: n}, queued
+    counts: JsonObject = Field(default_factory=dict)  # per_audience, overlap, unique, skipped{reason: n}, queued
     triggered_at: dt.datetime = Field(default_factory=utcnow)
     evaluated_at: dt.datetime | None = None
     queued_at: dt.datetime | None = None
@@ -227,6 +243,9 @@ class Execution(Document):
     heartbeat_at: dt.datetime | None = None  # renewed every batch; stale -> another scheduler resumes it
     attempts: int = 0  # evaluation attempts (1 + resumes)
     message_key: str = Field(default_factory=lambda: secrets.token_hex(16))  # message ids = HMAC(key, contact id)
+
+    def to_doc(self) -> ExecutionDoc:
+        return cast("ExecutionDoc", self._doc())
 
 
 # --------------------------------------------------------------------------------------------- messages
@@ -257,7 +276,7 @@ class MessageFields(BaseModel):
 
 def entering_queue(
     *, not_before: dt.datetime | None = None, claimed_by: str | None = None, claimed_at: dt.datetime | None = None
-) -> dict[str, Any]:
+) -> ClaimFields:
     """The claim fields of a message entering the queue: no send intent, held until ``not_before``, unclaimed
     (or already claimed by its writer until it is safe to send, e.g. a reconciliation's re-queue).
 
@@ -268,7 +287,7 @@ def entering_queue(
 
 
 class QueuedTextMessage(MessageFields, Document):
-    collection: ClassVar[str] = "queued_text_messages"
+    collection: ClassVar[str] = c.QUEUED
     id: str = Field(default_factory=new_message_id)
     created_at: dt.datetime = Field(default_factory=utcnow)
     not_before: dt.datetime | None = None  # backoff (billing, transient provider errors, quiet-hours hold)
@@ -286,7 +305,7 @@ class MessageSent(MessageFields, Document):
     """Tristates: ``submitted`` None (not yet processed) / True (accepted) / False (rejected);
     ``delivered`` None (unknown) / True (delivered to handset) / False (delivery failed)."""
 
-    collection: ClassVar[str] = "message_sent"
+    collection: ClassVar[str] = c.SENT
     id: str
     submitted: bool | None = True
     delivered: bool | None = None
@@ -301,9 +320,12 @@ class MessageSent(MessageFields, Document):
     resolved_from_no_response: bool = False
     delivery_batch: str | None = None  # the report-ingestion call that last changed the delivery fields
 
+    def to_doc(self) -> SentDoc:
+        return cast("SentDoc", self._doc())
+
 
 class FailedMessage(MessageFields, Document):
-    collection: ClassVar[str] = "failed_messages"
+    collection: ClassVar[str] = c.FAILED
     id: str
     reason: FailureReason
     detail: str = ""
@@ -322,9 +344,12 @@ class FailedMessage(MessageFields, Document):
     lookups: int = 0
     reconcile_state: str | None = None
 
+    def to_doc(self) -> FailedDoc:
+        return cast("FailedDoc", self._doc())
+
 
 class MessageShortLink(Document):
-    collection: ClassVar[str] = "message_short_links"
+    collection: ClassVar[str] = c.SHORT_LINKS
     id: str  # the short code
     message_id: str
     destination: str

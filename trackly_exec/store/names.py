@@ -7,7 +7,7 @@ names show as ``"campaign 7"``. :func:`label` is what the CLI, stats, the dashbo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from trackly_exec.store import constants as c
@@ -19,7 +19,7 @@ def default_name(noun: str, doc_id: Any) -> str:
     return f"{noun} {doc_id}"
 
 
-def name_of(doc: dict[str, Any] | None, noun: str, doc_id: Any = None) -> str:
+def name_of(doc: Mapping[str, Any] | None, noun: str, doc_id: Any = None) -> str:
     """The record's name, or ``"<noun> <id>"`` when it has none."""
     if doc is None:
         return default_name(noun, doc_id)
@@ -27,7 +27,7 @@ def name_of(doc: dict[str, Any] | None, noun: str, doc_id: Any = None) -> str:
     return name or default_name(noun, doc.get("_id", doc_id))
 
 
-def label(doc: dict[str, Any] | None, noun: str, doc_id: Any = None) -> str:
+def label(doc: Mapping[str, Any] | None, noun: str, doc_id: Any = None) -> str:
     """``'Spring sale' (campaign 7)``, or ``campaign 7`` for a record without a name."""
     did = doc.get("_id", doc_id) if doc is not None else doc_id
     name = name_of(doc, noun, did)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -31,7 +32,7 @@ def patch_updates() -> None:
 
     original = SqlUpdatesMixin._can_use_sql_updates
 
-    def _can_use_sql_updates(self: Any, update_spec: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
+    def _can_use_sql_updates(self: Any, update_spec: Mapping[str, Any], *args: Any, **kwargs: Any) -> bool:
         if any(_typed(v) for op, v in update_spec.items() if isinstance(v, dict) and op != "$currentDate"):
             return False
         return bool(original(self, update_spec, *args, **kwargs))

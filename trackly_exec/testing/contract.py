@@ -54,6 +54,7 @@ from trackly_exec.drivers.contract import (
     WebhookRequest,
 )
 from trackly_exec.errors import WebhookAuthError
+from trackly_exec.store.documents import ConfigTable
 from trackly_exec.testing.fakes.control import Behaviour
 
 WEBHOOK_TOKEN = "contract-token-0123456789"
@@ -115,8 +116,8 @@ class DriverHarness:
         fake_class: type[Any] | None = None,
         *,
         name: str = "contract",
-        fake_kwargs: dict[str, Any] | None = None,
-        settings: dict[str, Any] | None = None,
+        fake_kwargs: ConfigTable | None = None,
+        settings: ConfigTable | None = None,
     ) -> None:
         self.driver_class = driver_class
         if fake_class is None:
@@ -427,7 +428,7 @@ class DriverContractSuite:
     pytestmark: ClassVar[list[Any]] = [pytest.mark.asyncio]
     driver_class: ClassVar[type[Driver[Any]]]
     fake_class: ClassVar[type[Any] | None] = None
-    fake_kwargs: ClassVar[dict[str, Any]] = {}
+    fake_kwargs: ClassVar[ConfigTable] = {}
 
     @pytest_asyncio.fixture
     async def harness(self) -> AsyncIterator[DriverHarness]:

@@ -25,7 +25,6 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
@@ -34,6 +33,7 @@ from trackly_exec.app import Trackly
 from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import DeliveryFields, FailedDoc, JsonObject, SentDoc
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import FailureReason, MessageFields, MessageSent, utcnow
 from trackly_exec.tracking.customer_webhook import event_id, outbox_documents, webhook_payload
@@ -61,7 +61,7 @@ class IngestResult:
     unknown_ids: list[str] = field(default_factory=list)
     pending_ids: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {k: v for k, v in self.__dict__.items() if not k.endswith("_ids")}
 
 
@@ -81,11 +81,13 @@ def _collapse(reports: Iterable[DeliveryReport]) -> list[DeliveryReport]:
     return list(chosen.values())
 
 
-def _delivery_set(r: DeliveryReport, now: dt.datetime) -> dict[str, Any]:
+def _delivery_set(r: DeliveryReport, now: dt.datetime) -> DeliveryFields:
     """The ``$set`` a report makes on a message whose ``delivered`` is still None."""
-    out: dict[str, Any] = {"delivery_status": r.status}
+    out: DeliveryFields = {"delivery_status": r.status}
     if r.delivered is not None:
-        out.update(delivered=r.delivered, delivery_error_code=r.error_code, delivered_at=_aware(r.done_at) or now)
+        out["delivered"] = r.delivered
+        out["delivery_error_code"] = r.error_code
+        out["delivered_at"] = _aware(r.done_at) or now
     if r.spam:
         out["spam"] = True
     return out
@@ -116,8 +118,8 @@ async def ingest(
     # 1. MessageSent by our id, else by the provider's id.
     ids = [r.message_id for r in reports if r.message_id]
     pids = [r.provider_message_id for r in reports if not r.message_id and r.provider_message_id]
-    sent: dict[str, dict[str, Any]] = {}
-    by_pid: dict[str, dict[str, Any]] = {}
+    sent: dict[str, SentDoc] = {}
+    by_pid: dict[str, SentDoc] = {}
     if ids:
         for doc in await db[c.SENT].find({"_id": {"$in": ids}}, _SENT_FIELDS).to_list(None):
             sent[doc["_id"]] = doc
@@ -131,7 +133,7 @@ async def ingest(
 
     # 2. NO_RESPONSE dead letters for the ids MessageSent lacks.
     missing = [i for i in ids if i not in sent]
-    failed: dict[str, dict[str, Any]] = {}
+    failed: dict[str, FailedDoc] = {}
     if missing:
         for doc in (
             await db[c.FAILED].find({"_id": {"$in": missing}, "reason": str(FailureReason.NO_RESPONSE)}).to_list(None)
@@ -144,8 +146,8 @@ async def ingest(
         in_queue = {d["_id"] for d in await db[c.QUEUED].find({"_id": {"$in": rest}}, {"_id": 1}).to_list(None)}
 
     ops: list[UpdateOne] = []
-    planned: list[tuple[DeliveryReport, dict[str, Any]]] = []  # (report, message doc) of each update
-    resolutions: list[tuple[DeliveryReport, dict[str, Any]]] = []
+    planned: list[tuple[DeliveryReport, SentDoc]] = []  # (report, message doc) of each update
+    resolutions: list[tuple[DeliveryReport, FailedDoc]] = []
     stale_dead_letters: list[str] = []
     for r in reports:
         doc = sent.get(r.message_id) if r.message_id else by_pid.get(r.provider_message_id or "")
@@ -215,8 +217,8 @@ async def ingest(
 
 
 async def _still_applied(
-    trackly: Trackly, planned: list[tuple[DeliveryReport, dict[str, Any]]], batch: str
-) -> list[tuple[DeliveryReport, dict[str, Any]]]:
+    trackly: Trackly, planned: list[tuple[DeliveryReport, SentDoc]], batch: str
+) -> list[tuple[DeliveryReport, SentDoc]]:
     """After a race with a concurrent request (a duplicate of the report, say): the updates this call made are
     those whose ``delivery_batch`` is still its own (a final state is never written again), so only one of two
     racing duplicates produces the customer-webhook event and the alerts."""
@@ -231,12 +233,12 @@ async def _still_applied(
 
 
 async def _resolve(
-    trackly: Trackly, provider: str, items: list[tuple[DeliveryReport, dict[str, Any]]], now: dt.datetime
-) -> list[tuple[DeliveryReport, dict[str, Any]]]:
+    trackly: Trackly, provider: str, items: list[tuple[DeliveryReport, FailedDoc]], now: dt.datetime
+) -> list[tuple[DeliveryReport, SentDoc]]:
     """Turn NO_RESPONSE dead letters into MessageSent records (the report proves the provider accepted them)."""
-    docs: list[dict[str, Any]] = []
+    docs: list[SentDoc] = []
     for r, f in items:
-        fields = {k: f[k] for k in MessageFields.model_fields if k in f}
+        fields = {k: v for k, v in f.items() if k in MessageFields.model_fields}
         sent = MessageSent(
             id=f["_id"],
             **fields,
@@ -244,10 +246,9 @@ async def _resolve(
             provider=f.get("provider") or provider,
             provider_message_id=r.provider_message_id,
             timestamp=f.get("failed_at") or now,
-            delivery_status=r.status,
             resolved_from_no_response=True,
+            **_delivery_set(r, now),
         ).to_doc()
-        sent.update(_delivery_set(r, now))
         docs.append(sent)
     inserted = {d["_id"] for d in docs}
     try:
@@ -262,7 +263,7 @@ async def _resolve(
     return [(r, d) for (r, _), d in zip(items, docs, strict=True) if d["_id"] in inserted]
 
 
-async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, dict[str, Any]]], now: dt.datetime) -> int:
+async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, SentDoc]], now: dt.datetime) -> int:
     """The customer-webhook events of this batch's final states, one outbox document per account (a single
     entry, or a batch of events): for accounts with a ``webhook_url`` only. Returns the number of events."""
     account_ids = list({doc["account_id"] for _, doc in finals})
@@ -273,7 +274,7 @@ async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, dic
         .to_list(None)
         if a.get("webhook_url")
     }
-    by_account: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    by_account: dict[int, list[tuple[str, JsonObject]]] = {}
     for r, doc in finals:
         account = accounts.get(doc["account_id"])
         if account is not None:
@@ -293,7 +294,7 @@ async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, dic
     return written
 
 
-async def _unsubscribe(trackly: Trackly, docs: list[dict[str, Any]]) -> None:
+async def _unsubscribe(trackly: Trackly, docs: list[SentDoc]) -> None:
     """Provider codes meaning "recipient opted out" (Twilio 21610) unsubscribe the contact."""
     contact_ids = list({d["contact_id"] for d in docs if d.get("contact_id") is not None})
     if not contact_ids:
@@ -304,7 +305,7 @@ async def _unsubscribe(trackly: Trackly, docs: list[dict[str, Any]]) -> None:
     log.info("contacts_unsubscribed_by_report", count=len(contact_ids))
 
 
-async def _publish(trackly: Trackly, provider: str, changed: list[tuple[DeliveryReport, dict[str, Any]]]) -> None:
+async def _publish(trackly: Trackly, provider: str, changed: list[tuple[DeliveryReport, SentDoc]]) -> None:
     """``spam_complaint`` and ``delivery_failure`` events for this batch's state changes, in one publish."""
     events: list[Event] = []
     for r, doc in changed:

@@ -57,6 +57,7 @@ from aiohttp import web
 
 from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
+from trackly_exec.store.documents import ConfigTable
 from trackly_exec.testing.fakes.control import Behaviour, RemoteControl
 
 log = get_logger(__name__)
@@ -417,11 +418,11 @@ class FakeProvider(RemoteControl):
     def inbound_request(self, url: str, from_number: str, to_number: str, text: str) -> ReportRequest:
         raise NotImplementedError
 
-    def driver_settings(self) -> dict[str, Any]:
+    def driver_settings(self) -> ConfigTable:
         """Settings of the matching driver that talk to this fake with valid credentials."""
         raise NotImplementedError
 
-    def wrong_credentials(self) -> dict[str, Any]:
+    def wrong_credentials(self) -> ConfigTable:
         """Settings overrides with credentials this fake refuses."""
         raise NotImplementedError
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from trackly_exec.store.documents import ConfigTable, JsonObject
 from trackly_exec.testing.fakes.base import (
     FakeBadRequest,
     FakeProvider,
@@ -60,7 +61,7 @@ WHOLE_REQUEST_ERRORS = {
 }
 
 
-def cm_error(status: int, code: int, details: str, messages: list[dict[str, Any]] | None = None) -> web.Response:
+def cm_error(status: int, code: int, details: str, messages: list[JsonObject] | None = None) -> web.Response:
     return web.json_response({"details": details, "errorCode": code, "messages": messages or []}, status=status)
 
 
@@ -133,7 +134,7 @@ class CMFake(FakeProvider):
     def next_provider_id(self, item: Submitted) -> str:
         return item.message_id or super().next_provider_id(item)
 
-    def _entry(self, to: str, reference: str | None, accepted: bool, parts: int, code: str = "0") -> dict[str, Any]:
+    def _entry(self, to: str, reference: str | None, accepted: bool, parts: int, code: str = "0") -> JsonObject:
         return {
             "to": "00" + to.lstrip("+"),
             "status": "Accepted" if accepted else "Rejected",
@@ -205,8 +206,8 @@ class CMFake(FakeProvider):
         }
         return ReportRequest(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
-    def driver_settings(self) -> dict[str, Any]:
+    def driver_settings(self) -> ConfigTable:
         return {"base_url": self.url, "product_token": self.product_token}
 
-    def wrong_credentials(self) -> dict[str, Any]:
+    def wrong_credentials(self) -> ConfigTable:
         return {"product_token": "11111111-1111-1111-1111-111111111111"}

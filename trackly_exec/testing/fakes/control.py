@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from trackly_exec.store.documents import JsonObject
+
 MODES = frozenset(
     {
         "ok",
@@ -67,7 +69,7 @@ class RemoteControl:
         app.router.add_post("/_fake/inbound", self._rc_inbound)
 
     async def _rc_ledger(self: Any, request: web.Request) -> web.Response:
-        data: dict[str, Any] = dict(self.summary())
+        data: JsonObject = dict(self.summary())
         data["reports_posted"] = self.reports_posted
         if request.query.get("entries"):
             data["entries"] = [{**asdict(e), "accepted_at": e.accepted_at.isoformat()} for e in self.ledger]

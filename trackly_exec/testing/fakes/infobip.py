@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from trackly_exec.store.documents import ConfigTable, JsonObject
 from trackly_exec.testing.fakes.base import (
     FakeBadRequest,
     FakeProvider,
@@ -222,7 +223,7 @@ class InfobipFake(FakeProvider):
     def next_provider_id(self, item: Submitted) -> str:
         return item.message_id or super().next_provider_id(item)
 
-    def _status(self, name: str) -> dict[str, Any]:
+    def _status(self, name: str) -> JsonObject:
         for gid, gname, sid, sname, desc in STATUSES.values():
             if sname == name:
                 return {"groupId": gid, "groupName": gname, "id": sid, "name": sname, "description": desc}
@@ -237,7 +238,7 @@ class InfobipFake(FakeProvider):
     def accepted_response(self, entries: list[LedgerEntry], rejections: list[Rejection]) -> web.Response:
         self._bulk += 1
         accepted = self._status("PENDING_ACCEPTED")
-        out: list[dict[str, Any]] = [
+        out: list[JsonObject] = [
             {
                 "messageId": e.provider_message_id,
                 "status": accepted,
@@ -276,7 +277,7 @@ class InfobipFake(FakeProvider):
             return gateway_error(status)
         return api_error(500, "E500", "Something went wrong.", "Contact the support.")
 
-    def _result(self, entry: LedgerEntry, status: str, error: str | None) -> dict[str, Any]:
+    def _result(self, entry: LedgerEntry, status: str, error: str | None) -> JsonObject:
         """One v3 delivery-report result (also the body of a log entry)."""
         gid, gname, sid, sname, desc = STATUSES.get(status, STATUSES["undelivered"])
         err = (
@@ -333,8 +334,8 @@ class InfobipFake(FakeProvider):
         body = json.dumps({"results": [result], "messageCount": 1, "pendingMessageCount": 0}).encode()
         return ReportRequest(url, body, {"Content-Type": "application/json"})
 
-    def driver_settings(self) -> dict[str, Any]:
+    def driver_settings(self) -> ConfigTable:
         return {"base_url": self.url, "api_key": self.api_key}
 
-    def wrong_credentials(self) -> dict[str, Any]:
+    def wrong_credentials(self) -> ConfigTable:
         return {"api_key": self.api_key + "-wrong"}

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlencode
 
 from aiohttp import web
 
+from trackly_exec.store.documents import ConfigTable, JsonObject
 from trackly_exec.testing.fakes.base import (
     FakeBadRequest,
     FakeProvider,
@@ -81,7 +82,7 @@ class TwilioFake(FakeProvider):
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.handle_send)
         app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", self.handle_list)
 
-    def resource(self, e: LedgerEntry) -> dict[str, Any]:
+    def resource(self, e: LedgerEntry) -> JsonObject:
         """The Message resource of a ledger entry, in its current state."""
         status = {
             "accepted": "queued",
@@ -294,10 +295,10 @@ class TwilioFake(FakeProvider):
             {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": self.sign(url, params)},
         )
 
-    def driver_settings(self) -> dict[str, Any]:
+    def driver_settings(self) -> ConfigTable:
         return {"base_url": self.url, "account_sid": self.account_sid, "auth_token": self.auth_token}
 
-    def wrong_credentials(self) -> dict[str, Any]:
+    def wrong_credentials(self) -> ConfigTable:
         return {"auth_token": self.auth_token + "-wrong"}
 
 
