@@ -19,7 +19,7 @@ recovery and billed again when they are sent (an over-charge on crash, never an 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ log = get_logger(__name__)
 _RACE_RETRIES = 3
 
 
-def message_cost(doc: dict[str, Any], price_per_segment: float) -> float:
+def message_cost(doc: Mapping[str, Any], price_per_segment: float) -> float:
     """What one queued message costs."""
     return round(int(doc.get("segments") or 1) * price_per_segment, 6)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -46,12 +46,12 @@ _FIELDS = {name: f.get_default(call_default_factory=True) for name, f in Message
 BURST_WINDOW = 60.0
 
 
-def _fields(doc: dict[str, Any]) -> dict[str, Any]:
+def _fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {k: doc.get(k, default) for k, default in _FIELDS.items()}
 
 
 def sent_doc(
-    doc: dict[str, Any], *, provider: str, provider_message_id: str, segments: int, cost: float, now: dt.datetime
+    doc: Mapping[str, Any], *, provider: str, provider_message_id: str, segments: int, cost: float, now: dt.datetime
 ) -> dict[str, Any]:
     """A MessageSent document (every field of ``models.MessageSent``)."""
     return {

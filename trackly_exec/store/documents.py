@@ -17,6 +17,8 @@ from typing import Any, NotRequired, TypeAlias, TypedDict
 Filter: TypeAlias = dict[str, Any]
 #: A MongoDB update document (``{"$set": {...}, "$inc": {...}}``), or the fields of a ``$set``.
 Update: TypeAlias = dict[str, Any]
+#: A MongoDB aggregation pipeline (``[{"$match": ...}, {"$group": ...}]``).
+Pipeline: TypeAlias = list[dict[str, Any]]
 #: A MongoDB projection (``{"body": 0}``) or sort / index key specification.
 Projection: TypeAlias = dict[str, Any]
 #: A JSON object: a request or response body, an API payload, a provider's answer, an OpenAPI fragment.
@@ -363,6 +365,8 @@ class OutboxDoc(TypedDict, total=False):
     last_error: str | None
     last_status: int | None
     delivered_at: dt.datetime | None
+    redriven_at: dt.datetime  # re-driven from dead (the admin API's outbox re-drive): its age restarts
+    _account: AccountDoc  # joined in memory by the outbox when claimed: never stored
 
 
 class EventDoc(TypedDict, total=False):

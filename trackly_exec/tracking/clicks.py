@@ -26,6 +26,7 @@ from bson import ObjectId
 from trackly_exec.app import Trackly
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import ClickDoc, Filter, JsonObject, ShortLinkDoc
 from trackly_exec.store.models import utcnow
 
 log = get_logger(__name__)
@@ -66,13 +67,13 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 
 async def record_click(
     trackly: Trackly,
-    link: dict[str, Any],
+    link: ShortLinkDoc,
     *,
     user_agent: str | None,
     ip: str | None,
     method: str = "GET",
     at: dt.datetime | None = None,
-) -> dict[str, Any]:
+) -> ClickDoc:
     """Store one click on ``link`` (a MessageShortLink document) and count it; returns the click document."""
     at = at or utcnow()
     reason = "head_request" if method.upper() == "HEAD" else bot_user_agent(user_agent)
@@ -86,7 +87,7 @@ async def record_click(
             # precision carrier times); one long before it just means the report arrived late.
             if ref is not None and abs((at - ref).total_seconds()) < trackly.settings.tracking.bot_click_seconds:
                 reason = f"too_soon_after_{what}"
-    click = {
+    click: ClickDoc = {
         "_id": ObjectId(),
         "code": link["_id"],
         "message_id": link["message_id"],
@@ -115,13 +116,13 @@ def _rate(clicked: int, sent: int) -> float:
 
 async def click_stats(
     store: Any, *, campaign_id: int | None = None, creative_id: int | None = None, filter_bots: bool = True
-) -> dict[str, Any]:
+) -> JsonObject:
     """Click rate (clicked messages / sent messages) for a campaign and/or creative, overall and per variant.
 
     ``{"campaign_id", "creative_id", "filter_bots", "sent", "clicked", "rate",
     "variants": {"<variant key>": {"sent", "clicked", "rate"}}}``; with ``filter_bots`` only human clicks count.
     """
-    match: dict[str, Any] = {}
+    match: Filter = {}
     if campaign_id is not None:
         match["campaign_id"] = campaign_id
     if creative_id is not None:
@@ -139,7 +140,7 @@ async def click_stats(
             sent_by_variant[key] = sent_by_variant.get(key, 0) + int(row["n"])
     click_match = {**match, **({"bot": False} if filter_bots else {})}
     total_clicked = len(await store[c.CLICKS].distinct("message_id", click_match))
-    variants: dict[str, dict[str, Any]] = {}
+    variants: dict[str, JsonObject] = {}
     click_keys = {str(k) for k in await store[c.CLICKS].distinct("variant_key", click_match) if k is not None}
     for key in sorted(set(sent_by_variant) | click_keys):
         clicked = len(await store[c.CLICKS].distinct("message_id", {**click_match, "variant_key": key}))

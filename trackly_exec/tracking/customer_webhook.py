@@ -29,6 +29,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from trackly_exec.store.documents import JsonObject, OutboxDoc
+
 PENDING, DELIVERED, DEAD, DROPPED = "pending", "delivered", "dead", "dropped"
 
 
@@ -46,7 +48,7 @@ def event_id(message_id: str) -> str:
     return f"{message_id}:delivery"
 
 
-def webhook_payload(message: Mapping[str, Any], account: Mapping[str, Any]) -> dict[str, Any]:
+def webhook_payload(message: Mapping[str, Any], account: Mapping[str, Any]) -> JsonObject:
     """The product document's payload for one MessageSent document with a final ``delivered`` state."""
     return {
         "id": message["_id"],
@@ -63,7 +65,7 @@ def webhook_payload(message: Mapping[str, Any], account: Mapping[str, Any]) -> d
     }
 
 
-def _common(account_id: int, now: dt.datetime, next_at: dt.datetime | None = None, attempts: int = 0) -> dict[str, Any]:
+def _common(account_id: int, now: dt.datetime, next_at: dt.datetime | None = None, attempts: int = 0) -> OutboxDoc:
     return {
         "account_id": account_id,
         "status": PENDING,
@@ -80,21 +82,26 @@ def _common(account_id: int, now: dt.datetime, next_at: dt.datetime | None = Non
 def single_entry(
     eid: str,
     account_id: int,
-    payload: dict[str, Any],
+    payload: JsonObject,
     now: dt.datetime,
     *,
     next_at: dt.datetime | None = None,
     attempts: int = 0,
     created_at: dt.datetime | None = None,
-) -> dict[str, Any]:
+) -> OutboxDoc:
     """An outbox document for one event (``_id`` = the event id)."""
-    doc = {"_id": eid, "message_id": payload["id"], "payload": payload, **_common(account_id, now, next_at, attempts)}
+    doc: OutboxDoc = {
+        "_id": eid,
+        "message_id": payload["id"],
+        "payload": payload,
+        **_common(account_id, now, next_at, attempts),
+    }
     if created_at is not None:
         doc["created_at"] = created_at
     return doc
 
 
-def outbox_documents(account_id: int, events: Sequence[tuple[str, dict[str, Any]]], now: dt.datetime) -> dict[str, Any]:
+def outbox_documents(account_id: int, events: Sequence[tuple[str, JsonObject]], now: dt.datetime) -> OutboxDoc:
     """One document for ``events`` (``(event id, payload)``) of one account: a single entry or a batch."""
     if len(events) == 1:
         eid, payload = events[0]

@@ -19,6 +19,7 @@ import phonenumbers
 
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
+from trackly_exec.store.documents import Filter, JsonObject, MessageDoc
 from trackly_exec.store.phones import normalize
 
 STATES = ("queued", "sent", "failed")
@@ -84,7 +85,7 @@ def _iso(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def entry(state: str, doc: dict[str, Any], clicks: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+def entry(state: str, doc: MessageDoc, clicks: tuple[int, int] = (0, 0)) -> JsonObject:
     """One message as the log shows it (the same keys whatever its state)."""
     sent, failed = state == "sent", state == "failed"
     return {
@@ -144,16 +145,16 @@ def parse_cursor(after: str | None) -> tuple[int, str]:
 
 
 async def page(
-    store: Store, match: dict[str, Any], *, states: tuple[str, ...] = STATES, limit: int = 100, after: str | None = None
-) -> tuple[list[dict[str, Any]], str | None]:
+    store: Store, match: Filter, *, states: tuple[str, ...] = STATES, limit: int = 100, after: str | None = None
+) -> tuple[list[JsonObject], str | None]:
     """One page of the log: ``(entries, next_after)``."""
     start, last_id = parse_cursor(after)
-    found: list[tuple[str, dict[str, Any]]] = []
+    found: list[tuple[str, MessageDoc]] = []
     more = False
     for i, state in enumerate(STATES):
         if i < start or state not in states:
             continue
-        cond: dict[str, Any] = dict(match)
+        cond: Filter = dict(match)
         if i == start and last_id:
             cond["_id"] = {"$gt": last_id}
         want = limit + 1 - len(found)
@@ -169,15 +170,13 @@ async def page(
     return items, nxt
 
 
-async def export_rows(
-    store: Store, match: dict[str, Any], *, batch: int = EXPORT_BATCH
-) -> AsyncIterator[list[list[Any]]]:
+async def export_rows(store: Store, match: Filter, *, batch: int = EXPORT_BATCH) -> AsyncIterator[list[list[Any]]]:
     """Every message matching ``match`` as CSV rows (:data:`COLUMNS`), ``batch`` messages at a time.
 
     One cursor per collection, read ``batch`` documents per round trip (no sort, no re-scan per page: paging with
     ``_id > last`` made nx-27017 scan the collection once per batch)."""
 
-    async def rows(state: str, docs: list[dict[str, Any]]) -> list[list[Any]]:
+    async def rows(state: str, docs: list[MessageDoc]) -> list[list[Any]]:
         clicks = await clicks_of(store, [d["_id"] for d in docs])
         out = []
         for d in docs:
@@ -186,7 +185,7 @@ async def export_rows(
         return out
 
     for state in STATES:
-        pending: list[dict[str, Any]] = []
+        pending: list[MessageDoc] = []
         async for doc in store[COLLECTION[state]].find(dict(match), {"body": 0}).batch_size(batch):
             pending.append(doc)
             if len(pending) >= batch:

@@ -32,6 +32,7 @@ from trackly_exec.drivers.contract import InboundMessage
 from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import ContactDoc, InboundDoc
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import FailedMessage, FailureReason, utcnow
 from trackly_exec.store.phones import normalize
@@ -109,7 +110,7 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
             reply = next((lst["help_text"] for lst in mine if lst.get("help_text")), reply)
         elif word:
             actions.append(action)
-        record = {
+        record: InboundDoc = {
             "provider": provider,
             "from_number": action.froms[0] if action.froms else m.from_number,
             "to_number": m.to_number,
@@ -156,7 +157,7 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
     return reply
 
 
-async def _store(trackly: Trackly, records: list[dict[str, Any]]) -> None:
+async def _store(trackly: Trackly, records: list[InboundDoc]) -> None:
     try:
         await trackly.store[c.INBOUND].insert_many(records, ordered=False)
     except BulkWriteError as exc:  # a provider retry of a message already stored
@@ -164,7 +165,7 @@ async def _store(trackly: Trackly, records: list[dict[str, Any]]) -> None:
             raise
 
 
-async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[dict[str, Any]]:
+async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[ContactDoc]:
     """The contacts the actions address: one query for all of them, then matched pairwise."""
     actions = list(actions)
     list_ids = sorted({lid for a in actions for lid in a.list_ids})
@@ -213,7 +214,7 @@ async def _apply_stops(trackly: Trackly, stops: list[_Action]) -> None:
     log.info("contacts_opted_out", contacts=len(contact_ids), dead_lettered=dead, messages=len(stops))
 
 
-async def _dead_letter_queued(trackly: Trackly, contacts: list[dict[str, Any]], now: Any) -> int:
+async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now: Any) -> int:
     """Claim the contacts' unclaimed queued messages, record them CONTACT_BLOCKED, delete them (fenced)."""
     db = trackly.store
     token = f"optout:{uuid.uuid4().hex}"

@@ -42,6 +42,7 @@ from pymongo.errors import BulkWriteError
 from trackly_exec.app import Loop, TaskSet, Trackly, backoff
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import AccountDoc, JsonObject, OutboxDoc, OutboxEventDoc, Update
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.lease import Lease, new_token
 from trackly_exec.store.models import utcnow
@@ -75,7 +76,7 @@ class _Result:
     """One event's POST (or why it was not attempted)."""
 
     eid: str
-    payload: dict[str, Any]
+    payload: JsonObject
     ok: bool
     status: int | None = None
     error: str | None = None
@@ -86,7 +87,7 @@ class _Result:
 class _Attempt:
     """The outcome of one claimed entry, recorded (fenced on the claim token) in the next batched write."""
 
-    doc: dict[str, Any]
+    doc: OutboxDoc
     results: list[_Result]
     drop: bool = False
 
@@ -202,7 +203,7 @@ class Outbox:
 
     # -- claim, attempt, record ---------------------------------------------------------------
 
-    async def _claim(self, limit: int, now: dt.datetime) -> list[dict[str, Any]]:
+    async def _claim(self, limit: int, now: dt.datetime) -> list[OutboxDoc]:
         """Lease up to ``limit`` due entries (respecting the per-account cap) to a fresh claim token."""
         if limit <= 0:
             return []
@@ -235,7 +236,7 @@ class Outbox:
             self._per_account[doc["account_id"]] += 1
         return docs
 
-    async def _accounts(self, ids: set[int]) -> dict[int, dict[str, Any]]:
+    async def _accounts(self, ids: set[int]) -> dict[int, AccountDoc]:
         if not ids:
             return {}
         rows = (
@@ -245,12 +246,14 @@ class Outbox:
         )
         return {r["_id"]: r for r in rows}
 
-    async def _attempt(self, doc: dict[str, Any]) -> None:
+    async def _attempt(self, doc: OutboxDoc) -> None:
         """POST the entry's event(s) and queue the outcome for the batched write. Within a batch at most
         ``outbox_per_account_concurrency`` POSTs run at once, and none starts after a failure."""
         account = doc.get("_account") or {}
         url = account.get("webhook_url")
-        events = doc["events"] if "events" in doc else [{"id": doc["_id"], "payload": doc["payload"]}]
+        events: list[OutboxEventDoc] = (
+            doc["events"] if "events" in doc else [{"id": doc["_id"], "payload": doc["payload"]}]
+        )
         try:
             if not url or not str(url).lower().startswith(("http://", "https://")):
                 if url:
@@ -262,7 +265,7 @@ class Outbox:
             results: list[_Result] = []
             broken = False
 
-            async def one(event: dict[str, Any]) -> None:
+            async def one(event: OutboxEventDoc) -> None:
                 nonlocal broken
                 async with local:
                     if broken:
@@ -318,19 +321,21 @@ class Outbox:
             return
         now = now or utcnow()
         ops: list[UpdateOne] = []
-        retries: list[dict[str, Any]] = []
+        retries: list[OutboxDoc] = []
         dead_events: list[Event] = []
         failures: list[str] = []
         for a in attempts:
             doc = a.doc
-            fence = self.lease.fence(doc["claimed_by"], {"_id": doc["_id"]})
+            token = doc["claimed_by"]
+            assert token is not None  # a claimed entry
+            fence = self.lease.fence(token, {"_id": doc["_id"]})
             tried = [r for r in a.results if r.attempted]
             ok = [r for r in a.results if r.ok]
             self.counts.attempts += len(tried)
             self.counts.delivered += len(ok)
             failures.extend(r.error or "" for r in tried if not r.ok)
             last = tried[-1] if tried else None
-            base: dict[str, Any] = {
+            base: Update = {
                 **self.lease.released(),
                 "attempts": int(doc.get("attempts", 0)) + (1 if tried else 0),
                 "last_status": last.status if last else None,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trackly_exec.app import Loop
 from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import ParkedReportDoc
 from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.delivery import ingest
 from trackly_exec.tracking.delivery import park_reports as park  # noqa: F401  (re-exported)
@@ -39,7 +40,7 @@ async def replay(trackly: Trackly, *, now: dt.datetime | None = None) -> int:
     if not docs:
         return 0
     now = now or utcnow()
-    by_provider: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_provider: dict[str, list[ParkedReportDoc]] = defaultdict(list)
     for d in docs:
         by_provider[d["provider"]].append(d)
     done: list[str] = []

@@ -49,6 +49,7 @@ from trackly_exec.executor import billing, claims
 from trackly_exec.executor.outcomes import insert_records, sent_doc
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import FailedDoc, SendingListDoc
 from trackly_exec.store.models import FailureReason, MessageFields, entering_queue, utcnow
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ _QUEUE_DEFAULTS = {
 }
 
 
-def _query(d: dict[str, Any]) -> LookupQuery:
+def _query(d: FailedDoc) -> LookupQuery:
     return LookupQuery(
         id=d["_id"],
         to=d["to_number"],
@@ -126,9 +127,9 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
             {"_id": {"$in": sorted({d["sending_list_id"] for d in docs})}}
         )
     }
-    groups: dict[int, tuple[Driver[Any], str, list[dict[str, Any]]]] = {}
-    unsupported: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    groups: dict[int, tuple[Driver[Any], str, list[FailedDoc]]] = {}
+    unsupported: list[FailedDoc] = []
+    failed: list[FailedDoc] = []
     for d in docs:
         lst = lists.get(d["sending_list_id"])
         instance = d.get("provider") or (lst or {}).get("driver")
@@ -149,7 +150,7 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     await _park(trackly, token, unsupported, "unsupported", out)
     await _backoff(trackly, token, failed, now, out, "errors")
 
-    answers: list[tuple[dict[str, Any], str, LookupResult]] = []
+    answers: list[tuple[FailedDoc, str, LookupResult]] = []
     await asyncio.gather(
         *(
             _ask(driver, instance, items, cfg.concurrency, now, answers, out)
@@ -166,17 +167,17 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
 async def _ask(
     driver: Driver[Any],
     instance: str,
-    docs: list[dict[str, Any]],
+    docs: list[FailedDoc],
     concurrency: int,
     now: dt.datetime,
-    answers: list[tuple[dict[str, Any], str, LookupResult]],
+    answers: list[tuple[FailedDoc, str, LookupResult]],
     out: Counter[str],
 ) -> None:
     """Look ``docs`` up with one driver, in batches, ``concurrency`` requests at a time."""
     sem = asyncio.Semaphore(concurrency)
     size = max(1, driver.max_lookup_batch)
 
-    async def one(batch: Sequence[dict[str, Any]]) -> None:
+    async def one(batch: Sequence[FailedDoc]) -> None:
         async with sem:
             results = await driver.resolve([_query(d) for d in batch], now=now)
         out["lookups"] += len(batch)
@@ -188,8 +189,8 @@ async def _ask(
 async def _apply(
     trackly: Trackly,
     token: str,
-    answers: list[tuple[dict[str, Any], str, LookupResult]],
-    lists: dict[int, dict[str, Any]],
+    answers: list[tuple[FailedDoc, str, LookupResult]],
+    lists: dict[int, SendingListDoc],
     now: dt.datetime,
     out: Counter[str],
 ) -> None:
@@ -217,8 +218,8 @@ async def _apply(
 async def _resolve_found(
     trackly: Trackly,
     token: str,
-    found: list[tuple[dict[str, Any], str, Found]],
-    lists: dict[int, dict[str, Any]],
+    found: list[tuple[FailedDoc, str, Found]],
+    lists: dict[int, SendingListDoc],
     now: dt.datetime,
     out: Counter[str],
 ) -> None:
@@ -255,8 +256,8 @@ async def _resolve_found(
 async def _reject(
     trackly: Trackly,
     token: str,
-    items: list[tuple[dict[str, Any], Rejected]],
-    lists: dict[int, dict[str, Any]],
+    items: list[tuple[FailedDoc, Rejected]],
+    lists: dict[int, SendingListDoc],
     out: Counter[str],
 ) -> None:
     """The provider has it and refused it: PROVIDER_ERROR, refunded, not ambiguous any more."""
@@ -291,8 +292,8 @@ async def _reject(
 async def _release(
     trackly: Trackly,
     token: str,
-    docs: list[dict[str, Any]],
-    lists: dict[int, dict[str, Any]],
+    docs: list[FailedDoc],
+    lists: dict[int, SendingListDoc],
     now: dt.datetime,
     out: Counter[str],
 ) -> None:
@@ -312,7 +313,7 @@ async def _release(
     out["released"] += n
 
 
-async def _requeue(trackly: Trackly, docs: list[dict[str, Any]], now: dt.datetime) -> int:
+async def _requeue(trackly: Trackly, docs: list[FailedDoc], now: dt.datetime) -> int:
     """Insert queue entries (claimed by this pass), remove the FailedMessages, drop the claim."""
     if not docs:
         return 0
@@ -321,7 +322,7 @@ async def _requeue(trackly: Trackly, docs: list[dict[str, Any]], now: dt.datetim
     queued = [
         {
             "_id": d["_id"],
-            **{k: d[k] for k in fields if k in d},
+            **{k: v for k, v in d.items() if k in fields},
             **_QUEUE_DEFAULTS,
             "created_at": now,
             # claimed by this pass until the FailedMessage is gone: no executor sends it before
@@ -355,7 +356,7 @@ async def _finish_releases(trackly: Trackly, now: dt.datetime, out: Counter[str]
     out["released"] += await _requeue(trackly, [d for d in stuck if d["_id"] not in present], now) + len(present)
 
 
-async def _refund(trackly: Trackly, docs: list[dict[str, Any]], lists: dict[int, dict[str, Any]]) -> None:
+async def _refund(trackly: Trackly, docs: list[FailedDoc], lists: dict[int, SendingListDoc]) -> None:
     """A NO_RESPONSE kept its charge (it may have been sent); one that was not sent gets it back."""
     by_account: Counter[int] = Counter()
     for d in docs:
@@ -365,7 +366,7 @@ async def _refund(trackly: Trackly, docs: list[dict[str, Any]], lists: dict[int,
         await billing.adjust(trackly.db, account, amount)
 
 
-async def _park(trackly: Trackly, token: str, docs: list[dict[str, Any]], state: str, out: Counter[str]) -> None:
+async def _park(trackly: Trackly, token: str, docs: list[FailedDoc], state: str, out: Counter[str]) -> None:
     """No more look-ups for these (``unsupported`` / ``expired``): they stay NO_RESPONSE."""
     if docs:
         await trackly.store[c.FAILED].update_many(
@@ -376,7 +377,7 @@ async def _park(trackly: Trackly, token: str, docs: list[dict[str, Any]], state:
 
 
 async def _backoff(
-    trackly: Trackly, token: str, docs: list[dict[str, Any]], now: dt.datetime, out: Counter[str], what: str
+    trackly: Trackly, token: str, docs: list[FailedDoc], now: dt.datetime, out: Counter[str], what: str
 ) -> None:
     """Ask again later: exponential backoff per look-up, jittered."""
     if not docs:

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from typing import Any
 
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
+from trackly_exec.store.documents import Filter, JsonObject, Pipeline
 from trackly_exec.store.models import FailureReason, utcnow
 
 
-async def _group(
-    store: Store, coll: str, match: dict[str, Any], key: str, cond: dict[str, Any] | None = None
-) -> dict[int, int]:
-    pipeline: list[dict[str, Any]] = [{"$match": match}, {"$group": {"_id": f"${key}", "n": {"$sum": 1}}}]
+async def _group(store: Store, coll: str, match: Filter, key: str, cond: Filter | None = None) -> dict[int, int]:
+    pipeline: Pipeline = [{"$match": match}, {"$group": {"_id": f"${key}", "n": {"$sum": 1}}}]
     out: dict[int, int] = {}
     async for row in await store[coll].aggregate(pipeline):
         k = row["_id"]
@@ -33,12 +31,10 @@ async def _group(
     return out
 
 
-async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
+async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) -> dict[int, JsonObject]:
     """``{campaign_id: {queued, sent, delivered, undelivered, failed, failed_by_reason, clicks, human_clicks,
     delivery_rate, failure_rate, click_rate}}``."""
-    scope: dict[str, Any] = (
-        {"campaign_id": {"$in": campaign_ids}} if campaign_ids is not None else {"campaign_id": {"$gte": 0}}
-    )
+    scope: Filter = {"campaign_id": {"$in": campaign_ids}} if campaign_ids is not None else {"campaign_id": {"$gte": 0}}
     queued = await _group(store, c.QUEUED, scope, "campaign_id")
     sent = await _group(store, c.SENT, scope, "campaign_id")
     delivered = await _group(store, c.SENT, {**scope, "delivered": True}, "campaign_id")
@@ -50,7 +46,7 @@ async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) ->
         for cid, n in (await _group(store, c.FAILED, {**scope, "reason": reason.value}, "campaign_id")).items():
             failed_by[cid][reason.value] = n
     ids = set(queued) | set(sent) | set(failed_by) | set(campaign_ids or [])
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, JsonObject] = {}
     for cid in sorted(ids):
         s, f = sent.get(cid, 0), sum(failed_by.get(cid, {}).values())
         out[cid] = {
@@ -69,7 +65,7 @@ async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) ->
     return out
 
 
-async def overview(store: Store, window_seconds: int = 60) -> dict[str, Any]:
+async def overview(store: Store, window_seconds: int = 60) -> JsonObject:
     """Totals across every campaign, plus the send rate over the last ``window_seconds``."""
     since = utcnow() - dt.timedelta(seconds=window_seconds)
     sent_total = await store[c.SENT].count_documents({})
