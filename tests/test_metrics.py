@@ -1,7 +1,9 @@
-"""/metrics over real HTTP, read back with prometheus-client's own parser (not string matching)."""
+"""/metrics over real HTTP, read back with prometheus-client's own parser (not string matching). The store's
+figures come from the background refresh (``StoreFigures``): the helper refreshes them before scraping."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
-from trackly_exec.operations.metrics import EXECUTOR_COUNTERS
+from trackly_exec.operations.metrics import EXECUTOR_COUNTERS, FIGURES, StoreFigures
 from trackly_exec.operations.web import HttpServer
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
@@ -25,17 +27,28 @@ from .executor_support import executor, seed
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+async def get_metrics(server: HttpServer, accept: str | None = None) -> tuple[str, str]:
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": "Bearer test-token", **({"Accept": accept} if accept else {})}
+        async with http.get(server.url + "/metrics", headers=headers) as r:
+            assert r.status == 200
+            return r.headers["Content-Type"], await r.text()
+
+
+def figures_of(server: HttpServer) -> StoreFigures:
+    assert server.runner is not None
+    return server.runner.app[FIGURES]
+
+
 async def scrape(trackly: Trackly, accept: str | None = None, publish: tuple[Event, ...] = ()) -> tuple[str, str]:
-    """Content type and body of one GET /metrics (``publish``: alert events published once the server runs)."""
+    """Content type and body of one GET /metrics once the store's figures are refreshed (``publish``: alert events
+    published once the server runs)."""
     server = HttpServer(trackly)
     await server.start()
     try:
         await trackly.bus.publish(*publish)
-        async with aiohttp.ClientSession() as http:
-            headers = {"Authorization": "Bearer test-token", **({"Accept": accept} if accept else {})}
-            async with http.get(server.url + "/metrics", headers=headers) as r:
-                assert r.status == 200
-                return r.headers["Content-Type"], await r.text()
+        await figures_of(server).refresh_now()
+        return await get_metrics(server, accept)
     finally:
         await server.stop(1)
 
@@ -89,7 +102,10 @@ async def test_store_figures_parse_with_standard_names(seeded: Trackly) -> None:
     ctype, text = await scrape(seeded)
     assert ctype.startswith("text/plain; version=0.0.4")
     types, samples = parse(text)
-    assert value(samples, "trackly_store_up") == 1
+    assert value(samples, "trackly_store_up") == 1 and value(samples, "trackly_store_ping_seconds") >= 0
+    assert value(samples, "trackly_store_figures_age_seconds") >= 0
+    assert value(samples, "trackly_store_figures_refresh_seconds") > 0
+    assert value(samples, "trackly_store_figures_refresh_failures_total") == 0
     assert types["trackly_messages_sent"] == "counter" and value(samples, "trackly_messages_sent_total") == 4
     assert value(samples, "trackly_messages_delivered_total") == 3
     assert value(samples, "trackly_messages_undelivered_total") == 1
@@ -157,4 +173,29 @@ async def test_store_down_still_answers(settings: Settings) -> None:
         await app.close(close_store=False)
     types, samples = parse(text)
     assert value(samples, "trackly_store_up") == 0 and "trackly_messages_sent" not in types
+    assert value(samples, "trackly_store_figures_refresh_failures_total") >= 1
+    assert "trackly_store_figures_age_seconds" not in types and "trackly_store_ping_seconds" not in types
     assert "trackly_executor_messages_claimed" in types and "process_cpu_seconds" in types
+
+
+async def test_scrape_counts_nothing(seeded: Trackly) -> None:
+    """A scrape exports the figures of the last background refresh (and their age), never counting itself: records
+    added since appear only after the next refresh. The refresh runs by itself while the server runs."""
+    server = HttpServer(seeded)
+    await server.start()
+    try:
+        figures = figures_of(server)
+        while figures.overview is None:  # the background loop's first refresh, at start
+            await asyncio.sleep(0.01)
+        first = parse((await get_metrics(server))[1])[1]
+        assert value(first, "trackly_messages_sent_total") == 4 and value(first, "trackly_queued_messages") == 2
+        await seeded.db[c.SENT].insert_one({"_id": "s-late", "campaign_id": 3, "timestamp": utcnow()})
+        await seeded.db[c.QUEUED].delete_one({"_id": "q1"})
+        stale = parse((await get_metrics(server))[1])[1]
+        assert value(stale, "trackly_messages_sent_total") == 4 and value(stale, "trackly_queued_messages") == 2
+        assert value(stale, "trackly_store_figures_age_seconds") >= value(first, "trackly_store_figures_age_seconds")
+        assert await figures.refresh_now()
+        fresh = parse((await get_metrics(server))[1])[1]
+        assert value(fresh, "trackly_messages_sent_total") == 5 and value(fresh, "trackly_queued_messages") == 1
+    finally:
+        await server.stop(1)

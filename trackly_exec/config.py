@@ -205,6 +205,12 @@ class HttpConfig(Section):
         "one (host:port) then serves only the public parts: provider webhooks, /l/ links and /healthz.",
     )
     operator_host: str = Field("127.0.0.1", description="Listen address of the operator listener (operator_port).")
+    metrics_refresh_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often the store's figures of /metrics (queue, sent, delivered, failed, clicks) are counted "
+        "in the background; a scrape exports the last ones with their age and never waits for a count.",
+    )
 
     @field_validator("public_url", "short_base")
     @classmethod

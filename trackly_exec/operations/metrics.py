@@ -1,23 +1,28 @@
 """Prometheus metrics at ``GET /metrics`` (``prometheus-client``; text format 0.0.4, or OpenMetrics on request).
 
-Three sources, all read at scrape time:
+A scrape is cheap: it counts nothing in the store. Three sources:
 
-* the store (queue depth, sent, delivered, failed by reason, clicks, send rate), so every daemon of a
-  deployment reports the same figures; ``trackly_store_up`` is 0 (and these are absent) when the store does
-  not answer within 5 s;
+* the store's figures (queue depth, sent, delivered, failed by reason, clicks, send rate), so every daemon of a
+  deployment reports the same figures. Counting them takes seconds on a large queue, so
+  :class:`StoreFigures` counts them in the background (every ``http.metrics_refresh_seconds``, one refresh at a
+  time, with :class:`trackly_exec.app.Loop`) and a scrape exports the last figures with their age
+  (``trackly_store_figures_age_seconds``) and what the last refresh took; they are absent until a refresh has
+  succeeded. ``trackly_store_up`` is a ping of the store at scrape time (1 when it answers within
+  ``PING_TIMEOUT`` seconds), with its latency;
 * this process's executor (the coordinator's ``counts``: claimed, held, released, requeued, retries, limiter
   waits, sent, failed by reason, ...), as ``trackly_executor_*_total`` counters; a count without a family of
   its own is exported as ``trackly_executor_other_total{count="..."}``;
-* this process: alert events by kind, and the standard ``process_*`` / ``python_*`` collectors.
+* this process: alert events by kind, reconciliation outcomes, and the standard ``process_*`` / ``python_*``
+  collectors.
 
 Names follow the Prometheus conventions (``_total`` counters, units in names, ratios 0-1). No label is
-called ``instance``: Prometheus sets that one itself. Scrape every 15-60 s; each scrape is a handful of
-indexed counts.
+called ``instance``: Prometheus sets that one itself. Scrape every 15-60 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -28,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from trackly_exec.app import Loop
 from trackly_exec.logs import get_logger
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.events import Event
@@ -36,7 +42,8 @@ from trackly_exec.tracking.stats import overview
 log = get_logger(__name__)
 
 _events_by_kind: Counter[str] = Counter()
-_STORE_TIMEOUT = 5.0
+#: A scrape waits this long for the store's ping (``trackly_store_up``); nothing else it does touches the store.
+PING_TIMEOUT = 3.0
 
 #: executor count -> (counter family without ``_total``, help). Counts ``prefix.X`` go to the labelled families.
 EXECUTOR_COUNTERS: dict[str, tuple[str, str]] = {
@@ -126,19 +133,97 @@ def executor_metrics(counts: Counter[str]) -> Iterator[Metric]:
     yield other
 
 
-class TracklyCollector(Collector):
-    """Trackly's own metrics for one scrape: the store snapshot the handler read, plus live process counts."""
+class StoreFigures:
+    """The store's figures (:func:`~trackly_exec.tracking.stats.overview`), counted in the background.
 
-    def __init__(self, trackly: Any) -> None:
+    :meth:`refresh` runs every ``interval`` seconds while the HTTP server runs (``start`` / ``stop``), never at
+    scrape time; a refresh that fails or outlasts ``timeout`` keeps the last figures (their age grows) and counts
+    a failure.
+    """
+
+    def __init__(self, trackly: Any, interval: float, *, timeout: float | None = None) -> None:
         self.trackly = trackly
+        self.timeout = timeout if timeout is not None else max(60.0, 4 * interval)
         self.overview: JsonObject | None = None
+        self.refreshed_at: float | None = None  # time.monotonic() of the last successful refresh
+        self.duration = 0.0  # seconds the last successful refresh took
+        self.failures = 0
+        self.loop = Loop("metrics-store-figures", self.refresh, interval, on_error=self._failed)
+
+    async def refresh(self) -> None:
+        t0 = time.monotonic()
+        ov = await asyncio.wait_for(overview(self.trackly.store), self.timeout)
+        self.overview, self.refreshed_at, self.duration = ov, time.monotonic(), time.monotonic() - t0
+
+    async def refresh_now(self) -> bool:
+        """One refresh now, outside the loop (tests, a first reading); False (and a failure counted) if it fails."""
+        try:
+            await self.refresh()
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        log.warning("metrics_store_refresh_failed", error=type(exc).__name__)
+
+    def start(self) -> None:
+        self.loop.start()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self.loop.stop(grace)
+
+    def metrics(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "trackly_store_figures_refresh_failures",
+            "Background refreshes of the store's figures that failed or timed out.",
+            self.failures,
+        )
+        if self.overview is None or self.refreshed_at is None:
+            return
+        yield GaugeMetricFamily(
+            "trackly_store_figures_age_seconds",
+            "Age of the store's figures (queue, sent, delivered, failed, clicks, rates) exported by this scrape.",
+            time.monotonic() - self.refreshed_at,
+        )
+        yield GaugeMetricFamily(
+            "trackly_store_figures_refresh_seconds", "Time the last refresh of the store's figures took.", self.duration
+        )
+        yield from _store_metrics(self.overview)
+
+
+async def ping(store: Any, timeout: float = PING_TIMEOUT) -> float | None:
+    """Seconds the store took to answer a ping, or None when it did not within ``timeout``."""
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(store.client.admin.command("ping"), timeout)
+    except Exception as exc:
+        log.warning("metrics_store_unavailable", error=type(exc).__name__)
+        return None
+    return time.monotonic() - t0
+
+
+class TracklyCollector(Collector):
+    """Trackly's own metrics for one scrape: the store's ping the handler made, the background figures, and live
+    process counts."""
+
+    def __init__(self, trackly: Any, figures: StoreFigures) -> None:
+        self.trackly = trackly
+        self.figures = figures
+        self.ping_seconds: float | None = None
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
-            "trackly_store_up", "1 when the store answered this scrape's counts.", 1 if self.overview is not None else 0
+            "trackly_store_up",
+            "1 when the store answered this scrape's ping.",
+            1 if self.ping_seconds is not None else 0,
         )
-        if self.overview is not None:
-            yield from _store_metrics(self.overview)
+        if self.ping_seconds is not None:
+            yield GaugeMetricFamily(
+                "trackly_store_ping_seconds", "Time the store took to answer this scrape's ping.", self.ping_seconds
+            )
+        yield from self.figures.metrics()
         counts: Counter[str] = Counter()
         for c in getattr(self.trackly, "executor_counts", []):
             counts.update(c)
@@ -162,10 +247,10 @@ class TracklyCollector(Collector):
         yield reconciled
 
 
-def make_registry(trackly: Any) -> tuple[CollectorRegistry, TracklyCollector]:
+def make_registry(trackly: Any, figures: StoreFigures) -> tuple[CollectorRegistry, TracklyCollector]:
     """A registry of its own (not the global one): Trackly's collector and the standard process collectors."""
     registry = CollectorRegistry(auto_describe=False)
-    ours = TracklyCollector(trackly)
+    ours = TracklyCollector(trackly, figures)
     registry.register(ours)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
@@ -173,22 +258,27 @@ def make_registry(trackly: Any) -> tuple[CollectorRegistry, TracklyCollector]:
     return registry, ours
 
 
+#: The HTTP app's :class:`StoreFigures` (tests refresh it before scraping).
+FIGURES: web.AppKey[StoreFigures] = web.AppKey("metrics_store_figures", StoreFigures)
+
+
 def setup(app: web.Application, trackly: Any) -> None:
     trackly.bus.subscribe(count_events)
-    registry, ours = make_registry(trackly)
+    figures = StoreFigures(trackly, trackly.settings.http.metrics_refresh_seconds)
+    app[FIGURES] = figures
+    registry, ours = make_registry(trackly, figures)
 
     async def metrics(request: web.Request) -> web.Response:
-        try:
-            ov: JsonObject | None = await asyncio.wait_for(overview(trackly.store), _STORE_TIMEOUT)
-        except Exception as exc:  # the process and executor figures still answer
-            log.warning("metrics_store_unavailable", error=type(exc).__name__)
-            ov = None
+        latency = await ping(trackly.store)
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        ours.overview = ov  # read synchronously by the encoder below: no await in between
-        try:
-            body = encoder(registry)
-        finally:
-            ours.overview = None
+        ours.ping_seconds = latency  # read synchronously by the encoder below: no await in between
+        body = encoder(registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
+    async def refreshing(app: web.Application) -> Any:
+        figures.start()
+        yield
+        await figures.stop()
+
+    app.cleanup_ctx.append(refreshing)
     app.router.add_get("/metrics", metrics)
