@@ -82,7 +82,9 @@ def test_run_ready_and_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0  # a liveness bound, not a timing assertion
         assert b"STOPPING=1" in sock.recv(4096)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10  # a liveness bound: the store child is reaped once its parent exited
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not any(_alive(c) for c in children)
         assert list((tmp_path / "data" / "store").glob("*.db")), "data persisted under data_dir"
     finally:
