@@ -14,10 +14,12 @@ and campaigns, and erasing a contact (registered into :data:`trackly_exec.api.RO
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from trackly_exec.api import models as m
 from trackly_exec.api import models_campaigns as mc
@@ -92,7 +94,87 @@ def _not_archived(doc: Mapping[str, Any], what: str) -> None:
         raise ApiError(409, "conflict", f"{what} is archived")
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What the edit and archive routes of one resource need: its collection, its name in messages, its response
+    model's ``from_doc`` and the campaign field that refers to it."""
+
+    coll: str
+    what: str
+    out: Callable[[Mapping[str, Any]], BaseModel]
+    used_by: str
+
+
+LIST = Kind(c.SENDING_LISTS, "sending list", m.SendingListOut.from_doc, "sending_list_id")
+AUDIENCE = Kind(c.AUDIENCES, "audience", m.AudienceOut.from_doc, "audience_ids")
+CREATIVE = Kind(c.CREATIVES, "creative", m.CreativeOut.from_doc, "creative_id")
+CAMPAIGN = Kind(c.CAMPAIGNS, "campaign", mc.CampaignOut.from_doc, "")
+
+B = TypeVar("B", bound=BaseModel)
+#: A resource's own part of a PATCH, given (trackly, id, stored document, body) once the body names a field other
+#: than name and description: it checks them (raising a 409 or 422) and returns the changes they make.
+Apply = Callable[[Trackly, int, Any, B], Awaitable[Update]]
+
+
+async def _patch(
+    request: web.Request, kind: Kind, body_model: type[B], nullable: set[str], apply: Apply[B]
+) -> web.Response:
+    """One PATCH: the resource (404), the body (422), not archived (409), no null where a value is needed (422);
+    name and description always change, ``apply`` checks and returns the rest; the changes are set at once and
+    the response is the resource as changed."""
+    trackly = _tr(request)
+    rid = path_id(request, kind.what)
+    doc = await get_or_404(trackly, kind.coll, rid, kind.what)
+    body = await read_body(request, body_model)
+    _not_archived(doc, f"{kind.what} {rid}")
+    fields = body.model_fields_set
+    for k in sorted(fields - nullable):
+        if getattr(body, k) is None:
+            raise ApiError(
+                422,
+                "validation",
+                f"{k} cannot be null",
+                [{"loc": f"body.{k}", "msg": "cannot be null", "type": "value_error"}],
+            )
+    changes: Update = {k: getattr(body, k) for k in fields & ALWAYS}
+    if fields - ALWAYS:
+        changes.update(await apply(trackly, rid, doc, body))
+    if changes:
+        await trackly.store[kind.coll].update_one({"_id": rid}, {"$set": changes})
+    return _json(kind.out({**doc, **changes}))
+
+
+async def _archive_unused(request: web.Request, kind: Kind) -> web.Response:
+    """DELETE of a sending list, audience or creative: archived unless an active or paused campaign uses it."""
+    trackly = _tr(request)
+    rid = path_id(request, kind.what)
+    doc = await get_or_404(trackly, kind.coll, rid, kind.what)
+    await _refuse_if_used(trackly, kind.used_by, rid, f"{kind.what} {rid}")
+    return _json(kind.out(await _archive(trackly, kind.coll, doc)))
+
+
+async def _refuse_if_running(trackly: Trackly, kind: Kind, rid: int) -> None:
+    """409 while an execution of a campaign using the resource is running."""
+    ex = await running_execution(trackly, [d["_id"] for d in await _users(trackly, kind.used_by, rid)])
+    if ex is not None:
+        raise _busy(f"{kind.what} {rid}", ex)
+
+
 # --------------------------------------------------------------------------------------------- sending lists
+
+
+async def _list_changes(trackly: Trackly, lid: int, doc: SendingListDoc, body: m.SendingListPatch) -> Update:
+    changes = {k: v for k, v in body.model_dump().items() if k in body.model_fields_set - ALWAYS}
+    if changes.keys() & {"driver", "driver_settings"}:  # the pair is checked together, as at creation
+        problems = Problems()
+        check_driver(
+            trackly,
+            changes.get("driver", doc["driver"]),
+            changes.get("driver_settings", doc.get("driver_settings") or {}),
+            problems,
+        )
+        problems.raise_if_any()
+    return changes
 
 
 @route(
@@ -104,43 +186,8 @@ def _not_archived(doc: Mapping[str, Any], what: str) -> None:
     errors=(409,),
 )
 async def patch_sending_list(request: web.Request) -> web.Response:
-    trackly = _tr(request)
-    lid = path_id(request, "sending list")
-    doc: SendingListDoc = await get_or_404(trackly, c.SENDING_LISTS, lid, "sending list")
-    body = await read_body(request, m.SendingListPatch)
-    _not_archived(doc, f"sending list {lid}")
-    changes = {k: v for k, v in body.model_dump().items() if k in body.model_fields_set}
-    for k in (
-        "driver",
-        "driver_settings",
-        "from_number",
-        "rate_limit_per_minute",
-        "cooldown_minutes",
-        "quiet_hours",
-        "blocked_words",
-        "price_per_segment",
-        "active",
-        "name",
-    ):
-        if k in changes and changes[k] is None:
-            raise ApiError(
-                422,
-                "validation",
-                f"{k} cannot be null",
-                [{"loc": f"body.{k}", "msg": "cannot be null", "type": "value_error"}],
-            )
-    if changes.keys() & {"driver", "driver_settings"}:  # the pair is checked together, as at creation
-        problems = Problems()
-        check_driver(
-            trackly,
-            changes.get("driver", doc["driver"]),
-            changes.get("driver_settings", doc.get("driver_settings") or {}),
-            problems,
-        )
-        problems.raise_if_any()
-    if changes:
-        await trackly.store[c.SENDING_LISTS].update_one({"_id": lid}, {"$set": changes})
-    return _json(m.SendingListOut.from_doc({**doc, **changes}))
+    nullable = {"description", "opt_out_footer", "help_text"}
+    return await _patch(request, LIST, m.SendingListPatch, nullable, _list_changes)
 
 
 @route(
@@ -151,14 +198,25 @@ async def patch_sending_list(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def archive_sending_list(request: web.Request) -> web.Response:
-    trackly = _tr(request)
-    lid = path_id(request, "sending list")
-    doc: SendingListDoc = await get_or_404(trackly, c.SENDING_LISTS, lid, "sending list")
-    await _refuse_if_used(trackly, "sending_list_id", lid, f"sending list {lid}")
-    return _json(m.SendingListOut.from_doc(await _archive(trackly, c.SENDING_LISTS, doc)))
+    return await _archive_unused(request, LIST)
 
 
 # --------------------------------------------------------------------------------------------- audiences
+
+
+async def _audience_changes(trackly: Trackly, aid: int, doc: AudienceDoc, body: m.AudiencePatch) -> Update:
+    if body.filter is None and body.contact_ids is None:
+        raise ApiError(
+            422,
+            "validation",
+            "give a filter or contact_ids",
+            [{"loc": "body.filter", "msg": "give a filter or contact_ids", "type": "value_error"}],
+        )
+    await _refuse_if_running(trackly, AUDIENCE, aid)
+    problems = Problems()
+    await check_audience(trackly, int(doc["sending_list_id"]), body.filter, body.contact_ids, problems)
+    problems.raise_if_any()
+    return {"filter": _undollar(body.filter), "contact_ids": body.contact_ids}
 
 
 @route(
@@ -170,33 +228,7 @@ async def archive_sending_list(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def patch_audience(request: web.Request) -> web.Response:
-    trackly = _tr(request)
-    aid = path_id(request, "audience")
-    doc: AudienceDoc = await get_or_404(trackly, c.AUDIENCES, aid, "audience")
-    body = await read_body(request, m.AudiencePatch)
-    _not_archived(doc, f"audience {aid}")
-    fields = body.model_fields_set
-    if "name" in fields and body.name is None:
-        raise ApiError(422, "validation", "name cannot be null", [{"loc": "body.name", "msg": "cannot be null"}])
-    changes: Update = {k: getattr(body, k) for k in fields & ALWAYS}
-    if fields & {"filter", "contact_ids"}:
-        if body.filter is None and body.contact_ids is None:
-            raise ApiError(
-                422,
-                "validation",
-                "give a filter or contact_ids",
-                [{"loc": "body.filter", "msg": "give a filter or contact_ids", "type": "value_error"}],
-            )
-        ex = await running_execution(trackly, [d["_id"] for d in await _users(trackly, "audience_ids", aid)])
-        if ex is not None:
-            raise _busy(f"audience {aid}", ex)
-        problems = Problems()
-        await check_audience(trackly, int(doc["sending_list_id"]), body.filter, body.contact_ids, problems)
-        problems.raise_if_any()
-        changes.update(filter=_undollar(body.filter), contact_ids=body.contact_ids)
-    if changes:
-        await trackly.store[c.AUDIENCES].update_one({"_id": aid}, {"$set": changes})
-    return _json(m.AudienceOut.from_doc({**doc, **changes}))
+    return await _patch(request, AUDIENCE, m.AudiencePatch, {"description", "filter", "contact_ids"}, _audience_changes)
 
 
 @route(
@@ -207,14 +239,23 @@ async def patch_audience(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def archive_audience(request: web.Request) -> web.Response:
-    trackly = _tr(request)
-    aid = path_id(request, "audience")
-    doc: AudienceDoc = await get_or_404(trackly, c.AUDIENCES, aid, "audience")
-    await _refuse_if_used(trackly, "audience_ids", aid, f"audience {aid}")
-    return _json(m.AudienceOut.from_doc(await _archive(trackly, c.AUDIENCES, doc)))
+    return await _archive_unused(request, AUDIENCE)
 
 
 # --------------------------------------------------------------------------------------------- creatives
+
+
+async def _creative_changes(trackly: Trackly, cid: int, doc: CreativeDoc, body: m.CreativePatch) -> Update:
+    await _refuse_if_running(trackly, CREATIVE, cid)
+    changes: Update = {}
+    if body.variants is not None:
+        problems = Problems()
+        check_variants(body.variants, problems)
+        problems.raise_if_any()
+        changes["variants"] = [v.model_dump() for v in body.variants]
+    if body.selection is not None:
+        changes["selection"] = body.selection
+    return changes
 
 
 @route(
@@ -226,31 +267,7 @@ async def archive_audience(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def patch_creative(request: web.Request) -> web.Response:
-    trackly = _tr(request)
-    cid = path_id(request, "creative")
-    doc: CreativeDoc = await get_or_404(trackly, c.CREATIVES, cid, "creative")
-    body = await read_body(request, m.CreativePatch)
-    _not_archived(doc, f"creative {cid}")
-    fields = body.model_fields_set
-    for k in fields - {"description"}:
-        if getattr(body, k) is None:
-            raise ApiError(422, "validation", f"{k} cannot be null", [{"loc": f"body.{k}", "msg": "cannot be null"}])
-    changes: Update = {k: getattr(body, k) for k in fields & ALWAYS}
-    if fields - ALWAYS:
-        ex = await running_execution(trackly, [d["_id"] for d in await _users(trackly, "creative_id", cid)])
-        if ex is not None:
-            raise _busy(f"creative {cid}", ex)
-        problems = Problems()
-        if body.variants is not None:
-            check_variants(body.variants, problems)
-        problems.raise_if_any()
-        if body.variants is not None:
-            changes["variants"] = [v.model_dump() for v in body.variants]
-        if body.selection is not None:
-            changes["selection"] = body.selection
-    if changes:
-        await trackly.store[c.CREATIVES].update_one({"_id": cid}, {"$set": changes})
-    return _json(m.CreativeOut.from_doc({**doc, **changes}))
+    return await _patch(request, CREATIVE, m.CreativePatch, {"description"}, _creative_changes)
 
 
 @route(
@@ -261,14 +278,52 @@ async def patch_creative(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def archive_creative(request: web.Request) -> web.Response:
-    trackly = _tr(request)
-    cid = path_id(request, "creative")
-    doc: CreativeDoc = await get_or_404(trackly, c.CREATIVES, cid, "creative")
-    await _refuse_if_used(trackly, "creative_id", cid, f"creative {cid}")
-    return _json(m.CreativeOut.from_doc(await _archive(trackly, c.CREATIVES, doc)))
+    return await _archive_unused(request, CREATIVE)
 
 
 # --------------------------------------------------------------------------------------------- campaigns
+
+
+def _campaign_running(cid: int, ex: ExecutionDoc, then: str) -> ApiError:
+    return ApiError(
+        409,
+        "conflict",
+        f"campaign {cid} has a running execution {ex['_id']} ({ex['status']}); "
+        f"{then} once that execution has completed",
+    )
+
+
+async def _campaign_changes(trackly: Trackly, cid: int, doc: CampaignDoc, body: mc.CampaignPatch) -> Update:
+    ex = await running_execution(trackly, [cid])
+    if ex is not None:
+        raise _campaign_running(cid, ex, "change it")
+    fields = body.model_fields_set
+    changes: Update = {}
+    problems = Problems()
+    if fields & {"audience_ids", "creative_id"}:
+        audience_ids = list(dict.fromkeys(body.audience_ids or doc["audience_ids"]))
+        creative_id = body.creative_id or doc["creative_id"]
+        await check_refs(trackly, doc["account_id"], doc["sending_list_id"], audience_ids, creative_id, problems)
+        changes.update(audience_ids=audience_ids, creative_id=creative_id)
+    now = utcnow()
+    end_at = body.end_at if "end_at" in fields else doc.get("end_at")
+    if "schedule" in fields:
+        nxt = check_schedule(body.schedule, end_at, now, problems)
+        changes["schedule"] = (
+            body.schedule.model_dump() if body.schedule else {"at": None, "cron": None, "timezone": "UTC"}
+        )
+        changes["next_run_at"] = nxt
+        if doc.get("status") == CampaignStatus.DONE.value and nxt is not None:
+            changes["status"] = CampaignStatus.ACTIVE.value  # a finished one-off given a new time
+    elif "end_at" in fields and end_at is not None and end_at <= now:
+        problems.add("body.end_at", "must be in the future")
+    if "end_at" in fields:
+        changes["end_at"] = end_at
+    for k in ("exclude_in_workflow", "quiet_hours_policy", "track_links"):
+        if k in fields:
+            changes[k] = getattr(body, k)
+    problems.raise_if_any()
+    return changes
 
 
 @route(
@@ -281,52 +336,7 @@ async def archive_creative(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def patch_campaign(request: web.Request) -> web.Response:
-    trackly = _tr(request)
-    cid = path_id(request, "campaign")
-    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
-    body = await read_body(request, mc.CampaignPatch)
-    _not_archived(doc, f"campaign {cid}")
-    fields = body.model_fields_set
-    for k in fields - {"description", "schedule", "end_at"}:
-        if getattr(body, k) is None:
-            raise ApiError(422, "validation", f"{k} cannot be null", [{"loc": f"body.{k}", "msg": "cannot be null"}])
-    changes: Update = {k: getattr(body, k) for k in fields & ALWAYS}
-    if fields - ALWAYS:
-        ex = await running_execution(trackly, [cid])
-        if ex is not None:
-            raise ApiError(
-                409,
-                "conflict",
-                f"campaign {cid} has a running execution {ex['_id']} ({ex['status']}); "
-                "change it once that execution has completed",
-            )
-        problems = Problems()
-        if fields & {"audience_ids", "creative_id"}:
-            audience_ids = list(dict.fromkeys(body.audience_ids or doc["audience_ids"]))
-            creative_id = body.creative_id or doc["creative_id"]
-            await check_refs(trackly, doc["account_id"], doc["sending_list_id"], audience_ids, creative_id, problems)
-            changes.update(audience_ids=audience_ids, creative_id=creative_id)
-        now = utcnow()
-        end_at = body.end_at if "end_at" in fields else doc.get("end_at")
-        if "schedule" in fields:
-            nxt = check_schedule(body.schedule, end_at, now, problems)
-            changes["schedule"] = (
-                body.schedule.model_dump() if body.schedule else {"at": None, "cron": None, "timezone": "UTC"}
-            )
-            changes["next_run_at"] = nxt
-            if doc.get("status") == CampaignStatus.DONE.value and nxt is not None:
-                changes["status"] = CampaignStatus.ACTIVE.value  # a finished one-off given a new time
-        elif "end_at" in fields and end_at is not None and end_at <= now:
-            problems.add("body.end_at", "must be in the future")
-        if "end_at" in fields:
-            changes["end_at"] = end_at
-        for k in ("exclude_in_workflow", "quiet_hours_policy", "track_links"):
-            if k in fields:
-                changes[k] = getattr(body, k)
-        problems.raise_if_any()
-    if changes:
-        await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": changes})
-    return _json(mc.CampaignOut.from_doc({**doc, **changes}))
+    return await _patch(request, CAMPAIGN, mc.CampaignPatch, {"description", "schedule", "end_at"}, _campaign_changes)
 
 
 @route(
@@ -344,12 +354,7 @@ async def archive_campaign(request: web.Request) -> web.Response:
         return _json(mc.CampaignOut.from_doc(doc))
     ex = await running_execution(trackly, [cid])
     if ex is not None:
-        raise ApiError(
-            409,
-            "conflict",
-            f"campaign {cid} has a running execution {ex['_id']} ({ex['status']}); "
-            "pause it and archive it once that execution has completed",
-        )
+        raise _campaign_running(cid, ex, "pause it and archive it")
     changes = {"archived": True, "archived_at": utcnow(), "status": CampaignStatus.DONE.value}
     await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": changes})
     return _json(mc.CampaignOut.from_doc({**doc, **changes}))
