@@ -22,28 +22,46 @@ may have reached the provider, only an answer that says "not processed" may be r
 * failures after the request was written (read timeout, server disconnect, connection reset, truncated or
   unparsable answer)                                  -> :class:`UnknownOutcomeError`
 
-Whether the request was written is tracked with an aiohttp trace hook (``on_request_headers_sent``): from the
-moment the request headers are handed to the socket, the provider may have the request. Drivers never retry:
-the executor does, only transient failures.
+Sends (:meth:`HttpClient.post`) go through a small HTTP/1.1 keep-alive client of our own (:class:`_Pool`): the
+request is encoded once into one ``bytes`` (its head is cached per path) and written in one call, the answer is
+parsed with nothing but ``bytes`` operations, and idle connections are kept for the next request. aiohttp's
+per-request machinery (request and response objects, tracing, timers, a task per connection attempt) cost several
+times the rest of a one-message request (Twilio's); look-ups (:meth:`HttpClient.get`) still use aiohttp. From the
+moment the request is handed to the socket, the provider may have it (``written``). Drivers never retry: the
+executor does, only transient failures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.utils
 import json
+import ssl
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlencode
 
 import aiohttp
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from trackly_exec.drivers.contract import DriverSettings
 from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError
 
-__all__ = ["HttpClient", "HttpReply", "parse_json", "parse_retry_after", "raise_for_status"]
+__all__ = [
+    "HttpClient",
+    "HttpReply",
+    "MalformedAnswer",
+    "dumps",
+    "parse_answer",
+    "parse_json",
+    "parse_retry_after",
+    "raise_for_status",
+]
 
 
 @dataclass(slots=True)
@@ -67,9 +85,12 @@ def parse_json(body: bytes) -> Any:
     if not body:
         return None
     try:
-        return json.loads(body)
-    except ValueError:
-        return None
+        return orjson.loads(body)
+    except ValueError:  # orjson is stricter (integers beyond 64 bits, NaN): the standard parser decides
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -111,21 +132,241 @@ def raise_for_status(
     )
 
 
-async def _on_headers_sent(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
-    state = ctx.trace_request_ctx
-    if state is not None:
-        state.written = True
+def dumps(value: Any) -> bytes:
+    """Compact JSON (UTF-8) of a request body."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # what orjson refuses (integers beyond 64 bits, non-string keys): the standard encoder
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+#: An idle connection older than this is closed rather than reused (aiohttp's default keep-alive): a server that
+#: closed it meanwhile would make a request written onto it an unknown outcome.
+KEEPALIVE_SECONDS = 15.0
+_MAX_HEAD = 65536
+
+
+class MalformedAnswer(ValueError):
+    """The provider's answer is not HTTP/1.x we can read."""
+
+
+def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
+    """A chunked body starting at ``pos``: ``(body, end)``, or None while incomplete."""
+    out = bytearray()
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        try:
+            size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip(), 16)
+        except ValueError as exc:
+            raise MalformedAnswer("bad chunk size") from exc
+        if size < 0:
+            raise MalformedAnswer("bad chunk size")
+        pos = eol + 2
+        if size == 0:
+            while True:  # trailer fields up to an empty line
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    return None
+                if eol == pos:
+                    return bytes(out), eol + 2
+                pos = eol + 2
+        if len(buf) < pos + size + 2:
+            return None
+        out += buf[pos : pos + size]
+        if buf[pos + size : pos + size + 2] != b"\r\n":
+            raise MalformedAnswer("bad chunk end")
+        pos += size + 2
+
+
+@dataclass(slots=True)
+class _Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    keep_alive: bool
+
+
+def parse_answer(buf: bytearray, eof: bool) -> _Answer | None:
+    """The first complete HTTP/1.x answer in ``buf`` (interim 1xx answers are skipped and removed), or None while
+    it is incomplete; raises :class:`MalformedAnswer` for what is not HTTP."""
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_HEAD or (eof and buf):
+                raise MalformedAnswer("no complete status line and header")
+            return None
+        lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit() or rest[3:4] not in ("", " "):
+            raise MalformedAnswer(f"bad status line {lines[0][:80]!r}")
+        status = int(code)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                raise MalformedAnswer(f"bad header line {line[:80]!r}")
+            headers.add(name, value.strip())
+        start = end + 4
+        if 100 <= status < 200 and status != 101:  # interim answer (100 Continue, 103 Early Hints): the answer follows
+            del buf[:start]
+            continue
+        break
+    connection = headers.get("Connection", "").lower()
+    keep = ("close" not in connection) if version == "HTTP/1.1" else ("keep-alive" in connection)
+    if status in (204, 304):
+        body, used = b"", start
+    elif "chunked" in headers.get("Transfer-Encoding", "").lower():
+        got = _dechunk(buf, start)
+        if got is None:
+            if eof:
+                raise MalformedAnswer("truncated chunked body")
+            return None
+        body, used = got
+    elif "Content-Length" in headers:
+        lengths = {v.strip() for v in headers.getall("Content-Length")}
+        value = lengths.pop()
+        if lengths or not value.isdigit():
+            raise MalformedAnswer("bad Content-Length")
+        used = start + int(value)
+        if len(buf) < used:
+            if eof:
+                raise MalformedAnswer("truncated body")
+            return None
+        body = bytes(buf[start:used])
+    else:  # the body runs to the end of the connection
+        if not eof:
+            return None
+        body, used, keep = bytes(buf[start:]), len(buf), False
+    if len(buf) > used:  # bytes beyond the answer: never reuse this connection
+        keep = False
+    encoding = headers.get("Content-Encoding", "").lower().strip()
+    if encoding in ("gzip", "x-gzip", "deflate") and body:
+        try:
+            body = zlib.decompress(body, 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise MalformedAnswer(f"bad {encoding} body") from exc
+    return _Answer(status, CIMultiDictProxy(headers), body, keep)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection: at most one request in flight, its answer delivered to ``waiter``."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[_Answer] | None = None
+        self.closed = False
+        self.eof = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # bytes nobody asked for: this connection cannot carry another request
+            self.abort()
+            return
+        self.buf += data
+        self._advance(None)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._advance(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = self.eof = True
+        self._advance(exc)
+
+    def _advance(self, exc: Exception | None) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            answer = parse_answer(self.buf, self.eof)
+        except MalformedAnswer as bad:
+            waiter.set_exception(bad)
+            return
+        if answer is not None:
+            waiter.set_result(answer)
+        elif self.closed:
+            waiter.set_exception(exc or ConnectionResetError("the server closed the connection without an answer"))
+
+    @property
+    def usable(self) -> bool:
+        return not (self.closed or self.eof or self.transport is None or self.transport.is_closing())
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Pool:
+    """Keep-alive connections to one origin, at most ``limit`` at once."""
+
+    def __init__(self, url: URL, limit: int) -> None:
+        self.host = url.raw_host or ""
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if url.scheme == "https" else None
+        self.slots = asyncio.Semaphore(limit)
+        self.idle: list[_Conn] = []
+        self.closed = False
+
+    async def connect(self, timeout: float) -> _Conn:
+        """A connection: the most recently used idle one, or a new one (connection errors mapped: nothing sent)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.usable and now - conn.idle_since < KEEPALIVE_SECONDS:
+                return conn
+            conn.abort()
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    _Conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+                )
+        except TimeoutError as exc:
+            raise TransientSendError(f"connect timeout after {timeout:g}s", code="connect-timeout") from exc
+        except OSError as exc:  # refused, DNS, TLS handshake: nothing was sent
+            raise TransientSendError(f"cannot connect: {type(exc).__name__}: {exc}", code="connect") from exc
+        return conn
+
+    def release(self, conn: _Conn, keep: bool) -> None:
+        conn.waiter = None
+        conn.buf.clear()
+        if keep and conn.usable and not self.closed:
+            conn.idle_since = asyncio.get_running_loop().time()
+            self.idle.append(conn)
+        else:
+            conn.abort()
+
+    def close(self) -> None:
+        self.closed = True
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.abort()
 
 
 class HttpClient:
-    """One aiohttp session per driver, opened in ``startup()`` and closed in ``shutdown()``."""
+    """One driver's HTTP client, opened in ``startup()`` and closed in ``shutdown()``: sends (:meth:`post`) on our
+    own keep-alive connections, look-ups (:meth:`get`) on an aiohttp session."""
 
     def __init__(self, settings: DriverSettings, headers: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
         self._headers = dict(headers or {})
+        for name, value in self._headers.items():
+            if any(ch in f"{name}{value}" for ch in "\r\n\0"):
+                raise ValueError(f"HTTP header {name!r} contains a line break")
         self._session: aiohttp.ClientSession | None = None
+        self._pool: _Pool | None = None
         self._urls: dict[str, URL] = {}  # parsed once per path: aiohttp would parse the string on every request
+        self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}  # request heads up to Content-Length
 
     def url(self, path: str) -> URL:
         """The parsed URL of ``path`` (cached: a driver's send paths are fixed)."""
@@ -139,19 +380,22 @@ class HttpClient:
     async def open(self) -> None:
         if self._session is not None:
             return
-        trace = aiohttp.TraceConfig()
-        trace.on_request_headers_sent.append(_on_headers_sent)
+        base = URL(self.base_url)
+        if base.scheme in ("http", "https") and base.raw_host:
+            self._pool = _Pool(base, self.settings.max_connections)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
             timeout=aiohttp.ClientTimeout(
                 total=self.settings.timeout_seconds, sock_connect=self.settings.connect_timeout_seconds
             ),
             headers=self._headers,
-            trace_configs=[trace],
         )
 
     async def close(self) -> None:
         session, self._session = self._session, None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         if session is not None:
             await session.close()
 
@@ -161,34 +405,83 @@ class HttpClient:
             raise RuntimeError("driver not started: call startup() first")
         return self._session
 
+    def _head(self, path: str, headers: Mapping[str, str] | None) -> bytes:
+        """``POST <target> HTTP/1.1`` and every header but Content-Length (cached per path and extra headers)."""
+        extra = tuple(headers.items()) if headers else ()
+        key = (path, extra)
+        head = self._heads.get(key)
+        if head is None:
+            url = self.url(path)
+            host = url.raw_host or ""
+            if ":" in host:
+                host = f"[{host}]"
+            if not url.is_default_port():
+                host = f"{host}:{url.port}"
+            fields = {"Host": host, "User-Agent": "trackly-exec", **self._headers, **dict(extra)}
+            for name, value in fields.items():
+                if any(ch in f"{name}{value}" for ch in "\r\n\0"):
+                    raise ValueError(f"HTTP header {name!r} contains a line break")
+            lines = [f"POST {url.raw_path_qs} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
+            head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+            if len(self._heads) < 64:
+                self._heads[key] = head
+        return head
+
     async def post(
         self, path: str, *, json_body: Any = None, data: Any = None, headers: Mapping[str, str] | None = None
     ) -> HttpReply:
-        """POST and read the whole answer; connection-level failures raise the mapped error family."""
-        state = SimpleNamespace(written=False)
-        body: bytes | None = None
-        content_type: dict[str, str] = {}
+        """POST and read the whole answer; connection-level failures raise the mapped error family.
+
+        ``json_body`` is sent as compact JSON; ``data`` as given (bytes, with the Content-Type in ``headers``) or
+        URL-encoded (a mapping or pairs)."""
+        pool = self._pool
+        if pool is None:
+            if self._session is None:
+                raise RuntimeError("driver not started: call startup() first")
+            raise TransientSendError(f"not an http(s) URL: {self.base_url!r}", code="not-sent")
         if json_body is not None:
-            body = json.dumps(json_body, separators=(",", ":")).encode()
-            content_type = {"Content-Type": "application/json"}
+            body = dumps(json_body)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        elif isinstance(data, bytes | bytearray):
+            body = bytes(data)
+        elif data is not None:
+            body = urlencode(data).encode("ascii")
+            headers = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+        else:
+            body = b""
+        request = b"".join((self._head(path, headers), str(len(body)).encode(), b"\r\n\r\n", body))
+        written = False
+        conn: _Conn | None = None
+        keep = False
         try:
-            async with self.session.post(
-                self.url(path),
-                data=body if body is not None else data,
-                headers={**content_type, **(headers or {})},
-                trace_request_ctx=state,
-            ) as resp:
-                payload = await resp.read()
-                return HttpReply(resp.status, resp.headers, payload)
-        except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS handshake: nothing was sent
-            raise TransientSendError(f"cannot connect: {exc}", code="connect") from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise TransientSendError(f"connect timeout: {exc}", code="connect-timeout") from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            async with asyncio.timeout(self.settings.timeout_seconds):
+                async with pool.slots:
+                    conn = await pool.connect(self.settings.connect_timeout_seconds)
+                    transport = conn.transport
+                    if transport is None:
+                        raise ConnectionError("connection without a transport")
+                    waiter: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+                    conn.waiter = waiter
+                    written = True  # from here on the provider may have the request
+                    transport.write(request)
+                    try:
+                        answer = await waiter
+                    finally:
+                        keep = waiter.done() and not waiter.cancelled() and waiter.exception() is None
+                        keep = keep and waiter.result().keep_alive
+                        pool.release(conn, keep)
+                        conn = None
+            return HttpReply(answer.status, answer.headers, answer.body)
+        except TransientSendError:
+            raise
+        except (TimeoutError, OSError, MalformedAnswer) as exc:
             what = type(exc).__name__
-            if state.written:
+            if written:
                 raise UnknownOutcomeError(f"{what} after the request was sent: {exc}", code="no-response") from exc
             raise TransientSendError(f"{what} before the request was sent: {exc}", code="not-sent") from exc
+        finally:
+            if conn is not None:  # cancelled or failed before the request went out: not reusable
+                conn.abort()
 
     async def get(self, path: str, *, params: Any = None, headers: Mapping[str, str] | None = None) -> HttpReply:
         """GET and read the whole answer (look-ups: idempotent, so any failure only means "ask again later").
