@@ -30,6 +30,23 @@ from trackly_exec.campaigns.queue import PAUSED_UNTIL
 from trackly_exec.store import constants as c
 from trackly_exec.store.lease import Lease
 from trackly_exec.store.lease import new_token as new_token  # a claim's token (re-exported)
+from trackly_exec.store.models import MessageFields
+
+#: What the executor reads back of a claimed message: the fields every record carries (``MessageFields``) and what
+#: the checks and the outcome need (due time and holds, billing backoff, send intent); not the claim bookkeeping
+#: (token, claim time, created_at, paused, attempts), which it never reads. Fewer fields to decode per message.
+CLAIMED_FIELDS: dict[str, int] = dict.fromkeys(
+    [
+        "_id",
+        *MessageFields.model_fields,
+        "not_before",
+        "throttled_until",
+        "throttled_due",
+        "billing_blocked_since",
+        "sending_at",
+    ],
+    1,
+)
 
 #: A queued message's claim: ``claimed_by`` (the token) and ``claimed_at`` (its age, for recovery's claim TTL).
 LEASE = Lease("claimed_by", stamp="claimed_at")
@@ -86,8 +103,10 @@ async def claim_ids(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -
     )
     if res.matched_count == 0:
         return []
-    # one reply for the whole claim (the server's default first batch is ~100-200 documents)
-    docs: list[dict[str, Any]] = await q.find({"claimed_by": token}).batch_size(max(1, res.matched_count)).to_list(None)
+    # one reply for the whole claim (the server's default first batch is ~100-200 documents), only the fields used
+    docs: list[dict[str, Any]] = (
+        await q.find({"claimed_by": token}, CLAIMED_FIELDS).batch_size(max(1, res.matched_count)).to_list(None)
+    )
     docs.sort(key=lambda d: (d["sendtime"], d["_id"]))
     return docs
 
