@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from trackly_exec.store import constants as c  # noqa: E402
+from trackly_exec.store.client import Store  # noqa: E402
 from trackly_exec.store.embedded import EmbeddedMongo, free_port  # noqa: E402
 from trackly_exec.store.models import utcnow  # noqa: E402
-from trackly_exec.store.client import Store  # noqa: E402
+from trackly_exec.testing.seeding import queued_message  # noqa: E402
 
 TRACKLY = str(Path(sys.executable).with_name("trackly"))
 
@@ -159,33 +160,16 @@ async def seed_lists(
         phone = f"+1202{(k % 10_000_000):07d}"
         mid = f"{cid:016x}"
         ids.append(mid)
-        text = body.format(i=k)
         batch_q.append(
-            {
-                "_id": mid,
-                "sending_list_id": lid,
-                "account_id": 1,
-                "campaign_id": 1,
-                "execution_id": 1,
-                "contact_id": cid,
-                "creative_id": 1,
-                "variant_key": "a",
-                "from_number": "+15550000000",
-                "to_number": phone,
-                "body": text,
-                "length": len(text),
-                "segments": 1,
-                "encoding": "GSM-7",
-                "send_type": "campaign",
-                "sendtime": sendtime,
-                "created_at": now,
-                "not_before": None,
-                "claimed_by": None,
-                "claimed_at": None,
-                "sending_at": None,
-                "billing_blocked_since": None,
-                "attempts": 0,
-            }
+            queued_message(
+                mid,
+                sending_list_id=lid,
+                contact_id=cid,
+                to_number=phone,
+                body=body.format(i=k),
+                sendtime=sendtime,
+                created_at=now,
+            )
         )
         if contacts:
             batch_c.append(

@@ -38,12 +38,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trackly_exec.store import constants as c  # noqa: E402
+from _common import record  # noqa: E402
+
 from trackly_exec.config import Settings  # noqa: E402
 from trackly_exec.logs import configure_logging  # noqa: E402
+from trackly_exec.store import constants as c  # noqa: E402
 from trackly_exec.store.models import new_message_id, utcnow  # noqa: E402
-
-from _common import record  # noqa: E402
+from trackly_exec.testing.seeding import queued_message  # noqa: E402
 
 BATCH = int(os.environ.get("BENCH_BATCH", "2000"))  # scheduler.evaluation_batch_size, and the floor's batch
 
@@ -246,29 +247,18 @@ async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
     coll = store.db["bench_floor_queue"]
     await coll.create_indexes(INDEXES[c.QUEUED])
     now = utcnow()
-    template = {
-        "account_id": 1,
-        "sending_list_id": 1,
-        "campaign_id": 1,
-        "execution_id": 999,
-        "creative_id": 1,
-        "variant_key": "A",
-        "from_number": "+15550001111",
-        "to_number": "+12122000001",
-        "body": "Hi Ann, Paris deals: http://127.0.0.1:8080/l/abcdefghijkl\nReply STOP to opt out",
-        "length": 80,
-        "segments": 1,
-        "encoding": "GSM-7",
-        "send_type": "campaign",
-        "sendtime": now,
-        "created_at": now,
-        "not_before": None,
-        "claimed_by": None,
-        "claimed_at": None,
-        "sending_at": None,
-        "billing_blocked_since": None,
-        "attempts": 0,
-    }
+    template = queued_message(
+        "",
+        sending_list_id=1,
+        execution_id=999,
+        contact_id=0,
+        variant_key="A",
+        from_number="+15550001111",
+        to_number="+12122000001",
+        body="Hi Ann, Paris deals: http://127.0.0.1:8080/l/abcdefghijkl\nReply STOP to opt out",
+        sendtime=now,
+        created_at=now,
+    )
     t0 = time.perf_counter()
     cursor = store.db[c.CONTACTS].find({"sending_list_id": 1}, CONTACT_PROJECTION).batch_size(BATCH)
     read = inserted = 0
@@ -341,9 +331,9 @@ async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_fl
 
 async def e2e_bench(n: int, data_dir: str) -> dict[str, Any]:
     """Trigger -> all queued, trigger -> all accepted by the Infobip fake, for an n-contact campaign."""
-    from trackly_exec.testing.fakes.infobip import InfobipFake
     from trackly_exec.app import Trackly
     from trackly_exec.campaigns.scheduler import trigger
+    from trackly_exec.testing.fakes.infobip import InfobipFake
 
     try:
         from trackly_exec.executor.coordinator import Coordinator

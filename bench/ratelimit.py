@@ -21,8 +21,9 @@ from pathlib import Path
 
 from _common import record, run, seed_lists, services
 
-from trackly_exec.testing.fakes.infobip import InfobipFake
 from trackly_exec.store.client import Store
+from trackly_exec.testing.fakes.infobip import InfobipFake
+from trackly_exec.testing.seeding import config_toml
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -36,26 +37,14 @@ async def main(args: argparse.Namespace) -> int:
         config = Path(svc["tmp"]) / "exec.toml"
         drivers = fake.driver_settings()
         config.write_text(
-            "\n".join(
-                [
-                    "[daemon]",
-                    f'data_dir = "{svc["tmp"]}/data"',
-                    "shutdown_grace_seconds = 5",
-                    "",
-                    "[mongo]",
-                    f'uri = "{svc["mongo_uri"]}"',
-                    'database = "ratebench"',
-                    "",
-                    "[redis]",
-                    f'url = "{svc["redis_url"]}"',
-                    "",
-                    "[http]",
-                    "enabled = false",
-                    "",
-                    "[drivers.infobip]",
-                    *[f"{k} = {json.dumps(v)}" for k, v in drivers.items()],
-                    "",
-                ]
+            config_toml(
+                {
+                    "daemon": {"data_dir": f"{svc['tmp']}/data", "shutdown_grace_seconds": 5},
+                    "mongo": {"uri": svc["mongo_uri"], "database": "ratebench"},
+                    "redis": {"url": svc["redis_url"]},
+                    "http": {"enabled": False},
+                    "drivers.infobip": drivers,
+                }
             )
         )
         print(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from trackly_exec.store.models import utcnow
 from trackly_exec.testing.fakes.cm import CMFake
 from trackly_exec.testing.fakes.infobip import InfobipFake
 from trackly_exec.testing.fakes.twilio import TwilioFake
+from trackly_exec.testing.seeding import config_toml, queued_message
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the provider fakes the ``fakes`` fixture (conftest) starts
@@ -116,33 +116,18 @@ async def seed(
         )
         mid = f"{list_id:04x}{execution_id:04x}{cid:08x}"
         ids.append(mid)
-        text = body.format(i=k)
         queued.append(
-            {
-                "_id": mid,
-                "sending_list_id": list_id,
-                "account_id": account_id,
-                "campaign_id": 1,
-                "execution_id": execution_id,
-                "contact_id": cid,
-                "creative_id": 1,
-                "variant_key": "a",
-                "from_number": "+15550000000",
-                "to_number": phone,
-                "body": text,
-                "length": len(text),
-                "segments": 1,
-                "encoding": "GSM-7",
-                "send_type": "campaign",
-                "sendtime": sendtime,
-                "created_at": now,
-                "not_before": None,
-                "claimed_by": None,
-                "claimed_at": None,
-                "sending_at": None,
-                "billing_blocked_since": None,
-                "attempts": 0,
-            }
+            queued_message(
+                mid,
+                sending_list_id=list_id,
+                account_id=account_id,
+                execution_id=execution_id,
+                contact_id=cid,
+                to_number=phone,
+                body=body.format(i=k),
+                sendtime=sendtime,
+                created_at=now,
+            )
         )
     if contacts:
         await db[c.CONTACTS].insert_many(contacts)
@@ -172,26 +157,15 @@ async def assert_one_record_each(store: Store, ids: list[str]) -> dict[str, int]
 
 def write_config(path: Path, settings: Settings, drivers: dict[str, dict[str, Any]], **executor: Any) -> Path:
     """A TOML config for an executor subprocess talking to the test's store, Redis and fakes."""
-
-    def val(v: Any) -> str:
-        return json.dumps(v)
-
-    lines = [
-        "[daemon]",
-        f"data_dir = {val(str(settings.daemon.data_dir))}",
-        "",
-        "[mongo]",
-        f"uri = {val(settings.mongo.uri.get_secret_value())}",
-        f"database = {val(settings.mongo.database)}",
-        "",
-    ]
+    sections: dict[str, dict[str, Any]] = {
+        "daemon": {"data_dir": str(settings.daemon.data_dir)},
+        "mongo": {"uri": settings.mongo.uri.get_secret_value(), "database": settings.mongo.database},
+    }
     if settings.redis.url is not None:
-        lines += ["[redis]", f"url = {val(settings.redis.url.get_secret_value())}", ""]
-    lines += ["[http]", "enabled = false", "", "[scheduler]", "enabled = false", "", "[executor]"]
-    lines += [f"{k} = {val(v)}" for k, v in executor.items()]
-    for name, values in drivers.items():
-        lines += ["", f"[drivers.{name}]"] + [f"{k} = {val(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
+        sections["redis"] = {"url": settings.redis.url.get_secret_value()}
+    sections |= {"http": {"enabled": False}, "scheduler": {"enabled": False}, "executor": executor}
+    sections |= {f"drivers.{name}": values for name, values in drivers.items()}
+    path.write_text(config_toml(sections))
     return path
 
 

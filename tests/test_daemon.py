@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from trackly_exec.testing.seeding import config_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -137,12 +139,8 @@ def _config(tmp_path: Path, fake_url: str = "http://127.0.0.1:9", **sections: di
     }
     for name, values in sections.items():
         body[name] = {**body.get(name, {}), **values}
-    lines = []
-    for name, values in body.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     path = tmp_path / "daemon.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(config_toml(body))
     return path
 
 
