@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from trackly_exec.api.models_campaigns import CampaignStatsOut, ClickStats, VariantStats
+from trackly_exec.api.routes import count_by
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.documents import Filter
@@ -24,12 +25,7 @@ NO_VARIANT = "-"
 
 
 async def _by_variant(store: Store, coll: str, match: Filter) -> dict[str, int]:
-    out: dict[str, int] = {}
-    cursor = await store[coll].aggregate([{"$match": match}, {"$group": {"_id": "$variant_key", "n": {"$sum": 1}}}])
-    async for doc in cursor:
-        name = NO_VARIANT if doc["_id"] is None else str(doc["_id"])
-        out[name] = out.get(name, 0) + int(doc["n"])
-    return out
+    return await count_by(store, coll, match, "variant_key", none=NO_VARIANT)
 
 
 async def campaign_stats(store: Store, campaign_id: int) -> CampaignStatsOut:

@@ -15,7 +15,18 @@ from aiohttp import web
 
 from trackly_exec.api import csvsafe
 from trackly_exec.api import models_ops as o
-from trackly_exec.api.routes import _json, _tr, field_error, get_or_404, path_id, read_body, read_query, route
+from trackly_exec.api.routes import (
+    _json,
+    _tr,
+    count_by,
+    field_error,
+    get_or_404,
+    keyset_page,
+    path_id,
+    read_body,
+    read_query,
+    route,
+)
 from trackly_exec.executor import redrive
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
@@ -148,13 +159,10 @@ def _dead_letter(doc: FailedDoc) -> o.DeadLetterOut:
 )
 async def list_dead_letters(request: web.Request) -> web.Response:
     q = read_query(request, o.DeadLetterQuery)
-    match = _dl_match(q)
-    if q.after:
-        match["_id"] = {"$gt": q.after}
-    docs = await _tr(request).store[c.FAILED].find(match, {"body": 0}).sort("_id", 1).limit(q.limit + 1).to_list(None)
-    more = len(docs) > q.limit
-    docs = docs[: q.limit]
-    return _json(o.DeadLetterPage(items=[_dead_letter(d) for d in docs], next_after=docs[-1]["_id"] if more else None))
+    store = _tr(request).store
+    docs: list[FailedDoc]
+    docs, next_after = await keyset_page(store, c.FAILED, _dl_match(q), q.after or None, q.limit, {"body": 0})
+    return _json(o.DeadLetterPage(items=[_dead_letter(d) for d in docs], next_after=next_after))
 
 
 @route(
@@ -168,17 +176,8 @@ async def dead_letter_summary(request: web.Request) -> web.Response:
     q = read_query(request, o.DeadLetterQuery)
     match = _dl_match(q)
     store = _tr(request).store
-    by_reason: dict[str, int] = {}
-    async for row in await store[c.FAILED].aggregate(
-        [{"$match": match}, {"$group": {"_id": "$reason", "n": {"$sum": 1}}}]
-    ):
-        by_reason[str(row["_id"])] = by_reason.get(str(row["_id"]), 0) + int(row["n"])
-    by_campaign: dict[str, int] = {}
-    async for row in await store[c.FAILED].aggregate(
-        [{"$match": match}, {"$group": {"_id": "$campaign_id", "n": {"$sum": 1}}}]
-    ):
-        key = "-" if row["_id"] is None else str(row["_id"])
-        by_campaign[key] = by_campaign.get(key, 0) + int(row["n"])
+    by_reason = await count_by(store, c.FAILED, match, "reason")
+    by_campaign = await count_by(store, c.FAILED, match, "campaign_id", none="-")
     default = {str(r) for r in redrive.DEFAULT_REASONS}
     return _json(
         o.DeadLetterSummary(
@@ -242,23 +241,16 @@ async def list_outbox(request: web.Request) -> web.Response:
         match["status"] = q.status
     if q.account_id:
         match["account_id"] = q.account_id
-    if q.after:
-        match["_id"] = {"$gt": q.after}
-    docs = (
-        await _tr(request).store[c.OUTBOX].find(match, {"payload": 0}).sort("_id", 1).limit(q.limit + 1).to_list(None)
-    )
-    more = len(docs) > q.limit
-    docs = docs[: q.limit]
-    return _json(o.OutboxPage(items=[o.entry_out(d) for d in docs], next_after=str(docs[-1]["_id"]) if more else None))
+    docs, next_after = await keyset_page(_tr(request).store, c.OUTBOX, match, q.after or None, q.limit, {"payload": 0})
+    items = [o.entry_out(d) for d in docs]
+    return _json(o.OutboxPage(items=items, next_after=None if next_after is None else str(next_after)))
 
 
 async def outbox_summary(store: Any, now: dt.datetime | None = None) -> o.OutboxSummary:
     """The outbox backlog (API, CLI and dashboard)."""
     now = now or utcnow()
     col = store[c.OUTBOX]
-    by_status: dict[str, int] = {}
-    async for row in await col.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
-        by_status[str(row["_id"])] = by_status.get(str(row["_id"]), 0) + int(row["n"])
+    by_status = await count_by(store, c.OUTBOX, {}, "status")
 
     async def events(status: str) -> int:
         n = int(await col.count_documents({"status": status}))

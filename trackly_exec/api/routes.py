@@ -36,7 +36,7 @@ from trackly_exec.api import models as m
 from trackly_exec.app import Trackly
 from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
-from trackly_exec.store.documents import AnyDocument, Filter, JsonObject
+from trackly_exec.store.documents import AnyDocument, Filter, JsonObject, Projection
 
 log = get_logger(__name__)
 
@@ -251,19 +251,35 @@ async def get_or_404(trackly: Trackly, coll: str, doc_id: int, what: str) -> Any
     return doc
 
 
+async def keyset_page(
+    store: Any, coll: str, match: Filter, after: Any, limit: int, projection: Projection | None = None
+) -> tuple[list[Any], Any]:
+    """One page of ``coll`` in ``_id`` order, after ``after`` (None: from the start): at most ``limit`` documents
+    (of ``coll``'s document type: the caller names it) and the ``after`` of the next page (None on the last one)."""
+    if after is not None:
+        match = {**match, "_id": {"$gt": after}}
+    docs: list[AnyDocument] = await store[coll].find(match, projection).sort("_id", 1).limit(limit + 1).to_list(None)
+    more = len(docs) > limit
+    docs = docs[:limit]
+    return docs, docs[-1]["_id"] if more else None
+
+
+async def count_by(store: Any, coll: str, match: Filter, field: str, *, none: str = "None") -> dict[str, int]:
+    """How many documents of ``coll`` match, by the value of ``field`` (as text; ``none`` for a missing one):
+    one single-key ``$group`` (nx-27017 groups on one field only; its ``_id`` values may come back as text)."""
+    out: dict[str, int] = {}
+    async for row in await store[coll].aggregate(
+        [{"$match": match}, {"$group": {"_id": f"${field}", "n": {"$sum": 1}}}]
+    ):
+        key = none if row["_id"] is None else str(row["_id"])
+        out[key] = out.get(key, 0) + int(row["n"])
+    return out
+
+
 async def page(request: web.Request, coll: str, out: Any, query: m.PageQuery, match: Filter) -> web.Response:
-    docs = [
-        d
-        async for d in _tr(request)
-        .store[coll]
-        .find({**match, "_id": {"$gt": query.after}})
-        .sort("_id", 1)
-        .limit(query.limit + 1)
-    ]
-    more = len(docs) > query.limit
-    docs = docs[: query.limit]
+    docs, next_after = await keyset_page(_tr(request).store, coll, match, query.after, query.limit)
     items = [out.from_doc(d).model_dump(mode="json") for d in docs]
-    return _json({"items": items, "next_after": docs[-1]["_id"] if more else None})
+    return _json({"items": items, "next_after": next_after})
 
 
 def name_match(query: m.PageQuery) -> Filter:
