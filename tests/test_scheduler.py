@@ -115,29 +115,36 @@ async def test_due_one_off_runs_exactly_once_with_two_schedulers(trackly: Trackl
     assert (await Scheduler(trackly).run_until_idle())["started"] == 0
 
 
+#: The time the clock-driven tests run at (a weekday morning: 11:00 UTC is inside every contact's window in UTC).
+T = dt.datetime(2026, 3, 2, 11, 0, 30, tzinfo=dt.UTC)
+
+
 async def test_cron_after_downtime_runs_only_the_latest(trackly: Trackly) -> None:
     """A per-minute campaign down for 3 hours runs one execution (the latest minute), not 180, and advances."""
     register_echo()
+    trackly.clock = lambda: T
     await seed_campaign(
         trackly.store,
-        contacts=[contact(1)],
+        contacts=[contact(1, timezone="UTC")],
         campaign_kw={
             "schedule": {"cron": "* * * * *", "timezone": "Europe/Paris"},
-            "next_run_at": (utcnow() - dt.timedelta(hours=3)).replace(second=0, microsecond=0),
+            "next_run_at": dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC),
         },
     )
     await Scheduler(trackly).run_until_idle()
     exs = await trackly.db[c.EXECUTIONS].find({}).to_list(None)
     assert len(exs) == 1 and exs[0]["status"] == "queued"
-    assert utcnow() - exs[0]["scheduled_for"] < dt.timedelta(minutes=1)
+    assert exs[0]["scheduled_for"] == dt.datetime(2026, 3, 2, 11, 0, tzinfo=dt.UTC)
+    assert exs[0]["occurrence_key"] == "1:2026-03-02T11:00:00+00:00" and exs[0]["counts"]["queued"] == 1
     camp = await trackly.db[c.CAMPAIGNS].find_one({"_id": 1})
-    assert camp["next_run_at"] > utcnow() and camp["status"] == "active"
+    assert camp["next_run_at"] == dt.datetime(2026, 3, 2, 11, 1, tzinfo=dt.UTC) and camp["status"] == "active"
 
 
 async def test_too_late_occurrence_is_skipped_and_reported(trackly: Trackly) -> None:
     """An occurrence later than max_lateness gets a skipped execution, an event, and nothing is queued."""
     register_echo()
-    five_h = utcnow() - dt.timedelta(hours=5)
+    trackly.clock = lambda: T
+    five_h = T - dt.timedelta(hours=5)
     cron = f"{five_h.minute} {five_h.hour} * * *"
     await seed_campaign(
         trackly.store,
@@ -154,7 +161,7 @@ async def test_too_late_occurrence_is_skipped_and_reported(trackly: Trackly) -> 
     ev = await trackly.db[c.EVENTS].find_one({"kind": "occurrence_skipped"})
     assert ev is not None and ev["data"]["campaign_id"] == 1
     camp = await trackly.db[c.CAMPAIGNS].find_one({"_id": 1})
-    assert camp["next_run_at"] - utcnow() > dt.timedelta(hours=18)
+    assert camp["next_run_at"] == five_h.replace(second=0) + dt.timedelta(days=1)
 
 
 async def test_new_campaigns_get_next_run_and_paused_are_ignored(trackly: Trackly) -> None:
@@ -307,8 +314,8 @@ async def test_evaluation_killed_mid_way_is_resumed_exactly(trackly: Trackly) ->
     ex = await trackly.db[c.EXECUTIONS].find_one({})
     assert ex["status"] == "evaluating"
     assert 300 <= await trackly.db[c.QUEUED].count_documents({}) < 1000
-    trackly.settings.scheduler.evaluation_lease_seconds = 0.5
-    await asyncio.sleep(0.6)  # the dead process's heartbeat goes stale
+    lease = dt.timedelta(seconds=trackly.settings.scheduler.evaluation_lease_seconds)
+    trackly.clock = lambda: utcnow() + lease  # the dead process's heartbeat is stale from now on
     stats = await Scheduler(trackly).run_until_idle()
     assert stats["resumed"] == 1
     ex = await trackly.db[c.EXECUTIONS].find_one({})
@@ -350,12 +357,17 @@ async def test_evaluation_killed_then_resumed_while_the_executor_sends(trackly: 
     )  # fmt: skip
     _, err = await proc.communicate()
     assert proc.returncode == -9, err.decode()[-2000:]
-    trackly.settings.scheduler.evaluation_lease_seconds = 0.5
     trackly.settings.scheduler.evaluation_batch_size = 100
+    lease = dt.timedelta(seconds=trackly.settings.scheduler.evaluation_lease_seconds)
     executor = Coordinator(trackly)
     await executor.start()
     try:
-        await asyncio.sleep(0.6)  # the dead process's heartbeat goes stale; the executor sends meanwhile
+        for _ in range(600):  # bounded wait until the executor is sending (observable state, not the clock)
+            if sends:
+                break
+            await asyncio.sleep(0.05)
+        assert sends
+        trackly.clock = lambda: utcnow() + lease  # the dead process's heartbeat is stale from now on
         assert (await Scheduler(trackly).run_until_idle())["resumed"] == 1
     finally:
         await executor.stop(5.0)

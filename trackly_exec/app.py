@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -17,6 +18,7 @@ from trackly_exec.drivers.pool import DriverPool
 from trackly_exec.logs import get_logger
 from trackly_exec.store.client import Store
 from trackly_exec.store.events import EventBus
+from trackly_exec.store.models import Clock, utcnow
 
 log = get_logger(__name__)
 
@@ -38,8 +40,13 @@ class Component(Protocol):
 class Trackly:
     """Everything a component needs. Build it with :meth:`open`, dispose with :meth:`close`."""
 
-    def __init__(self, settings: Settings, store: Store, *, redis: aioredis.Redis | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, *, redis: aioredis.Redis | None = None, clock: Clock = utcnow
+    ) -> None:
         self.settings = settings
+        #: The one clock every component reads the time from (:meth:`now`); a test sets it to drive the time.
+        #: Intervals and timeouts measured in-process stay on ``time.monotonic`` / the event loop.
+        self.clock = clock
         self.store = store
         self.redis = redis
         self.bus = EventBus(store)
@@ -52,6 +59,10 @@ class Trackly:
         self.exit_requested = asyncio.Event()
         self.exit_code = 0
         self.exit_reason = ""
+
+    def now(self) -> dt.datetime:
+        """The current time by :attr:`clock` (tz-aware UTC)."""
+        return self.clock()
 
     def request_exit(self, code: int, reason: str) -> None:
         """Ask the daemon to stop and exit with ``code`` (non-zero: systemd restarts the unit)."""

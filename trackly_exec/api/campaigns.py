@@ -42,7 +42,7 @@ from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import CampaignDoc, CreativeDoc, ExecutionDoc, Filter, SendingListDoc, Update
-from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION, CampaignStatus, utcnow
+from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION, CampaignStatus
 
 log = get_logger(__name__)
 
@@ -146,7 +146,7 @@ async def create_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     problems = Problems()
     await check_refs(trackly, body.account_id, body.sending_list_id, body.audience_ids, body.creative_id, problems)
-    now = utcnow()
+    now = trackly.now()
     next_run_at = check_schedule(body.schedule, body.end_at, now, problems)
     problems.raise_if_any()
     cid = await _new_id(trackly, c.CAMPAIGNS)
@@ -419,14 +419,14 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
     cron = sched.get("cron")
     if status is CampaignStatus.ACTIVE and cron:
         try:  # resume schedules the next occurrence from now: no burst of missed ones
-            update["next_run_at"] = next_cron(cron, sched.get("timezone") or "UTC", utcnow())
+            update["next_run_at"] = next_cron(cron, sched.get("timezone") or "UTC", trackly.now())
         except ValueError as exc:
             log.warning("resume_bad_cron", campaign_id=cid, error=str(exc))
     await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": update})
     if status is CampaignStatus.PAUSED:
         moved = await claims.pause_campaign(trackly.db, cid)
     else:
-        moved = await claims.resume_campaign(trackly.db, cid, utcnow())
+        moved = await claims.resume_campaign(trackly.db, cid, trackly.now())
     log.info("campaign_status", campaign_id=cid, status=status.value, queued_messages=moved)
     return _json(mc.CampaignOut.from_doc({**doc, **update}))
 

@@ -10,6 +10,7 @@ request are merged in order (the later row's fields win).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store import phones
 from trackly_exec.store.client import Store
 from trackly_exec.store.documents import ContactDoc, JsonObject, Update
-from trackly_exec.store.models import utcnow
+from trackly_exec.store.models import Clock, utcnow
 
 log = get_logger(__name__)
 
@@ -101,20 +102,24 @@ def _changes(rows: list[tuple[int, ContactIn]]) -> Update:
 
 
 async def upsert(
-    store: Store, sending_list_id: int, rows: Sequence[Any], *, default_region: str = "US"
+    store: Store, sending_list_id: int, rows: Sequence[Any], *, default_region: str = "US", clock: Clock = utcnow
 ) -> UpsertResult:
     """Insert or update ``rows`` on list ``sending_list_id``; see the module docstring."""
     good, rejected = parse_rows(rows, default_region)
     result = UpsertResult(rejected=rejected)
     items = list(good.items())
     for start in range(0, len(items), BATCH):
-        await _upsert_batch(store, sending_list_id, items[start : start + BATCH], result)
+        await _upsert_batch(store, sending_list_id, items[start : start + BATCH], result, clock())
     result.rejected.sort(key=lambda r: r.index)
     return result
 
 
 async def _upsert_batch(
-    store: Store, list_id: int, items: list[tuple[str, list[tuple[int, ContactIn]]]], result: UpsertResult
+    store: Store,
+    list_id: int,
+    items: list[tuple[str, list[tuple[int, ContactIn]]]],
+    result: UpsertResult,
+    now: dt.datetime,
 ) -> None:
     """Insert every phone of the batch (unordered); the ones the unique (list, phone) index refuses exist
     already (or were inserted concurrently) and get one update each, by id.
@@ -123,7 +128,6 @@ async def _upsert_batch(
     insert; an id reserved for a phone that turns out to exist is simply not used.
     """
     coll = store[c.CONTACTS]
-    now = utcnow()
     ids = await store.next_ids(c.CONTACTS, len(items))
     docs = []
     for cid, (phone, rows) in zip(ids, items, strict=True):

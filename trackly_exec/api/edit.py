@@ -38,7 +38,7 @@ from trackly_exec.store.documents import (
     SendingListDoc,
     Update,
 )
-from trackly_exec.store.models import CampaignStatus, ExecutionStatus, utcnow
+from trackly_exec.store.models import CampaignStatus, ExecutionStatus
 from trackly_exec.store.names import label
 
 RUNNING = [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, ExecutionStatus.QUEUED.value]
@@ -71,7 +71,7 @@ async def _users(trackly: Trackly, field: str, doc_id: int) -> list[CampaignDoc]
 
 
 async def _archive(trackly: Trackly, coll: str, doc: Mapping[str, Any]) -> AnyDocument:
-    changes = {"archived": True, "archived_at": utcnow()}
+    changes = {"archived": True, "archived_at": trackly.now()}
     await trackly.store[coll].update_one({"_id": doc["_id"]}, {"$set": changes})
     return {**doc, **changes}
 
@@ -305,7 +305,7 @@ async def _campaign_changes(trackly: Trackly, cid: int, doc: CampaignDoc, body: 
         creative_id = body.creative_id or doc["creative_id"]
         await check_refs(trackly, doc["account_id"], doc["sending_list_id"], audience_ids, creative_id, problems)
         changes.update(audience_ids=audience_ids, creative_id=creative_id)
-    now = utcnow()
+    now = trackly.now()
     end_at = body.end_at if "end_at" in fields else doc.get("end_at")
     if "schedule" in fields:
         nxt = check_schedule(body.schedule, end_at, now, problems)
@@ -355,7 +355,7 @@ async def archive_campaign(request: web.Request) -> web.Response:
     ex = await running_execution(trackly, [cid])
     if ex is not None:
         raise _campaign_running(cid, ex, "pause it and archive it")
-    changes = {"archived": True, "archived_at": utcnow(), "status": CampaignStatus.DONE.value}
+    changes = {"archived": True, "archived_at": trackly.now(), "status": CampaignStatus.DONE.value}
     await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": changes})
     return _json(mc.CampaignOut.from_doc({**doc, **changes}))
 

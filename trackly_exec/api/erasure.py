@@ -28,7 +28,7 @@ from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ContactDoc
-from trackly_exec.store.models import FailureReason, utcnow
+from trackly_exec.store.models import FailureReason
 
 log = get_logger(__name__)
 
@@ -40,7 +40,7 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
     cid = int(contact["_id"])
     list_id = int(contact["sending_list_id"])
     phone = str(contact.get("phone") or "")
-    now = utcnow()
+    now = trackly.now()
     out = {
         "queued_dead_lettered": 0,
         "in_flight": 0,

@@ -31,7 +31,6 @@ from trackly_exec.executor import redrive
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import FailedDoc, Filter
-from trackly_exec.store.models import utcnow
 from trackly_exec.tracking import messagelog
 from trackly_exec.tracking.customer_webhook import DEAD, DROPPED, PENDING
 
@@ -246,9 +245,8 @@ async def list_outbox(request: web.Request) -> web.Response:
     return _json(o.OutboxPage(items=items, next_after=None if next_after is None else str(next_after)))
 
 
-async def outbox_summary(store: Any, now: dt.datetime | None = None) -> o.OutboxSummary:
-    """The outbox backlog (API, CLI and dashboard)."""
-    now = now or utcnow()
+async def outbox_summary(store: Any, now: dt.datetime) -> o.OutboxSummary:
+    """The outbox backlog (API, CLI and dashboard) at ``now``."""
     col = store[c.OUTBOX]
     by_status = await count_by(store, c.OUTBOX, {}, "status")
 
@@ -281,7 +279,8 @@ async def outbox_summary(store: Any, now: dt.datetime | None = None) -> o.Outbox
     response=o.OutboxSummary,
 )
 async def get_outbox_summary(request: web.Request) -> web.Response:
-    return _json(await outbox_summary(_tr(request).store))
+    trackly = _tr(request)
+    return _json(await outbox_summary(trackly.store, trackly.now()))
 
 
 @route(
@@ -294,7 +293,7 @@ async def get_outbox_summary(request: web.Request) -> web.Response:
 )
 async def redrive_outbox(request: web.Request) -> web.Response:
     body = await read_body(request, o.OutboxRedriveIn)
-    now = utcnow()
+    now = _tr(request).now()
     match: Filter = {"status": DEAD}
     if body.ids is not None:
         match = {"_id": {"$in": body.ids}, "status": {"$in": [DEAD, DROPPED]}}

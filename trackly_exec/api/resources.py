@@ -40,7 +40,6 @@ from trackly_exec.drivers.pool import ListOverrideError
 from trackly_exec.errors import DriverNotFound, TracklyError
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ConfigTable, ContactDoc, Filter
-from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.netguard import Allowlist, check_url
 
 # --------------------------------------------------------------------------------------------- accounts
@@ -59,7 +58,7 @@ async def create_account(request: web.Request) -> web.Response:
     trackly = _tr(request)
     if body.webhook_url is not None:
         await check_webhook_url(trackly, body.webhook_url, "body.webhook_url")
-    doc = {"_id": await _new_id(trackly, c.ACCOUNTS), **body.model_dump(), "created_at": utcnow()}
+    doc = {"_id": await _new_id(trackly, c.ACCOUNTS), **body.model_dump(), "created_at": trackly.now()}
     await trackly.store[c.ACCOUNTS].insert_one(doc)
     return _json(m.AccountOut.from_doc(doc), 201)
 
@@ -107,7 +106,7 @@ async def create_sending_list(request: web.Request) -> web.Response:
     await check_account(trackly, body.account_id, problems)
     check_driver(trackly, body.driver, body.driver_settings, problems)
     problems.raise_if_any()
-    doc = {"_id": await _new_id(trackly, c.SENDING_LISTS), **body.model_dump(), "created_at": utcnow()}
+    doc = {"_id": await _new_id(trackly, c.SENDING_LISTS), **body.model_dump(), "created_at": trackly.now()}
     await trackly.store[c.SENDING_LISTS].insert_one(doc)
     return _json(m.SendingListOut.from_doc(doc), 201)
 
@@ -129,7 +128,7 @@ async def upsert_contacts(request: web.Request) -> web.Response:
         limit_name=f"at most {m.MAX_BULK_CONTACTS} contacts of {IMPORT_ROW_BYTES} bytes",
     )
     await get_or_404(trackly, c.SENDING_LISTS, list_id, "sending list")
-    result = await upsert(trackly.store, list_id, body.contacts, default_region=body.default_region)
+    result = await upsert(trackly.store, list_id, body.contacts, default_region=body.default_region, clock=trackly.now)
     return _json(result.as_dict())
 
 

@@ -37,7 +37,7 @@ from trackly_exec.store.documents import (
     SendingListDoc,
     ShortLinkDoc,
 )
-from trackly_exec.store.models import entering_queue, new_message_id, utcnow
+from trackly_exec.store.models import entering_queue, new_message_id
 from trackly_exec.store.segments import measure
 
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -193,7 +193,7 @@ class Composer:
             body, links = shortlinks.track(body, self.short_base)
         body += self.footer
         m = measure(body)
-        now = now or utcnow()
+        now = now or sendtime  # (the evaluation passes its clock's time)
         doc: QueuedDoc = {
             "_id": self.message_id(int(contact["_id"])),
             **self.base,

@@ -19,7 +19,6 @@ from trackly_exec.campaigns.evaluation import dry_run_sink, evaluate, load_plan
 from trackly_exec.errors import TracklyError
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, JsonObject
-from trackly_exec.store.models import utcnow
 from trackly_exec.store.names import name_of
 
 DRY_RUN_EXECUTION_ID = 0  # never a real execution id (the counters start at 1)
@@ -32,7 +31,7 @@ class CannotRun(TracklyError):
 async def estimate(trackly: Any, campaign: CampaignDoc) -> JsonObject:
     """The counts a run of ``campaign`` now would record, plus segments and cost; :class:`CannotRun` if it
     would fail validation."""
-    now = utcnow()
+    now = trackly.now()
     execution: ExecutionDoc = {
         "_id": DRY_RUN_EXECUTION_ID,
         "campaign_id": campaign["_id"],

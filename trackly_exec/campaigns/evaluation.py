@@ -69,7 +69,7 @@ from trackly_exec.store.documents import (
     SendingListDoc,
     ShortLinkDoc,
 )
-from trackly_exec.store.models import QuietHours, utcnow
+from trackly_exec.store.models import QuietHours
 from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 
 log = get_logger(__name__)
@@ -265,7 +265,7 @@ async def evaluate(
     cfg = trackly.settings.scheduler
     ex, camp, slist = plan.execution, plan.campaign, plan.sending_list
     execution_id, list_id = int(ex["_id"]), int(slist["_id"])
-    now = utcnow()
+    now = trackly.now()
     # Messages are due now (not at a scheduled time up to max_lateness in the past): the executor's STALE
     # rule then measures time spent in the queue, not the scheduler's lateness.
     sendtime = max(ex["scheduled_for"], now)
@@ -294,7 +294,7 @@ async def evaluate(
     async def _reserve(messages: list[QueuedDoc], view: reservations.View) -> set[str]:
         """Take the batch's cooldown reservations; a message whose phone another evaluation reserved
         meanwhile (a race lost since the lookup) is dropped and counted as ``frequency_cap``."""
-        won = await reservations.take(db, messages, view, utcnow())
+        won = await reservations.take(db, messages, view, trackly.now())
         for m in messages:
             if m["_id"] not in won:
                 tally.queued -= 1
@@ -332,7 +332,7 @@ async def evaluate(
             ours = await _already_ours(db, execution_id, [int(d["_id"]) for d in batch]) if resumed else {}
             messages: list[QueuedDoc] = []
             links: list[ShortLinkDoc] = []
-            batch_now = utcnow()
+            batch_now = trackly.now()
             numbers: dict[int, str | None] = {}
             view: reservations.View | None = None
             if cutoff is not None:  # the cooldown reservations in the way of this batch (read only)

@@ -56,7 +56,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Update
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.lease import Lease
-from trackly_exec.store.models import CampaignStatus, Execution, ExecutionStatus, utcnow
+from trackly_exec.store.models import CampaignStatus, Execution, ExecutionStatus
 from trackly_exec.store.names import label, name_of
 
 log = get_logger(__name__)
@@ -153,6 +153,7 @@ class _Runner:
         """Insert the execution of an occurrence; None when another process already has it."""
         if eid is None:
             eid = await self.trackly.store.next_id(c.EXECUTIONS)
+        now = self.trackly.now()
         doc = Execution(
             id=eid,
             campaign_id=campaign["_id"],
@@ -162,8 +163,9 @@ class _Runner:
             scheduled_for=scheduled_for,
             status=status,
             reason=reason,
+            triggered_at=now,
             attempts=1,
-            **self.lease.taken(self.owner, utcnow()),
+            **self.lease.taken(self.owner, now),
         ).to_doc()
         try:
             await self.db[c.EXECUTIONS].insert_one(doc)
@@ -173,7 +175,7 @@ class _Runner:
 
     async def _set(self, eid: int, fields: Update, *now_fields: str) -> bool:
         """``$set`` ``fields``, stamp ``now_fields`` and renew the lease with now; only while we hold the lease."""
-        now = utcnow()
+        now = self.trackly.now()
         update = {"$set": {**fields, **dict.fromkeys(now_fields, now)}}
         return bool(
             await self.lease.update(self.db[c.EXECUTIONS], self.owner, {"_id": eid}, update, renew_at=now, one=True)
@@ -238,7 +240,12 @@ class _Runner:
         unfinished = {"status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]}}
         for _ in range(limit):
             doc = await self.lease.claim_one(
-                self.db[c.EXECUTIONS], unfinished, self.owner, utcnow(), expired_only=True, inc={"attempts": 1}
+                self.db[c.EXECUTIONS],
+                unfinished,
+                self.owner,
+                self.trackly.now(),
+                expired_only=True,
+                inc={"attempts": 1},
             )
             if doc is None:
                 break
@@ -270,7 +277,7 @@ class _Runner:
             return f"sending ({left} message{'s' if left != 1 else ''} still queued)"
         await self.db[c.EXECUTIONS].update_one(
             {"_id": ex["_id"], "status": ExecutionStatus.QUEUED.value},
-            {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": utcnow()}},
+            {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": self.trackly.now()}},
         )
         return None
 
@@ -290,7 +297,7 @@ class _Runner:
         eid = await self.trackly.store.next_id(c.EXECUTIONS)
         for _ in range(5):
             try:
-                await locks.insert_one({"_id": key, "execution_id": eid, "campaign_id": cid, "at": utcnow()})
+                await locks.insert_one({"_id": key, "execution_id": eid, "campaign_id": cid, "at": self.trackly.now()})
                 break
             except DuplicateKeyError:
                 lock = await locks.find_one({"_id": key})
@@ -299,7 +306,7 @@ class _Runner:
                 holder = int(lock["execution_id"])
                 ex = await self.db[c.EXECUTIONS].find_one({"_id": holder})
                 if ex is None:
-                    if utcnow() - lock["at"] < TRIGGER_LOCK_STALE:
+                    if self.trackly.now() - lock["at"] < TRIGGER_LOCK_STALE:
                         raise TriggerConflict(
                             f"campaign {cid} is being triggered right now (execution {holder})", holder
                         ) from None
@@ -332,7 +339,7 @@ class _Runner:
                         int(ran["_id"]),
                     )
             n = await self.trackly.store.next_id(f"manual:{cid}")
-            execution = await self.create(campaign, utcnow(), f"{cid}:manual:{n}", eid=eid)
+            execution = await self.create(campaign, self.trackly.now(), f"{cid}:manual:{n}", eid=eid)
             assert execution is not None  # the manual sequence never repeats
         except BaseException:
             await locks.delete_one({"_id": key, "execution_id": eid})
@@ -346,7 +353,7 @@ class _Runner:
             if not await has_pending(self.db, ex["_id"]):
                 res = await self.db[c.EXECUTIONS].update_one(
                     {"_id": ex["_id"], "status": ExecutionStatus.QUEUED.value},
-                    {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": utcnow()}},
+                    {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": self.trackly.now()}},
                 )
                 n += res.modified_count
         return n
@@ -533,7 +540,7 @@ class Scheduler:
     async def tick(self) -> dict[str, int]:
         """One pass: fill in new campaigns, start due occurrences, resume stale executions, complete drained
         ones. Evaluations are started as tasks (bounded by ``max_concurrent_evaluations``)."""
-        now = utcnow()
+        now = self.trackly.now()
         stats = {"started": 0, "resumed": 0, "completed": 0}
         await self._init_new(now)
         due = (

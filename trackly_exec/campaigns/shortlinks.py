@@ -11,7 +11,6 @@ import re
 import secrets
 
 from trackly_exec.store.documents import QueuedDoc, ShortLinkDoc
-from trackly_exec.store.models import utcnow
 
 URL_RE = re.compile(r"https?://[^\s<>\"'{}|\\^`]+", re.IGNORECASE)
 _TRAILING = ".,;:!?)]'\""
@@ -63,5 +62,5 @@ def link_doc(code: str, destination: str, message: QueuedDoc) -> ShortLinkDoc:
         "contact_id": message.get("contact_id"),
         "clicks": 0,
         "human_clicks": 0,
-        "created_at": utcnow(),
+        "created_at": message["created_at"],  # composed together
     }

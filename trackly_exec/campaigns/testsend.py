@@ -29,7 +29,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
 from trackly_exec.store.documents import ContactDoc, CreativeDoc, JsonObject, QueuedDoc, SendingListDoc, ShortLinkDoc
-from trackly_exec.store.models import Execution, ExecutionStatus, QuietHours, entering_queue, new_message_id, utcnow
+from trackly_exec.store.models import Execution, ExecutionStatus, QuietHours, entering_queue, new_message_id
 from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 from trackly_exec.store.segments import measure
 
@@ -62,7 +62,7 @@ async def send_test(
 ) -> JsonObject:
     db = trackly.db
     list_id = int(sending_list["_id"])
-    now = utcnow()
+    now = trackly.now()
     variants = {v["key"]: v for v in creative.get("variants") or []}
     if variant is None:
         variant = next((k for k, v in variants.items() if float(v.get("weight", 1)) > 0), next(iter(variants), None))

@@ -36,7 +36,7 @@ from trackly_exec.executor.worker import ListInfo, Worker
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
-from trackly_exec.store.models import SendingList, utcnow
+from trackly_exec.store.models import SendingList
 
 log = get_logger(__name__)
 
@@ -49,7 +49,7 @@ class Coordinator:
 
     name = "executor"
 
-    def __init__(self, trackly: Trackly, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(self, trackly: Trackly, *, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.trackly = trackly
         self.cfg = trackly.settings.executor
         self.counts: collections.Counter[str] = collections.Counter()

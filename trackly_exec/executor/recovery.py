@@ -28,7 +28,7 @@ from trackly_exec.executor import claims
 from trackly_exec.executor.outcomes import failed_doc, failure_event, insert_records
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.models import FailureReason, utcnow
+from trackly_exec.store.models import FailureReason
 
 if TYPE_CHECKING:
     from trackly_exec.app import Trackly
@@ -43,7 +43,7 @@ EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.timedelta | None = None) -> Counter[str]:
     """One recovery pass. Returns ``{"released": n, "no_response": n}``."""
     db = trackly.db
-    now = now or utcnow()
+    now = now or trackly.now()
     ttl = ttl if ttl is not None else dt.timedelta(minutes=trackly.settings.executor.claim_ttl_minutes)
     cutoff = now - ttl
     out: Counter[str] = Counter()

@@ -50,7 +50,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
 from trackly_exec.store.documents import ContactDoc, FailedDoc, Filter, JsonObject, QueuedDoc, SendingListDoc
-from trackly_exec.store.models import FailureReason, MessageFields, QuietHours, entering_queue, utcnow
+from trackly_exec.store.models import FailureReason, MessageFields, QuietHours, entering_queue
 
 log = get_logger(__name__)
 
@@ -213,7 +213,7 @@ async def redrive(
     """Re-drive the FailedMessage records matching ``match`` whose reason is in ``reasons`` (default
     :data:`DEFAULT_REASONS`). See the module docstring for the checks and the crash-safety argument."""
     db = trackly.db
-    now = now or utcnow()
+    now = now or trackly.now()
     wanted = {str(r) for r in (reasons or DEFAULT_REASONS)}
     res = RedriveResult(dry_run=dry_run)
     if FailureReason.NO_RESPONSE in wanted:
@@ -412,7 +412,7 @@ async def recover(
     Each re-drive batch journals its token and ids (``redrives`` collection) before step 1 and removes the journal
     entry after step 3, so this only reads the journal entries older than ``older_than`` (normally none)."""
     db = trackly.db
-    now = now or utcnow()
+    now = now or trackly.now()
     out: Counter[str] = Counter()
     for entry in await db[c.REDRIVES].find({"at": {"$lt": now - older_than}}).limit(100).to_list(None):
         token, ids = entry["_id"], list(entry.get("ids") or [])

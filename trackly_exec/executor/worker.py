@@ -52,7 +52,7 @@ from trackly_exec.executor.outcomes import Outcomes, throttle_groups
 from trackly_exec.executor.ratelimit import Grant, LimiterUnavailable, RateLimiter
 from trackly_exec.logs import get_logger
 from trackly_exec.store import quiethours
-from trackly_exec.store.models import FailureReason, SendingList, utcnow
+from trackly_exec.store.models import FailureReason, SendingList
 
 if TYPE_CHECKING:
     from trackly_exec.app import Trackly
@@ -97,7 +97,7 @@ class Worker:
         pool: asyncio.Semaphore,
         stopping: asyncio.Event,
         counts: collections.Counter[str],
-        clock: Callable[[], dt.datetime] = utcnow,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.trackly = trackly
         self.db = trackly.db
@@ -106,7 +106,7 @@ class Worker:
         self.pool = pool
         self.stopping = stopping
         self.counts = counts
-        self.clock = clock
+        self.clock = clock or trackly.now  # the application's clock unless given one
         self.outcomes = Outcomes(trackly, counts)
         self.tokens: set[str] = set()  # claims in progress (released on shutdown)
         self.paused: dict[int, float] = {}  # list id -> monotonic time until which it must not be claimed

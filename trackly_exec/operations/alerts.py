@@ -25,7 +25,6 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.events import Event, EventKind
-from trackly_exec.store.models import utcnow
 from trackly_exec.store.phones import mask_text
 
 log = get_logger(__name__)
@@ -208,7 +207,7 @@ class Alerts:
     async def check_error_rates(self, window_seconds: int = 60) -> list[Event]:
         """Publish ``high_error_rate`` for lists whose failure share over the window passes the threshold."""
         store = self.trackly.store
-        since = utcnow() - dt.timedelta(seconds=window_seconds)
+        since = self.trackly.now() - dt.timedelta(seconds=window_seconds)
         # find/count with a date range on indexed fields: nx-27017 ignores a date $match inside aggregate (it counted
         # three-day-old failures as "in the last minute"); distinct and count_documents are evaluated alike on both.
         failed: Counter[int] = Counter()

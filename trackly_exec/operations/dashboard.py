@@ -26,7 +26,6 @@ from aiohttp import web
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Filter, JsonObject
-from trackly_exec.store.models import utcnow
 from trackly_exec.store.phones import mask_text
 from trackly_exec.tracking.stats import campaign_stats, overview
 
@@ -56,8 +55,8 @@ class Sampler:
             }
         )
 
-    async def sample(self, store: Any, now: dt.datetime | None = None) -> None:
-        self.add(await overview(store), now or utcnow(), min_gap=0)
+    async def sample(self, store: Any, now: dt.datetime) -> None:
+        self.add(await overview(store, now), now, min_gap=0)
 
 
 SAMPLER: web.AppKey[Sampler] = web.AppKey("dashboard_sampler", Sampler)
@@ -163,8 +162,8 @@ async def summary(trackly: Any, *, limit: int = 20, sampler: Sampler | None = No
     from trackly_exec.api.ops import outbox_summary
 
     store = trackly.store
-    now = utcnow()
-    ov = await overview(store)
+    now = trackly.now()
+    ov = await overview(store, now)
     if sampler is not None:
         sampler.add(ov, now)
     return {
@@ -197,7 +196,7 @@ def setup(app: web.Application, trackly: Any) -> None:
     async def sample_loop() -> None:
         while True:
             with contextlib.suppress(Exception):  # the store may be briefly unreachable: keep sampling
-                await sampler.sample(trackly.store)
+                await sampler.sample(trackly.store, trackly.now())
             await asyncio.sleep(SAMPLE_SECONDS)
 
     async def start_sampling(app: web.Application) -> Any:

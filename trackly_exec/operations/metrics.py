@@ -152,7 +152,7 @@ class StoreFigures:
 
     async def refresh(self) -> None:
         t0 = time.monotonic()
-        ov = await asyncio.wait_for(overview(self.trackly.store), self.timeout)
+        ov = await asyncio.wait_for(overview(self.trackly.store, self.trackly.now()), self.timeout)
         self.overview, self.refreshed_at, self.duration = ov, time.monotonic(), time.monotonic() - t0
 
     async def refresh_now(self) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,9 +29,14 @@ from trackly_exec.store.documents import (
     SentDoc,
 )
 
+#: A clock: what time it is (tz-aware UTC). The running application has one (``Trackly.clock``, default
+#: :func:`utcnow`) and every component reads the time through it, so a test can set the time.
+Clock = Callable[[], dt.datetime]
+
 
 def utcnow() -> dt.datetime:
-    """Now, in UTC, at millisecond precision (what BSON dates keep)."""
+    """Now, in UTC, at millisecond precision (what BSON dates keep). The wall clock: the default of
+    ``Trackly.clock``; components call ``trackly.now()`` instead (tests/test_clock.py keeps it so)."""
     now = dt.datetime.now(dt.UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 

@@ -27,7 +27,6 @@ from trackly_exec.app import Trackly
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ClickDoc, Filter, JsonObject, ShortLinkDoc
-from trackly_exec.store.models import utcnow
 
 log = get_logger(__name__)
 
@@ -75,7 +74,7 @@ async def record_click(
     at: dt.datetime | None = None,
 ) -> ClickDoc:
     """Store one click on ``link`` (a MessageShortLink document) and count it; returns the click document."""
-    at = at or utcnow()
+    at = at or trackly.now()
     reason = "head_request" if method.upper() == "HEAD" else bot_user_agent(user_agent)
     if reason is None and trackly.settings.tracking.bot_click_seconds > 0:
         sent = await trackly.store[c.SENT].find_one({"_id": link["message_id"]}, {"delivered_at": 1, "timestamp": 1})

@@ -35,7 +35,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import DeliveryFields, FailedDoc, JsonObject, SentDoc
 from trackly_exec.store.events import Event, EventKind
-from trackly_exec.store.models import FailureReason, MessageFields, MessageSent, utcnow
+from trackly_exec.store.models import FailureReason, MessageFields, MessageSent
 from trackly_exec.tracking.customer_webhook import event_id, outbox_documents, webhook_payload
 
 log = get_logger(__name__)
@@ -111,7 +111,7 @@ async def ingest(
     if not reports:
         return res
     db = trackly.store
-    now = utcnow()
+    now = trackly.now()
     allowed = {provider, trackly.drivers.entry_point(provider)}
     batch = uuid.uuid4().hex  # marks this call's updates: after a race, the ones it won are exactly these
 
@@ -300,7 +300,7 @@ async def _unsubscribe(trackly: Trackly, docs: list[SentDoc]) -> None:
     if not contact_ids:
         return
     await trackly.store[c.CONTACTS].update_many(
-        {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": utcnow()}}
+        {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": trackly.now()}}
     )
     log.info("contacts_unsubscribed_by_report", count=len(contact_ids))
 

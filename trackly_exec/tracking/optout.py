@@ -34,7 +34,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ContactDoc, InboundDoc
 from trackly_exec.store.events import Event, EventKind
-from trackly_exec.store.models import FailedMessage, FailureReason, utcnow
+from trackly_exec.store.models import FailedMessage, FailureReason
 from trackly_exec.store.phones import normalize
 
 log = get_logger(__name__)
@@ -86,7 +86,7 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
     if not messages:
         return None
     db = trackly.store
-    now = utcnow()
+    now = trackly.now()
     tos = {m.to_number: phone_forms(m.to_number) for m in messages}
     lists = (
         await db[c.SENDING_LISTS]
@@ -183,7 +183,7 @@ async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[Contac
 
 async def _apply_stops(trackly: Trackly, stops: list[_Action]) -> None:
     db = trackly.store
-    now = utcnow()
+    now = trackly.now()
     contacts = await _contacts(trackly, stops)
     contact_ids = [x["_id"] for x in contacts]
     if contact_ids:

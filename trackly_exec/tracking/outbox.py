@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.documents import AccountDoc, JsonObject, OutboxDoc, OutboxEventDoc, Update
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.lease import Lease, new_token
-from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.customer_webhook import (
     DEAD,
     DELIVERED,
@@ -165,12 +163,12 @@ class Outbox:
     # -- burst mode ---------------------------------------------------------------------------
 
     async def run_until_idle(self, now: dt.datetime | None = None) -> dict[str, int]:
-        """Deliver every entry due at ``now`` (default: the current time), retries that fall due included, and
+        """Deliver every entry due at ``now`` (default: ``trackly.now()``), retries that fall due included, and
         return counts. Failed entries are rescheduled after ``now``, so this always terminates."""
         await self._ensure_session()
         before = self.counts.as_dict()
         while True:
-            at = now or utcnow()
+            at = now or self.trackly.now()
             docs = await self._claim(self.cfg.outbox_concurrency * 4, at)
             if not docs:
                 break
@@ -187,7 +185,7 @@ class Outbox:
         try:
             free = self.cfg.outbox_concurrency - len(self._tasks)
             if free > 0:
-                docs = await self._claim(free, utcnow())
+                docs = await self._claim(free, self.trackly.now())
                 claimed = len(docs)
                 for doc in docs:
                     self._tasks.spawn(self._attempt(doc), on_done=self._task_done)
@@ -292,7 +290,7 @@ class Outbox:
             log.warning("outbox_url_refused", url_problem=refused)
             return False, None, f"refused: webhook URL {refused}"
         body = json.dumps(payload, separators=(",", ":")).encode()
-        ts = str(int(time.time()))
+        ts = str(int(self.trackly.now().timestamp()))
         headers = {"Content-Type": "application/json", "X-Trackly-Event-Id": eid, "X-Trackly-Timestamp": ts}
         if secret:
             headers["X-Trackly-Signature"] = sign(secret, ts, body)
@@ -319,7 +317,7 @@ class Outbox:
         attempts, self._results = self._results, []
         if not attempts:
             return
-        now = now or utcnow()
+        now = now or self.trackly.now()
         ops: list[UpdateOne] = []
         retries: list[OutboxDoc] = []
         dead_events: list[Event] = []

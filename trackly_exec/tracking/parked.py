@@ -19,7 +19,6 @@ from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ParkedReportDoc
-from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.delivery import ingest
 from trackly_exec.tracking.delivery import park_reports as park  # noqa: F401  (re-exported)
 
@@ -39,7 +38,7 @@ async def replay(trackly: Trackly, *, now: dt.datetime | None = None) -> int:
     docs = await col.find({}).sort("received_at", 1).limit(BATCH).to_list(None)
     if not docs:
         return 0
-    now = now or utcnow()
+    now = now or trackly.now()
     by_provider: dict[str, list[ParkedReportDoc]] = defaultdict(list)
     for d in docs:
         by_provider[d["provider"]].append(d)

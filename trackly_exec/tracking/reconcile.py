@@ -50,7 +50,7 @@ from trackly_exec.executor.outcomes import insert_records, sent_doc
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import FailedDoc, SendingListDoc
-from trackly_exec.store.models import FailureReason, MessageFields, entering_queue, utcnow
+from trackly_exec.store.models import FailureReason, MessageFields, entering_queue
 
 if TYPE_CHECKING:
     from trackly_exec.app import Trackly
@@ -81,7 +81,7 @@ def _query(d: FailedDoc) -> LookupQuery:
 async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) -> Counter[str]:
     """One pass. Returns what it did: ``{"found": n, "rejected": n, "released": n, "unknown": n, ...}``."""
     cfg = trackly.settings.reconcile
-    now = now or utcnow()
+    now = now or trackly.now()
     out: Counter[str] = Counter()
     col = trackly.store[c.FAILED]
     await _finish_releases(trackly, now, out)
@@ -425,7 +425,11 @@ class Reconciler:
             if not any(done[k] for k in ("lookups", "expired", "unsupported", "released", "errors")):
                 break
             if not await self.trackly.store[c.FAILED].find_one(
-                {"reason": NO_RESPONSE, "reconcile_state": "pending", "reconcile_at": {"$lte": now or utcnow()}}
+                {
+                    "reason": NO_RESPONSE,
+                    "reconcile_state": "pending",
+                    "reconcile_at": {"$lte": now or self.trackly.now()},
+                }
             ):
                 break
         self.counts.update(total)

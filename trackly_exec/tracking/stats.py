@@ -14,7 +14,7 @@ from collections import defaultdict
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.documents import Filter, JsonObject, Pipeline
-from trackly_exec.store.models import FailureReason, utcnow
+from trackly_exec.store.models import FailureReason
 
 
 async def _group(store: Store, coll: str, match: Filter, key: str, cond: Filter | None = None) -> dict[int, int]:
@@ -65,9 +65,9 @@ async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) ->
     return out
 
 
-async def overview(store: Store, window_seconds: int = 60) -> JsonObject:
+async def overview(store: Store, now: dt.datetime, window_seconds: int = 60) -> JsonObject:
     """Totals across every campaign, plus the send rate over the last ``window_seconds``."""
-    since = utcnow() - dt.timedelta(seconds=window_seconds)
+    since = now - dt.timedelta(seconds=window_seconds)
     sent_total = await store[c.SENT].count_documents({})
     recent = await store[c.SENT].count_documents({"timestamp": {"$gte": since}})
     failed_recent = await store[c.FAILED].count_documents({"failed_at": {"$gte": since}})
