@@ -17,6 +17,7 @@ from trackly_exec.config import Settings, load_config
 from trackly_exec.drivers import registry
 from trackly_exec.logs import configure_logging
 from trackly_exec.store.client import Store
+from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .executor_support import FAKES
 from .services import MongoServer, RedisServer
@@ -107,6 +108,14 @@ async def fakes(redis_client: aioredis.Redis) -> AsyncIterator[dict[str, Any]]:
     yield started
     for fake in started.values():
         await fake.stop()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[InfobipFake]:
+    """One Infobip fake on loopback, with the API key of the ``daemon`` fixture's infobip driver (``k``)."""
+    f = await InfobipFake(api_key="k").start()
+    yield f
+    await f.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -53,14 +52,6 @@ class GatedLimiter(RateLimiter):
 
     async def reset(self, list_id: int) -> None:
         await self.inner.reset(list_id)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[InfobipFake]:
-    f = InfobipFake(api_key="k")
-    await f.start()
-    yield f
-    await f.stop()
 
 
 async def gated_executor(settings: Settings, store: Store, fake: InfobipFake) -> tuple[Coordinator, GatedLimiter]:

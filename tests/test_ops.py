@@ -8,7 +8,6 @@ import datetime as dt
 import io
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +163,6 @@ def test_csvsafe_cells() -> None:
 
 
 # --------------------------------------------------------------------------------------------- dead letters
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[InfobipFake]:
-    f = await InfobipFake().start()
-    yield f
-    await f.stop()
 
 
 async def executor(settings: Settings, store: Store, fake: InfobipFake) -> Coordinator:
