@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import resource
@@ -122,8 +123,12 @@ async def seed_lists(
     price: float = 0.0,
     body: str = "Your code is {i}. Reply STOP to opt out",
     contacts: bool = True,
+    hashed_ids: bool = False,
 ) -> list[str]:
-    """``n`` queued messages spread over ``lists`` ({list id: driver}), with their contacts. Returns ids."""
+    """``n`` queued messages spread over ``lists`` ({list id: driver}), with their contacts. Returns ids.
+
+    ``hashed_ids``: ids spread over the hexadecimal range like real ones (HMAC of the contact), instead of ordered
+    ones (several executor processes take ranges of ids)."""
     db = store.db
     now = utcnow()
     await db[c.ACCOUNTS].update_one({"_id": 1}, {"$set": {"name": "bench", "balance": 1e12}}, upsert=True)
@@ -158,7 +163,7 @@ async def seed_lists(
         lid = list_ids[k % len(list_ids)]
         cid = base + k
         phone = f"+1202{(k % 10_000_000):07d}"
-        mid = f"{cid:016x}"
+        mid = hashlib.sha256(str(cid).encode()).hexdigest()[:16] if hashed_ids else f"{cid:016x}"
         ids.append(mid)
         batch_q.append(
             queued_message(

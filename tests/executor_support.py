@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -66,8 +67,12 @@ async def seed(
     contact_tz: str | None = "midday",
     execution_id: int = 1,
     first_contact: int = 1,
+    hashed_ids: bool = False,
 ) -> list[str]:
-    """An account, a sending list, ``n`` contacts and ``n`` queued messages. Returns the message ids (FIFO)."""
+    """An account, a sending list, ``n`` contacts and ``n`` queued messages. Returns the message ids (FIFO).
+
+    ``hashed_ids``: ids spread over the whole hexadecimal range like real ones (HMAC), instead of ordered ids
+    (several executor processes each take a range of ids)."""
     now = utcnow()
     sendtime = sendtime or now - dt.timedelta(seconds=1)
     tz = midday_zone(now) if contact_tz == "midday" else contact_tz
@@ -115,6 +120,8 @@ async def seed(
             }
         )
         mid = f"{list_id:04x}{execution_id:04x}{cid:08x}"
+        if hashed_ids:
+            mid = hashlib.sha256(mid.encode()).hexdigest()[:16]
         ids.append(mid)
         queued.append(
             queued_message(

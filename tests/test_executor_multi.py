@@ -22,8 +22,11 @@ async def test_two_processes_send_each_message_once(
     """Two processes drain 5,000 messages on two lists: each is accepted once by its fake and recorded once."""
     infobip, cm = await InfobipFake().start(), await CMFake().start()
     try:
-        ids = await seed(store, 2500, list_id=1, driver="infobip", rate=0)
-        ids += await seed(store, 2500, list_id=2, driver="cm", rate=600_000, first_contact=5000, execution_id=2)
+        # ids like real ones (HMAC hex): each process takes its share, a range of ids
+        ids = await seed(store, 2500, list_id=1, driver="infobip", rate=0, hashed_ids=True)
+        ids += await seed(
+            store, 2500, list_id=2, driver="cm", rate=600_000, first_contact=5000, execution_id=2, hashed_ids=True
+        )
         drivers = {"infobip": infobip.driver_settings(), "cm": cm.driver_settings()}
         config = write_config(tmp_path / "exec.toml", settings, drivers, claim_batch_size=100)
         (a, out_a), (b, out_b) = await asyncio.gather(run_process(config), run_process(config))

@@ -110,6 +110,18 @@ class ExecutorConfig(Section):
         10.0, gt=0, description="Claims older than this are recovered; must exceed the longest provider call."
     )
     recovery_interval_seconds: float = Field(30.0, gt=0, description="How often stale claims are swept.")
+    member_ttl_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="An executor process counts as live this long after its last heartbeat in Redis; the others "
+        "then take its share of the queue.",
+    )
+    steal_after_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="When this process's share of the queue has been empty this long while other shares have due "
+        "messages (a stuck peer), it claims from the whole queue.",
+    )
     rate_limit_wait_seconds: float = Field(
         60.0, gt=0, description="Longest wait for rate-limit tokens before RATE_LIMIT_TIMEOUT."
     )

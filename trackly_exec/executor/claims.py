@@ -4,11 +4,24 @@ message's ``claimed_by``, ``claimed_at``, ``sending_at`` and ``not_before`` afte
 
 A batch is claimed with a token unique to this process *and* this claim (``"<instance>:<uuid hex>"``):
 
-1. read the ids of due messages of one list (FIFO by ``sendtime``); the worker reads several batches' worth
-   at once and hands them out to its batches (one scan of the queue per several claims);
-2. ``update_many({_id in ids, claimed_by: None, <still due>}, {$set: {claimed_by: token, claimed_at: now}})``
-   — per document atomic, so two processes racing for the same ids each get a disjoint part;
-3. read back ``find({claimed_by: token})``: exactly what this claim got.
+1. read the due messages of one list (FIFO by ``sendtime``; :func:`find_due`, whole documents); the worker
+   reads several batches' worth at once and hands them out to its batches (one scan of the queue per several
+   claims);
+2. ``update_many({_id in ids, not_before: <as read>, claimed_by: None, <still due>}, {$set: {claimed_by: token,
+   claimed_at: now}})`` — per document atomic, so two processes racing for the same ids each get a disjoint part;
+3. when every candidate was claimed, the documents read in 1. are exactly what this claim got (no second read:
+   each due message is read about once); otherwise read back ``find({claimed_by: token})``.
+
+Why the documents of 1. may stand for the claimed ones: while a message is unclaimed nothing but a claim
+changes it, except the pause (``not_before`` = far future) and resume (``not_before`` = now). Every release that
+changes a message's fields (quiet-hours, billing and provider holds, requeues) sets ``not_before`` to a new,
+later time too; releases that leave ``not_before`` alone change nothing but the claim fields. So a message whose
+``not_before`` is still the value read was not changed since; the claim's ``not_before`` condition makes any
+other candidate fail to match, and the claim falls back to the read-back.
+
+Several executor processes partition the queue by ``_id`` (:func:`share_bounds`: contiguous ranges of the
+hexadecimal message ids, so each process reads only its own candidates and claims never collide); see
+:mod:`trackly_exec.executor.peers` for how a process learns its rank and the number of live executors.
 
 Every later write about a claimed message is conditional on ``claimed_by == token`` (fencing): a process
 that lost its claim (paused past the claim TTL while recovery released or dead-lettered it) matches
@@ -28,6 +41,7 @@ from pymongo import UpdateMany
 
 from trackly_exec.campaigns.queue import PAUSED_UNTIL
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import Filter, Update
 from trackly_exec.store.lease import Lease
 from trackly_exec.store.lease import new_token as new_token  # a claim's token (re-exported)
 from trackly_exec.store.models import MessageFields
@@ -52,68 +66,139 @@ CLAIMED_FIELDS: dict[str, int] = dict.fromkeys(
 LEASE = Lease("claimed_by", stamp="claimed_at")
 
 
-def due_filter(now: dt.datetime, list_id: int | None = None) -> dict[str, Any]:
-    """Unclaimed messages whose sendtime (and backoff, if any) has come.
+#: A share of the queue: ``(lo, hi)`` bounds of ``_id`` (``lo <= _id < hi``; None = unbounded on that side).
+Share = tuple[str | None, str | None]
+
+#: Width of the id prefix the shares are cut on (hex digits): 65,536 points, so up to thousands of processes.
+_SHARE_DIGITS = 4
+
+
+def share_bounds(rank: int, n: int) -> Share:
+    """The ``rank``-th of ``n`` contiguous shares of the queue by ``_id``.
+
+    Every string falls in exactly one share (the first is open below, the last open above, the cuts strictly
+    increase), whatever the id's format; message ids are random or HMAC hexadecimal, so the shares hold equal
+    parts of the queue. (Queued ``_id`` values are always strings: a range of strings does not match others.)
+    """
+    if not 0 <= rank < n:
+        raise ValueError(f"rank {rank} out of 0..{n - 1}")
+    span = 16**_SHARE_DIGITS
+
+    def cut(k: int) -> str | None:
+        return None if k in (0, n) else f"{k * span // n:0{_SHARE_DIGITS}x}"
+
+    return cut(rank), cut(rank + 1)
+
+
+def in_share(mid: str, share: Share | None) -> bool:
+    """Whether message id ``mid`` falls in ``share`` (None: the whole queue)."""
+    if share is None:
+        return True
+    lo, hi = share
+    return (lo is None or mid >= lo) and (hi is None or mid < hi)
+
+
+def _share_cond(share: Share | None) -> Filter | None:
+    if share is None or share == (None, None):
+        return None
+    lo, hi = share
+    rng: dict[str, str] = {}
+    if lo is not None:
+        rng["$gte"] = lo
+    if hi is not None:
+        rng["$lt"] = hi
+    return {"_id": rng}
+
+
+def due_filter(now: dt.datetime, list_id: int | None = None, share: Share | None = None) -> Filter:
+    """Unclaimed messages whose sendtime (and backoff, if any) has come (in ``share`` of the queue, if given).
 
     Written as one ``$and``: nx-27017 mis-parenthesises a top-level ``$or`` next to other conditions
     (``A and B or C``), which would match messages claimed by someone else.
     """
-    conds: list[dict[str, Any]] = [
+    conds: list[Filter] = [
         {"claimed_by": None},  # the executor's hot scan: kept exactly as indexed and measured
         {"sendtime": {"$lte": now}},
         {"$or": [{"not_before": None}, {"not_before": {"$lte": now}}]},
     ]
     if list_id is not None:
         conds.insert(0, {"sending_list_id": list_id})
+    rng = _share_cond(share)
+    if rng is not None:
+        conds.append(rng)
     return {"$and": conds}
 
 
-async def due_lists(db: Any, now: dt.datetime) -> list[int]:
-    """Ids of the sending lists that have due, unclaimed messages."""
-    return [int(v) for v in await db[c.QUEUED].distinct("sending_list_id", due_filter(now)) if v is not None]
+async def due_lists(db: Any, now: dt.datetime, share: Share | None = None) -> list[int]:
+    """Ids of the sending lists that have due, unclaimed messages (in ``share`` of the queue, if given)."""
+    return [
+        int(v) for v in await db[c.QUEUED].distinct("sending_list_id", due_filter(now, share=share)) if v is not None
+    ]
 
 
-async def find_due(db: Any, list_id: int, now: dt.datetime, limit: int) -> list[str]:
-    """Ids of up to ``limit`` due, unclaimed messages of one list, oldest ``sendtime`` first.
+async def find_due(
+    db: Any, list_id: int, now: dt.datetime, limit: int, share: Share | None = None
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` due, unclaimed messages of one list (in ``share`` of the queue, if given), oldest
+    ``sendtime`` first: the candidates of :func:`claim_docs` (:data:`CLAIMED_FIELDS` only).
 
     (Sorted by ``sendtime`` only: a campaign's messages share one sendtime, and a secondary ``_id`` sort
     costs nx-27017 more than the rest of the claim.)
     """
-    return [
-        d["_id"]
-        async for d in db[c.QUEUED]
-        .find(due_filter(now, list_id), {"_id": 1})
+    docs: list[dict[str, Any]] = (
+        await db[c.QUEUED]
+        .find(due_filter(now, list_id, share), CLAIMED_FIELDS)  # only the fields the executor uses
         .sort([("sendtime", 1)])
         .limit(limit)
         .batch_size(limit)  # one reply (the server's default first batch is ~100-200 documents)
-    ]
-
-
-async def claim_ids(db: Any, ids: Sequence[str], token: str, now: dt.datetime) -> list[dict[str, Any]]:
-    """Claim whichever of ``ids`` are still due and unclaimed; returns the claimed documents, FIFO.
-
-    The update repeats the due conditions, so candidate ids read a moment ago (possibly by another
-    process, possibly released since with a backoff) are only claimed if they are claimable now.
-    """
-    if not ids:
-        return []
-    q = db[c.QUEUED]
-    res = await q.update_many(
-        {"$and": [{"_id": {"$in": list(ids)}}, due_filter(now)]}, {"$set": LEASE.taken(token, now)}
+        .to_list(None)
     )
-    if res.matched_count == 0:
-        return []
-    # one reply for the whole claim (the server's default first batch is ~100-200 documents), only the fields used
-    docs: list[dict[str, Any]] = (
-        await q.find({"claimed_by": token}, CLAIMED_FIELDS).batch_size(max(1, res.matched_count)).to_list(None)
-    )
-    docs.sort(key=lambda d: (d["sendtime"], d["_id"]))
     return docs
 
 
-async def claim(db: Any, list_id: int, token: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
+async def claim_docs(
+    db: Any, candidates: Sequence[dict[str, Any]], token: str, now: dt.datetime
+) -> tuple[list[dict[str, Any]], int]:
+    """Claim whichever of ``candidates`` (documents read by :func:`find_due`) are still due, unclaimed and
+    unchanged; returns the claimed documents (FIFO) and how many documents were read back for it (0 when every
+    candidate was claimed: the candidates are then the claimed documents, see the module docstring).
+
+    The update repeats the due conditions, so candidates read a moment ago (possibly by another process,
+    possibly released since with a backoff) are only claimed if they are claimable now.
+    """
+    if not candidates:
+        return [], 0
+    q = db[c.QUEUED]
+    groups: dict[Any, list[str]] = {}
+    for d in candidates:
+        groups.setdefault(d.get("not_before"), []).append(d["_id"])
+    claim_set = {"$set": LEASE.taken(token, now)}
+    filters = [
+        {"$and": [{"_id": {"$in": ids}}, {"not_before": {"$eq": nb}}, due_filter(now)]} for nb, ids in groups.items()
+    ]
+    if len(filters) == 1:
+        matched = (await q.update_many(filters[0], claim_set)).matched_count
+    else:
+        matched = (await q.bulk_write([UpdateMany(f, claim_set) for f in filters], ordered=False)).matched_count
+    if matched == 0:
+        return [], 0
+    if matched == len(candidates):
+        docs = list(candidates)
+        reads = 0
+    else:
+        # one reply for the whole claim (the server's default first batch is ~100-200 documents)
+        docs = await q.find(LEASE.fence(token), CLAIMED_FIELDS).batch_size(max(1, matched)).to_list(None)
+        reads = len(docs)
+    docs.sort(key=lambda d: (d["sendtime"], d["_id"]))
+    return docs, reads
+
+
+async def claim(
+    db: Any, list_id: int, token: str, now: dt.datetime, limit: int, share: Share | None = None
+) -> list[dict[str, Any]]:
     """Claim up to ``limit`` due messages of one list; returns the claimed documents (oldest first)."""
-    return await claim_ids(db, await find_due(db, list_id, now, limit), token, now)
+    docs, _ = await claim_docs(db, await find_due(db, list_id, now, limit, share), token, now)
+    return docs
 
 
 async def held(db: Any, ids: Sequence[str], token: str) -> set[str]:
@@ -199,7 +284,7 @@ async def give_back(db: Any, ids: Sequence[str], token: str) -> int:
     return await LEASE.release(db[c.QUEUED], token, {"_id": {"$in": list(ids)}}, sending_at=None)
 
 
-async def claim_matching(db: Any, query: dict[str, Any], token: str, now: dt.datetime) -> list[dict[str, Any]]:
+async def claim_matching(db: Any, query: Filter, token: str, now: dt.datetime) -> list[dict[str, Any]]:
     """Claim every unclaimed message matching ``query`` whatever its sendtime (opt-out, erasure: they are
     recorded elsewhere, then :func:`drop`-ped); returns the documents this claim holds."""
     return await LEASE.claim(db[c.QUEUED], query, token, now)
@@ -265,11 +350,9 @@ async def resume_campaign(db: Any, campaign_id: int, now: dt.datetime) -> int:
     return int(res.modified_count)
 
 
-def hold_op(
-    query: dict[str, Any], until: dt.datetime, *, paused: bool, unset: dict[str, Any] | None = None
-) -> UpdateMany:
+def hold_op(query: Filter, until: dt.datetime, *, paused: bool, unset: Update | None = None) -> UpdateMany:
     """The bulk-write operation holding the messages matching ``query`` until ``until`` (a re-drive's release)."""
-    update: dict[str, Any] = {"$set": {"not_before": until, "paused": paused}}
+    update: Update = {"$set": {"not_before": until, "paused": paused}}
     if unset:
         update["$unset"] = unset
     return UpdateMany(query, update)

@@ -11,8 +11,17 @@ and retry back-offs end at once and give their messages back), cancel what is le
 claim of this process that has no send intent (fenced). Messages with an intent stay claimed: recovery
 records them NO_RESPONSE, since the provider may have them.
 
+Several processes (scale-out): with Redis, each process keeps a heartbeat (:mod:`peers`) and polls and claims only
+its share of the queue (a range of message ids), so N processes read each due message about once and make no empty
+claims. When a peer stops or dies its share passes to the others at their next heartbeat (``member_ttl_seconds``);
+when this process's own share has been empty for ``steal_after_seconds`` while others' have due messages (a peer
+stuck), it claims from the whole queue until its own share has work again (``steals``). Alone, without Redis or with
+Redis unreachable: the whole queue (claims are safe anyway: atomic, conditional and fenced). Counts ``queue_reads``
+(queue documents read: candidates plus claim read-backs) and ``empty_claims`` (claims that found every candidate
+taken) show collisions.
+
 Burst mode (tests, benches, ``python -m trackly_exec.executor.coordinator --burst``): :meth:`run_until_idle` processes
-every due message and returns the counts.
+every due message of this process's share (every due message when it is alone) and returns the counts.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from pydantic import ValidationError
 
 from trackly_exec.app import Loop, TaskSet, Trackly
 from trackly_exec.executor import checks, claims, recovery
+from trackly_exec.executor.peers import Membership
 from trackly_exec.executor.ratelimit import make_limiter
 from trackly_exec.executor.worker import ListInfo, Worker
 from trackly_exec.logs import get_logger
@@ -62,7 +72,25 @@ class Coordinator:
         self.per_list: dict[int, set[asyncio.Task[Any]]] = {}
         self._lists: dict[int, tuple[float, ListInfo | None]] = {}
         self._rr = 0
+        self.membership: Membership | None = None
+        if trackly.redis is not None:
+            self.membership = Membership(
+                trackly.redis,
+                c.EXECUTORS_KEY + trackly.settings.mongo.database,
+                trackly.instance,
+                self.cfg.member_ttl_seconds,
+            )
+        self.stealing = False  # claiming from the whole queue: this share is empty, others' are not (a stuck peer)
+        self._starved_since: dt.datetime | None = None
+        self.worker.share = self.share
         self._poller = Loop("executor-poll", self.fill, self.cfg.poll_interval_seconds, on_error=self._poll_failed)
+        self._heartbeat = Loop(
+            "executor-heartbeat",
+            self._beat,
+            max(0.05, min(1.0, self.cfg.member_ttl_seconds / 5)),
+            first_wait=True,
+            on_error=self._poll_failed,
+        )
         self._recoverer = Loop(
             "executor-recovery",
             self._recover,
@@ -117,9 +145,67 @@ class Coordinator:
 
     # -- scheduling -------------------------------------------------------------------------------
 
+    # -- membership and shares ------------------------------------------------------------------
+
+    def own_share(self) -> claims.Share | None:
+        """This process's share of the queue by the membership (None: the whole queue)."""
+        return self.membership.share() if self.membership is not None else None
+
+    def share(self) -> claims.Share | None:
+        """What this process polls and claims now: its own share, or the whole queue while stealing."""
+        return None if self.stealing else self.own_share()
+
+    async def _beat(self) -> None:
+        if self.membership is not None:
+            await self.membership.beat()
+
+    async def join(self) -> None:
+        """Heartbeat once now (start, burst mode), then keep it fresh in the background."""
+        await self._beat()
+        if self.membership is not None:
+            self._heartbeat.start()
+
+    async def leave(self) -> None:
+        """Stop the heartbeat and leave the membership: the others take this process's share."""
+        await self._heartbeat.stop(RELEASE_TIMEOUT_SECONDS)
+        if self.membership is not None:
+            try:
+                await asyncio.wait_for(self.membership.leave(), timeout=RELEASE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning("executor_leave_failed", error="timeout")
+        self.stealing = False  # (the starvation clock goes on: a burst run after another continues it)
+
+    async def _due_lists(self) -> list[int]:
+        """Lists with due messages in this process's share; the whole queue's after ``steal_after_seconds`` of an
+        empty share while other shares have due messages."""
+        db, now = self.trackly.db, self.worker.clock()
+        own = self.own_share()
+        ids = await claims.due_lists(db, now, own)
+        if own is None or ids:
+            self.stealing, self._starved_since = False, None
+            return ids
+        everyone = await claims.due_lists(db, now)
+        if not everyone:
+            self.stealing, self._starved_since = False, None
+            return []
+        if self._starved_since is None or self._starved_since > now:
+            self._starved_since = now
+        if (now - self._starved_since).total_seconds() < self.cfg.steal_after_seconds:
+            return []
+        if not self.stealing:
+            log.warning(
+                "executor_stealing",
+                instance=self.trackly.instance,
+                empty_for_seconds=round((now - self._starved_since).total_seconds(), 1),
+                lists=everyone,
+            )
+            self.counts["steals"] += 1
+        self.stealing = True
+        return everyone
+
     async def _ready_lists(self) -> list[int]:
+        ids = await self._due_lists()
         now = time.monotonic()
-        ids = await claims.due_lists(self.trackly.db, self.worker.clock())
         ready = [i for i in sorted(ids) if self.worker.paused.get(i, 0.0) <= now]
         if ready:  # round-robin: start from a different list each time
             self._rr = (self._rr + 1) % len(ready)
@@ -174,14 +260,18 @@ class Coordinator:
         ``held.quiet_hours``, ``held.billing``, ``released``, ``requeued``, ``provider_transient``, ``slowdowns``,
         ``limiter_unavailable``, ``claim_lost_before_send``, ``claim_lost_after_send``, ``batches``, ``batch_errors``.
         """
-        while not self.stopping.is_set():
-            started = await self.fill()
-            if not self.tasks:
-                break
-            before = self.counts["claimed"]
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-            if started == 0 and self.counts["claimed"] == before:
-                break
+        await self.join()
+        try:
+            while not self.stopping.is_set():
+                started = await self.fill()
+                if not self.tasks:
+                    break
+                before = self.counts["claimed"]
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+                if started == 0 and self.counts["claimed"] == before:
+                    break
+        finally:
+            await self.leave()
         return dict(self.counts)
 
     # -- component --------------------------------------------------------------------------------
@@ -189,6 +279,7 @@ class Coordinator:
     async def start(self) -> None:
         """Recover stale claims, then poll and recover in the background."""
         await recovery.sweep(self.trackly)
+        await self.join()
         self._poller.start()
         self._recoverer.start()
         log.info(
@@ -215,6 +306,7 @@ class Coordinator:
         self.stopping.set()
         started = time.monotonic()
         await asyncio.gather(self._poller.stop(grace), self._recoverer.stop(grace))
+        await self.leave()
         await self.tasks.stop(grace - (time.monotonic() - started))
         released = 0
         try:  # bounded: with the store down, recovery releases these after the claim TTL instead

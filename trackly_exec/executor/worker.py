@@ -6,7 +6,8 @@ message:
 
 1. **claim** up to ``claim_batch_size`` due messages (a rate-limited list claims at most
    ``rate_limit_claim_seconds`` of its tokens, so one worker never sits on a long backlog); one read of
-   the queue yields candidate ids for ``workers_per_list`` batches, each claimed conditionally;
+   the queue (this process's share of it, see :mod:`peers`) yields candidate documents for ``workers_per_list``
+   batches, each claimed conditionally (the documents read stand for the claimed ones: no second read);
 2. **checks** (:mod:`checks`): STALE / BLOCKED_CONTENT / CONTACT_BLOCKED are dead-lettered, quiet hours hold
    the message (released with ``not_before`` = the window's next opening);
 3. the rest is cut into chunks of ``rate_limit_chunk_seconds`` of tokens (the whole remainder when the list
@@ -110,7 +111,9 @@ class Worker:
         self.outcomes = Outcomes(trackly, counts)
         self.tokens: set[str] = set()  # claims in progress (released on shutdown)
         self.paused: dict[int, float] = {}  # list id -> monotonic time until which it must not be claimed
-        self._candidates: dict[int, collections.deque[str]] = {}  # list id -> due ids read ahead
+        self._candidates: dict[int, collections.deque[dict[str, Any]]] = {}  # list id -> due documents read ahead
+        #: this process's share of the queue (None: the whole queue); the coordinator sets it from the membership
+        self.share: Callable[[], claims.Share | None] = lambda: None
         self._fetching: dict[int, asyncio.Lock] = {}
         self._lateness: dict[int, collections.deque[float]] = {}  # list id -> recent slot-to-send delays
 
@@ -190,25 +193,32 @@ class Worker:
         return len(docs)
 
     async def _claim(self, lst: SendingList, token: str, now: dt.datetime) -> list[dict[str, Any]]:
-        """Claim one batch from this list's candidate ids (re-read from the queue when they run out)."""
-        limit = self.claim_limit(lst)
-        for _ in range(3):  # candidates may all have been taken by another process meanwhile
-            ids = await self._candidates_for(lst.id, now, limit)
-            if not ids:
-                return []
-            docs = await claims.claim_ids(self.db, ids, token, now)
-            if docs:
-                return docs
-            self._candidates.get(lst.id, collections.deque()).clear()  # stale: read the queue again
-        return []
+        """Claim one batch from this list's candidates (re-read from the queue when they run out).
 
-    async def _candidates_for(self, list_id: int, now: dt.datetime, limit: int) -> list[str]:
-        """Up to ``limit`` candidate ids; one queue scan serves ``workers_per_list`` batches."""
+        One claim at a time per list in this process (a claim is one round trip; the batch's work after it runs
+        concurrently): so a re-read of the queue never returns candidates another batch of this process is still
+        claiming, and each due message is read about once."""
+        limit = self.claim_limit(lst)
+        async with self._fetching.setdefault(lst.id, asyncio.Lock()):
+            for _ in range(3):  # candidates may all have been taken by another process meanwhile
+                candidates = await self._candidates_for(lst.id, now, limit)
+                if not candidates:
+                    return []
+                docs, reads = await claims.claim_docs(self.db, candidates, token, now)
+                self.counts["queue_reads"] += reads
+                if docs:
+                    return docs
+                self.counts["empty_claims"] += 1
+                self._candidates.get(lst.id, collections.deque()).clear()  # stale: read the queue again
+            return []
+
+    async def _candidates_for(self, list_id: int, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` candidate documents; one queue scan serves ``workers_per_list`` batches."""
         pending = self._candidates.setdefault(list_id, collections.deque())
         if not pending:
-            async with self._fetching.setdefault(list_id, asyncio.Lock()):
-                if not pending:
-                    pending.extend(await claims.find_due(self.db, list_id, now, limit * self.cfg.workers_per_list))
+            docs = await claims.find_due(self.db, list_id, now, limit * self.cfg.workers_per_list, self.share())
+            self.counts["queue_reads"] += len(docs)
+            pending.extend(docs)
         return [pending.popleft() for _ in range(min(limit, len(pending)))]
 
     async def _chunk(

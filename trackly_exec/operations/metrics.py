@@ -66,6 +66,18 @@ EXECUTOR_COUNTERS: dict[str, tuple[str, str]] = {
     "slowdowns": ("trackly_executor_slowdowns", "Times a list's rate was lowered after provider errors."),
     "batches": ("trackly_executor_batches", "Batches run by this process's executor."),
     "batch_errors": ("trackly_executor_batch_errors", "Batches that ended in an unexpected error."),
+    "queue_reads": (
+        "trackly_executor_queue_reads",
+        "Queue documents read by this executor: claim candidates plus claim read-backs (about one per message).",
+    ),
+    "empty_claims": (
+        "trackly_executor_empty_claims",
+        "Claims whose every candidate another executor took first (collisions between processes).",
+    ),
+    "steals": (
+        "trackly_executor_steals",
+        "Times this process claimed from the whole queue because its own share stayed empty while others' had work.",
+    ),
 }
 EXECUTOR_LABELLED: dict[str, tuple[str, str, str]] = {
     "failed.": ("trackly_executor_messages_failed", "reason", "Messages recorded as failed, by reason."),

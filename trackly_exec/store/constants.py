@@ -52,6 +52,8 @@ REDIS_PREFIX = "trackly:"
 RATE_KEY = REDIS_PREFIX + "rate:"  # + sending list id: GCRA theoretical arrival time
 PENALTY_KEY = REDIS_PREFIX + "penalty:"  # + sending list id: provider-error slow-down factor
 HEALTH_KEY = REDIS_PREFIX + "health:"  # + instance name, with a TTL
+# + database name: sorted set of the live executor processes (member: instance name, score: heartbeat expiry, ms)
+EXECUTORS_KEY = REDIS_PREFIX + "executors:"
 
 # ---- entry points --------------------------------------------------------------------------
 DRIVER_GROUP = "trackly.drivers"
