@@ -2,10 +2,11 @@
 
 A NO_RESPONSE FailedMessage (``ambiguous=True``: a 5xx, timeout or reset after the request was written, or a
 process that died after its send intent; see :mod:`outcomes` and :mod:`recovery`) is due for a look-up at once
-(``reconcile_at``). A pass takes up to ``reconcile.batch_size`` due messages under a lease (``reconcile_by``, so
-several daemons never ask about one message at the same time), groups them by driver instance (the list's, with
-its ``driver_settings``), and calls :meth:`Driver.resolve` in batches of the driver's ``max_lookup_batch``, at most
-``reconcile.concurrency`` requests in flight per driver. Per message:
+(``reconcile_at``). A pass takes up to ``reconcile.batch_size`` due messages under a lease (``reconcile_by`` until
+``reconcile_at``, a :class:`~trackly_exec.store.lease.Lease`, so several daemons never ask about one message at the
+same time), groups them by driver instance (the list's, with its ``driver_settings``), and calls
+:meth:`Driver.resolve` in batches of the driver's ``max_lookup_batch``, at most ``reconcile.concurrency`` requests
+in flight per driver. Per message:
 
 - **found** (the provider has it): it was sent. One MessageSent (``submitted=True``, the provider's id,
   ``resolved_from_no_response=True``) is inserted and the FailedMessage removed: exactly one record. The delivery
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from trackly_exec.executor.outcomes import insert_records, sent_doc
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import FailedDoc, SendingListDoc
+from trackly_exec.store.lease import Lease, new_token
 from trackly_exec.store.models import FailureReason, MessageFields, entering_queue
 
 if TYPE_CHECKING:
@@ -102,16 +103,10 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     )
     if not due:
         return out
-    token = f"{trackly.instance}-reconcile:{uuid.uuid4().hex}"
-    lease = now + dt.timedelta(seconds=cfg.lease_seconds)
-    await col.update_many(
-        {
-            "_id": {"$in": [d["_id"] for d in due]},
-            "reconcile_state": "pending",
-            "reconcile_at": {"$lte": now},
-            "redrive_token": {"$eq": None},
-        },
-        {"$set": {"reconcile_at": lease, "reconcile_by": token}},
+    token = new_token(f"{trackly.instance}-reconcile")
+    ids = [d["_id"] for d in due]
+    await _lease(trackly).claim(
+        col, {"_id": {"$in": ids}, "reconcile_state": "pending", "redrive_token": {"$eq": None}}, token, now, read=False
     )
     docs = await col.find({"reconcile_by": token, "reason": NO_RESPONSE, "reconcile_state": "pending"}).to_list(None)
     if not docs:
@@ -301,11 +296,13 @@ async def _release(
     if not docs:
         return
     col = trackly.store[c.FAILED]
-    lease = now + dt.timedelta(seconds=trackly.settings.reconcile.lease_seconds)
     ids = [d["_id"] for d in docs]
-    await col.update_many(
-        {"_id": {"$in": ids}, "reconcile_by": token, "reason": NO_RESPONSE},
-        {"$set": {"reconcile_state": "releasing", "reconcile_at": lease}},
+    await _lease(trackly).update(
+        col,
+        token,
+        {"_id": {"$in": ids}, "reason": NO_RESPONSE},
+        {"$set": {"reconcile_state": "releasing"}},
+        renew_at=now,
     )
     held = [d async for d in col.find({"_id": {"$in": ids}, "reconcile_by": token, "reconcile_state": "releasing"})]
     n = await _requeue(trackly, held, now)
@@ -313,11 +310,19 @@ async def _release(
     out["released"] += n
 
 
+def _lease(trackly: Trackly) -> Lease:
+    """A pass's lease on the FailedMessages it looks up or releases: ``reconcile_by`` (its token) until
+    ``reconcile_at`` (which is also when a pending message is next looked up)."""
+    return Lease(
+        "reconcile_by", until="reconcile_at", ttl=dt.timedelta(seconds=trackly.settings.reconcile.lease_seconds)
+    )
+
+
 async def _requeue(trackly: Trackly, docs: list[FailedDoc], now: dt.datetime) -> int:
     """Insert queue entries (claimed by this pass), remove the FailedMessages, drop the claim."""
     if not docs:
         return 0
-    claim = f"{trackly.instance}-reconcile:{uuid.uuid4().hex}"
+    claim = new_token(f"{trackly.instance}-reconcile")
     fields = MessageFields.model_fields
     queued = [
         {
