@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from trackly_exec import api
 from trackly_exec.api.openapi import document
 from trackly_exec.app import Trackly
-from trackly_exec.campaigns.scheduler import Scheduler, TriggerConflict, stop_background, trigger
+from trackly_exec.campaigns.scheduler import TRIGGER_LOCK_STALE, Scheduler, TriggerConflict, stop_background, trigger
 from trackly_exec.drivers import registry
 from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
@@ -134,13 +134,14 @@ async def test_trigger_lock_left_by_a_dead_process(trackly: Trackly) -> None:
     """A lock naming an execution that was never created: refused while young, taken over once stale."""
     register_echo()
     await seed_campaign(trackly.store, contacts=[contact(1)])
-    await trackly.db[c.LOCKS].insert_one({"_id": "trigger:1", "execution_id": 999, "campaign_id": 1, "at": utcnow()})
+    t0 = utcnow()
+    trackly.clock = lambda: t0
+    await trackly.db[c.LOCKS].insert_one({"_id": "trigger:1", "execution_id": 999, "campaign_id": 1, "at": t0})
+    trackly.clock = lambda: t0 + TRIGGER_LOCK_STALE - dt.timedelta(milliseconds=1)
     with pytest.raises(TriggerConflict, match="being triggered") as info:
         await trigger(trackly, 1)
     assert info.value.execution_id == 999
-    await trackly.db[c.LOCKS].replace_one(
-        {"_id": "trigger:1"}, {"execution_id": 999, "campaign_id": 1, "at": utcnow() - dt.timedelta(minutes=5)}
-    )
+    trackly.clock = lambda: t0 + TRIGGER_LOCK_STALE  # stale from now on: taken over
     eid = await trigger(trackly, 1)
     assert (await trackly.db[c.LOCKS].find_one({"_id": "trigger:1"}))["execution_id"] == eid
 
