@@ -27,7 +27,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Filter, JsonObject
 from trackly_exec.store.phones import mask_text
-from trackly_exec.tracking.stats import campaign_stats, overview
+from trackly_exec.tracking.stats import campaign_stats, count, overview
 
 log = get_logger(__name__)
 
@@ -100,7 +100,7 @@ async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonO
         ended = _aware(last.get("completed_at")) if last else None
         rate = 0.0
         if queued:
-            rate = await store[c.SENT].count_documents({"campaign_id": cid, "timestamp": {"$gte": since}}) / 60.0
+            rate = await count(store, c.SENT, {"campaign_id": cid, "timestamp": {"$gte": since}}) / 60.0
         rows.append(
             {
                 "id": cid,

@@ -65,28 +65,37 @@ async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) ->
     return out
 
 
+async def count(store: Store, coll: str, query: Filter) -> int:
+    """The number of ``coll`` documents matching ``query``, with the ``count`` command.
+
+    Not ``count_documents``: that is an aggregation (``$match`` + ``$group``), which nx-27017 runs in Python
+    over a deep copy of every document (0.9 s for 20,000 MessageSent here, where ``count`` takes 2-90 ms).
+    The dashboard samples :func:`overview` every 10 seconds in every daemon: with ``count_documents`` the
+    embedded store spent most of its time on it once MessageSent held a few tens of thousands of records."""
+    reply = await store.db.command({"count": coll, "query": query})
+    return int(reply["n"])
+
+
 async def overview(store: Store, now: dt.datetime, window_seconds: int = 60) -> JsonObject:
     """Totals across every campaign, plus the send rate over the last ``window_seconds``."""
     since = now - dt.timedelta(seconds=window_seconds)
-    sent_total = await store[c.SENT].count_documents({})
-    recent = await store[c.SENT].count_documents({"timestamp": {"$gte": since}})
-    failed_recent = await store[c.FAILED].count_documents({"failed_at": {"$gte": since}})
+    sent_total = await count(store, c.SENT, {})
+    recent = await count(store, c.SENT, {"timestamp": {"$gte": since}})
+    failed_recent = await count(store, c.FAILED, {"failed_at": {"$gte": since}})
     failed_by: dict[str, int] = {}
     async for row in await store[c.FAILED].aggregate([{"$group": {"_id": "$reason", "n": {"$sum": 1}}}]):
         failed_by[str(row["_id"])] = int(row["n"])
     return {
-        "queued": await store[c.QUEUED].count_documents({}),
-        "claimed": await store[c.QUEUED].count_documents(
-            {"claimed_by": {"$gt": ""}}
-        ),  # not $ne None: nx-27017 mis-evaluates it
+        "queued": await count(store, c.QUEUED, {}),
+        "claimed": await count(store, c.QUEUED, {"claimed_by": {"$gt": ""}}),  # not $ne None: nx-27017 mis-evaluates it
         "sent": sent_total,
-        "delivered": await store[c.SENT].count_documents({"delivered": True}),
-        "undelivered": await store[c.SENT].count_documents({"delivered": False}),
+        "delivered": await count(store, c.SENT, {"delivered": True}),
+        "undelivered": await count(store, c.SENT, {"delivered": False}),
         "failed_by_reason": failed_by,
         "send_rate_per_second": round(recent / window_seconds, 2),
         "failure_rate_recent": round(100.0 * failed_recent / (recent + failed_recent), 2)
         if recent + failed_recent
         else 0.0,
-        "clicks": await store[c.CLICKS].count_documents({}),
-        "human_clicks": await store[c.CLICKS].count_documents({"bot": False}),
+        "clicks": await count(store, c.CLICKS, {}),
+        "human_clicks": await count(store, c.CLICKS, {"bot": False}),
     }
