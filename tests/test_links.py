@@ -198,3 +198,21 @@ async def test_click_stats_per_campaign_and_variant(daemon: Daemon) -> None:
     by_creative = await click_stats(daemon.store, creative_id=789)
     assert by_creative["sent"] == 9 and by_creative["clicked"] == 2
     assert (await click_stats(daemon.store, campaign_id=99))["rate"] == 0.0
+
+
+async def test_concurrent_clicks_are_grouped_and_each_recorded(daemon: Daemon) -> None:
+    """Clicks in flight together are read and recorded as a group: every one answers and is counted once."""
+    import asyncio
+
+    old = utcnow() - dt.timedelta(hours=1)
+    sent = await seed_sent(daemon.store, 5, timestamp=old)
+    for i, m in enumerate(sent):
+        await _link(daemon, code=f"group{i:07d}", message_id=m.id)
+    paths = [f"/l/group{i % 5:07d}" for i in range(20)] + ["/l/NoSuchCode123"]
+    answers = await asyncio.gather(
+        *(_get(daemon, p, ua="Slackbot 1.0" if i == 0 else BROWSER) for i, p in enumerate(paths))
+    )
+    assert answers == [(302, DEST)] * 20 + [(404, None)]
+    assert await daemon.store[c.CLICKS].count_documents({}) == 20
+    links = await daemon.store[c.SHORT_LINKS].find({"_id": {"$regex": "^group"}}).sort("_id", 1).to_list(None)
+    assert [(x["clicks"], x["human_clicks"]) for x in links] == [(4, 3)] + [(4, 4)] * 4

@@ -8,15 +8,18 @@ destinations that are not absolute http(s) URLs, answer 404. Recording failures 
 
 from __future__ import annotations
 
+import asyncio
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from trackly_exec.app import Trackly
+from trackly_exec.app import TaskSet, Trackly
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.tracking.clicks import record_click
+from trackly_exec.store.models import utcnow
+from trackly_exec.tracking.clicks import Visit, record_clicks
 
 log = get_logger(__name__)
 
@@ -47,31 +50,87 @@ def _client_ip(request: web.Request, trust_forwarded: bool) -> str | None:
     return request.remote
 
 
+#: Clicks followed in one group at most (one read of the links, one record of the clicks).
+GROUP_MAX = 256
+
+
 class LinkHandler:
+    """``GET /l/{code}``, group-committed: the requests that arrive while a group is being read and recorded
+    form the next group, so N clicks in flight cost the store four round trips (links, message times, clicks,
+    counters), not 4 x N. Each request still answers only once its own click is recorded (or failed to be)."""
+
     def __init__(self, trackly: Trackly) -> None:
         self.trackly = trackly
+        self._waiting: list[tuple[str, Visit, asyncio.Future[dict[str, Any] | None]]] = []
+        self._tasks = TaskSet()
+        self._draining = False
 
     async def follow(self, request: web.Request) -> web.StreamResponse:
         code = request.match_info.get("code", "")
         if not CODE_RE.fullmatch(code):
             return web.Response(status=404, text="not found", headers=_NO_STORE)
-        link = await self.trackly.store[c.SHORT_LINKS].find_one({"_id": code})
+        visit = Visit(
+            user_agent=request.headers.get("User-Agent"),
+            ip=_client_ip(request, self.trackly.settings.tracking.trust_forwarded_for),
+            method=request.method,
+            at=utcnow(),
+        )
+        link = await self._follow(code, visit)
         destination = safe_destination(link.get("destination")) if link else None
         if link is None or destination is None:
             if link is not None:
                 log.error("short_link_bad_destination", code=code)
             return web.Response(status=404, text="not found", headers=_NO_STORE)
-        try:
-            await record_click(
-                self.trackly,
-                link,
-                user_agent=request.headers.get("User-Agent"),
-                method=request.method,
-                ip=_client_ip(request, self.trackly.settings.tracking.trust_forwarded_for),
-            )
-        except Exception as exc:  # the visitor still gets where they were going
-            log.warning("click_record_failed", code=code, error=str(exc))
         return web.Response(status=302, headers={"Location": destination, **_NO_STORE})
+
+    async def _follow(self, code: str, visit: Visit) -> dict[str, Any] | None:
+        """The link of ``code`` (None: unknown), its click recorded when its destination is safe."""
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((code, visit, future))
+        if not self._draining:
+            self._draining = True
+            self._tasks.spawn(self._drain(), name="short-link-clicks")
+        return await future
+
+    async def _drain(self) -> None:
+        group: list[tuple[str, Visit, asyncio.Future[dict[str, Any] | None]]] = []
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
+                try:
+                    links = await self._group([(code, visit) for code, visit, _ in group])
+                except Exception as exc:  # the store is unreachable: every request of the group fails (500)
+                    for _, _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), link in zip(group, links, strict=True):
+                    if not future.done():  # a request whose client went away is cancelled
+                        future.set_result(link)
+        except BaseException:  # cancelled (shutdown): no request waits for ever
+            for _, _, future in group + self._waiting:
+                future.cancel()
+            self._waiting = []
+            raise
+        finally:
+            self._draining = False  # no await since the last look at _waiting: nothing is left behind
+
+    async def _group(self, group: list[tuple[str, Visit]]) -> list[dict[str, Any] | None]:
+        codes = list({code for code, _ in group})
+        found = {
+            d["_id"]: d for d in await self.trackly.store[c.SHORT_LINKS].find({"_id": {"$in": codes}}).to_list(None)
+        }
+        links = [found.get(code) for code, _ in group]
+        clicks = [
+            (link, visit)
+            for link, (_, visit) in zip(links, group, strict=True)
+            if link is not None and safe_destination(link.get("destination")) is not None
+        ]
+        try:
+            await record_clicks(self.trackly, clicks)
+        except Exception as exc:  # the visitors still get where they were going
+            log.warning("click_record_failed", codes=[link["_id"] for link, _ in clicks][:5], error=str(exc))
+        return links
 
 
 def setup(app: web.Application, trackly: Trackly) -> None:
