@@ -11,9 +11,11 @@ What is measured (embedded nx-27017, in memory, started by this script):
    quiet hours, a placeholder without default, opt-out footer, two variants): contacts/s of
    ``scheduler.trigger`` (unique contacts / wall time); then again with tracked links on (one more insert,
    a MessageShortLink, per message).
-2. **The floor**, in the same run and store: reading the same contacts with one plain cursor plus
-   ``insert_many`` of the same number of queue documents (batches of the same size). Ratio = floor time /
-   our time (1.0 would mean the engine costs nothing beyond the store's own work).
+2. **The floor**, in the same run and store, right after each evaluation: the same documents read and written
+   with the least store work: each contact read once with one plain cursor, and per batch (same size) one
+   unordered ``insert_many`` each of the queue documents, their cooldown reservations and (with tracked links)
+   their MessageShortLink documents. Ratio = floor time / our time (1.0 would mean the engine costs nothing
+   beyond the store's own work). Every size up to 200k gets its floors and the tracked-links run.
 3. **Peak RSS** of a fresh process that evaluates N contacts (``ru_maxrss``; the store is another process):
    bounded if it does not grow with N.
 4. **10,000-contact campaign**: trigger -> all queued, and trigger -> all accepted by the Infobip fake (the
@@ -219,9 +221,11 @@ async def evaluate_phase(uri: str, db: str, data_dir: str) -> dict[str, Any]:
     store = await Store.connect(uri, db)
     trackly = Trackly(settings, store)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cpu0 = _cpu_self()
     t0 = time.perf_counter()
-    eid = await trigger(trackly, 1)
+    eid = await trigger(trackly, 1, force=True)  # the tracked-links run is this one-off campaign's second
     secs = time.perf_counter() - t0
+    cpu = _cpu_self() - cpu0
     ex = await store.db[c.EXECUTIONS].find_one({"_id": eid})
     assert ex is not None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -233,19 +237,26 @@ async def evaluate_phase(uri: str, db: str, data_dir: str) -> dict[str, Any]:
         "queued": k["queued"],
         "counts": k,
         "contacts_per_s": k["unique"] / secs,
+        "cpu_seconds": cpu,
         "rss_before_mb": rss0 / 1024,
         "peak_rss_mb": rss / 1024,
     }
 
 
-async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
-    """Read the same contacts with one plain cursor and insert ``queued`` queue-shaped documents."""
+async def floor_phase(uri: str, db: str, queued: int, links: int) -> dict[str, Any]:
+    """The least store work for the same outcome: read the list's contacts with one plain cursor (each once:
+    the union of the two audiences is the whole list here) and insert, per batch, the same documents the
+    evaluation writes: ``queued`` queue documents, as many cooldown reservations (the list has a cooldown), and
+    ``links`` MessageShortLink documents (0 or one per message), each one unordered ``insert_many`` per batch,
+    into collections with the product's indexes."""
     from trackly_exec.campaigns.audience import CONTACT_PROJECTION
     from trackly_exec.store.client import INDEXES, Store
 
     store = await Store.connect(uri, db)
-    coll = store.db["bench_floor_queue"]
-    await coll.create_indexes(INDEXES[c.QUEUED])
+    names = {"queue": c.QUEUED, "reservations": c.RESERVATIONS, "links": c.SHORT_LINKS}
+    colls = {k: store.db[f"bench_floor_{k}"] for k in names}
+    for k, coll in colls.items():
+        await coll.create_indexes(INDEXES[names[k]])
     now = utcnow()
     template = queued_message(
         "",
@@ -259,9 +270,10 @@ async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
         sendtime=now,
         created_at=now,
     )
+    cpu0 = _cpu_self()
     t0 = time.perf_counter()
     cursor = store.db[c.CONTACTS].find({"sending_list_id": 1}, CONTACT_PROJECTION).batch_size(BATCH)
-    read = inserted = 0
+    read = inserted = linked = 0
     while True:
         batch = await cursor.to_list(BATCH)
         if not batch:
@@ -269,23 +281,83 @@ async def floor_phase(uri: str, db: str, queued: int) -> dict[str, Any]:
         read += len(batch)
         take = min(len(batch), queued - inserted)
         if take > 0:
-            await coll.insert_many(
-                [{**template, "_id": new_message_id(), "contact_id": d["_id"]} for d in batch[:take]], ordered=False
+            msgs = [{**template, "_id": new_message_id(), "contact_id": d["_id"]} for d in batch[:take]]
+            await colls["reservations"].insert_many(
+                [
+                    {
+                        "_id": f"1:{d['phone']}",
+                        "sending_list_id": 1,
+                        "to_number": d["phone"],
+                        "contact_id": d["_id"],
+                        "execution_id": 999,
+                        "campaign_id": 1,
+                        "message_id": m["_id"],
+                        "reserved_at": now,
+                        "state": "held",
+                        "sent_at": None,
+                    }
+                    for d, m in zip(batch, msgs, strict=False)
+                ],
+                ordered=False,
             )
+            await colls["queue"].insert_many(msgs, ordered=False)
             inserted += take
+            n_links = min(take, links - linked)
+            if n_links > 0:
+                await colls["links"].insert_many(
+                    [
+                        {
+                            "_id": new_message_id(),
+                            "message_id": m["_id"],
+                            "destination": "https://shop.example.com/sale?c=1",
+                            "account_id": 1,
+                            "campaign_id": 1,
+                            "execution_id": 999,
+                            "creative_id": 1,
+                            "variant_key": "A",
+                            "contact_id": m["contact_id"],
+                            "clicks": 0,
+                            "human_clicks": 0,
+                            "created_at": now,
+                        }
+                        for m in msgs[:n_links]
+                    ],
+                    ordered=False,
+                )
+                linked += n_links
     secs = time.perf_counter() - t0
-    await coll.drop()
+    cpu = _cpu_self() - cpu0
+    for coll in colls.values():
+        await coll.drop()
     await store.client.close()
-    return {"seconds": secs, "read": read, "inserted": inserted}
+    return {"seconds": secs, "cpu_seconds": cpu, "read": read, "inserted": inserted, "links": linked}
+
+
+def _cpu_self() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` (the store)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+STORE_PID = 0  # the embedded store of the running evaluation_bench
 
 
 def run_child(phase: str, *args: str) -> dict[str, Any]:
+    before = _cpu_of(STORE_PID) if STORE_PID else 0.0
     out = subprocess.run(
         [sys.executable, __file__, "--phase", phase, *args], capture_output=True, text=True, check=False, cwd=ROOT
     )
     if out.returncode != 0:
         raise RuntimeError(f"{phase} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["store_cpu_seconds"] = (_cpu_of(STORE_PID) - before) if STORE_PID else None
+    return result
 
 
 async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_floor: bool = True) -> dict[str, Any]:
@@ -297,17 +369,21 @@ async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_fl
             "mongo": {"uri": "embedded", "embedded_in_memory": True, "database": f"bench{n}"},
         }
     )
+    global STORE_PID
     store = await Store.open(settings)
-    assert store.embedded is not None
+    assert store.embedded is not None and store.embedded.proc is not None
+    STORE_PID = store.embedded.proc.pid
     try:
         t0 = time.perf_counter()
         await seed(store, n)
         seeded = time.perf_counter() - t0
         uri, db = store.embedded.uri, settings.mongo.database
-        ours = run_child("evaluate", uri, db, data_dir)
         if not with_floor:
+            ours = run_child("evaluate", uri, db, data_dir)
             return {"n": n, "seed_seconds": seeded, "ours": ours, "floor": None, "ratio": None}
-        floor = run_child("floor", uri, db, str(ours["queued"]))
+        # Each floor right after its run (same store state, the machine's load alike for both).
+        ours = run_child("evaluate", uri, db, data_dir)
+        floor = run_child("floor", uri, db, str(ours["queued"]), "0")
         out = {
             "n": n,
             "seed_seconds": seeded,
@@ -316,13 +392,16 @@ async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_fl
             "ratio": floor["seconds"] / ours["seconds"],
         }
         if links:
-            # Same campaign with tracked links: one MessageShortLink insert per message on top.
+            # Same campaign with tracked links: one MessageShortLink insert per message on top. The first run's
+            # messages and reservations are removed so that the second one writes as much.
             await store.db[c.QUEUED].delete_many({})
+            await store.db[c.RESERVATIONS].delete_many({})
             camp = await store.db[c.CAMPAIGNS].find_one({"_id": 1})
             assert camp is not None
             await store.db[c.CAMPAIGNS].replace_one({"_id": 1}, {**camp, "track_links": True})
             linked = run_child("evaluate", uri, db, data_dir)
-            out.update(linked=linked, linked_ratio=floor["seconds"] / linked["seconds"])
+            floor_links = run_child("floor", uri, db, str(linked["queued"]), str(linked["counts"]["links"]))
+            out.update(linked=linked, floor_links=floor_links, linked_ratio=floor_links["seconds"] / linked["seconds"])
         return out
     finally:
         await store.client.drop_database(settings.mongo.database)
@@ -367,6 +446,19 @@ async def e2e_bench(n: int, data_dir: str) -> dict[str, Any]:
         await fake.stop()
 
 
+def cpu_line(ours: dict[str, Any], floor: dict[str, Any]) -> str:
+    """CPU per unique contact: the evaluating process's and the store's, ours vs the floor's."""
+    n = ours["unique"]
+
+    def us(x: float | None) -> str:
+        return f"{x / n * 1e6:.0f}" if x is not None else "?"
+
+    return (
+        f"CPU us/contact: evaluator {us(ours['cpu_seconds'])} (floor {us(floor['cpu_seconds'])}), "
+        f"store {us(ours['store_cpu_seconds'])} (floor {us(floor['store_cpu_seconds'])})"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -383,13 +475,13 @@ def main() -> int:
         print(json.dumps(asyncio.run(evaluate_phase(*a.args)), default=str))
         return 0
     if a.phase == "floor":
-        print(json.dumps(asyncio.run(floor_phase(a.args[0], a.args[1], int(a.args[2])))))
+        print(json.dumps(asyncio.run(floor_phase(a.args[0], a.args[1], int(a.args[2]), int(a.args[3])))))
         return 0
     tmp = tempfile.mkdtemp(prefix="trackly-bench-")
     try:
         sizes = ([] if a.only_n and a.n else [100_000]) + ([a.n] if a.n and a.n != 100_000 else [])
         for n in sizes:
-            base = n == 100_000
+            base = n <= 200_000  # floors and the tracked-links run: not at 1M (minutes more, same ratios)
             r = asyncio.run(evaluation_bench(n, os.path.join(tmp, f"n{n}"), links=base, with_floor=base))
             o, f = r["ours"], r["floor"]
             k = o["counts"]
@@ -404,9 +496,10 @@ def main() -> int:
             )
             if f is not None:
                 print(
-                    f"   floor: {f['seconds']:.2f} s  (plain cursor over {f['read']:,} + insert {f['inserted']:,} queue docs)"
+                    f"   floor: {f['seconds']:.2f} s  (plain cursor over {f['read']:,} + insert {f['inserted']:,} queue docs "
+                    "and as many reservations)"
                 )
-                print(f"   ratio floor/ours: {r['ratio']:.2f}")
+                print(f"   ratio floor/ours: {r['ratio']:.2f}   {cpu_line(o, f)}")
             print(
                 f"   peak RSS of the evaluating process: {o['peak_rss_mb']:.0f} MB (at start {o['rss_before_mb']:.0f} MB)"
                 f"   [seeding took {r['seed_seconds']:.1f} s]"
@@ -422,8 +515,9 @@ def main() -> int:
                 lk = r["linked"]
                 print(
                     f"   with tracked links (+{lk['counts']['links']:,} MessageShortLink inserts): {lk['seconds']:.2f} s "
-                    f"-> {lk['contacts_per_s']:,.0f} contacts/s, ratio floor/ours {r['linked_ratio']:.2f}, "
-                    f"peak RSS {lk['peak_rss_mb']:.0f} MB"
+                    f"-> {lk['contacts_per_s']:,.0f} contacts/s (queued {lk['queued']:,}), floor "
+                    f"{r['floor_links']['seconds']:.2f} s, ratio floor/ours {r['linked_ratio']:.2f}, "
+                    f"peak RSS {lk['peak_rss_mb']:.0f} MB\n      {cpu_line(lk, r['floor_links'])}"
                 )
                 record(
                     f"evaluation + queuing with links, {n:,} contacts",

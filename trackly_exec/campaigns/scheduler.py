@@ -53,6 +53,7 @@ from trackly_exec.campaigns.queue import has_pending
 from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.client import count
 from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Update
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.lease import Lease
@@ -272,7 +273,7 @@ class _Runner:
             return str(status)
         if status != ExecutionStatus.QUEUED.value:
             return None
-        left = await self.db[c.QUEUED].count_documents({"execution_id": ex["_id"]})
+        left = await count(self.db, c.QUEUED, {"execution_id": ex["_id"]})
         if left:
             return f"sending ({left} message{'s' if left != 1 else ''} still queued)"
         await self.db[c.EXECUTIONS].update_one(
@@ -366,7 +367,7 @@ async def audience_size(db: Any, plan: Any) -> int:
     total = 0
     for a in plan.audiences:
         q = audience_query(int(plan.sending_list["_id"]), a)
-        total += len(set(a.get("contact_ids") or [])) if q is None else int(await db[c.CONTACTS].count_documents(q))
+        total += len(set(a.get("contact_ids") or [])) if q is None else await count(db, c.CONTACTS, q)
     return total
 
 

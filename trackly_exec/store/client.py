@@ -74,6 +74,16 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+async def count(db: AsyncDatabase[dict[str, Any]], collection: str, query: dict[str, Any]) -> int:
+    """The number of ``collection`` documents matching ``query``, with the ``count`` command.
+
+    Not ``count_documents``: that is an aggregation (``$match`` + ``$group``), which nx-27017 runs in Python
+    over a deep copy of every document (0.9 s for 20,000 MessageSent here, where ``count`` takes 2-90 ms). The
+    dashboard samples counts every 10 seconds in every daemon, and every evaluation counts its audiences."""
+    reply = await db.command({"count": collection, "query": query})
+    return int(reply["n"])
+
+
 class Store:
     """A connected database, plus the embedded server when ``mongo.uri = "embedded"``."""
 
