@@ -174,11 +174,16 @@ def _doc(msg: MessageDoc, now: dt.datetime) -> ReservationDoc:
 async def take(db: Any, messages: Sequence[MessageDoc], view: View, now: dt.datetime) -> set[str]:
     """Reserve (list, phone) for each of ``messages`` (queue documents); returns the ids that hold theirs.
 
-    One ``bulk_write`` (inserts for new keys, conditional take-overs of free documents) and one read back."""
+    One ``bulk_write`` (inserts for new keys, conditional take-overs of free documents), then a read back of
+    the keys whose outcome the write does not prove: an insert that did not fail holds its key (nothing takes a
+    reservation over within :data:`IN_FLIGHT` of its taking), as does every take-over when all of them matched;
+    the rest (a lost insert race, an unmatched take-over) is read back. Usually no read back at all."""
     if not messages:
         return set()
     ops: list[Any] = []
     keys: list[str] = []
+    op_keys: list[str] = []  # the key of each op, in op order
+    updates: list[str] = []
     for m in messages:
         k = key(int(m["sending_list_id"]), m["to_number"])
         keys.append(k)
@@ -193,16 +198,29 @@ async def take(db: Any, messages: Sequence[MessageDoc], view: View, now: dt.date
                     {"_id": k, "message_id": old["message_id"], "state": old.get("state")}, {"$set": _doc(m, now)}
                 )
             )
+            updates.append(k)
+        op_keys.append(k)
+    unproven: set[str] = set(view.ours)  # ours already: read back like before (it may have moved on since)
     if ops:
+        matched = 0
         try:
-            await db[c.RESERVATIONS].bulk_write(ops, ordered=False)
+            result = await db[c.RESERVATIONS].bulk_write(ops, ordered=False)
+            matched = result.matched_count
         except BulkWriteError as exc:
-            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
+            unproven.update(op_keys[int(e["index"])] for e in errors)
+            matched = int(exc.details.get("nMatched", 0))
+        if updates and matched != len(updates):
+            unproven.update(updates)
+    if not unproven:
+        return {m["_id"] for m in messages}
     holders = {
-        d["_id"]: d.get("message_id") async for d in db[c.RESERVATIONS].find({"_id": {"$in": keys}}, {"message_id": 1})
+        d["_id"]: d.get("message_id")
+        async for d in db[c.RESERVATIONS].find({"_id": {"$in": sorted(unproven)}}, {"message_id": 1})
     }
-    return {m["_id"] for m, k in zip(messages, keys, strict=True) if holders.get(k) == m["_id"]}
+    return {m["_id"] for m, k in zip(messages, keys, strict=True) if k not in unproven or holders.get(k) == m["_id"]}
 
 
 async def release(db: Any, message_ids: Sequence[str]) -> int:
