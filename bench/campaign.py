@@ -517,7 +517,8 @@ def main() -> int:
                     f"   with tracked links (+{lk['counts']['links']:,} MessageShortLink inserts): {lk['seconds']:.2f} s "
                     f"-> {lk['contacts_per_s']:,.0f} contacts/s (queued {lk['queued']:,}), floor "
                     f"{r['floor_links']['seconds']:.2f} s, ratio floor/ours {r['linked_ratio']:.2f}, "
-                    f"peak RSS {lk['peak_rss_mb']:.0f} MB\n      {cpu_line(lk, r['floor_links'])}"
+                    f"peak RSS {lk['peak_rss_mb']:.0f} MB\n      {cpu_line(lk, r['floor_links'])}; "
+                    f"split {lk['counts'].get('seconds')}"
                 )
                 record(
                     f"evaluation + queuing with links, {n:,} contacts",
