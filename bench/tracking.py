@@ -138,7 +138,9 @@ async def seed_links(trackly: Trackly, codes: list[str], ids: list[str]) -> None
                     "human_clicks": 0,
                     "created_at": now,
                 }
-                for i, (code, mid) in enumerate(zip(codes[start : start + 5000], ids[start : start + 5000], strict=True), start)
+                for i, (code, mid) in enumerate(
+                    zip(codes[start : start + 5000], ids[start : start + 5000], strict=True), start
+                )
             ]
         )
 
