@@ -18,7 +18,6 @@ from aiohttp import web
 from trackly_exec.app import TaskSet, Trackly
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.clicks import Visit, record_clicks
 
 log = get_logger(__name__)
@@ -73,7 +72,7 @@ class LinkHandler:
             user_agent=request.headers.get("User-Agent"),
             ip=_client_ip(request, self.trackly.settings.tracking.trust_forwarded_for),
             method=request.method,
-            at=utcnow(),
+            at=self.trackly.now(),
         )
         link = await self._follow(code, visit)
         destination = safe_destination(link.get("destination")) if link else None
