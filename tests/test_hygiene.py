@@ -158,11 +158,11 @@ def test_collections_are_reached_one_way() -> None:
     assert not offenders, "\n".join(offenders)
 
 
-#: The ratchet: bare ``dict[str, Any]`` left in the package (store/documents.py, which names the shapes, aside).
-#: A stored document has its TypedDict in store/documents.py (QueuedDoc, SentDoc, CampaignDoc...); a query is a
-#: ``Filter``, an update an ``Update``, a body a ``JsonObject``, a config table a ``ConfigTable``. Lower this
-#: figure when you remove some; never raise it.
-MAX_BARE_DICTS = 74
+#: The ratchet: bare ``dict[str, Any]`` left in the package (the type aliases that name the shapes aside:
+#: ``X: TypeAlias = dict[str, Any]`` in store/documents.py and config.py). A stored document has its TypedDict in
+#: store/documents.py (QueuedDoc, SentDoc, CampaignDoc...); a query is a ``Filter``, an update an ``Update``, a
+#: pipeline a ``Pipeline``, a body a ``JsonObject``, a config table a ``ConfigTable``. Never raise this figure.
+MAX_BARE_DICTS = 0
 
 
 def test_bare_dict_annotations_do_not_grow() -> None:
@@ -171,6 +171,7 @@ def test_bare_dict_annotations_do_not_grow() -> None:
         for path in _package_files()
         if path != DOCUMENTS
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if ": TypeAlias = " not in line
         for _ in range(line.count("dict[str, Any]"))
     ]
     assert len(hits) <= MAX_BARE_DICTS, (

@@ -12,13 +12,17 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from trackly_exec.errors import ConfigError
+
+#: A raw configuration table (``[drivers.NAME]``, a sending list's ``driver_settings``): its keys are a driver's
+#: settings. (Re-exported by ``trackly_exec.store.documents`` with the other named shapes.)
+ConfigTable: TypeAlias = dict[str, Any]
 
 DEFAULT_CONFIG_FILE = "trackly.toml"
 
@@ -323,7 +327,7 @@ class Settings(BaseSettings):
     reconcile: ReconcileConfig = Field(
         default_factory=ReconcileConfig, description="Reconciliation of ambiguous (NO_RESPONSE) messages."
     )
-    drivers: dict[str, dict[str, Any]] = Field(
+    drivers: dict[str, ConfigTable] = Field(
         default_factory=dict,
         description=(
             "Driver instances by name: [drivers.NAME] with `driver = ENTRY_POINT` (default NAME) and its settings."
@@ -344,7 +348,7 @@ class Settings(BaseSettings):
 
     @field_validator("drivers")
     @classmethod
-    def _driver_urls(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _driver_urls(cls, v: dict[str, ConfigTable]) -> dict[str, ConfigTable]:
         bad = [
             name
             for name, values in v.items()
@@ -370,18 +374,18 @@ class Settings(BaseSettings):
             )
         return self
 
-    def driver_instances(self) -> dict[str, tuple[str, dict[str, Any]]]:
+    def driver_instances(self) -> dict[str, tuple[str, ConfigTable]]:
         """``{instance name: (entry-point name, settings)}``."""
-        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        out: dict[str, tuple[str, ConfigTable]] = {}
         for name, values in self.drivers.items():
             values = dict(values)
             out[name] = (str(values.pop("driver", name)), values)
         return out
 
-    def redacted(self) -> dict[str, Any]:
+    def redacted(self) -> ConfigTable:
         """The effective configuration with every secret masked (for printing). ``mongo.uri = "embedded"`` is not a
         secret and shows as is; a URI shows with its password masked (user, hosts and options stay readable)."""
-        data: dict[str, Any] = json.loads(self.model_dump_json())
+        data: ConfigTable = json.loads(self.model_dump_json())
         data["drivers"] = {name: _redact_driver(values) for name, values in self.drivers.items()}
         data["mongo"]["uri"] = mask_url_password(self.mongo.uri.get_secret_value())
         return data
@@ -457,7 +461,7 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
-def _redact_driver(values: dict[str, Any]) -> dict[str, Any]:
+def _redact_driver(values: ConfigTable) -> ConfigTable:
     return {k: ("**********" if any(s in k.lower() for s in _SECRETISH) and v else v) for k, v in values.items()}
 
 
@@ -466,7 +470,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     defaults) and validate it. Raises :class:`ConfigError` naming the file, the key and the problem."""
     explicit = path is not None or "TRACKLY_CONFIG" in os.environ
     file = Path(path if path is not None else os.environ.get("TRACKLY_CONFIG", DEFAULT_CONFIG_FILE))
-    data: dict[str, Any] = {}
+    data: ConfigTable = {}
     if file.exists():
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))

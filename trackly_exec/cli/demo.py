@@ -98,7 +98,7 @@ class Bars:
 
 
 def progress_values(
-    counts: dict[str, Any], *, audience: int, evaluated: bool, processed: int, reported: int, sent: int
+    counts: JsonObject, *, audience: int, evaluated: bool, processed: int, reported: int, sent: int
 ) -> dict[str, tuple[int, int]]:
     """The bars' ``(done, total)`` from an execution's ``counts`` and the records so far.
 

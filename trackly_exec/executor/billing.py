@@ -25,6 +25,7 @@ from typing import Any
 
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import ClaimedDoc
 
 log = get_logger(__name__)
 
@@ -40,12 +41,12 @@ def message_cost(doc: Mapping[str, Any], price_per_segment: float) -> float:
 class Debit:
     """The outcome of debiting a chunk."""
 
-    charged: list[dict[str, Any]] = field(default_factory=list)  # paid for, in order
-    blocked: list[dict[str, Any]] = field(default_factory=list)  # not covered by the balance
+    charged: list[ClaimedDoc] = field(default_factory=list)  # paid for, in order
+    blocked: list[ClaimedDoc] = field(default_factory=list)  # not covered by the balance
     costs: dict[str, float] = field(default_factory=dict)  # message id -> debited amount
 
 
-async def debit(db: Any, account_id: int, docs: Sequence[dict[str, Any]], price_per_segment: float) -> Debit:
+async def debit(db: Any, account_id: int, docs: Sequence[ClaimedDoc], price_per_segment: float) -> Debit:
     """Debit the account for ``docs`` (all of them, or the longest affordable prefix)."""
     out = Debit()
     if price_per_segment <= 0 or not docs:
@@ -97,12 +98,12 @@ async def adjust(db: Any, account_id: int, amount: float) -> None:
 
 
 def split_blocked(
-    docs: Sequence[dict[str, Any]], now: dt.datetime, ttl: dt.timedelta
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    docs: Sequence[ClaimedDoc], now: dt.datetime, ttl: dt.timedelta
+) -> tuple[list[ClaimedDoc], list[ClaimedDoc], list[ClaimedDoc]]:
     """Sort blocked messages into (expired: dead-letter now, first block, blocked again)."""
-    expired: list[dict[str, Any]] = []
-    first: list[dict[str, Any]] = []
-    again: list[dict[str, Any]] = []
+    expired: list[ClaimedDoc] = []
+    first: list[ClaimedDoc] = []
+    again: list[ClaimedDoc] = []
     for d in docs:
         since = d.get("billing_blocked_since")
         if since is None:

@@ -39,6 +39,7 @@ from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
+from trackly_exec.store.documents import ClaimedDoc, ContactDoc
 from trackly_exec.store.models import FailureReason
 
 _COUNTRY_CODES = frozenset(str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
@@ -48,9 +49,9 @@ _COUNTRY_CODES = frozenset(str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION
 class Verdict:
     """What the checks decided for a batch."""
 
-    send: list[dict[str, Any]] = field(default_factory=list)
-    fail: list[tuple[dict[str, Any], FailureReason, str]] = field(default_factory=list)
-    hold: list[tuple[dict[str, Any], dt.datetime]] = field(default_factory=list)
+    send: list[ClaimedDoc] = field(default_factory=list)
+    fail: list[tuple[ClaimedDoc, FailureReason, str]] = field(default_factory=list)
+    hold: list[tuple[ClaimedDoc, dt.datetime]] = field(default_factory=list)
     timezones: dict[int, str] = field(default_factory=dict)  # contact id -> stored timezone (for the re-check)
 
 
@@ -63,21 +64,20 @@ def blocked_words_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
-def due_at(doc: dict[str, Any]) -> dt.datetime:
+def due_at(doc: ClaimedDoc) -> dt.datetime:
     """When the message was due: ``max(sendtime, not_before)``, except while a provider-storm hold is in force
     (``not_before == throttled_until``): a throttled provider delays a message, it does not make it due later, so
     the time it was due before the storm (``throttled_due``) still counts."""
     due: dt.datetime = doc["sendtime"]
     nb = doc.get("not_before")
-    if nb is not None and nb == doc.get("throttled_until") and doc.get("throttled_due") is not None:
-        throttled: dt.datetime = doc["throttled_due"]
+    if nb is not None and nb == doc.get("throttled_until") and (throttled := doc.get("throttled_due")) is not None:
         return throttled
     if nb is not None and nb > due:
         due = nb
     return due
 
 
-def is_stale(doc: dict[str, Any], now: dt.datetime, stale_after: dt.timedelta) -> bool:
+def is_stale(doc: ClaimedDoc, now: dt.datetime, stale_after: dt.timedelta) -> bool:
     """More than ``stale_after`` past the time the message was due (:func:`due_at`)."""
     return bool(now - due_at(doc) > stale_after)
 
@@ -132,7 +132,7 @@ def in_window_now(
     return quiethours.in_window(now, zones, window), zones
 
 
-async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, ContactDoc]:
     """The contacts among ``contact_ids`` that are blocked, unsubscribed or have a stored timezone.
 
     Three small indexed queries rather than one with ``$or``: nx-27017 answers ``_id $in`` plus one equality
@@ -156,10 +156,10 @@ async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, dict[
 class Recheck:
     """What the send-time re-check decided for a chunk."""
 
-    send: list[dict[str, Any]] = field(default_factory=list)
-    blocked: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (doc, why): CONTACT_BLOCKED
-    hold: list[tuple[dict[str, Any], dt.datetime]] = field(default_factory=list)  # quiet hours: (doc, opening)
-    paused: list[dict[str, Any]] = field(default_factory=list)  # campaign paused since the claim
+    send: list[ClaimedDoc] = field(default_factory=list)
+    blocked: list[tuple[ClaimedDoc, str]] = field(default_factory=list)  # (doc, why): CONTACT_BLOCKED
+    hold: list[tuple[ClaimedDoc, dt.datetime]] = field(default_factory=list)  # quiet hours: (doc, opening)
+    paused: list[ClaimedDoc] = field(default_factory=list)  # campaign paused since the claim
 
 
 async def blocked_contacts(db: Any, contact_ids: Sequence[int]) -> dict[int, str]:
@@ -190,7 +190,7 @@ async def paused_campaigns(db: Any, ids: Sequence[int]) -> set[int]:
 
 async def recheck(
     db: Any,
-    docs: Sequence[dict[str, Any]],
+    docs: Sequence[ClaimedDoc],
     now: dt.datetime,
     *,
     window: quiethours.Window,
@@ -204,8 +204,8 @@ async def recheck(
     if not docs:
         return out
     timezones = timezones or {}
-    contact_ids = sorted({d["contact_id"] for d in docs if d.get("contact_id") is not None})
-    campaign_ids = sorted({d["campaign_id"] for d in docs if d.get("campaign_id") is not None})
+    contact_ids = sorted({cid for d in docs if (cid := d.get("contact_id")) is not None})
+    campaign_ids = sorted({cid for d in docs if (cid := d.get("campaign_id")) is not None})
     stopped, paused = await asyncio.gather(blocked_contacts(db, contact_ids), paused_campaigns(db, campaign_ids))
     memo: dict[Any, bool] = {}
     for d in docs:
@@ -232,7 +232,7 @@ async def recheck(
 
 async def evaluate(
     db: Any,
-    docs: Sequence[dict[str, Any]],
+    docs: Sequence[ClaimedDoc],
     now: dt.datetime,
     *,
     stale_after: dt.timedelta,
@@ -242,7 +242,7 @@ async def evaluate(
 ) -> Verdict:
     """Run every check over a claimed batch."""
     out = Verdict()
-    survivors: list[dict[str, Any]] = []
+    survivors: list[ClaimedDoc] = []
     for d in docs:
         if is_stale(d, now, stale_after):
             out.fail.append(
@@ -259,10 +259,11 @@ async def evaluate(
                 out.fail.append((d, FailureReason.BLOCKED_CONTENT, f"blocked word {m.group(0)!r}"))
                 continue
         survivors.append(d)
-    states = await contact_states(db, [d["contact_id"] for d in survivors if d.get("contact_id") is not None])
+    states = await contact_states(db, [cid for d in survivors if (cid := d.get("contact_id")) is not None])
     memo: dict[Any, bool] = {}
     for d in survivors:
-        st = states.get(d.get("contact_id"))  # type: ignore[arg-type]
+        cid = d.get("contact_id")
+        st = states.get(cid) if cid is not None else None
         lifted = d.get("overrides") or ()  # a test send's explicit overrides (testsend.py)
         if st is not None and (st.get("subscribed") is False or st.get("blocked") is True) and "opt_out" not in lifted:
             why = "blocked" if st.get("blocked") is True else "unsubscribed"
@@ -276,7 +277,7 @@ async def evaluate(
         if not inside and zones is not None:
             out.hold.append((d, quiethours.next_opening(now, zones, window)))
             continue
-        if tz:
-            out.timezones[d["contact_id"]] = tz
+        if tz and cid is not None:  # (a timezone comes from the contact's state: cid is set)
+            out.timezones[cid] = tz
         out.send.append(d)
     return out

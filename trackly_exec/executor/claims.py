@@ -41,7 +41,7 @@ from pymongo import UpdateMany
 
 from trackly_exec.campaigns.queue import PAUSED_UNTIL
 from trackly_exec.store import constants as c
-from trackly_exec.store.documents import Filter, Update
+from trackly_exec.store.documents import ClaimedDoc, Filter, QueuedDoc, Update
 from trackly_exec.store.lease import Lease
 from trackly_exec.store.lease import new_token as new_token  # a claim's token (re-exported)
 from trackly_exec.store.models import MessageFields
@@ -136,16 +136,14 @@ async def due_lists(db: Any, now: dt.datetime, share: Share | None = None) -> li
     ]
 
 
-async def find_due(
-    db: Any, list_id: int, now: dt.datetime, limit: int, share: Share | None = None
-) -> list[dict[str, Any]]:
+async def find_due(db: Any, list_id: int, now: dt.datetime, limit: int, share: Share | None = None) -> list[ClaimedDoc]:
     """Up to ``limit`` due, unclaimed messages of one list (in ``share`` of the queue, if given), oldest
     ``sendtime`` first: the candidates of :func:`claim_docs` (:data:`CLAIMED_FIELDS` only).
 
     (Sorted by ``sendtime`` only: a campaign's messages share one sendtime, and a secondary ``_id`` sort
     costs nx-27017 more than the rest of the claim.)
     """
-    docs: list[dict[str, Any]] = (
+    docs: list[ClaimedDoc] = (
         await db[c.QUEUED]
         .find(due_filter(now, list_id, share), CLAIMED_FIELDS)  # only the fields the executor uses
         .sort([("sendtime", 1)])
@@ -157,8 +155,8 @@ async def find_due(
 
 
 async def claim_docs(
-    db: Any, candidates: Sequence[dict[str, Any]], token: str, now: dt.datetime
-) -> tuple[list[dict[str, Any]], int]:
+    db: Any, candidates: Sequence[ClaimedDoc], token: str, now: dt.datetime
+) -> tuple[list[ClaimedDoc], int]:
     """Claim whichever of ``candidates`` (documents read by :func:`find_due`) are still due, unclaimed and
     unchanged; returns the claimed documents (FIFO) and how many documents were read back for it (0 when every
     candidate was claimed: the candidates are then the claimed documents, see the module docstring).
@@ -195,7 +193,7 @@ async def claim_docs(
 
 async def claim(
     db: Any, list_id: int, token: str, now: dt.datetime, limit: int, share: Share | None = None
-) -> list[dict[str, Any]]:
+) -> list[ClaimedDoc]:
     """Claim up to ``limit`` due messages of one list; returns the claimed documents (oldest first)."""
     docs, _ = await claim_docs(db, await find_due(db, list_id, now, limit, share), token, now)
     return docs
@@ -206,7 +204,7 @@ async def held(db: Any, ids: Sequence[str], token: str) -> set[str]:
     return {d["_id"] async for d in db[c.QUEUED].find(LEASE.fence(token, {"_id": {"$in": list(ids)}}), {"_id": 1})}
 
 
-async def mark(db: Any, ids: Sequence[str], token: str, fields: dict[str, Any]) -> set[str]:
+async def mark(db: Any, ids: Sequence[str], token: str, fields: Update) -> set[str]:
     """Fenced ``$set`` of ``fields`` on ``ids``; returns the ids still held (re-read only when some were lost)."""
     if not ids:
         return set()
@@ -221,7 +219,7 @@ async def mark_intent(db: Any, ids: Sequence[str], token: str, now: dt.datetime)
     return await mark(db, ids, token, {"sending_at": now})
 
 
-async def release(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dict[str, Any]]]) -> int:
+async def release(db: Any, token: str, groups: Iterable[tuple[Sequence[str], Update]]) -> int:
     """Give messages back to the queue (fenced), each group with extra ``$set`` fields (e.g. ``not_before``).
 
     One round trip for every group. Messages with a send intent are never released by the executor.
@@ -239,7 +237,7 @@ async def release(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dic
     return int(res.modified_count)
 
 
-async def hold_unsent(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dict[str, Any]]]) -> int:
+async def hold_unsent(db: Any, token: str, groups: Iterable[tuple[Sequence[str], Update]]) -> int:
     """Give messages that carry a send intent but that the provider certainly did not accept (a transient answer:
     429, or a failure before the request was written) back to the queue, fenced, each group with extra ``$set``
     fields (the backoff). Returns how many this claim still held."""
@@ -271,7 +269,7 @@ async def complete(db: Any, ids: Sequence[str], token: str) -> int:
     return await LEASE.delete(db[c.QUEUED], token, {"_id": {"$in": list(ids)}})
 
 
-async def hold(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dt.datetime, dict[str, Any]]]) -> int:
+async def hold(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dt.datetime, Update]]) -> int:
     """Release claimed messages held until a time (quiet hours, billing backoff): ``(ids, until, extra fields)``."""
     return await release(db, token, [(ids, {**extra, "not_before": until}) for ids, until, extra in groups])
 
@@ -284,7 +282,7 @@ async def give_back(db: Any, ids: Sequence[str], token: str) -> int:
     return await LEASE.release(db[c.QUEUED], token, {"_id": {"$in": list(ids)}}, sending_at=None)
 
 
-async def claim_matching(db: Any, query: Filter, token: str, now: dt.datetime) -> list[dict[str, Any]]:
+async def claim_matching(db: Any, query: Filter, token: str, now: dt.datetime) -> list[QueuedDoc]:
     """Claim every unclaimed message matching ``query`` whatever its sendtime (opt-out, erasure: they are
     recorded elsewhere, then :func:`drop`-ped); returns the documents this claim holds."""
     return await LEASE.claim(db[c.QUEUED], query, token, now)

@@ -245,7 +245,7 @@ class LocalRateLimiter(RateLimiter):
 def make_limiter(trackly: Trackly) -> RateLimiter:
     """The Redis limiter when ``redis.url`` is set, else the in-process one."""
     cfg = trackly.settings.executor
-    kw: dict[str, Any] = {
+    kw: dict[str, float] = {
         "burst_seconds": cfg.rate_limit_burst_seconds,
         "penalty_max": cfg.rate_penalty_max,
         "penalty_decay_seconds": cfg.rate_penalty_decay_seconds,

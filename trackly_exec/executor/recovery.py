@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trackly_exec.executor import claims
 from trackly_exec.executor.outcomes import failed_doc, failure_event, insert_records
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import QueuedDoc
 from trackly_exec.store.models import FailureReason
 
 if TYPE_CHECKING:
@@ -79,13 +80,15 @@ async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.tim
     return out
 
 
-async def _dead_letter(trackly: Trackly, stuck: list[dict[str, Any]], now: dt.datetime) -> int:
+async def _dead_letter(trackly: Trackly, stuck: list[QueuedDoc], now: dt.datetime) -> int:
     """Take over ``stuck`` claims (fenced on their old tokens) and record them NO_RESPONSE."""
     db = trackly.db
     token = claims.new_token(f"{trackly.instance}-recovery")
     by_token: dict[str, list[str]] = {}
     for d in stuck:
-        by_token.setdefault(d["claimed_by"], []).append(d["_id"])
+        held_by = d["claimed_by"]
+        assert held_by is not None  # stuck: claimed
+        by_token.setdefault(held_by, []).append(d["_id"])
     await claims.take_over(db, by_token, token, now)
     docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
     if not docs:

@@ -53,6 +53,7 @@ from trackly_exec.executor.outcomes import Outcomes, throttle_groups
 from trackly_exec.executor.ratelimit import Grant, LimiterUnavailable, RateLimiter
 from trackly_exec.logs import get_logger
 from trackly_exec.store import quiethours
+from trackly_exec.store.documents import ClaimedDoc, Update
 from trackly_exec.store.models import FailureReason, SendingList
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class Worker:
         self.outcomes = Outcomes(trackly, counts)
         self.tokens: set[str] = set()  # claims in progress (released on shutdown)
         self.paused: dict[int, float] = {}  # list id -> monotonic time until which it must not be claimed
-        self._candidates: dict[int, collections.deque[dict[str, Any]]] = {}  # list id -> due documents read ahead
+        self._candidates: dict[int, collections.deque[ClaimedDoc]] = {}  # list id -> due documents read ahead
         #: this process's share of the queue (None: the whole queue); the coordinator sets it from the membership
         self.share: Callable[[], claims.Share | None] = lambda: None
         self._fetching: dict[int, asyncio.Lock] = {}
@@ -171,7 +172,7 @@ class Worker:
             default_tz=lst.quiet_hours.default_timezone,
         )
         if verdict.hold:
-            groups: list[tuple[list[str], dt.datetime, dict[str, Any]]] = [
+            groups: list[tuple[list[str], dt.datetime, Update]] = [
                 ([d["_id"] for d, _ in grp], nb, {})
                 for nb, grp in groupby(sorted(verdict.hold, key=lambda h: h[1]), key=lambda h: h[1])
             ]
@@ -192,7 +193,7 @@ class Worker:
                 break
         return len(docs)
 
-    async def _claim(self, lst: SendingList, token: str, now: dt.datetime) -> list[dict[str, Any]]:
+    async def _claim(self, lst: SendingList, token: str, now: dt.datetime) -> list[ClaimedDoc]:
         """Claim one batch from this list's candidates (re-read from the queue when they run out).
 
         One claim at a time per list in this process (a claim is one round trip; the batch's work after it runs
@@ -212,7 +213,7 @@ class Worker:
                 self._candidates.get(lst.id, collections.deque()).clear()  # stale: read the queue again
             return []
 
-    async def _candidates_for(self, list_id: int, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
+    async def _candidates_for(self, list_id: int, now: dt.datetime, limit: int) -> list[ClaimedDoc]:
         """Up to ``limit`` candidate documents; one queue scan serves ``workers_per_list`` batches."""
         pending = self._candidates.setdefault(list_id, collections.deque())
         if not pending:
@@ -225,8 +226,8 @@ class Worker:
         self,
         info: ListInfo,
         token: str,
-        chunk: Sequence[dict[str, Any]],
-        rest: Sequence[dict[str, Any]],
+        chunk: Sequence[ClaimedDoc],
+        rest: Sequence[ClaimedDoc],
         timezones: dict[int, str] | None = None,
     ) -> str:
         """Rate limit, bill, (pacing wait,) mark intent, send and record one chunk.
@@ -305,11 +306,11 @@ class Worker:
         self,
         info: ListInfo,
         token: str,
-        docs: list[dict[str, Any]],
+        docs: list[ClaimedDoc],
         costs: dict[str, float],
         now: dt.datetime,
         timezones: dict[int, str] | None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClaimedDoc]:
         """The send-time re-check (:func:`checks.recheck`) of a billed chunk, just before its send intent.
 
         What changed since the claim takes effect here, fenced on this claim and refunded: a contact blocked or
@@ -345,7 +346,7 @@ class Worker:
             )
         return rc.send
 
-    async def _hold_paused(self, token: str, docs: list[dict[str, Any]], now: dt.datetime) -> None:
+    async def _hold_paused(self, token: str, docs: list[ClaimedDoc], now: dt.datetime) -> None:
         """Release messages of a campaign paused since the claim with the pause's own hold.
 
         A resume between the re-check and this release would miss them (it makes due what is held when it runs),
@@ -353,7 +354,8 @@ class Worker:
         """
         ids = [d["_id"] for d in docs]
         self.counts["held.paused"] += await claims.hold(self.db, token, [(ids, queue.PAUSED_UNTIL, {"paused": True})])
-        still = await checks.paused_campaigns(self.db, sorted({d["campaign_id"] for d in docs}))
+        campaign_ids = sorted({cid for d in docs if (cid := d.get("campaign_id")) is not None})
+        still = await checks.paused_campaigns(self.db, campaign_ids)
         resumed = [d["_id"] for d in docs if d["campaign_id"] not in still]
         if resumed:
             await claims.resume(self.db, resumed, now)
@@ -379,7 +381,7 @@ class Worker:
             self.counts["limiter_unavailable"] += 1
             return None
 
-    async def _billing_blocked(self, token: str, docs: Sequence[dict[str, Any]], now: dt.datetime) -> None:
+    async def _billing_blocked(self, token: str, docs: Sequence[ClaimedDoc], now: dt.datetime) -> None:
         expired, first, again = billing.split_blocked(docs, now, dt.timedelta(minutes=self.cfg.billing_ttl_minutes))
         retry_at = now + dt.timedelta(minutes=self.cfg.billing_backoff_minutes)
         self.counts["held.billing"] += await claims.hold(
@@ -396,7 +398,7 @@ class Worker:
                 (
                     d,
                     FailureReason.BILLING_BLOCKED,
-                    f"balance insufficient since {d['billing_blocked_since'].isoformat()}"
+                    f"balance insufficient since {(d.get('billing_blocked_since') or now).isoformat()}"  # set: expired
                     f" (over {self.cfg.billing_ttl_minutes:g} min)",
                 )
                 for d in expired
@@ -416,9 +418,7 @@ class Worker:
 
     # -- sending ----------------------------------------------------------------------------------
 
-    async def _send(
-        self, info: ListInfo, docs: Sequence[dict[str, Any]]
-    ) -> tuple[dict[str, SendResult], set[str], bool]:
+    async def _send(self, info: ListInfo, docs: Sequence[ClaimedDoc]) -> tuple[dict[str, SendResult], set[str], bool]:
         """Submit ``docs`` in requests of ``max_batch_size``; one final result per message."""
         size = max(1, info.driver.max_batch_size)
         default_sender = info.doc.from_number
@@ -459,7 +459,7 @@ class Worker:
         results: dict[str, SendResult],
         requeue: set[str],
         errors: list[bool],
-        docs: dict[str, dict[str, Any]] | None = None,
+        docs: dict[str, ClaimedDoc] | None = None,
     ) -> None:
         """One provider request, retried for the messages that failed transiently (a retry is a new send: what
         became ineligible meanwhile, a STOP or a pause, goes back to the queue instead, see :meth:`_retry_recheck`)."""
@@ -528,15 +528,15 @@ class Worker:
         for r in final:
             results[r.message_id] = r
 
-    async def _retry_recheck(self, pending: Sequence[OutboundMessage], docs: dict[str, dict[str, Any]]) -> set[str]:
+    async def _retry_recheck(self, pending: Sequence[OutboundMessage], docs: dict[str, ClaimedDoc]) -> set[str]:
         """Before a retry: the ids whose contact was blocked or unsubscribed, or whose campaign was paused, since the
         chunk's re-check. Nothing was accepted for them: they are given back to the queue (refunded) rather than
         sent, and the claim-time checks / the next re-check end them CONTACT_BLOCKED or hold them."""
         mine = [docs[m.id] for m in pending if m.id in docs]
         if not mine:
             return set()
-        contact_ids = sorted({d["contact_id"] for d in mine if d.get("contact_id") is not None})
-        campaign_ids = sorted({d["campaign_id"] for d in mine if d.get("campaign_id") is not None})
+        contact_ids = sorted({cid for d in mine if (cid := d.get("contact_id")) is not None})
+        campaign_ids = sorted({cid for d in mine if (cid := d.get("campaign_id")) is not None})
         stopped, paused = await asyncio.gather(
             checks.blocked_contacts(self.db, contact_ids), checks.paused_campaigns(self.db, campaign_ids)
         )

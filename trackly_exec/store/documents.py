@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, NotRequired, TypeAlias, TypedDict
 
+from trackly_exec.config import ConfigTable as ConfigTable  # a raw configuration table (re-exported)
+
 #: A MongoDB query filter (``{"_id": {"$in": ids}, "claimed_by": token}``).
 Filter: TypeAlias = dict[str, Any]
 #: A MongoDB update document (``{"$set": {...}, "$inc": {...}}``), or the fields of a ``$set``.
@@ -25,8 +27,6 @@ Projection: TypeAlias = dict[str, Any]
 JsonObject: TypeAlias = dict[str, Any]
 #: A stored document of no particular collection (pymongo's document type; generic store helpers).
 AnyDocument: TypeAlias = dict[str, Any]
-#: A raw configuration table (``[drivers.NAME]``, a sending list's ``driver_settings``).
-ConfigTable: TypeAlias = dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------- entities
@@ -187,6 +187,28 @@ class ClaimFields(TypedDict):
     sending_at: dt.datetime | None
 
 
+class MessageFieldsDoc(TypedDict):
+    """Every field of :class:`~trackly_exec.store.models.MessageFields`, as a record copies them from its queued
+    message (``trackly_exec.executor.outcomes``): each one present, ``None`` or its default when unset."""
+
+    account_id: int
+    sending_list_id: int
+    campaign_id: int | None
+    execution_id: int | None
+    contact_id: int | None
+    creative_id: int | None
+    variant_key: str | None
+    from_number: str
+    to_number: str
+    body: str
+    length: int
+    segments: int
+    encoding: str
+    send_type: str
+    overrides: list[str] | None
+    sendtime: dt.datetime
+
+
 class MessageDoc(TypedDict):
     """What every message record carries, from the queue to MessageSent / FailedMessage
     (:class:`~trackly_exec.store.models.MessageFields`)."""
@@ -240,6 +262,18 @@ class QueuedDoc(MessageDoc):
     redriven_at: NotRequired[dt.datetime]
     redriven_from: NotRequired[str]
     redrive_count: NotRequired[int]
+
+
+class ClaimedDoc(MessageDoc):
+    """A queued message as the executor reads it when it claims it (``executor.claims.CLAIMED_FIELDS``): every
+    field a record copies, and what the checks and the outcome need; not the claim bookkeeping (token, claim
+    time, created_at, paused, attempts). A whole :class:`QueuedDoc` is one too."""
+
+    not_before: dt.datetime | None
+    sending_at: dt.datetime | None
+    billing_blocked_since: NotRequired[dt.datetime | None]
+    throttled_until: NotRequired[dt.datetime | None]
+    throttled_due: NotRequired[dt.datetime | None]
 
 
 class SentDoc(MessageDoc):
