@@ -20,7 +20,7 @@ from trackly_exec.config import Settings
 from trackly_exec.errors import StoreError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.documents import AnyDocument
+from trackly_exec.store.documents import AnyDocument, Filter
 from trackly_exec.store.embedded import EmbeddedMongo
 
 log = get_logger(__name__)
@@ -74,7 +74,7 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
-async def count(db: AsyncDatabase[dict[str, Any]], collection: str, query: dict[str, Any]) -> int:
+async def count(db: AsyncDatabase[AnyDocument], collection: str, query: Filter) -> int:
     """The number of ``collection`` documents matching ``query``, with the ``count`` command.
 
     Not ``count_documents``: that is an aggregation (``$match`` + ``$group``), which nx-27017 runs in Python

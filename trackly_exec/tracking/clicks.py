@@ -29,7 +29,7 @@ from pymongo import UpdateOne
 from trackly_exec.app import Trackly
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.documents import ClickDoc, Filter, JsonObject, ShortLinkDoc
+from trackly_exec.store.documents import ClickDoc, Filter, JsonObject, SentDoc, ShortLinkDoc
 
 log = get_logger(__name__)
 
@@ -102,7 +102,7 @@ async def record_clicks(trackly: Trackly, clicks: Sequence[tuple[ShortLinkDoc, V
     reasons = [
         "head_request" if visit.method.upper() == "HEAD" else bot_user_agent(visit.user_agent) for _, visit in clicks
     ]
-    times: dict[str, dict[str, Any]] = {}
+    times: dict[str, SentDoc] = {}
     if cfg.bot_click_seconds > 0:
         ids = list({link["message_id"] for (link, _), reason in zip(clicks, reasons, strict=True) if reason is None})
         if ids:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from aiohttp import web
 from trackly_exec.app import TaskSet, Trackly
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import ShortLinkDoc
 from trackly_exec.tracking.clicks import Visit, record_clicks
 
 log = get_logger(__name__)
@@ -60,7 +60,7 @@ class LinkHandler:
 
     def __init__(self, trackly: Trackly) -> None:
         self.trackly = trackly
-        self._waiting: list[tuple[str, Visit, asyncio.Future[dict[str, Any] | None]]] = []
+        self._waiting: list[tuple[str, Visit, asyncio.Future[ShortLinkDoc | None]]] = []
         self._tasks = TaskSet()
         self._draining = False
 
@@ -82,9 +82,9 @@ class LinkHandler:
             return web.Response(status=404, text="not found", headers=_NO_STORE)
         return web.Response(status=302, headers={"Location": destination, **_NO_STORE})
 
-    async def _follow(self, code: str, visit: Visit) -> dict[str, Any] | None:
+    async def _follow(self, code: str, visit: Visit) -> ShortLinkDoc | None:
         """The link of ``code`` (None: unknown), its click recorded when its destination is safe."""
-        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ShortLinkDoc | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((code, visit, future))
         if not self._draining:
             self._draining = True
@@ -92,7 +92,7 @@ class LinkHandler:
         return await future
 
     async def _drain(self) -> None:
-        group: list[tuple[str, Visit, asyncio.Future[dict[str, Any] | None]]] = []
+        group: list[tuple[str, Visit, asyncio.Future[ShortLinkDoc | None]]] = []
         try:
             while self._waiting:
                 group, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
@@ -114,7 +114,7 @@ class LinkHandler:
         finally:
             self._draining = False  # no await since the last look at _waiting: nothing is left behind
 
-    async def _group(self, group: list[tuple[str, Visit]]) -> list[dict[str, Any] | None]:
+    async def _group(self, group: list[tuple[str, Visit]]) -> list[ShortLinkDoc | None]:
         codes = list({code for code, _ in group})
         found = {
             d["_id"]: d for d in await self.trackly.store[c.SHORT_LINKS].find({"_id": {"$in": codes}}).to_list(None)
