@@ -50,7 +50,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from trackly_exec.drivers.contract import DriverSettings
-from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError
+from trackly_exec.errors import PermanentSendError, TracklyError, TransientSendError, UnknownOutcomeError
 
 __all__ = [
     "HttpClient",
@@ -146,7 +146,7 @@ KEEPALIVE_SECONDS = 15.0
 _MAX_HEAD = 65536
 
 
-class MalformedAnswer(ValueError):
+class MalformedAnswer(TracklyError, ValueError):
     """The provider's answer is not HTTP/1.x we can read."""
 
 
