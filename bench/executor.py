@@ -25,7 +25,7 @@ from typing import Any
 from _common import fake_credentials, ledger, peak_rss_mb, record, run, seed_lists, services
 
 from trackly_exec.store import constants as c
-from trackly_exec.app import Trackly
+from trackly_exec.app import Trackly, tune_gc
 from trackly_exec.executor.claims import due_filter
 from trackly_exec.config import load_config
 from trackly_exec.executor.coordinator import Coordinator
@@ -184,6 +184,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  seeded in {time.perf_counter() - t:.1f}s", flush=True)
 
         coord = Coordinator(trackly)
+        tune_gc()  # as `trackly run` does
         load = os.getloadavg()[0]
         cpu0 = time.process_time()
         started = time.perf_counter()

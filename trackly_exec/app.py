@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import gc
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -98,6 +99,21 @@ class Trackly:
                 await self.redis.aclose()
         if close_store:
             await self.store.close()
+
+
+def tune_gc(young: int = 10_000) -> None:
+    """Garbage-collector settings for a long-running process (``trackly run``), once everything is imported.
+
+    What exists by then (modules, classes, schemas) lives as long as the process: ``gc.freeze()`` keeps the
+    collector from scanning it again in every full collection. The young generation is collected every ``young``
+    net allocations instead of 700: the hot path allocates a few objects per message (documents, requests,
+    results) that reference counting frees, and each young collection traversed the claimed batches in flight for
+    nothing (issue 12: about 10-15 % of the executor's CPU per message).
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(young, second, third)
 
 
 # -- background work: one way to run a loop, keep tasks, stop with grace, and back off -----------------------

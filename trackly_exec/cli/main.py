@@ -35,8 +35,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+    from trackly_exec.app import tune_gc
     from trackly_exec.daemon import serve
 
+    tune_gc()
     return _run(serve(settings))
 
 
