@@ -39,14 +39,13 @@ import email.utils
 import json
 import ssl
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlencode
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from trackly_exec.drivers.contract import DriverSettings
@@ -180,10 +179,37 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
         pos += size + 2
 
 
+class Headers(Mapping[str, str]):
+    """An answer's header fields, looked up in any case (a repeated field's values joined with ", ")."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self._fields = fields  # by lower-case name
+
+    def __getitem__(self, name: str) -> str:
+        return self._fields[name.lower()]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._fields.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._fields
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._fields!r})"
+
+
 @dataclass(slots=True)
 class _Answer:
     status: int
-    headers: CIMultiDictProxy[str]
+    headers: Headers
     body: bytes
     keep_alive: bool
 
@@ -203,32 +229,39 @@ def parse_answer(buf: bytearray, eof: bool) -> _Answer | None:
         if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit() or rest[3:4] not in ("", " "):
             raise MalformedAnswer(f"bad status line {lines[0][:80]!r}")
         status = int(code)
-        headers: CIMultiDict[str] = CIMultiDict()
+        headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep or not name or name != name.strip():
                 raise MalformedAnswer(f"bad header line {line[:80]!r}")
-            headers.add(name, value.strip())
+            name, value = name.lower(), value.strip()
+            seen = headers.get(name)
+            if seen is None:
+                headers[name] = value
+            elif name == "content-length":
+                if seen != value:
+                    raise MalformedAnswer("conflicting Content-Length fields")
+            else:
+                headers[name] = f"{seen}, {value}"
         start = end + 4
         if 100 <= status < 200 and status != 101:  # interim answer (100 Continue, 103 Early Hints): the answer follows
             del buf[:start]
             continue
         break
-    connection = headers.get("Connection", "").lower()
+    connection = headers.get("connection", "").lower()
     keep = ("close" not in connection) if version == "HTTP/1.1" else ("keep-alive" in connection)
     if status in (204, 304):
         body, used = b"", start
-    elif "chunked" in headers.get("Transfer-Encoding", "").lower():
+    elif "chunked" in headers.get("transfer-encoding", "").lower():
         got = _dechunk(buf, start)
         if got is None:
             if eof:
                 raise MalformedAnswer("truncated chunked body")
             return None
         body, used = got
-    elif "Content-Length" in headers:
-        lengths = {v.strip() for v in headers.getall("Content-Length")}
-        value = lengths.pop()
-        if lengths or not value.isdigit():
+    elif "content-length" in headers:
+        value = headers["content-length"]
+        if not value.isdigit():
             raise MalformedAnswer("bad Content-Length")
         used = start + int(value)
         if len(buf) < used:
@@ -242,13 +275,13 @@ def parse_answer(buf: bytearray, eof: bool) -> _Answer | None:
         body, used, keep = bytes(buf[start:]), len(buf), False
     if len(buf) > used:  # bytes beyond the answer: never reuse this connection
         keep = False
-    encoding = headers.get("Content-Encoding", "").lower().strip()
+    encoding = headers.get("content-encoding", "").lower()
     if encoding in ("gzip", "x-gzip", "deflate") and body:
         try:
             body = zlib.decompress(body, 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS)
         except zlib.error as exc:
             raise MalformedAnswer(f"bad {encoding} body") from exc
-    return _Answer(status, CIMultiDictProxy(headers), body, keep)
+    return _Answer(status, Headers(headers), body, keep)
 
 
 class _Conn(asyncio.Protocol):
@@ -303,6 +336,11 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[_Answer], total: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"no answer within {total:g}s"))
 
 
 class _Pool:
@@ -450,27 +488,35 @@ class HttpClient:
         else:
             body = b""
         request = b"".join((self._head(path, headers), str(len(body)).encode(), b"\r\n\r\n", body))
+        loop = asyncio.get_running_loop()
+        total = self.settings.timeout_seconds
+        deadline = loop.time() + total  # one deadline for slot, connection and answer (a timer, not a Timeout)
         written = False
         conn: _Conn | None = None
-        keep = False
         try:
-            async with asyncio.timeout(self.settings.timeout_seconds):
-                async with pool.slots:
-                    conn = await pool.connect(self.settings.connect_timeout_seconds)
-                    transport = conn.transport
-                    if transport is None:
-                        raise ConnectionError("connection without a transport")
-                    waiter: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-                    conn.waiter = waiter
-                    written = True  # from here on the provider may have the request
-                    transport.write(request)
-                    try:
-                        answer = await waiter
-                    finally:
-                        keep = waiter.done() and not waiter.cancelled() and waiter.exception() is None
-                        keep = keep and waiter.result().keep_alive
-                        pool.release(conn, keep)
-                        conn = None
+            if pool.slots.locked():
+                await asyncio.wait_for(pool.slots.acquire(), total)
+            else:
+                await pool.slots.acquire()
+            try:
+                conn = await pool.connect(min(self.settings.connect_timeout_seconds, max(0.0, deadline - loop.time())))
+                transport = conn.transport
+                if transport is None:
+                    raise ConnectionError("connection without a transport")
+                waiter: asyncio.Future[_Answer] = loop.create_future()
+                conn.waiter = waiter
+                timer = loop.call_at(deadline, _expire, waiter, total)
+                written = True  # from here on the provider may have the request
+                transport.write(request)
+                try:
+                    answer = await waiter
+                finally:
+                    timer.cancel()
+                    keep = waiter.done() and not waiter.cancelled() and waiter.exception() is None
+                    pool.release(conn, keep and waiter.result().keep_alive)
+                    conn = None
+            finally:
+                pool.slots.release()
             return HttpReply(answer.status, answer.headers, answer.body)
         except TransientSendError:
             raise

@@ -99,6 +99,23 @@ def _country_code(digits: str) -> str:
     return next((digits[:n] for n in (1, 2, 3) if digits[:n] in _COUNTRY_CODES), "")
 
 
+#: digits[:TIMEZONE_LONGEST_PREFIX] -> (prefix zones, country code): both depend on those digits only, and numbers
+#: of one area share them (the re-check looks each number up a second time). Cleared when full.
+_PREFIXES: dict[str, tuple[tuple[str, ...], str]] = {}
+_PREFIXES_MAX = 65536
+
+
+def _prefix_and_country(digits: str) -> tuple[tuple[str, ...], str]:
+    key = digits[:TIMEZONE_LONGEST_PREFIX]
+    got = _PREFIXES.get(key)
+    if got is None:
+        got = (_prefix_zones(key, TIMEZONE_LONGEST_PREFIX), _country_code(key))
+        if len(_PREFIXES) >= _PREFIXES_MAX:
+            _PREFIXES.clear()
+        _PREFIXES[key] = got
+    return got
+
+
 def in_window_now(
     phone: str,
     contact_tz: str | None,
@@ -116,9 +133,7 @@ def in_window_now(
     answer per (prefix entry, country). Otherwise the exact zones decide (returned for ``next_opening``).
     """
     if not contact_tz and phone.startswith("+"):
-        digits = phone[1:]
-        prefix = _prefix_zones(digits, TIMEZONE_LONGEST_PREFIX)
-        cc = _country_code(digits)
+        prefix, cc = _prefix_and_country(phone[1:])
         key = (id(prefix), cc, default_tz)
         ok = memo.get(key) if memo is not None else None
         if ok is None:
