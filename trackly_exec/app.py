@@ -101,14 +101,15 @@ class Trackly:
             await self.store.close()
 
 
-def tune_gc(young: int = 10_000) -> None:
+def tune_gc(young: int = 50_000) -> None:
     """Garbage-collector settings for a long-running process (``trackly run``), once everything is imported.
 
     What exists by then (modules, classes, schemas) lives as long as the process: ``gc.freeze()`` keeps the
     collector from scanning it again in every full collection. The young generation is collected every ``young``
     net allocations instead of 700: the hot path allocates a few objects per message (documents, requests,
     results) that reference counting frees, and each young collection traversed the claimed batches in flight for
-    nothing (issue 12: about 10-15 % of the executor's CPU per message).
+    nothing (issue 12: about 15-20 % of the executor's CPU per message; 10,000 gave about two thirds of that).
+    At most ``young`` container objects of cyclic garbage wait for a collection (a few MB).
     """
     gc.collect()
     gc.freeze()
