@@ -127,11 +127,19 @@ def _store_like(node: ast.expr) -> bool:
     )
 
 
+def _is_store(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Name) and node.id == "store") or (
+        isinstance(node, ast.Attribute) and node.attr == "store"
+    )
+
+
 def _collection_literals(path: Path, names: set[str]) -> list[str]:
     rel = path.relative_to(TESTS.parent).as_posix()
     out: list[str] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         where = f"{rel}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Subscript) and _is_store(node.value) and rel != "trackly_exec/store/client.py":
+            out.append(f"{where}: collection through Store[...]: use .db[c.NAME]")
         if isinstance(node, ast.Subscript) and _store_like(node.value):
             if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
                 out.append(f"{where}: collection by literal {node.slice.value!r}")
@@ -151,8 +159,9 @@ def _collection_literals(path: Path, names: set[str]) -> list[str]:
 
 
 def test_collections_are_reached_one_way() -> None:
-    """Every collection is ``trackly.db[c.NAME]`` with its name from ``store/constants.py``: no name literal
-    (``db["queued_text_messages"]``), no attribute access (``db.queued_text_messages``), no ``get_collection``."""
+    """Every collection is ``trackly.db[c.NAME]`` (or ``store.db[...]``) with its name from ``store/constants.py``:
+    not ``trackly.store[...]`` (tests' shorthand only), no name literal (``db["queued_text_messages"]``), no attribute
+    access (``db.queued_text_messages``), no ``get_collection``."""
     names = _collection_names()
     offenders = [hit for path in _package_files() if path != CONSTANTS for hit in _collection_literals(path, names)]
     assert not offenders, "\n".join(offenders)

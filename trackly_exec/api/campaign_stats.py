@@ -31,7 +31,7 @@ async def _by_variant(store: Store, coll: str, match: Filter) -> dict[str, int]:
 async def campaign_stats(store: Store, campaign_id: int) -> CampaignStatsOut:
     """Every number of campaign ``campaign_id`` (all of its executions together); the totals are the rows' sums."""
     q = {"campaign_id": campaign_id}
-    queued = await store[c.QUEUED].count_documents(q)
+    queued = await store.db[c.QUEUED].count_documents(q)
     failed: dict[str, dict[str, int]] = defaultdict(dict)  # variant -> reason -> n
     for reason in FailureReason:  # one group per reason: nx-27017 cannot group by a compound key
         for key, n in (await _by_variant(store, c.FAILED, {**q, "reason": reason.value})).items():
@@ -57,11 +57,11 @@ async def campaign_stats(store: Store, campaign_id: int) -> CampaignStatsOut:
             by_reason[name] += n
     rows = variants.values()
     n_sent, n_del, n_undel = (sum(getattr(v, f) for v in rows) for f in ("sent", "delivered", "undelivered"))
-    camp = await store[c.CAMPAIGNS].find_one({"_id": campaign_id}, {"name": 1})
+    camp = await store.db[c.CAMPAIGNS].find_one({"_id": campaign_id}, {"name": 1})
     return CampaignStatsOut(
         campaign_id=campaign_id,
         name=name_of(camp, "campaign", campaign_id),
-        executions=await store[c.EXECUTIONS].count_documents(q),
+        executions=await store.db[c.EXECUTIONS].count_documents(q),
         queued=queued,
         sent=n_sent,
         delivered=n_del,

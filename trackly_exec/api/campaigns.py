@@ -160,7 +160,7 @@ async def create_campaign(request: web.Request) -> web.Response:
         "next_run_at": next_run_at,
         "created_at": now,
     }
-    await trackly.store[c.CAMPAIGNS].insert_one(doc)
+    await trackly.db[c.CAMPAIGNS].insert_one(doc)
     log.info("campaign_created", campaign_id=doc["_id"], next_run_at=next_run_at)
     return _json(mc.CampaignOut.from_doc(doc), 201)
 
@@ -199,7 +199,7 @@ async def trigger_campaign(request: web.Request) -> web.Response:
         raise ApiError(409, "conflict", f"campaign {cid} cannot run: {exc}") from exc
     if q.wait:
         await asyncio.shield(task)
-    ex = await trackly.store[c.EXECUTIONS].find_one({"_id": execution_id})
+    ex = await trackly.db[c.EXECUTIONS].find_one({"_id": execution_id})
     out = mc.TriggerOut(execution_id=execution_id, execution=mc.ExecutionOut.from_doc(ex) if ex else None)
     return _json(out, 202)
 
@@ -238,12 +238,12 @@ async def run_preview(
     from trackly_exec.api.preview import PreviewError, preview
 
     problems = Problems()
-    lst = await trackly.store[c.SENDING_LISTS].find_one({"_id": list_id})
+    lst = await trackly.db[c.SENDING_LISTS].find_one({"_id": list_id})
     if lst is None:
         problems.add("body.sending_list_id", f"sending list {list_id} does not exist")
     audience = None
     if audience_id is not None:
-        audience = await trackly.store[c.AUDIENCES].find_one({"_id": audience_id})
+        audience = await trackly.db[c.AUDIENCES].find_one({"_id": audience_id})
         if audience is None:
             problems.add("body.audience_id", f"audience {audience_id} does not exist")
         elif audience.get("sending_list_id") != list_id:
@@ -282,12 +282,12 @@ async def preview_creative(request: web.Request) -> web.Response:
     body = await read_body(request, mc.PreviewIn)
     list_id = body.sending_list_id
     if list_id is None and body.audience_id is not None:
-        aud = await trackly.store[c.AUDIENCES].find_one({"_id": body.audience_id}, {"sending_list_id": 1})
+        aud = await trackly.db[c.AUDIENCES].find_one({"_id": body.audience_id}, {"sending_list_id": 1})
         if aud is None:
             raise field_error("body.audience_id", f"audience {body.audience_id} does not exist")
         list_id = int(aud["sending_list_id"])
     if list_id is None and body.contact_ids:
-        first = await trackly.store[c.CONTACTS].find_one({"_id": body.contact_ids[0]}, {"sending_list_id": 1})
+        first = await trackly.db[c.CONTACTS].find_one({"_id": body.contact_ids[0]}, {"sending_list_id": 1})
         if first is None:
             raise field_error("body.contact_ids", f"contact {body.contact_ids[0]} does not exist")
         list_id = int(first["sending_list_id"])
@@ -310,7 +310,7 @@ async def preview_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     camp: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
     body = await read_body(request, mc.CampaignPreviewIn)
-    creative = await trackly.store[c.CREATIVES].find_one({"_id": camp["creative_id"]})
+    creative = await trackly.db[c.CREATIVES].find_one({"_id": camp["creative_id"]})
     if creative is None:
         raise ApiError(409, "conflict", f"creative {camp['creative_id']} of campaign {camp['_id']} does not exist")
     audience_id = body.audience_id
@@ -378,7 +378,7 @@ async def test_send_list(request: web.Request) -> web.Response:
     trackly = _tr(request)
     lst: SendingListDoc = await get_or_404(trackly, c.SENDING_LISTS, path_id(request, "sending list"), "sending list")
     body = await read_body(request, mc.TestSendIn)
-    creative = await trackly.store[c.CREATIVES].find_one({"_id": body.creative_id})
+    creative = await trackly.db[c.CREATIVES].find_one({"_id": body.creative_id})
     if creative is None:
         raise field_error("body.creative_id", f"creative {body.creative_id} does not exist")
     return await _test_send(trackly, lst, creative, body, body.track_links, None)
@@ -397,8 +397,8 @@ async def test_send_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     camp: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
     body = await read_body(request, mc.CampaignTestSendIn)
-    lst = await trackly.store[c.SENDING_LISTS].find_one({"_id": camp["sending_list_id"]})
-    creative = await trackly.store[c.CREATIVES].find_one({"_id": camp["creative_id"]})
+    lst = await trackly.db[c.SENDING_LISTS].find_one({"_id": camp["sending_list_id"]})
+    creative = await trackly.db[c.CREATIVES].find_one({"_id": camp["creative_id"]})
     if lst is None or creative is None:
         raise ApiError(
             409, "conflict", f"campaign {camp['_id']} refers to a sending list or creative that does not exist"
@@ -422,7 +422,7 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
             update["next_run_at"] = next_cron(cron, sched.get("timezone") or "UTC", trackly.now())
         except ValueError as exc:
             log.warning("resume_bad_cron", campaign_id=cid, error=str(exc))
-    await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": update})
+    await trackly.db[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": update})
     if status is CampaignStatus.PAUSED:
         moved = await claims.pause_campaign(trackly.db, cid)
     else:

@@ -127,7 +127,7 @@ async def _upsert_batch(
     Inserting first costs one round trip for new contacts (the usual import) instead of a lookup plus an
     insert; an id reserved for a phone that turns out to exist is simply not used.
     """
-    coll = store[c.CONTACTS]
+    coll = store.db[c.CONTACTS]
     ids = await store.next_ids(c.CONTACTS, len(items))
     docs = []
     for cid, (phone, rows) in zip(ids, items, strict=True):

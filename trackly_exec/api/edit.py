@@ -49,7 +49,7 @@ async def running_execution(trackly: Trackly, campaign_ids: list[int]) -> Execut
     """An execution of one of the campaigns that is pending, evaluating or queued (None if there is none)."""
     if not campaign_ids:
         return None
-    found: ExecutionDoc | None = await trackly.store[c.EXECUTIONS].find_one(
+    found: ExecutionDoc | None = await trackly.db[c.EXECUTIONS].find_one(
         {"campaign_id": {"$in": campaign_ids}, "status": {"$in": RUNNING}}, {"status": 1, "campaign_id": 1}
     )
     return found
@@ -66,13 +66,13 @@ def _busy(what: str, ex: ExecutionDoc) -> ApiError:
 
 async def _users(trackly: Trackly, field: str, doc_id: int) -> list[CampaignDoc]:
     """The campaigns that refer to ``doc_id`` in ``field`` (not archived)."""
-    docs = await trackly.store[c.CAMPAIGNS].find({field: doc_id}, {"name": 1, "status": 1, "archived": 1}).to_list(None)
+    docs = await trackly.db[c.CAMPAIGNS].find({field: doc_id}, {"name": 1, "status": 1, "archived": 1}).to_list(None)
     return [d for d in docs if not d.get("archived")]
 
 
 async def _archive(trackly: Trackly, coll: str, doc: Mapping[str, Any]) -> AnyDocument:
     changes = {"archived": True, "archived_at": trackly.now()}
-    await trackly.store[coll].update_one({"_id": doc["_id"]}, {"$set": changes})
+    await trackly.db[coll].update_one({"_id": doc["_id"]}, {"$set": changes})
     return {**doc, **changes}
 
 
@@ -140,7 +140,7 @@ async def _patch(
     if fields - ALWAYS:
         changes.update(await apply(trackly, rid, doc, body))
     if changes:
-        await trackly.store[kind.coll].update_one({"_id": rid}, {"$set": changes})
+        await trackly.db[kind.coll].update_one({"_id": rid}, {"$set": changes})
     return _json(kind.out({**doc, **changes}))
 
 
@@ -356,7 +356,7 @@ async def archive_campaign(request: web.Request) -> web.Response:
     if ex is not None:
         raise _campaign_running(cid, ex, "pause it and archive it")
     changes = {"archived": True, "archived_at": trackly.now(), "status": CampaignStatus.DONE.value}
-    await trackly.store[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": changes})
+    await trackly.db[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": changes})
     return _json(mc.CampaignOut.from_doc({**doc, **changes}))
 
 

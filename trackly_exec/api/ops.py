@@ -67,7 +67,7 @@ async def list_messages(request: web.Request) -> web.Response:
     hinted = False
     if q.contact_id is not None and "to_number" not in match and not (q.campaign_id or q.execution_id):
         # a contact's messages went to its number: the to_number index finds them without a collection scan
-        contact = await store[c.CONTACTS].find_one({"_id": q.contact_id}, {"phone": 1})
+        contact = await store.db[c.CONTACTS].find_one({"_id": q.contact_id}, {"phone": 1})
         if contact is not None and str(contact.get("phone") or "").startswith("+"):
             match["to_number"], hinted = contact["phone"], True
     try:
@@ -247,7 +247,7 @@ async def list_outbox(request: web.Request) -> web.Response:
 
 async def outbox_summary(store: Any, now: dt.datetime) -> o.OutboxSummary:
     """The outbox backlog (API, CLI and dashboard) at ``now``."""
-    col = store[c.OUTBOX]
+    col = store.db[c.OUTBOX]
     by_status = await count_by(store, c.OUTBOX, {}, "status")
 
     async def events(status: str) -> int:
@@ -299,7 +299,7 @@ async def redrive_outbox(request: web.Request) -> web.Response:
         match = {"_id": {"$in": body.ids}, "status": {"$in": [DEAD, DROPPED]}}
     if body.account_id:
         match["account_id"] = body.account_id
-    col = _tr(request).store[c.OUTBOX]
+    col = _tr(request).db[c.OUTBOX]
     ids = [d["_id"] for d in await col.find(match, {"_id": 1}).limit(body.limit).to_list(None)]
     if not ids:
         return _json(o.OutboxRedriveOut(redriven=0))

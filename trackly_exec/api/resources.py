@@ -59,7 +59,7 @@ async def create_account(request: web.Request) -> web.Response:
     if body.webhook_url is not None:
         await check_webhook_url(trackly, body.webhook_url, "body.webhook_url")
     doc = {"_id": await _new_id(trackly, c.ACCOUNTS), **body.model_dump(), "created_at": trackly.now()}
-    await trackly.store[c.ACCOUNTS].insert_one(doc)
+    await trackly.db[c.ACCOUNTS].insert_one(doc)
     return _json(m.AccountOut.from_doc(doc), 201)
 
 
@@ -94,7 +94,7 @@ def check_driver(trackly: Trackly, driver: str, driver_settings: ConfigTable, pr
 
 
 async def check_account(trackly: Trackly, account_id: int, problems: Problems) -> None:
-    if await trackly.store[c.ACCOUNTS].find_one({"_id": account_id}, {"_id": 1}) is None:
+    if await trackly.db[c.ACCOUNTS].find_one({"_id": account_id}, {"_id": 1}) is None:
         problems.add("body.account_id", f"account {account_id} does not exist")
 
 
@@ -107,7 +107,7 @@ async def create_sending_list(request: web.Request) -> web.Response:
     check_driver(trackly, body.driver, body.driver_settings, problems)
     problems.raise_if_any()
     doc = {"_id": await _new_id(trackly, c.SENDING_LISTS), **body.model_dump(), "created_at": trackly.now()}
-    await trackly.store[c.SENDING_LISTS].insert_one(doc)
+    await trackly.db[c.SENDING_LISTS].insert_one(doc)
     return _json(m.SendingListOut.from_doc(doc), 201)
 
 
@@ -171,7 +171,7 @@ async def create_audience(request: web.Request) -> web.Response:
     problems.raise_if_any()
     doc = {"_id": await _new_id(trackly, c.AUDIENCES), **body.model_dump()}
     doc["filter"] = _undollar(doc["filter"])
-    await trackly.store[c.AUDIENCES].insert_one(doc)
+    await trackly.db[c.AUDIENCES].insert_one(doc)
     return _json(m.AudienceOut.from_doc(doc), 201)
 
 
@@ -182,7 +182,7 @@ async def check_audience(
     trackly: Trackly, list_id: int, flt: Filter | None, contact_ids: list[int] | None, problems: Problems
 ) -> None:
     """The list exists (and is not archived), the filter compiles, every contact id is a contact of the list."""
-    lst = await trackly.store[c.SENDING_LISTS].find_one({"_id": list_id}, {"archived": 1})
+    lst = await trackly.db[c.SENDING_LISTS].find_one({"_id": list_id}, {"archived": 1})
     if lst is None:
         problems.add("body.sending_list_id", f"sending list {list_id} does not exist")
     elif lst.get("archived"):
@@ -200,7 +200,7 @@ async def check_audience(
         where: dict[int, int] = {}
         for i in range(0, len(wanted), CONTACT_CHECK_CHUNK):
             chunk = wanted[i : i + CONTACT_CHECK_CHUNK]
-            async for d in trackly.store[c.CONTACTS].find({"_id": {"$in": chunk}}, {"sending_list_id": 1}):
+            async for d in trackly.db[c.CONTACTS].find({"_id": {"$in": chunk}}, {"sending_list_id": 1}):
                 where[int(d["_id"])] = int(d["sending_list_id"])
         missing = [x for x in wanted if x not in where]
         if missing:
@@ -238,7 +238,7 @@ async def create_creative(request: web.Request) -> web.Response:
     await check_account(trackly, body.account_id, problems)
     problems.raise_if_any()
     doc = {"_id": await _new_id(trackly, c.CREATIVES), **body.model_dump()}
-    await trackly.store[c.CREATIVES].insert_one(doc)
+    await trackly.db[c.CREATIVES].insert_one(doc)
     return _json(m.CreativeOut.from_doc(doc), 201)
 
 

@@ -245,7 +245,7 @@ def _tr(request: web.Request) -> Trackly:
 
 
 async def get_or_404(trackly: Trackly, coll: str, doc_id: int, what: str) -> Any:
-    doc: AnyDocument | None = await trackly.store[coll].find_one({"_id": doc_id})
+    doc: AnyDocument | None = await trackly.db[coll].find_one({"_id": doc_id})
     if doc is None:
         raise ApiError(404, "not_found", f"{what} {doc_id} not found")
     return doc
@@ -258,7 +258,7 @@ async def keyset_page(
     (of ``coll``'s document type: the caller names it) and the ``after`` of the next page (None on the last one)."""
     if after is not None:
         match = {**match, "_id": {"$gt": after}}
-    docs: list[AnyDocument] = await store[coll].find(match, projection).sort("_id", 1).limit(limit + 1).to_list(None)
+    docs: list[AnyDocument] = await store.db[coll].find(match, projection).sort("_id", 1).limit(limit + 1).to_list(None)
     more = len(docs) > limit
     docs = docs[:limit]
     return docs, docs[-1]["_id"] if more else None
@@ -268,7 +268,7 @@ async def count_by(store: Any, coll: str, match: Filter, field: str, *, none: st
     """How many documents of ``coll`` match, by the value of ``field`` (as text; ``none`` for a missing one):
     one single-key ``$group`` (nx-27017 groups on one field only; its ``_id`` values may come back as text)."""
     out: dict[str, int] = {}
-    async for row in await store[coll].aggregate(
+    async for row in await store.db[coll].aggregate(
         [{"$match": match}, {"$group": {"_id": f"${field}", "n": {"$sum": 1}}}]
     ):
         key = none if row["_id"] is None else str(row["_id"])

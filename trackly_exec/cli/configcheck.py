@@ -149,7 +149,7 @@ async def _active_lists(settings: Settings) -> list[SendingListDoc]:
 
     store = await Store.open(settings, create_indexes=False)
     try:
-        docs = await store[c.SENDING_LISTS].find({}, {"driver": 1, "name": 1, "active": 1}).to_list(None)
+        docs = await store.db[c.SENDING_LISTS].find({}, {"driver": 1, "name": 1, "active": 1}).to_list(None)
         return [d for d in docs if d.get("active") is not False]
     finally:
         await store.close()

@@ -212,13 +212,13 @@ class Alerts:
         # three-day-old failures as "in the last minute"); distinct and count_documents are evaluated alike on both.
         failed: Counter[int] = Counter()
         sent: Counter[int] = Counter()
-        for value in await store[c.FAILED].distinct("sending_list_id", {"failed_at": {"$gte": since}}):
+        for value in await store.db[c.FAILED].distinct("sending_list_id", {"failed_at": {"$gte": since}}):
             with contextlib.suppress(TypeError, ValueError):
                 list_id = int(value)
-                failed[list_id] = await store[c.FAILED].count_documents(
+                failed[list_id] = await store.db[c.FAILED].count_documents(
                     {"sending_list_id": list_id, "failed_at": {"$gte": since}}
                 )
-                sent[list_id] = await store[c.SENT].count_documents(
+                sent[list_id] = await store.db[c.SENT].count_documents(
                     {"sending_list_id": list_id, "timestamp": {"$gte": since}}
                 )
         events = []

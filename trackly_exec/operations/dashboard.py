@@ -86,14 +86,14 @@ NOT_ARCHIVED: Filter = {"archived": {"$in": [False, None]}}
 
 
 async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonObject]:
-    campaigns = [d async for d in store[c.CAMPAIGNS].find(NOT_ARCHIVED).sort("_id", -1).limit(limit)]
+    campaigns = [d async for d in store.db[c.CAMPAIGNS].find(NOT_ARCHIVED).sort("_id", -1).limit(limit)]
     per = await campaign_stats(store, [int(d["_id"]) for d in campaigns])
     since = now - dt.timedelta(seconds=60)
     rows = []
     for d in campaigns:
         cid = int(d["_id"])
         stats = per.get(cid, {})
-        last = await store[c.EXECUTIONS].find_one({"campaign_id": cid}, sort=[("_id", -1)])
+        last = await store.db[c.EXECUTIONS].find_one({"campaign_id": cid}, sort=[("_id", -1)])
         queued = int(stats.get("queued", 0))
         state = _state(d, last, queued)
         started = _aware(last.get("triggered_at")) if last else None
@@ -133,7 +133,7 @@ async def grouped_alerts(store: Any, window: int = ALERT_WINDOW) -> list[JsonObj
     latest message, newest group first."""
     groups: dict[tuple[str, str], JsonObject] = {}
     async for e in (
-        store[c.EVENTS]
+        store.db[c.EVENTS]
         .find({}, {"kind": 1, "key": 1, "severity": 1, "message": 1, "created_at": 1})
         .sort("created_at", -1)
         .limit(window)
@@ -172,7 +172,7 @@ async def summary(trackly: Any, *, limit: int = 20, sampler: Sampler | None = No
         "overview": ov,
         "outbox": (await outbox_summary(store, now)).model_dump(mode="json"),
         "campaigns": await _campaign_rows(store, limit, now),
-        "archived_campaigns": await store[c.CAMPAIGNS].count_documents({"archived": True}),
+        "archived_campaigns": await store.db[c.CAMPAIGNS].count_documents({"archived": True}),
         "alerts": await grouped_alerts(store),
         "series": list(sampler.samples) if sampler is not None else [],
         "sample_seconds": SAMPLE_SECONDS,

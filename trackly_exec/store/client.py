@@ -20,7 +20,7 @@ from trackly_exec.config import Settings
 from trackly_exec.errors import StoreError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.documents import AnyDocument, Filter
+from trackly_exec.store.documents import Filter
 from trackly_exec.store.embedded import EmbeddedMongo
 
 log = get_logger(__name__)
@@ -74,7 +74,7 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
-async def count(db: AsyncDatabase[AnyDocument], collection: str, query: Filter) -> int:
+async def count(db: AsyncDatabase[Any], collection: str, query: Filter) -> int:
     """The number of ``collection`` documents matching ``query``, with the ``count`` command.
 
     Not ``count_documents``: that is an aggregation (``$match`` + ``$group``), which nx-27017 runs in Python
@@ -89,8 +89,8 @@ class Store:
 
     def __init__(
         self,
-        client: AsyncMongoClient[AnyDocument],
-        db: AsyncDatabase[AnyDocument],
+        client: AsyncMongoClient[Any],
+        db: AsyncDatabase[Any],
         embedded: EmbeddedMongo | None = None,
     ) -> None:
         self.client = client
@@ -98,6 +98,8 @@ class Store:
         self.embedded = embedded
 
     def __getitem__(self, name: str) -> Any:
+        """``store[c.NAME]``: the tests' shorthand. The package reaches a collection one way, ``.db[c.NAME]``
+        (``trackly.db``, ``store.db``), with its name from :mod:`trackly_exec.store.constants` (test_hygiene)."""
         return self.db[name]
 
     @classmethod
@@ -137,7 +139,7 @@ class Store:
     ) -> Store:
         """Connect and ping. Writes use write concern ``w`` (default majority) and are retried once after a
         network error or a primary step-down (see CONTRIBUTING, "Failover")."""
-        client: AsyncMongoClient[AnyDocument] = AsyncMongoClient(
+        client: AsyncMongoClient[Any] = AsyncMongoClient(
             uri,
             tz_aware=True,
             serverSelectionTimeoutMS=int(timeout * 1000),

@@ -73,7 +73,7 @@ class EventBus:
             e.message = mask_text(e.message)
         if self.store is not None:
             try:
-                await self.store[c.EVENTS].insert_many([e.to_doc() for e in events], ordered=False)
+                await self.store.db[c.EVENTS].insert_many([e.to_doc() for e in events], ordered=False)
             except Exception as exc:  # alerts must never break the sender
                 log.warning("event_store_failed", error=str(exc), events=len(events))
         for fn in self._subscribers:

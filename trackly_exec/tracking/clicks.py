@@ -107,7 +107,7 @@ async def record_clicks(trackly: Trackly, clicks: Sequence[tuple[ShortLinkDoc, V
         ids = list({link["message_id"] for (link, _), reason in zip(clicks, reasons, strict=True) if reason is None})
         if ids:
             # whole documents: nx-27017 applies projections in Python, which costs more than the fields saved
-            times = {d["_id"]: d for d in await trackly.store[c.SENT].find({"_id": {"$in": ids}}).to_list(None)}
+            times = {d["_id"]: d for d in await trackly.db[c.SENT].find({"_id": {"$in": ids}}).to_list(None)}
     salt = cfg.ip_hash_salt.get_secret_value()
     docs: list[ClickDoc] = []
     counts: dict[str, list[int]] = {}
@@ -143,8 +143,8 @@ async def record_clicks(trackly: Trackly, clicks: Sequence[tuple[ShortLinkDoc, V
         count = counts.setdefault(link["_id"], [0, 0])
         count[0] += 1
         count[1] += reason is None
-    await trackly.store[c.CLICKS].insert_many(docs, ordered=False)
-    await trackly.store[c.SHORT_LINKS].bulk_write(
+    await trackly.db[c.CLICKS].insert_many(docs, ordered=False)
+    await trackly.db[c.SHORT_LINKS].bulk_write(
         [UpdateOne({"_id": code}, {"$inc": {"clicks": n, "human_clicks": h}}) for code, (n, h) in counts.items()],
         ordered=False,
     )
@@ -170,7 +170,9 @@ async def click_stats(
         match["creative_id"] = creative_id
     sent_match = {**match, "submitted": {"$ne": False}}
     rows = await (
-        await store[c.SENT].aggregate([{"$match": sent_match}, {"$group": {"_id": "$variant_key", "n": {"$sum": 1}}}])
+        await store.db[c.SENT].aggregate(
+            [{"$match": sent_match}, {"$group": {"_id": "$variant_key", "n": {"$sum": 1}}}]
+        )
     ).to_list(None)
     sent_by_variant: dict[str, int] = {}
     total_sent = 0
@@ -180,11 +182,11 @@ async def click_stats(
             key = str(row["_id"])
             sent_by_variant[key] = sent_by_variant.get(key, 0) + int(row["n"])
     click_match = {**match, **({"bot": False} if filter_bots else {})}
-    total_clicked = len(await store[c.CLICKS].distinct("message_id", click_match))
+    total_clicked = len(await store.db[c.CLICKS].distinct("message_id", click_match))
     variants: dict[str, JsonObject] = {}
-    click_keys = {str(k) for k in await store[c.CLICKS].distinct("variant_key", click_match) if k is not None}
+    click_keys = {str(k) for k in await store.db[c.CLICKS].distinct("variant_key", click_match) if k is not None}
     for key in sorted(set(sent_by_variant) | click_keys):
-        clicked = len(await store[c.CLICKS].distinct("message_id", {**click_match, "variant_key": key}))
+        clicked = len(await store.db[c.CLICKS].distinct("message_id", {**click_match, "variant_key": key}))
         sent = sent_by_variant.get(key, 0)
         variants[key] = {"sent": sent, "clicked": clicked, "rate": _rate(clicked, sent)}
     return {

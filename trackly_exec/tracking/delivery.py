@@ -225,9 +225,7 @@ async def _still_applied(
     ids = [doc["_id"] for _, doc in planned]
     mine = {
         d["_id"]
-        for d in await trackly.store[c.SENT]
-        .find({"_id": {"$in": ids}, "delivery_batch": batch}, {"_id": 1})
-        .to_list(None)
+        for d in await trackly.db[c.SENT].find({"_id": {"$in": ids}, "delivery_batch": batch}, {"_id": 1}).to_list(None)
     }
     return [(r, doc) for r, doc in planned if doc["_id"] in mine]
 
@@ -252,7 +250,7 @@ async def _resolve(
         docs.append(sent)
     inserted = {d["_id"] for d in docs}
     try:
-        await trackly.store[c.SENT].insert_many(docs, ordered=False)
+        await trackly.db[c.SENT].insert_many(docs, ordered=False)
     except BulkWriteError as exc:  # resolved concurrently by a duplicate of the report
         for err in exc.details.get("writeErrors", []):
             if err.get("code") == 11000:
@@ -270,7 +268,7 @@ async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, Sen
     # A plain $in read: on nx-27017 a `$ne` condition and a projection each cost more than they save.
     accounts = {
         a["_id"]: a
-        for a in await trackly.store[c.ACCOUNTS].find({"_id": {"$in": account_ids}}).to_list(None)
+        for a in await trackly.db[c.ACCOUNTS].find({"_id": {"$in": account_ids}}).to_list(None)
         if a.get("webhook_url")
     }
     by_account: dict[int, list[tuple[str, JsonObject]]] = {}
@@ -284,7 +282,7 @@ async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, Sen
     docs = [outbox_documents(acc, events, now) for acc, events in by_account.items()]
     written = sum(len(events) for events in by_account.values())
     try:
-        await trackly.store[c.OUTBOX].insert_many(docs, ordered=False)
+        await trackly.db[c.OUTBOX].insert_many(docs, ordered=False)
     except BulkWriteError as exc:  # a single-event entry that exists already
         dups = [e for e in exc.details.get("writeErrors", []) if e.get("code") == 11000]
         if len(dups) != len(exc.details.get("writeErrors", [])):
@@ -298,7 +296,7 @@ async def _unsubscribe(trackly: Trackly, docs: list[SentDoc]) -> None:
     contact_ids = list({d["contact_id"] for d in docs if d.get("contact_id") is not None})
     if not contact_ids:
         return
-    await trackly.store[c.CONTACTS].update_many(
+    await trackly.db[c.CONTACTS].update_many(
         {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": trackly.now()}}
     )
     log.info("contacts_unsubscribed_by_report", count=len(contact_ids))
@@ -342,7 +340,7 @@ async def _publish(trackly: Trackly, provider: str, changed: list[tuple[Delivery
 
 async def park_reports(trackly: Trackly, provider: str, reports: Sequence[DeliveryReport], now: dt.datetime) -> None:
     """Keep ``reports`` (of messages still in the queue) until their message is recorded."""
-    await trackly.store[c.DELIVERY_REPORTS].insert_many(
+    await trackly.db[c.DELIVERY_REPORTS].insert_many(
         [
             {
                 "_id": uuid.uuid4().hex,

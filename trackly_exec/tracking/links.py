@@ -116,9 +116,7 @@ class LinkHandler:
 
     async def _group(self, group: list[tuple[str, Visit]]) -> list[ShortLinkDoc | None]:
         codes = list({code for code, _ in group})
-        found = {
-            d["_id"]: d for d in await self.trackly.store[c.SHORT_LINKS].find({"_id": {"$in": codes}}).to_list(None)
-        }
+        found = {d["_id"]: d for d in await self.trackly.db[c.SHORT_LINKS].find({"_id": {"$in": codes}}).to_list(None)}
         links = [found.get(code) for code, _ in group]
         clicks = [
             (link, visit)

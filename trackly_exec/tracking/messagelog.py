@@ -126,7 +126,7 @@ async def clicks_of(store: Store, ids: list[str]) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     if not ids:
         return out
-    async for link in store[c.SHORT_LINKS].find(
+    async for link in store.db[c.SHORT_LINKS].find(
         {"message_id": {"$in": ids}}, {"message_id": 1, "clicks": 1, "human_clicks": 1}
     ):
         a, h = out.get(link["message_id"], (0, 0))
@@ -158,7 +158,7 @@ async def page(
         if i == start and last_id:
             cond["_id"] = {"$gt": last_id}
         want = limit + 1 - len(found)
-        docs = await store[COLLECTION[state]].find(cond).sort("_id", 1).limit(want).to_list(None)
+        docs = await store.db[COLLECTION[state]].find(cond).sort("_id", 1).limit(want).to_list(None)
         found += [(state, d) for d in docs]
         if len(found) > limit:
             more = True
@@ -186,7 +186,7 @@ async def export_rows(store: Store, match: Filter, *, batch: int = EXPORT_BATCH)
 
     for state in STATES:
         pending: list[MessageDoc] = []
-        async for doc in store[COLLECTION[state]].find(dict(match), {"body": 0}).batch_size(batch):
+        async for doc in store.db[COLLECTION[state]].find(dict(match), {"body": 0}).batch_size(batch):
             pending.append(doc)
             if len(pending) >= batch:
                 yield await rows(state, pending)

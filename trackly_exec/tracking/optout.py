@@ -159,7 +159,7 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
 
 async def _store(trackly: Trackly, records: list[InboundDoc]) -> None:
     try:
-        await trackly.store[c.INBOUND].insert_many(records, ordered=False)
+        await trackly.db[c.INBOUND].insert_many(records, ordered=False)
     except BulkWriteError as exc:  # a provider retry of a message already stored
         if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
             raise
@@ -173,7 +173,7 @@ async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[Contac
     if not list_ids or not phones:
         return []
     rows = (
-        await trackly.store[c.CONTACTS]
+        await trackly.db[c.CONTACTS]
         .find({"sending_list_id": {"$in": list_ids}, "phone": {"$in": phones}}, {"sending_list_id": 1, "phone": 1})
         .to_list(None)
     )

@@ -134,7 +134,7 @@ class Outbox:
 
     @property
     def col(self) -> Any:
-        return self.trackly.store[c.OUTBOX]
+        return self.trackly.db[c.OUTBOX]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -238,7 +238,7 @@ class Outbox:
         if not ids:
             return {}
         rows = (
-            await self.trackly.store[c.ACCOUNTS]
+            await self.trackly.db[c.ACCOUNTS]
             .find({"_id": {"$in": list(ids)}}, {"webhook_url": 1, "webhook_secret": 1})
             .to_list(None)
         )

@@ -34,7 +34,7 @@ INTERVAL_SECONDS = 2.0
 
 async def replay(trackly: Trackly, *, now: dt.datetime | None = None) -> int:
     """Apply the parked reports whose message is recorded now; returns how many changed a message."""
-    col = trackly.store[c.DELIVERY_REPORTS]
+    col = trackly.db[c.DELIVERY_REPORTS]
     docs = await col.find({}).sort("received_at", 1).limit(BATCH).to_list(None)
     if not docs:
         return 0

@@ -84,7 +84,7 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
     cfg = trackly.settings.reconcile
     now = now or trackly.now()
     out: Counter[str] = Counter()
-    col = trackly.store[c.FAILED]
+    col = trackly.db[c.FAILED]
     await _finish_releases(trackly, now, out)
     due = (
         await col.find(
@@ -118,9 +118,7 @@ async def reconcile_once(trackly: Trackly, *, now: dt.datetime | None = None) ->
 
     lists = {
         x["_id"]: x
-        async for x in trackly.store[c.SENDING_LISTS].find(
-            {"_id": {"$in": sorted({d["sending_list_id"] for d in docs})}}
-        )
+        async for x in trackly.db[c.SENDING_LISTS].find({"_id": {"$in": sorted({d["sending_list_id"] for d in docs})}})
     }
     groups: dict[int, tuple[Driver[Any], str, list[FailedDoc]]] = {}
     unsupported: list[FailedDoc] = []
@@ -195,7 +193,7 @@ async def _apply(
     ours = {d["_id"] for d, _, _ in found}
     taken = {
         x["provider_message_id"]
-        async for x in trackly.store[c.SENT].find(
+        async for x in trackly.db[c.SENT].find(
             {"provider_message_id": {"$in": sorted(pids)}}, {"provider_message_id": 1}
         )
         if x["_id"] not in ours
@@ -238,7 +236,7 @@ async def _resolve_found(
         docs.append(sent)
     await insert_records(trackly.db, c.SENT, docs)
     ids = [d["_id"] for d, _, _ in found]
-    await trackly.store[c.FAILED].delete_many({"_id": {"$in": ids}, "reason": NO_RESPONSE})
+    await trackly.db[c.FAILED].delete_many({"_id": {"$in": ids}, "reason": NO_RESPONSE})
     out["found"] += len(found)
     reports: dict[str, list[DeliveryReport]] = {}
     for d, instance, r in found:
@@ -258,7 +256,7 @@ async def _reject(
     """The provider has it and refused it: PROVIDER_ERROR, refunded, not ambiguous any more."""
     if not items:
         return
-    await trackly.store[c.FAILED].bulk_write(
+    await trackly.db[c.FAILED].bulk_write(
         [
             UpdateOne(
                 {"_id": d["_id"], "reconcile_by": token, "reason": NO_RESPONSE},
@@ -295,7 +293,7 @@ async def _release(
     """Not at the provider: back into the queue under the same id (see the module docstring for the order)."""
     if not docs:
         return
-    col = trackly.store[c.FAILED]
+    col = trackly.db[c.FAILED]
     ids = [d["_id"] for d in docs]
     await _lease(trackly).update(
         col,
@@ -337,7 +335,7 @@ async def _requeue(trackly: Trackly, docs: list[FailedDoc], now: dt.datetime) ->
     ]
     await insert_records(trackly.db, c.QUEUED, queued)
     ids = [d["_id"] for d in docs]
-    res = await trackly.store[c.FAILED].delete_many({"_id": {"$in": ids}, "reconcile_state": "releasing"})
+    res = await trackly.db[c.FAILED].delete_many({"_id": {"$in": ids}, "reconcile_state": "releasing"})
     await claims.give_back(trackly.db, ids, claim)
     log.info("released_for_resend", count=res.deleted_count)
     return int(res.deleted_count)
@@ -345,7 +343,7 @@ async def _requeue(trackly: Trackly, docs: list[FailedDoc], now: dt.datetime) ->
 
 async def _finish_releases(trackly: Trackly, now: dt.datetime, out: Counter[str]) -> None:
     """Releases whose pass died half-way (their lease expired): finish them."""
-    col = trackly.store[c.FAILED]
+    col = trackly.db[c.FAILED]
     stuck = (
         await col.find({"reason": NO_RESPONSE, "reconcile_state": "releasing", "reconcile_at": {"$lte": now}})
         .limit(trackly.settings.reconcile.batch_size)
@@ -354,8 +352,8 @@ async def _finish_releases(trackly: Trackly, now: dt.datetime, out: Counter[str]
     if not stuck:
         return
     ids = [d["_id"] for d in stuck]
-    present = {d["_id"] async for d in trackly.store[c.QUEUED].find({"_id": {"$in": ids}}, {"_id": 1})}
-    present |= {d["_id"] async for d in trackly.store[c.SENT].find({"_id": {"$in": ids}}, {"_id": 1})}
+    present = {d["_id"] async for d in trackly.db[c.QUEUED].find({"_id": {"$in": ids}}, {"_id": 1})}
+    present |= {d["_id"] async for d in trackly.db[c.SENT].find({"_id": {"$in": ids}}, {"_id": 1})}
     if present:  # the hand-back got as far as the queue: only the FailedMessage is left to remove
         await col.delete_many({"_id": {"$in": sorted(present)}, "reconcile_state": "releasing"})
     out["released"] += await _requeue(trackly, [d for d in stuck if d["_id"] not in present], now) + len(present)
@@ -374,7 +372,7 @@ async def _refund(trackly: Trackly, docs: list[FailedDoc], lists: dict[int, Send
 async def _park(trackly: Trackly, token: str, docs: list[FailedDoc], state: str, out: Counter[str]) -> None:
     """No more look-ups for these (``unsupported`` / ``expired``): they stay NO_RESPONSE."""
     if docs:
-        await trackly.store[c.FAILED].update_many(
+        await trackly.db[c.FAILED].update_many(
             {"_id": {"$in": [d["_id"] for d in docs]}, "reconcile_by": token},
             {"$set": {"reconcile_state": state, "reconcile_at": None, "reconcile_by": None}},
         )
@@ -399,7 +397,7 @@ async def _backoff(
                 {"$set": {"reconcile_at": when, "reconcile_by": None}, "$inc": {"lookups": 1}},
             )
         )
-    await trackly.store[c.FAILED].bulk_write(ops, ordered=False)
+    await trackly.db[c.FAILED].bulk_write(ops, ordered=False)
     out[what] += len(docs)
 
 
@@ -429,7 +427,7 @@ class Reconciler:
             total.update(done)
             if not any(done[k] for k in ("lookups", "expired", "unsupported", "released", "errors")):
                 break
-            if not await self.trackly.store[c.FAILED].find_one(
+            if not await self.trackly.db[c.FAILED].find_one(
                 {
                     "reason": NO_RESPONSE,
                     "reconcile_state": "pending",

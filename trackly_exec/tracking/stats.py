@@ -21,7 +21,7 @@ from trackly_exec.store.models import FailureReason
 async def _group(store: Store, coll: str, match: Filter, key: str, cond: Filter | None = None) -> dict[int, int]:
     pipeline: Pipeline = [{"$match": match}, {"$group": {"_id": f"${key}", "n": {"$sum": 1}}}]
     out: dict[int, int] = {}
-    async for row in await store[coll].aggregate(pipeline):
+    async for row in await store.db[coll].aggregate(pipeline):
         k = row["_id"]
         if k is None:
             continue
@@ -78,7 +78,7 @@ async def overview(store: Store, now: dt.datetime, window_seconds: int = 60) -> 
     recent = await count(store, c.SENT, {"timestamp": {"$gte": since}})
     failed_recent = await count(store, c.FAILED, {"failed_at": {"$gte": since}})
     failed_by: dict[str, int] = {}
-    async for row in await store[c.FAILED].aggregate([{"$group": {"_id": "$reason", "n": {"$sum": 1}}}]):
+    async for row in await store.db[c.FAILED].aggregate([{"$group": {"_id": "$reason", "n": {"$sum": 1}}}]):
         failed_by[str(row["_id"])] = int(row["n"])
     return {
         "queued": await count(store, c.QUEUED, {}),
