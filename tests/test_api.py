@@ -459,11 +459,11 @@ async def test_resume_recomputes_cron_from_now(admin: TestClient[Any, Any], trac
         },
     )
     await post(admin, f"/campaigns/{camp['id']}/pause", None, 200)
-    long_ago = utcnow() - dt.timedelta(days=3)
-    await trackly.db["campaigns"].update_one({"_id": camp["id"]}, {"$set": {"next_run_at": long_ago}})
+    now = dt.datetime(2026, 3, 2, 12, 3, 20, tzinfo=dt.UTC)
+    trackly.clock = lambda: now
+    await trackly.db["campaigns"].update_one({"_id": camp["id"]}, {"$set": {"next_run_at": now - dt.timedelta(days=3)}})
     out = await post(admin, f"/campaigns/{camp['id']}/resume", None, 200)
-    nxt = dt.datetime.fromisoformat(out["next_run_at"])
-    assert utcnow() < nxt <= utcnow() + dt.timedelta(minutes=5) and nxt.minute % 5 == 0
+    assert dt.datetime.fromisoformat(out["next_run_at"]) == dt.datetime(2026, 3, 2, 12, 5, tzinfo=dt.UTC)
     r = await admin.get(f"/api/v1/campaigns/{camp['id']}", headers=H)
     assert (await r.json())["schedule"] == {"at": None, "cron": "*/5 * * * *", "timezone": "UTC"}
 

@@ -165,6 +165,7 @@ async def send_test(
         sending_list_id=list_id,
         occurrence_key=f"test:{list_id}:{n}",
         scheduled_for=now,
+        triggered_at=now,
         status=ExecutionStatus.QUEUED if messages else ExecutionStatus.COMPLETED,
         counts={"queued": len(messages), "skipped": {"unsubscribed": skipped}, "unique": len(tos)},
         evaluated_at=now,

@@ -293,9 +293,9 @@ async def drop(db: Any, token: str) -> int:
     return await LEASE.delete(db[c.QUEUED], token)
 
 
-async def release_expired(db: Any, cutoff: dt.datetime) -> int:
-    """Recovery: release claims older than ``cutoff`` that have no send intent (their process died)."""
-    return await LEASE.release_expired(db[c.QUEUED], cutoff, {"sending_at": None}, ttl=dt.timedelta(0))
+async def release_expired(db: Any, now: dt.datetime, ttl: dt.timedelta) -> int:
+    """Recovery: release claims older than ``ttl`` at ``now`` that have no send intent (their process died)."""
+    return await LEASE.release_expired(db[c.QUEUED], now, {"sending_at": None}, ttl=ttl)
 
 
 async def take_over(db: Any, by_token: dict[str, list[str]], token: str, now: dt.datetime) -> None:

@@ -46,14 +46,13 @@ async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.tim
     db = trackly.db
     now = now or trackly.now()
     ttl = ttl if ttl is not None else dt.timedelta(minutes=trackly.settings.executor.claim_ttl_minutes)
-    cutoff = now - ttl
     out: Counter[str] = Counter()
     q = db[c.QUEUED]
-    out["released"] += await claims.release_expired(db, cutoff)
+    out["released"] += await claims.release_expired(db, now, ttl)
     while True:
         stuck = (
             await q.find(
-                {"claimed_at": {"$lt": cutoff}, "sending_at": {"$gt": EPOCH}},
+                {**claims.LEASE.expired(now, ttl), "sending_at": {"$gt": EPOCH}},
                 {"_id": 1, "claimed_by": 1},
             )
             .limit(BATCH)
@@ -90,7 +89,7 @@ async def _dead_letter(trackly: Trackly, stuck: list[QueuedDoc], now: dt.datetim
         assert held_by is not None  # stuck: claimed
         by_token.setdefault(held_by, []).append(d["_id"])
     await claims.take_over(db, by_token, token, now)
-    docs = await db[c.QUEUED].find({"claimed_by": token}).to_list(None)
+    docs = await db[c.QUEUED].find(claims.LEASE.fence(token)).to_list(None)
     if not docs:
         return 0
     ids = [d["_id"] for d in docs]
