@@ -71,7 +71,7 @@ BENCH_JSON := $(CURDIR)/.trackly/bench.jsonl
 bench: install $(PEER)
 	mkdir -p .trackly && rm -f $(BENCH_JSON)
 	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/executor.py --breakdown
-	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/scaleout.py
+	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/scaleout.py --compare
 	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/peer.py
 	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/ratelimit.py
 	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/campaign.py

@@ -3,12 +3,14 @@
 Pre-queues N messages (default 30,000; ids spread like real HMAC ids) on three lists (Infobip, CM, Twilio fakes,
 each its own ``trackly fake-provider`` process), rate limit off, then runs the executor in one process, re-queues
 the same number of messages and runs it in ``--procs`` processes (each a burst run of its own Coordinator with
-its own instance name; all join the membership before any starts, so they split the queue from the first poll).
+its own instance name; all join the membership before any starts, so they split the queue from the first poll),
+and with ``--compare`` once more in ``--procs`` processes that do not share the queue out (each polls all of it,
+as before issue 12: claims stay safe but collide).
 Prints, for each: msg/s (first claim of any process to the last record of any), queue documents read per message,
 empty claims (claims that found every candidate taken: collisions), store round trips per 1,000 messages, and the
 executor CPU per message; then the ratio N processes / 1 process.
 
-    .venv/bin/python bench/scaleout.py [--n 30000] [--procs 2] [--file]
+    .venv/bin/python bench/scaleout.py [--n 30000] [--procs 2] [--file] [--compare]
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def settings_for(spec: dict[str, Any], name: str) -> Any:
     )
 
 
-async def child(spec: dict[str, Any], name: str) -> None:
+async def child(spec: dict[str, Any], name: str, shared: bool) -> None:
     """One executor process: join, say ready, wait for "go" on stdin, burst-run, print its figures."""
     from pymongo import monitoring
 
@@ -69,6 +71,8 @@ async def child(spec: dict[str, Any], name: str) -> None:
     monitoring.register(Count())
     trackly = await Trackly.open(settings_for(spec, name))
     coord = Coordinator(trackly)
+    if not shared:
+        coord.membership = None  # every process polls the whole queue
     await coord.join()
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -89,11 +93,12 @@ async def child(spec: dict[str, Any], name: str) -> None:
     print(json.dumps(out), flush=True)
 
 
-def run_procs(spec: dict[str, Any], procs: int) -> dict[str, Any]:
+def run_procs(spec: dict[str, Any], procs: int, shared: bool = True) -> dict[str, Any]:
     """``procs`` executor processes over what is queued; their combined figures."""
     children = [
         subprocess.Popen(
-            [sys.executable, __file__, "--child", json.dumps(spec), "--name", f"bench-{k}"],
+            [sys.executable, __file__, "--child", json.dumps(spec), "--name", f"bench-{k}"]
+            + ([] if shared else ["--unshared"]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -120,6 +125,7 @@ def run_procs(spec: dict[str, Any], procs: int) -> dict[str, Any]:
         commands.update(o["commands"])
     return {
         "procs": procs,
+        "shared": shared,
         "sent": sent,
         "per_process": [o["counts"].get("sent", 0) for o in outs],
         "rate": sent / wall if wall else 0.0,
@@ -147,7 +153,8 @@ async def seed(spec: dict[str, Any], n: int, lists: dict[int, str]) -> None:
 
 def show(r: dict[str, Any]) -> None:
     print(
-        f"  {r['procs']} process{'es' if r['procs'] > 1 else ''}: {r['sent']:,} sent in {r['wall']:.2f}s = "
+        f"  {r['procs']} process{'es' if r['procs'] > 1 else ''}{'' if r['shared'] else ' (whole queue each)'}: "
+        f"{r['sent']:,} sent in {r['wall']:.2f}s = "
         f"{r['rate']:,.0f} msg/s (per process {r['per_process']}); queue reads/msg {r['reads']:.3f}; "
         f"empty claims {r['empty']}; steals {r['steals']}; store round trips per 1,000 msg {r['round_trips']:.1f}; "
         f"executor CPU {r['us']:.0f} us/msg",
@@ -178,12 +185,12 @@ def main(args: argparse.Namespace) -> None:
             flush=True,
         )
         results = []
-        for procs in (1, args.procs):
+        for procs, shared in [(1, True), (args.procs, True)] + ([(args.procs, False)] if args.compare else []):
             run(seed(spec, args.n, lists))
-            r = run_procs(spec, procs)
+            r = run_procs(spec, procs, shared)
             show(r)
             results.append(r)
-        one, many = results
+        one, many = results[:2]
         accepted = sum(ledger(u)["accepted"] for u in svc["fakes"].values())
         dupes = sum(ledger(u)["duplicates"] for u in svc["fakes"].values())
         ratio = many["rate"] / one["rate"] if one["rate"] else 0.0
@@ -193,6 +200,23 @@ def main(args: argparse.Namespace) -> None:
             flush=True,
         )
         print(f"  store commands, {args.procs} processes: {many['commands']}")
+        if args.compare:
+            old = results[2]
+            print(
+                f"  without shares (each process polls the whole queue): ratio {old['rate'] / one['rate']:.2f}, "
+                f"queue reads/msg {old['reads']:.3f}, empty claims {old['empty']}",
+                flush=True,
+            )
+            record(
+                f"executor, {args.procs} processes, whole queue each",
+                old["rate"],
+                "msg/s",
+                floor=one["rate"],
+                ratio=old["rate"] / one["rate"] if one["rate"] else None,
+                us_per_message=old["us"],
+                rss_mb=old["rss_mb"],
+                note=f"reads/msg {old['reads']:.2f}, empty claims {old['empty']}",
+            )
         print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
         assert dupes == 0, "a message was sent twice"
         record("executor, 1 process", one["rate"], "msg/s", us_per_message=one["us"], rss_mb=one["rss_mb"])
@@ -220,13 +244,15 @@ if __name__ == "__main__":
     p.add_argument("--pool", type=int, default=30, help="concurrent provider requests per process (default 30)")
     p.add_argument("--file", action="store_true", help="file-backed store instead of in-memory")
     p.add_argument("--lists", default=",".join(PROVIDERS), help="providers, one list each (default infobip,cm,twilio)")
+    p.add_argument("--compare", action="store_true", help="also run N processes without shares (the old way)")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--unshared", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--name", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         from trackly_exec.logs import configure_logging
 
         configure_logging("warning", "auto")
-        run(child(json.loads(a.child), a.name))
+        run(child(json.loads(a.child), a.name, not a.unshared))
     else:
         main(a)
