@@ -212,3 +212,22 @@ def test_random_ids_are_hex() -> None:
 
     assert all(set(new_message_id()) <= set("0123456789abcdef") for _ in range(100))
     assert len(secrets.token_hex(8)) == 16
+
+
+async def test_a_running_executor_is_a_member_until_it_stops(
+    settings: Settings, store: Store, fakes: dict[str, Any], redis_client: Any
+) -> None:
+    """The daemon's executor joins at start (its heartbeat in the executors' set of its database) and leaves at a
+    clean stop, so its peers take its share at their next heartbeat rather than after the TTL."""
+    coord = await coordinator(settings, store, fakes, "exec-a")
+    key = c.EXECUTORS_KEY + settings.mongo.database
+    await redis_client.zadd(key, {"exec-z": (int(utcnow().timestamp()) + 3600) * 1000})
+    try:
+        await coord.start()
+        assert await redis_client.zscore(key, "exec-a") is not None
+        assert coord.share() == (None, "8000")
+        await coord.stop(1.0)
+        assert await redis_client.zscore(key, "exec-a") is None
+        assert await redis_client.zscore(key, "exec-z") is not None
+    finally:
+        await coord.trackly.close(close_store=False)
