@@ -27,7 +27,7 @@ from trackly_exec.drivers.contract import (
     UnknownOutcome,
     WebhookRequest,
 )
-from trackly_exec.drivers.http import HttpClient, raise_for_status
+from trackly_exec.drivers.http import HttpClient, JsonObject, raise_for_status
 from trackly_exec.errors import PermanentSendError, UnknownOutcomeError, WebhookFormatError
 
 #: ``messageErrorCode`` values (SDK ``TextClientStatusCode``) with a meaning of their own.
@@ -101,7 +101,7 @@ class CMDriver(Driver[CMSettings]):
         if self._http is not None:
             await self._http.close()
 
-    def request_body(self, messages: Sequence[OutboundMessage]) -> dict[str, Any]:
+    def request_body(self, messages: Sequence[OutboundMessage]) -> JsonObject:
         msgs = [
             {
                 "allowedChannels": ["SMS"],

@@ -31,7 +31,7 @@ from trackly_exec.drivers.contract import (
     UnknownOutcome,
     WebhookRequest,
 )
-from trackly_exec.drivers.http import HttpClient, HttpReply, raise_for_status
+from trackly_exec.drivers.http import HttpClient, HttpReply, JsonObject, raise_for_status
 from trackly_exec.errors import TransientSendError, WebhookFormatError
 
 #: Send-response / DLR status groups.
@@ -93,7 +93,7 @@ def e164(number: Any) -> str:
     return text if not text or text.startswith("+") or not text.isdigit() else "+" + text
 
 
-def _status_result(message_id: str, entry: dict[str, Any], segments: int) -> SendResult:
+def _status_result(message_id: str, entry: JsonObject, segments: int) -> SendResult:
     status = entry.get("status") or {}
     group = str(status.get("groupName") or "").upper()
     name = str(status.get("name") or group or "UNKNOWN")
@@ -134,12 +134,12 @@ class InfobipDriver(Driver[InfobipSettings]):
         if self._http is not None:
             await self._http.close()
 
-    def request_body(self, messages: Sequence[OutboundMessage]) -> dict[str, Any]:
+    def request_body(self, messages: Sequence[OutboundMessage]) -> JsonObject:
         """The ``/sms/3/messages`` body: one entry per (sender, text), our id as each ``messageId``."""
         groups: dict[tuple[str, str], list[dict[str, str]]] = {}
         for m in messages:
             groups.setdefault((m.sender, m.body), []).append({"to": m.to.lstrip("+"), "messageId": m.id})
-        webhooks: dict[str, Any] | None = None
+        webhooks: JsonObject | None = None
         if self.context.status_url:
             webhooks = {
                 "delivery": {"url": self.context.status_url, "intermediateReport": self.settings.intermediate_reports},
@@ -147,7 +147,7 @@ class InfobipDriver(Driver[InfobipSettings]):
             }
         out = []
         for (sender, text), destinations in groups.items():
-            entry: dict[str, Any] = {"sender": sender, "destinations": destinations, "content": {"text": text}}
+            entry: JsonObject = {"sender": sender, "destinations": destinations, "content": {"text": text}}
             if webhooks:
                 entry["webhooks"] = webhooks
             out.append(entry)
@@ -170,7 +170,7 @@ class InfobipDriver(Driver[InfobipSettings]):
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             # Accepted or not, we cannot tell: never re-send blindly.
             return _unknown(messages, f"Infobip answered HTTP {reply.status} without a messages list")
-        by_id: dict[str, dict[str, Any]] = {}
+        by_id: dict[str, JsonObject] = {}
         for entry in body["messages"]:
             if isinstance(entry, dict) and entry.get("messageId") is not None:
                 by_id[str(entry["messageId"])] = entry
@@ -196,7 +196,7 @@ class InfobipDriver(Driver[InfobipSettings]):
             if groups[-1] and len(",".join([*groups[-1], m.id])) > 2048:
                 groups.append([])
             groups[-1].append(m.id)
-        by_id: dict[str, dict[str, Any]] = {}
+        by_id: dict[str, JsonObject] = {}
         for ids in groups:
             reply = await self._http.get("/sms/3/logs", params=[("messageId", ",".join(ids)), ("limit", "1000")])
             body = reply.json()
@@ -225,7 +225,7 @@ class InfobipDriver(Driver[InfobipSettings]):
 
     # -- webhooks ---------------------------------------------------------------------------
 
-    def _results(self, request: WebhookRequest) -> list[dict[str, Any]]:
+    def _results(self, request: WebhookRequest) -> list[JsonObject]:
         try:
             body = json.loads(request.body)
         except ValueError as exc:
@@ -257,7 +257,7 @@ class InfobipDriver(Driver[InfobipSettings]):
         return out
 
 
-def report_from(r: dict[str, Any]) -> DeliveryReport:
+def report_from(r: JsonObject) -> DeliveryReport:
     """A delivery-report result (webhook, or a message log entry: same fields) as a :class:`DeliveryReport`."""
     status = r.get("status") or {}
     error = r.get("error") or {}

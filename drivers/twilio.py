@@ -38,7 +38,7 @@ from trackly_exec.drivers.contract import (
     WebhookRequest,
     WebhookResponse,
 )
-from trackly_exec.drivers.http import HttpClient, raise_for_status
+from trackly_exec.drivers.http import HttpClient, JsonObject, raise_for_status
 from trackly_exec.errors import (
     DriverError,
     PermanentSendError,
@@ -248,7 +248,7 @@ class TwilioDriver(Driver[TwilioSettings]):
         path = f"/2010-04-01/Accounts/{self.settings.account_sid}/Messages.json"
         params: dict[str, str] | None = {"To": m.to, "From": m.sender, "PageSize": str(LOOKUP_PAGE_SIZE)}
         since = m.attempted_at - LOOKUP_SKEW
-        matches: list[dict[str, Any]] = []
+        matches: list[JsonObject] = []
         for _ in range(LOOKUP_MAX_PAGES):
             reply = await self._http.get(path, params=params)
             body = reply.json()

@@ -50,6 +50,7 @@ from yarl import URL
 
 from trackly_exec.drivers.contract import DriverSettings
 from trackly_exec.errors import PermanentSendError, TracklyError, TransientSendError, UnknownOutcomeError
+from trackly_exec.store.documents import JsonObject as JsonObject  # a request body or a provider's answer
 
 __all__ = [
     "HttpClient",
