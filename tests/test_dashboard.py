@@ -3,7 +3,11 @@ page itself in a real browser (Debian's Chromium driven by Playwright; no browse
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import datetime as dt
+import json
+import re
 import shutil
 from typing import Any
 
@@ -11,11 +15,14 @@ import aiohttp
 import pytest
 
 from trackly_exec.app import Trackly
+from trackly_exec.operations import dashboard, metrics
 from trackly_exec.operations.dashboard import SAMPLER, Sampler, summary
+from trackly_exec.operations.metrics import FIGURES
 from trackly_exec.operations.web import HttpServer
 from trackly_exec.store import constants as c
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import utcnow
+from trackly_exec.tracking import stats
 
 
 async def seed(trackly: Trackly) -> dt.datetime:
@@ -207,6 +214,8 @@ async def test_dashboard_in_a_real_browser(trackly: Trackly) -> None:
                 cards = await q.inner_text("#cards")
                 assert "messages/s" in cards and "Webhook backlog" in cards and "events pending" in cards
                 assert "1 dead" in cards
+                # the figures' age: they come from the one background refresh, not from this poll
+                assert re.fullmatch(r"figures as of \d+ s ago \(.+\)", await q.inner_text("#age"))
                 headers = await q.inner_text("table thead")
                 assert "Queued (msgs)" in headers and "Delivery (%)" in headers and "Rate (msg/s)" in headers
                 assert errors == []
@@ -255,5 +264,71 @@ async def test_dashboard_page_and_summary_over_http(trackly: Trackly) -> None:
             camp = data["campaigns"][0]
             assert (camp["id"], camp["queued"], camp["sent"], camp["delivered"], camp["failed"]) == (3, 2, 4, 3, 1)
             assert camp["delivery_rate"] == 75.0
+    finally:
+        await server.stop(1)
+
+
+async def test_concurrent_polls_count_the_store_once_per_interval(
+    trackly: Trackly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many pages poll summary.json at once, the store is counted by the one background refresh: a burst of
+    polls costs one refresh (the totals and the page's part), a second burst within the interval none; each answer
+    carries the figures' age and this process's live executor counts, and no phone number."""
+    calls: collections.Counter[str] = collections.Counter()
+
+    def spy(module: Any, name: str) -> None:
+        real = getattr(module, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+    spy(metrics, "overview")  # the totals (/metrics and the dashboard)
+    spy(dashboard, "store_part")  # the dashboard's campaigns, outbox and alerts
+    spy(stats, "store_count")  # every count command, whoever sends it
+    trackly.settings.http.metrics_refresh_seconds = 3600.0  # no refresh by the clock during the test
+    trackly.settings.http.dashboard_refresh_seconds = 3600.0
+    await seed(trackly)
+    await trackly.bus.publish(
+        Event(kind=EventKind.FAILED_MESSAGE, severity="warning", key="k", message="STALE: to +12025550100", data={})
+    )
+    await trackly.db[c.EXECUTIONS].update_one({"_id": 1}, {"$set": {"reason": "test send to +12025550100"}})
+    trackly.executor_counts.append(collections.Counter({"sent": 5, "failed.STALE": 2, "claimed": 9}))
+    server = HttpServer(trackly)
+    await server.start()
+    try:
+        assert server.runner is not None
+        figures = server.runner.app[FIGURES]
+        while figures.last is None:  # the refresh the server starts with (nobody polled yet: the totals only)
+            await asyncio.sleep(0.05)
+        assert figures.last.extra is None and calls["overview"] == 1 and calls["store_part"] == 0
+        before = dict(calls)
+
+        async def poll(http: aiohttp.ClientSession) -> tuple[int, str]:
+            async with http.get(server.url + "/dashboard/summary.json", headers=OP) as r:
+                return r.status, await r.text()
+
+        async with aiohttp.ClientSession() as http:
+            first = await asyncio.gather(*(poll(http) for _ in range(25)))
+            after_first = dict(calls)
+            second = await asyncio.gather(*(poll(http) for _ in range(25)))
+        assert all(status == 200 for status, _ in first + second), first + second
+        # the first burst: one refresh for all 25 polls (started by them: nobody wanted the page's part before)
+        assert after_first["overview"] - before["overview"] == 1 and after_first["store_part"] == 1
+        # the second burst, within the interval: nothing counted at all
+        assert calls == after_first, (calls, after_first)
+        assert figures.refreshes == 2
+        datas = [json.loads(body) for _, body in first + second]
+        assert all(d["as_of"] == datas[0]["as_of"] and d["overview"] == datas[0]["overview"] for d in datas)
+        d = datas[-1]
+        assert d["overview"]["sent"] == 40 and {r["id"] for r in d["campaigns"]} == {3, 4}
+        assert d["age_seconds"] >= 0 and d["live"]["executors"] == 1
+        assert (d["live"]["sent"], d["live"]["failed"], d["live"]["claimed"]) == (5, 2, 9)
+        # an open page: aggregates only, phone numbers masked wherever text could hold one
+        for _, body in first + second:
+            assert "2025550100" not in body and "5550000000" not in body, body
+        assert any("STALE: to" in a["message"] for a in d["alerts"])
     finally:
         await server.stop(1)

@@ -227,6 +227,13 @@ class HttpConfig(Section):
         description="How often the store's figures of /metrics (queue, sent, delivered, failed, clicks) are counted "
         "in the background; a scrape exports the last ones with their age and never waits for a count.",
     )
+    dashboard_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="While a live dashboard is open (polled in the last minute), the same background count runs "
+        "this often instead (metrics_refresh_seconds if that is shorter), with the dashboard's "
+        "campaigns, outbox and alerts: one count per interval however many dashboards poll.",
+    )
 
     @field_validator("public_url", "short_base")
     @classmethod

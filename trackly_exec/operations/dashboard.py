@@ -7,23 +7,34 @@ state (sending -> completed) with its start, end, duration, failures by reason a
 campaigns are not listed, only counted), alerts grouped by kind and key (one row with a count, not one row per
 message), and the customer-webhook outbox backlog.
 
-The charts come from :class:`Sampler`: a snapshot of the totals every ``SAMPLE_SECONDS`` (taken by a background
-task while the server runs, and by each summary request), kept in memory for ``HISTORY_MINUTES``; the page derives
-each interval's rates from consecutive snapshots. It is read-only and shows aggregates only.
+A poll counts nothing in the store, whatever the number of open pages: the store's figures come from the HTTP
+app's one background refresh, :class:`trackly_exec.operations.metrics.StoreFigures` (the figures of ``/metrics``).
+A poll asks it for fresh figures (:meth:`~trackly_exec.operations.metrics.StoreFigures.want`): while a dashboard
+was polled in the last minute it refreshes every ``http.dashboard_refresh_seconds`` (else every
+``http.metrics_refresh_seconds``) and computes this page's part too (:func:`store_part`); a poll answers with the
+last such figures and their age (``age_seconds``, shown as "as of N s ago"), and only the first poll after a
+quiet spell waits for a refresh. ``live`` is counted in this process, not in the store: its executor's messages
+sent and failed (``trackly.executor_counts``) and the send rate they give over the last few polls.
+
+The charts come from :class:`Sampler`: a snapshot of the totals at each background refresh (at most one every
+``SAMPLE_SECONDS / 2``), kept in memory for ``HISTORY_MINUTES`` at most; the page derives each interval's rates
+from consecutive snapshots. It is read-only and shows aggregates only: counts, campaign names and states, and alert
+messages with phone numbers masked.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-from collections import deque
+import json
+import time
+from collections import Counter, deque
 from importlib.resources import files
 from typing import Any
 
 from aiohttp import web
 
 from trackly_exec.logs import get_logger
+from trackly_exec.operations.metrics import Figures, StoreFigures, shared_figures
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Filter, JsonObject
 from trackly_exec.store.phones import mask_text
@@ -34,6 +45,12 @@ log = get_logger(__name__)
 SAMPLE_SECONDS = 10.0
 HISTORY_MINUTES = 120
 ALERT_WINDOW = 1000  # latest events grouped into alert rows
+#: The first poll after a quiet spell waits this long at most for the background refresh (then answers 503).
+FIRST_WAIT_SECONDS = 20.0
+#: Figures older than this (from before a quiet spell) make a poll wait for the next refresh.
+MAX_AGE_SECONDS = 60.0
+#: The live send rate: this process's executor counts over the last polls within this window.
+LIVE_WINDOW_SECONDS = 15.0
 
 
 class Sampler:
@@ -54,12 +71,6 @@ class Sampler:
                 "failed_by_reason": dict(ov.get("failed_by_reason", {})),
             }
         )
-
-    async def sample(self, store: Any, now: dt.datetime) -> None:
-        self.add(await overview(store, now), now, min_gap=0)
-
-
-SAMPLER: web.AppKey[Sampler] = web.AppKey("dashboard_sampler", Sampler)
 
 
 def _aware(value: Any) -> dt.datetime | None:
@@ -104,7 +115,7 @@ async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonO
         rows.append(
             {
                 "id": cid,
-                "name": d.get("name") or f"campaign {cid}",
+                "name": mask_text(d.get("name")) or f"campaign {cid}",
                 "status": d.get("status"),
                 "state": state,
                 "next_run_at": d.get("next_run_at"),
@@ -118,7 +129,7 @@ async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonO
                 else {
                     "id": last["_id"],
                     "status": last.get("status"),
-                    "reason": last.get("reason"),
+                    "reason": mask_text(last.get("reason")) or None,
                     "counts": last.get("counts", {}),
                     "triggered_at": last.get("triggered_at"),
                 },
@@ -158,61 +169,145 @@ async def grouped_alerts(store: Any, window: int = ALERT_WINDOW) -> list[JsonObj
     return list(groups.values())
 
 
-async def summary(trackly: Any, *, limit: int = 20, sampler: Sampler | None = None) -> JsonObject:
+async def store_part(trackly: Any, now: dt.datetime, *, limit: int = 20) -> JsonObject:
+    """What the page shows besides the totals: the outbox backlog, the campaigns, the archived count, the alerts."""
     from trackly_exec.api.ops import outbox_summary
 
     store = trackly.store
+    return {
+        "outbox": (await outbox_summary(store, now)).model_dump(mode="json"),
+        "campaigns": await _campaign_rows(store, limit, now),
+        "archived_campaigns": await count(store, c.CAMPAIGNS, {"archived": True}),
+        "alerts": await grouped_alerts(store),
+    }
+
+
+async def summary(trackly: Any, *, limit: int = 20, sampler: Sampler | None = None) -> JsonObject:
+    """The page's figures counted now, in one go (tests, ``trackly`` tools): the served page reads
+    :class:`DashboardFeed` instead, which never counts at poll time."""
     now = trackly.now()
-    ov = await overview(store, now)
+    ov = await overview(trackly.store, now)
     if sampler is not None:
         sampler.add(ov, now)
     return {
         "instance": trackly.instance,
         "now": now,
+        "as_of": now,
         "overview": ov,
-        "outbox": (await outbox_summary(store, now)).model_dump(mode="json"),
-        "campaigns": await _campaign_rows(store, limit, now),
-        "archived_campaigns": await store.db[c.CAMPAIGNS].count_documents({"archived": True}),
-        "alerts": await grouped_alerts(store),
+        **await store_part(trackly, now, limit=limit),
         "series": list(sampler.samples) if sampler is not None else [],
         "sample_seconds": SAMPLE_SECONDS,
     }
+
+
+class LiveRate:
+    """This process's executor counts (``trackly.executor_counts``), and the send rate they give over the polls of
+    the last ``LIVE_WINDOW_SECONDS``: live throughput without counting the store."""
+
+    def __init__(self, trackly: Any) -> None:
+        self.trackly = trackly
+        self.points: deque[tuple[float, int]] = deque()
+
+    def read(self, at: float | None = None) -> JsonObject:
+        at = time.monotonic() if at is None else at
+        counts: Counter[str] = Counter()
+        executors = list(getattr(self.trackly, "executor_counts", []))
+        for one in executors:
+            counts.update(one)
+        sent = int(counts.get("sent", 0))
+        failed = sum(n for k, n in counts.items() if k.startswith("failed."))
+        if not self.points or at - self.points[-1][0] >= 1.0:
+            self.points.append((at, sent))
+        while len(self.points) > 2 and at - self.points[0][0] > LIVE_WINDOW_SECONDS:
+            self.points.popleft()
+        (t0, s0), (t1, s1) = self.points[0], self.points[-1]
+        return {
+            "executors": len(executors),
+            "sent": sent,
+            "failed": failed,
+            "claimed": int(counts.get("claimed", 0)),
+            "send_rate_per_second": round(max(s1 - s0, 0) / (t1 - t0), 2) if executors and t1 - t0 >= 1.0 else None,
+        }
+
+
+class DashboardFeed:
+    """``summary.json`` for any number of polls: the last background figures (``figures.last_extra``) with their
+    age, plus this process's live counts. The figures' part is serialised once per refresh."""
+
+    def __init__(self, trackly: Any, figures: StoreFigures, sampler: Sampler, *, limit: int = 20) -> None:
+        self.trackly = trackly
+        self.figures = figures
+        self.sampler = sampler
+        self.live = LiveRate(trackly)
+        self._static: tuple[int, str] | None = None  # (refresh number, JSON object without its closing brace)
+        self._series: tuple[tuple[int, Any], str] | None = None
+
+        async def extra(ov: JsonObject, now: dt.datetime) -> JsonObject:
+            return await store_part(trackly, now, limit=limit)
+
+        figures.extra = extra
+        figures.listeners.append(lambda ov, now: sampler.add(ov, now))
+
+    def _static_json(self, snap: Figures) -> str:
+        if self._static is None or self._static[0] != snap.number:
+            part = {
+                "instance": self.trackly.instance,
+                "as_of": snap.as_of,
+                "overview": snap.overview,
+                **(snap.extra or {}),
+                "sample_seconds": SAMPLE_SECONDS,
+            }
+            self._static = (snap.number, _dumps(part)[:-1])
+        return self._static[1]
+
+    def _series_json(self) -> str:
+        samples = self.sampler.samples
+        key = (len(samples), id(samples[-1]) if samples else None)
+        if self._series is None or self._series[0] != key:
+            self._series = (key, _dumps(list(samples)))
+        return self._series[1]
+
+    async def body(self) -> str | None:
+        """The JSON of one poll; None when no figures could be counted yet (the first refresh is late)."""
+        self.figures.want()
+        snap = await self.figures.wait_extra(max_age=MAX_AGE_SECONDS, timeout=FIRST_WAIT_SECONDS)
+        if snap is None:
+            return None
+        live = {"now": self.trackly.now(), "age_seconds": round(snap.age(), 1), "live": self.live.read()}
+        return f'{self._static_json(snap)}, "series": {self._series_json()}, {_dumps(live)[1:]}'
+
+
+SAMPLER: web.AppKey[Sampler] = web.AppKey("dashboard_sampler", Sampler)
+FEED: web.AppKey[DashboardFeed] = web.AppKey("dashboard_feed", DashboardFeed)
 
 
 def setup(app: web.Application, trackly: Any) -> None:
     page = files("trackly_exec.operations").joinpath("static/dashboard.html").read_bytes()
     sampler = Sampler()
     app[SAMPLER] = sampler
+    feed = DashboardFeed(trackly, shared_figures(app, trackly), sampler)
+    app[FEED] = feed
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def data(request: web.Request) -> web.Response:
-        return web.json_response(await summary(trackly, sampler=sampler), dumps=_dumps)
+        body = await feed.body()
+        if body is None:
+            return web.json_response(
+                {"status": "counting", "message": "the store's figures are being counted: try again shortly"},
+                status=503,
+                headers={"Retry-After": "2"},
+            )
+        return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def root(request: web.Request) -> web.Response:
         raise web.HTTPFound("/dashboard")
 
-    async def sample_loop() -> None:
-        while True:
-            with contextlib.suppress(Exception):  # the store may be briefly unreachable: keep sampling
-                await sampler.sample(trackly.store, trackly.now())
-            await asyncio.sleep(SAMPLE_SECONDS)
-
-    async def start_sampling(app: web.Application) -> Any:
-        task = asyncio.create_task(sample_loop(), name="dashboard-sampler")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    app.cleanup_ctx.append(start_sampling)
     app.router.add_get("/", root)
     app.router.add_get("/dashboard", index)
     app.router.add_get("/dashboard/summary.json", data)
 
 
 def _dumps(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, default=lambda o: o.isoformat() if hasattr(o, "isoformat") else str(o))

@@ -7,8 +7,9 @@ A scrape is cheap: it counts nothing in the store. Three sources:
   :class:`StoreFigures` counts them in the background (every ``http.metrics_refresh_seconds``, one refresh at a
   time, with :class:`trackly_exec.app.Loop`) and a scrape exports the last figures with their age
   (``trackly_store_figures_age_seconds``) and what the last refresh took; they are absent until a refresh has
-  succeeded. ``trackly_store_up`` is a ping of the store at scrape time (1 when it answers within
-  ``PING_TIMEOUT`` seconds), with its latency;
+  succeeded. The live dashboard reads the same figures (it makes them refresh every
+  ``http.dashboard_refresh_seconds`` while it is open). ``trackly_store_up`` is a ping of the store at scrape
+  time (1 when it answers within ``PING_TIMEOUT`` seconds), with its latency;
 * this process's executor (the coordinator's ``counts``: claimed, held, released, requeued, retries, limiter
   waits, sent, failed by reason, ...), as ``trackly_executor_*_total`` counters; a count without a family of
   its own is exported as ``trackly_executor_other_total{count="..."}``;
@@ -22,9 +23,12 @@ called ``instance``: Prometheus sets that one itself. Scrape every 15-60 s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -145,27 +149,98 @@ def executor_metrics(counts: Counter[str]) -> Iterator[Metric]:
     yield other
 
 
+@dataclass(frozen=True)
+class Figures:
+    """One refresh's figures: the overview, what the extra part computed from it (the dashboard's campaigns,
+    outbox and alerts; ``None`` when that refresh did not compute it), and when it was taken."""
+
+    overview: JsonObject
+    extra: JsonObject | None
+    taken_at: float  # time.monotonic() when the refresh started counting
+    as_of: dt.datetime  # trackly.now() at the same moment
+    number: int  # 1, 2, ...: the refreshes that succeeded so far
+
+    def age(self) -> float:
+        return max(time.monotonic() - self.taken_at, 0.0)
+
+
+#: A reader (the dashboard) that asked for figures in the last ``WANT_SECONDS`` makes the refresh run every
+#: ``fast_interval`` seconds and compute the extra part too.
+WANT_SECONDS = 60.0
+
+
 class StoreFigures:
-    """The store's figures (:func:`~trackly_exec.tracking.stats.overview`), counted in the background.
+    """The store's figures (:func:`~trackly_exec.tracking.stats.overview`), counted in the background: the one
+    source of store figures for ``/metrics`` and the dashboard.
 
     :meth:`refresh` runs every ``interval`` seconds while the HTTP server runs (``start`` / ``stop``), never at
-    scrape time; a refresh that fails or outlasts ``timeout`` keeps the last figures (their age grows) and counts
-    a failure.
+    scrape or poll time, one refresh at a time; a refresh that fails or outlasts ``timeout`` keeps the last figures
+    (their age grows) and counts a failure. While a reader has called :meth:`want` in the last ``WANT_SECONDS``
+    (the dashboard, on each poll), it runs every ``fast_interval`` seconds instead and also computes ``extra``
+    (what the dashboard shows besides the totals); :meth:`wait_extra` waits for such a refresh. However many
+    readers poll, the store does one refresh per interval. ``listeners`` get every refreshed overview (the
+    dashboard's chart samples).
     """
 
-    def __init__(self, trackly: Any, interval: float, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        trackly: Any,
+        interval: float,
+        *,
+        timeout: float | None = None,
+        fast_interval: float | None = None,
+    ) -> None:
         self.trackly = trackly
+        self.interval = interval
+        self.fast_interval = min(fast_interval, interval) if fast_interval is not None else interval
         self.timeout = timeout if timeout is not None else max(60.0, 4 * interval)
-        self.overview: JsonObject | None = None
-        self.refreshed_at: float | None = None  # time.monotonic() of the last successful refresh
+        self.last: Figures | None = None  # the last successful refresh
+        self.last_extra: Figures | None = None  # the last successful refresh that computed ``extra``
         self.duration = 0.0  # seconds the last successful refresh took
         self.failures = 0
-        self.loop = Loop("metrics-store-figures", self.refresh, interval, on_error=self._failed)
+        self.refreshes = 0  # refreshes started (each counts the store once)
+        self.extra: Callable[[JsonObject, dt.datetime], Awaitable[JsonObject]] | None = None
+        self.listeners: list[Callable[[JsonObject, dt.datetime], None]] = []
+        self.wanted_until = 0.0  # time.monotonic() until which a reader wants fresh figures
+        self._done = asyncio.Event()  # set (and replaced) at the end of every refresh, successful or not
+        self.loop = Loop("metrics-store-figures", self._tick, interval, on_error=self._failed)
+
+    @property
+    def overview(self) -> JsonObject | None:
+        return self.last.overview if self.last is not None else None
+
+    @property
+    def refreshed_at(self) -> float | None:
+        return self.last.taken_at if self.last is not None else None
+
+    @property
+    def wanted(self) -> bool:
+        return time.monotonic() < self.wanted_until
 
     async def refresh(self) -> None:
-        t0 = time.monotonic()
-        ov = await asyncio.wait_for(overview(self.trackly.store, self.trackly.now()), self.timeout)
-        self.overview, self.refreshed_at, self.duration = ov, time.monotonic(), time.monotonic() - t0
+        self.refreshes += 1
+        t0, now = time.monotonic(), self.trackly.now()
+        try:
+            ov = await asyncio.wait_for(overview(self.trackly.store, now), self.timeout)
+            for listener in self.listeners:
+                listener(ov, now)
+            extra = None
+            if self.extra is not None and self.wanted:  # decided after the counts: a want() meanwhile is served
+                extra = await asyncio.wait_for(self.extra(ov, now), self.timeout)
+            number = self.last.number + 1 if self.last is not None else 1
+            self.last = Figures(ov, extra, t0, now, number)
+            if extra is not None:
+                self.last_extra = self.last
+            self.duration = time.monotonic() - t0
+        finally:
+            done, self._done = self._done, asyncio.Event()
+            done.set()
+
+    async def _tick(self) -> None:
+        try:
+            await self.refresh()
+        finally:
+            self.loop.interval = self.fast_interval if self.wanted else self.interval
 
     async def refresh_now(self) -> bool:
         """One refresh now, outside the loop (tests, a first reading); False (and a failure counted) if it fails."""
@@ -175,6 +250,27 @@ class StoreFigures:
             self._failed(exc)
             return False
         return True
+
+    def want(self) -> None:
+        """A reader wants fresh figures with the extra part: refresh every ``fast_interval`` for the next
+        ``WANT_SECONDS`` (at once when nobody wanted them before)."""
+        was = self.wanted
+        self.wanted_until = time.monotonic() + WANT_SECONDS
+        if not was:
+            self.loop.interval = self.fast_interval
+            self.loop.wake()  # (lost if a refresh is running: its end schedules the next in fast_interval)
+
+    async def wait_extra(self, *, max_age: float, timeout: float) -> Figures | None:
+        """The last figures with the extra part; when there are none younger than ``max_age`` seconds, first wait
+        (at most ``timeout`` seconds) for the background refresh to make some. Never counts anything itself."""
+        deadline = time.monotonic() + timeout
+        while self.last_extra is None or self.last_extra.age() > max_age:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.loop.running:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), left)
+        return self.last_extra
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
@@ -192,17 +288,17 @@ class StoreFigures:
             "Background refreshes of the store's figures that failed or timed out.",
             self.failures,
         )
-        if self.overview is None or self.refreshed_at is None:
+        if self.last is None:
             return
         yield GaugeMetricFamily(
             "trackly_store_figures_age_seconds",
             "Age of the store's figures (queue, sent, delivered, failed, clicks, rates) exported by this scrape.",
-            time.monotonic() - self.refreshed_at,
+            self.last.age(),
         )
         yield GaugeMetricFamily(
             "trackly_store_figures_refresh_seconds", "Time the last refresh of the store's figures took.", self.duration
         )
-        yield from _store_metrics(self.overview)
+        yield from _store_metrics(self.last.overview)
 
 
 async def ping(store: Any, timeout: float = PING_TIMEOUT) -> float | None:
@@ -270,14 +366,30 @@ def make_registry(trackly: Any, figures: StoreFigures) -> tuple[CollectorRegistr
     return registry, ours
 
 
-#: The HTTP app's :class:`StoreFigures` (tests refresh it before scraping).
+#: The HTTP app's :class:`StoreFigures` (tests refresh it before scraping), shared by /metrics and the dashboard.
 FIGURES: web.AppKey[StoreFigures] = web.AppKey("metrics_store_figures", StoreFigures)
+
+
+def shared_figures(app: web.Application, trackly: Any) -> StoreFigures:
+    """The app's one :class:`StoreFigures` (made, and run while the app runs, by whichever part asks first)."""
+    figures = app.get(FIGURES)
+    if figures is None:
+        http = trackly.settings.http
+        figures = StoreFigures(trackly, http.metrics_refresh_seconds, fast_interval=http.dashboard_refresh_seconds)
+        app[FIGURES] = figures
+
+        async def refreshing(app: web.Application) -> Any:
+            figures.start()
+            yield
+            await figures.stop()
+
+        app.cleanup_ctx.append(refreshing)
+    return figures
 
 
 def setup(app: web.Application, trackly: Any) -> None:
     trackly.bus.subscribe(count_events)
-    figures = StoreFigures(trackly, trackly.settings.http.metrics_refresh_seconds)
-    app[FIGURES] = figures
+    figures = shared_figures(app, trackly)
     registry, ours = make_registry(trackly, figures)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -287,10 +399,4 @@ def setup(app: web.Application, trackly: Any) -> None:
         body = encoder(registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def refreshing(app: web.Application) -> Any:
-        figures.start()
-        yield
-        await figures.stop()
-
-    app.cleanup_ctx.append(refreshing)
     app.router.add_get("/metrics", metrics)
