@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
 from trackly_exec.operations.alerts import Alerts
+from trackly_exec.operations.metrics import FIGURES
 from trackly_exec.operations.web import HttpServer
 from trackly_exec.store.client import Store
 from trackly_exec.store.events import Event, EventKind
@@ -46,6 +47,9 @@ async def test_dashboard_events_and_alerts_mask_numbers(settings: Settings, stor
                 "created_at": utcnow(),
             }
         )
+        # a poll serves the last background figures (at most http.dashboard_refresh_seconds old): refresh them now
+        assert d.server.runner is not None
+        assert await d.server.runner.app[FIGURES].refresh_now()
         async with d.http.get(d.url + "/dashboard/summary.json", headers=OP) as r:
             text = str(await r.json())
         assert text.count("+1415•••0123") == 2 and not FULL.search(text)
