@@ -265,12 +265,19 @@ class Demo:
         Evaluated and queued come from the execution document, sent from the store's message_sent and
         failed_messages collections (their size: counting with a filter every 200 ms would slow the very run
         it measures), delivered from the delivery reports the daemon's webhook acknowledged.
+
+        Done means: the trigger answered *before* this frame read the execution (so its counts are final: read
+        the other way round, a frame could pair the last batch's counts with a trigger that answered meanwhile),
+        every queued message has a record, every report was acknowledged, and none waits parked (a report that
+        overtook the executor's record is acknowledged, then applied by the parked-reports loop a moment later:
+        the statistics read next would still count its message as awaiting a report).
         """
         bars, db, cid = Bars(self.out), trackly.db, self.result.campaign_id
         base_sent = await db[c.SENT].estimated_document_count()
         base_failed = await db[c.FAILED].estimated_document_count()
         base_reports = fake.reports_posted
         while True:
+            triggered = trigger.done()  # before the reads below: see the docstring
             ex = await db[c.EXECUTIONS].find_one({"campaign_id": cid}, sort=[("_id", -1)]) or {}
             counts = ex.get("counts") or {}
             sent = await db[c.SENT].estimated_document_count() - base_sent
@@ -287,7 +294,9 @@ class Demo:
                 reported=reported,
                 sent=sent,
             )
-            finished = trigger.done() and sent + failed >= queued and reported >= sent
+            finished = triggered and sent + failed >= queued and reported >= sent
+            if finished:  # every report acknowledged: are some still parked, not yet applied?
+                finished = await db[c.DELIVERY_REPORTS].estimated_document_count() == 0
             if finished or time.monotonic() > deadline:
                 bars.draw(values, final=True)
                 if not finished:

@@ -79,7 +79,8 @@ async def count(db: AsyncDatabase[Any], collection: str, query: Filter) -> int:
 
     Not ``count_documents``: that is an aggregation (``$match`` + ``$group``), which nx-27017 runs in Python
     over a deep copy of every document (0.9 s for 20,000 MessageSent here, where ``count`` takes 2-90 ms). The
-    dashboard samples counts every 10 seconds in every daemon, and every evaluation counts its audiences."""
+    store's figures (/metrics, the dashboard) are counted in the background in every daemon, and every evaluation
+    counts its audiences."""
     reply = await db.command({"count": collection, "query": query})
     return int(reply["n"])
 
