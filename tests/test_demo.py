@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+from typing import Any
+
+import pytest
 
 from trackly_exec.cli.demo import progress_values, run_demo
 from trackly_exec.cli.demo_contacts import MIX
@@ -56,3 +60,31 @@ def test_progress_total_is_the_audience_size() -> None:
     done = {"unique": 10_000, "evaluated": 10_000, "queued": 9_400}
     v = progress_values(done, audience=10_000, evaluated=True, processed=9_000, reported=8_000, sent=8_900)
     assert v["evaluated"] == (10_000, 10_000) and v["queued"] == (9_400, 10_000) and v["sent"] == (9_000, 9_400)
+
+
+async def test_demo_waits_for_reports_that_overtook_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery report that arrives before the executor recorded its message is acknowledged and parked, then
+    applied by the parked-reports loop: the demo reads its statistics only once none waits parked (here every
+    report overtakes its record, and the loop runs late, as on a loaded machine)."""
+    from trackly_exec.executor import outcomes
+    from trackly_exec.tracking import delivery, parked
+
+    real_record, real_park = outcomes.Outcomes.record_sends, delivery.park_reports
+    reports_parked = 0
+
+    async def late_record(self: Any, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(1.0)  # the fake reports 0.5 s after accepting: before this record
+        return await real_record(self, *args, **kwargs)
+
+    async def park(*args: Any, **kwargs: Any) -> None:
+        nonlocal reports_parked
+        reports_parked += len(args[2])
+        await real_park(*args, **kwargs)
+
+    monkeypatch.setattr(outcomes.Outcomes, "record_sends", late_record)
+    monkeypatch.setattr(delivery, "park_reports", park)
+    monkeypatch.setattr(parked, "INTERVAL_SECONDS", 4.0)
+    r = await run_demo(200, out=io.StringIO())
+    s = r.stats
+    assert reports_parked > 0 and s["sent"] == r.sent_records > 0
+    assert s["delivery_pending"] == 0 and s["delivered"] + s["undelivered"] == s["sent"]
