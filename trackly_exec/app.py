@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
+from pymongo.asynchronous.database import AsyncDatabase
 
 from trackly_exec.config import Settings
 from trackly_exec.drivers.pool import DriverPool
@@ -89,7 +90,9 @@ class Trackly:
         return app
 
     @property
-    def db(self) -> Any:
+    def db(self) -> AsyncDatabase[Any]:
+        """The database: every collection is reached as ``trackly.db[c.NAME]`` (documents typed by the caller,
+        see :mod:`trackly_exec.store.documents`)."""
         return self.store.db
 
     async def close(self, *, close_store: bool = True) -> None:
