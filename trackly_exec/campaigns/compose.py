@@ -18,7 +18,6 @@ list's ``opt_out_footer`` on a new line; length, segments and encoding are compu
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -173,7 +172,7 @@ class Composer:
         (an HMAC under the execution's ``message_key``), random for an execution without a key."""
         if self.key is None:
             return new_message_id()
-        return hmac.new(self.key, str(contact_id).encode(), hashlib.sha256).hexdigest()[:16]
+        return hmac.digest(self.key, str(contact_id).encode(), "sha256")[:8].hex()  # = hexdigest()[:16]
 
     def compose(
         self,
