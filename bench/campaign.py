@@ -360,7 +360,9 @@ def run_child(phase: str, *args: str) -> dict[str, Any]:
     return result
 
 
-async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_floor: bool = True) -> dict[str, Any]:
+async def evaluation_bench(
+    n: int, data_dir: str, *, links: bool = True, with_floor: bool = True, repeat: int = 1
+) -> dict[str, Any]:
     from trackly_exec.store.client import Store
 
     settings = Settings.model_validate(
@@ -381,27 +383,55 @@ async def evaluation_bench(n: int, data_dir: str, *, links: bool = True, with_fl
         if not with_floor:
             ours = run_child("evaluate", uri, db, data_dir)
             return {"n": n, "seed_seconds": seeded, "ours": ours, "floor": None, "ratio": None}
-        # Each floor right after its run (same store state, the machine's load alike for both).
-        ours = run_child("evaluate", uri, db, data_dir)
-        floor = run_child("floor", uri, db, str(ours["queued"]), "0")
+        # Each floor right after its run (same store state, the machine's load alike for both); `repeat` rounds,
+        # the ratio taken over their summed times (a loaded machine's swings average out).
+
+        async def fresh(track_links: bool) -> None:  # the previous run's messages, reservations and links gone
+            for name in (c.QUEUED, c.RESERVATIONS, c.SHORT_LINKS):
+                await store.db[name].delete_many({})
+            await store.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"track_links": track_links}})
+
+        def summed(runs: list[dict[str, Any]]) -> dict[str, Any]:
+            out = dict(runs[-1])
+            for k in ("seconds", "cpu_seconds", "store_cpu_seconds", "unique"):
+                out[k] = sum(r[k] for r in runs)
+            if "contacts_per_s" in out:
+                out["contacts_per_s"] = out["unique"] / out["seconds"]
+            out["peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in runs)
+            return out
+
+        ours_runs, floor_runs, linked_runs, floor_link_runs = [], [], [], []
+        for k in range(repeat):
+            if k:
+                await fresh(False)
+            ours_runs.append(run_child("evaluate", uri, db, data_dir))
+            floor_runs.append(run_child("floor", uri, db, str(ours_runs[-1]["queued"]), "0"))
+            for r in floor_runs[-1:]:
+                r["unique"] = ours_runs[-1]["unique"]
+            if links:
+                # Same campaign with tracked links: one MessageShortLink insert per message on top.
+                await fresh(True)
+                linked_runs.append(run_child("evaluate", uri, db, data_dir))
+                lk = linked_runs[-1]
+                floor_link_runs.append(run_child("floor", uri, db, str(lk["queued"]), str(lk["counts"]["links"])))
+                floor_link_runs[-1]["unique"] = lk["unique"]
+        ours, floor = summed(ours_runs), summed(floor_runs)
         out = {
             "n": n,
             "seed_seconds": seeded,
             "ours": ours,
             "floor": floor,
             "ratio": floor["seconds"] / ours["seconds"],
+            "ratios": [f["seconds"] / o["seconds"] for o, f in zip(ours_runs, floor_runs, strict=True)],
         }
         if links:
-            # Same campaign with tracked links: one MessageShortLink insert per message on top. The first run's
-            # messages and reservations are removed so that the second one writes as much.
-            await store.db[c.QUEUED].delete_many({})
-            await store.db[c.RESERVATIONS].delete_many({})
-            camp = await store.db[c.CAMPAIGNS].find_one({"_id": 1})
-            assert camp is not None
-            await store.db[c.CAMPAIGNS].replace_one({"_id": 1}, {**camp, "track_links": True})
-            linked = run_child("evaluate", uri, db, data_dir)
-            floor_links = run_child("floor", uri, db, str(linked["queued"]), str(linked["counts"]["links"]))
-            out.update(linked=linked, floor_links=floor_links, linked_ratio=floor_links["seconds"] / linked["seconds"])
+            linked, floor_links = summed(linked_runs), summed(floor_link_runs)
+            out.update(
+                linked=linked,
+                floor_links=floor_links,
+                linked_ratio=floor_links["seconds"] / linked["seconds"],
+                linked_ratios=[f["seconds"] / o["seconds"] for o, f in zip(linked_runs, floor_link_runs, strict=True)],
+            )
         return out
     finally:
         await store.client.drop_database(settings.mongo.database)
@@ -467,6 +497,7 @@ def main() -> int:
     ap.add_argument("--only-n", action="store_true", help="with --n: skip the 100k run")
     ap.add_argument("--skip-e2e", action="store_true", help="skip the 10k end-to-end run")
     ap.add_argument("--e2e-n", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of (ours, floor) per size, times summed")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -482,7 +513,9 @@ def main() -> int:
         sizes = ([] if a.only_n and a.n else [100_000]) + ([a.n] if a.n and a.n != 100_000 else [])
         for n in sizes:
             base = n <= 200_000  # floors and the tracked-links run: not at 1M (minutes more, same ratios)
-            r = asyncio.run(evaluation_bench(n, os.path.join(tmp, f"n{n}"), links=base, with_floor=base))
+            r = asyncio.run(
+                evaluation_bench(n, os.path.join(tmp, f"n{n}"), links=base, with_floor=base, repeat=a.repeat)
+            )
             o, f = r["ours"], r["floor"]
             k = o["counts"]
             print(f"\n== evaluation + queuing, {n:,} contacts (2 audiences, 10% overlap, every filter on)")
@@ -499,7 +532,8 @@ def main() -> int:
                     f"   floor: {f['seconds']:.2f} s  (plain cursor over {f['read']:,} + insert {f['inserted']:,} queue docs "
                     "and as many reservations)"
                 )
-                print(f"   ratio floor/ours: {r['ratio']:.2f}   {cpu_line(o, f)}")
+                each = ", ".join(f"{x:.2f}" for x in r["ratios"])
+                print(f"   ratio floor/ours: {r['ratio']:.2f} (rounds: {each})   {cpu_line(o, f)}")
             print(
                 f"   peak RSS of the evaluating process: {o['peak_rss_mb']:.0f} MB (at start {o['rss_before_mb']:.0f} MB)"
                 f"   [seeding took {r['seed_seconds']:.1f} s]"
@@ -516,7 +550,8 @@ def main() -> int:
                 print(
                     f"   with tracked links (+{lk['counts']['links']:,} MessageShortLink inserts): {lk['seconds']:.2f} s "
                     f"-> {lk['contacts_per_s']:,.0f} contacts/s (queued {lk['queued']:,}), floor "
-                    f"{r['floor_links']['seconds']:.2f} s, ratio floor/ours {r['linked_ratio']:.2f}, "
+                    f"{r['floor_links']['seconds']:.2f} s, ratio floor/ours {r['linked_ratio']:.2f} "
+                    f"(rounds: {', '.join(f'{x:.2f}' for x in r['linked_ratios'])}), "
                     f"peak RSS {lk['peak_rss_mb']:.0f} MB\n      {cpu_line(lk, r['floor_links'])}; "
                     f"split {lk['counts'].get('seconds')}"
                 )
