@@ -453,7 +453,7 @@ async def main(args: argparse.Namespace) -> int:
         )
         print(line("delivery reports, first (final + outbox)", ours, floor))
         print(f"    (check: {delivered}/1000 sampled delivered, {events} outbox events for {2 * n} reports)")
-        print(line("delivery reports, account without webhook", no_hook, floor))
+        print(line("delivery reports, account without webhook", no_hook, floor) + "  (floor writes an outbox doc)")
         print(line("delivery reports, duplicates (no-ops)", dup))
         print(line(f"  floor (find + bulk_write + outbox, x{best})", floor))
         record(
