@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import threading
 
 from trackly_exec.store.documents import QueuedDoc, ShortLinkDoc
 
@@ -18,19 +19,22 @@ _TRAILING = ".,;:!?)]'\""
 
 
 _RANDOM = bytearray()  # os.urandom bytes not used yet: one system call per 512 codes, not one per code
+_RANDOM_LOCK = threading.Lock()  # no two callers ever take the same bytes, whatever thread they run in
 
 
 def new_code() -> str:
     """A random, URL-safe, 12-character short code (what ``secrets.token_urlsafe(9)`` gives)."""
-    global _RANDOM
-    if len(_RANDOM) < 9:
-        _RANDOM = bytearray(os.urandom(9 * 512))
-    raw = bytes(_RANDOM[-9:])
-    del _RANDOM[-9:]
+    with _RANDOM_LOCK:
+        if len(_RANDOM) < 9:
+            _RANDOM.extend(os.urandom(9 * 512))
+        raw = bytes(_RANDOM[-9:])
+        del _RANDOM[-9:]
     return base64.urlsafe_b64encode(raw).decode()
 
 
 def _forget_random() -> None:  # a forked child must never reuse its parent's unused bytes
+    global _RANDOM_LOCK
+    _RANDOM_LOCK = threading.Lock()
     _RANDOM.clear()
 
 
