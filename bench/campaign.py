@@ -3,6 +3,7 @@
     .venv/bin/python bench/campaign.py                 # 100k evaluation vs floor, RSS at 100k, 10k end to end
     .venv/bin/python bench/campaign.py --n 1000000     # also RSS (and throughput) at 1M contacts (takes minutes)
     .venv/bin/python bench/campaign.py --skip-e2e
+    .venv/bin/python bench/campaign.py --n 20000 --only-n --skip-e2e --repeat 3   # iterate: 3 rounds at 20k
 
 What is measured (embedded nx-27017, in memory, started by this script):
 
@@ -497,7 +498,9 @@ def main() -> int:
     ap.add_argument("--only-n", action="store_true", help="with --n: skip the 100k run")
     ap.add_argument("--skip-e2e", action="store_true", help="skip the 10k end-to-end run")
     ap.add_argument("--e2e-n", type=int, default=10_000)
-    ap.add_argument("--repeat", type=int, default=3, help="rounds of (ours, floor) per size, times summed")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="rounds of (ours, floor) per size, times summed (3 on a loaded machine)"
+    )
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
