@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import email.utils
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from trackly_drivers.cm import CMDriver
@@ -16,6 +16,7 @@ from trackly_drivers.twilio import TwilioDriver
 from trackly_exec.drivers.contract import DriverContext, OutboundMessage, Rejected, UnknownOutcome, WebhookRequest
 from trackly_exec.drivers.http import HttpReply, parse_retry_after, raise_for_status
 from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError
+from trackly_exec.store.documents import ConfigTable
 from trackly_exec.testing.contract import DriverContractSuite, DriverHarness
 from trackly_exec.testing.fakes.control import Behaviour
 
@@ -36,6 +37,19 @@ class TestCMContract(DriverContractSuite):
     """CM.com against CMFake."""
 
     driver_class = CMDriver
+
+
+# The same suites on the opt-in keep-alive send client (the classes above use the default, aiohttp).
+class TestInfobipKeepaliveContract(TestInfobipContract):
+    driver_settings: ClassVar[ConfigTable] = {"send_client": "keepalive"}
+
+
+class TestTwilioKeepaliveContract(TestTwilioContract):
+    driver_settings: ClassVar[ConfigTable] = {"send_client": "keepalive"}
+
+
+class TestCMKeepaliveContract(TestCMContract):
+    driver_settings: ClassVar[ConfigTable] = {"send_client": "keepalive"}
 
 
 # --------------------------------------------------------------------------------------------- provider specifics

@@ -71,7 +71,8 @@ async def client_for() -> AsyncIterator[Callable[[int], HttpClient]]:
 
     def make(port: int) -> HttpClient:
         client = HttpClient(
-            DriverSettings(base_url=f"http://127.0.0.1:{port}/base", timeout_seconds=2.0), headers={"X-Key": "k"}
+            DriverSettings(base_url=f"http://127.0.0.1:{port}/base", timeout_seconds=2.0, send_client="keepalive"),
+            headers={"X-Key": "k"},
         )
         opened.append(client)
         return client
@@ -164,7 +165,9 @@ async def test_hang_after_writing_is_unknown(client_for: Callable[[int], HttpCli
     port = free_port()
     server = await asyncio.start_server(hang, "127.0.0.1", port)
     try:
-        client = HttpClient(DriverSettings(base_url=f"http://127.0.0.1:{port}", timeout_seconds=0.3))
+        client = HttpClient(
+            DriverSettings(base_url=f"http://127.0.0.1:{port}", timeout_seconds=0.3, send_client="keepalive")
+        )
         await client.open()
         with pytest.raises(UnknownOutcomeError):
             await client.post("/x", data=b"")

@@ -22,13 +22,24 @@ may have reached the provider, only an answer that says "not processed" may be r
 * failures after the request was written (read timeout, server disconnect, connection reset, truncated or
   unparsable answer)                                  -> :class:`UnknownOutcomeError`
 
-Sends (:meth:`HttpClient.post`) go through a small HTTP/1.1 keep-alive client of our own (:class:`_Pool`): the
-request is encoded once into one ``bytes`` (its head is cached per path) and written in one call, the answer is
-parsed with nothing but ``bytes`` operations, and idle connections are kept for the next request. aiohttp's
-per-request machinery (request and response objects, tracing, timers, a task per connection attempt) cost several
-times the rest of a one-message request (Twilio's); look-ups (:meth:`HttpClient.get`) still use aiohttp. From the
-moment the request is handed to the socket, the provider may have it (``written``). Drivers never retry: the
-executor does, only transient failures.
+Sends (:meth:`HttpClient.post`) go through one of two clients, chosen per driver by ``send_client``:
+
+* ``"aiohttp"`` (the default): an aiohttp ``ClientSession`` used as cheaply as aiohttp allows (the body encoded
+  once to ``bytes``, the headers prepared once per path, one session-level timeout, no redirects followed, no
+  trace hooks). An HTTP proxy in the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, as aiohttp's
+  ``trust_env`` reads them) is honoured: it is resolved once when the driver starts, with aiohttp's own lookup,
+  rather than by ``trust_env=True``, which reads the environment and ``~/.netrc`` in worker threads on every request.
+  Whether the request was written is marked by a ``ClientRequest`` subclass when aiohttp starts sending it (the
+  moment its ``on_request_headers_sent`` trace hook would fire).
+* ``"keepalive"`` (opt-in): a small HTTP/1.1 keep-alive client of our own (:class:`_Pool`): the request is encoded
+  once into one ``bytes`` (its head is cached per path) and written in one call, the answer is parsed with nothing
+  but ``bytes`` operations, and idle connections are kept for the next request. It costs less CPU per request
+  (aiohttp's per-request objects dominate a one-message request such as Twilio's), but speaks HTTP/1.1 only and
+  supports no HTTP proxy.
+
+Both map outcomes identically (above): from the moment the request is handed to the connection, the provider may
+have it (``written``). Look-ups (:meth:`HttpClient.get`) always use aiohttp. Drivers never retry: the executor does,
+only transient failures.
 """
 
 from __future__ import annotations
@@ -40,12 +51,15 @@ import json
 import ssl
 import zlib
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlencode
 
 import aiohttp
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
+from multidict import CIMultiDict
 from yarl import URL
 
 from trackly_exec.drivers.contract import DriverSettings
@@ -391,9 +405,36 @@ class _Pool:
             conn.abort()
 
 
+#: The current send's "written" mark (one list per :meth:`HttpClient.post` call on the aiohttp client).
+_WRITTEN: ContextVar[list[bool] | None] = ContextVar("trackly_http_written", default=None)
+
+
+class _SendRequest(aiohttp.ClientRequest):
+    """aiohttp's request, marking the current send as written when aiohttp starts sending it (where the
+    ``on_request_headers_sent`` trace hook fires; a trace config would cost several hooks per request). A proxy's
+    CONNECT goes through aiohttp's own request class: a failure there is before the write."""
+
+    async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        mark = _WRITTEN.get()
+        if mark is not None:
+            mark[0] = True
+        return await super().send(conn)
+
+
+def env_proxy(url: URL) -> tuple[URL | None, dict[str, str] | None]:
+    """The HTTP proxy the environment asks for ``url`` (``HTTP(S)_PROXY``, ``NO_PROXY``, credentials in the URL or
+    ``~/.netrc``: aiohttp's ``trust_env`` lookup), and its ``Proxy-Authorization`` header; ``(None, None)`` for none."""
+    try:
+        proxy, auth = get_env_proxy_for_url(url)
+    except LookupError:
+        return None, None
+    return proxy, ({"Proxy-Authorization": auth.encode()} if auth is not None else None)
+
+
 class HttpClient:
-    """One driver's HTTP client, opened in ``startup()`` and closed in ``shutdown()``: sends (:meth:`post`) on our
-    own keep-alive connections, look-ups (:meth:`get`) on an aiohttp session."""
+    """One driver's HTTP client, opened in ``startup()`` and closed in ``shutdown()``: sends (:meth:`post`) on the
+    driver's ``send_client`` (an aiohttp session by default, or our own keep-alive connections), look-ups
+    (:meth:`get`) on the aiohttp session."""
 
     def __init__(self, settings: DriverSettings, headers: Mapping[str, str] | None = None) -> None:
         self.settings = settings
@@ -404,8 +445,15 @@ class HttpClient:
                 raise ValueError(f"HTTP header {name!r} contains a line break")
         self._session: aiohttp.ClientSession | None = None
         self._pool: _Pool | None = None
+        self._proxy: URL | None = None
+        self._proxy_headers: dict[str, str] | None = None
         self._urls: dict[str, URL] = {}  # parsed once per path: aiohttp would parse the string on every request
         self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}  # request heads up to Content-Length
+        self._fields: dict[tuple[tuple[str, str], ...], CIMultiDict[str]] = {}  # aiohttp: all headers, per extra
+
+    @property
+    def send_client(self) -> str:
+        return self.settings.send_client
 
     def url(self, path: str) -> URL:
         """The parsed URL of ``path`` (cached: a driver's send paths are fixed)."""
@@ -420,14 +468,19 @@ class HttpClient:
         if self._session is not None:
             return
         base = URL(self.base_url)
-        if base.scheme in ("http", "https") and base.raw_host:
+        if self.settings.send_client == "keepalive" and base.scheme in ("http", "https") and base.raw_host:
             self._pool = _Pool(base, self.settings.max_connections)
+        if base.absolute:
+            self._proxy, self._proxy_headers = env_proxy(base)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
+            connector=aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=KEEPALIVE_SECONDS),
             timeout=aiohttp.ClientTimeout(
                 total=self.settings.timeout_seconds, sock_connect=self.settings.connect_timeout_seconds
             ),
-            headers=self._headers,
+            headers={"User-Agent": "trackly-exec"},
+            skip_auto_headers=("Accept-Encoding",),  # as the keep-alive client: providers answer uncompressed
+            request_class=_SendRequest,
+            proxy=self._proxy,
         )
 
     async def close(self) -> None:
@@ -466,6 +519,16 @@ class HttpClient:
                 self._heads[key] = head
         return head
 
+    def _request_fields(self, headers: Mapping[str, str] | None) -> CIMultiDict[str]:
+        """The aiohttp client's request headers: the driver's and ``headers`` (prepared once per extra headers)."""
+        extra = tuple(headers.items()) if headers else ()
+        fields = self._fields.get(extra)
+        if fields is None:
+            fields = CIMultiDict({**self._headers, **dict(extra)})
+            if len(self._fields) < 64:
+                self._fields[extra] = fields
+        return fields
+
     async def post(
         self, path: str, *, json_body: Any = None, data: Any = None, headers: Mapping[str, str] | None = None
     ) -> HttpReply:
@@ -473,11 +536,6 @@ class HttpClient:
 
         ``json_body`` is sent as compact JSON; ``data`` as given (bytes, with the Content-Type in ``headers``) or
         URL-encoded (a mapping or pairs)."""
-        pool = self._pool
-        if pool is None:
-            if self._session is None:
-                raise RuntimeError("driver not started: call startup() first")
-            raise TransientSendError(f"not an http(s) URL: {self.base_url!r}", code="not-sent")
         if json_body is not None:
             body = dumps(json_body)
             headers = {"Content-Type": "application/json", **(headers or {})}
@@ -488,6 +546,39 @@ class HttpClient:
             headers = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
         else:
             body = b""
+        if self._pool is not None:
+            return await self._post_keepalive(self._pool, path, body, headers)
+        session = self.session
+        if self.settings.send_client == "keepalive":
+            raise TransientSendError(f"not an http(s) URL: {self.base_url!r}", code="not-sent")
+        mark = [False]
+        token = _WRITTEN.set(mark)
+        try:
+            async with session.post(
+                self.url(path),
+                data=body,
+                headers=self._request_fields(headers),
+                allow_redirects=False,  # a 3xx is an unknown outcome, never a second POST
+                proxy_headers=self._proxy_headers,
+            ) as resp:
+                payload = await resp.read()
+                return HttpReply(resp.status, resp.headers, payload)
+        except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS handshake, proxy: nothing was sent
+            raise TransientSendError(f"cannot connect: {exc}", code="connect") from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise TransientSendError(f"connect timeout: {exc}", code="connect-timeout") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            what = type(exc).__name__
+            if mark[0]:
+                raise UnknownOutcomeError(f"{what} after the request was sent: {exc}", code="no-response") from exc
+            raise TransientSendError(f"{what} before the request was sent: {exc}", code="not-sent") from exc
+        finally:
+            _WRITTEN.reset(token)
+
+    async def _post_keepalive(
+        self, pool: _Pool, path: str, body: bytes, headers: Mapping[str, str] | None
+    ) -> HttpReply:
+        """:meth:`post` on our own keep-alive connections."""
         request = b"".join((self._head(path, headers), str(len(body)).encode(), b"\r\n\r\n", body))
         loop = asyncio.get_running_loop()
         total = self.settings.timeout_seconds
@@ -536,7 +627,9 @@ class HttpClient:
         ``params`` may be a mapping or a list of pairs (repeated names). Raises :class:`TransientSendError` when
         the provider could not be reached or answered nothing usable."""
         try:
-            async with self.session.get(self.base_url + path, params=params, headers=dict(headers or {})) as resp:
+            async with self.session.get(
+                self.base_url + path, params=params, headers={**self._headers, **(headers or {})}
+            ) as resp:
                 payload = await resp.read()
                 return HttpReply(resp.status, resp.headers, payload)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

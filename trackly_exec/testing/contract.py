@@ -429,6 +429,8 @@ class DriverContractSuite:
     driver_class: ClassVar[type[Driver[Any]]]
     fake_class: ClassVar[type[Any] | None] = None
     fake_kwargs: ClassVar[ConfigTable] = {}
+    #: Driver settings laid over the fake's (e.g. ``{"send_client": "keepalive"}``).
+    driver_settings: ClassVar[ConfigTable] = {}
 
     @pytest_asyncio.fixture
     async def harness(self) -> AsyncIterator[DriverHarness]:
@@ -437,6 +439,7 @@ class DriverContractSuite:
             self.fake_class,
             name=self.driver_class.__name__.lower(),
             fake_kwargs=dict(self.fake_kwargs),
+            settings=dict(self.driver_settings),
         ) as h:
             yield h
 

@@ -1,0 +1,144 @@
+"""The driver setting ``send_client``: aiohttp by default (an HTTP proxy in the environment is honoured), the own
+keep-alive client on request, a bad value a configuration error naming the key."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from trackly_exec.cli.configcheck import driver_problems
+from trackly_exec.config import load_config
+from trackly_exec.drivers.contract import DriverSettings
+from trackly_exec.drivers.http import HttpClient
+from trackly_exec.drivers.pool import DriverPool
+from trackly_exec.errors import ConfigError, TransientSendError
+
+ANSWER = b'HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"sid":"x"}'
+PROXY_ENV = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
+
+
+class Proxy:
+    """A raw HTTP proxy stand-in: records each request's head and answers it itself."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            self.heads.append(head)
+            writer.write(ANSWER)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+@pytest.fixture
+async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Proxy]:
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    async with Proxy() as p:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{p.port}")
+        yield p
+
+
+def test_default_is_aiohttp() -> None:
+    """A driver without ``send_client`` sends with aiohttp."""
+    assert DriverSettings().send_client == "aiohttp"
+    assert DriverSettings(send_client="keepalive").send_client == "keepalive"
+
+
+# An address nothing listens on (TEST-NET-1): only a proxy can answer for it.
+TARGET = "http://192.0.2.1:81"
+
+
+async def test_default_client_honours_the_proxy_environment(proxy: Proxy) -> None:
+    """With HTTP_PROXY set, the default client sends through the proxy (absolute-form request target)."""
+    client = HttpClient(DriverSettings(base_url=TARGET + "/api", timeout_seconds=5.0), headers={"X-Key": "k"})
+    await client.open()
+    try:
+        reply = await client.post("/send", data=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    finally:
+        await client.close()
+    assert reply.status == 201 and reply.json() == {"sid": "x"}
+    [head] = proxy.heads
+    assert head.startswith(f"POST {TARGET}/api/send HTTP/1.1\r\n".encode()), head
+    assert b"\r\nX-Key: k\r\n" in head and b"Content-Type: application/x-www-form-urlencoded" in head
+
+
+async def test_no_proxy_is_honoured(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NO_PROXY naming the provider's host bypasses the proxy (nothing listens there: a transient failure)."""
+    monkeypatch.setenv("NO_PROXY", "192.0.2.1")
+    client = HttpClient(DriverSettings(base_url=TARGET, timeout_seconds=0.5, connect_timeout_seconds=0.3))
+    await client.open()
+    try:
+        with pytest.raises(TransientSendError):
+            await client.post("/send", data=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    finally:
+        await client.close()
+    assert proxy.heads == []
+
+
+async def test_keepalive_client_ignores_the_proxy(proxy: Proxy) -> None:
+    """The opt-in keep-alive client connects directly (its documented trade-off): the proxy sees nothing."""
+    settings = DriverSettings(
+        base_url=TARGET, timeout_seconds=0.5, connect_timeout_seconds=0.3, send_client="keepalive"
+    )
+    client = HttpClient(settings)
+    await client.open()
+    try:
+        with pytest.raises(TransientSendError):
+            await client.post("/send", data=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    finally:
+        await client.close()
+    assert proxy.heads == []
+
+
+def test_bad_send_client_is_a_config_error(tmp_path: Path) -> None:
+    """An unknown ``send_client`` in ``[drivers.twilio]`` is a configuration problem naming the key and the
+    choices (``trackly check-config``; the executor refuses to start on it)."""
+    f = tmp_path / "bad.toml"
+    f.write_text(
+        '[drivers.twilio]\nbase_url = "https://api.twilio.com"\naccount_sid = "AC1"\nauth_token = "t"\n'
+        'send_client = "curl"\n'
+    )
+    problems, _ = driver_problems(load_config(f))
+    [(key, msg)] = problems
+    assert key == "drivers.twilio.send_client" and "'aiohttp'" in msg and "'keepalive'" in msg, problems
+    with pytest.raises(ConfigError) as e:
+        DriverPool(load_config(f)).validate()
+    assert e.value.key == "drivers.twilio.send_client"
+
+
+def test_send_client_set_per_driver(tmp_path: Path) -> None:
+    """``send_client = "keepalive"`` in ``[drivers.twilio]`` loads."""
+    f = tmp_path / "ok.toml"
+    f.write_text(
+        '[drivers.twilio]\nbase_url = "https://api.twilio.com"\naccount_sid = "AC1"\nauth_token = "t"\n'
+        'send_client = "keepalive"\n'
+    )
+    assert load_config(f).drivers["twilio"]["send_client"] == "keepalive"
