@@ -10,7 +10,11 @@ Redis limiter configured. Prints:
   with the same concurrency (lists x workers_per_list), with no other logic;
 - the ratio executor / floor, and the peak RSS of this process.
 
-    .venv/bin/python bench/executor.py [--n 100000] [--file] [--rate 0]
+``--send-client aiohttp|keepalive`` picks the drivers' send client (default aiohttp, as the drivers' default);
+``--breakdown`` then prints the executor's CPU us/message for the three-provider mix and for each provider alone,
+on both send clients (the chosen one first), in the same run.
+
+    .venv/bin/python bench/executor.py [--n 100000] [--file] [--rate 0] [--send-client aiohttp] [--breakdown]
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ from trackly_exec.executor.outcomes import sent_doc
 from trackly_exec.store.client import Store
 
 PROVIDERS = ("infobip", "cm", "twilio")
+SEND_CLIENTS = ("aiohttp", "keepalive")
+
+
+async def cpu_per_message(coord: Coordinator, store: Store, lists: dict[int, str], each: int, rate: int) -> float:
+    """Seed ``each`` messages on every list in ``lists``, run the coordinator until idle: process CPU us/message."""
+    await seed_lists(store, each * len(lists), lists, rate=rate, price=0.001, contacts=False)
+    before = coord.counts["sent"]
+    c0 = time.process_time()
+    await coord.run_until_idle()
+    return (time.process_time() - c0) / max(coord.counts["sent"] - before, 1) * 1e6
 
 
 async def floor(store: Store, lists: list[int], batch: int, workers: int) -> tuple[int, float]:
@@ -158,25 +172,34 @@ async def best_bare_floor(store: Store, n: int, lists: list[int]) -> tuple[float
 async def main(args: argparse.Namespace) -> None:
     LISTS = {k + 1: name for k, name in enumerate(args.lists.split(","))}  # noqa: N806
     with services(fakes=tuple(LISTS.values()), in_memory=not args.file) as svc:
-        drivers: dict[str, Any] = {
-            name: {"base_url": svc["fakes"][name], **fake_credentials(name), "timeout_seconds": 30.0}
-            for name in LISTS.values()
-        }
-        settings = load_config(
-            "/dev/null",
-            daemon={"data_dir": str(svc["tmp"] / "data"), "instance_name": "bench"},
-            mongo={"uri": svc["mongo_uri"], "database": "bench"},
-            redis={"url": svc["redis_url"]},
-            http={"enabled": False},
-            executor={"claim_batch_size": args.batch, "workers_per_list": args.workers, "pool_size": args.pool},
-            drivers=drivers,
-        )
+
+        def config(send_client: str) -> Any:
+            drivers: dict[str, Any] = {
+                name: {
+                    "base_url": svc["fakes"][name],
+                    **fake_credentials(name),
+                    "timeout_seconds": 30.0,
+                    "send_client": send_client,
+                }
+                for name in LISTS.values()
+            }
+            return load_config(
+                "/dev/null",
+                daemon={"data_dir": str(svc["tmp"] / "data"), "instance_name": "bench"},
+                mongo={"uri": svc["mongo_uri"], "database": "bench"},
+                redis={"url": svc["redis_url"]},
+                http={"enabled": False},
+                executor={"claim_batch_size": args.batch, "workers_per_list": args.workers, "pool_size": args.pool},
+                drivers=drivers,
+            )
+
+        settings = config(args.send_client)
         store = await Store.connect(svc["mongo_uri"], "bench")
         await store.ensure_indexes()
         trackly = await Trackly.open(settings, store=store)
         print(
             f"seeding {args.n:,} messages on {len(LISTS)} lists ({', '.join(LISTS.values())}), "
-            f"{'file' if args.file else 'in-memory'} nx-27017 store ...",
+            f"{'file' if args.file else 'in-memory'} nx-27017 store, send client {args.send_client} ...",
             flush=True,
         )
         t = time.perf_counter()
@@ -210,23 +233,34 @@ async def main(args: argparse.Namespace) -> None:
         )
         us = cpu / max(sent, 1) * 1e6
         mix = "+".join(LISTS.values())
-        per_provider: dict[str, float] = {}
         if args.breakdown:
-            # each provider alone, on the same store and coordinator: process CPU per message of that provider
+            # on the same store, for each send client (the chosen one first, on the coordinator just measured):
+            # the mix, then each provider alone; process CPU per message
             each = max(1000, args.n // len(LISTS))
-            for lid, name in LISTS.items():
-                await seed_lists(store, each, {lid: name}, rate=args.rate, price=0.001, contacts=False)
-                before = coord.counts["sent"]
-                c0 = time.process_time()
-                await coord.run_until_idle()
-                per_provider[name] = (time.process_time() - c0) / max(coord.counts["sent"] - before, 1) * 1e6
-            print(
-                "  executor CPU per message by provider (each alone, "
-                f"{each:,} messages): " + ", ".join(f"{k} {v:.0f} us" for k, v in per_provider.items()),
-                flush=True,
-            )
-        for name, v in per_provider.items():
-            record(f"executor CPU, {name} alone", v, "us/msg", us_per_message=v)
+            clients = [args.send_client, *(x for x in SEND_CLIENTS if x != args.send_client)]
+            table: dict[str, dict[str, float]] = {}
+            for client in clients:
+                if client != args.send_client:
+                    await trackly.close(close_store=False)
+                    trackly = await Trackly.open(config(client), store=store)
+                    coord = Coordinator(trackly)
+                row = table[client] = {mix: await cpu_per_message(coord, store, LISTS, each // len(LISTS), args.rate)}
+                for lid, name in LISTS.items():
+                    row[name] = await cpu_per_message(coord, store, {lid: name}, each, args.rate)
+                print(
+                    f"  executor CPU per message, send client {client} (mix {each // len(LISTS) * len(LISTS):,}, "
+                    f"each alone {each:,} messages): " + ", ".join(f"{k} {v:.0f} us" for k, v in row.items()),
+                    flush=True,
+                )
+            for client, row in table.items():
+                for name, v in row.items():
+                    record(f"executor CPU, {name}, {client}", v, "us/msg", us_per_message=v)
+            if len(table) == 2:
+                a, k = table["aiohttp"], table["keepalive"]
+                print(
+                    "  aiohttp - keepalive per message: " + ", ".join(f"{n} {a[n] - k[n]:+.0f} us" for n in a),
+                    flush=True,
+                )
         await trackly.close(close_store=False)
         if args.no_floor:
             record(f"executor ({mix})", exec_rate, "msg/s", us_per_message=us)
@@ -280,4 +314,7 @@ if __name__ == "__main__":
     p.add_argument("--no-floor", action="store_true", help="skip the floors (executor figures only)")
     p.add_argument("--breakdown", action="store_true", help="then run each provider alone and print its CPU us/message")
     p.add_argument("--lists", default=",".join(PROVIDERS), help="providers, one list each (default infobip,cm,twilio)")
+    p.add_argument(
+        "--send-client", choices=SEND_CLIENTS, default="aiohttp", help="the drivers' send client (default aiohttp)"
+    )
     run(main(p.parse_args()))

@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trackly_exec.app import Loop, TaskSet, Trackly
+from trackly_exec.app import Loop, TaskSet, Trackly, tune_gc
 from trackly_exec.executor import checks, claims, recovery
 from trackly_exec.executor.peers import Membership
 from trackly_exec.executor.ratelimit import make_limiter
@@ -330,6 +330,7 @@ async def _main(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     trackly = await Trackly.open(settings)
     coord = Coordinator(trackly)
+    tune_gc()  # as `trackly run` does, once everything is imported and open
     try:
         if args.burst:
             await recovery.sweep(trackly)
