@@ -25,7 +25,7 @@ may have reached the provider, only an answer that says "not processed" may be r
 Sends (:meth:`HttpClient.post`) go through one of two clients, chosen per driver by ``send_client``:
 
 * ``"aiohttp"`` (the default): an aiohttp ``ClientSession`` used as cheaply as aiohttp allows (the body encoded
-  once to ``bytes``, the headers prepared once per path, one session-level timeout, no redirects followed, no
+  once to ``bytes``, the headers prepared once per set of extra headers, one session-level timeout, no redirects followed, no
   trace hooks). An HTTP proxy in the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, as aiohttp's
   ``trust_env`` reads them) is honoured: it is resolved once when the driver starts, with aiohttp's own lookup,
   rather than by ``trust_env=True``, which reads the environment and ``~/.netrc`` in worker threads on every request.
@@ -450,10 +450,6 @@ class HttpClient:
         self._urls: dict[str, URL] = {}  # parsed once per path: aiohttp would parse the string on every request
         self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}  # request heads up to Content-Length
         self._fields: dict[tuple[tuple[str, str], ...], CIMultiDict[str]] = {}  # aiohttp: all headers, per extra
-
-    @property
-    def send_client(self) -> str:
-        return self.settings.send_client
 
     def url(self, path: str) -> URL:
         """The parsed URL of ``path`` (cached: a driver's send paths are fixed)."""
