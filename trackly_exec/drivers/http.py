@@ -25,8 +25,8 @@ may have reached the provider, only an answer that says "not processed" may be r
 Sends (:meth:`HttpClient.post`) go through one of two clients, chosen per driver by ``send_client``:
 
 * ``"aiohttp"`` (the default): an aiohttp ``ClientSession`` used as cheaply as aiohttp allows (the body encoded
-  once to ``bytes``, the headers prepared once per set of extra headers, one session-level timeout, no redirects followed, no
-  trace hooks). An HTTP proxy in the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, as aiohttp's
+  once to ``bytes``, the headers prepared once per set of extra headers, one session-level timeout, no redirects
+  followed, no trace hooks). An HTTP proxy in the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, as aiohttp's
   ``trust_env`` reads them) is honoured: it is resolved once when the driver starts, with aiohttp's own lookup,
   rather than by ``trust_env=True``, which reads the environment and ``~/.netrc`` in worker threads on every request.
   Whether the request was written is marked by a ``ClientRequest`` subclass when aiohttp starts sending it (the
