@@ -6,6 +6,10 @@ stops the good ones. Rows are written in batches of 1,000: one id reservation an
 ``insert_many``; the phones the unique (sending_list_id, phone) index refuses already exist and get one
 ``find`` and one ``bulk_write`` of updates (only the fields given). Several rows with the same phone in one
 request are merged in order (the later row's fields win).
+
+Every written contact gets its ``phone_check`` (:func:`~trackly_exec.store.phones.phone_check`: validity, E.164
+and zones of the stored phone, with the phonenumbers release), so that an evaluation does not parse the number
+again; an update refreshes it (a contact stored by other tools, or checked by another release).
 """
 
 from __future__ import annotations
@@ -139,6 +143,7 @@ async def _upsert_batch(
             "attributes": {},
             "created_at": now,
             "updated_at": now,
+            "phone_check": phones.phone_check(phone),
         }
         for key, value in _changes(rows).items():
             if key.startswith("attributes."):
@@ -164,7 +169,10 @@ async def _upsert_batch(
         return
     dup = {items[i][0]: items[i][1] for i in existing}
     updates = [
-        UpdateOne({"_id": d["_id"]}, {"$set": {**_changes(dup[d["phone"]]), "updated_at": now}})
+        UpdateOne(
+            {"_id": d["_id"]},
+            {"$set": {**_changes(dup[d["phone"]]), "updated_at": now, "phone_check": phones.phone_check(d["phone"])}},
+        )
         async for d in coll.find({"sending_list_id": list_id, "phone": {"$in": list(dup)}}, {"phone": 1})
     ]
     if updates:

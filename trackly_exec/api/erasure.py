@@ -55,6 +55,7 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
         {
             "$set": {
                 "phone": f"erased:{cid}",
+                "phone_check": None,  # it holds the number too
                 "first_name": None,
                 "last_name": None,
                 "attributes": {},

@@ -5,7 +5,8 @@ Every contact of the union is counted exactly once: either queued or skipped for
 applies, checked in this order (:data:`SKIP_REASONS`):
 
 1. ``unsubscribed``: ``subscribed`` is false or ``blocked`` is true;
-2. ``invalid_phone``: not a valid number for phonenumbers;
+2. ``invalid_phone``: not a valid number for phonenumbers (parsed once, when our code wrote the contact: its
+   ``phone_check``; parsed here for a contact written by other tools or with another phonenumbers release);
 3. ``in_workflow``: the contact is in a workflow and the campaign sets ``exclude_in_workflow``;
 4. ``frequency_cap``: a MessageSent on this list within the list's ``cooldown_minutes`` (one query per
    evaluation on the (sending_list_id, timestamp) index), the contact's ``last_sent_at`` in that window, or
@@ -234,10 +235,11 @@ async def _already_ours(db: Any, execution_id: int, contact_ids: list[int]) -> d
     return out
 
 
-def _number(contact: ContactDoc) -> str | None:
-    """The contact's number in E.164, or None when it is not a valid number."""
-    phone = contact.get("phone") or ""
-    return phone if phones.is_valid(phone) else phones.normalize(phone)
+def _number(contact: ContactDoc) -> tuple[str | None, tuple[str, ...] | None]:
+    """The contact's number in E.164 (None when it is not a valid number) and, when the contact was written by
+    our code (a ``phone_check`` for this phone and phonenumbers release), the number's zones: no parse then
+    (:func:`phones.contact_number`; the answer is the same either way)."""
+    return phones.contact_number(contact)
 
 
 async def message_key(db: Any, execution: ExecutionDoc) -> str:
@@ -333,16 +335,16 @@ async def evaluate(
             messages: list[QueuedDoc] = []
             links: list[ShortLinkDoc] = []
             batch_now = trackly.now()
-            numbers: dict[int, str | None] = {}
+            numbers: dict[int, tuple[str | None, tuple[str, ...] | None]] = {}
             view: reservations.View | None = None
             if cutoff is not None:  # the cooldown reservations in the way of this batch (read only)
                 for contact in batch:
                     cid = int(contact["_id"])
                     if cid not in ours:
                         numbers[cid] = _number(contact)
-                mine = [composer.message_id(cid) for cid, to in numbers.items() if to]
+                mine = [composer.message_id(cid) for cid, (to, _) in numbers.items() if to]
                 view = await reservations.lookup(
-                    db, list_id, [to for to in numbers.values() if to], mine, cutoff, batch_now
+                    db, list_id, [to for to, _ in numbers.values() if to], mine, cutoff, batch_now
                 )
             for contact in batch:
                 if ours and (state := ours.get(int(contact["_id"]))) is not None:
@@ -356,7 +358,7 @@ async def evaluate(
                     skipped["unsubscribed"] += 1
                     continue
                 cid = int(contact["_id"])
-                to = numbers[cid] if cid in numbers else _number(contact)
+                to, number_zones = numbers[cid] if cid in numbers else _number(contact)
                 if to is None:
                     skipped["invalid_phone"] += 1
                     continue
@@ -371,7 +373,7 @@ async def evaluate(
                 if view is not None and to in view.blocked:  # reserved by another message within the cooldown
                     skipped["frequency_cap"] += 1
                     continue
-                zones = contact_zones(to, contact.get("timezone"), default_tz)
+                zones = contact_zones(to, contact.get("timezone"), default_tz, number_zones)
                 if zones not in opening:
                     opening[zones] = None if in_window(now, zones, window) else next_opening(now, zones, window)
                 held_until = opening[zones]

@@ -34,6 +34,7 @@ from trackly_exec.config import Settings
 from trackly_exec.errors import ConfigError
 from trackly_exec.logs import configure_logging, get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store import phones
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.embedded import free_port
 from trackly_exec.store.models import utcnow
@@ -197,7 +198,8 @@ class Demo:
                 await self.api("POST", f"/sending-lists/{lst['id']}/contacts", {"contacts": chunk})
 
         await asyncio.gather(*(upload(valid[i : i + 1000]) for i in range(0, len(valid), 1000)))
-        # Rows the API refuses (invalid numbers), as an older import would have left them in the store.
+        # Rows the API refuses (invalid numbers), as an older import would have left them in the store (with the
+        # phone check our writers store: the evaluation counts them invalid without parsing them again).
         invalid = [r for r in rows if r["phone"] in bad]
         if invalid:
             ids = await trackly.store.next_ids(c.CONTACTS, len(invalid))
@@ -215,6 +217,7 @@ class Demo:
                         "created_at": now,
                         "updated_at": now,
                         **{k: v for k, v in r.items() if k != "first_name"},
+                        "phone_check": phones.phone_check(str(r["phone"])),
                     }
                     for cid, r in zip(ids, invalid, strict=True)
                 ]

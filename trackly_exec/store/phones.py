@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any, TypedDict
 
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
@@ -53,6 +55,57 @@ def timezones_for(e164: str) -> tuple[str, ...]:
         return (UNKNOWN_ZONE,)
     zones = tuple(pn_timezone.time_zones_for_number(num))
     return zones or (UNKNOWN_ZONE,)
+
+
+def campaign_number(phone: str) -> str | None:
+    """A contact's stored ``phone`` as the evaluation texts it: itself when it is a valid E.164 number, else its
+    normalisation (national forms read as US numbers), else None (``invalid_phone``)."""
+    return phone if is_valid(phone) else normalize(phone)
+
+
+#: The phonenumbers release (metadata) a stored :func:`phone_check` was made with: any other release re-validates.
+METADATA_VERSION: str = phonenumbers.__version__
+
+
+class PhoneCheck(TypedDict):
+    """``phone_check`` of a contact document: the parse of ``phone`` done once, when our code wrote the contact.
+
+    ``of`` is the ``phone`` it was made for (a later write of ``phone`` by anything else voids it), ``v`` the
+    phonenumbers release (:data:`METADATA_VERSION`), ``e164`` / ``valid`` what :func:`campaign_number` gives,
+    ``zones`` what :func:`timezones_for` gives for that number (empty when invalid).
+    """
+
+    of: str
+    v: str
+    e164: str | None
+    valid: bool
+    zones: list[str]
+
+
+def phone_check(phone: str) -> PhoneCheck:
+    """The ``phone_check`` to store with a contact whose ``phone`` is ``phone``."""
+    e164 = campaign_number(phone)
+    zones = list(timezones_for(e164)) if e164 is not None else []
+    return {"of": phone, "v": METADATA_VERSION, "e164": e164, "valid": e164 is not None, "zones": zones}
+
+
+def contact_number(contact: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...] | None]:
+    """The contact's number in E.164 (None: not a valid number) and its zones when they were stored with it.
+
+    From the contact's ``phone_check`` when it is for the current ``phone`` and phonenumbers release (no parse);
+    otherwise (documents written by other tools, older documents, another release) ``phone`` is parsed as
+    always, and the zones are None (:func:`timezones_for` gives them, from the same parse). Either way the
+    answer is the same.
+    """
+    phone = contact.get("phone") or ""
+    chk = contact.get("phone_check")
+    if isinstance(chk, dict) and chk.get("v") == METADATA_VERSION and chk.get("of") == phone:
+        e164, valid, zones = chk.get("e164"), chk.get("valid"), chk.get("zones")
+        if valid is False and e164 is None:
+            return None, None
+        if valid is True and type(e164) is str and type(zones) is list and zones and all(type(z) is str for z in zones):
+            return e164, tuple(zones)
+    return campaign_number(phone), None
 
 
 _NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z+])(\+[0-9]{7,15}|[0-9]{10,15})(?![0-9A-Za-z])")

@@ -60,21 +60,35 @@ def check_timezone(name: str | None) -> str | None:
     return name
 
 
-@lru_cache(maxsize=65536)
-def _zones(phone: str, contact_tz: str | None, default_tz: str) -> tuple[ZoneInfo, ...]:
+@lru_cache(maxsize=4096)
+def _named_zones(names: tuple[str, ...], contact_tz: str | None, default_tz: str) -> tuple[ZoneInfo, ...]:
     if contact_tz:
         z = zone(contact_tz)
         if z is not None:
             return (z,)
-    found = tuple(z for name in timezones_for(phone) if name != UNKNOWN_ZONE and (z := zone(name)) is not None)
+    found = tuple(z for name in names if name != UNKNOWN_ZONE and (z := zone(name)) is not None)
     if found:
         return found
     z = zone(default_tz) or ZoneInfo("UTC")
     return (z,)
 
 
-def contact_zones(phone: str, contact_tz: str | None, default_tz: str) -> tuple[ZoneInfo, ...]:
-    """The zones the contact may be in: stored zone, else the number's zones, else the list's default."""
+@lru_cache(maxsize=65536)
+def _zones(phone: str, contact_tz: str | None, default_tz: str) -> tuple[ZoneInfo, ...]:
+    if contact_tz and zone(contact_tz) is not None:
+        return _named_zones((), contact_tz, default_tz)  # the number is not parsed
+    return _named_zones(timezones_for(phone), None, default_tz)
+
+
+def contact_zones(
+    phone: str, contact_tz: str | None, default_tz: str, number_zones: tuple[str, ...] | None = None
+) -> tuple[ZoneInfo, ...]:
+    """The zones the contact may be in: stored zone, else the number's zones, else the list's default.
+
+    ``number_zones``: the number's zones as :func:`~trackly_exec.store.phones.timezones_for` gives them, when
+    the caller has them already (a contact's stored ``phone_check``): ``phone`` is then not parsed."""
+    if number_zones is not None:
+        return _named_zones(number_zones, contact_tz or None, default_tz)
     return _zones(phone, contact_tz or None, default_tz)
 
 
