@@ -14,7 +14,6 @@ import datetime as dt
 from typing import Any, NotRequired, TypeAlias, TypedDict
 
 from trackly_exec.config import ConfigTable as ConfigTable  # a raw configuration table (re-exported)
-from trackly_exec.store.phones import PhoneCheck
 
 #: A MongoDB query filter (``{"_id": {"$in": ids}, "claimed_by": token}``).
 Filter: TypeAlias = dict[str, Any]
@@ -83,7 +82,7 @@ class ContactDoc(TypedDict, total=False):
     last_sent_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
-    phone_check: PhoneCheck | None  # written with ``phone`` by our code (phones.phone_check)
+    phone_check: str | None  # written with ``phone`` by our code (store.phones.phone_check)
 
 
 class AudienceDoc(TypedDict, total=False):
