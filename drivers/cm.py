@@ -1,6 +1,7 @@
 """CM.com Business Messaging driver: ``POST /v1.0/message`` with up to 100 ``msg`` per request.
 
-Wire format: ``/work/shared/reference/providers.md`` §3. Our id travels as each message's ``reference``
+Wire format: CM.com's Business Messaging API (https://developers.cm.com/messaging/docs/sms).
+Our id travels as each message's ``reference``
 (1-32 alphanumerics: our 16-hex ids fit) and comes back in the status report. CM posts status reports to
 the URL configured in its portal (point it at the daemon's ``/webhooks/<instance>/status/<token>``);
 they and inbound messages are authenticated by the path token (and optional Basic auth) of the base class.

@@ -1,6 +1,7 @@
 """Infobip SMS driver: ``POST /sms/3/messages`` with many destinations per request.
 
-Wire format: ``/work/shared/reference/providers.md`` §1. Our message id travels as the destination
+Wire format: Infobip's Send SMS message API (https://www.infobip.com/docs/api/channels/sms).
+Our message id travels as the destination
 ``messageId`` (echoed in the send response and in every delivery report); messages with the same sender and
 text are grouped into one ``messages[]`` entry. Delivery reports and inbound messages are JSON
 (``{"results": [...]}``), authenticated by the secret path token (and optional Basic auth) of the base class.

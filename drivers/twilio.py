@@ -1,6 +1,7 @@
 """Twilio Programmable Messaging driver: one form-encoded request per message, signed webhooks.
 
-Wire format: ``/work/shared/reference/providers.md`` §2. Our id travels in the status callback URL
+Wire format: Twilio's Message resource (https://www.twilio.com/docs/messaging/api/message-resource).
+Our id travels in the status callback URL
 (``StatusCallback = <status_url>?mid=<id>``), and comes back as the ``mid`` query parameter of the
 callback, which Twilio signs together with the form parameters (``X-Twilio-Signature``).
 """

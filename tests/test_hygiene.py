@@ -187,3 +187,25 @@ def test_bare_dict_annotations_do_not_grow() -> None:
         f"{len(hits)} bare dict[str, Any] (at most {MAX_BARE_DICTS}): use the types of trackly_exec.store.documents\n"
         + "\n".join(hits)
     )
+
+
+def test_no_source_points_outside_the_repository() -> None:
+    """Comments and docstrings cite the providers' public documents, never a path of the machine the code was
+    written on (a reader of a clone has neither ``/work`` nor ``../shared``)."""
+    root = TESTS.parent
+    pattern = re.compile(r"/work/|\.\./shared|shared/reference")
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("trackly_exec", "drivers", "bench", "config")
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file() and path.suffix in {".py", ".toml", ".md", ".service", ".html", ".js"}
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    offenders += [
+        f"{name}:{n}"
+        for name in ("README.md", "CONTRIBUTING.md", "pyproject.toml", "trackly.toml", "Makefile")
+        for n, line in enumerate((root / name).read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not offenders, f"paths outside the repository: {offenders}"

@@ -58,6 +58,7 @@ CLAIMED_FIELDS: dict[str, int] = dict.fromkeys(
         "throttled_due",
         "billing_blocked_since",
         "sending_at",
+        "redrive_count",  # carried to the FailedMessage, so a second re-drive counts 2
     ],
     1,
 )

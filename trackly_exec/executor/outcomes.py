@@ -105,6 +105,8 @@ def failed_doc(
         "reconcile_by": None,
         "lookups": 0,
         "reconcile_state": "pending" if ambiguous else None,
+        # a re-driven message that fails again keeps its count, so the next re-drive counts on from it
+        **({"redrive_count": int(n)} if (n := doc.get("redrive_count")) else {}),
     }
 
 

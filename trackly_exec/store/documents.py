@@ -275,6 +275,7 @@ class ClaimedDoc(MessageDoc):
     billing_blocked_since: NotRequired[dt.datetime | None]
     throttled_until: NotRequired[dt.datetime | None]
     throttled_due: NotRequired[dt.datetime | None]
+    redrive_count: NotRequired[int]
 
 
 class SentDoc(MessageDoc):
@@ -311,7 +312,7 @@ class FailedDoc(MessageDoc):
     lookups: NotRequired[int]
     reconcile_state: NotRequired[str | None]
     redrive_token: NotRequired[str]  # being re-driven (trackly_exec.executor.redrive)
-    redrive_count: NotRequired[int]  # read by the re-drive; no writer copies it here, so a re-drive counts 1
+    redrive_count: NotRequired[int]  # copied from the re-driven message that failed again (outcomes.failed_doc)
 
 
 class DeliveryFields(TypedDict, total=False):
