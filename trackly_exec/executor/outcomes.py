@@ -88,7 +88,7 @@ def failed_doc(
 ) -> FailedDoc:
     """A FailedMessage document (every field of ``models.FailedMessage``). An ambiguous one (NO_RESPONSE) is due
     for reconciliation at once (:mod:`reconcile`), with the time of its send intent as the attempt."""
-    return {
+    out: FailedDoc = {
         "_id": doc["_id"],
         # mypy's strict extra checks want redrive_token / redrive_count in some ** item: a new record has neither
         **_fields(doc),  # type: ignore[typeddict-item]
@@ -105,9 +105,10 @@ def failed_doc(
         "reconcile_by": None,
         "lookups": 0,
         "reconcile_state": "pending" if ambiguous else None,
-        # a re-driven message that fails again keeps its count, so the next re-drive counts on from it
-        **({"redrive_count": int(n)} if (n := doc.get("redrive_count")) else {}),
     }
+    if n := doc.get("redrive_count"):  # a re-driven message that fails again keeps its count for the next re-drive
+        out["redrive_count"] = int(n)
+    return out
 
 
 async def insert_records(db: Any, collection: str, docs: Sequence[Mapping[str, Any]]) -> int:
