@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trackly_exec import Accepted, Driver, DriverSettings, OutboundMessage, SendResult
@@ -65,6 +65,22 @@ async def seed(cl: Any) -> dict[str, int]:
         },
     )
     return {"account": acc["id"], "list": lst["id"], "audience": aud["id"], "creative": cre["id"]}
+
+
+def campaign_body(ids: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+    """A campaign body on ``seed``'s account, list, audience and creative; ``kw`` adds or replaces fields."""
+    return {
+        "account_id": ids["account"],
+        "sending_list_id": ids["list"],
+        "audience_ids": [ids["audience"]],
+        "creative_id": ids["creative"],
+        **kw,
+    }
+
+
+async def create_campaign(cl: Any, ids: Mapping[str, Any], **kw: Any) -> Any:
+    """POST ``campaign_body(ids, **kw)`` to /campaigns (201)."""
+    return await post(cl, "/campaigns", campaign_body(ids, **kw))
 
 
 async def run_cli(url: str, *argv: str) -> int:

@@ -4,6 +4,7 @@ loopback webhook receiver, API seeding."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from .api_support import post
 from .tracking_support import IB_TOKEN
 
 IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def mo(text: str, sender: str = "+14155550123", to: str = "+14155550100", message_id: str = "MO1") -> str:
@@ -38,6 +40,17 @@ def mo(text: str, sender: str = "+14155550123", to: str = "+14155550100", messag
     )
 
 
+async def serve_hook(handle: Handler) -> tuple[web.AppRunner, int]:
+    """Serve ``handle`` at POST /hook on a free loopback port: the started runner and the port."""
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 class Receiver:
     """A customer webhook endpoint on loopback that records what reaches it."""
 
@@ -52,13 +65,7 @@ class Receiver:
         return web.Response(text="ok")
 
     async def start(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve_hook(self.handle)
         self.url = f"http://127.0.0.1:{self.port}/hook"
         return self
 

@@ -19,44 +19,7 @@ from trackly_exec.drivers import registry
 from trackly_exec.operations.web import make_app
 from trackly_exec.store.models import utcnow
 
-from .api_support import EchoDriver
-
-H = {"Authorization": "Bearer test-token"}
-
-
-async def post(cl: TestClient[Any, Any], path: str, body: Any, status: int = 201) -> Any:
-    r = await cl.post(f"/api/v1{path}", json=body, headers=H)
-    data = await r.json()
-    assert r.status == status, data
-    return data
-
-
-async def seed(cl: TestClient[Any, Any]) -> dict[str, int]:
-    acc = await post(cl, "/accounts", {"name": "Acme", "balance": 100, "webhook_secret": "s3cret-value"})
-    lst = await post(
-        cl,
-        "/sending-lists",
-        {
-            "account_id": acc["id"],
-            "name": "L",
-            "driver": "echo",
-            "driver_settings": {"batch_size": 5},
-            "from_number": "+15550001111",
-        },
-    )
-    aud = await post(
-        cl, "/audiences", {"sending_list_id": lst["id"], "name": "all", "filter": {"subscribed": {"eq": True}}}
-    )
-    cre = await post(
-        cl,
-        "/creatives",
-        {
-            "account_id": acc["id"],
-            "name": "c",
-            "variants": [{"key": "a", "body": "Hi {first_name|there}", "weight": 1}],
-        },
-    )
-    return {"account": acc["id"], "list": lst["id"], "audience": aud["id"], "creative": cre["id"]}
+from .api_support import EchoDriver, H, campaign_body, create_campaign, post, seed
 
 
 async def test_auth_required(admin: TestClient[Any, Any]) -> None:
@@ -158,12 +121,7 @@ async def test_unknown_ids_404_naming_which(admin: TestClient[Any, Any]) -> None
     ):
         r = await admin.get(f"/api/v1{path}", headers=H)
         assert r.status == 404, path
-    camp = {
-        "account_id": ids["account"],
-        "sending_list_id": ids["list"],
-        "audience_ids": [ids["audience"], 77],
-        "creative_id": ids["creative"],
-    }
+    camp = campaign_body(ids, audience_ids=[ids["audience"], 77])
     # an unknown id inside a body is a 422 naming it (every one of them: see test_api_names)
     r = await admin.post("/api/v1/campaigns", headers=H, json=camp)
     assert r.status == 422 and "audience 77" in (await r.json())["message"]
@@ -247,12 +205,7 @@ async def test_contacts_bulk_upsert(admin: TestClient[Any, Any]) -> None:
 async def test_campaign_schedule_validation(admin: TestClient[Any, Any]) -> None:
     """A campaign's schedule must be a future time or a valid cron in a valid zone; ownership is checked."""
     ids = await seed(admin)
-    camp = {
-        "account_id": ids["account"],
-        "sending_list_id": ids["list"],
-        "audience_ids": [ids["audience"]],
-        "creative_id": ids["creative"],
-    }
+    camp = campaign_body(ids)
     past = (utcnow() - dt.timedelta(hours=1)).isoformat()
     r = await admin.post("/api/v1/campaigns", headers=H, json={**camp, "schedule": {"at": past}})
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.schedule.at"
@@ -274,12 +227,7 @@ async def test_campaign_cron_schedule(admin: TestClient[Any, Any]) -> None:
     """A cron schedule sets next_run_at to its next occurrence; an invalid cron is a 422."""
     pytest.importorskip("trackly_exec.campaigns.cron")
     ids = await seed(admin)
-    camp = {
-        "account_id": ids["account"],
-        "sending_list_id": ids["list"],
-        "audience_ids": [ids["audience"]],
-        "creative_id": ids["creative"],
-    }
+    camp = campaign_body(ids)
     c1 = await post(admin, "/campaigns", {**camp, "schedule": {"cron": "30 9 * * *", "timezone": "Europe/Amsterdam"}})
     nxt = dt.datetime.fromisoformat(c1["next_run_at"])
     local = nxt.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Amsterdam"))
@@ -298,17 +246,7 @@ async def test_pause_resume_trigger_stats(admin: TestClient[Any, Any], trackly: 
         {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": "UTC"} for n in range(100, 110)]},
         200,
     )
-    camp = await post(
-        admin,
-        "/campaigns",
-        {
-            "account_id": ids["account"],
-            "sending_list_id": ids["list"],
-            "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"],
-            "quiet_hours_policy": "hold",
-        },
-    )
+    camp = await create_campaign(admin, ids, quiet_hours_policy="hold")
     assert (await post(admin, f"/campaigns/{camp['id']}/pause", None, 200))["status"] == "paused"
     r = await admin.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
     assert r.status == 409
@@ -447,17 +385,7 @@ def test_openapi_document_is_valid() -> None:
 async def test_resume_recomputes_cron_from_now(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Resuming a recurring campaign sets next_run_at to the next occurrence after now (no burst of missed ones)."""
     ids = await seed(admin)
-    camp = await post(
-        admin,
-        "/campaigns",
-        {
-            "account_id": ids["account"],
-            "sending_list_id": ids["list"],
-            "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"],
-            "schedule": {"cron": "*/5 * * * *", "timezone": "UTC"},
-        },
-    )
+    camp = await create_campaign(admin, ids, schedule={"cron": "*/5 * * * *", "timezone": "UTC"})
     await post(admin, f"/campaigns/{camp['id']}/pause", None, 200)
     now = dt.datetime(2026, 3, 2, 12, 3, 20, tzinfo=dt.UTC)
     trackly.clock = lambda: now
@@ -521,17 +449,7 @@ async def test_pause_holds_queued_messages_and_resume_sends_them(admin: TestClie
         {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": noon} for n in range(100, 120)]},
         200,
     )
-    camp = await post(
-        admin,
-        "/campaigns",
-        {
-            "account_id": ids["account"],
-            "sending_list_id": ids["list"],
-            "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"],
-            "quiet_hours_policy": "hold",
-        },
-    )
+    camp = await create_campaign(admin, ids, quiet_hours_policy="hold")
     await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
     queued = await trackly.db[c.QUEUED].count_documents({})
     assert queued > 0

@@ -15,7 +15,7 @@ from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import utcnow
 
-from .api_support import EchoDriver, H, post, seed
+from .api_support import EchoDriver, H, campaign_body, create_campaign, post, seed
 from .campaign_fixtures import INSIDE
 
 
@@ -26,25 +26,11 @@ async def call(cl: TestClient[Any, Any], method: str, path: str, body: Any = Non
     return data
 
 
-async def _campaign(cl: TestClient[Any, Any], ids: dict[str, int], **kw: Any) -> dict[str, Any]:
-    return await post(
-        cl,
-        "/campaigns",
-        {
-            "account_id": ids["account"],
-            "sending_list_id": ids["list"],
-            "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"],
-            **kw,
-        },
-    )
-
-
 async def test_patch_campaign_refused_while_running(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """A campaign's name changes any time; its creative, audiences and schedule only while no execution of it is
     running (409 naming the execution); references are validated like at creation."""
     ids = await seed(admin)
-    camp = await _campaign(admin, ids, name="Spring")
+    camp = await create_campaign(admin, ids, name="Spring")
     cre2 = await post(
         admin,
         "/creatives",
@@ -129,7 +115,7 @@ async def test_patch_sending_list_driver(admin: TestClient[Any, Any], trackly: T
 async def test_patch_creative_in_use_by_running_execution(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """A creative's variants change only while no running execution uses it; bad templates are 422s."""
     ids = await seed(admin)
-    camp = await _campaign(admin, ids)
+    camp = await create_campaign(admin, ids)
     out = await call(
         admin,
         "PATCH",
@@ -167,7 +153,7 @@ async def test_delete_archives(admin: TestClient[Any, Any], trackly: Trackly) ->
     """DELETE archives: hidden from lists unless ?archived=true, not usable by a campaign, an archived campaign
     cannot be triggered or edited; something still used by a live campaign is not archived (409 naming it)."""
     ids = await seed(admin)
-    camp = await _campaign(admin, ids, name="Spring")
+    camp = await create_campaign(admin, ids, name="Spring")
     r = await admin.delete(f"/api/v1/creatives/{ids['creative']}", headers=H)
     data = await r.json()
     assert r.status == 409 and f"'Spring' (campaign {camp['id']})" in data["message"]
@@ -186,12 +172,7 @@ async def test_delete_archives(admin: TestClient[Any, Any], trackly: Trackly) ->
     r = await admin.post(
         "/api/v1/campaigns",
         headers=H,
-        json={
-            "account_id": ids["account"],
-            "sending_list_id": ids["list"],
-            "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"],
-        },
+        json=campaign_body(ids),
     )
     data = await r.json()
     assert r.status == 422 and len(data["details"]) == 3 and all("archived" in d["msg"] for d in data["details"])
@@ -214,18 +195,11 @@ async def test_end_date_stops_a_recurring_campaign(admin: TestClient[Any, Any], 
     r = await admin.post(
         "/api/v1/campaigns",
         headers=H,
-        json={
-            "account_id": ids["account"],
-            "sending_list_id": ids["list"],
-            "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"],
-            "schedule": {"cron": "0 9 * * *"},
-            "end_at": (utcnow() - dt.timedelta(days=1)).isoformat(),
-        },
+        json=campaign_body(ids, schedule={"cron": "0 9 * * *"}, end_at=(utcnow() - dt.timedelta(days=1)).isoformat()),
     )
     assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.end_at"
     end = utcnow() + dt.timedelta(days=30)
-    camp = await _campaign(admin, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
+    camp = await create_campaign(admin, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
     assert dt.datetime.fromisoformat(camp["end_at"]) == end.replace(microsecond=end.microsecond // 1000 * 1000)
     now = utcnow()
     # Due now, and the next occurrence would be after the end: this is its last run.
@@ -238,7 +212,7 @@ async def test_end_date_stops_a_recurring_campaign(admin: TestClient[Any, Any], 
     doc = await trackly.db[c.CAMPAIGNS].find_one({"_id": camp["id"]})
     assert doc["status"] == "done"
     # An occurrence already past the end never runs.
-    c2 = await _campaign(admin, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
+    c2 = await create_campaign(admin, ids, schedule={"cron": "*/5 * * * *"}, end_at=end.isoformat())
     await trackly.db[c.CAMPAIGNS].update_one(
         {"_id": c2["id"]},
         {"$set": {"next_run_at": now - dt.timedelta(minutes=1), "end_at": now - dt.timedelta(minutes=2)}},
@@ -390,7 +364,7 @@ async def test_new_routes_never_500(admin: TestClient[Any, Any], trackly: Trackl
             model.model_validate(example)
     ids = await seed(admin)
     await post(admin, f"/sending-lists/{ids['list']}/contacts", {"contacts": [{"phone": "+12125550100"}]}, 200)
-    camp = await _campaign(admin, ids)
+    camp = await create_campaign(admin, ids)
     rnd = random.Random(11)
     values: list[Any] = [
         None,

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
 
-from .api_support import H, post, seed
+from .api_support import H, campaign_body, post, seed
 
 
 async def get(cl: TestClient[Any, Any], path: str, status: int = 200) -> Any:
@@ -23,12 +23,7 @@ async def test_campaign_names_and_defaults(admin: TestClient[Any, Any], trackly:
     """A campaign carries a name and description; one created without a name, or stored before names, shows
     "campaign <id>" (in the API and in stats)."""
     ids = await seed(admin)
-    base = {
-        "account_id": ids["account"],
-        "sending_list_id": ids["list"],
-        "audience_ids": [ids["audience"]],
-        "creative_id": ids["creative"],
-    }
+    base = campaign_body(ids)
     named = await post(admin, "/campaigns", {**base, "name": "Spring sale", "description": "20% off"})
     assert named["name"] == "Spring sale" and named["description"] == "20% off"
     plain = await post(admin, "/campaigns", base)
@@ -46,12 +41,7 @@ async def test_campaign_names_and_defaults(admin: TestClient[Any, Any], trackly:
 async def test_list_filters_name_archived_status(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Lists filter by name (substring, any case), archived (hidden by default) and a campaign's state."""
     ids = await seed(admin)
-    base = {
-        "account_id": ids["account"],
-        "sending_list_id": ids["list"],
-        "audience_ids": [ids["audience"]],
-        "creative_id": ids["creative"],
-    }
+    base = campaign_body(ids)
     a = await post(admin, "/campaigns", {**base, "name": "Spring SALE"})
     b = await post(admin, "/campaigns", {**base, "name": "Winter sale"})
     d = await post(admin, "/campaigns", {**base, "name": "Newsletter (a+b)"})

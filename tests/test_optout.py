@@ -13,10 +13,10 @@ from trackly_exec.store.client import Store
 from trackly_exec.testing.fakes.infobip import InfobipFake
 from trackly_exec.tracking.optout import keyword
 
+from .doors_support import IB_INBOUND, mo
 from .executor_support import assert_one_record_each, seed
 from .tracking_support import (
     CM_TOKEN,
-    IB_TOKEN,
     Daemon,
     seed_account,
     seed_contact,
@@ -26,32 +26,8 @@ from .tracking_support import (
     tri,
 )
 
-IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
 LIST_NUMBER = "+14155550100"
 PHONE = "+14155550123"
-
-
-def mo(text: str, sender: str = PHONE, to: str = LIST_NUMBER, message_id: str = "MO1") -> str:
-    """An Infobip inbound (MO_JSON_2) body; numbers without '+', as Infobip sends them."""
-    return json.dumps(
-        {
-            "results": [
-                {
-                    "messageId": message_id,
-                    "from": sender.lstrip("+"),
-                    "to": to.lstrip("+"),
-                    "text": text,
-                    "cleanText": "",
-                    "keyword": text.split()[0] if text.split() else "",
-                    "receivedAt": "2026-11-29T10:00:00.000+0000",
-                    "smsCount": 1,
-                    "price": {"pricePerMessage": 0, "currency": "EUR"},
-                }
-            ],
-            "messageCount": 1,
-            "pendingMessageCount": 0,
-        }
-    )
 
 
 async def _subscribed(d: Daemon, contact_id: int) -> bool | None:

@@ -19,6 +19,7 @@ from trackly_exec.store.client import Store
 from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.outbox import Outbox, sign, verify_signature
 
+from .doors_support import serve_hook
 from .tracking_support import (
     IB_STATUS,
     TW_SID,
@@ -71,13 +72,7 @@ class Receiver:
         return web.Response(status=status, text="ok" if status < 300 else "nope")
 
     async def start(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, port = await serve_hook(self.handle)
         self.url = f"http://127.0.0.1:{port}/hook"
         return self
 

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
 
-from .api_support import H, post
+from .api_support import H, create_campaign, post
 
 
 async def _seed(cl: TestClient[Any, Any], trackly: Trackly) -> dict[str, Any]:
@@ -108,16 +108,7 @@ async def test_preview_flags_typos_skips_and_blocked_words(admin: TestClient[Any
     out = await post(admin, f"/creatives/{cre['id']}/preview", {"sending_list_id": s["list"], "sample": 2}, 200)
     v = out["variants"][0]
     assert v["blocked_words"] == [{"word": "Lottery", "source": "global"}] and len(v["samples"]) == 2
-    camp = await post(
-        admin,
-        "/campaigns",
-        {
-            "account_id": s["account"],
-            "sending_list_id": s["list"],
-            "audience_ids": [s["audience"]],
-            "creative_id": s["creative"],
-        },
-    )
+    camp = await create_campaign(admin, s)
     out = await post(admin, f"/campaigns/{camp['id']}/preview", {}, 200)
     assert out["track_links"] is False and len(out["variants"][0]["samples"]) == 3
     assert "https://shop.example.com/a" in out["variants"][0]["samples"][0]["body"]

@@ -10,7 +10,7 @@ from trackly_exec.app import Trackly
 from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 
-from .api_support import H, post, seed
+from .api_support import H, create_campaign, post, seed
 from .campaign_fixtures import INSIDE, zone_where
 
 OUTSIDE = zone_where(False)
@@ -72,16 +72,7 @@ async def test_test_send_overrides_are_explicit_and_recorded(admin: TestClient[A
         },
         200,
     )
-    camp = await post(
-        admin,
-        "/campaigns",
-        {
-            "account_id": ids["account"],
-            "sending_list_id": ids["list"],
-            "audience_ids": [ids["audience"]],
-            "creative_id": ids["creative"],
-        },
-    )
+    camp = await create_campaign(admin, ids)
     out = await post(
         admin,
         f"/campaigns/{camp['id']}/test-send",

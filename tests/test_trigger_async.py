@@ -17,7 +17,7 @@ from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import utcnow
 
-from .api_support import post, seed, seed_direct
+from .api_support import create_campaign, post, seed, seed_direct
 from .api_support import run_cli as run
 from .campaign_fixtures import INSIDE, phone_for
 
@@ -45,18 +45,7 @@ async def _campaign(cl: TestClient[Any, Any], n: int = 30) -> dict[str, Any]:
         {"contacts": [{"phone": phone_for(i), "timezone": INSIDE} for i in range(n)]},
         200,
     )
-    return dict(
-        await post(
-            cl,
-            "/campaigns",
-            {
-                "account_id": ids["account"],
-                "sending_list_id": ids["list"],
-                "audience_ids": [ids["audience"]],
-                "creative_id": ids["creative"],
-            },
-        )
-    )
+    return dict(await create_campaign(cl, ids))
 
 
 async def test_trigger_answers_before_the_evaluation(
