@@ -30,6 +30,7 @@ from trackly_exec.api.routes import (
     ids_text,
     name_match,
     page,
+    path_doc,
     path_id,
     read_body,
     read_query,
@@ -214,8 +215,8 @@ async def trigger_campaign(request: web.Request) -> web.Response:
 )
 async def estimate_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    cid = path_id(request, "campaign")
-    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    doc: CampaignDoc = await path_doc(request, c.CAMPAIGNS, "campaign")
+    cid: int = doc["_id"]
     from trackly_exec.campaigns.estimate import CannotRun, estimate
 
     try:
@@ -278,7 +279,7 @@ async def run_preview(
 )
 async def preview_creative(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    creative: CreativeDoc = await get_or_404(trackly, c.CREATIVES, path_id(request, "creative"), "creative")
+    creative: CreativeDoc = await path_doc(request, c.CREATIVES, "creative")
     body = await read_body(request, mc.PreviewIn)
     list_id = body.sending_list_id
     if list_id is None and body.audience_id is not None:
@@ -308,7 +309,7 @@ async def preview_creative(request: web.Request) -> web.Response:
 )
 async def preview_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    camp: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
+    camp: CampaignDoc = await path_doc(request, c.CAMPAIGNS, "campaign")
     body = await read_body(request, mc.CampaignPreviewIn)
     creative = await trackly.db[c.CREATIVES].find_one({"_id": camp["creative_id"]})
     if creative is None:
@@ -376,7 +377,7 @@ async def _test_send(
 )
 async def test_send_list(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    lst: SendingListDoc = await get_or_404(trackly, c.SENDING_LISTS, path_id(request, "sending list"), "sending list")
+    lst: SendingListDoc = await path_doc(request, c.SENDING_LISTS, "sending list")
     body = await read_body(request, mc.TestSendIn)
     creative = await trackly.db[c.CREATIVES].find_one({"_id": body.creative_id})
     if creative is None:
@@ -395,7 +396,7 @@ async def test_send_list(request: web.Request) -> web.Response:
 )
 async def test_send_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    camp: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, path_id(request, "campaign"), "campaign")
+    camp: CampaignDoc = await path_doc(request, c.CAMPAIGNS, "campaign")
     body = await read_body(request, mc.CampaignTestSendIn)
     lst = await trackly.db[c.SENDING_LISTS].find_one({"_id": camp["sending_list_id"]})
     creative = await trackly.db[c.CREATIVES].find_one({"_id": camp["creative_id"]})
@@ -408,8 +409,8 @@ async def test_send_campaign(request: web.Request) -> web.Response:
 
 async def _set_status(request: web.Request, status: CampaignStatus) -> web.Response:
     trackly = _tr(request)
-    cid = path_id(request, "campaign")
-    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    doc: CampaignDoc = await path_doc(request, c.CAMPAIGNS, "campaign")
+    cid: int = doc["_id"]
     if doc.get("archived"):
         raise ApiError(409, "conflict", f"campaign {cid} is archived")
     if doc.get("status") == CampaignStatus.DONE.value:
@@ -470,7 +471,7 @@ async def list_executions(request: web.Request) -> web.Response:
 
 @route("GET", "/executions/{id}", "Get an execution with its counts", response=mc.ExecutionOut)
 async def get_execution(request: web.Request) -> web.Response:
-    doc: ExecutionDoc = await get_or_404(_tr(request), c.EXECUTIONS, path_id(request, "execution"), "execution")
+    doc: ExecutionDoc = await path_doc(request, c.EXECUTIONS, "execution")
     return _json(mc.ExecutionOut.from_doc(doc))
 
 

@@ -25,7 +25,7 @@ from trackly_exec.api import models as m
 from trackly_exec.api import models_campaigns as mc
 from trackly_exec.api.campaigns import check_refs, check_schedule
 from trackly_exec.api.resources import _undollar, check_audience, check_driver, check_variants
-from trackly_exec.api.routes import ApiError, Problems, _json, _tr, get_or_404, path_id, read_body, route
+from trackly_exec.api.routes import ApiError, Problems, _json, _tr, path_doc, read_body, route
 from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import (
@@ -123,8 +123,8 @@ async def _patch(
     name and description always change, ``apply`` checks and returns the rest; the changes are set at once and
     the response is the resource as changed."""
     trackly = _tr(request)
-    rid = path_id(request, kind.what)
-    doc = await get_or_404(trackly, kind.coll, rid, kind.what)
+    doc = await path_doc(request, kind.coll, kind.what)
+    rid: int = doc["_id"]
     body = await read_body(request, body_model)
     _not_archived(doc, f"{kind.what} {rid}")
     fields = body.model_fields_set
@@ -147,8 +147,8 @@ async def _patch(
 async def _archive_unused(request: web.Request, kind: Kind) -> web.Response:
     """DELETE of a sending list, audience or creative: archived unless an active or paused campaign uses it."""
     trackly = _tr(request)
-    rid = path_id(request, kind.what)
-    doc = await get_or_404(trackly, kind.coll, rid, kind.what)
+    doc = await path_doc(request, kind.coll, kind.what)
+    rid: int = doc["_id"]
     await _refuse_if_used(trackly, kind.used_by, rid, f"{kind.what} {rid}")
     return _json(kind.out(await _archive(trackly, kind.coll, doc)))
 
@@ -348,8 +348,8 @@ async def patch_campaign(request: web.Request) -> web.Response:
 )
 async def archive_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    cid = path_id(request, "campaign")
-    doc: CampaignDoc = await get_or_404(trackly, c.CAMPAIGNS, cid, "campaign")
+    doc: CampaignDoc = await path_doc(request, c.CAMPAIGNS, "campaign")
+    cid: int = doc["_id"]
     if doc.get("archived"):
         return _json(mc.CampaignOut.from_doc(doc))
     ex = await running_execution(trackly, [cid])
@@ -372,8 +372,8 @@ async def archive_campaign(request: web.Request) -> web.Response:
 )
 async def erase_contact(request: web.Request) -> web.Response:
     trackly = _tr(request)
-    contact_id = path_id(request, "contact")
-    doc: ContactDoc = await get_or_404(trackly, c.CONTACTS, contact_id, "contact")
+    doc: ContactDoc = await path_doc(request, c.CONTACTS, "contact")
+    contact_id: int = doc["_id"]
     from trackly_exec.api.erasure import erase_contact as erase
 
     out = await erase(trackly, doc)

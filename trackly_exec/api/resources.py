@@ -29,6 +29,7 @@ from trackly_exec.api.routes import (
     ids_text,
     import_body_limit,
     page,
+    path_doc,
     path_id,
     read_body,
     read_query,
@@ -148,7 +149,7 @@ async def list_contacts(request: web.Request) -> web.Response:
 
 @route("GET", "/contacts/{id}", "Get a contact", response=m.ContactOut)
 async def get_contact(request: web.Request) -> web.Response:
-    doc: ContactDoc = await get_or_404(_tr(request), c.CONTACTS, path_id(request, "contact"), "contact")
+    doc: ContactDoc = await path_doc(request, c.CONTACTS, "contact")
     return _json(m.ContactOut.from_doc(doc))
 
 

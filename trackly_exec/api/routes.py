@@ -251,6 +251,11 @@ async def get_or_404(trackly: Trackly, coll: str, doc_id: int, what: str) -> Any
     return doc
 
 
+async def path_doc(request: web.Request, coll: str, what: str) -> Any:
+    """The document of ``coll`` whose id is in the path (``what`` names it in the 404 of a bad or unknown id)."""
+    return await get_or_404(_tr(request), coll, path_id(request, what), what)
+
+
 async def keyset_page(
     store: Any, coll: str, match: Filter, after: Any, limit: int, projection: Projection | None = None
 ) -> tuple[list[Any], Any]:
@@ -312,7 +317,7 @@ def read_routes(
         return await page(request, coll, out, q, match(q))
 
     async def get_one(request: web.Request) -> web.Response:
-        return _json(out.from_doc(await get_or_404(_tr(request), coll, path_id(request, noun), noun)))
+        return _json(out.from_doc(await path_doc(request, coll, noun)))
 
     route("GET", path, f"List {noun}s", query=query, response=m.Page[out])(list_all)
     route("GET", f"{path}/{{id}}", f"Get {article} {noun}", response=out)(get_one)

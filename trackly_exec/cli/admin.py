@@ -640,34 +640,30 @@ def print_preview(p: JsonObject) -> None:
         print("\nno warnings")
 
 
+def _preview(args: argparse.Namespace, path: str, body: JsonObject) -> int:
+    """POST a preview (with the audience and contacts given on the command line) and print it."""
+    if args.audience:
+        body["audience_id"] = args.audience
+    if (ids := _ids(args.contacts)) is not None:
+        body["contact_ids"] = ids
+    p = client_from(args).call("POST", path, body, timeout=600)
+    if args.json:
+        print(json.dumps(p, indent=2, ensure_ascii=False))
+    else:
+        print_preview(p)
+    return 0
+
+
 def cmd_creative_preview(args: argparse.Namespace) -> int:
     body: JsonObject = {"sample": args.sample, "track_links": args.links, "scan_limit": args.scan_limit}
     if args.list:
         body["sending_list_id"] = args.list
-    if args.audience:
-        body["audience_id"] = args.audience
-    if (ids := _ids(args.contacts)) is not None:
-        body["contact_ids"] = ids
-    p = client_from(args).call("POST", f"/creatives/{args.id}/preview", body, timeout=600)
-    if args.json:
-        print(json.dumps(p, indent=2, ensure_ascii=False))
-    else:
-        print_preview(p)
-    return 0
+    return _preview(args, f"/creatives/{args.id}/preview", body)
 
 
 def cmd_campaign_preview(args: argparse.Namespace) -> int:
     body: JsonObject = {"sample": args.sample, "scan_limit": args.scan_limit}
-    if args.audience:
-        body["audience_id"] = args.audience
-    if (ids := _ids(args.contacts)) is not None:
-        body["contact_ids"] = ids
-    p = client_from(args).call("POST", f"/campaigns/{args.id}/preview", body, timeout=600)
-    if args.json:
-        print(json.dumps(p, indent=2, ensure_ascii=False))
-    else:
-        print_preview(p)
-    return 0
+    return _preview(args, f"/campaigns/{args.id}/preview", body)
 
 
 RESOURCES = {"campaign": "/campaigns", "creative": "/creatives", "audience": "/audiences", "list": "/sending-lists"}

@@ -28,6 +28,17 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _printed_whole(args: argparse.Namespace, page: Any, none: str) -> bool:
+    """Print a listed ``page`` as JSON with ``--json``, or ``none`` when it has no items: True if that was all."""
+    if args.json:
+        _print_json(page)
+        return True
+    if not page["items"]:
+        print(none)
+        return True
+    return False
+
+
 # --------------------------------------------------------------------------------------------- message log
 
 
@@ -139,11 +150,7 @@ def cmd_dl_list(args: argparse.Namespace) -> int:
             limit=args.limit,
         ),
     )
-    if args.json:
-        _print_json(page)
-        return 0
-    if not page["items"]:
-        print("no dead letters")
+    if _printed_whole(args, page, "no dead letters"):
         return 0
     print(f"{'message':<17} {'reason':<18} {'campaign':>8} {'to':<16} {'failed at (UTC)':<20} {'retry':<5}  detail")
     for d in page["items"]:
@@ -230,11 +237,7 @@ def cmd_outbox_summary(args: argparse.Namespace) -> int:
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
     page = client_from(args).call("GET", "/outbox" + _q(status=args.status, account_id=args.account, limit=args.limit))
-    if args.json:
-        _print_json(page)
-        return 0
-    if not page["items"]:
-        print("no entries")
+    if _printed_whole(args, page, "no entries"):
         return 0
     print(f"{'entry':<40} {'account':>7} {'status':<9} {'events':>6} {'attempts':>8}  last error")
     for e in page["items"]:
