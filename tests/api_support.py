@@ -92,6 +92,13 @@ async def run_cli(url: str, *argv: str) -> int:
     return await asyncio.to_thread(cli.main, [*argv, "--api", url, "--token", "test-token"])
 
 
+async def cli_create_campaign(url: str, spec: Mapping[str, Any], **fields: Any) -> None:
+    """``trackly campaign create --json`` with ``spec`` plus ``fields``; the command must succeed."""
+    import json
+
+    assert await run_cli(url, "campaign", "create", "--json", json.dumps({**spec, **fields})) == 0
+
+
 async def setup_list(trackly: Trackly) -> None:
     await trackly.db[c.ACCOUNTS].insert_one({"_id": 1, "name": "A", "balance": 10.0})
     await trackly.db[c.SENDING_LISTS].insert_one(

@@ -11,6 +11,7 @@ import pytest
 from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
 
+from .api_support import cli_create_campaign
 from .api_support import run_cli as run
 from .api_support import seed_direct as seed
 from .campaign_fixtures import phone_for
@@ -23,8 +24,8 @@ async def test_campaign_list_names_and_filters(
 ) -> None:
     """`campaign list` shows names and filters by --name and --status; stats print the name."""
     spec = await seed(trackly)
-    assert await run(admin_url, "campaign", "create", "--json", json.dumps({**spec, "name": "Spring sale"})) == 0
-    assert await run(admin_url, "campaign", "create", "--json", json.dumps({**spec, "name": "Winter promo"})) == 0
+    await cli_create_campaign(admin_url, spec, name="Spring sale")
+    await cli_create_campaign(admin_url, spec, name="Winter promo")
     assert await run(admin_url, "campaign", "pause", "2") == 0
     capsys.readouterr()
     assert await run(admin_url, "campaign", "list") == 0
@@ -47,7 +48,7 @@ async def test_campaign_estimate_command(
 ) -> None:
     """`campaign estimate` prints who would be texted, skipped by reason, segments and cost; nothing is queued."""
     spec = await seed(trackly)
-    assert await run(admin_url, "campaign", "create", "--json", json.dumps({**spec, "name": "Spring sale"})) == 0
+    await cli_create_campaign(admin_url, spec, name="Spring sale")
     capsys.readouterr()
     assert await run(admin_url, "campaign", "estimate", "1") == 0
     out = capsys.readouterr().out
@@ -80,7 +81,7 @@ async def test_preview_commands(
     await trackly.db[c.CREATIVES].update_one(
         {"_id": 1}, {"$set": {"variants": [{"key": "a", "body": "Hi {first_name|there} from {city}", "weight": 1}]}}
     )
-    assert await run(admin_url, "campaign", "create", "--json", json.dumps(spec)) == 0
+    await cli_create_campaign(admin_url, spec)
     capsys.readouterr()
     assert await run(admin_url, "campaign", "preview", "1", "--contacts", "2") == 0
     out = capsys.readouterr().out
@@ -97,7 +98,7 @@ async def test_edit_archive_erase_commands(
 ) -> None:
     """`campaign edit`, `creative edit --json`, `campaign archive`, `list archive` and `contacts erase --yes`."""
     spec = await seed(trackly)
-    assert await run(admin_url, "campaign", "create", "--json", json.dumps({**spec, "name": "Spring"})) == 0
+    await cli_create_campaign(admin_url, spec, name="Spring")
     capsys.readouterr()
     assert await run(admin_url, "campaign", "edit", "1", "--name", "Spring sale", "--description", "20% off") == 0
     assert json.loads(capsys.readouterr().out)["name"] == "Spring sale"
@@ -140,7 +141,7 @@ async def test_test_send_commands(
 ) -> None:
     """`campaign test-send` and `creative test-send` queue test messages and say what was skipped and why."""
     spec = await seed(trackly)
-    assert await run(admin_url, "campaign", "create", "--json", json.dumps(spec)) == 0
+    await cli_create_campaign(admin_url, spec)
     capsys.readouterr()
     assert await run(admin_url, "campaign", "test-send", "1", "--to", f"{phone_for(1)},{phone_for(2)}") == 0
     out = capsys.readouterr().out

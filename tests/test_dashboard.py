@@ -24,6 +24,8 @@ from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import utcnow
 from trackly_exec.tracking import stats
 
+from .tracking_support import figures_base
+
 
 async def seed(trackly: Trackly) -> dt.datetime:
     """Campaign 3 sending (20 queued, 40 sent in the last minute), campaign 4 completed, campaign 5 archived; 3 alerts
@@ -232,16 +234,7 @@ OP = {"Authorization": "Bearer test-token"}
 async def test_dashboard_page_and_summary_over_http(trackly: Trackly) -> None:
     """/dashboard serves the page and live JSON (/metrics: test_metrics.py)."""
     now = utcnow()
-    base = {
-        "account_id": 1,
-        "sending_list_id": 7,
-        "campaign_id": 3,
-        "from_number": "+1",
-        "to_number": "+2",
-        "body": "x",
-        "length": 1,
-        "sendtime": now,
-    }
+    base = figures_base(now)
     await trackly.db[c.CAMPAIGNS].insert_one({"_id": 3, "status": "active"})
     await trackly.db[c.SENT].insert_many(
         [{**base, "_id": f"s{i}", "timestamp": now, "delivered": i < 3} for i in range(4)]

@@ -23,6 +23,7 @@ from trackly_exec.store.models import utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 
 from .executor_support import executor, seed
+from .tracking_support import figures_base
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -71,16 +72,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 @pytest.fixture
 async def seeded(trackly: Trackly) -> AsyncIterator[Trackly]:
     now = utcnow()
-    base = {
-        "account_id": 1,
-        "sending_list_id": 7,
-        "campaign_id": 3,
-        "from_number": "+1",
-        "to_number": "+2",
-        "body": "x",
-        "length": 1,
-        "sendtime": now,
-    }
+    base = figures_base(now)
     await trackly.db[c.SENT].insert_many(
         [{**base, "_id": f"s{i}", "timestamp": now, "delivered": [True, True, True, False][i]} for i in range(4)]
     )

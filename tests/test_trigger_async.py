@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import utcnow
 
-from .api_support import create_campaign, post, seed, seed_direct
+from .api_support import cli_create_campaign, create_campaign, post, seed, seed_direct
 from .api_support import run_cli as run
 from .campaign_fixtures import INSIDE, phone_for
 
@@ -95,7 +94,7 @@ async def test_cli_trigger_follows_the_execution(
     """`campaign trigger` returns the execution at once and follows it (plain lines when not a TTY) until it is
     queued; --detach only prints the execution id; a failed execution exits 1 with its reason."""
     spec = await seed_direct(trackly, n=50)
-    assert await run(admin_url, "campaign", "create", "--json", json.dumps(spec)) == 0
+    await cli_create_campaign(admin_url, spec)
     capsys.readouterr()
     assert await run(admin_url, "campaign", "trigger", "1", "--poll", "0.05", "--every", "0") == 0
     out = capsys.readouterr()

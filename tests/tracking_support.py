@@ -155,6 +155,21 @@ def message_fields(
     }
 
 
+def figures_base(now: dt.datetime) -> dict[str, Any]:
+    """The fields shared by the sent, failed and queued records the dashboard and /metrics tests count (account 1,
+    list 7, campaign 3, sent at ``now``)."""
+    return {
+        "account_id": 1,
+        "sending_list_id": 7,
+        "campaign_id": 3,
+        "from_number": "+1",
+        "to_number": "+2",
+        "body": "x",
+        "length": 1,
+        "sendtime": now,
+    }
+
+
 async def seed_sent(
     store: Store,
     n: int,
