@@ -142,3 +142,18 @@ def test_send_client_set_per_driver(tmp_path: Path) -> None:
         'send_client = "keepalive"\n'
     )
     assert load_config(f).drivers["twilio"]["send_client"] == "keepalive"
+
+
+def test_keepalive_refuses_credentials_in_base_url(tmp_path: Path) -> None:
+    """The keep-alive client would silently drop ``user:password@`` of ``base_url`` (aiohttp sends it as Basic
+    auth): that combination is a configuration problem on ``send_client``, and the problem does not quote the
+    secret."""
+    f = tmp_path / "creds.toml"
+    f.write_text(
+        '[drivers.twilio]\nbase_url = "https://user:hunter2@api.twilio.com"\naccount_sid = "AC1"\n'
+        'auth_token = "t"\nsend_client = "keepalive"\n'
+    )
+    problems, _ = driver_problems(load_config(f))
+    [(key, msg)] = problems
+    assert key == "drivers.twilio.send_client" and "credentials" in msg and "hunter2" not in msg, problems
+    assert DriverSettings(base_url="https://user:hunter2@api.twilio.com").send_client == "aiohttp"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from trackly_exec.errors import (
     DriverError,
@@ -260,6 +260,18 @@ class DriverSettings(BaseModel):
         description="Accept delivery reports and inbound messages that carry no credential at all (no path "
         "token, Basic auth or signature configured). Off by default: anyone could forge a STOP or a failed report.",
     )
+
+    @field_validator("send_client")
+    @classmethod
+    def _keepalive_sends_no_url_credentials(cls, value: str, info: ValidationInfo) -> str:
+        base = urlsplit(str(info.data.get("base_url", "")))
+        if value == "keepalive" and (base.username is not None or base.password is not None):
+            # the URL itself is not quoted: it carries a credential
+            raise ValueError(
+                "the keepalive send client does not send credentials written into base_url (aiohttp sends "
+                "them as Basic auth): put them in the driver's own credential settings, or use 'aiohttp'"
+            )
+        return value
 
     @field_validator("server_errors", mode="before")
     @classmethod
