@@ -49,6 +49,16 @@ def ledger(url: str) -> dict[str, int]:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (0 when unknown): the store's work, which a loaded
+    machine disturbs far less than throughput."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def services(
     *, fakes: tuple[str, ...] = ("infobip", "cm", "twilio"), in_memory: bool = True
@@ -94,7 +104,13 @@ def services(
             urls[name] = f"http://127.0.0.1:{port}"
         for url in urls.values():
             wait_http(f"{url}/_fake/ledger")
-        yield {"mongo_uri": mongo.uri, "redis_url": f"redis://127.0.0.1:{redis_port}/0", "fakes": urls, "tmp": tmp}
+        yield {
+            "mongo_uri": mongo.uri,
+            "mongo_pid": mongo.proc.pid if mongo.proc is not None else None,
+            "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+            "fakes": urls,
+            "tmp": tmp,
+        }
     finally:
         for p in procs:
             p.terminate()

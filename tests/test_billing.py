@@ -19,7 +19,7 @@ from trackly_exec.executor.worker import ListInfo
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
 from trackly_exec.store.client import Store
-from trackly_exec.store.models import SendingList, utcnow
+from trackly_exec.store.models import SendingList, epoch_ms, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 
 from .executor_support import assert_one_record_each, executor, ids_in, seed
@@ -101,8 +101,9 @@ async def test_topped_up_account_sends(settings: Settings, store: Store, fakes: 
     coord = await executor(settings, store, fakes)
     await coord.run_until_idle()
     await store.db[c.ACCOUNTS].update_one({"_id": 1}, {"$set": {"balance": 5.0}})
+    ended = utcnow() - dt.timedelta(seconds=1)  # the backoff's end, moved to the past (with its due time)
     await store.db[c.QUEUED].update_many(
-        {"_id": {"$in": ids}}, {"$set": {"not_before": utcnow() - dt.timedelta(seconds=1)}}
+        {"_id": {"$in": ids}}, {"$set": {"not_before": ended, "due_ms": epoch_ms(ended)}}
     )
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)

@@ -3,11 +3,13 @@ holder (that only this module writes the claim fields: test_claims_owner.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from trackly_exec.config import Settings
 from trackly_exec.executor import claims
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
-from trackly_exec.store.models import QueuedTextMessage, utcnow
+from trackly_exec.store.models import QueuedTextMessage, due_ms, epoch_ms, slot_of, utcnow
 
 from .executor_support import ids_in, seed
 
@@ -32,3 +34,68 @@ async def test_two_claims_never_overlap(settings: Settings, store: Store) -> Non
     b = await claims.claim(store.db, 1, "b:1", utcnow(), 20)
     assert len(a) == 20 and len(b) == 10 and not {d["_id"] for d in a} & {d["_id"] for d in b}
     QueuedTextMessage.from_doc(a[0])
+
+
+async def test_due_time_and_slot_written_at_entry(store: Store) -> None:
+    """A queued message carries ``due_ms`` = max(sendtime, not_before) and ``slot`` from its id; the due query
+    finds exactly the messages whose due time has come, oldest due first."""
+    now = utcnow()
+    soon = await seed(store, 2, sendtime=now + dt.timedelta(minutes=5))
+    ready = await seed(store, 3, first_contact=10, execution_id=2)
+    docs = {d["_id"]: d async for d in store.db[c.QUEUED].find({})}
+    for mid, d in docs.items():
+        assert d["due_ms"] == due_ms(d["sendtime"], d["not_before"]) and d["slot"] == slot_of(mid)
+    assert all(docs[m]["due_ms"] > epoch_ms(now) for m in soon)
+    found = await claims.find_due(store.db, 1, utcnow(), 10)
+    assert sorted(d["_id"] for d in found) == sorted(ready)
+    assert [d["due_ms"] for d in found] == sorted(d["due_ms"] for d in found)
+    assert await claims.due_lists(store.db, utcnow()) == [1]
+    assert await claims.due_lists(store.db, now - dt.timedelta(hours=1)) == []
+
+
+async def test_a_hold_moves_the_due_time(store: Store) -> None:
+    """Held by the executor (quiet hours, backoff), a message is due again at the hold's end, not before."""
+    ids = await seed(store, 3)
+    now = utcnow()
+    docs = await claims.claim(store.db, 1, "a:1", now, 10)
+    until = now + dt.timedelta(minutes=10)
+    assert await claims.hold(store.db, "a:1", [(ids[:2], until, {})]) == 2
+    assert await claims.release(store.db, "a:1", [(ids[2:], {})]) == 1
+    assert len(docs) == 3
+    got = {d["_id"]: d async for d in store.db[c.QUEUED].find({})}
+    assert all(got[m]["due_ms"] == epoch_ms(until) for m in ids[:2])
+    assert got[ids[2]]["due_ms"] == docs[2]["due_ms"]  # a release without a hold keeps it
+    assert [d["_id"] for d in await claims.find_due(store.db, 1, utcnow(), 10)] == ids[2:]
+    later = until + dt.timedelta(seconds=1)
+    assert sorted(d["_id"] for d in await claims.find_due(store.db, 1, later, 10)) == sorted(ids)
+
+
+async def test_pause_and_resume_keep_the_due_time(store: Store) -> None:
+    """Paused, a campaign's messages are not due; resumed, each is due at max(its sendtime, the resume): a message
+    held for quiet hours until later stays held."""
+    now = utcnow()
+    past = await seed(store, 2)
+    ahead = await seed(store, 2, first_contact=10, sendtime=now + dt.timedelta(hours=2))
+    await store.db[c.EXECUTIONS].insert_one({"_id": 1, "campaign_id": 7})
+    assert await claims.pause_campaign(store.db, 7) == 4
+    assert await claims.find_due(store.db, 1, now + dt.timedelta(days=3), 10) == []
+    resumed_at = utcnow()
+    assert await claims.resume_campaign(store.db, 7, resumed_at) == 4
+    due = {d["_id"]: d["due_ms"] async for d in store.db[c.QUEUED].find({})}
+    assert all(due[m] == epoch_ms(resumed_at) for m in past)
+    assert all(due[m] == epoch_ms(now + dt.timedelta(hours=2)) for m in ahead)
+    assert sorted(d["_id"] for d in await claims.find_due(store.db, 1, utcnow(), 10)) == sorted(past)
+
+
+async def test_messages_queued_without_a_due_time_are_backfilled(store: Store) -> None:
+    """Messages written by a version before ``due_ms`` and ``slot`` get them when the executor starts."""
+    ids = await seed(store, 3)
+    later = utcnow() + dt.timedelta(minutes=3)
+    await store.db[c.QUEUED].update_many({}, {"$unset": {"due_ms": "", "slot": ""}})
+    await store.db[c.QUEUED].update_one({"_id": ids[0]}, {"$set": {"not_before": later}})
+    assert await claims.find_due(store.db, 1, utcnow(), 10) == []
+    assert await claims.backfill(store.db) == 3
+    assert await claims.backfill(store.db) == 0
+    assert sorted(d["_id"] for d in await claims.find_due(store.db, 1, utcnow(), 10)) == sorted(ids[1:])
+    doc = await store.db[c.QUEUED].find_one({"_id": ids[0]})
+    assert doc is not None and doc["due_ms"] == epoch_ms(later) and doc["slot"] == slot_of(ids[0])

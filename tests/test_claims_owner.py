@@ -1,6 +1,6 @@
 """One writer of a queued message's transitions: only the claims module writes ``claimed_by``, ``claimed_at``,
-``sending_at`` and ``not_before`` (claim, hold, release, intent, finish, all fenced on the claim token); a new
-message takes its initial values from ``models.entering_queue``. An AST check keeps it so."""
+``sending_at``, ``not_before`` and ``due_ms`` (claim, hold, release, intent, finish, all fenced on the claim
+token); a new message takes its initial values (and its ``slot``) from ``models.entering_queue``. An AST check keeps it so."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "trackly_exec"
-FIELDS = {"claimed_by", "claimed_at", "sending_at", "not_before"}
+FIELDS = {"claimed_by", "claimed_at", "sending_at", "not_before", "due_ms", "slot"}
 UPDATE_OPERATORS = {"$set", "$unset", "$setOnInsert", "$inc", "$min", "$max", "$rename", "$currentDate"}
 NEW_DOCUMENT_KEYS = {"sendtime", "created_at"}
 #: the owners: the claims module, and the initial state of a message entering the queue

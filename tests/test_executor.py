@@ -11,7 +11,7 @@ import pytest
 from trackly_exec.config import Settings
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
-from trackly_exec.store.models import FailedMessage, MessageSent, utcnow
+from trackly_exec.store.models import FailedMessage, MessageSent, epoch_ms, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 
 from .executor_support import FAKES, assert_one_record_each, executor, ids_in, seed
@@ -43,14 +43,33 @@ async def test_not_due_messages_stay_queued(settings: Settings, store: Store, fa
     """A message whose sendtime or backoff has not come is neither claimed nor sent."""
     later = await seed(store, 3, sendtime=utcnow() + dt.timedelta(minutes=5))
     held = await seed(store, 2, first_contact=100, execution_id=2)
+    until = utcnow() + dt.timedelta(minutes=5)
     await store.db[c.QUEUED].update_many(
-        {"_id": {"$in": held}}, {"$set": {"not_before": utcnow() + dt.timedelta(minutes=5)}}
+        {"_id": {"$in": held}}, {"$set": {"not_before": until, "due_ms": epoch_ms(until)}}
     )
     coord = await executor(settings, store, fakes)
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
-    assert counts.get("sent", 0) == 0 and fakes["infobip"].summary()["accepted"] == 0
+    assert counts.get("sent", 0) == 0 and counts.get("claimed", 0) == 0
+    assert fakes["infobip"].summary()["accepted"] == 0
     assert sorted(await ids_in(store, c.QUEUED, {"claimed_by": {"$in": [None]}})) == sorted(later + held)
+
+
+async def test_a_hold_written_without_its_due_time_is_kept(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """The due query reads ``due_ms``; the send-time checks read the sendtime and the hold themselves: a hold
+    written by hand without its due time is claimed, given back until its end (``held.not_due``), not sent."""
+    held = await seed(store, 2)
+    until = utcnow() + dt.timedelta(minutes=5)
+    await store.db[c.QUEUED].update_many({"_id": {"$in": held}}, {"$set": {"not_before": until}})
+    coord = await executor(settings, store, fakes)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts.get("sent", 0) == 0 and counts["held.not_due"] == 2
+    assert fakes["infobip"].summary()["accepted"] == 0
+    docs = [d async for d in store.db[c.QUEUED].find({})]
+    assert len(docs) == 2 and all(d["claimed_by"] is None and d["due_ms"] == epoch_ms(until) for d in docs)
 
 
 async def test_fifo_within_a_list(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from trackly_exec.executor import claims
 from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
-from trackly_exec.store.models import utcnow
+from trackly_exec.store.models import epoch_ms, slot_of, utcnow
 
 from .executor_support import assert_one_record_each, drivers_for, open_trackly, seed, with_executor
 
@@ -32,7 +32,9 @@ def test_every_id_in_exactly_one_share() -> None:
         assert max(sizes) - min(sizes) < 0.05 * len(ids) / n * n, (n, sizes)  # balanced within 5 % of the total
         assert all(abs(size - len(ids) / n) < 0.03 * len(ids) for size in sizes), (n, sizes)
     assert claims.share_bounds(0, 1) == (None, None)
-    assert claims.share_bounds(0, 2) == (None, "8000") and claims.share_bounds(1, 2) == ("8000", None)
+    assert claims.share_bounds(0, 2) == (None, 0x8000) and claims.share_bounds(1, 2) == (0x8000, None)
+    # a hexadecimal id's slot is its first four digits: a share is a contiguous range of ids
+    assert claims.in_share("7fffffffffffffff", (None, 0x8000)) and claims.in_share("8000000000000000", (0x8000, None))
 
 
 async def test_the_store_splits_the_queue_by_share(store: Store) -> None:
@@ -42,7 +44,7 @@ async def test_the_store_splits_the_queue_by_share(store: Store) -> None:
     template = await store.db[c.QUEUED].find_one({"_id": ids[0]}, {"_id": 0})
     assert template is not None
     await store.db[c.QUEUED].insert_many(
-        [{**template, "_id": mid, "contact_id": 10_000 + k} for k, mid in enumerate(extra)]
+        [{**template, "_id": mid, "slot": slot_of(mid), "contact_id": 10_000 + k} for k, mid in enumerate(extra)]
     )
     now = utcnow()
     for n in (1, 2, 3, 5):
@@ -63,7 +65,10 @@ async def test_claimed_candidates_stand_for_the_claim_unless_changed_since_read(
     db = store.db
     ids = await seed(store, 6, hashed_ids=True)
     earlier = utcnow() - dt.timedelta(minutes=1)
-    await db[c.QUEUED].update_many({"_id": {"$in": ids[:3]}}, {"$set": {"not_before": earlier}})  # held, due again
+    # held, due again: an earlier due time than the others' (as a release would leave it)
+    await db[c.QUEUED].update_many(
+        {"_id": {"$in": ids[:3]}}, {"$set": {"not_before": earlier, "due_ms": epoch_ms(earlier)}}
+    )
     now = utcnow()
     docs, reads = await claims.claim_docs(db, await claims.find_due(db, 1, now, 10), "me:1", now)
     assert sorted(d["_id"] for d in docs) == sorted(ids) and reads == 0
@@ -113,7 +118,7 @@ async def test_two_coordinators_share_the_queue_without_collisions(
         await b.join()
         assert a.membership is not None
         await a.membership.beat()  # a saw itself alone when it joined; now both (its next heartbeat would too)
-        assert {a.share(), b.share()} == {(None, "8000"), ("8000", None)}
+        assert {a.share(), b.share()} == {(None, 0x8000), (0x8000, None)}
         ca, cb = await asyncio.gather(a.run_until_idle(), b.run_until_idle())
         counts = accepted(fakes)
         assert all(counts[m] == 1 for m in ids) and sum(counts.values()) == 4000
@@ -123,7 +128,7 @@ async def test_two_coordinators_share_the_queue_without_collisions(
         reads = ca["queue_reads"] + cb["queue_reads"]
         assert reads <= 1.2 * 4000, (ca, cb)
         # each took exactly its own share
-        for coord, share in ((a, (None, "8000")), (b, ("8000", None))):
+        for coord, share in ((a, (None, 0x8000)), (b, (0x8000, None))):
             sent = {m for m in ids if claims.in_share(m, share)}
             assert coord.counts["sent"] == len(sent)
         assert await store.db[c.QUEUED].count_documents({}) == 0
@@ -144,7 +149,7 @@ async def test_a_peer_whose_heartbeat_expired_has_its_share_taken_over(
     await redis_client.zadd(key, {"exec-z": far})  # a peer ranked after us: the upper half is its share
     try:
         first = await coord.run_until_idle()
-        mine = {m for m in ids if claims.in_share(m, (None, "8000"))}
+        mine = {m for m in ids if claims.in_share(m, (None, 0x8000))}
         assert first["sent"] == len(mine) and first.get("empty_claims", 0) == 0
         left = {d["_id"] async for d in store.db[c.QUEUED].find({}, {"_id": 1})}
         assert left == set(ids) - mine
@@ -225,7 +230,7 @@ async def test_a_running_executor_is_a_member_until_it_stops(
     try:
         await coord.start()
         assert await redis_client.zscore(key, "exec-a") is not None
-        assert coord.share() == (None, "8000")
+        assert coord.share() == (None, 0x8000)
         await coord.stop(1.0)
         assert await redis_client.zscore(key, "exec-a") is None
         assert await redis_client.zscore(key, "exec-z") is not None

@@ -193,8 +193,9 @@ class Composer:
         body += self.footer
         m = measure(body)
         now = now or sendtime  # (the evaluation passes its clock's time)
+        mid = self.message_id(int(contact["_id"]))
         doc: QueuedDoc = {
-            "_id": self.message_id(int(contact["_id"])),
+            "_id": mid,
             **self.base,
             "contact_id": int(contact["_id"]),
             "variant_key": key,
@@ -205,7 +206,7 @@ class Composer:
             "encoding": m.encoding,
             "sendtime": sendtime,
             "created_at": now,
-            **entering_queue(not_before=not_before),  # type: ignore[typeddict-item]  # see ClaimFields
+            **entering_queue(mid, sendtime, not_before=not_before),  # type: ignore[typeddict-item]  # see ClaimFields
             "billing_blocked_since": None,
             "attempts": 0,
         }

@@ -130,8 +130,9 @@ async def send_test(
         if footer:
             body += f"\n{footer}"
         m = measure(body)
+        mid = new_message_id()
         doc: QueuedDoc = {
-            "_id": new_message_id(),
+            "_id": mid,
             "account_id": int(sending_list["account_id"]),
             "sending_list_id": list_id,
             "campaign_id": None,
@@ -149,7 +150,7 @@ async def send_test(
             "overrides": overrides or None,
             "sendtime": held or now,
             "created_at": now,
-            **entering_queue(not_before=held),  # type: ignore[typeddict-item]  # see ClaimFields
+            **entering_queue(mid, held or now, not_before=held),  # type: ignore[typeddict-item]  # see ClaimFields
             "billing_blocked_since": None,
             "attempts": 0,
         }

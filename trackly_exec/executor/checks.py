@@ -52,6 +52,9 @@ class Verdict:
     send: list[ClaimedDoc] = field(default_factory=list)
     fail: list[tuple[ClaimedDoc, FailureReason, str]] = field(default_factory=list)
     hold: list[tuple[ClaimedDoc, dt.datetime]] = field(default_factory=list)
+    #: claimed before their sendtime or hold had come (a ``due_ms`` that disagrees with them, e.g. written by
+    #: hand): given back until then, neither sent nor failed
+    early: list[tuple[ClaimedDoc, dt.datetime]] = field(default_factory=list)
     timezones: dict[int, str] = field(default_factory=dict)  # contact id -> stored timezone (for the re-check)
 
 
@@ -259,6 +262,11 @@ async def evaluate(
     out = Verdict()
     survivors: list[ClaimedDoc] = []
     for d in docs:
+        nb = d.get("not_before")
+        due = nb if nb is not None and nb > d["sendtime"] else d["sendtime"]
+        if due > now:
+            out.early.append((d, due))
+            continue
         if is_stale(d, now, stale_after):
             out.fail.append(
                 (

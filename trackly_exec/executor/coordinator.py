@@ -65,6 +65,7 @@ class Coordinator:
         self.counts: collections.Counter[str] = collections.Counter()
         trackly.executor_counts.append(self.counts)  # /metrics exports them
         self.stopping = asyncio.Event()
+        self._backfilled = False
         self.pool = asyncio.Semaphore(self.cfg.pool_size)
         self.limiter = make_limiter(trackly)
         self.worker = Worker(trackly, self.limiter, self.pool, self.stopping, self.counts, clock)
@@ -253,13 +254,24 @@ class Coordinator:
 
     # -- burst mode -------------------------------------------------------------------------------
 
+    async def _backfill(self) -> None:
+        """Once per coordinator: queued messages written by an older version get their due time and slot."""
+        if self._backfilled:
+            return
+        n = await claims.backfill(self.trackly.db)
+        self._backfilled = True
+        if n:
+            log.info("queue_backfilled", messages=n)
+
     async def run_until_idle(self) -> dict[str, int]:
         """Process every due message (lists paused by an outage are skipped) and return the counts.
 
         The counts are cumulative for this coordinator: ``claimed``, ``sent``, ``failed.<REASON>``,
-        ``held.quiet_hours``, ``held.billing``, ``released``, ``requeued``, ``provider_transient``, ``slowdowns``,
-        ``limiter_unavailable``, ``claim_lost_before_send``, ``claim_lost_after_send``, ``batches``, ``batch_errors``.
+        ``held.quiet_hours``, ``held.billing``, ``held.not_due``, ``released``, ``requeued``, ``provider_transient``,
+        ``slowdowns``, ``limiter_unavailable``, ``claim_lost_before_send``, ``claim_lost_after_send``, ``batches``,
+        ``batch_errors``.
         """
+        await self._backfill()
         await self.join()
         try:
             while not self.stopping.is_set():
@@ -278,6 +290,7 @@ class Coordinator:
 
     async def start(self) -> None:
         """Recover stale claims, then poll and recover in the background."""
+        await self._backfill()
         await recovery.sweep(self.trackly)
         await self.join()
         self._poller.start()

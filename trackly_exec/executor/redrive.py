@@ -360,7 +360,7 @@ def _queue_doc(failed: FailedDoc, token: str, now: dt.datetime) -> QueuedDoc:
             "_id": failed["_id"],
             "sendtime": now,
             "created_at": now,
-            **entering_queue(not_before=HELD),
+            **entering_queue(failed["_id"], now, not_before=HELD),
             "billing_blocked_since": None,
             "paused": False,
             "attempts": 0,

@@ -177,6 +177,11 @@ class Worker:
                 for nb, grp in groupby(sorted(verdict.hold, key=lambda h: h[1]), key=lambda h: h[1])
             ]
             self.counts["held.quiet_hours"] += await claims.hold(self.db, token, groups)
+        if verdict.early:
+            by_due: dict[dt.datetime, list[str]] = {}
+            for d, due in verdict.early:
+                by_due.setdefault(due, []).append(d["_id"])
+            self.counts["held.not_due"] += await claims.hold(self.db, token, [(i, u, {}) for u, i in by_due.items()])
         await self.outcomes.fail_unsent(token, verdict.fail, now)
         send = verdict.send
         size = self.chunk_size(lst)

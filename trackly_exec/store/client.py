@@ -45,7 +45,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(
             [("execution_id", ASCENDING), ("contact_id", ASCENDING)], unique=True, name="execution_contact_unique"
         ),
-        IndexModel([("sending_list_id", ASCENDING), ("claimed_by", ASCENDING), ("sendtime", ASCENDING)]),
+        # the executor's due query (executor.claims.due_filter), sorted by due_ms
+        IndexModel([("sending_list_id", ASCENDING), ("claimed_by", ASCENDING), ("due_ms", ASCENDING)]),
         IndexModel([("claimed_by", ASCENDING), ("claimed_at", ASCENDING)]),
         IndexModel([("sendtime", ASCENDING)]),
     ],

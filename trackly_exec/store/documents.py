@@ -186,6 +186,8 @@ class ClaimFields(TypedDict):
     claimed_by: str | None
     claimed_at: dt.datetime | None
     sending_at: dt.datetime | None
+    due_ms: int
+    slot: int
 
 
 class MessageFieldsDoc(TypedDict):
@@ -253,6 +255,8 @@ class QueuedDoc(MessageDoc):
     claimed_by: str | None
     claimed_at: dt.datetime | None
     sending_at: dt.datetime | None
+    due_ms: int  # max(sendtime, not_before) in epoch ms (models.due_ms): the executor's due query
+    slot: int  # models.slot_of(_id): the executor processes' shares of the queue
     billing_blocked_since: NotRequired[dt.datetime | None]
     paused: NotRequired[bool]
     throttled_until: NotRequired[dt.datetime | None]
@@ -271,6 +275,7 @@ class ClaimedDoc(MessageDoc):
     time, created_at, paused, attempts). A whole :class:`QueuedDoc` is one too."""
 
     not_before: dt.datetime | None
+    due_ms: int
     sending_at: dt.datetime | None
     billing_blocked_since: NotRequired[dt.datetime | None]
     throttled_until: NotRequired[dt.datetime | None]

@@ -53,8 +53,9 @@ class Lease:
     # -- query and update pieces (no I/O) ----------------------------------------------------------------
 
     def fence(self, token: str, query: Filter | None = None) -> Filter:
-        """``query`` restricted to documents ``token`` holds."""
-        return {**(query or {}), self.owner: token}
+        """``query`` restricted to documents ``token`` holds. (``$eq``: the shape nx-27017 serves from an index on
+        the owner field; a bare equality may match arrays there, and scans the collection.)"""
+        return {**(query or {}), self.owner: {"$eq": token}}
 
     def free(self) -> Filter:
         """Documents nobody holds. (``$eq``: nx-27017 matches nothing with a bare ``None`` inside an ``$and``

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Self, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import (
@@ -279,16 +280,65 @@ class MessageFields(BaseModel):
     sendtime: dt.datetime
 
 
-def entering_queue(
-    *, not_before: dt.datetime | None = None, claimed_by: str | None = None, claimed_at: dt.datetime | None = None
-) -> ClaimFields:
-    """The claim fields of a message entering the queue: no send intent, held until ``not_before``, unclaimed
-    (or already claimed by its writer until it is safe to send, e.g. a reconciliation's re-queue).
+def epoch_ms(t: dt.datetime) -> int:
+    """``t`` in milliseconds since the epoch (a naive datetime is UTC, as PyMongo returns them)."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1000)
 
-    Every later change of ``claimed_by``, ``claimed_at``, ``sending_at`` and ``not_before`` is a transition
-    written by ``trackly_exec.executor.claims`` only (fenced on the claim token; tests/test_claims_owner.py).
+
+def due_ms(sendtime: dt.datetime, not_before: dt.datetime | None = None) -> int:
+    """When a queued message is due, in epoch milliseconds: ``max(sendtime, not_before)``.
+
+    Stored on every queued message (``due_ms``) beside the two datetimes it is made of, so the executor's due query
+    is one indexed numeric range: ``{sending_list_id: {$eq: l}, claimed_by: None, due_ms: {$lte: now}}`` sorted by
+    ``due_ms``, served by the ``(sending_list_id, claimed_by, due_ms)`` index on MongoDB and on nx-27017 alike
+    (where a comparison against a datetime reads every matching document). Kept equal to ``max(sendtime,
+    not_before)`` by every writer of ``not_before`` (``trackly_exec.executor.claims``)."""
+    ms = epoch_ms(sendtime)
+    return ms if not_before is None else max(ms, epoch_ms(not_before))
+
+
+#: Slots a message id falls into (:func:`slot_of`): the executor's shares of the queue are ranges of slots.
+SLOTS = 16**4
+
+
+def slot_of(mid: str) -> int:
+    """The queue slot of message id ``mid`` (0 .. SLOTS-1), stored on every queued message (``slot``).
+
+    A hexadecimal id's first four digits (message ids are random or HMAC hexadecimal, so slots are even and a
+    range of slots is a range of ids); any other id is hashed to a slot. Several executor processes share the
+    queue out as contiguous ranges of slots (``trackly_exec.executor.claims.share_bounds``)."""
+    head = mid[:4]
+    if len(head) == 4 and all(ch in "0123456789abcdef" for ch in head):
+        return int(head, 16)
+    return int.from_bytes(hashlib.blake2b(mid.encode("utf-8", "surrogatepass"), digest_size=2).digest(), "big")
+
+
+def entering_queue(
+    mid: str,
+    sendtime: dt.datetime,
+    *,
+    not_before: dt.datetime | None = None,
+    claimed_by: str | None = None,
+    claimed_at: dt.datetime | None = None,
+) -> ClaimFields:
+    """The claim fields of message ``mid`` entering the queue due at ``sendtime``: no send intent, held until
+    ``not_before``, unclaimed (or already claimed by its writer until it is safe to send, e.g. a reconciliation's
+    re-queue), with its due time (:func:`due_ms`) and queue slot (:func:`slot_of`).
+
+    Every later change of ``claimed_by``, ``claimed_at``, ``sending_at``, ``not_before`` and ``due_ms`` is a
+    transition written by ``trackly_exec.executor.claims`` only (fenced on the claim token;
+    tests/test_claims_owner.py).
     """
-    return {"not_before": not_before, "claimed_by": claimed_by, "claimed_at": claimed_at, "sending_at": None}
+    return {
+        "not_before": not_before,
+        "claimed_by": claimed_by,
+        "claimed_at": claimed_at,
+        "sending_at": None,
+        "due_ms": due_ms(sendtime, not_before),
+        "slot": slot_of(mid),
+    }
 
 
 class QueuedTextMessage(MessageFields, Document):
@@ -304,6 +354,16 @@ class QueuedTextMessage(MessageFields, Document):
     throttled_until: dt.datetime | None = None  # the not_before of a provider-storm hold (429 / transient errors)
     throttled_due: dt.datetime | None = None  # ... and the due time it kept: staleness is counted from it
     attempts: int = 0
+    due_ms: int = -1  # max(sendtime, not_before) in epoch ms (:func:`due_ms`); computed when not given
+    slot: int = -1  # :func:`slot_of` the id; computed when not given
+
+    @model_validator(mode="after")
+    def _queue_keys(self) -> Self:
+        if self.due_ms < 0:
+            self.due_ms = due_ms(self.sendtime, self.not_before)
+        if self.slot < 0:
+            self.slot = slot_of(self.id)
+        return self
 
 
 class MessageSent(MessageFields, Document):

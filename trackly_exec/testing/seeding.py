@@ -50,7 +50,7 @@ def queued_message(
         "created_at": created_at or utcnow(),
         "billing_blocked_since": None,
         "attempts": 0,
-        **entering_queue(),  # type: ignore[typeddict-item]  # a new message: see store.documents.ClaimFields
+        **entering_queue(message_id, sendtime),  # type: ignore[typeddict-item]  # a new message: see store.documents.ClaimFields
     }
 
 

@@ -329,7 +329,13 @@ async def _requeue(trackly: Trackly, docs: list[FailedDoc], now: dt.datetime) ->
             **_QUEUE_DEFAULTS,
             "created_at": now,
             # claimed by this pass until the FailedMessage is gone: no executor sends it before
-            **entering_queue(not_before=d.get("attempted_at") or d["failed_at"], claimed_by=claim, claimed_at=now),
+            **entering_queue(
+                d["_id"],
+                d["sendtime"],
+                not_before=d.get("attempted_at") or d["failed_at"],
+                claimed_by=claim,
+                claimed_at=now,
+            ),
         }
         for d in docs
     ]
