@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from trackly_exec.campaigns.audience import FilterError, UnionCounts, compile_filter, union
+from trackly_exec.campaigns.audience import (
+    FilterError,
+    UnionCounts,
+    audience_query,
+    compile_filter,
+    count_query,
+    union,
+)
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 
@@ -117,3 +125,73 @@ async def test_union_dedupes_and_counts(store: Store) -> None:
     assert seen == list(range(1, 1001))
     assert counts.per_audience == {"10": 600, "11": 500, "12": 3}
     assert counts.audience_total == 1103 and counts.unique == 1000 and counts.overlap == 103
+
+
+async def test_union_of_a_whole_list_and_other_audiences_yields_each_contact_once(store: Store) -> None:
+    """A whole-list audience (no filter) merged with others: every cursor in numeric ``_id`` order (nx-27017 orders
+    a query it answers in SQL by its ``_id`` text, 1, 10, 100, 11...: the merge then yielded contacts twice)."""
+    await _seed(store, 120)
+    whole = {"_id": 20, "filter": None}
+    gold = {"_id": 21, "filter": {"attributes.tier": "gold"}}  # 40
+    picked = {"_id": 22, "contact_ids": [3, 30, 100, 7]}
+    counts = UnionCounts()
+    seen = [d["_id"] async for batch in union(store.db, 1, [whole, gold, picked], 16, counts) for d in batch]
+    assert seen == list(range(1, 121))
+    assert counts.per_audience == {"20": 120, "21": 40, "22": 4}
+    assert counts.unique == 120 and counts.overlap == 44
+    # alone, the whole list is read once, in whatever order the store keeps
+    counts = UnionCounts()
+    alone = [d["_id"] async for batch in union(store.db, 1, [whole], 16, counts) for d in batch]
+    assert sorted(alone) == list(range(1, 121)) and counts.unique == 120 and counts.per_audience == {"20": 120}
+
+
+def test_query_shapes() -> None:
+    """Reads keep the list and the filter in a top-level ``$and`` (numeric ``_id`` order and MongoDB's matching
+    on nx-27017); counts spell a short ``in``/``nin`` as an ``$or``/``$nor`` of ``$eq`` (the same documents), which
+    nx-27017 counts in SQL."""
+    lst = {"sending_list_id": {"$eq": 7}}
+    one = {"_id": 1, "filter": {"attributes.tier": {"in": ["a", "b"]}}}
+    assert audience_query(7, one) == {"$and": [lst, {"attributes.tier": {"$in": ["a", "b"]}}]}
+    assert audience_query(7, {"_id": 1, "filter": None}) == {"$and": [lst]}
+    assert audience_query(7, {"_id": 1, "contact_ids": [1]}) is None
+    assert count_query(7, {"_id": 1, "contact_ids": [1]}) is None
+    assert count_query(7, {"_id": 1, "filter": None}) == lst
+    eq_a, eq_b = {"attributes.tier": {"$eq": "a"}}, {"attributes.tier": {"$eq": "b"}}
+    assert count_query(7, one) == {"$and": [lst, {"$or": [eq_a, eq_b]}]}
+    mixed = {"_id": 1, "filter": {"or": [{"attributes.tier": {"nin": ["a"], "ne": "b"}}, {"first_name": "x"}]}}
+    assert count_query(7, mixed) == {
+        "$and": [
+            lst,
+            {"$or": [{"$and": [{"$nor": [eq_a]}, {"attributes.tier": {"$ne": "b"}}]}, {"first_name": {"$eq": "x"}}]},
+        ]
+    }
+    big = {"_id": 1, "filter": {"attributes.n": {"in": list(range(101))}}}  # too long to spell out: kept
+    assert count_query(7, big) == audience_query(7, big)
+    empty = {"_id": 1, "filter": {"attributes.n": {"in": []}}}  # ($or takes a non-empty list)
+    assert count_query(7, empty) == audience_query(7, empty)
+
+
+async def test_counts_match_the_union(store: Store) -> None:
+    """What the scheduler counts up front (the progress bar's ``expected``) is what the union then counts."""
+    from trackly_exec.campaigns.scheduler import audience_size
+
+    await _seed(store, 90)
+    await store[c.CONTACTS].insert_many(  # another list's contacts, matching every filter below but the list
+        [{"_id": 1000 + i, "sending_list_id": 2, "phone": f"+1555100{i:04d}", "attributes": {}} for i in range(5)]
+    )
+    cases: list[Any] = [
+        None,
+        {"attributes.tier": {"in": ["gold"]}},
+        {"attributes.tier": "silver", "attributes.age": {"lt": 20}},
+        {"or": [{"attributes.age": {"lte": 2}}, {"attributes.tier": "gold", "attributes.age": {"gte": 45}}]},
+        {"and": [{"attributes.age": {"gte": 3}}, {"attributes.age": {"lt": 9}}]},
+        {"first_name": {"nin": ["c1", "c2"]}, "attributes.age": {"in": [1, 2, 3], "ne": 2}},
+        {"attributes.age": {"in": list(range(0, 300, 2))}},
+    ]
+    for flt in cases:
+        aud = {"_id": 1, "sending_list_id": 1, "filter": flt, "contact_ids": None}
+        counts = UnionCounts()
+        async for _ in union(store.db, 1, [aud], 50, counts):
+            pass
+        plan = SimpleNamespace(audiences=[aud], sending_list={"_id": 1})
+        assert await audience_size(store.db, plan) == counts.per_audience["1"], flt

@@ -362,11 +362,11 @@ class _Runner:
 
 async def audience_size(db: Any, plan: Any) -> int:
     """The contacts of the plan's audiences, counted per audience (an upper bound of their union)."""
-    from trackly_exec.campaigns.audience import audience_query
+    from trackly_exec.campaigns.audience import count_query
 
     total = 0
     for a in plan.audiences:
-        q = audience_query(int(plan.sending_list["_id"]), a)
+        q = count_query(int(plan.sending_list["_id"]), a)
         total += len(set(a.get("contact_ids") or [])) if q is None else await count(db, c.CONTACTS, q)
     return total
 
