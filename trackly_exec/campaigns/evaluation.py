@@ -208,8 +208,9 @@ async def load_plan(trackly: Any, campaign: CampaignDoc, execution: ExecutionDoc
 async def _frequency_capped(db: Any, sending_list_id: int, execution_id: int, cutoff: dt.datetime) -> set[str]:
     """Numbers sent to on the list since ``cutoff`` (by other executions): one indexed query.
 
-    (``find`` rather than ``distinct``: nx-27017's ``distinct`` mishandles ``$ne``.)"""
-    q = {"sending_list_id": sending_list_id, "timestamp": {"$gte": cutoff}}
+    (``find`` rather than ``distinct``: nx-27017's ``distinct`` mishandles ``$ne``. ``$eq``: nx-27017 serves
+    it from the (sending_list_id, timestamp) index, a bare value from a scan of every MessageSent.)"""
+    q = {"sending_list_id": {"$eq": sending_list_id}, "timestamp": {"$gte": cutoff}}
     out: set[str] = set()
     async for d in db[c.SENT].find(q, {"_id": 0, "to_number": 1, "execution_id": 1}).batch_size(10_000):
         if d.get("execution_id") != execution_id and d.get("to_number"):
@@ -219,16 +220,17 @@ async def _frequency_capped(db: Any, sending_list_id: int, execution_id: int, cu
 
 async def _already_ours(db: Any, execution_id: int, contact_ids: list[int]) -> dict[int, str]:
     """Contacts of the batch this execution already has a message for: ``"queued"`` or ``"processed"`` (sent or
-    dead-lettered). The queue is read first, the records second (see the module docstring)."""
+    dead-lettered). The queue is read first, the records second (see the module docstring). ``$eq`` so that
+    nx-27017 uses the (execution_id, contact_id) indexes (a bare value scans the whole collection there)."""
     if not contact_ids:
         return {}
-    q = {"execution_id": execution_id, "contact_id": {"$in": contact_ids}}
+    q = {"execution_id": {"$eq": execution_id}, "contact_id": {"$in": contact_ids}}
     out = {
         int(d["contact_id"]): "queued" for d in await db[c.QUEUED].find(q, {"_id": 0, "contact_id": 1}).to_list(None)
     }
     rest = [i for i in contact_ids if i not in out]
     if rest:
-        q = {"execution_id": execution_id, "contact_id": {"$in": rest}}
+        q = {"execution_id": {"$eq": execution_id}, "contact_id": {"$in": rest}}
         for coll in (c.SENT, c.FAILED):
             for d in await db[coll].find(q, {"_id": 0, "contact_id": 1}).to_list(None):
                 out.setdefault(int(d["contact_id"]), "processed")
