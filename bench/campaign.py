@@ -279,7 +279,7 @@ async def floor_phase(uri: str, db: str, queued: int, links: int) -> dict[str, A
     )
     cpu0 = _cpu_self()
     t0 = time.perf_counter()
-    cursor = store.db[c.CONTACTS].find({"sending_list_id": 1}, CONTACT_PROJECTION).batch_size(BATCH)
+    cursor = store.db[c.CONTACTS].find({"sending_list_id": {"$eq": 1}}, CONTACT_PROJECTION).batch_size(BATCH)
     read = inserted = linked = 0
     while True:
         batch = await cursor.to_list(BATCH)
