@@ -71,6 +71,7 @@ BENCH_JSON := $(CURDIR)/.trackly/bench.jsonl
 bench: install $(PEER)
 	mkdir -p .trackly && rm -f $(BENCH_JSON)
 	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/executor.py --breakdown
+	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/storeops.py --repeat 2
 	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/scaleout.py --compare
 	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/peer.py
 	TRACKLY_BENCH_JSON=$(BENCH_JSON) $(BIN)/python bench/ratelimit.py

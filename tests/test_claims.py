@@ -99,3 +99,27 @@ async def test_messages_queued_without_a_due_time_are_backfilled(store: Store) -
     assert sorted(d["_id"] for d in await claims.find_due(store.db, 1, utcnow(), 10)) == sorted(ids[1:])
     doc = await store.db[c.QUEUED].find_one({"_id": ids[0]})
     assert doc is not None and doc["due_ms"] == epoch_ms(later) and doc["slot"] == slot_of(ids[0])
+
+
+async def test_claim_stamps_are_epoch_ms_and_dated_ones_are_converted(store: Store) -> None:
+    """The claim time and the send intent are epoch milliseconds (nx-27017 sets a number in SQL, a date in Python);
+    claims written as dates by an older version are converted when the executor starts, so recovery's claim TTL
+    and intent queries still see them."""
+    ids = await seed(store, 4)
+    now = utcnow()
+    await claims.claim(store.db, 1, "a:1", now, 2)
+    assert await claims.mark_intent(store.db, ids[:1], "a:1", now) == {ids[0]}
+    got = {d["_id"]: d async for d in store.db[c.QUEUED].find({})}
+    assert got[ids[0]]["claimed_at"] == epoch_ms(now) and got[ids[0]]["sending_at"] == epoch_ms(now)
+    assert got[ids[1]]["sending_at"] is None and got[ids[2]]["claimed_at"] is None
+    old = now - dt.timedelta(hours=1)
+    await store.db[c.QUEUED].update_many(
+        {"_id": {"$in": ids[2:]}}, {"$set": {"claimed_by": "old:1", "claimed_at": old, "sending_at": old}}
+    )
+    assert await claims.backfill(store.db) == 2
+    got = {d["_id"]: d async for d in store.db[c.QUEUED].find({"claimed_by": "old:1"})}
+    assert all(d["claimed_at"] == epoch_ms(old) and d["sending_at"] == epoch_ms(old) for d in got.values())
+    expired = await store.db[c.QUEUED].count_documents(
+        {**claims.LEASE.expired(now, dt.timedelta(minutes=10)), "sending_at": {"$gt": 0}}
+    )
+    assert expired == 2

@@ -21,7 +21,7 @@ from trackly_exec.executor import recovery
 from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
-from trackly_exec.store.models import utcnow
+from trackly_exec.store.models import epoch_ms, utcnow
 from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .executor_support import (
@@ -42,6 +42,9 @@ EXECUTOR = {
     "retry_max_attempts": 2,
     "claim_ttl_minutes": TTL_MINUTES,
     "retry_initial_backoff_seconds": 0.01,
+    # a SIGKILLed process stays a member (and its share of the queue unread) until its heartbeat expires: shorter
+    # than the claim TTL here, so the restarted burst runs share the queue among the living only
+    "member_ttl_seconds": 2.0,
 }
 
 
@@ -152,7 +155,8 @@ async def test_concurrent_sweeps_record_once(settings: Settings, store: Store, r
     ids = await seed(store, 50)
     now = utcnow()
     await store.db[c.QUEUED].update_many(
-        {"_id": {"$in": ids}}, {"$set": {"claimed_by": "dead:1", "claimed_at": now, "sending_at": now}}
+        {"_id": {"$in": ids}},
+        {"$set": {"claimed_by": "dead:1", "claimed_at": epoch_ms(now), "sending_at": epoch_ms(now)}},
     )
     apps = [await open_trackly(settings, store) for _ in range(3)]
     try:

@@ -36,7 +36,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ClaimedDoc, FailedDoc, MessageFieldsDoc, SentDoc, Update
 from trackly_exec.store.events import Event, EventKind
-from trackly_exec.store.models import FailureReason, MessageFields
+from trackly_exec.store.models import FailureReason, MessageFields, from_epoch_ms
 
 if TYPE_CHECKING:
     from trackly_exec.app import Trackly
@@ -100,7 +100,7 @@ def failed_doc(
         "spam": spam,
         "opted_out": opted_out,
         "failed_at": now,
-        "attempted_at": (doc.get("sending_at") or now) if ambiguous else None,
+        "attempted_at": (from_epoch_ms(doc.get("sending_at")) or now) if ambiguous else None,
         "reconcile_at": now if ambiguous else None,
         "reconcile_by": None,
         "lookups": 0,

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 BATCH = 1000
-#: Any real send intent is later than this ("has a date"; ``$type`` is not supported by every store).
-EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.timedelta | None = None) -> Counter[str]:
@@ -52,7 +50,7 @@ async def sweep(trackly: Trackly, *, now: dt.datetime | None = None, ttl: dt.tim
     while True:
         stuck = (
             await q.find(
-                {**claims.LEASE.expired(now, ttl), "sending_at": {"$gt": EPOCH}},
+                {**claims.LEASE.expired(now, ttl), "sending_at": {"$gt": 0}},  # a send intent (epoch ms)
                 {"_id": 1, "claimed_by": 1},
             )
             .limit(BATCH)

@@ -184,8 +184,8 @@ class ClaimFields(TypedDict):
 
     not_before: dt.datetime | None
     claimed_by: str | None
-    claimed_at: dt.datetime | None
-    sending_at: dt.datetime | None
+    claimed_at: int | None  # epoch ms
+    sending_at: int | None  # epoch ms
     due_ms: int
     slot: int
 
@@ -253,8 +253,8 @@ class QueuedDoc(MessageDoc):
     created_at: NotRequired[dt.datetime]
     not_before: dt.datetime | None
     claimed_by: str | None
-    claimed_at: dt.datetime | None
-    sending_at: dt.datetime | None
+    claimed_at: int | None  # epoch ms (the claim's lease stamp)
+    sending_at: int | None  # epoch ms (the send intent)
     due_ms: int  # max(sendtime, not_before) in epoch ms (models.due_ms): the executor's due query
     slot: int  # models.slot_of(_id): the executor processes' shares of the queue
     billing_blocked_since: NotRequired[dt.datetime | None]
@@ -276,7 +276,7 @@ class ClaimedDoc(MessageDoc):
 
     not_before: dt.datetime | None
     due_ms: int
-    sending_at: dt.datetime | None
+    sending_at: int | None
     billing_blocked_since: NotRequired[dt.datetime | None]
     throttled_until: NotRequired[dt.datetime | None]
     throttled_due: NotRequired[dt.datetime | None]

@@ -28,6 +28,7 @@ from typing import Any
 from pymongo import ReturnDocument
 
 from trackly_exec.store.documents import Filter, Update
+from trackly_exec.store.models import epoch_ms
 
 
 def new_token(instance: str) -> str:
@@ -43,6 +44,10 @@ class Lease:
     stamp: str | None = None
     until: str | None = None
     ttl: dt.timedelta | None = None
+    #: the stamp stored as epoch milliseconds (a number) rather than a datetime: nx-27017 applies an update that
+    #: sets a datetime in Python on a copy of the document, one that sets a number in SQL (the queue's claims:
+    #: ~40 us less of the store's CPU per message)
+    stamp_ms: bool = False
 
     def __post_init__(self) -> None:
         if (self.stamp is None) == (self.until is None):
@@ -70,7 +75,7 @@ class Lease:
         if ttl is None:
             raise ValueError("this lease never expires: give a ttl")
         assert self.stamp is not None
-        return {self.stamp: {"$lt": now - ttl}}
+        return {self.stamp: {"$lt": self._stamp(now - ttl)}}
 
     def claimable(self, now: dt.datetime) -> Filter:
         """Documents a new claim may take at ``now``: free (or, for a deadline lease, past it); expired too
@@ -91,7 +96,10 @@ class Lease:
             assert self.ttl is not None
             return {self.until: now + self.ttl}
         assert self.stamp is not None
-        return {self.stamp: now}
+        return {self.stamp: self._stamp(now)}
+
+    def _stamp(self, t: dt.datetime) -> dt.datetime | int:
+        return epoch_ms(t) if self.stamp_ms else t
 
     def released(self) -> Update:
         """The ``$set`` fields of a release (a deadline lease's ``until`` is the caller's: e.g. the next attempt)."""

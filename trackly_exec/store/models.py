@@ -287,6 +287,13 @@ def epoch_ms(t: dt.datetime) -> int:
     return int(t.timestamp() * 1000)
 
 
+def from_epoch_ms(ms: int | dt.datetime | None) -> dt.datetime | None:
+    """The UTC datetime of epoch milliseconds ``ms`` (a datetime or None is returned as it is)."""
+    if ms is None or isinstance(ms, dt.datetime):
+        return ms
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
 def due_ms(sendtime: dt.datetime, not_before: dt.datetime | None = None) -> int:
     """When a queued message is due, in epoch milliseconds: ``max(sendtime, not_before)``.
 
@@ -334,7 +341,7 @@ def entering_queue(
     return {
         "not_before": not_before,
         "claimed_by": claimed_by,
-        "claimed_at": claimed_at,
+        "claimed_at": None if claimed_at is None else epoch_ms(claimed_at),
         "sending_at": None,
         "due_ms": due_ms(sendtime, not_before),
         "slot": slot_of(mid),
@@ -347,8 +354,8 @@ class QueuedTextMessage(MessageFields, Document):
     created_at: dt.datetime = Field(default_factory=utcnow)
     not_before: dt.datetime | None = None  # backoff (billing, transient provider errors, quiet-hours hold)
     claimed_by: str | None = None  # claim token: "<instance>:<uuid>"; every later write is fenced on it
-    claimed_at: dt.datetime | None = None
-    sending_at: dt.datetime | None = None  # send intent: set (fenced) just before the provider call
+    claimed_at: int | None = None  # epoch ms (claims.LEASE: a number, cheaper for nx-27017 to set than a date)
+    sending_at: int | None = None  # send intent, epoch ms: set (fenced) just before the provider call
     billing_blocked_since: dt.datetime | None = None
     paused: bool = False  # held because its campaign is paused (claims.pause_campaign)
     throttled_until: dt.datetime | None = None  # the not_before of a provider-storm hold (429 / transient errors)
