@@ -10,7 +10,7 @@ from yarl import URL
 
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import MessageShortLink, utcnow
-from trackly_exec.tracking.clicks import bot_user_agent, click_stats
+from trackly_exec.tracking.clicks import UA_CACHED_MAX, bot_user_agent, click_stats
 
 from .tracking_support import Daemon, seed_sent
 
@@ -216,3 +216,12 @@ async def test_concurrent_clicks_are_grouped_and_each_recorded(daemon: Daemon) -
     assert await daemon.store[c.CLICKS].count_documents({}) == 20
     links = await daemon.store[c.SHORT_LINKS].find({"_id": {"$regex": "^group"}}).sort("_id", 1).to_list(None)
     assert [(x["clicks"], x["human_clicks"]) for x in links] == [(4, 3)] + [(4, 4)] * 4
+
+
+def test_bot_verdicts_are_the_same_cached_or_not() -> None:
+    """The verdict cached per user agent is the regex's: asked twice, and for a user agent too long to cache."""
+    slack, long_browser = "Slackbot-LinkExpanding 1.0", BROWSER + " x" * 300
+    assert len(long_browser) > UA_CACHED_MAX
+    for _ in range(2):
+        assert bot_user_agent(slack) == "user_agent:slackbot" and bot_user_agent(BROWSER) is None
+        assert bot_user_agent(long_browser) is None and bot_user_agent(long_browser + " Googlebot/2.1") is not None

@@ -17,6 +17,7 @@ bot-filtered or not; learned variant selection and the stats API read it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -50,8 +51,20 @@ def bot_user_agent(user_agent: str | None) -> str | None:
     ua = (user_agent or "").strip()
     if not ua:
         return "empty_user_agent"
+    return _bot_reason(ua) if len(ua) <= UA_CACHED_MAX else _match_bot(ua)
+
+
+#: User agents up to this long have their verdict cached (:data:`BOT_UA` costs ~0.1 ms on a long browser user
+#: agent, and clicks come from a few hundred distinct ones); the cache holds at most 4096 of them.
+UA_CACHED_MAX = 512
+
+
+def _match_bot(ua: str) -> str | None:
     m = BOT_UA.search(ua)
     return f"user_agent:{m.group(0).lower().rstrip('/')}" if m else None
+
+
+_bot_reason = functools.lru_cache(maxsize=4096)(_match_bot)
 
 
 def ip_hash(salt: str, ip: str | None) -> str | None:
