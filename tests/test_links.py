@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
+from typing import cast
 
 import pytest
 from yarl import URL
 
+from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
+from trackly_exec.store.documents import ShortLinkDoc
 from trackly_exec.store.models import MessageShortLink, utcnow
-from trackly_exec.tracking.clicks import UA_CACHED_MAX, bot_user_agent, click_stats
+from trackly_exec.tracking import links
+from trackly_exec.tracking.clicks import UA_CACHED_MAX, Visit, bot_user_agent, click_stats
 
 from .tracking_support import Daemon, seed_sent
 
@@ -202,7 +207,6 @@ async def test_click_stats_per_campaign_and_variant(daemon: Daemon) -> None:
 
 async def test_concurrent_clicks_are_grouped_and_each_recorded(daemon: Daemon) -> None:
     """Clicks in flight together are read and recorded as a group: every one answers and is counted once."""
-    import asyncio
 
     old = utcnow() - dt.timedelta(hours=1)
     sent = await seed_sent(daemon.store, 5, timestamp=old)
@@ -225,3 +229,105 @@ def test_bot_verdicts_are_the_same_cached_or_not() -> None:
     for _ in range(2):
         assert bot_user_agent(slack) == "user_agent:slackbot" and bot_user_agent(BROWSER) is None
         assert bot_user_agent(long_browser) is None and bot_user_agent(long_browser + " Googlebot/2.1") is not None
+
+
+class _Store:
+    """LinkHandler's store round trips replaced: each group waits for its gate, and answers a link per code."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.gates: list[asyncio.Event] = []
+
+    async def group(self, group: list[tuple[str, Visit]]) -> list[ShortLinkDoc | None]:
+        self.sizes.append(len(group))
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return [cast(ShortLinkDoc, {"_id": code, "destination": DEST}) for code, _ in group]
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def slow_fill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group may wait for a minute to fill up: a test ending on time shows it did not wait for the bound."""
+    monkeypatch.setattr(links, "FILL_SHARE", 1000.0)
+    monkeypatch.setattr(links, "FILL_MAX_SECONDS", 60.0)
+
+
+async def test_a_group_fills_up_to_what_the_previous_one_had(trackly: Trackly, slow_fill: None) -> None:
+    """Clicks in flight under load go to the store together, not as two alternating halves: after a group of
+    1 during which 7 more came, the next group waits for an 8th; every click is answered with its own link."""
+    handler, store = links.LinkHandler(trackly), _Store()
+    handler._group = store.group  # type: ignore[method-assign]
+    visit = Visit("ua", "127.0.0.1")
+    first = asyncio.ensure_future(handler._follow("code0000", visit))
+    await _settle()
+    rest = [asyncio.ensure_future(handler._follow(f"code{i:04d}", visit)) for i in range(1, 8)]
+    await asyncio.sleep(0.01)  # the first group's time in the store
+    store.gates[0].set()
+    await _settle()
+    assert store.sizes == [1] and first.done()  # 7 wait for an 8th
+    last = asyncio.ensure_future(handler._follow("code0008", visit))
+    await _settle()
+    assert store.sizes == [1, 8]
+    store.gates[1].set()
+    answered = await asyncio.wait_for(asyncio.gather(first, *rest, last), 10)
+    assert [link["_id"] for link in answered if link] == [f"code{i:04d}" for i in range(9)]
+
+
+async def test_a_group_waits_no_longer_than_its_bound(trackly: Trackly, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When fewer clicks come than the previous group had, the group goes to the store at the bound."""
+    monkeypatch.setattr(links, "FILL_MAX_SECONDS", 0.01)
+    handler, store = links.LinkHandler(trackly), _Store()
+    handler._group = store.group  # type: ignore[method-assign]
+    visit = Visit("ua", "127.0.0.1")
+    first = asyncio.ensure_future(handler._follow("code0000", visit))
+    await _settle()
+    rest = [asyncio.ensure_future(handler._follow(f"code{i:04d}", visit)) for i in range(1, 4)]
+    await asyncio.sleep(0.1)
+    store.gates[0].set()
+    while len(store.gates) < 2:  # 3 of the 4 expected: the group goes at the bound
+        await asyncio.sleep(0.005)
+    store.gates[1].set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert store.sizes == [1, 3]
+
+
+async def test_a_click_after_a_quiet_spell_does_not_wait(trackly: Trackly, slow_fill: None) -> None:
+    """A click arriving later than the previous group's time in the store goes at once, alone."""
+    handler, store = links.LinkHandler(trackly), _Store()
+    handler._group = store.group  # type: ignore[method-assign]
+    visit = Visit("ua", "127.0.0.1")
+    first = [asyncio.ensure_future(handler._follow(f"code{i:04d}", visit)) for i in range(4)]
+    await _settle()
+    store.gates[0].set()
+    await asyncio.wait_for(asyncio.gather(*first), 10)
+    await asyncio.sleep(handler._store_seconds + 0.05)  # longer than that group's time in the store
+    lone = asyncio.ensure_future(handler._follow("code0009", visit))
+    while len(store.gates) < 2:
+        await asyncio.sleep(0.005)
+    store.gates[1].set()
+    assert (await asyncio.wait_for(lone, 10) or {}).get("_id") == "code0009"
+    assert store.sizes == [4, 1]
+
+
+async def test_clicks_waiting_for_a_group_to_fill_are_cancelled_at_shutdown(trackly: Trackly, slow_fill: None) -> None:
+    """Stopping the handler while a group waits to fill up leaves no request waiting for ever."""
+    handler, store = links.LinkHandler(trackly), _Store()
+    handler._group = store.group  # type: ignore[method-assign]
+    visit = Visit("ua", "127.0.0.1")
+    first = asyncio.ensure_future(handler._follow("code0000", visit))
+    await _settle()
+    rest = [asyncio.ensure_future(handler._follow(f"code{i:04d}", visit)) for i in range(1, 3)]
+    await asyncio.sleep(0.01)
+    store.gates[0].set()
+    await _settle()
+    assert store.sizes == [1] and first.done()  # 2 wait for a third
+    await handler._tasks.stop(0)
+    for request in rest:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(request, 10)

@@ -53,16 +53,39 @@ def _client_ip(request: web.Request, trust_forwarded: bool) -> str | None:
 GROUP_MAX = 256
 
 
+#: How long a group may wait to fill up: this share of the previous group's time in the store, at most
+#: :data:`FILL_MAX_SECONDS`.
+FILL_SHARE = 0.25
+FILL_MAX_SECONDS = 0.005
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class LinkHandler:
     """``GET /l/{code}``, group-committed: the requests that arrive while a group is being read and recorded
     form the next group, so N clicks in flight cost the store four round trips (links, message times, clicks,
-    counters), not 4 x N. Each request still answers only once its own click is recorded (or failed to be)."""
+    counters), not 4 x N. Each request still answers only once its own click is recorded (or failed to be).
+
+    Before it goes to the store, a group may wait briefly for as many clicks as the previous group had in hand
+    (its own and those that came in meanwhile): at most a quarter of the previous group's time in the store
+    (:data:`FILL_SHARE`, never more than :data:`FILL_MAX_SECONDS`), and only right after that group (not after a
+    quiet spell). Without it, clicks in flight under a steady load split into two alternating groups of half
+    the size, each paying the four round trips."""
 
     def __init__(self, trackly: Trackly) -> None:
         self.trackly = trackly
         self._waiting: list[tuple[str, Visit, asyncio.Future[ShortLinkDoc | None]]] = []
         self._tasks = TaskSet()
         self._draining = False
+        self._target = 0  # the clicks the previous group had in hand
+        self._store_seconds = 0.0  # its time in the store
+        self._ended = 0.0  # when it ended (loop time)
+        self._filled: asyncio.Future[None] | None = None  # set once _target clicks wait
+        self.groups = 0  # groups sent to the store (tests, benchmarks)
+        self._links = trackly.db[c.SHORT_LINKS]
 
     async def follow(self, request: web.Request) -> web.StreamResponse:
         code = request.match_info.get("code", "")
@@ -86,6 +109,8 @@ class LinkHandler:
         """The link of ``code`` (None: unknown), its click recorded when its destination is safe."""
         future: asyncio.Future[ShortLinkDoc | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((code, visit, future))
+        if self._filled is not None and len(self._waiting) >= self._target:
+            _release(self._filled)
         if not self._draining:
             self._draining = True
             self._tasks.spawn(self._drain(), name="short-link-clicks")
@@ -94,8 +119,12 @@ class LinkHandler:
     async def _drain(self) -> None:
         group: list[tuple[str, Visit, asyncio.Future[ShortLinkDoc | None]]] = []
         try:
+            loop = asyncio.get_running_loop()
             while self._waiting:
+                await self._fill(loop)
                 group, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
+                started = loop.time()
+                self.groups += 1
                 try:
                     links = await self._group([(code, visit) for code, visit, _ in group])
                 except Exception as exc:  # the store is unreachable: every request of the group fails (500)
@@ -103,6 +132,10 @@ class LinkHandler:
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                finally:
+                    self._ended = loop.time()
+                    self._store_seconds = self._ended - started
+                    self._target = min(len(group) + len(self._waiting), GROUP_MAX)
                 for (_, _, future), link in zip(group, links, strict=True):
                     if not future.done():  # a request whose client went away is cancelled
                         future.set_result(link)
@@ -114,9 +147,22 @@ class LinkHandler:
         finally:
             self._draining = False  # no await since the last look at _waiting: nothing is left behind
 
+    async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait (briefly: see the class) until as many clicks wait as the previous group had in hand."""
+        wait = min(FILL_SHARE * self._store_seconds, FILL_MAX_SECONDS)
+        if len(self._waiting) >= self._target or wait <= 0 or loop.time() - self._ended > self._store_seconds:
+            return
+        filled = self._filled = loop.create_future()
+        timer = loop.call_later(wait, _release, filled)
+        try:
+            await filled
+        finally:
+            timer.cancel()
+            self._filled = None
+
     async def _group(self, group: list[tuple[str, Visit]]) -> list[ShortLinkDoc | None]:
         codes = list({code for code, _ in group})
-        found = {d["_id"]: d for d in await self.trackly.db[c.SHORT_LINKS].find({"_id": {"$in": codes}}).to_list(None)}
+        found = {d["_id"]: d for d in await self._links.find({"_id": {"$in": codes}}).to_list(None)}
         links = [found.get(code) for code, _ in group]
         clicks = [
             (link, visit)
