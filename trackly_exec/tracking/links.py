@@ -55,8 +55,8 @@ GROUP_MAX = 256
 
 #: How long a group may wait to fill up: this share of the previous group's time in the store, at most
 #: :data:`FILL_MAX_SECONDS`.
-FILL_SHARE = 0.25
-FILL_MAX_SECONDS = 0.005
+FILL_SHARE = 0.5
+FILL_MAX_SECONDS = 0.010
 
 
 def _release(waiter: asyncio.Future[None]) -> None:
@@ -70,10 +70,11 @@ class LinkHandler:
     counters), not 4 x N. Each request still answers only once its own click is recorded (or failed to be).
 
     Before it goes to the store, a group may wait briefly for as many clicks as the previous group had in hand
-    (its own and those that came in meanwhile): at most a quarter of the previous group's time in the store
+    (its own and those that came in meanwhile): at most half the previous group's time in the store
     (:data:`FILL_SHARE`, never more than :data:`FILL_MAX_SECONDS`), and only right after that group (not after a
     quiet spell). Without it, clicks in flight under a steady load split into two alternating groups of half
-    the size, each paying the four round trips."""
+    the size, each paying the four round trips. At saturation the clicks waiting already make the group: no
+    wait; below it, the wait adds 10 ms at most to a click's answer."""
 
     def __init__(self, trackly: Trackly) -> None:
         self.trackly = trackly
