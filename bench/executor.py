@@ -10,11 +10,12 @@ Redis limiter configured. Prints:
   with the same concurrency (lists x workers_per_list), with no other logic;
 - the ratio executor / floor, and the peak RSS of this process.
 
-``--send-client aiohttp|keepalive`` picks the drivers' send client (default aiohttp, as the drivers' default);
-``--breakdown`` then prints the executor's CPU us/message for the three-provider mix and for each provider alone,
-on both send clients (the chosen one first), in the same run.
+``--send-client auto|aiohttp|keepalive`` picks the drivers' send client (default auto, as the drivers' default: the
+keep-alive client unless a proxy in the environment applies); ``--breakdown`` then prints the executor's CPU
+us/message for the three-provider mix and for each provider alone, on both send clients (the chosen one first), in
+the same run.
 
-    .venv/bin/python bench/executor.py [--n 100000] [--file] [--rate 0] [--send-client aiohttp] [--breakdown]
+    .venv/bin/python bench/executor.py [--n 100000] [--file] [--rate 0] [--send-client auto] [--breakdown]
 """
 
 from __future__ import annotations
@@ -36,9 +37,17 @@ from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store.models import utcnow
 from trackly_exec.executor.outcomes import sent_doc
 from trackly_exec.store.client import Store
+from trackly_exec.drivers.http import choose_send_client, env_proxy
+from yarl import URL
 
 PROVIDERS = ("infobip", "cm", "twilio")
 SEND_CLIENTS = ("aiohttp", "keepalive")
+
+
+def effective(send_client: str, url: str) -> str:
+    """The client a driver with ``send_client`` uses for ``url`` (``auto`` resolved as the driver resolves it)."""
+    base = URL(url)
+    return choose_send_client(send_client, base, env_proxy(base)[0])
 
 
 async def cpu_per_message(coord: Coordinator, store: Store, lists: dict[int, str], each: int, rate: int) -> float:
@@ -200,7 +209,8 @@ async def main(args: argparse.Namespace) -> None:
         trackly = await Trackly.open(settings, store=store)
         print(
             f"seeding {args.n:,} messages on {len(LISTS)} lists ({', '.join(LISTS.values())}), "
-            f"{'file' if args.file else 'in-memory'} nx-27017 store, send client {args.send_client} ...",
+            f"{'file' if args.file else 'in-memory'} nx-27017 store, send client {args.send_client} "
+            f"({effective(args.send_client, next(iter(svc['fakes'].values())))}) ...",
             flush=True,
         )
         t = time.perf_counter()
@@ -242,10 +252,11 @@ async def main(args: argparse.Namespace) -> None:
             # on the same store, for each send client (the chosen one first, on the coordinator just measured):
             # the mix, then each provider alone; process CPU per message
             each = max(1000, args.n // len(LISTS))
-            clients = [args.send_client, *(x for x in SEND_CLIENTS if x != args.send_client)]
+            chosen = effective(args.send_client, next(iter(svc["fakes"].values())))
+            clients = [chosen, *(x for x in SEND_CLIENTS if x != chosen)]
             table: dict[str, dict[str, float]] = {}
             for client in clients:
-                if client != args.send_client:
+                if client != chosen:
                     await trackly.close(close_store=False)
                     trackly = await Trackly.open(config(client), store=store)
                     coord = Coordinator(trackly)
@@ -327,6 +338,6 @@ if __name__ == "__main__":
     p.add_argument("--breakdown", action="store_true", help="then run each provider alone and print its CPU us/message")
     p.add_argument("--lists", default=",".join(PROVIDERS), help="providers, one list each (default infobip,cm,twilio)")
     p.add_argument(
-        "--send-client", choices=SEND_CLIENTS, default="aiohttp", help="the drivers' send client (default aiohttp)"
+        "--send-client", choices=("auto", *SEND_CLIENTS), default="auto", help="the drivers' send client (default auto)"
     )
     run(main(p.parse_args()))

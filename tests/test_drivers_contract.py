@@ -22,24 +22,27 @@ from trackly_exec.testing.fakes.control import Behaviour
 
 
 class TestInfobipContract(DriverContractSuite):
-    """Infobip against InfobipFake."""
+    """Infobip against InfobipFake, sending on aiohttp."""
 
     driver_class = InfobipDriver
+    driver_settings: ClassVar[ConfigTable] = {"send_client": "aiohttp"}
 
 
 class TestTwilioContract(DriverContractSuite):
-    """Twilio against TwilioFake."""
+    """Twilio against TwilioFake, sending on aiohttp."""
 
     driver_class = TwilioDriver
+    driver_settings: ClassVar[ConfigTable] = {"send_client": "aiohttp"}
 
 
 class TestCMContract(DriverContractSuite):
-    """CM.com against CMFake."""
+    """CM.com against CMFake, sending on aiohttp."""
 
     driver_class = CMDriver
+    driver_settings: ClassVar[ConfigTable] = {"send_client": "aiohttp"}
 
 
-# The same suites on the opt-in keep-alive send client (the classes above use the default, aiohttp).
+# The same suites on the keep-alive send client (what the default, "auto", takes when no proxy applies).
 class TestInfobipKeepaliveContract(TestInfobipContract):
     driver_settings: ClassVar[ConfigTable] = {"send_client": "keepalive"}
 

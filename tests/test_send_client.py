@@ -1,5 +1,6 @@
-"""The driver setting ``send_client``: aiohttp by default (an HTTP proxy in the environment is honoured), the own
-keep-alive client on request, a bad value a configuration error naming the key."""
+"""The driver setting ``send_client``: ``auto`` by default (the own keep-alive client, unless an HTTP proxy in the
+environment applies to the provider or its URL carries credentials: then aiohttp, which honours the proxy), either
+client on request, a bad value a configuration error naming the key."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
 from trackly_exec.cli.configcheck import driver_problems
 from trackly_exec.config import load_config
 from trackly_exec.drivers.contract import DriverSettings
-from trackly_exec.drivers.http import HttpClient
+from trackly_exec.drivers.http import HttpClient, choose_send_client
 from trackly_exec.drivers.pool import DriverPool
 from trackly_exec.errors import ConfigError, TransientSendError
 
@@ -66,10 +68,29 @@ async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Proxy]:
         yield p
 
 
-def test_default_is_aiohttp() -> None:
-    """A driver without ``send_client`` sends with aiohttp."""
-    assert DriverSettings().send_client == "aiohttp"
+def test_default_is_auto() -> None:
+    """A driver without ``send_client`` chooses its client when it starts (``auto``); either can be named."""
+    assert DriverSettings().send_client == "auto"
     assert DriverSettings(send_client="keepalive").send_client == "keepalive"
+    assert DriverSettings(send_client="aiohttp").send_client == "aiohttp"
+
+
+@pytest.mark.parametrize(
+    ("setting", "url", "proxied", "chosen"),
+    [
+        ("auto", "https://api.twilio.com", False, "keepalive"),
+        ("auto", "http://127.0.0.1:9000/base", False, "keepalive"),
+        ("auto", "https://api.twilio.com", True, "aiohttp"),  # a proxy applies: only aiohttp speaks to it
+        ("auto", "https://user:pw@api.twilio.com", False, "aiohttp"),  # aiohttp sends them as Basic auth
+        ("auto", "https://user@api.twilio.com", False, "aiohttp"),
+        ("auto", "unix:///run/provider.sock", False, "aiohttp"),  # not http(s)://host
+        ("aiohttp", "https://api.twilio.com", False, "aiohttp"),
+        ("keepalive", "https://api.twilio.com", True, "keepalive"),  # named: the operator's choice stands
+    ],
+)
+def test_choose_send_client(setting: str, url: str, proxied: bool, chosen: str) -> None:
+    proxy = URL("http://proxy.example:3128") if proxied else None
+    assert choose_send_client(setting, URL(url), proxy) == chosen
 
 
 # An address nothing listens on (TEST-NET-1): only a proxy can answer for it.
@@ -77,10 +98,12 @@ TARGET = "http://192.0.2.1:81"
 
 
 async def test_default_client_honours_the_proxy_environment(proxy: Proxy) -> None:
-    """With HTTP_PROXY set, the default client sends through the proxy (absolute-form request target)."""
+    """With HTTP_PROXY set, the default (``auto``) takes aiohttp and sends through the proxy (absolute-form request
+    target)."""
     client = HttpClient(DriverSettings(base_url=TARGET + "/api", timeout_seconds=5.0), headers={"X-Key": "k"})
     await client.open()
     try:
+        assert client.send_client == "aiohttp"
         reply = await client.post("/send", data=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     finally:
         await client.close()
@@ -96,11 +119,49 @@ async def test_no_proxy_is_honoured(proxy: Proxy, monkeypatch: pytest.MonkeyPatc
     client = HttpClient(DriverSettings(base_url=TARGET, timeout_seconds=0.5, connect_timeout_seconds=0.3))
     await client.open()
     try:
+        assert client.send_client == "keepalive"  # no proxy applies to this host: the default takes keep-alive
         with pytest.raises(TransientSendError):
             await client.post("/send", data=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     finally:
         await client.close()
     assert proxy.heads == []
+
+
+async def test_default_without_proxy_sends_on_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy in the environment: the default (``auto``) sends on the keep-alive client, straight to the provider
+    (origin-form request target), and keeps the connection for the next request."""
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    async with Proxy() as direct:  # here it stands for the provider itself
+        base = f"http://127.0.0.1:{direct.port}/api"
+        client = HttpClient(DriverSettings(base_url=base, timeout_seconds=5.0), headers={"X-Key": "k"})
+        await client.open()
+        try:
+            assert client.send_client == "keepalive"
+            reply = await client.post("/send", data={"a": "1"})
+        finally:
+            await client.close()
+    assert reply.status == 201 and reply.json() == {"sid": "x"}
+    [head] = direct.heads
+    assert head.startswith(b"POST /api/send HTTP/1.1\r\n") and b"\r\nX-Key: k\r\n" in head, head
+
+
+async def test_default_with_credentials_in_url_sends_on_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``user:password@`` in ``base_url``: the default takes aiohttp, which sends them as Basic auth (the keep-alive
+    client would drop them)."""
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    async with Proxy() as direct:
+        client = HttpClient(DriverSettings(base_url=f"http://user:pw@127.0.0.1:{direct.port}", timeout_seconds=5.0))
+        await client.open()
+        try:
+            assert client.send_client == "aiohttp"
+            reply = await client.post("/send", data=b"a=1")
+        finally:
+            await client.close()
+    assert reply.status == 201
+    [head] = direct.heads
+    assert b"\r\nAuthorization: Basic dXNlcjpwdw==\r\n" in head, head
 
 
 async def test_keepalive_client_ignores_the_proxy(proxy: Proxy) -> None:
@@ -156,4 +217,4 @@ def test_keepalive_refuses_credentials_in_base_url(tmp_path: Path) -> None:
     problems, _ = driver_problems(load_config(f))
     [(key, msg)] = problems
     assert key == "drivers.twilio.send_client" and "credentials" in msg and "hunter2" not in msg, problems
-    assert DriverSettings(base_url="https://user:hunter2@api.twilio.com").send_client == "aiohttp"
+    assert DriverSettings(base_url="https://user:hunter2@api.twilio.com").send_client == "auto"  # aiohttp, when open

@@ -232,11 +232,13 @@ class DriverSettings(BaseModel):
     connect_timeout_seconds: float = Field(5.0, gt=0, description="Time to establish a connection.")
     max_connections: int = Field(100, ge=1, description="Connection pool size of the driver's HTTP session.")
     batch_size: int = Field(1, ge=1, description="Messages per provider request.")
-    send_client: Literal["aiohttp", "keepalive"] = Field(
-        "aiohttp",
-        description="HTTP client for sends: 'aiohttp' (default; honours HTTP(S)_PROXY/NO_PROXY) or 'keepalive' "
-        "(our own HTTP/1.1 keep-alive client: less CPU per request, no proxy support, HTTP/1.1 only). Look-ups "
-        "always use aiohttp; both map failures identically (nothing re-sent once the request may have arrived).",
+    send_client: Literal["auto", "aiohttp", "keepalive"] = Field(
+        "auto",
+        description="HTTP client for sends: 'auto' (default: 'keepalive' unless an HTTP proxy in the environment "
+        "applies to base_url, or base_url carries credentials, then 'aiohttp'), 'aiohttp' (honours "
+        "HTTP(S)_PROXY/NO_PROXY) or 'keepalive' (our own HTTP/1.1 keep-alive client: less CPU per request, no proxy "
+        "support, HTTP/1.1 only). Look-ups always use aiohttp; both map failures identically (nothing re-sent once "
+        "the request may have arrived).",
     )
     server_errors: Literal["unknown"] = Field(
         "unknown",

@@ -22,20 +22,22 @@ may have reached the provider, only an answer that says "not processed" may be r
 * failures after the request was written (read timeout, server disconnect, connection reset, truncated or
   unparsable answer)                                  -> :class:`UnknownOutcomeError`
 
-Sends (:meth:`HttpClient.post`) go through one of two clients, chosen per driver by ``send_client``:
+Sends (:meth:`HttpClient.post`) go through one of two clients, chosen per driver by ``send_client``
+(:func:`choose_send_client`; ``"auto"``, the default, takes the keep-alive client unless an HTTP proxy of the
+environment applies to the driver's ``base_url`` or the URL carries credentials, then aiohttp):
 
-* ``"aiohttp"`` (the default): an aiohttp ``ClientSession`` used as cheaply as aiohttp allows (the body encoded
+* ``"aiohttp"``: an aiohttp ``ClientSession`` used as cheaply as aiohttp allows (the body encoded
   once to ``bytes``, the headers prepared once per set of extra headers, one session-level timeout, no redirects
   followed, no trace hooks). An HTTP proxy in the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, as aiohttp's
   ``trust_env`` reads them) is honoured: it is resolved once when the driver starts, with aiohttp's own lookup,
   rather than by ``trust_env=True``, which reads the environment and ``~/.netrc`` in worker threads on every request.
   Whether the request was written is marked by a ``ClientRequest`` subclass when aiohttp starts sending it (the
   moment its ``on_request_headers_sent`` trace hook would fire).
-* ``"keepalive"`` (opt-in): a small HTTP/1.1 keep-alive client of our own (:class:`_Pool`): the request is encoded
+* ``"keepalive"``: a small HTTP/1.1 keep-alive client of our own (:class:`_Pool`): the request is encoded
   once into one ``bytes`` (its head is cached per path) and written in one call, the answer is parsed with nothing
   but ``bytes`` operations, and idle connections are kept for the next request. It costs less CPU per request
   (aiohttp's per-request objects dominate a one-message request such as Twilio's), but speaks HTTP/1.1 only and
-  supports no HTTP proxy.
+  supports no HTTP proxy (hence ``"auto"`` leaves a proxied provider to aiohttp).
 
 Both map outcomes identically (above): from the moment the request is handed to the connection, the provider may
 have it (``written``). Look-ups (:meth:`HttpClient.get`) always use aiohttp. Drivers never retry: the executor does,
@@ -431,9 +433,21 @@ def env_proxy(url: URL) -> tuple[URL | None, dict[str, str] | None]:
     return proxy, ({"Proxy-Authorization": auth.encode()} if auth is not None else None)
 
 
+def choose_send_client(setting: str, base: URL, proxy: URL | None) -> str:
+    """The send client a driver uses: ``setting`` when it names one; for ``"auto"``, the keep-alive client unless
+    aiohttp is needed for ``base``: an HTTP proxy of the environment applies to it (``proxy``), it carries
+    credentials (aiohttp sends them as Basic auth), or it is not a plain ``http(s)://host`` URL."""
+    if setting != "auto":
+        return setting
+    plain = base.scheme in ("http", "https") and bool(base.raw_host)
+    if proxy is not None or not plain or base.raw_user is not None or base.raw_password is not None:
+        return "aiohttp"
+    return "keepalive"
+
+
 class HttpClient:
     """One driver's HTTP client, opened in ``startup()`` and closed in ``shutdown()``: sends (:meth:`post`) on the
-    driver's ``send_client`` (an aiohttp session by default, or our own keep-alive connections), look-ups
+    send client chosen for it (:attr:`send_client`: our own keep-alive connections or an aiohttp session), look-ups
     (:meth:`get`) on the aiohttp session."""
 
     def __init__(self, settings: DriverSettings, headers: Mapping[str, str] | None = None) -> None:
@@ -444,6 +458,8 @@ class HttpClient:
             if any(ch in f"{name}{value}" for ch in "\r\n\0"):
                 raise ValueError(f"HTTP header {name!r} contains a line break")
         self._session: aiohttp.ClientSession | None = None
+        #: the send client in use (``settings.send_client`` resolved by :func:`choose_send_client` in :meth:`open`)
+        self.send_client: str = settings.send_client
         self._pool: _Pool | None = None
         self._proxy: URL | None = None
         self._proxy_headers: dict[str, str] | None = None
@@ -464,10 +480,11 @@ class HttpClient:
         if self._session is not None:
             return
         base = URL(self.base_url)
-        if self.settings.send_client == "keepalive" and base.scheme in ("http", "https") and base.raw_host:
-            self._pool = _Pool(base, self.settings.max_connections)
         if base.absolute:
             self._proxy, self._proxy_headers = env_proxy(base)
+        self.send_client = choose_send_client(self.settings.send_client, base, self._proxy)
+        if self.send_client == "keepalive" and base.scheme in ("http", "https") and base.raw_host:
+            self._pool = _Pool(base, self.settings.max_connections)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=KEEPALIVE_SECONDS),
             timeout=aiohttp.ClientTimeout(
