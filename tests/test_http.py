@@ -176,6 +176,38 @@ async def test_hang_after_writing_is_unknown(client_for: Callable[[int], HttpCli
         server.close()
 
 
+async def test_deadlines_swept_while_requests_are_in_flight(client_for: Callable[[int], HttpClient]) -> None:
+    """Requests that get no answer each fail as unknown outcomes (the pool's sweep enforces their deadline); one
+    answered leaves nothing watched, and the sweep stops once nothing is in flight."""
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1000)
+        await asyncio.sleep(5)
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(hang, "127.0.0.1", port)
+    try:
+        client = HttpClient(
+            DriverSettings(base_url=f"http://127.0.0.1:{port}", timeout_seconds=0.3, send_client="keepalive")
+        )
+        await client.open()
+        outcomes = await asyncio.gather(*(client.post("/x", data=b"") for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(o, UnknownOutcomeError) for o in outcomes), outcomes
+        pool = client._pool
+        assert pool is not None and not pool.busy
+        await asyncio.sleep(pool.tick * 3)
+        assert pool.sweeping is None
+        await client.close()
+    finally:
+        server.close()
+    async with Server(lambda _: ok()) as srv:
+        client = client_for(srv.port)
+        await client.open()
+        await client.post("/x", data=b"")
+        assert client._pool is not None and not client._pool.busy
+
+
 async def test_refused_is_transient_and_stale_idle_connections_are_not_used(
     client_for: Callable[[int], HttpClient],
 ) -> None:

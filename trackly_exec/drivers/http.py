@@ -160,6 +160,8 @@ def dumps(value: Any) -> bytes:
 #: closed it meanwhile would make a request written onto it an unknown outcome.
 KEEPALIVE_SECONDS = 15.0
 _MAX_HEAD = 65536
+#: The keep-alive client checks its requests' deadlines this often (at most; a tenth of the timeout when shorter).
+SWEEP_SECONDS = 0.1
 
 
 class MalformedAnswer(TracklyError, ValueError):
@@ -311,6 +313,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.eof = False
         self.idle_since = 0.0
+        self.deadline = 0.0  # of the request in flight (loop time), checked by the pool's sweep
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
@@ -361,28 +364,40 @@ def _expire(waiter: asyncio.Future[_Answer], total: float) -> None:
 
 
 class _Pool:
-    """Keep-alive connections to one origin, at most ``limit`` at once."""
+    """Keep-alive connections to one origin, at most ``limit`` at once; created in the event loop that uses it.
 
-    def __init__(self, url: URL, limit: int) -> None:
+    Requests in flight are timed out by one sweep every ``tick`` seconds while any is in flight (a timer per request
+    costs more than the rest of the request's bookkeeping): a request fails between ``timeout_seconds`` and
+    ``timeout_seconds + tick`` after it started."""
+
+    def __init__(self, url: URL, limit: int, total: float) -> None:
+        self.loop = asyncio.get_running_loop()  # cached: each get_running_loop() is a getpid() system call
         self.host = url.raw_host or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if url.scheme == "https" else None
         self.slots = asyncio.Semaphore(limit)
         self.idle: list[_Conn] = []
+        self.busy: set[_Conn] = set()  # a request in flight on each
+        self.total = total
+        self.tick = min(SWEEP_SECONDS, total / 10)
+        self.sweeping: asyncio.TimerHandle | None = None
         self.closed = False
 
-    async def connect(self, timeout: float) -> _Conn:
-        """A connection: the most recently used idle one, or a new one (connection errors mapped: nothing sent)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self.idle:
-            conn = self.idle.pop()
+    def idle_conn(self, now: float) -> _Conn | None:
+        """The most recently used idle connection still fit to carry a request, if any."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
             if conn.usable and now - conn.idle_since < KEEPALIVE_SECONDS:
                 return conn
             conn.abort()
+        return None
+
+    async def connect(self, timeout: float) -> _Conn:
+        """A new connection (connection errors mapped: nothing sent)."""
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
+                _, conn = await self.loop.create_connection(
                     _Conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
                 )
         except TimeoutError as exc:
@@ -391,11 +406,29 @@ class _Pool:
             raise TransientSendError(f"cannot connect: {type(exc).__name__}: {exc}", code="connect") from exc
         return conn
 
+    def watch(self, conn: _Conn, deadline: float) -> None:
+        """Time out ``conn``'s request at ``deadline`` (until :meth:`release`)."""
+        conn.deadline = deadline
+        self.busy.add(conn)
+        if self.sweeping is None:
+            self.sweeping = self.loop.call_later(self.tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self.sweeping = None
+        now = self.loop.time()
+        for conn in [c for c in self.busy if c.deadline <= now]:
+            self.busy.discard(conn)
+            if conn.waiter is not None:
+                _expire(conn.waiter, self.total)
+        if self.busy:
+            self.sweeping = self.loop.call_later(self.tick, self._sweep)
+
     def release(self, conn: _Conn, keep: bool) -> None:
+        self.busy.discard(conn)
         conn.waiter = None
         conn.buf.clear()
         if keep and conn.usable and not self.closed:
-            conn.idle_since = asyncio.get_running_loop().time()
+            conn.idle_since = self.loop.time()
             self.idle.append(conn)
         else:
             conn.abort()
@@ -484,7 +517,7 @@ class HttpClient:
             self._proxy, self._proxy_headers = env_proxy(base)
         self.send_client = choose_send_client(self.settings.send_client, base, self._proxy)
         if self.send_client == "keepalive" and base.scheme in ("http", "https") and base.raw_host:
-            self._pool = _Pool(base, self.settings.max_connections)
+            self._pool = _Pool(base, self.settings.max_connections, self.settings.timeout_seconds)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=KEEPALIVE_SECONDS),
             timeout=aiohttp.ClientTimeout(
@@ -593,9 +626,9 @@ class HttpClient:
     ) -> HttpReply:
         """:meth:`post` on our own keep-alive connections."""
         request = b"".join((self._head(path, headers), str(len(body)).encode(), b"\r\n\r\n", body))
-        loop = asyncio.get_running_loop()
+        loop = pool.loop
         total = self.settings.timeout_seconds
-        deadline = loop.time() + total  # one deadline for slot, connection and answer (a timer, not a Timeout)
+        deadline = loop.time() + total  # one deadline for slot, connection and answer (the pool's sweep enforces it)
         written = False
         conn: _Conn | None = None
         try:
@@ -604,19 +637,21 @@ class HttpClient:
             else:
                 await pool.slots.acquire()
             try:
-                conn = await pool.connect(min(self.settings.connect_timeout_seconds, max(0.0, deadline - loop.time())))
+                conn = pool.idle_conn(loop.time())
+                if conn is None:
+                    wait = min(self.settings.connect_timeout_seconds, max(0.0, deadline - loop.time()))
+                    conn = await pool.connect(wait)
                 transport = conn.transport
                 if transport is None:
                     raise ConnectionError("connection without a transport")
                 waiter: asyncio.Future[_Answer] = loop.create_future()
                 conn.waiter = waiter
-                timer = loop.call_at(deadline, _expire, waiter, total)
+                pool.watch(conn, deadline)
                 written = True  # from here on the provider may have the request
                 transport.write(request)
                 try:
                     answer = await waiter
                 finally:
-                    timer.cancel()
                     keep = waiter.done() and not waiter.cancelled() and waiter.exception() is None
                     pool.release(conn, keep and waiter.result().keep_alive)
                     conn = None
