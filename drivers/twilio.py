@@ -62,6 +62,10 @@ LOOKUP_SKEW = dt.timedelta(minutes=5)
 LOOKUP_PAGE_SIZE = 100
 LOOKUP_MAX_PAGES = 5
 
+#: Form quoting: characters ``quote_plus`` escapes in ASCII text (all but letters, digits and ``_.-~``), escaped.
+_ESCAPES = {chr(i): "+" if i == 32 else f"%{i:02X}" for i in range(128) if not (chr(i).isalnum() or chr(i) in "_.-~")}
+_UNSAFE = frozenset(_ESCAPES)
+
 SIGNATURE_HEADER = "x-twilio-signature"
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 SIGNATURE_SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
@@ -75,6 +79,22 @@ class TwilioSettings(DriverSettings):
     account_sid: str = Field("", description="Account SID (AC...), used in the path and as Basic-auth user.")
     auth_token: SecretStr = Field(SecretStr(""), description="Auth token: Basic-auth password and webhook signing key.")
     batch_size: int = Field(1, ge=1, le=1, description="Twilio takes one message per request (fixed at 1).")
+
+
+def quote_form(value: str) -> str:
+    """``urllib.parse.quote_plus(value)``, byte for byte, with one ``str.replace`` per kind of character to escape
+    in ASCII text (quote_plus looks every byte up in Python); other text goes to quote_plus itself."""
+    if not value.isascii():
+        return quote_plus(value)
+    present = _UNSAFE.intersection(value)
+    if not present:
+        return value
+    if "%" in present:  # first: the escapes below bring their own
+        value = value.replace("%", "%25")
+    for ch in present:
+        if ch != "%" and ch != " ":
+            value = value.replace(ch, _ESCAPES[ch])
+    return value.replace(" ", "+") if " " in present else value  # last: "+" itself is escaped above
 
 
 # --------------------------------------------------------------------------------------------- signatures
@@ -149,8 +169,10 @@ class TwilioDriver(Driver[TwilioSettings]):
     _http: HttpClient | None = None
     _callback_prefix: str | None = None  # the quoted "<status_url>?mid=" of every request
     _quoted: dict[str, str] | None = None  # sender -> quoted sender
+    _send_path = ""  # set by startup()
 
     async def startup(self) -> None:
+        self._send_path = f"/2010-04-01/Accounts/{self.settings.account_sid}/Messages.json"
         pair = f"{self.settings.account_sid}:{self.settings.auth_token.get_secret_value()}"
         basic = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
         self._http = HttpClient(self.settings, headers={"Accept": "application/json", "Authorization": basic})
@@ -186,9 +208,9 @@ class TwilioDriver(Driver[TwilioSettings]):
             sender = quote_plus(m.sender)
             if len(self._quoted) < 256:
                 self._quoted[m.sender] = sender
-        body = f"To={quote_plus(m.to)}&From={sender}&Body={quote_plus(m.body)}"
+        body = f"To={quote_form(m.to)}&From={sender}&Body={quote_form(m.body)}"
         if prefix:
-            body += f"&StatusCallback={prefix}{quote_plus(m.id)}"
+            body += f"&StatusCallback={prefix}{quote_form(m.id)}"
         return body.encode("ascii")
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
@@ -198,9 +220,8 @@ class TwilioDriver(Driver[TwilioSettings]):
 
     async def _send_one(self, m: OutboundMessage) -> SendResult:
         assert self._http is not None, "startup() not called"
-        path = f"/2010-04-01/Accounts/{self.settings.account_sid}/Messages.json"
         try:
-            reply = await self._http.post(path, data=self.form_body(m), headers=_FORM)
+            reply = await self._http.post(self._send_path, data=self.form_body(m), headers=_FORM)
             body = reply.json()
             if reply.status in (200, 201) and isinstance(body, dict) and body.get("sid"):
                 segments = body.get("num_segments")

@@ -1,14 +1,15 @@
-"""Executor hot-path costs (issue 12): bounded request concurrency, pre-encoded Twilio form bodies."""
+"""Executor hot-path costs (issue 12): bounded request concurrency, pre-encoded Twilio form bodies (quoted like
+``quote_plus``)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import pytest
-from trackly_drivers.twilio import TwilioDriver
+from trackly_drivers.twilio import TwilioDriver, quote_form
 
 from trackly_exec.config import Settings
 from trackly_exec.drivers.contract import Accepted, OutboundMessage, SendResult
@@ -23,12 +24,23 @@ async def test_twilio_form_body_is_the_urlencoded_form() -> None:
     and the provider takes it."""
     async with DriverHarness(TwilioDriver) as h:
         odd = OutboundMessage(id="a/b?c=d", to="+12025550100", sender="Shop & Co", body="Héllo 100% & = + / ? 😀")
-        msgs = [*h.messages(2), odd]
+        ascii_odd = OutboundMessage(id="a b", to="+12025550100", sender="Shop+Co", body="100% & = + / ? ~_.- %2B")
+        msgs = [*h.messages(2), odd, ascii_odd]
         driver: Any = h.driver
         for m in msgs:
             assert driver.form_body(m) == urlencode(driver.form(m)).encode()
         results = await h.submit(msgs)
         assert all(isinstance(r, Accepted) for r in results)
+
+
+def test_quote_form_is_quote_plus() -> None:
+    """The form quoting of Twilio bodies is ``quote_plus``, byte for byte: every ASCII character alone and in text
+    (``%`` and ``+`` among the escapes, spaces last), and non-ASCII text (left to quote_plus)."""
+    samples = [chr(i) for i in range(128)]
+    samples += ["", "plain", "Your code is 12345. Reply STOP to opt out", "+31612345678", "100% + 1 = 2 %2B", "a b+c%d"]
+    samples += ["".join(chr(i) for i in range(128)), "Héllo 😀 100% + ok"]
+    for text in samples:
+        assert quote_form(text) == quote_plus(text), text
 
 
 async def test_requests_run_on_pool_size_consumers_not_a_task_each(

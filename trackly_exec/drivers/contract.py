@@ -364,6 +364,8 @@ class Driver(ABC, Generic[S]):
             return [
                 UnknownOutcome(message_id=m.id, detail=f"driver raised {type(exc).__name__}: {exc}") for m in messages
             ]
+        if len(results) == len(messages) == 1 and results[0].message_id == messages[0].id:
+            return list(results)  # one message, answered (Twilio's every request): nothing to match
         by_id = {r.message_id: r for r in results}
         return [
             by_id.get(m.id) or UnknownOutcome(message_id=m.id, detail="driver returned no result for this message")
