@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from trackly_exec.drivers import registry
 from trackly_exec.drivers.registry import discover, get_driver_class
 from trackly_exec.errors import DriverNotFound
 
@@ -134,3 +135,26 @@ def test_builtins_discovered_in_process() -> None:
         info = infos[name]
         assert info.cls is not None and info.distribution == "trackly-exec", info
         assert info.cls.fake and info.cls.fake.startswith(f"trackly_exec.testing.fakes.{name}:")
+
+
+def test_driver_class_found_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver's class is discovered once per process (a discovery reads every distribution's metadata), per
+    ``TRACKLY_LOAD_DRIVERS``; an unknown name is looked for again each time."""
+    calls: list[int] = []
+    original = registry.discover
+
+    def counting() -> dict[str, registry.DriverInfo]:
+        calls.append(1)
+        return original()
+
+    monkeypatch.setattr(registry, "discover", counting)
+    monkeypatch.setattr(registry, "_found", {})
+    monkeypatch.delenv("TRACKLY_LOAD_DRIVERS", raising=False)
+    first = get_driver_class("twilio")
+    assert get_driver_class("twilio") is first and len(calls) == 1
+    monkeypatch.setenv("TRACKLY_LOAD_DRIVERS", "twilio")
+    assert get_driver_class("twilio") is first and len(calls) == 2
+    for _ in range(2):
+        with pytest.raises(DriverNotFound):
+            get_driver_class("no-such-provider")
+    assert len(calls) == 4

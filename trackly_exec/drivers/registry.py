@@ -13,6 +13,9 @@ from trackly_exec.store.constants import DRIVER_GROUP
 
 #: Test hook: drivers registered in-process, without an installed distribution.
 _registered: dict[str, type[Driver[Any]]] = {}
+#: Classes found by :func:`get_driver_class`, by name and ``TRACKLY_LOAD_DRIVERS``: a discovery reads every installed
+#: distribution's metadata (about 12 ms), and a driver's class does not change while the process runs.
+_found: dict[tuple[str, str | None], type[Driver[Any]]] = {}
 
 
 @dataclass
@@ -77,6 +80,10 @@ def get_driver_class(name: str) -> type[Driver[Any]]:
     """The driver class called ``name``; :class:`DriverNotFound` lists what is available."""
     if name in _registered:
         return _registered[name]
+    key = (name, os.environ.get("TRACKLY_LOAD_DRIVERS"))
+    found = _found.get(key)
+    if found is not None:
+        return found
     infos = discover()
     info = infos.get(name)
     if info is None:
@@ -84,4 +91,5 @@ def get_driver_class(name: str) -> type[Driver[Any]]:
         raise DriverNotFound(f"unknown driver {name!r}; available drivers: {available}")
     if info.cls is None:
         raise DriverNotFound(f"driver {name!r} ({info.value}) failed to load: {info.error}")
+    _found[key] = info.cls
     return info.cls
