@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr
 
 from trackly_exec.drivers.contract import (
-    Accepted,
     DeliveryReport,
     Driver,
     DriverSettings,
@@ -27,6 +26,7 @@ from trackly_exec.drivers.contract import (
     SendResult,
     UnknownOutcome,
     WebhookRequest,
+    accepted,
 )
 from trackly_exec.drivers.http import HttpClient, JsonObject, raise_for_status
 from trackly_exec.errors import PermanentSendError, UnknownOutcomeError, WebhookFormatError
@@ -148,13 +148,7 @@ class CMDriver(Driver[CMSettings]):
             status = str(entry.get("status") or "").lower()
             error = _int(entry.get("messageErrorCode"))
             if status == "accepted" and error == 0:
-                results.append(
-                    Accepted(
-                        message_id=m.id,
-                        provider_message_id=m.id,
-                        segments=_int(entry.get("parts"), m.segments) or m.segments,
-                    )
-                )
+                results.append(accepted(m.id, m.id, _int(entry.get("parts"), m.segments) or m.segments))
             else:
                 results.append(
                     Rejected(

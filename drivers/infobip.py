@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr
 
 from trackly_exec.drivers.contract import (
-    Accepted,
     DeliveryReport,
     Driver,
     DriverSettings,
@@ -31,6 +30,7 @@ from trackly_exec.drivers.contract import (
     SendResult,
     UnknownOutcome,
     WebhookRequest,
+    accepted,
 )
 from trackly_exec.drivers.http import HttpClient, HttpReply, JsonObject, raise_for_status
 from trackly_exec.errors import TransientSendError, WebhookFormatError
@@ -101,7 +101,7 @@ def _status_result(message_id: str, entry: JsonObject, segments: int) -> SendRes
     if group in ACCEPTED_GROUPS:
         count = (entry.get("details") or {}).get("messageCount") or entry.get("smsCount") or segments
         provider_id = str(entry.get("messageId") or message_id)
-        return Accepted(message_id=message_id, provider_message_id=provider_id, segments=int(count))
+        return accepted(message_id, provider_id, int(count))
     if group in FAILED_GROUPS:
         code = f"{name}" + (f" ({status['id']})" if status.get("id") is not None else "")
         return Rejected(

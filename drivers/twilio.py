@@ -22,7 +22,6 @@ from xml.sax.saxutils import escape
 from pydantic import Field, SecretStr
 
 from trackly_exec.drivers.contract import (
-    Accepted,
     DeliveryReport,
     Driver,
     DriverSettings,
@@ -38,6 +37,7 @@ from trackly_exec.drivers.contract import (
     UnknownOutcome,
     WebhookRequest,
     WebhookResponse,
+    accepted,
 )
 from trackly_exec.drivers.http import HttpClient, JsonObject, raise_for_status
 from trackly_exec.errors import (
@@ -226,7 +226,7 @@ class TwilioDriver(Driver[TwilioSettings]):
             if reply.status in (200, 201) and isinstance(body, dict) and body.get("sid"):
                 segments = body.get("num_segments")
                 count = int(str(segments)) if str(segments or "").isdigit() and int(str(segments)) > 0 else m.segments
-                return Accepted(message_id=m.id, provider_message_id=str(body["sid"]), segments=count)
+                return accepted(m.id, str(body["sid"]), count)
             if 200 <= reply.status < 300:
                 return UnknownOutcome(message_id=m.id, detail=f"Twilio answered HTTP {reply.status} without a sid")
             code = str(body["code"]) if isinstance(body, dict) and body.get("code") is not None else None

@@ -9,10 +9,11 @@ from typing import Any
 from urllib.parse import quote_plus, urlencode
 
 import pytest
+from pydantic import ValidationError
 from trackly_drivers.twilio import TwilioDriver, quote_form
 
 from trackly_exec.config import Settings
-from trackly_exec.drivers.contract import Accepted, OutboundMessage, SendResult
+from trackly_exec.drivers.contract import Accepted, OutboundMessage, SendResult, accepted, outbound_message
 from trackly_exec.store.client import Store
 from trackly_exec.testing.contract import DriverHarness
 
@@ -41,6 +42,26 @@ def test_quote_form_is_quote_plus() -> None:
     samples += ["".join(chr(i) for i in range(128)), "Héllo 😀 100% + ok"]
     for text in samples:
         assert quote_form(text) == quote_plus(text), text
+
+
+def test_hot_path_messages_and_results_equal_validated_ones() -> None:
+    """``outbound_message`` and ``accepted`` build what the validating constructors build (equal, same fields set,
+    same dump and hash); a value of another type is validated as before (converted, or refused)."""
+    fields = {"id": "0123abcd", "to": "+31612345678", "sender": "Shop", "body": "Hi 100%", "segments": 2}
+    fast, slow = outbound_message(**fields), OutboundMessage(**fields)
+    assert type(fast) is OutboundMessage and fast == slow and hash(fast) == hash(slow)
+    assert fast.model_fields_set == slow.model_fields_set and fast.model_dump() == slow.model_dump()
+    assert repr(fast) == repr(slow)
+    with pytest.raises(ValidationError):
+        fast.body = "changed"  # frozen like any other
+    assert outbound_message("a", "+1", "s", "b", "3").segments == 3  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        outbound_message("a", None, "s", "b", 1)  # type: ignore[arg-type]
+    got, want = accepted("m1", "SM1", 2), Accepted(message_id="m1", provider_message_id="SM1", segments=2)
+    assert type(got) is Accepted and got == want and got.model_fields_set == want.model_fields_set
+    assert got.model_dump() == want.model_dump() and got.kind == "accepted"
+    with pytest.raises(ValidationError):
+        accepted("m1", 7, 1)  # type: ignore[arg-type]
 
 
 async def test_requests_run_on_pool_size_consumers_not_a_task_each(

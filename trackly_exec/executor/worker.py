@@ -46,7 +46,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, stop_be
 from trackly_exec import failpoints
 from trackly_exec.app import backoff
 from trackly_exec.campaigns import queue
-from trackly_exec.drivers.contract import Driver, OutboundMessage, SendResult, TransientFailure
+from trackly_exec.drivers.contract import Driver, OutboundMessage, SendResult, TransientFailure, outbound_message
 from trackly_exec.errors import TracklyError
 from trackly_exec.executor import billing, checks, claims
 from trackly_exec.executor.outcomes import Outcomes, throttle_groups
@@ -427,14 +427,10 @@ class Worker:
         """Submit ``docs`` in requests of ``max_batch_size``; one final result per message."""
         size = max(1, info.driver.max_batch_size)
         default_sender = info.doc.from_number
-        build = OutboundMessage  # pydantic-core's validation of five plain fields costs less than model_construct
+        build = outbound_message  # plain values: no validation (half pydantic's cost); anything else validated
         msgs = [
             build(
-                id=d["_id"],
-                to=d["to_number"],
-                sender=d.get("from_number") or default_sender,
-                body=d["body"],
-                segments=int(d.get("segments") or 1),
+                d["_id"], d["to_number"], d.get("from_number") or default_sender, d["body"], int(d.get("segments") or 1)
             )
             for d in docs
         ]
