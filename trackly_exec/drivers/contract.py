@@ -110,7 +110,7 @@ _OUTBOUND_SET = frozenset(("id", "to", "sender", "body", "segments"))
 _ACCEPTED_SET = frozenset(("message_id", "provider_message_id", "segments"))
 
 
-def _built(cls: type[BaseModel], values: dict[str, Any], fields_set: frozenset[str]) -> Any:
+def _built(cls: type[BaseModel], values: dict[str, object], fields_set: frozenset[str]) -> Any:
     """An instance of ``cls`` holding ``values`` as they are, as pydantic's ``model_construct`` makes one (with less
     work): for values validation would return unchanged."""
     obj = _new_object(cls)
