@@ -24,8 +24,10 @@ async def test_two_processes_send_each_message_once(
     try:
         # ids like real ones (HMAC hex): each process takes its share, a range of ids
         ids = await seed(store, 2500, list_id=1, driver="infobip", rate=0, hashed_ids=True)
+        # list 2 at 30,000/min (both processes together, one Redis limiter): it takes at least 5 s to drain, so the
+        # process started second joins while there is still work, however fast the first one is
         ids += await seed(
-            store, 2500, list_id=2, driver="cm", rate=600_000, first_contact=5000, execution_id=2, hashed_ids=True
+            store, 2500, list_id=2, driver="cm", rate=30_000, first_contact=5000, execution_id=2, hashed_ids=True
         )
         drivers = {"infobip": infobip.driver_settings(), "cm": cm.driver_settings()}
         config = write_config(tmp_path / "exec.toml", settings, drivers, claim_batch_size=100)
