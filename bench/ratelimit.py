@@ -33,7 +33,8 @@ async def main(args: argparse.Namespace) -> int:
         await store.ensure_indexes()
         per_second = args.rate / 60
         queued = int(per_second * args.seconds * 2.5) + 200
-        await seed_lists(store, queued, {1: "infobip"}, rate=args.rate)
+        # ids like real ones (HMAC hex), so both processes take a share of the queue
+        await seed_lists(store, queued, {1: "infobip"}, rate=args.rate, hashed_ids=True)
         config = Path(svc["tmp"]) / "exec.toml"
         drivers = fake.driver_settings()
         config.write_text(
