@@ -4,6 +4,7 @@ failure mapped like the rest of the plumbing (nothing written -> transient, writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 from collections.abc import AsyncIterator, Callable
 
@@ -156,7 +157,10 @@ async def test_broken_answer_after_writing_is_unknown(
         assert len(srv.requests) == 1
 
 
-async def test_hang_after_writing_is_unknown(client_for: Callable[[int], HttpClient]) -> None:
+@contextlib.asynccontextmanager
+async def hanging_keepalive_client() -> AsyncIterator[HttpClient]:
+    """A keep-alive client (0.3 s timeout), opened, on a server that reads each request and never answers."""
+
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(1000)
         await asyncio.sleep(5)
@@ -169,38 +173,28 @@ async def test_hang_after_writing_is_unknown(client_for: Callable[[int], HttpCli
             DriverSettings(base_url=f"http://127.0.0.1:{port}", timeout_seconds=0.3, send_client="keepalive")
         )
         await client.open()
-        with pytest.raises(UnknownOutcomeError):
-            await client.post("/x", data=b"")
+        yield client
         await client.close()
     finally:
         server.close()
 
 
+async def test_hang_after_writing_is_unknown(client_for: Callable[[int], HttpClient]) -> None:
+    async with hanging_keepalive_client() as client:
+        with pytest.raises(UnknownOutcomeError):
+            await client.post("/x", data=b"")
+
+
 async def test_deadlines_swept_while_requests_are_in_flight(client_for: Callable[[int], HttpClient]) -> None:
     """Requests that get no answer each fail as unknown outcomes (the pool's sweep enforces their deadline); one
     answered leaves nothing watched, and the sweep stops once nothing is in flight."""
-
-    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1000)
-        await asyncio.sleep(5)
-        writer.close()
-
-    port = free_port()
-    server = await asyncio.start_server(hang, "127.0.0.1", port)
-    try:
-        client = HttpClient(
-            DriverSettings(base_url=f"http://127.0.0.1:{port}", timeout_seconds=0.3, send_client="keepalive")
-        )
-        await client.open()
+    async with hanging_keepalive_client() as client:
         outcomes = await asyncio.gather(*(client.post("/x", data=b"") for _ in range(3)), return_exceptions=True)
         assert all(isinstance(o, UnknownOutcomeError) for o in outcomes), outcomes
         pool = client._pool
         assert pool is not None and not pool.busy
         await asyncio.sleep(pool.tick * 3)
         assert pool.sweeping is None
-        await client.close()
-    finally:
-        server.close()
     async with Server(lambda _: ok()) as srv:
         client = client_for(srv.port)
         await client.open()

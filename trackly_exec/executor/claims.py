@@ -182,12 +182,13 @@ async def claim_docs(
     for d in candidates:
         groups.setdefault(d["due_ms"], []).append(d["_id"])
     claim_set = {"$set": LEASE.taken(token, now)}
+    now_ms = epoch_ms(now)
     # still unclaimed, and due at the time read (every change to an unclaimed message moves its due time; a due
     # time as read was at most ``now``): flat, so nx-27017 runs it as SQL on the _id index
     filters: list[Filter] = [
         {"_id": {"$in": ids}, "claimed_by": None, "due_ms": {"$eq": due}}
         for due, ids in groups.items()
-        if due <= epoch_ms(now)
+        if due <= now_ms
     ]
     if not filters:
         return [], 0
@@ -370,11 +371,11 @@ async def _unpause(db: Any, query: Filter, now: dt.datetime) -> int:
     paused meanwhile, e.g. by a running evaluation, are resumed too)."""
     q = db[c.QUEUED]
     free = {**query, **LEASE.free(), "paused": True}
-    done = 0
+    done, now_ms = 0, epoch_ms(now)
     for _ in range(10):
         by_due: dict[int, list[str]] = {}
         async for d in q.find(free, {"sendtime": 1}):
-            by_due.setdefault(max(epoch_ms(d["sendtime"]), epoch_ms(now)), []).append(d["_id"])
+            by_due.setdefault(max(epoch_ms(d["sendtime"]), now_ms), []).append(d["_id"])
         if not by_due:
             break
         for due, ids in by_due.items():
