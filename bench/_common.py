@@ -91,6 +91,7 @@ def services(
             )
         )
         urls: dict[str, str] = {}
+        fake_pids: dict[str, int] = {}
         for name in fakes:
             port = free_port()
             # reports far in the future: nothing listens for them here and they would only burn CPU
@@ -102,6 +103,7 @@ def services(
                 )
             )
             urls[name] = f"http://127.0.0.1:{port}"
+            fake_pids[name] = procs[-1].pid
         for url in urls.values():
             wait_http(f"{url}/_fake/ledger")
         yield {
@@ -109,6 +111,7 @@ def services(
             "mongo_pid": mongo.proc.pid if mongo.proc is not None else None,
             "redis_url": f"redis://127.0.0.1:{redis_port}/0",
             "fakes": urls,
+            "fake_pids": fake_pids,
             "tmp": tmp,
         }
     finally:

@@ -222,11 +222,13 @@ async def main(args: argparse.Namespace) -> None:
         load = os.getloadavg()[0]
         cpu0 = time.process_time()
         store0 = proc_cpu(svc["mongo_pid"])
+        fakes0 = {k: proc_cpu(pid) for k, pid in svc["fake_pids"].items()}
         started = time.perf_counter()
         counts = await coord.run_until_idle()
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu0
         store_cpu = proc_cpu(svc["mongo_pid"]) - store0
+        fakes_cpu = {k: proc_cpu(pid) - fakes0[k] for k, pid in svc["fake_pids"].items()}
         sent = counts.get("sent", 0)
         accepted = sum(ledger(u)["accepted"] for u in svc["fakes"].values())
         dupes = sum(ledger(u)["duplicates"] for u in svc["fakes"].values())
@@ -246,6 +248,12 @@ async def main(args: argparse.Namespace) -> None:
         )
         store_us = store_cpu / max(sent, 1) * 1e6
         print(f"  store process CPU: {store_cpu:.2f}s = {store_us:.0f} us/message", flush=True)
+        print(
+            "  provider fakes' CPU (sharing the machine with the store and the executor): "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in fakes_cpu.items())
+            + f" = {sum(fakes_cpu.values()) / max(sent, 1) * 1e6:.0f} us/message",
+            flush=True,
+        )
         us = cpu / max(sent, 1) * 1e6
         mix = "+".join(LISTS.values())
         if args.breakdown:

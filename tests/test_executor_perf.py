@@ -13,7 +13,14 @@ from pydantic import ValidationError
 from trackly_drivers.twilio import TwilioDriver, quote_form
 
 from trackly_exec.config import Settings
-from trackly_exec.drivers.contract import Accepted, OutboundMessage, SendResult, accepted, outbound_message
+from trackly_exec.drivers.contract import (
+    Accepted,
+    OutboundMessage,
+    SendResult,
+    TransientFailure,
+    accepted,
+    outbound_message,
+)
 from trackly_exec.store.client import Store
 from trackly_exec.testing.contract import DriverHarness
 
@@ -84,3 +91,45 @@ async def test_requests_run_on_pool_size_consumers_not_a_task_each(
     assert counts["sent"] == 24 and len(seen) == 24
     assert max(seen) <= 3
     assert sorted(e.message_id for e in fakes["twilio"].ledger) == sorted(ids)
+
+
+async def test_consumers_keep_their_slot_but_never_through_a_retry_backoff(
+    settings: Settings, store: Store, fakes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's consumer keeps its pool slot from one one-message request to the next (never more requests in
+    flight than ``pool_size``), and hands it back before a retry's backoff: a request waiting to be retried holds
+    no slot. Every message is still sent once and recorded once."""
+    ids = await seed(store, 12, driver="twilio")
+    flaky = ids[0]
+    in_flight, peak, attempts = [0], [0], {flaky: 0}
+    free_at_backoff: list[int] = []
+    original = TwilioDriver.send
+
+    async def send(self: TwilioDriver, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        try:
+            await asyncio.sleep(0)  # let the other consumers reach their own request
+            if messages[0].id == flaky and attempts[flaky] == 0:
+                attempts[flaky] += 1
+                return [TransientFailure(message_id=flaky, code="20429", detail="too many requests")]
+            return await original(self, messages)
+        finally:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(TwilioDriver, "send", send)
+    coord = await executor(settings, store, fakes, claim_batch_size=12, workers_per_list=1, pool_size=1)
+    worker_sleep = coord.worker._sleep
+
+    async def sleep(seconds: float) -> bool:
+        free_at_backoff.append(coord.pool._value)  # noqa: SLF001 - the semaphore's free slots
+        return await worker_sleep(seconds)
+
+    monkeypatch.setattr(coord.worker, "_sleep", sleep)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 12 and attempts[flaky] == 1
+    assert peak[0] == 1  # one slot: one request at a time, across the consumer's run of requests
+    assert free_at_backoff and free_at_backoff[0] == 1  # the slot was handed back before the retry's backoff
+    assert sorted(e.message_id for e in fakes["twilio"].ledger) == sorted(ids)
+    assert await store.db["message_sent"].count_documents({}) == 12

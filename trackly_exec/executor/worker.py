@@ -76,6 +76,9 @@ class ListInfo:
         return self.doc.id
 
 
+# A consumer of a chunk's one-message requests (Twilio's) keeps its pool slot for up to this many requests in a row
+# while other requests wait for one (a wait for a slot per request cost more than the request's own bookkeeping).
+HOLD_REQUESTS = 16
 _LATE_REGRANTS = 1  # a chunk woken late takes one new slot, then goes (under a load that makes every chunk late, the
 # list slows down by half at most: the missed slot paid for the late send)
 
@@ -443,12 +446,26 @@ class Worker:
             await self._request(info, requests[0], results, requeue, errors, by_id)
             return results, requeue, errors[0]
         # bounded concurrency: as many consumers as the pool has slots, not one task per request (a chunk of
-        # one-message requests, Twilio's, would otherwise create a task per message)
+        # one-message requests, Twilio's, would otherwise create a task per message); each consumer keeps its
+        # slot from one request to the next (handing it back every HOLD_REQUESTS when others wait, and before a
+        # retry's backoff: see _request)
         pending = iter(requests)
+        pool = self.pool
 
         async def consume() -> None:
-            for batch in pending:
-                await self._request(info, batch, results, requeue, errors, by_id)
+            slot = [False]  # whether this consumer holds a pool slot
+            try:
+                for n, batch in enumerate(pending, 1):
+                    if slot[0] and n % HOLD_REQUESTS == 0 and pool.locked():
+                        slot[0] = False
+                        pool.release()  # to the back of the line: the waiters' turn
+                    if not slot[0]:
+                        await pool.acquire()
+                        slot[0] = True
+                    await self._request(info, batch, results, requeue, errors, by_id, slot)
+            finally:
+                if slot[0]:
+                    pool.release()
 
         await asyncio.gather(*(consume() for _ in range(min(len(requests), self.cfg.pool_size))))
         return results, requeue, errors[0]
@@ -461,9 +478,13 @@ class Worker:
         requeue: set[str],
         errors: list[bool],
         docs: dict[str, ClaimedDoc] | None = None,
+        slot: list[bool] | None = None,
     ) -> None:
         """One provider request, retried for the messages that failed transiently (a retry is a new send: what
-        became ineligible meanwhile, a STOP or a pause, goes back to the queue instead, see :meth:`_retry_recheck`)."""
+        became ineligible meanwhile, a STOP or a pause, goes back to the queue instead, see :meth:`_retry_recheck`).
+
+        Each attempt takes a pool slot, unless the caller holds one (``slot == [True]``, :meth:`_send`'s consumers):
+        the first attempt then uses it, and it is handed back (``slot[0] = False``) before a retry's backoff."""
         pending = list(msgs)
         last: list[TransientFailure] = []
 
@@ -482,8 +503,11 @@ class Worker:
                     last = [t for t in last if t.message_id not in dropped]
                     if not pending:
                         return []
-            async with self.pool:
+            if slot is not None and slot[0]:
                 out = await info.driver.submit(pending)
+            else:
+                async with self.pool:
+                    out = await info.driver.submit(pending)
             if any(r.kind == "accepted" for r in out):
                 failpoints.hit("after_provider_accept")
             transient = [r for r in out if isinstance(r, TransientFailure)]
@@ -500,6 +524,9 @@ class Worker:
 
         if not await attempt():  # the common case: one attempt, no retry machinery
             return
+        if slot is not None and slot[0]:  # no slot held through a backoff: each retry takes one
+            slot[0] = False
+            self.pool.release()
 
         def wait(attempt_done: int) -> float:
             """Exponential backoff with jitter after ``attempt_done`` attempts, at least the Retry-After hint."""
