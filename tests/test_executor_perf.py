@@ -122,7 +122,7 @@ async def test_consumers_keep_their_slot_but_never_through_a_retry_backoff(
     worker_sleep = coord.worker._sleep
 
     async def sleep(seconds: float) -> bool:
-        free_at_backoff.append(coord.pool._value)  # noqa: SLF001 - the semaphore's free slots
+        free_at_backoff.append(coord.pool._value)  # the semaphore's free slots
         return await worker_sleep(seconds)
 
     monkeypatch.setattr(coord.worker, "_sleep", sleep)
