@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import fake_credentials, ledger, record, run, seed_lists, services
+from _common import fake_credentials, ledger, proc_cpu, record, run, seed_lists, services
 
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
@@ -60,7 +60,8 @@ async def child(spec: dict[str, Any], name: str, shared: bool) -> None:
 
     class Count(monitoring.CommandListener):
         def started(self, event: monitoring.CommandStartedEvent) -> None:
-            commands[event.command_name] += 1
+            what = event.command.get(event.command_name)
+            commands[f"{event.command_name} {what}" if isinstance(what, str) else event.command_name] += 1
 
         def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
             pass
@@ -80,7 +81,11 @@ async def child(spec: dict[str, Any], name: str, shared: bool) -> None:
     cpu0, t0 = time.process_time(), time.time()
     counts = await coord.run_until_idle()
     t1, cpu = time.time(), time.process_time() - cpu0
-    rounds = {k: v for k, v in commands.items() if k not in ("endSessions", "hello", "isMaster", "ismaster", "ping")}
+    rounds = {
+        k: v
+        for k, v in commands.items()
+        if k.split()[0] not in ("endSessions", "hello", "isMaster", "ismaster", "ping")
+    }
     await trackly.close()
     out = {
         "counts": counts,
@@ -94,7 +99,8 @@ async def child(spec: dict[str, Any], name: str, shared: bool) -> None:
 
 
 def run_procs(spec: dict[str, Any], procs: int, shared: bool = True) -> dict[str, Any]:
-    """``procs`` executor processes over what is queued; their combined figures."""
+    """``procs`` executor processes over what is queued; their combined figures (the store's CPU too)."""
+    store0 = proc_cpu(spec["mongo_pid"])
     children = [
         subprocess.Popen(
             [sys.executable, __file__, "--child", json.dumps(spec), "--name", f"bench-{k}"]
@@ -118,6 +124,7 @@ def run_procs(spec: dict[str, Any], procs: int, shared: bool = True) -> dict[str
         out, _ = ch.communicate(timeout=3600)
         assert ch.returncode == 0, out
         outs.append(json.loads(out.strip().splitlines()[-1]))
+    store_cpu = proc_cpu(spec["mongo_pid"]) - store0  # the processes' start and stop included
     sent = sum(o["counts"].get("sent", 0) for o in outs)
     wall = max(o["t1"] for o in outs) - min(o["t0"] for o in outs)
     commands: collections.Counter[str] = collections.Counter()
@@ -134,6 +141,7 @@ def run_procs(spec: dict[str, Any], procs: int, shared: bool = True) -> dict[str
         "empty": sum(o["counts"].get("empty_claims", 0) for o in outs),
         "steals": sum(o["counts"].get("steals", 0) for o in outs),
         "us": sum(o["cpu"] for o in outs) / max(sent, 1) * 1e6,
+        "store_us": store_cpu / max(sent, 1) * 1e6,
         "round_trips": sum(commands.values()) / max(sent, 1) * 1000,
         "commands": dict(commands),
         "rss_mb": max(o["rss_mb"] for o in outs),
@@ -157,9 +165,10 @@ def show(r: dict[str, Any]) -> None:
         f"{r['sent']:,} sent in {r['wall']:.2f}s = "
         f"{r['rate']:,.0f} msg/s (per process {r['per_process']}); queue reads/msg {r['reads']:.3f}; "
         f"empty claims {r['empty']}; steals {r['steals']}; store round trips per 1,000 msg {r['round_trips']:.1f}; "
-        f"executor CPU {r['us']:.0f} us/msg",
+        f"executor CPU {r['us']:.0f} us/msg; store CPU {r['store_us']:.0f} us/msg",
         flush=True,
     )
+    print(f"    store commands: {dict(sorted(r['commands'].items()))}", flush=True)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -167,6 +176,7 @@ def main(args: argparse.Namespace) -> None:
     with services(fakes=tuple(lists.values()), in_memory=not args.file) as svc:
         spec = {
             "mongo_uri": svc["mongo_uri"],
+            "mongo_pid": svc["mongo_pid"],
             "redis_url": svc["redis_url"],
             "data_dir": str(Path(svc["tmp"]) / "data"),
             "batch": args.batch,
@@ -199,7 +209,6 @@ def main(args: argparse.Namespace) -> None:
             f"(provider ledgers: {accepted:,} accepted, {dupes} duplicates; failed {one['failed'] + many['failed']})",
             flush=True,
         )
-        print(f"  store commands, {args.procs} processes: {many['commands']}")
         if args.compare:
             old = results[2]
             print(
