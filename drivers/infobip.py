@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import orjson
 from pydantic import Field, SecretStr
 
 from trackly_exec.drivers.contract import (
@@ -228,8 +229,8 @@ class InfobipDriver(Driver[InfobipSettings]):
 
     def _results(self, request: WebhookRequest) -> list[JsonObject]:
         try:
-            body = json.loads(request.body)
-        except ValueError as exc:
+            body = orjson.loads(request.body)
+        except ValueError as exc:  # orjson.JSONDecodeError is one
             raise WebhookFormatError("Infobip webhook body is not JSON") from exc
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list):

@@ -3,10 +3,26 @@ takes the ``store`` fixture; the embedded server: test_nxserver.py, test_daemon.
 
 from __future__ import annotations
 
-from trackly_exec.store.client import Store
+import datetime as dt
+
+from trackly_exec.store.client import Store, find_by_ids
 
 
 async def test_next_ids(store: Store) -> None:
     """Id sequences hand out consecutive, never-repeated ranges."""
     assert await store.next_ids("x", 3) == [1, 2, 3]
     assert await store.next_id("x") == 4
+
+
+async def test_find_by_ids_reads_whole_documents_across_batches(store: Store) -> None:
+    """find_by_ids answers the documents of the ids that exist (whole, datetimes tz-aware as every other read),
+    also when the server cuts the answer into several batches; no ids: no round trip, nothing."""
+    when = dt.datetime(2026, 11, 29, 10, 0, 5, tzinfo=dt.UTC)
+    await store.db["things"].insert_many([{"_id": f"t{i:04d}", "n": i, "at": when} for i in range(450)])
+    ids = [f"t{i:04d}" for i in range(450)] + ["missing"]
+    docs = await find_by_ids(store.db, "things", ids)
+    assert sorted(d["_id"] for d in docs) == ids[:-1]
+    assert sorted(d["_id"] for d in await find_by_ids(store.db, "things", ids, batch_size=100)) == ids[:-1]
+    assert {d["n"] for d in docs} == set(range(450)) and all(d["at"] == when and d["at"].tzinfo for d in docs)
+    assert await find_by_ids(store.db, "things", ["t0007"]) == [{"_id": "t0007", "n": 7, "at": when}]
+    assert await find_by_ids(store.db, "things", []) == []

@@ -15,7 +15,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ShortLinkDoc
 from trackly_exec.store.models import MessageShortLink, utcnow
 from trackly_exec.tracking import links
-from trackly_exec.tracking.clicks import UA_CACHED_MAX, Visit, bot_user_agent, click_stats
+from trackly_exec.tracking.clicks import UA_CACHED_MAX, Visit, bot_user_agent, click_stats, counter_updates
 
 from .tracking_support import Daemon, seed_sent
 
@@ -331,3 +331,24 @@ async def test_clicks_waiting_for_a_group_to_fill_are_cancelled_at_shutdown(trac
     for request in rest:
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(request, 10)
+
+
+def test_counter_updates_one_statement_per_distinct_increment() -> None:
+    """The links' counters go out as one statement per distinct (clicks, human_clicks) increment: the links
+    sharing one in a single UpdateMany over their ids, a link alone in an UpdateOne."""
+    ops = counter_updates({"a": [1, 1], "b": [1, 1], "c": [1, 0], "d": [2, 1], "e": [1, 1]})
+    shapes = sorted((type(op).__name__, str(op._filter), str(op._doc)) for op in ops)
+    assert shapes == [
+        ("UpdateMany", str({"_id": {"$in": ["a", "b", "e"]}}), str({"$inc": {"clicks": 1, "human_clicks": 1}})),
+        ("UpdateOne", str({"_id": "c"}), str({"$inc": {"clicks": 1, "human_clicks": 0}})),
+        ("UpdateOne", str({"_id": "d"}), str({"$inc": {"clicks": 2, "human_clicks": 1}})),
+    ]
+
+
+def test_destination_verdicts_are_the_same_cached_or_not() -> None:
+    """The verdict cached per destination is the check's: asked twice, and for a destination too long to cache."""
+    long_ok, long_bad = DEST + "&p=" + "x" * links.URL_CACHED_MAX, "javascript:alert(1)//" + "x" * links.URL_CACHED_MAX
+    for _ in range(2):
+        assert links.safe_destination(DEST) == DEST and links.safe_destination(long_ok) == long_ok
+        assert links.safe_destination("ftp://x.example/f") is None and links.safe_destination(long_bad) is None
+        assert links.safe_destination("https://x.example/a b") is None and links.safe_destination(None) is None

@@ -86,6 +86,33 @@ async def count(db: AsyncDatabase[Any], collection: str, query: Filter) -> int:
     return int(reply["n"])
 
 
+async def find_by_ids(
+    db: AsyncDatabase[Any], collection: str, ids: Sequence[Any], *, batch_size: int | None = None
+) -> list[Any]:
+    """The whole documents of ``collection`` whose ``_id`` is in ``ids``, in the store's order.
+
+    One ``find`` command (plus a ``getMore`` for each further batch the server cuts the answer into), not
+    ``find().to_list()``: PyMongo's cursor machinery costs ~90 us more of the caller's CPU per call here, which
+    the hot paths (clicks, delivery reports) pay per group. Whole documents: nx-27017 applies a projection in
+    Python, which costs it more than the fields saved. ``batch_size``: documents per batch (default: all)."""
+    if not ids:
+        return []
+    opts = db.codec_options
+    reply = await db.command(
+        {"find": collection, "filter": {"_id": {"$in": list(ids)}}, "batchSize": batch_size or len(ids)},
+        codec_options=opts,
+    )
+    cursor = reply["cursor"]
+    docs: list[Any] = list(cursor["firstBatch"])
+    while cursor.get("id"):
+        reply = await db.command(
+            {"getMore": cursor["id"], "collection": collection, "batchSize": batch_size or len(ids)}, codec_options=opts
+        )
+        cursor = reply["cursor"]
+        docs.extend(cursor["nextBatch"])
+    return docs
+
+
 class Store:
     """A connected database, plus the embedded server when ``mongo.uri = "embedded"``."""
 

@@ -33,6 +33,7 @@ from trackly_exec.app import Trackly
 from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.client import find_by_ids
 from trackly_exec.store.documents import DeliveryFields, FailedDoc, JsonObject, SentDoc
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import FailureReason, MessageFields, MessageSent
@@ -40,8 +41,9 @@ from trackly_exec.tracking.customer_webhook import event_id, outbox_documents, w
 
 log = get_logger(__name__)
 
-#: Projection of the MessageSent read: whole documents (they are small; nx-27017 applies projections in
-#: Python, which made the read ~25% slower than fetching everything).
+#: Projection of the MessageSent read by provider id: whole documents (they are small; nx-27017 applies
+#: projections in Python, which made the read ~25% slower than fetching everything). The read by our ids is
+#: one ``find`` command (:func:`~trackly_exec.store.client.find_by_ids`), whole documents too.
 _SENT_FIELDS: dict[str, int] | None = None
 
 
@@ -121,7 +123,7 @@ async def ingest(
     sent: dict[str, SentDoc] = {}
     by_pid: dict[str, SentDoc] = {}
     if ids:
-        for doc in await db[c.SENT].find({"_id": {"$in": ids}}, _SENT_FIELDS).to_list(None):
+        for doc in await find_by_ids(trackly.db, c.SENT, ids):
             sent[doc["_id"]] = doc
     if pids:
         for doc in (
@@ -306,6 +308,8 @@ async def _publish(trackly: Trackly, provider: str, changed: list[tuple[Delivery
     """``spam_complaint`` and ``delivery_failure`` events for this batch's state changes, in one publish."""
     events: list[Event] = []
     for r, doc in changed:
+        if not r.spam and r.delivered is not False:
+            continue
         data = {
             "message_id": doc["_id"],
             "provider": provider,
