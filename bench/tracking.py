@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from trackly_exec.store import constants as c  # noqa: E402
-from trackly_exec.app import Trackly  # noqa: E402
+from trackly_exec.app import Trackly, tune_gc  # noqa: E402
 from trackly_exec.config import Settings  # noqa: E402
 from trackly_exec.logs import configure_logging  # noqa: E402
 from trackly_exec.store.models import Account, MessageSent, utcnow  # noqa: E402
@@ -454,6 +454,7 @@ async def main(args: argparse.Namespace) -> int:
     trackly = await Trackly.open(settings)
     server = HttpServer(trackly)
     await server.start()
+    tune_gc()  # as `trackly run` does, once everything is imported and open
     embedded = trackly.store.embedded
     cpu = Cpu(embedded.proc.pid if embedded is not None and embedded.proc is not None else None)
     n, b, k, r = args.messages, args.batch, args.concurrency, args.rounds

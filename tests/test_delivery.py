@@ -368,3 +368,31 @@ async def test_concurrent_duplicates_create_one_event_each(daemon: Daemon) -> No
     events = [e["id"] for d in outbox for e in d.get("events", [{"id": d["_id"]}])]
     assert sorted(events) == sorted(f"{m.id}:delivery" for m in over_http + racing)
     assert await daemon.store[c.EVENTS].count_documents({"kind": "delivery_failure"}) == 60
+
+
+async def test_reports_sharing_a_change_are_applied_together_each_conditionally(daemon: Daemon) -> None:
+    """Reports with the same change (status and done time) go out as one statement over their ids, each message
+    still conditional on its own ``delivered`` being None: in one batch, a shared done time, distinct ones, an
+    intermediate status and a message already final all end as if updated one by one, with one event per
+    final state recorded."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    sent = await seed_sent(daemon.store, 7)
+    done = "2026-11-29T10:00:0{}.000+0000"
+    first = await daemon.post(IB_STATUS, infobip_body(infobip_report(sent[6].id, done_at=done.format(9))))
+    assert first[0] == 200
+    reports = [infobip_report(m.id, done_at=done.format(1)) for m in sent[:3]]  # one shared change
+    reports += [infobip_report(sent[3].id, done_at=done.format(2)), infobip_report(sent[4].id, done_at=done.format(3))]
+    reports += [infobip_report(sent[5].id, "PENDING_ENROUTE", "PENDING")]  # intermediate
+    reports += [infobip_report(sent[6].id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE", error="EC_X")]  # final
+    status, text = await daemon.post(IB_STATUS, infobip_body(*reports))
+    assert status == 200
+    result = json.loads(text)
+    assert (result["matched"], result["updated"], result["final"], result["ignored"]) == (7, 6, 5, 1)
+    docs = {d["_id"]: d for d in await daemon.store[c.SENT].find({}).to_list(None)}
+    seconds = [docs[m.id]["delivered_at"].second if docs[m.id].get("delivered_at") else None for m in sent]
+    assert seconds == [1, 1, 1, 2, 3, None, 9]
+    assert [tri(docs[m.id]["delivered"]) for m in sent] == [True] * 5 + [None, True]
+    assert docs[sent[5].id]["delivery_status"] == "PENDING_ENROUTE"
+    outbox = await daemon.store[c.OUTBOX].find({}).to_list(None)
+    events = [e["id"] for o in outbox for e in o.get("events", [])] + [o["_id"] for o in outbox if "events" not in o]
+    assert sorted(events) == sorted(f"{m.id}:delivery" for m in sent[:5] + sent[6:])
