@@ -22,7 +22,12 @@ Store state is the same for both sides (everything is seeded first), and the run
 (ours, floor, floor, ours, ...) so that a loaded machine's swings hit both alike; the ratio is the sum of the
 floor's time over the sum of ours. Also printed: the store process's and the daemon's CPU time per item.
 
+The reports of one request share one done time by default (the daemon then updates them with one statement);
+``--done-times distinct`` gives each its own (one statement per report, the floor's shape). The daemon's
+collector is tuned as ``trackly run`` tunes it (``tune_gc``).
+
     .venv/bin/python bench/tracking.py [--messages 20000] [--clicks 8000] [--concurrency 8] [--batch 100]
+        [--done-times same|distinct]
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ TOKEN = "bench-token-0123456789"
 BROWSER = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Version/17.0 Mobile Safari"
 
 
-def report(mid: str) -> dict[str, Any]:
+def report(mid: str, done_at: str = "2026-11-29T10:00:05.000+0000") -> dict[str, Any]:
     return {
         "bulkId": "B",
         "price": {"pricePerMessage": 0.01, "currency": "EUR"},
@@ -84,7 +89,7 @@ def report(mid: str) -> dict[str, Any]:
         "to": "14155550123",
         "sender": "14155550100",
         "sentAt": "2026-11-29T10:00:00.000+0000",
-        "doneAt": "2026-11-29T10:00:05.000+0000",
+        "doneAt": done_at,
         "messageCount": 1,
     }
 
@@ -178,11 +183,19 @@ async def drain(queue: asyncio.Queue[Any], concurrency: int, one: Callable[[Any]
     return time.perf_counter() - started
 
 
-async def post_all(url: str, ids: list[str], batch: int, concurrency: int) -> float:
-    """POST every id's report in batches, ``concurrency`` requests in flight; returns the seconds taken."""
+def done_time(k: int) -> str:
+    """A distinct done time for the ``k``-th report of a request (milliseconds apart)."""
+    return f"2026-11-29T10:00:{5 + k // 1000:02d}.{k % 1000:03d}+0000"
+
+
+async def post_all(url: str, ids: list[str], batch: int, concurrency: int, distinct: bool = False) -> float:
+    """POST every id's report in batches, ``concurrency`` requests in flight; returns the seconds taken.
+    ``distinct``: each report of a request has its own done time (else they share one)."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for i in range(0, len(ids), batch):
-        queue.put_nowait(json.dumps({"results": [report(m) for m in ids[i : i + batch]]}).encode())
+        chunk = ids[i : i + batch]
+        results = [report(m, done_time(k)) if distinct else report(m) for k, m in enumerate(chunk)]
+        queue.put_nowait(json.dumps({"results": results}).encode())
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
 
         async def one(body: bytes) -> None:
@@ -469,7 +482,7 @@ async def main(args: argparse.Namespace) -> int:
         for ids in (warm, ours_ids, floor_ids):
             await seed(trackly, ids)
         await seed(trackly, nohook_ids, account_id=2)
-        post_args = ["--batch", str(b), "--concurrency", str(k)]
+        post_args = ["--batch", str(b), "--concurrency", str(k), "--done-times", args.done_times]
 
         def post(ids: list[str]) -> Awaitable[float]:
             return from_child("--client", url, "--ids", f"{ids[0]}:{len(ids)}", *post_args)
@@ -494,7 +507,8 @@ async def main(args: argparse.Namespace) -> int:
         no_hook, _ = await interleaved(cpu, split(nohook_ids, r), split(floor_ids, r), post, _nothing)
 
         print(
-            f"tracking bench: {n} reports, {b} per request, {k} requests in flight, {r} interleaved rounds, "
+            f"tracking bench: {n} reports, {b} per request ({args.done_times} done times), {k} requests in flight, "
+            f"{r} interleaved rounds, "
             f"embedded nx-27017 in memory; load average {os.getloadavg()[0]:.1f}"
         )
         print(line("delivery reports, first (final + outbox)", ours, floor))
@@ -584,7 +598,8 @@ async def client(args: argparse.Namespace) -> int:
     if args.click:
         secs = await click_all(args.click, expand(args.codes, codes_for, 10), args.concurrency, args.click_client)
     else:
-        secs = await post_all(args.client, expand(args.ids, ids_for, 14), args.batch, args.concurrency)
+        ids = expand(args.ids, ids_for, 14)
+        secs = await post_all(args.client, ids, args.batch, args.concurrency, args.done_times == "distinct")
     print(json.dumps({"seconds": secs, "cpu": time.process_time() - cpu}))
     return 0
 
@@ -596,6 +611,13 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--done-times",
+        choices=["same", "distinct"],
+        default="same",
+        help="the reports of a request share one done time (default, as before), or each has its own: then no "
+        "two take the same update and the daemon writes one statement per report",
+    )
     parser.add_argument(
         "--click-client", choices=["raw", "aiohttp"], default="raw", help="the click load generator's HTTP client"
     )
