@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import dataclasses
+import heapq
 import math
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +20,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from trackly_exec.config import Settings
-from trackly_exec.executor.ratelimit import Grant, LimiterUnavailable, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from trackly_exec.executor.ratelimit import (
+    Admission,
+    Grant,
+    LimiterUnavailable,
+    LocalRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    window_cap,
+)
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.embedded import free_port
@@ -189,6 +200,12 @@ class _LateLimiter(RateLimiter):
             return dataclasses.replace(grant, at=time.time() - 1.0)
         return grant
 
+    async def admit(self, list_id: int, n: int, per_minute: int, chunk: int, *, now: float | None = None) -> Admission:
+        return await self.inner.admit(list_id, n, per_minute, chunk, now=now)
+
+    async def mark_sent(self, list_id: int, admitted: Admission, sent: int, *, now: float | None = None) -> None:
+        await self.inner.mark_sent(list_id, admitted, sent, now=now)
+
     async def _scale(self, list_id: int, multiplier: float) -> float:
         return await self.inner._scale(list_id, multiplier)
 
@@ -196,16 +213,164 @@ class _LateLimiter(RateLimiter):
         await self.inner.reset(list_id)
 
 
-async def test_late_wake_takes_a_new_slot(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
-    """A chunk whose slot has passed by more than rate_limit_late_seconds when it is about to send does not send
-    on it (those tokens belong to a second that is gone): it takes a new slot, then sends."""
-    ids = await seed(store, 40, rate=12000)  # chunks of 10
-    coord = await executor(settings, store, fakes, workers_per_list=1, rate_limit_late_seconds=0.9)  # only 1 s counts
+async def test_late_chunk_is_sent_not_thrown_away(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
+    """A chunk whose slot passed a second ago is sent (its tokens are not thrown away for a new slot) when the list's
+    send window of the last second has room for it: one grant per chunk, no window wait."""
+    ids = await seed(store, 40, rate=12000)  # chunks of 10; 40 messages are far below the window's 210
+    coord = await executor(settings, store, fakes, workers_per_list=1)
     coord.limiter = coord.worker.limiter = late = _LateLimiter(coord.limiter)
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
     assert counts["sent"] == 40 and fakes["infobip"].accepted_counts() == dict.fromkeys(ids, 1)
-    assert counts["rate_late_regrants"] == 4 and late.calls == 8
+    assert late.calls == 4 and counts.get("rate_window_waits", 0) == 0
+
+
+class _FullWindowLimiter(_LateLimiter):
+    """The executor's limiter, except that the first admission answers "the window is full for 50 ms", and a contact
+    is blocked (a STOP) while the chunk waits."""
+
+    def __init__(self, inner: RateLimiter, store: Store) -> None:
+        super().__init__(inner)
+        self.store = store
+        self.admissions = 0
+
+    async def acquire(self, list_id: int, n: int, per_minute: int, max_wait: float) -> Grant:
+        return await self.inner.acquire(list_id, n, per_minute, max_wait)
+
+    async def admit(self, list_id: int, n: int, per_minute: int, chunk: int, *, now: float | None = None) -> Admission:
+        self.admissions += 1
+        if self.admissions == 1:
+            await self.store.db[c.CONTACTS].update_one({"_id": 1}, {"$set": {"subscribed": False}})
+            return Admission(0.05)
+        return await self.inner.admit(list_id, n, per_minute, chunk, now=now)
+
+
+async def test_chunk_waiting_for_the_window_is_rechecked(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A chunk the send window turns away waits, then is re-checked before it is admitted again and sent: a contact
+    that opted out meanwhile is not texted (CONTACT_BLOCKED, refunded), the rest go once each."""
+    ids = await seed(store, 5, rate=6000, price=0.01)  # one chunk of 5
+    coord = await executor(settings, store, fakes, workers_per_list=1)
+    coord.limiter = coord.worker.limiter = full = _FullWindowLimiter(coord.limiter, store)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["rate_window_waits"] == 1 and full.admissions == 2
+    assert fakes["infobip"].accepted_counts() == dict.fromkeys(ids[1:], 1)
+    failed = await store.db[c.FAILED].find_one({"_id": ids[0]})
+    assert failed is not None and failed["reason"] == "CONTACT_BLOCKED"
+    account = await store.db[c.ACCOUNTS].find_one({"_id": 1})
+    assert account is not None and account["balance"] == pytest.approx(1000.0 - 4 * 0.01)
+
+
+# ------------------------------------------------------------------------------------------------ the send window
+# Admissions with a controlled clock (``now``): the Lua script's answers, not the machine's timing.
+
+T0 = 1_800_000_000.0  # any epoch second
+
+
+def test_window_cap() -> None:
+    """The pace's tokens in one second rounded up to whole chunks, plus one chunk."""
+    assert window_cap(6000, 5) == 105
+    assert window_cap(30000, 25) == 525
+    assert window_cap(6100, 5) == 110  # 101.7/s: 21 chunks of pace, plus one
+    assert window_cap(1200, 1) == 21
+    assert window_cap(60, 1) == 2  # one a second: the chunk on time at the window's edge, plus one
+    assert window_cap(6000, 5, factor=4.0) == 30  # slowed down: 25/s
+    assert window_cap(6000, 5, burst_seconds=0.5) == 155
+
+
+async def test_window_admits_the_pace_plus_one_chunk(limiter: RateLimiter) -> None:
+    """21 chunks of 5 at 6,000/min fit in one second however close together; the 22nd waits until the first is a
+    second old; a refusal records nothing."""
+    assert all([(await limiter.admit(7, 5, 6000, 5, now=T0 + 0.01 * k)).wait == 0 for k in range(21)])
+    refused = await limiter.admit(7, 5, 6000, 5, now=T0 + 0.5)
+    assert refused.wait == pytest.approx(0.5, abs=1e-5)
+    assert (await limiter.admit(7, 5, 6000, 5, now=T0 + 0.5)).wait == refused.wait
+    assert (await limiter.admit(7, 5, 6000, 5, now=T0 + 0.5 + refused.wait)).wait == 0
+    # two chunks are a second old, 20 left: 10 more tokens need a third to expire (admitted at +0.02)
+    assert (await limiter.admit(7, 10, 6000, 5, now=T0 + 1.0101)).wait == pytest.approx(0.0099, abs=1e-5)
+    assert (await limiter.admit(8, 5, 6000, 5, now=T0 + 0.5)).wait == 0  # another list, another window
+
+
+async def test_mark_sent_moves_the_admission(limiter: RateLimiter) -> None:
+    """A chunk sent later than admitted counts in the window from its send; one not sent at all gives its room
+    back."""
+    first = await limiter.admit(7, 5, 6000, 5, now=T0)
+    unsent = await limiter.admit(7, 5, 6000, 5, now=T0)
+    for k in range(19):
+        await limiter.admit(7, 5, 6000, 5, now=T0 + 0.01 * k)
+    assert (await limiter.admit(7, 5, 6000, 5, now=T0 + 0.3)).wait > 0  # full: 21 chunks
+    await limiter.mark_sent(7, first, 5, now=T0 + 0.4)
+    await limiter.mark_sent(7, unsent, 0, now=T0 + 0.4)
+    assert (await limiter.admit(7, 5, 6000, 5, now=T0 + 0.41)).wait == 0  # the unsent chunk's room
+    # a second on, only the chunk sent at +0.4 (and the one admitted at +0.41) are left of the window
+    assert all([(await limiter.admit(7, 5, 6000, 5, now=T0 + 1.2)).wait == 0 for _ in range(19)])
+    assert (await limiter.admit(7, 5, 6000, 5, now=T0 + 1.2)).wait == pytest.approx(0.2, abs=1e-5)
+
+
+async def _two_limiters(
+    request: pytest.FixtureRequest, redis_server: Any, redis_client: aioredis.Redis
+) -> AsyncIterator[list[RateLimiter]]:
+    if request.param == "redis":  # two processes: two connections to the one Redis (flushed by redis_client)
+        other = aioredis.Redis.from_url(redis_server.url)
+        try:
+            yield [RedisRateLimiter(redis_client), RedisRateLimiter(other)]
+        finally:
+            await other.aclose()
+    else:
+        one = LocalRateLimiter()
+        yield [one, one]
+
+
+two_limiters = pytest.fixture(params=["redis", "local"])(_two_limiters)
+
+
+async def test_chunks_on_time_always_fit(two_limiters: list[RateLimiter]) -> None:
+    """Two processes' chunks on their slots (6,000/min, chunks of 5 every 50 ms), each up to 20 ms late at random:
+    none ever waits for the window."""
+    rng = random.Random(8)
+    waits = [
+        (await two_limiters[k % 2].admit(3, 5, 6000, 5, now=T0 + 0.05 * k + rng.uniform(0, 0.02))).wait
+        for k in range(200)
+    ]
+    assert waits == [0.0] * 200
+
+
+@pytest.mark.parametrize("rate", [6000, 30000])
+async def test_late_chunks_never_exceed_the_window_where_sent(two_limiters: list[RateLimiter], rate: int) -> None:
+    """Two processes, 20 s of chunks: most on time, one in six woken 50-400 ms late (stalled event loops), and every
+    send 1-10 ms after its admission, one in ten 20-200 ms (the intent's store round trip on a busy store). Replayed
+    in time order against the limiter: every one-second window of the sends holds at most the window's cap (rate
+    plus one chunk), every chunk goes, and the late ones catch up (98 % sent within the 20 s)."""
+    rng = random.Random(12)
+    chunk = rate // 60 // 20  # 0.05 s of tokens
+    slots = [k * 0.05 for k in range(400)]
+    events = [
+        (s + (rng.uniform(0.05, 0.4) if rng.random() < 1 / 6 else rng.uniform(0, 0.01)), 0, k)
+        for k, s in enumerate(slots)
+    ]
+    heapq.heapify(events)
+    admitted: dict[int, Admission] = {}
+    sent: list[float] = []
+    while events:
+        t, kind, k = heapq.heappop(events)
+        lim = two_limiters[k % 2]
+        if kind == 0:
+            a = await lim.admit(4, chunk, rate, chunk, now=T0 + t)
+            if a.wait:
+                heapq.heappush(events, (t + a.wait, 0, k))
+            else:
+                admitted[k] = a
+                post = rng.uniform(0.02, 0.2) if rng.random() < 0.1 else rng.uniform(0.001, 0.01)
+                heapq.heappush(events, (t + post, 1, k))
+        else:
+            await lim.mark_sent(4, admitted[k], chunk, now=T0 + t)
+            sent.append(t)
+    sent.sort()
+    busiest = max(bisect.bisect_left(sent, t + 1.0) - i for i, t in enumerate(sent)) * chunk
+    assert len(sent) == 400 and busiest <= window_cap(rate, chunk), busiest
+    assert bisect.bisect_left(sent, 20.0) >= 0.98 * 400
 
 
 @pytest.mark.slow
@@ -228,5 +393,5 @@ async def test_stalled_event_loop_never_bursts_over_the_rate(
     await coord.trackly.close(close_store=False)
     assert counts["sent"] == n and fakes["infobip"].summary()["duplicates"] == 0
     per_second = collections.Counter(math.floor(e.accepted_at.timestamp()) for e in fakes["infobip"].ledger)
-    print("PER-SECOND", sorted(per_second.items()), counts.get("rate_late_regrants"))
+    print("PER-SECOND", sorted(per_second.items()), counts.get("rate_window_waits"))
     assert len(ids) == n and max(per_second.values()) <= 22, sorted(per_second.items())

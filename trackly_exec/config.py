@@ -141,7 +141,11 @@ class ExecutorConfig(Section):
         20, ge=1, description="Provider errors on one list within a minute that raise a provider-error-burst event."
     )
     rate_limit_chunk_seconds: float = Field(
-        0.05, gt=0, le=5, description="Rate-limited lists send in chunks of this many seconds of tokens (pacing)."
+        0.05,
+        gt=0,
+        le=5,
+        description="Rate-limited lists send in chunks of this many seconds of tokens (pacing); any one second of a "
+        "list's sends holds at most its rate plus one chunk.",
     )
     rate_limit_burst_seconds: float = Field(
         0.0, ge=0, le=1, description="Tokens a list may send ahead of its pace after an idle period (burst tolerance)."
@@ -149,9 +153,9 @@ class ExecutorConfig(Section):
     rate_limit_late_seconds: float = Field(
         0.05,
         gt=0,
-        description="A chunk about to send more than this beyond the list's usual delay after its rate-limit slot "
-        "(a stalled event loop) takes a new slot instead of sending on top of the next chunks (every 1-s window "
-        "holds the rate).",
+        description="Ignored; kept so that configuration files that set it still load. A chunk woken late no longer "
+        "takes a new slot: it is admitted to the list's send window of the last second (every process's sends), and "
+        "waits only while that second is full (rate plus one chunk).",
     )
     rate_limit_claim_seconds: float = Field(
         2.0, gt=0, description="A rate-limited list claims at most this many seconds of tokens per batch."

@@ -15,11 +15,13 @@ message:
    ``rate_limit_wait_seconds`` -> RATE_LIMIT_TIMEOUT; limiter unreachable -> release and pause the list) ->
    **billing** (:mod:`billing`; not covered -> backoff or BILLING_BLOCKED) -> (pacing wait) -> **re-check**
    (:func:`checks.recheck`, one store round trip per chunk: contact blocked or unsubscribed since the claim ->
-   CONTACT_BLOCKED, campaign paused -> held by the pause, quiet hours begun -> held; all refunded) -> **intent** (fenced
-   ``sending_at``; only what is still held is sent) -> **send** (``driver.max_batch_size`` messages per
-   request, each request holding one slot of the process-wide pool; transient failures retried with
-   tenacity: exponential backoff with jitter, at least ``Retry-After``, within ``retry_max_attempts`` and
-   ``retry_budget_seconds``, each retry taking rate-limit tokens again) -> **record** (:mod:`outcomes`).
+   CONTACT_BLOCKED, campaign paused -> held by the pause, quiet hours begun -> held; all refunded) -> **admission**
+   (rate-limited lists: the list's sends of the last second, every process's, have room for the chunk, or it waits
+   and is re-checked; see :mod:`ratelimit`) -> **intent** (fenced ``sending_at``; only what is still held is sent) ->
+   **send** (``driver.max_batch_size`` messages per request, each request holding one slot of the process-wide
+   pool; transient failures retried with tenacity: exponential backoff with jitter, at least ``Retry-After``, within
+   ``retry_max_attempts`` and ``retry_budget_seconds``, each retry taking rate-limit tokens and admission again; the
+   admission is then moved to the send's time) -> **record** (:mod:`outcomes`).
 
 Provider errors (transient failures: 429, 5xx) multiply the list's rate-limit interval; a clean chunk relaxes it.
 Transient failures that outlast the retries are a provider storm, not a verdict: those messages and the rest of
@@ -50,7 +52,7 @@ from trackly_exec.drivers.contract import Driver, OutboundMessage, SendResult, T
 from trackly_exec.errors import TracklyError
 from trackly_exec.executor import billing, checks, claims
 from trackly_exec.executor.outcomes import Outcomes, throttle_groups
-from trackly_exec.executor.ratelimit import Grant, LimiterUnavailable, RateLimiter
+from trackly_exec.executor.ratelimit import Admission, Grant, LimiterUnavailable, RateLimiter
 from trackly_exec.logs import get_logger
 from trackly_exec.store import quiethours
 from trackly_exec.store.documents import ClaimedDoc, Update
@@ -79,8 +81,6 @@ class ListInfo:
 # A consumer of a chunk's one-message requests (Twilio's) keeps its pool slot for up to this many requests in a row
 # while other requests wait for one (a wait for a slot per request cost more than the request's own bookkeeping).
 HOLD_REQUESTS = 16
-_LATE_REGRANTS = 1  # a chunk woken late takes one new slot, then goes (under a load that makes every chunk late, the
-# list slows down by half at most: the missed slot paid for the late send)
 
 
 def _slot(grant: Grant) -> float:
@@ -119,7 +119,6 @@ class Worker:
         #: this process's share of the queue (None: the whole queue); the coordinator sets it from the membership
         self.share: Callable[[], claims.Share | None] = lambda: None
         self._fetching: dict[int, asyncio.Lock] = {}
-        self._lateness: dict[int, collections.deque[float]] = {}  # list id -> recent slot-to-send delays
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -266,27 +265,35 @@ class Worker:
         if not deb.charged:
             return "next"
         charged = deb.charged
-        for late in range(_LATE_REGRANTS + 1):
-            if at is not None and at > time.time():  # pacing: billed before the wait, so only the re-check and
-                self.counts["limiter_waits"] += 1  # the intent stand between waking and sending
+        admitted: Admission | None = None
+        while True:
+            if at is not None and at > time.time():  # pacing: billed before the wait, so only the re-check, the
+                self.counts["limiter_waits"] += 1  # admission and the intent stand between waking and sending
                 if await self._sleep(at - time.time()):
                     await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in charged))
                     return "release"
                 now = self.clock()
             charged = await self._recheck(info, token, charged, deb.costs, now, timezones)
-            if not charged:
-                return "next"
-            if at is None or not self._late(lst.id, time.time() - at) or late == _LATE_REGRANTS:
+            if not charged or lst.rate_limit_per_minute <= 0:
                 break
-            # Woken late (a stalled event loop): that slot is gone, and sending its tokens now on top of the
-            # present's would exceed the rate in this second. Take a new slot for what is left.
-            self.counts["rate_late_regrants"] += 1
-            grant = await self._tokens(lst, len(charged))
-            if grant is None or not grant.granted:
+            # Admitted to the list's send window right before the intent: a chunk woken late (a stalled event
+            # loop, a starting process) sends late only if the last second of the list's sends, in every process,
+            # has room for it; otherwise it waits until it has (and is re-checked after that wait).
+            try:
+                admitted = await self.limiter.admit(
+                    lst.id, len(charged), lst.rate_limit_per_minute, self.chunk_size(lst)
+                )
+            except LimiterUnavailable:
+                self.paused[lst.id] = time.monotonic() + 1.0
+                self.counts["limiter_unavailable"] += 1
                 await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in charged))
                 return "release"
-            factor, at = grant.factor, _slot(grant)
-            now = self.clock()
+            if admitted.wait <= 0:
+                break
+            self.counts["rate_window_waits"] += 1
+            at = time.time() + admitted.wait
+        if not charged:
+            return "next"
         held = await claims.mark_intent(self.db, [d["_id"] for d in charged], token, now)
         if len(held) < len(charged):
             lost = [d for d in charged if d["_id"] not in held]
@@ -295,9 +302,13 @@ class Worker:
             log.warning("claim_lost_before_send", sending_list_id=lst.id, lost=len(lost))
         to_send = [d for d in charged if d["_id"] in held]
         if not to_send:
+            await self._mark_sent(lst, admitted, 0, None)
             return "next"
         failpoints.hit("after_intent")
-        results, requeue, had_errors = await self._send(info, to_send)
+        started: list[float] = []
+        results, requeue, had_errors = await self._send(info, to_send, started)
+        # the send window holds when they went (the first request), not when they were admitted
+        await self._mark_sent(lst, admitted, len(to_send) if started else 0, started[0] if started else None)
         now = self.clock()
         held_until = await self.outcomes.record_sends(info, token, to_send, results, deb.costs, now, requeue)
         if held_until is not None:  # a provider storm: hold the rest of the batch too and let the list rest
@@ -368,17 +379,14 @@ class Worker:
         if resumed:
             await claims.resume(self.db, resumed, now)
 
-    def _late(self, list_id: int, lateness: float) -> bool:
-        """Is a chunk about to send ``lateness`` seconds after its slot too late to use it?
-
-        Too late is more than ``rate_limit_late_seconds`` beyond the list's usual delay between slot and send (the
-        least of its recent chunks': a slow store shifts every chunk alike, which is no burst; a stalled event loop
-        delays some chunks more than others, which is).
-        """
-        recent = self._lateness.setdefault(list_id, collections.deque(maxlen=32))
-        usual = min(min(recent, default=0.0), 2.0)
-        recent.append(max(0.0, lateness))
-        return lateness > usual + self.cfg.rate_limit_late_seconds
+    async def _mark_sent(self, lst: SendingList, admitted: Admission | None, sent: int, at: float | None) -> None:
+        """Move an admitted chunk's entry in the list's send window to its send at ``at`` (``time.time()``; None and
+        ``sent`` 0: nothing went, the room is given back), see :meth:`RateLimiter.mark_sent`."""
+        if admitted is not None:
+            with contextlib.suppress(LimiterUnavailable):  # sent already: only the window's accuracy is at stake
+                await self.limiter.mark_sent(
+                    lst.id, admitted, sent, now=None if at is None else self.limiter.clock_at(at)
+                )
 
     async def _tokens(self, lst: SendingList, n: int) -> Grant | None:
         """Reserve ``n`` tokens of a rate-limited list; None when the limiter is unreachable (the list pauses)."""
@@ -426,8 +434,11 @@ class Worker:
 
     # -- sending ----------------------------------------------------------------------------------
 
-    async def _send(self, info: ListInfo, docs: Sequence[ClaimedDoc]) -> tuple[dict[str, SendResult], set[str], bool]:
-        """Submit ``docs`` in requests of ``max_batch_size``; one final result per message."""
+    async def _send(
+        self, info: ListInfo, docs: Sequence[ClaimedDoc], started: list[float] | None = None
+    ) -> tuple[dict[str, SendResult], set[str], bool]:
+        """Submit ``docs`` in requests of ``max_batch_size``; one final result per message. ``started`` receives the
+        ``time.time()`` of each request's first attempt as it is handed to the driver."""
         size = max(1, info.driver.max_batch_size)
         default_sender = info.doc.from_number
         build = outbound_message  # plain values: no validation (half pydantic's cost); anything else validated
@@ -443,7 +454,7 @@ class Worker:
         by_id = {d["_id"]: d for d in docs}
         requests = [msgs[i : i + size] for i in range(0, len(msgs), size)]
         if len(requests) == 1:
-            await self._request(info, requests[0], results, requeue, errors, by_id)
+            await self._request(info, requests[0], results, requeue, errors, by_id, started=started)
             return results, requeue, errors[0]
         # bounded concurrency: as many consumers as the pool has slots, not one task per request (a chunk of
         # one-message requests, Twilio's, would otherwise create a task per message); each consumer keeps its
@@ -462,7 +473,7 @@ class Worker:
                     if not slot[0]:
                         await pool.acquire()
                         slot[0] = True
-                    await self._request(info, batch, results, requeue, errors, by_id, slot)
+                    await self._request(info, batch, results, requeue, errors, by_id, slot, started)
             finally:
                 if slot[0]:
                     pool.release()
@@ -479,6 +490,7 @@ class Worker:
         errors: list[bool],
         docs: dict[str, ClaimedDoc] | None = None,
         slot: list[bool] | None = None,
+        started: list[float] | None = None,
     ) -> None:
         """One provider request, retried for the messages that failed transiently (a retry is a new send: what
         became ineligible meanwhile, a STOP or a pause, goes back to the queue instead, see :meth:`_retry_recheck`).
@@ -490,9 +502,10 @@ class Worker:
 
         async def attempt() -> list[TransientFailure]:
             nonlocal pending, last
+            admitted = None
             if last:  # a retry: take rate-limit tokens again so retries never exceed the list's rate
                 self.counts["retries"] += len(pending)
-                await self._retry_tokens(info, len(pending))
+                admitted = await self._retry_tokens(info, len(pending))
                 dropped = await self._retry_recheck(pending, docs or {})
                 if dropped:
                     for t in last:
@@ -502,12 +515,19 @@ class Worker:
                     pending = [m for m in pending if m.id not in dropped]
                     last = [t for t in last if t.message_id not in dropped]
                     if not pending:
+                        await self._mark_sent(info.doc, admitted, 0, None)
                         return []
             if slot is not None and slot[0]:
+                submitted = time.time()  # no await between this reading and the driver's
                 out = await info.driver.submit(pending)
             else:
                 async with self.pool:
+                    submitted = time.time()
                     out = await info.driver.submit(pending)
+            if admitted is not None:  # a retry's own admission
+                await self._mark_sent(info.doc, admitted, len(pending), submitted)
+            elif started is not None:  # the first attempt: the chunk's admission is moved once the chunk has gone
+                started.append(submitted)
             if any(r.kind == "accepted" for r in out):
                 failpoints.hit("after_provider_accept")
             transient = [r for r in out if isinstance(r, TransientFailure)]
@@ -578,10 +598,11 @@ class Worker:
             self.counts["retry_rechecked_out"] += len(out)
         return out
 
-    async def _retry_tokens(self, info: ListInfo, n: int) -> None:
+    async def _retry_tokens(self, info: ListInfo, n: int) -> Admission | None:
+        """Tokens for a retry of ``n`` messages: a slot, then the send window (as a chunk's send, see _chunk)."""
         lst = info.doc
         if lst.rate_limit_per_minute <= 0:
-            return
+            return None
         grant = await self.limiter.acquire(lst.id, n, lst.rate_limit_per_minute, self.cfg.rate_limit_wait_seconds)
         if not grant.granted:
             raise LimiterUnavailable("no rate-limit token for a retry within the wait")
@@ -589,6 +610,11 @@ class Worker:
             self.counts["limiter_waits"] += 1
             if await self._sleep(grant.wait):
                 raise _Stop()
+        while (admitted := await self.limiter.admit(lst.id, n, lst.rate_limit_per_minute, self.chunk_size(lst))).wait:
+            self.counts["rate_window_waits"] += 1
+            if await self._sleep(admitted.wait):
+                raise _Stop()
+        return admitted
 
     async def _provider_trouble(self, info: ListInfo, n: int) -> None:
         """Transient provider errors: slow the list down and count them toward a burst alert."""

@@ -57,9 +57,9 @@ EXECUTOR_COUNTERS: dict[str, tuple[str, str]] = {
     "requeued": ("trackly_executor_messages_requeued", "Messages put back after retries ran out (transient)."),
     "retries": ("trackly_executor_send_retries", "Messages submitted to a provider again after a transient error."),
     "limiter_waits": ("trackly_executor_limiter_waits", "Chunks that waited for rate-limit tokens before sending."),
-    "rate_late_regrants": (
-        "trackly_executor_rate_late_regrants",
-        "Chunks that woke past their rate-limit slot and took a new one instead of sending late.",
+    "rate_window_waits": (
+        "trackly_executor_rate_window_waits",
+        "Chunks that waited, late, because their list's sends of the last second had reached its rate plus one chunk.",
     ),
     "retry_rechecked_out": (
         "trackly_executor_retry_rechecked_out",

@@ -51,6 +51,7 @@ ALL_COLLECTIONS = (
 REDIS_PREFIX = "trackly:"
 RATE_KEY = REDIS_PREFIX + "rate:"  # + sending list id: GCRA theoretical arrival time
 PENALTY_KEY = REDIS_PREFIX + "penalty:"  # + sending list id: provider-error slow-down factor
+RATE_SENT_KEY = REDIS_PREFIX + "rate-sent:"  # + sending list id: its sends of the last second (sorted set)
 HEALTH_KEY = REDIS_PREFIX + "health:"  # + instance name, with a TTL
 # + database name: sorted set of the live executor processes (member: instance name, score: heartbeat expiry, ms)
 EXECUTORS_KEY = REDIS_PREFIX + "executors:"
