@@ -14,7 +14,7 @@ from trackly_exec.campaigns import queue
 from trackly_exec.config import Settings
 from trackly_exec.executor import checks, claims
 from trackly_exec.executor.coordinator import Coordinator
-from trackly_exec.executor.ratelimit import Grant, LocalRateLimiter, RateLimiter
+from trackly_exec.executor.ratelimit import Admission, Grant, LocalRateLimiter, RateLimiter
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
 from trackly_exec.store.client import Store
@@ -46,6 +46,12 @@ class GatedLimiter(RateLimiter):
         self.reached.set()
         await self.gate.wait()
         return await self.inner.acquire(list_id, n, per_minute, max_wait)
+
+    async def admit(self, list_id: int, n: int, per_minute: int, chunk: int, *, now: float | None = None) -> Admission:
+        return await self.inner.admit(list_id, n, per_minute, chunk, now=now)
+
+    async def mark_sent(self, list_id: int, admitted: Admission, sent: int, *, now: float | None = None) -> None:
+        await self.inner.mark_sent(list_id, admitted, sent, now=now)
 
     async def _scale(self, list_id: int, multiplier: float) -> float:
         return await self.inner._scale(list_id, multiplier)
