@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from trackly_exec.config import Settings
+from trackly_exec.executor import billing, checks, claims
 from trackly_exec.executor.ratelimit import (
     Admission,
     Grant,
@@ -217,7 +218,8 @@ async def test_late_chunk_is_sent_not_thrown_away(settings: Settings, store: Sto
     """A chunk whose slot passed a second ago is sent (its tokens are not thrown away for a new slot) when the list's
     send window of the last second has room for it: one grant per chunk, no window wait."""
     ids = await seed(store, 40, rate=12000)  # chunks of 10; 40 messages are far below the window's 210
-    coord = await executor(settings, store, fakes, workers_per_list=1)
+    # rounds of one chunk: a grant per chunk (the default round of 0.2 s would take one grant for all four)
+    coord = await executor(settings, store, fakes, workers_per_list=1, rate_limit_round_seconds=0.05)
     coord.limiter = coord.worker.limiter = late = _LateLimiter(coord.limiter)
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
@@ -395,3 +397,85 @@ async def test_stalled_event_loop_never_bursts_over_the_rate(
     per_second = collections.Counter(math.floor(e.accepted_at.timestamp()) for e in fakes["infobip"].ledger)
     print("PER-SECOND", sorted(per_second.items()), counts.get("rate_window_waits"))
     assert len(ids) == n and max(per_second.values()) <= 22, sorted(per_second.items())
+
+
+class _CountingLimiter(_LateLimiter):
+    """The executor's limiter, counting grants and admissions (every slot on time)."""
+
+    def __init__(self, inner: RateLimiter) -> None:
+        super().__init__(inner)
+        self.admissions: list[int] = []
+
+    async def acquire(self, list_id: int, n: int, per_minute: int, max_wait: float) -> Grant:
+        self.calls += 1
+        return await self.inner.acquire(list_id, n, per_minute, max_wait)
+
+    async def admit(self, list_id: int, n: int, per_minute: int, chunk: int, *, now: float | None = None) -> Admission:
+        self.admissions.append(n)
+        return await self.inner.admit(list_id, n, per_minute, chunk, now=now)
+
+
+async def test_a_round_bills_checks_and_records_once_and_sends_chunk_by_chunk(
+    settings: Settings, store: Store, fakes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rate-limited list's round (``rate_limit_round_seconds`` of chunks: 4 chunks of 10 at 12,000/min) takes one
+    grant, one debit, one re-check and one write of records, and sends chunk by chunk: each chunk admitted to the
+    send window and marked with its own send intent right before it goes (so a crash leaves at most one chunk with
+    an unknown outcome)."""
+    ids = await seed(store, 40, rate=12000, price=0.01)
+    calls: collections.Counter[str] = collections.Counter()
+    intents: list[int] = []
+    for module, name in ((billing, "debit"), (checks, "recheck"), (claims, "mark_intent")):
+        original = getattr(module, name)
+
+        def counted(*a: Any, _name: str = name, _original: Any = original, **k: Any) -> Any:
+            calls[_name] += 1
+            if _name == "mark_intent":
+                intents.append(len(a[1]))
+            return _original(*a, **k)
+
+        monkeypatch.setattr(module, name, counted)
+    coord = await executor(settings, store, fakes, workers_per_list=1)
+    coord.limiter = coord.worker.limiter = counting = _CountingLimiter(coord.limiter)
+    record_sends = coord.worker.outcomes.record_sends
+
+    async def recorded(*a: Any, **k: Any) -> Any:
+        calls["record_sends"] += 1
+        return await record_sends(*a, **k)
+
+    monkeypatch.setattr(coord.worker.outcomes, "record_sends", recorded)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 40 and fakes["infobip"].accepted_counts() == dict.fromkeys(ids, 1)
+    assert counting.calls == 1 and counting.admissions == [10, 10, 10, 10]
+    assert intents == [10, 10, 10, 10]
+    assert calls["debit"] == 1 and calls["recheck"] == 1 and calls["record_sends"] == 1
+    assert await store.db[c.SENT].count_documents({}) == 40
+    account = await store.db[c.ACCOUNTS].find_one({"_id": 1})
+    assert account is not None and account["balance"] == pytest.approx(1000.0 - 40 * 0.01)
+
+
+async def test_stopping_mid_round_gives_back_the_chunks_not_sent(
+    settings: Settings, store: Store, fakes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executor stopping after a round's first chunk went: that chunk is recorded, the round's other chunks go
+    back to the queue without a send intent (never sent, refunded), nothing is lost."""
+    ids = await seed(store, 40, rate=12000, price=0.01)
+    coord = await executor(settings, store, fakes, workers_per_list=1)
+    original = coord.worker._send
+
+    async def send_then_stop(*a: Any, **k: Any) -> Any:
+        out = await original(*a, **k)
+        coord.stopping.set()
+        return out
+
+    monkeypatch.setattr(coord.worker, "_send", send_then_stop)
+    await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    sent = await store.db[c.SENT].count_documents({})
+    queued = await store.db[c.QUEUED].find({}).to_list(None)
+    assert sent == 10 and len(fakes["infobip"].accepted_counts()) == 10
+    assert len(queued) == 30 and all(q["claimed_by"] is None and q.get("sending_at") is None for q in queued)
+    assert sorted([*fakes["infobip"].accepted_counts(), *(q["_id"] for q in queued)]) == sorted(ids)
+    account = await store.db[c.ACCOUNTS].find_one({"_id": 1})
+    assert account is not None and account["balance"] == pytest.approx(1000.0 - 10 * 0.01)

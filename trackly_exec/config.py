@@ -147,6 +147,14 @@ class ExecutorConfig(Section):
         description="Rate-limited lists send in chunks of this many seconds of tokens (pacing); any one second of a "
         "list's sends holds at most its rate plus one chunk.",
     )
+    rate_limit_round_seconds: float = Field(
+        0.2,
+        gt=0,
+        le=5,
+        description="Rate-limited lists take tokens, bill, re-check and record this many seconds of chunks at once "
+        "(each chunk still admitted and marked with its send intent right before it goes): fewer store round trips "
+        "per message; the send-time re-check is at most this old when a round's last chunk goes.",
+    )
     rate_limit_burst_seconds: float = Field(
         0.0, ge=0, le=1, description="Tokens a list may send ahead of its pace after an idle period (burst tolerance)."
     )

@@ -127,6 +127,14 @@ class Worker:
             return self.cfg.claim_batch_size
         return max(1, int(lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_chunk_seconds))
 
+    def round_size(self, lst: SendingList) -> int:
+        """The messages a rate-limited list takes tokens for, bills, re-checks and records at once
+        (``rate_limit_round_seconds`` of its rate, whole chunks), sending them chunk by chunk; else one chunk."""
+        chunk = self.chunk_size(lst)
+        if lst.rate_limit_per_minute <= 0:
+            return chunk
+        return chunk * max(1, round(self.cfg.rate_limit_round_seconds / self.cfg.rate_limit_chunk_seconds))
+
     def claim_limit(self, lst: SendingList) -> int:
         if lst.rate_limit_per_minute <= 0:
             return self.cfg.claim_batch_size
@@ -186,7 +194,7 @@ class Worker:
             self.counts["held.not_due"] += await claims.hold(self.db, token, [(i, u, {}) for u, i in by_due.items()])
         await self.outcomes.fail_unsent(token, verdict.fail, now)
         send = verdict.send
-        size = self.chunk_size(lst)
+        size = self.round_size(lst)
         for start in range(0, len(send), size):
             step = (
                 "release"
@@ -237,14 +245,21 @@ class Worker:
         rest: Sequence[ClaimedDoc],
         timezones: dict[int, str] | None = None,
     ) -> str:
-        """Rate limit, bill, (pacing wait,) mark intent, send and record one chunk.
+        """Rate limit, bill, (pacing wait,) re-check, then per pacing chunk admit, mark intent and send; record.
 
-        Returns ``"next"`` (go on), ``"release"`` (stop; give this chunk and the rest back) or ``"done"`` (stop;
-        the rest is already dealt with).
+        ``chunk`` is one round (:meth:`round_size`): a rate-limited list takes its tokens, bills and re-checks a
+        round at once and sends it in pacing chunks (:meth:`chunk_size`) one ``chunk`` of time apart, each admitted
+        to the send window and marked with its own send intent right before it goes; the records of a round are
+        written once, after its last chunk (at once when a chunk met provider errors, so a storm holds the list as
+        soon as it shows). An unlimited list's round is one chunk.
+
+        Returns ``"next"`` (go on), ``"release"`` (stop; give back what of this round was not sent, and the rest)
+        or ``"done"`` (stop; the rest is already dealt with).
         """
         lst = info.doc
+        limited = lst.rate_limit_per_minute > 0
         factor, at = 1.0, None
-        if lst.rate_limit_per_minute > 0:
+        if limited:
             grant = await self._tokens(lst, len(chunk))
             if grant is None:
                 return "release"
@@ -264,59 +279,102 @@ class Worker:
             await self._billing_blocked(token, deb.blocked, now)
         if not deb.charged:
             return "next"
-        charged = deb.charged
-        admitted: Admission | None = None
-        while True:
-            if at is not None and at > time.time():  # pacing: billed before the wait, so only the re-check, the
-                self.counts["limiter_waits"] += 1  # admission and the intent stand between waking and sending
-                if await self._sleep(at - time.time()):
-                    await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in charged))
+        pending = deb.charged  # billed, neither sent nor ended yet
+        step = self.chunk_size(lst) if limited else len(pending)
+        spacing = step * 60.0 / lst.rate_limit_per_minute * factor if limited else 0.0
+        sent: list[ClaimedDoc] = []  # sent since the last records
+        results: dict[str, SendResult] = {}
+        requeue: set[str] = set()
+        errors = False
+        recheck = True  # the whole round before its first chunk; a chunk again after waiting for the window
+
+        async def refund(docs: Sequence[ClaimedDoc]) -> None:
+            await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in docs))
+
+        async def record() -> dt.datetime | None:
+            nonlocal sent, results, requeue
+            if not sent:
+                return None
+            until = await self.outcomes.record_sends(info, token, sent, results, deb.costs, self.clock(), requeue)
+            sent, results, requeue = [], {}, set()
+            return until
+
+        while pending:
+            admitted: Admission | None = None
+            while True:
+                if at is not None and at > time.time():  # pacing: billed before the wait, so only the re-check,
+                    self.counts["limiter_waits"] += 1  # the admission and the intent stand between waking and sending
+                    if await self._sleep(at - time.time()):
+                        await refund(pending)
+                        await record()
+                        return "release"
+                    now = self.clock()
+                if recheck:
+                    pending = await self._recheck(info, token, pending, deb.costs, now, timezones)
+                    recheck = False
+                if not pending or not limited:
+                    break
+                # Admitted to the list's send window right before the intent: a chunk woken late (a stalled event
+                # loop, a starting process) sends late only if the last second of the list's sends, in every
+                # process, has room for it; otherwise it waits until it has (and is re-checked after that wait).
+                try:
+                    admitted = await self.limiter.admit(
+                        lst.id, min(step, len(pending)), lst.rate_limit_per_minute, step
+                    )
+                except LimiterUnavailable:
+                    self.paused[lst.id] = time.monotonic() + 1.0
+                    self.counts["limiter_unavailable"] += 1
+                    await refund(pending)
+                    await record()
                     return "release"
-                now = self.clock()
-            charged = await self._recheck(info, token, charged, deb.costs, now, timezones)
-            if not charged or lst.rate_limit_per_minute <= 0:
+                if admitted.wait <= 0:
+                    break
+                self.counts["rate_window_waits"] += 1
+                at = time.time() + admitted.wait
+                recheck = True
+            if not pending:
                 break
-            # Admitted to the list's send window right before the intent: a chunk woken late (a stalled event
-            # loop, a starting process) sends late only if the last second of the list's sends, in every process,
-            # has room for it; otherwise it waits until it has (and is re-checked after that wait).
-            try:
-                admitted = await self.limiter.admit(
-                    lst.id, len(charged), lst.rate_limit_per_minute, self.chunk_size(lst)
-                )
-            except LimiterUnavailable:
-                self.paused[lst.id] = time.monotonic() + 1.0
-                self.counts["limiter_unavailable"] += 1
-                await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in charged))
+            part, pending = pending[:step], pending[step:]
+            now = self.clock()
+            held = await claims.mark_intent(self.db, [d["_id"] for d in part], token, now)
+            if len(held) < len(part):
+                lost = [d for d in part if d["_id"] not in held]
+                await refund(lost)
+                self.counts["claim_lost_before_send"] += len(lost)
+                log.warning("claim_lost_before_send", sending_list_id=lst.id, lost=len(lost))
+            to_send = [d for d in part if d["_id"] in held]
+            if not to_send:
+                await self._mark_sent(lst, admitted, 0, None)
+            else:
+                failpoints.hit("after_intent")
+                started: list[float] = []
+                got, again, had_errors = await self._send(info, to_send, started)
+                # the send window holds when they went (the first request), not when they were admitted
+                await self._mark_sent(lst, admitted, len(to_send) if started else 0, started[0] if started else None)
+                sent += to_send
+                results.update(got)
+                requeue |= again
+                errors = errors or had_errors
+                if had_errors:  # recorded at once: a provider storm holds the list before its next chunk
+                    now = self.clock()
+                    held_until = await record()
+                    if held_until is not None:  # hold what is left of the round and of the batch, let the list rest
+                        await refund(pending)
+                        left = [*pending, *rest]
+                        if left:
+                            self.counts["held.provider"] += await claims.release(
+                                self.db, token, throttle_groups(left, held_until)
+                            )
+                        self.paused[lst.id] = time.monotonic() + max(0.0, (held_until - now).total_seconds())
+                        return "done"
+            if at is not None:
+                at += spacing  # the next chunk's moment in the round's slot
+            if pending and self.stopping.is_set():  # no intent yet on what is left: it goes back to the queue
+                await refund(pending)
+                await record()
                 return "release"
-            if admitted.wait <= 0:
-                break
-            self.counts["rate_window_waits"] += 1
-            at = time.time() + admitted.wait
-        if not charged:
-            return "next"
-        held = await claims.mark_intent(self.db, [d["_id"] for d in charged], token, now)
-        if len(held) < len(charged):
-            lost = [d for d in charged if d["_id"] not in held]
-            await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in lost))
-            self.counts["claim_lost_before_send"] += len(lost)
-            log.warning("claim_lost_before_send", sending_list_id=lst.id, lost=len(lost))
-        to_send = [d for d in charged if d["_id"] in held]
-        if not to_send:
-            await self._mark_sent(lst, admitted, 0, None)
-            return "next"
-        failpoints.hit("after_intent")
-        started: list[float] = []
-        results, requeue, had_errors = await self._send(info, to_send, started)
-        # the send window holds when they went (the first request), not when they were admitted
-        await self._mark_sent(lst, admitted, len(to_send) if started else 0, started[0] if started else None)
-        now = self.clock()
-        held_until = await self.outcomes.record_sends(info, token, to_send, results, deb.costs, now, requeue)
-        if held_until is not None:  # a provider storm: hold the rest of the batch too and let the list rest
-            if rest:
-                self.counts["held.provider"] += await claims.release(self.db, token, throttle_groups(rest, held_until))
-            self.paused[lst.id] = time.monotonic() + max(0.0, (held_until - now).total_seconds())
-            return "done"
-        if not had_errors and factor > 1 and lst.rate_limit_per_minute > 0:
+        await record()
+        if not errors and factor > 1 and limited:
             with contextlib.suppress(LimiterUnavailable):
                 await self.limiter.relax(lst.id)
         return "next"
