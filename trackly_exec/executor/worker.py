@@ -10,18 +10,20 @@ message:
    batches, each claimed conditionally (the documents read stand for the claimed ones: no second read);
 2. **checks** (:mod:`checks`): STALE / BLOCKED_CONTENT / CONTACT_BLOCKED are dead-lettered, quiet hours hold
    the message (released with ``not_before`` = the window's next opening);
-3. the rest is cut into chunks of ``rate_limit_chunk_seconds`` of tokens (the whole remainder when the list
-   is unlimited). Per chunk: **rate limit** (reserve tokens, sleep the pacing wait; over
-   ``rate_limit_wait_seconds`` -> RATE_LIMIT_TIMEOUT; limiter unreachable -> release and pause the list) ->
-   **billing** (:mod:`billing`; not covered -> backoff or BILLING_BLOCKED) -> (pacing wait) -> **re-check**
-   (:func:`checks.recheck`, one store round trip per chunk: contact blocked or unsubscribed since the claim ->
-   CONTACT_BLOCKED, campaign paused -> held by the pause, quiet hours begun -> held; all refunded) -> **admission**
+3. the rest is cut into rounds of ``rate_limit_round_seconds`` of tokens, each of whole chunks of
+   ``rate_limit_chunk_seconds`` (the whole remainder, one chunk, when the list is unlimited). Per round: **rate
+   limit** (reserve the round's tokens, sleep the pacing wait; over ``rate_limit_wait_seconds`` ->
+   RATE_LIMIT_TIMEOUT; limiter unreachable -> release and pause the list) -> **billing** (:mod:`billing`; not
+   covered -> backoff or BILLING_BLOCKED) -> (pacing wait) -> **re-check** (:func:`checks.recheck`, one store round
+   trip per round: contact blocked or unsubscribed since the claim -> CONTACT_BLOCKED, campaign paused -> held by
+   the pause, quiet hours begun -> held; all refunded); then per chunk, one chunk's time apart: **admission**
    (rate-limited lists: the list's sends of the last second, every process's, have room for the chunk, or it waits
    and is re-checked; see :mod:`ratelimit`) -> **intent** (fenced ``sending_at``; only what is still held is sent) ->
    **send** (``driver.max_batch_size`` messages per request, each request holding one slot of the process-wide
    pool; transient failures retried with tenacity: exponential backoff with jitter, at least ``Retry-After``, within
    ``retry_max_attempts`` and ``retry_budget_seconds``, each retry taking rate-limit tokens and admission again; the
-   admission is then moved to the send's time) -> **record** (:mod:`outcomes`).
+   admission is then moved to the send's time); the round's sends are **recorded** (:mod:`outcomes`) after its last
+   chunk (after a chunk with provider errors at once).
 
 Provider errors (transient failures: 429, 5xx) multiply the list's rate-limit interval; a clean chunk relaxes it.
 Transient failures that outlast the retries are a provider storm, not a verdict: those messages and the rest of
