@@ -479,3 +479,16 @@ async def test_stopping_mid_round_gives_back_the_chunks_not_sent(
     assert sorted([*fakes["infobip"].accepted_counts(), *(q["_id"] for q in queued)]) == sorted(ids)
     account = await store.db[c.ACCOUNTS].find_one({"_id": 1})
     assert account is not None and account["balance"] == pytest.approx(1000.0 - 10 * 0.01)
+
+
+def test_a_round_lasts_at_most_round_seconds(settings: Settings) -> None:
+    """A round is whole chunks lasting at most ``rate_limit_round_seconds`` (at least one chunk): four chunks of 14 at
+    17,000/min, but one message at 60/min (a chunk of one lasts a second: rounds of more would re-check less often)."""
+    from trackly_exec.executor.worker import Worker
+    from trackly_exec.store.models import SendingList
+
+    worker = Worker.__new__(Worker)
+    worker.cfg = settings.executor
+    for rate, chunk, round_ in ((17000, 14, 56), (6000, 5, 20), (600, 1, 2), (60, 1, 1), (0, 1000, 1000)):
+        lst = SendingList.model_construct(rate_limit_per_minute=rate)
+        assert (worker.chunk_size(lst), worker.round_size(lst)) == (chunk, round_), rate

@@ -135,7 +135,8 @@ class Worker:
         chunk = self.chunk_size(lst)
         if lst.rate_limit_per_minute <= 0:
             return chunk
-        return chunk * max(1, round(self.cfg.rate_limit_round_seconds / self.cfg.rate_limit_chunk_seconds))
+        lasts = chunk * 60.0 / lst.rate_limit_per_minute  # a chunk's time (a slow list's one message can last longer)
+        return chunk * max(1, int(self.cfg.rate_limit_round_seconds / lasts + 1e-9))
 
     def claim_limit(self, lst: SendingList) -> int:
         if lst.rate_limit_per_minute <= 0:
