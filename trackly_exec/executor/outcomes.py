@@ -111,12 +111,15 @@ def failed_doc(
     return out
 
 
-async def insert_records(db: Any, collection: str, docs: Sequence[Mapping[str, Any]]) -> int:
+async def insert_records(db: Any, collection: str, docs: Sequence[Mapping[str, Any]], *, settle: bool = True) -> int:
     """Unordered insert; already-recorded ids (duplicate key) are fine. Returns how many were new.
 
     Then the messages' cooldown reservations are settled (:func:`reservations.settle`: sent and NO_RESPONSE
     ones count from now, the ones never sent are released); a failure there is only logged, since a reservation
-    left ``held`` is checked against these records whenever it is in the way."""
+    left ``held`` is checked against these records whenever it is in the way. ``settle=False`` (the executor, for
+    a list without a cooldown now: its messages took no reservation, unless the cooldown was turned off since they
+    were queued, and such a reservation is then settled against these records when it is in the way) skips that
+    round trip."""
     if not docs:
         return 0
     try:
@@ -127,6 +130,8 @@ async def insert_records(db: Any, collection: str, docs: Sequence[Mapping[str, A
         if any(e.get("code") != 11000 for e in errors):
             raise
         inserted = int(exc.details.get("nInserted", len(docs) - len(errors)))
+    if not settle:
+        return inserted
     try:
         await reservations.settle(db, collection, docs)
     except PyMongoError as exc:
@@ -314,8 +319,9 @@ class Outcomes:
                         )
                     )
         failpoints.hit("before_record")
-        await insert_records(self.db, c.SENT, sent)
-        await insert_records(self.db, c.FAILED, failed)
+        cooldown = lst.cooldown_minutes > 0  # a list without one took no reservations: nothing to settle
+        await insert_records(self.db, c.SENT, sent, settle=cooldown)
+        await insert_records(self.db, c.FAILED, failed, settle=cooldown)
         if back:  # nothing was accepted for these: give them back to the queue (shutdown during retries)
             await claims.give_back(self.db, back, token)
         held_until = None
