@@ -88,17 +88,25 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_t
 return {1, math.floor(wait), math.floor(factor * 1000), now}
 """
 
+
+def _lua_now(arg: int) -> str:
+    """Lua that sets ``now`` (microseconds) to ``ARGV[arg]``, or to Redis's clock when that is 0."""
+    return (
+        f"local now = tonumber(ARGV[{arg}])\n"
+        "if now <= 0 then\n"
+        "  local t = redis.call('TIME')\n"
+        "  now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+        "end\n"
+    )
+
+
 # KEYS[1] send window (a sorted set: score the send's time in us, member 'id:n'), KEYS[2] penalty key; ARGV: n,
 # interval_us, chunk, burst_us, window_us, now_us (0: Redis's clock; tests pass their own), id.
 # Returns {wait_us, now_us}: wait_us 0 means admitted, recorded as 'id:n' at now_us; otherwise nothing was recorded
 # and the window has room for n tokens wait_us later (when enough of its entries are a window old).
-ADMIT_LUA = """
-local now = tonumber(ARGV[6])
-if now <= 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local factor = tonumber(redis.call('GET', KEYS[2]) or '1') or 1
+ADMIT_LUA = (
+    _lua_now(6)
+    + """local factor = tonumber(redis.call('GET', KEYS[2]) or '1') or 1
 if factor < 1 then factor = 1 end
 local n = tonumber(ARGV[1])
 local chunk = tonumber(ARGV[3])
@@ -128,22 +136,20 @@ redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[7] .. ':' .. ARGV[1])
 redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1000)
 return {0, now}
 """
+)
 
 # KEYS[1] send window; ARGV: the admitted entry ('id:n'), sent, window_us, now_us (0: Redis's clock), id.
 # The entry now stands for the `sent` tokens at now_us (none: it is removed, its room given back).
-SENT_LUA = """
-local now = tonumber(ARGV[4])
-if now <= 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
+SENT_LUA = (
+    _lua_now(4)
+    + """redis.call('ZREM', KEYS[1], ARGV[1])
 if tonumber(ARGV[2]) > 0 then
   redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[5] .. ':' .. ARGV[2])
   redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[3]) / 1000) + 1000)
 end
 return now
 """
+)
 
 #: The send window's length: a provider caps messages per second.
 WINDOW_SECONDS = 1.0
