@@ -492,3 +492,33 @@ def test_a_round_lasts_at_most_round_seconds(settings: Settings) -> None:
     for rate, chunk, round_ in ((17000, 14, 56), (6000, 5, 20), (600, 1, 2), (60, 1, 1), (0, 1000, 1000)):
         lst = SendingList.model_construct(rate_limit_per_minute=rate)
         assert (worker.chunk_size(lst), worker.round_size(lst)) == (chunk, round_), rate
+
+
+class _SlowedLimiter(_CountingLimiter):
+    """The executor's limiter, answering every grant with a provider-error slow-down of x8 (the pace stretched)."""
+
+    async def acquire(self, list_id: int, n: int, per_minute: int, max_wait: float) -> Grant:
+        return dataclasses.replace(await super().acquire(list_id, n, per_minute, max_wait), factor=8.0)
+
+
+async def test_a_round_stretched_by_a_slow_down_is_re_checked_again(
+    settings: Settings, store: Store, fakes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's chunks go a chunk's time apart times the slow-down; when that makes the round outlast
+    ``rate_limit_round_seconds`` the send-time re-check runs again before the next chunk (never older than that):
+    here every chunk is re-checked."""
+    await seed(store, 40, rate=12000)  # a round of 4 chunks of 10, 50 ms apart; x8: 400 ms apart
+    rechecks: list[int] = []
+    original = checks.recheck
+
+    async def counted(db: Any, docs: Any, *a: Any, **k: Any) -> Any:
+        rechecks.append(len(docs))
+        return await original(db, docs, *a, **k)
+
+    monkeypatch.setattr(checks, "recheck", counted)
+    coord = await executor(settings, store, fakes, workers_per_list=1)
+    coord.limiter = coord.worker.limiter = slowed = _SlowedLimiter(coord.limiter)
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 40 and slowed.calls == 1
+    assert rechecks == [40, 30, 20, 10]

@@ -290,6 +290,7 @@ class Worker:
         requeue: set[str] = set()
         errors = False
         recheck = True  # the whole round before its first chunk; a chunk again after waiting for the window
+        checked = time.monotonic()  # when the last re-check was
 
         async def refund(docs: Sequence[ClaimedDoc]) -> None:
             await billing.adjust(self.db, lst.account_id, sum(deb.costs.get(d["_id"], 0.0) for d in docs))
@@ -312,9 +313,10 @@ class Worker:
                         await record()
                         return "release"
                     now = self.clock()
-                if recheck:
+                if recheck or time.monotonic() - checked > self.cfg.rate_limit_round_seconds:
+                    # (again when the round outlasts its time: a provider-error slow-down stretches the pace)
                     pending = await self._recheck(info, token, pending, deb.costs, now, timezones)
-                    recheck = False
+                    recheck, checked = False, time.monotonic()
                 if not pending or not limited:
                     break
                 # Admitted to the list's send window right before the intent: a chunk woken late (a stalled event
