@@ -245,10 +245,22 @@ class _Store:
         await gate.wait()
         return [cast(ShortLinkDoc, {"_id": code, "destination": DEST}) for code, _ in group]
 
+    async def groups(self, n: int) -> None:
+        """Until ``n`` groups have reached the store."""
+        while len(self.gates) < n:
+            await asyncio.sleep(0.005)
+
 
 async def _settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+def _gated_handler(trackly: Trackly) -> tuple[links.LinkHandler, _Store, Visit]:
+    """A link handler whose groups of clicks go to a gated stand-in store, and a visitor."""
+    handler, store = links.LinkHandler(trackly), _Store()
+    handler._group = store.group  # type: ignore[method-assign]
+    return handler, store, Visit("ua", "127.0.0.1")
 
 
 @pytest.fixture
@@ -261,9 +273,7 @@ def slow_fill(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_group_fills_up_to_what_the_previous_one_had(trackly: Trackly, slow_fill: None) -> None:
     """Clicks in flight under load go to the store together, not as two alternating halves: after a group of
     1 during which 7 more came, the next group waits for an 8th; every click is answered with its own link."""
-    handler, store = links.LinkHandler(trackly), _Store()
-    handler._group = store.group  # type: ignore[method-assign]
-    visit = Visit("ua", "127.0.0.1")
+    handler, store, visit = _gated_handler(trackly)
     first = asyncio.ensure_future(handler._follow("code0000", visit))
     await _settle()
     rest = [asyncio.ensure_future(handler._follow(f"code{i:04d}", visit)) for i in range(1, 8)]
@@ -282,16 +292,13 @@ async def test_a_group_fills_up_to_what_the_previous_one_had(trackly: Trackly, s
 async def test_a_group_waits_no_longer_than_its_bound(trackly: Trackly, monkeypatch: pytest.MonkeyPatch) -> None:
     """When fewer clicks come than the previous group had, the group goes to the store at the bound."""
     monkeypatch.setattr(links, "FILL_MAX_SECONDS", 0.01)
-    handler, store = links.LinkHandler(trackly), _Store()
-    handler._group = store.group  # type: ignore[method-assign]
-    visit = Visit("ua", "127.0.0.1")
+    handler, store, visit = _gated_handler(trackly)
     first = asyncio.ensure_future(handler._follow("code0000", visit))
     await _settle()
     rest = [asyncio.ensure_future(handler._follow(f"code{i:04d}", visit)) for i in range(1, 4)]
     await asyncio.sleep(0.1)
     store.gates[0].set()
-    while len(store.gates) < 2:  # 3 of the 4 expected: the group goes at the bound
-        await asyncio.sleep(0.005)
+    await store.groups(2)  # 3 of the 4 expected: the group goes at the bound
     store.gates[1].set()
     await asyncio.wait_for(asyncio.gather(first, *rest), 10)
     assert store.sizes == [1, 3]
@@ -299,17 +306,14 @@ async def test_a_group_waits_no_longer_than_its_bound(trackly: Trackly, monkeypa
 
 async def test_a_click_after_a_quiet_spell_does_not_wait(trackly: Trackly, slow_fill: None) -> None:
     """A click arriving later than the previous group's time in the store goes at once, alone."""
-    handler, store = links.LinkHandler(trackly), _Store()
-    handler._group = store.group  # type: ignore[method-assign]
-    visit = Visit("ua", "127.0.0.1")
+    handler, store, visit = _gated_handler(trackly)
     first = [asyncio.ensure_future(handler._follow(f"code{i:04d}", visit)) for i in range(4)]
     await _settle()
     store.gates[0].set()
     await asyncio.wait_for(asyncio.gather(*first), 10)
     await asyncio.sleep(handler._store_seconds + 0.05)  # longer than that group's time in the store
     lone = asyncio.ensure_future(handler._follow("code0009", visit))
-    while len(store.gates) < 2:
-        await asyncio.sleep(0.005)
+    await store.groups(2)
     store.gates[1].set()
     assert (await asyncio.wait_for(lone, 10) or {}).get("_id") == "code0009"
     assert store.sizes == [4, 1]
@@ -317,9 +321,7 @@ async def test_a_click_after_a_quiet_spell_does_not_wait(trackly: Trackly, slow_
 
 async def test_clicks_waiting_for_a_group_to_fill_are_cancelled_at_shutdown(trackly: Trackly, slow_fill: None) -> None:
     """Stopping the handler while a group waits to fill up leaves no request waiting for ever."""
-    handler, store = links.LinkHandler(trackly), _Store()
-    handler._group = store.group  # type: ignore[method-assign]
-    visit = Visit("ua", "127.0.0.1")
+    handler, store, visit = _gated_handler(trackly)
     first = asyncio.ensure_future(handler._follow("code0000", visit))
     await _settle()
     rest = [asyncio.ensure_future(handler._follow(f"code{i:04d}", visit)) for i in range(1, 3)]

@@ -303,15 +303,19 @@ class Worker:
             sent, results, requeue = [], {}, set()
             return until
 
+        async def give_back() -> str:
+            """Stop this round: record what went, refund what did not (it has no intent yet: it is released)."""
+            await refund(pending)
+            await record()
+            return "release"
+
         while pending:
             admitted: Admission | None = None
             while True:
                 if at is not None and at > time.time():  # pacing: billed before the wait, so only the re-check,
                     self.counts["limiter_waits"] += 1  # the admission and the intent stand between waking and sending
                     if await self._sleep(at - time.time()):
-                        await refund(pending)
-                        await record()
-                        return "release"
+                        return await give_back()
                     now = self.clock()
                 if recheck or time.monotonic() - checked > self.cfg.rate_limit_round_seconds:
                     # (again when the round outlasts its time: a provider-error slow-down stretches the pace)
@@ -329,9 +333,7 @@ class Worker:
                 except LimiterUnavailable:
                     self.paused[lst.id] = time.monotonic() + 1.0
                     self.counts["limiter_unavailable"] += 1
-                    await refund(pending)
-                    await record()
-                    return "release"
+                    return await give_back()
                 if admitted.wait <= 0:
                     break
                 self.counts["rate_window_waits"] += 1
@@ -375,9 +377,7 @@ class Worker:
             if at is not None:
                 at += spacing  # the next chunk's moment in the round's slot
             if pending and self.stopping.is_set():  # no intent yet on what is left: it goes back to the queue
-                await refund(pending)
-                await record()
-                return "release"
+                return await give_back()
         await record()
         if not errors and factor > 1 and limited:
             with contextlib.suppress(LimiterUnavailable):
