@@ -269,7 +269,8 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"executor: {sent:,} sent in {elapsed:.2f}s = {exec_rate:,.0f} msg/s "
             f"(provider ledgers: {accepted:,} accepted, {dupes} duplicates; "
-            f"other outcomes: { {k: v for k, v in counts.items() if k.startswith(('failed', 'held'))} })",
+            f"other outcomes: { {k: v for k, v in counts.items() if k.startswith(('failed', 'held'))} }; "
+            f"queue reads per message {counts.get('queue_reads', 0) / max(sent, 1):.2f}, empty claims {counts.get('empty_claims', 0)})",
             flush=True,
         )
 

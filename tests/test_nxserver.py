@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib.metadata import requires, version
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
@@ -81,3 +85,26 @@ def test_embedded_store_is_pinned_to_a_minor_version(dist: str) -> None:
     assert req.specifier.contains(version(dist))
     major, minor = (int(x) for x in version(dist).split(".")[:2])
     assert not req.specifier.contains(f"{major}.{minor + 1}.0")
+
+
+def test_store_never_takes_pysqlite3(tmp_path: Path) -> None:
+    """With a ``pysqlite3`` importable, neosqlite would store JSONB with numeric-looking string ids coerced to
+    numbers (two message ids colliding); the store process pins the standard library's sqlite3."""
+    fake = tmp_path / "pysqlite3"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "dbapi2.py").write_text("from sqlite3 import *  # noqa\nFAKE_PYSQLITE3 = True\n")
+    probe = (
+        "import sys\n"
+        "from trackly_exec.store import nxserver\n"
+        "import pysqlite3.dbapi2 as p\n"  # importable before the pin
+        "assert p.FAKE_PYSQLITE3\n"
+        "del sys.modules['pysqlite3'], sys.modules['pysqlite3.dbapi2']\n"
+        "nxserver.pin_sqlite()\n"
+        "import neosqlite._sqlite as s\n"
+        "print(s.sqlite3.__name__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "sqlite3"

@@ -5,6 +5,11 @@ top-level ``$set`` of a datetime stores a *string* (``"2026-11-29 11:23:34.12300
 dates) and a boolean stores ``1``/``0``. Updates carrying a datetime or a boolean value are sent down neosqlite's
 Python update path instead, which keeps the types (and measured no slower here); every other update and every
 query is untouched. (neosqlite's global "force fallback" switch is not used: it breaks ``{field: None}`` queries.)
+
+The store also always runs on the standard library's ``sqlite3`` (text JSON), never on ``pysqlite3`` should one be
+installed: with it, neosqlite stores documents as JSONB in a column of NUMERIC affinity, so string ids that read as
+numbers collide (``"00000000000000e0"`` and ``"0000000000000000"`` are both 0: "UNIQUE constraint failed"), and it
+measured no faster for the executor's work (bench/storeops.py: 471 against 434 us of store CPU per message).
 """
 
 from __future__ import annotations
@@ -40,7 +45,15 @@ def patch_updates() -> None:
     SqlUpdatesMixin._can_use_sql_updates = _can_use_sql_updates
 
 
+def pin_sqlite() -> None:
+    """Make neosqlite take the standard library's ``sqlite3``: ``pysqlite3`` cannot be imported in this process
+    (call before neosqlite is first imported)."""
+    sys.modules["pysqlite3"] = None  # type: ignore[assignment]  # None in sys.modules: ImportError on import
+    sys.modules["pysqlite3.dbapi2"] = None  # type: ignore[assignment]
+
+
 def main() -> int:
+    pin_sqlite()
     from nx_27017.nx_27017 import main as nx_main
 
     patch_updates()
