@@ -16,7 +16,8 @@ Redis limiter configured. Prints:
 ``--send-client auto|aiohttp|keepalive`` picks the drivers' send client (default auto, as the drivers' default: the
 keep-alive client unless a proxy in the environment applies); ``--breakdown`` then prints the executor's CPU
 us/message for the three-provider mix and for each provider alone, on both send clients (the chosen one first), in
-the same run.
+the same run, and the CPU of one HTTP request on a bare asyncio protocol (the floor of a one-message-per-request
+provider such as Twilio on this machine).
 
     .venv/bin/python bench/executor.py [--n 100000] [--rounds 2] [--file] [--rate 0] [--send-client auto] [--breakdown]
 """
@@ -51,6 +52,66 @@ def effective(send_client: str, url: str) -> str:
     """The client a driver with ``send_client`` uses for ``url`` (``auto`` resolved as the driver resolves it)."""
     base = URL(url)
     return choose_send_client(send_client, base, env_proxy(base)[0])
+
+
+class _RawConn(asyncio.Protocol):
+    """A keep-alive connection that only finds where each answer ends (``Content-Length``)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.done: asyncio.Future[None] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        head = self.buf.find(b"\r\n\r\n")
+        if head < 0 or self.done is None:
+            return
+        at = self.buf.lower().find(b"content-length:", 0, head)
+        length = int(self.buf[at + 15 : self.buf.find(b"\r\n", at)]) if at >= 0 else 0
+        if len(self.buf) >= head + 4 + length:
+            del self.buf[: head + 4 + length]
+            self.done.set_result(None)
+
+
+async def raw_request_cpu(url: str, concurrency: int, n: int = 10_000) -> float:
+    """CPU us of this process per request: ``n`` pre-encoded Twilio send requests on ``concurrency`` keep-alive
+    connections of a bare asyncio protocol (the least a one-message-per-request provider costs here)."""
+    from drivers.twilio import TwilioDriver, TwilioSettings
+    from trackly_exec.drivers.contract import outbound_message
+
+    driver = TwilioDriver(TwilioSettings(base_url=url, **fake_credentials("twilio")))
+    await driver.startup()
+    try:
+        assert driver._http is not None
+        body = driver.form_body(outbound_message("m0", "+12025550100", "+15550000000", "Your code is 0", 1))
+        head = driver._http._head(driver._send_path, {"Content-Type": "application/x-www-form-urlencoded"})
+        request = head + str(len(body)).encode() + b"\r\n\r\n" + body
+    finally:
+        await driver.shutdown()
+    loop = asyncio.get_running_loop()
+    host, port = URL(url).host or "127.0.0.1", URL(url).port
+    conns = [(await loop.create_connection(_RawConn, host, port))[1] for _ in range(concurrency)]
+    left = [n]
+
+    async def one(conn: _RawConn) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            conn.done = loop.create_future()
+            assert conn.transport is not None
+            conn.transport.write(request)
+            await conn.done
+
+    c0 = time.process_time()
+    await asyncio.gather(*(one(conn) for conn in conns))
+    spent = time.process_time() - c0
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.close()
+    return spent / n * 1e6
 
 
 async def cpu_per_message(coord: Coordinator, store: Store, lists: dict[int, str], each: int, rate: int) -> float:
@@ -270,7 +331,8 @@ async def main(args: argparse.Namespace) -> None:
             f"executor: {sent:,} sent in {elapsed:.2f}s = {exec_rate:,.0f} msg/s "
             f"(provider ledgers: {accepted:,} accepted, {dupes} duplicates; "
             f"other outcomes: { {k: v for k, v in counts.items() if k.startswith(('failed', 'held'))} }; "
-            f"queue reads per message {counts.get('queue_reads', 0) / max(sent, 1):.2f}, empty claims {counts.get('empty_claims', 0)})",
+            f"queue reads per message {counts.get('queue_reads', 0) / max(sent, 1):.2f}, "
+            f"empty claims {counts.get('empty_claims', 0)})",
             flush=True,
         )
 
@@ -317,6 +379,15 @@ async def main(args: argparse.Namespace) -> None:
                 a, k = table["aiohttp"], table["keepalive"]
                 print(
                     "  aiohttp - keepalive per message: " + ", ".join(f"{n} {a[n] - k[n]:+.0f} us" for n in a),
+                    flush=True,
+                )
+            if "twilio" in svc["fakes"]:
+                raw = await raw_request_cpu(svc["fakes"]["twilio"], args.pool)
+                record("one HTTP request, bare asyncio protocol", raw, "us/request", us_per_message=raw)
+                print(
+                    f"  one HTTP request on a bare asyncio protocol (pre-encoded Twilio request, {args.pool} keep-alive "
+                    f"connections, no parsing beyond Content-Length): {raw:.0f} us of CPU, the floor of a provider "
+                    "that takes one message per request on this machine",
                     flush=True,
                 )
         await trackly.close(close_store=False)
