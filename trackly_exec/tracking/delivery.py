@@ -28,14 +28,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import UpdateMany, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from trackly_exec.app import Trackly
 from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.client import find_by_ids
+from trackly_exec.store.client import find_by_ids, update_ids
 from trackly_exec.store.documents import DeliveryFields, FailedDoc, JsonObject, SentDoc
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import FailureReason, MessageFields, MessageSent
@@ -225,14 +224,10 @@ def _updates(changes: dict[tuple[tuple[str, object], ...], tuple[DeliveryFields,
     same status and done time, as a provider's batch often has: ``UpdateMany`` over their ids; nx-27017 spends
     ~25 % less CPU per report on one multi-document statement than on one statement per message), each still
     conditional on ``delivered`` being None per message."""
-    ops: list[Any] = []
-    for change, ids in changes.values():
-        update = {"$set": {**change, "delivery_batch": batch}}
-        if len(ids) == 1:
-            ops.append(UpdateOne({"_id": ids[0], "delivered": None}, update))
-        else:
-            ops.append(UpdateMany({"_id": {"$in": ids}, "delivered": None}, update))
-    return ops
+    return [
+        update_ids(ids, {"$set": {**change, "delivery_batch": batch}}, {"delivered": None})
+        for change, ids in changes.values()
+    ]
 
 
 async def _still_applied(
