@@ -237,18 +237,21 @@ class _Store:
     def __init__(self) -> None:
         self.sizes: list[int] = []
         self.gates: list[asyncio.Event] = []
+        self.arrived = asyncio.Condition()
 
     async def group(self, group: list[tuple[str, Visit]]) -> list[ShortLinkDoc | None]:
         self.sizes.append(len(group))
         gate = asyncio.Event()
-        self.gates.append(gate)
+        async with self.arrived:
+            self.gates.append(gate)
+            self.arrived.notify_all()
         await gate.wait()
         return [cast(ShortLinkDoc, {"_id": code, "destination": DEST}) for code, _ in group]
 
     async def groups(self, n: int) -> None:
         """Until ``n`` groups have reached the store."""
-        while len(self.gates) < n:
-            await asyncio.sleep(0.005)
+        async with self.arrived:
+            await self.arrived.wait_for(lambda: len(self.gates) >= n)
 
 
 async def _settle() -> None:
