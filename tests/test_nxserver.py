@@ -108,3 +108,194 @@ def test_store_never_takes_pysqlite3(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "sqlite3"
+
+
+# --- the two write shortcuts (patch_bulk_set, patch_insert_copy): same stored documents, same answers ------------
+
+
+@pytest.fixture
+def shortcuts() -> Iterator[None]:
+    """nxserver.patch_bulk_set() and patch_insert_copy() applied in this process for one test, then undone."""
+    from neosqlite.collection.query_engine.crud_operations import CRUDOperationsMixin as Engine
+    from neosqlite.collection.query_helper.crud_operations import CRUDOperationsMixin as Helper
+
+    saved = Engine.__dict__["update_many"], Helper.__dict__["_internal_insert"]
+    nxserver.patch_bulk_set()
+    nxserver.patch_insert_copy()
+    try:
+        yield
+    finally:
+        Engine.update_many, Helper._internal_insert = saved
+
+
+def test_shortcut_hooks_exist_with_the_wrapped_signatures() -> None:
+    """neosqlite's QueryEngine.update_many(self, filter, update, upsert, array_filters, session) and
+    QueryHelper._internal_insert(self, document): the shortcuts replace exactly these."""
+    from neosqlite.collection.query_engine.crud_operations import CRUDOperationsMixin as Engine
+    from neosqlite.collection.query_helper.crud_operations import CRUDOperationsMixin as Helper
+
+    names = [p.name for p in inspect.signature(Engine.__dict__["update_many"]).parameters.values()]
+    assert names == ["self", "filter", "update", "upsert", "array_filters", "session"]
+    assert [p.name for p in inspect.signature(Helper.__dict__["_internal_insert"]).parameters.values()] == [
+        "self",
+        "document",
+    ]
+
+
+def _queue() -> list[dict[str, object]]:
+    return [
+        {"_id": "a", "l": 1, "c": None, "due": 5, "s": "x", "n": 1},
+        {"_id": "b", "l": 1, "c": None, "due": 5, "s": "y", "n": 1.0},
+        {"_id": "c", "l": 2, "c": "held", "due": 9, "flag": True},
+        {"_id": "d", "l": 2, "c": None, "due": 9, "s": "1", "nested": {"k": [1, 2]}},
+        {"_id": "e", "l": 3, "u": 7},
+    ]
+
+
+#: (filter, update) pairs: the claim and intent shapes, values equal to what is stored (matched, not modified),
+#: missing fields, type changes, and shapes that must take neosqlite's own path (datetime, bool, document, dotted
+#: key, other operators, a filter neosqlite evaluates in Python).
+UPDATES: list[tuple[dict[str, object], dict[str, object]]] = [
+    ({"_id": {"$in": ["a", "b", "d"]}, "c": None, "due": {"$eq": 5}}, {"$set": {"c": "tok", "at": 123}}),
+    ({"c": {"$eq": "held"}}, {"$set": {"sending_at": 1_700_000_000_000}}),
+    ({"l": {"$eq": 1}}, {"$set": {"s": "x"}}),  # a: same value; b: changed
+    ({"l": {"$in": [1, 2]}}, {"$set": {"n": 1}}),  # 1, 1.0: equal in neosqlite's eyes; c, d: missing
+    ({}, {"$set": {"n": 2.5, "s": None}}),
+    ({"_id": "d"}, {"$set": {"s": 1}}),  # "1" -> 1: a type change
+    ({"_id": "c"}, {"$set": {"flag": 1}}),  # True -> 1: equal in neosqlite's eyes
+    ({"l": {"$gte": 2}}, {"$set": {"u": None}}),
+    ({"l": 9}, {"$set": {"c": "nobody"}}),  # matches nothing
+    ({"l": 1}, {"$set": {"at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}}),
+    ({"l": 1}, {"$set": {"ok": False}}),
+    ({"l": 1}, {"$set": {"doc": {"k": 1}}}),
+    ({"l": 2}, {"$set": {"nested.k": 3}}),
+    ({"l": 1}, {"$set": {"c": "t"}, "$inc": {"n": 1}}),
+    ({"l": 1}, {"$unset": {"s": ""}}),
+    ({"$where": "this.l == 1"}, {"$set": {"c": "w"}}),
+    ({"_id": "a"}, {"$set": {"_id": "z"}}),
+    ({"l": 1}, {"$set": {"big": 2**70}}),
+]
+
+
+def _apply_updates(steps: list[tuple[dict[str, object], dict[str, object]]]) -> list[object]:
+    import neosqlite
+
+    seen: list[object] = []
+    with neosqlite.Connection(":memory:") as db:
+        coll = db["q"]
+        coll.create_index([("l", 1), ("c", 1), ("due", 1)])
+        coll.insert_many(_queue())
+        for flt, upd in steps:
+            try:
+                res = coll.update_many(flt, upd)
+                seen.append(("ok", res.matched_count, res.modified_count))
+            except Exception as exc:
+                seen.append(("error", type(exc).__name__))
+            seen.append(sorted((dict(d) for d in coll.find({})), key=lambda d: str(d["_id"])))
+        seen.append([d["_id"] for d in coll.find({"c": {"$eq": "tok"}})])  # the index still serves the queue query
+    return seen
+
+
+@pytest.mark.parametrize("step", range(len(UPDATES)))
+def test_bulk_set_answers_and_stores_as_neosqlite_does(step: int, request: pytest.FixtureRequest) -> None:
+    """Each update, on the same documents, with and without the shortcut: the same matched / modified counts (or
+    the same error), the same documents after it, the same answer of an indexed query."""
+    steps = [UPDATES[step]]
+    plain = _apply_updates(steps)
+    request.getfixturevalue("shortcuts")
+    assert _apply_updates(steps) == plain
+
+
+@pytest.mark.usefixtures("shortcuts")
+def test_bulk_set_runs_the_executor_claim_as_one_statement() -> None:
+    """The claim shape takes the shortcut: no document is read back into Python (neosqlite's path reads each
+    one twice), yet the counts are right and a second claim of the same ids matches nothing."""
+    import neosqlite
+
+    with neosqlite.Connection(":memory:") as db:
+        coll = db["q"]
+        coll.insert_many(_queue())
+        loads = 0
+        real = coll._load_with_stored_id
+
+        def counting(*args: object) -> object:
+            nonlocal loads
+            loads += 1
+            return real(*args)
+
+        coll._load_with_stored_id = counting
+        claim = {"$set": {"c": "tok", "at": 1}}
+        res = coll.update_many({"_id": {"$in": ["a", "b", "d"]}, "c": None, "due": {"$eq": 5}}, claim)
+        assert (res.matched_count, res.modified_count, loads) == (2, 2, 0)
+        again = coll.update_many({"_id": {"$in": ["a", "b"]}, "c": None, "due": {"$eq": 5}}, claim)
+        assert (again.matched_count, again.modified_count) == (0, 0)
+
+
+def test_bulk_set_constraint_failure_is_neosqlites(request: pytest.FixtureRequest) -> None:
+    """A $set that breaks a unique index: SQLite rolls the one statement back and neosqlite's own path runs,
+    so the error and what is left stored are what they were without the shortcut."""
+    import neosqlite
+
+    def run() -> list[object]:
+        with neosqlite.Connection(":memory:") as db:
+            coll = db["q"]
+            coll.create_index("u", unique=True)
+            coll.insert_many([{"_id": 1, "u": 1, "l": 1}, {"_id": 2, "u": 2, "l": 1}])
+            try:
+                coll.update_many({"l": 1}, {"$set": {"u": 5}})
+                out: list[object] = ["ok"]
+            except Exception as exc:
+                out = [type(exc).__name__]
+            return [*out, sorted((dict(d) for d in coll.find({})), key=lambda d: str(d["_id"]))]
+
+    plain = run()
+    assert plain[0] != "ok"
+    request.getfixturevalue("shortcuts")
+    assert run() == plain
+
+
+def _insert_all() -> list[object]:
+    import neosqlite
+
+    when = dt.datetime(2026, 3, 1, 12, 30, tzinfo=dt.UTC)
+    given: list[dict[str, object]] = [
+        {"_id": "r1", "at": when, "n": 1, "f": 0.5, "none": None, "ok": True, "s": "é"},
+        {"_id": "r2", "nested": {"a": [1, {"b": b"\x00\x01"}], "when": when}, "raw": b"bytes"},
+        {"no_id": 1},  # neosqlite gives it an ObjectId and sets it on the caller's document
+        {"_id": None, "n": 2},
+        {"_id": "nan", "f": float("nan")},  # json.dumps writes NaN: not JSON, refused, nothing stored
+    ]
+    out: list[object] = []
+    with neosqlite.Connection(":memory:") as db:
+        coll = db["r"]
+        for doc in given:
+            before = dict(doc)
+            try:
+                ident = coll.insert_one(doc).inserted_id
+            except Exception as exc:
+                out.append((type(exc).__name__, str(exc)))
+                continue
+            out.append((type(ident).__name__, "_id" in doc and "_id" not in before))
+            nested = doc.get("nested")
+            if isinstance(nested, dict):
+                nested["a"].append("after")  # the stored copy must not share it
+        try:
+            coll.insert_one({"_id": "r1"})
+            out.append("no error")
+        except Exception as exc:
+            out.append(type(exc).__name__)
+        for d in coll.find({}):
+            d = dict(d)
+            if not isinstance(d["_id"], str):
+                d["_id"] = type(d["_id"]).__name__
+            out.append(sorted(d.items(), key=lambda kv: kv[0]))
+    return out
+
+
+def test_insert_without_deep_copy_stores_as_neosqlite_does(request: pytest.FixtureRequest) -> None:
+    """Documents with datetimes, nested documents and arrays, bytes, no ``_id`` or a None ``_id``, a NaN, and a
+    duplicate: the same ids, errors and stored documents; a nested array changed by the caller afterwards is not
+    changed in the store."""
+    plain = _insert_all()
+    request.getfixturevalue("shortcuts")
+    assert _insert_all() == plain
