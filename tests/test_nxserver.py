@@ -13,6 +13,7 @@ from importlib.metadata import requires, version
 from pathlib import Path
 
 import pytest
+from bson.int64 import Int64
 from packaging.requirements import Requirement
 
 from trackly_exec.store import nxserver
@@ -158,6 +159,7 @@ def _queue() -> list[dict[str, object]]:
 UPDATES: list[tuple[dict[str, object], dict[str, object]]] = [
     ({"_id": {"$in": ["a", "b", "d"]}, "c": None, "due": {"$eq": 5}}, {"$set": {"c": "tok", "at": 123}}),
     ({"c": {"$eq": "held"}}, {"$set": {"sending_at": 1_700_000_000_000}}),
+    ({"c": {"$eq": "held"}}, {"$set": {"sending_at": Int64(1_700_000_000_000)}}),  # as the wire brings epoch ms
     ({"l": {"$eq": 1}}, {"$set": {"s": "x"}}),  # a: same value; b: changed
     ({"l": {"$in": [1, 2]}}, {"$set": {"n": 1}}),  # 1, 1.0: equal in neosqlite's eyes; c, d: missing
     ({}, {"$set": {"n": 2.5, "s": None}}),
@@ -224,7 +226,7 @@ def test_bulk_set_runs_the_executor_claim_as_one_statement() -> None:
             return real(*args)
 
         coll._load_with_stored_id = counting
-        claim = {"$set": {"c": "tok", "at": 1}}
+        claim = {"$set": {"c": "tok", "at": Int64(1_796_177_994_651)}}  # epoch ms arrive as Int64
         res = coll.update_many({"_id": {"$in": ["a", "b", "d"]}, "c": None, "due": {"$eq": 5}}, claim)
         assert (res.matched_count, res.modified_count, loads) == (2, 2, 0)
         again = coll.update_many({"_id": {"$in": ["a", "b"]}, "c": None, "due": {"$eq": 5}}, claim)

@@ -80,20 +80,27 @@ _SAME_TYPES = {
 
 
 def _plain_set(update: Mapping[str, Any]) -> JsonObject | None:
-    """The fields of ``update`` when it is one ``$set`` of plain top-level scalars SQL stores unchanged, else None."""
+    """The fields of ``update`` when it is one ``$set`` of plain top-level scalars SQL stores unchanged, else None.
+
+    An integer the wire brought as ``bson.Int64`` (any beyond 32 bits: epoch milliseconds) is passed as a plain int.
+    """
     if len(update) != 1 or not isinstance(fields := update.get("$set"), dict) or not fields:
         return None
+    plain: JsonObject = {}
     for key, value in fields.items():
         if not isinstance(key, str) or key == "_id" or not _PLAIN_KEY.match(key):
             return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:
+                return None
+            value = int(value)
         kind = type(value)
         if kind not in _SAME_TYPES:  # bool, datetime, dict, list, ObjectId, bytes...: neosqlite's path
             return None
-        if kind is int and not -(2**63) <= value < 2**63:
-            return None
         if kind is float and not math.isfinite(value):
             return None
-    return fields
+        plain[key] = value
+    return plain
 
 
 def patch_bulk_set() -> None:
