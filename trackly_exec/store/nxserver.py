@@ -30,6 +30,7 @@ answered (tests/test_nxserver.py compares each with neosqlite's own path on the 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 import sys
@@ -103,13 +104,20 @@ def _plain_set(update: Mapping[str, Any]) -> JsonObject | None:
     return plain
 
 
+@functools.lru_cache(maxsize=1024)
+def _quoted(name: str) -> str:
+    """neosqlite's quoting of a collection's table name (a regular expression per call), once per name."""
+    from neosqlite.sql_utils import quote_table_name
+
+    return str(quote_table_name(name))
+
+
 def patch_bulk_set() -> None:
     """Run an ``update_many`` of one plain ``$set`` as one SQL statement (see the module docstring)."""
     from neosqlite._sqlite import sqlite3
     from neosqlite.collection.query_engine.crud_operations import CRUDOperationsMixin
     from neosqlite.collection.type_utils import validate_session
     from neosqlite.results import UpdateResult
-    from neosqlite.sql_utils import quote_table_name
 
     original = CRUDOperationsMixin.update_many
 
@@ -128,7 +136,7 @@ def patch_bulk_set() -> None:
         if where is None:
             return original(self, filter, update, upsert, array_filters, session)
         validate_session(session, self.collection._database)
-        table = quote_table_name(self.collection.name)
+        table = _quoted(self.collection.name)
         db = self.collection.db
         matched = int(db.execute(f"SELECT count(*) FROM {table} {where}", params).fetchone()[0])
         if not matched:
@@ -176,7 +184,7 @@ def patch_insert_copy() -> None:
         json_str = encode(doc_to_insert)
         # one statement: stored only if SQLite finds it valid JSON (json.dumps writes NaN as is), as neosqlite checks
         cursor = self.collection.db.execute(
-            f"INSERT INTO {ops.quote_table_name(self.collection.name)}(data, _id) SELECT ?, ? WHERE json_valid(?)",
+            f"INSERT INTO {_quoted(self.collection.name)}(data, _id) SELECT ?, ? WHERE json_valid(?)",
             (json_str, str(generated_id), json_str),
         )
         if cursor.rowcount != 1:
