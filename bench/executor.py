@@ -38,7 +38,7 @@ from trackly_exec.app import Trackly, tune_gc
 from trackly_exec.executor.claims import due_filter
 from trackly_exec.config import load_config
 from trackly_exec.executor.coordinator import Coordinator
-from trackly_exec.store.models import utcnow
+from trackly_exec.store.models import epoch_ms, utcnow
 from trackly_exec.executor.outcomes import sent_doc
 from trackly_exec.store.client import Store
 from trackly_exec.drivers.http import choose_send_client, env_proxy
@@ -153,13 +153,13 @@ async def floor(store: Store, lists: list[int], batch: int, workers: int) -> tup
             ids = await take(lid, now)
             if not ids:
                 return
-            claim = {"$set": {"claimed_by": token, "claimed_at": now}}
+            claim = {"$set": {"claimed_by": token, "claimed_at": epoch_ms(now)}}  # as the executor: epoch ms
             await q.update_many({"_id": {"$in": ids}, **due_filter(now)}, claim)
             docs = await q.find({"claimed_by": {"$eq": token}}).to_list(None)
             if not docs:
                 continue
             mine = [d["_id"] for d in docs]
-            await q.update_many({"_id": {"$in": mine}, "claimed_by": token}, {"$set": {"sending_at": now}})
+            await q.update_many({"_id": {"$in": mine}, "claimed_by": token}, {"$set": {"sending_at": epoch_ms(now)}})
             await sent.insert_many(
                 [
                     sent_doc(d, provider="floor", provider_message_id=d["_id"], segments=1, cost=0.0, now=now)
