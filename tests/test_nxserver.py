@@ -266,6 +266,8 @@ def _insert_all() -> list[object]:
         {"no_id": 1},  # neosqlite gives it an ObjectId and sets it on the caller's document
         {"_id": None, "n": 2},
         {"_id": "nan", "f": float("nan")},  # json.dumps writes NaN: not JSON, refused, nothing stored
+        {"_id": b"\x01\x02", "n": 3},  # a bytes id is stored as Binary, as neosqlite does
+        {"_id": {"k": [1, 2]}, "n": 4},  # a document id
     ]
     out: list[object] = []
     with neosqlite.Connection(":memory:") as db:
@@ -288,7 +290,7 @@ def _insert_all() -> list[object]:
             out.append(type(exc).__name__)
         for d in coll.find({}):
             d = dict(d)
-            if not isinstance(d["_id"], str):
+            if not isinstance(d["_id"], (str, dict, bytes)):
                 d["_id"] = type(d["_id"]).__name__
             out.append(sorted(d.items(), key=lambda kv: kv[0]))
     return out

@@ -180,7 +180,9 @@ def patch_insert_copy() -> None:
         doc_to_insert = {
             k: _convert_bytes_to_binary(v) if isinstance(v, (bytes, dict, list)) else v for k, v in document.items()
         }
-        doc_to_insert["_id"] = generated_id
+        doc_to_insert["_id"] = (
+            _convert_bytes_to_binary(generated_id) if isinstance(generated_id, (bytes, dict, list)) else generated_id
+        )
         json_str = encode(doc_to_insert)
         # one statement: stored only if SQLite finds it valid JSON (json.dumps writes NaN as is), as neosqlite checks
         cursor = self.collection.db.execute(
