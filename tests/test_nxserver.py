@@ -193,7 +193,8 @@ def _apply_updates(steps: list[tuple[dict[str, object], dict[str, object]]]) -> 
                 seen.append(("ok", res.matched_count, res.modified_count))
             except Exception as exc:
                 seen.append(("error", type(exc).__name__))
-            seen.append(sorted((dict(d) for d in coll.find({})), key=lambda d: str(d["_id"])))
+            # repr, not ==: 1, 1.0 and True are equal in Python but not the same stored value
+            seen.append(sorted(repr(sorted(dict(d).items())) for d in coll.find({})))
         seen.append([d["_id"] for d in coll.find({"c": {"$eq": "tok"}})])  # the index still serves the queue query
     return seen
 

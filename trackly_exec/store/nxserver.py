@@ -18,10 +18,11 @@ answered (tests/test_nxserver.py compares each with neosqlite's own path on the 
   integers, finite floats, None) runs as one SQL ``UPDATE ... SET data = json_set(...)`` over the rows the filter
   selects (the same SQL ``WHERE`` neosqlite selects them with), instead of, per document, a read, a JSON parse in
   Python, a ``json_set`` and a read back and parse again; ``matched`` and ``modified`` are counted as before (a
-  document whose fields already hold those values is matched, not modified). Anything else (datetimes, booleans,
-  documents, dotted or ``_id`` keys, other operators, upserts, array filters, a filter neosqlite cannot put in SQL,
-  a constraint failure, which SQLite rolls back whole) takes neosqlite's path. The executor's claim and send intent
-  are such updates: bench/storeops.py measured 211 and 186 us of store CPU per message before.
+  document whose fields already hold values equal in Python is matched, not modified) and the same is stored.
+  Anything else (datetimes, booleans, documents, dotted or ``_id`` keys, other operators, upserts, array filters, a
+  filter neosqlite cannot put in SQL, a constraint failure, which SQLite rolls back whole) takes neosqlite's path.
+  The executor's claim and send intent are such updates: bench/storeops.py measured 211 and 186 us of store CPU per
+  message before.
 - :func:`patch_insert_copy`: an insert no longer deep-copies the document before converting its ``bytes`` to
   ``Binary`` (that conversion already builds new dicts and lists; the deep copy was half the CPU of inserting a
   record with a datetime).
@@ -69,9 +70,10 @@ def patch_updates() -> None:
 #: A top-level field name the bulk ``$set`` writes as a literal JSON path (``$.name``).
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-#: For a value the bulk ``$set`` stores, the ``json_type`` of a stored value that may equal it (bool is excluded
-#: before: an int). A document is modified unless every field's stored type is one of these and its value equal
-#: (``IS``): neosqlite compares the documents in Python, where ``1 == 1.0 == True``.
+#: For a value the bulk ``$set`` stores: the ``json_type`` it is stored as, and the stored types neosqlite counts as
+#: equal to it (bool is excluded before: an int). neosqlite compares documents in Python, where ``1 == 1.0 ==
+#: True``: such a document is matched, not modified, yet the new value is written all the same.
+_STORED_AS = {str: "'text'", int: "'integer'", float: "'real'", type(None): "'null'"}
 _SAME_TYPES = {
     str: "('text')",
     int: "('integer', 'real', 'true', 'false')",
@@ -138,25 +140,32 @@ def patch_bulk_set() -> None:
         validate_session(session, self.collection._database)
         table = _quoted(self.collection.name)
         db = self.collection.db
-        matched = int(db.execute(f"SELECT count(*) FROM {table} {where}", params).fetchone()[0])
+        sets = ", ".join(f"'$.{key}', ?" for key in fields)
+
+        def differs(types: Mapping[type, str], op: str) -> str:
+            return " OR ".join(
+                f"coalesce(json_type(data, '$.{key}'), 'missing') {op} {types[type(value)]} "
+                f"OR json_extract(data, '$.{key}') IS NOT ?"
+                for key, value in fields.items()
+            )
+
+        values = list(fields.values())
+        # matched, and modified as neosqlite counts it (Python equality)
+        matched, modified = db.execute(
+            f"SELECT count(*), coalesce(sum({differs(_SAME_TYPES, 'NOT IN')}), 0) FROM {table} {where}",
+            [*values, *params],
+        ).fetchone()
         if not matched:
             return UpdateResult(matched_count=0, modified_count=0, upserted_id=None)
-        sets = ", ".join(f"'$.{key}', ?" for key in fields)
-        differs = " OR ".join(
-            f"coalesce(json_type(data, '$.{key}'), 'missing') NOT IN {_SAME_TYPES[type(value)]} "
-            f"OR json_extract(data, '$.{key}') IS NOT ?"
-            for key, value in fields.items()
-        )
-        diff_params = list(fields.values())
-        try:
-            modified = db.execute(
+        try:  # written wherever the stored value differs in type or value: what neosqlite's path stores
+            db.execute(
                 f"UPDATE {table} SET data = json_set(data, {sets}) "
-                f"WHERE id IN (SELECT id FROM {table} {where}) AND ({differs})",
-                [*fields.values(), *params, *diff_params],
-            ).rowcount
+                f"WHERE id IN (SELECT id FROM {table} {where}) AND ({differs(_STORED_AS, 'IS NOT')})",
+                [*values, *params, *values],
+            )
         except sqlite3.IntegrityError:  # the statement was rolled back whole: neosqlite's path says what it says
             return original(self, filter, update, upsert, array_filters, session)
-        return UpdateResult(matched_count=matched, modified_count=int(modified), upserted_id=None)
+        return UpdateResult(matched_count=int(matched), modified_count=int(modified), upserted_id=None)
 
     CRUDOperationsMixin.update_many = update_many
 
