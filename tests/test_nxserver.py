@@ -304,3 +304,62 @@ def test_insert_without_deep_copy_stores_as_neosqlite_does(request: pytest.Fixtu
     plain = _insert_all()
     request.getfixturevalue("shortcuts")
     assert _insert_all() == plain
+
+
+@pytest.fixture
+def insert_handling() -> Iterator[None]:
+    """nxserver.patch_insert_handling() applied in this process for one test, then undone."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    saved = NeoSQLiteHandler.__dict__["handle_insert"], NeoSQLiteHandler.__dict__["_convert_objectids"]
+    nxserver.patch_insert_handling()
+    try:
+        yield
+    finally:
+        NeoSQLiteHandler.handle_insert, NeoSQLiteHandler._convert_objectids = saved  # type: ignore[method-assign]
+
+
+def _insert_commands(monkeypatch: pytest.MonkeyPatch) -> tuple[list[object], list[str]]:
+    """Insert commands as the wire delivers them through nx-27017's handler; its answers, what it stored (by
+    repr, so an ObjectId left unconverted or a changed type shows) and its debug log lines."""
+    from bson import ObjectId as BsonObjectId
+    from nx_27017 import handler as nx_handler
+    from nx_27017.handler import NeoSQLiteHandler
+
+    class Sub(dict[str, object]):
+        pass
+
+    oid = BsonObjectId("65f0c0ffee0000000000abcd")
+    when = dt.datetime(2026, 3, 1, 12, 30)
+    docs: list[dict[str, object]] = [
+        {"_id": "a", "n": 1, "i": Int64(7), "f": 0.5, "b": True, "none": None, "at": when, "s": "x", "raw": b"\x00"},
+        {"_id": oid, "n": 2},  # a top-level ObjectId: converted for neosqlite
+        {"_id": "c", "ref": oid},
+        {"_id": "d", "nested": {"ref": oid, "list": [oid, 1]}},
+        {"_id": "e", "sub": Sub(k=1)},
+        {"_id": "a", "n": 3},  # duplicate: a write error, nothing else lost
+    ]
+    handler = NeoSQLiteHandler(":memory:")
+    logged: list[str] = []
+    monkeypatch.setattr(nx_handler.logger, "debug", lambda message, *a, **k: logged.append(str(message)))
+    answer = handler.handle_insert(
+        {"request_id": 1, "sections": [("body", {"insert": "r", "ordered": False, "$db": "t"}), ("payload_docs", docs)]}
+    )[1]
+    stored = [repr(sorted(d.items())) for d in handler.get_database("t")["r"].find({})]
+    found = handler._convert_objectids({"_id": "a", "n": 1})
+    lines = [line for line in logged if line.startswith("handle_insert sections")]
+    answer["writeErrors"] = [e.get("code") for e in answer.get("writeErrors", [])]
+    return [answer, stored, found], lines
+
+
+def test_insert_handling_stores_and_answers_as_nx_does(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scalars of every wire type, ObjectIds at the top, inside documents and arrays, a dict subclass, a duplicate:
+    the same answer and stored documents; the debug line no longer carries every document."""
+    plain, plain_lines = _insert_commands(monkeypatch)
+    request.getfixturevalue("insert_handling")
+    fast, lines = _insert_commands(monkeypatch)
+    assert fast == plain
+    assert "'n': 2" in plain_lines[0]  # nx-27017 formats every document into it
+    assert lines == ["handle_insert sections: <2 sections>"]
