@@ -363,3 +363,14 @@ def test_insert_handling_stores_and_answers_as_nx_does(
     assert fast == plain
     assert "'n': 2" in plain_lines[0]  # nx-27017 formats every document into it
     assert lines == ["handle_insert sections: <2 sections>"]
+
+
+def test_insert_handling_hooks_exist_with_the_wrapped_signatures() -> None:
+    """nx-27017's NeoSQLiteHandler.handle_insert(self, msg) and _convert_objectids(self, doc), and the debug line
+    the first formats: patch_insert_handling() replaces exactly these."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    for name, params in (("handle_insert", ["self", "msg"]), ("_convert_objectids", ["self", "doc"])):
+        hook = inspect.unwrap(NeoSQLiteHandler.__dict__[name])
+        assert [p.name for p in inspect.signature(hook).parameters.values()] == params
+    assert 'f"handle_insert sections: {sections}"' in inspect.getsource(NeoSQLiteHandler.handle_insert)
