@@ -4,7 +4,9 @@ Runs, one batch at a time on one list (so each operation's cost is its own), the
 message's way through the executor, and prints the nx-27017 process's CPU time per message for each:
 
 - ``executor``: the executor's own operations on real queued documents (``testing.seeding.queued_message``):
-  find due (``claims.find_due``: whole documents), claim (``claims.claim_docs``), send intent
+  find due (``claims.find_due``: whole documents), claim (``claims.claim_docs``), the send-time checks' reads
+  (``checks.contact_states`` at the claim, ``checks.blocked_contacts`` and ``checks.paused_campaigns`` at the
+  re-check; every message has its contact, as in bench/executor.py), send intent
   (``claims.mark_intent``), insert the MessageSent records (``outcomes.sent_doc``), delete the queue entries
   (``claims.complete``);
 - ``executor, dates in $set``: the same with the claim time and the intent written as datetimes, as before they
@@ -21,6 +23,7 @@ executor process adds no store CPU), and a loaded machine disturbs it far less t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,14 +31,14 @@ from typing import TypeVar
 
 from _common import proc_cpu, record, run, seed_lists, services
 
-from trackly_exec.executor import claims
+from trackly_exec.executor import checks, claims
 from trackly_exec.executor.outcomes import sent_doc
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.models import utcnow
 
 T = TypeVar("T")
-OPS = ("find due", "claim", "read back", "intent", "insert records", "delete")
+OPS = ("find due", "claim", "read back", "checks", "intent", "insert records", "delete")
 
 
 class Meter:
@@ -62,6 +65,13 @@ async def executor_ops(store: Store, meter: Meter, batch: int, *, datetimes: boo
         if not docs:
             return done
         ids = [d["_id"] for d in docs]
+        contact_ids = [d["contact_id"] for d in docs]
+        campaign_ids = sorted({d["campaign_id"] for d in docs if d.get("campaign_id") is not None})
+        await meter("checks", checks.contact_states(db, contact_ids))
+        await meter(
+            "checks",
+            asyncio.gather(checks.blocked_contacts(db, contact_ids), checks.paused_campaigns(db, campaign_ids)),
+        )
         if datetimes:
             await meter(
                 "claim",
@@ -127,7 +137,8 @@ async def main(args: argparse.Namespace) -> None:
         for name, work in runs:
             if name.startswith("executor"):
                 await store.db[c.SENT].delete_many({})
-                await seed_lists(store, args.n, {1: "infobip"}, contacts=False)
+                await store.db[c.CONTACTS].delete_many({})
+                await seed_lists(store, args.n, {1: "infobip"})
             meter = Meter(svc["mongo_pid"])
             rows.append((name, await work(meter), meter))
         print(f"store process CPU per message (us), {args.n:,} messages in batches of {args.batch:,}, one list:")
