@@ -269,6 +269,15 @@ def _insert_all() -> list[object]:
         {"_id": "nan", "f": float("nan")},  # json.dumps writes NaN: not JSON, refused, nothing stored
         {"_id": b"\x01\x02", "n": 3},  # a bytes id is stored as Binary, as neosqlite does
         {"_id": {"k": [1, 2]}, "n": 4},  # a document id
+        # flat documents (orjson's text): non-ASCII, control characters, a lone surrogate (orjson refuses it:
+        # neosqlite's encoder), integers at and beyond 64 bits, Int64, exponents, -0.0, naive and aware datetimes
+        {"_id": "r3", "s": "日本 🙂", "c": 'a\n\t\x00"\\', "t": when.replace(tzinfo=None)},
+        {"_id": "r3s", "sur": "\ud800"},
+        {"_id": "r4", "big": 2**63 - 1, "neg": -(2**63), "i64": Int64(2**40), "f": 1e16},
+        {"_id": "r4h", "huge": 2**70},
+        {"_id": "r5", "f": 1.5e-7, "z": -0.0, "inf": float("inf")},  # json.dumps writes Infinity: refused
+        {"_id": "r6", "f": 1e300, "z": -0.0, "u": dt.datetime(2026, 3, 1, 12, 30, 0, 123456), "b": False},
+        {"n": 5, "s": "ünï", "_id": "r7"},  # _id last: the key order is kept
     ]
     out: list[object] = []
     with neosqlite.Connection(":memory:") as db:
@@ -293,7 +302,10 @@ def _insert_all() -> list[object]:
             d = dict(d)
             if not isinstance(d["_id"], (str, dict, bytes)):
                 d["_id"] = type(d["_id"]).__name__
-            out.append(sorted(d.items(), key=lambda kv: kv[0]))
+            out.append(repr(list(d.items())))  # by repr: 1, 1.0 and True, or 0.0 and -0.0, are not the same
+        # SQL reads the same values out of either text
+        queries = ({"s": "日本 🙂"}, {"s": "ünï"}, {"f": {"$gt": 1e15}}, {"big": {"$gte": 2**62}}, {"z": 0})
+        out.extend(sorted(str(d["_id"]) for d in coll.find(query)) for query in queries)
     return out
 
 

@@ -25,7 +25,8 @@ answered (tests/test_nxserver.py compares each with neosqlite's own path on the 
   message before.
 - :func:`patch_insert_copy`: an insert no longer deep-copies the document before converting its ``bytes`` to
   ``Binary`` (that conversion already builds new dicts and lists; the deep copy was half the CPU of inserting a
-  record with a datetime).
+  record with a datetime), and a document of plain scalars is written to JSON by orjson (:func:`_flat_json`: a
+  28-field record 1.5 instead of 8.5 us; the same values, read back by SQLite or by neosqlite's parser).
 - :func:`patch_insert_handling`: the insert command no longer formats every document it carries into a debug log
   line that is never written (nx-27017 builds ``f"handle_insert sections: {sections}"`` eagerly: ~5 us per
   30-field record, under the store's lock), and a document, filter or update whose top-level values are all plain
@@ -175,6 +176,41 @@ def patch_bulk_set() -> None:
     CRUDOperationsMixin.update_many = update_many
 
 
+def _flat_json_types() -> frozenset[type]:
+    from bson.int64 import Int64
+
+    return frozenset({str, int, bool, type(None), Int64})
+
+
+_FLAT = _flat_json_types()
+
+
+def _flat_json(doc: Mapping[str, Any]) -> str | None:
+    """``doc`` as JSON text, encoded by orjson, when its values are all plain scalars (strings, integers within 64
+    bits, finite floats, booleans, None, datetimes as neosqlite writes them: ``{"$date": isoformat}``); else None
+    (neosqlite's encoder then writes it, and raises what it raises). The text differs from neosqlite's only in
+    spacing, in non-ASCII characters written as themselves rather than as ``\\u`` escapes, and in how an exponent
+    is spelled: SQLite and the JSON parser read the same values back. About 1.5 against 8.5 us for a 28-field record.
+    """
+    import orjson
+
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        kind = type(value)
+        if kind is dt.datetime:
+            value = {"$date": value.isoformat()}
+        elif kind is float:
+            if not math.isfinite(value):  # json.dumps writes NaN, which SQLite refuses: neosqlite's error
+                return None
+        elif kind not in _FLAT:
+            return None
+        out[key] = value
+    try:  # a key that is not a string, an integer beyond 64 bits, a lone surrogate: neosqlite's encoder
+        return orjson.dumps(out).decode()
+    except orjson.JSONEncodeError:
+        return None
+
+
 def patch_insert_copy() -> None:
     """Insert without neosqlite's defensive deep copy of each document (see the module docstring)."""
     from neosqlite.collection.json_helpers import NeoSQLiteJSONEncoder
@@ -197,7 +233,7 @@ def patch_insert_copy() -> None:
         doc_to_insert["_id"] = (
             _convert_bytes_to_binary(generated_id) if isinstance(generated_id, (bytes, dict, list)) else generated_id
         )
-        json_str = encode(doc_to_insert)
+        json_str = _flat_json(doc_to_insert) or encode(doc_to_insert)
         # one statement: stored only if SQLite finds it valid JSON (json.dumps writes NaN as is), as neosqlite checks
         cursor = self.collection.db.execute(
             f"INSERT INTO {_quoted(self.collection.name)}(data, _id) SELECT ?, ? WHERE json_valid(?)",
