@@ -386,3 +386,59 @@ def test_insert_handling_hooks_exist_with_the_wrapped_signatures() -> None:
         hook = inspect.unwrap(NeoSQLiteHandler.__dict__[name])
         assert [p.name for p in inspect.signature(hook).parameters.values()] == params
     assert 'f"handle_insert sections: {sections}"' in inspect.getsource(NeoSQLiteHandler.handle_insert)
+
+
+def _replies() -> list[dict[str, object]]:
+    """Replies as nx-27017's handler builds them: a find's cursor of documents with every kind of value."""
+    from decimal import Decimal
+
+    from bson.binary import Binary
+    from neosqlite.objectid import ObjectId as NeoObjectId
+
+    class Sub(dict[str, object]):
+        pass
+
+    class Text(str):
+        pass
+
+    neo = NeoObjectId("65f0c0ffee0000000000abcd")
+    when = dt.datetime(2026, 3, 1, 12, 30)
+    docs: list[object] = [
+        {"_id": "a", "n": 1, "i": Int64(7), "f": 0.5, "b": True, "none": None, "at": when, "s": "x", "raw": b"\x00"},
+        {"_id": neo, "n": 2},  # neosqlite's ObjectId: BSON's on the wire
+        {"_id": "c", "d": Decimal("1.10"), "bin": Binary(b"\x01", 4)},
+        {"_id": "d", "nested": {"ref": neo, "list": [neo, 1, [Decimal("2"), {"id": 0}]]}},
+        {"_id": "e", "sub": Sub(k=neo), "t": Text("y")},
+        {"_id": "f", "id": 0},  # nx-27017 answers an "id" equal to 0 as an Int64, at any depth
+        {"_id": "g", "id": False},
+        {"_id": "h", "id": 0.0, "x": {"id": 1}},
+        Sub(_id="i", ref=neo),
+    ]
+    return [
+        {"cursor": {"firstBatch": docs, "id": 0, "ns": "t.r"}, "ok": 1.0},
+        {"cursor": {"nextBatch": [], "id": Int64(5), "ns": "t.r"}, "ok": 1.0},
+        {"n": 3, "ok": 1.0},
+        {"ok": 0.0, "errmsg": "e", "code": 2},
+    ]
+
+
+def test_reply_conversion_sends_what_nx_sends() -> None:
+    """Every reply is the same BSON on the wire with or without patch_reply_conversion(): ObjectIds, Decimals,
+    documents and arrays inside documents and arrays, subclasses, nx-27017's "id" rule; a document of plain
+    scalars is passed as it is."""
+    import bson
+    from nx_27017 import wire_protocol
+
+    saved = wire_protocol._convert_objectids
+    plain = [bson.encode(saved(r)) for r in _replies()]
+    nxserver.patch_reply_conversion()
+    try:
+        fast = [bson.encode(wire_protocol._convert_objectids(r)) for r in _replies()]
+        flat = {"_id": "a", "n": 1, "at": dt.datetime(2026, 3, 1)}
+        assert wire_protocol._convert_objectids(flat) is flat
+        reply = wire_protocol.ResponseBuilder.build_op_msg_reply(1, 2, _replies()[0])
+    finally:
+        wire_protocol._convert_objectids = saved
+    assert fast == plain
+    assert reply == wire_protocol.ResponseBuilder.build_op_msg_reply(1, 2, _replies()[0])
+    assert "_convert_objectids(document)" in inspect.getsource(wire_protocol.ResponseBuilder.build_op_msg_reply)

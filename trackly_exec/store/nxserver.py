@@ -32,6 +32,9 @@ answered (tests/test_nxserver.py compares each with neosqlite's own path on the 
   30-field record, under the store's lock), and a document, filter or update whose top-level values are all plain
   scalars is no longer copied value by value to look for BSON ObjectIds it cannot hold (~6 us per record). Anything
   holding a document, an array, an ObjectId or a type not listed is converted as before.
+- :func:`patch_reply_conversion`: a reply no longer copies, value by value, every document it carries to turn
+  neosqlite's ObjectIds and Decimals into BSON's; a document of plain scalars is sent as it is (about 4 % of the
+  store's CPU while the executor runs, on the thread that serves every connection).
 """
 
 from __future__ import annotations
@@ -287,6 +290,28 @@ def patch_insert_handling() -> None:
     NeoSQLiteHandler._convert_objectids = _convert_objectids
 
 
+def patch_reply_conversion() -> None:
+    """Build replies without copying every document whose values are plain scalars (see the module docstring)."""
+    from bson.int64 import Int64
+    from nx_27017 import wire_protocol
+    from nx_27017.utils import convert_neo_to_bson_objectids
+
+    scalars = _scalar_types()
+
+    def convert(doc: Any) -> Any:
+        kind = type(doc)
+        if kind is dict:
+            # as nx-27017 converts a document, key by key (its odd rule included: an "id" equal to 0 is an Int64)
+            if "id" not in doc and scalars.issuperset(map(type, doc.values())):
+                return doc
+            return {k: Int64(0) if k == "id" and v == 0 else convert(v) for k, v in doc.items()}
+        if kind is list:
+            return [convert(v) for v in doc]
+        return convert_neo_to_bson_objectids(doc)  # a scalar, an ObjectId, a Decimal, a subclass: nx-27017's
+
+    wire_protocol._convert_objectids = convert
+
+
 def pin_sqlite() -> None:
     """Make neosqlite take the standard library's ``sqlite3``: ``pysqlite3`` cannot be imported in this process
     (call before neosqlite is first imported)."""
@@ -302,6 +327,7 @@ def main() -> int:
     patch_bulk_set()
     patch_insert_copy()
     patch_insert_handling()
+    patch_reply_conversion()
     sys.argv[0] = "nx-27017"
     return int(nx_main() or 0)
 
