@@ -442,3 +442,76 @@ def test_reply_conversion_sends_what_nx_sends() -> None:
     assert fast == plain
     assert reply == wire_protocol.ResponseBuilder.build_op_msg_reply(1, 2, _replies()[0])
     assert "_convert_objectids(document)" in inspect.getsource(wire_protocol.ResponseBuilder.build_op_msg_reply)
+
+
+def _or_lookups(patched: bool) -> tuple[list[object], list[bool]]:
+    """Lookups of ids with ``$or`` over documents of every kind of value: what each returns (by repr, in ``_id``
+    order) and whether it was answered in SQL; with ``patched``, what the union of its branches' own finds returns."""
+    import neosqlite
+
+    docs: list[dict[str, object]] = [
+        {"_id": 1, "subscribed": False, "blocked": False, "timezone": None},
+        {"_id": 2, "subscribed": True, "blocked": True, "timezone": ""},
+        {"_id": 3, "subscribed": True, "blocked": False, "timezone": "Europe/Paris"},
+        {"_id": 4, "subscribed": True, "blocked": False},
+        {"_id": 5, "blocked": 1, "subscribed": 0, "timezone": 5},
+        {"_id": 6, "subscribed": None, "blocked": [True], "timezone": ["UTC"], "n": 2.5},
+        {"_id": 7, "subscribed": "false", "blocked": "true", "timezone": {"z": 1}, "n": "2.5"},
+        {"_id": 8, "subscribed": [False], "blocked": 0.0, "timezone": "UTC", "n": 3},
+        {"_id": "9", "subscribed": False},
+    ]
+    ids: list[object] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 99]
+    branches: list[list[dict[str, object]]] = [
+        [{"subscribed": False}, {"blocked": True}, {"timezone": {"$gt": ""}}],  # the claim-time check
+        [{"subscribed": False}, {"blocked": True}],  # the re-check
+        [{"subscribed": None}, {"n": {"$gte": 2.5}}, {"timezone": "UTC"}, {"blocked": {"$ne": False}}],
+    ]
+    others: list[dict[str, object]] = [  # not the lookup shape: neosqlite's own way
+        {"$or": [{"subscribed": False}, {"blocked": True}]},
+        {"_id": {"$in": ids}, "$or": [{"subscribed": False}, {"sub.k": 1}]},
+        {"_id": {"$in": ids}, "$or": [{"subscribed": False}, {"blocked": True, "n": 3}]},
+        {"_id": {"$in": ids}, "$or": [{"subscribed": False}, {"$and": [{"blocked": True}]}]},
+        {"_id": {"$in": ids}, "$or": [{"subscribed": False}, {"timezone": {"$gt": "", "$lt": "Z"}}]},
+        {"_id": {"$in": ids}, "blocked": True, "$or": [{"subscribed": False}]},
+    ]
+    found: list[object] = []
+    in_sql: list[bool] = []
+    with neosqlite.Connection(":memory:") as db:
+        coll = db["contacts"]
+        coll.insert_many(docs)
+
+        def answer(flt: dict[str, object]) -> list[str]:
+            return sorted(repr(sorted(d.items())) for d in coll.find(flt))
+
+        for alternatives in branches:
+            flt = {"_id": {"$in": ids}, "$or": alternatives}
+            if patched:
+                found.append(answer(flt))
+            else:  # as the checks asked before: one find per branch
+                union = {r for b in alternatives for r in answer({"_id": {"$in": ids}, **b})}
+                found.append(sorted(union))
+            in_sql.append(coll.query_engine.helpers._build_simple_where_clause(flt) is not None)
+        for flt in others:
+            found.append(answer(flt))
+            in_sql.append(coll.query_engine.helpers._build_simple_where_clause(flt) is not None)
+    return found, in_sql
+
+
+def test_or_lookup_in_sql_finds_what_its_branches_find() -> None:
+    """A lookup of ids with an ``$or`` of single-field conditions, over booleans, numbers and strings posing as
+    booleans, None and missing fields, arrays, documents, int and str ids: with patch_or_in_sql() it finds what
+    its branches' own finds found together (the checks' earlier queries), in SQL; any other ``$or`` is still
+    neosqlite's, answered as before."""
+    from neosqlite.collection.query_helper._sql_query_builder import SqlQueryBuilderMixin
+
+    plain, plain_sql = _or_lookups(patched=False)
+    saved = SqlQueryBuilderMixin.__dict__["_build_simple_where_clause"]
+    nxserver.patch_or_in_sql()
+    try:
+        fast, fast_sql = _or_lookups(patched=True)
+    finally:
+        SqlQueryBuilderMixin._build_simple_where_clause = saved  # type: ignore[method-assign]
+    assert fast == plain
+    assert plain_sql == [False] * 9
+    assert fast_sql == [True] * 3 + [False] * 6
+    assert len(fast[0]) == 8 and not any("('_id', 4)" in r for r in fast[0])  # every contact but the plain one
