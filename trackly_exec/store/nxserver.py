@@ -25,8 +25,9 @@ answered (tests/test_nxserver.py compares each with neosqlite's own path on the 
   message before.
 - :func:`patch_insert_copy`: an insert no longer deep-copies the document before converting its ``bytes`` to
   ``Binary`` (that conversion already builds new dicts and lists; the deep copy was half the CPU of inserting a
-  record with a datetime), and a document of plain scalars is written to JSON by orjson (:func:`_flat_json`: a
-  28-field record 1.5 instead of 8.5 us; the same values, read back by SQLite or by neosqlite's parser).
+  record with a datetime), and a document with an id and plain scalars is written to JSON by orjson
+  (:func:`_flat_json`: a 28-field record 1.5 instead of 8.5 us; the same values, read back by SQLite or by
+  neosqlite's parser) and stored as it is, with no copy and no ``json_valid`` parse (orjson writes valid JSON).
 - :func:`patch_insert_handling`: the insert command no longer formats every document it carries into a debug log
   line that is never written (nx-27017 builds ``f"handle_insert sections: {sections}"`` eagerly: ~5 us per
   30-field record, under the store's lock), and a document, filter or update whose top-level values are all plain
@@ -256,6 +257,12 @@ def patch_insert_copy() -> None:
         if not isinstance(document, dict):
             return original(self, document)  # raises neosqlite's MalformedDocument
         original_has_id = "_id" in document
+        if original_has_id and document["_id"] is not None and (flat := _flat_json(document)) is not None:
+            # orjson's text of plain scalars: valid JSON, nothing to convert or copy
+            cursor = self.collection.db.execute(
+                f"INSERT INTO {_quoted(self.collection.name)}(data, _id) VALUES (?, ?)", (flat, str(document["_id"]))
+            )
+            return document["_id"]
         generated_id = ops.ObjectId() if not original_has_id or document["_id"] is None else document["_id"]
         # _convert_bytes_to_binary builds new dicts and lists all the way down (scalars are immutable), so the
         # stored copy shares nothing mutable with the caller's document; a scalar needs no call
@@ -265,7 +272,7 @@ def patch_insert_copy() -> None:
         doc_to_insert["_id"] = (
             _convert_bytes_to_binary(generated_id) if isinstance(generated_id, (bytes, dict, list)) else generated_id
         )
-        json_str = _flat_json(doc_to_insert) or encode(doc_to_insert)
+        json_str = encode(doc_to_insert)
         # one statement: stored only if SQLite finds it valid JSON (json.dumps writes NaN as is), as neosqlite checks
         cursor = self.collection.db.execute(
             f"INSERT INTO {_quoted(self.collection.name)}(data, _id) SELECT ?, ? WHERE json_valid(?)",
