@@ -515,3 +515,49 @@ def test_or_lookup_in_sql_finds_what_its_branches_find() -> None:
     assert plain_sql == [False] * 9
     assert fast_sql == [True] * 3 + [False] * 6
     assert len(fast[0]) == 8 and not any("('_id', 4)" in r for r in fast[0])  # every contact but the plain one
+
+
+def test_document_loads_reads_what_neosqlite_reads() -> None:
+    """Stored texts of every kind (datetimes as ISO text, with Z, as epoch numbers, invalid; Binary and ObjectId
+    objects; nested in arrays; integers at and beyond 64 bits; exponents; NaN, Infinity, a lone surrogate;
+    duplicate keys; escapes; a top-level array, scalar or date): patch_document_loads() reads the same values, by
+    repr, as neosqlite's json.loads with its object hook."""
+    import json
+
+    import orjson
+    from neosqlite import collection
+    from neosqlite.binary import Binary
+    from neosqlite.collection.json_helpers import NeoSQLiteJSONEncoder, neosqlite_json_loads
+    from neosqlite.objectid import ObjectId as NeoObjectId
+
+    when = dt.datetime(2026, 3, 1, 12, 30, 0, 123456)
+    docs: list[object] = [
+        {"_id": "a", "n": 1, "f": 0.5, "b": True, "none": None, "at": when, "s": "日本 é", "c": 'a\n\x00"\\'},
+        {"_id": "b", "nested": {"a": [1, {"when": when}, [when]], "raw": Binary(b"\x00\x01")}, "oid": NeoObjectId()},
+        {"_id": "c", "big": 2**63 - 1, "neg": -(2**63), "u64": 2**64 - 1, "f": 1e16, "g": 1e300, "z": -0.0},
+    ]
+    texts = [json.dumps(d, cls=NeoSQLiteJSONEncoder) for d in docs]
+    texts += [orjson.dumps(d, default=NeoSQLiteJSONEncoder().default).decode() for d in docs[::2]]
+    texts += [
+        '{"d": {"$date": "2026-03-01T12:30:00Z"}, "e": {"$date": 1772368200000}, "f": {"$date": 1.5e12}}',
+        '{"d": {"$date": "not a date"}, "e": {"$date": null}, "f": {"$date": "2026-03-01", "x": 1}}',
+        '{"huge": 123456789012345678901234567890, "neg": -9223372036854775809}',
+        '{"deep": [[{"x": 100000000000000000000}]]}',
+        '{"nan": NaN, "inf": Infinity}',
+        '{"s": "\\ud800", "t": "\\u00e9\\n"}',
+        '{"a": 1, "a": 2, "b": {"c": 1, "c": {"$date": "2026-01-01T00:00:00"}}}',
+        '[1, {"$date": "2026-01-01T00:00:00"}, [{}]]',
+        "5",
+        '"text"',
+        '{"$date": "2026-01-01T00:00:00"}',
+        "{}",
+    ]
+    plain = [repr(neosqlite_json_loads(t)) for t in texts]
+    saved = collection.neosqlite_json_loads
+    nxserver.patch_document_loads()
+    try:
+        fast = [repr(collection.neosqlite_json_loads(t)) for t in texts]
+    finally:
+        collection.neosqlite_json_loads = saved
+    assert fast == plain
+    assert "datetime.datetime(2026, 3, 1, 12, 30, 0, 123456)" in plain[0] and "Binary(" in plain[1]

@@ -38,6 +38,9 @@ answered (tests/test_nxserver.py compares each with neosqlite's own path on the 
   neosqlite's own SQL condition for each branch joined by ``OR``, instead of reading and testing every document of
   the collection in Python (a hundred times slower for 1,000 ids among 100,000 contacts): the union of what each
   branch finds alone, as separate queries found it. Any other ``$or`` is neosqlite's.
+- :func:`patch_document_loads`: stored documents are parsed by orjson, with neosqlite's own object hook applied to
+  every object as the standard library applies it (3 instead of 6 us for a 25-field queue document); text orjson
+  reads differently (NaN, a lone surrogate, an integer beyond 64 bits) is parsed by the standard library.
 - :func:`patch_reply_conversion`: a reply no longer copies, value by value, every document it carries to turn
   neosqlite's ObjectIds and Decimals into BSON's; a document of plain scalars is sent as it is (about 4 % of the
   store's CPU while the executor runs, on the thread that serves every connection).
@@ -51,7 +54,7 @@ import math
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -392,6 +395,54 @@ def _one_field(branch: Any) -> bool:
 _LOOKUP_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
 
 
+class _NotPlain(Exception):
+    """A parsed document orjson may have read differently from the standard library (see :func:`_plain_loads`)."""
+
+
+def patch_document_loads() -> None:
+    """Read stored documents with orjson (see the module docstring)."""
+    import json
+
+    import orjson
+    from neosqlite import collection
+    from neosqlite.collection.json_helpers import neosqlite_json_loads
+
+    hooks: list[Callable[[dict[str, Any]], Any]] = []
+
+    class _Capture(json.JSONDecoder):  # neosqlite's object hook, as it hands it to json.loads
+        def __init__(self, *, object_hook: Callable[[dict[str, Any]], Any], **kwargs: Any) -> None:
+            hooks.append(object_hook)
+            super().__init__()
+
+    neosqlite_json_loads("{}", cls=_Capture)
+    hook = hooks[0]
+    big = 2.0**63
+
+    def convert(value: Any) -> Any:
+        """What json.loads with ``hook`` builds from orjson's parse: the hook applied to every object, innermost
+        first. A float beyond 64-bit integers may have been an integer orjson read as a float: the standard library's
+        parse is taken then."""
+        items = value.items() if type(value) is dict else enumerate(value)
+        for key, item in items:
+            kind = type(item)
+            if kind is dict or kind is list:
+                value[key] = convert(item)
+            elif kind is float and not -big < item < big:
+                raise _NotPlain
+        return hook(value) if type(value) is dict else value
+
+    def loads(s: Any, **kwargs: Any) -> Any:
+        if kwargs or type(s) is not str:
+            return neosqlite_json_loads(s, **kwargs)
+        try:
+            parsed = orjson.loads(s)
+            return convert(parsed) if type(parsed) in (dict, list) else parsed
+        except (orjson.JSONDecodeError, _NotPlain):  # NaN, a lone surrogate, a huge number: the standard library's
+            return neosqlite_json_loads(s)
+
+    collection.neosqlite_json_loads = loads
+
+
 def pin_sqlite() -> None:
     """Make neosqlite take the standard library's ``sqlite3``: ``pysqlite3`` cannot be imported in this process
     (call before neosqlite is first imported)."""
@@ -409,6 +460,7 @@ def main() -> int:
     patch_insert_handling()
     patch_reply_conversion()
     patch_or_in_sql()
+    patch_document_loads()
     sys.argv[0] = "nx-27017"
     return int(nx_main() or 0)
 
