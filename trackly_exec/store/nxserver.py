@@ -230,7 +230,7 @@ def _flat_json(doc: Mapping[str, Any]) -> str | None:
     """
     import orjson
 
-    out: dict[str, Any] = {}
+    out: JsonObject = {}
     for key, value in doc.items():
         kind = type(value)
         if kind is dt.datetime:
@@ -395,10 +395,6 @@ def _one_field(branch: Any) -> bool:
 _LOOKUP_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
 
 
-class _NotPlain(Exception):
-    """A parsed document orjson may have read differently from the standard library (see :func:`_plain_loads`)."""
-
-
 def patch_document_loads() -> None:
     """Read stored documents with orjson (see the module docstring)."""
     import json
@@ -407,10 +403,10 @@ def patch_document_loads() -> None:
     from neosqlite import collection
     from neosqlite.collection.json_helpers import neosqlite_json_loads
 
-    hooks: list[Callable[[dict[str, Any]], Any]] = []
+    hooks: list[Callable[[JsonObject], Any]] = []
 
     class _Capture(json.JSONDecoder):  # neosqlite's object hook, as it hands it to json.loads
-        def __init__(self, *, object_hook: Callable[[dict[str, Any]], Any], **kwargs: Any) -> None:
+        def __init__(self, *, object_hook: Callable[[JsonObject], Any], **kwargs: Any) -> None:
             hooks.append(object_hook)
             super().__init__()
 
@@ -428,7 +424,7 @@ def patch_document_loads() -> None:
             if kind is dict or kind is list:
                 value[key] = convert(item)
             elif kind is float and not -big < item < big:
-                raise _NotPlain
+                raise OverflowError  # (caught below)
         return hook(value) if type(value) is dict else value
 
     def loads(s: Any, **kwargs: Any) -> Any:
@@ -437,7 +433,7 @@ def patch_document_loads() -> None:
         try:
             parsed = orjson.loads(s)
             return convert(parsed) if type(parsed) in (dict, list) else parsed
-        except (orjson.JSONDecodeError, _NotPlain):  # NaN, a lone surrogate, a huge number: the standard library's
+        except (orjson.JSONDecodeError, OverflowError):  # NaN, a lone surrogate, a huge number: the standard library's
             return neosqlite_json_loads(s)
 
     collection.neosqlite_json_loads = loads
