@@ -53,6 +53,28 @@ async def test_due_time_and_slot_written_at_entry(store: Store) -> None:
     assert await claims.due_lists(store.db, now - dt.timedelta(hours=1)) == []
 
 
+async def test_due_lists_probe_each_list(store: Store) -> None:
+    """The lists with due, unclaimed messages: not one whose messages are all claimed, not one whose messages are
+    due later, not a list that no longer exists (no worker could send its messages); in a share, only lists with
+    due messages in it."""
+    now = utcnow()
+    await seed(store, 3, list_id=1)
+    claimed = await seed(store, 2, list_id=2, first_contact=100, execution_id=2)
+    await seed(store, 2, list_id=3, first_contact=200, execution_id=3, sendtime=now + dt.timedelta(minutes=5))
+    await seed(store, 2, list_id=4, first_contact=300, execution_id=4)
+    await store.db[c.QUEUED].update_many({"_id": {"$in": claimed}}, {"$set": {"claimed_by": "x:1"}})
+    await store.db[c.SENDING_LISTS].delete_one({"_id": 4})
+    assert await claims.due_lists(store.db, utcnow()) == [1]
+    assert await claims.due_lists(store.db, now + dt.timedelta(minutes=6)) == [1, 3]
+    ids = await seed(store, 1, list_id=5, first_contact=400, execution_id=5)
+    inside = (
+        claims.share_bounds(0, 2) if claims.in_share(ids[0], claims.share_bounds(0, 2)) else claims.share_bounds(1, 2)
+    )
+    outside = claims.share_bounds(1, 2) if inside == claims.share_bounds(0, 2) else claims.share_bounds(0, 2)
+    assert 5 in await claims.due_lists(store.db, utcnow(), inside)
+    assert 5 not in await claims.due_lists(store.db, utcnow(), outside)
+
+
 async def test_a_hold_moves_the_due_time(store: Store) -> None:
     """Held by the executor (quiet hours, backoff), a message is due again at the hold's end, not before."""
     ids = await seed(store, 3)

@@ -40,6 +40,7 @@ like the outbox's and the executions'; the queue-specific conditions (due, no se
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -141,10 +142,27 @@ def due_filter(now: dt.datetime, list_id: int | None = None, share: Share | None
 
 
 async def due_lists(db: Any, now: dt.datetime, share: Share | None = None) -> list[int]:
-    """Ids of the sending lists that have due, unclaimed messages (in ``share`` of the queue, if given)."""
-    return [
-        int(v) for v in await db[c.QUEUED].distinct("sending_list_id", due_filter(now, share=share)) if v is not None
-    ]
+    """Ids of the sending lists that have due, unclaimed messages (in ``share`` of the queue, if given).
+
+    One probe per sending list for one due message, served by the ``(sending_list_id, claimed_by, due_ms)`` index
+    (a handful of index entries read), sent together (at most :data:`PROBES` at once). Not a ``distinct`` over the
+    due filter: no index starts with ``claimed_by``, so that reads every unclaimed message (on nx-27017 0.1 s of the
+    store per 100,000 queued messages, at every poll of every executor). Messages of a list that no longer exists
+    are not due anywhere: no worker could send them.
+    """
+    lists = [d["_id"] async for d in db[c.SENDING_LISTS].find({}, {"_id": 1}) if isinstance(d.get("_id"), int)]
+    gate = asyncio.Semaphore(PROBES)
+
+    async def due(list_id: int) -> bool:
+        async with gate:
+            return await db[c.QUEUED].find_one(due_filter(now, list_id, share), {"_id": 1}) is not None
+
+    found = await asyncio.gather(*(due(i) for i in lists))
+    return [i for i, yes in zip(lists, found, strict=True) if yes]
+
+
+#: Probes of :func:`due_lists` in flight at once.
+PROBES = 16
 
 
 async def find_due(db: Any, list_id: int, now: dt.datetime, limit: int, share: Share | None = None) -> list[ClaimedDoc]:
