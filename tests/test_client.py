@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from trackly_exec.store.client import Store, find_by_ids
+from trackly_exec.store import constants as c
+from trackly_exec.store.client import INDEXES, OBSOLETE_INDEXES, Store, find_by_ids
 
 
 async def test_next_ids(store: Store) -> None:
@@ -26,3 +27,23 @@ async def test_find_by_ids_reads_whole_documents_across_batches(store: Store) ->
     assert {d["n"] for d in docs} == set(range(450)) and all(d["at"] == when and d["at"].tzinfo for d in docs)
     assert await find_by_ids(store.db, "things", ["t0007"]) == [{"_id": "t0007", "n": 7, "at": when}]
     assert await find_by_ids(store.db, "things", []) == []
+
+
+async def test_start_up_drops_the_indexes_no_query_uses_any_more(store: Store) -> None:
+    """A store created by an earlier version keeps indexes no query uses (the queue's sendtime ones): every claim
+    and send intent rewrote them. Start-up drops them, keeps every index of the current set, and does it once."""
+    queue = store.db[c.QUEUED]
+    await queue.create_index([("sendtime", 1)])
+    await queue.create_index([("sending_list_id", 1), ("claimed_by", 1), ("sendtime", 1)])
+    await store.db[c.OUTBOX].create_index([("status", 1), ("next_attempt_at", 1)])
+
+    async def keys(name: str) -> list[list[tuple[str, int]]]:
+        return [[(k, int(v)) for k, v in ix["key"].items()] async for ix in await store.db[name].list_indexes()]
+
+    assert [("sendtime", 1)] in await keys(c.QUEUED)
+    for _ in range(2):
+        await store.ensure_indexes()
+        for name in (c.QUEUED, c.OUTBOX, c.CONTACTS):
+            now = await keys(name)
+            assert not [k for k in now if k in OBSOLETE_INDEXES.get(name, [])]
+            assert all([(k, int(v)) for k, v in m.document["key"].items()] in now for m in INDEXES[name])

@@ -76,6 +76,18 @@ INDEXES: dict[str, list[IndexModel]] = {
     c.RESERVATIONS: [IndexModel([("message_id", ASCENDING)])],
 }
 
+#: Indexes earlier versions created that no query uses any more, per collection (their keys): dropped at start-up,
+#: since every write of a document rewrites each of its indexes (a claim and a send intent rewrote the queue's).
+OBSOLETE_INDEXES: dict[str, list[list[tuple[str, int]]]] = {
+    c.QUEUED: [
+        [("sendtime", ASCENDING)],
+        [("sending_list_id", ASCENDING), ("claimed_by", ASCENDING), ("sendtime", ASCENDING)],
+        [("sending_list_id", ASCENDING), ("claimed_by", ASCENDING), ("sendtime", ASCENDING), ("_id", ASCENDING)],
+    ],
+    c.CONTACTS: [[("sending_list_id", ASCENDING), ("_id", ASCENDING)]],
+    c.OUTBOX: [[("status", ASCENDING), ("next_attempt_at", ASCENDING)]],
+}
+
 
 async def count(db: AsyncDatabase[Any], collection: str, query: Filter) -> int:
     """The number of ``collection`` documents matching ``query``, with the ``count`` command.
@@ -200,6 +212,11 @@ class Store:
     async def ensure_indexes(self) -> None:
         for name, models in INDEXES.items():
             await self.db[name].create_indexes(models)
+        for name, keys in OBSOLETE_INDEXES.items():
+            async for index in await self.db[name].list_indexes():
+                if [(k, int(v) if isinstance(v, (int, float)) else v) for k, v in index["key"].items()] in keys:
+                    await self.db[name].drop_index(index["name"])
+                    log.info("obsolete_index_dropped", collection=name, index=index["name"])
         log.debug("indexes_ready", collections=len(INDEXES))
 
     async def next_ids(self, name: str, n: int = 1) -> list[int]:
