@@ -11,14 +11,15 @@ installed: with it, neosqlite stores documents as JSONB in a column of NUMERIC a
 numbers collide (``"00000000000000e0"`` and ``"0000000000000000"`` are both 0: "UNIQUE constraint failed"), and it
 measured no faster for the executor's work (bench/storeops.py: 471 against 434 us of store CPU per message).
 
-Two shortcuts remove per-document Python work from neosqlite's write paths without changing what is stored or
-answered (tests/test_nxserver.py compares each with neosqlite's own path on the same documents):
+Shortcuts remove per-document Python work from neosqlite's and nx-27017's paths without changing what is stored or
+answered (tests/test_nxserver.py compares each with their own path on the same documents):
 
 - :func:`patch_bulk_set`: an ``update_many`` whose update is one ``$set`` of plain top-level scalars (strings,
   integers, finite floats, None) runs as one SQL ``UPDATE ... SET data = json_set(...)`` over the rows the filter
   selects (the same SQL ``WHERE`` neosqlite selects them with), instead of, per document, a read, a JSON parse in
   Python, a ``json_set`` and a read back and parse again; ``matched`` and ``modified`` are counted as before (a
-  document whose fields already hold values equal in Python is matched, not modified) and the same is stored.
+  document whose fields already hold values equal in Python is matched, not modified), in the same statement (a
+  small Python function SQLite calls for each selected row, :func:`_tally`), and the same is stored.
   Anything else (datetimes, booleans, documents, dotted or ``_id`` keys, other operators, upserts, array filters, a
   filter neosqlite cannot put in SQL, a constraint failure, which SQLite rolls back whole) takes neosqlite's path.
   The executor's claim and send intent are such updates: bench/storeops.py measured 211 and 186 us of store CPU per
