@@ -58,9 +58,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("campaign_id", ASCENDING)]),
         IndexModel([("sending_list_id", ASCENDING), ("timestamp", DESCENDING)]),
         IndexModel([("to_number", ASCENDING)]),  # message log by phone
-        # the overview's delivered / undelivered counts (/metrics, the dashboard: every 5-30 s in every daemon),
-        # which read every record without it: 250 ms of the embedded store per 100,000 records
-        IndexModel([("delivered", ASCENDING)]),
     ],
     c.FAILED: [
         IndexModel([("reason", ASCENDING)]),

@@ -84,9 +84,8 @@ async def overview(store: Store, now: dt.datetime, window_seconds: int = 60) -> 
         "queued": await count(store, c.QUEUED, {}),
         "claimed": await count(store, c.QUEUED, {"claimed_by": {"$gt": ""}}),  # not $ne None: nx-27017 mis-evaluates it
         "sent": sent_total,
-        # $eq: counted on the delivered index (a bare value also matches arrays: nx-27017 reads every record)
-        "delivered": await count(store, c.SENT, {"delivered": {"$eq": True}}),
-        "undelivered": await count(store, c.SENT, {"delivered": {"$eq": False}}),
+        "delivered": await count(store, c.SENT, {"delivered": True}),
+        "undelivered": await count(store, c.SENT, {"delivered": False}),
         "failed_by_reason": failed_by,
         "send_rate_per_second": round(recent / window_seconds, 2),
         "failure_rate_recent": round(100.0 * failed_recent / (recent + failed_recent), 2)
