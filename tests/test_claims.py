@@ -55,8 +55,8 @@ async def test_due_time_and_slot_written_at_entry(store: Store) -> None:
 
 async def test_due_lists_probe_each_list(store: Store) -> None:
     """The lists with due, unclaimed messages: not one whose messages are all claimed, not one whose messages are
-    due later, not a list that no longer exists (no worker could send its messages); in a share, only lists with
-    due messages in it."""
+    due later, not a list turned off or that no longer exists (no worker would send its messages); in a share, only
+    lists with due messages in it."""
     now = utcnow()
     await seed(store, 3, list_id=1)
     claimed = await seed(store, 2, list_id=2, first_contact=100, execution_id=2)
@@ -65,6 +65,9 @@ async def test_due_lists_probe_each_list(store: Store) -> None:
     await store.db[c.QUEUED].update_many({"_id": {"$in": claimed}}, {"$set": {"claimed_by": "x:1"}})
     await store.db[c.SENDING_LISTS].delete_one({"_id": 4})
     assert await claims.due_lists(store.db, utcnow()) == [1]
+    await store.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"active": False}})  # turned off: not probed
+    assert await claims.due_lists(store.db, utcnow()) == []
+    await store.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"active": True}})
     assert await claims.due_lists(store.db, now + dt.timedelta(minutes=6)) == [1, 3]
     ids = await seed(store, 1, list_id=5, first_contact=400, execution_id=5)
     inside = (

@@ -147,10 +147,14 @@ async def due_lists(db: Any, now: dt.datetime, share: Share | None = None) -> li
     One probe per sending list for one due message, served by the ``(sending_list_id, claimed_by, due_ms)`` index
     (a handful of index entries read), sent together (at most :data:`PROBES` at once). Not a ``distinct`` over the
     due filter: no index starts with ``claimed_by``, so that reads every unclaimed message (on nx-27017 0.1 s of the
-    store per 100,000 queued messages, at every poll of every executor). Messages of a list that no longer exists
-    are not due anywhere: no worker could send them.
+    store per 100,000 queued messages, at every poll of every executor). A list turned off (``active: false``) or
+    that no longer exists is not probed: no worker would send its messages.
     """
-    lists = [d["_id"] async for d in db[c.SENDING_LISTS].find({}, {"_id": 1}) if isinstance(d.get("_id"), int)]
+    lists = [
+        d["_id"]
+        async for d in db[c.SENDING_LISTS].find({}, {"_id": 1, "active": 1})
+        if isinstance(d.get("_id"), int) and d.get("active") is not False
+    ]
     gate = asyncio.Semaphore(PROBES)
 
     async def due(list_id: int) -> bool:
