@@ -191,3 +191,27 @@ async def test_scrape_counts_nothing(seeded: Trackly) -> None:
         assert value(fresh, "trackly_messages_sent_total") == 5 and value(fresh, "trackly_queued_messages") == 1
     finally:
         await server.stop(1)
+
+
+async def test_slow_counts_take_at_most_a_share_of_the_time(seeded: Trackly, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh that takes ``d`` seconds (a store with millions of records) is followed by the next one no sooner
+    than ``d / STORE_SHARE`` later, even while a dashboard wants them every few seconds; quick ones keep their
+    configured pace."""
+    from trackly_exec.operations import metrics
+
+    figures = StoreFigures(seeded, 30.0, fast_interval=5.0)
+    await figures._tick()
+    assert figures.loop.interval == 30.0  # quick: the configured pace
+    figures.want()
+    await figures._tick()
+    assert figures.loop.interval == 5.0
+    real = metrics.overview
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.4)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "overview", slow)
+    await figures._tick()
+    assert figures.duration >= 0.4
+    assert figures.loop.interval == pytest.approx(figures.duration / metrics.STORE_SHARE) and figures.loop.interval >= 8

@@ -237,7 +237,8 @@ class HttpConfig(Section):
         30.0,
         gt=0,
         description="How often the store's figures of /metrics (queue, sent, delivered, failed, clicks) are counted "
-        "in the background; a scrape exports the last ones with their age and never waits for a count.",
+        "in the background; a scrape exports the last ones with their age and never waits for a count. A count "
+        "that took d seconds is not repeated sooner than 20 d later (at most 5 % of the store's time).",
     )
     dashboard_refresh_seconds: float = Field(
         5.0,
