@@ -150,6 +150,10 @@ def in_window_now(
     return quiethours.in_window(now, zones, window), zones
 
 
+#: A contact with a stored timezone (its quiet hours are decided in it).
+_HAS_TIMEZONE = {"timezone": {"$gt": ""}}
+
+
 async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, ContactDoc]:
     """The contacts among ``contact_ids`` that are blocked, unsubscribed or have a stored timezone.
 
@@ -167,9 +171,6 @@ async def contact_states(db: Any, contact_ids: Sequence[int]) -> dict[int, Conta
         .to_list(None)
     )
     return {d["_id"]: d for d in found}
-
-
-_HAS_TIMEZONE = {"timezone": {"$gt": ""}}
 
 
 @dataclass
