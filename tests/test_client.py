@@ -47,3 +47,13 @@ async def test_start_up_drops_the_indexes_no_query_uses_any_more(store: Store) -
             now = await keys(name)
             assert not [k for k in now if k in OBSOLETE_INDEXES.get(name, [])]
             assert all([(k, int(v)) for k, v in m.document["key"].items()] in now for m in INDEXES[name])
+
+
+async def test_two_daemons_starting_together_drop_an_obsolete_index_once(store: Store) -> None:
+    """Two start-ups at the same time both see the obsolete index; the one that drops it second starts anyway."""
+    import asyncio
+
+    await store.db[c.QUEUED].create_index([("sendtime", 1)])
+    await asyncio.gather(store.ensure_indexes(), store.ensure_indexes())
+    keys = [list(ix["key"].items()) async for ix in await store.db[c.QUEUED].list_indexes()]
+    assert [("sendtime", 1)] not in keys

@@ -14,7 +14,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from trackly_exec.config import Settings
 from trackly_exec.errors import StoreError
@@ -215,7 +215,11 @@ class Store:
         for name, keys in OBSOLETE_INDEXES.items():
             async for index in await self.db[name].list_indexes():
                 if [(k, int(v) if isinstance(v, (int, float)) else v) for k, v in index["key"].items()] in keys:
-                    await self.db[name].drop_index(index["name"])
+                    try:
+                        await self.db[name].drop_index(index["name"])
+                    except OperationFailure as exc:  # another daemon starting at the same time dropped it first
+                        log.info("obsolete_index_gone", collection=name, index=index["name"], error=str(exc))
+                        continue
                     log.info("obsolete_index_dropped", collection=name, index=index["name"])
         log.debug("indexes_ready", collections=len(INDEXES))
 
