@@ -3,7 +3,13 @@ takes the ``store`` fixture; the embedded server: test_nxserver.py, test_daemon.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure
 
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import INDEXES, OBSOLETE_INDEXES, Store, find_by_ids
@@ -49,11 +55,23 @@ async def test_start_up_drops_the_indexes_no_query_uses_any_more(store: Store) -
             assert all([(k, int(v)) for k, v in m.document["key"].items()] in now for m in INDEXES[name])
 
 
-async def test_two_daemons_starting_together_drop_an_obsolete_index_once(store: Store) -> None:
-    """Two start-ups at the same time both see the obsolete index; the one that drops it second starts anyway."""
-    import asyncio
-
+async def test_two_daemons_starting_together_drop_an_obsolete_index_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two start-ups at the same time both see the obsolete index; the one that drops it second starts anyway.
+    MongoDB answers that second drop IndexNotFound (nx-27017 answers ok): the drop is made to answer as MongoDB
+    does once the index is gone."""
     await store.db[c.QUEUED].create_index([("sendtime", 1)])
+    real = AsyncCollection.drop_index
+    refused: list[str] = []
+
+    async def drop_index(self: AsyncCollection[Any], name: str, *args: Any, **kwargs: Any) -> None:
+        await real(self, name, *args, **kwargs)  # the other daemon's drop
+        refused.append(name)
+        raise OperationFailure(f"index not found with name [{name}]", code=27)
+
+    monkeypatch.setattr(AsyncCollection, "drop_index", drop_index)
     await asyncio.gather(store.ensure_indexes(), store.ensure_indexes())
     keys = [list(ix["key"].items()) async for ix in await store.db[c.QUEUED].list_indexes()]
     assert [("sendtime", 1)] not in keys
+    assert refused  # the refusal was met, and start-up went on

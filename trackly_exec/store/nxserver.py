@@ -263,7 +263,7 @@ def patch_insert_copy() -> None:
         original_has_id = "_id" in document
         if original_has_id and document["_id"] is not None and (flat := _flat_json(document)) is not None:
             # orjson's text of plain scalars: valid JSON, nothing to convert or copy
-            cursor = self.collection.db.execute(
+            self.collection.db.execute(
                 f"INSERT INTO {_quoted(self.collection.name)}(data, _id) VALUES (?, ?)", (flat, str(document["_id"]))
             )
             return document["_id"]
