@@ -561,3 +561,133 @@ def test_document_loads_reads_what_neosqlite_reads() -> None:
         collection.neosqlite_json_loads = saved
     assert fast == plain
     assert "datetime.datetime(2026, 3, 1, 12, 30, 0, 123456)" in plain[0] and "Binary(" in plain[1]
+
+
+@pytest.fixture
+def write_transactions() -> Iterator[None]:
+    """nxserver.patch_write_transactions() applied in this process for one test, then undone."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    saved = NeoSQLiteHandler.__dict__["handle_insert"], NeoSQLiteHandler.__dict__["handle_command"]
+    nxserver.patch_write_transactions()
+    try:
+        yield
+    finally:
+        NeoSQLiteHandler.handle_insert, NeoSQLiteHandler.handle_command = saved  # type: ignore[method-assign]
+
+
+def _command(handler: object, body: dict[str, object], docs: list[dict[str, object]] | None = None) -> object:
+    """One command through nx-27017's handler, as the wire delivers it (documents in a payload section)."""
+    sections: list[tuple[str, object]] = [("body", {**body, "$db": "t"})]
+    if docs is not None:
+        sections.append(("payload_docs", docs))
+    call = handler.handle_insert if "insert" in body else handler.handle_command  # type: ignore[attr-defined]
+    answer = dict(call({"request_id": 1, "sections": sections})[1])
+    for key in ("writeErrors", "writeConcernError"):
+        if key in answer:
+            answer[key] = [(e.get("index"), e.get("code")) for e in answer[key]]
+    return answer
+
+
+def _writes() -> tuple[list[object], list[str]]:
+    """Inserts, updates, deletes and a findAndModify, ordered and not, with duplicate keys and unique-index
+    failures among them, through nx-27017's handler: its answers, what it stored, and the SQL it ran."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    handler = NeoSQLiteHandler(":memory:")
+    conn = handler.get_database("t").db
+    sql: list[str] = []
+    conn.set_trace_callback(sql.append)
+    when = dt.datetime(2026, 3, 1, 12, 30)
+    out: list[object] = [
+        _command(handler, {"createIndexes": "r", "indexes": [{"key": {"u": 1}, "name": "u_1", "unique": True}]}),
+        _command(handler, {"insert": "r", "ordered": True}, [{"_id": i, "u": i, "n": 0} for i in range(5)]),
+        _command(handler, {"insert": "r", "ordered": False}, [{"_id": 1}, {"_id": 9, "u": 2}, {"_id": 10, "at": when}]),
+        _command(handler, {"insert": "r", "ordered": True}, [{"_id": 11}, {"_id": 0}, {"_id": 12}]),
+        _command(
+            handler,
+            {
+                "update": "r",
+                "ordered": True,
+                "updates": [
+                    {"q": {"_id": 0}, "u": {"$set": {"n": 1}}},
+                    {"q": {"_id": 1}, "u": {"$set": {"u": 2}}},  # unique index: an error, ordered stops
+                    {"q": {"_id": 2}, "u": {"$set": {"n": 2}}},
+                ],
+            },
+        ),
+        _command(
+            handler,
+            {
+                "update": "r",
+                "ordered": False,
+                "updates": [
+                    {"q": {"_id": 3}, "u": {"$set": {"u": 4}}},
+                    {"q": {"n": 0}, "u": {"$set": {"n": 5, "at": when}}, "multi": True},
+                    {"q": {"_id": 20}, "u": {"$set": {"n": 6}}, "upsert": True},
+                ],
+            },
+        ),
+        _command(handler, {"delete": "r", "deletes": [{"q": {"_id": 11}, "limit": 1}, {"q": {"n": 6}, "limit": 0}]}),
+        _command(handler, {"findAndModify": "r", "query": {"_id": 4}, "update": {"$inc": {"n": 1}}, "new": True}),
+        _command(handler, {"find": "r", "filter": {}}),
+    ]
+    out.append(sorted(repr(sorted(d.items())) for d in handler.get_database("t")["r"].find({})))
+    conn.set_trace_callback(None)
+    assert not conn.in_transaction
+    return out, sql
+
+
+def test_write_transactions_answer_and_store_as_nx_does(request: pytest.FixtureRequest) -> None:
+    """Writes of every kind, with write errors in ordered and unordered commands: with each write command in one
+    transaction, the same answers and stored documents; one BEGIN and one COMMIT per write command, none for a
+    read or for the index creation."""
+    plain, plain_sql = _writes()
+    request.getfixturevalue("write_transactions")
+    fast, sql = _writes()
+    assert fast == plain
+    assert "BEGIN" not in plain_sql
+    assert sql.count("BEGIN") == sql.count("COMMIT") == 7  # 3 inserts, 2 updates, a delete, a findAndModify
+    assert "ROLLBACK" not in sql
+
+
+@pytest.mark.usefixtures("write_transactions")
+@pytest.mark.parametrize("end", ["commitTransaction", "abortTransaction"])
+def test_write_transactions_leave_client_transactions_alone(end: str) -> None:
+    """A write of a client transaction (``startTransaction``, ``autocommit: false``) runs in that transaction:
+    committed or aborted with it."""
+    import uuid
+
+    from bson.binary import Binary
+    from nx_27017.handler import NeoSQLiteHandler
+
+    handler = NeoSQLiteHandler(":memory:")
+    lsid = {"id": Binary(uuid.uuid4().bytes, 4)}
+    txn = {"lsid": lsid, "txnNumber": Int64(1), "autocommit": False}
+    _command(handler, {"insert": "r"}, [{"_id": 0}])
+    assert _command(handler, {"insert": "r", "startTransaction": True, **txn}, [{"_id": 1}])["ok"] == 1  # type: ignore[index]
+    assert _command(handler, {"insert": "r", **txn}, [{"_id": 2}])["ok"] == 1  # type: ignore[index]
+    _command(handler, {end: 1, **txn})
+    ids = sorted(d["_id"] for d in handler.get_database("t")["r"].find({}))
+    assert ids == ([0, 1, 2] if end == "commitTransaction" else [0])
+    assert not handler.get_database("t").db.in_transaction
+
+
+def test_one_transaction_keeps_what_was_written_when_the_handler_fails() -> None:
+    """A handler that fails after a statement wrote: the write stays (as when each statement committed itself),
+    no transaction is left open, and the error reaches the caller."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    class Failing(NeoSQLiteHandler):  # type: ignore[misc]
+        def handle_command(self, msg: dict[str, object]) -> object:
+            self.get_database("t").db.execute("CREATE TABLE IF NOT EXISTS w (x)")
+            self.get_database("t").db.execute("INSERT INTO w VALUES (1)")
+            raise RuntimeError("boom")
+
+    handler = Failing(":memory:")
+    run = nxserver.in_one_transaction(Failing.handle_command)
+    with pytest.raises(RuntimeError, match="boom"):
+        run(handler, {"request_id": 1, "sections": [("body", {"update": "w", "updates": [], "$db": "t"})]})
+    conn = handler.get_database("t").db
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM w").fetchone() == (1,)
