@@ -8,6 +8,7 @@ import hashlib
 from typing import cast
 
 import pytest
+from bson import ObjectId
 from yarl import URL
 
 from trackly_exec.app import Trackly
@@ -61,6 +62,9 @@ async def test_redirects_to_stored_destination_and_records_click(daemon: Daemon)
     assert click["variant_key"] == "A" and click["creative_id"] == 789 and click["user_agent"] == BROWSER
     assert click["bot"] is False and click["bot_reason"] is None
     assert click["ip_hash"] == hashlib.sha256(b"trackly127.0.0.1").hexdigest()
+    # its id: an ObjectId's text (a document of plain values for the store), in time order as ObjectIds are
+    assert ObjectId.is_valid(click["_id"]) and str(ObjectId(click["_id"])) == click["_id"]
+    assert abs(ObjectId(click["_id"]).generation_time - utcnow()) < dt.timedelta(minutes=1)
     link = await daemon.store[c.SHORT_LINKS].find_one({"_id": CODE})
     assert link["clicks"] == 1 and link["human_clicks"] == 1
 

@@ -358,7 +358,7 @@ class ShortLinkDoc(TypedDict):
 class ClickDoc(TypedDict, total=False):
     """``link_clicks``: one click on a tracked link (:mod:`trackly_exec.tracking.clicks`)."""
 
-    _id: Any  # ObjectId
+    _id: str  # an ObjectId's hexadecimal text
     code: str
     message_id: str
     account_id: int | None

@@ -138,7 +138,10 @@ async def record_clicks(trackly: Trackly, clicks: Sequence[tuple[ShortLinkDoc, V
                 reason = f"too_soon_after_{what}"
         docs.append(
             {
-                "_id": ObjectId(),
+                # an ObjectId's text: unique and in time order as the ObjectId is, and a document of plain values,
+                # which the embedded store writes without converting or copying it (nx-27017 turns a BSON ObjectId
+                # into its own, value by value); nothing reads a click by its id
+                "_id": str(ObjectId()),
                 "code": link["_id"],
                 "message_id": link["message_id"],
                 "account_id": link.get("account_id"),
