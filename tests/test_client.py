@@ -12,7 +12,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
 
 from trackly_exec.store import constants as c
-from trackly_exec.store.client import INDEXES, OBSOLETE_INDEXES, Store, find_by_ids
+from trackly_exec.store.client import INDEXES, OBSOLETE_INDEXES, Store, count, find_by_ids
+from trackly_exec.store.models import utcnow
 
 
 async def test_next_ids(store: Store) -> None:
@@ -75,3 +76,37 @@ async def test_two_daemons_starting_together_drop_an_obsolete_index_once(
     keys = [list(ix["key"].items()) async for ix in await store.db[c.QUEUED].list_indexes()]
     assert [("sendtime", 1)] not in keys
     assert refused  # the refusal was met, and start-up went on
+
+
+async def test_count_command_counts_what_count_documents_counts(store: Store) -> None:
+    """The shapes the daemon counts (equality on a number, a string; a date range, alone and with an
+    equality; nothing at all) answer the same with the ``count`` command (store.client.count) as with
+    ``count_documents``, which nx-27017 runs as a Python aggregation over every document (and logs two warnings
+    for)."""
+    now = utcnow()
+    docs = [
+        {
+            "_id": f"d{i}",
+            "campaign_id": i % 3,
+            "status": ["pending", "dead", None][i % 3],
+            "at": now - dt.timedelta(minutes=i * 30),
+            "n": i,
+        }
+        for i in range(12)
+    ] + [{"_id": "bare"}]
+    await store.db["counted"].insert_many(docs)
+    await store.db["counted"].create_index("at")
+    shapes: list[dict[str, object]] = [
+        {},
+        {"campaign_id": 1},
+        {"campaign_id": 7},
+        {"status": "pending"},
+        {"at": {"$gte": now - dt.timedelta(hours=2)}},
+        {"at": {"$lte": now - dt.timedelta(hours=2)}},
+        {"status": "pending", "at": {"$lte": now - dt.timedelta(hours=1)}},
+        {"campaign_id": 2, "at": {"$gte": now - dt.timedelta(hours=3)}},
+    ]
+    for shape in shapes:
+        assert await count(store.db, "counted", shape) == await store.db["counted"].count_documents(shape), shape
+    # None matches a missing field too, as on MongoDB (nx-27017's count_documents answers 1 here)
+    assert await count(store.db, "counted", {"status": None}) == 5

@@ -16,7 +16,7 @@ from collections import defaultdict
 from trackly_exec.api.models_campaigns import CampaignStatsOut, ClickStats, VariantStats
 from trackly_exec.api.routes import count_by
 from trackly_exec.store import constants as c
-from trackly_exec.store.client import Store
+from trackly_exec.store.client import Store, count
 from trackly_exec.store.documents import Filter
 from trackly_exec.store.models import FailureReason
 from trackly_exec.store.names import name_of
@@ -31,7 +31,7 @@ async def _by_variant(store: Store, coll: str, match: Filter) -> dict[str, int]:
 async def campaign_stats(store: Store, campaign_id: int) -> CampaignStatsOut:
     """Every number of campaign ``campaign_id`` (all of its executions together); the totals are the rows' sums."""
     q = {"campaign_id": campaign_id}
-    queued = await store.db[c.QUEUED].count_documents(q)
+    queued = await count(store.db, c.QUEUED, q)
     failed: dict[str, dict[str, int]] = defaultdict(dict)  # variant -> reason -> n
     for reason in FailureReason:  # one group per reason: nx-27017 cannot group by a compound key
         for key, n in (await _by_variant(store, c.FAILED, {**q, "reason": reason.value})).items():
@@ -61,7 +61,7 @@ async def campaign_stats(store: Store, campaign_id: int) -> CampaignStatsOut:
     return CampaignStatsOut(
         campaign_id=campaign_id,
         name=name_of(camp, "campaign", campaign_id),
-        executions=await store.db[c.EXECUTIONS].count_documents(q),
+        executions=await count(store.db, c.EXECUTIONS, q),
         queued=queued,
         sent=n_sent,
         delivered=n_del,

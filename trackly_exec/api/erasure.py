@@ -27,6 +27,7 @@ from pymongo.errors import BulkWriteError
 from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.client import count
 from trackly_exec.store.documents import ContactDoc
 from trackly_exec.store.models import FailureReason
 
@@ -110,7 +111,7 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
                 raise
         await claims.drop(db, token)
         out["queued_dead_lettered"] = len(docs)
-    out["in_flight"] = int(await db[c.QUEUED].count_documents({"contact_id": cid}))
+    out["in_flight"] = await count(db, c.QUEUED, {"contact_id": cid})
 
     await db[c.CLICKS].update_many({"contact_id": cid}, {"$set": {"user_agent": "", "ip_hash": None}})
     redact = {"$set": {"to_number": REDACTED, "body": REDACTED, "erased": True}}

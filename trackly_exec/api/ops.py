@@ -30,6 +30,7 @@ from trackly_exec.api.routes import (
 from trackly_exec.executor import redrive
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.client import count
 from trackly_exec.store.documents import FailedDoc, Filter
 from trackly_exec.tracking import messagelog
 from trackly_exec.tracking.customer_webhook import DEAD, DROPPED, PENDING
@@ -251,7 +252,7 @@ async def outbox_summary(store: Any, now: dt.datetime) -> o.OutboxSummary:
     by_status = await count_by(store, c.OUTBOX, {}, "status")
 
     async def events(status: str) -> int:
-        n = int(await col.count_documents({"status": status}))
+        n = await count(store.db, c.OUTBOX, {"status": status})
         # (not {"events.id": 1}: nx-27017 projects a dotted path into an array as nothing)
         batches = col.find({"status": status, "_id": {"$gte": "batch:", "$lt": "batch;"}}, {"events": 1})
         async for b in batches.limit(10_000):
@@ -268,7 +269,7 @@ async def outbox_summary(store: Any, now: dt.datetime) -> o.OutboxSummary:
         dead_events=await events(DEAD),
         oldest_pending_at=oldest_at,
         oldest_pending_age_seconds=round((now - oldest_at).total_seconds(), 1) if oldest_at else None,
-        due_now=int(await col.count_documents({"status": PENDING, "next_attempt_at": {"$lte": now}})),
+        due_now=await count(store.db, c.OUTBOX, {"status": PENDING, "next_attempt_at": {"$lte": now}}),
     )
 
 

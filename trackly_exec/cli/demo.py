@@ -35,6 +35,7 @@ from trackly_exec.errors import ConfigError
 from trackly_exec.logs import configure_logging, get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
+from trackly_exec.store.client import count
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.embedded import free_port
 from trackly_exec.store.models import utcnow
@@ -340,9 +341,9 @@ class Demo:
         last = await db[c.SENT].find_one(q, sort=[("timestamp", -1)])
         d_first = await db[c.SENT].find_one({**q, "delivered_at": {"$gte": EPOCH}}, sort=[("delivered_at", 1)])
         d_last = await db[c.SENT].find_one({**q, "delivered_at": {"$gte": EPOCH}}, sort=[("delivered_at", -1)])
-        r.sent_records = await db[c.SENT].count_documents(q)
-        r.failed_records = await db[c.FAILED].count_documents(q)
-        r.left_in_queue = await db[c.QUEUED].count_documents(q)
+        r.sent_records = await count(db, c.SENT, q)
+        r.failed_records = await count(db, c.FAILED, q)
+        r.left_in_queue = await count(db, c.QUEUED, q)
         sent_ids = {d["_id"] async for d in db[c.SENT].find(q, {"_id": 1})}
         r.in_both = sum([1 async for d in db[c.FAILED].find(q, {"_id": 1}) if d["_id"] in sent_ids])
         span = (last["timestamp"] - first["timestamp"]).total_seconds() if first and last else 0.0

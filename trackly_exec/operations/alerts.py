@@ -23,6 +23,7 @@ import aiohttp
 from trackly_exec.app import Loop, backoff
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.client import count
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.phones import mask_text
@@ -209,17 +210,18 @@ class Alerts:
         store = self.trackly.store
         since = self.trackly.now() - dt.timedelta(seconds=window_seconds)
         # find/count with a date range on indexed fields: nx-27017 ignores a date $match inside aggregate (it counted
-        # three-day-old failures as "in the last minute"); distinct and count_documents are evaluated alike on both.
+        # three-day-old failures as "in the last minute"); distinct and the count command are evaluated alike on both
+        # (not count_documents: an aggregation nx-27017 runs in Python over every document, see store.client.count).
         failed: Counter[int] = Counter()
         sent: Counter[int] = Counter()
         for value in await store.db[c.FAILED].distinct("sending_list_id", {"failed_at": {"$gte": since}}):
             with contextlib.suppress(TypeError, ValueError):
                 list_id = int(value)
-                failed[list_id] = await store.db[c.FAILED].count_documents(
-                    {"sending_list_id": list_id, "failed_at": {"$gte": since}}
+                failed[list_id] = await count(
+                    store.db, c.FAILED, {"sending_list_id": list_id, "failed_at": {"$gte": since}}
                 )
-                sent[list_id] = await store.db[c.SENT].count_documents(
-                    {"sending_list_id": list_id, "timestamp": {"$gte": since}}
+                sent[list_id] = await count(
+                    store.db, c.SENT, {"sending_list_id": list_id, "timestamp": {"$gte": since}}
                 )
         events = []
         for list_id, f in failed.items():
