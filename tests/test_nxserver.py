@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -691,3 +692,98 @@ def test_one_transaction_keeps_what_was_written_when_the_handler_fails() -> None
     conn = handler.get_database("t").db
     assert not conn.in_transaction
     assert conn.execute("SELECT count(*) FROM w").fetchone() == (1,)
+
+
+@pytest.fixture
+def batch_insert() -> Iterator[None]:
+    """nxserver.patch_batch_insert() applied in this process for one test, then undone."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    saved = NeoSQLiteHandler.__dict__["handle_insert"]
+    nxserver.patch_batch_insert()
+    try:
+        yield
+    finally:
+        NeoSQLiteHandler.handle_insert = saved  # type: ignore[method-assign]
+
+
+def _batches(monkeypatch: pytest.MonkeyPatch) -> tuple[list[object], int]:
+    """Insert commands of every shape through nx-27017's handler: its answers, what it stored (by repr), and how
+    many documents went through neosqlite's insert_one (one by one)."""
+    from bson import ObjectId as BsonObjectId
+    from neosqlite.collection import Collection
+    from nx_27017.handler import NeoSQLiteHandler
+
+    one_by_one = 0
+    insert_one = Collection.insert_one
+
+    def counted(self: object, *args: object, **kwargs: object) -> object:
+        nonlocal one_by_one
+        one_by_one += 1
+        return insert_one(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "insert_one", counted)
+    when = dt.datetime(2026, 3, 1, 12, 30, 0, 123000)
+    handler = NeoSQLiteHandler(":memory:")
+
+    def insert(body: dict[str, object], sections: list[tuple[str, object]]) -> object:
+        answer = dict(
+            handler.handle_insert({"request_id": 7, "sections": [("body", {**body, "$db": "t"}), *sections]})[1]
+        )
+        if "writeErrors" in answer:
+            answer["writeErrors"] = [(e.get("index"), e.get("code")) for e in answer["writeErrors"]]
+        return answer
+
+    flat = [
+        {"_id": f"m{i}", "n": i, "i": Int64(i), "f": i / 2, "b": i % 2 == 0, "z": None, "at": when} for i in range(5)
+    ]
+    out: list[object] = [
+        insert({"insert": "r"}, [("payload_docs", [{"_id": "seed"}])]),  # creates the collection: nx-27017's path
+        _command(handler, {"createIndexes": "r", "indexes": [{"key": {"u": 1}, "name": "u_1", "unique": True}]}),
+        insert({"insert": "r", "ordered": False}, [("payload", {"documents": flat})]),  # PyMongo's shape: one batch
+        insert({"insert": "r", "documents": [{"_id": 100, "s": "日本 🙂"}, {"_id": Int64(101)}]}, []),
+        insert({"insert": "r", "ordered": True}, [("payload_docs", [{"_id": "x1"}, {"_id": "m1"}, {"_id": "x2"}])]),
+        insert({"insert": "r", "ordered": False}, [("payload_docs", [{"_id": "y1"}, {"_id": "m2"}, {"_id": "y2"}])]),
+        insert({"insert": "r"}, [("payload_docs", [{"_id": "u1", "u": 1}, {"_id": "u2", "u": 1}])]),  # unique index
+        insert({"insert": "r"}, [("payload_docs", [{"_id": "d1", "d": {"a": 1}}, {"_id": "d2"}])]),  # a document
+        insert({"insert": "r"}, [("payload_docs", [{"_id": "o1", "ref": BsonObjectId("65f0c0ffee0000000000abcd")}])]),
+        insert({"insert": "r"}, [("payload_docs", [{"n": 1}, {"_id": None, "n": 2}])]),  # ids to generate
+        insert({"insert": "r"}, [("payload_docs", [{"_id": "nan", "f": float("nan")}])]),  # SQLite refuses NaN
+        insert({"insert": "r"}, [("payload_docs", [])]),
+        insert({"insert": "fresh"}, [("payload_docs", [{"_id": 1}])]),  # a new collection
+        insert({"insert": "r", "comment": {"_id": "c1"}}, [("payload_docs", [{"_id": "c2"}])]),  # nx's odd rule
+    ]
+    out.append(sorted(repr(sorted(d.items())) for d in handler.get_database("t")["r"].find({})))
+    assert not handler.get_database("t").db.in_transaction
+    return [_unstamped(o) for o in out], one_by_one
+
+
+def _unstamped(value: object) -> object:
+    """``value`` with every generated ObjectId (BSON's or neosqlite's) replaced by its type's name."""
+    from bson import ObjectId as BsonObjectId
+    from neosqlite.objectid import ObjectId as NeoObjectId
+
+    if isinstance(value, (BsonObjectId, NeoObjectId)):
+        return type(value).__name__
+    if isinstance(value, dict):
+        return {k: _unstamped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unstamped(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"ObjectId\('[0-9a-f]{24}'\)", "ObjectId", value)
+    return value
+
+
+def test_batch_insert_answers_and_stores_as_nx_does(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of plain values in both wire shapes, with a duplicate key (ordered and not), a unique index
+    refusal, a document, an ObjectId, ids to generate, a NaN, nothing to insert, a new collection, a document-valued
+    key in the body: the same answers and stored documents as nx-27017's one-by-one path; only the batches of plain
+    values with ids skip it."""
+    plain, plain_one_by_one = _batches(monkeypatch)
+    request.getfixturevalue("batch_insert")
+    fast, one_by_one = _batches(monkeypatch)
+    assert fast == plain
+    assert plain_one_by_one - one_by_one == 5 + 2 + 2  # the three batches of plain values with ids
+    assert any("writeErrors" in a for a in plain if isinstance(a, dict))  # the errors were answered, both ways

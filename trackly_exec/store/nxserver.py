@@ -42,6 +42,13 @@ answered (tests/test_nxserver.py compares each with their own path on the same d
 - :func:`patch_document_loads`: stored documents are parsed by orjson, with neosqlite's own object hook applied to
   every object as the standard library applies it (3 instead of 6 us for a 25-field queue document); text orjson
   reads differently (NaN, a lone surrogate, an integer beyond 64 bits) is parsed by the standard library.
+- :func:`patch_batch_insert`: an insert command whose documents all have an id and only plain values (as
+  :func:`_flat_json` writes them) is stored by one ``executemany`` under a savepoint, instead of nx-27017's loop of
+  ``insert_one`` calls through neosqlite; when SQLite refuses any row (a duplicate key, a unique index), the savepoint
+  is rolled back and nx-27017's own loop inserts them one by one and answers each error. Any other document (no id,
+  a document or array value, an ObjectId, bytes, a NaN), a client transaction, GridFS or a collection still to
+  create takes nx-27017's path. With :func:`_flat_json` checking the types in C and writing datetimes by orjson's
+  hook: a 28-field record 21 against 18-20 us of store CPU.
 - :func:`patch_write_transactions`: a write command (insert, update, delete, findAndModify, bulkWrite) runs in one
   SQLite transaction, begun and committed under nx-27017's lock for its database, instead of one transaction per
   statement: nx-27017 inserts a batch one document at a time, each its own commit (a 28-field record with five
@@ -223,10 +230,17 @@ def patch_bulk_set() -> None:
 def _flat_json_types() -> frozenset[type]:
     from bson.int64 import Int64
 
-    return frozenset({str, int, bool, type(None), Int64})
+    return frozenset({str, int, bool, type(None), Int64, float, dt.datetime})
 
 
 _FLAT = _flat_json_types()
+
+
+def _dollar_date(value: Any) -> Any:
+    """orjson's hook: a datetime as neosqlite writes it; anything else is not written here."""
+    if type(value) is dt.datetime:
+        return {"$date": value.isoformat()}
+    raise TypeError
 
 
 def _flat_json(doc: Mapping[str, Any]) -> str | None:
@@ -234,23 +248,19 @@ def _flat_json(doc: Mapping[str, Any]) -> str | None:
     bits, finite floats, booleans, None, datetimes as neosqlite writes them: ``{"$date": isoformat}``); else None
     (neosqlite's encoder then writes it, and raises what it raises). The text differs from neosqlite's only in
     spacing, in non-ASCII characters written as themselves rather than as ``\\u`` escapes, and in how an exponent
-    is spelled: SQLite and the JSON parser read the same values back. About 1.5 against 8.5 us for a 28-field record.
+    is spelled: SQLite and the JSON parser read the same values back. About 1 against 8.5 us for a 28-field record
+    (the types are checked in C, the datetimes written by a hook).
     """
     import orjson
 
-    out: JsonObject = {}
-    for key, value in doc.items():
-        kind = type(value)
-        if kind is dt.datetime:
-            value = {"$date": value.isoformat()}
-        elif kind is float:
-            if not math.isfinite(value):  # json.dumps writes NaN, which SQLite refuses: neosqlite's error
-                return None
-        elif kind not in _FLAT:
-            return None
-        out[key] = value
+    kinds = set(map(type, doc.values()))
+    if not kinds <= _FLAT:
+        return None
+    # json.dumps writes NaN, which SQLite refuses (neosqlite's error); orjson would write null
+    if float in kinds and not all(math.isfinite(v) for v in doc.values() if type(v) is float):
+        return None
     try:  # a key that is not a string, an integer beyond 64 bits, a lone surrogate: neosqlite's encoder
-        return orjson.dumps(out).decode()
+        return orjson.dumps(doc, default=_dollar_date, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
     except orjson.JSONEncodeError:
         return None
 
@@ -335,6 +345,96 @@ def patch_insert_handling() -> None:
 
     NeoSQLiteHandler.handle_insert = handle_insert
     NeoSQLiteHandler._convert_objectids = _convert_objectids
+
+
+def _insert_parts(msg: Any) -> tuple[JsonObject, list[Any]] | None:
+    """An insert command's body and its documents, gathered as nx-27017's ``handle_insert`` gathers them (payload
+    sections, then the body's ``documents`` and any other document-valued key it does not know); None when ``msg``
+    has any other shape."""
+    sections = msg.get("sections") if isinstance(msg, dict) else None
+    if not isinstance(sections, list):
+        return None
+    body: JsonObject | None = None
+    docs: list[Any] = []
+    for section in sections:
+        if not (isinstance(section, tuple) and len(section) == 2):
+            return None
+        kind, part = section
+        if kind == "body" and body is None and isinstance(part, dict):
+            body = part
+        elif kind == "payload_docs" and isinstance(part, list):
+            docs.extend(part)
+        elif kind == "payload" and isinstance(part, dict):
+            for value in part.values():
+                if isinstance(value, list):
+                    docs.extend(value)
+                elif isinstance(value, dict):
+                    docs.append(value)
+        else:
+            return None
+    if body is None:
+        return None
+    for key, value in body.items():
+        if key == "documents" and isinstance(value, list):
+            docs.extend(value)
+        elif (
+            key not in {"$db", "insert", "ordered", "writeConcern", "lsid"}
+            and not key.startswith("$")
+            and isinstance(value, dict)
+        ):
+            docs.append(value)
+    return body, docs
+
+
+def patch_batch_insert() -> None:
+    """Insert a batch of documents of plain values in one statement (see the module docstring)."""
+    import sqlite3
+
+    from nx_27017.handler import NeoSQLiteHandler
+
+    per_document = NeoSQLiteHandler.handle_insert
+
+    def handle_insert(self: Any, msg: Any) -> Any:
+        parts = _insert_parts(msg)
+        if parts is None:
+            return per_document(self, msg)
+        body, docs = parts
+        name, coll_name = body.get("$db", "test"), body.get("insert")
+        if (
+            not docs
+            or not isinstance(name, str)
+            or not isinstance(coll_name, str)
+            or "startTransaction" in body
+            or "autocommit" in body
+            or self._is_gridfs_collection(coll_name)
+        ):
+            return per_document(self, msg)
+        rows: list[tuple[str, str]] = []
+        for doc in docs:
+            if type(doc) is not dict or doc.get("_id") is None or (text := _flat_json(doc)) is None:
+                return per_document(self, msg)
+            rows.append((text, str(doc["_id"])))
+        with self._lock_for(name):
+            try:
+                db = self.get_database(name)
+            except Exception:  # a name nx-27017 refuses: its handler answers the error
+                return per_document(self, msg)
+            if coll_name not in db.list_collection_names():  # nx-27017 creates it first
+                return per_document(self, msg)
+            self._get_or_create_session(body, db, name)  # nx-27017's session bookkeeping, as its handler does
+            self._apply_write_concern(db, name, body.get("writeConcern"))
+            conn = db.db
+            conn.execute("SAVEPOINT trackly_batch_insert")
+            try:
+                conn.executemany(f"INSERT INTO {_quoted(coll_name)}(data, _id) VALUES (?, ?)", rows)
+            except sqlite3.Error:  # a duplicate key, a constraint: nothing of the batch stays, nx-27017 inserts
+                conn.execute("ROLLBACK TO trackly_batch_insert")  # one by one and answers each error
+                conn.execute("RELEASE trackly_batch_insert")
+                return per_document(self, msg)
+            conn.execute("RELEASE trackly_batch_insert")
+        return msg.get("request_id"), {"ok": 1, "n": len(docs), "insertedIds": [d["_id"] for d in docs]}
+
+    NeoSQLiteHandler.handle_insert = handle_insert
 
 
 #: Commands that write: each runs in one SQLite transaction (:func:`patch_write_transactions`).
@@ -523,6 +623,7 @@ def main() -> int:
     patch_bulk_set()
     patch_insert_copy()
     patch_insert_handling()
+    patch_batch_insert()
     patch_write_transactions()
     patch_reply_conversion()
     patch_or_in_sql()
