@@ -4,6 +4,7 @@ holder (that only this module writes the claim fields: test_claims_owner.py)."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from trackly_exec.config import Settings
 from trackly_exec.executor import claims
@@ -148,3 +149,118 @@ async def test_claim_stamps_are_epoch_ms_and_dated_ones_are_converted(store: Sto
         {**claims.LEASE.expired(now, dt.timedelta(minutes=10)), "sending_at": {"$gt": 0}}
     )
     assert expired == 2
+
+
+async def test_release_tokens_gives_back_each_claim_on_its_list(store: Store) -> None:
+    """Shutdown and a failed batch give back what each token holds on its list, except messages with a send
+    intent (their outcome is unknown: recovery records them); other claims stay held."""
+    a = await seed(store, 4, list_id=1)
+    b = await seed(store, 3, list_id=2, first_contact=10, execution_id=2)
+    db, now = store.db, utcnow()
+    assert len(await claims.claim(db, 1, "x:a", now, 10)) == 4
+    assert len(await claims.claim(db, 2, "x:b", now, 10)) == 3
+    other = await seed(store, 2, list_id=1, first_contact=20, execution_id=3)
+    assert len(await claims.claim(db, 1, "y:c", now, 10)) == 2
+    assert await claims.mark_intent(db, a[:1], "x:a", now) == set(a[:1])
+    assert await claims.release_tokens(db, {"x:a": 1, "x:b": 2}) == 3 + 3
+    assert set(await ids_in(store, c.QUEUED, {"claimed_by": None})) == set(a[1:]) | set(b)
+    assert set(await ids_in(store, c.QUEUED, {"claimed_by": "x:a"})) == set(a[:1])  # a send intent: kept
+    assert set(await ids_in(store, c.QUEUED, {"claimed_by": "y:c"})) == set(other)
+    assert await claims.release_tokens(db, {}) == 0
+
+
+async def test_a_partly_taken_claim_reads_back_only_what_it_got(store: Store) -> None:
+    """Candidates of which another claim took some meanwhile: the claim holds and returns the rest (read back by
+    their ids and its token), never the other claim's."""
+    ids = await seed(store, 6)
+    db, now = store.db, utcnow()
+    candidates = await claims.find_due(db, 1, now, 10)
+    await claims.claim_docs(db, [d for d in candidates if d["_id"] in ids[:2]], "other:1", now)
+    docs, reads = await claims.claim_docs(db, candidates, "mine:1", now)
+    assert [d["_id"] for d in docs] == ids[2:] and reads == 4
+    assert all(d["claimed_by"] == "mine:1" for d in docs)
+
+
+def test_queue_statements_are_served_by_their_index() -> None:
+    """On the embedded store (neosqlite with the shim, the queue's indexes as created), SQLite's plan for each of
+    the queue's statements uses the index meant for it. A claim once scanned every unclaimed message: the planner
+    took an index starting with ``claimed_by`` for its ``claimed_by: None``, over its 1,000 ids."""
+    import neosqlite
+    from neosqlite.collection.query_engine.crud_operations import CRUDOperationsMixin
+
+    from trackly_exec.store import nxserver
+
+    saved = CRUDOperationsMixin.__dict__["update_many"]
+    nxserver.patch_bulk_set()  # the store's update path (undone at the end: other tests compare with neosqlite's)
+    try:
+        _plans_use_their_indexes(neosqlite.Connection(":memory:"))
+    finally:
+        CRUDOperationsMixin.update_many = saved  # type: ignore[method-assign]
+
+
+def _plans_use_their_indexes(conn: Any) -> None:
+    from trackly_exec.store.client import INDEXES
+
+    q = conn[c.QUEUED]
+    for model in INDEXES[c.QUEUED]:
+        spec = model.document
+        q.create_index(list(spec["key"].items()), unique=spec.get("unique", False))
+    now = utcnow()
+    q.insert_many(
+        [
+            {"_id": f"{i:016x}", "execution_id": 1, "contact_id": i, "sending_list_id": 1, "sending_at": None}
+            | {"claimed_by": None, "claimed_at": None, "due_ms": epoch_ms(now), "slot": i}
+            for i in range(50)
+        ]
+    )
+    ids = [f"{i:016x}" for i in range(10)]
+    plans: dict[str, list[str]] = {}
+
+    def plan(name: str, run: object) -> None:
+        sql: list[str] = []
+        conn.db.set_trace_callback(sql.append)
+        try:
+            run()  # type: ignore[operator]
+        finally:
+            conn.db.set_trace_callback(None)
+        statement = next(s for s in sql if s.startswith(("SELECT id", "UPDATE", "DELETE")))
+        plans[name] = [row[3] for row in conn.db.execute("EXPLAIN QUERY PLAN " + statement)]
+
+    token = "x:1"
+    fenced = claims.LEASE.fence(token, {"_id": {"$in": ids}})
+    plan("due", lambda: list(q.find(claims.due_filter(now, 1)).sort([("due_ms", 1)]).limit(5)))
+    plan(
+        "claim",
+        lambda: q.update_many(
+            {"_id": {"$in": ids}, "claimed_by": None, "due_ms": {"$eq": epoch_ms(now)}},
+            {"$set": claims.LEASE.taken(token, now)},
+        ),
+    )
+    plan("read back", lambda: list(q.find(fenced)))
+    plan("intent", lambda: q.update_many(fenced, {"$set": {"sending_at": epoch_ms(now)}}))
+    plan(
+        "release",
+        lambda: q.update_many(
+            claims.LEASE.fence(token, {"sending_list_id": {"$eq": 1}, "sending_at": None}),
+            {"$set": claims.LEASE.released()},
+        ),
+    )
+    plan(
+        "expired",
+        lambda: list(q.find({**claims.LEASE.expired(now, dt.timedelta(minutes=30)), "sending_at": {"$gt": 0}})),
+    )
+    plan(
+        "opt-out",
+        lambda: q.update_many(
+            {"sending_list_id": {"$eq": 1}, "contact_id": {"$in": [3]}, **claims.LEASE.free()},
+            {"$set": claims.LEASE.taken("optout:1", now)},
+        ),
+    )
+    plan("delete", lambda: q.delete_many(fenced))
+    uses = {name: " ".join(p) for name, p in plans.items()}
+    due_index = "USING INDEX idx_queued_text_messages_sending_list_id_claimed_by_due_ms"
+    for name in ("claim", "read back", "intent", "delete"):
+        assert "USING INDEX idx_queued_text_messages_id " in uses[name], (name, uses[name])
+    for name in ("due", "release", "opt-out"):
+        assert due_index in uses[name], (name, uses[name])
+    assert "USING INDEX idx_queued_text_messages_claimed_at " in uses["expired"], uses["expired"]

@@ -19,7 +19,7 @@ from trackly_exec.operations.web import HttpServer
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.events import Event, EventKind
-from trackly_exec.store.models import utcnow
+from trackly_exec.store.models import epoch_ms, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 
 from .executor_support import executor, seed
@@ -79,8 +79,9 @@ async def seeded(trackly: Trackly) -> AsyncIterator[Trackly]:
     await trackly.db[c.FAILED].insert_one({**base, "_id": "f1", "reason": "STALE", "failed_at": now})
     await trackly.db[c.QUEUED].insert_many(
         [
-            {**base, "_id": "q1", "execution_id": 1, "contact_id": 1, "claimed_by": None},
-            {**base, "_id": "q2", "execution_id": 1, "contact_id": 2, "claimed_by": "t:x"},
+            {**base, "_id": "q1", "execution_id": 1, "contact_id": 1, "claimed_by": None, "claimed_at": None},
+            # a claim sets its token and its time together (executor.claims.LEASE)
+            {**base, "_id": "q2", "execution_id": 1, "contact_id": 2, "claimed_by": "t:x", "claimed_at": epoch_ms(now)},
         ]
     )
     await trackly.db[c.CLICKS].insert_many(

@@ -109,7 +109,7 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
         except BulkWriteError as exc:
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                 raise
-        await claims.drop(db, token)
+        await claims.drop(db, token, [d["_id"] for d in docs])
         out["queued_dead_lettered"] = len(docs)
     out["in_flight"] = await count(db, c.QUEUED, {"contact_id": cid})
 

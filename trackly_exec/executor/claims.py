@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pymongo import UpdateMany, UpdateOne
@@ -206,7 +206,8 @@ async def claim_docs(
     claim_set = {"$set": LEASE.taken(token, now)}
     now_ms = epoch_ms(now)
     # still unclaimed, and due at the time read (every change to an unclaimed message moves its due time; a due
-    # time as read was at most ``now``): flat, so nx-27017 runs it as SQL on the _id index
+    # time as read was at most ``now``): flat, so nx-27017 runs it as SQL, on the _id index (no index starts with
+    # claimed_by: see store.client.INDEXES)
     filters: list[Filter] = [
         {"_id": {"$in": ids}, "claimed_by": None, "due_ms": {"$eq": due}}
         for due, ids in groups.items()
@@ -225,7 +226,8 @@ async def claim_docs(
         reads = 0
     else:
         # one reply for the whole claim (the server's default first batch is ~100-200 documents)
-        docs = await q.find(LEASE.fence(token)).batch_size(max(1, matched)).to_list(None)
+        mine = LEASE.fence(token, {"_id": {"$in": [d["_id"] for d in candidates]}})  # on the _id index
+        docs = await q.find(mine).batch_size(max(1, matched)).to_list(None)
         reads = len(docs)
     docs.sort(key=lambda d: (d["due_ms"], d["_id"]))
     return docs, reads
@@ -311,12 +313,19 @@ async def hold_unsent(db: Any, token: str, groups: Iterable[tuple[Sequence[str],
     return int(res.modified_count)
 
 
-async def release_tokens(db: Any, tokens: Iterable[str]) -> int:
-    """Release everything still held under ``tokens`` that has no send intent (shutdown)."""
-    tokens = list(tokens)
-    if not tokens:
+async def release_tokens(db: Any, held: Mapping[str, int]) -> int:
+    """Release everything still held under the tokens of ``held`` (token: the sending list of its claim) that has
+    no send intent (shutdown, a failed batch). One fenced update per token, on its list: the due index serves
+    ``sending_list_id, claimed_by`` (nx-27017 runs an ``$in`` on a field as a scan)."""
+    ops = [
+        UpdateMany(
+            LEASE.fence(token, {"sending_list_id": {"$eq": list_id}, "sending_at": None}), {"$set": LEASE.released()}
+        )
+        for token, list_id in held.items()
+    ]
+    if not ops:
         return 0
-    return await LEASE.release(db[c.QUEUED], tokens, {"sending_at": None})
+    return int((await db[c.QUEUED].bulk_write(ops, ordered=False)).modified_count)
 
 
 async def complete(db: Any, ids: Sequence[str], token: str) -> int:
@@ -341,13 +350,24 @@ async def give_back(db: Any, ids: Sequence[str], token: str) -> int:
 
 async def claim_matching(db: Any, query: Filter, token: str, now: dt.datetime) -> list[QueuedDoc]:
     """Claim every unclaimed message matching ``query`` whatever its sendtime (opt-out, erasure: they are
-    recorded elsewhere, then :func:`drop`-ped); returns the documents this claim holds."""
-    return await LEASE.claim(db[c.QUEUED], query, token, now)
+    recorded elsewhere, then :func:`drop`-ped); returns the documents this claim holds. ``query`` names fields a
+    claim does not change (a list, a contact): the claimed documents are read back by it and the token. With the
+    list as ``{"$eq": id}`` the due index serves both (the list's unclaimed messages, then its token's)."""
+    q = db[c.QUEUED]
+    flat = {**query, **LEASE.free()}  # one flat filter (an $and around it would take nx-27017's Python path)
+    if len(flat) != len(query) + 1:
+        raise ValueError("the query of claim_matching names no claim field")
+    if (await q.update_many(flat, {"$set": LEASE.taken(token, now)})).matched_count == 0:
+        return []
+    docs: list[QueuedDoc] = await q.find(LEASE.fence(token, query)).to_list(None)
+    return docs
 
 
-async def drop(db: Any, token: str) -> int:
-    """Delete every message this claim holds (recorded elsewhere first)."""
-    return await LEASE.delete(db[c.QUEUED], token)
+async def drop(db: Any, token: str, ids: Sequence[str]) -> int:
+    """Delete the messages ``ids`` this claim holds (recorded elsewhere first)."""
+    if not ids:
+        return 0
+    return await LEASE.delete(db[c.QUEUED], token, {"_id": {"$in": list(ids)}})
 
 
 async def release_expired(db: Any, now: dt.datetime, ttl: dt.timedelta) -> int:

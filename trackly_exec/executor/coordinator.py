@@ -324,7 +324,7 @@ class Coordinator:
         released = 0
         try:  # bounded: with the store down, recovery releases these after the claim TTL instead
             released = await asyncio.wait_for(
-                claims.release_tokens(self.trackly.db, list(self.worker.tokens)), timeout=RELEASE_TIMEOUT_SECONDS
+                claims.release_tokens(self.trackly.db, dict(self.worker.tokens)), timeout=RELEASE_TIMEOUT_SECONDS
             )
         except Exception as exc:
             log.error("executor_release_failed", error=str(exc) or type(exc).__name__)

@@ -87,7 +87,8 @@ async def _dead_letter(trackly: Trackly, stuck: list[QueuedDoc], now: dt.datetim
         assert held_by is not None  # stuck: claimed
         by_token.setdefault(held_by, []).append(d["_id"])
     await claims.take_over(db, by_token, token, now)
-    docs = await db[c.QUEUED].find(claims.LEASE.fence(token)).to_list(None)
+    taken = [mid for ids in by_token.values() for mid in ids]
+    docs = await db[c.QUEUED].find(claims.LEASE.fence(token, {"_id": {"$in": taken}})).to_list(None)
     if not docs:
         return 0
     ids = [d["_id"] for d in docs]

@@ -115,7 +115,7 @@ class Worker:
         self.counts = counts
         self.clock = clock or trackly.now  # the application's clock unless given one
         self.outcomes = Outcomes(trackly, counts)
-        self.tokens: set[str] = set()  # claims in progress (released on shutdown)
+        self.tokens: dict[str, int] = {}  # claims in progress and their lists (released on shutdown)
         self.paused: dict[int, float] = {}  # list id -> monotonic time until which it must not be claimed
         self._candidates: dict[int, collections.deque[ClaimedDoc]] = {}  # list id -> due documents read ahead
         #: this process's share of the queue (None: the whole queue); the coordinator sets it from the membership
@@ -149,7 +149,7 @@ class Worker:
     async def run_batch(self, info: ListInfo) -> int:
         """Claim and process one batch of ``info``'s list; returns how many messages were claimed."""
         token = claims.new_token(self.trackly.instance)
-        self.tokens.add(token)
+        self.tokens[token] = info.id
         try:
             n = await self._run(info, token)
         except asyncio.CancelledError:
@@ -158,13 +158,13 @@ class Worker:
             log.exception("batch_failed", sending_list_id=info.id)
             self.counts["batch_errors"] += 1
             try:
-                await claims.release_tokens(self.db, [token])
+                await claims.release_tokens(self.db, {token: info.id})
             except Exception as exc:  # the store is gone too: recovery will release it after the claim TTL
                 log.error("batch_release_failed", sending_list_id=info.id, error=str(exc))
-            self.tokens.discard(token)
+            self.tokens.pop(token, None)
             self.paused[info.id] = time.monotonic() + 1.0
             return 0
-        self.tokens.discard(token)
+        self.tokens.pop(token, None)
         return n
 
     async def _run(self, info: ListInfo, token: str) -> int:

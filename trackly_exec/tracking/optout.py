@@ -32,7 +32,7 @@ from trackly_exec.drivers.contract import InboundMessage
 from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.documents import ContactDoc, InboundDoc
+from trackly_exec.store.documents import ContactDoc, Filter, InboundDoc, QueuedDoc
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import FailedMessage, FailureReason
 from trackly_exec.store.phones import normalize
@@ -218,11 +218,13 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now:
     """Claim the contacts' unclaimed queued messages, record them CONTACT_BLOCKED, delete them (fenced)."""
     db = trackly.store
     token = f"optout:{uuid.uuid4().hex}"
-    query = {
-        "sending_list_id": {"$in": sorted({x["sending_list_id"] for x in contacts})},
-        "contact_id": {"$in": [x["_id"] for x in contacts]},
-    }
-    docs = await claims.claim_matching(db, query, token, now)
+    by_list: dict[int, list[int]] = {}
+    for x in contacts:
+        by_list.setdefault(x["sending_list_id"], []).append(x["_id"])
+    docs: list[QueuedDoc] = []
+    for list_id, contact_ids in sorted(by_list.items()):  # one list at a time: the due index serves each
+        query: Filter = {"sending_list_id": {"$eq": list_id}, "contact_id": {"$in": contact_ids}}
+        docs += await claims.claim_matching(db, query, token, now)
     if not docs:
         return 0
     failed = [
@@ -242,5 +244,5 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now:
     except BulkWriteError as exc:
         if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
             raise
-    await claims.drop(db, token)
+    await claims.drop(db, token, [d["_id"] for d in docs])
     return len(docs)

@@ -82,7 +82,9 @@ async def overview(store: Store, now: dt.datetime, window_seconds: int = 60) -> 
         failed_by[str(row["_id"])] = int(row["n"])
     return {
         "queued": await count(store, c.QUEUED, {}),
-        "claimed": await count(store, c.QUEUED, {"claimed_by": {"$gt": ""}}),  # not $ne None: nx-27017 mis-evaluates it
+        # claimed_by and claimed_at are set and cleared together (executor.claims.LEASE); claimed_at is indexed (not
+        # $ne None: nx-27017 mis-evaluates it)
+        "claimed": await count(store, c.QUEUED, {"claimed_at": {"$gt": 0}}),
         "sent": sent_total,
         "delivered": await count(store, c.SENT, {"delivered": True}),
         "undelivered": await count(store, c.SENT, {"delivered": False}),
