@@ -787,3 +787,43 @@ def test_batch_insert_answers_and_stores_as_nx_does(
     assert fast == plain
     assert plain_one_by_one - one_by_one == 5 + 2 + 2  # the three batches of plain values with ids
     assert any("writeErrors" in a for a in plain if isinstance(a, dict))  # the errors were answered, both ways
+
+
+def test_id_values_normalize_as_neosqlite_does() -> None:
+    """Ids of every kind (ObjectId texts valid and not, other lengths, subclasses, numbers, None, bytes, neosqlite's
+    and BSON's ObjectIds): patch_id_values() gives what neosqlite's _normalize_id_value gives, by repr."""
+    from bson import ObjectId as BsonObjectId
+    from neosqlite.collection.query_helper import _sql_query_builder as builder
+    from neosqlite.objectid import ObjectId as NeoObjectId
+
+    class Text(str):
+        pass
+
+    values: list[object] = [
+        "65f0c0ffee0000000000abcd",
+        "65F0C0FFEE0000000000ABCD",  # upper case: neosqlite writes it lower
+        "65f0c0ffee0000000000abcz",  # 24 characters, not hexadecimal
+        "000005d8cf89f640",
+        "1:+15550000000",
+        "",
+        "x" * 25,
+        Text("65f0c0ffee0000000000abcd"),
+        Text("short"),
+        NeoObjectId("65f0c0ffee0000000000abcd"),
+        BsonObjectId("65f0c0ffee0000000000abcd"),
+        7,
+        Int64(8),
+        1.5,
+        None,
+        True,
+        b"\x00" * 12,
+    ]
+    original = builder._normalize_id_value
+    plain = [repr(original(v)) for v in values]
+    nxserver.patch_id_values()
+    try:
+        fast = [repr(builder._normalize_id_value(v)) for v in values]
+    finally:
+        builder._normalize_id_value = original
+    assert fast == plain
+    assert plain[1] == repr("65f0c0ffee0000000000abcd") and plain[3] == repr("000005d8cf89f640")

@@ -56,6 +56,10 @@ answered (tests/test_nxserver.py compares each with their own path on the same d
   pages to the journal). Write errors are the statements' own as before (SQLite undoes the failed statement only,
   and the rest is committed: what was written stays written, even when the handler fails). A command of a client
   transaction, or one arriving while a transaction is open on the connection, is left as it was.
+- :func:`patch_id_values`: neosqlite turns each id of a query into an ObjectId's text when it can, by trying to
+  build an ObjectId from every string and catching the error; a string whose length is not 24 is kept as it is
+  without trying (the error it would raise), which takes 1.6 us per id off a lookup of 1,000 string ids (4.2 ->
+  2.6 ms): the executor's claims, intents and deletes, the cooldown reservations, the records of delivery reports.
 - :func:`patch_reply_conversion`: a reply no longer copies, value by value, every document it carries to turn
   neosqlite's ObjectIds and Decimals into BSON's; a document of plain scalars is sent as it is, and in any other
   document only the values that are not plain scalars go through nx-27017's conversion (about 4 % of the
@@ -612,6 +616,20 @@ def patch_document_loads() -> None:
     collection.neosqlite_json_loads = loads
 
 
+def patch_id_values() -> None:
+    """A string id that cannot be an ObjectId's text is used as it is, without trying (see the module docstring)."""
+    from neosqlite.collection.query_helper import _sql_query_builder as builder
+
+    original = builder._normalize_id_value
+
+    def _normalize_id_value(v: Any) -> Any:
+        if type(v) is str and len(v) != 24:  # neosqlite's ObjectId refuses any other length: it keeps the string
+            return v
+        return original(v)
+
+    builder._normalize_id_value = _normalize_id_value
+
+
 def pin_sqlite() -> None:
     """Make neosqlite take the standard library's ``sqlite3``: ``pysqlite3`` cannot be imported in this process
     (call before neosqlite is first imported)."""
@@ -632,6 +650,7 @@ def main() -> int:
     patch_reply_conversion()
     patch_or_in_sql()
     patch_document_loads()
+    patch_id_values()
     sys.argv[0] = "nx-27017"
     return int(nx_main() or 0)
 
