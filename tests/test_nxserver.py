@@ -9,15 +9,18 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import requires, version
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from bson.int64 import Int64
 from packaging.requirements import Requirement
 
 from trackly_exec.store import nxserver
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -319,17 +322,34 @@ def test_insert_without_deep_copy_stores_as_neosqlite_does(request: pytest.Fixtu
     assert _insert_all() == plain
 
 
-@pytest.fixture
-def insert_handling() -> Iterator[None]:
-    """nxserver.patch_insert_handling() applied in this process for one test, then undone."""
+def _patched_run(owner: object, name: str, patch: Callable[[], None], run: Callable[[], T]) -> T:
+    """What ``run`` gives with ``patch`` applied (it replaces ``owner.name``), which is restored after."""
+    saved = getattr(owner, name)
+    patch()
+    try:
+        return run()
+    finally:
+        setattr(owner, name, saved)
+
+
+def _patched_handler(patch: Callable[[], None], *names: str) -> Iterator[None]:
+    """``patch`` applied to nx-27017's NeoSQLiteHandler in this process for one test; its methods ``names``
+    restored after."""
     from nx_27017.handler import NeoSQLiteHandler
 
-    saved = NeoSQLiteHandler.__dict__["handle_insert"], NeoSQLiteHandler.__dict__["_convert_objectids"]
-    nxserver.patch_insert_handling()
+    saved = {name: NeoSQLiteHandler.__dict__[name] for name in names}
+    patch()
     try:
         yield
     finally:
-        NeoSQLiteHandler.handle_insert, NeoSQLiteHandler._convert_objectids = saved  # type: ignore[method-assign]
+        for name, method in saved.items():
+            setattr(NeoSQLiteHandler, name, method)
+
+
+@pytest.fixture
+def insert_handling() -> Iterator[None]:
+    """nxserver.patch_insert_handling() applied in this process for one test, then undone."""
+    yield from _patched_handler(nxserver.patch_insert_handling, "handle_insert", "_convert_objectids")
 
 
 def _insert_commands(monkeypatch: pytest.MonkeyPatch) -> tuple[list[object], list[str]]:
@@ -554,12 +574,12 @@ def test_document_loads_reads_what_neosqlite_reads() -> None:
         "{}",
     ]
     plain = [repr(neosqlite_json_loads(t)) for t in texts]
-    saved = collection.neosqlite_json_loads
-    nxserver.patch_document_loads()
-    try:
-        fast = [repr(collection.neosqlite_json_loads(t)) for t in texts]
-    finally:
-        collection.neosqlite_json_loads = saved
+    fast = _patched_run(
+        collection,
+        "neosqlite_json_loads",
+        nxserver.patch_document_loads,
+        lambda: [repr(collection.neosqlite_json_loads(t)) for t in texts],
+    )
     assert fast == plain
     assert "datetime.datetime(2026, 3, 1, 12, 30, 0, 123456)" in plain[0] and "Binary(" in plain[1]
 
@@ -567,14 +587,7 @@ def test_document_loads_reads_what_neosqlite_reads() -> None:
 @pytest.fixture
 def write_transactions() -> Iterator[None]:
     """nxserver.patch_write_transactions() applied in this process for one test, then undone."""
-    from nx_27017.handler import NeoSQLiteHandler
-
-    saved = NeoSQLiteHandler.__dict__["handle_insert"], NeoSQLiteHandler.__dict__["handle_command"]
-    nxserver.patch_write_transactions()
-    try:
-        yield
-    finally:
-        NeoSQLiteHandler.handle_insert, NeoSQLiteHandler.handle_command = saved  # type: ignore[method-assign]
+    yield from _patched_handler(nxserver.patch_write_transactions, "handle_insert", "handle_command")
 
 
 def _command(handler: object, body: dict[str, object], docs: list[dict[str, object]] | None = None) -> object:
@@ -697,14 +710,7 @@ def test_one_transaction_keeps_what_was_written_when_the_handler_fails() -> None
 @pytest.fixture
 def batch_insert() -> Iterator[None]:
     """nxserver.patch_batch_insert() applied in this process for one test, then undone."""
-    from nx_27017.handler import NeoSQLiteHandler
-
-    saved = NeoSQLiteHandler.__dict__["handle_insert"]
-    nxserver.patch_batch_insert()
-    try:
-        yield
-    finally:
-        NeoSQLiteHandler.handle_insert = saved  # type: ignore[method-assign]
+    yield from _patched_handler(nxserver.patch_batch_insert, "handle_insert")
 
 
 def _batches(monkeypatch: pytest.MonkeyPatch) -> tuple[list[object], int]:
@@ -818,12 +824,12 @@ def test_id_values_normalize_as_neosqlite_does() -> None:
         True,
         b"\x00" * 12,
     ]
-    original = builder._normalize_id_value
-    plain = [repr(original(v)) for v in values]
-    nxserver.patch_id_values()
-    try:
-        fast = [repr(builder._normalize_id_value(v)) for v in values]
-    finally:
-        builder._normalize_id_value = original
+    plain = [repr(builder._normalize_id_value(v)) for v in values]
+    fast = _patched_run(
+        builder,
+        "_normalize_id_value",
+        nxserver.patch_id_values,
+        lambda: [repr(builder._normalize_id_value(v)) for v in values],
+    )
     assert fast == plain
     assert plain[1] == repr("65f0c0ffee0000000000abcd") and plain[3] == repr("000005d8cf89f640")

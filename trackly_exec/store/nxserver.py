@@ -352,6 +352,11 @@ def patch_insert_handling() -> None:
     NeoSQLiteHandler._convert_objectids = _convert_objectids
 
 
+def _in_client_transaction(body: Mapping[str, Any]) -> bool:
+    """Whether a command belongs to a client transaction (its statements are that transaction's, not ours)."""
+    return "autocommit" in body or "startTransaction" in body
+
+
 def _insert_parts(msg: Any) -> tuple[JsonObject, list[Any]] | None:
     """An insert command's body and its documents, gathered as nx-27017's ``handle_insert`` gathers them (payload
     sections, then the body's ``documents`` and any other document-valued key it does not know); None when ``msg``
@@ -409,8 +414,7 @@ def patch_batch_insert() -> None:
             not docs
             or not isinstance(name, str)
             or not isinstance(coll_name, str)
-            or "startTransaction" in body
-            or "autocommit" in body
+            or _in_client_transaction(body)
             or self._is_gridfs_collection(coll_name)
         ):
             return per_document(self, msg)
@@ -455,7 +459,7 @@ def _write_body(msg: Any) -> Mapping[str, Any] | None:
         if isinstance(section, tuple) and len(section) == 2 and section[0] == "body" and isinstance(section[1], dict):
             body = section[1]
             first = next(iter(body), None)
-            if first in _WRITES and "autocommit" not in body and "startTransaction" not in body:
+            if first in _WRITES and not _in_client_transaction(body):
                 return body
             return None
     return None
