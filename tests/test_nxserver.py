@@ -833,3 +833,92 @@ def test_id_values_normalize_as_neosqlite_does() -> None:
     )
     assert fast == plain
     assert plain[1] == repr("65f0c0ffee0000000000abcd") and plain[3] == repr("000005d8cf89f640")
+
+
+def _fallback_finds(queries: list[dict[str, object]]) -> tuple[list[list[str]], list[str]]:
+    """What each query finds (by repr, in the cursor's order, sorted by ``_id`` and unsorted) over documents whose
+    fields hold every kind of value, and the SQL neosqlite's Python path ran for the last."""
+    import random
+
+    import neosqlite
+
+    rng = random.Random(7)
+    values: list[object] = [
+        "a", "ab", "b", "", "1", "A", 1, 2, 0, 1.0, 1.5, True, False, None, 2**60,
+        ["a"], ["b", "ab"], [], [1, "a"], [["a"]], {"seg": "a"}, {"x": 1}, {"$date": 1},
+    ]  # fmt: skip
+    docs: list[dict[str, object]] = []
+    for k in range(400):
+        doc: dict[str, object] = {"_id": k if k % 3 else str(k), "sending_list_id": rng.choice([1, 2, 1.0, "1", [1]])}
+        for name in ("seg", "n"):
+            if rng.random() < 0.8:
+                doc[name] = rng.choice(values)
+        shape = rng.random()
+        if shape < 0.6:
+            doc["attributes"] = {"seg": rng.choice(values), "n": rng.choice(values)}
+        elif shape < 0.8:
+            doc["attributes"] = rng.choice([[{"seg": "a"}], "a", None, [], {"seg": {"seg": "a"}}])
+        docs.append(doc)
+    statements: list[str] = []
+    found: list[list[str]] = []
+    with neosqlite.Connection(":memory:") as db:
+        coll = db["contacts"]
+        coll.insert_many(docs)
+        db.db.set_trace_callback(statements.append)
+        for q in queries:
+            found.append([repr(d) for d in coll.find(q).sort("_id", 1)])
+            found.append(sorted(repr(d) for d in coll.find(q, {"seg": 1, "_id": 0})))
+    return found, statements
+
+
+#: Queries on neosqlite's Python path: what bench/campaign.py's audiences ask, and every operator beside them.
+FALLBACK_QUERIES: list[dict[str, object]] = [
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"attributes.seg": {"$in": ["a", "ab"]}}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"seg": {"$eq": "a"}}, {"n": {"$in": [1, 2]}}]},
+    {"$and": [{"sending_list_id": {"$eq": 2}}, {"$and": [{"seg": {"$in": ["1", "b"]}}, {"n": {"$gt": 0}}]}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"n": {"$in": [1, None]}}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"n": {"$eq": 1.5}}, {"seg": {"$ne": "a"}}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"attributes.seg": {"$nin": ["a"], "$exists": True}}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"attributes.n": {"$in": [True, 2**60]}}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"$or": [{"seg": {"$eq": "a"}}, {"n": {"$eq": 1}}]}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"seg": "a"}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"seg": {"$regex": "^a"}}]},
+    {"$and": [{"sending_list_id": {"$eq": 1}}, {"attri-butes.seg": {"$eq": "a"}}, {"seg": {"$in": []}}]},
+    {"$and": [{"attributes.seg.seg": {"$eq": "a"}}, {"attributes": {"$eq": "a"}}]},
+]
+
+
+def test_python_fallback_prefilter_finds_what_neosqlite_finds() -> None:
+    """Queries neosqlite answers on its Python path (a top-level ``$and``), over fields holding strings, numbers
+    posing as one another, booleans, None, arrays, documents and missing fields, int and str ids: with
+    patch_python_fallback() each finds the same documents in the same order, and the prefiltered ones read only
+    the rows their ``$eq``/``$in`` conditions may match."""
+    from neosqlite.collection.cursor import Cursor
+
+    plain, plain_sql = _fallback_finds(FALLBACK_QUERIES)
+    fast, fast_sql = _patched_run(
+        Cursor, "_handle_python_fallback", nxserver.patch_python_fallback, lambda: _fallback_finds(FALLBACK_QUERIES)
+    )
+    assert fast == plain
+    assert sum(map(len, plain)) > 1000 and all(found for found in plain[:8])
+    assert not any("json_type" in s for s in plain_sql)
+    assert sum("json_type(data" in s for s in fast_sql) >= 2 * 10
+
+
+def test_prefilter_takes_only_what_the_matcher_decides_alike() -> None:
+    """Strings and integers within 2**53 are prefiltered; floats, booleans, None, other operators' queries are not."""
+    prefilter = nxserver.prefilter
+    assert prefilter({"$and": [{"l": {"$eq": 1}}, {"a.b": {"$in": ["x", "y"]}}]}) == (
+        "(json_extract(data, ?) IN (?) OR json_type(data, ?) = 'array') AND "
+        "(json_extract(data, ?) IN (?,?) OR json_type(data, ?) = 'array')",
+        ['$."l"', 1, '$."l"', '$."a"."b"', "x", "y", '$."a"."b"'],
+    )
+    assert prefilter({"l": {"$eq": 1.5}}) == ("", [])
+    assert prefilter({"l": {"$in": ["x", None]}}) == ("", [])
+    assert prefilter({"l": {"$eq": True}}) == ("", [])
+    assert prefilter({"l": {"$eq": 2**60}}) == ("", [])
+    assert prefilter({"l": "x"}) is None
+    assert prefilter({"l": {"$regex": "x"}}) is None
+    assert prefilter({"$or": [{"l": {"$eq": 1}}]}) is None
+    assert prefilter({"_id": {"$eq": 1}}) is None

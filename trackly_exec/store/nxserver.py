@@ -39,6 +39,13 @@ answered (tests/test_nxserver.py compares each with their own path on the same d
   neosqlite's own SQL condition for each branch joined by ``OR``, instead of reading and testing every document of
   the collection in Python (a hundred times slower for 1,000 ids among 100,000 contacts): the union of what each
   branch finds alone, as separate queries found it. Any other ``$or`` is neosqlite's.
+- :func:`patch_python_fallback`: a query neosqlite answers in Python (a top-level ``$and``: how an audience's
+  contacts are read, see ``campaigns.audience.audience_query``) read, parsed and tested every document of the
+  collection. It now reads only the rows a SQL condition selects: for each ``$eq``/``$in`` of strings or integers
+  on a field, "the field holds one of these values, or an array" (:func:`prefilter`), a superset of what the
+  matcher accepts, which then tests each row as before. An audience of half a 50,000-contact list: 1.58 -> 0.95 s
+  of store CPU; bench/campaign.py's evaluation ratio 0.73 -> 0.85. A query with any other operator, a literal
+  value or a ``$``-key other than ``$and`` is read whole, as before.
 - :func:`patch_document_loads`: stored documents are parsed by orjson, with neosqlite's own object hook applied to
   every object as the standard library applies it (3 instead of 6 us for a 25-field queue document); text orjson
   reads differently (NaN, a lone surrogate, an integer beyond 64 bits) is parsed by the standard library.
@@ -576,6 +583,100 @@ def _one_field(branch: Any) -> bool:
 _LOOKUP_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
 
 
+_PREFILTER_OPS = frozenset({"$eq", "$in", "$ne", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists"})
+_JSON_LABEL = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def _prefilter_value(value: Any) -> bool:
+    """A value whose equality SQLite decides as neosqlite's Python matcher does (a string or an integer)."""
+    kind = type(value)
+    return (kind is str and "\x00" not in value) or (kind is int and -(2**53) < value < 2**53)
+
+
+def prefilter(query: Any) -> tuple[str, list[Any]] | None:
+    """A SQL condition selecting every document neosqlite's Python matcher may accept for ``query``, or None.
+
+    Taken from the ``$eq`` and ``$in`` conditions on a field (top level or inside ``$and``), each as "the field's
+    value is one of these, or the field is an array" (the matcher follows dots through documents only, and tests
+    array elements): a superset of the documents the query matches, which the matcher then tests as before. A query
+    with an operator not listed, a ``$``-key other than ``$and`` or a literal value is not prefiltered."""
+    if not isinstance(query, dict):
+        return None
+    parts: list[str] = []
+    params: list[Any] = []
+    for key, value in query.items():
+        if key == "$and":
+            if not isinstance(value, list):
+                return None
+            for branch in value:
+                inner = prefilter(branch)
+                if inner is None:
+                    return None
+                if inner[0]:
+                    parts.append(inner[0])
+                    params.extend(inner[1])
+            continue
+        if not isinstance(key, str) or key.startswith("$") or key == "_id":
+            return None
+        if not isinstance(value, dict) or not value or not value.keys() <= _PREFILTER_OPS:
+            return None
+        labels = key.split(".")
+        if not all(_JSON_LABEL.fullmatch(label) for label in labels):
+            continue  # (a condition not prefiltered: the matcher alone decides it)
+        path = "$." + ".".join(f'"{label}"' for label in labels)
+        for op in ("$eq", "$in"):
+            if op not in value:
+                continue
+            values = [value[op]] if op == "$eq" else value[op]
+            if not isinstance(values, list) or not values or not all(_prefilter_value(v) for v in values):
+                continue
+            marks = ",".join("?" * len(values))
+            parts.append(f"(json_extract(data, ?) IN ({marks}) OR json_type(data, ?) = 'array')")
+            params.extend([path, *values, path])
+    return " AND ".join(parts), params
+
+
+def patch_python_fallback() -> None:
+    """Read only the rows a query's prefilter selects on neosqlite's Python path (see the module docstring)."""
+    from neosqlite.collection.cursor import Cursor
+    from neosqlite.collection.jsonb_support import json_data_column
+    from neosqlite.sql_utils import quote_table_name
+
+    original = Cursor._handle_python_fallback
+
+    def _handle_python_fallback(self: Any) -> Any:
+        built = None if (self._min or self._max) else prefilter(self._filter)
+        if not built or not built[0]:
+            return original(self)
+        where, params = built
+        sort_clause = self._query_helpers._build_sort_clause(self._sort, self._collation)
+        jsonb = self._collection.query_engine.jsonb.jsonb_supported
+        cmd = (
+            f"SELECT id, _id, {json_data_column(jsonb)} as data FROM {quote_table_name(self._collection.name)} "
+            f"WHERE {where}{sort_clause}"
+        )
+        return _matching(self, cmd, params, bool(sort_clause))
+
+    Cursor._handle_python_fallback = _handle_python_fallback
+
+
+def _matching(cursor: Any, cmd: str, params: list[Any], sorted_in_sql: bool) -> Any:
+    """The documents ``cmd`` selects that neosqlite's matcher accepts for the cursor's filter, as its Python path
+    yields them: a generator, which marks the sort as done in SQL only once iterated, as neosqlite's does (by then
+    the cursor has decided to sort in Python too, which it then does)."""
+    if sorted_in_sql:
+        cursor._sql_handled_sort = True
+    rows = cursor._collection.db.execute(cmd, params)
+    apply = functools.partial(cursor._query_helpers._apply_query, cursor._filter)
+    while True:
+        batch = rows.fetchmany(cursor._batch_size)
+        if not batch:
+            break
+        for doc in cursor._load_documents(batch):
+            if apply(doc):
+                yield doc
+
+
 def patch_document_loads() -> None:
     """Read stored documents with orjson (see the module docstring)."""
     import json
@@ -653,6 +754,7 @@ def main() -> int:
     patch_write_transactions()
     patch_reply_conversion()
     patch_or_in_sql()
+    patch_python_fallback()
     patch_document_loads()
     patch_id_values()
     sys.argv[0] = "nx-27017"
