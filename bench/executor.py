@@ -123,6 +123,21 @@ async def cpu_per_message(coord: Coordinator, store: Store, lists: dict[int, str
     return (time.process_time() - c0) / max(coord.counts["sent"] - before, 1) * 1e6
 
 
+async def list_spans(store: Store, lists: dict[int, str], since: Any) -> dict[int, tuple[int, float]]:
+    """Per list: the records written since ``since`` and the seconds from ``since`` to the last of them (a list whose
+    provider takes one message per request, Twilio's, ends last: the run's time is its time)."""
+    from trackly_exec.store.client import count
+
+    out: dict[int, tuple[int, float]] = {}
+    for lid in lists:
+        mine = {"sending_list_id": lid, "timestamp": {"$gte": since}}
+        last = await store.db[c.SENT].find_one(mine, {"timestamp": 1}, sort=[("timestamp", -1)])
+        if last is not None:
+            at = last["timestamp"] if last["timestamp"].tzinfo else last["timestamp"].replace(tzinfo=since.tzinfo)
+            out[lid] = (await count(store.db, c.SENT, mine), (at - since).total_seconds())
+    return out
+
+
 async def floor(store: Store, lists: list[int], batch: int, workers: int) -> tuple[int, float]:
     """The bare store work of the executor on what is queued; returns (messages, seconds).
 
@@ -318,7 +333,7 @@ async def main(args: argparse.Namespace) -> None:
         cpu0 = time.process_time()
         store0 = proc_cpu(svc["mongo_pid"])
         fakes0 = {k: proc_cpu(pid) for k, pid in svc["fake_pids"].items()}
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), utcnow()
         counts = await coord.run_until_idle()
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu0
@@ -337,6 +352,12 @@ async def main(args: argparse.Namespace) -> None:
             flush=True,
         )
 
+        spans = await list_spans(store, LISTS, started_at)
+        print(
+            "  per list, seconds from the first claim to its last record: "
+            + ", ".join(f"{LISTS[lid]} {end:.1f}s ({n:,} sent)" for lid, (n, end) in sorted(spans.items())),
+            flush=True,
+        )
         print(
             f"  executor process CPU: {cpu:.2f}s = {cpu / max(sent, 1) * 1e6:.0f} us/message "
             f"(one core would carry ~{max(sent, 1) / cpu if cpu else 0:,.0f} msg/s of executor work); "
