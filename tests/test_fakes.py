@@ -338,3 +338,16 @@ async def test_reports_reach_the_daemon(settings: Settings, store: Store, name: 
         await server.stop(1)
         await trackly.close(close_store=False)
         await fake.stop()
+
+
+def test_json_answer_is_written_as_aiohttps_json_response() -> None:
+    """The fakes' JSON answers (orjson): the same content type and status as ``web.json_response``, and a body
+    that reads back as the same values (unicode included)."""
+    from aiohttp import web
+
+    from trackly_exec.testing.fakes.base import json_answer
+
+    data = {"code": 21211, "message": "The 'To' number +33 6 is not valid — ok", "more_info": None, "n": [1, 2.5]}
+    ours, theirs = json_answer(data, status=400), web.json_response(data, status=400)
+    assert (ours.status, ours.content_type, ours.charset) == (theirs.status, theirs.content_type, theirs.charset)
+    assert isinstance(ours.body, bytes) and json.loads(ours.body) == data

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from trackly_exec.errors import TracklyError
@@ -151,6 +152,12 @@ def reset_connection(request: web.Request) -> web.Response:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.abort()
     return web.Response(status=500)
+
+
+def json_answer(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer, as ``web.json_response`` writes it (``application/json; charset=utf-8``), encoded by orjson
+    (compact: the standard library's encoder was a tenth of a Twilio fake's CPU per request)."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", charset="utf-8")
 
 
 def gateway_error(status: int) -> web.Response:

@@ -24,6 +24,7 @@ from trackly_exec.testing.fakes.base import (
     ReportRequest,
     Submitted,
     gateway_error,
+    json_answer,
 )
 
 DEFAULT_PRODUCT_TOKEN = "00000000-0000-0000-0000-000000000000"
@@ -62,7 +63,7 @@ WHOLE_REQUEST_ERRORS = {
 
 
 def cm_error(status: int, code: int, details: str, messages: list[JsonObject] | None = None) -> web.Response:
-    return web.json_response({"details": details, "errorCode": code, "messages": messages or []}, status=status)
+    return json_answer({"details": details, "errorCode": code, "messages": messages or []}, status=status)
 
 
 class CMFake(FakeProvider):
@@ -159,7 +160,7 @@ class CMFake(FakeProvider):
         return self.accepted_response([], [Rejection(i, code or "403") for i in items])
 
     def throttled_response(self, retry_after: float | None) -> web.Response:
-        resp = web.json_response({"details": "Too many requests", "errorCode": 429, "messages": []}, status=429)
+        resp = json_answer({"details": "Too many requests", "errorCode": 429, "messages": []}, status=429)
         if retry_after is not None:
             resp.headers["Retry-After"] = str(int(retry_after) if float(retry_after).is_integer() else retry_after)
         return resp

@@ -29,6 +29,7 @@ from trackly_exec.testing.fakes.base import (
     ReportRequest,
     Submitted,
     gateway_error,
+    json_answer,
 )
 
 DEFAULT_API_KEY = "fake-infobip-key"
@@ -62,7 +63,7 @@ REJECTED_IDS = {
 def api_error(
     status: int, code: str, description: str, action: str = "", violations: list[dict[str, str]] | None = None
 ) -> web.Response:
-    return web.json_response(
+    return json_answer(
         {
             "errorCode": code,
             "description": description,
@@ -144,7 +145,7 @@ class InfobipFake(FakeProvider):
             results.append({**entry, "sender": e.sender, "destination": e.to.lstrip("+"), "content": {"text": e.body}})
             if len(results) >= limit:
                 break
-        return web.json_response({"results": results})
+        return json_answer({"results": results})
 
     def check_auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization", "") == self._auth:
@@ -256,7 +257,7 @@ class InfobipFake(FakeProvider):
             }
             for r in rejections
         )
-        return web.json_response({"bulkId": f"{self._id_prefix}-{self._bulk}", "messages": out})
+        return json_answer({"bulkId": f"{self._id_prefix}-{self._bulk}", "messages": out})
 
     def reject_response(self, items: list[Submitted], code: str | None) -> web.Response:
         return self.accepted_response([], [Rejection(i, code or "REJECTED_DESTINATION") for i in items])
