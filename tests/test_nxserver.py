@@ -439,6 +439,7 @@ def _replies() -> list[dict[str, object]]:
         {"cursor": {"firstBatch": docs, "id": 0, "ns": "t.r"}, "ok": 1.0},
         {"cursor": {"nextBatch": [], "id": Int64(5), "ns": "t.r"}, "ok": 1.0},
         {"n": 3, "ok": 1.0},
+        {"n": 6, "ok": 1.0, "insertedIds": ["a", 1, Int64(2), None, when, neo, Decimal("3"), Text("z")]},  # an insert's
         {"ok": 0.0, "errmsg": "e", "code": 2},
     ]
 
