@@ -923,3 +923,30 @@ def test_prefilter_takes_only_what_the_matcher_decides_alike() -> None:
     assert prefilter({"l": {"$regex": "x"}}) is None
     assert prefilter({"$or": [{"l": {"$eq": 1}}]}) is None
     assert prefilter({"_id": {"$eq": 1}}) is None
+
+
+def test_datetime_checks_answer_as_neosqlite_does() -> None:
+    """Values of every kind (dates and date texts in each of neosqlite's patterns, padded, ids, hex and HMAC texts,
+    numbers, booleans, None, $date documents, subclasses): patch_datetime_checks() answers what neosqlite's own
+    check answers; and a query's dates are still found among its values."""
+    from neosqlite.collection.cursor import Cursor
+
+    class Text(str):
+        pass
+
+    values: list[object] = [
+        dt.datetime(2026, 1, 2), dt.date(2026, 1, 2), "2023-01-15T10:30:00", "2023-01-15T10:30:00+05:30",
+        "2023-01-15T10:30:00Z", "2023-01-15 10:30:00", "2023-01-15", "01/15/2023", "01-15-2023", "2023/01/15",
+        "  2023-01-15  ", "2023-01-1", "000005d8cf89f640", "1:+15550000000", "12345678901234", "", "2023_01_15",
+        Text("2023-01-15"), Text("abc"), 7, -1, Int64(8), 1.5, float("nan"), True, False, None,
+        {"$date": "2023-01-15"}, {"x": dt.datetime(2026, 1, 2)}, {"x": 1}, ["2023-01-15"], b"2023-01-15",
+    ]  # fmt: skip
+    plain = [Cursor._is_datetime_value(None, v) for v in values]  # type: ignore[arg-type]
+    fast = _patched_run(
+        Cursor,
+        "_is_datetime_value",
+        nxserver.patch_datetime_checks,
+        lambda: [Cursor._is_datetime_value(None, v) for v in values],  # type: ignore[arg-type]
+    )
+    assert fast == plain
+    assert plain[:12] == [True] * 11 + [False] and sum(plain) == 14

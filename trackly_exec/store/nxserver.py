@@ -67,6 +67,12 @@ answered (tests/test_nxserver.py compares each with their own path on the same d
   build an ObjectId from every string and catching the error; a string whose length is not 24 is kept as it is
   without trying (the error it would raise), which takes 1.6 us per id off a lookup of 1,000 string ids (4.2 ->
   2.6 ms): the executor's claims, intents and deletes, the cooldown reservations, the records of delivery reports.
+- :func:`patch_datetime_checks`: neosqlite looks for dates among a query's values (to treat a date query its own
+  way) by calling, for each value of an ``$in``, a method that imports its helper again and tries its date
+  patterns on a string; an integer, a float, a boolean or None, and a string holding neither ``-`` nor ``/`` (which
+  every one of those patterns needs: a message id) are answered at once, not a date, as the helper answers them.
+  An integer id is also kept as it is by :func:`patch_id_values`. In the send-time checks' lookups of 1,000
+  contact ids, these were a fifth of the store's time.
 - :func:`patch_reply_conversion`: a reply no longer copies, value by value, every document it carries to turn
   neosqlite's ObjectIds and Decimals into BSON's; a document of plain scalars is sent as it is, and in any other
   document only the values that are not plain scalars go through nx-27017's conversion (about 4 % of the
@@ -728,11 +734,29 @@ def patch_id_values() -> None:
     original = builder._normalize_id_value
 
     def _normalize_id_value(v: Any) -> Any:
-        if type(v) is str and len(v) != 24:  # neosqlite's ObjectId refuses any other length: it keeps the string
-            return v
+        kind = type(v)
+        if kind is int or (kind is str and len(v) != 24):  # an int is kept as it is; neosqlite's ObjectId refuses a
+            return v  # string of any other length: it keeps the string
         return original(v)
 
     builder._normalize_id_value = _normalize_id_value
+
+
+def patch_datetime_checks() -> None:
+    """neosqlite's check for dates in a query's values, without importing its helper at every value and answering
+    at once for a number or None (see the module docstring)."""
+    from neosqlite.collection.cursor import Cursor
+    from neosqlite.collection.datetime_utils import is_datetime_value
+
+    def _is_datetime_value(self: Any, value: Any) -> bool:
+        kind = type(value)
+        if kind is int or kind is float or kind is bool or value is None:  # (is_datetime_value's answer)
+            return False
+        if kind is str and "-" not in value and "/" not in value:  # each of its date patterns has one or the other
+            return False
+        return bool(is_datetime_value(value))
+
+    Cursor._is_datetime_value = _is_datetime_value
 
 
 def pin_sqlite() -> None:
@@ -757,6 +781,7 @@ def main() -> int:
     patch_python_fallback()
     patch_document_loads()
     patch_id_values()
+    patch_datetime_checks()
     sys.argv[0] = "nx-27017"
     return int(nx_main() or 0)
 
