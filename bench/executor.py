@@ -354,7 +354,7 @@ async def main(args: argparse.Namespace) -> None:
 
         spans = await list_spans(store, LISTS, started_at)
         print(
-            "  per list, seconds from the first claim to its last record: "
+            "  per list, seconds from the start of the run to its last record: "
             + ", ".join(f"{LISTS[lid]} {end:.1f}s ({n:,} sent)" for lid, (n, end) in sorted(spans.items())),
             flush=True,
         )

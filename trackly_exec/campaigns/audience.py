@@ -168,7 +168,7 @@ def audience_query(sending_list_id: int, audience: AudienceDoc) -> Filter | None
     wrong the SQL one gets wrong too). So a filter audience is read in this shape, and the flat one (the index on
     ``sending_list_id``) only reads a whole list merged with nothing (no filter, any order). MongoDB runs both
     shapes alike. (The embedded store's Python path reads only the rows that the list and the filter's ``$eq`` and
-    ``in`` conditions may match: ``store.nxserver.patch_python_fallback``.)"""
+    ``$in`` conditions may match: ``store.nxserver.patch_python_fallback``.)"""
     if audience.get("contact_ids") is not None:
         return None
     compiled = compile_filter(audience.get("filter"))

@@ -743,8 +743,8 @@ def patch_id_values() -> None:
 
 
 def patch_datetime_checks() -> None:
-    """neosqlite's check for dates in a query's values, without importing its helper at every value and answering
-    at once for a number or None (see the module docstring)."""
+    """neosqlite's check for dates in a query's values, without importing its helper at every value, and answered
+    at once for a number, a boolean, None or a string no date pattern can match (see the module docstring)."""
     from neosqlite.collection.cursor import Cursor
     from neosqlite.collection.datetime_utils import is_datetime_value
 
