@@ -332,6 +332,11 @@ def _patched_run(owner: object, name: str, patch: Callable[[], None], run: Calla
         setattr(owner, name, saved)
 
 
+def _before_after(owner: object, name: str, patch: Callable[[], None], run: Callable[[], T]) -> tuple[T, T]:
+    """What ``run`` gives as it is, then with ``patch`` applied (it replaces ``owner.name``, restored after)."""
+    return run(), _patched_run(owner, name, patch, run)
+
+
 def _patched_handler(patch: Callable[[], None], *names: str) -> Iterator[None]:
     """``patch`` applied to nx-27017's NeoSQLiteHandler in this process for one test; its methods ``names``
     restored after."""
@@ -549,7 +554,7 @@ def test_document_loads_reads_what_neosqlite_reads() -> None:
     import orjson
     from neosqlite import collection
     from neosqlite.binary import Binary
-    from neosqlite.collection.json_helpers import NeoSQLiteJSONEncoder, neosqlite_json_loads
+    from neosqlite.collection.json_helpers import NeoSQLiteJSONEncoder
     from neosqlite.objectid import ObjectId as NeoObjectId
 
     when = dt.datetime(2026, 3, 1, 12, 30, 0, 123456)
@@ -574,8 +579,7 @@ def test_document_loads_reads_what_neosqlite_reads() -> None:
         '{"$date": "2026-01-01T00:00:00"}',
         "{}",
     ]
-    plain = [repr(neosqlite_json_loads(t)) for t in texts]
-    fast = _patched_run(
+    plain, fast = _before_after(
         collection,
         "neosqlite_json_loads",
         nxserver.patch_document_loads,
@@ -825,8 +829,7 @@ def test_id_values_normalize_as_neosqlite_does() -> None:
         True,
         b"\x00" * 12,
     ]
-    plain = [repr(builder._normalize_id_value(v)) for v in values]
-    fast = _patched_run(
+    plain, fast = _before_after(
         builder,
         "_normalize_id_value",
         nxserver.patch_id_values,
@@ -897,8 +900,7 @@ def test_python_fallback_prefilter_finds_what_neosqlite_finds() -> None:
     the rows their ``$eq``/``$in`` conditions may match."""
     from neosqlite.collection.cursor import Cursor
 
-    plain, plain_sql = _fallback_finds(FALLBACK_QUERIES)
-    fast, fast_sql = _patched_run(
+    (plain, plain_sql), (fast, fast_sql) = _before_after(
         Cursor, "_handle_python_fallback", nxserver.patch_python_fallback, lambda: _fallback_finds(FALLBACK_QUERIES)
     )
     assert fast == plain
@@ -941,8 +943,7 @@ def test_datetime_checks_answer_as_neosqlite_does() -> None:
         Text("2023-01-15"), Text("abc"), 7, -1, Int64(8), 1.5, float("nan"), True, False, None,
         {"$date": "2023-01-15"}, {"x": dt.datetime(2026, 1, 2)}, {"x": 1}, ["2023-01-15"], b"2023-01-15",
     ]  # fmt: skip
-    plain = [Cursor._is_datetime_value(None, v) for v in values]  # type: ignore[arg-type]
-    fast = _patched_run(
+    plain, fast = _before_after(
         Cursor,
         "_is_datetime_value",
         nxserver.patch_datetime_checks,

@@ -353,13 +353,7 @@ async def claim_matching(db: Any, query: Filter, token: str, now: dt.datetime) -
     recorded elsewhere, then :func:`drop`-ped); returns the documents this claim holds. ``query`` names fields a
     claim does not change (a list, a contact): the claimed documents are read back by it and the token. With the
     list as ``{"$eq": id}`` the due index serves both (the list's unclaimed messages, then its token's)."""
-    q = db[c.QUEUED]
-    if LEASE.owner in query:
-        raise ValueError("the query of claim_matching names no claim field")
-    flat = {**query, **LEASE.free()}  # one flat filter (an $and around it would take nx-27017's Python path)
-    if (await q.update_many(flat, {"$set": LEASE.taken(token, now)})).matched_count == 0:
-        return []
-    docs: list[QueuedDoc] = await q.find(LEASE.fence(token, query)).to_list(None)
+    docs: list[QueuedDoc] = await LEASE.claim(db[c.QUEUED], query, token, now, flat=True)
     return docs
 
 

@@ -118,16 +118,24 @@ class Lease:
         *,
         expired_only: bool = False,
         read: bool = True,
+        flat: bool = False,
     ) -> list[Any]:
         """Claim every claimable document matching ``query`` for ``token``; returns what this claim holds
         (every document ``token`` holds, so use a fresh token per claim), or ``[]`` without reading back when
         ``read`` is False. ``expired_only``: take over expired leases only (never a free document). The documents
-        are ``col``'s (a QueuedDoc, OutboxDoc...): the caller names their type."""
+        are ``col``'s (a QueuedDoc, OutboxDoc...): the caller names their type.
+
+        ``flat``: ``query`` and the lease's condition in one flat filter (an ``$and`` around them takes nx-27017's
+        Python path), and the claim read back by ``query`` and the token, so that an index on ``query``'s fields
+        serves both; ``query`` must then name no lease field and the condition must be flat (a lease without ttl)."""
         cond = self.expired(now) if expired_only else self.claimable(now)
-        res = await col.update_many({"$and": [query, cond]}, {"$set": self.taken(token, now)})
+        if flat and (query.keys() & cond.keys() or "$and" in cond or self.owner in query):
+            raise ValueError("a flat claim needs a query naming no lease field and a flat lease condition")
+        filter_ = {**query, **cond} if flat else {"$and": [query, cond]}
+        res = await col.update_many(filter_, {"$set": self.taken(token, now)})
         if not read or res.matched_count == 0:
             return []
-        docs: list[Any] = await col.find(self.fence(token)).to_list(None)
+        docs: list[Any] = await col.find(self.fence(token, query if flat else None)).to_list(None)
         return docs
 
     async def claim_one(
