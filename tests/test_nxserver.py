@@ -951,3 +951,50 @@ def test_datetime_checks_answer_as_neosqlite_does() -> None:
     )
     assert fast == plain
     assert plain[:12] == [True] * 11 + [False] and sum(plain) == 14
+
+
+# -- stopping on a signal ----------------------------------------------------------------------------------------
+
+_SIGNAL_SCRIPT = """
+import asyncio, os, signal, sys, time
+from nx_27017 import daemon, server
+from nx_27017.handler import NeoSQLiteHandler
+from trackly_exec.store import nxserver
+
+if sys.argv[1] == "patched":
+    nxserver.patch_signals()
+inner = server.run_server
+
+async def run_server(host, port, handler):
+    def callback():  # a callback of the loop's own, in Python, when SIGTERM lands
+        os.kill(os.getpid(), signal.SIGTERM)
+        end = time.monotonic() + 0.1
+        while time.monotonic() < end:
+            pass
+        print("callback completed", flush=True)
+    asyncio.get_running_loop().call_later(0.2, callback)
+    await inner(host, port, handler)
+
+server.run_server = run_server
+signal.signal(signal.SIGTERM, daemon._signal_exit_handler)  # as nx-27017's run_foreground installs it
+try:
+    server.run_server_threaded("127.0.0.1", 0, NeoSQLiteHandler(":memory:"), use_threading=False)
+    print("returned", flush=True)
+except SystemExit:
+    print("SystemExit", flush=True)
+"""
+
+
+def _signal_run(mode: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_SCRIPT, mode], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return out.split("\n")[:-1]
+
+
+def test_sigterm_stops_the_server_at_a_safe_point() -> None:
+    """nx-27017's handler raises SystemExit inside whatever callback runs when SIGTERM lands (a connection's close
+    callback left half done kept the process alive for ever, an orphan); patch_signals stops the server from the
+    loop once that callback is done, and the server returns."""
+    assert _signal_run("unpatched") == ["SystemExit"]
+    assert _signal_run("patched") == ["callback completed", "returned"]

@@ -46,7 +46,7 @@ from pymongo import AsyncMongoClient
 
 from trackly_exec.daemon import STOP_MARGIN_SECONDS
 from trackly_exec.store import constants as c
-from trackly_exec.store.embedded import _die_with_parent, free_port
+from trackly_exec.store.embedded import _die_with, free_port
 from trackly_exec.store.models import Campaign, Creative, Schedule, SendingList, Variant
 
 from ..services import RedisServer, wait_port
@@ -147,7 +147,7 @@ class Daemon:
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with(os.getpid()),
             )
         self.starts += 1
 
@@ -324,7 +324,7 @@ class Campaign_:
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with(os.getpid()),
             )
         await self.proxy.start()
         for name in ("a", "b"):

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    os.setpgrp()  # a Ctrl-C in the terminal goes to the daemon, which stops the store in order
+def _die_with(parent: int) -> Callable[[], None]:
+    def die_with_parent() -> None:  # runs in the child between fork and exec
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above: no signal will come
+            os._exit(1)
+        os.setpgrp()  # a Ctrl-C in the terminal goes to the daemon, which stops the store in order
+
+    return die_with_parent
 
 
 def _server_command() -> list[str]:
@@ -93,7 +99,7 @@ class EmbeddedMongo:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with(os.getpid()),
             close_fds=True,
         )
         log.info(
