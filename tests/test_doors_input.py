@@ -76,6 +76,58 @@ async def test_nan_literals_are_refused(admin: TestClient[Any, Any], literal: st
     assert status in (400, 422)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/accounts", {"name": "a", "balance": False}, "body.balance"),
+        ("/accounts", {"name": "a", "balance": "100"}, "body.balance"),
+        ("/accounts", {"name": 7}, "body.name"),
+        ("/dead-letters/redrive", {"dry_run": 0}, "body.dry_run"),
+        ("/dead-letters/redrive", {"dry_run": "false"}, "body.dry_run"),
+        ("/dead-letters/redrive", {"limit": 10.0}, "body.limit"),
+        (
+            "/sending-lists",
+            {"name": "l", "driver": "echo", "from_number": "+15550001111", "active": "yes"},
+            "body.active",
+        ),
+        (
+            "/sending-lists",
+            {"name": "l", "driver": "echo", "from_number": "+15550001111", "rate_limit_per_minute": "9"},
+            "body.rate_limit_per_minute",
+        ),
+        ("/campaigns", {"name": "c", "audience_ids": [1], "track_links": 1}, "body.track_links"),
+    ],
+)
+async def test_body_types_are_json_types(
+    admin: TestClient[Any, Any], trackly: Trackly, path: str, body: dict[str, Any], loc: str
+) -> None:
+    """A boolean is true or false, a number is a number: 0, "yes", "false" or "100" are a 422 naming the field,
+    never read as what they might mean (a redrive with ``"dry_run": 0`` would have re-queued for real)."""
+    ids = await seed(admin)
+    body = {"account_id": ids["account"], "sending_list_id": ids["list"], "creative_id": ids["creative"], **body}
+    if path in ("/accounts", "/dead-letters/redrive"):
+        body.pop("account_id"), body.pop("sending_list_id"), body.pop("creative_id")
+    if path == "/sending-lists":
+        body.pop("sending_list_id"), body.pop("creative_id")
+    before = {name: await trackly.db[name].count_documents({}) for name in (c.ACCOUNTS, c.SENDING_LISTS, c.CAMPAIGNS)}
+    status, answer = await _post_raw(admin, path, json.dumps(body))
+    assert status == 422, answer
+    assert loc in [d["loc"] for d in answer["details"]], answer
+    assert {name: await trackly.db[name].count_documents({}) for name in before} == before
+
+
+async def test_json_strings_still_carry_dates_and_choices(admin: TestClient[Any, Any]) -> None:
+    """The neighbour: dates, enumerations and integral numbers for a float field are accepted as JSON gives them."""
+    status, answer = await _post_raw(
+        admin,
+        "/dead-letters/redrive",
+        json.dumps({"dry_run": True, "since": "2026-01-01T00:00:00Z", "reasons": ["STALE"], "limit": 10}),
+    )
+    assert status == 200 and answer["dry_run"] is True, answer
+    status, answer = await _post_raw(admin, "/accounts", json.dumps({"name": "a", "balance": 100}))
+    assert status == 201 and answer["balance"] == 100.0, answer
+
+
 async def test_405_carries_allow(admin: TestClient[Any, Any]) -> None:
     r = await admin.delete("/api/v1/accounts", headers=H)
     assert r.status == 405 and set(r.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}

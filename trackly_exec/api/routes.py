@@ -221,7 +221,9 @@ async def read_body(
         raise ApiError(400, "bad_json", f"body is not valid JSON: {str(exc)[:200]}") from exc
     _check_json(data)
     try:
-        return model.model_validate(data)
+        # strict JSON types: a boolean is true or false (not 0, "yes" or "off"), a number is not a boolean or a
+        # string; dates and enumerations are their JSON strings as before
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise validation_error(exc) from exc
 
