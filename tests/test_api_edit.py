@@ -448,3 +448,29 @@ async def test_new_routes_never_500(admin: TestClient[Any, Any], trackly: Trackl
         for path in ("/campaigns", "/creatives", "/audiences", "/sending-lists"):
             r = await admin.get(f"/api/v1{path}?{query}", headers=H)
             assert r.status < 500, (path, query, await r.text())
+
+
+async def test_patch_schemas_say_which_fields_take_null(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """Each PATCH body's published schema allows null exactly where the route takes it (to clear a value): every
+    other field set to null is a 422 "cannot be null", and a field the schema lets be null is never refused so."""
+    ids = await seed(admin)
+    camp = await create_campaign(admin, ids)
+    doc = await call(admin, "GET", "/openapi.json")
+    targets = {
+        "/sending-lists/{id}": ids["list"],
+        "/audiences/{id}": ids["audience"],
+        "/creatives/{id}": ids["creative"],
+        "/campaigns/{id}": camp["id"],
+    }
+    checked = 0
+    for route, rid in targets.items():
+        ref = doc["paths"]["/api/v1" + route]["patch"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        for name, prop in schema["properties"].items():
+            takes_null = {"type": "null"} in prop.get("anyOf", []) or prop.get("type") == "null"
+            r = await admin.patch(f"/api/v1{route.replace('{id}', str(rid))}", json={name: None}, headers=H)
+            answer = await r.json()
+            refused = r.status == 422 and any(d["msg"] == "cannot be null" for d in answer.get("details", []))
+            assert refused is not takes_null, (route, name, r.status, answer)
+            checked += 1
+    assert checked >= 30

@@ -110,15 +110,13 @@ AUDIENCE = Kind(c.AUDIENCES, "audience", m.AudienceOut.from_doc, "audience_ids")
 CREATIVE = Kind(c.CREATIVES, "creative", m.CreativeOut.from_doc, "creative_id")
 CAMPAIGN = Kind(c.CAMPAIGNS, "campaign", mc.CampaignOut.from_doc, "")
 
-B = TypeVar("B", bound=BaseModel)
+P = TypeVar("P", bound=m.Patch)
 #: A resource's own part of a PATCH, given (trackly, id, stored document, body) once the body names a field other
 #: than name and description: it checks them (raising a 409 or 422) and returns the changes they make.
-Apply = Callable[[Trackly, int, Any, B], Awaitable[Update]]
+Apply = Callable[[Trackly, int, Any, P], Awaitable[Update]]
 
 
-async def _patch(
-    request: web.Request, kind: Kind, body_model: type[B], nullable: set[str], apply: Apply[B]
-) -> web.Response:
+async def _patch(request: web.Request, kind: Kind, body_model: type[P], apply: Apply[P]) -> web.Response:
     """One PATCH: the resource (404), the body (422), not archived (409), no null where a value is needed (422);
     name and description always change, ``apply`` checks and returns the rest; the changes are set at once and
     the response is the resource as changed."""
@@ -128,7 +126,7 @@ async def _patch(
     body = await read_body(request, body_model)
     _not_archived(doc, f"{kind.what} {rid}")
     fields = body.model_fields_set
-    for k in sorted(fields - nullable):
+    for k in sorted(fields - body_model.NULLABLE):
         if getattr(body, k) is None:
             raise ApiError(
                 422,
@@ -186,8 +184,7 @@ async def _list_changes(trackly: Trackly, lid: int, doc: SendingListDoc, body: m
     errors=(409,),
 )
 async def patch_sending_list(request: web.Request) -> web.Response:
-    nullable = {"description", "opt_out_footer", "help_text"}
-    return await _patch(request, LIST, m.SendingListPatch, nullable, _list_changes)
+    return await _patch(request, LIST, m.SendingListPatch, _list_changes)
 
 
 @route(
@@ -228,7 +225,7 @@ async def _audience_changes(trackly: Trackly, aid: int, doc: AudienceDoc, body: 
     errors=(409,),
 )
 async def patch_audience(request: web.Request) -> web.Response:
-    return await _patch(request, AUDIENCE, m.AudiencePatch, {"description", "filter", "contact_ids"}, _audience_changes)
+    return await _patch(request, AUDIENCE, m.AudiencePatch, _audience_changes)
 
 
 @route(
@@ -267,7 +264,7 @@ async def _creative_changes(trackly: Trackly, cid: int, doc: CreativeDoc, body: 
     errors=(409,),
 )
 async def patch_creative(request: web.Request) -> web.Response:
-    return await _patch(request, CREATIVE, m.CreativePatch, {"description"}, _creative_changes)
+    return await _patch(request, CREATIVE, m.CreativePatch, _creative_changes)
 
 
 @route(
@@ -336,7 +333,7 @@ async def _campaign_changes(trackly: Trackly, cid: int, doc: CampaignDoc, body: 
     errors=(409,),
 )
 async def patch_campaign(request: web.Request) -> web.Response:
-    return await _patch(request, CAMPAIGN, mc.CampaignPatch, {"description", "schedule", "end_at"}, _campaign_changes)
+    return await _patch(request, CAMPAIGN, mc.CampaignPatch, _campaign_changes)
 
 
 @route(

@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from trackly_exec.store.documents import (
     ConfigTable,
@@ -54,6 +56,33 @@ class Body(BaseModel):
     """Base of request bodies: unknown keys are errors, and so are non-finite numbers (inf, -inf, nan)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+_NULL = {"type": "null"}
+
+
+class Patch(Body):
+    """Base of PATCH bodies: a field left out is unchanged; ``null`` is taken only by the fields in ``NULLABLE``
+    (it clears them: the PATCH route answers 422 "cannot be null" for any other), and the published schema says so."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        for name, prop in schema.get("properties", {}).items():
+            variants = prop.get("anyOf")
+            if name in cls.NULLABLE or not variants or _NULL not in variants:
+                continue
+            rest = [v for v in variants if v != _NULL]
+            del prop["anyOf"]
+            if len(rest) == 1:
+                prop.update(rest[0])
+            else:
+                prop["anyOf"] = rest
+            if "default" in prop and prop["default"] is None:
+                del prop["default"]
+        return schema
 
 
 class Out(BaseModel):
@@ -481,12 +510,13 @@ class CreativeOut(Out):
         return cls.model_validate(named(doc, "creative"))
 
 
-class SendingListPatch(Body):
+class SendingListPatch(Patch):
     """What may change on a sending list (any time: queued messages keep what they were composed with). A new
     ``driver`` or ``driver_settings`` is checked like at creation (the driver configured or installed, the settings
     only the keys it lets a list override, built together); the executor sends through it from its next read of
     the list (within ``executor.list_cache_seconds``), messages already sent stay with their provider."""
 
+    NULLABLE = frozenset({"description", "opt_out_footer", "help_text"})
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -522,10 +552,11 @@ class SendingListPatch(Body):
         return None if v is None else check_sender(v)
 
 
-class AudiencePatch(Body):
+class AudiencePatch(Patch):
     """What may change on an audience: name and description always; its contacts only while no execution that
     uses it is running."""
 
+    NULLABLE = frozenset({"description", "filter", "contact_ids"})
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"name": "Gold tier (NY)", "filter": {"attributes.tier": {"eq": "gold"}}}]},
@@ -543,10 +574,11 @@ class AudiencePatch(Body):
         return self
 
 
-class CreativePatch(Body):
+class CreativePatch(Patch):
     """What may change on a creative: name and description always; variants and selection only while no
     running execution uses it (409 naming the execution otherwise)."""
 
+    NULLABLE = frozenset({"description"})
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={

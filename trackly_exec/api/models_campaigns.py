@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from trackly_exec.api.models import INT64_MAX, Body, NamedQuery, Out, PageQuery, check_timezone, named
+from trackly_exec.api.models import INT64_MAX, Body, NamedQuery, Out, PageQuery, Patch, check_timezone, named
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.models import CampaignStatus, ExecutionStatus
 
@@ -262,10 +262,11 @@ class PreviewOut(Out):
     warnings: list[str] = Field(description="Everything above that would skip or dead-letter messages, in words.")
 
 
-class CampaignPatch(Body):
+class CampaignPatch(Patch):
     """What may change on a campaign. ``name`` and ``description`` always; the rest only while no execution of
     it is running (pending, evaluating or queued): 409 naming the execution otherwise."""
 
+    NULLABLE = frozenset({"description", "schedule", "end_at"})
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
