@@ -84,7 +84,7 @@ async def test_nan_literals_are_refused(admin: TestClient[Any, Any], literal: st
         ("/accounts", {"name": 7}, "body.name"),
         ("/dead-letters/redrive", {"dry_run": 0}, "body.dry_run"),
         ("/dead-letters/redrive", {"dry_run": "false"}, "body.dry_run"),
-        ("/dead-letters/redrive", {"limit": 10.0}, "body.limit"),
+        ("/dead-letters/redrive", {"limit": 10.5}, "body.limit"),
         (
             "/sending-lists",
             {"name": "l", "driver": "echo", "from_number": "+15550001111", "active": "yes"},
@@ -117,11 +117,12 @@ async def test_body_types_are_json_types(
 
 
 async def test_json_strings_still_carry_dates_and_choices(admin: TestClient[Any, Any]) -> None:
-    """The neighbour: dates, enumerations and integral numbers for a float field are accepted as JSON gives them."""
+    """The neighbours: dates and enumerations as strings, an integer written 1e1 or 10.0 (JSON Schema's integer),
+    an integer for a float field, all accepted as JSON gives them."""
     status, answer = await _post_raw(
         admin,
         "/dead-letters/redrive",
-        json.dumps({"dry_run": True, "since": "2026-01-01T00:00:00Z", "reasons": ["STALE"], "limit": 10}),
+        json.dumps({"dry_run": True, "since": "2026-01-01T00:00:00Z", "reasons": ["STALE"], "limit": 1e1}),
     )
     assert status == 200 and answer["dry_run"] is True, answer
     status, answer = await _post_raw(admin, "/accounts", json.dumps({"name": "a", "balance": 100}))

@@ -145,6 +145,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or an exponent: an integer when it has an integral value within 64 bits."""
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) <= INT64_MAX else value
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -216,14 +222,15 @@ async def read_body(
     if len(raw) > limit:
         raise too_large(limit, limit_name)
     try:
-        data = json.loads(raw.decode("utf-8") if raw else "", parse_constant=_reject_constant)
+        data = json.loads(raw.decode("utf-8") if raw else "", parse_constant=_reject_constant, parse_float=_number)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {str(exc)[:200]}") from exc
     _check_json(data)
     try:
         # strict JSON types: a boolean is true or false (not 0, "yes" or "off"), a number is not a boolean or a
-        # string; dates and enumerations are their JSON strings as before
-        return model.model_validate_json(raw, strict=True)
+        # string; dates and enumerations are their JSON strings as before; 3.0 is the integer 3 (as JSON Schema
+        # reads it: a client may write any integer so)
+        return model.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         raise validation_error(exc) from exc
 
