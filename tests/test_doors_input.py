@@ -117,14 +117,22 @@ async def test_body_types_are_json_types(
 
 
 async def test_json_strings_still_carry_dates_and_choices(admin: TestClient[Any, Any]) -> None:
-    """The neighbours: dates and enumerations as strings, an integer written 1e1 or 10.0 (JSON Schema's integer),
-    an integer for a float field, all accepted as JSON gives them."""
+    """The neighbours: dates (with a time, or a date alone) and enumerations as strings, an integer written 1e1 or
+    10.0 (JSON Schema's integer), an integer for a float field, all accepted as JSON gives them."""
     status, answer = await _post_raw(
         admin,
         "/dead-letters/redrive",
         json.dumps({"dry_run": True, "since": "2026-01-01T00:00:00Z", "reasons": ["STALE"], "limit": 1e1}),
     )
     assert status == 200 and answer["dry_run"] is True, answer
+    status, answer = await _post_raw(
+        admin, "/dead-letters/redrive", json.dumps({"since": "2026-01-01", "dry_run": True})
+    )
+    assert status == 200, answer  # a date alone: its midnight, as before
+    status, answer = await _post_raw(admin, "/dead-letters/redrive", json.dumps({"since": 1767225600}))
+    assert status == 422 and answer["details"][0]["loc"] == "body.since", answer  # a number is no date
+    status, answer = await _post_raw(admin, "/dead-letters/redrive", json.dumps({"since": "2026-13-45"}))
+    assert status == 422 and answer["details"][0]["loc"] == "body.since", answer
     status, answer = await _post_raw(admin, "/accounts", json.dumps({"name": "a", "balance": 100}))
     assert status == 201 and answer["balance"] == 100.0, answer
 

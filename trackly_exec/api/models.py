@@ -11,9 +11,19 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -50,6 +60,24 @@ def mask_secrets(values: ConfigTable) -> ConfigTable:
         else:
             out[k] = v
     return out
+
+
+_ANY_DATETIME = TypeAdapter(dt.datetime)
+
+
+def _when(value: Any) -> Any:
+    """A body's date as text, read as loosely as before the strict body check: an ISO 8601 date and time, or a
+    date alone (its midnight); a number or a boolean is still refused."""
+    if isinstance(value, str):
+        try:
+            return _ANY_DATETIME.validate_python(value)
+        except ValidationError as exc:
+            raise ValueError(exc.errors()[0]["msg"]) from None
+    return value
+
+
+#: A date and time in a request body (the body is read strictly: see ``routes.read_body``).
+When = Annotated[dt.datetime, BeforeValidator(_when)]
 
 
 class Body(BaseModel):

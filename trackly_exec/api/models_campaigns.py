@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from trackly_exec.api.models import INT64_MAX, Body, NamedQuery, Out, PageQuery, Patch, check_timezone, named
+from trackly_exec.api.models import INT64_MAX, Body, NamedQuery, Out, PageQuery, Patch, When, check_timezone, named
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.models import CampaignStatus, ExecutionStatus
 
@@ -18,7 +18,7 @@ from trackly_exec.store.models import CampaignStatus, ExecutionStatus
 class ScheduleIn(Body):
     """Either ``{at}`` (once, now or later) or ``{cron, timezone}`` (recurring, DST-correct)."""
 
-    at: dt.datetime | None = Field(None, description="ISO 8601 with an offset; now or in the future.")
+    at: When | None = Field(None, description="ISO 8601 with an offset; now or in the future.")
     cron: str | None = Field(None, max_length=200, description='Five fields, e.g. "0 10 * * MON-FRI".')
     timezone: str = Field("UTC", description="IANA zone the cron expression is read in.")
 
@@ -78,7 +78,7 @@ class CampaignIn(Body):
     audience_ids: list[int] = Field(min_length=1, max_length=100)
     creative_id: int = Field(ge=1)
     schedule: ScheduleIn | None = Field(None, description="Omit for a campaign that only runs when triggered.")
-    end_at: dt.datetime | None = Field(
+    end_at: When | None = Field(
         None,
         description="A recurring campaign has no occurrence after this (ISO 8601 with an offset); it is then done.",
     )
@@ -279,7 +279,7 @@ class CampaignPatch(Patch):
     audience_ids: list[int] | None = Field(None, min_length=1, max_length=100)
     creative_id: int | None = Field(None, ge=1, le=INT64_MAX)
     schedule: ScheduleIn | None = Field(None, description="null: runs only when triggered.")
-    end_at: dt.datetime | None = Field(None, description="null: no end.")
+    end_at: When | None = Field(None, description="null: no end.")
     exclude_in_workflow: bool | None = None
     quiet_hours_policy: Literal["exclude", "hold"] | None = None
     track_links: bool | None = None

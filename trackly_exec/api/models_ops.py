@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from trackly_exec.api.models import INT64_MAX, MAX_PAGE, Body, Out
+from trackly_exec.api.models import INT64_MAX, MAX_PAGE, Body, Out, When
 from trackly_exec.store.documents import OutboxDoc
 from trackly_exec.store.models import FailureReason
 
@@ -145,8 +145,8 @@ class RedriveIn(Body):
     campaign_id: int | None = Field(None, ge=1, le=INT64_MAX)
     execution_id: int | None = Field(None, ge=1, le=INT64_MAX)
     sending_list_id: int | None = Field(None, ge=1, le=INT64_MAX)
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
+    since: When | None = None
+    until: When | None = None
     allow_duplicates: bool = Field(
         False,
         description="Required to re-drive NO_RESPONSE: the provider may have sent them already; a re-drive can "
