@@ -104,11 +104,9 @@ async def test_body_types_are_json_types(
     """A boolean is true or false, a number is a number: 0, "yes", "false" or "100" are a 422 naming the field,
     never read as what they might mean (a redrive with ``"dry_run": 0`` would have re-queued for real)."""
     ids = await seed(admin)
-    body = {"account_id": ids["account"], "sending_list_id": ids["list"], "creative_id": ids["creative"], **body}
-    if path in ("/accounts", "/dead-letters/redrive"):
-        body.pop("account_id"), body.pop("sending_list_id"), body.pop("creative_id")
-    if path == "/sending-lists":
-        body.pop("sending_list_id"), body.pop("creative_id")
+    refs = {"/sending-lists": ("account_id",), "/campaigns": ("account_id", "sending_list_id", "creative_id")}
+    named = {"account_id": ids["account"], "sending_list_id": ids["list"], "creative_id": ids["creative"]}
+    body = {**{k: named[k] for k in refs.get(path, ())}, **body}
     before = {name: await trackly.db[name].count_documents({}) for name in (c.ACCOUNTS, c.SENDING_LISTS, c.CAMPAIGNS)}
     status, answer = await _post_raw(admin, path, json.dumps(body))
     assert status == 422, answer

@@ -548,11 +548,12 @@ def patch_signals() -> None:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        stopping = threading.Event()
+        stopping = False  # (read and set on the loop only)
 
         def stop() -> None:
-            if not stopping.is_set():
-                stopping.set()
+            nonlocal stopping
+            if not stopping:
+                stopping = True
                 deadline = threading.Timer(STOP_GRACE_SECONDS, os._exit, (0,))
                 deadline.daemon = True
                 deadline.start()
@@ -563,7 +564,7 @@ def patch_signals() -> None:
         try:
             await serve(host, port, handler)
         except asyncio.CancelledError:
-            if not stopping.is_set():
+            if not stopping:
                 raise
 
     server.run_server = run_server
