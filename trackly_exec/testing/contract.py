@@ -8,9 +8,10 @@ A plugin author subclasses :class:`DriverContractSuite` in a test module (pytest
     class TestMyDriver(DriverContractSuite):
         driver_class = MyDriver
 
-The fake must be a :class:`drivers.fake.FakeProvider` subclass (it knows the driver settings that talk to it:
-``driver_settings()`` / ``wrong_credentials()``). Every check is also a plain coroutine taking a
-:class:`DriverHarness` (``CHECKS``), for use outside pytest classes.
+The fake must be a :class:`trackly_exec.testing.fakes.base.FakeProvider` subclass (it knows the driver settings that
+talk to it: ``driver_settings()`` / ``wrong_credentials()``); ``examples/trackly-driver-acme`` is a worked plugin with
+its fake. Every check is also a plain coroutine taking a :class:`DriverHarness` (``CHECKS``), for use outside pytest
+classes.
 
 What the contract asks of a driver: one result per message with our id; accepted messages are in the
 provider's ledger exactly once; a refused request is a rejection; 429 is transient with its Retry-After;
