@@ -65,6 +65,24 @@ async def test_contacts_import_reports_rejects_by_line(
     assert "inserted 0, updated 2,495, rejected 5" in capsys.readouterr().out
 
 
+async def test_import_reads_last_sent_at_as_a_field(
+    admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``Last Sent`` column is the contact's ``last_sent_at`` (the frequency cap reads it), not a text attribute;
+    an empty cell leaves it unset."""
+    import datetime as dt
+
+    await setup_list(trackly)
+    f = tmp_path / "contacts.csv"
+    f.write_text("phone;Last Sent;tier\n+12125550101;2026-11-30 10:00;gold\n+12125550102;;silver\n")
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 0
+    assert "inserted 2, updated 0, rejected 0" in capsys.readouterr().out
+    a = await trackly.db[c.CONTACTS].find_one({"phone": "+12125550101"})
+    b = await trackly.db[c.CONTACTS].find_one({"phone": "+12125550102"})
+    assert a["last_sent_at"] == dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC) and a["attributes"] == {"tier": "gold"}
+    assert b["last_sent_at"] is None and b["attributes"] == {"tier": "silver"}
+
+
 async def test_import_errors_are_clear(
     admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -74,3 +74,30 @@ async def test_concurrent_upserts_do_not_duplicate(store: Store) -> None:
     assert r1.inserted + r1.updated + r2.inserted + r2.updated == 600
     assert r1.inserted + r2.inserted == 500
     assert await store[c.CONTACTS].count_documents({}) == 500
+
+
+async def test_last_sent_at_is_imported_in_utc(store: Store) -> None:
+    """``last_sent_at`` (when another system last texted the number: the frequency cap counts it) is stored as a
+    UTC time: with an offset as given, without one as UTC; by insert and by update; a text that is no date is a
+    rejected row naming the field, the other rows kept."""
+    import datetime as dt
+
+    r = await upsert(
+        store,
+        1,
+        [
+            {"phone": phone(1), "last_sent_at": "2026-11-30T10:00:00+01:00"},
+            {"phone": phone(2), "last_sent_at": "2026-11-30 10:00"},
+            {"phone": phone(3), "last_sent_at": "yesterday"},
+            {"phone": phone(4)},
+        ],
+    )
+    assert (r.inserted, [x.index for x in r.rejected]) == (3, [2]) and "last_sent_at" in r.rejected[0].reason
+    got = {d["phone"]: d["last_sent_at"] async for d in store[c.CONTACTS].find({}, {"phone": 1, "last_sent_at": 1})}
+    assert got[phone(1)] == dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)
+    assert got[phone(2)] == dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)
+    assert got[phone(4)] is None
+    await upsert(store, 1, [{"phone": phone(4), "last_sent_at": "2026-12-01T08:30:00Z"}, {"phone": phone(1)}])
+    got = {d["phone"]: d["last_sent_at"] async for d in store[c.CONTACTS].find({}, {"phone": 1, "last_sent_at": 1})}
+    assert got[phone(4)] == dt.datetime(2026, 12, 1, 8, 30, tzinfo=dt.UTC)
+    assert got[phone(1)] == dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)  # a row without it leaves it as it was

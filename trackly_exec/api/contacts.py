@@ -34,7 +34,7 @@ from trackly_exec.store.models import Clock, utcnow
 log = get_logger(__name__)
 
 BATCH = 1000
-_FIELDS = ("first_name", "last_name", "timezone", "subscribed", "blocked", "in_workflow")
+_FIELDS = ("first_name", "last_name", "timezone", "subscribed", "blocked", "in_workflow", "last_sent_at")
 _DEFAULTS: ContactDoc = {
     "first_name": None,
     "last_name": None,

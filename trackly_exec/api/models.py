@@ -341,11 +341,22 @@ class ContactIn(Body):
     subscribed: bool | None = None
     blocked: bool | None = None
     in_workflow: bool | None = None
+    last_sent_at: dt.datetime | None = Field(
+        None,
+        description="When this number was last texted, by another system you move from (a date and time; without an "
+        "offset, UTC). On a list with a cooldown, a contact texted within it is skipped as frequency_cap; trackly's "
+        "own sends count by their records (the message log), not by this field.",
+    )
 
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str | None) -> str | None:
         return check_timezone(v)
+
+    @field_validator("last_sent_at")
+    @classmethod
+    def _utc(cls, v: dt.datetime | None) -> dt.datetime | None:
+        return v.replace(tzinfo=dt.UTC) if v is not None and v.tzinfo is None else v
 
     @field_validator("attributes")
     @classmethod
@@ -415,7 +426,9 @@ class ContactOut(Out):
     subscribed: bool = True
     blocked: bool = False
     in_workflow: bool = False
-    last_sent_at: dt.datetime | None = None
+    last_sent_at: dt.datetime | None = Field(
+        None, description="Set by an import (see the contacts upsert); trackly's own sends are in the message log."
+    )
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
 

@@ -6,9 +6,10 @@ overrides it) and the token to ``http.api_tokens[0]`` (``--token``).
 
 A contacts CSV has a header row; its delimiter (comma, semicolon, tab or pipe) is detected from it, or given with
 ``--delimiter``. ``phone`` (also read from ``mobile``, ``msisdn``, ``phone_number``, ``cell``, ...), ``first_name``,
-``last_name``, ``timezone``, ``subscribed``, ``blocked``, ``in_workflow`` are contact fields; every other column is
-an attribute (its name made a valid attribute name; whole numbers and decimals become numbers, so filters like
-``gte`` compare them as numbers; values with a leading zero stay text). Columns that cannot be used (no name, a
+``last_name``, ``timezone``, ``subscribed``, ``blocked``, ``in_workflow``, ``last_sent_at`` (also ``last_sent``,
+``last_texted_at``) are contact fields; every other column is an attribute (its name made a valid attribute name;
+whole numbers and decimals become numbers, so filters like ``gte`` compare them as numbers; values with a leading
+zero stay text). Columns that cannot be used (no name, a
 second column for the same field) are reported as ignored; a phone number seen earlier in the file is reported as a
 duplicate and not sent again. Rows are streamed to the bulk endpoint in chunks; bad rows are reported with their
 CSV line number and never stop the good ones.
@@ -146,6 +147,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "subscribed": ("subscribed",),
     "blocked": ("blocked",),
     "in_workflow": ("in_workflow",),
+    "last_sent_at": ("last_sent_at", "last_sent", "last_texted_at", "last_texted"),
 }
 _FIELD_OF = {alias: field for field, names in ALIASES.items() for alias in names}
 _ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
