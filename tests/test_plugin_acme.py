@@ -5,45 +5,28 @@ as documented, ``from trackly_exec.testing import DriverContractSuite``) against
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-ACME = ROOT / "examples" / "trackly-driver-acme"
+from trackly_exec.store.embedded import free_port
 
-
-def _env(pythonpath: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TRACKLY_LOAD_DRIVERS", "PYTEST_ADDOPTS")}
-    env["PYTHONPATH"] = str(pythonpath)
-    return env
+from .plugin_support import pip_install, plugin_env, run_python
+from .services import wait_port
 
 
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the example's source copy, the private directory it is installed into with pip)."""
-    src = tmp_path_factory.mktemp("src") / "trackly-driver-acme"
-    shutil.copytree(ACME, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
-    target = tmp_path_factory.mktemp("target")
-    args = ["install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(src)]
-    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return src, target
+    return pip_install("trackly-driver-acme", tmp_path_factory)
 
 
 def test_acme_listed(acme: tuple[Path, Path]) -> None:
     """`trackly drivers` lists the installed plugin with its distribution."""
     _, target = acme
-    result = subprocess.run(
-        [sys.executable, "-m", "trackly_exec.cli", "drivers"],
-        capture_output=True, text=True, env=_env(target), cwd=target, timeout=30,
-    )  # fmt: skip
+    result = run_python(["-m", "trackly_exec.cli", "drivers"], target)
     assert result.returncode == 0, result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.startswith("acme ")]
     assert "trackly_driver_acme:AcmeDriver" in line and "trackly-driver-acme 0.1.0" in line
@@ -53,39 +36,23 @@ def test_acme_listed(acme: tuple[Path, Path]) -> None:
 def test_acme_passes_the_contract_suite(acme: tuple[Path, Path]) -> None:
     """The example's own tests (the whole contract suite against its fake) pass, run as its author runs them."""
     src, target = acme
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(src / "tests")],
-        capture_output=True, text=True, env=_env(target), cwd=src, timeout=120,
-    )  # fmt: skip
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(src / "tests")]
+    result = run_python(args, target, cwd=src, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "15 passed" in result.stdout, result.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_acme_fake_served_by_the_cli(acme: tuple[Path, Path]) -> None:
     """`trackly fake-provider acme` serves the plugin's fake; the driver pool sends through it from config, a
     refused number comes back rejected on its own, and the fake's ledger holds each accepted message once."""
     _, target = acme
-    port = _free_port()
+    port = free_port()
     fake = subprocess.Popen(
         [sys.executable, "-m", "trackly_exec.cli", "fake-provider", "acme", "--port", str(port)],
-        env=_env(target), cwd=target, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=plugin_env(target), cwd=target, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert fake.poll() is None and time.monotonic() < deadline, "the fake did not start"
-                time.sleep(0.1)
+        wait_port("127.0.0.1", port, timeout=30)
         code = (
             "import asyncio, json, urllib.request\n"
             "from trackly_exec.config import Settings\n"
@@ -105,9 +72,7 @@ def test_acme_fake_served_by_the_cli(acme: tuple[Path, Path]) -> None:
             "    await pool.close()\n"
             "asyncio.run(main())\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=_env(target), cwd=target, timeout=60
-        )
+        result = run_python(["-c", code], target, timeout=60)
         assert result.returncode == 0, result.stderr
         kinds, ledger = result.stdout.strip().splitlines()[-2:]
         assert kinds == '["accepted"] rejected INVALID_NUMBER', result.stdout

@@ -3,10 +3,6 @@ trackly_exec; broken plugins are listed with their error; unknown names list wha
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,44 +11,13 @@ from trackly_exec.drivers import registry
 from trackly_exec.drivers.registry import discover, get_driver_class
 from trackly_exec.errors import DriverNotFound
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "trackly-driver-example"
-
-
-def _run(args: list[str], pythonpath: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TRACKLY_LOAD_DRIVERS"}
-    env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=pythonpath
-    )
+from .plugin_support import pip_install, run_python
 
 
 @pytest.fixture(scope="module")
 def plugin_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example distribution installed with pip into a private target directory."""
-    src = tmp_path_factory.mktemp("src") / "trackly-driver-example"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    target = tmp_path_factory.mktemp("target")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return target
+    return pip_install("trackly-driver-example", tmp_path_factory)[1]
 
 
 def _write_dist(target: Path, name: str, version: str, entry: str, module: str, code: str) -> None:
@@ -65,7 +30,7 @@ def _write_dist(target: Path, name: str, version: str, entry: str, module: str, 
 
 def test_example_plugin_listed(plugin_target: Path) -> None:
     """`trackly drivers` lists the installed example with its distribution and version, next to the built-ins."""
-    result = _run(["-m", "trackly_exec.cli", "drivers"], plugin_target)
+    result = run_python(["-m", "trackly_exec.cli", "drivers"], plugin_target)
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert {"infobip", "twilio", "cm", "example"} <= set(lines)
@@ -91,7 +56,7 @@ def test_example_plugin_sends(plugin_target: Path) -> None:
         "    await pool.close()\n"
         "asyncio.run(main())\n"
     )
-    result = _run(["-c", code], plugin_target)
+    result = run_python(["-c", code], plugin_target)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].split() == ["accepted", "p-0123456789abcdef"]
 
@@ -109,7 +74,7 @@ def test_broken_plugins_listed_with_error(tmp_path: Path) -> None:
     _write_dist(
         tmp_path, "wrong-plugin", "0.3", "wrong = wrong_mod:NotADriver", "wrong_mod", "class NotADriver:\n    pass\n"
     )
-    result = _run(["-m", "trackly_exec.cli", "drivers"], tmp_path)
+    result = run_python(["-m", "trackly_exec.cli", "drivers"], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "broken-plugin 1.2" in lines["broken"]
