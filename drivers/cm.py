@@ -13,6 +13,7 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
+from xml.etree import ElementTree
 
 from pydantic import Field, SecretStr
 
@@ -170,19 +171,37 @@ class CMDriver(Driver[CMSettings]):
             raise WebhookFormatError("CM webhook body is not JSON") from exc
 
     def parse_status(self, request: WebhookRequest) -> list[DeliveryReport]:
-        """``{"messages": {"msg": {...}}}`` (one object; a list is accepted too)."""
-        body = self._json(request)
-        msg = (
-            (body.get("messages") or {}).get("msg")
-            if isinstance(body, dict) and isinstance(body.get("messages"), dict)
-            else None
-        )
-        items = msg if isinstance(msg, list) else [msg] if isinstance(msg, dict) else None
+        """A status report in any form CM sends (its portal offers JSON or XML; older gateways called by GET):
+
+        - JSON ``{"messages": {"msg": {"received", "to", "reference", "status": {"code", "errorCode",
+          "errorDescription"}}}}`` (one object; a list is accepted too);
+        - XML ``<MESSAGES><MSG RECEIVED=".."><TO/><REFERENCE/><STATUS><CODE/><ERRORCODE/><ERRORDESCRIPTION/>
+          </STATUS></MSG></MESSAGES>`` (any number of ``MSG``);
+        - parameters (the query of a GET, or a form): ``REFERENCE``, ``STATUS``, ``STATUSDESCRIPTION``,
+          ``STANDARDERRORTEXT``, ``TO``, ``CREATED_S``/``RECEIVED``, in any case.
+        """
+        items: list[Any] | None
+        if request.body.lstrip().startswith(b"<"):
+            items = _xml_reports(request.body)
+        elif request.form and not request.body.lstrip().startswith(b"{"):
+            items = [_param_report({k: v[0] for k, v in request.form.items()})]
+        else:
+            body = self._json(request)
+            msg = (
+                (body.get("messages") or {}).get("msg")
+                if isinstance(body, dict) and isinstance(body.get("messages"), dict)
+                else None
+            )
+            items = msg if isinstance(msg, list) else [msg] if isinstance(msg, dict) else None
         if not items:
             raise WebhookFormatError("CM status report without messages.msg")
         reports = []
         for item in items:
+            if not isinstance(item, dict):
+                raise WebhookFormatError("CM status report entry is not an object")
             status = item.get("status") or {}
+            if not isinstance(status, dict):
+                raise WebhookFormatError("CM status report entry without a status object")
             code = str(status.get("code", "")).strip()
             if code not in STATUS_NAMES:
                 raise WebhookFormatError(f"CM status report with unknown status code {code!r}")
@@ -245,3 +264,58 @@ class CMDriver(Driver[CMSettings]):
                 )
             )
         return out
+
+
+def _xml_reports(body: bytes) -> list[JsonObject]:
+    """The ``MSG`` elements of an XML status report, in the JSON report's shape (tag and attribute names in any
+    case). A document type declaration is refused (no entity of any kind is expanded)."""
+    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
+        raise WebhookFormatError("CM XML status report with a document type declaration")
+    try:
+        root = ElementTree.fromstring(body)
+    except (ElementTree.ParseError, ValueError) as exc:
+        raise WebhookFormatError("CM status report is not well-formed XML") from exc
+
+    def text(element: ElementTree.Element | None, name: str) -> str | None:
+        if element is None:
+            return None
+        for child in element:
+            if child.tag.upper() == name:
+                return (child.text or "").strip()
+        return None
+
+    msgs = [root] if root.tag.upper() == "MSG" else [e for e in root.iter() if e.tag.upper() == "MSG"]
+    out: list[JsonObject] = []
+    for msg in msgs:
+        attrs = {k.upper(): v for k, v in msg.attrib.items()}
+        status = next((child for child in msg if child.tag.upper() == "STATUS"), None)
+        out.append(
+            {
+                "received": attrs.get("RECEIVED") or text(msg, "RECEIVED"),
+                "to": text(msg, "TO"),
+                "reference": text(msg, "REFERENCE"),
+                "status": {
+                    "code": text(status, "CODE"),
+                    "errorCode": text(status, "ERRORCODE"),
+                    "errorDescription": text(status, "ERRORDESCRIPTION"),
+                },
+            }
+        )
+    return out
+
+
+def _param_report(params: dict[str, str]) -> JsonObject:
+    """A status report given as parameters (CM's HTTP GET reports: upper-case names), in the JSON report's shape."""
+    p = {k.upper(): v for k, v in params.items()}
+    if "STATUS" not in p:
+        raise WebhookFormatError("CM status report parameters without STATUS")
+    return {
+        "received": p.get("RECEIVED") or p.get("CREATED_S"),
+        "to": p.get("TO"),
+        "reference": p.get("REFERENCE"),
+        "status": {
+            "code": p["STATUS"],
+            "errorCode": p.get("STATUSDESCRIPTION") or p.get("ERRORCODE"),
+            "errorDescription": p.get("STANDARDERRORTEXT") or p.get("ERRORDESCRIPTION"),
+        },
+    }

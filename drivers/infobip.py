@@ -39,6 +39,10 @@ from trackly_exec.errors import TransientSendError, WebhookFormatError
 #: Send-response / DLR status groups.
 ACCEPTED_GROUPS = frozenset({"PENDING", "ACCEPTED", "OK", "DELIVERED"})
 FAILED_GROUPS = frozenset({"UNDELIVERABLE", "EXPIRED", "REJECTED"})
+#: Statuses of the DELIVERED group that are not final: "2 DELIVERED_TO_OPERATOR (intermediate)" (Infobip's status
+#: codes); with ``intermediateReport`` on, the final report (DELIVERED_TO_HANDSET, UNDELIVERABLE_..., EXPIRED_...)
+#: follows it and decides.
+INTERMEDIATE_NAMES = frozenset({"DELIVERED_TO_OPERATOR"})
 #: Status or error names that mean carrier/platform spam filtering, or that the recipient opted out.
 SPAM_NAMES = frozenset({"REJECTED_FLOODING_FILTER", "REJECTED_SPAM", "EC_SPAM_FILTERED", "EC_MESSAGE_FILTERED"})
 OPT_OUT_NAMES = frozenset({"REJECTED_DND", "REJECTED_DESTINATION_BLOCKLISTED", "REJECTED_DESTINATION_BLACKLISTED"})
@@ -149,7 +153,7 @@ class InfobipDriver(Driver[InfobipSettings]):
             }
         out = []
         for (sender, text), destinations in groups.items():
-            entry: JsonObject = {"sender": sender, "destinations": destinations, "content": {"text": text}}
+            entry: JsonObject = {"sender": _sender(sender), "destinations": destinations, "content": {"text": text}}
             if webhooks:
                 entry["webhooks"] = webhooks
             out.append(entry)
@@ -259,13 +263,23 @@ class InfobipDriver(Driver[InfobipSettings]):
         return out
 
 
+def _sender(sender: str) -> str:
+    """A numeric sender in international format without ``+`` (``"41793026700"``, as destinations are); an
+    alphanumeric sender (``"InfoSMS"``) as it is."""
+    digits = sender[1:] if sender.startswith("+") else sender
+    return digits if digits.isdigit() else sender
+
+
 def report_from(r: JsonObject) -> DeliveryReport:
     """A delivery-report result (webhook, or a message log entry: same fields) as a :class:`DeliveryReport`."""
     status = r.get("status") or {}
     error = r.get("error") or {}
     group = str(status.get("groupName") or "").upper()
     name = str(status.get("name") or group or "UNKNOWN")
-    delivered: bool | None = True if group == "DELIVERED" else False if group in FAILED_GROUPS else None
+    if name in INTERMEDIATE_NAMES or (group == "DELIVERED" and status.get("id") == 2):
+        delivered: bool | None = None  # on its way (the final report follows): not an outcome yet
+    else:
+        delivered = True if group == "DELIVERED" else False if group in FAILED_GROUPS else None
     error_name = str(error.get("name") or "")
     has_error = bool(error.get("id")) or (error_name not in ("", "NO_ERROR"))
     segments = r.get("messageCount", r.get("smsCount"))

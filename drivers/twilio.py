@@ -368,7 +368,8 @@ class TwilioDriver(Driver[TwilioSettings]):
         ]
 
     def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
-        """An inbound message: form params ``From``, ``To``, ``Body``, ``MessageSid``."""
+        """An inbound message: params ``From``, ``To``, ``Body``, ``MessageSid`` (a form POST, or the query of a
+        GET), and ``OptOutType`` (``STOP``/``START``/``HELP``, sent with Advanced Opt-Out) as the opt keyword."""
         sender = request.form_value("From")
         if not sender:
             raise WebhookFormatError("Twilio inbound message without From")
@@ -379,6 +380,7 @@ class TwilioDriver(Driver[TwilioSettings]):
                 text=request.form_value("Body") or "",
                 provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
                 received_at=dt.datetime.now(dt.UTC),
+                opt_keyword=request.form_value("OptOutType") or None,
             )
         ]
 

@@ -40,6 +40,34 @@ async def test_final_report_sets_the_tristate_and_details(daemon: Daemon) -> Non
     assert doc["delivered_at"].isoformat().startswith("2026-11-29T10:00:00")
 
 
+async def test_delivered_to_operator_is_intermediate_and_the_final_report_decides(daemon: Daemon) -> None:
+    """Infobip's DELIVERED_TO_OPERATOR (group DELIVERED, "intermediate" in its status codes, sent with
+    ``intermediateReport``) moves the status only; the final report after it decides, either way, with one
+    customer-webhook event."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    ok, ko = await seed_sent(daemon.store, 2)
+    operator = [infobip_report(m.id, "DELIVERED_TO_OPERATOR", "DELIVERED") for m in (ok, ko)]
+    for r in operator:
+        r["status"]["id"] = 2
+    status, text = await daemon.post(IB_STATUS, infobip_body(*operator))
+    assert status == 200 and json.loads(text)["final"] == 0
+    for m in (ok, ko):
+        doc = await _doc(daemon, m.id)
+        assert tri(doc["delivered"]) is None and doc["delivery_status"] == "DELIVERED_TO_OPERATOR"
+    final = [
+        infobip_report(ok.id),
+        infobip_report(ko.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE", error="EC_ABSENT_SUBSCRIBER_SM"),
+    ]
+    status, text = await daemon.post(IB_STATUS, infobip_body(*final))
+    assert status == 200 and json.loads(text)["final"] == 2
+    assert tri((await _doc(daemon, ok.id))["delivered"]) is True
+    doc = await _doc(daemon, ko.id)
+    assert tri(doc["delivered"]) is False and doc["delivery_error_code"] == "EC_ABSENT_SUBSCRIBER_SM"
+    outbox = await daemon.store[c.OUTBOX].find({}).to_list(None)
+    events = [e["id"] for o in outbox for e in o.get("events", [])] + [o["_id"] for o in outbox if "events" not in o]
+    assert sorted(events) == sorted(f"{m.id}:delivery" for m in (ok, ko))
+
+
 async def test_undeliverable_records_error_and_publishes_failure(daemon: Daemon) -> None:
     """UNDELIVERABLE sets delivered=False, stores the error code and publishes one delivery_failure event."""
     await seed_account(daemon.store)
@@ -112,6 +140,37 @@ async def test_cm_report_matched_by_reference(daemon: Daemon) -> None:
     assert tri((await _doc(daemon, a.id))["delivered"]) is True
     doc_b = await _doc(daemon, b.id)
     assert tri(doc_b["delivered"]) is False and doc_b["delivery_error_code"] == "12"
+
+
+async def test_cm_xml_and_get_reports(daemon: Daemon) -> None:
+    """CM's portal posts status reports as JSON or XML (``<MESSAGES><MSG RECEIVED><TO/><REFERENCE/><STATUS><CODE/>
+    <ERRORCODE/><ERRORDESCRIPTION/></STATUS></MSG></MESSAGES>``), older gateways by GET with upper-case parameters:
+    all are applied. An XML document type (entities) or broken XML is a 400 that changes nothing, and a GET without
+    the path token a 403."""
+    await seed_account(daemon.store)
+    a, b, g = await seed_sent(daemon.store, 3, provider="cm")
+    xml = (
+        '<?xml version="1.0"?><MESSAGES>'
+        f'<MSG RECEIVED="2026-11-29T10:00:05"><TO>0014155550123</TO><REFERENCE>{a.id}</REFERENCE>'
+        "<STATUS><CODE>2</CODE><ERRORCODE></ERRORCODE><ERRORDESCRIPTION></ERRORDESCRIPTION></STATUS></MSG>"
+        f'<MSG RECEIVED="2026-11-29T10:00:06"><TO>0014155550124</TO><REFERENCE>{b.id}</REFERENCE>'
+        "<STATUS><CODE>3</CODE><ERRORCODE>12</ERRORCODE><ERRORDESCRIPTION>Not delivered</ERRORDESCRIPTION></STATUS>"
+        "</MSG></MESSAGES>"
+    )
+    status, text = await daemon.post(CM_STATUS, xml, "application/xml")
+    assert status == 200 and json.loads(text)["final"] == 2
+    doc_a, doc_b = await _doc(daemon, a.id), await _doc(daemon, b.id)
+    assert tri(doc_a["delivered"]) is True and doc_a["delivered_at"].isoformat().startswith("2026-11-29T10:00:05")
+    assert tri(doc_b["delivered"]) is False and doc_b["delivery_error_code"] == "12"
+    query = f"?REFERENCE={g.id}&STATUS=2&TO=0014155550125&STATUSDESCRIPTION=0"
+    async with daemon.http.get(daemon.url + "/webhooks/cm/status" + query) as resp:
+        assert resp.status == 403
+    async with daemon.http.get(daemon.url + CM_STATUS + query) as resp:
+        assert resp.status == 200
+    assert tri((await _doc(daemon, g.id))["delivered"]) is True
+    entity = '<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x "2">]><MSG><REFERENCE>r</REFERENCE><STATUS><CODE>&x;</CODE>'
+    for bad in (entity + "</STATUS></MSG>", "<MESSAGES><MSG>", "<MESSAGES/>"):
+        assert (await daemon.post(CM_STATUS, bad, "application/xml"))[0] == 400, bad
 
 
 async def test_match_by_provider_message_id(daemon: Daemon) -> None:

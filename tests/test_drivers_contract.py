@@ -77,6 +77,18 @@ async def test_infobip_request_shape_and_spam() -> None:
         assert {e.report_url for e in h.fake.ledger} == {h.status_url}
 
 
+async def test_infobip_numeric_sender_without_plus() -> None:
+    """Infobip numbers are "international format without +" (``"sender": "41793026700"``): a numeric sender
+    loses its ``+`` like the destinations do; an alphanumeric one is sent as it is."""
+    async with DriverHarness(InfobipDriver) as h:
+        numeric, alpha = h.messages(2)
+        numeric = numeric.model_copy(update={"sender": "+41793026700", "body": "a"})
+        alpha = alpha.model_copy(update={"sender": "InfoSMS", "body": "b"})
+        body = h.driver.request_body([numeric, alpha])  # type: ignore[attr-defined]
+        assert [e["sender"] for e in body["messages"]] == ["41793026700", "InfoSMS"]
+        assert body["messages"][0]["destinations"][0]["to"] == numeric.to.lstrip("+")
+
+
 def test_infobip_error_envelopes_and_v2_reports() -> None:
     """Both Infobip error envelopes parse, and a v2 delivery report (from/smsCount) maps like v3."""
     assert error_from_body(

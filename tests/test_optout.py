@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+from twilio.request_validator import RequestValidator
 
 from trackly_exec.config import Settings
 from trackly_exec.store import constants as c
@@ -17,6 +19,9 @@ from .doors_support import IB_INBOUND, mo
 from .executor_support import assert_one_record_each, seed
 from .tracking_support import (
     CM_TOKEN,
+    PUBLIC,
+    TW_SID,
+    TW_TOKEN,
     Daemon,
     seed_account,
     seed_contact,
@@ -139,6 +144,55 @@ async def test_help_answers_with_twiml_on_twilio(daemon: Daemon) -> None:
     assert "<Response><Message>Acme &lt;alerts&gt;: reply STOP to opt out</Message></Response>" in text
     status, body = await daemon.twilio("/webhooks/twilio/inbound", {**params, "Body": "hello", "MessageSid": "SM10"})
     assert status == 200 and "<Response/>" in body.decode()
+
+
+def _twilio_inbound(body: str, sid: str, **extra: str) -> dict[str, str]:
+    return {"AccountSid": TW_SID, "Body": body, "From": PHONE, "To": LIST_NUMBER, "MessageSid": sid, **extra}
+
+
+async def test_twilio_opt_out_type_follows_the_providers_keywords(daemon: Daemon) -> None:
+    """With Advanced Opt-Out, Twilio sends ``OptOutType`` (STOP/START/HELP) for its own, possibly custom or localized,
+    keywords: a French ``ARRET`` marked STOP unsubscribes, ``REPRENDRE`` marked START resubscribes; our own STOPALL
+    keeps its meaning under Twilio's STOP, and a message without the field is read by our list."""
+    await seed_account(daemon.store)
+    await seed_list(daemon.store, driver="twilio", help_text="Aide: ecrivez ARRET")
+    await seed_contact(daemon.store, contact_id=1, phone=PHONE)
+    path = "/webhooks/twilio/inbound"
+    assert (await daemon.twilio(path, _twilio_inbound("ARRET", "SM1", OptOutType="STOP")))[0] == 200
+    assert await _subscribed(daemon, 1) is False
+    stored = await daemon.store[c.INBOUND].find_one({"_id": "twilio:SM1"})
+    assert stored["keyword"] == "STOP"
+    assert (await daemon.twilio(path, _twilio_inbound("REPRENDRE", "SM2", OptOutType="START")))[0] == 200
+    assert await _subscribed(daemon, 1) is True
+    status, body = await daemon.twilio(path, _twilio_inbound("AIDE", "SM3", OptOutType="HELP"))
+    assert status == 200 and "Aide: ecrivez ARRET" in body.decode()
+    assert await _subscribed(daemon, 1) is True
+    assert (await daemon.twilio(path, _twilio_inbound("stopall", "SM4", OptOutType="STOP")))[0] == 200
+    assert (await daemon.store[c.INBOUND].find_one({"_id": "twilio:SM4"}))["keyword"] == "STOPALL"
+    assert await _subscribed(daemon, 1) is False
+    assert (await daemon.twilio(path, _twilio_inbound("start", "SM5")))[0] == 200  # no OptOutType: our list
+    assert await _subscribed(daemon, 1) is True
+    assert (await daemon.twilio(path, _twilio_inbound("ARRET", "SM6")))[0] == 200  # not ours, not marked: a message
+    assert await _subscribed(daemon, 1) is True
+
+
+async def test_twilio_inbound_by_get_is_signed_and_applied(daemon: Daemon) -> None:
+    """Twilio calls an inbound URL configured for GET with the parameters in the query string and signs the whole
+    URL: a signed GET STOP unsubscribes and answers TwiML; unsigned or wrongly signed, 403 and nothing changes."""
+    await seed_account(daemon.store)
+    await seed_list(daemon.store, driver="twilio")
+    await seed_contact(daemon.store, contact_id=1, phone=PHONE)
+    path = "/webhooks/twilio/inbound?" + urlencode(_twilio_inbound("STOP", "SMg1"))
+    good = RequestValidator(TW_TOKEN).compute_signature(PUBLIC + path, {})
+    for headers in ({}, {"X-Twilio-Signature": RequestValidator("other").compute_signature(PUBLIC + path, {})}):
+        async with daemon.http.get(daemon.url + path, headers=headers) as resp:
+            assert resp.status == 403
+    assert await _subscribed(daemon, 1) is True
+    async with daemon.http.get(daemon.url + path, headers={"X-Twilio-Signature": good}) as resp:
+        assert resp.status == 200 and "<Response/>" in await resp.text()
+    assert await _subscribed(daemon, 1) is False
+    async with daemon.http.head(daemon.url + path, headers={"X-Twilio-Signature": good}) as resp:
+        assert resp.status == 405
 
 
 async def test_cm_inbound_stop(daemon: Daemon) -> None:

@@ -206,6 +206,10 @@ class InboundMessage(BaseModel):
     text: str
     provider_message_id: str | None = None
     received_at: dt.datetime | None = None
+    #: The provider's own reading of the message as an opt keyword, when it makes one: ``"STOP"``, ``"START"`` or
+    #: ``"HELP"`` (Twilio's ``OptOutType``, sent with Advanced Opt-Out, whose keyword lists may be custom or
+    #: localized: ``ARRET`` is a STOP there). It wins over our own keyword list.
+    opt_keyword: str | None = None
 
 
 # --------------------------------------------------------------------------------------------- webhooks
@@ -217,6 +221,8 @@ class WebhookRequest:
 
     ``url`` is the public URL the provider called (``http.public_url`` + path + query), which is what
     signatures are computed over. ``path_token`` is the secret segment of the callback path, if any.
+    ``form`` holds the parameters of a form-encoded body, or of the query string of a ``GET`` (providers that
+    call webhooks by GET, such as Twilio's inbound messages when so configured, put them there).
     """
 
     url: str
@@ -225,10 +231,14 @@ class WebhookRequest:
     content_type: str = ""
     path_token: str | None = None
     form: dict[str, list[str]] = field(default_factory=dict)
+    method: str = "POST"
 
     def __post_init__(self) -> None:
         self.headers = {k.lower(): v for k, v in self.headers.items()}
-        if not self.form and self.content_type.startswith("application/x-www-form-urlencoded"):
+        if not self.form and self.method == "GET":
+            for key, value in parse_qsl(urlsplit(self.url).query, keep_blank_values=True):
+                self.form.setdefault(key, []).append(value)
+        elif not self.form and self.content_type.startswith("application/x-www-form-urlencoded"):
             try:
                 pairs = parse_qsl(self.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
             except UnicodeDecodeError as exc:

@@ -13,7 +13,9 @@ A message that is exactly (trimmed, case-insensitive) one of :data:`STOP_WORDS` 
   and refunded. Only a message whose send request is already on the wire can still go out;
 - an ``opt_out`` event is published.
 
-``START``, ``YES``, ``UNSTOP`` resubscribe; ``HELP``, ``INFO`` answer with the list's ``help_text`` where the
+A provider that classifies the message itself (Twilio's ``OptOutType`` with Advanced Opt-Out, whose keywords may be
+custom or localized) is followed: its ``STOP`` unsubscribes whatever the text. ``START``, ``YES``, ``UNSTOP``
+resubscribe; ``HELP``, ``INFO`` answer with the list's ``help_text`` where the
 provider supports a reply (Twilio TwiML). Every inbound message is stored in ``inbound_messages`` (a provider's
 retry of the same message id is stored once).
 """
@@ -48,6 +50,20 @@ def keyword(text: str | None) -> str | None:
     """The opt keyword the whole message is (``"STOP"``, ...), or None ("STOP PLEASE" is not one)."""
     word = (text or "").strip().upper()
     return word if word in STOP_WORDS | START_WORDS | HELP_WORDS else None
+
+
+#: The provider's opt keyword (:attr:`InboundMessage.opt_keyword`) and the words of ours it stands for.
+_PROVIDER_KEYWORDS = {"STOP": STOP_WORDS, "START": START_WORDS, "HELP": HELP_WORDS}
+
+
+def _keyword(m: InboundMessage) -> str | None:
+    """Our keyword for ``m``: the whole text when it is one of ours, unless the provider read it otherwise (its own,
+    possibly custom or localized, keyword list); then the provider's reading (``STOP``, ``START``, ``HELP``)."""
+    word = keyword(m.text)
+    theirs = (m.opt_keyword or "").strip().upper()
+    if theirs in _PROVIDER_KEYWORDS and word not in _PROVIDER_KEYWORDS[theirs]:
+        return theirs
+    return word
 
 
 def phone_forms(raw: str | None) -> list[str]:
@@ -101,7 +117,7 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
     reply: str | None = None
     records = []
     for m in messages:
-        word = keyword(m.text)
+        word = _keyword(m)
         mine = [lst for lst in lists if lst["from_number"] in tos[m.to_number]]
         if any(lst.get("driver") == provider for lst in mine):
             mine = [lst for lst in mine if lst.get("driver") == provider]

@@ -1,4 +1,5 @@
-"""Provider webhooks: ``POST /webhooks/{driver}/status[/{token}]`` and ``POST /webhooks/{driver}/inbound[/{token}]``.
+"""Provider webhooks: ``POST /webhooks/{driver}/status[/{token}]`` and ``POST /webhooks/{driver}/inbound[/{token}]``
+(``GET`` too, with the parameters in the query string, for providers configured to call that way).
 
 ``{driver}`` is a driver *instance* configured under ``[drivers.NAME]`` (anything else: 404). Each request:
 
@@ -84,6 +85,7 @@ class WebhookHandler:
                 body=body,
                 content_type=request.headers.get("Content-Type", ""),
                 path_token=request.match_info.get("token"),
+                method=request.method,
             )
         except WebhookFormatError as exc:
             log.warning("webhook_malformed", driver=name, error=str(exc))
@@ -147,7 +149,9 @@ def setup(app: web.Application, trackly: Trackly) -> None:
     """Add the provider webhook routes."""
     _warn_unauthenticated(trackly)
     handler = WebhookHandler(trackly)
-    app.router.add_post("/webhooks/{driver}/status", handler.status)
-    app.router.add_post("/webhooks/{driver}/status/{token}", handler.status)
-    app.router.add_post("/webhooks/{driver}/inbound", handler.inbound)
-    app.router.add_post("/webhooks/{driver}/inbound/{token}", handler.inbound)
+    for path, endpoint in (("status", handler.status), ("inbound", handler.inbound)):
+        for route in (f"/webhooks/{{driver}}/{path}", f"/webhooks/{{driver}}/{path}/{{token}}"):
+            app.router.add_post(route, endpoint)
+            # a provider configured to call by GET (Twilio's inbound URL may be; CM's older status reports):
+            # its parameters are the query string, authenticated the same way
+            app.router.add_get(route, endpoint, allow_head=False)
