@@ -91,6 +91,7 @@ class CMDriver(Driver[CMSettings]):
 
     settings_model: ClassVar[type[DriverSettings]] = CMSettings
     fake: ClassVar[str | None] = "trackly_exec.testing.fakes.cm:CMFake"
+    get_webhooks: ClassVar[frozenset[str]] = frozenset({"status", "inbound"})  # older gateways call by GET
 
     _http: HttpClient | None = None
 

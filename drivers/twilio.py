@@ -164,6 +164,7 @@ class TwilioDriver(Driver[TwilioSettings]):
     settings_model: ClassVar[type[DriverSettings]] = TwilioSettings
     fake: ClassVar[str | None] = "trackly_exec.testing.fakes.twilio:TwilioFake"
     signed_webhooks: ClassVar[bool] = True
+    get_webhooks: ClassVar[frozenset[str]] = frozenset({"inbound"})  # "Form-encoded POST (or GET)"
     max_lookup_batch: ClassVar[int] = 20  # one list request per message, made concurrently
 
     _http: HttpClient | None = None

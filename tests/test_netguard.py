@@ -51,6 +51,15 @@ INTERNAL = [
     "http://example.com\\@127.0.0.1/",
     "http://[::]/",
     "http://[2002:7f00:1::]/",
+    # what the HTTP client connects to after IDNA mapping: compatibility digits (U+1FBF0.., SEGMENTED DIGIT ZERO)
+    # and full-width characters spell an internal address that the typed text does not
+    "http://127.0.0.1\U0001fbf0:19999/hook",
+    "http://169.254.169.25\U0001fbf4/latest/meta-data/",
+    "http://10.0.0.1\U0001fbf0/",
+    "http://192.168.1.1\U0001fbf0/",
+    "http://\uff11\uff12\uff17.0.0.1/",
+    "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/",
+    "http://exa\u00adample.com/",
 ]
 
 
@@ -78,10 +87,20 @@ async def test_internal_webhook_url_is_refused_when_set(client: TestClient[Any, 
     assert await store.db[c.ACCOUNTS].count_documents({}) == 0
 
 
-@pytest.mark.parametrize("url", ["https://hooks.example.com/sms", "http://93.184.216.34:8443/x?y=1"])
+@pytest.mark.parametrize(
+    "url", ["https://hooks.example.com/sms", "http://93.184.216.34:8443/x?y=1", "https://b\u00fccher.example/hook"]
+)
 async def test_public_webhook_url_is_accepted(client: TestClient[Any, Any], url: str) -> None:
     r = await client.post("/api/v1/accounts", headers=H, json={"name": "a", "webhook_url": url})
     assert r.status == 201, await r.text()
+
+
+@pytest.mark.parametrize("url", [u for u in INTERNAL if not u.isascii()])
+def test_a_stored_url_spelling_an_internal_address_is_refused_at_delivery(url: str) -> None:
+    """The delivery-time check (a URL stored before, or written directly) judges the host the client would reach."""
+    from trackly_exec.tracking.netguard import Allowlist, refusal
+
+    assert refusal(url, Allowlist.parse([])) is not None
 
 
 async def test_allowlist_admits_an_internal_receiver(settings: Settings, store: Store) -> None:

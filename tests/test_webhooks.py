@@ -14,6 +14,7 @@ from trackly_exec.store.client import Store
 
 from .tracking_support import (
     CM_STATUS,
+    CM_TOKEN,
     IB_STATUS,
     IB_TOKEN,
     Daemon,
@@ -26,6 +27,8 @@ from .tracking_support import (
     start_daemon,
     twilio_status,
 )
+
+CM_INBOUND = f"/webhooks/cm/inbound/{CM_TOKEN}"
 
 
 @pytest.fixture
@@ -140,6 +143,30 @@ async def test_malformed_cm_and_twilio_are_400(daemon: Daemon) -> None:
     assert await snapshot(daemon.store) == before
 
 
+async def test_lone_surrogates_are_400_not_500(daemon: Daemon) -> None:
+    """A JSON escape for a lone surrogate (``\\ud800``: valid JSON, not storable as UTF-8) in a CM report or inbound
+    message is a malformed request (400, nothing changes), never a store failure (500, which CM retries for days);
+    in a batch, the other reports still apply."""
+    await seed_account(daemon.store)
+    [m] = await seed_sent(daemon.store, 1, provider="cm")
+    before = await snapshot(daemon.store)
+    bad_status = '{"messages": {"msg": {"reference": "\\ud800", "to": "0012125550107", "status": {"code": "2"}}}}'
+    bad_inbound = '{"reference": "r1", "from": "0012125550100", "to": "0015550100997", "body": "\\ud800"}'
+    assert (await daemon.post(CM_STATUS, bad_status))[0] == 400
+    assert (await daemon.post(CM_INBOUND, bad_inbound))[0] == 400
+    assert await snapshot(daemon.store) == before
+    batch = {
+        "messages": {
+            "msg": [
+                {"reference": "\ud800", "status": {"code": "2"}},
+                {"reference": m.id, "status": {"code": "2"}},
+            ]
+        }
+    }
+    status, text = await daemon.post(CM_STATUS, json.dumps(batch))
+    assert status == 200 and json.loads(text)["final"] == 1
+
+
 async def test_unknown_ids_are_200_and_create_nothing(daemon: Daemon) -> None:
     """Reports for message ids we never sent answer 200 and create no record anywhere."""
     await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
@@ -169,9 +196,17 @@ async def test_report_for_another_provider_message_is_ignored(daemon: Daemon) ->
     assert (await daemon.store[c.SENT].find_one({"_id": sent[0].id}))["delivered"] is None
 
 
-async def test_only_post_is_served(daemon: Daemon) -> None:
-    """GET on a webhook URL is not served (405)."""
-    async with daemon.http.get(daemon.url + IB_STATUS) as resp:
+async def test_get_is_served_only_where_the_provider_calls_so(daemon: Daemon) -> None:
+    """GET on a webhook URL is served only where the driver says its provider may call that way (Twilio's inbound
+    URL, CM's older reports): elsewhere 405 with ``Allow: POST``; HEAD never."""
+    for path in (IB_STATUS, "/webhooks/infobip/inbound/" + IB_TOKEN, "/webhooks/twilio/status?mid=0000000000000000"):
+        async with daemon.http.get(daemon.url + path) as resp:
+            assert resp.status == 405 and resp.headers["Allow"] == "POST", path
+    async with daemon.http.get(daemon.url + "/webhooks/twilio/inbound?From=%2B1&Body=STOP") as resp:
+        assert resp.status == 403  # served, and refused: unsigned
+    async with daemon.http.get(daemon.url + CM_STATUS) as resp:
+        assert resp.status == 400  # served, and nothing in it
+    async with daemon.http.head(daemon.url + CM_STATUS) as resp:
         assert resp.status == 405
 
 

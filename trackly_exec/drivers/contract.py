@@ -359,6 +359,9 @@ class Driver(ABC, Generic[S]):
     fake: ClassVar[str | None] = None
     #: The provider delivers webhooks signed (Twilio) rather than via a path token.
     signed_webhooks: ClassVar[bool] = False
+    #: The webhooks (``"status"``, ``"inbound"``) the provider may call by GET, its parameters in the query string
+    #: (Twilio's inbound URL may be configured so; CM's older status reports); the others answer GET with 405.
+    get_webhooks: ClassVar[frozenset[str]] = frozenset()
     #: Most messages one :meth:`lookup` call is given.
     max_lookup_batch: ClassVar[int] = 100
     #: How long the provider keeps what :meth:`lookup` reads (None: no known limit). Older messages are not looked

@@ -3,9 +3,10 @@
 Two checks, both needed:
 
 - :func:`check_url` when the URL is set (the admin API answers 422): http(s) only, no userinfo, no fragment, no
-  odd host spellings (``2130706433``, ``127.1``, ``0x7f.0.0.1``), and no internal address: loopback, private,
-  link-local (cloud metadata ``169.254.169.254``), multicast, unspecified, reserved, shared (CGNAT) or any other
-  non-global range, as a literal or as what the name resolves to right now;
+  odd host spellings (``2130706433``, ``127.1``, ``0x7f.0.0.1``), and no internal address (judged on the host as
+  the HTTP client connects to it, after IDNA mapping: Unicode digits or full-width letters cannot hide one):
+  loopback, private, link-local (cloud metadata ``169.254.169.254``), multicast, unspecified, reserved, shared
+  (CGNAT) or any other non-global range, as a literal or as what the name resolves to right now;
 - :class:`GuardedResolver` when it is used: the addresses a name resolves to at delivery time are checked again
   (a DNS name can change after it was accepted), and a URL with an IP literal is checked before the request
   (:func:`refusal`), so a request is never connected to an internal address.
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from trackly_exec.errors import TracklyError
 
@@ -109,7 +111,14 @@ def _static_problem(url: str, allow: Allowlist) -> tuple[str | None, str | None]
         return "must not contain user information (user:password@)", None
     if "#" in url:
         return "must not contain a fragment (#)", None
-    host = (parts.hostname or "").rstrip(".")
+    if not (parts.hostname or "").rstrip("."):
+        return "must name a host", None
+    try:
+        # the host as the HTTP client will connect to it (yarl's IDNA/UTS-46 mapping: "127.0.0.1" followed by a
+        # compatibility digit such as U+1FBF0 becomes "127.0.0.10"), never the text as typed
+        host = (URL(url).raw_host or "").rstrip(".").lower()
+    except (ValueError, UnicodeError) as exc:
+        return f"is not a valid URL ({exc})", None
     if not host:
         return "must name a host", None
     if port == 0:

@@ -1,5 +1,6 @@
 """Provider webhooks: ``POST /webhooks/{driver}/status[/{token}]`` and ``POST /webhooks/{driver}/inbound[/{token}]``
-(``GET`` too, with the parameters in the query string, for providers configured to call that way).
+(``GET`` too, with the parameters in the query string, where the driver says its provider may call that way:
+``Driver.get_webhooks``; otherwise 405).
 
 ``{driver}`` is a driver *instance* configured under ``[drivers.NAME]`` (anything else: 404). Each request:
 
@@ -57,17 +58,44 @@ def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text)
 
 
+def _storable(item: Any) -> bool:
+    """Whether every text of a parsed item can be stored: a lone surrogate (``"\\ud800"``, which JSON's escapes can
+    spell and the standard parser lets through) cannot be encoded as UTF-8."""
+    for value in getattr(item, "__dict__", {}).values():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+def _clean(items: Any, driver: str, kind: str) -> Any:
+    """The parsed items that can be stored; the others are dropped and logged (the rest of the request still
+    counts). None of them: a malformed request (400, which the provider does not retry), not a store failure (500,
+    retried for days)."""
+    if not isinstance(items, list):
+        return items
+    kept = [item for item in items if _storable(item)]
+    if len(kept) < len(items):
+        log.warning(f"{kind}_unstorable_text", driver=driver, dropped=len(items) - len(kept), kept=len(kept))
+        if not kept:
+            raise WebhookFormatError("no text of the request is valid Unicode (lone surrogate)")
+    return kept
+
+
 class WebhookHandler:
     """The two webhook endpoints of one daemon."""
 
     def __init__(self, trackly: Trackly) -> None:
         self.trackly = trackly
 
-    async def _prepare(self, request: web.Request) -> tuple[Driver[Any], WebhookRequest] | web.Response:
+    async def _prepare(self, request: web.Request, endpoint: str) -> tuple[Driver[Any], WebhookRequest] | web.Response:
         """Size limit, driver lookup, the WebhookRequest and authentication; a Response when refused."""
         name = request.match_info["driver"]
         if name not in self.trackly.drivers.names():
             return _plain(404, "unknown driver")
+
         try:
             body = await _read_body(request, self.trackly.settings.tracking.webhook_max_body_bytes)
         except _TooLarge:
@@ -78,6 +106,8 @@ class WebhookHandler:
         except Exception as exc:
             log.error("webhook_driver_unavailable", driver=name, error=str(exc))
             return _plain(404, "unknown driver")
+        if request.method == "GET" and endpoint not in driver.get_webhooks:
+            return web.Response(status=405, text="method not allowed", headers={"Allow": "POST"})
         try:
             hook = WebhookRequest(
                 url=self.trackly.settings.http.public_url + request.raw_path,
@@ -107,12 +137,12 @@ class WebhookHandler:
         apply: Callable[[Driver[Any], Any], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         """Authenticate, parse (400 when malformed: nothing changes), apply (500 when the store fails)."""
-        prepared = await self._prepare(request)
+        prepared = await self._prepare(request, "status" if kind == "delivery_report" else "inbound")
         if isinstance(prepared, web.Response):
             return prepared
         driver, hook = prepared
         try:
-            items = parse(driver, hook)
+            items = _clean(parse(driver, hook), driver.name, kind)
         except Exception as exc:  # WebhookFormatError, or a parser tripping over a malformed body
             log.warning(f"{kind}_malformed", driver=driver.name, error=f"{type(exc).__name__}: {exc}")
             return _plain(400, f"malformed {what}")
