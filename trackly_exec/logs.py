@@ -1,15 +1,61 @@
-"""structlog set-up: JSON lines when stdout is not a TTY (journald), readable output on a TTY."""
+"""structlog set-up: JSON lines when stdout is not a TTY (journald), readable output on a TTY.
+
+Libraries' own log records (the standard ``logging`` module: aiohttp, asyncio, PyMongo) go through the same
+renderer, so a daemon's log is one format. A request aiohttp cannot parse (a bad request line or header) is logged
+as one ``http_bad_request`` line naming the error class and status only: aiohttp's own record carries a traceback
+and the raw bytes of the request line or header, which may hold a webhook path token or an API token.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+
+
+class _BadRequestLine(logging.Filter):
+    """Rewrites aiohttp's record of an unparsable request into one line without the request's bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "http_bad_request"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.error = type(exc).__name__
+            record.status = exc.code
+        return True
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (a test's capture, a redirected stream)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _extra(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The fields :class:`_BadRequestLine` set on a standard record, as event fields."""
+    record = event.get("_record")
+    for key in ("error", "status"):
+        if record is not None and hasattr(record, key):
+            event[key] = getattr(record, key)
+    return event
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -25,6 +71,28 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    handler.addFilter(_BadRequestLine())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _extra,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_trackly", False)]:
+        root.removeHandler(old)
+    handler._trackly = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
 def get_logger(name: str) -> Any:

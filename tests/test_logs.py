@@ -1,0 +1,61 @@
+"""The daemon's log: one format for its own events and the libraries' records, and no secret from a bad request."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import sys
+from urllib.parse import urlsplit
+
+from trackly_exec.logs import configure_logging
+
+from .tracking_support import CM_TOKEN, Daemon
+
+API_TOKEN = "test-token"  # tests/test.toml http.api_tokens
+
+
+async def _raw(url: str, request: bytes) -> bytes:
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read(200)
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_unparsable_requests_log_one_line_without_their_bytes(daemon: Daemon) -> None:
+    """A request line or header aiohttp cannot parse (a webhook path token in the URL, an API token in a header)
+    is answered 400 and logged as one JSON ``http_bad_request`` line: no traceback, none of the request's bytes."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        bad_url = f"GET /webhooks/cm/status/{CM_TOKEN}?TO=\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1")
+        bad_header = f"GET /api/v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\x01\r\n\r\n"
+        for request in (bad_url, bad_header.encode()):
+            answer = await _raw(daemon.url, request)
+            assert answer.split(b" ", 2)[1] == b"400", answer
+        await asyncio.sleep(0.05)
+    finally:
+        configure_logging("warning", "console", stream=sys.stderr)
+    text = out.getvalue()
+    assert CM_TOKEN not in text and API_TOKEN not in text and "Traceback" not in text, text
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    bad = [e for e in lines if e["event"] == "http_bad_request"]
+    assert len(bad) == 2 and {e["status"] for e in bad} == {400} and all(e["level"] == "warning" for e in bad), lines
+
+
+def test_library_records_share_the_json_format() -> None:
+    """A library's own record (PyMongo, asyncio) is a JSON line like the daemon's events, with its logger's name."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        logging.getLogger("pymongo.topology").warning("server %s unreachable", "db1")
+    finally:
+        configure_logging("warning", "console", stream=sys.stderr)
+    [entry] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert entry["event"] == "server db1 unreachable" and entry["logger"] == "pymongo.topology"
+    assert entry["level"] == "warning" and "timestamp" in entry
