@@ -102,6 +102,27 @@ async def test_import_errors_are_clear(
     assert code == 1 and "refused the API token" in capsys.readouterr().err
 
 
+async def test_unwritable_output_files_are_refused_before_any_work(
+    admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--rejects`` and ``export -o`` naming a missing directory or a directory: a one-line error before anything is
+    imported or downloaded (no rejected-rows list lost after an import), never a traceback."""
+    await setup_list(trackly)
+    f = tmp_path / "c.csv"
+    f.write_text("phone\n+12125550100\nnot-a-phone\n")
+    for target, why in ((tmp_path / "no" / "r.csv", "no such directory"), (tmp_path, "is a directory")):
+        assert await run(admin_url, "contacts", "import", str(f), "--list", "1", "--rejects", str(target)) == 1
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, err
+        code = await asyncio.to_thread(
+            cli.main, ["export", "--campaign", "1", "-o", str(target), "--api", admin_url, "--token", "test-token"]
+        )
+        err = capsys.readouterr().err
+        assert code == 1 and why in err and "Traceback" not in err, err
+    assert await trackly.db[c.CONTACTS].count_documents({}) == 0  # nothing was imported
+    assert not list(tmp_path.glob("*.part"))
+
+
 async def test_campaign_commands_and_stats(
     admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 import urllib.error
@@ -45,6 +46,19 @@ _NUMBER = re.compile(r"^-?(0|[1-9]\d{0,15})(\.\d+)?$")
 
 class CliError(TracklyError):
     """A CLI failure with a message for the user (exit status 1)."""
+
+
+def writable(name: str, what: str) -> None:
+    """Refuse (CliError) an output file that cannot be written, before any work: a directory, a missing directory,
+    no permission. The file itself is not created."""
+    target = Path(name)
+    if target.is_dir():
+        raise CliError(f"{what} {name} is a directory; give a file name")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise CliError(f"{what} {name}: no such directory {parent}")
+    if not os.access(target if target.exists() else parent, os.W_OK):
+        raise CliError(f"{what} {name}: permission denied")
 
 
 # --------------------------------------------------------------------------------------------- HTTP client
@@ -330,6 +344,8 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
             total = max(sum(1 for _ in fh) - 1, 0)
     except UnicodeDecodeError as exc:
         raise CliError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
+    if args.rejects:  # before anything is imported: the list of rejected rows must have somewhere to go
+        writable(args.rejects, "--rejects")
     inserted = updated = done = 0
     rejects: list[tuple[int, str, str]] = []
     duplicates: list[tuple[int, str, str]] = []

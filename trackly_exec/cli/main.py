@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, TracklyError) as exc:
         print(f"trackly: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file the command reads or writes: its name and why, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"trackly: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from trackly_exec.cli.admin import ApiClient, CliError, _describe, client_from
+from trackly_exec.cli.admin import ApiClient, CliError, _describe, client_from, writable
 from trackly_exec.store.documents import JsonObject
 
 
@@ -121,6 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         download(client, path, sys.stdout.buffer)
         sys.stdout.flush()
         return 0
+    writable(args.output, "--output")
     tmp = f"{args.output}.part"
     with open(tmp, "wb") as fh:
         n = download(client, path, fh)
