@@ -217,6 +217,7 @@ class CMDriver(Driver[CMSettings]):
                     error_detail=description,
                     done_at=parse_time(item.get("received")),
                     spam="spam" in (description or "").lower(),
+                    rejected=code == "1",  # "rejected by CM or operator" (3: failed, will not be delivered)
                 )
             )
         return reports

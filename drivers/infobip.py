@@ -294,6 +294,7 @@ def report_from(r: JsonObject) -> DeliveryReport:
         done_at=parse_time(r.get("doneAt")),
         spam=name in SPAM_NAMES or error_name in SPAM_NAMES,
         opted_out=name in OPT_OUT_NAMES,
+        rejected=delivered is False and group == "REJECTED",
     )
 
 

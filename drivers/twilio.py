@@ -56,6 +56,9 @@ SPAM_CODES = frozenset({"30007"})
 TRANSIENT_CODES = frozenset({"20429"})
 DELIVERED = frozenset({"delivered"})
 FAILED = frozenset({"undelivered", "failed", "canceled"})
+#: Final states in which Twilio never handed the message to a carrier ("failed": could not be sent; "canceled"),
+#: unlike "undelivered" (sent, not delivered): ``submitted`` False.
+NOT_SENT = frozenset({"failed", "canceled"})
 
 #: Look-ups: a message created this long before the recorded attempt still matches (clock skew between hosts).
 LOOKUP_SKEW = dt.timedelta(minutes=5)
@@ -307,6 +310,7 @@ class TwilioDriver(Driver[TwilioSettings]):
             provider_message_id=str(item["sid"]),
             status=status,
             delivered=True if status in DELIVERED else False if status in FAILED else None,
+            rejected=status in NOT_SENT,
             error_code=error,
             error_detail=item.get("error_message"),
             opted_out=error in OPT_OUT_CODES,
@@ -360,6 +364,7 @@ class TwilioDriver(Driver[TwilioSettings]):
                 provider_message_id=request.form_value("MessageSid") or request.form_value("SmsSid"),
                 status=status,
                 delivered=True if status in DELIVERED else False if status in FAILED else None,
+                rejected=status in NOT_SENT,
                 error_code=error,
                 error_detail=request.form_value("ErrorMessage"),
                 done_at=_raw_done_date(request.form_value("RawDlrDoneDate")),

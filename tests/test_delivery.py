@@ -18,6 +18,7 @@ from .tracking_support import (
     infobip_report,
     seed_account,
     seed_contact,
+    seed_list,
     seed_no_response,
     seed_sent,
     tri,
@@ -189,6 +190,8 @@ async def test_match_by_provider_message_id(daemon: Daemon) -> None:
 async def test_no_response_is_resolved_by_a_report(daemon: Daemon) -> None:
     """A report for a NO_RESPONSE dead letter turns it into one MessageSent (submitted, delivered) and removes it."""
     await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    lst = await seed_list(daemon.store)
+    await daemon.store[c.SENDING_LISTS].update_one({"_id": lst.id}, {"$set": {"price_per_segment": 0.0075}})
     f = await seed_no_response(daemon.store, 42)
     body = infobip_body(infobip_report(f.id))
     status, resp = await daemon.post(IB_STATUS, body)
@@ -201,11 +204,42 @@ async def test_no_response_is_resolved_by_a_report(daemon: Daemon) -> None:
         and tri(doc["resolved_from_no_response"]) is True
     )
     assert doc["to_number"] == f.to_number and doc["campaign_id"] == f.campaign_id and doc["provider"] == "infobip"
+    assert doc["cost"] == 0.0075  # what the account was charged: 1 segment at the list's price, as reconciliation
     # a duplicate of the report changes nothing and leaves exactly one record
     assert json.loads((await daemon.post(IB_STATUS, body))[1])["updated"] == 0
     assert await daemon.store[c.SENT].count_documents({"_id": f.id}) == 1
     assert await daemon.store[c.FAILED].count_documents({"_id": f.id}) == 0
     assert await daemon.store[c.OUTBOX].count_documents({}) == 1
+
+
+async def test_a_refused_message_is_not_submitted(daemon: Daemon) -> None:
+    """A final report of a message the provider or network refused outright (Infobip's REJECTED group, CM's code 1,
+    Twilio's "failed") records ``submitted = False`` beside ``delivered = False``; one submitted and not delivered
+    (UNDELIVERABLE, CM 3, Twilio "undelivered") stays ``submitted = True``."""
+    await seed_account(daemon.store)
+    ib_rejected, ib_undelivered = await seed_sent(daemon.store, 2)
+    cm_rejected, cm_failed = await seed_sent(daemon.store, 2, provider="cm", start=2)
+    tw_failed, tw_undelivered = await seed_sent(daemon.store, 2, provider="twilio", start=4)
+    reports = [
+        infobip_report(ib_rejected.id, "REJECTED_NETWORK", "REJECTED"),
+        infobip_report(ib_undelivered.id, "UNDELIVERABLE_NOT_DELIVERED", "UNDELIVERABLE"),
+    ]
+    assert (await daemon.post(IB_STATUS, infobip_body(*reports)))[0] == 200
+    assert (await daemon.post(CM_STATUS, cm_report(cm_rejected.id, "1")))[0] == 200
+    assert (await daemon.post(CM_STATUS, cm_report(cm_failed.id, "3")))[0] == 200
+    for m, status in ((tw_failed, "failed"), (tw_undelivered, "undelivered")):
+        path = f"/webhooks/twilio/status?mid={m.id}"
+        assert (await daemon.twilio(path, twilio_status(f"SM{m.id}", status, "30008")))[0] == 200
+    for m, submitted in (
+        (ib_rejected, False),
+        (ib_undelivered, True),
+        (cm_rejected, False),
+        (cm_failed, True),
+        (tw_failed, False),
+        (tw_undelivered, True),
+    ):
+        doc = await _doc(daemon, m.id)
+        assert (tri(doc["submitted"]), tri(doc["delivered"])) == (submitted, False), (m.provider, doc)
 
 
 async def test_other_failures_are_not_resolved(daemon: Daemon) -> None:

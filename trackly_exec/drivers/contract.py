@@ -158,6 +158,10 @@ class DeliveryReport(BaseModel):
     done_at: dt.datetime | None = None
     opted_out: bool = False
     spam: bool = False
+    #: A final failure where the provider or the network refused the message outright (Infobip's REJECTED group,
+    #: CM's "rejected", Twilio's "failed"), as opposed to one that was submitted and not delivered (undeliverable,
+    #: expired): recorded ``submitted = False`` as well as ``delivered = False``.
+    rejected: bool = False
 
 
 class LookupQuery(BaseModel):

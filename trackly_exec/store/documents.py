@@ -325,6 +325,7 @@ class DeliveryFields(TypedDict, total=False):
 
     delivery_status: str | None
     delivered: bool | None
+    submitted: bool | None
     delivery_error_code: str | None
     delivered_at: dt.datetime | None
     spam: bool

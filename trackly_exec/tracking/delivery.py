@@ -32,6 +32,7 @@ from pymongo.errors import BulkWriteError
 
 from trackly_exec.app import Trackly
 from trackly_exec.drivers.contract import DeliveryReport
+from trackly_exec.executor.billing import message_cost
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import find_by_ids, update_ids
@@ -89,6 +90,8 @@ def _delivery_set(r: DeliveryReport, now: dt.datetime) -> DeliveryFields:
     out: DeliveryFields = {"delivery_status": r.status}
     if r.delivered is not None:
         out["delivered"] = r.delivered
+        if r.delivered is False and r.rejected:  # refused outright: never submitted for delivery
+            out["submitted"] = False
         out["delivery_error_code"] = r.error_code
         out["delivered_at"] = _aware(r.done_at) or now
     if r.spam:
@@ -247,19 +250,28 @@ async def _still_applied(
 async def _resolve(
     trackly: Trackly, provider: str, items: list[tuple[DeliveryReport, FailedDoc]], now: dt.datetime
 ) -> list[tuple[DeliveryReport, SentDoc]]:
-    """Turn NO_RESPONSE dead letters into MessageSent records (the report proves the provider accepted them)."""
+    """Turn NO_RESPONSE dead letters into MessageSent records (the report proves the provider accepted them), each
+    with the cost its account was charged when it was sent (its segments at its list's price, as reconciliation
+    records it: a NO_RESPONSE is never refunded)."""
+    list_ids = sorted({f["sending_list_id"] for _, f in items if f.get("sending_list_id") is not None})
+    prices = {
+        d["_id"]: float(d.get("price_per_segment") or 0.0)
+        for d in await trackly.db[c.SENDING_LISTS]
+        .find({"_id": {"$in": list_ids}}, {"price_per_segment": 1})
+        .to_list(None)
+    }
     docs: list[SentDoc] = []
     for r, f in items:
         fields = {k: v for k, v in f.items() if k in MessageFields.model_fields}
         sent = MessageSent(
             id=f["_id"],
             **fields,
-            submitted=True,
+            cost=message_cost(f, prices.get(f.get("sending_list_id"), 0.0)),
             provider=f.get("provider") or provider,
             provider_message_id=r.provider_message_id,
             timestamp=f.get("failed_at") or now,
             resolved_from_no_response=True,
-            **_delivery_set(r, now),
+            **{"submitted": True, **_delivery_set(r, now)},
         ).to_doc()
         docs.append(sent)
     inserted = {d["_id"] for d in docs}
