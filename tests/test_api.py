@@ -105,6 +105,21 @@ async def test_driver_and_filter_validated(admin: TestClient[Any, Any]) -> None:
     assert r.status == 422 and data["details"][0]["loc"].startswith("body.filter") and "regex" in data["message"]
 
 
+async def test_rate_limit_zero_is_an_unlimited_list(admin: TestClient[Any, Any]) -> None:
+    """``rate_limit_per_minute`` 0 is an unlimited list (as the executor and the README treat it), at creation and
+    in an edit; a negative rate is a 422 naming the field."""
+    ids = await seed(admin)
+    base = {"account_id": ids["account"], "name": "u", "from_number": "+15550001111", "driver": "echo"}
+    r = await admin.post("/api/v1/sending-lists", headers=H, json={**base, "rate_limit_per_minute": 0})
+    assert r.status == 201, await r.text()
+    created = await r.json()
+    assert created["rate_limit_per_minute"] == 0
+    r = await admin.patch(f"/api/v1/sending-lists/{ids['list']}", headers=H, json={"rate_limit_per_minute": 0})
+    assert r.status == 200 and (await r.json())["rate_limit_per_minute"] == 0
+    r = await admin.post("/api/v1/sending-lists", headers=H, json={**base, "rate_limit_per_minute": -1})
+    assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.rate_limit_per_minute"
+
+
 async def test_unknown_ids_404_naming_which(admin: TestClient[Any, Any]) -> None:
     """Unknown path ids answer 404 naming the resource; unknown ids in a body 422 naming them."""
     ids = await seed(admin)

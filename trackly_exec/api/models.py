@@ -283,7 +283,13 @@ class SendingListIn(Body):
         "config file; any other key is a 422 naming it.",
     )
     from_number: str = Field(description="E.164 number or alphanumeric sender id (up to 11 characters).")
-    rate_limit_per_minute: int = Field(17000, ge=1, le=10_000_000)
+    rate_limit_per_minute: int = Field(
+        17000,
+        ge=0,
+        le=10_000_000,
+        description="Messages per minute across every executor process (0: unlimited, as fast as the provider "
+        "answers; its 429s are honoured).",
+    )
     cooldown_minutes: float = Field(
         0, ge=0, le=525_600, description="Frequency cap: skip contacts sent to within this."
     )
@@ -578,7 +584,7 @@ class SendingListPatch(Patch):
         None, max_length=20, description="New tuning overrides (replacing the old ones), checked like at creation."
     )
     from_number: str | None = None
-    rate_limit_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    rate_limit_per_minute: int | None = Field(None, ge=0, le=10_000_000, description="0: unlimited.")
     cooldown_minutes: float | None = Field(None, ge=0, le=525_600)
     quiet_hours: QuietHoursIn | None = None
     blocked_words: list[str] | None = Field(None, max_length=10_000)
