@@ -998,3 +998,63 @@ def test_sigterm_stops_the_server_at_a_safe_point() -> None:
     loop once that callback is done, and the server returns."""
     assert _signal_run("unpatched") == ["SystemExit"]
     assert _signal_run("patched") == ["callback completed", "returned"]
+
+
+def _int_id_fallback_update() -> list[dict[str, object]]:
+    """find_one_and_update by a query neosqlite cannot put in SQL (``$and`` with a date comparison) of a document
+    whose integer ``_id`` (7) is not its row number (2; there is no row 7); the documents afterwards."""
+    import neosqlite
+
+    with neosqlite.Connection(":memory:") as db:
+        coll = db["x"]
+        old = dt.datetime(2020, 1, 1)
+        coll.insert_many([{"_id": 2, "s": "done", "h": old}, {"_id": 7, "s": "ev", "h": old}, {"_id": 5, "s": "x"}])
+        query = {"$and": [{"s": {"$in": ["ev"]}}, {"h": {"$lt": dt.datetime(2021, 1, 1)}}]}
+        coll.find_one_and_update(query, {"$set": {"o": "new"}})
+        return [dict(d) for d in coll.find({}, sort=[("_id", 1)])]
+
+
+def test_a_fallback_update_writes_the_document_it_found() -> None:
+    """With nxserver's patch an update found in Python lands on its own document, not on the row numbered as its
+    integer ``_id`` (there: nothing, or another document)."""
+    from neosqlite.collection.query_engine.crud_operations import CRUDOperationsMixin
+
+    original = CRUDOperationsMixin.__dict__["_get_integer_id_for_oid"]
+    nxserver.patch_int_ids()
+    try:
+        docs = _int_id_fallback_update()
+    finally:
+        CRUDOperationsMixin._get_integer_id_for_oid = original  # type: ignore[method-assign]
+    assert [d.get("o") for d in docs] == [None, None, "new"] and [d["_id"] for d in docs] == [2, 5, 7]
+
+
+def test_unpatched_fallback_update_misses_its_document() -> None:
+    """Without the patch the pinned neosqlite writes row 7 (absent): the update is lost. When this fails, the patch
+    may be retired."""
+    assert [d.get("o") for d in _int_id_fallback_update()] == [None, None, None]
+
+
+async def test_a_crashed_evaluation_is_taken_over_on_the_embedded_store(store: object) -> None:
+    """The evaluation lease's take-over (find_one_and_update with ``$and`` and a date comparison) of an execution
+    whose id is not its row number stores the new owner: a crashed evaluation is resumed once, not returned
+    unchanged to every pass."""
+    from trackly_exec.store.client import Store
+    from trackly_exec.store.lease import Lease
+
+    assert isinstance(store, Store)
+    col = store.db["lease_probe"]
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    await col.insert_many(
+        [{"_id": i, "status": "evaluating", "lease_owner": "dead", "heartbeat_at": old} for i in (3, 9, 4)]
+    )
+    lease = Lease("lease_owner", stamp="heartbeat_at", ttl=dt.timedelta(seconds=60))
+    now = dt.datetime.now(dt.UTC)
+    taken = []
+    for _ in range(5):
+        doc = await lease.claim_one(col, {"status": "evaluating"}, "me", now, expired_only=True, inc={"attempts": 1})
+        if doc is None:
+            break
+        taken.append(doc["_id"])
+    assert sorted(taken) == [3, 4, 9]
+    stored = await col.find({}).to_list(None)
+    assert all(d["lease_owner"] == "me" and d["attempts"] == 1 for d in stored), stored

@@ -6,6 +6,10 @@ dates) and a boolean stores ``1``/``0``. Updates carrying a datetime or a boolea
 Python update path instead, which keeps the types (and measured no slower here); every other update and every
 query is untouched. (neosqlite's global "force fallback" switch is not used: it breaks ``{field: None}`` queries.)
 
+A correctness fix, :func:`patch_int_ids`: a document that neosqlite finds in Python (a query it cannot put in SQL)
+and then writes by its row is written to its own row, also when its ``_id`` is an integer (neosqlite took such an
+``_id`` for the row number: the write was lost, or landed on another document).
+
 The store also always runs on the standard library's ``sqlite3`` (text JSON), never on ``pysqlite3`` should one be
 installed: with it, neosqlite stores documents as JSONB in a column of NUMERIC affinity, so string ids that read as
 numbers collide (``"00000000000000e0"`` and ``"0000000000000000"`` are both 0: "UNIQUE constraint failed"), and it
@@ -792,6 +796,33 @@ def patch_id_values() -> None:
     builder._normalize_id_value = _normalize_id_value
 
 
+def patch_int_ids() -> None:
+    """A document found by a query neosqlite cannot put in SQL, then written by its row, is written to *its* row.
+
+    neosqlite's query engine turns a found document's ``_id`` into the SQLite row id with a helper that takes any
+    ``int`` for a row id already, so a document whose own ``_id`` is an integer (our executions, campaigns, lists,
+    accounts, contacts) was written to the row whose number is that ``_id``: the update of execution 7 stored in row
+    2 was lost (row 7 absent) or, worse, written over whatever document row 7 holds. A crashed evaluation was
+    never resumed that way (the lease take-over's ``find_one_and_update`` with a date comparison returned the
+    document and stored nothing). Here the query engine looks an integer ``_id`` up like any other id; neosqlite's
+    update helpers, which are given row ids, keep theirs."""
+    from neosqlite.collection.query_engine.crud_operations import CRUDOperationsMixin
+    from neosqlite.collection.type_correction import get_integer_id_for_oid
+    from neosqlite.sql_utils import quote_table_name
+
+    def _get_integer_id_for_oid(self: Any, oid: Any) -> int:
+        if type(oid) is int:
+            row = self.collection.db.execute(
+                f"SELECT id FROM {quote_table_name(self.collection.name)} WHERE _id = ?", (str(oid),)
+            ).fetchone()
+            if row is None:
+                raise ValueError(f"no document with _id {oid}")
+            return int(row[0])
+        return int(get_integer_id_for_oid(self.collection.db, self.collection.name, oid))
+
+    CRUDOperationsMixin._get_integer_id_for_oid = _get_integer_id_for_oid
+
+
 def patch_datetime_checks() -> None:
     """neosqlite's check for dates in a query's values, without importing its helper at every value, and answered
     at once for a number, a boolean, None or a string no date pattern can match (see the module docstring)."""
@@ -832,6 +863,7 @@ def main() -> int:
     patch_python_fallback()
     patch_document_loads()
     patch_id_values()
+    patch_int_ids()
     patch_datetime_checks()
     sys.argv[0] = "nx-27017"
     return int(nx_main() or 0)
