@@ -250,6 +250,11 @@ class _Runner:
             )
             if doc is None:
                 break
+            if doc.get("lease_owner") != self.owner or doc["_id"] in {d["_id"] for d in out}:
+                # the store answered without taking it (a store that did not apply the update): never run an
+                # evaluation this process does not hold, nor take the same one twice in a pass
+                log.error("execution_resume_not_taken", execution_id=doc["_id"], owner=doc.get("lease_owner"))
+                break
             log.info(
                 "execution_resumed",
                 execution_id=doc["_id"],
