@@ -100,6 +100,25 @@ async def test_rate_limit_timeout(settings: Settings, store: Store, fakes: dict[
     assert fakes["infobip"].summary()["accepted"] == 0
 
 
+async def test_a_slow_list_paces_its_backlog_instead_of_timing_it_out(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A list slower than its batches (600/min with a 0.3 s wait: 3 tokens within the wait) is worked on in batches
+    that its tokens within the wait hold: its backlog is paced out, none RATE_LIMIT_TIMEOUT (concurrent batches of
+    its 2 s of tokens used to reserve beyond the wait and time the later ones out at once)."""
+    ids = await seed(store, 45, rate=600)
+    coord = await executor(settings, store, fakes, rate_limit_wait_seconds=0.3)
+    info = await coord.list_info(1)
+    assert info is not None
+    assert coord.worker.batches_per_list(info.doc) == 1 and coord.worker.claim_limit(info.doc) == 3
+    started = time.monotonic()
+    counts = await run(coord)
+    assert await failed(store, "RATE_LIMIT_TIMEOUT") == [] and counts.get("sent", 0) == len(ids)
+    assert fakes["infobip"].summary()["accepted"] == len(ids)
+    assert time.monotonic() - started >= 3.5  # 45 messages at 10/s: paced, not sent at once
+    await assert_one_record_each(store, ids)
+
+
 async def test_transient_errors_outlasting_the_retries_hold_the_messages(
     settings: Settings, store: Store, fakes: dict[str, Any]
 ) -> None:

@@ -224,7 +224,7 @@ class Coordinator:
                 self.worker.paused[list_id] = time.monotonic() + self.cfg.list_cache_seconds
                 continue
             running = self.per_list.setdefault(list_id, set())
-            for _ in range(self.cfg.workers_per_list - len(running)):
+            for _ in range(self.worker.batches_per_list(info.doc) - len(running)):
                 task = self.tasks.spawn(
                     self._list_worker(list_id), name=f"executor-list-{list_id}", on_done=self._task_done(list_id)
                 )

@@ -142,7 +142,20 @@ class Worker:
         if lst.rate_limit_per_minute <= 0:
             return self.cfg.claim_batch_size
         by_rate = math.ceil(lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_claim_seconds)
-        return max(self.chunk_size(lst), min(self.cfg.claim_batch_size, by_rate))
+        return max(self.chunk_size(lst), min(self.cfg.claim_batch_size, by_rate, self.tokens_within_wait(lst)))
+
+    def tokens_within_wait(self, lst: SendingList) -> int:
+        """The tokens a rate-limited list grants within ``rate_limit_wait_seconds`` (at least 1)."""
+        return max(1, int(lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_wait_seconds + 1e-9))
+
+    def batches_per_list(self, lst: SendingList) -> int:
+        """How many batches of a list this process works on at once: ``workers_per_list``, but for a slow list no
+        more than its tokens within the wait hold (a 4/min list: 4 batches of 1), so that no batch this process
+        claims waits past ``rate_limit_wait_seconds`` behind its own others and ends RATE_LIMIT_TIMEOUT while it
+        could have stayed queued (others' reservations still can: that is the timeout's case)."""
+        if lst.rate_limit_per_minute <= 0:
+            return self.cfg.workers_per_list
+        return max(1, min(self.cfg.workers_per_list, self.tokens_within_wait(lst) // self.claim_limit(lst)))
 
     # -- one batch --------------------------------------------------------------------------------
 
