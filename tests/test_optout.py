@@ -195,6 +195,36 @@ async def test_twilio_inbound_by_get_is_signed_and_applied(daemon: Daemon) -> No
         assert resp.status == 405
 
 
+async def test_a_stop_before_the_contact_exists_holds_for_the_contact_and_test_sends(daemon: Daemon) -> None:
+    """A STOP from a number that is not (yet) a contact of the list is remembered for that list: the contact created
+    for it later starts unsubscribed, whatever the import says, and a test send to the number is skipped; its START
+    forgets it, and the next import subscribes it again. Another list's contact of the number is untouched."""
+    from trackly_exec.api.contacts import upsert
+    from trackly_exec.campaigns.testsend import send_test
+
+    await seed_account(daemon.store)
+    lst = await seed_list(daemon.store)
+    await seed_list(daemon.store, list_id=2, from_number="+14155550199")
+    assert (await daemon.post(IB_INBOUND, mo("STOP", message_id="s1")))[0] == 200
+    assert await daemon.store[c.OPT_OUTS].count_documents({}) == 1
+    row = {"phone": PHONE, "first_name": "Ann", "subscribed": True}
+    assert (await upsert(daemon.store, 1, [row])).inserted == 1
+    assert (await upsert(daemon.store, 2, [row])).inserted == 1
+    one = await daemon.store[c.CONTACTS].find_one({"sending_list_id": 1, "phone": PHONE})
+    two = await daemon.store[c.CONTACTS].find_one({"sending_list_id": 2, "phone": PHONE})
+    assert tri(one["subscribed"]) is False and tri(two["subscribed"]) is True
+    assert (await upsert(daemon.store, 1, [row])).updated == 1  # a re-import does not resubscribe it either
+    assert tri((await daemon.store[c.CONTACTS].find_one({"_id": one["_id"]}))["subscribed"]) is False
+    creative = {"_id": 1, "account_id": 1, "name": "c", "variants": [{"key": "a", "body": "hello", "weight": 1}]}
+    await daemon.store[c.CONTACTS].delete_one({"_id": one["_id"]})  # the number, not a contact again
+    result = await send_test(daemon.trackly, sending_list=lst.to_doc(), creative=creative, numbers=[PHONE])
+    assert [(m["skipped"], m["message_id"]) for m in result["messages"]] == [("unsubscribed", None)]
+    assert (await daemon.post(IB_INBOUND, mo("START", message_id="s2")))[0] == 200
+    assert await daemon.store[c.OPT_OUTS].count_documents({}) == 0
+    assert (await upsert(daemon.store, 1, [row])).inserted == 1
+    assert tri((await daemon.store[c.CONTACTS].find_one({"sending_list_id": 1, "phone": PHONE}))["subscribed"]) is True
+
+
 async def test_cm_inbound_stop(daemon: Daemon) -> None:
     """A CM inbound STOP (numbers in 00 form) unsubscribes the contact."""
     await seed_account(daemon.store)

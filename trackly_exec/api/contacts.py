@@ -133,6 +133,12 @@ async def _upsert_batch(
     """
     coll = store.db[c.CONTACTS]
     ids = await store.next_ids(c.CONTACTS, len(items))
+    # numbers that sent STOP on this list, before or without being contacts: they stay unsubscribed, whatever the
+    # import says (only their own START resubscribes them)
+    keys = {phones.opt_out_key(list_id, phone): phone for phone, _ in items}
+    stopped = {
+        keys[d["_id"]] for d in await store.db[c.OPT_OUTS].find({"_id": {"$in": list(keys)}}, {"_id": 1}).to_list(None)
+    }
     docs = []
     for cid, (phone, rows) in zip(ids, items, strict=True):
         doc: ContactDoc = {
@@ -150,6 +156,8 @@ async def _upsert_batch(
                 doc["attributes"][key.split(".", 1)[1]] = value
             else:
                 doc[key] = value  # type: ignore[literal-required]  # key: one of _FIELDS
+        if phone in stopped:
+            doc["subscribed"] = False
         docs.append(doc)
     existing: set[int] = set()
     try:
@@ -171,7 +179,14 @@ async def _upsert_batch(
     updates = [
         UpdateOne(
             {"_id": d["_id"]},
-            {"$set": {**_changes(dup[d["phone"]]), "updated_at": now, "phone_check": phones.phone_check(d["phone"])}},
+            {
+                "$set": {
+                    **_changes(dup[d["phone"]]),
+                    **({"subscribed": False} if d["phone"] in stopped else {}),
+                    "updated_at": now,
+                    "phone_check": phones.phone_check(d["phone"]),
+                }
+            },
         )
         async for d in coll.find({"sending_list_id": list_id, "phone": {"$in": list(dup)}}, {"phone": 1})
     ]

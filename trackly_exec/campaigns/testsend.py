@@ -5,9 +5,10 @@ The messages are queued (``send_type`` ``"test"``) under a test execution (``kin
 of the executor holds: claims, send intent, rate limit, billing, blocked words, exactly one record per message.
 The execution completes when its queue is drained, like any other.
 
-Compliance is not waived unless asked: a number that is an unsubscribed or blocked contact of the list is not
-queued (``skipped``: ``unsubscribed``), and the executor re-checks at send time; a number outside the list's
-quiet-hours window is queued for the window's opening (``held_until``). ``override_opt_out`` /
+Compliance is not waived unless asked: a number that is an unsubscribed or blocked contact of the list, or that
+sent STOP to the list without being a contact, is not queued (``skipped``: ``unsubscribed``), and the executor
+re-checks at send time; a number outside the list's quiet-hours window is queued for the window's opening
+(``held_until``). ``override_opt_out`` /
 ``override_quiet_hours`` lift those checks for these messages only, and are recorded on the execution and on
 every message record (``overrides``). There is no frequency cap for test sends.
 
@@ -89,6 +90,10 @@ async def send_test(
         d["phone"]: d
         for d in await db[c.CONTACTS].find({"sending_list_id": list_id, "phone": {"$in": tos}}).to_list(None)
     }
+    keys = {phones.opt_out_key(list_id, to): to for to in tos}  # numbers that sent STOP here, contacts or not
+    stopped = {
+        keys[d["_id"]] for d in await db[c.OPT_OUTS].find({"_id": {"$in": list(keys)}}, {"_id": 1}).to_list(None)
+    }
     quiet = QuietHours.model_validate(sending_list.get("quiet_hours") or {})
     window = Window.from_quiet_hours(quiet)
     overrides = [name for name, on in (("opt_out", override_opt_out), ("quiet_hours", override_quiet_hours)) if on]
@@ -107,7 +112,9 @@ async def send_test(
             "held_until": None,
             "skipped": None,
         }
-        opted_out = contact is not None and (contact.get("subscribed") is False or contact.get("blocked") is True)
+        opted_out = to in stopped or (
+            contact is not None and (contact.get("subscribed") is False or contact.get("blocked") is True)
+        )
         if opted_out and not override_opt_out:
             row["skipped"] = "unsubscribed"
             results.append(row)

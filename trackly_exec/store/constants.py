@@ -23,6 +23,10 @@ INBOUND = "inbound_messages"
 LOCKS = "locks"  # leader leases for singleton loops (recovery sweeps); campaign trigger locks
 REDRIVES = "redrives"  # journal of dead-letter re-drives in progress (redrive.recover)
 RESERVATIONS = "send_reservations"  # cooldown reservations: one per (sending list, phone), see reservations.py
+# numbers that sent STOP on a sending list, contacts or not: {_id: phones.opt_out_key (list id and a hash of the
+# number), sending_list_id, keyword, at}; written by tracking/optout.py only (START deletes), read where contacts
+# are created and test-sent
+OPT_OUTS = "opt_outs"
 
 ALL_COLLECTIONS = (
     COUNTERS,
@@ -45,6 +49,7 @@ ALL_COLLECTIONS = (
     LOCKS,
     REDRIVES,
     RESERVATIONS,
+    OPT_OUTS,
 )
 
 # ---- Redis keys ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -128,3 +129,9 @@ def mask_text(text: str | None) -> str:
     if not text:
         return text or ""
     return _NUMBER_IN_TEXT.sub(lambda m: mask(m.group(0)), text)
+
+
+def opt_out_key(sending_list_id: int, phone: str) -> str:
+    """The ``opt_outs`` id of a number (E.164) that sent STOP on a sending list: the list and a hash of the number,
+    so the collection keeps no phone number (an erasure has nothing to find there, and the STOP still holds)."""
+    return f"{sending_list_id}:{hashlib.sha256(phone.encode()).hexdigest()[:32]}"

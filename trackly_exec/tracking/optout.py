@@ -11,6 +11,8 @@ A message that is exactly (trimmed, case-insensitive) one of :data:`STOP_WORDS` 
 - their *claimed* messages are left to the claim owner (never a second claimer racing it): the executor re-reads
   the chunk's contacts right before each send intent (``checks.recheck``) and ends them CONTACT_BLOCKED, fenced
   and refunded. Only a message whose send request is already on the wire can still go out;
+- the number is remembered per sending list (``opt_outs``), contact or not: a contact created for it later starts
+  unsubscribed, and a test send to it is skipped (a START forgets it);
 - an ``opt_out`` event is published.
 
 A provider that classifies the message itself (Twilio's ``OptOutType`` with Advanced Opt-Out, whose keywords may be
@@ -27,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from trackly_exec.app import Trackly
@@ -37,7 +40,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ContactDoc, Filter, InboundDoc, QueuedDoc
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import FailedMessage, FailureReason
-from trackly_exec.store.phones import normalize
+from trackly_exec.store.phones import normalize, opt_out_key
 
 log = get_logger(__name__)
 
@@ -164,6 +167,7 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
     if stops:
         await _apply_stops(trackly, stops)
     if starts:
+        await trackly.db[c.OPT_OUTS].delete_many({"_id": {"$in": sorted({k for a in starts for k in opt_out_keys(a)})}})
         contacts = await _contacts(trackly, starts)
         if contacts:
             await db[c.CONTACTS].update_many(
@@ -207,6 +211,7 @@ async def _apply_stops(trackly: Trackly, stops: list[_Action]) -> None:
             {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": now}}
         )
     dead = await _dead_letter_queued(trackly, contacts, now) if contacts else 0
+    await _remember(trackly, stops, now)
     events = []
     for a in stops:
         matched = [x for x in contacts if x["phone"] in a.froms and x["sending_list_id"] in a.list_ids]
@@ -228,6 +233,26 @@ async def _apply_stops(trackly: Trackly, stops: list[_Action]) -> None:
         )
     await trackly.bus.publish(*events)
     log.info("contacts_opted_out", contacts=len(contact_ids), dead_lettered=dead, messages=len(stops))
+
+
+def opt_out_keys(a: _Action) -> list[str]:
+    return [opt_out_key(lid, phone) for lid in a.list_ids for phone in a.froms if phone.startswith("+")]
+
+
+async def _remember(trackly: Trackly, stops: list[_Action], now: Any) -> None:
+    """Keep each STOP by (sending list, number), whether or not the number is a contact yet: a contact created
+    later for that number on that list starts unsubscribed, and a test send to it is skipped (until a START)."""
+    ops = [
+        UpdateOne(
+            {"_id": key},
+            {"$set": {"sending_list_id": int(key.split(":", 1)[0]), "keyword": a.word, "at": now}},
+            upsert=True,
+        )
+        for a in stops
+        for key in opt_out_keys(a)
+    ]
+    if ops:
+        await trackly.db[c.OPT_OUTS].bulk_write(ops, ordered=False)
 
 
 async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now: Any) -> int:
