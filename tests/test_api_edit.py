@@ -474,3 +474,52 @@ async def test_patch_schemas_say_which_fields_take_null(admin: TestClient[Any, A
             assert refused is not takes_null, (route, name, r.status, answer)
             checked += 1
     assert checked >= 30
+
+
+async def test_account_edit_and_balance(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """PATCH /accounts/{id} changes the name, the customer webhook (checked like at creation; null removes it) and
+    the bot filter, never the balance; POST /accounts/{id}/balance credits or debits it atomically, refusing a debit
+    past zero (409); the secret is never answered; bad bodies are 422 naming the field."""
+    r = await admin.post("/api/v1/accounts", headers=H, json={"name": "A", "balance": 1.5, "filter_bots": True})
+    assert r.status == 201
+    acc = await r.json()
+    assert acc["filter_bots"] is True
+    url = f"/api/v1/accounts/{acc['id']}"
+    body = {
+        "name": "B",
+        "webhook_url": "https://hooks.example.com/s",
+        "webhook_secret": "s3cret-value",
+        "filter_bots": False,
+    }
+    r = await admin.patch(url, headers=H, json=body)
+    out = await r.json()
+    assert r.status == 200, out
+    assert (out["name"], out["webhook_url"], out["webhook_secret"], out["filter_bots"]) == (
+        "B",
+        "https://hooks.example.com/s",
+        "**********",
+        False,
+    )
+    stored = await trackly.db[c.ACCOUNTS].find_one({"_id": acc["id"]})
+    assert stored["webhook_secret"] == "s3cret-value" and stored["balance"] == 1.5
+    for bad, loc in (
+        ({"balance": 5}, "body.balance"),
+        ({"webhook_url": "http://169.254.169.254/x"}, "body.webhook_url"),
+        ({"name": None}, "body.name"),
+        ({"filter_bots": "maybe"}, "body.filter_bots"),
+    ):
+        r = await admin.patch(url, headers=H, json=bad)
+        assert r.status == 422 and (await r.json())["details"][0]["loc"] == loc, bad
+    r = await admin.patch(url, headers=H, json={"webhook_url": None, "webhook_secret": None})
+    assert r.status == 200 and (await r.json())["webhook_url"] is None
+    r = await admin.post(url + "/balance", headers=H, json={"amount": 10, "note": "top-up"})
+    assert r.status == 200 and (await r.json())["balance"] == 11.5
+    r = await admin.post(url + "/balance", headers=H, json={"amount": -20})
+    assert r.status == 409 and (await trackly.db[c.ACCOUNTS].find_one({"_id": acc["id"]}))["balance"] == 11.5
+    r = await admin.post(url + "/balance", headers=H, json={"amount": -11.5})
+    assert r.status == 200 and (await r.json())["balance"] == 0
+    for bad in ({}, {"amount": "x"}, {"amount": 1e12}):
+        r = await admin.post(url + "/balance", headers=H, json=bad)
+        assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.amount", bad
+    assert (await admin.patch("/api/v1/accounts/999", headers=H, json={"name": "x"})).status == 404
+    assert (await admin.post("/api/v1/accounts/999/balance", headers=H, json={"amount": 1})).status == 404

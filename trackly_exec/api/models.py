@@ -224,6 +224,43 @@ class AccountIn(Body):
     webhook_secret: str | None = Field(
         None, min_length=8, max_length=200, description="HMAC secret for the customer webhook (never returned)."
     )
+    filter_bots: bool = Field(
+        False, description="Click statistics exclude bot clicks; sent as `filterBots` in the customer webhook."
+    )
+
+
+class AccountPatch(Patch):
+    """An account's name, customer webhook and bot filter; the balance changes by ``POST .../balance`` only."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"webhook_url": "https://acme.example/sms-status", "filter_bots": True}]},
+    )
+    NULLABLE = frozenset({"webhook_url", "webhook_secret"})
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    webhook_url: str | None = Field(
+        None, pattern=r"^https?://", max_length=2000, description="Customer delivery-status webhook (null: none)."
+    )
+    webhook_secret: str | None = Field(
+        None, min_length=8, max_length=200, description="HMAC secret for the customer webhook (never returned)."
+    )
+    filter_bots: bool | None = None
+
+
+class BalanceChange(Body):
+    """Credit (a top-up) or debit (a correction) an account's prepaid balance, atomically beside the executor's
+    debits; a debit larger than the balance is refused (409)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"amount": 250.0, "note": "invoice 42"}]})
+
+    amount: float = Field(
+        description="Added to the balance (negative: taken off).",
+        ge=-1_000_000_000,
+        le=1_000_000_000,
+        allow_inf_nan=False,
+    )
+    note: str | None = Field(None, max_length=500, description="Why, for the log.")
 
 
 class AccountOut(Out):
@@ -232,6 +269,7 @@ class AccountOut(Out):
     balance: float = 0.0
     webhook_url: str | None = None
     webhook_secret: str | None = Field(None, description=f'"{MASK}" when set.')
+    filter_bots: bool = False
     created_at: dt.datetime | None = None
 
     @classmethod

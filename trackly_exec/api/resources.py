@@ -15,11 +15,13 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import SecretStr
+from pymongo import ReturnDocument
 
 from trackly_exec.api import models as m
 from trackly_exec.api.contacts import upsert
 from trackly_exec.api.routes import (
     IMPORT_ROW_BYTES,
+    ApiError,
     Problems,
     _json,
     _new_id,
@@ -39,9 +41,12 @@ from trackly_exec.api.routes import (
 from trackly_exec.app import Trackly
 from trackly_exec.drivers.pool import ListOverrideError
 from trackly_exec.errors import DriverNotFound, TracklyError
+from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ConfigTable, ContactDoc, Filter
 from trackly_exec.tracking.netguard import Allowlist, check_url
+
+log = get_logger(__name__)
 
 # --------------------------------------------------------------------------------------------- accounts
 
@@ -62,6 +67,60 @@ async def create_account(request: web.Request) -> web.Response:
     doc = {"_id": await _new_id(trackly, c.ACCOUNTS), **body.model_dump(), "created_at": trackly.now()}
     await trackly.db[c.ACCOUNTS].insert_one(doc)
     return _json(m.AccountOut.from_doc(doc), 201)
+
+
+@route(
+    "PATCH",
+    "/accounts/{id}",
+    "Edit an account: name, customer webhook URL and secret (null removes them), bot filter",
+    body=m.AccountPatch,
+    response=m.AccountOut,
+)
+async def patch_account(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    doc = await path_doc(request, c.ACCOUNTS, "account")
+    body = await read_body(request, m.AccountPatch)
+    changes = {k: getattr(body, k) for k in sorted(body.model_fields_set)}
+    for k, v in changes.items():
+        if v is None and k not in m.AccountPatch.NULLABLE:
+            raise field_error(f"body.{k}", f"{k} cannot be null")
+    if changes.get("webhook_url") is not None:
+        await check_webhook_url(trackly, changes["webhook_url"], "body.webhook_url")
+    if changes:
+        await trackly.db[c.ACCOUNTS].update_one({"_id": doc["_id"]}, {"$set": changes})
+    log.info("account_edited", account_id=doc["_id"], fields=sorted(changes))  # values not logged: a secret
+    return _json(m.AccountOut.from_doc({**doc, **changes}))
+
+
+@route(
+    "POST",
+    "/accounts/{id}/balance",
+    "Credit (top up) or debit an account's prepaid balance; billing-blocked messages go at their next retry",
+    body=m.BalanceChange,
+    response=m.AccountOut,
+    errors=(409,),
+)
+async def change_balance(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    doc = await path_doc(request, c.ACCOUNTS, "account")
+    body = await read_body(request, m.BalanceChange)
+    amount = round(body.amount, 6)
+    query: Filter = {"_id": doc["_id"]}
+    if amount < 0:
+        query["balance"] = {"$gte": -amount}  # atomic beside the executor's debits: never below zero
+    after = await trackly.db[c.ACCOUNTS].find_one_and_update(
+        query, {"$inc": {"balance": amount}}, return_document=ReturnDocument.AFTER
+    )
+    if after is None:
+        raise ApiError(
+            409,
+            "conflict",
+            f"account {doc['_id']} has a balance of {doc.get('balance', 0.0)}: it cannot be debited {-amount}",
+        )
+    log.info(
+        "account_balance_changed", account_id=doc["_id"], amount=amount, balance=after.get("balance"), note=body.note
+    )
+    return _json(m.AccountOut.from_doc(after))
 
 
 # --------------------------------------------------------------------------------------------- sending lists
