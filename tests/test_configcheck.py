@@ -97,6 +97,23 @@ def test_placeholders_of_the_example_are_refused() -> None:
     assert [k for k, _ in configcheck.placeholders(settings)] == ["http.api_tokens.0"]
 
 
+def test_a_local_fakes_credentials_are_not_placeholders(tmp_path: Path) -> None:
+    """A driver instance pointed at this machine (``trackly fake-provider``) may use the fake's own credentials, the
+    CM fake's all-zero product token included; the same token for a real gateway is still a placeholder."""
+    settings = load_config(
+        ROOT / "trackly.toml",
+        drivers={
+            "cm": {"base_url": "http://127.0.0.1:9003", "product_token": "00000000-0000-0000-0000-000000000000"},
+            "cm_live": {
+                "driver": "cm",
+                "base_url": "https://gw.messaging.cm.com",
+                "product_token": "00000000-0000-0000-0000-000000000000",
+            },
+        },
+    )
+    assert [k for k, _ in configcheck.placeholders(settings)] == ["drivers.cm_live.product_token"]
+
+
 def test_embedded_uri_shown_and_credentials_masked(tmp_path: Path) -> None:
     """mongo.uri = "embedded" is not a secret; a URI's password is masked, its hosts stay readable."""
     r = check_config("-c", str(ROOT / "trackly.toml"), "--no-store")

@@ -351,3 +351,14 @@ def test_json_answer_is_written_as_aiohttps_json_response() -> None:
     ours, theirs = json_answer(data, status=400), web.json_response(data, status=400)
     assert (ours.status, ours.content_type, ours.charset) == (theirs.status, theirs.content_type, theirs.charset)
     assert isinstance(ours.body, bytes) and json.loads(ours.body) == data
+
+
+def test_the_fakes_count_segments_as_the_providers_and_the_product_do() -> None:
+    """An escape pair is never split across two parts: 152 septets, '€' (2) and 152 more is 3 parts, not
+    ceil(306 / 153) = 2; the fakes bill what the product estimates."""
+    from trackly_exec.store.segments import segment_count
+    from trackly_exec.testing.fakes.base import segments
+
+    for body in ("a" * 152 + "€" + "a" * 152, "a" * 160, "a" * 161, "€" * 80, "😀" * 35, "ü" * 70):
+        assert segments(body) == segment_count(body), body
+    assert segments("a" * 152 + "€" + "a" * 152) == 3

@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any, Literal, TextIO, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -56,11 +57,21 @@ def _strings(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...
         yield path, value
 
 
+def _local_driver(settings: Settings, path: tuple[str, ...]) -> bool:
+    """A driver instance's setting whose instance talks to this machine (``trackly fake-provider``): its credentials
+    are the fake's, the all-zero CM token included, not placeholders to replace."""
+    if len(path) < 3 or path[0] != "drivers":
+        return False
+    base = str((settings.drivers.get(path[1]) or {}).get("base_url") or "")
+    host = (urlsplit(base).hostname or "").lower()
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def placeholders(settings: Settings) -> list[tuple[str, str]]:
     """Settings still holding an example placeholder (the value is never repeated)."""
     out = []
     for path, text in _strings(settings, ()):
-        if text and PLACEHOLDER.search(text.strip()):
+        if text and PLACEHOLDER.search(text.strip()) and not _local_driver(settings, path):
             var = env_var(path)
             out.append(
                 (

@@ -348,7 +348,7 @@ async def _publish(trackly: Trackly, provider: str, changed: list[tuple[Delivery
                     kind=EventKind.SPAM_COMPLAINT,
                     severity="critical",
                     data=data,
-                    message=f"carrier spam filtering on message {doc['_id']} ({provider} {r.error_code})",
+                    message=f"carrier spam filtering on message {doc['_id']} ({provider} {r.error_code or r.status})",
                     key=f"spam:{doc.get('sending_list_id')}",
                 )
             )

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import math
 import os
 import socket
 import struct
@@ -59,6 +58,7 @@ from aiohttp import web
 from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store.documents import ConfigTable
+from trackly_exec.store.segments import segment_count
 from trackly_exec.testing.fakes.control import Behaviour, RemoteControl
 
 log = get_logger(__name__)
@@ -126,21 +126,11 @@ class FakeBadRequest(TracklyError):
         self.response = response
 
 
-_GSM7 = frozenset(
-    "\n\r !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
-    "\xa1\xa3\xa4\xa5\xa7\xbf\xc4\xc5\xc6\xc9\xd1\xd6\xd8\xdc\xdf\xe0\xe4\xe5\xe6\xc7\xe8\xe9\xec\xf1\xf2"
-    "\xf6\xf8\xf9\xfc\u0393\u0394\u0398\u039b\u039e\u03a0\u03a3\u03a6\u03a8\u03a9"
-)
-_GSM7_EXT = frozenset("\f^{}\\[~]|€")
-
-
 def segments(text: str) -> int:
-    """SMS parts of ``text`` (GSM-7 160/153 septets, otherwise UCS-2 70/67 code units)."""
-    if all(c in _GSM7 or c in _GSM7_EXT for c in text):
-        n = len(text) + sum(1 for c in text if c in _GSM7_EXT)
-        return 1 if n <= 160 else math.ceil(n / 153)
-    n = len(text.encode("utf-16-le")) // 2
-    return 1 if n <= 70 else math.ceil(n / 67)
+    """SMS parts of ``text`` as the providers count them (GSM-7 160/153 septets, an escape pair never split across
+    two parts; otherwise UCS-2 70/67 code units, a surrogate pair never split): providers.md §4, the product's own
+    rule (:func:`trackly_exec.store.segments.segment_count`)."""
+    return segment_count(text)
 
 
 def reset_connection(request: web.Request) -> web.Response:
