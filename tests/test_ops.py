@@ -246,6 +246,28 @@ async def test_redrive_rechecks_cooldown_and_quiet_hours(admin: TestClient[Any, 
     await assert_one_record_each(store, ids)
 
 
+async def test_redrive_keeps_a_test_sends_lifted_checks(admin: TestClient[Any, Any], store: Store) -> None:
+    """A test send's overrides (``quiet_hours``, ``opt_out``), lifted on request, stay lifted when it is re-driven:
+    queued due now, not held for the window, and not skipped as opted out."""
+    now = utcnow()
+    night = next(
+        f"Etc/GMT{'-' if o > 0 else '+'}{abs(o)}"
+        for o in range(-12, 15)
+        if o and (now + dt.timedelta(hours=o)).hour in (2, 3)
+    )
+    ids = await seed(store, 2)
+    await store.db[c.CONTACTS].update_many({"_id": {"$in": [1, 2]}}, {"$set": {"timezone": night}})
+    await store.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"subscribed": False}})
+    await fail(store, ids, FailureReason.PROVIDER_ERROR)
+    await store.db[c.FAILED].update_many({}, {"$set": {"overrides": ["opt_out", "quiet_hours"], "send_type": "test"}})
+    out = await post(admin, "/dead-letters/redrive", {"message_ids": ids})
+    assert out["requeued"] == 2 and out["held_quiet_hours"] == 0 and out["skipped"] == {}, out
+    for d in await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None):
+        assert d["overrides"] == ["opt_out", "quiet_hours"]
+        assert d["not_before"].replace(tzinfo=dt.UTC) <= utcnow()
+    await assert_one_record_each(store, ids)
+
+
 async def test_redrive_paused_campaign_stays_held(admin: TestClient[Any, Any], store: Store) -> None:
     """A re-driven message of a paused campaign waits for the resume like its other queued messages."""
     ids = await seed(store, 2)
