@@ -123,6 +123,24 @@ async def test_unwritable_output_files_are_refused_before_any_work(
     assert not list(tmp_path.glob("*.part"))
 
 
+async def test_account_commands(admin_url: str, trackly: Trackly, capsys: pytest.CaptureFixture[str]) -> None:
+    """trackly account show / edit / top-up / debit go through the API; a debit past zero and a bad amount are
+    clear errors."""
+    await setup_list(trackly)
+    assert await run(admin_url, "account", "top-up", "1", "2.5", "--note", "invoice 7") == 0
+    assert "balance 12.5 (+2.5)" in capsys.readouterr().out
+    assert await run(admin_url, "account", "debit", "1", "20") == 1
+    assert "cannot be debited" in capsys.readouterr().err
+    assert await run(admin_url, "account", "edit", "1", "--json", '{"filter_bots": true}', "--name", "B") == 0
+    capsys.readouterr()
+    assert await run(admin_url, "account", "show", "1") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["name"], shown["filter_bots"], shown["balance"]) == ("B", True, 12.5)
+    with pytest.raises(SystemExit):
+        await run(admin_url, "account", "top-up", "1", "lots")
+    assert "invalid amount value" in capsys.readouterr().err
+
+
 async def test_campaign_commands_and_stats(
     admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -684,7 +684,13 @@ def cmd_campaign_preview(args: argparse.Namespace) -> int:
     return _preview(args, f"/campaigns/{args.id}/preview", body)
 
 
-RESOURCES = {"campaign": "/campaigns", "creative": "/creatives", "audience": "/audiences", "list": "/sending-lists"}
+RESOURCES = {
+    "campaign": "/campaigns",
+    "creative": "/creatives",
+    "audience": "/audiences",
+    "list": "/sending-lists",
+    "account": "/accounts",
+}
 
 
 def _edit_cmd(noun: str) -> Any:
@@ -716,6 +722,30 @@ def _edit_cmd(noun: str) -> Any:
         return 0
 
     return run
+
+
+def cmd_account_show(args: argparse.Namespace) -> int:
+    print(json.dumps(client_from(args).call("GET", f"/accounts/{args.id}"), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _amount(sign: int) -> Any:
+    def amount(text: str) -> float:
+        value = float(text)  # a ValueError: argparse says "invalid amount value"
+        if value != value or value in (float("inf"), float("-inf")) or value == 0:
+            raise ValueError(text)
+        return sign * abs(value)
+
+    return amount
+
+
+def cmd_account_balance(args: argparse.Namespace) -> int:
+    body: JsonObject = {"amount": args.amount}
+    if args.note:
+        body["note"] = args.note
+    out = client_from(args).call("POST", f"/accounts/{args.id}/balance", body)
+    print(f"{_label(out.get('name'), out['id'], 'account')}: balance {out['balance']:,.6g} ({args.amount:+,.6g})")
+    return 0
 
 
 def _archive_cmd(noun: str) -> Any:
@@ -914,6 +944,27 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     cp.add_argument("--scan-limit", type=int, default=100_000, help="contacts scanned for missing values")
     cp.add_argument("--json", action="store_true", help="print the raw JSON")
     cp.set_defaults(func=cmd_creative_preview)
+
+    acc = sub.add_parser("account", help="show and edit an account, top up its balance")
+    asub = acc.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sh = asub.add_parser("show", help="an account (its webhook secret masked)", parents=parents)
+    sh.add_argument("id", type=int, help="account id")
+    sh.set_defaults(func=cmd_account_show)
+    ed = asub.add_parser(
+        "edit",
+        help='change an account: --name, or --json \'{"webhook_url": ..., "filter_bots": true}\'',
+        parents=parents,
+    )
+    ed.add_argument("id", type=int, help="account id")
+    ed.add_argument("--name")
+    ed.add_argument("--json", help="the fields to change as a JSON object (see PATCH /accounts/{id} in the OpenAPI)")
+    ed.set_defaults(func=_edit_cmd("account"))
+    for name, sign, what in (("top-up", 1, "credit"), ("debit", -1, "debit (a correction; never below zero)")):
+        tp = asub.add_parser(name, help=f"{what} an account's prepaid balance", parents=parents)
+        tp.add_argument("id", type=int, help="account id")
+        tp.add_argument("amount", type=_amount(sign), help="amount, in the balance's currency")
+        tp.add_argument("--note", help="why (logged)")
+        tp.set_defaults(func=cmd_account_balance)
 
     subs = {"campaign": psub, "creative": rsub}
     for noun in ("audience", "list"):
