@@ -222,15 +222,20 @@ async def test_dead_letters_list_summary_and_redrive(
     assert split == {c.QUEUED: 0, c.SENT: 9, c.FAILED: 3}
 
 
-async def test_redrive_rechecks_cooldown_and_quiet_hours(admin: TestClient[Any, Any], store: Store) -> None:
-    """A number texted within the list's cooldown is not re-driven; one in quiet hours is queued held until its
-    window opens."""
-    now = utcnow()
-    night = next(
+def _night_zone(now: dt.datetime) -> str:
+    """A fixed-offset zone where it is 02:xx or 03:xx now (inside every list's quiet hours)."""
+    return next(
         f"Etc/GMT{'-' if o > 0 else '+'}{abs(o)}"
         for o in range(-12, 15)
         if o and (now + dt.timedelta(hours=o)).hour in (2, 3)
     )
+
+
+async def test_redrive_rechecks_cooldown_and_quiet_hours(admin: TestClient[Any, Any], store: Store) -> None:
+    """A number texted within the list's cooldown is not re-driven; one in quiet hours is queued held until its
+    window opens."""
+    now = utcnow()
+    night = _night_zone(now)
     ids = await seed(store, 3)
     await store.db[c.CONTACTS].update_one({"_id": 3}, {"$set": {"timezone": night}})
     await fail(store, ids, FailureReason.PROVIDER_ERROR)
@@ -250,11 +255,7 @@ async def test_redrive_keeps_a_test_sends_lifted_checks(admin: TestClient[Any, A
     """A test send's overrides (``quiet_hours``, ``opt_out``), lifted on request, stay lifted when it is re-driven:
     queued due now, not held for the window, and not skipped as opted out."""
     now = utcnow()
-    night = next(
-        f"Etc/GMT{'-' if o > 0 else '+'}{abs(o)}"
-        for o in range(-12, 15)
-        if o and (now + dt.timedelta(hours=o)).hour in (2, 3)
-    )
+    night = _night_zone(now)
     ids = await seed(store, 2)
     await store.db[c.CONTACTS].update_many({"_id": {"$in": [1, 2]}}, {"$set": {"timezone": night}})
     await store.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"subscribed": False}})
