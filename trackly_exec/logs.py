@@ -54,6 +54,10 @@ def _extra(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+#: The root handler configure_logging installed (at most one).
+_installed: list[logging.Handler] = []
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     stream = stream or sys.stderr
@@ -88,10 +92,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         )
     )
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_trackly", False)]:
-        root.removeHandler(old)
-    handler._trackly = True  # type: ignore[attr-defined]
+    if _installed:  # configured again (a CLI run in a test, a new level): the new handler replaces ours
+        root.removeHandler(_installed.pop())
     root.addHandler(handler)
+    _installed.append(handler)
     root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 

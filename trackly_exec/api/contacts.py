@@ -27,7 +27,7 @@ from trackly_exec.api.models import ContactIn, RejectedRow
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
-from trackly_exec.store.client import Store
+from trackly_exec.store.client import Store, opted_out
 from trackly_exec.store.documents import ContactDoc, JsonObject, Update
 from trackly_exec.store.models import Clock, utcnow
 
@@ -133,12 +133,6 @@ async def _upsert_batch(
     """
     coll = store.db[c.CONTACTS]
     ids = await store.next_ids(c.CONTACTS, len(items))
-    # numbers that sent STOP on this list, before or without being contacts: they stay unsubscribed, whatever the
-    # import says (only their own START resubscribes them)
-    keys = {phones.opt_out_key(list_id, phone): phone for phone, _ in items}
-    stopped = {
-        keys[d["_id"]] for d in await store.db[c.OPT_OUTS].find({"_id": {"$in": list(keys)}}, {"_id": 1}).to_list(None)
-    }
     docs = []
     for cid, (phone, rows) in zip(ids, items, strict=True):
         doc: ContactDoc = {
@@ -156,8 +150,6 @@ async def _upsert_batch(
                 doc["attributes"][key.split(".", 1)[1]] = value
             else:
                 doc[key] = value  # type: ignore[literal-required]  # key: one of _FIELDS
-        if phone in stopped:
-            doc["subscribed"] = False
         docs.append(doc)
     existing: set[int] = set()
     try:
@@ -173,22 +165,29 @@ async def _upsert_batch(
         else:
             result.inserted += 1
             result.updated += len(rows) - 1
-    if not existing:
-        return
-    dup = {items[i][0]: items[i][1] for i in existing}
-    updates = [
-        UpdateOne(
-            {"_id": d["_id"]},
-            {
-                "$set": {
-                    **_changes(dup[d["phone"]]),
-                    **({"subscribed": False} if d["phone"] in stopped else {}),
-                    "updated_at": now,
-                    "phone_check": phones.phone_check(d["phone"]),
-                }
-            },
+    if existing:
+        dup = {items[i][0]: items[i][1] for i in existing}
+        updates = [
+            UpdateOne(
+                {"_id": d["_id"]},
+                {
+                    "$set": {
+                        **_changes(dup[d["phone"]]),
+                        "updated_at": now,
+                        "phone_check": phones.phone_check(d["phone"]),
+                    }
+                },
+            )
+            async for d in coll.find({"sending_list_id": list_id, "phone": {"$in": list(dup)}}, {"phone": 1})
+        ]
+        if updates:
+            await coll.bulk_write(updates, ordered=False)
+    # Numbers that sent STOP on this list before (or without) being contacts stay unsubscribed, whatever the import
+    # says; only their own START resubscribes them. Read after the writes: a STOP racing this import either finds
+    # the contact (tracking.optout unsubscribes it) or is found here (it is remembered before it looks).
+    stopped = await opted_out(store.db, [(list_id, phone) for phone, _ in items])
+    if stopped:
+        await coll.update_many(
+            {"sending_list_id": list_id, "phone": {"$in": sorted(phone for _, phone in stopped)}},
+            {"$set": {"subscribed": False, "updated_at": now}},
         )
-        async for d in coll.find({"sending_list_id": list_id, "phone": {"$in": list(dup)}}, {"phone": 1})
-    ]
-    if updates:
-        await coll.bulk_write(updates, ordered=False)

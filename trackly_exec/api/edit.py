@@ -1,7 +1,8 @@
-"""Admin API routes to edit and retire: ``PATCH`` and ``DELETE`` (archive) of sending lists, audiences, creatives
-and campaigns, and erasing a contact (registered into :data:`trackly_exec.api.ROUTES`).
+"""Admin API routes to edit and retire: ``PATCH`` of accounts, ``PATCH`` and ``DELETE`` (archive) of sending lists,
+audiences, creatives and campaigns, and erasing a contact (registered into :data:`trackly_exec.api.ROUTES`).
 
-* ``PATCH`` changes what is safe to change. Names and descriptions always. A campaign's other fields, an
+* ``PATCH`` changes what is safe to change. Names and descriptions always; an account's customer webhook and bot
+  filter too (its balance only by ``POST /accounts/{id}/balance``). A campaign's other fields, an
   audience's contacts and a creative's variants only while no execution that uses them is running (pending,
   evaluating or queued): 409 naming the execution otherwise. A sending list's settings any time (queued
   messages keep what they were composed with), its driver and driver settings too, checked like at creation.
@@ -24,11 +25,12 @@ from pydantic import BaseModel
 from trackly_exec.api import models as m
 from trackly_exec.api import models_campaigns as mc
 from trackly_exec.api.campaigns import check_refs, check_schedule
-from trackly_exec.api.resources import _undollar, check_audience, check_driver, check_variants
+from trackly_exec.api.resources import _undollar, check_audience, check_driver, check_variants, check_webhook_url
 from trackly_exec.api.routes import ApiError, Problems, _json, _tr, path_doc, read_body, route
 from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import (
+    AccountDoc,
     AnyDocument,
     AudienceDoc,
     CampaignDoc,
@@ -109,6 +111,7 @@ LIST = Kind(c.SENDING_LISTS, "sending list", m.SendingListOut.from_doc, "sending
 AUDIENCE = Kind(c.AUDIENCES, "audience", m.AudienceOut.from_doc, "audience_ids")
 CREATIVE = Kind(c.CREATIVES, "creative", m.CreativeOut.from_doc, "creative_id")
 CAMPAIGN = Kind(c.CAMPAIGNS, "campaign", mc.CampaignOut.from_doc, "")
+ACCOUNT = Kind(c.ACCOUNTS, "account", m.AccountOut.from_doc, "account_id")
 
 P = TypeVar("P", bound=m.Patch)
 #: A resource's own part of a PATCH, given (trackly, id, stored document, body) once the body names a field other
@@ -156,6 +159,28 @@ async def _refuse_if_running(trackly: Trackly, kind: Kind, rid: int) -> None:
     ex = await running_execution(trackly, [d["_id"] for d in await _users(trackly, kind.used_by, rid)])
     if ex is not None:
         raise _busy(f"{kind.what} {rid}", ex)
+
+
+# --------------------------------------------------------------------------------------------- accounts
+
+
+async def _account_changes(trackly: Trackly, aid: int, doc: AccountDoc, body: m.AccountPatch) -> Update:
+    """The customer webhook (checked like at creation; null removes it) and the bot filter; never the balance
+    (``POST /accounts/{id}/balance``)."""
+    if body.webhook_url is not None:
+        await check_webhook_url(trackly, body.webhook_url, "body.webhook_url")
+    return {k: getattr(body, k) for k in sorted(body.model_fields_set - ALWAYS)}
+
+
+@route(
+    "PATCH",
+    "/accounts/{id}",
+    "Edit an account: name, customer webhook URL and secret (null removes them), bot filter",
+    body=m.AccountPatch,
+    response=m.AccountOut,
+)
+async def patch_account(request: web.Request) -> web.Response:
+    return await _patch(request, ACCOUNT, m.AccountPatch, _account_changes)
 
 
 # --------------------------------------------------------------------------------------------- sending lists

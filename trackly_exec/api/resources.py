@@ -70,29 +70,6 @@ async def create_account(request: web.Request) -> web.Response:
 
 
 @route(
-    "PATCH",
-    "/accounts/{id}",
-    "Edit an account: name, customer webhook URL and secret (null removes them), bot filter",
-    body=m.AccountPatch,
-    response=m.AccountOut,
-)
-async def patch_account(request: web.Request) -> web.Response:
-    trackly = _tr(request)
-    doc = await path_doc(request, c.ACCOUNTS, "account")
-    body = await read_body(request, m.AccountPatch)
-    changes = {k: getattr(body, k) for k in sorted(body.model_fields_set)}
-    for k, v in changes.items():
-        if v is None and k not in m.AccountPatch.NULLABLE:
-            raise field_error(f"body.{k}", f"{k} cannot be null")
-    if changes.get("webhook_url") is not None:
-        await check_webhook_url(trackly, changes["webhook_url"], "body.webhook_url")
-    if changes:
-        await trackly.db[c.ACCOUNTS].update_one({"_id": doc["_id"]}, {"$set": changes})
-    log.info("account_edited", account_id=doc["_id"], fields=sorted(changes))  # values not logged: a secret
-    return _json(m.AccountOut.from_doc({**doc, **changes}))
-
-
-@route(
     "POST",
     "/accounts/{id}/balance",
     "Credit (top up) or debit an account's prepaid balance; billing-blocked messages go at their next retry",

@@ -29,6 +29,7 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
+from trackly_exec.store.client import opted_out
 from trackly_exec.store.documents import ContactDoc, CreativeDoc, JsonObject, QueuedDoc, SendingListDoc, ShortLinkDoc
 from trackly_exec.store.models import Execution, ExecutionStatus, QuietHours, entering_queue, new_message_id
 from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
@@ -90,10 +91,7 @@ async def send_test(
         d["phone"]: d
         for d in await db[c.CONTACTS].find({"sending_list_id": list_id, "phone": {"$in": tos}}).to_list(None)
     }
-    keys = {phones.opt_out_key(list_id, to): to for to in tos}  # numbers that sent STOP here, contacts or not
-    stopped = {
-        keys[d["_id"]] for d in await db[c.OPT_OUTS].find({"_id": {"$in": list(keys)}}, {"_id": 1}).to_list(None)
-    }
+    stopped = {phone for _, phone in await opted_out(db, [(list_id, to) for to in tos])}  # STOP here, contact or not
     quiet = QuietHours.model_validate(sending_list.get("quiet_hours") or {})
     window = Window.from_quiet_hours(quiet)
     overrides = [name for name, on in (("opt_out", override_opt_out), ("quiet_hours", override_quiet_hours)) if on]
@@ -112,10 +110,10 @@ async def send_test(
             "held_until": None,
             "skipped": None,
         }
-        opted_out = to in stopped or (
+        unsubscribed = to in stopped or (
             contact is not None and (contact.get("subscribed") is False or contact.get("blocked") is True)
         )
-        if opted_out and not override_opt_out:
+        if unsubscribed and not override_opt_out:
             row["skipped"] = "unsubscribed"
             results.append(row)
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateMany, UpdateOne
@@ -22,6 +22,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import Filter, Update
 from trackly_exec.store.embedded import EmbeddedMongo
+from trackly_exec.store.phones import opt_out_key
 
 log = get_logger(__name__)
 
@@ -129,6 +130,15 @@ async def find_by_ids(
         cursor = reply["cursor"]
         docs.extend(cursor["nextBatch"])
     return docs
+
+
+async def opted_out(db: AsyncDatabase[Any], pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
+    """The (sending list, number) pairs among ``pairs`` whose number sent STOP on that list, contact or not
+    (``opt_outs``, keyed by :func:`~trackly_exec.store.phones.opt_out_key`): one indexed read."""
+    keys = {opt_out_key(list_id, phone): (list_id, phone) for list_id, phone in pairs}
+    if not keys:
+        return set()
+    return {keys[d["_id"]] async for d in db[c.OPT_OUTS].find({"_id": {"$in": list(keys)}}, {"_id": 1})}
 
 
 def update_ids(ids: Sequence[Any], update: Update, where: Filter | None = None) -> UpdateOne | UpdateMany:

@@ -204,6 +204,7 @@ async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[Contac
 async def _apply_stops(trackly: Trackly, stops: list[_Action]) -> None:
     db = trackly.store
     now = trackly.now()
+    await _remember(trackly, stops, now)  # first: an import racing this STOP then sees it (api.contacts)
     contacts = await _contacts(trackly, stops)
     contact_ids = [x["_id"] for x in contacts]
     if contact_ids:
@@ -211,7 +212,6 @@ async def _apply_stops(trackly: Trackly, stops: list[_Action]) -> None:
             {"_id": {"$in": contact_ids}}, {"$set": {"subscribed": False, "updated_at": now}}
         )
     dead = await _dead_letter_queued(trackly, contacts, now) if contacts else 0
-    await _remember(trackly, stops, now)
     events = []
     for a in stops:
         matched = [x for x in contacts if x["phone"] in a.froms and x["sending_list_id"] in a.list_ids]

@@ -95,7 +95,6 @@ class WebhookHandler:
         name = request.match_info["driver"]
         if name not in self.trackly.drivers.names():
             return _plain(404, "unknown driver")
-
         try:
             body = await _read_body(request, self.trackly.settings.tracking.webhook_max_body_bytes)
         except _TooLarge:
