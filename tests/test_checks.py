@@ -216,6 +216,27 @@ async def test_recheck_decides_per_message(store: Store) -> None:
     assert len(ids) == 50
 
 
+async def test_recheck_holds_a_contactless_message_to_its_numbers_stop(store: Store) -> None:
+    """A message without a contact (a test send to a number that is none) is blocked at the send-time re-check when
+    its number sent STOP on the list since it was queued (``opt_outs``), unless the test send lifted opt-outs; a
+    number that sent STOP on another list is not held here. Messages with a contact read no opt-outs at all."""
+    from trackly_exec.store.phones import opt_out_key
+
+    await seed(store, 4)
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    for d in docs:
+        d["contact_id"] = None
+    docs[2]["overrides"] = ["opt_out"]
+    for d in (docs[0], docs[2]):
+        await store.db[c.OPT_OUTS].insert_one({"_id": opt_out_key(1, d["to_number"]), "sending_list_id": 1})
+    await store.db[c.OPT_OUTS].insert_one({"_id": opt_out_key(2, docs[1]["to_number"]), "sending_list_id": 2})
+    lst = SendingList.from_doc(await store.db[c.SENDING_LISTS].find_one({"_id": 1}))
+    window = quiethours.Window.from_quiet_hours(lst.quiet_hours)
+    rc = await checks.recheck(store.db, docs, utcnow(), window=window, default_tz=midday_zone())
+    assert [(d["_id"], why) for d, why in rc.blocked] == [(docs[0]["_id"], "number opted out (STOP)")]
+    assert [d["_id"] for d in rc.send] == [d["_id"] for d in docs[1:]]
+
+
 # ------------------------------------------------------------------------------------------------ STOP mid-campaign
 
 

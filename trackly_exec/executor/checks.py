@@ -39,6 +39,7 @@ from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
+from trackly_exec.store.client import opted_out
 from trackly_exec.store.documents import ClaimedDoc, ContactDoc
 from trackly_exec.store.models import FailureReason
 
@@ -225,12 +226,18 @@ async def recheck(
     timezones = timezones or {}
     contact_ids = sorted({cid for d in docs if (cid := d.get("contact_id")) is not None})
     campaign_ids = sorted({cid for d in docs if (cid := d.get("campaign_id")) is not None})
+    # a message without a contact (a test send to a number that is none) is held to the number's own STOP
+    numbers = [(int(d["sending_list_id"]), d["to_number"]) for d in docs if d.get("contact_id") is None]
     stopped, paused = await asyncio.gather(blocked_contacts(db, contact_ids), paused_campaigns(db, campaign_ids))
+    stopped_numbers = await opted_out(db, numbers) if numbers else set()  # (campaign messages all have a contact)
     memo: dict[Any, bool] = {}
     for d in docs:
         cid = d.get("contact_id")
         lifted = d.get("overrides") or ()  # a test send's explicit overrides (testsend.py)
-        why = stopped.get(cid) if cid is not None else None
+        if cid is not None:
+            why = stopped.get(cid)
+        else:
+            why = "number opted out (STOP)" if (d["sending_list_id"], d["to_number"]) in stopped_numbers else None
         if why is not None and "opt_out" not in lifted:
             out.blocked.append((d, why))
             continue
