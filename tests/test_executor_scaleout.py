@@ -236,3 +236,36 @@ async def test_a_running_executor_is_a_member_until_it_stops(
         assert await redis_client.zscore(key, "exec-z") is not None
     finally:
         await coord.trackly.close(close_store=False)
+
+
+async def test_two_executors_on_a_slow_list_book_no_more_than_the_wait_holds(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A list of 600/min with a 0.4 s wait grants 4 tokens within the wait, and claims one message a batch (0.1 s of
+    tokens). Alone an executor works 4 such batches at once; two executors sharing the queue work 2 each, so that
+    together they never book past the wait: every message is paced out, none ends RATE_LIMIT_TIMEOUT (each used to
+    work 4, and the last ones booked timed out at once)."""
+    ids = await seed(store, 24, rate=600, hashed_ids=True)
+    cfg = {"rate_limit_wait_seconds": 0.4, "rate_limit_claim_seconds": 0.1}
+    a = await coordinator(settings, store, fakes, "exec-a", **cfg)
+    b = await coordinator(settings, store, fakes, "exec-b", **cfg)
+    try:
+        info = await a.list_info(1)
+        assert info is not None
+        assert a.executors() == 1 and a.worker.claim_limit(info.doc) == 1  # alone, before the heartbeats
+        assert a.worker.batches_per_list(info.doc) == 4
+        await a.join()
+        await b.join()
+        assert a.membership is not None
+        await a.membership.beat()
+        assert a.executors() == b.executors() == 2
+        assert a.worker.batches_per_list(info.doc) == b.worker.batches_per_list(info.doc) == 2
+        ca, cb = await asyncio.gather(a.run_until_idle(), b.run_until_idle())
+        assert await store.db[c.FAILED].count_documents({}) == 0, (ca, cb)
+        assert ca["sent"] + cb["sent"] == 24 and ca["sent"] > 0 and cb["sent"] > 0
+        counts = fakes["infobip"].accepted_counts()
+        assert all(counts[m] == 1 for m in ids)
+        await assert_one_record_each(store, ids)
+    finally:
+        await a.trackly.close(close_store=False)
+        await b.trackly.close(close_store=False)

@@ -84,6 +84,7 @@ class Coordinator:
         self.stealing = False  # claiming from the whole queue: this share is empty, others' are not (a stuck peer)
         self._starved_since: dt.datetime | None = None
         self.worker.share = self.share
+        self.worker.executors = self.executors
         self._poller = Loop("executor-poll", self.fill, self.cfg.poll_interval_seconds, on_error=self._poll_failed)
         self._heartbeat = Loop(
             "executor-heartbeat",
@@ -151,6 +152,11 @@ class Coordinator:
     def own_share(self) -> claims.Share | None:
         """This process's share of the queue by the membership (None: the whole queue)."""
         return self.membership.share() if self.membership is not None else None
+
+    def executors(self) -> int:
+        """How many executor processes share the queue, by the membership (1 alone, without Redis or a live view)."""
+        m = self.membership
+        return m.n if m is not None and m.live else 1
 
     def share(self) -> claims.Share | None:
         """What this process polls and claims now: its own share, or the whole queue while stealing."""

@@ -120,6 +120,8 @@ class Worker:
         self._candidates: dict[int, collections.deque[ClaimedDoc]] = {}  # list id -> due documents read ahead
         #: this process's share of the queue (None: the whole queue); the coordinator sets it from the membership
         self.share: Callable[[], claims.Share | None] = lambda: None
+        #: how many executor processes share the queue (1 alone or without a live membership; the coordinator sets it)
+        self.executors: Callable[[], int] = lambda: 1
         self._fetching: dict[int, asyncio.Lock] = {}
 
     # -- sizes ------------------------------------------------------------------------------------
@@ -145,14 +147,18 @@ class Worker:
         return max(self.chunk_size(lst), min(self.cfg.claim_batch_size, by_rate, self.tokens_within_wait(lst)))
 
     def tokens_within_wait(self, lst: SendingList) -> int:
-        """The tokens a rate-limited list grants within ``rate_limit_wait_seconds`` (at least 1)."""
-        return max(1, int(lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_wait_seconds + 1e-9))
+        """This process's part of the tokens a rate-limited list grants within ``rate_limit_wait_seconds`` (at least
+        1): all of them alone, a 1/N part when N executor processes share the queue (they book the same list's
+        tokens, each for the messages of its own share)."""
+        tokens = lst.rate_limit_per_minute / 60 * self.cfg.rate_limit_wait_seconds
+        return max(1, int(tokens / max(1, self.executors()) + 1e-9))
 
     def batches_per_list(self, lst: SendingList) -> int:
         """How many batches of a list this process works on at once: ``workers_per_list``, but for a slow list no
         more than its tokens within the wait hold (a 4/min list: 4 batches of 1), so that no batch this process
         claims waits past ``rate_limit_wait_seconds`` behind its own others and ends RATE_LIMIT_TIMEOUT while it
-        could have stayed queued (others' reservations still can: that is the timeout's case)."""
+        could have stayed queued. With N executor processes each takes a 1/N part of those tokens, so that together
+        they book no more than the wait holds (others' reservations beyond that still can: the timeout's case)."""
         if lst.rate_limit_per_minute <= 0:
             return self.cfg.workers_per_list
         return max(1, min(self.cfg.workers_per_list, self.tokens_within_wait(lst) // self.claim_limit(lst)))
