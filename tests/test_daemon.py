@@ -17,6 +17,7 @@ from typing import Any
 import bson
 import pytest
 
+from trackly_exec.errors import StoreError
 from trackly_exec.store.embedded import EmbeddedMongo
 from trackly_exec.testing.seeding import config_toml
 
@@ -149,6 +150,37 @@ def test_store_stops_on_sigterm_as_its_connections_close(tmp_path: Path) -> None
             sock.close()
         store.proc.send_signal(signal.SIGTERM)
         assert store.proc.wait(timeout=30) == 0  # a liveness bound: a hang fails, a slow stop does not
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    """Two servers on one SQLite store would each decide claims in Python on what the other writes: a second
+    daemon (or ``trackly init-db``) on a data directory in use is refused, naming the process that holds it; once
+    that one stops (or dies: the lock goes with it), the directory is free again. An in-memory store holds none."""
+    first = EmbeddedMongo(tmp_path)
+    first.start()
+    try:
+        first.wait_ready()
+        second = EmbeddedMongo(tmp_path)
+        with pytest.raises(StoreError, match=rf"in use by process {os.getpid()}.*own data_dir"):
+            second.start()
+        assert second.proc is None  # nothing was started
+        memory = EmbeddedMongo(tmp_path, in_memory=True)
+        memory.start()
+        memory.stop()
+    finally:
+        first.stop()
+    again = EmbeddedMongo(tmp_path)
+    again.start()
+    try:
+        again.wait_ready()
+    finally:
+        again.stop()
+    script = f"from trackly_exec.store.embedded import EmbeddedMongo; EmbeddedMongo({str(tmp_path)!r}).start()"
+    holder = subprocess.run([sys.executable, "-c", script + "; import os; os._exit(0)"], timeout=60)  # dies holding it
+    assert holder.returncode == 0
+    after = EmbeddedMongo(tmp_path)
+    after.start()
+    after.stop()
 
 
 # -- the embedded store dying under a running daemon ---------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -70,6 +71,34 @@ class EmbeddedMongo:
         run_dir = self.data_dir / "run"
         self.pid_file = run_dir / f"nx-27017-{self.port}.pid"
         self.log_file = run_dir / f"nx-27017-{self.port}.log"
+        self.lock_file = run_dir / "store.lock"
+        self._lock: int | None = None  # the open lock file while this process holds the data directory
+
+    def _take_data_dir(self) -> None:
+        """Hold the data directory for this process (an exclusive ``flock`` on ``run/store.lock``, released when it
+        stops or dies): two servers on one SQLite store would each take the other's writes for their own (claims
+        decided in Python by both), so a second daemon or ``trackly init-db`` on a store in use is refused."""
+        if self._lock is not None:
+            return
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(
+                f"the embedded store in {self.data_dir} is in use by process {holder} (another trackly daemon or "
+                "command on the same daemon.data_dir): stop it first, give this one its own data_dir, or point "
+                "mongo.uri of every daemon at one real MongoDB to run several"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock = fd
+
+    def _release_data_dir(self) -> None:
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
     @property
     def uri(self) -> str:
@@ -79,6 +108,7 @@ class EmbeddedMongo:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         store_dir = "memory" if self.in_memory else str(self.data_dir / "store")
         if not self.in_memory:
+            self._take_data_dir()
             Path(store_dir).mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)  # left by a killed run on this port; the port is free now
         cmd = [
@@ -128,6 +158,7 @@ class EmbeddedMongo:
     def stop(self, timeout: float = 5.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
+            self._release_data_dir()
             return
         proc.terminate()
         try:
@@ -135,6 +166,7 @@ class EmbeddedMongo:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+        self._release_data_dir()
         self.pid_file.unlink(missing_ok=True)
         log.info("embedded_store_stopped", port=self.port)
 
