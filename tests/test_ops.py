@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from trackly_exec.api import csvsafe
 from trackly_exec.app import Trackly
+from trackly_exec.campaigns.queue import PAUSED_UNTIL
 from trackly_exec.cli import main as cli
 from trackly_exec.config import Settings
 from trackly_exec.executor import redrive
@@ -23,7 +24,7 @@ from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.executor.outcomes import failed_doc, sent_doc
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
-from trackly_exec.store.models import FailureReason, utcnow
+from trackly_exec.store.models import FailureReason, epoch_ms, utcnow
 from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .api_support import run_cli as run
@@ -537,3 +538,38 @@ async def test_import_semicolon_tab_aliases_duplicates_and_ignored(
     assert await run(admin_url, "contacts", "import", str(p), "--list", "1", "--delimiter", ";") == 0
     assert "inserted 1" in capsys.readouterr().out
     assert await store.db[c.CONTACTS].count_documents({"sending_list_id": 1}) == 4
+
+
+async def test_message_log_says_what_holds_a_queued_message(
+    admin: TestClient[Any, Any], admin_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A queued message's ``held``: paused (no made-up due date: ``not_before`` null), provider or billing backoff,
+    another hold with its time, or nothing; the CLI says "paused" rather than "held until 9999-12-31"."""
+    ids = await seed(store, 5)
+    later = utcnow() + dt.timedelta(hours=2)
+    await claims_pause(store, ids[0])
+    await store.db[c.QUEUED].update_one({"_id": ids[1]}, {"$set": {"not_before": later, "throttled_until": later}})
+    await store.db[c.QUEUED].update_one(
+        {"_id": ids[2]}, {"$set": {"not_before": later, "billing_blocked_since": later}}
+    )
+    await store.db[c.QUEUED].update_one({"_id": ids[3]}, {"$set": {"not_before": later}})
+    items = {m["message_id"]: m for m in (await get(admin, "/messages?campaign_id=1&state=queued"))["items"]}
+    assert [(items[m]["held"], items[m]["not_before"] is not None) for m in ids] == [
+        ("paused", False),
+        ("provider", True),
+        ("billing", True),
+        ("hold", True),
+        (None, False),
+    ]
+    assert await run(admin_url, "messages", "--campaign", "1", "--state", "queued") == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "paused: sent once its campaign is resumed" in lines[ids[0]] and "9999" not in lines[ids[0]]
+    assert "(provider)" in lines[ids[1]] and "(billing)" in lines[ids[2]] and "held until" in lines[ids[3]]
+    assert lines[ids[4]].endswith("waiting")
+
+
+async def claims_pause(store: Store, mid: str) -> None:
+    """Hold ``mid`` as a paused campaign does (claims.pause_campaign's fields)."""
+    await store.db[c.QUEUED].update_one(
+        {"_id": mid}, {"$set": {"not_before": PAUSED_UNTIL, "due_ms": epoch_ms(PAUSED_UNTIL), "paused": True}}
+    )

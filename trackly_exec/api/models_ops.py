@@ -63,7 +63,14 @@ class MessageOut(Out):
     reason: FailureReason | None = Field(None, description="failed: why.")
     detail: str | None = None
     failed_at: dt.datetime | None = None
-    not_before: dt.datetime | None = Field(None, description="queued: held until (backoff, quiet hours, pause).")
+    not_before: dt.datetime | None = Field(
+        None, description="queued: held until (backoff, quiet hours); null while paused (no due time until resumed)."
+    )
+    held: Literal["paused", "redrive", "provider", "billing", "hold"] | None = Field(
+        None,
+        description="queued: what holds it: its campaign is paused, a re-drive is putting it back, provider errors' "
+        "backoff, billing backoff, or another hold (quiet hours, a sendtime to come); null: due when its turn comes.",
+    )
     clicks: int = 0
     human_clicks: int = 0
 

@@ -54,6 +54,7 @@ COLUMNS = (
     "detail",
     "failed_at",
     "not_before",
+    "held",
     "clicks",
     "human_clicks",
 )
@@ -85,9 +86,29 @@ def _iso(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def held(doc: MessageDoc) -> str | None:
+    """What holds a queued message back, as the log names it: ``paused`` (its campaign is paused: no due time until
+    it is resumed), ``redrive`` (a re-drive is putting it back), ``provider`` (transient provider errors: backoff),
+    ``billing`` (the account's balance: backoff), ``hold`` (another hold: quiet hours, a sendtime still to come);
+    None when it is not held."""
+    if doc.get("paused"):
+        return "paused"
+    if doc.get("redrive_token"):
+        return "redrive"
+    if doc.get("not_before") is None:
+        return None
+    if doc.get("throttled_until") is not None:
+        return "provider"
+    if doc.get("billing_blocked_since") is not None:
+        return "billing"
+    return "hold"
+
+
 def entry(state: str, doc: MessageDoc, clicks: tuple[int, int] = (0, 0)) -> JsonObject:
-    """One message as the log shows it (the same keys whatever its state)."""
+    """One message as the log shows it (the same keys whatever its state). A paused message has no ``not_before``
+    (it has no due time until its campaign is resumed): ``held`` says ``paused``."""
     sent, failed = state == "sent", state == "failed"
+    why = held(doc) if state == "queued" else None
     return {
         "message_id": doc["_id"],
         "state": state,
@@ -115,7 +136,8 @@ def entry(state: str, doc: MessageDoc, clicks: tuple[int, int] = (0, 0)) -> Json
         "reason": doc.get("reason") if failed else None,
         "detail": doc.get("detail") if failed else None,
         "failed_at": _iso(doc.get("failed_at")) if failed else None,
-        "not_before": _iso(doc.get("not_before")) if state == "queued" else None,
+        "not_before": _iso(doc.get("not_before")) if state == "queued" and why not in ("paused", "redrive") else None,
+        "held": why,
         "clicks": clicks[0],
         "human_clicks": clicks[1],
     }
