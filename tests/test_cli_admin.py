@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from trackly_exec.app import Trackly
+from trackly_exec.cli import admin
 from trackly_exec.cli import main as cli
 from trackly_exec.store import constants as c
 from trackly_exec.store.embedded import free_port
@@ -163,7 +166,7 @@ async def test_campaign_commands_and_stats(
     created = json.loads(capsys.readouterr().out)
     assert created["status"] == "active" and created["track_links"] is True
     assert await run(admin_url, "campaign", "create", "--json", json.dumps({**spec, "creative_id": 9})) == 1
-    assert "HTTP 422: creative 9 does not exist" in capsys.readouterr().err
+    assert "HTTP 422: creative_id: creative 9 does not exist" in capsys.readouterr().err
     assert await run(admin_url, "campaign", "pause", str(created["id"])) == 0
     assert "is paused" in capsys.readouterr().out
     assert await run(admin_url, "campaign", "list") == 0
@@ -211,3 +214,38 @@ def test_campaign_example_is_a_valid_body(capsys: pytest.CaptureFixture[str]) ->
 
     assert cli.main(["campaign", "create", "--example"]) == 0
     CampaignIn.model_validate(json.loads(capsys.readouterr().out))
+
+
+def test_the_cli_reaches_the_operator_listener_and_names_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``http.operator_port`` set the admin API is only on the operator listener: the CLI goes there by default
+    (it used to call host:port and got a 404); a daemon it cannot reach is named with the config actually used."""
+    port = free_port()
+    conf = tmp_path / "ops.toml"
+    conf.write_text(f'[http]\nport = 9\noperator_port = {port}\napi_tokens = ["t"]\n')
+    for key in [k for k in os.environ if k.startswith("TRACKLY_")]:
+        monkeypatch.delenv(key)
+    client = admin.client_from(argparse.Namespace(api=None, token=None, config=str(conf)))
+    assert client.base == f"http://127.0.0.1:{port}" and client.token == "t"
+    with pytest.raises(admin.CliError, match=rf"cannot reach the trackly daemon at http://127.0.0.1:{port}") as e:
+        client.call("GET", "/campaigns")
+    assert f"trackly run -c {conf}" in str(e.value)
+
+
+def test_a_single_problem_names_its_field() -> None:
+    """The admin API's 422 with one problem is one line naming the field (a bad cron used to print only "Bad minute
+    ..."); several problems are listed each with its field."""
+    one = {
+        "error": "validation",
+        "message": "Bad minute",
+        "details": [{"loc": "body.schedule.cron", "msg": "Bad minute"}],
+    }
+    assert admin._describe(422, json.dumps(one).encode()) == "HTTP 422: schedule.cron: Bad minute"
+    two = {
+        "message": "a; b",
+        "details": [{"loc": "body.name", "msg": "a"}, {"loc": "body.sending_list_id", "msg": "b"}],
+    }
+    assert admin._describe(422, json.dumps(two).encode()) == (
+        "HTTP 422: the request was refused\n  body.name: a\n  body.sending_list_id: b"
+    )

@@ -44,6 +44,36 @@ def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_config(ROOT / "trackly.toml").executor.pool_size == 7
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """A config file in another encoding (UTF-16's byte-order mark, Latin-1) is one clear error, not a traceback."""
+    f = tmp_path / "utf16.toml"
+    f.write_bytes("[executor]\npool_size = 3\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"utf16\.toml: not UTF-8 text"):
+        load_config(f)
+
+
+def test_an_env_list_that_is_not_json_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list key set from the environment must be JSON (pydantic-settings' rule): a plain value names the variable
+    and shows the form, without repeating the value (a token); the JSON form works."""
+    monkeypatch.setenv("TRACKLY_HTTP__API_TOKENS", "s3cret-token")
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "trackly.toml")
+    assert e.value.key == "http.api_tokens" and "TRACKLY_HTTP__API_TOKENS='[" in str(e.value)
+    assert "s3cret-token" not in str(e.value)
+    monkeypatch.setenv("TRACKLY_HTTP__API_TOKENS", '["s3cret-token"]')
+    assert [t.get_secret_value() for t in load_config(ROOT / "trackly.toml").http.api_tokens] == ["s3cret-token"]
+
+
+def test_admin_url_follows_the_operator_listener(tmp_path: Path) -> None:
+    """The CLI's default API address: the operator listener when operator_port is set (the main listener then
+    serves no admin API), else host:port; a wildcard listen address is reached on loopback."""
+    assert load_config(ROOT / "trackly.toml", http={"port": 9000}).http.admin_url == "http://127.0.0.1:9000"
+    s = load_config(ROOT / "trackly.toml", http={"host": "0.0.0.0", "port": 9000, "operator_port": 9001})
+    assert s.http.admin_url == "http://127.0.0.1:9001"
+    s = load_config(ROOT / "trackly.toml", http={"operator_host": "::1", "operator_port": 9001})
+    assert s.http.admin_url == "http://[::1]:9001"
+
+
 def test_every_setting_has_default_and_description() -> None:
     """Each key of every config section has a default and a description."""
     from pydantic import BaseModel

@@ -17,17 +17,33 @@ from trackly_exec.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def check_config(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def check_config(
+    *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     import os
 
     return subprocess.run(
         [sys.executable, "-m", "trackly_exec.cli", "check-config", *argv],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")}, **(env or {})},
         timeout=60,
         check=False,
+        cwd=cwd,
     )
+
+
+def test_no_config_file_says_the_defaults_were_checked(tmp_path: Path) -> None:
+    """Where there is no trackly.toml (and no -c or TRACKLY_CONFIG), the defaults are what runs: check-config says
+    so instead of "config OK: trackly.toml" for a file that does not exist; a named file that is missing is an
+    error; a file that is not UTF-8 is one line, not a traceback."""
+    r = check_config(cwd=tmp_path)
+    assert r.returncode == 0 and "no trackly.toml here" in r.stderr and "built-in defaults" in r.stderr
+    r = check_config("-c", "absent.toml", cwd=tmp_path)
+    assert r.returncode == 2 and "file not found" in r.stderr
+    (tmp_path / "trackly.toml").write_bytes(b"\xff\xfe[daemon]\n")
+    r = check_config(cwd=tmp_path)
+    assert r.returncode == 2 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from trackly_exec.errors import ConfigError
 
@@ -259,6 +259,17 @@ class HttpConfig(Section):
     def short_link_base(self) -> str:
         return self.short_base or f"{self.public_url}/l"
 
+    @property
+    def admin_url(self) -> str:
+        """Where a client on this host reaches the admin API: the operator listener when ``operator_port`` is set
+        (the main one then serves only the public parts), else ``host:port``; a wildcard address as loopback."""
+        host, port = (
+            (self.operator_host, self.operator_port) if self.operator_port is not None else (self.host, self.port)
+        )
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
 
 class TrackingConfig(Section):
     outbox_poll_seconds: float = Field(1.0, gt=0, description="Customer-webhook outbox poll interval.")
@@ -496,6 +507,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", file=str(file)) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text (byte {exc.start}): a TOML file is UTF-8", file=str(file)) from exc
         except OSError as exc:
             raise ConfigError(f"cannot read: {exc}", file=str(file)) from exc
     elif explicit:
@@ -511,4 +524,34 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         problems = validation_problems(exc)
         key, msg = problems[0]
         raise ConfigError(msg, file=str(file), key=key, problems=problems) from exc
+    except SettingsError as exc:  # an environment variable of a list or table key that is not JSON
+        problems = _env_shape_problems() or [("(environment)", str(exc))]
+        raise ConfigError(problems[0][1], file=str(file), key=problems[0][0], problems=problems) from exc
     return settings
+
+
+def _env_shape_problems() -> list[tuple[str, str]]:
+    """The ``TRACKLY_SECTION__KEY`` variables of list or table keys whose value is not JSON (pydantic-settings reads
+    such a value as JSON only), as ``(dotted key, message)``; the value itself is not repeated (it may be a secret)."""
+    out: list[tuple[str, str]] = []
+    for name, value in os.environ.items():
+        section, sep, key = name.upper().removeprefix("TRACKLY_").partition("__")
+        if not name.upper().startswith("TRACKLY_") or not sep:
+            continue
+        model = Settings.model_fields.get(section.lower())
+        fields = getattr(model.annotation, "model_fields", {}) if model is not None else {}
+        field = fields.get(key.lower())
+        if field is None or not any(t in str(field.annotation) for t in ("list[", "dict[", "Mapping[")):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            kind = "a list" if "list[" in str(field.annotation) else "a table"
+            example = '\'["a", "b"]\'' if kind == "a list" else '\'{"k": "v"}\''
+            out.append(
+                (
+                    f"{section.lower()}.{key.lower()}",
+                    f"{kind} given in environment variable {name} must be JSON, e.g. {name}={example}",
+                )
+            )
+    return out

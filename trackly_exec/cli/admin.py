@@ -67,10 +67,11 @@ def writable(name: str, what: str) -> None:
 class ApiClient:
     """A small blocking JSON client for the admin API."""
 
-    def __init__(self, base: str, token: str, timeout: float = 120.0) -> None:
+    def __init__(self, base: str, token: str, timeout: float = 120.0, config: str = "trackly.toml") -> None:
         self.base = base.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.config = config  # named in the hint when the daemon cannot be reached
 
     def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -88,7 +89,7 @@ class ApiClient:
             reason = getattr(exc, "reason", exc)
             raise CliError(
                 f"cannot reach the trackly daemon at {self.base} ({reason}).\n"
-                "Is it running? Start it with `trackly run -c trackly.toml` (or try `trackly demo`), "
+                f"Is it running? Start it with `trackly run -c {self.config}` (or try `trackly demo`), "
                 "or point --api at it."
             ) from None
 
@@ -103,8 +104,11 @@ def _describe(status: int, raw: bytes) -> str:
     details = err.get("details", [])
     message = err.get("message") or err.get("error")
     if details and message == "; ".join(d.get("msg") for d in details[:10]):
-        message = "the request was refused" if len(details) > 1 else details[0].get("msg")
-        if len(details) == 1:
+        if len(details) > 1:
+            message = "the request was refused"
+        else:  # one problem: on one line, with the field it is about (e.g. "body.schedule.cron: Bad minute ...")
+            loc = str(details[0].get("loc") or "").removeprefix("body.")
+            message = f"{loc}: {details[0].get('msg')}" if loc and loc != "body" else details[0].get("msg")
             details = []
     msg = f"HTTP {status}: {message}"
     for d in details[:10]:
@@ -112,18 +116,24 @@ def _describe(status: int, raw: bytes) -> str:
     return msg
 
 
+#: ``--api``'s help (the admin and operations commands).
+API_HELP = (
+    "admin API base URL (default from the config: http://<http.operator_host>:<http.operator_port> when "
+    "operator_port is set, else http://<http.host>:<http.port>)"
+)
+
+
 def client_from(args: argparse.Namespace) -> ApiClient:
     api, token = args.api, args.token
     if api is None or token is None:
         settings = load_config(args.config)
         if api is None:
-            host = settings.http.host if settings.http.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-            api = f"http://{host}:{settings.http.port}"
+            api = settings.http.admin_url
         if token is None:
             if not settings.http.api_tokens:
                 raise CliError("no API token: pass --token or set http.api_tokens in the config")
             token = settings.http.api_tokens[0].get_secret_value()
-    return ApiClient(api, token)
+    return ApiClient(api, token, config=str(args.config or os.environ.get("TRACKLY_CONFIG") or "trackly.toml"))
 
 
 # --------------------------------------------------------------------------------------------- contacts import
@@ -852,7 +862,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``contacts``, ``campaign`` and ``stats`` to the ``trackly`` command."""
     api = argparse.ArgumentParser(add_help=False)
-    api.add_argument("--api", help="admin API base URL (default: http://<http.host>:<http.port> from the config)")
+    api.add_argument("--api", help=API_HELP)
     api.add_argument("--token", help="API token (default: http.api_tokens[0] from the config)")
     parents = [common, api]
 

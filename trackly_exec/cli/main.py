@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from trackly_exec import __version__
@@ -63,9 +64,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if errors:
-        raise ConfigError(errors[0][1], file=str(args.config or "trackly.toml"), key=errors[0][0], problems=errors)
+        raise ConfigError(
+            errors[0][1],
+            file=str(args.config or os.environ.get("TRACKLY_CONFIG") or "trackly.toml"),
+            key=errors[0][0],
+            problems=errors,
+        )
     print(json.dumps(settings.redacted(), indent=2, default=str))
-    print(f"config OK: {args.config or 'trackly.toml'}", file=sys.stderr)
+    name = args.config or os.environ.get("TRACKLY_CONFIG") or "trackly.toml"
+    if not Path(name).exists():  # only the default file may be missing (load_config refuses a named one)
+        print(
+            f"config OK: no {name} here, so the built-in defaults (and TRACKLY_* variables) were checked",
+            file=sys.stderr,
+        )
+    else:
+        print(f"config OK: {name}", file=sys.stderr)
     return 0
 
 

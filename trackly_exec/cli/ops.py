@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from trackly_exec.cli.admin import ApiClient, CliError, _describe, client_from, writable
+from trackly_exec.cli.admin import API_HELP, ApiClient, CliError, _describe, client_from, writable
 from trackly_exec.store.documents import JsonObject
 
 
@@ -84,7 +84,13 @@ def cmd_messages(args: argparse.Namespace) -> int:
         elif m["state"] == "failed":
             detail = f"{m.get('reason')}: {m.get('detail') or ''}"
         else:
-            detail = f"held until {m['not_before'][:19]}" if m.get("not_before") else "waiting"
+            held = m.get("held")
+            if held == "paused":
+                detail = "paused: sent once its campaign is resumed"
+            elif m.get("not_before"):
+                detail = f"held until {m['not_before'][:19]}" + (f" ({held})" if held and held != "hold" else "")
+            else:
+                detail = "being re-driven" if held == "redrive" else "waiting"
         print(
             f"{m['message_id']:<17} {m['state']:<7} {m.get('campaign_id') or '-':>8} {m.get('execution_id') or '-':>5} "
             f"{m.get('to_number') or '':<16} {when:<20} {_tri(m.get('submitted')):<9} {_tri(m.get('delivered')):<9} "
@@ -265,7 +271,7 @@ def cmd_outbox_redrive(args: argparse.Namespace) -> int:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     api = argparse.ArgumentParser(add_help=False)
-    api.add_argument("--api", help="admin API base URL (default: http://<http.host>:<http.port> from the config)")
+    api.add_argument("--api", help=API_HELP)
     api.add_argument("--token", help="API token (default: http.api_tokens[0] from the config)")
     api.add_argument("--json", action="store_true", help="print the raw JSON")
     parents = [common, api]
