@@ -171,3 +171,24 @@ async def test_alerts_carry_names(trackly: Trackly) -> None:
     finally:
         await alerts.stop(1)
         await stub.server.close()
+
+
+async def test_a_test_sends_alert_has_no_empty_fields(trackly: Trackly) -> None:
+    """A test send's dead letter has no campaign: its alert shows the fields it has, not "campaign_id: None"."""
+    stub = DiscordStub()
+    alerts = await _alerts(trackly, stub, interval=0)
+    try:
+        await trackly.bus.publish(
+            Event(
+                kind=EventKind.FAILED_MESSAGE,
+                message="CONTACT_BLOCKED: message t1",
+                key="t",
+                data={"reason": "CONTACT_BLOCKED", "campaign_id": None, "execution_id": None, "send_type": "test"},
+            )
+        )
+        assert await alerts.run_until_idle() == 1
+        fields = {f["name"]: f["value"] for f in stub.posts[0]["embeds"][0]["fields"]}
+        assert fields == {"reason": "CONTACT_BLOCKED", "send_type": "test"}
+    finally:
+        await alerts.stop(1)
+        await stub.server.close()

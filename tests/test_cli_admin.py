@@ -68,6 +68,20 @@ async def test_contacts_import_reports_rejects_by_line(
     assert "inserted 0, updated 2,495, rejected 5" in capsys.readouterr().out
 
 
+async def test_the_shipped_sample_contacts_import(
+    admin_url: str, trackly: Trackly, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/contacts.csv, the README's first-campaign sample: seven contacts (a national number among them), one
+    unsubscribed, one in a workflow, and one number that is none (rejected, with its line)."""
+    await setup_list(trackly)
+    sample = Path(__file__).resolve().parent.parent / "examples" / "contacts.csv"
+    assert await run(admin_url, "contacts", "import", str(sample), "--list", "1") == 0
+    out = capsys.readouterr().out
+    assert "inserted 7, updated 0, rejected 1" in out and "line 9: invalid phone number" in out
+    assert await trackly.db[c.CONTACTS].count_documents({"sending_list_id": 1, "subscribed": False}) == 1
+    assert await trackly.db[c.CONTACTS].find_one({"phone": "+16465550105"}) is not None
+
+
 async def test_import_reads_last_sent_at_as_a_field(
     admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,7 +22,8 @@ async def test_campaign_list_names_and_filters(
     trackly: Trackly,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`campaign list` shows names and filters by --name and --status; stats print the name."""
+    """`campaign list` shows names and filters by --name and --status (a paused campaign without a next run);
+    stats print the name."""
     spec = await seed(trackly)
     await cli_create_campaign(admin_url, spec, name="Spring sale")
     await cli_create_campaign(admin_url, spec, name="Winter promo")
@@ -37,6 +38,7 @@ async def test_campaign_list_names_and_filters(
     assert await run(admin_url, "campaign", "list", "--status", "paused") == 0
     out = capsys.readouterr().out
     assert "Spring sale" not in out and "Winter promo" in out
+    assert "- (paused)" in out  # not a next run that will not happen while it is paused
     assert await run(admin_url, "stats", "1") == 0
     assert capsys.readouterr().out.startswith("campaign 1 'Spring sale': 0 execution(s)")
 

@@ -116,6 +116,10 @@ def _describe(status: int, raw: bytes) -> str:
     return msg
 
 
+def _contacts(n: int) -> str:
+    return "1 contact" if n == 1 else f"{n:,} contacts"
+
+
 #: ``--api``'s help (the admin and operations commands).
 API_HELP = (
     "admin API base URL (default from the config: http://<http.operator_host>:<http.operator_port> when "
@@ -486,9 +490,11 @@ def cmd_campaign_list(args: argparse.Namespace) -> int:
     )
     for c in rows:
         auds = ",".join(map(str, c["audience_ids"]))
+        # a paused campaign runs nothing until resumed, and resume schedules a cron's next occurrence from then
+        nxt = "- (paused)" if c["status"] == "paused" else c.get("next_run_at") or "-"
         print(
             f"{c['id']:>5}  {c['name'][:width]:<{width}}  {c['status']:<7}  {c['sending_list_id']:>5}  {auds:<12}  "
-            f"{c['creative_id']:>8}  {c.get('next_run_at') or '-':<25}  {_schedule(c.get('schedule'))}"
+            f"{c['creative_id']:>8}  {nxt:<25}  {_schedule(c.get('schedule'))}"
             + (f" until {c['end_at']}" if c.get("end_at") else "")
         )
     return 0
@@ -656,9 +662,10 @@ def print_preview(p: JsonObject) -> None:
                     + (f" (did you mean {{{ph['suggestion']}}}?)" if ph.get("suggestion") else "")
                 )
             if ph["would_skip"]:
-                notes.append(f"no default: {ph['would_skip']:,} contacts would be skipped")
+                notes.append(f"no default: {_contacts(ph['would_skip'])} would be skipped")
             elif ph["missing"]:
-                notes.append(f"{ph['missing']:,} contacts get the default {ph['default']!r}")
+                verb = "gets" if ph["missing"] == 1 else "get"
+                notes.append(f"{_contacts(ph['missing'])} {verb} the default {ph['default']!r}")
             print(f"  {{{ph['name']}}}: " + ("; ".join(notes) if notes else "ok"))
     if p["warnings"]:
         print("\nwarnings:")
@@ -982,7 +989,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         subs[noun] = grp.add_subparsers(dest="action", metavar="ACTION", required=True)
     for noun, group in subs.items():
         what = "sending list" if noun == "list" else noun
-        ed = group.add_parser("edit", help=f"change a {what} (PATCH: only the fields given)", parents=parents)
+        article = "an" if what[0] in "aeiou" else "a"
+        ed = group.add_parser("edit", help=f"change {article} {what} (PATCH: only the fields given)", parents=parents)
         ed.add_argument("id", type=int, help=f"{what} id")
         ed.add_argument("--name")
         ed.add_argument("--description")

@@ -559,12 +559,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``trackly demo``."""
-    p = sub.add_parser(
-        "demo",
-        help="run a 10,000-contact campaign end to end on the embedded store and a fake "
-        "Infobip (no account, no network)",
-        parents=[common],
-    )
+    what = "run a 10,000-contact campaign end to end on the embedded store and a fake Infobip (no account, no network)"
+    p = sub.add_parser("demo", help=what, description=what[0].upper() + what[1:] + ".", parents=[common])
     p.add_argument("--contacts", type=int, default=10_000, help="contacts to seed (default 10,000)")
     p.add_argument("--data-dir", help="keep the store here (default: a temporary directory, deleted at the end)")
     p.add_argument("--keep-running", action="store_true", help="keep the daemon up afterwards (dashboard, API)")

@@ -152,9 +152,8 @@ class Alerts:
             description = head.message + (f"\n(+{len(group) - 1} more like this)" if len(group) > 1 else "")
         if suppressed:
             description += f"\n(+{suppressed} more since the last alert of this kind)"
-        fields = [
-            {"name": k, "value": mask_text(str(v))[:1000], "inline": True} for k, v in list(head.data.items())[:8]
-        ]
+        shown = [(k, v) for k, v in head.data.items() if v is not None and v != ""]  # (a test send has no campaign)
+        fields = [{"name": k, "value": mask_text(str(v))[:1000], "inline": True} for k, v in shown[:8]]
         description = mask_text(description)
         return {
             "username": "trackly-exec",

@@ -58,9 +58,10 @@ def make_app(trackly: Trackly, part: str = "all") -> web.Application:
     from trackly_exec.api.routes import app_body_limit
     from trackly_exec.operations import operator_auth
 
-    app = web.Application(
-        client_max_size=app_body_limit(trackly.settings), middlewares=[operator_auth.middleware(trackly.settings)]
-    )
+    # the public listener has no operator path to guard: they are 404 there with or without a token (a 401 would tell
+    # that they exist)
+    guard = [] if part == "public" else [operator_auth.middleware(trackly.settings)]
+    app = web.Application(client_max_size=app_body_limit(trackly.settings), middlewares=guard)
     app[TRACKLY_KEY] = trackly
     app.router.add_get("/healthz", _health)
     modules = {"all": ROUTE_MODULES, "public": PUBLIC_MODULES, "operator": OPERATOR_MODULES}[part]
