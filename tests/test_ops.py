@@ -25,6 +25,7 @@ from trackly_exec.executor.outcomes import failed_doc, sent_doc
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.models import FailureReason, epoch_ms, utcnow
+from trackly_exec.store.phones import opt_out_key
 from trackly_exec.testing.fakes.infobip import InfobipFake
 
 from .api_support import run_cli as run
@@ -267,6 +268,28 @@ async def test_redrive_keeps_a_test_sends_lifted_checks(admin: TestClient[Any, A
     for d in await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None):
         assert d["overrides"] == ["opt_out", "quiet_hours"]
         assert d["not_before"].replace(tzinfo=dt.UTC) <= utcnow()
+    await assert_one_record_each(store, ids)
+
+
+async def test_redrive_holds_a_number_to_its_own_stop(admin: TestClient[Any, Any], store: Store) -> None:
+    """A dead letter whose number sent STOP on its list is not re-driven (``opted_out``) even when no contact says
+    so: a test send's number, or a contact stored in another spelling of the number (a STOP cannot find it); such
+    a contact's message, re-driven before any STOP, keeps ``number_stop`` for the send-time re-check."""
+    ids = await seed(store, 4)
+    phones = {d["_id"]: d["to_number"] for d in await store.db[c.QUEUED].find({}).to_list(None)}
+    national = f"({phones[ids[1]][2:5]}) {phones[ids[1]][5:8]}-{phones[ids[1]][8:]}"
+    await store.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"phone": national}})
+    await store.db[c.CONTACTS].update_one({"_id": 4}, {"$set": {"phone": national.replace("(", "").replace(")", "")}})
+    await fail(store, ids, FailureReason.PROVIDER_ERROR)
+    await store.db[c.FAILED].update_one({"_id": ids[0]}, {"$set": {"contact_id": None, "send_type": "test"}})
+    await store.db[c.OPT_OUTS].insert_many(
+        [{"_id": opt_out_key(1, phones[m]), "at": utcnow()} for m in (ids[0], ids[1])]
+    )
+    out = await post(admin, "/dead-letters/redrive", {"message_ids": ids})
+    assert out["requeued"] == 2 and out["skipped"] == {"opted_out": 2}, out
+    queued = {d["_id"]: d for d in await store.db[c.QUEUED].find({}).to_list(None)}
+    assert sorted(queued) == sorted(ids[2:])
+    assert not queued[ids[2]].get("number_stop") and queued[ids[3]]["number_stop"] is True
     await assert_one_record_each(store, ids)
 
 

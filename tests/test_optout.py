@@ -321,3 +321,47 @@ async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, stor
             await coordinator.stop(1)
     finally:
         await fake.stop()
+
+
+async def test_contacts_stored_in_other_spellings_are_one_handset_and_held_to_its_stop(
+    settings: Settings, store: Store
+) -> None:
+    """Contacts written by another tool may store a number in any spelling. A campaign texts each handset once, in
+    E.164, whatever the spellings (a national form, spaces, dots; one beside the E.164 contact of the list); a STOP
+    from the number, which cannot find such a contact, still holds: the queued message ends CONTACT_BLOCKED at
+    send time and the next run skips the contact as unsubscribed."""
+    from trackly_exec.campaigns.scheduler import trigger
+    from trackly_exec.executor.coordinator import Coordinator
+
+    from .campaign_fixtures import contact, seed_campaign
+
+    fake = InfobipFake(api_key="k")
+    await fake.start()
+    try:
+        async for d in start_daemon(settings, store, drivers={"infobip": {"base_url": fake.url}}):
+            spellings = ["(415) 555-0123", "+1 415 555 0123", "415.555.0123", "+14155550124", "415-555-0124"]
+            await seed_campaign(
+                store,
+                contacts=[contact(i + 1, phone=p) for i, p in enumerate(spellings)],
+                list_kw={"driver": "infobip", "from_number": LIST_NUMBER},
+            )
+            first = await trigger(d.trackly, 1)
+            ex = (await store[c.EXECUTIONS].find_one({"_id": first}))["counts"]
+            assert ex["queued"] == 2 and ex["unique"] == 2 and sum(ex["skipped"].values()) == 0, ex
+            queued = {q["to_number"]: q for q in await store[c.QUEUED].find({}).to_list(None)}
+            assert sorted(queued) == [PHONE, "+14155550124"]
+            assert queued[PHONE]["contact_id"] == 1 and queued[PHONE]["number_stop"] is True
+            assert queued["+14155550124"]["contact_id"] == 4 and not queued["+14155550124"].get("number_stop")
+            assert (await d.post(IB_INBOUND, mo("STOP", message_id="s-odd")))[0] == 200  # from PHONE
+            assert tri((await store[c.CONTACTS].find_one({"_id": 1}))["subscribed"]) is True  # not found by number
+            await Coordinator(d.trackly).run_until_idle()
+            assert [e.to for e in fake.ledger] == ["+14155550124"]
+            failed = await store[c.FAILED].find_one({"_id": queued[PHONE]["_id"]})
+            assert failed["reason"] == "CONTACT_BLOCKED" and "STOP" in failed["detail"]
+            await store[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"status": "active"}})
+            second = await trigger(d.trackly, 1, force=True)
+            ex = (await store[c.EXECUTIONS].find_one({"_id": second}))["counts"]
+            assert ex["queued"] == 1 and ex["skipped"]["unsubscribed"] == 1 and ex["unique"] == 2, ex
+            assert [q["to_number"] for q in await store[c.QUEUED].find({}).to_list(None)] == ["+14155550124"]
+    finally:
+        await fake.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trackly_exec.store import phones
-from trackly_exec.store.phones import mask, mask_text
+from trackly_exec.store.phones import campaign_number, mask, mask_text
 
 
 def test_normalize_forms() -> None:
@@ -29,3 +29,11 @@ def test_mask() -> None:
         mask_text("message 0000000000000001 to 14155550123, 50 of 50")
         == "message 0000000000000001 to 1415•••0123, 50 of 50"
     )
+
+
+def test_campaign_number_is_always_e164() -> None:
+    """A stored phone in any spelling of a valid number is texted as its E.164 form (one handset, one to_number:
+    the cooldown, the per-phone duplicate counts and STOP all key on it); an invalid one is None."""
+    for spelling in ("+12125550101", "+1 212 555 0101", "+1-212-555-0101", "(212) 555-0101", "212.555.0101"):
+        assert campaign_number(spelling) == "+12125550101", spelling
+    assert campaign_number("+15555550108") is None and campaign_number("hello") is None

@@ -21,6 +21,14 @@ applies, checked in this order (:data:`SKIP_REASONS`):
 
 So ``unique == sum(skipped.values()) + queued`` and ``overlap == audience_total - unique``.
 
+One handset is texted once per execution, and always in E.164: the list's unique (sending_list_id, phone) index
+holds one contact per number as our imports write it (E.164), but contacts written by other tools may store a
+number in another spelling (``(212) 555-0101``, ``+1 212 555 0101``). Such a contact is not counted in ``unique``
+when another contact of the list stores the same number in E.164, or when one of another spelling already has
+its message in this execution (resumed runs included); it is ``unsubscribed`` when the number sent STOP on the
+list (``opt_outs``: a STOP looks contacts up by the number, and cannot find this one), and its message carries
+``number_stop`` so that the send-time re-check reads the number's STOP too.
+
 A resumed evaluation (the process died while evaluating) runs again from the start and queues nobody twice,
 whatever has happened to a contact's first message since (still queued, sent, dead-lettered):
 
@@ -59,6 +67,7 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
+from trackly_exec.store.client import opted_out
 from trackly_exec.store.documents import (
     AudienceDoc,
     CampaignDoc,
@@ -237,6 +246,23 @@ async def _already_ours(db: Any, execution_id: int, contact_ids: list[int]) -> d
     return out
 
 
+def _odd_spelling(contact: ContactDoc) -> bool:
+    """The contact's stored ``phone`` is not E.164 (``+`` and digits): written by another tool (our imports store
+    E.164), so another contact of the list may hold the same number, and a STOP looked up by number misses it."""
+    phone = contact.get("phone") or ""
+    return not (phone[:1] == "+" and phone[1:].isdigit())
+
+
+async def _odd_numbers(db: Any, list_id: int, numbers: set[str]) -> tuple[set[str], set[str]]:
+    """For numbers of contacts stored in another spelling: those that sent STOP on the list (``opt_outs``), and
+    those another contact of the list stores in E.164 (that contact stands for the number: the list's unique
+    (sending_list_id, phone) index keeps one such contact per number)."""
+    stops = {to for _, to in await opted_out(db, [(list_id, to) for to in numbers])}
+    query = {"sending_list_id": {"$eq": list_id}, "phone": {"$in": sorted(numbers)}}
+    twins = {str(d["phone"]) async for d in db[c.CONTACTS].find(query, {"phone": 1})}
+    return stops, twins
+
+
 def _number(contact: ContactDoc) -> tuple[str | None, tuple[str, ...] | None]:
     """The contact's number in E.164 (None when it is not a valid number) and, when the contact was written by
     our code (a ``phone_check`` for this phone and phonenumbers release), the number's zones: no parse then
@@ -293,6 +319,7 @@ async def evaluate(
     opening: dict[tuple[ZoneInfo, ...], dt.datetime | None] = {}  # zones -> None (inside) or the opening
     tally = Tally()
     skipped = tally.skipped
+    odd_seen: set[str] = set()  # numbers of contacts stored in another spelling, already given their message
     writing: asyncio.Task[None] | None = None
 
     async def _reserve(messages: list[QueuedDoc], view: reservations.View) -> set[str]:
@@ -338,12 +365,19 @@ async def evaluate(
             links: list[ShortLinkDoc] = []
             batch_now = trackly.now()
             numbers: dict[int, tuple[str | None, tuple[str, ...] | None]] = {}
+            odd: dict[int, str] = {}  # contacts whose stored phone is another spelling of their number -> E.164
+            for contact in batch:
+                cid = int(contact["_id"])
+                if cid in ours:
+                    if _odd_spelling(contact) and (known := _number(contact)[0]) is not None:
+                        odd_seen.add(known)  # (a resumed run: this number already has its message)
+                    continue
+                numbers[cid] = _number(contact)
+                if numbers[cid][0] is not None and _odd_spelling(contact):
+                    odd[cid] = str(numbers[cid][0])
+            odd_stops, twins = await _odd_numbers(db, list_id, set(odd.values())) if odd else (set(), set())
             view: reservations.View | None = None
             if cutoff is not None:  # the cooldown reservations in the way of this batch (read only)
-                for contact in batch:
-                    cid = int(contact["_id"])
-                    if cid not in ours:
-                        numbers[cid] = _number(contact)
                 mine = [composer.message_id(cid) for cid, (to, _) in numbers.items() if to]
                 view = await reservations.lookup(
                     db, list_id, [to for to, _ in numbers.values() if to], mine, cutoff, batch_now
@@ -356,11 +390,17 @@ async def evaluate(
                         tally.already_processed += 1
                     tally.queued += 1
                     continue
-                if not contact.get("subscribed", True) or contact.get("blocked"):
+                cid = int(contact["_id"])
+                odd_to = odd.get(cid)
+                if odd_to is not None:
+                    if odd_to in twins or odd_to in odd_seen:  # one handset on two contacts: texted once
+                        tally.union.unique -= 1
+                        continue
+                    odd_seen.add(odd_to)
+                if not contact.get("subscribed", True) or contact.get("blocked") or odd_to in odd_stops:
                     skipped["unsubscribed"] += 1
                     continue
-                cid = int(contact["_id"])
-                to, number_zones = numbers[cid] if cid in numbers else _number(contact)
+                to, number_zones = numbers[cid]
                 if to is None:
                     skipped["invalid_phone"] += 1
                     continue
@@ -388,6 +428,8 @@ async def evaluate(
                     continue
                 if held_until is not None:
                     tally.held_quiet_hours += 1
+                if odd_to is not None:  # a STOP from the number cannot find this contact: checked by number
+                    made[0]["number_stop"] = True
                 tally.segments += made[0]["segments"]
                 tally.encodings[made[0]["encoding"]] = tally.encodings.get(made[0]["encoding"], 0) + 1
                 messages.append(made[0])

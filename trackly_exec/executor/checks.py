@@ -226,18 +226,20 @@ async def recheck(
     timezones = timezones or {}
     contact_ids = sorted({cid for d in docs if (cid := d.get("contact_id")) is not None})
     campaign_ids = sorted({cid for d in docs if (cid := d.get("campaign_id")) is not None})
-    # a message without a contact (a test send to a number that is none) is held to the number's own STOP
-    numbers = [(int(d["sending_list_id"]), d["to_number"]) for d in docs if d.get("contact_id") is None]
+    # a message without a contact (a test send to a number that is none), or whose contact stores its number in
+    # another spelling (``number_stop``: a STOP cannot find that contact), is held to the number's own STOP
+    numbers = [
+        (int(d["sending_list_id"]), d["to_number"]) for d in docs if d.get("contact_id") is None or d.get("number_stop")
+    ]
     stopped, paused = await asyncio.gather(blocked_contacts(db, contact_ids), paused_campaigns(db, campaign_ids))
-    stopped_numbers = await opted_out(db, numbers) if numbers else set()  # (campaign messages all have a contact)
+    stopped_numbers = await opted_out(db, numbers) if numbers else set()  # (rare: not read for most chunks)
     memo: dict[Any, bool] = {}
     for d in docs:
         cid = d.get("contact_id")
         lifted = d.get("overrides") or ()  # a test send's explicit overrides (testsend.py)
-        if cid is not None:
-            why = stopped.get(cid)
-        else:
-            why = "number opted out (STOP)" if (d["sending_list_id"], d["to_number"]) in stopped_numbers else None
+        why = stopped.get(cid) if cid is not None else None
+        if why is None and stopped_numbers and (d["sending_list_id"], d["to_number"]) in stopped_numbers:
+            why = "number opted out (STOP)"
         if why is not None and "opt_out" not in lifted:
             out.blocked.append((d, why))
             continue

@@ -49,6 +49,7 @@ from trackly_exec.executor.checks import in_window_now
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
+from trackly_exec.store.client import opted_out
 from trackly_exec.store.documents import ContactDoc, FailedDoc, Filter, JsonObject, QueuedDoc, SendingListDoc
 from trackly_exec.store.models import FailureReason, MessageFields, QuietHours, entering_queue
 
@@ -139,7 +140,9 @@ async def _contacts(db: Any, ids: list[int]) -> dict[int, ContactDoc]:
     if not ids:
         return {}
     docs = (
-        await db[c.CONTACTS].find({"_id": {"$in": ids}}, {"subscribed": 1, "blocked": 1, "timezone": 1}).to_list(None)
+        await db[c.CONTACTS]
+        .find({"_id": {"$in": ids}}, {"subscribed": 1, "blocked": 1, "timezone": 1, "phone": 1})
+        .to_list(None)
     )
     return {int(d["_id"]): d for d in docs}
 
@@ -259,6 +262,8 @@ async def _redrive_batch(
     if not todo:
         return
     contacts = await _contacts(db, [int(cid) for d in todo if (cid := d.get("contact_id")) is not None])
+    # the number's own STOP on its list, contact or not (a test send's number, a contact stored in another spelling)
+    stops = await opted_out(db, {(int(d["sending_list_id"]), d["to_number"]) for d in todo})
     lists = await _lists(db, {int(d["sending_list_id"]) for d in todo})
     cooled, views = await _cooled(db, lists, todo, now)
     already = {d["_id"] async for d in db[c.SENT].find({"_id": {"$in": [d["_id"] for d in todo]}}, {"_id": 1})}
@@ -281,6 +286,9 @@ async def _redrive_batch(
             and "opt_out" not in lifted
         ):
             res.skipped["opted_out" if contact.get("subscribed") is False else "contact_blocked"] += 1
+            continue
+        if (int(d["sending_list_id"]), d["to_number"]) in stops and "opt_out" not in lifted:
+            res.skipped["opted_out"] += 1
             continue
         if d["_id"] in cooled:
             res.skipped["cooldown"] += 1
@@ -338,7 +346,15 @@ async def _redrive_batch(
             await db[c.REDRIVES].delete_one({"_id": token})
             return
     # 2. insert, held
-    queued = [_queue_doc(d, token, now) for d, _, _ in go]
+    # a contact stored in another spelling of its number is held to the number's STOP at send time (evaluation)
+    odd = {
+        d["_id"]
+        for d, _, _ in go
+        if (cid := d.get("contact_id")) is not None
+        and (contact := contacts.get(int(cid))) is not None
+        and contact.get("phone") != d["to_number"]
+    }
+    queued = [_queue_doc(d, token, now, number_stop=d["_id"] in odd) for d, _, _ in go]
     refused: set[str] = set()
     try:
         await db[c.QUEUED].insert_many(queued, ordered=False)
@@ -362,8 +378,10 @@ async def _redrive_batch(
     await _reopen_executions(db, {int(eid) for d, _, _ in go if (eid := d.get("execution_id")) is not None})
 
 
-def _queue_doc(failed: FailedDoc, token: str, now: dt.datetime) -> QueuedDoc:
+def _queue_doc(failed: FailedDoc, token: str, now: dt.datetime, *, number_stop: bool = False) -> QueuedDoc:
     doc: dict[str, object] = {k: failed.get(k) for k in _FIELDS if k in failed}
+    if number_stop:
+        doc["number_stop"] = True
     doc.update(
         {
             "_id": failed["_id"],

@@ -262,6 +262,7 @@ class QueuedDoc(MessageDoc):
     throttled_until: NotRequired[dt.datetime | None]
     throttled_due: NotRequired[dt.datetime | None]
     attempts: NotRequired[int]
+    number_stop: NotRequired[bool]  # the contact's stored phone is another spelling of to_number (models)
     # re-driven from the dead letters (trackly_exec.executor.redrive)
     redrive_token: NotRequired[str]
     redriven_at: NotRequired[dt.datetime]
@@ -281,6 +282,7 @@ class ClaimedDoc(MessageDoc):
     throttled_until: NotRequired[dt.datetime | None]
     throttled_due: NotRequired[dt.datetime | None]
     redrive_count: NotRequired[int]
+    number_stop: NotRequired[bool]
 
 
 class SentDoc(MessageDoc):

@@ -361,6 +361,9 @@ class QueuedTextMessage(MessageFields, Document):
     throttled_until: dt.datetime | None = None  # the not_before of a provider-storm hold (429 / transient errors)
     throttled_due: dt.datetime | None = None  # ... and the due time it kept: staleness is counted from it
     attempts: int = 0
+    #: the contact's stored phone is another spelling of ``to_number`` (written by another tool): a STOP from the
+    #: number cannot find that contact, so the send-time re-check reads the number's own STOPs (``opt_outs``)
+    number_stop: bool = False
     due_ms: int = -1  # max(sendtime, not_before) in epoch ms (:func:`due_ms`); computed when not given
     slot: int = -1  # :func:`slot_of` the id; computed when not given
 

@@ -59,9 +59,10 @@ def timezones_for(e164: str) -> tuple[str, ...]:
 
 
 def campaign_number(phone: str) -> str | None:
-    """A contact's stored ``phone`` as the evaluation texts it: itself when it is a valid E.164 number, else its
-    normalisation (national forms read as US numbers), else None (``invalid_phone``)."""
-    return phone if is_valid(phone) else normalize(phone)
+    """A contact's stored ``phone`` as the evaluation texts it: itself when it is a valid number written in E.164
+    (``+`` and digits only), else its E.164 normalisation (``+1 212 555 0101``, national forms read as US numbers),
+    else None (``invalid_phone``). So one handset is always one ``to_number``, whatever the spelling stored."""
+    return phone if phone[1:].isdigit() and is_valid(phone) else normalize(phone)
 
 
 #: The phonenumbers release (metadata) a stored :func:`phone_check` was made with: any other release re-validates.
