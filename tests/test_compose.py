@@ -110,3 +110,17 @@ async def test_variants_and_links_end_to_end(trackly: Trackly) -> None:
         and link["destination"] == f"https://ex.com/{doc['variant_key'].lower()}"
     )
     assert doc["sendtime"] <= utcnow() + dt.timedelta(seconds=1)
+
+
+def test_placeholders_inside_a_url_are_percent_encoded() -> None:
+    """A placeholder in a word that starts with http:// or https:// (any case) is percent-encoded, so the URL stays
+    one URL and is tracked whole; a placeholder elsewhere, or one standing for a whole URL, is inserted as it is."""
+    body = "Hi {first_name}! https://shop.example.com/{city}/deals?who={first_name}&p={phone} HTTPS://x.io/{city} {url}"
+    person = {"_id": 1, "first_name": "Mary Ann", "attributes": {"city": "New York", "url": "https://y.io/a"}}
+    out = render(parse_body(body), person, "+12125550101")  # type: ignore[arg-type]
+    assert out == (
+        "Hi Mary Ann! https://shop.example.com/New%20York/deals?who=Mary%20Ann&p=%2B12125550101 "
+        "HTTPS://x.io/New%20York https://y.io/a"
+    )
+    defaulted = render(parse_body("https://a.io/?n={nick|a friend}"), {"_id": 2})  # type: ignore[arg-type]
+    assert defaulted == "https://a.io/?n=a%20friend"

@@ -17,3 +17,9 @@ def test_links_are_tracked_with_random_codes() -> None:
     )
     assert find_urls(out)[0] == f"https://t.example/l/{codes[0]}"
     assert len({track(body, "https://t.example/l")[1][0][0] for _ in range(200)}) == 200
+
+
+def test_a_capitalised_url_alone_is_tracked() -> None:
+    """``Https://`` (a phone capitalises the start of a sentence) is a URL like any other, alone in a body too."""
+    body, links = track("Visit Https://Example.com/a today", "https://t.example/l")
+    assert [dest for _, dest in links] == ["Https://Example.com/a"] and "Example.com" not in body

@@ -9,7 +9,10 @@ Placeholders in a variant body:
 
 A placeholder with no value and no default skips the contact (reason ``missing_placeholder``): a message
 never goes out with a brace left from a placeholder. Any other brace in a body is an error, reported when the
-creative is created (:func:`check_body`). Values are inserted as they are and never re-read as placeholders.
+creative is created (:func:`check_body`). Values are inserted as they are and never re-read as placeholders,
+except inside a URL (a placeholder in a word that starts with ``http://`` or ``https://``), where a value is
+percent-encoded: ``https://shop.example.com/{city}?who={first_name}`` with ``New York`` and ``Mary Ann`` gives
+``https://shop.example.com/New%20York?who=Mary%20Ann``, one URL (tracked whole), not a URL cut at the space.
 
 Order of work on one message: placeholders, then tracked links (URLs become ``{short_base}/{code}``), then the
 list's ``opt_out_footer`` on a new line; length, segments and encoding are computed on that final text.
@@ -22,6 +25,7 @@ import hmac
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from trackly_exec.campaigns import shortlinks
 from trackly_exec.campaigns.variants import Chooser
@@ -53,6 +57,11 @@ class Placeholder:
     name: str  # "first_name" or an attribute name
     is_field: bool  # a contact field, else an attribute
     default: str | None
+    in_url: bool = False  # inside a URL of the body: its value is percent-encoded (``New York`` -> ``New%20York``)
+
+
+#: The start of a URL at the head of a word (what the tracked-link pattern finds): ``http://`` or ``https://``.
+_URL_HEAD = re.compile(r"https?://", re.IGNORECASE)
 
 
 def parse_body(body: str) -> list[str | Placeholder]:
@@ -60,7 +69,9 @@ def parse_body(body: str) -> list[str | Placeholder]:
     parts: list[str | Placeholder] = []
     pos = 0
     literal: list[str] = []
+    word = ""  # the text since the last whitespace, placeholders as "{}": is a placeholder inside a URL?
     for m in _TOKEN_RE.finditer(body):
+        word = _last_word(word + body[pos : m.start()])
         literal.append(body[pos : m.start()])
         pos = m.end()
         tok = m.group(0)
@@ -84,11 +95,20 @@ def parse_body(body: str) -> list[str | Placeholder]:
         if literal:
             parts.append("".join(literal))
             literal = []
-        parts.append(Placeholder(name, is_field, default if bar else None))
+        parts.append(Placeholder(name, is_field, default if bar else None, _URL_HEAD.match(word) is not None))
+        word += "{}"
     literal.append(body[pos:])
     if any(literal):
         parts.append("".join(literal))
     return parts
+
+
+def _last_word(text: str) -> str:
+    """``text`` after its last whitespace."""
+    for i in range(len(text) - 1, -1, -1):
+        if text[i].isspace():
+            return text[i + 1 :]
+    return text
 
 
 def check_body(body: str) -> list[str]:
@@ -130,7 +150,7 @@ def render(parts: list[str | Placeholder], contact: ContactDoc, phone: str | Non
             if p.default is None:
                 return None
             value = p.default
-        out.append(value)
+        out.append(quote(value, safe="") if p.in_url else value)
     return "".join(out)
 
 

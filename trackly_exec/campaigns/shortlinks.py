@@ -63,7 +63,7 @@ def track(body: str, base: str) -> tuple[str, list[tuple[str, str]]]:
         links.append((code, url))
         return f"{base}/{code}{tail}"
 
-    if "http" not in body and "HTTP" not in body:
+    if "://" not in body:  # no URL (any case: "Https://", as phones capitalise the start of a sentence)
         return body, links
     return URL_RE.sub(repl, body), links
 
