@@ -11,6 +11,7 @@ from trackly_exec.api.models_campaigns import CampaignStatsOut
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.models import utcnow
+from trackly_exec.tracking import stats
 
 CID = 3
 
@@ -104,3 +105,17 @@ async def test_stats_coherent_while_sending(store: Store) -> None:
     s = await campaign_stats(store, CID)
     _check(s)
     assert s.queued == 0 and s.sent + s.failed["STALE"] == n and s.delivery_pending == 0 and readings > 1
+
+
+async def test_the_dashboards_click_rate_counts_clicked_messages_not_clicks(store: Store) -> None:
+    """The live stats' click rate is the share of sent messages with a human click ("% that clicked a link"): one
+    message clicked ten times counts once (it showed 200 % for 5 sent)."""
+    now = utcnow()
+    await store.db[c.SENT].insert_many([{**_doc(i, "A"), "timestamp": now} for i in range(5)])
+    clicks = [{"_id": f"k{i}", "campaign_id": CID, "message_id": "m0", "bot": False, "at": now} for i in range(10)]
+    clicks += [{"_id": "b", "campaign_id": CID, "message_id": "m1", "bot": True, "at": now}]
+    clicks += [{"_id": "h", "campaign_id": CID, "message_id": "m2", "bot": False, "at": now}]
+    await store.db[c.CLICKS].insert_many(clicks)
+    row = (await stats.campaign_stats(store, [CID]))[CID]
+    assert row["sent"] == 5 and row["human_clicks"] == 11 and row["clicked_messages"] == 2
+    assert row["click_rate"] == 40.0

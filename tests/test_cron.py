@@ -43,6 +43,16 @@ def test_cron_interval_keeps_its_interval_across_dst() -> None:
     assert _local(got) == ["03-08 01:00-0500", "03-08 03:00-0400", "03-08 04:00-0400", "03-08 05:00-0400"]
 
 
+@pytest.mark.parametrize("hours", ["*", "*/1", "0-23", "0-11,12-23"])
+def test_every_hour_however_written_keeps_its_interval_through_a_fall_back(hours: str) -> None:
+    """``*/1`` or ``0-23`` in the hour field is every hour, as ``*`` is: hourly through the fall-back, the repeated
+    01:00 included (it ran at 01:00 EDT then 02:00 EST, skipping 01:00 EST, unless the field was written ``*``)."""
+    fall = dt.datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # 00:00 EDT
+    got = parse(f"0 {hours} * * *").occurrences(fall, fall + dt.timedelta(hours=4), "America/New_York")
+    assert [b - a for a, b in itertools.pairwise(got)] == [dt.timedelta(hours=1)] * 3, _local(got)
+    assert parse(f"0 {hours} * * *").hour_star and not parse("0 1-23 * * *").hour_star
+
+
 def test_cron_fields() -> None:
     """Lists, ranges, steps, names, Sunday as 0 or 7, and day-of-month OR day-of-week."""
     t = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC)  # a Thursday

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from trackly_exec.app import Trackly
-from trackly_exec.campaigns.variants import chooser_for, split_chooser, thompson_shares
+from trackly_exec.campaigns.variants import chooser_for, split_chooser, thompson_shares, variant_stats
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import Variant, utcnow
 
@@ -69,3 +69,19 @@ async def test_learned_uses_human_clicks_after_enough_sends(trackly: Trackly) ->
     await trackly.db[c.CLICKS].insert_many(clicks)
     ch = await chooser_for(trackly.db, creative, 1, min_sends=50)
     assert ch.mode == "learned" and ch.keys == ("A", "B") and ch.shares[1] > 0.9
+
+
+async def test_learned_stats_leave_out_test_sends_and_rejected_sends(trackly: Trackly) -> None:
+    """A variant's trials are its campaign sends the provider accepted: test sends (and their clicks) and rejected
+    sends count neither toward ``learned_min_sends`` nor against its click rate."""
+    base = {"creative_id": 1, "sending_list_id": 1, "timestamp": utcnow()}
+    sent = [{**base, "_id": f"A{i}", "variant_key": "A", "submitted": True} for i in range(10)]
+    sent += [{**base, "_id": f"T{i}", "variant_key": "A", "submitted": True, "send_type": "test"} for i in range(5)]
+    sent += [{**base, "_id": f"R{i}", "variant_key": "A", "submitted": False} for i in range(5)]
+    await trackly.db[c.SENT].insert_many(sent)
+    clicks = [
+        {"code": f"c{m}", "message_id": m, "creative_id": 1, "variant_key": "A", "bot": False}
+        for m in ("A0", "A1", "T0", "T1", "R0")
+    ]
+    await trackly.db[c.CLICKS].insert_many(clicks)
+    assert await variant_stats(trackly.db, 1, ["A"]) == {"A": (10, 2)}

@@ -48,6 +48,18 @@ class CronError(TracklyError):
     """An invalid cron expression or timezone."""
 
 
+def _every_hour(field: str) -> bool:
+    """The hour field matches every hour of the day, however written (``*``, ``*/1``, ``0-23``, ``0-11,12-23``):
+    such an expression keeps its interval through a fall-back, like ``*``."""
+    day = dt.datetime(2000, 1, 1)
+    hours = set()
+    for when in CronSim(f"0 {field} * * *", day - _SECOND):
+        if when.date() != day.date():
+            break
+        hours.add(when.hour)
+    return len(hours) == 24
+
+
 @dataclass(frozen=True)
 class Cron:
     """A parsed expression; :meth:`next_after` gives occurrences as UTC instants."""
@@ -66,7 +78,7 @@ class Cron:
             CronSim(text, dt.datetime(2000, 1, 1))  # validates every field
         except CronSimError as exc:
             raise CronError(f"{exc} in {expr!r}") from exc
-        return cls(expr, text, hour_star="*" in fields[1].split(","))
+        return cls(expr, text, hour_star=_every_hour(fields[1]))
 
     def _wall_times(self, start: dt.datetime) -> Iterator[dt.datetime]:
         """Matching naive wall times >= ``start`` (naive), in increasing order (cronsim, no timezone)."""

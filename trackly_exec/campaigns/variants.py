@@ -81,14 +81,22 @@ def thompson_shares(stats: Sequence[tuple[int, int]], seed: int, draws: int = PO
     return [w / draws for w in wins]
 
 
+#: The sends a learned choice learns from: a campaign's (not a test send's) that the provider accepted.
+_LEARNED_FROM: dict[str, Any] = {"submitted": {"$ne": False}, "send_type": {"$ne": "test"}}
+
+
 async def variant_stats(db: Any, creative_id: int, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """``{variant key: (sent, human clicks counted once per message)}`` from earlier executions."""
+    """``{variant key: (sent, human clicks counted once per message)}`` from earlier executions' campaign sends the
+    provider accepted (test sends and rejected sends are no trial of a variant, as in the click statistics)."""
     out: dict[str, tuple[int, int]] = {}
     for key in keys:
-        sent = await db[c.SENT].count_documents({"creative_id": creative_id, "variant_key": key})
+        sent = await db[c.SENT].count_documents({"creative_id": creative_id, "variant_key": key, **_LEARNED_FROM})
         q = {"creative_id": creative_id, "variant_key": key, "bot": False}
         clicked = {d.get("message_id") async for d in db[c.CLICKS].find(q, {"_id": 0, "message_id": 1})}
         clicked.discard(None)
+        if clicked:  # (few: the clicked ones) those of test or rejected sends do not count
+            other = {"_id": {"$in": list(clicked)}, "$or": [{"send_type": "test"}, {"submitted": False}]}
+            clicked -= {d["_id"] async for d in db[c.SENT].find(other, {"_id": 1})}
         out[key] = (sent, min(len(clicked), sent))
     return out
 

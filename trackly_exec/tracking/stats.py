@@ -32,9 +32,24 @@ async def _group(store: Store, coll: str, match: Filter, key: str, cond: Filter 
     return out
 
 
+async def _clicked_messages(store: Store, scope: Filter) -> dict[int, int]:
+    """Messages with at least one human click, per campaign (a message clicked ten times counts once)."""
+    pipeline: Pipeline = [
+        {"$match": {**scope, "bot": False}},
+        {"$group": {"_id": "$message_id", "campaign_id": {"$first": "$campaign_id"}}},
+        {"$group": {"_id": "$campaign_id", "n": {"$sum": 1}}},
+    ]
+    out: dict[int, int] = {}
+    async for row in await store.db[c.CLICKS].aggregate(pipeline):
+        if isinstance(row["_id"], int):
+            out[row["_id"]] = int(row["n"])
+    return out
+
+
 async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) -> dict[int, JsonObject]:
     """``{campaign_id: {queued, sent, delivered, undelivered, failed, failed_by_reason, clicks, human_clicks,
-    delivery_rate, failure_rate, click_rate}}``."""
+    clicked_messages, delivery_rate, failure_rate, click_rate}}``; the click rate is the share of sent messages with a
+    human click (``clicked_messages``), not of clicks."""
     scope: Filter = {"campaign_id": {"$in": campaign_ids}} if campaign_ids is not None else {"campaign_id": {"$gte": 0}}
     queued = await _group(store, c.QUEUED, scope, "campaign_id")
     sent = await _group(store, c.SENT, scope, "campaign_id")
@@ -42,6 +57,7 @@ async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) ->
     undelivered = await _group(store, c.SENT, {**scope, "delivered": False}, "campaign_id")
     clicks = await _group(store, c.CLICKS, scope, "campaign_id")
     human = await _group(store, c.CLICKS, {**scope, "bot": False}, "campaign_id")
+    clicked = await _clicked_messages(store, scope)
     failed_by: dict[int, dict[str, int]] = defaultdict(dict)
     for reason in FailureReason:  # one group per reason: nx-27017 cannot group by a compound key
         for cid, n in (await _group(store, c.FAILED, {**scope, "reason": reason.value}, "campaign_id")).items():
@@ -59,9 +75,10 @@ async def campaign_stats(store: Store, campaign_ids: list[int] | None = None) ->
             "failed_by_reason": dict(failed_by.get(cid, {})),
             "clicks": clicks.get(cid, 0),
             "human_clicks": human.get(cid, 0),
+            "clicked_messages": clicked.get(cid, 0),
             "delivery_rate": round(100.0 * delivered.get(cid, 0) / s, 2) if s else 0.0,
             "failure_rate": round(100.0 * f / (s + f), 2) if s + f else 0.0,
-            "click_rate": round(100.0 * human.get(cid, 0) / s, 2) if s else 0.0,
+            "click_rate": round(100.0 * min(clicked.get(cid, 0), s) / s, 2) if s else 0.0,
         }
     return out
 
