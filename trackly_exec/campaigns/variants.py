@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trackly_exec.store import constants as c
-from trackly_exec.store.documents import CreativeDoc
+from trackly_exec.store.documents import CreativeDoc, Filter
 from trackly_exec.store.models import Variant
 
 POSTERIOR_DRAWS = 20_000
@@ -82,7 +82,7 @@ def thompson_shares(stats: Sequence[tuple[int, int]], seed: int, draws: int = PO
 
 
 #: The sends a learned choice learns from: a campaign's (not a test send's) that the provider accepted.
-_LEARNED_FROM: dict[str, Any] = {"submitted": {"$ne": False}, "send_type": {"$ne": "test"}}
+_LEARNED_FROM: Filter = {"submitted": {"$ne": False}, "send_type": {"$ne": "test"}}
 
 
 async def variant_stats(db: Any, creative_id: int, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
