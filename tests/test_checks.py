@@ -18,7 +18,7 @@ from trackly_exec.executor.ratelimit import Admission, Grant, LocalRateLimiter, 
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
 from trackly_exec.store.client import Store
-from trackly_exec.store.models import SendingList, utcnow
+from trackly_exec.store.models import QuietHours, SendingList, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 from trackly_exec.testing.fakes.infobip import InfobipFake
 
@@ -235,6 +235,45 @@ async def test_recheck_holds_a_contactless_message_to_its_numbers_stop(store: St
     rc = await checks.recheck(store.db, docs, utcnow(), window=window, default_tz=midday_zone())
     assert [(d["_id"], why) for d, why in rc.blocked] == [(docs[0]["_id"], "number opted out (STOP)")]
     assert [d["_id"] for d in rc.send] == [d["_id"] for d in docs[1:]]
+
+
+async def test_recheck_holds_a_message_whose_window_closes_before_it_can_go(store: Store) -> None:
+    """The send-time re-check holds a message whose quiet hours begin within QUIET_HOURS_MARGIN (a round's last
+    chunk, and the request, go a moment after the re-check: sends landed 7-45 ms past the window's end)."""
+    await seed(store, 2, contact_tz="UTC")
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    end = (utcnow() + dt.timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+    hours = {"start": (end - dt.timedelta(hours=1)).strftime("%H:%M"), "end": end.strftime("%H:%M")}
+    window = quiethours.Window.from_quiet_hours(QuietHours.model_validate(hours))
+    zones = {1: "UTC", 2: "UTC"}
+    for before_end, held in ((1.0, True), (60.0, False)):
+        now = end - dt.timedelta(seconds=before_end)
+        rc = await checks.recheck(store.db, docs, now, window=window, default_tz="UTC", timezones=zones)
+        assert (len(rc.hold), len(rc.send)) == ((2, 0) if held else (0, 2)), before_end
+        assert all(until > now + dt.timedelta(hours=22) for _, until in rc.hold)  # tomorrow's opening
+
+
+async def test_a_stop_during_a_long_wait_for_the_pool_holds(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A chunk whose requests wait for the pool (one slot, a slow provider) is re-checked again before a request
+    that got its slot more than a round after the chunk's re-check: a STOP meanwhile is not texted (it was, seconds
+    after the contact was unsubscribed); the message goes back to the queue and ends CONTACT_BLOCKED."""
+    ids = await seed(store, 10, driver="twilio")
+    fakes["twilio"].set_default(Behaviour("slow", delay=0.15))
+    coord = await executor(settings, store, fakes, pool_size=1, workers_per_list=1)
+    run_task = asyncio.create_task(coord.run_until_idle())
+    while len(fakes["twilio"].ledger) < 2:
+        await asyncio.sleep(0.01)
+    stopper = (await store.db[c.QUEUED].find_one({"_id": ids[7]}))["contact_id"]
+    await store.db[c.CONTACTS].update_one({"_id": stopper}, {"$set": {"subscribed": False}})
+    counts = await run_task
+    await coord.trackly.close(close_store=False)
+    accepted = fakes["twilio"].accepted_counts()
+    assert ids[7] not in accepted and len(accepted) == 9 and set(accepted.values()) == {1}
+    assert counts["late_rechecks"] >= 1
+    assert (await store.db[c.FAILED].find_one({"_id": ids[7]}))["reason"] == "CONTACT_BLOCKED"
+    await assert_one_record_each(store, ids)
 
 
 # ------------------------------------------------------------------------------------------------ STOP mid-campaign

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from trackly_exec.config import Settings
+from trackly_exec.executor import recovery
 from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
@@ -330,4 +332,61 @@ async def test_long_429_storm_delays_every_message_and_kills_none(
         await coord.trackly.close(close_store=False)
     assert await ids_in(store, c.FAILED) == []
     assert fake.accepted_counts() == dict.fromkeys(ids, 1)
+    await assert_one_record_each(store, ids)
+
+
+async def _sweeping(coord: Coordinator, every: float) -> collections.Counter[str]:
+    """Recovery sweeps every ``every`` seconds (as another daemon's would) until cancelled; their counts."""
+    total: collections.Counter[str] = collections.Counter()
+    try:
+        while True:
+            total.update(await recovery.sweep(coord.trackly))
+            await asyncio.sleep(every)
+    except asyncio.CancelledError:
+        return total
+
+
+async def test_a_batch_outliving_the_claim_ttl_keeps_its_claim(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A slow provider (0.2 s a request, one message a request, one pool slot): the batch lasts longer than the
+    claim TTL (3 s). Its claim is renewed while it runs, so recovery sweeping meanwhile never takes it for dead:
+    no NO_RESPONSE, every message sent once (recovery used to record the rest NO_RESPONSE while the live batch went
+    on sending them, and reconciliation re-queued those not sent yet: sent twice)."""
+    ids = await seed(store, 25, driver="twilio")
+    fakes["twilio"].set_default(Behaviour("slow", delay=0.2))
+    cfg = {"claim_ttl_minutes": 0.05, "retry_max_attempts": 2, "pool_size": 1, "workers_per_list": 1}
+    coord = await executor(settings, store, fakes, **cfg)
+    sweeper = asyncio.create_task(_sweeping(coord, 0.25))
+    started = time.monotonic()
+    counts = await run(coord)
+    sweeper.cancel()
+    swept = await sweeper
+    assert time.monotonic() - started > 4.0  # the batch outlived the 3 s claim TTL
+    assert swept["no_response"] == 0 and swept["released"] == 0, swept
+    assert counts["sent"] == 25 and not counts.get("claim_expiring_unsent")
+    assert fakes["twilio"].accepted_counts() == dict.fromkeys(ids, 1)
+    await assert_one_record_each(store, ids)
+
+
+async def test_a_request_is_not_sent_once_its_claim_is_lost(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """Recovery takes a running batch's claim over (as after a stall past the TTL): the next renewal finds it lost
+    and nothing more of the batch is sent; recovery's NO_RESPONSE stands for those (reconciliation asks the
+    provider), and no message is sent twice."""
+    ids = await seed(store, 25, driver="twilio")
+    fakes["twilio"].set_default(Behaviour("slow", delay=0.2))
+    cfg = {"claim_ttl_minutes": 0.05, "retry_max_attempts": 2, "pool_size": 1, "workers_per_list": 1}
+    coord = await executor(settings, store, fakes, **cfg)
+    run_task = asyncio.create_task(run(coord))
+    while len(fakes["twilio"].ledger) < 3:
+        await asyncio.sleep(0.02)
+    swept = await recovery.sweep(coord.trackly, ttl=dt.timedelta(0))  # the claim, taken over
+    counts = await run_task
+    assert swept["no_response"] > 0 and counts["claim_expiring_unsent"] > 0, (swept, counts)
+    accepted = fakes["twilio"].accepted_counts()
+    assert set(accepted.values()) == {1} and len(accepted) < 10  # stopped within a renewal (0.4 s) of the loss
+    for mid in set(ids) - set(accepted):
+        assert (await store.db[c.FAILED].find_one({"_id": mid}))["reason"] == "NO_RESPONSE"
     await assert_one_record_each(store, ids)

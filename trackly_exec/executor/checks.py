@@ -151,6 +151,10 @@ def in_window_now(
     return quiethours.in_window(now, zones, window), zones
 
 
+#: The send-time re-check holds a message whose quiet hours begin within this margin: a round's last chunk goes up to
+#: ``rate_limit_round_seconds`` after the re-check, and its request takes a moment to reach the provider.
+QUIET_HOURS_MARGIN = dt.timedelta(seconds=2)
+
 #: A contact with a stored timezone (its quiet hours are decided in it).
 _HAS_TIMEZONE = {"timezone": {"$gt": ""}}
 
@@ -234,6 +238,8 @@ async def recheck(
     stopped, paused = await asyncio.gather(blocked_contacts(db, contact_ids), paused_campaigns(db, campaign_ids))
     stopped_numbers = await opted_out(db, numbers) if numbers else set()  # (rare: not read for most chunks)
     memo: dict[Any, bool] = {}
+    soon = now + QUIET_HOURS_MARGIN
+    memo_soon: dict[Any, bool] = {}
     for d in docs:
         cid = d.get("contact_id")
         lifted = d.get("overrides") or ()  # a test send's explicit overrides (testsend.py)
@@ -253,6 +259,11 @@ async def recheck(
         inside, zones = in_window_now(d["to_number"], tz, default_tz, now, window, memo)
         if not inside and zones is not None:
             out.hold.append((d, quiethours.next_opening(now, zones, window)))
+            continue
+        # ... and still inside when the request reaches the provider: a window closing within the margin holds it
+        inside, zones = in_window_now(d["to_number"], tz, default_tz, soon, window, memo_soon)
+        if not inside and zones is not None:
+            out.hold.append((d, quiethours.next_opening(soon, zones, window)))
             continue
         out.send.append(d)
     return out

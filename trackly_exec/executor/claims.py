@@ -340,6 +340,13 @@ async def hold(db: Any, token: str, groups: Iterable[tuple[Sequence[str], dt.dat
     return await release(db, token, [(ids, {**extra, "not_before": until}) for ids, until, extra in groups])
 
 
+async def renew(db: Any, list_id: int, token: str, now: dt.datetime) -> int:
+    """Renew the claim ``token`` holds on messages of list ``list_id`` (``claimed_at`` = ``now``, fenced): a batch
+    that lasts longer than the claim TTL (a slow provider, a long wait for the pool) is never taken for dead by
+    recovery while its process lives. Returns how many messages it still holds (0: none left, or lost)."""
+    return await LEASE.renew(db[c.QUEUED], token, {"sending_list_id": {"$eq": list_id}}, now)
+
+
 async def give_back(db: Any, ids: Sequence[str], token: str) -> int:
     """Release ``ids`` including their send intent: nothing was accepted for them (a stop during retries, a
     reconciliation's re-queue). Fenced on ``token``."""

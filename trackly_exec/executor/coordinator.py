@@ -93,6 +93,13 @@ class Coordinator:
             first_wait=True,
             on_error=self._poll_failed,
         )
+        self._renewer = Loop(  # running batches keep their claims (a slow provider, a long wait for the pool)
+            "executor-claims",
+            self._renew,
+            max(0.05, self.cfg.claim_ttl_minutes * 60.0 / 8),
+            first_wait=True,
+            on_error=self._renew_failed,
+        )
         self._recoverer = Loop(
             "executor-recovery",
             self._recover,
@@ -279,6 +286,7 @@ class Coordinator:
         """
         await self._backfill()
         await self.join()
+        self._renewer.start()
         try:
             while not self.stopping.is_set():
                 started = await self.fill()
@@ -289,6 +297,7 @@ class Coordinator:
                 if started == 0 and self.counts["claimed"] == before:
                     break
         finally:
+            await self._renewer.stop(RELEASE_TIMEOUT_SECONDS)
             await self.leave()
         return dict(self.counts)
 
@@ -301,6 +310,7 @@ class Coordinator:
         await self.join()
         self._poller.start()
         self._recoverer.start()
+        self._renewer.start()
         log.info(
             "executor_started",
             instance=self.trackly.instance,
@@ -320,6 +330,13 @@ class Coordinator:
     def _recovery_failed(exc: Exception) -> None:
         log.error("recovery_failed", error=str(exc))
 
+    async def _renew(self) -> None:
+        await self.worker.renew_claims()
+
+    @staticmethod
+    def _renew_failed(exc: Exception) -> None:  # the next renewal tries again; past the TTL, nothing more is sent
+        log.error("claim_renewal_failed", error=str(exc) or type(exc).__name__)
+
     async def stop(self, grace: float) -> None:
         """Stop claiming, finish or release in-flight batches within ``grace`` seconds, release the rest."""
         self.stopping.set()
@@ -327,6 +344,7 @@ class Coordinator:
         await asyncio.gather(self._poller.stop(grace), self._recoverer.stop(grace))
         await self.leave()
         await self.tasks.stop(grace - (time.monotonic() - started))
+        await self._renewer.stop(RELEASE_TIMEOUT_SECONDS)
         released = 0
         try:  # bounded: with the store down, recovery releases these after the claim TTL instead
             released = await asyncio.wait_for(

@@ -41,7 +41,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ from trackly_exec.executor.outcomes import Outcomes, throttle_groups
 from trackly_exec.executor.ratelimit import Admission, Grant, LimiterUnavailable, RateLimiter
 from trackly_exec.logs import get_logger
 from trackly_exec.store import quiethours
+from trackly_exec.store.client import opted_out
 from trackly_exec.store.documents import ClaimedDoc, Update
 from trackly_exec.store.models import FailureReason, SendingList
 
@@ -94,6 +95,20 @@ class _Stop(TracklyError):
     """The executor is stopping: give what was not accepted back to the queue."""
 
 
+@dataclass
+class _Fresh:
+    """The send-time re-check of one chunk, shared by its requests (see :meth:`Worker._refresh`)."""
+
+    at: float | None  # time.monotonic() of the last re-check (None: not tracked)
+    gone: set[str] = field(default_factory=set)  # handed to the driver
+    dropped: set[str] = field(default_factory=set)  # found ineligible by a later re-check
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _ClaimExpiring(TracklyError):
+    """The batch's claim would not outlast the request (lost, or not renewed in time): do not send; give back."""
+
+
 class Worker:
     """Runs batches for every list of one executor process (shared pool, limiter and counters)."""
 
@@ -116,6 +131,9 @@ class Worker:
         self.clock = clock or trackly.now  # the application's clock unless given one
         self.outcomes = Outcomes(trackly, counts)
         self.tokens: dict[str, int] = {}  # claims in progress and their lists (released on shutdown)
+        #: claim token -> time.monotonic() of its last stamp (the claim, then each renewal; -inf once lost): a
+        #: request goes only while the claim will outlast it (:meth:`lease_holds`)
+        self.leases: dict[str, float] = {}
         self.paused: dict[int, float] = {}  # list id -> monotonic time until which it must not be claimed
         self._candidates: dict[int, collections.deque[ClaimedDoc]] = {}  # list id -> due documents read ahead
         #: this process's share of the queue (None: the whole queue); the coordinator sets it from the membership
@@ -181,17 +199,55 @@ class Worker:
             except Exception as exc:  # the store is gone too: recovery will release it after the claim TTL
                 log.error("batch_release_failed", sending_list_id=info.id, error=str(exc))
             self.tokens.pop(token, None)
+            self.leases.pop(token, None)
             self.paused[info.id] = time.monotonic() + 1.0
             return 0
         self.tokens.pop(token, None)
+        self.leases.pop(token, None)
         return n
+
+    # -- claim leases -----------------------------------------------------------------------------
+
+    @property
+    def claim_ttl(self) -> float:
+        return self.cfg.claim_ttl_minutes * 60.0
+
+    async def renew_claims(self) -> int:
+        """Renew every claim of this process's running batches (``claimed_at`` = now, fenced on each token; the
+        coordinator calls it every eighth of the claim TTL), so recovery never takes a live batch for dead however
+        long it lasts. A claim found lost (taken over) is marked so, and nothing more of it is sent. Returns the
+        claims renewed."""
+        now, stamped = self.clock(), time.monotonic()
+        renewed = 0
+        for token, list_id in list(self.tokens.items()):
+            if token not in self.leases:  # not claimed yet
+                continue
+            held = await claims.renew(self.db, list_id, token, now)
+            if token in self.leases:  # (still running)
+                self.leases[token] = stamped if held else -math.inf
+                renewed += bool(held)
+        return renewed
+
+    def lease_holds(self, token: str | None, timeout: float) -> bool:
+        """Whether claim ``token`` will still be this process's when a request of up to ``timeout`` seconds started
+        now ends, with a tenth of the TTL to spare (for the clocks of other processes' recovery sweeps): its last
+        stamp (claim or renewal) is recent enough. False once it is lost or stale (the event loop stalled, the
+        store unreachable for the renewals): nothing more of it may be sent, recovery owns it."""
+        stamped = self.leases.get(token) if token is not None else None
+        if stamped is None:
+            return True  # not a tracked batch claim
+        ttl = self.claim_ttl
+        # (a request timeout the configuration allows beyond half the TTL, a list's own driver settings, counts as
+        # half of it: never a batch that can send nothing and is claimed again and again)
+        return time.monotonic() - stamped + min(timeout, ttl / 2) < ttl * 0.9
 
     async def _run(self, info: ListInfo, token: str) -> int:
         lst = info.doc
-        now = self.clock()
+        now, stamped = self.clock(), time.monotonic()
         docs = await self._claim(lst, token, now)
         if not docs:
             return 0
+        self.leases[token] = stamped  # the claim's stamp is ``now``
         failpoints.hit("after_claim")
         self.counts["claimed"] += len(docs)
         verdict = await checks.evaluate(
@@ -374,7 +430,7 @@ class Worker:
             else:
                 failpoints.hit("after_intent")
                 started: list[float] = []
-                got, again, had_errors = await self._send(info, to_send, started)
+                got, again, had_errors = await self._send(info, to_send, started, token, checked)
                 # the send window holds when they went (the first request), not when they were admitted
                 await self._mark_sent(lst, admitted, len(to_send) if started else 0, started[0] if started else None)
                 sent += to_send
@@ -517,10 +573,18 @@ class Worker:
     # -- sending ----------------------------------------------------------------------------------
 
     async def _send(
-        self, info: ListInfo, docs: Sequence[ClaimedDoc], started: list[float] | None = None
+        self,
+        info: ListInfo,
+        docs: Sequence[ClaimedDoc],
+        started: list[float] | None = None,
+        token: str | None = None,
+        checked: float | None = None,
     ) -> tuple[dict[str, SendResult], set[str], bool]:
         """Submit ``docs`` in requests of ``max_batch_size``; one final result per message. ``started`` receives the
-        ``time.time()`` of each request's first attempt as it is handed to the driver."""
+        ``time.time()`` of each request's first attempt as it is handed to the driver. Each request goes only while
+        claim ``token`` will outlast it (:meth:`lease_holds`); the others are given back to the queue. ``checked``:
+        the ``time.monotonic()`` of the chunk's re-check; a request that got its pool slot more than
+        ``rate_limit_round_seconds`` later is re-checked again first (a STOP or a pause meanwhile)."""
         size = max(1, info.driver.max_batch_size)
         default_sender = info.doc.from_number
         build = outbound_message  # plain values: no validation (half pydantic's cost); anything else validated
@@ -534,9 +598,12 @@ class Worker:
         requeue: set[str] = set()
         errors = [False]
         by_id = {d["_id"]: d for d in docs}
+        fresh = _Fresh(checked)
         requests = [msgs[i : i + size] for i in range(0, len(msgs), size)]
         if len(requests) == 1:
-            await self._request(info, requests[0], results, requeue, errors, by_id, started=started)
+            await self._request(
+                info, requests[0], results, requeue, errors, by_id, started=started, token=token, fresh=fresh
+            )
             return results, requeue, errors[0]
         # bounded concurrency: as many consumers as the pool has slots, not one task per request (a chunk of
         # one-message requests, Twilio's, would otherwise create a task per message); each consumer keeps its
@@ -555,7 +622,7 @@ class Worker:
                     if not slot[0]:
                         await pool.acquire()
                         slot[0] = True
-                    await self._request(info, batch, results, requeue, errors, by_id, slot, started)
+                    await self._request(info, batch, results, requeue, errors, by_id, slot, started, token, fresh)
             finally:
                 if slot[0]:
                     pool.release()
@@ -573,6 +640,8 @@ class Worker:
         docs: dict[str, ClaimedDoc] | None = None,
         slot: list[bool] | None = None,
         started: list[float] | None = None,
+        token: str | None = None,
+        fresh: _Fresh | None = None,
     ) -> None:
         """One provider request, retried for the messages that failed transiently (a retry is a new send: what
         became ineligible meanwhile, a STOP or a pause, goes back to the queue instead, see :meth:`_retry_recheck`).
@@ -581,6 +650,26 @@ class Worker:
         the first attempt then uses it, and it is handed back (``slot[0] = False``) before a retry's backoff."""
         pending = list(msgs)
         last: list[TransientFailure] = []
+        timeout = float(getattr(info.driver.settings, "timeout_seconds", 30.0))
+
+        def lease() -> None:
+            """Right before the driver is handed the request (the pool slot held): the claim must outlast it."""
+            if not self.lease_holds(token, timeout):
+                raise _ClaimExpiring()
+
+        async def still_fresh() -> None:
+            """The first attempt, its pool slot held: the chunk's re-check, redone when older than a round (a long
+            wait for the pool, a slow intent write; see :meth:`_refresh`); what it drops goes back to the queue."""
+            nonlocal pending
+            if last or fresh is None:
+                return
+            dropped = await self._refresh(fresh, docs or {})
+            for m in pending:
+                if m.id in dropped:
+                    results[m.id] = TransientFailure(message_id=m.id, code="rechecked", detail="re-checked: not sent")
+                    requeue.add(m.id)
+            pending = [m for m in pending if m.id not in dropped]
+            fresh.gone.update(m.id for m in pending)
 
         async def attempt() -> list[TransientFailure]:
             nonlocal pending, last
@@ -600,10 +689,18 @@ class Worker:
                         await self._mark_sent(info.doc, admitted, 0, None)
                         return []
             if slot is not None and slot[0]:
+                await still_fresh()
+                if not pending:
+                    return []
+                lease()
                 submitted = time.time()  # no await between this reading and the driver's
                 out = await info.driver.submit(pending)
             else:
                 async with self.pool:
+                    await still_fresh()
+                    if not pending:
+                        return []
+                    lease()
                     submitted = time.time()
                     out = await info.driver.submit(pending)
             if admitted is not None:  # a retry's own admission
@@ -624,7 +721,11 @@ class Worker:
             last = transient
             return transient
 
-        if not await attempt():  # the common case: one attempt, no retry machinery
+        try:
+            if not await attempt():  # the common case: one attempt, no retry machinery
+                return
+        except _ClaimExpiring:
+            self._not_sent_claim_expiring(info, pending, results, requeue)
             return
         if slot is not None and slot[0]:  # no slot held through a backoff: each retry takes one
             slot[0] = False
@@ -655,25 +756,68 @@ class Worker:
         except (_Stop, LimiterUnavailable):
             requeue.update(r.message_id for r in last)
             final = last
+        except _ClaimExpiring:
+            self._not_sent_claim_expiring(info, pending, results, requeue)
+            return
         for r in final:
             results[r.message_id] = r
+
+    def _not_sent_claim_expiring(
+        self, info: ListInfo, msgs: Sequence[OutboundMessage], results: dict[str, SendResult], requeue: set[str]
+    ) -> None:
+        """A request not sent because its claim would not outlast it: given back to the queue (fenced: if recovery
+        has taken the claim over, its record stands and reconciliation finds the message was never sent)."""
+        for m in msgs:
+            results[m.id] = TransientFailure(message_id=m.id, code="claim-expiring", detail="claim expiring: not sent")
+            requeue.add(m.id)
+        self.counts["claim_expiring_unsent"] += len(msgs)
+        log.warning("claim_expiring_not_sent", sending_list_id=info.id, messages=len(msgs))
+
+    async def _refresh(self, fresh: _Fresh, docs: dict[str, ClaimedDoc]) -> set[str]:
+        """The ids of the chunk ``docs`` that may no longer go: when its re-check is older than a round
+        (``rate_limit_round_seconds``), what of it has not gone yet is re-checked once (:meth:`_retry_recheck`), for
+        all of its requests together, and again a round later."""
+        if fresh.at is None or time.monotonic() - fresh.at <= self.cfg.rate_limit_round_seconds:
+            return fresh.dropped
+        async with fresh.lock:
+            if time.monotonic() - fresh.at > self.cfg.rate_limit_round_seconds:
+                fresh.at = time.monotonic()
+                waiting = [d for mid, d in docs.items() if mid not in fresh.gone and mid not in fresh.dropped]
+                fresh.dropped |= await self._rechecked_out(waiting)
+                self.counts["late_rechecks"] += 1
+        return fresh.dropped
 
     async def _retry_recheck(self, pending: Sequence[OutboundMessage], docs: dict[str, ClaimedDoc]) -> set[str]:
         """Before a retry: the ids whose contact was blocked or unsubscribed, or whose campaign was paused, since the
         chunk's re-check. Nothing was accepted for them: they are given back to the queue (refunded) rather than
         sent, and the claim-time checks / the next re-check end them CONTACT_BLOCKED or hold them."""
-        mine = [docs[m.id] for m in pending if m.id in docs]
+        return await self._rechecked_out([docs[m.id] for m in pending if m.id in docs])
+
+    async def _rechecked_out(self, mine: Sequence[ClaimedDoc]) -> set[str]:
+        """The ids among ``mine`` whose contact is blocked or unsubscribed now (or, for a message without a contact
+        or whose contact stores another spelling of its number, whose number sent STOP on its list), or whose
+        campaign is paused."""
         if not mine:
             return set()
         contact_ids = sorted({cid for d in mine if (cid := d.get("contact_id")) is not None})
         campaign_ids = sorted({cid for d in mine if (cid := d.get("campaign_id")) is not None})
-        stopped, paused = await asyncio.gather(
-            checks.blocked_contacts(self.db, contact_ids), checks.paused_campaigns(self.db, campaign_ids)
+        numbers = {
+            (int(d["sending_list_id"]), d["to_number"])
+            for d in mine
+            if d.get("contact_id") is None or d.get("number_stop")
+        }
+        stopped, paused, stopped_numbers = await asyncio.gather(
+            checks.blocked_contacts(self.db, contact_ids),
+            checks.paused_campaigns(self.db, campaign_ids),
+            opted_out(self.db, numbers),
         )
         out = {
             d["_id"]
             for d in mine
-            if (d.get("contact_id") in stopped and "opt_out" not in (d.get("overrides") or ()))
+            if (
+                (d.get("contact_id") in stopped or (int(d["sending_list_id"]), d["to_number"]) in stopped_numbers)
+                and "opt_out" not in (d.get("overrides") or ())
+            )
             or d.get("campaign_id") in paused
         }
         if out:
