@@ -14,6 +14,7 @@ from trackly_exec.drivers import registry
 from trackly_exec.executor.coordinator import Coordinator
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import utcnow
+from trackly_exec.tracking.clicks import Visit, record_clicks
 
 from .api_support import EchoDriver, H, campaign_body, create_campaign, post, seed
 from .campaign_fixtures import INSIDE
@@ -224,7 +225,7 @@ async def test_end_date_stops_a_recurring_campaign(admin: TestClient[Any, Any], 
 
 async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """Erasing a contact anonymises it, dead-letters its queued messages (redacted), and redacts its number from
-    sent and failed records, inbound messages, webhook outbox payloads and alert events."""
+    sent and failed records, inbound messages, webhook outbox payloads, alert events and its tracked links."""
     ids = await seed(admin)
     await post(
         admin,
@@ -313,6 +314,28 @@ async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], t
             "state": "sent",
         }
     )
+    await trackly.db[c.SHORT_LINKS].insert_many(
+        [
+            {
+                "_id": "annlink00001",
+                "message_id": "s1",
+                "contact_id": ann["_id"],
+                "account_id": ids["account"],
+                "destination": "https://shop.example.com/deals?p=%2B12125550100&n=Ann",
+                "clicks": 0,
+                "human_clicks": 0,
+            },
+            {
+                "_id": "boblink00001",
+                "message_id": "s3",
+                "contact_id": bob["_id"],
+                "account_id": ids["account"],
+                "destination": "https://shop.example.com/deals?n=Bob",
+                "clicks": 0,
+                "human_clicks": 0,
+            },
+        ]
+    )
     out = await call(admin, "POST", f"/contacts/{ann['_id']}/erase")
     assert out == {
         "contact_id": ann["_id"],
@@ -323,7 +346,13 @@ async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], t
         "inbound_redacted": 1,
         "outbox_redacted": 1,
         "events_redacted": 1,
+        "links_redacted": 1,
     }
+    # the erased contact's link keeps only its destination's origin; a later click is counted without a trace
+    link = await trackly.db[c.SHORT_LINKS].find_one({"_id": "annlink00001"})
+    assert link["destination"] == "https://shop.example.com" and link["erased"] is True
+    [click] = await record_clicks(trackly, [(link, Visit("Ann's new phone", "10.1.2.3"))])
+    assert click["user_agent"] == "" and click["ip_hash"] is None
     doc = await trackly.db[c.CONTACTS].find_one({"_id": ann["_id"]})
     assert doc["phone"] == f"erased:{ann['_id']}" and doc["first_name"] is None and doc["attributes"] == {}
     assert doc["blocked"] is True and doc["subscribed"] is False
@@ -331,7 +360,7 @@ async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], t
     f = await trackly.db[c.FAILED].find_one({"_id": "q1"})
     assert f["reason"] == "CONTACT_BLOCKED" and f["to_number"] == "[erased]" and f["body"] == "[erased]"
     everything = []
-    for coll in (c.SENT, c.FAILED, c.INBOUND, c.OUTBOX, c.EVENTS, c.CONTACTS, c.CLICKS, c.RESERVATIONS):
+    for coll in (c.SENT, c.FAILED, c.INBOUND, c.OUTBOX, c.EVENTS, c.CONTACTS, c.CLICKS, c.RESERVATIONS, c.SHORT_LINKS):
         everything += [str(d) async for d in trackly.db[coll].find({})]
     text = "\n".join(everything)
     assert "+12125550100" not in text and "Ann" not in text

@@ -5,7 +5,9 @@
   already claimed by the executor is refused at its send-time check (``CONTACT_BLOCKED``).
 * Its unclaimed queued messages are dead-lettered ``CONTACT_BLOCKED`` (detail "contact erased"), already
   redacted: every queued message still ends in exactly one record. Its link clicks lose their user agent and
-  IP hash.
+  IP hash; its tracked links keep only their destination's origin (``https://shop.example.com``: a destination
+  may hold the contact's own data, a ``{phone}`` or ``{first_name}`` filled in) and are marked ``erased``, so a
+  later click still redirects there and is counted without user agent or IP hash.
 * ``to_number`` and ``body`` of its MessageSent and FailedMessage records (by contact id, and by number on the
   contact's list for records without one) are redacted, as are inbound messages from the number, customer
   webhook outbox payloads and alert events naming it.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import re
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from pymongo.errors import BulkWriteError
 
@@ -50,6 +53,7 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
         "inbound_redacted": 0,
         "outbox_redacted": 0,
         "events_redacted": 0,
+        "links_redacted": 0,
     }
     await db[c.CONTACTS].update_one(
         {"_id": cid},
@@ -114,6 +118,7 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
     out["in_flight"] = await count(db, c.QUEUED, {"contact_id": cid})
 
     await db[c.CLICKS].update_many({"contact_id": cid}, {"$set": {"user_agent": "", "ip_hash": None}})
+    out["links_redacted"] = await _redact_links(db, cid)
     redact = {"$set": {"to_number": REDACTED, "body": REDACTED, "erased": True}}
     for coll, key in ((c.SENT, "sent_redacted"), (c.FAILED, "failed_redacted")):
         res = await db[coll].update_many({"contact_id": cid}, redact)
@@ -150,3 +155,23 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
         out["events_redacted"] += 1
     log.info("contact_erased", contact_id=cid, sending_list_id=list_id, **out)
     return out
+
+
+async def _redact_links(db: Any, cid: int) -> int:
+    """The contact's tracked links: destination cut to its origin, ``erased`` set. Returns how many changed."""
+    by_origin: dict[str, list[str]] = {}
+    async for link in db[c.SHORT_LINKS].find({"contact_id": cid, "erased": {"$ne": True}}, {"destination": 1}):
+        by_origin.setdefault(_origin(str(link.get("destination") or "")), []).append(link["_id"])
+    n = 0
+    for origin, codes in by_origin.items():
+        res = await db[c.SHORT_LINKS].update_many(
+            {"_id": {"$in": codes}}, {"$set": {"destination": origin, "erased": True}}
+        )
+        n += int(res.modified_count)
+    return n
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (what remains of an erased contact's link destination)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.scheme and parts.netloc else ""

@@ -301,6 +301,7 @@ class ContactEraseOut(Out):
     inbound_redacted: int
     outbox_redacted: int
     events_redacted: int
+    links_redacted: int = Field(0, description="Tracked links cut to their destination's origin.")
 
 
 class CampaignTestSendIn(Body):

@@ -788,7 +788,7 @@ def cmd_contacts_erase(args: argparse.Namespace) -> int:
         f"contact {args.id} erased: {out['queued_dead_lettered']} queued message(s) dead-lettered, "
         f"{out['sent_redacted']} sent and {out['failed_redacted']} failed record(s) redacted, "
         f"{out['inbound_redacted']} inbound, {out['outbox_redacted']} webhook and {out['events_redacted']} alert "
-        "record(s) redacted"
+        f"record(s) and {out.get('links_redacted', 0)} tracked link(s) redacted"
     )
     if out["in_flight"]:
         print(f"  {out['in_flight']} message(s) were being sent: run this again in a minute to redact them too")

@@ -151,8 +151,9 @@ async def record_clicks(trackly: Trackly, clicks: Sequence[tuple[ShortLinkDoc, V
                 "variant_key": link.get("variant_key"),
                 "contact_id": link.get("contact_id"),
                 "at": at,
-                "user_agent": (visit.user_agent or "")[:512],
-                "ip_hash": ip_hash(salt, visit.ip),
+                # a click on an erased contact's link (erasure.py) keeps nothing that could identify the clicker
+                "user_agent": "" if link.get("erased") else (visit.user_agent or "")[:512],
+                "ip_hash": None if link.get("erased") else ip_hash(salt, visit.ip),
                 "bot": reason is not None,
                 "bot_reason": reason,
             }
