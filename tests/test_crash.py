@@ -9,6 +9,7 @@ chaos variants restart as real processes after a real (short) claim TTL.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import os
 from pathlib import Path
@@ -56,6 +57,11 @@ async def check_invariants(store: Store, fake: InfobipFake, ids: list[str]) -> d
     counts = fake.accepted_counts()
     dupes = {m for m in ids if counts[m] > 1}
     assert dupes <= no_response, f"sent twice without a NO_RESPONSE record: {sorted(dupes - no_response)[:5]}"
+    # per phone too (the ledger's numbers, whatever the message ids): a phone twice only for a NO_RESPONSE message
+    phones = collections.Counter(e.to for e in fake.ledger)
+    ambiguous = {d["to_number"] async for d in store.db[c.FAILED].find({"reason": "NO_RESPONSE"}, {"to_number": 1})}
+    twice = {p for p, n in phones.items() if n > 1}
+    assert twice <= ambiguous, f"a phone texted twice without a NO_RESPONSE record: {sorted(twice - ambiguous)[:5]}"
     sent = set(await ids_in(store, c.SENT))
     assert all(counts[m] >= 1 for m in sent), "a MessageSent without a provider accept"
     return {"sent": len(sent), "no_response": len(no_response), "duplicates": len(dupes)}

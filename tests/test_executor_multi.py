@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ async def test_two_processes_send_each_message_once(
         assert all(p.get("sent", 0) > 0 for p in per_process), per_process  # both took part
         counts = infobip.accepted_counts() + cm.accepted_counts()
         assert all(counts[m] == 1 for m in ids) and sum(counts.values()) == 5000
+        phones = collections.Counter(e.to for e in [*infobip.ledger, *cm.ledger])
+        assert len(phones) == 5000 and set(phones.values()) == {1}  # per phone, not only per message id
         split = await assert_one_record_each(store, ids)
         assert split[c.SENT] == 5000
     finally:
