@@ -257,10 +257,10 @@ async def test_a_stop_during_a_long_wait_for_the_pool_holds(
     settings: Settings, store: Store, fakes: dict[str, Any]
 ) -> None:
     """A chunk whose requests wait for the pool (one slot, a slow provider) is re-checked again before a request
-    that got its slot more than a round after the chunk's re-check: a STOP meanwhile is not texted (it was, seconds
+    that got its slot more than LATE_RECHECK_SECONDS after the chunk's re-check: a STOP meanwhile is not texted (it was, seconds
     after the contact was unsubscribed); the message goes back to the queue and ends CONTACT_BLOCKED."""
     ids = await seed(store, 10, driver="twilio")
-    fakes["twilio"].set_default(Behaviour("slow", delay=0.15))
+    fakes["twilio"].set_default(Behaviour("slow", delay=0.3))
     coord = await executor(settings, store, fakes, pool_size=1, workers_per_list=1)
     run_task = asyncio.create_task(coord.run_until_idle())
     while len(fakes["twilio"].ledger) < 2:

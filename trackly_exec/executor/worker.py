@@ -86,6 +86,12 @@ class ListInfo:
 HOLD_REQUESTS = 16
 
 
+#: A chunk's requests that get their pool slot (or their send intent written) longer than this after the chunk's
+#: send-time re-check are re-checked again before they go (:meth:`Worker._refresh`): once per this interval per chunk
+#: in flight, for what of the chunk has not gone yet (a STOP answered more than this long before a send holds).
+LATE_RECHECK_SECONDS = 1.0
+
+
 def _slot(grant: Grant) -> float:
     """When a grant's tokens may be sent (local ``time.time()``)."""
     return grant.at if grant.at is not None else time.time() + grant.wait
@@ -584,7 +590,7 @@ class Worker:
         ``time.time()`` of each request's first attempt as it is handed to the driver. Each request goes only while
         claim ``token`` will outlast it (:meth:`lease_holds`); the others are given back to the queue. ``checked``:
         the ``time.monotonic()`` of the chunk's re-check; a request that got its pool slot more than
-        ``rate_limit_round_seconds`` later is re-checked again first (a STOP or a pause meanwhile)."""
+        :data:`LATE_RECHECK_SECONDS` later is re-checked again first (a STOP or a pause meanwhile)."""
         size = max(1, info.driver.max_batch_size)
         default_sender = info.doc.from_number
         build = outbound_message  # plain values: no validation (half pydantic's cost); anything else validated
@@ -658,8 +664,9 @@ class Worker:
                 raise _ClaimExpiring()
 
         async def still_fresh() -> None:
-            """The first attempt, its pool slot held: the chunk's re-check, redone when older than a round (a long
-            wait for the pool, a slow intent write; see :meth:`_refresh`); what it drops goes back to the queue."""
+            """The first attempt, its pool slot held: the chunk's re-check, redone when older than
+            :data:`LATE_RECHECK_SECONDS` (a long wait for the pool, a slow intent write; see :meth:`_refresh`); what it
+            drops goes back to the queue."""
             nonlocal pending
             if last or fresh is None:
                 return
@@ -774,13 +781,13 @@ class Worker:
         log.warning("claim_expiring_not_sent", sending_list_id=info.id, messages=len(msgs))
 
     async def _refresh(self, fresh: _Fresh, docs: dict[str, ClaimedDoc]) -> set[str]:
-        """The ids of the chunk ``docs`` that may no longer go: when its re-check is older than a round
-        (``rate_limit_round_seconds``), what of it has not gone yet is re-checked once (:meth:`_retry_recheck`), for
-        all of its requests together, and again a round later."""
-        if fresh.at is None or time.monotonic() - fresh.at <= self.cfg.rate_limit_round_seconds:
+        """The ids of the chunk ``docs`` that may no longer go: when its re-check is older than
+        :data:`LATE_RECHECK_SECONDS`, what of it has not gone yet is re-checked once (:meth:`_retry_recheck`), for all
+        of its requests together, and again that long later."""
+        if fresh.at is None or time.monotonic() - fresh.at <= LATE_RECHECK_SECONDS:
             return fresh.dropped
         async with fresh.lock:
-            if time.monotonic() - fresh.at > self.cfg.rate_limit_round_seconds:
+            if time.monotonic() - fresh.at > LATE_RECHECK_SECONDS:
                 fresh.at = time.monotonic()
                 waiting = [d for mid, d in docs.items() if mid not in fresh.gone and mid not in fresh.dropped]
                 fresh.dropped |= await self._rechecked_out(waiting)
