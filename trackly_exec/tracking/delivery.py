@@ -139,13 +139,7 @@ async def ingest(
 
     # 2. NO_RESPONSE dead letters for the ids MessageSent lacks.
     missing = [i for i in ids if i not in sent]
-    failed: dict[str, FailedDoc] = {}
-    if missing:
-        for doc in (
-            await db[c.FAILED].find({"_id": {"$in": missing}, "reason": str(FailureReason.NO_RESPONSE)}).to_list(None)
-        ):
-            if doc.get("provider") in (None, *allowed):
-                failed[doc["_id"]] = doc
+    failed = await _dead_letters(trackly, missing, allowed) if missing else {}
     in_queue: set[str] = set()
     if len(failed) < len(missing):
         rest = [i for i in missing if i not in failed]
@@ -220,6 +214,17 @@ async def ingest(
     if res.unknown:
         log.info("delivery_reports_unknown", provider=provider, count=res.unknown, sample=res.unknown_ids[:5])
     return res
+
+
+async def _dead_letters(trackly: Trackly, ids: list[str], allowed: set[str]) -> dict[str, FailedDoc]:
+    """The NO_RESPONSE FailedMessage documents of ``ids`` recorded for one of the ``allowed`` provider names."""
+    return {
+        doc["_id"]: doc
+        for doc in await trackly.db[c.FAILED]
+        .find({"_id": {"$in": ids}, "reason": str(FailureReason.NO_RESPONSE)})
+        .to_list(None)
+        if doc.get("provider") in (None, *allowed)
+    }
 
 
 def _updates(changes: dict[tuple[tuple[str, object], ...], tuple[DeliveryFields, list[str]]], batch: str) -> list[Any]:
