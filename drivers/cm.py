@@ -69,14 +69,18 @@ def from_cm_number(number: Any) -> str:
 
 
 def parse_time(value: Any) -> dt.datetime | None:
-    """CM report times (``2024-01-15T10:30:00`` or with an offset); naive times taken as UTC."""
+    """CM report times (``2024-01-15T10:30:00`` or with an offset); naive times taken as UTC. None when absent or
+    odd, out-of-range in UTC included (``9999-12-31T23:59:59-23:59`` parses, then overflows wherever it is
+    converted or stored)."""
     if not isinstance(value, str) or not value:
         return None
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "T", 1))
-    except ValueError:
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        when.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return when
 
 
 def _int(value: Any, default: int = 0) -> int:

@@ -83,14 +83,17 @@ def error_from_body(body: Any) -> tuple[str | None, str]:
 
 
 def parse_time(value: Any) -> dt.datetime | None:
-    """Infobip timestamps (``2019-11-09T16:00:00.000+0100``), leniently; None when absent or odd."""
+    """Infobip timestamps (``2019-11-09T16:00:00.000+0100``), leniently; None when absent or odd, out-of-range in
+    UTC included (``9999-12-31T23:59:59.000-2359`` parses, then overflows wherever it is converted or stored)."""
     if not isinstance(value, str) or not value:
         return None
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        when.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return when
 
 
 def e164(number: Any) -> str:

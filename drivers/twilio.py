@@ -398,14 +398,17 @@ class TwilioDriver(Driver[TwilioSettings]):
 
 
 def _rfc2822(value: Any) -> dt.datetime | None:
-    """Twilio's resource dates (``Thu, 30 Jul 2015 20:12:31 +0000``); None when absent or odd."""
+    """Twilio's resource dates (``Thu, 30 Jul 2015 20:12:31 +0000``); None when absent or odd, out-of-range in UTC
+    included (``Fri, 31 Dec 9999 23:59:59 -2359`` parses, then overflows wherever it is converted or stored)."""
     if not isinstance(value, str) or not value:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        when.astimezone(dt.UTC)
+    except (TypeError, ValueError, OverflowError):
         return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return when
 
 
 def _raw_done_date(value: str | None) -> dt.datetime | None:

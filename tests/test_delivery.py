@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
+from trackly_exec.store.models import utcnow
 from trackly_exec.tracking.delivery import ingest
 
 from .tracking_support import (
@@ -489,3 +491,44 @@ async def test_reports_sharing_a_change_are_applied_together_each_conditionally(
     outbox = await daemon.store[c.OUTBOX].find({}).to_list(None)
     events = [e["id"] for o in outbox for e in o.get("events", [])] + [o["_id"] for o in outbox if "events" not in o]
     assert sorted(events) == sorted(f"{m.id}:delivery" for m in sent[:5] + sent[6:])
+
+
+async def test_a_time_out_of_range_in_utc_is_ignored_and_the_batch_applied(daemon: Daemon) -> None:
+    """A provider time that parses but overflows once converted to UTC (year 9999 with a negative offset, year 1
+    with a positive one) is treated as absent: the report applies with the time of receipt, the other reports of
+    the request too, over HTTP (Infobip doneAt, CM received in JSON and XML) and in ingest itself (a driver that
+    lets such a time through), a parked report included."""
+    await seed_account(daemon.store)
+    good, odd = await seed_sent(daemon.store, 2)
+    body = infobip_body(infobip_report(good.id), infobip_report(odd.id, done_at="9999-12-31T23:59:59.000-2359"))
+    status, text = await daemon.post(IB_STATUS, body)
+    assert status == 200 and json.loads(text)["final"] == 2, text
+    assert tri((await _doc(daemon, good.id))["delivered"]) is True
+    doc = await _doc(daemon, odd.id)
+    assert tri(doc["delivered"]) is True and doc["delivered_at"].year == utcnow().year
+    js, xml = await seed_sent(daemon.store, 2, provider="cm", start=2)
+    status, text = await daemon.post(
+        CM_STATUS, cm_report(js.id).replace("2026-11-29T10:00:00", "9999-12-31T23:59:59-23:59")
+    )
+    assert status == 200 and json.loads(text)["final"] == 1, text
+    body = (
+        f'<MESSAGES><MSG RECEIVED="0001-01-01T00:00:00+23:59"><TO>0014155550123</TO><REFERENCE>{xml.id}</REFERENCE>'
+        "<STATUS><CODE>2</CODE></STATUS></MSG></MESSAGES>"
+    )
+    status, text = await daemon.post(CM_STATUS, body, "application/xml")
+    assert status == 200 and json.loads(text)["final"] == 1, text
+    for m in (js, xml):
+        assert tri((await _doc(daemon, m.id))["delivered"]) is True
+    [direct] = await seed_sent(daemon.store, 1, start=4)
+    queued = f"{5:016x}"
+    await daemon.store[c.QUEUED].insert_one({"_id": queued, "claimed_by": "x:1", "sending_list_id": 1})
+    minus = dt.timezone(-dt.timedelta(hours=23, minutes=59))
+    odd_time = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=minus)
+    reports = [
+        DeliveryReport(message_id=i, status="DELIVERED", delivered=True, done_at=odd_time) for i in (direct.id, queued)
+    ]
+    res = await ingest(daemon.trackly, "infobip", reports)
+    assert (res.final, res.pending) == (1, 1)
+    assert (await _doc(daemon, direct.id))["delivered_at"].year == utcnow().year
+    [parked] = await daemon.store[c.DELIVERY_REPORTS].find({}).to_list(None)
+    assert parked["report"]["done_at"] is None

@@ -10,8 +10,11 @@ from typing import Any, ClassVar
 
 import pytest
 from trackly_drivers.cm import CMDriver
+from trackly_drivers.cm import parse_time as cm_parse_time
 from trackly_drivers.infobip import InfobipDriver, error_from_body
+from trackly_drivers.infobip import parse_time as infobip_parse_time
 from trackly_drivers.twilio import TwilioDriver
+from trackly_drivers.twilio import _rfc2822 as twilio_rfc2822
 
 from trackly_exec.drivers.contract import DriverContext, OutboundMessage, Rejected, UnknownOutcome, WebhookRequest
 from trackly_exec.drivers.http import HttpReply, parse_retry_after, raise_for_status
@@ -131,6 +134,20 @@ def test_infobip_error_envelopes_and_v2_reports() -> None:
     assert report.message_id == "0123456789abcdef" and report.delivered is False
     assert report.error_code == "EC_UNKNOWN_SUBSCRIBER" and report.segments == 2
     assert report.done_at is not None and report.done_at.utcoffset() is not None
+
+
+def test_times_out_of_range_in_utc_are_absent() -> None:
+    """A provider time that parses but overflows once converted to UTC (year 9999 with a negative offset, year 1
+    with a positive one) reads as absent, like any odd time: it would fail the whole webhook request wherever it
+    is converted or stored (a delivered_at, a parked report, an inbound message's received_at)."""
+    for parse in (infobip_parse_time, cm_parse_time):
+        assert parse("9999-12-31T23:59:59.000-2359") is None
+        assert parse("9999-12-31T23:59:59-23:59") is None
+        assert parse("0001-01-01T00:00:00+23:59") is None
+        assert parse("9999-12-31T23:59:59+00:00") == dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+        assert parse("2019-11-09T16:00:00.000+0100") == dt.datetime(2019, 11, 9, 15, 0, tzinfo=dt.UTC)
+    assert twilio_rfc2822("Fri, 31 Dec 9999 23:59:59 -2359") is None
+    assert twilio_rfc2822("Thu, 30 Jul 2015 20:12:31 +0000") == dt.datetime(2015, 7, 30, 20, 12, 31, tzinfo=dt.UTC)
 
 
 async def test_twilio_opt_out_code() -> None:

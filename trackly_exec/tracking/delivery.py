@@ -17,7 +17,8 @@ and a handful of round trips, whatever the number of reports:
 Reports for unknown ids are counted, logged and dropped: nothing is created for them. A report for a message
 still in the queue (the provider answered the send and reported before the executor recorded it) is counted as
 ``pending`` and parked in ``delivery_reports``; :mod:`trackly_exec.tracking.parked` applies it once the message is
-recorded (providers that never retry, such as Twilio, lose nothing).
+recorded (providers that never retry, such as Twilio, lose nothing). A provider time that cannot be expressed
+in UTC is treated as absent.
 """
 
 from __future__ import annotations
@@ -100,10 +101,17 @@ def _delivery_set(r: DeliveryReport, now: dt.datetime) -> DeliveryFields:
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` in UTC at the store's millisecond precision (naive: taken as UTC). None when absent, and when it
+    cannot be expressed in UTC: a provider time such as ``9999-12-31T23:59:59-23:59`` parses, but falls outside
+    the datetime range once converted (OverflowError). Such a time is treated as absent (the report's other
+    fields still apply) rather than failing the whole request, which the provider would retry for days."""
     if value is None:
         return None
     value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    value = value.astimezone(dt.UTC)
+    try:
+        value = value.astimezone(dt.UTC)
+    except OverflowError:
+        return None
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
@@ -372,14 +380,15 @@ async def _publish(trackly: Trackly, provider: str, changed: list[tuple[Delivery
 
 
 async def park_reports(trackly: Trackly, provider: str, reports: Sequence[DeliveryReport], now: dt.datetime) -> None:
-    """Keep ``reports`` (of messages still in the queue) until their message is recorded."""
+    """Keep ``reports`` (of messages still in the queue) until their message is recorded. The done time is kept as
+    :func:`_aware` reads it (an out-of-range one as absent: the store could not encode it)."""
     await trackly.db[c.DELIVERY_REPORTS].insert_many(
         [
             {
                 "_id": uuid.uuid4().hex,
                 "provider": provider,
                 "message_id": r.message_id,
-                "report": r.model_dump(mode="python"),
+                "report": {**r.model_dump(mode="python"), "done_at": _aware(r.done_at)},
                 "received_at": now,
             }
             for r in reports
