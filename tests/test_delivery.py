@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+from typing import Any
+
+import pytest
 
 from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.models import utcnow
+from trackly_exec.tracking import delivery
 from trackly_exec.tracking.delivery import ingest
 
 from .tracking_support import (
@@ -491,6 +496,71 @@ async def test_reports_sharing_a_change_are_applied_together_each_conditionally(
     outbox = await daemon.store[c.OUTBOX].find({}).to_list(None)
     events = [e["id"] for o in outbox for e in o.get("events", [])] + [o["_id"] for o in outbox if "events" not in o]
     assert sorted(events) == sorted(f"{m.id}:delivery" for m in sent[:5] + sent[6:])
+
+
+async def test_racing_resolutions_of_a_no_response_keep_the_final_state(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two reports resolving the same NO_RESPONSE message at once (Twilio posts 'sent' and 'delivered' together):
+    the one whose MessageSent insert loses is applied to the record that won, with the normal path's rule. The
+    final state is kept whichever report inserts first, and written to the outbox once."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    late_final = await seed_no_response(daemon.store, 50, provider="twilio")  # 'sent' inserts, 'delivered' loses
+    early_final = await seed_no_response(daemon.store, 51, provider="twilio")  # 'delivered' inserts, 'sent' loses
+
+    def report(mid: str, status: str) -> DeliveryReport:
+        return DeliveryReport(
+            message_id=mid,
+            provider_message_id=f"SM{mid}",
+            status=status,
+            delivered=True if status == "delivered" else None,
+        )
+
+    racing = {late_final.id: report(late_final.id, "sent"), early_final.id: report(early_final.id, "delivered")}
+    real = delivery._dead_letters
+
+    async def then_the_other_report_resolves_it(trackly: Any, ids: list[str], allowed: set[str]) -> Any:
+        found = await real(trackly, ids, allowed)
+        other = racing.pop(ids[0], None)
+        if other is not None:  # the concurrent request, from its first read to its last write
+            await ingest(trackly, "twilio", [other])
+        return found
+
+    monkeypatch.setattr(delivery, "_dead_letters", then_the_other_report_resolves_it)
+    res = await ingest(daemon.trackly, "twilio", [report(late_final.id, "delivered")])
+    assert (res.resolved, res.updated, res.final, res.ignored) == (0, 1, 1, 0)
+    res = await ingest(daemon.trackly, "twilio", [report(early_final.id, "sent")])
+    assert (res.resolved, res.updated, res.final, res.ignored) == (0, 0, 0, 1)
+    for f in (late_final, early_final):
+        doc = await _doc(daemon, f.id)
+        assert tri(doc["delivered"]) is True and doc["delivery_status"] == "delivered", doc
+        assert tri(doc["resolved_from_no_response"]) is True
+    assert await daemon.store[c.FAILED].count_documents({}) == 0
+    outbox = await daemon.store[c.OUTBOX].find({}).to_list(None)
+    events = [e["id"] for o in outbox for e in o.get("events", [{"id": o["_id"]}])]
+    assert sorted(events) == sorted(f"{f.id}:delivery" for f in (late_final, early_final))
+
+
+async def test_concurrent_callbacks_resolving_no_response_messages_over_http(daemon: Daemon) -> None:
+    """Twilio's 'sent' and 'delivered' callbacks for 30 NO_RESPONSE messages, all posted at once: every message
+    ends delivered, with one record and one customer-webhook event."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    fs = [await seed_no_response(daemon.store, i, provider="twilio") for i in range(30)]
+    answers = await asyncio.gather(
+        *(
+            daemon.twilio(f"/webhooks/twilio/status?mid={f.id}", twilio_status(f"SM{i:032d}", st))
+            for i, f in enumerate(fs)
+            for st in ("sent", "delivered")
+        )
+    )
+    assert {status for status, _ in answers} == {200}
+    docs = {d["_id"]: d for d in await daemon.store[c.SENT].find({}).to_list(None)}
+    assert sorted(docs) == sorted(f.id for f in fs)
+    assert [(docs[f.id]["delivery_status"], tri(docs[f.id]["delivered"])) for f in fs] == [("delivered", True)] * 30
+    assert await daemon.store[c.FAILED].count_documents({}) == 0
+    outbox = await daemon.store[c.OUTBOX].find({}).to_list(None)
+    events = [e["id"] for o in outbox for e in o.get("events", [{"id": o["_id"]}])]
+    assert sorted(events) == sorted(f"{f.id}:delivery" for f in fs)
 
 
 async def test_a_time_out_of_range_in_utc_is_ignored_and_the_batch_applied(daemon: Daemon) -> None:

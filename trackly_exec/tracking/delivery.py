@@ -10,7 +10,9 @@ and a handful of round trips, whatever the number of reports:
    update monotonic and idempotent (a final state never changes; duplicates, out-of-order and days-late reports
    are no-ops; an intermediate report only moves ``delivery_status`` while ``delivered`` is still None);
 4. NO_RESPONSE resolution: insert the MessageSent (``submitted=True``, ``resolved_from_no_response=True``,
-   fields copied from the FailedMessage) then delete the FailedMessage, so exactly one record remains;
+   fields copied from the FailedMessage) then delete the FailedMessage, so exactly one record remains; when
+   another writer recorded the message first (a concurrent report of it, the executor), the report is applied to
+   that record as in 3;
 5. side effects of the state changes this call made: customer-webhook events (one outbox document per account),
    opted-out contacts unsubscribed, ``spam_complaint`` and ``delivery_failure`` events, each batched.
 
@@ -203,16 +205,20 @@ async def ingest(
             res.ignored += len(planned) - len(applied)
     res.updated += len(applied)
 
-    # 4. NO_RESPONSE resolutions.
-    resolved = await _resolve(trackly, provider, resolutions, now) if resolutions else []
+    # 4. NO_RESPONSE resolutions (each message has a MessageSent afterwards: its dead letter can go).
+    resolved: list[tuple[DeliveryReport, SentDoc]] = []
+    merged: list[tuple[DeliveryReport, SentDoc]] = []
+    if resolutions:
+        resolved, merged = await _resolve(trackly, provider, resolutions, now, batch)
+        res.ignored += len(resolutions) - len(resolved) - len(merged)
     res.resolved = len(resolved)
-    res.updated += len(resolved)
-    cleanup = stale_dead_letters + [doc["_id"] for _, doc in resolved]
+    res.updated += len(resolved) + len(merged)
+    cleanup = stale_dead_letters + [f["_id"] for _, f in resolutions]
     if cleanup:
         await db[c.FAILED].delete_many({"_id": {"$in": cleanup}, "reason": str(FailureReason.NO_RESPONSE)})
 
     # 5. Side effects of what changed.
-    changed = applied + resolved
+    changed = applied + resolved + merged
     finals = [(r, doc) for r, doc in changed if r.delivered is not None]
     res.final = len(finals)
     if finals:
@@ -261,11 +267,19 @@ async def _still_applied(
 
 
 async def _resolve(
-    trackly: Trackly, provider: str, items: list[tuple[DeliveryReport, FailedDoc]], now: dt.datetime
-) -> list[tuple[DeliveryReport, SentDoc]]:
+    trackly: Trackly, provider: str, items: list[tuple[DeliveryReport, FailedDoc]], now: dt.datetime, batch: str
+) -> tuple[list[tuple[DeliveryReport, SentDoc]], list[tuple[DeliveryReport, SentDoc]]]:
     """Turn NO_RESPONSE dead letters into MessageSent records (the report proves the provider accepted them), each
     with the cost its account was charged when it was sent (its segments at its list's price, as reconciliation
-    records it: a NO_RESPONSE is never refunded)."""
+    records it: a NO_RESPONSE is never refunded).
+
+    A message recorded meanwhile by another writer (a concurrent request resolving it with another report of the
+    same message, as Twilio's 'sent' and 'delivered' callbacks arrive together; the executor's late record) makes
+    the insert a duplicate: the report is then applied to the record that won like any report on the normal path
+    (conditional on ``delivered`` being None, marked with ``batch``), so a final state is never lost to an
+    intermediate one that happened to insert first, nor recorded twice.
+
+    Returns (the records inserted, the (report, record) pairs of the reports applied to a record that won)."""
     list_ids = sorted({f["sending_list_id"] for _, f in items if f.get("sending_list_id") is not None})
     prices = {
         d["_id"]: float(d.get("price_per_segment") or 0.0)
@@ -290,14 +304,36 @@ async def _resolve(
     inserted = {d["_id"] for d in docs}
     try:
         await trackly.db[c.SENT].insert_many(docs, ordered=False)
-    except BulkWriteError as exc:  # resolved concurrently by a duplicate of the report
+    except BulkWriteError as exc:  # recorded concurrently (another report of the message, the executor)
         for err in exc.details.get("writeErrors", []):
             if err.get("code") == 11000:
                 inserted.discard(docs[err["index"]]["_id"])
             else:
                 raise
     log.info("no_response_resolved", provider=provider, count=len(inserted))
-    return [(r, d) for (r, _), d in zip(items, docs, strict=True) if d["_id"] in inserted]
+    resolved = [(r, d) for (r, _), d in zip(items, docs, strict=True) if d["_id"] in inserted]
+    lost = [(r, d) for (r, _), d in zip(items, docs, strict=True) if d["_id"] not in inserted]
+    return resolved, await _apply_to_winners(trackly, lost, now, batch) if lost else []
+
+
+async def _apply_to_winners(
+    trackly: Trackly, lost: list[tuple[DeliveryReport, SentDoc]], now: dt.datetime, batch: str
+) -> list[tuple[DeliveryReport, SentDoc]]:
+    """Apply the reports whose resolution lost the insert to the MessageSent that won, with the normal path's
+    conditional updates; returns the (report, record as updated) pairs this call changed (read back by
+    ``delivery_batch``, as :func:`_still_applied` does), for the side effects."""
+    changes: dict[tuple[tuple[str, object], ...], tuple[DeliveryFields, list[str]]] = {}
+    for r, d in lost:
+        change = _delivery_set(r, now)
+        changes.setdefault(tuple(change.items()), (change, []))[1].append(d["_id"])
+    result = await trackly.db[c.SENT].bulk_write(_updates(changes, batch), ordered=False)
+    if not result.matched_count:  # every winner was final already
+        return []
+    ids = [d["_id"] for _, d in lost]
+    mine: dict[str, SentDoc] = {
+        d["_id"]: d for d in await trackly.db[c.SENT].find({"_id": {"$in": ids}, "delivery_batch": batch}).to_list(None)
+    }
+    return [(r, mine[d["_id"]]) for r, d in lost if d["_id"] in mine]
 
 
 async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, SentDoc]], now: dt.datetime) -> int:
