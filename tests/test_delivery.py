@@ -12,7 +12,7 @@ import pytest
 from trackly_exec.drivers.contract import DeliveryReport
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
-from trackly_exec.store.models import utcnow
+from trackly_exec.store.models import MessageSent, utcnow
 from trackly_exec.tracking import delivery
 from trackly_exec.tracking.delivery import ingest
 
@@ -23,6 +23,7 @@ from .tracking_support import (
     cm_report,
     infobip_body,
     infobip_report,
+    message_fields,
     seed_account,
     seed_contact,
     seed_list,
@@ -561,6 +562,49 @@ async def test_concurrent_callbacks_resolving_no_response_messages_over_http(dae
     outbox = await daemon.store[c.OUTBOX].find({}).to_list(None)
     events = [e["id"] for o in outbox for e in o.get("events", [{"id": o["_id"]}])]
     assert sorted(events) == sorted(f"{f.id}:delivery" for f in fs)
+
+
+@pytest.mark.parametrize("recorded_as", ["sent", "no_response"])
+async def test_report_racing_the_record_of_its_message_is_applied(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch, recorded_as: str
+) -> None:
+    """A report read while its message is still in the queue, whose message is recorded (by the executor as
+    MessageSent, or by recovery as NO_RESPONSE) and leaves the queue between ingest's first read and its queue
+    read, was in none of the three places ingest looked: it is applied (or resolves the message), never
+    dropped as unknown."""
+    await seed_account(daemon.store, webhook_url="http://127.0.0.1:9/hook")
+    mid = f"{42:016x}"
+    await daemon.store[c.QUEUED].insert_one(
+        {"_id": mid, "claimed_by": "x:1", "sending_list_id": 1, "sending_at": utcnow(), **message_fields(42)}
+    )
+    real = delivery._dead_letters
+    fired: list[str] = []
+
+    async def read_then_the_message_is_recorded(trackly: Any, ids: list[str], allowed: set[str]) -> Any:
+        found = await real(trackly, ids, allowed)
+        if not fired:  # after the MessageSent and dead-letter reads, before the queue read
+            fired.append(mid)  # record, then leave the queue, as outcomes.record_sends and recovery do
+            if recorded_as == "sent":
+                sent = MessageSent(
+                    id=mid, provider="infobip", provider_message_id=mid, timestamp=utcnow(), **message_fields(42)
+                )
+                await daemon.store[c.SENT].insert_one(sent.to_doc())
+            else:
+                await seed_no_response(daemon.store, 42)
+            await daemon.store[c.QUEUED].delete_one({"_id": mid})
+        return found
+
+    monkeypatch.setattr(delivery, "_dead_letters", read_then_the_message_is_recorded)
+    status, body = await daemon.post(IB_STATUS, infobip_body(infobip_report(mid)))
+    assert fired and status == 200
+    result = json.loads(body)
+    assert (result["unknown"], result["pending"], result["final"]) == (0, 0, 1), result
+    assert result["resolved"] == (recorded_as == "no_response")
+    doc = await _doc(daemon, mid)
+    assert tri(doc["delivered"]) is True
+    assert await daemon.store[c.FAILED].count_documents({}) == 0
+    assert await daemon.store[c.DELIVERY_REPORTS].count_documents({}) == 0
+    assert await daemon.store[c.OUTBOX].count_documents({}) == 1
 
 
 async def test_a_time_out_of_range_in_utc_is_ignored_and_the_batch_applied(daemon: Daemon) -> None:

@@ -4,7 +4,9 @@ One webhook request (up to 100 Infobip reports, one Twilio callback, one CM repo
 and a handful of round trips, whatever the number of reports:
 
 1. read the matching MessageSent documents (by our message id, else by (provider instance, provider message id));
-2. read NO_RESPONSE FailedMessage documents for the ids MessageSent lacks;
+2. read NO_RESPONSE FailedMessage documents for the ids MessageSent lacks, then the queue for the rest; ids found
+   in none of the three are read again, dead letters then MessageSent, since a message recorded between the first
+   read and the queue read (a record is written before its message leaves the queue) was seen in none of them;
 3. one ``bulk_write`` of ``UpdateOne({"_id": id, "delivered": None}, {"$set": ...})`` (``UpdateMany`` with
    ``{"_id": {"$in": ids}, "delivered": None}`` for the messages that take the same ``$set``): the filter makes every
    update monotonic and idempotent (a final state never changes; duplicates, out-of-order and days-late reports
@@ -16,11 +18,11 @@ and a handful of round trips, whatever the number of reports:
 5. side effects of the state changes this call made: customer-webhook events (one outbox document per account),
    opted-out contacts unsubscribed, ``spam_complaint`` and ``delivery_failure`` events, each batched.
 
-Reports for unknown ids are counted, logged and dropped: nothing is created for them. A report for a message
-still in the queue (the provider answered the send and reported before the executor recorded it) is counted as
-``pending`` and parked in ``delivery_reports``; :mod:`trackly_exec.tracking.parked` applies it once the message is
-recorded (providers that never retry, such as Twilio, lose nothing). A provider time that cannot be expressed
-in UTC is treated as absent.
+Reports for unknown ids (found nowhere, twice) are counted, logged and dropped: nothing is created for them. A
+report for a message still in the queue (the provider answered the send and reported before the executor recorded
+it) is counted as ``pending`` and parked in ``delivery_reports``; :mod:`trackly_exec.tracking.parked` applies it
+once the message is recorded (providers that never retry, such as Twilio, lose nothing). A provider time that
+cannot be expressed in UTC is treated as absent.
 """
 
 from __future__ import annotations
@@ -147,13 +149,24 @@ async def ingest(
         ):
             by_pid[doc["provider_message_id"]] = doc
 
-    # 2. NO_RESPONSE dead letters for the ids MessageSent lacks.
+    # 2. NO_RESPONSE dead letters for the ids MessageSent lacks, then the queue for the rest.
     missing = [i for i in ids if i not in sent]
     failed = await _dead_letters(trackly, missing, allowed) if missing else {}
     in_queue: set[str] = set()
     if len(failed) < len(missing):
         rest = [i for i in missing if i not in failed]
         in_queue = {d["_id"] for d in await db[c.QUEUED].find({"_id": {"$in": rest}}, {"_id": 1}).to_list(None)}
+        # Ids found nowhere. These reads ran in the order MessageSent, dead letters, queue, and a message moves
+        # the other way (its record is written before it leaves the queue; a resolution's MessageSent before its
+        # dead letter goes): one that the executor (or recovery, or a concurrent resolution) recorded between the
+        # first read and the queue read was seen in none of them. Read again, dead letters then MessageSent: in
+        # that order it cannot be missed (the evaluation's argument, see campaigns/evaluation.py), so only an id
+        # found nowhere is unknown. Costs round trips only when some id is.
+        nowhere = [i for i in rest if i not in in_queue]
+        if nowhere:
+            failed.update(await _dead_letters(trackly, nowhere, allowed))
+            for doc in await find_by_ids(trackly.db, c.SENT, nowhere):
+                sent[doc["_id"]] = doc
 
     changes: dict[tuple[tuple[str, object], ...], tuple[DeliveryFields, list[str]]] = {}
     planned: list[tuple[DeliveryReport, SentDoc]] = []  # (report, message doc) of each update
