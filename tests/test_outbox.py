@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,6 +18,7 @@ from trackly_exec.config import Settings
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.models import utcnow
+from trackly_exec.tracking import outbox as outbox_mod
 from trackly_exec.tracking.outbox import Outbox, sign, verify_signature
 
 from .doors_support import serve_hook
@@ -49,11 +51,13 @@ FIELDS = {
 
 
 class Receiver:
-    """A customer endpoint on loopback: answers the scripted statuses in order (then 200), or hangs."""
+    """A customer endpoint on loopback: answers the scripted statuses in order (then 200), after ``delay``
+    seconds, or hangs."""
 
-    def __init__(self, *statuses: int, hang: bool = False) -> None:
+    def __init__(self, *statuses: int, hang: bool = False, delay: float = 0.0) -> None:
         self.statuses = list(statuses)
         self.hang = hang
+        self.delay = delay
         self.requests: list[tuple[dict[str, str], bytes, int]] = []
         self.got = asyncio.Event()
         self._release = asyncio.Event()
@@ -66,6 +70,8 @@ class Receiver:
             self.requests.append((dict(request.headers), body, 0))
             self.got.set()
             await self._release.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         status = self.statuses.pop(0) if self.statuses else 200
         self.requests.append((dict(request.headers), body, status))
         self.got.set()
@@ -99,8 +105,8 @@ async def receivers() -> AsyncIterator[list[Receiver]]:
         await r.stop()
 
 
-async def _receiver(receivers: list[Receiver], *statuses: int, hang: bool = False) -> Receiver:
-    r = await Receiver(*statuses, hang=hang).start()
+async def _receiver(receivers: list[Receiver], *statuses: int, hang: bool = False, delay: float = 0.0) -> Receiver:
+    r = await Receiver(*statuses, hang=hang, delay=delay).start()
     receivers.append(r)
     return r
 
@@ -253,6 +259,55 @@ async def test_hanging_endpoint_delays_neither_ingestion_nor_other_accounts(
         await outbox.stop(0.5)
     per_account = daemon.trackly.settings.tracking.outbox_per_account_concurrency
     assert len(hung.requests) <= per_account  # the batch stops after its first timeouts: no 50 hung POSTs
+
+
+async def test_batch_outlasting_one_lease_is_posted_once(
+    daemon: Daemon, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose POSTs take longer than one entry's lease (one POST's timeout and margin) keeps its claim while
+    they go: it is not claimed again and re-POSTed, and it settles delivered. (Scaled down: a 2 s lease, 32 events
+    answered in 0.3 s, 4 at a time.)"""
+    monkeypatch.setattr(outbox_mod, "LEASE_MARGIN_SECONDS", 1.0)
+    rcv = await _receiver(receivers, delay=0.3)
+    await seed_account(daemon.store, webhook_url=rcv.url, secret=SECRET)
+    sent = await seed_sent(daemon.store, 32)
+    assert (await daemon.post(IB_STATUS, infobip_body(*(infobip_report(m.id) for m in sent))))[0] == 200
+    outbox = Outbox(daemon.trackly)
+    assert outbox.lease.ttl == dt.timedelta(seconds=2)
+    await outbox.start()
+    try:
+        deadline = time.monotonic() + 8  # a liveness bound: unfixed, the entry never settles
+        while time.monotonic() < deadline:
+            entry = await daemon.store[c.OUTBOX].find_one({})
+            if entry["status"] != "pending":
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await outbox.stop(1)
+    posts = Counter(h["X-Trackly-Event-Id"] for h, _, _ in rcv.requests)
+    assert sorted(posts) == sorted(f"{m.id}:delivery" for m in sent)
+    assert set(posts.values()) == {1}, f"events POSTed more than once: {dict(Counter(posts.values()))}"
+    [entry] = await daemon.store[c.OUTBOX].find({}).to_list(None)
+    assert entry["status"] == "delivered" and entry["attempts"] == 1 and entry["claimed_by"] is None
+
+
+async def test_a_crashed_workers_entry_is_retried_after_the_lease(daemon: Daemon, receivers: list[Receiver]) -> None:
+    """An entry claimed by a worker that died (no renewal, no outcome) is due again once its lease expires."""
+    rcv = await _receiver(receivers)
+    await seed_account(daemon.store, webhook_url=rcv.url, secret=SECRET)
+    sent = await seed_sent(daemon.store, 3)
+    assert (await daemon.post(IB_STATUS, infobip_body(*(infobip_report(m.id) for m in sent))))[0] == 200
+    crashed, other = Outbox(daemon.trackly), Outbox(daemon.trackly)
+    try:
+        now = utcnow()
+        assert len(await crashed._claim(10, now)) == 1  # claimed, then the worker is gone
+        assert (await other.run_until_idle(now=now))["attempts"] == 0  # held: not taken over early
+        assert crashed.lease.ttl is not None
+        assert (await other.run_until_idle(now=now + crashed.lease.ttl))["delivered"] == 3
+    finally:
+        await crashed.stop(1)
+        await other.stop(1)
+    assert sorted(rcv.delivered_ids()) == sorted(f"{m.id}:delivery" for m in sent)
 
 
 def test_verify_signature() -> None:

@@ -411,6 +411,7 @@ class OutboxDoc(TypedDict, total=False):
     delivered_at: dt.datetime | None
     redriven_at: dt.datetime  # re-driven from dead (the admin API's outbox re-drive): its age restarts
     _account: AccountDoc  # joined in memory by the outbox when claimed: never stored
+    _held_until: float  # the claim's lease deadline on the outbox's event-loop clock: never stored
 
 
 class EventDoc(TypedDict, total=False):

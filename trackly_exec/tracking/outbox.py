@@ -16,7 +16,11 @@ only ever delays its own events:
   ``outbox_max_age_hours`` old; then it is marked ``dead`` and a ``webhook_dead`` alert event is published;
 - entries are claimed with a lease (:mod:`trackly_exec.store.lease`: ``claimed_by`` token + ``next_attempt_at``
   pushed past the timeout), so several daemons can share one outbox and a crashed one's entries are retried after
-  the lease.
+  the lease. The lease is one POST's time, but a batch is many POSTs: while an entry's POSTs go its lease is
+  renewed (fenced on the token) every quarter of it, so a live worker's entry is never claimed and re-POSTed by
+  another (or the same) daemon, and a POST starts only while the lease will outlast it: a worker that stalled or
+  lost the store past its lease posts nothing more of the entry (its outcome is then fenced out, and the rest
+  continue from the new holder).
 
 Payload, headers, signature and the two document forms (single event, batch): :mod:`tracking.customer_webhook`
 (:func:`verify_signature` is re-exported here). A batch is attempted as a whole, at most
@@ -60,6 +64,8 @@ log = get_logger(__name__)
 __all__ = ["Outbox", "verify_signature"]
 
 SPLIT = "split"  # a batch whose failed events continue as single-event entries
+#: an entry's lease is one POST's timeout plus this; while its POSTs go it is renewed every half of this margin, so
+#: it always holds at least one POST's timeout more (a POST starts only then)
 LEASE_MARGIN_SECONDS = 30.0
 #: Settled entries leave the ``next_attempt_at`` index: the due-scan only ever walks pending entries.
 _OFF_SCHEDULE = {"$unset": {"next_attempt_at": ""}}
@@ -124,8 +130,8 @@ class Outbox:
         self.allow = Allowlist.parse(self.cfg.webhook_url_allowlist)
         self._loop = Loop("outbox", self._tick, self.cfg.outbox_poll_seconds)
         self.counts = OutboxCounts()
-        #: an entry is leased by pushing its ``next_attempt_at`` past the POST timeout: a crashed daemon's entries
-        #: are simply due again after it
+        #: an entry is leased by pushing its ``next_attempt_at`` past the POST timeout (and renewed while its POSTs
+        #: go: :meth:`_keep`): a crashed daemon's entries are simply due again after it
         self.lease = Lease(
             "claimed_by",
             until="next_attempt_at",
@@ -225,12 +231,15 @@ class Outbox:
                 break
         if not ids:
             return []
-        docs = await self.lease.claim(
+        since = asyncio.get_running_loop().time()  # before the claim: the lease surely holds until since + ttl
+        docs: list[OutboxDoc] = await self.lease.claim(
             self.col, {"_id": {"$in": ids}, "status": PENDING}, new_token(self.trackly.instance), now
         )
+        assert self.lease.ttl is not None
         accounts = await self._accounts({d["account_id"] for d in docs})
         for doc in docs:
-            doc["_account"] = accounts.get(doc["account_id"])
+            doc["_account"] = accounts.get(doc["account_id"]) or {}
+            doc["_held_until"] = since + self.lease.ttl.total_seconds()
             self._per_account[doc["account_id"]] += 1
         return docs
 
@@ -252,6 +261,7 @@ class Outbox:
         events: list[OutboxEventDoc] = (
             doc["events"] if "events" in doc else [{"id": doc["_id"], "payload": doc["payload"]}]
         )
+        keeper = asyncio.create_task(self._keep(doc))
         try:
             if not url or not str(url).lower().startswith(("http://", "https://")):
                 if url:
@@ -266,20 +276,61 @@ class Outbox:
             async def one(event: OutboxEventDoc) -> None:
                 nonlocal broken
                 async with local:
-                    if broken:
+                    outcome = None
+                    if not broken:
+                        async with self._sem:
+                            if self._holds(doc):  # the lease outlasts this POST: no other worker can start it
+                                outcome = await self._post(url, secret, event["id"], event["payload"])
+                    if outcome is None:  # after a failure, or the lease ran out (stalled, the store unreachable)
+                        broken = True
                         results.append(_Result(event["id"], event["payload"], ok=False, attempted=False))
                         return
-                    async with self._sem:
-                        ok, status, error = await self._post(url, secret, event["id"], event["payload"])
+                    ok, status, error = outcome
                     broken = broken or not ok
                     results.append(_Result(event["id"], event["payload"], ok, status, error))
 
             await asyncio.gather(*(one(e) for e in events))
             self._results.append(_Attempt(doc, results))
         finally:
+            keeper.cancel()
             self._per_account[doc["account_id"]] -= 1
             if self._per_account[doc["account_id"]] <= 0:
                 del self._per_account[doc["account_id"]]
+
+    def _holds(self, doc: OutboxDoc) -> bool:
+        """Whether ``doc``'s lease surely lasts one more POST (its timeout)."""
+        left = doc.get("_held_until", 0.0) - asyncio.get_running_loop().time()
+        return left > self.cfg.outbox_timeout_seconds
+
+    async def _keep(self, doc: OutboxDoc) -> None:
+        """Renew ``doc``'s lease (fenced on its claim token) every half of the lease margin until cancelled (the
+        entry's POSTs are done). The lease is one POST's time, a batch is many POSTs: without this the batch's
+        entry fell due while its POSTs went, was claimed again and re-POSTed whole, and the first attempt's outcome
+        was fenced out, over and over. The renewal is stamped on the claim's clock (its ``now`` plus the time since:
+        a burst run claims at a given ``now``), so it never moves the lease back. A renewal the store does not
+        answer leaves the lease running down (no POST starts once it may have expired); one that finds the entry no
+        longer held (taken over after a stall) ends it at once."""
+        assert self.lease.ttl is not None
+        ttl = self.lease.ttl.total_seconds()
+        every = max(0.05, (ttl - self.cfg.outbox_timeout_seconds) / 2)
+        token = doc["claimed_by"]
+        assert token is not None  # a claimed entry
+        clock = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            t = clock.time()
+            at = doc["next_attempt_at"] - dt.timedelta(seconds=doc["_held_until"] - t)  # lease time now
+            try:
+                held = await self.lease.renew(self.col, token, {"_id": doc["_id"]}, at)
+            except Exception as exc:  # the store may be briefly unreachable: the lease runs down meanwhile
+                log.warning("outbox_renew_failed", entry=doc["_id"], error=str(exc))
+                continue
+            if not held:
+                log.warning("outbox_lease_lost", entry=doc["_id"])
+                doc["_held_until"] = 0.0
+                return
+            doc["_held_until"] = t + ttl
+            doc["next_attempt_at"] = at + self.lease.ttl
 
     async def _post(
         self, url: str, secret: str | None, eid: str, payload: Mapping[str, Any]
@@ -306,6 +357,15 @@ class Outbox:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return False, None, f"{type(exc).__name__}: {exc}"[:300]
 
+    async def _still_held(self, splits: Mapping[str, tuple[str, list[OutboxDoc]]]) -> list[str]:
+        """The split batches their claim token still holds. A batch's continuations are inserted before the batch
+        is marked split (a crash in between loses no event), so not by an attempt whose lease was taken over: the
+        new holder POSTs the whole batch again, and the continuations would POST its failed events once more."""
+        if not splits:
+            return []
+        rows = await self.col.find({"_id": {"$in": list(splits)}}, {"claimed_by": 1}).to_list(None)
+        return [r["_id"] for r in rows if r.get("claimed_by") == splits[r["_id"]][0]]
+
     def _backoff(self, attempts: int) -> float:
         return backoff(
             attempts, initial=self.cfg.outbox_initial_backoff_seconds, cap=self.cfg.outbox_max_backoff_seconds
@@ -319,7 +379,7 @@ class Outbox:
             return
         now = now or self.trackly.now()
         ops: list[UpdateOne] = []
-        retries: list[OutboxDoc] = []
+        splits: dict[str, tuple[str, list[OutboxDoc]]] = {}  # batch id -> its claim token, its continuations
         dead_events: list[Event] = []
         failures: list[str] = []
         for a in attempts:
@@ -348,6 +408,8 @@ class Outbox:
                     UpdateOne(fence, {"$set": {**base, "status": DELIVERED, "delivered_at": now}, **_OFF_SCHEDULE})
                 )
             elif "events" in doc:  # a batch: the rest continue one by one
+                rest: list[OutboxDoc] = []
+                splits[doc["_id"]] = (token, rest)
                 ops.append(
                     UpdateOne(
                         fence,
@@ -366,7 +428,7 @@ class Outbox:
                     if not r.ok:
                         n = 1 if r.attempted else 0
                         self.counts.failed += n
-                        retries.append(
+                        rest.append(
                             single_entry(
                                 r.eid,
                                 doc["account_id"],
@@ -401,6 +463,7 @@ class Outbox:
                 else:
                     self.counts.failed += 1
                     ops.append(UpdateOne(fence, {"$set": {**base, "next_attempt_at": next_at}}))
+        retries = [r for i in await self._still_held(splits) for r in splits[i][1]]
         if retries:
             try:
                 await self.col.insert_many(retries, ordered=False)
