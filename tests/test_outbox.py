@@ -19,6 +19,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.models import utcnow
 from trackly_exec.tracking import outbox as outbox_mod
+from trackly_exec.tracking.customer_webhook import single_entry
 from trackly_exec.tracking.outbox import Outbox, sign, verify_signature
 
 from .doors_support import serve_hook
@@ -308,6 +309,58 @@ async def test_a_crashed_workers_entry_is_retried_after_the_lease(daemon: Daemon
         await crashed.stop(1)
         await other.stop(1)
     assert sorted(rcv.delivered_ids()) == sorted(f"{m.id}:delivery" for m in sent)
+
+
+async def test_a_dead_endpoints_backlog_does_not_starve_other_accounts(
+    daemon: Daemon, receivers: list[Receiver]
+) -> None:
+    """Account 1's endpoint hangs and its 200-event batch was split into 200 single entries, all due: account 2's
+    new event is still attempted at once, not after account 1's backlog (4 per POST timeout)."""
+    hung = await _receiver(receivers, hang=True)
+    good = await _receiver(receivers)
+    await seed_account(daemon.store, webhook_url=hung.url, secret=SECRET)
+    await seed_account(daemon.store, account_id=2, webhook_url=good.url, secret=SECRET)
+    backlog = await seed_sent(daemon.store, 200)
+    [b] = await seed_sent(daemon.store, 1, start=500, account_id=2, sending_list_id=2)
+    assert (await daemon.post(IB_STATUS, infobip_body(*(infobip_report(m.id) for m in backlog))))[0] == 200
+    outbox = Outbox(daemon.trackly)
+    try:
+        assert (await outbox.run_until_idle())["failed"] > 0  # one timeout: the batch is split
+        assert await daemon.store[c.OUTBOX].count_documents({"account_id": 1, "status": "pending"}) == 200
+        past = utcnow() - dt.timedelta(minutes=1)  # their retries fall due (before anything account 2 has)
+        await daemon.store[c.OUTBOX].update_many(
+            {"account_id": 1, "status": "pending"}, {"$set": {"next_attempt_at": past}}
+        )
+        assert (await daemon.post(IB_STATUS, infobip_body(infobip_report(b.id))))[0] == 200
+        await outbox.start()
+        await asyncio.wait_for(good.got.wait(), 5)  # a liveness bound: unfixed, it waits for 200 timeouts / 4
+    finally:
+        await outbox.stop(0.5)
+    assert good.delivered_ids() == [f"{b.id}:delivery"]
+
+
+async def test_one_claim_reaches_every_account_with_due_entries(daemon: Daemon) -> None:
+    """One claim takes each account's due entries up to its cap, however many older ones another account has."""
+    now = utcnow()
+    old = now - dt.timedelta(minutes=5)
+    backlog = [
+        single_entry(f"m{i}:delivery", 1, {"id": f"m{i}"}, old, next_at=old + dt.timedelta(seconds=i))
+        for i in range(300)
+    ]
+    others = [single_entry(f"n{a}:delivery", a, {"id": f"n{a}"}, now, next_at=now) for a in (2, 3)]
+    await daemon.store[c.OUTBOX].insert_many([*backlog, *others])
+    outbox = Outbox(daemon.trackly)
+    try:
+        docs = await outbox._claim(daemon.trackly.settings.tracking.outbox_concurrency, now)
+        cap = daemon.trackly.settings.tracking.outbox_per_account_concurrency
+        assert Counter(d["account_id"] for d in docs) == {1: cap, 2: 1, 3: 1}
+        assert sorted(d["_id"] for d in docs if d["account_id"] == 1) == [f"m{i}:delivery" for i in range(cap)]
+        # account 1 at its cap (in flight): the next claim reads past its backlog at once
+        more = [single_entry(f"n{a}:delivery", a, {"id": f"n{a}"}, now, next_at=now) for a in (4, 5)]
+        await daemon.store[c.OUTBOX].insert_many(more)
+        assert sorted(d["account_id"] for d in await outbox._claim(1, now) + await outbox._claim(1, now)) == [4, 5]
+    finally:
+        await outbox.stop(1)
 
 
 def test_verify_signature() -> None:

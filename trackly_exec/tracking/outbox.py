@@ -10,7 +10,8 @@ only ever delays its own events:
   POST and a name's addresses when it is resolved for the connection (a DNS name can change after the URL was
   accepted); a refused URL counts as a failed attempt; ``tracking.webhook_url_allowlist`` admits internal receivers;
 - concurrency bounded by ``tracking.outbox_concurrency`` overall and ``tracking.outbox_per_account_concurrency``
-  per account; each POST has its own timeout (``tracking.outbox_timeout_seconds``), redirects are not followed;
+  per account (the claim reads past an account at its cap, so its backlog never hides another's); each POST has
+  its own timeout (``tracking.outbox_timeout_seconds``), redirects are not followed;
 - 2xx is success; anything else is retried with exponential backoff and jitter
   (``outbox_initial_backoff_seconds`` doubling up to ``outbox_max_backoff_seconds``) until the event is
   ``outbox_max_age_hours`` old; then it is marked ``dead`` and a ``webhook_dead`` alert event is published;
@@ -45,7 +46,7 @@ from pymongo.errors import BulkWriteError
 from trackly_exec.app import Loop, TaskSet, Trackly, backoff
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.documents import AccountDoc, JsonObject, OutboxDoc, OutboxEventDoc, Update
+from trackly_exec.store.documents import AccountDoc, Filter, JsonObject, OutboxDoc, OutboxEventDoc, Update
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.lease import Lease, new_token
 from trackly_exec.tracking.customer_webhook import (
@@ -208,26 +209,40 @@ class Outbox:
     # -- claim, attempt, record ---------------------------------------------------------------
 
     async def _claim(self, limit: int, now: dt.datetime) -> list[OutboxDoc]:
-        """Lease up to ``limit`` due entries (respecting the per-account cap) to a fresh claim token."""
+        """Lease up to ``limit`` due entries (respecting the per-account cap) to a fresh claim token.
+
+        Due entries are read oldest first, a window of ``limit * 4`` at a time, leaving out the accounts already at
+        their cap (in flight here) and, in each further window, every account an earlier window held: one account's
+        backlog (a dead endpoint's batch split into thousands of single entries, all due) fills at most its cap,
+        never the window, so every other account's due entries are reached in the same claim."""
         if limit <= 0:
             return []
-        due = {"status": PENDING, "next_attempt_at": {"$lte": now}}
-        candidates = (
-            await self.col.find(due, {"_id": 1, "account_id": 1})
-            .sort("next_attempt_at", 1)
-            .limit(limit * 4)
-            .to_list(None)
-        )
         cap = self.cfg.outbox_per_account_concurrency
         taken: Counter[int] = Counter()
         ids: list[str] = []
-        for cand in candidates:
-            acc = cand.get("account_id")
-            if self._per_account[acc] + taken[acc] >= cap:
-                continue
-            taken[acc] += 1
-            ids.append(cand["_id"])
-            if len(ids) >= limit:
+        skip = {acc for acc, n in self._per_account.items() if n >= cap}
+        while len(ids) < limit:
+            due: Filter = {"status": PENDING, "next_attempt_at": {"$lte": now}}
+            if skip:
+                due["account_id"] = {"$nin": sorted(skip)}
+            candidates = (
+                await self.col.find(due, {"_id": 1, "account_id": 1})
+                .sort("next_attempt_at", 1)
+                .limit(limit * 4)
+                .to_list(None)
+            )
+            before = len(ids)
+            for cand in candidates:
+                acc = cand.get("account_id")
+                skip.add(acc)  # the next window reads other accounts' entries
+                if self._per_account[acc] + taken[acc] >= cap:
+                    continue
+                taken[acc] += 1
+                ids.append(cand["_id"])
+                if len(ids) >= limit:
+                    break
+            # every due entry was read; or a window gave nothing (each holds an account below its cap: it cannot)
+            if len(candidates) < limit * 4 or len(ids) == before:
                 break
         if not ids:
             return []
