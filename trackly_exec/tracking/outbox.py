@@ -270,7 +270,8 @@ class Outbox:
 
     async def _attempt(self, doc: OutboxDoc) -> None:
         """POST the entry's event(s) and queue the outcome for the batched write. Within a batch at most
-        ``outbox_per_account_concurrency`` POSTs run at once, and none starts after a failure."""
+        ``outbox_per_account_concurrency`` POSTs run at once, and none starts after a failure, nor once the lease
+        (renewed meanwhile: :meth:`_keep`) may not outlast it."""
         account = doc.get("_account") or {}
         url = account.get("webhook_url")
         events: list[OutboxEventDoc] = (
