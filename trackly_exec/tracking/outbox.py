@@ -125,6 +125,7 @@ class Outbox:
         self.cfg = trackly.settings.tracking
         self._sem = asyncio.Semaphore(self.cfg.outbox_concurrency)
         self._tasks = TaskSet()  # deliveries in flight
+        self._keepers = TaskSet()  # their lease renewals (:meth:`_keep`), one per delivery, cancelled as it ends
         self._results: list[_Attempt] = []
         self._per_account: Counter[int] = Counter()
         self._session: aiohttp.ClientSession | None = None
@@ -162,6 +163,7 @@ class Outbox:
     async def stop(self, grace: float) -> None:
         await self._loop.stop(grace)
         await self._tasks.stop(grace)
+        await self._keepers.stop(0)  # (each delivery cancels its own; none outlives them)
         await self._flush()
         if self._session is not None:
             await self._session.close()
@@ -277,7 +279,7 @@ class Outbox:
         events: list[OutboxEventDoc] = (
             doc["events"] if "events" in doc else [{"id": doc["_id"], "payload": doc["payload"]}]
         )
-        keeper = asyncio.create_task(self._keep(doc))
+        keeper = self._keepers.spawn(self._keep(doc), name="outbox-lease")
         try:
             if not url or not str(url).lower().startswith(("http://", "https://")):
                 if url:
