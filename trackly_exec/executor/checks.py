@@ -126,7 +126,7 @@ def in_window_now(
     default_tz: str,
     now: dt.datetime,
     window: quiethours.Window,
-    memo: dict[Any, bool] | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> tuple[bool, tuple[ZoneInfo, ...] | None]:
     """Is the contact inside the window now? Exactly ``quiethours.in_window(contact_zones(...))``.
 
@@ -134,7 +134,8 @@ def in_window_now(
     country's zones (non-geographic number), the list default (unknown number) — is read from libphonenumber's
     prefix table without parsing; when the window holds in all of them the answer is yes without classifying
     the number (about 150 microseconds per +1 number). ``memo`` (one per batch, same ``now``) keeps that
-    answer per (prefix entry, country). Otherwise the exact zones decide (returned for ``next_opening``).
+    answer per (prefix entry, country), and per stored zone. Otherwise the exact zones decide (returned for
+    ``next_opening``).
     """
     if not contact_tz and phone.startswith("+"):
         prefix, cc = _prefix_and_country(phone[1:])
@@ -147,6 +148,14 @@ def in_window_now(
                 memo[key] = ok
         if ok:
             return True, None
+    if contact_tz and memo is not None and quiethours.zone(contact_tz) is not None:
+        # a stored zone decides alone (the number is not read): one answer per zone in the batch
+        tz_key = ("tz", contact_tz, default_tz)
+        hit: tuple[bool, tuple[ZoneInfo, ...]] | None = memo.get(tz_key)
+        if hit is None:
+            zones = quiethours.contact_zones(phone, contact_tz, default_tz)
+            hit = memo[tz_key] = (quiethours.in_window(now, zones, window), zones)
+        return hit
     zones = quiethours.contact_zones(phone, contact_tz, default_tz)
     return quiethours.in_window(now, zones, window), zones
 
@@ -237,9 +246,9 @@ async def recheck(
     ]
     stopped, paused = await asyncio.gather(blocked_contacts(db, contact_ids), paused_campaigns(db, campaign_ids))
     stopped_numbers = await opted_out(db, numbers) if numbers else set()  # (rare: not read for most chunks)
-    memo: dict[Any, bool] = {}
+    memo: dict[Any, Any] = {}
     soon = now + QUIET_HOURS_MARGIN
-    memo_soon: dict[Any, bool] = {}
+    memo_soon: dict[Any, Any] = {}
     for d in docs:
         cid = d.get("contact_id")
         lifted = d.get("overrides") or ()  # a test send's explicit overrides (testsend.py)
@@ -304,7 +313,7 @@ async def evaluate(
                 continue
         survivors.append(d)
     states = await contact_states(db, [cid for d in survivors if (cid := d.get("contact_id")) is not None])
-    memo: dict[Any, bool] = {}
+    memo: dict[Any, Any] = {}
     for d in survivors:
         cid = d.get("contact_id")
         st = states.get(cid) if cid is not None else None

@@ -269,7 +269,7 @@ async def _redrive_batch(
     already = {d["_id"] async for d in db[c.SENT].find({"_id": {"$in": [d["_id"] for d in todo]}}, {"_id": 1})}
     paused = await _paused_campaigns(db, {int(cid) for d in todo if (cid := d.get("campaign_id")) is not None})
     go: list[tuple[FailedDoc, dt.datetime, bool]] = []  # (doc, not_before, paused)
-    memo: dict[Any, bool] = {}
+    memo: dict[Any, Any] = {}
     for d in todo:
         contact = contacts.get(int(cid)) if (cid := d.get("contact_id")) is not None else None
         lst = lists.get(int(d["sending_list_id"]))
