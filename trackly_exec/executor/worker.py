@@ -777,8 +777,9 @@ class Worker:
         for m in msgs:
             results[m.id] = TransientFailure(message_id=m.id, code="claim-expiring", detail="claim expiring: not sent")
             requeue.add(m.id)
+        if not self.counts["claim_expiring_unsent"]:  # once per process (then the count, in the metrics)
+            log.warning("claim_expiring_not_sent", sending_list_id=info.id, messages=len(msgs))
         self.counts["claim_expiring_unsent"] += len(msgs)
-        log.warning("claim_expiring_not_sent", sending_list_id=info.id, messages=len(msgs))
 
     async def _refresh(self, fresh: _Fresh, docs: dict[str, ClaimedDoc]) -> set[str]:
         """The ids of the chunk ``docs`` that may no longer go: when its re-check is older than

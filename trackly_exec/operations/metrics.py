@@ -78,6 +78,14 @@ EXECUTOR_COUNTERS: dict[str, tuple[str, str]] = {
         "trackly_executor_empty_claims",
         "Claims whose every candidate another executor took first (collisions between processes).",
     ),
+    "claim_expiring_unsent": (
+        "trackly_executor_claim_expiring_unsent",
+        "Messages not sent because their batch's claim would not outlast the request (lost, or not renewed in time).",
+    ),
+    "late_rechecks": (
+        "trackly_executor_late_rechecks",
+        "Send-time re-checks done again for a chunk whose requests waited more than a second for the provider pool.",
+    ),
     "steals": (
         "trackly_executor_steals",
         "Times this process claimed from the whole queue because its own share stayed empty while others' had work.",
