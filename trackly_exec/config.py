@@ -397,12 +397,11 @@ class Settings(BaseSettings):
         longest = max(
             (float(v.get("timeout_seconds", 30.0)) for v in self.drivers.values() if isinstance(v, dict)), default=30.0
         )
-        if self.executor.claim_ttl_minutes * 60 <= longest * max(2, self.executor.retry_max_attempts):
+        if self.executor.claim_ttl_minutes * 60 <= longest * self.executor.retry_max_attempts:
             raise PydanticCustomError(
                 "claim_ttl",
                 "executor.claim_ttl_minutes must exceed the longest provider call "
-                "(driver timeout_seconds x retry_max_attempts, and twice a driver's timeout_seconds: a request goes "
-                "only while its batch's claim will outlast it)",
+                "(driver timeout_seconds x retry_max_attempts)",
             )
         return self
 
