@@ -496,11 +496,16 @@ def _redact_driver(values: ConfigTable) -> ConfigTable:
     return {k: ("**********" if any(s in k.lower() for s in _SECRETISH) and v else v) for k, v in values.items()}
 
 
+def config_file(path: str | os.PathLike[str] | None = None) -> Path:
+    """The configuration file in use: ``path``, else ``$TRACKLY_CONFIG``, else ``./trackly.toml``."""
+    return Path(path if path is not None else os.environ.get("TRACKLY_CONFIG", DEFAULT_CONFIG_FILE))
+
+
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Read ``path`` (default ``$TRACKLY_CONFIG`` or ``./trackly.toml``; a missing default file means all
     defaults) and validate it. Raises :class:`ConfigError` naming the file, the key and the problem."""
     explicit = path is not None or "TRACKLY_CONFIG" in os.environ
-    file = Path(path if path is not None else os.environ.get("TRACKLY_CONFIG", DEFAULT_CONFIG_FILE))
+    file = config_file(path)
     data: ConfigTable = {}
     if file.exists():
         try:

@@ -246,13 +246,6 @@ async def _already_ours(db: Any, execution_id: int, contact_ids: list[int]) -> d
     return out
 
 
-def _odd_spelling(contact: ContactDoc) -> bool:
-    """The contact's stored ``phone`` is not E.164 (``+`` and digits): written by another tool (our imports store
-    E.164), so another contact of the list may hold the same number, and a STOP looked up by number misses it."""
-    phone = contact.get("phone") or ""
-    return not (phone[:1] == "+" and phone[1:].isdigit())
-
-
 async def _odd_numbers(db: Any, list_id: int, numbers: set[str]) -> tuple[set[str], set[str]]:
     """For numbers of contacts stored in another spelling: those that sent STOP on the list (``opt_outs``), and
     those another contact of the list stores in E.164 (that contact stands for the number: the list's unique
@@ -365,16 +358,21 @@ async def evaluate(
             links: list[ShortLinkDoc] = []
             batch_now = trackly.now()
             numbers: dict[int, tuple[str | None, tuple[str, ...] | None]] = {}
-            odd: dict[int, str] = {}  # contacts whose stored phone is another spelling of their number -> E.164
+            # contacts whose stored phone is another spelling of the number texted (written by another tool: our
+            # imports store E.164, which campaign_number texts as it is) -> that number
+            odd: dict[int, str] = {}
             for contact in batch:
                 cid = int(contact["_id"])
+                number = _number(contact)
+                to = number[0]
+                spelt_otherwise = to is not None and to != contact.get("phone")
                 if cid in ours:
-                    if _odd_spelling(contact) and (known := _number(contact)[0]) is not None:
-                        odd_seen.add(known)  # (a resumed run: this number already has its message)
+                    if spelt_otherwise:
+                        odd_seen.add(str(to))  # (a resumed run: this number already has its message)
                     continue
-                numbers[cid] = _number(contact)
-                if numbers[cid][0] is not None and _odd_spelling(contact):
-                    odd[cid] = str(numbers[cid][0])
+                numbers[cid] = number
+                if spelt_otherwise:
+                    odd[cid] = str(to)
             odd_stops, twins = await _odd_numbers(db, list_id, set(odd.values())) if odd else (set(), set())
             view: reservations.View | None = None
             if cutoff is not None:  # the cooldown reservations in the way of this batch (read only)

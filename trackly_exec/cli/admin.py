@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trackly_exec.api import csvsafe
-from trackly_exec.config import load_config
+from trackly_exec.config import config_file, load_config
 from trackly_exec.errors import TracklyError
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
@@ -137,7 +137,7 @@ def client_from(args: argparse.Namespace) -> ApiClient:
             if not settings.http.api_tokens:
                 raise CliError("no API token: pass --token or set http.api_tokens in the config")
             token = settings.http.api_tokens[0].get_secret_value()
-    return ApiClient(api, token, config=str(args.config or os.environ.get("TRACKLY_CONFIG") or "trackly.toml"))
+    return ApiClient(api, token, config=str(config_file(args.config)))
 
 
 # --------------------------------------------------------------------------------------------- contacts import

@@ -9,11 +9,10 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from trackly_exec import __version__
-from trackly_exec.config import Settings, load_config
+from trackly_exec.config import Settings, config_file, load_config
 from trackly_exec.errors import ConfigError, StoreError, TracklyError
 from trackly_exec.logs import configure_logging
 
@@ -63,16 +62,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warnings = [*warnings, *DriverPool(settings).auth_problems()]  # webhooks refused for want of a credential
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    name = config_file(args.config)
     if errors:
-        raise ConfigError(
-            errors[0][1],
-            file=str(args.config or os.environ.get("TRACKLY_CONFIG") or "trackly.toml"),
-            key=errors[0][0],
-            problems=errors,
-        )
+        raise ConfigError(errors[0][1], file=str(name), key=errors[0][0], problems=errors)
     print(json.dumps(settings.redacted(), indent=2, default=str))
-    name = args.config or os.environ.get("TRACKLY_CONFIG") or "trackly.toml"
-    if not Path(name).exists():  # only the default file may be missing (load_config refuses a named one)
+    if not name.exists():  # only the default file may be missing (load_config refuses a named one)
         print(
             f"config OK: no {name} here, so the built-in defaults (and TRACKLY_* variables) were checked",
             file=sys.stderr,

@@ -214,6 +214,17 @@ async def blocked_contacts(db: Any, contact_ids: Sequence[int]) -> dict[int, str
     return {d["_id"]: "contact blocked" if d.get("blocked") is True else "contact unsubscribed" for d in found}
 
 
+async def number_stops(db: Any, docs: Sequence[ClaimedDoc]) -> set[tuple[int, str]]:
+    """The (list, number) pairs of ``docs`` held to their number's own STOP that sent one (``opt_outs``): a message
+    without a contact (a test send to a number that is none), or whose contact stores its number in another
+    spelling (``number_stop``: a STOP, looked up by number, cannot find that contact). Reads nothing when there is
+    none (campaign messages of contacts our imports wrote: nearly every chunk)."""
+    pairs = {
+        (int(d["sending_list_id"]), d["to_number"]) for d in docs if d.get("contact_id") is None or d.get("number_stop")
+    }
+    return await opted_out(db, pairs) if pairs else set()
+
+
 async def paused_campaigns(db: Any, ids: Sequence[int]) -> set[int]:
     """Which of the campaigns ``ids`` are paused now."""
     if not ids:
@@ -239,13 +250,9 @@ async def recheck(
     timezones = timezones or {}
     contact_ids = sorted({cid for d in docs if (cid := d.get("contact_id")) is not None})
     campaign_ids = sorted({cid for d in docs if (cid := d.get("campaign_id")) is not None})
-    # a message without a contact (a test send to a number that is none), or whose contact stores its number in
-    # another spelling (``number_stop``: a STOP cannot find that contact), is held to the number's own STOP
-    numbers = [
-        (int(d["sending_list_id"]), d["to_number"]) for d in docs if d.get("contact_id") is None or d.get("number_stop")
-    ]
-    stopped, paused = await asyncio.gather(blocked_contacts(db, contact_ids), paused_campaigns(db, campaign_ids))
-    stopped_numbers = await opted_out(db, numbers) if numbers else set()  # (rare: not read for most chunks)
+    stopped, paused, stopped_numbers = await asyncio.gather(
+        blocked_contacts(db, contact_ids), paused_campaigns(db, campaign_ids), number_stops(db, docs)
+    )
     memo: dict[Any, Any] = {}
     soon = now + QUIET_HOURS_MARGIN
     memo_soon: dict[Any, Any] = {}

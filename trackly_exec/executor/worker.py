@@ -57,7 +57,6 @@ from trackly_exec.executor.outcomes import Outcomes, throttle_groups
 from trackly_exec.executor.ratelimit import Admission, Grant, LimiterUnavailable, RateLimiter
 from trackly_exec.logs import get_logger
 from trackly_exec.store import quiethours
-from trackly_exec.store.client import opted_out
 from trackly_exec.store.documents import ClaimedDoc, Update
 from trackly_exec.store.models import FailureReason, SendingList
 
@@ -809,15 +808,10 @@ class Worker:
             return set()
         contact_ids = sorted({cid for d in mine if (cid := d.get("contact_id")) is not None})
         campaign_ids = sorted({cid for d in mine if (cid := d.get("campaign_id")) is not None})
-        numbers = {
-            (int(d["sending_list_id"]), d["to_number"])
-            for d in mine
-            if d.get("contact_id") is None or d.get("number_stop")
-        }
         stopped, paused, stopped_numbers = await asyncio.gather(
             checks.blocked_contacts(self.db, contact_ids),
             checks.paused_campaigns(self.db, campaign_ids),
-            opted_out(self.db, numbers),
+            checks.number_stops(self.db, mine),
         )
         out = {
             d["_id"]
