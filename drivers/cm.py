@@ -28,6 +28,7 @@ from trackly_exec.drivers.contract import (
     UnknownOutcome,
     WebhookRequest,
     accepted,
+    provider_time,
 )
 from trackly_exec.drivers.http import HttpClient, JsonObject, raise_for_status
 from trackly_exec.errors import PermanentSendError, UnknownOutcomeError, WebhookFormatError
@@ -76,11 +77,9 @@ def parse_time(value: Any) -> dt.datetime | None:
         return None
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "T", 1))
-        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-        when.astimezone(dt.UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         return None
-    return when
+    return provider_time(when)
 
 
 def _int(value: Any, default: int = 0) -> int:

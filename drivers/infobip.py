@@ -32,6 +32,7 @@ from trackly_exec.drivers.contract import (
     UnknownOutcome,
     WebhookRequest,
     accepted,
+    provider_time,
 )
 from trackly_exec.drivers.http import HttpClient, HttpReply, JsonObject, raise_for_status
 from trackly_exec.errors import TransientSendError, WebhookFormatError
@@ -89,11 +90,9 @@ def parse_time(value: Any) -> dt.datetime | None:
         return None
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-        when.astimezone(dt.UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         return None
-    return when
+    return provider_time(when)
 
 
 def e164(number: Any) -> str:

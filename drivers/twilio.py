@@ -38,6 +38,7 @@ from trackly_exec.drivers.contract import (
     WebhookRequest,
     WebhookResponse,
     accepted,
+    provider_time,
 )
 from trackly_exec.drivers.http import HttpClient, JsonObject, raise_for_status
 from trackly_exec.errors import (
@@ -404,11 +405,9 @@ def _rfc2822(value: Any) -> dt.datetime | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-        when.astimezone(dt.UTC)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError):
         return None
-    return when
+    return provider_time(when)
 
 
 def _raw_done_date(value: str | None) -> dt.datetime | None:

@@ -145,6 +145,18 @@ def accepted(message_id: str, provider_message_id: str, segments: int) -> Accept
     return Accepted(message_id=message_id, provider_message_id=provider_message_id, segments=segments)
 
 
+def provider_time(when: dt.datetime) -> dt.datetime | None:
+    """A time parsed from a provider's answer, made aware (naive: taken as UTC); None when it cannot be expressed in
+    UTC (``9999-12-31T23:59:59-23:59`` parses, then overflows wherever it is converted or stored): the drivers'
+    parsers treat such a time as absent, like any other odd one."""
+    when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    try:
+        when.astimezone(dt.UTC)
+    except OverflowError:
+        return None
+    return when
+
+
 class DeliveryReport(BaseModel):
     """A delivery report, normalised. ``delivered`` is None for an intermediate (non-final) state."""
 
