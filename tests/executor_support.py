@@ -36,6 +36,15 @@ def midday_zone(now: dt.datetime | None = None) -> str:
     raise AssertionError("no zone found")
 
 
+def zone_at_hour(hour: int) -> str:
+    """A fixed-offset zone where the local hour is ``hour`` now."""
+    now = utcnow()
+    for offset in range(-12, 15):
+        if (now + dt.timedelta(hours=offset)).hour == hour:
+            return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}" if offset else "UTC"
+    raise AssertionError(hour)
+
+
 def with_executor(settings: Settings, drivers: dict[str, dict[str, Any]] | None = None, **executor: Any) -> Settings:
     """``settings`` with executor keys and driver instances replaced."""
     update: dict[str, Any] = {"executor": settings.executor.model_copy(update=executor)}

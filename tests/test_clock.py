@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parent.parent / "trackly_exec"
 
 #: Modules (or folders) that may read the wall clock directly, and why.
 ALLOWED = {
-    "store/models.py": "the clock's home: utcnow() is the default of Trackly.clock",
+    "store/models.py": "the clock's home: utcnow() is Trackly.clock for daemon.clock = 'local'",
     "testing/": "the provider fakes stand for the providers: their own clocks, not the engine's",
     "drivers/http.py": "a Retry-After HTTP date is the provider's wall-clock time",
     "drivers/contract.py": "Driver.resolve()'s default for a caller without a clock (reconcile passes its own)",

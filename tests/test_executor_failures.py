@@ -18,7 +18,7 @@ from trackly_exec.store.client import Store
 from trackly_exec.store.models import FailedMessage, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 
-from .executor_support import assert_one_record_each, executor, ids_in, seed
+from .executor_support import assert_one_record_each, executor, ids_in, seed, zone_at_hour
 
 
 async def failed(store: Store, reason: str) -> list[str]:
@@ -30,15 +30,6 @@ async def run(coord: Coordinator) -> dict[str, int]:
         return await coord.run_until_idle()
     finally:
         await coord.trackly.close(close_store=False)
-
-
-def zone_at_hour(hour: int) -> str:
-    """A fixed-offset zone where the local hour is ``hour`` now."""
-    now = utcnow()
-    for offset in range(-12, 15):
-        if (now + dt.timedelta(hours=offset)).hour == hour:
-            return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}" if offset else "UTC"
-    raise AssertionError(hour)
 
 
 async def test_stale(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:

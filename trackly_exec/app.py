@@ -19,6 +19,7 @@ from trackly_exec.config import Settings
 from trackly_exec.drivers.pool import DriverPool
 from trackly_exec.logs import get_logger
 from trackly_exec.store.client import Store
+from trackly_exec.store.clock import StoreClock
 from trackly_exec.store.events import EventBus
 from trackly_exec.store.models import Clock, utcnow
 
@@ -43,12 +44,20 @@ class Trackly:
     """Everything a component needs. Build it with :meth:`open`, dispose with :meth:`close`."""
 
     def __init__(
-        self, settings: Settings, store: Store, *, redis: aioredis.Redis | None = None, clock: Clock = utcnow
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        redis: aioredis.Redis | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        #: The store's clock (:mod:`trackly_exec.store.clock`): this host's corrected by its measured offset.
+        self.store_clock = StoreClock()
         #: The one clock every component reads the time from (:meth:`now`); a test sets it to drive the time.
-        #: Intervals and timeouts measured in-process stay on ``time.monotonic`` / the event loop.
-        self.clock = clock
+        #: By default the store's clock (``daemon.clock = "store"``) or this host's (``"local"``). Intervals and
+        #: timeouts measured in-process stay on ``time.monotonic`` / the event loop.
+        self.clock: Clock = clock or (self.store_clock.now if settings.daemon.clock == "store" else utcnow)
         self.store = store
         self.redis = redis
         self.bus = EventBus(store)
@@ -87,7 +96,21 @@ class Trackly:
             )
         app = cls(settings, store, redis=client)
         app.drivers = drivers
+        await app.sync_clock()
         return app
+
+    async def sync_clock(self) -> None:
+        """Measure the offset to the store's clock (``daemon.clock = "store"``); a failure keeps the last offset
+        (this host's clock until a first success) and is logged."""
+        if self.settings.daemon.clock != "store":
+            return
+        try:
+            offset = await self.store_clock.sync(self.db)
+        except Exception as exc:
+            log.warning("clock_sync_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        level = log.warning if abs(offset) > self.settings.daemon.clock_skew_warn_seconds else log.debug
+        level("clock_synced", offset_seconds=round(offset, 4), error_seconds=round(self.store_clock.error or 0, 4))
 
     @property
     def db(self) -> AsyncDatabase[Any]:

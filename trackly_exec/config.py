@@ -42,6 +42,18 @@ class DaemonConfig(Section):
         "auto", description="auto: readable on a TTY, JSON lines otherwise (journald)."
     )
 
+    clock: Literal["store", "local"] = Field(
+        "store",
+        description="Whose clock times every decision (claim ages, staleness, quiet hours, schedules, backoffs): "
+        '"store" (the store\'s, so daemons on VMs whose clocks disagree still agree) or "local" (this host\'s).',
+    )
+    clock_sync_seconds: float = Field(
+        60.0, gt=0, description='How often the offset to the store\'s clock is measured again (clock = "store").'
+    )
+    clock_skew_warn_seconds: float = Field(
+        1.0, gt=0, description="Warn (log and alert) when this host's clock is off the store's by more than this."
+    )
+
     def resolved_instance_name(self) -> str:
         return self.instance_name or f"{socket.gethostname()}-{os.getpid()}"
 

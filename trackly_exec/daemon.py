@@ -23,6 +23,7 @@ STOP_MARGIN_SECONDS = 2.0
 #: (is it enabled?, "module:Class"). Each class takes the Trackly object and is a :class:`Component`.
 COMPONENTS: list[tuple[Callable[[Settings], bool], str]] = [
     (lambda s: s.mongo.embedded, "trackly_exec.store.embedded:StoreSupervisor"),  # first started, last stopped
+    (lambda s: s.daemon.clock == "store", "trackly_exec.operations.clocksync:ClockSync"),
     (lambda s: s.http.enabled, "trackly_exec.operations.web:HttpServer"),
     (lambda s: s.executor.enabled, "trackly_exec.executor.coordinator:Coordinator"),
     (lambda s: s.scheduler.enabled, "trackly_exec.campaigns.scheduler:Scheduler"),

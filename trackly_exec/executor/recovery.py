@@ -15,7 +15,8 @@ live process is never overtaken while it still waits for the provider):
 The sweep also finishes dead-letter re-drives interrupted by a crash (:func:`trackly_exec.executor.redrive.recover`).
 
 Safe to run in several processes at once. The coordinator sweeps at start-up and every
-``recovery_interval_seconds``. Claim ages use the sweeping process's clock (keep the VMs on NTP).
+``recovery_interval_seconds``. Claim ages are measured on the store's clock (``daemon.clock``, see
+:mod:`trackly_exec.store.clock`), so a VM whose clock runs ahead does not take live claims for expired ones.
 """
 
 from __future__ import annotations

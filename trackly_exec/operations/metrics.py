@@ -352,6 +352,14 @@ class TracklyCollector(Collector):
             yield GaugeMetricFamily(
                 "trackly_store_ping_seconds", "Time the store took to answer this scrape's ping.", self.ping_seconds
             )
+        clock = getattr(self.trackly, "store_clock", None)
+        if clock is not None and clock.synced_at is not None:
+            yield GaugeMetricFamily(
+                "trackly_clock_offset_seconds",
+                "This host's clock minus the store's, as last measured (the daemon times its decisions on the "
+                "store's clock).",
+                clock.offset,
+            )
         yield from self.figures.metrics()
         counts: Counter[str] = Counter()
         for c in getattr(self.trackly, "executor_counts", []):

@@ -37,6 +37,7 @@ class EventKind(enum.StrEnum):
     HIGH_ERROR_RATE = "high_error_rate"  # data: sending_list_id, failed, total
     OPT_OUT = "opt_out"  # data: phone, sending_list_id, keyword
     WEBHOOK_DEAD = "webhook_dead"  # data: event_id, account_id, attempts, error
+    CLOCK_SKEW = "clock_skew"  # data: instance, offset_seconds, warn_seconds
 
 
 @dataclass
