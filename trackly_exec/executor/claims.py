@@ -262,6 +262,14 @@ async def mark_intent(db: Any, ids: Sequence[str], token: str, now: dt.datetime)
     return await mark(db, ids, token, {"sending_at": epoch_ms(now)})
 
 
+async def withdraw_intent(db: Any, ids: Sequence[str], token: str) -> int:
+    """Take back the send intent of ``ids`` (fenced), for messages none of which was handed to a driver: their
+    intent write failed without an answer (it may have been applied). Returns how many this claim still held."""
+    if not ids:
+        return 0
+    return await LEASE.update(db[c.QUEUED], token, {"_id": {"$in": list(ids)}}, {"$set": {"sending_at": None}})
+
+
 def _with_due(extra: Update) -> Update:
     """``extra`` with the due time that goes with its ``not_before``, if it sets one.
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
+from pymongo.errors import PyMongoError
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, stop_before_delay
 
 from trackly_exec import failpoints
@@ -423,7 +424,17 @@ class Worker:
                 break
             part, pending = pending[:step], pending[step:]
             now = self.clock()
-            held = await claims.mark_intent(self.db, [d["_id"] for d in part], token, now)
+            try:
+                held = await claims.mark_intent(self.db, [d["_id"] for d in part], token, now)
+            except PyMongoError as exc:
+                # The intent may have been written with its answer lost (fault matrix row 7), but nothing of
+                # ``part`` went: take the intent back, then refund and give back the round like any unsent part.
+                # Should the store not answer that either, the batch fails and recovery decides (NO_RESPONSE).
+                log.warning("intent_unconfirmed", sending_list_id=lst.id, messages=len(part), error=str(exc)[:200])
+                await claims.withdraw_intent(self.db, [d["_id"] for d in part], token)
+                self.counts["intent_withdrawn"] += len(part)
+                pending = [*part, *pending]
+                return await give_back()
             if len(held) < len(part):
                 lost = [d for d in part if d["_id"] not in held]
                 await refund(lost)
