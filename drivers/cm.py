@@ -31,7 +31,7 @@ from trackly_exec.drivers.contract import (
     provider_time,
 )
 from trackly_exec.drivers.http import HttpClient, JsonObject, raise_for_status
-from trackly_exec.errors import PermanentSendError, UnknownOutcomeError, WebhookFormatError
+from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError, WebhookFormatError
 
 #: ``messageErrorCode`` values (SDK ``TextClientStatusCode``) with a meaning of their own.
 SPAM_CODES = frozenset({401})
@@ -40,6 +40,10 @@ OPT_OUT_CODES = frozenset({402})
 #: 999 Unknown (providers.md §3.3). CM documents no error as "not processed" (nor its HTTP 429 behaviour), so
 #: these, like any HTTP 5xx, are unknown outcomes: never retried blindly. Only HTTP 429 is retried.
 UNKNOWN_CODES = frozenset({500, 999})
+#: Whole-request refusals for the account, before any message is created (providers.md §3.3): 101
+#: AuthenticationFailed, 102 BalanceInsufficient, 103 ApiKeyIncorrect. Held until the operator fixes the token or
+#: tops up (a provider-error burst alerts), never dead-lettered.
+ACCOUNT_CODES = frozenset({101, 102, 103})
 #: ``status.code`` of a status report: 0 accepted by the operator, 1 rejected, 2 delivered, 3 failed.
 STATUS_NAMES = {"0": "accepted", "1": "rejected", "2": "delivered", "3": "failed", "4": "read"}
 
@@ -135,7 +139,9 @@ class CMDriver(Driver[CMSettings]):
                 raise UnknownOutcomeError(
                     f"CM errorCode {code} (the messages may have been created): {detail}", code=str(code)
                 )
-            if reply.status == 400 and code > 0:  # 101 auth, 102 balance, 103 key, 202 malformed, ...
+            if reply.status == 400 and code in ACCOUNT_CODES:  # nothing created; the account's trouble: held
+                raise TransientSendError(f"CM refused the account (errorCode {code}): {detail}", code=str(code))
+            if reply.status == 400 and code > 0:  # 202 malformed, 203, ...
                 raise PermanentSendError(detail, code=str(code))
             raise_for_status(reply, code=str(code) if code >= 0 else None, detail=detail)
         if not isinstance(per_message, list):
@@ -170,7 +176,7 @@ class CMDriver(Driver[CMSettings]):
 
     def _json(self, request: WebhookRequest) -> Any:
         try:
-            return json.loads(request.body)
+            return json.loads(request.payload)
         except ValueError as exc:
             raise WebhookFormatError("CM webhook body is not JSON") from exc
 
@@ -185,9 +191,9 @@ class CMDriver(Driver[CMSettings]):
           ``STANDARDERRORTEXT``, ``TO``, ``CREATED_S``/``RECEIVED``, in any case.
         """
         items: list[Any] | None
-        if request.body.lstrip().startswith(b"<"):
-            items = _xml_reports(request.body)
-        elif request.form and not request.body.lstrip().startswith(b"{"):
+        if request.payload.lstrip().startswith(b"<"):
+            items = _xml_reports(request.payload)
+        elif request.form and not request.payload.lstrip().startswith(b"{"):
             items = [_param_report({k: v[0] for k, v in request.form.items()})]
         else:
             body = self._json(request)

@@ -29,6 +29,7 @@ from trackly_exec.drivers.contract import (
     OutboundMessage,
     Rejected,
     SendResult,
+    TransientFailure,
     UnknownOutcome,
     WebhookRequest,
     accepted,
@@ -47,6 +48,8 @@ INTERMEDIATE_NAMES = frozenset({"DELIVERED_TO_OPERATOR"})
 #: Status or error names that mean carrier/platform spam filtering, or that the recipient opted out.
 SPAM_NAMES = frozenset({"REJECTED_FLOODING_FILTER", "REJECTED_SPAM", "EC_SPAM_FILTERED", "EC_MESSAGE_FILTERED"})
 OPT_OUT_NAMES = frozenset({"REJECTED_DND", "REJECTED_DESTINATION_BLOCKLISTED", "REJECTED_DESTINATION_BLACKLISTED"})
+#: Rejections for the account, not the message (status id 12): held until the operator tops up, never dead-lettered.
+ACCOUNT_NAMES = frozenset({"REJECTED_NOT_ENOUGH_CREDITS"})
 
 
 class InfobipSettings(DriverSettings):
@@ -111,6 +114,8 @@ def _status_result(message_id: str, entry: JsonObject, segments: int) -> SendRes
         return accepted(message_id, provider_id, int(count))
     if group in FAILED_GROUPS:
         code = f"{name}" + (f" ({status['id']})" if status.get("id") is not None else "")
+        if name in ACCOUNT_NAMES:
+            return TransientFailure(message_id=message_id, code=name, detail=f"{code}: {status.get('description', '')}")
         return Rejected(
             message_id=message_id,
             code=name,
@@ -235,7 +240,7 @@ class InfobipDriver(Driver[InfobipSettings]):
 
     def _results(self, request: WebhookRequest) -> list[JsonObject]:
         try:
-            body = orjson.loads(request.body)
+            body = orjson.loads(request.payload)
         except ValueError as exc:  # orjson.JSONDecodeError is one
             raise WebhookFormatError("Infobip webhook body is not JSON") from exc
         results = body.get("results") if isinstance(body, dict) else None

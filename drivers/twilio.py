@@ -51,10 +51,13 @@ from trackly_exec.errors import (
 )
 
 #: Permanent per-recipient error codes; 21610 means the recipient replied STOP. 20429 is the only code Twilio
-#: documents as "never processed and always safe to retry".
+#: documents as "never processed and always safe to retry"; 21611 ("This 'From' number has exceeded the maximum
+#: number of queued messages", HTTP 400: the message is not created; twilio.com/docs/api/errors/21611) says to
+#: slow down: the list is held like on 429 instead of dead-lettering every later message. An HTTP 401 (20003, bad
+#: credentials) is held too (``raise_for_status``).
 OPT_OUT_CODES = frozenset({"21610"})
 SPAM_CODES = frozenset({"30007"})
-TRANSIENT_CODES = frozenset({"20429"})
+TRANSIENT_CODES = frozenset({"20429", "21611"})
 DELIVERED = frozenset({"delivered"})
 FAILED = frozenset({"undelivered", "failed", "canceled"})
 #: Final states in which Twilio never handed the message to a carrier ("failed": could not be sent; "canceled"),

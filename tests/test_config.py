@@ -38,6 +38,19 @@ def test_wrong_type_names_key(tmp_path: Path) -> None:
     assert "executor.pool_size" in str(e.value)
 
 
+@pytest.mark.parametrize("key", ["public_url", "short_base"])
+def test_a_public_url_whose_host_is_no_host_name_is_refused(tmp_path: Path, key: str) -> None:
+    """An underscore (a Docker service name, say) is no host name: Twilio refuses a StatusCallback on it, so every
+    send would fail; the config names the key instead."""
+    f = tmp_path / "bad.toml"
+    f.write_text(f'[http]\n{key} = "https://trackly_daemon.internal:8443"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert f"http.{key}" in str(e.value) and "'_'" in str(e.value)
+    f.write_text(f'[http]\n{key} = "https://trackly-daemon.internal:8443"\n')
+    assert load_config(f)
+
+
 def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """TRACKLY_SECTION__KEY overrides the file."""
     monkeypatch.setenv("TRACKLY_EXECUTOR__POOL_SIZE", "7")

@@ -16,7 +16,14 @@ from trackly_drivers.infobip import parse_time as infobip_parse_time
 from trackly_drivers.twilio import TwilioDriver
 from trackly_drivers.twilio import _rfc2822 as twilio_rfc2822
 
-from trackly_exec.drivers.contract import DriverContext, OutboundMessage, Rejected, UnknownOutcome, WebhookRequest
+from trackly_exec.drivers.contract import (
+    DriverContext,
+    OutboundMessage,
+    Rejected,
+    TransientFailure,
+    UnknownOutcome,
+    WebhookRequest,
+)
 from trackly_exec.drivers.http import HttpReply, parse_retry_after, raise_for_status
 from trackly_exec.errors import PermanentSendError, TransientSendError, UnknownOutcomeError
 from trackly_exec.store.documents import ConfigTable
@@ -160,8 +167,52 @@ async def test_twilio_opt_out_code() -> None:
         assert h.driver.form(m)["StatusCallback"] == f"{h.status_url}?mid={m.id}"  # type: ignore[attr-defined]
 
 
+async def test_twilio_queue_overflow_is_held() -> None:
+    """Twilio 21611 (the sender's queue is more than 10 hours deep; the message is not created, HTTP 400) asks to
+    slow down: a transient failure, held like a 429, not a rejection that would dead-letter every later message."""
+    async with DriverHarness(TwilioDriver) as h:
+        [m] = h.messages(1)
+        h.fake.reject_numbers[m.to] = "21611"
+        [r] = await h.submit([m])
+        assert isinstance(r, TransientFailure) and r.code == "21611", r
+        assert not h.fake.ledger
+
+
+async def test_infobip_account_without_credit_is_held() -> None:
+    """Infobip REJECTED_NOT_ENOUGH_CREDITS is the account's trouble, not the message's: held until a top-up."""
+    async with DriverHarness(InfobipDriver) as h:
+        a, b = h.messages(2)
+        h.fake.reject_numbers[a.to] = "REJECTED_NOT_ENOUGH_CREDITS"
+        ra, rb = await h.submit([a, b])
+        assert isinstance(ra, TransientFailure) and ra.code == "REJECTED_NOT_ENOUGH_CREDITS", ra
+        assert rb.kind == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("driver", "body"),
+    [
+        ("infobip", b'{"results": [{"messageId": "m1", "status": {"groupName": "DELIVERED", "name": "DELIVERED"}}]}'),
+        ("cm", b'{"messages": {"msg": {"reference": "m1", "to": "0031612345678", "status": {"code": "2"}}}}'),
+        (
+            "cm",
+            b"<?xml version='1.0'?><MESSAGES><MSG RECEIVED='2026-01-01T10:00:00'><TO>0031612345678</TO>"
+            b"<REFERENCE>m1</REFERENCE><STATUS><CODE>2</CODE></STATUS></MSG></MESSAGES>",
+        ),
+    ],
+)
+async def test_a_report_starting_with_a_byte_order_mark_is_read(driver: str, body: bytes) -> None:
+    """A UTF-8 byte-order mark before a JSON or XML report does not make a valid report a 400."""
+    cls = {"infobip": InfobipDriver, "cm": CMDriver}[driver]
+    async with DriverHarness(cls) as h:
+        kind = "application/xml" if body.startswith(b"<") else "application/json"
+        plain = h.driver.parse_status(WebhookRequest("https://x/webhooks", {}, body, kind))
+        marked = h.driver.parse_status(WebhookRequest("https://x/webhooks", {}, b"\xef\xbb\xbf" + body, kind))
+        assert [r.message_id for r in marked] == [r.message_id for r in plain] == ["m1"]
+        assert marked[0].delivered is True
+
+
 async def test_cm_codes() -> None:
-    """CM: 401 SpamFiltered is spam, 102 balance rejects the whole request, errorCode 500 (the messages may have
+    """CM: 401 SpamFiltered is spam, 102 balance holds the whole request (the account's trouble), errorCode 500 (the messages may have
     been created) is an unknown outcome."""
     async with DriverHarness(CMDriver) as h:
         msgs = h.messages(2)
@@ -170,7 +221,7 @@ async def test_cm_codes() -> None:
         assert isinstance(r0, Rejected) and r0.spam and r1.kind == "accepted"
         h.fake.script(Behaviour("reject", code="102"), Behaviour("reject", code="500"))
         results = await h.submit(h.messages(2))
-        assert all(isinstance(r, Rejected) and r.code == "102" for r in results), results
+        assert all(isinstance(r, TransientFailure) and r.code == "102" for r in results), results  # held
         results = await h.submit(h.messages(2))
         assert all(isinstance(r, UnknownOutcome) for r in results), results
         assert (
@@ -188,7 +239,7 @@ async def test_cm_codes() -> None:
     ("status", "family"),
     [
         (400, PermanentSendError),
-        (401, PermanentSendError),
+        (401, TransientSendError),  # credentials refused: nothing processed, held until the key is fixed
         (403, PermanentSendError),
         (404, PermanentSendError),
         (408, TransientSendError),

@@ -18,7 +18,16 @@ from trackly_exec.store.client import Store
 from trackly_exec.store.models import FailedMessage, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 
-from .executor_support import assert_one_record_each, executor, ids_in, seed, zone_at_hour
+from .executor_support import (
+    assert_one_record_each,
+    drivers_for,
+    executor,
+    ids_in,
+    open_trackly,
+    seed,
+    with_executor,
+    zone_at_hour,
+)
 
 
 async def failed(store: Store, reason: str) -> list[str]:
@@ -298,6 +307,7 @@ async def test_provider_error_burst_event(settings: Settings, store: Store, fake
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a 30-40 s storm, then up to 180 s for the held messages to go (the holds grow with it)
 @pytest.mark.parametrize("retry_after", [5.0, None], ids=["retry-after-5", "no-retry-after"])
 async def test_long_429_storm_delays_every_message_and_kills_none(
     settings: Settings, store: Store, fakes: dict[str, Any], retry_after: float | None
@@ -380,4 +390,30 @@ async def test_a_request_is_not_sent_once_its_claim_is_lost(
     assert set(accepted.values()) == {1} and len(accepted) < 10  # stopped within a renewal (0.4 s) of the loss
     for mid in set(ids) - set(accepted):
         assert (await store.db[c.FAILED].find_one({"_id": mid}))["reason"] == "NO_RESPONSE"
+    await assert_one_record_each(store, ids)
+
+
+@pytest.mark.parametrize("provider", ["infobip", "twilio", "cm"])
+async def test_refused_credentials_hold_the_list_instead_of_dead_lettering_it(
+    settings: Settings, store: Store, fakes: dict[str, Any], provider: str
+) -> None:
+    """A key the provider refuses (an expired or rotated API key: HTTP 401, CM errorCode 101) is the account's
+    trouble, not the messages': they are held (refunded, never dead-lettered) and a provider-error burst alert
+    names the refusal, so that fixing the key sends them; the spec's troubleshooting asks "are provider
+    credentials valid?" for delayed sends."""
+    ids = await seed(store, 12, driver=provider, price=0.01, balance=10.0)
+    drivers = drivers_for(fakes)
+    drivers[provider] |= fakes[provider].wrong_credentials()
+    cfg = {"retry_initial_backoff_seconds": 0.01, "error_burst_threshold": 5}
+    coord = Coordinator(await open_trackly(with_executor(settings, drivers, **cfg), store))
+    counts = await run(coord)
+    assert await ids_in(store, c.FAILED) == [] and not counts.get("sent"), counts
+    assert not fakes[provider].ledger
+    held = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
+    assert len(held) == 12 and all(d["not_before"] > utcnow() and d["claimed_by"] is None for d in held)
+    assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == pytest.approx(10.0)  # refunded
+    [burst] = await store.db[c.EVENTS].find({"kind": "provider_error_burst"}).to_list(None)
+    assert burst["data"]["errors"] > 5 and "refused" in burst["data"]["last_error"] and "last: " in burst["message"], (
+        burst
+    )
     await assert_one_record_each(store, ids)

@@ -13,6 +13,7 @@ import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -265,6 +266,9 @@ class HttpConfig(Section):
     def _strip_slash(cls, v: str) -> str:
         if v and not has_scheme(v, ("http", "https")):
             raise ValueError("must be a URL with a scheme and a host: http:// or https://")
+        host = urlsplit(v).hostname or ""
+        if "_" in host:  # not a host name (RFC 1123); Twilio refuses a StatusCallback on such a host (every send)
+            raise ValueError(f"the host {host!r} contains '_': host names take letters, digits, '-' and '.'")
         return v.rstrip("/")
 
     @property

@@ -249,6 +249,12 @@ class WebhookRequest:
     form: dict[str, list[str]] = field(default_factory=dict)
     method: str = "POST"
 
+    @property
+    def payload(self) -> bytes:
+        """The body without a leading UTF-8 byte-order mark (which some senders write and JSON parsers refuse):
+        what a driver parses. Signatures are checked over :attr:`body` as it came."""
+        return self.body.removeprefix(b"\xef\xbb\xbf")
+
     def __post_init__(self) -> None:
         self.headers = {k.lower(): v for k, v in self.headers.items()}
         if not self.form and self.method == "GET":

@@ -140,6 +140,9 @@ def raise_for_status(
     code = code or str(status)
     if status == 429 or status == 408 or not_processed:
         raise TransientSendError(detail, code=code, retry_after=reply.retry_after)
+    if status == 401:  # the credentials were refused before anything was processed: the account's trouble, not the
+        # message's; held (and alerted as a provider-error burst) until the operator fixes the key, never dead-lettered
+        raise TransientSendError(f"credentials refused (HTTP 401): {detail}", code=code, retry_after=reply.retry_after)
     if 400 <= status < 500:
         raise PermanentSendError(detail, code=code)
     # 5xx: the provider may have accepted the message before failing; 1xx/3xx: we cannot tell what happened.

@@ -14,8 +14,9 @@ Events (the interface alerting consumes): every FailedMessage is published as on
 ``data = {message_id, reason, detail, sending_list_id, account_id, campaign_id, execution_id, provider,
 provider_code, ambiguous}`` and ``key = "failed_message:<list>:<reason>"`` (alerts throttle per key). More than
 ``executor.error_burst_threshold`` provider errors on one list within 60 s publish one
-``PROVIDER_ERROR_BURST`` (``data = {sending_list_id, provider, errors, window_seconds}``) per list per minute.
-A rejection flagged ``spam`` publishes ``SPAM_COMPLAINT``.
+``PROVIDER_ERROR_BURST`` (``data = {sending_list_id, provider, errors, window_seconds, last_error}``) per list per
+minute (each transient answer counts too, as the worker meets it: a refused key or an empty provider account holds
+the list rather than dead-lettering it). A rejection flagged ``spam`` publishes ``SPAM_COMPLAINT``.
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ class Outcomes:
         retry_after = 0.0
         events: list[Event] = []
         provider_errors = 0
+        last_error = ""  # what the provider last answered for a message that was not sent (the burst alert says it)
         for d in docs:
             mid = d["_id"]
             r = results.get(mid)
@@ -268,6 +270,7 @@ class Outcomes:
                     )
                 )
                 provider_errors += 1
+                last_error = detail or "outcome unknown"
             elif r.kind == "accepted":
                 parts = billed_segments(d, r)
                 cost = billing.message_cost({"segments": parts}, lst.price_per_segment)
@@ -292,6 +295,7 @@ class Outcomes:
             else:  # rejected
                 refund += paid
                 provider_errors += 1
+                last_error = str(r.detail or r.code or r.kind)
                 spam = bool(getattr(r, "spam", False))
                 out = bool(getattr(r, "opted_out", False))
                 failed.append(
@@ -336,6 +340,7 @@ class Outcomes:
                 provider=provider,
                 held=len(throttled),
                 until=held_until.isoformat(),
+                error=last_error[:300],
             )
         await billing.adjust(self.db, lst.account_id, refund)
         if opted_out:
@@ -356,7 +361,7 @@ class Outcomes:
         for rec in failed:
             self.counts[f"failed.{rec['reason']}"] += 1
         events.extend(failure_event(r) for r in failed)
-        burst = self.note_errors(lst.id, provider, provider_errors)
+        burst = self.note_errors(lst.id, provider, provider_errors, last_error)
         if burst is not None:
             events.append(burst)
         await self.publish(events)
@@ -371,8 +376,10 @@ class Outcomes:
         until = now + dt.timedelta(seconds=hold)
         return until.replace(microsecond=until.microsecond // 1000 * 1000)
 
-    def note_errors(self, list_id: int, provider: str, n: int) -> Event | None:
-        """Count provider errors; an Event when a list crosses the burst threshold (once a minute)."""
+    def note_errors(self, list_id: int, provider: str, n: int, last: str = "") -> Event | None:
+        """Count provider errors (rejections and unknown outcomes here, each transient answer in the worker: a
+        refused key holds the list); an Event when a list crosses the burst threshold (once a minute), with the
+        ``last`` error the provider gave."""
         if n <= 0:
             return None
         now = time.monotonic()
@@ -384,11 +391,18 @@ class Outcomes:
         if total <= self.threshold or now - self._burst_alerted.get(list_id, -1e9) < BURST_WINDOW:
             return None
         self._burst_alerted[list_id] = now
-        log.warning("provider_error_burst", sending_list_id=list_id, provider=provider, errors=total)
+        log.warning("provider_error_burst", sending_list_id=list_id, provider=provider, errors=total, last=last[:300])
         return Event(
             kind=EventKind.PROVIDER_ERROR_BURST,
             severity="critical",
             key=f"provider_error_burst:{list_id}",
-            message=f"{total} provider errors on sending list {list_id} ({provider}) within a minute",
-            data={"sending_list_id": list_id, "provider": provider, "errors": total, "window_seconds": BURST_WINDOW},
+            message=f"{total} provider errors on sending list {list_id} ({provider}) within a minute"
+            + (f"; last: {last[:300]}" if last else ""),
+            data={
+                "sending_list_id": list_id,
+                "provider": provider,
+                "errors": total,
+                "window_seconds": BURST_WINDOW,
+                "last_error": last[:300],
+            },
         )

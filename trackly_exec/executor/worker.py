@@ -732,7 +732,8 @@ class Worker:
                     results[r.message_id] = r
             if transient:
                 errors[0] = True
-                await self._provider_trouble(info, len(transient))
+                said = transient[-1]
+                await self._provider_trouble(info, len(transient), str(said.detail or said.code or "transient"))
                 ids = {r.message_id for r in transient}
                 pending = [m for m in pending if m.id in ids]
             last = transient
@@ -855,8 +856,9 @@ class Worker:
                 raise _Stop()
         return admitted
 
-    async def _provider_trouble(self, info: ListInfo, n: int) -> None:
-        """Transient provider errors: slow the list down and count them toward a burst alert."""
+    async def _provider_trouble(self, info: ListInfo, n: int, last: str = "") -> None:
+        """Transient provider errors (``last``: what the provider last said): slow the list down and count them
+        toward a burst alert."""
         self.counts["provider_transient"] += n
         if info.doc.rate_limit_per_minute > 0:
             try:
@@ -864,6 +866,6 @@ class Worker:
                 self.counts["slowdowns"] += 1
             except LimiterUnavailable:
                 pass
-        event = self.outcomes.note_errors(info.id, info.driver.name, n)
+        event = self.outcomes.note_errors(info.id, info.driver.name, n, last)
         if event is not None:
             await self.outcomes.publish([event])

@@ -49,6 +49,7 @@ MESSAGES = {
     "21602": "Message body is required.",
     "21603": "A 'From' phone number is required.",
     "21610": "Attempt to send to unsubscribed recipient",
+    "21611": "This 'From' number has exceeded the maximum number of queued messages",
     "21614": "'To' number is not a valid mobile number",
 }
 
