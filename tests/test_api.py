@@ -133,6 +133,11 @@ async def test_unknown_ids_404_naming_which(admin: TestClient[Any, Any]) -> None
         "/contacts/999",
         "/accounts/abc",
         "/campaigns/999/stats",
+        # digits str.isdigit() accepts but int() refuses (a 500), or reads as another id (fullwidth one as 1)
+        "/accounts/%C2%B9",
+        "/executions/%E2%91%A0",
+        f"/campaigns/{'%EF%BC%91'}",
+        f"/accounts/{'%D9%A1'}",
     ):
         r = await admin.get(f"/api/v1{path}", headers=H)
         assert r.status == 404, path

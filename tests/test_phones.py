@@ -34,6 +34,10 @@ def test_mask() -> None:
 def test_campaign_number_is_always_e164() -> None:
     """A stored phone in any spelling of a valid number is texted as its E.164 form (one handset, one to_number:
     the cooldown, the per-phone duplicate counts and STOP all key on it); an invalid one is None."""
-    for spelling in ("+12125550101", "+1 212 555 0101", "+1-212-555-0101", "(212) 555-0101", "212.555.0101"):
+    spellings = ("+12125550101", "+1 212 555 0101", "+1-212-555-0101", "(212) 555-0101", "212.555.0101")
+    for spelling in (
+        *spellings,
+        "+\uff11\uff12\uff11\uff12\uff15\uff15\uff15\uff10\uff11\uff10\uff11",
+    ):  # fullwidth digits
         assert campaign_number(spelling) == "+12125550101", spelling
     assert campaign_number("+15555550108") is None and campaign_number("hello") is None

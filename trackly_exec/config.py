@@ -86,7 +86,7 @@ class MongoConfig(Section):
     @property
     def write_concern_w(self) -> int | str:
         w = self.write_concern.strip()
-        return int(w) if w.isdigit() else w
+        return int(w) if w.isascii() and w.isdigit() else w
 
     @property
     def embedded(self) -> bool:

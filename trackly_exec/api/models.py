@@ -173,7 +173,7 @@ def check_sender(v: str) -> str:
     v = v.strip()
     if v.startswith("+"):
         digits = v[1:]
-        ok = digits.isdigit() and 8 <= len(digits) <= 15
+        ok = digits.isascii() and digits.isdigit() and 8 <= len(digits) <= 15
         if ok:
             try:
                 ok = phonenumbers.is_possible_number(phonenumbers.parse(v, None))
@@ -183,7 +183,7 @@ def check_sender(v: str) -> str:
             raise ValueError(f"{v!r} is not a possible E.164 number; {SENDER_RULE}")
         return v
     if v.isdigit():
-        if not _SHORT_CODE.match(v):
+        if not (v.isascii() and _SHORT_CODE.match(v)):
             raise ValueError(f"{v!r}: a long number needs its + and country code; {SENDER_RULE}")
         return v
     if not _ALPHA_SENDER.match(v):

@@ -244,7 +244,9 @@ def read_query(request: web.Request, model: type[B]) -> B:
 
 def path_id(request: web.Request, what: str, name: str = "id") -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or not 0 < int(raw) <= INT64_MAX:
+    # ASCII digits only: str.isdigit() also says yes to "¹" (which int() refuses: a 500) and to a fullwidth one
+    # (an alias of 1)
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= INT64_MAX:
         raise ApiError(404, "not_found", f"{what} {raw!r} not found")
     return int(raw)
 

@@ -248,7 +248,12 @@ def parse_answer(buf: bytearray, eof: bool) -> _Answer | None:
         lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
         code = rest[:3]
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit() or rest[3:4] not in ("", " "):
+        if (
+            not version.startswith("HTTP/1.")
+            or len(code) != 3
+            or not (code.isascii() and code.isdigit())
+            or rest[3:4] not in ("", " ")
+        ):
             raise MalformedAnswer(f"bad status line {lines[0][:80]!r}")
         status = int(code)
         headers: dict[str, str] = {}
@@ -283,7 +288,7 @@ def parse_answer(buf: bytearray, eof: bool) -> _Answer | None:
         body, used = got
     elif "content-length" in headers:
         value = headers["content-length"]
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise MalformedAnswer("bad Content-Length")
         used = start + int(value)
         if len(buf) < used:

@@ -62,7 +62,7 @@ def campaign_number(phone: str) -> str | None:
     """A contact's stored ``phone`` as the evaluation texts it: itself when it is a valid number written in E.164
     (``+`` and digits only), else its E.164 normalisation (``+1 212 555 0101``, national forms read as US numbers),
     else None (``invalid_phone``). So one handset is always one ``to_number``, whatever the spelling stored."""
-    return phone if phone[1:].isdigit() and is_valid(phone) else normalize(phone)
+    return phone if phone[1:].isascii() and phone[1:].isdigit() and is_valid(phone) else normalize(phone)
 
 
 #: The phonenumbers release (metadata) a stored :func:`phone_check` was made with: any other release re-validates.

@@ -127,7 +127,7 @@ def verify_signature(
     if isinstance(body, str):
         body = body.encode()
     ts = (timestamp or "").strip()
-    if not ts.isdigit():
+    if not (ts.isascii() and ts.isdigit()):
         return False
     if abs((time.time() if now is None else now) - int(ts)) > tolerance:
         return False
