@@ -112,9 +112,18 @@ async def test_import_errors_are_clear(
     f.write_text("name\nbob\n")
     assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 1
     assert "'phone' column" in capsys.readouterr().err
-    f.write_bytes("phone,first_name\n+12125550100,Jos\xe9\n".encode("latin-1"))
-    assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 1
-    assert "not UTF-8" in capsys.readouterr().err
+    # a line that is not UTF-8 is rejected by its number; the lines around it are imported
+    f.write_bytes("phone,first_name\n+12125550100,Ann\n+12125550101,Jos\xe9\n+12125550102,Cy\n".encode("latin-1"))
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 0
+    out = capsys.readouterr()
+    assert "inserted 2, updated 0, rejected 1" in out.out and "line 3" in out.out + out.err, out
+    assert "not UTF-8" in out.out + out.err
+    assert await trackly.db[c.CONTACTS].count_documents({"phone": {"$in": ["+12125550100", "+12125550102"]}}) == 2
+    for bad in ("xx", '"'):
+        assert await run(admin_url, "contacts", "import", str(f), "--list", "1", "--delimiter", bad) == 1
+        assert "--delimiter" in capsys.readouterr().err
+    assert await run("notaurl", "contacts", "import", str(f), "--list", "1") == 1
+    assert "--api 'notaurl'" in capsys.readouterr().err
     code = await asyncio.to_thread(cli.main, ["campaign", "list", "--api", admin_url, "--token", "wrong"])
     assert code == 1 and "refused the API token" in capsys.readouterr().err
 

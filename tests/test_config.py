@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trackly_exec.config import load_config
+from trackly_exec.config import load_config, mask_url_password
 from trackly_exec.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,35 @@ def test_a_public_url_whose_host_is_no_host_name_is_refused(tmp_path: Path, key:
     assert f"http.{key}" in str(e.value) and "'_'" in str(e.value)
     f.write_text(f'[http]\n{key} = "https://trackly-daemon.internal:8443"\n')
     assert load_config(f)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "says"),
+    [
+        ("redis", "url", "redis://:PW-s3cret@127.0.0.1:99999/0", "Port out of range"),
+        ("redis", "url", "redis://:PW-s3cret@[::1/0", "Invalid IPv6 URL"),
+        ("mongo", "uri", "mongodb://u:PW-s3cret@h:99999/x", "Port must be an integer"),
+        ("mongo", "uri", "mongodb://u:PW-s3cret@[zz/x", "IPv6"),
+        ("mongo", "write_concern", "\u00b9", "tag set name"),
+    ],
+)
+def test_a_store_or_redis_address_that_cannot_be_used_is_a_config_error(
+    tmp_path: Path, section: str, key: str, value: str, says: str
+) -> None:
+    """What the daemon could not connect with is refused when the config is read (check-config too), naming the
+    key and never echoing the password: it used to pass check-config and end `trackly run` in a traceback."""
+    f = tmp_path / "bad.toml"
+    f.write_text(f'[{section}]\n{key} = "{value}"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert f"{section}.{key}" in str(e.value) and says in str(e.value) and "PW-s3cret" not in str(e.value)
+
+
+def test_uri_options_holding_secrets_are_masked() -> None:
+    uri = "mongodb://u:MongoPW@h1:27017,h2:27017/x?authSource=admin&tlsCertificateKeyFilePassword=KeyPW"
+    shown = mask_url_password(uri)
+    assert "MongoPW" not in shown and "KeyPW" not in shown and "authSource=admin" in shown
+    assert "AWS" not in mask_url_password("mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:abc")
 
 
 def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,7 +98,23 @@ class MongoConfig(Section):
         text = v.get_secret_value().strip()
         if text != "embedded" and not text.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError('must be "embedded" or a mongodb:// (mongodb+srv://) URI')
+        if text.startswith("mongodb://"):  # (a mongodb+srv:// URI is resolved by DNS: checked when connecting)
+            from pymongo.errors import PyMongoError
+            from pymongo.uri_parser import parse_uri
+
+            try:
+                parse_uri(text)
+            except (ValueError, PyMongoError) as exc:
+                raise ValueError(f"not a valid MongoDB URI: {_without_secrets(str(exc), text)}") from None
         return v
+
+    @field_validator("write_concern")
+    @classmethod
+    def _write_concern(cls, v: str) -> str:
+        w = v.strip()
+        if not (w.isascii() and (w.isdigit() or w.replace("_", "").replace("-", "").isalnum())):
+            raise ValueError('must be "majority", a number of members, or a tag set name (ASCII letters, digits, -, _)')
+        return w
 
 
 class RedisConfig(Section):
@@ -113,6 +129,15 @@ class RedisConfig(Section):
     def _url(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and not v.get_secret_value().strip().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a URL with a scheme: redis://, rediss:// or unix://")
+        if v is not None:
+            text = v.get_secret_value().strip()
+            try:
+                parts = urlsplit(text)
+                parts.port  # noqa: B018  (raises for a port out of range or not a number)
+            except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL"
+                raise ValueError(f"not a valid Redis URL: {_without_secrets(str(exc), text)}") from None
+            if parts.scheme != "unix" and not parts.hostname:
+                raise ValueError("not a valid Redis URL: no host")
         return v
 
 
@@ -447,16 +472,52 @@ def has_scheme(url: str, schemes: tuple[str, ...]) -> bool:
     return bool(sep) and scheme.lower() in schemes and bool(rest.split("/", 1)[0])
 
 
+def _without_secrets(message: str, url: str) -> str:
+    """``message`` (a parser's error about ``url``) with the URL's password and query values masked."""
+    secrets = []
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # the URL this message is about may not even split
+        password = None
+    if password:
+        secrets.append(password)
+    creds = url.partition("://")[2].rpartition("@")[0]
+    if ":" in creds:
+        secrets.append(creds.partition(":")[2])
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        message = message.replace(secret, "**********")
+    return message
+
+
+#: URI options whose values are secrets (MongoDB: tlsCertificateKeyFilePassword, authMechanismProperties with an
+#: AWS session token, ...): masked wherever a URI is shown.
+_SECRET_OPTIONS = ("password", "secret", "token", "authmechanismproperties")
+
+
+def _mask_query(rest: str) -> str:
+    """The part after the host list with the values of secret-bearing options masked."""
+    path, q, query = rest.partition("?")
+    if not q:
+        return rest
+    pairs = []
+    for pair in query.split("&"):
+        key, eq, _ = pair.partition("=")
+        secret = eq and any(word in key.lower() for word in _SECRET_OPTIONS)
+        pairs.append(f"{key}=**********" if secret else pair)
+    return f"{path}?{'&'.join(pairs)}"
+
+
 def mask_url_password(uri: str) -> str:
-    """``mongodb://user:pw@host/...`` -> ``mongodb://user:**********@host/...``; "embedded" as is."""
+    """``mongodb://user:pw@host/...`` -> ``mongodb://user:**********@host/...`` (and the values of secret-bearing
+    options such as ``tlsCertificateKeyFilePassword``); "embedded" as is."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
         return uri
     creds, at, hosts = rest.rpartition("@")
     if not at:
-        return uri
+        return f"{scheme}://{_mask_query(rest)}"
     user, colon, _ = creds.partition(":")
-    return f"{scheme}://{user}{':**********' if colon else ''}@{hosts}"
+    return f"{scheme}://{user}{':**********' if colon else ''}@{_mask_query(hosts)}"
 
 
 def env_var(loc: tuple[Any, ...] | list[Any]) -> str | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trackly_exec.api import csvsafe
-from trackly_exec.config import config_file, load_config
+from trackly_exec.config import config_file, has_scheme, load_config, mask_url_password
 from trackly_exec.errors import TracklyError
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
@@ -68,6 +68,8 @@ class ApiClient:
     """A small blocking JSON client for the admin API."""
 
     def __init__(self, base: str, token: str, timeout: float = 120.0, config: str = "trackly.toml") -> None:
+        if not has_scheme(base, ("http", "https")):
+            raise CliError(f"--api {mask_url_password(base)!r}: an http:// or https:// URL of the daemon")
         self.base = base.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -88,7 +90,7 @@ class ApiClient:
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise CliError(
-                f"cannot reach the trackly daemon at {self.base} ({reason}).\n"
+                f"cannot reach the trackly daemon at {mask_url_password(self.base)} ({reason}).\n"
                 f"Is it running? Start it with `trackly run -c {self.config}` (or try `trackly demo`), "
                 "or point --api at it."
             ) from None
@@ -251,6 +253,10 @@ def _csv_lines(fh: TextIO, delimiter: str, first_line: int = 1) -> Iterator[tupl
         text = text.rstrip("\r\n")
         if not text.strip():
             continue
+        bad = next((i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff"), None)
+        if bad is not None:  # (read with surrogateescape: a byte that is not UTF-8; the other lines still count)
+            yield number, None, f"not UTF-8 text (byte 0x{ord(text[bad]) - 0xDC00:02x} in column {bad + 1})"
+            continue
         try:
             rows = list(csv.reader([text], delimiter=delimiter, strict=True))
         except csv.Error as exc:
@@ -351,13 +357,13 @@ class Progress:
 def cmd_contacts_import(args: argparse.Namespace) -> int:
     client = client_from(args)
     path = Path(args.file)
-    if not path.is_file():
+    if not path.exists():
         raise CliError(f"no such file: {path}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            total = max(sum(1 for _ in fh) - 1, 0)
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
+    if not path.is_file():
+        raise CliError(f"not a file: {path}")
+    # a line that is not UTF-8 is rejected by its number (save the file as UTF-8 CSV), the others imported
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        total = max(sum(1 for _ in fh) - 1, 0)
     if args.rejects:  # before anything is imported: the list of rejected rows must have somewhere to go
         writable(args.rejects, "--rejects")
     inserted = updated = done = 0
@@ -365,8 +371,10 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
     duplicates: list[tuple[int, str, str]] = []
     lay = CsvLayout(",", [])
     delimiter = DELIMITERS.get(args.delimiter, args.delimiter) if args.delimiter else None
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+        raise CliError(f"--delimiter {args.delimiter!r}: one character (',', ';', 'tab', '|')")
     progress = Progress(total, sys.stderr)
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         chunks = csv_chunks(fh, args.chunk, delimiter=delimiter, region=args.region, report=lay, duplicates=duplicates)
         for rows in _checked(chunks, path):
             rejects.extend((line, "", row[CSV_ERROR]) for line, row in rows if CSV_ERROR in row)
