@@ -51,6 +51,10 @@ INTERNAL = [
     "http://example.com\\@127.0.0.1/",
     "http://[::]/",
     "http://[2002:7f00:1::]/",
+    "http://[fec0::1]/",  # deprecated IPv6 site-local, which Python's is_global calls global
+    "http://192.0.0.8/",  # IETF protocol assignments
+    "http://192.88.99.1/",  # the old 6to4 relay anycast
+    "http://%31%32%37.0.0.1/",  # a percent-encoded host
     # what the HTTP client connects to after IDNA mapping: compatibility digits (U+1FBF0.., SEGMENTED DIGIT ZERO)
     # and full-width characters spell an internal address that the typed text does not
     "http://127.0.0.1\U0001fbf0:19999/hook",

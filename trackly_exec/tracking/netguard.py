@@ -72,12 +72,22 @@ class Allowlist:
         return host.lower().rstrip(".") in self.hosts
 
 
+#: Ranges Python's ``is_global`` still calls global that no public webhook lives in: the IETF protocol
+#: assignments (192.0.0.0/24, e.g. 192.0.0.8) and the deprecated 6to4 relay anycast (192.88.99.0/24).
+_NOT_PUBLIC = (ipaddress.ip_network("192.0.0.0/24"), ipaddress.ip_network("192.88.99.0/24"))
+
+
 def forbidden_ip(ip: IPAddress) -> bool:
-    """Anything but a global unicast address: loopback, private, link-local, multicast, unspecified, reserved..."""
+    """Anything but a global unicast address: loopback, private, link-local, site-local, multicast, unspecified,
+    reserved, the protocol-assignment and 6to4-relay blocks..."""
     if isinstance(ip, ipaddress.IPv6Address):
         mapped = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
         if mapped is not None and forbidden_ip(mapped):
             return True
+        if ip.is_site_local:  # fec0::/10: deprecated, but routed inside some networks
+            return True
+    elif any(ip in net for net in _NOT_PUBLIC):
+        return True
     return (
         not ip.is_global
         or ip.is_multicast
@@ -121,6 +131,8 @@ def _static_problem(url: str, allow: Allowlist) -> tuple[str | None, str | None]
         return f"is not a valid URL ({exc})", None
     if not host:
         return "must name a host", None
+    if "%" in host:  # a percent-encoded host ("%31%32%37.0.0.1") is no host name the client would connect to
+        return "must name the host plainly (no percent-encoding)", None
     if port == 0:
         return "must not use port 0", None
     if allow.allows_host(host):
