@@ -222,6 +222,22 @@ async def test_contacts_bulk_upsert(admin: TestClient[Any, Any]) -> None:
     assert items["+442079460958"]["subscribed"] is False
 
 
+async def test_a_row_the_store_cannot_keep_is_rejected_alone(admin: TestClient[Any, Any]) -> None:
+    """A lone surrogate (or NUL in a name) in one contact row rejects that row by its index; the good rows of the
+    request are imported (the whole request used to be a 422)."""
+    ids = await seed(admin)
+    rows = [
+        {"phone": "+12125550181", "first_name": "\ud800"},
+        {"phone": "+12125550182", "first_name": "Good"},
+        {"phone": "+12125550183", "attributes": {"k\x00": 1}},
+        {"phone": "+12125550184", "timezone": "Europe/Paris\udfff"},
+    ]
+    data = await post(admin, f"/sending-lists/{ids['list']}/contacts", {"contacts": rows}, 200)
+    assert data["inserted"] == 1, data
+    assert [x["index"] for x in data["rejected"]] == [0, 2, 3]
+    assert "first_name" in data["rejected"][0]["reason"] and "lone surrogate" in data["rejected"][0]["reason"]
+
+
 async def test_campaign_schedule_validation(admin: TestClient[Any, Any]) -> None:
     """A campaign's schedule must be a future time or a valid cron in a valid zone; ownership is checked."""
     ids = await seed(admin)

@@ -162,9 +162,11 @@ async def test_account_commands(admin_url: str, trackly: Trackly, capsys: pytest
     assert await run(admin_url, "account", "show", "1") == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["name"], shown["filter_bots"], shown["balance"]) == ("B", True, 12.5)
-    with pytest.raises(SystemExit):
-        await run(admin_url, "account", "top-up", "1", "lots")
-    assert "invalid amount value" in capsys.readouterr().err
+    for command, bad in (("top-up", "lots"), ("top-up", "-5"), ("debit", "-5"), ("debit", "0")):
+        with pytest.raises(SystemExit):  # a negative amount is refused, not turned around
+            await run(admin_url, "account", command, "1", bad)
+        assert "invalid amount value" in capsys.readouterr().err
+    assert (await trackly.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == 12.5
 
 
 async def test_campaign_commands_and_stats(

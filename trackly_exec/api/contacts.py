@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
-from trackly_exec.api.models import ContactIn, RejectedRow
+from trackly_exec.api.models import INVALID_ROW, ContactIn, RejectedRow
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
@@ -77,6 +77,9 @@ def parse_rows(
     for i, raw in enumerate(rows):
         if not isinstance(raw, dict):
             rejected.append(RejectedRow(index=i, reason="row must be an object"))
+            continue
+        if INVALID_ROW in raw:  # a row the store could not keep (a lone surrogate...), found when the body was read
+            rejected.append(RejectedRow(index=i, reason=str(raw[INVALID_ROW])))
             continue
         try:
             row = ContactIn.model_validate(raw)

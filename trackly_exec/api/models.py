@@ -414,6 +414,11 @@ class ContactIn(Body):
         return v
 
 
+#: What a row of a bulk body (``routes.read_body(rows=...)``) that the store could not keep is replaced with: its
+#: reason, reported by the row's index (``contacts.parse_rows``).
+INVALID_ROW = "__invalid_row__"
+
+
 class ContactsBulkIn(Body):
     """Bulk upsert by (sending list, normalised phone). Bad rows are reported, good rows are kept."""
 

@@ -163,6 +163,7 @@ async def upsert_contacts(request: web.Request) -> web.Response:
         m.ContactsBulkRaw,
         limit=import_body_limit(trackly.settings),
         limit_name=f"at most {m.MAX_BULK_CONTACTS} contacts of {IMPORT_ROW_BYTES} bytes",
+        rows="contacts",
     )
     await get_or_404(trackly, c.SENDING_LISTS, list_id, "sending list")
     result = await upsert(trackly.store, list_id, body.contacts, default_region=body.default_region, clock=trackly.now)

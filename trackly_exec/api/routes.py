@@ -211,10 +211,31 @@ def too_large(limit: int, what: str) -> ApiError:
     )
 
 
+def _check_rows(data: Any, field: str) -> None:
+    """Each item of ``data[field]`` checked on its own (:func:`_check_json`): one the store could not keep (a lone
+    surrogate, NUL in a key, a number out of range...) becomes ``{INVALID_ROW: reason}``, reported by its index
+    with the others kept, instead of making the whole body a 422."""
+    rows = data.get(field) if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        return
+    for i, row in enumerate(rows):
+        try:
+            _check_json(row, (field, i), 1)
+        except ApiError as exc:
+            loc = exc.details[0]["loc"] if exc.details else ""
+            rows[i] = {m.INVALID_ROW: f"{loc.removeprefix(f'body.{field}.{i}.')}: {exc.message}".lstrip(": ")}
+
+
 async def read_body(
-    request: web.Request, model: type[B], *, limit: int | None = None, limit_name: str = "http.max_body_bytes"
+    request: web.Request,
+    model: type[B],
+    *,
+    limit: int | None = None,
+    limit_name: str = "http.max_body_bytes",
+    rows: str | None = None,
 ) -> B:
-    """The request's JSON body validated by ``model`` (400 malformed, 413 above ``limit``, 422 invalid)."""
+    """The request's JSON body validated by ``model`` (400 malformed, 413 above ``limit``, 422 invalid).
+    ``rows``: a list field whose items are checked one by one (:func:`_check_rows`)."""
     limit = limit or _tr(request).settings.http.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit, limit_name)
@@ -225,6 +246,8 @@ async def read_body(
         data = json.loads(raw.decode("utf-8") if raw else "", parse_constant=_reject_constant, parse_float=_number)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {str(exc)[:200]}") from exc
+    if rows is not None:
+        _check_rows(data, rows)
     _check_json(data)
     try:
         # strict JSON types: a boolean is true or false (not 0, "yes" or "off"), a number is not a boolean or a

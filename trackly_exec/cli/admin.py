@@ -757,9 +757,9 @@ def cmd_account_show(args: argparse.Namespace) -> int:
 def _amount(sign: int) -> Any:
     def amount(text: str) -> float:
         value = float(text)  # a ValueError: argparse says "invalid amount value"
-        if value != value or value in (float("inf"), float("-inf")) or value == 0:
-            raise ValueError(text)
-        return sign * abs(value)
+        if value != value or value in (float("inf"), float("-inf")) or value <= 0:
+            raise ValueError(text)  # (a negative amount is refused: top-up and debit say the direction)
+        return sign * value
 
     return amount
 
