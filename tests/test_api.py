@@ -17,6 +17,7 @@ from trackly_exec.api.openapi import document
 from trackly_exec.app import Trackly
 from trackly_exec.drivers import registry
 from trackly_exec.operations.web import make_app
+from trackly_exec.store import constants as c
 from trackly_exec.store.models import utcnow
 
 from .api_support import EchoDriver, H, campaign_body, create_campaign, post, seed
@@ -157,6 +158,19 @@ async def test_unknown_ids_404_naming_which(admin: TestClient[Any, Any]) -> None
     assert r.status == 422 and "account 42" in (await r.json())["message"]
     r = await admin.post("/api/v1/campaigns/999/trigger", headers=H)
     assert r.status == 404
+
+
+async def test_a_body_that_says_it_is_not_json_is_a_415(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """XML, multipart, an image or a charset other than UTF-8: 415 and nothing created; a JSON body sent without a
+    type, as curl's default form type or as plain text is read as JSON (what a shell user sends)."""
+    body = b'{"name": "ct", "webhook_secret": "abcdefgh12"}'
+    for kind in ("application/xml", "multipart/form-data; boundary=x", "image/png", "application/json; charset=utf-16"):
+        r = await admin.post("/api/v1/accounts", headers={**H, "Content-Type": kind}, data=body)
+        assert r.status == 415 and "application/json" in (await r.json())["message"], kind
+    assert await trackly.db[c.ACCOUNTS].count_documents({"name": "ct"}) == 0
+    for kind in ("application/json", "text/plain", "application/x-www-form-urlencoded", "application/merge+json"):
+        r = await admin.post("/api/v1/accounts", headers={**H, "Content-Type": kind}, data=body)
+        assert r.status == 201, kind
 
 
 async def test_malformed_and_too_big(admin: TestClient[Any, Any], trackly: Trackly) -> None:

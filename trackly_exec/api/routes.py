@@ -226,6 +226,24 @@ def _check_rows(data: Any, field: str) -> None:
             rows[i] = {m.INVALID_ROW: f"{loc.removeprefix(f'body.{field}.{i}.')}: {exc.message}".lstrip(": ")}
 
 
+#: Body types read as JSON: JSON itself, and what a JSON body is sent as by tools that do not say (none, curl's
+#: default form type, plain text, raw bytes). Anything else (XML, multipart, an image...) is a 415.
+_JSON_TYPES = ("", "application/json", "text/plain", "application/x-www-form-urlencoded", "application/octet-stream")
+
+
+def _check_content_type(request: web.Request) -> None:
+    kind = request.content_type.lower() if request.headers.get("Content-Type") else ""
+    charset = (request.charset or "utf-8").lower().replace("_", "-")
+    if (kind not in _JSON_TYPES and not kind.endswith("+json")) or charset not in ("utf-8", "utf8", "us-ascii"):
+        shown = request.headers.get("Content-Type", "")[:100]
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the body must be JSON in UTF-8 (Content-Type: application/json), not {shown!r}",
+            [{"loc": "header.Content-Type", "msg": "application/json expected", "type": "media_type"}],
+        )
+
+
 async def read_body(
     request: web.Request,
     model: type[B],
@@ -237,6 +255,7 @@ async def read_body(
     """The request's JSON body validated by ``model`` (400 malformed, 413 above ``limit``, 422 invalid).
     ``rows``: a list field whose items are checked one by one (:func:`_check_rows`)."""
     limit = limit or _tr(request).settings.http.max_body_bytes
+    _check_content_type(request)
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit, limit_name)
     raw = await request.read()
