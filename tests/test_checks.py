@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 from typing import Any
 
 import pytest
@@ -273,6 +274,33 @@ async def test_a_stop_during_a_long_wait_for_the_pool_holds(
     assert ids[7] not in accepted and len(accepted) == 9 and set(accepted.values()) == {1}
     assert counts["late_rechecks"] >= 1
     assert (await store.db[c.FAILED].find_one({"_id": ids[7]}))["reason"] == "CONTACT_BLOCKED"
+    await assert_one_record_each(store, ids)
+
+
+async def test_a_window_closing_during_a_long_wait_for_the_pool_holds(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """The late re-check also looks at the quiet-hours window again (in memory, with its margin): requests that
+    waited for the pool (one slot, a slow provider) while 21:00 came near are held, not sent past the window's end
+    (an event loop starved for seconds carried one 0.4 s past 21:00)."""
+    base = dt.datetime.combine(utcnow().date(), dt.time(20, 59, 50), tzinfo=dt.UTC)
+    ids = await seed(store, 10, driver="twilio", contact_tz="UTC", sendtime=base - dt.timedelta(seconds=1))
+    fakes["twilio"].set_default(Behaviour("slow", delay=0.3))
+    coord = await executor(settings, store, fakes, pool_size=1, workers_per_list=1)
+    started, jump = time.monotonic(), [0.0]
+    coord.clock = lambda: base + dt.timedelta(seconds=time.monotonic() - started + jump[0])
+    run_task = asyncio.create_task(coord.run_until_idle())
+    while len(fakes["twilio"].ledger) < 2:
+        await asyncio.sleep(0.01)
+    jump[0] = 8.5  # 20:59:59 and a bit: the window closes within the 2 s margin
+    counts = await run_task
+    await coord.trackly.close(close_store=False)
+    accepted = fakes["twilio"].accepted_counts()
+    assert 2 <= len(accepted) < 10 and set(accepted.values()) == {1}, counts
+    assert counts["held.quiet_hours_late"] >= 1 and counts["late_rechecks"] >= 1, counts
+    held = await store.db[c.QUEUED].find({"_id": {"$nin": list(accepted)}}).to_list(None)
+    assert len(held) == 10 - len(accepted)
+    assert all(d["not_before"] >= base.replace(hour=8, minute=0, second=0) + dt.timedelta(days=1) for d in held)
     await assert_one_record_each(store, ids)
 
 

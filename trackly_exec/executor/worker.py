@@ -106,6 +106,7 @@ class _Fresh:
     """The send-time re-check of one chunk, shared by its requests (see :meth:`Worker._refresh`)."""
 
     at: float | None  # time.monotonic() of the last re-check (None: not tracked)
+    timezones: dict[int, str] = field(default_factory=dict)  # the contacts' stored zones, as read at the claim
     gone: set[str] = field(default_factory=set)  # handed to the driver
     dropped: set[str] = field(default_factory=set)  # found ineligible by a later re-check
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -446,7 +447,7 @@ class Worker:
             else:
                 failpoints.hit("after_intent")
                 started: list[float] = []
-                got, again, had_errors = await self._send(info, to_send, started, token, checked)
+                got, again, had_errors = await self._send(info, to_send, started, token, checked, timezones)
                 # the send window holds when they went (the first request), not when they were admitted
                 await self._mark_sent(lst, admitted, len(to_send) if started else 0, started[0] if started else None)
                 sent += to_send
@@ -595,6 +596,7 @@ class Worker:
         started: list[float] | None = None,
         token: str | None = None,
         checked: float | None = None,
+        timezones: dict[int, str] | None = None,
     ) -> tuple[dict[str, SendResult], set[str], bool]:
         """Submit ``docs`` in requests of ``max_batch_size``; one final result per message. ``started`` receives the
         ``time.time()`` of each request's first attempt as it is handed to the driver. Each request goes only while
@@ -614,7 +616,7 @@ class Worker:
         requeue: set[str] = set()
         errors = [False]
         by_id = {d["_id"]: d for d in docs}
-        fresh = _Fresh(checked)
+        fresh = _Fresh(checked, timezones or {})
         requests = [msgs[i : i + size] for i in range(0, len(msgs), size)]
         if len(requests) == 1:
             await self._request(
@@ -680,7 +682,7 @@ class Worker:
             nonlocal pending
             if last or fresh is None:
                 return
-            dropped = await self._refresh(fresh, docs or {})
+            dropped = await self._refresh(fresh, docs or {}, info)
             for m in pending:
                 if m.id in dropped:
                     results[m.id] = TransientFailure(message_id=m.id, code="rechecked", detail="re-checked: not sent")
@@ -792,10 +794,11 @@ class Worker:
             log.warning("claim_expiring_not_sent", sending_list_id=info.id, messages=len(msgs))
         self.counts["claim_expiring_unsent"] += len(msgs)
 
-    async def _refresh(self, fresh: _Fresh, docs: dict[str, ClaimedDoc]) -> set[str]:
+    async def _refresh(self, fresh: _Fresh, docs: dict[str, ClaimedDoc], info: ListInfo) -> set[str]:
         """The ids of the chunk ``docs`` that may no longer go: when its re-check is older than
-        :data:`LATE_RECHECK_SECONDS`, what of it has not gone yet is re-checked once (:meth:`_retry_recheck`), for all
-        of its requests together, and again that long later."""
+        :data:`LATE_RECHECK_SECONDS`, what of it has not gone yet is re-checked once (:meth:`_retry_recheck`, and the
+        quiet-hours window again, with its margin, on the contacts' zones read at the claim: a loop starved for
+        seconds must not carry a message past 21:00), for all of its requests together, and again that long later."""
         if fresh.at is None or time.monotonic() - fresh.at <= LATE_RECHECK_SECONDS:
             return fresh.dropped
         async with fresh.lock:
@@ -803,8 +806,28 @@ class Worker:
                 fresh.at = time.monotonic()
                 waiting = [d for mid, d in docs.items() if mid not in fresh.gone and mid not in fresh.dropped]
                 fresh.dropped |= await self._rechecked_out(waiting)
+                fresh.dropped |= self._out_of_window(info, waiting, fresh.timezones)
                 self.counts["late_rechecks"] += 1
         return fresh.dropped
+
+    def _out_of_window(self, info: ListInfo, docs: Sequence[ClaimedDoc], timezones: dict[int, str]) -> set[str]:
+        """The ids among ``docs`` whose quiet-hours window is closed now or closes within
+        :data:`checks.QUIET_HOURS_MARGIN` (a test send's ``quiet_hours`` override lifts it). In memory: no store
+        read."""
+        soon = self.clock() + checks.QUIET_HOURS_MARGIN
+        default_tz = info.doc.quiet_hours.default_timezone
+        memo: dict[Any, Any] = {}
+        out = set()
+        for d in docs:
+            if "quiet_hours" in (d.get("overrides") or ()):
+                continue
+            cid = d.get("contact_id")
+            tz = timezones.get(cid) if cid is not None else None
+            if not checks.in_window_now(d["to_number"], tz, default_tz, soon, info.window, memo)[0]:
+                out.add(d["_id"])
+        if out:
+            self.counts["held.quiet_hours_late"] += len(out)
+        return out
 
     async def _retry_recheck(self, pending: Sequence[OutboundMessage], docs: dict[str, ClaimedDoc]) -> set[str]:
         """Before a retry: the ids whose contact was blocked or unsubscribed, or whose campaign was paused, since the
