@@ -189,11 +189,13 @@ async def test_dead_letters_list_summary_and_redrive(
     await store.db[c.CONTACTS].update_one({"_id": 10}, {"$set": {"subscribed": False}})  # ids[9]: opted out since
     await store.db[c.EXECUTIONS].insert_one({"_id": 1, "campaign_id": 1, "status": "completed"})
     summary = await get(admin, "/dead-letters/summary?campaign_id=1")
-    assert summary["total"] == 10 and summary["by_reason"]["PROVIDER_ERROR"] == 4 and summary["retryable"] == 7
+    # retryable: the default reasons, but not the PROVIDER_ERROR the provider flagged as an opt-out (never re-driven)
+    assert summary["total"] == 10 and summary["by_reason"]["PROVIDER_ERROR"] == 4 and summary["retryable"] == 6
     page = await get(admin, "/dead-letters?reason=PROVIDER_ERROR&limit=3")
     assert len(page["items"]) == 3 and page["next_after"] and all(i["retryable"] for i in page["items"])
     page2 = await get(admin, f"/dead-letters?reason=PROVIDER_ERROR&after={page['next_after']}")
     assert len(page2["items"]) == 1 and page2["next_after"] is None
+    assert page2["items"][0]["message_id"] == ids[8] and page2["items"][0]["retryable"] is False  # the opt-out
     since = (utcnow() + dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
     assert (await get(admin, f"/dead-letters?since={since}"))["items"] == []
     # refused outright: never-retryable reasons, NO_RESPONSE without the flag

@@ -145,9 +145,9 @@ def _dl_match(q: o.DeadLetterQuery) -> Filter:
 
 
 def _dead_letter(doc: FailedDoc) -> o.DeadLetterOut:
-    return o.DeadLetterOut.model_validate(
-        {**doc, "message_id": doc["_id"], "retryable": str(doc.get("reason")) in _RETRYABLE}
-    )
+    # what a re-drive skips whatever reasons it is given (an opt-out at the provider, a spam flag) is not retryable
+    retryable = str(doc.get("reason")) in _RETRYABLE and not doc.get("opted_out") and not doc.get("spam")
+    return o.DeadLetterOut.model_validate({**doc, "message_id": doc["_id"], "retryable": retryable})
 
 
 @route(
@@ -178,13 +178,24 @@ async def dead_letter_summary(request: web.Request) -> web.Response:
     store = _tr(request).store
     by_reason = await count_by(store, c.FAILED, match, "reason")
     by_campaign = await count_by(store, c.FAILED, match, "campaign_id", none="-")
-    default = {str(r) for r in redrive.DEFAULT_REASONS}
+    chosen = (match.get("reason") or {}).get("$in")  # the query's own reason, if it names one
+    default = [str(r) for r in redrive.DEFAULT_REASONS if chosen is None or str(r) in chosen]
+    # as a re-drive with the default reasons would take them: not an opt-out at the provider, not flagged spam
+    retryable = (
+        await count(
+            store.db,
+            c.FAILED,
+            {**match, "reason": {"$in": default}, "opted_out": {"$ne": True}, "spam": {"$ne": True}},
+        )
+        if default
+        else 0
+    )
     return _json(
         o.DeadLetterSummary(
             total=sum(by_reason.values()),
             by_reason=dict(sorted(by_reason.items())),
             by_campaign=by_campaign,
-            retryable=sum(n for r, n in by_reason.items() if r in default),
+            retryable=retryable,
         )
     )
 
