@@ -58,7 +58,7 @@ async def test_contacts_import_reports_rejects_by_line(
     out = capsys.readouterr()
     assert "inserted 2,495, updated 0, rejected 5" in out.out
     assert "line 9: invalid phone number" in out.out  # row 7 is on line 9 (header is line 1)
-    assert "imported 1,000/2,500 rows" in out.err
+    assert "imported 2,500/2,500 rows (inserted 2,495, updated 0, rejected 5)" in out.err  # agrees with the summary
     lines = list(csv.reader(rejects.read_text().splitlines()))
     assert lines[0] == ["line", "phone", "reason"] and [r[0] for r in lines[1:]] == ["9", "509", "1009", "1509", "2009"]
     assert await trackly.db[c.CONTACTS].count_documents({"sending_list_id": 1}) == 2495
@@ -80,6 +80,20 @@ async def test_the_shipped_sample_contacts_import(
     assert "inserted 7, updated 0, rejected 1" in out and "line 9: invalid phone number" in out
     assert await trackly.db[c.CONTACTS].count_documents({"sending_list_id": 1, "subscribed": False}) == 1
     assert await trackly.db[c.CONTACTS].find_one({"phone": "+16465550105"}) is not None
+
+
+async def test_import_progress_agrees_with_its_summary(
+    admin_url: str, trackly: Trackly, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A phone repeated in another spelling is skipped as a duplicate: the last progress line counts it as read
+    and rejected, as the summary does (it said 2/3 rows, rejected 1, above a summary of rejected 2)."""
+    await setup_list(trackly)
+    f = tmp_path / "d.csv"
+    f.write_text("phone\n+12125550101\n(212) 555-0101\nnot a phone\n")
+    assert await run(admin_url, "contacts", "import", str(f), "--list", "1") == 0
+    out = capsys.readouterr()
+    assert "inserted 1, updated 0, rejected 2" in out.out
+    assert "imported 3/3 rows (inserted 1, updated 0, rejected 2)" in out.err
 
 
 async def test_import_reads_last_sent_at_as_a_field(

@@ -391,7 +391,10 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
                     line, row = chunk[r["index"]]
                     rejects.append((line, str(row.get("phone", "")), r["reason"]))
             done += len(rows)
-            progress.update(done, f"(inserted {inserted:,}, updated {updated:,}, rejected {len(rejects):,})")
+            # (a duplicate phone is skipped while the file is read: it counts as read, and as rejected, at once)
+            refused = len(rejects) + len(duplicates)
+            note = f"(inserted {inserted:,}, updated {updated:,}, rejected {refused:,})"
+            progress.update(done + len(duplicates), note)
     progress.close()
     names = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
     print(
