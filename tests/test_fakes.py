@@ -27,7 +27,7 @@ from trackly_exec.drivers.contract import DriverContext, OutboundMessage
 from trackly_exec.operations.web import HttpServer
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
-from trackly_exec.testing.contract import WebhookSink, free_port
+from trackly_exec.testing.contract import DriverHarness, WebhookSink, free_port
 from trackly_exec.testing.fakes.cm import DEFAULT_PRODUCT_TOKEN, CMFake
 from trackly_exec.testing.fakes.control import Behaviour
 from trackly_exec.testing.fakes.infobip import DEFAULT_API_KEY, InfobipFake
@@ -362,3 +362,26 @@ def test_the_fakes_count_segments_as_the_providers_and_the_product_do() -> None:
     for body in ("a" * 152 + "€" + "a" * 152, "a" * 160, "a" * 161, "€" * 80, "😀" * 35, "ü" * 70):
         assert segments(body) == segment_count(body), body
     assert segments("a" * 152 + "€" + "a" * 152) == 3
+
+
+async def test_reports_that_could_not_be_posted_are_retried_as_the_provider_does() -> None:
+    """Infobip and CM retry a report whose POST failed (Infobip: 1 min + n^2 min; CM: for 7 days); a fake's minute
+    is ``retry_minute`` seconds. A daemon down for a while still gets its reports (a CM message recorded
+    NO_RESPONSE has no look-up: only its report settles it). Twilio documents no retry."""
+    from aiohttp import web
+
+    from trackly_exec.testing.fakes.cm import CMFake
+    from trackly_exec.testing.fakes.infobip import InfobipFake
+    from trackly_exec.testing.fakes.twilio import TwilioFake
+
+    assert InfobipFake.report_retry_minutes[:3] == (2, 5, 10) and len(CMFake.report_retry_minutes) > 50
+    assert TwilioFake.report_retry_minutes == ()
+    answers = iter([503])  # the first POST fails, the rest succeed
+
+    async with DriverHarness(InfobipDriver, fake_kwargs={"retry_minute": 0.01}) as h:
+        h.sink._response = lambda kind: web.Response(status=next(answers, 200))
+        await h.submit(h.messages(1))
+        assert await h.fake.flush_reports() == 0 and len(h.sink.status) == 1  # 503: failed, kept for a retry
+        await asyncio.sleep(0.05)
+        assert await h.fake.flush_reports(due_only=True) == 1 and len(h.sink.status) == 2
+        assert await h.fake.flush_reports() == 0 and len(h.sink.status) == 2  # delivered: not again

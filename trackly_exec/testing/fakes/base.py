@@ -173,6 +173,10 @@ class FakeProvider(RemoteControl):
     report_url_fallback: ClassVar[bool] = True
     #: Reports the provider puts in one webhook POST.
     report_batch: ClassVar[int] = 1
+    #: How the provider retries a report or inbound message whose POST failed (no answer, 429 or 5xx): the delays
+    #: before each retry, in the provider's minutes (none: it does not retry). A fake's minute lasts
+    #: ``retry_minute`` seconds, so a test sees the retries.
+    report_retry_minutes: ClassVar[tuple[float, ...]] = ()
 
     def __init__(
         self,
@@ -183,6 +187,7 @@ class FakeProvider(RemoteControl):
         auto_reports: bool = False,
         report_delay: float = 1.0,
         report_concurrency: int = 20,
+        retry_minute: float = 1.0,
     ) -> None:
         self.host = host
         self.report_url = report_url
@@ -201,6 +206,9 @@ class FakeProvider(RemoteControl):
         self._behaviours: deque[Behaviour] = deque()
         self._default = Behaviour("ok")
         self._pending: deque[tuple[float, LedgerEntry]] = deque()
+        self.retry_minute = retry_minute
+        #: Failed webhook POSTs waiting for their retry: (due, request, reports in it, retries made).
+        self._retries: list[tuple[float, ReportRequest, int, int]] = []
         self._seq = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._closing = asyncio.Event()
@@ -303,6 +311,7 @@ class FakeProvider(RemoteControl):
         self._counts.clear()
         self._behaviours.clear()
         self._pending.clear()
+        self._retries.clear()
         self._lookup_behaviours.clear()
         self.lookups = 0
         self.reject_numbers.clear()
@@ -429,6 +438,9 @@ class FakeProvider(RemoteControl):
         """Post pending delivery reports now (all of them, or only those past ``report_delay``).
         Returns how many reports were delivered (HTTP 2xx)."""
         now = time.monotonic()
+        again = [(r, n, k) for due, r, n, k in self._retries if not due_only or due <= now]
+        self._retries = [x for x in self._retries if due_only and x[0] > now]
+        retried = await asyncio.gather(*(self._post_report(r, n, k) for r, n, k in again)) if again else []
         taken: list[LedgerEntry] = []
         while self._pending and (not due_only or self._pending[0][0] <= now):
             taken.append(self._pending.popleft()[1])
@@ -448,17 +460,21 @@ class FakeProvider(RemoteControl):
                 chunk = reports[start : start + self.report_batch]
                 requests.extend((r, len(chunk)) for r in self.report_requests(url, chunk))
         if not requests:
-            return 0
+            return sum(retried)
         done = await asyncio.gather(*(self._post_report(r, n) for r, n in requests))
-        return sum(done)
+        return sum(done) + sum(retried)
 
-    async def _post_report(self, req: ReportRequest, count: int) -> int:
+    async def _post_report(self, req: ReportRequest, count: int, retries: int = 0) -> int:
         async with self._report_sem:
             status = await self.post(req)
         if 200 <= status < 300:
             self.reports_posted += count
             return count
         self.report_failures.append((req.url, f"HTTP {status}" if status else "connection failed"))
+        schedule = self.report_retry_minutes
+        if (status == 0 or status == 429 or status >= 500) and retries < len(schedule):
+            due = time.monotonic() + schedule[retries] * self.retry_minute
+            self._retries.append((due, req, count, retries + 1))
         return 0
 
     async def post(self, req: ReportRequest) -> int:
@@ -477,7 +493,8 @@ class FakeProvider(RemoteControl):
         interval = max(0.02, min(0.25, self.report_delay / 2))
         while not self._closing.is_set():
             await asyncio.sleep(interval)
-            if self._pending and self._pending[0][0] <= time.monotonic():
+            now = time.monotonic()
+            if (self._pending and self._pending[0][0] <= now) or any(due <= now for due, *_ in self._retries):
                 try:
                     await self.flush_reports(due_only=True)
                 except Exception as exc:  # keep the loop alive: a bad dlr_outcome must not stop reports
@@ -488,4 +505,9 @@ class FakeProvider(RemoteControl):
         target = url or self.inbound_url
         if not target:
             raise ValueError("no inbound URL: pass url= or set inbound_url")
-        return await self.post(self.inbound_request(target, from_number, to_number, text))
+        req = self.inbound_request(target, from_number, to_number, text)
+        status = await self.post(req)
+        schedule = self.report_retry_minutes
+        if (status == 0 or status == 429 or status >= 500) and schedule:  # retried like a report
+            self._retries.append((time.monotonic() + schedule[0] * self.retry_minute, req, 0, 1))
+        return status

@@ -70,6 +70,8 @@ class CMFake(FakeProvider):
     """CM.com text gateway fake."""
 
     name: ClassVar[str] = "cm"
+    #: "non-2xx -> retried periodically for up to 7 days" (providers.md §3.4): sooner first, then every 2 hours
+    report_retry_minutes: ClassVar[tuple[float, ...]] = (1, 5, 15, 30, 60, *([120.0] * 83))
     default_reject_code: ClassVar[str] = "303"
 
     def __init__(

@@ -88,6 +88,8 @@ class InfobipFake(FakeProvider):
     """Infobip SMS API fake."""
 
     name: ClassVar[str] = "infobip"
+    #: "Retry if URL unavailable: 1min + (1min * retryNumber * retryNumber)" (providers.md §1)
+    report_retry_minutes: ClassVar[tuple[float, ...]] = tuple(1 + n * n for n in range(1, 11))
     default_reject_code: ClassVar[str] = "REJECTED_DESTINATION"
     report_batch: ClassVar[int] = 100
 
