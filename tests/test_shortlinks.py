@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+
+from trackly_exec.campaigns.compose import phone_in_link
 from trackly_exec.campaigns.shortlinks import find_urls, track
+
+from .api_support import H, campaign_body, post, seed
 
 
 def test_links_are_tracked_with_random_codes() -> None:
@@ -23,3 +30,44 @@ def test_a_capitalised_url_alone_is_tracked() -> None:
     """``Https://`` (a phone capitalises the start of a sentence) is a URL like any other, alone in a body too."""
     body, links = track("Visit Https://Example.com/a today", "https://t.example/l")
     assert [dest for _, dest in links] == ["Https://Example.com/a"] and "Example.com" not in body
+
+
+async def test_phone_inside_a_tracked_link_is_refused(admin: Any, trackly: Any) -> None:
+    """A tracked link's destination is served by a public redirect (GET /l/<code>): a variant that puts {phone}
+    inside a link cannot go with link tracking: refused at campaign create and edit, at test send, and (a campaign
+    written another way) at the trigger; without tracking it goes (the recipient alone sees its own number)."""
+    assert phone_in_link("Hi https://example.com/?p={phone}&n={first_name}")
+    assert not phone_in_link("Hi {phone}, see https://example.com/?n={first_name}")
+    ids = await seed(admin)
+    creative = await post(
+        admin,
+        "/creatives",
+        {
+            "account_id": ids["account"],
+            "name": "p",
+            "variants": [{"key": "a", "body": "Hi https://x.example/?p={phone}"}],
+        },
+    )
+    bad = await post(admin, "/campaigns", campaign_body(ids, creative_id=creative["id"], track_links=True), 422)
+    assert "{phone} inside a link" in json.dumps(bad) and "body.track_links" in json.dumps(bad)
+    camp = await post(admin, "/campaigns", campaign_body(ids, creative_id=creative["id"]))  # untracked: fine
+    r = await admin.patch(f"/api/v1/campaigns/{camp['id']}", json={"track_links": True}, headers=H)
+    assert r.status == 422 and "{phone} inside a link" in await r.text()
+    sent = await post(
+        admin,
+        f"/sending-lists/{ids['list']}/test-send",
+        {"creative_id": creative["id"], "numbers": ["+12125550178"], "track_links": True},
+        422,
+    )
+    assert "{phone} inside a link" in json.dumps(sent)
+    # written around the API: the trigger refuses it with the same reason, and no short link is made
+    await trackly.db["campaigns"].update_one({"_id": camp["id"]}, {"$set": {"track_links": True}})
+    r = await admin.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)
+    execution_id = (await r.json())["execution_id"]
+    for _ in range(200):
+        ex = await trackly.db["executions"].find_one({"_id": execution_id})
+        if ex["status"] == "failed":
+            break
+        await asyncio.sleep(0.02)
+    assert ex["status"] == "failed" and "{phone} inside a link" in ex["reason"], ex
+    assert await trackly.db["message_short_links"].count_documents({}) == 0

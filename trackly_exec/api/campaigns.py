@@ -98,8 +98,10 @@ async def check_refs(
     audience_ids: list[int],
     creative_id: int,
     problems: Problems,
+    track_links: bool = False,
 ) -> None:
-    """Add a problem for every missing, archived or foreign reference of a campaign (all of them, not the first)."""
+    """Add a problem for every missing, archived or foreign reference of a campaign (all of them, not the first);
+    with ``track_links``, a variant that puts ``{phone}`` inside a link too."""
     db = trackly.store
     acc = await db[c.ACCOUNTS].find_one({"_id": account_id}, {"_id": 1})
     if acc is None:
@@ -132,7 +134,15 @@ async def check_refs(
                 "body.audience_ids",
                 f"{ids_text('audience', foreign)} belong{'' if len(foreign) > 1 else 's'} to another sending list",
             )
-    creative = await db[c.CREATIVES].find_one({"_id": creative_id}, {"account_id": 1, "archived": 1})
+    creative = await db[c.CREATIVES].find_one({"_id": creative_id}, {"account_id": 1, "archived": 1, "variants": 1})
+    if creative is not None and track_links:
+        from trackly_exec.campaigns.compose import PHONE_IN_TRACKED_LINK, phone_in_link
+
+        for v in creative.get("variants") or []:
+            if phone_in_link(v.get("body", "")):
+                problems.add(
+                    "body.track_links", f"creative {creative_id} variant {v.get('key')!r}: {PHONE_IN_TRACKED_LINK}"
+                )
     if creative is None:
         problems.add("body.creative_id", f"creative {creative_id} does not exist")
     elif creative.get("archived"):
@@ -146,7 +156,9 @@ async def create_campaign(request: web.Request) -> web.Response:
     body = await read_body(request, mc.CampaignIn)
     trackly = _tr(request)
     problems = Problems()
-    await check_refs(trackly, body.account_id, body.sending_list_id, body.audience_ids, body.creative_id, problems)
+    await check_refs(
+        trackly, body.account_id, body.sending_list_id, body.audience_ids, body.creative_id, problems, body.track_links
+    )
     now = trackly.now()
     next_run_at = check_schedule(body.schedule, body.end_at, now, problems)
     problems.raise_if_any()
@@ -346,6 +358,12 @@ async def _test_send(
         raise ApiError(409, "conflict", f"{what} is archived")
     if lst.get("account_id") != creative.get("account_id"):
         raise field_error("body.creative_id", f"creative {creative['_id']} belongs to another account")
+    if track_links:
+        from trackly_exec.campaigns.compose import PHONE_IN_TRACKED_LINK, phone_in_link
+
+        for v in creative.get("variants") or []:
+            if (body.variant is None or v.get("key") == body.variant) and phone_in_link(v.get("body", "")):
+                raise field_error("body.track_links", f"variant {v.get('key')!r}: {PHONE_IN_TRACKED_LINK}")
     try:
         out = await send_test(
             trackly,

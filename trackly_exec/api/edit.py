@@ -322,11 +322,15 @@ async def _campaign_changes(trackly: Trackly, cid: int, doc: CampaignDoc, body: 
     fields = body.model_fields_set
     changes: Update = {}
     problems = Problems()
-    if fields & {"audience_ids", "creative_id"}:
+    if fields & {"audience_ids", "creative_id", "track_links"}:
         audience_ids = list(dict.fromkeys(body.audience_ids or doc["audience_ids"]))
         creative_id = body.creative_id or doc["creative_id"]
-        await check_refs(trackly, doc["account_id"], doc["sending_list_id"], audience_ids, creative_id, problems)
-        changes.update(audience_ids=audience_ids, creative_id=creative_id)
+        tracked = bool(body.track_links if "track_links" in fields else doc.get("track_links"))
+        await check_refs(
+            trackly, doc["account_id"], doc["sending_list_id"], audience_ids, creative_id, problems, tracked
+        )
+        if fields & {"audience_ids", "creative_id"}:
+            changes.update(audience_ids=audience_ids, creative_id=creative_id)
     now = trackly.now()
     end_at = body.end_at if "end_at" in fields else doc.get("end_at")
     if "schedule" in fields:

@@ -120,6 +120,24 @@ def check_body(body: str) -> list[str]:
     return []
 
 
+#: Why a body with ``{phone}`` inside a link cannot go with tracked links (:func:`phone_in_link`).
+PHONE_IN_TRACKED_LINK = (
+    "{phone} inside a link: a tracked link's destination is served by a public redirect (GET /l/<code>, to anyone "
+    "the message is forwarded to), so it may not carry the recipient's number; drop {phone} from the link, or "
+    "send without link tracking"
+)
+
+
+def phone_in_link(body: str) -> bool:
+    """Whether the body puts the contact's phone number inside a URL (refused with tracked links: no phone number
+    on an open page)."""
+    try:
+        parts = parse_body(body)
+    except TemplateError:
+        return False
+    return any(isinstance(p, Placeholder) and p.is_field and p.name == "phone" and p.in_url for p in parts)
+
+
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None

@@ -60,7 +60,7 @@ from zoneinfo import ZoneInfo
 from trackly_exec import failpoints
 from trackly_exec.campaigns import reservations
 from trackly_exec.campaigns.audience import FilterError, UnionCounts, compile_filter, union
-from trackly_exec.campaigns.compose import Composer, check_body
+from trackly_exec.campaigns.compose import PHONE_IN_TRACKED_LINK, Composer, check_body, phone_in_link
 from trackly_exec.campaigns.queue import QueueResult, insert_batch
 from trackly_exec.campaigns.variants import chooser_for
 from trackly_exec.errors import TracklyError
@@ -205,6 +205,8 @@ async def load_plan(trackly: Any, campaign: CampaignDoc, execution: ExecutionDoc
         return None, f"creative {creative['_id']} has no variant with a weight above 0"
     for v in variants:
         problems = check_body(v.get("body", ""))
+        if not problems and campaign.get("track_links") and phone_in_link(v.get("body", "")):
+            problems = [PHONE_IN_TRACKED_LINK]
         if problems:
             return None, f"creative {creative['_id']} variant {v.get('key')!r}: {problems[0]}"
     try:
