@@ -285,9 +285,12 @@ def _requeue(doc: dict[str, Any], execution_id: int) -> dict[str, Any]:
     }
 
 
-async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, store: Store) -> None:
+@pytest.mark.parametrize("open_execution", [True, False], ids=["by-execution", "queue-written-directly"])
+async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, store: Store, open_execution: bool) -> None:
     """After STOP arrives mid-campaign, nothing more is sent to that contact: its queued message is dead-lettered
-    CONTACT_BLOCKED at once, and a message queued later ends CONTACT_BLOCKED at send time."""
+    CONTACT_BLOCKED at once, and a message queued later ends CONTACT_BLOCKED at send time. The queued message is
+    found by its open execution and contact (the queue's unique index), or by the list's queue when no open
+    execution is known."""
     from trackly_exec.executor.coordinator import Coordinator
 
     fake = InfobipFake(api_key="k")
@@ -302,6 +305,8 @@ async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, stor
             assert len(fake.ledger) == 10
             second = [_requeue(doc, 2) for doc in first_docs]  # the rest of the campaign is queued
             await store[c.QUEUED].insert_many(second)
+            if open_execution:
+                await store[c.EXECUTIONS].insert_one({"_id": 2, "status": "queued", "sending_list_id": 1})
             stopper = contacts[3]
             status, _ = await d.post(IB_INBOUND, mo("STOP", sender=stopper["phone"], to="+15550000000"))
             assert status == 200

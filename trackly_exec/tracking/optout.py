@@ -24,6 +24,7 @@ retry of the same message id is stored once).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -192,12 +193,18 @@ async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[Contac
     phones = sorted({p for a in actions for p in a.froms})
     if not list_ids or not phones:
         return []
-    rows = (
-        await trackly.db[c.CONTACTS]
-        .find({"sending_list_id": {"$in": list_ids}, "phone": {"$in": phones}}, {"sending_list_id": 1, "phone": 1})
-        .to_list(None)
-    )
     wanted = {(lid, p) for a in actions for lid in a.list_ids for p in a.froms}
+    fields = {"sending_list_id": 1, "phone": 1}
+    contacts = trackly.db[c.CONTACTS]
+    if len(wanted) <= EXACT_LOOKUPS:  # one indexed equality per (list, number): what nx-27017 serves by its index
+        found = await asyncio.gather(
+            *(
+                contacts.find({"sending_list_id": {"$eq": lid}, "phone": {"$eq": p}}, fields).to_list(None)
+                for lid, p in sorted(wanted)
+            )
+        )
+        return [r for rows in found for r in rows]
+    rows = await contacts.find({"sending_list_id": {"$in": list_ids}, "phone": {"$in": phones}}, fields).to_list(None)
     return [r for r in rows if (r["sending_list_id"], r["phone"]) in wanted]
 
 
@@ -255,6 +262,10 @@ async def _remember(trackly: Trackly, stops: list[_Action], now: Any) -> None:
         await trackly.db[c.OPT_OUTS].bulk_write(ops, ordered=False)
 
 
+#: Up to this many (list, number) or (execution, contact) pairs, a STOP looks each up by an indexed equality.
+EXACT_LOOKUPS = 32
+
+
 async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now: Any) -> int:
     """Claim the contacts' unclaimed queued messages, record them CONTACT_BLOCKED, delete them (fenced)."""
     db = trackly.store
@@ -263,9 +274,25 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now:
     for x in contacts:
         by_list.setdefault(x["sending_list_id"], []).append(x["_id"])
     docs: list[QueuedDoc] = []
-    for list_id, contact_ids in sorted(by_list.items()):  # one list at a time: the due index serves each
-        query: Filter = {"sending_list_id": {"$eq": list_id}, "contact_id": {"$in": contact_ids}}
-        docs += await claims.claim_matching(db, query, token, now)
+    # Queued messages belong to executions still open (pending, evaluating or queued; a re-drive reopens a completed
+    # one): their (execution, contact) pairs are the queue's unique index, so a STOP reads the messages it ends, not
+    # the list's whole queue (a scan took 70-160 ms per STOP on 20,000 queued messages, seconds under load). What
+    # this misses the send-time checks still end CONTACT_BLOCKED.
+    open_executions: dict[int, list[int]] = {}
+    for status in ("pending", "evaluating", "queued"):
+        async for ex in db[c.EXECUTIONS].find({"status": {"$eq": status}}, {"sending_list_id": 1}):
+            open_executions.setdefault(int(ex.get("sending_list_id") or 0), []).append(ex["_id"])
+    for list_id, contact_ids in sorted(by_list.items()):
+        pairs = [(e, cid) for e in open_executions.get(list_id, []) for cid in contact_ids]
+        queries: list[Filter] = (
+            [{"execution_id": {"$eq": e}, "contact_id": {"$eq": cid}} for e, cid in pairs]
+            if 0 < len(pairs) <= EXACT_LOOKUPS
+            # one list at a time: the due index serves each (also when no open execution is known: queued messages
+            # written some other way)
+            else [{"sending_list_id": {"$eq": list_id}, "contact_id": {"$in": contact_ids}}]
+        )
+        for query in queries:
+            docs += await claims.claim_matching(db, query, token, now)
     if not docs:
         return 0
     failed = [
