@@ -128,6 +128,14 @@ def test_a_local_fakes_credentials_are_not_placeholders(tmp_path: Path) -> None:
         },
     )
     assert [k for k, _ in configcheck.placeholders(settings)] == ["drivers.cm_live.product_token"]
+    # the same when another error keeps the config from loading (the raw reading used to flag the fake's token)
+    f = tmp_path / "t.toml"
+    f.write_text(
+        '[executor]\npool_size = "many"\n[drivers.cm]\nbase_url = "http://127.0.0.1:9003"\n'
+        'product_token = "00000000-0000-0000-0000-000000000000"\n[drivers.cm_live]\ndriver = "cm"\n'
+        'base_url = "https://gw.messaging.cm.com"\nproduct_token = "00000000-0000-0000-0000-000000000000"\n'
+    )
+    assert [k for k, _ in configcheck.raw_placeholders(str(f))] == ["drivers.cm_live.product_token"]
 
 
 def test_embedded_uri_shown_and_credentials_masked(tmp_path: Path) -> None:

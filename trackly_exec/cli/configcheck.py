@@ -97,8 +97,19 @@ def raw_placeholders(file: str | None) -> list[tuple[str, str]]:
             data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             data = {}
+    found = data.get("drivers")
+    drivers: ConfigTable = found if isinstance(found, dict) else {}
+
+    def local(path: tuple[str, ...]) -> bool:  # as _local_driver: a fake's credentials are no placeholders
+        entry = drivers.get(path[1]) if len(path) >= 3 and path[0] == "drivers" else None
+        base = str(entry.get("base_url") or "") if isinstance(entry, dict) else ""
+        try:
+            return (urlsplit(base).hostname or "").lower() in ("127.0.0.1", "localhost", "::1")
+        except ValueError:
+            return False
+
     for path, text in _strings(data, ()):
-        if text and PLACEHOLDER.search(text.strip()):
+        if text and PLACEHOLDER.search(text.strip()) and not local(path):
             out.append((".".join(path), "still the example's placeholder: set the real value"))
     for name, value in os.environ.items():
         if name.upper().startswith("TRACKLY_") and "__" in name and PLACEHOLDER.search(value.strip()):
