@@ -282,6 +282,33 @@ def test_fake_provider_command(tmp_path: Path) -> None:
                 stream.close()
 
 
+def test_fake_provider_takes_the_configs_credentials_for_a_local_instance(tmp_path: Path) -> None:
+    """`trackly fake-provider infobip -c CONFIG`: the config's instance pointing at this machine names its own key,
+    and the fake takes it (the config works as written instead of answering 401 until the fake's default is
+    copied in); a real provider's key is never taken."""
+    port = free_port()
+    config = tmp_path / "t.toml"
+    config.write_text(f'[drivers.infobip]\nbase_url = "http://127.0.0.1:{port}"\napi_key = "my-own-local-key"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trackly_exec.cli", "fake-provider", "infobip", "--port", str(port), "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        assert 'api_key = "my-own-local-key"' in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 @pytest.mark.slow
 async def test_accept_path_throughput() -> None:
     """The Infobip fake and driver move batches of 1,000 fast (~40,000 msg/s idle; the guard is loose for busy CI)."""

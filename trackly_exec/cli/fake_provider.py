@@ -45,17 +45,30 @@ def _credentials(fake: Any) -> ConfigTable:
 def configured_webhook_urls(name: str, config: str | None) -> tuple[str, str]:
     """The daemon's webhook URLs (secret path token included) for the first instance of driver ``name`` in
     ``config`` (default ./trackly.toml), or the defaults without a token when there is none."""
+    return _configured(name, config)[:2]
+
+
+def _configured(name: str, config: str | None) -> tuple[str, str, ConfigTable]:
+    """:func:`configured_webhook_urls`, and the credentials of that instance when it points at this machine (a
+    fake's: the fake then takes them, so the config works as written; a real provider's key is never taken)."""
+    from urllib.parse import urlsplit
+
     from trackly_exec.config import load_config
     from trackly_exec.drivers.pool import DriverPool
 
     try:
-        pool = DriverPool(load_config(config), generate_tokens=True)
+        settings = load_config(config)
+        pool = DriverPool(settings, generate_tokens=True)
         for instance, ctx in pool.webhook_urls().items():
             if pool.entry_point(instance) == name:
-                return ctx.status_url, ctx.inbound_url
-    except ConfigError as exc:
+                table = dict(settings.drivers.get(instance) or {})
+                host = (urlsplit(str(table.get("base_url") or "")).hostname or "").lower()
+                local = host in ("127.0.0.1", "localhost", "::1")
+                creds = {k: v for k, v in table.items() if k not in ("base_url", "driver")} if local else {}
+                return ctx.status_url, ctx.inbound_url, creds
+    except (ConfigError, ValueError) as exc:
         log.warning("fake_provider_no_config", error=str(exc))
-    return DEFAULT_REPORT_URL.format(name=name), DEFAULT_INBOUND_URL.format(name=name)
+    return DEFAULT_REPORT_URL.format(name=name), DEFAULT_INBOUND_URL.format(name=name), {}
 
 
 async def serve_fake(
@@ -69,12 +82,20 @@ async def serve_fake(
     config: str | None = None,
 ) -> int:
     """Run the fake of driver ``name`` on ``host:port`` until SIGINT/SIGTERM; returns the exit status."""
+    import inspect
+
     fake_cls = load_fake_class(name)
-    if report_url is None or inbound_url is None:
-        default_report, default_inbound = configured_webhook_urls(name, config)
-        report_url, inbound_url = report_url or default_report, inbound_url or default_inbound
+    default_report, default_inbound, configured = _configured(name, config)
+    report_url, inbound_url = report_url or default_report, inbound_url or default_inbound
+    accepted = inspect.signature(fake_cls.__init__).parameters
+    taken = {k: v for k, v in configured.items() if k in accepted and isinstance(v, str) and v}
     fake = fake_cls(
-        host=host, auto_reports=True, report_delay=dlr_delay, report_url=report_url, inbound_url=inbound_url
+        host=host,
+        auto_reports=True,
+        report_delay=dlr_delay,
+        report_url=report_url,
+        inbound_url=inbound_url,
+        **taken,
     )
     await fake.start(port=port)
     creds = ", ".join(f'{k} = "{v}"' for k, v in _credentials(fake).items())
