@@ -250,17 +250,22 @@ def test_default_credentials_match_default_config() -> None:
                 assert value == values[key], (name, key)
 
 
-def test_fake_provider_command(tmp_path: Path) -> None:
-    """`trackly fake-provider cm --port N` prints its credentials, serves the remote control and exits 0 on SIGTERM."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trackly_exec.cli", "fake-provider", "cm", "--port", str(port), "--dlr-delay", "0.1"],
+def _fake_provider(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """``trackly fake-provider ARGS`` as a process, its output unbuffered."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "trackly_exec.cli", "fake-provider", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def test_fake_provider_command(tmp_path: Path) -> None:
+    """`trackly fake-provider cm --port N` prints its credentials, serves the remote control and exits 0 on SIGTERM."""
+    port = free_port()
+    proc = _fake_provider(tmp_path, "cm", "--port", str(port), "--dlr-delay", "0.1")
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -289,14 +294,7 @@ def test_fake_provider_takes_the_configs_credentials_for_a_local_instance(tmp_pa
     port = free_port()
     config = tmp_path / "t.toml"
     config.write_text(f'[drivers.infobip]\nbase_url = "http://127.0.0.1:{port}"\napi_key = "my-own-local-key"\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trackly_exec.cli", "fake-provider", "infobip", "--port", str(port), "-c", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = _fake_provider(tmp_path, "infobip", "--port", str(port), "-c", str(config))
     try:
         assert proc.stdout is not None
         proc.stdout.readline()

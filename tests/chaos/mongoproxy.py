@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+
+from .faultproxy import _reset
 
 OP_MSG = 2013
 
@@ -73,14 +74,6 @@ async def _frame(reader: asyncio.StreamReader) -> bytes | None:
         return head + await reader.readexactly(size - 4)
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
 
 
 class MongoFaultProxy:
