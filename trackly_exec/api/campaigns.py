@@ -136,13 +136,10 @@ async def check_refs(
             )
     creative = await db[c.CREATIVES].find_one({"_id": creative_id}, {"account_id": 1, "archived": 1, "variants": 1})
     if creative is not None and track_links:
-        from trackly_exec.campaigns.compose import PHONE_IN_TRACKED_LINK, phone_in_link
+        from trackly_exec.campaigns.compose import tracked_phone_problems
 
-        for v in creative.get("variants") or []:
-            if phone_in_link(v.get("body", "")):
-                problems.add(
-                    "body.track_links", f"creative {creative_id} variant {v.get('key')!r}: {PHONE_IN_TRACKED_LINK}"
-                )
+        for problem in tracked_phone_problems(creative.get("variants")):
+            problems.add("body.track_links", f"creative {creative_id} {problem}")
     if creative is None:
         problems.add("body.creative_id", f"creative {creative_id} does not exist")
     elif creative.get("archived"):
@@ -359,11 +356,10 @@ async def _test_send(
     if lst.get("account_id") != creative.get("account_id"):
         raise field_error("body.creative_id", f"creative {creative['_id']} belongs to another account")
     if track_links:
-        from trackly_exec.campaigns.compose import PHONE_IN_TRACKED_LINK, phone_in_link
+        from trackly_exec.campaigns.compose import tracked_phone_problems
 
-        for v in creative.get("variants") or []:
-            if (body.variant is None or v.get("key") == body.variant) and phone_in_link(v.get("body", "")):
-                raise field_error("body.track_links", f"variant {v.get('key')!r}: {PHONE_IN_TRACKED_LINK}")
+        if found := tracked_phone_problems(creative.get("variants"), body.variant):
+            raise field_error("body.track_links", found[0])
     try:
         out = await send_test(
             trackly,

@@ -138,6 +138,16 @@ def phone_in_link(body: str) -> bool:
     return any(isinstance(p, Placeholder) and p.is_field and p.name == "phone" and p.in_url for p in parts)
 
 
+def tracked_phone_problems(variants: Any, only: str | None = None) -> list[str]:
+    """``variant 'KEY': ...`` for each of a creative's ``variants`` (or the one keyed ``only``) that puts ``{phone}``
+    inside a link (:func:`phone_in_link`): what refuses it with tracked links."""
+    return [
+        f"variant {v.get('key')!r}: {PHONE_IN_TRACKED_LINK}"
+        for v in variants or []
+        if (only is None or v.get("key") == only) and phone_in_link(v.get("body", ""))
+    ]
+
+
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None

@@ -57,21 +57,30 @@ def _strings(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...
         yield path, value
 
 
-def _local_driver(settings: Settings, path: tuple[str, ...]) -> bool:
+def local_url(url: object) -> bool:
+    """Whether a driver's ``base_url`` points at this machine (``trackly fake-provider``)."""
+    try:
+        host = (urlsplit(str(url or "")).hostname or "").lower()
+    except ValueError:
+        return False
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _local_driver(drivers: ConfigTable, path: tuple[str, ...]) -> bool:
     """A driver instance's setting whose instance talks to this machine (``trackly fake-provider``): its credentials
-    are the fake's, the all-zero CM token included, not placeholders to replace."""
+    are the fake's, the all-zero CM token included, not placeholders to replace. ``drivers``: the ``[drivers]``
+    tables, validated or raw."""
     if len(path) < 3 or path[0] != "drivers":
         return False
-    base = str((settings.drivers.get(path[1]) or {}).get("base_url") or "")
-    host = (urlsplit(base).hostname or "").lower()
-    return host in ("127.0.0.1", "localhost", "::1")
+    entry = drivers.get(path[1])
+    return isinstance(entry, dict) and local_url(entry.get("base_url"))
 
 
 def placeholders(settings: Settings) -> list[tuple[str, str]]:
     """Settings still holding an example placeholder (the value is never repeated)."""
     out = []
     for path, text in _strings(settings, ()):
-        if text and PLACEHOLDER.search(text.strip()) and not _local_driver(settings, path):
+        if text and PLACEHOLDER.search(text.strip()) and not _local_driver(settings.drivers, path):
             var = env_var(path)
             out.append(
                 (
@@ -99,17 +108,8 @@ def raw_placeholders(file: str | None) -> list[tuple[str, str]]:
             data = {}
     found = data.get("drivers")
     drivers: ConfigTable = found if isinstance(found, dict) else {}
-
-    def local(path: tuple[str, ...]) -> bool:  # as _local_driver: a fake's credentials are no placeholders
-        entry = drivers.get(path[1]) if len(path) >= 3 and path[0] == "drivers" else None
-        base = str(entry.get("base_url") or "") if isinstance(entry, dict) else ""
-        try:
-            return (urlsplit(base).hostname or "").lower() in ("127.0.0.1", "localhost", "::1")
-        except ValueError:
-            return False
-
     for path, text in _strings(data, ()):
-        if text and PLACEHOLDER.search(text.strip()) and not local(path):
+        if text and PLACEHOLDER.search(text.strip()) and not _local_driver(drivers, path):
             out.append((".".join(path), "still the example's placeholder: set the real value"))
     for name, value in os.environ.items():
         if name.upper().startswith("TRACKLY_") and "__" in name and PLACEHOLDER.search(value.strip()):

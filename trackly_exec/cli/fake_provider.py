@@ -51,8 +51,7 @@ def configured_webhook_urls(name: str, config: str | None) -> tuple[str, str]:
 def _configured(name: str, config: str | None) -> tuple[str, str, ConfigTable]:
     """:func:`configured_webhook_urls`, and the credentials of that instance when it points at this machine (a
     fake's: the fake then takes them, so the config works as written; a real provider's key is never taken)."""
-    from urllib.parse import urlsplit
-
+    from trackly_exec.cli.configcheck import local_url
     from trackly_exec.config import load_config
     from trackly_exec.drivers.pool import DriverPool
 
@@ -62,8 +61,7 @@ def _configured(name: str, config: str | None) -> tuple[str, str, ConfigTable]:
         for instance, ctx in pool.webhook_urls().items():
             if pool.entry_point(instance) == name:
                 table = dict(settings.drivers.get(instance) or {})
-                host = (urlsplit(str(table.get("base_url") or "")).hostname or "").lower()
-                local = host in ("127.0.0.1", "localhost", "::1")
+                local = local_url(table.get("base_url"))
                 creds = {k: v for k, v in table.items() if k not in ("base_url", "driver")} if local else {}
                 return ctx.status_url, ctx.inbound_url, creds
     except (ConfigError, ValueError) as exc:

@@ -272,17 +272,26 @@ async def recheck(
             out.send.append(d)
             continue
         tz = timezones.get(cid) if cid is not None else None
-        inside, zones = in_window_now(d["to_number"], tz, default_tz, now, window, memo)
-        if not inside and zones is not None:
-            out.hold.append((d, quiethours.next_opening(now, zones, window)))
-            continue
-        # ... and still inside when the request reaches the provider: a window closing within the margin holds it
-        inside, zones = in_window_now(d["to_number"], tz, default_tz, soon, window, memo_soon)
-        if not inside and zones is not None:
-            out.hold.append((d, quiethours.next_opening(soon, zones, window)))
+        # inside now, and still inside when the request reaches the provider (a window closing within the margin)
+        opening = window_hold(d, tz, default_tz, now, window, memo) or window_hold(
+            d, tz, default_tz, soon, window, memo_soon
+        )
+        if opening is not None:
+            out.hold.append((d, opening))
             continue
         out.send.append(d)
     return out
+
+
+def window_hold(
+    doc: ClaimedDoc, tz: str | None, default_tz: str, at: dt.datetime, window: quiethours.Window, memo: dict[Any, Any]
+) -> dt.datetime | None:
+    """When ``doc``'s recipient is outside the quiet-hours window at ``at``: the window's next opening (None: inside).
+    ``tz``: the contact's stored zone; ``memo``: one per batch and ``at`` (:func:`in_window_now`)."""
+    inside, zones = in_window_now(doc["to_number"], tz, default_tz, at, window, memo)
+    if inside or zones is None:
+        return None
+    return quiethours.next_opening(at, zones, window)
 
 
 async def evaluate(

@@ -823,7 +823,7 @@ class Worker:
                 continue
             cid = d.get("contact_id")
             tz = timezones.get(cid) if cid is not None else None
-            if not checks.in_window_now(d["to_number"], tz, default_tz, soon, info.window, memo)[0]:
+            if checks.window_hold(d, tz, default_tz, soon, info.window, memo) is not None:
                 out.add(d["_id"])
         if out:
             self.counts["held.quiet_hours_late"] += len(out)

@@ -40,7 +40,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ContactDoc, Filter, InboundDoc, QueuedDoc
 from trackly_exec.store.events import Event, EventKind
-from trackly_exec.store.models import FailedMessage, FailureReason
+from trackly_exec.store.models import ExecutionStatus, FailedMessage, FailureReason
 from trackly_exec.store.phones import normalize, opt_out_key
 
 log = get_logger(__name__)
@@ -279,8 +279,8 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now:
     # the list's whole queue (a scan took 70-160 ms per STOP on 20,000 queued messages, seconds under load). What
     # this misses the send-time checks still end CONTACT_BLOCKED.
     open_executions: dict[int, list[int]] = {}
-    for status in ("pending", "evaluating", "queued"):
-        async for ex in db[c.EXECUTIONS].find({"status": {"$eq": status}}, {"sending_list_id": 1}):
+    for status in (ExecutionStatus.PENDING, ExecutionStatus.EVALUATING, ExecutionStatus.QUEUED):
+        async for ex in db[c.EXECUTIONS].find({"status": {"$eq": status.value}}, {"sending_list_id": 1}):
             open_executions.setdefault(int(ex.get("sending_list_id") or 0), []).append(ex["_id"])
     for list_id, contact_ids in sorted(by_list.items()):
         pairs = [(e, cid) for e in open_executions.get(list_id, []) for cid in contact_ids]
