@@ -471,11 +471,16 @@ class FakeProvider(RemoteControl):
             self.reports_posted += count
             return count
         self.report_failures.append((req.url, f"HTTP {status}" if status else "connection failed"))
+        self._retry_later(req, status, count, retries)
+        return 0
+
+    def _retry_later(self, req: ReportRequest, status: int, count: int, retries: int) -> None:
+        """Schedule the provider's next retry of a webhook POST that failed with ``status`` (0: no answer) after
+        ``retries`` retries, when the provider retries such a failure (:attr:`report_retry_minutes`)."""
         schedule = self.report_retry_minutes
         if (status == 0 or status == 429 or status >= 500) and retries < len(schedule):
             due = time.monotonic() + schedule[retries] * self.retry_minute
             self._retries.append((due, req, count, retries + 1))
-        return 0
 
     async def post(self, req: ReportRequest) -> int:
         """POST one webhook request; the HTTP status, or 0 when it could not be delivered."""
@@ -507,7 +512,5 @@ class FakeProvider(RemoteControl):
             raise ValueError("no inbound URL: pass url= or set inbound_url")
         req = self.inbound_request(target, from_number, to_number, text)
         status = await self.post(req)
-        schedule = self.report_retry_minutes
-        if (status == 0 or status == 429 or status >= 500) and schedule:  # retried like a report
-            self._retries.append((time.monotonic() + schedule[0] * self.retry_minute, req, 0, 1))
+        self._retry_later(req, status, 0, 0)  # retried like a report (it carries no report: counts 0)
         return status
