@@ -186,3 +186,89 @@ async def test_cli_trigger_again(trackly: Trackly, capsys: pytest.CaptureFixture
         assert await trackly.db[c.EXECUTIONS].count_documents({}) == 2
     finally:
         await srv.close()
+
+
+async def test_a_manual_run_of_a_scheduled_one_off_is_its_one_run(trackly: Trackly) -> None:
+    """A one-off scheduled for later and triggered by hand now: the trigger is its run (the campaign is done), its
+    scheduled time passes without a second execution, and each contact is texted once."""
+    register_echo()
+    at = utcnow() + dt.timedelta(minutes=10)
+    await seed_campaign(
+        trackly.store,
+        contacts=[contact(i) for i in range(1, 6)],
+        campaign_kw={"schedule": {"at": at, "timezone": "UTC"}, "next_run_at": at},
+    )
+    eid = await trigger(trackly, 1)
+    await _send_all(trackly)
+    assert (await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["status"] == "done"
+    trackly.clock = lambda: at + dt.timedelta(seconds=1)
+    await Scheduler(trackly).run_until_idle()
+    assert [e["_id"] async for e in trackly.db[c.EXECUTIONS].find({})] == [eid]
+    assert await trackly.db[c.SENT].count_documents({}) == 5
+    with pytest.raises(TriggerConflict, match="already ran"):
+        await trigger(trackly, 1)
+
+
+async def test_a_one_off_run_by_hand_is_listed_done(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """A manual-only one-off that ran shows as done (``?status=done`` finds it); a recurring campaign triggered by
+    hand stays active."""
+    register_echo()
+    await seed_campaign(trackly.store, contacts=[contact(1)])
+    r = await admin.post("/api/v1/campaigns/1/trigger?wait=true", headers=H)
+    assert r.status == 202
+    listed = await (await admin.get("/api/v1/campaigns?status=done", headers=H)).json()
+    assert [x["id"] for x in listed["items"]] == [1]
+    await trackly.db[c.CAMPAIGNS].update_one(
+        {"_id": 1}, {"$set": {"status": "active", "schedule": {"cron": "0 3 * * *", "timezone": "UTC"}}}
+    )
+    await _send_all(trackly)
+    await trigger(trackly, 1)
+    assert (await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["status"] == "active"
+
+
+async def test_a_failed_manual_run_keeps_the_one_offs_time(trackly: Trackly) -> None:
+    """A manual run of a scheduled one-off that fails (nothing queued) gives its time back: it runs then."""
+    register_echo()
+    at = utcnow() + dt.timedelta(minutes=10)
+    await seed_campaign(
+        trackly.store,
+        contacts=[contact(1), contact(2)],
+        campaign_kw={"schedule": {"at": at, "timezone": "UTC"}, "next_run_at": at},
+    )
+    await trackly.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"active": False}})
+    failed = await trigger(trackly, 1)
+    assert (await trackly.db[c.EXECUTIONS].find_one({"_id": failed}))["status"] == "failed"
+    assert (await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["status"] == "active"
+    await trackly.db[c.SENDING_LISTS].update_one({"_id": 1}, {"$set": {"active": True}})
+    trackly.clock = lambda: at + dt.timedelta(seconds=1)
+    await Scheduler(trackly).run_until_idle()
+    await _send_all(trackly)
+    assert await trackly.db[c.SENT].count_documents({}) == 2
+    assert (await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["status"] == "done"
+
+
+async def test_a_done_one_off_still_sending_can_be_paused(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """A one-off whose run is still sending (done: nothing more is scheduled) can be paused, which holds its
+    messages; resumed, it is done again and they go. A done campaign with nothing running cannot be paused."""
+    register_echo()
+    at = utcnow() - dt.timedelta(seconds=5)
+    await seed_campaign(
+        trackly.store,
+        contacts=[contact(i) for i in range(1, 11)],
+        campaign_kw={"schedule": {"at": at, "timezone": "UTC"}, "next_run_at": at},
+    )
+    await Scheduler(trackly).run_until_idle()  # the scheduled run: queued, the campaign done
+    assert (await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["status"] == "done"
+    r = await admin.post("/api/v1/campaigns/1/pause", headers=H)
+    assert r.status == 200 and (await r.json())["status"] == "paused"
+    await Coordinator(trackly).run_until_idle()
+    assert await trackly.db[c.SENT].count_documents({}) == 0
+    r = await admin.post("/api/v1/campaigns/1/resume", headers=H)
+    assert r.status == 200 and (await r.json())["status"] == "done"
+    await Scheduler(trackly).run_until_idle()  # done: its time does not fire again
+    await _send_all(trackly)
+    assert await trackly.db[c.SENT].count_documents({}) == 10
+    assert await trackly.db[c.EXECUTIONS].count_documents({}) == 1
+    await Scheduler(trackly).run_until_idle()  # the drained execution is completed
+    r = await admin.post("/api/v1/campaigns/1/pause", headers=H)
+    assert r.status == 409 and "done" in (await r.json())["message"]

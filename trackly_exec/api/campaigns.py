@@ -427,8 +427,14 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
     cid: int = doc["_id"]
     if doc.get("archived"):
         raise ApiError(409, "conflict", f"campaign {cid} is archived")
-    if doc.get("status") == CampaignStatus.DONE.value:
+    from trackly_exec.campaigns.scheduler import resumed_status, running
+
+    if doc.get("status") == CampaignStatus.DONE.value and not (
+        status is CampaignStatus.PAUSED and await running(trackly.db, cid)
+    ):  # a done campaign still sending (a one-off's run) can be paused; resumed, it is done again
         raise ApiError(409, "conflict", f"campaign {cid} is done (it can still be triggered)")
+    if status is CampaignStatus.ACTIVE:
+        status = await resumed_status(trackly.db, doc, trackly.now())
     update: Update = {"status": status.value}
     sched = doc.get("schedule") or {}
     cron = sched.get("cron")

@@ -4,7 +4,8 @@
   Execution whose ``occurrence_key`` is ``"<campaign id>:<scheduled_for ISO>"``, inserted under a unique
   index: whichever daemon inserts it runs it; the others get a DuplicateKeyError and leave it. Then
   ``next_run_at`` is advanced, conditional on its old value. Paused campaigns are never picked up.
-* One-off campaigns (``schedule.at``) become ``done`` once their execution exists. Recurring ones
+* One-off campaigns (``schedule.at``) become ``done`` once their execution exists, and so does a one-off run by a
+  manual trigger (its ``at``, if still to come, then never fires; it is kept should that run fail). Recurring ones
   (``schedule.cron`` in ``schedule.timezone``, see :mod:`trackly_exec.campaigns.cron` for the DST rule) get the next
   occurrence after now. A campaign created without ``next_run_at`` gets it filled in here. A recurring campaign
   with an ``end_at`` becomes ``done`` with its last occurrence at or before it (an occurrence after it never runs).
@@ -90,6 +91,11 @@ UNFINISHED = (ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, E
 def _cron(campaign: CampaignDoc) -> Cron | None:
     expr = (campaign.get("schedule") or {}).get("cron")
     return Cron.parse(expr) if expr else None
+
+
+def _one_off(campaign: CampaignDoc) -> bool:
+    """No cron: a campaign that runs once (at its ``at``, or when triggered)."""
+    return not (campaign.get("schedule") or {}).get("cron")
 
 
 def _tz(campaign: CampaignDoc) -> str:
@@ -184,6 +190,19 @@ class _Runner:
 
     async def fail(self, execution: ExecutionDoc, reason: str) -> None:
         await self._set(execution["_id"], {"status": ExecutionStatus.FAILED.value, "reason": reason}, "completed_at")
+        if ":manual:" in str(execution.get("occurrence_key")):
+            # a one-off whose manual run failed (nothing queued) keeps its scheduled time, when it has one to come
+            # (:meth:`claim_trigger` marked it done; a done one-off's own time is in the past)
+            camp = await self.db[c.CAMPAIGNS].find_one({"_id": execution["campaign_id"]})
+            if camp is not None and _one_off(camp):
+                await self.db[c.CAMPAIGNS].update_one(
+                    {
+                        "_id": camp["_id"],
+                        "status": CampaignStatus.DONE.value,
+                        "next_run_at": {"$gt": self.trackly.now()},
+                    },
+                    {"$set": {"status": CampaignStatus.ACTIVE.value}},
+                )
         log.warning(
             "campaign_failed", campaign_id=execution["campaign_id"], execution_id=execution["_id"], reason=reason
         )
@@ -347,6 +366,13 @@ class _Runner:
             n = await self.trackly.store.next_id(f"manual:{cid}")
             execution = await self.create(campaign, self.trackly.now(), f"{cid}:manual:{n}", eid=eid)
             assert execution is not None  # the manual sequence never repeats
+            if _one_off(campaign):
+                # A one-off runs once: this run is it, so its scheduled time (if any) will not fire again (given
+                # back by :meth:`fail` should this run fail before queuing anyone). Before the run, so the scheduler
+                # cannot start the same one-off meanwhile.
+                await self.db[c.CAMPAIGNS].update_one(
+                    {"_id": cid, "status": CampaignStatus.ACTIVE.value}, {"$set": {"status": CampaignStatus.DONE.value}}
+                )
         except BaseException:
             await locks.delete_one({"_id": key, "execution_id": eid})
             raise
@@ -363,6 +389,26 @@ class _Runner:
                 )
                 n += res.modified_count
         return n
+
+
+async def running(db: Any, campaign_id: int) -> bool:
+    """Whether an execution of the campaign is pending, evaluating or queued (may still have messages to send)."""
+    return await db[c.EXECUTIONS].find_one({"campaign_id": campaign_id, "status": {"$in": list(UNFINISHED)}}) is not None
+
+
+async def resumed_status(db: Any, campaign: CampaignDoc, now: dt.datetime) -> CampaignStatus:
+    """The status a paused campaign resumes to: ``done`` when nothing of its schedule is left (a one-off that has
+    run, by its time or by a trigger; a recurring one past its ``end_at``), else ``active``."""
+    if _one_off(campaign):
+        ran = await db[c.EXECUTIONS].find_one(
+            {"campaign_id": campaign["_id"], "status": {"$in": [*UNFINISHED, ExecutionStatus.COMPLETED.value]}}
+        )
+        if ran is not None:
+            return CampaignStatus.DONE
+    end = campaign.get("end_at")
+    if isinstance(end, dt.datetime) and (end if end.tzinfo else end.replace(tzinfo=dt.UTC)) <= now:
+        return CampaignStatus.DONE
+    return CampaignStatus.ACTIVE
 
 
 async def audience_size(db: Any, plan: Any) -> int:
