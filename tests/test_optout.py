@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from twilio.request_validator import RequestValidator
 
+from trackly_exec.app import Trackly
 from trackly_exec.config import Settings
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
@@ -370,3 +371,35 @@ async def test_contacts_stored_in_other_spellings_are_one_handset_and_held_to_it
             assert [q["to_number"] for q in await store[c.QUEUED].find({}).to_list(None)] == ["+14155550124"]
     finally:
         await fake.stop()
+
+
+@pytest.mark.parametrize("odd_first", [False, True], ids=["e164-contact-first", "odd-spelling-first"])
+async def test_an_opt_out_stored_in_another_spelling_holds_the_handset(trackly: Trackly, odd_first: bool) -> None:
+    """One handset on two contacts of a list, one in E.164 and one in another spelling (written by another tool):
+    unsubscribed or blocked on either one, the number is not texted, whichever contact comes first; a number
+    unsubscribed on neither is texted once."""
+    from trackly_exec.campaigns.scheduler import trigger
+
+    from .campaign_fixtures import contact, register_echo, seed_campaign
+
+    register_echo()
+    e164 = [
+        contact(1, phone="+12125550401"),
+        contact(2, phone="+12125550402"),
+        contact(3, phone="+12125550403", subscribed=False),
+        contact(4, phone="+12125550404"),
+    ]
+    odd = [
+        contact(5, phone="(212) 555-0401"),
+        contact(6, phone="(212) 555-0402", subscribed=False),
+        contact(7, phone="212.555.0403"),
+        contact(8, phone="+1 212 555 0404", blocked=True),
+    ]
+    if odd_first:  # the other tool's contacts have the lower ids: the union reaches them first
+        for a, b in zip(e164, odd, strict=True):
+            a["_id"], b["_id"] = b["_id"], a["_id"]
+    await seed_campaign(trackly.store, contacts=e164 + odd)
+    eid = await trigger(trackly, 1)
+    counts = (await trackly.db[c.EXECUTIONS].find_one({"_id": eid}))["counts"]
+    assert [q["to_number"] for q in await trackly.db[c.QUEUED].find({}).to_list(None)] == ["+12125550401"]
+    assert counts["queued"] == 1 and counts["skipped"]["unsubscribed"] == 3, counts

@@ -258,6 +258,22 @@ async def _odd_numbers(db: Any, list_id: int, numbers: set[str]) -> tuple[set[st
     return stops, twins
 
 
+async def _held_numbers(db: Any, list_id: int) -> set[str]:
+    """Numbers that a contact of the list stored in another spelling holds back: unsubscribed or blocked there (an
+    opt-out migrated from another system). The handset is one, whichever of its contacts the audience reaches: the
+    contact that stands for the number (its E.164 twin) is skipped too. Two indexed equality reads of the list's
+    unsubscribed and blocked contacts, once per evaluation; only the ones in another spelling count (ours are E.164,
+    and hold themselves)."""
+    held: set[str] = set()
+    for state in ({"subscribed": {"$eq": False}}, {"blocked": {"$eq": True}}):
+        query = {"sending_list_id": {"$eq": list_id}, **state}
+        async for d in db[c.CONTACTS].find(query, {"phone": 1, "phone_check": 1}).batch_size(10_000):
+            to, _ = _number(d)
+            if to is not None and to != d.get("phone"):
+                held.add(to)
+    return held
+
+
 def _number(contact: ContactDoc) -> tuple[str | None, tuple[str, ...] | None]:
     """The contact's number in E.164 (None when it is not a valid number) and, when the contact was written by
     our code (a ``phone_check`` for this phone and phonenumbers release), the number's zones: no parse then
@@ -307,6 +323,7 @@ async def evaluate(
     cooldown = float(slist.get("cooldown_minutes") or 0)
     cutoff = now - dt.timedelta(minutes=cooldown) if cooldown > 0 else None
     capped = await _frequency_capped(db, list_id, execution_id, cutoff) if cutoff else set()
+    held_numbers = await _held_numbers(db, list_id)
     quiet = QuietHours.model_validate(slist.get("quiet_hours") or {})
     window, default_tz = Window.from_quiet_hours(quiet), quiet.default_timezone
     hold = camp.get("quiet_hours_policy", "exclude") == "hold"
@@ -397,7 +414,12 @@ async def evaluate(
                         tally.union.unique -= 1
                         continue
                     odd_seen.add(odd_to)
-                if not contact.get("subscribed", True) or contact.get("blocked") or odd_to in odd_stops:
+                if (
+                    not contact.get("subscribed", True)
+                    or contact.get("blocked")
+                    or odd_to in odd_stops
+                    or (held_numbers and numbers[cid][0] in held_numbers)
+                ):
                     skipped["unsubscribed"] += 1
                     continue
                 to, number_zones = numbers[cid]
