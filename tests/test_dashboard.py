@@ -325,3 +325,24 @@ async def test_concurrent_polls_count_the_store_once_per_interval(
         assert any("STALE: to" in a["message"] for a in d["alerts"])
     finally:
         await server.stop(1)
+
+
+async def test_the_latest_execution_and_campaigns_past_nine(trackly: Trackly) -> None:
+    """Past ids 9, 99, ...: the dashboard shows each campaign's latest execution (11, not 8) and the newest
+    campaigns first, by number (the embedded store orders some queries by the text of an integer id)."""
+    db = trackly.db
+    now = dt.datetime.now(dt.UTC)
+    await db[c.CAMPAIGNS].insert_many(
+        [{"_id": i, "name": f"c{i}", "account_id": 1, "sending_list_id": 1, "status": "active"} for i in range(1, 13)]
+    )
+    await db[c.EXECUTIONS].insert_many(
+        [
+            {"_id": eid, "campaign_id": 5, "status": status, "triggered_at": now - dt.timedelta(minutes=20 - eid)}
+            for eid, status in ((7, "completed"), (8, "completed"), (11, "queued"))
+        ]
+    )
+    data = await summary(trackly, sampler=Sampler())
+    assert [r["id"] for r in data["campaigns"]][:4] == [12, 11, 10, 9]
+    row = next(r for r in data["campaigns"] if r["id"] == 5)
+    assert row["last_execution"]["id"] == 11 and row["last_execution"]["status"] == "queued", row
+    assert row["state"] != "completed" and row["ended_at"] is None, row

@@ -35,7 +35,7 @@ from trackly_exec.errors import ConfigError
 from trackly_exec.logs import configure_logging, get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
-from trackly_exec.store.client import count
+from trackly_exec.store.client import count, newest
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.embedded import free_port
 from trackly_exec.store.models import utcnow
@@ -282,7 +282,7 @@ class Demo:
         base_reports = fake.reports_posted
         while True:
             triggered = trigger.done()  # before the reads below: see the docstring
-            ex = await db[c.EXECUTIONS].find_one({"campaign_id": cid}, sort=[("_id", -1)]) or {}
+            ex = await newest(db, c.EXECUTIONS, {"campaign_id": cid}) or {}
             counts = ex.get("counts") or {}
             sent = await db[c.SENT].estimated_document_count() - base_sent
             failed = await db[c.FAILED].estimated_document_count() - base_failed

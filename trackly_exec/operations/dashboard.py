@@ -36,6 +36,7 @@ from aiohttp import web
 from trackly_exec.logs import get_logger
 from trackly_exec.operations.metrics import Figures, StoreFigures, shared_figures
 from trackly_exec.store import constants as c
+from trackly_exec.store.client import INT_IDS, newest
 from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Filter, JsonObject
 from trackly_exec.store.phones import mask_text
 from trackly_exec.tracking.stats import campaign_stats, count, overview
@@ -97,14 +98,15 @@ NOT_ARCHIVED: Filter = {"archived": {"$in": [False, None]}}
 
 
 async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonObject]:
-    campaigns = [d async for d in store.db[c.CAMPAIGNS].find(NOT_ARCHIVED).sort("_id", -1).limit(limit)]
+    newest_first = store.db[c.CAMPAIGNS].find({**NOT_ARCHIVED, **INT_IDS}).sort("_id", -1).limit(limit)
+    campaigns = [d async for d in newest_first]
     per = await campaign_stats(store, [int(d["_id"]) for d in campaigns])
     since = now - dt.timedelta(seconds=60)
     rows = []
     for d in campaigns:
         cid = int(d["_id"])
         stats = per.get(cid, {})
-        last = await store.db[c.EXECUTIONS].find_one({"campaign_id": cid}, sort=[("_id", -1)])
+        last = await newest(store.db, c.EXECUTIONS, {"campaign_id": cid})
         queued = int(stats.get("queued", 0))
         state = _state(d, last, queued)
         started = _aware(last.get("triggered_at")) if last else None

@@ -105,6 +105,18 @@ async def count(db: AsyncDatabase[Any], collection: str, query: Filter) -> int:
     return int(reply["n"])
 
 
+#: A condition on integer ``_id`` s that every record matches: a query with it is sorted by number on nx-27017 too,
+#: which orders a query it translates to SQL by the ``_id`` *text* (1, 10, 11, ..., 2: measured), where MongoDB and
+#: nx-27017's Python path (a range of ``_id`` takes it) order numbers as numbers. The admin API's pages always have
+#: one (``after``, 0 for the first page).
+INT_IDS: Filter = {"_id": {"$gte": 0}}
+
+
+async def newest(db: AsyncDatabase[Any], collection: str, query: Filter) -> Any:
+    """The document of ``collection`` (integer ids) matching ``query`` with the highest ``_id``, or None."""
+    return await db[collection].find_one({**query, **INT_IDS}, sort=[("_id", -1)])
+
+
 async def find_by_ids(
     db: AsyncDatabase[Any], collection: str, ids: Sequence[Any], *, batch_size: int | None = None
 ) -> list[Any]:
