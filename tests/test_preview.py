@@ -133,3 +133,29 @@ async def test_preview_bad_references_are_422(admin: TestClient[Any, Any], track
         assert r.status == 422 and data["details"][0]["loc"] == loc, (body, data)
     r = await admin.post("/api/v1/creatives/999/preview", headers=H, json={})
     assert r.status == 404
+
+
+async def test_preview_texts_the_number_the_run_texts(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """A contact stored by another tool in a spaced spelling is previewed with the E.164 number the run texts, in
+    ``{phone}`` too (so the length, segments and cost match the send); an invalid number says it is skipped."""
+    s = await _seed(admin, trackly)
+    await trackly.db[c.CONTACTS].insert_many(
+        [
+            {"_id": 900, "sending_list_id": s["list"], "phone": "+1 212 555 7111", "subscribed": True},
+            {"_id": 901, "sending_list_id": s["list"], "phone": "+1 (212) 555-7112", "subscribed": True},
+            {"_id": 902, "sending_list_id": s["list"], "phone": "12345", "subscribed": True},
+        ]
+    )
+    cre = await post(
+        admin,
+        "/creatives",
+        {"account_id": s["account"], "name": "num", "variants": [{"key": "A", "body": "Your number {phone} " + "x" * 121}]},
+    )
+    out = await post(
+        admin, f"/creatives/{cre['id']}/preview", {"audience_id": s["audience"], "contact_ids": [900, 901, 902]}, 200
+    )
+    a, b, bad = out["variants"][0]["samples"]
+    assert a["phone"] == "+12125557111" and a["body"].startswith("Your number +12125557111 ")
+    assert a["length"] == 158 and a["segments"] == 1 and a["cost"] == 0.01
+    assert b["phone"] == "+12125557112" and b["segments"] == 1
+    assert bad["skipped"] == "invalid_phone" and bad.get("body") is None

@@ -225,7 +225,9 @@ class PreviewSample(Out):
     blocked_words: list[BlockedWord] = Field(
         default_factory=list, description="Blocked words in this body: it would be dead-lettered."
     )
-    skipped: str | None = Field(None, description="missing_placeholder: this contact would be skipped.")
+    skipped: str | None = Field(
+        None, description="missing_placeholder or invalid_phone: this contact would be skipped."
+    )
     missing: list[str] = Field(default_factory=list, description="Placeholders without a value and without a default.")
 
 

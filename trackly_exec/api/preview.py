@@ -188,9 +188,14 @@ async def preview(
         rendered = []
         for contact in samples:
             phone = str(contact.get("phone") or "")
-            to = phone if phones.is_valid(phone) else (phones.normalize(phone) or phone)
+            number = phones.contact_number(contact)[0]  # the number the evaluation texts (E.164), as it reads it
+            row: JsonObject = {"contact_id": int(contact["_id"]), "phone": number or phone}
+            if number is None:
+                row.update(skipped="invalid_phone")
+                rendered.append(row)
+                continue
+            to = number
             body = render(parts, contact, to)
-            row: JsonObject = {"contact_id": int(contact["_id"]), "phone": to}
             if body is None:
                 row.update(
                     skipped="missing_placeholder",
