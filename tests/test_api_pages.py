@@ -41,7 +41,10 @@ async def test_pages_follow_numeric_ids(admin: TestClient[Any, Any], trackly: Tr
     for n in range(22):
         await post(admin, "/accounts", {"name": f"acc {n}", "balance": 0})
     await trackly.db[c.EXECUTIONS].insert_many(
-        [{"_id": n, "campaign_id": 1, "account_id": 1, "sending_list_id": 1, "status": "completed"} for n in range(1, 24)]
+        [
+            {"_id": n, "campaign_id": 1, "account_id": 1, "sending_list_id": 1, "status": "completed"}
+            for n in range(1, 24)
+        ]
     )
     contacts = sorted([d["_id"] async for d in trackly.db[c.CONTACTS].find({})])
     assert len(contacts) == 23
@@ -50,6 +53,3 @@ async def test_pages_follow_numeric_ids(admin: TestClient[Any, Any], trackly: Tr
         assert await _all_pages(admin, "/accounts", limit) == list(range(1, 24))
         assert await _all_pages(admin, "/executions", limit) == list(range(1, 24))
         assert await _all_pages(admin, "/executions?campaign_id=1", limit) == list(range(1, 24))
-
-
-

@@ -149,7 +149,11 @@ async def test_preview_texts_the_number_the_run_texts(admin: TestClient[Any, Any
     cre = await post(
         admin,
         "/creatives",
-        {"account_id": s["account"], "name": "num", "variants": [{"key": "A", "body": "Your number {phone} " + "x" * 121}]},
+        {
+            "account_id": s["account"],
+            "name": "num",
+            "variants": [{"key": "A", "body": "Your number {phone} " + "x" * 121}],
+        },
     )
     out = await post(
         admin, f"/creatives/{cre['id']}/preview", {"audience_id": s["audience"], "contact_ids": [900, 901, 902]}, 200

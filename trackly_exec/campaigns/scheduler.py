@@ -393,7 +393,9 @@ class _Runner:
 
 async def running(db: Any, campaign_id: int) -> bool:
     """Whether an execution of the campaign is pending, evaluating or queued (may still have messages to send)."""
-    return await db[c.EXECUTIONS].find_one({"campaign_id": campaign_id, "status": {"$in": list(UNFINISHED)}}) is not None
+    return (
+        await db[c.EXECUTIONS].find_one({"campaign_id": campaign_id, "status": {"$in": list(UNFINISHED)}}) is not None
+    )
 
 
 async def resumed_status(db: Any, campaign: CampaignDoc, now: dt.datetime) -> CampaignStatus:
