@@ -26,6 +26,28 @@ def test_links_are_tracked_with_random_codes() -> None:
     assert len({track(body, "https://t.example/l")[1][0][0] for _ in range(200)}) == 200
 
 
+def test_brackets_of_the_url_stay_in_it() -> None:
+    """A closing bracket that closes one of the URL's own is part of it (Wikipedia-style paths); one that closes
+    the sentence's bracket, or punctuation after it, stays outside."""
+    body = (
+        "See http://example.org/a(b) and (https://en.wikipedia.org/wiki/Mercury_(planet)). Also (http://x.example/p)"
+        " and https://y.example/q[1]."
+    )
+    out, links = track(body, "https://t.example/l")
+    assert [d for _, d in links] == [
+        "http://example.org/a(b)",
+        "https://en.wikipedia.org/wiki/Mercury_(planet)",
+        "http://x.example/p",
+        "https://y.example/q[1]",
+    ]
+    c1, c2, c3, c4 = (code for code, _ in links)
+    assert out == (
+        f"See https://t.example/l/{c1} and (https://t.example/l/{c2}). Also (https://t.example/l/{c3})"
+        f" and https://t.example/l/{c4}."
+    )
+    assert find_urls(body) == [d for _, d in links]
+
+
 def test_a_capitalised_url_alone_is_tracked() -> None:
     """``Https://`` (a phone capitalises the start of a sentence) is a URL like any other, alone in a body too."""
     body, links = track("Visit Https://Example.com/a today", "https://t.example/l")

@@ -41,9 +41,22 @@ def _forget_random() -> None:  # a forked child must never reuse its parent's un
 os.register_at_fork(after_in_child=_forget_random)
 
 
+def _url_part(raw: str) -> str:
+    """``raw`` (a match of :data:`URL_RE`) without the punctuation that ends the sentence around it: a trailing
+    ``.``, ``,``, ``!``, quote..., and a closing bracket that closes nothing of the URL (``(see https://x/a)``); one
+    that closes a bracket of the URL stays (``https://en.wikipedia.org/wiki/Mercury_(planet)``)."""
+    url = raw
+    while url and url[-1] in _TRAILING:
+        last = url[-1]
+        if (last == ")" and url.count("(") >= url.count(")")) or (last == "]" and url.count("[") >= url.count("]")):
+            break
+        url = url[:-1]
+    return url
+
+
 def find_urls(body: str) -> list[str]:
-    """The http(s) URLs of ``body``, without trailing punctuation."""
-    return [m.group(0).rstrip(_TRAILING) for m in URL_RE.finditer(body)]
+    """The http(s) URLs of ``body``, without trailing punctuation (see :func:`_url_part`)."""
+    return [_url_part(m.group(0)) for m in URL_RE.finditer(body)]
 
 
 def track(body: str, base: str) -> tuple[str, list[tuple[str, str]]]:
@@ -55,7 +68,7 @@ def track(body: str, base: str) -> tuple[str, list[tuple[str, str]]]:
 
     def repl(m: re.Match[str]) -> str:
         raw = m.group(0)
-        url = raw.rstrip(_TRAILING)
+        url = _url_part(raw)
         tail = raw[len(url) :]
         if not url or url.startswith(base + "/"):
             return raw
