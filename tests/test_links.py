@@ -141,6 +141,9 @@ async def test_unsafe_stored_destination_is_404(daemon: Daemon) -> None:
         "SomeCrawler/1.0",
         "Spider-X",
         "LinkPreview/2",
+        "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)",
+        "Mozilla/5.0 (compatible;PetalBot;+https://webmaster.petalsearch.com/site/petalbot)",
+        "Pinterest/0.2 (+https://www.pinterest.com/bot.html)",
         "",
     ],
 )
@@ -156,6 +159,13 @@ def test_browsers_are_not_bots() -> None:
         "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
         "Chrome/120.0 Mobile Safari/537.36",
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
+        # a Cubot handset's browser, and Pinterest's in-app browser: people
+        "Mozilla/5.0 (Linux; Android 10; CUBOT X30) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
+        "Mobile Safari/537.36",
+        "Mozilla/5.0 (Linux; Android 11; CUBOT_NOTE_20) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0 Mobile "
+        "Safari/537.36",
+        "Mozilla/5.0 (Linux; Android 13; SM-G991B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile "
+        "Safari/537.36 [Pinterest/Android]",
     ):
         assert bot_user_agent(ua) is None
 

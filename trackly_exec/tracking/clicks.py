@@ -35,10 +35,13 @@ from trackly_exec.store.documents import ClickDoc, Filter, JsonObject, SentDoc, 
 
 log = get_logger(__name__)
 
-#: User-agent fragments of link previews, crawlers, scanners and HTTP libraries (case-insensitive).
+#: User-agent fragments of link previews, crawlers, scanners and HTTP libraries (case-insensitive). A word ending in
+#: "bot" is a crawler's name (AhrefsBot, PetalBot), except a handset brand's (Cubot: its phones' browsers say
+#: ``Android 10; CUBOT X30``); Pinterest's crawler, not its app's browser (``[Pinterest/Android]``).
 BOT_UA = re.compile(
-    r"bot\b|bot/|crawl|spider|slurp|preview|facebookexternalhit|facebookcatalog|whatsapp|telegrambot|discordbot|"
-    r"linkedinbot|slackbot|twitterbot|googlebot|bingbot|applebot|skypeuripreview|embedly|pinterest|vkshare|"
+    r"(?<!cu)bot\b|bot/|crawl|spider|slurp|preview|facebookexternalhit|facebookcatalog|whatsapp|telegrambot|"
+    r"discordbot|linkedinbot|slackbot|twitterbot|googlebot|bingbot|applebot|skypeuripreview|embedly|pinterestbot|"
+    r"pinterest/0\.|vkshare|"
     r"redditbot|yandex|baiduspider|duckduckbot|ahrefs|semrush|headlesschrome|phantomjs|lighthouse|"
     r"curl/|wget/|python-requests|python-urllib|python-httpx|aiohttp|go-http-client|java/|okhttp|libwww-perl|"
     r"httpclient|axios/|node-fetch|postman|scrapy|monitor|uptime|validator|scanner|proofpoint|mimecast|barracuda|"
