@@ -102,7 +102,9 @@ async def test_store_figures_parse_with_standard_names(seeded: Trackly) -> None:
     assert types["trackly_messages_sent"] == "counter" and value(samples, "trackly_messages_sent_total") == 4
     assert value(samples, "trackly_messages_delivered_total") == 3
     assert value(samples, "trackly_messages_undelivered_total") == 1
-    assert value(samples, "trackly_messages_failed_total", reason="STALE") == 1
+    # dead letters now (a re-drive takes them away): a gauge, not a counter that would go down
+    assert types["trackly_failed_messages"] == "gauge" and "trackly_messages_failed" not in types
+    assert value(samples, "trackly_failed_messages", reason="STALE") == 1
     assert types["trackly_queued_messages"] == "gauge" and value(samples, "trackly_queued_messages") == 2
     assert value(samples, "trackly_claimed_messages") == 1
     assert value(samples, "trackly_send_rate_messages_per_second") == pytest.approx(0.07)

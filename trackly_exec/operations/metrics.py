@@ -113,7 +113,11 @@ def _store_metrics(ov: JsonObject) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "trackly_messages_undelivered", "MessageSent records reported undelivered.", ov["undelivered"]
     )
-    failed = CounterMetricFamily("trackly_messages_failed", "FailedMessage records by reason.", labels=["reason"])
+    # a gauge: dead letters are re-driven and NO_RESPONSE ones reconciled into MessageSent, so their number goes down
+    # (the executor's trackly_executor_messages_failed_total{reason} counts dead-letterings, and only goes up)
+    failed = GaugeMetricFamily(
+        "trackly_failed_messages", "FailedMessage records (dead letters) now, by reason.", labels=["reason"]
+    )
     for reason, n in sorted(ov["failed_by_reason"].items()):
         failed.add_metric([reason], n)
     yield failed
