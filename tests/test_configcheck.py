@@ -258,3 +258,30 @@ def test_unknown_driver_lists_available(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "drivers.sms.driver" in r.stderr and "infobip" in r.stderr and "twilio" in r.stderr
+
+
+def test_run_refuses_an_example_admin_token_and_check_config_sees_dots(tmp_path: Path) -> None:
+    """``trackly run`` with the README's minimal config (token ``change-me``) does not start: an example's token is
+    public. Its ``api_key = "..."`` is a placeholder too. Neither value is printed."""
+    import os
+
+    (tmp_path / "trackly.toml").write_text(
+        '[mongo]\nuri = "embedded"\n[http]\npublic_url = "https://sms.example.com"\napi_tokens = ["change-me"]\n'
+        '[drivers.infobip]\nbase_url = "https://xxxxx.api.infobip.com"\napi_key = "..."\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "run"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")},
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "http.api_tokens.0" in r.stderr and "will not open its API" in r.stderr, r.stderr
+    assert "change-me" not in r.stderr and not (tmp_path / ".trackly").exists()  # refused before anything started
+    r = check_config(cwd=tmp_path, env={})
+    assert r.returncode == 2 and "drivers.infobip.api_key: still the example's placeholder" in r.stderr, r.stderr
+    settings = load_config(ROOT / "trackly.toml", http={"dashboard_tokens": ["CHANGE-ME"]})
+    assert [k for k, _ in configcheck.placeholder_tokens(settings)] == ["http.dashboard_tokens.0"]
+    assert configcheck.placeholder_tokens(load_config(ROOT / "trackly.toml")) == []

@@ -32,7 +32,7 @@ from trackly_exec.store.documents import ConfigTable, SendingListDoc
 
 PLACEHOLDER = re.compile(
     r"change[-_/ ]?me|your[-_ ]?(api[-_ ]?)?(key|token|secret|password|sid)|xxxxx|replace[-_ ]?me|"
-    r"^0{8}-0{4}-0{4}-0{4}-0{12}$|(^|[/.@])example\.(com|org|net)(?=$|[/:])",
+    r"^0{8}-0{4}-0{4}-0{4}-0{12}$|(^|[/.@])example\.(com|org|net)(?=$|[/:])|^(\.{3,}|…)$",
     re.IGNORECASE,
 )
 CREDENTIAL_WORDS = ("key", "token", "secret", "password", "sid")
@@ -90,6 +90,21 @@ def placeholders(settings: Settings) -> list[tuple[str, str]]:
                 )
             )
     return out
+
+
+#: Settings whose placeholder would open a door: the admin API's and the dashboard's bearer tokens (an example's token
+#: is public). ``trackly run`` refuses to start with one; the other placeholders only fail ``check-config``.
+DOOR_TOKENS = (("http", "api_tokens"), ("http", "dashboard_tokens"))
+
+
+def placeholder_tokens(settings: Settings) -> list[tuple[str, str]]:
+    """The admin and dashboard tokens still holding an example placeholder (the value is never repeated)."""
+    doors = {".".join(p) for p in DOOR_TOKENS}
+    return [
+        (key, f"{why}: an example's token is public, so the daemon will not open its API with it")
+        for key, why in placeholders(settings)
+        if key.rpartition(".")[0] in doors
+    ]
 
 
 def raw_placeholders(file: str | None) -> list[tuple[str, str]]:

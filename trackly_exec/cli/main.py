@@ -33,7 +33,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from trackly_exec.cli import configcheck
+
     settings = _settings(args)
+    if doors := configcheck.placeholder_tokens(settings):
+        raise ConfigError(doors[0][1], file=str(config_file(args.config)), key=doors[0][0], problems=doors)
     configure_logging(settings.daemon.log_level, settings.daemon.log_format)
     from trackly_exec.app import tune_gc
     from trackly_exec.daemon import serve
