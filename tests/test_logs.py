@@ -58,3 +58,23 @@ def test_library_records_share_the_json_format() -> None:
     [entry] = [json.loads(line) for line in out.getvalue().splitlines()]
     assert entry["event"] == "server db1 unreachable" and entry["logger"] == "pymongo.topology"
     assert entry["level"] == "warning" and "timestamp" in entry
+
+
+def test_json_lines_give_times_in_iso_8601() -> None:
+    """A time in an event (a campaign's next_run_at) is ISO 8601 in a JSON line, not a Python repr; sets and enums
+    are plain JSON too."""
+    import datetime as dt
+
+    from trackly_exec.logs import get_logger
+    from trackly_exec.store.models import CampaignStatus
+
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        when = dt.datetime(2026, 12, 3, 17, 30, tzinfo=dt.UTC)
+        get_logger("t").info("campaign_created", next_run_at=when, day=when.date(), ids={3}, status=CampaignStatus.DONE)
+    finally:
+        configure_logging("warning", "console", stream=sys.stderr)
+    [entry] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert entry["next_run_at"] == "2026-12-03T17:30:00+00:00" and entry["day"] == "2026-12-03"
+    assert entry["ids"] == [3] and entry["status"] == "done"

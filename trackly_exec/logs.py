@@ -8,6 +8,8 @@ and the raw bytes of the request line or header, which may hold a webhook path t
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -54,6 +56,20 @@ def _extra(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+def _json_value(value: Any) -> Any:
+    """A value JSON cannot hold, as a log line gives it: a time in ISO 8601 (as the line's own timestamp), a set
+    or tuple as a list, an enum, an ObjectId or anything else as its text (never a Python repr of a datetime)."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, enum.Enum):
+        return value.value if isinstance(value.value, str | int | float) else str(value)
+    return str(value)
+
+
 #: The root handler configure_logging installed (at most one).
 _installed: list[logging.Handler] = []
 
@@ -62,7 +78,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (
+        structlog.processors.JSONRenderer(default=_json_value)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
