@@ -209,3 +209,30 @@ def test_no_source_points_outside_the_repository() -> None:
         if pattern.search(line)
     ]
     assert not offenders, f"paths outside the repository: {offenders}"
+
+
+def test_the_docs_name_modules_and_functions_that_exist() -> None:
+    """Every ``trackly_exec.x.y`` the README or CONTRIBUTING names (a module, or a module's attribute) imports, and
+    every ``trackly_exec/....py`` path they name is a file of the repository."""
+    import importlib
+
+    root = TESTS.parent
+    missing = []
+    for name in ("README.md", "CONTRIBUTING.md"):
+        text = (root / name).read_text(encoding="utf-8")
+        for dotted in sorted(set(re.findall(r"\btrackly_exec(?:\.[A-Za-z_]\w*)+", text))):
+            parts = dotted.split(".")
+            for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+                try:
+                    obj: object = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr, None)
+                if obj is None:
+                    missing.append(f"{name}: {dotted}")
+                break
+        for path in sorted(set(re.findall(r"\btrackly_exec/[\w/]+\.\w+", text))):
+            if not (root / path).exists():
+                missing.append(f"{name}: {path}")
+    assert not missing, missing
