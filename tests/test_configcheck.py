@@ -285,3 +285,22 @@ def test_run_refuses_an_example_admin_token_and_check_config_sees_dots(tmp_path:
     settings = load_config(ROOT / "trackly.toml", http={"dashboard_tokens": ["CHANGE-ME"]})
     assert [k for k, _ in configcheck.placeholder_tokens(settings)] == ["http.dashboard_tokens.0"]
     assert configcheck.placeholder_tokens(load_config(ROOT / "trackly.toml")) == []
+
+
+def test_list_check_warnings_say_why_the_lists_were_not_read(tmp_path: Path) -> None:
+    """``--no-store`` says so (not "embedded store" for a mongodb:// config); an embedded store that the running
+    daemon holds is named as in use, not as unreachable."""
+    from trackly_exec.store.embedded import EmbeddedMongo
+
+    remote = load_config(ROOT / "trackly.toml", mongo={"uri": "mongodb://127.0.0.1:9/"})
+    _, warnings = configcheck.check(remote, store=False)
+    assert "sending lists not checked against the drivers (--no-store)" in warnings
+    data = tmp_path / "data"
+    running = EmbeddedMongo(data)  # the daemon of this data_dir (a file store: one process holds it)
+    running.start()
+    try:
+        running.wait_ready()
+        r = check_config("-c", str(ROOT / "trackly.toml"), "--store", env={"TRACKLY_DAEMON__DATA_DIR": str(data)})
+    finally:
+        running.stop()
+    assert r.returncode == 0 and "in use by the running daemon" in r.stderr, r.stderr

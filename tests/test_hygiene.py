@@ -232,7 +232,6 @@ def test_the_docs_name_modules_and_functions_that_exist() -> None:
                 if obj is None:
                     missing.append(f"{name}: {dotted}")
                 break
-        for path in sorted(set(re.findall(r"\btrackly_exec/[\w/]+\.\w+", text))):
-            if not (root / path).exists():
-                missing.append(f"{name}: {path}")
+        paths = sorted(set(re.findall(r"\btrackly_exec/[\w/]+\.\w+", text)))
+        missing.extend(f"{name}: {path}" for path in paths if not (root / path).exists())
     assert not missing, missing

@@ -243,13 +243,24 @@ def check(settings: Settings, *, store: bool | None = None) -> tuple[list[tuple[
             )
             lists = asyncio.run(asyncio.wait_for(_active_lists(quick), 15))
         except Exception as exc:  # the store is optional for this check: say so and go on
-            warnings.append(f"sending lists not checked: the store is not reachable ({type(exc).__name__})")
+            if settings.mongo.embedded and "in use by process" in str(exc):
+                warnings.append(
+                    "sending lists not checked: the embedded store is in use by the running daemon (only one process "
+                    "opens it; stop the daemon to check them, or use a real MongoDB)"
+                )
+            else:
+                warnings.append(f"sending lists not checked: the store is not reachable ({type(exc).__name__})")
         else:
             errors += list_problems(settings, lists, missing)
             used = {str(lst.get("driver")) for lst in lists}
             missing = {n: lacking for n, lacking in missing.items() if n not in used}
+    elif store is False:
+        warnings.append("sending lists not checked against the drivers (--no-store)")
     else:
-        warnings.append("sending lists not checked against the drivers (embedded store; add --store to read it)")
+        warnings.append(
+            "sending lists not checked against the drivers (embedded store; add --store to read it while the daemon "
+            "is stopped)"
+        )
     for name, lacking in missing.items():
         warnings.append(f"drivers.{name}: no credentials ({', '.join(lacking)} empty); lists using it cannot send")
     return errors, warnings
