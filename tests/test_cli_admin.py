@@ -288,3 +288,21 @@ def test_a_single_problem_names_its_field() -> None:
     assert admin._describe(422, json.dumps(two).encode()) == (
         "HTTP 422: the request was refused\n  body.name: a\n  body.sending_list_id: b"
     )
+
+
+def test_without_a_config_the_cli_says_none_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admin command run where there is no trackly.toml (an operator's shell after the systemd install) says that
+    no config file was read and how to name the daemon's, not only that a token is missing."""
+    from trackly_exec.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKLY_CONFIG", raising=False)
+    assert cli.main(["stats", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no config file was read" in err and "TRACKLY_CONFIG" in err and "-c" in err, err
+    (tmp_path / "trackly.toml").write_text("[http]\nport = 8080\n")
+    assert cli.main(["stats", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "sets no http.api_tokens" in err and "trackly.toml" in err, err

@@ -137,7 +137,14 @@ def client_from(args: argparse.Namespace) -> ApiClient:
             api = settings.http.admin_url
         if token is None:
             if not settings.http.api_tokens:
-                raise CliError("no API token: pass --token or set http.api_tokens in the config")
+                file = config_file(args.config)
+                where = (
+                    f"the config {file} sets no http.api_tokens"
+                    if file.exists()
+                    else f"no config file was read ({file} does not exist: pass -c /etc/trackly/trackly.toml or set "
+                    "TRACKLY_CONFIG to the daemon's config)"
+                )
+                raise CliError(f"no API token: {where}; or pass --token")
             token = settings.http.api_tokens[0].get_secret_value()
     return ApiClient(api, token, config=str(config_file(args.config)))
 
