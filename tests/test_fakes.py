@@ -287,6 +287,30 @@ def test_fake_provider_command(tmp_path: Path) -> None:
                 stream.close()
 
 
+def test_fake_provider_says_how_to_text_in_and_script_trouble(tmp_path: Path) -> None:
+    """The banner shows how to make a contact text in (a STOP) and how to script provider trouble, with every mode;
+    a driver the config does not set up posts its reports under the config's own public URL, not a fixed port."""
+    from trackly_exec.testing.fakes.control import MODES
+
+    port = free_port()
+    config = tmp_path / "t.toml"
+    config.write_text('[http]\npublic_url = "http://127.0.0.1:18123"\n')
+    proc = _fake_provider(tmp_path, "cm", "--port", str(port), "-c", str(config))
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(6)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    text = "".join(lines)
+    assert "http://127.0.0.1:18123/webhooks/cm/status" in text, text
+    assert f"http://127.0.0.1:{port}/_fake/inbound" in text and '"text": "STOP"' in text, text
+    assert "/_fake/script" in text and all(mode in text for mode in MODES), text
+
+
 def test_fake_provider_takes_the_configs_credentials_for_a_local_instance(tmp_path: Path) -> None:
     """`trackly fake-provider infobip -c CONFIG`: the config's instance pointing at this machine names its own key,
     and the fake takes it (the config works as written instead of answering 401 until the fake's default is

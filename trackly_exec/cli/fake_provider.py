@@ -18,13 +18,9 @@ from trackly_exec.drivers.registry import get_driver_class
 from trackly_exec.errors import ConfigError
 from trackly_exec.logs import get_logger
 from trackly_exec.store.documents import ConfigTable
+from trackly_exec.testing.fakes.control import MODES
 
 log = get_logger(__name__)
-
-#: Where a provider that does not carry the report URL in its requests (CM) posts reports by default:
-#: the daemon's status webhook on the default ``http.public_url``.
-DEFAULT_REPORT_URL = "http://127.0.0.1:8080/webhooks/{name}/status"
-DEFAULT_INBOUND_URL = "http://127.0.0.1:8080/webhooks/{name}/inbound"
 
 
 def load_fake_class(name: str) -> type[Any]:
@@ -50,13 +46,17 @@ def configured_webhook_urls(name: str, config: str | None) -> tuple[str, str]:
 
 def _configured(name: str, config: str | None) -> tuple[str, str, ConfigTable]:
     """:func:`configured_webhook_urls`, and the credentials of that instance when it points at this machine (a
-    fake's: the fake then takes them, so the config works as written; a real provider's key is never taken)."""
+    fake's: the fake then takes them, so the config works as written; a real provider's key is never taken).
+    Without such an instance, the webhooks under the config's ``http.public_url`` (no token: the daemon then
+    refuses them until the driver is configured)."""
     from trackly_exec.cli.configcheck import local_url
     from trackly_exec.config import load_config
     from trackly_exec.drivers.pool import DriverPool
 
+    fallback = "http://127.0.0.1:8080"
     try:
         settings = load_config(config)
+        fallback = settings.http.public_url.rstrip("/") or fallback
         pool = DriverPool(settings, generate_tokens=True)
         for instance, ctx in pool.webhook_urls().items():
             if pool.entry_point(instance) == name:
@@ -66,7 +66,7 @@ def _configured(name: str, config: str | None) -> tuple[str, str, ConfigTable]:
                 return ctx.status_url, ctx.inbound_url, creds
     except (ConfigError, ValueError) as exc:
         log.warning("fake_provider_no_config", error=str(exc))
-    return DEFAULT_REPORT_URL.format(name=name), DEFAULT_INBOUND_URL.format(name=name), {}
+    return f"{fallback}/webhooks/{name}/status", f"{fallback}/webhooks/{name}/inbound", {}
 
 
 async def serve_fake(
@@ -105,6 +105,18 @@ async def serve_fake(
         flush=True,
     )
     print(f"  remote control: GET {fake.url}/_fake/ledger, POST /_fake/script, POST /_fake/reset", flush=True)
+    print(
+        f"  a contact texting you (a STOP): curl -X POST {fake.url}/_fake/inbound -H 'Content-Type: application/json'"
+        """ -d '{"from": "+12025550101", "to": "<your list's number>", "text": "STOP"}'""",
+        flush=True,
+    )
+    print(
+        f"  provider trouble: curl -X POST {fake.url}/_fake/script -H 'Content-Type: application/json'"
+        """ -d '{"default": {"mode": "reject"}}'   (modes: """
+        + ", ".join(sorted(MODES))
+        + """; {"default": {"mode": "ok"}} or /_fake/reset ends it)""",
+        flush=True,
+    )
     log.info("fake_provider_started", driver=name, url=fake.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
