@@ -98,7 +98,7 @@ async def test_installed_but_unconfigured_driver(admin: TestClient[Any, Any], tr
     data = await r.json()
     assert r.status == 422 and data["details"][0]["loc"] == "body.driver", data
     assert "not configured: its credential auth_token is empty" in data["message"]
-    assert "[drivers.twilio] (not in the config)" in data["message"]
+    assert "add [drivers.twilio] with it to the config file" in data["message"]
     configured = trackly.settings.model_copy(
         update={"drivers": {"twilio": {"account_sid": "AC1", "auth_token": "tok-very-secret"}}}
     )

@@ -102,10 +102,15 @@ async def test_cli_trigger_follows_the_execution(
     lines = out.err.strip().splitlines()
     assert lines and lines[-1] == "queued: 50/50 contacts evaluated, 49 queued" and "\r" not in out.err
     await Coordinator(trackly).run_until_idle()
+    # at the default interval (2 s) too, the last line is the final state, never an earlier "pending" one
+    assert await run(admin_url, "campaign", "trigger", "1", "--again", "--poll", "0.05") == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(("queued: ", "completed: ")) and "50/50 contacts evaluated" in last, last
+    await Coordinator(trackly).run_until_idle()
     assert await run(admin_url, "campaign", "trigger", "1", "--detach", "--again") == 0
-    assert "execution 2 started" in capsys.readouterr().out
-    assert await run(admin_url, "campaign", "follow", "2", "--poll", "0.05") == 0
-    assert "execution 2 queued" in capsys.readouterr().out
+    assert "execution 3 started" in capsys.readouterr().out
+    assert await run(admin_url, "campaign", "follow", "3", "--poll", "0.05") == 0
+    assert "execution 3 queued" in capsys.readouterr().out
     await Coordinator(trackly).run_until_idle()
     await trackly.db[c.CREATIVES].update_one({"_id": 1}, {"$set": {"archived": True}})
     assert await run(admin_url, "campaign", "trigger", "1", "--poll", "0.05", "--again") == 1

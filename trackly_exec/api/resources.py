@@ -111,11 +111,14 @@ def check_driver(trackly: Trackly, driver: str, driver_settings: ConfigTable, pr
             name for name, value in built.settings if isinstance(value, SecretStr) and not value.get_secret_value()
         ]
         if empty:
-            where = f"[drivers.{driver}]" + (" (not in the config)" if driver not in trackly.drivers.names() else "")
+            where = (
+                f"add [drivers.{driver}] with it to the config file"
+                if driver not in trackly.drivers.names()
+                else f"set it under [drivers.{driver}] in the config file"
+            )
             problems.add(
                 "body.driver",
-                f"driver {driver!r} is not configured: its credential "
-                f"{', '.join(empty)} is empty; set it under {where} in the config file",
+                f"driver {driver!r} is not configured: its credential {', '.join(empty)} is empty; {where}",
             )
     except DriverNotFound as exc:
         configured = ", ".join(trackly.drivers.names()) or "none"

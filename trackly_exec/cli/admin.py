@@ -532,7 +532,9 @@ class Follow:
         self.last_line = ""
         self.last_at = 0.0
 
-    def update(self, ex: JsonObject) -> None:
+    def update(self, ex: JsonObject, *, last: bool = False) -> None:
+        """Show ``ex``'s progress; ``last``: its final state, shown whatever the interval (so the last line never
+        says "pending" of an execution that has been queued since)."""
         import time
 
         k = ex.get("counts") or {}
@@ -547,7 +549,7 @@ class Follow:
             return
         line = f"{status}: {done:,}/{total:,} contacts evaluated, {queued:,} queued"
         now = time.monotonic()
-        if line != self.last_line and now - self.last_at >= self.every:
+        if line != self.last_line and (last or now - self.last_at >= self.every):
             print(line, file=self.out, flush=True)
             self.last_line, self.last_at = line, now
 
@@ -570,8 +572,9 @@ def follow_execution(
     try:
         while True:
             ex = client.call("GET", f"/executions/{execution_id}")
-            follow.update(ex)
-            if ex.get("status") not in RUNNING:
+            done = ex.get("status") not in RUNNING
+            follow.update(ex, last=done)
+            if done:
                 return dict(ex)
             time.sleep(poll)
     finally:
@@ -786,9 +789,12 @@ def cmd_account_balance(args: argparse.Namespace) -> int:
 def _archive_cmd(noun: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         out = client_from(args).call("DELETE", f"{RESOURCES[noun]}/{args.id}")
+        see = (
+            "trackly campaign list --archived" if noun == "campaign" else f"GET /api/v1{RESOURCES[noun]}?archived=true"
+        )
         print(
             f"{_label(out.get('name'), out['id'], noun if noun != 'list' else 'sending list')} archived "
-            "(hidden from lists; see them with --archived / ?archived=true)"
+            f"(hidden from lists; see them with {see})"
         )
         return 0
 
@@ -1017,7 +1023,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         ed.add_argument("--json", help="the fields to change as a JSON object (see the PATCH route in the OpenAPI)")
         ed.set_defaults(func=_edit_cmd(noun))
         ar = group.add_parser(
-            "archive", help=f"archive a {what} (its history stays; it cannot be used any more)", parents=parents
+            "archive", help=f"archive {article} {what} (its history stays; it cannot be used any more)", parents=parents
         )
         ar.add_argument("id", type=int, help=f"{what} id")
         ar.set_defaults(func=_archive_cmd(noun))
