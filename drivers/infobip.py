@@ -55,6 +55,8 @@ ACCOUNT_NAMES = frozenset({"REJECTED_NOT_ENOUGH_CREDITS"})
 class InfobipSettings(DriverSettings):
     """``[drivers.infobip]``: your account's base URL and API key."""
 
+    authorization_header: ClassVar[bool] = True
+
     base_url: str = Field("https://api.infobip.com", description="Your account's Infobip base URL.")
     api_key: SecretStr = Field(SecretStr(""), description="API key (sent as `Authorization: App <key>`).")
     batch_size: int = Field(1000, ge=1, le=10000, description="Destinations per request.")

@@ -82,6 +82,8 @@ _HASHES = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
 class TwilioSettings(DriverSettings):
     """``[drivers.twilio]``: account SID and auth token (also the webhook signing key)."""
 
+    authorization_header: ClassVar[bool] = True
+
     base_url: str = Field("https://api.twilio.com", description="Twilio REST API base URL.")
     account_sid: str = Field("", description="Account SID (AC...), used in the path and as Basic-auth user.")
     auth_token: SecretStr = Field(SecretStr(""), description="Auth token: Basic-auth password and webhook signing key.")

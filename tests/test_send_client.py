@@ -211,10 +211,52 @@ def test_keepalive_refuses_credentials_in_base_url(tmp_path: Path) -> None:
     secret."""
     f = tmp_path / "creds.toml"
     f.write_text(
-        '[drivers.twilio]\nbase_url = "https://user:hunter2@api.twilio.com"\naccount_sid = "AC1"\n'
-        'auth_token = "t"\nsend_client = "keepalive"\n'
+        '[drivers.cm]\nbase_url = "https://user:hunter2@gw.cmtelecom.com"\n'
+        'product_token = "00000000-0000-0000-0000-000000000001"\nsend_client = "keepalive"\n'
     )
     problems, _ = driver_problems(load_config(f))
     [(key, msg)] = problems
-    assert key == "drivers.twilio.send_client" and "credentials" in msg and "hunter2" not in msg, problems
+    assert key == "drivers.cm.send_client" and "credentials" in msg and "hunter2" not in msg, problems
     assert DriverSettings(base_url="https://user:hunter2@api.twilio.com").send_client == "auto"  # aiohttp, when open
+
+
+@pytest.mark.parametrize(
+    ("driver", "creds"),
+    [("infobip", 'api_key = "k"'), ("twilio", 'account_sid = "AC1"\nauth_token = "t"')],
+)
+def test_credentials_in_base_url_beside_the_drivers_own_authorization(tmp_path: Path, driver: str, creds: str) -> None:
+    """Infobip and Twilio authenticate with an Authorization header of their own: ``user:password@`` in their
+    ``base_url`` could never go with it (aiohttp refused every send, recorded NO_RESPONSE): a configuration error
+    naming ``base_url``, without the password. CM (a header of its own name) may carry them, and the printed config
+    masks the password."""
+    f = tmp_path / "creds.toml"
+    f.write_text(f'[drivers.{driver}]\nbase_url = "https://user:hunter2@api.example.net"\n{creds}\n')
+    problems, _ = driver_problems(load_config(f))
+    [(key, msg)] = problems
+    assert key == f"drivers.{driver}.base_url" and "Authorization" in msg and "hunter2" not in msg, problems
+    f.write_text(
+        '[drivers.cm]\nbase_url = "https://user:hunter2@gw.example.net"\n'
+        'product_token = "00000000-0000-0000-0000-000000000001"\n'
+    )
+    settings = load_config(f)
+    assert driver_problems(settings)[0] == []
+    assert settings.redacted()["drivers"]["cm"]["base_url"] == "https://user:**********@gw.example.net"
+
+
+async def test_a_request_aiohttp_refuses_to_build_is_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error aiohttp raises before it writes the request (here: an Authorization header beside credentials in
+    the URL) is a failure before the send (retried, held), never an unknown outcome (NO_RESPONSE)."""
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    async with Proxy() as direct:
+        client = HttpClient(
+            DriverSettings(base_url=f"http://user:pw@127.0.0.1:{direct.port}", timeout_seconds=5.0),
+            headers={"Authorization": "App k"},
+        )
+        await client.open()
+        try:
+            with pytest.raises(TransientSendError, match="not sent"):
+                await client.post("/send", data=b"a=1")
+        finally:
+            await client.close()
+    assert direct.heads == []

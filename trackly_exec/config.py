@@ -12,7 +12,7 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -460,7 +460,7 @@ class Settings(BaseSettings):
         data: ConfigTable = json.loads(self.model_dump_json())
         data["drivers"] = {name: _redact_driver(values) for name, values in self.drivers.items()}
         data["mongo"]["uri"] = mask_url_password(self.mongo.uri.get_secret_value())
-        return data
+        return cast("ConfigTable", _mask_urls(data))
 
 
 _SECRETISH = ("key", "token", "secret", "password", "auth")
@@ -567,6 +567,18 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
             msg += f" (from environment variable {var})"
         out.append((key, msg))
     return out
+
+
+def _mask_urls(value: Any) -> Any:
+    """``value`` with the password of every URL in it masked (a driver's ``base_url`` may carry ``user:password@``),
+    and the values of secret-bearing query options (see :func:`mask_url_password`)."""
+    if isinstance(value, dict):
+        return {k: _mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return mask_url_password(value)
+    return value
 
 
 def _redact_driver(values: ConfigTable) -> ConfigTable:

@@ -298,6 +298,10 @@ class DriverSettings(BaseModel):
     #: credentials, webhook secrets, timeouts and the 5xx policy come from the operator's config file alone.
     #: A driver adds its own harmless keys: ``list_overridable = DriverSettings.list_overridable | {"x"}``.
     list_overridable: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    #: The driver authenticates with an ``Authorization`` header of its own (an API key, Basic auth): credentials
+    #: written into ``base_url`` cannot go with it (HTTP has one such header; aiohttp refuses both), so a
+    #: ``base_url`` carrying ``user:password@`` is a configuration error for such a driver.
+    authorization_header: ClassVar[bool] = False
 
     base_url: str = Field("http://127.0.0.1:9000", description="Provider API base URL.")
     timeout_seconds: float = Field(30.0, gt=0, description="Total time for one provider request.")
@@ -345,6 +349,22 @@ class DriverSettings(BaseModel):
                 "the keepalive send client does not send credentials written into base_url (aiohttp sends "
                 "them as Basic auth): put them in the driver's own credential settings, or use 'aiohttp'"
             )
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _one_authorization(cls, value: str) -> str:
+        if cls.authorization_header:
+            try:
+                base = urlsplit(value)
+                userinfo = base.username is not None or base.password is not None
+            except ValueError:
+                userinfo = False
+            if userinfo:
+                raise ValueError(
+                    "base_url carries user:password@, but this driver authenticates with its own Authorization "
+                    "header (its credential settings): remove the credentials from base_url"
+                )
         return value
 
     @field_validator("server_errors", mode="before")

@@ -626,6 +626,10 @@ class HttpClient:
             if mark[0]:
                 raise UnknownOutcomeError(f"{what} after the request was sent: {exc}", code="no-response") from exc
             raise TransientSendError(f"{what} before the request was sent: {exc}", code="not-sent") from exc
+        except Exception as exc:  # anything else aiohttp raises (a request it refuses to build): the same rule
+            if mark[0]:
+                raise UnknownOutcomeError(f"{type(exc).__name__} after the request was sent: {exc}") from exc
+            raise TransientSendError(f"not sent: {type(exc).__name__}: {exc}", code="not-sent") from exc
         finally:
             _WRITTEN.reset(token)
 
