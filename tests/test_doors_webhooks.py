@@ -149,3 +149,35 @@ def test_webhook_urls_command_prints_the_generated_token(tmp_path: Path, capsys:
     assert f"https://sms.acmeshoes.io/webhooks/infobip/inbound/{token}" in out
     assert cli.main(["-c", str(f), "check-config"]) == 0
     assert "webhook_token" not in capsys.readouterr().err
+
+
+def test_processes_starting_together_share_one_generated_token(tmp_path: Path) -> None:
+    """A daemon, ``trackly fake-provider`` and ``trackly webhook-urls`` starting at once on a fresh data_dir: every
+    one takes the one token the file keeps (each generated its own before, and the daemon refused the fake's STOPs
+    with 403 until restarted)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from trackly_exec.config import load_config\n"
+        "from trackly_exec.drivers.pool import DriverPool\n"
+        f"s = load_config(None, daemon={{'data_dir': {str(tmp_path)!r}}}, drivers={{'infobip': {{'api_key': 'k'}}, "
+        "'cm': {'product_token': '00000000-0000-0000-0000-000000000001'}})\n"
+        "pool = DriverPool(s, generate_tokens=True)\n"
+        "print(pool.build('infobip').context.status_url, pool.build('cm').context.status_url)\n"
+    )
+    for _ in range(3):
+        for f in tmp_path.iterdir():
+            f.unlink()
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+            for _ in range(6)
+        ]
+        urls = {p.communicate(timeout=60)[0].strip().splitlines()[-1] for p in procs}
+        assert all(p.returncode == 0 for p in procs)
+        tokens = json.loads((tmp_path / TOKENS_FILE).read_text())
+        assert urls == {
+            f"http://127.0.0.1:8080/webhooks/infobip/status/{tokens['infobip']} "
+            f"http://127.0.0.1:8080/webhooks/cm/status/{tokens['cm']}"
+        }, urls

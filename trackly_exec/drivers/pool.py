@@ -11,9 +11,12 @@ list holding one cannot send. Each distinct combination gets its own driver obje
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,18 @@ def _write_tokens(path: Path, tokens: dict[str, str]) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(tokens, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside ``path`` (``.NAME.lock``, ``flock``), held by one process at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def webhook_auth_missing(cls: type[Driver[Any]], values: ConfigTable) -> str | None:
@@ -101,28 +116,38 @@ class DriverPool:
         self._apply_generated_tokens(generate_tokens)
 
     def _apply_generated_tokens(self, create: bool) -> None:
-        tokens = read_generated_tokens(self.settings)
-        changed = False
+        wanting: list[tuple[str, ConfigTable]] = []  # instances whose webhooks need a generated path token
         for name, (entry, values) in self._instances.items():
             try:
                 cls = get_driver_class(entry)
             except DriverNotFound:
                 continue  # reported by validate()
-            if cls.signed_webhooks or webhook_auth_missing(cls, values) != "webhook_token":
-                continue
-            if name not in tokens and create:
-                tokens[name] = secrets.token_urlsafe(24)
-                changed = True
+            if not cls.signed_webhooks and webhook_auth_missing(cls, values) == "webhook_token":
+                wanting.append((name, values))
+        if not wanting:
+            return
+        tokens = read_generated_tokens(self.settings)
+        if create and any(name not in tokens for name, _ in wanting):
+            # Read again and generate under a lock: a daemon, `trackly fake-provider` and `trackly webhook-urls`
+            # starting together must all take the one token the file keeps (each kept its own before: the daemon
+            # then refused the fake's STOPs with 403 until it was restarted).
+            path = tokens_path(self.settings)
+            with _locked(path):
+                tokens = read_generated_tokens(self.settings)
+                missing = [name for name, _ in wanting if name not in tokens]
+                for name in missing:
+                    tokens[name] = secrets.token_urlsafe(24)
+                if missing:
+                    _write_tokens(path, tokens)
+                    log.info(
+                        "webhook_tokens_generated",
+                        file=str(path),
+                        hint="`trackly webhook-urls` prints the URLs to configure at the provider",
+                    )
+        for name, values in wanting:
             if name in tokens:
                 values["webhook_token"] = tokens[name]
                 self.generated.add(name)
-        if changed:
-            _write_tokens(tokens_path(self.settings), tokens)
-            log.info(
-                "webhook_tokens_generated",
-                file=str(tokens_path(self.settings)),
-                hint="`trackly webhook-urls` prints the URLs to configure at the provider",
-            )
 
     def webhook_urls(self) -> dict[str, DriverContext]:
         """Each instance's status and inbound URLs (path token included) for the provider's settings."""
