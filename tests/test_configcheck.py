@@ -304,3 +304,32 @@ def test_list_check_warnings_say_why_the_lists_were_not_read(tmp_path: Path) -> 
     finally:
         running.stop()
     assert r.returncode == 0 and "in use by the running daemon" in r.stderr, r.stderr
+
+
+def test_driver_problems_come_with_the_rest_at_once(tmp_path: Path) -> None:
+    """A config with mistakes in its core sections and in its driver tables: one check-config run lists every one
+    (the drivers' came only once the rest was fixed); ``trackly run`` lists every driver problem and writes no
+    webhook token for a config it refuses."""
+    import os
+
+    (tmp_path / "trackly.toml").write_text(
+        '[daemon]\nshutdown_grace = 5\n[executor]\nworkers_per_list = 0\n[http]\npublic_url = "127.0.0.1:18380"\n'
+        '[drivers.infobip]\napikey = "x"\n[drivers.twillio]\n'
+    )
+    r = check_config(cwd=tmp_path)
+    assert r.returncode == 2 and "5 problems" in r.stderr, r.stderr
+    for key in ("daemon.shutdown_grace", "executor.workers_per_list", "http.public_url"):
+        assert f"  {key}: " in r.stderr, (key, r.stderr)
+    assert "drivers.infobip.apikey: unknown key" in r.stderr and "drivers.twillio.driver: unknown driver" in r.stderr
+    (tmp_path / "trackly.toml").write_text('[drivers.infobip]\napikey = "x"\n[drivers.twillio]\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "run"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")},
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "2 problems" in r.stderr and "twillio" in r.stderr and "apikey" in r.stderr, r.stderr
+    assert not list(tmp_path.rglob("webhook_tokens.json"))

@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from typing import Any, Literal, TextIO, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from trackly_exec.config import Settings, env_var
-from trackly_exec.errors import DriverNotFound
+from trackly_exec.errors import ConfigError, DriverNotFound
 from trackly_exec.store.documents import ConfigTable, SendingListDoc
 
 PLACEHOLDER = re.compile(
@@ -107,6 +107,24 @@ def placeholder_tokens(settings: Settings) -> list[tuple[str, str]]:
     ]
 
 
+def raw_driver_problems(file: str | None) -> list[tuple[str, str]]:
+    """The problems of the ``[drivers]`` tables of the TOML file, read on their own (for a config whose other
+    sections do not load, so one run still reports every problem)."""
+    import tomllib
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    try:
+        data = tomllib.loads(Path(file).read_text(encoding="utf-8")) if file else {}
+        drivers = data.get("drivers")
+        if not isinstance(drivers, dict) or not drivers:
+            return []
+        return driver_problems(Settings.model_validate({"drivers": drivers}))[0]
+    except (OSError, ValueError, ValidationError, ConfigError):
+        return []  # the tables themselves do not load: the config's own problems say so
+
+
 def raw_placeholders(file: str | None) -> list[tuple[str, str]]:
     """Placeholders in the TOML file and the ``TRACKLY_*`` environment, read without validating (for a config that
     does not load, so one run still reports every problem)."""
@@ -150,32 +168,14 @@ def missing_credentials(cls: Any, values: ConfigTable) -> list[str]:
 
 def driver_problems(settings: Settings) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
     """``(problems, {instance: missing credential keys})`` over every configured driver instance."""
+    from trackly_exec.drivers.pool import DriverPool
     from trackly_exec.drivers.registry import get_driver_class
 
-    problems: list[tuple[str, str]] = []
+    problems = DriverPool(settings).problems()
+    bad = {key.split(".")[1] for key, _ in problems}
     missing: dict[str, list[str]] = {}
     for name, (entry, values) in settings.driver_instances().items():
-        try:
-            cls = get_driver_class(entry)
-        except DriverNotFound as exc:
-            problems.append((f"drivers.{name}.driver", str(exc)))
-            continue
-        try:
-            cls.settings_model.model_validate(values)
-        except ValidationError as exc:
-            for err in exc.errors():
-                key = ".".join(str(p) for p in err["loc"])
-                problems.append(
-                    (
-                        f"drivers.{name}.{key}",
-                        "unknown key"
-                        if err["type"] == "extra_forbidden"
-                        else str(err["msg"]).removeprefix("Value error, "),
-                    )
-                )
-            continue
-        lacking = missing_credentials(cls, values)
-        if lacking:
+        if name not in bad and (lacking := missing_credentials(get_driver_class(entry), values)):
             missing[name] = lacking
     return problems, missing
 

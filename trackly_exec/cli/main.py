@@ -54,8 +54,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 0
     try:
         settings = _settings(args)  # every load problem at once (ConfigError: exit 2)
-    except ConfigError as exc:  # add the placeholders of the raw file and environment to the same report
-        extra = [p for p in configcheck.raw_placeholders(exc.file) if p[0] not in {k for k, _ in exc.problems}]
+    except ConfigError as exc:  # add the drivers' problems and the placeholders of the raw file and environment
+        known = {k for k, _ in exc.problems}
+        raw = [*configcheck.raw_driver_problems(exc.file), *configcheck.raw_placeholders(exc.file)]
+        extra = [p for p in raw if p[0] not in known]
         if not extra:
             raise
         problems = [*exc.problems, *extra]

@@ -113,7 +113,8 @@ class DriverPool:
         self._drivers: dict[tuple[str, str], Driver[Any]] = {}
         self._lock = asyncio.Lock()
         self.generated: set[str] = set()
-        self._apply_generated_tokens(generate_tokens)
+        # never for a config that is refused anyway (validate(): the daemon would not start with it)
+        self._apply_generated_tokens(generate_tokens and not self.problems())
 
     def _apply_generated_tokens(self, create: bool) -> None:
         wanting: list[tuple[str, ConfigTable]] = []  # instances whose webhooks need a generated path token
@@ -192,20 +193,31 @@ class DriverPool:
         suffix = f"/{token.get_secret_value()}" if token is not None else ""
         return DriverContext(status_url=f"{base}/status{suffix}", inbound_url=f"{base}/inbound{suffix}")
 
-    def validate(self) -> None:
-        """Check every configured instance: the driver exists and its settings are valid."""
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, message)`` of every problem of the configured instances: a driver that does not exist, each bad
+        or unknown key of an instance's settings."""
+        out: list[tuple[str, str]] = []
         for name, (entry, values) in self._instances.items():
             try:
                 cls = get_driver_class(entry)
             except DriverNotFound as exc:
-                raise ConfigError(str(exc), key=f"drivers.{name}.driver") from exc
+                out.append((f"drivers.{name}.driver", str(exc)))
+                continue
             try:
                 cls.settings_model.model_validate(values)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                key = ".".join(str(p) for p in err["loc"])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                raise ConfigError(msg, key=f"drivers.{name}.{key}") from exc
+                for err in exc.errors():
+                    key = ".".join(str(p) for p in err["loc"])
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else str(err["msg"])
+                    out.append((f"drivers.{name}.{key}", msg.removeprefix("Value error, ")))
+        return out
+
+    def validate(self) -> None:
+        """Check every configured instance (the driver exists, its settings are valid); raise one
+        :class:`ConfigError` listing every problem."""
+        if problems := self.problems():
+            key, message = problems[0]
+            raise ConfigError(message, key=key, problems=problems)
 
     def build(self, name: str, overrides: ConfigTable | None = None) -> Driver[Any]:
         """A new (not started) driver for instance ``name`` with ``overrides`` applied."""
