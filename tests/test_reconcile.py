@@ -87,9 +87,15 @@ async def test_confirmed_non_send_is_resent_exactly_once(
         await coord.run_until_idle()
         assert await no_response(store) == sorted(ids) and not fake.ledger
         assert await balance(store) == 8.0
+        # their execution had ended (nothing left in the queue): released, they make it run again until sent
+        await store.db[c.EXECUTIONS].insert_one(
+            {"_id": 1, "campaign_id": 1, "status": "completed", "completed_at": utcnow()}
+        )
         counts = await Reconciler(trackly).run_until_idle()
         assert counts["released"] == 2 and sorted(await ids_in(store, c.QUEUED)) == sorted(ids)
         assert await balance(store) == 10.0
+        ex = await store.db[c.EXECUTIONS].find_one({"_id": 1})
+        assert ex["status"] == "queued" and ex["completed_at"] is None, ex
         sent = await coord.run_until_idle()
         again = await Reconciler(trackly).run_until_idle()
     finally:

@@ -375,7 +375,7 @@ async def _redrive_batch(
     res.requeued += n
     res.message_ids += [d["_id"] for d, _, _ in go][:n]
     await db[c.REDRIVES].delete_one({"_id": token})
-    await _reopen_executions(db, {int(eid) for d, _, _ in go if (eid := d.get("execution_id")) is not None})
+    await reopen_executions(db, {int(eid) for d, _, _ in go if (eid := d.get("execution_id")) is not None})
 
 
 def _queue_doc(failed: FailedDoc, token: str, now: dt.datetime, *, number_stop: bool = False) -> QueuedDoc:
@@ -423,8 +423,9 @@ async def _release(db: Any, token: str, plan: dict[str, tuple[dt.datetime, bool]
     return int(out.modified_count)
 
 
-async def _reopen_executions(db: Any, ids: set[int]) -> None:
-    """A completed execution has messages in the queue again: it is ``queued`` until they are done."""
+async def reopen_executions(db: Any, ids: set[int]) -> None:
+    """A completed execution has messages in the queue again (a re-drive, a reconciliation's release): it is
+    ``queued`` until they are done (its campaign counts as running meanwhile: not archived, not edited)."""
     if ids:
         await db[c.EXECUTIONS].update_many(
             {"_id": {"$in": list(ids)}, "status": "completed"}, {"$set": {"status": "queued", "completed_at": None}}

@@ -47,6 +47,7 @@ from trackly_exec.app import Loop, backoff
 from trackly_exec.drivers.contract import DeliveryReport, Driver, Found, LookupQuery, LookupResult, NotFound, Rejected
 from trackly_exec.executor import billing, claims
 from trackly_exec.executor.outcomes import insert_records, sent_doc
+from trackly_exec.executor.redrive import reopen_executions
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import FailedDoc, SendingListDoc
@@ -340,6 +341,7 @@ async def _requeue(trackly: Trackly, docs: list[FailedDoc], now: dt.datetime) ->
         for d in docs
     ]
     await insert_records(trackly.db, c.QUEUED, queued)
+    await reopen_executions(trackly.db, {int(e) for d in docs if (e := d.get("execution_id")) is not None})
     ids = [d["_id"] for d in docs]
     res = await trackly.db[c.FAILED].delete_many({"_id": {"$in": ids}, "reconcile_state": "releasing"})
     await claims.give_back(trackly.db, ids, claim)
