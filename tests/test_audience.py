@@ -111,6 +111,30 @@ async def test_filters_run_on_the_store(store: Store) -> None:
         assert got == sorted(got)
 
 
+async def test_not_null_means_set(store: Store) -> None:
+    """``ne: null`` and ``nin: [null]`` select the contacts whose field is set, as on MongoDB (the embedded store
+    also matched contacts without the field): with ``eq: null`` they split the list in two."""
+    await store[c.CONTACTS].insert_many(
+        [
+            {"_id": 1, "sending_list_id": 1, "phone": "+15550000001", "attributes": {"tier": "gold"}},
+            {"_id": 2, "sending_list_id": 1, "phone": "+15550000002", "attributes": {"tier": None}},
+            {"_id": 3, "sending_list_id": 1, "phone": "+15550000003", "attributes": {}},
+            {"_id": 4, "sending_list_id": 1, "phone": "+15550000004"},
+            {"_id": 5, "sending_list_id": 1, "phone": "+15550000005", "attributes": {"tier": "silver"}},
+        ]
+    )
+
+    async def ids(flt: Any) -> set[int]:
+        batches = union(store.db, 1, [{"_id": 1, "filter": flt}], 7, UnionCounts())
+        return {d["_id"] async for batch in batches for d in batch}
+
+    assert await ids({"attributes.tier": {"ne": None}}) == {1, 5}
+    assert await ids({"attributes.tier": {"nin": [None, "silver"]}}) == {1}
+    assert await ids({"attributes.tier": {"eq": None}}) == {2, 3, 4}
+    assert await ids({"attributes.tier": {"ne": "gold"}}) == {2, 3, 4, 5}
+    assert compile_filter({"attributes.tier": {"ne": None}}) == {"attributes.tier": {"$ne": None, "$exists": True}}
+
+
 async def test_union_dedupes_and_counts(store: Store) -> None:
     """The union of overlapping audiences yields each contact once in id order, with the product document's arithmetic."""
     await _seed(store, 1000)

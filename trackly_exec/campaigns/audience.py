@@ -123,6 +123,10 @@ def _condition(fname: str, spec: Any, path: str) -> Filter:
             ops["$exists"] = value
         else:
             ops[f"${op}"] = _scalar(value, p, date_field)
+    if ("$ne" in ops and ops["$ne"] is None) or None in ops.get("$nin", ()):
+        # "not null" means "set" (MongoDB: a missing field equals null, so ne/nin null skip it); said outright,
+        # since nx-27017 matches a missing field to {"$ne": None}
+        ops.setdefault("$exists", True)
     return {fname: ops}
 
 
