@@ -101,3 +101,19 @@ async def test_last_sent_at_is_imported_in_utc(store: Store) -> None:
     got = {d["phone"]: d["last_sent_at"] async for d in store[c.CONTACTS].find({}, {"phone": 1, "last_sent_at": 1})}
     assert got[phone(4)] == dt.datetime(2026, 12, 1, 8, 30, tzinfo=dt.UTC)
     assert got[phone(1)] == dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)  # a row without it leaves it as it was
+
+
+async def test_an_id_another_tool_took_is_not_an_update(store: Store) -> None:
+    """Contacts written by another tool with ids the sequence has not reached: new contacts whose reserved id is
+    taken are inserted under fresh ids past the highest in use (they were counted as updated and lost), and an
+    existing phone is still an update."""
+    await upsert(store, 1, [{"phone": phone(1)}])
+    seq = (await store[c.COUNTERS].find_one({"_id": c.CONTACTS}))["seq"]
+    await store[c.CONTACTS].insert_many(
+        [{"_id": seq + k, "sending_list_id": 2, "phone": f"(201) 555-{7770 + k}"} for k in range(1, 15)]
+    )
+    r = await upsert(store, 1, [{"phone": phone(2)}, {"phone": phone(3)}, {"phone": phone(1), "first_name": "x"}])
+    assert (r.inserted, r.updated, r.rejected) == (2, 1, [])
+    docs = {d["phone"]: d async for d in store[c.CONTACTS].find({"sending_list_id": 1})}
+    assert sorted(docs) == [phone(1), phone(2), phone(3)] and docs[phone(1)]["first_name"] == "x"
+    assert docs[phone(2)]["_id"] > seq + 14 and docs[phone(3)]["_id"] > seq + 14

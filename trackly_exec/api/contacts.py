@@ -24,10 +24,11 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from trackly_exec.api.models import INVALID_ROW, ContactIn, RejectedRow
+from trackly_exec.errors import StoreError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
-from trackly_exec.store.client import Store, opted_out
+from trackly_exec.store.client import Store, newest, opted_out
 from trackly_exec.store.documents import ContactDoc, JsonObject, Update
 from trackly_exec.store.models import Clock, utcnow
 
@@ -121,6 +122,52 @@ async def upsert(
     return result
 
 
+#: Times a batch's new contacts are inserted again with fresh ids when an id was taken (see :func:`_insert_new`).
+ID_RETRIES = 3
+
+
+async def _insert_new(store: Store, list_id: int, docs: list[ContactDoc]) -> set[int]:
+    """Insert ``docs`` (unordered); returns the indexes of those whose phone the list already has.
+
+    A duplicate-key refusal is either the list's (sending_list_id, phone) index (the phone exists: updated by the
+    caller) or the id (a contact written by another tool with an id the sequence had not reached): those are
+    inserted again with fresh ids, taken past the highest id in use, so no new contact is reported as updated and
+    lost."""
+    coll = store.db[c.CONTACTS]
+    existing: set[int] = set()
+    pending = list(range(len(docs)))
+    for attempt in range(ID_RETRIES + 1):
+        refused: list[int] = []
+        try:
+            await coll.insert_many([docs[i] for i in pending], ordered=False)
+        except BulkWriteError as exc:
+            for err in exc.details.get("writeErrors", []):
+                if err.get("code") != 11000:
+                    raise
+                refused.append(pending[int(err["index"])])
+        if not refused:
+            break
+        phones_in = {docs[i]["phone"] for i in refused}
+        found = {
+            d["phone"]
+            async for d in coll.find({"sending_list_id": list_id, "phone": {"$in": sorted(phones_in)}}, {"phone": 1})
+        }
+        existing |= {i for i in refused if docs[i]["phone"] in found}
+        pending = [i for i in refused if docs[i]["phone"] not in found]  # refused for their id
+        if not pending:
+            break
+        if attempt == ID_RETRIES:
+            raise StoreError(f"no free contact id for {len(pending)} new contact(s) after {ID_RETRIES} tries")
+        highest = await newest(store.db, c.CONTACTS, {})
+        if highest is not None:
+            await store.db[c.COUNTERS].update_one(
+                {"_id": c.CONTACTS, "seq": {"$lt": int(highest["_id"])}}, {"$set": {"seq": int(highest["_id"])}}
+            )
+        for i, fresh in zip(pending, await store.next_ids(c.CONTACTS, len(pending)), strict=True):
+            docs[i]["_id"] = fresh
+    return existing
+
+
 async def _upsert_batch(
     store: Store,
     list_id: int,
@@ -154,14 +201,7 @@ async def _upsert_batch(
             else:
                 doc[key] = value  # type: ignore[literal-required]  # key: one of _FIELDS
         docs.append(doc)
-    existing: set[int] = set()
-    try:
-        await coll.insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        for err in exc.details.get("writeErrors", []):
-            if err.get("code") != 11000:
-                raise
-            existing.add(int(err["index"]))
+    existing = await _insert_new(store, list_id, docs)
     for idx, (_, rows) in enumerate(items):
         if idx in existing:
             result.updated += len(rows)
