@@ -196,6 +196,16 @@ async def test_dead_letters_list_summary_and_redrive(
     page2 = await get(admin, f"/dead-letters?reason=PROVIDER_ERROR&after={page['next_after']}")
     assert len(page2["items"]) == 1 and page2["next_after"] is None
     assert page2["items"][0]["message_id"] == ids[8] and page2["items"][0]["retryable"] is False  # the opt-out
+    # what a re-drive would do with each, as the re-drive below does it
+    every = {i["message_id"]: i["redrive"] for i in (await get(admin, "/dead-letters?limit=100"))["items"]}
+    assert every == {
+        **dict.fromkeys(ids[0:5], "default"),
+        ids[5]: "allow_duplicates",
+        ids[6]: "no",
+        ids[7]: "by_reason",
+        ids[8]: "opted_out",
+        ids[9]: "opted_out",  # the contact opted out since
+    }, every
     since = (utcnow() + dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
     assert (await get(admin, f"/dead-letters?since={since}"))["items"] == []
     # refused outright: never-retryable reasons, NO_RESPONSE without the flag

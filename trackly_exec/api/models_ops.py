@@ -120,6 +120,12 @@ class DeadLetterOut(Out):
     provider_code: str | None = None
     ambiguous: bool = Field(False, description="NO_RESPONSE: the provider may have accepted it.")
     retryable: bool = Field(description="Can be re-driven (NO_RESPONSE only with allow_duplicates).")
+    redrive: str = Field(
+        "default",
+        description="What a re-drive would do with it now: default (a plain re-drive takes it), by_reason (only "
+        "when its reason is named: STALE), allow_duplicates (NO_RESPONSE), opted_out, contact_blocked or spam "
+        "(skipped), no (never re-driven).",
+    )
 
 
 class DeadLetterPage(Out):

@@ -144,10 +144,10 @@ def _dl_match(q: o.DeadLetterQuery) -> Filter:
     )
 
 
-def _dead_letter(doc: FailedDoc) -> o.DeadLetterOut:
+def _dead_letter(doc: FailedDoc, outlook: str) -> o.DeadLetterOut:
     # what a re-drive skips whatever reasons it is given (an opt-out at the provider, a spam flag) is not retryable
     retryable = str(doc.get("reason")) in _RETRYABLE and not doc.get("opted_out") and not doc.get("spam")
-    return o.DeadLetterOut.model_validate({**doc, "message_id": doc["_id"], "retryable": retryable})
+    return o.DeadLetterOut.model_validate({**doc, "message_id": doc["_id"], "retryable": retryable, "redrive": outlook})
 
 
 @route(
@@ -162,7 +162,8 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     store = _tr(request).store
     docs: list[FailedDoc]
     docs, next_after = await keyset_page(store, c.FAILED, _dl_match(q), q.after or None, q.limit, {"body": 0})
-    return _json(o.DeadLetterPage(items=[_dead_letter(d) for d in docs], next_after=next_after))
+    outlooks = await redrive.outlook(store.db, docs)
+    return _json(o.DeadLetterPage(items=[_dead_letter(d, outlooks[d["_id"]]) for d in docs], next_after=next_after))
 
 
 @route(

@@ -159,12 +159,17 @@ def cmd_dl_list(args: argparse.Namespace) -> int:
     )
     if _printed_whole(args, page, "no dead letters"):
         return 0
-    print(f"{'message':<17} {'reason':<18} {'campaign':>8} {'to':<16} {'failed at (UTC)':<20} {'retry':<5}  detail")
+    print(f"{'message':<17} {'reason':<18} {'campaign':>8} {'to':<16} {'failed at (UTC)':<20} {'re-drive':<16}  detail")
     for d in page["items"]:
         print(
             f"{d['message_id']:<17} {d['reason']:<18} {d.get('campaign_id') or '-':>8} {d.get('to_number') or '':<16} "
-            f"{(d.get('failed_at') or '')[:19]:<20} {'yes' if d['retryable'] else 'no':<5}  {d.get('detail') or ''}"
+            f"{(d.get('failed_at') or '')[:19]:<20} {d.get('redrive') or '-':<16}  {d.get('detail') or ''}"
         )
+    print(
+        "re-drive: default = a plain redrive takes it; by_reason = with --reason; allow_duplicates = NO_RESPONSE, "
+        "with --allow-duplicates; opted_out / contact_blocked / spam / no = not re-driven",
+        file=sys.stderr,
+    )
     if page.get("next_after"):
         print(f"... more (first {args.limit} shown)", file=sys.stderr)
     return 0

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -134,6 +135,44 @@ def _why_not(doc: FailedDoc, reasons: set[str], allow_duplicates: bool) -> str |
     if doc.get("spam"):
         return "flagged_spam"
     return None
+
+
+#: What a re-drive would do with a dead letter (:func:`outlook`): ``default`` (a plain re-drive takes it),
+#: ``by_reason`` (only when its reason is named: STALE), ``allow_duplicates`` (NO_RESPONSE: only with
+#: allow_duplicates), ``opted_out`` / ``contact_blocked`` / ``spam`` (skipped: the number said STOP, the contact is
+#: blocked, the provider flagged it), ``no`` (never re-driven: the message itself is the problem).
+OUTLOOKS = ("default", "by_reason", "allow_duplicates", "opted_out", "contact_blocked", "spam", "no")
+
+
+async def outlook(db: Any, docs: Sequence[FailedDoc]) -> dict[str, str]:
+    """What a re-drive would do with each of ``docs`` (see :data:`OUTLOOKS`), by message id: its reason, the
+    provider's flags, and the contact's and number's opt-out now (two reads for the whole page)."""
+    contacts = await _contacts(db, [int(cid) for d in docs if (cid := d.get("contact_id")) is not None])
+    stops = await opted_out(db, {(int(d["sending_list_id"]), d["to_number"]) for d in docs if d.get("to_number")})
+    default = {str(r) for r in DEFAULT_REASONS}
+    out: dict[str, str] = {}
+    for d in docs:
+        reason = str(d.get("reason"))
+        contact = contacts.get(int(cid)) if (cid := d.get("contact_id")) is not None else None
+        lifted = set(d.get("overrides") or ())
+        if reason in {str(r) for r in NEVER} or reason not in {str(r) for r in RETRYABLE}:
+            out[d["_id"]] = "no"
+        elif d.get("opted_out"):
+            out[d["_id"]] = "opted_out"
+        elif d.get("spam"):
+            out[d["_id"]] = "spam"
+        elif "opt_out" not in lifted and (
+            (contact is not None and contact.get("subscribed") is False)
+            or (int(d["sending_list_id"]), d.get("to_number")) in stops
+        ):
+            out[d["_id"]] = "opted_out"
+        elif "opt_out" not in lifted and contact is not None and contact.get("blocked") is True:
+            out[d["_id"]] = "contact_blocked"
+        elif reason == FailureReason.NO_RESPONSE:
+            out[d["_id"]] = "allow_duplicates"
+        else:
+            out[d["_id"]] = "default" if reason in default else "by_reason"
+    return out
 
 
 async def _contacts(db: Any, ids: list[int]) -> dict[int, ContactDoc]:
