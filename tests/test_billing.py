@@ -54,6 +54,10 @@ async def test_blocked_messages_back_off(settings: Settings, store: Store, fakes
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
     assert counts["sent"] == 3 and counts["held.billing"] == 2 and await balance(store) == pytest.approx(0.0)
+    # the operator hears of it now (one alert event), not when the messages are dead-lettered an hour later
+    [event] = await store.db[c.EVENTS].find({"kind": "billing_blocked"}).to_list(None)
+    assert event["severity"] == "critical" and event["data"]["account_id"] == 1 and event["data"]["messages"] == 2
+    assert "top the account up" in event["message"]
     assert set(fakes["infobip"].accepted_counts()) == set(ids[:3])
     docs = await store.db[c.QUEUED].find({"_id": {"$in": ids[3:]}}).to_list(None)
     for d in docs:

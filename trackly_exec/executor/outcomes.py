@@ -196,6 +196,7 @@ class Outcomes:
         self.threshold = self.cfg.error_burst_threshold
         self._errors: dict[int, collections.deque[tuple[float, int]]] = {}
         self._burst_alerted: dict[int, float] = {}
+        self._billing_alerted: dict[int, float] = {}
 
     async def publish(self, events: Iterable[Event]) -> None:
         events = list(events)
@@ -366,6 +367,31 @@ class Outcomes:
             events.append(burst)
         await self.publish(events)
         return held_until
+
+    def billing_blocked(self, account_id: int, list_id: int, messages: int) -> Event | None:
+        """An Event when an account's balance stops messages for the first time in :data:`BURST_WINDOW` (once a
+        minute per account in this process): the operator learns it now, not when they are dead-lettered
+        ``billing_ttl_minutes`` later."""
+        now = time.monotonic()
+        if messages <= 0 or now - self._billing_alerted.get(account_id, -1e9) < BURST_WINDOW:
+            return None
+        self._billing_alerted[account_id] = now
+        retry, ttl = self.cfg.billing_backoff_minutes, self.cfg.billing_ttl_minutes
+        log.warning("billing_blocked", account_id=account_id, sending_list_id=list_id, messages=messages)
+        return Event(
+            kind=EventKind.BILLING_BLOCKED,
+            severity="critical",
+            key=f"billing_blocked:{account_id}",
+            message=f"account {account_id}: balance too low, {messages} messages of sending list {list_id} held "
+            f"(retried every {retry:g} min; dead-lettered BILLING_BLOCKED after {ttl:g} min; top the account up)",
+            data={
+                "account_id": account_id,
+                "sending_list_id": list_id,
+                "messages": messages,
+                "retry_minutes": retry,
+                "ttl_minutes": ttl,
+            },
+        )
 
     def throttle_until(self, docs: Sequence[ClaimedDoc], now: dt.datetime, retry_after: float) -> dt.datetime:
         """The end of a provider-storm hold: ``provider_hold_seconds`` at first, then as long as the oldest message

@@ -38,6 +38,7 @@ class EventKind(enum.StrEnum):
     OPT_OUT = "opt_out"  # data: phone, sending_list_id, keyword
     WEBHOOK_DEAD = "webhook_dead"  # data: event_id, account_id, attempts, error
     CLOCK_SKEW = "clock_skew"  # data: instance, offset_seconds, warn_seconds
+    BILLING_BLOCKED = "billing_blocked"  # data: account_id, sending_list_id, messages, retry_minutes, ttl_minutes
 
 
 @dataclass
