@@ -163,3 +163,53 @@ async def test_preview_texts_the_number_the_run_texts(admin: TestClient[Any, Any
     assert a["length"] == 158 and a["segments"] == 1 and a["cost"] == 0.01
     assert b["phone"] == "+12125557112" and b["segments"] == 1
     assert bad["skipped"] == "invalid_phone" and bad.get("body") is None
+
+
+async def test_campaign_preview_says_who_would_not_be_texted(admin: TestClient[Any, Any], trackly: Trackly) -> None:
+    """A campaign's preview marks, as its run would decide now, the samples it would not text (unsubscribed or
+    blocked, in a workflow the campaign excludes, within the list's cooldown, outside their quiet hours) and, for a
+    campaign that holds rather than skips, when a sample would go; the others read as before."""
+    import datetime as dt
+
+    from .campaign_fixtures import zone_where
+
+    s = await _seed(admin, trackly)
+    await trackly.db[c.SENDING_LISTS].update_one({"_id": s["list"]}, {"$set": {"cooldown_minutes": 60}})
+    inside, outside = zone_where(True), zone_where(False)
+    people = {
+        "unsub": {"subscribed": False, "timezone": inside},
+        "blocked": {"blocked": True, "timezone": inside},
+        "wf": {"in_workflow": True, "timezone": inside},
+        "recent": {"last_sent_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5), "timezone": inside},
+        "asleep": {"timezone": outside},
+        "ok": {"timezone": inside},
+    }
+    ids = {}
+    for n, (name, fields) in enumerate(people.items()):
+        ids[name] = 800 + n
+        await trackly.db[c.CONTACTS].insert_one(
+            {
+                "_id": 800 + n,
+                "sending_list_id": s["list"],
+                "phone": f"+1212555{8000 + n}",
+                "first_name": name,
+                "attributes": {"city": "Oslo"},
+                **fields,
+            }
+        )
+    camp = await create_campaign(admin, s, exclude_in_workflow=True)
+    out = await post(admin, f"/campaigns/{camp['id']}/preview", {"contact_ids": list(ids.values())}, 200)
+    rows = {r["contact_id"]: r for r in out["variants"][0]["samples"]}
+    assert {name: rows[i]["skipped"] for name, i in ids.items()} == {
+        "unsub": "unsubscribed",
+        "blocked": "unsubscribed",
+        "wf": "in_workflow",
+        "recent": "frequency_cap",
+        "asleep": "quiet_hours",
+        "ok": None,
+    }
+    assert all(rows[i]["body"] for i in ids.values())  # shown all the same, to read
+    held = await create_campaign(admin, s, quiet_hours_policy="hold")
+    out = await post(admin, f"/campaigns/{held['id']}/preview", {"contact_ids": [ids["asleep"], ids["ok"]]}, 200)
+    asleep, ok = out["variants"][0]["samples"]
+    assert asleep["skipped"] is None and asleep["held_until"] is not None and ok["held_until"] is None

@@ -244,6 +244,7 @@ async def run_preview(
     sample: int,
     track_links: bool,
     scan_limit: int,
+    campaign: CampaignDoc | None = None,
 ) -> web.Response:
     from trackly_exec.api.preview import PreviewError, preview
 
@@ -270,6 +271,7 @@ async def run_preview(
             sample=sample,
             track_links=track_links,
             scan_limit=scan_limit,
+            campaign=campaign,
         )
     except PreviewError as exc:
         raise ApiError(
@@ -337,6 +339,7 @@ async def preview_campaign(request: web.Request) -> web.Response:
         body.sample,
         bool(camp.get("track_links")),
         body.scan_limit,
+        camp,
     )
 
 

@@ -226,7 +226,12 @@ class PreviewSample(Out):
         default_factory=list, description="Blocked words in this body: it would be dead-lettered."
     )
     skipped: str | None = Field(
-        None, description="missing_placeholder or invalid_phone: this contact would be skipped."
+        None,
+        description="Why this contact would not be texted now (the evaluation's skip reasons: missing_placeholder, "
+        "invalid_phone, unsubscribed, in_workflow, frequency_cap, quiet_hours); the body is shown all the same.",
+    )
+    held_until: dt.datetime | None = Field(
+        None, description="Outside its quiet-hours window, held until it opens (the campaign holds rather than skips)."
     )
     missing: list[str] = Field(default_factory=list, description="Placeholders without a value and without a default.")
 

@@ -19,6 +19,7 @@ Checks over the whole audience (up to ``scan_limit`` contacts; ``scan_complete``
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import difflib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
@@ -30,8 +31,18 @@ from trackly_exec.errors import TracklyError
 from trackly_exec.executor.checks import blocked_words_pattern
 from trackly_exec.store import constants as c
 from trackly_exec.store import phones
-from trackly_exec.store.documents import AudienceDoc, ContactDoc, CreativeDoc, JsonObject, SendingListDoc
+from trackly_exec.store.client import opted_out
+from trackly_exec.store.documents import (
+    AudienceDoc,
+    CampaignDoc,
+    ContactDoc,
+    CreativeDoc,
+    JsonObject,
+    SendingListDoc,
+)
+from trackly_exec.store.models import QuietHours
 from trackly_exec.store.names import name_of
+from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 from trackly_exec.store.segments import measure
 
 KEY_SAMPLE = 1000
@@ -72,6 +83,55 @@ async def _sample_keys(db: Any, list_id: int) -> set[str]:
     return keys
 
 
+async def _would_skip(
+    trackly: Any, sending_list: SendingListDoc, campaign: CampaignDoc | None, samples: list[ContactDoc]
+) -> dict[int, tuple[str | None, dt.datetime | None]]:
+    """Per sample contact, what the evaluation would do with it now, as it decides: skip it (``unsubscribed``,
+    ``in_workflow``, ``frequency_cap``, ``quiet_hours``) or hold it until its quiet-hours window opens (the
+    campaign's ``quiet_hours_policy = "hold"``), else nothing; ``(reason, held_until)`` by contact id."""
+    db = trackly.db
+    list_id = int(sending_list["_id"])
+    now = trackly.now()
+    cooldown = float(sending_list.get("cooldown_minutes") or 0)
+    cutoff = now - dt.timedelta(minutes=cooldown) if cooldown > 0 else None
+    quiet = QuietHours.model_validate(sending_list.get("quiet_hours") or {})
+    window = Window.from_quiet_hours(quiet)
+    hold = (campaign or {}).get("quiet_hours_policy", "exclude") == "hold"
+    exclude_wf = bool((campaign or {}).get("exclude_in_workflow"))
+    numbers = {int(d["_id"]): phones.contact_number(d) for d in samples}
+    stops = {to for _, to in await opted_out(db, [(list_id, to) for to, _ in numbers.values() if to])}
+    out: dict[int, tuple[str | None, dt.datetime | None]] = {}
+    for d in samples:
+        to, number_zones = numbers[int(d["_id"])]
+        if to is None:
+            continue  # invalid_phone: said by the caller
+        reason: str | None = None
+        held: dt.datetime | None = None
+        last = d.get("last_sent_at")
+        if not d.get("subscribed", True) or d.get("blocked") or to in stops:
+            reason = "unsubscribed"
+        elif exclude_wf and d.get("in_workflow"):
+            reason = "in_workflow"
+        elif cutoff is not None and (
+            (isinstance(last, dt.datetime) and (last if last.tzinfo else last.replace(tzinfo=dt.UTC)) >= cutoff)
+            or await db[c.SENT].find_one(
+                {"sending_list_id": {"$eq": list_id}, "to_number": {"$eq": to}, "timestamp": {"$gte": cutoff}},
+                {"_id": 1},
+            )
+            is not None
+        ):
+            reason = "frequency_cap"
+        else:
+            zones = contact_zones(to, d.get("timezone"), quiet.default_timezone, number_zones)
+            if not in_window(now, zones, window):
+                if hold:
+                    held = next_opening(now, zones, window)
+                else:
+                    reason = "quiet_hours"
+        out[int(d["_id"])] = (reason, held)
+    return out
+
+
 async def preview(
     trackly: Any,
     creative: CreativeDoc,
@@ -82,6 +142,7 @@ async def preview(
     sample: int = 3,
     track_links: bool = False,
     scan_limit: int = DEFAULT_SCAN_LIMIT,
+    campaign: CampaignDoc | None = None,
 ) -> JsonObject:
     db = trackly.db
     list_id = int(sending_list["_id"])
@@ -119,6 +180,8 @@ async def preview(
             async for batch in first:
                 samples = batch[:sample]
                 break
+
+    verdicts = await _would_skip(trackly, sending_list, campaign, samples)
 
     # Scan the audience: missing values per placeholder, skips per variant.
     known = set(CONTACT_PLACEHOLDERS) | await _sample_keys(db, list_id)
@@ -224,6 +287,11 @@ async def preview(
                 skipped=None,
                 missing=[],
             )
+            reason, held = verdicts.get(int(contact["_id"]), (None, None))
+            if reason is not None:  # rendered all the same, to read; never queued
+                row.update(skipped=reason)
+            if held is not None:
+                row.update(held_until=held)
             rendered.append(row)
         variants_out.append(
             {
