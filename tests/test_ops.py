@@ -510,9 +510,10 @@ def test_closed_pipe_ends_without_traceback(tmp_path: Path) -> None:
 def test_pause_described_the_same_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
     """Pause and resume read the same in the CLI help, the OpenAPI document and the README."""
     from trackly_exec.api.openapi import document
-    from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
+    from trackly_exec.store.models import CANCEL_DESCRIPTION, PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 
     doc = document()
+    assert doc["paths"]["/api/v1/campaigns/{id}/cancel"]["post"]["summary"] == CANCEL_DESCRIPTION
     assert doc["paths"]["/api/v1/campaigns/{id}/pause"]["post"]["summary"] == PAUSE_DESCRIPTION
     assert doc["paths"]["/api/v1/campaigns/{id}/resume"]["post"]["summary"] == RESUME_DESCRIPTION
     assert PAUSE_DESCRIPTION in doc["info"]["description"] and RESUME_DESCRIPTION in doc["info"]["description"]
@@ -521,7 +522,8 @@ def test_pause_described_the_same_everywhere(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         cli.main(["campaign", "--help"])
     helptext = " ".join(capsys.readouterr().out.split())
-    assert PAUSE_DESCRIPTION in helptext and RESUME_DESCRIPTION in helptext
+    assert PAUSE_DESCRIPTION in helptext and RESUME_DESCRIPTION in helptext and CANCEL_DESCRIPTION in helptext
+    assert CANCEL_DESCRIPTION in readme and CANCEL_DESCRIPTION in doc["info"]["description"]
 
 
 # --------------------------------------------------------------------------------------------- CSV import
@@ -608,3 +610,50 @@ async def claims_pause(store: Store, mid: str) -> None:
     await store.db[c.QUEUED].update_one(
         {"_id": mid}, {"$set": {"not_before": PAUSED_UNTIL, "due_ms": epoch_ms(PAUSED_UNTIL), "paused": True}}
     )
+
+
+# --------------------------------------------------------------------------------------------- cancel
+
+
+async def test_cancel_ends_a_campaign_for_good(
+    admin: TestClient[Any, Any], trackly: Trackly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling a campaign mid-send dead-letters its queued messages CANCELLED (nothing of it is sent after);
+    messages an executor holds are given back at its re-check (the campaign is paused first) and a second cancel
+    ends them; then the campaign is done and its execution completed, every message has one record, and a re-drive
+    naming CANCELLED takes them back."""
+    from trackly_exec.api import campaigns as api_campaigns
+    from trackly_exec.executor import claims
+
+    from .api_support import H, create_campaign, post
+    from .api_support import seed as seed_api
+
+    monkeypatch.setattr(api_campaigns, "CANCEL_WAIT_SECONDS", 0.3)
+    ids = await seed_api(admin)
+    await post(
+        admin,
+        f"/sending-lists/{ids['list']}/contacts",
+        {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": "UTC"} for n in range(100, 130)]},
+        200,
+    )
+    camp = await create_campaign(admin, ids)
+    started = await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
+    queued = [d["_id"] async for d in trackly.db[c.QUEUED].find({})]
+    assert len(queued) == 30
+    held = await claims.claim(trackly.db, ids["list"], "other-daemon:x", utcnow(), 5)  # an executor holds 5
+    r = await admin.post(f"/api/v1/campaigns/{camp['id']}/cancel", headers=H)
+    out = await r.json()
+    assert r.status == 200 and out["cancelled"] == 25 and out["still_claimed"] == 5 and out["status"] == "paused", out
+    await claims.give_back(trackly.db, [d["_id"] for d in held], "other-daemon:x")  # its re-check: paused
+    out = await post(admin, f"/campaigns/{camp['id']}/cancel", None, 200)
+    assert out == {"id": camp["id"], "status": "done", "cancelled": 5, "still_claimed": 0, "evaluating": False}
+    await Coordinator(trackly).run_until_idle()
+    assert await trackly.db[c.SENT].count_documents({}) == 0
+    split = await assert_one_record_each(trackly.store, queued)
+    assert split[c.FAILED] == 30 and await trackly.db[c.FAILED].count_documents({"reason": "CANCELLED"}) == 30
+    ex = await trackly.db[c.EXECUTIONS].find_one({"_id": started["execution_id"]})
+    assert ex["status"] == "completed"
+    summary = await (await admin.get("/api/v1/dead-letters/summary", headers=H)).json()
+    assert summary["by_reason"] == {"CANCELLED": 30} and summary["retryable"] == 0  # not by default
+    out = await post(admin, "/dead-letters/redrive", {"reasons": ["CANCELLED"]}, 200)
+    assert out["requeued"] == 30

@@ -43,7 +43,13 @@ from trackly_exec.executor import claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import CampaignDoc, CreativeDoc, ExecutionDoc, Filter, SendingListDoc, Update
-from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION, CampaignStatus
+from trackly_exec.store.models import (
+    CANCEL_DESCRIPTION,
+    PAUSE_DESCRIPTION,
+    RESUME_DESCRIPTION,
+    CampaignStatus,
+    ExecutionStatus,
+)
 
 log = get_logger(__name__)
 
@@ -458,6 +464,49 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
 @route("POST", "/campaigns/{id}/pause", PAUSE_DESCRIPTION, response=mc.CampaignOut, errors=(409,))
 async def pause_campaign(request: web.Request) -> web.Response:
     return await _set_status(request, CampaignStatus.PAUSED)
+
+
+#: How long a cancel waits for the executors to give back the messages they hold (paused: at their re-check).
+CANCEL_WAIT_SECONDS = 10.0
+
+
+@route("POST", "/campaigns/{id}/cancel", CANCEL_DESCRIPTION, response=mc.CancelOut)
+async def cancel_campaign(request: web.Request) -> web.Response:
+    trackly = _tr(request)
+    doc: CampaignDoc = await path_doc(request, c.CAMPAIGNS, "campaign")
+    cid: int = doc["_id"]
+    from trackly_exec.executor.redrive import cancel_queued
+
+    # paused first: an executor that holds some of its messages gives them back at the send-time re-check
+    await trackly.db[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": {"status": CampaignStatus.PAUSED.value}})
+    cancelled, left = 0, 0
+    deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
+    while True:
+        n, left = await cancel_queued(trackly.db, cid, trackly.now())
+        cancelled += n
+        if not left or asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    evaluating = await trackly.db[c.EXECUTIONS].find_one(
+        {"campaign_id": cid, "status": {"$in": [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value]}}
+    )
+    status = CampaignStatus.PAUSED  # (an evaluation still queuing for it queues paused messages: cancel again)
+    if not left and evaluating is None:  # nothing of it left: done for good (its executions complete as drained)
+        status = CampaignStatus.DONE
+        await trackly.db[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": {"status": status.value}})
+        await trackly.db[c.EXECUTIONS].update_many(
+            {"campaign_id": cid, "status": ExecutionStatus.QUEUED.value},
+            {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": trackly.now()}},
+        )
+    log.warning("campaign_cancelled", campaign_id=cid, cancelled=cancelled, still_claimed=left)
+    out = mc.CancelOut(
+        id=cid,
+        status=status.value,
+        cancelled=cancelled,
+        still_claimed=left,
+        evaluating=evaluating is not None,
+    )
+    return _json(out)
 
 
 @route("POST", "/campaigns/{id}/resume", RESUME_DESCRIPTION, response=mc.CampaignOut, errors=(409,))

@@ -213,6 +213,18 @@ class BlockedWord(Out):
     source: str = Field(description="list (the sending list's blocked_words) or global (executor.blocked_words).")
 
 
+class CancelOut(Out):
+    id: int
+    status: str = Field(description="done when nothing of it is left in the queue; paused while some is claimed.")
+    cancelled: int = Field(description="Queued messages dead-lettered CANCELLED by this call.")
+    still_claimed: int = Field(
+        description="Messages an executor still held after the wait: given back at their re-check; cancel again."
+    )
+    evaluating: bool = Field(
+        description="An execution of it is still evaluating (it queues paused messages): cancel again once it is done."
+    )
+
+
 class PreviewSample(Out):
     contact_id: int
     phone: str

@@ -14,7 +14,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from trackly_exec import __version__
 from trackly_exec.api.models import ErrorOut
 from trackly_exec.store.documents import JsonObject
-from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
+from trackly_exec.store.models import CANCEL_DESCRIPTION, PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 
 REF = "#/components/schemas/{model}"
 _ERRORS = {
@@ -33,7 +33,7 @@ page's `next_after`). Lists of sending lists, audiences, creatives and campaigns
 case) and `archived` (archived items are hidden unless `archived=true`); campaigns also by `status`.
 Secrets (`webhook_secret`, secret-looking `driver_settings`) are masked in answers. An unknown id in the path is a
 404; every problem of a body (unknown or archived ids it names included) is reported in one 422."""
-DESCRIPTION += f"\n\nCampaigns. {PAUSE_DESCRIPTION}. {RESUME_DESCRIPTION}."
+DESCRIPTION += f"\n\nCampaigns. {PAUSE_DESCRIPTION}. {RESUME_DESCRIPTION}. {CANCEL_DESCRIPTION}."
 
 
 def _routes() -> list[Any]:

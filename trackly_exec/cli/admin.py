@@ -34,7 +34,7 @@ from trackly_exec.api import csvsafe
 from trackly_exec.config import config_file, has_scheme, load_config, mask_url_password
 from trackly_exec.errors import TracklyError
 from trackly_exec.store.documents import JsonObject
-from trackly_exec.store.models import PAUSE_DESCRIPTION, RESUME_DESCRIPTION
+from trackly_exec.store.models import CANCEL_DESCRIPTION, PAUSE_DESCRIPTION, RESUME_DESCRIPTION
 from trackly_exec.store.phones import normalize
 
 CHUNK = 1000
@@ -863,6 +863,16 @@ def _status_cmd(action: str) -> Any:
     return run
 
 
+def cmd_campaign_cancel(args: argparse.Namespace) -> int:
+    out = client_from(args).call("POST", f"/campaigns/{args.id}/cancel")
+    print(f"campaign {out['id']}: {out['cancelled']:,} queued message(s) dead-lettered CANCELLED; now {out['status']}")
+    if out["still_claimed"] or out["evaluating"]:
+        why = "still being evaluated" if out["evaluating"] else f"{out['still_claimed']:,} message(s) still claimed"
+        print(f"  {why}: run `trackly campaign cancel {out['id']}` again in a moment", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     s = client_from(args).call("GET", f"/campaigns/{args.campaign}/stats")
     if args.json:
@@ -952,6 +962,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         ("show", cmd_campaign_show, "show one campaign"),
         ("pause", _status_cmd("pause"), PAUSE_DESCRIPTION),
         ("resume", _status_cmd("resume"), RESUME_DESCRIPTION),
+        ("cancel", cmd_campaign_cancel, CANCEL_DESCRIPTION),
     ):
         p = psub.add_parser(name, help=text, parents=parents)
         p.add_argument("id", type=int, help="campaign id")

@@ -52,12 +52,12 @@ from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
 from trackly_exec.store.client import opted_out
 from trackly_exec.store.documents import ContactDoc, FailedDoc, Filter, JsonObject, QueuedDoc, SendingListDoc
-from trackly_exec.store.models import FailureReason, MessageFields, QuietHours, entering_queue
+from trackly_exec.store.models import FailedMessage, FailureReason, MessageFields, QuietHours, entering_queue
 
 log = get_logger(__name__)
 
 DEFAULT_REASONS = (FailureReason.RATE_LIMIT_TIMEOUT, FailureReason.BILLING_BLOCKED, FailureReason.PROVIDER_ERROR)
-RETRYABLE = (*DEFAULT_REASONS, FailureReason.STALE, FailureReason.NO_RESPONSE)
+RETRYABLE = (*DEFAULT_REASONS, FailureReason.STALE, FailureReason.NO_RESPONSE, FailureReason.CANCELLED)
 NEVER = (FailureReason.BLOCKED_CONTENT, FailureReason.CONTACT_BLOCKED)
 BATCH = 500
 RECOVER_AFTER = dt.timedelta(minutes=2)
@@ -135,6 +135,36 @@ def _why_not(doc: FailedDoc, reasons: set[str], allow_duplicates: bool) -> str |
     if doc.get("spam"):
         return "flagged_spam"
     return None
+
+
+async def cancel_queued(db: Any, campaign_id: int, now: dt.datetime) -> tuple[int, int]:
+    """Dead-letter every unclaimed queued message of the campaign as CANCELLED (claimed, recorded, deleted fenced,
+    as a STOP ends a contact's); returns ``(cancelled, still claimed)``. Claimed ones are an executor's: with the
+    campaign paused, its send-time re-check gives them back, and a later call ends them."""
+    token = f"cancel:{uuid.uuid4().hex}"
+    query: Filter = {"campaign_id": {"$eq": campaign_id}}
+    docs = await claims.claim_matching(db, query, token, now)
+    if docs:
+        failed = [
+            FailedMessage.model_validate(
+                {
+                    **d,
+                    "id": d["_id"],
+                    "reason": FailureReason.CANCELLED,
+                    "detail": f"campaign {campaign_id} cancelled",
+                    "failed_at": now,
+                }
+            ).to_doc()
+            for d in docs
+        ]
+        try:
+            await db[c.FAILED].insert_many(failed, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+        await claims.drop(db, token, [d["_id"] for d in docs])
+    left = await db[c.QUEUED].count_documents(query)
+    return len(docs), int(left)
 
 
 #: What a re-drive would do with a dead letter (:func:`outlook`): ``default`` (a plain re-drive takes it),

@@ -80,6 +80,7 @@ class FailureReason(enum.StrEnum):
     PROVIDER_ERROR = "PROVIDER_ERROR"  # the provider refused, or transient errors outlasted the budget
     NO_RESPONSE = "NO_RESPONSE"  # outcome unknown: the provider may have accepted it
     BILLING_BLOCKED = "BILLING_BLOCKED"  # balance insufficient for 60 minutes
+    CANCELLED = "CANCELLED"  # its campaign was cancelled by an operator before it was sent
 
 
 class ExecutionStatus(enum.StrEnum):
@@ -96,6 +97,13 @@ class CampaignStatus(enum.StrEnum):
     PAUSED = "paused"
     DONE = "done"
 
+
+#: What cancel does, word for word the same in the CLI help, the OpenAPI document and the README.
+CANCEL_DESCRIPTION = (
+    "Cancel: stop the campaign for good. Paused first (claimed messages are held right before their send), then "
+    "every message of it still in the queue is dead-lettered CANCELLED (re-drivable by naming that reason); a "
+    "request already on the wire still goes. Done once nothing of it is left in the queue"
+)
 
 #: What pause and resume do, word for word the same in the CLI help, the OpenAPI document and the README.
 PAUSE_DESCRIPTION = (
