@@ -354,6 +354,8 @@ async def test_contacts_stored_in_other_spellings_are_one_handset_and_held_to_it
             first = await trigger(d.trackly, 1)
             ex = (await store[c.EXECUTIONS].find_one({"_id": first}))["counts"]
             assert ex["queued"] == 2 and ex["unique"] == 2 and sum(ex["skipped"].values()) == 0, ex
+            # three other spellings of two handsets: merged, counted apart from the audiences' overlap
+            assert ex["duplicate_handsets"] == 3 and ex["overlap"] == 0, ex
             queued = {q["to_number"]: q for q in await store[c.QUEUED].find({}).to_list(None)}
             assert sorted(queued) == [PHONE, "+14155550124"]
             assert queued[PHONE]["contact_id"] == 1 and queued[PHONE]["number_stop"] is True

@@ -156,7 +156,7 @@ class EstimateOut(Out):
     sending_list_id: int
     counts: JsonObject = Field(
         description="As an execution's counts: per_audience {id: n}, audience_total, "
-        "overlap, unique, skipped {reason: n}, queued, held_quiet_hours, "
+        "overlap, duplicate_handsets, unique, skipped {reason: n}, queued, held_quiet_hours, "
         "segments, encodings {GSM-7|UCS-2: n}, variants {key: n}, links."
     )
     queued: int = Field(description="Messages a run would queue.")
@@ -394,7 +394,8 @@ class ExecutionOut(Out):
     reason: str | None = None
     counts: JsonObject = Field(
         default_factory=dict,
-        description="per_audience {id: n}, audience_total, overlap, unique, skipped {reason: n}, queued, "
+        description="per_audience {id: n}, audience_total, overlap, duplicate_handsets, unique, skipped {reason: n}, "
+        "queued, "
         "held_quiet_hours, segments, encodings {GSM-7|UCS-2: n}, variants {key: n}; while evaluating: "
         "evaluated (contacts so far) of expected (the audiences' size).",
     )

@@ -302,6 +302,9 @@ class UnionCounts:
 
     per_audience: dict[str, int] = field(default_factory=dict)
     unique: int = 0
+    #: contacts not counted in ``unique`` because another contact stands for the same handset (a number stored in
+    #: another spelling: see :mod:`trackly_exec.campaigns.evaluation`)
+    duplicate_handsets: int = 0
 
     @property
     def audience_total(self) -> int:
@@ -309,7 +312,8 @@ class UnionCounts:
 
     @property
     def overlap(self) -> int:
-        return self.audience_total - self.unique
+        """Contacts counted in more than one audience (beyond their first)."""
+        return self.audience_total - self.unique - self.duplicate_handsets
 
 
 async def union(

@@ -19,11 +19,12 @@ applies, checked in this order (:data:`SKIP_REASONS`):
    counted in ``held_quiet_hours`` (it is also part of ``queued``);
 6. ``missing_placeholder``: a placeholder with no value and no default.
 
-So ``unique == sum(skipped.values()) + queued`` and ``overlap == audience_total - unique``.
+So ``unique == sum(skipped.values()) + queued`` and ``overlap == audience_total - unique - duplicate_handsets``.
 
 One handset is texted once per execution, and always in E.164: the list's unique (sending_list_id, phone) index
 holds one contact per number as our imports write it (E.164), but contacts written by other tools may store a
-number in another spelling (``(212) 555-0101``, ``+1 212 555 0101``). Such a contact is not counted in ``unique``
+number in another spelling (``(212) 555-0101``, ``+1 212 555 0101``). Such a contact is counted in
+``duplicate_handsets``, not in ``unique``,
 when another contact of the list stores the same number in E.164, or when one of another spelling already has
 its message in this execution (resumed runs included); it is ``unsubscribed`` when the number sent STOP on the
 list (``opt_outs``: a STOP looks contacts up by the number, and cannot find this one), and its message carries
@@ -111,6 +112,7 @@ class Tally:
             "per_audience": dict(u.per_audience),
             "audience_total": u.audience_total,
             "overlap": u.overlap,
+            "duplicate_handsets": u.duplicate_handsets,
             "unique": u.unique,
             "skipped": dict(self.skipped),
             "queued": self.queued,
@@ -412,6 +414,7 @@ async def evaluate(
                 if odd_to is not None:
                     if odd_to in twins or odd_to in odd_seen:  # one handset on two contacts: texted once
                         tally.union.unique -= 1
+                        tally.union.duplicate_handsets += 1
                         continue
                     odd_seen.add(odd_to)
                 if (

@@ -629,6 +629,8 @@ def cmd_campaign_estimate(args: argparse.Namespace) -> int:
         aud = client.call("GET", f"/audiences/{aid}")
         print(f"  {_label(aud.get('name'), int(aid), 'audience'):<32} {n:>10,}")
     print(f"  {'overlap (in several audiences)':<32} {k.get('overlap', 0):>10,}")
+    if k.get("duplicate_handsets"):
+        print(f"  {'same handset, other spelling':<32} {k['duplicate_handsets']:>10,}  (texted once)")
     print(f"  {'unique contacts':<32} {k.get('unique', 0):>10,}")
     print(f"  {'skipped':<32} {sum(k.get('skipped', {}).values()):>10,}  {_skips(k.get('skipped', {}))}")
     print(f"  {'queued':<32} {e['queued']:>10,}  (held for quiet hours {k.get('held_quiet_hours', 0):,})")
