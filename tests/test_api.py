@@ -67,6 +67,24 @@ async def test_validation_errors_have_field_paths(admin: TestClient[Any, Any]) -
     assert r.status == 422 and data["error"] == "validation"
     locs = {d["loc"] for d in data["details"]}
     assert {"body.quiet_hours.start", "body.colour"} <= locs
+    # a sending window that is empty, or runs across midnight (texting at night), is refused with its reason
+    for window, why in ((("08:00", "08:00"), "is empty"), (("22:00", "06:00"), "across midnight")):
+        body = {
+            "account_id": ids["account"],
+            "name": "y",
+            "driver": "echo",
+            "from_number": "+15550001111",
+            "quiet_hours": {"start": window[0], "end": window[1]},
+        }
+        r = await admin.post("/api/v1/sending-lists", headers=H, json=body)
+        data = await r.json()
+        assert (
+            r.status == 422 and data["details"][0]["loc"] == "body.quiet_hours" and why in data["details"][0]["msg"]
+        ), data
+        r = await admin.patch(
+            f"/api/v1/sending-lists/{ids['list']}", headers=H, json={"quiet_hours": body["quiet_hours"]}
+        )
+        assert r.status == 422, await r.json()
     r = await admin.post(
         "/api/v1/creatives",
         headers=H,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -284,7 +284,19 @@ class AccountOut(Out):
 
 
 class QuietHoursIn(QuietHours):
-    """Sending window in the contact's local time (TCPA: 08:00-21:00)."""
+    """Sending window in the contact's local time (TCPA: 08:00-21:00): a daytime window, ``start`` before ``end``
+    (an empty one would hold every message for ever; one across midnight would text people at night)."""
+
+    @model_validator(mode="after")
+    def _daytime(self) -> Self:
+        if self.start == self.end:
+            raise ValueError(f"the sending window {self.start}-{self.end} is empty: nothing could ever be sent")
+        if self.start > self.end:
+            raise ValueError(
+                f"the sending window {self.start}-{self.end} runs across midnight: it is the window in which "
+                "messages may be sent (TCPA: 08:00-21:00), so it must start before it ends"
+            )
+        return self
 
 
 class SendingListIn(Body):
