@@ -25,9 +25,8 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from pymongo.errors import BulkWriteError
-
 from trackly_exec.executor import claims
+from trackly_exec.executor.outcomes import dead_letter_claimed
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import count
@@ -108,12 +107,7 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
                 erased=True,
             )
             failed.append(rec)
-        try:
-            await db[c.FAILED].insert_many(failed, ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
-        await claims.drop(db, token, [d["_id"] for d in docs])
+        await dead_letter_claimed(db, token, failed)
         out["queued_dead_lettered"] = len(docs)
     out["in_flight"] = await count(db, c.QUEUED, {"contact_id": cid})
 

@@ -140,6 +140,14 @@ async def insert_records(db: Any, collection: str, docs: Sequence[Mapping[str, A
     return inserted
 
 
+async def dead_letter_claimed(db: Any, token: str, failed: Sequence[Mapping[str, Any]]) -> None:
+    """Record ``failed`` (the FailedMessage documents of queued messages that claim ``token`` holds, never sent:
+    a STOP, an erasure, a cancelled campaign), then drop them from the queue, fenced on the claim."""
+    if failed:
+        await insert_records(db, c.FAILED, failed, settle=False)
+        await claims.drop(db, token, [d["_id"] for d in failed])
+
+
 def billed_segments(doc: ClaimedDoc, result: Accepted) -> int:
     """The segments a send is billed for: the provider's count when the driver reports one, else the queued
     message's own (a driver that leaves ``Accepted.segments`` unset, like the README's plugin example, does not

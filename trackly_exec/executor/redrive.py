@@ -47,6 +47,7 @@ from trackly_exec.campaigns import reservations
 from trackly_exec.campaigns.queue import PAUSED_UNTIL
 from trackly_exec.executor import claims
 from trackly_exec.executor.checks import in_window_now
+from trackly_exec.executor.outcomes import dead_letter_claimed
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store import quiethours
@@ -157,12 +158,7 @@ async def cancel_queued(db: Any, campaign_id: int, now: dt.datetime) -> tuple[in
             ).to_doc()
             for d in docs
         ]
-        try:
-            await db[c.FAILED].insert_many(failed, ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
-        await claims.drop(db, token, [d["_id"] for d in docs])
+        await dead_letter_claimed(db, token, failed)
     left = await db[c.QUEUED].count_documents(query)
     return len(docs), int(left)
 

@@ -36,6 +36,7 @@ from pymongo.errors import BulkWriteError
 from trackly_exec.app import Trackly
 from trackly_exec.drivers.contract import InboundMessage
 from trackly_exec.executor import claims
+from trackly_exec.executor.outcomes import dead_letter_claimed
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ContactDoc, Filter, InboundDoc, QueuedDoc
@@ -307,10 +308,5 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now:
         ).to_doc()
         for d in docs
     ]
-    try:
-        await db[c.FAILED].insert_many(failed, ordered=False)
-    except BulkWriteError as exc:
-        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-            raise
-    await claims.drop(db, token, [d["_id"] for d in docs])
+    await dead_letter_claimed(db, token, failed)
     return len(docs)
