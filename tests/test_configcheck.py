@@ -33,6 +33,21 @@ def check_config(
     )
 
 
+def trackly_run(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``trackly run`` in ``cwd`` (its trackly.toml), without TRACKLY_* variables: for configs it refuses."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "trackly_exec.cli", "run"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")},
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
 def test_no_config_file_says_the_defaults_were_checked(tmp_path: Path) -> None:
     """Where there is no trackly.toml (and no -c or TRACKLY_CONFIG), the defaults are what runs: check-config says
     so instead of "config OK: trackly.toml" for a file that does not exist; a named file that is missing is an
@@ -263,21 +278,12 @@ def test_unknown_driver_lists_available(tmp_path: Path) -> None:
 def test_run_refuses_an_example_admin_token_and_check_config_sees_dots(tmp_path: Path) -> None:
     """``trackly run`` with the README's minimal config (token ``change-me``) does not start: an example's token is
     public. Its ``api_key = "..."`` is a placeholder too. Neither value is printed."""
-    import os
 
     (tmp_path / "trackly.toml").write_text(
         '[mongo]\nuri = "embedded"\n[http]\npublic_url = "https://sms.example.com"\napi_tokens = ["change-me"]\n'
         '[drivers.infobip]\nbase_url = "https://xxxxx.api.infobip.com"\napi_key = "..."\n'
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "trackly_exec.cli", "run"],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")},
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    r = trackly_run(tmp_path)
     assert r.returncode == 2 and "http.api_tokens.0" in r.stderr and "will not open its API" in r.stderr, r.stderr
     assert "change-me" not in r.stderr and not (tmp_path / ".trackly").exists()  # refused before anything started
     r = check_config(cwd=tmp_path, env={})
@@ -310,7 +316,6 @@ def test_driver_problems_come_with_the_rest_at_once(tmp_path: Path) -> None:
     """A config with mistakes in its core sections and in its driver tables: one check-config run lists every one
     (the drivers' came only once the rest was fixed); ``trackly run`` lists every driver problem and writes no
     webhook token for a config it refuses."""
-    import os
 
     (tmp_path / "trackly.toml").write_text(
         '[daemon]\nshutdown_grace = 5\n[executor]\nworkers_per_list = 0\n[http]\npublic_url = "127.0.0.1:18380"\n'
@@ -322,14 +327,6 @@ def test_driver_problems_come_with_the_rest_at_once(tmp_path: Path) -> None:
         assert f"  {key}: " in r.stderr, (key, r.stderr)
     assert "drivers.infobip.apikey: unknown key" in r.stderr and "drivers.twillio.driver: unknown driver" in r.stderr
     (tmp_path / "trackly.toml").write_text('[drivers.infobip]\napikey = "x"\n[drivers.twillio]\n')
-    r = subprocess.run(
-        [sys.executable, "-m", "trackly_exec.cli", "run"],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("TRACKLY_")},
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    r = trackly_run(tmp_path)
     assert r.returncode == 2 and "2 problems" in r.stderr and "twillio" in r.stderr and "apikey" in r.stderr, r.stderr
     assert not list(tmp_path.rglob("webhook_tokens.json"))

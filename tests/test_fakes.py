@@ -262,6 +262,15 @@ def _fake_provider(cwd: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM a ``_fake_provider`` process, wait for it and close its streams."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def test_fake_provider_command(tmp_path: Path) -> None:
     """`trackly fake-provider cm --port N` prints its credentials, serves the remote control and exits 0 on SIGTERM."""
     port = free_port()
@@ -300,11 +309,7 @@ def test_fake_provider_says_how_to_text_in_and_script_trouble(tmp_path: Path) ->
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(6)]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        _stop(proc)
     text = "".join(lines)
     assert "http://127.0.0.1:18123/webhooks/cm/status" in text, text
     assert f"http://127.0.0.1:{port}/_fake/inbound" in text and '"text": "STOP"' in text, text
@@ -324,11 +329,7 @@ def test_fake_provider_takes_the_configs_credentials_for_a_local_instance(tmp_pa
         proc.stdout.readline()
         assert 'api_key = "my-own-local-key"' in proc.stdout.readline()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        _stop(proc)
 
 
 @pytest.mark.slow
