@@ -149,6 +149,11 @@ def test_webhook_urls_command_prints_the_generated_token(tmp_path: Path, capsys:
     assert f"https://sms.acmeshoes.io/webhooks/infobip/inbound/{token}" in out
     assert cli.main(["-c", str(f), "check-config"]) == 0
     assert "webhook_token" not in capsys.readouterr().err
+    # a config without a driver instance: said so, not a silent empty answer
+    f.write_text(f'[daemon]\ndata_dir = "{tmp_path / "data"}"\n')
+    assert cli.main(["-c", str(f), "webhook-urls"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "configures no driver instance" in out.err, out
 
 
 def test_processes_starting_together_share_one_generated_token(tmp_path: Path) -> None:

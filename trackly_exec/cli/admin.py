@@ -603,10 +603,11 @@ def cmd_campaign_follow(args: argparse.Namespace) -> int:
 
 def _report(campaign_id: Any, ex: JsonObject) -> int:
     counts = ex.get("counts") or {}
+    what = f"campaign {campaign_id}" if campaign_id else "test send"  # a test send's execution has campaign 0
     if ex.get("status") in ("failed", "skipped"):
-        raise CliError(f"campaign {campaign_id}: execution {ex['id']} {ex['status']}: {ex.get('reason')}")
+        raise CliError(f"{what}: execution {ex['id']} {ex['status']}: {ex.get('reason')}")
     print(
-        f"campaign {campaign_id}: execution {ex['id']} {ex.get('status', '')}; "
+        f"{what}: execution {ex['id']} {ex.get('status', '')}; "
         f"unique {counts.get('unique', '?')}, queued {counts.get('queued', '?')}, "
         f"skipped {json.dumps({k: v for k, v in counts.get('skipped', {}).items() if v})}"
     )

@@ -89,7 +89,14 @@ def cmd_webhook_urls(args: argparse.Namespace) -> int:
 
     pool = DriverPool(settings, generate_tokens=True)
     pool.validate()
-    for name, ctx in pool.webhook_urls().items():
+    urls = pool.webhook_urls()
+    if not urls:
+        file = config_file(args.config)
+        where = f"{file} configures" if file.exists() else f"no config file was read ({file} does not exist), so"
+        print(
+            f"trackly: {where} no driver instance ([drivers.NAME]): no webhook URL to give a provider", file=sys.stderr
+        )
+    for name, ctx in urls.items():
         print(f"{name}  status   {ctx.status_url}")
         print(f"{name}  inbound  {ctx.inbound_url}")
     for problem in pool.auth_problems():
