@@ -657,3 +657,41 @@ async def test_cancel_ends_a_campaign_for_good(
     assert summary["by_reason"] == {"CANCELLED": 30} and summary["retryable"] == 0  # not by default
     out = await post(admin, "/dead-letters/redrive", {"reasons": ["CANCELLED"]}, 200)
     assert out["requeued"] == 30
+
+
+async def test_cancel_while_the_executor_sends(
+    admin: TestClient[Any, Any], settings: Settings, store: Store, fake: InfobipFake
+) -> None:
+    """A campaign cancelled while an executor sends it (20 messages a second): once cancel answers done, nothing
+    more of it is sent; every message is either sent once or dead-lettered CANCELLED."""
+    import asyncio
+
+    from .api_support import post
+
+    ids = await seed(store, 200, rate=1200)
+    await store.db[c.QUEUED].update_many({}, {"$set": {"campaign_id": 1}})
+    await store.db[c.CAMPAIGNS].insert_one(
+        {"_id": 1, "name": "c", "account_id": 1, "sending_list_id": 1, "audience_ids": [], "creative_id": 1}
+        | {"status": "done", "schedule": {"at": None, "cron": None, "timezone": "UTC"}}
+    )
+    await store.db[c.EXECUTIONS].insert_one({"_id": 1, "campaign_id": 1, "status": "queued", "sending_list_id": 1})
+    coord = await executor(settings, store, fake)
+    await coord.start()
+    try:
+        while len(fake.ledger) < 20:
+            await asyncio.sleep(0.02)
+
+        for _ in range(5):
+            out = await post(admin, "/campaigns/1/cancel", None, 200)
+            if out["status"] == "done":
+                break
+        assert out["status"] == "done", out
+        sent = len(fake.ledger)
+        await asyncio.sleep(1.0)  # 20 more would have gone
+        assert len(fake.ledger) == sent
+    finally:
+        await coord.stop(5.0)
+        await coord.trackly.close(close_store=False)
+    split = await assert_one_record_each(store, ids)
+    assert split[c.SENT] == sent == len({e.message_id for e in fake.ledger}) and 20 <= sent < 200
+    assert await store.db[c.FAILED].count_documents({"reason": "CANCELLED"}) == 200 - sent

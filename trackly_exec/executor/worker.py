@@ -280,17 +280,26 @@ class Worker:
         await self.outcomes.fail_unsent(token, verdict.fail, now)
         send = verdict.send
         size = self.round_size(lst)
-        for start in range(0, len(send), size):
+        paused: set[int] = set()  # campaigns a re-check of this batch found paused
+        start = 0
+        while start < len(send):
             step = (
                 "release"
                 if self.stopping.is_set()
-                else await self._chunk(info, token, send[start : start + size], send[start + size :], verdict.timezones)
+                else await self._chunk(
+                    info, token, send[start : start + size], send[start + size :], verdict.timezones, paused
+                )
             )
             if step == "release":
                 rest = [d["_id"] for d in send[start:]]
                 self.counts["released"] += await claims.release(self.db, token, [(rest, {})])
             if step != "next":
                 break
+            start += size
+            later = [d for d in send[start:] if d.get("campaign_id") in paused] if paused else []
+            if later:  # held at once, not round by round (each waiting for rate-limit tokens it would not use)
+                await self._hold_paused(token, later, self.clock())
+                send = send[:start] + [d for d in send[start:] if d.get("campaign_id") not in paused]
         return len(docs)
 
     async def _claim(self, lst: SendingList, token: str, now: dt.datetime) -> list[ClaimedDoc]:
@@ -329,6 +338,7 @@ class Worker:
         chunk: Sequence[ClaimedDoc],
         rest: Sequence[ClaimedDoc],
         timezones: dict[int, str] | None = None,
+        paused: set[int] | None = None,
     ) -> str:
         """Rate limit, bill, (pacing wait,) re-check, then per pacing chunk admit, mark intent and send; record.
 
@@ -404,7 +414,7 @@ class Worker:
                     now = self.clock()
                 if recheck or time.monotonic() - checked > self.cfg.rate_limit_round_seconds:
                     # (again when the round outlasts its time: a provider-error slow-down stretches the pace)
-                    pending = await self._recheck(info, token, pending, deb.costs, now, timezones)
+                    pending = await self._recheck(info, token, pending, deb.costs, now, timezones, paused)
                     recheck, checked = False, time.monotonic()
                 if not pending or not limited:
                     break
@@ -487,6 +497,7 @@ class Worker:
         costs: dict[str, float],
         now: dt.datetime,
         timezones: dict[int, str] | None,
+        paused: set[int] | None = None,
     ) -> list[ClaimedDoc]:
         """The send-time re-check (:func:`checks.recheck`) of a billed chunk, just before its send intent.
 
@@ -513,7 +524,9 @@ class Worker:
                 ],
             )
         if rc.paused:
-            await self._hold_paused(token, rc.paused, now)
+            held = await self._hold_paused(token, rc.paused, now)
+            if paused is not None:
+                paused |= held
         if rc.blocked:
             log.info("blocked_after_claim", sending_list_id=lst.id, messages=len(rc.blocked))
             await self.outcomes.fail_unsent(
@@ -523,8 +536,9 @@ class Worker:
             )
         return rc.send
 
-    async def _hold_paused(self, token: str, docs: list[ClaimedDoc], now: dt.datetime) -> None:
-        """Release messages of a campaign paused since the claim with the pause's own hold.
+    async def _hold_paused(self, token: str, docs: list[ClaimedDoc], now: dt.datetime) -> set[int]:
+        """Release messages of a campaign paused since the claim with the pause's own hold; returns the campaigns
+        still paused (the batch holds the rest of their messages at once).
 
         A resume between the re-check and this release would miss them (it makes due what is held when it runs),
         so the campaigns are read again afterwards and what has been resumed meanwhile is made due at once.
@@ -536,6 +550,7 @@ class Worker:
         resumed = [d["_id"] for d in docs if d["campaign_id"] not in still]
         if resumed:
             await claims.resume(self.db, resumed, now)
+        return {int(cid) for cid in still}
 
     async def _mark_sent(self, lst: SendingList, admitted: Admission | None, sent: int, at: float | None) -> None:
         """Move an admitted chunk's entry in the list's send window to its send at ``at`` (``time.time()``; None and
