@@ -85,3 +85,40 @@ async def test_learned_stats_leave_out_test_sends_and_rejected_sends(trackly: Tr
     ]
     await trackly.db[c.CLICKS].insert_many(clicks)
     assert await variant_stats(trackly.db, 1, ["A"]) == {"A": (10, 2)}
+
+
+async def test_a_variant_switched_off_is_neither_sent_nor_waited_for(trackly: Trackly) -> None:
+    """Weight 0 switches a variant off in a learned choice too: a variant switched off after it won is not sent
+    (all went to it before), and one that was never on does not keep the others on the split for want of sends."""
+    variants = [{"key": k, "body": k, "weight": 1} for k in "abc"]
+    creative = {"_id": 1, "selection": "learned", "variants": variants}
+    sent = [
+        {"_id": f"{k}{i}", "creative_id": 1, "variant_key": k, "sending_list_id": 1, "timestamp": utcnow()}
+        for k in "abc"
+        for i in range(60)
+    ]
+    await trackly.db[c.SENT].insert_many(sent)
+    clicks = [
+        {"code": f"c{i}", "message_id": f"c{i}", "creative_id": 1, "variant_key": "c", "bot": False} for i in range(40)
+    ] + [{"code": f"b{i}", "message_id": f"b{i}", "creative_id": 1, "variant_key": "b", "bot": False} for i in range(5)]
+    await trackly.db[c.CLICKS].insert_many(clicks)
+    on = await chooser_for(trackly.db, creative, 7, min_sends=50)
+    assert on.mode == "learned" and on.shares[on.keys.index("c")] > 0.99
+    variants[2]["weight"] = 0  # c switched off after it won
+    off = await chooser_for(trackly.db, creative, 7, min_sends=50)
+    assert off.mode == "learned" and off.keys == ("a", "b") and off.shares[1] > 0.9
+    assert Counter(off.choose(7, cid) for cid in range(2000))["c"] == 0
+    # a variant that was never on (no sends) does not hold the others back
+    creative2 = {"_id": 2, "selection": "learned", "variants": [*variants[:2], {"key": "z", "body": "z", "weight": 0}]}
+    await trackly.db[c.SENT].insert_many(
+        [{**d, "_id": f"2{d['_id']}", "creative_id": 2} for d in sent if d["variant_key"] != "c"]
+    )
+    await trackly.db[c.CLICKS].insert_many(
+        [
+            {**d, "_id": f"2{i}", "message_id": f"2{d['message_id']}", "creative_id": 2}
+            for i, d in enumerate(clicks)
+            if d["variant_key"] == "b"
+        ]
+    )
+    learned = await chooser_for(trackly.db, creative2, 7, min_sends=50)
+    assert learned.mode == "learned" and learned.keys == ("a", "b") and learned.shares[1] > 0.9

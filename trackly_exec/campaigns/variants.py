@@ -9,7 +9,8 @@
   variant whose posterior draw is highest; since the posteriors do not change during one evaluation, that is
   the same as allocating by the probability that each variant is best, which is estimated once per execution
   with :data:`POSTERIOR_DRAWS` draws (seeded by the execution id) and then applied with the deterministic hash
-  above. Until every variant has ``scheduler.learned_min_sends`` sends, the split is used.
+  above. Until every variant has ``scheduler.learned_min_sends`` sends, the split is used. A variant of weight 0
+  is switched off in both modes: never chosen, and not waited for.
 """
 
 from __future__ import annotations
@@ -104,9 +105,12 @@ async def variant_stats(db: Any, creative_id: int, keys: Sequence[str]) -> dict[
 async def chooser_for(db: Any, creative: CreativeDoc, execution_id: int, min_sends: int) -> Chooser:
     """The chooser for one execution of ``creative`` (a stored Creative document)."""
     variants = [Variant.model_validate(v) for v in creative["variants"]]
-    if creative.get("selection", "split") != "learned" or len(variants) < 2:
+    # a variant of weight 0 is switched off, in a learned choice too: never sent, and not waited for (it gets no
+    # sends, so it never reaches min_sends); all at 0 means all on, as for the split
+    active = [v for v in variants if v.weight > 0] or variants
+    if creative.get("selection", "split") != "learned" or len(active) < 2:
         return split_chooser(variants)
-    keys = [v.key for v in variants]
+    keys = [v.key for v in active]
     stats = await variant_stats(db, int(creative["_id"]), keys)
     if any(stats[k][0] < min_sends for k in keys):
         return split_chooser(variants)
