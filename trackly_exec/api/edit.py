@@ -380,7 +380,9 @@ async def archive_campaign(request: web.Request) -> web.Response:
         return _json(mc.CampaignOut.from_doc(doc))
     ex = await running_execution(trackly, [cid])
     if ex is not None:
-        raise _campaign_running(cid, ex, "pause it and archive it")
+        raise _campaign_running(
+            cid, ex, f"cancel it (POST /campaigns/{cid}/cancel, which ends its queued messages) or archive it"
+        )
     changes = {"archived": True, "archived_at": trackly.now(), "status": CampaignStatus.DONE.value}
     await trackly.db[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": changes})
     return _json(mc.CampaignOut.from_doc({**doc, **changes}))
