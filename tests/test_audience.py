@@ -135,6 +135,30 @@ async def test_not_null_means_set(store: Store) -> None:
     assert compile_filter({"attributes.tier": {"ne": None}}) == {"attributes.tier": {"$ne": None, "$exists": True}}
 
 
+async def test_true_and_one_are_apart(store: Store) -> None:
+    """An attribute ``eq: true`` selects the contacts whose value is true, not 1, and ``eq: 1`` the number 1, not
+    true (as JSON and MongoDB keep them apart; the embedded store compared them equal)."""
+    await store[c.CONTACTS].insert_many(
+        [
+            {"_id": 1, "sending_list_id": 1, "phone": "+15550000001", "attributes": {"n": 1}},
+            {"_id": 2, "sending_list_id": 1, "phone": "+15550000002", "attributes": {"n": True}},
+            {"_id": 3, "sending_list_id": 1, "phone": "+15550000003", "attributes": {"n": 0}},
+            {"_id": 4, "sending_list_id": 1, "phone": "+15550000004", "attributes": {"n": False}},
+            {"_id": 5, "sending_list_id": 1, "phone": "+15550000005", "attributes": {"n": 1.0}},
+        ]
+    )
+
+    async def ids(flt: Any) -> set[int]:
+        batches = union(store.db, 1, [{"_id": 1, "filter": flt}], 7, UnionCounts())
+        return {d["_id"] async for batch in batches for d in batch}
+
+    assert await ids({"attributes.n": {"eq": True}}) == {2}
+    assert await ids({"attributes.n": True}) == {2}
+    assert await ids({"attributes.n": {"eq": 1}}) == {1, 5}
+    assert await ids({"attributes.n": {"eq": False}}) == {4}
+    assert await ids({"attributes.n": {"eq": 0}}) == {3}
+
+
 async def test_union_dedupes_and_counts(store: Store) -> None:
     """The union of overlapping audiences yields each contact once in id order, with the product document's arithmetic."""
     await _seed(store, 1000)

@@ -101,11 +101,12 @@ def _field_name(name: Any, path: str) -> str:
 
 def _condition(fname: str, spec: Any, path: str) -> Filter:
     date_field = fname in DATE_FIELDS
-    if not isinstance(spec, dict):
-        return {fname: {"$eq": _scalar(spec, path, date_field)}}
-    if not spec:
-        raise FilterError('empty condition; give an operator such as {"eq": ...}', path)
     ops: Filter = {}
+    if not isinstance(spec, dict):  # a bare value: its equality
+        ops["$eq"] = _scalar(spec, path, date_field)
+        spec = {}
+    elif not spec:
+        raise FilterError('empty condition; give an operator such as {"eq": ...}', path)
     for raw_op, value in spec.items():
         op = raw_op[1:] if isinstance(raw_op, str) and raw_op.startswith("$") else raw_op
         p = f"{path}.{raw_op}"
@@ -123,6 +124,13 @@ def _condition(fname: str, spec: Any, path: str) -> Filter:
             ops["$exists"] = value
         else:
             ops[f"${op}"] = _scalar(value, p, date_field)
+    eq = ops.get("$eq")
+    if fname.startswith("attributes.") and "$type" not in ops and eq is not None and not isinstance(eq, str):
+        # JSON keeps true and 1 apart, and so does MongoDB; nx-27017 compares them equal: say which is meant
+        if isinstance(eq, bool):
+            ops["$type"] = "bool"
+        elif isinstance(eq, int | float):
+            ops["$type"] = "number"
     if ("$ne" in ops and ops["$ne"] is None) or None in ops.get("$nin", ()):
         # "not null" means "set" (MongoDB: a missing field equals null, so ne/nin null skip it); said outright,
         # since nx-27017 matches a missing field to {"$ne": None}
