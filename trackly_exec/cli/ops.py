@@ -92,7 +92,9 @@ def cmd_messages(args: argparse.Namespace) -> int:
             else:
                 detail = "being re-driven" if held == "redrive" else "waiting"
         print(
-            f"{m['message_id']:<17} {m['state']:<7} {m.get('campaign_id') or '-':>8} {m.get('execution_id') or '-':>5} "
+            f"{m['message_id']:<17} {m['state']:<7} "
+            f"{m.get('campaign_id') or ('test' if m.get('send_type') == 'test' else '-'):>8} "
+            f"{m.get('execution_id') or '-':>5} "
             f"{m.get('to_number') or '':<16} {when:<20} {_tri(m.get('submitted')):<9} {_tri(m.get('delivered')):<9} "
             f"{m.get('clicks', 0):>6}  {detail}"
         )
