@@ -425,3 +425,23 @@ async def test_stop_during_a_retry_backoff_is_not_sent(settings: Settings, store
     assert counts["retry_rechecked_out"] == 1 and await _reason(store, ids[1]) == "CONTACT_BLOCKED"
     assert (await store.db[c.ACCOUNTS].find_one({"_id": 1}))["balance"] == pytest.approx(9.0)
     await assert_one_record_each(store, ids)
+
+
+async def test_a_long_pause_does_not_make_old_content_new(settings: Settings, store: Store, fake: InfobipFake) -> None:
+    """Resumed, a message paused until more than stale_after_minutes past its send time is dead-lettered STALE
+    instead of being sent late ("sale ends tonight" the next day); one paused briefly is sent."""
+    now = utcnow()
+    old = await seed(store, 3, sendtime=now - dt.timedelta(minutes=40))  # paused 40 minutes ago
+    fresh = await seed(store, 2, first_contact=10, sendtime=now - dt.timedelta(minutes=5), execution_id=2)
+    await store.db[c.CAMPAIGNS].insert_one({"_id": 1, "status": "paused"})
+    await store.db[c.EXECUTIONS].insert_many([{"_id": 1, "campaign_id": 1}, {"_id": 2, "campaign_id": 1}])
+    assert await claims.pause_campaign(store.db, 1) == 5
+    await store.db[c.CAMPAIGNS].update_one({"_id": 1}, {"$set": {"status": "active"}})
+    assert await claims.resume_campaign(store.db, 1, utcnow()) == 5
+    coord = await executor(settings, store, {"infobip": fake})
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 2 and set(fake.accepted_counts()) == set(fresh)
+    stale = await store.db[c.FAILED].find({"reason": "STALE"}).to_list(None)
+    assert sorted(d["_id"] for d in stale) == sorted(old)
+    await assert_one_record_each(store, old + fresh)

@@ -69,9 +69,10 @@ def blocked_words_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
 
 
 def due_at(doc: ClaimedDoc) -> dt.datetime:
-    """When the message was due: ``max(sendtime, not_before)``, except while a provider-storm hold is in force
-    (``not_before == throttled_until``): a throttled provider delays a message, it does not make it due later, so
-    the time it was due before the storm (``throttled_due``) still counts."""
+    """When the message was due: ``max(sendtime, not_before)``, except after a hold that keeps the due time
+    (``not_before == throttled_until``: a provider storm, a pause until its resume): a throttled provider or a pause
+    delays a message, it does not make it due later, so the time it was due before (``throttled_due``) still
+    counts."""
     due: dt.datetime = doc["sendtime"]
     nb = doc.get("not_before")
     if nb is not None and nb == doc.get("throttled_until") and (throttled := doc.get("throttled_due")) is not None:

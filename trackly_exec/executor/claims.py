@@ -417,24 +417,32 @@ async def pause_campaign(db: Any, campaign_id: int) -> int:
 async def _unpause(db: Any, query: Filter, now: dt.datetime) -> int:
     """Due again from ``now`` (``not_before`` = now): the paused, unclaimed messages matching ``query``.
 
-    A message's due time is ``max(sendtime, now)`` (a quiet-hours hold's sendtime may still be ahead): read the
-    sendtimes, then one fenced update per distinct due time (a campaign has few), until none is left (messages
-    paused meanwhile, e.g. by a running evaluation, are resumed too)."""
+    A message's due time is ``max(sendtime, now)`` (a quiet-hours hold's sendtime may still be ahead), and its
+    staleness still counts from its sendtime (``throttled_due``, as after a provider-storm hold: see
+    :func:`checks.due_at`): a pause delays a message, it does not make its content newer, so one resumed more than
+    ``stale_after_minutes`` past its sendtime is dead-lettered STALE when it comes up (the product's rule against
+    outdated content; a re-drive naming STALE sends it anyway). Read the sendtimes, then one fenced update per
+    distinct sendtime (a campaign has few), until none is left (messages paused meanwhile, e.g. by a running
+    evaluation, are resumed too)."""
     q = db[c.QUEUED]
     free = {**query, **LEASE.free(), "paused": True}
     done, now_ms = 0, epoch_ms(now)
     for _ in range(10):
-        by_due: dict[int, list[str]] = {}
+        by_sendtime: dict[dt.datetime, list[str]] = {}
         async for d in q.find(free, {"sendtime": 1}):
-            by_due.setdefault(max(epoch_ms(d["sendtime"]), now_ms), []).append(d["_id"])
-        if not by_due:
+            by_sendtime.setdefault(d["sendtime"], []).append(d["_id"])
+        if not by_sendtime:
             break
-        for due, ids in by_due.items():
+        for sendtime, ids in by_sendtime.items():
+            fields = {
+                "not_before": now,
+                "due_ms": max(epoch_ms(sendtime), now_ms),
+                "paused": False,
+                "throttled_until": now,
+                "throttled_due": sendtime,
+            }
             for k in range(0, len(ids), 5000):
-                res = await q.update_many(
-                    {**free, "_id": {"$in": ids[k : k + 5000]}},
-                    {"$set": {"not_before": now, "due_ms": due, "paused": False}},
-                )
+                res = await q.update_many({**free, "_id": {"$in": ids[k : k + 5000]}}, {"$set": fields})
                 done += int(res.modified_count)
     return done
 

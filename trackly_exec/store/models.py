@@ -112,7 +112,8 @@ PAUSE_DESCRIPTION = (
 )
 RESUME_DESCRIPTION = (
     "Resume: the held messages are due again now, and the next cron occurrence is counted from now "
-    "(no burst of missed ones)"
+    "(no burst of missed ones); a message by then more than executor.stale_after_minutes (30) past its send time "
+    "is dead-lettered STALE, not sent late (a re-drive naming STALE sends it anyway)"
 )
 
 
@@ -366,7 +367,7 @@ class QueuedTextMessage(MessageFields, Document):
     sending_at: int | None = None  # send intent, epoch ms: set (fenced) just before the provider call
     billing_blocked_since: dt.datetime | None = None
     paused: bool = False  # held because its campaign is paused (claims.pause_campaign)
-    throttled_until: dt.datetime | None = None  # the not_before of a provider-storm hold (429 / transient errors)
+    throttled_until: dt.datetime | None = None  # the not_before of a hold that keeps the due time (429s, a resume)
     throttled_due: dt.datetime | None = None  # ... and the due time it kept: staleness is counted from it
     attempts: int = 0
     #: the contact's stored phone is another spelling of ``to_number`` (written by another tool): a STOP from the
