@@ -110,3 +110,14 @@ async def test_count_command_counts_what_count_documents_counts(store: Store) ->
         assert await count(store.db, "counted", shape) == await store.db["counted"].count_documents(shape), shape
     # None matches a missing field too, as on MongoDB (nx-27017's count_documents answers 1 here)
     assert await count(store.db, "counted", {"status": None}) == 5
+
+
+def test_retryable_writes_only_where_a_server_has_them(store: Store) -> None:
+    """A standalone server (the embedded store here) is asked for no retryable writes (PyMongo would not retry
+    there, and asking costs CPU per write); a replica-set member or a mongos keeps mongo.retry_writes."""
+    from trackly_exec.store.client import _standalone
+
+    assert store.client.options.retry_writes is False
+    assert _standalone({"isWritablePrimary": True, "maxWireVersion": 17})
+    assert not _standalone({"isWritablePrimary": True, "setName": "rs0"})
+    assert not _standalone({"isWritablePrimary": True, "msg": "isdbgrid"})
