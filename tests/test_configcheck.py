@@ -328,5 +328,6 @@ def test_driver_problems_come_with_the_rest_at_once(tmp_path: Path) -> None:
     assert "drivers.infobip.apikey: unknown key" in r.stderr and "drivers.twillio.driver: unknown driver" in r.stderr
     (tmp_path / "trackly.toml").write_text('[drivers.infobip]\napikey = "x"\n[drivers.twillio]\n')
     r = trackly_run(tmp_path)
-    assert r.returncode == 2 and "2 problems" in r.stderr and "twillio" in r.stderr and "apikey" in r.stderr, r.stderr
+    assert r.returncode == 2 and "trackly.toml: 2 problems" in r.stderr, r.stderr
+    assert "twillio" in r.stderr and "apikey" in r.stderr, r.stderr
     assert not list(tmp_path.rglob("webhook_tokens.json"))

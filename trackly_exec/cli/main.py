@@ -34,10 +34,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from trackly_exec.cli import configcheck
+    from trackly_exec.drivers.pool import DriverPool
 
     settings = _settings(args)
-    if doors := configcheck.placeholder_tokens(settings):
-        raise ConfigError(doors[0][1], file=str(config_file(args.config)), key=doors[0][0], problems=doors)
+    # refused before anything starts, naming the file: an example's admin token, and every driver table's problem
+    if problems := configcheck.placeholder_tokens(settings) or DriverPool(settings).problems():
+        raise ConfigError(problems[0][1], file=str(config_file(args.config)), key=problems[0][0], problems=problems)
     configure_logging(settings.daemon.log_level, settings.daemon.log_format)
     from trackly_exec.app import tune_gc
     from trackly_exec.daemon import serve
