@@ -436,10 +436,10 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
     cid: int = doc["_id"]
     if doc.get("archived"):
         raise ApiError(409, "conflict", f"campaign {cid} is archived")
-    from trackly_exec.campaigns.scheduler import resumed_status, running
+    from trackly_exec.campaigns.scheduler import resumed_status, running_execution
 
     if doc.get("status") == CampaignStatus.DONE.value and not (
-        status is CampaignStatus.PAUSED and await running(trackly.db, cid)
+        status is CampaignStatus.PAUSED and await running_execution(trackly.db, [cid]) is not None
     ):  # a done campaign still sending (a one-off's run) can be paused; resumed, it is done again
         raise ApiError(409, "conflict", f"campaign {cid} is done (it can still be triggered)")
     if status is CampaignStatus.ACTIVE:
@@ -475,6 +475,7 @@ async def cancel_campaign(request: web.Request) -> web.Response:
     trackly = _tr(request)
     doc: CampaignDoc = await path_doc(request, c.CAMPAIGNS, "campaign")
     cid: int = doc["_id"]
+    from trackly_exec.campaigns.scheduler import complete_drained
     from trackly_exec.executor.redrive import cancel_queued
 
     # paused first: an executor that holds some of its messages gives them back at the send-time re-check
@@ -494,10 +495,7 @@ async def cancel_campaign(request: web.Request) -> web.Response:
     if not left and evaluating is None:  # nothing of it left: done for good (its executions complete as drained)
         status = CampaignStatus.DONE
         await trackly.db[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": {"status": status.value}})
-        await trackly.db[c.EXECUTIONS].update_many(
-            {"campaign_id": cid, "status": ExecutionStatus.QUEUED.value},
-            {"$set": {"status": ExecutionStatus.COMPLETED.value, "completed_at": trackly.now()}},
-        )
+        await complete_drained(trackly)
     log.warning("campaign_cancelled", campaign_id=cid, cancelled=cancelled, still_claimed=left)
     out = mc.CancelOut(
         id=cid,

@@ -28,6 +28,7 @@ from trackly_exec.api.campaigns import check_refs, check_schedule
 from trackly_exec.api.resources import _undollar, check_audience, check_driver, check_variants, check_webhook_url
 from trackly_exec.api.routes import ApiError, Problems, _json, _tr, path_doc, read_body, route
 from trackly_exec.app import Trackly
+from trackly_exec.campaigns.scheduler import running_execution
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import (
     AccountDoc,
@@ -40,21 +41,10 @@ from trackly_exec.store.documents import (
     SendingListDoc,
     Update,
 )
-from trackly_exec.store.models import CampaignStatus, ExecutionStatus
+from trackly_exec.store.models import CampaignStatus
 from trackly_exec.store.names import label
 
-RUNNING = [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, ExecutionStatus.QUEUED.value]
 ALWAYS = {"name", "description"}
-
-
-async def running_execution(trackly: Trackly, campaign_ids: list[int]) -> ExecutionDoc | None:
-    """An execution of one of the campaigns that is pending, evaluating or queued (None if there is none)."""
-    if not campaign_ids:
-        return None
-    found: ExecutionDoc | None = await trackly.db[c.EXECUTIONS].find_one(
-        {"campaign_id": {"$in": campaign_ids}, "status": {"$in": RUNNING}}, {"status": 1, "campaign_id": 1}
-    )
-    return found
 
 
 def _busy(what: str, ex: ExecutionDoc) -> ApiError:
@@ -156,7 +146,7 @@ async def _archive_unused(request: web.Request, kind: Kind) -> web.Response:
 
 async def _refuse_if_running(trackly: Trackly, kind: Kind, rid: int) -> None:
     """409 while an execution of a campaign using the resource is running."""
-    ex = await running_execution(trackly, [d["_id"] for d in await _users(trackly, kind.used_by, rid)])
+    ex = await running_execution(trackly.db, [d["_id"] for d in await _users(trackly, kind.used_by, rid)])
     if ex is not None:
         raise _busy(f"{kind.what} {rid}", ex)
 
@@ -316,7 +306,7 @@ def _campaign_running(cid: int, ex: ExecutionDoc, then: str) -> ApiError:
 
 
 async def _campaign_changes(trackly: Trackly, cid: int, doc: CampaignDoc, body: mc.CampaignPatch) -> Update:
-    ex = await running_execution(trackly, [cid])
+    ex = await running_execution(trackly.db, [cid])
     if ex is not None:
         raise _campaign_running(cid, ex, "change it")
     fields = body.model_fields_set
@@ -378,7 +368,7 @@ async def archive_campaign(request: web.Request) -> web.Response:
     cid: int = doc["_id"]
     if doc.get("archived"):
         return _json(mc.CampaignOut.from_doc(doc))
-    ex = await running_execution(trackly, [cid])
+    ex = await running_execution(trackly.db, [cid])
     if ex is not None:
         raise _campaign_running(
             cid, ex, f"cancel it (POST /campaigns/{cid}/cancel, which ends its queued messages) or archive it"

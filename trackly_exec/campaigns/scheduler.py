@@ -391,11 +391,19 @@ class _Runner:
         return n
 
 
-async def running(db: Any, campaign_id: int) -> bool:
-    """Whether an execution of the campaign is pending, evaluating or queued (may still have messages to send)."""
-    return (
-        await db[c.EXECUTIONS].find_one({"campaign_id": campaign_id, "status": {"$in": list(UNFINISHED)}}) is not None
+async def running_execution(db: Any, campaign_ids: list[int]) -> ExecutionDoc | None:
+    """An execution of one of the campaigns that is pending, evaluating or queued (None if there is none)."""
+    if not campaign_ids:
+        return None
+    found: ExecutionDoc | None = await db[c.EXECUTIONS].find_one(
+        {"campaign_id": {"$in": campaign_ids}, "status": {"$in": list(UNFINISHED)}}, {"status": 1, "campaign_id": 1}
     )
+    return found
+
+
+async def complete_drained(trackly: Any) -> int:
+    """Mark queued executions with nothing left in the queue as completed (what every scheduler pass does)."""
+    return await _Runner(trackly).complete_drained()
 
 
 async def resumed_status(db: Any, campaign: CampaignDoc, now: dt.datetime) -> CampaignStatus:
