@@ -27,6 +27,7 @@ from typing import Any, cast
 from trackly_exec.campaigns import shortlinks
 from trackly_exec.campaigns.audience import UnionCounts, union
 from trackly_exec.campaigns.compose import CONTACT_PLACEHOLDERS, Placeholder, _text, parse_body, render
+from trackly_exec.campaigns.evaluation import contact_skip, window_opening
 from trackly_exec.errors import TracklyError
 from trackly_exec.executor.checks import blocked_words_pattern
 from trackly_exec.store import constants as c
@@ -42,7 +43,7 @@ from trackly_exec.store.documents import (
 )
 from trackly_exec.store.models import QuietHours
 from trackly_exec.store.names import name_of
-from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
+from trackly_exec.store.quiethours import Window, contact_zones
 from trackly_exec.store.segments import measure
 
 KEY_SAMPLE = 1000
@@ -86,9 +87,10 @@ async def _sample_keys(db: Any, list_id: int) -> set[str]:
 async def _would_skip(
     trackly: Any, sending_list: SendingListDoc, campaign: CampaignDoc | None, samples: list[ContactDoc]
 ) -> dict[int, tuple[str | None, dt.datetime | None]]:
-    """Per sample contact, what the evaluation would do with it now, as it decides: skip it (``unsubscribed``,
-    ``in_workflow``, ``frequency_cap``, ``quiet_hours``) or hold it until its quiet-hours window opens (the
-    campaign's ``quiet_hours_policy = "hold"``), else nothing; ``(reason, held_until)`` by contact id."""
+    """Per sample contact, what the evaluation would do with it now, by its own rules (:func:`contact_skip`,
+    :func:`window_opening`): skip it (``unsubscribed``, ``in_workflow``, ``frequency_cap``, ``quiet_hours``) or hold
+    it until its quiet-hours window opens (the campaign's ``quiet_hours_policy = "hold"``), else nothing;
+    ``(reason, held_until)`` by contact id."""
     db = trackly.db
     list_id = int(sending_list["_id"])
     now = trackly.now()
@@ -99,35 +101,27 @@ async def _would_skip(
     hold = (campaign or {}).get("quiet_hours_policy", "exclude") == "hold"
     exclude_wf = bool((campaign or {}).get("exclude_in_workflow"))
     numbers = {int(d["_id"]): phones.contact_number(d) for d in samples}
-    stops = {to for _, to in await opted_out(db, [(list_id, to) for to, _ in numbers.values() if to])}
+    valid = sorted({to for to, _ in numbers.values() if to})
+    stops = {to for _, to in await opted_out(db, [(list_id, to) for to in valid])}
+    capped: set[str] = set()
+    if cutoff is not None:  # the samples' numbers sent to on the list within the cooldown (indexed equalities)
+        for number in valid:
+            query = {"sending_list_id": {"$eq": list_id}, "to_number": {"$eq": number}, "timestamp": {"$gte": cutoff}}
+            if await db[c.SENT].find_one(query, {"_id": 1}) is not None:
+                capped.add(number)
+    memo: dict[Any, dt.datetime | None] = {}
     out: dict[int, tuple[str | None, dt.datetime | None]] = {}
     for d in samples:
         to, number_zones = numbers[int(d["_id"])]
         if to is None:
             continue  # invalid_phone: said by the caller
-        reason: str | None = None
+        reason = contact_skip(d, to, stopped=to in stops, exclude_wf=exclude_wf, cutoff=cutoff, capped=capped)
         held: dt.datetime | None = None
-        last = d.get("last_sent_at")
-        if not d.get("subscribed", True) or d.get("blocked") or to in stops:
-            reason = "unsubscribed"
-        elif exclude_wf and d.get("in_workflow"):
-            reason = "in_workflow"
-        elif cutoff is not None and (
-            (isinstance(last, dt.datetime) and (last if last.tzinfo else last.replace(tzinfo=dt.UTC)) >= cutoff)
-            or await db[c.SENT].find_one(
-                {"sending_list_id": {"$eq": list_id}, "to_number": {"$eq": to}, "timestamp": {"$gte": cutoff}},
-                {"_id": 1},
-            )
-            is not None
-        ):
-            reason = "frequency_cap"
-        else:
+        if reason is None:
             zones = contact_zones(to, d.get("timezone"), quiet.default_timezone, number_zones)
-            if not in_window(now, zones, window):
-                if hold:
-                    held = next_opening(now, zones, window)
-                else:
-                    reason = "quiet_hours"
+            held = window_opening(now, zones, window, memo)
+            if held is not None and not hold:
+                reason, held = "quiet_hours", None
         out[int(d["_id"])] = (reason, held)
     return out
 

@@ -88,6 +88,42 @@ log = get_logger(__name__)
 SKIP_REASONS = ("unsubscribed", "invalid_phone", "in_workflow", "frequency_cap", "quiet_hours", "missing_placeholder")
 
 
+def contact_skip(
+    contact: ContactDoc,
+    to: str | None,
+    *,
+    stopped: bool,
+    exclude_wf: bool,
+    cutoff: dt.datetime | None,
+    capped: set[str],
+) -> str | None:
+    """Why a contact is skipped before its quiet hours are looked at (:data:`SKIP_REASONS`, in their order), or
+    None: unsubscribed or blocked (``stopped``: its number's STOP or an opt-out on another spelling of it), invalid
+    phone (``to`` None), in a workflow the campaign excludes, within the list's cooldown (``cutoff``: its number
+    among ``capped``, or its own ``last_sent_at``). The evaluation and the preview decide with it."""
+    if stopped or not contact.get("subscribed", True) or contact.get("blocked"):
+        return "unsubscribed"
+    if to is None:
+        return "invalid_phone"
+    if exclude_wf and contact.get("in_workflow"):
+        return "in_workflow"
+    if cutoff is not None and (
+        to in capped or (isinstance(ls := contact.get("last_sent_at"), dt.datetime) and ls >= cutoff)
+    ):
+        return "frequency_cap"
+    return None
+
+
+def window_opening(
+    now: dt.datetime, zones: tuple[ZoneInfo, ...], window: Window, memo: dict[tuple[ZoneInfo, ...], dt.datetime | None]
+) -> dt.datetime | None:
+    """None when ``now`` is inside the quiet-hours window in every one of ``zones``, else when it opens in all of
+    them (memoised per zones in ``memo``)."""
+    if zones not in memo:
+        memo[zones] = None if in_window(now, zones, window) else next_opening(now, zones, window)
+    return memo[zones]
+
+
 @dataclass
 class Tally:
     """The running counts of an evaluation, in the execution ``counts`` contract."""
@@ -417,33 +453,17 @@ async def evaluate(
                         tally.union.duplicate_handsets += 1
                         continue
                     odd_seen.add(odd_to)
-                if (
-                    not contact.get("subscribed", True)
-                    or contact.get("blocked")
-                    or odd_to in odd_stops
-                    or (held_numbers and numbers[cid][0] in held_numbers)
-                ):
-                    skipped["unsubscribed"] += 1
-                    continue
                 to, number_zones = numbers[cid]
-                if to is None:
-                    skipped["invalid_phone"] += 1
+                stopped = odd_to in odd_stops or bool(held_numbers and to in held_numbers)
+                reason = contact_skip(contact, to, stopped=stopped, exclude_wf=exclude_wf, cutoff=cutoff, capped=capped)
+                if reason is None and view is not None and to in view.blocked:
+                    reason = "frequency_cap"  # reserved by another message within the cooldown
+                if reason is not None:
+                    skipped[reason] += 1
                     continue
-                if exclude_wf and contact.get("in_workflow"):
-                    skipped["in_workflow"] += 1
-                    continue
-                if cutoff is not None and (
-                    to in capped or (isinstance(ls := contact.get("last_sent_at"), dt.datetime) and ls >= cutoff)
-                ):
-                    skipped["frequency_cap"] += 1
-                    continue
-                if view is not None and to in view.blocked:  # reserved by another message within the cooldown
-                    skipped["frequency_cap"] += 1
-                    continue
+                assert to is not None  # (contact_skip: invalid_phone)
                 zones = contact_zones(to, contact.get("timezone"), default_tz, number_zones)
-                if zones not in opening:
-                    opening[zones] = None if in_window(now, zones, window) else next_opening(now, zones, window)
-                held_until = opening[zones]
+                held_until = window_opening(now, zones, window, opening)
                 if held_until is not None and not hold:
                     skipped["quiet_hours"] += 1
                     continue
