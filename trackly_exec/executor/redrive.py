@@ -171,34 +171,39 @@ OUTLOOKS = ("default", "by_reason", "allow_duplicates", "opted_out", "contact_bl
 
 
 async def outlook(db: Any, docs: Sequence[FailedDoc]) -> dict[str, str]:
-    """What a re-drive would do with each of ``docs`` (see :data:`OUTLOOKS`), by message id: its reason, the
-    provider's flags, and the contact's and number's opt-out now (two reads for the whole page)."""
+    """What a re-drive would do with each of ``docs`` (see :data:`OUTLOOKS`), by message id, by the re-drive's own
+    checks (:func:`_why_not`, :func:`_opted_out_now`): its reason, the provider's flags, and the contact's and
+    number's opt-out now (two reads for the whole page)."""
     contacts = await _contacts(db, [int(cid) for d in docs if (cid := d.get("contact_id")) is not None])
     stops = await opted_out(db, {(int(d["sending_list_id"]), d["to_number"]) for d in docs if d.get("to_number")})
     default = {str(r) for r in DEFAULT_REASONS}
+    every = {str(r) for r in RETRYABLE}
+    by_why = {"opted_out_at_provider": "opted_out", "flagged_spam": "spam"}
     out: dict[str, str] = {}
     for d in docs:
         reason = str(d.get("reason"))
         contact = contacts.get(int(cid)) if (cid := d.get("contact_id")) is not None else None
-        lifted = set(d.get("overrides") or ())
-        if reason in {str(r) for r in NEVER} or reason not in {str(r) for r in RETRYABLE}:
-            out[d["_id"]] = "no"
-        elif d.get("opted_out"):
-            out[d["_id"]] = "opted_out"
-        elif d.get("spam"):
-            out[d["_id"]] = "spam"
-        elif "opt_out" not in lifted and (
-            (contact is not None and contact.get("subscribed") is False)
-            or (int(d["sending_list_id"]), d.get("to_number")) in stops
-        ):
-            out[d["_id"]] = "opted_out"
-        elif "opt_out" not in lifted and contact is not None and contact.get("blocked") is True:
-            out[d["_id"]] = "contact_blocked"
+        if (why := _why_not(d, every, allow_duplicates=True)) is not None:
+            out[d["_id"]] = by_why.get(why, "no")
+        elif (said := _opted_out_now(d, contact, stops)) is not None:
+            out[d["_id"]] = said
         elif reason == FailureReason.NO_RESPONSE:
             out[d["_id"]] = "allow_duplicates"
         else:
             out[d["_id"]] = "default" if reason in default else "by_reason"
     return out
+
+
+def _opted_out_now(doc: FailedDoc, contact: ContactDoc | None, stops: set[tuple[int, str]]) -> str | None:
+    """``opted_out`` / ``contact_blocked`` when the message's contact or number says no now (unless a test send
+    lifted the opt-out on request), else None."""
+    if "opt_out" in set(doc.get("overrides") or ()):  # a test send's checks lifted on request stay lifted
+        return None
+    if contact is not None and (contact.get("subscribed") is False or contact.get("blocked") is True):
+        return "opted_out" if contact.get("subscribed") is False else "contact_blocked"
+    if (int(doc["sending_list_id"]), doc.get("to_number")) in stops:
+        return "opted_out"
+    return None
 
 
 async def _contacts(db: Any, ids: list[int]) -> dict[int, ContactDoc]:
@@ -344,16 +349,8 @@ async def _redrive_batch(
         if lst is None:
             res.skipped["sending_list_gone"] += 1
             continue
-        lifted = set(d.get("overrides") or ())  # a test send's checks lifted on request stay lifted
-        if (
-            contact is not None
-            and (contact.get("subscribed") is False or contact.get("blocked") is True)
-            and "opt_out" not in lifted
-        ):
-            res.skipped["opted_out" if contact.get("subscribed") is False else "contact_blocked"] += 1
-            continue
-        if (int(d["sending_list_id"]), d["to_number"]) in stops and "opt_out" not in lifted:
-            res.skipped["opted_out"] += 1
+        if (said := _opted_out_now(d, contact, stops)) is not None:
+            res.skipped[said] += 1
             continue
         if d["_id"] in cooled:
             res.skipped["cooldown"] += 1
@@ -363,7 +360,7 @@ async def _redrive_batch(
         tz = contact.get("timezone") if contact else None
         inside, zones = (
             (True, None)
-            if "quiet_hours" in lifted
+            if "quiet_hours" in (d.get("overrides") or ())  # a test send's checks lifted on request stay lifted
             else in_window_now(d["to_number"], tz, quiet.default_timezone, now, window, memo)
         )
         not_before = now

@@ -372,9 +372,8 @@ class Worker:
         deb = await billing.debit(self.db, lst.account_id, chunk, lst.price_per_segment)
         if deb.blocked:
             await self._billing_blocked(token, deb.blocked, now)
-            await self.outcomes.publish(
-                e for e in [self.outcomes.billing_blocked(lst.account_id, lst.id, len(deb.blocked))] if e is not None
-            )
+            if (alert := self.outcomes.billing_blocked(lst.account_id, lst.id, len(deb.blocked))) is not None:
+                await self.outcomes.publish([alert])
         if not deb.charged:
             return "next"
         pending = deb.charged  # billed, neither sent nor ended yet
