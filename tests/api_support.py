@@ -38,6 +38,12 @@ async def post(cl: Any, path: str, body: Any, status: int = 201) -> Any:
     return data
 
 
+async def add_contacts(cl: Any, list_id: int, n: int, first: int = 100) -> None:
+    """``n`` UTC contacts on the list through the API: ``+1212555<first>`` onwards."""
+    rows = [{"phone": f"+1212555{k:04d}", "timezone": "UTC"} for k in range(first, first + n)]
+    await post(cl, f"/sending-lists/{list_id}/contacts", {"contacts": rows}, 200)
+
+
 async def seed(cl: Any) -> dict[str, int]:
     """An account, a sending list (echo driver), an all-contacts audience and a one-variant creative."""
     acc = await post(cl, "/accounts", {"name": "Acme", "balance": 100, "webhook_secret": "s3cret-value"})

@@ -20,7 +20,7 @@ from trackly_exec.operations.web import make_app
 from trackly_exec.store import constants as c
 from trackly_exec.store.models import utcnow
 
-from .api_support import EchoDriver, H, campaign_body, create_campaign, post, seed
+from .api_support import EchoDriver, H, add_contacts, campaign_body, create_campaign, post, seed
 
 
 async def test_auth_required(admin: TestClient[Any, Any]) -> None:
@@ -308,12 +308,7 @@ async def test_pause_resume_trigger_stats(admin: TestClient[Any, Any], trackly: 
     """Pause blocks triggers (409), resume allows them; trigger returns an execution with counts; stats answer."""
     pytest.importorskip("trackly_exec.campaigns.scheduler")
     ids = await seed(admin)
-    await post(
-        admin,
-        f"/sending-lists/{ids['list']}/contacts",
-        {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": "UTC"} for n in range(100, 110)]},
-        200,
-    )
+    await add_contacts(admin, ids["list"], 10)
     camp = await create_campaign(admin, ids, quiet_hours_policy="hold")
     assert (await post(admin, f"/campaigns/{camp['id']}/pause", None, 200))["status"] == "paused"
     r = await admin.post(f"/api/v1/campaigns/{camp['id']}/trigger", headers=H)

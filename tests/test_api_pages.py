@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from trackly_exec.app import Trackly
 from trackly_exec.store import constants as c
 
-from .api_support import H, post, seed
+from .api_support import H, add_contacts, post, seed
 
 
 async def _all_pages(admin: TestClient[Any, Any], path: str, limit: int) -> list[int]:
@@ -32,12 +32,7 @@ async def _all_pages(admin: TestClient[Any, Any], path: str, limit: int) -> list
 async def test_pages_follow_numeric_ids(admin: TestClient[Any, Any], trackly: Trackly) -> None:
     """23 contacts, accounts and executions, in pages of 4 and 10: every record once, in numeric order."""
     ids = await seed(admin)
-    await post(
-        admin,
-        f"/sending-lists/{ids['list']}/contacts",
-        {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": "UTC"} for n in range(100, 123)]},
-        200,
-    )
+    await add_contacts(admin, ids["list"], 23)
     for n in range(22):
         await post(admin, "/accounts", {"name": f"acc {n}", "balance": 0})
     await trackly.db[c.EXECUTIONS].insert_many(

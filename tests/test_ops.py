@@ -625,17 +625,12 @@ async def test_cancel_ends_a_campaign_for_good(
     from trackly_exec.api import campaigns as api_campaigns
     from trackly_exec.executor import claims
 
-    from .api_support import H, create_campaign, post
+    from .api_support import H, add_contacts, create_campaign, post
     from .api_support import seed as seed_api
 
     monkeypatch.setattr(api_campaigns, "CANCEL_WAIT_SECONDS", 0.3)
     ids = await seed_api(admin)
-    await post(
-        admin,
-        f"/sending-lists/{ids['list']}/contacts",
-        {"contacts": [{"phone": f"+1212555{n:04d}", "timezone": "UTC"} for n in range(100, 130)]},
-        200,
-    )
+    await add_contacts(admin, ids["list"], 30)
     camp = await create_campaign(admin, ids)
     started = await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
     queued = [d["_id"] async for d in trackly.db[c.QUEUED].find({})]
