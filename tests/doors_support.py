@@ -17,7 +17,13 @@ IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def mo(text: str, sender: str = "+14155550123", to: str = "+14155550100", message_id: str = "MO1") -> str:
+def mo(
+    text: str,
+    sender: str = "+14155550123",
+    to: str = "+14155550100",
+    message_id: str = "MO1",
+    received_at: str = "2026-11-29T10:00:00.000+0000",
+) -> str:
     """An Infobip inbound (MO_JSON_2) body; numbers without '+', as Infobip sends them."""
     return json.dumps(
         {
@@ -29,7 +35,7 @@ def mo(text: str, sender: str = "+14155550123", to: str = "+14155550100", messag
                     "text": text,
                     "cleanText": "",
                     "keyword": text.split()[0] if text.split() else "",
-                    "receivedAt": "2026-11-29T10:00:00.000+0000",
+                    "receivedAt": received_at,
                     "smsCount": 1,
                     "price": {"pricePerMessage": 0, "currency": "EUR"},
                 }

@@ -126,6 +126,62 @@ async def test_start_resubscribes(daemon: Daemon) -> None:
         assert await _subscribed(daemon, 1) is expected, text
 
 
+def _at(minute: int) -> str:
+    return f"2026-11-29T10:{minute:02d}:00.000+0000"
+
+
+async def test_a_replayed_start_does_not_undo_a_later_stop(daemon: Daemon) -> None:
+    """STOP, START, STOP, then the START delivered again (a provider's retry, or a replay of the request): the second
+    delivery of an inbound message id already stored is not applied again, so the contact stays unsubscribed. A START
+    with a new id that the provider received before the last STOP (late, out of order) changes nothing either; one
+    received after it resubscribes."""
+    await seed_account(daemon.store)
+    await seed_list(daemon.store)
+    await seed_contact(daemon.store, contact_id=1, phone=PHONE)
+    for text, mid, minute, expected in (
+        ("STOP", "m1", 1, False),
+        ("START", "m2", 2, True),
+        ("STOP", "m3", 3, False),
+        ("START", "m2", 2, False),  # the same message again
+        ("START", "m2", 9, False),  # even with another receive time
+        ("START", "m0", 2, False),  # received before the last STOP, delivered after it
+        ("START", "m4", 4, True),
+    ):
+        assert (await daemon.post(IB_INBOUND, mo(text, message_id=mid, received_at=_at(minute))))[0] == 200
+        assert await _subscribed(daemon, 1) is expected, (text, mid)
+    assert await daemon.store[c.INBOUND].count_documents({}) == 5
+
+
+async def test_a_replayed_twilio_start_does_not_undo_a_later_stop(daemon: Daemon) -> None:
+    """Twilio's inbound webhook has no receive time (ours is taken): its retry of a START after a later STOP is known
+    by its MessageSid, and is not applied again."""
+    await seed_account(daemon.store)
+    await seed_list(daemon.store, driver="twilio")
+    await seed_contact(daemon.store, contact_id=1, phone=PHONE)
+    path = "/webhooks/twilio/inbound"
+    for text, sid, expected in (("STOP", "SM1", False), ("START", "SM2", True), ("STOP", "SM3", False)):
+        assert (await daemon.twilio(path, _twilio_inbound(text, sid)))[0] == 200
+        assert await _subscribed(daemon, 1) is expected, sid
+    assert (await daemon.twilio(path, _twilio_inbound("START", "SM2")))[0] == 200
+    assert await _subscribed(daemon, 1) is False
+    assert (await daemon.twilio(path, _twilio_inbound("STOP", "SM1")))[0] == 200  # a STOP again only ever holds
+    assert await _subscribed(daemon, 1) is False
+
+
+@pytest.mark.parametrize("stop_last", [True, False])
+async def test_stop_and_start_in_one_request_follow_their_receive_times(daemon: Daemon, stop_last: bool) -> None:
+    """A report request carrying a START and a STOP of one number: the one the provider received last wins, whatever
+    their order in the request."""
+    await seed_account(daemon.store)
+    await seed_list(daemon.store)
+    await seed_contact(daemon.store, contact_id=1, phone=PHONE)
+    stop = json.loads(mo("STOP", message_id="s", received_at=_at(5 if stop_last else 1)))["results"][0]
+    start = json.loads(mo("START", message_id="g", received_at=_at(1 if stop_last else 5)))["results"][0]
+    body = json.dumps({"results": [start, stop] if stop_last else [stop, start], "messageCount": 2})
+    assert (await daemon.post(IB_INBOUND, body))[0] == 200
+    assert await _subscribed(daemon, 1) is (not stop_last)
+
+
 async def test_help_answers_with_twiml_on_twilio(daemon: Daemon) -> None:
     """HELP through a signed Twilio inbound webhook answers TwiML with the list's help text (XML-escaped)."""
     await seed_account(daemon.store)

@@ -17,7 +17,10 @@ A message that is exactly (trimmed, case-insensitive) one of :data:`STOP_WORDS` 
 
 A provider that classifies the message itself (Twilio's ``OptOutType`` with Advanced Opt-Out, whose keywords may be
 custom or localized) is followed: its ``STOP`` unsubscribes whatever the text. ``START``, ``YES``, ``UNSTOP``
-resubscribe; ``HELP``, ``INFO`` answer with the list's ``help_text`` where the
+resubscribe, unless the number sent a STOP on that list *after* it (by the provider's receive times: a START
+delivered late, out of order, or retried by the provider after a later STOP changes nothing), and only on its first
+delivery (a START whose message id is already stored, a provider's retry or a replay, is not applied again; a STOP
+always is: it only ever holds); ``HELP``, ``INFO`` answer with the list's ``help_text`` where the
 provider supports a reply (Twilio TwiML). Every inbound message is stored in ``inbound_messages`` (a provider's
 retry of the same message id is stored once).
 """
@@ -41,7 +44,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import ContactDoc, Filter, InboundDoc, QueuedDoc
 from trackly_exec.store.events import Event, EventKind
-from trackly_exec.store.models import ExecutionStatus, FailedMessage, FailureReason
+from trackly_exec.store.models import ExecutionStatus, FailedMessage, FailureReason, epoch_ms
 from trackly_exec.store.phones import normalize, opt_out_key
 
 log = get_logger(__name__)
@@ -100,6 +103,12 @@ class _Action:
     word: str
     froms: list[str]
     list_ids: list[int] = field(default_factory=list)
+    record_id: str | None = None  # the stored inbound message's id (when the provider gave one)
+
+    @property
+    def received_ms(self) -> int:
+        """When the provider received the message (epoch ms; our own time when it does not say)."""
+        return epoch_ms(self.msg.received_at) if self.msg.received_at is not None else 0
 
 
 async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[InboundMessage]) -> str | None:
@@ -143,9 +152,11 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
             "stored_at": now,
         }
         if m.provider_message_id:
-            record["_id"] = f"{provider}:{m.provider_message_id}"
+            record["_id"] = action.record_id = f"{provider}:{m.provider_message_id}"
+        if not action.msg.received_at:
+            action.msg = action.msg.model_copy(update={"received_at": now})
         records.append(record)
-    await _store(trackly, records)
+    stored_before = await _store(trackly, records)
 
     stopall_accounts = {
         lst["account_id"] for a in actions if a.word == "STOPALL" for lst in lists if lst["_id"] in a.list_ids
@@ -168,6 +179,10 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
     starts = [a for a in actions if a.word in START_WORDS]
     if stops:
         await _apply_stops(trackly, stops)
+    replayed = [a for a in starts if a.record_id is not None and a.record_id in stored_before]
+    if replayed:
+        log.info("start_replay_ignored", messages=len(replayed))
+    starts = await _after_last_stop(trackly, [a for a in starts if a not in replayed])
     if starts:
         await trackly.db[c.OPT_OUTS].delete_many({"_id": {"$in": sorted({k for a in starts for k in opt_out_keys(a)})}})
         contacts = await _contacts(trackly, starts)
@@ -179,12 +194,37 @@ async def handle_inbound(trackly: Trackly, provider: str, messages: Sequence[Inb
     return reply
 
 
-async def _store(trackly: Trackly, records: list[InboundDoc]) -> None:
+async def _store(trackly: Trackly, records: list[InboundDoc]) -> set[str]:
+    """Insert the inbound messages; returns the ids of those already stored (a provider's retry, a replay)."""
     try:
         await trackly.db[c.INBOUND].insert_many(records, ordered=False)
     except BulkWriteError as exc:  # a provider retry of a message already stored
-        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != 11000 for e in errors):
             raise
+        return {str(records[e["index"]].get("_id")) for e in errors if 0 <= e.get("index", -1) < len(records)}
+    return set()
+
+
+async def _after_last_stop(trackly: Trackly, starts: list[_Action]) -> list[_Action]:
+    """The START actions, each on the lists where its number sent no STOP after it (received later by the
+    provider's clock): a START delivered after a later STOP (late, out of order, retried) does not undo it."""
+    keys = {k for a in starts for k in opt_out_keys(a)}
+    if not keys:
+        return starts
+    last = {
+        d["_id"]: int(d.get("received_ms") or 0)
+        async for d in trackly.db[c.OPT_OUTS].find({"_id": {"$in": sorted(keys)}}, {"received_ms": 1})
+    }
+    out = []
+    for a in starts:
+        later = {lid for lid in a.list_ids for p in a.froms if last.get(opt_out_key(lid, p), 0) > a.received_ms}
+        if later:
+            log.info("start_older_than_stop", lists=sorted(later))
+            a.list_ids = [lid for lid in a.list_ids if lid not in later]
+        if a.list_ids:
+            out.append(a)
+    return out
 
 
 async def _contacts(trackly: Trackly, actions: Iterable[_Action]) -> list[ContactDoc]:
@@ -249,15 +289,31 @@ def opt_out_keys(a: _Action) -> list[str]:
 
 async def _remember(trackly: Trackly, stops: list[_Action], now: Any) -> None:
     """Keep each STOP by (sending list, number), whether or not the number is a contact yet: a contact created
-    later for that number on that list starts unsubscribed, and a test send to it is skipped (until a START)."""
+    later for that number on that list starts unsubscribed, and a test send to it is skipped (until a START). It
+    keeps the provider's receive time of the latest STOP (``received_ms``), which an older START cannot undo."""
+    latest: dict[str, tuple[int, _Action]] = {}
+    for a in stops:
+        for key in opt_out_keys(a):
+            if key not in latest or a.received_ms > latest[key][0]:
+                latest[key] = (a.received_ms, a)
+    if latest:  # a retried older STOP keeps the later time already stored
+        async for d in trackly.db[c.OPT_OUTS].find({"_id": {"$in": sorted(latest)}}, {"received_ms": 1}):
+            ms, a = latest[d["_id"]]
+            latest[d["_id"]] = (max(ms, int(d.get("received_ms") or 0)), a)
     ops = [
         UpdateOne(
             {"_id": key},
-            {"$set": {"sending_list_id": int(key.split(":", 1)[0]), "keyword": a.word, "at": now}},
+            {
+                "$set": {
+                    "sending_list_id": int(key.split(":", 1)[0]),
+                    "keyword": a.word,
+                    "at": now,
+                    "received_ms": ms,
+                }
+            },
             upsert=True,
         )
-        for a in stops
-        for key in opt_out_keys(a)
+        for key, (ms, a) in latest.items()
     ]
     if ops:
         await trackly.db[c.OPT_OUTS].bulk_write(ops, ordered=False)
