@@ -461,3 +461,36 @@ async def test_an_opt_out_stored_in_another_spelling_holds_the_handset(trackly: 
     counts = (await trackly.db[c.EXECUTIONS].find_one({"_id": eid}))["counts"]
     assert [q["to_number"] for q in await trackly.db[c.QUEUED].find({}).to_list(None)] == ["+12125550401"]
     assert counts["queued"] == 1 and counts["skipped"]["unsubscribed"] == 3, counts
+
+
+async def test_a_contact_in_another_spelling_is_texted_when_its_e164_twin_is_not_selected(trackly: Trackly) -> None:
+    """A contact stored in another spelling whose E.164 twin is a contact of the list but not of the campaign's
+    audiences is the one the campaign selected: its handset is texted once, in E.164. Its twin still holds it back
+    when unsubscribed or blocked there; a twin in the audiences stands for the handset (texted once, through it)."""
+    from trackly_exec.campaigns.scheduler import trigger
+
+    from .campaign_fixtures import contact, register_echo, seed_campaign
+
+    register_echo()
+    contacts = [
+        contact(1, phone="+12125550201"),  # twin outside the audience
+        contact(2, phone="+12125550202", subscribed=False),  # twin outside, unsubscribed
+        contact(3, phone="+12125550203", blocked=True),  # twin outside, blocked
+        contact(4, phone="+12125550204"),  # twin inside the audience
+        contact(11, phone="(212) 555-0201"),
+        contact(12, phone="(212) 555-0202"),
+        contact(13, phone="212.555.0203"),
+        contact(14, phone="+1 212 555 0204"),
+        contact(15, phone="212-555-0201"),  # a second other spelling of the first handset
+    ]
+    audiences = [
+        {"_id": 1, "sending_list_id": 1, "contact_ids": [11, 12, 13, 15]},
+        {"_id": 2, "sending_list_id": 1, "filter": {"phone": {"in": ["+12125550204", "+1 212 555 0204"]}}},
+    ]
+    await seed_campaign(trackly.store, contacts=contacts, audiences=audiences)
+    eid = await trigger(trackly, 1)
+    counts = (await trackly.db[c.EXECUTIONS].find_one({"_id": eid}))["counts"]
+    queued = {q["to_number"]: q["contact_id"] for q in await trackly.db[c.QUEUED].find({}).to_list(None)}
+    assert queued == {"+12125550201": 11, "+12125550204": 4}, queued
+    assert counts["queued"] == 2 and counts["skipped"]["unsubscribed"] == 2, counts
+    assert counts["duplicate_handsets"] == 2, counts  # 15 (after 11) and 14 (its twin 4 is selected)

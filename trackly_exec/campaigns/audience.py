@@ -187,6 +187,26 @@ def audience_query(sending_list_id: int, audience: AudienceDoc) -> Filter | None
     return {"$and": [{"sending_list_id": {"$eq": sending_list_id}}, *([compiled] if compiled else [])]}
 
 
+async def selected_ids(
+    db: Any, sending_list_id: int, audiences: Sequence[AudienceDoc], contact_ids: Sequence[int]
+) -> set[int]:
+    """Which of ``contact_ids`` (contacts of the list) the union of ``audiences`` selects: one read per filter
+    audience, restricted to those ids."""
+    wanted = set(contact_ids)
+    out: set[int] = set()
+    for a in audiences:
+        if not wanted - out:
+            break
+        query = audience_query(sending_list_id, a)
+        if query is None:
+            out |= wanted & {int(i) for i in a.get("contact_ids") or ()}
+            continue
+        rest = sorted(wanted - out)
+        ids = {int(d["_id"]) async for d in db[c.CONTACTS].find({"$and": [query, {"_id": {"$in": rest}}]}, {"_id": 1})}
+        out |= ids
+    return out
+
+
 #: An ``in``/``nin`` list up to this long is counted as an ``$or``/``$nor`` of ``$eq`` (see :func:`count_query`).
 COUNT_REWRITE_MAX = 100
 

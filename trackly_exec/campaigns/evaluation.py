@@ -53,14 +53,14 @@ import contextlib
 import datetime as dt
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from trackly_exec import failpoints
 from trackly_exec.campaigns import reservations
-from trackly_exec.campaigns.audience import FilterError, UnionCounts, compile_filter, union
+from trackly_exec.campaigns.audience import FilterError, UnionCounts, compile_filter, selected_ids, union
 from trackly_exec.campaigns.compose import PHONE_IN_TRACKED_LINK, Composer, check_body, phone_in_link
 from trackly_exec.campaigns.queue import QueueResult, insert_batch
 from trackly_exec.campaigns.variants import chooser_for
@@ -286,13 +286,24 @@ async def _already_ours(db: Any, execution_id: int, contact_ids: list[int]) -> d
     return out
 
 
-async def _odd_numbers(db: Any, list_id: int, numbers: set[str]) -> tuple[set[str], set[str]]:
-    """For numbers of contacts stored in another spelling: those that sent STOP on the list (``opt_outs``), and
-    those another contact of the list stores in E.164 (that contact stands for the number: the list's unique
-    (sending_list_id, phone) index keeps one such contact per number)."""
+async def _odd_numbers(
+    db: Any, list_id: int, numbers: set[str], audiences: Sequence[AudienceDoc]
+) -> tuple[set[str], set[str]]:
+    """For numbers of contacts stored in another spelling: those held back (a STOP on the list, ``opt_outs``, or a
+    contact of the list storing the number in E.164 that is unsubscribed or blocked), and those such an E.164 contact
+    stands for in this campaign (it is in the campaign's audiences: the handset gets its message, or is skipped,
+    through that contact; the list's unique (sending_list_id, phone) index keeps one such contact per number). A
+    twin outside the audiences stands for nothing: the contact in another spelling is the one the campaign selected."""
     stops = {to for _, to in await opted_out(db, [(list_id, to) for to in numbers])}
     query = {"sending_list_id": {"$eq": list_id}, "phone": {"$in": sorted(numbers)}}
-    twins = {str(d["phone"]) async for d in db[c.CONTACTS].find(query, {"phone": 1})}
+    found = await db[c.CONTACTS].find(query, {"phone": 1, "subscribed": 1, "blocked": 1}).to_list(None)
+    selected = await selected_ids(db, list_id, audiences, [int(d["_id"]) for d in found]) if found else set()
+    twins: set[str] = set()
+    for d in found:
+        if int(d["_id"]) in selected:
+            twins.add(str(d["phone"]))
+        elif d.get("subscribed") is False or d.get("blocked") is True:
+            stops.add(str(d["phone"]))
     return stops, twins
 
 
@@ -430,7 +441,9 @@ async def evaluate(
                 numbers[cid] = number
                 if spelt_otherwise:
                     odd[cid] = str(to)
-            odd_stops, twins = await _odd_numbers(db, list_id, set(odd.values())) if odd else (set(), set())
+            odd_stops, twins = (
+                await _odd_numbers(db, list_id, set(odd.values()), plan.audiences) if odd else (set(), set())
+            )
             view: reservations.View | None = None
             if cutoff is not None:  # the cooldown reservations in the way of this batch (read only)
                 mine = [composer.message_id(cid) for cid, (to, _) in numbers.items() if to]
