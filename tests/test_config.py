@@ -133,3 +133,46 @@ def test_every_setting_has_default_and_description() -> None:
         return missing
 
     assert walk(Settings, "") == []
+
+
+def test_toml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    """Arrays nested hundreds deep (tomllib recurses) are a config error naming the file, not a RecursionError."""
+    f = tmp_path / "deep.toml"
+    f.write_text("a = " + "[" * 600 + "]" * 600 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.toml: not valid TOML: arrays or tables nested too deeply"):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "section,key,value,why",
+    [
+        ("executor", "poll_interval_seconds", "inf", "finite number"),
+        ("executor", "claim_ttl_minutes", "1e308", "at most 525600 (a year)"),
+        ("executor", "stale_after_minutes", "nan", "finite number"),
+        ("scheduler", "poll_interval_seconds", "-inf", "finite number"),
+        ("reconcile", "interval_seconds", "1e9", "at most 3.1536e+07 (a year)"),
+        ("tracking", "outbox_max_age_hours", "9000", "at most 8760 (a year)"),
+    ],
+)
+def test_durations_must_be_finite_and_at_most_a_year(
+    tmp_path: Path, section: str, key: str, value: str, why: str
+) -> None:
+    """A duration of ``inf``, ``nan`` or beyond a year is refused naming the key (it overflowed the timers built from
+    it at start-up, after check-config had said OK)."""
+    f = tmp_path / "t.toml"
+    f.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert f"{section}.{key}" in str(e.value) and why in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("value,why", [(float("inf"), "finite number"), (86400.0, "less than or equal to 3600")])
+def test_a_driver_timeout_must_be_finite_and_at_most_an_hour(value: float, why: str) -> None:
+    """A driver's timeouts too (the daemon and check-config report it as ``drivers.NAME.timeout_seconds``)."""
+    from pydantic import ValidationError
+
+    from trackly_exec.drivers.contract import DriverSettings
+
+    for key in ("timeout_seconds", "connect_timeout_seconds"):
+        with pytest.raises(ValidationError, match=why):
+            DriverSettings.model_validate({key: value})

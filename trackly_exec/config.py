@@ -8,6 +8,7 @@ Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` and are n
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import tomllib
@@ -15,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
@@ -28,8 +38,32 @@ ConfigTable: TypeAlias = dict[str, Any]
 DEFAULT_CONFIG_FILE = "trackly.toml"
 
 
+#: The longest a duration setting may be (a year, in the unit its name gives): anything longer is a typo, and
+#: ``inf`` or ``1e308`` would overflow the timers built from it.
+_LONGEST = {"_seconds": 365 * 86400.0, "_minutes": 365 * 1440.0, "_hours": 365 * 24.0}
+
+
+def _timeout(driver: ConfigTable) -> float:
+    """A driver table's ``timeout_seconds`` as far as it is a sensible number (the driver's own settings report
+    anything else, naming the key)."""
+    try:
+        value = float(driver.get("timeout_seconds", 30.0))
+    except (TypeError, ValueError):
+        return 30.0
+    return value if math.isfinite(value) and 0 < value <= 3600 else 30.0
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _duration_at_most_a_year(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, float) and info.field_name:
+            for suffix, longest in _LONGEST.items():
+                if info.field_name.endswith(suffix) and value > longest:
+                    raise ValueError(f"at most {longest:g} (a year)")
+        return value
 
 
 class DaemonConfig(Section):
@@ -435,9 +469,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _claim_outlives_calls(self) -> Settings:
         # The claim must outlive the longest provider call or another process could re-send it.
-        longest = max(
-            (float(v.get("timeout_seconds", 30.0)) for v in self.drivers.values() if isinstance(v, dict)), default=30.0
-        )
+        longest = max((_timeout(v) for v in self.drivers.values() if isinstance(v, dict)), default=30.0)
         if self.executor.claim_ttl_minutes * 60 <= longest * self.executor.retry_max_attempts:
             raise PydanticCustomError(
                 "claim_ttl",
@@ -601,6 +633,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", file=str(file)) from exc
+        except RecursionError as exc:  # (tomllib recurses into nested arrays and inline tables)
+            raise ConfigError("not valid TOML: arrays or tables nested too deeply", file=str(file)) from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"not UTF-8 text (byte {exc.start}): a TOML file is UTF-8", file=str(file)) from exc
         except OSError as exc:

@@ -121,7 +121,7 @@ def raw_driver_problems(file: str | None) -> list[tuple[str, str]]:
         if not isinstance(drivers, dict) or not drivers:
             return []
         return driver_problems(Settings.model_validate({"drivers": drivers}))[0]
-    except (OSError, ValueError, ValidationError, ConfigError):
+    except (OSError, ValueError, RecursionError, ValidationError, ConfigError):
         return []  # the tables themselves do not load: the config's own problems say so
 
 
@@ -137,7 +137,7 @@ def raw_placeholders(file: str | None) -> list[tuple[str, str]]:
     if file:
         try:
             data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             data = {}
     found = data.get("drivers")
     drivers: ConfigTable = found if isinstance(found, dict) else {}

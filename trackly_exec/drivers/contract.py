@@ -292,7 +292,7 @@ class WebhookResponse:
 class DriverSettings(BaseModel):
     """Settings every driver has. Subclass it for provider credentials; secrets are ``SecretStr``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     #: The settings a sending list may override in its ``driver_settings`` (tuning only). Endpoints,
     #: credentials, webhook secrets, timeouts and the 5xx policy come from the operator's config file alone.
@@ -304,8 +304,8 @@ class DriverSettings(BaseModel):
     authorization_header: ClassVar[bool] = False
 
     base_url: str = Field("http://127.0.0.1:9000", description="Provider API base URL.")
-    timeout_seconds: float = Field(30.0, gt=0, description="Total time for one provider request.")
-    connect_timeout_seconds: float = Field(5.0, gt=0, description="Time to establish a connection.")
+    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Total time for one provider request.")
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=3600, description="Time to establish a connection.")
     max_connections: int = Field(100, ge=1, description="Connection pool size of the driver's HTTP session.")
     batch_size: int = Field(1, ge=1, description="Messages per provider request.")
     send_client: Literal["auto", "aiohttp", "keepalive"] = Field(
