@@ -76,6 +76,41 @@ async def test_infinite_numbers_are_422(admin: TestClient[Any, Any], trackly: Tr
     assert after == before
 
 
+def _refuse(name: str) -> None:
+    pytest.fail(f"answered {name}")
+
+
+async def test_absurd_prices_and_balances_are_422_and_answers_stay_strict_json(
+    admin: TestClient[Any, Any], trackly: Trackly
+) -> None:
+    """A finite but absurd price per segment or opening balance (1.7e308) is a 422 naming the field, on create and on
+    edit; and an answer never carries ``Infinity``: a price another tool wrote that overflows an estimate's cost
+    is answered as null, in JSON any strict parser reads."""
+    from .api_support import create_campaign, post
+    from .api_support import seed as seed_parts
+
+    ids = await seed_parts(admin)
+    lst = {"account_id": ids["account"], "name": "P", "driver": "echo", "from_number": "+15550001111"}
+    for path, body, loc in (
+        ("/sending-lists", {**lst, "price_per_segment": 1.7e308}, "body.price_per_segment"),
+        ("/sending-lists", {**lst, "price_per_segment": 1001}, "body.price_per_segment"),
+        ("/accounts", {"name": "rich", "balance": 1e300}, "body.balance"),
+    ):
+        status, data = await _post_raw(admin, path, json.dumps(body))
+        assert status == 422 and data["details"][0]["loc"] == loc, data
+    r = await admin.patch(f"/api/v1/sending-lists/{ids['list']}", json={"price_per_segment": 1e308}, headers=H)
+    assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.price_per_segment"
+    await post(admin, f"/sending-lists/{ids['list']}/contacts", {"contacts": [{"phone": "+12125550100"}]}, 200)
+    camp = await create_campaign(admin, ids)
+    await trackly.db[c.SENDING_LISTS].update_one({"_id": ids["list"]}, {"$set": {"price_per_segment": 1.7e308}})
+    await trackly.db[c.CREATIVES].update_one({"_id": ids["creative"]}, {"$set": {"variants.0.body": "x" * 400}})
+    for verb in ("estimate", "preview"):
+        r = await admin.post(f"/api/v1/campaigns/{camp['id']}/{verb}", json={}, headers=H)
+        text = await r.text()
+        assert r.status == 200 and "Infinity" not in text, (verb, text[:300])
+        json.loads(text, parse_constant=_refuse)
+
+
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 async def test_nan_literals_are_refused(admin: TestClient[Any, Any], literal: str) -> None:
     status, _ = await _post_raw(admin, "/accounts", f'{{"name": "a", "balance": {literal}}}')

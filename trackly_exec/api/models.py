@@ -80,6 +80,11 @@ def _when(value: Any) -> Any:
 When = Annotated[dt.datetime, BeforeValidator(_when)]
 
 
+#: The highest price per segment a sending list takes (a real one is cents): a typo's 1e308 made every estimate's
+#: cost infinite, which JSON cannot carry.
+MAX_PRICE = 1000.0
+
+
 class Body(BaseModel):
     """Base of request bodies: unknown keys are errors, and so are non-finite numbers (inf, -inf, nan)."""
 
@@ -217,7 +222,9 @@ class AccountIn(Body):
     )
 
     name: str = Field(min_length=1, max_length=200)
-    balance: float = Field(0.0, ge=0, description="Prepaid balance debited per sent segment.")
+    balance: float = Field(
+        0.0, ge=0, le=1_000_000_000, allow_inf_nan=False, description="Prepaid balance debited per sent segment."
+    )
     webhook_url: str | None = Field(
         None, pattern=r"^https?://", max_length=2000, description="Customer delivery-status webhook."
     )
@@ -345,7 +352,9 @@ class SendingListIn(Body):
     )
     quiet_hours: QuietHoursIn = Field(default_factory=lambda: QuietHoursIn())
     blocked_words: list[str] = Field(default_factory=list, max_length=10_000)
-    price_per_segment: float = Field(0.0, ge=0)
+    price_per_segment: float = Field(
+        0.0, ge=0, le=MAX_PRICE, allow_inf_nan=False, description="Debited per segment sent, in the account's currency."
+    )
     active: bool = True
     opt_out_footer: str | None = Field(None, max_length=160)
     help_text: str | None = Field(None, max_length=320)
@@ -643,7 +652,7 @@ class SendingListPatch(Patch):
     cooldown_minutes: float | None = Field(None, ge=0, le=525_600)
     quiet_hours: QuietHoursIn | None = None
     blocked_words: list[str] | None = Field(None, max_length=10_000)
-    price_per_segment: float | None = Field(None, ge=0)
+    price_per_segment: float | None = Field(None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
     active: bool | None = None
     opt_out_footer: str | None = Field(None, max_length=160)
     help_text: str | None = Field(None, max_length=320)

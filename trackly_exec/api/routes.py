@@ -99,7 +99,26 @@ def route(method: str, path: str, summary: str, **kw: Any) -> Callable[[Handler]
 def _json(data: Any, status: int = 200) -> web.Response:
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
-    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    """Strict JSON: a value that is not a finite number (an old record's, a sum overflowing) is written as null, never
+    as the ``Infinity`` / ``NaN`` no JSON parser reads."""
+    try:
+        return json.dumps(data, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _loc(prefix: str, parts: tuple[Any, ...]) -> str:
