@@ -636,6 +636,12 @@ async def test_cancel_ends_a_campaign_for_good(
     queued = [d["_id"] async for d in trackly.db[c.QUEUED].find({})]
     assert len(queued) == 30
     held = await claims.claim(trackly.db, ids["list"], "other-daemon:x", utcnow(), 5)  # an executor holds 5
+    events: list[Any] = []
+
+    async def record(batch: Any) -> None:
+        events.extend(batch)
+
+    trackly.bus.subscribe(record)
     r = await admin.post(f"/api/v1/campaigns/{camp['id']}/cancel", headers=H)
     out = await r.json()
     assert r.status == 200 and out["cancelled"] == 25 and out["still_claimed"] == 5 and out["status"] == "paused", out
@@ -646,6 +652,8 @@ async def test_cancel_ends_a_campaign_for_good(
     assert await trackly.db[c.SENT].count_documents({}) == 0
     split = await assert_one_record_each(trackly.store, queued)
     assert split[c.FAILED] == 30 and await trackly.db[c.FAILED].count_documents({"reason": "CANCELLED"}) == 30
+    dead = [e.data["reason"] for e in events if e.kind == "failed_message"]  # each alerted, as every dead letter
+    assert dead == ["CANCELLED"] * 30
     ex = await trackly.db[c.EXECUTIONS].find_one({"_id": started["execution_id"]})
     assert ex["status"] == "completed"
     summary = await (await admin.get("/api/v1/dead-letters/summary", headers=H)).json()

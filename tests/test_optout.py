@@ -365,11 +365,20 @@ async def test_stop_in_the_middle_of_a_running_campaign(settings: Settings, stor
             if open_execution:
                 await store[c.EXECUTIONS].insert_one({"_id": 2, "status": "queued", "sending_list_id": 1})
             stopper = contacts[3]
+            events: list[Any] = []
+
+            async def record(batch: Any, events: list[Any] = events) -> None:
+                events.extend(batch)
+
+            d.trackly.bus.subscribe(record)
             status, _ = await d.post(IB_INBOUND, mo("STOP", sender=stopper["phone"], to="+15550000000"))
             assert status == 200
             assert tri((await store[c.CONTACTS].find_one({"_id": 3}))["subscribed"]) is False
             blocked = await store[c.FAILED].find({"contact_id": 3}).to_list(None)
             assert [(f["execution_id"], f["reason"]) for f in blocked] == [(2, "CONTACT_BLOCKED")]
+            # dead-lettered, so alerted like every dead letter (not only the opt-out itself)
+            dead = [e for e in events if e.kind == "failed_message"]
+            assert [(e.data["message_id"], e.data["reason"]) for e in dead] == [(blocked[0]["_id"], "CONTACT_BLOCKED")]
             late = _requeue(next(doc for doc in first_docs if doc["contact_id"] == 3), 3)
             await store[c.QUEUED].insert_one(late)  # queued after the STOP, e.g. by a race
             await coordinator.run_until_idle()  # second half

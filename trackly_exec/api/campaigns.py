@@ -483,7 +483,7 @@ async def cancel_campaign(request: web.Request) -> web.Response:
     cancelled, left = 0, 0
     deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
     while True:
-        n, left = await cancel_queued(trackly.db, cid, trackly.now())
+        n, left = await cancel_queued(trackly.db, cid, trackly.now(), trackly.bus)
         cancelled += n
         if not left or asyncio.get_running_loop().time() >= deadline:
             break

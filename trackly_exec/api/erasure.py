@@ -107,7 +107,7 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
                 erased=True,
             )
             failed.append(rec)
-        await dead_letter_claimed(db, token, failed)
+        await dead_letter_claimed(db, token, failed, trackly.bus)
         out["queued_dead_lettered"] = len(docs)
     out["in_flight"] = await count(db, c.QUEUED, {"contact_id": cid})
 

@@ -140,12 +140,15 @@ async def insert_records(db: Any, collection: str, docs: Sequence[Mapping[str, A
     return inserted
 
 
-async def dead_letter_claimed(db: Any, token: str, failed: Sequence[Mapping[str, Any]]) -> None:
+async def dead_letter_claimed(db: Any, token: str, failed: Sequence[Mapping[str, Any]], bus: Any = None) -> None:
     """Record ``failed`` (the FailedMessage documents of queued messages that claim ``token`` holds, never sent:
-    a STOP, an erasure, a cancelled campaign), then drop them from the queue, fenced on the claim."""
+    a STOP, an erasure, a cancelled campaign), then drop them from the queue, fenced on the claim; their alert events
+    (:func:`failure_event`, as every dead letter's) go to ``bus``."""
     if failed:
         await insert_records(db, c.FAILED, failed, settle=False)
         await claims.drop(db, token, [d["_id"] for d in failed])
+        if bus is not None:
+            await bus.publish(*(failure_event(cast("FailedDoc", rec)) for rec in failed))
 
 
 def billed_segments(doc: ClaimedDoc, result: Accepted) -> int:

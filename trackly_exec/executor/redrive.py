@@ -138,7 +138,7 @@ def _why_not(doc: FailedDoc, reasons: set[str], allow_duplicates: bool) -> str |
     return None
 
 
-async def cancel_queued(db: Any, campaign_id: int, now: dt.datetime) -> tuple[int, int]:
+async def cancel_queued(db: Any, campaign_id: int, now: dt.datetime, bus: Any = None) -> tuple[int, int]:
     """Dead-letter every unclaimed queued message of the campaign as CANCELLED (claimed, recorded, deleted fenced,
     as a STOP ends a contact's); returns ``(cancelled, still claimed)``. Claimed ones are an executor's: with the
     campaign paused, its send-time re-check gives them back, and a later call ends them."""
@@ -158,7 +158,7 @@ async def cancel_queued(db: Any, campaign_id: int, now: dt.datetime) -> tuple[in
             ).to_doc()
             for d in docs
         ]
-        await dead_letter_claimed(db, token, failed)
+        await dead_letter_claimed(db, token, failed, bus)
     left = await db[c.QUEUED].count_documents(query)
     return len(docs), int(left)
 

@@ -364,5 +364,5 @@ async def _dead_letter_queued(trackly: Trackly, contacts: list[ContactDoc], now:
         ).to_doc()
         for d in docs
     ]
-    await dead_letter_claimed(db, token, failed)
+    await dead_letter_claimed(db, token, failed, trackly.bus)
     return len(docs)
