@@ -248,7 +248,10 @@ class InfobipDriver(Driver[InfobipSettings]):
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list):
             raise WebhookFormatError("Infobip webhook body has no results list")
-        return [r for r in results if isinstance(r, dict)]
+        objects = [r for r in results if isinstance(r, dict)]
+        if results and not objects:
+            raise WebhookFormatError("Infobip webhook results hold no object")
+        return objects
 
     def parse_status(self, request: WebhookRequest) -> list[DeliveryReport]:
         """v3 and v2 delivery reports (``sender``/``messageCount`` or ``from``/``smsCount``)."""
@@ -257,9 +260,10 @@ class InfobipDriver(Driver[InfobipSettings]):
     def parse_inbound(self, request: WebhookRequest) -> list[InboundMessage]:
         """Inbound messages (``MO_JSON_2``): ``results[]`` with ``from``, ``to``, ``text``."""
         out = []
-        for r in self._results(request):
-            if not r.get("from") or r.get("text") is None:
-                raise WebhookFormatError("Infobip inbound result without from/text")
+        results = self._results(request)
+        for r in results:
+            if not isinstance(r.get("from"), (str, int)) or not r.get("from") or not isinstance(r.get("text"), str):
+                continue  # not a message (the others of the request still count; none: malformed)
             out.append(
                 InboundMessage(
                     from_number=e164(r["from"]),
@@ -269,6 +273,8 @@ class InfobipDriver(Driver[InfobipSettings]):
                     received_at=parse_time(r.get("receivedAt")),
                 )
             )
+        if results and not out:
+            raise WebhookFormatError("Infobip inbound result without a from number and a text")
         return out
 
 

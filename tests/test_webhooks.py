@@ -133,6 +133,41 @@ async def test_malformed_infobip_body_is_400(daemon: Daemon, body: str) -> None:
     assert await snapshot(daemon.store) == before
 
 
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("inbound", '{"results": [{"from": ["a"], "to": "15550100", "text": "STOP"}]}'),
+        ("inbound", '{"results": [{"from": "x", "to": "y", "text": "STOP"}]}'),
+        ("inbound", '{"results": [{"from": "12025550101", "text": "STOP"}]}'),
+        ("inbound", '{"results": [{"from": "12025550101", "to": "14155550100", "text": {"a": 1}}]}'),
+        ("inbound", '{"results": [null, 1]}'),
+        ("status", '{"results": [{}]}'),
+        ("status", '{"results": [null, 1, "x"]}'),
+    ],
+)
+async def test_infobip_results_that_name_nothing_are_400(daemon: Daemon, path: str, body: str) -> None:
+    """An authenticated Infobip request whose results hold no usable message (a sender or recipient that is not a
+    number, a text that is not text, an entry that is no object, a report naming no message) is a 400 that stores
+    nothing (it was a 200, the inbound ones stored with ``from_number: "['a']"``, and a STOP without its recipient
+    unsubscribed nobody in silence)."""
+    await seed_sent(daemon.store, 1)
+    before = await snapshot(daemon.store)
+    url = IB_STATUS if path == "status" else IB_STATUS.replace("/status/", "/inbound/")
+    assert (await daemon.post(url, body))[0] == 400
+    assert await snapshot(daemon.store) == before
+
+
+async def test_an_unusable_entry_does_not_lose_the_others(daemon: Daemon) -> None:
+    """In a request with usable and unusable entries, the usable ones are applied (200), the others dropped."""
+    await seed_sent(daemon.store, 1)
+    url = IB_STATUS.replace("/status/", "/inbound/")
+    good = {"messageId": "ok1", "from": "12025550101", "to": "14155550100", "text": "hello"}
+    body = json.dumps({"results": [{"from": "x", "to": "y", "text": "STOP"}, None, good]})
+    assert (await daemon.post(url, body))[0] == 200
+    stored = await daemon.store[c.INBOUND].find({}).to_list(None)
+    assert [(d["_id"], d["from_number"]) for d in stored] == [("infobip:ok1", "+12025550101")]
+
+
 async def test_malformed_cm_and_twilio_are_400(daemon: Daemon) -> None:
     """A CM report with an unknown status code and a Twilio callback without MessageStatus answer 400."""
     await seed_sent(daemon.store, 1, provider="cm")

@@ -23,13 +23,14 @@ retries later (ingestion is idempotent).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from trackly_exec.app import Trackly
-from trackly_exec.drivers.contract import Driver, WebhookRequest
+from trackly_exec.drivers.contract import DeliveryReport, Driver, InboundMessage, WebhookRequest
 from trackly_exec.errors import WebhookAuthError, WebhookError, WebhookFormatError
 from trackly_exec.logs import get_logger
 from trackly_exec.tracking import delivery, optout
@@ -70,10 +71,27 @@ def _storable(item: Any) -> bool:
     return True
 
 
+#: A number as a provider writes one: digits, a leading ``+`` or ``00``, and the usual separators (a short code has
+#: three digits or more).
+_PHONE_SHAPED = re.compile(r"\+?[0-9][0-9 ().-]{1,30}[0-9]")
+
+
+def _usable(item: Any) -> str | None:
+    """Why a parsed item cannot be applied (None: it can): an inbound message whose sender or recipient is not a
+    number (a STOP from it could unsubscribe nobody), a delivery report naming no message."""
+    if isinstance(item, InboundMessage):
+        for field in ("from_number", "to_number"):
+            if not _PHONE_SHAPED.fullmatch(getattr(item, field).strip()):
+                return f"{field} is not a phone number"
+    elif isinstance(item, DeliveryReport) and not (item.message_id or item.provider_message_id):
+        return "no message id"
+    return None
+
+
 def _clean(items: Any, driver: str, kind: str) -> Any:
-    """The parsed items that can be stored; the others are dropped and logged (the rest of the request still
-    counts). None of them: a malformed request (400, which the provider does not retry), not a store failure (500,
-    retried for days)."""
+    """The parsed items that can be stored and applied; the others are dropped and logged (the rest of the request
+    still counts). None of them: a malformed request (400, which the provider does not retry), not a store failure
+    (500, retried for days)."""
     if not isinstance(items, list):
         return items
     kept = [item for item in items if _storable(item)]
@@ -81,6 +99,13 @@ def _clean(items: Any, driver: str, kind: str) -> Any:
         log.warning(f"{kind}_unstorable_text", driver=driver, dropped=len(items) - len(kept), kept=len(kept))
         if not kept:
             raise WebhookFormatError("no text of the request is valid Unicode (lone surrogate)")
+    why = [(item, _usable(item)) for item in kept]
+    bad = [w for _, w in why if w is not None]
+    if bad:
+        log.warning(f"{kind}_unusable", driver=driver, dropped=len(bad), kept=len(kept) - len(bad), why=bad[0])
+        kept = [item for item, w in why if w is None]
+        if not kept:
+            raise WebhookFormatError(bad[0])
     return kept
 
 
