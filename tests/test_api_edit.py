@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from trackly_exec import Accepted, OutboundMessage, SendResult
@@ -98,6 +99,9 @@ async def test_patch_sending_list_driver(admin: TestClient[Any, Any], trackly: T
         ({"driver": None}, "body.driver"),
         ({"driver": "echo2", "driver_settings": {"base_url": "http://elsewhere"}}, "body.driver_settings.base_url"),
         ({"driver_settings": {"batch_size": 0}}, "body.driver_settings.batch_size"),
+        # a value of another type is refused, never guessed (lax validation took "5" as 5 and true as 1)
+        ({"driver_settings": {"batch_size": "5"}}, "body.driver_settings.batch_size"),
+        ({"driver_settings": {"batch_size": True}}, "body.driver_settings.batch_size"),
     ):
         r = await admin.patch(f"/api/v1{path}", headers=H, json=body)
         data = await r.json()
@@ -552,3 +556,30 @@ async def test_account_edit_and_balance(admin: TestClient[Any, Any], trackly: Tr
         assert r.status == 422 and (await r.json())["details"][0]["loc"] == "body.amount", bad
     assert (await admin.patch("/api/v1/accounts/999", headers=H, json={"name": "x"})).status == 404
     assert (await admin.post("/api/v1/accounts/999/balance", headers=H, json={"amount": 1})).status == 404
+
+
+@pytest.mark.parametrize(
+    "overrides,ok",
+    [
+        ({"intermediate_reports": True}, True),
+        ({"intermediate_reports": "yes"}, False),
+        ({"intermediate_reports": 1}, False),
+        ({"intermediate_reports": "false"}, False),
+        ({"batch_size": 50}, True),
+        ({"batch_size": "5"}, False),
+        ({"batch_size": True}, False),
+    ],
+)
+def test_list_driver_settings_are_checked_strictly(overrides: dict[str, Any], ok: bool) -> None:
+    """A sending list's driver settings are of their setting's type as given (a boolean is true or false, a number
+    is no string): the admin API refuses anything else naming the key, instead of storing it and guessing."""
+    from trackly_drivers.infobip import InfobipDriver
+
+    from trackly_exec.drivers.pool import ListOverrideError, strict_overrides
+
+    if ok:
+        strict_overrides(InfobipDriver, overrides)
+        return
+    with pytest.raises(ListOverrideError) as e:
+        strict_overrides(InfobipDriver, overrides)
+    assert e.value.key == next(iter(overrides))

@@ -39,7 +39,7 @@ from trackly_exec.api.routes import (
     route,
 )
 from trackly_exec.app import Trackly
-from trackly_exec.drivers.pool import ListOverrideError
+from trackly_exec.drivers.pool import ListOverrideError, strict_overrides
 from trackly_exec.errors import DriverNotFound, TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
@@ -107,6 +107,7 @@ def check_driver(trackly: Trackly, driver: str, driver_settings: ConfigTable, pr
     """The list's driver must be configured (or installed) and build with the list's settings."""
     try:
         built = trackly.drivers.build(driver, driver_settings)
+        strict_overrides(type(built), driver_settings)
         empty = [
             name for name, value in built.settings if isinstance(value, SecretStr) and not value.get_secret_value()
         ]

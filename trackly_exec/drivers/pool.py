@@ -18,9 +18,9 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from trackly_exec.config import Settings
 from trackly_exec.drivers.contract import Driver, DriverContext
@@ -100,6 +100,23 @@ def check_overrides(cls: type[Driver[Any]], overrides: ConfigTable | None) -> No
                 f"credentials come from the config file",
                 key=str(key),
             )
+
+
+def strict_overrides(cls: type[Driver[Any]], overrides: ConfigTable | None) -> None:
+    """Raise :class:`ListOverrideError` for the first override whose value is not already of its setting's type
+    (``"yes"``, ``1`` or ``"false"`` for a boolean, ``"5"`` or ``true`` for a number): what an admin API body sets is
+    checked strictly, never guessed (lists stored before keep building as they did)."""
+    fields = cls.settings_model.model_fields
+    for key, value in (overrides or {}).items():
+        field = fields.get(str(key))
+        if field is None or field.annotation is None:
+            continue
+        shape: Any = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+        try:
+            TypeAdapter(shape).validate_python(value, strict=True)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise ListOverrideError(f"{key}: {msg} (got {value!r})", key=str(key)) from exc
 
 
 class DriverPool:
