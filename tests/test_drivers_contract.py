@@ -242,7 +242,7 @@ async def test_cm_codes() -> None:
         (401, TransientSendError),  # credentials refused: nothing processed, held until the key is fixed
         (403, PermanentSendError),
         (404, PermanentSendError),
-        (408, TransientSendError),
+        (408, UnknownOutcomeError),  # documented by no provider: an edge's 408 may follow a forwarded request
         (429, TransientSendError),
         (500, UnknownOutcomeError),
         (502, UnknownOutcomeError),

@@ -10,8 +10,10 @@ may have reached the provider, only an answer that says "not processed" may be r
   body cannot be read is an unknown outcome, decided by each driver)
 * HTTP 429                                            -> :class:`TransientSendError` (``Retry-After`` honoured):
   throttled, the provider did not take the request (Twilio 20429: "never processed and always safe to retry")
-* HTTP 408                                            -> :class:`TransientSendError`: the server "did not receive a
-  complete request message" (RFC 9110 §15.5.9), so it cannot have acted on it
+* HTTP 408                                            -> :class:`UnknownOutcomeError`, like a 5xx: none of our
+  providers documents it, and one sent by a proxy or an edge in front of the provider after forwarding the request
+  would not mean "not processed" (RFC 9110's reading, "did not receive a complete request message", is the
+  origin's); reconciliation asks the provider
 * other HTTP 4xx                                      -> :class:`PermanentSendError`
 * HTTP 5xx (500, 502, 503, 504, ...), and 1xx/3xx     -> :class:`UnknownOutcomeError`: the provider may have
   accepted the message before failing (recorded NO_RESPONSE, never re-sent blindly; :mod:`tracking.reconcile`
@@ -138,12 +140,12 @@ def raise_for_status(
         return
     detail = detail or f"HTTP {status}"
     code = code or str(status)
-    if status == 429 or status == 408 or not_processed:
+    if status == 429 or not_processed:
         raise TransientSendError(detail, code=code, retry_after=reply.retry_after)
     if status == 401:  # the credentials were refused before anything was processed: the account's trouble, not the
         # message's; held (and alerted as a provider-error burst) until the operator fixes the key, never dead-lettered
         raise TransientSendError(f"credentials refused (HTTP 401): {detail}", code=code, retry_after=reply.retry_after)
-    if 400 <= status < 500:
+    if 400 <= status < 500 and status != 408:
         raise PermanentSendError(detail, code=code)
     # 5xx: the provider may have accepted the message before failing; 1xx/3xx: we cannot tell what happened.
     raise UnknownOutcomeError(
