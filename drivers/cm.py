@@ -112,8 +112,10 @@ class CMDriver(Driver[CMSettings]):
             await self._http.close()
 
     def request_body(self, messages: Sequence[OutboundMessage]) -> JsonObject:
-        msgs = [
-            {
+        now = dt.datetime.now(dt.UTC)
+        msgs = []
+        for m in messages:
+            msg: JsonObject = {
                 "allowedChannels": ["SMS"],
                 "from": m.sender.lstrip("+") if m.sender.startswith("+") else m.sender,
                 "to": [{"number": cm_number(m.to)}],
@@ -122,8 +124,10 @@ class CMDriver(Driver[CMSettings]):
                 "minimumNumberOfMessageParts": 1,
                 "maximumNumberOfMessageParts": self.settings.max_parts,
             }
-            for m in messages
-        ]
+            if m.valid_for is not None:  # absolute, to the second (its relative form counts whole minutes)
+                until = now + dt.timedelta(seconds=m.valid_for)
+                msg["validity"] = until.strftime("%Y-%m-%d %H:%M:%S GMT")
+            msgs.append(msg)
         token = self.settings.product_token.get_secret_value()
         return {"messages": {"authentication": {"producttoken": token}, "msg": msgs}}
 

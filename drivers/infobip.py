@@ -52,6 +52,10 @@ OPT_OUT_NAMES = frozenset({"REJECTED_DND", "REJECTED_DESTINATION_BLOCKLISTED", "
 ACCOUNT_NAMES = frozenset({"REJECTED_NOT_ENOUGH_CREDITS"})
 
 
+#: Infobip clamps a validity period to 48 hours.
+MAX_VALIDITY_SECONDS = 48 * 3600
+
+
 class InfobipSettings(DriverSettings):
     """``[drivers.infobip]``: your account's base URL and API key."""
 
@@ -150,10 +154,10 @@ class InfobipDriver(Driver[InfobipSettings]):
             await self._http.close()
 
     def request_body(self, messages: Sequence[OutboundMessage]) -> JsonObject:
-        """The ``/sms/3/messages`` body: one entry per (sender, text), our id as each ``messageId``."""
-        groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+        """The ``/sms/3/messages`` body: one entry per (sender, text, validity), our id as each ``messageId``."""
+        groups: dict[tuple[str, str, int | None], list[dict[str, str]]] = {}
         for m in messages:
-            groups.setdefault((m.sender, m.body), []).append({"to": m.to.lstrip("+"), "messageId": m.id})
+            groups.setdefault((m.sender, m.body, m.valid_for), []).append({"to": m.to.lstrip("+"), "messageId": m.id})
         webhooks: JsonObject | None = None
         if self.context.status_url:
             webhooks = {
@@ -161,8 +165,11 @@ class InfobipDriver(Driver[InfobipSettings]):
                 "contentType": "application/json",
             }
         out = []
-        for (sender, text), destinations in groups.items():
+        for (sender, text, valid_for), destinations in groups.items():
             entry: JsonObject = {"sender": _sender(sender), "destinations": destinations, "content": {"text": text}}
+            if valid_for is not None:  # Infobip clamps to 48 h (providers.md §1.3)
+                seconds = min(valid_for, MAX_VALIDITY_SECONDS)
+                entry["options"] = {"validityPeriod": {"amount": seconds, "timeUnit": "SECONDS"}}
             if webhooks:
                 entry["webhooks"] = webhooks
             out.append(entry)

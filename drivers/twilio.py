@@ -79,6 +79,10 @@ SIGNATURE_SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
 _HASHES = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
 
 
+#: Twilio's ``ValidityPeriod`` range is 1 to 36,000 seconds (its default, the longest a message waits in its queue).
+MAX_VALIDITY_SECONDS = 36_000
+
+
 class TwilioSettings(DriverSettings):
     """``[drivers.twilio]``: account SID and auth token (also the webhook signing key)."""
 
@@ -198,6 +202,8 @@ class TwilioDriver(Driver[TwilioSettings]):
 
     def form(self, m: OutboundMessage) -> dict[str, str]:
         data = {"To": m.to, "From": m.sender, "Body": m.body}
+        if m.valid_for is not None:  # the longest Twilio keeps a message in its queue (providers.md §2.1)
+            data["ValidityPeriod"] = str(min(m.valid_for, MAX_VALIDITY_SECONDS))
         if self.context.status_url:
             sep = "&" if "?" in self.context.status_url else "?"
             data["StatusCallback"] = f"{self.context.status_url}{sep}mid={m.id}"
@@ -219,6 +225,8 @@ class TwilioDriver(Driver[TwilioSettings]):
             if len(self._quoted) < 256:
                 self._quoted[m.sender] = sender
         body = f"To={quote_form(m.to)}&From={sender}&Body={quote_form(m.body)}"
+        if m.valid_for is not None:
+            body += f"&ValidityPeriod={min(m.valid_for, MAX_VALIDITY_SECONDS)}"
         if prefix:
             body += f"&StatusCallback={prefix}{quote_form(m.id)}"
         return body.encode("ascii")

@@ -54,11 +54,20 @@ def test_quote_form_is_quote_plus() -> None:
 def test_hot_path_messages_and_results_equal_validated_ones() -> None:
     """``outbound_message`` and ``accepted`` build what the validating constructors build (equal, same fields set,
     same dump and hash); a value of another type is validated as before (converted, or refused)."""
-    fields = {"id": "0123abcd", "to": "+31612345678", "sender": "Shop", "body": "Hi 100%", "segments": 2}
-    fast, slow = outbound_message(**fields), OutboundMessage(**fields)
-    assert type(fast) is OutboundMessage and fast == slow and hash(fast) == hash(slow)
-    assert fast.model_fields_set == slow.model_fields_set and fast.model_dump() == slow.model_dump()
-    assert repr(fast) == repr(slow)
+    fields: dict[str, Any] = {
+        "id": "0123abcd",
+        "to": "+31612345678",
+        "sender": "Shop",
+        "body": "Hi 100%",
+        "segments": 2,
+    }
+    for extra in ({}, {"valid_for": 600}):
+        fast, slow = outbound_message(**fields, **extra), OutboundMessage(**fields, **extra)
+        assert type(fast) is OutboundMessage and fast == slow and hash(fast) == hash(slow)
+        assert fast.model_fields_set == slow.model_fields_set and fast.model_dump() == slow.model_dump()
+        assert repr(fast) == repr(slow)
+    with pytest.raises(ValidationError):
+        outbound_message("a", "+1", "s", "b", 1, 0)  # a validity of no time at all
     with pytest.raises(ValidationError):
         fast.body = "changed"  # frozen like any other
     assert outbound_message("a", "+1", "s", "b", "3").segments == 3  # type: ignore[arg-type]

@@ -62,6 +62,14 @@ class OutboundMessage(BaseModel):
     sender: str = Field(description="From number (E.164) or alphanumeric sender id.")
     body: str
     segments: int = Field(1, description="Our own segment count for the body.")
+    valid_for: int | None = Field(
+        None,
+        ge=1,
+        description="Seconds the provider may keep it before delivering it (None: the provider's default): what is "
+        "left of the recipient's quiet-hours window and of the time before it turns stale. A driver passes it as its "
+        "provider's validity period, so a message the provider queues is dropped rather than delivered at night or "
+        "outdated.",
+    )
 
 
 class Accepted(BaseModel):
@@ -107,6 +115,7 @@ SendResult = Accepted | Rejected | TransientFailure | UnknownOutcome
 _new_object = object.__new__
 _set_slot = object.__setattr__
 _OUTBOUND_SET = frozenset(("id", "to", "sender", "body", "segments"))
+_OUTBOUND_VALID_SET = _OUTBOUND_SET | {"valid_for"}
 _ACCEPTED_SET = frozenset(("message_id", "provider_message_id", "segments"))
 
 
@@ -121,14 +130,26 @@ def _built(cls: type[BaseModel], values: dict[str, object], fields_set: frozense
     return obj
 
 
-def outbound_message(id: str, to: str, sender: str, body: str, segments: int) -> OutboundMessage:
-    """``OutboundMessage(id=id, to=to, sender=sender, body=body, segments=segments)`` for the executor's hot path:
-    when every value already has exactly its field's type (what validation returns unchanged) the object is built
-    without validating (half the cost); any other value is validated as usual."""
-    if type(id) is str and type(to) is str and type(sender) is str and type(body) is str and type(segments) is int:
-        values = {"id": id, "to": to, "sender": sender, "body": body, "segments": segments}
-        return cast(OutboundMessage, _built(OutboundMessage, values, _OUTBOUND_SET))
-    return OutboundMessage(id=id, to=to, sender=sender, body=body, segments=segments)
+def outbound_message(
+    id: str, to: str, sender: str, body: str, segments: int, valid_for: int | None = None
+) -> OutboundMessage:
+    """``OutboundMessage(id=id, to=to, sender=sender, body=body, segments=segments, valid_for=valid_for)`` for the
+    executor's hot path: when every value already has exactly its field's type (what validation returns unchanged)
+    the object is built without validating (half the cost); any other value is validated as usual."""
+    if (
+        type(id) is str
+        and type(to) is str
+        and type(sender) is str
+        and type(body) is str
+        and type(segments) is int
+        and (valid_for is None or (type(valid_for) is int and valid_for >= 1))
+    ):
+        values = {"id": id, "to": to, "sender": sender, "body": body, "segments": segments, "valid_for": valid_for}
+        fields_set = _OUTBOUND_SET if valid_for is None else _OUTBOUND_VALID_SET
+        return cast(OutboundMessage, _built(OutboundMessage, values, fields_set))
+    if valid_for is None:
+        return OutboundMessage(id=id, to=to, sender=sender, body=body, segments=segments)
+    return OutboundMessage(id=id, to=to, sender=sender, body=body, segments=segments, valid_for=valid_for)
 
 
 def accepted(message_id: str, provider_message_id: str, segments: int) -> Accepted:

@@ -161,6 +161,55 @@ def in_window_now(
     return quiethours.in_window(now, zones, window), zones
 
 
+def window_closing(
+    phone: str,
+    contact_tz: str | None,
+    default_tz: str,
+    now: dt.datetime,
+    window: quiethours.Window,
+    memo: dict[Any, Any],
+) -> dt.datetime | None:
+    """When the recipient's quiet-hours window closes next (None: it is not open now in any zone considered).
+
+    A stored zone decides alone, as in :func:`in_window_now`. Otherwise, the zones the number's prefix, its country and
+    the list default could stand for (a superset of the number's own, read from libphonenumber's prefix table without
+    classifying the number) that are inside the window now: the earliest of their closings, never later than the
+    number's own. ``memo`` (one per chunk, same ``now``) keeps the answer per prefix entry and per stored zone."""
+    if contact_tz and quiethours.zone(contact_tz) is not None:
+        key: Any = ("tz", contact_tz, default_tz)
+        if key not in memo:
+            memo[key] = quiethours.closing(now, quiethours.contact_zones(phone, contact_tz, default_tz), window)
+        return memo[key]  # type: ignore[no-any-return]
+    if not phone.startswith("+"):
+        return quiethours.closing(now, quiethours.contact_zones(phone, contact_tz, default_tz), window)
+    prefix, cc = _prefix_and_country(phone[1:])
+    key = (id(prefix), cc, default_tz)
+    if key not in memo:
+        names = tuple(sorted({*prefix, *_prefix_zones(cc, len(cc)), default_tz}))
+        memo[key] = quiethours.closing(now, _zone_infos(names), window)
+    return memo[key]  # type: ignore[no-any-return]
+
+
+def valid_for(
+    doc: ClaimedDoc,
+    tz: str | None,
+    default_tz: str,
+    now: dt.datetime,
+    window: quiethours.Window,
+    stale_after: dt.timedelta,
+    memo: dict[Any, Any],
+) -> int:
+    """Seconds the provider may keep ``doc`` before delivering it: until it turns stale (``stale_after`` past its
+    due time) or the recipient's quiet-hours window closes, whichever comes first (a test send whose overrides lift
+    quiet hours: staleness only); at least one second."""
+    deadline = due_at(doc) + stale_after
+    if "quiet_hours" not in (doc.get("overrides") or ()):
+        closes = window_closing(doc["to_number"], tz, default_tz, now, window, memo)
+        if closes is not None and closes < deadline:
+            deadline = closes
+    return max(1, int((deadline - now).total_seconds()))
+
+
 #: The send-time re-check holds a message whose quiet hours begin within this margin: a round's last chunk goes up to
 #: ``rate_limit_round_seconds`` after the re-check, and its request takes a moment to reach the provider.
 QUIET_HOURS_MARGIN = dt.timedelta(seconds=2)

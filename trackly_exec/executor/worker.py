@@ -623,9 +623,18 @@ class Worker:
         size = max(1, info.driver.max_batch_size)
         default_sender = info.doc.from_number
         build = outbound_message  # plain values: no validation (half pydantic's cost); anything else validated
+        # each message's validity at the provider: what is left of its quiet-hours window and of its freshness
+        now, tzs, default_tz = self.clock(), timezones or {}, info.doc.quiet_hours.default_timezone
+        stale_after, window = dt.timedelta(minutes=self.cfg.stale_after_minutes), info.window
+        memo: dict[Any, Any] = {}
         msgs = [
             build(
-                d["_id"], d["to_number"], d.get("from_number") or default_sender, d["body"], int(d.get("segments") or 1)
+                d["_id"],
+                d["to_number"],
+                d.get("from_number") or default_sender,
+                d["body"],
+                int(d.get("segments") or 1),
+                checks.valid_for(d, tzs.get(d.get("contact_id") or 0), default_tz, now, window, stale_after, memo),
             )
             for d in docs
         ]

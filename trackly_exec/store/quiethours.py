@@ -97,6 +97,21 @@ def in_window(now: dt.datetime, zones: tuple[ZoneInfo, ...], window: Window = DE
     return all(window.contains(now.astimezone(z).time()) for z in zones)
 
 
+def closing(now: dt.datetime, zones: tuple[ZoneInfo, ...], window: Window = DEFAULT_WINDOW) -> dt.datetime | None:
+    """The earliest instant after ``now`` at which one of the ``zones`` that are inside the window now leaves it (the
+    window's end there); None when none is inside."""
+    ends: list[dt.datetime] = []
+    for z in zones:
+        local = now.astimezone(z)
+        if not window.contains(local.time()):
+            continue
+        end = dt.datetime.combine(local.date(), window.end, tzinfo=z)
+        if end.astimezone(dt.UTC) <= now:  # a window across midnight, inside after its start: it ends tomorrow
+            end = dt.datetime.combine(local.date() + dt.timedelta(days=1), window.end, tzinfo=z)
+        ends.append(end.astimezone(dt.UTC))
+    return min(ends) if ends else None
+
+
 def next_opening(now: dt.datetime, zones: tuple[ZoneInfo, ...], window: Window = DEFAULT_WINDOW) -> dt.datetime:
     """The earliest instant >= ``now`` at which every zone is inside the window (``now`` if already inside).
 

@@ -81,6 +81,8 @@ class Submitted:
     index: int = 0
     #: The provider's per-message error code when this message is invalid on its own (the rest go through).
     invalid: str | None = None
+    #: The validity period the request asked for, in seconds (None: the provider's default).
+    valid_for: int | None = None
 
 
 @dataclass(slots=True)
@@ -99,6 +101,8 @@ class LedgerEntry:
     #: code: ``accepted`` until a delivery report was decided for it. Look-ups answer from these.
     status: str = "accepted"
     error: str | None = None
+    #: The validity period the request asked for, in seconds (None: the provider's default).
+    valid_for: int | None = None
 
 
 @dataclass(slots=True)
@@ -382,6 +386,7 @@ class FakeProvider(RemoteControl):
                 now,
                 segments(item.body),
                 item.report_url or fallback,
+                valid_for=item.valid_for,
             )
             entries.append(entry)
             if entry.report_url:
@@ -423,6 +428,9 @@ class FakeProvider(RemoteControl):
 
     def inbound_request(self, url: str, from_number: str, to_number: str, text: str) -> ReportRequest:
         raise NotImplementedError
+
+    def inbound_sent(self, from_number: str, to_number: str, text: str) -> None:
+        """A contact texted us (a provider that keeps an opt-out of its own, as Twilio does, records it here)."""
 
     def driver_settings(self) -> ConfigTable:
         """Settings of the matching driver that talk to this fake with valid credentials."""
@@ -511,6 +519,7 @@ class FakeProvider(RemoteControl):
         if not target:
             raise ValueError("no inbound URL: pass url= or set inbound_url")
         req = self.inbound_request(target, from_number, to_number, text)
+        self.inbound_sent(from_number, to_number, text)
         status = await self.post(req)
         self._retry_later(req, status, 0, 0)  # retried like a report (it carries no report: counts 0)
         return status

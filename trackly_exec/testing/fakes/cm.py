@@ -66,6 +66,22 @@ def cm_error(status: int, code: int, details: str, messages: list[JsonObject] | 
     return json_answer({"details": details, "errorCode": code, "messages": messages or []}, status=status)
 
 
+def _validity(value: Any) -> int | None:
+    """CM's ``validity``, relative (``2h``, ``30m``) or absolute (``2017-04-20 11:50:05 GMT``), in seconds from now."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text[:-1].isdigit() and text[-1:] in ("h", "m"):
+        return int(text[:-1]) * (3600 if text[-1] == "h" else 60) or None
+    if text.endswith(" GMT"):
+        try:
+            until = dt.datetime.strptime(text[:-4], "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
+        except ValueError:
+            return None
+        return max(1, round((until - dt.datetime.now(dt.UTC)).total_seconds()))
+    return None
+
+
 class CMFake(FakeProvider):
     """CM.com text gateway fake."""
 
@@ -131,6 +147,7 @@ class CMFake(FakeProvider):
                     item.invalid = "303"
                 elif not isinstance(content, str) or not content:
                     item.invalid = "304"
+                item.valid_for = _validity(msg.get("validity"))
                 items.append(item)
         return items
 

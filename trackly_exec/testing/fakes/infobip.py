@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from trackly_exec.store.documents import ConfigTable, JsonObject
+from trackly_exec.store.segments import segment_count
 from trackly_exec.testing.fakes.base import (
     FakeBadRequest,
     FakeProvider,
@@ -82,6 +83,17 @@ def _parse(value: str) -> dt.datetime:
 
 def _fmt(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}+0000"
+
+
+_UNIT_SECONDS = {"SECONDS": 1, "MINUTES": 60, "HOURS": 3600}
+
+
+def _validity_v3(period: Any) -> int | None:
+    """``options.validityPeriod`` (``{amount, timeUnit}``, unit MINUTES by default, clamped to 48 h) in seconds."""
+    if not isinstance(period, dict) or type(period.get("amount")) is not int or period["amount"] < 1:
+        return None
+    unit = _UNIT_SECONDS.get(str(period.get("timeUnit") or "MINUTES").upper())
+    return min(period["amount"] * unit, 48 * 3600) if unit else None
 
 
 class InfobipFake(FakeProvider):
@@ -189,8 +201,13 @@ class InfobipFake(FakeProvider):
                 sender = msg.get("sender") or "InfoSMS"
                 hook = (msg.get("webhooks") or {}).get("delivery") or {}
                 url = hook.get("url") if isinstance(hook, dict) else None
+                options = msg.get("options")
+                validity = _validity_v3(options.get("validityPeriod") if isinstance(options, dict) else None)
             else:
                 text, sender, url = msg.get("text"), msg.get("from") or "InfoSMS", msg.get("notifyUrl")
+                minutes = msg.get("validityPeriod")  # v2: whole minutes, at most 2880
+                validity = min(minutes, 2880) * 60 if type(minutes) is int and minutes >= 1 else None
+            too_long = isinstance(text, str) and (segment_count(text) > 25 or len(text.encode()) > 4000)
             if not isinstance(text, str):
                 violations.append({"property": f"messages[{i}].content.text", "violation": "must not be null"})
             destinations = msg.get("destinations")
@@ -208,9 +225,12 @@ class InfobipFake(FakeProvider):
                     )
                     continue
                 mid = d.get("messageId")
-                items.append(
-                    Submitted(str(mid) if mid is not None else None, "+" + to, text or "", str(sender), url, len(items))
-                )
+                mid = str(mid) if mid is not None else None
+                item = Submitted(mid, "+" + to, text or "", str(sender), url, len(items))
+                item.valid_for = validity
+                if too_long:  # more than 25 parts, or 4000 bytes (providers.md §1.7)
+                    item.invalid = "REJECTED_MESSAGE_TOO_LONG"
+                items.append(item)
         if violations:
             raise FakeBadRequest(
                 api_error(

@@ -49,6 +49,7 @@ MESSAGES = {
     "21602": "Message body is required.",
     "21603": "A 'From' phone number is required.",
     "21610": "Attempt to send to unsubscribed recipient",
+    "21617": "The concatenated message body exceeds the 1600 character limit",
     "21611": "This 'From' number has exceeded the maximum number of queued messages",
     "21614": "'To' number is not a valid mobile number",
 }
@@ -77,6 +78,13 @@ def twilio_error(status: int, code: str) -> web.Response:
     )
 
 
+#: Twilio's default opt-out and opt-in keywords (Advanced Opt-Out off).
+OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
+OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
+#: The longest ``Body`` Twilio takes (characters).
+MAX_BODY_CHARS = 1600
+
+
 class TwilioFake(FakeProvider):
     """Twilio Messages API fake."""
 
@@ -91,6 +99,17 @@ class TwilioFake(FakeProvider):
         self.account_sid = account_sid
         self.auth_token = auth_token
         self._basic = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        #: (number, our number) pairs blocked by the number's STOP (Twilio's own opt-out handling; START lifts it)
+        self.opted_out: set[tuple[str, str]] = set()
+
+    def inbound_sent(self, from_number: str, to_number: str, text: str) -> None:
+        """Twilio blocks the pair on a STOP keyword (later sends: error 21610) and lifts it on START (providers.md
+        §2.6)."""
+        word = text.strip().upper()
+        if word in OPT_OUT_WORDS:
+            self.opted_out.add((from_number, to_number))
+        elif word in OPT_IN_WORDS:
+            self.opted_out.discard((from_number, to_number))
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.handle_send)
@@ -199,9 +218,17 @@ class TwilioFake(FakeProvider):
             raise FakeBadRequest(twilio_error(400, "21603"))
         if not text:
             raise FakeBadRequest(twilio_error(400, "21602"))
+        if len(text) > MAX_BODY_CHARS:
+            raise FakeBadRequest(twilio_error(400, "21617"))
         callback = form.get("StatusCallback") or None
         mid = parse_qs(callback.partition("?")[2]).get("mid", [None])[0] if callback else None
-        return [Submitted(mid, to, text, sender, callback)]
+        item = Submitted(mid, to, text, sender, callback)
+        validity = form.get("ValidityPeriod", "")
+        if validity.isdigit() and int(validity) >= 1:
+            item.valid_for = min(int(validity), 36_000)
+        if (to, sender) in self.opted_out:
+            item.invalid = "21610"
+        return [item]
 
     def next_provider_id(self, item: Submitted) -> str:
         return "SM" + super().next_provider_id(item)
