@@ -11,13 +11,15 @@
    token, Basic auth or signature refuses everything unless ``allow_unauthenticated_webhooks = true``; the
    daemon generates a token for such an instance on its first run (``data_dir/webhook_tokens.json``,
    ``trackly webhook-urls`` prints the URLs);
-4. ``driver.parse_status()`` / ``parse_inbound()``: a malformed body is 400 and nothing changes;
-5. :func:`trackly_exec.tracking.delivery.ingest` (reports for unknown ids: 200, logged, no record) or
+4. ``driver.parse_status()`` / ``parse_inbound()``: a malformed body is 400 and nothing changes; entries that name
+   nothing (a sender or recipient that is not a number, a report without a message id) are dropped and logged, and
+   a request with none usable is a 400;
+5. :func:`trackly_exec.tracking.delivery.ingest` (reports for unknown ids: 200, logged, no record; a report for a
+   message the executor has not recorded yet is parked and applied once it is, see :mod:`~.parked`) or
    :func:`trackly_exec.tracking.optout.handle_inbound` (the reply, e.g. HELP text, goes back through
    ``driver.inbound_response()``, TwiML for Twilio).
 
-A store failure answers 500, and a report for a message the executor has not recorded yet 503, so the provider
-retries later (ingestion is idempotent).
+A store failure answers 500, so the provider retries later (ingestion is idempotent).
 """
 
 from __future__ import annotations
