@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
@@ -192,3 +193,41 @@ async def test_a_test_sends_alert_has_no_empty_fields(trackly: Trackly) -> None:
     finally:
         await alerts.stop(1)
         await stub.server.close()
+
+
+def test_a_discord_error_never_carries_the_webhook_url() -> None:
+    """The Discord webhook URL is a secret (its path is the token): an error quoting it, whole, normalised or by its
+    path, is logged without it."""
+    from pydantic import SecretStr
+
+    from trackly_exec.operations.alerts import scrub_url
+
+    url = SecretStr("https://discord.com/api/webhooks/123456789/SeCrEtToKeN-abcdefgh")
+    for text in (
+        "InvalidURL: https://discord.com/api/webhooks/123456789/SeCrEtToKeN-abcdefgh",
+        "ClientConnectorError: cannot reach discord.com:443 for /api/webhooks/123456789/SeCrEtToKeN-abcdefgh",
+        "something about SeCrEtToKeN-abcdefgh",
+    ):
+        scrubbed = scrub_url(text, url)
+        assert "SeCrEtToKeN" not in scrubbed and "[webhook url]" in scrubbed, scrubbed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://discord.com:notaport/api/webhooks/1/SECRETDISCORD",
+        "http://user:pw@discord.com/api/webhooks/1/SECRETDISCORD",
+        "https://disc ord.com/api/webhooks/1/SECRETDISCORD",
+        "http://[discord.com/api/webhooks/1/SECRETDISCORD",
+    ],
+)
+def test_a_discord_url_that_cannot_be_used_is_a_config_error_that_does_not_echo_it(tmp_path: Any, url: str) -> None:
+    """check-config refused none of these (aiohttp then failed at every alert, logging the URL)."""
+    from trackly_exec.config import load_config
+    from trackly_exec.errors import ConfigError
+
+    f = tmp_path / "d.toml"
+    f.write_text(f'[alerts]\ndiscord_webhook_url = "{url}"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert "alerts.discord_webhook_url" in str(e.value) and "SECRETDISCORD" not in str(e.value)

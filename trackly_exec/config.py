@@ -410,8 +410,18 @@ class AlertsConfig(Section):
     @field_validator("discord_webhook_url")
     @classmethod
     def _url(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and not has_scheme(v.get_secret_value(), ("https", "http")):
+        if v is None:
+            return v
+        text = v.get_secret_value()
+        if not has_scheme(text, ("https", "http")):
             raise ValueError("must be a URL with a scheme: https://discord.com/api/webhooks/...")
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 (raises on a port that is no number)
+        except ValueError:
+            raise ValueError("is not a valid URL (host or port)") from None
+        if not parts.hostname or any(ch.isspace() for ch in text) or "@" in parts.netloc:
+            raise ValueError("is not a valid URL: a host name, no spaces, no user:password@")
         return v
 
 

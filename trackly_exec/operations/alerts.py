@@ -17,8 +17,11 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from pydantic import SecretStr
+from yarl import URL
 
 from trackly_exec.app import Loop, backoff
 from trackly_exec.logs import get_logger
@@ -33,6 +36,25 @@ log = get_logger(__name__)
 COLOURS = {"info": 0x1E88E5, "warning": 0xF9A825, "critical": 0xC62828}
 QUEUE_LIMIT = 10_000
 MIN_FAILURES_FOR_RATE_ALERT = 10
+
+
+def scrub_url(text: str, url: SecretStr) -> str:
+    """``text`` without the secret URL in it (a Discord webhook URL's path is its token): the URL, its path, or
+    any of its longer path segments, as an error message may quote them, become ``[webhook url]``."""
+    secret = url.get_secret_value()
+    parts = urlsplit(secret)
+    pieces = [secret, str(yarl_url(secret)), parts.path, *(seg for seg in parts.path.split("/") if len(seg) >= 8)]
+    for piece in sorted((p for p in pieces if p), key=len, reverse=True):
+        text = text.replace(piece, "[webhook url]")
+    return text
+
+
+def yarl_url(text: str) -> str:
+    """The URL as aiohttp writes it in its errors (normalised), or the text when it cannot parse it."""
+    try:
+        return str(URL(text))
+    except (ValueError, TypeError):
+        return text
 
 
 class Alerts:
@@ -183,7 +205,7 @@ class Alerts:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         for attempt in range(1, 4):
             try:
-                async with self._session.post(url.get_secret_value(), json=payload) as resp:
+                async with self._session.post(url.get_secret_value(), json=payload, allow_redirects=False) as resp:
                     if resp.status == 429:
                         body = await resp.json(content_type=None)
                         hint = float(body.get("retry_after", 1.0)) if isinstance(body, dict) else 1.0
@@ -197,8 +219,8 @@ class Alerts:
                     if resp.status >= 400:
                         log.warning("discord_rejected_alert", status=resp.status)
                     return
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("discord_unreachable", error=str(exc))
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # (ValueError: a URL aiohttp refuses)
+                log.warning("discord_unreachable", error=scrub_url(f"{type(exc).__name__}: {exc}", url))
                 await asyncio.sleep(backoff(attempt, initial=1.0, cap=30.0))
         log.warning("alert_not_delivered", title=embed["title"])
 
