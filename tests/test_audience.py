@@ -64,6 +64,15 @@ def test_compile_operators() -> None:
         ({"eq": 5}, "filter.eq", "needs a field"),
         ({"first_name": {}}, "filter.first_name", "empty condition"),
         ([1], "filter", "expected an object"),
+        # a value of another kind than its field's matched nobody in silence
+        ({"created_at": {"$gt": "notadate"}}, "filter.created_at.$gt", "expected a date"),
+        ({"last_sent_at": {"lt": 5}}, "filter.last_sent_at.lt", "expected a date"),
+        ({"last_sent_at": {"gt": "9999-12-31T23:59:59-23:59"}}, "filter.last_sent_at.gt", "date out of range"),
+        ({"updated_at": "0001-01-01T00:00:00+14:00"}, "filter.updated_at", "date out of range"),
+        ({"subscribed": {"$gt": "x"}}, "filter.subscribed.$gt", "true or false"),
+        ({"blocked": 1}, "filter.blocked", "true or false"),
+        ({"phone": {"$in": [1, 2]}}, "filter.phone.$in[0]", "expected a string"),
+        ({"id": {"gt": "5"}}, "filter.id.gt", "expected an integer"),
     ],
 )
 def test_rejects_outside_whitelist(flt: Any, path: str, words: str) -> None:

@@ -76,6 +76,61 @@ async def test_infinite_numbers_are_422(admin: TestClient[Any, Any], trackly: Tr
     assert after == before
 
 
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"])
+async def test_dates_beyond_the_stores_range_are_422_and_lose_nothing_else(
+    admin: TestClient[Any, Any], trackly: Trackly, when: str
+) -> None:
+    """A valid ISO 8601 time that is no date in UTC (years 1 to 9999) is a 422 naming the field on every route that
+    takes a date (it was a 500 from the store's encoder); in a contacts import only that row is refused, the others
+    are stored; an audience filter holding one is refused when written, and one stored before fails its campaign's run
+    with the reason instead of leaving it evaluating."""
+    from .api_support import create_campaign, post
+    from .api_support import seed as seed_parts
+
+    ids = await seed_parts(admin)
+    out = await post(
+        admin,
+        f"/sending-lists/{ids['list']}/contacts",
+        {"contacts": [{"phone": "+12125550401"}, {"phone": "+12125550402", "last_sent_at": when}]},
+        200,
+    )
+    assert out["inserted"] == 1 and out["rejected"][0]["index"] == 1 and "out of range" in out["rejected"][0]["reason"]
+    camp = await create_campaign(admin, ids)
+    body = {"account_id": ids["account"], "sending_list_id": ids["list"], "audience_ids": [ids["audience"]]}
+    body["creative_id"] = ids["creative"]
+    for method, path, data, loc in (
+        ("POST", "/campaigns", {**body, "schedule": {"at": when}}, "body.schedule.at"),
+        ("POST", "/campaigns", {**body, "end_at": when}, "body.end_at"),
+        ("PATCH", f"/campaigns/{camp['id']}", {"end_at": when}, "body.end_at"),
+        ("PATCH", f"/campaigns/{camp['id']}", {"schedule": {"at": when}}, "body.schedule.at"),
+        ("POST", "/dead-letters/redrive", {"since": when}, "body.since"),
+        (
+            "POST",
+            "/audiences",
+            {"sending_list_id": ids["list"], "name": "d", "filter": {"last_sent_at": {"gt": when}}},
+            None,
+        ),
+    ):
+        r = await admin.request(method, f"/api/v1{path}", json=data, headers=H)
+        got = await r.json()
+        assert r.status == 422, (path, data, got)
+        if loc:
+            assert got["details"][0]["loc"] == loc, got
+    for path in ("/dead-letters", "/dead-letters/summary"):
+        for key in ("since", "until"):
+            r = await admin.get(f"/api/v1{path}", params={key: when}, headers=H)
+            assert r.status == 422 and (await r.json())["details"][0]["loc"] == f"query.{key}", (path, key)
+    # an audience written before filters were checked this way
+    await trackly.db[c.AUDIENCES].update_one(
+        {"_id": ids["audience"]}, {"$set": {"filter": {"last_sent_at": {"gt": when}}}}
+    )
+    r = await admin.post(f"/api/v1/campaigns/{camp['id']}/estimate", json={}, headers=H)
+    assert 400 <= r.status < 500, await r.text()
+    started = await post(admin, f"/campaigns/{camp['id']}/trigger?wait=true", None, 202)
+    ex = await trackly.db[c.EXECUTIONS].find_one({"_id": started["execution_id"]})
+    assert ex["status"] == "failed" and "out of range" in ex["reason"], ex
+
+
 def _refuse(name: str) -> None:
     pytest.fail(f"answered {name}")
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -76,8 +77,19 @@ def _when(value: Any) -> Any:
     return value
 
 
+def in_utc_range(value: dt.datetime | None) -> dt.datetime | None:
+    """A date and time the store can hold: within years 1 to 9999 once in UTC (``9999-12-31T23:59:59-23:59`` is a
+    valid ISO 8601 time that is not; the store's encoder overflowed on it, a 500)."""
+    if value is not None and value.tzinfo is not None:
+        try:
+            value.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValueError("date out of range (years 1 to 9999 in UTC)") from None
+    return value
+
+
 #: A date and time in a request body (the body is read strictly: see ``routes.read_body``).
-When = Annotated[dt.datetime, BeforeValidator(_when)]
+When = Annotated[dt.datetime, BeforeValidator(_when), AfterValidator(in_utc_range)]
 
 
 #: The highest price per segment a sending list takes (a real one is cents): a typo's 1e308 made every estimate's
@@ -421,7 +433,7 @@ class ContactIn(Body):
     @field_validator("last_sent_at")
     @classmethod
     def _utc(cls, v: dt.datetime | None) -> dt.datetime | None:
-        return v.replace(tzinfo=dt.UTC) if v is not None and v.tzinfo is None else v
+        return in_utc_range(v.replace(tzinfo=dt.UTC) if v is not None and v.tzinfo is None else v)
 
     @field_validator("attributes")
     @classmethod

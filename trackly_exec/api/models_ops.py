@@ -100,8 +100,8 @@ class DeadLetterQuery(Body):
     campaign_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Only this campaign.")
     execution_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Only this execution.")
     sending_list_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Only this sending list.")
-    since: dt.datetime | None = Field(None, description="Failed at or after (ISO 8601 with a timezone).")
-    until: dt.datetime | None = Field(None, description="Failed before (ISO 8601 with a timezone).")
+    since: When | None = Field(None, description="Failed at or after (ISO 8601 with a timezone).")
+    until: When | None = Field(None, description="Failed before (ISO 8601 with a timezone).")
     limit: int = Field(100, ge=1, le=MAX_PAGE, description="Items per page.")
     after: str | None = Field(None, max_length=80, description="The previous page's next_after (a message id).")
 

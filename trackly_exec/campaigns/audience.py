@@ -55,6 +55,19 @@ CONTACT_FIELDS = frozenset(
     }
 )
 DATE_FIELDS = frozenset({"last_sent_at", "created_at", "updated_at"})
+#: What the value of a condition on each contact field must be (null always may: "missing or null"); an attribute's
+#: may be any scalar.
+FIELD_KINDS = {
+    "_id": "integer",
+    "phone": "string",
+    "first_name": "string",
+    "last_name": "string",
+    "timezone": "string",
+    "subscribed": "boolean",
+    "blocked": "boolean",
+    "in_workflow": "boolean",
+    **dict.fromkeys(DATE_FIELDS, "date"),
+}
 _ATTR_RE = re.compile(r"^attributes\.[A-Za-z0-9_-]{1,64}$")
 MAX_DEPTH = 8
 MAX_IN_VALUES = 10_000
@@ -73,16 +86,35 @@ class FilterError(TracklyError):
         super().__init__(f"{path}: {message}")
 
 
-def _scalar(value: Any, path: str, date_field: bool) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str, dt.datetime)):
-        if date_field and isinstance(value, str):
+def _scalar(value: Any, path: str, kind: str | None) -> Any:
+    """A condition's value, checked against its field's kind (:data:`FIELD_KINDS`; None: an attribute, any scalar):
+    a value of another type matched no contact in silence (a date field compared with a number, a boolean with a
+    string), so it is refused, naming the field."""
+    if value is None:
+        return value
+    if not isinstance(value, (bool, int, float, str, dt.datetime)):
+        raise FilterError(f"expected a string, number, boolean or null, got {type(value).__name__}", path)
+    if kind == "date":
+        if isinstance(value, str):
             try:
                 parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
-                return value
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+                raise FilterError("expected a date and time (ISO 8601, e.g. 2026-01-15T10:30:00Z)", path) from None
+            value = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        if not isinstance(value, dt.datetime):
+            raise FilterError("expected a date and time (ISO 8601, e.g. 2026-01-15T10:30:00Z)", path)
+        try:
+            value.astimezone(dt.UTC)
+        except OverflowError:
+            raise FilterError("date out of range (years 1 to 9999 in UTC)", path) from None
         return value
-    raise FilterError(f"expected a string, number, boolean or null, got {type(value).__name__}", path)
+    if kind == "boolean" and not isinstance(value, bool):
+        raise FilterError("expected true or false", path)
+    if kind == "string" and not isinstance(value, str):
+        raise FilterError("expected a string", path)
+    if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise FilterError("expected an integer", path)
+    return value
 
 
 def _field_name(name: Any, path: str) -> str:
@@ -100,10 +132,10 @@ def _field_name(name: Any, path: str) -> str:
 
 
 def _condition(fname: str, spec: Any, path: str) -> Filter:
-    date_field = fname in DATE_FIELDS
+    kind = FIELD_KINDS.get(fname)
     ops: Filter = {}
     if not isinstance(spec, dict):  # a bare value: its equality
-        ops["$eq"] = _scalar(spec, path, date_field)
+        ops["$eq"] = _scalar(spec, path, kind)
         spec = {}
     elif not spec:
         raise FilterError('empty condition; give an operator such as {"eq": ...}', path)
@@ -117,13 +149,13 @@ def _condition(fname: str, spec: Any, path: str) -> Filter:
                 raise FilterError(f"{op} takes a list", p)
             if len(value) > MAX_IN_VALUES:
                 raise FilterError(f"{op} takes at most {MAX_IN_VALUES} values", p)
-            ops[f"${op}"] = [_scalar(v, f"{p}[{i}]", date_field) for i, v in enumerate(value)]
+            ops[f"${op}"] = [_scalar(v, f"{p}[{i}]", kind) for i, v in enumerate(value)]
         elif op == "exists":
             if not isinstance(value, bool):
                 raise FilterError("exists takes true or false", p)
             ops["$exists"] = value
         else:
-            ops[f"${op}"] = _scalar(value, p, date_field)
+            ops[f"${op}"] = _scalar(value, p, kind)
     eq = ops.get("$eq")
     if fname.startswith("attributes.") and "$type" not in ops and eq is not None and not isinstance(eq, str):
         # JSON keeps true and 1 apart, and so does MongoDB; nx-27017 compares them equal: say which is meant

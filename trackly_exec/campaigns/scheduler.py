@@ -48,6 +48,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from trackly_exec.app import Loop, TaskSet
+from trackly_exec.campaigns.audience import FilterError
 from trackly_exec.campaigns.cron import Cron, CronError
 from trackly_exec.campaigns.evaluation import LeaseLost, Tally, evaluate, load_plan
 from trackly_exec.campaigns.queue import has_pending
@@ -237,17 +238,20 @@ class _Runner:
             log.info("execution_lease_lost", execution_id=eid)
             return
 
-        # How many contacts the audiences hold (an upper bound of the union): what a progress bar counts to.
-        expected = await audience_size(self.db, plan)
-        await self._set(eid, {"counts": {**(execution.get("counts") or {}), "expected": expected}})
-
-        async def progress(t: Tally) -> bool:
-            return await self._set(eid, {"counts": {**t.as_counts(), "expected": expected}})
-
         try:
+            # How many contacts the audiences hold (an upper bound of the union): what a progress bar counts to.
+            expected = await audience_size(self.db, plan)
+            await self._set(eid, {"counts": {**(execution.get("counts") or {}), "expected": expected}})
+
+            async def progress(t: Tally) -> bool:
+                return await self._set(eid, {"counts": {**t.as_counts(), "expected": expected}})
+
             tally = await evaluate(self.trackly, plan, resumed=resumed, progress=progress)
         except LeaseLost:
             log.warning("execution_lease_lost", execution_id=eid)
+            return
+        except FilterError as exc:  # an audience stored before its filter was checked: it fails alike every time
+            await self.fail(execution, f"audience filter {exc} (edit the audience)")
             return
         done = tally.queued == 0
         status = ExecutionStatus.COMPLETED if done else ExecutionStatus.QUEUED
