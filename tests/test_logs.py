@@ -35,16 +35,24 @@ async def test_unparsable_requests_log_one_line_without_their_bytes(daemon: Daem
     try:
         bad_url = f"GET /webhooks/cm/status/{CM_TOKEN}?TO=\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1")
         bad_header = f"GET /api/v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\x01\r\n\r\n"
-        for request in (bad_url, bad_header.encode()):
+        long_url = f"GET /webhooks/cm/status/{CM_TOKEN}?{'a=1&' * 5000} HTTP/1.1\r\nHost: x\r\n\r\n"
+        long_header = (
+            f"GET /api/v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}{'A' * 9000}\r\n\r\n"
+        )
+        for request in (bad_url, bad_header.encode(), long_url.encode(), long_header.encode()):
             answer = await _raw(daemon.url, request)
-            assert answer.split(b" ", 2)[1] == b"400", answer
+            assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer
+            # the answer does not quote the request either (aiohttp's own page did: the token, to whoever relays it)
+            assert CM_TOKEN.encode() not in answer and API_TOKEN.encode() not in answer, answer
     finally:
         configure_logging("warning", "console", stream=sys.stderr)
     text = out.getvalue()
     assert CM_TOKEN not in text and API_TOKEN not in text and "Traceback" not in text, text
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     bad = [e for e in lines if e["event"] == "http_bad_request"]
-    assert len(bad) == 2 and {e["status"] for e in bad} == {400} and all(e["level"] == "warning" for e in bad), lines
+    assert len(bad) == 4 and {e["status"] for e in bad} <= {400, 431} and all(e["level"] == "warning" for e in bad), (
+        lines
+    )
 
 
 def test_library_records_share_the_json_format() -> None:

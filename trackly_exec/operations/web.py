@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
 
 from trackly_exec.app import Trackly
 from trackly_exec.logs import get_logger
@@ -73,6 +77,34 @@ def make_app(trackly: Trackly, part: str = "all") -> web.Application:
     return app
 
 
+class _PlainErrors(RequestHandler):
+    """aiohttp's answer to a request it cannot parse (a request line or header over its limit, a malformed one) quotes
+    the offending bytes, a webhook's path token or an ``Authorization`` header among them: it answers the bare status
+    instead (the log already drops the text, see :mod:`trackly_exec.logs`)."""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status != HTTPStatus.INTERNAL_SERVER_ERROR and message:
+            try:
+                message = f"{status} {HTTPStatus(status).phrase}"
+            except ValueError:
+                message = str(status)
+        return super().handle_error(request, status, exc, message)
+
+
+class _PlainErrorsServer(Server):
+    def __call__(self) -> RequestHandler:
+        return _PlainErrors(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = _PlainErrorsServer  # (aiohttp builds its Server itself; only the handler class differs)
+        return server
+
+
 class HttpServer:
     """The HTTP server as a daemon component: one listener, or the public one plus ``http.operator_port``."""
 
@@ -89,7 +121,7 @@ class HttpServer:
         return self.runners[0] if self.runners else None
 
     async def _listen(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = _Runner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self.runners.append(runner)
         site = web.TCPSite(runner, host, port, reuse_address=True)
