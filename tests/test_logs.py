@@ -21,7 +21,7 @@ async def _raw(url: str, request: bytes) -> bytes:
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     writer.write(request)
     await writer.drain()
-    answer = await reader.read(200)
+    answer = await asyncio.wait_for(reader.read(), 10)  # the whole answer: the server closes after an error
     writer.close()
     await writer.wait_closed()
     return answer
