@@ -1,7 +1,8 @@
 """Inbound messages and the STOP / START / HELP keywords.
 
-A message that is exactly (trimmed, case-insensitive) one of :data:`STOP_WORDS` unsubscribes the sender
-(matched by normalised ``From``) on every sending list whose ``from_number`` is the inbound ``To``;
+A message that is exactly (trimmed of spaces and punctuation, case-insensitive: "Stop." is one) one of
+:data:`STOP_WORDS` unsubscribes the sender (matched by normalised ``From``) on every sending list whose ``from_number``
+is the inbound ``To``;
 ``STOPALL`` on every list of those lists' accounts. It takes effect at once:
 
 - ``contacts.subscribed = False`` (the executor checks the contact at send time: CONTACT_BLOCKED, never sent);
@@ -54,9 +55,13 @@ START_WORDS = frozenset({"START", "YES", "UNSTOP"})
 HELP_WORDS = frozenset({"HELP", "INFO"})
 
 
+#: Punctuation around a keyword that still leaves it the whole message ("Stop.", "STOP!", "'stop'").
+_AROUND = " \t\r\n.,;:!?'\"()[]¡¿\u3002\uff01"
+
+
 def keyword(text: str | None) -> str | None:
-    """The opt keyword the whole message is (``"STOP"``, ...), or None ("STOP PLEASE" is not one)."""
-    word = (text or "").strip().upper()
+    """The opt keyword the whole message is (``"STOP"``, ``"Stop."``, ...), or None ("STOP PLEASE" is not one)."""
+    word = (text or "").strip(_AROUND).upper()
     return word if word in STOP_WORDS | START_WORDS | HELP_WORDS else None
 
 
