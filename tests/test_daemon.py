@@ -102,6 +102,35 @@ def test_run_ready_and_sigterm(tmp_path: Path) -> None:
         proc.stdout.close()
 
 
+def test_sighup_stops_gracefully_and_asks_for_a_restart(tmp_path: Path) -> None:
+    """SIGHUP (a closed terminal, a habitual ``kill -HUP``) stops as gracefully as SIGTERM (STOPPING=1, the store child
+    reaped) instead of killing the process at once, and exits 129, not 0: systemd's Restart=on-failure starts it
+    again."""
+    notify_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(5)
+    proc = _start(tmp_path, {"NOTIFY_SOCKET": notify_path})
+    try:
+        _wait_ready(proc)
+        assert b"READY=1" in sock.recv(4096)
+        children = _children(proc.pid)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=30) == 129  # a liveness bound, not a timing assertion
+        assert b"STOPPING=1" in sock.recv(4096)
+        deadline = time.monotonic() + 10
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(c) for c in children)
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
 def test_sigkill_leaves_no_orphan_and_two_daemons_side_by_side(tmp_path: Path) -> None:
     """Two daemons run side by side; a SIGKILLed daemon's embedded store dies with it."""
     (tmp_path / "a").mkdir()

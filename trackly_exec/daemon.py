@@ -44,17 +44,32 @@ def build_components(trackly: Trackly) -> list[Component]:
     return out
 
 
+#: The exit status after a graceful stop on SIGHUP (128 + the signal's number, as a shell reports it).
+HANGUP_EXIT = 128 + signal.SIGHUP
+
+
 async def serve(
     settings: Settings,
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Trackly, list[Component]], Any] | None = None,
 ) -> int:
-    """Run until ``stop`` is set or SIGTERM/SIGINT arrives. Returns the exit status."""
+    """Run until ``stop`` is set or SIGTERM/SIGINT/SIGHUP arrives. Returns the exit status.
+
+    SIGHUP (a closed terminal, an operator's habitual ``kill -HUP``) stops as gracefully as SIGTERM, then exits with
+    :data:`HANGUP_EXIT`: not a clean stop, so systemd's ``Restart=on-failure`` starts the daemon again (its default
+    action, terminating at once, left claimed batches to the claim TTL and the service down)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    hung_up: list[bool] = []
+
+    def hangup() -> None:
+        hung_up.append(True)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     started = time.monotonic()
     trackly = await Trackly.open(settings)
     components: list[Component] = []
@@ -87,16 +102,17 @@ async def serve(
             "stopping",
             grace_seconds=settings.daemon.shutdown_grace_seconds,
             exit_code=trackly.exit_code,
-            reason=trackly.exit_reason or "signal",
+            reason=trackly.exit_reason or ("SIGHUP" if hung_up else "signal"),
         )
     finally:
         if watchdog is not None:
             watchdog.cancel()
         await shutdown(trackly, components, settings.daemon.shutdown_grace_seconds)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-    log.info("stopped", uptime_seconds=round(time.monotonic() - started, 1), exit_code=trackly.exit_code)
-    return trackly.exit_code
+    code = trackly.exit_code or (HANGUP_EXIT if hung_up else 0)
+    log.info("stopped", uptime_seconds=round(time.monotonic() - started, 1), exit_code=code)
+    return code
 
 
 async def _first(*events: asyncio.Event) -> None:
