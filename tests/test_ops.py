@@ -658,6 +658,8 @@ async def test_cancel_ends_a_campaign_for_good(
     assert ex["status"] == "completed"
     summary = await (await admin.get("/api/v1/dead-letters/summary", headers=H)).json()
     assert summary["by_reason"] == {"CANCELLED": 30} and summary["retryable"] == 0  # not by default
+    page = await admin.get("/api/v1/dead-letters", params={"reason": "CANCELLED"}, headers=H)
+    assert page.status == 200 and len((await page.json())["items"]) == 30  # looked at before a re-drive
     out = await post(admin, "/dead-letters/redrive", {"reasons": ["CANCELLED"]}, 200)
     assert out["requeued"] == 30
 
@@ -698,3 +700,13 @@ async def test_cancel_while_the_executor_sends(
     split = await assert_one_record_each(store, ids)
     assert split[c.SENT] == sent == len({e.message_id for e in fake.ledger}) and 20 <= sent < 200
     assert await store.db[c.FAILED].count_documents({"reason": "CANCELLED"}) == 200 - sent
+
+
+def test_every_dead_letter_reason_can_be_listed() -> None:
+    """The dead-letter list's reason filter takes every reason a record can have (CANCELLED was refused with 422)."""
+    from typing import get_args
+
+    from trackly_exec.api.models_ops import ReasonName
+    from trackly_exec.store.models import FailureReason
+
+    assert set(get_args(ReasonName)) == {str(r) for r in FailureReason}

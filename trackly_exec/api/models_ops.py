@@ -92,6 +92,7 @@ ReasonName = Literal[
     "PROVIDER_ERROR",
     "NO_RESPONSE",
     "BILLING_BLOCKED",
+    "CANCELLED",
 ]
 
 

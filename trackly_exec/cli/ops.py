@@ -17,6 +17,7 @@ from typing import Any
 
 from trackly_exec.cli.admin import API_HELP, ApiClient, CliError, _describe, client_from, writable
 from trackly_exec.store.documents import JsonObject
+from trackly_exec.store.models import FailureReason
 
 
 def _q(**params: Any) -> str:
@@ -315,7 +316,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     dl = sub.add_parser("dead-letters", help="list and re-drive failed messages (FailedMessage)")
     dsub = dl.add_subparsers(dest="action", metavar="ACTION", required=True)
     lst = dsub.add_parser("list", parents=[*parents, filters], help="list dead letters")
-    lst.add_argument("--reason", help="STALE, RATE_LIMIT_TIMEOUT, PROVIDER_ERROR, NO_RESPONSE, ...")
+    lst.add_argument("--reason", help=f"one of {', '.join(FailureReason)}")
     lst.add_argument("--limit", type=int, default=100)
     lst.set_defaults(func=cmd_dl_list)
     dsub.add_parser("summary", parents=[*parents, filters], help="dead letters by reason and campaign").set_defaults(
