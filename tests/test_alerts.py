@@ -104,6 +104,22 @@ async def test_high_error_rate_detected(trackly: Trackly) -> None:
     assert await trackly.db[c.EVENTS].count_documents({"kind": "high_error_rate"}) == 1
 
 
+async def test_a_cancel_is_no_error_rate(trackly: Trackly) -> None:
+    """An operator's cancel dead-letters a campaign's queue as CANCELLED: not a failure of the list, so neither a
+    high_error_rate alert nor part of the overview's recent failure rate (a cancel raised a critical alert)."""
+    from trackly_exec.tracking.stats import overview
+
+    now = utcnow()
+    base = {"account_id": 1, "sending_list_id": 7, "from_number": "+1", "to_number": "+2", "body": "x", "sendtime": now}
+    await trackly.db[c.FAILED].insert_many(
+        [{**base, "_id": f"f{i}", "reason": "CANCELLED", "failed_at": now} for i in range(110)]
+    )
+    await trackly.db[c.SENT].insert_many([{**base, "_id": f"s{i}", "timestamp": now} for i in range(9)])
+    assert await Alerts(trackly).check_error_rates() == []
+    stats = await overview(trackly.store, now)
+    assert stats["failure_rate_recent"] == 0 and stats["failed_by_reason"] == {"CANCELLED": 110}, stats
+
+
 async def test_high_error_rate_ignores_old_failures(trackly: Trackly) -> None:
     """Failures three days old are not "in the last minute" on the embedded store (an aggregate $match on a date is
     not honoured by nx-27017): no alert for old failures, and only the minute's records are counted."""

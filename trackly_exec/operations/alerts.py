@@ -29,6 +29,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.client import count
 from trackly_exec.store.documents import JsonObject
 from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.models import OPERATOR_REASONS
 from trackly_exec.store.phones import mask_text
 
 log = get_logger(__name__)
@@ -235,11 +236,13 @@ class Alerts:
         # (not count_documents: an aggregation nx-27017 runs in Python over every document, see store.client.count).
         failed: Counter[int] = Counter()
         sent: Counter[int] = Counter()
+        # an operator's cancel is no failure of the list (its dead letters are alerted as such, not as an error rate)
+        chosen = {"$nin": [str(r) for r in OPERATOR_REASONS]}
         for value in await store.db[c.FAILED].distinct("sending_list_id", {"failed_at": {"$gte": since}}):
             with contextlib.suppress(TypeError, ValueError):
                 list_id = int(value)
                 failed[list_id] = await count(
-                    store.db, c.FAILED, {"sending_list_id": list_id, "failed_at": {"$gte": since}}
+                    store.db, c.FAILED, {"sending_list_id": list_id, "failed_at": {"$gte": since}, "reason": chosen}
                 )
                 sent[list_id] = await count(
                     store.db, c.SENT, {"sending_list_id": list_id, "timestamp": {"$gte": since}}
@@ -247,6 +250,8 @@ class Alerts:
         events = []
         for list_id, f in failed.items():
             total = f + sent[list_id]
+            if not f:
+                continue
             if f >= MIN_FAILURES_FOR_RATE_ALERT and f / total >= self.cfg.error_rate_threshold:
                 events.append(
                     Event(

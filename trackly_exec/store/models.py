@@ -83,6 +83,10 @@ class FailureReason(enum.StrEnum):
     CANCELLED = "CANCELLED"  # its campaign was cancelled by an operator before it was sent
 
 
+#: Dead letters an operator chose (a cancel): not failures of a list, so no part of its error rate.
+OPERATOR_REASONS = frozenset({FailureReason.CANCELLED})
+
+
 class ExecutionStatus(enum.StrEnum):
     PENDING = "pending"
     EVALUATING = "evaluating"

@@ -15,7 +15,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.client import Store
 from trackly_exec.store.client import count as store_count
 from trackly_exec.store.documents import Filter, JsonObject, Pipeline
-from trackly_exec.store.models import FailureReason
+from trackly_exec.store.models import OPERATOR_REASONS, FailureReason
 
 
 async def _group(store: Store, coll: str, match: Filter, key: str, cond: Filter | None = None) -> dict[int, int]:
@@ -93,7 +93,10 @@ async def overview(store: Store, now: dt.datetime, window_seconds: int = 60) -> 
     since = now - dt.timedelta(seconds=window_seconds)
     sent_total = await count(store, c.SENT, {})
     recent = await count(store, c.SENT, {"timestamp": {"$gte": since}})
-    failed_recent = await count(store, c.FAILED, {"failed_at": {"$gte": since}})
+    # an operator's cancel is not a failure rate (counted by reason below like any dead letter)
+    failed_recent = await count(
+        store, c.FAILED, {"failed_at": {"$gte": since}, "reason": {"$nin": [str(r) for r in OPERATOR_REASONS]}}
+    )
     failed_by: dict[str, int] = {}
     async for row in await store.db[c.FAILED].aggregate([{"$group": {"_id": "$reason", "n": {"$sum": 1}}}]):
         failed_by[str(row["_id"])] = int(row["n"])
