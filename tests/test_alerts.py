@@ -82,6 +82,30 @@ async def test_throttled_per_key_and_429_honoured(trackly: Trackly) -> None:
         await stub.server.close()
 
 
+async def test_what_the_interval_held_back_is_posted_once_it_has_passed(trackly: Trackly) -> None:
+    """The tail of a burst: dead letters of a key already alerted within the interval are posted, counted, once the
+    interval has passed, even when nothing more of that key comes (they were only mentioned by a later alert)."""
+    stub = DiscordStub()
+    alerts = await _alerts(trackly, stub, interval=3600)
+    key = "failed_message:3:PROVIDER_ERROR"
+    try:
+        first = Event(kind=EventKind.FAILED_MESSAGE, message="failed", key=key, data={"reason": "PROVIDER_ERROR"})
+        await trackly.bus.publish(first)
+        assert await alerts.run_until_idle() == 1
+        await trackly.bus.publish(
+            *[Event(kind=EventKind.FAILED_MESSAGE, message="f", key=key, data={"reason": "PROVIDER_ERROR"})] * 12
+        )
+        assert await alerts.run_until_idle() == 0  # within the interval: held back
+        alerts._last_sent[key] -= 3601  # the interval has passed
+        assert await alerts.run_until_idle() == 1
+        embed = stub.posts[-1]["embeds"][0]
+        assert embed["title"] == "12 messages dead-lettered" and "PROVIDER_ERROR: 12" in embed["description"], embed
+        assert await alerts.run_until_idle() == 0  # posted once
+    finally:
+        await alerts.stop(1)
+        await stub.server.close()
+
+
 async def test_high_error_rate_detected(trackly: Trackly) -> None:
     """A list whose failures pass the threshold over the last minute raises high_error_rate."""
     now = utcnow()

@@ -58,6 +58,10 @@ def yarl_url(text: str) -> str:
         return text
 
 
+#: The events of one key kept while its interval holds them back (more are counted as "+N more").
+HELD_PER_KEY = 1000
+
+
 class Alerts:
     """Discord alerting as a daemon component."""
 
@@ -71,6 +75,7 @@ class Alerts:
         self.sent_messages: list[JsonObject] = []  # what was posted (or logged), newest last, capped
         self._last_sent: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
+        self._held: dict[str, list[Event]] = {}  # per key, what its interval held back (posted once it has passed)
         self._loops = (
             Loop("alerts", self._dispatch_next, 0.0, on_error=self._dispatch_failed),
             Loop("alerts-error-rates", self.check_error_rates, 60.0, first_wait=True, on_error=lambda exc: None),
@@ -105,19 +110,50 @@ class Alerts:
             await self._session.close()
 
     async def run_until_idle(self) -> int:
-        """Send everything queued now (burst mode for tests); returns the number of alert messages sent."""
+        """Send everything queued now, and what throttling held back whose interval has passed (burst mode for
+        tests); returns the number of alert messages sent."""
         batch: list[Event] = []
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
-        return await self._dispatch(batch)
+        return await self._dispatch(batch) + await self.flush_held()
 
     async def _dispatch_next(self) -> None:
-        first = await self.queue.get()
+        try:
+            first = await asyncio.wait_for(self.queue.get(), timeout=self._next_flush())
+        except TimeoutError:
+            await self.flush_held()
+            return
         await asyncio.sleep(1.0)  # gather a burst into one message
         batch = [first]
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
         await self._dispatch(batch)
+        await self.flush_held()
+
+    def _next_flush(self) -> float | None:
+        """Seconds until the first held-back key's interval has passed (None: nothing is held)."""
+        if not self._held:
+            return None
+        now = time.monotonic()
+        interval = float(self.cfg.min_interval_seconds)
+        due = min(self._last_sent.get(key, now) + interval for key in self._held)
+        return max(0.05, due - now)
+
+    async def flush_held(self) -> int:
+        """Post, per key whose interval has passed since its last alert, what throttling held back meanwhile (the tail
+        of a burst: without it, only a later alert of the same key would have mentioned it). Returns the posts."""
+        now = time.monotonic()
+        sent = 0
+        for key in list(self._held):
+            if now - self._last_sent.get(key, 0.0) < self.cfg.min_interval_seconds:
+                continue
+            group = self._held.pop(key)
+            extra = self._suppressed.pop(key, 0) - len(group)
+            self._last_sent[key] = now
+            await self._name(group[0])
+            await self._post(self._format(group, max(0, extra), held=True))
+            sent += 1
+        return sent
 
     @staticmethod
     def _dispatch_failed(exc: Exception) -> None:
@@ -135,8 +171,11 @@ class Alerts:
             last = self._last_sent.get(key)
             if last is not None and now - last < self.cfg.min_interval_seconds:
                 self._suppressed[key] += len(group)
+                held = self._held.setdefault(key, [])
+                held.extend(group[: max(0, HELD_PER_KEY - len(held))])
                 continue
-            extra = self._suppressed.pop(key, 0)
+            extra = self._suppressed.pop(key, 0) - len(self._held.get(key, ()))
+            group = self._held.pop(key, []) + group
             self._last_sent[key] = now
             await self._name(group[0])
             await self._post(self._format(group, extra))
@@ -160,7 +199,9 @@ class Alerts:
         if named:
             event.data = {**named, **event.data}
 
-    def _format(self, group: list[Event], suppressed: int) -> JsonObject:
+    def _format(self, group: list[Event], suppressed: int, *, held: bool = False) -> JsonObject:
+        """One Discord message for ``group`` (events of one key), ``suppressed`` more counted but not kept; ``held``:
+        they were held back by the key's interval (the tail of a burst)."""
         head = group[0]
         severity = max(
             (e.severity for e in group),
@@ -175,6 +216,8 @@ class Alerts:
             description = head.message + (f"\n(+{len(group) - 1} more like this)" if len(group) > 1 else "")
         if suppressed:
             description += f"\n(+{suppressed} more since the last alert of this kind)"
+        if held:
+            description += "\n(held back by the alert interval since the last alert of this kind)"
         shown = [(k, v) for k, v in head.data.items() if v is not None and v != ""]  # (a test send has no campaign)
         fields = [{"name": k, "value": mask_text(str(v))[:1000], "inline": True} for k, v in shown[:8]]
         description = mask_text(description)
