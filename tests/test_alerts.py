@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -101,6 +102,32 @@ async def test_what_the_interval_held_back_is_posted_once_it_has_passed(trackly:
         embed = stub.posts[-1]["embeds"][0]
         assert embed["title"] == "12 messages dead-lettered" and "PROVIDER_ERROR: 12" in embed["description"], embed
         assert await alerts.run_until_idle() == 0  # posted once
+    finally:
+        await alerts.stop(1)
+        await stub.server.close()
+
+
+async def test_billing_alerts_count_every_held_message(trackly: Trackly) -> None:
+    """The executor publishes one billing_blocked event per held chunk: the alert counts their messages (it said
+    "12 messages held" when 100 were, the later chunks dropped), and what the interval held back follows, counted."""
+    from trackly_exec.executor.outcomes import Outcomes
+
+    stub = DiscordStub()
+    alerts = await _alerts(trackly, stub, interval=3600)
+    outcomes = Outcomes(trackly, Counter())
+    try:
+        chunks = [outcomes.billing_blocked(2, 5, n) for n in (12, 50, 38)]
+        assert all(e is not None for e in chunks) and outcomes.billing_blocked(2, 5, 0) is None
+        await trackly.bus.publish(*[e for e in chunks if e is not None])
+        assert await alerts.run_until_idle() == 1
+        assert "100 messages of sending list(s) 5 held" in stub.posts[-1]["embeds"][0]["description"]
+        later = outcomes.billing_blocked(2, 6, 7)
+        assert later is not None
+        await trackly.bus.publish(later)
+        assert await alerts.run_until_idle() == 0
+        alerts._last_sent["billing_blocked:2"] -= 3601
+        assert await alerts.run_until_idle() == 1
+        assert "7 messages of sending list 6 held" in stub.posts[-1]["embeds"][0]["description"]
     finally:
         await alerts.stop(1)
         await stub.server.close()

@@ -380,15 +380,17 @@ class Outcomes:
         return held_until
 
     def billing_blocked(self, account_id: int, list_id: int, messages: int) -> Event | None:
-        """An Event when an account's balance stops messages for the first time in :data:`BURST_WINDOW` (once a
-        minute per account in this process): the operator learns it now, not when they are dead-lettered
-        ``billing_ttl_minutes`` later."""
-        now = time.monotonic()
-        if messages <= 0 or now - self._billing_alerted.get(account_id, -1e9) < BURST_WINDOW:
+        """The Event of ``messages`` an account's balance holds (one per held chunk, None for none): the operator
+        learns it now, not when they are dead-lettered ``billing_ttl_minutes`` later. The alerts group the events of
+        an account (key ``billing_blocked:<account>``) and count their messages; the log says it once a minute per
+        account."""
+        if messages <= 0:
             return None
-        self._billing_alerted[account_id] = now
+        now = time.monotonic()
         retry, ttl = self.cfg.billing_backoff_minutes, self.cfg.billing_ttl_minutes
-        log.warning("billing_blocked", account_id=account_id, sending_list_id=list_id, messages=messages)
+        if now - self._billing_alerted.get(account_id, -1e9) >= BURST_WINDOW:
+            self._billing_alerted[account_id] = now
+            log.warning("billing_blocked", account_id=account_id, sending_list_id=list_id, messages=messages)
         return Event(
             kind=EventKind.BILLING_BLOCKED,
             severity="critical",

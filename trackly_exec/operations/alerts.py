@@ -211,6 +211,15 @@ class Alerts:
             reasons = Counter(str(e.data.get("reason")) for e in group)
             title = f"{len(group)} messages dead-lettered"
             description = ", ".join(f"{r}: {n}" for r, n in reasons.most_common())
+        elif head.kind == EventKind.BILLING_BLOCKED and len(group) > 1:  # one event per held chunk: their sum
+            messages = sum(int(e.data.get("messages") or 0) for e in group)
+            lists = sorted({str(e.data.get("sending_list_id")) for e in group})
+            title = "billing blocked"
+            description = (
+                f"account {head.data.get('account_id')}: balance too low, {messages} messages of sending list(s) "
+                f"{', '.join(lists)} held (retried every {head.data.get('retry_minutes')} min; dead-lettered "
+                f"BILLING_BLOCKED after {head.data.get('ttl_minutes')} min; top the account up)"
+            )
         else:
             title = str(head.kind).replace("_", " ")
             description = head.message + (f"\n(+{len(group) - 1} more like this)" if len(group) > 1 else "")
