@@ -134,6 +134,9 @@ async def test_transient_errors_outlasting_the_retries_hold_the_messages(
     counts = await run(await executor(settings, store, fakes, retry_max_attempts=3, provider_hold_seconds=7))
     assert await ids_in(store, c.FAILED) == [] and counts["held.provider"] == 4 and counts.get("sent", 0) == 0
     assert fakes["infobip"].requests == 3 and counts["provider_transient"] == 12
+    # alerted though far below the burst threshold: a slow list in an outage never reaches it
+    [hold] = await store.db[c.EVENTS].find({"kind": "provider_hold"}).to_list(None)
+    assert hold["severity"] == "critical" and hold["data"]["messages"] == 4 and hold["data"]["sending_list_id"] == 1
     docs = await store.db[c.QUEUED].find({}).to_list(None)
     assert len(docs) == 4 and all(d["claimed_by"] is None and d["sending_at"] is None for d in docs)
     assert all(d["throttled_due"] == sendtime and d["throttled_until"] == d["not_before"] for d in docs)

@@ -354,6 +354,24 @@ class Outcomes:
                 until=held_until.isoformat(),
                 error=last_error[:300],
             )
+            # alerted whatever the number of errors: a slow list in an outage never reaches the burst threshold
+            events.append(
+                Event(
+                    kind=EventKind.PROVIDER_HOLD,
+                    severity="critical",
+                    key=f"provider_hold:{lst.id}",
+                    message=f"sending list {lst.id} ({provider}): the provider keeps refusing for now; "
+                    f"{len(throttled)} messages held until {held_until.isoformat(timespec='seconds')}, the list "
+                    f"rests" + (f"; last: {last_error[:300]}" if last_error else ""),
+                    data={
+                        "sending_list_id": lst.id,
+                        "provider": provider,
+                        "messages": len(throttled),
+                        "until": held_until.isoformat(),
+                        "last_error": last_error[:300],
+                    },
+                )
+            )
         await billing.adjust(self.db, lst.account_id, refund)
         if opted_out:
             await self.db[c.CONTACTS].update_many(

@@ -39,6 +39,7 @@ class EventKind(enum.StrEnum):
     WEBHOOK_DEAD = "webhook_dead"  # data: event_id, account_id, attempts, error
     CLOCK_SKEW = "clock_skew"  # data: instance, offset_seconds, warn_seconds
     BILLING_BLOCKED = "billing_blocked"  # data: account_id, sending_list_id, messages, retry_minutes, ttl_minutes
+    PROVIDER_HOLD = "provider_hold"  # data: sending_list_id, provider, messages, until, last_error
 
 
 @dataclass
