@@ -371,3 +371,45 @@ def test_destination_verdicts_are_the_same_cached_or_not() -> None:
         assert links.safe_destination(DEST) == DEST and links.safe_destination(long_ok) == long_ok
         assert links.safe_destination("ftp://x.example/f") is None and links.safe_destination(long_bad) is None
         assert links.safe_destination("https://x.example/a b") is None and links.safe_destination(None) is None
+
+
+async def _raw_get(d: Daemon, path: str, extra: bytes) -> bytes:
+    """A GET written byte for byte (a header of raw, non-UTF-8 bytes: no HTTP client sends one)."""
+    url = URL(d.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + extra + b"\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_a_user_agent_that_is_not_utf8_loses_no_click(daemon: Daemon) -> None:
+    """A click whose User-Agent (or forwarded address) is raw bytes is redirected and recorded, the unreadable bytes
+    replaced; the clicks grouped with it are recorded too (the group's write failed: every click of it was lost)."""
+    old = utcnow() - dt.timedelta(hours=1)
+    [sent] = await seed_sent(daemon.store, 1, timestamp=old)
+    await _link(daemon, code="rawbytes0001", message_id=sent.id)
+    answers = await asyncio.gather(
+        _raw_get(daemon, "/l/rawbytes0001", b"User-Agent: Mozilla/5.0 \xff\xfe"),
+        *(_get(daemon, "/l/rawbytes0001") for _ in range(10)),
+    )
+    assert answers[0].split(b" ", 2)[1] == b"302" and answers[1:] == [(302, DEST)] * 10
+    clicks = await daemon.store[c.CLICKS].find({"code": "rawbytes0001"}).to_list(None)
+    assert len(clicks) == 11 and sum("\ufffd" in x["user_agent"] for x in clicks) == 1
+
+
+async def test_credentials_that_are_not_utf8_are_a_4xx_at_every_door(daemon: Daemon) -> None:
+    """An Authorization header, an operator cookie or a Twilio signature of raw bytes is a 400 (it was a 500 at the
+    admin API, the dashboard, the metrics and the Twilio webhook, each comparing it as text)."""
+    for path, header in (
+        ("/api/v1/accounts", b"Authorization: Bearer \xc3\xa9\xff\xfe"),
+        ("/metrics", b"Authorization: Bearer \xff\xfe"),
+        ("/dashboard", b"Cookie: trackly_operator=\xff\xfe\xc3\xa9"),
+        ("/dashboard/summary.json", b"Cookie: trackly_operator=\xff\xfe"),
+        ("/webhooks/twilio/status", b"X-Twilio-Signature: \xff\xfe\xc3"),
+    ):
+        answer = await _raw_get(daemon, path, header)
+        status = int(answer.split(b" ", 2)[1])
+        assert 400 <= status < 500, (path, answer[:200])

@@ -11,6 +11,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
@@ -56,6 +57,27 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503)
 
 
+def _undecodable(value: str) -> bool:
+    """A header value holding bytes that are not UTF-8 (aiohttp keeps them as lone surrogates)."""
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+@web.middleware
+async def _decodable_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request whose headers are not UTF-8 text (an ``Authorization``, a cookie or a signature of raw bytes) is a 400
+    before any door compares them (each comparison encoded them and failed: a 500). A click keeps its redirect: its
+    handler replaces what cannot be read (the user agent, which it records)."""
+    if not request.path.startswith("/l/") and any(_undecodable(v) for v in request.headers.values()):
+        return web.Response(status=400, text="malformed request header")
+    return await handler(request)
+
+
 def make_app(trackly: Trackly, part: str = "all") -> web.Application:
     """The routes of ``part``: ``"all"`` (one listener), ``"public"`` (webhooks, links, /healthz) or ``"operator"``
     (admin API, dashboard, metrics, /healthz: ``http.operator_port``)."""
@@ -65,7 +87,7 @@ def make_app(trackly: Trackly, part: str = "all") -> web.Application:
     # the public listener has no operator path to guard: they are 404 there with or without a token (a 401 would tell
     # that they exist)
     guard = [] if part == "public" else [operator_auth.middleware(trackly.settings)]
-    app = web.Application(client_max_size=app_body_limit(trackly.settings), middlewares=guard)
+    app = web.Application(client_max_size=app_body_limit(trackly.settings), middlewares=[_decodable_headers, *guard])
     app[TRACKLY_KEY] = trackly
     app.router.add_get("/healthz", _health)
     modules = {"all": ROUTE_MODULES, "public": PUBLIC_MODULES, "operator": OPERATOR_MODULES}[part]

@@ -56,12 +56,23 @@ def _check_url(url: str) -> str | None:
 _safe_url = functools.lru_cache(maxsize=4096)(_check_url)
 
 
+def _readable(value: str | None) -> str | None:
+    """A header's text with what is not UTF-8 (kept by aiohttp as lone surrogates, which the store cannot encode:
+    the whole group of clicks was lost) replaced by U+FFFD."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no byte stands for
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def _client_ip(request: web.Request, trust_forwarded: bool) -> str | None:
     if trust_forwarded:
         forwarded = request.headers.get("X-Forwarded-For", "")
         first = forwarded.split(",")[0].strip()
         if first:
-            return first
+            return _readable(first)
     return request.remote
 
 
@@ -109,7 +120,7 @@ class LinkHandler:
         if not CODE_RE.fullmatch(code):
             return web.Response(status=404, text="not found", headers=_NO_STORE)
         visit = Visit(
-            user_agent=request.headers.get("User-Agent"),
+            user_agent=_readable(request.headers.get("User-Agent")),
             ip=_client_ip(request, self.trackly.settings.tracking.trust_forwarded_for),
             method=request.method,
             at=self.trackly.now(),
