@@ -176,3 +176,34 @@ def test_a_driver_timeout_must_be_finite_and_at_most_an_hour(value: float, why: 
     for key in ("timeout_seconds", "connect_timeout_seconds"):
         with pytest.raises(ValidationError, match=why):
             DriverSettings.model_validate({key: value})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[[http]]\napi_tokens = ["SECRETAPITOKEN99"]\n',
+        '[[drivers.infobip]]\napi_key = "SECRETREALKEY123"\nwebhook_token = "SECRETWEBHOOKTOK"\n',
+        '[[redis]]\nurl = "redis://:SECRETREDISPW@h:6379/0"\n',
+        '[[mongo]]\nuri = "mongodb://u:SECRETMONGOPW@h/"\n',
+        '[drivers]\ninfobip = ["SECRETREALKEY123"]\n',
+        'http = "SECRETAPITOKEN99"\n',
+    ],
+)
+def test_a_section_of_the_wrong_shape_is_named_without_its_values(tmp_path: Path, text: str) -> None:
+    """``[[http]]`` for ``[http]`` (an array of tables), a list or a text where a table belongs: the error names the
+    section, never the values inside it (it printed the tokens, keys and passwords)."""
+    f = tmp_path / "shape.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert "SECRET" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("key", ["public_url", "short_base"])
+def test_a_public_url_with_a_password_is_refused(tmp_path: Path, key: str) -> None:
+    """It would go into every tracked link and provider callback (and was logged at every start)."""
+    f = tmp_path / "pu.toml"
+    f.write_text(f'[http]\n{key} = "https://user:PUBSECRETPW@sms.example.com"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert f"http.{key}" in str(e.value) and "PUBSECRETPW" not in str(e.value)

@@ -328,6 +328,10 @@ class HttpConfig(Section):
         host = urlsplit(v).hostname or ""
         if "_" in host:  # not a host name (RFC 1123); Twilio refuses a StatusCallback on such a host (every send)
             raise ValueError(f"the host {host!r} contains '_': host names take letters, digits, '-' and '.'")
+        if "@" in urlsplit(v).netloc:
+            raise ValueError(
+                "must not carry user:password@: it would be written into every tracked link and provider callback URL"
+            )
         return v.rstrip("/")
 
     @property
@@ -602,13 +606,21 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
             msg = "unknown key"
         elif err.get("type") == "claim_ttl":
             key, msg = "executor.claim_ttl_minutes", msg.removeprefix("executor.claim_ttl_minutes ")
-        elif "input" in err and not isinstance(err["input"], dict) and not _secret_loc(loc):
-            msg += f" (got {err['input']!r})"
+        elif "input" in err and _shown(err["input"]) and len(loc) >= 2 and not _secret_loc(loc):
+            # a key's own scalar value only: a section of the wrong shape (an array of tables, a list) holds the
+            # secrets one level down, and a URL's password is masked
+            msg += f" (got {_mask_urls(err['input'])!r})"
         var = env_var(loc if key != "executor.claim_ttl_minutes" else ("executor", "claim_ttl_minutes"))
         if var:
             msg += f" (from environment variable {var})"
         out.append((key, msg))
     return out
+
+
+def _shown(value: Any) -> bool:
+    """Whether a refused value may be quoted in the error: a number, a boolean or a short text, never a table or a
+    list (which may hold secrets)."""
+    return isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 200)
 
 
 def _mask_urls(value: Any) -> Any:
