@@ -207,3 +207,28 @@ def test_a_public_url_with_a_password_is_refused(tmp_path: Path, key: str) -> No
     with pytest.raises(ConfigError) as e:
         load_config(f)
     assert f"http.{key}" in str(e.value) and "PUBSECRETPW" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "entry,ok",
+    [
+        ("10.0.0.0/8", True),
+        ("192.168.1.5", True),
+        ("fd00::/8", True),
+        ("hooks.internal", True),
+        ("10.0.0.0/33", False),
+        ("10.1.2.0/24 ", False),
+        ("", False),
+        ("192.168.1.0/255.255.255.0x", False),
+        ("not a host", False),
+    ],
+)
+def test_webhook_allowlist_entries_are_networks_or_host_names(tmp_path: Path, entry: str, ok: bool) -> None:
+    """A malformed CIDR was taken for a host name (allowing nothing, in silence); an empty entry was dropped."""
+    f = tmp_path / "allow.toml"
+    f.write_text(f"[tracking]\nwebhook_url_allowlist = [{entry!r}]\n".replace("'", '"'))
+    if ok:
+        assert load_config(f).tracking.webhook_url_allowlist == [entry]
+        return
+    with pytest.raises(ConfigError, match=r"tracking\.webhook_url_allowlist: entry 0"):
+        load_config(f)

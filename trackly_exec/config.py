@@ -7,9 +7,11 @@ Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` and are n
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -37,6 +39,9 @@ ConfigTable: TypeAlias = dict[str, Any]
 
 DEFAULT_CONFIG_FILE = "trackly.toml"
 
+
+#: A host name (RFC 1123 labels, an optional final dot).
+_HOST_NAME = re.compile(r"(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?")
 
 #: The longest a duration setting may be (a year, in the unit its name gives): anything longer is a typo, and
 #: ``inf`` or ``1e308`` would overflow the timers built from it.
@@ -381,6 +386,28 @@ class TrackingConfig(Section):
         description='Internal receivers a customer webhook URL may point at (CIDRs like "10.1.2.0/24" or exact host '
         "names); every other loopback, private, link-local, multicast or reserved address is refused.",
     )
+
+    @field_validator("webhook_url_allowlist")
+    @classmethod
+    def _allowlist(cls, v: list[str]) -> list[str]:
+        """Each entry a CIDR or address, or a host name: a malformed CIDR ("10.0.0.0/33") was taken for a host name
+        and allowed nothing, in silence."""
+        for i, entry in enumerate(v):
+            text = entry.strip()
+            if not text:
+                raise ValueError(f"entry {i} is empty")
+            if text != entry:
+                raise ValueError(f"entry {i} ({entry!r}) has spaces around it")
+            if "/" in text or text.replace(".", "").isdigit() or ":" in text:
+                try:
+                    ipaddress.ip_network(text, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"entry {i} ({entry!r}) is not a network: {exc}") from None
+            elif not re.fullmatch(
+                r"(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?", text
+            ):
+                raise ValueError(f"entry {i} ({entry!r}) is neither a network (CIDR) nor a host name")
+        return v
 
 
 class ReconcileConfig(Section):
