@@ -17,6 +17,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from trackly_exec.app import Trackly
+from trackly_exec.errors import ConfigError
 from trackly_exec.logs import get_logger
 
 log = get_logger(__name__)
@@ -142,12 +143,15 @@ class HttpServer:
     def runner(self) -> web.AppRunner | None:
         return self.runners[0] if self.runners else None
 
-    async def _listen(self, app: web.Application, host: str, port: int) -> int:
+    async def _listen(self, app: web.Application, host: str, port: int, keys: str = "http.host / http.port") -> int:
         runner = _Runner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self.runners.append(runner)
         site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a host that is no address of this machine, a port in use: name the setting
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", key=keys) from exc
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
@@ -161,7 +165,10 @@ class HttpServer:
             else:
                 self.port = await self._listen(make_app(self.trackly, "public"), cfg.host, cfg.port)
                 self.operator_port = await self._listen(
-                    make_app(self.trackly, "operator"), cfg.operator_host, cfg.operator_port
+                    make_app(self.trackly, "operator"),
+                    cfg.operator_host,
+                    cfg.operator_port,
+                    "http.operator_host / http.operator_port",
                 )
         except BaseException:
             await self.stop(0)

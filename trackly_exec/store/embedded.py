@@ -34,6 +34,15 @@ log = get_logger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
+def _in_use(host: str, port: int) -> bool:
+    """Whether something already listens on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -111,6 +120,12 @@ class EmbeddedMongo:
             self._take_data_dir()
             Path(store_dir).mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)  # left by a killed run on this port; the port is free now
+        if _in_use(self.host, self.port):  # another server there would answer for the store (a protocol error later)
+            self._release_data_dir()
+            raise StoreError(
+                f"mongo.embedded_port: port {self.port} on {self.host} is in use by another server; choose a free "
+                "port, or 0 for any"
+            )
         cmd = [
             *_server_command(),
             "--data-dir",
