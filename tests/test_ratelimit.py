@@ -215,16 +215,16 @@ class _LateLimiter(RateLimiter):
 
 
 async def test_late_chunk_is_sent_not_thrown_away(settings: Settings, store: Store, fakes: dict[str, Any]) -> None:
-    """A chunk whose slot passed a second ago is sent (its tokens are not thrown away for a new slot) when the list's
-    send window of the last second has room for it: one grant per chunk, no window wait."""
+    """Chunks whose slots passed a second ago are sent (their tokens are not thrown away for new slots) when the
+    list's send window of the last second has room for them: one grant for the batch, no window wait."""
     ids = await seed(store, 40, rate=12000)  # chunks of 10; 40 messages are far below the window's 210
-    # rounds of one chunk: a grant per chunk (the default round of 0.2 s would take one grant for all four)
+    # rounds of one chunk, all paced from the batch's one (late) grant
     coord = await executor(settings, store, fakes, workers_per_list=1, rate_limit_round_seconds=0.05)
     coord.limiter = coord.worker.limiter = late = _LateLimiter(coord.limiter)
     counts = await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
     assert counts["sent"] == 40 and fakes["infobip"].accepted_counts() == dict.fromkeys(ids, 1)
-    assert late.calls == 4 and counts.get("rate_window_waits", 0) == 0
+    assert late.calls == 1 and counts.get("rate_window_waits", 0) == 0
 
 
 class _FullWindowLimiter(_LateLimiter):
@@ -522,3 +522,29 @@ async def test_a_round_stretched_by_a_slow_down_is_re_checked_again(
     await coord.trackly.close(close_store=False)
     assert counts["sent"] == 40 and slowed.calls == 1
     assert rechecks == [40, 30, 20, 10]
+
+
+async def test_a_rate_limited_list_sends_in_queue_order(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """FIFO on a rate-limited list worked by several batches at once: every message queued earlier goes before any
+    queued later. (Batches took their tokens round by round, so a later batch's rounds overtook an earlier one's: a
+    campaign queued 1.5 s after another had three messages sent before the first one's last.) Each batch now takes
+    its whole batch's tokens in the order the batches were claimed."""
+    import datetime as dt
+
+    from trackly_exec.store.models import utcnow
+
+    now = utcnow()
+    first = await seed(store, 6, rate=600, sendtime=now - dt.timedelta(seconds=3), execution_id=1)
+    later = await seed(store, 6, rate=600, sendtime=now - dt.timedelta(seconds=1), execution_id=2, first_contact=100)
+    # batches of 2 (0.2 s of tokens) in rounds of 1, six batches at once: three of each campaign in flight together,
+    # the auditor's slow list ten times faster
+    coord = await executor(
+        settings, store, fakes, workers_per_list=6, rate_limit_claim_seconds=0.2, rate_limit_round_seconds=0.1
+    )
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 12
+    order = [e.message_id for e in fakes["infobip"].ledger]
+    assert sorted(order[:6]) == sorted(first) and sorted(order[6:]) == sorted(later), order

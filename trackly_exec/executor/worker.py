@@ -10,10 +10,12 @@ message:
    batches, each claimed conditionally (the documents read stand for the claimed ones: no second read);
 2. **checks** (:mod:`checks`): STALE / BLOCKED_CONTENT / CONTACT_BLOCKED are dead-lettered, quiet hours hold
    the message (released with ``not_before`` = the window's next opening);
-3. the rest is cut into rounds of ``rate_limit_round_seconds`` of tokens, each of whole chunks of
-   ``rate_limit_chunk_seconds`` (the whole remainder, one chunk, when the list is unlimited). Per round: **rate
-   limit** (reserve the round's tokens, sleep the pacing wait; over ``rate_limit_wait_seconds`` ->
-   RATE_LIMIT_TIMEOUT; limiter unreachable -> release and pause the list) -> **billing** (:mod:`billing`; not
+3. **rate limit** (a rate-limited list): the batch reserves the tokens of all it may send at once, in the order
+   this process claimed the list's batches (so a list sends in queue order: a later batch never overtakes an earlier
+   one); over ``rate_limit_wait_seconds`` -> RATE_LIMIT_TIMEOUT; limiter unreachable -> release and pause the list.
+   The batch is then cut into rounds of ``rate_limit_round_seconds`` of tokens, each of whole chunks of
+   ``rate_limit_chunk_seconds`` (the whole remainder, one chunk, when the list is unlimited), each at its slot in
+   the batch's tokens. Per round: **billing** (:mod:`billing`; not
    covered -> backoff or BILLING_BLOCKED) -> (pacing wait) -> **re-check** (:func:`checks.recheck`, one store round
    trip per round: contact blocked or unsubscribed since the claim -> CONTACT_BLOCKED, campaign paused -> held by
    the pause, quiet hours begun -> held; all refunded); then per chunk, one chunk's time apart: **admission**
@@ -92,6 +94,52 @@ HOLD_REQUESTS = 16
 LATE_RECHECK_SECONDS = 1.0
 
 
+@dataclass(frozen=True)
+class _Pace:
+    """A rate-limited batch's tokens: the first one's slot (``time.time()``), the time between two, the slow-down."""
+
+    at: float
+    interval: float
+    factor: float
+
+
+class _Turns:
+    """The order in which a rate-limited list's batches of this process take their tokens: the order they were
+    claimed (due order), so no later batch's messages overtake an earlier one's. A batch's turn is done once it has
+    taken its tokens, or has ended without taking any."""
+
+    def __init__(self) -> None:
+        self._next = 0  # the next turn to hand out
+        self._first = 0  # the oldest turn not done
+        self._done: set[int] = set()
+        self._waiting: dict[int, asyncio.Future[None]] = {}  # turn -> woken once every earlier turn is done
+
+    def take(self) -> int:
+        turn, self._next = self._next, self._next + 1
+        return turn
+
+    async def wait(self, turn: int) -> None:
+        """Until every turn before ``turn`` is done."""
+        if self._first >= turn:
+            return
+        waiter = self._waiting.setdefault(turn, asyncio.get_running_loop().create_future())
+        try:
+            await waiter
+        finally:
+            self._waiting.pop(turn, None)
+
+    def done(self, turn: int) -> None:
+        if turn < self._first or turn in self._done:
+            return
+        self._done.add(turn)
+        while self._first in self._done:
+            self._done.discard(self._first)
+            self._first += 1
+        for waiting, waiter in list(self._waiting.items()):
+            if waiting <= self._first and not waiter.done():
+                waiter.set_result(None)
+
+
 def _slot(grant: Grant) -> float:
     """When a grant's tokens may be sent (local ``time.time()``)."""
     return grant.at if grant.at is not None else time.time() + grant.wait
@@ -148,6 +196,8 @@ class Worker:
         #: how many executor processes share the queue (1 alone or without a live membership; the coordinator sets it)
         self.executors: Callable[[], int] = lambda: 1
         self._fetching: dict[int, asyncio.Lock] = {}
+        #: a rate-limited list's batches take their tokens in the order they were claimed (FIFO: see _Turns)
+        self._turns: dict[int, _Turns] = {}
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -251,9 +301,20 @@ class Worker:
     async def _run(self, info: ListInfo, token: str) -> int:
         lst = info.doc
         now, stamped = self.clock(), time.monotonic()
-        docs = await self._claim(lst, token, now)
+        docs, turn = await self._claim(lst, token, now)
         if not docs:
             return 0
+        turns = self._turns.get(lst.id)
+        try:
+            return await self._run_claimed(info, token, docs, now, stamped, turn)
+        finally:
+            if turns is not None and turn is not None:
+                turns.done(turn)  # (already, once it took its tokens; or without taking any)
+
+    async def _run_claimed(
+        self, info: ListInfo, token: str, docs: list[ClaimedDoc], now: dt.datetime, stamped: float, turn: int | None
+    ) -> int:
+        lst = info.doc
         self.leases[token] = stamped  # the claim's stamp is ``now``
         failpoints.hit("after_claim")
         self.counts["claimed"] += len(docs)
@@ -281,13 +342,43 @@ class Worker:
         send = verdict.send
         size = self.round_size(lst)
         paused: set[int] = set()  # campaigns a re-check of this batch found paused
+        pace: _Pace | None = None
+        if lst.rate_limit_per_minute > 0 and send:
+            # the whole batch's tokens at once, in claim order: a list's messages go in the order they were queued
+            # (batches taking tokens round by round interleaved them: a later batch's rounds overtook an earlier's)
+            turns = self._turns.get(lst.id)
+            if turns is not None and turn is not None:
+                await turns.wait(turn)
+            grant = await self._tokens(lst, len(send))
+            if turns is not None and turn is not None:
+                turns.done(turn)
+            if grant is None:
+                self.counts["released"] += await claims.release(self.db, token, [([d["_id"] for d in send], {})])
+                return len(docs)
+            if not grant.granted:
+                detail = (
+                    f"no rate-limit token within {self.cfg.rate_limit_wait_seconds:g}s "
+                    f"(next in {grant.wait:.1f}s at {lst.rate_limit_per_minute}/min, slow-down x{grant.factor:g})"
+                )
+                await self.outcomes.fail_unsent(
+                    token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail) for d in send], self.clock()
+                )
+                return len(docs)
+            pace = _Pace(_slot(grant), 60.0 / lst.rate_limit_per_minute * grant.factor, grant.factor)
         start = 0
         while start < len(send):
             step = (
                 "release"
                 if self.stopping.is_set()
                 else await self._chunk(
-                    info, token, send[start : start + size], send[start + size :], verdict.timezones, paused
+                    info,
+                    token,
+                    send[start : start + size],
+                    send[start + size :],
+                    verdict.timezones,
+                    paused,
+                    pace.at + start * pace.interval if pace is not None else None,
+                    pace.factor if pace is not None else 1.0,
                 )
             )
             if step == "release":
@@ -302,8 +393,9 @@ class Worker:
                 send = send[:start] + [d for d in send[start:] if d.get("campaign_id") not in paused]
         return len(docs)
 
-    async def _claim(self, lst: SendingList, token: str, now: dt.datetime) -> list[ClaimedDoc]:
-        """Claim one batch from this list's candidates (re-read from the queue when they run out).
+    async def _claim(self, lst: SendingList, token: str, now: dt.datetime) -> tuple[list[ClaimedDoc], int | None]:
+        """Claim one batch from this list's candidates (re-read from the queue when they run out); with its turn
+        among the list's batches to take rate-limit tokens (None: not rate-limited, or nothing claimed).
 
         One claim at a time per list in this process (a claim is one round trip; the batch's work after it runs
         concurrently): so a re-read of the queue never returns candidates another batch of this process is still
@@ -313,14 +405,16 @@ class Worker:
             for _ in range(3):  # candidates may all have been taken by another process meanwhile
                 candidates = await self._candidates_for(lst.id, now, limit)
                 if not candidates:
-                    return []
+                    return [], None
                 docs, reads = await claims.claim_docs(self.db, candidates, token, now)
                 self.counts["queue_reads"] += reads
                 if docs:
-                    return docs
+                    if lst.rate_limit_per_minute <= 0:
+                        return docs, None
+                    return docs, self._turns.setdefault(lst.id, _Turns()).take()
                 self.counts["empty_claims"] += 1
                 self._candidates.get(lst.id, collections.deque()).clear()  # stale: read the queue again
-            return []
+            return [], None
 
     async def _candidates_for(self, list_id: int, now: dt.datetime, limit: int) -> list[ClaimedDoc]:
         """Up to ``limit`` candidate documents; one queue scan serves ``workers_per_list`` batches."""
@@ -339,35 +433,23 @@ class Worker:
         rest: Sequence[ClaimedDoc],
         timezones: dict[int, str] | None = None,
         paused: set[int] | None = None,
+        at: float | None = None,
+        factor: float = 1.0,
     ) -> str:
-        """Rate limit, bill, (pacing wait,) re-check, then per pacing chunk admit, mark intent and send; record.
+        """Bill, (pacing wait,) re-check, then per pacing chunk admit, mark intent and send; record.
 
-        ``chunk`` is one round (:meth:`round_size`): a rate-limited list takes its tokens, bills and re-checks a
-        round at once and sends it in pacing chunks (:meth:`chunk_size`) one ``chunk`` of time apart, each admitted
-        to the send window and marked with its own send intent right before it goes; the records of a round are
-        written once, after its last chunk (at once when a chunk met provider errors, so a storm holds the list as
-        soon as it shows). An unlimited list's round is one chunk.
+        ``chunk`` is one round (:meth:`round_size`): a rate-limited list bills and re-checks a round at once and
+        sends it in pacing chunks (:meth:`chunk_size`) one ``chunk`` of time apart from ``at`` (its slot in the
+        batch's tokens, taken by :meth:`_run_claimed`; ``factor`` the provider-error slow-down they were taken
+        with), each admitted to the send window and marked with its own send intent right before it goes; the
+        records of a round are written once, after its last chunk (at once when a chunk met provider errors, so a
+        storm holds the list as soon as it shows). An unlimited list's round is one chunk.
 
         Returns ``"next"`` (go on), ``"release"`` (stop; give back what of this round was not sent, and the rest)
         or ``"done"`` (stop; the rest is already dealt with).
         """
         lst = info.doc
         limited = lst.rate_limit_per_minute > 0
-        factor, at = 1.0, None
-        if limited:
-            grant = await self._tokens(lst, len(chunk))
-            if grant is None:
-                return "release"
-            if not grant.granted:
-                detail = (
-                    f"no rate-limit token within {self.cfg.rate_limit_wait_seconds:g}s "
-                    f"(next in {grant.wait:.1f}s at {lst.rate_limit_per_minute}/min, slow-down x{grant.factor:g})"
-                )
-                await self.outcomes.fail_unsent(
-                    token, [(d, FailureReason.RATE_LIMIT_TIMEOUT, detail) for d in [*chunk, *rest]], self.clock()
-                )
-                return "done"
-            factor, at = grant.factor, _slot(grant)
         now = self.clock()
         deb = await billing.debit(self.db, lst.account_id, chunk, lst.price_per_segment)
         if deb.blocked:
