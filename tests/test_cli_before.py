@@ -87,7 +87,7 @@ async def test_preview_commands(
     capsys.readouterr()
     assert await run(admin_url, "campaign", "preview", "1", "--contacts", "2") == 0
     out = capsys.readouterr().out
-    assert "contact 2 +12122000002: UCS-2, 16 chars, 1 segment, cost 0.01" in out and "| Hi Zoë from Oslo" in out
+    assert "contact 2 +12122000002: UCS-2, 16 UTF-16 units, 1 segment, cost 0.01" in out and "| Hi Zoë from Oslo" in out
     assert "no warnings" in out
     assert await run(admin_url, "creative", "preview", "1", "--contacts", "x") == 1
     assert "--contacts takes contact ids" in capsys.readouterr().err
@@ -157,6 +157,9 @@ async def test_test_send_commands(
     )
     out = capsys.readouterr().out
     assert "overriding opt_out: recorded" in out and f"{phone_for(1)}: queued" in out
+    # a test send that sent nothing exits 1 (a script tells it from one that went); the README's $API is taken too
+    assert await run(admin_url + "/api/v1", "campaign", "test-send", "1", "--to", phone_for(1)) == 1
+    assert "nothing was sent" in capsys.readouterr().err
     docs = await trackly.db[c.QUEUED].find({}).to_list(None)
     assert sorted(d["to_number"] for d in docs) == [phone_for(1), phone_for(2)]
     assert all(d["send_type"] == "test" for d in docs)

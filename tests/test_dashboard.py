@@ -148,6 +148,15 @@ async def test_summary_state_eta_alerts_outbox_and_samples(trackly: Trackly) -> 
     alerts = [a for a in data["alerts"] if a["key"] == "failed_message:7:STALE"]
     assert len(alerts) == 1 and alerts[0]["count"] == 3
     assert data["outbox"]["pending_events"] == 1 and data["outbox"]["dead_events"] == 1
+    # no ETA while nothing of it can go: every queued message held (billing, quiet hours), or the campaign paused
+    later = now + dt.timedelta(minutes=5)
+    await trackly.db[c.QUEUED].update_many({"campaign_id": 3}, {"$set": {"not_before": later}})
+    rows = {r["id"]: r for r in (await summary(trackly, sampler=sampler))["campaigns"]}
+    assert rows[3]["state"] == "sending" and rows[3]["eta_seconds"] is None
+    await trackly.db[c.QUEUED].update_many({"campaign_id": 3}, {"$set": {"not_before": None}})
+    await trackly.db[c.CAMPAIGNS].update_one({"_id": 3}, {"$set": {"status": "paused"}})
+    rows = {r["id"]: r for r in (await summary(trackly, sampler=sampler))["campaigns"]}
+    assert rows[3]["state"] == "paused" and rows[3]["eta_seconds"] is None
     assert [s["sent"] for s in data["series"]] == [0, 40]
 
 

@@ -146,6 +146,8 @@ def client_from(args: argparse.Namespace) -> ApiClient:
                 )
                 raise CliError(f"no API token: {where}; or pass --token")
             token = settings.http.api_tokens[0].get_secret_value()
+    # the daemon's base URL; the README's $API (…/api/v1) is taken too, not answered with a bare 404
+    api = api.rstrip("/").removesuffix("/api/v1")
     return ApiClient(api, token, config=str(config_file(args.config)))
 
 
@@ -670,8 +672,9 @@ def print_preview(p: JsonObject) -> None:
                     + ", ".join(f"{{{n}}}" for n in x.get("missing", []))
                 )
                 continue
+            unit = "septets" if x["encoding"] == "GSM-7" else "UTF-16 units"  # what decides segments, not characters
             print(
-                f"  contact {x['contact_id']} {x['phone']}: {x['encoding']}, {x['length']} chars, "
+                f"  contact {x['contact_id']} {x['phone']}: {x['encoding']}, {x['length']} {unit}, "
                 f"{x['segments']} segment{'s' if x['segments'] != 1 else ''}, cost {x['cost']:g}"
             )
             for line in (x["body"] or "").split("\n"):
@@ -852,6 +855,9 @@ def _test_send_cmd(noun: str) -> Any:
                 )
             else:
                 print(f"  {m['to_number']}: queued ({m['segments']} segment(s), {m['encoding']}): {m['body']!r}")
+        if out["messages"] and all(m.get("skipped") for m in out["messages"]):
+            print("nothing was sent", file=sys.stderr)
+            return 1  # a script can tell it from a test send that went
         return 0
 
     return run

@@ -111,9 +111,13 @@ async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonO
         state = _state(d, last, queued)
         started = _aware(last.get("triggered_at")) if last else None
         ended = _aware(last.get("completed_at")) if last else None
-        rate = 0.0
+        rate, eta = 0.0, None
         if queued:
             rate = await count(store, c.SENT, {"campaign_id": cid, "timestamp": {"$gte": since}}) / 60.0
+            # no ETA while nothing of it can go: paused, or every message held (billing, quiet hours, the provider)
+            if rate > 0 and state == "sending":
+                held = await count(store, c.QUEUED, {"campaign_id": cid, "not_before": {"$gt": now}})
+                eta = round(queued / rate, 0) if held < queued else None
         rows.append(
             {
                 "id": cid,
@@ -125,7 +129,7 @@ async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonO
                 "ended_at": ended,
                 "duration_seconds": round(((ended or now) - started).total_seconds(), 1) if started else None,
                 "send_rate_per_second": round(rate, 2),
-                "eta_seconds": round(queued / rate, 0) if queued and rate > 0 else None,
+                "eta_seconds": eta,
                 "last_execution": None
                 if last is None
                 else {
