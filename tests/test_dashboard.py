@@ -355,3 +355,24 @@ async def test_the_latest_execution_and_campaigns_past_nine(trackly: Trackly) ->
     row = next(r for r in data["campaigns"] if r["id"] == 5)
     assert row["last_execution"]["id"] == 11 and row["last_execution"]["status"] == "queued", row
     assert row["state"] != "completed" and row["ended_at"] is None, row
+
+
+async def test_a_poll_with_old_figures_in_hand_waits_briefly(trackly: Trackly) -> None:
+    """A poll whose figures are old (the store stalled) waits at most STALE_WAIT_SECONDS for fresher ones, then shows
+    the old ones with their age; only a poll with no figures at all waits up to FIRST_WAIT_SECONDS (every poll waited
+    20 s while the store was stalled)."""
+    from trackly_exec.operations import dashboard
+    from trackly_exec.operations.metrics import StoreFigures
+
+    figures = StoreFigures(trackly, 5.0)
+    feed = dashboard.DashboardFeed(trackly, figures, Sampler())
+    waited: list[float] = []
+
+    async def wait_extra(*, max_age: float, timeout: float) -> None:
+        waited.append(timeout)
+
+    figures.wait_extra = wait_extra  # type: ignore[method-assign]
+    assert await feed.body() is None and waited == [dashboard.FIRST_WAIT_SECONDS]
+    figures.last_extra = object()  # type: ignore[assignment]  # (any figures in hand, however old)
+    await feed.body()
+    assert waited[-1] == dashboard.STALE_WAIT_SECONDS < dashboard.FIRST_WAIT_SECONDS

@@ -48,6 +48,8 @@ HISTORY_MINUTES = 120
 ALERT_WINDOW = 1000  # latest events grouped into alert rows
 #: The first poll after a quiet spell waits this long at most for the background refresh (then answers 503).
 FIRST_WAIT_SECONDS = 20.0
+#: A poll holding figures older than MAX_AGE_SECONDS waits this long at most for fresher ones, then shows them.
+STALE_WAIT_SECONDS = 3.0
 #: Figures older than this (from before a quiet spell) make a poll wait for the next refresh.
 MAX_AGE_SECONDS = 60.0
 #: The live send rate: this process's executor counts over the last polls within this window.
@@ -276,7 +278,10 @@ class DashboardFeed:
     async def body(self) -> str | None:
         """The JSON of one poll; None when no figures could be counted yet (the first refresh is late)."""
         self.figures.want()
-        snap = await self.figures.wait_extra(max_age=MAX_AGE_SECONDS, timeout=FIRST_WAIT_SECONDS)
+        # with figures in hand, however old, a poll waits briefly: a stalled store would hold every poll 20 s,
+        # while the last figures, shown with their age, say what was known
+        wait = FIRST_WAIT_SECONDS if self.figures.last_extra is None else STALE_WAIT_SECONDS
+        snap = await self.figures.wait_extra(max_age=MAX_AGE_SECONDS, timeout=wait)
         if snap is None:
             return None
         live = {"now": self.trackly.now(), "age_seconds": round(snap.age(), 1), "live": self.live.read()}
