@@ -202,7 +202,12 @@ class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str = Field(min_length=1, max_length=64)
     body: str = Field(min_length=1)
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(
+        1.0,
+        ge=0,
+        description="The variant's share of the split, relative to the others' (percentages when they add up to 100; "
+        "60 and 30 split 2:1, two-thirds and one-third); 0 switches it off.",
+    )
 
 
 class Creative(Document):
