@@ -172,3 +172,21 @@ async def test_segments_billed_from_the_message_unless_the_driver_reports_them(
     sent = await store.db[c.SENT].find({"_id": {"$in": ids}}).to_list(None)
     assert [(s["segments"], s["cost"]) for s in sent] == [(billed, billed * 0.5)] * 2
     assert await balance(store) == pytest.approx(10.0 - 2 * billed * 0.5)
+
+
+async def test_a_topped_up_account_is_said_to_have_recovered(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """The alert channel says when an incident ends: once the account is topped up and its held messages are charged
+    again, one RECOVERED event (condition billing_blocked) follows the billing_blocked one."""
+    ids = await seed(store, 5, price=1.0, balance=3.0)
+    coord = await executor(settings, store, fakes)
+    await coord.run_until_idle()
+    assert await store.db[c.EVENTS].count_documents({"kind": "recovered"}) == 0
+    await store.db[c.ACCOUNTS].update_one({"_id": 1}, {"$set": {"balance": 10.0}})
+    await store.db[c.QUEUED].update_many({}, {"$set": {"not_before": None, "due_ms": 0}})
+    counts = await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert counts["sent"] == 5 and set(fakes["infobip"].accepted_counts()) == set(ids)  # (counts are cumulative)
+    [event] = await store.db[c.EVENTS].find({"kind": "recovered"}).to_list(None)
+    assert event["data"] == {"condition": "billing_blocked", "account_id": 1} and event["severity"] == "info"

@@ -137,6 +137,7 @@ async def test_transient_errors_outlasting_the_retries_hold_the_messages(
     # alerted though far below the burst threshold: a slow list in an outage never reaches it
     [hold] = await store.db[c.EVENTS].find({"kind": "provider_hold"}).to_list(None)
     assert hold["severity"] == "critical" and hold["data"]["messages"] == 4 and hold["data"]["sending_list_id"] == 1
+    assert await store.db[c.EVENTS].count_documents({"kind": "recovered"}) == 0
     docs = await store.db[c.QUEUED].find({}).to_list(None)
     assert len(docs) == 4 and all(d["claimed_by"] is None and d["sending_at"] is None for d in docs)
     assert all(d["throttled_due"] == sendtime and d["throttled_until"] == d["not_before"] for d in docs)
@@ -420,3 +421,23 @@ async def test_refused_credentials_hold_the_list_instead_of_dead_lettering_it(
         burst
     )
     await assert_one_record_each(store, ids)
+
+
+async def test_a_provider_hold_ends_with_a_recovered_event(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """The alert channel says when the provider accepts again after a hold: one RECOVERED event (condition
+    provider_hold) for the list, once its held messages go."""
+    ids = await seed(store, 3)
+    fakes["infobip"].set_default(Behaviour("429"))
+    coord = await executor(settings, store, fakes, retry_max_attempts=2, provider_hold_seconds=7)
+    await coord.run_until_idle()
+    assert await store.db[c.EVENTS].count_documents({"kind": "provider_hold"}) == 1
+    fakes["infobip"].set_default(Behaviour("ok"))
+    await store.db[c.QUEUED].update_many({}, {"$set": {"not_before": None, "throttled_until": None, "due_ms": 0}})
+    coord.worker.paused.clear()  # (the list's rest in this process: over)
+    await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert set(fakes["infobip"].accepted_counts()) == set(ids)
+    [event] = await store.db[c.EVENTS].find({"kind": "recovered"}).to_list(None)
+    assert event["data"]["condition"] == "provider_hold" and event["data"]["sending_list_id"] == 1

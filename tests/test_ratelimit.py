@@ -149,6 +149,16 @@ async def test_unreachable_redis_fails_closed_once(store: Store) -> None:
     assert len(await store.db[c.EVENTS].find({"kind": "rate_limiter_down"}).to_list(None)) == 1
 
 
+async def test_a_redis_back_is_said_to_have_recovered(store: Store, redis_client: aioredis.Redis) -> None:
+    """The first call that reaches Redis again publishes one RECOVERED event (and logs rate_limiter_recovered)."""
+    lim = RedisRateLimiter(redis_client, bus=EventBus(store))
+    lim._down = True  # (as after an outage: see the test above)
+    assert (await lim.acquire(9, 1, 6000, 60.0)).granted
+    assert (await lim.acquire(9, 1, 6000, 60.0)).granted
+    [event] = await store.db[c.EVENTS].find({"kind": "recovered"}).to_list(None)
+    assert event["data"] == {"condition": "rate_limiter_down"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "in-process"])
 async def test_executor_sends_smoothly(

@@ -170,6 +170,15 @@ def throttle_groups(docs: Sequence[ClaimedDoc], until: dt.datetime) -> list[tupl
     return [(ids, {"not_before": until, "throttled_until": until, "throttled_due": due}) for due, ids in by_due.items()]
 
 
+def recovered(condition: str, message: str, **ids: Any) -> Event:
+    """The end of an incident (``condition``: the kind of its alert), keyed apart from the alert so that its
+    interval never swallows it."""
+    key = ":".join([f"recovered:{condition}", *(str(v) for v in ids.values())])
+    return Event(
+        kind=EventKind.RECOVERED, severity="info", key=key, message=message, data={"condition": condition, **ids}
+    )
+
+
 def failure_event(rec: FailedDoc) -> Event:
     """The alert event of one FailedMessage record."""
     return Event(
@@ -208,6 +217,8 @@ class Outcomes:
         self._errors: dict[int, collections.deque[tuple[float, int]]] = {}
         self._burst_alerted: dict[int, float] = {}
         self._billing_alerted: dict[int, float] = {}
+        self._held_lists: set[int] = set()  # lists held by their provider's refusals, until one sends again
+        self._blocked_accounts: set[int] = set()  # accounts whose balance held messages, until one is charged again
 
     async def publish(self, events: Iterable[Event]) -> None:
         events = list(events)
@@ -355,6 +366,7 @@ class Outcomes:
                 error=last_error[:300],
             )
             # alerted whatever the number of errors: a slow list in an outage never reaches the burst threshold
+            self._held_lists.add(lst.id)
             events.append(
                 Event(
                     kind=EventKind.PROVIDER_HOLD,
@@ -391,6 +403,16 @@ class Outcomes:
         for rec in failed:
             self.counts[f"failed.{rec['reason']}"] += 1
         events.extend(failure_event(r) for r in failed)
+        if sent and not throttled and lst.id in self._held_lists:
+            self._held_lists.discard(lst.id)
+            events.append(
+                recovered(
+                    "provider_hold",
+                    f"sending list {lst.id} ({provider}): the provider accepts again",
+                    sending_list_id=lst.id,
+                    provider=provider,
+                )
+            )
         burst = self.note_errors(lst.id, provider, provider_errors, last_error)
         if burst is not None:
             events.append(burst)
@@ -404,6 +426,7 @@ class Outcomes:
         account."""
         if messages <= 0:
             return None
+        self._blocked_accounts.add(account_id)
         now = time.monotonic()
         retry, ttl = self.cfg.billing_backoff_minutes, self.cfg.billing_ttl_minutes
         if now - self._billing_alerted.get(account_id, -1e9) >= BURST_WINDOW:
@@ -422,6 +445,15 @@ class Outcomes:
                 "retry_minutes": retry,
                 "ttl_minutes": ttl,
             },
+        )
+
+    def billing_covered(self, account_id: int) -> Event | None:
+        """The RECOVERED event when an account whose balance held messages has a send charged again (topped up)."""
+        if account_id not in self._blocked_accounts:
+            return None
+        self._blocked_accounts.discard(account_id)
+        return recovered(
+            "billing_blocked", f"account {account_id}: balance covers its messages again", account_id=account_id
         )
 
     def throttle_until(self, docs: Sequence[ClaimedDoc], now: dt.datetime, retry_after: float) -> dt.datetime:

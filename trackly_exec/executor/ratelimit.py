@@ -37,8 +37,8 @@ after a clean chunk, and the key expires ``rate_penalty_decay_seconds`` after th
 
 Fail closed: when Redis cannot be reached :class:`LimiterUnavailable` is raised (the list sends nothing), the
 outage is logged once as ``rate_limiter_unavailable`` and published once as ``RATE_LIMITER_DOWN``; the first
-successful call afterwards logs ``rate_limiter_recovered``. Scripts run with EVALSHA and are re-loaded on
-NOSCRIPT (a Redis restart or ``SCRIPT FLUSH``).
+successful call afterwards logs ``rate_limiter_recovered`` and publishes ``RECOVERED``. Scripts run with EVALSHA
+and are re-loaded on NOSCRIPT (a Redis restart or ``SCRIPT FLUSH``).
 
 Without ``redis.url`` (one process, embedded store) :class:`LocalRateLimiter` implements the same interface
 in memory. A list with ``rate_limit_per_minute = 0`` is unlimited and never asks the limiter.
@@ -284,6 +284,16 @@ class RedisRateLimiter(RateLimiter):
         if self._down:
             self._down = False
             log.info("rate_limiter_recovered")
+            if self.bus is not None:
+                await self.bus.publish(
+                    Event(
+                        kind=EventKind.RECOVERED,
+                        severity="info",
+                        key="recovered:rate_limiter_down",
+                        message="Rate limiter (Redis) reachable again: rate-limited lists send again",
+                        data={"condition": "rate_limiter_down"},
+                    )
+                )
         return result
 
     async def _outage(self, exc: BaseException) -> None:

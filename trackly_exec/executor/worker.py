@@ -458,6 +458,8 @@ class Worker:
                 await self.outcomes.publish([alert])
         if not deb.charged:
             return "next"
+        if not deb.blocked and (covered := self.outcomes.billing_covered(lst.account_id)) is not None:
+            await self.outcomes.publish([covered])
         pending = deb.charged  # billed, neither sent nor ended yet
         step = self.chunk_size(lst) if limited else len(pending)
         spacing = step * 60.0 / lst.rate_limit_per_minute * factor if limited else 0.0

@@ -40,6 +40,8 @@ class EventKind(enum.StrEnum):
     CLOCK_SKEW = "clock_skew"  # data: instance, offset_seconds, warn_seconds
     BILLING_BLOCKED = "billing_blocked"  # data: account_id, sending_list_id, messages, retry_minutes, ttl_minutes
     PROVIDER_HOLD = "provider_hold"  # data: sending_list_id, provider, messages, until, last_error
+    #: the end of an incident: data: condition (rate_limiter_down, provider_hold, billing_blocked), and its ids
+    RECOVERED = "recovered"
 
 
 @dataclass
