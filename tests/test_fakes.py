@@ -88,6 +88,21 @@ async def test_infobip_fake_auth_and_shape(http: aiohttp.ClientSession) -> None:
         legacy = {"messages": [{"from": "InfoSMS", "destinations": [{"to": "41793026729"}], "text": "hi"}]}
         status, body, _ = await _post(http, fake.url + "/sms/2/text/advanced", json=legacy, headers=auth)
         assert status == 200 and fake.summary() == {"accepted": 3, "unique": 3, "duplicates": 0, "requests": 6}
+        # the legacy endpoint in its own shapes (providers.md §1.5-1.8): to/smsCount, the bulkId echoed, requestError
+        [answer] = body["messages"]
+        assert answer["to"] == "41793026729" and answer["smsCount"] == 1 and "destination" not in answer
+        basic = {"Authorization": "Basic " + base64.b64encode(f"user:{DEFAULT_API_KEY}".encode()).decode()}
+        status, body, _ = await _post(
+            http, fake.url + "/sms/2/text/advanced", json={**legacy, "bulkId": "B-1"}, headers=basic
+        )
+        assert status == 200 and body["bulkId"] == "B-1"
+        status, body, _ = await _post(http, fake.url + "/sms/2/text/advanced", json={"messages": []}, headers=auth)
+        assert status == 400 and body["requestError"]["serviceException"]["messageId"] == "BAD_REQUEST"
+        v2_entry = fake.ledger[-1]
+        [report] = fake.report_requests("http://x/", [(v2_entry, "delivered", None)])
+        [result] = json.loads(report.body)["results"]
+        assert result["from"] == "InfoSMS" and result["smsCount"] == 1 and result["bulkId"] == "B-1"
+        assert "sender" not in result and "messageCount" not in result
 
 
 async def test_twilio_fake_auth_shape_and_signed_callback(http: aiohttp.ClientSession) -> None:

@@ -83,6 +83,8 @@ class Submitted:
     invalid: str | None = None
     #: The validity period the request asked for, in seconds (None: the provider's default).
     valid_for: int | None = None
+    #: The provider's API flavour the request used, where it has several (Infobip's legacy ``v2``); None: its own.
+    api: str | None = None
 
 
 @dataclass(slots=True)
@@ -103,6 +105,8 @@ class LedgerEntry:
     error: str | None = None
     #: The validity period the request asked for, in seconds (None: the provider's default).
     valid_for: int | None = None
+    #: The API flavour of the request (see :attr:`Submitted.api`): its reports take that flavour's shape.
+    api: str | None = None
 
 
 @dataclass(slots=True)
@@ -387,6 +391,7 @@ class FakeProvider(RemoteControl):
                 segments(item.body),
                 item.report_url or fallback,
                 valid_for=item.valid_for,
+                api=item.api,
             )
             entries.append(entry)
             if entry.report_url:

@@ -1,8 +1,10 @@
 """A local fake of Infobip's ``POST /sms/3/messages`` (and the legacy ``/sms/2/text/advanced``).
 
-Checks ``Authorization: App <key>`` (401 ``E401`` otherwise) and the body shape (400 ``E400`` with
-violations), answers one status per destination, and posts v3 delivery reports (up to 100 per POST) to
-each message's ``webhooks.delivery.url`` (v2: ``notifyUrl``).
+Checks ``Authorization: App <key>`` (or ``Basic``, the key as the password; 401 ``E401`` otherwise) and the body
+shape (400 ``E400`` with violations), answers one status per destination, and posts delivery reports (up to 100 per
+POST) to each message's ``webhooks.delivery.url``. The legacy endpoint is answered in its own shapes (providers.md
+§1.5-1.8): ``to``/``smsCount`` per message and the request's ``bulkId`` echoed, errors in the ``requestError``
+envelope, reports to ``notifyUrl`` with ``from``/``smsCount``.
 
 ``GET /sms/3/logs`` answers from the ledger as Infobip's "Get outbound SMS message logs" does (Infobip OpenAPI
 ``get-outbound-sms-message-logs-v3``, SDK model ``SmsLogsResponse``): filters ``messageId`` (repeated or
@@ -14,6 +16,7 @@ simply absent from ``results`` (HTTP 200).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from typing import Any, ClassVar
@@ -162,8 +165,16 @@ class InfobipFake(FakeProvider):
         return json_answer({"results": results})
 
     def check_auth(self, request: web.Request) -> web.Response | None:
-        if request.headers.get("Authorization", "") == self._auth:
+        header = request.headers.get("Authorization", "")
+        if header == self._auth:
             return None
+        if header.startswith("Basic "):  # "Also accepted: Basic <b64(user:pass)>" (providers.md §1.1)
+            try:
+                _, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+            except ValueError:
+                password = ""
+            if password == self.api_key:
+                return None
         return api_error(
             401,
             "E401",
@@ -232,6 +243,11 @@ class InfobipFake(FakeProvider):
                     item.invalid = "REJECTED_MESSAGE_TOO_LONG"
                 items.append(item)
         if violations:
+            if not v3:  # the legacy endpoints' ApiException envelope (providers.md §1.6)
+                text = "; ".join(f"{v['property']}: {v['violation']}" for v in violations)
+                raise FakeBadRequest(
+                    json_answer({"requestError": {"serviceException": {"messageId": "BAD_REQUEST", "text": text}}}, 400)
+                )
             raise FakeBadRequest(
                 api_error(
                     400,
@@ -241,6 +257,10 @@ class InfobipFake(FakeProvider):
                     violations,
                 )
             )
+        if not v3:
+            bulk = data.get("bulkId") if isinstance(data, dict) else None
+            for item in items:
+                item.api = "v2" if not isinstance(bulk, str) else f"v2:{bulk}"
         return items
 
     def next_provider_id(self, item: Submitted) -> str:
@@ -261,6 +281,22 @@ class InfobipFake(FakeProvider):
     def accepted_response(self, entries: list[LedgerEntry], rejections: list[Rejection]) -> web.Response:
         self._bulk += 1
         accepted = self._status("PENDING_ACCEPTED")
+        flavour = next((e.api for e in entries), None) or next((r.item.api for r in rejections), None)
+        if flavour is not None and flavour.startswith("v2"):  # /sms/2/text/advanced: to, smsCount, bulkId echoed
+            legacy = [
+                {"to": e.to[1:], "status": accepted, "messageId": e.provider_message_id, "smsCount": e.segments}
+                for e in entries
+            ] + [
+                {
+                    "to": r.item.to[1:],
+                    "status": self._status(r.code),
+                    "messageId": r.item.message_id or "",
+                    "smsCount": 0,
+                }
+                for r in rejections
+            ]
+            bulk = flavour.partition(":")[2] or f"{self._id_prefix}-{self._bulk}"
+            return json_answer({"bulkId": bulk, "messages": legacy})
         out: list[JsonObject] = [
             {
                 "messageId": e.provider_message_id,
@@ -323,7 +359,7 @@ class InfobipFake(FakeProvider):
             }
         )
         final = status not in ("accepted", "pending", "sent")
-        return {
+        out: JsonObject = {
             "bulkId": f"{self._id_prefix}-bulk",
             "price": {"pricePerMessage": 0.01, "currency": "EUR"},
             "status": {"groupId": gid, "groupName": gname, "id": sid, "name": sname, "description": desc},
@@ -335,6 +371,10 @@ class InfobipFake(FakeProvider):
             "doneAt": _fmt(dt.datetime.now(dt.UTC)) if final else None,
             "messageCount": entry.segments,
         }
+        if entry.api is not None and entry.api.startswith("v2"):  # the legacy report: from, smsCount (§1.8)
+            out["from"], out["smsCount"] = out.pop("sender"), out.pop("messageCount")
+            out["bulkId"] = entry.api.partition(":")[2] or out["bulkId"]
+        return out
 
     def report_requests(self, url: str, reports: list[tuple[LedgerEntry, str, str | None]]) -> list[ReportRequest]:
         results = [self._result(entry, status, error) for entry, status, error in reports]
