@@ -123,3 +123,38 @@ async def test_message_ids_are_stable_per_execution_and_contact(trackly: Trackly
     key = await evaluation.message_key(trackly.db, doc)
     assert len(key) == 32 and doc["message_key"] == key
     assert await evaluation.message_key(trackly.db, {"_id": 5}) == key  # set once
+
+
+async def test_contacts_another_tool_wrote_with_odd_types_wedge_nothing(trackly: Trackly) -> None:
+    """A contact whose phone another tool stored as a number is texted as its digits, a timezone that is no text is
+    ignored, a last_sent_at stored as ISO text counts for the cooldown, a phone of no usable type is an invalid
+    phone: the campaign runs (one such contact raised at every evaluation, its execution stuck evaluating), and the
+    contacts API shows them."""
+    import datetime as dt
+
+    from trackly_exec.campaigns.scheduler import trigger
+
+    from .campaign_fixtures import contact, register_echo, seed_campaign
+
+    register_echo()
+    recent = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    contacts = [
+        contact(1, phone="+12125550101"),
+        {**contact(2, phone="x"), "phone": 12125550102},
+        {**contact(3, phone="+12125550103"), "timezone": 5},
+        {**contact(4, phone="+12125550104"), "last_sent_at": recent},
+        {**contact(5, phone="x"), "phone": {"n": 1}},
+        {**contact(6, phone="+12125550106"), "first_name": 42},
+    ]
+    await seed_campaign(trackly.store, contacts=contacts, list_kw={"cooldown_minutes": 60})
+    eid = await trigger(trackly, 1)
+    ex = await trackly.db[c.EXECUTIONS].find_one({"_id": eid})
+    assert ex["status"] == "queued", ex
+    queued = sorted(q["to_number"] for q in await trackly.db[c.QUEUED].find({}).to_list(None))
+    assert queued == ["+12125550101", "+12125550102", "+12125550103", "+12125550106"], queued
+    skipped = ex["counts"]["skipped"]
+    assert skipped["frequency_cap"] == 1 and skipped["invalid_phone"] == 1, skipped
+    from trackly_exec.api.models import ContactOut
+
+    shown = [ContactOut.from_doc(d) for d in await trackly.db[c.CONTACTS].find({}).to_list(None)]
+    assert {x.id: x.phone for x in shown}[2] == "12125550102" and {x.id: x.timezone for x in shown}[3] is None

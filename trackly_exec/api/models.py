@@ -516,7 +516,16 @@ class ContactOut(Out):
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> ContactOut:  # a stored ContactDoc, validated here
-        return cls.model_validate({**doc, "id": doc["_id"]})
+        clean = {**doc, "id": doc["_id"]}
+        # another tool's document: a number for a text is shown as its text, anything else of the wrong type not at all
+        for key in ("phone", "first_name", "last_name", "timezone"):
+            value = clean.get(key)
+            if value is not None and not isinstance(value, str):
+                scalar = isinstance(value, int | float) and not isinstance(value, bool) and key != "timezone"
+                clean[key] = str(value) if scalar else ("" if key == "phone" else None)
+        if not isinstance(clean.get("attributes", {}), dict):
+            clean["attributes"] = {}
+        return cls.model_validate(clean)
 
 
 # --------------------------------------------------------------------------------------------- audiences

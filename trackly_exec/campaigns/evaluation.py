@@ -107,11 +107,22 @@ def contact_skip(
         return "invalid_phone"
     if exclude_wf and contact.get("in_workflow"):
         return "in_workflow"
-    if cutoff is not None and (
-        to in capped or (isinstance(ls := contact.get("last_sent_at"), dt.datetime) and ls >= cutoff)
-    ):
+    if cutoff is not None and (to in capped or ((ls := last_sent(contact)) is not None and ls >= cutoff)):
         return "frequency_cap"
     return None
+
+
+def last_sent(contact: ContactDoc) -> dt.datetime | None:
+    """The contact's ``last_sent_at``: a date, or an ISO 8601 text another tool wrote (without an offset: UTC)."""
+    value: object = contact.get("last_sent_at")  # (typed a date, but another tool may have written text)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def window_opening(

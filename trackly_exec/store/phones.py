@@ -98,6 +98,10 @@ def contact_number(contact: Mapping[str, Any]) -> tuple[str | None, tuple[str, .
     answer is the same.
     """
     phone = contact.get("phone") or ""
+    if not isinstance(phone, str):  # another tool's document: a number stored as one is read as its digits
+        if not isinstance(phone, int) or isinstance(phone, bool):
+            return None, None
+        phone = str(phone)
     chk = contact.get("phone_check")
     if type(chk) is str and chk.startswith(_CHECK_PREFIX):
         parts = chk[len(_CHECK_PREFIX) :].split("|", 3)

@@ -44,9 +44,14 @@ class Window:
 DEFAULT_WINDOW = Window(dt.time(8, 0), dt.time(21, 0))
 
 
+def zone(name: object) -> ZoneInfo | None:
+    """The ZoneInfo called ``name``, or None when there is no such zone (or ``name`` is no text: a contact another
+    tool wrote with ``timezone: 5``)."""
+    return _zone(name) if isinstance(name, str) else None
+
+
 @lru_cache(maxsize=1024)
-def zone(name: str) -> ZoneInfo | None:
-    """The ZoneInfo called ``name``, or None when there is no such zone."""
+def _zone(name: str) -> ZoneInfo | None:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -87,6 +92,8 @@ def contact_zones(
 
     ``number_zones``: the number's zones as :func:`~trackly_exec.store.phones.timezones_for` gives them, when
     the caller has them already (a contact's stored ``phone_check``): ``phone`` is then not parsed."""
+    if not isinstance(contact_tz, str):  # (a stored zone of another type, written by another tool: none)
+        contact_tz = None
     if number_zones is not None:
         return _named_zones(number_zones, contact_tz or None, default_tz)
     return _zones(phone, contact_tz or None, default_tz)
