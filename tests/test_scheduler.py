@@ -391,3 +391,22 @@ async def test_invalid_stored_cron_is_reported_once_and_paused(trackly: Trackly)
     assert len(ex) == 1 and ex[0]["status"] == "failed" and "invalid schedule" in ex[0]["reason"]
     assert (await trackly.db[c.CAMPAIGNS].find_one({"_id": 1}))["status"] == "paused"
     assert await trackly.db[c.EVENTS].count_documents({"kind": "campaign_failed"}) == 1
+
+
+async def test_an_evaluation_that_keeps_crashing_fails_with_its_error(trackly: Trackly) -> None:
+    """An evaluation that raised is resumed (a store that went away), but after MAX_EVALUATION_ATTEMPTS crashes the
+    execution fails, naming the error, instead of staying evaluating for ever with its campaign un-triggerable."""
+    from trackly_exec.campaigns import scheduler as sched
+
+    from .campaign_fixtures import register_echo, seed_campaign
+
+    register_echo()
+    await seed_campaign(trackly.store)
+    runner, execution = await sched._claim_manual(trackly, 1, False)
+    await runner.crashed(execution, RuntimeError("boom"))  # the first crash: resumed later
+    doc = await trackly.db[c.EXECUTIONS].find_one({"_id": execution["_id"]})
+    assert doc["status"] != "failed"
+    execution["attempts"] = sched.MAX_EVALUATION_ATTEMPTS - 1  # (as resume_stale counts them)
+    await runner.crashed(execution, RuntimeError("boom"))
+    doc = await trackly.db[c.EXECUTIONS].find_one({"_id": execution["_id"]})
+    assert doc["status"] == "failed" and "RuntimeError: boom" in doc["reason"], doc

@@ -41,6 +41,7 @@ nx-27017 stores a datetime given to ``$set`` as text (the embedded store runs in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import weakref
 from typing import Any
@@ -134,6 +135,10 @@ def latest_due(cron: Cron, tz: str, first: dt.datetime, now: dt.datetime) -> dt.
 # --------------------------------------------------------------------------------------------- running
 
 
+#: An execution whose evaluation has raised this many times (the first run and its resumptions) fails.
+MAX_EVALUATION_ATTEMPTS = 5
+
+
 class _Runner:
     """Creates, leases, evaluates and finishes executions on behalf of one process."""
 
@@ -188,6 +193,19 @@ class _Runner:
         return bool(
             await self.lease.update(self.db[c.EXECUTIONS], self.owner, {"_id": eid}, update, renew_at=now, one=True)
         )
+
+    async def crashed(self, execution: ExecutionDoc, exc: Exception) -> None:
+        """An evaluation that raised: its lease expires and a scheduler resumes it (a store that went away), but one
+        that has crashed :data:`MAX_EVALUATION_ATTEMPTS` times fails with the error (data it cannot read: resumed
+        for ever, it left the execution evaluating and its campaign un-triggerable)."""
+        log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
+        attempts = int(execution.get("attempts") or 0) + 1
+        if attempts < MAX_EVALUATION_ATTEMPTS:
+            return
+        with contextlib.suppress(Exception):  # the store itself may be what failed: the lease then decides
+            await self.fail(
+                execution, f"evaluation failed {attempts} times; last error: {type(exc).__name__}: {str(exc)[:300]}"
+            )
 
     async def fail(self, execution: ExecutionDoc, reason: str) -> None:
         await self._set(execution["_id"], {"status": ExecutionStatus.FAILED.value, "reason": reason}, "completed_at")
@@ -475,8 +493,8 @@ async def start_trigger(trackly: Any, campaign_id: int, *, force: bool = False) 
             await runner.run(execution)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the lease expires and a scheduler resumes it
-            log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
+        except Exception as exc:  # the lease expires and a scheduler resumes it (a few times: see crashed)
+            await runner.crashed(execution, exc)
 
     task = _BACKGROUND.setdefault(trackly, TaskSet()).spawn(go(), name=f"evaluate-{execution['_id']}")
     return int(execution["_id"]), task
@@ -634,8 +652,8 @@ class Scheduler:
                     await self.runner.run(execution, resumed=resumed)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the lease expires and another pass resumes it
-                    log.error("evaluation_crashed", execution_id=execution["_id"], error=repr(exc))
+                except Exception as exc:  # the lease expires and another pass resumes it (a few times)
+                    await self.runner.crashed(execution, exc)
 
         self._tasks.spawn(go(), name=f"evaluate-{execution['_id']}")
 
