@@ -23,7 +23,15 @@ from trackly_exec.store.models import QuietHours, SendingList, utcnow
 from trackly_exec.testing.fakes.control import Behaviour
 from trackly_exec.testing.fakes.infobip import InfobipFake
 
-from .executor_support import assert_one_record_each, executor, midday_zone, open_trackly, seed, with_executor
+from .executor_support import (
+    assert_one_record_each,
+    executor,
+    midday_zone,
+    open_trackly,
+    seed,
+    with_executor,
+    zone_at_hour,
+)
 from .tracking_support import IB_TOKEN, start_daemon
 
 IB_INBOUND = f"/webhooks/infobip/inbound/{IB_TOKEN}"
@@ -252,6 +260,25 @@ async def test_recheck_holds_a_message_whose_window_closes_before_it_can_go(stor
         rc = await checks.recheck(store.db, docs, now, window=window, default_tz="UTC", timezones=zones)
         assert (len(rc.hold), len(rc.send)) == ((2, 0) if held else (0, 2)), before_end
         assert all(until > now + dt.timedelta(hours=22) for _, until in rc.hold)  # tomorrow's opening
+
+
+async def test_a_timezone_stored_after_the_claim_decides_at_send_time(store: Store) -> None:
+    """A contact whose timezone is stored (or changed) between the claim and the send is held by the quiet hours of
+    that zone at the send-time re-check (it was texted at 06:52 in its new zone: the re-check used the zone read at
+    the claim), and the zones the batch carries on are brought up to date."""
+    await seed(store, 2, contact_tz=None)
+    docs = await store.db[c.QUEUED].find({}).to_list(None)
+    window = quiethours.Window.parse("08:00", "21:00")
+    night = zone_at_hour(3)
+    zones: dict[int, str] = {}  # as read at the claim: no stored zone
+    now = utcnow()
+    default = midday_zone(now)
+    rc = await checks.recheck(store.db, docs, now, window=window, default_tz=default, timezones=zones)
+    assert len(rc.send) == 2 and zones == {}  # (the numbers' own zones: inside)
+    await store.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"timezone": night}})
+    rc = await checks.recheck(store.db, docs, now, window=window, default_tz=default, timezones=zones)
+    assert [d["contact_id"] for d in rc.send] == [1] and [d["contact_id"] for d, _ in rc.hold] == [2]
+    assert zones == {2: night}
 
 
 async def test_a_stop_during_a_long_wait_for_the_pool_holds(

@@ -19,8 +19,8 @@ list -> quiet hours. Everything is decided per message, but the store is asked o
 before the send intent of each chunk: the contact blocked or unsubscribed (a STOP that arrived after the
 claim), its campaign paused, the clock past the quiet-hours window's edge (a test send's overrides lift the same
 two checks there too). One store round trip per chunk: two indexed reads sent together that return only the
-exceptions (contacts ``_id $in`` + ``$or`` of ``subscribed: False`` and ``blocked: True``, campaigns ``_id $in`` +
-``status: paused``); the contacts' timezones come from the claim-time read.
+exceptions (contacts ``_id $in`` + ``$or`` of ``subscribed: False``, ``blocked: True`` and a stored timezone,
+campaigns ``_id $in`` + ``status: paused``): a zone stored or changed since the claim decides.
 """
 
 from __future__ import annotations
@@ -292,17 +292,30 @@ async def recheck(
     timezones: dict[int, str] | None = None,
 ) -> Recheck:
     """The send-time re-check of a chunk (see the module docstring); the store is read once per chunk (the reads
-    run concurrently). ``timezones``: the contacts' stored timezones as read at claim time (:attr:`Verdict.timezones`).
+    run concurrently). ``timezones``: the contacts' stored timezones (:attr:`Verdict.timezones`, read at claim time),
+    brought up to date here: a zone stored or changed since the claim decides the quiet hours of this send.
     """
     out = Recheck()
     if not docs:
         return out
-    timezones = timezones or {}
+    if timezones is None:
+        timezones = {}
     contact_ids = sorted({cid for d in docs if (cid := d.get("contact_id")) is not None})
     campaign_ids = sorted({cid for d in docs if (cid := d.get("campaign_id")) is not None})
-    stopped, paused, stopped_numbers = await asyncio.gather(
-        blocked_contacts(db, contact_ids), paused_campaigns(db, campaign_ids), number_stops(db, docs)
+    states, paused, stopped_numbers = await asyncio.gather(
+        contact_states(db, contact_ids), paused_campaigns(db, campaign_ids), number_stops(db, docs)
     )
+    stopped = {
+        cid: "contact blocked" if st.get("blocked") is True else "contact unsubscribed"
+        for cid, st in states.items()
+        if st.get("blocked") is True or st.get("subscribed") is False
+    }
+    for cid in contact_ids:  # the contacts' zones as they are now (one stored or changed since the claim counts)
+        tz = (states.get(cid) or {}).get("timezone")
+        if isinstance(tz, str) and tz:
+            timezones[cid] = tz
+        else:
+            timezones.pop(cid, None)
     memo: dict[Any, Any] = {}
     soon = now + QUIET_HOURS_MARGIN
     memo_soon: dict[Any, Any] = {}
