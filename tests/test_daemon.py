@@ -72,8 +72,11 @@ def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str,
     raise AssertionError("daemon never logged ready")
 
 
-def test_run_ready_and_sigterm(tmp_path: Path) -> None:
-    """The daemon starts the embedded store, tells systemd READY=1, and on SIGTERM exits 0 leaving no child."""
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"])
+def test_run_ready_and_graceful_stop(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """The daemon starts the embedded store, tells systemd READY=1, and on SIGTERM exits 0 leaving no child. SIGHUP
+    (a closed terminal, a habitual ``kill -HUP``) stops as gracefully (STOPPING=1, the store child reaped) instead of
+    killing the process at once, and exits 129, not 0: systemd's Restart=on-failure starts it again."""
     notify_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(notify_path)
@@ -85,43 +88,14 @@ def test_run_ready_and_sigterm(tmp_path: Path) -> None:
         assert b"READY=1" in sock.recv(4096)
         children = _children(proc.pid)
         assert children, "the embedded store runs as a child process"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0  # a liveness bound, not a timing assertion
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == code  # a liveness bound, not a timing assertion
         assert b"STOPPING=1" in sock.recv(4096)
         deadline = time.monotonic() + 10  # a liveness bound: the store child is reaped once its parent exited
         while any(_alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(c) for c in children)
         assert list((tmp_path / "data" / "store").glob("*.db")), "data persisted under data_dir"
-    finally:
-        sock.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
-def test_sighup_stops_gracefully_and_asks_for_a_restart(tmp_path: Path) -> None:
-    """SIGHUP (a closed terminal, a habitual ``kill -HUP``) stops as gracefully as SIGTERM (STOPPING=1, the store child
-    reaped) instead of killing the process at once, and exits 129, not 0: systemd's Restart=on-failure starts it
-    again."""
-    notify_path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(notify_path)
-    sock.settimeout(5)
-    proc = _start(tmp_path, {"NOTIFY_SOCKET": notify_path})
-    try:
-        _wait_ready(proc)
-        assert b"READY=1" in sock.recv(4096)
-        children = _children(proc.pid)
-        proc.send_signal(signal.SIGHUP)
-        assert proc.wait(timeout=30) == 129  # a liveness bound, not a timing assertion
-        assert b"STOPPING=1" in sock.recv(4096)
-        deadline = time.monotonic() + 10
-        while any(_alive(c) for c in children) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_alive(c) for c in children)
     finally:
         sock.close()
         if proc.poll() is None:
