@@ -298,3 +298,13 @@ def test_a_discord_url_that_cannot_be_used_is_a_config_error_that_does_not_echo_
     with pytest.raises(ConfigError) as e:
         load_config(f)
     assert "alerts.discord_webhook_url" in str(e.value) and "SECRETDISCORD" not in str(e.value)
+
+
+async def test_events_keep_phone_numbers_masked_in_their_data_too(trackly: Trackly) -> None:
+    """An opt-out event's number (``data.phone``) is kept masked like its message: the events collection behind the
+    dashboard and the alert history held it whole, where an erasure could not find it."""
+    await trackly.bus.publish(
+        Event(kind=EventKind.OPT_OUT, message="+12025555095 sent STOP", data={"phone": "+12025555095", "list": 3})
+    )
+    [doc] = await trackly.db[c.EVENTS].find({"kind": "opt_out"}).to_list(None)
+    assert "+12025555095" not in str(doc) and doc["data"]["list"] == 3

@@ -301,12 +301,16 @@ async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], t
         {"_id": "k1", "contact_id": ann["_id"], "user_agent": "Ann's phone", "ip_hash": "abc"}
     )
     await trackly.db[c.OUTBOX].insert_one({"_id": "o1", "payload": {"toNumber": ann["phone"], "id": "s1"}})
-    await trackly.db[c.EVENTS].insert_one(
-        {
-            "_id": "e1",
-            "message": f"PROVIDER_ERROR: message f1 to {ann['phone']}",
-            "data": {"phone": ann["phone"], "reason": "PROVIDER_ERROR"},
-        }
+    await trackly.db[c.EVENTS].insert_many(
+        [
+            {
+                "_id": "e1",
+                "message": f"PROVIDER_ERROR: message f1 to {ann['phone']}",
+                "data": {"phone": ann["phone"], "reason": "PROVIDER_ERROR"},
+            },
+            # as events were kept before their data was masked: the number in the data alone (the message masked)
+            {"_id": "e2", "message": "+1212•••0100 sent STOP", "data": {"phone": ann["phone"], "keyword": "STOP"}},
+        ]
     )
     await trackly.db[c.RESERVATIONS].insert_one(
         {
@@ -349,7 +353,7 @@ async def test_erase_contact_redacts_every_record(admin: TestClient[Any, Any], t
         "failed_redacted": 1,
         "inbound_redacted": 1,
         "outbox_redacted": 1,
-        "events_redacted": 1,
+        "events_redacted": 2,
         "links_redacted": 1,
     }
     # the erased contact's link keeps only its destination's origin; a later click is counted without a trace

@@ -140,7 +140,9 @@ async def erase_contact(trackly: Any, contact: ContactDoc) -> dict[str, int]:
         ]
         await db[c.OUTBOX].update_one({"_id": doc["_id"]}, {"$set": {"events": events}})
         out["outbox_redacted"] += 1
-    async for ev in db[c.EVENTS].find({"message": {"$regex": re.escape(phone)}}, {"message": 1, "data": 1}):
+    # (events keep numbers masked; older ones may hold the whole number in their message or data)
+    query = {"$or": [{"message": {"$regex": re.escape(phone)}}, {"data.phone": {"$eq": phone}}]}
+    async for ev in db[c.EVENTS].find(query, {"message": 1, "data": 1}):
         data = {k: (REDACTED if v == phone else v) for k, v in (ev.get("data") or {}).items()}
         await db[c.EVENTS].update_one(
             {"_id": ev["_id"]},

@@ -35,7 +35,7 @@ class EventKind(enum.StrEnum):
     DELIVERY_FAILURE = "delivery_failure"  # data: message_id, provider, code
     RATE_LIMITER_DOWN = "rate_limiter_down"  # data: sending_list_id, error
     HIGH_ERROR_RATE = "high_error_rate"  # data: sending_list_id, failed, total
-    OPT_OUT = "opt_out"  # data: phone, sending_list_id, keyword
+    OPT_OUT = "opt_out"  # data: phone (masked, as every number in an event), sending_list_id, keyword
     WEBHOOK_DEAD = "webhook_dead"  # data: event_id, account_id, attempts, error
     CLOCK_SKEW = "clock_skew"  # data: instance, offset_seconds, warn_seconds
     BILLING_BLOCKED = "billing_blocked"  # data: account_id, sending_list_id, messages, retry_minutes, ttl_minutes
@@ -63,6 +63,10 @@ class Event:
 Subscriber = Callable[[Sequence[Event]], Awaitable[None]]
 
 
+#: Event data fields that hold a phone number (kept masked, as the message is).
+_NUMBER_KEYS = frozenset({"phone", "to_number", "from_number", "number"})
+
+
 class EventBus:
     def __init__(self, store: Store | None = None) -> None:
         self.store = store
@@ -74,8 +78,9 @@ class EventBus:
     async def publish(self, *events: Event) -> None:
         if not events:
             return
-        for e in events:  # what is shown (dashboard, alerts) never carries a whole phone number
+        for e in events:  # what is kept and shown (events, dashboard, alerts) never carries a whole phone number
             e.message = mask_text(e.message)
+            e.data = {k: mask_text(v) if k in _NUMBER_KEYS and isinstance(v, str) else v for k, v in e.data.items()}
         if self.store is not None:
             try:
                 await self.store.db[c.EVENTS].insert_many([e.to_doc() for e in events], ordered=False)
