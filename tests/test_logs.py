@@ -7,7 +7,10 @@ import io
 import json
 import logging
 import sys
+from typing import Any
 from urllib.parse import urlsplit
+
+import structlog
 
 from trackly_exec.logs import configure_logging
 
@@ -86,3 +89,22 @@ def test_json_lines_give_times_in_iso_8601() -> None:
     [entry] = [json.loads(line) for line in out.getvalue().splitlines()]
     assert entry["next_run_at"] == "2026-12-03T17:30:00+00:00" and entry["day"] == "2026-12-03"
     assert entry["ids"] == [3] and entry["status"] == "done"
+
+
+def test_under_journald_each_json_line_carries_its_priority(monkeypatch: Any) -> None:
+    """With JOURNAL_STREAM set (systemd's stdout/stderr to journald) a JSON line starts with its syslog priority, so
+    ``journalctl -p warning`` shows errors and warnings; elsewhere the lines are plain JSON."""
+    out = io.StringIO()
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    configure_logging("info", "json", stream=out)
+    try:
+        log = structlog.get_logger("t")
+        log.error("boom")
+        log.info("fine")
+        logging.getLogger("pymongo.topology").warning("server unreachable")
+    finally:
+        monkeypatch.delenv("JOURNAL_STREAM")
+        configure_logging("warning", "console", stream=sys.stderr)
+    lines = out.getvalue().splitlines()
+    assert [line[:3] for line in lines] == ["<3>", "<6>", "<4>"], lines
+    assert json.loads(lines[0][3:])["event"] == "boom"

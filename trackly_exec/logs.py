@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -74,6 +75,21 @@ def _json_value(value: Any) -> Any:
 _installed: list[logging.Handler] = []
 
 
+#: syslog priorities of our levels: journald reads a line's ``<N>`` prefix (sd-daemon(3)).
+_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def _with_priority(renderer: Any) -> Any:
+    """``renderer`` with the line's syslog priority in front (``<3>{...}`` for an error): under journald every line
+    was stored at the stream's default priority, info, so ``journalctl -p warning`` showed none of the errors."""
+
+    def render(logger: Any, name: str, event_dict: Any) -> str:
+        priority = _PRIORITY.get(str(event_dict.get("level", "info")).lower(), 6)
+        return f"<{priority}>{renderer(logger, name, event_dict)}"
+
+    return render
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     stream = stream or sys.stderr
@@ -83,6 +99,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         if use_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    if use_json and os.environ.get("JOURNAL_STREAM"):  # under systemd: each line says its priority to journald
+        renderer = _with_priority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
