@@ -465,6 +465,14 @@ async def test_cli_messages_export_dead_letters_outbox(
     assert "dead letters: 3 messages (2 retryable by default)" in out and "NO_RESPONSE" in out
     assert await run(admin_url, "dead-letters", "list", "--reason", "NO_RESPONSE") == 0
     assert ids[3] in capsys.readouterr().out
+    # page by page: one a page, each page naming the next (the list stopped at its first page)
+    assert await run(admin_url, "dead-letters", "list", "--limit", "1") == 0
+    first = capsys.readouterr()
+    after = first.err.split("--after ")[1].split()[0]
+    assert await run(admin_url, "dead-letters", "list", "--limit", "1", "--after", after) == 0
+    second = capsys.readouterr().out
+    shown = [i for i in ids if i in first.out] + [i for i in ids if i in second]
+    assert len(shown) == 2 and len(set(shown)) == 2, (first.out, second)
     assert await run(admin_url, "dead-letters", "redrive", "--reason", "NO_RESPONSE") == 1
     assert "--allow-duplicates" in capsys.readouterr().err
     assert await run(admin_url, "dead-letters", "redrive", "--dry-run") == 0

@@ -158,6 +158,7 @@ def cmd_dl_list(args: argparse.Namespace) -> int:
             since=args.since,
             until=args.until,
             limit=args.limit,
+            after=args.after,
         ),
     )
     if _printed_whole(args, page, "no dead letters"):
@@ -174,7 +175,7 @@ def cmd_dl_list(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if page.get("next_after"):
-        print(f"... more (first {args.limit} shown)", file=sys.stderr)
+        print(f"... more: next page with --after {page['next_after']}", file=sys.stderr)
     return 0
 
 
@@ -317,7 +318,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     dsub = dl.add_subparsers(dest="action", metavar="ACTION", required=True)
     lst = dsub.add_parser("list", parents=[*parents, filters], help="list dead letters")
     lst.add_argument("--reason", help=f"one of {', '.join(FailureReason)}")
-    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--limit", type=int, default=100, help="dead letters per page (at most 1000)")
+    lst.add_argument("--after", help="the page after this message id (printed at the end of a page)")
     lst.set_defaults(func=cmd_dl_list)
     dsub.add_parser("summary", parents=[*parents, filters], help="dead letters by reason and campaign").set_defaults(
         func=cmd_dl_summary
