@@ -351,7 +351,8 @@ async def test_the_latest_execution_and_campaigns_past_nine(trackly: Trackly) ->
         ]
     )
     data = await summary(trackly, sampler=Sampler())
-    assert [r["id"] for r in data["campaigns"]][:4] == [12, 11, 10, 9]
+    # the one with an execution under way first, then the newest by number
+    assert [r["id"] for r in data["campaigns"]][:5] == [5, 12, 11, 10, 9]
     row = next(r for r in data["campaigns"] if r["id"] == 5)
     assert row["last_execution"]["id"] == 11 and row["last_execution"]["status"] == "queued", row
     assert row["state"] != "completed" and row["ended_at"] is None, row
@@ -376,3 +377,16 @@ async def test_a_poll_with_old_figures_in_hand_waits_briefly(trackly: Trackly) -
     figures.last_extra = object()  # type: ignore[assignment]  # (any figures in hand, however old)
     await feed.body()
     assert waited[-1] == dashboard.STALE_WAIT_SECONDS < dashboard.FIRST_WAIT_SECONDS
+
+
+async def test_a_sending_campaign_is_listed_however_many_newer_ones_exist(trackly: Trackly) -> None:
+    """A campaign with an execution under way is always a row, first, even behind twenty newer drafts (it was hidden:
+    only the newest twenty were listed)."""
+    now = await seed(trackly)
+    await trackly.db[c.CAMPAIGNS].insert_many(
+        [{"_id": 100 + i, "name": f"draft-{i}", "status": "active", "account_id": 1} for i in range(25)]
+    )
+    data = await summary(trackly, sampler=Sampler())
+    ids = [r["id"] for r in data["campaigns"]]
+    assert ids[0] == 3 and len(ids) == 20 and 124 in ids, ids
+    assert next(r["state"] for r in data["campaigns"] if r["id"] == 3) == "sending" and now is not None

@@ -38,6 +38,7 @@ from trackly_exec.operations.metrics import Figures, StoreFigures, shared_figure
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import INT_IDS, newest
 from trackly_exec.store.documents import CampaignDoc, ExecutionDoc, Filter, JsonObject
+from trackly_exec.store.models import ExecutionStatus
 from trackly_exec.store.phones import mask_text
 from trackly_exec.tracking.stats import campaign_stats, count, overview
 
@@ -100,8 +101,22 @@ NOT_ARCHIVED: Filter = {"archived": {"$in": [False, None]}}
 
 
 async def _campaign_rows(store: Any, limit: int, now: dt.datetime) -> list[JsonObject]:
+    """The campaigns with an execution under way (evaluating or sending, however old), then the newest others, up to
+    ``limit`` rows in all (the busy ones always: twenty newer drafts hid the one sending)."""
+    open_states = [ExecutionStatus.PENDING.value, ExecutionStatus.EVALUATING.value, ExecutionStatus.QUEUED.value]
+    busy_ids = sorted(
+        {
+            int(cid)
+            async for d in store.db[c.EXECUTIONS].find({"status": {"$in": open_states}}, {"campaign_id": 1})
+            if isinstance(cid := d.get("campaign_id"), int)
+        },
+        reverse=True,
+    )
+    busy = [d async for d in store.db[c.CAMPAIGNS].find({"_id": {"$in": busy_ids}, **NOT_ARCHIVED})] if busy_ids else []
     newest_first = store.db[c.CAMPAIGNS].find({**NOT_ARCHIVED, **INT_IDS}).sort("_id", -1).limit(limit)
-    campaigns = [d async for d in newest_first]
+    seen = {d["_id"] for d in busy}
+    campaigns = sorted(busy, key=lambda d: -int(d["_id"])) + [d async for d in newest_first if d["_id"] not in seen]
+    campaigns = campaigns[: max(limit, len(busy))]
     per = await campaign_stats(store, [int(d["_id"]) for d in campaigns])
     since = now - dt.timedelta(seconds=60)
     rows = []
