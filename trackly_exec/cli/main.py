@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -45,7 +46,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trackly_exec.daemon import serve
 
     tune_gc()
-    return _run(serve(settings))
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        factory = None
+    runner = asyncio.Runner(loop_factory=factory)
+    code = runner.run(serve(settings))
+    # serve has stopped every component within its grace: exit now. Closing the runner would wait, without a bound,
+    # for any thread of the loop's default executor still blocked on a store that hangs (the process lived on for
+    # up to 11 s after its "stopped" line, past the grace the unit's TimeoutStopSec allows for)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
