@@ -668,6 +668,11 @@ async def test_cancel_ends_a_campaign_for_good(
     assert summary["by_reason"] == {"CANCELLED": 30} and summary["retryable"] == 0  # not by default
     page = await admin.get("/api/v1/dead-letters", params={"reason": "CANCELLED"}, headers=H)
     assert page.status == 200 and len((await page.json())["items"]) == 30  # looked at before a re-drive
+    # it says it was cancelled, has no next run, and cannot be resumed (it read as a plain done campaign)
+    shown = await (await admin.get(f"/api/v1/campaigns/{camp['id']}", headers=H)).json()
+    assert shown["cancelled_at"] is not None and shown["next_run_at"] is None and shown["status"] == "done"
+    r = await admin.post(f"/api/v1/campaigns/{camp['id']}/resume", headers=H)
+    assert r.status == 409 and "cancelled" in (await r.json())["message"]
     out = await post(admin, "/dead-letters/redrive", {"reasons": ["CANCELLED"]}, 200)
     assert out["requeued"] == 30
 

@@ -438,6 +438,9 @@ async def _set_status(request: web.Request, status: CampaignStatus) -> web.Respo
         raise ApiError(409, "conflict", f"campaign {cid} is archived")
     from trackly_exec.campaigns.scheduler import resumed_status, running_execution
 
+    if doc.get("cancelled_at") is not None:
+        when = doc["cancelled_at"]
+        raise ApiError(409, "conflict", f"campaign {cid} was cancelled ({when:%Y-%m-%d %H:%M} UTC): for good")
     if doc.get("status") == CampaignStatus.DONE.value and not (
         status is CampaignStatus.PAUSED and await running_execution(trackly.db, [cid]) is not None
     ):  # a done campaign still sending (a one-off's run) can be paused; resumed, it is done again
@@ -478,8 +481,12 @@ async def cancel_campaign(request: web.Request) -> web.Response:
     from trackly_exec.campaigns.scheduler import complete_drained
     from trackly_exec.executor.redrive import cancel_queued
 
-    # paused first: an executor that holds some of its messages gives them back at the send-time re-check
-    await trackly.db[c.CAMPAIGNS].update_one({"_id": cid}, {"$set": {"status": CampaignStatus.PAUSED.value}})
+    # paused first: an executor that holds some of its messages gives them back at the send-time re-check; no next
+    # run (a recurring one's stale time suggested it would run again), and when it was cancelled
+    stamp = {} if doc.get("cancelled_at") else {"cancelled_at": trackly.now()}
+    await trackly.db[c.CAMPAIGNS].update_one(
+        {"_id": cid}, {"$set": {"status": CampaignStatus.PAUSED.value, "next_run_at": None, **stamp}}
+    )
     cancelled, left = 0, 0
     deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
     while True:

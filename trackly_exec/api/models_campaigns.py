@@ -112,6 +112,7 @@ class CampaignOut(Out):
     next_run_at: dt.datetime | None = None
     end_at: dt.datetime | None = None
     archived: bool = False
+    cancelled_at: dt.datetime | None = Field(None, description="When it was cancelled for good (POST .../cancel).")
     created_at: dt.datetime | None = None
 
     @classmethod

@@ -512,6 +512,8 @@ def cmd_campaign_list(args: argparse.Namespace) -> int:
         auds = ",".join(map(str, c["audience_ids"]))
         # a paused campaign runs nothing until resumed, and resume schedules a cron's next occurrence from then
         nxt = "- (paused)" if c["status"] == "paused" else c.get("next_run_at") or "-"
+        if c.get("cancelled_at"):
+            nxt = "- (cancelled)"
         print(
             f"{c['id']:>5}  {c['name'][:width]:<{width}}  {c['status']:<7}  {c['sending_list_id']:>5}  {auds:<12}  "
             f"{c['creative_id']:>8}  {nxt:<25}  {_schedule(c.get('schedule'))}"

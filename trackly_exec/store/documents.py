@@ -139,6 +139,7 @@ class CampaignDoc(TypedDict, total=False):
     next_run_at: dt.datetime | None
     end_at: dt.datetime | None
     archived: bool
+    cancelled_at: dt.datetime | None  # set by an operator's cancel (api/campaigns.py): done for good
     created_at: dt.datetime
 
 

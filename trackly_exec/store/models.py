@@ -245,6 +245,7 @@ class Campaign(Document):
     next_run_at: dt.datetime | None = None
     end_at: dt.datetime | None = None  # a recurring campaign has no occurrence after this
     archived: bool = False  # retired: hidden from lists, cannot be triggered
+    cancelled_at: dt.datetime | None = None  # an operator cancelled it for good (it cannot be resumed)
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
