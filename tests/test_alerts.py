@@ -26,11 +26,15 @@ class DiscordStub:
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
         self.rate_limited = 0
+        self.failing = 0  # answers 500 this many times
         app = web.Application()
         app.router.add_post("/hook", self.hook)
         self.server = TestServer(app, host="127.0.0.1")
 
     async def hook(self, request: web.Request) -> web.Response:
+        if self.failing:
+            self.failing -= 1
+            return web.Response(status=500)
         if self.rate_limited:
             self.rate_limited -= 1
             return web.json_response({"message": "You are being rate limited.", "retry_after": 0.05}, status=429)
@@ -308,3 +312,24 @@ async def test_events_keep_phone_numbers_masked_in_their_data_too(trackly: Track
     )
     [doc] = await trackly.db[c.EVENTS].find({"kind": "opt_out"}).to_list(None)
     assert "+12025555095" not in str(doc) and doc["data"]["list"] == 3
+
+
+async def test_an_alert_discord_did_not_take_is_posted_later(trackly: Trackly, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An alert whose posts all failed (Discord down) is held and posted once the key's interval has passed: it was
+    lost, and its interval still held back the next one."""
+    from trackly_exec.operations import alerts as alerts_module
+
+    monkeypatch.setattr(alerts_module, "backoff", lambda *a, **k: 0.0)
+    stub = DiscordStub()
+    stub.failing = 3  # every attempt of the first post
+    alerts = await _alerts(trackly, stub, interval=3600)
+    key = "spam:9"
+    try:
+        await trackly.bus.publish(Event(kind=EventKind.SPAM_COMPLAINT, message="carrier filtered", key=key))
+        assert await alerts.run_until_idle() == 0 and stub.posts == []
+        alerts._last_sent[key] -= 3601
+        assert await alerts.run_until_idle() == 1
+        assert "carrier filtered" in stub.posts[-1]["embeds"][0]["description"]
+    finally:
+        await alerts.stop(1)
+        await stub.server.close()

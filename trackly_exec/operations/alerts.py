@@ -148,11 +148,13 @@ class Alerts:
             if now - self._last_sent.get(key, 0.0) < self.cfg.min_interval_seconds:
                 continue
             group = self._held.pop(key)
-            extra = self._suppressed.pop(key, 0) - len(group)
+            extra = max(0, self._suppressed.pop(key, 0) - len(group))
             self._last_sent[key] = now
             await self._name(group[0])
-            await self._post(self._format(group, max(0, extra), held=True))
-            sent += 1
+            if await self._post(self._format(group, extra, held=True)):
+                sent += 1
+            else:
+                self._hold_again(key, group, extra)
         return sent
 
     @staticmethod
@@ -178,9 +180,15 @@ class Alerts:
             group = self._held.pop(key, []) + group
             self._last_sent[key] = now
             await self._name(group[0])
-            await self._post(self._format(group, extra))
-            sent += 1
+            if await self._post(self._format(group, extra)):
+                sent += 1
+            else:  # not delivered: held again, posted once the interval has passed (nothing lost to an outage)
+                self._hold_again(key, group, extra)
         return sent
+
+    def _hold_again(self, key: str, group: list[Event], extra: int) -> None:
+        self._held[key] = group[:HELD_PER_KEY] + self._held.get(key, [])
+        self._suppressed[key] += len(group) + extra
 
     async def _name(self, event: Event) -> None:
         """Put the campaign's and the sending list's names first in the event's fields (not just their ids)."""
@@ -244,13 +252,14 @@ class Alerts:
             ],
         }
 
-    async def _post(self, payload: JsonObject) -> None:
+    async def _post(self, payload: JsonObject) -> bool:
+        """Post one alert (or log it without a URL); False when Discord could not be reached or kept failing."""
         self.sent_messages = [*self.sent_messages, payload][-100:]
         url = self.cfg.discord_webhook_url
         embed = payload["embeds"][0]
         if url is None:
             log.warning("alert", title=embed["title"], description=embed["description"])
-            return
+            return True
         wait = self._blocked_until - time.monotonic()
         if wait > 0:
             await asyncio.sleep(min(wait, 30))
@@ -269,13 +278,14 @@ class Alerts:
                     if resp.status >= 500:
                         await asyncio.sleep(backoff(attempt, initial=1.0, cap=30.0))
                         continue
-                    if resp.status >= 400:
+                    if resp.status >= 400:  # refused as it is (a malformed alert): posting it again changes nothing
                         log.warning("discord_rejected_alert", status=resp.status)
-                    return
+                    return True
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # (ValueError: a URL aiohttp refuses)
                 log.warning("discord_unreachable", error=scrub_url(f"{type(exc).__name__}: {exc}", url))
                 await asyncio.sleep(backoff(attempt, initial=1.0, cap=30.0))
         log.warning("alert_not_delivered", title=embed["title"])
+        return False
 
     # -- error-rate watch ---------------------------------------------------------------------
 
