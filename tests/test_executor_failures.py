@@ -441,3 +441,30 @@ async def test_a_provider_hold_ends_with_a_recovered_event(
     assert set(fakes["infobip"].accepted_counts()) == set(ids)
     [event] = await store.db[c.EVENTS].find({"kind": "recovered"}).to_list(None)
     assert event["data"]["condition"] == "provider_hold" and event["data"]["sending_list_id"] == 1
+
+
+async def test_a_provider_reported_opt_out_survives_a_contacts_import(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A send the provider refuses because the recipient opted out (Twilio 21610) unsubscribes the contact and keeps
+    the number as opted out on its list, like a STOP: the next contacts import saying ``subscribed: yes`` (a nightly
+    sync) leaves it unsubscribed (it was undone, and the number texted again)."""
+    from trackly_exec.api.contacts import upsert
+
+    from .tracking_support import tri
+
+    ids = await seed(store, 2, driver="twilio")
+    number = "+12125550161"  # (a valid number: the import refuses the seeded ones)
+    await store.db[c.QUEUED].update_one({"_id": ids[0]}, {"$set": {"to_number": number}})
+    doc = await store.db[c.QUEUED].find_one({"_id": ids[0]})
+    await store.db[c.CONTACTS].update_one({"_id": doc["contact_id"]}, {"$set": {"phone": number}})
+    fakes["twilio"].reject_numbers = {number: "21610"}
+    coord = await executor(settings, store, fakes)
+    await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    contact = await store.db[c.CONTACTS].find_one({"_id": doc["contact_id"]})
+    assert tri(contact["subscribed"]) is False
+    result = await upsert(store, 1, [{"phone": number, "subscribed": True}])
+    assert result.updated == 1 and not result.rejected, result
+    contact = await store.db[c.CONTACTS].find_one({"_id": doc["contact_id"]})
+    assert tri(contact["subscribed"]) is False, contact

@@ -35,6 +35,7 @@ from trackly_exec.drivers.contract import Accepted, SendResult
 from trackly_exec.executor import billing, checks, claims
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.client import remember_opt_outs
 from trackly_exec.store.documents import ClaimedDoc, FailedDoc, MessageFieldsDoc, SentDoc, Update
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import FailureReason, MessageFields, from_epoch_ms
@@ -271,6 +272,7 @@ class Outcomes:
         back: list[str] = []
         refund = 0.0
         opted_out: list[int] = []
+        opted_numbers: list[tuple[int, str]] = []  # (list, number) the provider says opted out
         throttled: list[ClaimedDoc] = []
         retry_after = 0.0
         events: list[Event] = []
@@ -333,8 +335,10 @@ class Outcomes:
                         opted_out=out,
                     )
                 )
-                if out and (cid := d.get("contact_id")) is not None:
-                    opted_out.append(cid)
+                if out:
+                    opted_numbers.append((int(d["sending_list_id"]), d["to_number"]))
+                    if (cid := d.get("contact_id")) is not None:
+                        opted_out.append(cid)
                 if spam:
                     events.append(
                         Event(
@@ -385,6 +389,8 @@ class Outcomes:
                 )
             )
         await billing.adjust(self.db, lst.account_id, refund)
+        if opted_numbers:  # kept like a STOP: an import saying subscribed does not undo it
+            await remember_opt_outs(self.db, opted_numbers, "PROVIDER", now)
         if opted_out:
             await self.db[c.CONTACTS].update_many(
                 {"_id": {"$in": opted_out}}, {"$set": {"subscribed": False, "updated_at": now}}

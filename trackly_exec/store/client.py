@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -151,6 +152,26 @@ async def opted_out(db: AsyncDatabase[Any], pairs: Iterable[tuple[int, str]]) ->
     if not keys:
         return set()
     return {keys[d["_id"]] async for d in db[c.OPT_OUTS].find({"_id": {"$in": list(keys)}}, {"_id": 1})}
+
+
+async def remember_opt_outs(
+    db: AsyncDatabase[Any], pairs: Iterable[tuple[int, str]], keyword: str, at: dt.datetime
+) -> None:
+    """Keep the (sending list, number) pairs as opted out (``opt_outs``), as an inbound STOP is kept: a contact
+    import that says ``subscribed: yes`` then leaves the number unsubscribed, and only its own START lifts it. For an
+    opt-out the provider reported (Twilio 21610, a report's opted-out status): setting the contact unsubscribed alone
+    was undone by the next import, and the number texted again."""
+    ms = int(at.timestamp() * 1000)
+    ops = [
+        UpdateOne(
+            {"_id": opt_out_key(list_id, phone)},
+            {"$set": {"sending_list_id": int(list_id), "keyword": keyword, "at": at, "received_ms": ms}},
+            upsert=True,
+        )
+        for list_id, phone in {(int(lid), p) for lid, p in pairs if isinstance(p, str) and p.startswith("+")}
+    ]
+    if ops:
+        await db[c.OPT_OUTS].bulk_write(ops, ordered=False)
 
 
 def update_ids(ids: Sequence[Any], update: Update, where: Filter | None = None) -> UpdateOne | UpdateMany:
