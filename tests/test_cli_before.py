@@ -77,7 +77,7 @@ async def test_preview_commands(
     assert await run(admin_url, "creative", "preview", "1", "--audience", "1", "--contacts", "2,3", "--links") == 0
     out = capsys.readouterr().out
     assert "creative 1 'hello' on sending list 1 (price 0.01 per segment); 20 contacts scanned" in out
-    assert "contact 2 +12122000002: SKIPPED, no value for {citty}" in out
+    assert "contact 2 +12122000002: SKIPPED (no value for {citty})" in out
     assert "{citty}: NOT a field of the list's contacts (did you mean {city}?); no default: 20 contacts" in out
     assert "! variant 'a': 20 of 20 contacts have no value" in out
     await trackly.db[c.CREATIVES].update_one(
@@ -89,6 +89,11 @@ async def test_preview_commands(
     out = capsys.readouterr().out
     assert "contact 2 +12122000002: UCS-2, 16 UTF-16 units, 1 segment, cost 0.01" in out and "| Hi Zoë from Oslo" in out
     assert "no warnings" in out
+    # a contact the run would skip says why (it read "no value for " with nothing after it), with its body
+    await trackly.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"subscribed": False}})
+    assert await run(admin_url, "campaign", "preview", "1", "--contacts", "2") == 0
+    out = capsys.readouterr().out
+    assert "contact 2 +12122000002: SKIPPED (unsubscribed)" in out and "| Hi Zoë from Oslo" in out, out
     assert await run(admin_url, "creative", "preview", "1", "--contacts", "x") == 1
     assert "--contacts takes contact ids" in capsys.readouterr().err
 

@@ -668,11 +668,16 @@ def print_preview(p: JsonObject) -> None:
     for v in p["variants"]:
         print(f"\nvariant {v['key']} (weight {v['weight']:g}): {v['template']!r}")
         for x in v["samples"]:
-            if x.get("skipped"):
-                print(
-                    f"  contact {x['contact_id']} {x['phone']}: SKIPPED, no value for "
-                    + ", ".join(f"{{{n}}}" for n in x.get("missing", []))
+            if x.get("skipped"):  # its reason: a placeholder without a value, or one a run would skip it for
+                missing = x.get("missing") or []
+                why = (
+                    "no value for " + ", ".join(f"{{{n}}}" for n in missing)
+                    if missing
+                    else str(x["skipped"]).replace("_", " ")
                 )
+                print(f"  contact {x['contact_id']} {x['phone']}: SKIPPED ({why})")
+                for line in (x.get("body") or "").split("\n") if x.get("body") else ():
+                    print(f"    | {line}")
                 continue
             unit = "septets" if x["encoding"] == "GSM-7" else "UTF-16 units"  # what decides segments, not characters
             print(
