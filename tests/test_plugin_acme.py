@@ -39,7 +39,7 @@ def test_acme_passes_the_contract_suite(acme: tuple[Path, Path]) -> None:
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(src / "tests")]
     result = run_python(args, target, cwd=src, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "15 passed" in result.stdout, result.stdout
+    assert "16 passed" in result.stdout, result.stdout
 
 
 def test_acme_fake_served_by_the_cli(acme: tuple[Path, Path]) -> None:

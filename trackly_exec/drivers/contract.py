@@ -422,6 +422,9 @@ class Driver(ABC, Generic[S]):
     fake: ClassVar[str | None] = None
     #: The provider delivers webhooks signed (Twilio) rather than via a path token.
     signed_webhooks: ClassVar[bool] = False
+    #: The driver sends :attr:`OutboundMessage.valid_for` as its provider's validity period (the contract suite
+    #: checks it); False only for a provider that has none (then what it queues may be delivered late).
+    validity_period: ClassVar[bool] = True
     #: The webhooks (``"status"``, ``"inbound"``) the provider may call by GET, its parameters in the query string
     #: (Twilio's inbound URL may be configured so; CM's older status reports); the others answer GET with 405.
     get_webhooks: ClassVar[frozenset[str]] = frozenset()

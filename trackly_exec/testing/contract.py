@@ -220,6 +220,26 @@ async def check_batch_submit(h: DriverHarness) -> None:
         assert by_id[m.id].to == m.to and by_id[m.id].body == m.body
 
 
+async def check_validity_period(h: DriverHarness) -> None:
+    """Each message's ``valid_for`` reaches the provider as its validity period (read back by the fake as
+    ``Submitted.valid_for``, within a few seconds of it: a provider may take an absolute time), and a message
+    without one carries none. A driver whose provider has no such field sets ``validity_period = False``."""
+    if not getattr(h.driver, "validity_period", True):
+        pytest.skip(f"{type(h.driver).__name__}.validity_period is False: its provider takes no validity period")
+    msgs = [m.model_copy(update={"valid_for": 600 + 60 * i}) for i, m in enumerate(h.messages(2))]
+    plain = h.messages(1)
+    results = await h.submit([*msgs, *plain])
+    assert all(isinstance(r, Accepted) for r in results), results
+    by_id = {e.message_id: e for e in h.fake.ledger}
+    for m in msgs:
+        got = by_id[m.id].valid_for
+        assert got is not None and abs(got - (m.valid_for or 0)) <= 5, (
+            f"message {m.id}: valid_for {m.valid_for} s reached the provider as {got!r}: send it as your provider's "
+            "validity period (and record it in your fake's parse_submission as Submitted.valid_for)"
+        )
+    assert by_id[plain[0].id].valid_for is None
+
+
 async def check_per_recipient_rejection(h: DriverHarness) -> None:
     """A recipient the provider refuses is rejected on its own; the rest are accepted."""
     msgs = h.messages(3)
@@ -448,6 +468,10 @@ class DriverContractSuite:
     async def test_batch_submit(self, harness: DriverHarness) -> None:
         """A batch is accepted with one result per message, each in the ledger exactly once."""
         await check_batch_submit(harness)
+
+    async def test_validity_period(self, harness: DriverHarness) -> None:
+        """Each message's ``valid_for`` reaches the provider as its validity period."""
+        await check_validity_period(harness)
 
     async def test_per_recipient_rejection(self, harness: DriverHarness) -> None:
         """A recipient the provider refuses is rejected on its own; the rest are accepted."""

@@ -46,6 +46,9 @@ OPTED_OUT = "OPTED_OUT"
 class AcmeSettings(DriverSettings):
     """``[drivers.acme]``: the API key of your Acme account."""
 
+    #: the key goes in an ``Authorization`` header of our own: credentials in ``base_url`` are a config error
+    authorization_header: ClassVar[bool] = True
+    #: ``batch_size`` (list-overridable, as for every driver) stays within Acme's 500 by the field's bound below
     base_url: str = Field("https://api.acme-sms.example", description="Acme API base URL.")
     api_key: SecretStr = Field(SecretStr(""), description="API key, sent as a Bearer token.")
     batch_size: int = Field(100, ge=1, le=500, description="Messages per request (Acme takes up to 500).")
@@ -71,11 +74,25 @@ class AcmeDriver(Driver[AcmeSettings]):
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         assert self._http is not None, "startup() not called"
         callback = {"callback_url": self.context.status_url} if self.context.status_url else {}
-        body = {"messages": [{"ref": m.id, "to": m.to, "from": m.sender, "text": m.body, **callback} for m in messages]}
+        body = {
+            "messages": [
+                {
+                    "ref": m.id,
+                    "to": m.to,
+                    "from": m.sender,
+                    "text": m.body,
+                    # the validity period: Acme drops what it could not deliver within it (quiet hours, staleness)
+                    **({"ttl": m.valid_for} if m.valid_for is not None else {}),
+                    **callback,
+                }
+                for m in messages
+            ]
+        }
         reply = await self._http.post("/v2/sms", json_body=body)  # raises Transient/UnknownOutcomeError itself
         answer = reply.json()
         error = answer.get("error") if isinstance(answer, dict) and isinstance(answer.get("error"), dict) else {}
-        # 429 -> transient (Retry-After kept), 408 -> transient, other 4xx -> rejected, 5xx -> unknown outcome
+        # 429 -> transient (Retry-After kept), 401 -> transient (the key refused: held, not dead-lettered), other
+        # 4xx -> rejected, 5xx and 408 -> unknown outcome (the provider may have taken it)
         raise_for_status(reply, code=error.get("code"), detail=str(error.get("message") or ""))
         results = answer.get("results") if isinstance(answer, dict) else None
         if not isinstance(results, list):  # a 2xx we cannot read: it may have been taken

@@ -1,9 +1,10 @@
 """A local fake of the (made-up) Acme SMS API: the API's whole description, served.
 
 - ``POST /v2/sms``, ``Authorization: Bearer <key>``, JSON ``{"messages": [{"ref", "to", "from", "text",
-  "callback_url"?}]}``, 1-500 messages. ``200 {"results": [{"ref", "status": "accepted", "id", "parts"} | {"ref",
-  "status": "rejected", "error": {"code", "message"}}]}``: each message is accepted or refused on its own
-  (``INVALID_NUMBER``, ``OPTED_OUT``, ``EMPTY_TEXT``).
+  "ttl"?, "callback_url"?}]}``, 1-500 messages (``ttl``: seconds Acme may keep a message before delivering it).
+  ``200 {"results": [{"ref", "status": "accepted", "id", "parts"} | {"ref", "status": "rejected", "error": {"code",
+  "message"}}]}``: each message is accepted or refused on its own (``INVALID_NUMBER``, ``OPTED_OUT``,
+  ``EMPTY_TEXT``).
 - Errors: ``{"error": {"code", "message"}}`` with 400 (``BAD_REQUEST``, malformed; ``REFUSED``, the whole request
   refused), 401 (``UNAUTHORIZED``), 429 (``RATE_LIMITED``, with ``Retry-After``: nothing was taken), 500
   (``INTERNAL``: Acme says the messages may or may not have been taken). A proxy in front answers 502-504 in HTML.
@@ -79,6 +80,8 @@ class AcmeFake(FakeProvider):
                 raise FakeBadRequest(acme_error(400, "BAD_REQUEST", f"messages[{k}] needs a ref and a from"))
             to, text = m.get("to"), m.get("text")
             item = Submitted(m["ref"], str(to), str(text or ""), m["from"], m.get("callback_url"), k)
+            ttl = m.get("ttl")
+            item.valid_for = ttl if type(ttl) is int and ttl >= 1 else None
             if not isinstance(to, str) or not to.startswith("+") or not to[1:].isdigit():
                 item.invalid = "INVALID_NUMBER"
             elif not text:
