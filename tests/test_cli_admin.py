@@ -306,3 +306,16 @@ def test_without_a_config_the_cli_says_none_was_read(
     assert cli.main(["stats", "1"]) == 1
     err = capsys.readouterr().err
     assert "sets no http.api_tokens" in err and "trackly.toml" in err, err
+
+
+def test_run_without_a_config_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trackly run` in a directory without trackly.toml (a wrong directory, a typo'd TRACKLY_CONFIG) says so and exits
+    2, as the other commands do; it started a daemon on every default (no driver, no token) and said nothing."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKLY_CONFIG", raising=False)
+    assert cli.main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "no config file to run with" in err and "-c" in err
+    assert not (tmp_path / ".trackly").exists()  # nothing started

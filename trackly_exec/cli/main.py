@@ -37,6 +37,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trackly_exec.cli import configcheck
     from trackly_exec.drivers.pool import DriverPool
 
+    file = config_file(args.config)
+    if not file.exists():  # a daemon on every default (no driver, no token) is never what was meant: a wrong directory
+        raise ConfigError(
+            "no config file to run with: pass -c /etc/trackly/trackly.toml or set TRACKLY_CONFIG (the repository's "
+            "trackly.toml runs as is)",
+            file=str(file),
+        )
     settings = _settings(args)
     # refused before anything starts, naming the file: an example's admin token, and every driver table's problem
     if problems := configcheck.placeholder_tokens(settings) or DriverPool(settings).problems():
