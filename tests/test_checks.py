@@ -472,3 +472,58 @@ async def test_a_long_pause_does_not_make_old_content_new(settings: Settings, st
     stale = await store.db[c.FAILED].find({"reason": "STALE"}).to_list(None)
     assert sorted(d["_id"] for d in stale) == sorted(old)
     await assert_one_record_each(store, old + fresh)
+
+
+async def test_a_retry_after_a_429_is_rechecked_against_quiet_hours(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A message refused with a 429 and retried once its backoff has passed is re-checked against its quiet hours
+    first: the window closed meanwhile, so it is given back (then held until the window opens), not sent a few
+    seconds past 21:00 as it was (a retry re-checked STOPs and pauses only)."""
+    from trackly_exec.testing.fakes.control import Behaviour
+
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    open_at, closed_at = today.replace(hour=20, minute=59), today.replace(hour=21, minute=0, second=30)
+    ids = await seed(store, 2, contact_tz="UTC", sendtime=open_at - dt.timedelta(minutes=1))
+    fakes["infobip"].script(Behaviour("429", retry_after=0.01))
+    coord = await executor(settings, store, fakes)
+    closed = [False]
+    coord.worker.clock = lambda: closed_at if closed[0] else open_at
+    retry_tokens = coord.worker._retry_tokens
+
+    async def tokens_then_closed(info: Any, n: int) -> Any:
+        closed[0] = True  # the retry's backoff and tokens take it past the window's end
+        return await retry_tokens(info, n)
+
+    coord.worker._retry_tokens = tokens_then_closed  # type: ignore[method-assign]
+    await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    assert closed[0] and fakes["infobip"].ledger == []  # nothing accepted after the window's end
+    docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
+    assert len(docs) == 2 and all(d["claimed_by"] is None for d in docs), docs
+    assert all(d["not_before"] >= today + dt.timedelta(days=1, hours=8) for d in docs), docs  # held till it opens
+
+
+async def test_a_retry_carries_the_validity_it_has_left_then(
+    settings: Settings, store: Store, fakes: dict[str, Any]
+) -> None:
+    """A message sent on a retry goes with the validity period left at the retry, not at its first attempt."""
+    from trackly_exec.testing.fakes.control import Behaviour
+
+    noon = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
+    await seed(store, 1, contact_tz="UTC", sendtime=noon - dt.timedelta(minutes=1))
+    fakes["infobip"].script(Behaviour("429", retry_after=0.01))
+    coord = await executor(settings, store, fakes)
+    later = [False]
+    coord.worker.clock = lambda: noon + dt.timedelta(seconds=100) if later[0] else noon
+    retry_tokens = coord.worker._retry_tokens
+
+    async def tokens_then_later(info: Any, n: int) -> Any:
+        later[0] = True
+        return await retry_tokens(info, n)
+
+    coord.worker._retry_tokens = tokens_then_later  # type: ignore[method-assign]
+    await coord.run_until_idle()
+    await coord.trackly.close(close_store=False)
+    [entry] = fakes["infobip"].ledger
+    assert entry.valid_for == 30 * 60 - 60 - 100, entry  # stale 30 min after its due time, 100 s later

@@ -806,7 +806,8 @@ class Worker:
             if last:  # a retry: take rate-limit tokens again so retries never exceed the list's rate
                 self.counts["retries"] += len(pending)
                 admitted = await self._retry_tokens(info, len(pending))
-                dropped = await self._retry_recheck(pending, docs or {})
+                zones = fresh.timezones if fresh is not None else {}
+                dropped = await self._retry_recheck(pending, docs or {}, info, zones)
                 if dropped:
                     for t in last:
                         if t.message_id in dropped:
@@ -817,6 +818,7 @@ class Worker:
                     if not pending:
                         await self._mark_sent(info.doc, admitted, 0, None)
                         return []
+                pending = self._valid_again(info, pending, docs or {}, zones)  # the validity left now, not at first
             if slot is not None and slot[0]:
                 await still_fresh()
                 if not pending:
@@ -939,11 +941,49 @@ class Worker:
             self.counts["held.quiet_hours_late"] += len(out)
         return out
 
-    async def _retry_recheck(self, pending: Sequence[OutboundMessage], docs: dict[str, ClaimedDoc]) -> set[str]:
-        """Before a retry: the ids whose contact was blocked or unsubscribed, or whose campaign was paused, since the
-        chunk's re-check. Nothing was accepted for them: they are given back to the queue (refunded) rather than
-        sent, and the claim-time checks / the next re-check end them CONTACT_BLOCKED or hold them."""
-        return await self._rechecked_out([docs[m.id] for m in pending if m.id in docs])
+    async def _retry_recheck(
+        self,
+        pending: Sequence[OutboundMessage],
+        docs: dict[str, ClaimedDoc],
+        info: ListInfo,
+        timezones: dict[int, str],
+    ) -> set[str]:
+        """Before a retry (after its backoff and its tokens): the ids whose contact was blocked or unsubscribed, or
+        whose campaign was paused, since the chunk's re-check, and those whose quiet-hours window has closed (or closes
+        within the margin) or that turned stale meanwhile. Nothing was accepted for them: they are given back to the
+        queue (refunded) rather than sent, and the claim-time checks / the next re-check end them CONTACT_BLOCKED or
+        STALE or hold them. (A retry skipped the window: messages retried after a 429 went seconds past 21:00.)"""
+        mine = [docs[m.id] for m in pending if m.id in docs]
+        out = await self._rechecked_out(mine)
+        out |= self._out_of_window(info, mine, timezones)
+        now, stale_after = self.clock(), dt.timedelta(minutes=self.cfg.stale_after_minutes)
+        out |= {d["_id"] for d in mine if now - checks.due_at(d) > stale_after}
+        return out
+
+    def _valid_again(
+        self,
+        info: ListInfo,
+        pending: list[OutboundMessage],
+        docs: dict[str, ClaimedDoc],
+        timezones: dict[int, str],
+    ) -> list[OutboundMessage]:
+        """``pending`` with each message's validity period as it is now (a retry goes later than its first attempt)."""
+        now = self.clock()
+        memo: dict[Any, Any] = {}
+        stale_after, default_tz = (
+            dt.timedelta(minutes=self.cfg.stale_after_minutes),
+            info.doc.quiet_hours.default_timezone,
+        )
+        out = []
+        for m in pending:
+            d = docs.get(m.id)
+            if d is None:
+                out.append(m)
+                continue
+            tz = timezones.get(d.get("contact_id") or 0)
+            valid = checks.valid_for(d, tz, default_tz, now, info.window, stale_after, memo)
+            out.append(m if valid == m.valid_for else m.model_copy(update={"valid_for": valid}))
+        return out
 
     async def _rechecked_out(self, mine: Sequence[ClaimedDoc]) -> set[str]:
         """The ids among ``mine`` whose contact is blocked or unsubscribed now (or, for a message without a contact
