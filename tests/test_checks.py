@@ -474,6 +474,21 @@ async def test_a_long_pause_does_not_make_old_content_new(settings: Settings, st
     await assert_one_record_each(store, old + fresh)
 
 
+def _clock_moves_at_the_retry(coord: Any, before: dt.datetime, after: dt.datetime) -> list[bool]:
+    """The executor's clock reads ``before`` until a retry takes its tokens, ``after`` from then on (the retry's
+    backoff and tokens took that long); returns the flag that says it moved."""
+    moved = [False]
+    coord.worker.clock = lambda: after if moved[0] else before
+    retry_tokens = coord.worker._retry_tokens
+
+    async def tokens_then_later(info: Any, n: int) -> Any:
+        moved[0] = True
+        return await retry_tokens(info, n)
+
+    coord.worker._retry_tokens = tokens_then_later
+    return moved
+
+
 async def test_a_retry_after_a_429_is_rechecked_against_quiet_hours(
     settings: Settings, store: Store, fakes: dict[str, Any]
 ) -> None:
@@ -487,18 +502,10 @@ async def test_a_retry_after_a_429_is_rechecked_against_quiet_hours(
     ids = await seed(store, 2, contact_tz="UTC", sendtime=open_at - dt.timedelta(minutes=1))
     fakes["infobip"].script(Behaviour("429", retry_after=0.01))
     coord = await executor(settings, store, fakes)
-    closed = [False]
-    coord.worker.clock = lambda: closed_at if closed[0] else open_at
-    retry_tokens = coord.worker._retry_tokens
-
-    async def tokens_then_closed(info: Any, n: int) -> Any:
-        closed[0] = True  # the retry's backoff and tokens take it past the window's end
-        return await retry_tokens(info, n)
-
-    coord.worker._retry_tokens = tokens_then_closed  # type: ignore[method-assign]
+    moved = _clock_moves_at_the_retry(coord, open_at, closed_at)  # the backoff takes it past the window's end
     await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
-    assert closed[0] and fakes["infobip"].ledger == []  # nothing accepted after the window's end
+    assert moved[0] and fakes["infobip"].ledger == []  # nothing accepted after the window's end
     docs = await store.db[c.QUEUED].find({"_id": {"$in": ids}}).to_list(None)
     assert len(docs) == 2 and all(d["claimed_by"] is None for d in docs), docs
     assert all(d["not_before"] >= today + dt.timedelta(days=1, hours=8) for d in docs), docs  # held till it opens
@@ -514,15 +521,7 @@ async def test_a_retry_carries_the_validity_it_has_left_then(
     await seed(store, 1, contact_tz="UTC", sendtime=noon - dt.timedelta(minutes=1))
     fakes["infobip"].script(Behaviour("429", retry_after=0.01))
     coord = await executor(settings, store, fakes)
-    later = [False]
-    coord.worker.clock = lambda: noon + dt.timedelta(seconds=100) if later[0] else noon
-    retry_tokens = coord.worker._retry_tokens
-
-    async def tokens_then_later(info: Any, n: int) -> Any:
-        later[0] = True
-        return await retry_tokens(info, n)
-
-    coord.worker._retry_tokens = tokens_then_later  # type: ignore[method-assign]
+    _clock_moves_at_the_retry(coord, noon, noon + dt.timedelta(seconds=100))
     await coord.run_until_idle()
     await coord.trackly.close(close_store=False)
     [entry] = fakes["infobip"].ledger
