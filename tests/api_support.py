@@ -39,8 +39,12 @@ async def post(cl: Any, path: str, body: Any, status: int = 201) -> Any:
 
 
 async def add_contacts(cl: Any, list_id: int, n: int, first: int = 100) -> None:
-    """``n`` UTC contacts on the list through the API: ``+1212555<first>`` onwards."""
-    rows = [{"phone": f"+1212555{k:04d}", "timezone": "UTC"} for k in range(first, first + n)]
+    """``n`` contacts on the list through the API, ``+1212555<first>`` onwards, in a zone where it is early
+    afternoon now (inside every quiet-hours window whatever time the tests run: in UTC they were outside it after
+    21:00 UTC)."""
+    from .executor_support import midday_zone
+
+    rows = [{"phone": f"+1212555{k:04d}", "timezone": midday_zone()} for k in range(first, first + n)]
     await post(cl, f"/sending-lists/{list_id}/contacts", {"contacts": rows}, 200)
 
 

@@ -266,18 +266,21 @@ async def test_a_timezone_stored_after_the_claim_decides_at_send_time(store: Sto
     """A contact whose timezone is stored (or changed) between the claim and the send is held by the quiet hours of
     that zone at the send-time re-check (it was texted at 06:52 in its new zone: the re-check used the zone read at
     the claim), and the zones the batch carries on are brought up to date."""
-    await seed(store, 2, contact_tz=None)
+    now = utcnow()
+    day = midday_zone(now)  # (early afternoon there: inside the window whatever time the tests run)
+    await seed(store, 2, contact_tz=day)
     docs = await store.db[c.QUEUED].find({}).to_list(None)
     window = quiethours.Window.parse("08:00", "21:00")
     night = zone_at_hour(3)
-    zones: dict[int, str] = {}  # as read at the claim: no stored zone
-    now = utcnow()
-    default = midday_zone(now)
-    rc = await checks.recheck(store.db, docs, now, window=window, default_tz=default, timezones=zones)
-    assert len(rc.send) == 2 and zones == {}  # (the numbers' own zones: inside)
-    await store.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"timezone": night}})
-    rc = await checks.recheck(store.db, docs, now, window=window, default_tz=default, timezones=zones)
+    zones: dict[int, str] = {1: day, 2: day}  # as read at the claim
+    rc = await checks.recheck(store.db, docs, now, window=window, default_tz=day, timezones=zones)
+    assert len(rc.send) == 2 and zones == {1: day, 2: day}
+    await store.db[c.CONTACTS].update_one({"_id": 2}, {"$set": {"timezone": night}})  # changed since the claim
+    rc = await checks.recheck(store.db, docs, now, window=window, default_tz=day, timezones=zones)
     assert [d["contact_id"] for d in rc.send] == [1] and [d["contact_id"] for d, _ in rc.hold] == [2]
+    assert zones == {1: day, 2: night}
+    await store.db[c.CONTACTS].update_one({"_id": 1}, {"$set": {"timezone": None}})  # and a zone taken away
+    await checks.recheck(store.db, docs, now, window=window, default_tz=day, timezones=zones)
     assert zones == {2: night}
 
 
@@ -497,7 +500,8 @@ async def test_a_retry_after_a_429_is_rechecked_against_quiet_hours(
     seconds past 21:00 as it was (a retry re-checked STOPs and pauses only)."""
     from trackly_exec.testing.fakes.control import Behaviour
 
-    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    # yesterday's evening: in the past whatever time the tests run (the coordinator finds what is due by the real clock)
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
     open_at, closed_at = today.replace(hour=20, minute=59), today.replace(hour=21, minute=0, second=30)
     ids = await seed(store, 2, contact_tz="UTC", sendtime=open_at - dt.timedelta(minutes=1))
     fakes["infobip"].script(Behaviour("429", retry_after=0.01))
@@ -517,7 +521,7 @@ async def test_a_retry_carries_the_validity_it_has_left_then(
     """A message sent on a retry goes with the validity period left at the retry, not at its first attempt."""
     from trackly_exec.testing.fakes.control import Behaviour
 
-    noon = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
+    noon = utcnow().replace(hour=12, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)  # (in the past)
     await seed(store, 1, contact_tz="UTC", sendtime=noon - dt.timedelta(minutes=1))
     fakes["infobip"].script(Behaviour("429", retry_after=0.01))
     coord = await executor(settings, store, fakes)
