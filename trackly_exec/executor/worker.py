@@ -707,10 +707,7 @@ class Worker:
         size = max(1, info.driver.max_batch_size)
         default_sender = info.doc.from_number
         build = outbound_message  # plain values: no validation (half pydantic's cost); anything else validated
-        # each message's validity at the provider: what is left of its quiet-hours window and of its freshness
-        now, tzs, default_tz = self.clock(), timezones or {}, info.doc.quiet_hours.default_timezone
-        stale_after, window = dt.timedelta(minutes=self.cfg.stale_after_minutes), info.window
-        memo: dict[Any, Any] = {}
+        valid_for = self._validity(info, timezones or {})
         msgs = [
             build(
                 d["_id"],
@@ -718,7 +715,7 @@ class Worker:
                 d.get("from_number") or default_sender,
                 d["body"],
                 int(d.get("segments") or 1),
-                checks.valid_for(d, tzs.get(d.get("contact_id") or 0), default_tz, now, window, stale_after, memo),
+                valid_for(d),
             )
             for d in docs
         ]
@@ -957,8 +954,21 @@ class Worker:
         out = await self._rechecked_out(mine)
         out |= self._out_of_window(info, mine, timezones)
         now, stale_after = self.clock(), dt.timedelta(minutes=self.cfg.stale_after_minutes)
-        out |= {d["_id"] for d in mine if now - checks.due_at(d) > stale_after}
+        out |= {d["_id"] for d in mine if checks.is_stale(d, now, stale_after)}
         return out
+
+    def _validity(self, info: ListInfo, timezones: dict[int, str]) -> Callable[[ClaimedDoc], int]:
+        """Each message's validity at the provider as of now (:func:`checks.valid_for`: what is left of its
+        quiet-hours window and of its freshness), memoised across the messages it is asked for."""
+        now, default_tz = self.clock(), info.doc.quiet_hours.default_timezone
+        stale_after = dt.timedelta(minutes=self.cfg.stale_after_minutes)
+        memo: dict[Any, Any] = {}
+
+        def valid_for(d: ClaimedDoc) -> int:
+            tz = timezones.get(d.get("contact_id") or 0)
+            return checks.valid_for(d, tz, default_tz, now, info.window, stale_after, memo)
+
+        return valid_for
 
     def _valid_again(
         self,
@@ -968,20 +978,10 @@ class Worker:
         timezones: dict[int, str],
     ) -> list[OutboundMessage]:
         """``pending`` with each message's validity period as it is now (a retry goes later than its first attempt)."""
-        now = self.clock()
-        memo: dict[Any, Any] = {}
-        stale_after, default_tz = (
-            dt.timedelta(minutes=self.cfg.stale_after_minutes),
-            info.doc.quiet_hours.default_timezone,
-        )
+        valid_for = self._validity(info, timezones)
         out = []
         for m in pending:
-            d = docs.get(m.id)
-            if d is None:
-                out.append(m)
-                continue
-            tz = timezones.get(d.get("contact_id") or 0)
-            valid = checks.valid_for(d, tz, default_tz, now, info.window, stale_after, memo)
+            valid = valid_for(docs[m.id]) if m.id in docs else m.valid_for
             out.append(m if valid == m.valid_for else m.model_copy(update={"valid_for": valid}))
         return out
 
