@@ -37,7 +37,7 @@ from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
 from trackly_exec.store.client import remember_opt_outs
 from trackly_exec.store.documents import ClaimedDoc, FailedDoc, MessageFieldsDoc, SentDoc, Update
-from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.events import Event, EventKind, recovered
 from trackly_exec.store.models import FailureReason, MessageFields, from_epoch_ms
 
 if TYPE_CHECKING:
@@ -169,15 +169,6 @@ def throttle_groups(docs: Sequence[ClaimedDoc], until: dt.datetime) -> list[tupl
     for d in docs:
         by_due.setdefault(checks.due_at(d), []).append(d["_id"])
     return [(ids, {"not_before": until, "throttled_until": until, "throttled_due": due}) for due, ids in by_due.items()]
-
-
-def recovered(condition: str, message: str, **ids: Any) -> Event:
-    """The end of an incident (``condition``: the kind of its alert), keyed apart from the alert so that its
-    interval never swallows it."""
-    key = ":".join([f"recovered:{condition}", *(str(v) for v in ids.values())])
-    return Event(
-        kind=EventKind.RECOVERED, severity="info", key=key, message=message, data={"condition": condition, **ids}
-    )
 
 
 def failure_event(rec: FailedDoc) -> Event:

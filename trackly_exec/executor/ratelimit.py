@@ -60,7 +60,7 @@ from redis.exceptions import NoScriptError, RedisError
 from trackly_exec.errors import TracklyError
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
-from trackly_exec.store.events import Event, EventKind
+from trackly_exec.store.events import Event, EventKind, recovered
 
 if TYPE_CHECKING:
     from trackly_exec.app import Trackly
@@ -286,12 +286,8 @@ class RedisRateLimiter(RateLimiter):
             log.info("rate_limiter_recovered")
             if self.bus is not None:
                 await self.bus.publish(
-                    Event(
-                        kind=EventKind.RECOVERED,
-                        severity="info",
-                        key="recovered:rate_limiter_down",
-                        message="Rate limiter (Redis) reachable again: rate-limited lists send again",
-                        data={"condition": "rate_limiter_down"},
+                    recovered(
+                        "rate_limiter_down", "Rate limiter (Redis) reachable again: rate-limited lists send again"
                     )
                 )
         return result

@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
@@ -61,6 +61,15 @@ class Event:
 
 
 Subscriber = Callable[[Sequence[Event]], Awaitable[None]]
+
+
+def recovered(condition: str, message: str, **ids: Any) -> Event:
+    """The end of an incident (``condition``: the kind of its alert, ``ids`` what it was about), keyed apart from the
+    alert so that its interval never swallows it."""
+    key = ":".join([f"recovered:{condition}", *(str(v) for v in ids.values())])
+    return Event(
+        kind=EventKind.RECOVERED, severity="info", key=key, message=message, data={"condition": condition, **ids}
+    )
 
 
 #: Event data fields that hold a phone number (kept masked, as the message is).
