@@ -38,7 +38,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.client import remember_opt_outs
 from trackly_exec.store.documents import ClaimedDoc, FailedDoc, MessageFieldsDoc, SentDoc, Update
 from trackly_exec.store.events import Event, EventKind, recovered
-from trackly_exec.store.models import FailureReason, MessageFields, from_epoch_ms
+from trackly_exec.store.models import FailureReason, MessageFields, epoch_ms, from_epoch_ms
 
 if TYPE_CHECKING:
     from trackly_exec.app import Trackly
@@ -381,7 +381,7 @@ class Outcomes:
             )
         await billing.adjust(self.db, lst.account_id, refund)
         if opted_numbers:  # kept like a STOP: an import saying subscribed does not undo it
-            await remember_opt_outs(self.db, opted_numbers, "PROVIDER", now)
+            await remember_opt_outs(self.db, [(lid, to, "PROVIDER", epoch_ms(now)) for lid, to in opted_numbers], now)
         if opted_out:
             await self.db[c.CONTACTS].update_many(
                 {"_id": {"$in": opted_out}}, {"$set": {"subscribed": False, "updated_at": now}}

@@ -155,23 +155,33 @@ async def opted_out(db: AsyncDatabase[Any], pairs: Iterable[tuple[int, str]]) ->
 
 
 async def remember_opt_outs(
-    db: AsyncDatabase[Any], pairs: Iterable[tuple[int, str]], keyword: str, at: dt.datetime
+    db: AsyncDatabase[Any], opt_outs: Iterable[tuple[int, str, str, int]], at: dt.datetime
 ) -> None:
-    """Keep the (sending list, number) pairs as opted out (``opt_outs``), as an inbound STOP is kept: a contact
-    import that says ``subscribed: yes`` then leaves the number unsubscribed, and only its own START lifts it. For an
-    opt-out the provider reported (Twilio 21610, a report's opted-out status): setting the contact unsubscribed alone
-    was undone by the next import, and the number texted again."""
-    ms = int(at.timestamp() * 1000)
+    """Keep each ``(sending list, number, keyword, received_ms)`` as opted out (``opt_outs``, the one writer of it):
+    a contact created for the number later starts unsubscribed, a contact import that says ``subscribed: yes``
+    leaves it unsubscribed, and only its own START received later (``received_ms``, the provider's receive time of
+    the latest opt-out, kept however the opt-outs arrive) lifts it. An inbound STOP, and an opt-out the provider
+    reported (Twilio 21610: setting the contact unsubscribed alone was undone by the next import)."""
+    latest: dict[str, tuple[int, int, str]] = {}  # key -> (received_ms, list, keyword)
+    for list_id, phone, keyword, ms in opt_outs:
+        if isinstance(phone, str) and phone.startswith("+"):
+            key = opt_out_key(int(list_id), phone)
+            if key not in latest or ms > latest[key][0]:
+                latest[key] = (ms, int(list_id), keyword)
+    if not latest:
+        return
+    async for d in db[c.OPT_OUTS].find({"_id": {"$in": sorted(latest)}}, {"received_ms": 1}):
+        ms, list_id, keyword = latest[d["_id"]]  # a retried older opt-out keeps the later time already stored
+        latest[d["_id"]] = (max(ms, int(d.get("received_ms") or 0)), list_id, keyword)
     ops = [
         UpdateOne(
-            {"_id": opt_out_key(list_id, phone)},
-            {"$set": {"sending_list_id": int(list_id), "keyword": keyword, "at": at, "received_ms": ms}},
+            {"_id": key},
+            {"$set": {"sending_list_id": list_id, "keyword": keyword, "at": at, "received_ms": ms}},
             upsert=True,
         )
-        for list_id, phone in {(int(lid), p) for lid, p in pairs if isinstance(p, str) and p.startswith("+")}
+        for key, (ms, list_id, keyword) in latest.items()
     ]
-    if ops:
-        await db[c.OPT_OUTS].bulk_write(ops, ordered=False)
+    await db[c.OPT_OUTS].bulk_write(ops, ordered=False)
 
 
 def update_ids(ids: Sequence[Any], update: Update, where: Filter | None = None) -> UpdateOne | UpdateMany:

@@ -43,7 +43,7 @@ from trackly_exec.store import constants as c
 from trackly_exec.store.client import find_by_ids, remember_opt_outs, update_ids
 from trackly_exec.store.documents import DeliveryFields, FailedDoc, JsonObject, SentDoc
 from trackly_exec.store.events import Event, EventKind
-from trackly_exec.store.models import FailureReason, MessageFields, MessageSent
+from trackly_exec.store.models import FailureReason, MessageFields, MessageSent, epoch_ms
 from trackly_exec.tracking.customer_webhook import event_id, outbox_documents, webhook_payload
 
 log = get_logger(__name__)
@@ -382,9 +382,16 @@ async def _write_outbox(trackly: Trackly, finals: list[tuple[DeliveryReport, Sen
 async def _unsubscribe(trackly: Trackly, docs: list[SentDoc]) -> None:
     """Provider codes meaning "recipient opted out" (Twilio 21610) unsubscribe the contact, and keep the number as
     opted out on its list like a STOP (an import saying subscribed does not undo it)."""
-    numbers = [(int(d["sending_list_id"]), d["to_number"]) for d in docs if d.get("sending_list_id") is not None]
-    if numbers:
-        await remember_opt_outs(trackly.db, numbers, "PROVIDER", trackly.now())
+    now = trackly.now()
+    await remember_opt_outs(
+        trackly.db,
+        [
+            (int(d["sending_list_id"]), d["to_number"], "PROVIDER", epoch_ms(now))
+            for d in docs
+            if d.get("sending_list_id")
+        ],
+        now,
+    )
     contact_ids = list({d["contact_id"] for d in docs if d.get("contact_id") is not None})
     if not contact_ids:
         return

@@ -34,7 +34,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from trackly_exec.app import Trackly
@@ -43,6 +42,7 @@ from trackly_exec.executor import claims
 from trackly_exec.executor.outcomes import dead_letter_claimed
 from trackly_exec.logs import get_logger
 from trackly_exec.store import constants as c
+from trackly_exec.store.client import remember_opt_outs
 from trackly_exec.store.documents import ContactDoc, Filter, InboundDoc, QueuedDoc
 from trackly_exec.store.events import Event, EventKind
 from trackly_exec.store.models import ExecutionStatus, FailedMessage, FailureReason, epoch_ms
@@ -293,35 +293,14 @@ def opt_out_keys(a: _Action) -> list[str]:
 
 
 async def _remember(trackly: Trackly, stops: list[_Action], now: Any) -> None:
-    """Keep each STOP by (sending list, number), whether or not the number is a contact yet: a contact created
-    later for that number on that list starts unsubscribed, and a test send to it is skipped (until a START). It
-    keeps the provider's receive time of the latest STOP (``received_ms``), which an older START cannot undo."""
-    latest: dict[str, tuple[int, _Action]] = {}
-    for a in stops:
-        for key in opt_out_keys(a):
-            if key not in latest or a.received_ms > latest[key][0]:
-                latest[key] = (a.received_ms, a)
-    if latest:  # a retried older STOP keeps the later time already stored
-        async for d in trackly.db[c.OPT_OUTS].find({"_id": {"$in": sorted(latest)}}, {"received_ms": 1}):
-            ms, a = latest[d["_id"]]
-            latest[d["_id"]] = (max(ms, int(d.get("received_ms") or 0)), a)
-    ops = [
-        UpdateOne(
-            {"_id": key},
-            {
-                "$set": {
-                    "sending_list_id": int(key.split(":", 1)[0]),
-                    "keyword": a.word,
-                    "at": now,
-                    "received_ms": ms,
-                }
-            },
-            upsert=True,
-        )
-        for key, (ms, a) in latest.items()
-    ]
-    if ops:
-        await trackly.db[c.OPT_OUTS].bulk_write(ops, ordered=False)
+    """Keep each STOP by (sending list, number), whether or not the number is a contact yet
+    (:func:`~trackly_exec.store.client.remember_opt_outs`, with the provider's receive time: an older START cannot
+    undo it)."""
+    await remember_opt_outs(
+        trackly.db,
+        [(lid, phone, a.word, a.received_ms) for a in stops for lid in a.list_ids for phone in a.froms],
+        now,
+    )
 
 
 #: Up to this many (list, number) or (execution, contact) pairs, a STOP looks each up by an indexed equality.
