@@ -33,7 +33,7 @@ from trackly_exec.store.documents import (
     Filter,
     JsonObject,
 )
-from trackly_exec.store.models import QuietHours, Variant
+from trackly_exec.store.models import QuietHours, Variant, storable_time
 from trackly_exec.store.quiethours import check_timezone
 
 MASK = "**********"
@@ -80,11 +80,8 @@ def _when(value: Any) -> Any:
 def in_utc_range(value: dt.datetime | None) -> dt.datetime | None:
     """A date and time the store can hold: within years 1 to 9999 once in UTC (``9999-12-31T23:59:59-23:59`` is a
     valid ISO 8601 time that is not; the store's encoder overflowed on it, a 500)."""
-    if value is not None and value.tzinfo is not None:
-        try:
-            value.astimezone(dt.UTC)
-        except OverflowError:
-            raise ValueError("date out of range (years 1 to 9999 in UTC)") from None
+    if value is not None and value.tzinfo is not None and not storable_time(value):
+        raise ValueError("date out of range (years 1 to 9999 in UTC)")
     return value
 
 

@@ -35,6 +35,7 @@ from typing import Any
 from trackly_exec.errors import TracklyError
 from trackly_exec.store import constants as c
 from trackly_exec.store.documents import AudienceDoc, ContactDoc, Filter
+from trackly_exec.store.models import aware_time, storable_time
 
 FIELD_OPS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists")
 LOGIC_OPS = ("and", "or")
@@ -95,19 +96,12 @@ def _scalar(value: Any, path: str, kind: str | None) -> Any:
     if not isinstance(value, (bool, int, float, str, dt.datetime)):
         raise FilterError(f"expected a string, number, boolean or null, got {type(value).__name__}", path)
     if kind == "date":
-        if isinstance(value, str):
-            try:
-                parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise FilterError("expected a date and time (ISO 8601, e.g. 2026-01-15T10:30:00Z)", path) from None
-            value = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-        if not isinstance(value, dt.datetime):
+        when = aware_time(value)
+        if when is None:
             raise FilterError("expected a date and time (ISO 8601, e.g. 2026-01-15T10:30:00Z)", path)
-        try:
-            value.astimezone(dt.UTC)
-        except OverflowError:
-            raise FilterError("date out of range (years 1 to 9999 in UTC)", path) from None
-        return value
+        if not storable_time(when):
+            raise FilterError("date out of range (years 1 to 9999 in UTC)", path)
+        return when
     if kind == "boolean" and not isinstance(value, bool):
         raise FilterError("expected true or false", path)
     if kind == "string" and not isinstance(value, str):

@@ -80,7 +80,7 @@ from trackly_exec.store.documents import (
     SendingListDoc,
     ShortLinkDoc,
 )
-from trackly_exec.store.models import QuietHours
+from trackly_exec.store.models import QuietHours, aware_time
 from trackly_exec.store.quiethours import Window, contact_zones, in_window, next_opening
 
 log = get_logger(__name__)
@@ -115,14 +115,7 @@ def contact_skip(
 def last_sent(contact: ContactDoc) -> dt.datetime | None:
     """The contact's ``last_sent_at``: a date, or an ISO 8601 text another tool wrote (without an offset: UTC)."""
     value: object = contact.get("last_sent_at")  # (typed a date, but another tool may have written text)
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if not isinstance(value, dt.datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return aware_time(value.strip() if isinstance(value, str) else value)
 
 
 def window_opening(

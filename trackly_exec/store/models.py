@@ -299,6 +299,29 @@ class MessageFields(BaseModel):
     sendtime: dt.datetime
 
 
+def aware_time(value: object) -> dt.datetime | None:
+    """``value`` as an aware datetime: a datetime (naive: UTC) or ISO 8601 text (``Z`` or an offset; none: UTC), as
+    another tool may have stored one; None for anything else."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def storable_time(value: dt.datetime) -> bool:
+    """Whether the store can hold ``value``: within years 1 to 9999 once in UTC (``9999-12-31T23:59:59-23:59`` is a
+    valid ISO 8601 time that is not: the store's encoder overflows on it)."""
+    try:
+        value.astimezone(dt.UTC)
+    except OverflowError:
+        return False
+    return True
+
+
 def epoch_ms(t: dt.datetime) -> int:
     """``t`` in milliseconds since the epoch (a naive datetime is UTC, as PyMongo returns them)."""
     if t.tzinfo is None:
