@@ -19,6 +19,7 @@ from aiohttp.web_server import Server
 from trackly_exec.app import Trackly
 from trackly_exec.errors import ConfigError
 from trackly_exec.logs import get_logger
+from trackly_exec.tracking.webhooks import utf8_text
 
 log = get_logger(__name__)
 
@@ -58,23 +59,12 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503)
 
 
-def _undecodable(value: str) -> bool:
-    """A header value holding bytes that are not UTF-8 (aiohttp keeps them as lone surrogates)."""
-    if value.isascii():
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 @web.middleware
 async def _decodable_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A request whose headers are not UTF-8 text (an ``Authorization``, a cookie or a signature of raw bytes) is a 400
     before any door compares them (each comparison encoded them and failed: a 500). A click keeps its redirect: its
     handler replaces what cannot be read (the user agent, which it records)."""
-    if not request.path.startswith("/l/") and any(_undecodable(v) for v in request.headers.values()):
+    if not request.path.startswith("/l/") and not all(utf8_text(v) for v in request.headers.values()):
         return web.Response(status=400, text="malformed request header")
     return await handler(request)
 

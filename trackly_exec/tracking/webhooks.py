@@ -61,16 +61,21 @@ def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text)
 
 
-def _storable(item: Any) -> bool:
-    """Whether every text of a parsed item can be stored: a lone surrogate (``"\\ud800"``, which JSON's escapes can
-    spell and the standard parser lets through) cannot be encoded as UTF-8."""
-    for value in getattr(item, "__dict__", {}).values():
-        if isinstance(value, str) and not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
+def utf8_text(value: str) -> bool:
+    """Whether ``value`` can be written as UTF-8: a lone surrogate cannot (``"\\ud800"``, which JSON's escapes can
+    spell and the standard parser lets through; bytes that are not UTF-8, which aiohttp keeps as surrogates)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return True
+
+
+def _storable(item: Any) -> bool:
+    """Whether every text of a parsed item can be stored (:func:`utf8_text`)."""
+    return all(utf8_text(v) for v in getattr(item, "__dict__", {}).values() if isinstance(v, str))
 
 
 #: A number as a provider writes one: digits, a leading ``+`` or ``00``, and the usual separators (a short code has
