@@ -21,12 +21,18 @@ from trackly_exec.logs import configure_logging
 EXTRA_COMMANDS: tuple[str, ...] = ("trackly_exec.cli.admin", "trackly_exec.cli.ops", "trackly_exec.cli.demo")
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def _runner() -> asyncio.Runner:
+    """An event-loop runner on uvloop (asyncio's own loop where uvloop is missing)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(coro)
-    return uvloop.run(coro)  # (an ImportError raised by the coroutine itself must not re-run it)
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    with _runner() as runner:  # (an ImportError raised by the coroutine itself must not re-run it)
+        return runner.run(coro)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -53,14 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trackly_exec.daemon import serve
 
     tune_gc()
-    try:
-        import uvloop
-
-        factory: Any = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        factory = None
-    runner = asyncio.Runner(loop_factory=factory)
-    code = runner.run(serve(settings))
+    code = _runner().run(serve(settings))
     # serve has stopped every component within its grace: exit now. Closing the runner would wait, without a bound,
     # for any thread of the loop's default executor still blocked on a store that hangs (the process lived on for
     # up to 11 s after its "stopped" line, past the grace the unit's TimeoutStopSec allows for)
